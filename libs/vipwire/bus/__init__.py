@@ -1,0 +1,26 @@
+"""The event backbone: NATS JetStream with verdict-driven consumers.
+
+``Bus`` connects (reconnecting forever), declares the stream and KV buckets,
+publishes contract messages with de-duplication ids and trace context, and runs
+pull consumers that keep per-subject order with bounded concurrency.
+"""
+
+from vipwire.bus._bus import Bus, BusError, connect
+from vipwire.bus._consumer import ConsumerSpec, Delivery, Handler
+from vipwire.bus._settings import BusSettings
+from vipwire.bus._verdict import DONE, Done, Reject, Retry, Verdict
+
+__all__ = [
+    "DONE",
+    "Bus",
+    "BusError",
+    "BusSettings",
+    "ConsumerSpec",
+    "Delivery",
+    "Done",
+    "Handler",
+    "Reject",
+    "Retry",
+    "Verdict",
+    "connect",
+]

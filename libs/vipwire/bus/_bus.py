@@ -1,0 +1,246 @@
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import Mapping
+
+import nats
+import nats.errors
+import nats.js.errors
+from nats.aio.client import Client as NatsClient
+from nats.js import JetStreamContext
+from nats.js.api import KeyValueConfig, StorageType, StreamConfig
+from nats.js.kv import KeyValue
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind, Tracer
+
+from vipwire.bus._consumer import ConsumerSpec, Handler, PullConsumer
+from vipwire.bus._settings import BusSettings
+from vipwire.contracts import STREAM, Message, encode, parse_subject, subject_for
+from vipwire.metrics import Registry
+from vipwire.telemetry import inject_context
+
+log = logging.getLogger("vipwire.bus")
+
+
+class BusError(Exception):
+    """The bus could not do what was asked (server unreachable, API refused)."""
+
+
+def message_attributes(message: Message) -> dict[str, str]:
+    """Span attributes naming what a message is about."""
+    attrs: dict[str, str] = {"vipwire.cluster": message.cluster}
+    namespace = getattr(message, "namespace", None)
+    if namespace is not None:
+        attrs["k8s.namespace.name"] = namespace
+        attrs["k8s.service.name"] = getattr(message, "name", "")
+    node = getattr(message, "node", None)
+    if node is not None:
+        attrs["k8s.node.name"] = node
+    vips = getattr(message, "vips", None)
+    if vips:
+        attrs["vipwire.vip"] = ",".join(vips)
+    appliance = getattr(message, "appliance", None)
+    if appliance:
+        attrs["vipwire.appliance"] = appliance
+    return attrs
+
+
+class Bus:
+    """One service's connection to NATS JetStream."""
+
+    def __init__(
+        self,
+        nc: NatsClient,
+        settings: BusSettings,
+        *,
+        tracer: Tracer,
+        metrics: Registry,
+    ) -> None:
+        self.nc = nc
+        self.settings = settings
+        self.js: JetStreamContext = nc.jetstream(timeout=settings.request_timeout)
+        self.tracer = tracer
+        self.metrics = metrics
+        self._published = metrics.counter(
+            "bus_published_total", "Messages published, by subject family", ["family"]
+        )
+        self._consumers: list[PullConsumer] = []
+
+    # --- declarations ------------------------------------------------------------
+
+    async def ensure_stream(self) -> None:
+        """Declare the VIPWIRE stream, or bring an existing one to our settings."""
+        storage = StorageType.FILE if self.settings.storage == "file" else StorageType.MEMORY
+        config = StreamConfig(
+            name=STREAM,
+            subjects=["vipwire.>"],
+            max_age=self.settings.stream_max_age,
+            duplicate_window=self.settings.duplicate_window,
+            storage=storage,
+            num_replicas=self.settings.replicas,
+        )
+        try:
+            await self.js.stream_info(STREAM)
+        except nats.js.errors.NotFoundError:
+            try:
+                await self.js.add_stream(config)
+                return
+            except nats.js.errors.BadRequestError as exc:
+                # Another service declared it between our look and our add.
+                if exc.err_code != 10058:  # stream name already in use
+                    raise BusError(f"cannot create stream {STREAM}: {exc}") from exc
+        try:
+            await self.js.update_stream(config)
+        except nats.js.errors.Error as exc:
+            raise BusError(f"stream {STREAM} exists with settings we cannot apply: {exc}") from exc
+
+    async def kv(self, bucket: str, *, history: int = 1) -> KeyValue:
+        """A KV bucket, created on first use with the bus's storage and replicas."""
+        try:
+            return await self.js.key_value(bucket)
+        except nats.js.errors.BucketNotFoundError:
+            pass
+        storage = StorageType.FILE if self.settings.storage == "file" else StorageType.MEMORY
+        try:
+            return await self.js.create_key_value(
+                KeyValueConfig(
+                    bucket=bucket,
+                    history=history,
+                    storage=storage,
+                    replicas=self.settings.replicas,
+                )
+            )
+        except nats.js.errors.BadRequestError:
+            # Created concurrently by a replica: use theirs.
+            return await self.js.key_value(bucket)
+
+    # --- publishing --------------------------------------------------------------
+
+    async def publish(
+        self,
+        message: Message,
+        *,
+        msg_id: str | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> int:
+        """Publish a contract message; returns its stream sequence.
+
+        ``msg_id`` should name the cause (source, object, version) so that a
+        retry of the same step is dropped by JetStream's de-duplication; a
+        random one is used where no cause can be named.
+        """
+        subject = subject_for(message)
+        family = parse_subject(subject).family
+        msg_id = msg_id or uuid.uuid4().hex
+        attributes = {
+            "messaging.system": "nats",
+            "messaging.operation.type": "send",
+            "messaging.operation.name": "publish",
+            "messaging.destination.name": subject,
+            "messaging.destination.template": f"vipwire.{{cluster}}.{family}.>",
+            "messaging.message.id": msg_id,
+            **message_attributes(message),
+        }
+        with self.tracer.start_as_current_span(
+            f"publish {family}", kind=SpanKind.PRODUCER, attributes=attributes
+        ) as span:
+            all_headers = {"Nats-Msg-Id": msg_id, **(headers or {})}
+            inject_context(all_headers)
+            try:
+                ack = await self.js.publish(subject, encode(message), headers=all_headers)
+            except (TimeoutError, nats.errors.Error, nats.js.errors.Error) as exc:
+                span.set_status(trace.Status(trace.StatusCode.ERROR, str(exc)))
+                raise BusError(f"publish to {subject} failed: {exc!r}") from exc
+            span.set_attribute("messaging.nats.stream.sequence", ack.seq)
+        self._published.inc(family=family)
+        return ack.seq
+
+    # --- consuming ---------------------------------------------------------------
+
+    def consumer(self, spec: ConsumerSpec, handler: Handler) -> PullConsumer:
+        consumer = PullConsumer(self, spec, handler)
+        self._consumers.append(consumer)
+        return consumer
+
+    async def close(self) -> None:
+        """Stop consumers (finishing in-flight messages), then drain the connection."""
+        await asyncio.gather(*(c.stop() for c in self._consumers), return_exceptions=True)
+        self._consumers.clear()
+        if not self.nc.is_closed:
+            try:
+                await self.nc.drain()
+            except (TimeoutError, nats.errors.Error) as exc:
+                log.warning("drain of the NATS connection did not finish: %r", exc)
+                await self.nc.close()
+
+
+async def connect(
+    settings: BusSettings,
+    *,
+    name: str,
+    tracer: Tracer,
+    metrics: Registry,
+    attempts: int | None = None,
+) -> Bus:
+    """Connect to NATS, retrying until it answers (``attempts`` bounds that, for CLIs).
+
+    Once connected, the client reconnects forever: a NATS restart must never
+    take a service down with it.
+    """
+    state = {"disconnected": False}
+
+    async def on_error(exc: Exception) -> None:
+        log.error("NATS connection error (%s): %r", name, exc)
+
+    async def on_disconnect() -> None:
+        if not state["disconnected"] and not nc_closing():
+            log.warning("NATS disconnected (%s); reconnecting", name)
+        state["disconnected"] = True
+
+    async def on_reconnect() -> None:
+        state["disconnected"] = False
+        log.info("NATS reconnected (%s)", name)
+        if bus is not None:
+            for consumer in bus._consumers:
+                consumer.on_reconnect()
+
+    def nc_closing() -> bool:
+        return bus is not None and (bus.nc.is_draining or bus.nc.is_closed)
+
+    bus: Bus | None = None
+    tried = 0
+    delay = settings.reconnect_wait
+    while True:
+        tried += 1
+        try:
+            nc = await nats.connect(
+                servers=list(settings.servers),
+                name=name,
+                connect_timeout=settings.connect_timeout,
+                reconnect_time_wait=settings.reconnect_wait,
+                max_reconnect_attempts=-1,
+                allow_reconnect=True,
+                error_cb=on_error,
+                disconnected_cb=on_disconnect,
+                reconnected_cb=on_reconnect,
+                user_credentials=settings.credentials,
+            )
+            break
+        except (TimeoutError, nats.errors.Error, OSError) as exc:
+            if attempts is not None and tried >= attempts:
+                raise BusError(
+                    f"cannot reach NATS at {', '.join(settings.servers)} after {tried} "
+                    f"attempts: {exc!r}. Is nats-server running and the URL right?"
+                ) from exc
+            log.warning(
+                "NATS at %s not reachable (%r); retrying in %.1fs",
+                ", ".join(settings.servers),
+                exc,
+                delay,
+            )
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+    bus = Bus(nc, settings, tracer=tracer, metrics=metrics)
+    return bus

@@ -1,0 +1,276 @@
+"""Every message on the bus, as frozen msgspec Structs.
+
+Each subject family carries one tagged union; the tag (``kind``) says which
+variant a payload is, and ``v`` is the schema version of the family. Messages
+are level-triggered snapshots: a consumer that sees only the last message per
+subject knows everything it needs.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import msgspec
+
+SCHEMA_VERSION = 1
+
+
+class _Message(msgspec.Struct, frozen=True, tag_field="kind", kw_only=True):
+    v: int = SCHEMA_VERSION
+
+
+# --- shared value types -------------------------------------------------------
+
+
+class ServicePort(msgspec.Struct, frozen=True, kw_only=True):
+    """One port of a Service, as the appliance and the nodes must serve it."""
+
+    port: int
+    protocol: Literal["TCP", "UDP", "SCTP"] = "TCP"
+    name: str = ""
+    target_port: int | str | None = None
+    node_port: int | None = None
+
+
+class EndpointPort(msgspec.Struct, frozen=True, kw_only=True):
+    port: int
+    protocol: Literal["TCP", "UDP", "SCTP"] = "TCP"
+    name: str = ""
+
+
+class Endpoint(msgspec.Struct, frozen=True, kw_only=True):
+    """One endpoint (a pod) of a Service on one node."""
+
+    addresses: tuple[str, ...]
+    ready: bool = True
+    serving: bool = True
+    terminating: bool = False
+    ports: tuple[EndpointPort, ...] = ()
+
+
+class NodeEndpoints(msgspec.Struct, frozen=True, kw_only=True):
+    node: str
+    endpoints: tuple[Endpoint, ...]
+
+    @property
+    def has_ready(self) -> bool:
+        return any(ep.ready for ep in self.endpoints)
+
+
+# --- vipwire.<cluster>.service.<ns>.<name> ------------------------------------
+
+
+class ServiceSnapshot(_Message, frozen=True, tag="service"):
+    """A LoadBalancer Service of our class, as it is now.
+
+    ``deleting`` is set while the Service is going away (deletionTimestamp, or
+    its type or class changed away from us): its VIP must be withdrawn and
+    released, after which the watcher removes the finalizer.
+    """
+
+    cluster: str
+    namespace: str
+    name: str
+    uid: str
+    resource_version: str
+    ports: tuple[ServicePort, ...] = ()
+    ip_families: tuple[Literal["IPv4", "IPv6"], ...] = ("IPv4",)
+    ip_family_policy: Literal["SingleStack", "PreferDualStack", "RequireDualStack"] = "SingleStack"
+    external_traffic_policy: Literal["Cluster", "Local"] = "Cluster"
+    health_check_node_port: int | None = None
+    pool: str | None = None
+    requested_ips: tuple[str, ...] = ()
+    sharing_key: str | None = None
+    labels: dict[str, str] = {}
+    deleting: bool = False
+
+
+class ServiceGone(_Message, frozen=True, tag="service-gone"):
+    """The Service no longer exists in the API (or is no longer ours at all)."""
+
+    cluster: str
+    namespace: str
+    name: str
+    uid: str
+
+
+ServiceMessage = ServiceSnapshot | ServiceGone
+
+
+# --- vipwire.<cluster>.endpoints.<ns>.<name> ----------------------------------
+
+
+class EndpointsSnapshot(_Message, frozen=True, tag="endpoints"):
+    """Per node, the endpoints of one Service (all its EndpointSlices merged)."""
+
+    cluster: str
+    namespace: str
+    name: str
+    nodes: tuple[NodeEndpoints, ...] = ()
+
+    @property
+    def ready_nodes(self) -> frozenset[str]:
+        return frozenset(n.node for n in self.nodes if n.has_ready)
+
+
+EndpointsMessage = EndpointsSnapshot
+
+
+# --- vipwire.<cluster>.node.<node> --------------------------------------------
+
+
+class NodeSnapshot(_Message, frozen=True, tag="node"):
+    """A Node: its InternalIP addresses and whether it may carry traffic."""
+
+    cluster: str
+    node: str
+    addresses: tuple[str, ...]
+    eligible: bool = True
+    ready: bool = True
+
+
+class NodeGone(_Message, frozen=True, tag="node-gone"):
+    cluster: str
+    node: str
+
+
+NodeMessage = NodeSnapshot | NodeGone
+
+
+# --- vipwire.<cluster>.vip.<ns>.<name> ----------------------------------------
+
+
+class VipAssigned(_Message, frozen=True, tag="vip-assigned"):
+    """The Service owns these VIPs; the appliance should serve them on these ports.
+
+    ipam republishes it whenever the Service snapshot changes, so it carries
+    everything the lbdriver needs from the Service itself.
+    """
+
+    cluster: str
+    namespace: str
+    name: str
+    uid: str
+    vips: tuple[str, ...]
+    pool: str
+    appliance_group: str
+    ports: tuple[ServicePort, ...]
+    external_traffic_policy: Literal["Cluster", "Local"] = "Cluster"
+    health_check_node_port: int | None = None
+
+
+class VipReleasing(_Message, frozen=True, tag="vip-releasing"):
+    """The Service is going away: withdraw its VIPs; the claim is held until then."""
+
+    cluster: str
+    namespace: str
+    name: str
+    uid: str
+    vips: tuple[str, ...]
+    appliance_group: str
+
+
+class VipReleased(_Message, frozen=True, tag="vip-released"):
+    """The Service's claims are gone; nothing of it remains anywhere."""
+
+    cluster: str
+    namespace: str
+    name: str
+    uid: str
+    vips: tuple[str, ...] = ()
+
+
+class VipFailed(_Message, frozen=True, tag="vip-failed"):
+    """No VIP could be assigned; ``reason`` is a CamelCase Event reason."""
+
+    cluster: str
+    namespace: str
+    name: str
+    uid: str
+    reason: str
+    message: str
+
+
+VipMessage = VipAssigned | VipReleasing | VipReleased | VipFailed
+
+
+# --- vipwire.<cluster>.lb.<ns>.<name> -----------------------------------------
+
+
+class Member(msgspec.Struct, frozen=True, kw_only=True, order=True):
+    node: str
+    address: str
+
+
+class LbProgrammed(_Message, frozen=True, tag="lb-programmed"):
+    """The appliance serves these VIPs on these ports, to these member nodes."""
+
+    cluster: str
+    namespace: str
+    name: str
+    uid: str
+    appliance: str
+    vips: tuple[str, ...]
+    ports: tuple[ServicePort, ...]
+    members: tuple[Member, ...]
+    external_traffic_policy: Literal["Cluster", "Local"] = "Cluster"
+
+
+class LbFailed(_Message, frozen=True, tag="lb-failed"):
+    """The appliance refused or could not be reached; ``removing`` on withdrawal."""
+
+    cluster: str
+    namespace: str
+    name: str
+    uid: str
+    appliance: str
+    reason: str
+    message: str
+    removing: bool = False
+
+
+class LbRemoved(_Message, frozen=True, tag="lb-removed"):
+    """Nothing of the Service is left on the appliance."""
+
+    cluster: str
+    namespace: str
+    name: str
+    uid: str
+    appliance: str
+    vips: tuple[str, ...] = ()
+
+
+LbMessage = LbProgrammed | LbFailed | LbRemoved
+
+
+# --- vipwire.<cluster>.applied.<node> -----------------------------------------
+
+
+class NodeApplied(_Message, frozen=True, tag="node-applied"):
+    """The VIP set a node serves now; ``generation`` grows with every apply."""
+
+    cluster: str
+    node: str
+    generation: int
+    vips: tuple[str, ...]
+    mode: Literal["kube-proxy", "standalone"] = "kube-proxy"
+    dry_run: bool = False
+
+
+AppliedMessage = NodeApplied
+
+Message = (
+    ServiceSnapshot
+    | ServiceGone
+    | EndpointsSnapshot
+    | NodeSnapshot
+    | NodeGone
+    | VipAssigned
+    | VipReleasing
+    | VipReleased
+    | VipFailed
+    | LbProgrammed
+    | LbFailed
+    | LbRemoved
+    | NodeApplied
+)

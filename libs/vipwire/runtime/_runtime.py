@@ -1,0 +1,146 @@
+"""The thin shell every service runs in: bus, tracing, metrics, health, signals."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Callable, Sequence
+from typing import Protocol
+
+from aiohttp import web
+from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
+from opentelemetry.trace import Tracer
+
+from vipwire.bus import Bus, connect
+from vipwire.metrics import Registry
+from vipwire.runtime._settings import CommonSettings
+from vipwire.telemetry import make_tracer_provider
+
+log = logging.getLogger("vipwire.runtime")
+
+
+class Service(Protocol):
+    """What the runtime drives. Services keep their decisions elsewhere (pure cores)."""
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    def readiness(self) -> str | None:
+        """None when ready; otherwise why not (shown by /readyz)."""
+        ...
+
+
+class Runtime:
+    """One service's connection to the world: its bus, tracer, metrics and HTTP endpoint."""
+
+    def __init__(
+        self,
+        name: str,
+        settings: CommonSettings,
+        *,
+        span_processors: Sequence[SpanProcessor] = (),
+        connect_attempts: int | None = None,
+        instance: str | None = None,
+    ) -> None:
+        self.name = name
+        self.settings = settings
+        self.metrics = Registry()
+        attributes = {"service.instance.id": instance} if instance else None
+        self.tracer_provider: TracerProvider = make_tracer_provider(
+            f"vipwire-{name}",
+            processors=span_processors,
+            otlp_endpoint=settings.telemetry.otlp_endpoint,
+            attributes=attributes,
+        )
+        self.tracer: Tracer = self.tracer_provider.get_tracer("vipwire")
+        self._connect_attempts = connect_attempts
+        self._bus: Bus | None = None
+        self._runner: web.AppRunner | None = None
+        self.http_port: int | None = None
+        self._readiness: Callable[[], str | None] = lambda: "starting"
+
+    @property
+    def bus(self) -> Bus:
+        if self._bus is None:
+            raise RuntimeError("the runtime is not started")
+        return self._bus
+
+    async def start(self) -> None:
+        self._bus = await connect(
+            self.settings.bus,
+            name=f"vipwire-{self.name}",
+            tracer=self.tracer,
+            metrics=self.metrics,
+            attempts=self._connect_attempts,
+        )
+        await self._bus.ensure_stream()
+        await self._start_http()
+
+    def set_readiness(self, probe: Callable[[], str | None]) -> None:
+        self._readiness = probe
+
+    async def _start_http(self) -> None:
+        app = web.Application()
+        app.router.add_get("/healthz", self._healthz)
+        app.router.add_get("/readyz", self._readyz)
+        app.router.add_get("/metrics", self._metrics)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.settings.http.host, self.settings.http.port)
+        await site.start()
+        server = site._server
+        sockets = getattr(server, "sockets", None) or []
+        self.http_port = sockets[0].getsockname()[1] if sockets else self.settings.http.port
+
+    async def _healthz(self, _: web.Request) -> web.Response:
+        # Alive means the event loop answers and the bus client has not given up.
+        if self._bus is not None and self._bus.nc.is_closed:
+            return web.Response(status=503, text="nats connection closed\n")
+        return web.Response(text="ok\n")
+
+    async def _readyz(self, _: web.Request) -> web.Response:
+        reason = self._readiness()
+        if self._bus is None or not self._bus.nc.is_connected:
+            reason = reason or "not connected to NATS"
+        if reason:
+            return web.Response(status=503, text=f"not ready: {reason}\n")
+        return web.Response(text="ready\n")
+
+    async def _metrics(self, _: web.Request) -> web.Response:
+        return web.Response(
+            text=self.metrics.expose(), content_type="text/plain", charset="utf-8",
+            headers={"X-Content-Type-Options": "nosniff"},
+        )  # fmt: skip
+
+    async def stop(self) -> None:
+        if self._bus is not None:
+            await self._bus.close()
+            self._bus = None
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+        self.tracer_provider.shutdown()
+
+
+async def run_until_signalled(runtime: Runtime, service: Service) -> None:
+    """Start, serve until SIGTERM or SIGINT, then stop gracefully (finishing in-flight work)."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await runtime.start()
+        runtime.set_readiness(service.readiness)
+        await service.start()
+        log.info("%s started; health on :%s", runtime.name, runtime.http_port)
+        await stop.wait()
+        log.info("%s stopping", runtime.name)
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+        with contextlib.suppress(Exception):
+            await service.stop()
+        await runtime.stop()

@@ -1,0 +1,25 @@
+"""Tracing and logging shared by every service.
+
+Each service gets its own TracerProvider (so ``service.name`` is right even
+when several services share one process, as in ``vipwire up``); nothing here
+installs a global provider.
+"""
+
+from vipwire.telemetry._logging import TraceIdFilter, configure_logging
+from vipwire.telemetry._tracing import (
+    TRACEPARENT,
+    extract_context,
+    inject_context,
+    make_tracer_provider,
+    trace_id_of_current_span,
+)
+
+__all__ = [
+    "TRACEPARENT",
+    "TraceIdFilter",
+    "configure_logging",
+    "extract_context",
+    "inject_context",
+    "make_tracer_provider",
+    "trace_id_of_current_span",
+]

@@ -1,0 +1,1 @@
+"""The ``vipwire`` command line."""

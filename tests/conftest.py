@@ -1,0 +1,86 @@
+"""Fixtures shared by every test: a real nats-server, runtimes, and a leak check."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import pytest
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from vipwire.bus import BusSettings
+from vipwire.natsserver import NatsServer
+from vipwire.runtime import CommonSettings, Runtime
+
+
+@pytest.fixture(autouse=True)
+async def no_leaked_tasks() -> AsyncIterator[None]:
+    """Fail a test that leaves asyncio tasks running behind it."""
+    before = asyncio.all_tasks()
+    yield
+    await asyncio.sleep(0)
+    leaked = {
+        t
+        for t in asyncio.all_tasks() - before
+        if not t.done() and t is not asyncio.current_task()
+    }
+    # nats-py and aiohttp may need a few loop turns to finish their own cleanup.
+    for _ in range(50):
+        if not leaked:
+            break
+        await asyncio.sleep(0.02)
+        leaked = {t for t in leaked if not t.done()}
+    if leaked:
+        names = sorted(f"{t.get_name()}: {t.get_coro()!r}" for t in leaked)
+        for t in leaked:
+            t.cancel()
+        pytest.fail("test leaked asyncio tasks:\n  " + "\n  ".join(names))
+
+
+@pytest.fixture
+async def nats_server(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[NatsServer]:
+    """A real nats-server with JetStream, on a free port, for this test only."""
+    server = NatsServer(tmp_path_factory.mktemp("nats"))
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.stop()
+
+
+@pytest.fixture
+def bus_settings(nats_server: NatsServer) -> BusSettings:
+    return BusSettings(servers=(nats_server.url,), storage="memory", reconnect_wait=0.1)
+
+
+@pytest.fixture
+def span_exporter() -> InMemorySpanExporter:
+    """Collects every span of every runtime made by ``make_runtime``."""
+    return InMemorySpanExporter()
+
+
+RuntimeFactory = Callable[[str], Awaitable[Runtime]]
+
+
+@pytest.fixture
+async def make_runtime(
+    bus_settings: BusSettings, span_exporter: InMemorySpanExporter
+) -> AsyncIterator[RuntimeFactory]:
+    """Start runtimes (bus + tracer + metrics + health) for services under test."""
+    started: list[Runtime] = []
+
+    async def make(name: str) -> Runtime:
+        runtime = Runtime(
+            name,
+            CommonSettings(bus=bus_settings),
+            span_processors=[SimpleSpanProcessor(span_exporter)],
+            connect_attempts=20,
+        )
+        await runtime.start()
+        started.append(runtime)
+        return runtime
+
+    yield make
+    for runtime in reversed(started):
+        await runtime.stop()
