@@ -21,9 +21,7 @@ async def no_leaked_tasks() -> AsyncIterator[None]:
     yield
     await asyncio.sleep(0)
     leaked = {
-        t
-        for t in asyncio.all_tasks() - before
-        if not t.done() and t is not asyncio.current_task()
+        t for t in asyncio.all_tasks() - before if not t.done() and t is not asyncio.current_task()
     }
     # nats-py and aiohttp may need a few loop turns to finish their own cleanup.
     for _ in range(50):

@@ -6,7 +6,7 @@ pull consumers that keep per-subject order with bounded concurrency.
 """
 
 from vipwire.bus._bus import Bus, BusError, connect
-from vipwire.bus._consumer import ConsumerSpec, Delivery, Handler
+from vipwire.bus._consumer import ConsumerSpec, Delivery, Handler, PullConsumer
 from vipwire.bus._settings import BusSettings
 from vipwire.bus._verdict import DONE, Done, Reject, Retry, Verdict
 
@@ -19,6 +19,7 @@ __all__ = [
     "Delivery",
     "Done",
     "Handler",
+    "PullConsumer",
     "Reject",
     "Retry",
     "Verdict",

@@ -181,6 +181,11 @@ class PullConsumer:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
+        if self.spec.durable is None and self._name is not None:
+            # An ephemeral consumer would otherwise linger on the server until
+            # its inactivity threshold, still holding messages for nobody.
+            with contextlib.suppress(nats.errors.Error, nats.js.errors.Error, asyncio.TimeoutError):
+                await self._bus.js.delete_consumer(STREAM, self._name)
 
     def on_reconnect(self) -> None:
         # Pull requests die with the old connection; ask anew.

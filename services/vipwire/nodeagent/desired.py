@@ -1,0 +1,353 @@
+"""What a node should look like, computed from what the bus says (pure: no I/O).
+
+Every VIP of every Service programmed on an appliance for our cluster goes on
+the loopback interface as a host route (/32 or /128): the appliance sends
+VIP-addressed frames to the node's MAC (L2 DSR), and the node must accept them
+as local without ever answering ARP for them, hence the ARP sysctls. In
+``standalone`` mode nothing else steers VIP:port to the pods, so an nftables
+table does (DNAT to ready endpoints).
+
+Equal inputs give equal outputs, down to the order of every tuple, so the
+shell can tell "nothing changed" by comparing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+from collections.abc import Mapping
+from typing import Final, Literal
+
+import msgspec
+
+from vipwire.contracts import Endpoint, EndpointsSnapshot, LbProgrammed, ServicePort
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+Mode = Literal["kube-proxy", "standalone"]
+NftFamily = Literal["ip", "ip6"]
+L4Proto = Literal["tcp", "udp", "sctp"]
+
+_L4: Final[dict[str, L4Proto]] = {"TCP": "tcp", "UDP": "udp", "SCTP": "sctp"}
+
+DIGEST_PREFIX: Final = "vipwire-digest "
+"""Starts the comment of the prerouting rule that carries the ruleset's digest."""
+
+ARP_IGNORE: Final = "1"
+"""Answer ARP only for addresses configured on the interface the request came in on."""
+ARP_ANNOUNCE: Final = "2"
+"""Never use a VIP on ``lo`` as the source of our own ARP requests."""
+
+
+# --- value types --------------------------------------------------------------
+
+
+class VipAddress(msgspec.Struct, frozen=True, kw_only=True):
+    """One VIP as a host address (/32 or /128) on the loopback interface."""
+
+    address: str
+    prefix: int
+
+    @property
+    def version(self) -> int:
+        return 6 if ":" in self.address else 4
+
+
+class Sysctl(msgspec.Struct, frozen=True, kw_only=True):
+    """A sysctl in ``sysctl`` notation (a dot inside an interface name is written ``/``)."""
+
+    key: str
+    value: str
+
+
+class NftBackend(msgspec.Struct, frozen=True, kw_only=True):
+    address: str
+    port: int
+
+
+class NftRule(msgspec.Struct, frozen=True, kw_only=True):
+    """Steer new connections to ``vip``:``port``/``protocol`` to one of ``backends``.
+
+    No backends: no rule, so the packet reaches the VIP on ``lo``, where nothing
+    listens, and the client gets a reset (as from kube-proxy with no endpoints).
+    """
+
+    service: str
+    family: NftFamily
+    vip: str
+    protocol: L4Proto
+    port: int
+    backends: tuple[NftBackend, ...]
+
+
+class NftRuleset(msgspec.Struct, frozen=True, kw_only=True):
+    """Everything the agent's nftables table holds (``standalone`` mode)."""
+
+    table: str
+    rules: tuple[NftRule, ...] = ()
+    #: Addresses of endpoints on this node: traffic DNATed to any other endpoint
+    #: is masqueraded, or its reply would leave the other node with the pod's
+    #: address instead of the VIP, and the client would drop it.
+    local_endpoints: tuple[str, ...] = ()
+
+    @property
+    def digest(self) -> str:
+        """Names this exact ruleset; the table carries it so the applied one can be compared.
+
+        The rendered table holds it in the comment of the prerouting chain's
+        rule, after :data:`DIGEST_PREFIX`.
+        """
+        return hashlib.sha256(msgspec.json.encode(self)).hexdigest()[:16]
+
+
+class NodeState(msgspec.Struct, frozen=True, kw_only=True):
+    """The state the node agent wants on its node."""
+
+    interface: str
+    #: IPv4 first, each family in numeric order.
+    addresses: tuple[VipAddress, ...]
+    sysctls: tuple[Sysctl, ...]
+    #: The agent's nftables table (``inet`` family), whether or not it should exist.
+    nft_table: str = "vipwire"
+    #: None: the agent holds no nftables table (``kube-proxy`` mode).
+    nft: NftRuleset | None = None
+    #: Inputs that were skipped and why, for the shell to log.
+    ignored: tuple[str, ...] = ()
+
+    @property
+    def vips(self) -> tuple[str, ...]:
+        """The VIPs the node serves, sorted as strings (as ``NodeApplied`` carries them)."""
+        return tuple(sorted(a.address for a in self.addresses))
+
+
+# --- the decision ---------------------------------------------------------------
+
+
+def desired_state(
+    programmed: Mapping[str, LbProgrammed],
+    endpoints: Mapping[str, EndpointsSnapshot],
+    *,
+    node: str,
+    mode: Mode,
+    interface: str = "lo",
+    uplink: str | None = None,
+    table: str = "vipwire",
+) -> NodeState:
+    """The node's desired state from the cluster's programmed Services (keyed ``ns/name``).
+
+    ``endpoints`` (same keys) matters only in ``standalone`` mode.
+    """
+    ignored: list[str] = []
+    vips: dict[str, list[IPAddress]] = {}
+    for key in sorted(programmed):
+        parsed: list[IPAddress] = []
+        for raw in programmed[key].vips:
+            ip = _parse_vip(raw)
+            if ip is None:
+                ignored.append(f"{key}: VIP {raw!r} is not a unicast IP address")
+            else:
+                parsed.append(ip)
+        vips[key] = parsed
+    unique = {ip for parsed in vips.values() for ip in parsed}
+    addresses = tuple(
+        VipAddress(address=str(ip), prefix=ip.max_prefixlen) for ip in sorted(unique, key=_ip_key)
+    )
+    nft = None
+    if mode == "standalone":
+        nft = _ruleset(programmed, vips, endpoints, node=node, table=table, ignored=ignored)
+    return NodeState(
+        interface=interface,
+        addresses=addresses,
+        sysctls=arp_sysctls(uplink),
+        nft_table=table,
+        nft=nft,
+        ignored=tuple(ignored),
+    )
+
+
+def arp_sysctls(uplink: str | None = None) -> tuple[Sysctl, ...]:
+    """The ARP settings DSR needs, on ``all`` and on the uplink if one is named.
+
+    The kernel uses the larger of ``all`` and the interface's value, so ``all``
+    alone suffices; the uplink is set too so that reading it shows the truth.
+    IPv6 needs nothing: neighbour discovery answers only for addresses on the
+    interface the solicitation arrived on.
+    """
+    scopes = ["all"] if uplink is None else ["all", uplink.replace(".", "/")]
+    return tuple(
+        Sysctl(key=f"net.ipv4.conf.{scope}.{name}", value=value)
+        for scope in scopes
+        for name, value in (("arp_ignore", ARP_IGNORE), ("arp_announce", ARP_ANNOUNCE))
+    )
+
+
+def _ruleset(
+    programmed: Mapping[str, LbProgrammed],
+    vips: Mapping[str, list[IPAddress]],
+    endpoints: Mapping[str, EndpointsSnapshot],
+    *,
+    node: str,
+    table: str,
+    ignored: list[str],
+) -> NftRuleset:
+    rules: dict[tuple[int, int, int, str], NftRule] = {}
+    local: set[IPAddress] = set()
+    for key in sorted(programmed):
+        lb = programmed[key]
+        snapshot = endpoints.get(key)
+        per_node = snapshot.nodes if snapshot is not None else ()
+        for node_endpoints in per_node:
+            if node_endpoints.node == node:
+                local.update(_addresses(node_endpoints.endpoints))
+        # Local policy keeps the client address and skips the second hop: only
+        # this node's pods may serve, exactly as the appliance only sends to
+        # nodes that have one.
+        chosen = [
+            ep
+            for ne in per_node
+            if lb.external_traffic_policy == "Cluster" or ne.node == node
+            for ep in ne.endpoints
+            if ep.ready
+        ]
+        for vip in vips[key]:
+            for port in lb.ports:
+                protocol = _L4[port.protocol]
+                ident = (vip.version, int(vip), port.port, protocol)
+                if ident in rules:
+                    ignored.append(
+                        f"{key}: {vip}:{port.port}/{protocol} is already steered "
+                        f"for {rules[ident].service}"
+                    )
+                    continue
+                rules[ident] = NftRule(
+                    service=key,
+                    family="ip" if vip.version == 4 else "ip6",
+                    vip=str(vip),
+                    protocol=protocol,
+                    port=port.port,
+                    backends=_backends(port, chosen, vip.version),
+                )
+    return NftRuleset(
+        table=table,
+        rules=tuple(rules[k] for k in sorted(rules)),
+        local_endpoints=tuple(str(ip) for ip in sorted(local, key=_ip_key)),
+    )
+
+
+def _backends(port: ServicePort, endpoints: list[Endpoint], version: int) -> tuple[NftBackend, ...]:
+    found: set[tuple[IPAddress, int]] = set()
+    for ep in endpoints:
+        target = _target_port(port, ep)
+        if target is None:
+            continue
+        found.update((ip, target) for ip in _addresses((ep,)) if ip.version == version)
+    return tuple(
+        NftBackend(address=str(ip), port=target)
+        for ip, target in sorted(found, key=lambda b: (_ip_key(b[0]), b[1]))
+    )
+
+
+def _target_port(port: ServicePort, endpoint: Endpoint) -> int | None:
+    """The endpoint's port for a Service port: EndpointSlices match them by name and protocol."""
+    for ep_port in endpoint.ports:
+        if ep_port.name == port.name and ep_port.protocol == port.protocol:
+            return ep_port.port
+    if endpoint.ports:
+        return None
+    if port.target_port is None:
+        return port.port
+    return port.target_port if isinstance(port.target_port, int) else None
+
+
+def _addresses(endpoints: tuple[Endpoint, ...] | list[Endpoint]) -> set[IPAddress]:
+    found: set[IPAddress] = set()
+    for ep in endpoints:
+        for raw in ep.addresses:
+            try:
+                found.add(ipaddress.ip_address(raw))
+            except ValueError:
+                continue
+    return found
+
+
+def _parse_vip(raw: str) -> IPAddress | None:
+    try:
+        ip = ipaddress.ip_address(raw)
+    except ValueError:
+        return None
+    # Any of these on lo would break the node, whatever a publisher says.
+    if ip.is_unspecified or ip.is_loopback or ip.is_multicast or ip.is_link_local:
+        return None
+    return ip
+
+
+def _ip_key(ip: IPAddress) -> tuple[int, int]:
+    return (ip.version, int(ip))
+
+
+# --- rendering ------------------------------------------------------------------
+
+
+def render_nft(ruleset: NftRuleset) -> str:
+    """The ruleset as one ``nft -f`` transaction that replaces the table atomically.
+
+    Declaring the table first makes the delete succeed when there is none yet;
+    the kernel applies the file as a whole or not at all.
+    """
+    t = ruleset.table
+    v4 = [r.vip for r in ruleset.rules if r.family == "ip"]
+    v6 = [r.vip for r in ruleset.rules if r.family == "ip6"]
+    local4 = [a for a in ruleset.local_endpoints if ":" not in a]
+    local6 = [a for a in ruleset.local_endpoints if ":" in a]
+    lines = [
+        f"table inet {t}",
+        f"delete table inet {t}",
+        f"table inet {t} {{",
+        *_set("vips4", "ipv4_addr", v4),
+        *_set("vips6", "ipv6_addr", v6),
+        *_set("local4", "ipv4_addr", local4),
+        *_set("local6", "ipv6_addr", local6),
+        "\tchain services {",
+        *(f"\t\t{_rule(r)}" for r in ruleset.rules if r.backends),
+        "\t}",
+        "\tchain prerouting {",
+        "\t\ttype nat hook prerouting priority dstnat; policy accept;",
+        # The digest rides on a rule: rule comments read back everywhere (also
+        # in ``nft -j``), table comments need kernel 5.10 and newer nft.
+        f'\t\tjump services comment "{DIGEST_PREFIX}{ruleset.digest}"',
+        "\t}",
+        "\tchain output {",
+        # "dstnat" names a priority only on prerouting.
+        "\t\ttype nat hook output priority -100; policy accept;",
+        "\t\tjump services",
+        "\t}",
+        "\tchain postrouting {",
+        "\t\ttype nat hook postrouting priority srcnat; policy accept;",
+        "\t\tct status dnat ct original ip daddr @vips4 ip daddr != @local4 masquerade",
+        "\t\tct status dnat ct original ip6 daddr @vips6 ip6 daddr != @local6 masquerade",
+        "\t}",
+        "}",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _set(name: str, kind: str, elements: list[str]) -> list[str]:
+    unique = list(dict.fromkeys(elements))
+    body = [f"\t\telements = {{ {', '.join(unique)} }}"] if unique else []
+    return [f"\tset {name} {{", f"\t\ttype {kind}", *body, "\t}"]
+
+
+def _rule(rule: NftRule) -> str:
+    match = f"{rule.family} daddr {rule.vip} {rule.protocol} dport {rule.port}"
+    comment = f'comment "{rule.service}"'
+    if len(rule.backends) == 1:
+        (b,) = rule.backends
+        host = b.address if rule.family == "ip" else f"[{b.address}]"
+        return f"{match} dnat {rule.family} to {host}:{b.port} {comment}"
+    # conntrack remembers the choice, so a random pick per new connection is a
+    # stable per-connection balance, with no state of our own.
+    pairs = ", ".join(f"{i} : {b.address} . {b.port}" for i, b in enumerate(rule.backends))
+    n = len(rule.backends)
+    return (
+        f"{match} dnat {rule.family} addr . port to numgen random mod {n} map {{ {pairs} }} "
+        f"{comment}"
+    )

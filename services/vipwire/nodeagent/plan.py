@@ -1,0 +1,160 @@
+"""From what a node has to what it should have: the fewest actions (pure: no I/O).
+
+Ownership is part of the data: an address the agent did not put there
+(``owned=False``: the node's own ``127.0.0.1``, an operator's test address) is
+never removed, even when it is not wanted; an owned one that is no longer
+wanted is. The applier decides how ownership is marked on the real node.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import msgspec
+
+from vipwire.nodeagent.desired import NftRuleset, NodeState, Sysctl, render_nft
+
+
+class InterfaceAddress(msgspec.Struct, frozen=True, kw_only=True):
+    """An address on an interface, as found on the node."""
+
+    interface: str
+    address: str
+    prefix: int
+    #: Put there by this agent (and so its to remove).
+    owned: bool = False
+
+
+class AppliedState(msgspec.Struct, frozen=True, kw_only=True):
+    """What the node has now, as far as the agent manages it."""
+
+    #: Addresses on the interfaces the agent looks at, owned or not.
+    addresses: tuple[InterfaceAddress, ...] = ()
+    #: Current values of the sysctls the agent sets; a missing key is set unconditionally.
+    sysctls: tuple[Sysctl, ...] = ()
+    #: Digest of the agent's nftables table (see ``NftRuleset.digest``); None: no table.
+    #: A table whose digest cannot be read counts as different and is replaced.
+    nft_digest: str | None = None
+
+
+# --- actions ------------------------------------------------------------------
+
+
+class AddAddress(msgspec.Struct, frozen=True, kw_only=True, tag="add-address"):
+    interface: str
+    address: str
+    prefix: int
+
+
+class RemoveAddress(msgspec.Struct, frozen=True, kw_only=True, tag="remove-address"):
+    interface: str
+    address: str
+    prefix: int
+
+
+class SetSysctl(msgspec.Struct, frozen=True, kw_only=True, tag="set-sysctl"):
+    key: str
+    value: str
+
+
+class ReplaceNftTable(msgspec.Struct, frozen=True, kw_only=True, tag="replace-nft-table"):
+    """Replace the agent's table with this ruleset, atomically (see ``render_nft``)."""
+
+    ruleset: NftRuleset
+
+    @property
+    def script(self) -> str:
+        return render_nft(self.ruleset)
+
+
+class DeleteNftTable(msgspec.Struct, frozen=True, kw_only=True, tag="delete-nft-table"):
+    table: str
+
+
+Action = AddAddress | RemoveAddress | SetSysctl | ReplaceNftTable | DeleteNftTable
+
+
+def plan(current: AppliedState, desired: NodeState) -> tuple[Action, ...]:
+    """The actions that take ``current`` to ``desired``, in the order they must run.
+
+    ARP sysctls come first so that no VIP is ever on the node while the node
+    would still answer ARP for it; the rules come before the addresses so that
+    a new VIP is steered from its first packet; removals come last.
+    """
+    actions: list[Action] = []
+    have_sysctls = {s.key: s.value for s in current.sysctls}
+    actions.extend(
+        SetSysctl(key=s.key, value=s.value)
+        for s in desired.sysctls
+        if have_sysctls.get(s.key) != s.value
+    )
+    if desired.nft is None:
+        if current.nft_digest is not None:
+            actions.append(DeleteNftTable(table=desired.nft_table))
+    elif current.nft_digest != desired.nft.digest:
+        actions.append(ReplaceNftTable(ruleset=desired.nft))
+    have = {(a.interface, a.address, a.prefix) for a in current.addresses}
+    want = {(desired.interface, a.address, a.prefix) for a in desired.addresses}
+    actions.extend(
+        AddAddress(interface=desired.interface, address=a.address, prefix=a.prefix)
+        for a in desired.addresses
+        if (desired.interface, a.address, a.prefix) not in have
+    )
+    actions.extend(
+        RemoveAddress(interface=a.interface, address=a.address, prefix=a.prefix)
+        for a in sorted(current.addresses, key=_address_order)
+        if a.owned and (a.interface, a.address, a.prefix) not in want
+    )
+    return tuple(actions)
+
+
+def simulate(current: AppliedState, actions: Iterable[Action]) -> AppliedState:
+    """The state after ``actions`` succeed; what a dry run believes the node has."""
+    addresses = list(current.addresses)
+    sysctls = {s.key: s.value for s in current.sysctls}
+    digest = current.nft_digest
+    for action in actions:
+        match action:
+            case AddAddress(interface=ifname, address=address, prefix=prefix):
+                addresses.append(
+                    InterfaceAddress(interface=ifname, address=address, prefix=prefix, owned=True)
+                )
+            case RemoveAddress(interface=ifname, address=address, prefix=prefix):
+                addresses = [
+                    a
+                    for a in addresses
+                    if (a.interface, a.address, a.prefix) != (ifname, address, prefix)
+                ]
+            case SetSysctl(key=key, value=value):
+                sysctls[key] = value
+            case ReplaceNftTable(ruleset=ruleset):
+                digest = ruleset.digest
+            case DeleteNftTable():
+                digest = None
+    return AppliedState(
+        addresses=tuple(sorted(addresses, key=_address_order)),
+        sysctls=tuple(Sysctl(key=k, value=v) for k, v in sorted(sysctls.items())),
+        nft_digest=digest,
+    )
+
+
+def describe(action: Action) -> str:
+    """One line for logs and dry-run reports."""
+    match action:
+        case AddAddress(interface=ifname, address=address, prefix=prefix):
+            return f"add address {address}/{prefix} on {ifname}"
+        case RemoveAddress(interface=ifname, address=address, prefix=prefix):
+            return f"remove address {address}/{prefix} from {ifname}"
+        case SetSysctl(key=key, value=value):
+            return f"set sysctl {key}={value}"
+        case ReplaceNftTable(ruleset=ruleset):
+            return (
+                f"replace nftables table inet {ruleset.table} "
+                f"({len(ruleset.rules)} rules, digest {ruleset.digest})"
+            )
+        case DeleteNftTable(table=table):
+            return f"delete nftables table inet {table}"
+
+
+def _address_order(a: InterfaceAddress) -> tuple[str, int, str, int]:
+    return (a.interface, 6 if ":" in a.address else 4, a.address, a.prefix)

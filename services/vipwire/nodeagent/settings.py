@@ -1,0 +1,74 @@
+"""The ``nodeagent`` section of the config file."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from typing import Final, Literal
+
+import msgspec
+
+from vipwire.contracts import validate_cluster, validate_node_name
+
+NODE_ENV: Final = "VIPWIRE_NODE"
+"""Environment variable naming the node; a DaemonSet sets it from ``spec.nodeName``."""
+
+Mode = Literal["kube-proxy", "standalone"]
+
+# What the kernel accepts as a device name (dev_valid_name): below IFNAMSIZ,
+# no '/', ':' or whitespace. Checked here because names end up in sysctl paths
+# and in commands.
+_IFNAME = re.compile(r"^[^/:\s]{1,15}$")
+_NFT_TABLE = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
+
+
+def _check_interface(field: str, name: str) -> None:
+    if not _IFNAME.match(name) or name in (".", ".."):
+        raise ValueError(f"{field}: {name!r} is not a valid network interface name")
+
+
+class NodeagentSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """One node agent: which cluster's VIPs it serves on which node, and how."""
+
+    #: Cluster whose programmed VIPs this node serves (a DNS label). Required.
+    cluster: str
+    #: Kubernetes name of this node. $VIPWIRE_NODE, when set, overrides it (one
+    #: ConfigMap serves a whole DaemonSet); one of the two is required.
+    node: str = ""
+    #: ``kube-proxy``: kube-proxy steers VIP:port to pods (``ipMode: VIP``), we only hold
+    #: the VIPs; ``standalone``: we also write nftables DNAT rules to the endpoints.
+    mode: Mode = "kube-proxy"
+    #: Record what would be done instead of doing it (the only applier until issue 6).
+    dry_run: bool = True
+    #: Interface that holds the VIPs (/32, /128) so the node accepts them without ARP.
+    loopback_interface: str = "lo"
+    #: Uplink interface that also gets the ARP sysctls (besides ``all``); None: only ``all``.
+    uplink_interface: str | None = None
+    #: nftables table (family ``inet``) owned by the agent in ``standalone`` mode.
+    nft_table: str = "vipwire"
+    #: Milliseconds to wait after a change before applying, so a burst is applied once.
+    coalesce_ms: int = 20
+    #: Seconds between re-applies that repair drift; 0 disables them.
+    resync_interval: float = 60.0
+
+    def __post_init__(self) -> None:
+        validate_cluster(self.cluster)
+        if self.node:
+            validate_node_name(self.node)
+        _check_interface("loopback_interface", self.loopback_interface)
+        if self.uplink_interface is not None:
+            _check_interface("uplink_interface", self.uplink_interface)
+        if not _NFT_TABLE.match(self.nft_table):
+            raise ValueError(f"nft_table: {self.nft_table!r} is not a plain nftables name")
+        if not 0 <= self.coalesce_ms <= 10_000:
+            raise ValueError(f"coalesce_ms: {self.coalesce_ms} is not within 0..10000")
+        if self.resync_interval < 0:
+            raise ValueError(f"resync_interval: {self.resync_interval} is negative")
+
+    def for_this_node(self, environ: Mapping[str, str] = os.environ) -> NodeagentSettings:
+        """These settings with ``node`` resolved from $VIPWIRE_NODE when set."""
+        node = environ.get(NODE_ENV) or self.node
+        if not node:
+            raise ValueError(f"no node name: set nodeagent.node or ${NODE_ENV}")
+        return msgspec.structs.replace(self, node=validate_node_name(node))

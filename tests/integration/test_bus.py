@@ -1,0 +1,309 @@
+"""The event backbone against a real nats-server: publish, consume, verdicts, poison."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections import defaultdict
+from collections.abc import Awaitable, Callable
+
+import pytest
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind
+
+from vipwire.bus import DONE, ConsumerSpec, Delivery, Reject, Retry, Verdict
+from vipwire.contracts import STREAM, NodeGone, ServiceGone, subject_for
+from vipwire.natsserver import NatsServer
+from vipwire.runtime import Runtime
+from vipwire.testing import eventually
+
+RuntimeFactory = Callable[[str], Awaitable[Runtime]]
+
+
+def gone(name: str, uid: str = "u") -> ServiceGone:
+    return ServiceGone(cluster="east", namespace="default", name=name, uid=uid)
+
+
+SERVICES = ("vipwire.*.service.>",)
+
+
+class TestDeclarations:
+    async def test_stream_and_buckets_are_declared_idempotently(
+        self, make_runtime: RuntimeFactory
+    ) -> None:
+        """Declaring the stream and a KV bucket twice, from two services, is harmless."""
+        a, b = await make_runtime("a"), await make_runtime("b")
+        await a.bus.ensure_stream()
+        await b.bus.ensure_stream()
+        kv1 = await a.bus.kv("vipwire-test")
+        kv2 = await b.bus.kv("vipwire-test")
+        await kv1.put("k", b"v")
+        assert (await kv2.get("k")).value == b"v"
+        info = await a.bus.js.stream_info(STREAM)
+        assert info.config.subjects == ["vipwire.>"]
+
+
+class TestPublish:
+    async def test_publish_sets_msg_id_and_trace_context(
+        self, make_runtime: RuntimeFactory
+    ) -> None:
+        """A published message carries Nats-Msg-Id and a W3C traceparent header."""
+        rt = await make_runtime("pub")
+        seq = await rt.bus.publish(gone("web"), msg_id="east/u/1")
+        raw = await rt.bus.js.get_msg(STREAM, seq)
+        assert raw.headers is not None
+        assert raw.headers["Nats-Msg-Id"] == "east/u/1"
+        assert raw.headers["traceparent"].startswith("00-")
+
+    async def test_same_msg_id_is_stored_once(self, make_runtime: RuntimeFactory) -> None:
+        """JetStream drops a repeat of a Nats-Msg-Id inside the duplicate window."""
+        rt = await make_runtime("pub")
+        first = await rt.bus.publish(gone("web"), msg_id="same")
+        second = await rt.bus.publish(gone("web"), msg_id="same")
+        assert first == second
+        info = await rt.bus.js.stream_info(STREAM)
+        assert info.state.messages == 1
+
+
+class TestConsume:
+    async def test_per_subject_order_is_kept_under_concurrency(
+        self, make_runtime: RuntimeFactory
+    ) -> None:
+        """With many lanes and uneven handler times, each subject is handled in order."""
+        rt = await make_runtime("order")
+        seen: dict[str, list[int]] = defaultdict(list)
+        rng = random.Random(7)
+
+        async def handler(d: Delivery) -> Verdict:
+            await asyncio.sleep(rng.random() / 500)
+            assert isinstance(d.message, ServiceGone)
+            seen[d.message.name].append(int(d.message.uid))
+            return DONE
+
+        consumer = rt.bus.consumer(
+            ConsumerSpec(filters=SERVICES, durable="order", concurrency=8, supersede=False),
+            handler,
+        )
+        await consumer.start()
+        for i in range(40):
+            await asyncio.gather(*(rt.bus.publish(gone(f"s{k}", str(i))) for k in range(10)))
+        await eventually(lambda: sum(map(len, seen.values())) == 400)
+        await consumer.stop()
+        assert all(v == list(range(40)) for v in seen.values()), seen
+
+    async def test_retry_redelivers_after_its_delay(self, make_runtime: RuntimeFactory) -> None:
+        """Retry naks with a delay; the message comes back and is then acknowledged."""
+        rt = await make_runtime("retry")
+        deliveries: list[int] = []
+
+        async def handler(d: Delivery) -> Verdict:
+            deliveries.append(d.num_delivered)
+            return Retry(delay=0.05, reason="not yet") if d.num_delivered < 3 else DONE
+
+        consumer = rt.bus.consumer(ConsumerSpec(filters=SERVICES, durable="retry"), handler)
+        await consumer.start()
+        await rt.bus.publish(gone("web"))
+        await eventually(lambda: deliveries == [1, 2, 3])
+        await asyncio.sleep(0.2)
+        assert deliveries == [1, 2, 3]
+        info = await rt.bus.js.consumer_info(STREAM, "retry")
+        assert info.num_ack_pending == 0
+        await consumer.stop()
+
+    async def test_reject_terminates_without_redelivery(self, make_runtime: RuntimeFactory) -> None:
+        """Reject terms the message: it is never delivered again."""
+        rt = await make_runtime("reject")
+        deliveries: list[int] = []
+
+        async def handler(d: Delivery) -> Verdict:
+            deliveries.append(d.seq)
+            return Reject(reason="cannot ever work")
+
+        spec = ConsumerSpec(filters=SERVICES, durable="reject", ack_wait=0.5)
+        consumer = rt.bus.consumer(spec, handler)
+        await consumer.start()
+        await rt.bus.publish(gone("web"))
+        await eventually(lambda: len(deliveries) == 1)
+        await asyncio.sleep(1.0)
+        assert len(deliveries) == 1
+        await consumer.stop()
+
+    async def test_older_snapshot_is_superseded(self, make_runtime: RuntimeFactory) -> None:
+        """A redelivered message older than one already handled on its subject is skipped."""
+        rt = await make_runtime("supersede")
+        handled: list[str] = []
+
+        async def handler(d: Delivery) -> Verdict:
+            assert isinstance(d.message, ServiceGone)
+            if d.message.uid == "old" and d.num_delivered == 1:
+                return Retry(delay=0.2, reason="let the newer one overtake")
+            handled.append(d.message.uid)
+            return DONE
+
+        consumer = rt.bus.consumer(ConsumerSpec(filters=SERVICES, durable="sup"), handler)
+        await consumer.start()
+        await rt.bus.publish(gone("web", "old"))
+        await rt.bus.publish(gone("web", "new"))
+        await eventually(lambda: handled == ["new"])
+        await asyncio.sleep(0.5)
+        assert handled == ["new"]
+        await consumer.stop()
+
+    async def test_last_per_subject_rebuilds_and_reports_caught_up(
+        self, make_runtime: RuntimeFactory
+    ) -> None:
+        """A new consumer sees only the newest message per subject, then says caught up."""
+        rt = await make_runtime("rebuild")
+        for uid in ("1", "2", "3"):
+            await rt.bus.publish(gone("a", uid))
+            await rt.bus.publish(gone("b", uid))
+        seen: list[tuple[str, str]] = []
+
+        async def handler(d: Delivery) -> Verdict:
+            assert isinstance(d.message, ServiceGone)
+            seen.append((d.message.name, d.message.uid))
+            return DONE
+
+        consumer = rt.bus.consumer(
+            ConsumerSpec(filters=SERVICES, deliver="last_per_subject"), handler
+        )
+        await consumer.start()
+        await consumer.caught_up(timeout=5)
+        assert sorted(seen) == [("a", "3"), ("b", "3")]
+        await consumer.stop()
+
+
+class TestPoison:
+    async def test_malformed_message_is_termed_logged_counted_and_the_pipeline_goes_on(
+        self, make_runtime: RuntimeFactory, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """Garbage on a subject is terminated once, logged with subject and sequence, counted."""
+        rt = await make_runtime("poison")
+        handled: list[str] = []
+
+        async def handler(d: Delivery) -> Verdict:
+            assert isinstance(d.message, ServiceGone)
+            handled.append(d.message.name)
+            return DONE
+
+        consumer = rt.bus.consumer(
+            ConsumerSpec(filters=SERVICES, durable="poison", ack_wait=0.5), handler
+        )
+        await consumer.start()
+        bad = await rt.bus.js.publish("vipwire.east.service.default.bad", b'{"kind": "nope"}')
+        await rt.bus.publish(gone("good"))
+        with caplog.at_level(logging.ERROR, logger="vipwire.bus.consumer"):
+            await eventually(lambda: handled == ["good"])
+            await asyncio.sleep(1.0)  # past ack_wait: a poison message must not come back
+        assert handled == ["good"]
+        poison_logs = [r.getMessage() for r in caplog.records if "poison" in r.getMessage()]
+        assert len(poison_logs) == 1
+        assert "vipwire.east.service.default.bad" in poison_logs[0]
+        assert f"seq {bad.seq}" in poison_logs[0]
+        assert "vipwire_bus_poison_total" in rt.metrics.expose()
+        info = await rt.bus.js.consumer_info(STREAM, "poison")
+        assert info.num_ack_pending == 0
+        await consumer.stop()
+
+    async def test_a_handler_that_keeps_failing_is_poisoned_after_max_deliveries(
+        self, make_runtime: RuntimeFactory, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """An exception retries with backoff; after max_deliveries the message is termed."""
+        rt = await make_runtime("fail")
+        attempts: list[int] = []
+
+        async def handler(d: Delivery) -> Verdict:
+            attempts.append(d.num_delivered)
+            raise RuntimeError("boom")
+
+        spec = ConsumerSpec(filters=SERVICES, durable="fail", max_deliveries=3)
+        consumer = rt.bus.consumer(spec, handler)
+        await consumer.start()
+        with caplog.at_level(logging.ERROR):
+            await rt.bus.publish(gone("web"))
+            await eventually(lambda: attempts == [1, 2, 3])
+            await asyncio.sleep(0.5)
+        assert attempts == [1, 2, 3]
+        assert any("still failing after 3 deliveries" in r.getMessage() for r in caplog.records)
+        await consumer.stop()
+
+
+class TestTracing:
+    async def test_consumer_span_continues_the_publishers_trace(
+        self, make_runtime: RuntimeFactory, span_exporter: InMemorySpanExporter
+    ) -> None:
+        """The process span is a CONSUMER child of the PRODUCER span, with messaging attributes."""
+        producer, receiver = await make_runtime("producer"), await make_runtime("receiver")
+        done = asyncio.Event()
+
+        async def handler(d: Delivery) -> Verdict:
+            done.set()
+            return DONE
+
+        consumer = receiver.bus.consumer(ConsumerSpec(filters=SERVICES, durable="t"), handler)
+        await consumer.start()
+        await producer.bus.publish(gone("web"), msg_id="id-1")
+        await asyncio.wait_for(done.wait(), 5)
+        await consumer.stop()
+        spans = {s.name: s for s in span_exporter.get_finished_spans()}
+        send, process = spans["publish service"], spans["process service"]
+        assert send.kind is SpanKind.PRODUCER and process.kind is SpanKind.CONSUMER
+        assert process.context is not None and send.context is not None
+        assert process.context.trace_id == send.context.trace_id
+        assert process.parent is not None and process.parent.span_id == send.context.span_id
+        assert process.attributes is not None
+        assert process.attributes["messaging.system"] == "nats"
+        assert process.attributes["messaging.message.id"] == "id-1"
+        assert process.attributes["messaging.destination.name"] == subject_for(gone("web"))
+
+
+class TestResilience:
+    async def test_consumer_carries_on_across_a_nats_restart(
+        self, tmp_path_factory: pytest.TempPathFactory, span_exporter: InMemorySpanExporter
+    ) -> None:
+        """Kill nats-server and start it again on the same port: publishing and consuming resume."""
+        from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+
+        from vipwire.bus import BusSettings
+        from vipwire.runtime import CommonSettings
+
+        store = tmp_path_factory.mktemp("store")
+        server = NatsServer(store)
+        await server.start()
+        port = server.port
+        settings = BusSettings(servers=(server.url,), reconnect_wait=0.1)
+        rt = Runtime(
+            "resilient",
+            CommonSettings(bus=settings),
+            span_processors=[SimpleSpanProcessor(span_exporter)],
+        )
+        await rt.start()
+        got: list[str] = []
+
+        async def handler(d: Delivery) -> Verdict:
+            assert isinstance(d.message, NodeGone)
+            got.append(d.message.node)
+            return DONE
+
+        spec = ConsumerSpec(filters=("vipwire.*.node.>",), durable="r", heartbeat=0.2)
+        consumer = rt.bus.consumer(spec, handler)
+        await consumer.start()
+        await rt.bus.publish(NodeGone(cluster="east", node="before"))
+        await eventually(lambda: got == ["before"])
+        server.kill()
+        await server.stop()
+        server = NatsServer(store, port=port or 0)
+        await server.start()
+        try:
+            async with asyncio.timeout(10):
+                while True:
+                    try:
+                        await rt.bus.publish(NodeGone(cluster="east", node="after"))
+                        break
+                    except Exception:
+                        await asyncio.sleep(0.1)
+            await eventually(lambda: got == ["before", "after"], timeout=10)
+        finally:
+            await rt.stop()
+            await server.stop()

@@ -1,0 +1,431 @@
+"""The node agent on a real nats-server: programmed VIPs in, dry-run applies and reports out."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import pytest
+from nats.aio.msg import Msg
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from vipwire.contracts import (
+    Endpoint,
+    EndpointPort,
+    EndpointsSnapshot,
+    LbFailed,
+    LbProgrammed,
+    LbRemoved,
+    Member,
+    NodeApplied,
+    NodeEndpoints,
+    ServicePort,
+    decode,
+)
+from vipwire.nodeagent import (
+    AddAddress,
+    AppliedState,
+    DryRunApplier,
+    InterfaceAddress,
+    NodeagentService,
+    NodeagentSettings,
+    RemoveAddress,
+    ReplaceNftTable,
+)
+from vipwire.runtime import Runtime
+from vipwire.testing import eventually
+
+RuntimeFactory = Callable[[str], Awaitable[Runtime]]
+CLUSTER = "east"
+NODE = "node-a.dc1"
+
+
+def programmed(
+    name: str, *vips: str, cluster: str = CLUSTER, policy: str = "Cluster"
+) -> LbProgrammed:
+    return LbProgrammed(
+        cluster=cluster,
+        namespace="default",
+        name=name,
+        uid=f"uid-{name}",
+        appliance="sim-1",
+        vips=vips,
+        ports=(ServicePort(port=80, name="http"),),
+        members=(Member(node=NODE, address="198.51.100.1"),),
+        external_traffic_policy=policy,  # type: ignore[arg-type]
+    )
+
+
+def removed(name: str) -> LbRemoved:
+    return LbRemoved(
+        cluster=CLUSTER, namespace="default", name=name, uid=f"uid-{name}", appliance="sim-1"
+    )
+
+
+def endpoints(name: str, node: str, *addresses: str) -> EndpointsSnapshot:
+    pods = tuple(
+        Endpoint(addresses=(a,), ports=(EndpointPort(port=8080, name="http"),)) for a in addresses
+    )
+    return EndpointsSnapshot(
+        cluster=CLUSTER,
+        namespace="default",
+        name=name,
+        nodes=(NodeEndpoints(node=node, endpoints=pods),),
+    )
+
+
+def lo(address: str, prefix: int = 32) -> AddAddress:
+    return AddAddress(interface="lo", address=address, prefix=prefix)
+
+
+class Reports:
+    """Every NodeApplied on the bus, seen through a plain core-NATS subscription."""
+
+    def __init__(self) -> None:
+        self.seen: list[NodeApplied] = []
+
+    async def attach(self, runtime: Runtime) -> None:
+        await runtime.bus.nc.subscribe("vipwire.*.applied.>", cb=self._on_msg)
+        await runtime.bus.nc.flush()
+
+    async def _on_msg(self, msg: Msg) -> None:
+        message = decode(msg.subject, msg.data)
+        assert isinstance(message, NodeApplied)
+        self.seen.append(message)
+
+    async def wait_for(
+        self, node: str = NODE, *, vips: tuple[str, ...] | None = None, after: int = 0
+    ) -> NodeApplied:
+        """The first report of ``node`` (with exactly ``vips``) past the first ``after`` seen."""
+
+        def match() -> NodeApplied | None:
+            for m in self.seen[after:]:
+                if m.node == node and (vips is None or m.vips == vips):
+                    return m
+            return None
+
+        await eventually(lambda: match() is not None)
+        found = match()
+        assert found is not None
+        return found
+
+
+Agents = Callable[..., Awaitable[NodeagentService]]
+
+
+@pytest.fixture
+async def agents(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Agents]:
+    """Start node agents (ready when returned); all are stopped at teardown."""
+    monkeypatch.delenv("VIPWIRE_NODE", raising=False)
+    started: list[NodeagentService] = []
+
+    async def start(
+        runtime: Runtime, applier: DryRunApplier, node: str = NODE, **overrides: object
+    ) -> NodeagentService:
+        options: dict[str, object] = {"coalesce_ms": 5, "resync_interval": 0.0, **overrides}
+        settings = NodeagentSettings(cluster=CLUSTER, node=node, **options)  # type: ignore[arg-type]
+        service = NodeagentService(settings, runtime, applier)
+        started.append(service)
+        runtime.set_readiness(service.readiness)
+        await service.start()
+        await service.wait_ready(5)
+        return service
+
+    yield start
+    for service in reversed(started):
+        await service.stop()
+
+
+class TestApply:
+    async def test_programmed_vips_are_applied_and_reported(
+        self, make_runtime: RuntimeFactory, agents: Agents
+    ) -> None:
+        """An LbProgrammed puts its VIP on lo (recorded) and a NodeApplied reports it."""
+        rt = await make_runtime("nodeagent")
+        reports = Reports()
+        await reports.attach(rt)
+        applier = DryRunApplier()
+        await agents(rt, applier)
+        first = await reports.wait_for(vips=())
+        await rt.bus.publish(programmed("web", "192.0.2.10", "2001:db8::10"))
+        report = await reports.wait_for(vips=("192.0.2.10", "2001:db8::10"))
+        assert (report.cluster, report.mode, report.dry_run) == (CLUSTER, "kube-proxy", True)
+        assert report.generation == first.generation + 1
+        assert applier.history[-1] == (lo("192.0.2.10"), lo("2001:db8::10", 128))
+
+    async def test_the_report_continues_the_trace_of_the_programmed_message(
+        self, make_runtime: RuntimeFactory, agents: Agents, span_exporter: InMemorySpanExporter
+    ) -> None:
+        """NodeApplied is published inside the handler, so it joins the LbProgrammed's trace."""
+        rt = await make_runtime("nodeagent")
+        reports = Reports()
+        await reports.attach(rt)
+        await agents(rt, DryRunApplier())
+        await rt.bus.publish(programmed("web", "192.0.2.10"))
+        await reports.wait_for(vips=("192.0.2.10",))
+        spans = span_exporter.get_finished_spans()
+        (cause,) = [s for s in spans if s.name == "publish lb"]
+        assert cause.context is not None
+        in_trace = {
+            s.name for s in spans if s.context and s.context.trace_id == cause.context.trace_id
+        }
+        assert {"process lb", "nodeagent apply", "publish applied"} <= in_trace
+
+    async def test_removed_service_takes_its_vip_away_in_a_new_generation(
+        self, make_runtime: RuntimeFactory, agents: Agents
+    ) -> None:
+        """LbRemoved removes the VIP (only that one) and bumps the generation."""
+        rt = await make_runtime("nodeagent")
+        reports = Reports()
+        await reports.attach(rt)
+        applier = DryRunApplier()
+        await agents(rt, applier)
+        await rt.bus.publish(programmed("web", "192.0.2.10"))
+        await rt.bus.publish(programmed("api", "192.0.2.11"))
+        both = await reports.wait_for(vips=("192.0.2.10", "192.0.2.11"))
+        await rt.bus.publish(removed("web"))
+        after = await reports.wait_for(vips=("192.0.2.11",))
+        assert after.generation > both.generation
+        assert applier.history[-1] == (
+            RemoveAddress(interface="lo", address="192.0.2.10", prefix=32),
+        )
+
+    async def test_a_failed_programming_keeps_the_vip(
+        self, make_runtime: RuntimeFactory, agents: Agents
+    ) -> None:
+        """LbFailed does not withdraw a VIP the appliance may still serve."""
+        rt = await make_runtime("nodeagent")
+        reports = Reports()
+        await reports.attach(rt)
+        applier = DryRunApplier()
+        agent = await agents(rt, applier)
+        await rt.bus.publish(programmed("web", "192.0.2.10"))
+        await reports.wait_for(vips=("192.0.2.10",))
+        failed = LbFailed(
+            cluster=CLUSTER,
+            namespace="default",
+            name="web",
+            uid="uid-web",
+            appliance="sim-1",
+            reason="ApplianceFailed",
+            message="connection refused",
+            removing=True,
+        )
+        await rt.bus.publish(failed)
+        await rt.bus.publish(programmed("api", "192.0.2.11"))
+        await reports.wait_for(vips=("192.0.2.10", "192.0.2.11"))
+        assert not any(isinstance(a, RemoveAddress) for batch in applier.history for a in batch)
+        assert agent.readiness() is None
+
+    async def test_foreign_addresses_on_lo_are_kept(
+        self, make_runtime: RuntimeFactory, agents: Agents
+    ) -> None:
+        """The node's own loopback addresses are never touched, even with no VIP at all."""
+        rt = await make_runtime("nodeagent")
+        reports = Reports()
+        await reports.attach(rt)
+        mine = InterfaceAddress(interface="lo", address="127.0.0.1", prefix=8)
+        applier = DryRunApplier(AppliedState(addresses=(mine,)))
+        await agents(rt, applier)
+        await rt.bus.publish(programmed("web", "192.0.2.10"))
+        await reports.wait_for(vips=("192.0.2.10",))
+        await rt.bus.publish(removed("web"))
+        await reports.wait_for(vips=(), after=1)
+        assert applier.state.addresses == (mine,)
+
+    async def test_a_burst_is_applied_in_fewer_writes_than_messages(
+        self, make_runtime: RuntimeFactory, agents: Agents
+    ) -> None:
+        """Changes within the coalescing window share one apply; the last report has them all."""
+        rt = await make_runtime("nodeagent")
+        reports = Reports()
+        await reports.attach(rt)
+        applier = DryRunApplier()
+        await agents(rt, applier, coalesce_ms=200)
+        writes = applier.writes
+        vips = tuple(sorted(f"192.0.2.{i}" for i in range(10, 20)))
+        for i, vip in enumerate(vips):
+            await rt.bus.publish(programmed(f"svc-{i}", vip))
+        await reports.wait_for(vips=vips)
+        assert applier.writes - writes < len(vips)
+
+
+class TestClusters:
+    async def test_two_agents_for_two_nodes_both_report(
+        self, make_runtime: RuntimeFactory, agents: Agents
+    ) -> None:
+        """Every node's agent applies the cluster's VIPs and reports under its own node name."""
+        rt_a, rt_b = await make_runtime("nodeagent-a"), await make_runtime("nodeagent-b")
+        reports = Reports()
+        await reports.attach(rt_a)
+        applier_a, applier_b = DryRunApplier(), DryRunApplier()
+        await agents(rt_a, applier_a, node=NODE)
+        await agents(rt_b, applier_b, node="node-b.dc1")
+        await rt_a.bus.publish(programmed("web", "192.0.2.10"))
+        await reports.wait_for(NODE, vips=("192.0.2.10",))
+        await reports.wait_for("node-b.dc1", vips=("192.0.2.10",))
+        assert lo("192.0.2.10") in applier_a.history[-1]
+        assert lo("192.0.2.10") in applier_b.history[-1]
+
+    async def test_messages_of_another_cluster_are_ignored(
+        self, make_runtime: RuntimeFactory, agents: Agents
+    ) -> None:
+        """A Service programmed in another cluster never reaches this cluster's nodes."""
+        rt = await make_runtime("nodeagent")
+        reports = Reports()
+        await reports.attach(rt)
+        applier = DryRunApplier()
+        await agents(rt, applier)
+        await rt.bus.publish(programmed("web", "192.0.2.99", cluster="west"))
+        await rt.bus.publish(programmed("web", "192.0.2.10"))
+        await reports.wait_for(vips=("192.0.2.10",))
+        assert all("192.0.2.99" not in m.vips for m in reports.seen)
+        assert all(
+            getattr(a, "address", None) != "192.0.2.99" for batch in applier.history for a in batch
+        )
+
+
+class TestRestart:
+    async def test_restart_rebuilds_from_the_bus_without_churn(
+        self, make_runtime: RuntimeFactory, agents: Agents
+    ) -> None:
+        """A new agent on the same node changes nothing, yet reports its VIPs again."""
+        rt = await make_runtime("nodeagent")
+        reports = Reports()
+        await reports.attach(rt)
+        applier = DryRunApplier()
+        first = await agents(rt, applier)
+        await rt.bus.publish(programmed("web", "192.0.2.10"))
+        await rt.bus.publish(programmed("api", "192.0.2.11"))
+        before = await reports.wait_for(vips=("192.0.2.10", "192.0.2.11"))
+        await first.stop()
+        writes, seen = applier.writes, len(reports.seen)
+        second = await agents(rt, applier)
+        again = await reports.wait_for(vips=before.vips, after=seen)
+        assert applier.writes == writes
+        assert again.generation == before.generation == second.generation
+
+    async def test_a_fresh_start_applies_the_whole_backlog_at_once(
+        self, make_runtime: RuntimeFactory, agents: Agents
+    ) -> None:
+        """What was programmed before the agent started is applied in one write after catch-up."""
+        rt = await make_runtime("nodeagent")
+        reports = Reports()
+        await reports.attach(rt)
+        for i in range(5):
+            await rt.bus.publish(programmed(f"svc-{i}", f"192.0.2.{10 + i}"))
+        await rt.bus.publish(removed("svc-4"))
+        applier = DryRunApplier()
+        await agents(rt, applier)
+        report = await reports.wait_for()
+        assert report.vips == tuple(f"192.0.2.{10 + i}" for i in range(4))
+        assert applier.writes == 1
+        assert report.generation == 1
+
+    async def test_generation_continues_after_the_node_is_wiped(
+        self, make_runtime: RuntimeFactory, agents: Agents
+    ) -> None:
+        """A node that lost its state re-applies under a higher generation than it last reported."""
+        rt = await make_runtime("nodeagent")
+        reports = Reports()
+        await reports.attach(rt)
+        first = await agents(rt, DryRunApplier())
+        await rt.bus.publish(programmed("web", "192.0.2.10"))
+        before = await reports.wait_for(vips=("192.0.2.10",))
+        await first.stop()
+        seen = len(reports.seen)
+        await agents(rt, DryRunApplier())
+        again = await reports.wait_for(vips=("192.0.2.10",), after=seen)
+        assert again.generation == before.generation + 1
+
+
+class TestStandalone:
+    async def test_endpoints_become_dnat_rules_and_follow_changes(
+        self, make_runtime: RuntimeFactory, agents: Agents
+    ) -> None:
+        """Standalone: the table steers VIP:port to ready endpoints and is replaced on change."""
+        rt = await make_runtime("nodeagent")
+        reports = Reports()
+        await reports.attach(rt)
+        applier = DryRunApplier()
+        agent = await agents(rt, applier, mode="standalone")
+        assert applier.nft_script is not None
+        await rt.bus.publish(endpoints("web", NODE, "10.0.0.5"))
+        await rt.bus.publish(programmed("web", "192.0.2.10", policy="Local"))
+        report = await reports.wait_for(vips=("192.0.2.10",))
+        assert report.mode == "standalone"
+        await eventually(lambda: "dnat ip to 10.0.0.5:8080" in (applier.nft_script or ""))
+        generation = agent.generation
+        await rt.bus.publish(endpoints("web", NODE, "10.0.0.6"))
+        await eventually(lambda: "dnat ip to 10.0.0.6:8080" in (applier.nft_script or ""))
+        assert agent.generation == generation + 1
+        assert isinstance(applier.history[-1][0], ReplaceNftTable)
+        assert len(applier.history[-1]) == 1
+
+
+class TestHealth:
+    async def test_readiness_waits_for_the_first_apply_which_is_retried(
+        self, make_runtime: RuntimeFactory, agents: Agents
+    ) -> None:
+        """Not ready before start nor while the first apply fails; ready once it succeeded."""
+        rt = await make_runtime("nodeagent")
+        applier = DryRunApplier(failures=2)
+        service = NodeagentService(
+            NodeagentSettings(cluster=CLUSTER, node=NODE, resync_interval=0.0), rt, applier
+        )
+        assert service.readiness() == "not started"
+        await service.start()
+        try:
+            await eventually(lambda: "first apply failed" in (service.readiness() or ""))
+            await service.wait_ready(5)
+            assert service.readiness() is None
+            assert applier.failures == 0 and applier.writes == 1
+        finally:
+            await service.stop()
+
+    async def test_a_failed_apply_in_a_handler_is_retried(
+        self, make_runtime: RuntimeFactory, agents: Agents
+    ) -> None:
+        """An apply that fails for a message is redelivered and succeeds."""
+        rt = await make_runtime("nodeagent")
+        reports = Reports()
+        await reports.attach(rt)
+        applier = DryRunApplier()
+        await agents(rt, applier)
+        applier.failures = 1
+        await rt.bus.publish(programmed("web", "192.0.2.10"))
+        await reports.wait_for(vips=("192.0.2.10",))
+        assert applier.failures == 0
+
+    async def test_resync_repairs_drift_without_a_message(
+        self, make_runtime: RuntimeFactory, agents: Agents
+    ) -> None:
+        """A VIP removed behind the agent's back is put back by the periodic resync."""
+        rt = await make_runtime("nodeagent")
+        reports = Reports()
+        await reports.attach(rt)
+        applier = DryRunApplier()
+        await agents(rt, applier, resync_interval=0.05)
+        await rt.bus.publish(programmed("web", "192.0.2.10"))
+        await reports.wait_for(vips=("192.0.2.10",))
+        writes = applier.writes
+        applier.tamper(AppliedState(sysctls=applier.state.sysctls))
+        await eventually(lambda: applier.writes > writes)
+        assert applier.history[-1] == (lo("192.0.2.10"),)
+        assert applier.state.addresses[0].owned
+
+    async def test_metrics_count_applies_actions_and_vips(
+        self, make_runtime: RuntimeFactory, agents: Agents
+    ) -> None:
+        """/metrics shows applies, actions by kind and the current VIP count."""
+        rt = await make_runtime("nodeagent")
+        reports = Reports()
+        await reports.attach(rt)
+        await agents(rt, DryRunApplier())
+        await rt.bus.publish(programmed("web", "192.0.2.10", "192.0.2.11"))
+        await reports.wait_for(vips=("192.0.2.10", "192.0.2.11"))
+        text = rt.metrics.expose()
+        assert 'vipwire_nodeagent_applies_total{result="applied"} 2' in text
+        assert 'vipwire_nodeagent_actions_total{action="add-address"} 2' in text
+        assert 'vipwire_nodeagent_actions_total{action="set-sysctl"} 2' in text
+        assert "vipwire_nodeagent_vips 2" in text
+        assert "vipwire_nodeagent_generation 2" in text
