@@ -89,7 +89,10 @@ class ApiError(Exception):
     @classmethod
     def forbidden(cls, rt: ResourceType, name: str, why: str) -> ApiError:
         return cls(
-            403, "Forbidden", f'{rt.group_resource} "{name}" is forbidden: {why}', _details(rt, name)
+            403,
+            "Forbidden",
+            f'{rt.group_resource} "{name}" is forbidden: {why}',
+            _details(rt, name),
         )
 
     @classmethod
@@ -115,6 +118,7 @@ class FieldError:
         "Unsupported value": "FieldValueNotSupported",
         "Duplicate value": "FieldValueDuplicate",
         "Forbidden": "FieldValueForbidden",
+        "Too long": "FieldValueTooLong",
     }
 
     def __init__(self, field: str, kind: str, detail: str = "", value: Any = None) -> None:

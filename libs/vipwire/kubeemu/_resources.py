@@ -33,9 +33,16 @@ class ResourceType:
 
 
 SERVICES = ResourceType(
-    "", "v1", "services", "Service", True, "service", ("status",), ("svc",),
+    "",
+    "v1",
+    "services",
+    "Service",
+    True,
+    "service",
+    ("status",),
+    ("svc",),
     delete_returns_object=True,
-)  # fmt: skip
+)
 NODES = ResourceType("", "v1", "nodes", "Node", False, "node", ("status",), ("no",))
 NAMESPACES = ResourceType("", "v1", "namespaces", "Namespace", False, "namespace", ("status",))
 CORE_EVENTS = ResourceType("", "v1", "events", "Event", True, "event", (), ("ev",))
@@ -70,7 +77,7 @@ def by_api_version_kind(api_version: str, kind: str) -> ResourceType | None:
 
 
 def lookup(name: str) -> ResourceType:
-    """Resolve what a test would type: ``services``, ``Service``, ``svc``, ``leases.coordination.k8s.io``.
+    """Resolve ``services``, ``Service``, ``svc``, ``leases.coordination.k8s.io`` and the like.
 
     A bare ``events``/``Event`` means core v1 events; ``events.events.k8s.io``
     (as ``kubectl`` spells it) means the events.k8s.io ones.

@@ -12,9 +12,9 @@ from vipwire.kubeemu._errors import ApiError
 Op = Literal["=", "!=", "in", "notin", "exists", "!"]
 
 # Label keys: optional DNS-subdomain prefix, then a name part; values are short tokens.
-_KEY = r"(?:[a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?"
+_KEY = r"(?:[a-z0-9](?:[-a-z0-9.]*[a-z0-9])?/)?[A-Za-z0-9](?:[-A-Za-z0-9_.]*[A-Za-z0-9])?"
 _KEY_RE = re.compile(_KEY)
-_VALUE_RE = re.compile(r"(?:[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)?")
+_VALUE_RE = re.compile(r"(?:[A-Za-z0-9](?:[-A-Za-z0-9_.]*[A-Za-z0-9])?)?")
 _SET_RE = re.compile(rf"^({_KEY})\s+(in|notin)\s+\((.*)\)$")
 _EQ_RE = re.compile(rf"^({_KEY})\s*(==|=|!=)\s*(.*)$")
 
@@ -72,14 +72,15 @@ def parse_label_selector(text: str | None) -> LabelSelector:
         if not term:
             raise ApiError.bad_request(f"unable to parse requirement: empty term in {text!r}")
         if m := _SET_RE.match(term):
-            values = [v.strip() for v in m.group(4).split(",")]
+            values = [v.strip() for v in m.group(3).split(",")]
             _check_values(values, text)
-            op: Op = "in" if m.group(3) == "in" else "notin"
+            op: Op = "in" if m.group(2) == "in" else "notin"
             reqs.append(Requirement(m.group(1), op, frozenset(values)))
         elif m := _EQ_RE.match(term):
-            value = m.group(4).strip()
+            value = m.group(3).strip()
             _check_values([value], text)
-            reqs.append(Requirement(m.group(1), "!=" if m.group(3) == "!=" else "=", frozenset([value])))
+            eq: Op = "!=" if m.group(2) == "!=" else "="
+            reqs.append(Requirement(m.group(1), eq, frozenset([value])))
         elif term.startswith("!") and _KEY_RE.fullmatch(term[1:].strip()):
             reqs.append(Requirement(term[1:].strip(), "!"))
         elif _KEY_RE.fullmatch(term):
@@ -92,7 +93,9 @@ def parse_label_selector(text: str | None) -> LabelSelector:
 def _check_values(values: list[str], text: str) -> None:
     for v in values:
         if len(v) > 63 or not _VALUE_RE.fullmatch(v):
-            raise ApiError.bad_request(f"unable to parse requirement: invalid label value {v!r} in {text!r}")
+            raise ApiError.bad_request(
+                f"unable to parse requirement: invalid label value {v!r} in {text!r}"
+            )
 
 
 # Field selectors: every resource supports metadata.name and metadata.namespace.
@@ -149,4 +152,6 @@ class Filter:
         label_selector: str | None = None,
         field_selector: str | None = None,
     ) -> Filter:
-        return cls(namespace, parse_label_selector(label_selector), parse_field_selector(field_selector))
+        return cls(
+            namespace, parse_label_selector(label_selector), parse_field_selector(field_selector)
+        )

@@ -1,0 +1,407 @@
+"""The aiohttp application: Kubernetes REST paths, verbs and wire formats over the store."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+from aiohttp import web
+
+from vipwire.kubeemu import _resources as res
+from vipwire.kubeemu._errors import ApiError
+from vipwire.kubeemu._patch import PATCH_TYPES
+from vipwire.kubeemu._resources import ResourceType, Target, parse_path
+from vipwire.kubeemu._selectors import Filter
+from vipwire.kubeemu._store import Store
+from vipwire.kubeemu._watch import WatchBrokenError, WatchHub
+
+Obj = dict[str, Any]
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+SERVER_VERSION = {
+    "major": "1",
+    "minor": "33",
+    "gitVersion": "v1.33.0-vipwire-kubeemu",
+    "gitCommit": "0000000000000000000000000000000000000000",
+    "gitTreeState": "clean",
+    "buildDate": "2025-01-01T00:00:00Z",
+    "goVersion": "go1.24.0",
+    "compiler": "gc",
+    "platform": "linux/amd64",
+}
+_VERBS = ["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"]
+
+
+@dataclass(slots=True)
+class Fault:
+    """An injected failure for the next ``count`` matching requests."""
+
+    status: int
+    reason: str
+    count: int = 1
+    method: str | None = None  # e.g. "PATCH"; None: any
+    resource: str | None = None  # a plural, e.g. "services"; None: any
+
+
+@dataclass(slots=True)
+class Settings:
+    """Knobs a test may turn while the server runs."""
+
+    latency: float = 0.0  # seconds added before every request is served
+    token: str | None = None  # when set, requests must carry "Authorization: Bearer <token>"
+    bookmark_interval: float = 60.0
+    watch_timeout: float | None = None  # cap on watches that ask for no timeoutSeconds
+    faults: list[Fault] = field(default_factory=list)
+
+    def take_fault(self, method: str, target: Target | None) -> Fault | None:
+        for fault in self.faults:
+            if fault.method not in (None, method):
+                continue
+            if fault.resource is not None and (
+                target is None or target.resource.plural != fault.resource
+            ):
+                continue
+            fault.count -= 1
+            if fault.count <= 0:
+                self.faults.remove(fault)
+            return fault
+        return None
+
+
+def _json(body: Any, status: int = 200) -> web.Response:
+    return web.Response(
+        body=msgspec.json.encode(body), status=status, content_type="application/json"
+    )
+
+
+def _error(err: ApiError) -> web.Response:
+    return _json(err.status(), err.code)
+
+
+def _truthy(value: str | None) -> bool:
+    return value is not None and value.lower() in ("true", "1")
+
+
+def _int_param(request: web.Request, name: str) -> int | None:
+    raw = request.query.get(name)
+    if raw is None or raw == "":
+        return None
+    try:
+        return int(raw)
+    except ValueError:
+        raise ApiError.bad_request(f"{name}: Invalid value: {raw!r}: must be an integer") from None
+
+
+async def _body(request: web.Request) -> Any:
+    raw = await request.read()
+    if not raw:
+        return None
+    try:
+        return msgspec.json.decode(raw)
+    except msgspec.DecodeError as exc:
+        raise ApiError.bad_request(f"the body of the request is not valid JSON: {exc}") from None
+
+
+class KubeApp:
+    """Request handling; one per emulated cluster."""
+
+    def __init__(self, store: Store, hub: WatchHub, settings: Settings) -> None:
+        self.store = store
+        self.hub = hub
+        self.settings = settings
+
+    def build(self) -> web.Application:
+        app = web.Application(middlewares=[self._middleware])
+        for path in ("/version", "/version/"):  # the generated VersionApi asks for /version/
+            app.router.add_get(path, self._version)
+        for path in ("/healthz", "/livez", "/readyz"):
+            app.router.add_get(path, self._healthz)
+        for suffix in ("", "/"):
+            app.router.add_get(f"/api{suffix}", self._api_versions)
+            app.router.add_get(f"/apis{suffix}", self._api_groups)
+            app.router.add_get(f"/apis/{{group}}{suffix}", self._api_group)
+            app.router.add_get(f"/api/{{version}}{suffix}", self._resource_list)
+            app.router.add_get(f"/apis/{{group}}/{{version}}{suffix}", self._resource_list)
+        app.router.add_route("*", "/{tail:.*}", self._resource)
+        return app
+
+    @web.middleware
+    async def _middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        if self.settings.latency > 0:
+            await asyncio.sleep(self.settings.latency)
+        token = self.settings.token
+        if token is not None and request.headers.get("Authorization") != f"Bearer {token}":
+            return _json(ApiError(401, "Unauthorized", "Unauthorized").status(), 401)
+        fault = self.settings.take_fault(request.method, parse_path(request.path))
+        if fault is not None:
+            return _error(ApiError(fault.status, fault.reason, "injected failure (kubeemu)"))
+        try:
+            return await handler(request)
+        except ApiError as err:
+            return _error(err)
+
+    # --- discovery -------------------------------------------------------------
+
+    async def _version(self, request: web.Request) -> web.Response:
+        return _json(SERVER_VERSION)
+
+    async def _healthz(self, request: web.Request) -> web.Response:
+        return web.Response(text="ok")
+
+    async def _api_versions(self, request: web.Request) -> web.Response:
+        return _json(
+            {
+                "kind": "APIVersions",
+                "versions": ["v1"],
+                "serverAddressByClientCIDRs": [
+                    {"clientCIDR": "0.0.0.0/0", "serverAddress": request.host}
+                ],
+            }
+        )
+
+    async def _api_groups(self, request: web.Request) -> web.Response:
+        groups = sorted({(rt.group, rt.version) for rt in res.ALL if rt.group})
+        return _json(
+            {
+                "kind": "APIGroupList",
+                "apiVersion": "v1",
+                "groups": [_api_group(group, version) for group, version in groups],
+            }
+        )
+
+    async def _api_group(self, request: web.Request) -> web.Response:
+        group = request.match_info["group"]
+        for rt in res.ALL:
+            if rt.group and rt.group == group:
+                return _json(
+                    {"kind": "APIGroup", "apiVersion": "v1", **_api_group(group, rt.version)}
+                )
+        raise ApiError(404, "NotFound", "the server could not find the requested resource")
+
+    async def _resource_list(self, request: web.Request) -> web.Response:
+        group = request.match_info.get("group", "")
+        version = request.match_info["version"]
+        types = [rt for rt in res.ALL if rt.group == group and rt.version == version]
+        if not types:
+            raise ApiError(404, "NotFound", "the server could not find the requested resource")
+        resources: list[Obj] = []
+        for rt in types:
+            resources.append(
+                {
+                    "name": rt.plural,
+                    "singularName": rt.singular,
+                    "namespaced": rt.namespaced,
+                    "kind": rt.kind,
+                    "verbs": _VERBS,
+                    **({"shortNames": list(rt.short_names)} if rt.short_names else {}),
+                }
+            )
+            for sub in rt.subresources:
+                resources.append(
+                    {
+                        "name": f"{rt.plural}/{sub}",
+                        "singularName": "",
+                        "namespaced": rt.namespaced,
+                        "kind": rt.kind,
+                        "verbs": ["get", "patch", "update"],
+                    }
+                )
+        group_version = f"{group}/{version}" if group else version
+        return _json(
+            {
+                "kind": "APIResourceList",
+                "apiVersion": "v1",
+                "groupVersion": group_version,
+                "resources": resources,
+            }
+        )
+
+    # --- resources -------------------------------------------------------------
+
+    async def _resource(self, request: web.Request) -> web.StreamResponse:
+        target = parse_path(request.path)
+        if target is None:
+            raise ApiError(404, "NotFound", "the server could not find the requested resource")
+        if request.query.get("dryRun"):
+            raise ApiError.bad_request("dryRun is not supported by kubeemu")
+        if target.name is None:
+            return await self._collection(request, target)
+        return await self._object(request, target, target.name)
+
+    async def _collection(self, request: web.Request, target: Target) -> web.StreamResponse:
+        rt = target.resource
+        query = request.query
+        if request.method == "GET":
+            flt = Filter.parse(
+                target.namespace, query.get("labelSelector"), query.get("fieldSelector")
+            )
+            if _truthy(query.get("watch")):
+                return await self._watch(request, rt, flt)
+            result = self.store.list(
+                rt,
+                flt,
+                limit=_int_param(request, "limit"),
+                continue_token=query.get("continue") or None,
+                resource_version=query.get("resourceVersion"),
+                resource_version_match=query.get("resourceVersionMatch"),
+            )
+            meta: Obj = {"resourceVersion": str(result.resource_version)}
+            if result.continue_token is not None:
+                meta["continue"] = result.continue_token
+                meta["remainingItemCount"] = result.remaining
+            return _json(
+                {
+                    "kind": f"{rt.kind}List",
+                    "apiVersion": rt.api_version,
+                    "metadata": meta,
+                    "items": result.items,
+                }
+            )
+        if request.method == "POST":
+            if rt.namespaced and target.namespace is None:
+                raise ApiError(405, "MethodNotAllowed", "the server does not allow this method")
+            return _json(self.store.create(rt, target.namespace, await _body(request)), 201)
+        if request.method == "DELETE":
+            flt = Filter.parse(
+                target.namespace, query.get("labelSelector"), query.get("fieldSelector")
+            )
+            deleted = self.store.delete_collection(rt, flt)
+            return _json(
+                {
+                    "kind": f"{rt.kind}List",
+                    "apiVersion": rt.api_version,
+                    "metadata": {"resourceVersion": str(self.store.resource_version)},
+                    "items": deleted,
+                }
+            )
+        raise ApiError(405, "MethodNotAllowed", "the server does not allow this method")
+
+    async def _object(self, request: web.Request, target: Target, name: str) -> web.Response:
+        rt, ns, sub = target.resource, target.namespace, target.subresource
+        method = request.method
+        if method == "GET":
+            return _json(self.store.get(rt, ns, name))
+        if method == "PUT":
+            return _json(self.store.update(rt, ns, name, await _body(request), subresource=sub))
+        if method == "PATCH":
+            content_type = request.content_type
+            if content_type not in PATCH_TYPES:
+                raise ApiError(
+                    415,
+                    "UnsupportedMediaType",
+                    f"the body of the request was in an unknown format - accepted media types "
+                    f"include: {', '.join(PATCH_TYPES)}",
+                )
+            patch = await _body(request)
+            return _json(self.store.patch(rt, ns, name, content_type, patch, subresource=sub))
+        if method == "DELETE" and sub is None:
+            options = await _body(request) or {}
+            preconditions = options.get("preconditions") if isinstance(options, dict) else None
+            preconditions = preconditions or {}
+            result = self.store.delete(
+                rt,
+                ns,
+                name,
+                uid=preconditions.get("uid"),
+                resource_version=preconditions.get("resourceVersion"),
+            )
+            if result.deferred:
+                return _json(result.object, 202)  # accepted: finalizers still hold it
+            if rt.delete_returns_object:
+                return _json(result.object)
+            return _json(_success(rt, result.object))
+        raise ApiError(405, "MethodNotAllowed", "the server does not allow this method")
+
+    async def _watch(
+        self, request: web.Request, rt: ResourceType, flt: Filter
+    ) -> web.StreamResponse:
+        query = request.query
+        timeout = _int_param(request, "timeoutSeconds")
+        send_initial = query.get("sendInitialEvents")
+        try:
+            session = self.hub.open(
+                rt,
+                flt,
+                resource_version=query.get("resourceVersion"),
+                allow_bookmarks=_truthy(query.get("allowWatchBookmarks")),
+                bookmark_interval=self.settings.bookmark_interval,
+                send_initial_events=None if send_initial is None else _truthy(send_initial),
+                timeout=float(timeout) if timeout is not None else self.settings.watch_timeout,
+            )
+        except ApiError as err:
+            if err.code != 410:
+                raise
+            # A watch that cannot start from its resourceVersion is still a 200:
+            # the stream carries one ERROR event with the 410 Status, then ends.
+            resp = web.StreamResponse(status=200, headers={"Content-Type": "application/json"})
+            await resp.prepare(request)
+            await resp.write(_line({"type": "ERROR", "object": err.status()}))
+            await resp.write_eof()
+            return resp
+
+        resp = web.StreamResponse(status=200, headers={"Content-Type": "application/json"})
+        resp.enable_chunked_encoding()
+        transport = request.transport
+        if transport is not None:
+            session.on_break = transport.abort
+        try:
+            await resp.prepare(request)
+            while (event := await session.next()) is not None:
+                await resp.write(_line(event))
+            await resp.write_eof()
+        except (WatchBrokenError, ConnectionError):
+            # The connection is gone (cut by break_watches, or by the client);
+            # aiohttp finishes quietly with a closed transport.
+            if transport is not None:
+                transport.abort()
+        finally:
+            session.close()
+        return resp
+
+
+def _api_group(group: str, version: str) -> Obj:
+    group_version = {"groupVersion": f"{group}/{version}", "version": version}
+    return {"name": group, "versions": [group_version], "preferredVersion": group_version}
+
+
+def _line(event: Obj) -> bytes:
+    return msgspec.json.encode(event) + b"\n"
+
+
+def _success(rt: ResourceType, obj: Obj) -> Obj:
+    details: Obj = {
+        "name": obj["metadata"]["name"],
+        "kind": rt.plural,
+        "uid": obj["metadata"]["uid"],
+    }
+    if rt.group:
+        details["group"] = rt.group
+    return {
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Success",
+        "details": details,
+    }
+
+
+async def start_server(app: web.Application, host: str, port: int) -> tuple[web.AppRunner, int]:
+    # handler_cancellation: a watch whose client hangs up is cancelled at once
+    # instead of lingering until its next write.
+    runner = web.AppRunner(
+        app, handle_signals=False, access_log=None, handler_cancellation=True, shutdown_timeout=5.0
+    )
+    await runner.setup()
+    site = web.TCPSite(runner, host, port)
+    try:
+        await site.start()
+    except BaseException:
+        with contextlib.suppress(Exception):
+            await runner.cleanup()
+        raise
+    bound = runner.addresses[0][1]
+    return runner, int(bound)

@@ -1,0 +1,130 @@
+"""An in-process appliance: the state a real one would hold, with latency and faults.
+
+For demos, benchmarks and tests. It behaves like a strict appliance: it
+refuses a create of an existing name, a write to a missing one, and a second
+object on a destination (address, port, protocol) already served.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Sequence
+
+from vipwire.lbdriver.diff import OperationConflict, apply_operations
+from vipwire.lbdriver.drivers.base import (
+    ApplianceError,
+    ApplianceRejected,
+    ApplianceUnavailable,
+)
+from vipwire.lbdriver.model import Operation, VirtualServer, op_name
+
+
+class SimAppliance:
+    """An appliance model: partitions of virtual servers behind a faulty, slow API.
+
+    Counters for tests: ``writes`` (operations applied), ``apply_calls``
+    (successful apply requests) and ``list_calls``.
+    """
+
+    def __init__(
+        self,
+        name: str = "sim",
+        *,
+        api_latency_ms: float = 0.0,
+        fail_rate: float = 0.0,
+        seed: int | None = None,
+    ) -> None:
+        self.name = name
+        self.api_latency_ms = api_latency_ms
+        self.fail_rate = fail_rate
+        self._rng = random.Random(seed)
+        self._partitions: dict[str, dict[str, VirtualServer]] = {}
+        self._fail_next: list[type[ApplianceError]] = []
+        self._down = False
+        self.writes = 0
+        self.apply_calls = 0
+        self.list_calls = 0
+        self.failures = 0
+
+    # --- test controls -----------------------------------------------------------
+
+    def fail_next(self, n: int = 1, error: type[ApplianceError] = ApplianceUnavailable) -> None:
+        """Make the next ``n`` API calls fail with ``error``."""
+        self._fail_next.extend([error] * n)
+
+    def set_down(self, down: bool) -> None:
+        """While down, every API call fails as unreachable."""
+        self._down = down
+
+    def virtual_servers(self, partition: str) -> dict[str, VirtualServer]:
+        """A copy of one partition's state."""
+        return dict(self._partitions.get(partition, {}))
+
+    def state(self) -> dict[str, dict[str, VirtualServer]]:
+        """A copy of every partition's state."""
+        return {p: dict(servers) for p, servers in self._partitions.items()}
+
+    def put(self, partition: str, server: VirtualServer) -> None:
+        """Place an object directly, as another tool or an operator would (no API call)."""
+        self._partitions.setdefault(partition, {})[server.name] = server
+
+    def remove(self, partition: str, name: str) -> None:
+        """Delete an object directly, as another tool or an operator would."""
+        self._partitions.get(partition, {}).pop(name, None)
+
+    # --- the driver interface ----------------------------------------------------
+
+    async def list_virtual_servers(self, partition: str) -> dict[str, VirtualServer]:
+        await self._call("list")
+        self.list_calls += 1
+        return self.virtual_servers(partition)
+
+    async def apply(self, partition: str, ops: Sequence[Operation]) -> None:
+        await self._call("apply")
+        current = self._partitions.get(partition, {})
+        try:
+            after = apply_operations(current, ops)
+        except OperationConflict as exc:
+            self.failures += 1
+            raise ApplianceRejected(self.name, f"partition {partition}: {exc}") from exc
+        clash = _destination_clash(after, {op_name(op) for op in ops})
+        if clash is not None:
+            self.failures += 1
+            raise ApplianceRejected(self.name, f"partition {partition}: {clash}")
+        # All or nothing, like a transaction: a refused batch changes nothing.
+        self._partitions[partition] = after
+        self.apply_calls += 1
+        self.writes += len(ops)
+
+    async def close(self) -> None:
+        """Nothing to release; the state outlives the driver's users on purpose."""
+
+    async def _call(self, what: str) -> None:
+        if self.api_latency_ms > 0:
+            await asyncio.sleep(self.api_latency_ms / 1000)
+        if self._down:
+            self.failures += 1
+            raise ApplianceUnavailable(self.name, f"{what}: connection refused") from (
+                ConnectionRefusedError(f"{self.name} is down")
+            )
+        if self._fail_next:
+            error = self._fail_next.pop(0)
+            self.failures += 1
+            raise error(self.name, f"{what}: injected failure") from RuntimeError("fail_next")
+        if self.fail_rate > 0 and self._rng.random() < self.fail_rate:
+            self.failures += 1
+            raise ApplianceUnavailable(self.name, f"{what}: injected timeout") from TimeoutError(
+                "fail_rate"
+            )
+
+
+def _destination_clash(servers: dict[str, VirtualServer], written: set[str]) -> str | None:
+    """A written server whose destination another server already serves, described."""
+    by_destination: dict[tuple[str, int, str], list[str]] = {}
+    for name, server in servers.items():
+        by_destination.setdefault((server.address, server.port, server.protocol), []).append(name)
+    for (address, port, protocol), names in sorted(by_destination.items()):
+        if len(names) > 1 and written.intersection(names):
+            return f"destination {address}:{port}/{protocol} is served by {sorted(names)}"
+    return None

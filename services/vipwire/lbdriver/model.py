@@ -1,0 +1,79 @@
+"""What an appliance holds, in vendor-neutral terms, and the writes that change it.
+
+Plain frozen data shared by the pure core (desired state, diff) and the
+drivers, which translate it to and from their vendor's objects.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import msgspec
+
+from vipwire.contracts import Member
+
+L4Protocol = Literal["TCP", "UDP", "SCTP"]
+
+
+class Monitor(msgspec.Struct, frozen=True, kw_only=True):
+    """An HTTP health check sent to each member's node address (never to the VIP)."""
+
+    port: int
+    path: str = "/healthz"
+    method: Literal["GET"] = "GET"
+    kind: Literal["http"] = "http"
+
+
+class VirtualServer(msgspec.Struct, frozen=True, kw_only=True):
+    """One VIP:port/protocol forwarded, in L2 DSR, to member nodes on the same port.
+
+    ``owner`` (``<cluster>/<namespace>/<name>``) is stored on the appliance (a
+    description or tag field) so the objects of one Service can be found
+    without parsing names, which are not unambiguous once sanitised.
+    """
+
+    name: str
+    owner: str
+    address: str
+    port: int
+    protocol: L4Protocol
+    members: tuple[Member, ...]
+    monitor: Monitor
+
+
+class CreateVirtualServer(msgspec.Struct, frozen=True, kw_only=True, tag="create"):
+    server: VirtualServer
+
+
+class UpdateMembers(msgspec.Struct, frozen=True, kw_only=True, tag="update-members"):
+    """Only the pool changed: the cheapest write most appliances offer."""
+
+    name: str
+    members: tuple[Member, ...]
+
+
+class UpdateVirtualServer(msgspec.Struct, frozen=True, kw_only=True, tag="update"):
+    """Replace everything but the name and destination (monitor, owner, members)."""
+
+    server: VirtualServer
+
+
+class DeleteVirtualServer(msgspec.Struct, frozen=True, kw_only=True, tag="delete"):
+    name: str
+
+
+Operation = CreateVirtualServer | UpdateMembers | UpdateVirtualServer | DeleteVirtualServer
+
+
+def op_kind(op: Operation) -> str:
+    """``create``, ``update-members``, ``update`` or ``delete`` (for metrics and logs)."""
+    return str(type(op).__struct_config__.tag)
+
+
+def op_name(op: Operation) -> str:
+    """The virtual server an operation writes."""
+    match op:
+        case CreateVirtualServer(server=server) | UpdateVirtualServer(server=server):
+            return server.name
+        case UpdateMembers(name=name) | DeleteVirtualServer(name=name):
+            return name

@@ -1,0 +1,466 @@
+"""The lbdriver service against a real nats-server and the simulated appliance."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, Literal, TypeVar
+
+import msgspec
+import pytest
+from nats.aio.msg import Msg
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from vipwire.contracts import (
+    Endpoint,
+    EndpointsSnapshot,
+    LbFailed,
+    LbMessage,
+    LbProgrammed,
+    LbRemoved,
+    Member,
+    Message,
+    NodeEndpoints,
+    NodeGone,
+    NodeSnapshot,
+    ServicePort,
+    VipAssigned,
+    VipReleased,
+    VipReleasing,
+    decode,
+)
+from vipwire.lbdriver import (
+    ApplianceRejected,
+    ApplianceSettings,
+    LbdriverService,
+    LbdriverSettings,
+    Monitor,
+    SimAppliance,
+    VirtualServer,
+)
+from vipwire.runtime import Runtime
+from vipwire.testing import eventually
+
+RuntimeFactory = Callable[[str], Awaitable[Runtime]]
+L = TypeVar("L", LbProgrammed, LbFailed, LbRemoved)
+
+CLUSTER = "prod"
+TIMEOUT = 5.0
+
+
+def node(name: str, *addresses: str, eligible: bool = True, cluster: str = CLUSTER) -> NodeSnapshot:
+    return NodeSnapshot(cluster=cluster, node=name, addresses=addresses, eligible=eligible)
+
+
+def assigned(
+    name: str = "web",
+    *,
+    vips: tuple[str, ...] = ("192.0.2.10",),
+    ports: tuple[int, ...] = (80,),
+    policy: Literal["Cluster", "Local"] = "Cluster",
+    group: str = "default",
+    cluster: str = CLUSTER,
+) -> VipAssigned:
+    return VipAssigned(
+        cluster=cluster,
+        namespace="shop",
+        name=name,
+        uid=f"uid-{name}",
+        vips=vips,
+        pool="default",
+        appliance_group=group,
+        ports=tuple(ServicePort(port=p) for p in ports),
+        external_traffic_policy=policy,
+        health_check_node_port=32000 if policy == "Local" else None,
+    )
+
+
+def releasing(name: str = "web", vips: tuple[str, ...] = ("192.0.2.10",)) -> VipReleasing:
+    return VipReleasing(
+        cluster=CLUSTER,
+        namespace="shop",
+        name=name,
+        uid=f"uid-{name}",
+        vips=vips,
+        appliance_group="default",
+    )
+
+
+def ready_on(*nodes: str, name: str = "web") -> EndpointsSnapshot:
+    return EndpointsSnapshot(
+        cluster=CLUSTER,
+        namespace="shop",
+        name=name,
+        nodes=tuple(
+            NodeEndpoints(node=n, endpoints=(Endpoint(addresses=(f"10.244.{i}.7",)),))
+            for i, n in enumerate(nodes)
+        ),
+    )
+
+
+def member_nodes(message: LbProgrammed) -> list[str]:
+    return sorted({m.node for m in message.members})
+
+
+class Harness:
+    """A publisher, an observer of ``vipwire.*.lb.>``, and lbdriver instances on one sim."""
+
+    def __init__(self, make_runtime: RuntimeFactory, publisher: Runtime) -> None:
+        self.make_runtime = make_runtime
+        self.publisher = publisher
+        self.sim = SimAppliance("sim-a")
+        self.seen: asyncio.Queue[LbMessage] = asyncio.Queue()
+        self.log: list[LbMessage] = []
+        self.services: list[LbdriverService] = []
+        self._count = 0
+
+    async def observe(self) -> None:
+        async def on_msg(msg: Msg) -> None:
+            message = decode(msg.subject, msg.data)
+            assert isinstance(message, LbProgrammed | LbFailed | LbRemoved)
+            self.seen.put_nowait(message)
+            self.log.append(message)
+
+        self.sub = await self.publisher.bus.nc.subscribe("vipwire.*.lb.>", cb=on_msg)
+        await self.publisher.bus.nc.flush()
+
+    async def start(
+        self, drivers: dict[str, SimAppliance] | None = None, **overrides: Any
+    ) -> LbdriverService:
+        self._count += 1
+        options: dict[str, Any] = {
+            "appliances": (ApplianceSettings(name="sim-a"),),
+            "coalesce_window_ms": 1.0,
+            "retry_initial_s": 0.05,
+            "retry_max_s": 0.2,
+            "unhealthy_cooldown_s": 0.0,
+        }
+        options.update(overrides)
+        runtime = await self.make_runtime(f"lbdriver-{self._count}")
+        service = LbdriverService(
+            LbdriverSettings(**options), runtime, {"sim-a": self.sim, **(drivers or {})}
+        )
+        await service.start()
+        self.services.append(service)
+        return service
+
+    async def stop(self, service: LbdriverService) -> None:
+        await service.stop()
+        self.services.remove(service)
+
+    async def publish(self, *messages: Message) -> None:
+        for message in messages:
+            await self.publisher.bus.publish(message)
+
+    async def expect(
+        self, kind: type[L], name: str = "web", where: Callable[[L], bool] = lambda _: True
+    ) -> L:
+        """The next message of ``kind`` about Service ``name`` that satisfies ``where``."""
+
+        async def wait() -> L:
+            while True:
+                message = await self.seen.get()
+                if isinstance(message, kind) and message.name == name and where(message):
+                    return message
+
+        return await asyncio.wait_for(wait(), TIMEOUT)
+
+    def reports(self, kind: type[L], name: str) -> list[L]:
+        return [m for m in self.log if isinstance(m, kind) and m.name == name]
+
+    def servers(self, partition: str = CLUSTER) -> dict[str, VirtualServer]:
+        return self.sim.virtual_servers(partition)
+
+
+@pytest.fixture
+async def h(make_runtime: RuntimeFactory) -> AsyncIterator[Harness]:
+    harness = Harness(make_runtime, await make_runtime("test"))
+    await harness.observe()
+    yield harness
+    for service in list(harness.services):
+        await harness.stop(service)
+    await harness.sub.unsubscribe()
+
+
+FLEET = (
+    node("n1", "198.51.100.1", "2001:db8::1"),
+    node("n2", "198.51.100.2"),
+    node("n3", "198.51.100.3", eligible=False),
+)
+
+
+async def test_assignment_programs_the_appliance_and_reports_members(h: Harness) -> None:
+    """A VipAssigned becomes one DSR virtual server per port, members on the same port."""
+    await h.start()
+    await h.publish(*FLEET, assigned(ports=(80, 443)))
+    programmed = await h.expect(LbProgrammed)
+    assert programmed.appliance == "sim-a"
+    assert programmed.vips == ("192.0.2.10",)
+    assert [p.port for p in programmed.ports] == [80, 443]
+    assert programmed.members == (
+        Member(node="n1", address="198.51.100.1"),
+        Member(node="n2", address="198.51.100.2"),
+    )
+    servers = h.servers()
+    assert sorted(servers) == [
+        "vipwire-prod-shop-web-192.0.2.10-443-tcp",
+        "vipwire-prod-shop-web-192.0.2.10-80-tcp",
+    ]
+    for server in servers.values():
+        assert server.address == "192.0.2.10"
+        assert server.members == programmed.members
+        assert server.monitor == Monitor(port=10256)
+        assert server.owner == "prod/shop/web"
+
+
+async def test_dual_stack_members_follow_each_vips_family(h: Harness) -> None:
+    """An IPv6 VIP gets the nodes' IPv6 addresses; v4-only nodes serve only the v4 VIP."""
+    await h.start()
+    await h.publish(*FLEET, assigned(vips=("192.0.2.10", "2001:db8:ff::10")))
+    programmed = await h.expect(LbProgrammed)
+    assert Member(node="n1", address="2001:db8::1") in programmed.members
+    v6 = next(s for s in h.servers().values() if s.address == "2001:db8:ff::10")
+    assert v6.members == (Member(node="n1", address="2001:db8::1"),)
+
+
+async def test_local_policy_members_follow_ready_endpoints(h: Harness) -> None:
+    """With Local, members move with the nodes that hold ready endpoints."""
+    await h.start()
+    await h.publish(*FLEET, ready_on("n1"), assigned(policy="Local"))
+    first = await h.expect(LbProgrammed)
+    assert member_nodes(first) == ["n1"]
+    (server,) = h.servers().values()
+    assert server.monitor == Monitor(port=32000)
+
+    await h.publish(ready_on("n2"))
+    moved = await h.expect(LbProgrammed)
+    assert member_nodes(moved) == ["n2"]
+    assert [m.node for m in next(iter(h.servers().values())).members] == ["n2"]
+
+    # Endpoints that change without changing the node set cause no write and no report.
+    writes = h.sim.writes
+    await h.publish(ready_on("n2", "n3"))  # n3 is ineligible: members unchanged
+    await h.publish(node("n4", "198.51.100.4"), ready_on("n2", "n4"))
+    after = await h.expect(LbProgrammed)
+    assert member_nodes(after) == ["n2", "n4"]
+    assert h.sim.writes == writes + 1
+
+
+async def test_node_changes_reprogram_every_service_of_the_cluster(h: Harness) -> None:
+    """A node leaving (ineligible, then gone) reprograms all Services of its cluster only."""
+    await h.start()
+    other = node("x1", "203.0.113.1", cluster="dev")
+    await h.publish(*FLEET, other, assigned("web"), assigned("api", vips=("192.0.2.11",)))
+    await h.publish(assigned("dev-web", vips=("192.0.2.12",), cluster="dev"))
+    await h.expect(LbProgrammed, "web")
+    await h.expect(LbProgrammed, "api")
+    await h.expect(LbProgrammed, "dev-web")
+
+    await h.publish(node("n2", "198.51.100.2", eligible=False))
+    assert member_nodes(await h.expect(LbProgrammed, "web")) == ["n1"]
+    assert member_nodes(await h.expect(LbProgrammed, "api")) == ["n1"]
+
+    await h.publish(NodeGone(cluster=CLUSTER, node="n1"))
+    assert member_nodes(await h.expect(LbProgrammed, "web")) == []
+    assert member_nodes(await h.expect(LbProgrammed, "api")) == []
+    dev = h.sim.virtual_servers("dev")
+    assert [m.node for s in dev.values() for m in s.members] == ["x1"]
+
+
+async def test_releasing_removes_only_our_servers_and_reports_removed(h: Harness) -> None:
+    """VipReleasing deletes the Service's servers, keeps foreign objects, publishes LbRemoved."""
+    foreign = VirtualServer(
+        name="legacy-app",
+        owner="",
+        address="192.0.2.99",
+        port=80,
+        protocol="TCP",
+        members=(),
+        monitor=Monitor(port=80),
+    )
+    h.sim.put(CLUSTER, foreign)
+    await h.start()
+    await h.publish(*FLEET, assigned("web"), assigned("api", vips=("192.0.2.11",)))
+    await h.expect(LbProgrammed, "web")
+    await h.expect(LbProgrammed, "api")
+
+    await h.publish(releasing("web"))
+    removed = await h.expect(LbRemoved)
+    assert removed.appliance == "sim-a"
+    assert removed.vips == ("192.0.2.10",)
+    assert sorted(h.servers()) == ["legacy-app", "vipwire-prod-shop-api-192.0.2.11-80-tcp"]
+
+    # Once released nothing more happens for it, even when nodes change.
+    await h.publish(VipReleased(cluster=CLUSTER, namespace="shop", name="web", uid="uid-web"))
+    await h.publish(node("n2", "198.51.100.2", eligible=False))
+    await h.expect(LbProgrammed, "api")
+    assert sorted(h.servers()) == ["legacy-app", "vipwire-prod-shop-api-192.0.2.11-80-tcp"]
+
+
+async def test_restart_adopts_what_is_programmed_without_writing(h: Harness) -> None:
+    """A new lbdriver on the same appliance rebuilds state, writes nothing, confirms again."""
+    first = await h.start()
+    await h.publish(*FLEET, ready_on("n2"), assigned("web", policy="Local"))
+    await h.publish(assigned("api", vips=("192.0.2.11",), ports=(80, 8443)))
+    web = await h.expect(LbProgrammed, "web")
+    api = await h.expect(LbProgrammed, "api")
+    await h.stop(first)
+    writes, calls = h.sim.writes, h.sim.apply_calls
+
+    second = await h.start()
+    assert await h.expect(LbProgrammed, "web") == web
+    assert await h.expect(LbProgrammed, "api") == api
+    await eventually(lambda: second.readiness() is None)
+    assert (h.sim.writes, h.sim.apply_calls) == (writes, calls)
+
+
+async def test_appliance_outage_reports_failure_then_recovers(h: Harness) -> None:
+    """While the appliance is down LbFailed is published and the write retried until it lands."""
+    service = await h.start()
+    h.sim.set_down(True)
+    await h.publish(*FLEET, assigned())
+    failed = await h.expect(LbFailed)
+    assert failed.reason == "ApplianceUnavailable"
+    assert failed.appliance == "sim-a"
+    assert not failed.removing
+    h.sim.set_down(False)
+    programmed = await h.expect(LbProgrammed)
+    assert member_nodes(programmed) == ["n1", "n2"]
+    assert len(h.servers()) == 1
+    failures = service.runtime.metrics.counter(
+        "lbdriver_appliance_failures_total", "", ["appliance", "call", "reason"]
+    )
+    assert failures.total() >= 1
+
+
+async def test_failed_removal_is_reported_as_removing_and_retried(h: Harness) -> None:
+    """A withdrawal the appliance refuses is LbFailed(removing) until LbRemoved."""
+    await h.start()
+    await h.publish(*FLEET, assigned())
+    await h.expect(LbProgrammed)
+    h.sim.fail_next(2, ApplianceRejected)
+    await h.publish(releasing())
+    failed = await h.expect(LbFailed)
+    assert (failed.reason, failed.removing) == ("ApplianceRejected", True)
+    await h.expect(LbRemoved)
+    assert h.servers() == {}
+
+
+async def test_a_failing_service_does_not_block_others(h: Harness) -> None:
+    """One Service refused by the appliance keeps retrying while others are programmed."""
+    squatter = VirtualServer(
+        name="legacy-squatter",
+        owner="",
+        address="192.0.2.20",
+        port=80,
+        protocol="TCP",
+        members=(),
+        monitor=Monitor(port=80),
+    )
+    h.sim.put(CLUSTER, squatter)
+    await h.start()
+    await h.publish(*FLEET, assigned("blocked", vips=("192.0.2.20",)))
+    failed = await h.expect(LbFailed, "blocked")
+    assert failed.reason == "ApplianceRejected"
+    await h.publish(assigned("free", vips=("192.0.2.21",)))
+    await h.expect(LbProgrammed, "free")
+
+    h.sim.remove(CLUSTER, "legacy-squatter")
+    await h.expect(LbProgrammed, "blocked")
+
+
+async def test_unknown_appliance_group_is_reported(h: Harness) -> None:
+    """A pool pointing at a group with no appliance fails visibly, without retrying."""
+    await h.start()
+    await h.publish(*FLEET, assigned(group="dc9"))
+    failed = await h.expect(LbFailed)
+    assert failed.reason == "UnknownApplianceGroup"
+    assert h.sim.apply_calls == 0
+
+
+async def test_report_joins_the_trace_of_the_assignment(
+    h: Harness, span_exporter: InMemorySpanExporter
+) -> None:
+    """LbProgrammed is published inside the VipAssigned's trace, with the appliance call."""
+    await h.start()
+    await h.publish(*FLEET, assigned())
+    await h.expect(LbProgrammed)
+
+    def trace_names() -> set[str]:
+        spans = span_exporter.get_finished_spans()
+        vip_publish = next(s for s in spans if s.name == "publish vip")
+        trace_id = vip_publish.context.trace_id
+        return {s.name for s in spans if s.context.trace_id == trace_id}
+
+    # The consumer span ends just after the handler, so after the report arrives.
+    await eventually(lambda: {"process vip", "appliance apply", "publish lb"} <= trace_names())
+
+
+async def test_burst_of_endpoint_changes_converges_to_the_last(h: Harness) -> None:
+    """Many quick endpoint changes end with the appliance matching the last snapshot."""
+    await h.start(coalesce_window_ms=20.0)
+    fleet = [node(f"n{i}", f"198.51.100.{i}") for i in range(1, 9)]
+    await h.publish(*fleet, ready_on("n1"), assigned(policy="Local"))
+    await h.expect(LbProgrammed)
+    for i in range(2, 9):
+        await h.publish(ready_on(*(f"n{j}" for j in range(1, i + 1))))
+    last = await h.expect(LbProgrammed, where=lambda m: len(m.members) == 8)
+    assert member_nodes(last) == [f"n{i}" for i in range(1, 9)]
+    (server,) = h.servers().values()
+    assert len(server.members) == 8
+
+
+async def test_node_change_reports_only_services_whose_members_changed(h: Harness) -> None:
+    """A node change republishes LbProgrammed only where the members actually moved."""
+    service = await h.start()
+    await h.publish(*FLEET, ready_on("n1", name="local"), assigned("web"))
+    await h.publish(assigned("local", vips=("192.0.2.11",), policy="Local"))
+    await h.expect(LbProgrammed, "web")
+    await h.expect(LbProgrammed, "local")
+    writes = h.sim.writes
+
+    # n2 leaves: web loses it; local (endpoints on n1 only) stays as it was.
+    await h.publish(node("n2", "198.51.100.2", eligible=False))
+    await h.expect(LbProgrammed, "web", lambda m: member_nodes(m) == ["n1"])
+    await h.publish(node("n2", "198.51.100.2"))
+    await h.expect(LbProgrammed, "web", lambda m: member_nodes(m) == ["n1", "n2"])
+    assert len(h.reports(LbProgrammed, "local")) == 1
+    assert h.sim.writes == writes + 2
+    ops = service.runtime.metrics.counter("lbdriver_appliance_ops_total", "", ["appliance", "kind"])
+    assert ops.value(appliance="sim-a", kind="create") == 2
+    assert ops.value(appliance="sim-a", kind="update-members") == 2
+
+
+async def test_burst_of_node_events_is_coalesced_into_few_writes(h: Harness) -> None:
+    """Node events arriving within the coalescing window share one appliance write."""
+    await h.start(coalesce_window_ms=150.0)
+    await h.publish(*FLEET, assigned())
+    await h.expect(LbProgrammed)
+    calls = h.sim.apply_calls
+    added = [node(f"m{i}", f"198.51.100.{10 + i}") for i in range(8)]
+    await h.publish(*added)
+    await h.expect(LbProgrammed, where=lambda m: len(m.members) == 10)
+    assert h.sim.apply_calls - calls <= 3
+
+
+async def test_unreachable_appliance_fails_over_within_its_group(h: Harness) -> None:
+    """When the first appliance of a group is unreachable the next one is programmed."""
+    standby = SimAppliance("sim-b")
+    await h.start(
+        drivers={"sim-b": standby},
+        appliances=(ApplianceSettings(name="sim-a"), ApplianceSettings(name="sim-b")),
+        unhealthy_cooldown_s=30.0,
+    )
+    h.sim.set_down(True)
+    await h.publish(*FLEET, assigned())
+    assert (await h.expect(LbFailed)).appliance == "sim-a"
+    programmed = await h.expect(LbProgrammed)
+    assert programmed.appliance == "sim-b"
+    assert len(standby.virtual_servers(CLUSTER)) == 1
+
+
+def test_settings_roundtrip_for_config_files() -> None:
+    """Settings survive the YAML/JSON shape used by config files."""
+    settings = LbdriverSettings(appliances=(ApplianceSettings(name="sim-a", group="dc1"),))
+    data = msgspec.to_builtins(settings)
+    assert msgspec.convert(data, LbdriverSettings) == settings
