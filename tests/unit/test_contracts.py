@@ -20,6 +20,7 @@ from vipwire.contracts import (
     ServiceGone,
     ServicePort,
     ServiceSnapshot,
+    StatusWritten,
     SubjectError,
     VipAssigned,
     VipFailed,
@@ -62,6 +63,7 @@ EXAMPLES: list[Message] = [
     LbFailed(**SVC, appliance="f5-a", reason="ApplianceUnavailable", message="timeout"),
     LbRemoved(**SVC, appliance="f5-a"),
     NodeApplied(cluster="east", node="n1", generation=3, vips=("198.51.100.7",)),
+    StatusWritten(**SVC, vips=("198.51.100.7",), trace_id="0af7651916cd43dd8448eb211c80319c"),
 ]
 
 

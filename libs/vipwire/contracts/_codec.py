@@ -17,6 +17,7 @@ from vipwire.contracts._messages import (
     NodeMessage,
     NodeSnapshot,
     ServiceMessage,
+    StatusMessage,
     VipMessage,
 )
 from vipwire.contracts._subjects import SubjectError, node_subject, parse_subject, service_subject
@@ -42,6 +43,7 @@ _decoders: Final[dict[str, msgspec.json.Decoder[Any]]] = {
     "vip": msgspec.json.Decoder(VipMessage),
     "lb": msgspec.json.Decoder(LbMessage),
     "applied": msgspec.json.Decoder(AppliedMessage),
+    "status": msgspec.json.Decoder(StatusMessage),
 }
 _FAMILY_OF: Final[dict[str, str]] = {
     "service": "service",
@@ -57,6 +59,7 @@ _FAMILY_OF: Final[dict[str, str]] = {
     "lb-failed": "lb",
     "lb-removed": "lb",
     "node-applied": "applied",
+    "status-written": "status",
 }
 
 

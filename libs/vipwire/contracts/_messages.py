@@ -259,6 +259,28 @@ class NodeApplied(_Message, frozen=True, tag="node-applied"):
 
 AppliedMessage = NodeApplied
 
+
+# --- vipwire.<cluster>.status.<ns>.<name> -------------------------------------
+
+
+class StatusWritten(_Message, frozen=True, tag="status-written"):
+    """What the watcher wrote into the Service's status: the end of a change.
+
+    Not needed by any service; it closes the timeline for operators (the
+    dashboard's waterfall, replay) with the time the user could see the VIP.
+    ``vips`` empty: the status was cleared.
+    """
+
+    cluster: str
+    namespace: str
+    name: str
+    uid: str
+    vips: tuple[str, ...]
+    trace_id: str | None = None
+
+
+StatusMessage = StatusWritten
+
 Message = (
     ServiceSnapshot
     | ServiceGone
@@ -273,4 +295,5 @@ Message = (
     | LbFailed
     | LbRemoved
     | NodeApplied
+    | StatusWritten
 )

@@ -15,11 +15,11 @@ import msgspec
 
 ROOT: Final = "vipwire"
 
-ServiceFamily = Literal["service", "endpoints", "vip", "lb"]
+ServiceFamily = Literal["service", "endpoints", "vip", "lb", "status"]
 NodeFamily = Literal["node", "applied"]
 Family = ServiceFamily | NodeFamily
 
-SERVICE_FAMILIES: Final[frozenset[str]] = frozenset({"service", "endpoints", "vip", "lb"})
+SERVICE_FAMILIES: Final[frozenset[str]] = frozenset({"service", "endpoints", "vip", "lb", "status"})
 NODE_FAMILIES: Final[frozenset[str]] = frozenset({"node", "applied"})
 
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")

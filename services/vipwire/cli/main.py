@@ -36,9 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     up.add_argument("--clusters", type=int, default=2, help="emulated clusters (default 2)")
     up.add_argument("--nodes", type=int, default=3, help="nodes per cluster (default 3)")
-    up.add_argument(
-        "--services", type=int, default=5, help="demo Services per cluster (default 5)"
-    )
+    up.add_argument("--services", type=int, default=5, help="demo Services per cluster (default 5)")
     up.add_argument(
         "--timeout", type=float, default=60.0, help="--smoke: seconds to wait (default 60)"
     )

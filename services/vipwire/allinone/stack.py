@@ -1,0 +1,336 @@
+"""The whole of vipwire in one process: NATS, emulated clusters, every service.
+
+``vipwire up``, its smoke run, the end-to-end tests and the benchmarks all
+build this one stack, so what they show is what the services do. Each service
+gets its own Runtime (its own NATS connection, tracer and health endpoint),
+exactly as when it runs alone; only the Kubernetes API server and the
+appliance are stand-ins.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import msgspec
+from opentelemetry.sdk.trace import SpanProcessor
+
+from vipwire.bus import BusSettings
+from vipwire.ipam import IpamService, IpamSettings, PoolSettings
+from vipwire.kubeemu import KubeEmulator
+from vipwire.lbdriver import ApplianceSettings, LbdriverService, LbdriverSettings, SimAppliance
+from vipwire.natsserver import NatsServer
+from vipwire.nodeagent import DryRunApplier, NodeagentService, NodeagentSettings
+from vipwire.runtime import CommonSettings, Runtime, Service
+from vipwire.watcher import WatcherService, WatcherSettings
+
+log = logging.getLogger("vipwire.allinone")
+
+CLUSTER_NAMES = ("east", "west", "north", "south", "central")
+LB_CLASS = "vipwire.io/dsr"
+FINALIZER = "service.kubernetes.io/load-balancer-cleanup"
+# Documentation ranges only: these addresses never leave the emulator.
+NODE_NET = ipaddress.ip_network("192.0.2.0/24")
+POD_NET = ipaddress.ip_network("203.0.113.0/24")
+VIP_POOL = "198.51.100.0/24"
+
+
+class StackSettings(msgspec.Struct, frozen=True, kw_only=True):
+    """The shape of the all-in-one stack."""
+
+    #: Emulated clusters (named east, west, north, south, central, then c6…).
+    clusters: int = 2
+    #: Nodes per cluster.
+    nodes: int = 3
+    #: VIP pools handed to ipam (default: one /24 from 198.51.100.0/24).
+    pools: tuple[PoolSettings, ...] = (
+        PoolSettings(name="default", addresses=(VIP_POOL,), appliance_group="dc1"),
+    )
+    #: Simulated appliance API latency (ms).
+    appliance_latency_ms: float = 0.0
+    #: When the watcher writes status: after the appliance (none) or node agents too.
+    status_gate: Literal["none", "any", "all"] = "none"
+    #: Where JetStream keeps its store; None: a temporary directory removed on stop.
+    state_dir: str | None = None
+    #: ipam replicas (they share one KV bucket).
+    ipam_replicas: int = 1
+
+
+def cluster_name(index: int) -> str:
+    return CLUSTER_NAMES[index] if index < len(CLUSTER_NAMES) else f"c{index + 1}"
+
+
+def node_address(cluster_index: int, node_index: int, nodes: int) -> str:
+    offset = 1 + cluster_index * nodes + node_index
+    if offset >= NODE_NET.num_addresses - 1:
+        raise ValueError("too many emulated nodes for 192.0.2.0/24 (at most 253)")
+    return str(NODE_NET[offset])
+
+
+class _Component:
+    """A service and the runtime it runs in, restartable."""
+
+    def __init__(self, name: str, build: Any, runtime_factory: Any) -> None:
+        self.name = name
+        self._build = build
+        self._runtime_factory = runtime_factory
+        self.runtime: Runtime | None = None
+        self.service: Service | None = None
+
+    async def start(self) -> None:
+        self.runtime = self._runtime_factory(self.name)
+        await self.runtime.start()
+        self.service = self._build(self.runtime)
+        self.runtime.set_readiness(self.service.readiness)
+        await self.service.start()
+
+    async def stop(self) -> None:
+        service, runtime = self.service, self.runtime
+        self.service = self.runtime = None
+        if service is not None:
+            try:
+                await service.stop()
+            except Exception:
+                log.exception("%s did not stop cleanly", self.name)
+        if runtime is not None:
+            await runtime.stop()
+
+    def readiness(self) -> str | None:
+        if self.service is None:
+            return "stopped"
+        return self.service.readiness()
+
+
+class Stack:
+    """NATS + N emulated clusters + ipam + lbdriver (sim appliance) + watchers + node agents."""
+
+    def __init__(
+        self,
+        settings: StackSettings | None = None,
+        *,
+        span_processors: Sequence[SpanProcessor] = (),
+    ) -> None:
+        self.settings = settings or StackSettings()
+        self._span_processors = tuple(span_processors)
+        self._tmp: tempfile.TemporaryDirectory[str] | None = None
+        if self.settings.state_dir is None:
+            self._tmp = tempfile.TemporaryDirectory(prefix="vipwire-up-")
+            self.state_dir = Path(self._tmp.name)
+        else:
+            self.state_dir = Path(self.settings.state_dir)
+        self.nats = NatsServer(self.state_dir / "jetstream")
+        self.clusters = [cluster_name(i) for i in range(self.settings.clusters)]
+        self.emulators = {c: KubeEmulator(c, bookmark_interval=5.0) for c in self.clusters}
+        self.appliance = SimAppliance("sim-1", api_latency_ms=self.settings.appliance_latency_ms)
+        # One applier per node outlives agent restarts, as a node's kernel does.
+        self.appliers: dict[tuple[str, str], DryRunApplier] = {}
+        self.components: dict[str, _Component] = {}
+        self._started = False
+
+    # --- lifecycle -----------------------------------------------------------------
+
+    def _runtime(self, name: str) -> Runtime:
+        bus = BusSettings(servers=(self.nats.url,), reconnect_wait=0.2)
+        service_name, _, instance = name.partition(":")
+        return Runtime(
+            service_name,
+            CommonSettings(bus=bus),
+            span_processors=self._span_processors,
+            connect_attempts=20,
+            instance=instance or None,
+        )
+
+    def node_names(self, cluster: str) -> list[str]:
+        return [f"{cluster}-node-{i + 1}" for i in range(self.settings.nodes)]
+
+    async def start(self) -> None:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        await self.nats.start()
+        for index, cluster in enumerate(self.clusters):
+            emulator = self.emulators[cluster]
+            await emulator.start()
+            emulator.write_kubeconfig(self.state_dir / f"kubeconfig-{cluster}", cluster)
+            for n, node in enumerate(self.node_names(cluster)):
+                address = node_address(index, n, self.settings.nodes)
+                await emulator.add_node(node, address)
+        self._define_components()
+        # Bottom-up, so nothing a service publishes on start waits for a consumer.
+        for name in self.components:
+            await self.components[name].start()
+        self._started = True
+
+    def _define_components(self) -> None:
+        s = self.settings
+        ipam_settings = IpamSettings(pools=s.pools)
+        for i in range(s.ipam_replicas):
+            name = "ipam" if s.ipam_replicas == 1 else f"ipam:{i + 1}"
+            self._add(name, lambda rt: IpamService(ipam_settings, rt))
+        lb_settings = LbdriverSettings(
+            appliances=(ApplianceSettings(name="sim-1", driver="sim", group="dc1"),)
+        )
+        self._add(
+            "lbdriver",
+            lambda rt: LbdriverService(lb_settings, rt, drivers={"sim-1": self.appliance}),
+        )
+        for cluster in self.clusters:
+            for node in self.node_names(cluster):
+                applier = self.appliers.setdefault((cluster, node), DryRunApplier())
+                na_settings = NodeagentSettings(cluster=cluster, node=node)
+                self._add(
+                    f"nodeagent:{cluster}/{node}",
+                    lambda rt, st=na_settings, ap=applier: NodeagentService(st, rt, applier=ap),
+                )
+        for cluster in self.clusters:
+            w_settings = WatcherSettings(
+                cluster=cluster,
+                kubeconfig=str(self.state_dir / f"kubeconfig-{cluster}"),
+                context=cluster,
+                status_gate=s.status_gate,
+            )
+            self._add(f"watcher:{cluster}", lambda rt, st=w_settings: WatcherService(st, rt))
+
+    def _add(self, name: str, build: Any) -> None:
+        self.components[name] = _Component(name, build, self._runtime)
+
+    async def stop(self) -> None:
+        for component in reversed(list(self.components.values())):
+            await component.stop()
+        for emulator in self.emulators.values():
+            with contextlib.suppress(Exception):
+                await emulator.stop()
+        await self.nats.stop()
+        if self._tmp is not None:
+            self._tmp.cleanup()
+        self._started = False
+
+    async def __aenter__(self) -> Stack:
+        try:
+            await self.start()
+        except BaseException:
+            await self.stop()
+            raise
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    async def restart(self, name: str) -> None:
+        """Stop a component and start a fresh one in its place (state only from the bus/KV)."""
+        component = self.components[name]
+        await component.stop()
+        await component.start()
+
+    def readiness(self) -> dict[str, str]:
+        """Components that are not ready, with why."""
+        return {
+            name: reason
+            for name, c in self.components.items()
+            if (reason := c.readiness()) is not None
+        }
+
+    async def wait_ready(self, timeout: float = 30.0) -> None:
+        async with asyncio.timeout(timeout):
+            while self.readiness():  # noqa: ASYNC110 - readiness has no event to await
+                await asyncio.sleep(0.05)
+
+    # --- the user's side: Services in clusters ------------------------------------
+
+    async def create_service(
+        self,
+        cluster: str,
+        name: str,
+        *,
+        namespace: str = "default",
+        ports: Sequence[tuple[int, str]] = ((80, "TCP"),),
+        external_traffic_policy: Literal["Cluster", "Local"] = "Cluster",
+        annotations: dict[str, str] | None = None,
+        load_balancer_class: str | None = LB_CLASS,
+        endpoints_on: Sequence[int] | None = None,
+    ) -> dict[str, Any]:
+        """Create a LoadBalancer Service (and its EndpointSlice) as a user would."""
+        spec: dict[str, Any] = {
+            "type": "LoadBalancer",
+            "ports": [
+                {"name": f"p{port}-{proto.lower()}", "port": port, "protocol": proto}
+                for port, proto in ports
+            ],
+            "selector": {"app": name},
+            "externalTrafficPolicy": external_traffic_policy,
+        }
+        if load_balancer_class is not None:
+            spec["loadBalancerClass"] = load_balancer_class
+        service = {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": name, "namespace": namespace, "annotations": annotations or {}},
+            "spec": spec,
+        }
+        emulator = self.emulators[cluster]
+        created = await emulator.create(service)
+        nodes = self.node_names(cluster)
+        on = list(endpoints_on) if endpoints_on is not None else list(range(len(nodes)))
+        await emulator.create(
+            self._endpoint_slice(
+                cluster=cluster, namespace=namespace, name=name, ports=ports, nodes=nodes, on=on
+            )
+        )
+        return created
+
+    def _endpoint_slice(
+        self,
+        *,
+        cluster: str,
+        namespace: str,
+        name: str,
+        ports: Sequence[tuple[int, str]],
+        nodes: Sequence[str],
+        on: Sequence[int],
+    ) -> dict[str, Any]:
+        cluster_index = self.clusters.index(cluster)
+        base = (cluster_index * 31 + len(name) * 7) % 200
+        endpoints = [
+            {
+                "addresses": [str(POD_NET[1 + (base + i) % 250])],
+                "conditions": {"ready": True, "serving": True, "terminating": False},
+                "nodeName": nodes[i],
+            }
+            for i in on
+        ]
+        return {
+            "apiVersion": "discovery.k8s.io/v1",
+            "kind": "EndpointSlice",
+            "metadata": {
+                "name": f"{name}-abc12",
+                "namespace": namespace,
+                "labels": {
+                    "kubernetes.io/service-name": name,
+                    "endpointslice.kubernetes.io/managed-by": "endpointslice-controller.k8s.io",
+                },
+            },
+            "addressType": "IPv4",
+            "endpoints": endpoints,
+            "ports": [
+                {"name": f"p{port}-{proto.lower()}", "port": port, "protocol": proto}
+                for port, proto in ports
+            ],
+        }
+
+    async def delete_service(self, cluster: str, name: str, namespace: str = "default") -> None:
+        await self.emulators[cluster].delete("services", namespace, name)
+
+    def service(self, cluster: str, name: str, namespace: str = "default") -> dict[str, Any] | None:
+        found: dict[str, Any] | None = self.emulators[cluster].find("services", namespace, name)
+        return found
+
+    def ingress_ips(self, cluster: str, name: str, namespace: str = "default") -> list[str]:
+        svc = self.service(cluster, name, namespace)
+        if svc is None:
+            return []
+        ingress = ((svc.get("status") or {}).get("loadBalancer") or {}).get("ingress") or []
+        return [entry["ip"] for entry in ingress if "ip" in entry]

@@ -1,0 +1,191 @@
+"""``vipwire up``: the all-in-one stack, with demo Services and a live table."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import math
+import signal
+import statistics
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import nats
+
+from vipwire.allinone import Stack, StackSettings
+from vipwire.allinone.view import BusView
+from vipwire.telemetry import configure_logging
+
+log = logging.getLogger("vipwire.up")
+
+DemoSpec = tuple[str, tuple[tuple[int, str], ...], Literal["Cluster", "Local"]]
+DEMO: tuple[DemoSpec, ...] = (
+    ("web", ((80, "TCP"), (443, "TCP")), "Cluster"),
+    ("api", ((8080, "TCP"),), "Cluster"),
+    ("dns", ((53, "UDP"), (53, "TCP")), "Cluster"),
+    ("shop", ((443, "TCP"),), "Local"),
+    ("metrics", ((9090, "TCP"),), "Cluster"),
+)
+
+
+def demo_services(count: int) -> list[DemoSpec]:
+    specs = list(DEMO[:count])
+    specs += [(f"svc-{i + 1}", ((80, "TCP"),), "Cluster") for i in range(len(specs), count)]
+    return specs
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """Nearest-rank percentile (what the smoke line and the benchmarks report)."""
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    rank = max(0, min(len(ordered) - 1, math.ceil(q / 100 * len(ordered)) - 1))
+    return ordered[rank]
+
+
+class ConvergenceClock:
+    """Create → status times, taken from each emulator's own watch stream."""
+
+    def __init__(self, stack: Stack) -> None:
+        self.stack = stack
+        self.created: dict[tuple[str, str, str], float] = {}
+        self.converged: dict[tuple[str, str, str], float] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+        self._changed = asyncio.Event()
+
+    async def start(self) -> None:
+        for cluster in self.stack.clusters:
+            self._tasks.append(asyncio.create_task(self._watch(cluster)))
+        await asyncio.sleep(0)
+
+    async def _watch(self, cluster: str) -> None:
+        emulator = self.stack.emulators[cluster]
+        async with emulator.watch("services", resource_version=emulator.resource_version) as w:
+            async for event in w:
+                obj: dict[str, Any] = event["object"]
+                meta = obj.get("metadata", {})
+                key = (cluster, meta.get("namespace", ""), meta.get("name", ""))
+                ingress = ((obj.get("status") or {}).get("loadBalancer") or {}).get("ingress")
+                if ingress and key not in self.converged:
+                    self.converged[key] = time.perf_counter()
+                    self._changed.set()
+
+    async def wait(self, keys: Sequence[tuple[str, str, str]], timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while not all(k in self.converged for k in keys):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            self._changed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), remaining)
+        return True
+
+    def latencies_ms(self) -> list[float]:
+        return [
+            (self.converged[k] - t0) * 1000 for k, t0 in self.created.items() if k in self.converged
+        ]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+async def create_demo(stack: Stack, clock: ConvergenceClock, per_cluster: int) -> None:
+    for cluster in stack.clusters:
+        for name, ports, policy in demo_services(per_cluster):
+            key = (cluster, "default", name)
+            clock.created[key] = time.perf_counter()
+            await stack.create_service(
+                cluster,
+                name,
+                ports=ports,
+                external_traffic_policy=policy,
+                endpoints_on=[0] if policy == "Local" else None,
+            )
+
+
+async def up(args: argparse.Namespace) -> int:
+    smoke: bool = args.smoke
+    configure_logging("WARNING" if not smoke else "ERROR", stream=sys.stderr)
+    settings = StackSettings(clusters=args.clusters, nodes=args.nodes, state_dir=args.state_dir)
+    stack = Stack(settings)
+    print(f"vipwire up: JetStream store in {stack.state_dir / 'jetstream'}", file=sys.stderr)
+    try:
+        await stack.start()
+    except Exception as exc:
+        await stack.stop()
+        print(f"vipwire up: the stack did not start: {exc}", file=sys.stderr)
+        return 1
+    clock = ConvergenceClock(stack)
+    try:
+        try:
+            await stack.wait_ready(timeout=30)
+        except TimeoutError:
+            print(f"vipwire up: not ready after 30 s: {stack.readiness()}", file=sys.stderr)
+            return 1
+        await clock.start()
+        await create_demo(stack, clock, args.services)
+        if smoke:
+            return await _smoke(clock, args.timeout)
+        return await _live(stack)
+    finally:
+        await clock.stop()
+        await stack.stop()
+        if args.state_dir:
+            print(f"vipwire up: state kept in {args.state_dir}", file=sys.stderr)
+
+
+async def _smoke(clock: ConvergenceClock, timeout: float) -> int:
+    keys = list(clock.created)
+    ok = await clock.wait(keys, timeout)
+    latencies = clock.latencies_ms()
+    result: dict[str, Any] = {
+        "services": len(keys),
+        "converged": len(latencies),
+        "p50_ms": round(percentile(latencies, 50), 2) if latencies else None,
+        "p99_ms": round(percentile(latencies, 99), 2) if latencies else None,
+        "mean_ms": round(statistics.fmean(latencies), 2) if latencies else None,
+    }
+    if not ok:
+        missing = sorted("/".join(k) for k in keys if k not in clock.converged)
+        result["reason"] = f"not converged within {timeout:g}s: {', '.join(missing)}"
+    print(json.dumps(result), flush=True)
+    return 0 if ok else 1
+
+
+async def _live(stack: Stack) -> int:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    nc = await nats.connect(stack.nats.url, name="vipwire-up-view")
+    view = BusView()
+    await view.start(nc)
+    try:
+        while not stop.is_set():
+            statuses = {key: stack.ingress_ips(key[0], key[2], key[1]) for key in list(view.rows)}
+            screen = view.render(statuses)
+            if sys.stdout.isatty():
+                sys.stdout.write("\x1b[H\x1b[2J")
+            sys.stdout.write(
+                f"vipwire up — NATS {stack.nats.url}, clusters {', '.join(stack.clusters)}; "
+                f"Ctrl-C stops\n\n{screen}\n"
+            )
+            if not sys.stdout.isatty():
+                sys.stdout.write("\n")
+            sys.stdout.flush()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 1.0)
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+        await view.stop()
+        await nc.close()
+    return 0

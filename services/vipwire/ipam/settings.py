@@ -1,0 +1,152 @@
+"""The ``ipam`` section of the config file: address pools and consumer tuning.
+
+Example::
+
+    ipam:
+      pools:
+        - name: public
+          addresses: ["192.0.2.0/24", "2001:db8:0:1::/120"]
+          appliance_group: edge
+          avoid_buggy_ips: true
+        - name: internal
+          addresses: ["198.51.100.10-198.51.100.20"]
+          clusters: [east]
+          auto_assign: false
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+from typing import Annotated
+
+import msgspec
+
+from vipwire.contracts import SubjectError, validate_cluster
+from vipwire.ipam.addresses import Block, parse_block
+from vipwire.runtime import ConfigError
+
+# Pool names travel in KV values, metric labels and VipAssigned; keep them plain.
+_POOL_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+
+
+class IpamConfigError(ConfigError, ValueError):
+    """An ``ipam`` section that cannot be used.
+
+    A :class:`~vipwire.runtime.ConfigError`; also a ValueError so that msgspec,
+    when decoding a config file, reports it with the path of the offending field.
+    """
+
+
+class PoolSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """One pool of VIPs, served by one appliance group."""
+
+    #: Unique name (a DNS label); Services pick it with the pool annotation.
+    name: str
+    #: CIDRs (``192.0.2.0/24``), ranges (``198.51.100.10-198.51.100.20``) and single
+    #: addresses, IPv4 and IPv6 mixed; at least one. Every address of a CIDR is used,
+    #: network and broadcast included (VIPs live on a loopback, not on a subnet).
+    addresses: tuple[str, ...]
+    #: Appliance group that serves this pool's VIPs (see lbdriver ``appliances[].group``).
+    appliance_group: str = "default"
+    #: Clusters whose Services may take addresses from this pool; empty: every cluster.
+    clusters: tuple[str, ...] = ()
+    #: Give addresses to Services that name no pool. False: only to Services that ask
+    #: for this pool (annotation) or for one of its addresses.
+    auto_assign: bool = True
+    #: Never hand out IPv4 addresses ending in .0 or .255 (some clients and routers
+    #: mistake them for network or broadcast addresses).
+    avoid_buggy_ips: bool = False
+    #: Addresses, ranges or CIDRs inside the pool that are never handed out
+    #: (gateways, addresses in use elsewhere).
+    avoid: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not _POOL_NAME.match(self.name):
+            raise IpamConfigError(f"pool name {self.name!r} must be a DNS label (RFC 1123)")
+        if not self.addresses:
+            raise IpamConfigError(f"pool {self.name!r}: addresses must not be empty")
+        if not self.appliance_group:
+            raise IpamConfigError(f"pool {self.name!r}: appliance_group must not be empty")
+        for cluster in self.clusters:
+            try:
+                validate_cluster(cluster)
+            except SubjectError as exc:
+                raise IpamConfigError(f"pool {self.name!r}: {exc}") from None
+        blocks = self.blocks()
+        _check_disjoint(
+            [(b, self.name, text) for b, text in zip(blocks, self.addresses, strict=True)]
+        )
+        for text in self.avoid:
+            hole = _parse(self.name, "avoid", text)
+            if not any(_inside(hole, block) for block in blocks):
+                raise IpamConfigError(
+                    f"pool {self.name!r}: avoid entry {text!r} is not inside the pool's addresses"
+                )
+
+    def blocks(self) -> tuple[Block, ...]:
+        """The pool's addresses as intervals, in configured order."""
+        return tuple(_parse(self.name, "addresses", text) for text in self.addresses)
+
+    def avoided(self) -> tuple[Block, ...]:
+        return tuple(_parse(self.name, "avoid", text) for text in self.avoid)
+
+    def allows(self, cluster: str) -> bool:
+        return not self.clusters or cluster in self.clusters
+
+
+class IpamSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """How ipam hands out VIPs. No pools is valid but every Service then fails."""
+
+    #: Address pools, in preference order: a Service that names no pool gets an
+    #: address from the first auto_assign pool that allows its cluster and has room.
+    pools: tuple[PoolSettings, ...] = ()
+    #: Messages handled concurrently (one Service's messages are always sequential).
+    concurrency: Annotated[int, msgspec.Meta(ge=1)] = 16
+    #: Messages each replica pulls ahead of handling. Small, so that replicas share a
+    #: burst instead of the first one taking all of it.
+    prefetch: Annotated[int, msgspec.Meta(ge=1)] = 32
+    #: Compare-and-set conflicts (another replica got there first) one message may
+    #: run into before it is retried later instead.
+    conflict_retries: Annotated[int, msgspec.Meta(ge=1)] = 32
+    #: Seconds before a message that could not be handled is redelivered.
+    retry_delay_s: Annotated[float, msgspec.Meta(gt=0)] = 0.5
+
+    def __post_init__(self) -> None:
+        names = [p.name for p in self.pools]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise IpamConfigError(f"pool names must be unique; repeated: {', '.join(duplicates)}")
+        _check_disjoint(
+            [
+                (block, pool.name, text)
+                for pool in self.pools
+                for block, text in zip(pool.blocks(), pool.addresses, strict=True)
+            ]
+        )
+
+    def pool(self, name: str) -> PoolSettings | None:
+        for pool in self.pools:
+            if pool.name == name:
+                return pool
+        return None
+
+
+def _parse(pool: str, field: str, text: str) -> Block:
+    try:
+        return parse_block(text)
+    except ValueError as exc:
+        raise IpamConfigError(f"pool {pool!r}: {field}: {exc}") from None
+
+
+def _inside(inner: Block, outer: Block) -> bool:
+    return inner.family == outer.family and outer.first <= inner.first <= inner.last <= outer.last
+
+
+def _check_disjoint(blocks: list[tuple[Block, str, str]]) -> None:
+    """An address in two pools (or twice in one) would have two appliance groups."""
+    ordered = sorted(blocks, key=lambda item: (item[0].family, item[0].first))
+    for (a, pool_a, text_a), (b, pool_b, text_b) in itertools.pairwise(ordered):
+        if a.family == b.family and b.first <= a.last:
+            where = f"pool {pool_a!r}" if pool_a == pool_b else f"pools {pool_a!r} and {pool_b!r}"
+            raise IpamConfigError(f"{where} overlap: {text_a} and {text_b}")

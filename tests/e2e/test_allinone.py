@@ -1,0 +1,221 @@
+"""The whole pipeline, watcher → ipam → lbdriver → nodeagents → status, over real NATS.
+
+Each test builds the all-in-one stack: a real nats-server, emulated Kubernetes
+API servers, and every service in its own runtime, as `vipwire up` runs them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import json
+import logging
+import subprocess
+import sys
+from collections import Counter
+from collections.abc import AsyncIterator
+
+import msgspec
+import pytest
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from vipwire.allinone import Stack
+from vipwire.contracts import IPAM_BUCKET
+from vipwire.ipam import addr_key
+from vipwire.testing import eventually
+
+POOL = ipaddress.ip_network("198.51.100.0/24")
+FINALIZER = "service.kubernetes.io/load-balancer-cleanup"
+
+
+@pytest.fixture
+async def stack(span_exporter: InMemorySpanExporter) -> AsyncIterator[Stack]:
+    async with Stack(span_processors=[SimpleSpanProcessor(span_exporter)]) as s:
+        await s.wait_ready()
+        yield s
+
+
+async def kv_claims(stack: Stack) -> dict[str, dict[str, str]]:
+    """Every address claim in the ipam bucket: address key → owner record."""
+    runtime = stack.components["lbdriver"].runtime
+    assert runtime is not None
+    kv = await runtime.bus.kv(IPAM_BUCKET)
+    claims: dict[str, dict[str, str]] = {}
+    try:
+        keys = await kv.keys()
+    except Exception:  # nats-py raises NoKeysError on an empty bucket
+        return claims
+    for key in keys:
+        if key.startswith("addr."):
+            entry = await kv.get(key)
+            assert entry.value is not None
+            claims[key] = msgspec.json.decode(entry.value)
+    return claims
+
+
+def vip_of(stack: Stack, cluster: str, name: str) -> str | None:
+    ips = stack.ingress_ips(cluster, name)
+    return ips[0] if ips else None
+
+
+class TestLifecycle:
+    async def test_create_gets_a_vip_and_delete_leaves_nothing_behind(self, stack: Stack) -> None:
+        """A Service gets a pool VIP in status within 2 s; deleting it leaves nothing behind."""
+        await stack.create_service("east", "web", ports=((80, "TCP"), (443, "TCP")))
+        await eventually(lambda: vip_of(stack, "east", "web"), timeout=2.0)
+        vip = vip_of(stack, "east", "web")
+        assert vip is not None and ipaddress.ip_address(vip) in POOL
+        svc = stack.service("east", "web")
+        assert svc is not None
+        assert FINALIZER in svc["metadata"]["finalizers"]
+        assert svc["status"]["loadBalancer"]["ingress"] == [{"ip": vip, "ipMode": "VIP"}]
+        servers = stack.appliance.virtual_servers("east")
+        assert {(vs.address, vs.port) for vs in servers.values()} == {(vip, 80), (vip, 443)}
+        assert len(await kv_claims(stack)) == 1
+
+        await stack.delete_service("east", "web")
+        await eventually(lambda: stack.service("east", "web") is None, timeout=5.0)
+        assert stack.appliance.virtual_servers("east") == {}
+        assert await kv_claims(stack) == {}
+
+    async def test_a_service_of_another_class_is_left_alone(self, stack: Stack) -> None:
+        """A LoadBalancer Service of a foreign loadBalancerClass gets no finalizer and no VIP."""
+        await stack.create_service("east", "theirs", load_balancer_class="example.com/other")
+        await stack.create_service("east", "ours")
+        await eventually(lambda: vip_of(stack, "east", "ours"), timeout=5.0)
+        theirs = stack.service("east", "theirs")
+        assert theirs is not None
+        assert not theirs["metadata"].get("finalizers")
+        assert vip_of(stack, "east", "theirs") is None
+
+
+class TestSharedVipSpace:
+    async def test_two_clusters_of_fifty_never_share_a_vip(self, stack: Stack) -> None:
+        """100 Services in two clusters: every status VIP distinct, and KV agrees owner by owner."""
+        names = [f"svc-{i}" for i in range(50)]
+        await asyncio.gather(*(stack.create_service(c, n) for c in stack.clusters for n in names))
+        keys = [(c, n) for c in stack.clusters for n in names]
+        await eventually(lambda: all(vip_of(stack, c, n) for c, n in keys), timeout=30.0)
+        vips = {(c, n): vip_of(stack, c, n) for c, n in keys}
+        counts = Counter(vips.values())
+        assert max(counts.values()) == 1, [v for v, k in counts.items() if k > 1]
+        claims = await kv_claims(stack)
+        assert len(claims) == 100
+        kv_owner = {
+            addr_key(vip): (claim["cluster"], claim["name"])
+            for vip in vips.values()
+            if vip is not None
+            for claim in [claims[addr_key(vip)]]
+        }
+        assert kv_owner == {addr_key(vip): key for key, vip in vips.items() if vip is not None}
+
+
+class TestRestarts:
+    async def test_restarting_ipam_and_lbdriver_mid_burst_changes_no_vip(
+        self, stack: Stack
+    ) -> None:
+        """Restart ipam and lbdriver while 60 Services arrive: none lost, no VIP changed."""
+        first = [f"early-{i}" for i in range(20)]
+        await asyncio.gather(*(stack.create_service("east", n) for n in first))
+        await eventually(lambda: all(vip_of(stack, "east", n) for n in first), timeout=10.0)
+        before = {n: vip_of(stack, "east", n) for n in first}
+
+        burst = [f"burst-{i}" for i in range(40)]
+        creating = asyncio.gather(
+            *(stack.create_service(c, n) for c in stack.clusters for n in burst)
+        )
+        await asyncio.sleep(0.05)
+        await asyncio.gather(stack.restart("ipam"), stack.restart("lbdriver"))
+        await creating
+        keys = [("east", n) for n in first] + [(c, n) for c in stack.clusters for n in burst]
+        await eventually(lambda: all(vip_of(stack, c, n) for c, n in keys), timeout=30.0)
+
+        assert {n: vip_of(stack, "east", n) for n in first} == before
+        all_vips = [vip_of(stack, c, n) for c, n in keys]
+        assert len(set(all_vips)) == len(all_vips)
+        claims = await kv_claims(stack)
+        assert len(claims) == len(keys)
+        on_appliance = {
+            vs.address for c in stack.clusters for vs in stack.appliance.virtual_servers(c).values()
+        }
+        assert on_appliance == set(all_vips)
+
+
+class TestPoison:
+    async def test_a_malformed_message_is_termed_and_the_pipeline_goes_on(
+        self, stack: Stack, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """Garbage on a service subject is termed, logged, counted; the next Service converges."""
+        ipam = stack.components["ipam"].runtime
+        assert ipam is not None
+        with caplog.at_level(logging.ERROR, logger="vipwire.bus.consumer"):
+            await ipam.bus.js.publish("vipwire.east.service.default.junk", b"\x00not json")
+            await stack.create_service("east", "after-junk")
+            await eventually(lambda: vip_of(stack, "east", "after-junk"), timeout=5.0)
+        assert any("vipwire.east.service.default.junk" in r.getMessage() for r in caplog.records)
+        assert 'vipwire_bus_poison_total{consumer="ipam",subject_family="service"} 1' in (
+            ipam.metrics.expose()
+        )
+
+
+class TestTracing:
+    async def test_one_service_creation_is_one_trace_across_every_hop(
+        self, stack: Stack, span_exporter: InMemorySpanExporter
+    ) -> None:
+        """Watcher, ipam, lbdriver, every node agent and the status write share one trace."""
+        span_exporter.clear()
+        await stack.create_service("west", "traced")
+        await eventually(lambda: vip_of(stack, "west", "traced"), timeout=5.0)
+        node_names = set(stack.node_names("west"))
+
+        def hop_services(trace_id: int) -> set[str]:
+            return {
+                str(s.resource.attributes.get("service.name"))
+                + (
+                    f":{s.resource.attributes.get('service.instance.id')}"
+                    if s.resource.attributes.get("service.name") == "vipwire-nodeagent"
+                    else ""
+                )
+                for s in span_exporter.get_finished_spans()
+                if s.context is not None and s.context.trace_id == trace_id
+            }
+
+        def status_write_trace() -> int | None:
+            for span in span_exporter.get_finished_spans():
+                attrs = span.attributes or {}
+                if span.name == "status write" and attrs.get("k8s.service.name") == "traced":
+                    return span.context.trace_id if span.context else None
+            return None
+
+        await eventually(status_write_trace, timeout=5.0)
+        trace_id = status_write_trace()
+        assert trace_id is not None
+        expected = {"vipwire-watcher", "vipwire-ipam", "vipwire-lbdriver"} | {
+            f"vipwire-nodeagent:west/{node}" for node in node_names
+        }
+        await eventually(lambda: expected <= hop_services(trace_id), timeout=5.0)
+        roots = [
+            s
+            for s in span_exporter.get_finished_spans()
+            if s.context is not None and s.context.trace_id == trace_id and s.parent is None
+        ]
+        assert len(roots) == 1, [r.name for r in roots]
+
+
+class TestSmoke:
+    def test_vipwire_up_smoke_converges_and_prints_one_json_line(self, tmp_path: object) -> None:
+        """`vipwire up --smoke` converges every demo Service and prints the promised JSON."""
+        proc = subprocess.run(
+            [sys.executable, "-m", "vipwire.cli", "up", "--smoke", "--timeout", "30"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        lines = [line for line in proc.stdout.splitlines() if line.strip()]
+        assert len(lines) == 1
+        result = json.loads(lines[0])
+        assert result["services"] == result["converged"] == 10
+        assert 0 < result["p50_ms"] <= result["p99_ms"]
