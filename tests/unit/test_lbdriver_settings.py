@@ -62,3 +62,25 @@ def test_sim_driver_is_built_from_settings() -> None:
     driver = build_driver(ApplianceSettings(name="s", api_latency_ms=3, fail_rate=0.5, seed=7))
     assert isinstance(driver, SimAppliance)
     assert (driver.name, driver.api_latency_ms, driver.fail_rate) == ("s", 3, 0.5)
+
+
+def test_reconciler_defaults_and_their_bounds() -> None:
+    """Coalescing, retries, breaker, drift and rate limit have usable defaults and refuse
+    values that cannot work."""
+    s = LbdriverSettings(appliances=(ApplianceSettings(name="a"),))
+    assert 0 < s.coalesce_quiet_ms <= s.coalesce_window_ms
+    assert s.breaker_failures >= 1 and 0 <= s.retry_jitter <= 1
+    assert s.unhealthy_cooldown_s <= s.unhealthy_max_cooldown_s
+    assert s.drift_interval_s > 0 and s.release_standby
+    assert s.appliances[0].max_requests_per_s > 0 and s.appliances[0].request_burst >= 1
+    for data, error in (
+        ({"breaker_failures": 0}, "breaker_failures"),
+        ({"retry_jitter": 1.5}, "retry_jitter"),
+        ({"unhealthy_cooldown_s": 10, "unhealthy_max_cooldown_s": 5}, "unhealthy_max_cooldown_s"),
+        ({"drift_interval_s": -1}, "drift_interval_s"),
+        ({"appliances": [{"name": "a", "request_burst": 0}]}, "request_burst"),
+    ):
+        with pytest.raises(ConfigError, match=error):
+            section(
+                {"lbdriver": {"appliances": [{"name": "a"}], **data}}, "lbdriver", LbdriverSettings
+            )

@@ -1,11 +1,17 @@
 """lbdriver: turns assigned VIPs into virtual servers on load-balancer appliances.
 
-Pure core: :func:`desired_virtual_servers` (what a Service needs) and
-:func:`diff` (the fewest writes to get there). Shell: :class:`LbdriverService`.
-Drivers implement :class:`ApplianceDriver`; :class:`SimAppliance` is the
-in-process one.
+Pure core: :func:`desired_virtual_servers` (what a Service needs),
+:func:`diff` (the fewest writes to get there), :func:`find_drift` (what a
+fresh listing says needs undoing), :class:`Coalescer` (when each Service is
+written), :class:`CircuitBreaker`, :class:`TokenBucket` and
+:func:`backoff_delay` (how a fragile appliance is treated) and
+:func:`choose_active` (which appliance of a group is written to). Shell:
+:class:`LbdriverService`, which also answers status requests on
+:data:`STATUS_SUBJECT`. Drivers implement :class:`ApplianceDriver`;
+:class:`SimAppliance` is the in-process one.
 """
 
+from vipwire.lbdriver.coalesce import Coalescer, Flush
 from vipwire.lbdriver.desired import (
     KUBE_PROXY_HEALTH_PORT,
     InvalidAssignment,
@@ -15,6 +21,7 @@ from vipwire.lbdriver.desired import (
     virtual_server_name,
 )
 from vipwire.lbdriver.diff import OperationConflict, apply_operations, diff, owns
+from vipwire.lbdriver.drift import Drift, find_drift, owned_scope
 from vipwire.lbdriver.drivers import (
     ApplianceAuthError,
     ApplianceDriver,
@@ -35,38 +42,66 @@ from vipwire.lbdriver.model import (
     op_kind,
     op_name,
 )
-from vipwire.lbdriver.placement import pick_appliance
+from vipwire.lbdriver.placement import choose_active, pick_appliance
+from vipwire.lbdriver.resilience import (
+    Admission,
+    BreakerState,
+    CircuitBreaker,
+    TokenBucket,
+    backoff_delay,
+)
 from vipwire.lbdriver.service import LbdriverService, ServiceKey
 from vipwire.lbdriver.settings import ApplianceSettings, LbdriverSettings
+from vipwire.lbdriver.status import (
+    STATUS_SUBJECT,
+    ApplianceStatus,
+    LbdriverStatus,
+    decode_status,
+)
 
 __all__ = [
     "KUBE_PROXY_HEALTH_PORT",
+    "STATUS_SUBJECT",
+    "Admission",
     "ApplianceAuthError",
     "ApplianceDriver",
     "ApplianceError",
     "ApplianceRejected",
     "ApplianceSettings",
+    "ApplianceStatus",
     "ApplianceUnavailable",
+    "BreakerState",
+    "CircuitBreaker",
+    "Coalescer",
     "CreateVirtualServer",
     "DeleteVirtualServer",
+    "Drift",
+    "Flush",
     "InvalidAssignment",
     "LbdriverService",
     "LbdriverSettings",
+    "LbdriverStatus",
     "Monitor",
     "Operation",
     "OperationConflict",
     "ServiceKey",
     "SimAppliance",
+    "TokenBucket",
     "UpdateMembers",
     "UpdateVirtualServer",
     "VirtualServer",
     "apply_operations",
+    "backoff_delay",
     "build_driver",
+    "choose_active",
+    "decode_status",
     "desired_virtual_servers",
     "diff",
+    "find_drift",
     "members_of",
     "op_kind",
     "op_name",
+    "owned_scope",
     "owner_of",
     "owns",
     "pick_appliance",

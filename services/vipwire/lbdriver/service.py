@@ -4,11 +4,23 @@ State comes from two ephemeral consumers that start from the last message of
 every subject: first nodes and endpoints (waited for, so that no Service is
 ever programmed against a half-known cluster, which would drop members), then
 VIP assignments. Every decision is in the pure core (``desired``, ``diff``,
-``placement``); this module only loads, calls, applies and publishes.
+``drift``, ``placement``, ``coalesce``, ``resilience``); this module only
+loads, calls, applies and publishes.
 
-Each Service is reconciled as a whole ("make the appliance match what we know
-now"), under its own lock, so any trigger (assignment, node, endpoints,
-retry) converges the same way and one Service never waits for another.
+Handlers never wait for an appliance: they update what we know and mark the
+affected Services dirty. The schedule (:class:`Coalescer`) says when each one
+is reconciled, so a burst of endpoint or node events becomes one write per
+Service per coalescing window, and one Service never waits for another. A
+reconcile is always "make the appliance hold what the Service needs now",
+whatever triggered it; a failed one is retried by us with backoff and jitter
+(the bus message was acknowledged long ago: state, not messages, is what we
+retry, and a restart rebuilds it from the stream).
+
+Nothing is written until the replay is complete: only then is it known which
+Services exist, which appliance of each group already holds their objects,
+and so what is an orphan. Afterwards one maintenance loop per appliance runs
+the drift passes (list, compare, repair, remove orphans) and probes an
+appliance whose circuit breaker is open.
 """
 
 from __future__ import annotations
@@ -17,12 +29,22 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import math
+import random
 import time
-import uuid
-from collections.abc import Iterable, Mapping
-from typing import Final, NamedTuple, Protocol
+from collections import Counter
+from collections.abc import Coroutine, Mapping
+from typing import Any, Final, NamedTuple, Protocol
 
-from vipwire.bus import DONE, ConsumerSpec, Delivery, Reject, Retry, Verdict
+import nats.errors
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.context import Context
+from opentelemetry.trace import Link
+
+from vipwire.bus import DONE, ConsumerSpec, Delivery, Reject, Verdict
 from vipwire.contracts import (
     EndpointsSnapshot,
     LbFailed,
@@ -38,7 +60,8 @@ from vipwire.contracts import (
     encode,
     family_filter,
 )
-from vipwire.lbdriver._appliance import ApplianceClient
+from vipwire.lbdriver._appliance import ApplianceClient, CircuitOpen
+from vipwire.lbdriver.coalesce import Coalescer, Flush
 from vipwire.lbdriver.desired import (
     InvalidAssignment,
     desired_virtual_servers,
@@ -46,17 +69,33 @@ from vipwire.lbdriver.desired import (
     owner_of,
 )
 from vipwire.lbdriver.diff import diff
-from vipwire.lbdriver.drivers import ApplianceDriver, ApplianceError, build_driver
+from vipwire.lbdriver.drift import find_drift, held_by, owned_scope
+from vipwire.lbdriver.drivers import (
+    ApplianceAuthError,
+    ApplianceDriver,
+    ApplianceError,
+    build_driver,
+)
 from vipwire.lbdriver.model import VirtualServer
-from vipwire.lbdriver.placement import pick_appliance
+from vipwire.lbdriver.placement import choose_active
+from vipwire.lbdriver.resilience import BreakerState, CircuitBreaker, backoff_delay
 from vipwire.lbdriver.settings import LbdriverSettings
+from vipwire.lbdriver.status import (
+    STATUS_SUBJECT,
+    ApplianceStatus,
+    LbdriverStatus,
+    encode_status,
+    redact_address,
+)
 from vipwire.runtime import Runtime
 
 log = logging.getLogger("vipwire.lbdriver")
 
-# An appliance outage lasts as long as it lasts; a VIP assignment given up as
-# poison would stay unprogrammed until ipam happened to republish it.
-_DELIVER_FOREVER: Final = 2**31 - 1
+# Handlers only note state, so nothing is ever worth redelivering forever; the
+# bound is for a handler that breaks on a message (a bug), not for appliances.
+_MAX_DELIVERIES: Final = 10
+#: Seconds stop() lets reconciles in flight finish before cancelling them.
+_STOP_GRACE_S: Final = 5.0
 
 
 class _Consumer(Protocol):
@@ -78,17 +117,14 @@ class ServiceKey(NamedTuple):
 Assignment = VipAssigned | VipReleasing
 
 
-class _Abandoned(Exception):
-    """The reconcile this request joined was cancelled before it finished."""
+class _Cause(NamedTuple):
+    """Why a Service is reconciled: the delivery it answers to and the trace to continue."""
 
-
-class _Batch:
-    """Requests to reconcile one Service that one reconcile will satisfy."""
-
-    def __init__(self, future: asyncio.Future[BaseException | None], cause: Delivery) -> None:
-        self.done = future
-        self.cause = cause
-        self.force = False
+    delivery: Delivery
+    #: The trace to join (that of the delivery's handler); None: start a new one.
+    context: Context | None
+    #: What happened: a subject family (vip, node, endpoints), drift, failover, recovery.
+    trigger: str
 
 
 class LbdriverService:
@@ -117,23 +153,49 @@ class LbdriverService:
             a.name: ApplianceClient(
                 a,
                 given[a.name] if a.name in given else build_driver(a),
+                prefix=settings.prefix,
+                breaker=CircuitBreaker(
+                    threshold=settings.breaker_failures,
+                    open_s=settings.unhealthy_cooldown_s,
+                    max_open_s=settings.unhealthy_max_cooldown_s,
+                ),
                 metrics=runtime.metrics,
                 tracer=runtime.tracer,
-                unhealthy_cooldown_s=settings.unhealthy_cooldown_s,
+                on_breaker=self._on_breaker,
             )
             for a in settings.appliances
         }
-        self._incarnation = uuid.uuid4().hex[:8]
-        self._window = settings.coalesce_window_ms / 1000
+        self._incarnation = random.getrandbits(32).to_bytes(4, "big").hex()
+        self._rng = random.Random()
+        self._schedule: Coalescer[ServiceKey, _Cause] = Coalescer(
+            settings.coalesce_window_ms / 1000, quiet=settings.coalesce_quiet_ms / 1000
+        )
+        # What we know, rebuilt from the stream.
         self._nodes: dict[str, dict[str, NodeSnapshot]] = {}
         self._endpoints: dict[ServiceKey, EndpointsSnapshot] = {}
         self._assignments: dict[ServiceKey, Assignment] = {}
+        self._clusters: set[str] = set()  # every cluster seen in a VIP message: our partitions
+        # What we did.
         self._published: dict[ServiceKey, LbMessage] = {}
-        self._locks: dict[ServiceKey, asyncio.Lock] = {}
-        self._pending: dict[ServiceKey, _Batch] = {}
+        self._publishes: dict[ServiceKey, int] = {}
+        self._last_cause: dict[ServiceKey, _Cause] = {}
+        self._placed: dict[ServiceKey, str] = {}  # where the last successful reconcile wrote
+        self._healthy: dict[ServiceKey, bool] = {}  # whether it succeeded
+        self._attempts: dict[ServiceKey, int] = {}  # failed reconciles in a row
+        self._generation: dict[ServiceKey, int] = {}  # reconciles started
+        self._active: dict[str, str] = {}  # appliance group -> the appliance written to
+        self._drift_repairs = 0
+        # Machinery.
         self._state_consumer: _Consumer | None = None
         self._vip_consumer: _Consumer | None = None
-        self._ready_task: asyncio.Task[None] | None = None
+        self._status_sub: Subscription | None = None
+        self._wake = asyncio.Event()
+        self._sweep = {name: asyncio.Event() for name in self._clients}
+        self._loops: list[asyncio.Task[None]] = []
+        self._inflight: set[asyncio.Task[None]] = set()
+        self._initial: set[ServiceKey] = set()
+        self._initial_done = asyncio.Event()
+        self._replayed = False
         self._ready = False
         m = runtime.metrics
         self._m_reconciles = m.counter(
@@ -141,10 +203,30 @@ class LbdriverService:
             "Service reconciles, by result (written, unchanged, failed)",
             ["result"],
         )
+        self._m_triggers = m.counter(
+            "lbdriver_reconcile_triggers_total",
+            "Events that asked for a Service reconcile, by trigger (coalesced into fewer)",
+            ["trigger"],
+        )
+        self._m_drift = m.counter(
+            "lbdriver_drift_repairs_total",
+            "Objects found changed out of band (repair) or left over (orphan) and fixed",
+            ["appliance", "kind"],
+        )
+        self._m_failovers = m.counter(
+            "lbdriver_failovers_total",
+            "Changes of an appliance group's active appliance",
+            ["group"],
+        )
         m.gauge(
             "lbdriver_services",
             "Services with assigned or releasing VIPs",
             fn=lambda: float(len(self._assignments)),
+        )
+        m.gauge(
+            "lbdriver_pending_services",
+            "Services waiting for a reconcile (coalescing or backing off)",
+            fn=lambda: float(self._schedule.pending_count()),
         )
 
     @property
@@ -161,7 +243,7 @@ class LbdriverService:
                 filters=(family_filter("node"), family_filter("endpoints")),
                 deliver="last_per_subject",
                 concurrency=self.settings.concurrency,
-                max_deliveries=_DELIVER_FOREVER,
+                max_deliveries=_MAX_DELIVERIES,
             ),
             self._on_state,
         )
@@ -172,32 +254,57 @@ class LbdriverService:
                 filters=(family_filter("vip"),),
                 deliver="last_per_subject",
                 concurrency=self.settings.concurrency,
-                max_deliveries=_DELIVER_FOREVER,
+                max_deliveries=_MAX_DELIVERIES,
             ),
             self._on_vip,
         )
         await self._vip_consumer.start()
-        self._ready_task = asyncio.create_task(
-            self._await_replay(self._vip_consumer), name="lbdriver-replay"
-        )
+        self._status_sub = await bus.nc.subscribe(STATUS_SUBJECT, cb=self._on_status_request)
+        self._spawn(self._start_up(self._vip_consumer), "lbdriver-startup")
 
-    async def _await_replay(self, consumer: _Consumer) -> None:
+    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
+        self._loops.append(asyncio.create_task(coro, name=name))
+
+    async def _start_up(self, consumer: _Consumer) -> None:
         await consumer.caught_up()
+        self._replayed = True
+        await self._choose_actives()
+        self._initial = {k for k in self._assignments if self._schedule.busy(k)}
+        if not self._initial:
+            self._initial_done.set()
+        self._spawn(self._flush_loop(), "lbdriver-flush")
+        await self._initial_done.wait()
         self._ready = True
-        log.info("lbdriver caught up: %d services known", len(self._assignments))
+        log.info("lbdriver caught up: %d services reconciled", len(self._assignments))
+        for name, client in self._clients.items():
+            self._spawn(self._maintain(client), f"lbdriver-maintain-{name}")
 
     def readiness(self) -> str | None:
-        return None if self._ready else "replaying VIP assignments"
+        if self._ready:
+            return None
+        if not self._replayed:
+            return "replaying VIP assignments"
+        return f"reconciling {len(self._initial)} service(s) after start"
 
     async def stop(self) -> None:
         for consumer in (self._vip_consumer, self._state_consumer):
             if consumer is not None:
                 await consumer.stop()
-        if self._ready_task is not None:
-            self._ready_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._ready_task
-            self._ready_task = None
+        if self._status_sub is not None:
+            with contextlib.suppress(nats.errors.Error):
+                await self._status_sub.unsubscribe()
+            self._status_sub = None
+        for task in self._loops:
+            task.cancel()
+        await asyncio.gather(*self._loops, return_exceptions=True)
+        self._loops.clear()
+        if self._inflight:
+            # A reconcile cut short leaves nothing wrong behind (a restart redoes it),
+            # but one finished is one fewer write for the next instance.
+            _, late = await asyncio.wait(set(self._inflight), timeout=_STOP_GRACE_S)
+            for task in late:
+                task.cancel()
+            await asyncio.gather(*late, return_exceptions=True)
         for name in sorted(self._built):
             try:
                 await self._clients[name].close()
@@ -215,25 +322,32 @@ class LbdriverService:
                 affected = self._note_endpoints(message)
             case _:
                 return Reject(f"unexpected {type(message).__name__} on {d.subject.raw}")
-        return await self._reconcile_all(affected, d, force=False)
+        if affected:
+            cause = _Cause(d, otel_context.get_current(), d.subject.family)
+            for key in affected:
+                self._mark(key, cause)
+        return DONE
 
     async def _on_vip(self, d: Delivery) -> Verdict:
         message = d.message
         match message:
             case VipAssigned() | VipReleasing():
                 key = ServiceKey(message.cluster, message.namespace, message.name)
+                self._clusters.add(message.cluster)
                 self._assignments[key] = message
                 # Always confirm, even with nothing to write: a replay must answer.
-                return await self._reconcile_all([key], d, force=True)
+                cause = _Cause(d, otel_context.get_current(), "vip")
+                self._mark(key, cause, force=True, urgent=True)
             case VipReleased():
+                self._clusters.add(message.cluster)
                 self._forget(ServiceKey(message.cluster, message.namespace, message.name))
-                return DONE
             case VipFailed():
                 # No VIP to serve; whatever an earlier assignment programmed stays
                 # until ipam releases it (the claim still holds the address).
-                return DONE
+                pass
             case _:
                 return Reject(f"unexpected {type(message).__name__} on {d.subject.raw}")
+        return DONE
 
     def _note_node(self, message: NodeSnapshot | NodeGone) -> list[ServiceKey]:
         nodes = self._nodes.setdefault(message.cluster, {})
@@ -265,81 +379,192 @@ class LbdriverService:
     def _forget(self, key: ServiceKey) -> None:
         self._assignments.pop(key, None)
         self._published.pop(key, None)
-        lock = self._locks.get(key)
-        if lock is not None and not lock.locked() and key not in self._pending:
-            del self._locks[key]
+        self._publishes.pop(key, None)
+        self._last_cause.pop(key, None)
+        self._placed.pop(key, None)
+        self._healthy.pop(key, None)
+        self._attempts.pop(key, None)
+        self._generation.pop(key, None)
+        self._schedule.forget(key)
+        self._initial_done_with(key)
 
-    # --- reconciling -------------------------------------------------------------
+    # --- scheduling ----------------------------------------------------------------
 
-    async def _reconcile_all(
-        self, keys: Iterable[ServiceKey], cause: Delivery, *, force: bool
-    ) -> Verdict:
-        keys = list(keys)
-        if not keys:
-            return DONE
-        outcomes = await asyncio.gather(*(self._request(k, cause, force=force) for k in keys))
-        failed = [o for o in outcomes if isinstance(o, ApplianceError)]
-        broken = [o for o in outcomes if o is not None and not isinstance(o, ApplianceError)]
-        if broken:
-            raise RuntimeError(f"reconcile failed for {len(broken)} service(s)") from broken[0]
-        if failed:
-            delay = min(
-                self.settings.retry_initial_s * 2 ** (cause.num_delivered - 1),
-                self.settings.retry_max_s,
-            )
-            return Retry(delay=delay, reason=str(failed[0]))
-        return DONE
+    def _mark(
+        self, key: ServiceKey, cause: _Cause, *, force: bool = False, urgent: bool = False
+    ) -> None:
+        self._last_cause[key] = cause
+        self._schedule.mark(key, time.monotonic(), cause, force=force, urgent=urgent)
+        self._m_triggers.inc(trigger=cause.trigger)
+        self._wake.set()
 
-    async def _request(
-        self, key: ServiceKey, cause: Delivery, *, force: bool
-    ) -> BaseException | None:
-        """Reconcile one Service soon; requests arriving meanwhile share the result.
+    def _mark_again(self, key: ServiceKey, trigger: str) -> None:
+        """Reconcile a known Service soon for a reason of our own (a new trace)."""
+        last = self._last_cause.get(key)
+        if last is not None and key in self._assignments:
+            self._mark(key, last._replace(context=None, trigger=trigger), urgent=True)
 
-        The first request waits out the coalescing window, then for the
-        Service's lock; requests arriving until the reconcile reads the state
-        join it (they only changed state it has yet to read).
-        """
-        batch = self._pending.get(key)
-        if batch is None:
-            batch = _Batch(asyncio.get_running_loop().create_future(), cause)
-            self._pending[key] = batch
-            leader = True
-        else:
-            leader = False
-        if force and not batch.force:
-            # The confirmation this request needs is named after its own cause.
-            batch.force = True
-            batch.cause = cause
-        if not leader:
-            return await asyncio.shield(batch.done)
+    async def _flush_loop(self) -> None:
+        while True:
+            self._wake.clear()
+            for key, flush in self._schedule.take_due(time.monotonic()):
+                task = asyncio.create_task(self._run(key, flush), name=f"reconcile {key}")
+                self._inflight.add(task)
+                task.add_done_callback(self._inflight.discard)
+            due = self._schedule.next_due()
+            timeout = None if due is None else max(0.0, due - time.monotonic())
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout):
+                    await self._wake.wait()
+
+    async def _run(self, key: ServiceKey, flush: Flush[_Cause]) -> None:
+        """One reconcile of one Service, in its own span, retried by schedule if it fails."""
+        cause = flush.cause
+        links = [
+            Link(span)
+            for c in flush.causes
+            if c is not cause
+            and c.context is not None
+            and (span := trace.get_current_span(c.context).get_span_context()).is_valid
+        ]
+        self._generation[key] = self._generation.get(key, 0) + 1
         outcome: BaseException | None
         try:
-            if self._window > 0:
-                await asyncio.sleep(self._window)
-            async with self._lock(key):
-                if self._pending.get(key) is batch:
-                    del self._pending[key]
-                outcome = await self._reconcile(key, batch.cause, force=batch.force)
-        except asyncio.CancelledError:
-            if self._pending.get(key) is batch:
-                del self._pending[key]
-            batch.done.set_result(_Abandoned(f"reconcile of {key} was cancelled"))
-            raise
+            with self.runtime.tracer.start_as_current_span(
+                "reconcile",
+                context=cause.context if cause.context is not None else Context(),
+                links=links,
+                attributes={
+                    "vipwire.cluster": key.cluster,
+                    "k8s.namespace.name": key.namespace,
+                    "k8s.service.name": key.name,
+                    "vipwire.trigger": cause.trigger,
+                    "vipwire.coalesced_events": flush.events,
+                },
+            ):
+                outcome = await self._reconcile(key, cause, force=flush.force)
         except Exception as exc:
             log.exception("reconcile of %s/%s/%s failed", *key)
             outcome = exc
-        batch.done.set_result(outcome)
-        return outcome
+        finally:
+            now = time.monotonic()
+            self._schedule.done(key, now)
+            self._initial_done_with(key)
+        if outcome is None:
+            self._attempts.pop(key, None)
+        elif key in self._assignments:
+            self._healthy[key] = False
+            attempt = self._attempts.get(key, 0) + 1
+            self._attempts[key] = attempt
+            delay = backoff_delay(
+                attempt,
+                initial=self.settings.retry_initial_s,
+                maximum=self.settings.retry_max_s,
+                jitter=self.settings.retry_jitter,
+                rand=self._rng.random(),
+            )
+            self._schedule.retry(key, now, delay, flush)
+        self._wake.set()
 
-    def _lock(self, key: ServiceKey) -> asyncio.Lock:
-        lock = self._locks.get(key)
-        if lock is None:
-            lock = self._locks[key] = asyncio.Lock()
-        return lock
+    def _initial_done_with(self, key: ServiceKey) -> None:
+        if self._initial:
+            self._initial.discard(key)
+            if not self._initial:
+                self._initial_done.set()
+
+    # --- placement -----------------------------------------------------------------
+
+    def _partitions(self) -> set[str]:
+        """Partitions that are ours: one per cluster we have VIP messages of."""
+        return self._clusters | {key.cluster for key in self._assignments}
+
+    async def _choose_actives(self) -> None:
+        """Per group, the appliance to write to: where our objects already are.
+
+        A restart after a failover must not move every Service back (that is
+        a write per Service and a flap); so each appliance of a group with a
+        choice is listed, and the one holding most of the group's objects wins.
+        """
+        now = time.monotonic()
+        for group in sorted({a.group for a in self.settings.appliances}):
+            names = [a.name for a in self.settings.group(group)]
+            if len(names) == 1:
+                self._active[group] = names[0]
+                continue
+            owners = {
+                owner_of(*k) for k, a in self._assignments.items() if a.appliance_group == group
+            }
+            counts = await asyncio.gather(*(self._holdings(n, owners) for n in names))
+            held = {n: c for n, c in zip(names, counts, strict=True) if c is not None}
+            usable = set(held) or {n for n in names if self._clients[n].usable(now)}
+            chosen = choose_active(names, None, usable, held)
+            if chosen is not None:
+                self._active[group] = chosen
+                log.info("appliance group %s: writing to %s (holdings %s)", group, chosen, held)
+
+    async def _holdings(self, appliance: str, owners: set[str]) -> int | None:
+        client = self._clients[appliance]
+        count = 0
+        try:
+            for partition in sorted(self._partitions()):
+                count += held_by(await client.actual(partition), owners, self.settings.prefix)
+        except ApplianceError as exc:
+            log.warning("appliance %s cannot be listed at start-up: %s", appliance, exc)
+            return None
+        except Exception:
+            log.exception("listing appliance %s at start-up failed", appliance)
+            return None
+        return count
+
+    def _target(self, group: str) -> str | None:
+        """The group's active appliance; fails over (and moves its Services) when needed."""
+        names = [a.name for a in self.settings.group(group)]
+        now = time.monotonic()
+        usable = {n for n in names if self._clients[n].usable(now)}
+        current = self._active.get(group)
+        chosen = choose_active(names, current, usable)
+        if chosen is not None and chosen != current:
+            self._active[group] = chosen
+            if current is not None:
+                log.warning(
+                    "appliance group %s: %s is failing, moving its Services to %s",
+                    group,
+                    current,
+                    chosen,
+                )
+                self._m_failovers.inc(group=group)
+                for key, assignment in list(self._assignments.items()):
+                    if assignment.appliance_group == group:
+                        self._mark_again(key, "failover")
+        return chosen
+
+    def _on_breaker(self, appliance: str, before: BreakerState, after: BreakerState) -> None:
+        group = self.settings.appliance(appliance).group
+        if after == "open":
+            self._target(group)
+            return
+        # It answers again: its Services stop waiting out their backoff, and a pass
+        # repairs what happened meanwhile (or clears what a failover left there).
+        for key, assignment in list(self._assignments.items()):
+            if assignment.appliance_group == group and not self._healthy.get(key, True):
+                self._mark_again(key, "recovery")
+        self._sweep[appliance].set()
+
+    # --- reconciling -------------------------------------------------------------
+
+    def _desired(self, key: ServiceKey, assignment: Assignment) -> dict[str, VirtualServer]:
+        if isinstance(assignment, VipReleasing):
+            return {}  # nothing may remain
+        return desired_virtual_servers(
+            assignment,
+            self._nodes.get(key.cluster, {}),
+            self._endpoints.get(key),
+            prefix=self.settings.prefix,
+        )
 
     async def _reconcile(
-        self, key: ServiceKey, cause: Delivery, *, force: bool
-    ) -> Exception | None:
+        self, key: ServiceKey, cause: _Cause, *, force: bool
+    ) -> ApplianceError | None:
         """Make the appliance hold exactly what the Service needs now; report it.
 
         Returns the appliance error that stopped it (already reported as
@@ -348,12 +573,10 @@ class LbdriverService:
         assignment = self._assignments.get(key)
         if assignment is None:
             return None
-        group = self.settings.group(assignment.appliance_group)
-        now = time.monotonic()
-        unhealthy = {name for name, c in self._clients.items() if not c.healthy(now)}
-        chosen = pick_appliance(group, unhealthy)
-        if chosen is None:
+        target = self._target(assignment.appliance_group)
+        if target is None:
             # Not retried: only a configuration change (and so a restart) can help.
+            self._healthy[key] = False
             await self._report_failure(
                 key,
                 assignment,
@@ -363,46 +586,44 @@ class LbdriverService:
                 message=f"no appliance is configured for group {assignment.appliance_group!r}",
             )
             return None
-        client = self._clients[chosen.name]
+        client = self._clients[target]
         owner = owner_of(*key)
-        desired: dict[str, VirtualServer] = {}  # releasing: nothing may remain
-        if isinstance(assignment, VipAssigned):
-            try:
-                desired = desired_virtual_servers(
-                    assignment,
-                    self._nodes.get(key.cluster, {}),
-                    self._endpoints.get(key),
-                    prefix=self.settings.prefix,
-                )
-            except InvalidAssignment as exc:
-                await self._report_failure(
-                    key,
-                    assignment,
-                    cause,
-                    appliance=chosen.name,
-                    reason="InvalidAssignment",
-                    message=str(exc),
-                )
-                return None
+        try:
+            desired = self._desired(key, assignment)
+        except InvalidAssignment as exc:
+            self._healthy[key] = False
+            await self._report_failure(
+                key,
+                assignment,
+                cause,
+                appliance=target,
+                reason="InvalidAssignment",
+                message=str(exc),
+            )
+            return None
         partition = key.cluster
         try:
             actual = await client.actual(partition)
-            # Ours by owner tag; a name we want but someone else's tag is taken
-            # over (ipam says the VIP is this Service's now).
-            scope = {n: s for n, s in actual.items() if s.owner == owner or n in desired}
-            ops = diff(desired, scope, self.settings.prefix)
+            ops = diff(desired, owned_scope(actual, owner, desired), self.settings.prefix)
             if ops:
                 await client.apply(partition, ops)
         except ApplianceError as exc:
             self._m_reconciles.inc(result="failed")
-            log.warning("programming %s on %s failed: %s", owner, chosen.name, exc)
+            reason, message = _explain(exc)
+            client.note_error(f"{reason}: {message}")
+            level = logging.DEBUG if isinstance(exc, CircuitOpen) else logging.WARNING
+            log.log(level, "programming %s on %s failed: %s", owner, target, exc)
             await self._report_failure(
-                key, assignment, cause, appliance=chosen.name, reason=exc.reason, message=str(exc)
+                key, assignment, cause, appliance=target, reason=reason, message=message
             )
             return exc
+        if key not in self._assignments:
+            return None  # released meanwhile: nothing left to report about it
+        self._placed[key] = target
+        self._healthy[key] = True
         self._m_reconciles.inc(result="written" if ops else "unchanged")
         if ops:
-            log.info("%s on %s/%s: %d operation(s)", owner, chosen.name, partition, len(ops))
+            log.info("%s on %s/%s: %d operation(s)", owner, target, partition, len(ops))
         result: LbMessage
         if isinstance(assignment, VipReleasing):
             result = LbRemoved(
@@ -410,7 +631,7 @@ class LbdriverService:
                 namespace=key.namespace,
                 name=key.name,
                 uid=assignment.uid,
-                appliance=chosen.name,
+                appliance=target,
                 vips=assignment.vips,
             )
         else:
@@ -419,7 +640,7 @@ class LbdriverService:
                 namespace=key.namespace,
                 name=key.name,
                 uid=assignment.uid,
-                appliance=chosen.name,
+                appliance=target,
                 vips=assignment.vips,
                 ports=assignment.ports,
                 members=members_of(desired.values()),
@@ -433,7 +654,7 @@ class LbdriverService:
         self,
         key: ServiceKey,
         assignment: Assignment,
-        cause: Delivery,
+        cause: _Cause,
         *,
         appliance: str,
         reason: str,
@@ -453,14 +674,219 @@ class LbdriverService:
         if self._published.get(key) != failed:
             await self._publish(key, failed, cause)
 
-    async def _publish(self, key: ServiceKey, message: LbMessage, cause: Delivery) -> None:
-        await self.runtime.bus.publish(message, msg_id=self._msg_id(key, message, cause))
+    async def _publish(self, key: ServiceKey, message: LbMessage, cause: _Cause) -> None:
+        count = self._publishes.get(key, 0)
+        await self.runtime.bus.publish(message, msg_id=self._msg_id(key, message, cause, count))
+        self._publishes[key] = count + 1
         self._published[key] = message
 
-    def _msg_id(self, key: ServiceKey, message: LbMessage, cause: Delivery) -> str:
-        """Named by cause, so a redelivery does not publish twice; by content, since
-        one cause may lead to different results (batches join causes); and by
-        incarnation, so a restart's confirmation is never taken for a duplicate."""
+    def _msg_id(self, key: ServiceKey, message: LbMessage, cause: _Cause, count: int) -> str:
+        """Named by cause (for the reader), by incarnation and count (so a restart's
+        confirmation, or a return to an earlier outcome, is never taken for a
+        duplicate) and by content (so a publish retried after a timeout that in
+        fact landed is dropped as one)."""
         digest = hashlib.sha256(encode(message)).hexdigest()[:16]
-        service = "" if cause.subject.family == "vip" else f":{key.namespace}.{key.name}"
-        return cause.derive_id(f"lb{service}:{self._incarnation}:{digest}")
+        service = "" if cause.delivery.subject.family == "vip" else f":{key.namespace}.{key.name}"
+        return cause.delivery.derive_id(f"lb{service}:{self._incarnation}.{count}:{digest}")
+
+    # --- drift and probes ----------------------------------------------------------
+
+    async def _maintain(self, client: ApplianceClient) -> None:
+        """Per appliance: drift passes every ``drift_interval_s`` (the first at once: the
+        start-up sweep) and when asked; a pass whenever an open breaker allows a probe;
+        and a health probe when the appliance has not answered for ``health_interval_s``
+        (every second while its calls fail), so a dead active is noticed while idle."""
+        requested = self._sweep[client.name]
+        interval = self.settings.drift_interval_s
+        health = self.settings.health_interval_s
+        next_pass = time.monotonic()
+        probed: float | None = None
+        last_probe = time.monotonic()
+        while True:
+            retry_at = client.breaker.retry_at
+            due = next_pass
+            if retry_at is not None and retry_at != probed:
+                due = min(due, retry_at)
+            next_probe = math.inf
+            if health > 0 and retry_at is None:
+                every = 1.0 if client.breaker.failures else health
+                next_probe = max(client.last_answer, last_probe) + min(every, health)
+            timeout = min(due, next_probe) - time.monotonic()
+            if retry_at is not None:
+                timeout = min(timeout, 1.0)  # another caller's probe may reopen it meanwhile
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(None if math.isinf(timeout) else max(0.0, timeout)):
+                    await requested.wait()
+            now = time.monotonic()
+            retry_at = client.breaker.retry_at
+            may_probe = retry_at is not None and retry_at != probed and now >= retry_at
+            if requested.is_set() or now >= due or may_probe:
+                requested.clear()
+                if may_probe:
+                    probed = retry_at
+                await self._maintenance(client, self._drift_pass(client))
+                next_pass = time.monotonic() + interval if interval > 0 else math.inf
+            elif now >= next_probe:
+                last_probe = now
+                partitions = sorted(self._partitions() | set(client.partitions()))
+                if partitions:
+                    await self._maintenance(client, client.probe(partitions[0]))
+
+    async def _maintenance(self, client: ApplianceClient, work: Coroutine[Any, Any, None]) -> None:
+        try:
+            await work
+        except CircuitOpen:
+            pass
+        except ApplianceError as exc:
+            client.note_error(f"{exc.reason}: {exc}")
+            log.info("maintenance of %s failed: %s", client.name, exc)
+        except Exception:
+            log.exception("maintenance of %s failed", client.name)
+
+    async def _drift_pass(self, client: ApplianceClient) -> None:
+        group = client.settings.group
+        active = self._target(group) == client.name
+        partitions = sorted(self._partitions() | set(client.partitions()))
+        if not active and not self.settings.release_standby:
+            # A standby sharing the active's configuration is never written; it is
+            # only probed, so that its health is known when it is needed.
+            if partitions and client.state(time.monotonic()) != "closed":
+                await client.refresh(partitions[0])
+            return
+        for partition in partitions:
+            await self._drift_partition(client, partition, active)
+
+    def _placed_here(
+        self, appliance: str, group: str, partition: str
+    ) -> dict[ServiceKey, Assignment]:
+        if self._active.get(group) != appliance:
+            return {}  # a standby holds nothing of ours
+        return {
+            k: a
+            for k, a in self._assignments.items()
+            if k.cluster == partition and a.appliance_group == group
+        }
+
+    def _settled(self, key: ServiceKey, appliance: str) -> bool:
+        """Its last write here succeeded and nothing newer is pending or running."""
+        return (
+            self._placed.get(key) == appliance
+            and self._healthy.get(key, False)
+            and not self._schedule.busy(key)
+        )
+
+    async def _drift_partition(self, client: ApplianceClient, partition: str, active: bool) -> None:
+        name, group = client.name, client.settings.group
+        before = {
+            k: self._generation.get(k, 0)
+            for k in self._placed_here(name, group, partition)
+            if self._settled(k, name)
+        }
+        actual = await client.refresh(partition)
+        if (self._active.get(group) == name) != active:
+            return  # failed over while we listed: the next pass sees the new roles
+        placed = self._placed_here(name, group, partition)
+        settled: dict[str, dict[str, VirtualServer]] = {}
+        for key, generation in before.items():
+            assignment = placed.get(key)
+            if (
+                assignment is None
+                or self._generation.get(key, 0) != generation
+                or not self._settled(key, name)
+            ):
+                continue  # changed while we listed: its own reconcile is the authority
+            with contextlib.suppress(InvalidAssignment):
+                settled[owner_of(*key)] = self._desired(key, assignment)
+        owners = {owner_of(*k): k for k in placed}
+        # Make before break: a Service leaving this appliance (failover, new group)
+        # keeps its objects here until it has been programmed where it is going.
+        staying = {
+            owner_of(*k)
+            for k in self._assignments
+            if k.cluster == partition and self._placed.get(k) == name
+        }
+        found = find_drift(actual, settled, owners.keys() | staying, self.settings.prefix)
+        for owner, ops in found.repairs.items():
+            log.warning(
+                "drift on %s/%s: %d object(s) of %s were changed out of band; repairing",
+                name,
+                partition,
+                len(ops),
+                owner,
+            )
+            self._count_drift(name, "repair", len(ops))
+            self._mark_again(owners[owner], "drift")
+        if found.orphans:
+            log.warning(
+                "%s/%s: removing %d object(s) of ours that no Service accounts for",
+                name,
+                partition,
+                len(found.orphans),
+            )
+            await client.apply(partition, found.orphans)
+            self._count_drift(name, "orphan", len(found.orphans))
+
+    def _count_drift(self, appliance: str, kind: str, count: int) -> None:
+        self._m_drift.inc(count, appliance=appliance, kind=kind)
+        self._drift_repairs += count
+
+    # --- status ----------------------------------------------------------------------
+
+    def status(self) -> LbdriverStatus:
+        """What ``vipwire lb status`` shows: appliances, health, objects, last write."""
+        now = time.monotonic()
+        services = Counter(self._placed.values())
+        appliances = []
+        for a in self.settings.appliances:
+            client = self._clients[a.name]
+            retry_at = client.breaker.retry_at
+            appliances.append(
+                ApplianceStatus(
+                    name=a.name,
+                    driver=a.driver,
+                    group=a.group,
+                    address=redact_address(a.address),
+                    active=self._active.get(a.group) == a.name,
+                    health=client.state(now),
+                    failures=client.breaker.failures,
+                    retry_in_s=None if retry_at is None else max(0.0, retry_at - now),
+                    virtual_servers=client.virtual_servers(),
+                    services=services[a.name],
+                    writes=client.writes,
+                    last_write_at=client.last_write_at,
+                    last_error=client.last_error,
+                    last_error_at=client.last_error_at,
+                )
+            )
+        return LbdriverStatus(
+            instance=self._incarnation,
+            now=time.time(),
+            ready=self._ready,
+            services=len(self._assignments),
+            pending=self._schedule.pending_count(),
+            failing=sum(1 for k in self._assignments if not self._healthy.get(k, True)),
+            drift_repairs=self._drift_repairs,
+            appliances=tuple(appliances),
+        )
+
+    async def _on_status_request(self, msg: Msg) -> None:
+        if not msg.reply:
+            return
+        try:
+            await msg.respond(encode_status(self.status()))
+        except nats.errors.Error as exc:
+            log.debug("status request not answered: %r", exc)
+
+
+def _explain(exc: ApplianceError) -> tuple[str, str]:
+    """The reason and message to publish for a failed call.
+
+    A call refused by an open breaker reports the failure that opened it, so a
+    Service's status keeps the appliance's own reason (and stays unchanged,
+    hence is not republished, while the breaker is open).
+    """
+    error = exc.last if isinstance(exc, CircuitOpen) and exc.last is not None else exc
+    message = str(error)
+    if isinstance(error, ApplianceAuthError):
+        message += f" (check the credentials configured for appliance {error.appliance})"
+    return error.reason, message

@@ -10,11 +10,14 @@ import msgspec
 NonNegative = Annotated[float, msgspec.Meta(ge=0)]
 Positive = Annotated[float, msgspec.Meta(gt=0)]
 
-#: Drivers this build knows; ``f5``, ``a10`` and ``linux`` join ``sim`` later.
-DriverKind = Literal["sim"]
+#: Drivers this build knows.
+DriverKind = Literal["sim", "f5", "a10", "linux"]
 
 # Appliance names end up in metric labels, log lines and LbProgrammed; keep them plain.
 _APPLIANCE_NAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._-]{0,61}[A-Za-z0-9])?$")
+# Appliance partition names (F5 folders, A10 partitions), literal or templated.
+_PARTITION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_PARTITION_TEMPLATE = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)?\{cluster\}[A-Za-z0-9._-]*$")
 # The prefix marks what we own on a shared appliance; it starts every object name.
 _PREFIX = re.compile(r"^[a-z0-9]([a-z0-9_]{0,30}[a-z0-9])?$")
 
@@ -24,22 +27,56 @@ class ApplianceSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknow
 
     #: Unique name; reported in LbProgrammed and used as a metrics label.
     name: str
-    #: Which driver talks to it. Only ``sim`` (in-process model) so far.
+    #: Which driver talks to it: ``sim`` (in-process model), ``f5`` (BIG-IP iControl
+    #: REST), ``a10`` (ACOS aXAPI v3) or ``linux`` (this host forwards, with nftables).
     driver: DriverKind = "sim"
     #: Appliance group that pools point at (VipAssigned.appliance_group). Several
-    #: appliances in one group are failover endpoints of one shared configuration:
-    #: the first healthy one is written to.
+    #: appliances in one group are an active/standby set: the first healthy one is
+    #: written to and stays active until its circuit breaker opens; then the next
+    #: healthy one takes every Service of the group (see release_standby).
     group: str = "default"
     #: Seconds one appliance API call may take before it counts as unavailable.
     request_timeout_s: Positive = 10.0
     #: Appliance API calls in flight at once (appliances throttle management APIs).
     max_concurrent_requests: Annotated[int, msgspec.Meta(ge=1)] = 8
+    #: Appliance API calls started per second, on average (token bucket; 0: no limit).
+    max_requests_per_s: NonNegative = 50.0
+    #: Calls that may start at once after a quiet spell (the token bucket's size).
+    request_burst: Annotated[int, msgspec.Meta(ge=1)] = 20
     #: sim: milliseconds every API call takes.
     api_latency_ms: NonNegative = 0.0
     #: sim: probability (0..1) that an API call fails as unavailable (fault injection).
     fail_rate: Annotated[float, msgspec.Meta(ge=0, le=1)] = 0.0
     #: sim: seed of the fault-injection RNG (None: a random seed).
     seed: int | None = None
+    #: f5, a10: management endpoint, ``https://host[:port]`` or ``host[:port]`` (https).
+    address: str | None = None
+    #: f5, a10: API user name.
+    username: str | None = None
+    #: f5, a10: file holding the password (a mounted Secret), re-read at every login.
+    #: A password is never written in this file: give password_file or password_env.
+    password_file: str | None = None
+    #: f5, a10: environment variable holding the password.
+    password_env: str | None = None
+    #: f5, a10: verify the appliance's TLS certificate (turn off for labs only).
+    verify_tls: bool = True
+    #: f5, a10: CA bundle (PEM) that signs the appliance's certificate (None: system CAs).
+    ca_file: str | None = None
+    #: f5, a10: the partition holding a cluster's objects; ``{cluster}`` is replaced.
+    partition_template: str = "{cluster}"
+    #: f5, a10: partition names by cluster, overriding partition_template (A10
+    #: partition names have at most 14 characters).
+    partitions: dict[str, str] = msgspec.field(default_factory=dict)
+    #: f5: device group to config-sync to after every change (None: no sync).
+    sync_group: str | None = None
+    #: a10: save the running config (``write memory``) after every batch of changes.
+    write_memory: bool = True
+    #: linux: the interface on the nodes' L2 segment, where VIP traffic comes in and
+    #: goes back out to the chosen node. Required for linux.
+    interface: str | None = None
+    #: linux: network namespace (as named by ``ip netns``) that is the appliance; None:
+    #: this host's own.
+    netns: str | None = None
 
     def __post_init__(self) -> None:
         if not _APPLIANCE_NAME.match(self.name):
@@ -48,6 +85,44 @@ class ApplianceSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknow
             )
         if not self.group:
             raise ValueError(f"appliance {self.name!r}: group must not be empty")
+        self._check_vendor_fields()
+
+    def _check_vendor_fields(self) -> None:
+        where = f"appliance {self.name!r}"
+        if self.driver in ("f5", "a10"):
+            if not self.address or any(c.isspace() for c in self.address):
+                raise ValueError(f"{where}: driver {self.driver} needs an address")
+            if not self.username:
+                raise ValueError(f"{where}: driver {self.driver} needs a username")
+            if (self.password_file is None) == (self.password_env is None):
+                raise ValueError(
+                    f"{where}: driver {self.driver} needs exactly one of password_file or "
+                    "password_env (a password is never given inline)"
+                )
+        if self.ca_file is not None and not self.verify_tls:
+            raise ValueError(f"{where}: ca_file has no use with verify_tls: false")
+        # Partition names go into URLs and appliance configs: keep to what both vendors take.
+        if not _PARTITION_TEMPLATE.fullmatch(self.partition_template):
+            raise ValueError(
+                f"{where}: partition_template must be {{cluster}} with letters, digits, "
+                "'.', '_' or '-' around it"
+            )
+        bad = sorted(c for c, p in self.partitions.items() if not _PARTITION.fullmatch(p))
+        if bad:
+            raise ValueError(
+                f"{where}: partitions for {', '.join(bad)} must be letters, digits, '.', '_' "
+                "or '-', starting with a letter or digit"
+            )
+        if self.driver == "linux" and not (
+            self.interface and re.fullmatch(r"[^/:\s]{1,15}", self.interface)
+        ):
+            raise ValueError(f"{where}: driver linux needs an interface (a device name)")
+        if self.netns is not None and (
+            self.driver != "linux" or not re.fullmatch(r"[^/\s]{1,255}", self.netns)
+        ):
+            raise ValueError(f"{where}: netns must be a namespace name, for driver linux only")
+        if self.sync_group is not None and self.driver != "f5":
+            raise ValueError(f"{where}: sync_group is an f5 setting (driver is {self.driver})")
 
 
 class LbdriverSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -58,18 +133,41 @@ class LbdriverSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown
     appliances: tuple[ApplianceSettings, ...]
     #: Start of every object name we create; objects without it are never touched.
     prefix: str = "vipwire"
-    #: Milliseconds a Service's reprogramming waits to absorb a burst of node and
-    #: endpoint events into one appliance write (0: no wait).
-    coalesce_window_ms: NonNegative = 5.0
+    #: Milliseconds between two writes of one Service at least: the node and endpoint
+    #: events of a burst (a rolling update) are merged into one write per window
+    #: (0: no coalescing). A Service's first write does not wait for it.
+    coalesce_window_ms: NonNegative = 1000.0
+    #: Milliseconds without a further event after which a burst is written without
+    #: waiting for the rest of the window (capped at coalesce_window_ms).
+    coalesce_quiet_ms: NonNegative = 100.0
     #: Messages handled concurrently per consumer (one subject is always sequential).
     concurrency: Annotated[int, msgspec.Meta(ge=1)] = 16
     #: Seconds before the first retry of a failed appliance write; doubles per attempt.
     retry_initial_s: Positive = 0.2
     #: Upper bound of the retry delay in seconds.
     retry_max_s: Positive = 10.0
-    #: Seconds an appliance that was unreachable is passed over in favour of the next
-    #: one of its group before it is tried again.
-    unhealthy_cooldown_s: NonNegative = 10.0
+    #: Share (0..1) of each retry delay taken off at random, so that Services failing
+    #: together do not retry in lockstep.
+    retry_jitter: Annotated[float, msgspec.Meta(ge=0, le=1)] = 0.5
+    #: Consecutive failed calls (unreachable, timed out, credentials refused) after
+    #: which an appliance's circuit breaker opens: calls then fail fast, unsent.
+    breaker_failures: Annotated[int, msgspec.Meta(ge=1)] = 3
+    #: Seconds an open breaker waits before one probe call; the next appliance of the
+    #: group is written meanwhile. Doubles after each failed probe.
+    unhealthy_cooldown_s: NonNegative = 5.0
+    #: Upper bound of that wait in seconds.
+    unhealthy_max_cooldown_s: NonNegative = 120.0
+    #: Seconds between drift passes: each lists every partition of an appliance and
+    #: undoes out-of-band edits of our objects (0: only the pass at start-up).
+    drift_interval_s: NonNegative = 60.0
+    #: Seconds an appliance may go without a successful call before it is probed (a
+    #: listing of one partition), so a failed active is noticed, and its group
+    #: failed over, even when nothing changes; every second while calls fail (0: off).
+    health_interval_s: NonNegative = 10.0
+    #: After a failover, delete our objects from the appliance that was left once it
+    #: answers again (independent appliances). Turn off for HA pairs whose standby
+    #: holds the active's configuration by config-sync.
+    release_standby: bool = True
 
     def __post_init__(self) -> None:
         if not self.appliances:
@@ -85,6 +183,8 @@ class LbdriverSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown
             )
         if self.retry_max_s < self.retry_initial_s:
             raise ValueError("retry_max_s must not be below retry_initial_s")
+        if self.unhealthy_max_cooldown_s < self.unhealthy_cooldown_s:
+            raise ValueError("unhealthy_max_cooldown_s must not be below unhealthy_cooldown_s")
 
     def appliance(self, name: str) -> ApplianceSettings:
         for appliance in self.appliances:

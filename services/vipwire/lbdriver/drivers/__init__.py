@@ -23,6 +23,18 @@ def build_driver(settings: ApplianceSettings) -> ApplianceDriver:
                 fail_rate=settings.fail_rate,
                 seed=settings.seed,
             )
+        case "f5":
+            from vipwire.lbdriver.drivers.f5 import F5Driver
+
+            return F5Driver.from_settings(settings)
+        case "a10":
+            from vipwire.lbdriver.drivers.a10 import A10Driver
+
+            return A10Driver.from_settings(settings)
+        case "linux":
+            from vipwire.lbdriver.drivers.linux import LinuxAppliance
+
+            return LinuxAppliance.from_settings(settings)
     raise ValueError(f"appliance {settings.name!r}: unknown driver {settings.driver!r}")
 
 

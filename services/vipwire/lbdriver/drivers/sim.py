@@ -121,9 +121,15 @@ class SimAppliance:
 
 def _destination_clash(servers: dict[str, VirtualServer], written: set[str]) -> str | None:
     """A written server whose destination another server already serves, described."""
+    # Only the written servers' destinations can clash anew: index just those
+    # (indexing every server made each write cost as much as the partition).
+    addresses = {servers[n].address for n in written if n in servers}
     by_destination: dict[tuple[str, int, str], list[str]] = {}
     for name, server in servers.items():
-        by_destination.setdefault((server.address, server.port, server.protocol), []).append(name)
+        if server.address in addresses:
+            by_destination.setdefault((server.address, server.port, server.protocol), []).append(
+                name
+            )
     for (address, port, protocol), names in sorted(by_destination.items()):
         if len(names) > 1 and written.intersection(names):
             return f"destination {address}:{port}/{protocol} is served by {sorted(names)}"

@@ -1,0 +1,694 @@
+"""An A10 ACOS aXAPI v3 emulator: the subset an L4 provisioning client uses.
+
+Served: signature authentication (``POST /axapi/v3/auth``, ``Authorization:
+A10 <signature>``, session expiry, ``/axapi/v3/logoff``), partitions
+(``/axapi/v3/partition``, ``/axapi/v3/partition-available-id/oper``) and the
+per-session ``active-partition``, ``slb server`` (with ``port-list`` and the
+``port`` sub-resource), ``slb service-group`` (``member-list``, ``member``
+sub-resource), ``health monitor`` (method http), ``slb virtual-server``
+(``port-list`` and the ``port`` sub-resource) and ``write memory``. Objects
+live in the session's active partition. POST to a collection creates, POST to
+an object updates (fields merged, lists merged by key), PUT replaces, DELETE
+removes. Failures have ACOS's shape ``{"response": {"status": "fail", "err":
+{"code", "from", "msg"}}}``; authentication failures
+``{"authorizationschema": {"code", "error", ...}}``. Error codes are those
+public ACOS clients map (not found 1023460352, exists 67371011, in use
+67240011); the emulator's own codes and texts are marked as such.
+
+It enforces what a client can get wrong: names unique per kind and
+partition, one server per address, one virtual server per VIP, references
+that must resolve (member → server and server port, service group → health
+monitor, virtual port → service group), objects in use that cannot be
+deleted. It is not ACOS: no templates, no L7, no HA, no traffic.
+"""
+
+from __future__ import annotations
+
+import copy
+import ipaddress
+import secrets
+import time
+from dataclasses import dataclass, field
+from typing import Any, Final
+from urllib.parse import unquote
+
+from aiohttp import web
+
+from vipwire.applianceemu._server import EmulatorServer, json_response, read_json
+
+Obj = dict[str, Any]
+
+NOT_FOUND: Final = 1023460352
+EXISTS: Final = 67371011
+IN_USE: Final = 67240011
+INVALID: Final = 1023410180  # the emulator's own code for a refused value
+
+_OK: Final = {"response": {"status": "OK"}}
+_VPORT_PROTOCOLS: Final = {"tcp", "udp", "others"}
+
+
+class A10Error(Exception):
+    def __init__(self, http: int, code: int, msg: str) -> None:
+        super().__init__(msg)
+        self.http = http
+        self.code = code
+        self.msg = msg
+
+    def body(self) -> Obj:
+        return {
+            "response": {
+                "status": "fail",
+                "err": {"code": self.code, "from": "CM", "msg": self.msg},
+            }
+        }
+
+
+def _missing(what: str) -> A10Error:
+    return A10Error(404, NOT_FOUND, f"Object specified does not exist (object: {what})")
+
+
+def _exists(what: str) -> A10Error:
+    return A10Error(400, EXISTS, f"Object already exists (object: {what})")
+
+
+def _invalid(msg: str) -> A10Error:
+    return A10Error(400, INVALID, msg)
+
+
+@dataclass
+class _Partition:
+    name: str
+    ident: int
+    servers: dict[str, Obj] = field(default_factory=dict)
+    service_groups: dict[str, Obj] = field(default_factory=dict)
+    monitors: dict[str, Obj] = field(default_factory=dict)
+    virtual_servers: dict[str, Obj] = field(default_factory=dict)
+
+    def body(self) -> Obj:
+        return {"partition-name": self.name, "id": self.ident, "application-type": "adc"}
+
+
+@dataclass
+class _Session:
+    user: str
+    expires: float
+    partition: str = "shared"
+
+
+class A10Emulator(EmulatorServer):
+    """One ACOS device's aXAPI. Counters and inspection helpers are for tests."""
+
+    def __init__(
+        self,
+        *,
+        username: str = "admin",
+        password: str = "a10",
+        session_timeout: float = 600.0,
+    ) -> None:
+        super().__init__("a10emu")
+        self._username = username
+        self._password = password
+        #: Seconds a session lives (ACOS's admin idle timeout).
+        self.session_timeout = session_timeout
+        self._sessions: dict[str, _Session] = {}
+        self._partitions: dict[str, _Partition] = {"shared": _Partition("shared", 0)}
+        #: Configuration changes applied.
+        self.writes = 0
+        #: ``write memory`` requests, with the partition they were made in.
+        self.memory_writes: list[str] = []
+        #: Successful logins.
+        self.logins = 0
+        #: Refused logins.
+        self.failed_logins = 0
+        #: Sessions ended by logoff.
+        self.logoffs = 0
+
+    # --- test controls -------------------------------------------------------------
+
+    def set_credentials(self, username: str, password: str) -> None:
+        self._username, self._password = username, password
+
+    def expire_sessions(self) -> None:
+        """Every signature issued so far is invalid from now on (requests get 401)."""
+        for session in self._sessions.values():
+            session.expires = 0.0
+
+    @property
+    def live_sessions(self) -> int:
+        now = time.monotonic()
+        return sum(1 for s in self._sessions.values() if s.expires > now)
+
+    @property
+    def partitions(self) -> list[str]:
+        return sorted(self._partitions)
+
+    def objects(self, partition: str, kind: str) -> dict[str, Obj]:
+        """A copy of one kind (``server``, ``service-group``, ``monitor``, ``virtual-server``)."""
+        part = self._partitions.get(partition)
+        if part is None:
+            return {}
+        return copy.deepcopy(_store(part, kind))
+
+    def plant(self, partition: str, kind: str, body: Obj) -> None:
+        """Create an object directly, as another tool would (no write counted)."""
+        part = self._partition(partition, create=True)
+        _store(part, kind)[str(body["name"])] = copy.deepcopy(body)
+
+    def remove(self, partition: str, kind: str, name: str) -> None:
+        """Delete an object directly, as an operator would (no reference checks)."""
+        part = self._partitions.get(partition)
+        if part is not None:
+            _store(part, kind).pop(name, None)
+
+    def _partition(self, name: str, *, create: bool = False) -> _Partition:
+        part = self._partitions.get(name)
+        if part is None:
+            if not create:
+                raise _missing("partition")
+            ident = max(p.ident for p in self._partitions.values()) + 1
+            part = self._partitions[name] = _Partition(name, ident)
+        return part
+
+    # --- HTTP ----------------------------------------------------------------------
+
+    def _routes(self, app: web.Application) -> None:
+        app.router.add_route("*", "/axapi/v3/{tail:.*}", self._handle)
+
+    def _fault_body(self, status: int) -> Any:
+        # The emulator's own wording: ACOS answers overload with a fail body like this one.
+        msg = "System is busy, please try again later (injected)" if status == 503 else "injected"
+        return {"response": {"status": "fail", "err": {"code": status, "from": "HTTP", "msg": msg}}}
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        path = "/" + "/".join(unquote(p) for p in request.path.strip("/").split("/")[2:])
+        method = request.method
+        try:
+            body = await read_json(request)
+        except ValueError:
+            return json_response(_invalid("JSON format error").body(), 400)
+        if path == "/auth" and method == "POST":
+            return self._auth(body)
+        session = self._session(request)
+        if session is None:
+            return json_response(_auth_schema(401, "Invalid admin session."), 401)
+        try:
+            if path == "/logoff" and method == "POST":
+                self._sessions.pop(_signature(request) or "", None)
+                self.logoffs += 1
+                return json_response(_OK)
+            result, write = self._dispatch(session, method, path, body)
+        except A10Error as err:
+            return json_response(err.body(), err.http)
+        if write:
+            self.writes += 1
+        return json_response(result)
+
+    def _auth(self, body: Any) -> web.Response:
+        creds = body.get("credentials") if isinstance(body, dict) else None
+        if (
+            not isinstance(creds, dict)
+            or creds.get("username") != self._username
+            or creds.get("password") != self._password
+        ):
+            self.failed_logins += 1
+            return json_response(_auth_schema(403, "Incorrect user name or password"), 403)
+        signature = secrets.token_hex(16)
+        self._sessions[signature] = _Session(
+            self._username, time.monotonic() + self.session_timeout
+        )
+        self.logins += 1
+        return json_response(
+            {
+                "authresponse": {
+                    "signature": signature,
+                    "description": (
+                        "the signature should be set in Authorization header for following request."
+                    ),
+                }
+            }
+        )
+
+    def _session(self, request: web.Request) -> _Session | None:
+        signature = _signature(request)
+        session = self._sessions.get(signature or "")
+        if session is None or session.expires <= time.monotonic():
+            return None
+        # ACOS sessions expire after being idle.
+        session.expires = time.monotonic() + self.session_timeout
+        return session
+
+    def _dispatch(self, session: _Session, method: str, path: str, body: Any) -> tuple[Obj, bool]:
+        parts = [p for p in path.split("/") if p]
+        if parts[:1] == ["active-partition"]:
+            if method == "POST" and len(parts) == 2:
+                if parts[1] != "shared":
+                    self._partition(parts[1])
+                session.partition = parts[1]
+                return _OK, False
+            if method == "GET" and len(parts) == 1:
+                return {"active-partition": {"partition-name": session.partition}}, False
+        if parts == ["partition-available-id", "oper"] and method == "GET":
+            used = {p.ident for p in self._partitions.values()}
+            start = next(i for i in range(1, 1024) if i not in used)
+            return {
+                "partition-available-id": {"oper": {"range-list": [{"start": start, "end": 1023}]}}
+            }, False
+        if parts[:1] == ["partition"]:
+            return self._partition_request(session, method, parts, body)
+        if parts == ["write", "memory"] and method == "POST":
+            self.memory_writes.append(session.partition)
+            return _OK, False
+        part = self._partition(session.partition)
+        if parts[:2] == ["slb", "server"]:
+            return _Servers(part).handle(method, parts[2:], body)
+        if parts[:2] == ["slb", "service-group"]:
+            return _ServiceGroups(part).handle(method, parts[2:], body)
+        if parts[:2] == ["health", "monitor"]:
+            return _Monitors(part).handle(method, parts[2:], body)
+        if parts[:2] == ["slb", "virtual-server"]:
+            return _VirtualServers(part).handle(method, parts[2:], body)
+        raise A10Error(404, NOT_FOUND, f"URI not supported by the emulator: {method} {path}")
+
+    def _partition_request(
+        self, session: _Session, method: str, parts: list[str], body: Any
+    ) -> tuple[Obj, bool]:
+        if session.partition != "shared":
+            raise _invalid("Partitions can only be managed from the shared partition")
+        if len(parts) == 1:
+            if method == "GET":
+                return {
+                    "partition-list": [
+                        p.body() for n, p in sorted(self._partitions.items()) if n != "shared"
+                    ]
+                }, False
+            if method == "POST":
+                given = body.get("partition") if isinstance(body, dict) else None
+                if not isinstance(given, dict):
+                    raise _invalid("partition object expected")
+                name = str(given.get("partition-name") or "")
+                ident = given.get("id")
+                if not 1 <= len(name) <= 14:
+                    raise _invalid("partition-name must be 1-14 characters")
+                if name in self._partitions:
+                    raise _exists("partition")
+                if not isinstance(ident, int) or not 1 <= ident <= 1023:
+                    raise _invalid("partition id must be 1-1023")
+                if any(p.ident == ident for p in self._partitions.values()):
+                    raise _invalid(f"Partition id {ident} is in use")
+                self._partitions[name] = _Partition(name, ident)
+                return {"partition": self._partitions[name].body()}, True
+        elif len(parts) == 2 and parts[1] != "shared":
+            part = self._partition(parts[1])
+            if method == "GET":
+                return {"partition": part.body()}, False
+        raise _invalid(f"{method} on partition is not supported by the emulator")
+
+
+def _signature(request: web.Request) -> str | None:
+    header = request.headers.get("Authorization", "")
+    scheme, _, value = header.partition(" ")
+    return value.strip() if scheme == "A10" and value.strip() else None
+
+
+def _auth_schema(code: int, error: str) -> Obj:
+    return {
+        "authorizationschema": {
+            "code": code,
+            "error": error,
+            "auth_uri": "/axapi/v3/auth",
+            "logoff_uri": "/axapi/v3/logoff",
+            "username": "required",
+            "password": "required",
+        }
+    }
+
+
+def _store(part: _Partition, kind: str) -> dict[str, Obj]:
+    stores = {
+        "server": part.servers,
+        "service-group": part.service_groups,
+        "monitor": part.monitors,
+        "virtual-server": part.virtual_servers,
+    }
+    if kind not in stores:
+        raise KeyError(kind)
+    return stores[kind]
+
+
+def _merge_list(old: list[Obj], new: list[Obj], key: tuple[str, ...]) -> list[Obj]:
+    """aXAPI update semantics for a list: entries with a known key are updated, others added."""
+    out = {tuple(e.get(k) for k in key): copy.deepcopy(e) for e in old}
+    for entry in new:
+        k = tuple(entry.get(k) for k in key)
+        out[k] = {**out.get(k, {}), **copy.deepcopy(entry)}
+    return list(out.values())
+
+
+def _address(text: Any, what: str) -> str:
+    try:
+        return ipaddress.ip_address(str(text)).compressed
+    except ValueError as exc:
+        raise _invalid(f"Invalid IP address for {what}: {text!r}") from exc
+
+
+class _Kind:
+    """A configuration object kind in one partition: collection, object, sub-resources."""
+
+    kind = ""
+    list_key = ""
+
+    def __init__(self, part: _Partition) -> None:
+        self.part = part
+        self.objects = _store(part, self.kind)
+
+    def handle(self, method: str, rest: list[str], body: Any) -> tuple[Obj, bool]:
+        if not rest:
+            if method == "GET":
+                if not self.objects:
+                    # ACOS answers a read of an empty collection as a missing object.
+                    raise _missing(self.kind)
+                return {
+                    self.list_key: [copy.deepcopy(o) for _, o in sorted(self.objects.items())]
+                }, False
+            if method == "POST":
+                obj = self._body(body)
+                name = str(obj.get("name") or "")
+                if not name:
+                    raise _invalid(f"{self.kind} name is required")
+                if name in self.objects:
+                    raise _exists(self.kind)
+                self.objects[name] = self.validate(obj, None)
+                return {self.kind: copy.deepcopy(self.objects[name])}, True
+            raise _invalid(f"{method} on a {self.kind} collection is not supported")
+        name = rest[0]
+        current = self.objects.get(name)
+        if current is None:
+            raise _missing(self.kind)
+        if len(rest) > 1:
+            return self.sub(method, name, current, rest[1:], body)
+        if method == "GET":
+            return {self.kind: copy.deepcopy(current)}, False
+        if method == "DELETE":
+            self.check_unused(name)
+            del self.objects[name]
+            return _OK, True
+        if method in ("POST", "PUT"):
+            given = {**self._body(body), "name": name}
+            merged = self.merge(current, given) if method == "POST" else given
+            self.objects[name] = self.validate(merged, current)
+            return {self.kind: copy.deepcopy(self.objects[name])}, True
+        raise _invalid(f"{method} on a {self.kind} is not supported")
+
+    def _body(self, body: Any) -> Obj:
+        obj = body.get(self.kind) if isinstance(body, dict) else None
+        if not isinstance(obj, dict):
+            raise _invalid(f'"{self.kind}" object expected')
+        return copy.deepcopy(obj)
+
+    def merge(self, current: Obj, given: Obj) -> Obj:
+        return {**copy.deepcopy(current), **given}
+
+    def validate(self, obj: Obj, current: Obj | None) -> Obj:
+        return obj
+
+    def check_unused(self, name: str) -> None:
+        pass
+
+    def sub(self, method: str, name: str, obj: Obj, rest: list[str], body: Any) -> tuple[Obj, bool]:
+        raise _invalid(f"{'/'.join(rest)} of {self.kind} is not supported by the emulator")
+
+
+class _Servers(_Kind):
+    kind = "server"
+    list_key = "server-list"
+
+    def merge(self, current: Obj, given: Obj) -> Obj:
+        merged = {**copy.deepcopy(current), **given}
+        if "port-list" in given:
+            merged["port-list"] = _merge_list(
+                current.get("port-list", []), given["port-list"], ("port-number", "protocol")
+            )
+        return merged
+
+    def validate(self, obj: Obj, current: Obj | None) -> Obj:
+        if "host" in obj:
+            obj["host"] = _address(obj["host"], "host")
+        if "server-ipv6-addr" in obj:
+            obj["server-ipv6-addr"] = _address(obj["server-ipv6-addr"], "server-ipv6-addr")
+        address = obj.get("host") or obj.get("server-ipv6-addr")
+        if not address:
+            raise _invalid("host or server-ipv6-addr is required")
+        if current is not None and address != (
+            current.get("host") or current.get("server-ipv6-addr")
+        ):
+            raise _invalid("The server address cannot be modified")
+        for other in self.objects.values():
+            if (
+                other["name"] != obj["name"]
+                and (other.get("host") or other.get("server-ipv6-addr")) == address
+            ):
+                raise _invalid(f"Server with address {address} already exists ({other['name']})")
+        for port in obj.setdefault("port-list", []):
+            _check_port(port, {"tcp", "udp"})
+        obj.setdefault("action", "enable")
+        return obj
+
+    def check_unused(self, name: str) -> None:
+        for group in self.part.service_groups.values():
+            if any(m.get("name") == name for m in group.get("member-list", [])):
+                raise A10Error(
+                    400,
+                    IN_USE,
+                    f"Object is in use (server {name} by service-group {group['name']})",
+                )
+
+    def sub(self, method: str, name: str, obj: Obj, rest: list[str], body: Any) -> tuple[Obj, bool]:
+        if rest[0] != "port":
+            return super().sub(method, name, obj, rest, body)
+        ports = obj.setdefault("port-list", [])
+        if len(rest) == 1 and method == "POST":
+            port = body.get("port") if isinstance(body, dict) else None
+            if not isinstance(port, dict):
+                raise _invalid('"port" object expected')
+            _check_port(port, {"tcp", "udp"})
+            key = (port["port-number"], port["protocol"])
+            if any((p["port-number"], p["protocol"]) == key for p in ports):
+                raise _exists("port")
+            ports.append(copy.deepcopy(port))
+            return {"port": port}, True
+        if len(rest) == 2:
+            number, _, protocol = rest[1].partition("+")
+            match = [
+                p for p in ports if str(p["port-number"]) == number and p["protocol"] == protocol
+            ]
+            if not match:
+                raise _missing("port")
+            if method == "GET":
+                return {"port": copy.deepcopy(match[0])}, False
+            if method == "DELETE":
+                for group in self.part.service_groups.values():
+                    for m in group.get("member-list", []):
+                        if m.get("name") == name and str(m.get("port")) == number:
+                            raise A10Error(
+                                400, IN_USE, f"Object is in use (port {rest[1]} of server {name})"
+                            )
+                ports.remove(match[0])
+                return _OK, True
+        return super().sub(method, name, obj, rest, body)
+
+
+class _ServiceGroups(_Kind):
+    kind = "service-group"
+    list_key = "service-group-list"
+
+    def validate(self, obj: Obj, current: Obj | None) -> Obj:
+        protocol = obj.setdefault("protocol", "tcp")
+        if protocol not in ("tcp", "udp"):
+            raise _invalid(f"Invalid service-group protocol {protocol!r}")
+        if current is not None and current.get("protocol") != protocol:
+            raise _invalid("The service-group protocol cannot be modified")
+        check = obj.get("health-check")
+        if check is not None:
+            if len(str(check)) > 31:
+                raise _invalid("health-check name is longer than 31 characters")
+            if check not in self.part.monitors:
+                raise _missing("health monitor")
+        seen = set()
+        for member in obj.setdefault("member-list", []):
+            key = (member.get("name"), member.get("port"))
+            if key in seen:
+                raise _exists("member")
+            seen.add(key)
+            self._check_member(member, protocol)
+        return obj
+
+    def _check_member(self, member: Obj, protocol: str) -> None:
+        server = self.part.servers.get(str(member.get("name")))
+        if server is None:
+            raise _missing("server")
+        if not any(
+            p["port-number"] == member.get("port") and p["protocol"] == protocol
+            for p in server.get("port-list", [])
+        ):
+            raise _missing("port")
+        member.setdefault("member-state", "enable")
+
+    def check_unused(self, name: str) -> None:
+        for vs in self.part.virtual_servers.values():
+            if any(p.get("service-group") == name for p in vs.get("port-list", [])):
+                raise A10Error(
+                    400, IN_USE, f"Object is in use (service-group {name} by {vs['name']})"
+                )
+
+    def sub(self, method: str, name: str, obj: Obj, rest: list[str], body: Any) -> tuple[Obj, bool]:
+        if rest[0] != "member":
+            return super().sub(method, name, obj, rest, body)
+        members = obj.setdefault("member-list", [])
+        if len(rest) == 1 and method == "POST":
+            member = body.get("member") if isinstance(body, dict) else None
+            if not isinstance(member, dict):
+                raise _invalid('"member" object expected')
+            if any(
+                (m.get("name"), m.get("port")) == (member.get("name"), member.get("port"))
+                for m in members
+            ):
+                raise _exists("member")
+            member = copy.deepcopy(member)
+            self._check_member(member, obj["protocol"])
+            members.append(member)
+            return {"member": member}, True
+        if len(rest) == 2:
+            server, _, port = rest[1].partition("+")
+            match = [m for m in members if m.get("name") == server and str(m.get("port")) == port]
+            if not match:
+                raise _missing("member")
+            if method == "GET":
+                return {"member": copy.deepcopy(match[0])}, False
+            if method == "DELETE":
+                members.remove(match[0])
+                return _OK, True
+        return super().sub(method, name, obj, rest, body)
+
+
+class _Monitors(_Kind):
+    kind = "monitor"
+    list_key = "monitor-list"
+
+    def validate(self, obj: Obj, current: Obj | None) -> Obj:
+        if len(obj["name"]) > 63:
+            raise _invalid("monitor name is longer than 63 characters")
+        method = obj.get("method")
+        if method is not None and not isinstance(method, dict):
+            raise _invalid("method must be an object")
+        obj.setdefault("retry", 3)
+        obj.setdefault("interval", 5)
+        obj.setdefault("timeout", 5)
+        return obj
+
+    def check_unused(self, name: str) -> None:
+        for group in self.part.service_groups.values():
+            if group.get("health-check") == name:
+                raise A10Error(400, IN_USE, f"Object is in use (monitor {name} by {group['name']})")
+
+
+class _VirtualServers(_Kind):
+    kind = "virtual-server"
+    list_key = "virtual-server-list"
+
+    def merge(self, current: Obj, given: Obj) -> Obj:
+        merged = {**copy.deepcopy(current), **given}
+        if "port-list" in given:
+            merged["port-list"] = _merge_list(
+                current.get("port-list", []), given["port-list"], ("port-number", "protocol")
+            )
+        return merged
+
+    def validate(self, obj: Obj, current: Obj | None) -> Obj:
+        if "ip-address" in obj:
+            obj["ip-address"] = _address(obj["ip-address"], "ip-address")
+        if "ipv6-address" in obj:
+            obj["ipv6-address"] = _address(obj["ipv6-address"], "ipv6-address")
+        address = obj.get("ip-address") or obj.get("ipv6-address")
+        if not address:
+            raise _invalid("ip-address or ipv6-address is required")
+        if current is not None and address != (
+            current.get("ip-address") or current.get("ipv6-address")
+        ):
+            raise _invalid("The virtual server address cannot be modified")
+        for other in self.objects.values():
+            if (
+                other["name"] != obj["name"]
+                and (other.get("ip-address") or other.get("ipv6-address")) == address
+            ):
+                raise _invalid(f"Virtual server address {address} is used by {other['name']}")
+        seen = set()
+        for port in obj.setdefault("port-list", []):
+            self._check_vport(port)
+            key = (port["port-number"], port["protocol"])
+            if key in seen:
+                raise _exists("port")
+            seen.add(key)
+        return obj
+
+    def _check_vport(self, port: Obj) -> None:
+        _check_port(port, _VPORT_PROTOCOLS)
+        group = port.get("service-group")
+        if group is not None:
+            sg = self.part.service_groups.get(group)
+            if sg is None:
+                raise _missing("service-group")
+            wanted = "udp" if port["protocol"] == "udp" else "tcp"
+            if port["protocol"] != "others" and sg.get("protocol") != wanted:
+                raise _invalid(
+                    f"service-group {group} protocol does not match virtual port protocol"
+                )
+
+    def sub(self, method: str, name: str, obj: Obj, rest: list[str], body: Any) -> tuple[Obj, bool]:
+        if rest[0] != "port":
+            return super().sub(method, name, obj, rest, body)
+        ports = obj.setdefault("port-list", [])
+        if len(rest) == 1 and method == "POST":
+            port = body.get("port") if isinstance(body, dict) else None
+            if not isinstance(port, dict):
+                raise _invalid('"port" object expected')
+            self._check_vport(port)
+            key = (port["port-number"], port["protocol"])
+            if any((p["port-number"], p["protocol"]) == key for p in ports):
+                raise _exists("port")
+            ports.append(copy.deepcopy(port))
+            return {"port": port}, True
+        if len(rest) == 2:
+            number, _, protocol = rest[1].partition("+")
+            match = [
+                p for p in ports if str(p["port-number"]) == number and p["protocol"] == protocol
+            ]
+            if not match:
+                raise _missing("port")
+            if method == "GET":
+                return {"port": copy.deepcopy(match[0])}, False
+            if method == "DELETE":
+                ports.remove(match[0])
+                return _OK, True
+            if method in ("POST", "PUT"):
+                given = body.get("port") if isinstance(body, dict) else None
+                if not isinstance(given, dict):
+                    raise _invalid('"port" object expected')
+                updated = {**match[0], **given} if method == "POST" else copy.deepcopy(given)
+                updated["port-number"], updated["protocol"] = (
+                    match[0]["port-number"],
+                    match[0]["protocol"],
+                )
+                self._check_vport(updated)
+                ports[ports.index(match[0])] = updated
+                return {"port": copy.deepcopy(updated)}, True
+        return super().sub(method, name, obj, rest, body)
+
+
+def _check_port(port: Any, protocols: set[str]) -> None:
+    if not isinstance(port, dict):
+        raise _invalid("port entry must be an object")
+    number = port.get("port-number")
+    if not isinstance(number, int) or not 0 <= number <= 65534:
+        raise _invalid(f"Invalid port-number {number!r}")
+    if port.get("protocol") not in protocols:
+        raise _invalid(f"Invalid protocol {port.get('protocol')!r}")

@@ -1,0 +1,701 @@
+"""An F5 BIG-IP iControl REST emulator: the subset an L4 provisioning client uses.
+
+Served: token login (``/mgmt/shared/authn/login``, ``X-F5-Auth-Token``, token
+expiry, token deletion), partitions (``/mgmt/tm/auth/partition``), LTM
+virtual servers, pools with members, HTTP monitors and fastL4 profiles (create,
+read, patch, put, delete; collections with ``$filter=partition eq <p>`` and
+``expandSubcollections``), transactions (``/mgmt/tm/transaction``: commands
+sent with ``X-F5-REST-Coordination-Id`` are queued and applied all or nothing
+on ``PATCH {"state": "VALIDATING"}``), and ``config-sync to-group`` via
+``/mgmt/tm/cm``. Error bodies have BIG-IP's shape
+(``{"code", "message", "errorStack", "apiError"}``; authentication errors
+``{"code", "message", "referer", "restOperationId", "kind"}``); message texts
+follow BIG-IP's where known and are the emulator's own otherwise.
+
+It enforces what a client can get wrong: names unique per kind and partition,
+references that must resolve (pool → monitor, virtual → pool and profiles),
+objects in use that cannot be deleted, one virtual per destination and
+protocol. It is not BIG-IP: no route domains, no other object kinds, no
+traffic, no iRules, no field validation beyond what is listed here.
+"""
+
+from __future__ import annotations
+
+import copy
+import ipaddress
+import itertools
+import re
+import secrets
+import time
+from dataclasses import dataclass, field
+from typing import Any, Final
+from urllib.parse import unquote_plus
+
+from aiohttp import web
+
+from vipwire.applianceemu._server import EmulatorServer, json_response, read_json
+
+Obj = dict[str, Any]
+
+_VERSION: Final = "17.1.0"
+_PATHS = re.compile(r"/[^\s{}]+")
+
+
+@dataclass(frozen=True)
+class _Kind:
+    key: str
+    collection: str
+    kind: str
+    label: str  # as BIG-IP names the kind in its messages
+
+
+_KINDS: Final = (
+    _Kind("virtual", "/mgmt/tm/ltm/virtual", "tm:ltm:virtual:virtualstate", "Virtual Server"),
+    _Kind("pool", "/mgmt/tm/ltm/pool", "tm:ltm:pool:poolstate", "Pool"),
+    _Kind("monitor", "/mgmt/tm/ltm/monitor/http", "tm:ltm:monitor:http:httpstate", "Monitor"),
+    _Kind(
+        "fastl4",
+        "/mgmt/tm/ltm/profile/fastl4",
+        "tm:ltm:profile:fastl4:fastl4state",
+        "Profile",
+    ),
+)
+_BY_COLLECTION: Final = {k.collection: k for k in _KINDS}
+_BY_KEY: Final = {k.key: k for k in _KINDS}
+# Profiles and monitors every BIG-IP has in /Common.
+_BUILTIN: Final = {
+    "fastl4": {"/Common/fastL4"},
+    "monitor": {"/Common/http", "/Common/tcp", "/Common/gateway_icmp"},
+}
+
+
+class F5Error(Exception):
+    """An iControl REST error answer."""
+
+    def __init__(self, code: int, message: str, api_error: int = 3) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.api_error = api_error
+
+    def body(self) -> Obj:
+        return {
+            "code": self.code,
+            "message": self.message,
+            "errorStack": [],
+            "apiError": self.api_error,
+        }
+
+
+@dataclass
+class _State:
+    partitions: dict[str, Obj] = field(default_factory=dict)
+    objects: dict[str, dict[str, Obj]] = field(default_factory=lambda: {k.key: {} for k in _KINDS})
+
+
+@dataclass
+class _Transaction:
+    trans_id: int
+    commands: list[tuple[str, str, str, Any]] = field(default_factory=list)
+    state: str = "STARTED"
+    failure: str = ""
+    started: float = field(default_factory=time.monotonic)
+
+    def body(self) -> Obj:
+        return {
+            "transId": self.trans_id,
+            "state": self.state,
+            "timeoutSeconds": 120,
+            "asyncExecution": False,
+            "validateOnly": False,
+            "executionTimeout": 300,
+            "executionTime": 0,
+            "failureReason": self.failure,
+            "kind": "tm:transactionstate",
+            "selfLink": f"https://localhost/mgmt/tm/transaction/{self.trans_id}?ver={_VERSION}",
+        }
+
+
+class F5Emulator(EmulatorServer):
+    """One BIG-IP's management API, with counters, inspection helpers and planting."""
+
+    def __init__(
+        self,
+        *,
+        username: str = "admin",
+        password: str = "admin",
+        token_timeout: int = 1200,
+        device_groups: tuple[str, ...] = ("vipwire-failover",),
+    ) -> None:
+        super().__init__("f5emu")
+        self._username = username
+        self._password = password
+        #: Seconds a new token lives (BIG-IP's default is 1200).
+        self.token_timeout = token_timeout
+        self.device_groups = set(device_groups)
+        self._tokens: dict[str, float] = {}
+        self._state = _State(partitions={"Common": _partition("Common")})
+        self._transactions: dict[int, _Transaction] = {}
+        self._ids = itertools.count(int(time.time() * 1_000_000))
+        self._op_ids = itertools.count(1000)
+        #: Configuration changes applied (a committed transaction counts its commands).
+        self.writes = 0
+        #: Transactions committed successfully.
+        self.commits = 0
+        #: Successful logins.
+        self.logins = 0
+        #: Refused logins.
+        self.failed_logins = 0
+        #: Device groups synced to, in order.
+        self.syncs: list[str] = []
+
+    # --- test controls -------------------------------------------------------------
+
+    def set_credentials(self, username: str, password: str) -> None:
+        self._username, self._password = username, password
+
+    def expire_tokens(self) -> None:
+        """Every token issued so far is expired from now on (requests with it get 401)."""
+        for token in self._tokens:
+            self._tokens[token] = 0.0
+
+    @property
+    def live_tokens(self) -> int:
+        now = time.monotonic()
+        return sum(1 for expires in self._tokens.values() if expires > now)
+
+    def plant(self, kind: str, partition: str, body: Obj) -> None:
+        """Create an object directly, as another tool would (no write counted)."""
+        if partition not in self._state.partitions:
+            self._state.partitions[partition] = _partition(partition)
+        _create(self._state, _BY_KEY[kind], {**body, "partition": partition})
+
+    def remove(self, kind: str, partition: str, name: str) -> None:
+        """Delete an object directly, as an operator would (no reference checks)."""
+        self._state.objects[kind].pop(f"/{partition}/{name}", None)
+
+    def get(self, kind: str, partition: str, name: str) -> Obj | None:
+        obj = self._state.objects[kind].get(f"/{partition}/{name}")
+        return copy.deepcopy(obj) if obj is not None else None
+
+    def names(self, kind: str, partition: str) -> list[str]:
+        return sorted(
+            o["name"] for o in self._state.objects[kind].values() if o["partition"] == partition
+        )
+
+    @property
+    def partitions(self) -> list[str]:
+        return sorted(self._state.partitions)
+
+    # --- HTTP ----------------------------------------------------------------------
+
+    def _routes(self, app: web.Application) -> None:
+        app.router.add_route("*", "/mgmt/{tail:.*}", self._handle)
+
+    def _fault_body(self, status: int) -> Any:
+        if status == 503:
+            return F5Error(
+                503, "Service Unavailable: iControl REST is busy (injected)", 32768
+            ).body()
+        return F5Error(status, f"injected fault {status}").body()
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        path = request.path.rstrip("/")
+        try:
+            body = await read_json(request)
+        except ValueError:
+            return json_response(
+                F5Error(400, "Found invalid JSON body in the request.").body(), 400
+            )
+        if path == "/mgmt/shared/authn/login" and request.method == "POST":
+            return self._login(request, body)
+        denied = self._check_token(request)
+        if denied is not None:
+            return denied
+        if path.startswith("/mgmt/shared/authz/tokens/") and request.method == "DELETE":
+            self._tokens.pop(path.rsplit("/", 1)[-1], None)
+            return json_response({})
+        try:
+            if path == "/mgmt/tm/transaction" or path.startswith("/mgmt/tm/transaction/"):
+                if "X-F5-REST-Coordination-Id" in request.headers:
+                    raise F5Error(
+                        400,
+                        f"Transaction {request.headers['X-F5-REST-Coordination-Id']} operation "
+                        f"{request.method} {path} is not allowed to be added to transaction.",
+                    )
+                return json_response(self._transaction(request.method, path, body))
+            trans = request.headers.get("X-F5-REST-Coordination-Id")
+            if trans is not None:
+                return json_response(
+                    self._queue(trans, request.method, path, request.query_string, body)
+                )
+            result = _execute(
+                self._state, request.method, path, request.query_string, body, emu=self
+            )
+            if request.method != "GET" and path != "/mgmt/tm/cm":
+                self.writes += 1
+            return json_response(result)
+        except F5Error as err:
+            return json_response(err.body(), err.code)
+
+    def _login(self, request: web.Request, body: Any) -> web.Response:
+        ok = (
+            isinstance(body, dict)
+            and body.get("username") == self._username
+            and body.get("password") == self._password
+            and body.get("loginProviderName", "tmos") == "tmos"
+        )
+        if not ok:
+            self.failed_logins += 1
+            return json_response(self._auth_error(request, "Authentication failed."), 401)
+        token = secrets.token_hex(13).upper()
+        self._tokens[token] = time.monotonic() + self.token_timeout
+        self.logins += 1
+        return json_response(
+            {
+                "username": self._username,
+                "loginReference": {
+                    "link": "https://localhost/mgmt/cm/system/authn/providers/tmos/1f44a60e-11a7-3c51-a49f-82983026b41b/login"
+                },
+                "loginProviderName": "tmos",
+                "token": {
+                    "token": token,
+                    "name": token,
+                    "userName": self._username,
+                    "authProviderName": "tmos",
+                    "timeout": self.token_timeout,
+                    "startTime": time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime()),
+                    "kind": "shared:authz:tokens:authtokenitemstate",
+                    "selfLink": f"https://localhost/mgmt/shared/authz/tokens/{token}",
+                },
+                "generation": 0,
+                "lastUpdateMicros": 0,
+            }
+        )
+
+    def _check_token(self, request: web.Request) -> web.Response | None:
+        token = request.headers.get("X-F5-Auth-Token")
+        if not token:
+            message = (
+                "Authorization failed: no user authentication header or token detected. "
+                f"Uri:http://localhost:8100{request.path} Referrer:{request.remote} "
+                f"Sender:{request.remote}"
+            )
+            return json_response(self._auth_error(request, message), 401)
+        expires = self._tokens.get(token)
+        if expires is None:
+            return json_response(self._auth_error(request, "X-F5-Auth-Token does not exist."), 401)
+        if expires <= time.monotonic():
+            return json_response(self._auth_error(request, "X-F5-Auth-Token has expired."), 401)
+        return None
+
+    def _auth_error(self, request: web.Request, message: str) -> Obj:
+        return {
+            "code": 401,
+            "message": message,
+            "referer": request.remote or "127.0.0.1",
+            "restOperationId": next(self._op_ids),
+            "kind": ":resterrorresponse",
+        }
+
+    # --- transactions ----------------------------------------------------------------
+
+    def _transaction(self, method: str, path: str, body: Any) -> Obj:
+        if path == "/mgmt/tm/transaction":
+            if method == "POST":
+                created = _Transaction(next(self._ids))
+                self._transactions[created.trans_id] = created
+                return created.body()
+            if method == "GET":
+                return {
+                    "kind": "tm:transactioncollectionstate",
+                    "items": [t.body() for t in self._transactions.values()],
+                }
+            raise F5Error(405, f"{method} is not supported on {path}")
+        parts = path.split("/")  # ["", "mgmt", "tm", "transaction", id, ("commands")]
+        trans = self._transactions.get(int(parts[4])) if parts[4].isdigit() else None
+        if trans is None:
+            raise F5Error(404, f"Transaction with ID {parts[4]} not found", 1)
+        if len(parts) == 6 and parts[5] == "commands" and method == "GET":
+            return {
+                "kind": "tm:transaction:commandsstate",
+                "items": [
+                    {
+                        "method": m,
+                        "uri": f"https://localhost{p}",
+                        "evalOrder": i + 1,
+                        "commandId": i + 1,
+                    }
+                    for i, (m, p, _, _) in enumerate(trans.commands)
+                ],
+            }
+        if len(parts) != 5:
+            raise F5Error(404, f"URI path {path} not registered.")
+        if method == "GET":
+            return trans.body()
+        if method == "DELETE":
+            del self._transactions[trans.trans_id]
+            return {}
+        if method == "PATCH" and isinstance(body, dict) and body.get("state") == "VALIDATING":
+            return self._commit(trans)
+        raise F5Error(400, "Only state VALIDATING may be set on a transaction.")
+
+    def _queue(self, trans_id: str, method: str, path: str, query: str, body: Any) -> Obj:
+        trans = self._transactions.get(int(trans_id)) if trans_id.isdigit() else None
+        if trans is None:
+            raise F5Error(400, f"Transaction {trans_id} not found.", 1)
+        if trans.state != "STARTED":
+            raise F5Error(400, f"Transaction {trans_id} is {trans.state}, not STARTED.", 1)
+        if method == "GET":
+            raise F5Error(
+                400,
+                f"Transaction {trans_id} operation GET {path} is not allowed to be added "
+                "to transaction.",
+            )
+        trans.commands.append((method, path, query, copy.deepcopy(body)))
+        # BIG-IP echoes the queued request body.
+        echoed = dict(body) if isinstance(body, dict) else {}
+        return {**echoed, "selfLink": f"https://localhost{path}?ver={_VERSION}"}
+
+    def _commit(self, trans: _Transaction) -> Obj:
+        if trans.state != "STARTED":
+            raise F5Error(400, f"Transaction {trans.trans_id} is {trans.state}.", 1)
+        trial = copy.deepcopy(self._state)
+        try:
+            for method, path, query, body in trans.commands:
+                _execute(trial, method, path, query, body, emu=self)
+        except F5Error as err:
+            trans.state, trans.failure = "FAILED", err.message
+            raise F5Error(400, f"transaction failed:{err.message}", 2) from err
+        self._state = trial
+        self.writes += len(trans.commands)
+        self.commits += 1
+        trans.state = "COMPLETED"
+        return trans.body()
+
+
+# --- configuration semantics -------------------------------------------------------------
+
+
+def _partition(name: str, description: str = "") -> Obj:
+    obj = {
+        "kind": "tm:auth:partition:partitionstate",
+        "name": name,
+        "fullPath": name,
+        "generation": 1,
+        "selfLink": f"https://localhost/mgmt/tm/auth/partition/{name}?ver={_VERSION}",
+        "defaultRouteDomain": 0,
+    }
+    if description:
+        obj["description"] = description
+    return obj
+
+
+def _execute(
+    state: _State, method: str, path: str, query: str, body: Any, *, emu: F5Emulator
+) -> Obj:
+    """One configuration request against ``state`` (live, or a transaction's trial copy)."""
+    if path == "/mgmt/tm/cm" and method == "POST":
+        return _config_sync(body, emu)
+    if path == "/mgmt/tm/auth/partition" or path.startswith("/mgmt/tm/auth/partition/"):
+        return _partition_request(state, method, path, body)
+    for kind in _KINDS:
+        if path == kind.collection:
+            if method == "GET":
+                return _list(state, kind, query)
+            if method == "POST":
+                if not isinstance(body, dict):
+                    raise F5Error(400, "A JSON object body is required.")
+                return _create(state, kind, body)
+            raise F5Error(405, f"{method} is not supported on a collection.")
+        if path.startswith(kind.collection + "/"):
+            full = _full_path(path[len(kind.collection) + 1 :])
+            return _item(state, kind, method, full, body, query=query)
+    raise F5Error(404, f"URI path {path} not registered.  Please try again with a valid URI.", 1)
+
+
+def _config_sync(body: Any, emu: F5Emulator) -> Obj:
+    args = str(body.get("utilCmdArgs", "")) if isinstance(body, dict) else ""
+    if (
+        not isinstance(body, dict)
+        or body.get("command") != "run"
+        or not args.startswith("config-sync to-group ")
+    ):
+        raise F5Error(400, "Only 'run config-sync to-group <group>' is emulated.")
+    group = args.removeprefix("config-sync to-group ").strip()
+    if group not in emu.device_groups:
+        raise F5Error(400, f"01071038:5: Device group ({group}) was not found.")
+    emu.syncs.append(group)
+    return {"kind": "tm:cm:runstate", "command": "run", "utilCmdArgs": args}
+
+
+def _partition_request(state: _State, method: str, path: str, body: Any) -> Obj:
+    name = path.removeprefix("/mgmt/tm/auth/partition").strip("/")
+    if not name:
+        if method == "GET":
+            return {
+                "kind": "tm:auth:partition:partitioncollectionstate",
+                "items": list(state.partitions.values()),
+            }
+        if method == "POST" and isinstance(body, dict) and body.get("name"):
+            new = str(body["name"])
+            if new in state.partitions:
+                raise F5Error(409, f"01020066:3: The requested folder (/{new}) already exists.")
+            state.partitions[new] = _partition(new, str(body.get("description", "")))
+            return state.partitions[new]
+        raise F5Error(400, "A partition needs a name.")
+    if name not in state.partitions:
+        raise F5Error(404, f"01020036:3: The requested folder (/{name}) was not found.")
+    if method == "GET":
+        return state.partitions[name]
+    if method == "DELETE":
+        if any(o["partition"] == name for objs in state.objects.values() for o in objs.values()):
+            raise F5Error(400, f"01070829:3: Folder /{name} is not empty and cannot be deleted.")
+        del state.partitions[name]
+        return {}
+    raise F5Error(405, f"{method} is not supported on a partition.")
+
+
+def _full_path(token: str) -> str:
+    """``~p~name`` → ``/p/name``; a bare name is in /Common."""
+    token = unquote_plus(token)
+    if token.startswith("~"):
+        return token.replace("~", "/")
+    return f"/Common/{token}"
+
+
+def _list(state: _State, kind: _Kind, query: str) -> Obj:
+    params = dict(p.partition("=")[::2] for p in query.split("&") if p)
+    where = unquote_plus(params.get("$filter", params.get("%24filter", "")))
+    only = where.split(" eq ", 1)[1].strip() if where.startswith("partition eq ") else None
+    expand = params.get("expandSubcollections") == "true"
+    items = [
+        _render(kind, o, expand)
+        for o in state.objects[kind.key].values()
+        if only is None or o["partition"] == only
+    ]
+    result: Obj = {
+        "kind": kind.kind.replace("state", "collectionstate"),
+        "selfLink": f"https://localhost{kind.collection}?ver={_VERSION}",
+    }
+    if items:  # BIG-IP leaves "items" out of an empty collection
+        result["items"] = items
+    return result
+
+
+def _render(kind: _Kind, obj: Obj, expand: bool) -> Obj:
+    out = {k: copy.deepcopy(v) for k, v in obj.items() if k not in ("members", "profiles")}
+    link = f"https://localhost{kind.collection}/~{obj['partition']}~{obj['name']}"
+    if kind.key == "pool":
+        ref: Obj = {"link": f"{link}/members?ver={_VERSION}", "isSubcollection": True}
+        if expand:
+            ref["items"] = copy.deepcopy(obj.get("members", []))
+        out["membersReference"] = ref
+    if kind.key == "virtual":
+        ref = {"link": f"{link}/profiles?ver={_VERSION}", "isSubcollection": True}
+        if expand:
+            ref["items"] = [
+                {
+                    "kind": "tm:ltm:virtual:profiles:profilesstate",
+                    "name": p.rsplit("/", 1)[-1],
+                    "fullPath": p,
+                    "context": "all",
+                }
+                for p in obj.get("profiles", [])
+            ]
+        out["profilesReference"] = ref
+    return out
+
+
+def _item(state: _State, kind: _Kind, method: str, full: str, body: Any, *, query: str) -> Obj:
+    objects = state.objects[kind.key]
+    obj = objects.get(full)
+    if obj is None:
+        raise F5Error(404, f"01020036:3: The requested {kind.label} ({full}) was not found.")
+    if method == "GET":
+        return _render(kind, obj, "expandSubcollections=true" in query)
+    if method == "DELETE":
+        _check_unused(state, kind, full)
+        del objects[full]
+        return {}
+    if method in ("PATCH", "PUT"):
+        if not isinstance(body, dict):
+            raise F5Error(400, "A JSON object body is required.")
+        base = obj if method == "PATCH" else _defaults(kind, obj["name"], obj["partition"])
+        changes = {
+            k: v for k, v in body.items() if k not in ("name", "partition", "fullPath", "kind")
+        }
+        updated = {**copy.deepcopy(base), **changes}
+        updated = _normalise(state, kind, updated, replacing=full)
+        updated["generation"] = int(obj.get("generation", 1)) + 1
+        objects[full] = updated
+        return _render(kind, updated, False)
+    raise F5Error(405, f"{method} is not supported on {kind.label}.")
+
+
+def _create(state: _State, kind: _Kind, body: Obj) -> Obj:
+    name = str(body.get("name") or "")
+    partition = str(body.get("partition") or "Common")
+    if name.startswith("/"):
+        partition, _, name = name.strip("/").partition("/")
+    if not name:
+        raise F5Error(400, f"The {kind.label} name is required.")
+    if partition not in state.partitions:
+        raise F5Error(400, f"01020036:3: The requested folder (/{partition}) was not found.")
+    full = f"/{partition}/{name}"
+    if full in state.objects[kind.key] or full in _BUILTIN.get(kind.key, set()):
+        raise F5Error(
+            409,
+            f"01020066:3: The requested {kind.label} ({full}) already exists in partition "
+            f"{partition}.",
+        )
+    given = {k: v for k, v in body.items() if k not in ("name", "partition", "fullPath", "kind")}
+    obj = _normalise(state, kind, {**_defaults(kind, name, partition), **given}, replacing=None)
+    state.objects[kind.key][full] = obj
+    return _render(kind, obj, False)
+
+
+def _defaults(kind: _Kind, name: str, partition: str) -> Obj:
+    obj: Obj = {
+        "kind": kind.kind,
+        "name": name,
+        "partition": partition,
+        "fullPath": f"/{partition}/{name}",
+        "generation": 1,
+        "selfLink": f"https://localhost{kind.collection}/~{partition}~{name}?ver={_VERSION}",
+    }
+    match kind.key:
+        case "virtual":
+            obj.update(
+                ipProtocol="tcp",
+                mask="255.255.255.255",
+                source="0.0.0.0/0",
+                translateAddress="enabled",
+                translatePort="enabled",
+                sourceAddressTranslation={"type": "none"},
+                profiles=["/Common/fastL4"],
+            )
+        case "pool":
+            obj.update(loadBalancingMode="round-robin", monitor="", members=[])
+        case "monitor":
+            obj.update(
+                defaultsFrom="/Common/http",
+                destination="*:*",
+                interval=5,
+                timeout=16,
+                send="GET /\\r\\n",
+                recv="",
+            )
+        case "fastl4":
+            obj.update(
+                defaultsFrom="/Common/fastL4", looseInitialization="disabled", looseClose="disabled"
+            )
+    return obj
+
+
+def _normalise(state: _State, kind: _Kind, obj: Obj, *, replacing: str | None) -> Obj:
+    """Resolve references and fill derived fields, or refuse as BIG-IP would."""
+    partition = obj["partition"]
+    if kind.key == "virtual":
+        dest = str(obj.get("destination") or "")
+        if not dest:
+            raise F5Error(400, "01070018:3: A virtual server requires a destination.")
+        if not dest.startswith("/"):
+            dest = f"/{partition}/{dest}"
+        endpoint = _endpoint(dest)
+        if endpoint is None:
+            raise F5Error(400, f"01070018:3: Invalid destination {dest}.")
+        obj["destination"] = dest
+        pool = str(obj.get("pool") or "")
+        if pool:
+            pool = _absolute(pool, partition)
+            if pool not in state.objects["pool"]:
+                raise F5Error(400, f"01020036:3: The requested Pool ({pool}) was not found.")
+            obj["pool"] = pool
+        profiles = []
+        for p in obj.get("profiles") or []:
+            ref = _absolute(str(p.get("name") if isinstance(p, dict) else p), partition)
+            if ref not in state.objects["fastl4"] and ref not in _BUILTIN["fastl4"]:
+                raise F5Error(400, f"01020036:3: The requested profile ({ref}) was not found.")
+            profiles.append(ref)
+        obj["profiles"] = profiles
+        for other in state.objects["virtual"].values():
+            if other["fullPath"] in (replacing, obj["fullPath"]):
+                continue
+            if _endpoint(other["destination"]) == endpoint and other.get("ipProtocol") == obj.get(
+                "ipProtocol"
+            ):
+                raise F5Error(
+                    409,
+                    f"01070333:3: Virtual Server {obj['fullPath']} illegally shares destination "
+                    "address, source address, service port, ip-protocol, and route domain with "
+                    "Virtual Server "
+                    f"{other['fullPath']}.",
+                )
+    elif kind.key == "pool":
+        monitor = str(obj.get("monitor") or "").strip()
+        refs = [_absolute(m, partition) for m in _PATHS.findall(monitor)] if monitor else []
+        for ref in refs:
+            if ref not in state.objects["monitor"] and ref not in _BUILTIN["monitor"]:
+                raise F5Error(400, f"01020036:3: The requested monitor ({ref}) was not found.")
+        obj["monitor"] = " and ".join(refs) + (" " if refs else "")
+        obj["members"] = [_member(m, partition) for m in obj.get("members") or []]
+    return obj
+
+
+def _member(given: Any, partition: str) -> Obj:
+    if not isinstance(given, dict) or not given.get("name"):
+        raise F5Error(400, "A pool member needs a name <address>:<port>.")
+    name = str(given["name"]).rsplit("/", 1)[-1]
+    endpoint = _endpoint(name)
+    if endpoint is None:
+        raise F5Error(
+            400, f"01070587:3: The requested pool member ({name}) is not a valid address:port."
+        )
+    member: Obj = {
+        "kind": "tm:ltm:pool:members:membersstate",
+        "name": name,
+        "partition": partition,
+        "fullPath": f"/{partition}/{name}",
+        "address": str(given.get("address") or endpoint[0]),
+        "state": "unchecked",
+        "session": "user-enabled",
+    }
+    if given.get("description"):
+        member["description"] = str(given["description"])
+    return member
+
+
+def _check_unused(state: _State, kind: _Kind, full: str) -> None:
+    if kind.key == "pool":
+        for v in state.objects["virtual"].values():
+            if v.get("pool") == full:
+                raise F5Error(
+                    400,
+                    f"01070265:3: The Pool ({full}) cannot be deleted because it is in use by a "
+                    f"Virtual Server ({v['fullPath']}).",
+                )
+    if kind.key == "monitor":
+        for p in state.objects["pool"].values():
+            if full in _PATHS.findall(str(p.get("monitor", ""))):
+                raise F5Error(400, f"01070083:3: Monitor {full} is in use.")
+    if kind.key == "fastl4":
+        for v in state.objects["virtual"].values():
+            if full in v.get("profiles", []):
+                raise F5Error(
+                    400, f"01070313:3: Profile {full} is in use by virtual server {v['fullPath']}."
+                )
+
+
+def _absolute(ref: str, partition: str) -> str:
+    ref = ref.strip()
+    return ref if ref.startswith("/") else f"/{partition}/{ref}"
+
+
+def _endpoint(text: str) -> tuple[str, int] | None:
+    tail = text.rsplit("/", 1)[-1]
+    host, _, port = tail.partition(":") if tail.count(":") == 1 else tail.rpartition(".")
+    try:
+        return ipaddress.ip_address(host.split("%", 1)[0]).compressed, int(port)
+    except ValueError:
+        return None

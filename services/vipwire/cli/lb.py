@@ -1,0 +1,155 @@
+"""``vipwire lb status``: the appliances as the running lbdriver sees them.
+
+The lbdriver answers a request on ``vipwire-ctl.lbdriver.status`` (core NATS,
+outside the stream); this command asks and prints a table, or the JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime
+import sys
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from vipwire.lbdriver.status import LbdriverStatus
+
+DEFAULT_NATS = "nats://127.0.0.1:4222"
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argparse.ArgumentParser:
+    parser = sub.add_parser("lb", help="inspect the running lbdriver and its appliances")
+    verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+    status = verbs.add_parser(
+        "status", help="appliances: health (breaker), virtual servers, last write, last error"
+    )
+    status.add_argument(
+        "--nats", default=DEFAULT_NATS, metavar="URL", help=f"NATS server (default {DEFAULT_NATS})"
+    )
+    status.add_argument("--json", action="store_true", help="print the lbdriver's answer as JSON")
+    status.add_argument(
+        "--timeout", type=float, default=3.0, help="seconds to wait for an answer (default 3)"
+    )
+    return parser
+
+
+def execute(args: argparse.Namespace) -> int:
+    return asyncio.run(status_command(args.nats, as_json=args.json, timeout=args.timeout))
+
+
+class StatusUnavailable(Exception):
+    """No lbdriver answered (or the answer was unreadable)."""
+
+
+async def fetch_status(url: str, *, timeout: float = 3.0) -> LbdriverStatus:
+    """Ask the lbdriver behind ``url`` for its status. Raises :class:`StatusUnavailable`."""
+    import msgspec
+    import nats
+    import nats.errors
+
+    from vipwire.lbdriver.status import STATUS_SUBJECT, decode_status
+
+    async def quiet(_: Exception) -> None:
+        """nats-py logs every failed attempt with a traceback; one line below says it all."""
+
+    try:
+        async with asyncio.timeout(timeout):
+            nc = await nats.connect(
+                url,
+                connect_timeout=timeout,
+                allow_reconnect=False,
+                max_reconnect_attempts=1,
+                reconnect_time_wait=0.1,
+                error_cb=quiet,
+                name="vipwire-cli",
+            )
+    except (OSError, nats.errors.Error, TimeoutError) as exc:
+        raise StatusUnavailable(f"cannot connect to NATS at {url}: {exc!r}") from exc
+    try:
+        reply = await nc.request(STATUS_SUBJECT, b"", timeout=timeout)
+    except nats.errors.NoRespondersError as exc:
+        raise StatusUnavailable(f"no lbdriver is running behind {url}") from exc
+    except (nats.errors.Error, TimeoutError) as exc:
+        raise StatusUnavailable(f"no answer from an lbdriver behind {url}: {exc!r}") from exc
+    finally:
+        await nc.close()
+    try:
+        return decode_status(reply.data)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise StatusUnavailable(f"unreadable answer on {STATUS_SUBJECT}: {exc}") from exc
+
+
+async def status_command(url: str, *, as_json: bool, timeout: float) -> int:
+    try:
+        status = await fetch_status(url, timeout=timeout)
+    except StatusUnavailable as exc:
+        print(f"vipwire lb status: {exc}", file=sys.stderr)
+        return 1
+    if as_json:
+        import msgspec
+
+        sys.stdout.write(msgspec.json.format(msgspec.json.encode(status), indent=2).decode() + "\n")
+    else:
+        sys.stdout.write(render(status))
+    return 0
+
+
+def _ago(when: float | None, now: float) -> str:
+    if when is None:
+        return "-"
+    stamp = datetime.datetime.fromtimestamp(when, datetime.UTC).strftime("%H:%M:%SZ")
+    return f"{stamp} ({max(0.0, now - when):.0f}s ago)"
+
+
+def _health(health: str, failures: int, retry_in_s: float | None) -> str:
+    if health == "open" and retry_in_s is not None:
+        return f"open (probe in {retry_in_s:.0f}s)"
+    if health == "closed" and failures:
+        return f"closed ({failures} failed)"
+    return health
+
+
+def render(status: LbdriverStatus) -> str:
+    """The status as a text table, one appliance per row."""
+    head = (
+        f"lbdriver {status.instance}: {'ready' if status.ready else 'starting'}, "
+        f"{status.services} service(s), {status.pending} pending, {status.failing} failing, "
+        f"{status.drift_repairs} drift repair(s)\n"
+    )
+    columns = (
+        "APPLIANCE",
+        "GROUP",
+        "DRIVER",
+        "ROLE",
+        "HEALTH",
+        "VS",
+        "SVC",
+        "LAST WRITE",
+        "LAST ERROR",
+    )
+    rows = [columns]
+    for a in status.appliances:
+        rows.append(
+            (
+                a.name,
+                a.group,
+                a.driver,
+                "active" if a.active else "standby",
+                _health(a.health, a.failures, a.retry_in_s),
+                str(a.virtual_servers),
+                str(a.services),
+                _ago(a.last_write_at, status.now),
+                "-"
+                if a.last_error is None
+                else f"{a.last_error} [{_ago(a.last_error_at, status.now)}]",
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(columns) - 1)]
+    lines = [
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False))
+        + "  "
+        + row[-1]
+        for row in rows
+    ]
+    return head + "\n".join(line.rstrip() for line in lines) + "\n"

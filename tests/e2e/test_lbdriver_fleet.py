@@ -1,0 +1,40 @@
+"""The appliance fleet seen from Kubernetes: a refused appliance is a Warning Event."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from vipwire.allinone import Stack, StackSettings
+from vipwire.lbdriver import ApplianceAuthError
+from vipwire.testing import eventually
+
+
+@pytest.fixture
+async def stack() -> AsyncIterator[Stack]:
+    async with Stack(StackSettings(clusters=1, nodes=2)) as s:
+        await s.wait_ready()
+        yield s
+
+
+def warnings(stack: Stack, reason: str) -> list[dict[str, Any]]:
+    events = stack.emulators["east"].list("events.events.k8s.io", "default")
+    return [e for e in events if e.get("type") == "Warning" and e.get("reason") == reason]
+
+
+async def test_wrong_credentials_become_one_warning_event_and_no_status(stack: Stack) -> None:
+    """Credentials refused by the appliance: the Service gets a Warning Event naming the
+    appliance's reason, no VIP in status, and no flood of Events while it keeps failing."""
+    stack.appliance.fail_next(10_000, ApplianceAuthError)
+    await stack.create_service("east", "web")
+    await eventually(lambda: warnings(stack, "ApplianceFailed"), timeout=5.0)
+    (event,) = warnings(stack, "ApplianceFailed")
+    assert "ApplianceAuthError" in event["note"]
+    assert "check the credentials configured for appliance sim-1" in event["note"]
+    await asyncio.sleep(1.5)  # retries with backoff, breaker open: the same failure, no news
+    assert len(warnings(stack, "ApplianceFailed")) == 1
+    assert stack.ingress_ips("east", "web") == []
+    assert stack.appliance.failures <= 4

@@ -1,0 +1,510 @@
+"""The F5 driver against the iControl REST emulator, over real HTTP on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import pytest
+from nats.aio.msg import Msg
+
+from vipwire.applianceemu import F5Emulator
+from vipwire.contracts import (
+    LbMessage,
+    LbProgrammed,
+    LbRemoved,
+    Member,
+    NodeSnapshot,
+    ServicePort,
+    VipAssigned,
+    VipReleasing,
+    decode,
+)
+from vipwire.lbdriver import (
+    ApplianceAuthError,
+    ApplianceRejected,
+    ApplianceSettings,
+    ApplianceUnavailable,
+    CreateVirtualServer,
+    DeleteVirtualServer,
+    LbdriverService,
+    LbdriverSettings,
+    Monitor,
+    Operation,
+    UpdateMembers,
+    UpdateVirtualServer,
+    VirtualServer,
+    build_driver,
+    diff,
+    owns,
+)
+from vipwire.lbdriver.drivers._rest import VendorError
+from vipwire.lbdriver.drivers.credentials import CredentialSource
+from vipwire.lbdriver.drivers.f5 import FASTL4_PROFILE, F5Driver
+from vipwire.runtime import Runtime
+
+PASSWORD = "s3cret-pw"
+CLUSTER = "prod"
+PREFIX = "vipwire"
+
+
+def server(
+    port: int = 80,
+    *,
+    address: str = "192.0.2.10",
+    protocol: str = "TCP",
+    nodes: tuple[str, ...] = ("198.51.100.1", "198.51.100.2"),
+    health: int = 10256,
+    owner: str = "prod/shop/web",
+) -> VirtualServer:
+    name = f"{PREFIX}-prod-shop-web-{address.replace(':', '_')}-{port}-{protocol.lower()}"
+    return VirtualServer(
+        name=name,
+        owner=owner,
+        address=address,
+        port=port,
+        protocol=protocol,  # type: ignore[arg-type]
+        members=tuple(Member(node=f"node-{a}", address=a) for a in nodes),
+        monitor=Monitor(port=health),
+    )
+
+
+def by_name(*servers: VirtualServer) -> dict[str, VirtualServer]:
+    return {s.name: s for s in servers}
+
+
+@pytest.fixture
+async def emu() -> AsyncIterator[F5Emulator]:
+    emulator = F5Emulator(username="admin", password=PASSWORD)
+    await emulator.start()
+    yield emulator
+    await emulator.stop()
+
+
+def make_driver(emu: F5Emulator, **options: object) -> F5Driver:
+    credentials = CredentialSource("bigip-a", "admin", password=PASSWORD)
+    return F5Driver("bigip-a", emu.url, credentials, request_timeout_s=5, **options)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+async def driver(emu: F5Emulator) -> AsyncIterator[F5Driver]:
+    d = make_driver(emu)
+    yield d
+    await d.close()
+
+
+async def converge(driver: F5Driver, desired: dict[str, VirtualServer]) -> list[str]:
+    """Read, diff, apply once; the kinds of operations written."""
+    ops = diff(desired, await driver.list_virtual_servers(CLUSTER), PREFIX)
+    await driver.apply(CLUSTER, ops)
+    return [type(op).__name__ for op in ops]
+
+
+# --- programming ---------------------------------------------------------------------
+
+
+async def test_create_builds_dsr_objects_in_one_transaction(
+    driver: F5Driver, emu: F5Emulator
+) -> None:
+    """A create is a partition, a fastL4 nPath profile, and monitor, pool and virtual at once."""
+    v4, v6 = server(), server(443, address="2001:db8::10", protocol="UDP", nodes=("2001:db8::1",))
+    assert await converge(driver, by_name(v4, v6)) == ["CreateVirtualServer"] * 2
+    assert emu.commits == 1
+    assert CLUSTER in emu.partitions
+    profile = emu.get("fastl4", CLUSTER, FASTL4_PROFILE)
+    assert profile is not None
+    assert (profile["looseInitialization"], profile["looseClose"]) == ("enabled", "enabled")
+    virtual = emu.get("virtual", CLUSTER, v4.name)
+    assert virtual is not None
+    assert virtual["destination"] == f"/{CLUSTER}/192.0.2.10:80"
+    assert virtual["translateAddress"] == virtual["translatePort"] == "disabled"
+    assert virtual["sourceAddressTranslation"] == {"type": "none"}
+    assert virtual["profiles"] == [f"/{CLUSTER}/{FASTL4_PROFILE}"]
+    assert virtual["description"] == "prod/shop/web"
+    v6virtual = emu.get("virtual", CLUSTER, v6.name)
+    assert v6virtual is not None
+    assert v6virtual["destination"] == f"/{CLUSTER}/2001:db8::10.443"
+    assert v6virtual["ipProtocol"] == "udp"
+    pool = emu.get("pool", CLUSTER, v4.name)
+    assert pool is not None
+    assert [m["name"] for m in pool["members"]] == ["198.51.100.1:80", "198.51.100.2:80"]
+    monitor = emu.get("monitor", CLUSTER, v4.name)
+    assert monitor is not None
+    assert monitor["destination"] == "*:10256"  # the health port, not the member port
+    assert monitor["send"].startswith("GET /healthz ")
+
+
+async def test_listing_reads_back_exactly_what_was_programmed(driver: F5Driver) -> None:
+    """Names, owners, addresses, ports, protocols, members (node names) and monitors round-trip."""
+    desired = by_name(
+        server(),
+        server(8443, health=32000),
+        server(443, address="2001:db8::10", protocol="UDP", nodes=("2001:db8::1",)),
+        server(3868, protocol="SCTP", nodes=()),
+    )
+    await converge(driver, desired)
+    assert await driver.list_virtual_servers(CLUSTER) == desired
+
+
+async def test_the_same_desired_state_twice_writes_nothing(
+    driver: F5Driver, emu: F5Emulator
+) -> None:
+    """The second pass diffs to no operation and the appliance sees no write."""
+    desired = by_name(server(), server(443))
+    await converge(driver, desired)
+    writes, requests = emu.writes, emu.requests
+    assert await converge(driver, desired) == []
+    assert emu.writes == writes
+    # Only the three collection reads of the listing.
+    assert emu.requests == requests + 3
+
+
+async def test_member_change_is_one_pool_write(driver: F5Driver, emu: F5Emulator) -> None:
+    """New members replace the pool's list in one PATCH, without a transaction."""
+    await converge(driver, by_name(server()))
+    writes, commits = emu.writes, emu.commits
+    changed = server(nodes=("198.51.100.2", "198.51.100.3"))
+    assert await converge(driver, by_name(changed)) == ["UpdateMembers"]
+    assert (emu.writes, emu.commits) == (writes + 1, commits)
+    assert await driver.list_virtual_servers(CLUSTER) == by_name(changed)
+
+
+async def test_member_update_works_without_a_prior_listing(
+    driver: F5Driver, emu: F5Emulator
+) -> None:
+    """A fresh driver asked to change members reads the virtual's port instead of guessing it."""
+    await converge(driver, by_name(server()))
+    fresh = make_driver(emu)
+    try:
+        members = (Member(node="n7", address="198.51.100.7"),)
+        await fresh.apply(CLUSTER, [UpdateMembers(name=server().name, members=members)])
+    finally:
+        await fresh.close()
+    pool = emu.get("pool", CLUSTER, server().name)
+    assert pool is not None and [m["name"] for m in pool["members"]] == ["198.51.100.7:80"]
+
+
+async def test_port_change_replaces_the_virtual_server(driver: F5Driver, emu: F5Emulator) -> None:
+    """A new port is a new object: the old one is deleted in the same transaction."""
+    old, new = server(80), server(8080)
+    await converge(driver, by_name(old))
+    assert await converge(driver, by_name(new)) == ["DeleteVirtualServer", "CreateVirtualServer"]
+    assert emu.names("virtual", CLUSTER) == [new.name]
+    assert emu.names("pool", CLUSTER) == [new.name]
+    assert emu.names("monitor", CLUSTER) == [new.name]
+    assert await driver.list_virtual_servers(CLUSTER) == by_name(new)
+
+
+async def test_monitor_and_owner_changes_update_in_place(driver: F5Driver, emu: F5Emulator) -> None:
+    """A changed health port or owner rewrites the objects without recreating them."""
+    await converge(driver, by_name(server()))
+    changed = server(health=31000, owner="prod/shop/web2")
+    assert await converge(driver, by_name(changed)) == ["UpdateVirtualServer"]
+    assert await driver.list_virtual_servers(CLUSTER) == by_name(changed)
+    virtual = emu.get("virtual", CLUSTER, changed.name)
+    assert virtual is not None and virtual["generation"] > 1
+
+
+async def test_delete_removes_virtual_pool_and_monitor(driver: F5Driver, emu: F5Emulator) -> None:
+    """Deleting leaves no object of ours behind; the partition and profile stay."""
+    await converge(driver, by_name(server(), server(443)))
+    assert await converge(driver, {}) == ["DeleteVirtualServer"] * 2
+    for kind in ("virtual", "pool", "monitor"):
+        assert emu.names(kind, CLUSTER) == []
+    assert emu.names("fastl4", CLUSTER) == [FASTL4_PROFILE]
+
+
+async def test_partition_template_and_map_choose_the_partition(emu: F5Emulator) -> None:
+    """Clusters land in templated partitions unless mapped explicitly."""
+    d = make_driver(emu, partition_template="k8s_{cluster}", partitions={"east": "legacy"})
+    try:
+        await d.apply("prod", [CreateVirtualServer(server=server())])
+        await d.apply("east", [CreateVirtualServer(server=server(address="192.0.2.20"))])
+    finally:
+        await d.close()
+    assert emu.names("virtual", "k8s_prod") == [server().name]
+    assert len(emu.names("virtual", "legacy")) == 1
+
+
+# --- drift ---------------------------------------------------------------------------
+
+
+async def test_drifted_dsr_settings_are_listed_as_changed_and_restored(
+    driver: F5Driver, emu: F5Emulator
+) -> None:
+    """Address translation switched on out of band shows as a difference and is undone."""
+    s = server()
+    await converge(driver, by_name(s))
+    virtual = emu.get("virtual", CLUSTER, s.name)
+    assert virtual is not None
+    emu.remove("virtual", CLUSTER, s.name)
+    emu.plant("virtual", CLUSTER, {**virtual, "translateAddress": "enabled"})
+    assert await converge(driver, by_name(s)) == ["UpdateVirtualServer"]
+    restored = emu.get("virtual", CLUSTER, s.name)
+    assert restored is not None and restored["translateAddress"] == "disabled"
+    assert await converge(driver, by_name(s)) == []
+
+
+async def test_a_virtual_deleted_out_of_band_is_recreated_around_its_leftovers(
+    driver: F5Driver, emu: F5Emulator
+) -> None:
+    """With only the pool and monitor left, the create patches them and adds the virtual."""
+    s = server()
+    await converge(driver, by_name(s))
+    emu.remove("virtual", CLUSTER, s.name)
+    assert await converge(driver, by_name(s)) == ["CreateVirtualServer"]
+    assert await driver.list_virtual_servers(CLUSTER) == by_name(s)
+
+
+# --- authentication and faults ---------------------------------------------------------
+
+
+async def test_expired_token_is_replaced_transparently(driver: F5Driver, emu: F5Emulator) -> None:
+    """A 401 for an expired token leads to one new login and the request succeeds."""
+    await converge(driver, by_name(server()))
+    assert emu.logins == 1
+    emu.expire_tokens()
+    assert await converge(driver, by_name(server(nodes=("198.51.100.9",)))) == ["UpdateMembers"]
+    assert emu.logins == 2
+
+
+async def test_wrong_credentials_raise_an_auth_error_without_the_password(
+    driver: F5Driver, emu: F5Emulator
+) -> None:
+    """A refused login is ApplianceAuthError, caused by BIG-IP's 401, and names no secret."""
+    emu.set_credentials("admin", "rotated")
+    with pytest.raises(ApplianceAuthError) as caught:
+        await driver.list_virtual_servers(CLUSTER)
+    assert isinstance(caught.value.__cause__, VendorError)
+    assert caught.value.__cause__.status == 401
+    assert "Authentication failed" in str(caught.value)
+    assert PASSWORD not in str(caught.value)
+    assert PASSWORD not in repr(driver)
+    # The listing's concurrent reads shared one refused login rather than trying three.
+    assert emu.failed_logins == 1
+
+
+async def test_busy_appliance_is_unavailable_then_recovers(
+    driver: F5Driver, emu: F5Emulator
+) -> None:
+    """A 503 is ApplianceUnavailable; the next call goes through."""
+    emu.fail_next(503, path_contains="/ltm/")
+    with pytest.raises(ApplianceUnavailable) as caught:
+        await driver.list_virtual_servers(CLUSTER)
+    assert isinstance(caught.value.__cause__, VendorError)
+    assert await driver.list_virtual_servers(CLUSTER) == {}
+
+
+async def test_unreachable_appliance_is_unavailable(emu: F5Emulator) -> None:
+    """A refused connection is ApplianceUnavailable, raised from the transport error."""
+    url = emu.url
+    await emu.stop()
+    d = F5Driver("gone", url, CredentialSource("gone", "admin", password=PASSWORD))
+    try:
+        with pytest.raises(ApplianceUnavailable) as caught:
+            await d.list_virtual_servers(CLUSTER)
+        assert caught.value.__cause__ is not None
+    finally:
+        await d.close()
+
+
+async def test_token_is_handed_back_on_close(emu: F5Emulator) -> None:
+    """Closing deletes the token, so repeated restarts do not exhaust BIG-IP's token cap."""
+    d = make_driver(emu)
+    await d.list_virtual_servers(CLUSTER)
+    assert emu.live_tokens == 1
+    await d.close()
+    assert emu.live_tokens == 0
+
+
+# --- shared appliance --------------------------------------------------------------------
+
+
+async def test_foreign_objects_are_listed_as_not_ours_and_never_touched(
+    driver: F5Driver, emu: F5Emulator
+) -> None:
+    """Another tool's virtual in the partition is reported, not owned, and survives our changes."""
+    emu.plant("monitor", CLUSTER, {"name": "legacy-mon", "destination": "*:8080"})
+    emu.plant("pool", CLUSTER, {"name": "legacy-pool", "monitor": "/prod/legacy-mon"})
+    emu.plant(
+        "virtual",
+        CLUSTER,
+        {"name": "legacy-app", "destination": "/prod/192.0.2.200:80", "pool": "/prod/legacy-pool"},
+    )
+    before = {
+        k: emu.get(k, CLUSTER, n) for k, n in [("virtual", "legacy-app"), ("pool", "legacy-pool")]
+    }
+    listed = await driver.list_virtual_servers(CLUSTER)
+    assert "legacy-app" in listed and not owns("legacy-app", PREFIX)
+    await converge(driver, by_name(server(), server(443)))
+    await converge(driver, by_name(server(nodes=("198.51.100.7",))))
+    await converge(driver, {})
+    after = {
+        k: emu.get(k, CLUSTER, n) for k, n in [("virtual", "legacy-app"), ("pool", "legacy-pool")]
+    }
+    assert after == before
+
+
+async def test_a_failing_command_leaves_nothing_half_applied(
+    driver: F5Driver, emu: F5Emulator
+) -> None:
+    """BIG-IP refuses the batch at commit; none of its commands, earlier ones included, remain."""
+    await converge(driver, by_name(server()))
+    # Another tool holds the destination the second create needs.
+    emu.plant("virtual", CLUSTER, {"name": "squatter", "destination": "/prod/192.0.2.30:80"})
+    writes = emu.writes
+    batch: list[Operation] = [
+        UpdateMembers(name=server().name, members=(Member(node="n9", address="198.51.100.9"),)),
+        CreateVirtualServer(server=server(address="192.0.2.20")),
+        CreateVirtualServer(server=server(address="192.0.2.30")),
+    ]
+    with pytest.raises(ApplianceRejected) as caught:
+        await driver.apply(CLUSTER, batch)
+    assert "transaction failed" in str(caught.value)
+    assert "illegally shares destination" in str(caught.value)
+    assert emu.writes == writes
+    assert sorted(emu.names("virtual", CLUSTER)) == sorted([server().name, "squatter"])
+    assert emu.names("pool", CLUSTER) == [server().name]
+    listed = await driver.list_virtual_servers(CLUSTER)
+    assert listed[server().name] == server()
+
+
+async def test_an_update_of_a_missing_object_is_rejected_with_bigip_message(
+    driver: F5Driver,
+) -> None:
+    """Writing to an object that is not there is ApplianceRejected, quoting BIG-IP."""
+    with pytest.raises(ApplianceRejected, match="was not found"):
+        await driver.apply(
+            CLUSTER, [UpdateVirtualServer(server=server()), DeleteVirtualServer(name="vipwire-x")]
+        )
+
+
+async def test_config_sync_follows_each_committed_change(emu: F5Emulator) -> None:
+    """With a sync group, every applied batch is followed by config-sync to it; no-ops are not."""
+    d = make_driver(emu, sync_group="vipwire-failover")
+    try:
+        await converge(d, by_name(server()))
+        await converge(d, by_name(server()))
+        assert emu.syncs == ["vipwire-failover"]
+    finally:
+        await d.close()
+
+
+async def test_failed_config_sync_is_retried_before_the_next_call(emu: F5Emulator) -> None:
+    """A sync that fails surfaces as an error and is redone before the next read."""
+    d = make_driver(emu, sync_group="vipwire-failover")
+    try:
+        emu.fail_next(503, path_contains="/mgmt/tm/cm")
+        with pytest.raises(ApplianceUnavailable, match="config-sync"):
+            await d.apply(CLUSTER, [CreateVirtualServer(server=server())])
+        assert emu.syncs == []
+        await d.list_virtual_servers(CLUSTER)
+        assert emu.syncs == ["vipwire-failover"]
+    finally:
+        await d.close()
+
+
+# --- configuration ---------------------------------------------------------------------
+
+
+async def test_driver_is_built_from_settings_with_a_password_file(
+    emu: F5Emulator, tmp_path: Path
+) -> None:
+    """build_driver reads the password from the file at login; the config holds no secret."""
+    secret = tmp_path / "f5-password"
+    secret.write_text(PASSWORD + "\n")
+    settings = ApplianceSettings(
+        name="bigip-a", driver="f5", address=emu.url, username="admin", password_file=str(secret)
+    )
+    d = build_driver(settings)
+    try:
+        assert isinstance(d, F5Driver)
+        assert await d.list_virtual_servers(CLUSTER) == {}
+        assert PASSWORD not in repr(d)
+    finally:
+        await d.close()
+
+
+# --- through the service ---------------------------------------------------------------
+
+
+async def test_lbdriver_service_programs_an_f5_from_configuration(
+    emu: F5Emulator,
+    make_runtime: Callable[[str], Awaitable[Runtime]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With an f5 appliance configured, VipAssigned becomes BIG-IP objects and LbProgrammed;
+    VipReleasing removes them and reports LbRemoved."""
+    monkeypatch.setenv("VIPWIRE_TEST_F5_PASSWORD", PASSWORD)
+    settings = LbdriverSettings(
+        appliances=(
+            ApplianceSettings(
+                name="bigip-a",
+                driver="f5",
+                address=emu.url,
+                username="admin",
+                password_env="VIPWIRE_TEST_F5_PASSWORD",
+            ),
+        ),
+        coalesce_window_ms=1.0,
+        retry_initial_s=0.05,
+        retry_max_s=0.2,
+    )
+    publisher = await make_runtime("test")
+    seen: asyncio.Queue[LbMessage] = asyncio.Queue()
+
+    async def on_msg(msg: Msg) -> None:
+        message = decode(msg.subject, msg.data)
+        assert isinstance(message, LbProgrammed | LbRemoved)
+        seen.put_nowait(message)
+
+    sub = await publisher.bus.nc.subscribe("vipwire.*.lb.>", cb=on_msg)
+    service = LbdriverService(settings, await make_runtime("lbdriver"))
+    await service.start()
+    try:
+        for name, address in (("n1", "198.51.100.1"), ("n2", "198.51.100.2")):
+            await publisher.bus.publish(
+                NodeSnapshot(cluster=CLUSTER, node=name, addresses=(address,))
+            )
+        await publisher.bus.publish(
+            VipAssigned(
+                cluster=CLUSTER,
+                namespace="shop",
+                name="web",
+                uid="uid-web",
+                vips=("192.0.2.10",),
+                pool="default",
+                appliance_group="default",
+                ports=(ServicePort(port=80),),
+                external_traffic_policy="Cluster",
+            )
+        )
+        programmed = await asyncio.wait_for(seen.get(), 10)
+        assert isinstance(programmed, LbProgrammed)
+        assert programmed.appliance == "bigip-a"
+        assert [m.address for m in programmed.members] == ["198.51.100.1", "198.51.100.2"]
+        [name] = emu.names("virtual", CLUSTER)
+        virtual = emu.get("virtual", CLUSTER, name)
+        assert virtual is not None and virtual["destination"] == "/prod/192.0.2.10:80"
+        assert virtual["description"] == "prod/shop/web"
+
+        await publisher.bus.publish(
+            VipReleasing(
+                cluster=CLUSTER,
+                namespace="shop",
+                name="web",
+                uid="uid-web",
+                vips=("192.0.2.10",),
+                appliance_group="default",
+            )
+        )
+        while not isinstance(removed := await asyncio.wait_for(seen.get(), 10), LbRemoved):
+            pass
+        assert removed.appliance == "bigip-a"
+        assert emu.names("virtual", CLUSTER) == []
+        assert emu.names("pool", CLUSTER) == []
+    finally:
+        await service.stop()
+        await sub.unsubscribe()
+    assert emu.live_tokens == 0  # the service closed the driver it built

@@ -1,0 +1,538 @@
+"""The lbdriver's reconciler and fleet behaviour against a real nats-server and appliances.
+
+Coalescing, restart adoption, drift repair, orphan removal, circuit breaking,
+failover and the status view, each proved by counting what the appliance saw.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import math
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import Any, Literal, TypeVar
+
+import msgspec
+import pytest
+from nats.aio.msg import Msg
+
+from vipwire.applianceemu import F5Emulator
+from vipwire.cli.lb import StatusUnavailable, fetch_status, render, status_command
+from vipwire.contracts import (
+    Endpoint,
+    EndpointsSnapshot,
+    LbFailed,
+    LbMessage,
+    LbProgrammed,
+    LbRemoved,
+    Member,
+    Message,
+    NodeEndpoints,
+    NodeSnapshot,
+    ServicePort,
+    VipAssigned,
+    VipReleased,
+    decode,
+)
+from vipwire.lbdriver import (
+    ApplianceAuthError,
+    ApplianceSettings,
+    LbdriverService,
+    LbdriverSettings,
+    Monitor,
+    Operation,
+    SimAppliance,
+    VirtualServer,
+    desired_virtual_servers,
+)
+from vipwire.lbdriver.drivers.credentials import CredentialSource
+from vipwire.lbdriver.drivers.f5 import F5Driver
+from vipwire.lbdriver.model import CreateVirtualServer, UpdateMembers, UpdateVirtualServer
+from vipwire.runtime import Runtime
+from vipwire.testing import eventually
+
+RuntimeFactory = Callable[[str], Awaitable[Runtime]]
+L = TypeVar("L", LbProgrammed, LbFailed, LbRemoved)
+
+CLUSTER = "prod"
+NS = "shop"
+PREFIX = "vipwire"
+
+
+def node(i: int, cluster: str = CLUSTER) -> NodeSnapshot:
+    return NodeSnapshot(cluster=cluster, node=f"n{i}", addresses=(f"198.51.100.{i + 1}",))
+
+
+def assigned(
+    name: str,
+    index: int,
+    *,
+    ports: tuple[int, ...] = (80,),
+    policy: Literal["Cluster", "Local"] = "Cluster",
+    group: str = "default",
+) -> VipAssigned:
+    return VipAssigned(
+        cluster=CLUSTER,
+        namespace=NS,
+        name=name,
+        uid=f"uid-{name}",
+        vips=(f"192.0.2.{index % 250 + 1}" if index < 250 else f"203.0.113.{index % 250 + 1}",),
+        pool="default",
+        appliance_group=group,
+        ports=tuple(ServicePort(port=p) for p in ports),
+        external_traffic_policy=policy,
+        health_check_node_port=32000 if policy == "Local" else None,
+    )
+
+
+def ready_on(name: str, nodes: Sequence[int]) -> EndpointsSnapshot:
+    return EndpointsSnapshot(
+        cluster=CLUSTER,
+        namespace=NS,
+        name=name,
+        nodes=tuple(
+            NodeEndpoints(node=f"n{i}", endpoints=(Endpoint(addresses=(f"10.244.{i}.7",)),))
+            for i in nodes
+        ),
+    )
+
+
+def owner(name: str) -> str:
+    return f"{CLUSTER}/{NS}/{name}"
+
+
+class RecordingSim(SimAppliance):
+    """A sim that notes when each Service's objects were written (monotonic time)."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.log: list[tuple[float, frozenset[str]]] = []
+
+    async def apply(self, partition: str, ops: Sequence[Operation]) -> None:
+        before = self.virtual_servers(partition)
+        await super().apply(partition, ops)
+        owners = set()
+        for op in ops:
+            match op:
+                case CreateVirtualServer(server=s) | UpdateVirtualServer(server=s):
+                    owners.add(s.owner)
+                case UpdateMembers(name=name) if name in before:
+                    owners.add(before[name].owner)
+                case _:
+                    pass
+        self.log.append((time.monotonic(), frozenset(owners)))
+
+    def writes_of(self, who: str, since: float = 0.0) -> list[float]:
+        return [at for at, owners in self.log if who in owners and at >= since]
+
+
+class Harness:
+    """A publisher, an observer of ``vipwire.*.lb.>``, and lbdriver instances."""
+
+    def __init__(self, make_runtime: RuntimeFactory, publisher: Runtime) -> None:
+        self.make_runtime = make_runtime
+        self.publisher = publisher
+        self.sim = RecordingSim("sim-a")
+        self.log: list[LbMessage] = []
+        self.services: list[LbdriverService] = []
+        self._count = 0
+
+    async def observe(self) -> None:
+        async def on_msg(msg: Msg) -> None:
+            message = decode(msg.subject, msg.data)
+            assert isinstance(message, LbProgrammed | LbFailed | LbRemoved)
+            self.log.append(message)
+
+        self.sub = await self.publisher.bus.nc.subscribe("vipwire.*.lb.>", cb=on_msg)
+        await self.publisher.bus.nc.flush()
+
+    async def start(
+        self, drivers: dict[str, Any] | None = None, **overrides: Any
+    ) -> LbdriverService:
+        self._count += 1
+        options: dict[str, Any] = {
+            "appliances": (ApplianceSettings(name="sim-a", max_requests_per_s=0),),
+            "coalesce_window_ms": 1.0,
+            "retry_initial_s": 0.05,
+            "retry_max_s": 0.2,
+            "unhealthy_cooldown_s": 0.2,
+            "drift_interval_s": 0.0,
+        }
+        options.update(overrides)
+        runtime = await self.make_runtime(f"lbdriver-{self._count}")
+        given = {"sim-a": self.sim, **(drivers or {})}
+        configured = {a.name for a in options["appliances"]}
+        service = LbdriverService(
+            LbdriverSettings(**options),
+            runtime,
+            {k: v for k, v in given.items() if k in configured},
+        )
+        await service.start()
+        self.services.append(service)
+        return service
+
+    async def stop(self, service: LbdriverService) -> None:
+        await service.stop()
+        self.services.remove(service)
+
+    async def publish(self, *messages: Message) -> None:
+        for message in messages:
+            await self.publisher.bus.publish(message)
+
+    def reports(self, kind: type[L], name: str | None = None) -> list[L]:
+        return [m for m in self.log if isinstance(m, kind) and name in (None, m.name)]
+
+    async def programmed(self, *names: str, timeout: float = 5.0) -> None:
+        await eventually(
+            lambda: {m.name for m in self.reports(LbProgrammed)} >= set(names), timeout
+        )
+
+
+@pytest.fixture
+async def h(make_runtime: RuntimeFactory) -> AsyncIterator[Harness]:
+    harness = Harness(make_runtime, await make_runtime("test"))
+    await harness.observe()
+    yield harness
+    for service in list(harness.services):
+        await harness.stop(service)
+    await harness.sub.unsubscribe()
+
+
+def counter(service: LbdriverService, name: str, labels: Sequence[str]) -> Any:
+    return service.runtime.metrics.counter(name, "", labels)
+
+
+# --- coalescing ----------------------------------------------------------------------
+
+
+async def test_rolling_update_writes_each_service_at_most_once_per_window(h: Harness) -> None:
+    """10 Services x 10 endpoint events (a rollout each, interleaved) cost at most one write
+    per Service per coalescing window, and the appliance ends with the last members."""
+    window = 0.3
+    await h.start(coalesce_window_ms=window * 1000, coalesce_quiet_ms=100.0)
+    names = [f"svc{i}" for i in range(10)]
+    await h.publish(*(node(i) for i in range(11)))
+    await h.publish(*(ready_on(n, range(10)) for n in names))
+    await h.publish(*(assigned(n, i, policy="Local") for i, n in enumerate(names)))
+    await h.programmed(*names)
+
+    # Each step moves one pod to the node the previous step freed: members change each time.
+    # Steps 50 ms apart: shorter than the quiet period, so the rollouts span several windows.
+    on = {n: set(range(10)) for n in names}
+    started = time.monotonic()
+    for step in range(10):
+        for n in names:
+            on[n].discard(step)
+            on[n].add(step - 1 if step else 10)
+            await h.publish(ready_on(n, sorted(on[n])))
+        await asyncio.sleep(0.05)
+    span = time.monotonic() - started
+    final = {f"n{i}" for i in on[names[0]]}
+
+    def converged() -> bool:
+        servers = h.sim.virtual_servers(CLUSTER).values()
+        return all({m.node for m in s.members} == final for s in servers)
+
+    await eventually(converged, timeout=5.0)
+    await asyncio.sleep(window)  # a late write would show up here
+    writes = {n: h.sim.writes_of(owner(n), since=started) for n in names}
+    counts = {n: len(w) for n, w in writes.items()}
+    report = (
+        f"100 endpoint events over {span:.2f}s -> {sum(counts.values())} appliance writes "
+        f"(window {window}s); per Service: {counts}"
+    )
+    allowed = math.ceil(span / window) + 1
+    assert all(1 <= c <= allowed for c in counts.values()), report
+    for n, times in writes.items():
+        gaps = [b - a for a, b in itertools.pairwise(times)]
+        assert all(g >= window * 0.95 for g in gaps), f"{n} written twice in a window: {report}"
+    assert sum(counts.values()) <= len(names) * allowed < 100, report
+
+
+# --- restart ---------------------------------------------------------------------------
+
+
+async def test_restart_with_500_programmed_virtual_servers_writes_nothing(h: Harness) -> None:
+    """A new lbdriver facing 500 virtual servers it programmed before adopts them all:
+    zero writes, every Service confirmed, nothing deleted as an orphan."""
+    names = [f"svc{i}" for i in range(250)]
+    first = await h.start()
+    await h.publish(*(node(i) for i in range(3)))
+    await h.publish(*(assigned(n, i, ports=(80, 443)) for i, n in enumerate(names)))
+    await h.programmed(*names, timeout=15.0)
+    await eventually(lambda: first.readiness() is None)
+    await h.stop(first)
+    assert len(h.sim.virtual_servers(CLUSTER)) == 500
+    writes, calls, lists = h.sim.writes, h.sim.apply_calls, h.sim.list_calls
+    h.log.clear()
+
+    second = await h.start()
+    await h.programmed(*names, timeout=15.0)
+    await eventually(lambda: second.readiness() is None)
+    await eventually(lambda: h.sim.list_calls >= lists + 2)  # the start-up sweep listed too
+    assert (h.sim.writes, h.sim.apply_calls) == (writes, calls), (
+        f"restart wrote {h.sim.apply_calls - calls} request(s), {h.sim.writes - writes} op(s)"
+    )
+    assert len(h.sim.virtual_servers(CLUSTER)) == 500
+    assert len(h.reports(LbProgrammed)) == 250
+
+
+# --- drift -------------------------------------------------------------------------------
+
+
+FOREIGN = VirtualServer(
+    name="legacy-app",
+    owner="",
+    address="192.0.2.200",
+    port=80,
+    protocol="TCP",
+    members=(Member(node="old", address="198.51.100.200"),),
+    monitor=Monitor(port=80),
+)
+
+
+async def test_drift_pass_undoes_out_of_band_edits_and_counts_them(h: Harness) -> None:
+    """A deleted and an edited object are repaired by the next pass; a foreign object in the
+    same partition stays exactly as it was; the repairs are counted in the metric."""
+    h.sim.put(CLUSTER, FOREIGN)
+    service = await h.start(drift_interval_s=0.2)
+    await h.publish(*(node(i) for i in range(3)), assigned("web", 1), assigned("api", 2))
+    await h.programmed("web", "api")
+    programmed = h.sim.virtual_servers(CLUSTER)
+    web = next(n for n, s in programmed.items() if s.owner == owner("web"))
+    api = next(n for n, s in programmed.items() if s.owner == owner("api"))
+    reports = len(h.log)
+
+    h.sim.remove(CLUSTER, web)
+    h.sim.put(CLUSTER, msgspec.structs.replace(programmed[api], members=()))
+    await eventually(lambda: h.sim.virtual_servers(CLUSTER) == programmed, timeout=3.0)
+    drift = counter(service, "lbdriver_drift_repairs_total", ["appliance", "kind"])
+    assert drift.value(appliance="sim-a", kind="repair") == 2
+    assert "vipwire_lbdriver_drift_repairs_total" in service.runtime.metrics.expose()
+    assert h.sim.virtual_servers(CLUSTER)["legacy-app"] == FOREIGN
+    assert len(h.log) == reports  # same outcome as before: nothing new to report
+
+
+async def test_start_up_sweep_removes_only_our_orphans_in_our_partitions(h: Harness) -> None:
+    """After the replay, objects with our prefix that no Service accounts for are deleted;
+    foreign objects and other partitions are never touched; live Services keep theirs."""
+    orphan = VirtualServer(
+        name=f"{PREFIX}-{CLUSTER}-{NS}-gone-192.0.2.50-80-tcp",
+        owner=owner("gone"),
+        address="192.0.2.50",
+        port=80,
+        protocol="TCP",
+        members=(),
+        monitor=Monitor(port=10256),
+    )
+    untagged = msgspec.structs.replace(
+        orphan, name=f"{PREFIX}-{CLUSTER}-x-y-192.0.2.51-80-tcp", owner="", address="192.0.2.51"
+    )
+    elsewhere = msgspec.structs.replace(orphan, owner="other/ns/svc")
+    h.sim.put(CLUSTER, orphan)
+    h.sim.put(CLUSTER, untagged)
+    h.sim.put(CLUSTER, FOREIGN)
+    h.sim.put("other", elsewhere)
+    nodes = [node(i) for i in range(3)]
+    web = assigned("web", 1)
+    want = desired_virtual_servers(web, {n.node: n for n in nodes}, None, prefix=PREFIX)
+    for server in want.values():
+        h.sim.put(CLUSTER, server)  # programmed by an earlier incarnation
+    await h.publish(*nodes, web)
+    await h.publish(VipReleased(cluster=CLUSTER, namespace=NS, name="gone", uid="uid-gone"))
+
+    service = await h.start()
+    await h.programmed("web")
+    await eventually(lambda: orphan.name not in h.sim.virtual_servers(CLUSTER), timeout=3.0)
+    await eventually(lambda: untagged.name not in h.sim.virtual_servers(CLUSTER))
+    assert h.sim.virtual_servers(CLUSTER) == {"legacy-app": FOREIGN, **want}
+    assert h.sim.virtual_servers("other") == {elsewhere.name: elsewhere}
+    drift = counter(service, "lbdriver_drift_repairs_total", ["appliance", "kind"])
+    assert drift.value(appliance="sim-a", kind="orphan") == 2
+
+
+# --- failing appliances ------------------------------------------------------------------
+
+
+async def test_wrong_credentials_fail_clearly_back_off_and_spare_other_appliances(
+    h: Harness,
+) -> None:
+    """Credentials refused: every Service gets one LbFailed(ApplianceAuthError) with a clear
+    message, the appliance sees a bounded number of attempts (breaker + backoff, no storm),
+    and the Services of another appliance are programmed meanwhile."""
+    good = SimAppliance("sim-b")
+    h.sim.fail_next(10_000, ApplianceAuthError)
+    service = await h.start(
+        drivers={"sim-b": good},
+        appliances=(
+            ApplianceSettings(name="sim-a", group="g1", max_requests_per_s=0),
+            ApplianceSettings(name="sim-b", group="g2", max_requests_per_s=0),
+        ),
+        breaker_failures=3,
+        unhealthy_cooldown_s=1.5,
+    )
+    failing = [f"bad{i}" for i in range(10)]
+    fine = [f"ok{i}" for i in range(10)]
+    started = time.monotonic()
+    await h.publish(*(node(i) for i in range(3)))
+    await h.publish(*(assigned(n, i, group="g1") for i, n in enumerate(failing)))
+    await h.publish(*(assigned(n, 100 + i, group="g2") for i, n in enumerate(fine)))
+    await h.programmed(*fine, timeout=2.0)
+    assert time.monotonic() - started < 2.0
+    assert len(good.virtual_servers(CLUSTER)) == 10
+
+    await asyncio.sleep(max(0.0, 3.0 - (time.monotonic() - started)))
+    attempts = h.sim.failures
+    assert attempts <= 5, f"{attempts} calls reached the appliance in 3s"
+    for name in failing:
+        (failed,) = h.reports(LbFailed, name)  # one report each, not one per retry
+        assert (failed.reason, failed.appliance) == ("ApplianceAuthError", "sim-a")
+        assert "check the credentials configured for appliance sim-a" in failed.message
+    assert not h.reports(LbProgrammed, "bad0")
+    status = {a.name: a for a in service.status().appliances}
+    assert status["sim-a"].health in ("open", "half-open")
+    assert status["sim-a"].last_error is not None
+    assert status["sim-a"].last_error.startswith("ApplianceAuthError")
+    assert (status["sim-b"].health, status["sim-b"].virtual_servers) == ("closed", 10)
+
+
+async def test_wrong_password_on_the_f5_emulator_is_not_a_login_storm(
+    h: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Against the BIG-IP emulator, a wrong password is LbFailed(ApplianceAuthError) for each
+    Service while the emulator sees only a handful of login attempts; the password appears
+    in no report, status or log line."""
+    caplog.set_level("DEBUG", logger="vipwire")
+    emu = F5Emulator(username="admin", password="right-password")
+    await emu.start()
+    bigip = F5Driver(
+        "bigip",
+        emu.url,
+        CredentialSource("bigip", "admin", password="wrong-password"),
+        request_timeout_s=2,
+    )
+    try:
+        await h.start(
+            drivers={"bigip": bigip},
+            appliances=(ApplianceSettings(name="bigip", max_requests_per_s=0),),
+            breaker_failures=3,
+            unhealthy_cooldown_s=1.5,
+        )
+        names = [f"svc{i}" for i in range(8)]
+        started = time.monotonic()
+        await h.publish(*(node(i) for i in range(2)))
+        await h.publish(*(assigned(n, i) for i, n in enumerate(names)))
+        await eventually(lambda: len(h.reports(LbFailed)) == len(names), timeout=3.0)
+        await asyncio.sleep(max(0.0, 2.5 - (time.monotonic() - started)))
+        assert 1 <= emu.failed_logins <= 5, f"{emu.failed_logins} logins in 2.5s"
+        assert emu.logins == 0
+        reasons = {(m.reason, m.appliance) for m in h.reports(LbFailed)}
+        assert reasons == {("ApplianceAuthError", "bigip")}
+        assert all("wrong-password" not in m.message for m in h.reports(LbFailed))
+        assert "wrong-password" not in caplog.text
+        assert b"wrong-password" not in msgspec.json.encode(h.services[0].status())
+    finally:
+        for service in list(h.services):
+            await h.stop(service)
+        await bigip.close()
+        await emu.stop()
+
+
+async def test_failover_moves_every_service_and_the_recovered_one_does_not_take_them_back(
+    h: Harness,
+) -> None:
+    """The active appliance going down while idle is noticed by health probes and moves all
+    of its group's Services to the standby; when it answers again it is cleaned, not reused."""
+    standby = RecordingSim("sim-b")
+    service = await h.start(
+        drivers={"sim-b": standby},
+        appliances=(
+            ApplianceSettings(name="sim-a", group="dc1", max_requests_per_s=0),
+            ApplianceSettings(name="sim-b", group="dc1", max_requests_per_s=0),
+        ),
+        health_interval_s=0.2,
+        breaker_failures=2,
+        unhealthy_cooldown_s=0.3,
+    )
+    names = [f"svc{i}" for i in range(5)]
+    await h.publish(*(node(i) for i in range(2)))
+    await h.publish(*(assigned(n, i, group="dc1") for i, n in enumerate(names)))
+    await h.programmed(*names)
+    assert {m.appliance for m in h.reports(LbProgrammed)} == {"sim-a"}
+    assert len(h.sim.virtual_servers(CLUSTER)) == 5
+
+    h.sim.set_down(True)  # noticed by health probes: no Service event is needed
+    await eventually(lambda: len(standby.virtual_servers(CLUSTER)) == 5, timeout=4.0)
+    await eventually(
+        lambda: {m.name for m in h.reports(LbProgrammed) if m.appliance == "sim-b"} == set(names)
+    )
+    failovers = counter(service, "lbdriver_failovers_total", ["group"])
+    assert failovers.value(group="dc1") == 1
+
+    h.sim.set_down(False)
+    await eventually(lambda: h.sim.virtual_servers(CLUSTER) == {}, timeout=3.0)
+    writes = len(standby.log)
+    await asyncio.sleep(0.5)  # several probes with both appliances healthy
+    assert len(standby.log) == writes
+    assert len(standby.virtual_servers(CLUSTER)) == 5
+    status = {a.name: a for a in service.status().appliances}
+    assert (status["sim-a"].active, status["sim-b"].active) == (False, True)
+    assert (status["sim-a"].health, status["sim-b"].services) == ("closed", 5)
+    assert {m.appliance for m in h.log[-5:]} == {"sim-b"}
+
+
+async def test_rate_limit_spaces_appliance_calls(h: Harness) -> None:
+    """With a rate of 20 calls/s and a burst of 1, calls start at least 50 ms apart."""
+    await h.start(
+        appliances=(ApplianceSettings(name="sim-a", max_requests_per_s=20, request_burst=1),)
+    )
+    names = [f"svc{i}" for i in range(4)]
+    await h.publish(*(node(i) for i in range(2)))
+    started = time.monotonic()
+    await h.publish(*(assigned(n, i) for i, n in enumerate(names)))
+    await h.programmed(*names)
+    calls = h.sim.apply_calls + h.sim.list_calls
+    assert calls == 5  # one listing, four writes
+    assert time.monotonic() - started >= (calls - 1) * 0.05 * 0.9
+
+
+# --- status ------------------------------------------------------------------------------
+
+
+async def test_status_is_served_over_nats_and_rendered_by_the_cli(
+    h: Harness, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`vipwire lb status` asks the running lbdriver and shows health, objects, last write."""
+    await h.start()
+    await h.publish(node(0), assigned("web", 1, ports=(80, 443)))
+    await h.programmed("web")
+    url = h.publisher.settings.bus.servers[0]
+    await eventually(lambda: h.services[0].readiness() is None)
+
+    status = await fetch_status(url)
+    assert status.ready and status.services == 1
+    (appliance,) = status.appliances
+    assert (appliance.name, appliance.health, appliance.active) == ("sim-a", "closed", True)
+    assert (appliance.virtual_servers, appliance.services, appliance.writes) == (2, 1, 1)
+    assert appliance.last_write_at is not None and appliance.last_error is None
+    table = render(status)
+    assert "sim-a" in table and "closed" in table and "active" in table
+
+    assert await status_command(url, as_json=True, timeout=2.0) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["appliances"][0]["virtual_servers"] == 2
+
+
+async def test_status_without_an_lbdriver_says_so(
+    h: Harness, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """No lbdriver (or no NATS): a clear message and exit code 1, not a traceback."""
+    url = h.publisher.settings.bus.servers[0]
+    with pytest.raises(StatusUnavailable, match="no lbdriver"):
+        await fetch_status(url, timeout=1.0)
+    assert await status_command(url, as_json=False, timeout=1.0) == 1
+    assert "no lbdriver" in capsys.readouterr().err
+    with pytest.raises(StatusUnavailable, match="cannot connect to NATS"):
+        await fetch_status("nats://127.0.0.1:1", timeout=1.0)

@@ -1,0 +1,213 @@
+"""The Linux appliance's nftables table, rendered from and read back into virtual servers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from vipwire.contracts import Member
+from vipwire.lbdriver import ApplianceSettings, build_driver
+from vipwire.lbdriver.drivers.linux import LinuxAppliance
+from vipwire.lbdriver.drivers.linux_nft import (
+    FROM_VIP,
+    STATE_CHAIN,
+    Counter,
+    decode_state,
+    destination_clash,
+    encode_state,
+    object_name,
+    parse_listing,
+    render_partition,
+    table_name,
+)
+from vipwire.lbdriver.model import Monitor, VirtualServer
+
+OWN = "02:00:00:00:00:01"
+MACS = {"192.0.2.1": "02:00:00:00:00:0a", "192.0.2.2": "02:00:00:00:00:0b", "2001:db8::1": OWN}
+
+
+def server(
+    name: str = "vipwire-east-default-web-198.51.100.10-80-tcp",
+    *members: str,
+    address: str = "198.51.100.10",
+    port: int = 80,
+    protocol: str = "TCP",
+) -> VirtualServer:
+    return VirtualServer(
+        name=name,
+        owner="east/default/web",
+        address=address,
+        port=port,
+        protocol=protocol,  # type: ignore[arg-type]
+        members=tuple(Member(node=f"node-{a}", address=a) for a in members),
+        monitor=Monitor(port=10256),
+    )
+
+
+def render(*servers: VirtualServer, counters: dict[str, Counter] | None = None) -> str:
+    return render_partition(
+        table="vipwire-east",
+        device="eth0",
+        mac=OWN,
+        servers={s.name: s for s in servers},
+        macs=MACS,
+        counters=counters,
+    )
+
+
+def rule_of(script: str, vs: VirtualServer) -> str:
+    lines = script.splitlines()
+    start = lines.index(f"\tchain {object_name(vs.name)} {{")
+    return lines[start + 1].strip()
+
+
+class TestRender:
+    def test_one_transaction_replaces_the_table_hooked_on_the_interface(self) -> None:
+        """Declare, delete, define: one atomic replace; the ingress hook is on the device."""
+        script = render(server("vipwire-a", "192.0.2.1"))
+        assert script.splitlines()[:3] == [
+            "table netdev vipwire-east",
+            "delete table netdev vipwire-east",
+            "table netdev vipwire-east {",
+        ]
+        assert 'type filter hook ingress device "eth0" priority filter; policy accept;' in script
+
+    def test_members_are_picked_by_a_hash_of_the_client_and_only_macs_change(self) -> None:
+        """Several members: a jhash of client address and port picks the MAC; the source MAC
+        becomes the appliance's; the frame goes back out of the same interface."""
+        vs = server("vipwire-a", "192.0.2.2", "192.0.2.1")
+        rule = rule_of(render(vs), vs)
+        assert rule.startswith(f"ether saddr set {OWN} ether daddr set jhash ip saddr . tcp sport")
+        # Members in sorted order: index 0 is 192.0.2.1.
+        assert "mod 2 map { 0 : 02:00:00:00:00:0a, 1 : 02:00:00:00:00:0b }" in rule
+        assert f'counter name "{object_name(vs.name)}" fwd to "eth0"' in rule
+        assert "ip daddr set" not in rule and "dnat" not in rule
+
+    def test_one_member_needs_no_hash_and_none_drops(self) -> None:
+        """A single member is a plain rewrite; no member counts and drops."""
+        one = server("vipwire-a", "192.0.2.1")
+        none = server("vipwire-b", address="198.51.100.11")
+        script = render(one, none)
+        assert rule_of(script, one).startswith(
+            f"ether saddr set {OWN} ether daddr set 02:00:00:00:00:0a counter"
+        )
+        assert rule_of(script, none).startswith('counter name "no-member" drop')
+
+    def test_dispatch_sends_each_destination_to_its_chain_per_family(self) -> None:
+        """VIP . protocol . port → jump to the server's chain; v6 in its own map and set."""
+        v4 = server("vipwire-a", "192.0.2.1", protocol="UDP", port=53)
+        v6 = server("vipwire-b", "2001:db8::1", address="2001:db8::10")
+        script = render(v4, v6)
+        assert f"198.51.100.10 . udp . 53 : jump {object_name(v4.name)}" in script
+        assert f"2001:db8::10 . tcp . 80 : jump {object_name(v6.name)}" in script
+        assert "jhash" not in rule_of(script, v6)
+        assert f'ip6 saddr @vips6 counter name "{FROM_VIP}"' in script
+
+    def test_counters_carry_over(self) -> None:
+        """Replacing the table keeps what each counter had counted."""
+        vs = server("vipwire-a", "192.0.2.1")
+        script = render(vs, counters={object_name(vs.name): Counter(7, 700), FROM_VIP: Counter()})
+        assert f"counter {object_name(vs.name)} {{ packets 7 bytes 700 }}" in script
+
+    def test_a_member_without_mac_is_refused(self) -> None:
+        """The driver must leave out unresolved members before rendering."""
+        with pytest.raises(ValueError, match=r"192\.0\.2\.9"):
+            render(server("vipwire-a", "192.0.2.9"))
+
+    def test_object_names_are_safe_and_stable(self) -> None:
+        """Chain/counter names are identifiers nft accepts, the same for the same server."""
+        name = "vipwire-east-default-web-2001_db8__10-80-tcp"
+        assert object_name(name) == object_name(name) != object_name(name + "x")
+        assert object_name(name).startswith("vs-") and len(object_name(name)) == 19
+
+    def test_partition_must_be_a_dns_label(self) -> None:
+        """Table names come from cluster names, which are DNS labels."""
+        assert table_name("east") == "vipwire-east"
+        with pytest.raises(ValueError):
+            table_name("East Side")
+
+    def test_two_servers_on_one_destination_clash(self) -> None:
+        """Only one virtual server may own VIP:port/protocol."""
+        a = server("vipwire-a", "192.0.2.1")
+        b = server("vipwire-b", "192.0.2.2")
+        assert destination_clash({a.name: a}) is None
+        clash = destination_clash({a.name: a, b.name: b})
+        assert clash is not None and "vipwire-a" in clash and "vipwire-b" in clash
+
+
+names = st.from_regex(r"vipwire-[a-z0-9.-]{1,40}", fullmatch=True)
+
+
+class TestState:
+    @given(st.lists(names, unique=True, max_size=20))
+    def test_state_round_trips_through_comment_chunks(self, picked: list[str]) -> None:
+        """Every virtual server survives encoding; every chunk fits an nft comment."""
+        servers = {n: server(n, "192.0.2.1", port=1 + i) for i, n in enumerate(picked)}
+        chunks = encode_state(servers.values())
+        assert all(len(c) <= 128 and '"' not in c for c in chunks)
+        assert decode_state(chunks) == servers
+
+    def test_missing_chunks_are_detected(self) -> None:
+        """A state with a chunk gone is an error, never a silently shorter list."""
+        servers = [server(f"vipwire-{i}", "192.0.2.1", port=i + 1) for i in range(40)]
+        chunks = encode_state(servers)
+        assert len(chunks) > 2
+        with pytest.raises(ValueError):
+            decode_state(chunks[:1] + chunks[2:])
+
+
+def listing(servers: list[VirtualServer], *, drop_dispatch: str | None = None) -> dict[str, Any]:
+    """What ``nft -j list table`` prints for a table rendered from ``servers``."""
+    table = "vipwire-east"
+    items: list[dict[str, Any]] = [{"metainfo": {"json_schema_version": 1}}]
+    items.append({"counter": {"table": table, "name": FROM_VIP, "packets": 3, "bytes": 9}})
+    elements = []
+    for s in servers:
+        items.append({"chain": {"table": table, "name": object_name(s.name)}})
+        if s.name != drop_dispatch:
+            target = {"jump": {"target": object_name(s.name)}}
+            elements.append([{"concat": [s.address, s.protocol.lower(), s.port]}, target])
+    items.append({"map": {"table": table, "name": "dispatch4", "elem": elements}})
+    for chunk in encode_state(servers):
+        items.append({"rule": {"table": table, "chain": STATE_CHAIN, "comment": chunk}})
+    return {"nftables": items}
+
+
+class TestParse:
+    def test_a_listing_reads_back_the_servers_and_counters(self) -> None:
+        """The servers come back exactly, owner and monitor included, with the counters."""
+        servers = [server("vipwire-a", "192.0.2.1"), server("vipwire-b", address="198.51.100.11")]
+        parsed = parse_listing(listing(servers), "vipwire-east")
+        assert parsed.servers == {s.name: s for s in servers}
+        assert parsed.counters[FROM_VIP] == Counter(3, 9)
+        assert parsed.damaged == ()
+
+    def test_a_server_whose_dispatch_entry_vanished_is_listed_without_members(self) -> None:
+        """Tampered data path: listed memberless, so the next diff rewrites it."""
+        a, b = server("vipwire-a", "192.0.2.1"), server("vipwire-b", "192.0.2.2", port=81)
+        parsed = parse_listing(listing([a, b], drop_dispatch="vipwire-b"), "vipwire-east")
+        assert parsed.damaged == ("vipwire-b",)
+        assert parsed.servers["vipwire-b"] == msgspec.structs.replace(b, members=())
+        assert parsed.servers["vipwire-a"] == a
+
+
+class TestSettings:
+    def test_linux_driver_is_built_from_settings(self) -> None:
+        """driver: linux with interface and netns gives a LinuxAppliance aimed at them."""
+        settings = ApplianceSettings(
+            name="lnx", driver="linux", interface="eth0", netns="lab-appliance"
+        )
+        driver = build_driver(settings)
+        assert isinstance(driver, LinuxAppliance)
+        assert (driver.interface, driver.netns) == ("eth0", "lab-appliance")
+
+    def test_linux_needs_an_interface_and_netns_is_linux_only(self) -> None:
+        """No interface, or a netns on another driver, is a configuration error."""
+        with pytest.raises(ValueError, match="interface"):
+            ApplianceSettings(name="lnx", driver="linux")
+        with pytest.raises(ValueError, match="netns"):
+            ApplianceSettings(name="s", driver="sim", netns="x")
