@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
@@ -9,6 +10,7 @@ from nats.aio.msg import Msg
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from vipwire.contracts import (
+    STREAM,
     Endpoint,
     EndpointPort,
     EndpointsSnapshot,
@@ -20,6 +22,7 @@ from vipwire.contracts import (
     NodeEndpoints,
     ServicePort,
     decode,
+    node_subject,
 )
 from vipwire.nodeagent import (
     AddAddress,
@@ -265,6 +268,26 @@ class TestClusters:
         await reports.wait_for("node-b.dc1", vips=("192.0.2.10",))
         assert lo("192.0.2.10") in applier_a.history[-1]
         assert lo("192.0.2.10") in applier_b.history[-1]
+
+    async def test_every_nodes_report_of_one_change_is_kept_by_the_stream(
+        self, make_runtime: RuntimeFactory, agents: Agents
+    ) -> None:
+        """Reports caused by the same LbProgrammed carry distinct message ids, so JetStream
+        de-duplication keeps each node's (the watcher's status gate reads them from there)."""
+        rt_a, rt_b = await make_runtime("nodeagent-a"), await make_runtime("nodeagent-b")
+        await agents(rt_a, DryRunApplier(), node=NODE)
+        await agents(rt_b, DryRunApplier(), node="node-b.dc1")
+        await rt_a.bus.publish(programmed("web", "192.0.2.10"))
+
+        async def stored(node: str) -> tuple[str, ...]:
+            raw = await rt_a.bus.js.get_last_msg(STREAM, node_subject("applied", CLUSTER, node))
+            message = decode(raw.subject or "", raw.data or b"")
+            assert isinstance(message, NodeApplied)
+            return message.vips
+
+        async with asyncio.timeout(5):
+            while (await stored(NODE), await stored("node-b.dc1")) != (("192.0.2.10",),) * 2:  # noqa: ASYNC110
+                await asyncio.sleep(0.02)
 
     async def test_messages_of_another_cluster_are_ignored(
         self, make_runtime: RuntimeFactory, agents: Agents

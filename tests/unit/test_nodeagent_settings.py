@@ -7,7 +7,6 @@ import pytest
 from vipwire.nodeagent import (
     AddAddress,
     AppliedState,
-    ApplierUnavailable,
     ApplyError,
     DryRunApplier,
     InterfaceAddress,
@@ -18,6 +17,7 @@ from vipwire.nodeagent import (
     make_applier,
     plan,
 )
+from vipwire.nodeagent.linux import LinuxApplier
 from vipwire.runtime import ConfigError, section
 
 
@@ -98,8 +98,22 @@ class TestDryRunApplier:
         await applier.apply([action])
         assert applier.state.addresses[0].owned
 
-    def test_real_apply_is_refused_until_the_linux_applier_exists(self) -> None:
-        """dry_run: false asks for the Linux applier, which issue 6 brings."""
+    def test_real_apply_builds_the_linux_applier_from_settings(self) -> None:
+        """dry_run: false gives the Linux applier, aimed at the configured interfaces and netns."""
         assert isinstance(make_applier(NodeagentSettings(cluster="e", node="n")), DryRunApplier)
-        with pytest.raises(ApplierUnavailable, match="issue 6"):
-            make_applier(NodeagentSettings(cluster="e", node="n", dry_run=False))
+        settings = NodeagentSettings(
+            cluster="e", node="n", dry_run=False, netns="lab-node-1", uplink_interface="eth0"
+        )
+        applier = make_applier(settings)
+        assert isinstance(applier, LinuxApplier)
+        assert not applier.dry_run
+        assert (applier.netns, applier.interface, applier.table) == ("lab-node-1", "lo", "vipwire")
+
+    def test_a_netns_name_must_be_a_plain_file_name(self) -> None:
+        """A namespace name with a slash is refused when the config is read."""
+        with pytest.raises(ConfigError, match="namespace"):
+            section(
+                {"nodeagent": {"cluster": "e", "node": "n", "netns": "../etc"}},
+                "nodeagent",
+                NodeagentSettings,
+            )

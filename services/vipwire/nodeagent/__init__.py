@@ -22,6 +22,7 @@ from vipwire.nodeagent.desired import (
     desired_state,
     render_nft,
 )
+from vipwire.nodeagent.linux import ADDRESS_PROTO, LinuxApplier
 from vipwire.nodeagent.plan import (
     Action,
     AddAddress,
@@ -39,6 +40,7 @@ from vipwire.nodeagent.service import NodeagentService
 from vipwire.nodeagent.settings import NODE_ENV, NodeagentSettings
 
 __all__ = [
+    "ADDRESS_PROTO",
     "NODE_ENV",
     "Action",
     "AddAddress",
@@ -49,6 +51,7 @@ __all__ = [
     "DeleteNftTable",
     "DryRunApplier",
     "InterfaceAddress",
+    "LinuxApplier",
     "NftBackend",
     "NftRule",
     "NftRuleset",

@@ -2,12 +2,13 @@
 
 The service never touches the node itself: it asks an applier what the node
 has, plans, and hands the applier the actions. ``DryRunApplier`` records them
-and simulates their effect; the real Linux one (issue 6) will run them.
+and simulates their effect; ``LinuxApplier`` (``nodeagent.linux``) runs them.
 """
 
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Sequence
 from typing import Protocol
 
@@ -95,32 +96,16 @@ class DryRunApplier:
         self._state = simulate(self._state, batch)
 
 
-# --- LinuxApplier (issue 6) -----------------------------------------------------
-#
-# The real applier goes here, as ``class LinuxApplier`` satisfying ``Applier``,
-# and ``make_applier`` returns it when ``dry_run`` is false. What the core
-# already expects of it:
-#
-# * ``current()`` lists the addresses of the loopback interface (``ip -json
-#   address show dev lo``), with ``owned=True`` exactly for those it added,
-#   which it marks when adding (address protocol ``ip address add … proto N``,
-#   Linux >= 5.18; an IPv4 label alone cannot mark IPv6); it reads the ARP
-#   sysctls from /proc/sys (a ``/`` in a key is a ``.`` in the path); and it
-#   reads the digest from the prerouting rule whose comment starts with
-#   ``desired.DIGEST_PREFIX`` (``nft -j list table inet <table>``), None when
-#   the table does not exist, "" when it exists without a readable digest.
-# * ``apply()`` runs ``SetSysctl`` by writing /proc/sys, ``Add/RemoveAddress``
-#   with ``ip address``, ``ReplaceNftTable`` by feeding ``action.script`` to
-#   ``nft -f -`` (one atomic transaction), ``DeleteNftTable`` with ``nft delete
-#   table inet <table>``; in that order, stopping at the first failure with
-#   ``ApplyError``.
-
-
 def make_applier(settings: NodeagentSettings) -> Applier:
     """The applier these settings ask for."""
     if settings.dry_run:
         return DryRunApplier()
-    raise ApplierUnavailable(
-        "nodeagent.dry_run is false, but the Linux applier is not available yet "
-        "(issue 6); set dry_run: true"
-    )
+    if not sys.platform.startswith("linux"):
+        raise ApplierUnavailable(
+            f"nodeagent.dry_run is false, but only Linux nodes can be changed (this is "
+            f"{sys.platform}); set dry_run: true"
+        )
+    # Imported here: the Linux applier depends on this module for its errors.
+    from vipwire.nodeagent.linux import LinuxApplier
+
+    return LinuxApplier.from_settings(settings)

@@ -193,7 +193,7 @@ class NodeagentService:
             if self._applied >= mark:
                 return DONE
             try:
-                await self._reconcile(msg_id=d.derive_id("applied"))
+                await self._reconcile(msg_id=d.derive_id(f"applied:{self.settings.node}"))
             except ApplyError as exc:
                 return Retry(delay=_backoff(d.num_delivered), reason=str(exc))
         return DONE

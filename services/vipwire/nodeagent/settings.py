@@ -10,6 +10,7 @@ from typing import Final, Literal
 import msgspec
 
 from vipwire.contracts import validate_cluster, validate_node_name
+from vipwire.netns import validate_netns_name
 
 NODE_ENV: Final = "VIPWIRE_NODE"
 """Environment variable naming the node; a DaemonSet sets it from ``spec.nodeName``."""
@@ -39,8 +40,11 @@ class NodeagentSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknow
     #: ``kube-proxy``: kube-proxy steers VIP:port to pods (``ipMode: VIP``), we only hold
     #: the VIPs; ``standalone``: we also write nftables DNAT rules to the endpoints.
     mode: Mode = "kube-proxy"
-    #: Record what would be done instead of doing it (the only applier until issue 6).
+    #: Record what would be done instead of doing it; false: change the node (Linux, root).
     dry_run: bool = True
+    #: Network namespace (as named by ``ip netns``) that is the node; None: this host's own.
+    #: For labs and tests that build nodes out of namespaces.
+    netns: str | None = None
     #: Interface that holds the VIPs (/32, /128) so the node accepts them without ARP.
     loopback_interface: str = "lo"
     #: Uplink interface that also gets the ARP sysctls (besides ``all``); None: only ``all``.
@@ -59,6 +63,8 @@ class NodeagentSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknow
         _check_interface("loopback_interface", self.loopback_interface)
         if self.uplink_interface is not None:
             _check_interface("uplink_interface", self.uplink_interface)
+        if self.netns is not None:
+            validate_netns_name(self.netns)
         if not _NFT_TABLE.match(self.nft_table):
             raise ValueError(f"nft_table: {self.nft_table!r} is not a plain nftables name")
         if not 0 <= self.coalesce_ms <= 10_000:
