@@ -17,7 +17,7 @@ from opentelemetry.trace import SpanKind, Tracer
 
 from vipwire.bus._consumer import ConsumerSpec, Handler, PullConsumer
 from vipwire.bus._settings import BusSettings
-from vipwire.contracts import STREAM, Message, encode, parse_subject, subject_for
+from vipwire.contracts import STREAM, Message, encode, family_of, subject_for
 from vipwire.metrics import Registry
 from vipwire.telemetry import inject_context
 
@@ -132,7 +132,7 @@ class Bus:
         random one is used where no cause can be named.
         """
         subject = subject_for(message)
-        family = parse_subject(subject).family
+        family = family_of(message)
         msg_id = msg_id or uuid.uuid4().hex
         attributes = {
             "messaging.system": "nats",

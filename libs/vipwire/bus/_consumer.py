@@ -30,12 +30,21 @@ import nats.js.errors
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from opentelemetry import context as otel_context
 from opentelemetry import trace
-from opentelemetry.trace import SpanKind
+from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, TraceFlags
 
 from vipwire.bus._verdict import Done, Reject, Retry, Verdict
-from vipwire.contracts import STREAM, MalformedMessage, Message, Subject, decode, parse_subject
-from vipwire.telemetry import extract_context
+from vipwire.contracts import (
+    STREAM,
+    MalformedMessage,
+    Message,
+    Subject,
+    SubjectError,
+    decode_parsed,
+    parse_subject,
+)
+from vipwire.telemetry import TRACEPARENT, extract_context
 
 if TYPE_CHECKING:
     from vipwire.bus._bus import Bus
@@ -74,6 +83,9 @@ class ConsumerSpec(msgspec.Struct, frozen=True, kw_only=True):
     heartbeat: float = 5.0
     #: Skip messages older than one already handled on the same subject.
     supersede: bool = True
+    #: Record a CONSUMER span per message, joining the publisher's trace. Off for
+    #: observers that take no part in the change (the dashboard).
+    traced: bool = True
 
 
 class Delivery(msgspec.Struct, frozen=True, kw_only=True):
@@ -84,6 +96,8 @@ class Delivery(msgspec.Struct, frozen=True, kw_only=True):
     seq: int
     num_delivered: int
     headers: Mapping[str, str]
+    #: When the stream stored the message (Unix seconds; 0.0 where unknown).
+    timestamp: float = 0.0
 
     @property
     def msg_id(self) -> str | None:
@@ -104,6 +118,57 @@ Handler = Callable[[Delivery], Awaitable[Verdict]]
 
 def _backoff(num_delivered: int) -> float:
     return float(min(0.1 * 2 ** (num_delivered - 1), 10.0))
+
+
+def _ack_fields(msg: Msg) -> tuple[int, int, float]:
+    """(stream sequence, deliveries, stored at in Unix seconds) from the ack subject.
+
+    nats-py's ``msg.metadata`` builds dataclasses and a datetime for every
+    message; this reads the three numbers we use straight from the common
+    (v1) layout ``$JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ns>.<pending>``
+    and leaves any other layout to nats-py.
+    """
+    tokens = (msg.reply or "").split(".")
+    if len(tokens) == 9 and tokens[1] == "ACK" and tokens[0] == "$JS":
+        try:
+            return int(tokens[5]), int(tokens[4]), int(tokens[7]) / 1e9
+        except ValueError:
+            pass
+    meta = msg.metadata
+    return meta.sequence.stream, meta.num_delivered, meta.timestamp.timestamp()
+
+
+_HEX = frozenset("0123456789abcdef")
+
+
+def _parent_context(headers: Mapping[str, str]) -> otel_context.Context:
+    """The trace context a message carries (W3C ``traceparent``).
+
+    The common case, a version-00 ``traceparent`` without ``tracestate``, is
+    read here directly (the SDK's propagator runs a regular expression per
+    message); anything else goes to the propagator.
+    """
+    parent = headers.get(TRACEPARENT)
+    if parent is None:
+        return otel_context.Context()
+    parts = parent.split("-")
+    if (
+        "tracestate" in headers
+        or len(parts) != 4
+        or parts[0] != "00"
+        or len(parts[1]) != 32
+        or len(parts[2]) != 16
+        or len(parts[3]) != 2
+        or not _HEX.issuperset(parts[1] + parts[2] + parts[3])
+    ):
+        return extract_context(headers)
+    trace_id, span_id = int(parts[1], 16), int(parts[2], 16)
+    if not trace_id or not span_id:
+        return extract_context(headers)
+    span_context = SpanContext(
+        trace_id, span_id, is_remote=True, trace_flags=TraceFlags(int(parts[3], 16))
+    )
+    return trace.set_span_in_context(NonRecordingSpan(span_context), otel_context.Context())
 
 
 class PullConsumer:
@@ -294,21 +359,23 @@ class PullConsumer:
                 self._wake.set()
 
     async def _handle(self, msg: Msg) -> None:
-        meta = msg.metadata
-        seq = meta.sequence.stream
+        seq, num_delivered, stored_at = _ack_fields(msg)
         subject = msg.subject
         if self.spec.supersede and seq < self._last_seq.get(subject, 0):
             await self._settle(msg, Done(), subject, seq)
             return
         try:
-            message = decode(subject, msg.data)
+            parsed = parse_subject(subject)
+            message = decode_parsed(parsed, msg.data)
+        except SubjectError as exc:
+            await self._poison(msg, subject, seq, str(exc))
+            return
         except MalformedMessage as exc:
             await self._poison(msg, subject, seq, exc.reason)
             return
-        parsed = parse_subject(subject)
         self._last_seq[subject] = seq
         headers = dict(msg.headers or {})
-        ctx = extract_context(headers)
+        ctx = _parent_context(headers)
         attributes: dict[str, str | int] = {
             "messaging.system": "nats",
             "messaging.operation.type": "process",
@@ -318,20 +385,30 @@ class PullConsumer:
             "messaging.consumer.group.name": self._label,
             "messaging.message.id": headers.get("Nats-Msg-Id", ""),
             "messaging.nats.stream.sequence": seq,
-            "messaging.nats.delivered": meta.num_delivered,
+            "messaging.nats.delivered": num_delivered,
             "vipwire.cluster": parsed.cluster,
         }
         delivery = Delivery(
             subject=parsed,
             message=message,
             seq=seq,
-            num_delivered=meta.num_delivered,
+            num_delivered=num_delivered,
             headers=headers,
+            timestamp=stored_at,
         )
         started = time.perf_counter()
-        with self._bus.tracer.start_as_current_span(
-            f"process {parsed.family}", context=ctx, kind=SpanKind.CONSUMER, attributes=attributes
-        ) as span:
+        # An observer (the dashboard) must not add a span to every change's trace.
+        span_cm = (
+            self._bus.tracer.start_as_current_span(
+                f"process {parsed.family}",
+                context=ctx,
+                kind=SpanKind.CONSUMER,
+                attributes=attributes,
+            )
+            if self.spec.traced
+            else contextlib.nullcontext(trace.INVALID_SPAN)
+        )
+        with span_cm as span:
             try:
                 verdict: Verdict = await self._handler(delivery)
             except Exception as exc:
@@ -340,19 +417,19 @@ class PullConsumer:
                     self._label,
                     subject,
                     seq,
-                    meta.num_delivered,
+                    num_delivered,
                 )
                 span.record_exception(exc)
                 span.set_status(trace.Status(trace.StatusCode.ERROR, repr(exc)))
-                verdict = Retry(delay=_backoff(meta.num_delivered), reason=repr(exc))
+                verdict = Retry(delay=_backoff(num_delivered), reason=repr(exc))
             span.set_attribute("vipwire.verdict", type(verdict).__name__.lower())
         self._m_latency.observe(time.perf_counter() - started, consumer=self._label)
-        if isinstance(verdict, Retry) and meta.num_delivered >= self.spec.max_deliveries:
+        if isinstance(verdict, Retry) and num_delivered >= self.spec.max_deliveries:
             await self._poison(
                 msg,
                 subject,
                 seq,
-                f"still failing after {meta.num_delivered} deliveries: {verdict.reason}",
+                f"still failing after {num_delivered} deliveries: {verdict.reason}",
             )
             return
         await self._settle(msg, verdict, subject, seq)

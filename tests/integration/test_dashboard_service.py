@@ -1,0 +1,368 @@
+"""The dashboard over a real nats-server: rebuild, JSON API, live events, auth, status polls."""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import aiohttp
+import msgspec
+import pytest
+from nats.aio.msg import Msg
+
+from vipwire.contracts import (
+    LbProgrammed,
+    Member,
+    Message,
+    NodeApplied,
+    NodeSnapshot,
+    ServicePort,
+    ServiceSnapshot,
+    StatusWritten,
+    VipAssigned,
+)
+from vipwire.dashboard import DashboardService, DashboardSettings, Event
+from vipwire.runtime import Runtime
+from vipwire.testing import eventually
+
+RuntimeFactory = Callable[[str], Awaitable[Runtime]]
+PORTS = (ServicePort(port=80),)
+TOKEN = "correct-horse-battery-staple"
+
+
+def pipeline(name: str, vip: str, cluster: str = "east") -> list[Message]:
+    """What the services publish for one Service, from snapshot to status."""
+    ref = {"cluster": cluster, "namespace": "default", "name": name, "uid": f"uid-{name}"}
+    return [
+        ServiceSnapshot(**ref, resource_version="1", ports=PORTS),
+        VipAssigned(**ref, vips=(vip,), pool="default", appliance_group="dc1", ports=PORTS),
+        LbProgrammed(
+            **ref,
+            appliance="sim-1",
+            vips=(vip,),
+            ports=PORTS,
+            members=(Member(node="n1", address="192.0.2.1"),),
+        ),
+        StatusWritten(**ref, vips=(vip,)),
+    ]
+
+
+async def publish_all(runtime: Runtime, messages: list[Message]) -> None:
+    for i, message in enumerate(messages):
+        await runtime.bus.publish(message, msg_id=f"test-{time.monotonic_ns()}-{i}")
+
+
+class Dashboard:
+    """A started DashboardService and an HTTP client pointed at it."""
+
+    def __init__(self, service: DashboardService, http: aiohttp.ClientSession) -> None:
+        self.service = service
+        self.http = http
+        self.base = f"http://127.0.0.1:{service.port}"
+
+    async def get(self, path: str, **kw: Any) -> tuple[int, Any]:
+        async with self.http.get(self.base + path, **kw) as response:
+            body = await response.read()
+            if response.content_type == "application/json":
+                return response.status, msgspec.json.decode(body)
+            return response.status, body.decode()
+
+
+@pytest.fixture
+async def publisher(make_runtime: RuntimeFactory) -> Runtime:
+    return await make_runtime("publisher")
+
+
+@pytest.fixture
+async def start_dashboard(
+    make_runtime: RuntimeFactory,
+) -> AsyncIterator[Callable[..., Awaitable[Dashboard]]]:
+    started: list[tuple[DashboardService, aiohttp.ClientSession]] = []
+
+    async def start(**settings: Any) -> Dashboard:
+        runtime = await make_runtime("dashboard")
+        service = DashboardService(DashboardSettings(port=0, **settings), runtime)
+        runtime.set_readiness(service.readiness)
+        await service.start()
+        # unsafe: keep cookies from an IP-address host (127.0.0.1), as a browser does.
+        http = aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True))
+        started.append((service, http))
+        await eventually(lambda: service.readiness() is None, timeout=5.0)
+        return Dashboard(service, http)
+
+    yield start
+    for service, http in reversed(started):
+        await http.close()
+        await service.stop()
+
+
+class TestReadModelFromTheBus:
+    async def test_rebuilds_from_history_and_serves_the_json_api(
+        self, publisher: Runtime, start_dashboard: Callable[..., Awaitable[Dashboard]]
+    ) -> None:
+        """Messages published before start are in the table, with timeline and waterfall."""
+        await publish_all(
+            publisher,
+            [
+                *pipeline("web", "198.51.100.1"),
+                *pipeline("api", "198.51.100.2", cluster="west"),
+                NodeSnapshot(cluster="east", node="n1", addresses=("192.0.2.1",)),
+                NodeApplied(cluster="east", node="n1", generation=1, vips=("198.51.100.1",)),
+            ],
+        )
+        dash = await start_dashboard()
+        status, page = await dash.get("/api/services")
+        assert status == 200
+        rows = {r["key"]: r for r in page["rows"]}
+        assert set(rows) == {"east/default/web", "west/default/api"}
+        web = rows["east/default/web"]
+        assert (web["state"], web["vips"], web["appliance"]) == ("ready", ["198.51.100.1"], "sim-1")
+        assert (web["nodes_applied"], web["nodes_total"]) == (1, 1)
+        assert web["convergence_ms"] is not None and web["convergence_ms"] >= 0
+
+        status, detail = await dash.get("/api/services/east/default/web")
+        assert status == 200
+        service = detail["service"]
+        kinds = [e["kind"] for e in service["timeline"]]
+        assert {"service", "vip-assigned", "lb-programmed", "status-written"} <= set(kinds)
+        assert all(e["trace_id"] and len(e["trace_id"]) == 32 for e in service["timeline"])
+        hops = [b["hop"] for b in service["waterfall"]["bars"]]
+        assert hops[:3] == ["watcher", "ipam", "lbdriver"] and "status" in hops
+
+        status, overview = await dash.get("/api/overview")
+        assert status == 200
+        assert overview["overview"]["services"] == 2
+        assert overview["overview"]["convergence"]["count"] == 2
+        assert overview["ready"] is None
+
+        status, _ = await dash.get("/api/services?state=bogus")
+        assert status == 400
+        status, missing = await dash.get("/api/services/east/default/nope")
+        assert status == 404 and "nope" in missing["error"]
+
+    async def test_filters_and_search_run_on_the_server(
+        self, publisher: Runtime, start_dashboard: Callable[..., Awaitable[Dashboard]]
+    ) -> None:
+        """cluster/state filters and the search box narrow the rows the API returns."""
+        dash = await start_dashboard()
+        await publish_all(
+            publisher,
+            [
+                *pipeline("web", "198.51.100.1"),
+                *pipeline("api", "198.51.100.2", cluster="west")[:2],
+            ],
+        )
+        await eventually(lambda: len(dash.service.model) == 2, timeout=5.0)
+        await eventually(
+            lambda: dash.service.model.row(("east", "default", "web")).state == "ready",  # type: ignore[union-attr]
+            timeout=5.0,
+        )
+        _, page = await dash.get("/api/services?cluster=west")
+        assert [r["key"] for r in page["rows"]] == ["west/default/api"]
+        _, page = await dash.get("/api/services?state=ready")
+        assert [r["key"] for r in page["rows"]] == ["east/default/web"]
+        _, page = await dash.get("/api/services?q=198.51.100.2")
+        assert [r["key"] for r in page["rows"]] == ["west/default/api"]
+        assert page["facets"]["clusters"] == ["east", "west"]
+
+
+class TestLiveEvents:
+    async def test_a_new_service_arrives_over_server_sent_events(
+        self, publisher: Runtime, start_dashboard: Callable[..., Awaitable[Dashboard]]
+    ) -> None:
+        """Publishing a snapshot pushes an event naming the new row, with its data."""
+        dash = await start_dashboard()
+        async with dash.http.get(dash.base + "/api/events") as response:
+            assert response.status == 200
+            assert response.headers["Content-Type"].startswith("text/event-stream")
+            events = _sse_events(response)
+            first = await asyncio.wait_for(anext(events), 5.0)
+            assert first[0] == "hello"
+            await publish_all(publisher, pipeline("fresh", "198.51.100.9")[:1])
+            data = await next_event(
+                events, "services", lambda d: "east/default/fresh" in d.get("added", [])
+            )
+            assert [r["key"] for r in data["rows"]] == ["east/default/fresh"]
+            assert data["rows"][0]["state"] == "pending"
+            await events.aclose()
+
+    async def test_a_big_burst_asks_clients_to_reload(
+        self, start_dashboard: Callable[..., Awaitable[Dashboard]]
+    ) -> None:
+        """More changes than a patch can carry become one reload event."""
+        dash = await start_dashboard()
+        async with dash.http.get(dash.base + "/api/events") as response:
+            events = _sse_events(response)
+            await asyncio.wait_for(anext(events), 5.0)
+            changes = []
+            for i in range(500):
+                message = pipeline(f"s{i}", f"198.51.100.{i % 250}")[0]
+                changes += dash.service.model.apply(Event(message=message, time=time.time()))
+            dash.service.hub.mark(changes)
+            payload = await next_event(events, "services")
+            assert payload == {"reload": True, "count": 500}
+            await events.aclose()
+
+
+async def next_event(
+    events: AsyncIterator[tuple[str, dict[str, Any]]],
+    wanted: str,
+    accept: Callable[[dict[str, Any]], bool] = lambda _: True,
+) -> dict[str, Any]:
+    """The first event named ``wanted`` that ``accept`` takes, within 5 s."""
+    async with asyncio.timeout(5.0):
+        async for name, data in events:
+            if name == wanted and accept(data):
+                return data
+    raise AssertionError(f"the event stream ended before a {wanted!r} event")
+
+
+async def _sse_events(
+    response: aiohttp.ClientResponse,
+) -> AsyncIterator[tuple[str, dict[str, Any]]]:
+    name, data = "message", b""
+    async for raw in response.content:
+        line = raw.rstrip(b"\r\n")
+        if not line:
+            if data:
+                yield name, msgspec.json.decode(data)
+            name, data = "message", b""
+        elif line.startswith(b"event: "):
+            name = line[7:].decode()
+        elif line.startswith(b"data: "):
+            data += line[6:]
+
+
+class TestAuth:
+    async def test_without_the_token_every_route_is_refused(
+        self, start_dashboard: Callable[..., Awaitable[Dashboard]]
+    ) -> None:
+        """No token, a wrong token: 401 on pages, API, events and static files."""
+        dash = await start_dashboard(token=TOKEN)
+        for path in ("/", "/services", "/api/services", "/api/events", "/static/app.js"):
+            status, _ = await dash.get(path)
+            assert status == 401, path
+        status, _ = await dash.get("/api/services", headers={"Authorization": "Bearer nope"})
+        assert status == 401
+        status, _ = await dash.get("/?token=nope", allow_redirects=False)
+        assert status == 401
+
+    async def test_a_bearer_token_or_a_token_link_lets_one_in(
+        self, start_dashboard: Callable[..., Awaitable[Dashboard]]
+    ) -> None:
+        """Bearer works for tools; ?token= once sets a cookie and drops it from the URL."""
+        dash = await start_dashboard(token=TOKEN)
+        status, _ = await dash.get("/api/services", headers={"Authorization": f"Bearer {TOKEN}"})
+        assert status == 200
+        async with dash.http.get(
+            f"{dash.base}/services?cluster=east&token={TOKEN}", allow_redirects=False
+        ) as response:
+            assert response.status == 303
+            assert response.headers["Location"] == "/services?cluster=east"
+            cookie = response.cookies["vipwire_dashboard"]
+            assert cookie["httponly"] and cookie.value != TOKEN
+        status, page = await dash.get("/services")  # the session keeps the cookie
+        assert status == 200 and "<table" in page
+
+
+class TestServing:
+    async def test_read_only_with_security_headers_and_small_assets(
+        self, start_dashboard: Callable[..., Awaitable[Dashboard]]
+    ) -> None:
+        """GET only; a strict CSP; the whole page (HTML, CSS, JS) is small once gzipped."""
+        dash = await start_dashboard()
+        async with dash.http.post(dash.base + "/api/services") as response:
+            assert response.status == 405
+        total = 0
+        for path in ("/services", "/static/app.css", "/static/app.js"):
+            async with dash.http.get(
+                dash.base + path, headers={"Accept-Encoding": "gzip"}, auto_decompress=False
+            ) as response:
+                assert response.status == 200
+                assert "script-src 'self'" in response.headers["Content-Security-Policy"]
+                assert response.headers["Content-Encoding"] == "gzip"
+                total += len(await response.read())
+        assert total < 40_000, f"a page load is {total} bytes"
+
+    async def test_the_runtime_still_serves_health_on_its_own_port(
+        self, start_dashboard: Callable[..., Awaitable[Dashboard]]
+    ) -> None:
+        """/readyz on the runtime's port reports the dashboard's readiness."""
+        dash = await start_dashboard()
+        port = dash.service.runtime.http_port
+        async with dash.http.get(f"http://127.0.0.1:{port}/readyz") as response:
+            assert response.status == 200
+
+    async def test_page_one_of_ten_thousand_services_is_fast(
+        self, start_dashboard: Callable[..., Awaitable[Dashboard]]
+    ) -> None:
+        """With 10,000 Services, page 1 (and a filtered search) answer in well under 50 ms."""
+        dash = await start_dashboard()
+        model = dash.service.model
+        now = time.time()
+        for i in range(10_000):
+            cluster = ("east", "west", "north", "south")[i % 4]
+            vip = f"10.{i // 65536}.{i // 256 % 256}.{i % 256}"
+            for message in pipeline(f"svc-{i}", vip, cluster=cluster):
+                model.apply(Event(message=message, time=now + i / 1000))
+        assert len(model) == 10_000
+
+        async def timed(path: str) -> float:
+            started = time.perf_counter()
+            status, page = await dash.get(path)
+            elapsed = (time.perf_counter() - started) * 1000
+            assert status == 200 and page["rows"]
+            return elapsed
+
+        await timed("/api/services")  # warm the sorted index
+        first = statistics.median([await timed("/api/services") for _ in range(9)])
+        search = statistics.median(
+            [await timed("/api/services?q=svc-99&state=ready") for _ in range(9)]
+        )
+        overview_started = time.perf_counter()
+        await dash.get("/api/overview")
+        overview = (time.perf_counter() - overview_started) * 1000
+        print(f"10k Services: page 1 {first:.1f} ms, search {search:.1f} ms, ", end="")
+        print(f"overview {overview:.1f} ms")
+        assert first < 50, f"page 1 took {first:.1f} ms"
+        assert search < 50, f"a filtered search took {search:.1f} ms"
+
+
+class TestPoolsAndAppliances:
+    async def test_silent_services_are_unknown_and_answers_are_shown(
+        self, publisher: Runtime, start_dashboard: Callable[..., Awaitable[Dashboard]]
+    ) -> None:
+        """No responders: pools unknown with the reason; once ipam answers, pools appear."""
+        dash = await start_dashboard(status_poll_s=3600)
+        await dash.service.poll_control()
+        _, overview = await dash.get("/api/overview")
+        control = overview["control"]
+        assert control["pools"] is None and "no responders" in control["ipam_error"]
+        assert control["appliances"] is None and control["lbdriver_error"]
+
+        async def answer(msg: Msg) -> None:
+            body = {"pools": [{"pool": "default", "family": "IPv4", "size": 256, "in_use": 2}]}
+            await msg.respond(msgspec.json.encode(body))
+
+        sub = await publisher.bus.nc.subscribe("vipwire-ctl.ipam.status", cb=answer)
+        try:
+            await publisher.bus.nc.flush()
+            await dash.service.poll_control()
+        finally:
+            await sub.unsubscribe()
+        _, overview = await dash.get("/api/overview")
+        assert overview["control"]["pools"] == [
+            {
+                "name": "default",
+                "appliance_group": None,
+                "size": 256,
+                "in_use": 2,
+                "families": ["IPv4"],
+            }
+        ]
+        assert overview["control"]["ipam_error"] is None
+        _, appliances = await dash.get("/api/appliances")
+        assert appliances["control"] is None and appliances["error"]
