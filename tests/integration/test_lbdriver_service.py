@@ -464,3 +464,43 @@ def test_settings_roundtrip_for_config_files() -> None:
     settings = LbdriverSettings(appliances=(ApplianceSettings(name="sim-a", group="dc1"),))
     data = msgspec.to_builtins(settings)
     assert msgspec.convert(data, LbdriverSettings) == settings
+
+
+async def test_a_coalesced_write_links_to_every_trace_it_served(
+    h: Harness, span_exporter: InMemorySpanExporter
+) -> None:
+    """One reconcile absorbing several endpoint changes links to each change's trace."""
+    await h.start(coalesce_window_ms=300.0, coalesce_quiet_ms=150.0)
+    fleet = [node(f"n{i}", f"198.51.100.{i}") for i in range(1, 6)]
+    await h.publish(*fleet, ready_on("n1"), assigned(policy="Local"))
+    await h.expect(LbProgrammed)
+    span_exporter.clear()
+    # Three changes, each published as its own trace, inside one quiet period.
+    for i in range(2, 5):
+        await h.publish(ready_on(*(f"n{j}" for j in range(1, i + 1))))
+    await h.expect(LbProgrammed, where=lambda m: len(m.members) == 4)
+
+    def change_traces() -> set[int]:
+        return {
+            s.context.trace_id
+            for s in span_exporter.get_finished_spans()
+            if s.name == "publish endpoints" and s.context is not None
+        }
+
+    def served_traces() -> set[int]:
+        served: set[int] = set()
+        for s in span_exporter.get_finished_spans():
+            if s.name == "reconcile" and s.context is not None:
+                served.add(s.context.trace_id)
+                served |= {link.context.trace_id for link in s.links}
+        return served
+
+    await eventually(lambda: len(change_traces()) == 3)
+    await eventually(lambda: change_traces() <= served_traces())
+    coalesced = [
+        s
+        for s in span_exporter.get_finished_spans()
+        if s.name == "reconcile" and s.links and s.attributes is not None
+    ]
+    assert coalesced, "no reconcile absorbed more than one change"
+    assert all(int(s.attributes["vipwire.coalesced_events"]) >= 2 for s in coalesced)
