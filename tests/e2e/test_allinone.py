@@ -15,7 +15,7 @@ import sys
 from collections import Counter
 from collections.abc import AsyncIterator
 
-import msgspec
+import nats.js.errors
 import pytest
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -23,6 +23,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from vipwire.allinone import Stack
 from vipwire.contracts import IPAM_BUCKET
 from vipwire.ipam import addr_key
+from vipwire.ipam.store import decode_claim
 from vipwire.testing import eventually
 
 POOL = ipaddress.ip_network("198.51.100.0/24")
@@ -36,21 +37,21 @@ async def stack(span_exporter: InMemorySpanExporter) -> AsyncIterator[Stack]:
         yield s
 
 
-async def kv_claims(stack: Stack) -> dict[str, dict[str, str]]:
-    """Every address claim in the ipam bucket: address key → owner record."""
+async def kv_claims(stack: Stack) -> dict[str, set[tuple[str, str]]]:
+    """Every address claim in the ipam bucket: address key → (cluster, name) of its holders."""
     runtime = stack.components["lbdriver"].runtime
     assert runtime is not None
     kv = await runtime.bus.kv(IPAM_BUCKET)
-    claims: dict[str, dict[str, str]] = {}
+    claims: dict[str, set[tuple[str, str]]] = {}
     try:
         keys = await kv.keys()
-    except Exception:  # nats-py raises NoKeysError on an empty bucket
+    except nats.js.errors.NoKeysError:
         return claims
     for key in keys:
         if key.startswith("addr."):
             entry = await kv.get(key)
-            assert entry.value is not None
-            claims[key] = msgspec.json.decode(entry.value)
+            claim = decode_claim(key, entry.value)
+            claims[key] = {(claim.cluster, sharer.name) for sharer in claim.sharers}
     return claims
 
 
@@ -102,13 +103,9 @@ class TestSharedVipSpace:
         assert max(counts.values()) == 1, [v for v, k in counts.items() if k > 1]
         claims = await kv_claims(stack)
         assert len(claims) == 100
-        kv_owner = {
-            addr_key(vip): (claim["cluster"], claim["name"])
-            for vip in vips.values()
-            if vip is not None
-            for claim in [claims[addr_key(vip)]]
-        }
-        assert kv_owner == {addr_key(vip): key for key, vip in vips.items() if vip is not None}
+        for (cluster, name), vip in vips.items():
+            assert vip is not None
+            assert claims[addr_key(vip)] == {(cluster, name)}
 
 
 class TestRestarts:

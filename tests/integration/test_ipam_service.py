@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import TypeVar
+from pathlib import Path
+from typing import Any, TypeVar
 
 import msgspec
-import nats.js.errors
 import pytest
 from nats.aio.msg import Msg
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from vipwire.bus import DONE, Delivery
+from vipwire.bus import DONE, Delivery, Verdict
 from vipwire.contracts import (
     IPAM_BUCKET,
     STREAM,
@@ -30,7 +31,17 @@ from vipwire.contracts import (
     parse_subject,
     subject_for,
 )
-from vipwire.ipam import Claim, IpamService, IpamSettings, PoolSettings, ServiceRecord
+from vipwire.ipam import (
+    Claim,
+    IpamService,
+    IpamSettings,
+    Owner,
+    PoolSettings,
+    ServiceRecord,
+    Sharer,
+)
+from vipwire.ipam.store import GroupRecord, IpamStore, decode_claim, decode_record
+from vipwire.natsserver import NatsServer
 from vipwire.runtime import Runtime
 from vipwire.testing import eventually
 
@@ -57,9 +68,11 @@ def snapshot(
     return msgspec.convert(fields, ServiceSnapshot, from_attributes=True)
 
 
-def lb_removed(name: str, uid: str | None = None, vips: tuple[str, ...] = ()) -> LbRemoved:
+def lb_removed(
+    name: str, uid: str | None = None, vips: tuple[str, ...] = (), cluster: str = "east"
+) -> LbRemoved:
     return LbRemoved(
-        cluster="east",
+        cluster=cluster,
         namespace="shop",
         name=name,
         uid=uid or f"uid-{name}",
@@ -80,6 +93,10 @@ class Seen:
 
     async def on_msg(self, msg: Msg) -> None:
         self.messages.append(decode(msg.subject, msg.data))
+
+    def of_all(self, kind: type[M]) -> list[M]:
+        """Every message of a kind, of every cluster."""
+        return [m for m in self.messages if isinstance(m, kind)]
 
     def of(self, kind: type[M], name: str | None = None, cluster: str = "east") -> list[M]:
         return [
@@ -115,9 +132,16 @@ async def make_ipam(make_runtime: RuntimeFactory) -> AsyncIterator[IpamFactory]:
     """Start IpamServices (each on its own runtime); stop them all at teardown."""
     started: list[IpamService] = []
 
-    async def make(*pools: PoolSettings, name: str = "ipam") -> IpamService:
+    async def make(
+        *pools: PoolSettings,
+        name: str = "ipam",
+        config_path: str | None = None,
+        settings: IpamSettings | None = None,
+    ) -> IpamService:
         runtime = await make_runtime(name)
-        service = IpamService(IpamSettings(pools=pools or (POOL,)), runtime)
+        service = IpamService(
+            settings or IpamSettings(pools=pools or (POOL,)), runtime, config_path=config_path
+        )
         await service.start()
         assert service.readiness() is None
         started.append(service)
@@ -129,21 +153,23 @@ async def make_ipam(make_runtime: RuntimeFactory) -> AsyncIterator[IpamFactory]:
 
 
 async def kv_state(rt: Runtime) -> tuple[dict[str, Claim], dict[str, ServiceRecord]]:
-    """The bucket as it is: claims by key, Service records by key."""
-    kv = await rt.bus.kv(IPAM_BUCKET)
-    try:
-        keys = await kv.keys()
-    except nats.js.errors.NoKeysError:
-        return {}, {}
-    claims: dict[str, Claim] = {}
-    records: dict[str, ServiceRecord] = {}
-    for key in keys:
-        value = (await kv.get(key)).value or b""
-        if key.startswith("addr."):
-            claims[key] = msgspec.json.decode(value, type=Claim)
-        else:
-            records[key] = msgspec.json.decode(value, type=ServiceRecord)
+    """The bucket as it is: claims by key, Service records by key.
+
+    Listed with the store's own scan: nats-py's ``keys()`` may answer "none" under
+    load (its end-of-values marker can overtake the values).
+    """
+    store = IpamStore(await rt.bus.kv(IPAM_BUCKET), rt.bus.js)
+    claims = {k: decode_claim(k, e.value) for k, e in (await store.scan("addr.")).items()}
+    records = {k: decode_record(k, e.value) for k, e in (await store.scan("svc.")).items()}
     return claims, records
+
+
+async def groups(rt: Runtime) -> dict[str, GroupRecord]:
+    store = IpamStore(await rt.bus.kv(IPAM_BUCKET), rt.bus.js)
+    return {
+        k: msgspec.json.decode(e.value or b"", type=GroupRecord)
+        for k, e in (await store.scan("grp.")).items()
+    }
 
 
 async def handled(ipam: IpamService, count: int) -> None:
@@ -177,7 +203,11 @@ class TestAssign:
         claims, records = await kv_state(bus)
         assert claims == {
             addr(vip): Claim(
-                cluster="east", namespace="shop", name="web", uid="uid-web", pool="lab"
+                cluster="east",
+                namespace="shop",
+                pool="lab",
+                appliance_group="g1",
+                sharers=(Sharer(name="web", uid="uid-web"),),
             )
         }
         assert records["svc.east.shop.web"] == ServiceRecord(
@@ -244,7 +274,7 @@ class TestAssign:
         again = await seen.wait(VipAssigned, "web", count=2)
         assert (again.uid, again.vips) == ("second", ("192.0.2.9",))
         claims, records = await kv_state(bus)
-        assert [c.uid for c in claims.values()] == ["second"]
+        assert [s.uid for c in claims.values() for s in c.sharers] == ["second"]
         assert records["svc.east.shop.web"].uid == "second"
 
 
@@ -354,14 +384,16 @@ class TestDurability:
             timeout=15,
         )
         claims, records = await kv_state(bus)
-        assert len(claims) == 200 and len(records) == 200
+        named = {v for r in records.values() for v in r.vips}
+        extra = {k: c for k, c in claims.items() if k not in {addr(v) for v in named}}
+        assert len(claims) == 200 and len(records) == 200, (len(claims), len(records), extra)
         vips = [v for r in records.values() for v in r.vips]
         assert len(vips) == len(set(vips)) == 200
         for key, record in records.items():
             _, cluster, _, name = key.split(".")
             (vip,) = record.vips
             claim = claims[addr(vip)]
-            assert (claim.cluster, claim.name, claim.uid) == (cluster, name, record.uid)
+            assert claim.owners == (Owner(cluster, "shop", name, record.uid),)
         published: dict[str, set[tuple[str, ...]]] = {}
         for m in seen.messages:
             if isinstance(m, VipAssigned):
@@ -469,13 +501,470 @@ class TestIdempotency:
     async def test_claims_left_by_a_crash_are_adopted_not_leaked(
         self, bus: Runtime, seen: Seen, make_ipam: IpamFactory
     ) -> None:
-        """A claim written before a crash (no record yet) is the VIP the Service then gets."""
+        """A claim written before a crash (no record yet) is the VIP the Service then gets,
+        even in the layout of version 1 (one owner)."""
         kv = await bus.bus.kv(IPAM_BUCKET)
-        orphan = Claim(cluster="east", namespace="shop", name="web", uid="uid-web", pool="lab")
-        await kv.create(addr("192.0.2.200"), msgspec.json.encode(orphan))
+        orphan = {"cluster": "east", "namespace": "shop", "name": "web", "uid": "uid-web"}
+        await kv.create(addr("192.0.2.200"), msgspec.json.encode({**orphan, "pool": "lab"}))
         await make_ipam()
         await bus.bus.publish(snapshot("web"))
         assigned = await seen.wait(VipAssigned, "web")
         assert assigned.vips == ("192.0.2.200",)
         claims, records = await kv_state(bus)
         assert list(claims) == [addr("192.0.2.200")] and list(records) == ["svc.east.shop.web"]
+
+
+# --- issue 4: sharing, failure reasons, reload, operators, scale ---------------------------
+
+
+def ports(*specs: str) -> tuple[ServicePort, ...]:
+    """``ports("53/TCP", "53/UDP")``."""
+    out = []
+    for spec in specs:
+        number, _, protocol = spec.partition("/")
+        out.append(msgspec.convert({"port": int(number), "protocol": protocol}, ServicePort))
+    return tuple(out)
+
+
+def write_config(path: Path, *pools: PoolSettings, **ipam: object) -> None:
+    """An ipam config file (JSON is YAML) whose modification time surely changes."""
+    before = path.stat().st_mtime_ns if path.exists() else 0
+    path.write_bytes(
+        msgspec.json.encode({"ipam": {"pools": [msgspec.to_builtins(p) for p in pools], **ipam}})
+    )
+    os.utime(path, ns=(before + 10**9, before + 10**9))
+
+
+async def ask(rt: Runtime, subject: str, payload: object = None) -> dict[str, Any]:
+    body = b"" if payload is None else msgspec.json.encode(payload)
+    reply = await rt.bus.nc.request(subject, body, timeout=10)
+    answer: dict[str, Any] = msgspec.json.decode(reply.data)
+    return answer
+
+
+async def last_vip_message(rt: Runtime, name: str, cluster: str = "east") -> Message:
+    subject = f"vipwire.{cluster}.vip.shop.{name}"
+    raw = await rt.bus.js.get_last_msg(STREAM, subject)
+    return decode(subject, raw.data or b"")
+
+
+class TestSharing:
+    async def test_one_key_shares_one_vip_until_the_last_sharer_leaves(
+        self, bus: Runtime, seen: Seen, make_ipam: IpamFactory
+    ) -> None:
+        """Two Services of one key share a VIP; one leaving withdraws only itself (its
+        VipReleasing, its LbRemoved), the claim stays for the other; the last frees it."""
+        await make_ipam()
+        await bus.bus.publish(snapshot("dns-tcp", sharing_key="dns", ports=ports("53/TCP")))
+        tcp = await seen.wait(VipAssigned, "dns-tcp")
+        await bus.bus.publish(snapshot("dns-udp", sharing_key="dns", ports=ports("53/UDP")))
+        udp = await seen.wait(VipAssigned, "dns-udp")
+        assert udp.vips == tcp.vips
+        (vip,) = tcp.vips
+        claims, records = await kv_state(bus)
+        assert [s.name for s in claims[addr(vip)].sharers] == ["dns-tcp", "dns-udp"]
+        assert claims[addr(vip)].sharers[1].ports == ("53/UDP",)
+        assert len(records) == 2
+        assert list((await groups(bus)).values()) == [GroupRecord(key="dns", addresses=(vip,))]
+
+        await bus.bus.publish(snapshot("dns-tcp", deleting=True))
+        releasing = await seen.wait(VipReleasing, "dns-tcp")
+        assert releasing.vips == (vip,)
+        await bus.bus.publish(lb_removed("dns-tcp"))
+        released = await seen.wait(VipReleased, "dns-tcp")
+        assert released.vips == (vip,)
+        claims, records = await kv_state(bus)
+        assert [s.name for s in claims[addr(vip)].sharers] == ["dns-udp"]
+        assert list(records) == ["svc.east.shop.dns-udp"]
+        assert not seen.of(VipReleasing, "dns-udp")
+
+        await bus.bus.publish(snapshot("dns-udp", deleting=True))
+        await seen.wait(VipReleasing, "dns-udp")
+        await bus.bus.publish(lb_removed("dns-udp"))
+        await seen.wait(VipReleased, "dns-udp")
+        assert await kv_state(bus) == ({}, {})
+        assert await groups(bus) == {}  # and the sharing group is gone too
+
+    async def test_replicas_racing_give_each_key_one_vip(
+        self, bus: Runtime, seen: Seen, make_ipam: IpamFactory
+    ) -> None:
+        """The two Services of each of 20 keys handled at the same moment by two different
+        replicas: one VIP per key (the group key decides who gave the first one), and no
+        address twice."""
+        a = await make_ipam(name="ipam-a")
+        b = await make_ipam(name="ipam-b")
+
+        def delivery(message: ServiceSnapshot) -> Delivery:
+            subject = parse_subject(subject_for(message))
+            return Delivery(subject=subject, message=message, seq=1, num_delivered=1, headers={})
+
+        async def handle(replica: IpamService, i: int, proto: str) -> Verdict:
+            """Like the consumer: a Retry verdict (a KV timeout under load) is redelivered."""
+            message = snapshot(
+                f"k{i}-{proto.lower()}", sharing_key=f"k{i}", ports=ports(f"53/{proto}")
+            )
+            for _ in range(5):
+                verdict = await replica._handle(delivery(message))
+                if verdict == DONE:
+                    break
+            return verdict
+
+        # Opposite orders, so that the replicas' next-fit picks differ for each key.
+        handling = [handle(a, i, "TCP") for i in range(20)]
+        handling += [handle(b, i, "UDP") for i in reversed(range(20))]
+        assert await asyncio.gather(*handling) == [DONE] * 40
+        await eventually(lambda: len({m.name for m in seen.of(VipAssigned)}) == 40)
+        assert not seen.of(VipFailed)
+        vips = {m.name: m.vips for m in seen.of(VipAssigned)}
+        for i in range(20):
+            assert vips[f"k{i}-tcp"] == vips[f"k{i}-udp"], f"key k{i} got two VIPs"
+        assert len({v for vs in vips.values() for v in vs}) == 20
+        claims, _ = await kv_state(bus)
+        assert len(claims) == 20 and all(len(c.sharers) == 2 for c in claims.values())
+
+    async def test_a_refused_port_change_keeps_the_vip_and_the_appliance_as_it_was(
+        self, bus: Runtime, seen: Seen, make_ipam: IpamFactory
+    ) -> None:
+        """A sharer moving onto another's port: VipFailed says why, then VipAssigned repeats
+        the VIP with the old ports, so the last word on the subject is still the VIP."""
+        await make_ipam()
+        await bus.bus.publish(snapshot("a", sharing_key="k", ports=ports("80/TCP")))
+        first = await seen.wait(VipAssigned, "a")
+        await bus.bus.publish(snapshot("b", sharing_key="k", ports=ports("81/TCP")))
+        await seen.wait(VipAssigned, "b")
+        await bus.bus.publish(snapshot("b", sharing_key="k", ports=ports("80/TCP", "81/TCP")))
+        failed = await seen.wait(VipFailed, "b")
+        assert failed.reason == "AllocationFailed"
+        assert "80/TCP" in failed.message and "keeps its VIP" in failed.message
+        kept = await seen.wait(VipAssigned, "b", count=2)
+        assert kept.vips == first.vips and kept.ports == ports("81/TCP")
+        assert await last_vip_message(bus, "b") == kept
+        await bus.bus.publish(snapshot("a", sharing_key="k", ports=ports("8080/TCP")))
+        await seen.wait(VipAssigned, "a", count=2)
+        # The port is free now: the waiting change goes through without a new snapshot.
+        through = await seen.wait(VipAssigned, "b", count=3)
+        assert through.ports == ports("80/TCP", "81/TCP")
+        claims, _ = await kv_state(bus)
+        (claim,) = claims.values()
+        assert [s.ports for s in claim.sharers] == [("8080/TCP",), ("80/TCP", "81/TCP")]
+
+
+FAILURE_POOLS = (
+    PoolSettings(
+        name="lab",
+        addresses=("192.0.2.0/29",),
+        avoid=("192.0.2.3",),
+        clusters=("east", "west"),
+    ),
+    PoolSettings(name="east-only", addresses=("198.51.100.8/30",), clusters=("east",)),
+    PoolSettings(name="pay-only", addresses=("198.51.100.16/30",), namespaces=("pay",)),
+    PoolSettings(name="gold", addresses=("198.51.100.24/30",), service_selector={"tier": "gold"}),
+    PoolSettings(name="manual", addresses=("203.0.113.0/30",), auto_assign=False),
+)
+
+
+class TestFailureReasons:
+    async def test_every_refusal_reaches_the_service_with_its_reason(
+        self, bus: Runtime, seen: Seen, make_ipam: IpamFactory
+    ) -> None:
+        """Each rule that can refuse an allocation is named in a VipFailed (AllocationFailed),
+        the message the watcher puts in the Service's Warning Event."""
+        await make_ipam(*FAILURE_POOLS)
+        await bus.bus.publish(snapshot("owner", requested_ips=("192.0.2.1",)))
+        await bus.bus.publish(
+            snapshot("dns", requested_ips=("192.0.2.2",), sharing_key="k", ports=ports("53/UDP"))
+        )
+        await seen.wait(VipAssigned, "owner")
+        await seen.wait(VipAssigned, "dns")
+        cases: dict[str, tuple[dict[str, Any], str]] = {
+            "unknown-pool": ({"pool": "nope"}, "pool 'nope' does not exist"),
+            "other-cluster": ({"pool": "east-only", "cluster": "west"}, "only for clusters east"),
+            "other-ns": ({"pool": "pay-only"}, "only for namespaces pay"),
+            "no-label": ({"pool": "gold"}, "only serves Services labelled tier=gold"),
+            "no-pool": ({"cluster": "north"}, "no auto-assign pool serves north/shop/no-pool"),
+            "family": (
+                {"pool": "east-only", "ip_family_policy": "RequireDualStack"},
+                "pool 'east-only' has no IPv6 addresses",
+            ),
+            "outside": ({"requested_ips": ("10.0.0.1",)}, "10.0.0.1 is in no pool"),
+            "avoided": ({"requested_ips": ("192.0.2.3",)}, "192.0.2.3 is on pool 'lab''s avoid"),
+            "taken": ({"requested_ips": ("192.0.2.1",)}, "in use by east/shop/owner"),
+            "port-clash": (
+                {"requested_ips": ("192.0.2.2",), "sharing_key": "k", "ports": ports("53/UDP")},
+                "dns, which uses port 53/UDP",
+            ),
+            "policy": (
+                {
+                    "requested_ips": ("192.0.2.2",),
+                    "sharing_key": "k",
+                    "ports": ports("53/TCP"),
+                    "external_traffic_policy": "Local",
+                },
+                "externalTrafficPolicy is Cluster",
+            ),
+            "other-key": (
+                {"requested_ips": ("192.0.2.2",), "sharing_key": "j"},
+                "under sharing key 'k'",
+            ),
+            "cross-cluster": (
+                {"requested_ips": ("192.0.2.2",), "sharing_key": "k", "cluster": "west"},
+                "never shared across clusters",
+            ),
+            "bad-family": ({"requested_ips": ("2001:db8::1",)}, "SingleStack IPv4"),
+        }
+        for name, (fields, _) in cases.items():
+            await bus.bus.publish(snapshot(name, **fields))
+        for name, (fields, text) in cases.items():
+            failed = await seen.wait(VipFailed, name, cluster=str(fields.get("cluster", "east")))
+            assert failed.reason == "AllocationFailed"
+            assert text in failed.message, (name, failed.message)
+
+        for i in range(6):
+            await bus.bus.publish(snapshot(f"fill{i}", pool="lab"))
+        dry = await seen.wait(VipFailed, "fill5")
+        assert dry.message == "no free IPv4 address in pool 'lab' (7/7 in use)"
+
+
+class TestReload:
+    async def test_shrinking_a_pool_moves_nothing_and_flags_stale(
+        self, bus: Runtime, seen: Seen, make_ipam: IpamFactory, tmp_path: Path
+    ) -> None:
+        """Reload to a pool of 8 under 20 live VIPs: no claim changes, 12 records flagged
+        stale, status and metrics count them, re-sent snapshots keep their VIPs; a
+        released stale Service gets a VIP from the pool as it is now."""
+        config = tmp_path / "vipwire.yaml"
+        wide = PoolSettings(name="lab", addresses=("192.0.2.0/24",), appliance_group="g1")
+        write_config(config, wide, reload_interval_s=0)
+        ipam = await make_ipam(
+            settings=IpamSettings(pools=(wide,), reload_interval_s=0), config_path=str(config)
+        )
+        for i in range(20):
+            await bus.bus.publish(snapshot(f"s{i}"))
+        await eventually(lambda: len(seen.of(VipAssigned)) == 20)
+        before_claims, _ = await kv_state(bus)
+        narrow = msgspec.structs.replace(wide, addresses=("192.0.2.0/29",))
+        write_config(config, narrow, reload_interval_s=0)
+
+        answer = await ask(bus, "vipwire-ctl.ipam.reload")
+        assert (answer["error"], answer["stale"], answer["flagged"]) == (None, 12, 12)
+        claims, records = await kv_state(bus)
+        assert claims == before_claims, "a reload changed a claim"
+        stale = {k for k, r in records.items() if r.stale}
+        assert len(stale) == 12
+        assert all("no longer in pool 'lab'" in (records[k].stale or "") for k in stale)
+        status = await ask(bus, "vipwire-ctl.ipam.status")
+        (lab,) = status["pools"]
+        assert (lab["size"], lab["used"], lab["free"], lab["stale"]) == (8, 8, 0, 12)
+        assert lab["clusters"] == [{"cluster": "east", "used": 8, "stale": 12}]
+        assert status["stale_total"] == 12 and len(status["stale"]) == 12
+        metrics = ipam.runtime.metrics.expose()
+        assert 'vipwire_ipam_stale_allocations{pool="lab",family="IPv4"} 12' in metrics
+
+        vips = {m.name: m.vips for m in seen.of(VipAssigned)}
+        for i in range(20):
+            await bus.bus.publish(snapshot(f"s{i}", ports=ports("8080/TCP")))
+        await eventually(lambda: len(seen.of(VipAssigned)) == 40)
+        assert {m.name: m.vips for m in seen.of(VipAssigned)[20:]} == vips
+        assert (await kv_state(bus))[0] == before_claims
+
+        await bus.bus.publish(snapshot("late"))
+        failed = await seen.wait(VipFailed, "late")
+        assert "'lab' (8/8 in use)" in failed.message
+
+        victim = next(n for n, v in vips.items() if int(v[0].split(".")[-1]) >= 8)
+        answer = await ask(bus, "vipwire-ctl.ipam.release", {"service": f"east/shop/{victim}"})
+        assert answer["error"] is None and tuple(answer["vips"]) == vips[victim]
+        releasing = await seen.wait(VipReleasing, victim)
+        assert releasing.vips == vips[victim]
+        await bus.bus.publish(lb_removed(victim))
+        # Re-allocated from the pool as it is now: full, so it waits like anyone.
+        assert "'lab' (8/8 in use)" in (await seen.wait(VipFailed, victim)).message
+        inside = [n for n, v in vips.items() if int(v[0].split(".")[-1]) < 8][:2]
+        for name in inside:
+            await bus.bus.publish(snapshot(name, deleting=True))
+            await seen.wait(VipReleasing, name)
+            await bus.bus.publish(lb_removed(name))
+        moved = await seen.wait(VipAssigned, victim, count=3)
+        assert ipaddress.ip_address(moved.vips[0]) in ipaddress.ip_network("192.0.2.0/29")
+        await seen.wait(VipAssigned, "late")
+        _, records = await kv_state(bus)
+        assert records[f"svc.east.shop.{victim}"].stale is None
+        assert len([r for r in records.values() if r.stale]) == 11
+
+    async def test_a_config_file_change_is_picked_up_and_serves_waiting_services(
+        self, bus: Runtime, seen: Seen, make_ipam: IpamFactory, tmp_path: Path
+    ) -> None:
+        """Polling notices the new file: a Service refused for want of a pool gets one."""
+        config = tmp_path / "vipwire.yaml"
+        write_config(config, TINY, reload_interval_s=0.05)
+        ipam = await make_ipam(
+            settings=IpamSettings(pools=(TINY,), reload_interval_s=0.05), config_path=str(config)
+        )
+        await bus.bus.publish(snapshot("web", pool="lab"))
+        assert "does not exist" in (await seen.wait(VipFailed, "web")).message
+        write_config(config, TINY, POOL, reload_interval_s=0.05)
+        assigned = await seen.wait(VipAssigned, "web")
+        assert assigned.pool == "lab"
+        assert ipam.status().reloaded_at is not None
+
+    async def test_a_bad_config_is_refused_and_nothing_changes(
+        self, bus: Runtime, make_ipam: IpamFactory, tmp_path: Path
+    ) -> None:
+        """A reload of a broken file answers with the error and keeps the pools."""
+        config = tmp_path / "vipwire.yaml"
+        write_config(config, POOL, reload_interval_s=0)
+        await make_ipam(settings=IpamSettings(pools=(POOL,)), config_path=str(config))
+        config.write_text("ipam:\n  pools: [{name: Bad, addresses: []}]\n")
+        answer = await ask(bus, "vipwire-ctl.ipam.reload")
+        assert "DNS label" in answer["error"] and "ipam.pools[0]" in answer["error"]
+        status = await ask(bus, "vipwire-ctl.ipam.status")
+        assert {p["name"] for p in status["pools"]} == {"lab"}
+
+
+class TestOperatorCommands:
+    async def test_status_show_reload_release_from_the_command_line(
+        self,
+        bus: Runtime,
+        seen: Seen,
+        make_ipam: IpamFactory,
+        nats_server: NatsServer,
+        capsys: pytest.CaptureFixture[str],
+    ) -> None:
+        """`vipwire ipam` verbs print what ipam (or the KV) says and exit 0."""
+        from vipwire.cli import ipam as cli
+        from vipwire.cli.main import build_parser
+
+        await make_ipam()
+        await bus.bus.publish(snapshot("web", sharing_key="k", ports=ports("80/TCP")))
+        await bus.bus.publish(snapshot("api", sharing_key="k", ports=ports("443/TCP")))
+        await eventually(lambda: len(seen.of(VipAssigned)) == 2)
+        (vip,) = seen.of(VipAssigned, "web")[0].vips
+
+        async def run(*argv: str) -> tuple[int, str]:
+            args = build_parser().parse_args(["ipam", *argv, "--nats", nats_server.url])
+            code = await cli.run(args)
+            return code, capsys.readouterr().out
+
+        code, out = await run("status")
+        assert code == 0 and "lab   IPv4" in out and "east 1" in out
+        code, out = await run("status", "--json")
+        assert code == 0 and msgspec.json.decode(out)["pools"][0]["used"] == 1
+        code, out = await run("show", vip)
+        assert code == 0 and "held by east/shop/api" in out and "held by east/shop/web" in out
+        code, out = await run("show", "east/shop/web")
+        assert code == 0 and f"VIPs {vip}" in out and "shared with api (key 'k')" in out
+        code, out = await run("show", "east/shop/web", "--kv")
+        assert code == 0 and "read from the KV bucket" in out
+        code, out = await run("reload")
+        assert code == 1 and "reload refused" in out  # started without a config file
+        code, out = await run("release", "east/shop/nope")
+        assert code == 1 and "holds no addresses" in out
+        code, out = await run("release", "east/shop/web")
+        assert code == 0 and f"withdrawing {vip}" in out
+        await seen.wait(VipReleasing, "web")
+
+
+class TestRaces:
+    async def test_an_allocation_overtaken_by_the_deletion_is_undone(
+        self, bus: Runtime, seen: Seen, make_ipam: IpamFactory, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A replica that checked a live snapshot before its deletion was published, and
+        commits after another replica released everything, undoes its commit unpublished."""
+        ipam = await make_ipam()
+        live = snapshot("web")
+        seq = await bus.bus.publish(live)
+        await seen.wait(VipAssigned, "web")
+        await bus.bus.publish(snapshot("web", deleting=True))
+        await seen.wait(VipReleasing, "web")
+        await bus.bus.publish(lb_removed("web"))
+        await seen.wait(VipReleased, "web")
+        assert await kv_state(bus) == ({}, {})
+
+        async def not_yet(d: Delivery) -> bool:
+            return False  # as if the start-up check ran before the deletion was published
+
+        monkeypatch.setattr(ipam, "_superseded", not_yet)
+        stale = Delivery(
+            subject=parse_subject(subject_for(live)),
+            message=live,
+            seq=seq,
+            num_delivered=2,
+            headers={},
+        )
+        assert await ipam._handle(stale) == DONE
+        assert await kv_state(bus) == ({}, {})
+        assert len(seen.of(VipAssigned, "web")) == 1
+
+
+SCALE_POOL = PoolSettings(name="big", addresses=("10.20.0.0/20",))
+CLUSTERS = ("c1", "c2", "c3", "c4", "c5")
+
+
+async def serve_1000(bus: Runtime, seen: Seen) -> list[ServiceSnapshot]:
+    """1,000 Services of 5 clusters, published at once; returns them once all are served."""
+    snaps = [snapshot(f"s{i}", cluster=c) for c in CLUSTERS for i in range(200)]
+    for chunk in range(0, len(snaps), 250):
+        await asyncio.gather(*(bus.bus.publish(s) for s in snaps[chunk : chunk + 250]))
+    await eventually(
+        lambda: (
+            len({(m.cluster, m.name) for m in seen.messages if isinstance(m, VipAssigned)}) == 1000
+        ),
+        timeout=25,
+    )
+    return snaps
+
+
+class TestScale:
+    async def test_three_replicas_serve_1000_services_of_5_clusters(
+        self, bus: Runtime, seen: Seen, make_ipam: IpamFactory
+    ) -> None:
+        """Three replicas on one JetStream KV: every Service served, no address owned twice,
+        every Service told one VIP only, every replica did part of the work."""
+        replicas = [await make_ipam(SCALE_POOL, name=f"ipam-{i}") for i in range(3)]
+        await serve_1000(bus, seen)
+        claims, records = await kv_state(bus)
+        assert len(claims) == len(records) == 1000
+        vips = [v for r in records.values() for v in r.vips]
+        assert len(set(vips)) == 1000
+        for key, record in records.items():
+            _, cluster, _, name = key.split(".")
+            assert claims[addr(record.vips[0])].owners == (
+                Owner(cluster, "shop", name, record.uid),
+            )
+        told: dict[tuple[str, str], set[tuple[str, ...]]] = {}
+        for m in seen.messages:
+            if isinstance(m, VipAssigned):
+                told.setdefault((m.cluster, m.name), set()).add(m.vips)
+        assert all(len(v) == 1 for v in told.values()), "a Service was told two VIPs"
+        assert not seen.of(VipFailed)
+        counts = [
+            r.runtime.metrics.counter("ipam_allocations_total", "", ["pool"]).value(pool="big")
+            for r in replicas
+        ]
+        assert sum(counts) == 1000 and all(counts), counts
+
+    async def test_a_restart_under_1000_live_allocations_changes_nothing(
+        self, bus: Runtime, seen: Seen, make_ipam: IpamFactory
+    ) -> None:
+        """Stop ipam with 1,000 live VIPs, start another, re-send every snapshot: the same
+        VIPs, and not one write to the KV bucket."""
+        first = await make_ipam(SCALE_POOL, name="ipam-1")
+        snaps = await serve_1000(bus, seen)
+        before = {(m.cluster, m.name): m.vips for m in seen.of_all(VipAssigned)}
+        await first.stop()
+        kv_stream = "KV_" + IPAM_BUCKET
+        writes = (await bus.bus.js.stream_info(kv_stream)).state.last_seq
+        second = await make_ipam(SCALE_POOL, name="ipam-2")
+        assert len(second.allocator.claims()) == 1000
+        seen.messages.clear()
+        for chunk in range(0, len(snaps), 250):
+            await asyncio.gather(
+                *(
+                    bus.bus.publish(msgspec.structs.replace(s, resource_version="2"))
+                    for s in snaps[chunk : chunk + 250]
+                )
+            )
+        await eventually(lambda: len(seen.of_all(VipAssigned)) == 1000, timeout=25)
+        assert {(m.cluster, m.name): m.vips for m in seen.of_all(VipAssigned)} == before
+        await handled(second, 1000)
+        assert (await bus.bus.js.stream_info(kv_stream)).state.last_seq == writes

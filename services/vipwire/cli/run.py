@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+import asyncio
 import logging
 from typing import Any
 
@@ -9,6 +11,19 @@ from vipwire.runtime import Runtime, load_common, read_config, run_until_signall
 from vipwire.telemetry import configure_logging
 
 log = logging.getLogger("vipwire.cli")
+
+SERVICES = ("watcher", "ipam", "lbdriver", "nodeagent", "dashboard")
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argparse.ArgumentParser:
+    parser = sub.add_parser("run", help="run one service until SIGTERM")
+    parser.add_argument("service", choices=SERVICES)
+    parser.add_argument("--config", required=True, metavar="FILE", help="YAML configuration file")
+    return parser
+
+
+def execute(args: argparse.Namespace) -> int:
+    return asyncio.run(run_service(args.service, args.config))
 
 
 def build_service(name: str, data: dict[str, Any], runtime: Runtime, source: str) -> Any:
@@ -20,7 +35,8 @@ def build_service(name: str, data: dict[str, Any], runtime: Runtime, source: str
     if name == "ipam":
         from vipwire.ipam import IpamService, IpamSettings
 
-        return IpamService(section(data, name, IpamSettings, source=source), runtime)
+        settings = section(data, name, IpamSettings, source=source)
+        return IpamService(settings, runtime, config_path=source)
     if name == "lbdriver":
         from vipwire.lbdriver import LbdriverService, LbdriverSettings
 
@@ -29,6 +45,10 @@ def build_service(name: str, data: dict[str, Any], runtime: Runtime, source: str
         from vipwire.nodeagent import NodeagentService, NodeagentSettings
 
         return NodeagentService(section(data, name, NodeagentSettings, source=source), runtime)
+    if name == "dashboard":
+        from vipwire.dashboard import DashboardService, DashboardSettings
+
+        return DashboardService(section(data, name, DashboardSettings, source=source), runtime)
     raise ValueError(f"unknown service {name!r}")
 
 

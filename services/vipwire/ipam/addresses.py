@@ -8,6 +8,7 @@ instead of address by address.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from typing import Literal, NamedTuple
 
@@ -36,6 +37,12 @@ def _family(version: int) -> Family:
     return "IPv4" if version == 4 else "IPv6"
 
 
+# Every address is parsed many times in its life (claim, watch event, release):
+# remember the recent ones. Both functions are pure; errors are not cached.
+_CACHE_SIZE = 1 << 17
+
+
+@functools.lru_cache(maxsize=_CACHE_SIZE)
 def parse_address(text: str) -> tuple[Family, int]:
     """``"192.0.2.1"`` → ``("IPv4", 3221225985)``; ValueError if it is not an address."""
     try:
@@ -47,6 +54,7 @@ def parse_address(text: str) -> tuple[Family, int]:
     return _family(address.version), int(address)
 
 
+@functools.lru_cache(maxsize=_CACHE_SIZE)
 def to_text(family: Family, value: int) -> str:
     if family == "IPv4":
         return str(ipaddress.IPv4Address(value))

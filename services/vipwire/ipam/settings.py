@@ -11,6 +11,9 @@ Example::
         - name: internal
           addresses: ["198.51.100.10-198.51.100.20"]
           clusters: [east]
+          namespaces: [payments]
+          service_selector: {tier: internal}
+          priority: -1
           auto_assign: false
 """
 
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import itertools
 import re
+from collections.abc import Mapping
 from typing import Annotated
 
 import msgspec
@@ -28,6 +32,9 @@ from vipwire.runtime import ConfigError
 
 # Pool names travel in KV values, metric labels and VipAssigned; keep them plain.
 _POOL_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+# Kubernetes label keys (optional DNS-subdomain prefix) and values.
+_LABEL_NAME = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
+_LABEL_PREFIX = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
 
 
 class IpamConfigError(ConfigError, ValueError):
@@ -51,6 +58,14 @@ class PoolSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     appliance_group: str = "default"
     #: Clusters whose Services may take addresses from this pool; empty: every cluster.
     clusters: tuple[str, ...] = ()
+    #: Namespaces whose Services may take addresses from this pool; empty: every namespace.
+    namespaces: tuple[str, ...] = ()
+    #: Labels (matchLabels) a Service must carry to take addresses from this pool;
+    #: empty: every Service.
+    service_selector: dict[str, str] = {}
+    #: Preference among the pools a Service may use: lower first, equal ones in
+    #: configuration order. A Service that already shares a VIP, or holds one, stays put.
+    priority: int = 0
     #: Give addresses to Services that name no pool. False: only to Services that ask
     #: for this pool (annotation) or for one of its addresses.
     auto_assign: bool = True
@@ -73,6 +88,18 @@ class PoolSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
                 validate_cluster(cluster)
             except SubjectError as exc:
                 raise IpamConfigError(f"pool {self.name!r}: {exc}") from None
+        for namespace in self.namespaces:
+            if not _POOL_NAME.match(namespace):
+                raise IpamConfigError(
+                    f"pool {self.name!r}: namespace {namespace!r} is not a DNS label (RFC 1123)"
+                )
+        for key, value in self.service_selector.items():
+            if not _label_key_ok(key):
+                raise IpamConfigError(f"pool {self.name!r}: {key!r} is not a valid label key")
+            if value and not _LABEL_NAME.match(value):
+                raise IpamConfigError(
+                    f"pool {self.name!r}: {value!r} is not a valid label value (for {key!r})"
+                )
         blocks = self.blocks()
         _check_disjoint(
             [(b, self.name, text) for b, text in zip(blocks, self.addresses, strict=True)]
@@ -94,12 +121,25 @@ class PoolSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     def allows(self, cluster: str) -> bool:
         return not self.clusters or cluster in self.clusters
 
+    def refusal(self, cluster: str, namespace: str, labels: Mapping[str, str]) -> str | None:
+        """Why this pool may not serve a Service (the rule, for its Event); None: it may."""
+        if not self.allows(cluster):
+            return f"pool {self.name!r} is only for clusters {', '.join(self.clusters)}"
+        if self.namespaces and namespace not in self.namespaces:
+            return f"pool {self.name!r} is only for namespaces {', '.join(self.namespaces)}"
+        missing = {k: v for k, v in self.service_selector.items() if labels.get(k) != v}
+        if missing:
+            wanted = ", ".join(f"{k}={v}" for k, v in sorted(self.service_selector.items()))
+            return f"pool {self.name!r} only serves Services labelled {wanted}"
+        return None
+
 
 class IpamSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """How ipam hands out VIPs. No pools is valid but every Service then fails."""
 
-    #: Address pools, in preference order: a Service that names no pool gets an
-    #: address from the first auto_assign pool that allows its cluster and has room.
+    #: Address pools. A Service that names no pool gets an address from the
+    #: auto_assign pool of lowest priority (then first configured) that allows it
+    #: (cluster, namespace, labels) and has room.
     pools: tuple[PoolSettings, ...] = ()
     #: Messages handled concurrently (one Service's messages are always sequential).
     concurrency: Annotated[int, msgspec.Meta(ge=1)] = 16
@@ -111,6 +151,10 @@ class IpamSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     conflict_retries: Annotated[int, msgspec.Meta(ge=1)] = 32
     #: Seconds before a message that could not be handled is redelivered.
     retry_delay_s: Annotated[float, msgspec.Meta(gt=0)] = 0.5
+    #: Seconds between looks at the config file's modification time; a change
+    #: reloads the pools (live VIPs never move: those outside their edited pool are
+    #: kept and flagged stale). 0: reload only on ``vipwire ipam reload``.
+    reload_interval_s: Annotated[float, msgspec.Meta(ge=0)] = 5.0
 
     def __post_init__(self) -> None:
         names = [p.name for p in self.pools]
@@ -130,6 +174,13 @@ class IpamSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
             if pool.name == name:
                 return pool
         return None
+
+
+def _label_key_ok(key: str) -> bool:
+    prefix, _, name = key.rpartition("/")
+    if prefix and not _LABEL_PREFIX.match(prefix):
+        return False
+    return bool(_LABEL_NAME.match(name))
 
 
 def _parse(pool: str, field: str, text: str) -> Block:

@@ -1,33 +1,58 @@
 """The ``vipwire-ipam`` KV bucket: claims and Service records, every write a CAS.
 
-Layout (bucket ``vipwire-ipam``, history 1):
+Layout (bucket ``vipwire-ipam``, history 1), version 2 (issue 4):
 
 ``addr.<token>``
-    One key per owned address (``192_0_2_10``, ``2001-db8--a``). Value: a
-    :class:`~vipwire.ipam.allocator.Claim` as JSON ``{cluster, namespace, name,
-    uid, pool}``. Created with ``create`` (fails if the key exists), so two
-    replicas can never both own an address.
-``svc.<cluster>.<namespace>.<name>``
-    One key per Service holding addresses. Value: a :class:`ServiceRecord`.
-    Updated and deleted with the revision it was read at.
+    One key per held address (``192_0_2_10``, ``2001-db8--a``). Value: a
+    :class:`~vipwire.ipam.allocator.Claim` as JSON::
 
-Rules that keep the two consistent across replicas and crashes: a claim is
-created before any record names its address, and deleted only after the
-record stopped naming it (with the revision read before that record write).
+        {"cluster": "east", "namespace": "shop", "pool": "lab",
+         "appliance_group": "g1", "sharing_key": "web",
+         "sharers": [{"name": "dns-tcp", "uid": "…", "ports": ["53/TCP"],
+                      "external_traffic_policy": "Local", "labels": {…}},
+                     {"name": "dns-udp", "uid": "…", "ports": ["53/UDP"], …}]}
+
+    (fields at their default are left out). Created with ``create`` (fails if
+    the key exists), so two replicas can never both take an address; a Service
+    joining or leaving a shared address, or changing its entry, rewrites the
+    claim with ``update`` at the revision it read; the last sharer leaving
+    deletes it at that revision. Version 1 values (``{cluster, namespace, name,
+    uid, pool}``, one owner) are still read, as a claim with one sharer.
+``svc.<cluster>.<namespace>.<name>``
+    One key per Service holding addresses. Value: a :class:`ServiceRecord`
+    (version 2 adds ``stale`` and ``reassign``; both optional). Updated and
+    deleted with the revision it was read at.
+``grp.<cluster>.<namespace>.<key token>`` (new in version 2)
+    One key per sharing key in use. Value: a :class:`GroupRecord`, the
+    addresses given to Services of that key. Written (CAS) after the claims of
+    a *new* address of the group and before the record: of two replicas giving
+    the key's first VIP at once, one loses this write, gives its address back
+    and joins the other's. Readers refresh the claims it lists before choosing,
+    so a replica whose watch lags still shares. Addresses whose claims are gone
+    are dropped from it on the next write; the last one gone deletes it.
+
+Rules that keep the two consistent across replicas and crashes: a Service is
+added to a claim before any record of it names the address, and removed from
+it only after its record stopped naming it (with the revision read before that
+record write).
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import re
 from typing import Literal
 
 import msgspec
 import nats.errors
 import nats.js.errors
+from nats.js.client import JetStreamContext
 from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
 
+from vipwire.contracts import IPAM_BUCKET
 from vipwire.ipam.addresses import from_kv_token, kv_token
-from vipwire.ipam.allocator import Claim
+from vipwire.ipam.allocator import Claim, Sharer
 
 log = logging.getLogger("vipwire.ipam.store")
 
@@ -52,6 +77,20 @@ class ServiceRecord(msgspec.Struct, frozen=True, kw_only=True):
     #: ``releasing``: the Service is going away; its claims are held until the
     #: appliance reports it clean (LbRemoved).
     state: Literal["active", "releasing"] = "active"
+    #: Why the pools as configured now would not give these VIPs (kept anyway:
+    #: a live VIP never moves); None: they would.
+    stale: str | None = None
+    #: Releasing because an operator asked (``vipwire ipam release``): once the
+    #: appliance is clean the Service gets new VIPs from the pools as they are.
+    reassign: bool = False
+
+
+class GroupRecord(msgspec.Struct, frozen=True, kw_only=True):
+    """The JSON value of ``grp.<cluster>.<ns>.<token>``: the addresses of one sharing key."""
+
+    #: The sharing key itself (the key token may be a hash of it).
+    key: str
+    addresses: tuple[str, ...] = ()
 
 
 class ClaimEvent(msgspec.Struct, frozen=True, kw_only=True):
@@ -62,11 +101,26 @@ class ClaimEvent(msgspec.Struct, frozen=True, kw_only=True):
     revision: int
 
 
+class _ClaimV1(msgspec.Struct, frozen=True, kw_only=True):
+    """The value of an ``addr.`` key before sharing (one owner)."""
+
+    cluster: str
+    namespace: str
+    name: str
+    uid: str
+    pool: str
+
+
 # Owned but unreadable: still taken, never handed out, named so an operator sees it.
-UNREADABLE = Claim(cluster="?", namespace="?", name="?", uid="?", pool="?")
+UNREADABLE = Claim(cluster="?", namespace="?", pool="?", sharers=(Sharer(name="?", uid="?"),))
 
 _ADDR = "addr."
+_SVC = "svc."
+_GRP = "grp."
+_PLAIN_KEY = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_group_decoder = msgspec.json.Decoder(GroupRecord)
 _claim_decoder = msgspec.json.Decoder(Claim)
+_claim_v1_decoder = msgspec.json.Decoder(_ClaimV1)
 _record_decoder = msgspec.json.Decoder(ServiceRecord)
 _encoder = msgspec.json.Encoder()
 
@@ -79,12 +133,40 @@ def service_key(cluster: str, namespace: str, name: str) -> str:
     return f"svc.{cluster}.{namespace}.{name}"
 
 
-def _decode_claim(key: str, raw: bytes | None) -> Claim:
+def group_key(cluster: str, namespace: str, sharing_key: str) -> str:
+    """A sharing key is free text (an annotation): spelled as is when it is a valid
+    key token, else by a hash (prefixes keep the two spellings apart)."""
+    if _PLAIN_KEY.match(sharing_key):
+        token = f"k-{sharing_key}"
+    else:
+        token = "h-" + hashlib.sha256(sharing_key.encode()).hexdigest()[:32]
+    return f"{_GRP}{cluster}.{namespace}.{token}"
+
+
+def decode_claim(key: str, raw: bytes | None) -> Claim:
+    """A claim's value, either layout; :data:`UNREADABLE` (still taken) if it is neither."""
     try:
         return _claim_decoder.decode(raw or b"")
     except msgspec.DecodeError:
+        pass
+    try:
+        old = _claim_v1_decoder.decode(raw or b"")
+    except msgspec.DecodeError:
         log.error("claim %s in the KV is not valid JSON of a claim; keeping it as taken", key)
         return UNREADABLE
+    return Claim(
+        cluster=old.cluster,
+        namespace=old.namespace,
+        pool=old.pool,
+        sharers=(Sharer(name=old.name, uid=old.uid),),
+    )
+
+
+def decode_record(key: str, raw: bytes | None) -> ServiceRecord:
+    try:
+        return _record_decoder.decode(raw or b"")
+    except msgspec.DecodeError as exc:
+        raise StoreError(f"record {key} in the KV is not a Service record: {exc}") from exc
 
 
 def _is_wrong_last(exc: BaseException) -> bool:
@@ -94,10 +176,70 @@ def _is_wrong_last(exc: BaseException) -> bool:
 
 
 class IpamStore:
-    """Typed, compare-and-set access to the ipam bucket."""
+    """Typed, compare-and-set access to the ipam bucket.
 
-    def __init__(self, kv: KeyValue) -> None:
+    ``js``: the JetStream context the bucket was opened with; with it, listings
+    and the start-up load know exactly when they have seen everything (see
+    :meth:`last_revision`), without it they trust the client's end-of-initial-
+    values marker, which nats-py may deliver before the values under load.
+    """
+
+    def __init__(
+        self, kv: KeyValue, js: JetStreamContext | None = None, *, bucket: str = IPAM_BUCKET
+    ) -> None:
         self.kv = kv
+        self.js = js
+        self.bucket = bucket
+
+    async def last_revision(self, prefix: str) -> int | None:
+        """The revision of the newest entry (value or delete marker) under ``prefix``
+        (``"addr."``); 0: none; None: unknown (no JetStream context).
+
+        A watch delivers the last entry of every key in revision order, so once
+        it has delivered this revision it has delivered every key that existed.
+        """
+        if self.js is None:
+            return None
+        try:
+            last = await self.js.get_last_msg(f"KV_{self.bucket}", f"$KV.{self.bucket}.{prefix}>")
+        except nats.js.errors.NotFoundError:
+            return 0
+        except (TimeoutError, nats.errors.Error) as exc:
+            raise StoreError(f"cannot read the last revision under {prefix}: {exc!r}") from exc
+        return int(last.seq or 0)
+
+    async def scan(self, prefix: str) -> dict[str, KeyValue.Entry]:
+        """Every live entry under ``prefix`` now, by key."""
+        threshold = await self.last_revision(prefix)
+        if threshold == 0:
+            return {}
+        try:
+            watcher = await self.kv.watch(prefix + ">")
+        except (TimeoutError, nats.errors.Error) as exc:
+            raise StoreError(f"cannot list {prefix}: {exc!r}") from exc
+        found: dict[str, KeyValue.Entry] = {}
+        seen = 0
+        try:
+            while True:
+                entry = await watcher.__anext__()  # type: ignore[no-untyped-call]
+                if entry is None:
+                    if threshold is None:
+                        return found
+                    continue
+                seen = max(seen, _revision(entry))
+                if entry.operation in (KV_DEL, KV_PURGE):
+                    found.pop(entry.key, None)
+                else:
+                    found[entry.key] = entry
+                if threshold is not None and seen >= threshold:
+                    return found
+        except (TimeoutError, nats.errors.Error) as exc:
+            raise StoreError(f"cannot list {prefix}: {exc!r}") from exc
+        finally:
+            try:
+                await watcher.stop()  # type: ignore[no-untyped-call]
+            except (TimeoutError, nats.errors.Error) as exc:
+                log.debug("stopping the listing of %s: %r", prefix, exc)
 
     # --- claims -------------------------------------------------------------------
 
@@ -106,18 +248,38 @@ class IpamStore:
         entry = await self._get(key)
         if entry is None:
             return None
-        return _decode_claim(key, entry.value), _revision(entry)
+        return decode_claim(key, entry.value), _revision(entry)
 
-    async def create_claim(self, address: str, claim: Claim) -> int:
-        """Claim ``address``; :class:`Conflict` if anyone owns it."""
+    async def create_claim(
+        self, address: str, claim: Claim, *, deleted_at: int | None = None
+    ) -> int:
+        """Claim ``address``; :class:`Conflict` if anyone owns it.
+
+        ``deleted_at``: the revision of the delete marker last seen on the key. A
+        ``create`` over a marker costs three round trips (a failed create, a read,
+        an update); an ``update`` at the marker's revision is the same test (the
+        key is deleted, unchanged since) in one.
+        """
         key = addr_key(address)
+        value = _encoder.encode(claim)
+        if deleted_at:
+            try:
+                return await self.kv.update(key, value, last=deleted_at)
+            except (TimeoutError, nats.errors.Error) as exc:
+                if not _is_wrong_last(exc):
+                    raise self._error("create", key, exc) from exc
+                # Changed since the marker: a plain create tells whether it is free.
         try:
-            return await self.kv.create(key, _encoder.encode(claim))
+            return await self.kv.create(key, value)
         except (TimeoutError, nats.errors.Error) as exc:
             raise self._error("create", key, exc) from exc
 
-    async def touch_claim(self, address: str, claim: Claim, last: int) -> int:
-        """Rewrite a claim we hold, so a concurrent delete of its old revision fails."""
+    async def update_claim(self, address: str, claim: Claim, last: int) -> int:
+        """Rewrite a claim as it was at revision ``last``; :class:`Conflict` if it changed.
+
+        Also how a claim we hold is *touched*: rewritten unchanged, so that a
+        concurrent delete of its old revision fails.
+        """
         return await self._update(addr_key(address), _encoder.encode(claim), last)
 
     async def delete_claim(self, address: str, last: int) -> None:
@@ -129,10 +291,7 @@ class IpamStore:
         entry = await self._get(key)
         if entry is None:
             return None
-        try:
-            return _record_decoder.decode(entry.value or b""), _revision(entry)
-        except msgspec.DecodeError as exc:
-            raise StoreError(f"record {key} in the KV is not a Service record: {exc}") from exc
+        return decode_record(key, entry.value), _revision(entry)
 
     async def create_record(self, key: str, record: ServiceRecord) -> int:
         try:
@@ -146,7 +305,41 @@ class IpamStore:
     async def delete_record(self, key: str, last: int) -> None:
         await self._delete(key, last)
 
+    # --- sharing groups --------------------------------------------------------------
+
+    async def get_group(self, key: str) -> tuple[GroupRecord, int] | None:
+        entry = await self._get(key)
+        if entry is None:
+            return None
+        try:
+            return _group_decoder.decode(entry.value or b""), _revision(entry)
+        except msgspec.DecodeError:
+            log.error("group %s in the KV is unreadable; it will be rewritten", key)
+            return GroupRecord(key=""), _revision(entry)
+
+    async def put_group(self, key: str, group: GroupRecord, last: int | None) -> int:
+        """Create (``last`` None) or CAS-update a group; :class:`Conflict` if it changed."""
+        if last is None:
+            try:
+                return await self.kv.create(key, _encoder.encode(group))
+            except (TimeoutError, nats.errors.Error) as exc:
+                raise self._error("create", key, exc) from exc
+        return await self._update(key, _encoder.encode(group), last)
+
+    async def delete_group(self, key: str, last: int) -> None:
+        await self._delete(key, last)
+
     # --- watching ----------------------------------------------------------------------
+
+    async def records(self) -> dict[str, tuple[ServiceRecord, int]]:
+        """Every Service record now, by key."""
+        found: dict[str, tuple[ServiceRecord, int]] = {}
+        for key, entry in (await self.scan(_SVC)).items():
+            try:
+                found[key] = (decode_record(key, entry.value), _revision(entry))
+            except StoreError as exc:
+                log.warning("%s", exc)
+        return found
 
     async def watch_claims(self) -> ClaimWatch:
         """Every current claim, then a ``None`` marker, then every change as it happens."""
@@ -194,6 +387,8 @@ class ClaimWatch:
 
     def __init__(self, watcher: KeyValue.KeyWatcher) -> None:
         self._watcher = watcher
+        #: The newest revision delivered so far (of any ``addr.`` key, even unreadable).
+        self.revision = 0
 
     async def next(self) -> ClaimEvent | None:
         """The next change; ``None`` once, when every claim that existed has been seen.
@@ -204,6 +399,7 @@ class ClaimWatch:
             entry = await self._watcher.__anext__()  # type: ignore[no-untyped-call]
             if entry is None:
                 return None
+            self.revision = max(self.revision, _revision(entry))
             token = entry.key[len(_ADDR) :]
             try:
                 address = from_kv_token(token)
@@ -213,7 +409,7 @@ class ClaimWatch:
             deleted = entry.operation in (KV_DEL, KV_PURGE)
             return ClaimEvent(
                 address=address,
-                claim=None if deleted else _decode_claim(entry.key, entry.value),
+                claim=None if deleted else decode_claim(entry.key, entry.value),
                 revision=_revision(entry),
             )
 
