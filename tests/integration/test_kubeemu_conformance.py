@@ -895,3 +895,135 @@ async def test_in_process_watch_shares_the_http_event_stream(
     with pytest.raises(ApiError) as info:
         emu.watch("services", resource_version=start)
     assert (info.value.code, info.value.reason) == (410, "Expired")
+
+
+# --- what the watcher relies on: leases, event series, status conditions ----------
+
+
+async def test_lease_race_has_exactly_one_winner(api: client.ApiClient) -> None:
+    """Two candidates writing the same read Lease: one succeeds, the other gets 409 Conflict
+    (coordination.k8s.io/v1; optimistic concurrency is what makes election safe)."""
+    leases = client.CoordinationV1Api(api)
+    body = {
+        "apiVersion": "coordination.k8s.io/v1",
+        "kind": "Lease",
+        "metadata": {"name": "race"},
+        "spec": {"holderIdentity": "", "leaseDurationSeconds": 15},
+    }
+    await leases.create_namespaced_lease("default", body)
+    read = (await leases.read_namespaced_lease("race", "default")).to_dict()
+    outcomes: list[int] = []
+    for holder in ("a", "b"):
+        attempt = {
+            "apiVersion": "coordination.k8s.io/v1",
+            "kind": "Lease",
+            "metadata": {"name": "race", "resourceVersion": read["metadata"]["resource_version"]},
+            "spec": {"holderIdentity": holder, "leaseDurationSeconds": 15},
+        }
+        try:
+            await leases.replace_namespaced_lease("race", "default", attempt)
+            outcomes.append(200)
+        except ApiException as exc:
+            outcomes.append(exc.status)
+    assert outcomes == [200, 409]
+    assert (await leases.read_namespaced_lease("race", "default")).spec.holder_identity == "a"
+
+
+async def test_lease_spec_is_validated(api: client.ApiClient) -> None:
+    """leaseDurationSeconds must be greater than 0 and leaseTransitions not negative (422)."""
+    leases = client.CoordinationV1Api(api)
+    for spec in ({"leaseDurationSeconds": 0}, {"leaseTransitions": -1}):
+        with pytest.raises(ApiException) as info:
+            await leases.create_namespaced_lease(
+                "default",
+                {
+                    "apiVersion": "coordination.k8s.io/v1",
+                    "kind": "Lease",
+                    "metadata": {"name": "x"},
+                    "spec": spec,
+                },
+            )
+        assert info.value.status == 422
+
+
+async def test_event_repeats_are_counted_in_series_and_the_rest_is_immutable(
+    api: client.ApiClient,
+) -> None:
+    """events.k8s.io/v1: an update may set series (count at least 2, lastObservedTime);
+    note, reason, action, type, regarding and the reporting fields are immutable (422)."""
+    events = client.EventsV1Api(api)
+    event = {
+        "apiVersion": "events.k8s.io/v1",
+        "kind": "Event",
+        "metadata": {"name": "web.2"},
+        "eventTime": "2025-01-01T00:00:00.000000Z",
+        "reportingController": "vipwire.io/watcher",
+        "reportingInstance": "watcher-0",
+        "action": "AllocateVIP",
+        "reason": "AllocationFailed",
+        "type": "Warning",
+        "regarding": {"kind": "Service", "namespace": "default", "name": "web"},
+        "note": "pool gold is full",
+    }
+    await events.create_namespaced_event("default", event)
+    series = {"series": {"count": 2, "lastObservedTime": "2025-01-01T00:01:00.000000Z"}}
+    counted = await events.patch_namespaced_event("web.2", "default", series, _content_type=MERGE)
+    assert counted.series.count == 2
+    for bad in (
+        {"note": "something else"},
+        {"reason": "Other"},
+        {"series": {"count": 1, "lastObservedTime": "2025-01-01T00:02:00.000000Z"}},
+        {"series": {"count": 3, "lastObservedTime": None}},
+    ):
+        with pytest.raises(ApiException) as info:
+            await events.patch_namespaced_event("web.2", "default", bad, _content_type=MERGE)
+        assert info.value.status == 422, bad
+    with pytest.raises(ApiException) as info:
+        await events.create_namespaced_event(
+            "default", {**event, "metadata": {"name": "web.3"}, "series": {"count": 1}}
+        )
+    assert info.value.status == 422
+
+
+async def test_service_status_conditions_are_validated_and_guarded(
+    v1: client.CoreV1Api,
+) -> None:
+    """status.conditions are metav1.Conditions (qualified type, True/False/Unknown, a CamelCase
+    reason, lastTransitionTime required: else 422); a status merge patch carrying a stale
+    metadata.resourceVersion is 409 Conflict."""
+    created = await v1.create_namespaced_service("default", _service("cond"))
+    good = {
+        "type": "vipwire.io/Ready",
+        "status": "False",
+        "reason": "AllocationFailed",
+        "message": "pool gold is full",
+        "lastTransitionTime": "2025-01-01T00:00:00Z",
+    }
+    written = await v1.patch_namespaced_service_status(
+        "cond",
+        "default",
+        {
+            "metadata": {"resourceVersion": created.metadata.resource_version},
+            "status": {"conditions": [good]},
+        },
+        _content_type=MERGE,
+    )
+    assert written.status.conditions[0].reason == "AllocationFailed"
+    for bad in (
+        {**good, "reason": "allocation failed!"},
+        {**good, "status": "Maybe"},
+        {k: v for k, v in good.items() if k != "lastTransitionTime"},
+        {**good, "type": "not a/valid/type"},
+    ):
+        with pytest.raises(ApiException) as info:
+            await v1.patch_namespaced_service_status(
+                "cond", "default", {"status": {"conditions": [bad]}}, _content_type=MERGE
+            )
+        assert info.value.status == 422, bad
+    stale = {
+        "metadata": {"resourceVersion": created.metadata.resource_version},
+        "status": {"conditions": None},
+    }
+    with pytest.raises(ApiException) as info:
+        await v1.patch_namespaced_service_status("cond", "default", stale, _content_type=MERGE)
+    assert info.value.status == 409

@@ -19,6 +19,16 @@ garbage collector for ownerReferences).
 
 from vipwire.kubeemu._emulator import KubeEmulator, write_kubeconfig
 from vipwire.kubeemu._errors import ApiError
+from vipwire.kubeemu._http import AuditEntry
+from vipwire.kubeemu._store import Change
 from vipwire.kubeemu._watch import WatchBrokenError, WatchSession
 
-__all__ = ["ApiError", "KubeEmulator", "WatchBrokenError", "WatchSession", "write_kubeconfig"]
+__all__ = [
+    "ApiError",
+    "AuditEntry",
+    "Change",
+    "KubeEmulator",
+    "WatchBrokenError",
+    "WatchSession",
+    "write_kubeconfig",
+]

@@ -16,7 +16,7 @@ from aiohttp import web
 
 from vipwire.kubeemu import _resources as res
 from vipwire.kubeemu._errors import ApiError
-from vipwire.kubeemu._http import Fault, KubeApp, Settings, start_server
+from vipwire.kubeemu._http import AuditEntry, Fault, KubeApp, Settings, start_server
 from vipwire.kubeemu._patch import JSON_PATCH, MERGE_PATCH, PATCH_TYPES, STRATEGIC_MERGE_PATCH
 from vipwire.kubeemu._resources import ResourceType
 from vipwire.kubeemu._selectors import Filter
@@ -311,6 +311,13 @@ class KubeEmulator:
     @latency.setter
     def latency(self, seconds: float) -> None:
         self._settings.latency = seconds
+
+    def record_requests(self) -> builtins.list[AuditEntry]:
+        """Start recording every resource request over HTTP, in RBAC's terms (verb, group,
+        resource, subresource, namespace, name); returns the list that fills up."""
+        if self._settings.audit is None:
+            self._settings.audit = []
+        return self._settings.audit
 
     def inject_failure(
         self,

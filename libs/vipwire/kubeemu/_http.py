@@ -47,6 +47,36 @@ class Fault:
     resource: str | None = None  # a plural, e.g. "services"; None: any
 
 
+@dataclass(frozen=True, slots=True)
+class AuditEntry:
+    """One resource request in RBAC's terms: verb, API group, resource, subresource."""
+
+    verb: str
+    group: str
+    resource: str
+    subresource: str | None
+    namespace: str | None
+    name: str | None
+
+
+_VERB_OF_METHOD = {"POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}
+
+
+def audit_entry(request: web.Request, target: Target) -> AuditEntry:
+    """The RBAC verb of a request (get/list/watch for GET, deletecollection, ...)."""
+    if request.method == "GET":
+        if target.name is not None:
+            verb = "get"
+        else:
+            verb = "watch" if _truthy(request.query.get("watch")) else "list"
+    elif request.method == "DELETE" and target.name is None:
+        verb = "deletecollection"
+    else:
+        verb = _VERB_OF_METHOD.get(request.method, request.method.lower())
+    rt = target.resource
+    return AuditEntry(verb, rt.group, rt.plural, target.subresource, target.namespace, target.name)
+
+
 @dataclass(slots=True)
 class Settings:
     """Knobs a test may turn while the server runs."""
@@ -56,6 +86,8 @@ class Settings:
     bookmark_interval: float = 60.0
     watch_timeout: float | None = None  # cap on watches that ask for no timeoutSeconds
     faults: list[Fault] = field(default_factory=list)
+    # Every resource request as RBAC sees it, when recording (None: not recording).
+    audit: list[AuditEntry] | None = None
 
     def take_fault(self, method: str, target: Target | None) -> Fault | None:
         for fault in self.faults:
@@ -136,7 +168,10 @@ class KubeApp:
         token = self.settings.token
         if token is not None and request.headers.get("Authorization") != f"Bearer {token}":
             return _json(ApiError(401, "Unauthorized", "Unauthorized").status(), 401)
-        fault = self.settings.take_fault(request.method, parse_path(request.path))
+        target = parse_path(request.path)
+        if self.settings.audit is not None and target is not None:
+            self.settings.audit.append(audit_entry(request, target))
+        fault = self.settings.take_fault(request.method, target)
         if fault is not None:
             return _error(ApiError(fault.status, fault.reason, "injected failure (kubeemu)"))
         try:

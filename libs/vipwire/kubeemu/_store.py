@@ -136,6 +136,7 @@ class Store:
         # Every change of a resource with a resourceVersion above its floor is retained.
         self._floor: dict[ResourceType, int] = dict.fromkeys(res.ALL, 0)
         self._listeners: list[Callable[[Change], None]] = []
+        self._services = strategy.ServiceIndex()
         for name in namespaces:
             self.create(res.NAMESPACES, None, {"metadata": {"name": name}})
 
@@ -262,7 +263,7 @@ class Store:
         meta["generation"] = 1
         if rt is res.SERVICES:
             obj["status"] = {}  # a Service's status is the controllers' to write
-        strategy.prepare_create(rt, obj, self._peers(rt, key))
+        strategy.prepare_create(rt, obj, self._services.taken(None))
         return self._commit(rt, "ADDED", key, obj, None)
 
     def update(
@@ -356,9 +357,6 @@ class Store:
 
     def _key(self, rt: ResourceType, namespace: str | None, name: str) -> Key:
         return (namespace or "", name) if rt.namespaced else ("", name)
-
-    def _peers(self, rt: ResourceType, key: Key) -> strategy.Peers:
-        return lambda: (o for k, o in self._objects[rt].items() if k != key)
 
     def _decode_body(self, rt: ResourceType, body: Any) -> Obj:
         if not isinstance(body, dict):
@@ -470,7 +468,7 @@ class Store:
                         ],
                     )
             key = self._key(rt, old_meta.get("namespace"), name)
-            strategy.prepare_update(rt, result, old, self._peers(rt, key))
+            strategy.prepare_update(rt, result, old, self._services.taken(old))
             if strategy.spec_changed(rt, result, old):
                 meta["generation"] = old_meta.get("generation", 1) + 1
         if result == old:
@@ -544,6 +542,8 @@ class Store:
     ) -> Obj:
         self._rv += 1
         obj = _with_rv(obj, self._rv)
+        if rt is res.SERVICES:
+            self._services.replace(self._objects[rt].get(key), None if kind == "DELETED" else obj)
         if kind == "DELETED":
             del self._objects[rt][key]
         else:

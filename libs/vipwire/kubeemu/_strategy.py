@@ -13,22 +13,25 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any
 
 from vipwire.kubeemu._errors import ApiError, FieldError
 from vipwire.kubeemu._resources import (
     ENDPOINT_SLICES,
     EVENTS,
+    LEASES,
     NAMESPACES,
     SERVICES,
     ResourceType,
 )
 
 Obj = dict[str, Any]
-Peers = Callable[[], Iterable[Obj]]  # the other objects of the same resource
 
 SERVICE_CIDR = ipaddress.ip_network("198.18.0.0/15")
+#: .0 is the network, .1 would be the "kubernetes" service: cluster IPs start at .10.
+FIRST_IP_OFFSET = 10
+_CIDR_TEXT_PREFIX = "198.1"
 NODE_PORT_RANGE = range(30000, 32768)
 SERVICE_TYPES = ("ClusterIP", "NodePort", "LoadBalancer", "ExternalName")
 PROTOCOLS = ("TCP", "UDP", "SCTP")
@@ -61,9 +64,10 @@ def name_errors(rt: ResourceType, name: Any) -> list[FieldError]:
     return []
 
 
-def prepare_create(rt: ResourceType, obj: Obj, peers: Peers) -> None:
+def prepare_create(rt: ResourceType, obj: Obj, taken: Taken) -> None:
+    """Default, validate and allocate a new object; ``taken``: what other Services hold."""
     if rt is SERVICES:
-        _prepare_service(obj, None, peers)
+        _prepare_service(obj, None, taken)
     elif rt is NAMESPACES:
         obj.setdefault("spec", {})
         status = obj.setdefault("status", {})
@@ -71,9 +75,11 @@ def prepare_create(rt: ResourceType, obj: Obj, peers: Peers) -> None:
     _validate(rt, obj)
 
 
-def prepare_update(rt: ResourceType, obj: Obj, old: Obj, peers: Peers) -> None:
+def prepare_update(rt: ResourceType, obj: Obj, old: Obj, taken: Taken) -> None:
     if rt is SERVICES:
-        _prepare_service(obj, old, peers)
+        _prepare_service(obj, old, taken)
+    elif rt is EVENTS and (errors := _event_update_errors(obj, old)):
+        raise ApiError.invalid(rt, obj["metadata"]["name"], errors)
     _validate(rt, obj)
 
 
@@ -93,6 +99,8 @@ def _validate(rt: ResourceType, obj: Obj) -> None:
         errors = _endpoint_slice_errors(obj)
     elif rt is EVENTS:
         errors = _event_errors(obj)
+    elif rt is LEASES:
+        errors = _lease_errors(obj)
     if errors:
         raise ApiError.invalid(rt, obj["metadata"]["name"], errors)
 
@@ -110,7 +118,7 @@ def _needs_health_check_port(spec: Obj) -> bool:
     return spec.get("type") == "LoadBalancer" and spec.get("externalTrafficPolicy") == "Local"
 
 
-def _prepare_service(obj: Obj, old: Obj | None, peers: Peers) -> None:
+def _prepare_service(obj: Obj, old: Obj | None, taken: Taken) -> None:
     name = obj["metadata"]["name"]
     spec = obj.get("spec")
     if not isinstance(spec, dict):
@@ -153,9 +161,8 @@ def _prepare_service(obj: Obj, old: Obj | None, peers: Peers) -> None:
         spec.setdefault("ipFamilies", ["IPv4"])
         spec.setdefault("ipFamilyPolicy", "SingleStack")
 
-    others = list(peers())
-    used_ips = {o.get("spec", {}).get("clusterIP") for o in others}
-    used_ports = {p for o in others for p in _service_node_ports(o.get("spec") or {})}
+    used_ips = _InUse(taken.has_ip, taken.ip_start)
+    used_ports = _InUse(taken.has_port, taken.port_start)
 
     # Ports.
     ports = spec.get("ports")
@@ -384,6 +391,70 @@ def _service_status_errors(obj: Obj) -> list[FieldError]:
             )
         if ingress.get("ipMode") not in (None, "VIP", "Proxy"):
             errors.append(FieldError(f"{path}.ipMode", "Unsupported value", "", ingress["ipMode"]))
+    errors.extend(_condition_errors(status.get("conditions"), "status.conditions"))
+    return errors
+
+
+_QUALIFIED_NAME = re.compile(
+    r"([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
+    r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?"
+)
+_CONDITION_REASON = re.compile(r"[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?")
+
+
+def _condition_errors(conditions: Any, path: str) -> list[FieldError]:
+    """metav1.Condition validation (ValidateConditions), as for Service status."""
+    if conditions is None:
+        return []
+    if not isinstance(conditions, list):
+        return [FieldError(path, "Invalid value", "must be a list")]
+    errors: list[FieldError] = []
+    seen: set[Any] = set()
+    for i, cond in enumerate(conditions):
+        where = f"{path}[{i}]"
+        if not isinstance(cond, dict):
+            errors.append(FieldError(where, "Invalid value", "must be an object"))
+            continue
+        kind = cond.get("type")
+        if not isinstance(kind, str) or not _QUALIFIED_NAME.fullmatch(kind):
+            errors.append(
+                FieldError(f"{where}.type", "Invalid value", "must be a qualified name", kind)
+            )
+        elif kind in seen:
+            errors.append(FieldError(f"{where}.type", "Duplicate value", "", kind))
+        seen.add(kind)
+        if cond.get("status") not in ("True", "False", "Unknown"):
+            supported = 'supported values: "False", "True", "Unknown"'
+            errors.append(
+                FieldError(f"{where}.status", "Unsupported value", supported, cond.get("status"))
+            )
+        if not cond.get("lastTransitionTime"):
+            errors.append(
+                FieldError(f"{where}.lastTransitionTime", "Required value", "must be set")
+            )
+        reason = cond.get("reason")
+        if not reason:
+            errors.append(FieldError(f"{where}.reason", "Required value"))
+        elif (
+            not isinstance(reason, str)
+            or len(reason) > 1024
+            or not _CONDITION_REASON.fullmatch(reason)
+        ):
+            errors.append(
+                FieldError(
+                    f"{where}.reason",
+                    "Invalid value",
+                    "a condition reason must start with alphabetic character, optionally "
+                    "followed by a string of alphanumeric characters or '_,:', and must end "
+                    "with an alphanumeric character or '_'",
+                    reason,
+                )
+            )
+        message = cond.get("message")
+        if isinstance(message, str) and len(message) > 32768:
+            errors.append(
+                FieldError(f"{where}.message", "Too long", "may not be more than 32768 bytes")
+            )
     return errors
 
 
@@ -397,20 +468,136 @@ def _owned(node_port: int, old_spec: Obj) -> bool:
     return node_port in _service_node_ports(old_spec)
 
 
-def _next_free_port(used: set[int]) -> int:
-    for port in NODE_PORT_RANGE:
+def _next_free_port(used: _InUse) -> int:
+    for port in range(max(used.start, NODE_PORT_RANGE.start), NODE_PORT_RANGE.stop):
         if port not in used:
             return port
     raise ApiError(500, "InternalError", "range of valid node ports is full")
 
 
-def _next_free_ip(used: set[Any]) -> str:
+def _next_free_ip(used: _InUse) -> str:
     # .0 is the network, .1 would be the "kubernetes" service; start at .10.
-    for offset in range(10, SERVICE_CIDR.num_addresses - 1):
-        ip = str(SERVICE_CIDR.network_address + offset)
+    for offset in range(max(used.start, FIRST_IP_OFFSET), SERVICE_CIDR.num_addresses - 1):
+        ip = _ip_at(offset)
         if ip not in used:
             return ip
     raise ApiError(500, "InternalError", "range of valid cluster IPs is full")
+
+
+def _ip_at(offset: int) -> str:
+    return str(SERVICE_CIDR.network_address + offset)
+
+
+def _ip_offset(ip: Any) -> int | None:
+    """The offset of ``ip`` in :data:`SERVICE_CIDR`; None when it is not in it."""
+    if not isinstance(ip, str) or not ip.startswith(_CIDR_TEXT_PREFIX):
+        return None  # cheap test first: this runs for every Service write
+    try:
+        offset = int(ipaddress.IPv4Address(ip)) - int(SERVICE_CIDR.network_address)
+    except ValueError:
+        return None
+    return offset if 0 <= offset < SERVICE_CIDR.num_addresses else None
+
+
+class _InUse:
+    """What a Service may not take: what the others hold, plus what it took itself."""
+
+    def __init__(self, taken_by_others: Callable[[Any], bool], start: int) -> None:
+        self._others = taken_by_others
+        self._mine: set[Any] = set()
+        #: Where a search for a free value may start: everything below is held by others.
+        self.start = start
+
+    def __contains__(self, value: object) -> bool:
+        return value in self._mine or self._others(value)
+
+    def add(self, value: Any) -> None:
+        self._mine.add(value)
+
+
+class ServiceIndex:
+    """The cluster IPs and node ports every stored Service holds, kept by the store as it
+    commits, so a Service write costs the same with 10 or 10,000 Services around it."""
+
+    def __init__(self) -> None:
+        self._ips: dict[Any, int] = {}
+        self._ports: dict[int, int] = {}
+        # Lowest port / IP offset that may be free (everything below is held).
+        self._port_floor = NODE_PORT_RANGE.start
+        self._ip_floor = FIRST_IP_OFFSET
+
+    def replace(self, before: Obj | None, after: Obj | None) -> None:
+        """A stored Service changed from ``before`` to ``after`` (None: absent)."""
+        if before is not None and after is not None and _holdings(before) == _holdings(after):
+            return  # the common write (metadata, status) holds what it held
+        if before is not None:
+            self.remove(before)
+        if after is not None:
+            self.add(after)
+
+    def add(self, obj: Obj) -> None:
+        spec = obj.get("spec") or {}
+        ip = spec.get("clusterIP")
+        if ip:
+            self._ips[ip] = self._ips.get(ip, 0) + 1
+            while _ip_at(self._ip_floor) in self._ips:
+                self._ip_floor += 1
+        for port in _service_node_ports(spec):
+            self._ports[port] = self._ports.get(port, 0) + 1
+        while self._port_floor in self._ports:
+            self._port_floor += 1
+
+    def remove(self, obj: Obj) -> None:
+        spec = obj.get("spec") or {}
+        ip = spec.get("clusterIP")
+        if ip and _release(self._ips, ip):
+            offset = _ip_offset(ip)
+            if offset is not None:
+                self._ip_floor = min(self._ip_floor, max(offset, FIRST_IP_OFFSET))
+        for port in _service_node_ports(spec):
+            if _release(self._ports, port) and port in NODE_PORT_RANGE:
+                self._port_floor = min(self._port_floor, port)
+
+    def taken(self, own: Obj | None) -> Taken:
+        """What the Services other than ``own`` (the stored state of the one written) hold."""
+        return Taken(self, own)
+
+
+def _holdings(obj: Obj) -> tuple[Any, set[int]]:
+    spec = obj.get("spec") or {}
+    return spec.get("clusterIP"), _service_node_ports(spec)
+
+
+def _release(counts: dict[Any, int], value: Any) -> bool:
+    """Drop one holder of ``value``; True when none is left."""
+    left = counts.get(value, 0) - 1
+    if left > 0:
+        counts[value] = left
+        return False
+    counts.pop(value, None)
+    return True
+
+
+class Taken:
+    """Cluster IPs and node ports held by every Service but the one being written."""
+
+    def __init__(self, index: ServiceIndex, own: Obj | None) -> None:
+        self._index = index
+        spec = (own or {}).get("spec") or {}
+        self._own_ip = spec.get("clusterIP") or None
+        self._own_ports = _service_node_ports(spec)
+        own_offset = _ip_offset(self._own_ip)
+        # What the written Service holds itself is free for it: a search starts low enough.
+        self.port_start = min([index._port_floor, *self._own_ports])
+        self.ip_start = min(index._ip_floor, own_offset if own_offset is not None else 1 << 32)
+
+    def has_ip(self, ip: Any) -> bool:
+        held = self._index._ips.get(ip, 0)
+        return held - (1 if ip is not None and ip == self._own_ip else 0) > 0
+
+    def has_port(self, port: Any) -> bool:
+        held = self._index._ports.get(port, 0)
+        return held - (1 if port in self._own_ports else 0) > 0
 
 
 def _in_service_cidr(ip: str) -> bool:
@@ -459,4 +646,61 @@ def _event_errors(obj: Obj) -> list[FieldError]:
             errors.append(FieldError(field, "Too long", "must have at most 128 bytes"))
     if isinstance(obj.get("note"), str) and len(obj["note"].encode()) > 1024:
         errors.append(FieldError("note", "Too long", "must have at most 1024 bytes"))
+    series = obj.get("series")
+    if series is not None:
+        count = series.get("count") if isinstance(series, dict) else None
+        if not isinstance(count, int) or count < 2:
+            errors.append(
+                FieldError("series.count", "Invalid value", "should be at least 2", count)
+            )
+        if not isinstance(series, dict) or not series.get("lastObservedTime"):
+            errors.append(FieldError("series.lastObservedTime", "Required value"))
+    return errors
+
+
+# What an update of an events.k8s.io/v1 Event may not change (only series and
+# metadata may move: a repeat is counted, never rewritten).
+_EVENT_IMMUTABLE = (
+    "action",
+    "reason",
+    "note",
+    "regarding",
+    "related",
+    "eventTime",
+    "reportingController",
+    "reportingInstance",
+    "type",
+)
+
+
+def _event_update_errors(obj: Obj, old: Obj) -> list[FieldError]:
+    return [
+        FieldError(field, "Invalid value", "field is immutable", obj.get(field))
+        for field in _EVENT_IMMUTABLE
+        if obj.get(field) != old.get(field)
+    ]
+
+
+def _lease_errors(obj: Obj) -> list[FieldError]:
+    spec = obj.get("spec")
+    if not isinstance(spec, dict):
+        return []
+    errors: list[FieldError] = []
+    duration = spec.get("leaseDurationSeconds")
+    if duration is not None and (not isinstance(duration, int) or duration <= 0):
+        errors.append(
+            FieldError(
+                "spec.leaseDurationSeconds", "Invalid value", "must be greater than 0", duration
+            )
+        )
+    transitions = spec.get("leaseTransitions")
+    if transitions is not None and (not isinstance(transitions, int) or transitions < 0):
+        errors.append(
+            FieldError(
+                "spec.leaseTransitions",
+                "Invalid value",
+                "must be greater than or equal to 0",
+                transitions,
+            )
+        )
     return errors

@@ -1,0 +1,31 @@
+"""Small helpers for talking to a Kubernetes API server with kubernetes_asyncio.
+
+Build a client from a kubeconfig (path + context) or the in-cluster service
+account, call API methods and get plain JSON back, read watch streams as
+event dicts, and elect a leader on a Lease. Errors come as one family:
+:class:`KubeError`.
+"""
+
+from vipwire.kube._api import MERGE_PATCH, ApiCall, list_all, request_json, watch_events
+from vipwire.kube._client import in_cluster_namespace, new_api_client
+from vipwire.kube._errors import KubeApiError, KubeConfigError, KubeError, KubeUnavailable
+from vipwire.kube._leader import LeaderElector, LeaseRecord, lease_spec, may_acquire, micro_time
+
+__all__ = [
+    "MERGE_PATCH",
+    "ApiCall",
+    "KubeApiError",
+    "KubeConfigError",
+    "KubeError",
+    "KubeUnavailable",
+    "LeaderElector",
+    "LeaseRecord",
+    "in_cluster_namespace",
+    "lease_spec",
+    "list_all",
+    "may_acquire",
+    "micro_time",
+    "new_api_client",
+    "request_json",
+    "watch_events",
+]

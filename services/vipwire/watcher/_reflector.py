@@ -1,0 +1,137 @@
+"""List, then watch from the list's resourceVersion; list again whenever that is lost.
+
+A reflector keeps the objects of one resource as the API server has them
+(``store``) and tells its listener, synchronously, which keys changed; the
+listener queues them for workers that read the store (:mod:`_queue`). It
+never waits for the work itself, so a slow or failing write never holds up
+the stream. After a (re)list the listener gets the whole set and queues
+every key it holds or knows of: whatever changed or vanished while no watch
+was open (a broken stream, a 410) is caught up on, deletions included.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Mapping
+from typing import Any, Protocol
+
+from vipwire.kube import ApiCall, KubeApiError, KubeUnavailable, list_all, watch_events
+from vipwire.metrics import Counter
+from vipwire.watcher.settings import WatcherSettings
+from vipwire.watcher.translate import Obj, object_key, resource_version
+
+log = logging.getLogger("vipwire.watcher")
+
+
+class Listener(Protocol):
+    def listed(self, objects: Mapping[str, Obj], rv: str) -> None:
+        """Everything there is, after a list at resourceVersion ``rv``."""
+
+    def changed(self, key: str, obj: Obj | None, old: Obj | None, rv: str) -> None:
+        """``key`` changed at ``rv``: ``obj`` is its new state, None once deleted."""
+
+
+class Reflector:
+    def __init__(
+        self,
+        name: str,
+        call: ApiCall,
+        listener: Listener,
+        settings: WatcherSettings,
+        *,
+        restarts: Counter,
+        list_kwargs: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.name = name
+        self.store: dict[str, Obj] = {}
+        self.synced = asyncio.Event()
+        self._call = call
+        self._listener = listener
+        self._settings = settings
+        self._restarts = restarts
+        self._kwargs = dict(list_kwargs or {})
+        self._rv: str | None = None
+
+    async def run(self) -> None:
+        """Until cancelled: list, watch, and recover from whatever breaks."""
+        s = self._settings
+        delay = s.backoff_initial
+        failures = 0
+        last_list = 0.0
+        while True:
+            try:
+                if self._rv is None:
+                    await self._list()
+                    last_list = time.monotonic()
+                progressed = await self._watch(self._rv or "")
+                if progressed:
+                    failures, delay = 0, s.backoff_initial
+                if s.resync_interval and time.monotonic() - last_list >= s.resync_interval:
+                    self._restart("resync", relist=True)
+                continue
+            except KubeApiError as exc:
+                if exc.gone:
+                    # Our resourceVersion was compacted away: only a new list helps.
+                    self._restart("gone", relist=True)
+                    if failures == 0:
+                        failures = 1
+                        continue  # at once, the first time
+                else:
+                    self._restart("error", relist=False)
+                    log.warning("%s: API error (%s); retrying in %.1fs", self.name, exc, delay)
+            except KubeUnavailable as exc:
+                self._restart("unavailable", relist=False)
+                log.warning("%s: %s; retrying in %.1fs", self.name, exc, delay)
+            failures += 1
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, s.backoff_max)
+
+    def _restart(self, reason: str, *, relist: bool) -> None:
+        self._restarts.inc(resource=self.name, reason=reason)
+        if relist:
+            self._rv = None
+
+    async def _list(self) -> None:
+        s = self._settings
+        items, rv = await list_all(
+            self._call, timeout=s.request_timeout, page_size=s.list_page_size, **self._kwargs
+        )
+        self.store = {object_key(o): o for o in items}
+        self._listener.listed(self.store, rv)
+        self._rv = rv
+        self.synced.set()
+        log.debug("%s: listed %d at resourceVersion %s", self.name, len(items), rv)
+
+    async def _watch(self, rv: str) -> bool:
+        """One watch until the server ends it; True when anything arrived."""
+        s = self._settings
+        progressed = False
+        events = watch_events(
+            self._call,
+            resource_version=rv,
+            timeout_seconds=s.watch_timeout_s,
+            connect_timeout=s.request_timeout,
+            idle_timeout=s.idle_timeout,
+            **self._kwargs,
+        )
+        async with contextlib.aclosing(events):
+            async for event in events:
+                obj = event["object"]
+                kind = event.get("type")
+                progressed = True
+                event_rv = resource_version(obj)
+                if kind in ("ADDED", "MODIFIED", "DELETED"):
+                    key = object_key(obj)
+                    old = self.store.get(key)
+                    if kind == "DELETED":
+                        self.store.pop(key, None)
+                        self._listener.changed(key, None, old or obj, event_rv)
+                    else:
+                        self.store[key] = obj
+                        self._listener.changed(key, obj, old, event_rv)
+                # BOOKMARK (and anything newer we do not know) only moves us forward.
+                self._rv = event_rv or self._rv
+        return progressed

@@ -1,0 +1,364 @@
+"""The watcher with the real ipam and lbdriver (sim appliance) over a real nats-server.
+
+What only the whole flow can show: a leader failover in the middle of a burst,
+a type flip that releases and re-assigns, an appliance that blocks cleanup,
+externalTrafficPolicy Local membership, and ipam's own refusals.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from nats.aio.msg import Msg
+
+from vipwire.contracts import ServiceSnapshot, decode
+from vipwire.ipam import IpamService, IpamSettings, PoolSettings
+from vipwire.kubeemu import KubeEmulator
+from vipwire.lbdriver import ApplianceSettings, LbdriverService, LbdriverSettings, SimAppliance
+from vipwire.runtime import Runtime
+from vipwire.testing import eventually
+from vipwire.watcher import WatcherService, WatcherSettings
+
+RuntimeFactory = Callable[[str], Awaitable[Runtime]]
+CLASS = "vipwire.io/dsr"
+FINALIZER = "service.kubernetes.io/load-balancer-cleanup"
+NODES = {"n1": "192.0.2.11", "n2": "192.0.2.12", "n3": "192.0.2.13"}
+
+
+class Recorder:
+    """Every message on the cluster's subjects, raw, with its Nats-Msg-Id."""
+
+    def __init__(self) -> None:
+        self.raw: list[tuple[str, bytes, str]] = []
+
+    async def on_msg(self, msg: Msg) -> None:
+        self.raw.append((msg.subject, msg.data, (msg.headers or {}).get("Nats-Msg-Id", "")))
+
+    def family(self, family: str) -> list[tuple[str, bytes, str]]:
+        return [r for r in self.raw if r[0].split(".")[2] == family]
+
+    def duplicates(self, *families: str) -> list[tuple[str, bytes]]:
+        counts = Counter((s, d) for s, d, _ in self.raw if s.split(".")[2] in families)
+        return [r for r, n in counts.items() if n > 1]
+
+
+class Pipeline:
+    def __init__(self, emu: KubeEmulator, make_runtime: RuntimeFactory, kubeconfig: Path) -> None:
+        self.emu = emu
+        self.make_runtime = make_runtime
+        self.kubeconfig = kubeconfig
+        self.appliance = SimAppliance("sim-1")
+        self.watchers: list[WatcherService] = []
+        self.others: list[Any] = []
+        self.recorder = Recorder()
+
+    async def start(self) -> None:
+        ipam = IpamService(
+            IpamSettings(
+                pools=(
+                    PoolSettings(
+                        name="default", addresses=("198.51.100.0/24",), appliance_group="dc1"
+                    ),
+                )
+            ),
+            await self.make_runtime("ipam"),
+        )
+        lbdriver = LbdriverService(
+            LbdriverSettings(
+                appliances=(
+                    ApplianceSettings(
+                        name="sim-1", driver="sim", group="dc1", max_requests_per_s=0
+                    ),
+                ),
+                coalesce_window_ms=50,
+                coalesce_quiet_ms=10,
+                retry_initial_s=0.05,
+                retry_max_s=0.3,
+                unhealthy_cooldown_s=0.3,
+                unhealthy_max_cooldown_s=0.5,
+            ),
+            await self.make_runtime("lbdriver"),
+            drivers={"sim-1": self.appliance},
+        )
+        for service in (ipam, lbdriver):
+            await service.start()
+            self.others.append(service)
+        watch = await self.make_runtime("recorder")
+        await watch.bus.nc.subscribe("vipwire.east.>", cb=self.recorder.on_msg)
+
+    async def start_watcher(self, **overrides: Any) -> WatcherService:
+        settings = WatcherSettings(
+            cluster="east",
+            kubeconfig=str(self.kubeconfig),
+            context="east",
+            backoff_initial=0.05,
+            backoff_max=0.2,
+            instance=f"watcher-{len(self.watchers)}",
+            lease_duration_s=2,
+            renew_deadline_s=1.5,
+            retry_period_s=0.2,
+            **overrides,
+        )
+        watcher = WatcherService(settings, await self.make_runtime("watcher"))
+        await watcher.start()
+        self.watchers.append(watcher)
+        await eventually(lambda: watcher.readiness() is None)
+        return watcher
+
+    async def stop(self) -> None:
+        for watcher in self.watchers:
+            await watcher.stop()
+        for service in reversed(self.others):
+            await service.stop()
+
+    def service(self, name: str) -> dict[str, Any] | None:
+        found: dict[str, Any] | None = self.emu.find("services", "default", name)
+        return found
+
+    def vips(self, name: str) -> list[str]:
+        svc = self.service(name) or {}
+        ingress = ((svc.get("status") or {}).get("loadBalancer") or {}).get("ingress") or []
+        return [e["ip"] for e in ingress]
+
+    def events(self, reason: str, name: str | None = None) -> list[dict[str, Any]]:
+        return [
+            e
+            for e in self.emu.list("events.events.k8s.io", "default")
+            if e["reason"] == reason and (name is None or e["regarding"]["name"] == name)
+        ]
+
+    def members(self, name: str) -> set[str]:
+        """Member nodes of the Service's virtual servers on the appliance."""
+        return {
+            m.node
+            for vs in self.appliance.virtual_servers("east").values()
+            if vs.owner.endswith(f"/default/{name}")
+            for m in vs.members
+        }
+
+    def servers_of(self, name: str) -> list[Any]:
+        return [
+            vs
+            for vs in self.appliance.virtual_servers("east").values()
+            if vs.owner.endswith(f"/default/{name}")
+        ]
+
+    async def create(
+        self,
+        name: str,
+        *,
+        etp: str = "Cluster",
+        annotations: dict[str, str] | None = None,
+        endpoints_on: tuple[str, ...] | None = None,
+    ) -> None:
+        await self.emu.create(
+            {
+                "apiVersion": "v1",
+                "kind": "Service",
+                "metadata": {
+                    "name": name,
+                    "namespace": "default",
+                    "annotations": annotations or {},
+                },
+                "spec": {
+                    "type": "LoadBalancer",
+                    "loadBalancerClass": CLASS,
+                    "externalTrafficPolicy": etp,
+                    "selector": {"app": name},
+                    "ports": [{"name": "http", "port": 80, "targetPort": 8080}],
+                },
+            }
+        )
+        if endpoints_on is not None:
+            await self.emu.create(endpoint_slice(name, endpoints_on))
+
+
+def endpoint_slice(
+    name: str, ready_on: tuple[str, ...], *, terminating_on: tuple[str, ...] = ()
+) -> dict[str, Any]:
+    endpoints = [
+        {
+            "addresses": [f"10.0.{i}.{j}"],
+            "nodeName": node,
+            "conditions": {"ready": ready, "serving": True, "terminating": not ready},
+        }
+        for i, (nodes, ready) in enumerate(((ready_on, True), (terminating_on, False)))
+        for j, node in enumerate(nodes, start=1)
+    ]
+    return {
+        "apiVersion": "discovery.k8s.io/v1",
+        "kind": "EndpointSlice",
+        "metadata": {
+            "name": f"{name}-abc",
+            "namespace": "default",
+            "labels": {"kubernetes.io/service-name": name},
+        },
+        "addressType": "IPv4",
+        "endpoints": endpoints,
+        "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+    }
+
+
+@pytest.fixture
+async def pipeline(make_runtime: RuntimeFactory, tmp_path: Path) -> AsyncIterator[Pipeline]:
+    emu = KubeEmulator("east", bookmark_interval=0.5)
+    await emu.start()
+    for node, address in NODES.items():
+        await emu.add_node(node, address)
+    kubeconfig = emu.write_kubeconfig(tmp_path / "kubeconfig", context_name="east")
+    p = Pipeline(emu, make_runtime, kubeconfig)
+    try:
+        await p.start()
+        yield p
+    finally:
+        await p.stop()
+        await emu.stop()
+
+
+class TestFailover:
+    async def test_leader_dies_mid_burst_every_service_converges_without_duplicates(
+        self, pipeline: Pipeline
+    ) -> None:
+        """100 Services while the leader dies without giving the Lease up: the standby takes
+        over within the lease duration, every Service gets its VIP, and no message of the
+        watcher's reaches the bus twice; snapshot ids come from cluster, uid and version
+        only, so both replicas name a change alike."""
+        first = await pipeline.start_watcher(lease_release_on_stop=False)
+        second = await pipeline.start_watcher(lease_release_on_stop=False)
+        assert first.leading and not second.leading
+        names = [f"svc-{i}" for i in range(100)]
+        creating = asyncio.gather(*(pipeline.create(n) for n in names))
+        await eventually(lambda: sum(1 for n in names if pipeline.vips(n)) >= 20, timeout=15)
+        loop = asyncio.get_running_loop()
+        died = loop.time()
+        await first.stop()  # a crash, as far as the Lease knows
+        await eventually(lambda: second.leading, timeout=3)
+        # The lease duration (2 s) after the last renewal seen, plus a retry period or two.
+        assert loop.time() - died < 3.0
+        await creating
+        await eventually(lambda: all(pipeline.vips(n) for n in names), timeout=30)
+        vips = [pipeline.vips(n)[0] for n in names]
+        assert len(set(vips)) == 100
+        await asyncio.sleep(0.3)
+        assert pipeline.recorder.duplicates("service", "endpoints", "node", "status") == []
+        for subject, data, msg_id in pipeline.recorder.family("service"):
+            snap = decode(subject, data)
+            if isinstance(snap, ServiceSnapshot):
+                assert msg_id == f"east/{snap.uid}/{snap.resource_version}/service"
+        for reason in ("IPAllocated", "LoadBalancerProgrammed"):
+            events = pipeline.events(reason)
+            assert sorted(e["regarding"]["name"] for e in events) == sorted(names), reason
+            assert all("series" not in e for e in events), reason
+
+
+class TestLifecycle:
+    async def test_type_flip_releases_and_reassigns_cleanly(self, pipeline: Pipeline) -> None:
+        """LoadBalancer -> ClusterIP: VIP off the appliance, claim released, status, condition
+        and finalizer gone. -> LoadBalancer again: a VIP assigned and programmed anew."""
+        await pipeline.start_watcher()
+        await pipeline.create("flip", endpoints_on=("n1",))
+        await eventually(lambda: pipeline.vips("flip"), timeout=5)
+        await pipeline.emu.patch("services", "default", "flip", {"spec": {"type": "ClusterIP"}})
+
+        def let_go() -> bool:
+            svc = pipeline.service("flip") or {}
+            return not svc["metadata"].get("finalizers") and not pipeline.vips("flip")
+
+        await eventually(let_go, timeout=5)
+        svc = pipeline.service("flip")
+        assert svc is not None
+        assert not (svc.get("status") or {}).get("conditions")
+        assert "vipwire.io/cluster" not in (svc["metadata"].get("annotations") or {})
+        assert pipeline.servers_of("flip") == []
+        await eventually(lambda: pipeline.events("IPReleased", "flip"))
+
+        await pipeline.emu.patch(
+            "services",
+            "default",
+            "flip",
+            {"spec": {"type": "LoadBalancer", "loadBalancerClass": CLASS}},
+        )
+        await eventually(lambda: pipeline.vips("flip"), timeout=5)
+        svc = pipeline.service("flip")
+        assert svc is not None and FINALIZER in svc["metadata"]["finalizers"]
+        assert {vs.address for vs in pipeline.servers_of("flip")} == set(pipeline.vips("flip"))
+        (vip,) = pipeline.vips("flip")
+        assert any(vip in e["note"] for e in pipeline.events("IPAllocated", "flip"))
+
+    async def test_cleanup_blocked_by_the_appliance_keeps_the_finalizer_until_it_recovers(
+        self, pipeline: Pipeline
+    ) -> None:
+        """Appliance down during deletion: the finalizer stays, CleanupBlocked is said (Event
+        and condition); once the appliance answers again the Service is gone."""
+        await pipeline.start_watcher()
+        await pipeline.create("web")
+        await eventually(lambda: pipeline.vips("web"), timeout=5)
+        pipeline.appliance.set_down(True)
+        await pipeline.emu.delete("services", "default", "web")
+        await eventually(lambda: pipeline.events("CleanupBlocked", "web"), timeout=5)
+        event = pipeline.events("CleanupBlocked", "web")[0]
+        assert event["type"] == "Warning" and "finalizer stays" in event["note"]
+
+        def blocked() -> bool:
+            svc = pipeline.service("web") or {}
+            conds = (svc.get("status") or {}).get("conditions") or []
+            return any(c["reason"] == "CleanupBlocked" for c in conds)
+
+        await eventually(blocked, timeout=5)
+        await asyncio.sleep(0.5)
+        svc = pipeline.service("web")
+        assert svc is not None and FINALIZER in svc["metadata"]["finalizers"]
+        pipeline.appliance.set_down(False)
+        await eventually(lambda: pipeline.service("web") is None, timeout=10)
+        assert pipeline.servers_of("web") == []
+
+    async def test_unknown_pool_is_an_allocation_failure_others_unaffected(
+        self, pipeline: Pipeline
+    ) -> None:
+        """A pool that does not exist (only ipam knows): Warning AllocationFailed naming it,
+        condition AllocationFailed, no VIP; the Service next to it is served."""
+        await pipeline.start_watcher()
+        await pipeline.create("lost", annotations={"vipwire.io/pool": "nope"})
+        await pipeline.create("fine")
+        await eventually(lambda: pipeline.events("AllocationFailed", "lost"), timeout=5)
+        assert "'nope'" in pipeline.events("AllocationFailed", "lost")[0]["note"]
+        await eventually(lambda: pipeline.vips("fine"), timeout=5)
+
+        def condition() -> str | None:
+            conds = ((pipeline.service("lost") or {}).get("status") or {}).get("conditions")
+            return next((c["reason"] for c in conds or [] if c["type"] == "vipwire.io/Ready"), None)
+
+        await eventually(lambda: condition() == "AllocationFailed")
+        assert pipeline.vips("lost") == []
+
+
+class TestLocalTraffic:
+    async def test_only_nodes_with_a_ready_local_endpoint_are_members(
+        self, pipeline: Pipeline
+    ) -> None:
+        """externalTrafficPolicy Local: members are the nodes with a ready endpoint (not the
+        terminating ones); scaled to zero on a node, that node leaves; at zero, none is left."""
+        await pipeline.start_watcher()
+        await pipeline.create("local", etp="Local", endpoints_on=("n1", "n2"))
+        await eventually(lambda: pipeline.members("local") == {"n1", "n2"}, timeout=5)
+        await pipeline.emu.patch(
+            "endpointslices",
+            "default",
+            "local-abc",
+            {"endpoints": endpoint_slice("local", ("n1",), terminating_on=("n2",))["endpoints"]},
+        )
+        await eventually(lambda: pipeline.members("local") == {"n1"}, timeout=5)
+        await pipeline.emu.patch(
+            "endpointslices",
+            "default",
+            "local-abc",
+            {"endpoints": endpoint_slice("local", ("n1",))["endpoints"]},
+        )
+        await pipeline.emu.patch("endpointslices", "default", "local-abc", {"endpoints": []})
+        await eventually(lambda: pipeline.members("local") == set(), timeout=5)
+        assert pipeline.servers_of("local")  # the VIP stays programmed, with no member

@@ -1,0 +1,751 @@
+"""The watcher against a real nats-server and the Kubernetes API emulator."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from nats.aio.msg import Msg
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind
+
+from vipwire.contracts import (
+    EndpointsSnapshot,
+    LbFailed,
+    LbProgrammed,
+    Member,
+    Message,
+    NodeApplied,
+    NodeGone,
+    NodeSnapshot,
+    ServiceGone,
+    ServicePort,
+    ServiceSnapshot,
+    StatusWritten,
+    VipFailed,
+    VipReleased,
+    decode,
+)
+from vipwire.kubeemu import KubeEmulator
+from vipwire.runtime import Runtime
+from vipwire.testing import eventually
+from vipwire.watcher import WatcherService, WatcherSettings
+
+RuntimeFactory = Callable[[str], Awaitable[Runtime]]
+CLASS = "vipwire.io/dsr"
+FINALIZER = "service.kubernetes.io/load-balancer-cleanup"
+SVC = {"cluster": "east", "namespace": "default", "name": "web"}
+
+
+def lb_service(
+    name: str = "web",
+    *,
+    lb_class: str | None = CLASS,
+    annotations: dict[str, str] | None = None,
+    ports: tuple[int, ...] = (80,),
+) -> dict[str, Any]:
+    spec: dict[str, Any] = {
+        "type": "LoadBalancer",
+        "selector": {"app": name},
+        "ports": [{"name": f"p{p}", "port": p, "targetPort": 8080} for p in ports],
+    }
+    if lb_class is not None:
+        spec["loadBalancerClass"] = lb_class
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": name, "namespace": "default", "annotations": annotations or {}},
+        "spec": spec,
+    }
+
+
+def endpoint_slice(name: str, service: str, node: str, ip: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "discovery.k8s.io/v1",
+        "kind": "EndpointSlice",
+        "metadata": {
+            "name": name,
+            "namespace": "default",
+            "labels": {"kubernetes.io/service-name": service},
+        },
+        "addressType": "IPv4",
+        "endpoints": [
+            {"addresses": [ip], "nodeName": node, "conditions": {"ready": True}},
+        ],
+        "ports": [{"name": "p80", "port": 8080, "protocol": "TCP"}],
+    }
+
+
+class Seen:
+    """Every message the watcher published, from a plain core-NATS subscription."""
+
+    def __init__(self) -> None:
+        self.messages: list[Message] = []
+        self.raw: list[tuple[str, bytes]] = []
+
+    async def on_msg(self, msg: Msg) -> None:
+        self.raw.append((msg.subject, msg.data))
+        self.messages.append(decode(msg.subject, msg.data))
+
+    def duplicates(self, *families: str) -> list[tuple[str, bytes]]:
+        """Messages of these families published twice with the same content."""
+        counts = Counter(r for r in self.raw if r[0].split(".")[2] in families)
+        return [r for r, n in counts.items() if n > 1]
+
+    def of(self, kind: type[Any], **fields: Any) -> list[Any]:
+        return [
+            m
+            for m in self.messages
+            if isinstance(m, kind) and all(getattr(m, k) == v for k, v in fields.items())
+        ]
+
+
+class Harness:
+    def __init__(
+        self,
+        emu: KubeEmulator,
+        peer: Runtime,
+        seen: Seen,
+        make_runtime: RuntimeFactory,
+        kubeconfig: Path,
+    ) -> None:
+        self.emu = emu
+        self.peer = peer
+        self.seen = seen
+        self._make_runtime = make_runtime
+        self.kubeconfig = kubeconfig
+        self.watcher: WatcherService | None = None
+        self.runtime: Runtime | None = None
+
+    async def start_watcher(self, **overrides: Any) -> WatcherService:
+        settings = WatcherSettings(
+            cluster="east",
+            kubeconfig=str(self.kubeconfig),
+            context="east",
+            backoff_initial=0.05,
+            backoff_max=0.2,
+            instance="test-watcher",
+            **overrides,
+        )
+        runtime = await self._make_runtime("watcher")
+        watcher = WatcherService(settings, runtime)
+        await watcher.start()
+        self.watcher, self.runtime = watcher, runtime
+        await eventually(lambda: watcher.readiness() is None)
+        return watcher
+
+    async def stop_watcher(self) -> None:
+        if self.watcher is not None:
+            await self.watcher.stop()
+            self.watcher = None
+
+    def service(self, name: str = "web") -> dict[str, Any] | None:
+        return self.emu.find("services", "default", name)
+
+    async def publish(self, message: Message) -> None:
+        await self.peer.bus.publish(message)
+
+    def events(self, reason: str) -> list[dict[str, Any]]:
+        return [
+            e for e in self.emu.list("events.events.k8s.io", "default") if e["reason"] == reason
+        ]
+
+    async def created(self, name: str = "web", **kwargs: Any) -> ServiceSnapshot:
+        """Create a Service of ours and wait for its first snapshot."""
+        await self.emu.create(lb_service(name, **kwargs))
+        await eventually(lambda: self.seen.of(ServiceSnapshot, name=name))
+        snap: ServiceSnapshot = self.seen.of(ServiceSnapshot, name=name)[-1]
+        return snap
+
+
+@pytest.fixture
+async def harness(make_runtime: RuntimeFactory, tmp_path: Path) -> AsyncIterator[Harness]:
+    emu = KubeEmulator("east", bookmark_interval=0.5)
+    await emu.start()
+    kubeconfig = emu.write_kubeconfig(tmp_path / "kubeconfig", context_name="east")
+    peer = await make_runtime("peer")
+    seen = Seen()
+    sub = await peer.bus.nc.subscribe("vipwire.east.>", cb=seen.on_msg)
+    h = Harness(emu, peer, seen, make_runtime, kubeconfig)
+    try:
+        yield h
+    finally:
+        await h.stop_watcher()
+        await sub.unsubscribe()
+        await emu.stop()
+
+
+def programmed(uid: str, vips: tuple[str, ...] = ("198.51.100.7",), **kw: Any) -> LbProgrammed:
+    return LbProgrammed(
+        **SVC,
+        uid=uid,
+        appliance="sim-a",
+        vips=vips,
+        ports=(ServicePort(port=80),),
+        members=kw.pop("members", (Member(node="n1", address="192.0.2.11"),)),
+        **kw,
+    )
+
+
+class TestServices:
+    async def test_service_of_our_class_gets_finalizer_then_snapshot(
+        self, harness: Harness
+    ) -> None:
+        """A LoadBalancer Service of our class gets the finalizer and a snapshot of its spec."""
+        await harness.start_watcher()
+        await harness.emu.create(
+            lb_service(annotations={"vipwire.io/pool": "gold", "vipwire.io/ips": "198.51.100.7"})
+        )
+        await eventually(lambda: harness.seen.of(ServiceSnapshot, name="web"))
+        svc = harness.service()
+        assert svc is not None
+        assert FINALIZER in svc["metadata"]["finalizers"]
+        snap = harness.seen.of(ServiceSnapshot, name="web")[0]
+        assert snap.uid == svc["metadata"]["uid"]
+        assert snap.pool == "gold"
+        assert snap.requested_ips == ("198.51.100.7",)
+        assert [p.port for p in snap.ports] == [80]
+        assert not snap.deleting
+        # The snapshot was published after the finalizer write: it carries that version.
+        assert int(snap.resource_version) >= int(svc["metadata"]["resourceVersion"]) - 1
+
+    async def test_service_of_another_class_is_ignored(self, harness: Harness) -> None:
+        """Services of another class (or none) get no finalizer and no snapshot."""
+        await harness.start_watcher()
+        await harness.emu.create(lb_service("other", lb_class="example.com/lb"))
+        await harness.emu.create(lb_service("plain", lb_class=None))
+        await harness.created("web")
+        for name in ("other", "plain"):
+            svc = harness.service(name)
+            assert svc is not None
+            assert FINALIZER not in (svc["metadata"].get("finalizers") or [])
+            assert not harness.seen.of(ServiceSnapshot, name=name)
+
+    async def test_programmed_writes_status_and_event(
+        self, harness: Harness, span_exporter: InMemorySpanExporter
+    ) -> None:
+        """LbProgrammed: VIPs in status (ipMode VIP), a Normal Event, StatusWritten on the bus."""
+        await harness.start_watcher()
+        snap = await harness.created()
+        await harness.publish(programmed(snap.uid))
+
+        def ingress() -> Any:
+            svc = harness.service()
+            return svc and svc.get("status", {}).get("loadBalancer", {}).get("ingress")
+
+        await eventually(ingress)
+        assert ingress() == [{"ip": "198.51.100.7", "ipMode": "VIP"}]
+        await eventually(lambda: harness.events("LoadBalancerProgrammed"))
+        event = harness.events("LoadBalancerProgrammed")[0]
+        assert event["type"] == "Normal"
+        assert event["regarding"]["uid"] == snap.uid
+        assert event["reportingController"] == "vipwire.io/watcher"
+
+        def consumer_parent_of_status_write() -> bool:
+            spans = span_exporter.get_finished_spans()
+            by_id = {s.context.span_id: s for s in spans}
+            return any(
+                s.name == "status write"
+                and s.parent is not None
+                and s.parent.span_id in by_id
+                and by_id[s.parent.span_id].kind == SpanKind.CONSUMER
+                for s in spans
+            )
+
+        await eventually(consumer_parent_of_status_write)
+        roots = [s for s in span_exporter.get_finished_spans() if s.name == "reconcile service"]
+        assert roots and all(s.parent is None for s in roots)
+        await eventually(lambda: harness.seen.of(StatusWritten, name="web"))
+        written = harness.seen.of(StatusWritten, name="web")[0]
+        assert written.vips == ("198.51.100.7",)
+        write = next(s for s in span_exporter.get_finished_spans() if s.name == "status write")
+        assert written.trace_id == format(write.context.trace_id, "032x")
+        assert roots[0].attributes is not None
+        assert roots[0].attributes["k8s.service.name"] == "web"
+        # Our own status write does not make us publish the unchanged Service again.
+        await asyncio.sleep(0.2)
+        assert len(harness.seen.of(ServiceSnapshot, name="web")) == 1
+
+    async def test_failures_become_warning_events(self, harness: Harness) -> None:
+        """VipFailed and LbFailed are recorded as Warning Events with their message."""
+        await harness.start_watcher()
+        snap = await harness.created()
+        await harness.publish(
+            VipFailed(**SVC, uid=snap.uid, reason="AllocationFailed", message="pool gold is full")
+        )
+        await eventually(lambda: harness.events("AllocationFailed"))
+        event = harness.events("AllocationFailed")[0]
+        assert event["type"] == "Warning"
+        assert event["note"].startswith("pool gold is full (trace ")
+        await harness.publish(
+            LbFailed(**SVC, uid=snap.uid, appliance="f5-a", reason="Timeout", message="no answer")
+        )
+        await eventually(lambda: harness.events("ApplianceFailed"))
+        assert "no answer" in harness.events("ApplianceFailed")[0]["note"]
+
+    async def test_delete_then_released_removes_finalizer(self, harness: Harness) -> None:
+        """Deleting publishes a deleting snapshot; VipReleased lets the Service go, and the
+        watcher forgets it (no view, lock or tombstone left behind)."""
+        await harness.start_watcher()
+        snap = await harness.created()
+        await harness.emu.delete("services", "default", "web")
+        await eventually(lambda: harness.seen.of(ServiceSnapshot, name="web", deleting=True))
+        assert harness.service() is not None  # held by our finalizer
+        await harness.publish(VipReleased(**SVC, uid=snap.uid, vips=("198.51.100.7",)))
+        await eventually(lambda: harness.service() is None)
+        await eventually(lambda: harness.seen.of(ServiceGone, name="web", uid=snap.uid))
+        # Nothing is kept about a Service that is gone everywhere (white box).
+        watcher = harness.watcher
+        assert watcher is not None
+        await eventually(lambda: "default/web" not in watcher._views)
+        await eventually(lambda: "default/web" not in watcher._services)
+        await eventually(lambda: len(watcher._locks) == 0)
+
+    async def test_type_change_away_releases_and_clears_status(self, harness: Harness) -> None:
+        """A Service that stops being a LoadBalancer is released, then let go, status cleared."""
+        await harness.start_watcher()
+        snap = await harness.created()
+        await harness.publish(programmed(snap.uid))
+        await eventually(lambda: (harness.service() or {}).get("status", {}).get("loadBalancer"))
+        await harness.emu.patch("services", "default", "web", {"spec": {"type": "ClusterIP"}})
+        await eventually(lambda: harness.seen.of(ServiceSnapshot, name="web", deleting=True))
+        await harness.publish(VipReleased(**SVC, uid=snap.uid))
+
+        def let_go() -> bool:
+            svc = harness.service()
+            assert svc is not None
+            return FINALIZER not in (svc["metadata"].get("finalizers") or [])
+
+        await eventually(let_go)
+        svc = harness.service()
+        assert svc is not None
+        assert not svc.get("status", {}).get("loadBalancer", {}).get("ingress")
+        await eventually(lambda: harness.seen.of(ServiceGone, name="web"))
+        assert harness.seen.of(StatusWritten, name="web")[-1].vips == ()
+
+    async def test_status_gate_all_waits_for_every_member(self, harness: Harness) -> None:
+        """With status_gate=all, status is written only once every member node applied."""
+        await harness.start_watcher(status_gate="all")
+        snap = await harness.created()
+        members = (Member(node="n1", address="192.0.2.11"), Member(node="n2", address="192.0.2.12"))
+        await harness.publish(programmed(snap.uid, members=members))
+        await harness.publish(
+            NodeApplied(cluster="east", node="n1", generation=1, vips=("198.51.100.7",))
+        )
+        await asyncio.sleep(0.3)
+        svc = harness.service()
+        assert svc is not None
+        assert not svc.get("status", {}).get("loadBalancer", {}).get("ingress")
+        await harness.publish(
+            NodeApplied(cluster="east", node="n2", generation=1, vips=("198.51.100.7",))
+        )
+        await eventually(lambda: (harness.service() or {}).get("status", {}).get("loadBalancer"))
+
+
+class TestNodesAndEndpoints:
+    async def test_nodes_and_endpoint_slices_yield_snapshots(self, harness: Harness) -> None:
+        """Nodes become NodeSnapshot/NodeGone; EndpointSlices of our Services EndpointsSnapshot."""
+        await harness.emu.add_node("n1.rack-1", "192.0.2.11")
+        await harness.start_watcher()
+        await eventually(lambda: harness.seen.of(NodeSnapshot, node="n1.rack-1"))
+        assert harness.seen.of(NodeSnapshot, node="n1.rack-1")[0].addresses == ("192.0.2.11",)
+        await harness.created()
+        await harness.emu.create(endpoint_slice("web-abc", "web", "n1.rack-1", "10.0.0.5"))
+        await harness.emu.create(endpoint_slice("other-abc", "other", "n1.rack-1", "10.0.0.6"))
+
+        def nodes_of_web() -> list[str]:
+            snaps = harness.seen.of(EndpointsSnapshot, name="web")
+            return [n.node for n in snaps[-1].nodes] if snaps else []
+
+        await eventually(lambda: nodes_of_web() == ["n1.rack-1"])
+        assert not harness.seen.of(EndpointsSnapshot, name="other")
+        await harness.emu.delete("nodes", None, "n1.rack-1")
+        await eventually(lambda: harness.seen.of(NodeGone, node="n1.rack-1"))
+
+
+class TestResilience:
+    async def test_changes_during_a_broken_watch_are_not_lost(self, harness: Harness) -> None:
+        """After watches break (and history is compacted), every change is caught up on."""
+        await harness.emu.add_node("n1", "192.0.2.11")
+        await harness.emu.add_node("n2", "192.0.2.12")
+        await harness.start_watcher()
+        await eventually(lambda: harness.seen.of(NodeSnapshot, node="n2"))
+        await eventually(lambda: harness.emu.open_watches >= 3)
+        harness.emu.latency = 0.3  # the watcher reconnects slowly: changes land meanwhile
+        assert await harness.emu.break_watches() >= 3
+        await harness.emu.create(lb_service("during"))
+        await harness.emu.add_node("n3", "192.0.2.13")
+        await harness.emu.delete("nodes", None, "n2")
+        harness.emu.compact()  # and the history is gone: only a re-list can tell
+        await asyncio.sleep(0.1)
+        harness.emu.latency = 0.0
+        await harness.emu.break_watches()
+        await eventually(lambda: harness.seen.of(ServiceSnapshot, name="during"))
+        await eventually(lambda: harness.seen.of(NodeSnapshot, node="n3"))
+        await eventually(lambda: harness.seen.of(NodeGone, node="n2"))
+        assert harness.runtime is not None
+        restarts = harness.runtime.metrics.counter(
+            "watcher_watch_restarts_total", "", ["resource", "reason"]
+        )
+        assert restarts.value(resource="nodes", reason="gone") >= 1
+
+    async def test_outage_and_410_lose_no_change_and_duplicate_no_outcome(
+        self, harness: Harness
+    ) -> None:
+        """Watches broken, history compacted (410): a Service created and another deleted
+        meanwhile end up right, and nothing is published or announced twice."""
+        await harness.start_watcher()
+        stay = await harness.created("stay")
+        leaving = await harness.created("leaving")
+        for snap in (stay, leaving):
+            await harness.publish(
+                LbProgrammed(
+                    cluster="east",
+                    namespace="default",
+                    name=snap.name,
+                    uid=snap.uid,
+                    appliance="sim-a",
+                    vips=("198.51.100.7",) if snap.name == "stay" else ("198.51.100.8",),
+                    ports=(ServicePort(port=80),),
+                    members=(Member(node="n1", address="192.0.2.11"),),
+                )
+            )
+        await eventually(lambda: ingress_of(harness.service("stay")))
+        await eventually(lambda: ingress_of(harness.service("leaving")))
+        await eventually(lambda: harness.emu.open_watches >= 3)
+
+        harness.emu.latency = 0.3  # the watcher reconnects slowly: changes land meanwhile
+        assert await harness.emu.break_watches() >= 3
+        await harness.emu.create(lb_service("during"))
+        await harness.emu.delete("services", "default", "leaving")
+        harness.emu.compact()  # only a re-list can tell what happened
+        await asyncio.sleep(0.1)
+        harness.emu.latency = 0.0
+        await harness.emu.break_watches()
+
+        await eventually(lambda: harness.seen.of(ServiceSnapshot, name="during"))
+        await eventually(lambda: harness.seen.of(ServiceSnapshot, name="leaving", deleting=True))
+        await harness.publish(
+            VipReleased(
+                cluster="east",
+                namespace="default",
+                name="leaving",
+                uid=leaving.uid,
+                vips=("198.51.100.8",),
+            )
+        )
+        await eventually(lambda: harness.service("leaving") is None)
+        await eventually(lambda: harness.seen.of(ServiceGone, name="leaving"))
+        during = harness.service("during")
+        assert during is not None and FINALIZER in during["metadata"]["finalizers"]
+        await asyncio.sleep(0.3)
+        assert harness.seen.duplicates("service", "endpoints", "node") == []
+        assert len(harness.seen.of(ServiceSnapshot, name="stay")) == 1
+        assert len(harness.seen.of(ServiceSnapshot, name="leaving", deleting=True)) == 1
+        assert len(harness.seen.of(ServiceGone, name="leaving")) == 1
+        assert len(harness.seen.of(ServiceSnapshot, name="during")) == 1
+        programmed_events = harness.events("LoadBalancerProgrammed")
+        assert sorted(e["regarding"]["name"] for e in programmed_events) == ["leaving", "stay"]
+        assert all("series" not in e for e in programmed_events)
+
+    async def test_restart_republishes_nothing_and_catches_up(self, harness: Harness) -> None:
+        """A restarted watcher knows what it published; what vanished meanwhile is gone."""
+        await harness.emu.add_node("n1", "192.0.2.11")
+        await harness.emu.add_node("n2", "192.0.2.12")
+        await harness.start_watcher()
+        await harness.created()
+        await eventually(lambda: harness.seen.of(EndpointsSnapshot, name="web"))
+        await eventually(lambda: harness.seen.of(NodeSnapshot, node="n2"))
+        await harness.stop_watcher()
+        await harness.emu.delete("nodes", None, "n2")
+        before = len(harness.seen.messages)
+        await harness.start_watcher()
+        await eventually(lambda: harness.seen.of(NodeGone, node="n2"))
+        await asyncio.sleep(0.2)
+        new = harness.seen.messages[before:]
+        assert [type(m).__name__ for m in new] == ["NodeGone"]
+
+    async def test_services_replaced_or_removed_while_down_are_caught_up(
+        self, harness: Harness
+    ) -> None:
+        """After a restart: a namesake's old uid is declared gone, a vanished Service too."""
+        await harness.start_watcher()
+        old_web = await harness.created("web")
+        old_api = await harness.created("api")
+        await harness.stop_watcher()
+        for name in ("web", "api"):
+            # Someone forces the Services out past our finalizer while we are down.
+            await harness.emu.patch("services", "default", name, {"metadata": {"finalizers": None}})
+            await harness.emu.delete("services", "default", name)
+        await harness.emu.create(lb_service("web"))
+        await harness.start_watcher()
+        await eventually(lambda: harness.seen.of(ServiceGone, name="api", uid=old_api.uid))
+        await eventually(lambda: harness.seen.of(ServiceGone, name="web", uid=old_web.uid))
+        await eventually(lambda: len(harness.seen.of(ServiceSnapshot, name="web")) == 2)
+        new_web = harness.seen.of(ServiceSnapshot, name="web")[-1]
+        assert new_web.uid != old_web.uid
+        gone_at = harness.seen.messages.index(
+            harness.seen.of(ServiceGone, name="web", uid=old_web.uid)[0]
+        )
+        assert gone_at < harness.seen.messages.index(new_web)
+
+
+class TestApiFailures:
+    async def test_finalizer_conflict_is_retried_on_a_fresh_read(self, harness: Harness) -> None:
+        """A 409 on the finalizer write is retried after re-reading; the snapshot follows."""
+        await harness.start_watcher()
+        harness.emu.inject_failure(409, reason="Conflict", method="PATCH", resource="services")
+        await harness.created()
+        svc = harness.service()
+        assert svc is not None and FINALIZER in svc["metadata"]["finalizers"]
+        assert harness.runtime is not None
+        writes = harness.runtime.metrics.counter(
+            "watcher_api_writes_total", "", ["kind", "outcome"]
+        )
+        assert writes.value(kind="finalizer-add", outcome="conflict") == 1
+
+    async def test_failed_status_write_is_retried(self, harness: Harness) -> None:
+        """A 500 on the status write makes the delivery retry until status is written."""
+        await harness.start_watcher()
+        snap = await harness.created()
+        harness.emu.inject_failure(500, method="PATCH", resource="services", count=2)
+        await harness.publish(programmed(snap.uid))
+        await eventually(lambda: (harness.service() or {}).get("status", {}).get("loadBalancer"))
+
+    async def test_renewed_watches_miss_nothing(self, harness: Harness) -> None:
+        """Watches the server ends (timeoutSeconds) are renewed from where they stopped."""
+        await harness.start_watcher(watch_timeout_s=1)
+        await asyncio.sleep(1.3)
+        await harness.created()
+        await harness.emu.add_node("n9", "192.0.2.19")
+        await eventually(lambda: harness.seen.of(NodeSnapshot, node="n9"))
+
+
+def ready_condition(svc: dict[str, Any] | None) -> dict[str, Any] | None:
+    for cond in ((svc or {}).get("status") or {}).get("conditions") or []:
+        if cond.get("type") == "vipwire.io/Ready":
+            found: dict[str, Any] = cond
+            return found
+    return None
+
+
+def ingress_of(svc: dict[str, Any] | None) -> list[Any]:
+    found: list[Any] = (((svc or {}).get("status") or {}).get("loadBalancer") or {}).get(
+        "ingress"
+    ) or []
+    return found
+
+
+class TestValidation:
+    async def test_each_invalid_input_gets_its_warning_and_nothing_else_is_affected(
+        self, harness: Harness
+    ) -> None:
+        """Malformed IPs, a bad pool name, an unknown vipwire annotation, an unserved protocol:
+        a Warning Event saying what to fix, the condition, no finalizer, no snapshot; a valid
+        Service next to them is served as usual."""
+        await harness.start_watcher(protocols=("TCP", "UDP"))
+        invalid: dict[str, tuple[dict[str, Any], str]] = {
+            "bad-ips": (
+                lb_service("bad-ips", annotations={"vipwire.io/ips": "198.51.100.300"}),
+                'vipwire.io/ips: "198.51.100.300" is not an IP address',
+            ),
+            "bad-legacy": (lb_service("bad-legacy"), "spec.loadBalancerIP"),
+            "bad-pool": (
+                lb_service("bad-pool", annotations={"vipwire.io/pool": "Gold!"}),
+                "a pool name is a DNS label",
+            ),
+            "typo": (
+                lb_service("typo", annotations={"vipwire.io/pol": "gold"}),
+                "annotation vipwire.io/pol is not one vipwire knows",
+            ),
+            "sctp": (lb_service("sctp"), "3868/SCTP (p3868) cannot be served"),
+        }
+        invalid["bad-legacy"][0]["spec"]["loadBalancerIP"] = "not-an-ip"
+        invalid["sctp"][0]["spec"]["ports"] = [{"name": "p3868", "port": 3868, "protocol": "SCTP"}]
+        for body, _ in invalid.values():
+            await harness.emu.create(body)
+        good = await harness.created("good")
+
+        def warned(name: str) -> list[dict[str, Any]]:
+            return [e for e in harness.events("InvalidService") if e["regarding"]["name"] == name]
+
+        for name, (_, expected) in invalid.items():
+            await eventually(lambda n=name: warned(n))
+            (event,) = warned(name)
+            assert event["type"] == "Warning"
+            assert expected in event["note"], event["note"]
+            assert "no VIP is assigned until this is fixed" in event["note"]
+            await eventually(lambda n=name: ready_condition(harness.service(n)))
+            cond = ready_condition(harness.service(name))
+            assert cond is not None and (cond["status"], cond["reason"]) == (
+                "False",
+                "InvalidService",
+            )
+            svc = harness.service(name)
+            assert svc is not None and not svc["metadata"].get("finalizers")
+            assert not harness.seen.of(ServiceSnapshot, name=name)
+        assert not good.deleting and not warned("good")
+        web = harness.service("good")
+        assert web is not None and FINALIZER in web["metadata"]["finalizers"]
+        assert ready_condition(web) is None
+
+    async def test_fixing_an_invalid_service_serves_it(self, harness: Harness) -> None:
+        """Once the annotation is fixed, the finalizer and the snapshot follow."""
+        await harness.start_watcher()
+        await harness.emu.create(lb_service(annotations={"vipwire.io/ips": "nope"}))
+        await eventually(lambda: harness.events("InvalidService"))
+        await harness.emu.patch(
+            "services",
+            "default",
+            "web",
+            {"metadata": {"annotations": {"vipwire.io/ips": "198.51.100.9"}}},
+        )
+        await eventually(lambda: harness.seen.of(ServiceSnapshot, name="web"))
+        assert harness.seen.of(ServiceSnapshot, name="web")[0].requested_ips == ("198.51.100.9",)
+        await eventually(
+            lambda: (ready_condition(harness.service()) or {}).get("reason") == "Pending"
+        )
+
+    async def test_a_served_service_made_invalid_keeps_its_vip(self, harness: Harness) -> None:
+        """A typo in a Service already served: Warning, condition, but its VIP stays and no
+        new snapshot goes out."""
+        await harness.start_watcher()
+        snap = await harness.created()
+        await harness.publish(programmed(snap.uid))
+        await eventually(lambda: ingress_of(harness.service()))
+        await harness.emu.patch(
+            "services", "default", "web", {"metadata": {"annotations": {"vipwire.io/ips": "1.2.3"}}}
+        )
+        await eventually(lambda: harness.events("InvalidService"))
+        assert "keeps its current VIPs" in harness.events("InvalidService")[0]["note"]
+        await eventually(
+            lambda: (ready_condition(harness.service()) or {}).get("reason") == "InvalidService"
+        )
+        await asyncio.sleep(0.2)
+        assert ingress_of(harness.service()) == [{"ip": "198.51.100.7", "ipMode": "VIP"}]
+        assert len(harness.seen.of(ServiceSnapshot, name="web")) == 1
+
+
+class TestConditionsTraceAndEvents:
+    async def test_ready_condition_and_trace_annotation_follow_each_outcome(
+        self, harness: Harness, span_exporter: InMemorySpanExporter
+    ) -> None:
+        """Programmed: Ready True and vipwire.io/last-trace-id = the status write's trace, which
+        the Event names too; a later failure: Ready False with the reason."""
+        await harness.start_watcher()
+        snap = await harness.created()
+        await harness.publish(programmed(snap.uid))
+        await eventually(lambda: (ready_condition(harness.service()) or {}).get("status") == "True")
+        cond = ready_condition(harness.service())
+        assert cond is not None and cond["reason"] == "LoadBalancerProgrammed"
+
+        def annotated() -> str | None:
+            svc = harness.service() or {}
+            trace: str | None = (svc["metadata"].get("annotations") or {}).get(
+                "vipwire.io/last-trace-id"
+            )
+            return trace
+
+        await eventually(annotated)
+        write = next(s for s in span_exporter.get_finished_spans() if s.name == "status write")
+        assert annotated() == format(write.context.trace_id, "032x")
+        await eventually(lambda: harness.events("LoadBalancerProgrammed"))
+        assert f"(trace {annotated()})" in harness.events("LoadBalancerProgrammed")[0]["note"]
+
+        await harness.publish(
+            LbFailed(**SVC, uid=snap.uid, appliance="f5-a", reason="Timeout", message="no answer")
+        )
+        await eventually(
+            lambda: (ready_condition(harness.service()) or {}).get("reason") == "ApplianceFailed"
+        )
+        assert ingress_of(harness.service())  # a VIP once served stays in status
+
+    async def test_repeated_failures_are_one_event_with_a_series(self, harness: Harness) -> None:
+        """The same failure three times: one Event, series.count 3; a restart replaying the
+        last one counts nothing more."""
+        await harness.start_watcher()
+        snap = await harness.created()
+        failed = VipFailed(**SVC, uid=snap.uid, reason="AllocationFailed", message="pool full")
+        for _ in range(3):
+            await harness.publish(failed)
+        await eventually(
+            lambda: (
+                [e.get("series", {}).get("count") for e in harness.events("AllocationFailed")]
+                == [3]
+            )
+        )
+        await harness.stop_watcher()
+        await harness.start_watcher()
+        await asyncio.sleep(0.3)
+        (event,) = harness.events("AllocationFailed")
+        assert event["series"]["count"] == 3
+
+    async def test_status_conflict_is_retried_on_a_fresh_read(self, harness: Harness) -> None:
+        """A 409 on the status write (another writer got there first) is decided again."""
+        await harness.start_watcher()
+        snap = await harness.created()
+        harness.emu.inject_failure(409, reason="Conflict", method="PATCH", resource="services")
+        await harness.publish(programmed(snap.uid))
+        await eventually(lambda: ingress_of(harness.service()))
+        assert harness.runtime is not None
+        writes = harness.runtime.metrics.counter(
+            "watcher_api_writes_total", "", ["kind", "outcome"]
+        )
+        assert writes.value(kind="status", outcome="conflict") == 1
+
+    async def test_refused_status_write_is_reported_on_the_service(self, harness: Harness) -> None:
+        """A 422 on the status write cannot be retried away: a Warning Event says so."""
+        await harness.start_watcher()
+        snap = await harness.created()
+        harness.emu.inject_failure(422, reason="Invalid", method="PATCH", resource="services")
+        await harness.publish(programmed(snap.uid))
+        await eventually(lambda: harness.events("StatusWriteRefused"))
+        assert "refused" in harness.events("StatusWriteRefused")[0]["note"]
+
+
+class TestOwnershipEdges:
+    async def test_classless_services_are_taken_only_in_that_mode(self, harness: Harness) -> None:
+        """serve_classless: a LoadBalancer without class is served; one of another class not."""
+        await harness.start_watcher(serve_classless=True)
+        await harness.emu.create(lb_service("other", lb_class="example.com/lb"))
+        await harness.created("plain", lb_class=None)
+        svc = harness.service("plain")
+        assert svc is not None and FINALIZER in svc["metadata"]["finalizers"]
+        assert svc["metadata"]["annotations"]["vipwire.io/cluster"] == "east"
+        await asyncio.sleep(0.1)
+        assert not harness.seen.of(ServiceSnapshot, name="other")
+
+    async def test_finalizer_left_by_a_crash_before_publishing_is_removed(
+        self, harness: Harness
+    ) -> None:
+        """Our finalizer went on, nothing was published, then the type changed while we were
+        down: the finalizer (and our mark) come off, nothing is published."""
+        await harness.emu.create(lb_service())
+        # What a watcher that stopped between its finalizer write and its publish leaves.
+        await harness.emu.patch(
+            "services",
+            "default",
+            "web",
+            {
+                "metadata": {
+                    "finalizers": [FINALIZER],
+                    "annotations": {"vipwire.io/cluster": "east"},
+                }
+            },
+        )
+        await harness.emu.patch("services", "default", "web", {"spec": {"type": "ClusterIP"}})
+        await harness.start_watcher()
+
+        def let_go() -> bool:
+            svc = harness.service() or {}
+            meta = svc.get("metadata", {})
+            return not meta.get("finalizers") and "vipwire.io/cluster" not in (
+                meta.get("annotations") or {}
+            )
+
+        await eventually(let_go)
+        assert not harness.seen.of(ServiceSnapshot, name="web")
