@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: up smoke test lint venv clean
+.PHONY: up smoke test lint docs venv clean
 
 $(BIN)/vipwire: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,9 @@ lint: $(BIN)/vipwire
 
 test: lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+docs: $(BIN)/vipwire
+	$(BIN)/vipwire config reference --update README.md
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

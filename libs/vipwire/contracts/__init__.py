@@ -3,7 +3,14 @@
 Everything that crosses NATS is defined here and nowhere else.
 """
 
-from vipwire.contracts._codec import MalformedMessage, decode, encode, subject_for
+from vipwire.contracts._codec import (
+    MalformedMessage,
+    decode,
+    decode_parsed,
+    encode,
+    family_of,
+    subject_for,
+)
 from vipwire.contracts._messages import (
     SCHEMA_VERSION,
     AppliedMessage,
@@ -89,8 +96,10 @@ __all__ = [
     "VipReleased",
     "VipReleasing",
     "decode",
+    "decode_parsed",
     "encode",
     "family_filter",
+    "family_of",
     "node_from_token",
     "node_subject",
     "node_token",

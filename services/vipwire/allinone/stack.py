@@ -14,19 +14,25 @@ import contextlib
 import ipaddress
 import logging
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
 import msgspec
+import nats
+from kubernetes_asyncio.client import CoreV1Api
+from nats.aio.msg import Msg
 from opentelemetry.sdk.trace import SpanProcessor
 
 from vipwire.bus import BusSettings
+from vipwire.contracts import MalformedMessage, StatusWritten, decode
+from vipwire.dashboard import DashboardService, DashboardSettings
 from vipwire.ipam import IpamService, IpamSettings, PoolSettings
+from vipwire.kube import KubeApiError, new_api_client, request_json
 from vipwire.kubeemu import KubeEmulator
 from vipwire.lbdriver import ApplianceSettings, LbdriverService, LbdriverSettings, SimAppliance
 from vipwire.natsserver import NatsServer
-from vipwire.nodeagent import DryRunApplier, NodeagentService, NodeagentSettings
+from vipwire.nodeagent import Applier, DryRunApplier, NodeagentService, NodeagentSettings
 from vipwire.runtime import CommonSettings, Runtime, Service
 from vipwire.watcher import WatcherService, WatcherSettings
 
@@ -46,6 +52,10 @@ class StackSettings(msgspec.Struct, frozen=True, kw_only=True):
 
     #: Emulated clusters (named east, west, north, south, central, then c6…).
     clusters: int = 2
+    #: Real clusters to serve instead of emulated ones: cluster name -> (kubeconfig
+    #: path, context or None). Their nodes get no node agents here (those run on the
+    #: nodes themselves); ``clusters`` and ``nodes`` are then ignored.
+    kubeconfigs: dict[str, tuple[str, str | None]] = {}
     #: Nodes per cluster.
     nodes: int = 3
     #: VIP pools handed to ipam (default: one /24 from 198.51.100.0/24).
@@ -60,6 +70,15 @@ class StackSettings(msgspec.Struct, frozen=True, kw_only=True):
     state_dir: str | None = None
     #: ipam replicas (they share one KV bucket).
     ipam_replicas: int = 1
+    #: The appliance the lbdriver programs (in the pools' appliance group); None: the
+    #: in-process simulator ``sim-1`` (``Stack.appliance``).
+    appliance: ApplianceSettings | None = None
+    #: Node agents' mode: ``kube-proxy`` (VIPs only) or ``standalone`` (+ nftables DNAT).
+    nodeagent_mode: Literal["kube-proxy", "standalone"] = "kube-proxy"
+    #: Node agents' uplink interface (it gets the ARP sysctls too); None: ``all`` only.
+    uplink_interface: str | None = None
+    #: Port of the dashboard on 127.0.0.1 (0: any free port); None: no dashboard.
+    dashboard_port: int | None = 0
 
 
 def cluster_name(index: int) -> str:
@@ -115,8 +134,11 @@ class Stack:
         settings: StackSettings | None = None,
         *,
         span_processors: Sequence[SpanProcessor] = (),
+        applier_factory: Callable[[str, str], Applier] | None = None,
     ) -> None:
+        """``applier_factory(cluster, node)`` makes a node's applier (default: a dry run)."""
         self.settings = settings or StackSettings()
+        self._applier_factory = applier_factory
         self._span_processors = tuple(span_processors)
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         if self.settings.state_dir is None:
@@ -125,11 +147,18 @@ class Stack:
         else:
             self.state_dir = Path(self.settings.state_dir)
         self.nats = NatsServer(self.state_dir / "jetstream")
-        self.clusters = [cluster_name(i) for i in range(self.settings.clusters)]
-        self.emulators = {c: KubeEmulator(c, bookmark_interval=5.0) for c in self.clusters}
+        real = self.settings.kubeconfigs
+        self.clusters = list(real) or [cluster_name(i) for i in range(self.settings.clusters)]
+        self.emulators = {
+            c: KubeEmulator(c, bookmark_interval=5.0) for c in self.clusters if c not in real
+        }
+        # API clients of the real clusters, and what the watchers last wrote into status there.
+        self.kube: dict[str, Any] = {}
+        self._statuses: dict[tuple[str, str, str], list[str]] = {}
+        self._status_nc: Any = None
         self.appliance = SimAppliance("sim-1", api_latency_ms=self.settings.appliance_latency_ms)
         # One applier per node outlives agent restarts, as a node's kernel does.
-        self.appliers: dict[tuple[str, str], DryRunApplier] = {}
+        self.appliers: dict[tuple[str, str], Applier] = {}
         self.components: dict[str, _Component] = {}
         self._started = False
 
@@ -147,12 +176,20 @@ class Stack:
         )
 
     def node_names(self, cluster: str) -> list[str]:
+        if cluster not in self.emulators:
+            return []  # a real cluster's node agents run on its nodes
         return [f"{cluster}-node-{i + 1}" for i in range(self.settings.nodes)]
 
     async def start(self) -> None:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         await self.nats.start()
+        for cluster, (path, context) in self.settings.kubeconfigs.items():
+            self.kube[cluster] = await new_api_client(path, context)
+        if self.kube:
+            await self._follow_statuses()
         for index, cluster in enumerate(self.clusters):
+            if cluster not in self.emulators:
+                continue
             emulator = self.emulators[cluster]
             await emulator.start()
             emulator.write_kubeconfig(self.state_dir / f"kubeconfig-{cluster}", cluster)
@@ -171,29 +208,41 @@ class Stack:
         for i in range(s.ipam_replicas):
             name = "ipam" if s.ipam_replicas == 1 else f"ipam:{i + 1}"
             self._add(name, lambda rt: IpamService(ipam_settings, rt))
-        lb_settings = LbdriverSettings(
-            appliances=(ApplianceSettings(name="sim-1", driver="sim", group="dc1"),)
+        # The simulator has no management plane to protect: no rate limit.
+        appliance = s.appliance or ApplianceSettings(
+            name="sim-1", driver="sim", group="dc1", max_requests_per_s=0
         )
-        self._add(
-            "lbdriver",
-            lambda rt: LbdriverService(lb_settings, rt, drivers={"sim-1": self.appliance}),
-        )
+        lb_settings = LbdriverSettings(appliances=(appliance,))
+        drivers = {"sim-1": self.appliance} if s.appliance is None else None
+        self._add("lbdriver", lambda rt: LbdriverService(lb_settings, rt, drivers=drivers))
         for cluster in self.clusters:
             for node in self.node_names(cluster):
-                applier = self.appliers.setdefault((cluster, node), DryRunApplier())
-                na_settings = NodeagentSettings(cluster=cluster, node=node)
+                applier = self.appliers.get((cluster, node))
+                if applier is None:
+                    make = self._applier_factory
+                    applier = make(cluster, node) if make is not None else DryRunApplier()
+                    self.appliers[(cluster, node)] = applier
+                na_settings = NodeagentSettings(
+                    cluster=cluster,
+                    node=node,
+                    mode=s.nodeagent_mode,
+                    uplink_interface=s.uplink_interface,
+                )
                 self._add(
                     f"nodeagent:{cluster}/{node}",
                     lambda rt, st=na_settings, ap=applier: NodeagentService(st, rt, applier=ap),
                 )
         for cluster in self.clusters:
+            path, context = s.kubeconfigs.get(
+                cluster, (str(self.state_dir / f"kubeconfig-{cluster}"), cluster)
+            )
             w_settings = WatcherSettings(
-                cluster=cluster,
-                kubeconfig=str(self.state_dir / f"kubeconfig-{cluster}"),
-                context=cluster,
-                status_gate=s.status_gate,
+                cluster=cluster, kubeconfig=path, context=context, status_gate=s.status_gate
             )
             self._add(f"watcher:{cluster}", lambda rt, st=w_settings: WatcherService(st, rt))
+        if s.dashboard_port is not None:
+            d_settings = DashboardSettings(port=s.dashboard_port)
+            self._add("dashboard", lambda rt: DashboardService(d_settings, rt))
 
     def _add(self, name: str, build: Any) -> None:
         self.components[name] = _Component(name, build, self._runtime)
@@ -204,6 +253,13 @@ class Stack:
         for emulator in self.emulators.values():
             with contextlib.suppress(Exception):
                 await emulator.stop()
+        for client in self.kube.values():
+            await client.close()
+        self.kube.clear()
+        if self._status_nc is not None:
+            with contextlib.suppress(Exception):
+                await self._status_nc.close()
+            self._status_nc = None
         await self.nats.stop()
         if self._tmp is not None:
             self._tmp.cleanup()
@@ -225,6 +281,15 @@ class Stack:
         component = self.components[name]
         await component.stop()
         await component.start()
+
+    @property
+    def dashboard_url(self) -> str | None:
+        """Where the dashboard serves, once started (None: not started or disabled)."""
+        component = self.components.get("dashboard")
+        service = component.service if component is not None else None
+        if isinstance(service, DashboardService) and service.port is not None:
+            return service.url
+        return None
 
     def readiness(self) -> dict[str, str]:
         """Components that are not ready, with why."""
@@ -271,6 +336,10 @@ class Stack:
             "metadata": {"name": name, "namespace": namespace, "annotations": annotations or {}},
             "spec": spec,
         }
+        if cluster not in self.emulators:
+            # A real cluster: its EndpointSlice controller makes the slices.
+            core = CoreV1Api(self.kube[cluster])
+            return await request_json(core.create_namespaced_service, namespace, service)
         emulator = self.emulators[cluster]
         created = await emulator.create(service)
         nodes = self.node_names(cluster)
@@ -321,14 +390,75 @@ class Stack:
             ],
         }
 
+    async def set_endpoints(
+        self,
+        cluster: str,
+        name: str,
+        on: Sequence[int],
+        *,
+        namespace: str = "default",
+        ports: Sequence[tuple[int, str]] = ((80, "TCP"),),
+    ) -> None:
+        """Replace the endpoints of a Service's EndpointSlice: one ready pod on each node
+        of ``on`` (node indices), as the EndpointSlice controller would in a rollout."""
+        slice_ = self._endpoint_slice(
+            cluster=cluster,
+            namespace=namespace,
+            name=name,
+            ports=ports,
+            nodes=self.node_names(cluster),
+            on=on,
+        )
+        await self.emulators[cluster].patch(
+            "endpointslices",
+            namespace,
+            slice_["metadata"]["name"],
+            {"endpoints": slice_["endpoints"]},
+        )
+
     async def delete_service(self, cluster: str, name: str, namespace: str = "default") -> None:
+        if cluster not in self.emulators:
+            core = CoreV1Api(self.kube[cluster])
+            await request_json(core.delete_namespaced_service, name, namespace)
+            return
         await self.emulators[cluster].delete("services", namespace, name)
+
+    async def service_exists(self, cluster: str, name: str, namespace: str = "default") -> bool:
+        """Whether the Service is still there (a real cluster is asked)."""
+        if cluster in self.emulators:
+            return self.service(cluster, name, namespace) is not None
+        try:
+            core = CoreV1Api(self.kube[cluster])
+            await request_json(core.read_namespaced_service, name, namespace)
+        except KubeApiError as exc:
+            if exc.not_found:
+                return False
+            raise
+        return True
+
+    async def _follow_statuses(self) -> None:
+        """Keep what the watchers write into real clusters' status (from the bus), so
+        ``ingress_ips`` answers without asking those API servers every time."""
+        self._status_nc = await nats.connect(self.nats.url, name="vipwire-up-status")
+
+        async def on_msg(msg: Msg) -> None:
+            try:
+                written = decode(msg.subject, msg.data)
+            except MalformedMessage:
+                return
+            if isinstance(written, StatusWritten):
+                key = (written.cluster, written.namespace, written.name)
+                self._statuses[key] = list(written.vips)
+
+        await self._status_nc.subscribe("vipwire.*.status.>", cb=on_msg)
 
     def service(self, cluster: str, name: str, namespace: str = "default") -> dict[str, Any] | None:
         found: dict[str, Any] | None = self.emulators[cluster].find("services", namespace, name)
         return found
 
     def ingress_ips(self, cluster: str, name: str, namespace: str = "default") -> list[str]:
+        if cluster not in self.emulators:
+            return list(self._statuses.get((cluster, namespace, name), []))
         svc = self.service(cluster, name, namespace)
         if svc is None:
             return []

@@ -13,13 +13,14 @@ import statistics
 import sys
 import time
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import nats
-
-from vipwire.allinone import Stack, StackSettings
-from vipwire.allinone.view import BusView
 from vipwire.telemetry import configure_logging
+
+if TYPE_CHECKING:
+    # Imported where used: ``vipwire`` imports every command module, and the stack
+    # pulls in every service (tens of MB in each ``vipwire run`` process).
+    from vipwire.allinone import Stack
 
 log = logging.getLogger("vipwire.up")
 
@@ -31,6 +32,56 @@ DEMO: tuple[DemoSpec, ...] = (
     ("shop", ((443, "TCP"),), "Local"),
     ("metrics", ((9090, "TCP"),), "Cluster"),
 )
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argparse.ArgumentParser:
+    up = sub.add_parser("up", help="run the all-in-one stack (NATS, emulated clusters, services)")
+    up.add_argument(
+        "--smoke",
+        action="store_true",
+        help="wait for every demo Service to converge, print one JSON line, exit",
+    )
+    up.add_argument(
+        "--state-dir",
+        metavar="DIR",
+        help="keep the JetStream store here (default: a temporary directory, named on start)",
+    )
+    up.add_argument("--clusters", type=int, default=2, help="emulated clusters (default 2)")
+    up.add_argument("--nodes", type=int, default=3, help="nodes per cluster (default 3)")
+    up.add_argument("--services", type=int, default=5, help="demo Services per cluster (default 5)")
+    up.add_argument(
+        "--timeout", type=float, default=60.0, help="--smoke: seconds to wait (default 60)"
+    )
+    up.add_argument(
+        "--dashboard-port",
+        type=int,
+        metavar="PORT",
+        help="serve the dashboard on 127.0.0.1:PORT (default: a free port; --smoke: none)",
+    )
+    up.add_argument("--no-dashboard", action="store_true", help="do not start the dashboard")
+    up.add_argument(
+        "--kubeconfig",
+        metavar="FILE",
+        help="serve this real cluster instead of emulated ones (its Services of class "
+        "vipwire.io/dsr; VIPs from the demo pool, programmed on the simulated appliance)",
+    )
+    up.add_argument("--context", metavar="NAME", help="--kubeconfig: the context to use")
+    up.add_argument(
+        "--cluster",
+        metavar="NAME",
+        default="k8s",
+        help="--kubeconfig: the cluster's name in vipwire (a DNS label; default k8s)",
+    )
+    up.add_argument(
+        "--demo",
+        action="store_true",
+        help="--kubeconfig: create the demo Services in that cluster (deleted again on exit)",
+    )
+    return up
+
+
+def execute(args: argparse.Namespace) -> int:
+    return asyncio.run(up(args))
 
 
 def demo_services(count: int) -> list[DemoSpec]:
@@ -64,6 +115,9 @@ class ConvergenceClock:
         await asyncio.sleep(0)
 
     async def _watch(self, cluster: str) -> None:
+        if cluster not in self.stack.emulators:
+            await self._poll(cluster)
+            return
         emulator = self.stack.emulators[cluster]
         async with emulator.watch("services", resource_version=emulator.resource_version) as w:
             async for event in w:
@@ -74,6 +128,15 @@ class ConvergenceClock:
                 if ingress and key not in self.converged:
                     self.converged[key] = time.perf_counter()
                     self._changed.set()
+
+    async def _poll(self, cluster: str) -> None:
+        """A real cluster: the status the watcher wrote, as the stack learns it from the bus."""
+        while True:
+            for key in [k for k in self.created if k[0] == cluster and k not in self.converged]:
+                if self.stack.ingress_ips(cluster, key[2], key[1]):
+                    self.converged[key] = time.perf_counter()
+                    self._changed.set()
+            await asyncio.sleep(0.05)
 
     async def wait(self, keys: Sequence[tuple[str, str, str]], timeout: float) -> bool:
         deadline = time.monotonic() + timeout
@@ -114,7 +177,20 @@ async def create_demo(stack: Stack, clock: ConvergenceClock, per_cluster: int) -
 async def up(args: argparse.Namespace) -> int:
     smoke: bool = args.smoke
     configure_logging("WARNING" if not smoke else "ERROR", stream=sys.stderr)
-    settings = StackSettings(clusters=args.clusters, nodes=args.nodes, state_dir=args.state_dir)
+    dashboard_port: int | None = args.dashboard_port
+    if dashboard_port is None and not smoke:
+        dashboard_port = 0
+    from vipwire.allinone import Stack, StackSettings
+
+    real = getattr(args, "kubeconfig", None)
+    settings = StackSettings(
+        clusters=args.clusters,
+        nodes=args.nodes,
+        state_dir=args.state_dir,
+        dashboard_port=None if args.no_dashboard else dashboard_port,
+        kubeconfigs={args.cluster: (real, args.context)} if real else {},
+    )
+    demo = not real or args.demo
     stack = Stack(settings)
     print(f"vipwire up: JetStream store in {stack.state_dir / 'jetstream'}", file=sys.stderr)
     try:
@@ -123,6 +199,8 @@ async def up(args: argparse.Namespace) -> int:
         await stack.stop()
         print(f"vipwire up: the stack did not start: {exc}", file=sys.stderr)
         return 1
+    if stack.dashboard_url is not None:
+        print(f"vipwire up: dashboard on {stack.dashboard_url}", file=sys.stderr)
     clock = ConvergenceClock(stack)
     try:
         try:
@@ -131,15 +209,41 @@ async def up(args: argparse.Namespace) -> int:
             print(f"vipwire up: not ready after 30 s: {stack.readiness()}", file=sys.stderr)
             return 1
         await clock.start()
-        await create_demo(stack, clock, args.services)
+        if demo:
+            await create_demo(stack, clock, args.services)
         if smoke:
             return await _smoke(clock, args.timeout)
         return await _live(stack)
     finally:
         await clock.stop()
+        if real and demo:
+            await _remove_demo(stack, list(clock.created))
         await stack.stop()
         if args.state_dir:
             print(f"vipwire up: state kept in {args.state_dir}", file=sys.stderr)
+
+
+async def _remove_demo(stack: Stack, keys: list[tuple[str, str, str]]) -> None:
+    """Delete the demo Services made in a real cluster, while the stack still runs: our
+    finalizer comes off only once their VIPs are released, which needs the stack."""
+    for cluster, namespace, name in keys:
+        with contextlib.suppress(Exception):
+            await stack.delete_service(cluster, name, namespace)
+    deadline = time.monotonic() + 30.0
+    for cluster, namespace, name in keys:
+        while time.monotonic() < deadline:
+            try:
+                if not await stack.service_exists(cluster, name, namespace):
+                    break
+            except Exception:
+                break
+            await asyncio.sleep(0.2)
+        else:
+            print(
+                f"vipwire up: {namespace}/{name} in {cluster} is still there; remove the "
+                "finalizer service.kubernetes.io/load-balancer-cleanup by hand",
+                file=sys.stderr,
+            )
 
 
 async def _smoke(clock: ConvergenceClock, timeout: float) -> int:
@@ -161,6 +265,10 @@ async def _smoke(clock: ConvergenceClock, timeout: float) -> int:
 
 
 async def _live(stack: Stack) -> int:
+    import nats
+
+    from vipwire.allinone.view import BusView
+
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -174,9 +282,10 @@ async def _live(stack: Stack) -> int:
             screen = view.render(statuses)
             if sys.stdout.isatty():
                 sys.stdout.write("\x1b[H\x1b[2J")
+            dashboard = f"dashboard {stack.dashboard_url}; " if stack.dashboard_url else ""
             sys.stdout.write(
                 f"vipwire up — NATS {stack.nats.url}, clusters {', '.join(stack.clusters)}; "
-                f"Ctrl-C stops\n\n{screen}\n"
+                f"{dashboard}Ctrl-C stops\n\n{screen}\n"
             )
             if not sys.stdout.isatty():
                 sys.stdout.write("\n")

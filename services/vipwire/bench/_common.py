@@ -1,0 +1,281 @@
+"""Helpers the convergence scenarios share: stream timestamps, a kube write probe, a clock."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import os
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import nats
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+from vipwire.contracts import (
+    STREAM,
+    LbProgrammed,
+    MalformedMessage,
+    Message,
+    ServiceSnapshot,
+    VipAssigned,
+    decode,
+)
+from vipwire.kube import MERGE_PATCH, new_api_client, request_json
+from vipwire.kubeemu import KubeEmulator
+
+#: RFC 2544 reserves 198.18.0.0/15 for benchmarks (never routed). The emulator
+#: takes cluster IPs from its lower half; VIPs come from the upper one: 65,536.
+BENCH_POOL = "198.19.0.0/16"
+
+ServiceRef = tuple[str, str, str]  # cluster, namespace, name
+
+#: The hops of a change, as :func:`hop_times` measures them.
+HOPS = ("watcher_in", "ipam", "lbdriver", "watcher_status")
+
+
+def load_average() -> float:
+    """The 1-minute load average: how much else this machine was running (others' work
+    on a shared 2-core machine shows here, and in every figure taken meanwhile)."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except OSError:
+        return -1.0
+
+
+def pool_for(services: int) -> str:
+    """The smallest CIDR of :data:`BENCH_POOL` that holds ``services`` VIPs (at least a /24)."""
+    network = ipaddress.ip_network(BENCH_POOL)
+    prefix = 24
+    while 2 ** (32 - prefix) < services and prefix > network.prefixlen:
+        prefix -= 1
+    return f"{network.network_address}/{prefix}"
+
+
+async def stream_messages(
+    nats_url: str, filters: Sequence[str], *, batch: int = 1000
+) -> AsyncIterator[tuple[Message, float]]:
+    """Every message stored on ``filters``, with the time the stream stored it (Unix s).
+
+    A read-only pass (an ephemeral consumer without acks) over what is there now.
+    """
+    nc = await nats.connect(nats_url, name="vipwire-bench-reader")
+    try:
+        js = nc.jetstream()
+        info = await js.add_consumer(
+            STREAM,
+            ConsumerConfig(
+                deliver_policy=DeliverPolicy.ALL,
+                ack_policy=AckPolicy.NONE,
+                filter_subjects=list(filters),
+                inactive_threshold=30.0,
+            ),
+        )
+        remaining = int(info.num_pending or 0)
+        psub = await js.pull_subscribe_bind(info.name, stream=STREAM)
+        while remaining > 0:
+            try:
+                msgs = await psub.fetch(min(batch, remaining), timeout=5.0)
+            except TimeoutError:
+                break
+            for msg in msgs:
+                remaining -= 1
+                meta = msg.metadata
+                with contextlib.suppress(MalformedMessage):
+                    yield decode(msg.subject, msg.data), meta.timestamp.timestamp()
+        await psub.unsubscribe()
+        with contextlib.suppress(Exception):
+            await js.delete_consumer(STREAM, info.name)
+    finally:
+        await nc.close()
+
+
+async def kube_patcher(
+    emulator: KubeEmulator, kubeconfig: Path, cluster: str
+) -> tuple[Callable[[], Awaitable[None]], Any]:
+    """A probe timing one API write as the watcher makes it (kubernetes-asyncio, merge
+    PATCH) on a Lease no service watches; returns it and the client to close."""
+    from kubernetes_asyncio.client import CoordinationV1Api
+
+    await emulator.create(
+        {
+            "apiVersion": "coordination.k8s.io/v1",
+            "kind": "Lease",
+            "metadata": {"name": "vipwire-bench-probe", "namespace": "default"},
+            "spec": {"holderIdentity": "bench"},
+        }
+    )
+    client = await new_api_client(str(kubeconfig), cluster)
+    api = CoordinationV1Api(client)
+    counter = 0
+
+    async def patch() -> None:
+        nonlocal counter
+        counter += 1
+        await request_json(
+            api.patch_namespaced_lease,
+            "vipwire-bench-probe",
+            "default",
+            {"spec": {"leaseTransitions": counter}},
+            _content_type=MERGE_PATCH,
+            timeout=10.0,
+        )
+
+    return patch, client
+
+
+async def hop_times(nats_url: str, clock: StatusClock) -> dict[str, list[float]]:
+    """Per hop, the seconds each Service spent in it (from stream timestamps)."""
+    first: dict[tuple[str, tuple[str, str, str]], float] = {}
+    filters = ("vipwire.*.service.>", "vipwire.*.vip.>", "vipwire.*.lb.>")
+    async for message, stored in stream_messages(nats_url, filters):
+        match message:
+            case ServiceSnapshot(deleting=False):
+                kind = "service"
+            case VipAssigned():
+                kind = "vip"
+            case LbProgrammed():
+                kind = "lb"
+            case _:
+                continue
+        ref = (message.cluster, message.namespace, message.name)
+        first.setdefault((kind, ref), stored)
+    hops: dict[str, list[float]] = {hop: [] for hop in HOPS}
+    for ref, (_, created) in clock.created.items():
+        done = clock.converged_wall(ref)
+        service, vip, lb = (first.get((k, ref)) for k in ("service", "vip", "lb"))
+        if done is None or service is None or vip is None or lb is None:
+            continue
+        for hop, start, end in (
+            ("watcher_in", created, service),
+            ("ipam", service, vip),
+            ("lbdriver", vip, lb),
+            ("watcher_status", lb, done),
+        ):
+            hops[hop].append(end - start)
+    return hops
+
+
+def _consumer_label(durable: str | None, filters: list[str] | None) -> str:
+    """Who a consumer is, from what it reads: its durable name, or its subject families
+    (``lb`` alone: a node agent; ``node+endpoints`` and ``vip``: the lbdriver; …)."""
+    if durable:
+        return durable
+    families = sorted({f.split(".")[2] for f in filters or [] if f.count(".") >= 3})
+    return "+".join(families) or "?"
+
+
+async def bus_traffic(nats_url: str) -> dict[str, Any]:
+    """What went over the bus so far: messages stored per subject family, bytes, and
+    deliveries made to the consumers that exist now (JetStream's own counts)."""
+    nc = await nats.connect(nats_url, name="vipwire-bench-traffic")
+    try:
+        js = nc.jetstream()
+        info = await js.stream_info(STREAM)
+        families: dict[str, int] = {}
+        for family in ("service", "endpoints", "node", "vip", "lb", "applied", "status"):
+            part = await js.stream_info(STREAM, subjects_filter=f"vipwire.*.{family}.>")
+            families[family] = sum((part.state.subjects or {}).values())
+        by_consumer: dict[str, int] = {}
+        offset = 0
+        while True:
+            consumers = await js.consumers_info(STREAM, offset=offset)
+            if not consumers:
+                break
+            for c in consumers:
+                label = _consumer_label(c.config.durable_name, c.config.filter_subjects)
+                delivered = (c.delivered.consumer_seq or 0) if c.delivered else 0
+                by_consumer[label] = by_consumer.get(label, 0) + delivered
+            offset += len(consumers)
+        return {
+            "messages": info.state.messages,
+            "bytes": info.state.bytes,
+            "by_family": families,
+            "deliveries": sum(by_consumer.values()),
+            "deliveries_by_consumer": by_consumer,
+        }
+    finally:
+        await nc.close()
+
+
+class StatusClock:
+    """When each Service first showed an ingress IP in its status (from the emulator's
+    own watch streams): perf_counter and wall-clock times."""
+
+    def __init__(self, emulators: Mapping[str, KubeEmulator]) -> None:
+        self.emulators = dict(emulators)
+        self.created: dict[ServiceRef, tuple[float, float]] = {}  # (perf, wall)
+        self.converged: dict[ServiceRef, float] = {}  # perf
+        self._waiting: dict[ServiceRef, asyncio.Future[None]] = {}
+        self._all: asyncio.Future[None] | None = None
+        self._expected = 0
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def start(self) -> None:
+        for cluster, emulator in self.emulators.items():
+            # Opened here, not in the task: no change may slip in before the watch exists.
+            session = emulator.watch("services", resource_version=emulator.resource_version)
+            self._tasks.append(asyncio.create_task(self._watch(cluster, session)))
+        await asyncio.sleep(0)
+
+    async def _watch(self, cluster: str, session: Any) -> None:
+        async with session as w:
+            async for event in w:
+                obj: dict[str, Any] = event["object"]
+                status = obj.get("status") or {}
+                if not (status.get("loadBalancer") or {}).get("ingress"):
+                    continue
+                meta = obj.get("metadata", {})
+                key = (cluster, meta.get("namespace", ""), meta.get("name", ""))
+                if key in self.converged:
+                    continue
+                self.converged[key] = time.perf_counter()
+                waiter = self._waiting.pop(key, None)
+                if waiter is not None and not waiter.done():
+                    waiter.set_result(None)
+                if (
+                    self._all is not None
+                    and not self._all.done()
+                    and len(self.converged) >= self._expected
+                ):
+                    self._all.set_result(None)
+
+    def mark_created(self, key: ServiceRef) -> None:
+        self.created[key] = (time.perf_counter(), time.time())
+
+    async def wait_for(self, key: ServiceRef, timeout: float) -> None:
+        """Until ``key`` converged; TimeoutError after ``timeout`` seconds."""
+        if key in self.converged:
+            return
+        waiter = self._waiting.setdefault(key, asyncio.get_running_loop().create_future())
+        await asyncio.wait_for(asyncio.shield(waiter), timeout)
+
+    async def wait_all(self, count: int, timeout: float) -> bool:
+        """Until ``count`` Services converged; False after ``timeout`` seconds."""
+        self._expected = count
+        if len(self.converged) >= count:
+            return True
+        self._all = asyncio.get_running_loop().create_future()
+        try:
+            await asyncio.wait_for(asyncio.shield(self._all), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+    def latency_s(self, key: ServiceRef) -> float | None:
+        if key not in self.converged or key not in self.created:
+            return None
+        return self.converged[key] - self.created[key][0]
+
+    def converged_wall(self, key: ServiceRef) -> float | None:
+        """Wall-clock time of convergence (created wall time + the perf interval)."""
+        latency = self.latency_s(key)
+        return None if latency is None else self.created[key][1] + latency
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()

@@ -1,0 +1,62 @@
+"""``vipwire bench --scenario NAME [--set KEY=VALUE …] [--json FILE]``: run a benchmark.
+
+Scenarios live in :mod:`vipwire.bench` (one module each); this command only
+picks one, passes its parameters, prints its table and writes its JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argparse.ArgumentParser:
+    parser = sub.add_parser("bench", help="run a benchmark scenario through the real services")
+    parser.add_argument("--scenario", required=True, metavar="NAME", help="e.g. churn")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        dest="params",
+        help="scenario parameter, repeatable (churn: services, endpoints, parallel, step_ms, "
+        "timeout_s)",
+    )
+    parser.add_argument("--json", metavar="FILE", help="also write the result as JSON to FILE")
+    return parser
+
+
+def execute(args: argparse.Namespace) -> int:
+    from vipwire.telemetry import configure_logging
+
+    configure_logging("WARNING", stream=sys.stderr)
+    return asyncio.run(bench(args.scenario, args.params, args.json))
+
+
+async def bench(name: str, pairs: Sequence[str], json_path: str | None) -> int:
+    """Run scenario ``name``; print its table, write its JSON. The exit code."""
+    import msgspec
+
+    from vipwire.bench import SCENARIOS, parse_params
+
+    scenario = SCENARIOS.get(name)
+    if scenario is None:
+        known = ", ".join(sorted(SCENARIOS))
+        print(f"vipwire bench: unknown scenario {name!r} (known: {known})", file=sys.stderr)
+        return 2
+    try:
+        result = await scenario(parse_params(pairs))
+    except ValueError as exc:
+        print(f"vipwire bench: {name}: {exc}", file=sys.stderr)
+        return 2
+    except TimeoutError:
+        print(f"vipwire bench: {name}: did not converge in time", file=sys.stderr)
+        return 1
+    sys.stdout.write(result.table())
+    if json_path:
+        document = msgspec.json.format(msgspec.json.encode(result.data), indent=2)
+        await asyncio.to_thread(Path(json_path).write_bytes, document + b"\n")
+    return 0

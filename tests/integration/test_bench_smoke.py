@@ -1,0 +1,89 @@
+"""The convergence benchmarks, tiny: each runs the real services and reports its documented keys.
+
+Figures are not checked against targets (a loaded CI machine would fail
+them); only that each scenario runs end to end and reports sane values.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from vipwire.bench import SCENARIOS
+from vipwire.bench.burst import BurstOptions, burst
+from vipwire.bench.floor import measure_floor
+from vipwire.bench.latency import LatencyOptions, latency
+from vipwire.bench.restart import RestartOptions, restart
+from vipwire.cli.bench import bench
+from vipwire.natsserver import NatsServer
+
+
+async def test_floor_measures_the_bus_and_the_kv_bucket(nats_server: NatsServer) -> None:
+    """Publish, one hop, KV compare-and-set and get are timed; a hop costs at least a
+    publish's ack."""
+    floor = await measure_floor(nats_server.url, samples=20)
+    for stat in (floor.publish_ack, floor.bus_publish, floor.hop, floor.kv_cas, floor.kv_get):
+        assert 0 < stat.p50_ms <= stat.p90_ms <= stat.p99_ms
+    assert floor.kube_patch is None
+
+
+async def test_latency_reports_percentiles_and_every_hop() -> None:
+    """Every Service converges; p50 <= p90 <= p99, and each hop has a positive median."""
+    result = await latency(
+        LatencyOptions(services=6, clusters=2, nodes=1, floor_samples=10, timeout_s=20)
+    )
+    data = result.data
+    assert data["converged"] == 6
+    assert 0 < data["p50_ms"] <= data["p90_ms"] <= data["p99_ms"] < 20_000
+    assert set(data["hops"]) == {"watcher_in", "ipam", "lbdriver", "watcher_status"}
+    assert all(hop["p50_ms"] > 0 for hop in data["hops"].values())
+    assert data["floor"]["kube_patch"]["p50_ms"] > 0
+    assert data["p50_over_hop_floor"] > 1
+    assert "create -> status" in result.table()
+
+
+async def test_burst_runs_each_component_in_its_own_process() -> None:
+    """All Services converge; every process reports its peak memory and CPU, and the
+    node agents report every VIP."""
+    result = await burst(
+        BurstOptions(clusters=1, services=5, nodes=2, endpoints=1, floor_samples=10, timeout_s=30)
+    )
+    data = result.data
+    assert data["all_converged"] and data["converged"] == 5
+    assert data["services_per_s"] > 0 and data["converged_s"] > 0
+    assert set(data["components"]) == {"ipam", "lbdriver", "watcher", "nodeagents"}
+    for row in data["processes"]:
+        assert row["peak_rss_mb"] >= row["ready_rss_mb"] > 10
+        assert row["cpu_s"] >= 0
+    assert data["agents_applied_s"] is not None
+    assert data["p50_ms"] <= data["p99_ms"]
+
+
+async def test_restart_of_every_component_writes_nothing() -> None:
+    """With live VIPs, restarting ipam, the lbdriver and the node agents becomes ready
+    and makes no write anywhere."""
+    result = await restart(
+        RestartOptions(clusters=1, services=4, nodes=2, quiet_s=0.3, floor_samples=10)
+    )
+    data = result.data
+    assert set(data["phases"]) == {"ipam", "lbdriver", "nodeagents"}
+    for phase in data["phases"].values():
+        assert phase["ready_s"] > 0
+        assert phase["writes"] == 0, phase
+    assert data["phases"]["nodeagents"]["components"] == 2
+
+
+async def test_the_command_writes_the_scenarios_json(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``vipwire bench --scenario floor --json FILE`` prints the table and writes the
+    floor's keys; a bad parameter is a usage error."""
+    assert {"latency", "burst", "restart", "floor"} <= set(SCENARIOS)
+    out = tmp_path / "floor.json"
+    assert await bench("floor", ["samples=10"], str(out)) == 0
+    assert "one hop" in capsys.readouterr().out
+    document = json.loads(out.read_text())
+    assert document["hop"]["p50_ms"] > 0
+    assert await bench("latency", ["services=0"], None) == 2
