@@ -68,7 +68,7 @@ async def test_restart_of_every_component_writes_nothing() -> None:
         RestartOptions(clusters=1, services=4, nodes=2, quiet_s=0.3, floor_samples=10)
     )
     data = result.data
-    assert set(data["phases"]) == {"ipam", "lbdriver", "nodeagents"}
+    assert set(data["phases"]) == {"ipam", "lbdriver", "nodeagent", "nodeagents"}
     for phase in data["phases"].values():
         assert phase["ready_s"] > 0
         assert phase["writes"] == 0, phase
