@@ -418,9 +418,17 @@ class _Kind:
         raise _invalid(f"{'/'.join(rest)} of {self.kind} is not supported by the emulator")
 
 
-class _Servers(_Kind):
-    kind = "server"
-    list_key = "server-list"
+class _Ported(_Kind):
+    """A kind with an address and a ``port-list`` (servers, virtual servers).
+
+    The ports are keyed by number and protocol, both in list merges and in the
+    ``port`` sub-resource (``…/port/<number>+<protocol>``).
+    """
+
+    #: The IPv4 and IPv6 address fields; exactly one holds the object's address.
+    address_fields: tuple[str, str] = ("", "")
+    #: How errors name the object's kind ("server", "virtual server").
+    noun = ""
 
     def merge(self, current: Obj, given: Obj) -> Obj:
         merged = {**copy.deepcopy(current), **given}
@@ -430,37 +438,36 @@ class _Servers(_Kind):
             )
         return merged
 
+    def address_of(self, obj: Obj) -> str | None:
+        v4, v6 = self.address_fields
+        return obj.get(v4) or obj.get(v6)
+
     def validate(self, obj: Obj, current: Obj | None) -> Obj:
-        if "host" in obj:
-            obj["host"] = _address(obj["host"], "host")
-        if "server-ipv6-addr" in obj:
-            obj["server-ipv6-addr"] = _address(obj["server-ipv6-addr"], "server-ipv6-addr")
-        address = obj.get("host") or obj.get("server-ipv6-addr")
+        for name in self.address_fields:
+            if name in obj:
+                obj[name] = _address(obj[name], name)
+        address = self.address_of(obj)
         if not address:
-            raise _invalid("host or server-ipv6-addr is required")
-        if current is not None and address != (
-            current.get("host") or current.get("server-ipv6-addr")
-        ):
-            raise _invalid("The server address cannot be modified")
+            raise _invalid(f"{' or '.join(self.address_fields)} is required")
+        if current is not None and address != self.address_of(current):
+            raise _invalid(f"The {self.noun} address cannot be modified")
         for other in self.objects.values():
-            if (
-                other["name"] != obj["name"]
-                and (other.get("host") or other.get("server-ipv6-addr")) == address
-            ):
-                raise _invalid(f"Server with address {address} already exists ({other['name']})")
+            if other["name"] != obj["name"] and self.address_of(other) == address:
+                raise _invalid(f"{self.noun} address {address} is used by {other['name']}")
+        seen = set()
         for port in obj.setdefault("port-list", []):
-            _check_port(port, {"tcp", "udp"})
-        obj.setdefault("action", "enable")
+            self.check_port(port)
+            key = (port["port-number"], port["protocol"])
+            if key in seen:
+                raise _exists("port")
+            seen.add(key)
         return obj
 
-    def check_unused(self, name: str) -> None:
-        for group in self.part.service_groups.values():
-            if any(m.get("name") == name for m in group.get("member-list", [])):
-                raise A10Error(
-                    400,
-                    IN_USE,
-                    f"Object is in use (server {name} by service-group {group['name']})",
-                )
+    def check_port(self, port: Obj) -> None:
+        raise NotImplementedError
+
+    def check_port_unused(self, name: str, number: str) -> None:
+        pass
 
     def sub(self, method: str, name: str, obj: Obj, rest: list[str], body: Any) -> tuple[Obj, bool]:
         if rest[0] != "port":
@@ -470,7 +477,7 @@ class _Servers(_Kind):
             port = body.get("port") if isinstance(body, dict) else None
             if not isinstance(port, dict):
                 raise _invalid('"port" object expected')
-            _check_port(port, {"tcp", "udp"})
+            self.check_port(port)
             key = (port["port-number"], port["protocol"])
             if any((p["port-number"], p["protocol"]) == key for p in ports):
                 raise _exists("port")
@@ -486,15 +493,53 @@ class _Servers(_Kind):
             if method == "GET":
                 return {"port": copy.deepcopy(match[0])}, False
             if method == "DELETE":
-                for group in self.part.service_groups.values():
-                    for m in group.get("member-list", []):
-                        if m.get("name") == name and str(m.get("port")) == number:
-                            raise A10Error(
-                                400, IN_USE, f"Object is in use (port {rest[1]} of server {name})"
-                            )
+                self.check_port_unused(name, number)
                 ports.remove(match[0])
                 return _OK, True
+            if method in ("POST", "PUT"):
+                given = body.get("port") if isinstance(body, dict) else None
+                if not isinstance(given, dict):
+                    raise _invalid('"port" object expected')
+                updated = {**match[0], **given} if method == "POST" else copy.deepcopy(given)
+                # The key of a port is its identity: a body cannot move it.
+                updated["port-number"] = match[0]["port-number"]
+                updated["protocol"] = match[0]["protocol"]
+                self.check_port(updated)
+                ports[ports.index(match[0])] = updated
+                return {"port": copy.deepcopy(updated)}, True
         return super().sub(method, name, obj, rest, body)
+
+
+class _Servers(_Ported):
+    kind = "server"
+    list_key = "server-list"
+    address_fields = ("host", "server-ipv6-addr")
+    noun = "server"
+
+    def validate(self, obj: Obj, current: Obj | None) -> Obj:
+        obj = super().validate(obj, current)
+        obj.setdefault("action", "enable")
+        return obj
+
+    def check_port(self, port: Obj) -> None:
+        _check_port(port, {"tcp", "udp"})
+
+    def check_unused(self, name: str) -> None:
+        for group in self.part.service_groups.values():
+            if any(m.get("name") == name for m in group.get("member-list", [])):
+                raise A10Error(
+                    400,
+                    IN_USE,
+                    f"Object is in use (server {name} by service-group {group['name']})",
+                )
+
+    def check_port_unused(self, name: str, number: str) -> None:
+        for group in self.part.service_groups.values():
+            for m in group.get("member-list", []):
+                if m.get("name") == name and str(m.get("port")) == number:
+                    raise A10Error(
+                        400, IN_USE, f"Object is in use (port {number} of server {name})"
+                    )
 
 
 class _ServiceGroups(_Kind):
@@ -591,46 +636,13 @@ class _Monitors(_Kind):
                 raise A10Error(400, IN_USE, f"Object is in use (monitor {name} by {group['name']})")
 
 
-class _VirtualServers(_Kind):
+class _VirtualServers(_Ported):
     kind = "virtual-server"
     list_key = "virtual-server-list"
+    address_fields = ("ip-address", "ipv6-address")
+    noun = "virtual server"
 
-    def merge(self, current: Obj, given: Obj) -> Obj:
-        merged = {**copy.deepcopy(current), **given}
-        if "port-list" in given:
-            merged["port-list"] = _merge_list(
-                current.get("port-list", []), given["port-list"], ("port-number", "protocol")
-            )
-        return merged
-
-    def validate(self, obj: Obj, current: Obj | None) -> Obj:
-        if "ip-address" in obj:
-            obj["ip-address"] = _address(obj["ip-address"], "ip-address")
-        if "ipv6-address" in obj:
-            obj["ipv6-address"] = _address(obj["ipv6-address"], "ipv6-address")
-        address = obj.get("ip-address") or obj.get("ipv6-address")
-        if not address:
-            raise _invalid("ip-address or ipv6-address is required")
-        if current is not None and address != (
-            current.get("ip-address") or current.get("ipv6-address")
-        ):
-            raise _invalid("The virtual server address cannot be modified")
-        for other in self.objects.values():
-            if (
-                other["name"] != obj["name"]
-                and (other.get("ip-address") or other.get("ipv6-address")) == address
-            ):
-                raise _invalid(f"Virtual server address {address} is used by {other['name']}")
-        seen = set()
-        for port in obj.setdefault("port-list", []):
-            self._check_vport(port)
-            key = (port["port-number"], port["protocol"])
-            if key in seen:
-                raise _exists("port")
-            seen.add(key)
-        return obj
-
-    def _check_vport(self, port: Obj) -> None:
+    def check_port(self, port: Obj) -> None:
         _check_port(port, _VPORT_PROTOCOLS)
         group = port.get("service-group")
         if group is not None:
@@ -642,46 +654,6 @@ class _VirtualServers(_Kind):
                 raise _invalid(
                     f"service-group {group} protocol does not match virtual port protocol"
                 )
-
-    def sub(self, method: str, name: str, obj: Obj, rest: list[str], body: Any) -> tuple[Obj, bool]:
-        if rest[0] != "port":
-            return super().sub(method, name, obj, rest, body)
-        ports = obj.setdefault("port-list", [])
-        if len(rest) == 1 and method == "POST":
-            port = body.get("port") if isinstance(body, dict) else None
-            if not isinstance(port, dict):
-                raise _invalid('"port" object expected')
-            self._check_vport(port)
-            key = (port["port-number"], port["protocol"])
-            if any((p["port-number"], p["protocol"]) == key for p in ports):
-                raise _exists("port")
-            ports.append(copy.deepcopy(port))
-            return {"port": port}, True
-        if len(rest) == 2:
-            number, _, protocol = rest[1].partition("+")
-            match = [
-                p for p in ports if str(p["port-number"]) == number and p["protocol"] == protocol
-            ]
-            if not match:
-                raise _missing("port")
-            if method == "GET":
-                return {"port": copy.deepcopy(match[0])}, False
-            if method == "DELETE":
-                ports.remove(match[0])
-                return _OK, True
-            if method in ("POST", "PUT"):
-                given = body.get("port") if isinstance(body, dict) else None
-                if not isinstance(given, dict):
-                    raise _invalid('"port" object expected')
-                updated = {**match[0], **given} if method == "POST" else copy.deepcopy(given)
-                updated["port-number"], updated["protocol"] = (
-                    match[0]["port-number"],
-                    match[0]["protocol"],
-                )
-                self._check_vport(updated)
-                ports[ports.index(match[0])] = updated
-                return {"port": copy.deepcopy(updated)}, True
-        return super().sub(method, name, obj, rest, body)
 
 
 def _check_port(port: Any, protocols: set[str]) -> None:
