@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 import msgspec
 import pytest
 from nats.aio.msg import Msg
+from nats.js.api import DeliverPolicy
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from vipwire.bus import DONE, Delivery, Verdict
@@ -86,7 +87,8 @@ def gone(name: str) -> ServiceGone:
 
 
 class Seen:
-    """Every ``vip`` message, as the bus carried it (plain core NATS, no consumer)."""
+    """Every ``vip`` message the stream stored, in its order (what every consumer sees;
+    a publish the stream refused, e.g. a failed expected-sequence check, is not one)."""
 
     def __init__(self) -> None:
         self.messages: list[Message] = []
@@ -122,7 +124,13 @@ async def bus(make_runtime: RuntimeFactory) -> Runtime:
 @pytest.fixture
 async def seen(bus: Runtime) -> AsyncIterator[Seen]:
     seen = Seen()
-    sub = await bus.bus.nc.subscribe("vipwire.*.vip.>", cb=seen.on_msg)
+    sub = await bus.bus.js.subscribe(
+        "vipwire.*.vip.>",
+        stream=STREAM,
+        cb=seen.on_msg,
+        ordered_consumer=True,
+        deliver_policy=DeliverPolicy.NEW,
+    )
     yield seen
     await sub.unsubscribe()
 
