@@ -250,6 +250,8 @@ class IpamService:
         self._m_operator_releases = m.counter(
             "ipam_operator_releases_total", "Allocations released by an operator"
         )
+        self._gauges_stale = True
+        m.on_collect(self._collect_gauges)
         m.gauge(
             "ipam_waiting_services",
             "Services waiting for an address to be released",
@@ -354,6 +356,14 @@ class IpamService:
             self._update_gauges()
 
     def _update_gauges(self) -> None:
+        # Computed per scrape, not per change: usage() walks every pool, family and
+        # cluster, and claims change on every allocation of every replica.
+        self._gauges_stale = True
+
+    def _collect_gauges(self) -> None:
+        if not self._gauges_stale:
+            return
+        self._gauges_stale = False
         for usage in self.allocator.usage():
             self._m_size.set(usage.size, pool=usage.pool, family=usage.family)
             self._m_in_use.set(usage.in_use, pool=usage.pool, family=usage.family)
