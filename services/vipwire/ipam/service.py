@@ -847,14 +847,14 @@ class IpamService:
         """The Service is going away: withdraw first, release on LbRemoved."""
         ref = (message.cluster, message.namespace, message.name)
         key = service_key(*ref)
-        self._waiting.pop(ref, None)
         owner = Owner(*ref, message.uid)
-        check: Delivery | None = d
-        for _ in range(self.settings.conflict_retries):
-            current, superseded = await self._read_record(key, check)
-            check = None
-            if superseded:
-                return DONE  # a newer message on this subject decides
+        current, superseded = await self._read_record(key, d)
+        if superseded:
+            return DONE  # a newer message on this subject decides
+        self._waiting.pop(ref, None)
+        for attempt in range(self.settings.conflict_retries):
+            if attempt:
+                current = await self.store.get_record(key)
             if current is not None and current[0].uid == message.uid:
                 try:
                     await self._withdraw(key, *current, ref, d.derive_id("vip-releasing"))
