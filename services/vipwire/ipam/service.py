@@ -8,6 +8,14 @@ every decision is made durable with a compare-and-set, and a lost one means
 within a replica (its ``service`` and ``lb`` subjects share a lock); across
 replicas the Service record's revision is the arbiter.
 
+A new Service costs three round trips: the claim's ``create``, the record's
+``create``, the VipAssigned publish. Its record is not read when no claim
+names the Service (the record's create checks that belief), and "no newer
+message on this Service's subject" is checked by the server as it stores the
+VipAssigned (an expected last sequence of another subject) instead of by a
+read before and after. Every other message reads the record and, in the same
+wait, the newest message of its subject.
+
 Sharing: a Service that leaves a shared VIP withdraws only its own virtual
 servers (the lbdriver names and tags them per Service), so its VipReleasing
 and LbRemoved are its own; on LbRemoved it leaves the claim, and the last one
