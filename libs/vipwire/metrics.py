@@ -152,6 +152,7 @@ class Registry:
     def __init__(self, prefix: str = "vipwire") -> None:
         self.prefix = prefix
         self._metrics: dict[str, _Metric] = {}
+        self._collectors: list[Callable[[], None]] = []
 
     def _add(self, metric: _M) -> _M:
         existing = self._metrics.get(metric.name)
@@ -183,5 +184,12 @@ class Registry:
     ) -> Histogram:
         return self._add(Histogram(f"{self.prefix}_{name}", help_text, labelnames, buckets))
 
+    def on_collect(self, fn: Callable[[], None]) -> None:
+        """Call ``fn`` before every exposition: for gauges costly to keep current on
+        every change, and cheap to compute once per scrape."""
+        self._collectors.append(fn)
+
     def expose(self) -> str:
+        for collect in self._collectors:
+            collect()
         return "".join(m.expose() for m in self._metrics.values())

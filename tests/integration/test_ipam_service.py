@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 import msgspec
 import pytest
 from nats.aio.msg import Msg
+from nats.js.api import DeliverPolicy
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from vipwire.bus import DONE, Delivery, Verdict
@@ -86,7 +87,8 @@ def gone(name: str) -> ServiceGone:
 
 
 class Seen:
-    """Every ``vip`` message, as the bus carried it (plain core NATS, no consumer)."""
+    """Every ``vip`` message the stream stored, in its order (what every consumer sees;
+    a publish the stream refused, e.g. a failed expected-sequence check, is not one)."""
 
     def __init__(self) -> None:
         self.messages: list[Message] = []
@@ -122,7 +124,13 @@ async def bus(make_runtime: RuntimeFactory) -> Runtime:
 @pytest.fixture
 async def seen(bus: Runtime) -> AsyncIterator[Seen]:
     seen = Seen()
-    sub = await bus.bus.nc.subscribe("vipwire.*.vip.>", cb=seen.on_msg)
+    sub = await bus.bus.js.subscribe(
+        "vipwire.*.vip.>",
+        stream=STREAM,
+        cb=seen.on_msg,
+        ordered_consumer=True,
+        deliver_policy=DeliverPolicy.NEW,
+    )
     yield seen
     await sub.unsubscribe()
 
@@ -894,6 +902,127 @@ class TestRaces:
         assert await ipam._handle(stale) == DONE
         assert await kv_state(bus) == ({}, {})
         assert len(seen.of(VipAssigned, "web")) == 1
+
+    async def test_the_overtaken_check_without_the_server_header_undoes_too(
+        self, bus: Runtime, seen: Seen, make_ipam: IpamFactory, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Where the server cannot check another subject's last sequence (before 2.11), the
+        record is read and the overtaken check is a read of its own: still undone."""
+        ipam = await make_ipam()
+        ipam._expect_subject = False
+        live = snapshot("web")
+        seq = await bus.bus.publish(live)
+        await seen.wait(VipAssigned, "web")
+        await bus.bus.publish(snapshot("web", deleting=True))
+        await bus.bus.publish(lb_removed("web"))
+        await seen.wait(VipReleased, "web")
+
+        async def not_yet(d: Delivery) -> bool:
+            return False
+
+        monkeypatch.setattr(ipam, "_superseded", not_yet)
+        stale = Delivery(
+            subject=parse_subject(subject_for(live)),
+            message=live,
+            seq=seq,
+            num_delivered=2,
+            headers={},
+        )
+        assert await ipam._handle(stale) == DONE
+        assert await kv_state(bus) == ({}, {})
+        assert len(seen.of(VipAssigned, "web")) == 1
+
+    async def test_a_refusal_overtaken_by_a_newer_snapshot_is_not_published(
+        self, bus: Runtime, seen: Seen, make_ipam: IpamFactory
+    ) -> None:
+        """A snapshot handled after a newer one was stored, by a replica that read nothing
+        first (no claim names the Service), publishes no VipFailed: the newer one decides."""
+        ipam = await make_ipam()
+        await ipam._consumer.stop()  # type: ignore[union-attr]  # this test hands out the deliveries
+        old = snapshot("web", requested_ips=("203.0.113.9",))  # outside every pool
+        seq = await bus.bus.publish(old)
+        await bus.bus.publish(snapshot("web"))
+        stale = Delivery(
+            subject=parse_subject(subject_for(old)),
+            message=old,
+            seq=seq,
+            num_delivered=1,
+            headers={},
+        )
+        assert await ipam._handle(stale) == DONE
+        assert await stored(bus, "vipwire.east.vip.shop.web") == 0
+        assert await kv_state(bus) == ({}, {})
+
+
+class TestStaleCache:
+    """A replica whose claim watch has not yet seen another replica's writes skips the
+    record read on the belief "no claim names this Service": the creates' compare-and-set
+    catches the belief when it is wrong."""
+
+    async def stale_pair(
+        self, bus: Runtime, seen: Seen, make_ipam: IpamFactory
+    ) -> tuple[IpamService, IpamService]:
+        """Replica ``a`` serves everything; ``b`` hears nothing of ``a``'s claims."""
+        a = await make_ipam(name="ipam-a")
+        b = await make_ipam(name="ipam-b")
+        await b._consumer.stop()  # type: ignore[union-attr]
+        await b.cache.stop()
+        return a, b
+
+    async def test_a_redelivery_to_a_stale_replica_keeps_the_one_vip(
+        self, bus: Runtime, seen: Seen, make_ipam: IpamFactory
+    ) -> None:
+        """The stale replica's create loses on an address it believed free, then its record
+        create is never reached: it re-reads, keeps the VIP ``a`` gave, and no address is
+        owned twice."""
+        _a, b = await self.stale_pair(bus, seen, make_ipam)
+        await bus.bus.publish(snapshot("first"))
+        first = (await seen.wait(VipAssigned, "first")).vips
+        web = snapshot("web")
+        seq = await bus.bus.publish(web)
+        vips = (await seen.wait(VipAssigned, "web")).vips
+        assert not b.allocator.claims()  # b believes the pool empty
+        again = Delivery(
+            subject=parse_subject(subject_for(web)),
+            message=web,
+            seq=seq,
+            num_delivered=2,
+            headers={},
+        )
+        assert await b._handle(again) == DONE
+        claims, records = await kv_state(bus)
+        assert set(claims) == {addr(first[0]), addr(vips[0])}
+        assert records["svc.east.shop.web"].vips == vips
+        assert claims[addr(vips[0])].owners == (Owner("east", "shop", "web", "uid-web"),)
+        assert {m.vips for m in seen.of(VipAssigned, "web")} == {vips}
+        assert b.runtime.metrics.counter("ipam_conflicts_total", "").value() >= 1
+
+    async def test_a_new_incarnation_on_a_stale_replica_frees_the_old_one_first(
+        self, bus: Runtime, seen: Seen, make_ipam: IpamFactory
+    ) -> None:
+        """A re-created Service (new uid) handled by a replica that knows nothing of the old
+        incarnation: the record create fails on the old record, the claims it wrote are
+        given back, and after the re-read the old incarnation's claims are freed."""
+        a, b = await self.stale_pair(bus, seen, make_ipam)
+        await bus.bus.publish(snapshot("web"))
+        await seen.wait(VipAssigned, "web")
+        await a._consumer.stop()  # type: ignore[union-attr]
+        new = snapshot("web", uid="uid-web-2")
+        seq = await bus.bus.publish(new)
+        delivery = Delivery(
+            subject=parse_subject(subject_for(new)),
+            message=new,
+            seq=seq,
+            num_delivered=1,
+            headers={},
+        )
+        assert await b._handle(delivery) == DONE
+        claims, records = await kv_state(bus)
+        record = records["svc.east.shop.web"]
+        assert record.uid == "uid-web-2"
+        assert [c.owners for c in claims.values()] == [(Owner("east", "shop", "web", "uid-web-2"),)]
+        assert set(claims) == {addr(v) for v in record.vips}
+        assert seen.of(VipAssigned, "web")[-1].vips == record.vips
 
 
 SCALE_POOL = PoolSettings(name="big", addresses=("10.20.0.0/20",))

@@ -114,7 +114,9 @@ def check_invariants(
         )
         assert fits == (not reasons), f"{address} ({claim.pool}): fits={fits}, stale={reasons}"
         # Families of one Service never repeat.
+    assert set(allocator._named) == {(o.cluster, o.namespace, o.name) for o in held}
     for owner, addresses in held.items():
+        assert allocator.names(owner.cluster, owner.namespace, owner.name)
         assert set(allocator.held_by(owner)) == addresses
         families = [ipaddress.ip_address(a).version for a in addresses]
         assert len(families) == len(set(families)), f"{owner} holds {addresses}"
@@ -418,6 +420,20 @@ def test_same_incarnation_adopts_what_it_already_holds() -> None:
     replaced = allocator.allocate(req("web", uid="other", requested_ips=("192.0.2.6",)))
     assert isinstance(replaced, AllocationFailure)
     assert "earlier incarnation" in replaced.message
+
+
+def test_names_tells_whether_any_incarnation_of_a_service_holds_an_address() -> None:
+    """names() answers by name whatever the uid, and forgets a Service with its last claim."""
+    allocator = Allocator(POOLS)
+    assert not allocator.names("west", "shop", "web")
+    allocator.claim("192.0.2.6", req("web").claim("default"))
+    allocator.claim("192.0.2.7", req("web", uid="new").claim("default"))
+    assert allocator.names("west", "shop", "web")
+    assert not allocator.names("east", "shop", "web")
+    allocator.release("192.0.2.6")
+    assert allocator.names("west", "shop", "web")
+    allocator.leave("192.0.2.7", req("web", uid="new").owner)
+    assert not allocator.names("west", "shop", "web")
 
 
 def test_check_without_reserving_changes_nothing() -> None:

@@ -27,8 +27,8 @@ from __future__ import annotations
 
 from bisect import bisect_right
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
-from typing import Literal, NamedTuple
+from collections.abc import Hashable, Iterable, Mapping, Sequence
+from typing import Literal, NamedTuple, TypeVar
 
 import msgspec
 
@@ -349,6 +349,8 @@ class Allocator:
             blocks.sort()
         self._claims: dict[str, Claim] = {}
         self._held: dict[Owner, set[str]] = {}
+        # (cluster, namespace, name) → incarnations of that Service in _held
+        self._named: Counter[tuple[str, str, str]] = Counter()
         self._groups: dict[tuple[str, str, str], set[str]] = {}
         self._stale: dict[str, tuple[_Reason, ...]] = {}
         # (pool the address is in now, family, cluster) → addresses held
@@ -377,6 +379,10 @@ class Allocator:
     def held_by(self, owner: Owner) -> tuple[str, ...]:
         """Addresses claimed by one Service incarnation (alone or shared)."""
         return tuple(sorted(self._held.get(owner, ())))
+
+    def names(self, cluster: str, namespace: str, name: str) -> bool:
+        """Whether any incarnation of this Service (whatever its uid) holds an address."""
+        return (cluster, namespace, name) in self._named
 
     def owners(self) -> list[Owner]:
         """Every Service incarnation holding an address."""
@@ -498,7 +504,11 @@ class Allocator:
             self._forget(address, family, value, previous)
         self._claims[address] = claim
         for owner in claim.owners:
-            self._held.setdefault(owner, set()).add(address)
+            held = self._held.get(owner)
+            if held is None:
+                held = self._held[owner] = set()
+                self._named[(owner.cluster, owner.namespace, owner.name)] += 1
+            held.add(address)
         if claim.sharing_key is not None:
             group = (claim.cluster, claim.namespace, claim.sharing_key)
             self._groups.setdefault(group, set()).add(address)
@@ -559,6 +569,7 @@ class Allocator:
                 held.discard(address)
                 if not held:
                     del self._held[owner]
+                    _decrement(self._named, (owner.cluster, owner.namespace, owner.name))
         if claim.sharing_key is not None:
             group = (claim.cluster, claim.namespace, claim.sharing_key)
             members = self._groups.get(group)
@@ -1006,7 +1017,10 @@ def _address_order(address: str) -> tuple[str, int]:
     return parse_address(address)
 
 
-def _decrement(counter: Counter[tuple[str, Family, str]], key: tuple[str, Family, str]) -> None:
+_K = TypeVar("_K", bound=Hashable)
+
+
+def _decrement(counter: Counter[_K], key: _K) -> None:
     counter[key] -= 1
     if counter[key] <= 0:
         del counter[key]

@@ -8,6 +8,14 @@ every decision is made durable with a compare-and-set, and a lost one means
 within a replica (its ``service`` and ``lb`` subjects share a lock); across
 replicas the Service record's revision is the arbiter.
 
+A new Service costs three round trips: the claim's ``create``, the record's
+``create``, the VipAssigned publish. Its record is not read when no claim
+names the Service (the record's create checks that belief), and "no newer
+message on this Service's subject" is checked by the server as it stores the
+VipAssigned (an expected last sequence of another subject) instead of by a
+read before and after. Every other message reads the record and, in the same
+wait, the newest message of its subject.
+
 Sharing: a Service that leaves a shared VIP withdraws only its own virtual
 servers (the lbdriver names and tags them per Service), so its VipReleasing
 and LbRemoved are its own; on LbRemoved it leaves the claim, and the last one
@@ -33,6 +41,7 @@ from typing import Final, Protocol
 import msgspec
 import nats.errors
 import nats.js.errors
+from nats.aio.client import ServerVersion
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js.api import DeliverPolicy
@@ -110,6 +119,10 @@ LOAD_TIMEOUT: Final = 60.0
 RESUME_TIMEOUT: Final = 30.0
 #: Stale allocations listed by name in a status answer (all are counted).
 STATUS_STALE_LIMIT: Final = 100
+#: JetStream's error code for a publish whose expected last sequence did not hold.
+_WRONG_LAST_SEQ: Final = 10071
+#: The first nats-server that checks an expected last sequence of another subject.
+_EXPECT_SUBJECT_SINCE: Final = (2, 11)
 
 ServiceRef = tuple[str, str, str]  # cluster, namespace, name
 
@@ -172,6 +185,13 @@ def request_of(snapshot: ServiceSnapshot) -> Request:
     )
 
 
+def _server_checks_other_subjects(version: ServerVersion) -> bool:
+    try:
+        return (version.major, version.minor) >= _EXPECT_SUBJECT_SINCE
+    except ValueError:  # not a semantic version: assume the worst
+        return False
+
+
 def _ref_of_key(key: str) -> ServiceRef | None:
     parts = key.split(".")
     if len(parts) != 4 or parts[0] != "svc":
@@ -205,6 +225,9 @@ class IpamService:
         self._reloaded_at: float | None = None
         self._config_stamp: tuple[int, int] | None = None
         self._started = False
+        # Whether the server can check "nothing newer on that subject" as it stores a
+        # publish (older ones ignore the header: the check is then a read of its own).
+        self._expect_subject = False
         m = runtime.metrics
         self._m_allocations = m.counter(
             "ipam_allocations_total", "Services given addresses, by pool", ["pool"]
@@ -235,6 +258,8 @@ class IpamService:
         self._m_operator_releases = m.counter(
             "ipam_operator_releases_total", "Allocations released by an operator"
         )
+        self._gauges_stale = True
+        m.on_collect(self._collect_gauges)
         m.gauge(
             "ipam_waiting_services",
             "Services waiting for an address to be released",
@@ -274,6 +299,7 @@ class IpamService:
         except (TimeoutError, nats.errors.Error) as exc:
             raise StoreError(f"cannot open KV bucket {IPAM_BUCKET}: {exc!r}") from exc
         self._config_stamp = self._stamp()
+        self._expect_subject = _server_checks_other_subjects(bus.nc.connected_server_version)
         self._cache = ClaimCache(store, self._initial, on_change=self._on_claim_change)
         await self._cache.start(LOAD_TIMEOUT)
         log.info("loaded %d address claims", len(self.allocator.claims()))
@@ -338,6 +364,14 @@ class IpamService:
             self._update_gauges()
 
     def _update_gauges(self) -> None:
+        # Computed per scrape, not per change: usage() walks every pool, family and
+        # cluster, and claims change on every allocation of every replica.
+        self._gauges_stale = True
+
+    def _collect_gauges(self) -> None:
+        if not self._gauges_stale:
+            return
+        self._gauges_stale = False
         for usage in self.allocator.usage():
             self._m_size.set(usage.size, pool=usage.pool, family=usage.family)
             self._m_in_use.set(usage.in_use, pool=usage.pool, family=usage.family)
@@ -347,10 +381,7 @@ class IpamService:
 
     async def _handle(self, d: Delivery) -> Verdict:
         message = d.message
-        if isinstance(message, ServiceSnapshot | ServiceGone):
-            if await self._superseded(d):
-                return DONE
-        elif not isinstance(message, LbRemoved):
+        if not isinstance(message, ServiceSnapshot | ServiceGone | LbRemoved):
             return DONE  # LbProgrammed / LbFailed: nothing for ipam to do
         ref = (message.cluster, message.namespace, message.name)
         try:
@@ -389,16 +420,58 @@ class IpamService:
             return False
         return bool(last.seq and last.seq > d.seq)
 
+    async def _read_record(
+        self, key: str, d: Delivery | None
+    ) -> tuple[tuple[ServiceRecord, int] | None, bool]:
+        """The Service's record and, with ``d``, whether ``d`` is superseded: two reads
+        that do not depend on each other, so they share one round trip's wait."""
+        if d is None:
+            return await self.store.get_record(key), False
+        current, superseded = await asyncio.gather(self.store.get_record(key), self._superseded(d))
+        return current, superseded
+
+    def _unrecorded(self, ref: ServiceRef) -> bool:
+        """Whether this replica may skip reading the Service's record: it knows of no
+        claim naming the Service (any incarnation) and the server checks a publish
+        against the newest message of another subject.
+
+        Claims are written before the record that names them and left only after
+        the record is gone, so no claim means no record, unless the claim watch
+        lags another replica. What is done on that belief is safe either way: the
+        record is then *created*, a compare-and-set that fails if one exists (a
+        :class:`Conflict`: the claims written are given back and the KV is read).
+        """
+        return self._expect_subject and not self.allocator.names(*ref)
+
     async def _on_live(
-        self, snap: ServiceSnapshot, d: Delivery, *, quiet: bool = False, tag: str = ""
+        self,
+        snap: ServiceSnapshot,
+        d: Delivery,
+        *,
+        quiet: bool = False,
+        tag: str = "",
+        check_newer: bool = True,
     ) -> Verdict:
         """Keep (or give) the Service its VIPs and say so. ``quiet``: no VipFailed.
-        ``tag`` tells apart VipAssigned messages published for one delivery."""
+        ``tag`` tells apart VipAssigned messages published for one delivery.
+        ``check_newer``: skip ``d`` if a newer message is on its subject (False where
+        ``d`` was just read as the newest)."""
         ref = (snap.cluster, snap.namespace, snap.name)
         key = service_key(*ref)
         request = request_of(snap)
-        for _ in range(self.settings.conflict_retries):
-            current = await self.store.get_record(key)
+        check: Delivery | None = d if check_newer else None
+        # Without a read, nothing says whether a newer message exists: each publish
+        # then asks the server to refuse it if one does (see _publish_if_newest).
+        guard = self._unrecorded(ref)
+        for attempt in range(self.settings.conflict_retries):
+            if attempt == 0 and guard:
+                current = None
+            else:
+                guard = False
+                current, superseded = await self._read_record(key, check)
+                check = None
+                if superseded:
+                    return DONE  # a newer message on this subject decides
             if current is not None and current[0].uid == snap.uid:
                 try:
                     return await self._keep(snap, d, current, quiet=quiet, tag=tag)
@@ -417,12 +490,20 @@ class IpamService:
                     group = await self._read_group(request)
                     result = self.allocator.allocate(request)
                     if isinstance(result, AllocationFailure):
-                        return await self._fail(snap, d, result, quiet=quiet)
+                        return await self._fail(snap, d, result, quiet=quiet, guard=guard)
                     record = await self._commit(request, result, key, group)
             except Conflict:
                 self._m_conflicts.inc()
                 continue
-            if await self._overtaken(snap, d):
+            msg_id = d.derive_id("vip-assigned" + tag)
+            assigned = self._assigned(snap, record)
+            if self._expect_subject:
+                # The check that nothing newer ended this incarnation, made by the
+                # server as it stores the VipAssigned (no round trip of its own).
+                published = await self._publish_if_newest(assigned, d, msg_id)
+            else:
+                published = False
+            if not published and await self._overtaken(snap, d):
                 await self._undo(key, record, request.owner)
                 return DONE
             self._waiting.pop(ref, None)
@@ -430,7 +511,8 @@ class IpamService:
             self._update_gauges()
             how = f" (sharing key {request.sharing_key!r})" if result.joined else ""
             log.info("assigned %s to %s%s", ", ".join(record.vips), request.service, how)
-            await self._publish_assigned(snap, record, d.derive_id("vip-assigned" + tag))
+            if not published:
+                await self.runtime.bus.publish(assigned, msg_id=msg_id)
             return DONE
         return Retry(
             delay=self.settings.retry_delay_s,
@@ -588,8 +670,15 @@ class IpamService:
         log.info("allocation of %s to %s undone: the Service went away", record.vips, owner)
 
     async def _fail(
-        self, snap: ServiceSnapshot, d: Delivery, failure: AllocationFailure, *, quiet: bool
+        self,
+        snap: ServiceSnapshot,
+        d: Delivery,
+        failure: AllocationFailure,
+        *,
+        quiet: bool,
+        guard: bool = False,
     ) -> Verdict:
+        """``guard``: whether ``d`` is superseded was not asked; the publish asks it."""
         ref = (snap.cluster, snap.namespace, snap.name)
         self._waiting.pop(ref, None)  # re-queue at the back
         if failure.retryable:
@@ -598,9 +687,15 @@ class IpamService:
             )
         if quiet:
             return DONE
+        msg_id = d.derive_id("vip-failed")
+        failed = self._failed(snap, failure.message)
+        if guard:
+            if not await self._publish_if_newest(failed, d, msg_id):
+                return DONE  # superseded: the newer message decides
+        else:
+            await self.runtime.bus.publish(failed, msg_id=msg_id)
         self._m_failures.inc(reason=failure.code)
         log.warning("no address for %s/%s/%s: %s", *ref, failure.message)
-        await self._publish_failed(snap, failure.message, d.derive_id("vip-failed"))
         return DONE
 
     @contextlib.asynccontextmanager
@@ -760,10 +855,14 @@ class IpamService:
         """The Service is going away: withdraw first, release on LbRemoved."""
         ref = (message.cluster, message.namespace, message.name)
         key = service_key(*ref)
-        self._waiting.pop(ref, None)
         owner = Owner(*ref, message.uid)
-        for _ in range(self.settings.conflict_retries):
-            current = await self.store.get_record(key)
+        current, superseded = await self._read_record(key, d)
+        if superseded:
+            return DONE  # a newer message on this subject decides
+        self._waiting.pop(ref, None)
+        for attempt in range(self.settings.conflict_retries):
+            if attempt:
+                current = await self.store.get_record(key)
             if current is not None and current[0].uid == message.uid:
                 try:
                     await self._withdraw(key, *current, ref, d.derive_id("vip-releasing"))
@@ -872,7 +971,9 @@ class IpamService:
                 num_delivered=1,
                 headers=dict(raw.headers or {}),
             )
-            return await self._on_live(message, delivery, tag=f"-after-release-{d.seq}")
+            return await self._on_live(
+                message, delivery, tag=f"-after-release-{d.seq}", check_newer=False
+            )
         gone = VipReleased(
             cluster=cluster, namespace=namespace, name=name, uid=record.uid, vips=record.vips
         )
@@ -951,37 +1052,60 @@ class IpamService:
 
     # --- publishing -------------------------------------------------------------------
 
+    @staticmethod
+    def _assigned(snap: ServiceSnapshot, record: ServiceRecord) -> VipAssigned:
+        return VipAssigned(
+            cluster=snap.cluster,
+            namespace=snap.namespace,
+            name=snap.name,
+            uid=snap.uid,
+            vips=record.vips,
+            pool=record.pool,
+            appliance_group=record.appliance_group,
+            ports=snap.ports,
+            external_traffic_policy=snap.external_traffic_policy,
+            health_check_node_port=snap.health_check_node_port,
+        )
+
+    @staticmethod
+    def _failed(snap: ServiceSnapshot, message: str) -> VipFailed:
+        return VipFailed(
+            cluster=snap.cluster,
+            namespace=snap.namespace,
+            name=snap.name,
+            uid=snap.uid,
+            reason=FAILED_REASON,
+            message=message,
+        )
+
     async def _publish_assigned(
         self, snap: ServiceSnapshot, record: ServiceRecord, msg_id: str
     ) -> None:
-        await self.runtime.bus.publish(
-            VipAssigned(
-                cluster=snap.cluster,
-                namespace=snap.namespace,
-                name=snap.name,
-                uid=snap.uid,
-                vips=record.vips,
-                pool=record.pool,
-                appliance_group=record.appliance_group,
-                ports=snap.ports,
-                external_traffic_policy=snap.external_traffic_policy,
-                health_check_node_port=snap.health_check_node_port,
-            ),
-            msg_id=msg_id,
-        )
+        await self.runtime.bus.publish(self._assigned(snap, record), msg_id=msg_id)
 
     async def _publish_failed(self, snap: ServiceSnapshot, message: str, msg_id: str) -> None:
-        await self.runtime.bus.publish(
-            VipFailed(
-                cluster=snap.cluster,
-                namespace=snap.namespace,
-                name=snap.name,
-                uid=snap.uid,
-                reason=FAILED_REASON,
-                message=message,
-            ),
-            msg_id=msg_id,
-        )
+        await self.runtime.bus.publish(self._failed(snap, message), msg_id=msg_id)
+
+    async def _publish_if_newest(self, message: Message, d: Delivery, msg_id: str) -> bool:
+        """Publish ``message`` unless a message newer than ``d`` is on ``d``'s subject;
+        False: there is one (or ``d``'s is gone), nothing was published.
+
+        One atomic step on the server: the publish names the sequence the last
+        message of ``d``'s subject must have (JetStream's expected last subject
+        sequence, of another subject than the one published to: nats-server 2.11+).
+        """
+        headers = {
+            "Nats-Expected-Last-Subject-Sequence": str(d.seq),
+            "Nats-Expected-Last-Subject-Sequence-Subject": d.subject.raw,
+        }
+        try:
+            await self.runtime.bus.publish(message, msg_id=msg_id, headers=headers)
+        except BusError as exc:
+            cause = exc.__cause__
+            if isinstance(cause, nats.js.errors.APIError) and cause.err_code == _WRONG_LAST_SEQ:
+                return False
+            raise
+        return True
 
     async def _publish_released(
         self, about: ServiceSnapshot | ServiceGone | LbRemoved, vips: tuple[str, ...], msg_id: str
@@ -1123,7 +1247,9 @@ class IpamService:
         ):
             async with self._locks.hold(ref):
                 if self._waiting.get(ref) is waiting:
-                    await self._on_live(message, delivery, quiet=True, tag="-retried")
+                    await self._on_live(
+                        message, delivery, quiet=True, tag="-retried", check_newer=False
+                    )
 
     # --- reload and stale flags -----------------------------------------------------------
 
