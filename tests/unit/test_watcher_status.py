@@ -32,6 +32,7 @@ from vipwire.watcher.status import (
     observe,
     readiness,
     series_patch,
+    told_before,
     trace_patch,
 )
 from vipwire.watcher.status import decide as decide_
@@ -391,6 +392,23 @@ class TestFinalizerPatch:
         removed = finalizer_patch(only, present=False, cluster="east")
         assert removed is not None and removed["metadata"]["finalizers"] is None
 
+    def test_adding_records_the_trace_in_the_same_patch(self) -> None:
+        """Adding with a trace id writes it along (one PATCH); a finalizer already marked
+        is not patched for the trace alone."""
+        p = finalizer_patch(service(finalizers=()), present=True, cluster="east", trace_id="ab")
+        assert p == {
+            "metadata": {
+                "annotations": {CLUSTER_ANNOTATION: "east", TRACE_ANNOTATION: "ab"},
+                "finalizers": [FINALIZER],
+                "resourceVersion": "41",
+            }
+        }
+        marked = service(annotations={CLUSTER_ANNOTATION: "east"})
+        assert finalizer_patch(marked, present=True, cluster="east", trace_id="ab") is None
+        recorded = service(finalizers=(), annotations={TRACE_ANNOTATION: "ab"})
+        again = finalizer_patch(recorded, present=True, cluster="east", trace_id="ab")
+        assert again is not None and TRACE_ANNOTATION not in again["metadata"]["annotations"]
+
     def test_nothing_to_do(self) -> None:
         """Already as wanted: no patch."""
         marked = service(annotations={CLUSTER_ANNOTATION: "east"})
@@ -426,6 +444,18 @@ class TestView:
 
 
 class TestEvents:
+    def test_a_replayed_outcome_already_in_status_was_told(self) -> None:
+        """Replayed VipAssigned/LbProgrammed whose VIPs status shows: its Event was emitted;
+        VIPs not (all) in status, a release or a failure: not judged told."""
+        shown = service(ingress=[{"ip": VIP, "ipMode": "VIP"}])
+        assert told_before(assigned(), shown)
+        assert told_before(programmed(), shown)
+        assert not told_before(programmed(vips=(VIP, "2001:db8::7")), shown)
+        assert not told_before(programmed(), service())
+        assert not told_before(VipReleased(**SVC, vips=("198.51.100.9",)), shown)
+        failed = LbFailed(**SVC, appliance="a", reason="Timeout", message="no answer")
+        assert not told_before(failed, shown)
+
     def test_vip_failed_is_a_warning_with_its_message(self) -> None:
         """VipFailed: Warning AllocationFailed, note = the message."""
         spec = event_for(VipFailed(**SVC, reason="AllocationFailed", message="full"), before=None)

@@ -22,6 +22,7 @@ import asyncio
 import hashlib
 import logging
 import socket
+import sys
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
@@ -35,6 +36,7 @@ from vipwire.bus import DONE, BusError, ConsumerSpec, Delivery, Retry, Verdict
 from vipwire.contracts import (
     EndpointsSnapshot,
     LbFailed,
+    LbMessage,
     LbProgrammed,
     LbRemoved,
     Message,
@@ -46,6 +48,7 @@ from vipwire.contracts import (
     StatusWritten,
     VipAssigned,
     VipFailed,
+    VipMessage,
     VipReleased,
     VipReleasing,
     family_filter,
@@ -101,6 +104,8 @@ class _DeferredEvent(msgspec.Struct, kw_only=True):
     uid: str
     cause: str
     trace_id: str | None
+    #: The message, when it came from the replay at the start of a term (None: live).
+    replayed: VipMessage | LbMessage | None = None
 
 
 class _Consumer(Protocol):
@@ -284,14 +289,18 @@ class WatcherService:
         self._reset()
         c = self._cluster
         # Our own families too: their last messages say what was published before us.
-        filters = (
+        filters: tuple[str, ...] = (
             family_filter("service", c),
             family_filter("endpoints", c),
             family_filter("node", c),
             family_filter("vip", c),
             family_filter("lb", c),
-            family_filter("applied", c),
         )
+        if self.settings.status_gate != "none":
+            # Only a gate reads what the node agents applied: without one, their reports
+            # (one per node and change, each listing every VIP of the node) are not worth
+            # a delivery.
+            filters += (family_filter("applied", c),)
         spec = ConsumerSpec(filters=filters, deliver="last_per_subject")
         consumer = self.runtime.bus.consumer(spec, self._on_delivery)
         self._consumer = consumer
@@ -563,7 +572,11 @@ class WatcherService:
         if not (unchanged and not needs_mark):
             with self._root_span(service):
                 if needs_mark:
-                    fresh = await self._write_finalizer(service, present=True)
+                    # The change's trace goes on with the finalizer: the status write that
+                    # ends the trace then finds it recorded and needs no write of its own.
+                    fresh = await self._write_finalizer(
+                        service, present=True, trace_id=trace_id_of_current_span()
+                    )
                     if fresh is None:
                         return
                     service = fresh
@@ -907,14 +920,16 @@ class WatcherService:
                 if isinstance(message, NodeGone):
                     self._forget_tombstone(self._nodes, key, d.seq, recorded=recorded)
             case NodeApplied():
-                self._applied[message.node] = frozenset(message.vips)
-                if self.settings.status_gate != "none":
-                    for service_key, view in list(self._views.items()):
-                        lb = view.lb
-                        if isinstance(lb, LbProgrammed) and any(
-                            m.node == message.node for m in lb.members
-                        ):
-                            await self._reconcile(service_key)
+                if self.settings.status_gate == "none":
+                    return
+                # Interned: every node reports the same VIPs, held once instead of per node.
+                self._applied[message.node] = frozenset(map(sys.intern, message.vips))
+                for service_key, view in list(self._views.items()):
+                    lb = view.lb
+                    if isinstance(lb, LbProgrammed) and any(
+                        m.node == message.node for m in lb.members
+                    ):
+                        await self._reconcile(service_key)
             case (
                 VipAssigned()
                 | VipReleasing()
@@ -933,6 +948,9 @@ class WatcherService:
                 if spec is not None and fresh:
                     cause = f"{d.subject.raw}#{d.seq}"
                     service = self._svc_reflector_store().get(key)
+                    # A replay cannot tell news from a repeat (what came before is not
+                    # replayed): see _emit_deferred.
+                    replayed = None if self._caught_up else message
                     if service is None:
                         # Replayed before the Services are listed, or ahead of the watch
                         # event that brings the Service: emitted when it is handled.
@@ -941,8 +959,11 @@ class WatcherService:
                             uid=message.uid,
                             cause=cause,
                             trace_id=trace_id_of_current_span(),
+                            replayed=replayed,
                         )
-                    elif tr.uid(service) == message.uid:
+                    elif tr.uid(service) == message.uid and not (
+                        replayed is not None and st.told_before(replayed, service)
+                    ):
                         await self._emit(spec, service, cause)
                 self._maybe_forget(key)
 
@@ -994,6 +1015,11 @@ class WatcherService:
         for family in ("vip", "lb"):
             deferred = self._deferred.pop(f"{key}|{family}", None)
             if deferred is None or service is None or tr.uid(service) != deferred.uid:
+                continue
+            if deferred.replayed is not None and st.told_before(deferred.replayed, service):
+                # A new term (a takeover, or the same replica re-elected) would otherwise
+                # re-announce every Service, and count a confirmation the lbdriver repeated
+                # as a new occurrence: writes for nothing new.
                 continue
             await self._emit(deferred.spec, service, deferred.cause, trace_id=deferred.trace_id)
 

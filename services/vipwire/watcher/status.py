@@ -403,8 +403,8 @@ def finalizer_patch(
     another controller's finalizer, added meanwhile, from being lost: a
     stale write fails with 409 and is retried on the fresh object. Our
     cluster annotation comes and goes with the finalizer (added to a
-    finalizer that is already there, too); ``trace_id`` is recorded with a
-    removal.
+    finalizer that is already there, too); ``trace_id`` is recorded with
+    either, when the patch is written anyway (one write instead of two).
     """
     current = finalizers(service)
     raw = metadata(service).get("annotations")
@@ -413,7 +413,10 @@ def finalizer_patch(
     if present:
         if has and annotations.get(CLUSTER_ANNOTATION) == cluster:
             return None
-        meta: dict[str, Any] = {"annotations": {CLUSTER_ANNOTATION: cluster}}
+        added: dict[str, Any] = {CLUSTER_ANNOTATION: cluster}
+        if trace_id and annotations.get(TRACE_ANNOTATION) != trace_id:
+            added[TRACE_ANNOTATION] = trace_id
+        meta: dict[str, Any] = {"annotations": added}
         if not has:
             meta["finalizers"] = [*current, FINALIZER]
     else:
@@ -534,6 +537,22 @@ def event_for(
             ),
         )
     return None
+
+
+def told_before(message: VipMessage | LbMessage, service: Obj) -> bool:
+    """Whether the Normal Event a replayed message calls for was surely emitted already.
+
+    A leader writes the outcome into status first and emits the Event right
+    after: a status that already shows the outcome (the VIPs in ingress; for a
+    release, none of them left) means the leader before us handled the
+    message. A release leaves no such trace (a Service may never have had a
+    VIP in status), and warnings count each cause in their series: neither is
+    judged so.
+    """
+    if not isinstance(message, VipAssigned | LbProgrammed) or not message.vips:
+        return False
+    ips = {str(i.get("ip")) for i in ingress(service) if isinstance(i, Mapping)}
+    return set(message.vips) <= ips
 
 
 def invalid_event(note: str) -> EventSpec:
