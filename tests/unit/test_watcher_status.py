@@ -32,7 +32,6 @@ from vipwire.watcher.status import (
     observe,
     readiness,
     series_patch,
-    told_before,
     trace_patch,
 )
 from vipwire.watcher.status import decide as decide_
@@ -444,18 +443,6 @@ class TestView:
 
 
 class TestEvents:
-    def test_a_replayed_outcome_already_in_status_was_told(self) -> None:
-        """Replayed VipAssigned/LbProgrammed whose VIPs status shows: its Event was emitted;
-        VIPs not (all) in status, a release or a failure: not judged told."""
-        shown = service(ingress=[{"ip": VIP, "ipMode": "VIP"}])
-        assert told_before(assigned(), shown)
-        assert told_before(programmed(), shown)
-        assert not told_before(programmed(vips=(VIP, "2001:db8::7")), shown)
-        assert not told_before(programmed(), service())
-        assert not told_before(VipReleased(**SVC, vips=("198.51.100.9",)), shown)
-        failed = LbFailed(**SVC, appliance="a", reason="Timeout", message="no answer")
-        assert not told_before(failed, shown)
-
     def test_vip_failed_is_a_warning_with_its_message(self) -> None:
         """VipFailed: Warning AllocationFailed, note = the message."""
         spec = event_for(VipFailed(**SVC, reason="AllocationFailed", message="full"), before=None)

@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 from vipwire.kube import ApiCall, KubeApiError, KubeUnavailable, list_all, watch_events
@@ -44,6 +44,7 @@ class Reflector:
         *,
         restarts: Counter,
         list_kwargs: Mapping[str, Any] | None = None,
+        keep: Callable[[Obj], Obj] | None = None,
     ) -> None:
         self.name = name
         self.store: dict[str, Obj] = {}
@@ -54,6 +55,8 @@ class Reflector:
         self._restarts = restarts
         self._kwargs = dict(list_kwargs or {})
         self._rv: str | None = None
+        # What the store keeps of each object (all of it by default).
+        self._keep: Callable[[Obj], Obj] = keep or (lambda obj: obj)
 
     async def run(self) -> None:
         """Until cancelled: list, watch, and recover from whatever breaks."""
@@ -99,7 +102,8 @@ class Reflector:
         items, rv = await list_all(
             self._call, timeout=s.request_timeout, page_size=s.list_page_size, **self._kwargs
         )
-        self.store = {object_key(o): o for o in items}
+        keep = self._keep
+        self.store = {object_key(o): o for o in map(keep, items)}
         self._listener.listed(self.store, rv)
         self._rv = rv
         self.synced.set()
@@ -124,6 +128,7 @@ class Reflector:
                 progressed = True
                 event_rv = resource_version(obj)
                 if kind in ("ADDED", "MODIFIED", "DELETED"):
+                    obj = self._keep(obj)
                     key = object_key(obj)
                     old = self.store.get(key)
                     if kind == "DELETED":

@@ -39,6 +39,7 @@ from vipwire.contracts import (
     LbMessage,
     LbProgrammed,
     LbRemoved,
+    Member,
     Message,
     NodeApplied,
     NodeGone,
@@ -104,8 +105,8 @@ class _DeferredEvent(msgspec.Struct, kw_only=True):
     uid: str
     cause: str
     trace_id: str | None
-    #: The message, when it came from the replay at the start of a term (None: live).
-    replayed: VipMessage | LbMessage | None = None
+    #: Called for by the replay at the start of a term (not a live message).
+    replayed: bool = False
 
 
 class _Consumer(Protocol):
@@ -195,6 +196,7 @@ class WatcherService:
         # What the rest of the system said.
         self._views: dict[str, st.BusView] = {}
         self._applied: dict[str, frozenset[str]] = {}
+        self._members: dict[Member, Member] = {}  # one instance of each, see _compact
         self._locks = KeyedLocks()
         self._slice_index: dict[str, set[str]] = {}
         # Services found invalid: key -> (uid, problems) last reported.
@@ -352,6 +354,7 @@ class WatcherService:
             _ServiceListener(self),
             s,
             restarts=self._m_restarts,
+            keep=tr.slim_service,
         )
         self._slice_reflector = Reflector(
             "endpointslices",
@@ -360,9 +363,15 @@ class WatcherService:
             s,
             restarts=self._m_restarts,
             list_kwargs={"label_selector": tr.SERVICE_NAME_LABEL},
+            keep=tr.slim_slice,
         )
         self._node_reflector = Reflector(
-            "nodes", self._core.list_node, _NodeListener(self), s, restarts=self._m_restarts
+            "nodes",
+            self._core.list_node,
+            _NodeListener(self),
+            s,
+            restarts=self._m_restarts,
+            keep=tr.slim_node,
         )
         self._reflectors = [self._svc_reflector, self._slice_reflector, self._node_reflector]
         runs: list[Coroutine[Any, Any, None]] = [r.run() for r in self._reflectors]
@@ -840,8 +849,16 @@ class WatcherService:
         cause: str,
         *,
         trace_id: str | None = None,
+        replayed: bool = False,
     ) -> None:
-        """Record an Event; a repeat of one already recorded counts in its series."""
+        """Record an Event; a repeat of one already recorded counts in its series.
+
+        Except a Normal Event called for by the replay of a new term: the replay
+        cannot tell news from a repeat (what came before is not replayed), so one
+        already recorded is taken as told. Otherwise every new term would count a
+        confirmation the lbdriver repeated (after its restart, say) as one more
+        occurrence: a write per Service for nothing new.
+        """
         meta = tr.metadata(service)
         namespace = str(meta.get("namespace"))
         name = st.event_name(str(meta.get("name")), tr.uid(service), spec)
@@ -864,6 +881,8 @@ class WatcherService:
             except KubeApiError as exc:
                 if not exc.already_exists:
                     raise
+            if replayed and spec.type == "Normal":
+                return
             for _ in range(self.settings.conflict_retries):
                 existing = await request_json(
                     self._events_api.read_namespaced_event,
@@ -939,6 +958,7 @@ class WatcherService:
                 | LbFailed()
                 | LbRemoved()
             ):
+                message = self._compact(message)
                 old = self._views.get(key, st.BusView())
                 prior = st.before(old, message, d.seq)
                 self._views[key] = st.observe(old, message, d.seq)
@@ -950,7 +970,7 @@ class WatcherService:
                     service = self._svc_reflector_store().get(key)
                     # A replay cannot tell news from a repeat (what came before is not
                     # replayed): see _emit_deferred.
-                    replayed = None if self._caught_up else message
+                    replayed = not self._caught_up
                     if service is None:
                         # Replayed before the Services are listed, or ahead of the watch
                         # event that brings the Service: emitted when it is handled.
@@ -961,11 +981,27 @@ class WatcherService:
                             trace_id=trace_id_of_current_span(),
                             replayed=replayed,
                         )
-                    elif tr.uid(service) == message.uid and not (
-                        replayed is not None and st.told_before(replayed, service)
-                    ):
-                        await self._emit(spec, service, cause)
+                    elif tr.uid(service) == message.uid:
+                        await self._emit(spec, service, cause, replayed=replayed)
                 self._maybe_forget(key)
+
+    def _compact(self, message: VipMessage | LbMessage) -> VipMessage | LbMessage:
+        """The message as kept in a view: its members shared with every other Service's.
+
+        Each delivery decodes its own copy of every member node (an LbProgrammed
+        of a 50-node cluster holds 50), and a view keeps two lb messages.
+        """
+        if isinstance(message, LbProgrammed) and message.members:
+            shared = self._members
+            members = tuple(shared.setdefault(m, m) for m in message.members)
+            return msgspec.structs.replace(
+                message,
+                members=members,
+                cluster=sys.intern(message.cluster),
+                namespace=sys.intern(message.namespace),
+                appliance=sys.intern(message.appliance),
+            )
+        return message
 
     @staticmethod
     def _recorded(table: dict[str, _Published[Any]], key: str, seq: int) -> bool:
@@ -1016,12 +1052,13 @@ class WatcherService:
             deferred = self._deferred.pop(f"{key}|{family}", None)
             if deferred is None or service is None or tr.uid(service) != deferred.uid:
                 continue
-            if deferred.replayed is not None and st.told_before(deferred.replayed, service):
-                # A new term (a takeover, or the same replica re-elected) would otherwise
-                # re-announce every Service, and count a confirmation the lbdriver repeated
-                # as a new occurrence: writes for nothing new.
-                continue
-            await self._emit(deferred.spec, service, deferred.cause, trace_id=deferred.trace_id)
+            await self._emit(
+                deferred.spec,
+                service,
+                deferred.cause,
+                trace_id=deferred.trace_id,
+                replayed=deferred.replayed,
+            )
 
     # --- EndpointSlices -> bus -------------------------------------------------------
 

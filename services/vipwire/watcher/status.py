@@ -539,22 +539,6 @@ def event_for(
     return None
 
 
-def told_before(message: VipMessage | LbMessage, service: Obj) -> bool:
-    """Whether the Normal Event a replayed message calls for was surely emitted already.
-
-    A leader writes the outcome into status first and emits the Event right
-    after: a status that already shows the outcome (the VIPs in ingress; for a
-    release, none of them left) means the leader before us handled the
-    message. A release leaves no such trace (a Service may never have had a
-    VIP in status), and warnings count each cause in their series: neither is
-    judged so.
-    """
-    if not isinstance(message, VipAssigned | LbProgrammed) or not message.vips:
-        return False
-    ips = {str(i.get("ip")) for i in ingress(service) if isinstance(i, Mapping)}
-    return set(message.vips) <= ips
-
-
 def invalid_event(note: str) -> EventSpec:
     return EventSpec(type="Warning", reason=INVALID, action="ValidateService", note=note)
 

@@ -8,6 +8,7 @@ defaulted here, never put on the bus.
 from __future__ import annotations
 
 import ipaddress
+import sys
 from collections.abc import Iterable, Mapping
 from typing import Any, Final, Literal, cast
 
@@ -100,6 +101,125 @@ def finalizers(obj: Obj) -> list[str]:
 
 def has_finalizer(obj: Obj) -> bool:
     return FINALIZER in finalizers(obj)
+
+
+# --- what the watcher keeps of an object ----------------------------------------
+
+#: Fields whose values repeat across objects (kinds, enums, node names): kept once.
+_SHARED_VALUES: Final = frozenset(
+    {
+        "namespace",
+        "type",
+        "protocol",
+        "loadBalancerClass",
+        "ipFamilies",
+        "ipFamilyPolicy",
+        "externalTrafficPolicy",
+        "nodeName",
+        "addressType",
+        "ipMode",
+        "status",
+        "reason",
+    }
+)
+_LAST_APPLIED: Final = "kubectl.kubernetes.io/last-applied-configuration"
+_SERVICE_META: Final = (
+    "name",
+    "namespace",
+    "uid",
+    "resourceVersion",
+    "generation",
+    "deletionTimestamp",
+    "labels",
+    "annotations",
+    "finalizers",
+)
+_SERVICE_SPEC: Final = (
+    "type",
+    "loadBalancerClass",
+    "ports",
+    "ipFamilies",
+    "ipFamilyPolicy",
+    "externalTrafficPolicy",
+    "healthCheckNodePort",
+    "loadBalancerIP",
+)
+
+
+def _pick(source: Any, keys: Iterable[str]) -> dict[str, Any]:
+    src = _map(source)
+    return {k: src[k] for k in keys if k in src}
+
+
+def _shared(value: Any, share: bool = False) -> Any:
+    """``value`` with its dict keys (and, where ``share``, its strings) interned.
+
+    Every decoded object brings its own copy of every key ("metadata",
+    "resourceVersion", ...): held for thousands of objects they are most of
+    their size.
+    """
+    if isinstance(value, dict):
+        return {sys.intern(str(k)): _shared(v, k in _SHARED_VALUES) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_shared(v, share) for v in value]
+    if share and type(value) is str:
+        return sys.intern(value)
+    return value
+
+
+def slim_service(service: Obj) -> dict[str, Any]:
+    """What the watcher reads of a Service (all of spec it translates, its metadata but
+    managedFields and the last applied configuration, its load balancer status and
+    conditions): what it keeps of each."""
+    meta = _pick(service.get("metadata"), _SERVICE_META)
+    annotations = meta.get("annotations")
+    if isinstance(annotations, Mapping) and _LAST_APPLIED in annotations:
+        meta["annotations"] = {k: v for k, v in annotations.items() if k != _LAST_APPLIED}
+    slim = {
+        "metadata": meta,
+        "spec": _pick(service.get("spec"), _SERVICE_SPEC),
+        "status": _pick(service.get("status"), ("loadBalancer", "conditions")),
+    }
+    shared: dict[str, Any] = _shared(slim)
+    return shared
+
+
+def slim_slice(endpoint_slice: Obj) -> dict[str, Any]:
+    """What :func:`endpoints_snapshot` and the Service index read of an EndpointSlice."""
+    meta = _pick(endpoint_slice.get("metadata"), ("name", "namespace", "resourceVersion"))
+    labels = _str_map(metadata(endpoint_slice).get("labels"))
+    if SERVICE_NAME_LABEL in labels:
+        meta["labels"] = {SERVICE_NAME_LABEL: labels[SERVICE_NAME_LABEL]}
+    slim = {
+        "metadata": meta,
+        "addressType": endpoint_slice.get("addressType"),
+        "endpoints": [
+            _pick(e, ("addresses", "nodeName", "conditions"))
+            for e in _list(endpoint_slice.get("endpoints"))
+        ],
+        "ports": _list(endpoint_slice.get("ports")),
+    }
+    shared: dict[str, Any] = _shared(slim)
+    return shared
+
+
+def slim_node(node: Obj) -> dict[str, Any]:
+    """What :func:`node_snapshot` reads of a Node (not its images, capacity, nodeInfo)."""
+    meta = _pick(node.get("metadata"), ("name", "resourceVersion", "deletionTimestamp"))
+    labels = _str_map(metadata(node).get("labels"))
+    if EXCLUDE_LB_LABEL in labels:
+        meta["labels"] = {EXCLUDE_LB_LABEL: labels[EXCLUDE_LB_LABEL]}
+    status = _map(node.get("status"))
+    slim = {
+        "metadata": meta,
+        "spec": _pick(node.get("spec"), ("taints",)),
+        "status": {
+            "addresses": _list(status.get("addresses")),
+            "conditions": [_pick(c, ("type", "status")) for c in _list(status.get("conditions"))],
+        },
+    }
+    shared: dict[str, Any] = _shared(slim)
+    return shared
 
 
 # --- Services -------------------------------------------------------------------
