@@ -137,6 +137,11 @@ async def _cancel(tasks: list[asyncio.Task[None]]) -> None:
     await asyncio.gather(*tasks, return_exceptions=True)
 
 
+def _fingerprint(message: Message) -> bytes:
+    """16 bytes that tell two messages apart (their encoding is canonical)."""
+    return hashlib.blake2b(msgspec.json.encode(message), digest_size=16).digest()
+
+
 def _digest(*parts: str) -> str:
     return hashlib.sha256("\x00".join(parts).encode()).hexdigest()[:16]
 
@@ -191,7 +196,8 @@ class WatcherService:
         self._reflectors: list[Reflector] = []
         # What we (or a predecessor) last published, per subject key.
         self._services: dict[str, _Published[ServiceSnapshot | ServiceGone]] = {}
-        self._endpoints: dict[str, _Published[EndpointsSnapshot]] = {}
+        # Of endpoints only equality is asked: (sequence, fingerprint) instead of the snapshot.
+        self._endpoints: dict[str, tuple[int, bytes]] = {}
         self._nodes: dict[str, _Published[NodeSnapshot | NodeGone]] = {}
         # What the rest of the system said.
         self._views: dict[str, st.BusView] = {}
@@ -932,7 +938,7 @@ class WatcherService:
                     self._forget_tombstone(self._services, key, d.seq, recorded=recorded)
                     self._maybe_forget(key)
             case EndpointsSnapshot():
-                self._remember(self._endpoints, key, message, d.seq)
+                self._remember_endpoints(key, _fingerprint(message), d.seq)
             case NodeSnapshot() | NodeGone():
                 recorded = self._recorded(self._nodes, key, d.seq)
                 self._remember(self._nodes, key, message, d.seq)
@@ -1080,11 +1086,18 @@ class WatcherService:
                 slices, cluster=self._cluster, namespace=namespace, name=name
             )
             previous = self._endpoints.get(key)
-            if previous is not None and previous.message == snapshot:
+            fingerprint = _fingerprint(snapshot)
+            if previous is not None and previous[1] == fingerprint:
                 return
             msg_id = f"{self._cluster}/{namespace}/{name}/{trigger}/endpoints"
             seq = await self._publish(snapshot, msg_id)
-            self._remember(self._endpoints, key, snapshot, seq)
+            self._remember_endpoints(key, fingerprint, seq)
+
+    def _remember_endpoints(self, key: str, fingerprint: bytes, seq: int) -> None:
+        """Record an endpoints message unless we know a newer one."""
+        current = self._endpoints.get(key)
+        if current is None or seq > current[0]:
+            self._endpoints[key] = (seq, fingerprint)
 
     def _index_slice(self, slice_key: str, obj: Obj | None, old: Obj | None) -> set[str]:
         """Keep the Service -> slices index; returns the Services affected."""
