@@ -18,15 +18,16 @@ from vipwire.watcher.translate import (
     endpoints_snapshot,
     is_ours,
     marked_by,
+    merge_endpoints,
     node_snapshot,
     object_key,
     requested_ips,
     same_service,
     service_snapshot,
+    slice_endpoints,
     slice_service,
     slim_node,
     slim_service,
-    slim_slice,
 )
 from vipwire.watcher.validate import service_problems
 
@@ -467,8 +468,9 @@ class TestWhatIsKept:
                 whole, present=present, cluster="east"
             )
 
-    def test_a_slim_slice_merges_as_the_whole(self) -> None:
-        """targetRef, zone, hints and foreign labels are dropped; the snapshot is the same."""
+    def test_a_parsed_slice_merges_as_the_whole(self) -> None:
+        """A slice is kept parsed (its Service, its endpoints by node): merged, it gives
+        the snapshot the whole slices give."""
         whole = {
             "metadata": {
                 "name": "web-a",
@@ -489,12 +491,15 @@ class TestWhatIsKept:
             ],
             "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
         }
-        slim = slim_slice(whole)
-        assert "targetRef" not in slim["endpoints"][0]
-        assert slim["metadata"]["labels"] == {"kubernetes.io/service-name": "web"}
-        assert slice_service(slim) == slice_service(whole) == "shop/web"
+        fqdn = {**whole, "addressType": "FQDN"}
+        parsed = slice_endpoints(whole)
+        assert parsed.service == slice_service(whole) == "shop/web"
+        assert slice_endpoints(fqdn).endpoints == ()
+        assert slice_endpoints({"metadata": {"name": "x"}}).service is None
         merged = {"cluster": "east", "namespace": "shop", "name": "web"}
-        assert endpoints_snapshot([slim], **merged) == endpoints_snapshot([whole], **merged)
+        assert merge_endpoints([parsed, slice_endpoints(fqdn)], **merged) == (
+            endpoints_snapshot([whole, fqdn], **merged)
+        )
 
     @pytest.mark.parametrize(
         "labels",

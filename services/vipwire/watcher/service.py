@@ -193,7 +193,7 @@ class WatcherService:
         """Forget everything a term learnt: the next one rebuilds it from the bus."""
         self._consumer: _Consumer | None = None
         self._caught_up = False
-        self._reflectors: list[Reflector] = []
+        self._reflectors: list[Reflector[Any]] = []
         # What we (or a predecessor) last published, per subject key.
         self._services: dict[str, _Published[ServiceSnapshot | ServiceGone]] = {}
         # Of endpoints only equality is asked: (sequence, fingerprint) instead of the snapshot.
@@ -369,7 +369,7 @@ class WatcherService:
             s,
             restarts=self._m_restarts,
             list_kwargs={"label_selector": tr.SERVICE_NAME_LABEL},
-            keep=tr.slim_slice,
+            keep=tr.slice_endpoints,
         )
         self._node_reflector = Reflector(
             "nodes",
@@ -1082,7 +1082,7 @@ class WatcherService:
         async with self._locks.hold(f"endpoints:{key}"):
             store = self._slice_reflector.store
             slices = [store[k] for k in sorted(self._slice_index.get(key, ())) if k in store]
-            snapshot = tr.endpoints_snapshot(
+            snapshot = tr.merge_endpoints(
                 slices, cluster=self._cluster, namespace=namespace, name=name
             )
             previous = self._endpoints.get(key)
@@ -1099,13 +1099,15 @@ class WatcherService:
         if current is None or seq > current[0]:
             self._endpoints[key] = (seq, fingerprint)
 
-    def _index_slice(self, slice_key: str, obj: Obj | None, old: Obj | None) -> set[str]:
+    def _index_slice(
+        self, slice_key: str, obj: tr.SliceEndpoints | None, old: tr.SliceEndpoints | None
+    ) -> set[str]:
         """Keep the Service -> slices index; returns the Services affected."""
         affected: set[str] = set()
         for source, adding in ((old, False), (obj, True)):
             if source is None:
                 continue
-            service_key = tr.slice_service(source)
+            service_key = source.service
             if service_key is None:
                 continue
             affected.add(service_key)
@@ -1118,7 +1120,7 @@ class WatcherService:
                     del self._slice_index[service_key]
         return affected
 
-    def _slices_listed(self, objects: Mapping[str, Obj], rv: str) -> None:
+    def _slices_listed(self, objects: Mapping[str, tr.SliceEndpoints], rv: str) -> None:
         self._slice_index.clear()
         for slice_key, obj in objects.items():
             self._index_slice(slice_key, obj, None)
@@ -1126,7 +1128,13 @@ class WatcherService:
             if key in self._services:
                 self._eps_queue.add(key, f"list-{rv}")
 
-    def _slice_changed(self, slice_key: str, obj: Obj | None, old: Obj | None, rv: str) -> None:
+    def _slice_changed(
+        self,
+        slice_key: str,
+        obj: tr.SliceEndpoints | None,
+        old: tr.SliceEndpoints | None,
+        rv: str,
+    ) -> None:
         for key in self._index_slice(slice_key, obj, old):
             if key in self._services:
                 self._eps_queue.add(key, rv)
@@ -1178,10 +1186,16 @@ class _SliceListener:
     def __init__(self, watcher: WatcherService) -> None:
         self._w = watcher
 
-    def listed(self, objects: Mapping[str, Obj], rv: str) -> None:
+    def listed(self, objects: Mapping[str, tr.SliceEndpoints], rv: str) -> None:
         self._w._slices_listed(objects, rv)
 
-    def changed(self, key: str, obj: Obj | None, old: Obj | None, rv: str) -> None:
+    def changed(
+        self,
+        key: str,
+        obj: tr.SliceEndpoints | None,
+        old: tr.SliceEndpoints | None,
+        rv: str,
+    ) -> None:
         self._w._slice_changed(key, obj, old, rv)
 
 

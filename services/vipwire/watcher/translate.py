@@ -184,25 +184,6 @@ def slim_service(service: Obj) -> dict[str, Any]:
     return shared
 
 
-def slim_slice(endpoint_slice: Obj) -> dict[str, Any]:
-    """What :func:`endpoints_snapshot` and the Service index read of an EndpointSlice."""
-    meta = _pick(endpoint_slice.get("metadata"), ("name", "namespace", "resourceVersion"))
-    labels = _str_map(metadata(endpoint_slice).get("labels"))
-    if SERVICE_NAME_LABEL in labels:
-        meta["labels"] = {SERVICE_NAME_LABEL: labels[SERVICE_NAME_LABEL]}
-    slim = {
-        "metadata": meta,
-        "addressType": endpoint_slice.get("addressType"),
-        "endpoints": [
-            _pick(e, ("addresses", "nodeName", "conditions"))
-            for e in _list(endpoint_slice.get("endpoints"))
-        ],
-        "ports": _list(endpoint_slice.get("ports")),
-    }
-    shared: dict[str, Any] = _shared(slim)
-    return shared
-
-
 def slim_node(node: Obj) -> dict[str, Any]:
     """What :func:`node_snapshot` reads of a Node (not its images, capacity, nodeInfo)."""
     meta = _pick(node.get("metadata"), ("name", "resourceVersion", "deletionTimestamp"))
@@ -377,6 +358,50 @@ def _endpoint_order(e: Endpoint) -> tuple[Any, ...]:
     return (e.addresses, e.ready, e.serving, e.terminating, ports)
 
 
+class SliceEndpoints(msgspec.Struct, frozen=True, kw_only=True):
+    """What the watcher keeps of an EndpointSlice: its Service and its endpoints by node.
+
+    Parsed once when the slice arrives, instead of keeping the decoded
+    object (a dict per endpoint and per set of conditions, a targetRef...).
+    """
+
+    #: ``namespace/service`` (its service-name label); None: no Service's.
+    service: str | None = None
+    endpoints: tuple[tuple[str, Endpoint], ...] = ()
+
+
+def slice_endpoints(endpoint_slice: Obj) -> SliceEndpoints:
+    """An EndpointSlice parsed for :func:`merge_endpoints`.
+
+    Endpoints without a node cannot be reached through a node and are left
+    out, as are FQDN slices. Unset conditions read as the API defines them:
+    ready and serving true, terminating false.
+    """
+    service = slice_service(endpoint_slice)
+    if endpoint_slice.get("addressType") not in _FAMILIES:
+        return SliceEndpoints(service=service)
+    ports = _endpoint_ports(endpoint_slice)
+    endpoints: list[tuple[str, Endpoint]] = []
+    for raw in _list(endpoint_slice.get("endpoints")):
+        ep = _map(raw)
+        node = ep.get("nodeName")
+        addresses = tuple(str(a) for a in _list(ep.get("addresses")))
+        if not isinstance(node, str) or not node or not addresses:
+            continue
+        conditions = _map(ep.get("conditions"))
+        ready = conditions.get("ready") is not False
+        serving = conditions.get("serving")
+        endpoint = Endpoint(
+            addresses=addresses,
+            ready=ready,
+            serving=ready if serving is None else bool(serving),
+            terminating=bool(conditions.get("terminating")),
+            ports=ports,
+        )
+        endpoints.append((sys.intern(node), endpoint))
+    return SliceEndpoints(service=service, endpoints=tuple(endpoints))
+
+
 def endpoints_snapshot(
     slices: Iterable[Obj],
     *,
@@ -384,35 +409,24 @@ def endpoints_snapshot(
     namespace: str,
     name: str,
 ) -> EndpointsSnapshot:
-    """All EndpointSlices of one Service merged, per node, in a stable order.
+    """All EndpointSlices of one Service merged, per node, in a stable order."""
+    return merge_endpoints(
+        map(slice_endpoints, slices), cluster=cluster, namespace=namespace, name=name
+    )
 
-    Endpoints without a node cannot be reached through a node and are left
-    out, as are FQDN slices. Unset conditions read as the API defines them:
-    ready and serving true, terminating false.
-    """
+
+def merge_endpoints(
+    slices: Iterable[SliceEndpoints],
+    *,
+    cluster: str,
+    namespace: str,
+    name: str,
+) -> EndpointsSnapshot:
+    """Parsed EndpointSlices of one Service merged, per node, in a stable order."""
     per_node: dict[str, set[Endpoint]] = {}
-    for endpoint_slice in slices:
-        if endpoint_slice.get("addressType") not in _FAMILIES:
-            continue
-        ports = _endpoint_ports(endpoint_slice)
-        for raw in _list(endpoint_slice.get("endpoints")):
-            ep = _map(raw)
-            node = ep.get("nodeName")
-            addresses = tuple(str(a) for a in _list(ep.get("addresses")))
-            if not isinstance(node, str) or not node or not addresses:
-                continue
-            conditions = _map(ep.get("conditions"))
-            ready = conditions.get("ready") is not False
-            serving = conditions.get("serving")
-            per_node.setdefault(node, set()).add(
-                Endpoint(
-                    addresses=addresses,
-                    ready=ready,
-                    serving=ready if serving is None else bool(serving),
-                    terminating=bool(conditions.get("terminating")),
-                    ports=ports,
-                )
-            )
+    for parsed in slices:
+        for node, endpoint in parsed.endpoints:
+            per_node.setdefault(node, set()).add(endpoint)
     nodes = tuple(
         NodeEndpoints(
             node=node,
