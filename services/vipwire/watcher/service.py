@@ -964,10 +964,9 @@ class WatcherService:
                 | LbFailed()
                 | LbRemoved()
             ):
-                message = self._compact(message)
                 old = self._views.get(key, st.BusView())
                 prior = st.before(old, message, d.seq)
-                self._views[key] = st.observe(old, message, d.seq)
+                self._views[key] = st.observe(old, self._compact(message), d.seq)
                 await self._reconcile(key)
                 spec = st.event_for(message, before=prior)
                 fresh = not d.timestamp or time.time() - d.timestamp < _EVENT_HORIZON
@@ -992,14 +991,18 @@ class WatcherService:
                 self._maybe_forget(key)
 
     def _compact(self, message: VipMessage | LbMessage) -> VipMessage | LbMessage:
-        """The message as kept in a view: its members shared with every other Service's.
+        """The message as kept in a view: without its members unless a status gate reads
+        them, else with them shared with every other Service's.
 
         Each delivery decodes its own copy of every member node (an LbProgrammed
-        of a 50-node cluster holds 50), and a view keeps two lb messages.
+        of a 50-node cluster holds 50), and a view keeps two lb messages. Events
+        are made of the message as delivered (their note counts the members).
         """
         if isinstance(message, LbProgrammed) and message.members:
-            shared = self._members
-            members = tuple(shared.setdefault(m, m) for m in message.members)
+            members: tuple[Member, ...] = ()
+            if self.settings.status_gate != "none":
+                shared = self._members
+                members = tuple(shared.setdefault(m, m) for m in message.members)
             return msgspec.structs.replace(
                 message,
                 members=members,
