@@ -79,6 +79,24 @@ class TestElection:
         assert loop.time() - stopped < 0.5
         await b.stop()
 
+    async def test_a_leader_renews_with_one_write_and_reads_only_when_refused(
+        self, api: ApiClient, emu: KubeEmulator
+    ) -> None:
+        """Renewals are one update each (no read first); once someone else wrote the Lease
+        the refused update is followed by a read, which shows the new holder."""
+        a = elector(api, "a")
+        a.start()
+        await eventually(lambda: a.is_leader)
+        audit = emu.record_requests()
+        await asyncio.sleep(0.5)
+        verbs = {e.verb for e in audit if e.resource == "leases"}
+        assert verbs == {"update"}
+        await steal(emu)
+        await eventually(lambda: not a.is_leader, timeout=1)
+        assert any(e.verb == "get" and e.resource == "leases" for e in audit)
+        assert a.holder == "intruder"
+        await a.stop()
+
     async def test_a_crashed_leader_is_replaced_within_the_lease_duration(
         self, api: ApiClient, emu: KubeEmulator
     ) -> None:

@@ -26,6 +26,7 @@ from vipwire.contracts import (
     ServicePort,
     ServiceSnapshot,
     StatusWritten,
+    VipAssigned,
     VipFailed,
     VipReleased,
     decode,
@@ -683,6 +684,51 @@ class TestConditionsTraceAndEvents:
         await asyncio.sleep(0.3)
         (event,) = harness.events("AllocationFailed")
         assert event["series"]["count"] == 3
+
+    async def test_a_new_term_writes_nothing_that_is_already_right(self, harness: Harness) -> None:
+        """Lease lost and won back by the same replica: the new term replays the bus (a
+        repeated LbProgrammed confirmation last) and writes nothing to the API."""
+        watcher = await harness.start_watcher(
+            lease_duration_s=1, renew_deadline_s=0.6, retry_period_s=0.1
+        )
+        snap = await harness.created()
+        vip = "198.51.100.7"
+        await harness.publish(
+            VipAssigned(
+                **SVC,
+                uid=snap.uid,
+                vips=(vip,),
+                pool="default",
+                appliance_group="sim",
+                ports=(ServicePort(port=80),),
+            )
+        )
+        await harness.publish(programmed(snap.uid, (vip,)))
+        await eventually(lambda: harness.events("LoadBalancerProgrammed"))
+        await eventually(lambda: harness.events("IPAllocated"))
+        await harness.publish(programmed(snap.uid, (vip,)))  # as a restarted lbdriver does
+        await asyncio.sleep(0.3)
+        writes: list[str] = []
+        unsubscribe = harness.emu.store.subscribe(
+            lambda change: writes.append(change.resource.plural)
+        )
+        try:
+            lease = harness.emu.get("leases", "default", "vipwire-watcher-east")
+            lease["spec"].update(holderIdentity="intruder", leaseDurationSeconds=30)
+            await harness.emu.replace(lease)
+            await eventually(lambda: not watcher.leading, timeout=2)
+            lease = harness.emu.get("leases", "default", "vipwire-watcher-east")
+            lease["spec"].update(holderIdentity="", leaseDurationSeconds=1)
+            await harness.emu.replace(lease)
+            assert harness.runtime is not None
+            terms = harness.runtime.metrics.counter("watcher_leader_terms_total", "")
+            await eventually(lambda: terms.value() == 2, timeout=5)
+            await eventually(lambda: watcher.readiness() is None)
+            await asyncio.sleep(0.5)
+        finally:
+            unsubscribe()
+        assert [w for w in writes if w != "leases"] == []
+        assert all("series" not in e for e in harness.events("LoadBalancerProgrammed"))
 
     async def test_status_conflict_is_retried_on_a_fresh_read(self, harness: Harness) -> None:
         """A 409 on the status write (another writer got there first) is decided again."""

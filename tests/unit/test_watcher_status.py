@@ -391,6 +391,23 @@ class TestFinalizerPatch:
         removed = finalizer_patch(only, present=False, cluster="east")
         assert removed is not None and removed["metadata"]["finalizers"] is None
 
+    def test_adding_records_the_trace_in_the_same_patch(self) -> None:
+        """Adding with a trace id writes it along (one PATCH); a finalizer already marked
+        is not patched for the trace alone."""
+        p = finalizer_patch(service(finalizers=()), present=True, cluster="east", trace_id="ab")
+        assert p == {
+            "metadata": {
+                "annotations": {CLUSTER_ANNOTATION: "east", TRACE_ANNOTATION: "ab"},
+                "finalizers": [FINALIZER],
+                "resourceVersion": "41",
+            }
+        }
+        marked = service(annotations={CLUSTER_ANNOTATION: "east"})
+        assert finalizer_patch(marked, present=True, cluster="east", trace_id="ab") is None
+        recorded = service(finalizers=(), annotations={TRACE_ANNOTATION: "ab"})
+        again = finalizer_patch(recorded, present=True, cluster="east", trace_id="ab")
+        assert again is not None and TRACE_ANNOTATION not in again["metadata"]["annotations"]
+
     def test_nothing_to_do(self) -> None:
         """Already as wanted: no patch."""
         marked = service(annotations={CLUSTER_ANNOTATION: "east"})

@@ -11,19 +11,25 @@ from hypothesis import strategies as st
 
 from vipwire.contracts import Endpoint, EndpointPort, ServiceSnapshot, decode, encode, subject_for
 from vipwire.watcher import WatcherSettings
+from vipwire.watcher.status import current_condition, finalizer_patch
 from vipwire.watcher.translate import (
     CLUSTER_ANNOTATION,
     FINALIZER,
     endpoints_snapshot,
     is_ours,
     marked_by,
+    merge_endpoints,
     node_snapshot,
     object_key,
     requested_ips,
     same_service,
     service_snapshot,
+    slice_endpoints,
     slice_service,
+    slim_node,
+    slim_service,
 )
+from vipwire.watcher.validate import service_problems
 
 CLASS = "vipwire.io/dsr"
 JUNK_SCALARS = (
@@ -411,3 +417,127 @@ class TestSettings:
         s = WatcherSettings(cluster="east", watch_timeout_s=60)
         assert s.idle_timeout == 90
         assert WatcherSettings(cluster="east", watch_idle_timeout_s=5).idle_timeout == 5
+
+
+class TestWhatIsKept:
+    def test_a_slim_service_translates_validates_and_patches_as_the_whole(self) -> None:
+        """managedFields, the last applied configuration and unread spec are dropped; the
+        snapshot, the problems, the condition and our patches are the same."""
+        whole = service(
+            metadata={
+                "managedFields": [{"manager": "kubectl", "fieldsV1": {"f:spec": {}}}],
+                "annotations": {
+                    "kubectl.kubernetes.io/last-applied-configuration": "{" + "x" * 500 + "}",
+                    "vipwire.io/ips": "198.51.100.7",
+                    "vipwire.io/bogus": "1",
+                },
+                "finalizers": ["example.com/x", FINALIZER],
+                "deletionTimestamp": "2026-01-01T00:00:00Z",
+                "generation": 3,
+            },
+            spec={
+                "clusterIP": "198.18.0.10",
+                "selector": {"app": "web"},
+                "loadBalancerIP": "198.51.100.8",
+                "healthCheckNodePort": 31000,
+                "ports": [{"name": "http", "port": 80, "protocol": "QUIC"}],
+            },
+            status={
+                "loadBalancer": {"ingress": [{"ip": "198.51.100.7", "ipMode": "VIP"}]},
+                "conditions": [
+                    {"type": "vipwire.io/Ready", "status": "True", "reason": "X", "message": "m"}
+                ],
+            },
+        )
+        slim = slim_service(whole)
+        assert "managedFields" not in slim["metadata"]
+        assert "clusterIP" not in slim["spec"] and "selector" not in slim["spec"]
+        assert (
+            "kubectl.kubernetes.io/last-applied-configuration"
+            not in (slim["metadata"]["annotations"])
+        )
+        assert snap(slim, was_ours=True) == snap(whole, was_ours=True)
+        assert object_key(slim) == object_key(whole)
+        protocols: tuple[Any, ...] = ("TCP", "UDP")
+        assert service_problems(slim, protocols=protocols) == service_problems(
+            whole, protocols=protocols
+        )
+        assert current_condition(slim) == current_condition(whole)
+        for present in (True, False):
+            assert finalizer_patch(slim, present=present, cluster="east") == finalizer_patch(
+                whole, present=present, cluster="east"
+            )
+
+    def test_a_parsed_slice_merges_as_the_whole(self) -> None:
+        """A slice is kept parsed (its Service, its endpoints by node): merged, it gives
+        the snapshot the whole slices give."""
+        whole = {
+            "metadata": {
+                "name": "web-a",
+                "namespace": "shop",
+                "labels": {"kubernetes.io/service-name": "web", "x": "y"},
+                "managedFields": [{}],
+            },
+            "addressType": "IPv4",
+            "endpoints": [
+                {
+                    "addresses": ["10.0.0.1"],
+                    "nodeName": "n1",
+                    "conditions": {"ready": False, "serving": True},
+                    "targetRef": {"kind": "Pod", "name": "web-1", "uid": "p-1"},
+                    "zone": "a",
+                },
+                {"addresses": ["10.0.0.2"], "conditions": {}},
+            ],
+            "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+        }
+        fqdn = {**whole, "addressType": "FQDN"}
+        parsed = slice_endpoints(whole)
+        assert parsed.service == slice_service(whole) == "shop/web"
+        assert slice_endpoints(fqdn).endpoints == ()
+        assert slice_endpoints({"metadata": {"name": "x"}}).service is None
+        merged = {"cluster": "east", "namespace": "shop", "name": "web"}
+        assert merge_endpoints([parsed, slice_endpoints(fqdn)], **merged) == (
+            endpoints_snapshot([whole, fqdn], **merged)
+        )
+
+    @pytest.mark.parametrize(
+        "labels",
+        [{}, {"node.kubernetes.io/exclude-from-external-load-balancers": "true"}],
+    )
+    def test_a_slim_node_translates_as_the_whole(self, labels: dict[str, str]) -> None:
+        """Images, capacity and nodeInfo are dropped; the snapshot is the same."""
+        whole = TestNodes().node(
+            labels={**labels, "kubernetes.io/os": "linux"},
+            taints=[{"key": "ToBeDeletedByClusterAutoscaler", "effect": "NoSchedule"}],
+        )
+        whole["status"]["images"] = [{"names": ["registry/app:1"], "sizeBytes": 1}]
+        whole["status"]["nodeInfo"] = {"kubeletVersion": "v1.33.0"}
+        slim = slim_node(whole)
+        assert "images" not in slim["status"] and "nodeInfo" not in slim["status"]
+        assert node_snapshot(slim, cluster="east") == node_snapshot(whole, cluster="east")
+
+    @given(
+        st.dictionaries(
+            st.sampled_from(
+                [
+                    "type",
+                    "loadBalancerClass",
+                    "ports",
+                    "ipFamilies",
+                    "ipFamilyPolicy",
+                    "externalTrafficPolicy",
+                    "healthCheckNodePort",
+                    "loadBalancerIP",
+                    "other",
+                ]
+            ),
+            JUNK_SCALARS | st.lists(JUNK_SCALARS, max_size=3),
+        )
+    )
+    def test_whatever_the_spec_holds_the_slim_snapshot_is_the_same(
+        self, spec: dict[str, Any]
+    ) -> None:
+        """Any spec content: the slim Service translates exactly as the whole one."""
+        whole = service(spec=spec)
+        assert snap(slim_service(whole), was_ours=True) == snap(whole, was_ours=True)

@@ -8,7 +8,8 @@ clocks need to agree. Every write carries the resourceVersion it read, so of
 two candidates racing for an expired lease exactly one wins (the other gets
 409 Conflict).
 
-The leader renews every ``retry_period``; if it cannot for ``renew_deadline``
+The leader renews every ``retry_period`` (one write over the Lease as it last
+wrote it; a read only when that write is refused); if it cannot for ``renew_deadline``
 (shorter than the lease duration) it steps down before anybody else may take
 over. Unlike client-go it also steps down at once when it reads another
 holder, and :attr:`LeaderElector.is_leader` turns false by itself once the
@@ -146,6 +147,7 @@ class LeaderElector:
         self._renewed_at = 0.0  # when the last successful write was sent
         self._observed: LeaseRecord | None = None
         self._observed_at = 0.0
+        self._written: dict[str, Any] | None = None  # the Lease as our last write left it
         self._lead_event = asyncio.Event()
         self._follow_event = asyncio.Event()
         self._follow_event.set()
@@ -243,7 +245,7 @@ class LeaderElector:
                     return
                 try:
                     async with asyncio.timeout(remaining):
-                        renewed = await self._attempt()
+                        renewed = await self._renew_once()
                 except TimeoutError:
                     renewed = False
                 if renewed:
@@ -281,6 +283,44 @@ class LeaderElector:
             self._observed = record
             self._observed_at = self._clock()
 
+    async def _renew_once(self) -> bool:
+        """Renew with one request instead of a read and a write: write over the Lease as
+        our last write left it.
+
+        Its resourceVersion is the precondition, so if anybody wrote the Lease
+        since, this fails (409) and a full attempt reads what is there. Half
+        the round trips keep renewal in time when the API server, or our own
+        event loop, is slow.
+        """
+        written, self._written = self._written, None
+        if written is None:
+            return await self._attempt()
+        started = self._clock()
+        record = LeaseRecord.of(written)
+        body = {
+            **written,
+            "spec": lease_spec(
+                self.identity, record, duration_s=self.lease_duration_s, now=micro_time()
+            ),
+        }
+        try:
+            renewed = await request_json(
+                self._api.replace_namespaced_lease,
+                self.name,
+                self.namespace,
+                body,
+                timeout=self._timeout,
+            )
+        except KubeError as exc:
+            if isinstance(exc, KubeApiError) and exc.conflict:
+                return await self._attempt()
+            log.warning("%s: cannot renew lease %s: %s", self.identity, self.name, exc)
+            return False
+        self._observe(LeaseRecord.of(renewed))
+        self._written = renewed
+        self._renewed_at = started
+        return True
+
     async def _attempt(self) -> bool:
         """One read and (if allowed) one write; True when we hold the Lease afterwards."""
         started = self._clock()
@@ -316,6 +356,7 @@ class LeaderElector:
                 log.warning("%s: cannot write lease %s: %s", self.identity, self.name, exc)
             return False
         self._observe(LeaseRecord.of(written))
+        self._written = written
         self._renewed_at = started
         return True
 
@@ -337,6 +378,7 @@ class LeaderElector:
                 log.warning("%s: cannot create lease %s: %s", self.identity, self.name, exc)
             return False
         self._observe(LeaseRecord.of(written))
+        self._written = written
         self._renewed_at = started
         return True
 

@@ -15,8 +15,8 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Mapping
-from typing import Any, Protocol
+from collections.abc import Callable, Mapping
+from typing import Any, Generic, Protocol, TypeVar
 
 from vipwire.kube import ApiCall, KubeApiError, KubeUnavailable, list_all, watch_events
 from vipwire.metrics import Counter
@@ -26,27 +26,33 @@ from vipwire.watcher.translate import Obj, object_key, resource_version
 log = logging.getLogger("vipwire.watcher")
 
 
-class Listener(Protocol):
-    def listed(self, objects: Mapping[str, Obj], rv: str) -> None:
+#: What a reflector keeps of each object.
+T = TypeVar("T")
+T_contra = TypeVar("T_contra", contravariant=True)
+
+
+class Listener(Protocol[T_contra]):
+    def listed(self, objects: Mapping[str, T_contra], rv: str) -> None:
         """Everything there is, after a list at resourceVersion ``rv``."""
 
-    def changed(self, key: str, obj: Obj | None, old: Obj | None, rv: str) -> None:
+    def changed(self, key: str, obj: T_contra | None, old: T_contra | None, rv: str) -> None:
         """``key`` changed at ``rv``: ``obj`` is its new state, None once deleted."""
 
 
-class Reflector:
+class Reflector(Generic[T]):
     def __init__(
         self,
         name: str,
         call: ApiCall,
-        listener: Listener,
+        listener: Listener[T],
         settings: WatcherSettings,
         *,
+        keep: Callable[[Obj], T],
         restarts: Counter,
         list_kwargs: Mapping[str, Any] | None = None,
     ) -> None:
         self.name = name
-        self.store: dict[str, Obj] = {}
+        self.store: dict[str, T] = {}
         self.synced = asyncio.Event()
         self._call = call
         self._listener = listener
@@ -54,6 +60,8 @@ class Reflector:
         self._restarts = restarts
         self._kwargs = dict(list_kwargs or {})
         self._rv: str | None = None
+        # What the store keeps of each object: what the watcher reads of it, no more.
+        self._keep = keep
 
     async def run(self) -> None:
         """Until cancelled: list, watch, and recover from whatever breaks."""
@@ -99,7 +107,8 @@ class Reflector:
         items, rv = await list_all(
             self._call, timeout=s.request_timeout, page_size=s.list_page_size, **self._kwargs
         )
-        self.store = {object_key(o): o for o in items}
+        keep = self._keep
+        self.store = {object_key(o): keep(o) for o in items}
         self._listener.listed(self.store, rv)
         self._rv = rv
         self.synced.set()
@@ -125,13 +134,14 @@ class Reflector:
                 event_rv = resource_version(obj)
                 if kind in ("ADDED", "MODIFIED", "DELETED"):
                     key = object_key(obj)
+                    kept = self._keep(obj)
                     old = self.store.get(key)
                     if kind == "DELETED":
                         self.store.pop(key, None)
-                        self._listener.changed(key, None, old or obj, event_rv)
+                        self._listener.changed(key, None, kept if old is None else old, event_rv)
                     else:
-                        self.store[key] = obj
-                        self._listener.changed(key, obj, old, event_rv)
+                        self.store[key] = kept
+                        self._listener.changed(key, kept, old, event_rv)
                 # BOOKMARK (and anything newer we do not know) only moves us forward.
                 self._rv = event_rv or self._rv
         return progressed

@@ -22,6 +22,7 @@ import asyncio
 import hashlib
 import logging
 import socket
+import sys
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
@@ -35,8 +36,10 @@ from vipwire.bus import DONE, BusError, ConsumerSpec, Delivery, Retry, Verdict
 from vipwire.contracts import (
     EndpointsSnapshot,
     LbFailed,
+    LbMessage,
     LbProgrammed,
     LbRemoved,
+    Member,
     Message,
     NodeApplied,
     NodeGone,
@@ -46,6 +49,7 @@ from vipwire.contracts import (
     StatusWritten,
     VipAssigned,
     VipFailed,
+    VipMessage,
     VipReleased,
     VipReleasing,
     family_filter,
@@ -101,6 +105,8 @@ class _DeferredEvent(msgspec.Struct, kw_only=True):
     uid: str
     cause: str
     trace_id: str | None
+    #: Called for by the replay at the start of a term (not a live message).
+    replayed: bool = False
 
 
 class _Consumer(Protocol):
@@ -129,6 +135,11 @@ async def _cancel(tasks: list[asyncio.Task[None]]) -> None:
             task.cancel()
         _, pending = await asyncio.wait(pending, timeout=0.5)
     await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def _fingerprint(message: Message) -> bytes:
+    """16 bytes that tell two messages apart (their encoding is canonical)."""
+    return hashlib.blake2b(msgspec.json.encode(message), digest_size=16).digest()
 
 
 def _digest(*parts: str) -> str:
@@ -182,14 +193,16 @@ class WatcherService:
         """Forget everything a term learnt: the next one rebuilds it from the bus."""
         self._consumer: _Consumer | None = None
         self._caught_up = False
-        self._reflectors: list[Reflector] = []
+        self._reflectors: list[Reflector[Any]] = []
         # What we (or a predecessor) last published, per subject key.
         self._services: dict[str, _Published[ServiceSnapshot | ServiceGone]] = {}
-        self._endpoints: dict[str, _Published[EndpointsSnapshot]] = {}
+        # Of endpoints only equality is asked: (sequence, fingerprint) instead of the snapshot.
+        self._endpoints: dict[str, tuple[int, bytes]] = {}
         self._nodes: dict[str, _Published[NodeSnapshot | NodeGone]] = {}
         # What the rest of the system said.
         self._views: dict[str, st.BusView] = {}
         self._applied: dict[str, frozenset[str]] = {}
+        self._members: dict[Member, Member] = {}  # one instance of each, see _compact
         self._locks = KeyedLocks()
         self._slice_index: dict[str, set[str]] = {}
         # Services found invalid: key -> (uid, problems) last reported.
@@ -284,14 +297,18 @@ class WatcherService:
         self._reset()
         c = self._cluster
         # Our own families too: their last messages say what was published before us.
-        filters = (
+        filters: tuple[str, ...] = (
             family_filter("service", c),
             family_filter("endpoints", c),
             family_filter("node", c),
             family_filter("vip", c),
             family_filter("lb", c),
-            family_filter("applied", c),
         )
+        if self.settings.status_gate != "none":
+            # Only a gate reads what the node agents applied: without one, their reports
+            # (one per node and change, each listing every VIP of the node) are not worth
+            # a delivery.
+            filters += (family_filter("applied", c),)
         spec = ConsumerSpec(filters=filters, deliver="last_per_subject")
         consumer = self.runtime.bus.consumer(spec, self._on_delivery)
         self._consumer = consumer
@@ -343,6 +360,7 @@ class WatcherService:
             _ServiceListener(self),
             s,
             restarts=self._m_restarts,
+            keep=tr.slim_service,
         )
         self._slice_reflector = Reflector(
             "endpointslices",
@@ -351,9 +369,15 @@ class WatcherService:
             s,
             restarts=self._m_restarts,
             list_kwargs={"label_selector": tr.SERVICE_NAME_LABEL},
+            keep=tr.slice_endpoints,
         )
         self._node_reflector = Reflector(
-            "nodes", self._core.list_node, _NodeListener(self), s, restarts=self._m_restarts
+            "nodes",
+            self._core.list_node,
+            _NodeListener(self),
+            s,
+            restarts=self._m_restarts,
+            keep=tr.slim_node,
         )
         self._reflectors = [self._svc_reflector, self._slice_reflector, self._node_reflector]
         runs: list[Coroutine[Any, Any, None]] = [r.run() for r in self._reflectors]
@@ -563,7 +587,11 @@ class WatcherService:
         if not (unchanged and not needs_mark):
             with self._root_span(service):
                 if needs_mark:
-                    fresh = await self._write_finalizer(service, present=True)
+                    # The change's trace goes on with the finalizer: the status write that
+                    # ends the trace then finds it recorded and needs no write of its own.
+                    fresh = await self._write_finalizer(
+                        service, present=True, trace_id=trace_id_of_current_span()
+                    )
                     if fresh is None:
                         return
                     service = fresh
@@ -827,8 +855,16 @@ class WatcherService:
         cause: str,
         *,
         trace_id: str | None = None,
+        replayed: bool = False,
     ) -> None:
-        """Record an Event; a repeat of one already recorded counts in its series."""
+        """Record an Event; a repeat of one already recorded counts in its series.
+
+        Except a Normal Event called for by the replay of a new term: the replay
+        cannot tell news from a repeat (what came before is not replayed), so one
+        already recorded is taken as told. Otherwise every new term would count a
+        confirmation the lbdriver repeated (after its restart, say) as one more
+        occurrence: a write per Service for nothing new.
+        """
         meta = tr.metadata(service)
         namespace = str(meta.get("namespace"))
         name = st.event_name(str(meta.get("name")), tr.uid(service), spec)
@@ -851,6 +887,8 @@ class WatcherService:
             except KubeApiError as exc:
                 if not exc.already_exists:
                     raise
+            if replayed and spec.type == "Normal":
+                return
             for _ in range(self.settings.conflict_retries):
                 existing = await request_json(
                     self._events_api.read_namespaced_event,
@@ -900,21 +938,23 @@ class WatcherService:
                     self._forget_tombstone(self._services, key, d.seq, recorded=recorded)
                     self._maybe_forget(key)
             case EndpointsSnapshot():
-                self._remember(self._endpoints, key, message, d.seq)
+                self._remember_endpoints(key, _fingerprint(message), d.seq)
             case NodeSnapshot() | NodeGone():
                 recorded = self._recorded(self._nodes, key, d.seq)
                 self._remember(self._nodes, key, message, d.seq)
                 if isinstance(message, NodeGone):
                     self._forget_tombstone(self._nodes, key, d.seq, recorded=recorded)
             case NodeApplied():
-                self._applied[message.node] = frozenset(message.vips)
-                if self.settings.status_gate != "none":
-                    for service_key, view in list(self._views.items()):
-                        lb = view.lb
-                        if isinstance(lb, LbProgrammed) and any(
-                            m.node == message.node for m in lb.members
-                        ):
-                            await self._reconcile(service_key)
+                if self.settings.status_gate == "none":
+                    return
+                # Interned: every node reports the same VIPs, held once instead of per node.
+                self._applied[message.node] = frozenset(map(sys.intern, message.vips))
+                for service_key, view in list(self._views.items()):
+                    lb = view.lb
+                    if isinstance(lb, LbProgrammed) and any(
+                        m.node == message.node for m in lb.members
+                    ):
+                        await self._reconcile(service_key)
             case (
                 VipAssigned()
                 | VipReleasing()
@@ -926,13 +966,16 @@ class WatcherService:
             ):
                 old = self._views.get(key, st.BusView())
                 prior = st.before(old, message, d.seq)
-                self._views[key] = st.observe(old, message, d.seq)
+                self._views[key] = st.observe(old, self._compact(message), d.seq)
                 await self._reconcile(key)
                 spec = st.event_for(message, before=prior)
                 fresh = not d.timestamp or time.time() - d.timestamp < _EVENT_HORIZON
                 if spec is not None and fresh:
                     cause = f"{d.subject.raw}#{d.seq}"
                     service = self._svc_reflector_store().get(key)
+                    # A replay cannot tell news from a repeat (what came before is not
+                    # replayed): see _emit_deferred.
+                    replayed = not self._caught_up
                     if service is None:
                         # Replayed before the Services are listed, or ahead of the watch
                         # event that brings the Service: emitted when it is handled.
@@ -941,10 +984,33 @@ class WatcherService:
                             uid=message.uid,
                             cause=cause,
                             trace_id=trace_id_of_current_span(),
+                            replayed=replayed,
                         )
                     elif tr.uid(service) == message.uid:
-                        await self._emit(spec, service, cause)
+                        await self._emit(spec, service, cause, replayed=replayed)
                 self._maybe_forget(key)
+
+    def _compact(self, message: VipMessage | LbMessage) -> VipMessage | LbMessage:
+        """The message as kept in a view: without its members unless a status gate reads
+        them, else with them shared with every other Service's.
+
+        Each delivery decodes its own copy of every member node (an LbProgrammed
+        of a 50-node cluster holds 50), and a view keeps two lb messages. Events
+        are made of the message as delivered (their note counts the members).
+        """
+        if isinstance(message, LbProgrammed) and message.members:
+            members: tuple[Member, ...] = ()
+            if self.settings.status_gate != "none":
+                shared = self._members
+                members = tuple(shared.setdefault(m, m) for m in message.members)
+            return msgspec.structs.replace(
+                message,
+                members=members,
+                cluster=sys.intern(message.cluster),
+                namespace=sys.intern(message.namespace),
+                appliance=sys.intern(message.appliance),
+            )
+        return message
 
     @staticmethod
     def _recorded(table: dict[str, _Published[Any]], key: str, seq: int) -> bool:
@@ -995,7 +1061,13 @@ class WatcherService:
             deferred = self._deferred.pop(f"{key}|{family}", None)
             if deferred is None or service is None or tr.uid(service) != deferred.uid:
                 continue
-            await self._emit(deferred.spec, service, deferred.cause, trace_id=deferred.trace_id)
+            await self._emit(
+                deferred.spec,
+                service,
+                deferred.cause,
+                trace_id=deferred.trace_id,
+                replayed=deferred.replayed,
+            )
 
     # --- EndpointSlices -> bus -------------------------------------------------------
 
@@ -1013,23 +1085,32 @@ class WatcherService:
         async with self._locks.hold(f"endpoints:{key}"):
             store = self._slice_reflector.store
             slices = [store[k] for k in sorted(self._slice_index.get(key, ())) if k in store]
-            snapshot = tr.endpoints_snapshot(
+            snapshot = tr.merge_endpoints(
                 slices, cluster=self._cluster, namespace=namespace, name=name
             )
             previous = self._endpoints.get(key)
-            if previous is not None and previous.message == snapshot:
+            fingerprint = _fingerprint(snapshot)
+            if previous is not None and previous[1] == fingerprint:
                 return
             msg_id = f"{self._cluster}/{namespace}/{name}/{trigger}/endpoints"
             seq = await self._publish(snapshot, msg_id)
-            self._remember(self._endpoints, key, snapshot, seq)
+            self._remember_endpoints(key, fingerprint, seq)
 
-    def _index_slice(self, slice_key: str, obj: Obj | None, old: Obj | None) -> set[str]:
+    def _remember_endpoints(self, key: str, fingerprint: bytes, seq: int) -> None:
+        """Record an endpoints message unless we know a newer one."""
+        current = self._endpoints.get(key)
+        if current is None or seq > current[0]:
+            self._endpoints[key] = (seq, fingerprint)
+
+    def _index_slice(
+        self, slice_key: str, obj: tr.SliceEndpoints | None, old: tr.SliceEndpoints | None
+    ) -> set[str]:
         """Keep the Service -> slices index; returns the Services affected."""
         affected: set[str] = set()
         for source, adding in ((old, False), (obj, True)):
             if source is None:
                 continue
-            service_key = tr.slice_service(source)
+            service_key = source.service
             if service_key is None:
                 continue
             affected.add(service_key)
@@ -1042,7 +1123,7 @@ class WatcherService:
                     del self._slice_index[service_key]
         return affected
 
-    def _slices_listed(self, objects: Mapping[str, Obj], rv: str) -> None:
+    def _slices_listed(self, objects: Mapping[str, tr.SliceEndpoints], rv: str) -> None:
         self._slice_index.clear()
         for slice_key, obj in objects.items():
             self._index_slice(slice_key, obj, None)
@@ -1050,7 +1131,13 @@ class WatcherService:
             if key in self._services:
                 self._eps_queue.add(key, f"list-{rv}")
 
-    def _slice_changed(self, slice_key: str, obj: Obj | None, old: Obj | None, rv: str) -> None:
+    def _slice_changed(
+        self,
+        slice_key: str,
+        obj: tr.SliceEndpoints | None,
+        old: tr.SliceEndpoints | None,
+        rv: str,
+    ) -> None:
         for key in self._index_slice(slice_key, obj, old):
             if key in self._services:
                 self._eps_queue.add(key, rv)
@@ -1102,10 +1189,16 @@ class _SliceListener:
     def __init__(self, watcher: WatcherService) -> None:
         self._w = watcher
 
-    def listed(self, objects: Mapping[str, Obj], rv: str) -> None:
+    def listed(self, objects: Mapping[str, tr.SliceEndpoints], rv: str) -> None:
         self._w._slices_listed(objects, rv)
 
-    def changed(self, key: str, obj: Obj | None, old: Obj | None, rv: str) -> None:
+    def changed(
+        self,
+        key: str,
+        obj: tr.SliceEndpoints | None,
+        old: tr.SliceEndpoints | None,
+        rv: str,
+    ) -> None:
         self._w._slice_changed(key, obj, old, rv)
 
 

@@ -403,8 +403,8 @@ def finalizer_patch(
     another controller's finalizer, added meanwhile, from being lost: a
     stale write fails with 409 and is retried on the fresh object. Our
     cluster annotation comes and goes with the finalizer (added to a
-    finalizer that is already there, too); ``trace_id`` is recorded with a
-    removal.
+    finalizer that is already there, too); ``trace_id`` is recorded with
+    either, when the patch is written anyway (one write instead of two).
     """
     current = finalizers(service)
     raw = metadata(service).get("annotations")
@@ -413,7 +413,10 @@ def finalizer_patch(
     if present:
         if has and annotations.get(CLUSTER_ANNOTATION) == cluster:
             return None
-        meta: dict[str, Any] = {"annotations": {CLUSTER_ANNOTATION: cluster}}
+        added: dict[str, Any] = {CLUSTER_ANNOTATION: cluster}
+        if trace_id and annotations.get(TRACE_ANNOTATION) != trace_id:
+            added[TRACE_ANNOTATION] = trace_id
+        meta: dict[str, Any] = {"annotations": added}
         if not has:
             meta["finalizers"] = [*current, FINALIZER]
     else:

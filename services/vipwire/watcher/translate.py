@@ -8,6 +8,7 @@ defaulted here, never put on the bus.
 from __future__ import annotations
 
 import ipaddress
+import sys
 from collections.abc import Iterable, Mapping
 from typing import Any, Final, Literal, cast
 
@@ -100,6 +101,106 @@ def finalizers(obj: Obj) -> list[str]:
 
 def has_finalizer(obj: Obj) -> bool:
     return FINALIZER in finalizers(obj)
+
+
+# --- what the watcher keeps of an object ----------------------------------------
+
+#: Fields whose values repeat across objects (kinds, enums, node names): kept once.
+_SHARED_VALUES: Final = frozenset(
+    {
+        "namespace",
+        "type",
+        "protocol",
+        "loadBalancerClass",
+        "ipFamilies",
+        "ipFamilyPolicy",
+        "externalTrafficPolicy",
+        "nodeName",
+        "addressType",
+        "ipMode",
+        "status",
+        "reason",
+    }
+)
+_LAST_APPLIED: Final = "kubectl.kubernetes.io/last-applied-configuration"
+_SERVICE_META: Final = (
+    "name",
+    "namespace",
+    "uid",
+    "resourceVersion",
+    "generation",
+    "deletionTimestamp",
+    "labels",
+    "annotations",
+    "finalizers",
+)
+_SERVICE_SPEC: Final = (
+    "type",
+    "loadBalancerClass",
+    "ports",
+    "ipFamilies",
+    "ipFamilyPolicy",
+    "externalTrafficPolicy",
+    "healthCheckNodePort",
+    "loadBalancerIP",
+)
+
+
+def _pick(source: Any, keys: Iterable[str]) -> dict[str, Any]:
+    src = _map(source)
+    return {k: src[k] for k in keys if k in src}
+
+
+def _shared(value: Any, share: bool = False) -> Any:
+    """``value`` with its dict keys (and, where ``share``, its strings) interned.
+
+    Every decoded object brings its own copy of every key ("metadata",
+    "resourceVersion", ...): held for thousands of objects they are most of
+    their size.
+    """
+    if isinstance(value, dict):
+        return {sys.intern(str(k)): _shared(v, k in _SHARED_VALUES) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_shared(v, share) for v in value]
+    if share and type(value) is str:
+        return sys.intern(value)
+    return value
+
+
+def slim_service(service: Obj) -> dict[str, Any]:
+    """What the watcher reads of a Service (all of spec it translates, its metadata but
+    managedFields and the last applied configuration, its load balancer status and
+    conditions): what it keeps of each."""
+    meta = _pick(service.get("metadata"), _SERVICE_META)
+    annotations = meta.get("annotations")
+    if isinstance(annotations, Mapping) and _LAST_APPLIED in annotations:
+        meta["annotations"] = {k: v for k, v in annotations.items() if k != _LAST_APPLIED}
+    slim = {
+        "metadata": meta,
+        "spec": _pick(service.get("spec"), _SERVICE_SPEC),
+        "status": _pick(service.get("status"), ("loadBalancer", "conditions")),
+    }
+    shared: dict[str, Any] = _shared(slim)
+    return shared
+
+
+def slim_node(node: Obj) -> dict[str, Any]:
+    """What :func:`node_snapshot` reads of a Node (not its images, capacity, nodeInfo)."""
+    meta = _pick(node.get("metadata"), ("name", "resourceVersion", "deletionTimestamp"))
+    labels = _str_map(metadata(node).get("labels"))
+    if EXCLUDE_LB_LABEL in labels:
+        meta["labels"] = {EXCLUDE_LB_LABEL: labels[EXCLUDE_LB_LABEL]}
+    status = _map(node.get("status"))
+    slim = {
+        "metadata": meta,
+        "spec": _pick(node.get("spec"), ("taints",)),
+        "status": {
+            "addresses": _list(status.get("addresses")),
+            "conditions": [_pick(c, ("type", "status")) for c in _list(status.get("conditions"))],
+        },
+    }
+    shared: dict[str, Any] = _shared(slim)
+    return shared
 
 
 # --- Services -------------------------------------------------------------------
@@ -257,6 +358,50 @@ def _endpoint_order(e: Endpoint) -> tuple[Any, ...]:
     return (e.addresses, e.ready, e.serving, e.terminating, ports)
 
 
+class SliceEndpoints(msgspec.Struct, frozen=True, kw_only=True):
+    """What the watcher keeps of an EndpointSlice: its Service and its endpoints by node.
+
+    Parsed once when the slice arrives, instead of keeping the decoded
+    object (a dict per endpoint and per set of conditions, a targetRef...).
+    """
+
+    #: ``namespace/service`` (its service-name label); None: no Service's.
+    service: str | None = None
+    endpoints: tuple[tuple[str, Endpoint], ...] = ()
+
+
+def slice_endpoints(endpoint_slice: Obj) -> SliceEndpoints:
+    """An EndpointSlice parsed for :func:`merge_endpoints`.
+
+    Endpoints without a node cannot be reached through a node and are left
+    out, as are FQDN slices. Unset conditions read as the API defines them:
+    ready and serving true, terminating false.
+    """
+    service = slice_service(endpoint_slice)
+    if endpoint_slice.get("addressType") not in _FAMILIES:
+        return SliceEndpoints(service=service)
+    ports = _endpoint_ports(endpoint_slice)
+    endpoints: list[tuple[str, Endpoint]] = []
+    for raw in _list(endpoint_slice.get("endpoints")):
+        ep = _map(raw)
+        node = ep.get("nodeName")
+        addresses = tuple(str(a) for a in _list(ep.get("addresses")))
+        if not isinstance(node, str) or not node or not addresses:
+            continue
+        conditions = _map(ep.get("conditions"))
+        ready = conditions.get("ready") is not False
+        serving = conditions.get("serving")
+        endpoint = Endpoint(
+            addresses=addresses,
+            ready=ready,
+            serving=ready if serving is None else bool(serving),
+            terminating=bool(conditions.get("terminating")),
+            ports=ports,
+        )
+        endpoints.append((sys.intern(node), endpoint))
+    return SliceEndpoints(service=service, endpoints=tuple(endpoints))
+
+
 def endpoints_snapshot(
     slices: Iterable[Obj],
     *,
@@ -264,35 +409,24 @@ def endpoints_snapshot(
     namespace: str,
     name: str,
 ) -> EndpointsSnapshot:
-    """All EndpointSlices of one Service merged, per node, in a stable order.
+    """All EndpointSlices of one Service merged, per node, in a stable order."""
+    return merge_endpoints(
+        map(slice_endpoints, slices), cluster=cluster, namespace=namespace, name=name
+    )
 
-    Endpoints without a node cannot be reached through a node and are left
-    out, as are FQDN slices. Unset conditions read as the API defines them:
-    ready and serving true, terminating false.
-    """
+
+def merge_endpoints(
+    slices: Iterable[SliceEndpoints],
+    *,
+    cluster: str,
+    namespace: str,
+    name: str,
+) -> EndpointsSnapshot:
+    """Parsed EndpointSlices of one Service merged, per node, in a stable order."""
     per_node: dict[str, set[Endpoint]] = {}
-    for endpoint_slice in slices:
-        if endpoint_slice.get("addressType") not in _FAMILIES:
-            continue
-        ports = _endpoint_ports(endpoint_slice)
-        for raw in _list(endpoint_slice.get("endpoints")):
-            ep = _map(raw)
-            node = ep.get("nodeName")
-            addresses = tuple(str(a) for a in _list(ep.get("addresses")))
-            if not isinstance(node, str) or not node or not addresses:
-                continue
-            conditions = _map(ep.get("conditions"))
-            ready = conditions.get("ready") is not False
-            serving = conditions.get("serving")
-            per_node.setdefault(node, set()).add(
-                Endpoint(
-                    addresses=addresses,
-                    ready=ready,
-                    serving=ready if serving is None else bool(serving),
-                    terminating=bool(conditions.get("terminating")),
-                    ports=ports,
-                )
-            )
+    for parsed in slices:
+        for node, endpoint in parsed.endpoints:
+            per_node.setdefault(node, set()).add(endpoint)
     nodes = tuple(
         NodeEndpoints(
             node=node,
