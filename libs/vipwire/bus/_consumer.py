@@ -83,6 +83,12 @@ class ConsumerSpec(msgspec.Struct, frozen=True, kw_only=True):
     heartbeat: float = 5.0
     #: Skip messages older than one already handled on the same subject.
     supersede: bool = True
+    #: ``explicit``: every message is acknowledged after its handler, and a ``Retry``
+    #: redelivers it; ``none``: nothing is acknowledged (one message less per delivery,
+    #: for us and the server) and nothing is ever redelivered, so ``Retry`` and
+    #: ``Reject`` only log. For ephemeral consumers whose handlers only record
+    #: state and retry by themselves whatever they then fail to do.
+    ack: Literal["explicit", "none"] = "explicit"
     #: Record a CONSUMER span per message, joining the publisher's trace. Off for
     #: observers that take no part in the change (the dashboard).
     traced: bool = True
@@ -259,13 +265,14 @@ class PullConsumer:
 
     async def _create(self) -> None:
         spec = self.spec
+        acked = spec.ack == "explicit"
         config = ConsumerConfig(
             durable_name=spec.durable,
             deliver_policy=_DELIVER[spec.deliver],
-            ack_policy=AckPolicy.EXPLICIT,
-            ack_wait=spec.ack_wait,
+            ack_policy=AckPolicy.EXPLICIT if acked else AckPolicy.NONE,
+            ack_wait=spec.ack_wait if acked else None,
             filter_subjects=list(spec.filters),
-            max_ack_pending=max(spec.batch * 4, 1024),
+            max_ack_pending=max(spec.batch * 4, 1024) if acked else None,
             inactive_threshold=None if spec.durable else spec.inactive_threshold,
         )
         info = await self._bus.js.add_consumer(STREAM, config)
@@ -450,6 +457,17 @@ class PullConsumer:
         self, msg: Msg, verdict: Verdict, subject: str, seq: int, *, counted: bool = False
     ) -> None:
         """The one place a verdict becomes an acknowledgement."""
+        if self.spec.ack == "none":
+            if not isinstance(verdict, Done) and not counted:
+                log.warning(
+                    "consumer %s: %s on %s (seq %d) ignored: it acknowledges nothing",
+                    self._label,
+                    type(verdict).__name__,
+                    subject,
+                    seq,
+                )
+            self._m_handled.inc(consumer=self._label, verdict=type(verdict).__name__.lower())
+            return
         try:
             match verdict:
                 case Done():
