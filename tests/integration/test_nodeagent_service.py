@@ -158,7 +158,7 @@ class TestApply:
     async def test_the_report_continues_the_trace_of_the_programmed_message(
         self, make_runtime: RuntimeFactory, agents: Agents, span_exporter: InMemorySpanExporter
     ) -> None:
-        """NodeApplied is published inside the handler, so it joins the LbProgrammed's trace."""
+        """The apply and the NodeApplied it leads to join the LbProgrammed's trace."""
         rt = await make_runtime("nodeagent")
         reports = Reports()
         await reports.attach(rt)
@@ -171,7 +171,7 @@ class TestApply:
         in_trace = {
             s.name for s in spans if s.context and s.context.trace_id == cause.context.trace_id
         }
-        assert {"process lb", "nodeagent apply", "publish applied"} <= in_trace
+        assert {"nodeagent apply", "nodeagent report", "publish applied"} <= in_trace
 
     async def test_removed_service_takes_its_vip_away_in_a_new_generation(
         self, make_runtime: RuntimeFactory, agents: Agents

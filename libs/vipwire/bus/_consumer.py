@@ -177,6 +177,24 @@ def _parent_context(headers: Mapping[str, str]) -> otel_context.Context:
     return trace.set_span_in_context(NonRecordingSpan(span_context), otel_context.Context())
 
 
+def _process_attributes(
+    parsed: Subject, headers: Mapping[str, str], *, seq: int, delivered: int, label: str
+) -> dict[str, str | int]:
+    """The CONSUMER span's attributes (built only for traced consumers)."""
+    return {
+        "messaging.system": "nats",
+        "messaging.operation.type": "process",
+        "messaging.operation.name": "process",
+        "messaging.destination.name": parsed.raw,
+        "messaging.destination.template": f"vipwire.{{cluster}}.{parsed.family}.>",
+        "messaging.consumer.group.name": label,
+        "messaging.message.id": headers.get("Nats-Msg-Id", ""),
+        "messaging.nats.stream.sequence": seq,
+        "messaging.nats.delivered": delivered,
+        "vipwire.cluster": parsed.cluster,
+    }
+
+
 class PullConsumer:
     """Runs one consumer until stopped. Create it with :meth:`Bus.consumer`."""
 
@@ -382,19 +400,6 @@ class PullConsumer:
             return
         self._last_seq[subject] = seq
         headers = dict(msg.headers or {})
-        ctx = _parent_context(headers)
-        attributes: dict[str, str | int] = {
-            "messaging.system": "nats",
-            "messaging.operation.type": "process",
-            "messaging.operation.name": "process",
-            "messaging.destination.name": subject,
-            "messaging.destination.template": f"vipwire.{{cluster}}.{parsed.family}.>",
-            "messaging.consumer.group.name": self._label,
-            "messaging.message.id": headers.get("Nats-Msg-Id", ""),
-            "messaging.nats.stream.sequence": seq,
-            "messaging.nats.delivered": num_delivered,
-            "vipwire.cluster": parsed.cluster,
-        }
         delivery = Delivery(
             subject=parsed,
             message=message,
@@ -408,9 +413,11 @@ class PullConsumer:
         span_cm = (
             self._bus.tracer.start_as_current_span(
                 f"process {parsed.family}",
-                context=ctx,
+                context=_parent_context(headers),
                 kind=SpanKind.CONSUMER,
-                attributes=attributes,
+                attributes=_process_attributes(
+                    parsed, headers, seq=seq, delivered=num_delivered, label=self._label
+                ),
             )
             if self.spec.traced
             else contextlib.nullcontext(trace.INVALID_SPAN)

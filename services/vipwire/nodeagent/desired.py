@@ -126,8 +126,8 @@ class NodeState(msgspec.Struct, frozen=True, kw_only=True):
 class ServiceVips(msgspec.Struct, frozen=True, kw_only=True):
     """What the node needs of one programmed Service (not its members: the appliance's)."""
 
-    #: Its usable VIPs, in the order the message gave them.
-    vips: tuple[IPAddress, ...]
+    #: Its usable VIPs (canonical text), in the order the message gave them.
+    vips: tuple[str, ...]
     ports: tuple[ServicePort, ...] = ()
     policy: Literal["Cluster", "Local"] = "Cluster"
     #: Why some of its VIPs are not used.
@@ -143,17 +143,17 @@ class Desired(msgspec.Struct, kw_only=True):
     """
 
     services: dict[str, ServiceVips] = msgspec.field(default_factory=dict)
-    refs: dict[IPAddress, int] = msgspec.field(default_factory=dict)
+    refs: dict[str, int] = msgspec.field(default_factory=dict)
     #: Ready endpoints per Service (``standalone`` mode only).
     endpoints: dict[str, EndpointsSnapshot] = msgspec.field(default_factory=dict)
 
 
 def service_vips(key: str, lb: LbProgrammed) -> ServiceVips:
     """The part of an ``LbProgrammed`` (keyed ``ns/name``) a node acts on."""
-    parsed: list[IPAddress] = []
+    parsed: list[str] = []
     ignored: list[str] = []
     for raw in lb.vips:
-        ip = _parse_vip(raw)
+        ip = _canonical_vip(raw)
         if ip is None:
             ignored.append(f"{key}: VIP {raw!r} is not a unicast IP address")
         else:
@@ -166,9 +166,7 @@ def service_vips(key: str, lb: LbProgrammed) -> ServiceVips:
     )
 
 
-def put_service(
-    state: Desired, key: str, entry: ServiceVips | None
-) -> tuple[list[IPAddress], list[IPAddress]]:
+def put_service(state: Desired, key: str, entry: ServiceVips | None) -> tuple[list[str], list[str]]:
     """Set (``None``: remove) one Service; the addresses that became wanted and unwanted.
 
     Costs O(the Service's VIPs), whatever the number of Services.
@@ -178,8 +176,8 @@ def put_service(
         state.services[key] = entry
     before = frozenset(old.vips) if old is not None else frozenset()
     after = frozenset(entry.vips) if entry is not None else frozenset()
-    added: list[IPAddress] = []
-    removed: list[IPAddress] = []
+    added: list[str] = []
+    removed: list[str] = []
     refs = state.refs
     for ip in after - before:
         count = refs.get(ip, 0)
@@ -253,7 +251,7 @@ def node_state(
 ) -> NodeState:
     """The whole desired state of the node: O(n log n), for a first apply and resyncs."""
     ignored = [reason for key in sorted(state.services) for reason in state.services[key].ignored]
-    addresses = tuple(_host_address(ip) for ip in sorted(state.refs, key=_ip_key))
+    addresses = tuple(host_address(vip) for vip in sorted(state.refs, key=vip_order))
     nft = None
     if mode == "standalone":
         nft = ruleset(state, node=node, table=table, ignored=ignored)
@@ -267,14 +265,9 @@ def node_state(
     )
 
 
-def vip_strings(addresses: Iterable[IPAddress]) -> tuple[str, ...]:
+def vip_strings(vips: Iterable[str]) -> tuple[str, ...]:
     """VIPs sorted as strings, as ``NodeApplied`` carries them (see ``NodeState.vips``)."""
-    return tuple(sorted(_host_address(ip).address for ip in addresses))
-
-
-def host_address(ip: IPAddress) -> VipAddress:
-    """The address as it goes on the loopback interface."""
-    return _host_address(ip)
+    return tuple(sorted(vips))
 
 
 def arp_sysctls(uplink: str | None = None) -> tuple[Sysctl, ...]:
@@ -321,7 +314,7 @@ def ruleset(
             for ep in ne.endpoints
             if ep.ready
         ]
-        for vip in entry.vips:
+        for vip in map(_ip_of, entry.vips):
             for port in entry.ports:
                 protocol = _L4[port.protocol]
                 ident = (vip.version, int(vip), port.port, protocol)
@@ -382,10 +375,11 @@ def _addresses(endpoints: tuple[Endpoint, ...] | list[Endpoint]) -> set[IPAddres
     return found
 
 
-# Every reconcile goes over every VIP of the cluster: parsing and formatting them
-# anew each time was most of a node agent's CPU (both are pure, hence cached).
+# Every Service's VIPs are parsed by every node agent (of a process), and the full
+# path formats and sorts all of them: all pure, hence cached. VIPs are kept as
+# canonical text, whose hash Python caches (an ``ipaddress`` object's is slow).
 @functools.lru_cache(maxsize=1 << 16)
-def _parse_vip(raw: str) -> IPAddress | None:
+def _canonical_vip(raw: str) -> str | None:
     try:
         ip = ipaddress.ip_address(raw)
     except ValueError:
@@ -393,7 +387,24 @@ def _parse_vip(raw: str) -> IPAddress | None:
     # Any of these on lo would break the node, whatever a publisher says.
     if ip.is_unspecified or ip.is_loopback or ip.is_multicast or ip.is_link_local:
         return None
-    return ip
+    return str(ip)
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _ip_of(vip: str) -> IPAddress:
+    return ipaddress.ip_address(vip)
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def vip_order(vip: str) -> tuple[int, int]:
+    """Sort key of a canonical VIP: IPv4 first, each family in numeric order."""
+    return _ip_key(_ip_of(vip))
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def host_address(vip: str) -> VipAddress:
+    """A canonical VIP as it goes on the loopback interface."""
+    return VipAddress(address=vip, prefix=128 if ":" in vip else 32)
 
 
 # Most Services share a handful of port lists: one tuple each, not one per Service
@@ -401,11 +412,6 @@ def _parse_vip(raw: str) -> IPAddress | None:
 @functools.lru_cache(maxsize=1 << 12)
 def _intern_ports(ports: tuple[ServicePort, ...]) -> tuple[ServicePort, ...]:
     return ports
-
-
-@functools.lru_cache(maxsize=1 << 16)
-def _host_address(ip: IPAddress) -> VipAddress:
-    return VipAddress(address=str(ip), prefix=ip.max_prefixlen)
 
 
 def _ip_key(ip: IPAddress) -> tuple[int, int]:

@@ -14,12 +14,12 @@ import msgspec
 
 from vipwire.nodeagent.desired import (
     Desired,
-    IPAddress,
     NftRuleset,
     NodeState,
     Sysctl,
     host_address,
     render_nft,
+    vip_order,
 )
 
 
@@ -137,12 +137,12 @@ def known(state: AppliedState) -> Known:
 def plan_delta(
     have: Known,
     desired: Desired,
-    changed: Iterable[IPAddress],
+    changed: Iterable[str],
     *,
     interface: str,
     nft: NftRuleset | None = None,
 ) -> tuple[Action, ...]:
-    """The actions for the addresses in ``changed`` only: O(changed), not O(VIPs).
+    """The actions for the VIPs in ``changed`` (canonical text) only: O(changed), not O(VIPs).
 
     Same order and ownership rules as :func:`plan`; ``nft`` (``standalone``
     mode) is the whole wanted table, replaced if its digest differs. Sysctls and
@@ -151,19 +151,18 @@ def plan_delta(
     actions: list[Action] = []
     if nft is not None and have.nft_digest != nft.digest:
         actions.append(ReplaceNftTable(ruleset=nft))
-    adds: list[IPAddress] = []
+    adds: list[str] = []
     removes: list[tuple[int, str, int]] = []
-    for ip in set(changed):
-        a = host_address(ip)
+    for vip in set(changed):
+        a = host_address(vip)
         ident = (interface, a.address, a.prefix)
-        if ip in desired.refs:
+        if vip in desired.refs:
             if ident not in have.addresses:
-                adds.append(ip)
+                adds.append(vip)
         elif have.addresses.get(ident):
-            removes.append((ip.version, a.address, a.prefix))
-    adds.sort(key=lambda ip: (ip.version, int(ip)))
-    for ip in adds:
-        a = host_address(ip)
+            removes.append((6 if ":" in vip else 4, a.address, a.prefix))
+    for vip in sorted(adds, key=vip_order):
+        a = host_address(vip)
         actions.append(AddAddress(interface=interface, address=a.address, prefix=a.prefix))
     actions.extend(
         RemoveAddress(interface=interface, address=address, prefix=prefix)

@@ -42,7 +42,6 @@ from vipwire.contracts import (
 from vipwire.nodeagent.apply import Applier, make_applier
 from vipwire.nodeagent.desired import (
     Desired,
-    IPAddress,
     node_state,
     put_endpoints,
     put_service,
@@ -53,6 +52,7 @@ from vipwire.nodeagent.desired import (
 from vipwire.nodeagent.plan import Action, Known, known, note_applied, plan, plan_delta, simulate
 from vipwire.nodeagent.settings import NodeagentSettings
 from vipwire.runtime import ConfigError, Runtime
+from vipwire.telemetry import extract_context
 
 log = logging.getLogger("vipwire.nodeagent")
 
@@ -98,7 +98,7 @@ class NodeagentService:
         self._desired = Desired()
         # What changed since the last apply: addresses, the nftables table
         # (standalone), or everything (a full read and plan is owed).
-        self._dirty: set[IPAddress] = set()
+        self._dirty: set[str] = set()
         self._dirty_nft = False
         self._full = True
         self._known = Known()
@@ -142,7 +142,12 @@ class NodeagentService:
             filters.append(family_filter("endpoints", s.cluster))
         # No acknowledgements: the handler never fails (it only records), and a
         # failed apply is retried by the apply task, not by a redelivery.
-        spec = ConsumerSpec(filters=tuple(filters), deliver="last_per_subject", ack="none")
+        # No CONSUMER span per message either (each agent gets every message of its
+        # cluster, most of which change nothing): the apply joins the trace of the
+        # first message it serves, and links to the others.
+        spec = ConsumerSpec(
+            filters=tuple(filters), deliver="last_per_subject", ack="none", traced=False
+        )
         consumer = self._runtime.bus.consumer(spec, self._handle)
         self._consumer = consumer
         await consumer.start()
@@ -271,9 +276,10 @@ class NodeagentService:
         if d.subject.cluster != self.settings.cluster:
             return DONE
         if self._record(d.message):
-            cause = trace.get_current_span().get_span_context()
-            if cause.is_valid and len(self._causes) < MAX_LINKS:
-                self._causes.append(cause)
+            if len(self._causes) < MAX_LINKS:
+                cause = trace.get_current_span(extract_context(d.headers)).get_span_context()
+                if cause.is_valid:
+                    self._causes.append(cause)
             if self._live:
                 self._wake.set()
         return DONE
