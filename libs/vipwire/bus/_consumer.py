@@ -109,6 +109,14 @@ class Delivery(msgspec.Struct, frozen=True, kw_only=True):
     def msg_id(self) -> str | None:
         return self.headers.get("Nats-Msg-Id")
 
+    def span_context(self) -> SpanContext:
+        """The publisher's span context (from ``traceparent``); invalid when there is none.
+
+        For untraced consumers that start spans of their own for what they later
+        do with the message (a coalesced apply linking every message it served).
+        """
+        return trace.get_current_span(_parent_context(self.headers)).get_span_context()
+
     def derive_id(self, output: str) -> str:
         """A ``Nats-Msg-Id`` for a message published because of this one.
 

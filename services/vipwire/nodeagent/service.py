@@ -52,7 +52,6 @@ from vipwire.nodeagent.desired import (
 from vipwire.nodeagent.plan import Action, Known, known, note_applied, plan, plan_delta, simulate
 from vipwire.nodeagent.settings import NodeagentSettings
 from vipwire.runtime import ConfigError, Runtime
-from vipwire.telemetry import extract_context
 
 log = logging.getLogger("vipwire.nodeagent")
 
@@ -277,7 +276,7 @@ class NodeagentService:
             return DONE
         if self._record(d.message):
             if len(self._causes) < MAX_LINKS:
-                cause = trace.get_current_span(extract_context(d.headers)).get_span_context()
+                cause = d.span_context()
                 if cause.is_valid:
                     self._causes.append(cause)
             if self._live:

@@ -53,7 +53,8 @@ class NodeagentSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknow
     nft_table: str = "vipwire"
     #: Milliseconds to wait after a change before applying, so a burst is applied once.
     coalesce_ms: int = 20
-    #: Seconds between re-applies that repair drift; 0 disables them.
+    #: Seconds between full reads and plans of the node, which repair drift (in between,
+    #: changes are planned from what the agent applied); 0 disables them.
     resync_interval: float = 60.0
     #: Least seconds between two ``NodeApplied`` reports of this node: a burst of changes
     #: is reported once per interval, and its last state always (at the interval's end).
