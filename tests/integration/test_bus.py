@@ -359,3 +359,44 @@ class TestResilience:
         finally:
             await rt.stop()
             await server.stop()
+
+    async def test_a_consumer_without_acks_replays_the_current_state_after_a_reconnect(
+        self, tmp_path_factory: pytest.TempPathFactory
+    ) -> None:
+        """ack="none" loses what was in flight when the connection dropped, so the consumer is
+        created anew on reconnect: last_per_subject hands it the current state again."""
+        from vipwire.bus import BusSettings
+        from vipwire.runtime import CommonSettings
+
+        store = tmp_path_factory.mktemp("store")
+        server = NatsServer(store)
+        await server.start()
+        port = server.port
+        rt = Runtime(
+            "replaying",
+            CommonSettings(bus=BusSettings(servers=(server.url,), reconnect_wait=0.1)),
+        )
+        await rt.start()
+        got: list[str] = []
+
+        async def handler(d: Delivery) -> Verdict:
+            assert isinstance(d.message, NodeGone)
+            got.append(d.message.node)
+            return DONE
+
+        spec = ConsumerSpec(
+            filters=("vipwire.*.node.>",), deliver="last_per_subject", ack="none", heartbeat=0.2
+        )
+        consumer = rt.bus.consumer(spec, handler)
+        await consumer.start()
+        await rt.bus.publish(NodeGone(cluster="east", node="before"))
+        await eventually(lambda: got == ["before"])
+        server.kill()
+        await server.stop()
+        server = NatsServer(store, port=port or 0)
+        await server.start()
+        try:
+            await eventually(lambda: got == ["before", "before"], timeout=10)
+        finally:
+            await rt.stop()
+            await server.stop()

@@ -87,7 +87,9 @@ class ConsumerSpec(msgspec.Struct, frozen=True, kw_only=True):
     #: redelivers it; ``none``: nothing is acknowledged (one message less per delivery,
     #: for us and the server) and nothing is ever redelivered, so ``Retry`` and
     #: ``Reject`` only log. For ephemeral consumers whose handlers only record
-    #: state and retry by themselves whatever they then fail to do.
+    #: state and retry by themselves whatever they then fail to do; such a consumer
+    #: is created anew after a reconnect (with ``last_per_subject``: a replay of
+    #: the current state), as what was in flight may be lost.
     ack: Literal["explicit", "none"] = "explicit"
     #: Record a CONSUMER span per message, joining the publisher's trace. Off for
     #: observers that take no part in the change (the dashboard).
@@ -287,6 +289,11 @@ class PullConsumer:
     def on_reconnect(self) -> None:
         # Pull requests die with the old connection; ask anew.
         self._outstanding = 0
+        if self.spec.ack == "none" and self.spec.durable is None:
+            # What the server sent while we were gone counts as delivered, and
+            # nothing unacknowledged comes back: start a fresh consumer instead,
+            # which (``last_per_subject``) replays the current state.
+            self._last_heard = 0.0
         self._wake.set()
 
     async def _create(self) -> None:
@@ -302,11 +309,23 @@ class PullConsumer:
             inactive_threshold=None if spec.durable else spec.inactive_threshold,
         )
         info = await self._bus.js.add_consumer(STREAM, config)
+        if info.name != self._name and not self._caught_up.is_set():
+            self._handled = 0
         self._name = info.name
         pending = int(info.num_pending or 0) + int(info.num_ack_pending or 0)
         self._pending_at_start = pending
         if pending == 0:
             self._caught_up.set()
+
+    def _from_current(self, msg: Msg) -> bool:
+        """Whether the current consumer delivered this (not one it replaced)."""
+        tokens = (msg.reply or "").split(".")
+        # $JS.ACK.<stream>.<consumer>.… or $JS.ACK.<domain>.<hash>.<stream>.<consumer>.…
+        if len(tokens) == 9:
+            return tokens[3] == self._name
+        if len(tokens) >= 12:
+            return tokens[5] == self._name
+        return True
 
     # --- receiving ---------------------------------------------------------------
 
@@ -386,7 +405,10 @@ class PullConsumer:
                 log.exception("consumer %s: unexpected failure on %s", self._label, msg.subject)
             finally:
                 self._inflight -= 1
-                self._handled += 1
+                # Until caught up, count only what the current consumer delivered (a
+                # re-created one starts its count again).
+                if self._caught_up.is_set() or self._from_current(msg):
+                    self._handled += 1
                 if self._pending_at_start is not None and self._handled >= self._pending_at_start:
                     self._caught_up.set()
                 self._wake.set()
