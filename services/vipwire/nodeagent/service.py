@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 from typing import Protocol
 
 import nats.js.errors
@@ -204,9 +205,12 @@ class NodeagentService:
                 with self._runtime.tracer.start_as_current_span("nodeagent initial apply"):
                     # What was read while catching up is history, not a cause.
                     self._causes.clear()
+                    # Taken as the apply starts: exactly the set it establishes, even if
+                    # messages arrive while it runs.
+                    vips = vip_strings(self._desired.refs)
                     await self._apply()
-                    await self._report(vip_strings(self._desired.refs))
-                    self._unreported = False
+                    await self._report(vips)
+                    self._unreported = vips != vip_strings(self._desired.refs)
                 break
             except Exception as exc:
                 self._problem = f"first apply failed: {exc}"
@@ -222,7 +226,7 @@ class NodeagentService:
         loop = asyncio.get_running_loop()
         s = self.settings
         interval = s.resync_interval
-        next_resync = loop.time() + interval if interval > 0 else float("inf")
+        next_resync = loop.time() + interval if interval > 0 else math.inf
         retry_at = 0.0
         failures = 0
         while True:
@@ -267,7 +271,7 @@ class NodeagentService:
                 continue
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), delay)
+                await asyncio.wait_for(self._wake.wait(), None if delay == math.inf else delay)
 
     # --- handling ----------------------------------------------------------------
 
