@@ -9,8 +9,9 @@ from collections import defaultdict
 from collections.abc import Awaitable, Callable
 
 import pytest
+from nats.js.api import AckPolicy
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.trace import SpanKind
+from opentelemetry.trace import SpanContext, SpanKind
 
 from vipwire.bus import DONE, ConsumerSpec, Delivery, Reject, Retry, Verdict
 from vipwire.contracts import STREAM, NodeGone, ServiceGone, subject_for
@@ -127,6 +128,33 @@ class TestConsume:
         await eventually(lambda: len(deliveries) == 1)
         await asyncio.sleep(1.0)
         assert len(deliveries) == 1
+        await consumer.stop()
+
+    async def test_a_consumer_without_acks_gets_each_message_once(
+        self, make_runtime: RuntimeFactory
+    ) -> None:
+        """ack="none": the server keeps no acknowledgements and redelivers nothing, not even
+        after a Retry; the delivery still carries its stream sequence."""
+        rt = await make_runtime("noack")
+        seen: list[tuple[str, int]] = []
+
+        async def handler(d: Delivery) -> Verdict:
+            assert isinstance(d.message, ServiceGone)
+            seen.append((d.message.name, d.seq))
+            return Retry(delay=0.05, reason="ignored") if d.message.name == "a" else DONE
+
+        spec = ConsumerSpec(filters=SERVICES, durable="noack", ack="none")
+        consumer = rt.bus.consumer(spec, handler)
+        await consumer.start()
+        await rt.bus.publish(gone("a"))
+        await rt.bus.publish(gone("b"))
+        await eventually(lambda: len(seen) == 2)
+        await asyncio.sleep(0.3)
+        assert sorted(name for name, _ in seen) == ["a", "b"]
+        assert all(seq > 0 for _, seq in seen)
+        info = await rt.bus.js.consumer_info(STREAM, "noack")
+        assert info.config.ack_policy == AckPolicy.NONE
+        assert info.num_ack_pending == 0
         await consumer.stop()
 
     async def test_older_snapshot_is_superseded(self, make_runtime: RuntimeFactory) -> None:
@@ -257,6 +285,30 @@ class TestTracing:
         assert process.attributes["messaging.message.id"] == "id-1"
         assert process.attributes["messaging.destination.name"] == subject_for(gone("web"))
 
+    async def test_an_untraced_consumer_still_names_the_publishers_span(
+        self, make_runtime: RuntimeFactory, span_exporter: InMemorySpanExporter
+    ) -> None:
+        """traced=False records no process span, yet a delivery names the PRODUCER span, for
+        a handler that links its own later work to it."""
+        rt = await make_runtime("untraced")
+        got: list[SpanContext] = []
+
+        async def handler(d: Delivery) -> Verdict:
+            got.append(d.span_context())
+            return DONE
+
+        spec = ConsumerSpec(filters=SERVICES, durable="u", traced=False, ack="none")
+        consumer = rt.bus.consumer(spec, handler)
+        await consumer.start()
+        await rt.bus.publish(gone("web"))
+        await eventually(lambda: len(got) == 1)
+        await consumer.stop()
+        spans = {s.name: s for s in span_exporter.get_finished_spans()}
+        assert "process service" not in spans
+        send = spans["publish service"].context
+        assert send is not None
+        assert (got[0].trace_id, got[0].span_id) == (send.trace_id, send.span_id)
+
 
 class TestResilience:
     async def test_consumer_carries_on_across_a_nats_restart(
@@ -304,6 +356,47 @@ class TestResilience:
                     except Exception:
                         await asyncio.sleep(0.1)
             await eventually(lambda: got == ["before", "after"], timeout=10)
+        finally:
+            await rt.stop()
+            await server.stop()
+
+    async def test_a_consumer_without_acks_replays_the_current_state_after_a_reconnect(
+        self, tmp_path_factory: pytest.TempPathFactory
+    ) -> None:
+        """ack="none" loses what was in flight when the connection dropped, so the consumer is
+        created anew on reconnect: last_per_subject hands it the current state again."""
+        from vipwire.bus import BusSettings
+        from vipwire.runtime import CommonSettings
+
+        store = tmp_path_factory.mktemp("store")
+        server = NatsServer(store)
+        await server.start()
+        port = server.port
+        rt = Runtime(
+            "replaying",
+            CommonSettings(bus=BusSettings(servers=(server.url,), reconnect_wait=0.1)),
+        )
+        await rt.start()
+        got: list[str] = []
+
+        async def handler(d: Delivery) -> Verdict:
+            assert isinstance(d.message, NodeGone)
+            got.append(d.message.node)
+            return DONE
+
+        spec = ConsumerSpec(
+            filters=("vipwire.*.node.>",), deliver="last_per_subject", ack="none", heartbeat=0.2
+        )
+        consumer = rt.bus.consumer(spec, handler)
+        await consumer.start()
+        await rt.bus.publish(NodeGone(cluster="east", node="before"))
+        await eventually(lambda: got == ["before"])
+        server.kill()
+        await server.stop()
+        server = NatsServer(store, port=port or 0)
+        await server.start()
+        try:
+            await eventually(lambda: got == ["before", "before"], timeout=10)
         finally:
             await rt.stop()
             await server.stop()

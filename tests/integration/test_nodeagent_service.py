@@ -158,7 +158,7 @@ class TestApply:
     async def test_the_report_continues_the_trace_of_the_programmed_message(
         self, make_runtime: RuntimeFactory, agents: Agents, span_exporter: InMemorySpanExporter
     ) -> None:
-        """NodeApplied is published inside the handler, so it joins the LbProgrammed's trace."""
+        """The apply and the NodeApplied it leads to join the LbProgrammed's trace."""
         rt = await make_runtime("nodeagent")
         reports = Reports()
         await reports.attach(rt)
@@ -171,7 +171,7 @@ class TestApply:
         in_trace = {
             s.name for s in spans if s.context and s.context.trace_id == cause.context.trace_id
         }
-        assert {"process lb", "nodeagent apply", "publish applied"} <= in_trace
+        assert {"nodeagent apply", "nodeagent report", "publish applied"} <= in_trace
 
     async def test_removed_service_takes_its_vip_away_in_a_new_generation(
         self, make_runtime: RuntimeFactory, agents: Agents
@@ -250,6 +250,24 @@ class TestApply:
             await rt.bus.publish(programmed(f"svc-{i}", vip))
         await reports.wait_for(vips=vips)
         assert applier.writes - writes < len(vips)
+
+    async def test_a_burst_gets_fewer_reports_than_changes_and_the_last_has_them_all(
+        self, make_runtime: RuntimeFactory, agents: Agents
+    ) -> None:
+        """Reports go out at most once per report_interval; the trailing one has the burst."""
+        rt = await make_runtime("nodeagent")
+        reports = Reports()
+        await reports.attach(rt)
+        await agents(rt, DryRunApplier(), coalesce_ms=0, report_interval=1.0)
+        await rt.bus.publish(programmed("svc-0", "192.0.2.10"))
+        await reports.wait_for(vips=("192.0.2.10",))
+        seen = len(reports.seen)
+        vips = tuple(f"192.0.2.{i}" for i in range(10, 16))
+        for i, vip in enumerate(vips[1:], start=1):
+            await rt.bus.publish(programmed(f"svc-{i}", vip))
+        await reports.wait_for(vips=vips, after=seen)
+        assert len(reports.seen) - seen < len(vips) - 1
+        assert reports.seen[-1].vips == vips
 
 
 class TestClusters:
@@ -408,7 +426,7 @@ class TestHealth:
     async def test_a_failed_apply_in_a_handler_is_retried(
         self, make_runtime: RuntimeFactory, agents: Agents
     ) -> None:
-        """An apply that fails for a message is redelivered and succeeds."""
+        """An apply that fails is retried by the agent (nothing is redelivered) and succeeds."""
         rt = await make_runtime("nodeagent")
         reports = Reports()
         await reports.attach(rt)

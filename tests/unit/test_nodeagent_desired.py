@@ -21,20 +21,31 @@ from vipwire.nodeagent import (
     AddAddress,
     AppliedState,
     DeleteNftTable,
+    Desired,
     InterfaceAddress,
     NftBackend,
     NodeState,
     RemoveAddress,
     ReplaceNftTable,
+    ServiceVips,
     SetSysctl,
     Sysctl,
     VipAddress,
     arp_sysctls,
     describe,
     desired_state,
+    known,
+    node_state,
+    note_applied,
     plan,
+    plan_delta,
+    put_endpoints,
+    put_service,
     render_nft,
+    ruleset,
+    service_vips,
     simulate,
+    vip_strings,
 )
 
 NODE = "node-a.example.com"
@@ -465,3 +476,106 @@ class TestPlanProperties:
                 assert a in after.addresses
             elif a.address not in desired.vips:
                 assert a.address not in present
+
+
+# --- incremental desired state ------------------------------------------------------
+
+_pool_vip = st.sampled_from(
+    ["192.0.2.1", "192.0.2.2", "192.0.2.10", "2001:db8::1", "2001:db8::a", "127.0.0.1", "nope"]
+)
+_port = st.sampled_from(
+    [ServicePort(port=80, name="http"), ServicePort(port=443, name="https", protocol="TCP")]
+)
+_event = st.one_of(
+    st.tuples(
+        st.just("lb"),
+        st.sampled_from(["a", "b", "c"]),
+        st.lists(_pool_vip, max_size=3),
+        st.lists(_port, min_size=1, max_size=2, unique=True),
+        st.sampled_from(["Cluster", "Local"]),
+    ),
+    st.tuples(st.just("removed"), st.sampled_from(["a", "b", "c"])),
+    st.tuples(
+        st.just("endpoints"),
+        st.sampled_from(["a", "b", "c"]),
+        st.sampled_from([NODE, "node-b"]),
+        st.sampled_from(["10.0.0.1", "10.0.0.2", "fd00::1"]),
+    ),
+)
+
+
+class TestIncremental:
+    def test_a_vip_shared_by_two_services_stays_until_both_are_gone(self) -> None:
+        """Only a VIP's first Service adds it and its last Service's removal takes it away."""
+        state = Desired()
+        assert put_service(state, "ns/a", service_vips("ns/a", lb("a", "192.0.2.1"))) == (
+            ["192.0.2.1"],
+            [],
+        )
+        assert put_service(state, "ns/b", service_vips("ns/b", lb("b", "192.0.2.1"))) == ([], [])
+        assert put_service(state, "ns/a", None) == ([], [])
+        assert put_service(state, "ns/b", None) == ([], ["192.0.2.1"])
+        assert state.refs == {} and state.services == {}
+
+    def test_a_service_keeps_only_what_the_node_needs(self) -> None:
+        """VIPs (canonical), ports and policy are kept; the appliance's members are not."""
+        entry = service_vips("default/web", lb("web", "2001:DB8::0:1", "0.0.0.0", policy="Local"))
+        assert entry.vips == ("2001:db8::1",)
+        assert entry.policy == "Local"
+        assert entry.ports == (ServicePort(port=80, name="http"),)
+        assert "members" not in ServiceVips.__struct_fields__
+        assert entry.ignored == ("default/web: VIP '0.0.0.0' is not a unicast IP address",)
+
+    def test_a_delta_never_removes_a_foreign_address_nor_re_adds_one(self) -> None:
+        """An address the agent did not put there is neither added again nor removed."""
+        foreign = InterfaceAddress(interface="lo", address="192.0.2.1", prefix=32)
+        have = known(AppliedState(addresses=(foreign,)))
+        state = Desired()
+        put_service(state, "ns/a", service_vips("ns/a", lb("a", "192.0.2.1")))
+        assert plan_delta(have, state, ["192.0.2.1"], interface="lo") == ()
+        put_service(state, "ns/a", None)
+        assert plan_delta(have, state, ["192.0.2.1"], interface="lo") == ()
+
+    @settings(max_examples=300, deadline=None)
+    @given(
+        start=st.lists(_address, max_size=6, unique_by=lambda a: a.address),
+        events=st.lists(_event, max_size=25),
+    )
+    def test_incremental_state_and_deltas_equal_a_full_recompute(
+        self, start: list[InterfaceAddress], events: list[tuple[object, ...]]
+    ) -> None:
+        """After any events: the kept state is the full recompute, and the node the deltas
+        built needs nothing from a full plan (addresses and table)."""
+        services: dict[str, LbProgrammed] = {}
+        snaps: dict[str, EndpointsSnapshot] = {}
+        state = Desired()
+        node = AppliedState(addresses=tuple(start))
+        node = simulate(node, plan(node, node_state(state, node=NODE, mode="standalone")))
+        have = known(node)
+        for event in events:
+            match event:
+                case ("lb", name, vips, ports, policy):
+                    message = lb(str(name), *vips, ports=tuple(ports), policy=str(policy))  # type: ignore[arg-type]
+                    key = f"default/{name}"
+                    services[key] = message
+                    added, removed = put_service(state, key, service_vips(key, message))
+                case ("removed", name):
+                    key = f"default/{name}"
+                    services.pop(key, None)
+                    added, removed = put_service(state, key, None)
+                case ("endpoints", name, where, address):
+                    snap = eps(str(name), {str(where): (pod(str(address)),)})
+                    snaps[snap.namespace + "/" + snap.name] = snap
+                    put_endpoints(state, f"default/{name}", snap)
+                    added, removed = [], []
+                case _:
+                    raise AssertionError(event)
+            full = standalone(services, snaps)
+            assert node_state(state, node=NODE, mode="standalone") == full
+            assert vip_strings(state.refs) == full.vips
+            nft = ruleset(state, node=NODE, table="vipwire")
+            actions = plan_delta(have, state, [*added, *removed], interface="lo", nft=nft)
+            node = simulate(node, actions)
+            note_applied(have, actions)
+            assert have == known(node)
+            assert plan(node, full) == ()

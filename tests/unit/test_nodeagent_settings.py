@@ -35,6 +35,7 @@ class TestSettings:
             "vipwire",
         )
         assert 0 < s.coalesce_ms <= 100
+        assert 0 < s.report_interval <= 1
 
     @pytest.mark.parametrize(
         ("field", "value"),
@@ -46,6 +47,8 @@ class TestSettings:
             ("loopback_interface", "a-name-far-too-long"),
             ("nft_table", "vip wire"),
             ("coalesce_ms", -1),
+            ("report_interval", -0.5),
+            ("report_interval", 3600),
             ("surprise", 1),
         ],
     )

@@ -83,6 +83,14 @@ class ConsumerSpec(msgspec.Struct, frozen=True, kw_only=True):
     heartbeat: float = 5.0
     #: Skip messages older than one already handled on the same subject.
     supersede: bool = True
+    #: ``explicit``: every message is acknowledged after its handler, and a ``Retry``
+    #: redelivers it; ``none``: nothing is acknowledged (one message less per delivery,
+    #: for us and the server) and nothing is ever redelivered, so ``Retry`` and
+    #: ``Reject`` only log. For ephemeral consumers whose handlers only record
+    #: state and retry by themselves whatever they then fail to do; such a consumer
+    #: is created anew after a reconnect (with ``last_per_subject``: a replay of
+    #: the current state), as what was in flight may be lost.
+    ack: Literal["explicit", "none"] = "explicit"
     #: Record a CONSUMER span per message, joining the publisher's trace. Off for
     #: observers that take no part in the change (the dashboard).
     traced: bool = True
@@ -102,6 +110,14 @@ class Delivery(msgspec.Struct, frozen=True, kw_only=True):
     @property
     def msg_id(self) -> str | None:
         return self.headers.get("Nats-Msg-Id")
+
+    def span_context(self) -> SpanContext:
+        """The publisher's span context (from ``traceparent``); invalid when there is none.
+
+        For untraced consumers that start spans of their own for what they later
+        do with the message (a coalesced apply linking every message it served).
+        """
+        return trace.get_current_span(_parent_context(self.headers)).get_span_context()
 
     def derive_id(self, output: str) -> str:
         """A ``Nats-Msg-Id`` for a message published because of this one.
@@ -169,6 +185,24 @@ def _parent_context(headers: Mapping[str, str]) -> otel_context.Context:
         trace_id, span_id, is_remote=True, trace_flags=TraceFlags(int(parts[3], 16))
     )
     return trace.set_span_in_context(NonRecordingSpan(span_context), otel_context.Context())
+
+
+def _process_attributes(
+    parsed: Subject, headers: Mapping[str, str], *, seq: int, delivered: int, label: str
+) -> dict[str, str | int]:
+    """The CONSUMER span's attributes (built only for traced consumers)."""
+    return {
+        "messaging.system": "nats",
+        "messaging.operation.type": "process",
+        "messaging.operation.name": "process",
+        "messaging.destination.name": parsed.raw,
+        "messaging.destination.template": f"vipwire.{{cluster}}.{parsed.family}.>",
+        "messaging.consumer.group.name": label,
+        "messaging.message.id": headers.get("Nats-Msg-Id", ""),
+        "messaging.nats.stream.sequence": seq,
+        "messaging.nats.delivered": delivered,
+        "vipwire.cluster": parsed.cluster,
+    }
 
 
 class PullConsumer:
@@ -255,25 +289,43 @@ class PullConsumer:
     def on_reconnect(self) -> None:
         # Pull requests die with the old connection; ask anew.
         self._outstanding = 0
+        if self.spec.ack == "none" and self.spec.durable is None:
+            # What the server sent while we were gone counts as delivered, and
+            # nothing unacknowledged comes back: start a fresh consumer instead,
+            # which (``last_per_subject``) replays the current state.
+            self._last_heard = 0.0
         self._wake.set()
 
     async def _create(self) -> None:
         spec = self.spec
+        acked = spec.ack == "explicit"
         config = ConsumerConfig(
             durable_name=spec.durable,
             deliver_policy=_DELIVER[spec.deliver],
-            ack_policy=AckPolicy.EXPLICIT,
-            ack_wait=spec.ack_wait,
+            ack_policy=AckPolicy.EXPLICIT if acked else AckPolicy.NONE,
+            ack_wait=spec.ack_wait if acked else None,
             filter_subjects=list(spec.filters),
-            max_ack_pending=max(spec.batch * 4, 1024),
+            max_ack_pending=max(spec.batch * 4, 1024) if acked else None,
             inactive_threshold=None if spec.durable else spec.inactive_threshold,
         )
         info = await self._bus.js.add_consumer(STREAM, config)
+        if info.name != self._name and not self._caught_up.is_set():
+            self._handled = 0
         self._name = info.name
         pending = int(info.num_pending or 0) + int(info.num_ack_pending or 0)
         self._pending_at_start = pending
         if pending == 0:
             self._caught_up.set()
+
+    def _from_current(self, msg: Msg) -> bool:
+        """Whether the current consumer delivered this (not one it replaced)."""
+        tokens = (msg.reply or "").split(".")
+        # $JS.ACK.<stream>.<consumer>.… or $JS.ACK.<domain>.<hash>.<stream>.<consumer>.…
+        if len(tokens) == 9:
+            return tokens[3] == self._name
+        if len(tokens) >= 12:
+            return tokens[5] == self._name
+        return True
 
     # --- receiving ---------------------------------------------------------------
 
@@ -353,7 +405,10 @@ class PullConsumer:
                 log.exception("consumer %s: unexpected failure on %s", self._label, msg.subject)
             finally:
                 self._inflight -= 1
-                self._handled += 1
+                # Until caught up, count only what the current consumer delivered (a
+                # re-created one starts its count again).
+                if self._caught_up.is_set() or self._from_current(msg):
+                    self._handled += 1
                 if self._pending_at_start is not None and self._handled >= self._pending_at_start:
                     self._caught_up.set()
                 self._wake.set()
@@ -375,19 +430,6 @@ class PullConsumer:
             return
         self._last_seq[subject] = seq
         headers = dict(msg.headers or {})
-        ctx = _parent_context(headers)
-        attributes: dict[str, str | int] = {
-            "messaging.system": "nats",
-            "messaging.operation.type": "process",
-            "messaging.operation.name": "process",
-            "messaging.destination.name": subject,
-            "messaging.destination.template": f"vipwire.{{cluster}}.{parsed.family}.>",
-            "messaging.consumer.group.name": self._label,
-            "messaging.message.id": headers.get("Nats-Msg-Id", ""),
-            "messaging.nats.stream.sequence": seq,
-            "messaging.nats.delivered": num_delivered,
-            "vipwire.cluster": parsed.cluster,
-        }
         delivery = Delivery(
             subject=parsed,
             message=message,
@@ -401,9 +443,11 @@ class PullConsumer:
         span_cm = (
             self._bus.tracer.start_as_current_span(
                 f"process {parsed.family}",
-                context=ctx,
+                context=_parent_context(headers),
                 kind=SpanKind.CONSUMER,
-                attributes=attributes,
+                attributes=_process_attributes(
+                    parsed, headers, seq=seq, delivered=num_delivered, label=self._label
+                ),
             )
             if self.spec.traced
             else contextlib.nullcontext(trace.INVALID_SPAN)
@@ -450,6 +494,17 @@ class PullConsumer:
         self, msg: Msg, verdict: Verdict, subject: str, seq: int, *, counted: bool = False
     ) -> None:
         """The one place a verdict becomes an acknowledgement."""
+        if self.spec.ack == "none":
+            if not isinstance(verdict, Done) and not counted:
+                log.warning(
+                    "consumer %s: %s on %s (seq %d) ignored: it acknowledges nothing",
+                    self._label,
+                    type(verdict).__name__,
+                    subject,
+                    seq,
+                )
+            self._m_handled.inc(consumer=self._label, verdict=type(verdict).__name__.lower())
+            return
         try:
             match verdict:
                 case Done():

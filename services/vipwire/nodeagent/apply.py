@@ -12,7 +12,19 @@ import sys
 from collections.abc import Sequence
 from typing import Protocol
 
-from vipwire.nodeagent.plan import Action, AppliedState, ReplaceNftTable, describe, simulate
+from vipwire.nodeagent.desired import Sysctl
+from vipwire.nodeagent.plan import (
+    Action,
+    AddAddress,
+    AppliedState,
+    DeleteNftTable,
+    InterfaceAddress,
+    RemoveAddress,
+    ReplaceNftTable,
+    SetSysctl,
+    address_order,
+    describe,
+)
 from vipwire.nodeagent.settings import NodeagentSettings
 
 log = logging.getLogger("vipwire.nodeagent.apply")
@@ -49,11 +61,13 @@ class Applier(Protocol):
 class DryRunApplier:
     """Records every action list and keeps the state the node would have.
 
-    One instance outlives a service restart in tests, as the node does.
+    One instance outlives a service restart in tests, as the node does. The
+    state is kept as a map, so an apply costs O(its actions) (as on a real
+    node), not a :func:`simulate` of the whole node.
     """
 
     def __init__(self, initial: AppliedState | None = None, *, failures: int = 0) -> None:
-        self._state = initial or AppliedState()
+        self._load(initial or AppliedState())
         #: Every non-empty action list applied, oldest first.
         self.history: list[tuple[Action, ...]] = []
         #: The last nftables script a replace would have loaded.
@@ -61,12 +75,24 @@ class DryRunApplier:
         #: How many of the next ``apply`` calls fail (to exercise retries).
         self.failures = failures
 
+    def _load(self, state: AppliedState) -> None:
+        self._addresses = {(a.interface, a.address, a.prefix): a for a in state.addresses}
+        self._sysctls = {s.key: s.value for s in state.sysctls}
+        self._digest = state.nft_digest
+        self._state: AppliedState | None = state
+
     @property
     def dry_run(self) -> bool:
         return True
 
     @property
     def state(self) -> AppliedState:
+        if self._state is None:
+            self._state = AppliedState(
+                addresses=tuple(sorted(self._addresses.values(), key=address_order)),
+                sysctls=tuple(Sysctl(key=k, value=v) for k, v in sorted(self._sysctls.items())),
+                nft_digest=self._digest,
+            )
         return self._state
 
     @property
@@ -76,10 +102,10 @@ class DryRunApplier:
 
     def tamper(self, state: AppliedState) -> None:
         """Change the simulated node behind the agent's back (as an operator might)."""
-        self._state = state
+        self._load(state)
 
     async def current(self) -> AppliedState:
-        return self._state
+        return self.state
 
     async def apply(self, actions: Sequence[Action]) -> None:
         batch = tuple(actions)
@@ -89,11 +115,24 @@ class DryRunApplier:
             self.failures -= 1
             raise ApplyError("simulated failure of the dry-run applier")
         for action in batch:
-            log.info("dry run: would %s", describe(action))
-            if isinstance(action, ReplaceNftTable):
-                self.nft_script = action.script
+            if log.isEnabledFor(logging.INFO):
+                log.info("dry run: would %s", describe(action))
+            match action:
+                case AddAddress(interface=ifname, address=address, prefix=prefix):
+                    self._addresses[(ifname, address, prefix)] = InterfaceAddress(
+                        interface=ifname, address=address, prefix=prefix, owned=True
+                    )
+                case RemoveAddress(interface=ifname, address=address, prefix=prefix):
+                    self._addresses.pop((ifname, address, prefix), None)
+                case SetSysctl(key=key, value=value):
+                    self._sysctls[key] = value
+                case ReplaceNftTable(ruleset=ruleset):
+                    self.nft_script = action.script
+                    self._digest = ruleset.digest
+                case DeleteNftTable():
+                    self._digest = None
         self.history.append(batch)
-        self._state = simulate(self._state, batch)
+        self._state = None
 
 
 def make_applier(settings: NodeagentSettings) -> Applier:

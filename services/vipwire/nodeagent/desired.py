@@ -16,7 +16,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import ipaddress
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Final, Literal
 
 import msgspec
@@ -123,6 +123,99 @@ class NodeState(msgspec.Struct, frozen=True, kw_only=True):
 # --- the decision ---------------------------------------------------------------
 
 
+class ServiceVips(msgspec.Struct, frozen=True, kw_only=True):
+    """What the node needs of one programmed Service (not its members: the appliance's)."""
+
+    #: Its usable VIPs (canonical text), in the order the message gave them.
+    vips: tuple[str, ...]
+    ports: tuple[ServicePort, ...] = ()
+    policy: Literal["Cluster", "Local"] = "Cluster"
+    #: Why some of its VIPs are not used.
+    ignored: tuple[str, ...] = ()
+
+
+class Desired(msgspec.Struct, kw_only=True):
+    """The cluster's programmed Services as the node needs them, kept up to date one at a time.
+
+    ``refs`` counts the Services that want each address, so one change costs
+    O(its VIPs): an address is wanted while its count is above zero. Change it
+    only through :func:`put_service` and :func:`put_endpoints`.
+    """
+
+    services: dict[str, ServiceVips] = msgspec.field(default_factory=dict)
+    refs: dict[str, int] = msgspec.field(default_factory=dict)
+    #: Ready endpoints per Service (``standalone`` mode only).
+    endpoints: dict[str, EndpointsSnapshot] = msgspec.field(default_factory=dict)
+
+
+def service_vips(key: str, lb: LbProgrammed) -> ServiceVips:
+    """The part of an ``LbProgrammed`` (keyed ``ns/name``) a node acts on."""
+    parsed: list[str] = []
+    ignored: list[str] = []
+    for raw in lb.vips:
+        ip = _canonical_vip(raw)
+        if ip is None:
+            ignored.append(f"{key}: VIP {raw!r} is not a unicast IP address")
+        else:
+            parsed.append(ip)
+    return ServiceVips(
+        vips=tuple(parsed),
+        ports=_intern_ports(lb.ports),
+        policy=lb.external_traffic_policy,
+        ignored=tuple(ignored),
+    )
+
+
+def put_service(state: Desired, key: str, entry: ServiceVips | None) -> tuple[list[str], list[str]]:
+    """Set (``None``: remove) one Service; the addresses that became wanted and unwanted.
+
+    Costs O(the Service's VIPs), whatever the number of Services.
+    """
+    old = state.services.pop(key, None)
+    if entry is not None:
+        state.services[key] = entry
+    before = frozenset(old.vips) if old is not None else frozenset()
+    after = frozenset(entry.vips) if entry is not None else frozenset()
+    added: list[str] = []
+    removed: list[str] = []
+    refs = state.refs
+    for ip in after - before:
+        count = refs.get(ip, 0)
+        refs[ip] = count + 1
+        if count == 0:
+            added.append(ip)
+    for ip in before - after:
+        count = refs[ip] - 1
+        if count:
+            refs[ip] = count
+        else:
+            del refs[ip]
+            removed.append(ip)
+    return added, removed
+
+
+def put_endpoints(state: Desired, key: str, snapshot: EndpointsSnapshot | None) -> bool:
+    """Set (``None``: remove) one Service's endpoints; True if that changed anything."""
+    if snapshot is None:
+        return state.endpoints.pop(key, None) is not None
+    if state.endpoints.get(key) == snapshot:
+        return False
+    state.endpoints[key] = snapshot
+    return True
+
+
+def build(
+    programmed: Mapping[str, LbProgrammed], endpoints: Mapping[str, EndpointsSnapshot]
+) -> Desired:
+    """A :class:`Desired` from whole maps (keyed ``ns/name``)."""
+    state = Desired()
+    for key, lb in programmed.items():
+        put_service(state, key, service_vips(key, lb))
+    for key, snapshot in endpoints.items():
+        put_endpoints(state, key, snapshot)
+    return state
+
+
 def desired_state(
     programmed: Mapping[str, LbProgrammed],
     endpoints: Mapping[str, EndpointsSnapshot],
@@ -137,22 +230,31 @@ def desired_state(
 
     ``endpoints`` (same keys) matters only in ``standalone`` mode.
     """
-    ignored: list[str] = []
-    vips: dict[str, list[IPAddress]] = {}
-    for key in sorted(programmed):
-        parsed: list[IPAddress] = []
-        for raw in programmed[key].vips:
-            ip = _parse_vip(raw)
-            if ip is None:
-                ignored.append(f"{key}: VIP {raw!r} is not a unicast IP address")
-            else:
-                parsed.append(ip)
-        vips[key] = parsed
-    unique = {ip for parsed in vips.values() for ip in parsed}
-    addresses = tuple(_host_address(ip) for ip in sorted(unique, key=_ip_key))
+    return node_state(
+        build(programmed, endpoints if mode == "standalone" else {}),
+        node=node,
+        mode=mode,
+        interface=interface,
+        uplink=uplink,
+        table=table,
+    )
+
+
+def node_state(
+    state: Desired,
+    *,
+    node: str,
+    mode: Mode,
+    interface: str = "lo",
+    uplink: str | None = None,
+    table: str = "vipwire",
+) -> NodeState:
+    """The whole desired state of the node: O(n log n), for a first apply and resyncs."""
+    ignored = [reason for key in sorted(state.services) for reason in state.services[key].ignored]
+    addresses = tuple(host_address(vip) for vip in sorted(state.refs, key=vip_order))
     nft = None
     if mode == "standalone":
-        nft = _ruleset(programmed, vips, endpoints, node=node, table=table, ignored=ignored)
+        nft = ruleset(state, node=node, table=table, ignored=ignored)
     return NodeState(
         interface=interface,
         addresses=addresses,
@@ -161,6 +263,11 @@ def desired_state(
         nft=nft,
         ignored=tuple(ignored),
     )
+
+
+def vip_strings(vips: Iterable[str]) -> tuple[str, ...]:
+    """VIPs sorted as strings, as ``NodeApplied`` carries them (see ``NodeState.vips``)."""
+    return tuple(sorted(vips))
 
 
 def arp_sysctls(uplink: str | None = None) -> tuple[Sysctl, ...]:
@@ -179,20 +286,20 @@ def arp_sysctls(uplink: str | None = None) -> tuple[Sysctl, ...]:
     )
 
 
-def _ruleset(
-    programmed: Mapping[str, LbProgrammed],
-    vips: Mapping[str, list[IPAddress]],
-    endpoints: Mapping[str, EndpointsSnapshot],
-    *,
-    node: str,
-    table: str,
-    ignored: list[str],
+def ruleset(
+    state: Desired, *, node: str, table: str, ignored: list[str] | None = None
 ) -> NftRuleset:
+    """The agent's nftables table for the state (``standalone`` mode); O(rules).
+
+    Reasons for skipped rules are appended to ``ignored``.
+    """
+    if ignored is None:
+        ignored = []
     rules: dict[tuple[int, int, int, str], NftRule] = {}
     local: set[IPAddress] = set()
-    for key in sorted(programmed):
-        lb = programmed[key]
-        snapshot = endpoints.get(key)
+    for key in sorted(state.services):
+        entry = state.services[key]
+        snapshot = state.endpoints.get(key)
         per_node = snapshot.nodes if snapshot is not None else ()
         for node_endpoints in per_node:
             if node_endpoints.node == node:
@@ -203,12 +310,12 @@ def _ruleset(
         chosen = [
             ep
             for ne in per_node
-            if lb.external_traffic_policy == "Cluster" or ne.node == node
+            if entry.policy == "Cluster" or ne.node == node
             for ep in ne.endpoints
             if ep.ready
         ]
-        for vip in vips[key]:
-            for port in lb.ports:
+        for vip in map(_ip_of, entry.vips):
+            for port in entry.ports:
                 protocol = _L4[port.protocol]
                 ident = (vip.version, int(vip), port.port, protocol)
                 if ident in rules:
@@ -268,10 +375,11 @@ def _addresses(endpoints: tuple[Endpoint, ...] | list[Endpoint]) -> set[IPAddres
     return found
 
 
-# Every reconcile goes over every VIP of the cluster: parsing and formatting them
-# anew each time was most of a node agent's CPU (both are pure, hence cached).
+# Every Service's VIPs are parsed by every node agent (of a process), and the full
+# path formats and sorts all of them: all pure, hence cached. VIPs are kept as
+# canonical text, whose hash Python caches (an ``ipaddress`` object's is slow).
 @functools.lru_cache(maxsize=1 << 16)
-def _parse_vip(raw: str) -> IPAddress | None:
+def _canonical_vip(raw: str) -> str | None:
     try:
         ip = ipaddress.ip_address(raw)
     except ValueError:
@@ -279,12 +387,31 @@ def _parse_vip(raw: str) -> IPAddress | None:
     # Any of these on lo would break the node, whatever a publisher says.
     if ip.is_unspecified or ip.is_loopback or ip.is_multicast or ip.is_link_local:
         return None
-    return ip
+    return str(ip)
 
 
 @functools.lru_cache(maxsize=1 << 16)
-def _host_address(ip: IPAddress) -> VipAddress:
-    return VipAddress(address=str(ip), prefix=ip.max_prefixlen)
+def _ip_of(vip: str) -> IPAddress:
+    return ipaddress.ip_address(vip)
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def vip_order(vip: str) -> tuple[int, int]:
+    """Sort key of a canonical VIP: IPv4 first, each family in numeric order."""
+    return _ip_key(_ip_of(vip))
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def host_address(vip: str) -> VipAddress:
+    """A canonical VIP as it goes on the loopback interface."""
+    return VipAddress(address=vip, prefix=128 if ":" in vip else 32)
+
+
+# Most Services share a handful of port lists: one tuple each, not one per Service
+# and node agent (memory).
+@functools.lru_cache(maxsize=1 << 12)
+def _intern_ports(ports: tuple[ServicePort, ...]) -> tuple[ServicePort, ...]:
+    return ports
 
 
 def _ip_key(ip: IPAddress) -> tuple[int, int]:

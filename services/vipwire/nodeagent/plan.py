@@ -8,11 +8,19 @@ wanted is. The applier decides how ownership is marked on the real node.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import msgspec
 
-from vipwire.nodeagent.desired import NftRuleset, NodeState, Sysctl, render_nft
+from vipwire.nodeagent.desired import (
+    Desired,
+    NftRuleset,
+    NodeState,
+    Sysctl,
+    host_address,
+    render_nft,
+    vip_order,
+)
 
 
 class InterfaceAddress(msgspec.Struct, frozen=True, kw_only=True):
@@ -102,10 +110,81 @@ def plan(current: AppliedState, desired: NodeState) -> tuple[Action, ...]:
     )
     actions.extend(
         RemoveAddress(interface=a.interface, address=a.address, prefix=a.prefix)
-        for a in sorted(current.addresses, key=_address_order)
+        for a in sorted(current.addresses, key=address_order)
         if a.owned and (a.interface, a.address, a.prefix) not in want
     )
     return tuple(actions)
+
+
+class Known(msgspec.Struct, kw_only=True):
+    """What the agent believes its node holds: read in full at the last full plan, then
+    kept up to date with every apply that succeeded, so that a change needs no read."""
+
+    #: (interface, address, prefix) of every address found or added → owned by the agent.
+    addresses: dict[tuple[str, str, int], bool] = msgspec.field(default_factory=dict)
+    #: Digest of the agent's nftables table (see ``AppliedState.nft_digest``).
+    nft_digest: str | None = None
+
+
+def known(state: AppliedState) -> Known:
+    """The belief that starts from a full read (or from its simulation after a full plan)."""
+    return Known(
+        addresses={(a.interface, a.address, a.prefix): a.owned for a in state.addresses},
+        nft_digest=state.nft_digest,
+    )
+
+
+def plan_delta(
+    have: Known,
+    desired: Desired,
+    changed: Iterable[str],
+    *,
+    interface: str,
+    nft: NftRuleset | None = None,
+) -> tuple[Action, ...]:
+    """The actions for the VIPs in ``changed`` (canonical text) only: O(changed), not O(VIPs).
+
+    Same order and ownership rules as :func:`plan`; ``nft`` (``standalone``
+    mode) is the whole wanted table, replaced if its digest differs. Sysctls and
+    owned addresses on other interfaces are left to the next full :func:`plan`.
+    """
+    actions: list[Action] = []
+    if nft is not None and have.nft_digest != nft.digest:
+        actions.append(ReplaceNftTable(ruleset=nft))
+    adds: list[str] = []
+    removes: list[tuple[int, str, int]] = []
+    for vip in set(changed):
+        a = host_address(vip)
+        ident = (interface, a.address, a.prefix)
+        if vip in desired.refs:
+            if ident not in have.addresses:
+                adds.append(vip)
+        elif have.addresses.get(ident):
+            removes.append((6 if ":" in vip else 4, a.address, a.prefix))
+    for vip in sorted(adds, key=vip_order):
+        a = host_address(vip)
+        actions.append(AddAddress(interface=interface, address=a.address, prefix=a.prefix))
+    actions.extend(
+        RemoveAddress(interface=interface, address=address, prefix=prefix)
+        for _, address, prefix in sorted(removes)
+    )
+    return tuple(actions)
+
+
+def note_applied(have: Known, actions: Sequence[Action]) -> None:
+    """Update the belief with actions that succeeded (as :func:`simulate` would)."""
+    for action in actions:
+        match action:
+            case AddAddress(interface=ifname, address=address, prefix=prefix):
+                have.addresses[(ifname, address, prefix)] = True
+            case RemoveAddress(interface=ifname, address=address, prefix=prefix):
+                have.addresses.pop((ifname, address, prefix), None)
+            case ReplaceNftTable(ruleset=ruleset):
+                have.nft_digest = ruleset.digest
+            case DeleteNftTable():
+                have.nft_digest = None
+            case SetSysctl():
+                pass
 
 
 def simulate(current: AppliedState, actions: Iterable[Action]) -> AppliedState:
@@ -132,7 +211,7 @@ def simulate(current: AppliedState, actions: Iterable[Action]) -> AppliedState:
             case DeleteNftTable():
                 digest = None
     return AppliedState(
-        addresses=tuple(sorted(addresses, key=_address_order)),
+        addresses=tuple(sorted(addresses, key=address_order)),
         sysctls=tuple(Sysctl(key=k, value=v) for k, v in sorted(sysctls.items())),
         nft_digest=digest,
     )
@@ -156,5 +235,6 @@ def describe(action: Action) -> str:
             return f"delete nftables table inet {table}"
 
 
-def _address_order(a: InterfaceAddress) -> tuple[str, int, str, int]:
+def address_order(a: InterfaceAddress) -> tuple[str, int, str, int]:
+    """How addresses are sorted in an ``AppliedState``."""
     return (a.interface, 6 if ":" in a.address else 4, a.address, a.prefix)

@@ -4,6 +4,14 @@ State is rebuilt from the bus on every start (ephemeral consumer, last message
 per subject), so the agent keeps nothing on disk. It applies nothing until it
 has caught up with the stream: applying a half-read VIP set would briefly
 withdraw the other VIPs on every restart.
+
+A message only updates the pure :class:`~vipwire.nodeagent.desired.Desired`
+(O(its VIPs)) and marks what it changed; one task applies what is marked
+(after ``coalesce_ms``, so a burst is applied together) and reports. The first
+apply and every resync read the node and plan in full; in between, the agent
+trusts what it applied and plans only the changed addresses. A failed apply is
+retried by that task (with backoff, as a full plan), so the consumer needs no
+acknowledgements: nothing is ever redelivered to it.
 """
 
 from __future__ import annotations
@@ -11,11 +19,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 from typing import Protocol
 
 import nats.js.errors
+from opentelemetry import trace
+from opentelemetry.context import Context
+from opentelemetry.trace import Link, NonRecordingSpan, SpanContext
 
-from vipwire.bus import DONE, BusError, ConsumerSpec, Delivery, Retry, Verdict
+from vipwire.bus import DONE, BusError, ConsumerSpec, Delivery, Verdict
 from vipwire.contracts import (
     STREAM,
     EndpointsSnapshot,
@@ -28,13 +40,24 @@ from vipwire.contracts import (
     family_filter,
     node_subject,
 )
-from vipwire.nodeagent.apply import Applier, ApplyError, make_applier
-from vipwire.nodeagent.desired import desired_state
-from vipwire.nodeagent.plan import plan
+from vipwire.nodeagent.apply import Applier, make_applier
+from vipwire.nodeagent.desired import (
+    Desired,
+    node_state,
+    put_endpoints,
+    put_service,
+    ruleset,
+    service_vips,
+    vip_strings,
+)
+from vipwire.nodeagent.plan import Action, Known, known, note_applied, plan, plan_delta, simulate
 from vipwire.nodeagent.settings import NodeagentSettings
 from vipwire.runtime import ConfigError, Runtime
 
 log = logging.getLogger("vipwire.nodeagent")
+
+#: Traces one apply or report links to at most (the first is its parent).
+MAX_LINKS = 32
 
 
 class _Consumer(Protocol):
@@ -47,6 +70,14 @@ class _Consumer(Protocol):
 
 def _backoff(attempt: int) -> float:
     return float(min(0.25 * 2 ** max(attempt - 1, 0), 30.0))
+
+
+def _span_parent(causes: list[SpanContext]) -> tuple[Context | None, list[Link]]:
+    """The context of the first cause, and links to the others."""
+    if not causes:
+        return None, []
+    parent = trace.set_span_in_context(NonRecordingSpan(causes[0]))
+    return parent, [Link(c) for c in causes[1:MAX_LINKS]]
 
 
 class NodeagentService:
@@ -64,18 +95,25 @@ class NodeagentService:
             raise ConfigError(f"nodeagent: {exc}") from exc
         self._runtime = runtime
         self._applier = applier if applier is not None else make_applier(self.settings)
-        self._programmed: dict[str, LbProgrammed] = {}
-        self._endpoints: dict[str, EndpointsSnapshot] = {}
-        # Changes recorded vs. changes applied and reported: a handler whose
-        # change someone else already covered has nothing left to do.
-        self._changes = 0
-        self._applied = -1
-        self._lock = asyncio.Lock()
+        self._desired = Desired()
+        # What changed since the last apply: addresses, the nftables table
+        # (standalone), or everything (a full read and plan is owed).
+        self._dirty: set[str] = set()
+        self._dirty_nft = False
+        self._full = True
+        self._known = Known()
+        self._causes: list[SpanContext] = []
+        self._wake = asyncio.Event()
         self._live = False
         self._ready = asyncio.Event()
         self._problem: str | None = None
         self._generation = 0
+        # Reporting: the VIP set changed since the last report (or none was made yet),
+        # and when the next one may go out.
+        self._unreported = True
         self._reported: tuple[str, ...] | None = None
+        self._next_report = 0.0
+        self._report_causes: list[SpanContext] = []
         self._warned: set[str] = set()
         self._consumer: _Consumer | None = None
         self._task: asyncio.Task[None] | None = None
@@ -102,7 +140,14 @@ class NodeagentService:
         filters = [family_filter("lb", s.cluster)]
         if s.mode == "standalone":
             filters.append(family_filter("endpoints", s.cluster))
-        spec = ConsumerSpec(filters=tuple(filters), deliver="last_per_subject")
+        # No acknowledgements: the handler never fails (it only records), and a
+        # failed apply is retried by the apply task, not by a redelivery.
+        # No CONSUMER span per message either (each agent gets every message of its
+        # cluster, most of which change nothing): the apply joins the trace of the
+        # first message it serves, and links to the others.
+        spec = ConsumerSpec(
+            filters=tuple(filters), deliver="last_per_subject", ack="none", traced=False
+        )
         consumer = self._runtime.bus.consumer(spec, self._handle)
         self._consumer = consumer
         await consumer.start()
@@ -152,30 +197,81 @@ class NodeagentService:
 
     async def _run(self, consumer: _Consumer) -> None:
         await consumer.caught_up()
+        self._live = True
         attempt = 0
         while True:
             attempt += 1
-            self._live = True
             try:
                 with self._runtime.tracer.start_as_current_span("nodeagent initial apply"):
-                    async with self._lock:
-                        await self._reconcile(msg_id=None)
+                    # What was read while catching up is history, not a cause.
+                    self._causes.clear()
+                    # Taken as the apply starts: exactly the set it establishes, even if
+                    # messages arrive while it runs.
+                    vips = vip_strings(self._desired.refs)
+                    await self._apply()
+                    await self._report(vips)
+                    self._unreported = vips != vip_strings(self._desired.refs)
                 break
             except Exception as exc:
                 self._problem = f"first apply failed: {exc}"
                 log.warning("first apply failed (attempt %d): %s", attempt, exc, exc_info=exc)
+                self._full = True
                 await asyncio.sleep(_backoff(attempt))
         self._problem = None
         self._ready.set()
-        interval = self.settings.resync_interval
-        while interval > 0:
-            await asyncio.sleep(interval)
-            # Repairs drift and retries what failed, without any message to prompt it.
-            try:
-                async with self._lock:
-                    await self._reconcile(msg_id=None)
-            except Exception as exc:
-                log.warning("resync failed: %s", exc, exc_info=exc)
+        await self._loop()
+
+    async def _loop(self) -> None:
+        """Apply what changed, report at most once per ``report_interval``, resync."""
+        loop = asyncio.get_running_loop()
+        s = self.settings
+        interval = s.resync_interval
+        next_resync = loop.time() + interval if interval > 0 else math.inf
+        retry_at = 0.0
+        failures = 0
+        while True:
+            now = loop.time()
+            if now >= next_resync:
+                # Repairs drift and retries what failed, without any message to prompt it.
+                self._full = True
+                next_resync = now + interval
+            pending = self._pending()
+            if pending and now >= retry_at:
+                if s.coalesce_ms and not self._full:
+                    await asyncio.sleep(s.coalesce_ms / 1000)
+                # A report that is due goes out with this apply, carrying exactly the
+                # set it establishes, so a steady stream of changes cannot hold it back.
+                vips = None
+                if self._unreported and loop.time() >= self._next_report:
+                    vips = vip_strings(self._desired.refs)
+                    self._unreported = False
+                try:
+                    await self._apply()
+                except Exception as exc:
+                    failures += 1
+                    retry_at = loop.time() + _backoff(failures)
+                    self._unreported = self._unreported or vips is not None
+                    log.warning("apply failed (attempt %d): %s", failures, exc, exc_info=exc)
+                    continue
+                failures, retry_at = 0, 0.0
+                if vips is not None:
+                    await self._try_report(vips)
+                continue
+            if self._unreported and not pending and now >= self._next_report:
+                self._unreported = False
+                await self._try_report(vip_strings(self._desired.refs))
+                continue
+            deadlines = [next_resync]
+            if pending:
+                deadlines.append(retry_at)
+            elif self._unreported:
+                deadlines.append(self._next_report)
+            delay = min(deadlines) - loop.time()
+            if delay <= 0:
+                continue
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), None if delay == math.inf else delay)
 
     # --- handling ----------------------------------------------------------------
 
@@ -183,99 +279,153 @@ class NodeagentService:
         if d.subject.cluster != self.settings.cluster:
             return DONE
         if self._record(d.message):
-            self._changes += 1
-        mark = self._changes
-        if not self._live or self._applied >= mark:
-            return DONE
-        if self.settings.coalesce_ms:
-            await asyncio.sleep(self.settings.coalesce_ms / 1000)
-        async with self._lock:
-            if self._applied >= mark:
-                return DONE
-            try:
-                await self._reconcile(msg_id=d.derive_id(f"applied:{self.settings.node}"))
-            except ApplyError as exc:
-                return Retry(delay=_backoff(d.num_delivered), reason=str(exc))
+            if len(self._causes) < MAX_LINKS:
+                cause = d.span_context()
+                if cause.is_valid:
+                    self._causes.append(cause)
+            if self._live:
+                self._wake.set()
         return DONE
 
     def _record(self, message: Message) -> bool:
         """Remember what the message says; True if that differs from what we knew."""
+        standalone = self.settings.mode == "standalone"
         match message:
             case LbProgrammed():
                 key = f"{message.namespace}/{message.name}"
-                if self._programmed.get(key) == message:
+                entry = service_vips(key, message)
+                if self._desired.services.get(key) == entry:
                     return False
-                self._programmed[key] = message
-                return True
+                for reason in entry.ignored:
+                    if reason not in self._warned:
+                        log.warning("ignored: %s", reason)
+                        self._warned.add(reason)
+                added, removed = put_service(self._desired, key, entry)
             case LbRemoved():
                 key = f"{message.namespace}/{message.name}"
-                return self._programmed.pop(key, None) is not None
-            case EndpointsSnapshot() if self.settings.mode == "standalone":
-                key = f"{message.namespace}/{message.name}"
-                if self._endpoints.get(key) == message:
+                if key not in self._desired.services:
                     return False
-                self._endpoints[key] = message
+                added, removed = put_service(self._desired, key, None)
+            case EndpointsSnapshot() if standalone:
+                key = f"{message.namespace}/{message.name}"
+                if not put_endpoints(self._desired, key, message):
+                    return False
+                self._dirty_nft = True
                 return True
             case _:
                 # LbFailed: the appliance may still serve the old VIPs, so the
                 # node keeps them until LbProgrammed or LbRemoved says otherwise.
                 return False
+        self._dirty.update(added)
+        self._dirty.update(removed)
+        if added or removed:
+            self._unreported = True
+        # Ports, policy or a skipped VIP may have changed without any address.
+        self._dirty_nft = self._dirty_nft or standalone
+        return True
 
-    async def _reconcile(self, *, msg_id: str | None) -> None:
-        """Bring the node to the desired state and report it. Call with the lock held."""
+    def _pending(self) -> bool:
+        return self._full or bool(self._dirty) or self._dirty_nft
+
+    async def _apply(self) -> None:
+        """Bring the node to the desired state: in full (read, plan) or only what changed."""
         s = self.settings
-        mark = self._changes
-        desired = desired_state(
-            self._programmed,
-            self._endpoints,
-            node=s.node,
-            mode=s.mode,
-            interface=s.loopback_interface,
-            uplink=s.uplink_interface,
-            table=s.nft_table,
+        full, changed = self._full, self._dirty
+        causes = self._causes
+        self._dirty, self._dirty_nft, self._full, self._causes = set(), False, False, []
+        try:
+            if full:
+                desired = node_state(
+                    self._desired,
+                    node=s.node,
+                    mode=s.mode,
+                    interface=s.loopback_interface,
+                    uplink=s.uplink_interface,
+                    table=s.nft_table,
+                )
+                self._warn(desired.ignored)
+                current = await self._applier.current()
+                actions = plan(current, desired)
+                after = simulate(current, actions)
+                vips = desired.vips
+                if vips != self._reported:
+                    self._unreported = True
+            else:
+                nft = None
+                if s.mode == "standalone":
+                    ignored = [r for e in self._desired.services.values() for r in e.ignored]
+                    nft = ruleset(self._desired, node=s.node, table=s.nft_table, ignored=ignored)
+                    self._warn(tuple(ignored))
+                actions = plan_delta(
+                    self._known, self._desired, changed, interface=s.loopback_interface, nft=nft
+                )
+            if actions:
+                await self._write(actions, causes)
+        except BaseException:
+            # Nothing is lost: the next attempt reads the node and plans in full.
+            self._full = True
+            self._causes = causes + self._causes
+            raise
+        if full:
+            self._known = known(after)
+        else:
+            note_applied(self._known, actions)
+        self._m_vips.set(len(self._desired.refs))
+        if causes:
+            self._report_causes.extend(causes[: MAX_LINKS - len(self._report_causes)])
+
+    async def _write(self, actions: tuple[Action, ...], causes: list[SpanContext]) -> None:
+        s = self.settings
+        parent, links = _span_parent(causes)
+        with self._runtime.tracer.start_as_current_span(
+            "nodeagent apply",
+            context=parent,
+            links=links,
+            attributes={
+                "k8s.node.name": s.node,
+                "vipwire.cluster": s.cluster,
+                "vipwire.actions": len(actions),
+                "vipwire.dry_run": self._applier.dry_run,
+            },
+        ):
+            try:
+                await self._applier.apply(actions)
+            except Exception:
+                self._m_applies.inc(result="failed")
+                raise
+        self._generation += 1
+        self._m_applies.inc(result="applied")
+        for action in actions:
+            self._m_actions.inc(action=str(type(action).__struct_config__.tag))
+        self._m_generation.set(self._generation)
+        log.info(
+            "generation %d: applied %d actions, %d VIPs%s",
+            self._generation,
+            len(actions),
+            len(self._desired.refs),
+            " (dry run)" if self._applier.dry_run else "",
         )
-        for reason in desired.ignored:
+
+    def _warn(self, ignored: tuple[str, ...]) -> None:
+        for reason in ignored:
             if reason not in self._warned:
                 log.warning("ignored: %s", reason)
         # Warn once per problem while it lasts, and again if it comes back.
-        self._warned = set(desired.ignored)
-        current = await self._applier.current()
-        actions = plan(current, desired)
-        if actions:
-            with self._runtime.tracer.start_as_current_span(
-                "nodeagent apply",
-                attributes={
-                    "k8s.node.name": s.node,
-                    "vipwire.cluster": s.cluster,
-                    "vipwire.actions": len(actions),
-                    "vipwire.dry_run": self._applier.dry_run,
-                },
-            ):
-                try:
-                    await self._applier.apply(actions)
-                except ApplyError:
-                    self._m_applies.inc(result="failed")
-                    raise
-            self._generation += 1
-            self._m_applies.inc(result="applied")
-            for action in actions:
-                self._m_actions.inc(action=str(type(action).__struct_config__.tag))
-            self._m_generation.set(self._generation)
-            log.info(
-                "generation %d: applied %d actions, %d VIPs%s",
-                self._generation,
-                len(actions),
-                len(desired.addresses),
-                " (dry run)" if self._applier.dry_run else "",
-            )
-        self._m_vips.set(len(desired.addresses))
-        if desired.vips != self._reported:
-            await self._report(desired.vips, msg_id)
-            self._reported = desired.vips
-        self._applied = mark
+        self._warned = set(ignored)
 
-    async def _report(self, vips: tuple[str, ...], msg_id: str | None) -> None:
+    async def _try_report(self, vips: tuple[str, ...]) -> None:
+        try:
+            await self._report(vips)
+        except BusError:
+            self._unreported = True
+            self._next_report = asyncio.get_running_loop().time() + _backoff(1)
+
+    async def _report(self, vips: tuple[str, ...]) -> None:
+        """Publish the VIP set the node serves now."""
         s = self.settings
+        if vips == self._reported:
+            return
+        causes, self._report_causes = self._report_causes, []
         message = NodeApplied(
             cluster=s.cluster,
             node=s.node,
@@ -284,8 +434,18 @@ class NodeagentService:
             mode=s.mode,
             dry_run=self._applier.dry_run,
         )
+        parent, links = _span_parent(causes)
         try:
-            await self._runtime.bus.publish(message, msg_id=msg_id)
+            with self._runtime.tracer.start_as_current_span(
+                "nodeagent report",
+                context=parent,
+                links=links,
+                attributes={"k8s.node.name": s.node, "vipwire.vips": len(vips)},
+            ):
+                await self._runtime.bus.publish(message)
         except BusError:
             log.warning("could not report generation %d; will retry", self._generation)
+            self._report_causes = causes + self._report_causes
             raise
+        self._reported = vips
+        self._next_report = asyncio.get_running_loop().time() + s.report_interval

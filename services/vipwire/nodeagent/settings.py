@@ -53,8 +53,13 @@ class NodeagentSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknow
     nft_table: str = "vipwire"
     #: Milliseconds to wait after a change before applying, so a burst is applied once.
     coalesce_ms: int = 20
-    #: Seconds between re-applies that repair drift; 0 disables them.
+    #: Seconds between full reads and plans of the node, which repair drift (in between,
+    #: changes are planned from what the agent applied); 0 disables them.
     resync_interval: float = 60.0
+    #: Least seconds between two ``NodeApplied`` reports of this node: a burst of changes
+    #: is reported once per interval, and its last state always (at the interval's end).
+    #: Each report carries every VIP of the node; 0 reports after every apply.
+    report_interval: float = 0.5
 
     def __post_init__(self) -> None:
         validate_cluster(self.cluster)
@@ -71,6 +76,8 @@ class NodeagentSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknow
             raise ValueError(f"coalesce_ms: {self.coalesce_ms} is not within 0..10000")
         if self.resync_interval < 0:
             raise ValueError(f"resync_interval: {self.resync_interval} is negative")
+        if not 0 <= self.report_interval <= 60:
+            raise ValueError(f"report_interval: {self.report_interval} is not within 0..60")
 
     def for_this_node(self, environ: Mapping[str, str] = os.environ) -> NodeagentSettings:
         """These settings with ``node`` resolved from $VIPWIRE_NODE when set."""
