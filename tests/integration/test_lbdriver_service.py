@@ -298,20 +298,47 @@ async def test_releasing_removes_only_our_servers_and_reports_removed(h: Harness
 
 
 async def test_restart_adopts_what_is_programmed_without_writing(h: Harness) -> None:
-    """A new lbdriver on the same appliance rebuilds state, writes nothing, confirms again."""
+    """A new lbdriver on the same appliance rebuilds state and is ready without writing to
+    the appliance or publishing: the stream already holds every report it would make."""
     first = await h.start()
     await h.publish(*FLEET, ready_on("n2"), assigned("web", policy="Local"))
     await h.publish(assigned("api", vips=("192.0.2.11",), ports=(80, 8443)))
-    web = await h.expect(LbProgrammed, "web")
-    api = await h.expect(LbProgrammed, "api")
+    await h.expect(LbProgrammed, "web")
+    await h.expect(LbProgrammed, "api")
     await h.stop(first)
     writes, calls = h.sim.writes, h.sim.apply_calls
+    h.log.clear()
 
     second = await h.start()
-    assert await h.expect(LbProgrammed, "web") == web
-    assert await h.expect(LbProgrammed, "api") == api
     await eventually(lambda: second.readiness() is None)
+    await h.publisher.bus.nc.flush()
     assert (h.sim.writes, h.sim.apply_calls) == (writes, calls)
+    assert h.log == []
+
+
+async def test_restart_reports_only_what_changed_or_was_not_answered(h: Harness) -> None:
+    """After a restart, a Service whose members changed meanwhile is written and reported;
+    one whose assignment came again unanswered is confirmed; the rest stay silent."""
+    first = await h.start()
+    await h.publish(*FLEET, ready_on("n2"), assigned("web", policy="Local"))
+    await h.publish(assigned("api", vips=("192.0.2.11",)), assigned("db", vips=("192.0.2.12",)))
+    for name in ("web", "api", "db"):
+        await h.expect(LbProgrammed, name)
+    await h.stop(first)
+    calls = h.sim.apply_calls
+    h.log.clear()
+    await h.publish(ready_on("n1", "n2"))  # web's members change while no lbdriver runs
+    await h.publish(assigned("api", vips=("192.0.2.11",)))  # the same assignment, again
+
+    second = await h.start()
+    web = await h.expect(LbProgrammed, "web")
+    api = await h.expect(LbProgrammed, "api")
+    await eventually(lambda: second.readiness() is None)
+    await h.publisher.bus.nc.flush()
+    assert member_nodes(web) == ["n1", "n2"]
+    assert member_nodes(api) == ["n1", "n2"]
+    assert h.sim.apply_calls == calls + 1  # web's members; api needed no write
+    assert sorted(m.name for m in h.log) == ["api", "web"]
 
 
 async def test_appliance_outage_reports_failure_then_recovers(h: Harness) -> None:
