@@ -574,12 +574,16 @@ class LbdriverService:
             if target is None:
                 continue
             try:
-                desired = self._desired(key, assignment)
                 actual = await self._clients[target].actual(key.cluster)
-            except (InvalidAssignment, ApplianceError):
+            except ApplianceError:
                 continue  # its reconcile reports it
+            # From here on nothing waits: what is compared is what holds now.
             if self._services.get(key) is not state or state.assignment is not assignment:
                 continue  # changed while the appliance was listed
+            try:
+                desired = self._desired(key, assignment)
+            except InvalidAssignment:
+                continue
             owner = owner_of(*key)
             if diff(desired, owned_scope(actual, owner, desired), self.settings.prefix):
                 continue
