@@ -253,6 +253,7 @@ class LbdriverService:
         self._initial_done = asyncio.Event()
         self._replayed = False
         self._ready = False
+        self._started_at = time.monotonic()
         m = runtime.metrics
         self._m_reconciles = m.counter(
             "lbdriver_reconciles_total",
@@ -293,6 +294,7 @@ class LbdriverService:
     # --- lifecycle ---------------------------------------------------------------
 
     async def start(self) -> None:
+        self._started_at = time.monotonic()
         bus = self.runtime.bus
         self._state_consumer = bus.consumer(
             ConsumerSpec(
@@ -327,9 +329,11 @@ class LbdriverService:
     async def _start_up(self, consumer: _Consumer) -> None:
         await consumer.caught_up()
         self._replayed = True
+        replayed = time.monotonic()
         await self._choose_actives()
         self._initial = {k for k in self._services if self._schedule.busy(k)}
         adopted = await self._adopt()
+        compared = time.monotonic()
         if not self._initial:
             self._initial_done.set()
         self._spawn(self._flush_loop(), "lbdriver-flush")
@@ -337,7 +341,11 @@ class LbdriverService:
         self._reports.clear()
         self._ready = True
         log.info(
-            "lbdriver caught up: %d services, %d of them already programmed and reported",
+            "lbdriver ready in %.2fs (replay %.2fs, comparison %.2fs): %d services, %d of "
+            "them already programmed and reported",
+            time.monotonic() - self._started_at,
+            replayed - self._started_at,
+            compared - replayed,
             len(self._services),
             adopted,
         )
