@@ -302,6 +302,9 @@ class LbdriverService:
                 deliver="last_per_subject",
                 concurrency=self.settings.concurrency,
                 max_deliveries=_MAX_DELIVERIES,
+                # A restart replays every Service's last messages: a span for each
+                # would land in traces long over, and was a third of the replay's CPU.
+                trace_replay=False,
             ),
             self._on_state,
         )
@@ -316,6 +319,7 @@ class LbdriverService:
                 deliver="last_per_subject",
                 concurrency=self.settings.concurrency,
                 max_deliveries=_MAX_DELIVERIES,
+                trace_replay=False,
             ),
             self._on_vip,
         )
