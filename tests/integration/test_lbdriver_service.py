@@ -341,6 +341,28 @@ async def test_restart_reports_only_what_changed_or_was_not_answered(h: Harness)
     assert sorted(m.name for m in h.log) == ["api", "web"]
 
 
+async def test_restart_answers_an_assignment_made_while_away_even_with_the_same_failure(
+    h: Harness,
+) -> None:
+    """An assignment published while no lbdriver ran gets its answer after a restart, here
+    the same LbFailed as before (the appliance is still down), once despite the retries."""
+    first = await h.start()
+    h.sim.set_down(True)
+    await h.publish(*FLEET, assigned())
+    failed = await h.expect(LbFailed)
+    await h.stop(first)
+    await h.publish(assigned())  # ipam says it again
+    h.log.clear()
+
+    second = await h.start()
+    assert await h.expect(LbFailed) == failed
+    await eventually(lambda: h.sim.failures >= 8)  # retried meanwhile
+    assert len(h.reports(LbFailed, "web")) == 1
+    h.sim.set_down(False)
+    await h.expect(LbProgrammed)
+    await eventually(lambda: second.readiness() is None)
+
+
 async def test_appliance_outage_reports_failure_then_recovers(h: Harness) -> None:
     """While the appliance is down LbFailed is published and the write retried until it lands."""
     service = await h.start()

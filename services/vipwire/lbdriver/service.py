@@ -723,6 +723,7 @@ class LbdriverService:
                 key,
                 assignment,
                 cause,
+                force=force,
                 appliance="",
                 reason="UnknownApplianceGroup",
                 message=f"no appliance is configured for group {assignment.appliance_group!r}",
@@ -738,6 +739,7 @@ class LbdriverService:
                 key,
                 assignment,
                 cause,
+                force=force,
                 appliance=target,
                 reason="InvalidAssignment",
                 message=str(exc),
@@ -756,7 +758,13 @@ class LbdriverService:
             level = logging.DEBUG if isinstance(exc, CircuitOpen) else logging.WARNING
             log.log(level, "programming %s on %s failed: %s", owner, target, exc)
             await self._report_failure(
-                key, assignment, cause, appliance=target, reason=reason, message=message
+                key,
+                assignment,
+                cause,
+                force=force,
+                appliance=target,
+                reason=reason,
+                message=message,
             )
             return exc
         state = self._services.get(key)
@@ -788,6 +796,7 @@ class LbdriverService:
         assignment: Assignment,
         cause: _Cause,
         *,
+        force: bool,
         appliance: str,
         reason: str,
         message: str,
@@ -804,8 +813,10 @@ class LbdriverService:
         )
         stamp = fingerprint(encode(failed))
         state = self._services.get(key)
-        # Retries of the same failure are not news (each one would become an Event).
-        if state is None or state.published != stamp:
+        # Retries of the same failure are not news (each one would become an Event);
+        # but at start-up an assignment the stream holds no answer to gets one.
+        unanswered = force and not self._ready and not self._answered_after(key, cause.seq)
+        if state is None or state.published != stamp or unanswered:
             await self._publish(key, failed, stamp, cause)
 
     async def _publish(
@@ -813,12 +824,13 @@ class LbdriverService:
     ) -> None:
         state = self._services.get(key)
         count = state.publishes if state is not None else 0
-        await self.runtime.bus.publish(message, msg_id=self._msg_id(key, stamp, cause, count))
+        seq = await self.runtime.bus.publish(message, msg_id=self._msg_id(key, stamp, cause, count))
         state = self._services.get(key)
         if state is not None:
             state.publishes = count + 1
             state.published = stamp
-        self._reports.pop(key, None)  # what the stream held is no longer the last word
+        if not self._ready:
+            self._reports[key] = (stamp, seq)  # the stream's last word now
 
     def _msg_id(self, key: ServiceKey, stamp: bytes, cause: _Cause, count: int) -> str:
         """Named by cause (for the reader), by incarnation and count (so a restart's
