@@ -28,6 +28,7 @@ from vipwire.contracts import (
     VipReleased,
     VipReleasing,
     decode,
+    encode,
 )
 from vipwire.lbdriver import (
     ApplianceRejected,
@@ -37,6 +38,7 @@ from vipwire.lbdriver import (
     Monitor,
     SimAppliance,
     VirtualServer,
+    _reports,
 )
 from vipwire.runtime import Runtime
 from vipwire.testing import eventually
@@ -361,6 +363,24 @@ async def test_restart_answers_an_assignment_made_while_away_even_with_the_same_
     h.sim.set_down(False)
     await h.expect(LbProgrammed)
     await eventually(lambda: second.readiness() is None)
+
+
+async def test_last_reports_are_read_per_service_in_several_pulls(
+    h: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The start-up read finds each Service's last report (content and sequence), however
+    many pull requests it takes; other families are not read."""
+    monkeypatch.setattr(_reports, "_BATCH", 3)
+    last: dict[tuple[str, str, str], tuple[bytes, int]] = {}
+    for round_ in range(3):
+        for i in range(4):
+            message = LbRemoved(
+                cluster=CLUSTER, namespace="shop", name=f"s{i}", uid=f"u{round_}", appliance="a"
+            )
+            seq = await h.publisher.bus.publish(message)
+            last[(CLUSTER, "shop", f"s{i}")] = (_reports.fingerprint(encode(message)), seq)
+    await h.publish(assigned("s9"))
+    assert await _reports.last_reports(h.publisher.bus) == last
 
 
 async def test_appliance_outage_reports_failure_then_recovers(h: Harness) -> None:

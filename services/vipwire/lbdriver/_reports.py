@@ -17,6 +17,7 @@ import hashlib
 import json
 import logging
 import time
+from typing import Final
 
 import nats.errors
 import nats.js.errors
@@ -30,6 +31,8 @@ log = logging.getLogger("vipwire.lbdriver")
 
 #: (cluster, namespace, name) of a Service.
 Key = tuple[str, str, str]
+#: Reports asked for per pull request.
+_BATCH: Final = 1000
 
 
 def fingerprint(data: bytes) -> bytes:
@@ -91,8 +94,12 @@ async def last_reports(bus: Bus, *, timeout: float = 30.0) -> dict[Key, tuple[by
 async def _read(
     bus: Bus, consumer: str, pending: int, found: dict[Key, tuple[bytes, int]], timeout: float
 ) -> None:
+    """Pull ``pending`` messages, a bounded batch per request (a batch of every Service's
+    report at once could exceed what the client buffers for one subscription)."""
+    deadline = time.monotonic() + timeout
     done = asyncio.Event()
     received = 0
+    wanted = 0
 
     async def on_msg(msg: Msg) -> None:
         nonlocal received
@@ -106,20 +113,31 @@ async def _read(
         seq = _sequence(msg)
         if len(tokens) == 5 and seq is not None:
             found[(tokens[1], tokens[3], tokens[4])] = (fingerprint(msg.data), seq)
-        if received >= pending:
+        if received >= wanted:
             done.set()
 
     inbox = bus.nc.new_inbox()
     sub = await bus.nc.subscribe(inbox, cb=on_msg)
     try:
-        request = {"batch": pending, "expires": int(timeout * 1e9)}
-        await bus.nc.publish(
-            f"$JS.API.CONSUMER.MSG.NEXT.{STREAM}.{consumer}",
-            json.dumps(request).encode(),
-            reply=inbox,
-        )
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(done.wait(), timeout)
+        while received < pending:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            batch = min(_BATCH, pending - received)
+            wanted = received + batch
+            done.clear()
+            request = {"batch": batch, "expires": int(left * 1e9)}
+            await bus.nc.publish(
+                f"$JS.API.CONSUMER.MSG.NEXT.{STREAM}.{consumer}",
+                json.dumps(request).encode(),
+                reply=inbox,
+            )
+            try:
+                await asyncio.wait_for(done.wait(), left)
+            except TimeoutError:
+                return
+            if received < wanted:
+                return  # the request ended short (the stream changed): keep what came
     finally:
         with contextlib.suppress(nats.errors.Error):
             await sub.unsubscribe()
