@@ -31,11 +31,13 @@ import functools
 import logging
 import math
 import random
+import sys
 import time
 from collections import Counter
 from collections.abc import Coroutine, Mapping
 from typing import Any, Final, NamedTuple, Protocol
 
+import msgspec
 import nats.errors
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
@@ -53,6 +55,7 @@ from vipwire.contracts import (
     LbRemoved,
     NodeGone,
     NodeSnapshot,
+    ServicePort,
     VipAssigned,
     VipFailed,
     VipReleased,
@@ -183,6 +186,26 @@ class _State:
 @functools.lru_cache(maxsize=1 << 12)
 def _shared_nodes(nodes: frozenset[str]) -> frozenset[str]:
     return nodes
+
+
+# Most Services have one of a few port lists (80, 443, ...): one tuple for each.
+@functools.lru_cache(maxsize=1 << 12)
+def _shared_ports(ports: tuple[ServicePort, ...]) -> tuple[ServicePort, ...]:
+    return ports
+
+
+def _compact(message: Assignment) -> Assignment:
+    """The assignment as kept for as long as the Service lives: the strings every
+    Service of a cluster or pool repeats, and its ports, shared with the others."""
+    shared = {
+        "cluster": sys.intern(message.cluster),
+        "namespace": sys.intern(message.namespace),
+        "appliance_group": sys.intern(message.appliance_group),
+    }
+    if isinstance(message, VipAssigned):
+        shared["pool"] = sys.intern(message.pool)
+        return msgspec.structs.replace(message, ports=_shared_ports(message.ports), **shared)
+    return msgspec.structs.replace(message, **shared)
 
 
 class LbdriverService:
@@ -409,6 +432,7 @@ class LbdriverService:
         message = d.message
         match message:
             case VipAssigned() | VipReleasing():
+                message = _compact(message)
                 key = ServiceKey(message.cluster, message.namespace, message.name)
                 self._clusters.add(message.cluster)
                 state = self._services.get(key)
