@@ -325,9 +325,6 @@ class LbdriverService:
                 deliver="last_per_subject",
                 concurrency=self.settings.concurrency,
                 max_deliveries=_MAX_DELIVERIES,
-                # A restart replays every Service's last messages: a span for each
-                # would land in traces long over, and was a third of the replay's CPU.
-                trace_replay=False,
             ),
             self._on_state,
         )
@@ -342,7 +339,6 @@ class LbdriverService:
                 deliver="last_per_subject",
                 concurrency=self.settings.concurrency,
                 max_deliveries=_MAX_DELIVERIES,
-                trace_replay=False,
             ),
             self._on_vip,
         )
