@@ -9,7 +9,6 @@ from collections import defaultdict
 from collections.abc import Awaitable, Callable
 
 import pytest
-from opentelemetry import trace
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 
@@ -257,37 +256,6 @@ class TestTracing:
         assert process.attributes["messaging.system"] == "nats"
         assert process.attributes["messaging.message.id"] == "id-1"
         assert process.attributes["messaging.destination.name"] == subject_for(gone("web"))
-
-    async def test_an_untraced_replay_keeps_the_trace_context_without_a_span(
-        self, make_runtime: RuntimeFactory, span_exporter: InMemorySpanExporter
-    ) -> None:
-        """With trace_replay off, messages replayed at start are handled in the trace they
-        carry but get no process span; a message after the replay gets one as usual."""
-        producer, receiver = await make_runtime("producer"), await make_runtime("receiver")
-        await producer.bus.publish(gone("old"))
-        seen: dict[str, int] = {}
-
-        async def handler(d: Delivery) -> Verdict:
-            assert isinstance(d.message, ServiceGone)
-            seen[d.message.name] = trace.get_current_span().get_span_context().trace_id
-            return DONE
-
-        spec = ConsumerSpec(filters=SERVICES, deliver="last_per_subject", trace_replay=False)
-        consumer = receiver.bus.consumer(spec, handler)
-        await consumer.start()
-        await consumer.caught_up(timeout=5)
-        await producer.bus.publish(gone("new"))
-        await eventually(lambda: "new" in seen)
-        await consumer.stop()
-        spans = span_exporter.get_finished_spans()
-        sent = {
-            s.attributes["k8s.service.name"]: s.context.trace_id
-            for s in spans
-            if s.name == "publish service" and s.attributes and s.context
-        }
-        processed = [s.context.trace_id for s in spans if s.name == "process service" and s.context]
-        assert seen == sent
-        assert processed == [sent["new"]]
 
 
 class TestResilience:

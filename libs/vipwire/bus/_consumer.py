@@ -21,7 +21,7 @@ import json
 import logging
 import time
 import zlib
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Literal
 
 import msgspec
@@ -86,11 +86,6 @@ class ConsumerSpec(msgspec.Struct, frozen=True, kw_only=True):
     #: Record a CONSUMER span per message, joining the publisher's trace. Off for
     #: observers that take no part in the change (the dashboard).
     traced: bool = True
-    #: With ``traced``: also record one for each message handled before the consumer
-    #: caught up (its start-up replay). False: those are handled in the trace context
-    #: they carry, without a span of their own, so a restart neither adds a span to
-    #: every trace it replays, long after it ended, nor pays for one per message.
-    trace_replay: bool = True
 
 
 class Delivery(msgspec.Struct, frozen=True, kw_only=True):
@@ -174,16 +169,6 @@ def _parent_context(headers: Mapping[str, str]) -> otel_context.Context:
         trace_id, span_id, is_remote=True, trace_flags=TraceFlags(int(parts[3], 16))
     )
     return trace.set_span_in_context(NonRecordingSpan(span_context), otel_context.Context())
-
-
-@contextlib.contextmanager
-def _in_context(ctx: otel_context.Context) -> Iterator[trace.Span]:
-    """Run in ``ctx`` (the publisher's trace) without a span of our own."""
-    token = otel_context.attach(ctx)
-    try:
-        yield trace.INVALID_SPAN
-    finally:
-        otel_context.detach(token)
 
 
 class PullConsumer:
@@ -413,18 +398,16 @@ class PullConsumer:
         )
         started = time.perf_counter()
         # An observer (the dashboard) must not add a span to every change's trace.
-        span_cm: contextlib.AbstractContextManager[trace.Span]
-        if not self.spec.traced:
-            span_cm = contextlib.nullcontext(trace.INVALID_SPAN)
-        elif self.spec.trace_replay or self._caught_up.is_set():
-            span_cm = self._bus.tracer.start_as_current_span(
+        span_cm = (
+            self._bus.tracer.start_as_current_span(
                 f"process {parsed.family}",
                 context=ctx,
                 kind=SpanKind.CONSUMER,
                 attributes=attributes,
             )
-        else:
-            span_cm = _in_context(ctx)
+            if self.spec.traced
+            else contextlib.nullcontext(trace.INVALID_SPAN)
+        )
         with span_cm as span:
             try:
                 verdict: Verdict = await self._handler(delivery)
