@@ -28,6 +28,7 @@ from vipwire.contracts import (
     VipReleased,
     VipReleasing,
     decode,
+    encode,
 )
 from vipwire.lbdriver import (
     ApplianceRejected,
@@ -37,6 +38,7 @@ from vipwire.lbdriver import (
     Monitor,
     SimAppliance,
     VirtualServer,
+    _reports,
 )
 from vipwire.runtime import Runtime
 from vipwire.testing import eventually
@@ -298,20 +300,87 @@ async def test_releasing_removes_only_our_servers_and_reports_removed(h: Harness
 
 
 async def test_restart_adopts_what_is_programmed_without_writing(h: Harness) -> None:
-    """A new lbdriver on the same appliance rebuilds state, writes nothing, confirms again."""
+    """A new lbdriver on the same appliance rebuilds state and is ready without writing to
+    the appliance or publishing: the stream already holds every report it would make."""
     first = await h.start()
     await h.publish(*FLEET, ready_on("n2"), assigned("web", policy="Local"))
     await h.publish(assigned("api", vips=("192.0.2.11",), ports=(80, 8443)))
-    web = await h.expect(LbProgrammed, "web")
-    api = await h.expect(LbProgrammed, "api")
+    await h.expect(LbProgrammed, "web")
+    await h.expect(LbProgrammed, "api")
     await h.stop(first)
     writes, calls = h.sim.writes, h.sim.apply_calls
+    h.log.clear()
 
     second = await h.start()
-    assert await h.expect(LbProgrammed, "web") == web
-    assert await h.expect(LbProgrammed, "api") == api
     await eventually(lambda: second.readiness() is None)
+    await h.publisher.bus.nc.flush()
     assert (h.sim.writes, h.sim.apply_calls) == (writes, calls)
+    assert h.log == []
+
+
+async def test_restart_reports_only_what_changed_or_was_not_answered(h: Harness) -> None:
+    """After a restart, a Service whose members changed meanwhile is written and reported;
+    one whose assignment came again unanswered is confirmed; the rest stay silent."""
+    first = await h.start()
+    await h.publish(*FLEET, ready_on("n2"), assigned("web", policy="Local"))
+    await h.publish(assigned("api", vips=("192.0.2.11",)), assigned("db", vips=("192.0.2.12",)))
+    for name in ("web", "api", "db"):
+        await h.expect(LbProgrammed, name)
+    await h.stop(first)
+    calls = h.sim.apply_calls
+    h.log.clear()
+    await h.publish(ready_on("n1", "n2"))  # web's members change while no lbdriver runs
+    await h.publish(assigned("api", vips=("192.0.2.11",)))  # the same assignment, again
+
+    second = await h.start()
+    web = await h.expect(LbProgrammed, "web")
+    api = await h.expect(LbProgrammed, "api")
+    await eventually(lambda: second.readiness() is None)
+    await h.publisher.bus.nc.flush()
+    assert member_nodes(web) == ["n1", "n2"]
+    assert member_nodes(api) == ["n1", "n2"]
+    assert h.sim.apply_calls == calls + 1  # web's members; api needed no write
+    assert sorted(m.name for m in h.log) == ["api", "web"]
+
+
+async def test_restart_answers_an_assignment_made_while_away_even_with_the_same_failure(
+    h: Harness,
+) -> None:
+    """An assignment published while no lbdriver ran gets its answer after a restart, here
+    the same LbFailed as before (the appliance is still down), once despite the retries."""
+    first = await h.start()
+    h.sim.set_down(True)
+    await h.publish(*FLEET, assigned())
+    failed = await h.expect(LbFailed)
+    await h.stop(first)
+    await h.publish(assigned())  # ipam says it again
+    h.log.clear()
+
+    second = await h.start()
+    assert await h.expect(LbFailed) == failed
+    await eventually(lambda: h.sim.failures >= 8)  # retried meanwhile
+    assert len(h.reports(LbFailed, "web")) == 1
+    h.sim.set_down(False)
+    await h.expect(LbProgrammed)
+    await eventually(lambda: second.readiness() is None)
+
+
+async def test_last_reports_are_read_per_service_in_several_pulls(
+    h: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The start-up read finds each Service's last report (content and sequence), however
+    many pull requests it takes; other families are not read."""
+    monkeypatch.setattr(_reports, "_BATCH", 3)
+    last: dict[tuple[str, str, str], tuple[bytes, int]] = {}
+    for round_ in range(3):
+        for i in range(4):
+            message = LbRemoved(
+                cluster=CLUSTER, namespace="shop", name=f"s{i}", uid=f"u{round_}", appliance="a"
+            )
+            seq = await h.publisher.bus.publish(message)
+            last[(CLUSTER, "shop", f"s{i}")] = (_reports.fingerprint(encode(message)), seq)
+    await h.publish(assigned("s9"))
+    assert await _reports.last_reports(h.publisher.bus) == last
 
 
 async def test_appliance_outage_reports_failure_then_recovers(h: Harness) -> None:

@@ -17,6 +17,7 @@ from vipwire.lbdriver import (
     Monitor,
     SimAppliance,
     UpdateMembers,
+    UpdateVirtualServer,
     VirtualServer,
 )
 
@@ -60,6 +61,22 @@ async def test_conflicts_are_rejected_and_change_nothing() -> None:
         await sim.apply("prod", [DeleteVirtualServer(name="missing")])
     assert set(sim.virtual_servers("prod")) == {"foreign"}
     assert sim.writes == 0
+
+
+async def test_destinations_freed_by_delete_or_move_can_be_reused() -> None:
+    """A destination is taken only while a server serves it: after a delete, an address
+    change or an out-of-band removal it can be used again; a put server takes it."""
+    sim = SimAppliance("s")
+    await sim.apply("prod", [CreateVirtualServer(server=vs("a"))])
+    await sim.apply("prod", [DeleteVirtualServer(name="a"), CreateVirtualServer(server=vs("b"))])
+    await sim.apply("prod", [UpdateVirtualServer(server=vs("b", address="192.0.2.11"))])
+    await sim.apply("prod", [CreateVirtualServer(server=vs("c"))])
+    sim.remove("prod", "c")
+    sim.put("prod", vs("d", address="192.0.2.11", port=443))
+    await sim.apply("prod", [CreateVirtualServer(server=vs("e"))])
+    with pytest.raises(ApplianceRejected, match=r"192.0.2.11:443/TCP is served by \['d', 'f'\]"):
+        await sim.apply("prod", [CreateVirtualServer(server=vs("f", 443, "192.0.2.11"))])
+    assert set(sim.virtual_servers("prod")) == {"b", "d", "e"}
 
 
 async def test_fail_next_and_down_raise_the_error_family_from_a_cause() -> None:

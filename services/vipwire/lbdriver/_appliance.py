@@ -18,14 +18,15 @@ from typing import TypeVar
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Tracer
 
-from vipwire.lbdriver.diff import OperationConflict, apply_operations, canonical, owns
+from vipwire.lbdriver.diff import OperationConflict
 from vipwire.lbdriver.drivers.base import (
     ApplianceDriver,
     ApplianceError,
     ApplianceRejected,
     ApplianceUnavailable,
 )
-from vipwire.lbdriver.model import Operation, VirtualServer, op_kind
+from vipwire.lbdriver.listing import Listing
+from vipwire.lbdriver.model import Operation, op_kind
 from vipwire.lbdriver.resilience import Admission, BreakerState, CircuitBreaker, TokenBucket
 from vipwire.lbdriver.settings import ApplianceSettings
 from vipwire.metrics import Registry
@@ -61,12 +62,12 @@ class _Partition:
     """
 
     def __init__(self) -> None:
-        self.servers: dict[str, VirtualServer] | None = None
+        self.servers: Listing | None = None
         self.epoch = 0
         self.list_lock = asyncio.Lock()
         self.owned = 0  # our objects, as last seen (kept while the view is dropped)
 
-    def view(self) -> dict[str, VirtualServer] | None:
+    def view(self) -> Listing | None:
         # A call, not an attribute read: the view can change across an await.
         return self.servers
 
@@ -166,11 +167,8 @@ class ApplianceClient:
         """Our objects on the appliance, as last seen, over the partitions seen."""
         return sum(p.owned for p in self._partitions.values())
 
-    async def actual(self, partition: str) -> dict[str, VirtualServer]:
-        """Every virtual server of the partition; listed once, then kept current.
-
-        The returned dict must not be modified.
-        """
+    async def actual(self, partition: str) -> Listing:
+        """Every virtual server of the partition; listed once, then kept current."""
         part = self._partition(partition)
         if part.servers is not None:
             return part.servers
@@ -182,8 +180,8 @@ class ApplianceClient:
             listed = await self._call(
                 "list", partition, lambda: self.driver.list_virtual_servers(partition)
             )
-            servers = {name: canonical(server) for name, server in listed.items()}
-            part.owned = self._owned(servers)
+            servers = Listing(listed, self._prefix)
+            part.owned = servers.owned
             if part.epoch == epoch:
                 part.servers = servers
             # Even if not kept, the listing is exact for the caller's own objects:
@@ -194,7 +192,7 @@ class ApplianceClient:
         """One guarded listing whose result is not kept: is the appliance answering?"""
         await self._call("probe", partition, lambda: self.driver.list_virtual_servers(partition))
 
-    async def refresh(self, partition: str) -> dict[str, VirtualServer]:
+    async def refresh(self, partition: str) -> Listing:
         """List the partition anew (the cached view may hide out-of-band edits)."""
         self.invalidate(partition)
         return await self.actual(partition)
@@ -217,11 +215,11 @@ class ApplianceClient:
             self.invalidate(partition)
             return
         try:
-            part.servers = apply_operations(part.servers, ops)
+            part.servers = part.servers.after(ops)
         except OperationConflict:
             self.invalidate(partition)
             return
-        part.owned = self._owned(part.servers)
+        part.owned = part.servers.owned
 
     async def close(self) -> None:
         await self.driver.close()
@@ -231,9 +229,6 @@ class ApplianceClient:
         if part is None:
             part = self._partitions[partition] = _Partition()
         return part
-
-    def _owned(self, servers: dict[str, VirtualServer]) -> int:
-        return sum(1 for name in servers if owns(name, self._prefix))
 
     # --- one call ------------------------------------------------------------------
 

@@ -11,7 +11,7 @@ import functools
 import hashlib
 import ipaddress
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Set
 from typing import Final
 
 from vipwire.contracts import EndpointsSnapshot, Member, NodeSnapshot, VipAssigned
@@ -95,36 +95,56 @@ def is_eligible(node: NodeSnapshot) -> bool:
 def member_nodes(
     assignment: VipAssigned,
     nodes: Mapping[str, NodeSnapshot],
-    endpoints: EndpointsSnapshot | None,
+    endpoints: EndpointsSnapshot | Set[str] | None,
 ) -> list[NodeSnapshot]:
-    """Nodes that should receive the Service's traffic, sorted by name."""
+    """Nodes that should receive the Service's traffic, sorted by name.
+
+    ``endpoints``: the Service's endpoints, or just the names of the nodes
+    that hold a ready one (what the lbdriver keeps of them).
+    """
     eligible = [n for n in nodes.values() if is_eligible(n)]
     if assignment.external_traffic_policy == "Local":
         # Only nodes with a ready local endpoint: the packet must not leave the node.
-        ready = endpoints.ready_nodes if endpoints is not None else frozenset()
+        ready = ready_nodes(endpoints)
         eligible = [n for n in eligible if n.node in ready]
     return sorted(eligible, key=lambda n: n.node)
+
+
+def ready_nodes(endpoints: EndpointsSnapshot | Set[str] | None) -> Set[str]:
+    """The nodes holding a ready endpoint of the Service (none when unknown)."""
+    if endpoints is None:
+        return frozenset()
+    if isinstance(endpoints, EndpointsSnapshot):
+        return endpoints.ready_nodes
+    return endpoints
 
 
 def health_monitor(assignment: VipAssigned) -> Monitor:
     if assignment.external_traffic_policy == "Local" and assignment.health_check_node_port:
         # kube-proxy answers 200 on this port only where the Service has a local endpoint.
-        return Monitor(port=assignment.health_check_node_port)
-    return Monitor(port=KUBE_PROXY_HEALTH_PORT)
+        return _monitor(assignment.health_check_node_port)
+    return _monitor(KUBE_PROXY_HEALTH_PORT)
+
+
+# One (immutable) Monitor per port, shared by every virtual server that uses it.
+@functools.lru_cache(maxsize=1 << 12)
+def _monitor(port: int) -> Monitor:
+    return Monitor(port=port)
 
 
 def desired_virtual_servers(
     assignment: VipAssigned,
     nodes: Mapping[str, NodeSnapshot],
-    endpoints: EndpointsSnapshot | None,
+    endpoints: EndpointsSnapshot | Set[str] | None,
     *,
     prefix: str,
 ) -> dict[str, VirtualServer]:
     """The virtual servers a Service needs, by name.
 
     ``nodes`` are the cluster's nodes by name; ``endpoints`` the Service's
-    endpoints (only used for externalTrafficPolicy Local; None when unknown,
-    which for Local means no member). Raises :class:`InvalidAssignment`.
+    endpoints or the names of the nodes with a ready one (only used for
+    externalTrafficPolicy Local; None when unknown, which for Local means no
+    member). Raises :class:`InvalidAssignment`.
     """
     owner = owner_of(assignment.cluster, assignment.namespace, assignment.name)
     monitor = health_monitor(assignment)
@@ -167,7 +187,14 @@ def _members(candidates: Iterable[NodeSnapshot], version: int) -> tuple[Member, 
         address = node_address(node, version)
         if address is not None:
             members.append(_member(node.node, address))
-    return tuple(sorted(members))
+    return _shared(tuple(sorted(members)))
+
+
+# Services of a cluster mostly have the same members (every eligible node, or the
+# same few with endpoints): one tuple for all of them, not one per virtual server.
+@functools.lru_cache(maxsize=1 << 12)
+def _shared(members: tuple[Member, ...]) -> tuple[Member, ...]:
+    return members
 
 
 # Every virtual server of a cluster lists the same nodes: one shared (immutable)

@@ -18,6 +18,7 @@ from collections.abc import Collection, Mapping
 from typing import NamedTuple
 
 from vipwire.lbdriver.diff import diff, owns
+from vipwire.lbdriver.listing import Listing
 from vipwire.lbdriver.model import DeleteVirtualServer, Operation, VirtualServer
 
 
@@ -35,8 +36,16 @@ def owned_scope(
 
     Its own objects by owner tag, plus any object under a name it wants: ipam
     says the VIP is this Service's now, so a leftover of another owner under
-    that name is taken over rather than clashed with.
+    that name is taken over rather than clashed with. A :class:`Listing` answers
+    from its owner index; any other mapping is scanned.
     """
+    if isinstance(actual, Listing):
+        scope = dict(actual.of(owner))
+        for name in desired:
+            server = actual.get(name)
+            if server is not None:
+                scope[name] = server
+        return scope
     return {n: s for n, s in actual.items() if s.owner == owner or n in desired}
 
 
@@ -72,4 +81,6 @@ def find_drift(
 
 def held_by(actual: Mapping[str, VirtualServer], owners: Collection[str], prefix: str) -> int:
     """How many of our objects in a partition belong to these owners."""
+    if isinstance(actual, Listing):
+        return sum(1 for o in owners for name in actual.of(o) if owns(name, prefix))
     return sum(1 for n, s in actual.items() if owns(n, prefix) and s.owner in owners)

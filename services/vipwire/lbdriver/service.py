@@ -27,15 +27,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
+import functools
 import logging
 import math
 import random
+import sys
 import time
 from collections import Counter
 from collections.abc import Coroutine, Mapping
 from typing import Any, Final, NamedTuple, Protocol
 
+import msgspec
 import nats.errors
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
@@ -53,14 +55,17 @@ from vipwire.contracts import (
     LbRemoved,
     NodeGone,
     NodeSnapshot,
+    ServicePort,
     VipAssigned,
     VipFailed,
     VipReleased,
     VipReleasing,
     encode,
     family_filter,
+    service_subject,
 )
 from vipwire.lbdriver._appliance import ApplianceClient, CircuitOpen
+from vipwire.lbdriver._reports import fingerprint, last_reports
 from vipwire.lbdriver.coalesce import Coalescer, Flush
 from vipwire.lbdriver.desired import (
     InvalidAssignment,
@@ -76,6 +81,7 @@ from vipwire.lbdriver.drivers import (
     ApplianceError,
     build_driver,
 )
+from vipwire.lbdriver.listing import digest
 from vipwire.lbdriver.model import VirtualServer
 from vipwire.lbdriver.placement import choose_active
 from vipwire.lbdriver.resilience import BreakerState, CircuitBreaker, backoff_delay
@@ -96,6 +102,8 @@ log = logging.getLogger("vipwire.lbdriver")
 _MAX_DELIVERIES: Final = 10
 #: Seconds stop() lets reconciles in flight finish before cancelling them.
 _STOP_GRACE_S: Final = 5.0
+#: Services a drift pass or the start-up adoption handles before letting others run.
+_CHUNK: Final = 256
 
 
 class _Consumer(Protocol):
@@ -118,13 +126,86 @@ Assignment = VipAssigned | VipReleasing
 
 
 class _Cause(NamedTuple):
-    """Why a Service is reconciled: the delivery it answers to and the trace to continue."""
+    """Why a Service is reconciled: the message it answers to and the trace to continue.
 
-    delivery: Delivery
+    Only what decisions and message ids need (not the delivery, whose headers
+    and payload would outlive it).
+    """
+
+    #: Subject and stream sequence of the message it answers to.
+    subject: str
+    seq: int
+    #: Its subject family (vip, node, endpoints).
+    family: str
     #: The trace to join (that of the delivery's handler); None: start a new one.
     context: Context | None
     #: What happened: a subject family (vip, node, endpoints), drift, failover, recovery.
     trigger: str
+
+
+def _cause(d: Delivery, trigger: str) -> _Cause:
+    return _Cause(d.subject.raw, d.seq, d.subject.family, otel_context.get_current(), trigger)
+
+
+class _State:
+    """What is kept about one Service with an assigned (or releasing) VIP.
+
+    One object per Service rather than an entry per fact in a dict each: at
+    10,000 Services every byte here is 10 KB.
+    """
+
+    __slots__ = (
+        "assigned_seq",
+        "assignment",
+        "attempts",
+        "generation",
+        "healthy",
+        "placed",
+        "published",
+        "publishes",
+        "written",
+    )
+
+    def __init__(self, assignment: Assignment, seq: int) -> None:
+        self.assignment = assignment
+        #: Stream sequence of the assignment (names the cause of our own reconciles).
+        self.assigned_seq = seq
+        #: Fingerprint of the last report published (or found on the stream at start).
+        self.published: bytes | None = None
+        self.publishes = 0
+        #: Where the last successful reconcile wrote, and whether the last one succeeded.
+        self.placed: str | None = None
+        self.healthy: bool | None = None
+        #: Digest of the objects the last successful reconcile left on ``placed``.
+        self.written: int | None = None
+        self.attempts = 0  # failed reconciles in a row
+        self.generation = 0  # reconciles started
+
+
+# Services with the same nodes ready share one set (and its node names).
+@functools.lru_cache(maxsize=1 << 12)
+def _shared_nodes(nodes: frozenset[str]) -> frozenset[str]:
+    return nodes
+
+
+# Most Services have one of a few port lists (80, 443, ...): one tuple for each.
+@functools.lru_cache(maxsize=1 << 12)
+def _shared_ports(ports: tuple[ServicePort, ...]) -> tuple[ServicePort, ...]:
+    return ports
+
+
+def _compact(message: Assignment) -> Assignment:
+    """The assignment as kept for as long as the Service lives: the strings every
+    Service of a cluster or pool repeats, and its ports, shared with the others."""
+    shared = {
+        "cluster": sys.intern(message.cluster),
+        "namespace": sys.intern(message.namespace),
+        "appliance_group": sys.intern(message.appliance_group),
+    }
+    if isinstance(message, VipAssigned):
+        shared["pool"] = sys.intern(message.pool)
+        return msgspec.structs.replace(message, ports=_shared_ports(message.ports), **shared)
+    return msgspec.structs.replace(message, **shared)
 
 
 class LbdriverService:
@@ -172,17 +253,15 @@ class LbdriverService:
         )
         # What we know, rebuilt from the stream.
         self._nodes: dict[str, dict[str, NodeSnapshot]] = {}
-        self._endpoints: dict[ServiceKey, EndpointsSnapshot] = {}
-        self._assignments: dict[ServiceKey, Assignment] = {}
+        # Of endpoints only the nodes holding a ready one matter here.
+        self._ready_nodes: dict[ServiceKey, frozenset[str]] = {}
+        self._services: dict[ServiceKey, _State] = {}
+        # Services with a state, by cluster, in order of arrival (a dict as ordered set).
+        self._by_cluster: dict[str, dict[ServiceKey, None]] = {}
         self._clusters: set[str] = set()  # every cluster seen in a VIP message: our partitions
-        # What we did.
-        self._published: dict[ServiceKey, LbMessage] = {}
-        self._publishes: dict[ServiceKey, int] = {}
-        self._last_cause: dict[ServiceKey, _Cause] = {}
-        self._placed: dict[ServiceKey, str] = {}  # where the last successful reconcile wrote
-        self._healthy: dict[ServiceKey, bool] = {}  # whether it succeeded
-        self._attempts: dict[ServiceKey, int] = {}  # failed reconciles in a row
-        self._generation: dict[ServiceKey, int] = {}  # reconciles started
+        # Until the start-up is over: per Service, the fingerprint and stream sequence
+        # of the last report the stream holds (read before the replay).
+        self._reports: dict[ServiceKey, tuple[bytes, int]] = {}
         self._active: dict[str, str] = {}  # appliance group -> the appliance written to
         self._drift_repairs = 0
         # Machinery.
@@ -197,6 +276,7 @@ class LbdriverService:
         self._initial_done = asyncio.Event()
         self._replayed = False
         self._ready = False
+        self._started_at = time.monotonic()
         m = runtime.metrics
         self._m_reconciles = m.counter(
             "lbdriver_reconciles_total",
@@ -221,7 +301,7 @@ class LbdriverService:
         m.gauge(
             "lbdriver_services",
             "Services with assigned or releasing VIPs",
-            fn=lambda: float(len(self._assignments)),
+            fn=lambda: float(len(self._services)),
         )
         m.gauge(
             "lbdriver_pending_services",
@@ -237,6 +317,7 @@ class LbdriverService:
     # --- lifecycle ---------------------------------------------------------------
 
     async def start(self) -> None:
+        self._started_at = time.monotonic()
         bus = self.runtime.bus
         self._state_consumer = bus.consumer(
             ConsumerSpec(
@@ -248,7 +329,10 @@ class LbdriverService:
             self._on_state,
         )
         await self._state_consumer.start()
-        await self._state_consumer.caught_up()
+        # What the stream already reports is read while the state replays: it must be
+        # known before the first assignment is (see _State.published).
+        reports, _ = await asyncio.gather(last_reports(bus), self._state_consumer.caught_up())
+        self._reports = {ServiceKey(*k): v for k, v in reports.items()}
         self._vip_consumer = bus.consumer(
             ConsumerSpec(
                 filters=(family_filter("vip"),),
@@ -268,14 +352,26 @@ class LbdriverService:
     async def _start_up(self, consumer: _Consumer) -> None:
         await consumer.caught_up()
         self._replayed = True
+        replayed = time.monotonic()
         await self._choose_actives()
-        self._initial = {k for k in self._assignments if self._schedule.busy(k)}
+        self._initial = {k for k in self._services if self._schedule.busy(k)}
+        adopted = await self._adopt()
+        compared = time.monotonic()
         if not self._initial:
             self._initial_done.set()
         self._spawn(self._flush_loop(), "lbdriver-flush")
         await self._initial_done.wait()
+        self._reports.clear()
         self._ready = True
-        log.info("lbdriver caught up: %d services reconciled", len(self._assignments))
+        log.info(
+            "lbdriver ready in %.2fs (replay %.2fs, comparison %.2fs): %d services, %d of "
+            "them already programmed and reported",
+            time.monotonic() - self._started_at,
+            replayed - self._started_at,
+            compared - replayed,
+            len(self._services),
+            adopted,
+        )
         for name, client in self._clients.items():
             self._spawn(self._maintain(client), f"lbdriver-maintain-{name}")
 
@@ -323,7 +419,7 @@ class LbdriverService:
             case _:
                 return Reject(f"unexpected {type(message).__name__} on {d.subject.raw}")
         if affected:
-            cause = _Cause(d, otel_context.get_current(), d.subject.family)
+            cause = _cause(d, d.subject.family)
             for key in affected:
                 self._mark(key, cause)
         return DONE
@@ -332,12 +428,21 @@ class LbdriverService:
         message = d.message
         match message:
             case VipAssigned() | VipReleasing():
+                message = _compact(message)
                 key = ServiceKey(message.cluster, message.namespace, message.name)
                 self._clusters.add(message.cluster)
-                self._assignments[key] = message
-                # Always confirm, even with nothing to write: a replay must answer.
-                cause = _Cause(d, otel_context.get_current(), "vip")
-                self._mark(key, cause, force=True, urgent=True)
+                state = self._services.get(key)
+                if state is None:
+                    state = self._services[key] = _State(message, d.seq)
+                    self._by_cluster.setdefault(key.cluster, {})[key] = None
+                    report = self._reports.get(key)
+                    if report is not None:
+                        state.published = report[0]
+                else:
+                    state.assignment, state.assigned_seq = message, d.seq
+                # Always answered, even with nothing to write (unless the stream holds
+                # the same answer, published after this assignment: see _reconcile).
+                self._mark(key, _cause(d, "vip"), force=True, urgent=True)
             case VipReleased():
                 self._clusters.add(message.cluster)
                 self._forget(ServiceKey(message.cluster, message.namespace, message.name))
@@ -359,32 +464,29 @@ class LbdriverService:
             return []
         return [
             key
-            for key, assignment in self._assignments.items()
-            if key.cluster == message.cluster and isinstance(assignment, VipAssigned)
+            for key in self._by_cluster.get(message.cluster, ())
+            if isinstance(self._services[key].assignment, VipAssigned)
         ]
 
     def _note_endpoints(self, message: EndpointsSnapshot) -> list[ServiceKey]:
         key = ServiceKey(message.cluster, message.namespace, message.name)
-        before = self._endpoints.get(key)
-        self._endpoints[key] = message
-        assignment = self._assignments.get(key)
-        if not isinstance(assignment, VipAssigned):
+        before = self._ready_nodes.get(key)
+        ready = self._ready_nodes[key] = _shared_nodes(message.ready_nodes)
+        state = self._services.get(key)
+        if state is None or not isinstance(state.assignment, VipAssigned):
             return []
-        if assignment.external_traffic_policy != "Local":
+        if state.assignment.external_traffic_policy != "Local":
             return []  # with Cluster every eligible node is a member, endpoints or not
-        if before is not None and before.ready_nodes == message.ready_nodes:
+        if before is not None and before == ready:
             return []
         return [key]
 
     def _forget(self, key: ServiceKey) -> None:
-        self._assignments.pop(key, None)
-        self._published.pop(key, None)
-        self._publishes.pop(key, None)
-        self._last_cause.pop(key, None)
-        self._placed.pop(key, None)
-        self._healthy.pop(key, None)
-        self._attempts.pop(key, None)
-        self._generation.pop(key, None)
+        if self._services.pop(key, None) is not None:
+            keys = self._by_cluster[key.cluster]
+            del keys[key]
+            if not keys:
+                del self._by_cluster[key.cluster]
         self._schedule.forget(key)
         self._initial_done_with(key)
 
@@ -393,16 +495,17 @@ class LbdriverService:
     def _mark(
         self, key: ServiceKey, cause: _Cause, *, force: bool = False, urgent: bool = False
     ) -> None:
-        self._last_cause[key] = cause
         self._schedule.mark(key, time.monotonic(), cause, force=force, urgent=urgent)
         self._m_triggers.inc(trigger=cause.trigger)
         self._wake.set()
 
     def _mark_again(self, key: ServiceKey, trigger: str) -> None:
-        """Reconcile a known Service soon for a reason of our own (a new trace)."""
-        last = self._last_cause.get(key)
-        if last is not None and key in self._assignments:
-            self._mark(key, last._replace(context=None, trigger=trigger), urgent=True)
+        """Reconcile a known Service soon for a reason of our own (a new trace), named
+        after its assignment."""
+        state = self._services.get(key)
+        if state is not None:
+            subject = service_subject("vip", *key)
+            self._mark(key, _Cause(subject, state.assigned_seq, "vip", None, trigger), urgent=True)
 
     async def _flush_loop(self) -> None:
         while True:
@@ -427,7 +530,9 @@ class LbdriverService:
             and c.context is not None
             and (span := trace.get_current_span(c.context).get_span_context()).is_valid
         ]
-        self._generation[key] = self._generation.get(key, 0) + 1
+        state = self._services.get(key)
+        if state is not None:
+            state.generation += 1
         outcome: BaseException | None
         try:
             with self.runtime.tracer.start_as_current_span(
@@ -450,12 +555,15 @@ class LbdriverService:
             now = time.monotonic()
             self._schedule.done(key, now)
             self._initial_done_with(key)
-        if outcome is None:
-            self._attempts.pop(key, None)
-        elif key in self._assignments:
-            self._healthy[key] = False
-            attempt = self._attempts.get(key, 0) + 1
-            self._attempts[key] = attempt
+        state = self._services.get(key)
+        if state is None:
+            pass
+        elif outcome is None:
+            state.attempts = 0
+        else:
+            state.healthy = False
+            state.attempts += 1
+            attempt = state.attempts
             delay = backoff_delay(
                 attempt,
                 initial=self.settings.retry_initial_s,
@@ -472,11 +580,62 @@ class LbdriverService:
             if not self._initial:
                 self._initial_done.set()
 
+    # --- start-up ------------------------------------------------------------------
+
+    async def _adopt(self) -> int:
+        """After the replay: take as done the Services whose objects are already on their
+        appliance exactly as needed and whose report the stream already holds, published
+        after their assignment. Only the others are reconciled (and reported).
+
+        One listing per partition (kept by the appliance client) and a comparison per
+        Service, instead of a reconcile each (task, span, diff, publish). Returns how
+        many were adopted.
+        """
+        adopted = 0
+        for i, key in enumerate(sorted(self._initial)):
+            if i and i % _CHUNK == 0:
+                await asyncio.sleep(0)  # handlers of live events run meanwhile
+            state = self._services.get(key)
+            if state is None or self._schedule.running(key):
+                continue
+            report = self._reports.get(key)
+            if report is None or report[0] != state.published or report[1] <= state.assigned_seq:
+                continue  # not answered yet: reconcile it
+            assignment = state.assignment
+            target = self._target(assignment.appliance_group)
+            if target is None:
+                continue
+            try:
+                actual = await self._clients[target].actual(key.cluster)
+            except ApplianceError:
+                continue  # its reconcile reports it
+            # From here on nothing waits: what is compared is what holds now.
+            if self._services.get(key) is not state or state.assignment is not assignment:
+                continue  # changed while the appliance was listed
+            try:
+                desired = self._desired(key, assignment)
+            except InvalidAssignment:
+                continue
+            owner = owner_of(*key)
+            if diff(desired, owned_scope(actual, owner, desired), self.settings.prefix):
+                continue
+            stamp = fingerprint(encode(_outcome(key, assignment, target, desired)))
+            if stamp != state.published:
+                continue
+            # Nothing to write and nothing to say: exactly what its reconcile would find.
+            self._schedule.forget(key)
+            state.placed, state.healthy = target, True
+            state.written = digest(desired.values())
+            self._initial.discard(key)
+            adopted += 1
+        self._m_reconciles.inc(adopted, result="unchanged")
+        return adopted
+
     # --- placement -----------------------------------------------------------------
 
     def _partitions(self) -> set[str]:
         """Partitions that are ours: one per cluster we have VIP messages of."""
-        return self._clusters | {key.cluster for key in self._assignments}
+        return self._clusters | self._by_cluster.keys()
 
     async def _choose_actives(self) -> None:
         """Per group, the appliance to write to: where our objects already are.
@@ -492,7 +651,9 @@ class LbdriverService:
                 self._active[group] = names[0]
                 continue
             owners = {
-                owner_of(*k) for k, a in self._assignments.items() if a.appliance_group == group
+                owner_of(*k)
+                for k, state in self._services.items()
+                if state.assignment.appliance_group == group
             }
             counts = await asyncio.gather(*(self._holdings(n, owners) for n in names))
             held = {n: c for n, c in zip(names, counts, strict=True) if c is not None}
@@ -533,8 +694,8 @@ class LbdriverService:
                     chosen,
                 )
                 self._m_failovers.inc(group=group)
-                for key, assignment in list(self._assignments.items()):
-                    if assignment.appliance_group == group:
+                for key, state in list(self._services.items()):
+                    if state.assignment.appliance_group == group:
                         self._mark_again(key, "failover")
         return chosen
 
@@ -545,8 +706,8 @@ class LbdriverService:
             return
         # It answers again: its Services stop waiting out their backoff, and a pass
         # repairs what happened meanwhile (or clears what a failover left there).
-        for key, assignment in list(self._assignments.items()):
-            if assignment.appliance_group == group and not self._healthy.get(key, True):
+        for key, state in list(self._services.items()):
+            if state.assignment.appliance_group == group and state.healthy is False:
                 self._mark_again(key, "recovery")
         self._sweep[appliance].set()
 
@@ -558,7 +719,7 @@ class LbdriverService:
         return desired_virtual_servers(
             assignment,
             self._nodes.get(key.cluster, {}),
-            self._endpoints.get(key),
+            self._ready_nodes.get(key),
             prefix=self.settings.prefix,
         )
 
@@ -570,17 +731,19 @@ class LbdriverService:
         Returns the appliance error that stopped it (already reported as
         LbFailed), or None. Raises on anything else (a bus failure).
         """
-        assignment = self._assignments.get(key)
-        if assignment is None:
+        state = self._services.get(key)
+        if state is None:
             return None
+        assignment = state.assignment
         target = self._target(assignment.appliance_group)
         if target is None:
             # Not retried: only a configuration change (and so a restart) can help.
-            self._healthy[key] = False
+            state.healthy = False
             await self._report_failure(
                 key,
                 assignment,
                 cause,
+                force=force,
                 appliance="",
                 reason="UnknownApplianceGroup",
                 message=f"no appliance is configured for group {assignment.appliance_group!r}",
@@ -591,11 +754,12 @@ class LbdriverService:
         try:
             desired = self._desired(key, assignment)
         except InvalidAssignment as exc:
-            self._healthy[key] = False
+            state.healthy = False
             await self._report_failure(
                 key,
                 assignment,
                 cause,
+                force=force,
                 appliance=target,
                 reason="InvalidAssignment",
                 message=str(exc),
@@ -614,41 +778,37 @@ class LbdriverService:
             level = logging.DEBUG if isinstance(exc, CircuitOpen) else logging.WARNING
             log.log(level, "programming %s on %s failed: %s", owner, target, exc)
             await self._report_failure(
-                key, assignment, cause, appliance=target, reason=reason, message=message
+                key,
+                assignment,
+                cause,
+                force=force,
+                appliance=target,
+                reason=reason,
+                message=message,
             )
             return exc
-        if key not in self._assignments:
+        state = self._services.get(key)
+        if state is None:
             return None  # released meanwhile: nothing left to report about it
-        self._placed[key] = target
-        self._healthy[key] = True
+        state.placed = target
+        state.healthy = True
+        state.written = digest(desired.values())
         self._m_reconciles.inc(result="written" if ops else "unchanged")
         if ops:
             log.info("%s on %s/%s: %d operation(s)", owner, target, partition, len(ops))
-        result: LbMessage
-        if isinstance(assignment, VipReleasing):
-            result = LbRemoved(
-                cluster=key.cluster,
-                namespace=key.namespace,
-                name=key.name,
-                uid=assignment.uid,
-                appliance=target,
-                vips=assignment.vips,
-            )
-        else:
-            result = LbProgrammed(
-                cluster=key.cluster,
-                namespace=key.namespace,
-                name=key.name,
-                uid=assignment.uid,
-                appliance=target,
-                vips=assignment.vips,
-                ports=assignment.ports,
-                members=members_of(desired.values()),
-                external_traffic_policy=assignment.external_traffic_policy,
-            )
-        if force or self._published.get(key) != result:
-            await self._publish(key, result, cause)
+        result = _outcome(key, assignment, target, desired)
+        data = encode(result)
+        stamp = fingerprint(data)
+        # A forced reconcile answers an assignment: unless the stream already holds this
+        # very answer, published after that assignment (a restart's replay), it says so.
+        answered = force and self._answered_after(key, cause.seq)
+        if state.published != stamp or (force and not answered):
+            await self._publish(key, result, stamp, cause)
         return None
+
+    def _answered_after(self, key: ServiceKey, seq: int) -> bool:
+        report = self._reports.get(key)
+        return report is not None and report[1] > seq
 
     async def _report_failure(
         self,
@@ -656,6 +816,7 @@ class LbdriverService:
         assignment: Assignment,
         cause: _Cause,
         *,
+        force: bool,
         appliance: str,
         reason: str,
         message: str,
@@ -670,24 +831,37 @@ class LbdriverService:
             message=message,
             removing=isinstance(assignment, VipReleasing),
         )
-        # Retries of the same failure are not news (each one would become an Event).
-        if self._published.get(key) != failed:
-            await self._publish(key, failed, cause)
+        stamp = fingerprint(encode(failed))
+        state = self._services.get(key)
+        # Retries of the same failure are not news (each one would become an Event);
+        # but at start-up an assignment the stream holds no answer to gets one.
+        unanswered = force and not self._ready and not self._answered_after(key, cause.seq)
+        if state is None or state.published != stamp or unanswered:
+            await self._publish(key, failed, stamp, cause)
 
-    async def _publish(self, key: ServiceKey, message: LbMessage, cause: _Cause) -> None:
-        count = self._publishes.get(key, 0)
-        await self.runtime.bus.publish(message, msg_id=self._msg_id(key, message, cause, count))
-        self._publishes[key] = count + 1
-        self._published[key] = message
+    async def _publish(
+        self, key: ServiceKey, message: LbMessage, stamp: bytes, cause: _Cause
+    ) -> None:
+        state = self._services.get(key)
+        count = state.publishes if state is not None else 0
+        seq = await self.runtime.bus.publish(message, msg_id=self._msg_id(key, stamp, cause, count))
+        state = self._services.get(key)
+        if state is not None:
+            state.publishes = count + 1
+            state.published = stamp
+        if not self._ready:
+            self._reports[key] = (stamp, seq)  # the stream's last word now
 
-    def _msg_id(self, key: ServiceKey, message: LbMessage, cause: _Cause, count: int) -> str:
+    def _msg_id(self, key: ServiceKey, stamp: bytes, cause: _Cause, count: int) -> str:
         """Named by cause (for the reader), by incarnation and count (so a restart's
         confirmation, or a return to an earlier outcome, is never taken for a
         duplicate) and by content (so a publish retried after a timeout that in
         fact landed is dropped as one)."""
-        digest = hashlib.sha256(encode(message)).hexdigest()[:16]
-        service = "" if cause.delivery.subject.family == "vip" else f":{key.namespace}.{key.name}"
-        return cause.delivery.derive_id(f"lb{service}:{self._incarnation}.{count}:{digest}")
+        service = "" if cause.family == "vip" else f":{key.namespace}.{key.name}"
+        return (
+            f"{cause.subject}#{cause.seq}->lb{service}:{self._incarnation}.{count}:"
+            f"{stamp[:8].hex()}"
+        )
 
     # --- drift and probes ----------------------------------------------------------
 
@@ -756,56 +930,77 @@ class LbdriverService:
         for partition in partitions:
             await self._drift_partition(client, partition, active)
 
-    def _placed_here(
-        self, appliance: str, group: str, partition: str
-    ) -> dict[ServiceKey, Assignment]:
+    def _placed_here(self, appliance: str, group: str, partition: str) -> list[ServiceKey]:
         if self._active.get(group) != appliance:
-            return {}  # a standby holds nothing of ours
-        return {
-            k: a
-            for k, a in self._assignments.items()
-            if k.cluster == partition and a.appliance_group == group
-        }
+            return []  # a standby holds nothing of ours
+        return [
+            k
+            for k in self._by_cluster.get(partition, ())
+            if self._services[k].assignment.appliance_group == group
+        ]
+
+    def _staying(self, appliance: str, group: str, partition: str) -> set[str]:
+        """Owner tags whose objects on this appliance are no orphans: the Services placed
+        here, and (make before break) those whose last write went here, until they have
+        been programmed where they are going (failover, new group)."""
+        owners = {owner_of(*k) for k in self._placed_here(appliance, group, partition)}
+        owners.update(
+            owner_of(*k)
+            for k in self._by_cluster.get(partition, ())
+            if self._services[k].placed == appliance
+        )
+        return owners
 
     def _settled(self, key: ServiceKey, appliance: str) -> bool:
         """Its last write here succeeded and nothing newer is pending or running."""
+        state = self._services.get(key)
         return (
-            self._placed.get(key) == appliance
-            and self._healthy.get(key, False)
+            state is not None
+            and state.placed == appliance
+            and state.healthy is True
             and not self._schedule.busy(key)
         )
 
     async def _drift_partition(self, client: ApplianceClient, partition: str, active: bool) -> None:
         name, group = client.name, client.settings.group
         before = {
-            k: self._generation.get(k, 0)
+            k: self._services[k].generation
             for k in self._placed_here(name, group, partition)
             if self._settled(k, name)
         }
         actual = await client.refresh(partition)
         if (self._active.get(group) == name) != active:
             return  # failed over while we listed: the next pass sees the new roles
-        placed = self._placed_here(name, group, partition)
+        # Every Service with objects in this listing is known now (objects are
+        # written only for known Services): none of theirs is an orphan.
+        staying = self._staying(name, group, partition)
+        # A settled Service whose objects are exactly those it last wrote (same digest)
+        # has no drift; only the others are computed and diffed. The comparisons are
+        # made a chunk at a time, so a large partition does not hold up the rest.
         settled: dict[str, dict[str, VirtualServer]] = {}
-        for key, generation in before.items():
-            assignment = placed.get(key)
+        keys: dict[str, ServiceKey] = {}
+        for i, (key, generation) in enumerate(before.items()):
+            if i and i % _CHUNK == 0:
+                await asyncio.sleep(0)
+                if (self._active.get(group) == name) != active:
+                    return
+            state = self._services.get(key)
             if (
-                assignment is None
-                or self._generation.get(key, 0) != generation
+                state is None
+                or state.generation != generation
                 or not self._settled(key, name)
+                or state.assignment.appliance_group != group
             ):
                 continue  # changed while we listed: its own reconcile is the authority
+            owner = owner_of(*key)
+            if state.written is not None and digest(actual.of(owner).values()) == state.written:
+                continue
             with contextlib.suppress(InvalidAssignment):
-                settled[owner_of(*key)] = self._desired(key, assignment)
-        owners = {owner_of(*k): k for k in placed}
-        # Make before break: a Service leaving this appliance (failover, new group)
-        # keeps its objects here until it has been programmed where it is going.
-        staying = {
-            owner_of(*k)
-            for k in self._assignments
-            if k.cluster == partition and self._placed.get(k) == name
-        }
-        found = find_drift(actual, settled, owners.keys() | staying, self.settings.prefix)
+                settled[owner] = self._desired(key, state.assignment)
+                keys[owner] = key
+        # Services placed here since the listing keep what they may have adopted.
+        placed = staying | self._staying(name, group, partition)
+        found = find_drift(actual, settled, placed, self.settings.prefix)
         for owner, ops in found.repairs.items():
             log.warning(
                 "drift on %s/%s: %d object(s) of %s were changed out of band; repairing",
@@ -815,7 +1010,7 @@ class LbdriverService:
                 owner,
             )
             self._count_drift(name, "repair", len(ops))
-            self._mark_again(owners[owner], "drift")
+            self._mark_again(keys[owner], "drift")
         if found.orphans:
             log.warning(
                 "%s/%s: removing %d object(s) of ours that no Service accounts for",
@@ -835,7 +1030,7 @@ class LbdriverService:
     def status(self) -> LbdriverStatus:
         """What ``vipwire lb status`` shows: appliances, health, objects, last write."""
         now = time.monotonic()
-        services = Counter(self._placed.values())
+        services = Counter(s.placed for s in self._services.values() if s.placed is not None)
         appliances = []
         for a in self.settings.appliances:
             client = self._clients[a.name]
@@ -862,9 +1057,9 @@ class LbdriverService:
             instance=self._incarnation,
             now=time.time(),
             ready=self._ready,
-            services=len(self._assignments),
+            services=len(self._services),
             pending=self._schedule.pending_count(),
-            failing=sum(1 for k in self._assignments if not self._healthy.get(k, True)),
+            failing=sum(1 for s in self._services.values() if s.healthy is False),
             drift_repairs=self._drift_repairs,
             appliances=tuple(appliances),
         )
@@ -876,6 +1071,32 @@ class LbdriverService:
             await msg.respond(encode_status(self.status()))
         except nats.errors.Error as exc:
             log.debug("status request not answered: %r", exc)
+
+
+def _outcome(
+    key: ServiceKey, assignment: Assignment, appliance: str, desired: dict[str, VirtualServer]
+) -> LbProgrammed | LbRemoved:
+    """The report of a reconcile that succeeded."""
+    if isinstance(assignment, VipReleasing):
+        return LbRemoved(
+            cluster=key.cluster,
+            namespace=key.namespace,
+            name=key.name,
+            uid=assignment.uid,
+            appliance=appliance,
+            vips=assignment.vips,
+        )
+    return LbProgrammed(
+        cluster=key.cluster,
+        namespace=key.namespace,
+        name=key.name,
+        uid=assignment.uid,
+        appliance=appliance,
+        vips=assignment.vips,
+        ports=assignment.ports,
+        members=members_of(desired.values()),
+        external_traffic_policy=assignment.external_traffic_policy,
+    )
 
 
 def _explain(exc: ApplianceError) -> tuple[str, str]:

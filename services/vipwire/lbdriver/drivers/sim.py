@@ -40,6 +40,9 @@ class SimAppliance:
         self.fail_rate = fail_rate
         self._rng = random.Random(seed)
         self._partitions: dict[str, dict[str, VirtualServer]] = {}
+        # Per partition, the names of the servers on each address: a write is checked
+        # for destination clashes against its own addresses only, not the partition.
+        self._by_address: dict[str, dict[str, set[str]]] = {}
         self._fail_next: list[type[ApplianceError]] = []
         self._down = False
         self.writes = 0
@@ -67,11 +70,13 @@ class SimAppliance:
 
     def put(self, partition: str, server: VirtualServer) -> None:
         """Place an object directly, as another tool or an operator would (no API call)."""
-        self._partitions.setdefault(partition, {})[server.name] = server
+        servers = self._partitions.setdefault(partition, {})
+        self._index(partition, server.name, servers.get(server.name), server)
+        servers[server.name] = server
 
     def remove(self, partition: str, name: str) -> None:
         """Delete an object directly, as another tool or an operator would."""
-        self._partitions.get(partition, {}).pop(name, None)
+        self._index(partition, name, self._partitions.get(partition, {}).pop(name, None), None)
 
     # --- the driver interface ----------------------------------------------------
 
@@ -88,12 +93,15 @@ class SimAppliance:
         except OperationConflict as exc:
             self.failures += 1
             raise ApplianceRejected(self.name, f"partition {partition}: {exc}") from exc
-        clash = _destination_clash(after, {op_name(op) for op in ops})
+        written = {op_name(op) for op in ops}
+        clash = self._destination_clash(partition, current, after, written)
         if clash is not None:
             self.failures += 1
             raise ApplianceRejected(self.name, f"partition {partition}: {clash}")
         # All or nothing, like a transaction: a refused batch changes nothing.
         self._partitions[partition] = after
+        for name in written:
+            self._index(partition, name, current.get(name), after.get(name))
         self.apply_calls += 1
         self.writes += len(ops)
 
@@ -118,19 +126,40 @@ class SimAppliance:
                 "fail_rate"
             )
 
+    def _index(
+        self, partition: str, name: str, before: VirtualServer | None, after: VirtualServer | None
+    ) -> None:
+        index = self._by_address.setdefault(partition, {})
+        if before is not None:
+            names = index.get(before.address)
+            if names is not None:
+                names.discard(name)
+                if not names:
+                    del index[before.address]
+        if after is not None:
+            index.setdefault(after.address, set()).add(name)
 
-def _destination_clash(servers: dict[str, VirtualServer], written: set[str]) -> str | None:
-    """A written server whose destination another server already serves, described."""
-    # Only the written servers' destinations can clash anew: index just those
-    # (indexing every server made each write cost as much as the partition).
-    addresses = {servers[n].address for n in written if n in servers}
-    by_destination: dict[tuple[str, int, str], list[str]] = {}
-    for name, server in servers.items():
-        if server.address in addresses:
-            by_destination.setdefault((server.address, server.port, server.protocol), []).append(
-                name
-            )
-    for (address, port, protocol), names in sorted(by_destination.items()):
-        if len(names) > 1 and written.intersection(names):
-            return f"destination {address}:{port}/{protocol} is served by {sorted(names)}"
-    return None
+    def _destination_clash(
+        self,
+        partition: str,
+        before: dict[str, VirtualServer],
+        after: dict[str, VirtualServer],
+        written: set[str],
+    ) -> str | None:
+        """A written server whose destination another server already serves, described."""
+        # Only the written servers' destinations can clash anew, and only with servers
+        # on the same addresses: the index names those (scanning the partition made
+        # every write cost as much as the partition).
+        index = self._by_address.get(partition, {})
+        addresses = {after[n].address for n in written if n in after}
+        candidates = {m for a in addresses for m in index.get(a, ())} | written
+        by_destination: dict[tuple[str, int, str], list[str]] = {}
+        for name in sorted(candidates):
+            server = after.get(name)
+            if server is not None and server.address in addresses:
+                key = (server.address, server.port, server.protocol)
+                by_destination.setdefault(key, []).append(name)
+        for (address, port, protocol), names in sorted(by_destination.items()):
+            if len(names) > 1 and written.intersection(names):
+                return f"destination {address}:{port}/{protocol} is served by {sorted(names)}"
+        return None
