@@ -15,12 +15,12 @@ import sys
 from collections import Counter
 from collections.abc import AsyncIterator
 
-import nats.js.errors
 import pytest
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from vipwire.allinone import Stack
+from vipwire.bus import kv_keys
 from vipwire.contracts import IPAM_BUCKET
 from vipwire.ipam import addr_key
 from vipwire.ipam.store import decode_claim
@@ -43,15 +43,10 @@ async def kv_claims(stack: Stack) -> dict[str, set[tuple[str, str]]]:
     assert runtime is not None
     kv = await runtime.bus.kv(IPAM_BUCKET)
     claims: dict[str, set[tuple[str, str]]] = {}
-    try:
-        keys = await kv.keys()
-    except nats.js.errors.NoKeysError:
-        return claims
-    for key in keys:
-        if key.startswith("addr."):
-            entry = await kv.get(key)
-            claim = decode_claim(key, entry.value)
-            claims[key] = {(claim.cluster, sharer.name) for sharer in claim.sharers}
+    for key in await kv_keys(runtime.bus.js, IPAM_BUCKET, "addr.>"):
+        entry = await kv.get(key)
+        claim = decode_claim(key, entry.value)
+        claims[key] = {(claim.cluster, sharer.name) for sharer in claim.sharers}
     return claims
 
 

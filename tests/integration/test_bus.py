@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
 
@@ -13,7 +14,7 @@ from nats.js.api import AckPolicy
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanContext, SpanKind
 
-from vipwire.bus import DONE, ConsumerSpec, Delivery, Reject, Retry, Verdict
+from vipwire.bus import DONE, ConsumerSpec, Delivery, Reject, Retry, Verdict, kv_keys
 from vipwire.contracts import STREAM, NodeGone, ServiceGone, subject_for
 from vipwire.natsserver import NatsServer
 from vipwire.runtime import Runtime
@@ -43,6 +44,25 @@ class TestDeclarations:
         assert (await kv2.get("k")).value == b"v"
         info = await a.bus.js.stream_info(STREAM)
         assert info.config.subjects == ["vipwire.>"]
+
+
+class TestKvKeys:
+    async def test_keys_are_the_live_ones_whatever_was_deleted_or_purged(
+        self, make_runtime: RuntimeFactory
+    ) -> None:
+        """kv_keys lists exactly the keys holding a value: none for an empty bucket,
+        none of the deleted or purged ones, all of 2,000 read at once."""
+        rt = await make_runtime("a")
+        kv = await rt.bus.kv("vipwire-keys")
+        assert await kv_keys(rt.bus.js, "vipwire-keys") == []
+        await asyncio.gather(*(kv.put(f"addr.{i:04d}", b"x") for i in range(2000)))
+        await kv.put("svc.other", b"y")
+        for i in range(0, 2000, 3):
+            await kv.delete(f"addr.{i:04d}")
+        await kv.purge("addr.0001")
+        live = sorted(f"addr.{i:04d}" for i in range(2000) if i % 3 and i != 1)
+        assert await kv_keys(rt.bus.js, "vipwire-keys", "addr.>") == live
+        assert await kv_keys(rt.bus.js, "vipwire-keys") == [*live, "svc.other"]
 
 
 class TestPublish:
@@ -400,3 +420,38 @@ class TestResilience:
         finally:
             await rt.stop()
             await server.stop()
+
+    async def test_a_stopped_consumer_hands_on_what_was_already_sent_to_it(
+        self, make_runtime: RuntimeFactory
+    ) -> None:
+        """Stopping mid-stream loses nothing to ack_wait: the next instance of the durable
+        consumer gets every message at once, not after the 30 s redelivery."""
+        rt = await make_runtime("a")
+        nodes = [f"n{i}" for i in range(400)]
+        got: set[str] = set()
+
+        async def handler(d: Delivery) -> Verdict:
+            assert isinstance(d.message, NodeGone)
+            got.add(d.message.node)
+            # A busy event loop (as in a loaded service): deliveries queue up in the
+            # client faster than they reach the lanes.
+            time.sleep(0.002)  # noqa: ASYNC251
+            return DONE
+
+        spec = ConsumerSpec(filters=("vipwire.*.node.>",), durable="handover", ack_wait=30.0)
+        first = rt.bus.consumer(spec, handler)
+        await first.start()
+        # Stop while the server is still pushing: some messages are on the wire or
+        # queued in the client, not yet in a lane.
+        publishing = [
+            asyncio.ensure_future(rt.bus.publish(NodeGone(cluster="east", node=n))) for n in nodes
+        ]
+        await eventually(lambda: len(got) >= 50, timeout=10)
+        await first.stop()
+        await asyncio.gather(*publishing)
+        second = rt.bus.consumer(spec, handler)
+        await second.start()
+        try:
+            await eventually(lambda: got == set(nodes), timeout=5)
+        finally:
+            await second.stop()

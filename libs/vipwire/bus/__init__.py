@@ -7,6 +7,7 @@ pull consumers that keep per-subject order with bounded concurrency.
 
 from vipwire.bus._bus import Bus, BusError, connect
 from vipwire.bus._consumer import ConsumerSpec, Delivery, Handler, PullConsumer
+from vipwire.bus._kv import kv_keys
 from vipwire.bus._settings import BusSettings
 from vipwire.bus._verdict import DONE, Done, Reject, Retry, Verdict
 
@@ -24,4 +25,5 @@ __all__ = [
     "Retry",
     "Verdict",
     "connect",
+    "kv_keys",
 ]

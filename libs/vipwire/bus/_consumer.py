@@ -208,6 +208,9 @@ def _process_attributes(
 class PullConsumer:
     """Runs one consumer until stopped. Create it with :meth:`Bus.consumer`."""
 
+    #: Seconds a stop waits for the messages already sent to us to arrive.
+    _STOP_DRAIN_S = 5.0
+
     def __init__(self, bus: Bus, spec: ConsumerSpec, handler: Handler) -> None:
         self._bus = bus
         self.spec = spec
@@ -270,8 +273,14 @@ class PullConsumer:
             return
         self._stopping = True
         if self._sub is not None:
-            with contextlib.suppress(nats.errors.Error):
-                await self._sub.unsubscribe()
+            # Drain, not unsubscribe: what the server sent before it saw us leave
+            # (in flight, or queued in the client) would otherwise be dropped
+            # unacknowledged and wait out ack_wait before anyone else gets it.
+            try:
+                await asyncio.wait_for(self._sub.drain(), self._STOP_DRAIN_S)  # type: ignore[no-untyped-call]
+            except (TimeoutError, nats.errors.Error):
+                with contextlib.suppress(nats.errors.Error):
+                    await self._sub.unsubscribe()
         for lane in self._lanes:
             lane.put_nowait(None)
         self._wake.set()

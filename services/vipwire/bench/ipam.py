@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import math
 import tempfile
 import time
@@ -32,10 +31,9 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import msgspec
-import nats.js.errors
 
 from vipwire.bench._result import BenchResult, convert_params
-from vipwire.bus import Bus, BusSettings, connect
+from vipwire.bus import Bus, BusSettings, connect, kv_keys
 from vipwire.contracts import IPAM_BUCKET
 from vipwire.ipam import Allocation, Allocator, ClaimCache, IpamStore, PoolSettings, Request
 from vipwire.ipam.store import Conflict
@@ -247,10 +245,7 @@ async def _free(replica: _Replica, shared: _Shared, address: str, revision: int)
 
 
 async def _left(replica: _Replica) -> int:
-    kv = replica.cache.store.kv
-    with contextlib.suppress(nats.js.errors.NoKeysError):
-        return len(await kv.keys())
-    return 0
+    return len(await kv_keys(replica.bus.js, IPAM_BUCKET))
 
 
 def _percentile(values: list[float], p: float) -> float:
