@@ -34,6 +34,7 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, TraceFlags
 
+from vipwire.aio import cancel_and_wait
 from vipwire.bus._verdict import Done, Reject, Retry, Verdict
 from vipwire.contracts import (
     STREAM,
@@ -285,9 +286,7 @@ class PullConsumer:
             lane.put_nowait(None)
         self._wake.set()
         _, pending = await asyncio.wait(self._tasks, timeout=10.0)
-        for task in pending:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await cancel_and_wait(pending)
         self._tasks.clear()
         if self.spec.durable is None and self._name is not None:
             # An ephemeral consumer would otherwise linger on the server until

@@ -22,7 +22,6 @@ The decisions are the pure functions :func:`may_acquire` and :func:`lease_spec`.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 import time
@@ -33,6 +32,7 @@ from typing import Any, Final
 import msgspec
 from kubernetes_asyncio.client import ApiClient, CoordinationV1Api
 
+from vipwire.aio import cancel_and_wait
 from vipwire.kube._api import request_json
 from vipwire.kube._errors import KubeApiError, KubeError
 
@@ -193,9 +193,7 @@ class LeaderElector:
         """
         task, self._task = self._task, None
         if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await cancel_and_wait([task])
         was_leader = self._leading
         self._set_leading(False)
         self._held = self._held or was_leader

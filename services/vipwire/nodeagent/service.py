@@ -27,6 +27,7 @@ from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.trace import Link, NonRecordingSpan, SpanContext
 
+from vipwire.aio import cancel_and_wait
 from vipwire.bus import DONE, BusError, ConsumerSpec, Delivery, Verdict
 from vipwire.contracts import (
     STREAM,
@@ -162,9 +163,7 @@ class NodeagentService:
 
     async def stop(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait([self._task])
             self._task = None
         if self._consumer is not None:
             await self._consumer.stop()

@@ -32,6 +32,7 @@ import msgspec
 from kubernetes_asyncio.client import ApiClient, CoreV1Api, DiscoveryV1Api, EventsV1Api
 from opentelemetry.context import Context
 
+from vipwire.aio import cancel_and_wait
 from vipwire.bus import DONE, BusError, ConsumerSpec, Delivery, Retry, Verdict
 from vipwire.contracts import (
     EndpointsSnapshot,
@@ -120,21 +121,6 @@ class _Consumer(Protocol):
 def _refused(exc: KubeApiError) -> bool:
     """The server judged the request itself wrong: sending it again cannot succeed."""
     return exc.status in (400, 422)
-
-
-async def _cancel(tasks: list[asyncio.Task[None]]) -> None:
-    """Cancel tasks and wait until they are done.
-
-    Cancelled again and again: on Python 3.11 ``asyncio.wait_for`` (used by
-    nats-py) swallows a cancellation that arrives just as what it waits for
-    completes, which would leave a task running.
-    """
-    pending = {t for t in tasks if not t.done()}
-    while pending:
-        for task in pending:
-            task.cancel()
-        _, pending = await asyncio.wait(pending, timeout=0.5)
-    await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def _fingerprint(message: Message) -> bytes:
@@ -252,7 +238,7 @@ class WatcherService:
             await elector.stop(release=False)
         main, self._main = self._main, None
         if main is not None:
-            await _cancel([main])
+            await cancel_and_wait([main])
         ending, self._ending = self._ending, None
         if ending is not None:
             await ending
@@ -339,7 +325,7 @@ class WatcherService:
             await asyncio.shield(self._ending)
 
     async def _end_term(self, tasks: list[asyncio.Task[None]], consumer: _Consumer) -> None:
-        await _cancel(tasks)
+        await cancel_and_wait(tasks)
         await consumer.stop()
         self._consumer = None
 
