@@ -51,7 +51,11 @@ class Browser:
     def __init__(self, executable: str, *, width: int = 1440, height: int = 900) -> None:
         self.executable = executable
         self.width, self.height = width, height
-        self._profile = tempfile.TemporaryDirectory(prefix="vipwire-chromium-")
+        self._profile = tempfile.TemporaryDirectory(
+            # Chromium's helper processes may still be writing as it goes away.
+            prefix="vipwire-chromium-",
+            ignore_cleanup_errors=True,
+        )
         self._proc: asyncio.subprocess.Process | None = None
         self._http: aiohttp.ClientSession | None = None
         self._ws: aiohttp.ClientWebSocketResponse | None = None

@@ -95,7 +95,9 @@ async def test_services_appear_live_and_a_service_page_shows_its_change(
     services_png = await browser.screenshot(ARTIFACTS / "dashboard-services.png")
 
     # Its page: facts, the timeline of its events, and the per-hop waterfall.
-    await browser.evaluate(f"{new_row}.querySelector('a').click()")
+    # Clicked after evaluate has answered: a click that navigates inside evaluate
+    # can end it with "Inspected target navigated or closed".
+    await browser.evaluate(f"setTimeout(() => {new_row}.querySelector('a').click(), 0)")
     await browser.wait_for("location.pathname === '/services/east/shop/checkout'")
     await browser.wait_for(f"{qa('#waterfall .bar')}.length >= 4", timeout=10.0)
     await browser.wait_for(f"{qa('#timeline tbody tr')}.length >= 4")
