@@ -45,6 +45,14 @@ class CdpError(RuntimeError):
     """Chromium refused a command, or a page script threw."""
 
 
+class PageChanged(CdpError):
+    """The page navigated while a command ran in it: its answer is lost, not wrong."""
+
+
+#: How Chromium says that an evaluate outlived the document it ran in.
+_PAGE_CHANGED = ("Inspected target navigated or closed", "Execution context was destroyed")
+
+
 class Browser:
     """One Chromium process with one page, controlled over one DevTools websocket."""
 
@@ -137,7 +145,9 @@ class Browser:
         await self._ws.send_str(json.dumps(message))
         reply = await asyncio.wait_for(future, timeout)
         if "error" in reply:
-            raise CdpError(f"{method}: {reply['error']}")
+            text = str(reply["error"].get("message", ""))
+            kind = PageChanged if text.startswith(_PAGE_CHANGED) else CdpError
+            raise kind(f"{method}: {reply['error']}")
         result: dict[str, Any] = reply.get("result", {})
         return result
 
@@ -158,7 +168,10 @@ class Browser:
         try:
             async with asyncio.timeout(timeout):
                 while True:
-                    last = await self.evaluate(expression)
+                    try:
+                        last = await self.evaluate(expression)
+                    except PageChanged:
+                        last = None  # asked of the page that was: ask the new one
                     if last:
                         return last
                     await asyncio.sleep(every)
