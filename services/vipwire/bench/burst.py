@@ -18,7 +18,9 @@ emulator takes them, round robin over the clusters. Measured:
   peak minus the RSS measured once ready, before the burst, divided by the
   Services the process keeps state for: all of them for ipam and lbdriver, its
   cluster's for a watcher, its cluster's times its agents for a node agent
-  process) and CPU seconds spent during the burst;
+  process), the same for the RSS still resident at the end
+  (``kept_bytes_per_service``: what the process keeps, without the burst's
+  transient buffers) and CPU seconds spent during the burst;
 - ``agents_applied_s``: until every node agent reported every VIP of its
   cluster (``NodeApplied``), which status does not wait for (status gate
   ``none``, the default). The agent processes run at ``agents_nice`` (19 by
@@ -267,6 +269,7 @@ def _usage(fleet: Fleet, options: BurstOptions) -> list[dict[str, Any]]:
         }[process.kind]
         base_rss = process.baseline.get("VmRSS", 0)
         peak = now.get("VmHWM", 0)
+        kept = now.get("VmRSS", 0)
         cpu_s = (now.get("cpu_cs", 0) - process.baseline.get("cpu_cs", 0)) / 100
         rows.append(
             {
@@ -276,6 +279,9 @@ def _usage(fleet: Fleet, options: BurstOptions) -> list[dict[str, Any]]:
                 "peak_rss_mb": round(peak / 2**20, 1),
                 "ready_rss_mb": round(base_rss / 2**20, 1),
                 "bytes_per_service": round(max(0, peak - base_rss) / held),
+                # Still resident once everything converged: what the process keeps,
+                # without the burst's transient buffers (queues, batches in flight).
+                "kept_bytes_per_service": round(max(0, kept - base_rss) / held),
                 "cpu_s": round(cpu_s, 2),
                 # Per Service of what the process serves (its cluster, or all of them).
                 "cpu_ms_per_service": round(cpu_s * 1000 / (held // process.agents), 3),
@@ -290,12 +296,21 @@ def _by_kind(usage: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     for row in usage:
         kind = kinds.setdefault(
             row["kind"],
-            {"processes": 0, "cpu_s": 0.0, "peak_rss_mb": 0.0, "bytes_per_service": 0},
+            {
+                "processes": 0,
+                "cpu_s": 0.0,
+                "peak_rss_mb": 0.0,
+                "bytes_per_service": 0,
+                "kept_bytes_per_service": 0,
+            },
         )
         kind["processes"] += 1
         kind["cpu_s"] = round(kind["cpu_s"] + row["cpu_s"], 2)
         kind["peak_rss_mb"] = max(kind["peak_rss_mb"], row["peak_rss_mb"])
         kind["bytes_per_service"] = max(kind["bytes_per_service"], row["bytes_per_service"])
+        kind["kept_bytes_per_service"] = max(
+            kind["kept_bytes_per_service"], row["kept_bytes_per_service"]
+        )
     return kinds
 
 
@@ -379,7 +394,8 @@ def _result(
         rows.append(
             (
                 f"{kind} ({info['processes']} process{'es' if info['processes'] > 1 else ''})",
-                f"peak RSS {info['peak_rss_mb']} MB, {info['bytes_per_service']} B/Service, "
+                f"peak RSS {info['peak_rss_mb']} MB, {info['bytes_per_service']} B/Service "
+                f"at the peak, {info['kept_bytes_per_service']} B/Service kept, "
                 f"CPU {info['cpu_s']} s",
             )
         )
