@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Mapping
 from typing import Any, NamedTuple, TypeVar
 
 import aiohttp
@@ -16,6 +16,8 @@ import msgspec
 from yarl import URL
 
 from vipwire.lbdriver.drivers.base import ApplianceError, ApplianceUnavailable
+from vipwire.lbdriver.drivers.credentials import CredentialSource
+from vipwire.lbdriver.settings import ApplianceSettings
 
 T = TypeVar("T")
 
@@ -147,3 +149,60 @@ async def all_or_first_error(*aws: Coroutine[Any, Any, T]) -> list[T]:
         first = next((e for e in errors if isinstance(e, ApplianceError)), errors[0])
         raise first from first.__cause__
     return [t.result() for t in tasks]
+
+
+class RestDriver:
+    """What the vendor REST drivers share: the transport, the credentials, the
+    partition a cluster maps to, and the bookkeeping of logins (one at a time,
+    counted, the last failure kept to answer with while it lasts)."""
+
+    def __init__(
+        self,
+        name: str,
+        address: str,
+        credentials: CredentialSource,
+        *,
+        verify_tls: bool = True,
+        ca_file: str | None = None,
+        request_timeout_s: float = 10.0,
+        partition_template: str = "{cluster}",
+        partitions: Mapping[str, str] | None = None,
+    ) -> None:
+        self.name = name
+        self._http = RestTransport(
+            name, address, verify_tls=verify_tls, ca_file=ca_file, timeout_s=request_timeout_s
+        )
+        self._credentials = credentials
+        self._template = partition_template
+        self._partitions = dict(partitions or {})
+        self._login_lock = asyncio.Lock()
+        self._login_attempts = 0
+        self._login_error: ApplianceError | None = None
+
+    @staticmethod
+    def common_arguments(settings: ApplianceSettings) -> dict[str, Any]:
+        """The constructor's arguments every REST driver takes, from an appliance's settings."""
+        assert settings.address is not None and settings.username is not None
+        return {
+            "name": settings.name,
+            "address": settings.address,
+            "credentials": CredentialSource(
+                settings.name,
+                settings.username,
+                password_file=settings.password_file,
+                password_env=settings.password_env,
+            ),
+            "verify_tls": settings.verify_tls,
+            "ca_file": settings.ca_file,
+            "request_timeout_s": settings.request_timeout_s,
+            "partition_template": settings.partition_template,
+            "partitions": settings.partitions,
+        }
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}({self.name!r}, {self._http.base_url!r}, {self._credentials!r})"
+        )
+
+    def partition_of(self, cluster: str) -> str:
+        return partition_for(cluster, self._template, self._partitions)

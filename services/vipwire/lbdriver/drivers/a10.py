@@ -35,10 +35,9 @@ from typing import Any, Final, NoReturn
 from vipwire.contracts import Member
 from vipwire.lbdriver.drivers._rest import (
     HttpResponse,
-    RestTransport,
+    RestDriver,
     VendorError,
     all_or_first_error,
-    partition_for,
 )
 from vipwire.lbdriver.drivers.base import (
     ApplianceAuthError,
@@ -184,7 +183,7 @@ class _Session:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
-class A10Driver:
+class A10Driver(RestDriver):
     """An A10 Thunder (or the floating management address of a VRRP-A pair) for L2 DSR."""
 
     def __init__(
@@ -200,47 +199,25 @@ class A10Driver:
         partitions: Mapping[str, str] | None = None,
         write_memory: bool = True,
     ) -> None:
-        self.name = name
-        self.write_memory = write_memory
-        self._http = RestTransport(
-            name, address, verify_tls=verify_tls, ca_file=ca_file, timeout_s=request_timeout_s
+        super().__init__(
+            name,
+            address,
+            credentials,
+            verify_tls=verify_tls,
+            ca_file=ca_file,
+            request_timeout_s=request_timeout_s,
+            partition_template=partition_template,
+            partitions=partitions,
         )
-        self._credentials = credentials
-        self._template = partition_template
-        self._partitions = dict(partitions or {})
+        self.write_memory = write_memory
         self._sessions: dict[str, _Session] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._views: dict[str, _View] = {}
         self._unsaved: set[str] = set()
-        self._login_lock = asyncio.Lock()
-        self._login_attempts = 0
-        self._login_error: ApplianceError | None = None
 
     @classmethod
     def from_settings(cls, settings: ApplianceSettings) -> A10Driver:
-        assert settings.address is not None and settings.username is not None
-        return cls(
-            settings.name,
-            settings.address,
-            CredentialSource(
-                settings.name,
-                settings.username,
-                password_file=settings.password_file,
-                password_env=settings.password_env,
-            ),
-            verify_tls=settings.verify_tls,
-            ca_file=settings.ca_file,
-            request_timeout_s=settings.request_timeout_s,
-            partition_template=settings.partition_template,
-            partitions=settings.partitions,
-            write_memory=settings.write_memory,
-        )
-
-    def __repr__(self) -> str:
-        return f"A10Driver({self.name!r}, {self._http.base_url!r}, {self._credentials!r})"
-
-    def partition_of(self, cluster: str) -> str:
-        return partition_for(cluster, self._template, self._partitions)
+        return cls(**cls.common_arguments(settings), write_memory=settings.write_memory)
 
     # --- the driver interface ----------------------------------------------------
 

@@ -15,7 +15,6 @@ is followed by a config-sync to that device group.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import ipaddress
 import logging
@@ -28,10 +27,9 @@ from typing import Any, Final, NoReturn
 from vipwire.contracts import Member
 from vipwire.lbdriver.drivers._rest import (
     HttpResponse,
-    RestTransport,
+    RestDriver,
     VendorError,
     all_or_first_error,
-    partition_for,
 )
 from vipwire.lbdriver.drivers.base import (
     ApplianceAuthError,
@@ -118,7 +116,7 @@ def _ok(resp: HttpResponse) -> bool:
     return 200 <= resp.status < 300
 
 
-class F5Driver:
+class F5Driver(RestDriver):
     """An F5 BIG-IP (or an HA pair's management address) programmed for L2 DSR."""
 
     def __init__(
@@ -136,21 +134,21 @@ class F5Driver:
         monitor_interval_s: int = 5,
         monitor_timeout_s: int = 16,
     ) -> None:
-        self.name = name
-        self.sync_group = sync_group
-        self._http = RestTransport(
-            name, address, verify_tls=verify_tls, ca_file=ca_file, timeout_s=request_timeout_s
+        super().__init__(
+            name,
+            address,
+            credentials,
+            verify_tls=verify_tls,
+            ca_file=ca_file,
+            request_timeout_s=request_timeout_s,
+            partition_template=partition_template,
+            partitions=partitions,
         )
-        self._credentials = credentials
-        self._template = partition_template
-        self._partitions = dict(partitions or {})
+        self.sync_group = sync_group
         self._interval = monitor_interval_s
         self._timeout = monitor_timeout_s
         self._token: str | None = None
         self._token_renew_at = 0.0
-        self._login_lock = asyncio.Lock()
-        self._login_attempts = 0
-        self._login_error: ApplianceError | None = None
         # Partitions known to exist with our fastL4 profile in them.
         self._ready: set[str] = set()
         # Per partition, what exists under each name, as of the last listing and our
@@ -161,29 +159,7 @@ class F5Driver:
 
     @classmethod
     def from_settings(cls, settings: ApplianceSettings) -> F5Driver:
-        assert settings.address is not None and settings.username is not None
-        return cls(
-            settings.name,
-            settings.address,
-            CredentialSource(
-                settings.name,
-                settings.username,
-                password_file=settings.password_file,
-                password_env=settings.password_env,
-            ),
-            verify_tls=settings.verify_tls,
-            ca_file=settings.ca_file,
-            request_timeout_s=settings.request_timeout_s,
-            partition_template=settings.partition_template,
-            partitions=settings.partitions,
-            sync_group=settings.sync_group,
-        )
-
-    def __repr__(self) -> str:
-        return f"F5Driver({self.name!r}, {self._http.base_url!r}, {self._credentials!r})"
-
-    def partition_of(self, cluster: str) -> str:
-        return partition_for(cluster, self._template, self._partitions)
+        return cls(**cls.common_arguments(settings), sync_group=settings.sync_group)
 
     # --- the driver interface ----------------------------------------------------
 
