@@ -14,6 +14,7 @@ from typing import Any
 import nats
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
+from vipwire.aio import cancel_and_wait
 from vipwire.contracts import (
     STREAM,
     LbProgrammed,
@@ -275,7 +276,5 @@ class StatusClock:
         return None if latency is None else self.created[key][1] + latency
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await cancel_and_wait(self._tasks)
         self._tasks.clear()

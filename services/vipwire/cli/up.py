@@ -15,6 +15,7 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
+from vipwire.aio import cancel_and_wait
 from vipwire.telemetry import configure_logging
 
 if TYPE_CHECKING:
@@ -155,9 +156,7 @@ class ConvergenceClock:
         ]
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await cancel_and_wait(self._tasks)
 
 
 async def create_demo(stack: Stack, clock: ConvergenceClock, per_cluster: int) -> None:

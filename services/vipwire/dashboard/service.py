@@ -18,6 +18,7 @@ from typing import Final, TypeVar
 import nats.errors
 from aiohttp import web
 
+from vipwire.aio import cancel_and_wait
 from vipwire.bus import DONE, ConsumerSpec, Delivery, PullConsumer, Verdict
 from vipwire.contracts import family_filter
 from vipwire.dashboard.control import (
@@ -113,9 +114,7 @@ class DashboardService:
         log.info("dashboard on %s", self.url)
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await cancel_and_wait(self._tasks)
         self._tasks.clear()
         self.hub.close()
         if self._runner is not None:

@@ -15,6 +15,7 @@ import logging
 import random
 from collections.abc import Callable
 
+from vipwire.aio import cancel_and_wait
 from vipwire.ipam.allocator import Allocator, Claim
 from vipwire.ipam.store import ClaimEvent, ClaimWatch, IpamStore, StoreError
 
@@ -74,8 +75,7 @@ class ClaimCache:
             await self._watch.stop()
             self._watch = None
         if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+            await cancel_and_wait([self._task])
             self._task = None
 
     async def _follow(self, watch: ClaimWatch) -> None:

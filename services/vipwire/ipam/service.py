@@ -46,6 +46,7 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js.api import DeliverPolicy
 
+from vipwire.aio import cancel_and_wait
 from vipwire.bus import DONE, BusError, ConsumerSpec, Delivery, Retry, Verdict
 from vipwire.contracts import (
     IPAM_BUCKET,
@@ -341,9 +342,7 @@ class IpamService:
             self._consumer = None
         if self._cache is not None:
             await self._cache.stop()
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await cancel_and_wait(self._tasks)
         self._tasks.clear()
         self._started = False
 

@@ -21,6 +21,7 @@ from typing import Any
 
 import msgspec
 
+from vipwire.aio import cancel_and_wait
 from vipwire.lab.topology import Pod
 from vipwire.netns import call_in_netns
 
@@ -60,9 +61,7 @@ class PodServer:
             self._server.close()
             await self._server.wait_closed()
             self._server = None
-        for task in list(self._handlers):
-            task.cancel()
-        await asyncio.gather(*self._handlers, return_exceptions=True)
+        await cancel_and_wait(list(self._handlers))
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()

@@ -46,6 +46,7 @@ from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.trace import Link
 
+from vipwire.aio import cancel_and_wait
 from vipwire.bus import DONE, ConsumerSpec, Delivery, Reject, Verdict
 from vipwire.contracts import (
     EndpointsSnapshot,
@@ -390,17 +391,13 @@ class LbdriverService:
             with contextlib.suppress(nats.errors.Error):
                 await self._status_sub.unsubscribe()
             self._status_sub = None
-        for task in self._loops:
-            task.cancel()
-        await asyncio.gather(*self._loops, return_exceptions=True)
+        await cancel_and_wait(self._loops)
         self._loops.clear()
         if self._inflight:
             # A reconcile cut short leaves nothing wrong behind (a restart redoes it),
             # but one finished is one fewer write for the next instance.
             _, late = await asyncio.wait(set(self._inflight), timeout=_STOP_GRACE_S)
-            for task in late:
-                task.cancel()
-            await asyncio.gather(*late, return_exceptions=True)
+            await cancel_and_wait(late)
         for name in sorted(self._built):
             try:
                 await self._clients[name].close()
