@@ -365,12 +365,9 @@ async def test_restart_answers_an_assignment_made_while_away_even_with_the_same_
     await eventually(lambda: second.readiness() is None)
 
 
-async def test_last_reports_are_read_per_service_in_several_pulls(
-    h: Harness, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The start-up read finds each Service's last report (content and sequence), however
-    many pull requests it takes; other families are not read."""
-    monkeypatch.setattr(_reports, "_BATCH", 3)
+async def test_last_reports_are_read_per_service(h: Harness) -> None:
+    """The start-up read finds each Service's last report (content and sequence), of
+    several earlier ones per Service; other families are not read."""
     last: dict[tuple[str, str, str], tuple[bytes, int]] = {}
     for round_ in range(3):
         for i in range(4):

@@ -1,17 +1,22 @@
-"""Reading a KV bucket's keys without nats-py's ``KeyValue.keys()``.
+"""Reading the last message of every subject a filter matches, once.
 
-That call ends on the watcher's "initial values done" marker, which can
-arrive before the values (or say there are none when there are some): under
-load it returns a partial list or raises ``NoKeysError`` for a full bucket.
-Here the end is decided by the server's own count of what is pending.
+For start-up reads of what the stream (or a KV bucket's stream) already says,
+outside any consumer's deliveries: no span, no ack per message. The end is
+decided by the server's own count of what is pending, never by a marker or a
+timeout: nats-py's ``KeyValue.keys()`` ends on the watcher's "initial values
+done" marker, which can arrive before the values (or say there are none when
+there are some), and under load returns a partial list or raises
+``NoKeysError`` for a full bucket.
 """
 
 from __future__ import annotations
 
 import contextlib
+from collections.abc import AsyncGenerator
 
 import nats.errors
 import nats.js.errors
+from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
@@ -20,21 +25,30 @@ from vipwire.bus._bus import BusError
 _GONE = frozenset({"DEL", "PURGE"})
 
 
-async def kv_keys(
-    js: JetStreamContext, bucket: str, pattern: str = ">", *, timeout: float = 30.0
-) -> list[str]:
-    """The keys of ``bucket`` matching ``pattern`` that hold a value now, sorted."""
-    prefix = f"$KV.{bucket}."
+async def last_per_subject(
+    js: JetStreamContext,
+    stream: str,
+    subjects: str,
+    *,
+    headers_only: bool = False,
+    timeout: float = 30.0,
+) -> AsyncGenerator[Msg, None]:
+    """The last message of each subject of ``stream`` matching ``subjects``, in stream order.
+
+    An ordered consumer (flow-controlled: the client never buffers more than it
+    reads); ``timeout`` bounds the wait for each message.
+    """
     try:
         sub = await js.subscribe(
-            prefix + pattern,
-            stream=f"KV_{bucket}",
+            subjects,
+            stream=stream,
             ordered_consumer=True,
-            config=ConsumerConfig(deliver_policy=DeliverPolicy.LAST_PER_SUBJECT, headers_only=True),
+            config=ConsumerConfig(
+                deliver_policy=DeliverPolicy.LAST_PER_SUBJECT, headers_only=headers_only or None
+            ),
         )
     except (TimeoutError, nats.errors.Error, nats.js.errors.Error) as exc:
-        raise BusError(f"cannot read the keys of KV bucket {bucket}: {exc!r}") from exc
-    keys: list[str] = []
+        raise BusError(f"cannot read {subjects} from stream {stream}: {exc!r}") from exc
     try:
         info = await sub.consumer_info()
         # Messages may be delivered before the info is read: then they wait in
@@ -44,11 +58,25 @@ async def kv_keys(
         while more:
             msg = await sub.next_msg(timeout=timeout)
             more = bool(msg.metadata.num_pending)
-            if (msg.headers or {}).get("KV-Operation") not in _GONE:
-                keys.append(msg.subject[len(prefix) :])
+            yield msg
     except (TimeoutError, nats.errors.Error, nats.js.errors.Error) as exc:
-        raise BusError(f"cannot read the keys of KV bucket {bucket}: {exc!r}") from exc
+        raise BusError(f"cannot read {subjects} from stream {stream}: {exc!r}") from exc
     finally:
         with contextlib.suppress(nats.errors.Error):
             await sub.unsubscribe()
+
+
+async def kv_keys(
+    js: JetStreamContext, bucket: str, pattern: str = ">", *, timeout: float = 30.0
+) -> list[str]:
+    """The keys of ``bucket`` matching ``pattern`` that hold a value now, sorted."""
+    prefix = f"$KV.{bucket}."
+    keys: list[str] = []
+    messages = last_per_subject(
+        js, f"KV_{bucket}", prefix + pattern, headers_only=True, timeout=timeout
+    )
+    async with contextlib.aclosing(messages):
+        async for msg in messages:
+            if (msg.headers or {}).get("KV-Operation") not in _GONE:
+                keys.append(msg.subject[len(prefix) :])
     return sorted(keys)
