@@ -22,7 +22,7 @@ from vipwire.watcher.translate import (
     node_snapshot,
     object_key,
     requested_ips,
-    same_service,
+    service_fingerprint,
     service_snapshot,
     slice_endpoints,
     slice_service,
@@ -204,14 +204,25 @@ class TestServiceFields:
         )
         assert requested_ips(obj) == ("198.51.100.9", "198.51.100.7")
 
-    def test_same_service_ignores_resource_version_only(self) -> None:
+    def test_fingerprint_ignores_resource_version_only(self) -> None:
         """A new resourceVersion alone (our own status write) is no change; a spec change is."""
         a = snap(service())
         b = snap(service(metadata={"resourceVersion": "42"}))
         c = snap(service(metadata={"resourceVersion": "43"}, spec={"ports": [{"port": 81}]}))
         assert a is not None and b is not None and c is not None
-        assert same_service(a, b)
-        assert not same_service(a, c)
+        assert service_fingerprint(a) == service_fingerprint(b)
+        assert service_fingerprint(a) != service_fingerprint(c)
+
+    def test_fingerprint_ignores_the_order_labels_came_in(self) -> None:
+        """Equal snapshots fingerprint alike even when their labels were decoded in
+        another order (dicts compare equal whatever their order; encodings do not)."""
+        a = snap(service(metadata={"labels": {"app": "web", "tier": "front"}}))
+        b = snap(service(metadata={"labels": {"tier": "front", "app": "web"}}))
+        c = snap(service(metadata={"labels": {"tier": "back", "app": "web"}}))
+        assert a is not None and b is not None and c is not None
+        assert a == b and list(a.labels) != list(b.labels)
+        assert service_fingerprint(a) == service_fingerprint(b)
+        assert service_fingerprint(a) != service_fingerprint(c)
 
     @given(
         st.recursive(

@@ -14,8 +14,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, MutableMapping
 from typing import Any, Generic, Protocol, TypeVar
 
 from vipwire.kube import ApiCall, KubeApiError, KubeUnavailable, list_all, watch_events
@@ -50,9 +51,11 @@ class Reflector(Generic[T]):
         keep: Callable[[Obj], T],
         restarts: Counter,
         list_kwargs: Mapping[str, Any] | None = None,
+        store: Callable[[], MutableMapping[str, T]] = dict,
     ) -> None:
         self.name = name
-        self.store: dict[str, T] = {}
+        self._new_store = store
+        self.store: MutableMapping[str, T] = store()
         self.synced = asyncio.Event()
         self._call = call
         self._listener = listener
@@ -107,8 +110,10 @@ class Reflector(Generic[T]):
         items, rv = await list_all(
             self._call, timeout=s.request_timeout, page_size=s.list_page_size, **self._kwargs
         )
-        keep = self._keep
-        self.store = {object_key(o): keep(o) for o in items}
+        keep, store = self._keep, self._new_store()
+        for o in items:
+            store[sys.intern(object_key(o))] = keep(o)
+        self.store = store
         self._listener.listed(self.store, rv)
         self._rv = rv
         self.synced.set()
@@ -133,7 +138,8 @@ class Reflector(Generic[T]):
                 progressed = True
                 event_rv = resource_version(obj)
                 if kind in ("ADDED", "MODIFIED", "DELETED"):
-                    key = object_key(obj)
+                    # Interned: every table of the watcher keyed by it shares one string.
+                    key = sys.intern(object_key(obj))
                     kept = self._keep(obj)
                     old = self.store.get(key)
                     if kind == "DELETED":

@@ -40,7 +40,6 @@ from vipwire.contracts import (
     LbMessage,
     LbProgrammed,
     LbRemoved,
-    Member,
     Message,
     NodeApplied,
     NodeGone,
@@ -69,6 +68,7 @@ from vipwire.runtime import Runtime
 from vipwire.telemetry import trace_id_of_current_span
 from vipwire.watcher import status as st
 from vipwire.watcher import translate as tr
+from vipwire.watcher._packed import PackedDict
 from vipwire.watcher._queue import Drop, KeyedLocks, WorkQueue
 from vipwire.watcher._reflector import Reflector
 from vipwire.watcher.settings import WatcherSettings
@@ -92,11 +92,30 @@ class NotLeader(Exception):
 
 
 class _Published(msgspec.Struct, Generic[M], kw_only=True):
-    """The last message on one of our subjects, and for Services its last live snapshot."""
+    """The last message on one of our Node subjects."""
 
     message: M
     seq: int
+
+
+class _ServiceRecord(msgspec.Struct, kw_only=True, gc=False):
+    """What we keep of the last message on a Service's subject (one per Service, so
+    not the snapshot itself): whose Service it was, and enough to tell whether a
+    new snapshot says anything new."""
+
+    seq: int
+    uid: str
+    #: :func:`~vipwire.watcher.translate.service_fingerprint` of a ServiceSnapshot;
+    #: None: the subject ended with a ServiceGone.
+    fingerprint: bytes | None
+    deleting: bool = False
+    #: Sequence of the last snapshot that was not ``deleting``.
     live_seq: int = 0
+
+    @property
+    def live(self) -> bool:
+        """A snapshot of a Service we serve (not ending, not gone)."""
+        return self.fingerprint is not None and not self.deleting
 
 
 class _DeferredEvent(msgspec.Struct, kw_only=True):
@@ -181,16 +200,19 @@ class WatcherService:
         self._caught_up = False
         self._reflectors: list[Reflector[Any]] = []
         # What we (or a predecessor) last published, per subject key.
-        self._services: dict[str, _Published[ServiceSnapshot | ServiceGone]] = {}
+        self._services: dict[str, _ServiceRecord] = {}
         # Of endpoints only equality is asked: (sequence, fingerprint) instead of the snapshot.
         self._endpoints: dict[str, tuple[int, bytes]] = {}
         self._nodes: dict[str, _Published[NodeSnapshot | NodeGone]] = {}
         # What the rest of the system said.
-        self._views: dict[str, st.BusView] = {}
+        self._views: PackedDict[st.BusView] = PackedDict(st.BusView)
         self._applied: dict[str, frozenset[str]] = {}
-        self._members: dict[Member, Member] = {}  # one instance of each, see _compact
+        # With a status gate: the member nodes of each Service's LbProgrammed, so that a
+        # node's report finds the Services it may open without decoding every view.
+        self._gated: dict[str, frozenset[str]] = {}
         self._locks = KeyedLocks()
-        self._slice_index: dict[str, set[str]] = {}
+        # Service -> its EndpointSlices (a tuple: nearly always one).
+        self._slice_index: dict[str, tuple[str, ...]] = {}
         # Services found invalid: key -> (uid, problems) last reported.
         self._invalid: dict[str, tuple[str, tuple[str, ...]]] = {}
         self._deferred: dict[str, _DeferredEvent] = {}
@@ -347,6 +369,7 @@ class WatcherService:
             s,
             restarts=self._m_restarts,
             keep=tr.slim_service,
+            store=lambda: PackedDict[Obj](Obj),
         )
         self._slice_reflector = Reflector(
             "endpointslices",
@@ -356,6 +379,7 @@ class WatcherService:
             restarts=self._m_restarts,
             list_kwargs={"label_selector": tr.SERVICE_NAME_LABEL},
             keep=tr.slice_endpoints,
+            store=lambda: PackedDict[tr.SliceEndpoints](tr.SliceEndpoints),
         )
         self._node_reflector = Reflector(
             "nodes",
@@ -402,21 +426,37 @@ class WatcherService:
         if self._elector is not None and not self._elector.is_leader:
             raise NotLeader("not the leader")
 
-    def _remember(
-        self, table: dict[str, _Published[Any]], key: str, message: Message, seq: int
-    ) -> None:
-        """Record a message on one of our subjects unless we know a newer one (or its
-        subject ended with it, see :meth:`_forget_tombstone`)."""
+    def _newer(
+        self, table: Mapping[str, _ServiceRecord | _Published[Any]], key: str, seq: int
+    ) -> bool:
+        """Whether a message at ``seq`` on one of our subjects is newer than what we know
+        (and its subject did not end after it, see :meth:`_forget_tombstone`)."""
         ended = self._ended.pop((id(table), key), None)
         if ended is not None and seq <= ended:
-            return
+            return False
         current = table.get(key)
-        if current is not None and seq <= current.seq:
+        return current is None or seq > current.seq
+
+    def _remember_node(self, key: str, message: NodeSnapshot | NodeGone, seq: int) -> None:
+        if self._newer(self._nodes, key, seq):
+            self._nodes[key] = _Published(message=message, seq=seq)
+
+    def _remember_service(self, key: str, message: ServiceSnapshot | ServiceGone, seq: int) -> None:
+        if not self._newer(self._services, key, seq):
             return
+        current = self._services.get(key)
         live_seq = current.live_seq if current is not None else 0
-        if isinstance(message, ServiceSnapshot) and not message.deleting:
-            live_seq = seq
-        table[key] = _Published(message=message, seq=seq, live_seq=live_seq)
+        if isinstance(message, ServiceGone):
+            record = _ServiceRecord(seq=seq, uid=message.uid, fingerprint=None, live_seq=live_seq)
+        else:
+            record = _ServiceRecord(
+                seq=seq,
+                uid=message.uid,
+                fingerprint=tr.service_fingerprint(message),
+                deleting=message.deleting,
+                live_seq=live_seq if message.deleting else seq,
+            )
+        self._services[key] = record
 
     async def _publish(self, message: Message, msg_id: str) -> int:
         self._check_leading()
@@ -449,23 +489,19 @@ class WatcherService:
                 return None
             raise
 
-    def _live(self, key: str, service_uid: str | None = None) -> ServiceSnapshot | None:
-        """The last snapshot we published of ``key`` if it is live (of ``service_uid``)."""
-        published = self._services.get(key)
-        message = published.message if published is not None else None
-        if not isinstance(message, ServiceSnapshot) or message.deleting:
-            return None
-        if service_uid is not None and message.uid != service_uid:
-            return None
-        return message
+    def _serves(self, key: str, service_uid: str) -> bool:
+        """Whether the last snapshot we published of ``key`` is live, of ``service_uid``."""
+        record = self._services.get(key)
+        return record is not None and record.live and record.uid == service_uid
+
+    def _snapshot_of(self, key: str) -> _ServiceRecord | None:
+        """What we know of the last ServiceSnapshot of ``key`` (None: gone or never)."""
+        record = self._services.get(key)
+        return record if record is not None and record.fingerprint is not None else None
 
     def _was_ours(self, key: str, obj: Obj) -> bool:
-        published = self._services.get(key)
-        return (
-            published is not None
-            and isinstance(published.message, ServiceSnapshot)
-            and published.message.uid == tr.uid(obj)
-        )
+        record = self._snapshot_of(key)
+        return record is not None and record.uid == tr.uid(obj)
 
     def _snapshot(self, key: str, service: Obj) -> ServiceSnapshot | None:
         return tr.service_snapshot(
@@ -492,7 +528,7 @@ class WatcherService:
         problems = self._problems(service)
         if not problems:
             return None
-        return invalid_note(problems, served=self._live(key, tr.uid(service)) is not None)
+        return invalid_note(problems, served=self._serves(key, tr.uid(service)))
 
     def _span_attributes(self, service: Obj) -> dict[str, str]:
         meta = tr.metadata(service)
@@ -542,18 +578,17 @@ class WatcherService:
 
     async def _sync_service_locked(self, key: str) -> None:
         service = self._svc_reflector.store.get(key)
-        published = self._services.get(key)
-        previous = published.message if published is not None else None
+        previous = self._snapshot_of(key)
         await self._emit_deferred(key, service)
         if service is None:
             self._invalid.pop(key, None)
-            if isinstance(previous, ServiceSnapshot):
-                await self._publish_gone(previous)
+            if previous is not None:
+                await self._publish_gone(key, previous.uid)
             return
-        if isinstance(previous, ServiceSnapshot) and previous.uid != tr.uid(service):
+        if previous is not None and previous.uid != tr.uid(service):
             # Deleted and recreated under the same name while we were not looking.
             with self._root_span(service):
-                await self._publish_gone(previous, new_trace=False)
+                await self._publish_gone(key, previous.uid, new_trace=False)
             previous = None
         snapshot = self._snapshot(key, service)
         if snapshot is None:
@@ -569,7 +604,7 @@ class WatcherService:
         elif previous is None and not tr.has_finalizer(service):
             return  # going away before we ever served it: nothing to clean up
         needs_mark = not snapshot.deleting and not tr.marked_by(service, self._cluster)
-        unchanged = isinstance(previous, ServiceSnapshot) and tr.same_service(previous, snapshot)
+        unchanged = self._published_alike(key, snapshot)
         if not (unchanged and not needs_mark):
             with self._root_span(service):
                 if needs_mark:
@@ -585,24 +620,25 @@ class WatcherService:
                     if refreshed is None:
                         return
                     snapshot = refreshed
-                published = self._services.get(key)
-                previous = published.message if published is not None else None
-                if not (
-                    isinstance(previous, ServiceSnapshot) and tr.same_service(previous, snapshot)
-                ):
+                if not self._published_alike(key, snapshot):
                     msg_id = f"{self._cluster}/{snapshot.uid}/{snapshot.resource_version}/service"
                     seq = await self._publish(snapshot, msg_id)
-                    self._remember(self._services, key, snapshot, seq)
+                    self._remember_service(key, snapshot, seq)
                 await self._publish_endpoints(key, f"service-{snapshot.resource_version}")
         await self._reconcile_locked(key, service)
 
-    async def _not_ours(self, key: str, service: Obj, previous: Message | None) -> None:
+    def _published_alike(self, key: str, snapshot: ServiceSnapshot) -> bool:
+        """Whether the last snapshot of ``key`` said what ``snapshot`` says."""
+        record = self._snapshot_of(key)
+        return record is not None and record.fingerprint == tr.service_fingerprint(snapshot)
+
+    async def _not_ours(self, key: str, service: Obj, previous: _ServiceRecord | None) -> None:
         """A Service that is not (or no longer) ours: let go of whatever we left on it."""
         self._invalid.pop(key, None)
-        if isinstance(previous, ServiceSnapshot):
+        if previous is not None:
             # It was ours and our finalizer is already off: it is gone for us.
             with self._root_span(service):
-                await self._publish_gone(previous, new_trace=False)
+                await self._publish_gone(key, previous.uid, new_trace=False)
         elif tr.marked_by(service, self._cluster) and not self._is_ours(service):
             if not self._caught_up:
                 raise RuntimeError("bus replay unfinished: cannot tell what was published")
@@ -634,7 +670,7 @@ class WatcherService:
         service_uid = tr.uid(service)
         if self._invalid.get(key) == (service_uid, problems):
             return
-        note = invalid_note(problems, served=self._live(key, service_uid) is not None)
+        note = invalid_note(problems, served=self._serves(key, service_uid))
         generation = str(tr.metadata(service).get("generation") or "")
         cause = f"invalid/{service_uid}/{generation}/{_digest(*problems)}"
         with self._root_span(service):
@@ -642,17 +678,16 @@ class WatcherService:
             await self._emit(st.invalid_event(note), service, cause)
         self._invalid[key] = (service_uid, problems)
 
-    async def _publish_gone(self, last: ServiceSnapshot, *, new_trace: bool = True) -> None:
-        gone = ServiceGone(
-            cluster=last.cluster, namespace=last.namespace, name=last.name, uid=last.uid
-        )
+    async def _publish_gone(self, key: str, uid: str, *, new_trace: bool = True) -> None:
+        namespace, name = key.split("/", 1)
+        gone = ServiceGone(cluster=self._cluster, namespace=namespace, name=name, uid=uid)
         # A uid lives once: its end needs no resourceVersion to be told apart.
-        msg_id = f"{self._cluster}/{last.uid}/service-gone"
+        msg_id = f"{self._cluster}/{uid}/service-gone"
         if new_trace:
             attributes = {
                 "vipwire.cluster": self._cluster,
-                "k8s.namespace.name": last.namespace,
-                "k8s.service.name": last.name,
+                "k8s.namespace.name": namespace,
+                "k8s.service.name": name,
             }
             with self.runtime.tracer.start_as_current_span(
                 "reconcile service", context=Context(), attributes=attributes
@@ -660,7 +695,7 @@ class WatcherService:
                 seq = await self._publish(gone, msg_id)
         else:
             seq = await self._publish(gone, msg_id)
-        self._remember(self._services, f"{last.namespace}/{last.name}", gone, seq)
+        self._remember_service(key, gone, seq)
 
     async def _write_finalizer(
         self, service: Obj, *, present: bool, trace_id: str | None = None
@@ -915,11 +950,12 @@ class WatcherService:
 
     async def _handle(self, d: Delivery) -> None:
         message = d.message
-        key = d.subject.key
+        # Interned: the same string as the reflectors' keys, not one more per table.
+        key = sys.intern(d.subject.key)
         match message:
             case ServiceSnapshot() | ServiceGone():
                 recorded = self._recorded(self._services, key, d.seq)
-                self._remember(self._services, key, message, d.seq)
+                self._remember_service(key, message, d.seq)
                 if isinstance(message, ServiceGone):
                     self._forget_tombstone(self._services, key, d.seq, recorded=recorded)
                     self._maybe_forget(key)
@@ -927,7 +963,7 @@ class WatcherService:
                 self._remember_endpoints(key, _fingerprint(message), d.seq)
             case NodeSnapshot() | NodeGone():
                 recorded = self._recorded(self._nodes, key, d.seq)
-                self._remember(self._nodes, key, message, d.seq)
+                self._remember_node(key, message, d.seq)
                 if isinstance(message, NodeGone):
                     self._forget_tombstone(self._nodes, key, d.seq, recorded=recorded)
             case NodeApplied():
@@ -935,11 +971,8 @@ class WatcherService:
                     return
                 # Interned: every node reports the same VIPs, held once instead of per node.
                 self._applied[message.node] = frozenset(map(sys.intern, message.vips))
-                for service_key, view in list(self._views.items()):
-                    lb = view.lb
-                    if isinstance(lb, LbProgrammed) and any(
-                        m.node == message.node for m in lb.members
-                    ):
+                for service_key, nodes in list(self._gated.items()):
+                    if message.node in nodes:
                         await self._reconcile(service_key)
             case (
                 VipAssigned()
@@ -952,7 +985,13 @@ class WatcherService:
             ):
                 old = self._views.get(key, st.BusView())
                 prior = st.before(old, message, d.seq)
-                self._views[key] = st.observe(old, self._compact(message), d.seq)
+                view = st.observe(old, self._compact(message), d.seq)
+                if view is not old:
+                    self._views[key] = view
+                    if self.settings.status_gate != "none":
+                        lb = view.lb
+                        members = lb.members if isinstance(lb, LbProgrammed) else ()
+                        self._gated[key] = frozenset(m.node for m in members)
                 await self._reconcile(key)
                 spec = st.event_for(message, before=prior)
                 fresh = not d.timestamp or time.time() - d.timestamp < _EVENT_HORIZON
@@ -977,34 +1016,34 @@ class WatcherService:
                 self._maybe_forget(key)
 
     def _compact(self, message: VipMessage | LbMessage) -> VipMessage | LbMessage:
-        """The message as kept in a view: without its members unless a status gate reads
-        them, else with them shared with every other Service's.
+        """The message as kept in a view: without what no decision reads of it.
 
-        Each delivery decodes its own copy of every member node (an LbProgrammed
-        of a 50-node cluster holds 50), and a view keeps two lb messages. Events
-        are made of the message as delivered (their note counts the members).
+        Ports are for Events, which are made of the message as delivered; members
+        (an LbProgrammed of a 50-node cluster lists 50) only a status gate reads.
         """
-        if isinstance(message, LbProgrammed) and message.members:
-            members: tuple[Member, ...] = ()
-            if self.settings.status_gate != "none":
-                shared = self._members
-                members = tuple(shared.setdefault(m, m) for m in message.members)
+        if isinstance(message, VipAssigned):
+            return msgspec.structs.replace(message, ports=())
+        if isinstance(message, LbProgrammed):
+            gated = self.settings.status_gate != "none"
             return msgspec.structs.replace(
-                message,
-                members=members,
-                cluster=sys.intern(message.cluster),
-                namespace=sys.intern(message.namespace),
-                appliance=sys.intern(message.appliance),
+                message, ports=(), members=message.members if gated else ()
             )
         return message
 
     @staticmethod
-    def _recorded(table: dict[str, _Published[Any]], key: str, seq: int) -> bool:
+    def _recorded(
+        table: Mapping[str, _ServiceRecord | _Published[Any]], key: str, seq: int
+    ) -> bool:
         current = table.get(key)
         return current is not None and current.seq >= seq
 
     def _forget_tombstone(
-        self, table: dict[str, _Published[Any]], key: str, seq: int, *, recorded: bool
+        self,
+        table: dict[str, _ServiceRecord] | dict[str, _Published[Any]],
+        key: str,
+        seq: int,
+        *,
+        recorded: bool,
     ) -> None:
         """Drop an object's entry once its end came back to us and nothing newer is known:
         every older message of its subject has been delivered by then."""
@@ -1033,10 +1072,10 @@ class WatcherService:
             return
         if key in self._svc_reflector.store:
             return
-        published = self._services.get(key)
-        if published is not None and isinstance(published.message, ServiceSnapshot):
+        if self._snapshot_of(key) is not None:
             return
         self._views.pop(key, None)
+        self._gated.pop(key, None)
         self._invalid.pop(key, None)
         for family in ("vip", "lb"):
             self._deferred.pop(f"{key}|{family}", None)
@@ -1064,8 +1103,7 @@ class WatcherService:
             raise Drop() from exc
 
     async def _publish_endpoints(self, key: str, trigger: str) -> None:
-        published = self._services.get(key)
-        if published is None or not isinstance(published.message, ServiceSnapshot):
+        if self._snapshot_of(key) is None:
             return
         namespace, name = key.split("/", 1)
         async with self._locks.hold(f"endpoints:{key}"):
@@ -1100,12 +1138,14 @@ class WatcherService:
             if service_key is None:
                 continue
             affected.add(service_key)
-            members = self._slice_index.setdefault(service_key, set())
-            if adding:
-                members.add(slice_key)
-            else:
-                members.discard(slice_key)
-                if not members:
+            members = self._slice_index.get(service_key, ())
+            if adding and slice_key not in members:
+                self._slice_index[service_key] = (*members, slice_key)
+            elif not adding and slice_key in members:
+                rest = tuple(k for k in members if k != slice_key)
+                if rest:
+                    self._slice_index[service_key] = rest
+                else:
                     del self._slice_index[service_key]
         return affected
 
@@ -1144,7 +1184,7 @@ class WatcherService:
                 return
             gone = NodeGone(cluster=self._cluster, node=name)
             seq = await self._publish(gone, f"{self._cluster}/{name}/{trigger}/node-gone")
-            self._remember(self._nodes, name, gone, seq)
+            self._remember_node(name, gone, seq)
             self._applied.pop(name, None)
             return
         snapshot = tr.node_snapshot(node, cluster=self._cluster)
@@ -1153,7 +1193,7 @@ class WatcherService:
         seq = await self._publish(
             snapshot, f"{self._cluster}/{name}/{tr.resource_version(node)}/node"
         )
-        self._remember(self._nodes, name, snapshot, seq)
+        self._remember_node(name, snapshot, seq)
 
     def _nodes_listed(self, objects: Mapping[str, Obj], rv: str) -> None:
         for name in set(objects) | set(self._nodes):

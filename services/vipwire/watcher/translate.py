@@ -7,6 +7,7 @@ defaulted here, never put on the bus.
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import sys
 from collections.abc import Iterable, Mapping
@@ -170,7 +171,7 @@ def _shared(value: Any, share: bool = False) -> Any:
 def slim_service(service: Obj) -> dict[str, Any]:
     """What the watcher reads of a Service (all of spec it translates, its metadata but
     managedFields and the last applied configuration, its load balancer status and
-    conditions): what it keeps of each."""
+    conditions): what it keeps of each (encoded, see :mod:`vipwire.watcher._packed`)."""
     meta = _pick(service.get("metadata"), _SERVICE_META)
     annotations = meta.get("annotations")
     if isinstance(annotations, Mapping) and _LAST_APPLIED in annotations:
@@ -180,8 +181,7 @@ def slim_service(service: Obj) -> dict[str, Any]:
         "spec": _pick(service.get("spec"), _SERVICE_SPEC),
         "status": _pick(service.get("status"), ("loadBalancer", "conditions")),
     }
-    shared: dict[str, Any] = _shared(slim)
-    return shared
+    return slim
 
 
 def slim_node(node: Obj) -> dict[str, Any]:
@@ -313,9 +313,16 @@ def service_snapshot(
     )
 
 
-def same_service(a: ServiceSnapshot, b: ServiceSnapshot) -> bool:
-    """Equal in everything but ``resource_version`` (which our own status writes bump)."""
-    return a == msgspec.structs.replace(b, resource_version=a.resource_version)
+# Sorted: two equal snapshots whose labels arrived in another order encode alike.
+_canonical = msgspec.json.Encoder(order="sorted").encode
+
+
+def service_fingerprint(snapshot: ServiceSnapshot) -> bytes:
+    """16 bytes, equal for two snapshots equal in everything but ``resource_version``
+    (which our own status writes bump), short of a hash collision: what the
+    watcher keeps of each snapshot it published, instead of the snapshot."""
+    blank = msgspec.structs.replace(snapshot, resource_version="")
+    return hashlib.blake2b(_canonical(blank), digest_size=16).digest()
 
 
 def ingress(service: Obj) -> list[Any]:
