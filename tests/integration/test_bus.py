@@ -8,6 +8,7 @@ import random
 import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
+from typing import Literal
 
 import pytest
 from nats.js.api import AckPolicy
@@ -420,6 +421,42 @@ class TestResilience:
         finally:
             await rt.stop()
             await server.stop()
+
+    @pytest.mark.parametrize("ack", ["none", "explicit"])
+    async def test_a_busy_consumer_is_not_taken_for_a_dead_one(
+        self, make_runtime: RuntimeFactory, ack: Literal["none", "explicit"]
+    ) -> None:
+        """A consumer whose every credit sits in a slow handler hears nothing from the
+        server (it has no request open) for longer than three heartbeats. That is not a
+        lost request: it must not be re-created, which for an ephemeral consumer
+        replays its subjects and hands every message over twice."""
+        rt = await make_runtime("busy")
+        for node in ("a", "b", "c"):
+            await rt.bus.publish(NodeGone(cluster="east", node=node))
+        got: list[str] = []
+
+        async def handler(d: Delivery) -> Verdict:
+            assert isinstance(d.message, NodeGone)
+            got.append(d.message.node)
+            if d.message.node == "a":
+                await asyncio.sleep(1.0)  # > 3 heartbeats, with the only credit taken
+            return DONE
+
+        spec = ConsumerSpec(
+            filters=("vipwire.*.node.>",),
+            deliver="last_per_subject",
+            ack=ack,
+            batch=1,
+            heartbeat=0.2,
+        )
+        consumer = rt.bus.consumer(spec, handler)
+        await consumer.start()
+        try:
+            await eventually(lambda: set(got) == {"a", "b", "c"}, timeout=5)
+            await asyncio.sleep(1.0)  # a replay would have come by now
+            assert sorted(got) == ["a", "b", "c"]
+        finally:
+            await consumer.stop()
 
     async def test_a_stopped_consumer_hands_on_what_was_already_sent_to_it(
         self, make_runtime: RuntimeFactory

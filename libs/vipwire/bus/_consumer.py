@@ -220,10 +220,19 @@ class PullConsumer:
             asyncio.Queue() for _ in range(max(1, spec.concurrency))
         ]
         self._last_seq: dict[str, int] = {}
+        # Without acks nothing is redelivered, and a consumer created anew replays each
+        # subject's last message: nothing older than what was handled can come, so the
+        # map (a string and a number per subject ever seen) would be kept for nothing.
+        self._supersede = spec.supersede and not (
+            spec.ack == "none" and spec.deliver == "last_per_subject"
+        )
         self._outstanding = 0  # requested from the server, not yet received
         self._inflight = 0  # received, not yet acknowledged
         self._wake = asyncio.Event()
         self._last_heard = time.monotonic()
+        # The server's state of our consumer cannot be trusted (a reconnect lost what
+        # was in flight without acks; the consumer was deleted): create it anew.
+        self._recreate = False
         self._stopping = False
         self._name: str | None = None
         self._sub: Subscription | None = None
@@ -301,7 +310,7 @@ class PullConsumer:
             # What the server sent while we were gone counts as delivered, and
             # nothing unacknowledged comes back: start a fresh consumer instead,
             # which (``last_per_subject``) replays the current state.
-            self._last_heard = 0.0
+            self._recreate = True
         self._wake.set()
 
     async def _create(self) -> None:
@@ -347,15 +356,35 @@ class PullConsumer:
             self._wake.clear()
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), spec.heartbeat)
-            if time.monotonic() - self._last_heard > 3 * spec.heartbeat:
-                # No message and no heartbeat: our requests are gone (server
-                # restart, consumer deleted). Re-create idempotently and ask again.
-                self._last_heard = time.monotonic()
-                self._outstanding = 0
-                with contextlib.suppress(
-                    nats.errors.Error, nats.js.errors.Error, asyncio.TimeoutError
-                ):
-                    await self._create()
+            # Silence only means something while a request is open: with every credit
+            # in a slow handler the server has nothing to say to us.
+            silent = time.monotonic() - self._last_heard > 3 * spec.heartbeat
+            if self._recreate or (silent and self._outstanding > 0):
+                await self._recover()
+
+    async def _recover(self) -> None:
+        """Our open requests went silent, or the consumer must be created anew.
+
+        Silence has two causes: the server lost our requests (it restarted, our
+        connection was replaced) or the consumer itself (deleted, expired), or
+        we were too busy to hear it. Asking again covers all but a lost
+        consumer; re-creating one that still exists would, for an ephemeral
+        consumer, start a second one that replays its subjects from the start.
+        """
+        self._last_heard = time.monotonic()
+        self._outstanding = 0  # the loop asks again
+        recreate, self._recreate = self._recreate, False
+        try:
+            if not recreate and self._name is not None:
+                try:
+                    await self._bus.js.consumer_info(STREAM, self._name)
+                    return
+                except nats.js.errors.NotFoundError:
+                    pass
+            await self._create()
+        except (TimeoutError, nats.errors.Error, nats.js.errors.Error) as exc:
+            log.debug("consumer %s: cannot recover yet (%r); will retry", self._label, exc)
+            self._recreate = self._recreate or recreate
 
     async def _request(self, count: int) -> None:
         spec = self.spec
@@ -397,7 +426,7 @@ class PullConsumer:
             description = headers.get("Description", "")
             if status == "409" and "Deleted" in description:
                 log.warning("consumer %s was deleted on the server; re-creating", self._label)
-                self._last_heard = 0.0
+                self._recreate = True
             self._wake.set()
 
     # --- handling ----------------------------------------------------------------
@@ -424,7 +453,7 @@ class PullConsumer:
     async def _handle(self, msg: Msg) -> None:
         seq, num_delivered, stored_at = _ack_fields(msg)
         subject = msg.subject
-        if self.spec.supersede and seq < self._last_seq.get(subject, 0):
+        if self._supersede and seq < self._last_seq.get(subject, 0):
             await self._settle(msg, Done(), subject, seq)
             return
         try:
@@ -436,7 +465,8 @@ class PullConsumer:
         except MalformedMessage as exc:
             await self._poison(msg, subject, seq, exc.reason)
             return
-        self._last_seq[subject] = seq
+        if self._supersede:
+            self._last_seq[subject] = seq
         headers = dict(msg.headers or {})
         delivery = Delivery(
             subject=parsed,
