@@ -32,6 +32,7 @@ from vipwire.watcher.status import (
     observe,
     readiness,
     series_patch,
+    superseded,
     trace_patch,
 )
 from vipwire.watcher.status import decide as decide_
@@ -440,6 +441,16 @@ class TestView:
         v = observe(v, LbRemoved(**SVC, appliance="a"), 4)
         assert (v.vip_seq, v.lb_seq) == (10, 4)
         assert before(v, VipReleased(**SVC), 10) == assigned()
+
+    def test_only_a_message_older_than_the_held_one_is_superseded(self) -> None:
+        """A redelivery overtaken on its own subject is superseded; the held message
+        itself (a redelivery of it) and the other family's are not."""
+        v = observe(observe(BusView(), assigned(), 8), programmed(), 5)
+        assert superseded(v, assigned(), 7)
+        assert not superseded(v, assigned(), 8)
+        assert not superseded(v, VipReleased(**SVC), 9)
+        assert superseded(v, LbRemoved(**SVC, appliance="a"), 4)
+        assert not superseded(v, programmed(), 7)  # older than the vip, newer than the lb
 
 
 class TestEvents:

@@ -207,6 +207,7 @@ class WatcherService:
         # What the rest of the system said.
         self._views: PackedDict[st.BusView] = PackedDict(st.BusView)
         self._applied: dict[str, frozenset[str]] = {}
+        self._applied_seq: dict[str, int] = {}
         # With a status gate: the member nodes of each Service's LbProgrammed, so that a
         # node's report finds the Services it may open without decoding every view.
         self._gated: dict[str, frozenset[str]] = {}
@@ -317,7 +318,9 @@ class WatcherService:
             # (one per node and change, each listing every VIP of the node) are not worth
             # a delivery.
             filters += (family_filter("applied", c),)
-        spec = ConsumerSpec(filters=filters, deliver="last_per_subject")
+        # Every table below keeps the sequence of what it holds and ignores anything
+        # older: the bus need not keep a sequence per subject as well.
+        spec = ConsumerSpec(filters=filters, deliver="last_per_subject", supersede=False)
         consumer = self.runtime.bus.consumer(spec, self._on_delivery)
         self._consumer = consumer
         tasks: list[asyncio.Task[None]] = []
@@ -970,6 +973,9 @@ class WatcherService:
                 if self.settings.status_gate == "none":
                     return
                 # Interned: every node reports the same VIPs, held once instead of per node.
+                if d.seq < self._applied_seq.get(message.node, 0):
+                    return  # a redelivery overtaken by a newer report
+                self._applied_seq[message.node] = d.seq
                 self._applied[message.node] = frozenset(map(sys.intern, message.vips))
                 for service_key, nodes in list(self._gated.items()):
                     if message.node in nodes:
@@ -984,6 +990,8 @@ class WatcherService:
                 | LbRemoved()
             ):
                 old = self._views.get(key, st.BusView())
+                if st.superseded(old, message, d.seq):
+                    return  # a redelivery overtaken by a newer message on its subject
                 prior = st.before(old, message, d.seq)
                 view = st.observe(old, self._compact(message), d.seq)
                 if view is not old:
@@ -1065,6 +1073,7 @@ class WatcherService:
                 self._endpoints.pop(key, None)
             else:
                 self._applied.pop(key, None)
+                self._applied_seq.pop(key, None)
 
     def _maybe_forget(self, key: str) -> None:
         """Drop what we keep about a Service that no longer exists anywhere."""
@@ -1186,6 +1195,7 @@ class WatcherService:
             seq = await self._publish(gone, f"{self._cluster}/{name}/{trigger}/node-gone")
             self._remember_node(name, gone, seq)
             self._applied.pop(name, None)
+            self._applied_seq.pop(name, None)
             return
         snapshot = tr.node_snapshot(node, cluster=self._cluster)
         if previous is not None and previous.message == snapshot:

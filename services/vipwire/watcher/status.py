@@ -80,6 +80,14 @@ def observe(view: BusView, message: VipMessage | LbMessage, seq: int) -> BusView
     return msgspec.structs.replace(view, vip=message, vip_seq=seq, vip_before=view.vip)
 
 
+def superseded(view: BusView, message: VipMessage | LbMessage, seq: int) -> bool:
+    """Whether the view already holds a newer message of the same subject (the one at
+    ``seq`` is a redelivery that came after it)."""
+    if isinstance(message, LbProgrammed | LbFailed | LbRemoved):
+        return seq < view.lb_seq
+    return seq < view.vip_seq
+
+
 def before(
     view: BusView, message: VipMessage | LbMessage, seq: int
 ) -> VipMessage | LbMessage | None:
