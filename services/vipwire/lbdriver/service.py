@@ -764,8 +764,10 @@ class LbdriverService:
             return None
         partition = key.cluster
         try:
-            actual = await client.actual(partition)
-            ops = diff(desired, owned_scope(actual, owner, desired), self.settings.prefix)
+            # The listing is not held across the write: every write makes a new one,
+            # and in a burst hundreds of writes wait, each holding its own copy.
+            scope = owned_scope(await client.actual(partition), owner, desired)
+            ops = diff(desired, scope, self.settings.prefix)
             if ops:
                 await client.apply(partition, ops)
         except ApplianceError as exc:
