@@ -84,6 +84,11 @@ class ConsumerSpec(msgspec.Struct, frozen=True, kw_only=True):
     heartbeat: float = 5.0
     #: Skip messages older than one already handled on the same subject.
     supersede: bool = True
+    #: Seconds a subject's last handled sequence is kept after its last message (at
+    #: most twice that), for ``supersede``: far longer than a redelivery takes to
+    #: come back (``ack_wait``, ``Retry`` delays), without keeping every subject
+    #: ever seen (every Service ever deleted, say).
+    supersede_horizon: float = 600.0
     #: ``explicit``: every message is acknowledged after its handler, and a ``Retry``
     #: redelivers it; ``none``: nothing is acknowledged (one message less per delivery,
     #: for us and the server) and nothing is ever redelivered, so ``Retry`` and
@@ -135,6 +140,35 @@ Handler = Callable[[Delivery], Awaitable[Verdict]]
 
 def _backoff(num_delivered: int) -> float:
     return float(min(0.1 * 2 ** (num_delivered - 1), 10.0))
+
+
+class _LastSequences:
+    """The last sequence handled per subject, forgotten ``horizon`` to twice ``horizon``
+    seconds after the subject's last message: two generations, the older dropped
+    whenever the newer is ``horizon`` old, so forgetting costs no scan."""
+
+    __slots__ = ("_current", "_horizon", "_previous", "_turn_at")
+
+    def __init__(self, horizon: float) -> None:
+        self._horizon = horizon
+        self._current: dict[str, int] = {}
+        self._previous: dict[str, int] = {}
+        self._turn_at = time.monotonic() + horizon
+
+    def get(self, subject: str) -> int:
+        """The last sequence handled on ``subject`` (0: none within the horizon)."""
+        seq = self._current.get(subject)
+        return self._previous.get(subject, 0) if seq is None else seq
+
+    def note(self, subject: str, seq: int) -> None:
+        now = time.monotonic()
+        if now >= self._turn_at:
+            self._previous, self._current = self._current, {}
+            self._turn_at = now + self._horizon
+        self._current[subject] = seq
+
+    def __len__(self) -> int:
+        return len(self._current.keys() | self._previous.keys())
 
 
 def _ack_fields(msg: Msg) -> tuple[int, int, float]:
@@ -219,7 +253,7 @@ class PullConsumer:
         self._lanes: list[asyncio.Queue[Msg | None]] = [
             asyncio.Queue() for _ in range(max(1, spec.concurrency))
         ]
-        self._last_seq: dict[str, int] = {}
+        self._last_seq = _LastSequences(spec.supersede_horizon)
         # Without acks nothing is redelivered, and a consumer created anew replays each
         # subject's last message: nothing older than what was handled can come, so the
         # map (a string and a number per subject ever seen) would be kept for nothing.
@@ -453,7 +487,7 @@ class PullConsumer:
     async def _handle(self, msg: Msg) -> None:
         seq, num_delivered, stored_at = _ack_fields(msg)
         subject = msg.subject
-        if self._supersede and seq < self._last_seq.get(subject, 0):
+        if self._supersede and seq < self._last_seq.get(subject):
             await self._settle(msg, Done(), subject, seq)
             return
         try:
@@ -466,7 +500,7 @@ class PullConsumer:
             await self._poison(msg, subject, seq, exc.reason)
             return
         if self._supersede:
-            self._last_seq[subject] = seq
+            self._last_seq.note(subject, seq)
         headers = dict(msg.headers or {})
         delivery = Delivery(
             subject=parsed,
