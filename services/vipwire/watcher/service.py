@@ -972,10 +972,10 @@ class WatcherService:
             case NodeApplied():
                 if self.settings.status_gate == "none":
                     return
-                # Interned: every node reports the same VIPs, held once instead of per node.
                 if d.seq < self._applied_seq.get(message.node, 0):
                     return  # a redelivery overtaken by a newer report
                 self._applied_seq[message.node] = d.seq
+                # Interned: every node reports the same VIPs, held once instead of per node.
                 self._applied[message.node] = frozenset(map(sys.intern, message.vips))
                 for service_key, nodes in list(self._gated.items()):
                     if message.node in nodes:
