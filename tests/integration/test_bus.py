@@ -458,6 +458,32 @@ class TestResilience:
         finally:
             await consumer.stop()
 
+    async def test_a_stop_cancelled_halfway_still_finishes(
+        self, make_runtime: RuntimeFactory
+    ) -> None:
+        """Cancelling whoever awaits stop() does not cut the stop short: the handler in
+        flight finishes, and a second stop() waits for the first instead of returning
+        while lanes still run."""
+        rt = await make_runtime("stopper")
+        await rt.bus.publish(NodeGone(cluster="east", node="slow"))
+        started, finished = asyncio.Event(), asyncio.Event()
+
+        async def handler(d: Delivery) -> Verdict:
+            started.set()
+            await asyncio.sleep(0.3)
+            finished.set()
+            return DONE
+
+        consumer = rt.bus.consumer(ConsumerSpec(filters=("vipwire.*.node.>",)), handler)
+        await consumer.start()
+        await asyncio.wait_for(started.wait(), 5)
+        first = asyncio.create_task(consumer.stop())
+        await asyncio.sleep(0.05)
+        first.cancel()
+        await consumer.stop()
+        assert finished.is_set()
+        assert first.cancelled()
+
     async def test_a_stopped_consumer_hands_on_what_was_already_sent_to_it(
         self, make_runtime: RuntimeFactory
     ) -> None:

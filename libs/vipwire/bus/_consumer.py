@@ -268,6 +268,7 @@ class PullConsumer:
         # was in flight without acks; the consumer was deleted): create it anew.
         self._recreate = False
         self._stopping = False
+        self._stopped: asyncio.Future[None] | None = None
         self._name: str | None = None
         self._sub: Subscription | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -312,9 +313,17 @@ class PullConsumer:
         await asyncio.wait_for(self._caught_up.wait(), timeout)
 
     async def stop(self) -> None:
-        """Stop pulling, finish what was received, then stop the lanes."""
-        if self._stopping:
-            return
+        """Stop pulling, finish what was received, then stop the lanes.
+
+        Every call waits for the one stop, and cancelling a caller does not cut
+        it short: a stop cancelled halfway would leave lanes running that a
+        second call could no longer reach.
+        """
+        if self._stopped is None:
+            self._stopped = asyncio.ensure_future(self._stop())
+        await asyncio.shield(self._stopped)
+
+    async def _stop(self) -> None:
         self._stopping = True
         if self._sub is not None:
             # Drain, not unsubscribe: what the server sent before it saw us leave
