@@ -471,6 +471,25 @@ class TestResilience:
         new = harness.seen.messages[before:]
         assert [type(m).__name__ for m in new] == ["NodeGone"]
 
+    async def test_a_replay_that_outlasts_its_timeout_finishes_while_serving(
+        self, harness: Harness
+    ) -> None:
+        """Past catch_up_timeout the watcher serves Kubernetes while the replay of its own
+        families goes on; once that ends it reads them no more, and a Service deleted then
+        is still declared gone and forgotten."""
+        for i in range(500):  # something to replay for longer than the timeout
+            await harness.publish(NodeGone(cluster="east", node=f"old-{i}"))
+        watcher = await harness.start_watcher(catch_up_timeout=0.001)
+        snap = await harness.created()
+        await eventually(lambda: watcher._replay is None)  # white box: replay stopped
+        await harness.emu.delete("services", "default", "web")
+        await eventually(lambda: harness.seen.of(ServiceSnapshot, name="web", deleting=True))
+        await harness.publish(VipReleased(**SVC, uid=snap.uid, vips=("198.51.100.7",)))
+        await eventually(lambda: harness.seen.of(ServiceGone, name="web", uid=snap.uid))
+        await eventually(lambda: harness.service() is None)
+        await eventually(lambda: "default/web" not in watcher._services)
+        assert "default/web" not in watcher._views
+
     async def test_services_replaced_or_removed_while_down_are_caught_up(
         self, harness: Harness
     ) -> None:

@@ -197,6 +197,8 @@ class WatcherService:
     def _reset(self) -> None:
         """Forget everything a term learnt: the next one rebuilds it from the bus."""
         self._consumer: _Consumer | None = None
+        # Our own families, read at the start of a term (None once caught up).
+        self._replay: _Consumer | None = None
         self._caught_up = False
         self._reflectors: list[Reflector[Any]] = []
         # What we (or a predecessor) last published, per subject key.
@@ -305,38 +307,46 @@ class WatcherService:
         """Lead until the Lease is lost (without election: until stopped)."""
         self._reset()
         c = self._cluster
-        # Our own families too: their last messages say what was published before us.
-        filters: tuple[str, ...] = (
-            family_filter("service", c),
-            family_filter("endpoints", c),
-            family_filter("node", c),
-            family_filter("vip", c),
-            family_filter("lb", c),
-        )
+        # What the rest of the system says, for the whole term.
+        theirs: tuple[str, ...] = (family_filter("vip", c), family_filter("lb", c))
         if self.settings.status_gate != "none":
             # Only a gate reads what the node agents applied: without one, their reports
             # (one per node and change, each listing every VIP of the node) are not worth
             # a delivery.
-            filters += (family_filter("applied", c),)
+            theirs += (family_filter("applied", c),)
+        # What we (or a predecessor) published: read to start from, then no more. Our
+        # own messages coming back would be half of every Service's deliveries.
+        ours = (
+            family_filter("service", c),
+            family_filter("endpoints", c),
+            family_filter("node", c),
+        )
         # Every table below keeps the sequence of what it holds and ignores anything
         # older: the bus need not keep a sequence per subject as well.
-        spec = ConsumerSpec(filters=filters, deliver="last_per_subject", supersede=False)
-        consumer = self.runtime.bus.consumer(spec, self._on_delivery)
-        self._consumer = consumer
+        bus = self.runtime.bus
+        consumer = bus.consumer(
+            ConsumerSpec(filters=theirs, deliver="last_per_subject", supersede=False),
+            self._on_delivery,
+        )
+        replay = bus.consumer(
+            ConsumerSpec(filters=ours, deliver="last_per_subject", supersede=False, traced=False),
+            self._on_delivery,
+        )
+        self._consumer, self._replay = consumer, replay
         tasks: list[asyncio.Task[None]] = []
         try:
+            await replay.start()
             await consumer.start()
             log.info("cluster %s: leading; replaying the bus", c)
             try:
-                await consumer.caught_up(self.settings.catch_up_timeout)
+                async with asyncio.timeout(self.settings.catch_up_timeout):
+                    await self._catch_up()
             except TimeoutError:
                 log.warning(
                     "bus replay not finished after %.0fs; watching Kubernetes anyway",
                     self.settings.catch_up_timeout,
                 )
-                tasks.append(asyncio.create_task(self._await_catch_up(), name="watcher-catchup"))
-            else:
-                self._caught_up = True
+                tasks.append(asyncio.create_task(self._catch_up(), name="watcher-catchup"))
             tasks += self._start_reflectors()
             if self._elector is not None:
                 await self._elector.wait_not_leading()
@@ -349,8 +359,25 @@ class WatcherService:
             self._ending = asyncio.ensure_future(self._end_term(tasks, consumer))
             await asyncio.shield(self._ending)
 
+    async def _catch_up(self) -> None:
+        """Wait for both replays; then stop reading our own families.
+
+        Until then (a replay that outlasts ``catch_up_timeout`` goes on while we
+        publish) our own messages come back to us, and an end we publish is
+        forgotten only once it has (see :meth:`_forget_tombstone`).
+        """
+        assert self._consumer is not None and self._replay is not None
+        await self._consumer.caught_up()
+        await self._replay.caught_up()
+        self._caught_up = True
+        await self._replay.stop()  # what it still hands over is handled as before
+        self._replay = None
+
     async def _end_term(self, tasks: list[asyncio.Task[None]], consumer: _Consumer) -> None:
         await cancel_and_wait(tasks)
+        replay, self._replay = self._replay, None
+        if replay is not None:
+            await replay.stop()
         await consumer.stop()
         self._consumer = None
 
@@ -396,11 +423,6 @@ class WatcherService:
         runs: list[Coroutine[Any, Any, None]] = [r.run() for r in self._reflectors]
         runs += [q.run() for q in (self._svc_queue, self._eps_queue, self._node_queue)]
         return [asyncio.create_task(coro, name="watcher-term") for coro in runs]
-
-    async def _await_catch_up(self) -> None:
-        assert self._consumer is not None
-        await self._consumer.caught_up()
-        self._caught_up = True
 
     @property
     def leading(self) -> bool:
@@ -699,6 +721,7 @@ class WatcherService:
         else:
             seq = await self._publish(gone, msg_id)
         self._remember_service(key, gone, seq)
+        self._ended_by_us(self._services, key, seq)
 
     async def _write_finalizer(
         self, service: Obj, *, present: bool, trace_id: str | None = None
@@ -1075,6 +1098,17 @@ class WatcherService:
                 self._applied.pop(key, None)
                 self._applied_seq.pop(key, None)
 
+    def _ended_by_us(
+        self, table: dict[str, _ServiceRecord] | dict[str, _Published[Any]], key: str, seq: int
+    ) -> None:
+        """An end we published is final at once when our own messages no longer come
+        back to us (nothing older of its subject can come to bring the entry back)."""
+        if self._replay is not None or not self._caught_up:
+            return  # it comes back: forgotten then, see _handle
+        self._forget_tombstone(table, key, seq, recorded=True)
+        if table is self._services:
+            self._maybe_forget(key)
+
     def _maybe_forget(self, key: str) -> None:
         """Drop what we keep about a Service that no longer exists anywhere."""
         if not self._reflectors or not self._svc_reflector.synced.is_set():
@@ -1194,6 +1228,7 @@ class WatcherService:
             gone = NodeGone(cluster=self._cluster, node=name)
             seq = await self._publish(gone, f"{self._cluster}/{name}/{trigger}/node-gone")
             self._remember_node(name, gone, seq)
+            self._ended_by_us(self._nodes, name, seq)
             self._applied.pop(name, None)
             self._applied_seq.pop(name, None)
             return
