@@ -408,9 +408,9 @@ class PullConsumer:
     async def _recover(self) -> None:
         """Our open requests went silent, or the consumer must be created anew.
 
-        Silence has two causes: the server lost our requests (it restarted, our
-        connection was replaced) or the consumer itself (deleted, expired), or
-        we were too busy to hear it. Asking again covers all but a lost
+        Silence has three causes: the server lost our requests (it restarted, our
+        connection was replaced), it lost the consumer itself (deleted, expired),
+        or we were too busy to hear it. Asking again covers all but a lost
         consumer; re-creating one that still exists would, for an ephemeral
         consumer, start a second one that replays its subjects from the start.
         """
