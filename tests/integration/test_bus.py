@@ -15,7 +15,16 @@ from nats.js.api import AckPolicy
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanContext, SpanKind
 
-from vipwire.bus import DONE, ConsumerSpec, Delivery, Reject, Retry, Verdict, kv_keys
+from vipwire.bus import (
+    DONE,
+    ConsumerSpec,
+    Delivery,
+    Reject,
+    Retry,
+    Verdict,
+    kv_keys,
+    kv_purge_markers,
+)
 from vipwire.contracts import STREAM, NodeGone, ServiceGone, subject_for
 from vipwire.natsserver import NatsServer
 from vipwire.runtime import Runtime
@@ -64,6 +73,29 @@ class TestKvKeys:
         live = sorted(f"addr.{i:04d}" for i in range(2000) if i % 3 and i != 1)
         assert await kv_keys(rt.bus.js, "vipwire-keys", "addr.>") == live
         assert await kv_keys(rt.bus.js, "vipwire-keys") == [*live, "svc.other"]
+
+    async def test_old_delete_markers_are_purged_and_nothing_else(
+        self, make_runtime: RuntimeFactory
+    ) -> None:
+        """kv_purge_markers drops the markers older than asked, and only them: values,
+        keys written again after their delete, and young markers stay; a purged key
+        can be created again."""
+        rt = await make_runtime("a")
+        kv = await rt.bus.kv("vipwire-markers")
+        for key in ("a", "b", "c", "d"):
+            await kv.put(key, b"1")
+        for key in ("a", "b", "d"):
+            await kv.delete(key)
+        await kv.put("b", b"2")  # written again after its delete
+        assert await kv_purge_markers(rt.bus.js, "vipwire-markers", older_than=3600) == 0
+        assert await kv_purge_markers(rt.bus.js, "vipwire-markers", older_than=0) == 2
+        info = await rt.bus.js.stream_info("KV_vipwire-markers", subjects_filter=">")
+        assert set(info.state.subjects or {}) == {"$KV.vipwire-markers.b", "$KV.vipwire-markers.c"}
+        assert await kv_keys(rt.bus.js, "vipwire-markers") == ["b", "c"]
+        entry = await kv.get("b")
+        assert entry.value == b"2"
+        await kv.create("a", b"3")
+        assert await kv_keys(rt.bus.js, "vipwire-markers") == ["a", "b", "c"]
 
 
 class TestPublish:

@@ -307,6 +307,28 @@ class TestRelease:
         assert released.vips == assigned.vips
         assert await kv_state(bus) == ({}, {})
 
+    async def test_released_keys_leave_no_markers_for_good_and_come_back(
+        self, bus: Runtime, seen: Seen, make_ipam: IpamFactory
+    ) -> None:
+        """The sweep drops the delete markers a release leaves; the same Service then gets
+        its address again (creating a key whose marker was purged works as a first time)."""
+        settings = IpamSettings(pools=(POOL,), marker_sweep_interval_s=0.1, marker_max_age_s=0)
+        ipam = await make_ipam(settings=settings)
+        await bus.bus.publish(snapshot("web"))
+        assigned = await seen.wait(VipAssigned, "web")
+        await bus.bus.publish(snapshot("web", deleting=True))
+        await seen.wait(VipReleasing, "web")
+        await bus.bus.publish(lb_removed("web", vips=assigned.vips))
+        await seen.wait(VipReleased, "web")
+        dropped = ipam.runtime.metrics.counter("ipam_kv_markers_dropped_total", "")
+        await eventually(lambda: dropped.value() >= 2)  # the claim's and the record's
+        info = await bus.bus.js.stream_info(f"KV_{IPAM_BUCKET}", subjects_filter=">")
+        assert not info.state.subjects
+        # The same record key, and the same address asked for: both keys are created anew.
+        await bus.bus.publish(snapshot("web", uid="u-2", requested_ips=assigned.vips))
+        again = await seen.wait(VipAssigned, "web", count=2)
+        assert again.uid == "u-2" and again.vips == assigned.vips
+
     async def test_gone_without_claims_is_released_at_once(
         self, bus: Runtime, seen: Seen, make_ipam: IpamFactory
     ) -> None:

@@ -7,7 +7,7 @@ pull consumers that keep per-subject order with bounded concurrency.
 
 from vipwire.bus._bus import Bus, BusError, connect
 from vipwire.bus._consumer import ConsumerSpec, Delivery, Handler, PullConsumer
-from vipwire.bus._history import kv_keys, last_per_subject
+from vipwire.bus._history import kv_keys, kv_purge_markers, last_per_subject
 from vipwire.bus._settings import BusSettings
 from vipwire.bus._verdict import DONE, Done, Reject, Retry, Verdict
 
@@ -26,5 +26,6 @@ __all__ = [
     "Verdict",
     "connect",
     "kv_keys",
+    "kv_purge_markers",
     "last_per_subject",
 ]

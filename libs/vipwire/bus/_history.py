@@ -1,4 +1,5 @@
-"""Reading the last message of every subject a filter matches, once.
+"""Reading the last message of every subject a filter matches, once (and, built on
+it, dropping a KV bucket's old delete markers).
 
 For start-up reads of what the stream (or a KV bucket's stream) already says,
 outside any consumer's deliveries: no span, no ack per message. The end is
@@ -12,6 +13,7 @@ there are some), and under load returns a partial list or raises
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import AsyncGenerator
 
 import nats.errors
@@ -80,3 +82,35 @@ async def kv_keys(
             if (msg.headers or {}).get("KV-Operation") not in _GONE:
                 keys.append(msg.subject[len(prefix) :])
     return sorted(keys)
+
+
+async def kv_purge_markers(
+    js: JetStreamContext, bucket: str, older_than: float, *, timeout: float = 30.0
+) -> int:
+    """Drop the delete markers of ``bucket`` written more than ``older_than`` seconds ago;
+    returns how many.
+
+    A deleted key leaves a marker for good (every Service name ever released
+    by ipam, say), and every start-up read goes through them all. Each marker
+    is purged with its stream sequence as the bound, so a key written again
+    since keeps its new value whatever the timing.
+    """
+    prefix = f"$KV.{bucket}."
+    stream = f"KV_{bucket}"
+    cutoff = time.time() - older_than
+    old: list[tuple[str, int]] = []
+    messages = last_per_subject(js, stream, prefix + ">", headers_only=True, timeout=timeout)
+    async with contextlib.aclosing(messages):
+        async for msg in messages:
+            if (msg.headers or {}).get("KV-Operation") not in _GONE:
+                continue
+            meta = msg.metadata
+            if meta.timestamp.timestamp() <= cutoff:
+                old.append((msg.subject, meta.sequence.stream))
+    for subject, seq in old:
+        try:
+            # Everything of the subject below seq + 1: the marker and nothing newer.
+            await js.purge_stream(stream, seq=seq + 1, subject=subject)
+        except (TimeoutError, nats.errors.Error, nats.js.errors.Error) as exc:
+            raise BusError(f"cannot purge {subject} from stream {stream}: {exc!r}") from exc
+    return len(old)

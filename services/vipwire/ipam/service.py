@@ -259,6 +259,9 @@ class IpamService:
         self._m_operator_releases = m.counter(
             "ipam_operator_releases_total", "Allocations released by an operator"
         )
+        self._m_markers = m.counter(
+            "ipam_kv_markers_dropped_total", "Old delete markers dropped from the bucket"
+        )
         self._gauges_stale = True
         m.on_collect(self._collect_gauges)
         m.gauge(
@@ -328,6 +331,8 @@ class IpamService:
         self._tasks.append(asyncio.create_task(self._reflag_quietly(), name="ipam-reflag"))
         if self.config_path is not None and self.settings.reload_interval_s > 0:
             self._tasks.append(asyncio.create_task(self._watch_config(), name="ipam-config"))
+        if self.settings.marker_sweep_interval_s > 0:
+            self._tasks.append(asyncio.create_task(self._sweep_markers(), name="ipam-markers"))
         if self._waiting:
             self._freed.set()  # addresses may have been released while nobody watched
         self._started = True
@@ -1274,6 +1279,24 @@ class IpamService:
             reply = await self.reload()
             if reply.error is not None:
                 log.error("reload of %s refused: %s", self.config_path, reply.error)
+
+    async def _sweep_markers(self) -> None:
+        """Now and then, drop the bucket's old delete markers (see IpamSettings)."""
+        s = self.settings
+        while True:
+            await asyncio.sleep(s.marker_sweep_interval_s)
+            try:
+                count = await self.store.purge_markers(s.marker_max_age_s)
+            except StoreError as exc:
+                log.warning(
+                    "could not drop old delete markers (%s); next try in %.0fs",
+                    exc,
+                    s.marker_sweep_interval_s,
+                )
+                continue
+            if count:
+                self._m_markers.inc(count)
+                log.info("dropped %d delete markers older than %.0fs", count, s.marker_max_age_s)
 
     async def reload(self, settings: IpamSettings | None = None) -> ReloadReply:
         """Apply new pools (given, or read from the config file). Never moves a VIP.

@@ -155,6 +155,13 @@ class IpamSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     #: reloads the pools (live VIPs never move: those outside their edited pool are
     #: kept and flagged stale). 0: reload only on ``vipwire ipam reload``.
     reload_interval_s: Annotated[float, msgspec.Meta(ge=0)] = 5.0
+    #: Seconds between sweeps of the bucket's old delete markers: every released
+    #: Service and address leaves one, and every start reads them all. 0: never.
+    marker_sweep_interval_s: Annotated[float, msgspec.Meta(ge=0)] = 3600.0
+    #: Age in seconds past which a sweep drops a delete marker. Long: a replica cut
+    #: off from the bus for longer would miss the deletes and keep believing the
+    #: addresses taken (never given twice, but not given again until it restarts).
+    marker_max_age_s: Annotated[float, msgspec.Meta(ge=0)] = 24 * 3600.0
 
     def __post_init__(self) -> None:
         names = [p.name for p in self.pools]

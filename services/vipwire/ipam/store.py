@@ -50,6 +50,7 @@ import nats.js.errors
 from nats.js.client import JetStreamContext
 from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
 
+from vipwire.bus import BusError, kv_purge_markers
 from vipwire.contracts import IPAM_BUCKET
 from vipwire.ipam.addresses import from_kv_token, kv_token
 from vipwire.ipam.allocator import Claim, Sharer
@@ -207,6 +208,16 @@ class IpamStore:
         except (TimeoutError, nats.errors.Error) as exc:
             raise StoreError(f"cannot read the last revision under {prefix}: {exc!r}") from exc
         return int(last.seq or 0)
+
+    async def purge_markers(self, older_than: float) -> int:
+        """Drop the delete markers written more than ``older_than`` seconds ago; returns
+        how many (0 without a JetStream context)."""
+        if self.js is None:
+            return 0
+        try:
+            return await kv_purge_markers(self.js, self.bucket, older_than)
+        except BusError as exc:
+            raise StoreError(f"cannot drop old delete markers: {exc}") from exc
 
     async def scan(self, prefix: str) -> dict[str, KeyValue.Entry]:
         """Every live entry under ``prefix`` now, by key."""
