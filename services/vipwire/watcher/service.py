@@ -3,17 +3,20 @@
 Only the leader writes (one replica of several, elected on a Lease). Its
 term runs three reflectors (Services, EndpointSlices, Nodes) that feed work
 queues, whose workers turn the API's state into snapshots on the bus; and
-one consumer of the cluster's own subjects that turns what ipam, lbdriver
-and the node agents said into status writes, finalizer removal and Events.
-All decisions live in :mod:`translate`, :mod:`validate` and :mod:`status`.
+one consumer of the cluster's vip, lb (and, with a status gate, applied)
+subjects that turns what ipam, lbdriver and the node agents said into status
+writes, finalizer removal and Events. All decisions live in :mod:`translate`,
+:mod:`validate` and :mod:`status`.
 
 A term starts by replaying the last message of every subject of the cluster
 (``deliver=last_per_subject``), our own snapshots included: that is how a new
 leader (or a restarted one) knows what was published before, so it neither
 republishes unchanged snapshots nor forgets a Service or Node that vanished
-meanwhile, and what the rest of the system said. Only then are the
-reflectors started. Message ids name the object and its resourceVersion, so
-two replicas publishing for the same change publish the same id.
+meanwhile, and what the rest of the system said. Our own families are read by
+a consumer of their own, stopped once caught up: afterwards we know what we
+publish as we publish it. Only then are the reflectors started. Message ids
+name the object and its resourceVersion, so two replicas publishing for the
+same change publish the same id.
 """
 
 from __future__ import annotations
