@@ -8,6 +8,7 @@ import random
 import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Literal
 
 import pytest
@@ -35,6 +36,27 @@ RuntimeFactory = Callable[[str], Awaitable[Runtime]]
 
 def gone(name: str, uid: str = "u") -> ServiceGone:
     return ServiceGone(cluster="east", namespace="default", name=name, uid=uid)
+
+
+def recording(got: list[str]) -> Callable[[Delivery], Awaitable[Verdict]]:
+    """A handler that appends the node of every NodeGone it is handed to ``got``."""
+
+    async def handler(d: Delivery) -> Verdict:
+        assert isinstance(d.message, NodeGone)
+        got.append(d.message.node)
+        return DONE
+
+    return handler
+
+
+async def restarted(server: NatsServer, store: Path) -> NatsServer:
+    """Kill nats-server, then start a new one on the same port and store."""
+    port = server.port
+    server.kill()
+    await server.stop()
+    again = NatsServer(store, port=port or 0)
+    await again.start()
+    return again
 
 
 SERVICES = ("vipwire.*.service.>",)
@@ -376,7 +398,6 @@ class TestResilience:
         store = tmp_path_factory.mktemp("store")
         server = NatsServer(store)
         await server.start()
-        port = server.port
         settings = BusSettings(servers=(server.url,), reconnect_wait=0.1)
         rt = Runtime(
             "resilient",
@@ -385,25 +406,16 @@ class TestResilience:
         )
         await rt.start()
         got: list[str] = []
-
-        async def handler(d: Delivery) -> Verdict:
-            assert isinstance(d.message, NodeGone)
-            got.append(d.message.node)
-            return DONE
-
         # Short pull requests: should one taken by the restarting server go unanswered,
         # the next comes within 2 s, not 30 (a full run once waited out the 10 s below).
         spec = ConsumerSpec(
             filters=("vipwire.*.node.>",), durable="r", heartbeat=0.2, pull_expires=2.0
         )
-        consumer = rt.bus.consumer(spec, handler)
+        consumer = rt.bus.consumer(spec, recording(got))
         await consumer.start()
         await rt.bus.publish(NodeGone(cluster="east", node="before"))
         await eventually(lambda: got == ["before"])
-        server.kill()
-        await server.stop()
-        server = NatsServer(store, port=port or 0)
-        await server.start()
+        server = await restarted(server, store)
         try:
             async with asyncio.timeout(10):
                 while True:
@@ -429,30 +441,20 @@ class TestResilience:
         store = tmp_path_factory.mktemp("store")
         server = NatsServer(store)
         await server.start()
-        port = server.port
         rt = Runtime(
             "replaying",
             CommonSettings(bus=BusSettings(servers=(server.url,), reconnect_wait=0.1)),
         )
         await rt.start()
         got: list[str] = []
-
-        async def handler(d: Delivery) -> Verdict:
-            assert isinstance(d.message, NodeGone)
-            got.append(d.message.node)
-            return DONE
-
         spec = ConsumerSpec(
             filters=("vipwire.*.node.>",), deliver="last_per_subject", ack="none", heartbeat=0.2
         )
-        consumer = rt.bus.consumer(spec, handler)
+        consumer = rt.bus.consumer(spec, recording(got))
         await consumer.start()
         await rt.bus.publish(NodeGone(cluster="east", node="before"))
         await eventually(lambda: got == ["before"])
-        server.kill()
-        await server.stop()
-        server = NatsServer(store, port=port or 0)
-        await server.start()
+        server = await restarted(server, store)
         try:
             await eventually(lambda: got == ["before", "before"], timeout=10)
         finally:
