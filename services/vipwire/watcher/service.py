@@ -421,6 +421,7 @@ class WatcherService:
             s,
             restarts=self._m_restarts,
             keep=tr.slim_node,
+            store=lambda: PackedDict[Obj](Obj),
         )
         self._reflectors = [self._svc_reflector, self._slice_reflector, self._node_reflector]
         runs: list[Coroutine[Any, Any, None]] = [r.run() for r in self._reflectors]

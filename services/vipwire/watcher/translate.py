@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
-import sys
 from collections.abc import Iterable, Mapping
 from typing import Any, Final, Literal, cast
 
@@ -106,23 +105,6 @@ def has_finalizer(obj: Obj) -> bool:
 
 # --- what the watcher keeps of an object ----------------------------------------
 
-#: Fields whose values repeat across objects (kinds, enums, node names): kept once.
-_SHARED_VALUES: Final = frozenset(
-    {
-        "namespace",
-        "type",
-        "protocol",
-        "loadBalancerClass",
-        "ipFamilies",
-        "ipFamilyPolicy",
-        "externalTrafficPolicy",
-        "nodeName",
-        "addressType",
-        "ipMode",
-        "status",
-        "reason",
-    }
-)
 _LAST_APPLIED: Final = "kubectl.kubernetes.io/last-applied-configuration"
 _SERVICE_META: Final = (
     "name",
@@ -150,22 +132,6 @@ _SERVICE_SPEC: Final = (
 def _pick(source: Any, keys: Iterable[str]) -> dict[str, Any]:
     src = _map(source)
     return {k: src[k] for k in keys if k in src}
-
-
-def _shared(value: Any, share: bool = False) -> Any:
-    """``value`` with its dict keys (and, where ``share``, its strings) interned.
-
-    Every decoded object brings its own copy of every key ("metadata",
-    "resourceVersion", ...): held for thousands of objects they are most of
-    their size.
-    """
-    if isinstance(value, dict):
-        return {sys.intern(str(k)): _shared(v, k in _SHARED_VALUES) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_shared(v, share) for v in value]
-    if share and type(value) is str:
-        return sys.intern(value)
-    return value
 
 
 def slim_service(service: Obj) -> dict[str, Any]:
@@ -199,8 +165,7 @@ def slim_node(node: Obj) -> dict[str, Any]:
             "conditions": [_pick(c, ("type", "status")) for c in _list(status.get("conditions"))],
         },
     }
-    shared: dict[str, Any] = _shared(slim)
-    return shared
+    return slim
 
 
 # --- Services -------------------------------------------------------------------
@@ -405,7 +370,7 @@ def slice_endpoints(endpoint_slice: Obj) -> SliceEndpoints:
             terminating=bool(conditions.get("terminating")),
             ports=ports,
         )
-        endpoints.append((sys.intern(node), endpoint))
+        endpoints.append((node, endpoint))
     return SliceEndpoints(service=service, endpoints=tuple(endpoints))
 
 
