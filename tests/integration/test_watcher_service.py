@@ -14,6 +14,7 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 
+from support.fences import now_ns, watcher_settled
 from vipwire.contracts import (
     EndpointsSnapshot,
     LbFailed,
@@ -114,10 +115,14 @@ class Harness:
         seen: Seen,
         make_runtime: RuntimeFactory,
         kubeconfig: Path,
+        *,
+        spans: InMemorySpanExporter,
     ) -> None:
         self.emu = emu
         self.peer = peer
         self.seen = seen
+        self.spans = spans
+        self.started_ns = 0
         self._make_runtime = make_runtime
         self.kubeconfig = kubeconfig
         self.watcher: WatcherService | None = None
@@ -135,6 +140,7 @@ class Harness:
         )
         runtime = await self._make_runtime("watcher")
         watcher = WatcherService(settings, runtime)
+        self.started_ns = now_ns()
         await watcher.start()
         self.watcher, self.runtime = watcher, runtime
         await eventually(lambda: watcher.readiness() is None)
@@ -144,6 +150,16 @@ class Harness:
         if self.watcher is not None:
             await self.watcher.stop()
             self.watcher = None
+
+    async def settled(self, since_ns: int | None = None) -> None:
+        """Fence: the watcher handled all we published and every Kubernetes change so far."""
+        assert self.watcher is not None
+        await watcher_settled(
+            self.watcher,
+            self.emu,
+            self.spans,
+            since_ns=self.started_ns if since_ns is None else since_ns,
+        )
 
     def service(self, name: str = "web") -> dict[str, Any] | None:
         return self.emu.find("services", "default", name)
@@ -165,14 +181,16 @@ class Harness:
 
 
 @pytest.fixture
-async def harness(make_runtime: RuntimeFactory, tmp_path: Path) -> AsyncIterator[Harness]:
+async def harness(
+    make_runtime: RuntimeFactory, tmp_path: Path, span_exporter: InMemorySpanExporter
+) -> AsyncIterator[Harness]:
     emu = KubeEmulator("east", bookmark_interval=0.5)
     await emu.start()
     kubeconfig = emu.write_kubeconfig(tmp_path / "kubeconfig", context_name="east")
     peer = await make_runtime("peer")
     seen = Seen()
     sub = await peer.bus.nc.subscribe("vipwire.east.>", cb=seen.on_msg)
-    h = Harness(emu, peer, seen, make_runtime, kubeconfig)
+    h = Harness(emu, peer, seen, make_runtime, kubeconfig, spans=span_exporter)
     try:
         yield h
     finally:
@@ -269,7 +287,7 @@ class TestServices:
         assert roots[0].attributes is not None
         assert roots[0].attributes["k8s.service.name"] == "web"
         # Our own status write does not make us publish the unchanged Service again.
-        await asyncio.sleep(0.2)
+        await harness.settled()
         assert len(harness.seen.of(ServiceSnapshot, name="web")) == 1
 
     async def test_failures_become_warning_events(self, harness: Harness) -> None:
@@ -338,7 +356,7 @@ class TestServices:
         await harness.publish(
             NodeApplied(cluster="east", node="n1", generation=1, vips=("198.51.100.7",))
         )
-        await asyncio.sleep(0.3)
+        await harness.settled()
         svc = harness.service()
         assert svc is not None
         assert not svc.get("status", {}).get("loadBalancer", {}).get("ingress")
@@ -383,6 +401,8 @@ class TestResilience:
         await harness.emu.add_node("n3", "192.0.2.13")
         await harness.emu.delete("nodes", None, "n2")
         harness.emu.compact()  # and the history is gone: only a re-list can tell
+        # Pacing, not a wait for an outcome: the slow reconnects get under way before the
+        # watches break again; the assertions below hold whichever way that goes.
         await asyncio.sleep(0.1)
         harness.emu.latency = 0.0
         await harness.emu.break_watches()
@@ -425,6 +445,7 @@ class TestResilience:
         await harness.emu.create(lb_service("during"))
         await harness.emu.delete("services", "default", "leaving")
         harness.emu.compact()  # only a re-list can tell what happened
+        # Pacing, not a wait for an outcome (as in the test above).
         await asyncio.sleep(0.1)
         harness.emu.latency = 0.0
         await harness.emu.break_watches()
@@ -444,7 +465,7 @@ class TestResilience:
         await eventually(lambda: harness.seen.of(ServiceGone, name="leaving"))
         during = harness.service("during")
         assert during is not None and FINALIZER in during["metadata"]["finalizers"]
-        await asyncio.sleep(0.3)
+        await harness.settled()
         assert harness.seen.duplicates("service", "endpoints", "node") == []
         assert len(harness.seen.of(ServiceSnapshot, name="stay")) == 1
         assert len(harness.seen.of(ServiceSnapshot, name="leaving", deleting=True)) == 1
@@ -467,7 +488,7 @@ class TestResilience:
         before = len(harness.seen.messages)
         await harness.start_watcher()
         await eventually(lambda: harness.seen.of(NodeGone, node="n2"))
-        await asyncio.sleep(0.2)
+        await harness.settled()
         new = harness.seen.messages[before:]
         assert [type(m).__name__ for m in new] == ["NodeGone"]
 
@@ -539,8 +560,14 @@ class TestApiFailures:
 
     async def test_renewed_watches_miss_nothing(self, harness: Harness) -> None:
         """Watches the server ends (timeoutSeconds) are renewed from where they stopped."""
+        watches = harness.emu.record_requests()
         await harness.start_watcher(watch_timeout_s=1)
-        await asyncio.sleep(1.3)
+
+        def renewed() -> bool:
+            opened = Counter(r.resource for r in watches if r.verb == "watch")
+            return all(opened[r] >= 2 for r in ("services", "endpointslices", "nodes"))
+
+        await eventually(renewed, what="every watch ended by the server was opened again")
         await harness.created()
         await harness.emu.add_node("n9", "192.0.2.19")
         await eventually(lambda: harness.seen.of(NodeSnapshot, node="n9"))
@@ -646,7 +673,7 @@ class TestValidation:
         await eventually(
             lambda: (ready_condition(harness.service()) or {}).get("reason") == "InvalidService"
         )
-        await asyncio.sleep(0.2)
+        await harness.settled()
         assert ingress_of(harness.service()) == [{"ip": "198.51.100.7", "ipMode": "VIP"}]
         assert len(harness.seen.of(ServiceSnapshot, name="web")) == 1
 
@@ -706,7 +733,7 @@ class TestConditionsTraceAndEvents:
         )
         await harness.stop_watcher()
         await harness.start_watcher()
-        await asyncio.sleep(0.3)
+        await harness.settled()  # the replayed VipFailed handled, and whatever it wrote
         (event,) = harness.events("AllocationFailed")
         assert event["series"]["count"] == 3
 
@@ -732,7 +759,7 @@ class TestConditionsTraceAndEvents:
         await eventually(lambda: harness.events("LoadBalancerProgrammed"))
         await eventually(lambda: harness.events("IPAllocated"))
         await harness.publish(programmed(snap.uid, (vip,)))  # as a restarted lbdriver does
-        await asyncio.sleep(0.3)
+        await harness.settled()
         writes: list[str] = []
         unsubscribe = harness.emu.store.subscribe(
             lambda change: writes.append(change.resource.plural)
@@ -744,12 +771,13 @@ class TestConditionsTraceAndEvents:
             await eventually(lambda: not watcher.leading, timeout=2)
             lease = harness.emu.get("leases", "default", "vipwire-watcher-east")
             lease["spec"].update(holderIdentity="", leaseDurationSeconds=1)
+            term_started = now_ns()
             await harness.emu.replace(lease)
             assert harness.runtime is not None
             terms = harness.runtime.metrics.counter("watcher_leader_terms_total", "")
             await eventually(lambda: terms.value() == 2, timeout=5)
             await eventually(lambda: watcher.readiness() is None)
-            await asyncio.sleep(0.5)
+            await harness.settled(since_ns=term_started)
         finally:
             unsubscribe()
         assert [w for w in writes if w != "leases"] == []
@@ -787,7 +815,7 @@ class TestOwnershipEdges:
         svc = harness.service("plain")
         assert svc is not None and FINALIZER in svc["metadata"]["finalizers"]
         assert svc["metadata"]["annotations"]["vipwire.io/cluster"] == "east"
-        await asyncio.sleep(0.1)
+        await harness.settled()
         assert not harness.seen.of(ServiceSnapshot, name="other")
 
     async def test_finalizer_left_by_a_crash_before_publishing_is_removed(

@@ -66,6 +66,11 @@ class Reflector(Generic[T]):
         # What the store keeps of each object: what the watcher reads of it, no more.
         self._keep = keep
 
+    @property
+    def resource_version(self) -> int:
+        """The newest resourceVersion seen (listed, watched or bookmarked); 0 before a list."""
+        return int(self._rv) if self._rv and self._rv.isdigit() else 0
+
     async def run(self) -> None:
         """Until cancelled: list, watch, and recover from whatever breaks."""
         s = self._settings

@@ -428,6 +428,20 @@ class WatcherService:
         runs += [q.run() for q in (self._svc_queue, self._eps_queue, self._node_queue)]
         return [asyncio.create_task(coro, name="watcher-term") for coro in runs]
 
+    def settled_through(self, resource_version: int) -> bool:
+        """Whether every Kubernetes change up to ``resource_version`` has been handled.
+
+        A fence for tests that assert something did not happen: each reflector has
+        seen that version (a bookmark brings it to a watch with no change of its own)
+        and no work queue holds a key or a retry.
+        """
+        if not self._reflectors:
+            return False
+        queues = (self._svc_queue, self._eps_queue, self._node_queue)
+        return all(r.resource_version >= resource_version for r in self._reflectors) and all(
+            q.idle for q in queues
+        )
+
     @property
     def leading(self) -> bool:
         """Whether this replica is the one that writes."""

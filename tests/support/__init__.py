@@ -1,0 +1,1 @@
+"""Test doubles, recorders and fences shared by the test suites (not shipped)."""
