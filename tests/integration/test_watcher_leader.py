@@ -88,7 +88,10 @@ class TestElection:
         a.start()
         await eventually(lambda: a.is_leader)
         audit = emu.record_requests()
-        await asyncio.sleep(0.5)
+        await eventually(
+            lambda: sum(e.resource == "leases" for e in audit) >= 3,
+            what="the leader renewed its Lease three times",
+        )
         verbs = {e.verb for e in audit if e.resource == "leases"}
         assert verbs == {"update"}
         await steal(emu)
@@ -219,8 +222,12 @@ class TestWatchers:
         try:
             await steal(emu)
             await eventually(lambda: not watcher.leading, timeout=1)
+            # Fence: the term is over, its watches closed; nothing can learn of the Service.
+            await eventually(
+                lambda: emu.open_watches == 0, what="the deposed watcher closed every watch"
+            )
             await emu.create(_service("meanwhile"))
-            await asyncio.sleep(0.5)
+            assert emu.open_watches == 0
             assert not _has_finalizer(emu, "meanwhile")
             assert not seen
             await steal(emu, holder="", duration=1)  # the intruder lets go

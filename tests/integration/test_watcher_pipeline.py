@@ -15,7 +15,9 @@ from typing import Any
 
 import pytest
 from nats.aio.msg import Msg
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+from support.fences import now_ns, watcher_settled
 from vipwire.contracts import ServiceSnapshot, decode
 from vipwire.ipam import IpamService, IpamSettings, PoolSettings
 from vipwire.kubeemu import KubeEmulator
@@ -48,8 +50,15 @@ class Recorder:
 
 
 class Pipeline:
-    def __init__(self, emu: KubeEmulator, make_runtime: RuntimeFactory, kubeconfig: Path) -> None:
+    def __init__(
+        self,
+        emu: KubeEmulator,
+        make_runtime: RuntimeFactory,
+        kubeconfig: Path,
+        spans: InMemorySpanExporter,
+    ) -> None:
         self.emu = emu
+        self.spans = spans
         self.make_runtime = make_runtime
         self.kubeconfig = kubeconfig
         self.appliance = SimAppliance("sim-1")
@@ -205,13 +214,15 @@ def endpoint_slice(
 
 
 @pytest.fixture
-async def pipeline(make_runtime: RuntimeFactory, tmp_path: Path) -> AsyncIterator[Pipeline]:
+async def pipeline(
+    make_runtime: RuntimeFactory, tmp_path: Path, span_exporter: InMemorySpanExporter
+) -> AsyncIterator[Pipeline]:
     emu = KubeEmulator("east", bookmark_interval=0.5)
     await emu.start()
     for node, address in NODES.items():
         await emu.add_node(node, address)
     kubeconfig = emu.write_kubeconfig(tmp_path / "kubeconfig", context_name="east")
-    p = Pipeline(emu, make_runtime, kubeconfig)
+    p = Pipeline(emu, make_runtime, kubeconfig, span_exporter)
     try:
         await p.start()
         yield p
@@ -236,6 +247,7 @@ class TestFailover:
         await eventually(lambda: sum(1 for n in names if pipeline.vips(n)) >= 20, timeout=15)
         loop = asyncio.get_running_loop()
         died = loop.time()
+        died_ns = now_ns()
         await first.stop()  # a crash, as far as the Lease knows
         await eventually(lambda: second.leading, timeout=3)
         # The lease duration (2 s) after the last renewal seen, plus a retry period or two.
@@ -244,7 +256,7 @@ class TestFailover:
         await eventually(lambda: all(pipeline.vips(n) for n in names), timeout=30)
         vips = [pipeline.vips(n)[0] for n in names]
         assert len(set(vips)) == 100
-        await asyncio.sleep(0.3)
+        await watcher_settled(second, pipeline.emu, pipeline.spans, since_ns=died_ns)
         assert pipeline.recorder.duplicates("service", "endpoints", "node", "status") == []
         for subject, data, msg_id in pipeline.recorder.family("service"):
             snap = decode(subject, data)
@@ -310,7 +322,14 @@ class TestLifecycle:
             return any(c["reason"] == "CleanupBlocked" for c in conds)
 
         await eventually(blocked, timeout=5)
-        await asyncio.sleep(0.5)
+        # The lbdriver tried the removal twice more and failed, and the watcher handled all
+        # that was said since: had the finalizer been let go, it would be by now.
+        refused = pipeline.appliance.failures
+        await eventually(
+            lambda: pipeline.appliance.failures >= refused + 2,
+            what="the lbdriver retried the removal on the down appliance twice more",
+        )
+        await watcher_settled(pipeline.watchers[0], pipeline.emu, pipeline.spans)
         svc = pipeline.service("web")
         assert svc is not None and FINALIZER in svc["metadata"]["finalizers"]
         pipeline.appliance.set_down(False)
