@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 
 class NeverHeld(AssertionError, TimeoutError):
@@ -16,7 +16,7 @@ class NeverHeld(AssertionError, TimeoutError):
 
 
 async def eventually(
-    check: Callable[[], object],
+    check: Callable[[], object | Awaitable[object]],
     timeout: float = 5.0,
     every: float = 0.01,
     *,
@@ -29,13 +29,20 @@ async def eventually(
     which condition never held and how far it got. Without ``what`` the check's
     source line stands in.
 
+    ``check`` may be a coroutine function (a question to a server): it is awaited.
+
     Polling, not events: the things tests wait for (a KV entry, an emulator
     object, a recorded apply) belong to other components with no hook to await.
     """
     last: object = None
     try:
         async with asyncio.timeout(timeout):
-            while not (last := check()):  # noqa: ASYNC110
+            while True:
+                last = check()
+                if inspect.isawaitable(last):
+                    last = await last
+                if last:
+                    return
                 await asyncio.sleep(every)
     except TimeoutError as timed_out:
         raise NeverHeld(
@@ -44,7 +51,7 @@ async def eventually(
         ) from timed_out
 
 
-def _describe(check: Callable[[], object]) -> str:
+def _describe(check: Callable[[], object | Awaitable[object]]) -> str:
     """The check's source line, or its name when the source is not at hand."""
     try:
         return inspect.getsource(check).strip()

@@ -62,6 +62,16 @@ async def restarted(server: NatsServer, store: Path) -> NatsServer:
 SERVICES = ("vipwire.*.service.>",)
 
 
+async def owes_nothing(rt: Runtime, durable: str) -> bool:
+    """Fence: the server holds nothing more for this consumer to deliver or redeliver.
+
+    Every message delivered and settled (acked or termed), none waiting: whatever a
+    test asserts did not come (again) can no longer come.
+    """
+    info = await rt.bus.js.consumer_info(STREAM, durable)
+    return info.num_ack_pending == 0 and info.num_pending == 0
+
+
 class TestDeclarations:
     async def test_stream_and_buckets_are_declared_idempotently(
         self, make_runtime: RuntimeFactory
@@ -152,7 +162,7 @@ class TestConsume:
         rng = random.Random(7)
 
         async def handler(d: Delivery) -> Verdict:
-            await asyncio.sleep(rng.random() / 500)
+            await asyncio.sleep(rng.random() / 500)  # uneven handler times, on purpose
             assert isinstance(d.message, ServiceGone)
             seen[d.message.name].append(int(d.message.uid))
             return DONE
@@ -180,11 +190,9 @@ class TestConsume:
         consumer = rt.bus.consumer(ConsumerSpec(filters=SERVICES, durable="retry"), handler)
         await consumer.start()
         await rt.bus.publish(gone("web"))
-        await eventually(lambda: deliveries == [1, 2, 3])
-        await asyncio.sleep(0.2)
+        await eventually(lambda: deliveries == [1, 2, 3], what="three deliveries")
+        await eventually(lambda: owes_nothing(rt, "retry"), what="the third delivery acknowledged")
         assert deliveries == [1, 2, 3]
-        info = await rt.bus.js.consumer_info(STREAM, "retry")
-        assert info.num_ack_pending == 0
         await consumer.stop()
 
     async def test_reject_terminates_without_redelivery(self, make_runtime: RuntimeFactory) -> None:
@@ -200,8 +208,8 @@ class TestConsume:
         consumer = rt.bus.consumer(spec, handler)
         await consumer.start()
         await rt.bus.publish(gone("web"))
-        await eventually(lambda: len(deliveries) == 1)
-        await asyncio.sleep(1.0)
+        await eventually(lambda: len(deliveries) == 1, what="one delivery")
+        await eventually(lambda: owes_nothing(rt, "reject"), what="the message terminated")
         assert len(deliveries) == 1
         await consumer.stop()
 
@@ -223,13 +231,13 @@ class TestConsume:
         await consumer.start()
         await rt.bus.publish(gone("a"))
         await rt.bus.publish(gone("b"))
-        await eventually(lambda: len(seen) == 2)
-        await asyncio.sleep(0.3)
+        await eventually(lambda: len(seen) == 2, what="both messages delivered")
+        await eventually(lambda: owes_nothing(rt, "noack"), what="the server owes nothing")
         assert sorted(name for name, _ in seen) == ["a", "b"]
         assert all(seq > 0 for _, seq in seen)
         info = await rt.bus.js.consumer_info(STREAM, "noack")
         assert info.config.ack_policy == AckPolicy.NONE
-        assert info.num_ack_pending == 0
+        assert info.num_redelivered == 0
         await consumer.stop()
 
     async def test_older_snapshot_is_superseded(self, make_runtime: RuntimeFactory) -> None:
@@ -248,8 +256,9 @@ class TestConsume:
         await consumer.start()
         await rt.bus.publish(gone("web", "old"))
         await rt.bus.publish(gone("web", "new"))
-        await eventually(lambda: handled == ["new"])
-        await asyncio.sleep(0.5)
+        await eventually(lambda: handled == ["new"], what="the newer one handled")
+        # The older one comes back after its 0.2 s delay and is settled without a handler.
+        await eventually(lambda: owes_nothing(rt, "sup"), what="the older one redelivered, settled")
         assert handled == ["new"]
         await consumer.stop()
 
@@ -297,8 +306,9 @@ class TestPoison:
         bad = await rt.bus.js.publish("vipwire.east.service.default.bad", b'{"kind": "nope"}')
         await rt.bus.publish(gone("good"))
         with caplog.at_level(logging.ERROR, logger="vipwire.bus.consumer"):
-            await eventually(lambda: handled == ["good"])
-            await asyncio.sleep(1.0)  # past ack_wait: a poison message must not come back
+            await eventually(lambda: handled == ["good"], what="the good message handled")
+            # Both settled on the server (the poison one termed): neither can come back.
+            await eventually(lambda: owes_nothing(rt, "poison"), what="nothing owed")
         assert handled == ["good"]
         poison_logs = [r.getMessage() for r in caplog.records if "poison" in r.getMessage()]
         assert len(poison_logs) == 1
@@ -325,8 +335,8 @@ class TestPoison:
         await consumer.start()
         with caplog.at_level(logging.ERROR):
             await rt.bus.publish(gone("web"))
-            await eventually(lambda: attempts == [1, 2, 3])
-            await asyncio.sleep(0.5)
+            await eventually(lambda: attempts == [1, 2, 3], what="three attempts")
+            await eventually(lambda: owes_nothing(rt, "fail"), what="the message terminated")
         assert attempts == [1, 2, 3]
         assert any("still failing after 3 deliveries" in r.getMessage() for r in caplog.records)
         await consumer.stop()
@@ -423,7 +433,7 @@ class TestResilience:
                         await rt.bus.publish(NodeGone(cluster="east", node="after"))
                         break
                     except Exception:
-                        await asyncio.sleep(0.1)
+                        await asyncio.sleep(0.1)  # pacing retries while the server comes back
             await eventually(lambda: "after" in got, timeout=10)
             assert got == ["before", "after"]
         finally:
@@ -491,9 +501,14 @@ class TestResilience:
         consumer = rt.bus.consumer(spec, handler)
         await consumer.start()
         try:
-            await eventually(lambda: set(got) == {"a", "b", "c"}, timeout=5)
-            await asyncio.sleep(1.0)  # a replay would have come by now
-            assert sorted(got) == ["a", "b", "c"]
+            await eventually(lambda: set(got) == {"a", "b", "c"}, timeout=5, what="a, b, c")
+            # Marker: a re-created consumer would replay a, b and c (older sequences)
+            # before it; by now the busy spell is over and every request was heard.
+            await rt.bus.publish(NodeGone(cluster="east", node="marker"))
+            await eventually(lambda: "marker" in got, what="the marker handled")
+            assert sorted(got) == ["a", "b", "c", "marker"]
+            consumers = await rt.bus.js.consumers_info(STREAM)
+            assert len(consumers) == 1
         finally:
             await consumer.stop()
 
@@ -517,7 +532,7 @@ class TestResilience:
         await consumer.start()
         await asyncio.wait_for(started.wait(), 5)
         first = asyncio.create_task(consumer.stop())
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(0.05)  # pacing: stop() gets halfway (the handler takes 0.3 s)
         first.cancel()
         await consumer.stop()
         assert finished.is_set()

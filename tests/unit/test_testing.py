@@ -41,3 +41,19 @@ async def test_never_held_is_still_a_timeout_error() -> None:
         await eventually(lambda: False, timeout=0.01, what="never")
     with pytest.raises(AssertionError):
         await eventually(lambda: False, timeout=0.01, what="never")
+
+
+async def test_an_async_check_is_awaited() -> None:
+    """A coroutine check (a question to a server) is awaited, not taken as truthy."""
+    answers = iter([0, 0, 5])
+
+    async def ask() -> int:
+        return next(answers)
+
+    await eventually(ask, every=0, what="the server answers 5")
+    with pytest.raises(NeverHeld, match=r"returned 0"):
+
+        async def never() -> int:
+            return 0
+
+        await eventually(never, timeout=0.05, what="a zero turns")
