@@ -17,7 +17,9 @@ from typing import Any, Literal, TypeVar
 import msgspec
 import pytest
 from nats.aio.msg import Msg
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+from support.fences import lbdriver_settled
 from vipwire.applianceemu import F5Emulator
 from vipwire.cli.lb import StatusUnavailable, fetch_status, render, status_command
 from vipwire.contracts import (
@@ -131,9 +133,12 @@ class RecordingSim(SimAppliance):
 class Harness:
     """A publisher, an observer of ``vipwire.*.lb.>``, and lbdriver instances."""
 
-    def __init__(self, make_runtime: RuntimeFactory, publisher: Runtime) -> None:
+    def __init__(
+        self, make_runtime: RuntimeFactory, publisher: Runtime, spans: InMemorySpanExporter
+    ) -> None:
         self.make_runtime = make_runtime
         self.publisher = publisher
+        self.spans = spans
         self.sim = RecordingSim("sim-a")
         self.log: list[LbMessage] = []
         self.services: list[LbdriverService] = []
@@ -191,8 +196,10 @@ class Harness:
 
 
 @pytest.fixture
-async def h(make_runtime: RuntimeFactory) -> AsyncIterator[Harness]:
-    harness = Harness(make_runtime, await make_runtime("test"))
+async def h(
+    make_runtime: RuntimeFactory, span_exporter: InMemorySpanExporter
+) -> AsyncIterator[Harness]:
+    harness = Harness(make_runtime, await make_runtime("test"), span_exporter)
     await harness.observe()
     yield harness
     for service in list(harness.services):
@@ -202,6 +209,11 @@ async def h(make_runtime: RuntimeFactory) -> AsyncIterator[Harness]:
 
 def counter(service: LbdriverService, name: str, labels: Sequence[str]) -> Any:
     return service.runtime.metrics.counter(name, "", labels)
+
+
+def health(service: LbdriverService, appliance: str) -> str:
+    """The appliance's breaker state as the status shows it: closed, open or half-open."""
+    return next(a.health for a in service.status().appliances if a.name == appliance)
 
 
 # --- coalescing ----------------------------------------------------------------------
@@ -227,7 +239,7 @@ async def test_rolling_update_writes_each_service_at_most_once_per_window(h: Har
             on[n].discard(step)
             on[n].add(step - 1 if step else 10)
             await h.publish(ready_on(n, sorted(on[n])))
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(0.05)  # pacing the load: one rollout step every 50 ms
     span = time.monotonic() - started
     final = {f"n{i}" for i in on[names[0]]}
 
@@ -235,8 +247,8 @@ async def test_rolling_update_writes_each_service_at_most_once_per_window(h: Har
         servers = h.sim.virtual_servers(CLUSTER).values()
         return all({m.node for m in s.members} == final for s in servers)
 
-    await eventually(converged, timeout=5.0)
-    await asyncio.sleep(window)  # a late write would show up here
+    await eventually(converged, timeout=5.0, what="every Service on the last members")
+    await lbdriver_settled(h.services[0], h.spans)  # a late write would be done by now
     writes = {n: h.sim.writes_of(owner(n), since=started) for n in names}
     counts = {n: len(w) for n, w in writes.items()}
     report = (
@@ -375,17 +387,25 @@ async def test_wrong_credentials_fail_clearly_back_off_and_spare_other_appliance
     )
     failing = [f"bad{i}" for i in range(10)]
     fine = [f"ok{i}" for i in range(10)]
-    started = time.monotonic()
     await h.publish(*(node(i) for i in range(3)))
     await h.publish(*(assigned(n, i, group="g1") for i, n in enumerate(failing)))
     await h.publish(*(assigned(n, 100 + i, group="g2") for i, n in enumerate(fine)))
-    await h.programmed(*fine, timeout=2.0)
-    assert time.monotonic() - started < 2.0
+    await h.programmed(*fine)
     assert len(good.virtual_servers(CLUSTER)) == 10
 
-    await asyncio.sleep(max(0.0, 3.0 - (time.monotonic() - started)))
+    # Fences: every failing Service reported; the breaker opened; after its cooldown
+    # (1.5 s) one probe went through, failed, and opened it again. Ten Services cost the
+    # breaker's three attempts and that probe, not ten times the retries.
+    await eventually(
+        lambda: {m.name for m in h.reports(LbFailed)} == set(failing),
+        what="every Service of the failing appliance reported LbFailed",
+    )
+    await eventually(lambda: health(service, "sim-a") == "open", what="sim-a's breaker open")
+    opened = h.sim.failures
+    await eventually(lambda: h.sim.failures > opened, what="a probe after the cooldown")
+    await eventually(lambda: health(service, "sim-a") == "open", what="open again after it")
     attempts = h.sim.failures
-    assert attempts <= 5, f"{attempts} calls reached the appliance in 3s"
+    assert attempts <= 5, f"{attempts} calls reached the appliance for 10 Services"
     for name in failing:
         (failed,) = h.reports(LbFailed, name)  # one report each, not one per retry
         assert (failed.reason, failed.appliance) == ("ApplianceAuthError", "sim-a")
@@ -421,12 +441,18 @@ async def test_wrong_password_on_the_f5_emulator_is_not_a_login_storm(
             unhealthy_cooldown_s=1.5,
         )
         names = [f"svc{i}" for i in range(8)]
-        started = time.monotonic()
         await h.publish(*(node(i) for i in range(2)))
         await h.publish(*(assigned(n, i) for i, n in enumerate(names)))
-        await eventually(lambda: len(h.reports(LbFailed)) == len(names), timeout=3.0)
-        await asyncio.sleep(max(0.0, 2.5 - (time.monotonic() - started)))
-        assert 1 <= emu.failed_logins <= 5, f"{emu.failed_logins} logins in 2.5s"
+        await eventually(
+            lambda: len(h.reports(LbFailed)) == len(names),
+            timeout=3.0,
+            what="every Service reported LbFailed",
+        )
+        # Fence: the breaker open; nothing reaches the emulator until its cooldown ends.
+        await eventually(
+            lambda: health(h.services[0], "bigip") == "open", what="bigip's breaker open"
+        )
+        assert 1 <= emu.failed_logins <= 5, f"{emu.failed_logins} logins for 8 Services"
         assert emu.logins == 0
         reasons = {(m.reason, m.appliance) for m in h.reports(LbFailed)}
         assert reasons == {("ApplianceAuthError", "bigip")}
@@ -474,7 +500,13 @@ async def test_failover_moves_every_service_and_the_recovered_one_does_not_take_
     h.sim.set_down(False)
     await eventually(lambda: h.sim.virtual_servers(CLUSTER) == {}, timeout=3.0)
     writes = len(standby.log)
-    await asyncio.sleep(0.5)  # several probes with both appliances healthy
+    # Fence: several probes of each appliance with both healthy, and nothing in flight.
+    probes = (h.sim.list_calls, standby.list_calls)
+    await eventually(
+        lambda: h.sim.list_calls >= probes[0] + 3 and standby.list_calls >= probes[1] + 3,
+        what="three more health probes of each appliance",
+    )
+    await lbdriver_settled(service, h.spans)
     assert len(standby.log) == writes
     assert len(standby.virtual_servers(CLUSTER)) == 5
     status = {a.name: a for a in service.status().appliances}

@@ -18,6 +18,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind
 
 from vipwire.kubeemu import KubeEmulator
+from vipwire.lbdriver import LbdriverService
 from vipwire.testing import eventually
 from vipwire.watcher import WatcherService
 
@@ -118,3 +119,21 @@ async def watcher_settled(
         # nothing (a write of ours that mattered to someone was answered on it).
         if last_published(spans, families) == published:
             return
+
+
+#: What the lbdriver consumes.
+LBDRIVER_FAMILIES = frozenset({"vip", "endpoints", "node"})
+
+
+async def lbdriver_settled(
+    lbdriver: LbdriverService, spans: InMemorySpanExporter, *, since_ns: int = 0
+) -> None:
+    """Fence: the lbdriver handled the newest message on each of its subjects, and no
+    Service waits for a reconcile or is in one: no write to an appliance is on its way."""
+    service = f"vipwire-{lbdriver.runtime.name}"
+    await eventually(
+        lambda: caught_up(spans, service, LBDRIVER_FAMILIES, since_ns),
+        every=0.02,
+        what=f"{service} handled the newest message on every subject it reads",
+    )
+    await eventually(lambda: lbdriver.idle, what=f"{service} has no reconcile pending or running")

@@ -311,6 +311,11 @@ class LbdriverService:
         )
 
     @property
+    def idle(self) -> bool:
+        """No Service waits for a reconcile or is in one: a fence for tests."""
+        return self._schedule.pending_count() == 0 and self._schedule.running_count() == 0
+
+    @property
     def drivers(self) -> dict[str, ApplianceDriver]:
         """The driver of every appliance, by name."""
         return {name: client.driver for name, client in self._clients.items()}
