@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
@@ -303,9 +302,10 @@ class TestClusters:
             assert isinstance(message, NodeApplied)
             return message.vips
 
-        async with asyncio.timeout(5):
-            while (await stored(NODE), await stored("node-b.dc1")) != (("192.0.2.10",),) * 2:  # noqa: ASYNC110
-                await asyncio.sleep(0.02)
+        async def both_stored() -> bool:
+            return (await stored(NODE), await stored("node-b.dc1")) == (("192.0.2.10",),) * 2
+
+        await eventually(both_stored, what="both nodes' reports of the change in the stream")
 
     async def test_messages_of_another_cluster_are_ignored(
         self, make_runtime: RuntimeFactory, agents: Agents

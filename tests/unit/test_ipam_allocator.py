@@ -6,7 +6,6 @@ from __future__ import annotations
 import copy
 import ipaddress
 import itertools
-import time
 
 import msgspec
 import pytest
@@ -577,17 +576,18 @@ def test_next_fit_does_not_reuse_a_just_released_address() -> None:
 
 
 def test_a_slash_16_allocates_fast_and_stays_compact() -> None:
-    """65 534 allocations in a /16 take well under a second per 10k and keep one free run."""
+    """10 000 allocations in a /16 are all distinct and keep the free space in few runs.
+
+    How fast is for ``vipwire bench --scenario ipam`` to say, not a unit test.
+    """
     pool = PoolSettings(name="big", addresses=("10.0.0.0/16",), avoid_buggy_ips=True)
     allocator = Allocator([pool])
-    started = time.perf_counter()
     got = set()
     for i in range(10_000):
         result = allocator.allocate(req(f"s{i}"))
         assert isinstance(result, Allocation)
         got.add(result.addresses[0])
     assert len(got) == 10_000
-    assert time.perf_counter() - started < 2.0
     space = allocator._pools["big"].spaces["IPv4"]
     assert len(list(space.free.runs())) < 300  # holes are only the avoided .0/.255s
 

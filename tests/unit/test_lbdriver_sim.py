@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-import time
+import sys
+from types import SimpleNamespace
 
 import pytest
 
@@ -114,9 +115,16 @@ async def test_fail_rate_is_reproducible_with_a_seed() -> None:
     assert True in first and False in first
 
 
-async def test_api_latency_is_simulated() -> None:
-    """Each call takes the configured latency."""
+async def test_api_latency_is_simulated(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each call waits the configured latency (asked of asyncio, not measured by a clock)."""
+    waits: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        waits.append(seconds)
+
+    module = sys.modules[SimAppliance.__module__]
+    monkeypatch.setattr(module, "asyncio", SimpleNamespace(sleep=sleep))
     sim = SimAppliance("s", api_latency_ms=20)
-    started = time.perf_counter()
     await sim.list_virtual_servers("p")
-    assert time.perf_counter() - started >= 0.018
+    await sim.apply("p", [])
+    assert waits == [0.02, 0.02]
