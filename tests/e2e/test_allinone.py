@@ -117,7 +117,11 @@ class TestRestarts:
         creating = asyncio.gather(
             *(stack.create_service(c, n) for c in stack.clusters for n in burst)
         )
-        await asyncio.sleep(0.05)
+        # Fence: the burst is under way (some of it in Kubernetes, not all) when both restart.
+        await eventually(
+            lambda: stack.emulators["east"].find("services", "default", "burst-0") is not None,
+            what="the burst reached Kubernetes",
+        )
         await asyncio.gather(stack.restart("ipam"), stack.restart("lbdriver"))
         await creating
         keys = [("east", n) for n in first] + [(c, n) for c in stack.clusters for n in burst]

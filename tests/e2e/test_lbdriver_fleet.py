@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 
 from vipwire.allinone import Stack, StackSettings
-from vipwire.lbdriver import ApplianceAuthError
+from vipwire.lbdriver import ApplianceAuthError, LbdriverService
 from vipwire.testing import eventually
 
 
@@ -34,7 +33,18 @@ async def test_wrong_credentials_become_one_warning_event_and_no_status(stack: S
     (event,) = warnings(stack, "ApplianceFailed")
     assert "ApplianceAuthError" in event["note"]
     assert "check the credentials configured for appliance sim-1" in event["note"]
-    await asyncio.sleep(1.5)  # retries with backoff, breaker open: the same failure, no news
+    # Fences: the retries opened the breaker (nothing more reaches the appliance until its
+    # 5 s cooldown), and the lbdriver said the failure once: the watcher has no news.
+    lbdriver = stack.components["lbdriver"]
+    assert isinstance(lbdriver.service, LbdriverService) and lbdriver.runtime is not None
+    service = lbdriver.service
+
+    def health() -> str:
+        return next(a.health for a in service.status().appliances if a.name == "sim-1")
+
+    await eventually(lambda: health() == "open", what="sim-1's breaker open")
+    published = lbdriver.runtime.metrics.counter("bus_published_total", "", ["family"])
+    assert published.value(family="lb") == 1
     assert len(warnings(stack, "ApplianceFailed")) == 1
     assert stack.ingress_ips("east", "web") == []
     assert stack.appliance.failures <= 4
