@@ -19,7 +19,7 @@ async def no_leaked_tasks() -> AsyncIterator[None]:
     """Fail a test that leaves asyncio tasks running behind it."""
     before = asyncio.all_tasks()
     yield
-    await asyncio.sleep(0)
+    await asyncio.sleep(0)  # one loop turn for tasks that are ending
     leaked = {
         t for t in asyncio.all_tasks() - before if not t.done() and t is not asyncio.current_task()
     }
@@ -27,7 +27,7 @@ async def no_leaked_tasks() -> AsyncIterator[None]:
     for _ in range(50):
         if not leaked:
             break
-        await asyncio.sleep(0.02)
+        await asyncio.sleep(0.02)  # polling third-party cleanup, which has no hook
         leaked = {t for t in leaked if not t.done()}
     if leaked:
         names = sorted(f"{t.get_name()}: {t.get_coro()!r}" for t in leaked)

@@ -524,7 +524,7 @@ class TestResilience:
 
         async def handler(d: Delivery) -> Verdict:
             started.set()
-            await asyncio.sleep(0.3)
+            await asyncio.sleep(0.3)  # a slow handler, on purpose: stop() must wait for it
             finished.set()
             return DONE
 

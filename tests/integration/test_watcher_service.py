@@ -401,9 +401,9 @@ class TestResilience:
         await harness.emu.add_node("n3", "192.0.2.13")
         await harness.emu.delete("nodes", None, "n2")
         harness.emu.compact()  # and the history is gone: only a re-list can tell
-        # Pacing, not a wait for an outcome: the slow reconnects get under way before the
-        # watches break again; the assertions below hold whichever way that goes.
-        await asyncio.sleep(0.1)
+        # The slow reconnects get under way before the watches break again; the assertions
+        # below hold whichever way that goes.
+        await asyncio.sleep(0.1)  # pacing, not a wait for an outcome
         harness.emu.latency = 0.0
         await harness.emu.break_watches()
         await eventually(lambda: harness.seen.of(ServiceSnapshot, name="during"))
@@ -445,8 +445,7 @@ class TestResilience:
         await harness.emu.create(lb_service("during"))
         await harness.emu.delete("services", "default", "leaving")
         harness.emu.compact()  # only a re-list can tell what happened
-        # Pacing, not a wait for an outcome (as in the test above).
-        await asyncio.sleep(0.1)
+        await asyncio.sleep(0.1)  # pacing, not a wait for an outcome (as in the test above)
         harness.emu.latency = 0.0
         await harness.emu.break_watches()
 

@@ -16,27 +16,33 @@ async def test_a_task_that_swallows_a_cancellation_still_ends() -> None:
         nonlocal ignored
         while ignored < 2:
             try:
-                await asyncio.sleep(10)
+                await asyncio.sleep(10)  # stands for work that outlasts the test
             except asyncio.CancelledError:
                 ignored += 1
-        await asyncio.sleep(10)
+        await asyncio.sleep(10)  # the third cancellation ends it here
 
     async def finished() -> str:
         return "done"
 
     task = asyncio.create_task(stubborn())
     done = asyncio.create_task(finished())
-    await asyncio.sleep(0)
-    await asyncio.wait_for(cancel_and_wait([task, done], every=0.01), 2.0)
+    await asyncio.sleep(0)  # one loop turn: both tasks start
+    # A guard against hanging, not a speed bound: three cancellations take milliseconds.
+    await asyncio.wait_for(cancel_and_wait([task, done], every=0.01), 10.0)
     assert task.cancelled()
     assert ignored == 2
     assert done.result() == "done"
 
 
 async def test_nothing_to_cancel_returns_at_once() -> None:
-    """No tasks, or only finished ones: nothing waits."""
-    await asyncio.wait_for(cancel_and_wait([]), 0.1)
-    task = asyncio.create_task(asyncio.sleep(0))
+    """No tasks, or only finished ones: nothing waits (done in a few loop turns, though the
+    pause between cancellations is an hour)."""
+    task = asyncio.create_task(asyncio.sleep(0))  # a task that is done after one turn
     await task
-    await asyncio.wait_for(cancel_and_wait([task]), 0.1)
+    for tasks in ([], [task]):
+        stopping = asyncio.create_task(cancel_and_wait(tasks, every=3600))
+        for _ in range(3):
+            await asyncio.sleep(0)  # one loop turn, not a wait for time to pass
+        assert stopping.done(), tasks
+        await stopping
     assert task.done() and not task.cancelled()
