@@ -59,7 +59,9 @@ class TestLifecycle:
     async def test_create_gets_a_vip_and_delete_leaves_nothing_behind(self, stack: Stack) -> None:
         """A Service gets a pool VIP in status within 2 s; deleting it leaves nothing behind."""
         await stack.create_service("east", "web", ports=((80, "TCP"), (443, "TCP")))
-        await eventually(lambda: vip_of(stack, "east", "web"), timeout=2.0)
+        await eventually(
+            lambda: vip_of(stack, "east", "web"), timeout=2.0, what="east/web has a VIP in status"
+        )
         vip = vip_of(stack, "east", "web")
         assert vip is not None and ipaddress.ip_address(vip) in POOL
         svc = stack.service("east", "web")
@@ -71,7 +73,11 @@ class TestLifecycle:
         assert len(await kv_claims(stack)) == 1
 
         await stack.delete_service("east", "web")
-        await eventually(lambda: stack.service("east", "web") is None, timeout=5.0)
+        await eventually(
+            lambda: stack.service("east", "web") is None,
+            timeout=5.0,
+            what="east/web is gone from Kubernetes",
+        )
         assert stack.appliance.virtual_servers("east") == {}
         assert await kv_claims(stack) == {}
 
@@ -79,7 +85,9 @@ class TestLifecycle:
         """A LoadBalancer Service of a foreign loadBalancerClass gets no finalizer and no VIP."""
         await stack.create_service("east", "theirs", load_balancer_class="example.com/other")
         await stack.create_service("east", "ours")
-        await eventually(lambda: vip_of(stack, "east", "ours"), timeout=5.0)
+        await eventually(
+            lambda: vip_of(stack, "east", "ours"), timeout=5.0, what="east/ours has a VIP in status"
+        )
         theirs = stack.service("east", "theirs")
         assert theirs is not None
         assert not theirs["metadata"].get("finalizers")
@@ -92,7 +100,11 @@ class TestSharedVipSpace:
         names = [f"svc-{i}" for i in range(50)]
         await asyncio.gather(*(stack.create_service(c, n) for c in stack.clusters for n in names))
         keys = [(c, n) for c in stack.clusters for n in names]
-        await eventually(lambda: all(vip_of(stack, c, n) for c, n in keys), timeout=30.0)
+        await eventually(
+            lambda: all(vip_of(stack, c, n) for c, n in keys),
+            timeout=30.0,
+            what="every Service of every cluster has a VIP",
+        )
         vips = {(c, n): vip_of(stack, c, n) for c, n in keys}
         counts = Counter(vips.values())
         assert max(counts.values()) == 1, [v for v, k in counts.items() if k > 1]
@@ -110,7 +122,11 @@ class TestRestarts:
         """Restart ipam and lbdriver while 60 Services arrive: none lost, no VIP changed."""
         first = [f"early-{i}" for i in range(20)]
         await asyncio.gather(*(stack.create_service("east", n) for n in first))
-        await eventually(lambda: all(vip_of(stack, "east", n) for n in first), timeout=10.0)
+        await eventually(
+            lambda: all(vip_of(stack, "east", n) for n in first),
+            timeout=10.0,
+            what="the early Services have their VIPs",
+        )
         before = {n: vip_of(stack, "east", n) for n in first}
 
         burst = [f"burst-{i}" for i in range(40)]
@@ -125,7 +141,11 @@ class TestRestarts:
         await asyncio.gather(stack.restart("ipam"), stack.restart("lbdriver"))
         await creating
         keys = [("east", n) for n in first] + [(c, n) for c in stack.clusters for n in burst]
-        await eventually(lambda: all(vip_of(stack, c, n) for c, n in keys), timeout=30.0)
+        await eventually(
+            lambda: all(vip_of(stack, c, n) for c, n in keys),
+            timeout=30.0,
+            what="every Service has a VIP after the restarts",
+        )
 
         assert {n: vip_of(stack, "east", n) for n in first} == before
         all_vips = [vip_of(stack, c, n) for c, n in keys]
@@ -148,7 +168,11 @@ class TestPoison:
         with caplog.at_level(logging.ERROR, logger="vipwire.bus.consumer"):
             await ipam.bus.js.publish("vipwire.east.service.default.junk", b"\x00not json")
             await stack.create_service("east", "after-junk")
-            await eventually(lambda: vip_of(stack, "east", "after-junk"), timeout=5.0)
+            await eventually(
+                lambda: vip_of(stack, "east", "after-junk"),
+                timeout=5.0,
+                what="a Service created after the junk has a VIP",
+            )
         assert any("vipwire.east.service.default.junk" in r.getMessage() for r in caplog.records)
         assert 'vipwire_bus_poison_total{consumer="ipam",subject_family="service"} 1' in (
             ipam.metrics.expose()
@@ -162,7 +186,9 @@ class TestTracing:
         """Watcher, ipam, lbdriver, every node agent and the status write share one trace."""
         span_exporter.clear()
         await stack.create_service("west", "traced")
-        await eventually(lambda: vip_of(stack, "west", "traced"), timeout=5.0)
+        await eventually(
+            lambda: vip_of(stack, "west", "traced"), timeout=5.0, what="west/traced has a VIP"
+        )
         node_names = set(stack.node_names("west"))
 
         def hop_services(trace_id: int) -> set[str]:
@@ -184,13 +210,19 @@ class TestTracing:
                     return span.context.trace_id if span.context else None
             return None
 
-        await eventually(status_write_trace, timeout=5.0)
+        await eventually(
+            status_write_trace, timeout=5.0, what="the status write's trace is recorded"
+        )
         trace_id = status_write_trace()
         assert trace_id is not None
         expected = {"vipwire-watcher", "vipwire-ipam", "vipwire-lbdriver"} | {
             f"vipwire-nodeagent:west/{node}" for node in node_names
         }
-        await eventually(lambda: expected <= hop_services(trace_id), timeout=5.0)
+        await eventually(
+            lambda: expected <= hop_services(trace_id),
+            timeout=5.0,
+            what="the trace has a span of every hop",
+        )
         roots = [
             s
             for s in span_exporter.get_finished_spans()

@@ -66,7 +66,11 @@ async def test_services_appear_live_and_a_service_page_shows_its_change(
             )
     await stack.create_service("east", "legacy", annotations={"vipwire.io/pool": "retired"})
     seeded = [(c, n, ns) for c in stack.clusters for n, ns, _, _ in SEED]
-    await eventually(lambda: all(stack.ingress_ips(c, n, ns) for c, n, ns in seeded), 10.0)
+    await eventually(
+        lambda: all(stack.ingress_ips(c, n, ns) for c, n, ns in seeded),
+        10.0,
+        what="every seeded Service has a VIP",
+    )
     url = stack.dashboard_url
     assert url is not None
 
@@ -91,7 +95,9 @@ async def test_services_appear_live_and_a_service_page_shows_its_change(
     await browser.wait_for(f"!!{new_row}")
     assert await browser.evaluate("window.__sameDocument === true"), "the page was reloaded"
     await browser.wait_for(f"{new_row}.querySelector('.badge').textContent !== 'pending'")
-    await eventually(lambda: stack.ingress_ips("east", "checkout", "shop"), 5.0)
+    await eventually(
+        lambda: stack.ingress_ips("east", "checkout", "shop"), 5.0, what="shop/checkout has a VIP"
+    )
     services_png = await browser.screenshot(ARTIFACTS / "dashboard-services.png")
 
     # Its page: facts, the timeline of its events, and the per-hop waterfall.

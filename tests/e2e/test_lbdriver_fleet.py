@@ -29,7 +29,11 @@ async def test_wrong_credentials_become_one_warning_event_and_no_status(stack: S
     appliance's reason, no VIP in status, and no flood of Events while it keeps failing."""
     stack.appliance.fail_next(10_000, ApplianceAuthError)
     await stack.create_service("east", "web")
-    await eventually(lambda: warnings(stack, "ApplianceFailed"), timeout=5.0)
+    await eventually(
+        lambda: warnings(stack, "ApplianceFailed"),
+        timeout=5.0,
+        what="an ApplianceFailed Warning Event",
+    )
     (event,) = warnings(stack, "ApplianceFailed")
     assert "ApplianceAuthError" in event["note"]
     assert "check the credentials configured for appliance sim-1" in event["note"]

@@ -45,7 +45,11 @@ async def test_stack_serves_an_external_cluster_from_its_kubeconfig(tmp_path: Pa
             assert stack.clusters == ["prod"] and stack.emulators == {}
             assert not [n for n in stack.components if n.startswith("nodeagent")]
             await cluster.create(_lb("web"))
-            await eventually(lambda: stack.ingress_ips("prod", "web"), timeout=10)
+            await eventually(
+                lambda: stack.ingress_ips("prod", "web"),
+                timeout=10,
+                what="prod/web has a VIP in the real cluster",
+            )
             svc = cluster.get("services", "default", "web")
             assert (
                 svc["status"]["loadBalancer"]["ingress"][0]["ip"]
@@ -53,7 +57,11 @@ async def test_stack_serves_an_external_cluster_from_its_kubeconfig(tmp_path: Pa
             )
             assert FINALIZER in svc["metadata"]["finalizers"]
             await stack.delete_service("prod", "web")
-            await eventually(lambda: cluster.find("services", "default", "web") is None, timeout=10)
+            await eventually(
+                lambda: cluster.find("services", "default", "web") is None,
+                timeout=10,
+                what="web is gone from the real cluster",
+            )
 
 
 async def test_vipwire_up_kubeconfig_demo_smoke_creates_and_cleans_up(tmp_path: Path) -> None:

@@ -174,7 +174,9 @@ class TestConsume:
         await consumer.start()
         for i in range(40):
             await asyncio.gather(*(rt.bus.publish(gone(f"s{k}", str(i))) for k in range(10)))
-        await eventually(lambda: sum(map(len, seen.values())) == 400)
+        await eventually(
+            lambda: sum(map(len, seen.values())) == 400, what="all 400 messages handled"
+        )
         await consumer.stop()
         assert all(v == list(range(40)) for v in seen.values()), seen
 
@@ -386,7 +388,7 @@ class TestTracing:
         consumer = rt.bus.consumer(spec, handler)
         await consumer.start()
         await rt.bus.publish(gone("web"))
-        await eventually(lambda: len(got) == 1)
+        await eventually(lambda: len(got) == 1, what="one delivery to the untraced consumer")
         await consumer.stop()
         spans = {s.name: s for s in span_exporter.get_finished_spans()}
         assert "process service" not in spans
@@ -424,7 +426,7 @@ class TestResilience:
         consumer = rt.bus.consumer(spec, recording(got))
         await consumer.start()
         await rt.bus.publish(NodeGone(cluster="east", node="before"))
-        await eventually(lambda: got == ["before"])
+        await eventually(lambda: got == ["before"], what="'before' handled")
         server = await restarted(server, store)
         try:
             async with asyncio.timeout(10):
@@ -434,7 +436,9 @@ class TestResilience:
                         break
                     except Exception:
                         await asyncio.sleep(0.1)  # pacing retries while the server comes back
-            await eventually(lambda: "after" in got, timeout=10)
+            await eventually(
+                lambda: "after" in got, timeout=10, what="'after' handled once the server is back"
+            )
             assert got == ["before", "after"]
         finally:
             await rt.stop()
@@ -463,10 +467,14 @@ class TestResilience:
         consumer = rt.bus.consumer(spec, recording(got))
         await consumer.start()
         await rt.bus.publish(NodeGone(cluster="east", node="before"))
-        await eventually(lambda: got == ["before"])
+        await eventually(lambda: got == ["before"], what="'before' handled")
         server = await restarted(server, store)
         try:
-            await eventually(lambda: got == ["before", "before"], timeout=10)
+            await eventually(
+                lambda: got == ["before", "before"],
+                timeout=10,
+                what="'before' handed over again after the reconnect",
+            )
         finally:
             await rt.stop()
             await server.stop()
@@ -563,12 +571,16 @@ class TestResilience:
         publishing = [
             asyncio.ensure_future(rt.bus.publish(NodeGone(cluster="east", node=n))) for n in nodes
         ]
-        await eventually(lambda: len(got) >= 50, timeout=10)
+        await eventually(
+            lambda: len(got) >= 50, timeout=10, what="50 messages handled before the stop"
+        )
         await first.stop()
         await asyncio.gather(*publishing)
         second = rt.bus.consumer(spec, handler)
         await second.start()
         try:
-            await eventually(lambda: got == set(nodes), timeout=5)
+            await eventually(
+                lambda: got == set(nodes), timeout=5, what="the second consumer got every message"
+            )
         finally:
             await second.stop()

@@ -90,7 +90,9 @@ async def start_dashboard(
         # unsafe: keep cookies from an IP-address host (127.0.0.1), as a browser does.
         http = aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True))
         started.append((service, http))
-        await eventually(lambda: service.readiness() is None, timeout=5.0)
+        await eventually(
+            lambda: service.readiness() is None, timeout=5.0, what="the dashboard is ready"
+        )
         return Dashboard(service, http)
 
     yield start
@@ -155,10 +157,15 @@ class TestReadModelFromTheBus:
                 *pipeline("api", "198.51.100.2", cluster="west")[:2],
             ],
         )
-        await eventually(lambda: len(dash.service.model) == 2, timeout=5.0)
+        await eventually(
+            lambda: len(dash.service.model) == 2,
+            timeout=5.0,
+            what="two rows in the dashboard's model",
+        )
         await eventually(
             lambda: dash.service.model.row(("east", "default", "web")).state == "ready",  # type: ignore[union-attr]
             timeout=5.0,
+            what="east/default/web is ready in the dashboard",
         )
         _, page = await dash.get("/api/services?cluster=west")
         assert [r["key"] for r in page["rows"]] == ["west/default/api"]

@@ -111,7 +111,10 @@ class Seen:
 
     async def wait(self, kind: type[M], name: str, count: int = 1, cluster: str = "east") -> M:
         """The ``count``-th message of a kind about one Service, once it has come."""
-        await eventually(lambda: len(self.of(kind, name, cluster)) >= count)
+        await eventually(
+            lambda: len(self.of(kind, name, cluster)) >= count,
+            what=f"{count} {kind.__name__} about {cluster}/{name}",
+        )
         return self.of(kind, name, cluster)[count - 1]
 
 
@@ -183,7 +186,10 @@ async def groups(rt: Runtime) -> dict[str, GroupRecord]:
 async def handled(ipam: IpamService, count: int) -> None:
     """Wait until the ipam consumer has finished ``count`` messages."""
     done = ipam.runtime.metrics.counter("bus_handled_total", "", ["consumer", "verdict"])
-    await eventually(lambda: done.value(consumer="ipam", verdict="done") >= count)
+    await eventually(
+        lambda: done.value(consumer="ipam", verdict="done") >= count,
+        what=f"ipam handled {count} messages",
+    )
 
 
 def addr(vip: str) -> str:
@@ -238,7 +244,8 @@ class TestAssign:
         await bus.bus.publish(snapshot("web"))
         await seen.wait(VipAssigned, "web")
         await eventually(
-            lambda: "publish vip" in {s.name for s in span_exporter.get_finished_spans()}
+            lambda: "publish vip" in {s.name for s in span_exporter.get_finished_spans()},
+            what="a 'publish vip' span",
         )
         spans = {s.name: s for s in span_exporter.get_finished_spans()}
         assert spans["publish vip"].context.trace_id == spans["publish service"].context.trace_id
@@ -321,7 +328,9 @@ class TestRelease:
         await bus.bus.publish(lb_removed("web", vips=assigned.vips))
         await seen.wait(VipReleased, "web")
         dropped = ipam.runtime.metrics.counter("ipam_kv_markers_dropped_total", "")
-        await eventually(lambda: dropped.value() >= 2)  # the claim's and the record's
+        await eventually(
+            lambda: dropped.value() >= 2, what="two messages dropped"
+        )  # the claim's and the record's
         info = await bus.bus.js.stream_info(f"KV_{IPAM_BUCKET}", subjects_filter=">")
         assert not info.state.subjects
         # The same record key, and the same address asked for: both keys are created anew.
@@ -412,6 +421,7 @@ class TestDurability:
                 == 200
             ),
             timeout=15,
+            what="200 Services assigned",
         )
         claims, records = await kv_state(bus)
         named = {v for r in records.values() for v in r.vips}
@@ -643,7 +653,9 @@ class TestSharing:
         handling = [handle(a, i, "TCP") for i in range(20)]
         handling += [handle(b, i, "UDP") for i in reversed(range(20))]
         assert await asyncio.gather(*handling) == [DONE] * 40
-        await eventually(lambda: len({m.name for m in seen.of(VipAssigned)}) == 40)
+        await eventually(
+            lambda: len({m.name for m in seen.of(VipAssigned)}) == 40, what="40 Services assigned"
+        )
         assert not seen.of(VipFailed)
         vips = {m.name: m.vips for m in seen.of(VipAssigned)}
         for i in range(20):
@@ -770,7 +782,7 @@ class TestReload:
         )
         for i in range(20):
             await bus.bus.publish(snapshot(f"s{i}"))
-        await eventually(lambda: len(seen.of(VipAssigned)) == 20)
+        await eventually(lambda: len(seen.of(VipAssigned)) == 20, what="20 VipAssigned")
         before_claims, _ = await kv_state(bus)
         narrow = msgspec.structs.replace(wide, addresses=("192.0.2.0/29",))
         write_config(config, narrow, reload_interval_s=0)
@@ -793,7 +805,7 @@ class TestReload:
         vips = {m.name: m.vips for m in seen.of(VipAssigned)}
         for i in range(20):
             await bus.bus.publish(snapshot(f"s{i}", ports=ports("8080/TCP")))
-        await eventually(lambda: len(seen.of(VipAssigned)) == 40)
+        await eventually(lambda: len(seen.of(VipAssigned)) == 40, what="40 VipAssigned")
         assert {m.name: m.vips for m in seen.of(VipAssigned)[20:]} == vips
         assert (await kv_state(bus))[0] == before_claims
 
@@ -867,7 +879,7 @@ class TestOperatorCommands:
         await make_ipam()
         await bus.bus.publish(snapshot("web", sharing_key="k", ports=ports("80/TCP")))
         await bus.bus.publish(snapshot("api", sharing_key="k", ports=ports("443/TCP")))
-        await eventually(lambda: len(seen.of(VipAssigned)) == 2)
+        await eventually(lambda: len(seen.of(VipAssigned)) == 2, what="two VipAssigned")
         (vip,) = seen.of(VipAssigned, "web")[0].vips
 
         async def run(*argv: str) -> tuple[int, str]:
@@ -1041,6 +1053,7 @@ async def serve_1000(bus: Runtime, seen: Seen) -> list[ServiceSnapshot]:
             len({(m.cluster, m.name) for m in seen.messages if isinstance(m, VipAssigned)}) == 1000
         ),
         timeout=25,
+        what="1000 Services assigned",
     )
     return snaps
 
@@ -1095,7 +1108,11 @@ class TestScale:
                     for s in snaps[chunk : chunk + 250]
                 )
             )
-        await eventually(lambda: len(seen.of_all(VipAssigned)) == 1000, timeout=25)
+        await eventually(
+            lambda: len(seen.of_all(VipAssigned)) == 1000,
+            timeout=25,
+            what="1000 VipAssigned across the replicas",
+        )
         assert {(m.cluster, m.name): m.vips for m in seen.of_all(VipAssigned)} == before
         await handled(second, 1000)
         assert (await bus.bus.js.stream_info(kv_stream)).state.last_seq == writes

@@ -191,7 +191,9 @@ class Harness:
 
     async def programmed(self, *names: str, timeout: float = 5.0) -> None:
         await eventually(
-            lambda: {m.name for m in self.reports(LbProgrammed)} >= set(names), timeout
+            lambda: {m.name for m in self.reports(LbProgrammed)} >= set(names),
+            timeout,
+            what=f"LbProgrammed for {sorted(names)}",
         )
 
 
@@ -274,15 +276,19 @@ async def test_restart_with_500_programmed_virtual_servers_writes_nothing(h: Har
     await h.publish(*(node(i) for i in range(3)))
     await h.publish(*(assigned(n, i, ports=(80, 443)) for i, n in enumerate(names)))
     await h.programmed(*names, timeout=15.0)
-    await eventually(lambda: first.readiness() is None)
+    await eventually(lambda: first.readiness() is None, what="the first lbdriver is ready")
     await h.stop(first)
     assert len(h.sim.virtual_servers(CLUSTER)) == 500
     writes, calls, lists = h.sim.writes, h.sim.apply_calls, h.sim.list_calls
     h.log.clear()
 
     second = await h.start()
-    await eventually(lambda: second.readiness() is None, timeout=15.0)
-    await eventually(lambda: h.sim.list_calls >= lists + 2)  # the start-up sweep listed too
+    await eventually(
+        lambda: second.readiness() is None, timeout=15.0, what="the second lbdriver is ready"
+    )
+    await eventually(
+        lambda: h.sim.list_calls >= lists + 2, what="the start-up sweep listed the appliance"
+    )  # the start-up sweep listed too
     assert (h.sim.writes, h.sim.apply_calls) == (writes, calls), (
         f"restart wrote {h.sim.apply_calls - calls} request(s), {h.sim.writes - writes} op(s)"
     )
@@ -319,7 +325,11 @@ async def test_drift_pass_undoes_out_of_band_edits_and_counts_them(h: Harness) -
 
     h.sim.remove(CLUSTER, web)
     h.sim.put(CLUSTER, msgspec.structs.replace(programmed[api], members=()))
-    await eventually(lambda: h.sim.virtual_servers(CLUSTER) == programmed, timeout=3.0)
+    await eventually(
+        lambda: h.sim.virtual_servers(CLUSTER) == programmed,
+        timeout=3.0,
+        what="the drift pass restored the programmed objects",
+    )
     drift = counter(service, "lbdriver_drift_repairs_total", ["appliance", "kind"])
     assert drift.value(appliance="sim-a", kind="repair") == 2
     assert "vipwire_lbdriver_drift_repairs_total" in service.runtime.metrics.expose()
@@ -357,8 +367,15 @@ async def test_start_up_sweep_removes_only_our_orphans_in_our_partitions(h: Harn
 
     service = await h.start()
     await h.programmed("web")
-    await eventually(lambda: orphan.name not in h.sim.virtual_servers(CLUSTER), timeout=3.0)
-    await eventually(lambda: untagged.name not in h.sim.virtual_servers(CLUSTER))
+    await eventually(
+        lambda: orphan.name not in h.sim.virtual_servers(CLUSTER),
+        timeout=3.0,
+        what="the tagged orphan removed",
+    )
+    await eventually(
+        lambda: untagged.name not in h.sim.virtual_servers(CLUSTER),
+        what="the untagged orphan removed",
+    )
     assert h.sim.virtual_servers(CLUSTER) == {"legacy-app": FOREIGN, **want}
     assert h.sim.virtual_servers("other") == {elsewhere.name: elsewhere}
     drift = counter(service, "lbdriver_drift_repairs_total", ["appliance", "kind"])
@@ -490,15 +507,24 @@ async def test_failover_moves_every_service_and_the_recovered_one_does_not_take_
     assert len(h.sim.virtual_servers(CLUSTER)) == 5
 
     h.sim.set_down(True)  # noticed by health probes: no Service event is needed
-    await eventually(lambda: len(standby.virtual_servers(CLUSTER)) == 5, timeout=4.0)
     await eventually(
-        lambda: {m.name for m in h.reports(LbProgrammed) if m.appliance == "sim-b"} == set(names)
+        lambda: len(standby.virtual_servers(CLUSTER)) == 5,
+        timeout=4.0,
+        what="all five Services on the standby",
+    )
+    await eventually(
+        lambda: {m.name for m in h.reports(LbProgrammed) if m.appliance == "sim-b"} == set(names),
+        what="LbProgrammed from the standby for every Service",
     )
     failovers = counter(service, "lbdriver_failovers_total", ["group"])
     assert failovers.value(group="dc1") == 1
 
     h.sim.set_down(False)
-    await eventually(lambda: h.sim.virtual_servers(CLUSTER) == {}, timeout=3.0)
+    await eventually(
+        lambda: h.sim.virtual_servers(CLUSTER) == {},
+        timeout=3.0,
+        what="the recovered appliance cleaned",
+    )
     writes = len(standby.log)
     # Fence: several probes of each appliance with both healthy, and nothing in flight.
     probes = (h.sim.list_calls, standby.list_calls)
@@ -541,7 +567,7 @@ async def test_status_is_served_over_nats_and_rendered_by_the_cli(
     await h.publish(node(0), assigned("web", 1, ports=(80, 443)))
     await h.programmed("web")
     url = h.publisher.settings.bus.servers[0]
-    await eventually(lambda: h.services[0].readiness() is None)
+    await eventually(lambda: h.services[0].readiness() is None, what="the lbdriver is ready")
 
     status = await fetch_status(url)
     assert status.ready and status.services == 1

@@ -312,7 +312,7 @@ async def test_restart_adopts_what_is_programmed_without_writing(h: Harness) -> 
     h.log.clear()
 
     second = await h.start()
-    await eventually(lambda: second.readiness() is None)
+    await eventually(lambda: second.readiness() is None, what="the second lbdriver is ready")
     await h.publisher.bus.nc.flush()
     assert (h.sim.writes, h.sim.apply_calls) == (writes, calls)
     assert h.log == []
@@ -335,7 +335,7 @@ async def test_restart_reports_only_what_changed_or_was_not_answered(h: Harness)
     second = await h.start()
     web = await h.expect(LbProgrammed, "web")
     api = await h.expect(LbProgrammed, "api")
-    await eventually(lambda: second.readiness() is None)
+    await eventually(lambda: second.readiness() is None, what="the second lbdriver is ready")
     await h.publisher.bus.nc.flush()
     assert member_nodes(web) == ["n1", "n2"]
     assert member_nodes(api) == ["n1", "n2"]
@@ -358,11 +358,13 @@ async def test_restart_answers_an_assignment_made_while_away_even_with_the_same_
 
     second = await h.start()
     assert await h.expect(LbFailed) == failed
-    await eventually(lambda: h.sim.failures >= 8)  # retried meanwhile
+    await eventually(
+        lambda: h.sim.failures >= 8, what="eight failed calls to the appliance"
+    )  # retried meanwhile
     assert len(h.reports(LbFailed, "web")) == 1
     h.sim.set_down(False)
     await h.expect(LbProgrammed)
-    await eventually(lambda: second.readiness() is None)
+    await eventually(lambda: second.readiness() is None, what="the second lbdriver is ready")
 
 
 async def test_last_reports_are_read_per_service(h: Harness) -> None:
@@ -459,7 +461,10 @@ async def test_report_joins_the_trace_of_the_assignment(
         return {s.name for s in spans if s.context.trace_id == trace_id}
 
     # The consumer span ends just after the handler, so after the report arrives.
-    await eventually(lambda: {"process vip", "appliance apply", "publish lb"} <= trace_names())
+    await eventually(
+        lambda: {"process vip", "appliance apply", "publish lb"} <= trace_names(),
+        what="process vip, appliance apply and publish lb spans",
+    )
 
 
 async def test_burst_of_endpoint_changes_converges_to_the_last(h: Harness) -> None:
@@ -561,8 +566,8 @@ async def test_a_coalesced_write_links_to_every_trace_it_served(
                 served |= {link.context.trace_id for link in s.links}
         return served
 
-    await eventually(lambda: len(change_traces()) == 3)
-    await eventually(lambda: change_traces() <= served_traces())
+    await eventually(lambda: len(change_traces()) == 3, what="three change traces")
+    await eventually(lambda: change_traces() <= served_traces(), what="every change trace served")
     coalesced = [
         s
         for s in span_exporter.get_finished_spans()

@@ -105,7 +105,10 @@ class Reports:
                     return m
             return None
 
-        await eventually(lambda: match() is not None)
+        await eventually(
+            lambda: match() is not None,
+            what=f"a report from {node} with {vips} past the first {after}",
+        )
         found = match()
         assert found is not None
         return found
@@ -394,10 +397,16 @@ class TestStandalone:
         await rt.bus.publish(programmed("web", "192.0.2.10", policy="Local"))
         report = await reports.wait_for(vips=("192.0.2.10",))
         assert report.mode == "standalone"
-        await eventually(lambda: "dnat ip to 10.0.0.5:8080" in (applier.nft_script or ""))
+        await eventually(
+            lambda: "dnat ip to 10.0.0.5:8080" in (applier.nft_script or ""),
+            what="the DNAT to 10.0.0.5 in the nft script",
+        )
         generation = agent.generation
         await rt.bus.publish(endpoints("web", NODE, "10.0.0.6"))
-        await eventually(lambda: "dnat ip to 10.0.0.6:8080" in (applier.nft_script or ""))
+        await eventually(
+            lambda: "dnat ip to 10.0.0.6:8080" in (applier.nft_script or ""),
+            what="the DNAT to 10.0.0.6 in the nft script",
+        )
         assert agent.generation == generation + 1
         assert isinstance(applier.history[-1][0], ReplaceNftTable)
         assert len(applier.history[-1]) == 1
@@ -416,7 +425,10 @@ class TestHealth:
         assert service.readiness() == "not started"
         await service.start()
         try:
-            await eventually(lambda: "first apply failed" in (service.readiness() or ""))
+            await eventually(
+                lambda: "first apply failed" in (service.readiness() or ""),
+                what="readiness names the failed first apply",
+            )
             await service.wait_ready(5)
             assert service.readiness() is None
             assert applier.failures == 0 and applier.writes == 1
@@ -450,7 +462,7 @@ class TestHealth:
         await reports.wait_for(vips=("192.0.2.10",))
         writes = applier.writes
         applier.tamper(AppliedState(sysctls=applier.state.sysctls))
-        await eventually(lambda: applier.writes > writes)
+        await eventually(lambda: applier.writes > writes, what="the applier wrote again")
         assert applier.history[-1] == (lo("192.0.2.10"),)
         assert applier.state.addresses[0].owned
 

@@ -190,14 +190,22 @@ class TestRerun:
             await stack.wait_ready(30)
             for name in ("web", "api"):
                 await stack.create_service("east", name)
-            await eventually(lambda: stack.ingress_ips("east", "api"), 15)
-            await eventually(lambda: stack.ingress_ips("east", "web"), 15)
+            await eventually(
+                lambda: stack.ingress_ips("east", "api"), 15, what="east/api has a VIP"
+            )
+            await eventually(
+                lambda: stack.ingress_ips("east", "web"), 15, what="east/web has a VIP"
+            )
             await stack.delete_service("east", "web")
-            await eventually(lambda: stack.service("east", "web") is None, 15)
+            await eventually(
+                lambda: stack.service("east", "web") is None, 15, what="east/web is gone"
+            )
             await stack.restart("ipam")
             await stack.emulators["east"].delete("endpointslices", "default", "web-abc12")
             await stack.create_service("east", "web")
-            await eventually(lambda: stack.ingress_ips("east", "web"), 15)
+            await eventually(
+                lambda: stack.ingress_ips("east", "web"), 15, what="east/web has a VIP again"
+            )
         async with open_source(store=tmp_path) as js:
             state = await stream_state(js)
             assert state is not None

@@ -68,14 +68,14 @@ class TestElection:
         other leads within a retry period, not a lease duration."""
         a, b = elector(api, "a"), elector(api, "b")
         a.start()
-        await eventually(lambda: a.is_leader)
+        await eventually(lambda: a.is_leader, what="a leads")
         b.start()
-        await eventually(lambda: b.attempted)
+        await eventually(lambda: b.attempted, what="b tried to lead")
         assert not b.is_leader and b.holder == "a"
         loop = asyncio.get_running_loop()
         stopped = loop.time()
         await a.stop()
-        await eventually(lambda: b.is_leader, timeout=2)
+        await eventually(lambda: b.is_leader, timeout=2, what="b leads after a's release")
         assert loop.time() - stopped < 0.5
         await b.stop()
 
@@ -86,7 +86,7 @@ class TestElection:
         the refused update is followed by a read, which shows the new holder."""
         a = elector(api, "a")
         a.start()
-        await eventually(lambda: a.is_leader)
+        await eventually(lambda: a.is_leader, what="a leads")
         audit = emu.record_requests()
         await eventually(
             lambda: sum(e.resource == "leases" for e in audit) >= 3,
@@ -95,7 +95,7 @@ class TestElection:
         verbs = {e.verb for e in audit if e.resource == "leases"}
         assert verbs == {"update"}
         await steal(emu)
-        await eventually(lambda: not a.is_leader, timeout=1)
+        await eventually(lambda: not a.is_leader, timeout=1, what="a steps down")
         assert any(e.verb == "get" and e.resource == "leases" for e in audit)
         assert a.holder == "intruder"
         await a.stop()
@@ -106,13 +106,13 @@ class TestElection:
         """A leader that stops without releasing: the standby waits the lease out, no more."""
         a, b = elector(api, "a", release_on_stop=False), elector(api, "b")
         a.start()
-        await eventually(lambda: a.is_leader)
+        await eventually(lambda: a.is_leader, what="a leads")
         b.start()
-        await eventually(lambda: b.attempted)
+        await eventually(lambda: b.attempted, what="b tried to lead")
         loop = asyncio.get_running_loop()
         crashed = loop.time()
         await a.stop()
-        await eventually(lambda: b.is_leader, timeout=3)
+        await eventually(lambda: b.is_leader, timeout=3, what="b leads after the lease ran out")
         took = loop.time() - crashed
         assert 0.7 < took < 1.0 + 0.5  # waited for the lease, then a retry or so
         spec = emu.get("leases", "default", LEASE)["spec"]
@@ -127,11 +127,11 @@ class TestElection:
         changes: list[bool] = []
         a = elector(api, "a", on_change=changes.append)
         a.start()
-        await eventually(lambda: a.is_leader)
+        await eventually(lambda: a.is_leader, what="a leads")
         loop = asyncio.get_running_loop()
         taken = loop.time()
         await steal(emu)
-        await eventually(lambda: not a.is_leader, timeout=1)
+        await eventually(lambda: not a.is_leader, timeout=1, what="a steps down")
         assert loop.time() - taken < 0.4
         assert changes == [True, False]
         await a.stop()
@@ -144,13 +144,17 @@ class TestElection:
         the lease could expire for anybody else."""
         a = elector(api, "a")
         a.start()
-        await eventually(lambda: a.is_leader)
+        await eventually(lambda: a.is_leader, what="a leads")
         emu.inject_failure(500, resource="leases", count=15)  # ~1.5 s of failing attempts
         loop = asyncio.get_running_loop()
         failing = loop.time()
-        await eventually(lambda: not a.is_leader, timeout=2)
+        await eventually(
+            lambda: not a.is_leader, timeout=2, what="a is no leader by its renew deadline"
+        )
         assert loop.time() - failing < 0.6 + 0.05
-        await eventually(lambda: a.is_leader, timeout=5)  # the API recovers: leading again
+        await eventually(
+            lambda: a.is_leader, timeout=5, what="a leads again once the API recovers"
+        )  # the API recovers: leading again
         await a.stop()
 
 
@@ -175,7 +179,7 @@ class Replicas:
         watcher = WatcherService(settings, await self._make_runtime("watcher"))
         await watcher.start()
         self.watchers.append(watcher)
-        await eventually(lambda: watcher.readiness() is None)
+        await eventually(lambda: watcher.readiness() is None, what="the watcher is ready")
         return watcher
 
 
@@ -198,7 +202,7 @@ class TestWatchers:
         second = await replicas.start("w-1")
         assert first.leading and not second.leading
         await emu.create(_service("web"))
-        await eventually(lambda: _has_finalizer(emu, "web"))
+        await eventually(lambda: _has_finalizer(emu, "web"), what="web has our finalizer")
         writes = second.runtime.metrics.counter("watcher_api_writes_total", "", ["kind", "outcome"])
         assert writes.total() == 0
         assert second.runtime.metrics.gauge("watcher_leader", "").value() == 0
@@ -221,7 +225,9 @@ class TestWatchers:
         sub = await watcher.runtime.bus.nc.subscribe("vipwire.east.service.>", cb=record)
         try:
             await steal(emu)
-            await eventually(lambda: not watcher.leading, timeout=1)
+            await eventually(
+                lambda: not watcher.leading, timeout=1, what="the deposed watcher stops leading"
+            )
             # Fence: the term is over, its watches closed; nothing can learn of the Service.
             await eventually(
                 lambda: emu.open_watches == 0, what="the deposed watcher closed every watch"
@@ -231,8 +237,12 @@ class TestWatchers:
             assert not _has_finalizer(emu, "meanwhile")
             assert not seen
             await steal(emu, holder="", duration=1)  # the intruder lets go
-            await eventually(lambda: _has_finalizer(emu, "meanwhile"), timeout=5)
-            await eventually(lambda: seen)
+            await eventually(
+                lambda: _has_finalizer(emu, "meanwhile"),
+                timeout=5,
+                what="meanwhile has our finalizer in the new term",
+            )
+            await eventually(lambda: seen, what="a ServiceSnapshot in the new term")
             terms = watcher.runtime.metrics.counter("watcher_leader_terms_total", "")
             assert terms.value() == 2
         finally:

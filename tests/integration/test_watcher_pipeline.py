@@ -116,7 +116,7 @@ class Pipeline:
         watcher = WatcherService(settings, await self.make_runtime("watcher"))
         await watcher.start()
         self.watchers.append(watcher)
-        await eventually(lambda: watcher.readiness() is None)
+        await eventually(lambda: watcher.readiness() is None, what="the watcher is ready")
         return watcher
 
     async def stop(self) -> None:
@@ -244,16 +244,24 @@ class TestFailover:
         assert first.leading and not second.leading
         names = [f"svc-{i}" for i in range(100)]
         creating = asyncio.gather(*(pipeline.create(n) for n in names))
-        await eventually(lambda: sum(1 for n in names if pipeline.vips(n)) >= 20, timeout=15)
+        await eventually(
+            lambda: sum(1 for n in names if pipeline.vips(n)) >= 20,
+            timeout=15,
+            what="20 Services have a VIP",
+        )
         loop = asyncio.get_running_loop()
         died = loop.time()
         died_ns = now_ns()
         await first.stop()  # a crash, as far as the Lease knows
-        await eventually(lambda: second.leading, timeout=3)
+        await eventually(lambda: second.leading, timeout=3, what="the standby leads")
         # The lease duration (2 s) after the last renewal seen, plus a retry period or two.
         assert loop.time() - died < 3.0
         await creating
-        await eventually(lambda: all(pipeline.vips(n) for n in names), timeout=30)
+        await eventually(
+            lambda: all(pipeline.vips(n) for n in names),
+            timeout=30,
+            what="all 100 Services have a VIP",
+        )
         vips = [pipeline.vips(n)[0] for n in names]
         assert len(set(vips)) == 100
         await watcher_settled(second, pipeline.emu, pipeline.spans, since_ns=died_ns)
@@ -274,20 +282,22 @@ class TestLifecycle:
         and finalizer gone. -> LoadBalancer again: a VIP assigned and programmed anew."""
         await pipeline.start_watcher()
         await pipeline.create("flip", endpoints_on=("n1",))
-        await eventually(lambda: pipeline.vips("flip"), timeout=5)
+        await eventually(lambda: pipeline.vips("flip"), timeout=5, what="flip has a VIP")
         await pipeline.emu.patch("services", "default", "flip", {"spec": {"type": "ClusterIP"}})
 
         def let_go() -> bool:
             svc = pipeline.service("flip") or {}
             return not svc["metadata"].get("finalizers") and not pipeline.vips("flip")
 
-        await eventually(let_go, timeout=5)
+        await eventually(let_go, timeout=5, what="flip let go: no finalizer, no VIP")
         svc = pipeline.service("flip")
         assert svc is not None
         assert not (svc.get("status") or {}).get("conditions")
         assert "vipwire.io/cluster" not in (svc["metadata"].get("annotations") or {})
         assert pipeline.servers_of("flip") == []
-        await eventually(lambda: pipeline.events("IPReleased", "flip"))
+        await eventually(
+            lambda: pipeline.events("IPReleased", "flip"), what="an IPReleased Event for flip"
+        )
 
         await pipeline.emu.patch(
             "services",
@@ -295,7 +305,7 @@ class TestLifecycle:
             "flip",
             {"spec": {"type": "LoadBalancer", "loadBalancerClass": CLASS}},
         )
-        await eventually(lambda: pipeline.vips("flip"), timeout=5)
+        await eventually(lambda: pipeline.vips("flip"), timeout=5, what="flip has a VIP again")
         svc = pipeline.service("flip")
         assert svc is not None and FINALIZER in svc["metadata"]["finalizers"]
         assert {vs.address for vs in pipeline.servers_of("flip")} == set(pipeline.vips("flip"))
@@ -309,10 +319,14 @@ class TestLifecycle:
         and condition); once the appliance answers again the Service is gone."""
         await pipeline.start_watcher()
         await pipeline.create("web")
-        await eventually(lambda: pipeline.vips("web"), timeout=5)
+        await eventually(lambda: pipeline.vips("web"), timeout=5, what="web has a VIP")
         pipeline.appliance.set_down(True)
         await pipeline.emu.delete("services", "default", "web")
-        await eventually(lambda: pipeline.events("CleanupBlocked", "web"), timeout=5)
+        await eventually(
+            lambda: pipeline.events("CleanupBlocked", "web"),
+            timeout=5,
+            what="a CleanupBlocked Event for web",
+        )
         event = pipeline.events("CleanupBlocked", "web")[0]
         assert event["type"] == "Warning" and "finalizer stays" in event["note"]
 
@@ -321,7 +335,7 @@ class TestLifecycle:
             conds = (svc.get("status") or {}).get("conditions") or []
             return any(c["reason"] == "CleanupBlocked" for c in conds)
 
-        await eventually(blocked, timeout=5)
+        await eventually(blocked, timeout=5, what="web's condition says CleanupBlocked")
         # The lbdriver tried the removal twice more and failed, and the watcher handled all
         # that was said since: had the finalizer been let go, it would be by now.
         refused = pipeline.appliance.failures
@@ -333,7 +347,11 @@ class TestLifecycle:
         svc = pipeline.service("web")
         assert svc is not None and FINALIZER in svc["metadata"]["finalizers"]
         pipeline.appliance.set_down(False)
-        await eventually(lambda: pipeline.service("web") is None, timeout=10)
+        await eventually(
+            lambda: pipeline.service("web") is None,
+            timeout=10,
+            what="web is gone once the appliance answers",
+        )
         assert pipeline.servers_of("web") == []
 
     async def test_unknown_pool_is_an_allocation_failure_others_unaffected(
@@ -344,15 +362,21 @@ class TestLifecycle:
         await pipeline.start_watcher()
         await pipeline.create("lost", annotations={"vipwire.io/pool": "nope"})
         await pipeline.create("fine")
-        await eventually(lambda: pipeline.events("AllocationFailed", "lost"), timeout=5)
+        await eventually(
+            lambda: pipeline.events("AllocationFailed", "lost"),
+            timeout=5,
+            what="an AllocationFailed Event for lost",
+        )
         assert "'nope'" in pipeline.events("AllocationFailed", "lost")[0]["note"]
-        await eventually(lambda: pipeline.vips("fine"), timeout=5)
+        await eventually(lambda: pipeline.vips("fine"), timeout=5, what="fine has a VIP")
 
         def condition() -> str | None:
             conds = ((pipeline.service("lost") or {}).get("status") or {}).get("conditions")
             return next((c["reason"] for c in conds or [] if c["type"] == "vipwire.io/Ready"), None)
 
-        await eventually(lambda: condition() == "AllocationFailed")
+        await eventually(
+            lambda: condition() == "AllocationFailed", what="lost's condition says AllocationFailed"
+        )
         assert pipeline.vips("lost") == []
 
 
@@ -364,14 +388,18 @@ class TestLocalTraffic:
         terminating ones); scaled to zero on a node, that node leaves; at zero, none is left."""
         await pipeline.start_watcher()
         await pipeline.create("local", etp="Local", endpoints_on=("n1", "n2"))
-        await eventually(lambda: pipeline.members("local") == {"n1", "n2"}, timeout=5)
+        await eventually(
+            lambda: pipeline.members("local") == {"n1", "n2"}, timeout=5, what="members n1 and n2"
+        )
         await pipeline.emu.patch(
             "endpointslices",
             "default",
             "local-abc",
             {"endpoints": endpoint_slice("local", ("n1",), terminating_on=("n2",))["endpoints"]},
         )
-        await eventually(lambda: pipeline.members("local") == {"n1"}, timeout=5)
+        await eventually(
+            lambda: pipeline.members("local") == {"n1"}, timeout=5, what="member n1 only"
+        )
         await pipeline.emu.patch(
             "endpointslices",
             "default",
@@ -379,5 +407,7 @@ class TestLocalTraffic:
             {"endpoints": endpoint_slice("local", ("n1",))["endpoints"]},
         )
         await pipeline.emu.patch("endpointslices", "default", "local-abc", {"endpoints": []})
-        await eventually(lambda: pipeline.members("local") == set(), timeout=5)
+        await eventually(
+            lambda: pipeline.members("local") == set(), timeout=5, what="no member left"
+        )
         assert pipeline.servers_of("local")  # the VIP stays programmed, with no member

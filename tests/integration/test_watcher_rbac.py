@@ -79,7 +79,7 @@ async def test_every_call_is_granted_and_every_grant_is_used(
         watcher = WatcherService(settings, await make_runtime("watcher"))
         await watcher.start()
         try:
-            await eventually(lambda: watcher.readiness() is None)
+            await eventually(lambda: watcher.readiness() is None, what="the watcher is ready")
             await emu.create(
                 {
                     "apiVersion": "v1",
@@ -96,14 +96,16 @@ async def test_every_call_is_granted_and_every_grant_is_used(
                 lambda: (
                     FINALIZER
                     in (emu.get("services", "default", "web")["metadata"].get("finalizers") or [])
-                )
+                ),
+                what="web has our finalizer",
             )
             uid = emu.get("services", "default", "web")["metadata"]["uid"]
             svc = {"cluster": "east", "namespace": "default", "name": "web", "uid": uid}
             for _ in range(2):  # the second is counted in the first's series: get + patch
                 await peer.bus.publish(VipFailed(**svc, reason="AllocationFailed", message="full"))
             await eventually(
-                lambda: any(e.get("series") for e in emu.list("events.events.k8s.io", "default"))
+                lambda: any(e.get("series") for e in emu.list("events.events.k8s.io", "default")),
+                what="an Event with a series",
             )
             emu.inject_failure(409, reason="Conflict", method="PATCH", resource="services")
             await peer.bus.publish(
@@ -118,7 +120,8 @@ async def test_every_call_is_granted_and_every_grant_is_used(
             await eventually(
                 lambda: (emu.get("services", "default", "web").get("status") or {}).get(
                     "loadBalancer"
-                )
+                ),
+                what="web's status has a load balancer",
             )
             await emu.delete("services", "default", "web")
             await eventually(
@@ -127,10 +130,13 @@ async def test_every_call_is_granted_and_every_grant_is_used(
                         "watcher_api_writes_total", "", ["kind", "outcome"]
                     ).value(kind="status", outcome="ok")
                     >= 1
-                )
+                ),
+                what="a status write counted ok",
             )
             await peer.bus.publish(VipReleased(**svc, vips=("198.51.100.7",)))
-            await eventually(lambda: emu.find("services", "default", "web") is None)
+            await eventually(
+                lambda: emu.find("services", "default", "web") is None, what="web is gone"
+            )
         finally:
             await watcher.stop()  # gives the Lease up: get + update
 

@@ -143,7 +143,7 @@ class Harness:
         self.started_ns = now_ns()
         await watcher.start()
         self.watcher, self.runtime = watcher, runtime
-        await eventually(lambda: watcher.readiness() is None)
+        await eventually(lambda: watcher.readiness() is None, what="the watcher is ready")
         return watcher
 
     async def stop_watcher(self) -> None:
@@ -175,7 +175,9 @@ class Harness:
     async def created(self, name: str = "web", **kwargs: Any) -> ServiceSnapshot:
         """Create a Service of ours and wait for its first snapshot."""
         await self.emu.create(lb_service(name, **kwargs))
-        await eventually(lambda: self.seen.of(ServiceSnapshot, name=name))
+        await eventually(
+            lambda: self.seen.of(ServiceSnapshot, name=name), what=f"a ServiceSnapshot of {name}"
+        )
         snap: ServiceSnapshot = self.seen.of(ServiceSnapshot, name=name)[-1]
         return snap
 
@@ -220,7 +222,9 @@ class TestServices:
         await harness.emu.create(
             lb_service(annotations={"vipwire.io/pool": "gold", "vipwire.io/ips": "198.51.100.7"})
         )
-        await eventually(lambda: harness.seen.of(ServiceSnapshot, name="web"))
+        await eventually(
+            lambda: harness.seen.of(ServiceSnapshot, name="web"), what="a ServiceSnapshot of web"
+        )
         svc = harness.service()
         assert svc is not None
         assert FINALIZER in svc["metadata"]["finalizers"]
@@ -257,9 +261,11 @@ class TestServices:
             svc = harness.service()
             return svc and svc.get("status", {}).get("loadBalancer", {}).get("ingress")
 
-        await eventually(ingress)
+        await eventually(ingress, what="web's status lists its ingress")
         assert ingress() == [{"ip": "198.51.100.7", "ipMode": "VIP"}]
-        await eventually(lambda: harness.events("LoadBalancerProgrammed"))
+        await eventually(
+            lambda: harness.events("LoadBalancerProgrammed"), what="a LoadBalancerProgrammed Event"
+        )
         event = harness.events("LoadBalancerProgrammed")[0]
         assert event["type"] == "Normal"
         assert event["regarding"]["uid"] == snap.uid
@@ -276,10 +282,14 @@ class TestServices:
                 for s in spans
             )
 
-        await eventually(consumer_parent_of_status_write)
+        await eventually(
+            consumer_parent_of_status_write, what="a status write span under a CONSUMER span"
+        )
         roots = [s for s in span_exporter.get_finished_spans() if s.name == "reconcile service"]
         assert roots and all(s.parent is None for s in roots)
-        await eventually(lambda: harness.seen.of(StatusWritten, name="web"))
+        await eventually(
+            lambda: harness.seen.of(StatusWritten, name="web"), what="StatusWritten for web"
+        )
         written = harness.seen.of(StatusWritten, name="web")[0]
         assert written.vips == ("198.51.100.7",)
         write = next(s for s in span_exporter.get_finished_spans() if s.name == "status write")
@@ -297,14 +307,16 @@ class TestServices:
         await harness.publish(
             VipFailed(**SVC, uid=snap.uid, reason="AllocationFailed", message="pool gold is full")
         )
-        await eventually(lambda: harness.events("AllocationFailed"))
+        await eventually(
+            lambda: harness.events("AllocationFailed"), what="an AllocationFailed Event"
+        )
         event = harness.events("AllocationFailed")[0]
         assert event["type"] == "Warning"
         assert event["note"].startswith("pool gold is full (trace ")
         await harness.publish(
             LbFailed(**SVC, uid=snap.uid, appliance="f5-a", reason="Timeout", message="no answer")
         )
-        await eventually(lambda: harness.events("ApplianceFailed"))
+        await eventually(lambda: harness.events("ApplianceFailed"), what="an ApplianceFailed Event")
         assert "no answer" in harness.events("ApplianceFailed")[0]["note"]
 
     async def test_delete_then_released_removes_finalizer(self, harness: Harness) -> None:
@@ -313,26 +325,42 @@ class TestServices:
         await harness.start_watcher()
         snap = await harness.created()
         await harness.emu.delete("services", "default", "web")
-        await eventually(lambda: harness.seen.of(ServiceSnapshot, name="web", deleting=True))
+        await eventually(
+            lambda: harness.seen.of(ServiceSnapshot, name="web", deleting=True),
+            what="a deleting snapshot of web",
+        )
         assert harness.service() is not None  # held by our finalizer
         await harness.publish(VipReleased(**SVC, uid=snap.uid, vips=("198.51.100.7",)))
-        await eventually(lambda: harness.service() is None)
-        await eventually(lambda: harness.seen.of(ServiceGone, name="web", uid=snap.uid))
+        await eventually(lambda: harness.service() is None, what="web is gone")
+        await eventually(
+            lambda: harness.seen.of(ServiceGone, name="web", uid=snap.uid),
+            what="ServiceGone for web",
+        )
         # Nothing is kept about a Service that is gone everywhere (white box).
         watcher = harness.watcher
         assert watcher is not None
-        await eventually(lambda: "default/web" not in watcher._views)
-        await eventually(lambda: "default/web" not in watcher._services)
-        await eventually(lambda: len(watcher._locks) == 0)
+        await eventually(
+            lambda: "default/web" not in watcher._views, what="the watcher forgot web's view"
+        )
+        await eventually(
+            lambda: "default/web" not in watcher._services, what="the watcher forgot web's record"
+        )
+        await eventually(lambda: len(watcher._locks) == 0, what="no lock left")
 
     async def test_type_change_away_releases_and_clears_status(self, harness: Harness) -> None:
         """A Service that stops being a LoadBalancer is released, then let go, status cleared."""
         await harness.start_watcher()
         snap = await harness.created()
         await harness.publish(programmed(snap.uid))
-        await eventually(lambda: (harness.service() or {}).get("status", {}).get("loadBalancer"))
+        await eventually(
+            lambda: (harness.service() or {}).get("status", {}).get("loadBalancer"),
+            what="web's status has a load balancer",
+        )
         await harness.emu.patch("services", "default", "web", {"spec": {"type": "ClusterIP"}})
-        await eventually(lambda: harness.seen.of(ServiceSnapshot, name="web", deleting=True))
+        await eventually(
+            lambda: harness.seen.of(ServiceSnapshot, name="web", deleting=True),
+            what="a deleting snapshot of web",
+        )
         await harness.publish(VipReleased(**SVC, uid=snap.uid))
 
         def let_go() -> bool:
@@ -340,11 +368,13 @@ class TestServices:
             assert svc is not None
             return FINALIZER not in (svc["metadata"].get("finalizers") or [])
 
-        await eventually(let_go)
+        await eventually(let_go, what="web let go (no finalizer)")
         svc = harness.service()
         assert svc is not None
         assert not svc.get("status", {}).get("loadBalancer", {}).get("ingress")
-        await eventually(lambda: harness.seen.of(ServiceGone, name="web"))
+        await eventually(
+            lambda: harness.seen.of(ServiceGone, name="web"), what="ServiceGone for web"
+        )
         assert harness.seen.of(StatusWritten, name="web")[-1].vips == ()
 
     async def test_status_gate_all_waits_for_every_member(self, harness: Harness) -> None:
@@ -363,7 +393,10 @@ class TestServices:
         await harness.publish(
             NodeApplied(cluster="east", node="n2", generation=1, vips=("198.51.100.7",))
         )
-        await eventually(lambda: (harness.service() or {}).get("status", {}).get("loadBalancer"))
+        await eventually(
+            lambda: (harness.service() or {}).get("status", {}).get("loadBalancer"),
+            what="web's status written once both nodes applied",
+        )
 
 
 class TestNodesAndEndpoints:
@@ -371,7 +404,10 @@ class TestNodesAndEndpoints:
         """Nodes become NodeSnapshot/NodeGone; EndpointSlices of our Services EndpointsSnapshot."""
         await harness.emu.add_node("n1.rack-1", "192.0.2.11")
         await harness.start_watcher()
-        await eventually(lambda: harness.seen.of(NodeSnapshot, node="n1.rack-1"))
+        await eventually(
+            lambda: harness.seen.of(NodeSnapshot, node="n1.rack-1"),
+            what="a NodeSnapshot of n1.rack-1",
+        )
         assert harness.seen.of(NodeSnapshot, node="n1.rack-1")[0].addresses == ("192.0.2.11",)
         await harness.created()
         await harness.emu.create(endpoint_slice("web-abc", "web", "n1.rack-1", "10.0.0.5"))
@@ -381,10 +417,14 @@ class TestNodesAndEndpoints:
             snaps = harness.seen.of(EndpointsSnapshot, name="web")
             return [n.node for n in snaps[-1].nodes] if snaps else []
 
-        await eventually(lambda: nodes_of_web() == ["n1.rack-1"])
+        await eventually(
+            lambda: nodes_of_web() == ["n1.rack-1"], what="web's endpoints on n1.rack-1"
+        )
         assert not harness.seen.of(EndpointsSnapshot, name="other")
         await harness.emu.delete("nodes", None, "n1.rack-1")
-        await eventually(lambda: harness.seen.of(NodeGone, node="n1.rack-1"))
+        await eventually(
+            lambda: harness.seen.of(NodeGone, node="n1.rack-1"), what="NodeGone for n1.rack-1"
+        )
 
 
 class TestResilience:
@@ -393,8 +433,10 @@ class TestResilience:
         await harness.emu.add_node("n1", "192.0.2.11")
         await harness.emu.add_node("n2", "192.0.2.12")
         await harness.start_watcher()
-        await eventually(lambda: harness.seen.of(NodeSnapshot, node="n2"))
-        await eventually(lambda: harness.emu.open_watches >= 3)
+        await eventually(
+            lambda: harness.seen.of(NodeSnapshot, node="n2"), what="a NodeSnapshot of n2"
+        )
+        await eventually(lambda: harness.emu.open_watches >= 3, what="three watches open")
         harness.emu.latency = 0.3  # the watcher reconnects slowly: changes land meanwhile
         assert await harness.emu.break_watches() >= 3
         await harness.emu.create(lb_service("during"))
@@ -406,9 +448,14 @@ class TestResilience:
         await asyncio.sleep(0.1)  # pacing, not a wait for an outcome
         harness.emu.latency = 0.0
         await harness.emu.break_watches()
-        await eventually(lambda: harness.seen.of(ServiceSnapshot, name="during"))
-        await eventually(lambda: harness.seen.of(NodeSnapshot, node="n3"))
-        await eventually(lambda: harness.seen.of(NodeGone, node="n2"))
+        await eventually(
+            lambda: harness.seen.of(ServiceSnapshot, name="during"),
+            what="a ServiceSnapshot of during",
+        )
+        await eventually(
+            lambda: harness.seen.of(NodeSnapshot, node="n3"), what="a NodeSnapshot of n3"
+        )
+        await eventually(lambda: harness.seen.of(NodeGone, node="n2"), what="NodeGone for n2")
         assert harness.runtime is not None
         restarts = harness.runtime.metrics.counter(
             "watcher_watch_restarts_total", "", ["resource", "reason"]
@@ -436,9 +483,14 @@ class TestResilience:
                     members=(Member(node="n1", address="192.0.2.11"),),
                 )
             )
-        await eventually(lambda: ingress_of(harness.service("stay")))
-        await eventually(lambda: ingress_of(harness.service("leaving")))
-        await eventually(lambda: harness.emu.open_watches >= 3)
+        await eventually(
+            lambda: ingress_of(harness.service("stay")), what="stay's status lists its ingress"
+        )
+        await eventually(
+            lambda: ingress_of(harness.service("leaving")),
+            what="leaving's status lists its ingress",
+        )
+        await eventually(lambda: harness.emu.open_watches >= 3, what="three watches open")
 
         harness.emu.latency = 0.3  # the watcher reconnects slowly: changes land meanwhile
         assert await harness.emu.break_watches() >= 3
@@ -449,8 +501,14 @@ class TestResilience:
         harness.emu.latency = 0.0
         await harness.emu.break_watches()
 
-        await eventually(lambda: harness.seen.of(ServiceSnapshot, name="during"))
-        await eventually(lambda: harness.seen.of(ServiceSnapshot, name="leaving", deleting=True))
+        await eventually(
+            lambda: harness.seen.of(ServiceSnapshot, name="during"),
+            what="a ServiceSnapshot of during",
+        )
+        await eventually(
+            lambda: harness.seen.of(ServiceSnapshot, name="leaving", deleting=True),
+            what="a deleting snapshot of leaving",
+        )
         await harness.publish(
             VipReleased(
                 cluster="east",
@@ -460,8 +518,10 @@ class TestResilience:
                 vips=("198.51.100.8",),
             )
         )
-        await eventually(lambda: harness.service("leaving") is None)
-        await eventually(lambda: harness.seen.of(ServiceGone, name="leaving"))
+        await eventually(lambda: harness.service("leaving") is None, what="leaving is gone")
+        await eventually(
+            lambda: harness.seen.of(ServiceGone, name="leaving"), what="ServiceGone for leaving"
+        )
         during = harness.service("during")
         assert during is not None and FINALIZER in during["metadata"]["finalizers"]
         await harness.settled()
@@ -480,13 +540,20 @@ class TestResilience:
         await harness.emu.add_node("n2", "192.0.2.12")
         await harness.start_watcher()
         await harness.created()
-        await eventually(lambda: harness.seen.of(EndpointsSnapshot, name="web"))
-        await eventually(lambda: harness.seen.of(NodeSnapshot, node="n2"))
+        await eventually(
+            lambda: harness.seen.of(EndpointsSnapshot, name="web"),
+            what="an EndpointsSnapshot of web",
+        )
+        await eventually(
+            lambda: harness.seen.of(NodeSnapshot, node="n2"), what="a NodeSnapshot of n2"
+        )
         await harness.stop_watcher()
         await harness.emu.delete("nodes", None, "n2")
         before = len(harness.seen.messages)
         await harness.start_watcher()
-        await eventually(lambda: harness.seen.of(NodeGone, node="n2"))
+        await eventually(
+            lambda: harness.seen.of(NodeGone, node="n2"), what="NodeGone for n2 after the restart"
+        )
         await harness.settled()
         new = harness.seen.messages[before:]
         assert [type(m).__name__ for m in new] == ["NodeGone"]
@@ -501,13 +568,23 @@ class TestResilience:
             await harness.publish(NodeGone(cluster="east", node=f"old-{i}"))
         watcher = await harness.start_watcher(catch_up_timeout=0.001)
         snap = await harness.created()
-        await eventually(lambda: watcher._replay is None)  # white box: replay stopped
+        await eventually(
+            lambda: watcher._replay is None, what="the replay of our own families stopped"
+        )  # white box: replay stopped
         await harness.emu.delete("services", "default", "web")
-        await eventually(lambda: harness.seen.of(ServiceSnapshot, name="web", deleting=True))
+        await eventually(
+            lambda: harness.seen.of(ServiceSnapshot, name="web", deleting=True),
+            what="a deleting snapshot of web",
+        )
         await harness.publish(VipReleased(**SVC, uid=snap.uid, vips=("198.51.100.7",)))
-        await eventually(lambda: harness.seen.of(ServiceGone, name="web", uid=snap.uid))
-        await eventually(lambda: harness.service() is None)
-        await eventually(lambda: "default/web" not in watcher._services)
+        await eventually(
+            lambda: harness.seen.of(ServiceGone, name="web", uid=snap.uid),
+            what="ServiceGone for web",
+        )
+        await eventually(lambda: harness.service() is None, what="web is gone")
+        await eventually(
+            lambda: "default/web" not in watcher._services, what="the watcher forgot web"
+        )
         assert "default/web" not in watcher._views
 
     async def test_services_replaced_or_removed_while_down_are_caught_up(
@@ -524,9 +601,18 @@ class TestResilience:
             await harness.emu.delete("services", "default", name)
         await harness.emu.create(lb_service("web"))
         await harness.start_watcher()
-        await eventually(lambda: harness.seen.of(ServiceGone, name="api", uid=old_api.uid))
-        await eventually(lambda: harness.seen.of(ServiceGone, name="web", uid=old_web.uid))
-        await eventually(lambda: len(harness.seen.of(ServiceSnapshot, name="web")) == 2)
+        await eventually(
+            lambda: harness.seen.of(ServiceGone, name="api", uid=old_api.uid),
+            what="ServiceGone for the old api",
+        )
+        await eventually(
+            lambda: harness.seen.of(ServiceGone, name="web", uid=old_web.uid),
+            what="ServiceGone for the old web",
+        )
+        await eventually(
+            lambda: len(harness.seen.of(ServiceSnapshot, name="web")) == 2,
+            what="a snapshot of the new web",
+        )
         new_web = harness.seen.of(ServiceSnapshot, name="web")[-1]
         assert new_web.uid != old_web.uid
         gone_at = harness.seen.messages.index(
@@ -555,7 +641,10 @@ class TestApiFailures:
         snap = await harness.created()
         harness.emu.inject_failure(500, method="PATCH", resource="services", count=2)
         await harness.publish(programmed(snap.uid))
-        await eventually(lambda: (harness.service() or {}).get("status", {}).get("loadBalancer"))
+        await eventually(
+            lambda: (harness.service() or {}).get("status", {}).get("loadBalancer"),
+            what="web's status written despite the 500s",
+        )
 
     async def test_renewed_watches_miss_nothing(self, harness: Harness) -> None:
         """Watches the server ends (timeoutSeconds) are renewed from where they stopped."""
@@ -569,7 +658,9 @@ class TestApiFailures:
         await eventually(renewed, what="every watch ended by the server was opened again")
         await harness.created()
         await harness.emu.add_node("n9", "192.0.2.19")
-        await eventually(lambda: harness.seen.of(NodeSnapshot, node="n9"))
+        await eventually(
+            lambda: harness.seen.of(NodeSnapshot, node="n9"), what="a NodeSnapshot of n9"
+        )
 
 
 def ready_condition(svc: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -621,12 +712,15 @@ class TestValidation:
             return [e for e in harness.events("InvalidService") if e["regarding"]["name"] == name]
 
         for name, (_, expected) in invalid.items():
-            await eventually(lambda n=name: warned(n))
+            await eventually(lambda n=name: warned(n), what=f"an InvalidService Event for {name}")
             (event,) = warned(name)
             assert event["type"] == "Warning"
             assert expected in event["note"], event["note"]
             assert "no VIP is assigned until this is fixed" in event["note"]
-            await eventually(lambda n=name: ready_condition(harness.service(n)))
+            await eventually(
+                lambda n=name: ready_condition(harness.service(n)),
+                what=f"a Ready condition on {name}",
+            )
             cond = ready_condition(harness.service(name))
             assert cond is not None and (cond["status"], cond["reason"]) == (
                 "False",
@@ -644,17 +738,21 @@ class TestValidation:
         """Once the annotation is fixed, the finalizer and the snapshot follow."""
         await harness.start_watcher()
         await harness.emu.create(lb_service(annotations={"vipwire.io/ips": "nope"}))
-        await eventually(lambda: harness.events("InvalidService"))
+        await eventually(lambda: harness.events("InvalidService"), what="an InvalidService Event")
         await harness.emu.patch(
             "services",
             "default",
             "web",
             {"metadata": {"annotations": {"vipwire.io/ips": "198.51.100.9"}}},
         )
-        await eventually(lambda: harness.seen.of(ServiceSnapshot, name="web"))
+        await eventually(
+            lambda: harness.seen.of(ServiceSnapshot, name="web"),
+            what="a ServiceSnapshot of the fixed web",
+        )
         assert harness.seen.of(ServiceSnapshot, name="web")[0].requested_ips == ("198.51.100.9",)
         await eventually(
-            lambda: (ready_condition(harness.service()) or {}).get("reason") == "Pending"
+            lambda: (ready_condition(harness.service()) or {}).get("reason") == "Pending",
+            what="web's condition says Pending",
         )
 
     async def test_a_served_service_made_invalid_keeps_its_vip(self, harness: Harness) -> None:
@@ -663,14 +761,17 @@ class TestValidation:
         await harness.start_watcher()
         snap = await harness.created()
         await harness.publish(programmed(snap.uid))
-        await eventually(lambda: ingress_of(harness.service()))
+        await eventually(
+            lambda: ingress_of(harness.service()), what="web's status lists its ingress"
+        )
         await harness.emu.patch(
             "services", "default", "web", {"metadata": {"annotations": {"vipwire.io/ips": "1.2.3"}}}
         )
-        await eventually(lambda: harness.events("InvalidService"))
+        await eventually(lambda: harness.events("InvalidService"), what="an InvalidService Event")
         assert "keeps its current VIPs" in harness.events("InvalidService")[0]["note"]
         await eventually(
-            lambda: (ready_condition(harness.service()) or {}).get("reason") == "InvalidService"
+            lambda: (ready_condition(harness.service()) or {}).get("reason") == "InvalidService",
+            what="web's condition says InvalidService",
         )
         await harness.settled()
         assert ingress_of(harness.service()) == [{"ip": "198.51.100.7", "ipMode": "VIP"}]
@@ -686,7 +787,10 @@ class TestConditionsTraceAndEvents:
         await harness.start_watcher()
         snap = await harness.created()
         await harness.publish(programmed(snap.uid))
-        await eventually(lambda: (ready_condition(harness.service()) or {}).get("status") == "True")
+        await eventually(
+            lambda: (ready_condition(harness.service()) or {}).get("status") == "True",
+            what="web is Ready",
+        )
         cond = ready_condition(harness.service())
         assert cond is not None and cond["reason"] == "LoadBalancerProgrammed"
 
@@ -702,17 +806,22 @@ class TestConditionsTraceAndEvents:
 
         # The finalizer PATCH set the annotation first (the create's trace); the status
         # write then names its own.
-        await eventually(status_writes)
+        await eventually(status_writes, what="a status write span")
         write_trace = format(status_writes()[0].context.trace_id, "032x")
-        await eventually(lambda: annotated() == write_trace)
-        await eventually(lambda: harness.events("LoadBalancerProgrammed"))
+        await eventually(
+            lambda: annotated() == write_trace, what="the annotation names the status write's trace"
+        )
+        await eventually(
+            lambda: harness.events("LoadBalancerProgrammed"), what="a LoadBalancerProgrammed Event"
+        )
         assert f"(trace {annotated()})" in harness.events("LoadBalancerProgrammed")[0]["note"]
 
         await harness.publish(
             LbFailed(**SVC, uid=snap.uid, appliance="f5-a", reason="Timeout", message="no answer")
         )
         await eventually(
-            lambda: (ready_condition(harness.service()) or {}).get("reason") == "ApplianceFailed"
+            lambda: (ready_condition(harness.service()) or {}).get("reason") == "ApplianceFailed",
+            what="web's condition says ApplianceFailed",
         )
         assert ingress_of(harness.service())  # a VIP once served stays in status
 
@@ -728,7 +837,8 @@ class TestConditionsTraceAndEvents:
             lambda: (
                 [e.get("series", {}).get("count") for e in harness.events("AllocationFailed")]
                 == [3]
-            )
+            ),
+            what="one AllocationFailed Event with series.count 3",
         )
         await harness.stop_watcher()
         await harness.start_watcher()
@@ -755,8 +865,10 @@ class TestConditionsTraceAndEvents:
             )
         )
         await harness.publish(programmed(snap.uid, (vip,)))
-        await eventually(lambda: harness.events("LoadBalancerProgrammed"))
-        await eventually(lambda: harness.events("IPAllocated"))
+        await eventually(
+            lambda: harness.events("LoadBalancerProgrammed"), what="a LoadBalancerProgrammed Event"
+        )
+        await eventually(lambda: harness.events("IPAllocated"), what="an IPAllocated Event")
         await harness.publish(programmed(snap.uid, (vip,)))  # as a restarted lbdriver does
         await harness.settled()
         writes: list[str] = []
@@ -767,15 +879,19 @@ class TestConditionsTraceAndEvents:
             lease = harness.emu.get("leases", "default", "vipwire-watcher-east")
             lease["spec"].update(holderIdentity="intruder", leaseDurationSeconds=30)
             await harness.emu.replace(lease)
-            await eventually(lambda: not watcher.leading, timeout=2)
+            await eventually(
+                lambda: not watcher.leading, timeout=2, what="the watcher stops leading"
+            )
             lease = harness.emu.get("leases", "default", "vipwire-watcher-east")
             lease["spec"].update(holderIdentity="", leaseDurationSeconds=1)
             term_started = now_ns()
             await harness.emu.replace(lease)
             assert harness.runtime is not None
             terms = harness.runtime.metrics.counter("watcher_leader_terms_total", "")
-            await eventually(lambda: terms.value() == 2, timeout=5)
-            await eventually(lambda: watcher.readiness() is None)
+            await eventually(lambda: terms.value() == 2, timeout=5, what="a second term")
+            await eventually(
+                lambda: watcher.readiness() is None, what="the watcher is ready in its new term"
+            )
             await harness.settled(since_ns=term_started)
         finally:
             unsubscribe()
@@ -788,7 +904,9 @@ class TestConditionsTraceAndEvents:
         snap = await harness.created()
         harness.emu.inject_failure(409, reason="Conflict", method="PATCH", resource="services")
         await harness.publish(programmed(snap.uid))
-        await eventually(lambda: ingress_of(harness.service()))
+        await eventually(
+            lambda: ingress_of(harness.service()), what="web's status lists its ingress"
+        )
         assert harness.runtime is not None
         writes = harness.runtime.metrics.counter(
             "watcher_api_writes_total", "", ["kind", "outcome"]
@@ -801,7 +919,9 @@ class TestConditionsTraceAndEvents:
         snap = await harness.created()
         harness.emu.inject_failure(422, reason="Invalid", method="PATCH", resource="services")
         await harness.publish(programmed(snap.uid))
-        await eventually(lambda: harness.events("StatusWriteRefused"))
+        await eventually(
+            lambda: harness.events("StatusWriteRefused"), what="a StatusWriteRefused Event"
+        )
         assert "refused" in harness.events("StatusWriteRefused")[0]["note"]
 
 
@@ -845,5 +965,5 @@ class TestOwnershipEdges:
                 meta.get("annotations") or {}
             )
 
-        await eventually(let_go)
+        await eventually(let_go, what="the finalizer and mark are off")
         assert not harness.seen.of(ServiceSnapshot, name="web")
