@@ -12,37 +12,32 @@ import json
 import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal
 
 import msgspec
 import pytest
-from nats.aio.msg import Msg
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from support.fences import lbdriver_settled
+from support.lbdriver import LbHarness as Harness
 from vipwire.applianceemu import F5Emulator
 from vipwire.cli.lb import StatusUnavailable, fetch_status, render, status_command
 from vipwire.contracts import (
     Endpoint,
     EndpointsSnapshot,
     LbFailed,
-    LbMessage,
     LbProgrammed,
-    LbRemoved,
     Member,
-    Message,
     NodeEndpoints,
     NodeSnapshot,
     ServicePort,
     VipAssigned,
     VipReleased,
-    decode,
 )
 from vipwire.lbdriver import (
     ApplianceAuthError,
     ApplianceSettings,
     LbdriverService,
-    LbdriverSettings,
     Monitor,
     Operation,
     SimAppliance,
@@ -56,7 +51,6 @@ from vipwire.runtime import Runtime
 from vipwire.testing import eventually
 
 RuntimeFactory = Callable[[str], Awaitable[Runtime]]
-L = TypeVar("L", LbProgrammed, LbFailed, LbRemoved)
 
 CLUSTER = "prod"
 NS = "shop"
@@ -130,83 +124,27 @@ class RecordingSim(SimAppliance):
         return [at for at, owners in self.log if who in owners and at >= since]
 
 
-class Harness:
-    """A publisher, an observer of ``vipwire.*.lb.>``, and lbdriver instances."""
-
-    def __init__(
-        self, make_runtime: RuntimeFactory, publisher: Runtime, spans: InMemorySpanExporter
-    ) -> None:
-        self.make_runtime = make_runtime
-        self.publisher = publisher
-        self.spans = spans
-        self.sim = RecordingSim("sim-a")
-        self.log: list[LbMessage] = []
-        self.services: list[LbdriverService] = []
-        self._count = 0
-
-    async def observe(self) -> None:
-        async def on_msg(msg: Msg) -> None:
-            message = decode(msg.subject, msg.data)
-            assert isinstance(message, LbProgrammed | LbFailed | LbRemoved)
-            self.log.append(message)
-
-        self.sub = await self.publisher.bus.nc.subscribe("vipwire.*.lb.>", cb=on_msg)
-        await self.publisher.bus.nc.flush()
-
-    async def start(
-        self, drivers: dict[str, Any] | None = None, **overrides: Any
-    ) -> LbdriverService:
-        self._count += 1
-        options: dict[str, Any] = {
+@pytest.fixture
+async def h(
+    make_runtime: RuntimeFactory, span_exporter: InMemorySpanExporter
+) -> AsyncIterator[Harness]:
+    harness = Harness(
+        make_runtime,
+        await make_runtime("test"),
+        defaults={
             "appliances": (ApplianceSettings(name="sim-a", max_requests_per_s=0),),
             "coalesce_window_ms": 1.0,
             "retry_initial_s": 0.05,
             "retry_max_s": 0.2,
             "unhealthy_cooldown_s": 0.2,
             "drift_interval_s": 0.0,
-        }
-        options.update(overrides)
-        runtime = await self.make_runtime(f"lbdriver-{self._count}")
-        given = {"sim-a": self.sim, **(drivers or {})}
-        configured = {a.name for a in options["appliances"]}
-        service = LbdriverService(
-            LbdriverSettings(**options),
-            runtime,
-            {k: v for k, v in given.items() if k in configured},
-        )
-        await service.start()
-        self.services.append(service)
-        return service
-
-    async def stop(self, service: LbdriverService) -> None:
-        await service.stop()
-        self.services.remove(service)
-
-    async def publish(self, *messages: Message) -> None:
-        for message in messages:
-            await self.publisher.bus.publish(message)
-
-    def reports(self, kind: type[L], name: str | None = None) -> list[L]:
-        return [m for m in self.log if isinstance(m, kind) and name in (None, m.name)]
-
-    async def programmed(self, *names: str, timeout: float = 5.0) -> None:
-        await eventually(
-            lambda: {m.name for m in self.reports(LbProgrammed)} >= set(names),
-            timeout,
-            what=f"LbProgrammed for {sorted(names)}",
-        )
-
-
-@pytest.fixture
-async def h(
-    make_runtime: RuntimeFactory, span_exporter: InMemorySpanExporter
-) -> AsyncIterator[Harness]:
-    harness = Harness(make_runtime, await make_runtime("test"), span_exporter)
+        },
+        sim=RecordingSim("sim-a"),
+        spans=span_exporter,
+    )
     await harness.observe()
     yield harness
-    for service in list(harness.services):
-        await harness.stop(service)
-    await harness.sub.unsubscribe()
+    await harness.close()
 
 
 def counter(service: LbdriverService, name: str, labels: Sequence[str]) -> Any:

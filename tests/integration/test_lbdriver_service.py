@@ -2,24 +2,21 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, Literal, TypeVar
+from typing import Literal
 
 import msgspec
 import pytest
-from nats.aio.msg import Msg
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+from support.lbdriver import LbHarness as Harness
 from vipwire.contracts import (
     Endpoint,
     EndpointsSnapshot,
     LbFailed,
-    LbMessage,
     LbProgrammed,
     LbRemoved,
     Member,
-    Message,
     NodeEndpoints,
     NodeGone,
     NodeSnapshot,
@@ -27,13 +24,11 @@ from vipwire.contracts import (
     VipAssigned,
     VipReleased,
     VipReleasing,
-    decode,
     encode,
 )
 from vipwire.lbdriver import (
     ApplianceRejected,
     ApplianceSettings,
-    LbdriverService,
     LbdriverSettings,
     Monitor,
     SimAppliance,
@@ -44,10 +39,8 @@ from vipwire.runtime import Runtime
 from vipwire.testing import eventually
 
 RuntimeFactory = Callable[[str], Awaitable[Runtime]]
-L = TypeVar("L", LbProgrammed, LbFailed, LbRemoved)
 
 CLUSTER = "prod"
-TIMEOUT = 5.0
 
 
 def node(name: str, *addresses: str, eligible: bool = True, cluster: str = CLUSTER) -> NodeSnapshot:
@@ -104,84 +97,22 @@ def member_nodes(message: LbProgrammed) -> list[str]:
     return sorted({m.node for m in message.members})
 
 
-class Harness:
-    """A publisher, an observer of ``vipwire.*.lb.>``, and lbdriver instances on one sim."""
-
-    def __init__(self, make_runtime: RuntimeFactory, publisher: Runtime) -> None:
-        self.make_runtime = make_runtime
-        self.publisher = publisher
-        self.sim = SimAppliance("sim-a")
-        self.seen: asyncio.Queue[LbMessage] = asyncio.Queue()
-        self.log: list[LbMessage] = []
-        self.services: list[LbdriverService] = []
-        self._count = 0
-
-    async def observe(self) -> None:
-        async def on_msg(msg: Msg) -> None:
-            message = decode(msg.subject, msg.data)
-            assert isinstance(message, LbProgrammed | LbFailed | LbRemoved)
-            self.seen.put_nowait(message)
-            self.log.append(message)
-
-        self.sub = await self.publisher.bus.nc.subscribe("vipwire.*.lb.>", cb=on_msg)
-        await self.publisher.bus.nc.flush()
-
-    async def start(
-        self, drivers: dict[str, SimAppliance] | None = None, **overrides: Any
-    ) -> LbdriverService:
-        self._count += 1
-        options: dict[str, Any] = {
+@pytest.fixture
+async def h(make_runtime: RuntimeFactory) -> AsyncIterator[Harness]:
+    harness = Harness(
+        make_runtime,
+        await make_runtime("test"),
+        defaults={
             "appliances": (ApplianceSettings(name="sim-a"),),
             "coalesce_window_ms": 1.0,
             "retry_initial_s": 0.05,
             "retry_max_s": 0.2,
             "unhealthy_cooldown_s": 0.0,
-        }
-        options.update(overrides)
-        runtime = await self.make_runtime(f"lbdriver-{self._count}")
-        service = LbdriverService(
-            LbdriverSettings(**options), runtime, {"sim-a": self.sim, **(drivers or {})}
-        )
-        await service.start()
-        self.services.append(service)
-        return service
-
-    async def stop(self, service: LbdriverService) -> None:
-        await service.stop()
-        self.services.remove(service)
-
-    async def publish(self, *messages: Message) -> None:
-        for message in messages:
-            await self.publisher.bus.publish(message)
-
-    async def expect(
-        self, kind: type[L], name: str = "web", where: Callable[[L], bool] = lambda _: True
-    ) -> L:
-        """The next message of ``kind`` about Service ``name`` that satisfies ``where``."""
-
-        async def wait() -> L:
-            while True:
-                message = await self.seen.get()
-                if isinstance(message, kind) and message.name == name and where(message):
-                    return message
-
-        return await asyncio.wait_for(wait(), TIMEOUT)
-
-    def reports(self, kind: type[L], name: str) -> list[L]:
-        return [m for m in self.log if isinstance(m, kind) and m.name == name]
-
-    def servers(self, partition: str = CLUSTER) -> dict[str, VirtualServer]:
-        return self.sim.virtual_servers(partition)
-
-
-@pytest.fixture
-async def h(make_runtime: RuntimeFactory) -> AsyncIterator[Harness]:
-    harness = Harness(make_runtime, await make_runtime("test"))
+        },
+    )
     await harness.observe()
     yield harness
-    for service in list(harness.services):
-        await harness.stop(service)
-    await harness.sub.unsubscribe()
+    await harness.close()
 
 
 FLEET = (
