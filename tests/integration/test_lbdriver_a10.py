@@ -7,18 +7,15 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from support.appliances import CLUSTER, PREFIX, by_name, converge, server
 from vipwire.applianceemu import A10Emulator
-from vipwire.contracts import Member
 from vipwire.lbdriver import (
     ApplianceAuthError,
     ApplianceRejected,
     ApplianceSettings,
     ApplianceUnavailable,
     CreateVirtualServer,
-    Monitor,
-    VirtualServer,
     build_driver,
-    diff,
     owns,
 )
 from vipwire.lbdriver.drivers._rest import VendorError
@@ -26,33 +23,6 @@ from vipwire.lbdriver.drivers.a10 import A10Driver, monitor_name
 from vipwire.lbdriver.drivers.credentials import CredentialSource
 
 PASSWORD = "a10-s3cret"
-CLUSTER = "prod"
-PREFIX = "vipwire"
-
-
-def server(
-    port: int = 80,
-    *,
-    address: str = "192.0.2.10",
-    protocol: str = "TCP",
-    nodes: tuple[str, ...] = ("198.51.100.1", "198.51.100.2"),
-    health: int = 10256,
-    owner: str = "prod/shop/web",
-) -> VirtualServer:
-    name = f"{PREFIX}-prod-shop-web-{address.replace(':', '_')}-{port}-{protocol.lower()}"
-    return VirtualServer(
-        name=name,
-        owner=owner,
-        address=address,
-        port=port,
-        protocol=protocol,  # type: ignore[arg-type]
-        members=tuple(Member(node=f"node-{a}", address=a) for a in nodes),
-        monitor=Monitor(port=health),
-    )
-
-
-def by_name(*servers: VirtualServer) -> dict[str, VirtualServer]:
-    return {s.name: s for s in servers}
 
 
 @pytest.fixture
@@ -73,13 +43,6 @@ async def driver(emu: A10Emulator) -> AsyncIterator[A10Driver]:
     d = make_driver(emu)
     yield d
     await d.close()
-
-
-async def converge(driver: A10Driver, desired: dict[str, VirtualServer]) -> list[str]:
-    """Read, diff, apply once; the kinds of operations written."""
-    ops = diff(desired, await driver.list_virtual_servers(CLUSTER), PREFIX)
-    await driver.apply(CLUSTER, ops)
-    return [type(op).__name__ for op in ops]
 
 
 # --- programming ---------------------------------------------------------------------

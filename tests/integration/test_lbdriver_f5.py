@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
-from nats.aio.msg import Msg
 
+from support.appliances import CLUSTER, PREFIX, by_name, converge, server
+from support.lbdriver import LbHarness
 from vipwire.applianceemu import F5Emulator
 from vipwire.contracts import (
-    LbMessage,
     LbProgrammed,
     LbRemoved,
     Member,
@@ -19,7 +18,6 @@ from vipwire.contracts import (
     ServicePort,
     VipAssigned,
     VipReleasing,
-    decode,
 )
 from vipwire.lbdriver import (
     ApplianceAuthError,
@@ -28,15 +26,10 @@ from vipwire.lbdriver import (
     ApplianceUnavailable,
     CreateVirtualServer,
     DeleteVirtualServer,
-    LbdriverService,
-    LbdriverSettings,
-    Monitor,
     Operation,
     UpdateMembers,
     UpdateVirtualServer,
-    VirtualServer,
     build_driver,
-    diff,
     owns,
 )
 from vipwire.lbdriver.drivers._rest import VendorError
@@ -45,33 +38,6 @@ from vipwire.lbdriver.drivers.f5 import FASTL4_PROFILE, F5Driver
 from vipwire.runtime import Runtime
 
 PASSWORD = "s3cret-pw"
-CLUSTER = "prod"
-PREFIX = "vipwire"
-
-
-def server(
-    port: int = 80,
-    *,
-    address: str = "192.0.2.10",
-    protocol: str = "TCP",
-    nodes: tuple[str, ...] = ("198.51.100.1", "198.51.100.2"),
-    health: int = 10256,
-    owner: str = "prod/shop/web",
-) -> VirtualServer:
-    name = f"{PREFIX}-prod-shop-web-{address.replace(':', '_')}-{port}-{protocol.lower()}"
-    return VirtualServer(
-        name=name,
-        owner=owner,
-        address=address,
-        port=port,
-        protocol=protocol,  # type: ignore[arg-type]
-        members=tuple(Member(node=f"node-{a}", address=a) for a in nodes),
-        monitor=Monitor(port=health),
-    )
-
-
-def by_name(*servers: VirtualServer) -> dict[str, VirtualServer]:
-    return {s.name: s for s in servers}
 
 
 @pytest.fixture
@@ -92,13 +58,6 @@ async def driver(emu: F5Emulator) -> AsyncIterator[F5Driver]:
     d = make_driver(emu)
     yield d
     await d.close()
-
-
-async def converge(driver: F5Driver, desired: dict[str, VirtualServer]) -> list[str]:
-    """Read, diff, apply once; the kinds of operations written."""
-    ops = diff(desired, await driver.list_virtual_servers(CLUSTER), PREFIX)
-    await driver.apply(CLUSTER, ops)
-    return [type(op).__name__ for op in ops]
 
 
 # --- programming ---------------------------------------------------------------------
@@ -437,8 +396,8 @@ async def test_lbdriver_service_programs_an_f5_from_configuration(
     """With an f5 appliance configured, VipAssigned becomes BIG-IP objects and LbProgrammed;
     VipReleasing removes them and reports LbRemoved."""
     monkeypatch.setenv("VIPWIRE_TEST_F5_PASSWORD", PASSWORD)
-    settings = LbdriverSettings(
-        appliances=(
+    settings = {
+        "appliances": (
             ApplianceSettings(
                 name="bigip-a",
                 driver="f5",
@@ -447,27 +406,17 @@ async def test_lbdriver_service_programs_an_f5_from_configuration(
                 password_env="VIPWIRE_TEST_F5_PASSWORD",
             ),
         ),
-        coalesce_window_ms=1.0,
-        retry_initial_s=0.05,
-        retry_max_s=0.2,
-    )
-    publisher = await make_runtime("test")
-    seen: asyncio.Queue[LbMessage] = asyncio.Queue()
-
-    async def on_msg(msg: Msg) -> None:
-        message = decode(msg.subject, msg.data)
-        assert isinstance(message, LbProgrammed | LbRemoved)
-        seen.put_nowait(message)
-
-    sub = await publisher.bus.nc.subscribe("vipwire.*.lb.>", cb=on_msg)
-    service = LbdriverService(settings, await make_runtime("lbdriver"))
-    await service.start()
+        "coalesce_window_ms": 1.0,
+        "retry_initial_s": 0.05,
+        "retry_max_s": 0.2,
+    }
+    h = LbHarness(make_runtime, await make_runtime("test"), defaults=settings)
+    await h.observe()
     try:
+        await h.start()
         for name, address in (("n1", "198.51.100.1"), ("n2", "198.51.100.2")):
-            await publisher.bus.publish(
-                NodeSnapshot(cluster=CLUSTER, node=name, addresses=(address,))
-            )
-        await publisher.bus.publish(
+            await h.publish(NodeSnapshot(cluster=CLUSTER, node=name, addresses=(address,)))
+        await h.publish(
             VipAssigned(
                 cluster=CLUSTER,
                 namespace="shop",
@@ -480,8 +429,7 @@ async def test_lbdriver_service_programs_an_f5_from_configuration(
                 external_traffic_policy="Cluster",
             )
         )
-        programmed = await asyncio.wait_for(seen.get(), 10)
-        assert isinstance(programmed, LbProgrammed)
+        programmed = await h.expect(LbProgrammed)
         assert programmed.appliance == "bigip-a"
         assert [m.address for m in programmed.members] == ["198.51.100.1", "198.51.100.2"]
         [name] = emu.names("virtual", CLUSTER)
@@ -489,7 +437,7 @@ async def test_lbdriver_service_programs_an_f5_from_configuration(
         assert virtual is not None and virtual["destination"] == "/prod/192.0.2.10:80"
         assert virtual["description"] == "prod/shop/web"
 
-        await publisher.bus.publish(
+        await h.publish(
             VipReleasing(
                 cluster=CLUSTER,
                 namespace="shop",
@@ -499,12 +447,10 @@ async def test_lbdriver_service_programs_an_f5_from_configuration(
                 appliance_group="default",
             )
         )
-        while not isinstance(removed := await asyncio.wait_for(seen.get(), 10), LbRemoved):
-            pass
+        removed = await h.expect(LbRemoved)
         assert removed.appliance == "bigip-a"
         assert emu.names("virtual", CLUSTER) == []
         assert emu.names("pool", CLUSTER) == []
     finally:
-        await service.stop()
-        await sub.unsubscribe()
+        await h.close()
     assert emu.live_tokens == 0  # the service closed the driver it built
