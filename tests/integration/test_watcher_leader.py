@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 from kubernetes_asyncio.client import ApiClient
 
-from vipwire.contracts import ServiceSnapshot, decode
+from support.recorders import BusRecorder
+from vipwire.contracts import ServiceSnapshot
 from vipwire.kube import LeaderElector, new_api_client
 from vipwire.kubeemu import KubeEmulator
 from vipwire.runtime import Runtime
@@ -215,14 +216,8 @@ class TestWatchers:
         created meanwhile is left alone); once the Lease is free it leads a new term and
         serves that Service."""
         watcher = await replicas.start("w-0")
-        seen: list[ServiceSnapshot] = []
-
-        async def record(msg: Any) -> None:
-            message = decode(msg.subject, msg.data)
-            if isinstance(message, ServiceSnapshot):
-                seen.append(message)
-
-        sub = await watcher.runtime.bus.nc.subscribe("vipwire.east.service.>", cb=record)
+        seen = BusRecorder()
+        sub = await seen.attach(watcher.runtime, "vipwire.east.service.>")
         try:
             await steal(emu)
             await eventually(
@@ -235,14 +230,16 @@ class TestWatchers:
             await emu.create(_service("meanwhile"))
             assert emu.open_watches == 0
             assert not _has_finalizer(emu, "meanwhile")
-            assert not seen
+            assert not seen.of(ServiceSnapshot)
             await steal(emu, holder="", duration=1)  # the intruder lets go
             await eventually(
                 lambda: _has_finalizer(emu, "meanwhile"),
                 timeout=5,
                 what="meanwhile has our finalizer in the new term",
             )
-            await eventually(lambda: seen, what="a ServiceSnapshot in the new term")
+            await eventually(
+                lambda: seen.of(ServiceSnapshot), what="a ServiceSnapshot in the new term"
+            )
             terms = watcher.runtime.metrics.counter("watcher_leader_terms_total", "")
             assert terms.value() == 2
         finally:

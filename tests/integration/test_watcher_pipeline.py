@@ -8,16 +8,15 @@ externalTrafficPolicy Local membership, and ipam's own refusals.
 from __future__ import annotations
 
 import asyncio
-from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from nats.aio.msg import Msg
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from support.fences import now_ns, watcher_settled
+from support.recorders import BusRecorder
 from vipwire.contracts import ServiceSnapshot, decode
 from vipwire.ipam import IpamService, IpamSettings, PoolSettings
 from vipwire.kubeemu import KubeEmulator
@@ -30,23 +29,6 @@ RuntimeFactory = Callable[[str], Awaitable[Runtime]]
 CLASS = "vipwire.io/dsr"
 FINALIZER = "service.kubernetes.io/load-balancer-cleanup"
 NODES = {"n1": "192.0.2.11", "n2": "192.0.2.12", "n3": "192.0.2.13"}
-
-
-class Recorder:
-    """Every message on the cluster's subjects, raw, with its Nats-Msg-Id."""
-
-    def __init__(self) -> None:
-        self.raw: list[tuple[str, bytes, str]] = []
-
-    async def on_msg(self, msg: Msg) -> None:
-        self.raw.append((msg.subject, msg.data, (msg.headers or {}).get("Nats-Msg-Id", "")))
-
-    def family(self, family: str) -> list[tuple[str, bytes, str]]:
-        return [r for r in self.raw if r[0].split(".")[2] == family]
-
-    def duplicates(self, *families: str) -> list[tuple[str, bytes]]:
-        counts = Counter((s, d) for s, d, _ in self.raw if s.split(".")[2] in families)
-        return [r for r, n in counts.items() if n > 1]
 
 
 class Pipeline:
@@ -64,7 +46,7 @@ class Pipeline:
         self.appliance = SimAppliance("sim-1")
         self.watchers: list[WatcherService] = []
         self.others: list[Any] = []
-        self.recorder = Recorder()
+        self.recorder = BusRecorder()
 
     async def start(self) -> None:
         ipam = IpamService(
@@ -98,7 +80,7 @@ class Pipeline:
             await service.start()
             self.others.append(service)
         watch = await self.make_runtime("recorder")
-        await watch.bus.nc.subscribe("vipwire.east.>", cb=self.recorder.on_msg)
+        await self.recorder.attach(watch, "vipwire.east.>")
 
     async def start_watcher(self, **overrides: Any) -> WatcherService:
         settings = WatcherSettings(

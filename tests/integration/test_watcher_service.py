@@ -9,12 +9,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from nats.aio.msg import Msg
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 
 from support.fences import now_ns, watcher_settled
+from support.recorders import BusRecorder as Seen
 from vipwire.contracts import (
     EndpointsSnapshot,
     LbFailed,
@@ -31,7 +31,6 @@ from vipwire.contracts import (
     VipAssigned,
     VipFailed,
     VipReleased,
-    decode,
 )
 from vipwire.kubeemu import KubeEmulator
 from vipwire.runtime import Runtime
@@ -81,30 +80,6 @@ def endpoint_slice(name: str, service: str, node: str, ip: str) -> dict[str, Any
         ],
         "ports": [{"name": "p80", "port": 8080, "protocol": "TCP"}],
     }
-
-
-class Seen:
-    """Every message the watcher published, from a plain core-NATS subscription."""
-
-    def __init__(self) -> None:
-        self.messages: list[Message] = []
-        self.raw: list[tuple[str, bytes]] = []
-
-    async def on_msg(self, msg: Msg) -> None:
-        self.raw.append((msg.subject, msg.data))
-        self.messages.append(decode(msg.subject, msg.data))
-
-    def duplicates(self, *families: str) -> list[tuple[str, bytes]]:
-        """Messages of these families published twice with the same content."""
-        counts = Counter(r for r in self.raw if r[0].split(".")[2] in families)
-        return [r for r, n in counts.items() if n > 1]
-
-    def of(self, kind: type[Any], **fields: Any) -> list[Any]:
-        return [
-            m
-            for m in self.messages
-            if isinstance(m, kind) and all(getattr(m, k) == v for k, v in fields.items())
-        ]
 
 
 class Harness:
@@ -191,7 +166,7 @@ async def harness(
     kubeconfig = emu.write_kubeconfig(tmp_path / "kubeconfig", context_name="east")
     peer = await make_runtime("peer")
     seen = Seen()
-    sub = await peer.bus.nc.subscribe("vipwire.east.>", cb=seen.on_msg)
+    sub = await seen.attach(peer, "vipwire.east.>")
     h = Harness(emu, peer, seen, make_runtime, kubeconfig, spans=span_exporter)
     try:
         yield h
