@@ -25,6 +25,7 @@ from vipwire.contracts import (
     VipAssigned,
 )
 from vipwire.dashboard import DashboardService, DashboardSettings, Event
+from vipwire.dashboard.core import queries
 from vipwire.runtime import Runtime
 from vipwire.testing import eventually
 
@@ -157,7 +158,7 @@ class TestReadModelFromTheBus:
         )
         await eventually(lambda: len(dash.service.model) == 2, timeout=5.0)
         await eventually(
-            lambda: dash.service.model.row(("east", "default", "web")).state == "ready",  # type: ignore[union-attr]
+            lambda: queries.row(dash.service.model, ("east", "default", "web")).state == "ready",  # type: ignore[union-attr]
             timeout=5.0,
         )
         _, page = await dash.get("/api/services?cluster=west")

@@ -13,49 +13,10 @@ from typing import Any, Final
 
 import msgspec
 
+from vipwire.dashboard.core.views import ApplianceStatus, PoolCapacity
+
 IPAM_STATUS: Final = "vipwire-ctl.ipam.status"
 LBDRIVER_STATUS: Final = "vipwire-ctl.lbdriver.status"
-
-
-class PoolStatus(msgspec.Struct, frozen=True, kw_only=True):
-    """One pool as ipam reports it (both families added up)."""
-
-    name: str
-    appliance_group: str | None = None
-    size: int | None = None
-    in_use: int | None = None
-    families: tuple[str, ...] = ()
-
-
-class ApplianceStatus(msgspec.Struct, frozen=True, kw_only=True):
-    """One appliance as the lbdriver reports it."""
-
-    name: str
-    driver: str | None = None
-    group: str | None = None
-    address: str | None = None
-    active: bool | None = None
-    #: closed (healthy), open (failing fast), half-open (probing), or None: unknown.
-    health: str | None = None
-    failures: int | None = None
-    retry_in_s: float | None = None
-    virtual_servers: int | None = None
-    services: int | None = None
-    writes: int | None = None
-    last_write_at: float | None = None
-    last_error: str | None = None
-    last_error_at: float | None = None
-
-
-class ControlStatus(msgspec.Struct, frozen=True, kw_only=True):
-    """The last answers; ``None`` where the service did not answer (shown as unknown)."""
-
-    pools: tuple[PoolStatus, ...] | None = None
-    appliances: tuple[ApplianceStatus, ...] | None = None
-    ipam_error: str | None = None
-    lbdriver_error: str | None = None
-    #: Unix time of the poll these answers come from.
-    polled_at: float | None = None
 
 
 def _int(value: Any) -> int | None:
@@ -79,7 +40,7 @@ def _first(entry: dict[str, Any], *names: str) -> Any:
     return None
 
 
-def parse_ipam(data: bytes) -> tuple[PoolStatus, ...]:
+def parse_ipam(data: bytes) -> tuple[PoolCapacity, ...]:
     """Pools from ipam's answer; raises ValueError if it is not JSON with a pool list.
 
     Entries of one pool (one per address family) are added up.
@@ -93,7 +54,7 @@ def parse_ipam(data: bytes) -> tuple[PoolStatus, ...]:
         pools = [{"name": k, **v} for k, v in pools.items() if isinstance(v, dict)]
     if not isinstance(pools, list):
         raise ValueError("ipam status holds no 'pools' list")
-    merged: dict[str, PoolStatus] = {}
+    merged: dict[str, PoolCapacity] = {}
     for entry in pools:
         if not isinstance(entry, dict):
             continue
@@ -106,7 +67,7 @@ def parse_ipam(data: bytes) -> tuple[PoolStatus, ...]:
         group = _str(_first(entry, "appliance_group", "group"))
         old = merged.get(name)
         if old is None:
-            merged[name] = PoolStatus(
+            merged[name] = PoolCapacity(
                 name=name,
                 appliance_group=group,
                 size=size,
@@ -114,7 +75,7 @@ def parse_ipam(data: bytes) -> tuple[PoolStatus, ...]:
                 families=(family,) if family else (),
             )
         else:
-            merged[name] = PoolStatus(
+            merged[name] = PoolCapacity(
                 name=name,
                 appliance_group=old.appliance_group or group,
                 size=None if old.size is None or size is None else old.size + size,

@@ -1,10 +1,7 @@
-"""The dashboard's read model, control-answer parsing and settings: pure, no I/O."""
+"""The dashboard's core: the fold, the queries over the read model and the waterfall; no I/O."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import msgspec
 import pytest
 
 from vipwire.contracts import (
@@ -25,9 +22,10 @@ from vipwire.contracts import (
     VipReleased,
     VipReleasing,
 )
-from vipwire.dashboard import DashboardConfigError, DashboardSettings, Event, Query, ReadModel
-from vipwire.dashboard.control import parse_ipam, parse_lbdriver
-from vipwire.dashboard.model import Change, TimelineEntry, trace_id_from, waterfall
+from vipwire.dashboard.core import queries
+from vipwire.dashboard.core.fold import Change, Event, ReadModel
+from vipwire.dashboard.core.views import Query, TimelineEntry
+from vipwire.dashboard.core.waterfall import waterfall
 
 T0 = 1_700_000_000.0
 TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -102,31 +100,19 @@ def converge(model: ReadModel, name: str = "web", vip: str = "198.51.100.1") -> 
     model.apply(ev(status(name, (vip,)), 40))
 
 
-class TestTraceId:
-    def test_reads_the_trace_id_of_a_traceparent(self) -> None:
-        """The trace id is the second field of a W3C traceparent."""
-        headers = {"traceparent": f"00-{TRACE}-00f067aa0ba902b7-01"}
-        assert trace_id_from(headers) == TRACE
-
-    @pytest.mark.parametrize("value", ["", "garbage", f"00-{'0' * 32}-00f067aa0ba902b7-01"])
-    def test_no_trace_id_from_a_missing_or_invalid_header(self, value: str) -> None:
-        """Missing, malformed or all-zero trace ids are None, never an error."""
-        assert trace_id_from({"traceparent": value} if value else {}) is None
-
-
 class TestLifecycle:
     def test_state_follows_the_pipeline_to_ready(self) -> None:
         """pending → assigned → programmed → ready as each hop reports."""
         model = ReadModel()
         key = ("east", "default", "web")
         assert model.apply(ev(snapshot())) == [Change("added", "east/default/web")]
-        assert model.detail(key).row.state == "pending"  # type: ignore[union-attr]
+        assert queries.detail(model, key).row.state == "pending"  # type: ignore[union-attr]
         model.apply(ev(assigned(), 10))
-        assert model.detail(key).row.state == "assigned"  # type: ignore[union-attr]
+        assert queries.detail(model, key).row.state == "assigned"  # type: ignore[union-attr]
         model.apply(ev(programmed(), 25))
-        assert model.detail(key).row.state == "programmed"  # type: ignore[union-attr]
+        assert queries.detail(model, key).row.state == "programmed"  # type: ignore[union-attr]
         assert model.apply(ev(status(), 40)) == [Change("changed", "east/default/web")]
-        row = model.row(key)
+        row = queries.row(model, key)
         assert row is not None
         assert row.state == "ready"
         assert row.vips == ("198.51.100.1",) and row.appliance == "sim-1" and row.members == 3
@@ -135,7 +121,7 @@ class TestLifecycle:
         """Convergence is the stream-time distance from the snapshot to StatusWritten."""
         model = ReadModel()
         converge(model)
-        row = model.row(("east", "default", "web"))
+        row = queries.row(model, ("east", "default", "web"))
         assert row is not None and row.convergence_ms == pytest.approx(40.0, abs=1e-3)
         assert row.nodes_applied == 3 and row.nodes_total == 3
 
@@ -156,11 +142,11 @@ class TestLifecycle:
                 5,
             )
         )
-        row = model.row(("east", "default", "web"))
+        row = queries.row(model, ("east", "default", "web"))
         assert row is not None and row.state == "failed"
         assert row.error == "AllocationFailed: pool 'x' is full"
         model.apply(ev(assigned(), 10))
-        row = model.row(("east", "default", "web"))
+        row = queries.row(model, ("east", "default", "web"))
         assert row is not None and row.state == "assigned" and row.error is None
 
     def test_an_appliance_failure_shows_failed_until_programmed(self) -> None:
@@ -178,18 +164,18 @@ class TestLifecycle:
             message="503",
         )
         model.apply(ev(failure, 2))
-        row = model.row(("east", "default", "web"))
+        row = queries.row(model, ("east", "default", "web"))
         assert row is not None and row.state == "failed" and "503" in (row.error or "")
         model.apply(ev(programmed(), 3))
-        assert model.row(("east", "default", "web")).state == "programmed"  # type: ignore[union-attr]
-        assert model.appliances()[0].failing == 0
+        assert queries.row(model, ("east", "default", "web")).state == "programmed"  # type: ignore[union-attr]
+        assert queries.appliances(model)[0].failing == 0
 
     def test_deletion_removes_the_row_and_late_messages_do_not_revive_it(self) -> None:
         """deleting → released removes the Service; its later status clear is ignored."""
         model = ReadModel()
         converge(model)
         model.apply(ev(snapshot(deleting=True), 100))
-        assert model.row(("east", "default", "web")).state == "deleting"  # type: ignore[union-attr]
+        assert queries.row(model, ("east", "default", "web")).state == "deleting"  # type: ignore[union-attr]
         releasing = VipReleasing(
             cluster="east",
             namespace="default",
@@ -216,7 +202,7 @@ class TestLifecycle:
         converge(model)
         model.apply(ev(snapshot(uid="u2"), 200))
         model.apply(ev(status(uid="u1", vips=()), 201))
-        detail = model.detail(("east", "default", "web"))
+        detail = queries.detail(model, ("east", "default", "web"))
         assert detail is not None
         assert detail.uid == "u2" and detail.row.state == "pending" and detail.row.vips == ()
         assert len(detail.timeline) == 1
@@ -237,7 +223,7 @@ class TestLifecycle:
         ]:
             rebuilt.apply(ev(message, at))
         key = ("east", "default", "web")
-        a, b = live.row(key), rebuilt.row(key)
+        a, b = queries.row(live, key), queries.row(rebuilt, key)
         assert a is not None and b is not None
         assert (a.state, a.vips, a.nodes_applied, a.convergence_ms) == (
             b.state,
@@ -253,15 +239,15 @@ class TestLifecycle:
         model.apply(ev(status(), 40, seq=2))
         assert model.apply(ev(snapshot(), seq=1)) == []
         assert model.apply(ev(status(), 40, seq=2)) == []
-        detail = model.detail(("east", "default", "web"))
+        detail = queries.detail(model, ("east", "default", "web"))
         assert detail is not None and len(detail.timeline) == 2
-        assert model.convergence(T0, 60).count == 1
+        assert queries.convergence(model, T0, 60).count == 1
 
     def test_a_message_before_any_snapshot_still_makes_a_row(self) -> None:
         """A Service first seen through ipam's message is shown, not dropped."""
         model = ReadModel()
         assert model.apply(ev(assigned())) == [Change("added", "east/default/web")]
-        assert model.row(("east", "default", "web")).state == "assigned"  # type: ignore[union-attr]
+        assert queries.row(model, ("east", "default", "web")).state == "assigned"  # type: ignore[union-attr]
 
 
 class TestNodes:
@@ -269,7 +255,7 @@ class TestNodes:
         """A node taking up a VIP is an event of the Service that owns it."""
         model = ReadModel()
         converge(model)
-        detail = model.detail(("east", "default", "web"))
+        detail = queries.detail(model, ("east", "default", "web"))
         assert detail is not None
         node_events = [e for e in detail.timeline if e.hop == "nodeagent"]
         assert {e.node for e in node_events} == set(NODES)
@@ -280,16 +266,16 @@ class TestNodes:
         model = ReadModel()
         converge(model)
         assert model.apply(ev(applied("n1", 0), 50)) == []
-        assert model.row(("east", "default", "web")).nodes_applied == 3  # type: ignore[union-attr]
+        assert queries.row(model, ("east", "default", "web")).nodes_applied == 3  # type: ignore[union-attr]
 
     def test_a_node_that_goes_away_no_longer_counts(self) -> None:
         """NodeGone drops the node from the applied counts and the cluster's nodes."""
         model = ReadModel()
         converge(model)
         model.apply(ev(NodeGone(cluster="east", node="n3"), 60))
-        row = model.row(("east", "default", "web"))
+        row = queries.row(model, ("east", "default", "web"))
         assert row is not None and (row.nodes_applied, row.nodes_total) == (2, 2)
-        cluster = model.overview(T0, 900).clusters[0]
+        cluster = queries.overview(model, T0, 900).clusters[0]
         assert (cluster.nodes, cluster.agents) == (2, 2)
 
 
@@ -298,7 +284,7 @@ class TestTimelineAndWaterfall:
         """Only the last N events are kept; the detail lists the newest first."""
         model = ReadModel(timeline_events=5)
         converge(model)
-        detail = model.detail(("east", "default", "web"))
+        detail = queries.detail(model, ("east", "default", "web"))
         assert detail is not None
         assert len(detail.timeline) == 5
         times = [e.time for e in detail.timeline]
@@ -309,7 +295,7 @@ class TestTimelineAndWaterfall:
         """Bars run from the message that caused a hop to the one it published."""
         model = ReadModel()
         converge(model)
-        detail = model.detail(("east", "default", "web"))
+        detail = queries.detail(model, ("east", "default", "web"))
         assert detail is not None and detail.waterfall is not None
         wf = detail.waterfall
         bars = {b.hop: (b.start_ms, b.end_ms) for b in wf.bars}
@@ -325,7 +311,7 @@ class TestTimelineAndWaterfall:
         model = ReadModel()
         converge(model)
         model.apply(ev(snapshot(), 1000, trace="b" * 32))
-        detail = model.detail(("east", "default", "web"))
+        detail = queries.detail(model, ("east", "default", "web"))
         assert detail is not None and detail.waterfall is not None
         assert [b.hop for b in detail.waterfall.bars] == ["watcher"]
         assert not detail.waterfall.complete and detail.waterfall.trace_id == "b" * 32
@@ -344,7 +330,7 @@ class TestTimelineAndWaterfall:
         """A Service seen only through later hops has no change to draw."""
         model = ReadModel()
         model.apply(ev(assigned()))
-        assert model.detail(("east", "default", "web")).waterfall is None  # type: ignore[union-attr]
+        assert queries.detail(model, ("east", "default", "web")).waterfall is None  # type: ignore[union-attr]
 
 
 class TestQueries:
@@ -377,29 +363,29 @@ class TestQueries:
 
     def test_pages_are_sorted_and_sized(self, model: ReadModel) -> None:
         """Rows come sorted by cluster, namespace, name, per_page at a time."""
-        page = model.query(Query(per_page=25))
+        page = queries.page(model, Query(per_page=25))
         assert page.total == page.matched == 60 and page.pages == 3
         assert [r.key for r in page.rows][:2] == ["east/default/svc-01", "east/default/svc-02"]
-        last = model.query(Query(per_page=25, page=99))
+        last = queries.page(model, Query(per_page=25, page=99))
         assert last.page == 3 and len(last.rows) == 10
 
     def test_filters_combine(self, model: ReadModel) -> None:
         """cluster, namespace and state filters narrow the rows together."""
-        page = model.query(Query(cluster="west", namespace="shop"))
+        page = queries.page(model, Query(cluster="west", namespace="shop"))
         assert page.matched == 10
         assert all(r.cluster == "west" and r.namespace == "shop" for r in page.rows)
-        page = model.query(Query(cluster="east", state="assigned"))
+        page = queries.page(model, Query(cluster="east", state="assigned"))
         assert page.matched == 20 and {r.state for r in page.rows} == {"assigned"}
 
     def test_search_finds_a_service_by_vip(self, model: ReadModel) -> None:
         """The search box matches names and VIPs, case-insensitively."""
-        page = model.query(Query(q="198.51.100.107"))
+        page = queries.page(model, Query(q="198.51.100.107"))
         assert [r.key for r in page.rows] == ["west/default/svc-07"]
-        assert model.query(Query(q="SVC-1")).matched == 20
+        assert queries.page(model, Query(q="SVC-1")).matched == 20
 
     def test_facets_count_states_within_the_other_filters(self, model: ReadModel) -> None:
         """State counts follow the cluster filter, so the state menu tells what it will show."""
-        page = model.query(Query(cluster="east", state="pending"))
+        page = queries.page(model, Query(cluster="east", state="pending"))
         assert page.facets.states["pending"] == 10 and page.facets.states["assigned"] == 20
         assert page.facets.clusters == ("east", "west")
         assert page.facets.namespaces == ("default", "shop")
@@ -410,7 +396,7 @@ class TestQueries:
         for i in range(3):
             model.apply(ev(snapshot(f"s{i}", uid=str(i))))
         assert len(model) == 2 and model.dropped == 1
-        assert model.overview(T0, 60).dropped == 1
+        assert queries.overview(model, T0, 60).dropped == 1
 
 
 class TestOverview:
@@ -422,18 +408,18 @@ class TestOverview:
             model.apply(ev(snapshot(name, uid=name), i * 60_000))
             model.apply(ev(status(name, uid=name), i * 60_000 + ms))
         now = T0 + 3 * 60 + 1
-        stats = model.convergence(now, window_s=150)  # the last three
+        stats = queries.convergence(model, now, window_s=150)  # the last three
         assert stats.count == 3
         assert stats.p50_ms == pytest.approx(30.0, abs=1e-3)
         assert stats.p99_ms == pytest.approx(40.0, abs=1e-3)
-        assert model.convergence(now + 3600, window_s=60).p50_ms is None
+        assert queries.convergence(model, now + 3600, window_s=60).p50_ms is None
 
     def test_overview_counts_clusters_pools_and_appliances(self) -> None:
         """The overview sums states per cluster, VIPs per pool, servers per appliance."""
         model = ReadModel()
         converge(model)
         converge(model, "api", "198.51.100.2")
-        overview = model.overview(T0 + 1, 900)
+        overview = queries.overview(model, T0 + 1, 900)
         assert overview.services == 2 and overview.states["ready"] == 2
         (cluster,) = overview.clusters
         assert (cluster.name, cluster.nodes, cluster.nodes_ready, cluster.agents) == (
@@ -452,66 +438,3 @@ class TestOverview:
         (appliance,) = overview.appliances
         assert (appliance.name, appliance.services, appliance.virtual_servers) == ("sim-1", 2, 4)
         assert overview.convergence.count == 2
-
-
-class TestControlAnswers:
-    def test_ipam_pools_of_two_families_are_added_up(self) -> None:
-        """One entry per family and pool becomes one pool with summed size and use."""
-        data = msgspec.json.encode(
-            {
-                "pools": [
-                    {"pool": "a", "family": "IPv4", "size": 256, "in_use": 3},
-                    {"pool": "a", "family": "IPv6", "size": 256, "in_use": 1},
-                    {"name": "b", "size": 16, "used": 16, "appliance_group": "dc2", "new": 1},
-                ]
-            }
-        )
-        pools = {p.name: p for p in parse_ipam(data)}
-        assert (pools["a"].size, pools["a"].in_use, pools["a"].families) == (
-            512,
-            4,
-            ("IPv4", "IPv6"),
-        )
-        assert (pools["b"].size, pools["b"].in_use, pools["b"].appliance_group) == (16, 16, "dc2")
-
-    def test_lbdriver_appliances_keep_known_fields(self) -> None:
-        """Known fields are read, unknown ones ignored, wrong types left unknown."""
-        data = msgspec.json.encode(
-            {
-                "appliances": [
-                    {"name": "f5-a", "health": "open", "virtual_servers": 7, "active": True},
-                    {"name": "f5-b", "virtual_servers": "many", "surprise": [1]},
-                    {"health": "closed"},
-                ]
-            }
-        )
-        a, b = parse_lbdriver(data)
-        assert (a.name, a.health, a.virtual_servers, a.active) == ("f5-a", "open", 7, True)
-        assert (b.name, b.health, b.virtual_servers) == ("f5-b", None, None)
-
-    @pytest.mark.parametrize("data", [b"not json", b"[]", b'{"pools": 3}'])
-    def test_an_unusable_answer_is_a_value_error(self, data: bytes) -> None:
-        """Garbage is reported (shown as unknown), never crashes the poll."""
-        with pytest.raises(ValueError):
-            parse_ipam(data)
-
-
-class TestSettings:
-    def test_token_and_token_file_are_exclusive(self) -> None:
-        """Setting both is a configuration error."""
-        with pytest.raises(DashboardConfigError):
-            DashboardSettings(token="a", token_file="/x")
-
-    def test_the_token_file_is_read_and_stripped(self, tmp_path: Path) -> None:
-        """A mounted Secret's trailing newline is not part of the token."""
-        path = tmp_path / "token"
-        path.write_text("s3cret\n")
-        assert DashboardSettings(token_file=str(path)).load_token() == "s3cret"
-        path.write_text("\n")
-        with pytest.raises(DashboardConfigError, match="empty"):
-            DashboardSettings(token_file=str(path)).load_token()
-
-    def test_jaeger_url_must_be_http(self) -> None:
-        """A Jaeger URL without a scheme would make broken links."""
-        with pytest.raises(DashboardConfigError):
-            DashboardSettings(jaeger_url="localhost:16686")
