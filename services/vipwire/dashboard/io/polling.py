@@ -11,9 +11,7 @@ import time
 from collections.abc import Callable
 from typing import TypeVar
 
-import nats.errors
-
-from vipwire.bus import Bus
+from vipwire.bus import Bus, BusError, NoResponders
 from vipwire.dashboard.core.control_answers import (
     IPAM_STATUS,
     LBDRIVER_STATUS,
@@ -73,14 +71,14 @@ class ControlPoller:
     async def _ask(self, subject: str, parse: Callable[[bytes], T]) -> tuple[T | None, str | None]:
         service = subject.split(".")[1]
         try:
-            reply = await self._bus.nc.request(subject, b"", timeout=self._timeout_s)
-        except nats.errors.NoRespondersError:
+            reply = await self._bus.request(subject, b"", timeout_s=self._timeout_s)
+        except NoResponders:
             return None, f"{service} does not answer on {subject} (no responders)"
-        except (TimeoutError, nats.errors.TimeoutError):
-            return None, f"{service} did not answer within {self._timeout_s:g}s"
-        except nats.errors.Error as exc:
-            return None, f"asking {service} failed: {exc!r}"
+        except BusError as exc:
+            if isinstance(exc.__cause__, TimeoutError):
+                return None, f"{service} did not answer within {self._timeout_s:g}s"
+            return None, f"asking {service} failed: {exc.__cause__ or exc!r}"
         try:
-            return parse(reply.data), None
+            return parse(reply), None
         except ValueError as exc:
             return None, str(exc)
