@@ -13,11 +13,14 @@ import msgspec
 import pytest
 
 from vipwire.contracts import (
+    IPAM_STATUS_SUBJECT,
+    IpamStatus,
     LbProgrammed,
     Member,
     Message,
     NodeApplied,
     NodeSnapshot,
+    PoolStatus,
     ServicePort,
     ServiceSnapshot,
     StatusWritten,
@@ -343,11 +346,30 @@ class TestPoolsAndAppliances:
         assert control["pools"] is None and "no responders" in control["ipam_error"]
         assert control["appliances"] is None and control["lbdriver_error"]
 
-        async def answer(_: bytes) -> bytes:
-            body = {"pools": [{"pool": "default", "family": "IPv4", "size": 256, "in_use": 2}]}
-            return msgspec.json.encode(body)
+        ipam_status = IpamStatus(
+            instance="ipam-test",
+            now=time.time(),
+            ready=True,
+            claims=2,
+            services=2,
+            waiting=0,
+            pools=(
+                PoolStatus(
+                    name="default",
+                    family="IPv4",
+                    appliance_group="dc1",
+                    size=256,
+                    used=2,
+                    free=254,
+                    stale=0,
+                ),
+            ),
+        )
 
-        serving = await publisher.bus.serve("vipwire-ctl.ipam.status", answer)
+        async def answer(_: bytes) -> bytes:
+            return msgspec.json.encode(ipam_status)
+
+        serving = await publisher.bus.serve(IPAM_STATUS_SUBJECT, answer)
         try:
             # Asked until it answers: on a loaded machine one answer can miss the 1 s
             # window (seen once in a full run): that is the "did not answer" case, not this one.
@@ -361,7 +383,7 @@ class TestPoolsAndAppliances:
         assert overview["control"]["pools"] == [
             {
                 "name": "default",
-                "appliance_group": None,
+                "appliance_group": "dc1",
                 "size": 256,
                 "in_use": 2,
                 "families": ["IPv4"],

@@ -15,6 +15,7 @@ from vipwire.contracts import (
     NodeSnapshot,
     ServiceGone,
     ServicePort,
+    ServiceRef,
     ServiceSnapshot,
     StatusWritten,
     VipAssigned,
@@ -31,6 +32,7 @@ T0 = 1_700_000_000.0
 TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 PORTS = (ServicePort(port=80), ServicePort(port=443))
 NODES = ("n1", "n2", "n3")
+WEB = ServiceRef("east", "default", "web")
 
 
 def ev(message: Message, at_ms: float = 0.0, trace: str | None = TRACE, seq: int = 0) -> Event:
@@ -104,7 +106,7 @@ class TestLifecycle:
     def test_state_follows_the_pipeline_to_ready(self) -> None:
         """pending → assigned → programmed → ready as each hop reports."""
         model = ReadModel()
-        key = ("east", "default", "web")
+        key = WEB
         assert model.apply(ev(snapshot())) == [Change("added", "east/default/web")]
         assert queries.detail(model, key).row.state == "pending"  # type: ignore[union-attr]
         model.apply(ev(assigned(), 10))
@@ -121,7 +123,7 @@ class TestLifecycle:
         """Convergence is the stream-time distance from the snapshot to StatusWritten."""
         model = ReadModel()
         converge(model)
-        row = queries.row(model, ("east", "default", "web"))
+        row = queries.row(model, WEB)
         assert row is not None and row.convergence_ms == pytest.approx(40.0, abs=1e-3)
         assert row.nodes_applied == 3 and row.nodes_total == 3
 
@@ -142,11 +144,11 @@ class TestLifecycle:
                 5,
             )
         )
-        row = queries.row(model, ("east", "default", "web"))
+        row = queries.row(model, WEB)
         assert row is not None and row.state == "failed"
         assert row.error == "AllocationFailed: pool 'x' is full"
         model.apply(ev(assigned(), 10))
-        row = queries.row(model, ("east", "default", "web"))
+        row = queries.row(model, WEB)
         assert row is not None and row.state == "assigned" and row.error is None
 
     def test_an_appliance_failure_shows_failed_until_programmed(self) -> None:
@@ -164,10 +166,10 @@ class TestLifecycle:
             message="503",
         )
         model.apply(ev(failure, 2))
-        row = queries.row(model, ("east", "default", "web"))
+        row = queries.row(model, WEB)
         assert row is not None and row.state == "failed" and "503" in (row.error or "")
         model.apply(ev(programmed(), 3))
-        assert queries.row(model, ("east", "default", "web")).state == "programmed"  # type: ignore[union-attr]
+        assert queries.row(model, WEB).state == "programmed"  # type: ignore[union-attr]
         assert queries.appliances(model)[0].failing == 0
 
     def test_deletion_removes_the_row_and_late_messages_do_not_revive_it(self) -> None:
@@ -175,7 +177,7 @@ class TestLifecycle:
         model = ReadModel()
         converge(model)
         model.apply(ev(snapshot(deleting=True), 100))
-        assert queries.row(model, ("east", "default", "web")).state == "deleting"  # type: ignore[union-attr]
+        assert queries.row(model, WEB).state == "deleting"  # type: ignore[union-attr]
         releasing = VipReleasing(
             cluster="east",
             namespace="default",
@@ -202,7 +204,7 @@ class TestLifecycle:
         converge(model)
         model.apply(ev(snapshot(uid="u2"), 200))
         model.apply(ev(status(uid="u1", vips=()), 201))
-        detail = queries.detail(model, ("east", "default", "web"))
+        detail = queries.detail(model, WEB)
         assert detail is not None
         assert detail.uid == "u2" and detail.row.state == "pending" and detail.row.vips == ()
         assert len(detail.timeline) == 1
@@ -222,7 +224,7 @@ class TestLifecycle:
             (applied("n3", 1, "198.51.100.1"), 43),
         ]:
             rebuilt.apply(ev(message, at))
-        key = ("east", "default", "web")
+        key = WEB
         a, b = queries.row(live, key), queries.row(rebuilt, key)
         assert a is not None and b is not None
         assert (a.state, a.vips, a.nodes_applied, a.convergence_ms) == (
@@ -239,7 +241,7 @@ class TestLifecycle:
         model.apply(ev(status(), 40, seq=2))
         assert model.apply(ev(snapshot(), seq=1)) == []
         assert model.apply(ev(status(), 40, seq=2)) == []
-        detail = queries.detail(model, ("east", "default", "web"))
+        detail = queries.detail(model, WEB)
         assert detail is not None and len(detail.timeline) == 2
         assert queries.convergence(model, T0, 60).count == 1
 
@@ -247,7 +249,7 @@ class TestLifecycle:
         """A Service first seen through ipam's message is shown, not dropped."""
         model = ReadModel()
         assert model.apply(ev(assigned())) == [Change("added", "east/default/web")]
-        assert queries.row(model, ("east", "default", "web")).state == "assigned"  # type: ignore[union-attr]
+        assert queries.row(model, WEB).state == "assigned"  # type: ignore[union-attr]
 
 
 class TestNodes:
@@ -255,7 +257,7 @@ class TestNodes:
         """A node taking up a VIP is an event of the Service that owns it."""
         model = ReadModel()
         converge(model)
-        detail = queries.detail(model, ("east", "default", "web"))
+        detail = queries.detail(model, WEB)
         assert detail is not None
         node_events = [e for e in detail.timeline if e.hop == "nodeagent"]
         assert {e.node for e in node_events} == set(NODES)
@@ -266,14 +268,14 @@ class TestNodes:
         model = ReadModel()
         converge(model)
         assert model.apply(ev(applied("n1", 0), 50)) == []
-        assert queries.row(model, ("east", "default", "web")).nodes_applied == 3  # type: ignore[union-attr]
+        assert queries.row(model, WEB).nodes_applied == 3  # type: ignore[union-attr]
 
     def test_a_node_that_goes_away_no_longer_counts(self) -> None:
         """NodeGone drops the node from the applied counts and the cluster's nodes."""
         model = ReadModel()
         converge(model)
         model.apply(ev(NodeGone(cluster="east", node="n3"), 60))
-        row = queries.row(model, ("east", "default", "web"))
+        row = queries.row(model, WEB)
         assert row is not None and (row.nodes_applied, row.nodes_total) == (2, 2)
         cluster = queries.overview(model, T0, 900).clusters[0]
         assert (cluster.nodes, cluster.agents) == (2, 2)
@@ -284,7 +286,7 @@ class TestTimelineAndWaterfall:
         """Only the last N events are kept; the detail lists the newest first."""
         model = ReadModel(timeline_events=5)
         converge(model)
-        detail = queries.detail(model, ("east", "default", "web"))
+        detail = queries.detail(model, WEB)
         assert detail is not None
         assert len(detail.timeline) == 5
         times = [e.time for e in detail.timeline]
@@ -295,7 +297,7 @@ class TestTimelineAndWaterfall:
         """Bars run from the message that caused a hop to the one it published."""
         model = ReadModel()
         converge(model)
-        detail = queries.detail(model, ("east", "default", "web"))
+        detail = queries.detail(model, WEB)
         assert detail is not None and detail.waterfall is not None
         wf = detail.waterfall
         bars = {b.hop: (b.start_ms, b.end_ms) for b in wf.bars}
@@ -311,7 +313,7 @@ class TestTimelineAndWaterfall:
         model = ReadModel()
         converge(model)
         model.apply(ev(snapshot(), 1000, trace="b" * 32))
-        detail = queries.detail(model, ("east", "default", "web"))
+        detail = queries.detail(model, WEB)
         assert detail is not None and detail.waterfall is not None
         assert [b.hop for b in detail.waterfall.bars] == ["watcher"]
         assert not detail.waterfall.complete and detail.waterfall.trace_id == "b" * 32
@@ -330,7 +332,7 @@ class TestTimelineAndWaterfall:
         """A Service seen only through later hops has no change to draw."""
         model = ReadModel()
         model.apply(ev(assigned()))
-        assert queries.detail(model, ("east", "default", "web")).waterfall is None  # type: ignore[union-attr]
+        assert queries.detail(model, WEB).waterfall is None  # type: ignore[union-attr]
 
 
 class TestQueries:

@@ -13,9 +13,7 @@ import logging
 import time
 from collections.abc import Callable
 
-from aiohttp import web
-
-from vipwire.aio import cancel_and_wait
+from vipwire.aio import HttpServer, cancel_and_wait, serve_http
 from vipwire.dashboard.core.fold import Event, ReadModel
 from vipwire.dashboard.core.views import ControlStatus
 from vipwire.dashboard.io.polling import ControlPoller
@@ -63,7 +61,7 @@ class DashboardService:
             readiness=self.readiness,
             clock=clock,
         )
-        self._runner: web.AppRunner | None = None
+        self._server: HttpServer | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._caught_up = False
         #: The port the web UI listens on, once started.
@@ -88,12 +86,10 @@ class DashboardService:
 
     async def start(self) -> None:
         await self.reader.start()
-        self._runner = web.AppRunner(self.web.app(), access_log=None, shutdown_timeout=2.0)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, self.settings.host, self.settings.port)
-        await site.start()
-        addresses = self._runner.addresses
-        self.port = int(addresses[0][1]) if addresses else self.settings.port
+        self._server = await serve_http(
+            self.web.app(), host=self.settings.host, port=self.settings.port
+        )
+        self.port = self._server.port
         self._tasks = [
             asyncio.create_task(self.hub.run(), name="dashboard-hub"),
             asyncio.create_task(self._await_catch_up(), name="dashboard-catch-up"),
@@ -105,13 +101,13 @@ class DashboardService:
         await cancel_and_wait(self._tasks)
         self._tasks.clear()
         self.hub.close()
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
+        if self._server is not None:
+            await self._server.close()
+            self._server = None
         await self.reader.stop()
 
     def readiness(self) -> str | None:
-        if self._runner is None:
+        if self._server is None:
             return "web server not started"
         if not self._caught_up:
             return "rebuilding the model from the bus"

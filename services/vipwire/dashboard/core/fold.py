@@ -14,7 +14,7 @@ it must reach the same answer from any subset that ends in the same facts.
 from __future__ import annotations
 
 from collections import Counter, OrderedDict, deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from typing import Final, Literal, NamedTuple
 
 import msgspec
@@ -31,16 +31,17 @@ from vipwire.contracts import (
     NodeSnapshot,
     ServiceGone,
     ServicePort,
+    ServiceRef,
     ServiceSnapshot,
     StatusWritten,
     VipAssigned,
     VipFailed,
     VipReleased,
     VipReleasing,
+    summary,
+    vips_text,
 )
 from vipwire.dashboard.core.views import Hop, State, TimelineEntry
-
-Key = tuple[str, str, str]  # cluster, namespace, name
 
 # A uid seen removed is remembered so that a late message of that Service
 # (its status being cleared after the claim was released) does not revive it.
@@ -58,17 +59,12 @@ _FAMILY: Final[dict[type, str]] = {
     LbRemoved: "lb",
     StatusWritten: "status",
 }
-
-
-def key_text(key: Key) -> str:
-    return "/".join(key)
-
-
-def parse_key(text: str) -> Key | None:
-    parts = text.split("/")
-    if len(parts) != 3 or not all(parts):
-        return None
-    return parts[0], parts[1], parts[2]
+_HOP: Final[dict[str, Hop]] = {
+    "service": "watcher",
+    "vip": "ipam",
+    "lb": "lbdriver",
+    "status": "status",
+}
 
 
 class Event(msgspec.Struct, frozen=True, kw_only=True):
@@ -135,6 +131,7 @@ class ServiceEntry:
         "namespace",
         "pool",
         "ports",
+        "ref",
         "seqs",
         "state",
         "status_vips",
@@ -145,7 +142,8 @@ class ServiceEntry:
         "vips",
     )
 
-    def __init__(self, key: Key, time: float, timeline: int) -> None:
+    def __init__(self, key: ServiceRef, time: float, timeline: int) -> None:
+        self.ref = key
         self.cluster, self.namespace, self.name = key
         self.uid = ""
         self.ports: tuple[ServicePort, ...] = ()
@@ -180,7 +178,7 @@ class ServiceEntry:
         self.state = self._state()
         self.haystack = " ".join(
             (
-                f"{self.cluster}/{self.namespace}/{self.name}",
+                self.ref.text,
                 *self.vips,
                 self.appliance or "",
                 self.pool or "",
@@ -217,7 +215,7 @@ class ReadModel:
     def __init__(self, *, timeline_events: int = 50, max_services: int = 100_000) -> None:
         self.timeline_events = timeline_events
         self.max_services = max_services
-        self.services: dict[Key, ServiceEntry] = {}
+        self.services: dict[ServiceRef, ServiceEntry] = {}
         #: cluster → node name → what the bus said about it.
         self.nodes: dict[str, dict[str, NodeEntry]] = {}
         #: How many Services each namespace holds (the namespace filter's choices).
@@ -226,9 +224,9 @@ class ReadModel:
         self.samples: deque[tuple[float, float]] = deque(maxlen=_SAMPLES)
         self.dropped = 0
         self.last_event: float | None = None
-        self._vip_owner: dict[tuple[str, str], Key] = {}
+        self._vip_owner: dict[tuple[str, str], ServiceRef] = {}
         self._gone: OrderedDict[str, None] = OrderedDict()
-        self._order: list[Key] | None = None
+        self._order: list[ServiceRef] | None = None
 
     def __len__(self) -> int:
         return len(self.services)
@@ -245,7 +243,7 @@ class ReadModel:
             return self._apply_node(event, m)
         if isinstance(m, EndpointsSnapshot):
             return []  # not subscribed to: members already say where traffic goes
-        key: Key = (m.cluster, m.namespace, m.name)
+        key = ServiceRef(m.cluster, m.namespace, m.name)
         uid: str = m.uid
         if uid in self._gone:
             return []
@@ -272,19 +270,19 @@ class ReadModel:
         removed = self._apply_service(view, event)
         if removed:
             self._remove(key, view, tombstone=True)
-            return [] if added else [Change("removed", key_text(key))]
+            return [] if added else [Change("removed", key.text)]
         view.refresh()
         self._index_vips(key, view)
-        return [Change("added" if added else "changed", key_text(key))]
+        return [Change("added" if added else "changed", key.text)]
 
-    def _add(self, key: Key, time: float) -> ServiceEntry:
+    def _add(self, key: ServiceRef, time: float) -> ServiceEntry:
         view = ServiceEntry(key, time, self.timeline_events)
         self.services[key] = view
         self.namespaces[key[1]] += 1
         self._order = None
         return view
 
-    def _remove(self, key: Key, view: ServiceEntry, *, tombstone: bool) -> None:
+    def _remove(self, key: ServiceRef, view: ServiceEntry, *, tombstone: bool) -> None:
         self.services.pop(key, None)
         self.namespaces[key[1]] -= 1
         if self.namespaces[key[1]] <= 0:
@@ -298,18 +296,18 @@ class ReadModel:
             while len(self._gone) > _TOMBSTONES:
                 self._gone.popitem(last=False)
 
-    def _index_vips(self, key: Key, view: ServiceEntry) -> None:
+    def _index_vips(self, key: ServiceRef, view: ServiceEntry) -> None:
         for vip in (*view.vips, *view.lb_vips):
             self._vip_owner[(key[0], vip)] = key
 
-    def _note(self, view: ServiceEntry, event: Event, hop: Hop, summary: str) -> None:
+    def _note(self, view: ServiceEntry, event: Event, hop: Hop, text: str) -> None:
         tag = type(event.message).__struct_config__.tag
         view.timeline.append(
             TimelineEntry(
                 time=event.time,
                 hop=hop,
                 kind=str(tag),
-                summary=summary,
+                summary=text,
                 trace_id=event.trace_id,
                 seq=event.seq,
             )
@@ -318,23 +316,19 @@ class ReadModel:
     def _apply_service(self, view: ServiceEntry, event: Event) -> bool:
         """Update one Service; True when it is gone for good."""
         m = event.message
+        self._note(view, event, _HOP[_FAMILY[type(m)]], summary(m))
         match m:
             case ServiceSnapshot():
                 view.ports = m.ports
                 view.etp = m.external_traffic_policy
                 view.pool = m.pool or view.pool
                 view.deleting = m.deleting
-                if m.deleting:
-                    rv = m.resource_version
-                    self._note(view, event, "watcher", f"deleting (resourceVersion {rv})")
-                else:
+                if not m.deleting:
                     view.change_started = event.time
                     view.change_trace = event.trace_id
                     view.change_seq = event.seq
-                    self._note(view, event, "watcher", _snapshot_summary(m))
             case ServiceGone():
                 view.deleting = True
-                self._note(view, event, "watcher", "gone from the API server")
             case VipAssigned():
                 view.vips = m.vips
                 view.pool = m.pool
@@ -342,57 +336,34 @@ class ReadModel:
                 view.ports = m.ports or view.ports
                 view.etp = m.external_traffic_policy
                 view.vip_error = None
-                self._note(
-                    view,
-                    event,
-                    "ipam",
-                    f"assigned {_list(m.vips)} from pool {m.pool} (group {m.appliance_group})",
-                )
             case VipFailed():
                 view.vip_error = f"{m.reason}: {m.message}"
                 view.fail(view.vip_error, event.time)
-                self._note(view, event, "ipam", view.vip_error)
             case VipReleasing():
                 view.deleting = True
-                self._note(view, event, "ipam", f"releasing {_list(m.vips)}")
             case VipReleased():
-                self._note(view, event, "ipam", f"released {_list(m.vips)}")
                 return True
             case LbProgrammed():
                 view.lb_vips = m.vips
                 view.appliance = m.appliance
                 view.members = m.members
                 view.lb_error = None
-                servers = len(m.vips) * len(m.ports)
-                self._note(
-                    view,
-                    event,
-                    "lbdriver",
-                    f"programmed on {m.appliance}: {servers} virtual server"
-                    f"{'' if servers == 1 else 's'}, {len(m.members)} member"
-                    f"{'' if len(m.members) == 1 else 's'}",
-                )
             case LbFailed():
                 view.appliance = m.appliance
                 what = "removing from" if m.removing else "on"
                 view.lb_error = f"{m.reason} {what} {m.appliance}: {m.message}"
                 view.fail(view.lb_error, event.time)
-                self._note(view, event, "lbdriver", view.lb_error)
             case LbRemoved():
                 view.lb_vips = ()
                 view.members = ()
                 view.lb_error = None
-                self._note(view, event, "lbdriver", f"removed from {m.appliance}")
             case StatusWritten():
                 view.status_vips = m.vips
-                if m.vips:
-                    self._note(view, event, "status", f"status ingress {_list(m.vips)}")
-                    if view.change_started is not None and event.time >= view.change_started:
-                        view.convergence_ms = (event.time - view.change_started) * 1000
-                        self.samples.append((event.time, view.convergence_ms))
-                        view.change_started = None
-                else:
-                    self._note(view, event, "status", "status cleared")
+                started = view.change_started
+                if m.vips and started is not None and event.time >= started:
+                    view.convergence_ms = (event.time - started) * 1000
+                    self.samples.append((event.time, view.convergence_ms))
+                    view.change_started = None
             case _:
                 pass
         return False
@@ -422,7 +393,7 @@ class ReadModel:
         self, event: Event, cluster: str, node: str, before: frozenset[str], after: frozenset[str]
     ) -> list[Change]:
         """Note on each affected Service's timeline that a node took up or dropped its VIP."""
-        touched: dict[Key, list[str]] = {}
+        touched: dict[ServiceRef, list[str]] = {}
         for vip in after - before:
             owner = self._vip_owner.get((cluster, vip))
             if owner is not None:
@@ -440,9 +411,9 @@ class ReadModel:
             removed = [d[1:] for d in diffs if d.startswith("-")]
             parts = []
             if added:
-                parts.append(f"serves {_list(added)}")
+                parts.append(f"serves {vips_text(added)}")
             if removed:
-                parts.append(f"withdrew {_list(removed)}")
+                parts.append(f"withdrew {vips_text(removed)}")
             view.timeline.append(
                 TimelineEntry(
                     time=event.time,
@@ -455,32 +426,16 @@ class ReadModel:
                 )
             )
             view.updated = max(view.updated, event.time)
-            changes.append(Change("changed", key_text(key)))
+            changes.append(Change("changed", key.text))
         return changes
 
     # --- reading ---------------------------------------------------------------------
 
-    def ordered(self) -> list[Key]:
+    def ordered(self) -> list[ServiceRef]:
         """Every Service's key, sorted (cached until a Service comes or goes)."""
         if self._order is None:
             self._order = sorted(self.services)
         return self._order
 
-    def keys(self) -> Iterator[Key]:
+    def keys(self) -> Iterator[ServiceRef]:
         return iter(self.ordered())
-
-
-def _list(items: Sequence[str]) -> str:
-    return ", ".join(items) if items else "nothing"
-
-
-def _snapshot_summary(m: ServiceSnapshot) -> str:
-    ports = ", ".join(f"{p.port}/{p.protocol}" for p in m.ports) or "no ports"
-    parts = [f"snapshot (resourceVersion {m.resource_version}): {ports}"]
-    if m.external_traffic_policy == "Local":
-        parts.append("externalTrafficPolicy Local")
-    if m.pool:
-        parts.append(f"pool {m.pool}")
-    if m.requested_ips:
-        parts.append(f"asks for {_list(m.requested_ips)}")
-    return "; ".join(parts)

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Sequence
 
-from vipwire.dashboard.core.fold import Key, ReadModel, ServiceEntry, key_text
+from vipwire.contracts import ServiceRef
+from vipwire.dashboard.core.fold import ReadModel, ServiceEntry
 from vipwire.dashboard.core.views import (
     STATES,
     ApplianceUse,
@@ -27,12 +27,7 @@ from vipwire.dashboard.core.views import (
     Row,
 )
 from vipwire.dashboard.core.waterfall import waterfall
-
-
-def percentile(ordered: Sequence[float], q: float) -> float:
-    """Nearest-rank percentile of an already sorted sequence (as ``vipwire up`` reports)."""
-    rank = max(0, min(len(ordered) - 1, math.ceil(q / 100 * len(ordered)) - 1))
-    return ordered[rank]
+from vipwire.metrics import percentile
 
 
 def _applied_counts(model: ReadModel, view: ServiceEntry) -> tuple[int, int]:
@@ -46,10 +41,10 @@ def _applied_counts(model: ReadModel, view: ServiceEntry) -> tuple[int, int]:
     return sum(1 for n in reporting if n.applied.issuperset(vips)), len(reporting)
 
 
-def _row(model: ReadModel, key: Key, view: ServiceEntry) -> Row:
+def _row(model: ReadModel, view: ServiceEntry) -> Row:
     applied, total = _applied_counts(model, view)
     return Row(
-        key=key_text(key),
+        key=view.ref.text,
         cluster=view.cluster,
         namespace=view.namespace,
         name=view.name,
@@ -66,17 +61,17 @@ def _row(model: ReadModel, key: Key, view: ServiceEntry) -> Row:
     )
 
 
-def row(model: ReadModel, key: Key) -> Row | None:
+def row(model: ReadModel, key: ServiceRef) -> Row | None:
     """One line of the Services table, or None for a Service the model does not hold."""
     view = model.services.get(key)
-    return None if view is None else _row(model, key, view)
+    return None if view is None else _row(model, view)
 
 
 def page(model: ReadModel, query: Query) -> Page:
     """One page of the Services table, filtered on the server."""
     needle = query.q.strip().lower()
     per_page = max(1, min(query.per_page, 500))
-    matched: list[Key] = []
+    matched: list[ServiceRef] = []
     states: Counter[str] = Counter()
     services = model.services
     for key in model.ordered():
@@ -95,7 +90,7 @@ def page(model: ReadModel, query: Query) -> Page:
     number = max(1, min(query.page, pages))
     chosen = matched[(number - 1) * per_page : number * per_page]
     return Page(
-        rows=tuple(_row(model, key, services[key]) for key in chosen),
+        rows=tuple(_row(model, services[key]) for key in chosen),
         total=len(services),
         matched=len(matched),
         page=number,
@@ -113,7 +108,7 @@ def _clusters(model: ReadModel) -> set[str]:
     return {key[0] for key in model.services} | set(model.nodes)
 
 
-def detail(model: ReadModel, key: Key) -> Detail | None:
+def detail(model: ReadModel, key: ServiceRef) -> Detail | None:
     """Everything the Service's page shows, or None for a Service the model does not hold."""
     view = model.services.get(key)
     if view is None:
@@ -130,7 +125,7 @@ def detail(model: ReadModel, key: Key) -> Detail | None:
         for name, node in sorted(nodes.items())
     )
     return Detail(
-        row=_row(model, key, view),
+        row=_row(model, view),
         uid=view.uid,
         ports=view.ports,
         appliance_group=view.appliance_group,
@@ -149,6 +144,7 @@ def convergence(model: ReadModel, now: float, window_s: float) -> Convergence:
     """Snapshot-to-status percentiles of the changes of the last ``window_s`` before ``now``."""
     since = now - window_s
     values = sorted(ms for t, ms in model.samples if t >= since)
+    # None, not percentile's NaN, when nothing converged: the page shows "no changes".
     if not values:
         return Convergence(window_s=window_s, count=0, p50_ms=None, p99_ms=None, max_ms=None)
     return Convergence(

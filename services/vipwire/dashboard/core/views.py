@@ -10,7 +10,7 @@ from typing import Final, Literal
 
 import msgspec
 
-from vipwire.contracts import Member, ServicePort
+from vipwire.contracts import ApplianceStatus, Member, ServicePort
 
 State = Literal["pending", "assigned", "programmed", "ready", "failed", "deleting"]
 STATES: Final[tuple[State, ...]] = (
@@ -181,30 +181,11 @@ class PoolCapacity(msgspec.Struct, frozen=True, kw_only=True):
     """One pool as ipam reports it, its address families added up."""
 
     name: str
-    appliance_group: str | None = None
-    size: int | None = None
-    in_use: int | None = None
-    families: tuple[str, ...] = ()
-
-
-class ApplianceStatus(msgspec.Struct, frozen=True, kw_only=True):
-    """One appliance as the lbdriver reports it."""
-
-    name: str
-    driver: str | None = None
-    group: str | None = None
-    address: str | None = None
-    active: bool | None = None
-    #: closed (healthy), open (failing fast), half-open (probing), or None: unknown.
-    health: str | None = None
-    failures: int | None = None
-    retry_in_s: float | None = None
-    virtual_servers: int | None = None
-    services: int | None = None
-    writes: int | None = None
-    last_write_at: float | None = None
-    last_error: str | None = None
-    last_error_at: float | None = None
+    appliance_group: str
+    #: Addresses it can hand out, and of those, held by a Service now.
+    size: int
+    in_use: int
+    families: tuple[str, ...]
 
 
 class ControlStatus(msgspec.Struct, frozen=True, kw_only=True):

@@ -12,12 +12,8 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from vipwire.bus import Bus, BusError, NoResponders
-from vipwire.dashboard.core.control_answers import (
-    IPAM_STATUS,
-    LBDRIVER_STATUS,
-    parse_ipam,
-    parse_lbdriver,
-)
+from vipwire.contracts import IPAM_STATUS_SUBJECT, LBDRIVER_STATUS_SUBJECT
+from vipwire.dashboard.core.control_answers import parse_ipam, parse_lbdriver
 from vipwire.dashboard.core.views import ControlStatus
 
 T = TypeVar("T")
@@ -50,7 +46,8 @@ class ControlPoller:
     async def poll(self) -> None:
         """Ask ipam and the lbdriver for their status once."""
         (pools, ipam_error), (appliances, lb_error) = await asyncio.gather(
-            self._ask(IPAM_STATUS, parse_ipam), self._ask(LBDRIVER_STATUS, parse_lbdriver)
+            self._ask(IPAM_STATUS_SUBJECT, parse_ipam),
+            self._ask(LBDRIVER_STATUS_SUBJECT, parse_lbdriver),
         )
         before = self.status
         self.status = ControlStatus(

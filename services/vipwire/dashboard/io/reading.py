@@ -9,7 +9,6 @@ to the service.
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Callable, Mapping
 from typing import Final
@@ -17,18 +16,15 @@ from typing import Final
 from vipwire.bus import DONE, Bus, ConsumerSpec, Delivery, PullConsumer, Verdict
 from vipwire.contracts import family_filter
 from vipwire.dashboard.core.fold import Event
+from vipwire.telemetry import parse_traceparent
 
 FAMILIES: Final = ("service", "vip", "lb", "applied", "status", "node")
-
-_TRACEPARENT = re.compile(r"^[0-9a-f]{2}-([0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}$")
 
 
 def trace_id_from(headers: Mapping[str, str]) -> str | None:
     """The trace id of a W3C ``traceparent`` header, or None."""
-    match = _TRACEPARENT.match(headers.get("traceparent", "").strip().lower())
-    if match is None or set(match.group(1)) == {"0"}:
-        return None
-    return match.group(1)
+    parent = parse_traceparent(headers.get("traceparent"))
+    return None if parent is None else parent.trace_id
 
 
 class BusReader:

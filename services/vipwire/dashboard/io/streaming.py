@@ -12,8 +12,9 @@ from typing import Any, Final
 
 import msgspec
 
+from vipwire.contracts import ServiceRef
 from vipwire.dashboard.core import queries
-from vipwire.dashboard.core.fold import Change, ReadModel, parse_key
+from vipwire.dashboard.core.fold import Change, ReadModel
 
 # More changed Services than this in one flush: clients refetch instead of patching.
 _PATCH_LIMIT: Final = 200
@@ -78,8 +79,8 @@ class Hub:
             else:
                 rows = []
                 for key in sorted(keys):
-                    parsed = parse_key(key)
-                    row = queries.row(self._model, parsed) if parsed is not None else None
+                    # Keys of Changes are ServiceRef texts, made by the fold.
+                    row = queries.row(self._model, ServiceRef.parse(key))
                     if row is not None:
                         rows.append(row)
                 payload = {

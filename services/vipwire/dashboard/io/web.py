@@ -20,8 +20,9 @@ from urllib.parse import urlencode
 import msgspec
 from aiohttp import web
 
+from vipwire.contracts import ServiceRef
 from vipwire.dashboard.core import queries
-from vipwire.dashboard.core.fold import ReadModel, key_text
+from vipwire.dashboard.core.fold import ReadModel
 from vipwire.dashboard.core.views import STATES, ControlStatus, Query
 from vipwire.dashboard.io.pages import STATIC_TYPES, Assets
 from vipwire.dashboard.io.streaming import Hub, sse
@@ -212,10 +213,10 @@ class DashboardWeb:
 
     async def _service(self, request: web.Request) -> web.Response:
         m = request.match_info
-        key = (m["cluster"], m["namespace"], m["name"])
-        detail = queries.detail(self.model, key)
+        ref = ServiceRef(m["cluster"], m["namespace"], m["name"])
+        detail = queries.detail(self.model, ref)
         if detail is None:
-            return _json({"error": f"no Service {key_text(key)} is known"}, status=404)
+            return _json({"error": f"no Service {ref.text} is known"}, status=404)
         return _json({"service": detail, "jaeger_url": self.settings.jaeger_url})
 
     async def _appliances(self, _: web.Request) -> web.Response:
