@@ -221,10 +221,10 @@ class NodeagentService:
         await self._loop()
 
     async def _loop(self) -> None:
-        """Apply what changed, report at most once per ``report_interval``, resync."""
+        """Apply what changed, report at most once per ``report_interval_s``, resync."""
         loop = asyncio.get_running_loop()
         s = self.settings
-        interval = s.resync_interval
+        interval = s.resync_interval_s
         next_resync = loop.time() + interval if interval > 0 else math.inf
         retry_at = 0.0
         failures = 0
@@ -447,4 +447,4 @@ class NodeagentService:
             self._report_causes = causes + self._report_causes
             raise
         self._reported = vips
-        self._next_report = asyncio.get_running_loop().time() + s.report_interval
+        self._next_report = asyncio.get_running_loop().time() + s.report_interval_s
