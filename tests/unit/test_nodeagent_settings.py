@@ -17,7 +17,7 @@ from vipwire.nodeagent import (
     make_applier,
     plan,
 )
-from vipwire.nodeagent.linux import LinuxApplier
+from vipwire.nodeagent.io.linux import LinuxApplier
 from vipwire.runtime import ConfigError, section
 
 

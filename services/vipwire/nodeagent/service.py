@@ -5,7 +5,7 @@ per subject), so the agent keeps nothing on disk. It applies nothing until it
 has caught up with the stream: applying a half-read VIP set would briefly
 withdraw the other VIPs on every restart.
 
-A message only updates the pure :class:`~vipwire.nodeagent.desired.Desired`
+A message only updates the pure :class:`~vipwire.nodeagent.core.desired.Desired`
 (O(its VIPs)) and marks what it changed; one task applies what is marked
 (after ``coalesce_ms``, so a burst is applied together) and reports. The first
 apply and every resync read the node and plan in full; in between, the agent
@@ -41,8 +41,7 @@ from vipwire.contracts import (
     family_filter,
     node_subject,
 )
-from vipwire.nodeagent.apply import Applier, make_applier
-from vipwire.nodeagent.desired import (
+from vipwire.nodeagent.core.desired import (
     Desired,
     node_state,
     put_endpoints,
@@ -51,7 +50,16 @@ from vipwire.nodeagent.desired import (
     service_vips,
     vip_strings,
 )
-from vipwire.nodeagent.plan import Action, Known, known, note_applied, plan, plan_delta, simulate
+from vipwire.nodeagent.core.plan import (
+    Action,
+    Known,
+    known,
+    note_applied,
+    plan,
+    plan_delta,
+    simulate,
+)
+from vipwire.nodeagent.io.apply import Applier, make_applier
 from vipwire.nodeagent.settings import NodeagentSettings
 from vipwire.runtime import ConfigError, Runtime
 
