@@ -22,7 +22,6 @@ import logging
 import math
 from typing import Protocol
 
-import nats.js.errors
 from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.trace import Link, NonRecordingSpan, SpanContext
@@ -30,7 +29,6 @@ from opentelemetry.trace import Link, NonRecordingSpan, SpanContext
 from vipwire.aio import cancel_and_wait
 from vipwire.bus import DONE, BusError, ConsumerSpec, Delivery, Verdict
 from vipwire.contracts import (
-    STREAM,
     EndpointsSnapshot,
     LbProgrammed,
     LbRemoved,
@@ -191,12 +189,11 @@ class NodeagentService:
         """Continue the generation this node last reported, so it never goes back."""
         s = self.settings
         subject = node_subject("applied", s.cluster, s.node)
-        try:
-            raw = await self._runtime.bus.js.get_last_msg(STREAM, subject)
-        except nats.js.errors.NotFoundError:
+        stored = await self._runtime.bus.last_message(subject)
+        if stored is None:
             return 0
         try:
-            last = decode(subject, raw.data or b"")
+            last = decode(subject, stored.data)
         except MalformedMessage as exc:
             log.warning("ignoring the last applied message of %s: %s", s.node, exc)
             return 0
