@@ -1,7 +1,8 @@
 """The node agent: this node's share of the cluster's VIPs (on ``lo``, ARP-silent).
 
-``core`` decides (pure: ``desired``, ``plan``), ``io`` holds the seam to the
-node (``apply``, ``linux``), ``service`` is the shell on the bus that wires them.
+``core`` decides (pure: ``desired``, ``changes``, ``plan``), ``io`` holds the
+seam to the node (``apply``, ``linux``) and the reports to the bus
+(``reporting``), ``service`` is the shell that wires them.
 """
 
 from vipwire.nodeagent.core.desired import (
