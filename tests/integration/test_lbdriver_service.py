@@ -38,8 +38,8 @@ from vipwire.lbdriver import (
     Monitor,
     SimAppliance,
     VirtualServer,
-    _reports,
 )
+from vipwire.lbdriver.io import reports as _reports
 from vipwire.runtime import Runtime
 from vipwire.testing import eventually
 

@@ -13,7 +13,7 @@ from vipwire.lbdriver import (
     choose_active,
     find_drift,
 )
-from vipwire.lbdriver.drift import held_by
+from vipwire.lbdriver.core.drift import held_by
 from vipwire.lbdriver.status import redact_address
 
 PREFIX = "vipwire"

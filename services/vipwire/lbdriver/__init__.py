@@ -11,8 +11,8 @@ written), :class:`CircuitBreaker`, :class:`TokenBucket` and
 :class:`SimAppliance` is the in-process one.
 """
 
-from vipwire.lbdriver.coalesce import Coalescer, Flush
-from vipwire.lbdriver.desired import (
+from vipwire.lbdriver.core.coalesce import Coalescer, Flush
+from vipwire.lbdriver.core.desired import (
     KUBE_PROXY_HEALTH_PORT,
     InvalidAssignment,
     desired_virtual_servers,
@@ -20,18 +20,17 @@ from vipwire.lbdriver.desired import (
     owner_of,
     virtual_server_name,
 )
-from vipwire.lbdriver.diff import OperationConflict, apply_operations, diff, owns
-from vipwire.lbdriver.drift import Drift, find_drift, owned_scope
-from vipwire.lbdriver.drivers import (
-    ApplianceAuthError,
-    ApplianceDriver,
-    ApplianceError,
-    ApplianceRejected,
-    ApplianceUnavailable,
-    SimAppliance,
-    build_driver,
+from vipwire.lbdriver.core.diff import OperationConflict, apply_operations, diff, owns
+from vipwire.lbdriver.core.drift import Drift, find_drift, owned_scope
+from vipwire.lbdriver.core.placement import choose_active, pick_appliance
+from vipwire.lbdriver.core.resilience import (
+    Admission,
+    BreakerState,
+    CircuitBreaker,
+    TokenBucket,
+    backoff_delay,
 )
-from vipwire.lbdriver.model import (
+from vipwire.lbdriver.core.virtual_servers import (
     CreateVirtualServer,
     DeleteVirtualServer,
     Monitor,
@@ -42,13 +41,14 @@ from vipwire.lbdriver.model import (
     op_kind,
     op_name,
 )
-from vipwire.lbdriver.placement import choose_active, pick_appliance
-from vipwire.lbdriver.resilience import (
-    Admission,
-    BreakerState,
-    CircuitBreaker,
-    TokenBucket,
-    backoff_delay,
+from vipwire.lbdriver.io.drivers import (
+    ApplianceAuthError,
+    ApplianceDriver,
+    ApplianceError,
+    ApplianceRejected,
+    ApplianceUnavailable,
+    SimAppliance,
+    build_driver,
 )
 from vipwire.lbdriver.service import LbdriverService, ServiceKey
 from vipwire.lbdriver.settings import ApplianceSettings, LbdriverSettings

@@ -65,27 +65,27 @@ from vipwire.contracts import (
     family_filter,
     service_subject,
 )
-from vipwire.lbdriver._appliance import ApplianceClient, CircuitOpen
-from vipwire.lbdriver._reports import fingerprint, last_reports
-from vipwire.lbdriver.coalesce import Coalescer, Flush
-from vipwire.lbdriver.desired import (
+from vipwire.lbdriver.core.coalesce import Coalescer, Flush
+from vipwire.lbdriver.core.desired import (
     InvalidAssignment,
     desired_virtual_servers,
     members_of,
     owner_of,
 )
-from vipwire.lbdriver.diff import diff
-from vipwire.lbdriver.drift import find_drift, held_by, owned_scope
-from vipwire.lbdriver.drivers import (
+from vipwire.lbdriver.core.diff import diff
+from vipwire.lbdriver.core.drift import find_drift, held_by, owned_scope
+from vipwire.lbdriver.core.listing import digest
+from vipwire.lbdriver.core.placement import choose_active
+from vipwire.lbdriver.core.resilience import BreakerState, CircuitBreaker, backoff_delay
+from vipwire.lbdriver.core.virtual_servers import VirtualServer
+from vipwire.lbdriver.io.appliance_client import ApplianceClient, CircuitOpen
+from vipwire.lbdriver.io.drivers import (
     ApplianceAuthError,
     ApplianceDriver,
     ApplianceError,
     build_driver,
 )
-from vipwire.lbdriver.listing import digest
-from vipwire.lbdriver.model import VirtualServer
-from vipwire.lbdriver.placement import choose_active
-from vipwire.lbdriver.resilience import BreakerState, CircuitBreaker, backoff_delay
+from vipwire.lbdriver.io.reports import fingerprint, last_reports
 from vipwire.lbdriver.settings import LbdriverSettings
 from vipwire.lbdriver.status import (
     STATUS_SUBJECT,

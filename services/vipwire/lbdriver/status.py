@@ -11,7 +11,7 @@ from typing import Final
 
 import msgspec
 
-from vipwire.lbdriver.resilience import BreakerState
+from vipwire.lbdriver.core.resilience import BreakerState
 
 #: Where an LbdriverService answers status requests (empty request body).
 STATUS_SUBJECT: Final = "vipwire-ctl.lbdriver.status"

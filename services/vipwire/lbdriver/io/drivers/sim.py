@@ -11,13 +11,13 @@ import asyncio
 import random
 from collections.abc import Sequence
 
-from vipwire.lbdriver.diff import OperationConflict, apply_operations
-from vipwire.lbdriver.drivers.base import (
+from vipwire.lbdriver.core.diff import OperationConflict, apply_operations
+from vipwire.lbdriver.core.virtual_servers import Operation, VirtualServer, op_name
+from vipwire.lbdriver.io.drivers.base import (
     ApplianceError,
     ApplianceRejected,
     ApplianceUnavailable,
 )
-from vipwire.lbdriver.model import Operation, VirtualServer, op_name
 
 
 class SimAppliance:

@@ -33,20 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final, NoReturn
 
 from vipwire.contracts import Member
-from vipwire.lbdriver.drivers._rest import (
-    HttpResponse,
-    RestDriver,
-    VendorError,
-    all_or_first_error,
-)
-from vipwire.lbdriver.drivers.base import (
-    ApplianceAuthError,
-    ApplianceError,
-    ApplianceRejected,
-    ApplianceUnavailable,
-)
-from vipwire.lbdriver.drivers.credentials import CredentialSource
-from vipwire.lbdriver.model import (
+from vipwire.lbdriver.core.virtual_servers import (
     CreateVirtualServer,
     DeleteVirtualServer,
     L4Protocol,
@@ -56,6 +43,19 @@ from vipwire.lbdriver.model import (
     UpdateVirtualServer,
     VirtualServer,
 )
+from vipwire.lbdriver.io.drivers._rest import (
+    HttpResponse,
+    RestDriver,
+    VendorError,
+    all_or_first_error,
+)
+from vipwire.lbdriver.io.drivers.base import (
+    ApplianceAuthError,
+    ApplianceError,
+    ApplianceRejected,
+    ApplianceUnavailable,
+)
+from vipwire.lbdriver.io.drivers.credentials import CredentialSource
 from vipwire.lbdriver.settings import ApplianceSettings
 
 log = logging.getLogger("vipwire.lbdriver.a10")

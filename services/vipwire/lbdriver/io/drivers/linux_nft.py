@@ -28,7 +28,7 @@ from typing import Any, Final
 
 import msgspec
 
-from vipwire.lbdriver.model import VirtualServer
+from vipwire.lbdriver.core.virtual_servers import VirtualServer
 
 TABLE_PREFIX: Final = "vipwire-"
 STATE_CHAIN: Final = "state"
