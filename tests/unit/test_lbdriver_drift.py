@@ -14,7 +14,7 @@ from vipwire.lbdriver import (
     find_drift,
 )
 from vipwire.lbdriver.core.drift import held_by
-from vipwire.lbdriver.status import redact_address
+from vipwire.lbdriver.io.status_server import redact_address
 
 PREFIX = "vipwire"
 WEB = "prod/shop/web"

@@ -1,14 +1,16 @@
 """lbdriver: turns assigned VIPs into virtual servers on load-balancer appliances.
 
-Pure core: :func:`desired_virtual_servers` (what a Service needs),
+Pure core (``core/``): :func:`desired_virtual_servers` (what a Service needs),
 :func:`diff` (the fewest writes to get there), :func:`find_drift` (what a
 fresh listing says needs undoing), :class:`Coalescer` (when each Service is
 written), :class:`CircuitBreaker`, :class:`TokenBucket` and
-:func:`backoff_delay` (how a fragile appliance is treated) and
-:func:`choose_active` (which appliance of a group is written to). Shell:
-:class:`LbdriverService`, which also answers status requests on
-:data:`STATUS_SUBJECT`. Drivers implement :class:`ApplianceDriver`;
-:class:`SimAppliance` is the in-process one.
+:func:`backoff_delay` (how a fragile appliance is treated),
+:func:`choose_active` (which appliance of a group is written to), the fleet
+knowledge (``core.fleet``) and the reports (``core.outcomes``). Adapters
+(``io/``): the appliance drivers, which implement :class:`ApplianceDriver`
+(:class:`SimAppliance` is the in-process one), and the loops that reconcile,
+maintain and fail over. Shell: :class:`LbdriverService`, which also answers
+status requests on :data:`STATUS_SUBJECT`.
 """
 
 from vipwire.lbdriver.core.coalesce import Coalescer, Flush
@@ -22,6 +24,7 @@ from vipwire.lbdriver.core.desired import (
 )
 from vipwire.lbdriver.core.diff import OperationConflict, apply_operations, diff, owns
 from vipwire.lbdriver.core.drift import Drift, find_drift, owned_scope
+from vipwire.lbdriver.core.outcomes import ServiceKey
 from vipwire.lbdriver.core.placement import choose_active, pick_appliance
 from vipwire.lbdriver.core.resilience import (
     Admission,
@@ -50,7 +53,7 @@ from vipwire.lbdriver.io.drivers import (
     SimAppliance,
     build_driver,
 )
-from vipwire.lbdriver.service import LbdriverService, ServiceKey
+from vipwire.lbdriver.service import LbdriverService
 from vipwire.lbdriver.settings import ApplianceSettings, LbdriverSettings
 from vipwire.lbdriver.status import (
     STATUS_SUBJECT,

@@ -12,39 +12,33 @@ as a delivery (no span, no ack per message).
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import time
 
 from vipwire.bus import Bus, BusError, last_per_subject
 from vipwire.contracts import STREAM, family_filter
+from vipwire.lbdriver.core.outcomes import ServiceKey, fingerprint
 
 log = logging.getLogger("vipwire.lbdriver")
 
-#: (cluster, namespace, name) of a Service.
-Key = tuple[str, str, str]
+__all__ = ["fingerprint", "last_reports"]
 
 
-def fingerprint(data: bytes) -> bytes:
-    """What identifies a report's content (16 bytes of its SHA-256)."""
-    return hashlib.sha256(data).digest()[:16]
-
-
-async def last_reports(bus: Bus, *, timeout: float = 30.0) -> dict[Key, tuple[bytes, int]]:
+async def last_reports(bus: Bus, *, timeout: float = 30.0) -> dict[ServiceKey, tuple[bytes, int]]:
     """Per Service, the fingerprint of the last ``lb`` message and its stream sequence.
 
     Best effort: whatever cannot be read (timeout, server error) is missing from
     the answer, and a missing Service is simply reported again.
     """
     started = time.monotonic()
-    found: dict[Key, tuple[bytes, int]] = {}
+    found: dict[ServiceKey, tuple[bytes, int]] = {}
     messages = last_per_subject(bus.js, STREAM, family_filter("lb"), timeout=timeout)
     try:
         async with contextlib.aclosing(messages):
             async for msg in messages:
                 tokens = msg.subject.split(".")
                 if len(tokens) == 5:
-                    key = (tokens[1], tokens[3], tokens[4])
+                    key = ServiceKey(tokens[1], tokens[3], tokens[4])
                     found[key] = (fingerprint(msg.data), msg.metadata.sequence.stream)
     except BusError as exc:
         log.warning(

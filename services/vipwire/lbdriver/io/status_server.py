@@ -1,0 +1,99 @@
+"""What the lbdriver says about its appliances when asked (``vipwire lb status``).
+
+Served by request/reply on core NATS, on a subject outside the ``VIPWIRE``
+stream (which captures ``vipwire.>``): the answer is a moment's view, not
+history, and must never be replayed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Mapping
+
+import nats.errors
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+
+from vipwire.bus import Bus
+from vipwire.lbdriver.core.fleet import Fleet
+from vipwire.lbdriver.io.appliance_client import ApplianceClient
+from vipwire.lbdriver.io.failover import Failover
+from vipwire.lbdriver.settings import LbdriverSettings
+from vipwire.lbdriver.status import (
+    STATUS_SUBJECT,
+    ApplianceStatus,
+    LbdriverStatus,
+    encode_status,
+)
+
+log = logging.getLogger("vipwire.lbdriver")
+
+
+def redact_address(address: str | None) -> str | None:
+    """A management address fit to show: any ``user:password@`` part removed."""
+    if address is None or "@" not in address:
+        return address
+    scheme, sep, rest = address.rpartition("://")
+    return f"{scheme}{sep}{rest.rsplit('@', 1)[1]}"
+
+
+def appliance_statuses(
+    settings: LbdriverSettings,
+    clients: Mapping[str, ApplianceClient],
+    fleet: Fleet,
+    failover: Failover,
+) -> tuple[ApplianceStatus, ...]:
+    """Every configured appliance: health, objects, last write, last error."""
+    now = time.monotonic()
+    services = fleet.placed_counts()
+    appliances = []
+    for a in settings.appliances:
+        client = clients[a.name]
+        retry_at = client.breaker.retry_at
+        appliances.append(
+            ApplianceStatus(
+                name=a.name,
+                driver=a.driver,
+                group=a.group,
+                address=redact_address(a.address),
+                active=failover.active(a.group) == a.name,
+                health=client.state(now),
+                failures=client.breaker.failures,
+                retry_in_s=None if retry_at is None else max(0.0, retry_at - now),
+                virtual_servers=client.virtual_servers(),
+                services=services[a.name],
+                writes=client.writes,
+                last_write_at=client.last_write_at,
+                last_error=client.last_error,
+                last_error_at=client.last_error_at,
+            )
+        )
+    return tuple(appliances)
+
+
+class StatusServer:
+    """Answers status requests with what ``status`` returns at that moment."""
+
+    def __init__(self, bus: Bus, status: Callable[[], LbdriverStatus]) -> None:
+        self._bus = bus
+        self._status = status
+        self._sub: Subscription | None = None
+
+    async def start(self) -> None:
+        self._sub = await self._bus.nc.subscribe(STATUS_SUBJECT, cb=self._on_request)
+
+    async def stop(self) -> None:
+        if self._sub is not None:
+            with contextlib.suppress(nats.errors.Error):
+                await self._sub.unsubscribe()
+            self._sub = None
+
+    async def _on_request(self, msg: Msg) -> None:
+        if not msg.reply:
+            return
+        try:
+            await msg.respond(encode_status(self._status()))
+        except nats.errors.Error as exc:
+            log.debug("status request not answered: %r", exc)
