@@ -7,16 +7,10 @@ history, and must never be replayed.
 
 from __future__ import annotations
 
-import contextlib
-import logging
 import time
 from collections.abc import Callable, Mapping
 
-import nats.errors
-from nats.aio.msg import Msg
-from nats.aio.subscription import Subscription
-
-from vipwire.bus import Bus
+from vipwire.bus import Bus, Serving
 from vipwire.lbdriver.core.fleet import Fleet
 from vipwire.lbdriver.io.appliance_client import ApplianceClient
 from vipwire.lbdriver.io.failover import Failover
@@ -27,8 +21,6 @@ from vipwire.lbdriver.status import (
     LbdriverStatus,
     encode_status,
 )
-
-log = logging.getLogger("vipwire.lbdriver")
 
 
 def redact_address(address: str | None) -> str | None:
@@ -79,21 +71,15 @@ class StatusServer:
     def __init__(self, bus: Bus, status: Callable[[], LbdriverStatus]) -> None:
         self._bus = bus
         self._status = status
-        self._sub: Subscription | None = None
+        self._serving: Serving | None = None
 
     async def start(self) -> None:
-        self._sub = await self._bus.nc.subscribe(STATUS_SUBJECT, cb=self._on_request)
+        self._serving = await self._bus.serve(STATUS_SUBJECT, self._answer)
 
     async def stop(self) -> None:
-        if self._sub is not None:
-            with contextlib.suppress(nats.errors.Error):
-                await self._sub.unsubscribe()
-            self._sub = None
+        if self._serving is not None:
+            await self._serving.stop()
+            self._serving = None
 
-    async def _on_request(self, msg: Msg) -> None:
-        if not msg.reply:
-            return
-        try:
-            await msg.respond(encode_status(self._status()))
-        except nats.errors.Error as exc:
-            log.debug("status request not answered: %r", exc)
+    async def _answer(self, request: bytes) -> bytes:
+        return encode_status(self._status())
