@@ -5,8 +5,8 @@ Pure core (``core/``): :func:`desired_virtual_servers` (what a Service needs),
 fresh listing says needs undoing), :class:`Coalescer` (when each Service is
 written), :class:`CircuitBreaker`, :class:`TokenBucket` and
 :func:`backoff_delay` (how a fragile appliance is treated),
-:func:`choose_active` (which appliance of a group is written to), the fleet
-knowledge (``core.fleet``) and the reports (``core.outcomes``). Adapters
+:func:`choose_active` (which appliance of a group is written to), the inventory
+knowledge (``core.inventory``) and the reports (``core.outcomes``). Adapters
 (``io/``): the appliance drivers, which implement :class:`ApplianceDriver`
 (:class:`SimAppliance` is the in-process one), and the loops that reconcile,
 maintain and fail over. Shell: :class:`LbdriverService`, which also answers

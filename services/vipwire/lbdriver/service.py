@@ -5,7 +5,7 @@ every subject: first nodes and endpoints (waited for, so that no Service is
 ever programmed against a half-known cluster, which would drop members), then
 VIP assignments. This module only wires the parts:
 
-- ``core.fleet`` keeps what the stream says; handlers note each message there
+- ``core.inventory`` keeps what the stream says; handlers note each message there
   and mark the Services it affects on the schedule (``io.schedule``). They
   never wait for an appliance.
 - ``io.reconciler`` runs each Service's reconcile when it falls due, writes
@@ -39,16 +39,16 @@ from vipwire.contracts import (
     VipReleasing,
     family_filter,
 )
-from vipwire.lbdriver.core.fleet import Fleet
+from vipwire.lbdriver.core.inventory import Inventory
 from vipwire.lbdriver.core.outcomes import ServiceKey
 from vipwire.lbdriver.core.resilience import BreakerState, CircuitBreaker
 from vipwire.lbdriver.io.adoption import StartUp, adopt
 from vipwire.lbdriver.io.appliance_client import ApplianceClient
 from vipwire.lbdriver.io.drivers import ApplianceDriver, build_driver
 from vipwire.lbdriver.io.failover import Failover
+from vipwire.lbdriver.io.last_reports import last_reports
 from vipwire.lbdriver.io.maintenance import Maintenance
 from vipwire.lbdriver.io.reconciler import Reconciler
-from vipwire.lbdriver.io.reports import last_reports
 from vipwire.lbdriver.io.schedule import Schedule, cause_of
 from vipwire.lbdriver.io.status_server import StatusServer, appliance_statuses
 from vipwire.lbdriver.settings import LbdriverSettings
@@ -114,14 +114,14 @@ class LbdriverService:
         }
         self._incarnation = random.getrandbits(32).to_bytes(4, "big").hex()
         m = runtime.metrics
-        self._fleet = Fleet(settings.prefix)
+        self._inventory = Inventory(settings.prefix)
         self._start_up = StartUp()
-        self._schedule = Schedule(settings, self._fleet, m)
-        self._failover = Failover(settings, self._clients, self._fleet, self._schedule, m)
+        self._schedule = Schedule(settings, self._inventory, m)
+        self._failover = Failover(settings, self._clients, self._inventory, self._schedule, m)
         self._reconciler = Reconciler(
             settings,
             runtime,
-            fleet=self._fleet,
+            inventory=self._inventory,
             schedule=self._schedule,
             clients=self._clients,
             failover=self._failover,
@@ -131,7 +131,7 @@ class LbdriverService:
         self._maintenance = Maintenance(
             settings,
             clients=self._clients,
-            fleet=self._fleet,
+            inventory=self._inventory,
             schedule=self._schedule,
             failover=self._failover,
             metrics=m,
@@ -144,7 +144,7 @@ class LbdriverService:
         m.gauge(
             "lbdriver_services",
             "Services with assigned or releasing VIPs",
-            fn=lambda: float(len(self._fleet)),
+            fn=lambda: float(len(self._inventory)),
         )
         m.gauge(
             "lbdriver_pending_services",
@@ -175,7 +175,7 @@ class LbdriverService:
         # What the stream already reports is read while the state replays: it must be
         # known before the first assignment is (see ServiceState.published).
         reports, _ = await asyncio.gather(last_reports(bus), self._state_consumer.caught_up())
-        self._fleet.reports = {ServiceKey(*k): v for k, v in reports.items()}
+        self._inventory.reports = {ServiceKey(*k): v for k, v in reports.items()}
         self._vip_consumer = bus.consumer(
             ConsumerSpec(
                 filters=(family_filter("vip"),),
@@ -194,15 +194,15 @@ class LbdriverService:
         self._loops.append(asyncio.create_task(coro, name=name))
 
     async def _start(self, consumer: _Consumer) -> None:
-        start_up, fleet = self._start_up, self._fleet
+        start_up, inventory = self._start_up, self._inventory
         await consumer.caught_up()
         start_up.replayed = True
         replayed = time.monotonic()
         await self._failover.choose_actives()
-        start_up.waiting = {k for k in fleet.services if self._schedule.busy(k)}
+        start_up.waiting = {k for k in inventory.services if self._schedule.busy(k)}
         adopted = await adopt(
             start_up,
-            fleet=fleet,
+            inventory=inventory,
             schedule=self._schedule,
             clients=self._clients,
             failover=self._failover,
@@ -213,7 +213,7 @@ class LbdriverService:
             start_up.done.set()
         self._spawn(self._reconciler.run(), "lbdriver-flush")
         await start_up.done.wait()
-        fleet.reports.clear()
+        inventory.reports.clear()
         start_up.ready = True
         log.info(
             "lbdriver ready in %.2fs (replay %.2fs, comparison %.2fs): %d services, %d of "
@@ -221,7 +221,7 @@ class LbdriverService:
             time.monotonic() - self._started_at,
             replayed - self._started_at,
             compared - replayed,
-            len(fleet),
+            len(inventory),
             adopted,
         )
         for name, client in self._clients.items():
@@ -252,9 +252,9 @@ class LbdriverService:
         message = d.message
         match message:
             case NodeSnapshot() | NodeGone():
-                affected = self._fleet.note_node(message)
+                affected = self._inventory.note_node(message)
             case EndpointsSnapshot():
-                affected = self._fleet.note_endpoints(message)
+                affected = self._inventory.note_endpoints(message)
             case _:
                 return Reject(f"unexpected {type(message).__name__} on {d.subject.raw}")
         if affected:
@@ -267,14 +267,14 @@ class LbdriverService:
         message = d.message
         match message:
             case VipAssigned() | VipReleasing():
-                key = self._fleet.note_assignment(message, d.seq)
+                key = self._inventory.note_assignment(message, d.seq)
                 # Always answered, even with nothing to write (unless the stream holds
                 # the same answer, published after this assignment: see core.outcomes).
                 self._schedule.mark(key, cause_of(d, "vip"), force=True, urgent=True)
             case VipReleased():
                 key = ServiceKey(message.cluster, message.namespace, message.name)
-                self._fleet.note_cluster(message.cluster)
-                self._fleet.forget(key)
+                self._inventory.note_cluster(message.cluster)
+                self._inventory.forget(key)
                 self._schedule.forget(key)
                 self._start_up.finished(key)
             case VipFailed():
@@ -303,11 +303,11 @@ class LbdriverService:
             instance=self._incarnation,
             now=time.time(),
             ready=self._start_up.ready,
-            services=len(self._fleet),
+            services=len(self._inventory),
             pending=self._schedule.pending_count(),
-            failing=self._fleet.failing(),
+            failing=self._inventory.failing(),
             drift_repairs=self._maintenance.drift_repairs,
             appliances=appliance_statuses(
-                self.settings, self._clients, self._fleet, self._failover
+                self.settings, self._clients, self._inventory, self._failover
             ),
         )

@@ -13,7 +13,7 @@ import asyncio
 from collections.abc import Mapping
 from typing import Final
 
-from vipwire.lbdriver.core.fleet import Fleet
+from vipwire.lbdriver.core.inventory import Inventory
 from vipwire.lbdriver.core.outcomes import ServiceKey
 from vipwire.lbdriver.io.appliance_client import ApplianceClient
 from vipwire.lbdriver.io.drivers import ApplianceError
@@ -56,7 +56,7 @@ class StartUp:
 async def adopt(
     start_up: StartUp,
     *,
-    fleet: Fleet,
+    inventory: Inventory,
     schedule: Schedule,
     clients: Mapping[str, ApplianceClient],
     failover: Failover,
@@ -74,10 +74,10 @@ async def adopt(
     for i, key in enumerate(sorted(start_up.waiting)):
         if i and i % CHUNK == 0:
             await asyncio.sleep(0)  # handlers of live events run meanwhile
-        state = fleet.services.get(key)
+        state = inventory.services.get(key)
         if state is None or schedule.running(key):
             continue
-        if not fleet.answered(key, state):
+        if not inventory.answered(key, state):
             continue  # not answered yet: reconcile it
         assignment = state.assignment
         target = failover.target(assignment.appliance_group)
@@ -88,12 +88,12 @@ async def adopt(
         except ApplianceError:
             continue  # its reconcile reports it
         # From here on nothing waits: what is compared is what holds now.
-        desired = fleet.adoptable(key, state, assignment, target, actual)
+        desired = inventory.adoptable(key, state, assignment, target, actual)
         if desired is None:
             continue
         # Nothing to write and nothing to say: exactly what its reconcile would find.
         schedule.forget(key)
-        fleet.note_written(key, target, desired)
+        inventory.note_written(key, target, desired)
         start_up.waiting.discard(key)
         adopted += 1
     reconciles = metrics.counter(

@@ -13,7 +13,7 @@ import time
 from collections.abc import Mapping
 
 from vipwire.lbdriver.core.drift import held_by
-from vipwire.lbdriver.core.fleet import Fleet
+from vipwire.lbdriver.core.inventory import Inventory
 from vipwire.lbdriver.core.placement import choose_active
 from vipwire.lbdriver.io.appliance_client import ApplianceClient
 from vipwire.lbdriver.io.drivers import ApplianceError
@@ -31,13 +31,13 @@ class Failover:
         self,
         settings: LbdriverSettings,
         clients: Mapping[str, ApplianceClient],
-        fleet: Fleet,
+        inventory: Inventory,
         schedule: Schedule,
         metrics: Registry,
     ) -> None:
         self.settings = settings
         self._clients = clients
-        self._fleet = fleet
+        self._inventory = inventory
         self._schedule = schedule
         self._active: dict[str, str] = {}  # appliance group -> the appliance written to
         self._m_failovers = metrics.counter(
@@ -63,7 +63,7 @@ class Failover:
             if len(names) == 1:
                 self._active[group] = names[0]
                 continue
-            owners = self._fleet.owners_in_group(group)
+            owners = self._inventory.owners_in_group(group)
             counts = await asyncio.gather(*(self._holdings(n, owners) for n in names))
             held = {n: c for n, c in zip(names, counts, strict=True) if c is not None}
             usable = set(held) or {n for n in names if self._clients[n].usable(now)}
@@ -76,7 +76,7 @@ class Failover:
         client = self._clients[appliance]
         count = 0
         try:
-            for partition in sorted(self._fleet.partitions()):
+            for partition in sorted(self._inventory.partitions()):
                 count += held_by(await client.actual(partition), owners, self.settings.prefix)
         except ApplianceError as exc:
             log.warning("appliance %s cannot be listed at start-up: %s", appliance, exc)
@@ -103,13 +103,13 @@ class Failover:
                     chosen,
                 )
                 self._m_failovers.inc(group=group)
-                for key, _ in self._fleet.in_group(group):
+                for key, _ in self._inventory.in_group(group):
                     self._schedule.mark_again(key, "failover")
         return chosen
 
     def recovered(self, group: str) -> None:
         """An appliance of the group answers again: its failing Services stop waiting
         out their backoff."""
-        for key, state in self._fleet.in_group(group):
+        for key, state in self._inventory.in_group(group):
             if state.healthy is False:
                 self._schedule.mark_again(key, "recovery")

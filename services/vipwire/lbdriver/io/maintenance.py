@@ -20,7 +20,7 @@ from typing import Any
 
 from vipwire.lbdriver.core.desired import owner_of
 from vipwire.lbdriver.core.drift import find_drift
-from vipwire.lbdriver.core.fleet import Fleet
+from vipwire.lbdriver.core.inventory import Inventory
 from vipwire.lbdriver.core.outcomes import ServiceKey
 from vipwire.lbdriver.core.virtual_servers import VirtualServer
 from vipwire.lbdriver.io.adoption import CHUNK
@@ -42,14 +42,14 @@ class Maintenance:
         settings: LbdriverSettings,
         *,
         clients: Mapping[str, ApplianceClient],
-        fleet: Fleet,
+        inventory: Inventory,
         schedule: Schedule,
         failover: Failover,
         metrics: Registry,
     ) -> None:
         self.settings = settings
         self._clients = clients
-        self._fleet = fleet
+        self._inventory = inventory
         self._schedule = schedule
         self._failover = failover
         self._sweep = {name: asyncio.Event() for name in clients}
@@ -102,7 +102,7 @@ class Maintenance:
                 next_pass = time.monotonic() + interval if interval > 0 else math.inf
             elif now >= next_probe:
                 last_probe = now
-                partitions = sorted(self._fleet.partitions() | set(client.partitions()))
+                partitions = sorted(self._inventory.partitions() | set(client.partitions()))
                 if partitions:
                     await self._guarded(client, client.probe(partitions[0]))
 
@@ -120,7 +120,7 @@ class Maintenance:
     async def _drift_pass(self, client: ApplianceClient) -> None:
         group = client.settings.group
         active = self._failover.target(group) == client.name
-        partitions = sorted(self._fleet.partitions() | set(client.partitions()))
+        partitions = sorted(self._inventory.partitions() | set(client.partitions()))
         if not active and not self.settings.release_standby:
             # A standby sharing the active's configuration is never written; it is
             # only probed, so that its health is known when it is needed.
@@ -135,16 +135,18 @@ class Maintenance:
 
     def _staying(self, appliance: str, group: str, partition: str) -> set[str]:
         active = self._is_active(appliance, group)
-        return self._fleet.staying(appliance, group, partition, active=active)
+        return self._inventory.staying(appliance, group, partition, active=active)
 
     async def _drift_partition(self, client: ApplianceClient, partition: str, active: bool) -> None:
         name, group = client.name, client.settings.group
-        fleet = self._fleet
-        placed_here = fleet.in_partition(partition, group) if self._is_active(name, group) else []
+        inventory = self._inventory
+        placed_here = (
+            inventory.in_partition(partition, group) if self._is_active(name, group) else []
+        )
         before = {
-            k: fleet.services[k].generation
+            k: inventory.services[k].generation
             for k in placed_here
-            if fleet.settled(k, name) and not self._schedule.busy(k)
+            if inventory.settled(k, name) and not self._schedule.busy(k)
         }
         actual = await client.refresh(partition)
         if self._is_active(name, group) != active:
@@ -164,7 +166,7 @@ class Maintenance:
                     return
             if self._schedule.busy(key):
                 continue  # changed while we listed: its own reconcile is the authority
-            desired = fleet.drift_candidate(key, generation, name, group, actual)
+            desired = inventory.drift_candidate(key, generation, name, group, actual)
             if desired is not None:
                 owner = owner_of(*key)
                 settled[owner] = desired

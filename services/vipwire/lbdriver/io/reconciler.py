@@ -5,7 +5,7 @@ whatever triggered it; a failed one is retried by us with backoff and jitter
 (the bus message was acknowledged long ago: state, not messages, is what we
 retry, and a restart rebuilds it from the stream). What the Service needs,
 the writes that get there and what is reported are decided in the core
-(``fleet``, ``diff``, ``outcomes``); this module lists, writes and publishes.
+(``inventory``, ``diff``, ``outcomes``); this module lists, writes and publishes.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from vipwire.lbdriver.core.coalesce import Flush
 from vipwire.lbdriver.core.desired import InvalidAssignment, owner_of
 from vipwire.lbdriver.core.diff import diff
 from vipwire.lbdriver.core.drift import owned_scope
-from vipwire.lbdriver.core.fleet import Fleet
+from vipwire.lbdriver.core.inventory import Inventory
 from vipwire.lbdriver.core.outcomes import (
     Assignment,
     Explanation,
@@ -74,7 +74,7 @@ class Reconciler:
         settings: LbdriverSettings,
         runtime: Runtime,
         *,
-        fleet: Fleet,
+        inventory: Inventory,
         schedule: Schedule,
         clients: Mapping[str, ApplianceClient],
         failover: Failover,
@@ -83,7 +83,7 @@ class Reconciler:
     ) -> None:
         self.settings = settings
         self.runtime = runtime
-        self._fleet = fleet
+        self._inventory = inventory
         self._schedule = schedule
         self._clients = clients
         self._failover = failover
@@ -132,7 +132,7 @@ class Reconciler:
             and c.context is not None
             and (span := trace.get_current_span(c.context).get_span_context()).is_valid
         ]
-        state = self._fleet.services.get(key)
+        state = self._inventory.services.get(key)
         if state is not None:
             state.generation += 1
         result: BaseException | None
@@ -157,7 +157,7 @@ class Reconciler:
             now = time.monotonic()
             self._schedule.coalescer.done(key, now)
             self._start_up.finished(key)
-        state = self._fleet.services.get(key)
+        state = self._inventory.services.get(key)
         if state is None:
             pass
         elif result is None:
@@ -184,7 +184,7 @@ class Reconciler:
         Returns the appliance error that stopped it (already reported as
         LbFailed), or None. Raises on anything else (a bus failure).
         """
-        state = self._fleet.services.get(key)
+        state = self._inventory.services.get(key)
         if state is None:
             return None
         assignment = state.assignment
@@ -198,7 +198,7 @@ class Reconciler:
         client = self._clients[target]
         owner = owner_of(*key)
         try:
-            desired = self._fleet.desired(key, assignment)
+            desired = self._inventory.desired(key, assignment)
         except InvalidAssignment as exc:
             state.healthy = False
             why = invalid_assignment(exc)
@@ -224,7 +224,7 @@ class Reconciler:
                 key, assignment, cause, force=force, appliance=target, why=why
             )
             return exc
-        state = self._fleet.note_written(key, target, desired)
+        state = self._inventory.note_written(key, target, desired)
         if state is None:
             return None  # released meanwhile: nothing left to report about it
         self._m_reconciles.inc(result="written" if ops else "unchanged")
@@ -232,7 +232,7 @@ class Reconciler:
             log.info("%s on %s/%s: %d operation(s)", owner, target, partition, len(ops))
         result = outcome(key, assignment, target, desired)
         stamp = fingerprint(encode(result))
-        answered = force and self._fleet.answered_after(key, cause.seq)
+        answered = force and self._inventory.answered_after(key, cause.seq)
         if success_is_news(state.published, stamp, force=force, answered=answered):
             await self._publish(key, result, stamp, cause)
         return None
@@ -249,21 +249,21 @@ class Reconciler:
     ) -> None:
         failed = failure(key, assignment, appliance, why)
         stamp = fingerprint(encode(failed))
-        state = self._fleet.services.get(key)
+        state = self._inventory.services.get(key)
         if failure_is_news(
             None if state is None else state.published,
             stamp,
             known=state is not None,
             force=force,
             ready=self._start_up.ready,
-            answered=self._fleet.answered_after(key, cause.seq),
+            answered=self._inventory.answered_after(key, cause.seq),
         ):
             await self._publish(key, failed, stamp, cause)
 
     async def _publish(
         self, key: ServiceKey, message: LbMessage, stamp: bytes, cause: Cause
     ) -> None:
-        state = self._fleet.services.get(key)
+        state = self._inventory.services.get(key)
         count = state.publishes if state is not None else 0
         msg_id = message_id(
             key,
@@ -275,9 +275,9 @@ class Reconciler:
             stamp=stamp,
         )
         seq = await self.runtime.bus.publish(message, msg_id=msg_id)
-        state = self._fleet.services.get(key)
+        state = self._inventory.services.get(key)
         if state is not None:
             state.publishes = count + 1
             state.published = stamp
         if not self._start_up.ready:
-            self._fleet.reports[key] = (stamp, seq)  # the stream's last word now
+            self._inventory.reports[key] = (stamp, seq)  # the stream's last word now

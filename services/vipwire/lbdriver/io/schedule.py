@@ -18,7 +18,7 @@ from opentelemetry.context import Context
 from vipwire.bus import Delivery
 from vipwire.contracts import service_subject
 from vipwire.lbdriver.core.coalesce import Coalescer
-from vipwire.lbdriver.core.fleet import Fleet
+from vipwire.lbdriver.core.inventory import Inventory
 from vipwire.lbdriver.core.outcomes import ServiceKey
 from vipwire.lbdriver.settings import LbdriverSettings
 from vipwire.metrics import Registry
@@ -50,12 +50,12 @@ def cause_of(d: Delivery, trigger: str) -> Cause:
 class Schedule:
     """The Services waiting for a reconcile; ``wake`` is set whenever that changes."""
 
-    def __init__(self, settings: LbdriverSettings, fleet: Fleet, metrics: Registry) -> None:
+    def __init__(self, settings: LbdriverSettings, inventory: Inventory, metrics: Registry) -> None:
         self.coalescer: Coalescer[ServiceKey, Cause] = Coalescer(
             settings.coalesce_window_ms / 1000, quiet=settings.coalesce_quiet_ms / 1000
         )
         self.wake = asyncio.Event()
-        self._fleet = fleet
+        self._inventory = inventory
         self._m_triggers = metrics.counter(
             "lbdriver_reconcile_triggers_total",
             "Events that asked for a Service reconcile, by trigger (coalesced into fewer)",
@@ -72,7 +72,7 @@ class Schedule:
     def mark_again(self, key: ServiceKey, trigger: str) -> None:
         """Reconcile a known Service soon for a reason of our own (a new trace), named
         after its assignment."""
-        state = self._fleet.services.get(key)
+        state = self._inventory.services.get(key)
         if state is not None:
             subject = service_subject("vip", *key)
             self.mark(key, Cause(subject, state.assigned_seq, "vip", None, trigger), urgent=True)

@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable, Mapping
 
 from vipwire.bus import Bus, Serving
-from vipwire.lbdriver.core.fleet import Fleet
+from vipwire.lbdriver.core.inventory import Inventory
 from vipwire.lbdriver.io.appliance_client import ApplianceClient
 from vipwire.lbdriver.io.failover import Failover
 from vipwire.lbdriver.settings import LbdriverSettings
@@ -34,12 +34,12 @@ def redact_address(address: str | None) -> str | None:
 def appliance_statuses(
     settings: LbdriverSettings,
     clients: Mapping[str, ApplianceClient],
-    fleet: Fleet,
+    inventory: Inventory,
     failover: Failover,
 ) -> tuple[ApplianceStatus, ...]:
     """Every configured appliance: health, objects, last write, last error."""
     now = time.monotonic()
-    services = fleet.placed_counts()
+    services = inventory.placed_counts()
     appliances = []
     for a in settings.appliances:
         client = clients[a.name]

@@ -1,7 +1,7 @@
-"""What the lbdriver knows of the fleet, rebuilt from the stream: per cluster its
-nodes, per Service its assignment, the nodes holding its ready endpoints, and
-what became of the Service on the appliances (where it was written, whether
-that worked, what was last reported).
+"""What the lbdriver knows of the clusters it serves, rebuilt from the stream: per
+cluster its nodes, per Service its assignment, the nodes holding its ready
+endpoints, and what became of the Service on the appliances (where it was
+written, whether that worked, what was last reported).
 
 Pure: the shell notes every message here and asks which Services it affects;
 the answers to "what does this Service need now", "may a drift pass compare
@@ -95,7 +95,7 @@ def compact(message: Assignment) -> Assignment:
     return msgspec.structs.replace(message, **shared)
 
 
-class Fleet:
+class Inventory:
     """Nodes, endpoints and Services of every cluster, as the stream told them."""
 
     def __init__(self, prefix: str) -> None:
