@@ -25,10 +25,10 @@ import logging
 import random
 import time
 from collections.abc import Coroutine, Mapping
-from typing import Any, Final, Protocol
+from typing import Any, Final
 
 from vipwire.aio import cancel_and_wait
-from vipwire.bus import DONE, ConsumerSpec, Delivery, Reject, Verdict
+from vipwire.bus import DONE, ConsumerSpec, Delivery, PullConsumer, Reject, Verdict
 from vipwire.contracts import (
     EndpointsSnapshot,
     NodeGone,
@@ -62,16 +62,6 @@ log = logging.getLogger("vipwire.lbdriver")
 _MAX_DELIVERIES: Final = 10
 #: Seconds stop() lets reconciles in flight finish before cancelling them.
 _STOP_GRACE_S: Final = 5.0
-
-
-class _Consumer(Protocol):
-    """What we use of the bus's pull consumer."""
-
-    async def start(self) -> None: ...
-
-    async def caught_up(self, timeout: float | None = None) -> None: ...
-
-    async def stop(self) -> None: ...
 
 
 class LbdriverService:
@@ -136,8 +126,8 @@ class LbdriverService:
             failover=self._failover,
             metrics=m,
         )
-        self._state_consumer: _Consumer | None = None
-        self._vip_consumer: _Consumer | None = None
+        self._state_consumer: PullConsumer | None = None
+        self._vip_consumer: PullConsumer | None = None
         self._status_server: StatusServer | None = None
         self._loops: list[asyncio.Task[None]] = []
         self._started_at = time.monotonic()
@@ -193,7 +183,7 @@ class LbdriverService:
     def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
         self._loops.append(asyncio.create_task(coro, name=name))
 
-    async def _start(self, consumer: _Consumer) -> None:
+    async def _start(self, consumer: PullConsumer) -> None:
         start_up, inventory = self._start_up, self._inventory
         await consumer.caught_up()
         start_up.replayed = True

@@ -7,7 +7,7 @@ cluster and its endpoints. Checks:
 * ``lbdriver.assignment``: an LbProgrammed carries the VIPs, ports and
   traffic policy (and uid) of a VipAssigned current within ``lag`` before it;
 * ``lbdriver.members``: its members are what
-  :func:`~vipwire.lbdriver.desired_virtual_servers` gives for those inputs —
+  :func:`~vipwire.lbdriver.core.desired.desired_virtual_servers` gives for those inputs —
   exactly, for the inputs as they stood just before it; or else every member
   that each input version within ``lag`` agrees on is there, and none that no
   version would give (an lbdriver may not have seen the very latest Node or
@@ -39,7 +39,7 @@ from vipwire.contracts import (
     VipReleasing,
     service_subject,
 )
-from vipwire.lbdriver import InvalidAssignment, desired_virtual_servers, members_of
+from vipwire.lbdriver.core.desired import InvalidAssignment, desired_virtual_servers, members_of
 from vipwire.replay.rerun.history import Event, History, candidates, latest
 from vipwire.replay.rerun.report import Sink, describe, programmed_text
 from vipwire.replay.timeline import members_text

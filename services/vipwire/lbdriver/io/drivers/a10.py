@@ -20,6 +20,11 @@ per partition, creates treat "already exists" and deletes "does not exist"
 as done, so a batch cut short is finished by the next reconcile. After each
 batch ``write memory`` saves the partition (unless switched off); servers of
 ours that no service group uses any more are removed.
+
+One module (over 500 lines) on purpose: sessions, partitions, the request
+order that stands in for transactions and the translation to and from ACOS
+objects all follow one vendor document, and are read (and checked against it
+and the emulator) together.
 """
 
 from __future__ import annotations

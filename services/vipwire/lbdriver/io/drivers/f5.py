@@ -11,6 +11,10 @@ is the virtual's description; a member's node name is its description.
 Every batch of operations is one iControl REST transaction, so a batch that
 BIG-IP refuses changes nothing. With ``sync_group`` set, each committed batch
 is followed by a config-sync to that device group.
+
+One module (over 500 lines) on purpose: the requests, the transaction and the
+translation to and from BIG-IP objects all follow one vendor document, and
+are read (and checked against it and the emulator) together.
 """
 
 from __future__ import annotations
