@@ -12,13 +12,14 @@ from vipwire.contracts import (
     NodeGone,
     NodeSnapshot,
     ServicePort,
+    ServiceRef,
     VipAssigned,
     VipReleasing,
     encode,
 )
 from vipwire.lbdriver.core.inventory import Inventory
 from vipwire.lbdriver.core.listing import Listing
-from vipwire.lbdriver.core.outcomes import ServiceKey, fingerprint, outcome
+from vipwire.lbdriver.core.outcomes import fingerprint, outcome
 
 PREFIX = "vipwire"
 CLUSTER = "prod"
@@ -56,8 +57,8 @@ def endpoints(name: str, *ready: str) -> EndpointsSnapshot:
     )
 
 
-def key(name: str) -> ServiceKey:
-    return ServiceKey(CLUSTER, "shop", name)
+def key(name: str) -> ServiceRef:
+    return ServiceRef(CLUSTER, "shop", name)
 
 
 def test_a_node_change_affects_the_assigned_services_of_its_cluster_only_once() -> None:

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from vipwire.contracts import LbFailed, LbRemoved, VipReleasing
+from vipwire.contracts import LbFailed, LbRemoved, ServiceRef, VipReleasing
 from vipwire.lbdriver.core.desired import InvalidAssignment
 from vipwire.lbdriver.core.outcomes import (
-    ServiceKey,
     appliance_failure,
     failure,
     failure_is_news,
@@ -16,7 +15,7 @@ from vipwire.lbdriver.core.outcomes import (
     unknown_group,
 )
 
-KEY = ServiceKey("prod", "shop", "web")
+KEY = ServiceRef("prod", "shop", "web")
 RELEASING = VipReleasing(
     cluster="prod",
     namespace="shop",

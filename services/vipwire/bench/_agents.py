@@ -19,6 +19,7 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
+from vipwire.aio import serve_http
 from vipwire.nodeagent import NodeagentService, NodeagentSettings
 from vipwire.runtime import HttpSettings, Runtime, load_common, read_config
 from vipwire.telemetry import configure_logging
@@ -44,9 +45,9 @@ async def serve(config_path: str) -> int:
 
     app = web.Application()
     app.router.add_get("/readyz", readyz)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, common.http.host, common.http.port).start()
+    server = await serve_http(
+        app, host=common.http.host, port=common.http.port, shutdown_timeout_s=60.0
+    )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -62,7 +63,7 @@ async def serve(config_path: str) -> int:
             with contextlib.suppress(Exception):
                 await service.stop()
             await runtime.stop()
-        await runner.cleanup()
+        await server.close()
     return 0
 
 

@@ -5,12 +5,13 @@ Pure core (``core/``): :func:`desired_virtual_servers` (what a Service needs),
 fresh listing says needs undoing), :class:`Coalescer` (when each Service is
 written), :class:`CircuitBreaker`, :class:`TokenBucket` and
 :func:`backoff_delay` (how a fragile appliance is treated),
-:func:`choose_active` (which appliance of a group is written to), the inventory
-knowledge (``core.inventory``) and the reports (``core.outcomes``). Adapters
-(``io/``): the appliance drivers, which implement :class:`ApplianceDriver`
-(:class:`SimAppliance` is the in-process one), and the loops that reconcile,
-maintain and fail over. Shell: :class:`LbdriverService`, which also answers
-status requests on :data:`STATUS_SUBJECT`.
+:func:`choose_active` (which appliance of a group is written to), what it
+knows of its clusters (``core.inventory``) and what it reports
+(``core.outcomes``). Adapters (``io/``): the appliance drivers, which
+implement :class:`ApplianceDriver` (:class:`SimAppliance` is the in-process
+one), and the loops that reconcile, maintain and fail over. Shell:
+:class:`LbdriverService`, which also answers status requests on
+:data:`vipwire.contracts.LBDRIVER_STATUS_SUBJECT`.
 """
 
 from vipwire.lbdriver.core.coalesce import Coalescer, Flush
@@ -24,7 +25,6 @@ from vipwire.lbdriver.core.desired import (
 )
 from vipwire.lbdriver.core.diff import OperationConflict, apply_operations, diff, owns
 from vipwire.lbdriver.core.drift import Drift, find_drift, owned_scope
-from vipwire.lbdriver.core.outcomes import ServiceKey
 from vipwire.lbdriver.core.placement import choose_active, pick_appliance
 from vipwire.lbdriver.core.resilience import (
     Admission,
@@ -55,23 +55,15 @@ from vipwire.lbdriver.io.drivers import (
 )
 from vipwire.lbdriver.service import LbdriverService
 from vipwire.lbdriver.settings import ApplianceSettings, LbdriverSettings
-from vipwire.lbdriver.status import (
-    STATUS_SUBJECT,
-    ApplianceStatus,
-    LbdriverStatus,
-    decode_status,
-)
 
 __all__ = [
     "KUBE_PROXY_HEALTH_PORT",
-    "STATUS_SUBJECT",
     "Admission",
     "ApplianceAuthError",
     "ApplianceDriver",
     "ApplianceError",
     "ApplianceRejected",
     "ApplianceSettings",
-    "ApplianceStatus",
     "ApplianceUnavailable",
     "BreakerState",
     "CircuitBreaker",
@@ -83,11 +75,9 @@ __all__ = [
     "InvalidAssignment",
     "LbdriverService",
     "LbdriverSettings",
-    "LbdriverStatus",
     "Monitor",
     "Operation",
     "OperationConflict",
-    "ServiceKey",
     "SimAppliance",
     "TokenBucket",
     "UpdateMembers",
@@ -97,7 +87,6 @@ __all__ = [
     "backoff_delay",
     "build_driver",
     "choose_active",
-    "decode_status",
     "desired_virtual_servers",
     "diff",
     "find_drift",

@@ -31,8 +31,10 @@ from vipwire.aio import cancel_and_wait
 from vipwire.bus import DONE, ConsumerSpec, Delivery, PullConsumer, Reject, Verdict
 from vipwire.contracts import (
     EndpointsSnapshot,
+    LbdriverStatus,
     NodeGone,
     NodeSnapshot,
+    ServiceRef,
     VipAssigned,
     VipFailed,
     VipReleased,
@@ -40,7 +42,6 @@ from vipwire.contracts import (
     family_filter,
 )
 from vipwire.lbdriver.core.inventory import Inventory
-from vipwire.lbdriver.core.outcomes import ServiceKey
 from vipwire.lbdriver.core.resilience import BreakerState, CircuitBreaker
 from vipwire.lbdriver.io.adoption import StartUp, adopt
 from vipwire.lbdriver.io.appliance_client import ApplianceClient
@@ -52,7 +53,6 @@ from vipwire.lbdriver.io.reconciler import Reconciler
 from vipwire.lbdriver.io.schedule import Schedule, cause_of
 from vipwire.lbdriver.io.status_server import StatusServer, appliance_statuses
 from vipwire.lbdriver.settings import LbdriverSettings
-from vipwire.lbdriver.status import LbdriverStatus
 from vipwire.runtime import Runtime
 
 log = logging.getLogger("vipwire.lbdriver")
@@ -165,7 +165,7 @@ class LbdriverService:
         # What the stream already reports is read while the state replays: it must be
         # known before the first assignment is (see ServiceState.published).
         reports, _ = await asyncio.gather(last_reports(bus), self._state_consumer.caught_up())
-        self._inventory.reports = {ServiceKey(*k): v for k, v in reports.items()}
+        self._inventory.reports = reports
         self._vip_consumer = bus.consumer(
             ConsumerSpec(
                 filters=(family_filter("vip"),),
@@ -262,7 +262,7 @@ class LbdriverService:
                 # the same answer, published after this assignment: see core.outcomes).
                 self._schedule.mark(key, cause_of(d, "vip"), force=True, urgent=True)
             case VipReleased():
-                key = ServiceKey(message.cluster, message.namespace, message.name)
+                key = ServiceRef(message.cluster, message.namespace, message.name)
                 self._inventory.note_cluster(message.cluster)
                 self._inventory.forget(key)
                 self._schedule.forget(key)

@@ -22,6 +22,7 @@ from vipwire.contracts import (
     NodeGone,
     NodeSnapshot,
     ServicePort,
+    ServiceRef,
     VipAssigned,
     VipReleasing,
     encode,
@@ -30,7 +31,7 @@ from vipwire.lbdriver.core.desired import InvalidAssignment, desired_virtual_ser
 from vipwire.lbdriver.core.diff import diff
 from vipwire.lbdriver.core.drift import owned_scope
 from vipwire.lbdriver.core.listing import Listing, digest
-from vipwire.lbdriver.core.outcomes import Assignment, ServiceKey, fingerprint, outcome
+from vipwire.lbdriver.core.outcomes import Assignment, fingerprint, outcome
 from vipwire.lbdriver.core.virtual_servers import VirtualServer
 
 
@@ -103,22 +104,22 @@ class Inventory:
         self.prefix = prefix
         self.nodes: dict[str, dict[str, NodeSnapshot]] = {}
         # Of endpoints only the nodes holding a ready one matter here.
-        self.ready_nodes: dict[ServiceKey, frozenset[str]] = {}
-        self.services: dict[ServiceKey, ServiceState] = {}
+        self.ready_nodes: dict[ServiceRef, frozenset[str]] = {}
+        self.services: dict[ServiceRef, ServiceState] = {}
         # Services with a state, by cluster, in order of arrival (a dict as ordered set).
-        self.by_cluster: dict[str, dict[ServiceKey, None]] = {}
+        self.by_cluster: dict[str, dict[ServiceRef, None]] = {}
         #: Every cluster seen in a VIP message: our partitions.
         self.clusters: set[str] = set()
         #: Until the start-up is over: per Service, the fingerprint and stream sequence
         #: of the last report the stream holds (read before the replay).
-        self.reports: dict[ServiceKey, tuple[bytes, int]] = {}
+        self.reports: dict[ServiceRef, tuple[bytes, int]] = {}
 
     def __len__(self) -> int:
         return len(self.services)
 
     # --- what the stream says ------------------------------------------------------
 
-    def note_node(self, message: NodeSnapshot | NodeGone) -> list[ServiceKey]:
+    def note_node(self, message: NodeSnapshot | NodeGone) -> list[ServiceRef]:
         """Note a Node; returns the Services whose members it may change."""
         nodes = self.nodes.setdefault(message.cluster, {})
         if isinstance(message, NodeSnapshot):
@@ -133,9 +134,9 @@ class Inventory:
             if isinstance(self.services[key].assignment, VipAssigned)
         ]
 
-    def note_endpoints(self, message: EndpointsSnapshot) -> list[ServiceKey]:
+    def note_endpoints(self, message: EndpointsSnapshot) -> list[ServiceRef]:
         """Note a Service's endpoints; returns it if its members may change."""
-        key = ServiceKey(message.cluster, message.namespace, message.name)
+        key = ServiceRef(message.cluster, message.namespace, message.name)
         before = self.ready_nodes.get(key)
         ready = self.ready_nodes[key] = _shared_nodes(message.ready_nodes)
         state = self.services.get(key)
@@ -147,10 +148,10 @@ class Inventory:
             return []
         return [key]
 
-    def note_assignment(self, message: Assignment, seq: int) -> ServiceKey:
+    def note_assignment(self, message: Assignment, seq: int) -> ServiceRef:
         """Note a VipAssigned or VipReleasing (stream sequence ``seq``)."""
         message = compact(message)
-        key = ServiceKey(message.cluster, message.namespace, message.name)
+        key = ServiceRef(message.cluster, message.namespace, message.name)
         self.clusters.add(message.cluster)
         state = self.services.get(key)
         if state is None:
@@ -167,7 +168,7 @@ class Inventory:
         """A VIP message of ``cluster`` arrived: its partition is ours."""
         self.clusters.add(cluster)
 
-    def forget(self, key: ServiceKey) -> None:
+    def forget(self, key: ServiceRef) -> None:
         """The Service's VIP is released: nothing of it is kept."""
         if self.services.pop(key, None) is not None:
             keys = self.by_cluster[key.cluster]
@@ -181,7 +182,7 @@ class Inventory:
         """Partitions that are ours: one per cluster we have VIP messages of."""
         return self.clusters | self.by_cluster.keys()
 
-    def desired(self, key: ServiceKey, assignment: Assignment) -> dict[str, VirtualServer]:
+    def desired(self, key: ServiceRef, assignment: Assignment) -> dict[str, VirtualServer]:
         """What the Service needs on its appliance now (raises InvalidAssignment)."""
         if isinstance(assignment, VipReleasing):
             return {}  # nothing may remain
@@ -192,7 +193,7 @@ class Inventory:
             prefix=self.prefix,
         )
 
-    def in_group(self, group: str) -> Iterator[tuple[ServiceKey, ServiceState]]:
+    def in_group(self, group: str) -> Iterator[tuple[ServiceRef, ServiceState]]:
         """The Services whose assignment points at appliance group ``group``."""
         for key, state in list(self.services.items()):
             if state.assignment.appliance_group == group:
@@ -202,7 +203,7 @@ class Inventory:
         """The owner tags of the Services of appliance group ``group``."""
         return {owner_of(*key) for key, _ in self.in_group(group)}
 
-    def in_partition(self, partition: str, group: str) -> list[ServiceKey]:
+    def in_partition(self, partition: str, group: str) -> list[ServiceRef]:
         """The Services of one partition (cluster) assigned to appliance group ``group``."""
         return [
             k
@@ -224,18 +225,18 @@ class Inventory:
         )
         return owners
 
-    def settled(self, key: ServiceKey, appliance: str) -> bool:
+    def settled(self, key: ServiceRef, appliance: str) -> bool:
         """Its last write went to ``appliance`` and succeeded (the caller knows whether
         anything newer is pending or running)."""
         state = self.services.get(key)
         return state is not None and state.placed == appliance and state.healthy is True
 
-    def answered_after(self, key: ServiceKey, seq: int) -> bool:
+    def answered_after(self, key: ServiceRef, seq: int) -> bool:
         """The stream's last report of the Service (at start-up) came after ``seq``."""
         report = self.reports.get(key)
         return report is not None and report[1] > seq
 
-    def answered(self, key: ServiceKey, state: ServiceState) -> bool:
+    def answered(self, key: ServiceRef, state: ServiceState) -> bool:
         """At start-up: the stream's last report is what we last published (or found),
         and it answers the current assignment."""
         report = self.reports.get(key)
@@ -255,7 +256,7 @@ class Inventory:
 
     def drift_candidate(
         self,
-        key: ServiceKey,
+        key: ServiceRef,
         generation: int,
         appliance: str,
         group: str,
@@ -286,7 +287,7 @@ class Inventory:
 
     def adoptable(
         self,
-        key: ServiceKey,
+        key: ServiceRef,
         state: ServiceState,
         assignment: Assignment,
         appliance: str,
@@ -311,7 +312,7 @@ class Inventory:
     # --- what became of a Service --------------------------------------------------------
 
     def note_written(
-        self, key: ServiceKey, appliance: str, desired: Mapping[str, VirtualServer]
+        self, key: ServiceRef, appliance: str, desired: Mapping[str, VirtualServer]
     ) -> ServiceState | None:
         """The Service's objects on ``appliance`` are now ``desired``; its state, or None
         if it was released meanwhile."""

@@ -13,19 +13,18 @@ import hashlib
 from collections.abc import Mapping
 from typing import NamedTuple
 
-from vipwire.contracts import LbFailed, LbProgrammed, LbRemoved, VipAssigned, VipReleasing
+from vipwire.contracts import (
+    LbFailed,
+    LbProgrammed,
+    LbRemoved,
+    ServiceRef,
+    VipAssigned,
+    VipReleasing,
+)
 from vipwire.lbdriver.core.desired import InvalidAssignment, members_of
 from vipwire.lbdriver.core.virtual_servers import VirtualServer
 
 Assignment = VipAssigned | VipReleasing
-
-
-class ServiceKey(NamedTuple):
-    """A Service: (cluster, namespace, name)."""
-
-    cluster: str
-    namespace: str
-    name: str
 
 
 class Explanation(NamedTuple):
@@ -41,7 +40,7 @@ def fingerprint(data: bytes) -> bytes:
 
 
 def outcome(
-    key: ServiceKey,
+    key: ServiceRef,
     assignment: Assignment,
     appliance: str,
     desired: Mapping[str, VirtualServer],
@@ -69,7 +68,7 @@ def outcome(
     )
 
 
-def failure(key: ServiceKey, assignment: Assignment, appliance: str, why: Explanation) -> LbFailed:
+def failure(key: ServiceRef, assignment: Assignment, appliance: str, why: Explanation) -> LbFailed:
     """The report of a reconcile that failed (or could not be tried)."""
     return LbFailed(
         cluster=key.cluster,
@@ -132,7 +131,7 @@ def failure_is_news(
 
 
 def message_id(
-    key: ServiceKey,
+    key: ServiceRef,
     *,
     cause_subject: str,
     cause_seq: int,

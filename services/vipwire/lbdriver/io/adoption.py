@@ -13,8 +13,8 @@ import asyncio
 from collections.abc import Mapping
 from typing import Final
 
+from vipwire.contracts import ServiceRef
 from vipwire.lbdriver.core.inventory import Inventory
-from vipwire.lbdriver.core.outcomes import ServiceKey
 from vipwire.lbdriver.io.appliance_client import ApplianceClient
 from vipwire.lbdriver.io.drivers import ApplianceError
 from vipwire.lbdriver.io.failover import Failover
@@ -34,10 +34,10 @@ class StartUp:
         #: Every Service has been compared (adopted) or reconciled once.
         self.ready = False
         #: Services to reconcile before the start-up is over.
-        self.waiting: set[ServiceKey] = set()
+        self.waiting: set[ServiceRef] = set()
         self.done = asyncio.Event()
 
-    def finished(self, key: ServiceKey) -> None:
+    def finished(self, key: ServiceRef) -> None:
         """A Service's first reconcile ended (or it is gone)."""
         if self.waiting:
             self.waiting.discard(key)

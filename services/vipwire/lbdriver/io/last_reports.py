@@ -15,22 +15,22 @@ import logging
 import time
 
 from vipwire.bus import Bus, BusError
-from vipwire.contracts import family_filter
-from vipwire.lbdriver.core.outcomes import ServiceKey, fingerprint
+from vipwire.contracts import ServiceRef, family_filter
+from vipwire.lbdriver.core.outcomes import fingerprint
 
 log = logging.getLogger("vipwire.lbdriver")
 
 __all__ = ["fingerprint", "last_reports"]
 
 
-async def last_reports(bus: Bus, *, timeout_s: float = 30.0) -> dict[ServiceKey, tuple[bytes, int]]:
+async def last_reports(bus: Bus, *, timeout_s: float = 30.0) -> dict[ServiceRef, tuple[bytes, int]]:
     """Per Service, the fingerprint of the last ``lb`` message and its stream sequence.
 
     Best effort: if the stream cannot be read (timeout, server error) the answer
     is empty, and every Service is simply reported again.
     """
     started = time.monotonic()
-    found: dict[ServiceKey, tuple[bytes, int]] = {}
+    found: dict[ServiceRef, tuple[bytes, int]] = {}
     try:
         messages = await bus.last_messages(family_filter("lb"), timeout_s=timeout_s)
     except BusError as exc:
@@ -39,7 +39,7 @@ async def last_reports(bus: Bus, *, timeout_s: float = 30.0) -> dict[ServiceKey,
     for msg in messages:
         tokens = msg.subject.split(".")
         if len(tokens) == 5:
-            key = ServiceKey(tokens[1], tokens[3], tokens[4])
+            key = ServiceRef(tokens[1], tokens[3], tokens[4])
             found[key] = (fingerprint(msg.data), msg.seq)
     log.info(
         "read %d last report(s) from the stream in %.2fs", len(found), time.monotonic() - started

@@ -18,10 +18,10 @@ import time
 from collections.abc import Coroutine, Mapping
 from typing import Any
 
+from vipwire.contracts import ServiceRef
 from vipwire.lbdriver.core.desired import owner_of
 from vipwire.lbdriver.core.drift import find_drift
 from vipwire.lbdriver.core.inventory import Inventory
-from vipwire.lbdriver.core.outcomes import ServiceKey
 from vipwire.lbdriver.core.virtual_servers import VirtualServer
 from vipwire.lbdriver.io.adoption import CHUNK
 from vipwire.lbdriver.io.appliance_client import ApplianceClient, CircuitOpen
@@ -158,7 +158,7 @@ class Maintenance:
         # has no drift; only the others are computed and diffed. The comparisons are
         # made a chunk at a time, so a large partition does not hold up the rest.
         settled: dict[str, dict[str, VirtualServer]] = {}
-        keys: dict[str, ServiceKey] = {}
+        keys: dict[str, ServiceRef] = {}
         for i, (key, generation) in enumerate(before.items()):
             if i and i % CHUNK == 0:
                 await asyncio.sleep(0)

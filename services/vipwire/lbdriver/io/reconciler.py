@@ -22,7 +22,7 @@ from opentelemetry.context import Context
 from opentelemetry.trace import Link
 
 from vipwire.aio import cancel_and_wait
-from vipwire.contracts import LbMessage, encode
+from vipwire.contracts import LbMessage, ServiceRef, encode
 from vipwire.lbdriver.core.coalesce import Flush
 from vipwire.lbdriver.core.desired import InvalidAssignment, owner_of
 from vipwire.lbdriver.core.diff import diff
@@ -31,7 +31,6 @@ from vipwire.lbdriver.core.inventory import Inventory
 from vipwire.lbdriver.core.outcomes import (
     Assignment,
     Explanation,
-    ServiceKey,
     appliance_failure,
     failure,
     failure_is_news,
@@ -122,7 +121,7 @@ class Reconciler:
             _, late = await asyncio.wait(set(self._inflight), timeout=grace_s)
             await cancel_and_wait(late)
 
-    async def _run(self, key: ServiceKey, flush: Flush[Cause]) -> None:
+    async def _run(self, key: ServiceRef, flush: Flush[Cause]) -> None:
         """One reconcile of one Service, in its own span, retried by schedule if it fails."""
         cause = flush.cause
         links = [
@@ -177,7 +176,7 @@ class Reconciler:
         self._schedule.wake.set()
 
     async def reconcile(
-        self, key: ServiceKey, cause: Cause, *, force: bool
+        self, key: ServiceRef, cause: Cause, *, force: bool
     ) -> ApplianceError | None:
         """Make the appliance hold exactly what the Service needs now; report it.
 
@@ -239,7 +238,7 @@ class Reconciler:
 
     async def _report_failure(
         self,
-        key: ServiceKey,
+        key: ServiceRef,
         assignment: Assignment,
         cause: Cause,
         *,
@@ -261,7 +260,7 @@ class Reconciler:
             await self._publish(key, failed, stamp, cause)
 
     async def _publish(
-        self, key: ServiceKey, message: LbMessage, stamp: bytes, cause: Cause
+        self, key: ServiceRef, message: LbMessage, stamp: bytes, cause: Cause
     ) -> None:
         state = self._inventory.services.get(key)
         count = state.publishes if state is not None else 0

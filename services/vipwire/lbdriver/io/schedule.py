@@ -16,10 +16,9 @@ from opentelemetry import context as otel_context
 from opentelemetry.context import Context
 
 from vipwire.bus import Delivery
-from vipwire.contracts import service_subject
+from vipwire.contracts import ServiceRef, service_subject
 from vipwire.lbdriver.core.coalesce import Coalescer
 from vipwire.lbdriver.core.inventory import Inventory
-from vipwire.lbdriver.core.outcomes import ServiceKey
 from vipwire.lbdriver.settings import LbdriverSettings
 from vipwire.metrics import Registry
 
@@ -51,7 +50,7 @@ class Schedule:
     """The Services waiting for a reconcile; ``wake`` is set whenever that changes."""
 
     def __init__(self, settings: LbdriverSettings, inventory: Inventory, metrics: Registry) -> None:
-        self.coalescer: Coalescer[ServiceKey, Cause] = Coalescer(
+        self.coalescer: Coalescer[ServiceRef, Cause] = Coalescer(
             settings.coalesce_window_ms / 1000, quiet=settings.coalesce_quiet_ms / 1000
         )
         self.wake = asyncio.Event()
@@ -63,13 +62,13 @@ class Schedule:
         )
 
     def mark(
-        self, key: ServiceKey, cause: Cause, *, force: bool = False, urgent: bool = False
+        self, key: ServiceRef, cause: Cause, *, force: bool = False, urgent: bool = False
     ) -> None:
         self.coalescer.mark(key, time.monotonic(), cause, force=force, urgent=urgent)
         self._m_triggers.inc(trigger=cause.trigger)
         self.wake.set()
 
-    def mark_again(self, key: ServiceKey, trigger: str) -> None:
+    def mark_again(self, key: ServiceRef, trigger: str) -> None:
         """Reconcile a known Service soon for a reason of our own (a new trace), named
         after its assignment."""
         state = self._inventory.services.get(key)
@@ -77,14 +76,14 @@ class Schedule:
             subject = service_subject("vip", *key)
             self.mark(key, Cause(subject, state.assigned_seq, "vip", None, trigger), urgent=True)
 
-    def busy(self, key: ServiceKey) -> bool:
+    def busy(self, key: ServiceRef) -> bool:
         """Pending or running."""
         return self.coalescer.busy(key)
 
-    def running(self, key: ServiceKey) -> bool:
+    def running(self, key: ServiceRef) -> bool:
         return self.coalescer.running(key)
 
-    def forget(self, key: ServiceKey) -> None:
+    def forget(self, key: ServiceRef) -> None:
         self.coalescer.forget(key)
 
     def pending_count(self) -> int:

@@ -10,17 +10,14 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping
 
+import msgspec
+
 from vipwire.bus import Bus, Serving
+from vipwire.contracts import LBDRIVER_STATUS_SUBJECT, ApplianceStatus, LbdriverStatus
 from vipwire.lbdriver.core.inventory import Inventory
 from vipwire.lbdriver.io.appliance_client import ApplianceClient
 from vipwire.lbdriver.io.failover import Failover
 from vipwire.lbdriver.settings import LbdriverSettings
-from vipwire.lbdriver.status import (
-    STATUS_SUBJECT,
-    ApplianceStatus,
-    LbdriverStatus,
-    encode_status,
-)
 
 
 def redact_address(address: str | None) -> str | None:
@@ -74,7 +71,7 @@ class StatusServer:
         self._serving: Serving | None = None
 
     async def start(self) -> None:
-        self._serving = await self._bus.serve(STATUS_SUBJECT, self._answer)
+        self._serving = await self._bus.serve(LBDRIVER_STATUS_SUBJECT, self._answer)
 
     async def stop(self) -> None:
         if self._serving is not None:
@@ -82,4 +79,4 @@ class StatusServer:
             self._serving = None
 
     async def _answer(self, request: bytes) -> bytes:
-        return encode_status(self._status())
+        return msgspec.json.encode(self._status())
