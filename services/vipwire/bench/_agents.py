@@ -21,7 +21,7 @@ from aiohttp import web
 
 from vipwire.aio import serve_http
 from vipwire.nodeagent import NodeagentService, NodeagentSettings
-from vipwire.runtime import HttpSettings, Runtime, load_common, read_config
+from vipwire.runtime import HttpSettings, Runtime, decode_settings, load_common, read_config
 from vipwire.telemetry import configure_logging
 
 
@@ -32,8 +32,9 @@ async def serve(config_path: str) -> int:
     sections: list[dict[str, Any]] = data.get("nodeagents") or []
     own = msgspec.structs.replace(common, http=HttpSettings(host="127.0.0.1", port=0))
     agents: list[tuple[Runtime, NodeagentService]] = []
-    for section in sections:
-        settings = msgspec.convert(section, NodeagentSettings, strict=False)
+    for i, section in enumerate(sections):
+        where = f"nodeagents[{i}]"
+        settings = decode_settings(section, NodeagentSettings, where=where, source=config_path)
         runtime = Runtime("nodeagent", own, instance=settings.node)
         agents.append((runtime, NodeagentService(settings, runtime)))
 
