@@ -10,7 +10,7 @@ from collections.abc import Iterable, Mapping
 
 import msgspec
 
-from vipwire.lbdriver.model import (
+from vipwire.lbdriver.core.virtual_servers import (
     CreateVirtualServer,
     DeleteVirtualServer,
     Operation,

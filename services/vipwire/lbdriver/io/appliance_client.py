@@ -18,16 +18,16 @@ from typing import TypeVar
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Tracer
 
-from vipwire.lbdriver.diff import OperationConflict
-from vipwire.lbdriver.drivers.base import (
+from vipwire.lbdriver.core.diff import OperationConflict
+from vipwire.lbdriver.core.listing import Listing
+from vipwire.lbdriver.core.resilience import Admission, BreakerState, CircuitBreaker, TokenBucket
+from vipwire.lbdriver.core.virtual_servers import Operation, op_kind
+from vipwire.lbdriver.io.drivers.base import (
     ApplianceDriver,
     ApplianceError,
     ApplianceRejected,
     ApplianceUnavailable,
 )
-from vipwire.lbdriver.listing import Listing
-from vipwire.lbdriver.model import Operation, op_kind
-from vipwire.lbdriver.resilience import Admission, BreakerState, CircuitBreaker, TokenBucket
 from vipwire.lbdriver.settings import ApplianceSettings
 from vipwire.metrics import Registry
 

@@ -15,8 +15,8 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from types import MappingProxyType
 from typing import Final
 
-from vipwire.lbdriver.diff import apply_operations, canonical, owns
-from vipwire.lbdriver.model import Operation, VirtualServer, op_name
+from vipwire.lbdriver.core.diff import apply_operations, canonical, owns
+from vipwire.lbdriver.core.virtual_servers import Operation, VirtualServer, op_name
 
 _NONE: Final[Mapping[str, VirtualServer]] = MappingProxyType({})
 
@@ -67,7 +67,7 @@ class Listing(Mapping[str, VirtualServer]):
 
     def after(self, ops: Sequence[Operation]) -> Listing:
         """The listing once ``ops`` are applied, as :func:`apply_operations` computes it
-        (and raising :class:`~vipwire.lbdriver.diff.OperationConflict` as it does)."""
+        (and raising :class:`~vipwire.lbdriver.core.diff.OperationConflict` as it does)."""
         servers = apply_operations(self._servers, ops)
         touched = dict.fromkeys(op_name(op) for op in ops)
         by_owner = dict(self._by_owner)

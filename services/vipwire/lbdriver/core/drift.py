@@ -17,9 +17,9 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping
 from typing import NamedTuple
 
-from vipwire.lbdriver.diff import diff, owns
-from vipwire.lbdriver.listing import Listing
-from vipwire.lbdriver.model import DeleteVirtualServer, Operation, VirtualServer
+from vipwire.lbdriver.core.diff import diff, owns
+from vipwire.lbdriver.core.listing import Listing
+from vipwire.lbdriver.core.virtual_servers import DeleteVirtualServer, Operation, VirtualServer
 
 
 class Drift(NamedTuple):

@@ -15,8 +15,8 @@ import aiohttp
 import msgspec
 from yarl import URL
 
-from vipwire.lbdriver.drivers.base import ApplianceError, ApplianceUnavailable
-from vipwire.lbdriver.drivers.credentials import CredentialSource
+from vipwire.lbdriver.io.drivers.base import ApplianceError, ApplianceUnavailable
+from vipwire.lbdriver.io.drivers.credentials import CredentialSource
 from vipwire.lbdriver.settings import ApplianceSettings
 
 T = TypeVar("T")

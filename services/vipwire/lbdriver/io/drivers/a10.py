@@ -20,6 +20,11 @@ per partition, creates treat "already exists" and deletes "does not exist"
 as done, so a batch cut short is finished by the next reconcile. After each
 batch ``write memory`` saves the partition (unless switched off); servers of
 ours that no service group uses any more are removed.
+
+One module (over 500 lines) on purpose: sessions, partitions, the request
+order that stands in for transactions and the translation to and from ACOS
+objects all follow one vendor document, and are read (and checked against it
+and the emulator) together.
 """
 
 from __future__ import annotations
@@ -33,20 +38,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final, NoReturn
 
 from vipwire.contracts import Member
-from vipwire.lbdriver.drivers._rest import (
-    HttpResponse,
-    RestDriver,
-    VendorError,
-    all_or_first_error,
-)
-from vipwire.lbdriver.drivers.base import (
-    ApplianceAuthError,
-    ApplianceError,
-    ApplianceRejected,
-    ApplianceUnavailable,
-)
-from vipwire.lbdriver.drivers.credentials import CredentialSource
-from vipwire.lbdriver.model import (
+from vipwire.lbdriver.core.virtual_servers import (
     CreateVirtualServer,
     DeleteVirtualServer,
     L4Protocol,
@@ -56,6 +48,19 @@ from vipwire.lbdriver.model import (
     UpdateVirtualServer,
     VirtualServer,
 )
+from vipwire.lbdriver.io.drivers._rest import (
+    HttpResponse,
+    RestDriver,
+    VendorError,
+    all_or_first_error,
+)
+from vipwire.lbdriver.io.drivers.base import (
+    ApplianceAuthError,
+    ApplianceError,
+    ApplianceRejected,
+    ApplianceUnavailable,
+)
+from vipwire.lbdriver.io.drivers.credentials import CredentialSource
 from vipwire.lbdriver.settings import ApplianceSettings
 
 log = logging.getLogger("vipwire.lbdriver.a10")

@@ -11,7 +11,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from vipwire.lbdriver.drivers.base import ApplianceAuthError
+from vipwire.lbdriver.io.drivers.base import ApplianceAuthError
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import ClassVar, Protocol
 
-from vipwire.lbdriver.model import Operation, VirtualServer
+from vipwire.lbdriver.core.virtual_servers import Operation, VirtualServer
 
 
 class ApplianceError(Exception):

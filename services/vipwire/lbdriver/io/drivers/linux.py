@@ -23,9 +23,10 @@ from typing import Final
 
 import msgspec
 
-from vipwire.lbdriver.diff import OperationConflict, apply_operations
-from vipwire.lbdriver.drivers.base import ApplianceRejected, ApplianceUnavailable
-from vipwire.lbdriver.drivers.linux_nft import (
+from vipwire.lbdriver.core.diff import OperationConflict, apply_operations
+from vipwire.lbdriver.core.virtual_servers import Operation, VirtualServer
+from vipwire.lbdriver.io.drivers.base import ApplianceRejected, ApplianceUnavailable
+from vipwire.lbdriver.io.drivers.linux_nft import (
     FROM_VIP,
     Counter,
     Listing,
@@ -35,7 +36,6 @@ from vipwire.lbdriver.drivers.linux_nft import (
     render_partition,
     table_name,
 )
-from vipwire.lbdriver.model import Operation, VirtualServer
 from vipwire.lbdriver.settings import ApplianceSettings
 from vipwire.netns import CommandFailed, run
 

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from vipwire.lbdriver.drivers.base import (
+from vipwire.lbdriver.io.drivers.base import (
     ApplianceAuthError,
     ApplianceDriver,
     ApplianceError,
     ApplianceRejected,
     ApplianceUnavailable,
 )
-from vipwire.lbdriver.drivers.sim import SimAppliance
+from vipwire.lbdriver.io.drivers.sim import SimAppliance
 from vipwire.lbdriver.settings import ApplianceSettings
 
 
@@ -24,15 +24,15 @@ def build_driver(settings: ApplianceSettings) -> ApplianceDriver:
                 seed=settings.seed,
             )
         case "f5":
-            from vipwire.lbdriver.drivers.f5 import F5Driver
+            from vipwire.lbdriver.io.drivers.f5 import F5Driver
 
             return F5Driver.from_settings(settings)
         case "a10":
-            from vipwire.lbdriver.drivers.a10 import A10Driver
+            from vipwire.lbdriver.io.drivers.a10 import A10Driver
 
             return A10Driver.from_settings(settings)
         case "linux":
-            from vipwire.lbdriver.drivers.linux import LinuxAppliance
+            from vipwire.lbdriver.io.drivers.linux import LinuxAppliance
 
             return LinuxAppliance.from_settings(settings)
     raise ValueError(f"appliance {settings.name!r}: unknown driver {settings.driver!r}")

@@ -15,7 +15,7 @@ from collections.abc import Iterable, Mapping, Set
 from typing import Final
 
 from vipwire.contracts import EndpointsSnapshot, Member, NodeSnapshot, VipAssigned
-from vipwire.lbdriver.model import L4Protocol, Monitor, VirtualServer
+from vipwire.lbdriver.core.virtual_servers import L4Protocol, Monitor, VirtualServer
 
 #: kube-proxy's health endpoint; with externalTrafficPolicy Cluster any node with
 #: a healthy kube-proxy can forward to every endpoint.

@@ -11,6 +11,10 @@ is the virtual's description; a member's node name is its description.
 Every batch of operations is one iControl REST transaction, so a batch that
 BIG-IP refuses changes nothing. With ``sync_group`` set, each committed batch
 is followed by a config-sync to that device group.
+
+One module (over 500 lines) on purpose: the requests, the transaction and the
+translation to and from BIG-IP objects all follow one vendor document, and
+are read (and checked against it and the emulator) together.
 """
 
 from __future__ import annotations
@@ -25,20 +29,7 @@ from dataclasses import dataclass
 from typing import Any, Final, NoReturn
 
 from vipwire.contracts import Member
-from vipwire.lbdriver.drivers._rest import (
-    HttpResponse,
-    RestDriver,
-    VendorError,
-    all_or_first_error,
-)
-from vipwire.lbdriver.drivers.base import (
-    ApplianceAuthError,
-    ApplianceError,
-    ApplianceRejected,
-    ApplianceUnavailable,
-)
-from vipwire.lbdriver.drivers.credentials import CredentialSource
-from vipwire.lbdriver.model import (
+from vipwire.lbdriver.core.virtual_servers import (
     CreateVirtualServer,
     DeleteVirtualServer,
     L4Protocol,
@@ -48,6 +39,19 @@ from vipwire.lbdriver.model import (
     UpdateVirtualServer,
     VirtualServer,
 )
+from vipwire.lbdriver.io.drivers._rest import (
+    HttpResponse,
+    RestDriver,
+    VendorError,
+    all_or_first_error,
+)
+from vipwire.lbdriver.io.drivers.base import (
+    ApplianceAuthError,
+    ApplianceError,
+    ApplianceRejected,
+    ApplianceUnavailable,
+)
+from vipwire.lbdriver.io.drivers.credentials import CredentialSource
 from vipwire.lbdriver.settings import ApplianceSettings
 
 log = logging.getLogger("vipwire.lbdriver.f5")

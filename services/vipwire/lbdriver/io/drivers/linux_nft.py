@@ -28,7 +28,8 @@ from typing import Any, Final
 
 import msgspec
 
-from vipwire.lbdriver.model import VirtualServer
+from vipwire.contracts import port_text
+from vipwire.lbdriver.core.virtual_servers import VirtualServer
 
 TABLE_PREFIX: Final = "vipwire-"
 STATE_CHAIN: Final = "state"
@@ -83,7 +84,7 @@ def destination_clash(servers: Mapping[str, VirtualServer]) -> str | None:
         s = servers[name]
         key = (ipaddress.ip_address(s.address).compressed, s.port, s.protocol)
         if key in seen:
-            where = f"{s.address}:{s.port}/{s.protocol}"
+            where = f"{s.address}:{port_text(s.port, s.protocol)}"
             return f"destination {where} is served by {seen[key]!r} and {name!r}"
         seen[key] = name
     return None

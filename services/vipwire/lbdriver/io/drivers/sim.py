@@ -11,13 +11,14 @@ import asyncio
 import random
 from collections.abc import Sequence
 
-from vipwire.lbdriver.diff import OperationConflict, apply_operations
-from vipwire.lbdriver.drivers.base import (
+from vipwire.contracts import port_text
+from vipwire.lbdriver.core.diff import OperationConflict, apply_operations
+from vipwire.lbdriver.core.virtual_servers import Operation, VirtualServer, op_name
+from vipwire.lbdriver.io.drivers.base import (
     ApplianceError,
     ApplianceRejected,
     ApplianceUnavailable,
 )
-from vipwire.lbdriver.model import Operation, VirtualServer, op_name
 
 
 class SimAppliance:
@@ -161,5 +162,6 @@ class SimAppliance:
                 by_destination.setdefault(key, []).append(name)
         for (address, port, protocol), names in sorted(by_destination.items()):
             if len(names) > 1 and written.intersection(names):
-                return f"destination {address}:{port}/{protocol} is served by {sorted(names)}"
+                where = f"{address}:{port_text(port, protocol)}"
+                return f"destination {where} is served by {sorted(names)}"
         return None
