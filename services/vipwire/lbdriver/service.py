@@ -145,7 +145,8 @@ class LbdriverService:
     @property
     def idle(self) -> bool:
         """No Service waits for a reconcile or is in one: a fence for tests."""
-        return self._schedule.pending_count() == 0 and self._schedule.running_count() == 0
+        coalescer = self._schedule.coalescer
+        return coalescer.pending_count() == 0 and coalescer.running_count() == 0
 
     @property
     def drivers(self) -> dict[str, ApplianceDriver]:
