@@ -5,9 +5,10 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
-from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+from support.recorders import BusRecorder
 from vipwire.contracts import (
     STREAM,
     Endpoint,
@@ -79,20 +80,15 @@ def lo(address: str, prefix: int = 32) -> AddAddress:
     return AddAddress(interface="lo", address=address, prefix=prefix)
 
 
-class Reports:
+class Reports(BusRecorder):
     """Every NodeApplied on the bus, seen through a plain core-NATS subscription."""
 
-    def __init__(self) -> None:
-        self.seen: list[NodeApplied] = []
+    async def attach(self, runtime: Runtime, subjects: str = "vipwire.*.applied.>") -> Subscription:
+        return await super().attach(runtime, subjects)
 
-    async def attach(self, runtime: Runtime) -> None:
-        await runtime.bus.nc.subscribe("vipwire.*.applied.>", cb=self._on_msg)
-        await runtime.bus.nc.flush()
-
-    async def _on_msg(self, msg: Msg) -> None:
-        message = decode(msg.subject, msg.data)
-        assert isinstance(message, NodeApplied)
-        self.seen.append(message)
+    @property
+    def seen(self) -> list[NodeApplied]:
+        return self.of(NodeApplied)
 
     async def wait_for(
         self, node: str = NODE, *, vips: tuple[str, ...] | None = None, after: int = 0
