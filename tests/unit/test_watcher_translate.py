@@ -11,8 +11,8 @@ from hypothesis import strategies as st
 
 from vipwire.contracts import Endpoint, EndpointPort, ServiceSnapshot, decode, encode, subject_for
 from vipwire.watcher import WatcherSettings
-from vipwire.watcher.status import current_condition, finalizer_patch
-from vipwire.watcher.translate import (
+from vipwire.watcher.core.condition import current_condition
+from vipwire.watcher.core.translate import (
     CLUSTER_ANNOTATION,
     FINALIZER,
     endpoints_snapshot,
@@ -29,7 +29,8 @@ from vipwire.watcher.translate import (
     slim_node,
     slim_service,
 )
-from vipwire.watcher.validate import service_problems
+from vipwire.watcher.core.validate import service_problems
+from vipwire.watcher.core.writeback import finalizer_patch
 
 CLASS = "vipwire.io/dsr"
 JUNK_SCALARS = (
@@ -426,8 +427,8 @@ class TestSettings:
     def test_idle_timeout_defaults_above_the_watch_timeout(self) -> None:
         """A watch is presumed dead only after the server should have ended it."""
         s = WatcherSettings(cluster="east", watch_timeout_s=60)
-        assert s.idle_timeout == 90
-        assert WatcherSettings(cluster="east", watch_idle_timeout_s=5).idle_timeout == 5
+        assert s.idle_timeout_s == 90
+        assert WatcherSettings(cluster="east", watch_idle_timeout_s=5).idle_timeout_s == 5
 
 
 class TestWhatIsKept:
