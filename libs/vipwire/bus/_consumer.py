@@ -11,6 +11,10 @@ order; lanes run concurrently. Every message is a level-triggered snapshot,
 so a message older than one already handled on its subject is stale: it is
 acknowledged without being handled (this is what makes a redelivery after a
 ``Retry`` safe when a newer snapshot has overtaken it).
+
+One module over 500 lines on purpose: one state machine (credit, open pull
+requests, lanes, heartbeats, recovery) whose every method reads the same
+state; split, the pull protocol's invariants would be read across files.
 """
 
 from __future__ import annotations

@@ -165,7 +165,7 @@ class Stack:
     # --- lifecycle -----------------------------------------------------------------
 
     def _runtime(self, name: str) -> Runtime:
-        bus = BusSettings(servers=(self.nats.url,), reconnect_wait=0.2)
+        bus = BusSettings(servers=(self.nats.url,), reconnect_wait_s=0.2)
         service_name, _, instance = name.partition(":")
         return Runtime(
             service_name,

@@ -214,7 +214,7 @@ async def measure_floor(
         children = child_pids("nats-server")
         server_pid = children[0] if len(children) == 1 else None
     provider = make_tracer_provider("vipwire-bench-floor")
-    settings = BusSettings(servers=(nats_url,), reconnect_wait=0.2)
+    settings = BusSettings(servers=(nats_url,), reconnect_wait_s=0.2)
     bus = await connect(
         settings, name="vipwire-bench-floor", tracer=provider.get_tracer("vipwire"),
         metrics=Registry(), attempts=20,

@@ -133,7 +133,7 @@ async def ipam_bench(options: IpamOptions) -> BenchResult:
 
 async def _race(url: str, pool: PoolSettings, options: IpamOptions, hold: int) -> dict[str, Any]:
     provider = make_tracer_provider("vipwire-bench-ipam")
-    settings = BusSettings(servers=(url,), reconnect_wait=0.2)
+    settings = BusSettings(servers=(url,), reconnect_wait_s=0.2)
     replicas: list[_Replica] = []
     try:
         for i in range(options.replicas):
@@ -144,7 +144,8 @@ async def _race(url: str, pool: PoolSettings, options: IpamOptions, hold: int) -
                 metrics=Registry(),
                 attempts=20,
             )
-            cache = ClaimCache(IpamStore(await bus.kv(IPAM_BUCKET), bus.js), Allocator([pool]))
+            bucket = await bus.kv(IPAM_BUCKET)
+            cache = ClaimCache(IpamStore(bucket.raw, bus.js), Allocator([pool]))
             replicas.append(_Replica(i, bus, cache))
             await cache.start(60.0)
         shared = _Shared(options.allocations)

@@ -299,7 +299,7 @@ class IpamService:
     async def _start(self) -> None:
         bus = self.runtime.bus
         try:
-            store = IpamStore(await bus.kv(IPAM_BUCKET), bus.js)
+            store = IpamStore((await bus.kv(IPAM_BUCKET)).raw, bus.js)
         except (TimeoutError, nats.errors.Error) as exc:
             raise StoreError(f"cannot open KV bucket {IPAM_BUCKET}: {exc!r}") from exc
         self._config_stamp = self._stamp()
