@@ -31,11 +31,9 @@ from typing import Protocol
 from kubernetes_asyncio.client import ApiClient
 
 from vipwire.aio import cancel_and_wait
-from vipwire.bus import ConsumerSpec
-from vipwire.contracts import family_filter
 from vipwire.kube import LeaderElector, in_cluster_namespace, new_api_client
 from vipwire.runtime import Runtime
-from vipwire.watcher.io.bus_reader import BusReader
+from vipwire.watcher.io.bus_reader import BusReader, open_consumers
 from vipwire.watcher.io.event_recorder import EventRecorder
 from vipwire.watcher.io.kube_writes import KubeWrites, NotLeader
 from vipwire.watcher.io.publishing import Publisher, watch_cluster
@@ -200,31 +198,7 @@ class WatcherService:
         writer = StatusWriter(term, self._kube, recorder)
         reader = BusReader(term, writer, recorder)
         c = self._cluster
-        # What the rest of the system says, for the whole term.
-        theirs: tuple[str, ...] = (family_filter("vip", c), family_filter("lb", c))
-        if self.settings.status_gate != "none":
-            # Only a gate reads what the node agents applied: without one, their reports
-            # (one per node and change, each listing every VIP of the node) are not worth
-            # a delivery.
-            theirs += (family_filter("applied", c),)
-        # What we (or a predecessor) published: read to start from, then no more. Our
-        # own messages coming back would be half of every Service's deliveries.
-        ours = (
-            family_filter("service", c),
-            family_filter("endpoints", c),
-            family_filter("node", c),
-        )
-        # Every table below keeps the sequence of what it holds and ignores anything
-        # older: the bus need not keep a sequence per subject as well.
-        bus = self.runtime.bus
-        consumer = bus.consumer(
-            ConsumerSpec(filters=theirs, deliver="last_per_subject", supersede=False),
-            reader.on_delivery,
-        )
-        replay = bus.consumer(
-            ConsumerSpec(filters=ours, deliver="last_per_subject", supersede=False, traced=False),
-            reader.on_delivery,
-        )
+        consumer, replay = open_consumers(self.runtime.bus, reader, c)
         self._consumer, self._replay = consumer, replay
         tasks: list[asyncio.Task[None]] = []
         try:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import sys
 import time
 
-from vipwire.bus import DONE, Delivery, Retry, Verdict
+from vipwire.bus import DONE, Bus, ConsumerSpec, Delivery, PullConsumer, Retry, Verdict
 from vipwire.contracts import (
     EndpointsSnapshot,
     LbFailed,
@@ -27,6 +27,7 @@ from vipwire.contracts import (
     VipFailed,
     VipReleased,
     VipReleasing,
+    family_filter,
 )
 from vipwire.telemetry import trace_id_of_current_span
 from vipwire.watcher.core.events import event_for
@@ -50,6 +51,11 @@ class BusReader:
         self._term = term
         self._writer = writer
         self._recorder = recorder
+
+    @property
+    def gating(self) -> bool:
+        """A status gate is configured: the node agents' reports are read too."""
+        return self._term.memory.gating
 
     async def on_delivery(self, d: Delivery) -> Verdict:
         try:
@@ -121,3 +127,33 @@ class BusReader:
                     elif uid(service) == message.uid:
                         await self._recorder.emit(spec, service, cause, replayed=replayed)
                 memory.forget_service(key, absent=term.absent("service", key))
+
+
+def open_consumers(bus: Bus, reader: BusReader, cluster: str) -> tuple[PullConsumer, PullConsumer]:
+    """A term's two consumers, not started: theirs (for the whole term) and the replay
+    of ours (to start from)."""
+    # What the rest of the system says, for the whole term.
+    theirs: tuple[str, ...] = (family_filter("vip", cluster), family_filter("lb", cluster))
+    if reader.gating:
+        # Only a gate reads what the node agents applied: without one, their reports
+        # (one per node and change, each listing every VIP of the node) are not worth
+        # a delivery.
+        theirs += (family_filter("applied", cluster),)
+    # What we (or a predecessor) published: read to start from, then no more. Our
+    # own messages coming back would be half of every Service's deliveries.
+    ours = (
+        family_filter("service", cluster),
+        family_filter("endpoints", cluster),
+        family_filter("node", cluster),
+    )
+    # Every table of the term memory keeps the sequence of what it holds and ignores
+    # anything older: the bus need not keep a sequence per subject as well.
+    consumer = bus.consumer(
+        ConsumerSpec(filters=theirs, deliver="last_per_subject", supersede=False),
+        reader.on_delivery,
+    )
+    replay = bus.consumer(
+        ConsumerSpec(filters=ours, deliver="last_per_subject", supersede=False, traced=False),
+        reader.on_delivery,
+    )
+    return consumer, replay
