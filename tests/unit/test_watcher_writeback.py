@@ -1,4 +1,4 @@
-"""The watcher's pure write-back decisions: status, condition, finalizer and Events."""
+"""The watcher's pure write-back decisions: status, condition, finalizer and Events (core)."""
 
 from __future__ import annotations
 
