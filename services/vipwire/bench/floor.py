@@ -34,9 +34,8 @@ from nats.js.api import KeyValueConfig, StorageType
 from vipwire.bench._fleet import child_pids, proc_status
 from vipwire.bench._result import BenchResult, convert_params
 from vipwire.bus import DONE, Bus, BusSettings, ConsumerSpec, Delivery, Verdict, connect
-from vipwire.cli.up import percentile
 from vipwire.contracts import NodeApplied
-from vipwire.metrics import Registry
+from vipwire.metrics import Registry, percentile
 from vipwire.natsserver import NatsServer
 from vipwire.telemetry import make_tracer_provider
 

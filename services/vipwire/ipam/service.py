@@ -94,7 +94,9 @@ from vipwire.ipam.control import (
     ShowReply,
     ShowRequest,
     StaleAllocation,
+    claim_view,
     parse_service,
+    record_view,
 )
 from vipwire.ipam.settings import IpamConfigError, IpamSettings
 from vipwire.ipam.store import (
@@ -1471,10 +1473,10 @@ class IpamService:
                 claims = {}
                 for vip in record.vips:
                     claim = await self.store.get_claim(vip)
-                    claims[vip] = claim[0] if claim else None
+                    claims[vip] = claim_view(claim[0]) if claim else None
                 view = msgspec.structs.replace(
                     view,
-                    record=record,
+                    record=record_view(record),
                     revision=revision,
                     claims=claims,
                     stale=self.allocator.stale_reasons(Owner(*ref, record.uid)),
@@ -1493,7 +1495,7 @@ class IpamService:
                 address=address,
                 pool=pool,
                 usable=pool is not None and allocator.usable(address),
-                claim=found[0] if found else None,
+                claim=claim_view(found[0]) if found else None,
                 revision=found[1] if found else None,
                 stale=allocator.address_stale_reasons(address) if found else (),
             ),
