@@ -20,6 +20,7 @@ from vipwire.contracts import (
     VipFailed,
     VipMessage,
     VipReleased,
+    port_text,
 )
 from vipwire.watcher.core.condition import INVALID, appliance_message, clip
 from vipwire.watcher.core.translate import Obj, metadata, resource_version, uid
@@ -98,7 +99,7 @@ def event_for(
             and before.vips == message.vips
         ):
             return None
-        ports = ", ".join(f"{p.port}/{p.protocol}" for p in message.ports) or "no ports"
+        ports = ", ".join(port_text(p.port, p.protocol) for p in message.ports) or "no ports"
         return EventSpec(
             type="Normal",
             reason="LoadBalancerProgrammed",
