@@ -108,8 +108,8 @@ class Harness:
             cluster="east",
             kubeconfig=str(self.kubeconfig),
             context="east",
-            backoff_initial=0.05,
-            backoff_max=0.2,
+            backoff_initial_s=0.05,
+            backoff_max_s=0.2,
             instance="test-watcher",
             **overrides,
         )
@@ -315,12 +315,14 @@ class TestServices:
         watcher = harness.watcher
         assert watcher is not None
         await eventually(
-            lambda: "default/web" not in watcher._views, what="the watcher forgot web's view"
+            lambda: "default/web" not in watcher._term.memory.views,
+            what="the watcher forgot web's view",
         )
         await eventually(
-            lambda: "default/web" not in watcher._services, what="the watcher forgot web's record"
+            lambda: "default/web" not in watcher._term.memory.services,
+            what="the watcher forgot web's record",
         )
-        await eventually(lambda: len(watcher._locks) == 0, what="no lock left")
+        await eventually(lambda: len(watcher._term.locks) == 0, what="no lock left")
 
     async def test_type_change_away_releases_and_clears_status(self, harness: Harness) -> None:
         """A Service that stops being a LoadBalancer is released, then let go, status cleared."""
@@ -536,12 +538,12 @@ class TestResilience:
     async def test_a_replay_that_outlasts_its_timeout_finishes_while_serving(
         self, harness: Harness
     ) -> None:
-        """Past catch_up_timeout the watcher serves Kubernetes while the replay of its own
+        """Past catch_up_timeout_s the watcher serves Kubernetes while the replay of its own
         families goes on; once that ends it reads them no more, and a Service deleted then
         is still declared gone and forgotten."""
         for i in range(500):  # something to replay for longer than the timeout
             await harness.publish(NodeGone(cluster="east", node=f"old-{i}"))
-        watcher = await harness.start_watcher(catch_up_timeout=0.001)
+        watcher = await harness.start_watcher(catch_up_timeout_s=0.001)
         snap = await harness.created()
         await eventually(
             lambda: watcher._replay is None, what="the replay of our own families stopped"
@@ -558,9 +560,10 @@ class TestResilience:
         )
         await eventually(lambda: harness.service() is None, what="web is gone")
         await eventually(
-            lambda: "default/web" not in watcher._services, what="the watcher forgot web"
+            lambda: "default/web" not in watcher._term.memory.services,
+            what="the watcher forgot web",
         )
-        assert "default/web" not in watcher._views
+        assert "default/web" not in watcher._term.memory.views
 
     async def test_services_replaced_or_removed_while_down_are_caught_up(
         self, harness: Harness

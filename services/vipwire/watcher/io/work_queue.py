@@ -34,15 +34,15 @@ class WorkQueue:
         handler: Handler,
         *,
         workers: int,
-        backoff_initial: float,
-        backoff_max: float,
+        backoff_initial_s: float,
+        backoff_max_s: float,
         metrics: Registry,
     ) -> None:
         self.name = name
         self._handler = handler
         self._workers = workers
-        self._backoff_initial = backoff_initial
-        self._backoff_max = backoff_max
+        self._backoff_initial_s = backoff_initial_s
+        self._backoff_max_s = backoff_max_s
         self._ready: asyncio.Queue[str] = asyncio.Queue()
         self._triggers: dict[str, str] = {}  # queued or to be re-queued, with its newest trigger
         self._queued: set[str] = set()
@@ -119,7 +119,7 @@ class WorkQueue:
     def _retry_later(self, key: str, trigger: str, exc: Exception) -> None:
         failures = self._failures.get(key, 0) + 1
         self._failures[key] = failures
-        delay = min(self._backoff_initial * 2 ** (failures - 1), self._backoff_max)
+        delay = min(self._backoff_initial_s * 2 ** (failures - 1), self._backoff_max_s)
         log.warning("%s %s: %s; again in %.2fs", self.name, key, exc, delay)
         self._m_retries.inc(queue=self.name)
         newest = self._triggers.pop(key, trigger)

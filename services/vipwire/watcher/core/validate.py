@@ -18,7 +18,7 @@ import re
 from collections.abc import Iterable
 from typing import Any, Final
 
-from vipwire.watcher.translate import (
+from vipwire.watcher.core.translate import (
     CLUSTER_ANNOTATION,
     IPS_ANNOTATION,
     POOL_ANNOTATION,

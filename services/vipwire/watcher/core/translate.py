@@ -137,7 +137,7 @@ def _pick(source: Any, keys: Iterable[str]) -> dict[str, Any]:
 def slim_service(service: Obj) -> dict[str, Any]:
     """What the watcher reads of a Service (all of spec it translates, its metadata but
     managedFields and the last applied configuration, its load balancer status and
-    conditions): what it keeps of each (encoded, see :mod:`vipwire.watcher._packed`)."""
+    conditions): what it keeps of each (encoded, see :mod:`vipwire.watcher.core.packed`)."""
     meta = _pick(service.get("metadata"), _SERVICE_META)
     annotations = meta.get("annotations")
     if isinstance(annotations, Mapping) and _LAST_APPLIED in annotations:

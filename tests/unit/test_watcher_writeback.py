@@ -1,4 +1,4 @@
-"""The watcher's pure write-back decisions: status, condition, finalizer and Events."""
+"""The watcher's pure write-back decisions: status, condition, finalizer and Events (core)."""
 
 from __future__ import annotations
 
@@ -14,34 +14,35 @@ from vipwire.contracts import (
     VipFailed,
     VipReleased,
 )
-from vipwire.watcher.status import (
-    CAUSE_ANNOTATION,
+from vipwire.watcher.core.bus_view import BusView, before, observe, superseded
+from vipwire.watcher.core.condition import (
     READY,
-    BusView,
     Condition,
-    Decision,
-    before,
     conditions_with,
+    gate_satisfied,
+    readiness,
+)
+from vipwire.watcher.core.events import (
+    CAUSE_ANNOTATION,
     event_for,
     event_name,
     event_object,
-    finalizer_patch,
-    gate_satisfied,
     invalid_event,
-    leftover_patch,
-    observe,
-    readiness,
     series_patch,
-    superseded,
-    trace_patch,
 )
-from vipwire.watcher.status import decide as decide_
-from vipwire.watcher.translate import (
+from vipwire.watcher.core.translate import (
     CLUSTER_ANNOTATION,
     FINALIZER,
     TRACE_ANNOTATION,
     service_snapshot,
 )
+from vipwire.watcher.core.writeback import (
+    Decision,
+    finalizer_patch,
+    leftover_patch,
+    trace_patch,
+)
+from vipwire.watcher.core.writeback import decide as decide_
 
 CLASS = "vipwire.io/dsr"
 SVC = {"cluster": "east", "namespace": "shop", "name": "web", "uid": "u-1"}

@@ -2,7 +2,7 @@
 
 A reflector keeps the objects of one resource as the API server has them
 (``store``) and tells its listener, synchronously, which keys changed; the
-listener queues them for workers that read the store (:mod:`_queue`). It
+listener queues them for workers that read the store (:mod:`.work_queue`). It
 never waits for the work itself, so a slow or failing write never holds up
 the stream. After a (re)list the listener gets the whole set and queues
 every key it holds or knows of: whatever changed or vanished while no watch
@@ -21,8 +21,8 @@ from typing import Any, Generic, Protocol, TypeVar
 
 from vipwire.kube import ApiCall, KubeApiError, KubeUnavailable, list_all, watch_events
 from vipwire.metrics import Counter
+from vipwire.watcher.core.translate import Obj, object_key, resource_version
 from vipwire.watcher.settings import WatcherSettings
-from vipwire.watcher.translate import Obj, object_key, resource_version
 
 log = logging.getLogger("vipwire.watcher")
 
@@ -74,7 +74,7 @@ class Reflector(Generic[T]):
     async def run(self) -> None:
         """Until cancelled: list, watch, and recover from whatever breaks."""
         s = self._settings
-        delay = s.backoff_initial
+        delay = s.backoff_initial_s
         failures = 0
         last_list = 0.0
         while True:
@@ -84,8 +84,8 @@ class Reflector(Generic[T]):
                     last_list = time.monotonic()
                 progressed = await self._watch(self._rv or "")
                 if progressed:
-                    failures, delay = 0, s.backoff_initial
-                if s.resync_interval and time.monotonic() - last_list >= s.resync_interval:
+                    failures, delay = 0, s.backoff_initial_s
+                if s.resync_interval_s and time.monotonic() - last_list >= s.resync_interval_s:
                     self._restart("resync", relist=True)
                 continue
             except KubeApiError as exc:
@@ -103,7 +103,7 @@ class Reflector(Generic[T]):
                 log.warning("%s: %s; retrying in %.1fs", self.name, exc, delay)
             failures += 1
             await asyncio.sleep(delay)
-            delay = min(delay * 2, s.backoff_max)
+            delay = min(delay * 2, s.backoff_max_s)
 
     def _restart(self, reason: str, *, relist: bool) -> None:
         self._restarts.inc(resource=self.name, reason=reason)
@@ -113,7 +113,7 @@ class Reflector(Generic[T]):
     async def _list(self) -> None:
         s = self._settings
         items, rv = await list_all(
-            self._call, timeout=s.request_timeout, page_size=s.list_page_size, **self._kwargs
+            self._call, timeout=s.request_timeout_s, page_size=s.list_page_size, **self._kwargs
         )
         keep, store = self._keep, self._new_store()
         for o in items:
@@ -132,8 +132,8 @@ class Reflector(Generic[T]):
             self._call,
             resource_version=rv,
             timeout_seconds=s.watch_timeout_s,
-            connect_timeout=s.request_timeout,
-            idle_timeout=s.idle_timeout,
+            connect_timeout=s.request_timeout_s,
+            idle_timeout=s.idle_timeout_s,
             **self._kwargs,
         )
         async with contextlib.aclosing(events):
