@@ -1,8 +1,9 @@
 """The node agent: this node's share of the cluster's VIPs (on ``lo``, ARP-silent).
 
-``core`` decides (pure: ``desired``, ``changes``, ``plan``), ``io`` holds the
-seam to the node (``apply``, ``linux``, their ``errors``) and the reports to the bus
-(``reporting``), ``service`` is the shell that wires them.
+``core`` decides (pure: ``desired``, ``changes``, ``plan``, ``retry``), ``io``
+holds the seam to the node (``apply``, ``linux``, their ``errors``, ``writing``)
+and the reports to the bus (``reporting``), ``service`` is the shell that wires
+them.
 """
 
 from vipwire.nodeagent.core.desired import (
