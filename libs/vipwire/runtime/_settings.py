@@ -23,6 +23,7 @@ import msgspec
 import msgspec.yaml
 
 from vipwire.bus import BusSettings
+from vipwire.telemetry import configure_logging
 
 T = TypeVar("T")
 
@@ -184,3 +185,20 @@ def load_common(
         http=section(data, "http", HttpSettings, source=source, warn=warn),
         telemetry=section(data, "telemetry", TelemetrySettings, source=source, warn=warn),
     )
+
+
+def load_common_and_configure_logging(
+    data: dict[str, Any], *, source: str = "config"
+) -> CommonSettings:
+    """The common sections, with logging configured at their ``telemetry.log_level``.
+
+    The level is among the settings being decoded, so a renamed setting in
+    these sections is held back and logged once logging is configured: as a log
+    line like any other, not as a bare line on stderr.
+    """
+    notes: list[str] = []
+    common = load_common(data, source=source, warn=notes.append)
+    configure_logging(common.telemetry.log_level)
+    for note in notes:
+        log.warning("%s", note)
+    return common

@@ -21,14 +21,18 @@ from aiohttp import web
 
 from vipwire.aio import serve_http
 from vipwire.nodeagent import NodeagentService, NodeagentSettings
-from vipwire.runtime import HttpSettings, Runtime, decode_settings, load_common, read_config
-from vipwire.telemetry import configure_logging
+from vipwire.runtime import (
+    HttpSettings,
+    Runtime,
+    decode_settings,
+    load_common_and_configure_logging,
+    read_config,
+)
 
 
 async def serve(config_path: str) -> int:
     data = read_config(config_path)
-    common = load_common(data, source=config_path)
-    configure_logging(common.telemetry.log_level)
+    common = load_common_and_configure_logging(data, source=config_path)
     sections: list[dict[str, Any]] = data.get("nodeagents") or []
     own = msgspec.structs.replace(common, http=HttpSettings(host="127.0.0.1", port=0))
     agents: list[tuple[Runtime, NodeagentService]] = []

@@ -7,8 +7,13 @@ import asyncio
 import logging
 from typing import Any
 
-from vipwire.runtime import Runtime, load_common, read_config, run_until_signalled, section
-from vipwire.telemetry import configure_logging
+from vipwire.runtime import (
+    Runtime,
+    load_common_and_configure_logging,
+    read_config,
+    run_until_signalled,
+    section,
+)
 
 log = logging.getLogger("vipwire.cli")
 
@@ -54,8 +59,7 @@ def build_service(name: str, data: dict[str, Any], runtime: Runtime, source: str
 
 async def run_service(name: str, config_path: str) -> int:
     data = read_config(config_path)
-    common = load_common(data, source=config_path)
-    configure_logging(common.telemetry.log_level)
+    common = load_common_and_configure_logging(data, source=config_path)
     runtime = Runtime(name, common)
     # Validate the service's section before touching the network: a typo
     # should fail fast with the field named, not after a NATS connect.

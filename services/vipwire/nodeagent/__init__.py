@@ -1,8 +1,9 @@
 """The node agent: this node's share of the cluster's VIPs (on ``lo``, ARP-silent).
 
-``core`` decides (pure: ``desired``, ``changes``, ``plan``), ``io`` holds the
-seam to the node (``apply``, ``linux``) and the reports to the bus
-(``reporting``), ``service`` is the shell that wires them.
+``core`` decides (pure: ``desired``, ``changes``, ``plan``, ``retry``), ``io``
+holds the seam to the node (``apply``, ``linux``, their ``errors``, ``writing``)
+and the reports to the bus (``reporting``), ``service`` is the shell that wires
+them.
 """
 
 from vipwire.nodeagent.core.desired import (
@@ -41,13 +42,8 @@ from vipwire.nodeagent.core.plan import (
     plan_delta,
     simulate,
 )
-from vipwire.nodeagent.io.apply import (
-    Applier,
-    ApplierUnavailable,
-    ApplyError,
-    DryRunApplier,
-    make_applier,
-)
+from vipwire.nodeagent.io.apply import Applier, DryRunApplier, make_applier
+from vipwire.nodeagent.io.errors import ApplierUnavailable, ApplyError
 from vipwire.nodeagent.io.linux import ADDRESS_PROTO, LinuxApplier
 from vipwire.nodeagent.service import NodeagentService
 from vipwire.nodeagent.settings import NODE_ENV, NodeagentSettings

@@ -7,7 +7,8 @@ withdraw the other VIPs on every restart.
 
 A message only updates the pure :class:`~vipwire.nodeagent.core.changes.Changes`
 (O(its VIPs)) and marks what it changed; one task applies what is marked
-(after ``coalesce_ms``, so a burst is applied together) and reports
+(after ``coalesce_ms``, so a burst is applied together;
+:mod:`~vipwire.nodeagent.io.writing`) and reports
 (:mod:`~vipwire.nodeagent.io.reporting`). The first
 apply and every resync read the node and plan in full; in between, the agent
 trusts what it applied and plans only the changed addresses. A failed apply is
@@ -21,42 +22,23 @@ import asyncio
 import contextlib
 import logging
 import math
-from typing import Protocol
 
 from opentelemetry.trace import SpanContext
 
 from vipwire.aio import cancel_and_wait
-from vipwire.bus import DONE, BusError, ConsumerSpec, Delivery, Verdict
-from vipwire.contracts import MalformedMessage, NodeApplied, decode, family_filter, node_subject
+from vipwire.bus import DONE, BusError, ConsumerSpec, Delivery, PullConsumer, Verdict
+from vipwire.contracts import family_filter
 from vipwire.nodeagent.core.changes import Changes
 from vipwire.nodeagent.core.desired import node_state, ruleset, vip_strings
-from vipwire.nodeagent.core.plan import (
-    Action,
-    Known,
-    known,
-    note_applied,
-    plan,
-    plan_delta,
-    simulate,
-)
+from vipwire.nodeagent.core.plan import Known, known, note_applied, plan, plan_delta, simulate
+from vipwire.nodeagent.core.retry import backoff_s
 from vipwire.nodeagent.io.apply import Applier, make_applier
-from vipwire.nodeagent.io.reporting import MAX_LINKS, Reporter, span_parent
+from vipwire.nodeagent.io.reporting import MAX_LINKS, Reporter, last_generation
+from vipwire.nodeagent.io.writing import Writer
 from vipwire.nodeagent.settings import NodeagentSettings
 from vipwire.runtime import ConfigError, Runtime
 
 log = logging.getLogger("vipwire.nodeagent")
-
-
-class _Consumer(Protocol):
-    async def start(self) -> None: ...
-
-    async def caught_up(self, timeout: float | None = None) -> None: ...
-
-    async def stop(self) -> None: ...
-
-
-def _backoff(attempt: int) -> float:
-    return float(min(0.25 * 2 ** max(attempt - 1, 0), 30.0))
 
 
 class NodeagentService:
@@ -74,6 +56,7 @@ class NodeagentService:
             raise ConfigError(f"nodeagent: {exc}") from exc
         self._runtime = runtime
         self._applier = applier if applier is not None else make_applier(self.settings)
+        self._writer = Writer(self.settings, runtime, self._applier)
         self._changes = Changes(standalone=self.settings.mode == "standalone")
         self._known = Known()
         self._causes: list[SpanContext] = []
@@ -81,33 +64,22 @@ class NodeagentService:
         self._live = False
         self._ready = asyncio.Event()
         self._problem: str | None = None
-        self._generation = 0
         # The VIP set changed since the last report (or none was made yet).
         self._unreported = True
         self._reporter = Reporter(self.settings, runtime, dry_run=self._applier.dry_run)
         self._warned: set[str] = set()
-        self._consumer: _Consumer | None = None
+        self._consumer: PullConsumer | None = None
         self._task: asyncio.Task[None] | None = None
-        m = runtime.metrics
-        self._m_applies = m.counter(
-            "nodeagent_applies_total", "Applies that changed the node, by result", ["result"]
-        )
-        self._m_actions = m.counter(
-            "nodeagent_actions_total", "Actions applied to the node, by kind", ["action"]
-        )
-        self._m_vips = m.gauge("nodeagent_vips", "VIPs this node serves now")
-        self._m_generation = m.gauge("nodeagent_generation", "Generation of the last apply")
 
     # --- lifecycle ---------------------------------------------------------------
 
     @property
     def generation(self) -> int:
-        return self._generation
+        return self._writer.generation
 
     async def start(self) -> None:
         s = self.settings
-        self._generation = await self._last_generation()
-        self._m_generation.set(self._generation)
+        self._writer.resume(await last_generation(s, self._runtime))
         filters = [family_filter("lb", s.cluster)]
         if s.mode == "standalone":
             filters.append(family_filter("endpoints", s.cluster))
@@ -149,21 +121,7 @@ class NodeagentService:
         """Wait until the first apply after catching up is done."""
         await asyncio.wait_for(self._ready.wait(), timeout)
 
-    async def _last_generation(self) -> int:
-        """Continue the generation this node last reported, so it never goes back."""
-        s = self.settings
-        subject = node_subject("applied", s.cluster, s.node)
-        stored = await self._runtime.bus.last_message(subject)
-        if stored is None:
-            return 0
-        try:
-            last = decode(subject, stored.data)
-        except MalformedMessage as exc:
-            log.warning("ignoring the last applied message of %s: %s", s.node, exc)
-            return 0
-        return last.generation if isinstance(last, NodeApplied) else 0
-
-    async def _run(self, consumer: _Consumer) -> None:
+    async def _run(self, consumer: PullConsumer) -> None:
         await consumer.caught_up()
         self._live = True
         attempt = 0
@@ -177,14 +135,14 @@ class NodeagentService:
                     # messages arrive while it runs.
                     vips = vip_strings(self._changes.desired.refs)
                     await self._apply()
-                    await self._reporter.report(vips, self._generation)
+                    await self._reporter.report(vips, self._writer.generation)
                     self._unreported = vips != vip_strings(self._changes.desired.refs)
                 break
             except Exception as exc:
                 self._problem = f"first apply failed: {exc}"
                 log.warning("first apply failed (attempt %d): %s", attempt, exc, exc_info=exc)
                 self._changes.full = True
-                await asyncio.sleep(_backoff(attempt))
+                await asyncio.sleep(backoff_s(attempt))
         self._problem = None
         self._ready.set()
         await self._loop()
@@ -217,7 +175,7 @@ class NodeagentService:
                     await self._apply()
                 except Exception as exc:
                     failures += 1
-                    retry_at = loop.time() + _backoff(failures)
+                    retry_at = loop.time() + backoff_s(failures)
                     self._unreported = self._unreported or vips is not None
                     log.warning("apply failed (attempt %d): %s", failures, exc, exc_info=exc)
                     continue
@@ -295,7 +253,7 @@ class NodeagentService:
                     self._known, state, changed, interface=s.loopback_interface, nft=nft
                 )
             if actions:
-                await self._write(actions, causes)
+                await self._writer.write(actions, causes, vips=len(self._changes.desired.refs))
         except BaseException:
             # Nothing is lost: the next attempt reads the node and plans in full.
             self._changes.full = True
@@ -305,41 +263,9 @@ class NodeagentService:
             self._known = known(after)
         else:
             note_applied(self._known, actions)
-        self._m_vips.set(len(self._changes.desired.refs))
+        self._writer.serving(len(self._changes.desired.refs))
         if causes:
             self._reporter.caused_by(causes)
-
-    async def _write(self, actions: tuple[Action, ...], causes: list[SpanContext]) -> None:
-        s = self.settings
-        parent, links = span_parent(causes)
-        with self._runtime.tracer.start_as_current_span(
-            "nodeagent apply",
-            context=parent,
-            links=links,
-            attributes={
-                "k8s.node.name": s.node,
-                "vipwire.cluster": s.cluster,
-                "vipwire.actions": len(actions),
-                "vipwire.dry_run": self._applier.dry_run,
-            },
-        ):
-            try:
-                await self._applier.apply(actions)
-            except Exception:
-                self._m_applies.inc(result="failed")
-                raise
-        self._generation += 1
-        self._m_applies.inc(result="applied")
-        for action in actions:
-            self._m_actions.inc(action=str(type(action).__struct_config__.tag))
-        self._m_generation.set(self._generation)
-        log.info(
-            "generation %d: applied %d actions, %d VIPs%s",
-            self._generation,
-            len(actions),
-            len(self._changes.desired.refs),
-            " (dry run)" if self._applier.dry_run else "",
-        )
 
     def _warn(self, ignored: tuple[str, ...]) -> None:
         for reason in ignored:
@@ -350,7 +276,7 @@ class NodeagentService:
 
     async def _try_report(self, vips: tuple[str, ...]) -> None:
         try:
-            await self._reporter.report(vips, self._generation)
+            await self._reporter.report(vips, self._writer.generation)
         except BusError:
             self._unreported = True
-            self._reporter.next_at = asyncio.get_running_loop().time() + _backoff(1)
+            self._reporter.next_at = asyncio.get_running_loop().time() + backoff_s(1)

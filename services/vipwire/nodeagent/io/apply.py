@@ -3,6 +3,8 @@
 The service never touches the node itself: it asks an applier what the node
 has, plans, and hands the applier the actions. ``DryRunApplier`` records them
 and simulates their effect; ``LinuxApplier`` (``nodeagent.io.linux``) runs them.
+``make_applier`` picks one for the settings. Both raise the errors of
+``nodeagent.io.errors``.
 """
 
 from __future__ import annotations
@@ -25,17 +27,11 @@ from vipwire.nodeagent.core.plan import (
     address_order,
     describe,
 )
+from vipwire.nodeagent.io.errors import ApplierUnavailable, ApplyError
+from vipwire.nodeagent.io.linux import LinuxApplier
 from vipwire.nodeagent.settings import NodeagentSettings
 
 log = logging.getLogger("vipwire.nodeagent.apply")
-
-
-class ApplyError(Exception):
-    """The node could not be read or changed; the service retries later."""
-
-
-class ApplierUnavailable(ApplyError):
-    """No applier can serve these settings (yet)."""
 
 
 class Applier(Protocol):
@@ -144,7 +140,4 @@ def make_applier(settings: NodeagentSettings) -> Applier:
             f"nodeagent.dry_run is false, but only Linux nodes can be changed (this is "
             f"{sys.platform}); set dry_run: true"
         )
-    # Imported here: the Linux applier depends on this module for its errors.
-    from vipwire.nodeagent.io.linux import LinuxApplier
-
     return LinuxApplier.from_settings(settings)

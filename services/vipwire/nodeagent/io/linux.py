@@ -34,7 +34,7 @@ from vipwire.nodeagent.core.plan import (
     describe,
 )
 from vipwire.nodeagent.io._rtnl import AddressSocket, KernelAddress, RtnlError
-from vipwire.nodeagent.io.apply import ApplierUnavailable, ApplyError
+from vipwire.nodeagent.io.errors import ApplierUnavailable, ApplyError
 from vipwire.nodeagent.settings import NodeagentSettings
 
 log = logging.getLogger("vipwire.nodeagent.linux")

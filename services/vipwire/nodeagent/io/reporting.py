@@ -1,5 +1,7 @@
 """Telling the bus what the node serves: ``NodeApplied``, in the traces that caused it.
 
+At start, the last ``NodeApplied`` of this node gives the generation to continue.
+
 The first message an apply or report serves is its trace parent, the others
 (up to :data:`MAX_LINKS`) are links: each agent gets every message of its
 cluster, so it makes no span per delivery.
@@ -15,7 +17,7 @@ from opentelemetry.context import Context
 from opentelemetry.trace import Link, NonRecordingSpan, SpanContext
 
 from vipwire.bus import BusError
-from vipwire.contracts import NodeApplied
+from vipwire.contracts import MalformedMessage, NodeApplied, decode, node_subject
 from vipwire.nodeagent.settings import NodeagentSettings
 from vipwire.runtime import Runtime
 
@@ -31,6 +33,21 @@ def span_parent(causes: list[SpanContext]) -> tuple[Context | None, list[Link]]:
         return None, []
     parent = trace.set_span_in_context(NonRecordingSpan(causes[0]))
     return parent, [Link(c) for c in causes[1:MAX_LINKS]]
+
+
+async def last_generation(settings: NodeagentSettings, runtime: Runtime) -> int:
+    """The generation this node last reported (0 if none), so the count never goes back."""
+    s = settings
+    subject = node_subject("applied", s.cluster, s.node)
+    stored = await runtime.bus.last_message(subject)
+    if stored is None:
+        return 0
+    try:
+        last = decode(subject, stored.data)
+    except MalformedMessage as exc:
+        log.warning("ignoring the last applied message of %s: %s", s.node, exc)
+        return 0
+    return last.generation if isinstance(last, NodeApplied) else 0
 
 
 class Reporter:
