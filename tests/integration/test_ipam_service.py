@@ -41,7 +41,8 @@ from vipwire.ipam import (
     ServiceRecord,
     Sharer,
 )
-from vipwire.ipam.store import GroupRecord, IpamStore, decode_claim, decode_record
+from vipwire.ipam.core.records import GroupRecord, decode_claim, decode_record
+from vipwire.ipam.io.bucket import IpamStore
 from vipwire.natsserver import NatsServer
 from vipwire.runtime import Runtime
 from vipwire.testing import eventually
@@ -506,7 +507,7 @@ class TestIdempotency:
             )
             before = await kv_state(bus)
             for _ in range(2):
-                assert await ipam._handle(delivery) == DONE
+                assert await ipam.handle(delivery) == DONE
             assert await kv_state(bus) == before
 
         live = snapshot("web")
@@ -634,7 +635,7 @@ class TestSharing:
                 f"k{i}-{proto.lower()}", sharing_key=f"k{i}", ports=ports(f"53/{proto}")
             )
             for _ in range(5):
-                verdict = await replica._handle(delivery(message))
+                verdict = await replica.handle(delivery(message))
                 if verdict == DONE:
                     break
             return verdict
@@ -909,7 +910,8 @@ class TestRaces:
         whether the server checks the subject's last sequence as it stores VipAssigned
         (nats-server 2.11+) or, before that, the check is a read of its own."""
         ipam = await make_ipam()
-        ipam._expect_subject = server_checks
+        assert ipam.lifecycle is not None
+        ipam.lifecycle.publisher.expect_subject = server_checks
         live = snapshot("web")
         seq = await bus.bus.publish(live)
         await seen.wait(VipAssigned, "web")
@@ -922,7 +924,7 @@ class TestRaces:
         async def not_yet(d: Delivery) -> bool:
             return False  # as if the start-up check ran before the deletion was published
 
-        monkeypatch.setattr(ipam, "_superseded", not_yet)
+        monkeypatch.setattr(ipam.lifecycle.publisher, "superseded", not_yet)
         stale = Delivery(
             subject=parse_subject(subject_for(live)),
             message=live,
@@ -930,7 +932,7 @@ class TestRaces:
             num_delivered=2,
             headers={},
         )
-        assert await ipam._handle(stale) == DONE
+        assert await ipam.handle(stale) == DONE
         assert await kv_state(bus) == ({}, {})
         assert len(seen.of(VipAssigned, "web")) == 1
 
@@ -940,7 +942,7 @@ class TestRaces:
         """A snapshot handled after a newer one was stored, by a replica that read nothing
         first (no claim names the Service), publishes no VipFailed: the newer one decides."""
         ipam = await make_ipam()
-        await ipam._consumer.stop()  # type: ignore[union-attr]  # this test hands out the deliveries
+        await ipam.consumer.stop()  # type: ignore[union-attr]  # this test hands out the deliveries
         old = snapshot("web", requested_ips=("203.0.113.9",))  # outside every pool
         seq = await bus.bus.publish(old)
         await bus.bus.publish(snapshot("web"))
@@ -951,7 +953,7 @@ class TestRaces:
             num_delivered=1,
             headers={},
         )
-        assert await ipam._handle(stale) == DONE
+        assert await ipam.handle(stale) == DONE
         assert await stored(bus, "vipwire.east.vip.shop.web") == 0
         assert await kv_state(bus) == ({}, {})
 
@@ -967,7 +969,7 @@ class TestStaleCache:
         """Replica ``a`` serves everything; ``b`` hears nothing of ``a``'s claims."""
         a = await make_ipam(name="ipam-a")
         b = await make_ipam(name="ipam-b")
-        await b._consumer.stop()  # type: ignore[union-attr]
+        await b.consumer.stop()  # type: ignore[union-attr]
         await b.cache.stop()
         return a, b
 
@@ -991,7 +993,7 @@ class TestStaleCache:
             num_delivered=2,
             headers={},
         )
-        assert await b._handle(again) == DONE
+        assert await b.handle(again) == DONE
         claims, records = await kv_state(bus)
         assert set(claims) == {addr(first[0]), addr(vips[0])}
         assert records["svc.east.shop.web"].vips == vips
@@ -1008,7 +1010,7 @@ class TestStaleCache:
         a, b = await self.stale_pair(bus, seen, make_ipam)
         await bus.bus.publish(snapshot("web"))
         await seen.wait(VipAssigned, "web")
-        await a._consumer.stop()  # type: ignore[union-attr]
+        await a.consumer.stop()  # type: ignore[union-attr]
         new = snapshot("web", uid="uid-web-2")
         seq = await bus.bus.publish(new)
         delivery = Delivery(
@@ -1018,7 +1020,7 @@ class TestStaleCache:
             num_delivered=1,
             headers={},
         )
-        assert await b._handle(delivery) == DONE
+        assert await b.handle(delivery) == DONE
         claims, records = await kv_state(bus)
         record = records["svc.east.shop.web"]
         assert record.uid == "uid-web-2"

@@ -36,7 +36,7 @@ from vipwire.bench._result import BenchResult, convert_params
 from vipwire.bus import Bus, BusSettings, connect, kv_keys
 from vipwire.contracts import IPAM_BUCKET
 from vipwire.ipam import Allocation, Allocator, ClaimCache, IpamStore, PoolSettings, Request
-from vipwire.ipam.store import Conflict
+from vipwire.ipam.io.bucket import Conflict
 from vipwire.metrics import Registry
 from vipwire.natsserver import NatsServer
 from vipwire.telemetry import make_tracer_provider
@@ -200,23 +200,29 @@ async def _worker(replica: _Replica, shared: _Shared, hold: int, worker: int) ->
         shared.next += 1
         request = Request(cluster=f"c{n % 5}", namespace="bench", name=f"s{n}", uid=f"u{n}")
         begun = time.perf_counter()
+        cache = replica.cache
         while True:
-            result = replica.cache.allocator.allocate(request)
+            result = cache.allocator.choose(request, skip=cache.claiming)
             if not isinstance(result, Allocation):
                 shared.exhausted_waits += 1
                 await asyncio.sleep(0.01)  # full: wait for a free, as a Service would
                 continue
             (address,) = result.new
             claim = result.claims[address]
+            # As the ledger does: the choice is being claimed, the next one starts after it.
+            cache.claiming.add(address)
+            cache.allocator.advance(result)
             try:
                 revision = await store.create_claim(
-                    address, claim, deleted_at=replica.cache.deleted_at(address)
+                    address, claim, deleted_at=cache.deleted_at(address)
                 )
             except Conflict:
                 shared.conflicts += 1
-                await replica.cache.lost(address)
+                await cache.lost(address)
                 continue
-            replica.cache.learn(address, claim, revision)
+            finally:
+                cache.claiming.discard(address)
+            cache.learn(address, claim, revision)
             break
         shared.latencies.append(time.perf_counter() - begun)
         if address in shared.holders:

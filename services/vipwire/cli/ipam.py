@@ -193,9 +193,10 @@ async def show_from_kv(nc: Client, target: str, *, timeout: float = 3.0) -> Show
     import nats.js.errors
 
     from vipwire.contracts import IPAM_BUCKET
-    from vipwire.ipam.addresses import canonical
     from vipwire.ipam.control import AddressView, ServiceView, ShowReply, parse_service
-    from vipwire.ipam.store import IpamStore, StoreError, service_key
+    from vipwire.ipam.core.addresses import canonical
+    from vipwire.ipam.core.records import service_key
+    from vipwire.ipam.io.bucket import IpamStore, StoreError
 
     js = nc.jetstream(timeout=timeout)
     try:

@@ -22,8 +22,8 @@ from typing import Final, Literal
 
 import msgspec
 
-from vipwire.ipam.allocator import Claim
-from vipwire.ipam.store import ServiceRecord
+from vipwire.ipam.core.claims import Claim
+from vipwire.ipam.core.records import ServiceRecord
 
 STATUS_SUBJECT: Final = "vipwire-ctl.ipam.status"
 SHOW_SUBJECT: Final = "vipwire-ctl.ipam.show"

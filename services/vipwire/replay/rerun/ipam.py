@@ -58,7 +58,7 @@ from vipwire.ipam import (
     PoolSettings,
     Request,
 )
-from vipwire.ipam.service import request_of
+from vipwire.ipam.core.claims import request_of
 from vipwire.replay.rerun.history import Event, History, following
 from vipwire.replay.rerun.report import Sink, describe
 from vipwire.replay.timeline import vips_text
@@ -269,9 +269,7 @@ class IpamCheck:
 
     def _judge_fresh(self, event: Event, v: VipAssigned, snap: ServiceSnapshot) -> None:
         request = request_of(snap)
-        probe = self.allocator.allocate(
-            msgspec.structs.replace(request, requested_ips=v.vips), reserve=False
-        )
+        probe = self.allocator.choose(msgspec.structs.replace(request, requested_ips=v.vips))
         if isinstance(probe, AllocationFailure):
             self._diverge(
                 event,
@@ -320,7 +318,7 @@ class IpamCheck:
     def _what_instead(self, event: Event, v: VipAssigned, snap: ServiceSnapshot) -> str:
         """What the allocator would have answered this snapshot with (for the report)."""
         request = request_of(snap)
-        expected = self.allocator.allocate(request, reserve=False)
+        expected = self.allocator.choose(request)
         if isinstance(expected, AllocationFailure):
             return f"VipFailed {expected.code}: {expected.message}"
         if snap.requested_ips:
@@ -338,7 +336,7 @@ class IpamCheck:
         return f"VipAssigned {vips_text(chosen)} (pool {expected.pool})"
 
     def _judge_next_fit(self, event: Event, v: VipAssigned, request: Request) -> None:
-        expected = self.allocator.allocate(request, reserve=False)
+        expected = self.allocator.choose(request)
         if isinstance(expected, AllocationFailure):
             self._diverge(
                 event,
@@ -506,7 +504,7 @@ class IpamCheck:
                     "only a change that no longer fits the other sharers is refused",
                 )
             return
-        probe = self.allocator.allocate(request, reserve=False)
+        probe = self.allocator.choose(request)
         if isinstance(probe, AllocationFailure):
             return
         own = _service_subject_of(event)

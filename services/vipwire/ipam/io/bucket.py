@@ -1,48 +1,13 @@
-"""The ``vipwire-ipam`` KV bucket: claims and Service records, every write a CAS.
+"""The ``vipwire-ipam`` KV bucket: typed claims, records and groups, every write a CAS.
 
-Layout (bucket ``vipwire-ipam``, history 1), version 2 (issue 4):
-
-``addr.<token>``
-    One key per held address (``192_0_2_10``, ``2001-db8--a``). Value: a
-    :class:`~vipwire.ipam.allocator.Claim` as JSON::
-
-        {"cluster": "east", "namespace": "shop", "pool": "lab",
-         "appliance_group": "g1", "sharing_key": "web",
-         "sharers": [{"name": "dns-tcp", "uid": "…", "ports": ["53/TCP"],
-                      "external_traffic_policy": "Local", "labels": {…}},
-                     {"name": "dns-udp", "uid": "…", "ports": ["53/UDP"], …}]}
-
-    (fields at their default are left out). Created with ``create`` (fails if
-    the key exists), so two replicas can never both take an address; a Service
-    joining or leaving a shared address, or changing its entry, rewrites the
-    claim with ``update`` at the revision it read; the last sharer leaving
-    deletes it at that revision. Version 1 values (``{cluster, namespace, name,
-    uid, pool}``, one owner) are still read, as a claim with one sharer.
-``svc.<cluster>.<namespace>.<name>``
-    One key per Service holding addresses. Value: a :class:`ServiceRecord`
-    (version 2 adds ``stale`` and ``reassign``; both optional). Updated and
-    deleted with the revision it was read at.
-``grp.<cluster>.<namespace>.<key token>`` (new in version 2)
-    One key per sharing key in use. Value: a :class:`GroupRecord`, the
-    addresses given to Services of that key. Written (CAS) after the claims of
-    a *new* address of the group and before the record: of two replicas giving
-    the key's first VIP at once, one loses this write, gives its address back
-    and joins the other's. Readers refresh the claims it lists before choosing,
-    so a replica whose watch lags still shares. Addresses whose claims are gone
-    are dropped from it on the next write; the last one gone deletes it.
-
-Rules that keep the two consistent across replicas and crashes: a Service is
-added to a claim before any record of it names the address, and removed from
-it only after its record stopped naming it (with the revision read before that
-record write).
+The layout is :mod:`vipwire.ipam.core.records`; this module only reads and
+writes it, turning the client's errors into :class:`StoreError` and a lost
+compare-and-set into :class:`Conflict`.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import re
-from typing import Literal
 
 import msgspec
 import nats.errors
@@ -52,8 +17,21 @@ from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
 
 from vipwire.bus import BusError, kv_purge_markers
 from vipwire.contracts import IPAM_BUCKET
-from vipwire.ipam.addresses import from_kv_token, kv_token
-from vipwire.ipam.allocator import Claim, Sharer
+from vipwire.ipam.core.addresses import from_kv_token
+from vipwire.ipam.core.claims import Claim
+from vipwire.ipam.core.records import (
+    ADDR_PREFIX,
+    SERVICE_PREFIX,
+    UNREADABLE,
+    GroupRecord,
+    RecordError,
+    ServiceRecord,
+    addr_key,
+    decode_group,
+    decode_record,
+    encode,
+)
+from vipwire.ipam.core.records import decode_claim as _decode_claim
 
 log = logging.getLogger("vipwire.ipam.store")
 
@@ -68,32 +46,6 @@ class Conflict(StoreError):
     """A compare-and-set lost: the key exists, or changed since it was read."""
 
 
-class ServiceRecord(msgspec.Struct, frozen=True, kw_only=True):
-    """The JSON value of ``svc.<cluster>.<ns>.<name>``: what one Service holds."""
-
-    uid: str
-    vips: tuple[str, ...]
-    pool: str
-    appliance_group: str
-    #: ``releasing``: the Service is going away; its claims are held until the
-    #: appliance reports it clean (LbRemoved).
-    state: Literal["active", "releasing"] = "active"
-    #: Why the pools as configured now would not give these VIPs (kept anyway:
-    #: a live VIP never moves); None: they would.
-    stale: str | None = None
-    #: Releasing because an operator asked (``vipwire ipam release``): once the
-    #: appliance is clean the Service gets new VIPs from the pools as they are.
-    reassign: bool = False
-
-
-class GroupRecord(msgspec.Struct, frozen=True, kw_only=True):
-    """The JSON value of ``grp.<cluster>.<ns>.<token>``: the addresses of one sharing key."""
-
-    #: The sharing key itself (the key token may be a hash of it).
-    key: str
-    addresses: tuple[str, ...] = ()
-
-
 class ClaimEvent(msgspec.Struct, frozen=True, kw_only=True):
     """A change of one ``addr.`` key seen by a watch; ``claim`` None: deleted."""
 
@@ -102,72 +54,12 @@ class ClaimEvent(msgspec.Struct, frozen=True, kw_only=True):
     revision: int
 
 
-class _ClaimV1(msgspec.Struct, frozen=True, kw_only=True):
-    """The value of an ``addr.`` key before sharing (one owner)."""
-
-    cluster: str
-    namespace: str
-    name: str
-    uid: str
-    pool: str
-
-
-# Owned but unreadable: still taken, never handed out, named so an operator sees it.
-UNREADABLE = Claim(cluster="?", namespace="?", pool="?", sharers=(Sharer(name="?", uid="?"),))
-
-_ADDR = "addr."
-_SVC = "svc."
-_GRP = "grp."
-_PLAIN_KEY = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-_group_decoder = msgspec.json.Decoder(GroupRecord)
-_claim_decoder = msgspec.json.Decoder(Claim)
-_claim_v1_decoder = msgspec.json.Decoder(_ClaimV1)
-_record_decoder = msgspec.json.Decoder(ServiceRecord)
-_encoder = msgspec.json.Encoder()
-
-
-def addr_key(address: str) -> str:
-    return _ADDR + kv_token(address)
-
-
-def service_key(cluster: str, namespace: str, name: str) -> str:
-    return f"svc.{cluster}.{namespace}.{name}"
-
-
-def group_key(cluster: str, namespace: str, sharing_key: str) -> str:
-    """A sharing key is free text (an annotation): spelled as is when it is a valid
-    key token, else by a hash (prefixes keep the two spellings apart)."""
-    if _PLAIN_KEY.match(sharing_key):
-        token = f"k-{sharing_key}"
-    else:
-        token = "h-" + hashlib.sha256(sharing_key.encode()).hexdigest()[:32]
-    return f"{_GRP}{cluster}.{namespace}.{token}"
-
-
 def decode_claim(key: str, raw: bytes | None) -> Claim:
-    """A claim's value, either layout; :data:`UNREADABLE` (still taken) if it is neither."""
-    try:
-        return _claim_decoder.decode(raw or b"")
-    except msgspec.DecodeError:
-        pass
-    try:
-        old = _claim_v1_decoder.decode(raw or b"")
-    except msgspec.DecodeError:
+    """A claim's value (either layout), logged when it is unreadable (kept as taken)."""
+    claim = _decode_claim(key, raw)
+    if claim is UNREADABLE:
         log.error("claim %s in the KV is not valid JSON of a claim; keeping it as taken", key)
-        return UNREADABLE
-    return Claim(
-        cluster=old.cluster,
-        namespace=old.namespace,
-        pool=old.pool,
-        sharers=(Sharer(name=old.name, uid=old.uid),),
-    )
-
-
-def decode_record(key: str, raw: bytes | None) -> ServiceRecord:
-    try:
-        return _record_decoder.decode(raw or b"")
-    except msgspec.DecodeError as exc:
-        raise StoreError(f"record {key} in the KV is not a Service record: {exc}") from exc
+    return claim
 
 
 def _is_wrong_last(exc: BaseException) -> bool:
@@ -272,7 +164,7 @@ class IpamStore:
         key is deleted, unchanged since) in one.
         """
         key = addr_key(address)
-        value = _encoder.encode(claim)
+        value = encode(claim)
         if deleted_at:
             try:
                 return await self.kv.update(key, value, last=deleted_at)
@@ -291,7 +183,7 @@ class IpamStore:
         Also how a claim we hold is *touched*: rewritten unchanged, so that a
         concurrent delete of its old revision fails.
         """
-        return await self._update(addr_key(address), _encoder.encode(claim), last)
+        return await self._update(addr_key(address), encode(claim), last)
 
     async def delete_claim(self, address: str, last: int) -> None:
         await self._delete(addr_key(address), last)
@@ -302,16 +194,19 @@ class IpamStore:
         entry = await self._get(key)
         if entry is None:
             return None
-        return decode_record(key, entry.value), _revision(entry)
+        try:
+            return decode_record(key, entry.value), _revision(entry)
+        except RecordError as exc:
+            raise StoreError(str(exc)) from exc
 
     async def create_record(self, key: str, record: ServiceRecord) -> int:
         try:
-            return await self.kv.create(key, _encoder.encode(record))
+            return await self.kv.create(key, encode(record))
         except (TimeoutError, nats.errors.Error) as exc:
             raise self._error("create", key, exc) from exc
 
     async def update_record(self, key: str, record: ServiceRecord, last: int) -> int:
-        return await self._update(key, _encoder.encode(record), last)
+        return await self._update(key, encode(record), last)
 
     async def delete_record(self, key: str, last: int) -> None:
         await self._delete(key, last)
@@ -322,20 +217,20 @@ class IpamStore:
         entry = await self._get(key)
         if entry is None:
             return None
-        try:
-            return _group_decoder.decode(entry.value or b""), _revision(entry)
-        except msgspec.DecodeError:
+        group = decode_group(entry.value)
+        if group is None:
             log.error("group %s in the KV is unreadable; it will be rewritten", key)
             return GroupRecord(key=""), _revision(entry)
+        return group, _revision(entry)
 
     async def put_group(self, key: str, group: GroupRecord, last: int | None) -> int:
         """Create (``last`` None) or CAS-update a group; :class:`Conflict` if it changed."""
         if last is None:
             try:
-                return await self.kv.create(key, _encoder.encode(group))
+                return await self.kv.create(key, encode(group))
             except (TimeoutError, nats.errors.Error) as exc:
                 raise self._error("create", key, exc) from exc
-        return await self._update(key, _encoder.encode(group), last)
+        return await self._update(key, encode(group), last)
 
     async def delete_group(self, key: str, last: int) -> None:
         await self._delete(key, last)
@@ -345,17 +240,17 @@ class IpamStore:
     async def records(self) -> dict[str, tuple[ServiceRecord, int]]:
         """Every Service record now, by key."""
         found: dict[str, tuple[ServiceRecord, int]] = {}
-        for key, entry in (await self.scan(_SVC)).items():
+        for key, entry in (await self.scan(SERVICE_PREFIX)).items():
             try:
                 found[key] = (decode_record(key, entry.value), _revision(entry))
-            except StoreError as exc:
+            except RecordError as exc:
                 log.warning("%s", exc)
         return found
 
     async def watch_claims(self) -> ClaimWatch:
         """Every current claim, then a ``None`` marker, then every change as it happens."""
         try:
-            watcher = await self.kv.watch(_ADDR + ">")
+            watcher = await self.kv.watch(ADDR_PREFIX + ">")
         except (TimeoutError, nats.errors.Error) as exc:
             raise StoreError(f"cannot watch claims: {exc!r}") from exc
         return ClaimWatch(watcher)
@@ -411,7 +306,7 @@ class ClaimWatch:
             if entry is None:
                 return None
             self.revision = max(self.revision, _revision(entry))
-            token = entry.key[len(_ADDR) :]
+            token = entry.key[len(ADDR_PREFIX) :]
             try:
                 address = from_kv_token(token)
             except ValueError:
