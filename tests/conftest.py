@@ -49,7 +49,7 @@ async def nats_server(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator
 
 @pytest.fixture
 def bus_settings(nats_server: NatsServer) -> BusSettings:
-    return BusSettings(servers=(nats_server.url,), storage="memory", reconnect_wait=0.1)
+    return BusSettings(servers=(nats_server.url,), storage="memory", reconnect_wait_s=0.1)
 
 
 @pytest.fixture

@@ -193,3 +193,17 @@ class Registry:
         for collect in self._collectors:
             collect()
         return "".join(m.expose() for m in self._metrics.values())
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """The nearest-rank percentile ``q`` (0..100) of ``values``, in any order.
+
+    What the smoke line, the dashboard and the benchmarks report. No values
+    give NaN: there is no latency to report, and a made-up 0 would read as a
+    perfect one.
+    """
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    rank = max(0, min(len(ordered) - 1, math.ceil(q / 100 * len(ordered)) - 1))
+    return ordered[rank]

@@ -99,7 +99,7 @@ async def test_services_appear_live_and_a_service_page_shows_its_change(
     # can end it with "Inspected target navigated or closed".
     await browser.evaluate(f"setTimeout(() => {new_row}.querySelector('a').click(), 0)")
     await browser.wait_for("location.pathname === '/services/east/shop/checkout'")
-    # Node agents report at most once per report_interval, so theirs may come last.
+    # Node agents report at most once per report_interval_s, so theirs may come last.
     await browser.wait_for(f"{q('#waterfall .bar[data-hop=nodeagent]')} !== null", timeout=10.0)
     await browser.wait_for(
         f"[...{qa('#timeline tbody tr .hop')}].some(e => e.textContent === 'nodeagent')"

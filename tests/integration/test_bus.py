@@ -398,7 +398,7 @@ class TestResilience:
         store = tmp_path_factory.mktemp("store")
         server = NatsServer(store)
         await server.start()
-        settings = BusSettings(servers=(server.url,), reconnect_wait=0.1)
+        settings = BusSettings(servers=(server.url,), reconnect_wait_s=0.1)
         rt = Runtime(
             "resilient",
             CommonSettings(bus=settings),
@@ -443,7 +443,7 @@ class TestResilience:
         await server.start()
         rt = Runtime(
             "replaying",
-            CommonSettings(bus=BusSettings(servers=(server.url,), reconnect_wait=0.1)),
+            CommonSettings(bus=BusSettings(servers=(server.url,), reconnect_wait_s=0.1)),
         )
         await rt.start()
         got: list[str] = []

@@ -167,14 +167,14 @@ async def kv_state(rt: Runtime) -> tuple[dict[str, Claim], dict[str, ServiceReco
     Listed with the store's own scan: nats-py's ``keys()`` may answer "none" under
     load (its end-of-values marker can overtake the values).
     """
-    store = IpamStore(await rt.bus.kv(IPAM_BUCKET), rt.bus.js)
+    store = IpamStore(await rt.bus.kv(IPAM_BUCKET))
     claims = {k: decode_claim(k, e.value) for k, e in (await store.scan("addr.")).items()}
     records = {k: decode_record(k, e.value) for k, e in (await store.scan("svc.")).items()}
     return claims, records
 
 
 async def groups(rt: Runtime) -> dict[str, GroupRecord]:
-    store = IpamStore(await rt.bus.kv(IPAM_BUCKET), rt.bus.js)
+    store = IpamStore(await rt.bus.kv(IPAM_BUCKET))
     return {
         k: msgspec.json.decode(e.value or b"", type=GroupRecord)
         for k, e in (await store.scan("grp.")).items()

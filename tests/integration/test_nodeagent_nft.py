@@ -19,7 +19,7 @@ from vipwire.contracts import (
     ServicePort,
 )
 from vipwire.nodeagent import NftRuleset, desired_state, render_nft
-from vipwire.nodeagent.desired import DIGEST_PREFIX
+from vipwire.nodeagent.core.desired import DIGEST_PREFIX
 
 pytestmark = [
     pytest.mark.root,

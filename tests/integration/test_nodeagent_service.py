@@ -124,7 +124,7 @@ async def agents(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Agents]:
     async def start(
         runtime: Runtime, applier: DryRunApplier, node: str = NODE, **overrides: object
     ) -> NodeagentService:
-        options: dict[str, object] = {"coalesce_ms": 5, "resync_interval": 0.0, **overrides}
+        options: dict[str, object] = {"coalesce_ms": 5, "resync_interval_s": 0.0, **overrides}
         settings = NodeagentSettings(cluster=CLUSTER, node=node, **options)  # type: ignore[arg-type]
         service = NodeagentService(settings, runtime, applier)
         started.append(service)
@@ -254,11 +254,11 @@ class TestApply:
     async def test_a_burst_gets_fewer_reports_than_changes_and_the_last_has_them_all(
         self, make_runtime: RuntimeFactory, agents: Agents
     ) -> None:
-        """Reports go out at most once per report_interval; the trailing one has the burst."""
+        """Reports go out at most once per report_interval_s; the trailing one has the burst."""
         rt = await make_runtime("nodeagent")
         reports = Reports()
         await reports.attach(rt)
-        await agents(rt, DryRunApplier(), coalesce_ms=0, report_interval=1.0)
+        await agents(rt, DryRunApplier(), coalesce_ms=0, report_interval_s=1.0)
         await rt.bus.publish(programmed("svc-0", "192.0.2.10"))
         await reports.wait_for(vips=("192.0.2.10",))
         seen = len(reports.seen)
@@ -411,7 +411,7 @@ class TestHealth:
         rt = await make_runtime("nodeagent")
         applier = DryRunApplier(failures=2)
         service = NodeagentService(
-            NodeagentSettings(cluster=CLUSTER, node=NODE, resync_interval=0.0), rt, applier
+            NodeagentSettings(cluster=CLUSTER, node=NODE, resync_interval_s=0.0), rt, applier
         )
         assert service.readiness() == "not started"
         await service.start()
@@ -445,7 +445,7 @@ class TestHealth:
         reports = Reports()
         await reports.attach(rt)
         applier = DryRunApplier()
-        await agents(rt, applier, resync_interval=0.05)
+        await agents(rt, applier, resync_interval_s=0.05)
         await rt.bus.publish(programmed("web", "192.0.2.10"))
         await reports.wait_for(vips=("192.0.2.10",))
         writes = applier.writes

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from vipwire.aio import cancel_and_wait
 
 
@@ -40,3 +42,26 @@ async def test_nothing_to_cancel_returns_at_once() -> None:
     await task
     await asyncio.wait_for(cancel_and_wait([task]), 0.1)
     assert task.done() and not task.cancelled()
+
+
+async def test_serve_http_serves_on_a_free_port_until_closed() -> None:
+    """serve_http on port 0 reports the port it bound, answers there, and close() stops it."""
+    import aiohttp
+    from aiohttp import web
+
+    from vipwire.aio import serve_http
+
+    async def hello(_: web.Request) -> web.Response:
+        return web.Response(text="hi")
+
+    app = web.Application()
+    app.router.add_get("/", hello)
+    server = await serve_http(app, host="127.0.0.1", port=0)
+    assert server.port > 0
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"http://127.0.0.1:{server.port}/") as resp:
+            assert await resp.text() == "hi"
+        await server.close()
+        with pytest.raises(aiohttp.ClientConnectionError):
+            async with session.get(f"http://127.0.0.1:{server.port}/"):
+                pass

@@ -161,3 +161,12 @@ class TestCodec:
             ),
         ):
             assert decode(subject_for(message), encode(message)) == message
+
+
+def test_every_message_has_a_one_line_summary() -> None:
+    """Each contract message summarises to one non-empty line (replay and the dashboard show it)."""
+    from vipwire.contracts import summary
+
+    for message in EXAMPLES:
+        line = summary(message)
+        assert line and "\n" not in line

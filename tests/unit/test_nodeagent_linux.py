@@ -6,7 +6,7 @@ import socket
 import struct
 from pathlib import Path
 
-from vipwire.nodeagent._rtnl import (
+from vipwire.nodeagent.io._rtnl import (
     IFA_LABEL,
     IFA_PROTO,
     NLM_F_CREATE,
@@ -17,7 +17,7 @@ from vipwire.nodeagent._rtnl import (
     address_request,
     parse_address,
 )
-from vipwire.nodeagent.linux import ADDRESS_PROTO, LinuxApplier, kernel_marking, sysctl_path
+from vipwire.nodeagent.io.linux import ADDRESS_PROTO, LinuxApplier, kernel_marking, sysctl_path
 
 
 class TestRtnetlink:

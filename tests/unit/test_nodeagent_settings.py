@@ -17,7 +17,7 @@ from vipwire.nodeagent import (
     make_applier,
     plan,
 )
-from vipwire.nodeagent.linux import LinuxApplier
+from vipwire.nodeagent.io.linux import LinuxApplier
 from vipwire.runtime import ConfigError, section
 
 
@@ -35,7 +35,7 @@ class TestSettings:
             "vipwire",
         )
         assert 0 < s.coalesce_ms <= 100
-        assert 0 < s.report_interval <= 1
+        assert 0 < s.report_interval_s <= 1
 
     @pytest.mark.parametrize(
         ("field", "value"),
@@ -47,8 +47,8 @@ class TestSettings:
             ("loopback_interface", "a-name-far-too-long"),
             ("nft_table", "vip wire"),
             ("coalesce_ms", -1),
-            ("report_interval", -0.5),
-            ("report_interval", 3600),
+            ("report_interval_s", -0.5),
+            ("report_interval_s", 3600),
             ("surprise", 1),
         ],
     )
@@ -57,6 +57,25 @@ class TestSettings:
         data = {"nodeagent": {"cluster": "east", "node": "n1", field: value}}
         with pytest.raises(ConfigError, match="nodeagent"):
             section(data, "nodeagent", NodeagentSettings)
+
+    def test_old_duration_names_are_accepted_for_one_release(self) -> None:
+        """resync_interval and report_interval still set the _s settings, with a warning each."""
+        warned: list[str] = []
+        s = section(
+            {
+                "nodeagent": {
+                    "cluster": "e",
+                    "node": "n",
+                    "resync_interval": 5,
+                    "report_interval": 2,
+                }
+            },
+            "nodeagent",
+            NodeagentSettings,
+            warn=warned.append,
+        )
+        assert (s.resync_interval_s, s.report_interval_s) == (5.0, 2.0)
+        assert len(warned) == 2 and all("_interval_s" in note for note in warned)
 
     def test_the_node_comes_from_the_environment_when_set(self) -> None:
         """$VIPWIRE_NODE (the DaemonSet's spec.nodeName) wins over the shared config."""

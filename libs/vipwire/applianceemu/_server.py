@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -11,6 +10,8 @@ from typing import Any
 
 import msgspec
 from aiohttp import web
+
+from vipwire.aio import HttpServer, serve_http
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -55,7 +56,7 @@ class EmulatorServer(ABC):
         self.faults: list[Fault] = []
         #: Every HTTP request served, faults included.
         self.requests = 0
-        self._runner: web.AppRunner | None = None
+        self._server: HttpServer | None = None
         self._url: str | None = None
 
     @abstractmethod
@@ -67,28 +68,19 @@ class EmulatorServer(ABC):
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
         """Serve on ``host:port`` (0: a free port); returns the URL."""
-        if self._runner is not None:
+        if self._server is not None:
             raise RuntimeError(f"{self.name} is already running")
         app = web.Application(middlewares=[self._middleware])
         self._routes(app)
-        runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=2.0)
-        await runner.setup()
-        site = web.TCPSite(runner, host, port)
-        try:
-            await site.start()
-        except BaseException:
-            with contextlib.suppress(Exception):
-                await runner.cleanup()
-            raise
-        bound = int(runner.addresses[0][1])
+        server = await serve_http(app, host=host, port=port, shutdown_timeout_s=2.0)
         shown = f"[{host}]" if ":" in host else host
-        self._runner, self._url = runner, f"http://{shown}:{bound}"
+        self._server, self._url = server, f"http://{shown}:{server.port}"
         return self._url
 
     async def stop(self) -> None:
-        runner, self._runner, self._url = self._runner, None, None
-        if runner is not None:
-            await runner.cleanup()
+        server, self._server, self._url = self._server, None, None
+        if server is not None:
+            await server.close()
 
     @property
     def url(self) -> str:

@@ -20,6 +20,10 @@ partition, one server per address, one virtual server per VIP, references
 that must resolve (member → server and server port, service group → health
 monitor, virtual port → service group), objects in use that cannot be
 deleted. It is not ACOS: no templates, no L7, no HA, no traffic.
+
+One module over 500 lines on purpose: one vendor's API, so that every
+modelled behaviour sits beside the others it interacts with (the session's
+active partition over every object kind, references between kinds).
 """
 
 from __future__ import annotations

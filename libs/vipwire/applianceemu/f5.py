@@ -17,6 +17,10 @@ references that must resolve (pool → monitor, virtual → pool and profiles),
 objects in use that cannot be deleted, one virtual per destination and
 protocol. It is not BIG-IP: no route domains, no other object kinds, no
 traffic, no iRules, no field validation beyond what is listed here.
+
+One module over 500 lines on purpose: one vendor's API, so that every
+modelled behaviour sits beside the others it interacts with (transactions
+over every object kind, references between kinds).
 """
 
 from __future__ import annotations

@@ -5,25 +5,39 @@ publishes contract messages with de-duplication ids and trace context, and runs
 pull consumers that keep per-subject order with bounded concurrency.
 """
 
-from vipwire.bus._bus import Bus, BusError, connect
+from vipwire.bus._bus import Bus, connect
 from vipwire.bus._consumer import ConsumerSpec, Delivery, Handler, PullConsumer
+from vipwire.bus._errors import BusConflict, BusError, NoResponders, NotFound, WrongLastSequence
 from vipwire.bus._history import kv_keys, kv_purge_markers, last_per_subject
+from vipwire.bus._kv import KvBucket, KvEntry, KvWatch
+from vipwire.bus._reading import StoredMessage
+from vipwire.bus._requests import Responder, Serving
 from vipwire.bus._settings import BusSettings
 from vipwire.bus._verdict import DONE, Done, Reject, Retry, Verdict
 
 __all__ = [
     "DONE",
     "Bus",
+    "BusConflict",
     "BusError",
     "BusSettings",
     "ConsumerSpec",
     "Delivery",
     "Done",
     "Handler",
+    "KvBucket",
+    "KvEntry",
+    "KvWatch",
+    "NoResponders",
+    "NotFound",
     "PullConsumer",
     "Reject",
+    "Responder",
     "Retry",
+    "Serving",
+    "StoredMessage",
     "Verdict",
+    "WrongLastSequence",
     "connect",
     "kv_keys",
     "kv_purge_markers",

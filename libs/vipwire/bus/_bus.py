@@ -16,16 +16,22 @@ from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Tracer
 
 from vipwire.bus._consumer import ConsumerSpec, Handler, PullConsumer
+from vipwire.bus._errors import (
+    NATS_ERRORS,
+    BusError,
+    WrongLastSequence,
+    is_wrong_last_sequence,
+    translate,
+)
+from vipwire.bus._kv import KvBucket
+from vipwire.bus._reading import StoredMessage, last_message, last_messages
+from vipwire.bus._requests import Responder, Serving, request, serve
 from vipwire.bus._settings import BusSettings
 from vipwire.contracts import STREAM, Message, encode, family_of, subject_for
 from vipwire.metrics import Registry
 from vipwire.telemetry import inject_context
 
 log = logging.getLogger("vipwire.bus")
-
-
-class BusError(Exception):
-    """The bus could not do what was asked (server unreachable, API refused)."""
 
 
 def message_attributes(message: Message) -> dict[str, str]:
@@ -60,7 +66,7 @@ class Bus:
     ) -> None:
         self.nc = nc
         self.settings = settings
-        self.js: JetStreamContext = nc.jetstream(timeout=settings.request_timeout)
+        self.js: JetStreamContext = nc.jetstream(timeout=settings.request_timeout_s)
         self.tracer = tracer
         self.metrics = metrics
         self._published = metrics.counter(
@@ -76,8 +82,8 @@ class Bus:
         config = StreamConfig(
             name=STREAM,
             subjects=["vipwire.>"],
-            max_age=self.settings.stream_max_age,
-            duplicate_window=self.settings.duplicate_window,
+            max_age=self.settings.stream_max_age_s,
+            duplicate_window=self.settings.duplicate_window_s,
             storage=storage,
             num_replicas=self.settings.replicas,
         )
@@ -96,25 +102,59 @@ class Bus:
         except nats.js.errors.Error as exc:
             raise BusError(f"stream {STREAM} exists with settings we cannot apply: {exc}") from exc
 
-    async def kv(self, bucket: str, *, history: int = 1) -> KeyValue:
+    async def kv(self, bucket: str, *, history: int = 1) -> KvBucket:
         """A KV bucket, created on first use with the bus's storage and replicas."""
+        return KvBucket(await self._key_value(bucket, history), self.js, bucket)
+
+    async def _key_value(self, bucket: str, history: int) -> KeyValue:
         try:
-            return await self.js.key_value(bucket)
-        except nats.js.errors.BucketNotFoundError:
-            pass
-        storage = StorageType.FILE if self.settings.storage == "file" else StorageType.MEMORY
-        try:
-            return await self.js.create_key_value(
-                KeyValueConfig(
-                    bucket=bucket,
-                    history=history,
-                    storage=storage,
-                    replicas=self.settings.replicas,
+            try:
+                return await self.js.key_value(bucket)
+            except nats.js.errors.BucketNotFoundError:
+                pass
+            storage = StorageType.FILE if self.settings.storage == "file" else StorageType.MEMORY
+            try:
+                return await self.js.create_key_value(
+                    KeyValueConfig(
+                        bucket=bucket,
+                        history=history,
+                        storage=storage,
+                        replicas=self.settings.replicas,
+                    )
                 )
-            )
-        except nats.js.errors.BadRequestError:
-            # Created concurrently by a replica: use theirs.
-            return await self.js.key_value(bucket)
+            except nats.js.errors.BadRequestError:
+                # Created concurrently by a replica: use theirs.
+                return await self.js.key_value(bucket)
+        except NATS_ERRORS as exc:
+            raise translate(exc, f"opening KV bucket {bucket}") from exc
+
+    # --- reading -------------------------------------------------------------------
+
+    async def last_message(self, subject: str) -> StoredMessage | None:
+        """The last message on ``subject`` in the VIPWIRE stream; None: none there."""
+        return await last_message(self.js, STREAM, subject)
+
+    async def last_messages(self, subjects: str, *, timeout_s: float = 30.0) -> list[StoredMessage]:
+        """The last message of every subject matching ``subjects``, in stream order."""
+        return await last_messages(self.js, STREAM, subjects, timeout_s=timeout_s)
+
+    @property
+    def server_version(self) -> tuple[int, int, int]:
+        """The version of the server this connection is on now."""
+        version = self.nc.connected_server_version
+        return (version.major, version.minor, version.patch)
+
+    # --- requests ------------------------------------------------------------------
+
+    async def request(self, subject: str, data: bytes, *, timeout_s: float) -> bytes:
+        """A core NATS request; :class:`NoResponders` if nobody answers the subject."""
+        return await request(self.nc, subject, data, timeout_s=timeout_s)
+
+    async def serve(
+        self, subject: str, responder: Responder, *, queue: str | None = None
+    ) -> Serving:
+        """Answer requests on ``subject``; ``queue``: one replica of the group answers each."""
+        return await serve(self.nc, subject, responder, queue=queue)
 
     # --- publishing --------------------------------------------------------------
 
@@ -124,8 +164,15 @@ class Bus:
         *,
         msg_id: str | None = None,
         headers: Mapping[str, str] | None = None,
+        expected_last_subject_seq: int | None = None,
+        expected_last_subject: str | None = None,
     ) -> int:
         """Publish a contract message; returns its stream sequence.
+
+        ``expected_last_subject_seq``: publish only if the last message on
+        ``expected_last_subject`` (default: the subject published to) has that
+        sequence, else :class:`WrongLastSequence`, atomically on the server
+        (another subject than the one published to needs nats-server 2.11+).
 
         ``msg_id`` should name the cause (source, object, version) so that a
         retry of the same step is dropped by JetStream's de-duplication; a
@@ -147,11 +194,21 @@ class Bus:
             f"publish {family}", kind=SpanKind.PRODUCER, attributes=attributes
         ) as span:
             all_headers = {"Nats-Msg-Id": msg_id, **(headers or {})}
+            if expected_last_subject_seq is not None:
+                all_headers["Nats-Expected-Last-Subject-Sequence"] = str(expected_last_subject_seq)
+                if expected_last_subject is not None:
+                    all_headers["Nats-Expected-Last-Subject-Sequence-Subject"] = (
+                        expected_last_subject
+                    )
             inject_context(all_headers)
             try:
                 ack = await self.js.publish(subject, encode(message), headers=all_headers)
-            except (TimeoutError, nats.errors.Error, nats.js.errors.Error) as exc:
+            except NATS_ERRORS as exc:
                 span.set_status(trace.Status(trace.StatusCode.ERROR, str(exc)))
+                if is_wrong_last_sequence(exc):
+                    raise WrongLastSequence(
+                        f"publish to {subject}: a newer message exists"
+                    ) from exc
                 raise BusError(f"publish to {subject} failed: {exc!r}") from exc
             span.set_attribute("messaging.nats.stream.sequence", ack.seq)
         self._published.inc(family=family)
@@ -211,15 +268,15 @@ async def connect(
 
     bus: Bus | None = None
     tried = 0
-    delay = settings.reconnect_wait
+    delay = settings.reconnect_wait_s
     while True:
         tried += 1
         try:
             nc = await nats.connect(
                 servers=list(settings.servers),
                 name=name,
-                connect_timeout=settings.connect_timeout,
-                reconnect_time_wait=settings.reconnect_wait,
+                connect_timeout=settings.connect_timeout_s,
+                reconnect_time_wait=settings.reconnect_wait_s,
                 max_reconnect_attempts=-1,
                 allow_reconnect=True,
                 error_cb=on_error,

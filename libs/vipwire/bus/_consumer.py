@@ -11,6 +11,10 @@ order; lanes run concurrently. Every message is a level-triggered snapshot,
 so a message older than one already handled on its subject is stale: it is
 acknowledged without being handled (this is what makes a redelivery after a
 ``Retry`` safe when a newer snapshot has overtaken it).
+
+One module over 500 lines on purpose: one state machine (credit, open pull
+requests, lanes, heartbeats, recovery) whose every method reads the same
+state; split, the pull protocol's invariants would be read across files.
 """
 
 from __future__ import annotations
@@ -45,7 +49,7 @@ from vipwire.contracts import (
     decode_parsed,
     parse_subject,
 )
-from vipwire.telemetry import TRACEPARENT, extract_context
+from vipwire.telemetry import TRACEPARENT, extract_context, parse_traceparent
 
 if TYPE_CHECKING:
     from vipwire.bus._bus import Bus
@@ -189,35 +193,24 @@ def _ack_fields(msg: Msg) -> tuple[int, int, float]:
     return meta.sequence.stream, meta.num_delivered, meta.timestamp.timestamp()
 
 
-_HEX = frozenset("0123456789abcdef")
-
-
 def _parent_context(headers: Mapping[str, str]) -> otel_context.Context:
     """The trace context a message carries (W3C ``traceparent``).
 
-    The common case, a version-00 ``traceparent`` without ``tracestate``, is
-    read here directly (the SDK's propagator runs a regular expression per
-    message); anything else goes to the propagator.
+    The common case, a ``traceparent`` without ``tracestate``, is read here
+    directly (the SDK's propagator runs a regular expression per message);
+    anything else goes to the propagator.
     """
-    parent = headers.get(TRACEPARENT)
-    if parent is None:
+    raw = headers.get(TRACEPARENT)
+    if raw is None:
         return otel_context.Context()
-    parts = parent.split("-")
-    if (
-        "tracestate" in headers
-        or len(parts) != 4
-        or parts[0] != "00"
-        or len(parts[1]) != 32
-        or len(parts[2]) != 16
-        or len(parts[3]) != 2
-        or not _HEX.issuperset(parts[1] + parts[2] + parts[3])
-    ):
-        return extract_context(headers)
-    trace_id, span_id = int(parts[1], 16), int(parts[2], 16)
-    if not trace_id or not span_id:
+    parent = parse_traceparent(raw)
+    if parent is None or "tracestate" in headers:
         return extract_context(headers)
     span_context = SpanContext(
-        trace_id, span_id, is_remote=True, trace_flags=TraceFlags(int(parts[3], 16))
+        int(parent.trace_id, 16),
+        int(parent.span_id, 16),
+        is_remote=True,
+        trace_flags=TraceFlags(parent.flags),
     )
     return trace.set_span_in_context(NonRecordingSpan(span_context), otel_context.Context())
 

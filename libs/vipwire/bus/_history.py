@@ -22,7 +22,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
-from vipwire.bus._bus import BusError
+from vipwire.bus._errors import BusError
 
 _GONE = frozenset({"DEL", "PURGE"})
 

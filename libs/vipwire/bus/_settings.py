@@ -1,23 +1,35 @@
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import ClassVar
+
 import msgspec
 
 
 class BusSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """How a service reaches NATS JetStream."""
 
+    #: Old names still read, with a warning, for one release.
+    __renamed__: ClassVar[Mapping[str, str]] = {
+        "connect_timeout": "connect_timeout_s",
+        "reconnect_wait": "reconnect_wait_s",
+        "request_timeout": "request_timeout_s",
+        "stream_max_age": "stream_max_age_s",
+        "duplicate_window": "duplicate_window_s",
+    }
+
     #: NATS server URLs; a client fails over between them.
     servers: tuple[str, ...] = ("nats://127.0.0.1:4222",)
     #: Seconds to wait for each connection attempt.
-    connect_timeout: float = 2.0
+    connect_timeout_s: float = 2.0
     #: Seconds between reconnect attempts (the client retries forever).
-    reconnect_wait: float = 0.5
+    reconnect_wait_s: float = 0.5
     #: Seconds a request to the JetStream API (publish ack, KV op) may take.
-    request_timeout: float = 5.0
+    request_timeout_s: float = 5.0
     #: How long the VIPWIRE stream keeps history, for replay (seconds).
-    stream_max_age: float = 7 * 24 * 3600.0
+    stream_max_age_s: float = 7 * 24 * 3600.0
     #: Window in which JetStream drops a repeated ``Nats-Msg-Id`` (seconds).
-    duplicate_window: float = 120.0
+    duplicate_window_s: float = 120.0
     #: Store the stream on disk (``file``) or in memory (``memory``).
     storage: str = "file"
     #: Stream and KV replicas (1 for a single server, 3 for a cluster).

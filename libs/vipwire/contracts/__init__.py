@@ -1,6 +1,7 @@
 """The bus contract: messages, subjects, and their one codec.
 
-Everything that crosses NATS is defined here and nowhere else.
+Everything that crosses NATS is defined here and nowhere else: the stream's
+messages and subjects, and the operator control requests and answers.
 """
 
 from vipwire.contracts._codec import (
@@ -10,6 +11,31 @@ from vipwire.contracts._codec import (
     encode,
     family_of,
     subject_for,
+)
+from vipwire.contracts._control import (
+    IPAM_QUEUE,
+    IPAM_RELEASE_SUBJECT,
+    IPAM_RELOAD_SUBJECT,
+    IPAM_SHOW_SUBJECT,
+    IPAM_STATUS_SUBJECT,
+    LBDRIVER_STATUS_SUBJECT,
+    AddressView,
+    ApplianceStatus,
+    BreakerState,
+    ClaimView,
+    ClusterStatus,
+    IpamStatus,
+    LbdriverStatus,
+    PoolStatus,
+    RecordView,
+    ReleaseReply,
+    ReleaseRequest,
+    ReloadReply,
+    ServiceView,
+    SharerView,
+    ShowReply,
+    ShowRequest,
+    StaleAllocation,
 )
 from vipwire.contracts._messages import (
     SCHEMA_VERSION,
@@ -56,24 +82,45 @@ from vipwire.contracts._subjects import (
     validate_node_name,
     validate_service_name,
 )
+from vipwire.contracts._summary import (
+    ServiceRef,
+    members_text,
+    port_text,
+    ports_text,
+    summary,
+    vips_text,
+)
 
 STREAM = "VIPWIRE"
 IPAM_BUCKET = "vipwire-ipam"
 
 __all__ = [
     "IPAM_BUCKET",
+    "IPAM_QUEUE",
+    "IPAM_RELEASE_SUBJECT",
+    "IPAM_RELOAD_SUBJECT",
+    "IPAM_SHOW_SUBJECT",
+    "IPAM_STATUS_SUBJECT",
+    "LBDRIVER_STATUS_SUBJECT",
     "ROOT",
     "SCHEMA_VERSION",
     "STREAM",
+    "AddressView",
+    "ApplianceStatus",
     "AppliedMessage",
+    "BreakerState",
+    "ClaimView",
+    "ClusterStatus",
     "Endpoint",
     "EndpointPort",
     "EndpointsMessage",
     "EndpointsSnapshot",
+    "IpamStatus",
     "LbFailed",
     "LbMessage",
     "LbProgrammed",
     "LbRemoved",
+    "LbdriverStatus",
     "MalformedMessage",
     "Member",
     "Message",
@@ -82,10 +129,21 @@ __all__ = [
     "NodeGone",
     "NodeMessage",
     "NodeSnapshot",
+    "PoolStatus",
+    "RecordView",
+    "ReleaseReply",
+    "ReleaseRequest",
+    "ReloadReply",
     "ServiceGone",
     "ServiceMessage",
     "ServicePort",
+    "ServiceRef",
     "ServiceSnapshot",
+    "ServiceView",
+    "SharerView",
+    "ShowReply",
+    "ShowRequest",
+    "StaleAllocation",
     "StatusMessage",
     "StatusWritten",
     "Subject",
@@ -100,14 +158,19 @@ __all__ = [
     "encode",
     "family_filter",
     "family_of",
+    "members_text",
     "node_from_token",
     "node_subject",
     "node_token",
     "parse_subject",
+    "port_text",
+    "ports_text",
     "service_subject",
     "subject_for",
+    "summary",
     "validate_cluster",
     "validate_namespace",
     "validate_node_name",
     "validate_service_name",
+    "vips_text",
 ]

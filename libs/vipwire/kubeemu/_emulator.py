@@ -12,11 +12,11 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from aiohttp import web
 
+from vipwire.aio import HttpServer, serve_http
 from vipwire.kubeemu import _resources as res
 from vipwire.kubeemu._errors import ApiError
-from vipwire.kubeemu._http import AuditEntry, Fault, KubeApp, Settings, start_server
+from vipwire.kubeemu._http import AuditEntry, Fault, KubeApp, Settings
 from vipwire.kubeemu._patch import JSON_PATCH, MERGE_PATCH, PATCH_TYPES, STRATEGIC_MERGE_PATCH
 from vipwire.kubeemu._resources import ResourceType
 from vipwire.kubeemu._selectors import Filter
@@ -65,28 +65,32 @@ class KubeEmulator:
             bookmark_interval=bookmark_interval,
             watch_timeout=watch_timeout,
         )
-        self._runner: web.AppRunner | None = None
+        self._server: HttpServer | None = None
         self._url: str | None = None
 
     # --- lifecycle -------------------------------------------------------------
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
         """Serve on ``host:port`` (0: a free port); returns the URL."""
-        if self._runner is not None:
+        if self._server is not None:
             raise RuntimeError(f"kubeemu {self.name!r} is already running")
         app = KubeApp(self._store, self._hub, self._settings).build()
-        self._runner, bound = await start_server(app, host, port)
+        # A watch whose client hangs up is cancelled at once instead of lingering
+        # until its next write.
+        self._server = await serve_http(
+            app, host=host, port=port, shutdown_timeout_s=5.0, handler_cancellation=True
+        )
         shown = f"[{host}]" if ":" in host else host
-        self._url = f"http://{shown}:{bound}"
+        self._url = f"http://{shown}:{self._server.port}"
         return self._url
 
     async def stop(self) -> None:
         """End every watch stream cleanly, then close the server and its connections."""
         self._hub.close_all()
-        runner, self._runner, self._url = self._runner, None, None
-        if runner is not None:
+        server, self._server, self._url = self._server, None, None
+        if server is not None:
             await asyncio.sleep(0)  # let the watch handlers write their last chunk
-            await runner.cleanup()
+            await server.close()
 
     async def __aenter__(self) -> KubeEmulator:
         await self.start()

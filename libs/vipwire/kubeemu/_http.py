@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -422,21 +421,3 @@ def _success(rt: ResourceType, obj: Obj) -> Obj:
         "status": "Success",
         "details": details,
     }
-
-
-async def start_server(app: web.Application, host: str, port: int) -> tuple[web.AppRunner, int]:
-    # handler_cancellation: a watch whose client hangs up is cancelled at once
-    # instead of lingering until its next write.
-    runner = web.AppRunner(
-        app, handle_signals=False, access_log=None, handler_cancellation=True, shutdown_timeout=5.0
-    )
-    await runner.setup()
-    site = web.TCPSite(runner, host, port)
-    try:
-        await site.start()
-    except BaseException:
-        with contextlib.suppress(Exception):
-            await runner.cleanup()
-        raise
-    bound = runner.addresses[0][1]
-    return runner, int(bound)

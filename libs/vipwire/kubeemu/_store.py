@@ -8,6 +8,10 @@ each change to the subscribed listeners before it returns. That is what makes
 Like etcd, one counter per cluster stamps every write; ``metadata.resourceVersion``
 is its decimal string. Stored objects are never mutated after they are
 committed (a write builds a new dict), so the history can share them.
+
+One module over 500 lines on purpose: one object whose invariants (one
+revision counter, the history, the listeners called before a write returns)
+every method keeps; split, that invariant would be read across files.
 """
 
 from __future__ import annotations

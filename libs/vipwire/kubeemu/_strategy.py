@@ -7,6 +7,10 @@ Service cluster IPs come from 198.18.0.0/15 (the benchmarking range: never
 routed, so an emulated address can never be mistaken for a real one); node
 ports from 30000-32767, the default service node port range. Allocation is
 sequential, so tests see stable values.
+
+One module over 500 lines on purpose: a section of short functions per
+resource kind and the table that maps kinds to them; one kind's rules are
+read in one place, and the kinds share the field-error helpers.
 """
 
 from __future__ import annotations

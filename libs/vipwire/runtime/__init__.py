@@ -7,8 +7,10 @@ from vipwire.runtime._settings import (
     ConfigError,
     HttpSettings,
     TelemetrySettings,
+    decode_settings,
     load_common,
     read_config,
+    renamed,
     section,
 )
 
@@ -23,8 +25,10 @@ __all__ = [
     "Runtime",
     "Service",
     "TelemetrySettings",
+    "decode_settings",
     "load_common",
     "read_config",
+    "renamed",
     "run_until_signalled",
     "section",
 ]

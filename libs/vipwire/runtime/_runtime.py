@@ -13,6 +13,7 @@ from aiohttp import web
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.trace import Tracer
 
+from vipwire.aio import HttpServer, serve_http
 from vipwire.bus import Bus, connect
 from vipwire.metrics import Registry
 from vipwire.runtime._settings import CommonSettings
@@ -58,7 +59,7 @@ class Runtime:
         self.tracer: Tracer = self.tracer_provider.get_tracer("vipwire")
         self._connect_attempts = connect_attempts
         self._bus: Bus | None = None
-        self._runner: web.AppRunner | None = None
+        self._http: HttpServer | None = None
         self.http_port: int | None = None
         self._readiness: Callable[[], str | None] = lambda: "starting"
 
@@ -87,13 +88,11 @@ class Runtime:
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/readyz", self._readyz)
         app.router.add_get("/metrics", self._metrics)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, self.settings.http.host, self.settings.http.port)
-        await site.start()
-        server = site._server
-        sockets = getattr(server, "sockets", None) or []
-        self.http_port = sockets[0].getsockname()[1] if sockets else self.settings.http.port
+        # Probes and scrapes in flight at stop may finish (aiohttp's default wait).
+        self._http = await serve_http(
+            app, host=self.settings.http.host, port=self.settings.http.port, shutdown_timeout_s=60.0
+        )
+        self.http_port = self._http.port
 
     async def _healthz(self, _: web.Request) -> web.Response:
         # Alive means the event loop answers and the bus client has not given up.
@@ -119,9 +118,9 @@ class Runtime:
         if self._bus is not None:
             await self._bus.close()
             self._bus = None
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
+        if self._http is not None:
+            await self._http.close()
+            self._http = None
         self.tracer_provider.shutdown()
 
 

@@ -1,6 +1,21 @@
+"""Config files and the typed settings decoded from them.
+
+A settings class may rename a setting for one release by declaring
+``__renamed__: ClassVar[Mapping[str, str]] = {"old_name": "new_name_s"}``:
+:func:`decode_settings` then accepts the old key as the new one and warns
+(naming both, and that the old name goes in the next release), refuses a
+section that gives both, and still rejects any other unknown key. The
+generated reference (``vipwire config reference``) lists fields only, so it
+shows only the new names.
+"""
+
 from __future__ import annotations
 
+import logging
 import os
+import types
+import typing
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -10,6 +25,10 @@ import msgspec.yaml
 from vipwire.bus import BusSettings
 
 T = TypeVar("T")
+
+log = logging.getLogger("vipwire.config")
+
+Warn = Callable[[str], None]
 
 
 class ConfigError(Exception):
@@ -56,18 +75,112 @@ def read_config(path: str | os.PathLike[str]) -> dict[str, Any]:
     return data
 
 
-def section(data: dict[str, Any], name: str, kind: type[T], *, source: str = "config") -> T:
+def section(
+    data: dict[str, Any],
+    name: str,
+    kind: type[T],
+    *,
+    source: str = "config",
+    warn: Warn | None = None,
+) -> T:
     """Decode one section into its typed settings, with an error that names the field."""
+    return decode_settings(data.get(name) or {}, kind, where=name, source=source, warn=warn)
+
+
+def decode_settings(
+    raw: Any,
+    kind: type[T],
+    *,
+    where: str,
+    source: str = "config",
+    warn: Warn | None = None,
+) -> T:
+    """Decode plain data at ``where`` (``nodeagent``, ``lbdriver.appliances[0]``) into ``kind``.
+
+    Old names declared in ``__renamed__`` (on ``kind`` or on any settings class
+    nested in it) are accepted as their new ones; each is reported to ``warn``
+    (default: a warning in the log).
+    """
+    notes: list[str] = []
+    upgraded = _upgrade(raw, kind, where, source, notes)
+    for note in notes:
+        (warn or log.warning)(note)
     try:
-        return msgspec.convert(data.get(name) or {}, kind, strict=False)
+        return msgspec.convert(upgraded, kind, strict=False)
     except msgspec.ValidationError as exc:
-        where = str(exc).replace("$", name, 1)
-        raise ConfigError(f"{source}: invalid {name!r} section: {where}") from exc
+        place = str(exc).replace("$", where, 1)
+        raise ConfigError(f"{source}: invalid {where!r} section: {place}") from exc
 
 
-def load_common(data: dict[str, Any], *, source: str = "config") -> CommonSettings:
+def renamed(kind: type) -> Mapping[str, str]:
+    """The old → new setting names a settings class still accepts (checked against its fields)."""
+    renames: Mapping[str, str] = getattr(kind, "__renamed__", None) or {}
+    if renames:
+        names = {f.encode_name for f in msgspec.structs.fields(kind)}
+        for old, new in renames.items():
+            if new not in names or old in names:
+                raise TypeError(
+                    f"{kind.__name__}.__renamed__: {old!r} → {new!r} must map a name that is "
+                    "no longer a field to one that is"
+                )
+    return renames
+
+
+def _upgrade(raw: Any, tp: Any, where: str, source: str, notes: list[str]) -> Any:
+    """``raw`` with the old names of every settings class along ``tp`` replaced by new ones."""
+    if isinstance(tp, type) and issubclass(tp, msgspec.Struct):
+        return _upgrade_struct(raw, tp, where, source, notes) if isinstance(raw, dict) else raw
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is typing.Annotated:
+        return _upgrade(raw, args[0], where, source, notes)
+    if origin in (typing.Union, types.UnionType):
+        # Optional[Struct] and the like: only one Struct member exists in our settings.
+        for arg in args:
+            if arg is not type(None):
+                raw = _upgrade(raw, arg, where, source, notes)
+        return raw
+    if isinstance(raw, list) and args:
+        items = args[:1] * len(raw) if len(args) == 1 or args[-1] is Ellipsis else args
+        return [
+            _upgrade(item, item_tp, f"{where}[{i}]", source, notes)
+            for i, (item, item_tp) in enumerate(zip(raw, items, strict=False))
+        ]
+    if isinstance(raw, dict) and len(args) == 2:
+        return {k: _upgrade(v, args[1], f"{where}.{k}", source, notes) for k, v in raw.items()}
+    return raw
+
+
+def _upgrade_struct(
+    raw: dict[str, Any], kind: type[msgspec.Struct], where: str, source: str, notes: list[str]
+) -> dict[str, Any]:
+    out = dict(raw)
+    for old, new in renamed(kind).items():
+        if old not in out:
+            continue
+        if new in out:
+            raise ConfigError(
+                f"{source}: {where}: both {old!r} and {new!r} are set; {old!r} is the old "
+                f"name of {new!r}, keep only {new!r}"
+            )
+        out[new] = out.pop(old)
+        notes.append(
+            f"{source}: {where}.{old} is now called {where}.{new}; the old name is "
+            "accepted for this release only and goes in the next one"
+        )
+    for field in msgspec.structs.fields(kind):
+        if field.encode_name in out:
+            value = out[field.encode_name]
+            out[field.encode_name] = _upgrade(
+                value, field.type, f"{where}.{field.encode_name}", source, notes
+            )
+    return out
+
+
+def load_common(
+    data: dict[str, Any], *, source: str = "config", warn: Warn | None = None
+) -> CommonSettings:
     return CommonSettings(
-        bus=section(data, "bus", BusSettings, source=source),
-        http=section(data, "http", HttpSettings, source=source),
-        telemetry=section(data, "telemetry", TelemetrySettings, source=source),
+        bus=section(data, "bus", BusSettings, source=source, warn=warn),
+        http=section(data, "http", HttpSettings, source=source, warn=warn),
+        telemetry=section(data, "telemetry", TelemetrySettings, source=source, warn=warn),
     )

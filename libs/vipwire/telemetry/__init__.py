@@ -6,6 +6,7 @@ installs a global provider.
 """
 
 from vipwire.telemetry._logging import TraceIdFilter, configure_logging
+from vipwire.telemetry._traceparent import TraceParent, parse_traceparent
 from vipwire.telemetry._tracing import (
     TRACEPARENT,
     extract_context,
@@ -17,9 +18,11 @@ from vipwire.telemetry._tracing import (
 __all__ = [
     "TRACEPARENT",
     "TraceIdFilter",
+    "TraceParent",
     "configure_logging",
     "extract_context",
     "inject_context",
     "make_tracer_provider",
+    "parse_traceparent",
     "trace_id_of_current_span",
 ]

@@ -25,7 +25,7 @@ from nats.aio.msg import Msg
 from opentelemetry.sdk.trace import SpanProcessor
 
 from vipwire.bus import BusSettings
-from vipwire.contracts import MalformedMessage, StatusWritten, decode
+from vipwire.contracts import MalformedMessage, ServiceRef, StatusWritten, decode
 from vipwire.dashboard import DashboardService, DashboardSettings
 from vipwire.ipam import IpamService, IpamSettings, PoolSettings
 from vipwire.kube import KubeApiError, new_api_client, request_json
@@ -154,7 +154,7 @@ class Stack:
         }
         # API clients of the real clusters, and what the watchers last wrote into status there.
         self.kube: dict[str, Any] = {}
-        self._statuses: dict[tuple[str, str, str], list[str]] = {}
+        self._statuses: dict[ServiceRef, list[str]] = {}
         self._status_nc: Any = None
         self.appliance = SimAppliance("sim-1", api_latency_ms=self.settings.appliance_latency_ms)
         # One applier per node outlives agent restarts, as a node's kernel does.
@@ -165,7 +165,7 @@ class Stack:
     # --- lifecycle -----------------------------------------------------------------
 
     def _runtime(self, name: str) -> Runtime:
-        bus = BusSettings(servers=(self.nats.url,), reconnect_wait=0.2)
+        bus = BusSettings(servers=(self.nats.url,), reconnect_wait_s=0.2)
         service_name, _, instance = name.partition(":")
         return Runtime(
             service_name,
@@ -447,7 +447,7 @@ class Stack:
             except MalformedMessage:
                 return
             if isinstance(written, StatusWritten):
-                key = (written.cluster, written.namespace, written.name)
+                key = ServiceRef(written.cluster, written.namespace, written.name)
                 self._statuses[key] = list(written.vips)
 
         await self._status_nc.subscribe("vipwire.*.status.>", cb=on_msg)
@@ -458,7 +458,7 @@ class Stack:
 
     def ingress_ips(self, cluster: str, name: str, namespace: str = "default") -> list[str]:
         if cluster not in self.emulators:
-            return list(self._statuses.get((cluster, namespace, name), []))
+            return list(self._statuses.get(ServiceRef(cluster, namespace, name), []))
         svc = self.service(cluster, name, namespace)
         if svc is None:
             return []

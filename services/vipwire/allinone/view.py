@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Mapping
 
 import msgspec
 import nats.errors
@@ -22,6 +23,7 @@ from vipwire.contracts import (
     MalformedMessage,
     NodeApplied,
     ServiceGone,
+    ServiceRef,
     ServiceSnapshot,
     VipAssigned,
     VipFailed,
@@ -47,7 +49,7 @@ class BusView:
     """Service → VIP → programmed → nodes applied, kept up to date from the bus."""
 
     def __init__(self) -> None:
-        self.rows: dict[tuple[str, str, str], Row] = {}
+        self.rows: dict[ServiceRef, Row] = {}
         # cluster -> node -> VIPs that node reports applied
         self.applied: dict[str, dict[str, frozenset[str]]] = {}
         self._sub: Subscription | None = None
@@ -62,7 +64,7 @@ class BusView:
             self._sub = None
 
     def _row(self, cluster: str, namespace: str, name: str) -> Row:
-        key = (cluster, namespace, name)
+        key = ServiceRef(cluster, namespace, name)
         row = self.rows.get(key)
         if row is None:
             row = self.rows[key] = Row(cluster=cluster, namespace=namespace, name=name)
@@ -81,7 +83,7 @@ class BusView:
                 if m.deleting:
                     row.state = "deleting"
             case ServiceGone():
-                self.rows.pop((m.cluster, m.namespace, m.name), None)
+                self.rows.pop(ServiceRef(m.cluster, m.namespace, m.name), None)
             case VipAssigned():
                 row = self._row(m.cluster, m.namespace, m.name)
                 row.vips = m.vips
@@ -100,7 +102,7 @@ class BusView:
             case LbRemoved():
                 self._row(m.cluster, m.namespace, m.name).state = "removed"
             case VipReleased():
-                self.rows.pop((m.cluster, m.namespace, m.name), None)
+                self.rows.pop(ServiceRef(m.cluster, m.namespace, m.name), None)
             case _:
                 pass
 
@@ -110,7 +112,7 @@ class BusView:
         serving = sum(1 for vips in nodes.values() if row.vips and set(row.vips) <= vips)
         return serving, len(nodes)
 
-    def render(self, statuses: dict[tuple[str, str, str], list[str]]) -> str:
+    def render(self, statuses: Mapping[ServiceRef, list[str]]) -> str:
         """A fixed-width table; ``statuses`` holds the ingress IPs the API shows."""
         header = (
             f"{'CLUSTER':<9} {'SERVICE':<24} {'VIP':<16} {'STATE':<17} "

@@ -19,8 +19,9 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
+from vipwire.aio import serve_http
 from vipwire.nodeagent import NodeagentService, NodeagentSettings
-from vipwire.runtime import HttpSettings, Runtime, load_common, read_config
+from vipwire.runtime import HttpSettings, Runtime, decode_settings, load_common, read_config
 from vipwire.telemetry import configure_logging
 
 
@@ -31,8 +32,9 @@ async def serve(config_path: str) -> int:
     sections: list[dict[str, Any]] = data.get("nodeagents") or []
     own = msgspec.structs.replace(common, http=HttpSettings(host="127.0.0.1", port=0))
     agents: list[tuple[Runtime, NodeagentService]] = []
-    for section in sections:
-        settings = msgspec.convert(section, NodeagentSettings, strict=False)
+    for i, section in enumerate(sections):
+        where = f"nodeagents[{i}]"
+        settings = decode_settings(section, NodeagentSettings, where=where, source=config_path)
         runtime = Runtime("nodeagent", own, instance=settings.node)
         agents.append((runtime, NodeagentService(settings, runtime)))
 
@@ -44,9 +46,9 @@ async def serve(config_path: str) -> int:
 
     app = web.Application()
     app.router.add_get("/readyz", readyz)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, common.http.host, common.http.port).start()
+    server = await serve_http(
+        app, host=common.http.host, port=common.http.port, shutdown_timeout_s=60.0
+    )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -62,7 +64,7 @@ async def serve(config_path: str) -> int:
             with contextlib.suppress(Exception):
                 await service.stop()
             await runtime.stop()
-        await runner.cleanup()
+        await server.close()
     return 0
 
 

@@ -1,25 +1,24 @@
-"""Helpers the convergence scenarios share: stream timestamps, a kube write probe, a clock."""
+"""Helpers the convergence scenarios share: stream timestamps, a kube write probe, hop times."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import ipaddress
 import os
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import nats
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
-from vipwire.aio import cancel_and_wait
+from vipwire.allinone.clock import StatusClock
 from vipwire.contracts import (
     STREAM,
     LbProgrammed,
     MalformedMessage,
     Message,
+    ServiceRef,
     ServiceSnapshot,
     VipAssigned,
     decode,
@@ -30,8 +29,6 @@ from vipwire.kubeemu import KubeEmulator
 #: RFC 2544 reserves 198.18.0.0/15 for benchmarks (never routed). The emulator
 #: takes cluster IPs from its lower half; VIPs come from the upper one: 65,536.
 BENCH_POOL = "198.19.0.0/16"
-
-ServiceRef = tuple[str, str, str]  # cluster, namespace, name
 
 #: The hops of a change, as :func:`hop_times` measures them.
 HOPS = ("watcher_in", "ipam", "lbdriver", "watcher_status")
@@ -129,7 +126,7 @@ async def kube_patcher(
 
 async def hop_times(nats_url: str, clock: StatusClock) -> dict[str, list[float]]:
     """Per hop, the seconds each Service spent in it (from stream timestamps)."""
-    first: dict[tuple[str, tuple[str, str, str]], float] = {}
+    first: dict[tuple[str, ServiceRef], float] = {}
     filters = ("vipwire.*.service.>", "vipwire.*.vip.>", "vipwire.*.lb.>")
     async for message, stored in stream_messages(nats_url, filters):
         match message:
@@ -141,7 +138,7 @@ async def hop_times(nats_url: str, clock: StatusClock) -> dict[str, list[float]]
                 kind = "lb"
             case _:
                 continue
-        ref = (message.cluster, message.namespace, message.name)
+        ref = ServiceRef(message.cluster, message.namespace, message.name)
         first.setdefault((kind, ref), stored)
     hops: dict[str, list[float]] = {hop: [] for hop in HOPS}
     for ref, (_, created) in clock.created.items():
@@ -199,82 +196,3 @@ async def bus_traffic(nats_url: str) -> dict[str, Any]:
         }
     finally:
         await nc.close()
-
-
-class StatusClock:
-    """When each Service first showed an ingress IP in its status (from the emulator's
-    own watch streams): perf_counter and wall-clock times."""
-
-    def __init__(self, emulators: Mapping[str, KubeEmulator]) -> None:
-        self.emulators = dict(emulators)
-        self.created: dict[ServiceRef, tuple[float, float]] = {}  # (perf, wall)
-        self.converged: dict[ServiceRef, float] = {}  # perf
-        self._waiting: dict[ServiceRef, asyncio.Future[None]] = {}
-        self._all: asyncio.Future[None] | None = None
-        self._expected = 0
-        self._tasks: list[asyncio.Task[None]] = []
-
-    async def start(self) -> None:
-        for cluster, emulator in self.emulators.items():
-            # Opened here, not in the task: no change may slip in before the watch exists.
-            session = emulator.watch("services", resource_version=emulator.resource_version)
-            self._tasks.append(asyncio.create_task(self._watch(cluster, session)))
-        await asyncio.sleep(0)
-
-    async def _watch(self, cluster: str, session: Any) -> None:
-        async with session as w:
-            async for event in w:
-                obj: dict[str, Any] = event["object"]
-                status = obj.get("status") or {}
-                if not (status.get("loadBalancer") or {}).get("ingress"):
-                    continue
-                meta = obj.get("metadata", {})
-                key = (cluster, meta.get("namespace", ""), meta.get("name", ""))
-                if key in self.converged:
-                    continue
-                self.converged[key] = time.perf_counter()
-                waiter = self._waiting.pop(key, None)
-                if waiter is not None and not waiter.done():
-                    waiter.set_result(None)
-                if (
-                    self._all is not None
-                    and not self._all.done()
-                    and len(self.converged) >= self._expected
-                ):
-                    self._all.set_result(None)
-
-    def mark_created(self, key: ServiceRef) -> None:
-        self.created[key] = (time.perf_counter(), time.time())
-
-    async def wait_for(self, key: ServiceRef, timeout: float) -> None:
-        """Until ``key`` converged; TimeoutError after ``timeout`` seconds."""
-        if key in self.converged:
-            return
-        waiter = self._waiting.setdefault(key, asyncio.get_running_loop().create_future())
-        await asyncio.wait_for(asyncio.shield(waiter), timeout)
-
-    async def wait_all(self, count: int, timeout: float) -> bool:
-        """Until ``count`` Services converged; False after ``timeout`` seconds."""
-        self._expected = count
-        if len(self.converged) >= count:
-            return True
-        self._all = asyncio.get_running_loop().create_future()
-        try:
-            await asyncio.wait_for(asyncio.shield(self._all), timeout)
-        except TimeoutError:
-            return False
-        return True
-
-    def latency_s(self, key: ServiceRef) -> float | None:
-        if key not in self.converged or key not in self.created:
-            return None
-        return self.converged[key] - self.created[key][0]
-
-    def converged_wall(self, key: ServiceRef) -> float | None:
-        """Wall-clock time of convergence (created wall time + the perf interval)."""
-        latency = self.latency_s(key)
-        return None if latency is None else self.created[key][1] + latency
-
-    async def stop(self) -> None:
-        await cancel_and_wait(self._tasks)
-        self._tasks.clear()

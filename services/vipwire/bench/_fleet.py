@@ -216,7 +216,7 @@ class Fleet:
 
     def _common(self, port: int) -> dict[str, Any]:
         return {
-            "bus": {"servers": [self.nats.url], "reconnect_wait": 0.2},
+            "bus": {"servers": [self.nats.url], "reconnect_wait_s": 0.2},
             "http": {"host": "127.0.0.1", "port": port},
             "telemetry": {"log_level": "WARNING"},
         }

@@ -46,9 +46,9 @@ import msgspec
 import nats
 from nats.aio.msg import Msg
 
+from vipwire.allinone.clock import StatusClock
 from vipwire.bench._common import (
     HOPS,
-    StatusClock,
     bus_traffic,
     hop_times,
     kube_patcher,
@@ -58,7 +58,7 @@ from vipwire.bench._common import (
 from vipwire.bench._fleet import Fleet, FleetSettings, endpoint_slice, proc_status, service_body
 from vipwire.bench._result import BenchResult, convert_params
 from vipwire.bench.floor import Floor, Stat, floor_data, measure_floor, ratio
-from vipwire.contracts import MalformedMessage, NodeApplied, decode
+from vipwire.contracts import MalformedMessage, NodeApplied, ServiceRef, decode
 
 NAMESPACE = "default"
 
@@ -239,7 +239,7 @@ async def _create_all(fleet: Fleet, clock: StatusClock, options: BurstOptions) -
         for c, cluster in enumerate(fleet.clusters):
             name = f"burst-{i:05d}"
             emulator = fleet.emulators[cluster]
-            clock.mark_created((cluster, NAMESPACE, name))
+            clock.mark_created(ServiceRef(cluster, NAMESPACE, name))
             await emulator.create(service_body(name, NAMESPACE))
             if options.endpoints:
                 slice_ = endpoint_slice(name, nodes[cluster], i + c, options.endpoints)

@@ -34,9 +34,8 @@ from nats.js.api import KeyValueConfig, StorageType
 from vipwire.bench._fleet import child_pids, proc_status
 from vipwire.bench._result import BenchResult, convert_params
 from vipwire.bus import DONE, Bus, BusSettings, ConsumerSpec, Delivery, Verdict, connect
-from vipwire.cli.up import percentile
 from vipwire.contracts import NodeApplied
-from vipwire.metrics import Registry
+from vipwire.metrics import Registry, percentile
 from vipwire.natsserver import NatsServer
 from vipwire.telemetry import make_tracer_provider
 
@@ -214,7 +213,7 @@ async def measure_floor(
         children = child_pids("nats-server")
         server_pid = children[0] if len(children) == 1 else None
     provider = make_tracer_provider("vipwire-bench-floor")
-    settings = BusSettings(servers=(nats_url,), reconnect_wait=0.2)
+    settings = BusSettings(servers=(nats_url,), reconnect_wait_s=0.2)
     bus = await connect(
         settings, name="vipwire-bench-floor", tracer=provider.get_tracer("vipwire"),
         metrics=Registry(), attempts=20,

@@ -33,11 +33,11 @@ from typing import Annotated, Any
 import msgspec
 
 from vipwire.bench._result import BenchResult, convert_params
-from vipwire.bus import Bus, BusSettings, connect, kv_keys
+from vipwire.bus import Bus, BusSettings, connect
 from vipwire.contracts import IPAM_BUCKET
 from vipwire.ipam import Allocation, Allocator, ClaimCache, IpamStore, PoolSettings, Request
 from vipwire.ipam.io.bucket import Conflict
-from vipwire.metrics import Registry
+from vipwire.metrics import Registry, percentile
 from vipwire.natsserver import NatsServer
 from vipwire.telemetry import make_tracer_provider
 
@@ -133,7 +133,7 @@ async def ipam_bench(options: IpamOptions) -> BenchResult:
 
 async def _race(url: str, pool: PoolSettings, options: IpamOptions, hold: int) -> dict[str, Any]:
     provider = make_tracer_provider("vipwire-bench-ipam")
-    settings = BusSettings(servers=(url,), reconnect_wait=0.2)
+    settings = BusSettings(servers=(url,), reconnect_wait_s=0.2)
     replicas: list[_Replica] = []
     try:
         for i in range(options.replicas):
@@ -144,7 +144,8 @@ async def _race(url: str, pool: PoolSettings, options: IpamOptions, hold: int) -
                 metrics=Registry(),
                 attempts=20,
             )
-            cache = ClaimCache(IpamStore(await bus.kv(IPAM_BUCKET), bus.js), Allocator([pool]))
+            bucket = await bus.kv(IPAM_BUCKET)
+            cache = ClaimCache(IpamStore(bucket), Allocator([pool]))
             replicas.append(_Replica(i, bus, cache))
             await cache.start(60.0)
         shared = _Shared(options.allocations)
@@ -177,8 +178,8 @@ async def _race(url: str, pool: PoolSettings, options: IpamOptions, hold: int) -
                 (shared.allocated + shared.freed + shared.conflicts) / total_s, 1
             ),
             "drain_s": round(drain_s, 3),
-            "p50_ms": round(_percentile(latencies, 50) * 1000, 3),
-            "p99_ms": round(_percentile(latencies, 99) * 1000, 3),
+            "p50_ms": round(percentile(latencies, 50) * 1000, 3),
+            "p99_ms": round(percentile(latencies, 99) * 1000, 3),
             "conflicts": shared.conflicts,
             "exhausted_waits": shared.exhausted_waits,
             "duplicates": shared.duplicates,
@@ -251,11 +252,4 @@ async def _free(replica: _Replica, shared: _Shared, address: str, revision: int)
 
 
 async def _left(replica: _Replica) -> int:
-    return len(await kv_keys(replica.bus.js, IPAM_BUCKET))
-
-
-def _percentile(values: list[float], p: float) -> float:
-    if not values:
-        return 0.0
-    rank = max(1, math.ceil(p / 100 * len(values)))
-    return values[rank - 1]
+    return len(await (await replica.bus.kv(IPAM_BUCKET)).keys())

@@ -42,9 +42,9 @@ from typing import Annotated, Any, Literal
 import msgspec
 
 from vipwire.allinone import Stack, StackSettings
+from vipwire.allinone.clock import StatusClock
 from vipwire.bench._common import (
     HOPS,
-    StatusClock,
     hop_times,
     kube_patcher,
     load_average,
@@ -53,6 +53,7 @@ from vipwire.bench._common import (
 from vipwire.bench._fleet import Fleet, FleetSettings, endpoint_slice, proc_status, service_body
 from vipwire.bench._result import BenchResult, convert_params
 from vipwire.bench.floor import Floor, Stat, floor_data, measure_floor, ratio
+from vipwire.contracts import ServiceRef
 from vipwire.ipam import PoolSettings
 from vipwire.kubeemu import KubeEmulator
 
@@ -171,7 +172,7 @@ async def latency(options: LatencyOptions) -> BenchResult:
             started, cpu = time.perf_counter(), system.cpu()
             for i in range(options.services):
                 cluster = system.clusters[i % len(system.clusters)]
-                key = (cluster, NAMESPACE, f"lat-{i:05d}")
+                key = ServiceRef(cluster, NAMESPACE, f"lat-{i:05d}")
                 clock.mark_created(key)
                 await system.create(cluster, key[2], i)
                 await clock.wait_for(key, options.timeout_s)

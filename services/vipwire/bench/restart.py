@@ -36,10 +36,11 @@ import nats
 from nats.js import JetStreamContext
 
 from vipwire.allinone import Stack, StackSettings
-from vipwire.bench._common import StatusClock, load_average, pool_for
+from vipwire.allinone.clock import StatusClock
+from vipwire.bench._common import load_average, pool_for
 from vipwire.bench._result import BenchResult, convert_params
 from vipwire.bench.floor import Floor, floor_data, measure_floor
-from vipwire.contracts import IPAM_BUCKET, STREAM
+from vipwire.contracts import IPAM_BUCKET, STREAM, ServiceRef
 from vipwire.ipam import PoolSettings
 from vipwire.kubeemu import Change
 from vipwire.nodeagent import DryRunApplier
@@ -127,7 +128,7 @@ async def _populate(stack: Stack, options: RestartOptions) -> float:
         for i in range(options.services):
             for cluster in stack.clusters:
                 name = f"live-{i:05d}"
-                clock.mark_created((cluster, NAMESPACE, name))
+                clock.mark_created(ServiceRef(cluster, NAMESPACE, name))
                 await stack.create_service(cluster, name, namespace=NAMESPACE, endpoints_on=[0])
             if i % 50 == 49:
                 await asyncio.sleep(0)

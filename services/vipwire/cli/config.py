@@ -2,6 +2,8 @@
 
 The reference is made from the settings classes themselves (their ``#:``
 comments and defaults), so the README's copy can be checked against the code.
+It lists fields only: a setting's old name (``__renamed__``) is accepted by
+``check`` with a warning but never shown.
 """
 
 from __future__ import annotations
@@ -90,8 +92,11 @@ def sections() -> dict[str, type[msgspec.Struct]]:
 def check(path: str) -> int:
     from vipwire.runtime import load_common, read_config, section
 
+    def warn(note: str) -> None:
+        print(f"warning: {note}", file=sys.stderr)
+
     data = read_config(path)  # ConfigError → exit 2 in main
-    load_common(data, source=path)
+    load_common(data, source=path, warn=warn)
     known = sections()
     unknown = sorted(set(data) - set(known))
     if unknown:
@@ -99,7 +104,7 @@ def check(path: str) -> int:
         return 2
     for name in ("watcher", "ipam", "lbdriver", "nodeagent", "dashboard"):
         if name in data:
-            section(data, name, known[name], source=path)
+            section(data, name, known[name], source=path, warn=warn)
     print(f"{path}: ok ({', '.join(n for n in known if n in data) or 'defaults only'})")
     return 0
 

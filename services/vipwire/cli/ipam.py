@@ -1,7 +1,7 @@
 """``vipwire ipam status|show|reload|release``: the address space as ipam sees it.
 
 Every verb is a request on ``vipwire-ctl.ipam.<verb>`` (core NATS, outside
-the stream; see :mod:`vipwire.ipam.control`). ``show`` reads the KV bucket
+the stream; see :mod:`vipwire.contracts`). ``show`` reads the KV bucket
 directly when no ipam answers (or with ``--kv``); ``reload`` collects the
 answer of every replica.
 """
@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from nats.aio.client import Client
 
-    from vipwire.ipam.control import IpamStatus, ReleaseReply, ReloadReply, ShowReply
+    from vipwire.contracts import IpamStatus, ReleaseReply, ReloadReply, ShowReply
 
 DEFAULT_NATS = "nats://127.0.0.1:4222"
 #: Seconds ``reload`` keeps listening for more replicas after the last answer.
@@ -159,10 +159,10 @@ def _decode(data: bytes, kind: type[Any], subject: str) -> Any:
 
 
 async def fetch_status(nc: Client, *, timeout: float = 3.0) -> IpamStatus:
-    from vipwire.ipam.control import STATUS_SUBJECT, IpamStatus
+    from vipwire.contracts import IPAM_STATUS_SUBJECT, IpamStatus
 
-    data = await _request(nc, STATUS_SUBJECT, b"", timeout)
-    result: IpamStatus = _decode(data, IpamStatus, STATUS_SUBJECT)
+    data = await _request(nc, IPAM_STATUS_SUBJECT, b"", timeout)
+    result: IpamStatus = _decode(data, IpamStatus, IPAM_STATUS_SUBJECT)
     return result
 
 
@@ -171,18 +171,18 @@ async def fetch_show(
 ) -> ShowReply:
     import msgspec
 
-    from vipwire.ipam.control import SHOW_SUBJECT, ShowReply, ShowRequest
+    from vipwire.contracts import IPAM_SHOW_SUBJECT, ShowReply, ShowRequest
 
     if not kv:
         try:
             data = await _request(
-                nc, SHOW_SUBJECT, msgspec.json.encode(ShowRequest(target=target)), timeout
+                nc, IPAM_SHOW_SUBJECT, msgspec.json.encode(ShowRequest(target=target)), timeout
             )
         except IpamUnavailable as exc:
             if "no ipam is running" not in str(exc):
                 raise
         else:
-            result: ShowReply = _decode(data, ShowReply, SHOW_SUBJECT)
+            result: ShowReply = _decode(data, ShowReply, IPAM_SHOW_SUBJECT)
             return result
     return await show_from_kv(nc, target, timeout=timeout)
 
@@ -192,10 +192,11 @@ async def show_from_kv(nc: Client, target: str, *, timeout: float = 3.0) -> Show
     import nats.errors
     import nats.js.errors
 
-    from vipwire.contracts import IPAM_BUCKET
-    from vipwire.ipam.control import AddressView, ServiceView, ShowReply, parse_service
+    from vipwire.bus import KvBucket
+    from vipwire.contracts import IPAM_BUCKET, AddressView, ServiceRef, ServiceView, ShowReply
     from vipwire.ipam.core.addresses import canonical
     from vipwire.ipam.core.records import service_key
+    from vipwire.ipam.core.views import claim_view, record_view
     from vipwire.ipam.io.bucket import IpamStore, StoreError
 
     js = nc.jetstream(timeout=timeout)
@@ -205,11 +206,11 @@ async def show_from_kv(nc: Client, target: str, *, timeout: float = 3.0) -> Show
         return ShowReply(instance="-", source="kv", error=f"no KV bucket {IPAM_BUCKET}")
     except (nats.errors.Error, TimeoutError) as exc:
         raise IpamUnavailable(f"cannot open KV bucket {IPAM_BUCKET}: {exc!r}") from exc
-    store = IpamStore(bucket, js)
+    store = IpamStore(KvBucket(bucket, js, IPAM_BUCKET))
     try:
         if "/" in target:
             try:
-                ref = parse_service(target)
+                ref = ServiceRef.parse(target)
             except ValueError as exc:
                 return ShowReply(instance="-", source="kv", error=str(exc))
             view = ServiceView(service="/".join(ref))
@@ -219,9 +220,12 @@ async def show_from_kv(nc: Client, target: str, *, timeout: float = 3.0) -> Show
                 claims = {}
                 for vip in record.vips:
                     claim = await store.get_claim(vip)
-                    claims[vip] = claim[0] if claim else None
+                    claims[vip] = claim_view(claim[0]) if claim else None
                 view = ServiceView(
-                    service=view.service, record=record, revision=revision, claims=claims
+                    service=view.service,
+                    record=record_view(record),
+                    revision=revision,
+                    claims=claims,
                 )
             return ShowReply(instance="-", source="kv", service=view)
         try:
@@ -234,7 +238,7 @@ async def show_from_kv(nc: Client, target: str, *, timeout: float = 3.0) -> Show
             source="kv",
             address=AddressView(
                 address=address,
-                claim=found[0] if found else None,
+                claim=claim_view(found[0]) if found else None,
                 revision=found[1] if found else None,
             ),
         )
@@ -247,7 +251,7 @@ async def fetch_reload(nc: Client, *, timeout: float = 10.0) -> list[ReloadReply
     import nats.errors
     from nats.aio.msg import Msg
 
-    from vipwire.ipam.control import RELOAD_SUBJECT, ReloadReply
+    from vipwire.contracts import IPAM_RELOAD_SUBJECT, ReloadReply
 
     answers: list[ReloadReply] = []
     errors: list[str] = []
@@ -258,7 +262,7 @@ async def fetch_reload(nc: Client, *, timeout: float = 10.0) -> list[ReloadReply
             errors.append("no ipam is running behind this NATS server")
         else:
             try:
-                answers.append(_decode(msg.data, ReloadReply, RELOAD_SUBJECT))
+                answers.append(_decode(msg.data, ReloadReply, IPAM_RELOAD_SUBJECT))
             except IpamUnavailable as exc:
                 errors.append(str(exc))
         arrived.set()
@@ -266,7 +270,7 @@ async def fetch_reload(nc: Client, *, timeout: float = 10.0) -> list[ReloadReply
     inbox = nc.new_inbox()
     sub = await nc.subscribe(inbox, cb=on_reply)
     try:
-        await nc.publish(RELOAD_SUBJECT, b"", reply=inbox)
+        await nc.publish(IPAM_RELOAD_SUBJECT, b"", reply=inbox)
         await nc.flush()
         wait = timeout
         while True:
@@ -288,12 +292,12 @@ async def fetch_reload(nc: Client, *, timeout: float = 10.0) -> list[ReloadReply
 async def fetch_release(nc: Client, service: str, *, timeout: float = 5.0) -> ReleaseReply:
     import msgspec
 
-    from vipwire.ipam.control import RELEASE_SUBJECT, ReleaseReply, ReleaseRequest
+    from vipwire.contracts import IPAM_RELEASE_SUBJECT, ReleaseReply, ReleaseRequest
 
     data = await _request(
-        nc, RELEASE_SUBJECT, msgspec.json.encode(ReleaseRequest(service=service)), timeout
+        nc, IPAM_RELEASE_SUBJECT, msgspec.json.encode(ReleaseRequest(service=service)), timeout
     )
-    result: ReleaseReply = _decode(data, ReleaseReply, RELEASE_SUBJECT)
+    result: ReleaseReply = _decode(data, ReleaseReply, IPAM_RELEASE_SUBJECT)
     return result
 
 

@@ -13,7 +13,7 @@ import sys
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from vipwire.lbdriver.status import LbdriverStatus
+    from vipwire.contracts import LbdriverStatus
 
 DEFAULT_NATS = "nats://127.0.0.1:4222"
 
@@ -48,7 +48,7 @@ async def fetch_status(url: str, *, timeout: float = 3.0) -> LbdriverStatus:
     import nats
     import nats.errors
 
-    from vipwire.lbdriver.status import STATUS_SUBJECT, decode_status
+    from vipwire.contracts import LBDRIVER_STATUS_SUBJECT, LbdriverStatus
 
     async def quiet(_: Exception) -> None:
         """nats-py logs every failed attempt with a traceback; one line below says it all."""
@@ -67,7 +67,7 @@ async def fetch_status(url: str, *, timeout: float = 3.0) -> LbdriverStatus:
     except (OSError, nats.errors.Error, TimeoutError) as exc:
         raise StatusUnavailable(f"cannot connect to NATS at {url}: {exc!r}") from exc
     try:
-        reply = await nc.request(STATUS_SUBJECT, b"", timeout=timeout)
+        reply = await nc.request(LBDRIVER_STATUS_SUBJECT, b"", timeout=timeout)
     except nats.errors.NoRespondersError as exc:
         raise StatusUnavailable(f"no lbdriver is running behind {url}") from exc
     except (nats.errors.Error, TimeoutError) as exc:
@@ -75,9 +75,9 @@ async def fetch_status(url: str, *, timeout: float = 3.0) -> LbdriverStatus:
     finally:
         await nc.close()
     try:
-        return decode_status(reply.data)
+        return msgspec.json.decode(reply.data, type=LbdriverStatus)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-        raise StatusUnavailable(f"unreadable answer on {STATUS_SUBJECT}: {exc}") from exc
+        raise StatusUnavailable(f"unreadable answer on {LBDRIVER_STATUS_SUBJECT}: {exc}") from exc
 
 
 async def status_command(url: str, *, as_json: bool, timeout: float) -> int:

@@ -7,21 +7,21 @@ import asyncio
 import contextlib
 import json
 import logging
-import math
 import signal
 import statistics
 import sys
 import time
-from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
-from vipwire.aio import cancel_and_wait
+from vipwire.contracts import ServiceRef
+from vipwire.metrics import percentile
 from vipwire.telemetry import configure_logging
 
 if TYPE_CHECKING:
     # Imported where used: ``vipwire`` imports every command module, and the stack
     # pulls in every service (tens of MB in each ``vipwire run`` process).
     from vipwire.allinone import Stack
+    from vipwire.allinone.clock import StatusClock
 
 log = logging.getLogger("vipwire.up")
 
@@ -91,79 +91,10 @@ def demo_services(count: int) -> list[DemoSpec]:
     return specs
 
 
-def percentile(values: Sequence[float], q: float) -> float:
-    """Nearest-rank percentile (what the smoke line and the benchmarks report)."""
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    rank = max(0, min(len(ordered) - 1, math.ceil(q / 100 * len(ordered)) - 1))
-    return ordered[rank]
-
-
-class ConvergenceClock:
-    """Create → status times, taken from each emulator's own watch stream."""
-
-    def __init__(self, stack: Stack) -> None:
-        self.stack = stack
-        self.created: dict[tuple[str, str, str], float] = {}
-        self.converged: dict[tuple[str, str, str], float] = {}
-        self._tasks: list[asyncio.Task[None]] = []
-        self._changed = asyncio.Event()
-
-    async def start(self) -> None:
-        for cluster in self.stack.clusters:
-            self._tasks.append(asyncio.create_task(self._watch(cluster)))
-        await asyncio.sleep(0)
-
-    async def _watch(self, cluster: str) -> None:
-        if cluster not in self.stack.emulators:
-            await self._poll(cluster)
-            return
-        emulator = self.stack.emulators[cluster]
-        async with emulator.watch("services", resource_version=emulator.resource_version) as w:
-            async for event in w:
-                obj: dict[str, Any] = event["object"]
-                meta = obj.get("metadata", {})
-                key = (cluster, meta.get("namespace", ""), meta.get("name", ""))
-                ingress = ((obj.get("status") or {}).get("loadBalancer") or {}).get("ingress")
-                if ingress and key not in self.converged:
-                    self.converged[key] = time.perf_counter()
-                    self._changed.set()
-
-    async def _poll(self, cluster: str) -> None:
-        """A real cluster: the status the watcher wrote, as the stack learns it from the bus."""
-        while True:
-            for key in [k for k in self.created if k[0] == cluster and k not in self.converged]:
-                if self.stack.ingress_ips(cluster, key[2], key[1]):
-                    self.converged[key] = time.perf_counter()
-                    self._changed.set()
-            await asyncio.sleep(0.05)
-
-    async def wait(self, keys: Sequence[tuple[str, str, str]], timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        while not all(k in self.converged for k in keys):
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return False
-            self._changed.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._changed.wait(), remaining)
-        return True
-
-    def latencies_ms(self) -> list[float]:
-        return [
-            (self.converged[k] - t0) * 1000 for k, t0 in self.created.items() if k in self.converged
-        ]
-
-    async def stop(self) -> None:
-        await cancel_and_wait(self._tasks)
-
-
-async def create_demo(stack: Stack, clock: ConvergenceClock, per_cluster: int) -> None:
+async def create_demo(stack: Stack, clock: StatusClock, per_cluster: int) -> None:
     for cluster in stack.clusters:
         for name, ports, policy in demo_services(per_cluster):
-            key = (cluster, "default", name)
-            clock.created[key] = time.perf_counter()
+            clock.mark_created(ServiceRef(cluster, "default", name))
             await stack.create_service(
                 cluster,
                 name,
@@ -180,6 +111,7 @@ async def up(args: argparse.Namespace) -> int:
     if dashboard_port is None and not smoke:
         dashboard_port = 0
     from vipwire.allinone import Stack, StackSettings
+    from vipwire.allinone.clock import StatusClock
 
     real = getattr(args, "kubeconfig", None)
     settings = StackSettings(
@@ -200,7 +132,11 @@ async def up(args: argparse.Namespace) -> int:
         return 1
     if stack.dashboard_url is not None:
         print(f"vipwire up: dashboard on {stack.dashboard_url}", file=sys.stderr)
-    clock = ConvergenceClock(stack)
+    clock = StatusClock(
+        stack.emulators,
+        polled=[c for c in stack.clusters if c not in stack.emulators],
+        has_status=lambda ref: bool(stack.ingress_ips(ref.cluster, ref.name, ref.namespace)),
+    )
     try:
         try:
             await stack.wait_ready(timeout=30)
@@ -222,7 +158,7 @@ async def up(args: argparse.Namespace) -> int:
             print(f"vipwire up: state kept in {args.state_dir}", file=sys.stderr)
 
 
-async def _remove_demo(stack: Stack, keys: list[tuple[str, str, str]]) -> None:
+async def _remove_demo(stack: Stack, keys: list[ServiceRef]) -> None:
     """Delete the demo Services made in a real cluster, while the stack still runs: our
     finalizer comes off only once their VIPs are released, which needs the stack."""
     for cluster, namespace, name in keys:
@@ -245,9 +181,9 @@ async def _remove_demo(stack: Stack, keys: list[tuple[str, str, str]]) -> None:
             )
 
 
-async def _smoke(clock: ConvergenceClock, timeout: float) -> int:
+async def _smoke(clock: StatusClock, timeout: float) -> int:
     keys = list(clock.created)
-    ok = await clock.wait(keys, timeout)
+    ok = await clock.wait_every(keys, timeout)
     latencies = clock.latencies_ms()
     result: dict[str, Any] = {
         "services": len(keys),
@@ -277,7 +213,9 @@ async def _live(stack: Stack) -> int:
     await view.start(nc)
     try:
         while not stop.is_set():
-            statuses = {key: stack.ingress_ips(key[0], key[2], key[1]) for key in list(view.rows)}
+            statuses = {
+                r: stack.ingress_ips(r.cluster, r.name, r.namespace) for r in list(view.rows)
+            }
             screen = view.render(statuses)
             if sys.stdout.isatty():
                 sys.stdout.write("\x1b[H\x1b[2J")

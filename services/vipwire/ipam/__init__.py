@@ -5,10 +5,10 @@ bucket (see :mod:`vipwire.ipam.core.records` for the layout) and every change
 to it is a compare-and-set, so replicas never hand out an address twice.
 Decisions are the pure core's (:mod:`vipwire.ipam.core`); the adapters are in
 :mod:`vipwire.ipam.io`. Operators ask it questions on ``vipwire-ctl.ipam.*``
-(see :mod:`vipwire.ipam.control`).
+(subjects and payloads: :mod:`vipwire.contracts`; answered by
+:mod:`vipwire.ipam.io.control`).
 """
 
-from vipwire.ipam.control import IpamStatus, ReleaseReply, ReloadReply, ShowReply
 from vipwire.ipam.core.allocator import Allocator
 from vipwire.ipam.core.choices import Allocation
 from vipwire.ipam.core.claims import Claim, ClaimUpdate, Owner, Request, Sharer
@@ -31,17 +31,13 @@ __all__ = [
     "IpamConfigError",
     "IpamService",
     "IpamSettings",
-    "IpamStatus",
     "IpamStore",
     "Owner",
     "PoolSettings",
     "PoolUsage",
-    "ReleaseReply",
-    "ReloadReply",
     "Request",
     "ServiceRecord",
     "Sharer",
-    "ShowReply",
     "addr_key",
     "service_key",
 ]

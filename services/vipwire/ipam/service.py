@@ -26,12 +26,16 @@ import uuid
 from collections.abc import Coroutine
 from typing import Any, Final, Protocol
 
-import nats.errors
-
 from vipwire.aio import cancel_and_wait
-from vipwire.bus import ConsumerSpec, Delivery, Verdict
-from vipwire.contracts import IPAM_BUCKET, family_filter
-from vipwire.ipam.control import IpamStatus, ReleaseReply, ReloadReply, ShowReply
+from vipwire.bus import BusError, ConsumerSpec, Delivery, Verdict
+from vipwire.contracts import (
+    IPAM_BUCKET,
+    IpamStatus,
+    ReleaseReply,
+    ReloadReply,
+    ShowReply,
+    family_filter,
+)
 from vipwire.ipam.core.allocator import Allocator
 from vipwire.ipam.core.claims import Claim, port_keys, request_of
 from vipwire.ipam.io.bucket import IpamStore, StoreError
@@ -121,9 +125,9 @@ class IpamService:
         bus = self.runtime.bus
         s = self.settings
         try:
-            store = IpamStore(await bus.kv(IPAM_BUCKET), bus.js)
-        except (TimeoutError, nats.errors.Error) as exc:
-            raise StoreError(f"cannot open KV bucket {IPAM_BUCKET}: {exc!r}") from exc
+            store = IpamStore(await bus.kv(IPAM_BUCKET))
+        except BusError as exc:
+            raise StoreError(f"cannot open KV bucket {IPAM_BUCKET}: {exc}") from exc
         cache = self._cache = ClaimCache(store, self._initial, on_change=self._on_claim_change)
         publisher = Publisher(bus)
         ledger = Ledger(

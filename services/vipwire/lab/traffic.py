@@ -12,17 +12,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import math
 import socket
 import time
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from typing import Any
 
 import msgspec
 
 from vipwire.aio import cancel_and_wait
 from vipwire.lab.topology import Pod
+from vipwire.metrics import percentile
 from vipwire.netns import call_in_netns
 
 _HEAD_LIMIT = 16 * 1024
@@ -169,15 +169,6 @@ def parse_reply(data: bytes, ms: float) -> Reply:
         return Reply(ok=True, ms=ms, pod=str(doc["pod"]), seen_as=str(doc["client"]))
     except (ValueError, KeyError, TypeError):
         return Reply(ok=False, ms=ms, error=f"bad body: {body[:80]!r}")
-
-
-def percentile(values: Sequence[float], q: float) -> float:
-    """Nearest-rank percentile; NaN for no values."""
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    rank = max(0, min(len(ordered) - 1, math.ceil(q / 100 * len(ordered)) - 1))
-    return ordered[rank]
 
 
 def summarize(replies: Iterable[Reply]) -> dict[str, Any]:

@@ -1,17 +1,11 @@
 """The node agent: this node's share of the cluster's VIPs (on ``lo``, ARP-silent).
 
-``desired`` and ``plan`` decide (pure), ``apply`` holds the seam to the node,
-``service`` is the shell on the bus.
+``core`` decides (pure: ``desired``, ``changes``, ``plan``), ``io`` holds the
+seam to the node (``apply``, ``linux``) and the reports to the bus
+(``reporting``), ``service`` is the shell that wires them.
 """
 
-from vipwire.nodeagent.apply import (
-    Applier,
-    ApplierUnavailable,
-    ApplyError,
-    DryRunApplier,
-    make_applier,
-)
-from vipwire.nodeagent.desired import (
+from vipwire.nodeagent.core.desired import (
     Desired,
     NftBackend,
     NftRule,
@@ -30,8 +24,7 @@ from vipwire.nodeagent.desired import (
     service_vips,
     vip_strings,
 )
-from vipwire.nodeagent.linux import ADDRESS_PROTO, LinuxApplier
-from vipwire.nodeagent.plan import (
+from vipwire.nodeagent.core.plan import (
     Action,
     AddAddress,
     AppliedState,
@@ -48,6 +41,14 @@ from vipwire.nodeagent.plan import (
     plan_delta,
     simulate,
 )
+from vipwire.nodeagent.io.apply import (
+    Applier,
+    ApplierUnavailable,
+    ApplyError,
+    DryRunApplier,
+    make_applier,
+)
+from vipwire.nodeagent.io.linux import ADDRESS_PROTO, LinuxApplier
 from vipwire.nodeagent.service import NodeagentService
 from vipwire.nodeagent.settings import NODE_ENV, NodeagentSettings
 

@@ -5,9 +5,10 @@ per subject), so the agent keeps nothing on disk. It applies nothing until it
 has caught up with the stream: applying a half-read VIP set would briefly
 withdraw the other VIPs on every restart.
 
-A message only updates the pure :class:`~vipwire.nodeagent.desired.Desired`
+A message only updates the pure :class:`~vipwire.nodeagent.core.changes.Changes`
 (O(its VIPs)) and marks what it changed; one task applies what is marked
-(after ``coalesce_ms``, so a burst is applied together) and reports. The first
+(after ``coalesce_ms``, so a burst is applied together) and reports
+(:mod:`~vipwire.nodeagent.io.reporting`). The first
 apply and every resync read the node and plan in full; in between, the agent
 trusts what it applied and plans only the changed addresses. A failed apply is
 retried by that task (with backoff, as a full plan), so the consumer needs no
@@ -22,43 +23,28 @@ import logging
 import math
 from typing import Protocol
 
-import nats.js.errors
-from opentelemetry import trace
-from opentelemetry.context import Context
-from opentelemetry.trace import Link, NonRecordingSpan, SpanContext
+from opentelemetry.trace import SpanContext
 
 from vipwire.aio import cancel_and_wait
 from vipwire.bus import DONE, BusError, ConsumerSpec, Delivery, Verdict
-from vipwire.contracts import (
-    STREAM,
-    EndpointsSnapshot,
-    LbProgrammed,
-    LbRemoved,
-    MalformedMessage,
-    Message,
-    NodeApplied,
-    decode,
-    family_filter,
-    node_subject,
+from vipwire.contracts import MalformedMessage, NodeApplied, decode, family_filter, node_subject
+from vipwire.nodeagent.core.changes import Changes
+from vipwire.nodeagent.core.desired import node_state, ruleset, vip_strings
+from vipwire.nodeagent.core.plan import (
+    Action,
+    Known,
+    known,
+    note_applied,
+    plan,
+    plan_delta,
+    simulate,
 )
-from vipwire.nodeagent.apply import Applier, make_applier
-from vipwire.nodeagent.desired import (
-    Desired,
-    node_state,
-    put_endpoints,
-    put_service,
-    ruleset,
-    service_vips,
-    vip_strings,
-)
-from vipwire.nodeagent.plan import Action, Known, known, note_applied, plan, plan_delta, simulate
+from vipwire.nodeagent.io.apply import Applier, make_applier
+from vipwire.nodeagent.io.reporting import MAX_LINKS, Reporter, span_parent
 from vipwire.nodeagent.settings import NodeagentSettings
 from vipwire.runtime import ConfigError, Runtime
 
 log = logging.getLogger("vipwire.nodeagent")
-
-#: Traces one apply or report links to at most (the first is its parent).
-MAX_LINKS = 32
 
 
 class _Consumer(Protocol):
@@ -71,14 +57,6 @@ class _Consumer(Protocol):
 
 def _backoff(attempt: int) -> float:
     return float(min(0.25 * 2 ** max(attempt - 1, 0), 30.0))
-
-
-def _span_parent(causes: list[SpanContext]) -> tuple[Context | None, list[Link]]:
-    """The context of the first cause, and links to the others."""
-    if not causes:
-        return None, []
-    parent = trace.set_span_in_context(NonRecordingSpan(causes[0]))
-    return parent, [Link(c) for c in causes[1:MAX_LINKS]]
 
 
 class NodeagentService:
@@ -96,12 +74,7 @@ class NodeagentService:
             raise ConfigError(f"nodeagent: {exc}") from exc
         self._runtime = runtime
         self._applier = applier if applier is not None else make_applier(self.settings)
-        self._desired = Desired()
-        # What changed since the last apply: addresses, the nftables table
-        # (standalone), or everything (a full read and plan is owed).
-        self._dirty: set[str] = set()
-        self._dirty_nft = False
-        self._full = True
+        self._changes = Changes(standalone=self.settings.mode == "standalone")
         self._known = Known()
         self._causes: list[SpanContext] = []
         self._wake = asyncio.Event()
@@ -109,12 +82,9 @@ class NodeagentService:
         self._ready = asyncio.Event()
         self._problem: str | None = None
         self._generation = 0
-        # Reporting: the VIP set changed since the last report (or none was made yet),
-        # and when the next one may go out.
+        # The VIP set changed since the last report (or none was made yet).
         self._unreported = True
-        self._reported: tuple[str, ...] | None = None
-        self._next_report = 0.0
-        self._report_causes: list[SpanContext] = []
+        self._reporter = Reporter(self.settings, runtime, dry_run=self._applier.dry_run)
         self._warned: set[str] = set()
         self._consumer: _Consumer | None = None
         self._task: asyncio.Task[None] | None = None
@@ -183,12 +153,11 @@ class NodeagentService:
         """Continue the generation this node last reported, so it never goes back."""
         s = self.settings
         subject = node_subject("applied", s.cluster, s.node)
-        try:
-            raw = await self._runtime.bus.js.get_last_msg(STREAM, subject)
-        except nats.js.errors.NotFoundError:
+        stored = await self._runtime.bus.last_message(subject)
+        if stored is None:
             return 0
         try:
-            last = decode(subject, raw.data or b"")
+            last = decode(subject, stored.data)
         except MalformedMessage as exc:
             log.warning("ignoring the last applied message of %s: %s", s.node, exc)
             return 0
@@ -206,25 +175,25 @@ class NodeagentService:
                     self._causes.clear()
                     # Taken as the apply starts: exactly the set it establishes, even if
                     # messages arrive while it runs.
-                    vips = vip_strings(self._desired.refs)
+                    vips = vip_strings(self._changes.desired.refs)
                     await self._apply()
-                    await self._report(vips)
-                    self._unreported = vips != vip_strings(self._desired.refs)
+                    await self._reporter.report(vips, self._generation)
+                    self._unreported = vips != vip_strings(self._changes.desired.refs)
                 break
             except Exception as exc:
                 self._problem = f"first apply failed: {exc}"
                 log.warning("first apply failed (attempt %d): %s", attempt, exc, exc_info=exc)
-                self._full = True
+                self._changes.full = True
                 await asyncio.sleep(_backoff(attempt))
         self._problem = None
         self._ready.set()
         await self._loop()
 
     async def _loop(self) -> None:
-        """Apply what changed, report at most once per ``report_interval``, resync."""
+        """Apply what changed, report at most once per ``report_interval_s``, resync."""
         loop = asyncio.get_running_loop()
         s = self.settings
-        interval = s.resync_interval
+        interval = s.resync_interval_s
         next_resync = loop.time() + interval if interval > 0 else math.inf
         retry_at = 0.0
         failures = 0
@@ -232,17 +201,17 @@ class NodeagentService:
             now = loop.time()
             if now >= next_resync:
                 # Repairs drift and retries what failed, without any message to prompt it.
-                self._full = True
+                self._changes.full = True
                 next_resync = now + interval
-            pending = self._pending()
+            pending = self._changes.pending
             if pending and now >= retry_at:
-                if s.coalesce_ms and not self._full:
+                if s.coalesce_ms and not self._changes.full:
                     await asyncio.sleep(s.coalesce_ms / 1000)
                 # A report that is due goes out with this apply, carrying exactly the
                 # set it establishes, so a steady stream of changes cannot hold it back.
                 vips = None
-                if self._unreported and loop.time() >= self._next_report:
-                    vips = vip_strings(self._desired.refs)
+                if self._unreported and loop.time() >= self._reporter.next_at:
+                    vips = vip_strings(self._changes.desired.refs)
                     self._unreported = False
                 try:
                     await self._apply()
@@ -256,15 +225,15 @@ class NodeagentService:
                 if vips is not None:
                     await self._try_report(vips)
                 continue
-            if self._unreported and not pending and now >= self._next_report:
+            if self._unreported and not pending and now >= self._reporter.next_at:
                 self._unreported = False
-                await self._try_report(vip_strings(self._desired.refs))
+                await self._try_report(vip_strings(self._changes.desired.refs))
                 continue
             deadlines = [next_resync]
             if pending:
                 deadlines.append(retry_at)
             elif self._unreported:
-                deadlines.append(self._next_report)
+                deadlines.append(self._reporter.next_at)
             delay = min(deadlines) - loop.time()
             if delay <= 0:
                 continue
@@ -277,7 +246,14 @@ class NodeagentService:
     async def _handle(self, d: Delivery) -> Verdict:
         if d.subject.cluster != self.settings.cluster:
             return DONE
-        if self._record(d.message):
+        recorded = self._changes.record(d.message)
+        if recorded is not None:
+            if recorded.vips:
+                self._unreported = True
+            for reason in recorded.ignored:
+                if reason not in self._warned:
+                    log.warning("ignored: %s", reason)
+                    self._warned.add(reason)
             if len(self._causes) < MAX_LINKS:
                 cause = d.span_context()
                 if cause.is_valid:
@@ -286,56 +262,15 @@ class NodeagentService:
                 self._wake.set()
         return DONE
 
-    def _record(self, message: Message) -> bool:
-        """Remember what the message says; True if that differs from what we knew."""
-        standalone = self.settings.mode == "standalone"
-        match message:
-            case LbProgrammed():
-                key = f"{message.namespace}/{message.name}"
-                entry = service_vips(key, message)
-                if self._desired.services.get(key) == entry:
-                    return False
-                for reason in entry.ignored:
-                    if reason not in self._warned:
-                        log.warning("ignored: %s", reason)
-                        self._warned.add(reason)
-                added, removed = put_service(self._desired, key, entry)
-            case LbRemoved():
-                key = f"{message.namespace}/{message.name}"
-                if key not in self._desired.services:
-                    return False
-                added, removed = put_service(self._desired, key, None)
-            case EndpointsSnapshot() if standalone:
-                key = f"{message.namespace}/{message.name}"
-                if not put_endpoints(self._desired, key, message):
-                    return False
-                self._dirty_nft = True
-                return True
-            case _:
-                # LbFailed: the appliance may still serve the old VIPs, so the
-                # node keeps them until LbProgrammed or LbRemoved says otherwise.
-                return False
-        self._dirty.update(added)
-        self._dirty.update(removed)
-        if added or removed:
-            self._unreported = True
-        # Ports, policy or a skipped VIP may have changed without any address.
-        self._dirty_nft = self._dirty_nft or standalone
-        return True
-
-    def _pending(self) -> bool:
-        return self._full or bool(self._dirty) or self._dirty_nft
-
     async def _apply(self) -> None:
         """Bring the node to the desired state: in full (read, plan) or only what changed."""
         s = self.settings
-        full, changed = self._full, self._dirty
-        causes = self._causes
-        self._dirty, self._dirty_nft, self._full, self._causes = set(), False, False, []
+        full, changed = self._changes.take()
+        causes, self._causes = self._causes, []
         try:
             if full:
                 desired = node_state(
-                    self._desired,
+                    self._changes.desired,
                     node=s.node,
                     mode=s.mode,
                     interface=s.loopback_interface,
@@ -347,35 +282,36 @@ class NodeagentService:
                 actions = plan(current, desired)
                 after = simulate(current, actions)
                 vips = desired.vips
-                if vips != self._reported:
+                if vips != self._reporter.reported:
                     self._unreported = True
             else:
+                state = self._changes.desired
                 nft = None
                 if s.mode == "standalone":
-                    ignored = [r for e in self._desired.services.values() for r in e.ignored]
-                    nft = ruleset(self._desired, node=s.node, table=s.nft_table, ignored=ignored)
+                    ignored = [r for e in state.services.values() for r in e.ignored]
+                    nft = ruleset(state, node=s.node, table=s.nft_table, ignored=ignored)
                     self._warn(tuple(ignored))
                 actions = plan_delta(
-                    self._known, self._desired, changed, interface=s.loopback_interface, nft=nft
+                    self._known, state, changed, interface=s.loopback_interface, nft=nft
                 )
             if actions:
                 await self._write(actions, causes)
         except BaseException:
             # Nothing is lost: the next attempt reads the node and plans in full.
-            self._full = True
+            self._changes.full = True
             self._causes = causes + self._causes
             raise
         if full:
             self._known = known(after)
         else:
             note_applied(self._known, actions)
-        self._m_vips.set(len(self._desired.refs))
+        self._m_vips.set(len(self._changes.desired.refs))
         if causes:
-            self._report_causes.extend(causes[: MAX_LINKS - len(self._report_causes)])
+            self._reporter.caused_by(causes)
 
     async def _write(self, actions: tuple[Action, ...], causes: list[SpanContext]) -> None:
         s = self.settings
-        parent, links = _span_parent(causes)
+        parent, links = span_parent(causes)
         with self._runtime.tracer.start_as_current_span(
             "nodeagent apply",
             context=parent,
@@ -401,7 +337,7 @@ class NodeagentService:
             "generation %d: applied %d actions, %d VIPs%s",
             self._generation,
             len(actions),
-            len(self._desired.refs),
+            len(self._changes.desired.refs),
             " (dry run)" if self._applier.dry_run else "",
         )
 
@@ -414,37 +350,7 @@ class NodeagentService:
 
     async def _try_report(self, vips: tuple[str, ...]) -> None:
         try:
-            await self._report(vips)
+            await self._reporter.report(vips, self._generation)
         except BusError:
             self._unreported = True
-            self._next_report = asyncio.get_running_loop().time() + _backoff(1)
-
-    async def _report(self, vips: tuple[str, ...]) -> None:
-        """Publish the VIP set the node serves now."""
-        s = self.settings
-        if vips == self._reported:
-            return
-        causes, self._report_causes = self._report_causes, []
-        message = NodeApplied(
-            cluster=s.cluster,
-            node=s.node,
-            generation=self._generation,
-            vips=vips,
-            mode=s.mode,
-            dry_run=self._applier.dry_run,
-        )
-        parent, links = _span_parent(causes)
-        try:
-            with self._runtime.tracer.start_as_current_span(
-                "nodeagent report",
-                context=parent,
-                links=links,
-                attributes={"k8s.node.name": s.node, "vipwire.vips": len(vips)},
-            ):
-                await self._runtime.bus.publish(message)
-        except BusError:
-            log.warning("could not report generation %d; will retry", self._generation)
-            self._report_causes = causes + self._report_causes
-            raise
-        self._reported = vips
-        self._next_report = asyncio.get_running_loop().time() + s.report_interval
+            self._reporter.next_at = asyncio.get_running_loop().time() + _backoff(1)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
-from typing import Final, Literal
+from typing import ClassVar, Final, Literal
 
 import msgspec
 
@@ -32,6 +32,12 @@ def _check_interface(field: str, name: str) -> None:
 class NodeagentSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """One node agent: which cluster's VIPs it serves on which node, and how."""
 
+    # Old names, accepted with a warning until the next release.
+    __renamed__: ClassVar[Mapping[str, str]] = {
+        "resync_interval": "resync_interval_s",
+        "report_interval": "report_interval_s",
+    }
+
     #: Cluster whose programmed VIPs this node serves (a DNS label). Required.
     cluster: str
     #: Kubernetes name of this node. $VIPWIRE_NODE, when set, overrides it (one
@@ -55,11 +61,11 @@ class NodeagentSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknow
     coalesce_ms: int = 20
     #: Seconds between full reads and plans of the node, which repair drift (in between,
     #: changes are planned from what the agent applied); 0 disables them.
-    resync_interval: float = 60.0
+    resync_interval_s: float = 60.0
     #: Least seconds between two ``NodeApplied`` reports of this node: a burst of changes
     #: is reported once per interval, and its last state always (at the interval's end).
     #: Each report carries every VIP of the node; 0 reports after every apply.
-    report_interval: float = 0.5
+    report_interval_s: float = 0.5
 
     def __post_init__(self) -> None:
         validate_cluster(self.cluster)
@@ -74,10 +80,10 @@ class NodeagentSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknow
             raise ValueError(f"nft_table: {self.nft_table!r} is not a plain nftables name")
         if not 0 <= self.coalesce_ms <= 10_000:
             raise ValueError(f"coalesce_ms: {self.coalesce_ms} is not within 0..10000")
-        if self.resync_interval < 0:
-            raise ValueError(f"resync_interval: {self.resync_interval} is negative")
-        if not 0 <= self.report_interval <= 60:
-            raise ValueError(f"report_interval: {self.report_interval} is not within 0..60")
+        if self.resync_interval_s < 0:
+            raise ValueError(f"resync_interval_s: {self.resync_interval_s} is negative")
+        if not 0 <= self.report_interval_s <= 60:
+            raise ValueError(f"report_interval_s: {self.report_interval_s} is not within 0..60")
 
     def for_this_node(self, environ: Mapping[str, str] = os.environ) -> NodeagentSettings:
         """These settings with ``node`` resolved from $VIPWIRE_NODE when set."""

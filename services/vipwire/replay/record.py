@@ -24,6 +24,7 @@ from vipwire.contracts import (
     decode,
     parse_subject,
 )
+from vipwire.telemetry import TRACEPARENT, parse_traceparent
 
 #: Headers an import adds so that the original sequence and time survive it.
 RECORDED_SEQ: Final = "Vipwire-Recorded-Seq"
@@ -87,10 +88,8 @@ class Record(msgspec.Struct, frozen=True, kw_only=True):
     @property
     def trace_id(self) -> str | None:
         """The W3C trace id from ``traceparent`` (32 hex digits), if there is one."""
-        parts = self.headers.get("traceparent", "").split("-")
-        if len(parts) >= 3 and len(parts[1]) == 32:
-            return parts[1]
-        return None
+        parent = parse_traceparent(self.headers.get(TRACEPARENT))
+        return None if parent is None else parent.trace_id
 
     def parsed(self) -> Subject | None:
         try:

@@ -333,7 +333,7 @@ async def import_records(js: JetStreamContext, records: Iterable[Record]) -> int
                 await drain()
         await drain()
         if created:
-            await js.update_stream(_stream_config(settings, settings.duplicate_window))
+            await js.update_stream(_stream_config(settings, settings.duplicate_window_s))
     except (TimeoutError, nats.errors.Error) as exc:
         raise ReplayError(f"import into stream {STREAM} failed: {exc!r}") from exc
     return count
@@ -345,7 +345,7 @@ def _stream_config(settings: BusSettings, duplicate_window: float) -> StreamConf
     return StreamConfig(
         name=STREAM,
         subjects=["vipwire.>"],
-        max_age=settings.stream_max_age,
+        max_age=settings.stream_max_age_s,
         duplicate_window=duplicate_window,
         storage=StorageType.FILE,
         num_replicas=1,

@@ -4,32 +4,16 @@ JSON lines for tools. Pure: no I/O.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Final
 
 import msgspec
 
 from vipwire.contracts import (
     ROOT,
-    EndpointsSnapshot,
-    LbFailed,
-    LbProgrammed,
-    LbRemoved,
     MalformedMessage,
-    Member,
-    Message,
-    NodeApplied,
-    NodeGone,
-    NodeSnapshot,
-    ServiceGone,
-    ServicePort,
-    ServiceSnapshot,
-    StatusWritten,
     SubjectError,
-    VipAssigned,
-    VipFailed,
-    VipReleased,
-    VipReleasing,
+    summary,
     validate_cluster,
     validate_namespace,
     validate_service_name,
@@ -156,9 +140,9 @@ def row_of(record: Record) -> Row:
     parsed = record.parsed()
     message = record.decoded()
     if isinstance(message, MalformedMessage):
-        kind, summary = "malformed", message.reason
+        kind, line = "malformed", message.reason
     else:
-        kind, summary = str(type(message).__struct_config__.tag), summarize(message)
+        kind, line = str(type(message).__struct_config__.tag), summary(message)
     return Row(
         seq=record.seq,
         time=record.time,
@@ -167,81 +151,10 @@ def row_of(record: Record) -> Row:
         cluster=parsed.cluster if parsed else "?",
         object=parsed.key if parsed else record.subject,
         kind=kind,
-        summary=summary,
+        summary=line,
         trace_id=record.trace_id,
         msg_id=record.msg_id,
     )
-
-
-def ports_text(ports: Iterable[ServicePort]) -> str:
-    return ",".join(f"{p.port}/{p.protocol}" for p in ports) or "no ports"
-
-
-def members_text(members: Sequence[Member], *, limit: int | None = None) -> str:
-    shown = [f"{m.node}={m.address}" for m in members]
-    if limit is not None and len(shown) > limit:
-        shown = [*shown[:limit], f"… {len(members) - limit} more"]
-    return ", ".join(shown) or "no members"
-
-
-def vips_text(vips: Sequence[str]) -> str:
-    return ", ".join(vips) or "none"
-
-
-def summarize(message: Message) -> str:
-    """One line saying what a message says."""
-    match message:
-        case ServiceSnapshot():
-            parts = [ports_text(message.ports), message.external_traffic_policy]
-            if message.pool:
-                parts.append(f"pool {message.pool}")
-            if message.requested_ips:
-                parts.append(f"asks {vips_text(message.requested_ips)}")
-            if message.sharing_key:
-                parts.append(f"sharing {message.sharing_key}")
-            if message.deleting:
-                parts.append("deleting")
-            return " · ".join(parts)
-        case ServiceGone():
-            return "gone"
-        case EndpointsSnapshot():
-            ready = sorted(message.ready_nodes)
-            return f"ready on {', '.join(ready)}" if ready else "no ready endpoints"
-        case NodeSnapshot():
-            state = "eligible" if message.eligible else "excluded"
-            if not message.ready:
-                state += ", NotReady"
-            return f"{vips_text(message.addresses)} · {state}"
-        case NodeGone():
-            return "gone"
-        case VipAssigned():
-            return (
-                f"{vips_text(message.vips)} · pool {message.pool} → {message.appliance_group}"
-                f" · {ports_text(message.ports)} {message.external_traffic_policy}"
-            )
-        case VipReleasing():
-            return f"withdraw {vips_text(message.vips)}"
-        case VipReleased():
-            return f"released {vips_text(message.vips)}" if message.vips else "released (held none)"
-        case VipFailed():
-            return f"{message.reason}: {message.message}"
-        case LbProgrammed():
-            return (
-                f"{vips_text(message.vips)} {ports_text(message.ports)} on {message.appliance}"
-                f" · {len(message.members)} members: {members_text(message.members, limit=4)}"
-            )
-        case LbFailed():
-            what = "removing: " if message.removing else ""
-            on = f" on {message.appliance}" if message.appliance else ""
-            return f"{what}{message.reason}{on}: {message.message}"
-        case LbRemoved():
-            return f"removed {vips_text(message.vips)} from {message.appliance}"
-        case NodeApplied():
-            dry = ", dry run" if message.dry_run else ""
-            count = len(message.vips)
-            return f"gen {message.generation} · {count} VIPs{dry}: {vips_text(message.vips)}"
-        case StatusWritten():
-            return f"ingress {vips_text(message.vips)}" if message.vips else "status cleared"
 
 
 # --- rendering ------------------------------------------------------------------

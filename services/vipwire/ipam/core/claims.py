@@ -13,19 +13,11 @@ from typing import Literal, NamedTuple
 
 import msgspec
 
-from vipwire.contracts import ServicePort, ServiceSnapshot
+from vipwire.contracts import ServicePort, ServiceSnapshot, port_text
 from vipwire.ipam.core.addresses import Family, parse_address
 
 FamilyPolicy = Literal["SingleStack", "PreferDualStack", "RequireDualStack"]
 TrafficPolicy = Literal["Cluster", "Local"]
-
-
-class ServiceRef(NamedTuple):
-    """One Service by name, whatever its incarnation (until vipwire.contracts has one)."""
-
-    cluster: str
-    namespace: str
-    name: str
 
 
 class Owner(NamedTuple):
@@ -183,7 +175,7 @@ def address_order(address: str) -> tuple[str, int]:
 
 def port_keys(ports: Iterable[ServicePort]) -> tuple[str, ...]:
     """``80/TCP``, …: what two Services sharing a VIP must not both use."""
-    return tuple(sorted({f"{p.port}/{p.protocol}" for p in ports}))
+    return tuple(sorted({port_text(p.port, p.protocol) for p in ports}))
 
 
 def request_of(snapshot: ServiceSnapshot) -> Request:

@@ -29,10 +29,10 @@ from typing import Literal, NamedTuple
 
 import msgspec
 
-from vipwire.contracts import LbRemoved, Message, ServiceGone, ServiceSnapshot
+from vipwire.contracts import LbRemoved, Message, ServiceGone, ServiceRef, ServiceSnapshot
 from vipwire.ipam.core.allocator import Allocator
 from vipwire.ipam.core.choices import Allocation
-from vipwire.ipam.core.claims import ClaimUpdate, Owner, Request, ServiceRef, request_of
+from vipwire.ipam.core.claims import ClaimUpdate, Owner, Request, request_of
 from vipwire.ipam.core.messages import assigned, failed, released, releasing
 from vipwire.ipam.core.records import ServiceRecord
 from vipwire.ipam.core.refusals import AllocationFailure

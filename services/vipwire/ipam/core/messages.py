@@ -11,6 +11,7 @@ from vipwire.contracts import (
     Message,
     ServiceGone,
     ServicePort,
+    ServiceRef,
     ServiceSnapshot,
     VipAssigned,
     VipFailed,
@@ -18,7 +19,7 @@ from vipwire.contracts import (
     VipReleasing,
 )
 from vipwire.ipam.core.allocator import Allocator
-from vipwire.ipam.core.claims import ServiceRef, request_of
+from vipwire.ipam.core.claims import request_of
 from vipwire.ipam.core.records import ServiceRecord
 
 FAILED_REASON: Final = "AllocationFailed"

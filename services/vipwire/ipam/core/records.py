@@ -45,8 +45,9 @@ from typing import Literal
 
 import msgspec
 
+from vipwire.contracts import ServiceRef
 from vipwire.ipam.core.addresses import kv_token
-from vipwire.ipam.core.claims import Claim, ServiceRef, Sharer
+from vipwire.ipam.core.claims import Claim, Sharer
 
 ADDR_PREFIX = "addr."
 SERVICE_PREFIX = "svc."

@@ -1,8 +1,9 @@
 """The ``vipwire-ipam`` KV bucket: typed claims, records and groups, every write a CAS.
 
 The layout is :mod:`vipwire.ipam.core.records`; this module only reads and
-writes it, turning the client's errors into :class:`StoreError` and a lost
-compare-and-set into :class:`Conflict`.
+writes it through the bus's :class:`~vipwire.bus.KvBucket`, turning the bus's
+errors into :class:`StoreError` and a lost compare-and-set
+(:class:`~vipwire.bus.BusConflict`) into :class:`Conflict`.
 """
 
 from __future__ import annotations
@@ -10,13 +11,8 @@ from __future__ import annotations
 import logging
 
 import msgspec
-import nats.errors
-import nats.js.errors
-from nats.js.client import JetStreamContext
-from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
 
-from vipwire.bus import BusError, kv_purge_markers
-from vipwire.contracts import IPAM_BUCKET
+from vipwire.bus import BusConflict, BusError, KvBucket, KvEntry, KvWatch
 from vipwire.ipam.core.addresses import from_kv_token
 from vipwire.ipam.core.claims import Claim
 from vipwire.ipam.core.records import (
@@ -34,8 +30,6 @@ from vipwire.ipam.core.records import (
 from vipwire.ipam.core.records import decode_claim as _decode_claim
 
 log = logging.getLogger("vipwire.ipam.store")
-
-_WRONG_LAST_SEQUENCE = (10071, 10164)
 
 
 class StoreError(Exception):
@@ -62,87 +56,39 @@ def decode_claim(key: str, raw: bytes | None) -> Claim:
     return claim
 
 
-def _is_wrong_last(exc: BaseException) -> bool:
-    return isinstance(exc, nats.js.errors.KeyWrongLastSequenceError) or (
-        isinstance(exc, nats.js.errors.APIError) and exc.err_code in _WRONG_LAST_SEQUENCE
-    )
-
-
 class IpamStore:
-    """Typed, compare-and-set access to the ipam bucket.
+    """Typed, compare-and-set access to the ipam bucket."""
 
-    ``js``: the JetStream context the bucket was opened with; with it, listings
-    and the start-up load know exactly when they have seen everything (see
-    :meth:`last_revision`), without it they trust the client's end-of-initial-
-    values marker, which nats-py may deliver before the values under load.
-    """
+    def __init__(self, bucket: KvBucket) -> None:
+        self.kv = bucket
+        self.bucket = bucket.bucket
 
-    def __init__(
-        self, kv: KeyValue, js: JetStreamContext | None = None, *, bucket: str = IPAM_BUCKET
-    ) -> None:
-        self.kv = kv
-        self.js = js
-        self.bucket = bucket
-
-    async def last_revision(self, prefix: str) -> int | None:
+    async def last_revision(self, prefix: str) -> int:
         """The revision of the newest entry (value or delete marker) under ``prefix``
-        (``"addr."``); 0: none; None: unknown (no JetStream context).
+        (``"addr."``); 0: none.
 
         A watch delivers the last entry of every key in revision order, so once
         it has delivered this revision it has delivered every key that existed.
         """
-        if self.js is None:
-            return None
         try:
-            last = await self.js.get_last_msg(f"KV_{self.bucket}", f"$KV.{self.bucket}.{prefix}>")
-        except nats.js.errors.NotFoundError:
-            return 0
-        except (TimeoutError, nats.errors.Error) as exc:
-            raise StoreError(f"cannot read the last revision under {prefix}: {exc!r}") from exc
-        return int(last.seq or 0)
+            return await self.kv.last_revision(prefix)
+        except BusError as exc:
+            raise StoreError(f"cannot read the last revision under {prefix}: {exc}") from exc
 
     async def purge_markers(self, older_than: float) -> int:
         """Drop the delete markers written more than ``older_than`` seconds ago; returns
-        how many (0 without a JetStream context)."""
-        if self.js is None:
-            return 0
+        how many."""
         try:
-            return await kv_purge_markers(self.js, self.bucket, older_than)
+            return await self.kv.purge_markers(older_than)
         except BusError as exc:
             raise StoreError(f"cannot drop old delete markers: {exc}") from exc
 
-    async def scan(self, prefix: str) -> dict[str, KeyValue.Entry]:
+    async def scan(self, prefix: str) -> dict[str, KvEntry]:
         """Every live entry under ``prefix`` now, by key."""
-        threshold = await self.last_revision(prefix)
-        if threshold == 0:
-            return {}
         try:
-            watcher = await self.kv.watch(prefix + ">")
-        except (TimeoutError, nats.errors.Error) as exc:
-            raise StoreError(f"cannot list {prefix}: {exc!r}") from exc
-        found: dict[str, KeyValue.Entry] = {}
-        seen = 0
-        try:
-            while True:
-                entry = await watcher.__anext__()  # type: ignore[no-untyped-call]
-                if entry is None:
-                    if threshold is None:
-                        return found
-                    continue
-                seen = max(seen, _revision(entry))
-                if entry.operation in (KV_DEL, KV_PURGE):
-                    found.pop(entry.key, None)
-                else:
-                    found[entry.key] = entry
-                if threshold is not None and seen >= threshold:
-                    return found
-        except (TimeoutError, nats.errors.Error) as exc:
-            raise StoreError(f"cannot list {prefix}: {exc!r}") from exc
-        finally:
-            try:
-                await watcher.stop()  # type: ignore[no-untyped-call]
-            except (TimeoutError, nats.errors.Error) as exc:
-                log.debug("stopping the listing of %s: %r", prefix, exc)
+            return await self.kv.scan(prefix)
+        except BusError as exc:
+            raise StoreError(f"cannot list {prefix}: {exc}") from exc
 
     # --- claims -------------------------------------------------------------------
 
@@ -151,7 +97,7 @@ class IpamStore:
         entry = await self._get(key)
         if entry is None:
             return None
-        return decode_claim(key, entry.value), _revision(entry)
+        return decode_claim(key, entry.value), entry.revision
 
     async def create_claim(
         self, address: str, claim: Claim, *, deleted_at: int | None = None
@@ -168,14 +114,11 @@ class IpamStore:
         if deleted_at:
             try:
                 return await self.kv.update(key, value, last=deleted_at)
-            except (TimeoutError, nats.errors.Error) as exc:
-                if not _is_wrong_last(exc):
-                    raise self._error("create", key, exc) from exc
-                # Changed since the marker: a plain create tells whether it is free.
-        try:
-            return await self.kv.create(key, value)
-        except (TimeoutError, nats.errors.Error) as exc:
-            raise self._error("create", key, exc) from exc
+            except BusConflict:
+                pass  # changed since the marker: a plain create tells whether it is free
+            except BusError as exc:
+                raise self._error("create", key, exc) from exc
+        return await self._create(key, value)
 
     async def update_claim(self, address: str, claim: Claim, last: int) -> int:
         """Rewrite a claim as it was at revision ``last``; :class:`Conflict` if it changed.
@@ -195,15 +138,12 @@ class IpamStore:
         if entry is None:
             return None
         try:
-            return decode_record(key, entry.value), _revision(entry)
+            return decode_record(key, entry.value), entry.revision
         except RecordError as exc:
             raise StoreError(str(exc)) from exc
 
     async def create_record(self, key: str, record: ServiceRecord) -> int:
-        try:
-            return await self.kv.create(key, encode(record))
-        except (TimeoutError, nats.errors.Error) as exc:
-            raise self._error("create", key, exc) from exc
+        return await self._create(key, encode(record))
 
     async def update_record(self, key: str, record: ServiceRecord, last: int) -> int:
         return await self._update(key, encode(record), last)
@@ -220,16 +160,13 @@ class IpamStore:
         group = decode_group(entry.value)
         if group is None:
             log.error("group %s in the KV is unreadable; it will be rewritten", key)
-            return GroupRecord(key=""), _revision(entry)
-        return group, _revision(entry)
+            return GroupRecord(key=""), entry.revision
+        return group, entry.revision
 
     async def put_group(self, key: str, group: GroupRecord, last: int | None) -> int:
         """Create (``last`` None) or CAS-update a group; :class:`Conflict` if it changed."""
         if last is None:
-            try:
-                return await self.kv.create(key, encode(group))
-            except (TimeoutError, nats.errors.Error) as exc:
-                raise self._error("create", key, exc) from exc
+            return await self._create(key, encode(group))
         return await self._update(key, encode(group), last)
 
     async def delete_group(self, key: str, last: int) -> None:
@@ -242,7 +179,7 @@ class IpamStore:
         found: dict[str, tuple[ServiceRecord, int]] = {}
         for key, entry in (await self.scan(SERVICE_PREFIX)).items():
             try:
-                found[key] = (decode_record(key, entry.value), _revision(entry))
+                found[key] = (decode_record(key, entry.value), entry.revision)
             except RecordError as exc:
                 log.warning("%s", exc)
         return found
@@ -250,77 +187,76 @@ class IpamStore:
     async def watch_claims(self) -> ClaimWatch:
         """Every current claim, then a ``None`` marker, then every change as it happens."""
         try:
-            watcher = await self.kv.watch(ADDR_PREFIX + ">")
-        except (TimeoutError, nats.errors.Error) as exc:
-            raise StoreError(f"cannot watch claims: {exc!r}") from exc
-        return ClaimWatch(watcher)
+            watch = await self.kv.watch(ADDR_PREFIX)
+        except BusError as exc:
+            raise StoreError(f"cannot watch claims: {exc}") from exc
+        return ClaimWatch(watch)
 
     # --- plumbing --------------------------------------------------------------------------
 
-    async def _get(self, key: str) -> KeyValue.Entry | None:
+    async def _get(self, key: str) -> KvEntry | None:
         try:
             return await self.kv.get(key)
-        except nats.js.errors.KeyNotFoundError:
-            return None
-        except (TimeoutError, nats.errors.Error) as exc:
+        except BusError as exc:
             raise self._error("get", key, exc) from exc
+
+    async def _create(self, key: str, value: bytes) -> int:
+        try:
+            return await self.kv.create(key, value)
+        except BusError as exc:
+            raise self._error("create", key, exc) from exc
 
     async def _update(self, key: str, value: bytes, last: int) -> int:
         try:
             return await self.kv.update(key, value, last=last)
-        except (TimeoutError, nats.errors.Error) as exc:
+        except BusError as exc:
             raise self._error("update", key, exc) from exc
 
     async def _delete(self, key: str, last: int) -> None:
         try:
             await self.kv.delete(key, last=last)
-        except (TimeoutError, nats.errors.Error) as exc:
+        except BusError as exc:
             raise self._error("delete", key, exc) from exc
 
     @staticmethod
-    def _error(op: str, key: str, exc: BaseException) -> StoreError:
-        if _is_wrong_last(exc):
+    def _error(op: str, key: str, exc: BusError) -> StoreError:
+        if isinstance(exc, BusConflict):
             return Conflict(f"{op} {key}: changed concurrently")
-        return StoreError(f"{op} {key} failed: {exc!r}")
-
-
-def _revision(entry: KeyValue.Entry) -> int:
-    return int(entry.revision or 0)
+        return StoreError(f"{op} {key} failed: {exc}")
 
 
 class ClaimWatch:
     """A running watch of the ``addr.`` keys."""
 
-    def __init__(self, watcher: KeyValue.KeyWatcher) -> None:
-        self._watcher = watcher
+    def __init__(self, watch: KvWatch) -> None:
+        self._watch = watch
         #: The newest revision delivered so far (of any ``addr.`` key, even unreadable).
         self.revision = 0
 
     async def next(self) -> ClaimEvent | None:
         """The next change; ``None`` once, when every claim that existed has been seen.
 
-        Raises StopAsyncIteration after :meth:`stop`.
+        Raises StopAsyncIteration after :meth:`stop`; StoreError if the watch fails.
         """
         while True:
-            entry = await self._watcher.__anext__()  # type: ignore[no-untyped-call]
+            try:
+                entry = await self._watch.next()
+            except BusError as exc:
+                raise StoreError(f"the claim watch failed: {exc}") from exc
             if entry is None:
                 return None
-            self.revision = max(self.revision, _revision(entry))
+            self.revision = max(self.revision, entry.revision)
             token = entry.key[len(ADDR_PREFIX) :]
             try:
                 address = from_kv_token(token)
             except ValueError:
                 log.warning("ignoring KV key %s: not an address claim", entry.key)
                 continue
-            deleted = entry.operation in (KV_DEL, KV_PURGE)
             return ClaimEvent(
                 address=address,
-                claim=None if deleted else decode_claim(entry.key, entry.value),
-                revision=_revision(entry),
+                claim=None if entry.deleted else decode_claim(entry.key, entry.value),
+                revision=entry.revision,
             )
 
     async def stop(self) -> None:
-        try:
-            await self._watcher.stop()  # type: ignore[no-untyped-call]
-        except (TimeoutError, nats.errors.Error) as exc:
-            log.debug("stopping the claim watch: %r", exc)
+        await self._watch.stop()

@@ -1,7 +1,7 @@
 """The operator control server: ``vipwire-ctl.ipam.*`` requests and their answers.
 
 Requests and answers are JSON on core NATS (subjects and payloads:
-:mod:`vipwire.ipam.control`). ``status``, ``show`` and ``release`` are
+:mod:`vipwire.contracts`). ``status``, ``show`` and ``release`` are
 answered by one replica (a queue group: every replica sees the same KV);
 ``reload`` by every replica.
 """
@@ -14,32 +14,29 @@ import time
 from collections.abc import Callable
 
 import msgspec
-import nats.errors
-from nats.aio.msg import Msg
-from nats.aio.subscription import Subscription
 
-from vipwire.bus import Bus, BusError
-from vipwire.ipam.control import (
-    QUEUE,
-    RELEASE_SUBJECT,
-    RELOAD_SUBJECT,
-    SHOW_SUBJECT,
-    STATUS_SUBJECT,
+from vipwire.bus import Bus, BusError, Serving
+from vipwire.contracts import (
+    IPAM_QUEUE,
+    IPAM_RELEASE_SUBJECT,
+    IPAM_RELOAD_SUBJECT,
+    IPAM_SHOW_SUBJECT,
+    IPAM_STATUS_SUBJECT,
     AddressView,
     IpamStatus,
     ReleaseReply,
     ReleaseRequest,
     ReloadReply,
+    ServiceRef,
     ServiceView,
     ShowReply,
     ShowRequest,
-    parse_service,
 )
 from vipwire.ipam.core.addresses import canonical
-from vipwire.ipam.core.claims import Owner, ServiceRef
+from vipwire.ipam.core.claims import Owner
 from vipwire.ipam.core.decide import withdrawal
 from vipwire.ipam.core.records import service_key
-from vipwire.ipam.core.status import ipam_status
+from vipwire.ipam.core.views import claim_view, ipam_status, record_view
 from vipwire.ipam.io.bucket import Conflict, StoreError
 from vipwire.ipam.io.claim_cache import ClaimCache
 from vipwire.ipam.io.handling import Lifecycle
@@ -70,23 +67,21 @@ class OperatorControl:
         self.instance = instance
         self._ready = ready
         self._span = tracer_span
-        self._subs: list[Subscription] = []
+        self._serving: list[Serving] = []
 
     async def start(self, bus: Bus) -> None:
-        nc = bus.nc
-        self._subs = [
-            await nc.subscribe(STATUS_SUBJECT, queue=QUEUE, cb=self._on_status_request),
-            await nc.subscribe(SHOW_SUBJECT, queue=QUEUE, cb=self._on_show_request),
-            await nc.subscribe(RELEASE_SUBJECT, queue=QUEUE, cb=self._on_release_request),
-            await nc.subscribe(RELOAD_SUBJECT, cb=self._on_reload_request),
+        """Answer from the moment this returns."""
+        self._serving = [
+            await bus.serve(IPAM_STATUS_SUBJECT, self._on_status_request, queue=IPAM_QUEUE),
+            await bus.serve(IPAM_SHOW_SUBJECT, self._on_show_request, queue=IPAM_QUEUE),
+            await bus.serve(IPAM_RELEASE_SUBJECT, self._on_release_request, queue=IPAM_QUEUE),
+            await bus.serve(IPAM_RELOAD_SUBJECT, self._on_reload_request),
         ]
-        await nc.flush()  # answering from the moment start returns
 
     async def stop(self) -> None:
-        for sub in self._subs:
-            with contextlib.suppress(nats.errors.Error):
-                await sub.unsubscribe()
-        self._subs.clear()
+        for serving in self._serving:
+            await serving.stop()
+        self._serving.clear()
 
     def status(self) -> IpamStatus:
         """What ``vipwire ipam status`` (and the dashboard) shows."""
@@ -107,7 +102,7 @@ class OperatorControl:
         allocator = self.cache.allocator
         if "/" in target:
             try:
-                ref = ServiceRef(*parse_service(target))
+                ref = ServiceRef.parse(target)
             except ValueError as exc:
                 return ShowReply(instance=self.instance, error=str(exc))
             got = await store.get_record(service_key(*ref))
@@ -118,10 +113,10 @@ class OperatorControl:
                 claims = {}
                 for vip in record.vips:
                     claim = await store.get_claim(vip)
-                    claims[vip] = claim[0] if claim else None
+                    claims[vip] = claim_view(claim[0]) if claim else None
                 view = msgspec.structs.replace(
                     view,
-                    record=record,
+                    record=record_view(record),
                     revision=revision,
                     claims=claims,
                     stale=allocator.stale_reasons(Owner(*ref, record.uid)),
@@ -139,7 +134,7 @@ class OperatorControl:
                 address=address,
                 pool=pool,
                 usable=pool is not None and allocator.usable(address),
-                claim=found[0] if found else None,
+                claim=claim_view(found[0]) if found else None,
                 revision=found[1] if found else None,
                 stale=allocator.address_stale_reasons(address) if found else (),
             ),
@@ -149,7 +144,7 @@ class OperatorControl:
         """Withdraw a Service's VIPs on an operator's word; once the appliance is clean
         it gets new ones from the pools as they are now."""
         try:
-            ref = ServiceRef(*parse_service(target))
+            ref = ServiceRef.parse(target)
         except ValueError as exc:
             return ReleaseReply(instance=self.instance, service=target, error=str(exc))
         service = "/".join(ref)
@@ -191,42 +186,34 @@ class OperatorControl:
             instance=self.instance, service=service, error="compare-and-set conflicts; try again"
         )
 
-    async def _on_status_request(self, msg: Msg) -> None:
-        await self._respond(msg, msgspec.json.encode(self.status()))
+    async def _on_status_request(self, data: bytes) -> bytes:
+        return msgspec.json.encode(self.status())
 
-    async def _on_show_request(self, msg: Msg) -> None:
+    async def _on_show_request(self, data: bytes) -> bytes:
         try:
-            request = msgspec.json.decode(msg.data, type=ShowRequest)
+            request = msgspec.json.decode(data, type=ShowRequest)
             reply = await self.show(request.target)
         except msgspec.DecodeError as exc:
             reply = ShowReply(instance=self.instance, error=f"bad request: {exc}")
         except StoreError as exc:
             reply = ShowReply(instance=self.instance, error=str(exc))
-        await self._respond(msg, msgspec.json.encode(reply))
+        return msgspec.json.encode(reply)
 
-    async def _on_release_request(self, msg: Msg) -> None:
+    async def _on_release_request(self, data: bytes) -> bytes:
         try:
-            request = msgspec.json.decode(msg.data, type=ReleaseRequest)
+            request = msgspec.json.decode(data, type=ReleaseRequest)
             reply = await self.release(request.service)
         except msgspec.DecodeError as exc:
             reply = ReleaseReply(instance=self.instance, service="", error=f"bad request: {exc}")
         except (StoreError, BusError) as exc:
             reply = ReleaseReply(instance=self.instance, service="", error=str(exc))
-        await self._respond(msg, msgspec.json.encode(reply))
+        return msgspec.json.encode(reply)
 
-    async def _on_reload_request(self, msg: Msg) -> None:
+    async def _on_reload_request(self, data: bytes) -> bytes:
         try:
             reply = await self.reloader.reload()
         except (StoreError, BusError) as exc:
             reply = ReloadReply(
                 instance=self.instance, config_path=self.reloader.config_path, error=str(exc)
             )
-        await self._respond(msg, msgspec.json.encode(reply))
-
-    async def _respond(self, msg: Msg, data: bytes) -> None:
-        if not msg.reply:
-            return
-        try:
-            await msg.respond(data)
-        except (TimeoutError, nats.errors.Error) as exc:
-            log.debug("control request not answered: %r", exc)
+        return msgspec.json.encode(reply)

@@ -28,13 +28,14 @@ from vipwire.bus import DONE, BusError, Delivery, Retry, Verdict
 from vipwire.contracts import (
     LbRemoved,
     ServiceGone,
+    ServiceRef,
     ServiceSnapshot,
     VipAssigned,
     VipReleased,
     VipReleasing,
     service_subject,
 )
-from vipwire.ipam.core.claims import Owner, Request, ServiceRef, request_of
+from vipwire.ipam.core.claims import Owner, Request, request_of
 from vipwire.ipam.core.decide import Plan, decide
 from vipwire.ipam.core.messages import kept_assignment, released
 from vipwire.ipam.core.records import ServiceRecord, service_key

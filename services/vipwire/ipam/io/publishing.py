@@ -11,17 +11,11 @@ from __future__ import annotations
 import logging
 from typing import Final, NamedTuple
 
-import nats.errors
-import nats.js.errors
-from nats.aio.client import ServerVersion
-
-from vipwire.bus import Bus, BusError, Delivery
-from vipwire.contracts import STREAM, MalformedMessage, Message, decode, parse_subject
+from vipwire.bus import Bus, BusError, Delivery, WrongLastSequence
+from vipwire.contracts import MalformedMessage, Message, decode, parse_subject
 
 log = logging.getLogger("vipwire.ipam")
 
-#: JetStream's error code for a publish whose expected last sequence did not hold.
-_WRONG_LAST_SEQ: Final = 10071
 #: The first nats-server that checks an expected last sequence of another subject.
 _EXPECT_SUBJECT_SINCE: Final = (2, 11)
 
@@ -46,9 +40,9 @@ class Newest(NamedTuple):
         )
 
 
-def server_checks_other_subjects(version: ServerVersion) -> bool:
+def server_checks_other_subjects(bus: Bus) -> bool:
     try:
-        return (version.major, version.minor) >= _EXPECT_SUBJECT_SINCE
+        return bus.server_version[:2] >= _EXPECT_SUBJECT_SINCE
     except ValueError:  # not a semantic version: assume the worst
         return False
 
@@ -60,7 +54,7 @@ class Publisher:
         self.bus = bus
         #: Whether the server can check "nothing newer on that subject" as it stores a
         #: publish (older ones ignore the header: the check is then a read of its own).
-        self.expect_subject = server_checks_other_subjects(bus.nc.connected_server_version)
+        self.expect_subject = server_checks_other_subjects(bus)
 
     async def publish(self, message: Message, msg_id: str) -> None:
         await self.bus.publish(message, msg_id=msg_id)
@@ -73,40 +67,35 @@ class Publisher:
         message of ``d``'s subject must have (JetStream's expected last subject
         sequence, of another subject than the one published to: nats-server 2.11+).
         """
-        headers = {
-            "Nats-Expected-Last-Subject-Sequence": str(d.seq),
-            "Nats-Expected-Last-Subject-Sequence-Subject": d.subject.raw,
-        }
         try:
-            await self.bus.publish(message, msg_id=msg_id, headers=headers)
-        except BusError as exc:
-            cause = exc.__cause__
-            if isinstance(cause, nats.js.errors.APIError) and cause.err_code == _WRONG_LAST_SEQ:
-                return False
-            raise
+            await self.bus.publish(
+                message,
+                msg_id=msg_id,
+                expected_last_subject_seq=d.seq,
+                expected_last_subject=d.subject.raw,
+            )
+        except WrongLastSequence:
+            return False
         return True
 
     async def last(self, subject: str) -> Newest | None:
         """The last message stored on ``subject``; None: none. BusError if it cannot tell."""
-        try:
-            raw = await self.bus.js.get_last_msg(STREAM, subject)
-        except nats.js.errors.NotFoundError:
+        stored = await self.bus.last_message(subject)
+        if stored is None:
             return None
-        except (TimeoutError, nats.errors.Error) as exc:
-            raise BusError(f"cannot read the last message of {subject}: {exc!r}") from exc
         try:
-            message: Message | None = decode(subject, raw.data or b"")
+            message: Message | None = decode(subject, stored.data)
         except MalformedMessage:
             message = None
-        return Newest(message, int(raw.seq or 0), dict(raw.headers or {}))
+        return Newest(message, stored.seq, dict(stored.headers))
 
     async def last_seq(self, subject: str) -> int:
         """The sequence of the last message on ``subject`` (0: none or unknown)."""
         try:
-            last = await self.bus.js.get_last_msg(STREAM, subject)
-        except (TimeoutError, nats.errors.Error):
+            last = await self.bus.last_message(subject)
+        except BusError:
             return 0
-        return int(last.seq or 0)
+        return last.seq if last is not None else 0
 
     async def newest(self, subject: str, seq: int) -> Message | None:
         """The newest message on ``subject`` if it is newer than ``seq``; None otherwise

@@ -17,8 +17,8 @@ from collections.abc import Awaitable, Callable
 import msgspec
 
 from vipwire.bus import BusError
-from vipwire.ipam.control import ReloadReply
-from vipwire.ipam.core.claims import Owner, ServiceRef
+from vipwire.contracts import ReloadReply, ServiceRef
+from vipwire.ipam.core.claims import Owner
 from vipwire.ipam.core.records import ref_of_key
 from vipwire.ipam.io.bucket import Conflict, StoreError
 from vipwire.ipam.io.claim_cache import ClaimCache

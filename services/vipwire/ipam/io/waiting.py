@@ -10,7 +10,6 @@ VipFailed, so a restart does not strand them.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Final
@@ -18,10 +17,10 @@ from typing import Final
 import msgspec
 from opentelemetry.trace import Tracer
 
-from vipwire.bus import BusError, last_per_subject
+from vipwire.bus import BusError
 from vipwire.contracts import (
-    STREAM,
     MalformedMessage,
+    ServiceRef,
     ServiceSnapshot,
     VipFailed,
     decode,
@@ -30,7 +29,7 @@ from vipwire.contracts import (
     service_subject,
 )
 from vipwire.ipam.core.allocator import Allocator
-from vipwire.ipam.core.claims import Request, ServiceRef, request_of
+from vipwire.ipam.core.claims import Request, request_of
 from vipwire.ipam.core.decide import would_succeed
 from vipwire.ipam.io.bucket import StoreError
 from vipwire.ipam.io.publishing import Newest, Publisher
@@ -170,15 +169,14 @@ class WaitingRetrier:
     async def _last_failures(self) -> dict[str, VipFailed]:
         """The ``vip`` subjects whose last message is a VipFailed (one pass, no acks)."""
         failed: dict[str, VipFailed] = {}
-        messages = last_per_subject(
-            self.publisher.bus.js, STREAM, family_filter("vip"), timeout=RESUME_TIMEOUT
+        stored = await self.publisher.bus.last_messages(
+            family_filter("vip"), timeout_s=RESUME_TIMEOUT
         )
-        async with contextlib.aclosing(messages):
-            async for msg in messages:
-                try:
-                    message = decode(msg.subject, msg.data)
-                except MalformedMessage:
-                    continue
-                if isinstance(message, VipFailed):
-                    failed[msg.subject] = message
+        for msg in stored:
+            try:
+                message = decode(msg.subject, msg.data)
+            except MalformedMessage:
+                continue
+            if isinstance(message, VipFailed):
+                failed[msg.subject] = message
         return failed

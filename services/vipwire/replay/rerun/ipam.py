@@ -50,6 +50,7 @@ from vipwire.contracts import (
     VipReleased,
     VipReleasing,
     service_subject,
+    vips_text,
 )
 from vipwire.ipam import (
     AllocationFailure,
@@ -61,7 +62,6 @@ from vipwire.ipam import (
 from vipwire.ipam.core.claims import request_of
 from vipwire.replay.rerun.history import Event, History, following
 from vipwire.replay.rerun.report import Sink, describe
-from vipwire.replay.timeline import vips_text
 
 Ref = tuple[str, str, str]
 #: Addresses a next-fit walk may look at before it gives up (a near-full huge pool).

@@ -37,12 +37,12 @@ from vipwire.contracts import (
     VipFailed,
     VipReleased,
     VipReleasing,
+    members_text,
     service_subject,
 )
 from vipwire.lbdriver import InvalidAssignment, desired_virtual_servers, members_of
 from vipwire.replay.rerun.history import Event, History, candidates, latest
 from vipwire.replay.rerun.report import Sink, describe, programmed_text
-from vipwire.replay.timeline import members_text
 
 Ref = tuple[str, str, str]
 Assignment = VipAssigned | VipReleasing

@@ -19,11 +19,17 @@ from __future__ import annotations
 from collections import Counter
 from functools import lru_cache
 
-from vipwire.contracts import LbProgrammed, LbRemoved, NodeApplied, NodeGone, node_subject
+from vipwire.contracts import (
+    LbProgrammed,
+    LbRemoved,
+    NodeApplied,
+    NodeGone,
+    node_subject,
+    vips_text,
+)
 from vipwire.nodeagent import desired_state
 from vipwire.replay.rerun.history import Event, History, between, candidates, latest
 from vipwire.replay.rerun.report import Sink
-from vipwire.replay.timeline import vips_text
 
 ServiceKey = str  # ns/name
 

@@ -19,9 +19,12 @@ from vipwire.contracts import (
     VipFailed,
     VipReleased,
     VipReleasing,
+    members_text,
+    ports_text,
+    vips_text,
 )
 from vipwire.replay.rerun.history import Event
-from vipwire.replay.timeline import Bound, Scope, members_text, ports_text, vips_text
+from vipwire.replay.timeline import Bound, Scope
 
 Component = Literal["ipam", "lbdriver", "nodeagent"]
 COMPONENTS: tuple[Component, ...] = ("ipam", "lbdriver", "nodeagent")

@@ -2,7 +2,7 @@
 
 The service never touches the node itself: it asks an applier what the node
 has, plans, and hands the applier the actions. ``DryRunApplier`` records them
-and simulates their effect; ``LinuxApplier`` (``nodeagent.linux``) runs them.
+and simulates their effect; ``LinuxApplier`` (``nodeagent.io.linux``) runs them.
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ import sys
 from collections.abc import Sequence
 from typing import Protocol
 
-from vipwire.nodeagent.desired import Sysctl
-from vipwire.nodeagent.plan import (
+from vipwire.nodeagent.core.desired import Sysctl
+from vipwire.nodeagent.core.plan import (
     Action,
     AddAddress,
     AppliedState,
@@ -145,6 +145,6 @@ def make_applier(settings: NodeagentSettings) -> Applier:
             f"{sys.platform}); set dry_run: true"
         )
     # Imported here: the Linux applier depends on this module for its errors.
-    from vipwire.nodeagent.linux import LinuxApplier
+    from vipwire.nodeagent.io.linux import LinuxApplier
 
     return LinuxApplier.from_settings(settings)

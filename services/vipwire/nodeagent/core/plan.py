@@ -12,7 +12,7 @@ from collections.abc import Iterable, Sequence
 
 import msgspec
 
-from vipwire.nodeagent.desired import (
+from vipwire.nodeagent.core.desired import (
     Desired,
     NftRuleset,
     NodeState,

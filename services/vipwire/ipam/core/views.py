@@ -1,12 +1,23 @@
-"""What ``vipwire ipam status`` (and the dashboard) shows, from the claims and the pools."""
+"""What operators (and the dashboard) see: ipam's status and its KV values as views."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Final
 
-from vipwire.ipam.control import ClusterStatus, IpamStatus, PoolStatus, StaleAllocation
+import msgspec
+
+from vipwire.contracts import (
+    ClaimView,
+    ClusterStatus,
+    IpamStatus,
+    PoolStatus,
+    RecordView,
+    StaleAllocation,
+)
 from vipwire.ipam.core.allocator import Allocator
+from vipwire.ipam.core.claims import Claim
+from vipwire.ipam.core.records import ServiceRecord
 
 if TYPE_CHECKING:
     from vipwire.ipam.settings import PoolSettings
@@ -72,3 +83,13 @@ def ipam_status(
         stale=listed,
         stale_total=len(stale),
     )
+
+
+def claim_view(claim: Claim) -> ClaimView:
+    """An address's claim as a show answer carries it (the same JSON)."""
+    return msgspec.convert(claim, ClaimView, from_attributes=True)
+
+
+def record_view(record: ServiceRecord) -> RecordView:
+    """A Service's record as a show answer carries it (the same JSON)."""
+    return msgspec.convert(record, RecordView, from_attributes=True)

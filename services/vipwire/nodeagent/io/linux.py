@@ -21,10 +21,8 @@ from pathlib import Path
 from typing import Final, Literal
 
 from vipwire.netns import CommandFailed, run
-from vipwire.nodeagent._rtnl import AddressSocket, KernelAddress, RtnlError
-from vipwire.nodeagent.apply import ApplierUnavailable, ApplyError
-from vipwire.nodeagent.desired import DIGEST_PREFIX, Sysctl, arp_sysctls
-from vipwire.nodeagent.plan import (
+from vipwire.nodeagent.core.desired import DIGEST_PREFIX, Sysctl, arp_sysctls
+from vipwire.nodeagent.core.plan import (
     Action,
     AddAddress,
     AppliedState,
@@ -35,6 +33,8 @@ from vipwire.nodeagent.plan import (
     SetSysctl,
     describe,
 )
+from vipwire.nodeagent.io._rtnl import AddressSocket, KernelAddress, RtnlError
+from vipwire.nodeagent.io.apply import ApplierUnavailable, ApplyError
 from vipwire.nodeagent.settings import NodeagentSettings
 
 log = logging.getLogger("vipwire.nodeagent.linux")

@@ -1,0 +1,69 @@
+"""Request/reply on core NATS: the operator control subjects.
+
+Outside JetStream on purpose: an answer is a moment's view, never history
+to replay.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+
+from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+
+from vipwire.bus._errors import NATS_ERRORS, translate
+
+log = logging.getLogger("vipwire.bus.requests")
+
+#: Answers a request's payload; None: send no answer (another replica will).
+Responder = Callable[[bytes], Awaitable[bytes | None]]
+
+
+class Serving:
+    """A subscription answering requests on one subject."""
+
+    def __init__(self, sub: Subscription, subject: str) -> None:
+        self._sub = sub
+        self.subject = subject
+
+    async def stop(self) -> None:
+        try:
+            await self._sub.unsubscribe()
+        except NATS_ERRORS as exc:
+            log.debug("stopping the answers on %s: %r", self.subject, exc)
+
+
+async def serve(
+    nc: NatsClient, subject: str, responder: Responder, *, queue: str | None = None
+) -> Serving:
+    """Answer every request on ``subject`` (one member of ``queue`` answers each)."""
+
+    async def on_request(msg: Msg) -> None:
+        try:
+            answer = await responder(msg.data)
+        except Exception:  # a bad request must not end the subscription
+            log.exception("answering a request on %s failed", subject)
+            return
+        if answer is not None and msg.reply:
+            try:
+                await msg.respond(answer)
+            except NATS_ERRORS as exc:
+                log.warning("the answer on %s was not sent: %r", subject, exc)
+
+    try:
+        sub = await nc.subscribe(subject, queue=queue or "", cb=on_request)
+        await nc.flush()
+    except NATS_ERRORS as exc:
+        raise translate(exc, f"subscribing to {subject}") from exc
+    return Serving(sub, subject)
+
+
+async def request(nc: NatsClient, subject: str, data: bytes, *, timeout_s: float) -> bytes:
+    """One request and its answer; :class:`~vipwire.bus.NoResponders` if nobody listens."""
+    try:
+        msg = await nc.request(subject, data, timeout=timeout_s)
+    except NATS_ERRORS as exc:
+        raise translate(exc, f"request on {subject}") from exc
+    return msg.data

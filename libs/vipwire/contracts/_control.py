@@ -1,0 +1,265 @@
+"""What ipam and the lbdriver answer to operators: control subjects and payloads.
+
+Both answer request/reply on core NATS, on subjects outside the ``VIPWIRE``
+stream (which captures ``vipwire.>``): an answer is a moment's view, never
+history to replay. Requests and answers are JSON. Readers other than the CLI
+(the dashboard) decode these same structs, so a payload only ever gains
+fields; names and meanings of existing ones stay.
+
+===============================  =======================  ===================================
+subject                          request                  answer
+===============================  =======================  ===================================
+``vipwire-ctl.ipam.status``      empty                    :class:`IpamStatus` (one replica)
+``vipwire-ctl.ipam.show``        :class:`ShowRequest`     :class:`ShowReply` (one replica)
+``vipwire-ctl.ipam.release``     :class:`ReleaseRequest`  :class:`ReleaseReply` (one replica)
+``vipwire-ctl.ipam.reload``      empty                    :class:`ReloadReply` (every replica)
+``vipwire-ctl.lbdriver.status``  empty                    :class:`LbdriverStatus`
+===============================  =======================  ===================================
+"""
+
+from __future__ import annotations
+
+from typing import Final, Literal
+
+import msgspec
+
+IPAM_STATUS_SUBJECT: Final = "vipwire-ctl.ipam.status"
+IPAM_SHOW_SUBJECT: Final = "vipwire-ctl.ipam.show"
+IPAM_RELEASE_SUBJECT: Final = "vipwire-ctl.ipam.release"
+IPAM_RELOAD_SUBJECT: Final = "vipwire-ctl.ipam.reload"
+#: Queue group of the requests one replica answers (every replica sees the same KV).
+IPAM_QUEUE: Final = "ipam"
+#: Where an lbdriver answers status requests (empty request body).
+LBDRIVER_STATUS_SUBJECT: Final = "vipwire-ctl.lbdriver.status"
+
+BreakerState = Literal["closed", "open", "half-open"]
+
+
+# --- ipam: status --------------------------------------------------------------------
+
+
+class ClusterStatus(msgspec.Struct, frozen=True, kw_only=True):
+    """One cluster's part of a pool."""
+
+    cluster: str
+    #: Addresses of the pool held by the cluster's Services.
+    used: int
+    #: Of the cluster's allocations recorded against the pool, those it would not give now.
+    stale: int
+
+
+class PoolStatus(msgspec.Struct, frozen=True, kw_only=True):
+    """One pool's addresses of one family (a dual-stack pool has two entries)."""
+
+    name: str
+    family: Literal["IPv4", "IPv6"]
+    appliance_group: str
+    #: False: the pool is no longer configured but still has stale allocations.
+    configured: bool = True
+    auto_assign: bool = True
+    priority: int = 0
+    #: Addresses it can hand out (avoided ones excluded).
+    size: int
+    #: Of those, held by a Service now.
+    used: int
+    free: int
+    #: Allocations given from this pool that the pool as configured now would not
+    #: give (outside it, avoided, rule no longer met): kept, never moved.
+    stale: int
+    clusters: tuple[ClusterStatus, ...] = ()
+
+
+class StaleAllocation(msgspec.Struct, frozen=True, kw_only=True):
+    address: str
+    pool: str
+    #: ``cluster/namespace/name`` of each Service holding it.
+    services: tuple[str, ...]
+    reasons: tuple[str, ...]
+
+
+class IpamStatus(msgspec.Struct, frozen=True, kw_only=True):
+    """The answer on :data:`IPAM_STATUS_SUBJECT`."""
+
+    #: Which ipam process answered (name and a random id per start).
+    instance: str
+    #: Unix time the answer was made.
+    now: float
+    ready: bool
+    #: Config file pools are reloaded from (None: fixed at start).
+    config_path: str | None = None
+    #: Unix time of the last successful reload (None: none since start).
+    reloaded_at: float | None = None
+    #: Addresses held now, and Services holding them.
+    claims: int
+    services: int
+    #: Services waiting for an address to be released.
+    waiting: int
+    pools: tuple[PoolStatus, ...]
+    #: The stale allocations (at most 100; ``stale_total`` counts them all).
+    stale: tuple[StaleAllocation, ...] = ()
+    stale_total: int = 0
+
+
+# --- ipam: show ----------------------------------------------------------------------
+# ClaimView, SharerView and RecordView are ipam's KV values as a show answer
+# carries them: the same JSON (field names, order and omitted defaults) as
+# ipam's Claim, Sharer and ServiceRecord, which the contract cannot import.
+
+
+class SharerView(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """One Service holding an address (alone, or sharing it)."""
+
+    name: str
+    uid: str
+    #: ``port/protocol`` of its ports; kept only for a claim with a sharing key.
+    ports: tuple[str, ...] = ()
+    external_traffic_policy: Literal["Cluster", "Local"] = "Cluster"
+    #: The Service's labels when it last changed: a pool's selector is judged on them.
+    labels: dict[str, str] = {}
+
+
+class ClaimView(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """Who holds one address: the value of its ``addr.<ip>`` KV key."""
+
+    cluster: str
+    namespace: str
+    #: The pool it was given from, and that pool's appliance group at the time.
+    pool: str
+    appliance_group: str = ""
+    #: None: the address is not shared, whatever the Service's ports.
+    sharing_key: str | None = None
+    #: Sorted by name; at least one.
+    sharers: tuple[SharerView, ...]
+
+
+class RecordView(msgspec.Struct, frozen=True, kw_only=True):
+    """What one Service holds: the value of its ``svc.<cluster>.<ns>.<name>`` KV key."""
+
+    uid: str
+    vips: tuple[str, ...]
+    pool: str
+    appliance_group: str
+    #: ``releasing``: the Service is going away; its claims are held until the
+    #: appliance reports it clean (LbRemoved).
+    state: Literal["active", "releasing"] = "active"
+    #: Why the pools as configured now would not give these VIPs (kept anyway).
+    stale: str | None = None
+    #: Releasing because an operator asked (``vipwire ipam release``).
+    reassign: bool = False
+
+
+class ShowRequest(msgspec.Struct, frozen=True, kw_only=True):
+    #: An address (``192.0.2.7``) or a Service (``cluster/namespace/name``).
+    target: str
+
+
+class AddressView(msgspec.Struct, frozen=True, kw_only=True):
+    address: str
+    #: The configured pool whose addresses contain it (None: none).
+    pool: str | None = None
+    #: Whether that pool may hand it out (not avoided).
+    usable: bool = False
+    claim: ClaimView | None = None
+    revision: int | None = None
+    stale: tuple[str, ...] = ()
+
+
+class ServiceView(msgspec.Struct, frozen=True, kw_only=True):
+    service: str
+    record: RecordView | None = None
+    revision: int | None = None
+    #: Each VIP of the record with its claim (None: no claim, which is a fault).
+    claims: dict[str, ClaimView | None] = {}
+    stale: tuple[str, ...] = ()
+    #: Waiting for an address, with the failure it was told (None: not waiting here).
+    waiting: str | None = None
+
+
+class ShowReply(msgspec.Struct, frozen=True, kw_only=True):
+    instance: str
+    #: ``kv``: read from the bucket directly, no ipam answered (pools unknown).
+    source: Literal["ipam", "kv"] = "ipam"
+    address: AddressView | None = None
+    service: ServiceView | None = None
+    error: str | None = None
+
+
+# --- ipam: release and reload ----------------------------------------------------------
+
+
+class ReleaseRequest(msgspec.Struct, frozen=True, kw_only=True):
+    #: ``cluster/namespace/name``.
+    service: str
+
+
+class ReleaseReply(msgspec.Struct, frozen=True, kw_only=True):
+    instance: str
+    service: str
+    #: The VIPs being withdrawn; the Service gets new ones once the appliance is clean.
+    vips: tuple[str, ...] = ()
+    error: str | None = None
+
+
+class ReloadReply(msgspec.Struct, frozen=True, kw_only=True):
+    instance: str
+    config_path: str | None = None
+    #: Pool names now configured.
+    pools: tuple[str, ...] = ()
+    #: Allocations the new pools would not give (kept), and records newly (un)flagged.
+    stale: int = 0
+    flagged: int = 0
+    #: Settings other than the pools that changed: they take effect on restart only.
+    ignored: tuple[str, ...] = ()
+    error: str | None = None
+
+
+# --- lbdriver: status ------------------------------------------------------------------
+
+
+class ApplianceStatus(msgspec.Struct, frozen=True, kw_only=True):
+    """One appliance as the lbdriver sees it. Never carries credentials."""
+
+    name: str
+    driver: str
+    group: str
+    #: Management endpoint (f5, a10), if any.
+    address: str | None = None
+    #: Whether it is the one its group writes to (else a standby).
+    active: bool
+    #: Circuit breaker state: closed (healthy), open (failing fast), half-open (probing).
+    health: BreakerState
+    #: Consecutive failed calls while closed.
+    failures: int = 0
+    #: Seconds until an open breaker probes again.
+    retry_in_s: float | None = None
+    #: Our virtual servers on it, as last listed or written (partitions listed so far).
+    virtual_servers: int = 0
+    #: Services whose objects it holds.
+    services: int = 0
+    #: Successful write requests since start.
+    writes: int = 0
+    #: Unix time of the last successful write (None: none since start).
+    last_write_at: float | None = None
+    #: The last failure, as reported in LbFailed (None: none since start).
+    last_error: str | None = None
+    #: Unix time of that failure.
+    last_error_at: float | None = None
+
+
+class LbdriverStatus(msgspec.Struct, frozen=True, kw_only=True):
+    """The answer on :data:`LBDRIVER_STATUS_SUBJECT`."""
+
+    #: Which lbdriver process answered (random per start).
+    instance: str
+    #: Unix time the answer was made (times above are relative to this clock).
+    now: float
+    ready: bool
+    #: Services with assigned or releasing VIPs.
+    services: int
+    #: Services waiting for a reconcile (coalescing or backing off).
+    pending: int
+    #: Services whose last reconcile failed.
+    failing: int
+    #: Objects repaired or removed by drift passes since start.
+    drift_repairs: int
+    appliances: tuple[ApplianceStatus, ...]
