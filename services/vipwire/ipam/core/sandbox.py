@@ -151,6 +151,13 @@ class Sandbox:
             ]
         )
 
+    def drop(self, ref: ServiceRef) -> ServiceRecord | None:
+        """Delete a Service's record and leave its claims (as a release does)."""
+        record = self.records.get(ref)
+        if record is not None:
+            self._release(ref, record)
+        return record
+
     def _release(self, ref: ServiceRef, record: ServiceRecord) -> None:
         del self.records[ref]
         self._leave(Owner(*ref, record.uid), record.vips)
