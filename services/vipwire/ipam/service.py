@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
 from collections.abc import Coroutine
 from typing import Any, Final, Protocol
@@ -38,6 +39,7 @@ from vipwire.contracts import (
 )
 from vipwire.ipam.core.allocator import Allocator
 from vipwire.ipam.core.claims import Claim, port_keys, request_of
+from vipwire.ipam.core.views import ipam_status
 from vipwire.ipam.io.bucket import IpamStore, StoreError
 from vipwire.ipam.io.claim_cache import ClaimCache
 from vipwire.ipam.io.control import OperatorControl
@@ -247,8 +249,18 @@ class IpamService:
         return await self._reloader.reload(settings)
 
     def status(self) -> IpamStatus:
-        assert self._control is not None
-        return self._control.status()
+        if self._control is not None:
+            return self._control.status()
+        return ipam_status(  # not started: the pools as configured, nothing claimed yet
+            self.allocator,
+            self.settings.pools,
+            instance=self.instance,
+            now=time.time(),
+            ready=False,
+            config_path=self.config_path,
+            reloaded_at=None,
+            waiting=len(self.waiting),
+        )
 
     async def show(self, target: str) -> ShowReply:
         assert self._control is not None
