@@ -11,20 +11,23 @@ from typing import Any
 import aiohttp
 import msgspec
 import pytest
-from nats.aio.msg import Msg
 
 from vipwire.contracts import (
+    IPAM_STATUS_SUBJECT,
+    IpamStatus,
     LbProgrammed,
     Member,
     Message,
     NodeApplied,
     NodeSnapshot,
+    PoolStatus,
     ServicePort,
     ServiceSnapshot,
     StatusWritten,
     VipAssigned,
 )
 from vipwire.dashboard import DashboardService, DashboardSettings, Event
+from vipwire.dashboard.core import queries
 from vipwire.runtime import Runtime
 from vipwire.testing import eventually
 
@@ -157,7 +160,7 @@ class TestReadModelFromTheBus:
         )
         await eventually(lambda: len(dash.service.model) == 2, timeout=5.0)
         await eventually(
-            lambda: dash.service.model.row(("east", "default", "web")).state == "ready",  # type: ignore[union-attr]
+            lambda: queries.row(dash.service.model, ("east", "default", "web")).state == "ready",  # type: ignore[union-attr]
             timeout=5.0,
         )
         _, page = await dash.get("/api/services?cluster=west")
@@ -343,13 +346,31 @@ class TestPoolsAndAppliances:
         assert control["pools"] is None and "no responders" in control["ipam_error"]
         assert control["appliances"] is None and control["lbdriver_error"]
 
-        async def answer(msg: Msg) -> None:
-            body = {"pools": [{"pool": "default", "family": "IPv4", "size": 256, "in_use": 2}]}
-            await msg.respond(msgspec.json.encode(body))
+        ipam_status = IpamStatus(
+            instance="ipam-test",
+            now=time.time(),
+            ready=True,
+            claims=2,
+            services=2,
+            waiting=0,
+            pools=(
+                PoolStatus(
+                    name="default",
+                    family="IPv4",
+                    appliance_group="dc1",
+                    size=256,
+                    used=2,
+                    free=254,
+                    stale=0,
+                ),
+            ),
+        )
 
-        sub = await publisher.bus.nc.subscribe("vipwire-ctl.ipam.status", cb=answer)
+        async def answer(_: bytes) -> bytes:
+            return msgspec.json.encode(ipam_status)
+
+        serving = await publisher.bus.serve(IPAM_STATUS_SUBJECT, answer)
         try:
-            await publisher.bus.nc.flush()
             # Asked until it answers: on a loaded machine one answer can miss the 1 s
             # window (seen once in a full run): that is the "did not answer" case, not this one.
             for _ in range(5):
@@ -357,12 +378,12 @@ class TestPoolsAndAppliances:
                 if dash.service.control.pools is not None:
                     break
         finally:
-            await sub.unsubscribe()
+            await serving.stop()
         _, overview = await dash.get("/api/overview")
         assert overview["control"]["pools"] == [
             {
                 "name": "default",
-                "appliance_group": None,
+                "appliance_group": "dc1",
                 "size": 256,
                 "in_use": 2,
                 "families": ["IPv4"],

@@ -21,9 +21,9 @@ from vipwire.lbdriver import (
     diff,
     owns,
 )
-from vipwire.lbdriver.drivers._rest import VendorError
-from vipwire.lbdriver.drivers.a10 import A10Driver, monitor_name
-from vipwire.lbdriver.drivers.credentials import CredentialSource
+from vipwire.lbdriver.io.drivers._rest import VendorError
+from vipwire.lbdriver.io.drivers.a10 import A10Driver, monitor_name
+from vipwire.lbdriver.io.drivers.credentials import CredentialSource
 
 PASSWORD = "a10-s3cret"
 CLUSTER = "prod"

@@ -39,9 +39,9 @@ from vipwire.lbdriver import (
     diff,
     owns,
 )
-from vipwire.lbdriver.drivers._rest import VendorError
-from vipwire.lbdriver.drivers.credentials import CredentialSource
-from vipwire.lbdriver.drivers.f5 import FASTL4_PROFILE, F5Driver
+from vipwire.lbdriver.io.drivers._rest import VendorError
+from vipwire.lbdriver.io.drivers.credentials import CredentialSource
+from vipwire.lbdriver.io.drivers.f5 import FASTL4_PROFILE, F5Driver
 from vipwire.runtime import Runtime
 
 PASSWORD = "s3cret-pw"

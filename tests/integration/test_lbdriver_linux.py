@@ -24,7 +24,7 @@ from vipwire.lbdriver import (
     UpdateMembers,
     VirtualServer,
 )
-from vipwire.lbdriver.drivers.linux import LinuxAppliance
+from vipwire.lbdriver.io.drivers.linux import LinuxAppliance
 from vipwire.netns import run
 
 _PROBLEMS = missing_requirements()

@@ -47,9 +47,13 @@ from vipwire.lbdriver import (
     VirtualServer,
     desired_virtual_servers,
 )
-from vipwire.lbdriver.drivers.credentials import CredentialSource
-from vipwire.lbdriver.drivers.f5 import F5Driver
-from vipwire.lbdriver.model import CreateVirtualServer, UpdateMembers, UpdateVirtualServer
+from vipwire.lbdriver.core.virtual_servers import (
+    CreateVirtualServer,
+    UpdateMembers,
+    UpdateVirtualServer,
+)
+from vipwire.lbdriver.io.drivers.credentials import CredentialSource
+from vipwire.lbdriver.io.drivers.f5 import F5Driver
 from vipwire.runtime import Runtime
 from vipwire.testing import eventually
 

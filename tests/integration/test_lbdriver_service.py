@@ -38,8 +38,8 @@ from vipwire.lbdriver import (
     Monitor,
     SimAppliance,
     VirtualServer,
-    _reports,
 )
+from vipwire.lbdriver.io import last_reports as _reports
 from vipwire.runtime import Runtime
 from vipwire.testing import eventually
 
@@ -465,8 +465,8 @@ async def test_report_joins_the_trace_of_the_assignment(
 async def test_burst_of_endpoint_changes_converges_to_the_last(h: Harness) -> None:
     """Many quick endpoint changes end with the appliance matching the last snapshot."""
     await h.start(coalesce_window_ms=20.0)
-    fleet = [node(f"n{i}", f"198.51.100.{i}") for i in range(1, 9)]
-    await h.publish(*fleet, ready_on("n1"), assigned(policy="Local"))
+    inventory = [node(f"n{i}", f"198.51.100.{i}") for i in range(1, 9)]
+    await h.publish(*inventory, ready_on("n1"), assigned(policy="Local"))
     await h.expect(LbProgrammed)
     for i in range(2, 9):
         await h.publish(ready_on(*(f"n{j}" for j in range(1, i + 1))))
@@ -537,8 +537,8 @@ async def test_a_coalesced_write_links_to_every_trace_it_served(
 ) -> None:
     """One reconcile absorbing several endpoint changes links to each change's trace."""
     await h.start(coalesce_window_ms=300.0, coalesce_quiet_ms=150.0)
-    fleet = [node(f"n{i}", f"198.51.100.{i}") for i in range(1, 6)]
-    await h.publish(*fleet, ready_on("n1"), assigned(policy="Local"))
+    inventory = [node(f"n{i}", f"198.51.100.{i}") for i in range(1, 6)]
+    await h.publish(*inventory, ready_on("n1"), assigned(policy="Local"))
     await h.expect(LbProgrammed)
     span_exporter.clear()
     # Three changes, each published as its own trace, inside one quiet period.

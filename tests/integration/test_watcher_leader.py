@@ -165,8 +165,8 @@ class Replicas:
             kubeconfig=str(self._kubeconfig),
             context="east",
             instance=name,
-            backoff_initial=0.05,
-            backoff_max=0.2,
+            backoff_initial_s=0.05,
+            backoff_max_s=0.2,
             **TIMING,
         )
         watcher = WatcherService(settings, await self._make_runtime("watcher"))

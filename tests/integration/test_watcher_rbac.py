@@ -72,8 +72,8 @@ async def test_every_call_is_granted_and_every_grant_is_used(
             kubeconfig=str(emu.write_kubeconfig(tmp_path / "kubeconfig", context_name="east")),
             context="east",
             lease_namespace="vipwire-system",
-            backoff_initial=0.05,
-            backoff_max=0.2,
+            backoff_initial_s=0.05,
+            backoff_max_s=0.2,
         )
         peer = await make_runtime("peer")
         watcher = WatcherService(settings, await make_runtime("watcher"))

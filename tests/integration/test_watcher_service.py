@@ -128,8 +128,8 @@ class Harness:
             cluster="east",
             kubeconfig=str(self.kubeconfig),
             context="east",
-            backoff_initial=0.05,
-            backoff_max=0.2,
+            backoff_initial_s=0.05,
+            backoff_max_s=0.2,
             instance="test-watcher",
             **overrides,
         )
@@ -303,9 +303,9 @@ class TestServices:
         # Nothing is kept about a Service that is gone everywhere (white box).
         watcher = harness.watcher
         assert watcher is not None
-        await eventually(lambda: "default/web" not in watcher._views)
-        await eventually(lambda: "default/web" not in watcher._services)
-        await eventually(lambda: len(watcher._locks) == 0)
+        await eventually(lambda: "default/web" not in watcher._term.memory.views)
+        await eventually(lambda: "default/web" not in watcher._term.memory.services)
+        await eventually(lambda: len(watcher._term.locks) == 0)
 
     async def test_type_change_away_releases_and_clears_status(self, harness: Harness) -> None:
         """A Service that stops being a LoadBalancer is released, then let go, status cleared."""
@@ -474,12 +474,12 @@ class TestResilience:
     async def test_a_replay_that_outlasts_its_timeout_finishes_while_serving(
         self, harness: Harness
     ) -> None:
-        """Past catch_up_timeout the watcher serves Kubernetes while the replay of its own
+        """Past catch_up_timeout_s the watcher serves Kubernetes while the replay of its own
         families goes on; once that ends it reads them no more, and a Service deleted then
         is still declared gone and forgotten."""
         for i in range(500):  # something to replay for longer than the timeout
             await harness.publish(NodeGone(cluster="east", node=f"old-{i}"))
-        watcher = await harness.start_watcher(catch_up_timeout=0.001)
+        watcher = await harness.start_watcher(catch_up_timeout_s=0.001)
         snap = await harness.created()
         await eventually(lambda: watcher._replay is None)  # white box: replay stopped
         await harness.emu.delete("services", "default", "web")
@@ -487,8 +487,8 @@ class TestResilience:
         await harness.publish(VipReleased(**SVC, uid=snap.uid, vips=("198.51.100.7",)))
         await eventually(lambda: harness.seen.of(ServiceGone, name="web", uid=snap.uid))
         await eventually(lambda: harness.service() is None)
-        await eventually(lambda: "default/web" not in watcher._services)
-        assert "default/web" not in watcher._views
+        await eventually(lambda: "default/web" not in watcher._term.memory.services)
+        assert "default/web" not in watcher._term.memory.views
 
     async def test_services_replaced_or_removed_while_down_are_caught_up(
         self, harness: Harness

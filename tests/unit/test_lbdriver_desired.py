@@ -23,7 +23,7 @@ from vipwire.lbdriver import (
     members_of,
     virtual_server_name,
 )
-from vipwire.lbdriver.desired import MAX_NAME_LENGTH, node_address
+from vipwire.lbdriver.core.desired import MAX_NAME_LENGTH, node_address
 
 CLUSTER = "prod"
 

@@ -21,7 +21,7 @@ from vipwire.lbdriver import (
     op_kind,
     op_name,
 )
-from vipwire.lbdriver.diff import canonical
+from vipwire.lbdriver.core.diff import canonical
 
 PREFIX = "vipwire"
 

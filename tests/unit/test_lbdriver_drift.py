@@ -13,8 +13,8 @@ from vipwire.lbdriver import (
     choose_active,
     find_drift,
 )
-from vipwire.lbdriver.drift import held_by
-from vipwire.lbdriver.status import redact_address
+from vipwire.lbdriver.core.drift import held_by
+from vipwire.lbdriver.io.status_server import redact_address
 
 PREFIX = "vipwire"
 WEB = "prod/shop/web"

@@ -11,8 +11,9 @@ from hypothesis import strategies as st
 
 from vipwire.contracts import Member
 from vipwire.lbdriver import ApplianceSettings, build_driver
-from vipwire.lbdriver.drivers.linux import LinuxAppliance
-from vipwire.lbdriver.drivers.linux_nft import (
+from vipwire.lbdriver.core.virtual_servers import Monitor, VirtualServer
+from vipwire.lbdriver.io.drivers.linux import LinuxAppliance
+from vipwire.lbdriver.io.drivers.linux_nft import (
     FROM_VIP,
     STATE_CHAIN,
     Counter,
@@ -24,7 +25,6 @@ from vipwire.lbdriver.drivers.linux_nft import (
     render_partition,
     table_name,
 )
-from vipwire.lbdriver.model import Monitor, VirtualServer
 
 OWN = "02:00:00:00:00:01"
 MACS = {"192.0.2.1": "02:00:00:00:00:0a", "192.0.2.2": "02:00:00:00:00:0b", "2001:db8::1": OWN}

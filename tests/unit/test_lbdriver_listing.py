@@ -16,8 +16,8 @@ from vipwire.lbdriver import (
     apply_operations,
     owned_scope,
 )
-from vipwire.lbdriver.drift import held_by
-from vipwire.lbdriver.listing import Listing, digest
+from vipwire.lbdriver.core.drift import held_by
+from vipwire.lbdriver.core.listing import Listing, digest
 
 PREFIX = "vipwire"
 WEB = "prod/shop/web"

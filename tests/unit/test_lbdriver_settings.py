@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from vipwire.lbdriver import ApplianceSettings, LbdriverSettings, SimAppliance, build_driver
-from vipwire.lbdriver.placement import pick_appliance
+from vipwire.lbdriver.core.placement import pick_appliance
 from vipwire.runtime import ConfigError, section
 
 

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 
 from vipwire.lbdriver import ApplianceAuthError, LbdriverSettings
-from vipwire.lbdriver.drivers._rest import normalise_base_url, partition_for
-from vipwire.lbdriver.drivers.credentials import Credentials, CredentialSource
-from vipwire.lbdriver.drivers.f5 import destination, parse_endpoint
+from vipwire.lbdriver.io.drivers._rest import normalise_base_url, partition_for
+from vipwire.lbdriver.io.drivers.credentials import Credentials, CredentialSource
+from vipwire.lbdriver.io.drivers.f5 import destination, parse_endpoint
 from vipwire.runtime import ConfigError, section
 
 F5 = {"name": "bigip", "driver": "f5", "address": "bigip.example.net", "username": "svc"}

@@ -7,9 +7,9 @@ from typing import Any
 import pytest
 
 from vipwire.contracts import LbFailed, LbProgrammed, Member, ServicePort, VipAssigned
-from vipwire.watcher._packed import PackedDict
-from vipwire.watcher.status import BusView
-from vipwire.watcher.translate import SliceEndpoints, slice_endpoints, slim_service
+from vipwire.watcher.core.bus_view import BusView
+from vipwire.watcher.core.packed import PackedDict
+from vipwire.watcher.core.translate import SliceEndpoints, slice_endpoints, slim_service
 
 SERVICE: dict[str, Any] = {
     "metadata": {

@@ -10,9 +10,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from vipwire.contracts import Endpoint, EndpointPort, ServiceSnapshot, decode, encode, subject_for
+from vipwire.runtime import section
 from vipwire.watcher import WatcherSettings
-from vipwire.watcher.status import current_condition, finalizer_patch
-from vipwire.watcher.translate import (
+from vipwire.watcher.core.condition import current_condition
+from vipwire.watcher.core.translate import (
     CLUSTER_ANNOTATION,
     FINALIZER,
     endpoints_snapshot,
@@ -29,7 +30,8 @@ from vipwire.watcher.translate import (
     slim_node,
     slim_service,
 )
-from vipwire.watcher.validate import service_problems
+from vipwire.watcher.core.validate import service_problems
+from vipwire.watcher.core.writeback import finalizer_patch
 
 CLASS = "vipwire.io/dsr"
 JUNK_SCALARS = (
@@ -426,8 +428,25 @@ class TestSettings:
     def test_idle_timeout_defaults_above_the_watch_timeout(self) -> None:
         """A watch is presumed dead only after the server should have ended it."""
         s = WatcherSettings(cluster="east", watch_timeout_s=60)
-        assert s.idle_timeout == 90
-        assert WatcherSettings(cluster="east", watch_idle_timeout_s=5).idle_timeout == 5
+        assert s.idle_timeout_s == 90
+        assert WatcherSettings(cluster="east", watch_idle_timeout_s=5).idle_timeout_s == 5
+
+    def test_old_duration_names_are_accepted_with_a_warning(self) -> None:
+        """The duration settings renamed to end in ``_s`` still load by their old names."""
+        old = {
+            "request_timeout": 3.0,
+            "resync_interval": 0.0,
+            "backoff_initial": 0.1,
+            "backoff_max": 2.0,
+            "catch_up_timeout": 4.0,
+        }
+        notes: list[str] = []
+        s = section(
+            {"watcher": {"cluster": "east", **old}}, "watcher", WatcherSettings, warn=notes.append
+        )
+        assert (s.request_timeout_s, s.resync_interval_s, s.catch_up_timeout_s) == (3.0, 0.0, 4.0)
+        assert (s.backoff_initial_s, s.backoff_max_s) == (0.1, 2.0)
+        assert len(notes) == len(old) and all("_s" in note for note in notes)
 
 
 class TestWhatIsKept:

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from vipwire.watcher.validate import invalid_note, service_problems
+from vipwire.watcher.core.validate import invalid_note, service_problems
 
 ALL = ("TCP", "UDP", "SCTP")
 

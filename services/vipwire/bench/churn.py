@@ -38,7 +38,11 @@ import nats
 from vipwire.allinone import Stack, StackSettings
 from vipwire.bench._result import BenchResult, convert_params
 from vipwire.lbdriver import LbdriverService, Operation, SimAppliance
-from vipwire.lbdriver.model import CreateVirtualServer, UpdateMembers, UpdateVirtualServer
+from vipwire.lbdriver.core.virtual_servers import (
+    CreateVirtualServer,
+    UpdateMembers,
+    UpdateVirtualServer,
+)
 
 log = logging.getLogger("vipwire.bench")
 

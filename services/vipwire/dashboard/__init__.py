@@ -1,11 +1,13 @@
 """The operators' dashboard: the whole fleet, live from the bus, read-only.
 
-:mod:`vipwire.dashboard.model` is the pure read model (bus messages in,
-Services, timelines and waterfalls out); :class:`DashboardService` is the
-shell that feeds it from NATS and serves it as a small web app.
+:mod:`vipwire.dashboard.core` is pure (the API's views, the fold that builds
+the read model from bus messages, queries over it, the waterfall);
+:mod:`vipwire.dashboard.io` holds the bus reader, the status poller and the
+web app; :class:`DashboardService` only wires them.
 """
 
-from vipwire.dashboard.model import Event, Query, ReadModel, trace_id_from
+from vipwire.dashboard.core.fold import Event, ReadModel
+from vipwire.dashboard.core.views import Query
 from vipwire.dashboard.service import DashboardService
 from vipwire.dashboard.settings import DashboardConfigError, DashboardSettings
 
@@ -16,5 +18,4 @@ __all__ = [
     "Event",
     "Query",
     "ReadModel",
-    "trace_id_from",
 ]

@@ -36,8 +36,8 @@ from vipwire.lab.topology import (
 )
 from vipwire.lab.traffic import Client, PodServer, summarize
 from vipwire.lbdriver import ApplianceSettings, VirtualServer
-from vipwire.lbdriver.drivers.linux import LinuxAppliance
-from vipwire.lbdriver.drivers.linux_nft import FROM_VIP, object_name
+from vipwire.lbdriver.io.drivers.linux import LinuxAppliance
+from vipwire.lbdriver.io.drivers.linux_nft import FROM_VIP, object_name
 from vipwire.netns import CommandFailed, run
 from vipwire.nodeagent import LinuxApplier
 

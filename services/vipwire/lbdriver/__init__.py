@@ -1,18 +1,21 @@
 """lbdriver: turns assigned VIPs into virtual servers on load-balancer appliances.
 
-Pure core: :func:`desired_virtual_servers` (what a Service needs),
+Pure core (``core/``): :func:`desired_virtual_servers` (what a Service needs),
 :func:`diff` (the fewest writes to get there), :func:`find_drift` (what a
 fresh listing says needs undoing), :class:`Coalescer` (when each Service is
 written), :class:`CircuitBreaker`, :class:`TokenBucket` and
-:func:`backoff_delay` (how a fragile appliance is treated) and
-:func:`choose_active` (which appliance of a group is written to). Shell:
+:func:`backoff_delay` (how a fragile appliance is treated),
+:func:`choose_active` (which appliance of a group is written to), what it
+knows of its clusters (``core.inventory``) and what it reports
+(``core.outcomes``). Adapters (``io/``): the appliance drivers, which
+implement :class:`ApplianceDriver` (:class:`SimAppliance` is the in-process
+one), and the loops that reconcile, maintain and fail over. Shell:
 :class:`LbdriverService`, which also answers status requests on
-:data:`STATUS_SUBJECT`. Drivers implement :class:`ApplianceDriver`;
-:class:`SimAppliance` is the in-process one.
+:data:`vipwire.contracts.LBDRIVER_STATUS_SUBJECT`.
 """
 
-from vipwire.lbdriver.coalesce import Coalescer, Flush
-from vipwire.lbdriver.desired import (
+from vipwire.lbdriver.core.coalesce import Coalescer, Flush
+from vipwire.lbdriver.core.desired import (
     KUBE_PROXY_HEALTH_PORT,
     InvalidAssignment,
     desired_virtual_servers,
@@ -20,18 +23,17 @@ from vipwire.lbdriver.desired import (
     owner_of,
     virtual_server_name,
 )
-from vipwire.lbdriver.diff import OperationConflict, apply_operations, diff, owns
-from vipwire.lbdriver.drift import Drift, find_drift, owned_scope
-from vipwire.lbdriver.drivers import (
-    ApplianceAuthError,
-    ApplianceDriver,
-    ApplianceError,
-    ApplianceRejected,
-    ApplianceUnavailable,
-    SimAppliance,
-    build_driver,
+from vipwire.lbdriver.core.diff import OperationConflict, apply_operations, diff, owns
+from vipwire.lbdriver.core.drift import Drift, find_drift, owned_scope
+from vipwire.lbdriver.core.placement import choose_active, pick_appliance
+from vipwire.lbdriver.core.resilience import (
+    Admission,
+    BreakerState,
+    CircuitBreaker,
+    TokenBucket,
+    backoff_delay,
 )
-from vipwire.lbdriver.model import (
+from vipwire.lbdriver.core.virtual_servers import (
     CreateVirtualServer,
     DeleteVirtualServer,
     Monitor,
@@ -42,33 +44,26 @@ from vipwire.lbdriver.model import (
     op_kind,
     op_name,
 )
-from vipwire.lbdriver.placement import choose_active, pick_appliance
-from vipwire.lbdriver.resilience import (
-    Admission,
-    BreakerState,
-    CircuitBreaker,
-    TokenBucket,
-    backoff_delay,
+from vipwire.lbdriver.io.drivers import (
+    ApplianceAuthError,
+    ApplianceDriver,
+    ApplianceError,
+    ApplianceRejected,
+    ApplianceUnavailable,
+    SimAppliance,
+    build_driver,
 )
-from vipwire.lbdriver.service import LbdriverService, ServiceKey
+from vipwire.lbdriver.service import LbdriverService
 from vipwire.lbdriver.settings import ApplianceSettings, LbdriverSettings
-from vipwire.lbdriver.status import (
-    STATUS_SUBJECT,
-    ApplianceStatus,
-    LbdriverStatus,
-    decode_status,
-)
 
 __all__ = [
     "KUBE_PROXY_HEALTH_PORT",
-    "STATUS_SUBJECT",
     "Admission",
     "ApplianceAuthError",
     "ApplianceDriver",
     "ApplianceError",
     "ApplianceRejected",
     "ApplianceSettings",
-    "ApplianceStatus",
     "ApplianceUnavailable",
     "BreakerState",
     "CircuitBreaker",
@@ -80,11 +75,9 @@ __all__ = [
     "InvalidAssignment",
     "LbdriverService",
     "LbdriverSettings",
-    "LbdriverStatus",
     "Monitor",
     "Operation",
     "OperationConflict",
-    "ServiceKey",
     "SimAppliance",
     "TokenBucket",
     "UpdateMembers",
@@ -94,7 +87,6 @@ __all__ = [
     "backoff_delay",
     "build_driver",
     "choose_active",
-    "decode_status",
     "desired_virtual_servers",
     "diff",
     "find_drift",

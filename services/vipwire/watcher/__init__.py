@@ -1,7 +1,8 @@
 """The watcher: one cluster's Services, EndpointSlices and Nodes onto the bus, status back.
 
-Decisions are pure (:mod:`vipwire.watcher.translate`, :mod:`vipwire.watcher.status`);
-:class:`WatcherService` is the shell that lists, watches, publishes and writes.
+Decisions are pure (:mod:`vipwire.watcher.core`), the adapters to Kubernetes
+and the bus live in :mod:`vipwire.watcher.io`, and :class:`WatcherService`
+wires them: it lists, watches, publishes and writes.
 """
 
 from vipwire.watcher.service import ApiClientFactory, WatcherService

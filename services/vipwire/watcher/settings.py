@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from collections.abc import Mapping
+from typing import ClassVar, Literal
 
 import msgspec
 
@@ -11,6 +12,15 @@ from vipwire.contracts import validate_cluster
 
 class WatcherSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """How the watcher reaches its cluster and what it serves there."""
+
+    #: Old names of settings, still accepted (with a warning) for one release.
+    __renamed__: ClassVar[Mapping[str, str]] = {
+        "request_timeout": "request_timeout_s",
+        "resync_interval": "resync_interval_s",
+        "backoff_initial": "backoff_initial_s",
+        "backoff_max": "backoff_max_s",
+        "catch_up_timeout": "catch_up_timeout_s",
+    }
 
     #: Name of the cluster this watcher serves: a DNS label, unique in the fleet (required).
     cluster: str
@@ -30,7 +40,7 @@ class WatcherSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
     #: once ``any`` / ``all`` of the member nodes' agents report it applied.
     status_gate: Literal["none", "any", "all"] = "none"
     #: Seconds one API request (not a watch) may take. Default 10.
-    request_timeout: float = 10.0
+    request_timeout_s: float = 10.0
     #: Seconds the API server keeps one watch open (``timeoutSeconds``) before we renew it.
     #: Default 300.
     watch_timeout_s: int = 300
@@ -39,19 +49,19 @@ class WatcherSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
     watch_idle_timeout_s: float = 0.0
     #: Seconds between full re-lists that repair anything a watch may have missed;
     #: 0 disables them. Default 1800.
-    resync_interval: float = 1800.0
+    resync_interval_s: float = 1800.0
     #: Objects per page of a list. Default 500.
     list_page_size: int = 500
     #: First delay (seconds) before reconnecting a failed list or watch; doubles on
     #: each failure in a row. Default 0.5.
-    backoff_initial: float = 0.5
+    backoff_initial_s: float = 0.5
     #: Longest delay (seconds) between reconnects. Default 30.
-    backoff_max: float = 30.0
+    backoff_max_s: float = 30.0
     #: Attempts of a write whose resourceVersion precondition keeps failing (409).
     #: Default 5.
     conflict_retries: int = 5
     #: Seconds to wait at start for the bus replay before watching anyway. Default 30.
-    catch_up_timeout: float = 30.0
+    catch_up_timeout_s: float = 30.0
     #: ``reportingInstance`` of the Events we write; default: the host name.
     instance: str | None = None
     #: Objects of one kind reconciled at the same time (each object by one worker at a
@@ -80,8 +90,8 @@ class WatcherSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
         validate_cluster(self.cluster)
         if self.watch_timeout_s < 1:
             raise ValueError("watch_timeout_s must be at least 1")
-        if self.backoff_initial <= 0 or self.backoff_max < self.backoff_initial:
-            raise ValueError("backoff_initial must be > 0 and <= backoff_max")
+        if self.backoff_initial_s <= 0 or self.backoff_max_s < self.backoff_initial_s:
+            raise ValueError("backoff_initial_s must be > 0 and <= backoff_max_s")
         if self.conflict_retries < 1:
             raise ValueError("conflict_retries must be at least 1")
         if self.workers < 1:
@@ -100,6 +110,6 @@ class WatcherSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
         return self.lease_name or f"vipwire-watcher-{self.cluster}"
 
     @property
-    def idle_timeout(self) -> float:
+    def idle_timeout_s(self) -> float:
         """Seconds of silence after which a watch is presumed dead."""
         return self.watch_idle_timeout_s or self.watch_timeout_s + 30.0

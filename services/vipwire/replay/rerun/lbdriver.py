@@ -7,7 +7,7 @@ cluster and its endpoints. Checks:
 * ``lbdriver.assignment``: an LbProgrammed carries the VIPs, ports and
   traffic policy (and uid) of a VipAssigned current within ``lag`` before it;
 * ``lbdriver.members``: its members are what
-  :func:`~vipwire.lbdriver.desired_virtual_servers` gives for those inputs —
+  :func:`~vipwire.lbdriver.core.desired.desired_virtual_servers` gives for those inputs —
   exactly, for the inputs as they stood just before it; or else every member
   that each input version within ``lag`` agrees on is there, and none that no
   version would give (an lbdriver may not have seen the very latest Node or
@@ -33,6 +33,7 @@ from vipwire.contracts import (
     NodeGone,
     NodeSnapshot,
     ServicePort,
+    ServiceRef,
     VipAssigned,
     VipFailed,
     VipReleased,
@@ -40,12 +41,11 @@ from vipwire.contracts import (
     members_text,
     service_subject,
 )
-from vipwire.lbdriver import InvalidAssignment, desired_virtual_servers, members_of
+from vipwire.lbdriver.core.desired import InvalidAssignment, desired_virtual_servers, members_of
+from vipwire.lbdriver.core.outcomes import Assignment
 from vipwire.replay.rerun.history import Event, History, candidates, latest
 from vipwire.replay.rerun.report import Sink, describe, programmed_text
 
-Ref = tuple[str, str, str]
-Assignment = VipAssigned | VipReleasing
 #: Virtual server names do not matter for members; any valid prefix does.
 PREFIX: Final = "vipwire"
 
@@ -131,26 +131,26 @@ class LbdriverCheck:
                     pass
         # The sweep's view: inputs as they stand now.
         self.nodes: dict[str, dict[str, NodeSnapshot]] = {}
-        self.endpoints: dict[Ref, EndpointsSnapshot] = {}
-        self.assignments: dict[Ref, Assignment] = {}
-        self.expected: dict[Ref, tuple[int, Expected | None]] = {}
+        self.endpoints: dict[ServiceRef, EndpointsSnapshot] = {}
+        self.assignments: dict[ServiceRef, Assignment] = {}
+        self.expected: dict[ServiceRef, tuple[int, Expected | None]] = {}
 
     # --- the sweep ---------------------------------------------------------------------
 
     def on_event(self, event: Event) -> None:
         message = event.message
-        affected: list[Ref] = []
+        affected: list[ServiceRef] = []
         match message:
             case LbProgrammed():
                 self._on_programmed(event, message)
             case LbRemoved():
                 self._on_removed(event, message)
             case VipAssigned() | VipReleasing():
-                ref = (message.cluster, message.namespace, message.name)
+                ref = ServiceRef(message.cluster, message.namespace, message.name)
                 self.assignments[ref] = message
                 affected = [ref]
             case VipReleased():
-                ref = (message.cluster, message.namespace, message.name)
+                ref = ServiceRef(message.cluster, message.namespace, message.name)
                 self.assignments.pop(ref, None)
                 affected = [ref]
             case VipFailed():
@@ -162,7 +162,7 @@ class LbdriverCheck:
                 self.nodes.setdefault(message.cluster, {}).pop(message.node, None)
                 affected = self._in_cluster(message.cluster)
             case EndpointsSnapshot():
-                ref = (message.cluster, message.namespace, message.name)
+                ref = ServiceRef(message.cluster, message.namespace, message.name)
                 self.endpoints[ref] = message
                 affected = [ref]
             case _:
@@ -176,14 +176,14 @@ class LbdriverCheck:
             for ref, (start, expected) in list(self.expected.items()):
                 self._close(ref, start, expected, None)
 
-    def _in_cluster(self, cluster: str) -> list[Ref]:
+    def _in_cluster(self, cluster: str) -> list[ServiceRef]:
         return [r for r, a in self.assignments.items() if r[0] == cluster]
 
     # --- decisions ------------------------------------------------------------------------
 
     def _on_programmed(self, event: Event, lb: LbProgrammed) -> None:
         self.sink.decision("lbdriver", event)
-        ref = (lb.cluster, lb.namespace, lb.name)
+        ref = ServiceRef(lb.cluster, lb.namespace, lb.name)
         vip_subject = service_subject("vip", *ref)
         start = self.history.window_start(event.pos, self.lag_ns)
         versions = candidates(
@@ -251,7 +251,7 @@ class LbdriverCheck:
     def _bounds(
         self,
         event: Event,
-        ref: Ref,
+        ref: ServiceRef,
         assignments: list[VipAssigned],
         start: int,
         recorded: set[Member],
@@ -286,7 +286,7 @@ class LbdriverCheck:
 
     def _on_removed(self, event: Event, lb: LbRemoved) -> None:
         self.sink.decision("lbdriver", event)
-        ref = (lb.cluster, lb.namespace, lb.name)
+        ref = ServiceRef(lb.cluster, lb.namespace, lb.name)
         vip_subject = service_subject("vip", *ref)
         start = self.history.window_start(event.pos, self.lag_ns)
         versions = candidates(
@@ -307,7 +307,7 @@ class LbdriverCheck:
 
     # --- settling ---------------------------------------------------------------------------
 
-    def _expected(self, ref: Ref) -> Expected | None:
+    def _expected(self, ref: ServiceRef) -> Expected | None:
         assignment = self.assignments.get(ref)
         if isinstance(assignment, VipReleasing):
             return Expected("removed", assignment.uid, assignment.vips)
@@ -326,7 +326,7 @@ class LbdriverCheck:
             found,
         )
 
-    def _expected_text(self, ref: Ref, assignment: Assignment | None) -> str:
+    def _expected_text(self, ref: ServiceRef, assignment: Assignment | None) -> str:
         if assignment is None:
             return "nothing (no VIP assigned)"
         if isinstance(assignment, VipReleasing):
@@ -339,7 +339,7 @@ class LbdriverCheck:
             assignment.vips, assignment.ports, assignment.external_traffic_policy, found
         )
 
-    def _track(self, ref: Ref, pos: int) -> None:
+    def _track(self, ref: ServiceRef, pos: int) -> None:
         expected = self._expected(ref)
         previous = self.expected.get(ref)
         if previous is not None and previous[1] == expected:
@@ -348,7 +348,9 @@ class LbdriverCheck:
             self._close(ref, previous[0], previous[1], pos)
         self.expected[ref] = (pos, expected)
 
-    def _close(self, ref: Ref, start: int, expected: Expected | None, end: int | None) -> None:
+    def _close(
+        self, ref: ServiceRef, start: int, expected: Expected | None, end: int | None
+    ) -> None:
         """The inputs of ``ref`` called for ``expected`` from ``start`` until ``end``."""
         if expected is None:
             return

@@ -1,0 +1,1 @@
+"""The dashboard's adapters: the bus reader, the status poller and the web app."""

@@ -1,0 +1,208 @@
+"""The HTTP plumbing the vendor REST drivers share: one session, TLS, timeouts, transport errors.
+
+Vendor semantics (authentication, error bodies) stay in each driver; this
+module only turns "the request did not complete" into ApplianceUnavailable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections.abc import Coroutine, Mapping
+from typing import Any, NamedTuple, TypeVar
+
+import aiohttp
+import msgspec
+from yarl import URL
+
+from vipwire.lbdriver.io.drivers.base import ApplianceError, ApplianceUnavailable
+from vipwire.lbdriver.io.drivers.credentials import CredentialSource
+from vipwire.lbdriver.settings import ApplianceSettings
+
+T = TypeVar("T")
+
+
+class HttpResponse(NamedTuple):
+    status: int
+    body: Any  # decoded JSON, or the text when the body is not JSON
+
+
+class VendorError(Exception):
+    """An appliance answered with an error; the cause of the ApplianceError raised for it."""
+
+    def __init__(self, status: int, message: str, body: Any = None) -> None:
+        super().__init__(f"HTTP {status}: {message}")
+        self.status = status
+        self.message = message
+        self.body = body
+
+
+def normalise_base_url(address: str) -> str:
+    """``host``, ``host:port`` or a URL → a URL without a trailing slash (https by default)."""
+    url = address if "://" in address else f"https://{address}"
+    parsed = URL(url)
+    if parsed.scheme not in ("http", "https") or not parsed.host:
+        raise ValueError(f"appliance address {address!r} is not an http(s) URL or host")
+    return str(parsed.with_path("").with_query(None).with_fragment(None)).rstrip("/")
+
+
+def tls_setting(verify_tls: bool, ca_file: str | None) -> ssl.SSLContext | bool:
+    """What aiohttp's ``ssl=`` takes: a context trusting ``ca_file``, the defaults, or no checks."""
+    if not verify_tls:
+        return False
+    if ca_file is not None:
+        return ssl.create_default_context(cafile=ca_file)
+    return True
+
+
+class RestTransport:
+    """One appliance management endpoint. The session is made on first use, inside the loop."""
+
+    def __init__(
+        self,
+        appliance: str,
+        base_url: str,
+        *,
+        verify_tls: bool = True,
+        ca_file: str | None = None,
+        timeout_s: float = 10.0,
+    ) -> None:
+        self.appliance = appliance
+        self.base_url = normalise_base_url(base_url)
+        self._ssl = tls_setting(verify_tls, ca_file)
+        self._timeout = aiohttp.ClientTimeout(total=timeout_s)
+        self._session: aiohttp.ClientSession | None = None
+        self.requests = 0
+
+    def __repr__(self) -> str:
+        return f"RestTransport({self.appliance!r}, {self.base_url!r})"
+
+    def _client(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(
+                timeout=self._timeout,
+                connector=aiohttp.TCPConnector(ssl=self._ssl, limit=16),
+                # Appliance APIs answer JSON whatever they are asked; we always send JSON.
+                headers={"Content-Type": "application/json", "Accept": "application/json"},
+            )
+        return self._session
+
+    async def send(
+        self,
+        method: str,
+        path: str,
+        *,
+        json: Any = None,
+        headers: dict[str, str] | None = None,
+        query: str | None = None,
+    ) -> HttpResponse:
+        """One request; ApplianceUnavailable if it did not complete (refused, reset, timed out).
+
+        ``query`` is sent as written (vendors want ``$filter`` and ``+`` unescaped).
+        """
+        raw = self.base_url + path + (f"?{query}" if query else "")
+        url = URL(raw, encoded=True)
+        data = msgspec.json.encode(json) if json is not None else None
+        self.requests += 1
+        try:
+            async with self._client().request(method, url, data=data, headers=headers) as resp:
+                text = await resp.text()
+                status = resp.status
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            raise ApplianceUnavailable(
+                self.appliance, f"{method} {path}: {type(exc).__name__}: {exc}"
+            ) from exc
+        body: Any = text
+        if text:
+            try:
+                body = msgspec.json.decode(text)
+            except msgspec.DecodeError:
+                body = text
+        return HttpResponse(status, body)
+
+    async def close(self) -> None:
+        session, self._session = self._session, None
+        if session is not None and not session.closed:
+            await session.close()
+            # aiohttp closes transports on the next loop turns; let them go before returning.
+            await asyncio.sleep(0)
+
+
+def partition_for(cluster: str, template: str, partitions: dict[str, str] | None) -> str:
+    """The appliance partition that holds a cluster's objects: mapped explicitly, else templated."""
+    if partitions and cluster in partitions:
+        return partitions[cluster]
+    return template.format(cluster=cluster)
+
+
+async def all_or_first_error(*aws: Coroutine[Any, Any, T]) -> list[T]:
+    """Run concurrently; every result, or the first error itself (the rest cancelled).
+
+    A TaskGroup would wrap the error in an ExceptionGroup; callers want the
+    ApplianceError with its cause.
+    """
+    try:
+        async with asyncio.TaskGroup() as tg:
+            tasks = [tg.create_task(aw) for aw in aws]
+    except BaseExceptionGroup as group:
+        errors = list(group.exceptions)
+        first = next((e for e in errors if isinstance(e, ApplianceError)), errors[0])
+        raise first from first.__cause__
+    return [t.result() for t in tasks]
+
+
+class RestDriver:
+    """What the vendor REST drivers share: the transport, the credentials, the
+    partition a cluster maps to, and the bookkeeping of logins (one at a time,
+    counted, the last failure kept to answer with while it lasts)."""
+
+    def __init__(
+        self,
+        name: str,
+        address: str,
+        credentials: CredentialSource,
+        *,
+        verify_tls: bool = True,
+        ca_file: str | None = None,
+        request_timeout_s: float = 10.0,
+        partition_template: str = "{cluster}",
+        partitions: Mapping[str, str] | None = None,
+    ) -> None:
+        self.name = name
+        self._http = RestTransport(
+            name, address, verify_tls=verify_tls, ca_file=ca_file, timeout_s=request_timeout_s
+        )
+        self._credentials = credentials
+        self._template = partition_template
+        self._partitions = dict(partitions or {})
+        self._login_lock = asyncio.Lock()
+        self._login_attempts = 0
+        self._login_error: ApplianceError | None = None
+
+    @staticmethod
+    def common_arguments(settings: ApplianceSettings) -> dict[str, Any]:
+        """The constructor's arguments every REST driver takes, from an appliance's settings."""
+        assert settings.address is not None and settings.username is not None
+        return {
+            "name": settings.name,
+            "address": settings.address,
+            "credentials": CredentialSource(
+                settings.name,
+                settings.username,
+                password_file=settings.password_file,
+                password_env=settings.password_env,
+            ),
+            "verify_tls": settings.verify_tls,
+            "ca_file": settings.ca_file,
+            "request_timeout_s": settings.request_timeout_s,
+            "partition_template": settings.partition_template,
+            "partitions": settings.partitions,
+        }
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}({self.name!r}, {self._http.base_url!r}, {self._credentials!r})"
+        )
+
+    def partition_of(self, cluster: str) -> str:
+        return partition_for(cluster, self._template, self._partitions)

@@ -1,0 +1,789 @@
+"""A10 ACOS (Thunder, vThunder) as an L2 DSR appliance, over aXAPI v3.
+
+Each cluster has its own ACOS partition and its own API session, whose
+``active-partition`` is set once at login (it is session state, so sharing a
+session between partitions would race). In a partition:
+
+- ``slb server <prefix>-node-<address>`` per node address, its ``user-tag``
+  the node name, with a port entry for each service port used;
+- per virtual server of ours (same name): an ``slb service-group`` whose
+  members are those servers on the service port, and an HTTP ``health
+  monitor`` (``override-port``: the health port) named from a hash of it, as
+  monitor names are limited to 31 characters;
+- ``slb virtual-server <prefix>-vip-<VIP>`` per VIP (ACOS allows one per
+  address), its ``user-tag`` the owner, with one virtual port per virtual
+  server of ours: ``no-dest-nat`` (DSR), bound to the service group and named
+  like it.
+
+aXAPI has no transactions: a batch is applied request by request, serialised
+per partition, creates treat "already exists" and deletes "does not exist"
+as done, so a batch cut short is finished by the next reconcile. After each
+batch ``write memory`` saves the partition (unless switched off); servers of
+ours that no service group uses any more are removed.
+
+One module (over 500 lines) on purpose: sessions, partitions, the request
+order that stands in for transactions and the translation to and from ACOS
+objects all follow one vendor document, and are read (and checked against it
+and the emulator) together.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final, NoReturn
+
+from vipwire.contracts import Member
+from vipwire.lbdriver.core.virtual_servers import (
+    CreateVirtualServer,
+    DeleteVirtualServer,
+    L4Protocol,
+    Monitor,
+    Operation,
+    UpdateMembers,
+    UpdateVirtualServer,
+    VirtualServer,
+)
+from vipwire.lbdriver.io.drivers._rest import (
+    HttpResponse,
+    RestDriver,
+    VendorError,
+    all_or_first_error,
+)
+from vipwire.lbdriver.io.drivers.base import (
+    ApplianceAuthError,
+    ApplianceError,
+    ApplianceRejected,
+    ApplianceUnavailable,
+)
+from vipwire.lbdriver.io.drivers.credentials import CredentialSource
+from vipwire.lbdriver.settings import ApplianceSettings
+
+log = logging.getLogger("vipwire.lbdriver.a10")
+
+_API: Final = "/axapi/v3"
+_SHARED: Final = "shared"
+# Codes public ACOS clients map; messages are checked too, as codes vary by release.
+_NOT_FOUND_CODES: Final = frozenset({1023460352, 1023410176, 1023410181, 1023475722, 1207959957})
+_EXISTS_CODES: Final = frozenset({67371011, 1405})
+# The listed form of a virtual port of ours that is not what we program (DSR off,
+# service group or monitor gone): a monitor nothing desires, so the diff rewrites it.
+_DRIFTED: Final = Monitor(port=0, path="")
+# Our protocol → (virtual port protocol, service-group and server port protocol).
+# ACOS virtual ports know no SCTP; "others" balances any non-TCP/UDP IP protocol.
+_PROTOCOLS: Final[dict[str, tuple[str, str]]] = {
+    "TCP": ("tcp", "tcp"),
+    "UDP": ("udp", "udp"),
+    "SCTP": ("others", "tcp"),
+}
+_FROM_VPORT: Final[dict[str, L4Protocol]] = {"tcp": "TCP", "udp": "UDP", "others": "SCTP"}
+
+
+class _NoPartition(Exception):
+    """The cluster's partition does not exist (yet)."""
+
+
+def _safe(address: str) -> str:
+    return address.replace(":", "_")
+
+
+def server_name(prefix: str, address: str) -> str:
+    return f"{prefix}-node-{_safe(address)}"
+
+
+def vip_name(prefix: str, address: str) -> str:
+    return f"{prefix}-vip-{_safe(address)}"
+
+
+def monitor_name(prefix: str, name: str) -> str:
+    """At most 31 characters: ACOS refuses longer health-check references."""
+    return f"{prefix[:14]}-hm-{hashlib.sha256(name.encode()).hexdigest()[:12]}"
+
+
+def _prefix_of(name: str) -> str:
+    # Our names are "<prefix>-…" and the prefix holds no '-'.
+    return name.split("-", 1)[0]
+
+
+def _err(body: Any) -> tuple[int | None, str]:
+    if isinstance(body, dict):
+        schema = body.get("authorizationschema")
+        if isinstance(schema, dict):
+            return _int(schema.get("code")), str(schema.get("error", ""))
+        response = body.get("response")
+        if isinstance(response, dict):
+            err = response.get("err")
+            if isinstance(err, dict):
+                return _int(err.get("code")), str(err.get("msg", ""))
+    return None, str(body)[:500]
+
+
+def _int(value: Any) -> int | None:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _failed(resp: HttpResponse) -> bool:
+    if not 200 <= resp.status < 300:
+        return True
+    body = resp.body
+    response = body.get("response") if isinstance(body, dict) else None
+    return isinstance(response, dict) and str(response.get("status", "")).lower() == "fail"
+
+
+def _missing(resp: HttpResponse) -> bool:
+    code, msg = _err(resp.body)
+    return resp.status == 404 or code in _NOT_FOUND_CODES or "does not exist" in msg.lower()
+
+
+def _exists(resp: HttpResponse) -> bool:
+    code, msg = _err(resp.body)
+    return code in _EXISTS_CODES or "already exist" in msg.lower()
+
+
+def _auth_failure(resp: HttpResponse) -> bool:
+    return resp.status in (401, 403) or (
+        isinstance(resp.body, dict) and "authorizationschema" in resp.body
+    )
+
+
+@dataclass(slots=True)
+class _Server:
+    address: str
+    node: str
+    ports: set[tuple[int, str]]
+
+
+@dataclass(slots=True)
+class _Vip:
+    name: str
+    owner: str
+    ports: set[tuple[int, str]]
+
+
+@dataclass(slots=True)
+class _View:
+    """One partition as last read, kept current by our own writes."""
+
+    servers: dict[str, VirtualServer] = field(default_factory=dict)
+    vips: dict[str, _Vip] = field(default_factory=dict)  # by VIP address
+    vports: dict[str, tuple[str, int, str]] = field(
+        default_factory=dict
+    )  # ours → (vs, port, proto)
+    a10_servers: dict[str, _Server] = field(default_factory=dict)
+    groups: dict[str, set[tuple[str, int]]] = field(default_factory=dict)  # members by group
+    monitors: set[str] = field(default_factory=set)
+
+
+@dataclass(slots=True)
+class _Session:
+    signature: str | None = None
+    active: bool = False
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+
+class A10Driver(RestDriver):
+    """An A10 Thunder (or the floating management address of a VRRP-A pair) for L2 DSR."""
+
+    def __init__(
+        self,
+        name: str,
+        address: str,
+        credentials: CredentialSource,
+        *,
+        verify_tls: bool = True,
+        ca_file: str | None = None,
+        request_timeout_s: float = 10.0,
+        partition_template: str = "{cluster}",
+        partitions: Mapping[str, str] | None = None,
+        write_memory: bool = True,
+    ) -> None:
+        super().__init__(
+            name,
+            address,
+            credentials,
+            verify_tls=verify_tls,
+            ca_file=ca_file,
+            request_timeout_s=request_timeout_s,
+            partition_template=partition_template,
+            partitions=partitions,
+        )
+        self.write_memory = write_memory
+        self._sessions: dict[str, _Session] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._views: dict[str, _View] = {}
+        self._unsaved: set[str] = set()
+
+    @classmethod
+    def from_settings(cls, settings: ApplianceSettings) -> A10Driver:
+        return cls(**cls.common_arguments(settings), write_memory=settings.write_memory)
+
+    # --- the driver interface ----------------------------------------------------
+
+    async def list_virtual_servers(self, partition: str) -> dict[str, VirtualServer]:
+        part = self.partition_of(partition)
+        # Not in the middle of a batch: the view we keep must be a consistent one.
+        async with self._lock(part):
+            view = await self._read(part)
+        return dict(view.servers)
+
+    async def apply(self, partition: str, ops: Sequence[Operation]) -> None:
+        if not ops:
+            return
+        part = self.partition_of(partition)
+        # No transactions: one batch at a time per partition keeps shared servers sane.
+        async with self._lock(part):
+            try:
+                await self._session(part, create=True)
+                view = self._views.get(part)
+                if view is None:
+                    view = await self._read(part)
+                for op in ops:
+                    await self._apply(part, view, op)
+                if any(isinstance(op, UpdateMembers | DeleteVirtualServer) for op in ops):
+                    await self._collect_servers(part, view, {_prefix_of(_name(op)) for op in ops})
+            except BaseException:
+                self._views.pop(part, None)  # partly applied: read afresh next time
+                raise
+            self._unsaved.add(part)
+            await self._save(part)
+
+    async def close(self) -> None:
+        for part, session in list(self._sessions.items()):
+            if session.signature is not None:
+                with contextlib.suppress(ApplianceError):
+                    await self._http.send(
+                        "POST",
+                        f"{_API}/logoff",
+                        headers={"Authorization": f"A10 {session.signature}"},
+                    )
+                log.debug("%s: logged off (partition %s)", self.name, part)
+        self._sessions.clear()
+        await self._http.close()
+
+    def _lock(self, part: str) -> asyncio.Lock:
+        lock = self._locks.get(part)
+        if lock is None:
+            lock = self._locks[part] = asyncio.Lock()
+        return lock
+
+    # --- reading -------------------------------------------------------------------
+
+    async def _read(self, part: str) -> _View:
+        if part in self._unsaved:
+            await self._save(part)
+        try:
+            await self._session(part, create=False)
+        except _NoPartition:
+            view = self._views[part] = _View()
+            return view
+        vss, sgs, srvs, mons = await all_or_first_error(
+            self._collection(part, "/slb/virtual-server", "virtual-server-list"),
+            self._collection(part, "/slb/service-group", "service-group-list"),
+            self._collection(part, "/slb/server", "server-list"),
+            self._collection(part, "/health/monitor", "monitor-list"),
+        )
+        view = _translate(vss, sgs, srvs, mons)
+        self._views[part] = view
+        return view
+
+    async def _collection(self, part: str, path: str, key: str) -> list[dict[str, Any]]:
+        resp = await self._call(part, "GET", path)
+        if _failed(resp):
+            if _missing(resp):
+                return []  # ACOS answers a read of an empty collection as "does not exist"
+            self._raise(resp, f"GET {path}")
+        items = resp.body.get(key, []) if isinstance(resp.body, dict) else []
+        return [i for i in items if isinstance(i, dict)]
+
+    # --- writing -------------------------------------------------------------------
+
+    async def _apply(self, part: str, view: _View, op: Operation) -> None:
+        match op:
+            case CreateVirtualServer(server=s) | UpdateVirtualServer(server=s):
+                await self._put_virtual_server(part, view, s)
+            case UpdateMembers(name=name, members=members):
+                await self._put_members(part, view, name, members)
+            case DeleteVirtualServer(name=name):
+                await self._delete_virtual_server(part, view, name)
+
+    async def _put_virtual_server(self, part: str, view: _View, s: VirtualServer) -> None:
+        prefix = _prefix_of(s.name)
+        vproto, proto = _PROTOCOLS[s.protocol]
+        vip = view.vips.get(s.address)
+        if vip is not None and vip.name != vip_name(prefix, s.address):
+            raise ApplianceRejected(
+                self.name, f"{part}: VIP {s.address} is held by virtual-server {vip.name!r}"
+            )
+        for member in s.members:
+            await self._ensure_server(part, view, prefix, member, port=s.port, proto=proto)
+        monitor = monitor_name(prefix, s.name)
+        await self._upsert(
+            part,
+            "/health/monitor",
+            monitor,
+            {"monitor": _monitor_body(monitor, s.monitor)},
+            exists=monitor in view.monitors,
+        )
+        view.monitors.add(monitor)
+        members = {(server_name(prefix, m.address), s.port) for m in s.members}
+        group = {
+            "service-group": {
+                "name": s.name,
+                "protocol": proto,
+                "health-check": monitor,
+                "member-list": [{"name": n, "port": p} for n, p in sorted(members)],
+            }
+        }
+        await self._upsert(part, "/slb/service-group", s.name, group, exists=s.name in view.groups)
+        view.groups[s.name] = members
+        vport = {
+            "port-number": s.port,
+            "protocol": vproto,
+            "name": s.name,
+            "service-group": s.name,
+            # DSR: the packet reaches the node addressed to the VIP and port it was sent to.
+            "no-dest-nat": 1,
+        }
+        if vip is None:
+            vs_name = vip_name(prefix, s.address)
+            family = "ipv6-address" if ":" in s.address else "ip-address"
+            body = {
+                "virtual-server": {
+                    "name": vs_name,
+                    family: s.address,
+                    "user-tag": s.owner,
+                    "port-list": [vport],
+                }
+            }
+            resp = await self._call(part, "POST", "/slb/virtual-server", body)
+            if _failed(resp) and _exists(resp):
+                vip = _Vip(vs_name, "", set())  # left by a cut-short batch: add the port below
+            elif _failed(resp):
+                self._raise(resp, f"create virtual-server {vs_name}")
+            else:
+                view.vips[s.address] = _Vip(vs_name, s.owner, {(s.port, vproto)})
+        if vip is not None:
+            base = f"/slb/virtual-server/{vip.name}/port"
+            if (s.port, vproto) in vip.ports:
+                await self._check(part, "POST", f"{base}/{s.port}+{vproto}", {"port": vport})
+            else:
+                resp = await self._call(part, "POST", base, {"port": vport})
+                if _failed(resp) and _exists(resp):
+                    await self._check(part, "POST", f"{base}/{s.port}+{vproto}", {"port": vport})
+                elif _failed(resp):
+                    self._raise(resp, f"add port {s.port}/{vproto} to {vip.name}")
+            if vip.owner != s.owner:
+                await self._check(
+                    part,
+                    "POST",
+                    f"/slb/virtual-server/{vip.name}",
+                    {"virtual-server": {"name": vip.name, "user-tag": s.owner}},
+                )
+            vip.owner = s.owner
+            vip.ports.add((s.port, vproto))
+            view.vips[s.address] = vip
+        view.vports[s.name] = (view.vips[s.address].name, s.port, vproto)
+        view.servers[s.name] = s
+
+    async def _put_members(
+        self, part: str, view: _View, name: str, members: tuple[Member, ...]
+    ) -> None:
+        where = view.vports.get(name)
+        current = view.servers.get(name)
+        if where is None or current is None:
+            raise ApplianceRejected(self.name, f"{part}: no virtual port {name!r} to update")
+        prefix = _prefix_of(name)
+        _, port, vproto = where
+        proto = "udp" if vproto == "udp" else "tcp"
+        for member in members:
+            await self._ensure_server(part, view, prefix, member, port=port, proto=proto)
+        want = {(server_name(prefix, m.address), port) for m in members}
+        have = view.groups.get(name, set())
+        base = f"/slb/service-group/{name}/member"
+        for server, p in sorted(want - have):
+            resp = await self._call(part, "POST", base, {"member": {"name": server, "port": p}})
+            if _failed(resp) and not _exists(resp):
+                self._raise(resp, f"add member {server}:{p} to {name}")
+        for server, p in sorted(have - want):
+            resp = await self._call(part, "DELETE", f"{base}/{server}+{p}")
+            if _failed(resp) and not _missing(resp):
+                self._raise(resp, f"remove member {server}:{p} from {name}")
+        view.groups[name] = want
+        view.servers[name] = VirtualServer(
+            name=name,
+            owner=current.owner,
+            address=current.address,
+            port=current.port,
+            protocol=current.protocol,
+            members=tuple(sorted(set(members))),
+            monitor=current.monitor,
+        )
+
+    async def _delete_virtual_server(self, part: str, view: _View, name: str) -> None:
+        where = view.vports.pop(name, None)
+        if where is not None:
+            vs_name, port, vproto = where
+            await self._delete(part, f"/slb/virtual-server/{vs_name}/port/{port}+{vproto}")
+            vip = next((v for v in view.vips.values() if v.name == vs_name), None)
+            if vip is not None:
+                vip.ports.discard((port, vproto))
+                if not vip.ports:
+                    await self._delete(part, f"/slb/virtual-server/{vs_name}")
+                    view.vips = {a: v for a, v in view.vips.items() if v is not vip}
+        await self._delete(part, f"/slb/service-group/{name}")
+        view.groups.pop(name, None)
+        monitor = monitor_name(_prefix_of(name), name)
+        await self._delete(part, f"/health/monitor/{monitor}")
+        view.monitors.discard(monitor)
+        view.servers.pop(name, None)
+
+    async def _ensure_server(
+        self, part: str, view: _View, prefix: str, member: Member, *, port: int, proto: str
+    ) -> None:
+        name = server_name(prefix, member.address)
+        known = view.a10_servers.get(name)
+        entry = {"port-number": port, "protocol": proto}
+        if known is None:
+            family = "server-ipv6-addr" if ":" in member.address else "host"
+            body = {
+                "server": {
+                    "name": name,
+                    family: member.address,
+                    "user-tag": member.node,
+                    "port-list": [entry],
+                }
+            }
+            resp = await self._call(part, "POST", "/slb/server", body)
+            if not _failed(resp):
+                view.a10_servers[name] = _Server(member.address, member.node, {(port, proto)})
+                return
+            if not _exists(resp):
+                self._raise(resp, f"create server {name}")
+            known = view.a10_servers[name] = _Server(member.address, "", set())
+        if (port, proto) not in known.ports:
+            resp = await self._call(part, "POST", f"/slb/server/{name}/port", {"port": entry})
+            if _failed(resp) and not _exists(resp):
+                self._raise(resp, f"add port {port}/{proto} to server {name}")
+            known.ports.add((port, proto))
+        if known.node != member.node:
+            await self._check(
+                part,
+                "POST",
+                f"/slb/server/{name}",
+                {"server": {"name": name, "user-tag": member.node}},
+            )
+            known.node = member.node
+
+    async def _collect_servers(self, part: str, view: _View, prefixes: set[str]) -> None:
+        """Remove servers of ours that no service group uses any more."""
+        used = {server for members in view.groups.values() for server, _ in members}
+        for name in sorted(view.a10_servers):
+            ours = any(name.startswith(f"{p}-node-") for p in prefixes)
+            if not ours or name in used:
+                continue
+            resp = await self._call(part, "DELETE", f"/slb/server/{name}")
+            if _failed(resp) and not _missing(resp):
+                # In use by something we do not know of: leave it, it is not garbage.
+                log.info("%s: keeping server %s: %s", self.name, name, _err(resp.body)[1])
+                continue
+            del view.a10_servers[name]
+
+    async def _upsert(
+        self, part: str, collection: str, name: str, body: dict[str, Any], *, exists: bool
+    ) -> None:
+        if not exists:
+            resp = await self._call(part, "POST", collection, body)
+            if not _failed(resp):
+                return
+            if not _exists(resp):
+                self._raise(resp, f"create {collection}/{name}")
+        # PUT replaces the whole object (a service group's member list included).
+        await self._check(part, "PUT", f"{collection}/{name}", body)
+
+    async def _delete(self, part: str, path: str) -> None:
+        resp = await self._call(part, "DELETE", path)
+        if _failed(resp) and not _missing(resp):
+            self._raise(resp, f"DELETE {path}")
+
+    async def _check(self, part: str, method: str, path: str, body: Any = None) -> None:
+        resp = await self._call(part, method, path, body)
+        if _failed(resp):
+            self._raise(resp, f"{method} {path}")
+
+    async def _save(self, part: str) -> None:
+        if not self.write_memory:
+            self._unsaved.discard(part)
+            return
+        resp = await self._call(
+            part,
+            "POST",
+            "/write/memory",
+            {"memory": {"partition": "specified", "specified-partition": part}},
+        )
+        if _failed(resp):
+            # Running, not saved: a reboot would lose it. Saved before the next call.
+            self._raise(resp, f"write memory in {part}")
+        self._unsaved.discard(part)
+
+    # --- sessions and requests -----------------------------------------------------
+
+    async def _session(self, part: str, *, create: bool) -> str:
+        session = self._sessions.setdefault(part, _Session())
+        if session.signature is not None and (session.active or part == _SHARED):
+            return session.signature
+        async with session.lock:
+            if session.signature is None:
+                session.signature = await self._login()
+                session.active = False
+            if part != _SHARED and not session.active:
+                resp = await self._send(session.signature, "POST", f"/active-partition/{part}")
+                if _failed(resp) and _missing(resp) and not _auth_failure(resp):
+                    if not create:
+                        raise _NoPartition(part)
+                    await self._create_partition(part)
+                    resp = await self._send(session.signature, "POST", f"/active-partition/{part}")
+                if _failed(resp):
+                    if _auth_failure(resp):
+                        session.signature = None
+                    self._raise(resp, f"activate partition {part}")
+                session.active = True
+            return session.signature
+
+    async def _create_partition(self, part: str) -> None:
+        resp = await self._call(_SHARED, "GET", f"/partition/{part}")
+        if not _failed(resp):
+            return
+        if not _missing(resp):
+            self._raise(resp, f"GET partition {part}")
+        if not 1 <= len(part) <= 14:
+            raise ApplianceRejected(
+                self.name,
+                f"partition name {part!r} has more than 14 characters; map the cluster to a "
+                "shorter one with partitions: or partition_template:",
+            )
+        resp = await self._call(_SHARED, "GET", "/partition-available-id/oper")
+        if _failed(resp):
+            self._raise(resp, "GET partition-available-id")
+        try:
+            ranges = resp.body["partition-available-id"]["oper"]["range-list"]
+            ident = int(ranges[0]["start"])
+        except (KeyError, IndexError, TypeError, ValueError) as exc:
+            raise ApplianceRejected(self.name, "no free partition id") from exc
+        body = {"partition": {"partition-name": part, "id": ident}}
+        resp = await self._call(_SHARED, "POST", "/partition", body)
+        if _failed(resp) and not _exists(resp):
+            self._raise(resp, f"create partition {part}")
+        log.info("%s: created partition %s (id %d)", self.name, part, ident)
+
+    async def _login(self) -> str:
+        attempts = self._login_attempts
+        async with self._login_lock:
+            if self._login_attempts != attempts and self._login_error is not None:
+                # A login we waited for was just refused: do not try the same secret again
+                # (repeated failures lock accounts); report the same refusal.
+                error = self._login_error
+                raise type(error)(self.name, error.message) from error.__cause__
+            self._login_attempts += 1
+            try:
+                signature = await self._new_signature()
+            except ApplianceError as exc:
+                self._login_error = exc
+                raise
+            self._login_error = None
+            return signature
+
+    async def _new_signature(self) -> str:
+        creds = self._credentials.load()
+        resp = await self._http.send(
+            "POST",
+            f"{_API}/auth",
+            json={"credentials": {"username": creds.username, "password": creds.password}},
+        )
+        if _failed(resp) or not isinstance(resp.body, dict) or "authresponse" not in resp.body:
+            code, msg = _err(resp.body)
+            cause = VendorError(resp.status, msg, resp.body)
+            if resp.status == 429 or resp.status >= 500:
+                raise ApplianceUnavailable(
+                    self.name, f"login: HTTP {resp.status}: {msg}"
+                ) from cause
+            raise ApplianceAuthError(
+                self.name, f"login as {creds.username!r} refused: {msg} (code {code})"
+            ) from cause
+        return str(resp.body["authresponse"]["signature"])
+
+    async def _call(self, part: str, method: str, path: str, body: Any = None) -> HttpResponse:
+        """One request in the partition's session; after a 401, log in again once."""
+        resp: HttpResponse | None = None
+        for _attempt in range(2):
+            signature = await self._session(part, create=True)
+            resp = await self._send(signature, method, path, body)
+            if not (resp.status == 401 and _auth_failure(resp)):
+                return resp
+            session = self._sessions[part]
+            if session.signature == signature:
+                session.signature, session.active = None, False
+        assert resp is not None
+        return resp
+
+    async def _send(self, signature: str, method: str, path: str, body: Any = None) -> HttpResponse:
+        return await self._http.send(
+            method, _API + path, json=body, headers={"Authorization": f"A10 {signature}"}
+        )
+
+    def _raise(self, resp: HttpResponse, what: str) -> NoReturn:
+        code, msg = _err(resp.body)
+        cause = VendorError(resp.status, msg, resp.body)
+        text = f"{what}: HTTP {resp.status}: {msg}" + (f" (code {code})" if code else "")
+        if _auth_failure(resp):
+            raise ApplianceAuthError(self.name, text) from cause
+        if resp.status == 429 or resp.status >= 500:
+            raise ApplianceUnavailable(self.name, text) from cause
+        raise ApplianceRejected(self.name, text) from cause
+
+
+def _name(op: Operation) -> str:
+    match op:
+        case CreateVirtualServer(server=s) | UpdateVirtualServer(server=s):
+            return s.name
+        case UpdateMembers(name=name) | DeleteVirtualServer(name=name):
+            return name
+
+
+def _monitor_body(name: str, monitor: Monitor) -> dict[str, Any]:
+    return {
+        "name": name,
+        "retry": 3,
+        "interval": 5,
+        "timeout": 5,
+        # Probe the node's health port, not the member (service) port.
+        "override-port": monitor.port,
+        "method": {
+            "http": {
+                "http": 1,
+                "http-port": monitor.port,
+                "http-expect": 1,
+                "http-response-code": "200",
+                "http-url": 1,
+                "url-type": monitor.method,
+                "url-path": monitor.path,
+            }
+        },
+    }
+
+
+# --- reading back --------------------------------------------------------------------
+
+
+def _translate(
+    vss: list[dict[str, Any]],
+    sgs: list[dict[str, Any]],
+    srvs: list[dict[str, Any]],
+    mons: list[dict[str, Any]],
+) -> _View:
+    view = _View()
+    for srv in srvs:
+        address = srv.get("host") or srv.get("server-ipv6-addr")
+        name = str(srv.get("name", ""))
+        if not name or not address:
+            continue
+        ports = {
+            (int(p["port-number"]), str(p.get("protocol")))
+            for p in srv.get("port-list", [])
+            if isinstance(p, dict) and isinstance(p.get("port-number"), int)
+        }
+        view.a10_servers[name] = _Server(str(address), str(srv.get("user-tag") or name), ports)
+    groups = {str(g.get("name")): g for g in sgs}
+    for name, g in groups.items():
+        view.groups[name] = {
+            (str(m.get("name")), int(m.get("port", 0)))
+            for m in g.get("member-list", [])
+            if isinstance(m, dict)
+        }
+    monitors = {str(m.get("name")): m for m in mons}
+    view.monitors = set(monitors)
+    for vs in vss:
+        address = vs.get("ip-address") or vs.get("ipv6-address")
+        vs_name = str(vs.get("name", ""))
+        if not address or not vs_name:
+            continue
+        owner = str(vs.get("user-tag") or "")
+        vip = view.vips[str(address)] = _Vip(vs_name, owner, set())
+        for vport in vs.get("port-list", []):
+            if not isinstance(vport, dict) or not isinstance(vport.get("port-number"), int):
+                continue
+            port, vproto = int(vport["port-number"]), str(vport.get("protocol"))
+            vip.ports.add((port, vproto))
+            protocol = _FROM_VPORT.get(vproto)
+            if protocol is None:
+                continue  # an L7 port: not something we make
+            name = str(vport.get("name") or f"{vs_name}-{port}-{vproto}")
+            group = groups.get(str(vport.get("service-group")))
+            server = _virtual_server(
+                name,
+                owner,
+                str(address),
+                port,
+                protocol,
+                vport=vport,
+                group=group,
+                view=view,
+                monitors=monitors,
+            )
+            view.servers[name] = server
+            view.vports[name] = (vs_name, port, vproto)
+    return view
+
+
+def _virtual_server(
+    name: str,
+    owner: str,
+    address: str,
+    port: int,
+    protocol: L4Protocol,
+    *,
+    vport: dict[str, Any],
+    group: dict[str, Any] | None,
+    view: _View,
+    monitors: dict[str, dict[str, Any]],
+) -> VirtualServer:
+    drifted = vport.get("no-dest-nat") != 1 or group is None
+    members = []
+    monitor = _DRIFTED
+    if group is not None:
+        for server_ref, member_port in view.groups.get(str(group.get("name")), set()):
+            server = view.a10_servers.get(server_ref)
+            if server is None or member_port != port:
+                drifted = True
+                continue
+            members.append(Member(node=server.node, address=server.address))
+        monitor = _monitor(monitors.get(str(group.get("health-check"))))
+    return VirtualServer(
+        name=name,
+        owner=owner,
+        address=address,
+        port=port,
+        protocol=protocol,
+        members=tuple(sorted(set(members))),
+        monitor=_DRIFTED if drifted else monitor,
+    )
+
+
+def _monitor(m: dict[str, Any] | None) -> Monitor:
+    if m is None:
+        return _DRIFTED
+    method = m.get("method")
+    http = method.get("http") if isinstance(method, dict) else None
+    if not isinstance(http, dict) or http.get("url-type", "GET") != "GET":
+        return _DRIFTED
+    port = m.get("override-port") or http.get("http-port")
+    path = http.get("url-path")
+    if not isinstance(port, int) or not isinstance(path, str):
+        return _DRIFTED
+    return Monitor(port=port, path=path)

@@ -1,0 +1,618 @@
+"""F5 BIG-IP as an L2 DSR (nPath) appliance, over iControl REST.
+
+One virtual server of ours is three BIG-IP objects of the same name in the
+cluster's partition: an HTTP monitor (sent to each member's node address on
+the health port), a pool whose members are ``<node address>:<service port>``,
+and a virtual server on ``<VIP>:<port>`` with address and port translation
+disabled, no SNAT and a fastL4 profile with loose initiation and loose close
+(the appliance only ever sees the inbound half of a connection). The owner tag
+is the virtual's description; a member's node name is its description.
+
+Every batch of operations is one iControl REST transaction, so a batch that
+BIG-IP refuses changes nothing. With ``sync_group`` set, each committed batch
+is followed by a config-sync to that device group.
+
+One module (over 500 lines) on purpose: the requests, the transaction and the
+translation to and from BIG-IP objects all follow one vendor document, and
+are read (and checked against it and the emulator) together.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import logging
+import re
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Final, NoReturn
+
+from vipwire.contracts import Member
+from vipwire.lbdriver.core.virtual_servers import (
+    CreateVirtualServer,
+    DeleteVirtualServer,
+    L4Protocol,
+    Monitor,
+    Operation,
+    UpdateMembers,
+    UpdateVirtualServer,
+    VirtualServer,
+)
+from vipwire.lbdriver.io.drivers._rest import (
+    HttpResponse,
+    RestDriver,
+    VendorError,
+    all_or_first_error,
+)
+from vipwire.lbdriver.io.drivers.base import (
+    ApplianceAuthError,
+    ApplianceError,
+    ApplianceRejected,
+    ApplianceUnavailable,
+)
+from vipwire.lbdriver.io.drivers.credentials import CredentialSource
+from vipwire.lbdriver.settings import ApplianceSettings
+
+log = logging.getLogger("vipwire.lbdriver.f5")
+
+#: The fastL4 profile every virtual of ours uses, created in each partition.
+FASTL4_PROFILE: Final = "vipwire-fastl4-dsr"
+
+_VIRTUAL: Final = "/mgmt/tm/ltm/virtual"
+_POOL: Final = "/mgmt/tm/ltm/pool"
+_MONITOR: Final = "/mgmt/tm/ltm/monitor/http"
+_PROFILE: Final = "/mgmt/tm/ltm/profile/fastl4"
+_PARTITION: Final = "/mgmt/tm/auth/partition"
+_TRANSACTION: Final = "/mgmt/tm/transaction"
+_LOGIN: Final = "/mgmt/shared/authn/login"
+_TOKENS: Final = "/mgmt/shared/authz/tokens"
+
+# A listed virtual of ours that is not what we program (translation or SNAT
+# switched on, a pool or monitor gone or replaced): reported with this monitor,
+# which nothing desires, so the diff rewrites the whole object.
+_DRIFTED: Final = Monitor(port=0, path="")
+_PATHS = re.compile(r"/[^\s{}]+")
+# Re-login this long before BIG-IP's token timeout rather than wait for the 401.
+_TOKEN_MARGIN_S: Final = 60.0
+
+
+def destination(partition: str, address: str, port: int) -> str:
+    """BIG-IP's destination syntax: ``/p/192.0.2.1:80``, ``/p/2001:db8::1.80``."""
+    separator = "." if ":" in address else ":"
+    return f"/{partition}/{address}{separator}{port}"
+
+
+def member_name(address: str, port: int) -> str:
+    separator = "." if ":" in address else ":"
+    return f"{address}{separator}{port}"
+
+
+def parse_endpoint(text: str) -> tuple[str, int] | None:
+    """``[/p/]addr[%rd]:port`` or ``[/p/]v6addr[%rd].port`` → (canonical address, port)."""
+    tail = text.rsplit("/", 1)[-1]
+    if tail.count(":") == 1:
+        host, _, port = tail.partition(":")
+    else:
+        host, _, port = tail.rpartition(".")
+    host = host.split("%", 1)[0]
+    try:
+        return ipaddress.ip_address(host).compressed, int(port)
+    except ValueError:
+        return None  # "any", a wildcard or a name: not something we program
+
+
+@dataclass(slots=True)
+class _Seen:
+    """Which of virtual, pool and monitor exist under one name, and the virtual's port."""
+
+    kinds: set[str]
+    port: int | None
+
+
+def _message(body: Any) -> str:
+    if isinstance(body, dict):
+        return str(body.get("message") or body.get("failureReason") or body)
+    return str(body)[:500] or "(empty body)"
+
+
+def _ok(resp: HttpResponse) -> bool:
+    return 200 <= resp.status < 300
+
+
+class F5Driver(RestDriver):
+    """An F5 BIG-IP (or an HA pair's management address) programmed for L2 DSR."""
+
+    def __init__(
+        self,
+        name: str,
+        address: str,
+        credentials: CredentialSource,
+        *,
+        verify_tls: bool = True,
+        ca_file: str | None = None,
+        request_timeout_s: float = 10.0,
+        partition_template: str = "{cluster}",
+        partitions: Mapping[str, str] | None = None,
+        sync_group: str | None = None,
+        monitor_interval_s: int = 5,
+        monitor_timeout_s: int = 16,
+    ) -> None:
+        super().__init__(
+            name,
+            address,
+            credentials,
+            verify_tls=verify_tls,
+            ca_file=ca_file,
+            request_timeout_s=request_timeout_s,
+            partition_template=partition_template,
+            partitions=partitions,
+        )
+        self.sync_group = sync_group
+        self._interval = monitor_interval_s
+        self._timeout = monitor_timeout_s
+        self._token: str | None = None
+        self._token_renew_at = 0.0
+        # Partitions known to exist with our fastL4 profile in them.
+        self._ready: set[str] = set()
+        # Per partition, what exists under each name, as of the last listing and our
+        # own writes since: a create over a half-deleted object, or an update of one
+        # whose pool vanished, then writes what is there.
+        self._present: dict[str, dict[str, _Seen]] = {}
+        self._sync_pending = False
+
+    @classmethod
+    def from_settings(cls, settings: ApplianceSettings) -> F5Driver:
+        return cls(**cls.common_arguments(settings), sync_group=settings.sync_group)
+
+    # --- the driver interface ----------------------------------------------------
+
+    async def list_virtual_servers(self, partition: str) -> dict[str, VirtualServer]:
+        part = self.partition_of(partition)
+        await self._sync_if_pending()
+        scope = f"$filter=partition+eq+{part}"
+        await self._login()  # once, before the reads race to do it
+        virtuals, pools, monitors = await all_or_first_error(
+            self._collection(_VIRTUAL, f"{scope}&expandSubcollections=true"),
+            self._collection(_POOL, f"{scope}&expandSubcollections=true"),
+            self._collection(_MONITOR, scope),
+        )
+        servers, present = _translate(virtuals, pools, monitors)
+        self._present[part] = present
+        return servers
+
+    async def apply(self, partition: str, ops: Sequence[Operation]) -> None:
+        if not ops:
+            return
+        part = self.partition_of(partition)
+        await self._sync_if_pending()
+        await self._ensure_partition(part)
+        known = self._present.get(part)
+        ports = await self._member_ports(part, ops, known)
+        commands = [c for op in ops for c in self._commands(part, op, known, ports)]
+        try:
+            if len(commands) == 1:
+                await self._write(*commands[0])
+            else:
+                await self._transaction(commands)
+        except BaseException:
+            # Whatever failed, our picture of the partition may be wrong now.
+            self._present.pop(part, None)
+            self._ready.discard(part)
+            raise
+        if known is not None:
+            for op in ops:
+                match op:
+                    case CreateVirtualServer(server=s) | UpdateVirtualServer(server=s):
+                        known[s.name] = _Seen({"virtual", "pool", "monitor"}, s.port)
+                    case DeleteVirtualServer(name=name):
+                        known.pop(name, None)
+        await self._sync()
+
+    async def close(self) -> None:
+        token, self._token = self._token, None
+        if token is not None:
+            # BIG-IP caps live tokens per user; hand ours back rather than let it linger.
+            with contextlib.suppress(ApplianceError):
+                await self._http.send(
+                    "DELETE", f"{_TOKENS}/{token}", headers={"X-F5-Auth-Token": token}
+                )
+        await self._http.close()
+
+    # --- what to write -------------------------------------------------------------
+
+    async def _member_ports(
+        self, part: str, ops: Sequence[Operation], known: dict[str, _Seen] | None
+    ) -> dict[str, int]:
+        """The service port of each virtual whose members change (member names carry it)."""
+        ports: dict[str, int] = {}
+        for op in ops:
+            if not isinstance(op, UpdateMembers):
+                continue
+            seen = known.get(op.name) if known is not None else None
+            if seen is not None and seen.port is not None:
+                ports[op.name] = seen.port
+                continue
+            # Not listed by us since a failure dropped our picture: ask for the virtual.
+            path = _item(_VIRTUAL, part, op.name)
+            resp = await self._call("GET", path)
+            if not _ok(resp):
+                self._raise(resp, f"GET {path}")
+            endpoint = parse_endpoint(str(resp.body.get("destination", "")))
+            if endpoint is None:
+                raise ApplianceRejected(self.name, f"{path}: destination is not address:port")
+            ports[op.name] = endpoint[1]
+        return ports
+
+    def _commands(
+        self,
+        part: str,
+        op: Operation,
+        known: dict[str, _Seen] | None,
+        ports: dict[str, int],
+    ) -> list[tuple[str, str, dict[str, Any]]]:
+        def has(name: str, kind: str, assume: bool) -> bool:
+            if known is None:
+                return assume
+            seen = known.get(name)
+            return seen is not None and kind in seen.kinds
+
+        match op:
+            case CreateVirtualServer(server=s) | UpdateVirtualServer(server=s):
+                assume = isinstance(op, UpdateVirtualServer)
+                return [
+                    _upsert(
+                        _MONITOR,
+                        part,
+                        s.name,
+                        self._monitor_body(s),
+                        has(s.name, "monitor", assume),
+                    ),
+                    _upsert(_POOL, part, s.name, _pool_body(part, s), has(s.name, "pool", assume)),
+                    _upsert(
+                        _VIRTUAL,
+                        part,
+                        s.name,
+                        _virtual_body(part, s),
+                        has(s.name, "virtual", assume),
+                    ),
+                ]
+            case UpdateMembers(name=name, members=members):
+                port = ports[name]
+                body = {"members": [_member(m.address, m.node, port) for m in members]}
+                return [("PATCH", _item(_POOL, part, name), body)]
+            case DeleteVirtualServer(name=name):
+                return [
+                    ("DELETE", _item(kind, part, name), {})
+                    for kind, what in (
+                        (_VIRTUAL, "virtual"),
+                        (_POOL, "pool"),
+                        (_MONITOR, "monitor"),
+                    )
+                    if has(name, what, True)
+                ]
+
+    def _monitor_body(self, s: VirtualServer) -> dict[str, Any]:
+        return {
+            "defaultsFrom": "/Common/http",
+            # Without a destination BIG-IP would probe the member's own (service) port.
+            "destination": f"*:{s.monitor.port}",
+            "send": f"{s.monitor.method} {s.monitor.path} HTTP/1.0\\r\\n\\r\\n",
+            "recv": r"^HTTP/1\.[01] 200",
+            "interval": self._interval,
+            "timeout": self._timeout,
+            "description": s.owner,
+        }
+
+    # --- requests ------------------------------------------------------------------
+
+    async def _transaction(self, commands: list[tuple[str, str, dict[str, Any]]]) -> None:
+        resp = await self._call("POST", _TRANSACTION, json={})
+        if not _ok(resp):
+            self._raise(resp, "open transaction")
+        trans_id = str(resp.body["transId"])
+        committed = False
+        try:
+            for method, path, body in commands:
+                resp = await self._call(method, path, json=body or None, trans_id=trans_id)
+                if not _ok(resp):
+                    self._raise(resp, f"{method} {path} (queued in transaction {trans_id})")
+            # The coordination header would queue the commit itself; it must not be sent.
+            committed = True
+            resp = await self._call(
+                "PATCH", f"{_TRANSACTION}/{trans_id}", json={"state": "VALIDATING"}
+            )
+            if not _ok(resp):
+                self._raise(resp, f"commit transaction {trans_id}")
+            state = resp.body.get("state") if isinstance(resp.body, dict) else None
+            if state not in (None, "COMPLETED"):
+                cause = VendorError(resp.status, _message(resp.body), resp.body)
+                raise ApplianceRejected(
+                    self.name, f"transaction {trans_id} ended {state}: {cause.message}"
+                ) from cause
+        except ApplianceError:
+            if not committed:
+                with contextlib.suppress(ApplianceError):
+                    await self._call("DELETE", f"{_TRANSACTION}/{trans_id}")
+            raise
+
+    async def _write(self, method: str, path: str, body: dict[str, Any]) -> None:
+        resp = await self._call(method, path, json=body or None)
+        if not _ok(resp):
+            self._raise(resp, f"{method} {path}")
+
+    async def _collection(self, path: str, query: str) -> list[dict[str, Any]]:
+        resp = await self._call("GET", path, query=query)
+        if not _ok(resp):
+            self._raise(resp, f"GET {path}")
+        # BIG-IP leaves "items" out of an empty collection.
+        items = resp.body.get("items", []) if isinstance(resp.body, dict) else []
+        return [i for i in items if isinstance(i, dict)]
+
+    async def _ensure_partition(self, part: str) -> None:
+        if part in self._ready:
+            return
+        resp = await self._call("GET", f"{_PARTITION}/{part}")
+        if resp.status == 404:
+            resp = await self._call(
+                "POST", _PARTITION, json={"name": part, "description": "vipwire: one cluster"}
+            )
+            if not _ok(resp) and resp.status != 409:  # 409: created meanwhile
+                self._raise(resp, f"create partition {part}")
+        elif not _ok(resp):
+            self._raise(resp, f"GET partition {part}")
+        profile = _item(_PROFILE, part, FASTL4_PROFILE)
+        resp = await self._call("GET", profile)
+        if resp.status == 404:
+            resp = await self._call(
+                "POST",
+                _PROFILE,
+                json={
+                    "name": FASTL4_PROFILE,
+                    "partition": part,
+                    "defaultsFrom": "/Common/fastL4",
+                    # nPath: the appliance sees neither the SYN-ACK nor the server's FIN.
+                    "looseInitialization": "enabled",
+                    "looseClose": "enabled",
+                    "description": "vipwire: L2 DSR (nPath)",
+                },
+            )
+            if not _ok(resp) and resp.status != 409:
+                self._raise(resp, f"create fastL4 profile in {part}")
+        elif not _ok(resp):
+            self._raise(resp, f"GET {profile}")
+        self._ready.add(part)
+
+    async def _sync(self) -> None:
+        if self.sync_group is None:
+            return
+        self._sync_pending = True
+        resp = await self._call(
+            "POST",
+            "/mgmt/tm/cm",
+            json={"command": "run", "utilCmdArgs": f"config-sync to-group {self.sync_group}"},
+        )
+        if not _ok(resp):
+            # The change is live here but not on the peers: try again before the next call.
+            log.warning(
+                "%s: config-sync to %s failed: HTTP %d", self.name, self.sync_group, resp.status
+            )
+            self._raise(resp, f"config-sync to-group {self.sync_group}")
+        self._sync_pending = False
+
+    async def _sync_if_pending(self) -> None:
+        if self._sync_pending:
+            await self._sync()
+
+    async def _call(
+        self,
+        method: str,
+        path: str,
+        *,
+        json: Any = None,
+        query: str | None = None,
+        trans_id: str | None = None,
+    ) -> HttpResponse:
+        """One authenticated request; on 401 log in again once and repeat it."""
+        resp: HttpResponse | None = None
+        for _attempt in range(2):
+            token = await self._login()
+            headers = {"X-F5-Auth-Token": token}
+            if trans_id is not None:
+                headers["X-F5-REST-Coordination-Id"] = trans_id
+            resp = await self._http.send(method, path, json=json, headers=headers, query=query)
+            if resp.status != 401:
+                return resp
+            if self._token == token:
+                self._token = None  # expired or revoked: the next attempt logs in afresh
+        assert resp is not None
+        return resp
+
+    async def _login(self) -> str:
+        token = self._token
+        if token is not None and time.monotonic() < self._token_renew_at:
+            return token
+        attempts = self._login_attempts
+        async with self._login_lock:
+            if self._token is not None and time.monotonic() < self._token_renew_at:
+                return self._token
+            if self._login_attempts != attempts and self._login_error is not None:
+                # A login we waited for was just refused: do not try the same secret again
+                # (repeated failures lock accounts); report the same refusal.
+                error = self._login_error
+                raise type(error)(self.name, error.message) from error.__cause__
+            self._login_attempts += 1
+            try:
+                token = await self._new_token()
+            except ApplianceError as exc:
+                self._login_error = exc
+                raise
+            self._login_error = None
+            return token
+
+    async def _new_token(self) -> str:
+        """Log in (tmos provider) and keep the token until shortly before BIG-IP expires it."""
+        creds = self._credentials.load()
+        resp = await self._http.send(
+            "POST",
+            _LOGIN,
+            json={
+                "username": creds.username,
+                "password": creds.password,
+                "loginProviderName": "tmos",
+            },
+        )
+        if not _ok(resp):
+            cause = VendorError(resp.status, _message(resp.body))
+            if resp.status == 429 or resp.status >= 500:
+                raise ApplianceUnavailable(
+                    self.name, f"login: HTTP {resp.status}: {cause.message}"
+                ) from cause
+            raise ApplianceAuthError(
+                self.name, f"login as {creds.username!r} refused: {cause.message}"
+            ) from cause
+        try:
+            token_info = resp.body["token"]
+            token = str(token_info["token"])
+            lifetime = float(token_info.get("timeout", 1200))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ApplianceUnavailable(self.name, "login: no token in the answer") from exc
+        self._token = token
+        self._token_renew_at = time.monotonic() + max(lifetime - _TOKEN_MARGIN_S, lifetime / 2)
+        return token
+
+    def _raise(self, resp: HttpResponse, what: str) -> NoReturn:
+        cause = VendorError(resp.status, _message(resp.body), resp.body)
+        text = f"{what}: HTTP {resp.status}: {cause.message}"
+        if resp.status in (401, 403):
+            raise ApplianceAuthError(self.name, text) from cause
+        if resp.status == 429 or resp.status >= 500:
+            raise ApplianceUnavailable(self.name, text) from cause
+        raise ApplianceRejected(self.name, text) from cause
+
+
+# --- bodies --------------------------------------------------------------------------
+
+
+def _item(collection: str, part: str, name: str) -> str:
+    return f"{collection}/~{part}~{name}"
+
+
+def _upsert(
+    collection: str, part: str, name: str, body: dict[str, Any], exists: bool
+) -> tuple[str, str, dict[str, Any]]:
+    if exists:
+        return ("PATCH", _item(collection, part, name), body)
+    return ("POST", collection, {"name": name, "partition": part, **body})
+
+
+def _member(address: str, node: str, port: int) -> dict[str, Any]:
+    return {"name": member_name(address, port), "address": address, "description": node}
+
+
+def _pool_body(part: str, s: VirtualServer) -> dict[str, Any]:
+    return {
+        "monitor": f"/{part}/{s.name}",
+        "loadBalancingMode": "round-robin",
+        "members": [_member(m.address, m.node, s.port) for m in s.members],
+        "description": s.owner,
+    }
+
+
+def _virtual_body(part: str, s: VirtualServer) -> dict[str, Any]:
+    v6 = ":" in s.address
+    return {
+        "destination": destination(part, s.address, s.port),
+        "mask": "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff" if v6 else "255.255.255.255",
+        "ipProtocol": s.protocol.lower(),
+        "pool": f"/{part}/{s.name}",
+        "profiles": [{"name": f"/{part}/{FASTL4_PROFILE}"}],
+        # L2 DSR: the packet must reach the node with the VIP and port it was sent to.
+        "translateAddress": "disabled",
+        "translatePort": "disabled",
+        "sourceAddressTranslation": {"type": "none"},
+        "description": s.owner,
+    }
+
+
+# --- reading back --------------------------------------------------------------------
+
+
+def _translate(
+    virtuals: list[dict[str, Any]],
+    pools: list[dict[str, Any]],
+    monitors: list[dict[str, Any]],
+) -> tuple[dict[str, VirtualServer], dict[str, _Seen]]:
+    """BIG-IP objects of one partition → our virtual servers, and what exists by name."""
+    present: dict[str, _Seen] = {}
+    for kind, objects in (("virtual", virtuals), ("pool", pools), ("monitor", monitors)):
+        for obj in objects:
+            present.setdefault(str(obj.get("name", "")), _Seen(set(), None)).kinds.add(kind)
+    pools_by_path = {str(p.get("fullPath")): p for p in pools}
+    monitors_by_path = {str(m.get("fullPath")): m for m in monitors}
+    servers: dict[str, VirtualServer] = {}
+    for v in virtuals:
+        server = _virtual_server(v, pools_by_path, monitors_by_path)
+        if server is not None:
+            servers[server.name] = server
+            present[server.name].port = server.port
+    return servers, present
+
+
+def _virtual_server(
+    v: dict[str, Any],
+    pools: dict[str, dict[str, Any]],
+    monitors: dict[str, dict[str, Any]],
+) -> VirtualServer | None:
+    name = str(v.get("name", ""))
+    endpoint = parse_endpoint(str(v.get("destination", "")))
+    protocol = str(v.get("ipProtocol", "")).upper()
+    if not name or endpoint is None or protocol not in ("TCP", "UDP", "SCTP"):
+        return None  # not an L4 virtual we could have made; someone else's business
+    address, port = endpoint
+    l4: L4Protocol = protocol  # type: ignore[assignment]
+    sat = v.get("sourceAddressTranslation")
+    drifted = (
+        v.get("translateAddress") != "disabled"
+        or v.get("translatePort") != "disabled"
+        or not isinstance(sat, dict)
+        or sat.get("type", "none") != "none"
+    )
+    pool = pools.get(str(v.get("pool", "")).strip())
+    members = []
+    monitor = _DRIFTED
+    if pool is None:
+        drifted = True
+    else:
+        reference = pool.get("membersReference")
+        items = reference.get("items", []) if isinstance(reference, dict) else []
+        for item in items:
+            at = parse_endpoint(str(item.get("name", "")))
+            if at is None:
+                drifted = True
+                continue
+            if at[1] != port:
+                drifted = True  # DSR delivers to the service port; anything else is broken
+            members.append(Member(node=str(item.get("description") or at[0]), address=at[0]))
+        monitor = _monitor(str(pool.get("monitor", "")), monitors)
+    return VirtualServer(
+        name=name,
+        owner=str(v.get("description") or ""),
+        address=address,
+        port=port,
+        protocol=l4,
+        members=tuple(sorted(set(members))),
+        monitor=_DRIFTED if drifted else monitor,
+    )
+
+
+def _monitor(reference: str, monitors: dict[str, dict[str, Any]]) -> Monitor:
+    paths = _PATHS.findall(reference)
+    if len(paths) != 1 or paths[0] not in monitors:
+        return _DRIFTED
+    m = monitors[paths[0]]
+    _, _, port = str(m.get("destination", "")).rpartition(":")
+    words = str(m.get("send", "")).split()
+    if not port.isdigit() or len(words) < 2 or words[0] != "GET":
+        return _DRIFTED
+    return Monitor(port=int(port), path=words[1])

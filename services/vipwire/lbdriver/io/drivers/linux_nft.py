@@ -1,0 +1,295 @@
+"""The Linux appliance's nftables table: rendered from, and read back into, virtual servers.
+
+Pure: no I/O. One ``netdev`` table per partition, hooked on the ingress of
+the interface facing the nodes. For a packet to a VIP:port it picks a member
+by a hash of the client's address and port (so one connection always lands
+on one node), rewrites only the Ethernet header (destination: the member's
+MAC; source: the appliance's own, or the switch would learn the client's MAC
+on the appliance's port and send the replies here) and sends the frame back
+out of the same interface. The IP header is never touched: L2 DSR.
+
+The table also holds the virtual servers themselves (owner, members, monitor,
+which the data path does not need), compressed, in the comments of a chain
+that is never jumped to: the kernel is the only store, so a restarted driver
+lists exactly what is programmed. Named counters count what each virtual
+server forwarded and every packet seen coming *from* a VIP, which in DSR must
+stay zero: replies go straight from the node to the client.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import ipaddress
+import re
+import zlib
+from collections.abc import Iterable, Mapping
+from typing import Any, Final
+
+import msgspec
+
+from vipwire.contracts import port_text
+from vipwire.lbdriver.core.virtual_servers import VirtualServer
+
+TABLE_PREFIX: Final = "vipwire-"
+STATE_CHAIN: Final = "state"
+FROM_VIP: Final = "from-vip"
+"""Counter of packets whose source is one of the partition's VIPs (should stay 0)."""
+NO_MEMBER: Final = "no-member"
+"""Counter of packets to a virtual server without a reachable member (dropped)."""
+_CHUNK: Final = 96
+_STATE_VERSION: Final = 1
+_MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
+_PARTITION = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+_L4: Final = {"TCP": "tcp", "UDP": "udp", "SCTP": "sctp"}
+
+
+class Counter(msgspec.Struct, frozen=True):
+    packets: int = 0
+    bytes: int = 0
+
+
+class Listing(msgspec.Struct, frozen=True, kw_only=True):
+    """What a partition's table holds, as far as the driver reads it back."""
+
+    servers: dict[str, VirtualServer]
+    #: Named counters by counter name.
+    counters: dict[str, Counter]
+    #: Virtual servers whose data path is not what their record says (a chain or
+    #: dispatch entry missing): listed without members, so the next diff rewrites them.
+    damaged: tuple[str, ...] = ()
+
+
+class _State(msgspec.Struct, frozen=True):
+    v: int
+    servers: list[VirtualServer]
+
+
+def table_name(partition: str) -> str:
+    """The table of one partition (a cluster name, a DNS label)."""
+    if not _PARTITION.match(partition):
+        raise ValueError(f"partition {partition!r} is not a DNS label")
+    return f"{TABLE_PREFIX}{partition}"
+
+
+def object_name(server: str) -> str:
+    """Chain and counter name of a virtual server: a safe nft identifier, stable per name."""
+    return f"vs-{hashlib.sha256(server.encode()).hexdigest()[:16]}"
+
+
+def destination_clash(servers: Mapping[str, VirtualServer]) -> str | None:
+    """Two virtual servers on one destination (address, port, protocol), described; else None."""
+    seen: dict[tuple[str, int, str], str] = {}
+    for name in sorted(servers):
+        s = servers[name]
+        key = (ipaddress.ip_address(s.address).compressed, s.port, s.protocol)
+        if key in seen:
+            where = f"{s.address}:{port_text(s.port, s.protocol)}"
+            return f"destination {where} is served by {seen[key]!r} and {name!r}"
+        seen[key] = name
+    return None
+
+
+# --- rendering ---------------------------------------------------------------------
+
+
+def render_partition(
+    *,
+    table: str,
+    device: str,
+    mac: str,
+    servers: Mapping[str, VirtualServer],
+    macs: Mapping[str, str],
+    counters: Mapping[str, Counter] | None = None,
+) -> str:
+    """One ``nft -f`` transaction replacing the partition's table atomically.
+
+    ``servers`` are as programmed: every member must have a MAC in ``macs``
+    (by member address). ``counters`` carry the previous values over.
+    """
+    counters = counters or {}
+    _check_mac(mac)
+    ordered = [servers[name] for name in sorted(servers)]
+    by_family: dict[int, list[VirtualServer]] = {4: [], 6: []}
+    for server in ordered:
+        by_family[ipaddress.ip_address(server.address).version].append(server)
+    lines = [
+        f"table netdev {table}",
+        f"delete table netdev {table}",
+        f"table netdev {table} {{",
+        *_counter(FROM_VIP, counters),
+        *_counter(NO_MEMBER, counters),
+        *(line for s in ordered for line in _counter(object_name(s.name), counters)),
+        *_set("vips4", "ipv4_addr", _unique(s.address for s in by_family[4])),
+        *_set("vips6", "ipv6_addr", _unique(s.address for s in by_family[6])),
+        *_dispatch("dispatch4", "ipv4_addr", by_family[4]),
+        *_dispatch("dispatch6", "ipv6_addr", by_family[6]),
+        "\tchain ingress {",
+        f'\t\ttype filter hook ingress device "{device}" priority filter; policy accept;',
+        f'\t\tip saddr @vips4 counter name "{FROM_VIP}"',
+        f'\t\tip6 saddr @vips6 counter name "{FROM_VIP}"',
+        "\t\tip daddr . meta l4proto . th dport vmap @dispatch4",
+        "\t\tip6 daddr . meta l4proto . th dport vmap @dispatch6",
+        "\t}",
+    ]
+    for server in ordered:
+        lines += [
+            f"\tchain {object_name(server.name)} {{",
+            f"\t\t{_forward(server, device=device, mac=mac, macs=macs)}",
+            "\t}",
+        ]
+    lines += [f"\tchain {STATE_CHAIN} {{"]
+    lines += [f'\t\taccept comment "{chunk}"' for chunk in encode_state(ordered)]
+    lines += ["\t}", "}"]
+    return "\n".join(lines) + "\n"
+
+
+def _forward(server: VirtualServer, *, device: str, mac: str, macs: Mapping[str, str]) -> str:
+    comment = f'comment "{_comment(server.name)}"'
+    members = sorted(server.members)
+    if not members:
+        return f'counter name "{NO_MEMBER}" drop {comment}'
+    targets = []
+    for member in members:
+        target = macs.get(ipaddress.ip_address(member.address).compressed)
+        if target is None:
+            raise ValueError(f"{server.name}: no MAC address for member {member.address}")
+        targets.append(_check_mac(target))
+    if len(targets) == 1:
+        choose = targets[0]
+    else:
+        l3 = "ip" if ipaddress.ip_address(server.address).version == 4 else "ip6"
+        l4 = _L4[server.protocol]
+        pairs = ", ".join(f"{i} : {t}" for i, t in enumerate(targets))
+        # Client address and port: every packet of a connection goes to one node.
+        choose = f"jhash {l3} saddr . {l4} sport mod {len(targets)} map {{ {pairs} }}"
+    return (
+        f"ether saddr set {mac} ether daddr set {choose} "
+        f'counter name "{object_name(server.name)}" fwd to "{device}" {comment}'
+    )
+
+
+def _counter(name: str, counters: Mapping[str, Counter]) -> list[str]:
+    c = counters.get(name, Counter())
+    return [f"\tcounter {name} {{ packets {c.packets} bytes {c.bytes} }}"]
+
+
+def _set(name: str, kind: str, elements: list[str]) -> list[str]:
+    body = [f"\t\telements = {{ {', '.join(elements)} }}"] if elements else []
+    return [f"\tset {name} {{", f"\t\ttype {kind}", *body, "\t}"]
+
+
+def _dispatch(name: str, kind: str, servers: list[VirtualServer]) -> list[str]:
+    elements = [
+        f"{ipaddress.ip_address(s.address).compressed} . {_L4[s.protocol]} . {s.port} : "
+        f"jump {object_name(s.name)}"
+        for s in servers
+    ]
+    body = [f"\t\telements = {{ {', '.join(elements)} }}"] if elements else []
+    return [
+        f"\tmap {name} {{",
+        f"\t\ttype {kind} . inet_proto . inet_service : verdict",
+        *body,
+        "\t}",
+    ]
+
+
+def _unique(values: Iterable[str]) -> list[str]:
+    return list(dict.fromkeys(ipaddress.ip_address(v).compressed for v in values))
+
+
+def _comment(text: str) -> str:
+    # nft strings have no escapes; a comment holds at most 128 characters.
+    return text.replace('"', "'").replace("\\", "/")[:128]
+
+
+def _check_mac(mac: str) -> str:
+    if not _MAC.match(mac):
+        raise ValueError(f"{mac!r} is not a MAC address (lower-case, colon-separated)")
+    return mac
+
+
+def encode_state(servers: Iterable[VirtualServer]) -> list[str]:
+    """The virtual servers as comment-sized chunks, numbered so their order is checked."""
+    state = _State(v=_STATE_VERSION, servers=sorted(servers, key=lambda s: s.name))
+    blob = base64.b64encode(zlib.compress(msgspec.json.encode(state), 9)).decode()
+    return [f"{i:05d} {blob[at : at + _CHUNK]}" for i, at in enumerate(range(0, len(blob), _CHUNK))]
+
+
+def decode_state(chunks: Iterable[str]) -> dict[str, VirtualServer]:
+    """Inverse of :func:`encode_state`; ValueError if chunks are missing or garbled."""
+    parts: list[tuple[int, str]] = []
+    for chunk in chunks:
+        seq, _, data = chunk.partition(" ")
+        parts.append((int(seq), data))
+    parts.sort()
+    if [seq for seq, _ in parts] != list(range(len(parts))):
+        raise ValueError("state chunks are missing")
+    if not parts:
+        return {}
+    try:
+        raw = zlib.decompress(base64.b64decode("".join(data for _, data in parts)))
+        state = msgspec.json.decode(raw, type=_State)
+    except (zlib.error, msgspec.DecodeError, ValueError) as exc:
+        raise ValueError(f"state is garbled: {exc}") from exc
+    if state.v != _STATE_VERSION:
+        raise ValueError(f"state version {state.v} is not {_STATE_VERSION}")
+    return {s.name: s for s in state.servers}
+
+
+# --- reading back ------------------------------------------------------------------
+
+
+def parse_listing(document: Any, table: str) -> Listing:
+    """``nft -j list table netdev <table>`` output as a :class:`Listing`; ValueError if garbled."""
+    try:
+        items = document["nftables"]
+    except (KeyError, TypeError) as exc:
+        raise ValueError("not an nft JSON listing") from exc
+    chunks: list[str] = []
+    counters: dict[str, Counter] = {}
+    chains: set[str] = set()
+    dispatch: dict[tuple[str, str, int], str] = {}
+    for item in items:
+        if not isinstance(item, dict):
+            continue
+        if "counter" in item:
+            c = item["counter"]
+            if c.get("table") == table:
+                counters[c["name"]] = Counter(int(c.get("packets", 0)), int(c.get("bytes", 0)))
+        elif "chain" in item:
+            if item["chain"].get("table") == table:
+                chains.add(item["chain"]["name"])
+        elif "map" in item:
+            m = item["map"]
+            if m.get("table") == table and m.get("name") in ("dispatch4", "dispatch6"):
+                dispatch.update(_dispatch_elements(m.get("elem") or []))
+        elif "rule" in item:
+            r = item["rule"]
+            if r.get("table") == table and r.get("chain") == STATE_CHAIN and "comment" in r:
+                chunks.append(str(r["comment"]))
+    servers = decode_state(chunks)
+    damaged = []
+    for name, server in servers.items():
+        key = (
+            ipaddress.ip_address(server.address).compressed,
+            _L4[server.protocol],
+            server.port,
+        )
+        if object_name(name) not in chains or dispatch.get(key) != object_name(name):
+            damaged.append(name)
+            servers[name] = msgspec.structs.replace(server, members=())
+    return Listing(servers=servers, counters=counters, damaged=tuple(sorted(damaged)))
+
+
+def _dispatch_elements(elements: list[Any]) -> dict[tuple[str, str, int], str]:
+    found: dict[tuple[str, str, int], str] = {}
+    for element in elements:
+        try:
+            key, verdict = element
+            address, proto, port = key["concat"]
+            target = verdict["jump"]["target"]
+            found[(ipaddress.ip_address(address).compressed, str(proto), int(port))] = target
+        except (KeyError, TypeError, ValueError):
+            continue
+    return found

@@ -1,0 +1,282 @@
+"""Reconciles: make an appliance hold what a Service needs now, and report it.
+
+A reconcile is always "make the appliance hold what the Service needs now",
+whatever triggered it; a failed one is retried by us with backoff and jitter
+(the bus message was acknowledged long ago: state, not messages, is what we
+retry, and a restart rebuilds it from the stream). What the Service needs,
+the writes that get there and what is reported are decided in the core
+(``inventory``, ``diff``, ``outcomes``); this module lists, writes and publishes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import Mapping
+
+from opentelemetry import trace
+from opentelemetry.context import Context
+from opentelemetry.trace import Link
+
+from vipwire.aio import cancel_and_wait
+from vipwire.contracts import LbMessage, ServiceRef, encode
+from vipwire.lbdriver.core.coalesce import Flush
+from vipwire.lbdriver.core.desired import InvalidAssignment, owner_of
+from vipwire.lbdriver.core.diff import diff
+from vipwire.lbdriver.core.drift import owned_scope
+from vipwire.lbdriver.core.inventory import Inventory
+from vipwire.lbdriver.core.outcomes import (
+    Assignment,
+    Explanation,
+    appliance_failure,
+    failure,
+    failure_is_news,
+    fingerprint,
+    invalid_assignment,
+    message_id,
+    outcome,
+    success_is_news,
+    unknown_group,
+)
+from vipwire.lbdriver.core.resilience import backoff_delay
+from vipwire.lbdriver.io.adoption import StartUp
+from vipwire.lbdriver.io.appliance_client import ApplianceClient, CircuitOpen
+from vipwire.lbdriver.io.drivers import ApplianceAuthError, ApplianceError
+from vipwire.lbdriver.io.failover import Failover
+from vipwire.lbdriver.io.schedule import Cause, Schedule
+from vipwire.lbdriver.settings import LbdriverSettings
+from vipwire.runtime import Runtime
+
+log = logging.getLogger("vipwire.lbdriver")
+
+
+def explain(exc: ApplianceError) -> Explanation:
+    """The reason and message to publish for a failed call.
+
+    A call refused by an open breaker reports the failure that opened it, so a
+    Service's status keeps the appliance's own reason (and stays unchanged,
+    hence is not republished, while the breaker is open).
+    """
+    error = exc.last if isinstance(exc, CircuitOpen) and exc.last is not None else exc
+    refused = error.appliance if isinstance(error, ApplianceAuthError) else None
+    return appliance_failure(error.reason, str(error), credentials_of=refused)
+
+
+class Reconciler:
+    """Runs the schedule's due reconciles, each in its own task and span."""
+
+    def __init__(
+        self,
+        settings: LbdriverSettings,
+        runtime: Runtime,
+        *,
+        inventory: Inventory,
+        schedule: Schedule,
+        clients: Mapping[str, ApplianceClient],
+        failover: Failover,
+        start_up: StartUp,
+        incarnation: str,
+    ) -> None:
+        self.settings = settings
+        self.runtime = runtime
+        self._inventory = inventory
+        self._schedule = schedule
+        self._clients = clients
+        self._failover = failover
+        self._start_up = start_up
+        self._incarnation = incarnation
+        self._rng = random.Random()
+        self._inflight: set[asyncio.Task[None]] = set()
+        self._m_reconciles = runtime.metrics.counter(
+            "lbdriver_reconciles_total",
+            "Service reconciles, by result (written, unchanged, failed)",
+            ["result"],
+        )
+
+    async def run(self) -> None:
+        """Start every reconcile when it falls due, for ever."""
+        coalescer, wake = self._schedule.coalescer, self._schedule.wake
+        while True:
+            wake.clear()
+            for key, flush in coalescer.take_due(time.monotonic()):
+                task = asyncio.create_task(self._run(key, flush), name=f"reconcile {key}")
+                self._inflight.add(task)
+                task.add_done_callback(self._inflight.discard)
+            due = coalescer.next_due()
+            timeout = None if due is None else max(0.0, due - time.monotonic())
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout):
+                    await wake.wait()
+
+    async def drain(self, grace_s: float) -> None:
+        """Let reconciles in flight finish for up to ``grace_s``, then cancel them.
+
+        A reconcile cut short leaves nothing wrong behind (a restart redoes it),
+        but one finished is one fewer write for the next instance.
+        """
+        if self._inflight:
+            _, late = await asyncio.wait(set(self._inflight), timeout=grace_s)
+            await cancel_and_wait(late)
+
+    async def _run(self, key: ServiceRef, flush: Flush[Cause]) -> None:
+        """One reconcile of one Service, in its own span, retried by schedule if it fails."""
+        cause = flush.cause
+        links = [
+            Link(span)
+            for c in flush.causes
+            if c is not cause
+            and c.context is not None
+            and (span := trace.get_current_span(c.context).get_span_context()).is_valid
+        ]
+        state = self._inventory.services.get(key)
+        if state is not None:
+            state.generation += 1
+        result: BaseException | None
+        try:
+            with self.runtime.tracer.start_as_current_span(
+                "reconcile",
+                context=cause.context if cause.context is not None else Context(),
+                links=links,
+                attributes={
+                    "vipwire.cluster": key.cluster,
+                    "k8s.namespace.name": key.namespace,
+                    "k8s.service.name": key.name,
+                    "vipwire.trigger": cause.trigger,
+                    "vipwire.coalesced_events": flush.events,
+                },
+            ):
+                result = await self.reconcile(key, cause, force=flush.force)
+        except Exception as exc:
+            log.exception("reconcile of %s/%s/%s failed", *key)
+            result = exc
+        finally:
+            now = time.monotonic()
+            self._schedule.coalescer.done(key, now)
+            self._start_up.finished(key)
+        state = self._inventory.services.get(key)
+        if state is None:
+            pass
+        elif result is None:
+            state.attempts = 0
+        else:
+            state.healthy = False
+            state.attempts += 1
+            attempt = state.attempts
+            delay = backoff_delay(
+                attempt,
+                initial=self.settings.retry_initial_s,
+                maximum=self.settings.retry_max_s,
+                jitter=self.settings.retry_jitter,
+                rand=self._rng.random(),
+            )
+            self._schedule.coalescer.retry(key, now, delay, flush)
+        self._schedule.wake.set()
+
+    async def reconcile(
+        self, key: ServiceRef, cause: Cause, *, force: bool
+    ) -> ApplianceError | None:
+        """Make the appliance hold exactly what the Service needs now; report it.
+
+        Returns the appliance error that stopped it (already reported as
+        LbFailed), or None. Raises on anything else (a bus failure).
+        """
+        state = self._inventory.services.get(key)
+        if state is None:
+            return None
+        assignment = state.assignment
+        target = self._failover.target(assignment.appliance_group)
+        if target is None:
+            # Not retried: only a configuration change (and so a restart) can help.
+            state.healthy = False
+            why = unknown_group(assignment.appliance_group)
+            await self._report_failure(key, assignment, cause, force=force, appliance="", why=why)
+            return None
+        client = self._clients[target]
+        owner = owner_of(*key)
+        try:
+            desired = self._inventory.desired(key, assignment)
+        except InvalidAssignment as exc:
+            state.healthy = False
+            why = invalid_assignment(exc)
+            await self._report_failure(
+                key, assignment, cause, force=force, appliance=target, why=why
+            )
+            return None
+        partition = key.cluster
+        try:
+            # The listing is not held across the write: every write makes a new one,
+            # and in a burst hundreds of writes wait, each holding its own copy.
+            scope = owned_scope(await client.actual(partition), owner, desired)
+            ops = diff(desired, scope, self.settings.prefix)
+            if ops:
+                await client.apply(partition, ops)
+        except ApplianceError as exc:
+            self._m_reconciles.inc(result="failed")
+            why = explain(exc)
+            client.note_error(f"{why.reason}: {why.message}")
+            level = logging.DEBUG if isinstance(exc, CircuitOpen) else logging.WARNING
+            log.log(level, "programming %s on %s failed: %s", owner, target, exc)
+            await self._report_failure(
+                key, assignment, cause, force=force, appliance=target, why=why
+            )
+            return exc
+        state = self._inventory.note_written(key, target, desired)
+        if state is None:
+            return None  # released meanwhile: nothing left to report about it
+        self._m_reconciles.inc(result="written" if ops else "unchanged")
+        if ops:
+            log.info("%s on %s/%s: %d operation(s)", owner, target, partition, len(ops))
+        result = outcome(key, assignment, target, desired)
+        stamp = fingerprint(encode(result))
+        answered = force and self._inventory.answered_after(key, cause.seq)
+        if success_is_news(state.published, stamp, force=force, answered=answered):
+            await self._publish(key, result, stamp, cause)
+        return None
+
+    async def _report_failure(
+        self,
+        key: ServiceRef,
+        assignment: Assignment,
+        cause: Cause,
+        *,
+        force: bool,
+        appliance: str,
+        why: Explanation,
+    ) -> None:
+        failed = failure(key, assignment, appliance, why)
+        stamp = fingerprint(encode(failed))
+        state = self._inventory.services.get(key)
+        if failure_is_news(
+            None if state is None else state.published,
+            stamp,
+            known=state is not None,
+            force=force,
+            ready=self._start_up.ready,
+            answered=self._inventory.answered_after(key, cause.seq),
+        ):
+            await self._publish(key, failed, stamp, cause)
+
+    async def _publish(
+        self, key: ServiceRef, message: LbMessage, stamp: bytes, cause: Cause
+    ) -> None:
+        state = self._inventory.services.get(key)
+        count = state.publishes if state is not None else 0
+        msg_id = message_id(
+            key,
+            cause_subject=cause.subject,
+            cause_seq=cause.seq,
+            cause_family=cause.family,
+            incarnation=self._incarnation,
+            count=count,
+            stamp=stamp,
+        )
+        seq = await self.runtime.bus.publish(message, msg_id=msg_id)
+        state = self._inventory.services.get(key)
+        if state is not None:
+            state.publishes = count + 1
+            state.published = stamp
+        if not self._start_up.ready:
+            self._inventory.reports[key] = (stamp, seq)  # the stream's last word now

@@ -1,0 +1,196 @@
+"""The ``vipwire.io/Ready`` condition: what it says, given what the bus said.
+
+Pure: no I/O, no clock (the time of a transition is passed in).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any, Final, Literal
+
+import msgspec
+
+from vipwire.contracts import (
+    LbFailed,
+    LbMessage,
+    LbProgrammed,
+    VipAssigned,
+    VipFailed,
+    VipMessage,
+)
+from vipwire.watcher.core.bus_view import BusView
+from vipwire.watcher.core.translate import Obj
+
+Gate = Literal["none", "any", "all"]
+
+#: The type of our condition in ``status.conditions``.
+READY: Final = "vipwire.io/Ready"
+INVALID: Final = "InvalidService"
+_MESSAGE_LIMIT: Final = 32768  # metav1.Condition.message
+
+
+def gate_satisfied(
+    programmed: LbProgrammed,
+    applied: Mapping[str, frozenset[str]],
+    gate: Gate,
+) -> bool:
+    """Whether the node agents have applied the VIPs, as the gate demands.
+
+    The nodes that must have them are the members the appliance sends
+    traffic to; without members no traffic can flow, so no gate but
+    ``none`` is satisfied.
+    """
+    if gate == "none":
+        return True
+    nodes = {m.node for m in programmed.members}
+    if not nodes:
+        return False
+    vips = set(programmed.vips)
+    serving = [vips <= applied.get(node, frozenset()) for node in sorted(nodes)]
+    return any(serving) if gate == "any" else all(serving)
+
+
+_REASON: Final = re.compile(r"[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?")
+
+
+def _reason(text: str, default: str) -> str:
+    """A condition reason the API accepts (CamelCase, at most 1024), else ``default``."""
+    return text if len(text) <= 1024 and _REASON.fullmatch(text) else default
+
+
+class Condition(msgspec.Struct, frozen=True, kw_only=True):
+    """Our condition, without its transition time."""
+
+    status: Literal["True", "False", "Unknown"]
+    reason: str
+    message: str
+
+
+def _programmed_message(lb: LbProgrammed) -> str:
+    # No member count: it changes with every endpoint move, and each change
+    # would cost a status write.
+    return f"{', '.join(lb.vips)} programmed on appliance {lb.appliance}"
+
+
+def appliance_message(lb: LbFailed) -> str:
+    where = f"appliance {lb.appliance}: " if lb.appliance else ""
+    return f"{where}{lb.reason}: {lb.message}"
+
+
+def readiness(
+    view: BusView,
+    service_uid: str,
+    *,
+    applied: Mapping[str, frozenset[str]],
+    gate: Gate,
+) -> Condition | None:
+    """The condition the latest outcome calls for; None: it says nothing new.
+
+    The later (by stream sequence) of the Service's ``vip`` and ``lb``
+    messages decides. ipam answers a refused change with VipFailed and then
+    repeats the VipAssigned it keeps serving: that failure still stands.
+    """
+    vip = view.vip if view.vip is not None and view.vip.uid == service_uid else None
+    lb = view.lb if view.lb is not None and view.lb.uid == service_uid else None
+    latest: VipMessage | LbMessage | None = lb if view.lb_seq > view.vip_seq else vip
+    if latest is None:
+        latest = vip or lb
+    match latest:
+        case LbProgrammed():
+            if gate_satisfied(latest, applied, gate):
+                return Condition(
+                    status="True",
+                    reason="LoadBalancerProgrammed",
+                    message=_programmed_message(latest),
+                )
+            return None
+        case LbFailed(removing=False):
+            return Condition(
+                status="False", reason="ApplianceFailed", message=appliance_message(latest)
+            )
+        case LbFailed(removing=True):
+            return Condition(
+                status="False", reason="CleanupBlocked", message=appliance_message(latest)
+            )
+        case VipFailed():
+            return Condition(
+                status="False",
+                reason=_reason(latest.reason, "AllocationFailed"),
+                message=latest.message,
+            )
+        case VipAssigned():
+            kept = view.vip_before
+            if isinstance(kept, VipFailed) and kept.uid == service_uid:
+                return Condition(
+                    status="False",
+                    reason=_reason(kept.reason, "AllocationFailed"),
+                    message=kept.message,
+                )
+            if (
+                isinstance(lb, LbProgrammed)
+                and set(lb.vips) == set(latest.vips)
+                and gate_satisfied(lb, applied, gate)
+            ):
+                return Condition(
+                    status="True", reason="LoadBalancerProgrammed", message=_programmed_message(lb)
+                )
+            return None
+        case _:
+            return None
+
+
+def _conditions(service: Obj) -> list[dict[str, Any]]:
+    raw = (service.get("status") or {}).get("conditions")
+    return [c for c in raw if isinstance(c, dict)] if isinstance(raw, list) else []
+
+
+def current_condition(service: Obj) -> Condition | None:
+    for entry in _conditions(service):
+        if entry.get("type") == READY:
+            status = entry.get("status")
+            return Condition(
+                status=status if status in ("True", "False") else "Unknown",
+                reason=str(entry.get("reason") or ""),
+                message=str(entry.get("message") or ""),
+            )
+    return None
+
+
+def clip(text: str, limit: int) -> str:
+    data = text.encode()
+    if len(data) <= limit:
+        return text
+    return data[: limit - 3].decode("utf-8", "ignore") + "..."
+
+
+def conditions_with(service: Obj, wanted: Condition | None, now: str) -> list[dict[str, Any]]:
+    """``status.conditions`` with ours set to ``wanted`` (None: removed), others untouched.
+
+    ``lastTransitionTime`` moves only when the status does, as the API's
+    conventions ask.
+    """
+    out: list[dict[str, Any]] = []
+    placed = False
+    for entry in _conditions(service):
+        if entry.get("type") != READY:
+            out.append(entry)
+            continue
+        if wanted is None or placed:
+            continue
+        placed = True
+        moved = entry.get("status") != wanted.status or not entry.get("lastTransitionTime")
+        out.append(_condition_entry(wanted, now if moved else str(entry["lastTransitionTime"])))
+    if wanted is not None and not placed:
+        out.append(_condition_entry(wanted, now))
+    return out
+
+
+def _condition_entry(condition: Condition, since: str) -> dict[str, Any]:
+    return {
+        "type": READY,
+        "status": condition.status,
+        "reason": condition.reason,
+        "message": clip(condition.message, _MESSAGE_LIMIT),
+        "lastTransitionTime": since,
+    }

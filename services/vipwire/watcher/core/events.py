@@ -1,0 +1,207 @@
+"""Which Events a Service gets, and what they say.
+
+Pure: no I/O, no clock (the event time is passed in). An Event is named for
+what it says, so that a repeat lands on the same Event and counts in its
+series instead of making one more.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any, Final, Literal
+
+import msgspec
+
+from vipwire.contracts import (
+    LbFailed,
+    LbMessage,
+    LbProgrammed,
+    VipAssigned,
+    VipFailed,
+    VipMessage,
+    VipReleased,
+    port_text,
+)
+from vipwire.watcher.core.condition import INVALID, appliance_message, clip
+from vipwire.watcher.core.translate import Obj, metadata, resource_version, uid
+
+REPORTING_CONTROLLER: Final = "vipwire.io/watcher"
+#: On an Event we wrote: the cause (bus subject and sequence) it last counted.
+CAUSE_ANNOTATION: Final = "vipwire.io/cause"
+_NOTE_LIMIT: Final = 1024  # events.k8s.io/v1 rejects a longer note
+_FIELD_LIMIT: Final = 128  # reason, action, reportingInstance
+
+
+class EventSpec(msgspec.Struct, frozen=True, kw_only=True):
+    """An Event to emit about a Service (``note`` without the trace id)."""
+
+    type: Literal["Normal", "Warning"]
+    reason: str
+    action: str
+    note: str
+
+
+def event_for(
+    message: VipMessage | LbMessage, *, before: VipMessage | LbMessage | None
+) -> EventSpec | None:
+    """The Event a bus message calls for, if any.
+
+    ``before`` is what the message's subject said before it: an allocation or
+    a programming is announced when it first succeeds or its VIPs change, not
+    on every repetition or change of members.
+    """
+    if isinstance(message, VipFailed):
+        return EventSpec(
+            type="Warning",
+            reason=message.reason or "AllocationFailed",
+            action="AllocateVIP",
+            note=message.message,
+        )
+    if isinstance(message, VipAssigned):
+        if isinstance(before, VipAssigned) and (before.uid, before.vips) == (
+            message.uid,
+            message.vips,
+        ):
+            return None
+        if isinstance(before, VipFailed) and before.uid == message.uid:
+            return None  # ipam repeating what it keeps after refusing a change
+        return EventSpec(
+            type="Normal",
+            reason="IPAllocated",
+            action="AllocateVIP",
+            note=(
+                f"{', '.join(message.vips)} allocated from pool {message.pool} "
+                f"(appliance group {message.appliance_group})"
+            ),
+        )
+    if isinstance(message, VipReleased):
+        if not message.vips:
+            return None
+        return EventSpec(
+            type="Normal",
+            reason="IPReleased",
+            action="ReleaseVIP",
+            note=f"{', '.join(message.vips)} released: removed from the appliance and free again",
+        )
+    if isinstance(message, LbFailed):
+        removing = message.removing
+        return EventSpec(
+            type="Warning",
+            reason="CleanupBlocked" if removing else "ApplianceFailed",
+            action="RemoveVirtualServers" if removing else "ProgramVirtualServers",
+            note=appliance_message(message)
+            + ("; the finalizer stays until the appliance lets go" if removing else ""),
+        )
+    if isinstance(message, LbProgrammed):
+        if (
+            isinstance(before, LbProgrammed)
+            and before.uid == message.uid
+            and before.vips == message.vips
+        ):
+            return None
+        ports = ", ".join(port_text(p.port, p.protocol) for p in message.ports) or "no ports"
+        return EventSpec(
+            type="Normal",
+            reason="LoadBalancerProgrammed",
+            action="ProgramVirtualServers",
+            note=(
+                f"{', '.join(message.vips)} ({ports}) programmed on appliance "
+                f"{message.appliance} with {len(message.members)} member node(s)"
+            ),
+        )
+    return None
+
+
+def invalid_event(note: str) -> EventSpec:
+    return EventSpec(type="Warning", reason=INVALID, action="ValidateService", note=note)
+
+
+def event_name(service_name: str, service_uid: str, spec: EventSpec) -> str:
+    """Fixed by what the Event says, so repeats of it land on one Event as a series."""
+    what = "\x00".join((service_uid, spec.type, spec.reason, spec.action, spec.note))
+    return f"{service_name}.{hashlib.sha256(what.encode()).hexdigest()[:16]}"
+
+
+def _note(spec: EventSpec, trace_id: str | None) -> str:
+    suffix = f" (trace {trace_id})" if trace_id else ""
+    return clip(spec.note, _NOTE_LIMIT - len(suffix.encode())) + suffix
+
+
+def event_object(
+    spec: EventSpec,
+    service: Obj,
+    *,
+    name: str,
+    event_time: str,
+    instance: str,
+    cause: str,
+    trace_id: str | None = None,
+) -> dict[str, Any]:
+    """An events.k8s.io/v1 Event about ``service``, with every field the API requires.
+
+    ``event_time`` is a MicroTime (RFC 3339 with microseconds). The note
+    ends with the trace id of the change, so the Event leads to its trace.
+    """
+    meta = metadata(service)
+    namespace = str(meta.get("namespace") or "")
+    regarding = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "namespace": namespace,
+        "name": str(meta.get("name") or ""),
+        "uid": uid(service),
+    }
+    rv = resource_version(service)
+    if rv:
+        regarding["resourceVersion"] = rv
+    return {
+        "apiVersion": "events.k8s.io/v1",
+        "kind": "Event",
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "annotations": {CAUSE_ANNOTATION: cause},
+        },
+        "eventTime": event_time,
+        "reportingController": REPORTING_CONTROLLER,
+        "reportingInstance": clip(instance, _FIELD_LIMIT),
+        "action": clip(spec.action, _FIELD_LIMIT),
+        "reason": clip(spec.reason, _FIELD_LIMIT),
+        "regarding": regarding,
+        "note": _note(spec, trace_id),
+        "type": spec.type,
+    }
+
+
+def series_patch(existing: Obj, *, cause: str, now: str) -> dict[str, Any] | None:
+    """Merge patch counting one more occurrence of an Event; None if ``cause`` was counted.
+
+    The API wants ``series.count`` to be at least 2 (the first occurrence is
+    the Event itself) and every other field left as created. The cause
+    recorded on the Event makes a redelivery (or a new leader replaying
+    the bus) count nothing twice.
+    """
+    meta = metadata(existing)
+    annotations = meta.get("annotations") or {}
+    if isinstance(annotations, dict) and annotations.get(CAUSE_ANNOTATION) == cause:
+        return None
+    series = existing.get("series")
+    count = series.get("count") if isinstance(series, dict) else None
+    next_count = count + 1 if isinstance(count, int) and count >= 2 else 2
+    return {
+        "metadata": {
+            "annotations": {CAUSE_ANNOTATION: cause},
+            "resourceVersion": resource_version(existing),
+        },
+        "series": {"count": next_count, "lastObservedTime": now},
+    }
+
+
+def refused_event(reason_text: str) -> EventSpec:
+    """The Warning Event for a status write the API server refused as invalid."""
+    return EventSpec(
+        type="Warning",
+        reason="StatusWriteRefused",
+        action="WriteStatus",
+        note=f"the API server refused the status vipwire wrote: {reason_text}",
+    )

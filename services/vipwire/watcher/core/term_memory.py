@@ -1,0 +1,375 @@
+"""What one term of the watcher remembers: what was published, and what the rest said.
+
+Pure: no I/O, no clock, no asyncio. A term (see :mod:`vipwire.watcher.service`)
+starts empty and fills this from the replay of the bus, then from its own
+publishes and the live messages. Two things make it more than a few dicts:
+
+- Every entry keeps the stream sequence of the message it holds, and a
+  message older than the one held changes nothing: the bus redelivers, and
+  the replay of our own families may come back after we published anew.
+- The end of an object (a ServiceGone, a NodeGone) is a *tombstone*: its
+  entry is dropped only once the end came back to us and the object is
+  absent from the cluster (``absent``: the reflector has listed and does not
+  hold it). When our own publish has not recorded the end yet (it came back
+  first), the sequence of the end is remembered, so that the late record of
+  an older message cannot bring the entry back.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+from collections.abc import Iterable, Mapping
+from typing import Any, Generic, Literal, NamedTuple, TypeVar
+
+import msgspec
+
+from vipwire.contracts import (
+    LbMessage,
+    LbProgrammed,
+    Message,
+    NodeGone,
+    NodeSnapshot,
+    ServiceGone,
+    ServiceSnapshot,
+    VipAssigned,
+    VipMessage,
+)
+from vipwire.watcher.core.bus_view import BusView, before, observe, superseded
+from vipwire.watcher.core.events import EventSpec
+from vipwire.watcher.core.packed import PackedDict
+from vipwire.watcher.core.translate import SliceEndpoints, service_fingerprint
+
+M = TypeVar("M", bound=Message)
+
+#: Our families whose end is a tombstone (endpoints end with their Service).
+Family = Literal["service", "node"]
+
+#: The families whose messages may call for an Event, in the order they are emitted.
+EVENT_FAMILIES: tuple[str, ...] = ("vip", "lb")
+
+
+def message_fingerprint(message: Message) -> bytes:
+    """16 bytes that tell two messages apart (their encoding is canonical)."""
+    return hashlib.blake2b(msgspec.json.encode(message), digest_size=16).digest()
+
+
+def compact(message: VipMessage | LbMessage, *, gating: bool) -> VipMessage | LbMessage:
+    """The message as kept in a view: without what no decision reads of it.
+
+    Ports are for Events, which are made of the message as delivered; members
+    (an LbProgrammed of a 50-node cluster lists 50) only a status gate reads.
+    """
+    if isinstance(message, VipAssigned):
+        return msgspec.structs.replace(message, ports=())
+    if isinstance(message, LbProgrammed):
+        return msgspec.structs.replace(message, ports=(), members=message.members if gating else ())
+    return message
+
+
+class Published(msgspec.Struct, Generic[M], kw_only=True):
+    """The last message on one of our Node subjects."""
+
+    message: M
+    seq: int
+
+
+class ServiceRecord(msgspec.Struct, kw_only=True, gc=False):
+    """What we keep of the last message on a Service's subject (one per Service, so
+    not the snapshot itself): whose Service it was, and enough to tell whether a
+    new snapshot says anything new."""
+
+    seq: int
+    uid: str
+    #: :func:`~vipwire.watcher.core.translate.service_fingerprint` of a
+    #: ServiceSnapshot; None: the subject ended with a ServiceGone.
+    fingerprint: bytes | None
+    deleting: bool = False
+    #: Sequence of the last snapshot that was not ``deleting``.
+    live_seq: int = 0
+
+    @property
+    def live(self) -> bool:
+        """A snapshot of a Service we serve (not ending, not gone)."""
+        return self.fingerprint is not None and not self.deleting
+
+
+class DeferredEvent(msgspec.Struct, kw_only=True):
+    """An Event called for by a message that arrived before its Service was known."""
+
+    spec: EventSpec
+    uid: str
+    cause: str
+    trace_id: str | None
+    #: Called for by the replay at the start of a term (not a live message).
+    replayed: bool = False
+
+
+class Observation(NamedTuple):
+    """What a ``vip`` or ``lb`` delivery did to the view of its Service."""
+
+    #: False: a redelivery overtaken by a newer message on its subject (ignore it).
+    fresh: bool
+    #: What the message's subject said before it (judges its Event).
+    before: VipMessage | LbMessage | None
+
+
+class TermMemory:
+    """Everything one term knows, keyed by subject key (``namespace/name`` or node).
+
+    ``gating``: a status gate is configured, so the node agents' reports and
+    the members of each LbProgrammed matter.
+    """
+
+    def __init__(self, *, gating: bool) -> None:
+        self.gating = gating
+        # What we (or a predecessor) last published, per subject key.
+        self.services: dict[str, ServiceRecord] = {}
+        # Of endpoints only equality is asked: (sequence, fingerprint) instead of the snapshot.
+        self.endpoints: dict[str, tuple[int, bytes]] = {}
+        self.nodes: dict[str, Published[NodeSnapshot | NodeGone]] = {}
+        # What the rest of the system said.
+        self.views: PackedDict[BusView] = PackedDict(BusView)
+        self.applied: dict[str, frozenset[str]] = {}
+        self.applied_seq: dict[str, int] = {}
+        # With a status gate: the member nodes of each Service's LbProgrammed, so that a
+        # node's report finds the Services it may open without decoding every view.
+        self.gated: dict[str, frozenset[str]] = {}
+        # Service -> its EndpointSlices (a tuple: nearly always one).
+        self.slice_index: dict[str, tuple[str, ...]] = {}
+        # Services found invalid: key -> (uid, problems) last reported.
+        self.invalid: dict[str, tuple[str, tuple[str, ...]]] = {}
+        self.deferred: dict[str, DeferredEvent] = {}
+        # (family, key) -> sequence of the end message after which an entry was dropped.
+        self._ended: dict[tuple[Family, str], int] = {}
+
+    # --- our own subjects -------------------------------------------------------------
+
+    def _current(self, family: Family, key: str) -> ServiceRecord | Published[Any] | None:
+        return self.services.get(key) if family == "service" else self.nodes.get(key)
+
+    def newer(self, family: Family, key: str, seq: int) -> bool:
+        """Whether a message at ``seq`` on one of our subjects is newer than what we know
+        (and its subject did not end after it, see :meth:`forget_tombstone`)."""
+        ended = self._ended.pop((family, key), None)
+        if ended is not None and seq <= ended:
+            return False
+        current = self._current(family, key)
+        return current is None or seq > current.seq
+
+    def recorded(self, family: Family, key: str, seq: int) -> bool:
+        """Whether the message at ``seq`` (or a newer one) is recorded already."""
+        current = self._current(family, key)
+        return current is not None and current.seq >= seq
+
+    def remember_service(self, key: str, message: ServiceSnapshot | ServiceGone, seq: int) -> None:
+        """Record a message on a Service's subject unless we know a newer one."""
+        if not self.newer("service", key, seq):
+            return
+        current = self.services.get(key)
+        live_seq = current.live_seq if current is not None else 0
+        if isinstance(message, ServiceGone):
+            record = ServiceRecord(seq=seq, uid=message.uid, fingerprint=None, live_seq=live_seq)
+        else:
+            record = ServiceRecord(
+                seq=seq,
+                uid=message.uid,
+                fingerprint=service_fingerprint(message),
+                deleting=message.deleting,
+                live_seq=live_seq if message.deleting else seq,
+            )
+        self.services[key] = record
+
+    def remember_node(self, key: str, message: NodeSnapshot | NodeGone, seq: int) -> None:
+        """Record a message on a Node's subject unless we know a newer one."""
+        if self.newer("node", key, seq):
+            self.nodes[key] = Published(message=message, seq=seq)
+
+    def remember_endpoints(self, key: str, fingerprint: bytes, seq: int) -> None:
+        """Record an endpoints message unless we know a newer one."""
+        current = self.endpoints.get(key)
+        if current is None or seq > current[0]:
+            self.endpoints[key] = (seq, fingerprint)
+
+    def forget_tombstone(
+        self,
+        family: Family,
+        key: str,
+        seq: int,
+        *,
+        recorded: bool,
+        absent: bool,
+        caught_up: bool,
+    ) -> None:
+        """Drop an object's entry once its end came back to us and nothing newer is known:
+        every older message of its subject has been delivered by then.
+
+        ``recorded``: our own publish recorded the end before it came back;
+        ``absent``: the object is listed as gone from the cluster;
+        ``caught_up``: the replay that starts the term is over.
+        """
+        current = self._current(family, key)
+        if current is None or current.seq > seq or not absent:
+            return
+        if caught_up and not recorded:
+            # Our own publish has not recorded it yet (the message came back before
+            # the publish was acknowledged): that must not bring the entry back.
+            self._ended[(family, key)] = seq
+        if family == "service":
+            del self.services[key]
+            self.endpoints.pop(key, None)
+        else:
+            del self.nodes[key]
+            self.applied.pop(key, None)
+            self.applied_seq.pop(key, None)
+
+    def own_message(
+        self,
+        key: str,
+        message: ServiceSnapshot | ServiceGone | NodeSnapshot | NodeGone,
+        seq: int,
+        *,
+        absent: bool,
+        caught_up: bool,
+    ) -> None:
+        """One of our own Service or Node messages came back to us (replayed or live)."""
+        if isinstance(message, ServiceSnapshot | ServiceGone):
+            recorded = self.recorded("service", key, seq)
+            self.remember_service(key, message, seq)
+            if isinstance(message, ServiceGone):
+                self.forget_tombstone(
+                    "service", key, seq, recorded=recorded, absent=absent, caught_up=caught_up
+                )
+                self.forget_service(key, absent=absent)
+        else:
+            recorded = self.recorded("node", key, seq)
+            self.remember_node(key, message, seq)
+            if isinstance(message, NodeGone):
+                self.forget_tombstone(
+                    "node", key, seq, recorded=recorded, absent=absent, caught_up=caught_up
+                )
+
+    def forget_service(self, key: str, *, absent: bool) -> None:
+        """Drop what we keep about a Service that no longer exists anywhere: absent from
+        the cluster and its last snapshot ended."""
+        if not absent or self.snapshot_of(key) is not None:
+            return
+        self.views.pop(key, None)
+        self.gated.pop(key, None)
+        self.invalid.pop(key, None)
+        for family in EVENT_FAMILIES:
+            self.deferred.pop(f"{key}|{family}", None)
+
+    def serves(self, key: str, service_uid: str) -> bool:
+        """Whether the last snapshot we published of ``key`` is live, of ``service_uid``."""
+        record = self.services.get(key)
+        return record is not None and record.live and record.uid == service_uid
+
+    def snapshot_of(self, key: str) -> ServiceRecord | None:
+        """What we know of the last ServiceSnapshot of ``key`` (None: gone or never)."""
+        record = self.services.get(key)
+        return record if record is not None and record.fingerprint is not None else None
+
+    def was_ours(self, key: str, service_uid: str) -> bool:
+        """Whether the last snapshot of ``key`` was of the Service ``service_uid``."""
+        record = self.snapshot_of(key)
+        return record is not None and record.uid == service_uid
+
+    def published_alike(self, key: str, snapshot: ServiceSnapshot) -> bool:
+        """Whether the last snapshot of ``key`` said what ``snapshot`` says."""
+        record = self.snapshot_of(key)
+        return record is not None and record.fingerprint == service_fingerprint(snapshot)
+
+    def live_seq(self, key: str) -> int:
+        """Sequence of the last snapshot of ``key`` that was not ``deleting`` (0: none)."""
+        record = self.services.get(key)
+        return record.live_seq if record is not None else 0
+
+    def endpoints_unchanged(self, key: str, fingerprint: bytes) -> bool:
+        """Whether the last endpoints snapshot of ``key`` has this fingerprint."""
+        previous = self.endpoints.get(key)
+        return previous is not None and previous[1] == fingerprint
+
+    # --- what the rest of the system said --------------------------------------------
+
+    def observe(self, key: str, message: VipMessage | LbMessage, seq: int) -> Observation:
+        """Take in a ``vip`` or ``lb`` message of the Service ``key``."""
+        old = self.views.get(key, BusView())
+        if superseded(old, message, seq):
+            return Observation(fresh=False, before=None)
+        prior = before(old, message, seq)
+        view = observe(old, compact(message, gating=self.gating), seq)
+        if view is not old:
+            self.views[key] = view
+            if self.gating:
+                lb = view.lb
+                members = lb.members if isinstance(lb, LbProgrammed) else ()
+                self.gated[key] = frozenset(m.node for m in members)
+        return Observation(fresh=True, before=prior)
+
+    def view(self, key: str) -> BusView:
+        """What the bus last said about the Service ``key``."""
+        return self.views.get(key, BusView())
+
+    def observe_applied(self, node: str, vips: Iterable[str], seq: int) -> list[str]:
+        """Take in a node agent's report; returns the Services it may open (gated ones
+        with the node among their members). Without a gate reports are not kept."""
+        if not self.gating:
+            return []
+        if seq < self.applied_seq.get(node, 0):
+            return []  # a redelivery overtaken by a newer report
+        self.applied_seq[node] = seq
+        # Interned: every node reports the same VIPs, held once instead of per node.
+        self.applied[node] = frozenset(map(sys.intern, vips))
+        return [key for key, nodes in self.gated.items() if node in nodes]
+
+    def forget_applied(self, node: str) -> None:
+        self.applied.pop(node, None)
+        self.applied_seq.pop(node, None)
+
+    # --- Events held back -------------------------------------------------------------
+
+    def defer(self, key: str, family: str, event: DeferredEvent) -> None:
+        """Hold an Event back until the Service ``key`` is known (the newest per family)."""
+        self.deferred[f"{key}|{family}"] = event
+
+    def take_deferred(self, key: str, family: str) -> DeferredEvent | None:
+        """The Event held back for ``key`` by a message of ``family``; forgotten here."""
+        return self.deferred.pop(f"{key}|{family}", None)
+
+    # --- EndpointSlices ---------------------------------------------------------------
+
+    def index_slice(
+        self, slice_key: str, obj: SliceEndpoints | None, old: SliceEndpoints | None
+    ) -> set[str]:
+        """Keep the Service -> slices index; returns the Services affected."""
+        affected: set[str] = set()
+        for source, adding in ((old, False), (obj, True)):
+            if source is None:
+                continue
+            service_key = source.service
+            if service_key is None:
+                continue
+            affected.add(service_key)
+            members = self.slice_index.get(service_key, ())
+            if adding and slice_key not in members:
+                self.slice_index[service_key] = (*members, slice_key)
+            elif not adding and slice_key in members:
+                rest = tuple(k for k in members if k != slice_key)
+                if rest:
+                    self.slice_index[service_key] = rest
+                else:
+                    del self.slice_index[service_key]
+        return affected
+
+    def reindex_slices(self, objects: Mapping[str, SliceEndpoints]) -> set[str]:
+        """Rebuild the index after a list; returns the Services whose endpoints to check
+        (every one with slices, and every one we published endpoints of)."""
+        self.slice_index.clear()
+        for slice_key, obj in objects.items():
+            self.index_slice(slice_key, obj, None)
+        return set(self.slice_index) | set(self.endpoints)
+
+    def slices_of(self, key: str) -> list[str]:
+        """The EndpointSlices of the Service ``key``, sorted."""
+        return sorted(self.slice_index.get(key, ()))

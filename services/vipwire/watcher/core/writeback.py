@@ -1,0 +1,235 @@
+"""What to write back to a Service, given the Service and what the bus said about it.
+
+Pure: no I/O, no clock (the shell passes the time in). The shell feeds in
+the Service as the API returned it, the translated snapshot, what is wrong
+with it, the last ``vip`` and ``lb`` messages of the Service and the VIP
+sets the node agents reported; :func:`decide` says which merge patches to
+send (the status and the finalizer), the other functions the patches of the
+finalizer, the trace annotation and leftovers. Events: :mod:`.events`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Final
+
+import msgspec
+
+from vipwire.contracts import LbFailed, LbProgrammed, ServiceSnapshot, VipReleased
+from vipwire.watcher.core.bus_view import BusView
+from vipwire.watcher.core.condition import (
+    INVALID,
+    Condition,
+    Gate,
+    appliance_message,
+    conditions_with,
+    current_condition,
+    gate_satisfied,
+    readiness,
+)
+from vipwire.watcher.core.translate import (
+    CLUSTER_ANNOTATION,
+    FINALIZER,
+    TRACE_ANNOTATION,
+    Obj,
+    being_deleted,
+    finalizers,
+    ingress,
+    metadata,
+    resource_version,
+)
+
+
+def ingress_for(vips: tuple[str, ...]) -> list[dict[str, str]]:
+    # ipMode VIP: kube-proxy accepts VIP:port on every node itself, which DSR needs.
+    return [{"ip": vip, "ipMode": "VIP"} for vip in vips]
+
+
+def same_ingress(current: list[Any], wanted: list[dict[str, str]]) -> bool:
+    """Whether status already says ``wanted``.
+
+    An API server without the LoadBalancerIPMode feature (1.29 unless enabled)
+    drops ``ipMode`` from what we write; insisting on it would rewrite the
+    status forever, so an entry without one counts as written.
+    """
+    if len(current) != len(wanted):
+        return False
+    for have, want in zip(current, wanted, strict=True):
+        if not isinstance(have, Mapping) or have.get("ip") != want["ip"]:
+            return False
+        if have.get("ipMode") not in (None, want["ipMode"]):
+            return False
+    return True
+
+
+class Decision(msgspec.Struct, frozen=True, kw_only=True):
+    """Writes to make: a status merge patch (or None) and whether to drop our finalizer."""
+
+    status: dict[str, Any] | None = None
+    remove_finalizer: bool = False
+
+    @property
+    def nothing(self) -> bool:
+        return self.status is None and not self.remove_finalizer
+
+    @property
+    def ingress(self) -> list[Any] | None:
+        """The ingress the status patch writes (None: it clears it, or writes none)."""
+        if self.status is None:
+            return None
+        value = self.status["status"].get("loadBalancer", {}).get("ingress")
+        return value if isinstance(value, list) else None
+
+
+_KEEP: Final = object()
+
+
+def _status_patch(
+    service: Obj, *, ingress_to: Any = _KEEP, condition: Any = _KEEP, now: str
+) -> dict[str, Any] | None:
+    """A merge patch for the status subresource, or None when nothing would change.
+
+    It carries the resourceVersion the decision was made on: a merge patch
+    replaces the whole conditions list, so another controller's condition
+    written meanwhile must make it fail (409) rather than be lost.
+    """
+    body: dict[str, Any] = {}
+    if ingress_to is not _KEEP and not same_ingress(ingress(service), ingress_to or []):
+        body["loadBalancer"] = {"ingress": ingress_to or None}
+    if condition is not _KEEP and current_condition(service) != condition:
+        conditions = conditions_with(service, condition, now)
+        body["conditions"] = conditions or None
+    if not body:
+        return None
+    return {"metadata": {"resourceVersion": resource_version(service)}, "status": body}
+
+
+def decide(
+    service: Obj,
+    snapshot: ServiceSnapshot | None,
+    view: BusView,
+    *,
+    applied: Mapping[str, frozenset[str]],
+    gate: Gate,
+    now: str,
+    problems: str | None = None,
+    live_seq: int = 0,
+) -> Decision:
+    """What to write to a Service now.
+
+    Live: the VIPs go into status once the appliance is programmed (and the
+    gate is satisfied), and never leave it because of a failure later on: a
+    VIP once served keeps being served until the Service goes away. Our
+    condition follows the latest outcome; ``problems`` (what is wrong with
+    the Service, as a message) overrides it.
+    Going away: once ipam says everything is released, clear what we wrote
+    and drop the finalizer; while the appliance refuses to let go, the
+    condition says so. A release older than our last live snapshot
+    (``live_seq``) belongs to an earlier life of the Service and is ignored.
+    """
+    if snapshot is None:
+        return Decision()  # not ours: never touch it
+    if not snapshot.deleting:
+        wanted_ingress: Any = _KEEP
+        lb = view.lb
+        if (
+            problems is None
+            and isinstance(lb, LbProgrammed)
+            and lb.uid == snapshot.uid
+            and gate_satisfied(lb, applied, gate)
+        ):
+            wanted_ingress = ingress_for(lb.vips)
+        condition: Any = _KEEP
+        if problems is not None:
+            condition = Condition(status="False", reason=INVALID, message=problems)
+        else:
+            said = readiness(view, snapshot.uid, applied=applied, gate=gate)
+            current = current_condition(service)
+            if said is not None:
+                condition = said
+            elif current is not None and current.reason == INVALID:
+                condition = Condition(
+                    status="False", reason="Pending", message="waiting for a VIP and the appliance"
+                )
+        return Decision(
+            status=_status_patch(service, ingress_to=wanted_ingress, condition=condition, now=now)
+        )
+    vip = view.vip
+    released = isinstance(vip, VipReleased) and vip.uid == snapshot.uid and view.vip_seq > live_seq
+    if not released:
+        lb = view.lb
+        if isinstance(lb, LbFailed) and lb.removing and lb.uid == snapshot.uid:
+            blocked = Condition(
+                status="False", reason="CleanupBlocked", message=appliance_message(lb)
+            )
+            return Decision(status=_status_patch(service, condition=blocked, now=now))
+        return Decision()
+    if being_deleted(service):
+        # The object goes away with the finalizer: its status is not worth a write.
+        return Decision(remove_finalizer=FINALIZER in finalizers(service))
+    return Decision(
+        status=_status_patch(service, ingress_to=None, condition=None, now=now),
+        remove_finalizer=FINALIZER in finalizers(service),
+    )
+
+
+def finalizer_patch(
+    service: Obj, *, present: bool, cluster: str, trace_id: str | None = None
+) -> dict[str, Any] | None:
+    """Merge patch that adds or removes our finalizer, guarded by the resourceVersion.
+
+    A merge patch replaces the whole list, so the precondition is what keeps
+    another controller's finalizer, added meanwhile, from being lost: a
+    stale write fails with 409 and is retried on the fresh object. Our
+    cluster annotation comes and goes with the finalizer (added to a
+    finalizer that is already there, too); ``trace_id`` is recorded with
+    either, when the patch is written anyway (one write instead of two).
+    """
+    current = finalizers(service)
+    raw = metadata(service).get("annotations")
+    annotations: Mapping[str, Any] = raw if isinstance(raw, Mapping) else {}
+    has = FINALIZER in current
+    if present:
+        if has and annotations.get(CLUSTER_ANNOTATION) == cluster:
+            return None
+        added: dict[str, Any] = {CLUSTER_ANNOTATION: cluster}
+        if trace_id and annotations.get(TRACE_ANNOTATION) != trace_id:
+            added[TRACE_ANNOTATION] = trace_id
+        meta: dict[str, Any] = {"annotations": added}
+        if not has:
+            meta["finalizers"] = [*current, FINALIZER]
+    else:
+        if not has and CLUSTER_ANNOTATION not in annotations:
+            return None
+        changes: dict[str, Any] = {CLUSTER_ANNOTATION: None}
+        if trace_id:
+            changes[TRACE_ANNOTATION] = trace_id
+        meta = {"annotations": changes}
+        if has:
+            meta["finalizers"] = [f for f in current if f != FINALIZER] or None
+    meta["resourceVersion"] = resource_version(service)
+    return {"metadata": meta}
+
+
+def leftover_patch(service: Obj, *, now: str) -> dict[str, Any] | None:
+    """Status patch that removes our condition from a Service no load balancer serves.
+
+    Once a Service is no LoadBalancer and no load-balancer controller's
+    finalizer is left on it, whatever vipwire wrote there (a complaint about
+    an invalid Service it never served, say) is stale.
+    """
+    spec = service.get("spec")
+    kind = spec.get("type") if isinstance(spec, Mapping) else None
+    if kind == "LoadBalancer" or FINALIZER in finalizers(service):
+        return None
+    if current_condition(service) is None:
+        return None
+    return _status_patch(service, condition=None, now=now)
+
+
+def trace_patch(service: Obj, trace_id: str) -> dict[str, Any] | None:
+    """Merge patch that records the trace of what we just wrote (None: already recorded)."""
+    annotations = metadata(service).get("annotations") or {}
+    if isinstance(annotations, dict) and annotations.get(TRACE_ANNOTATION) == trace_id:
+        return None
+    return {"metadata": {"annotations": {TRACE_ANNOTATION: trace_id}}}

@@ -1,0 +1,159 @@
+"""Bus -> the term: what the watcher (or a predecessor) published, and what the rest said.
+
+One consumer reads the cluster's ``vip`` and ``lb`` subjects (and, with a
+status gate, ``applied``) for the whole term; another replays our own
+families at its start. Every delivery lands in the term's memory; what ipam,
+the lbdriver and the node agents said is then written back to the Service
+(:mod:`.status_writes`) and, where it calls for one, told in an Event.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+from vipwire.bus import DONE, Bus, ConsumerSpec, Delivery, PullConsumer, Retry, Verdict
+from vipwire.contracts import (
+    EndpointsSnapshot,
+    LbFailed,
+    LbProgrammed,
+    LbRemoved,
+    NodeApplied,
+    NodeGone,
+    NodeSnapshot,
+    ServiceGone,
+    ServiceSnapshot,
+    VipAssigned,
+    VipFailed,
+    VipReleased,
+    VipReleasing,
+    family_filter,
+)
+from vipwire.telemetry import trace_id_of_current_span
+from vipwire.watcher.core.events import event_for
+from vipwire.watcher.core.term_memory import DeferredEvent, message_fingerprint
+from vipwire.watcher.core.translate import uid
+from vipwire.watcher.io.event_recorder import EventRecorder
+from vipwire.watcher.io.kube_writes import NotLeader
+from vipwire.watcher.io.status_writes import StatusWriter
+from vipwire.watcher.io.term import Term
+
+#: Events of bus messages older than this are not emitted when replayed: the API
+#: server has expired the Events they made (default TTL one hour), and emitting
+#: them again would present old news as new.
+EVENT_HORIZON_S = 3600.0
+
+
+class BusReader:
+    """The handler of both consumers of a term."""
+
+    def __init__(self, term: Term, writer: StatusWriter, recorder: EventRecorder) -> None:
+        self._term = term
+        self._writer = writer
+        self._recorder = recorder
+
+    @property
+    def gating(self) -> bool:
+        """A status gate is configured: the node agents' reports are read too."""
+        return self._term.memory.gating
+
+    async def on_delivery(self, d: Delivery) -> Verdict:
+        try:
+            await self._handle(d)
+        except NotLeader:
+            # The term is ending; the next leader replays this subject.
+            return Retry(delay=1.0, reason="not the leader")
+        return DONE
+
+    async def _handle(self, d: Delivery) -> None:
+        term = self._term
+        memory = term.memory
+        message = d.message
+        # Interned: the same string as the reflectors' keys, not one more per table.
+        key = sys.intern(d.subject.key)
+        match message:
+            case ServiceSnapshot() | ServiceGone():
+                memory.own_message(
+                    key,
+                    message,
+                    d.seq,
+                    absent=term.absent("service", key),
+                    caught_up=term.caught_up,
+                )
+            case EndpointsSnapshot():
+                memory.remember_endpoints(key, message_fingerprint(message), d.seq)
+            case NodeSnapshot() | NodeGone():
+                memory.own_message(
+                    key, message, d.seq, absent=term.absent("node", key), caught_up=term.caught_up
+                )
+            case NodeApplied():
+                for service_key in memory.observe_applied(message.node, message.vips, d.seq):
+                    await self._writer.reconcile(service_key)
+            case (
+                VipAssigned()
+                | VipReleasing()
+                | VipReleased()
+                | VipFailed()
+                | LbProgrammed()
+                | LbFailed()
+                | LbRemoved()
+            ):
+                observed = memory.observe(key, message, d.seq)
+                if not observed.fresh:
+                    return  # a redelivery overtaken by a newer message on its subject
+                await self._writer.reconcile(key)
+                spec = event_for(message, before=observed.before)
+                fresh = not d.timestamp or time.time() - d.timestamp < EVENT_HORIZON_S
+                if spec is not None and fresh:
+                    cause = f"{d.subject.raw}#{d.seq}"
+                    service = term.service_store().get(key)
+                    # A replay cannot tell news from a repeat (what came before is not
+                    # replayed): see EventRecorder.emit.
+                    replayed = not term.caught_up
+                    if service is None:
+                        # Replayed before the Services are listed, or ahead of the watch
+                        # event that brings the Service: emitted when it is handled.
+                        memory.defer(
+                            key,
+                            d.subject.family,
+                            DeferredEvent(
+                                spec=spec,
+                                uid=message.uid,
+                                cause=cause,
+                                trace_id=trace_id_of_current_span(),
+                                replayed=replayed,
+                            ),
+                        )
+                    elif uid(service) == message.uid:
+                        await self._recorder.emit(spec, service, cause, replayed=replayed)
+                memory.forget_service(key, absent=term.absent("service", key))
+
+
+def open_consumers(bus: Bus, reader: BusReader, cluster: str) -> tuple[PullConsumer, PullConsumer]:
+    """A term's two consumers, not started: theirs (for the whole term) and the replay
+    of ours (to start from)."""
+    # What the rest of the system says, for the whole term.
+    theirs: tuple[str, ...] = (family_filter("vip", cluster), family_filter("lb", cluster))
+    if reader.gating:
+        # Only a gate reads what the node agents applied: without one, their reports
+        # (one per node and change, each listing every VIP of the node) are not worth
+        # a delivery.
+        theirs += (family_filter("applied", cluster),)
+    # What we (or a predecessor) published: read to start from, then no more. Our
+    # own messages coming back would be half of every Service's deliveries.
+    ours = (
+        family_filter("service", cluster),
+        family_filter("endpoints", cluster),
+        family_filter("node", cluster),
+    )
+    # Every table of the term memory keeps the sequence of what it holds and ignores
+    # anything older: the bus need not keep a sequence per subject as well.
+    consumer = bus.consumer(
+        ConsumerSpec(filters=theirs, deliver="last_per_subject", supersede=False),
+        reader.on_delivery,
+    )
+    replay = bus.consumer(
+        ConsumerSpec(filters=ours, deliver="last_per_subject", supersede=False, traced=False),
+        reader.on_delivery,
+    )
+    return consumer, replay

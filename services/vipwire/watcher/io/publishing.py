@@ -1,0 +1,350 @@
+"""Kubernetes -> bus: snapshots of Services, their endpoints and Nodes.
+
+The reflectors tell which keys changed (:class:`ServiceListener` and its
+siblings); the work queues hand each key to one worker at a time, which reads
+the object's current state from the reflector's store and publishes a
+snapshot when it says something new. A Service we take on gets our finalizer
+first; one that is invalid gets a Warning Event instead of a snapshot.
+Message ids name the object and its resourceVersion, so two replicas
+publishing for the same change publish the same id.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from vipwire.contracts import NodeGone, NodeSnapshot, ServiceGone
+from vipwire.kube import KubeApiError
+from vipwire.metrics import Counter
+from vipwire.telemetry import trace_id_of_current_span
+from vipwire.watcher.core.condition import current_condition
+from vipwire.watcher.core.events import invalid_event
+from vipwire.watcher.core.packed import PackedDict
+from vipwire.watcher.core.term_memory import ServiceRecord, message_fingerprint
+from vipwire.watcher.core.translate import (
+    SERVICE_NAME_LABEL,
+    Obj,
+    SliceEndpoints,
+    has_finalizer,
+    marked_by,
+    merge_endpoints,
+    metadata,
+    node_snapshot,
+    resource_version,
+    slice_endpoints,
+    slim_node,
+    slim_service,
+    uid,
+)
+from vipwire.watcher.core.validate import invalid_note
+from vipwire.watcher.io.event_recorder import EventRecorder
+from vipwire.watcher.io.kube_writes import KubeWrites, NotLeader, refused
+from vipwire.watcher.io.reflector import Reflector
+from vipwire.watcher.io.status_writes import StatusWriter
+from vipwire.watcher.io.term import Term
+from vipwire.watcher.io.work_queue import Drop, WorkQueue
+
+log = logging.getLogger("vipwire.watcher")
+
+
+def _digest(*parts: str) -> str:
+    return hashlib.sha256("\x00".join(parts).encode()).hexdigest()[:16]
+
+
+class Publisher:
+    """The workers of one term's three queues (Services, endpoints, Nodes)."""
+
+    def __init__(
+        self, term: Term, writer: StatusWriter, recorder: EventRecorder, **queue_args: Any
+    ) -> None:
+        self._term = term
+        self._memory = term.memory
+        self._cluster = term.cluster
+        self._writer = writer
+        self._recorder = recorder
+        self.services = WorkQueue("services", self._sync_service, **queue_args)
+        self.endpoints = WorkQueue("endpoints", self._sync_endpoints, **queue_args)
+        self.nodes = WorkQueue("nodes", self._sync_node, **queue_args)
+
+    @property
+    def queues(self) -> tuple[WorkQueue, ...]:
+        return (self.services, self.endpoints, self.nodes)
+
+    # --- Services -> bus -------------------------------------------------------------
+
+    def service_changed(self, key: str, obj: Obj | None, rv: str) -> None:
+        known = key in self._memory.services
+        if obj is not None and not (
+            known
+            or self._term.is_ours(obj)
+            or marked_by(obj, self._cluster)
+            or current_condition(obj) is not None
+        ):
+            return  # the common case: somebody else's Service
+        if obj is None and not known:
+            return
+        self.services.add(key, rv)
+
+    def services_listed(self, objects: Mapping[str, Obj], rv: str) -> None:
+        memory = self._memory
+        for key in set(objects) | set(memory.services):
+            self.service_changed(key, objects.get(key), f"list-{rv}")
+        for key in list(memory.views):
+            memory.forget_service(key, absent=self._term.absent("service", key))
+
+    async def _sync_service(self, key: str, trigger: str) -> None:
+        try:
+            async with self._term.locks.hold(key):
+                await self._sync_service_locked(key)
+        except NotLeader as exc:
+            raise Drop() from exc
+        except KubeApiError as exc:
+            if not refused(exc):
+                raise
+            log.error("service %s: the API refused our write: %s", key, exc)
+            raise Drop() from exc
+
+    async def _sync_service_locked(self, key: str) -> None:
+        term, memory = self._term, self._memory
+        service = term.service_store().get(key)
+        previous = memory.snapshot_of(key)
+        await self._recorder.emit_deferred(memory, key, service)
+        if service is None:
+            memory.invalid.pop(key, None)
+            if previous is not None:
+                await self._publish_gone(key, previous.uid)
+            return
+        if previous is not None and previous.uid != uid(service):
+            # Deleted and recreated under the same name while we were not looking.
+            with term.root_span(term.span_attributes(service)):
+                await self._publish_gone(key, previous.uid, new_trace=False)
+            previous = None
+        snapshot = term.snapshot(key, service)
+        if snapshot is None:
+            await self._not_ours(key, service, previous)
+            return
+        if not snapshot.deleting:
+            problems = term.problems(service)
+            if problems:
+                await self._report_invalid(key, service, problems)
+                await self._writer.reconcile_locked(key, service)
+                return
+            memory.invalid.pop(key, None)
+        elif previous is None and not has_finalizer(service):
+            return  # going away before we ever served it: nothing to clean up
+        needs_mark = not snapshot.deleting and not marked_by(service, self._cluster)
+        unchanged = memory.published_alike(key, snapshot)
+        if not (unchanged and not needs_mark):
+            with term.root_span(term.span_attributes(service)):
+                if needs_mark:
+                    # The change's trace goes on with the finalizer: the status write that
+                    # ends the trace then finds it recorded and needs no write of its own.
+                    fresh = await self._writer.write_finalizer(
+                        service, present=True, trace_id=trace_id_of_current_span()
+                    )
+                    if fresh is None:
+                        return
+                    service = fresh
+                    refreshed = term.snapshot(key, service)
+                    if refreshed is None:
+                        return
+                    snapshot = refreshed
+                if not memory.published_alike(key, snapshot):
+                    msg_id = f"{self._cluster}/{snapshot.uid}/{snapshot.resource_version}/service"
+                    seq = await term.publish(snapshot, msg_id)
+                    memory.remember_service(key, snapshot, seq)
+                await self._publish_endpoints(key, f"service-{snapshot.resource_version}")
+        await self._writer.reconcile_locked(key, service)
+
+    async def _not_ours(self, key: str, service: Obj, previous: ServiceRecord | None) -> None:
+        """A Service that is not (or no longer) ours: let go of whatever we left on it."""
+        term = self._term
+        term.memory.invalid.pop(key, None)
+        if previous is not None:
+            # It was ours and our finalizer is already off: it is gone for us.
+            with term.root_span(term.span_attributes(service)):
+                await self._publish_gone(key, previous.uid, new_trace=False)
+        elif marked_by(service, self._cluster) and not term.is_ours(service):
+            if not term.caught_up:
+                raise RuntimeError("bus replay unfinished: cannot tell what was published")
+            # Our finalizer went on but no snapshot was ever published (we stopped in
+            # between) and then it changed away: nothing was allocated, let it go.
+            with term.root_span(term.span_attributes(service)):
+                fresh = await self._writer.write_finalizer(
+                    service, present=False, trace_id=trace_id_of_current_span()
+                )
+            service = fresh or service
+        await self._writer.remove_leftovers(service)
+
+    async def _report_invalid(self, key: str, service: Obj, problems: tuple[str, ...]) -> None:
+        """Tell the user, once per set of problems, what is wrong and how to fix it."""
+        term, memory = self._term, self._memory
+        service_uid = uid(service)
+        if memory.invalid.get(key) == (service_uid, problems):
+            return
+        note = invalid_note(problems, served=memory.serves(key, service_uid))
+        generation = str(metadata(service).get("generation") or "")
+        cause = f"invalid/{service_uid}/{generation}/{_digest(*problems)}"
+        with term.root_span(term.span_attributes(service)):
+            log.warning("service %s is invalid: %s", key, note)
+            await self._recorder.emit(invalid_event(note), service, cause)
+        memory.invalid[key] = (service_uid, problems)
+
+    async def _publish_gone(self, key: str, service_uid: str, *, new_trace: bool = True) -> None:
+        term = self._term
+        namespace, name = key.split("/", 1)
+        gone = ServiceGone(cluster=self._cluster, namespace=namespace, name=name, uid=service_uid)
+        # A uid lives once: its end needs no resourceVersion to be told apart.
+        msg_id = f"{self._cluster}/{service_uid}/service-gone"
+        if new_trace:
+            with term.root_span(term.ref_attributes(namespace, name)):
+                seq = await term.publish(gone, msg_id)
+        else:
+            seq = await term.publish(gone, msg_id)
+        self._memory.remember_service(key, gone, seq)
+        term.ended_by_us("service", key, seq)
+
+    # --- EndpointSlices -> bus -------------------------------------------------------
+
+    async def _sync_endpoints(self, key: str, trigger: str) -> None:
+        try:
+            await self._publish_endpoints(key, trigger)
+        except NotLeader as exc:
+            raise Drop() from exc
+
+    async def _publish_endpoints(self, key: str, trigger: str) -> None:
+        term, memory = self._term, self._memory
+        if memory.snapshot_of(key) is None:
+            return
+        namespace, name = key.split("/", 1)
+        async with term.locks.hold(f"endpoints:{key}"):
+            store = term.slices.store if term.slices is not None else {}
+            slices = [store[k] for k in memory.slices_of(key) if k in store]
+            snapshot = merge_endpoints(
+                slices, cluster=self._cluster, namespace=namespace, name=name
+            )
+            fingerprint = message_fingerprint(snapshot)
+            if memory.endpoints_unchanged(key, fingerprint):
+                return
+            msg_id = f"{self._cluster}/{namespace}/{name}/{trigger}/endpoints"
+            seq = await term.publish(snapshot, msg_id)
+            memory.remember_endpoints(key, fingerprint, seq)
+
+    def slices_listed(self, objects: Mapping[str, SliceEndpoints], rv: str) -> None:
+        memory = self._memory
+        for key in memory.reindex_slices(objects):
+            if key in memory.services:
+                self.endpoints.add(key, f"list-{rv}")
+
+    def slice_changed(
+        self, slice_key: str, obj: SliceEndpoints | None, old: SliceEndpoints | None, rv: str
+    ) -> None:
+        memory = self._memory
+        for key in memory.index_slice(slice_key, obj, old):
+            if key in memory.services:
+                self.endpoints.add(key, rv)
+
+    # --- Nodes -> bus ----------------------------------------------------------------
+
+    async def _sync_node(self, name: str, trigger: str) -> None:
+        try:
+            await self._sync_node_inner(name, trigger)
+        except NotLeader as exc:
+            raise Drop() from exc
+
+    async def _sync_node_inner(self, name: str, trigger: str) -> None:
+        term, memory = self._term, self._memory
+        node = term.node_store().get(name)
+        previous = memory.nodes.get(name)
+        if node is None:
+            if previous is None or not isinstance(previous.message, NodeSnapshot):
+                return
+            gone = NodeGone(cluster=self._cluster, node=name)
+            seq = await term.publish(gone, f"{self._cluster}/{name}/{trigger}/node-gone")
+            memory.remember_node(name, gone, seq)
+            term.ended_by_us("node", name, seq)
+            memory.forget_applied(name)
+            return
+        snapshot = node_snapshot(node, cluster=self._cluster)
+        if previous is not None and previous.message == snapshot:
+            return
+        seq = await term.publish(snapshot, f"{self._cluster}/{name}/{resource_version(node)}/node")
+        memory.remember_node(name, snapshot, seq)
+
+    def nodes_listed(self, objects: Mapping[str, Obj], rv: str) -> None:
+        for name in set(objects) | set(self._memory.nodes):
+            self.nodes.add(name, f"list-{rv}")
+
+
+def watch_cluster(term: Term, kube: KubeWrites, publisher: Publisher, *, restarts: Counter) -> None:
+    """Give the term its reflectors (Services, EndpointSlices, Nodes), feeding ``publisher``.
+
+    What each keeps of an object is what the watcher reads of it, encoded.
+    """
+    settings = term.settings
+    term.services = Reflector(
+        "services",
+        kube.core.list_service_for_all_namespaces,
+        ServiceListener(publisher),
+        settings,
+        restarts=restarts,
+        keep=slim_service,
+        store=lambda: PackedDict[Obj](Obj),
+    )
+    term.slices = Reflector(
+        "endpointslices",
+        kube.discovery.list_endpoint_slice_for_all_namespaces,
+        SliceListener(publisher),
+        settings,
+        restarts=restarts,
+        list_kwargs={"label_selector": SERVICE_NAME_LABEL},
+        keep=slice_endpoints,
+        store=lambda: PackedDict[SliceEndpoints](SliceEndpoints),
+    )
+    term.nodes = Reflector(
+        "nodes",
+        kube.core.list_node,
+        NodeListener(publisher),
+        settings,
+        restarts=restarts,
+        keep=slim_node,
+        store=lambda: PackedDict[Obj](Obj),
+    )
+
+
+class ServiceListener:
+    def __init__(self, publisher: Publisher) -> None:
+        self._p = publisher
+
+    def listed(self, objects: Mapping[str, Obj], rv: str) -> None:
+        self._p.services_listed(objects, rv)
+
+    def changed(self, key: str, obj: Obj | None, old: Obj | None, rv: str) -> None:
+        self._p.service_changed(key, obj, rv)
+
+
+class SliceListener:
+    def __init__(self, publisher: Publisher) -> None:
+        self._p = publisher
+
+    def listed(self, objects: Mapping[str, SliceEndpoints], rv: str) -> None:
+        self._p.slices_listed(objects, rv)
+
+    def changed(
+        self, key: str, obj: SliceEndpoints | None, old: SliceEndpoints | None, rv: str
+    ) -> None:
+        self._p.slice_changed(key, obj, old, rv)
+
+
+class NodeListener:
+    def __init__(self, publisher: Publisher) -> None:
+        self._p = publisher
+
+    def listed(self, objects: Mapping[str, Obj], rv: str) -> None:
+        self._p.nodes_listed(objects, rv)
+
+    def changed(self, key: str, obj: Obj | None, old: Obj | None, rv: str) -> None:
+        self._p.nodes.add(key, rv)

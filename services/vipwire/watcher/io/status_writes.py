@@ -1,0 +1,235 @@
+"""Bus -> Kubernetes: a Service's status, condition and finalizer, as the bus says.
+
+The decision is :func:`vipwire.watcher.core.writeback.decide`; this writes it,
+guarded by the resourceVersion it was made on, and on a conflict reads the
+Service again and decides anew.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from vipwire.bus import BusError
+from vipwire.contracts import StatusWritten
+from vipwire.kube import MERGE_PATCH, KubeApiError, KubeError, micro_time
+from vipwire.telemetry import trace_id_of_current_span
+from vipwire.watcher.core.events import refused_event
+from vipwire.watcher.core.translate import (
+    Obj,
+    being_deleted,
+    ingress,
+    metadata,
+    object_key,
+    resource_version,
+    uid,
+)
+from vipwire.watcher.core.writeback import (
+    Decision,
+    decide,
+    finalizer_patch,
+    leftover_patch,
+    trace_patch,
+)
+from vipwire.watcher.io.event_recorder import EventRecorder
+from vipwire.watcher.io.kube_writes import KubeWrites, refused
+from vipwire.watcher.io.term import Term
+
+log = logging.getLogger("vipwire.watcher")
+
+
+class StatusWriter:
+    """Writes back to the Services of one term what the bus said about them."""
+
+    def __init__(self, term: Term, kube: KubeWrites, recorder: EventRecorder) -> None:
+        self._term = term
+        self._kube = kube
+        self._recorder = recorder
+        self._retries = term.settings.conflict_retries
+
+    async def reconcile(self, key: str) -> None:
+        """Write what the bus calls for to the Service ``key``, if it is known."""
+        term = self._term
+        async with term.locks.hold(key):
+            service = term.service_store().get(key)
+            if service is not None:
+                await self.reconcile_locked(key, service)
+
+    async def reconcile_locked(self, key: str, service: Obj) -> None:
+        """Write what the decision asks for; on a stale resourceVersion decide again."""
+        term = self._term
+        meta = metadata(service)
+        name, namespace, service_uid = (
+            str(meta.get("name")),
+            str(meta.get("namespace")),
+            uid(service),
+        )
+        for _ in range(self._retries):
+            snapshot = term.snapshot(key, service)
+            decision = decide(
+                service,
+                snapshot,
+                term.memory.view(key),
+                applied=term.memory.applied,
+                gate=term.settings.status_gate,
+                now=micro_time(),
+                problems=term.problems_note(key, service, snapshot),
+                live_seq=term.memory.live_seq(key),
+            )
+            if decision.nothing:
+                return
+            try:
+                await self._apply(service, decision)
+                return
+            except KubeApiError as exc:
+                if exc.not_found:
+                    return
+                if not exc.conflict:
+                    if refused(exc):
+                        await self._refused_write(service, exc)
+                        return
+                    raise
+            fresh = await self._kube.read_service(name, namespace)
+            if fresh is None or uid(fresh) != service_uid:
+                return
+            service = fresh
+        raise KubeApiError(409, "Conflict", f"service {namespace}/{name}: kept conflicting")
+
+    async def _apply(self, service: Obj, decision: Decision) -> None:
+        meta = metadata(service)
+        name, namespace = str(meta.get("name")), str(meta.get("namespace"))
+        term = self._term
+        tracer = term.runtime.tracer
+        if decision.status is not None:
+            with tracer.start_as_current_span(
+                "status write", attributes=term.span_attributes(service)
+            ):
+                service = await self._kube.write(
+                    "status",
+                    self._kube.core.patch_namespaced_service_status,
+                    name,
+                    namespace,
+                    decision.status,
+                    _content_type=MERGE_PATCH,
+                )
+                trace_id = trace_id_of_current_span()
+                if "loadBalancer" in decision.status["status"]:
+                    # Only the VIPs are news on the bus; a condition alone is not.
+                    await self._announce_status(service, trace_id)
+                if trace_id and not decision.remove_finalizer:
+                    service = await self._mark_trace(service, trace_id)
+        if decision.remove_finalizer:
+            with tracer.start_as_current_span(
+                "finalizer remove", attributes=term.span_attributes(service)
+            ):
+                await self.write_finalizer(
+                    service, present=False, trace_id=trace_id_of_current_span()
+                )
+
+    async def write_finalizer(
+        self, service: Obj, *, present: bool, trace_id: str | None = None
+    ) -> Obj | None:
+        """Add (with our cluster annotation) or remove our finalizer; on a stale
+        resourceVersion re-read and try again.
+
+        Returns the Service as written, or None when it is gone (or, when
+        adding, no longer ours).
+        """
+        meta = metadata(service)
+        name, namespace, service_uid = (
+            str(meta.get("name")),
+            str(meta.get("namespace")),
+            uid(service),
+        )
+        kind = "finalizer-add" if present else "finalizer-remove"
+        for _ in range(self._retries):
+            patch = finalizer_patch(
+                service, present=present, cluster=self._term.cluster, trace_id=trace_id
+            )
+            if patch is None:
+                return service
+            try:
+                return await self._kube.write(
+                    kind,
+                    self._kube.core.patch_namespaced_service,
+                    name,
+                    namespace,
+                    patch,
+                    _content_type=MERGE_PATCH,
+                )
+            except KubeApiError as exc:
+                if exc.not_found:
+                    return None
+                if not exc.conflict:
+                    raise
+            fresh = await self._kube.read_service(name, namespace)
+            if fresh is None or uid(fresh) != service_uid:
+                return None
+            service = fresh
+            if present and (not self._term.is_ours(service) or being_deleted(service)):
+                return None
+        raise KubeApiError(409, "Conflict", f"service {namespace}/{name}: kept conflicting")
+
+    async def remove_leftovers(self, service: Obj) -> None:
+        """Remove our condition from a Service no load balancer serves any more."""
+        patch = leftover_patch(service, now=micro_time())
+        if patch is None:
+            return
+        meta = metadata(service)
+        try:
+            await self._kube.write(
+                "status",
+                self._kube.core.patch_namespaced_service_status,
+                str(meta.get("name")),
+                str(meta.get("namespace")),
+                patch,
+                _content_type=MERGE_PATCH,
+            )
+        except KubeApiError as exc:
+            if not exc.not_found:
+                raise  # a conflict is retried with the object as it is then
+
+    async def _mark_trace(self, service: Obj, trace_id: str) -> Obj:
+        """Record the trace of what was just written (``kubectl describe`` shows it)."""
+        patch = trace_patch(service, trace_id)
+        if patch is None:
+            return service
+        meta = metadata(service)
+        try:
+            return await self._kube.write(
+                "annotation",
+                self._kube.core.patch_namespaced_service,
+                str(meta.get("name")),
+                str(meta.get("namespace")),
+                patch,
+                _content_type=MERGE_PATCH,
+            )
+        except KubeError as exc:
+            # Informational: not worth redoing the status write that came before it.
+            log.warning("could not record the trace of %s: %s", object_key(service), exc)
+            return service
+
+    async def _refused_write(self, service: Obj, exc: KubeApiError) -> None:
+        """The API refused a write as invalid: say so on the Service, retrying cannot help."""
+        key = object_key(service)
+        log.error("service %s: the API refused our status write: %s", key, exc)
+        cause = f"refused/{uid(service)}/{resource_version(service)}"
+        await self._recorder.emit(refused_event(str(exc.message or exc)), service, cause)
+
+    async def _announce_status(self, service: Obj, trace_id: str | None) -> None:
+        """Tell the bus what status now says: the end of the change's trace."""
+        term = self._term
+        meta = metadata(service)
+        written = StatusWritten(
+            cluster=term.cluster,
+            namespace=str(meta.get("namespace")),
+            name=str(meta.get("name")),
+            uid=uid(service),
+            vips=tuple(str(i.get("ip")) for i in ingress(service) if isinstance(i, dict)),
+            trace_id=trace_id,
+        )
+        msg_id = f"{term.cluster}/{written.uid}/{resource_version(service)}/status"
+        try:
+            await term.publish(written, msg_id)
+        except BusError as exc:
+            # Informational only (no service consumes it): not worth redoing the write.
+            log.warning("could not announce the status of %s: %s", object_key(service), exc)

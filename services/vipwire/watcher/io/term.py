@@ -1,0 +1,135 @@
+"""What the parts of one term share: its memory, its locks, its reflectors, its fences.
+
+A term is one stretch of leadership (see :mod:`vipwire.watcher.service`). It
+starts empty, fills its :class:`~vipwire.watcher.core.term_memory.TermMemory`
+from the replay of the bus, and only then lists and watches Kubernetes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager
+from typing import Any
+
+from opentelemetry.context import Context
+
+from vipwire.contracts import Message, ServiceSnapshot
+from vipwire.runtime import Runtime
+from vipwire.watcher.core.term_memory import Family, TermMemory
+from vipwire.watcher.core.translate import (
+    Obj,
+    SliceEndpoints,
+    is_ours,
+    metadata,
+    service_snapshot,
+    uid,
+)
+from vipwire.watcher.core.validate import invalid_note, service_problems
+from vipwire.watcher.io.reflector import Reflector
+from vipwire.watcher.io.work_queue import KeyedLocks
+from vipwire.watcher.settings import WatcherSettings
+
+
+class Term:
+    """One term's state and the helpers every part of it reads through."""
+
+    def __init__(
+        self, settings: WatcherSettings, runtime: Runtime, check_leading: Callable[[], None]
+    ) -> None:
+        self.settings = settings
+        self.cluster = settings.cluster
+        self.runtime = runtime
+        self.check_leading = check_leading
+        self.memory = TermMemory(gating=settings.status_gate != "none")
+        self.locks = KeyedLocks()
+        #: Both replays that start the term are over.
+        self.caught_up = False
+        #: The replay of our own families still reads (our messages still come back).
+        self.replaying = True
+        self.services: Reflector[Obj] | None = None
+        self.slices: Reflector[SliceEndpoints] | None = None
+        self.nodes: Reflector[Obj] | None = None
+
+    # --- the reflectors ---------------------------------------------------------------
+
+    @property
+    def reflectors(self) -> list[Reflector[Any]]:
+        """The reflectors, once started (empty until the replay is over)."""
+        found = (self.services, self.slices, self.nodes)
+        return [r for r in found if r is not None]
+
+    def service_store(self) -> Mapping[str, Obj]:
+        """The Services as the API has them (empty before they are watched)."""
+        return self.services.store if self.services is not None else {}
+
+    def node_store(self) -> Mapping[str, Obj]:
+        return self.nodes.store if self.nodes is not None else {}
+
+    def absent(self, family: Family, key: str) -> bool:
+        """Whether the object is listed as gone from the cluster (False before a list)."""
+        reflector = self.services if family == "service" else self.nodes
+        return reflector is not None and reflector.synced.is_set() and key not in reflector.store
+
+    # --- our own messages -------------------------------------------------------------
+
+    async def publish(self, message: Message, msg_id: str) -> int:
+        """Publish one of our snapshots (only the leader does)."""
+        self.check_leading()
+        return await self.runtime.bus.publish(message, msg_id=msg_id)
+
+    def ended_by_us(self, family: Family, key: str, seq: int) -> None:
+        """An end we published is final at once when our own messages no longer come
+        back to us (nothing older of its subject can come to bring the entry back)."""
+        if self.replaying or not self.caught_up:
+            return  # it comes back: forgotten then, see BusReader
+        absent = self.absent(family, key)
+        memory = self.memory
+        memory.forget_tombstone(family, key, seq, recorded=True, absent=absent, caught_up=True)
+        if family == "service":
+            memory.forget_service(key, absent=absent)
+
+    # --- a Service, judged with the settings ------------------------------------------
+
+    def snapshot(self, key: str, service: Obj) -> ServiceSnapshot | None:
+        s = self.settings
+        return service_snapshot(
+            service,
+            cluster=self.cluster,
+            load_balancer_class=s.load_balancer_class,
+            was_ours=self.memory.was_ours(key, uid(service)),
+            classless=s.serve_classless,
+        )
+
+    def is_ours(self, service: Obj) -> bool:
+        s = self.settings
+        return is_ours(service, s.load_balancer_class, classless=s.serve_classless)
+
+    def problems(self, service: Obj) -> tuple[str, ...]:
+        return service_problems(service, protocols=self.settings.protocols)
+
+    def problems_note(self, key: str, service: Obj, snapshot: ServiceSnapshot | None) -> str | None:
+        if snapshot is None or snapshot.deleting:
+            return None
+        problems = self.problems(service)
+        if not problems:
+            return None
+        return invalid_note(problems, served=self.memory.serves(key, uid(service)))
+
+    # --- tracing ----------------------------------------------------------------------
+
+    def span_attributes(self, service: Obj) -> dict[str, str]:
+        meta = metadata(service)
+        return self.ref_attributes(str(meta.get("namespace") or ""), str(meta.get("name") or ""))
+
+    def ref_attributes(self, namespace: str, name: str) -> dict[str, str]:
+        return {
+            "vipwire.cluster": self.cluster,
+            "k8s.namespace.name": namespace,
+            "k8s.service.name": name,
+        }
+
+    def root_span(self, attributes: dict[str, str]) -> AbstractContextManager[Any]:
+        """A new trace: a change of a Service starts one."""
+        return self.runtime.tracer.start_as_current_span(
+            "reconcile service", context=Context(), attributes=attributes
+        )

@@ -1,0 +1,284 @@
+"""The watcher's term memory: what one term knows it published, and what the rest said."""
+
+from __future__ import annotations
+
+from vipwire.contracts import (
+    LbProgrammed,
+    Member,
+    NodeGone,
+    NodeSnapshot,
+    ServiceGone,
+    ServicePort,
+    ServiceSnapshot,
+    VipAssigned,
+)
+from vipwire.watcher.core.events import EventSpec
+from vipwire.watcher.core.term_memory import (
+    DeferredEvent,
+    TermMemory,
+    compact,
+    message_fingerprint,
+)
+from vipwire.watcher.core.translate import SliceEndpoints
+
+KEY = "shop/web"
+PORT = ServicePort(port=80, protocol="TCP")
+N1 = Member(node="n1", address="192.0.2.11")
+
+
+def snapshot(uid: str = "u-1", *, rv: str = "1", deleting: bool = False) -> ServiceSnapshot:
+    return ServiceSnapshot(
+        cluster="east",
+        namespace="shop",
+        name="web",
+        uid=uid,
+        resource_version=rv,
+        ports=(PORT,),
+        deleting=deleting,
+    )
+
+
+def gone(uid: str = "u-1") -> ServiceGone:
+    return ServiceGone(cluster="east", namespace="shop", name="web", uid=uid)
+
+
+def node(name: str = "n1") -> NodeSnapshot:
+    return NodeSnapshot(cluster="east", node=name, addresses=("192.0.2.11",))
+
+
+def assigned(uid: str = "u-1", vips: tuple[str, ...] = ("198.51.100.7",)) -> VipAssigned:
+    return VipAssigned(
+        cluster="east",
+        namespace="shop",
+        name="web",
+        uid=uid,
+        vips=vips,
+        pool="default",
+        appliance_group="dc1",
+        ports=(PORT,),
+    )
+
+
+def programmed(
+    uid: str = "u-1", members: tuple[Member, ...] = (N1,), vips: tuple[str, ...] = ("198.51.100.7",)
+) -> LbProgrammed:
+    return LbProgrammed(
+        cluster="east",
+        namespace="shop",
+        name="web",
+        uid=uid,
+        vips=vips,
+        appliance="sim-1",
+        ports=(PORT,),
+        members=members,
+    )
+
+
+class TestOwnSubjects:
+    def test_an_older_message_changes_nothing(self) -> None:
+        """A snapshot older than the one recorded (a late replay) is not remembered."""
+        memory = TermMemory(gating=False)
+        memory.remember_service(KEY, snapshot(rv="2"), 7)
+        memory.remember_service(KEY, snapshot(rv="1", deleting=True), 5)
+        record = memory.services[KEY]
+        assert (record.seq, record.deleting) == (7, False)
+
+    def test_a_record_says_whom_it_serves_and_since_when(self) -> None:
+        """live_seq stays at the last live snapshot while the Service is deleting."""
+        memory = TermMemory(gating=False)
+        memory.remember_service(KEY, snapshot(), 3)
+        assert memory.serves(KEY, "u-1") and not memory.serves(KEY, "u-2")
+        memory.remember_service(KEY, snapshot(deleting=True), 4)
+        assert not memory.serves(KEY, "u-1")
+        assert memory.live_seq(KEY) == 3
+        assert memory.was_ours(KEY, "u-1")
+        memory.remember_service(KEY, gone(), 5)
+        assert memory.snapshot_of(KEY) is None and not memory.was_ours(KEY, "u-1")
+        assert memory.live_seq(KEY) == 3
+
+    def test_published_alike_ignores_the_resource_version(self) -> None:
+        """Our own status writes bump the resourceVersion: that alone is nothing new."""
+        memory = TermMemory(gating=False)
+        memory.remember_service(KEY, snapshot(rv="1"), 3)
+        assert memory.published_alike(KEY, snapshot(rv="9"))
+        assert not memory.published_alike(KEY, snapshot(rv="9", deleting=True))
+
+    def test_a_tombstone_stays_while_the_object_is_not_listed_gone(self) -> None:
+        """The end of a Service is kept until the cluster is listed without it."""
+        memory = TermMemory(gating=False)
+        memory.own_message(KEY, snapshot(), 3, absent=False, caught_up=True)
+        memory.own_message(KEY, gone(), 4, absent=False, caught_up=True)
+        assert memory.services[KEY].fingerprint is None
+
+    def test_a_tombstone_goes_with_the_endpoints_once_absent(self) -> None:
+        """An end that came back, of an object listed gone: its entries are dropped."""
+        memory = TermMemory(gating=False)
+        memory.own_message(KEY, snapshot(), 3, absent=True, caught_up=False)
+        memory.remember_endpoints(KEY, b"f", 4)
+        memory.own_message(KEY, gone(), 5, absent=True, caught_up=False)
+        assert KEY not in memory.services and KEY not in memory.endpoints
+        # During the replay nothing older can come after it: no end is remembered.
+        memory.remember_service(KEY, snapshot(), 3)
+        assert KEY in memory.services
+
+    def test_an_end_that_came_back_first_fences_the_late_record(self) -> None:
+        """When our end comes back before our publish recorded it, the publish's late
+        record (and anything older) cannot bring the entry back."""
+        memory = TermMemory(gating=False)
+        memory.remember_service(KEY, snapshot(), 3)
+        memory.own_message(KEY, gone(), 5, absent=True, caught_up=True)
+        assert KEY not in memory.services
+        memory.remember_service(KEY, gone(), 5)  # the publish acknowledged, late
+        assert KEY not in memory.services
+        memory.remember_service(KEY, snapshot(uid="u-2"), 6)  # a new life: newer
+        assert memory.serves(KEY, "u-2")
+
+    def test_an_end_we_recorded_first_leaves_no_fence(self) -> None:
+        """When our publish recorded the end before it came back, nothing is fenced."""
+        memory = TermMemory(gating=False)
+        memory.remember_service(KEY, gone(), 5)
+        memory.forget_tombstone("service", KEY, 5, recorded=True, absent=True, caught_up=True)
+        assert KEY not in memory.services
+        memory.remember_service(KEY, snapshot(), 4)
+        assert KEY in memory.services
+
+    def test_a_newer_message_keeps_its_entry(self) -> None:
+        """An end older than what is recorded drops nothing."""
+        memory = TermMemory(gating=False)
+        memory.remember_service(KEY, snapshot(uid="u-2"), 9)
+        memory.forget_tombstone("service", KEY, 5, recorded=True, absent=True, caught_up=True)
+        assert memory.serves(KEY, "u-2")
+
+    def test_a_node_tombstone_takes_its_reports_along(self) -> None:
+        """A Node gone from the cluster takes what its agent applied with it."""
+        memory = TermMemory(gating=True)
+        memory.own_message("n1", node(), 2, absent=False, caught_up=True)
+        memory.observe_applied("n1", ["198.51.100.7"], 3)
+        memory.own_message(
+            "n1", NodeGone(cluster="east", node="n1"), 4, absent=True, caught_up=True
+        )
+        assert "n1" not in memory.nodes
+        assert "n1" not in memory.applied and "n1" not in memory.applied_seq
+
+    def test_service_and_node_fences_are_apart(self) -> None:
+        """A Service and a Node of the same key fence only their own subject."""
+        memory = TermMemory(gating=False)
+        memory.remember_service("x", snapshot(), 3)
+        memory.own_message("x", gone(), 5, absent=True, caught_up=True)
+        memory.remember_node("x", node("x"), 4)
+        assert "x" in memory.nodes
+
+
+class TestWhatTheRestSaid:
+    def test_an_overtaken_redelivery_is_not_fresh(self) -> None:
+        """A message older than the view's is ignored, and says what it would replace."""
+        memory = TermMemory(gating=False)
+        first = memory.observe(KEY, assigned(), 4)
+        assert first.fresh and first.before is None
+        assert memory.observe(KEY, assigned(vips=("198.51.100.8",)), 6).fresh
+        assert not memory.observe(KEY, assigned(), 4).fresh
+
+    def test_a_redelivery_is_judged_against_the_same_past(self) -> None:
+        """The same message delivered twice sees the same ``before``."""
+        memory = TermMemory(gating=False)
+        memory.observe(KEY, assigned(), 4)
+        newer = assigned(vips=("198.51.100.8",))
+        once = memory.observe(KEY, newer, 6)
+        again = memory.observe(KEY, newer, 6)
+        assert once.before == again.before
+        assert isinstance(once.before, VipAssigned) and once.before.vips == ("198.51.100.7",)
+
+    def test_the_view_keeps_no_ports_nor_members_without_a_gate(self) -> None:
+        """Without a gate the view keeps neither ports nor members; with one, members."""
+        plain = TermMemory(gating=False)
+        plain.observe(KEY, programmed(), 4)
+        lb = plain.view(KEY).lb
+        assert isinstance(lb, LbProgrammed) and lb.ports == () and lb.members == ()
+        assert plain.gated == {}
+        gated = TermMemory(gating=True)
+        gated.observe(KEY, programmed(), 4)
+        lb = gated.view(KEY).lb
+        assert isinstance(lb, LbProgrammed) and lb.members == (N1,)
+        assert gated.gated == {KEY: frozenset({"n1"})}
+
+    def test_compact_drops_what_no_decision_reads(self) -> None:
+        """An assignment loses its ports; other messages stay as they are."""
+        kept = compact(assigned(), gating=False)
+        assert isinstance(kept, VipAssigned) and kept.ports == ()
+        gated = compact(programmed(), gating=True)
+        assert isinstance(gated, LbProgrammed) and gated.members == (N1,)
+
+    def test_a_report_opens_the_services_of_its_node(self) -> None:
+        """A node's report names the gated Services it is a member of; older ones none."""
+        memory = TermMemory(gating=True)
+        memory.observe(KEY, programmed(), 4)
+        memory.observe("shop/other", programmed(members=()), 5)
+        assert memory.observe_applied("n1", ["198.51.100.7"], 10) == [KEY]
+        assert memory.applied["n1"] == frozenset({"198.51.100.7"})
+        assert memory.observe_applied("n1", [], 9) == []
+        assert memory.applied["n1"] == frozenset({"198.51.100.7"})
+
+    def test_without_a_gate_reports_are_not_kept(self) -> None:
+        """Without a gate a node's report is not worth keeping."""
+        memory = TermMemory(gating=False)
+        assert memory.observe_applied("n1", ["198.51.100.7"], 10) == []
+        assert memory.applied == {}
+
+    def test_a_service_gone_everywhere_is_forgotten(self) -> None:
+        """Once absent and ended, a Service's view, invalidity and held Events go."""
+        memory = TermMemory(gating=True)
+        memory.remember_service(KEY, snapshot(), 3)
+        memory.observe(KEY, programmed(), 4)
+        memory.invalid[KEY] = ("u-1", ("bad",))
+        spec = EventSpec(type="Normal", reason="R", action="A", note="n")
+        memory.defer(KEY, "lb", DeferredEvent(spec=spec, uid="u-1", cause="c", trace_id=None))
+        memory.forget_service(KEY, absent=True)
+        assert KEY in memory.views  # its snapshot has not ended yet
+        memory.remember_service(KEY, gone(), 6)
+        memory.forget_service(KEY, absent=False)
+        assert KEY in memory.views  # still listed
+        memory.forget_service(KEY, absent=True)
+        assert KEY not in memory.views and KEY not in memory.gated
+        assert memory.invalid == {} and memory.deferred == {}
+
+    def test_held_events_are_taken_once(self) -> None:
+        """A held Event is handed out once, by family."""
+        memory = TermMemory(gating=False)
+        spec = EventSpec(type="Normal", reason="R", action="A", note="n")
+        held = DeferredEvent(spec=spec, uid="u-1", cause="c", trace_id=None)
+        memory.defer(KEY, "vip", held)
+        assert memory.take_deferred(KEY, "lb") is None
+        assert memory.take_deferred(KEY, "vip") == held
+        assert memory.take_deferred(KEY, "vip") is None
+
+
+class TestEndpoints:
+    def test_endpoints_keep_the_newest_fingerprint(self) -> None:
+        """An older endpoints message does not replace a newer one."""
+        memory = TermMemory(gating=False)
+        memory.remember_endpoints(KEY, b"new", 8)
+        memory.remember_endpoints(KEY, b"old", 5)
+        assert memory.endpoints_unchanged(KEY, b"new")
+        assert not memory.endpoints_unchanged("shop/other", b"new")
+
+    def test_fingerprints_tell_messages_apart(self) -> None:
+        """Equal messages share a fingerprint; different ones do not."""
+        assert message_fingerprint(node()) == message_fingerprint(node())
+        assert message_fingerprint(node()) != message_fingerprint(node("n2"))
+
+    def test_the_slice_index_follows_changes_and_lists(self) -> None:
+        """Slices move between Services; a list rebuilds the index."""
+        memory = TermMemory(gating=False)
+        web = SliceEndpoints(service=KEY)
+        other = SliceEndpoints(service="shop/other")
+        assert memory.index_slice("shop/web-a", web, None) == {KEY}
+        assert memory.index_slice("shop/web-b", web, None) == {KEY}
+        assert memory.slices_of(KEY) == ["shop/web-a", "shop/web-b"]
+        assert memory.index_slice("shop/web-b", other, web) == {KEY, "shop/other"}
+        assert memory.slices_of(KEY) == ["shop/web-a"]
+        assert memory.index_slice("shop/web-a", None, web) == {KEY}
+        assert KEY not in memory.slice_index
+        memory.remember_endpoints("shop/gone", b"f", 3)
+        listed = memory.reindex_slices({"shop/web-a": web, "x": SliceEndpoints()})
+        assert listed == {KEY, "shop/gone"}
+        assert memory.slice_index == {KEY: ("shop/web-a",)}
