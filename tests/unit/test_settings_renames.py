@@ -162,7 +162,7 @@ def test_config_check_accepts_old_names_with_a_warning(
     for name, mapping in renames.items():
         old, _ = next(iter(mapping.items()))
         lines += [f"{name}:", f"  {old}: 1"]
-        if name == "nodeagent":
+        if name in ("nodeagent", "watcher"):
             lines.append("  cluster: c1")
     config = tmp_path / "old.yaml"
     config.write_text("\n".join(lines) + "\n")
