@@ -456,6 +456,23 @@ def test_check_without_reserving_changes_nothing() -> None:
     assert allocator.claims() == before
 
 
+def test_choices_pass_over_addresses_being_claimed() -> None:
+    """choose(skip=...) never offers an address this replica is claiming right now, counts
+    those as in use when the pool is full, and advance() moves next fit past a choice."""
+    allocator = Allocator([PoolSettings(name="p", addresses=("192.0.2.0/30",))])
+    first = allocator.choose(req("a"))
+    assert isinstance(first, Allocation) and first.new == ("192.0.2.0",)
+    allocator.advance(first)
+    second = allocator.choose(req("b"), skip=first.new)
+    assert isinstance(second, Allocation) and second.new == ("192.0.2.1",)
+    wrapped = allocator.choose(req("c"), skip=("192.0.2.1", "192.0.2.2", "192.0.2.3"))
+    assert isinstance(wrapped, Allocation) and wrapped.new == ("192.0.2.0",)
+    full = allocator.choose(req("d"), skip=("192.0.2.0", "192.0.2.1", "192.0.2.2", "192.0.2.3"))
+    assert isinstance(full, AllocationFailure)
+    assert full.message.endswith("'p' (4/4 in use)")
+    assert allocator.claims() == {}
+
+
 def test_priority_then_configuration_order() -> None:
     """Lower priority numbers win; equal ones go in configuration order."""
     pools = (
