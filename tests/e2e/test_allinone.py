@@ -23,7 +23,7 @@ from vipwire.allinone import Stack
 from vipwire.bus import kv_keys
 from vipwire.contracts import IPAM_BUCKET
 from vipwire.ipam import addr_key
-from vipwire.ipam.store import decode_claim
+from vipwire.ipam.core.records import decode_claim
 from vipwire.testing import eventually
 
 POOL = ipaddress.ip_network("198.51.100.0/24")

@@ -41,7 +41,8 @@ from vipwire.ipam import (
     ServiceRecord,
     Sharer,
 )
-from vipwire.ipam.store import GroupRecord, IpamStore, decode_claim, decode_record
+from vipwire.ipam.core.records import GroupRecord, decode_claim, decode_record
+from vipwire.ipam.io.bucket import IpamStore
 from vipwire.natsserver import NatsServer
 from vipwire.runtime import Runtime
 from vipwire.testing import eventually
@@ -169,14 +170,14 @@ async def kv_state(rt: Runtime) -> tuple[dict[str, Claim], dict[str, ServiceReco
     Listed with the store's own scan: nats-py's ``keys()`` may answer "none" under
     load (its end-of-values marker can overtake the values).
     """
-    store = IpamStore((await rt.bus.kv(IPAM_BUCKET)).raw, rt.bus.js)
+    store = IpamStore(await rt.bus.kv(IPAM_BUCKET))
     claims = {k: decode_claim(k, e.value) for k, e in (await store.scan("addr.")).items()}
     records = {k: decode_record(k, e.value) for k, e in (await store.scan("svc.")).items()}
     return claims, records
 
 
 async def groups(rt: Runtime) -> dict[str, GroupRecord]:
-    store = IpamStore((await rt.bus.kv(IPAM_BUCKET)).raw, rt.bus.js)
+    store = IpamStore(await rt.bus.kv(IPAM_BUCKET))
     return {
         k: msgspec.json.decode(e.value or b"", type=GroupRecord)
         for k, e in (await store.scan("grp.")).items()
@@ -250,70 +251,8 @@ class TestAssign:
         spans = {s.name: s for s in span_exporter.get_finished_spans()}
         assert spans["publish vip"].context.trace_id == spans["publish service"].context.trace_id
 
-    async def test_a_changed_snapshot_keeps_its_vip_and_carries_new_ports(
-        self, bus: Runtime, seen: Seen, make_ipam: IpamFactory
-    ) -> None:
-        """VipAssigned is repeated with the new ports; the VIP never changes."""
-        await make_ipam()
-        await bus.bus.publish(snapshot("web"))
-        first = await seen.wait(VipAssigned, "web")
-        await bus.bus.publish(snapshot("web", ports=(ServicePort(port=443),)))
-        second = await seen.wait(VipAssigned, "web", count=2)
-        assert second.vips == first.vips and second.ports == (ServicePort(port=443),)
-
-    async def test_dual_stack_and_requested_ips(
-        self, bus: Runtime, seen: Seen, make_ipam: IpamFactory
-    ) -> None:
-        """RequireDualStack gets one VIP per family; a requested address is given as asked."""
-        await make_ipam()
-        await bus.bus.publish(
-            snapshot("dual", ip_families=("IPv6", "IPv4"), ip_family_policy="RequireDualStack")
-        )
-        await bus.bus.publish(snapshot("pinned", requested_ips=("192.0.2.77",)))
-        dual = await seen.wait(VipAssigned, "dual")
-        pinned = await seen.wait(VipAssigned, "pinned")
-        assert [ipaddress.ip_address(v).version for v in dual.vips] == [6, 4]
-        assert pinned.vips == ("192.0.2.77",)
-        await bus.bus.publish(snapshot("thief", requested_ips=("192.0.2.77",)))
-        failed = await seen.wait(VipFailed, "thief")
-        assert "east/shop/pinned" in failed.message
-
-    async def test_a_replaced_service_releases_the_old_claims_first(
-        self, bus: Runtime, seen: Seen, make_ipam: IpamFactory
-    ) -> None:
-        """Same name, new uid: the old incarnation's claims go, the new one gets its own."""
-        await make_ipam()
-        await bus.bus.publish(snapshot("web", requested_ips=("192.0.2.9",)))
-        await seen.wait(VipAssigned, "web")
-        await bus.bus.publish(snapshot("web", uid="second", requested_ips=("192.0.2.9",)))
-        again = await seen.wait(VipAssigned, "web", count=2)
-        assert (again.uid, again.vips) == ("second", ("192.0.2.9",))
-        claims, records = await kv_state(bus)
-        assert [s.uid for c in claims.values() for s in c.sharers] == ["second"]
-        assert records["svc.east.shop.web"].uid == "second"
-
 
 class TestRelease:
-    async def test_deletion_withdraws_then_releases_on_lb_removed(
-        self, bus: Runtime, seen: Seen, make_ipam: IpamFactory
-    ) -> None:
-        """deleting → VipReleasing (claims held); LbRemoved → claims gone, VipReleased."""
-        await make_ipam()
-        await bus.bus.publish(snapshot("web"))
-        assigned = await seen.wait(VipAssigned, "web")
-        await bus.bus.publish(snapshot("web", deleting=True))
-        releasing = await seen.wait(VipReleasing, "web")
-        assert (releasing.vips, releasing.appliance_group) == (assigned.vips, "g1")
-        claims, records = await kv_state(bus)
-        assert set(claims) == {addr(assigned.vips[0])}
-        assert records["svc.east.shop.web"].state == "releasing"
-        assert not seen.of(VipReleased, "web")
-
-        await bus.bus.publish(lb_removed("web", vips=assigned.vips))
-        released = await seen.wait(VipReleased, "web")
-        assert released.vips == assigned.vips
-        assert await kv_state(bus) == ({}, {})
-
     async def test_released_keys_leave_no_markers_for_good_and_come_back(
         self, bus: Runtime, seen: Seen, make_ipam: IpamFactory
     ) -> None:
@@ -337,52 +276,6 @@ class TestRelease:
         await bus.bus.publish(snapshot("web", uid="u-2", requested_ips=assigned.vips))
         again = await seen.wait(VipAssigned, "web", count=2)
         assert again.uid == "u-2" and again.vips == assigned.vips
-
-    async def test_gone_without_claims_is_released_at_once(
-        self, bus: Runtime, seen: Seen, make_ipam: IpamFactory
-    ) -> None:
-        """A Service that never held an address is released without an appliance round trip."""
-        await make_ipam()
-        await bus.bus.publish(ServiceGone(cluster="east", namespace="shop", name="ghost", uid="u"))
-        released = await seen.wait(VipReleased, "ghost")
-        assert released.vips == ()
-        assert not seen.of(VipReleasing)
-
-    async def test_deleting_a_new_incarnation_also_withdraws_an_outlived_old_one(
-        self, bus: Runtime, seen: Seen, make_ipam: IpamFactory
-    ) -> None:
-        """Old uid recorded, new uid deleted before it was ever live: the new one is released
-        at once, the old one goes through withdrawal."""
-        await make_ipam()
-        await bus.bus.publish(snapshot("web", uid="old"))
-        first = await seen.wait(VipAssigned, "web")
-        await bus.bus.publish(snapshot("web", uid="new", deleting=True))
-        releasing = await seen.wait(VipReleasing, "web")
-        released = await seen.wait(VipReleased, "web")
-        assert (releasing.uid, releasing.vips) == ("old", first.vips)
-        assert (released.uid, released.vips) == ("new", ())
-        await bus.bus.publish(lb_removed("web", uid="old"))
-        old = await seen.wait(VipReleased, "web", count=2)
-        assert (old.uid, old.vips) == ("old", first.vips)
-        assert await kv_state(bus) == ({}, {})
-
-    async def test_a_service_that_comes_back_before_removal_keeps_its_vip(
-        self, bus: Runtime, seen: Seen, make_ipam: IpamFactory
-    ) -> None:
-        """deleting then live again (class changed back): same VIP, a late LbRemoved is ignored."""
-        ipam = await make_ipam()
-        await bus.bus.publish(snapshot("web"))
-        first = await seen.wait(VipAssigned, "web")
-        await bus.bus.publish(snapshot("web", deleting=True))
-        await seen.wait(VipReleasing, "web")
-        await bus.bus.publish(snapshot("web"))
-        back = await seen.wait(VipAssigned, "web", count=2)
-        assert back.vips == first.vips
-        await bus.bus.publish(lb_removed("web"))
-        await handled(ipam, 4)
-        assert not seen.of(VipReleased, "web")
-        claims, records = await kv_state(bus)
-        assert addr(first.vips[0]) in claims and records["svc.east.shop.web"].state == "active"
 
 
 class TestDurability:
@@ -516,7 +409,7 @@ class TestIdempotency:
             )
             before = await kv_state(bus)
             for _ in range(2):
-                assert await ipam._handle(delivery) == DONE
+                assert await ipam.handle(delivery) == DONE
             assert await kv_state(bus) == before
 
         live = snapshot("web")
@@ -582,12 +475,6 @@ async def ask(rt: Runtime, subject: str, payload: object = None) -> dict[str, An
     return answer
 
 
-async def last_vip_message(rt: Runtime, name: str, cluster: str = "east") -> Message:
-    subject = f"vipwire.{cluster}.vip.shop.{name}"
-    raw = await rt.bus.js.get_last_msg(STREAM, subject)
-    return decode(subject, raw.data or b"")
-
-
 class TestSharing:
     async def test_one_key_shares_one_vip_until_the_last_sharer_leaves(
         self, bus: Runtime, seen: Seen, make_ipam: IpamFactory
@@ -644,7 +531,7 @@ class TestSharing:
                 f"k{i}-{proto.lower()}", sharing_key=f"k{i}", ports=ports(f"53/{proto}")
             )
             for _ in range(5):
-                verdict = await replica._handle(delivery(message))
+                verdict = await replica.handle(delivery(message))
                 if verdict == DONE:
                     break
             return verdict
@@ -663,108 +550,6 @@ class TestSharing:
         assert len({v for vs in vips.values() for v in vs}) == 20
         claims, _ = await kv_state(bus)
         assert len(claims) == 20 and all(len(c.sharers) == 2 for c in claims.values())
-
-    async def test_a_refused_port_change_keeps_the_vip_and_the_appliance_as_it_was(
-        self, bus: Runtime, seen: Seen, make_ipam: IpamFactory
-    ) -> None:
-        """A sharer moving onto another's port: VipFailed says why, then VipAssigned repeats
-        the VIP with the old ports, so the last word on the subject is still the VIP."""
-        await make_ipam()
-        await bus.bus.publish(snapshot("a", sharing_key="k", ports=ports("80/TCP")))
-        first = await seen.wait(VipAssigned, "a")
-        await bus.bus.publish(snapshot("b", sharing_key="k", ports=ports("81/TCP")))
-        await seen.wait(VipAssigned, "b")
-        await bus.bus.publish(snapshot("b", sharing_key="k", ports=ports("80/TCP", "81/TCP")))
-        failed = await seen.wait(VipFailed, "b")
-        assert failed.reason == "AllocationFailed"
-        assert "80/TCP" in failed.message and "keeps its VIP" in failed.message
-        kept = await seen.wait(VipAssigned, "b", count=2)
-        assert kept.vips == first.vips and kept.ports == ports("81/TCP")
-        assert await last_vip_message(bus, "b") == kept
-        await bus.bus.publish(snapshot("a", sharing_key="k", ports=ports("8080/TCP")))
-        await seen.wait(VipAssigned, "a", count=2)
-        # The port is free now: the waiting change goes through without a new snapshot.
-        through = await seen.wait(VipAssigned, "b", count=3)
-        assert through.ports == ports("80/TCP", "81/TCP")
-        claims, _ = await kv_state(bus)
-        (claim,) = claims.values()
-        assert [s.ports for s in claim.sharers] == [("8080/TCP",), ("80/TCP", "81/TCP")]
-
-
-FAILURE_POOLS = (
-    PoolSettings(
-        name="lab",
-        addresses=("192.0.2.0/29",),
-        avoid=("192.0.2.3",),
-        clusters=("east", "west"),
-    ),
-    PoolSettings(name="east-only", addresses=("198.51.100.8/30",), clusters=("east",)),
-    PoolSettings(name="pay-only", addresses=("198.51.100.16/30",), namespaces=("pay",)),
-    PoolSettings(name="gold", addresses=("198.51.100.24/30",), service_selector={"tier": "gold"}),
-    PoolSettings(name="manual", addresses=("203.0.113.0/30",), auto_assign=False),
-)
-
-
-class TestFailureReasons:
-    async def test_every_refusal_reaches_the_service_with_its_reason(
-        self, bus: Runtime, seen: Seen, make_ipam: IpamFactory
-    ) -> None:
-        """Each rule that can refuse an allocation is named in a VipFailed (AllocationFailed),
-        the message the watcher puts in the Service's Warning Event."""
-        await make_ipam(*FAILURE_POOLS)
-        await bus.bus.publish(snapshot("owner", requested_ips=("192.0.2.1",)))
-        await bus.bus.publish(
-            snapshot("dns", requested_ips=("192.0.2.2",), sharing_key="k", ports=ports("53/UDP"))
-        )
-        await seen.wait(VipAssigned, "owner")
-        await seen.wait(VipAssigned, "dns")
-        cases: dict[str, tuple[dict[str, Any], str]] = {
-            "unknown-pool": ({"pool": "nope"}, "pool 'nope' does not exist"),
-            "other-cluster": ({"pool": "east-only", "cluster": "west"}, "only for clusters east"),
-            "other-ns": ({"pool": "pay-only"}, "only for namespaces pay"),
-            "no-label": ({"pool": "gold"}, "only serves Services labelled tier=gold"),
-            "no-pool": ({"cluster": "north"}, "no auto-assign pool serves north/shop/no-pool"),
-            "family": (
-                {"pool": "east-only", "ip_family_policy": "RequireDualStack"},
-                "pool 'east-only' has no IPv6 addresses",
-            ),
-            "outside": ({"requested_ips": ("10.0.0.1",)}, "10.0.0.1 is in no pool"),
-            "avoided": ({"requested_ips": ("192.0.2.3",)}, "192.0.2.3 is on pool 'lab''s avoid"),
-            "taken": ({"requested_ips": ("192.0.2.1",)}, "in use by east/shop/owner"),
-            "port-clash": (
-                {"requested_ips": ("192.0.2.2",), "sharing_key": "k", "ports": ports("53/UDP")},
-                "dns, which uses port 53/UDP",
-            ),
-            "policy": (
-                {
-                    "requested_ips": ("192.0.2.2",),
-                    "sharing_key": "k",
-                    "ports": ports("53/TCP"),
-                    "external_traffic_policy": "Local",
-                },
-                "externalTrafficPolicy is Cluster",
-            ),
-            "other-key": (
-                {"requested_ips": ("192.0.2.2",), "sharing_key": "j"},
-                "under sharing key 'k'",
-            ),
-            "cross-cluster": (
-                {"requested_ips": ("192.0.2.2",), "sharing_key": "k", "cluster": "west"},
-                "never shared across clusters",
-            ),
-            "bad-family": ({"requested_ips": ("2001:db8::1",)}, "SingleStack IPv4"),
-        }
-        for name, (fields, _) in cases.items():
-            await bus.bus.publish(snapshot(name, **fields))
-        for name, (fields, text) in cases.items():
-            failed = await seen.wait(VipFailed, name, cluster=str(fields.get("cluster", "east")))
-            assert failed.reason == "AllocationFailed"
-            assert text in failed.message, (name, failed.message)
-
-        for i in range(6):
-            await bus.bus.publish(snapshot(f"fill{i}", pool="lab"))
-        dry = await seen.wait(VipFailed, "fill5")
-        assert dry.message == "no free IPv4 address in pool 'lab' (7/7 in use)"
 
 
 class TestReload:
@@ -921,7 +706,8 @@ class TestRaces:
         whether the server checks the subject's last sequence as it stores VipAssigned
         (nats-server 2.11+) or, before that, the check is a read of its own."""
         ipam = await make_ipam()
-        ipam._expect_subject = server_checks
+        assert ipam.lifecycle is not None
+        ipam.lifecycle.publisher.expect_subject = server_checks
         live = snapshot("web")
         seq = await bus.bus.publish(live)
         await seen.wait(VipAssigned, "web")
@@ -934,7 +720,7 @@ class TestRaces:
         async def not_yet(d: Delivery) -> bool:
             return False  # as if the start-up check ran before the deletion was published
 
-        monkeypatch.setattr(ipam, "_superseded", not_yet)
+        monkeypatch.setattr(ipam.lifecycle.publisher, "superseded", not_yet)
         stale = Delivery(
             subject=parse_subject(subject_for(live)),
             message=live,
@@ -942,7 +728,7 @@ class TestRaces:
             num_delivered=2,
             headers={},
         )
-        assert await ipam._handle(stale) == DONE
+        assert await ipam.handle(stale) == DONE
         assert await kv_state(bus) == ({}, {})
         assert len(seen.of(VipAssigned, "web")) == 1
 
@@ -952,7 +738,7 @@ class TestRaces:
         """A snapshot handled after a newer one was stored, by a replica that read nothing
         first (no claim names the Service), publishes no VipFailed: the newer one decides."""
         ipam = await make_ipam()
-        await ipam._consumer.stop()  # type: ignore[union-attr]  # this test hands out the deliveries
+        await ipam.consumer.stop()  # type: ignore[union-attr]  # this test hands out the deliveries
         old = snapshot("web", requested_ips=("203.0.113.9",))  # outside every pool
         seq = await bus.bus.publish(old)
         await bus.bus.publish(snapshot("web"))
@@ -963,7 +749,7 @@ class TestRaces:
             num_delivered=1,
             headers={},
         )
-        assert await ipam._handle(stale) == DONE
+        assert await ipam.handle(stale) == DONE
         assert await stored(bus, "vipwire.east.vip.shop.web") == 0
         assert await kv_state(bus) == ({}, {})
 
@@ -979,7 +765,7 @@ class TestStaleCache:
         """Replica ``a`` serves everything; ``b`` hears nothing of ``a``'s claims."""
         a = await make_ipam(name="ipam-a")
         b = await make_ipam(name="ipam-b")
-        await b._consumer.stop()  # type: ignore[union-attr]
+        await b.consumer.stop()  # type: ignore[union-attr]
         await b.cache.stop()
         return a, b
 
@@ -1003,7 +789,7 @@ class TestStaleCache:
             num_delivered=2,
             headers={},
         )
-        assert await b._handle(again) == DONE
+        assert await b.handle(again) == DONE
         claims, records = await kv_state(bus)
         assert set(claims) == {addr(first[0]), addr(vips[0])}
         assert records["svc.east.shop.web"].vips == vips
@@ -1020,7 +806,7 @@ class TestStaleCache:
         a, b = await self.stale_pair(bus, seen, make_ipam)
         await bus.bus.publish(snapshot("web"))
         await seen.wait(VipAssigned, "web")
-        await a._consumer.stop()  # type: ignore[union-attr]
+        await a.consumer.stop()  # type: ignore[union-attr]
         new = snapshot("web", uid="uid-web-2")
         seq = await bus.bus.publish(new)
         delivery = Delivery(
@@ -1030,7 +816,7 @@ class TestStaleCache:
             num_delivered=1,
             headers={},
         )
-        assert await b._handle(delivery) == DONE
+        assert await b.handle(delivery) == DONE
         claims, records = await kv_state(bus)
         record = records["svc.east.shop.web"]
         assert record.uid == "uid-web-2"

@@ -17,9 +17,9 @@ from vipwire.contracts import (
     ServiceView,
     ShowReply,
 )
-from vipwire.ipam.allocator import Claim, Sharer
-from vipwire.ipam.control import claim_view, record_view
-from vipwire.ipam.store import ServiceRecord
+from vipwire.ipam.core.claims import Claim, Sharer
+from vipwire.ipam.core.records import ServiceRecord
+from vipwire.ipam.core.views import claim_view, record_view
 
 SHARED = Claim(
     cluster="east",

@@ -23,9 +23,10 @@ from vipwire.ipam import (
     Request,
     Sharer,
 )
-from vipwire.ipam.addresses import from_kv_token, kv_token, parse_block
-from vipwire.ipam.intervals import IntervalSet
-from vipwire.ipam.store import decode_claim
+from vipwire.ipam.core.addresses import from_kv_token, kv_token, parse_block
+from vipwire.ipam.core.intervals import IntervalSet
+from vipwire.ipam.core.records import decode_claim
+from vipwire.ipam.core.requested import unlike
 
 POOLS = (
     PoolSettings(
@@ -61,6 +62,14 @@ def req(name: str, uid: str | None = None, cluster: str = "west", **kw: object) 
     }
     fields.update(kw)
     return msgspec.convert(fields, Request)
+
+
+def take(allocator: Allocator, request: Request) -> Allocation | AllocationFailure:
+    """Choose for ``request`` and hold the choice, as a commit that landed would."""
+    result = allocator.choose(request)
+    if isinstance(result, Allocation):
+        allocator.take(result)
+    return result
 
 
 def usable(address: str, pool: PoolSettings) -> bool:
@@ -143,7 +152,7 @@ class Story:
         self.title = title
 
     def allocate(self, request: Request) -> Allocation | AllocationFailure:
-        result = self.allocator.allocate(request)
+        result = take(self.allocator, request)
         if isinstance(result, Allocation):
             self.held[request.service] = result.addresses
             self.owners[request.service] = request.owner
@@ -413,10 +422,10 @@ def test_same_incarnation_adopts_what_it_already_holds() -> None:
     """A Service whose claim survived a crash (no record) gets that claim back, not a new one."""
     allocator = Allocator(POOLS)
     allocator.claim("192.0.2.6", req("web").claim("default"))
-    again = allocator.allocate(req("web"))
+    again = take(allocator, req("web"))
     assert isinstance(again, Allocation)
     assert (again.addresses, again.new, again.held) == (("192.0.2.6",), (), ("192.0.2.6",))
-    replaced = allocator.allocate(req("web", uid="other", requested_ips=("192.0.2.6",)))
+    replaced = take(allocator, req("web", uid="other", requested_ips=("192.0.2.6",)))
     assert isinstance(replaced, AllocationFailure)
     assert "earlier incarnation" in replaced.message
 
@@ -436,14 +445,31 @@ def test_names_tells_whether_any_incarnation_of_a_service_holds_an_address() -> 
 
 
 def test_check_without_reserving_changes_nothing() -> None:
-    """allocate(reserve=False) answers whether a request would succeed, claiming nothing."""
+    """choose() answers whether a request would succeed, claiming nothing."""
     allocator = Allocator(POOLS)
-    assert isinstance(allocator.allocate(req("a"), reserve=False), Allocation)
-    allocator.allocate(req("s1", sharing_key="k", ports=("1/TCP",)))
+    assert isinstance(allocator.choose(req("a")), Allocation)
+    take(allocator, req("s1", sharing_key="k", ports=("1/TCP",)))
     before = allocator.claims()
-    share = allocator.allocate(req("s2", sharing_key="k", ports=("2/TCP",)), reserve=False)
+    share = allocator.choose(req("s2", sharing_key="k", ports=("2/TCP",)))
     assert isinstance(share, Allocation) and share.joined
     assert allocator.claims() == before
+
+
+def test_choices_pass_over_addresses_being_claimed() -> None:
+    """choose(skip=...) never offers an address this replica is claiming right now, counts
+    those as in use when the pool is full, and advance() moves next fit past a choice."""
+    allocator = Allocator([PoolSettings(name="p", addresses=("192.0.2.0/30",))])
+    first = allocator.choose(req("a"))
+    assert isinstance(first, Allocation) and first.new == ("192.0.2.0",)
+    allocator.advance(first)
+    second = allocator.choose(req("b"), skip=first.new)
+    assert isinstance(second, Allocation) and second.new == ("192.0.2.1",)
+    wrapped = allocator.choose(req("c"), skip=("192.0.2.1", "192.0.2.2", "192.0.2.3"))
+    assert isinstance(wrapped, Allocation) and wrapped.new == ("192.0.2.0",)
+    full = allocator.choose(req("d"), skip=("192.0.2.0", "192.0.2.1", "192.0.2.2", "192.0.2.3"))
+    assert isinstance(full, AllocationFailure)
+    assert full.message.endswith("'p' (4/4 in use)")
+    assert allocator.claims() == {}
 
 
 def test_priority_then_configuration_order() -> None:
@@ -457,7 +483,7 @@ def test_priority_then_configuration_order() -> None:
     allocator = Allocator(pools)
     got = []
     for i in range(8):
-        result = allocator.allocate(req(f"s{i}"))
+        result = take(allocator, req(f"s{i}"))
         assert isinstance(result, Allocation)
         got.append(result.pool)
     assert got == ["preferred"] * 2 + ["first"] * 2 + ["second"] * 2 + ["last"] * 2
@@ -470,18 +496,21 @@ def test_dual_stack_policies() -> None:
         PoolSettings(name="dual", addresses=("198.51.100.0/30", "2001:db8::/126")),
     )
     allocator = Allocator(pools)
-    prefer = allocator.allocate(req("p", ip_family_policy="PreferDualStack"))
+    prefer = take(allocator, req("p", ip_family_policy="PreferDualStack"))
     assert isinstance(prefer, Allocation)
     assert (prefer.pool, prefer.addresses) == ("dual", ("198.51.100.0", "2001:db8::"))
-    six_first = allocator.allocate(
-        req("r", ip_families=("IPv6", "IPv4"), ip_family_policy="RequireDualStack")
+    six_first = take(
+        allocator, req("r", ip_families=("IPv6", "IPv4"), ip_family_policy="RequireDualStack")
     )
     assert isinstance(six_first, Allocation)
     assert six_first.addresses == ("2001:db8::1", "198.51.100.1")
-    single = allocator.allocate(req("s"))
+    single = take(allocator, req("s"))
     assert isinstance(single, Allocation) and single.pool == "v4"
-    asked = allocator.allocate(
-        req("a", ip_family_policy="RequireDualStack", requested_ips=("2001:db8::3", "198.51.100.3"))
+    asked = take(
+        allocator,
+        req(
+            "a", ip_family_policy="RequireDualStack", requested_ips=("2001:db8::3", "198.51.100.3")
+        ),
     )
     assert isinstance(asked, Allocation) and asked.addresses == ("198.51.100.3", "2001:db8::3")
     for request, text in [
@@ -490,7 +519,7 @@ def test_dual_stack_policies() -> None:
         (req("x", ip_families=("IPv4", "IPv4")), "one of each"),
         (req("x", requested_ips=("198.51.100.2", "198.51.100.1")), "one per family"),
     ]:
-        failure = allocator.allocate(request)
+        failure = take(allocator, request)
         assert isinstance(failure, AllocationFailure), request
         assert failure.code == "InvalidRequest" and text in failure.message, failure
 
@@ -499,16 +528,16 @@ def test_a_service_asking_for_something_else_is_told_not_moved() -> None:
     """A live Service that changes its requested address, pool or families keeps its VIPs;
     the allocator says how they differ (for the log), and a fresh Service asks nothing."""
     allocator = Allocator(POOLS)
-    assert isinstance(allocator.allocate(req("web")), Allocation)
-    assert allocator.unlike(req("web")) == ()
-    assert allocator.unlike(req("other", pool="manual")) == ()
+    assert isinstance(take(allocator, req("web")), Allocation)
+    assert unlike(allocator, req("web")) == ()
+    assert unlike(allocator, req("other", pool="manual")) == ()
     changed = req("web", pool="manual", requested_ips=("203.0.113.1",))
-    assert allocator.unlike(changed) == (
+    assert unlike(allocator, changed) == (
         "asks for 203.0.113.1, holds 192.0.2.1",
         "asks for pool 'manual', holds VIPs of default",
     )
     dual = req("web", ip_family_policy="RequireDualStack")
-    assert allocator.unlike(dual) == ("asks for both families, holds IPv4 only",)
+    assert unlike(allocator, dual) == ("asks for both families, holds IPv4 only",)
     assert allocator.held_by(changed.owner) == ("192.0.2.1",)
 
 
@@ -533,8 +562,8 @@ def test_stale_for_every_kind_of_edit_and_counted_per_cluster() -> None:
     )
     allocator = Allocator(base)
     for i, cluster in enumerate(["east", "east", "west", "west", "west"]):
-        assert isinstance(allocator.allocate(req(f"s{i}", cluster=cluster, pool="a")), Allocation)
-    assert isinstance(allocator.allocate(req("b0", pool="b")), Allocation)
+        assert isinstance(take(allocator, req(f"s{i}", cluster=cluster, pool="a")), Allocation)
+    assert isinstance(take(allocator, req("b0", pool="b")), Allocation)
     edited = (
         PoolSettings(
             name="a",
@@ -561,17 +590,17 @@ def test_stale_for_every_kind_of_edit_and_counted_per_cluster() -> None:
     ]
     assert usage["c", "IPv4"].in_use == 1  # the moved address is held, not free
     assert usage["b", "IPv4"].configured is False
-    fresh = after.allocate(req("n", pool="c"))
+    fresh = take(after, req("n", pool="c"))
     assert isinstance(fresh, Allocation) and fresh.addresses == ("192.0.2.5",)
 
 
 def test_next_fit_does_not_reuse_a_just_released_address() -> None:
     """After a release, new Services get fresh addresses until the pool wraps round."""
     allocator = Allocator([PoolSettings(name="p", addresses=("192.0.2.0/28",))])
-    first = allocator.allocate(req("a"))
+    first = take(allocator, req("a"))
     assert isinstance(first, Allocation)
     allocator.release(first.addresses[0])
-    second = allocator.allocate(req("b"))
+    second = take(allocator, req("b"))
     assert isinstance(second, Allocation) and second.addresses != first.addresses
 
 
@@ -584,7 +613,7 @@ def test_a_slash_16_allocates_fast_and_stays_compact() -> None:
     allocator = Allocator([pool])
     got = set()
     for i in range(10_000):
-        result = allocator.allocate(req(f"s{i}"))
+        result = take(allocator, req(f"s{i}"))
         assert isinstance(result, Allocation)
         got.add(result.addresses[0])
     assert len(got) == 10_000
@@ -595,7 +624,7 @@ def test_a_slash_16_allocates_fast_and_stays_compact() -> None:
 def test_ipv6_pool_of_two_to_the_64_is_no_problem() -> None:
     """A /64 is kept as one run; its size and usage are exact."""
     allocator = Allocator([PoolSettings(name="v6", addresses=("2001:db8:1::/64",))])
-    result = allocator.allocate(req("a", ip_families=("IPv6",)))
+    result = take(allocator, req("a", ip_families=("IPv6",)))
     assert isinstance(result, Allocation) and result.addresses == ("2001:db8:1::",)
     (usage,) = allocator.usage()
     assert (usage.size, usage.in_use) == (2**64, 1)
@@ -743,7 +772,7 @@ class AllocatorLives(RuleBasedStateMachine):
     def _try(self, request: Request) -> None:
         if request.name in self.live:
             return
-        result = self.allocator.allocate(request)
+        result = take(self.allocator, request)
         if isinstance(result, AllocationFailure):
             assert result.message
             return

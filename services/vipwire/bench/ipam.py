@@ -33,11 +33,11 @@ from typing import Annotated, Any
 import msgspec
 
 from vipwire.bench._result import BenchResult, convert_params
-from vipwire.bus import Bus, BusSettings, connect, kv_keys
+from vipwire.bus import Bus, BusSettings, connect
 from vipwire.contracts import IPAM_BUCKET
 from vipwire.ipam import Allocation, Allocator, ClaimCache, IpamStore, PoolSettings, Request
-from vipwire.ipam.store import Conflict
-from vipwire.metrics import Registry
+from vipwire.ipam.io.bucket import Conflict
+from vipwire.metrics import Registry, percentile
 from vipwire.natsserver import NatsServer
 from vipwire.telemetry import make_tracer_provider
 
@@ -145,7 +145,7 @@ async def _race(url: str, pool: PoolSettings, options: IpamOptions, hold: int) -
                 attempts=20,
             )
             bucket = await bus.kv(IPAM_BUCKET)
-            cache = ClaimCache(IpamStore(bucket.raw, bus.js), Allocator([pool]))
+            cache = ClaimCache(IpamStore(bucket), Allocator([pool]))
             replicas.append(_Replica(i, bus, cache))
             await cache.start(60.0)
         shared = _Shared(options.allocations)
@@ -178,8 +178,8 @@ async def _race(url: str, pool: PoolSettings, options: IpamOptions, hold: int) -
                 (shared.allocated + shared.freed + shared.conflicts) / total_s, 1
             ),
             "drain_s": round(drain_s, 3),
-            "p50_ms": round(_percentile(latencies, 50) * 1000, 3),
-            "p99_ms": round(_percentile(latencies, 99) * 1000, 3),
+            "p50_ms": round(percentile(latencies, 50) * 1000, 3),
+            "p99_ms": round(percentile(latencies, 99) * 1000, 3),
             "conflicts": shared.conflicts,
             "exhausted_waits": shared.exhausted_waits,
             "duplicates": shared.duplicates,
@@ -201,23 +201,29 @@ async def _worker(replica: _Replica, shared: _Shared, hold: int, worker: int) ->
         shared.next += 1
         request = Request(cluster=f"c{n % 5}", namespace="bench", name=f"s{n}", uid=f"u{n}")
         begun = time.perf_counter()
+        cache = replica.cache
         while True:
-            result = replica.cache.allocator.allocate(request)
+            result = cache.allocator.choose(request, skip=cache.claiming)
             if not isinstance(result, Allocation):
                 shared.exhausted_waits += 1
                 await asyncio.sleep(0.01)  # full: wait for a free, as a Service would
                 continue
             (address,) = result.new
             claim = result.claims[address]
+            # As the ledger does: the choice is being claimed, the next one starts after it.
+            cache.claiming.add(address)
+            cache.allocator.advance(result)
             try:
                 revision = await store.create_claim(
-                    address, claim, deleted_at=replica.cache.deleted_at(address)
+                    address, claim, deleted_at=cache.deleted_at(address)
                 )
             except Conflict:
                 shared.conflicts += 1
-                await replica.cache.lost(address)
+                await cache.lost(address)
                 continue
-            replica.cache.learn(address, claim, revision)
+            finally:
+                cache.claiming.discard(address)
+            cache.learn(address, claim, revision)
             break
         shared.latencies.append(time.perf_counter() - begun)
         if address in shared.holders:
@@ -246,11 +252,4 @@ async def _free(replica: _Replica, shared: _Shared, address: str, revision: int)
 
 
 async def _left(replica: _Replica) -> int:
-    return len(await kv_keys(replica.bus.js, IPAM_BUCKET))
-
-
-def _percentile(values: list[float], p: float) -> float:
-    if not values:
-        return 0.0
-    rank = max(1, math.ceil(p / 100 * len(values)))
-    return values[rank - 1]
+    return len(await (await replica.bus.kv(IPAM_BUCKET)).keys())

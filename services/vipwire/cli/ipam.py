@@ -192,10 +192,12 @@ async def show_from_kv(nc: Client, target: str, *, timeout: float = 3.0) -> Show
     import nats.errors
     import nats.js.errors
 
+    from vipwire.bus import KvBucket
     from vipwire.contracts import IPAM_BUCKET, AddressView, ServiceRef, ServiceView, ShowReply
-    from vipwire.ipam.addresses import canonical
-    from vipwire.ipam.control import claim_view, record_view
-    from vipwire.ipam.store import IpamStore, StoreError, service_key
+    from vipwire.ipam.core.addresses import canonical
+    from vipwire.ipam.core.records import service_key
+    from vipwire.ipam.core.views import claim_view, record_view
+    from vipwire.ipam.io.bucket import IpamStore, StoreError
 
     js = nc.jetstream(timeout=timeout)
     try:
@@ -204,7 +206,7 @@ async def show_from_kv(nc: Client, target: str, *, timeout: float = 3.0) -> Show
         return ShowReply(instance="-", source="kv", error=f"no KV bucket {IPAM_BUCKET}")
     except (nats.errors.Error, TimeoutError) as exc:
         raise IpamUnavailable(f"cannot open KV bucket {IPAM_BUCKET}: {exc!r}") from exc
-    store = IpamStore(bucket, js)
+    store = IpamStore(KvBucket(bucket, js, IPAM_BUCKET))
     try:
         if "/" in target:
             try:

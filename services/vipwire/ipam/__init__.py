@@ -1,28 +1,24 @@
 """ipam: assigns VIPs to LoadBalancer Services from address pools.
 
 One shared service for every cluster; its state is the ``vipwire-ipam`` KV
-bucket (see :mod:`vipwire.ipam.store` for the layout) and every change to it
-is a compare-and-set, so replicas never hand out an address twice. Operators
-ask it questions on ``vipwire-ctl.ipam.*`` (see :mod:`vipwire.ipam.control`).
+bucket (see :mod:`vipwire.ipam.core.records` for the layout) and every change
+to it is a compare-and-set, so replicas never hand out an address twice.
+Decisions are the pure core's (:mod:`vipwire.ipam.core`); the adapters are in
+:mod:`vipwire.ipam.io`. Operators ask it questions on ``vipwire-ctl.ipam.*``
+(subjects and payloads: :mod:`vipwire.contracts`; answered by
+:mod:`vipwire.ipam.io.control`).
 """
 
-from vipwire.ipam.allocator import (
-    Allocation,
-    AllocationFailure,
-    Allocator,
-    Claim,
-    ClaimUpdate,
-    ClusterUsage,
-    Owner,
-    PoolUsage,
-    Request,
-    Sharer,
-)
-from vipwire.ipam.cache import ClaimCache
-from vipwire.ipam.control import IpamStatus, ReleaseReply, ReloadReply, ShowReply
+from vipwire.ipam.core.allocator import Allocator
+from vipwire.ipam.core.choices import Allocation
+from vipwire.ipam.core.claims import Claim, ClaimUpdate, Owner, Request, Sharer
+from vipwire.ipam.core.pools import ClusterUsage, PoolUsage
+from vipwire.ipam.core.records import ServiceRecord, addr_key, service_key
+from vipwire.ipam.core.refusals import AllocationFailure
+from vipwire.ipam.io.bucket import IpamStore
+from vipwire.ipam.io.claim_cache import ClaimCache
 from vipwire.ipam.service import IpamService
 from vipwire.ipam.settings import IpamConfigError, IpamSettings, PoolSettings
-from vipwire.ipam.store import IpamStore, ServiceRecord, addr_key, service_key
 
 __all__ = [
     "Allocation",
@@ -35,17 +31,13 @@ __all__ = [
     "IpamConfigError",
     "IpamService",
     "IpamSettings",
-    "IpamStatus",
     "IpamStore",
     "Owner",
     "PoolSettings",
     "PoolUsage",
-    "ReleaseReply",
-    "ReloadReply",
     "Request",
     "ServiceRecord",
     "Sharer",
-    "ShowReply",
     "addr_key",
     "service_key",
 ]

@@ -27,7 +27,7 @@ from typing import Annotated
 import msgspec
 
 from vipwire.contracts import SubjectError, validate_cluster
-from vipwire.ipam.addresses import Block, parse_block
+from vipwire.ipam.core.addresses import Block, parse_block
 from vipwire.runtime import ConfigError
 
 # Pool names travel in KV values, metric labels and VipAssigned; keep them plain.

@@ -1,8 +1,12 @@
-"""ipam, rerun: every recorded VIP decision against the allocator and the claims history implies.
+"""ipam, rerun: every recorded VIP decision against ipam's own core and the claims history implies.
 
-The recorded allocations are themselves inputs: after each decision is
-judged, the sandbox takes the claims the history says were made, so one
-divergence does not drown everything after it. Which address a Service gets
+ipam's rules are not restated here: its records and claims are kept by
+ipam's :class:`~vipwire.ipam.core.sandbox.Sandbox`, what it would answer is
+:func:`~vipwire.ipam.core.decide.decide`'s plan, and which addresses it may
+give is its :class:`~vipwire.ipam.core.allocator.Allocator`'s. The recorded
+allocations are themselves inputs: after each decision is judged, the
+sandbox takes the claims the history says were made, so one divergence does
+not drown everything after it. Which address a Service gets
 may legitimately depend on the order ipam handled things in (concurrent
 Services, several replicas, restarts), so what is checked is what must hold
 in any order, plus, where the choice is deterministic, the choice itself:
@@ -36,14 +40,13 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import NamedTuple
 
 import msgspec
 
 from vipwire.contracts import (
     LbRemoved,
     ServiceGone,
+    ServiceRef,
     ServiceSnapshot,
     VipAssigned,
     VipFailed,
@@ -52,52 +55,25 @@ from vipwire.contracts import (
     service_subject,
     vips_text,
 )
-from vipwire.ipam import (
-    AllocationFailure,
-    Allocator,
-    Owner,
-    PoolSettings,
-    Request,
-)
-from vipwire.ipam.service import request_of
+from vipwire.ipam import AllocationFailure, Allocator, Owner, PoolSettings, Request
+from vipwire.ipam.core.claims import request_of
+from vipwire.ipam.core.decide import decide, withdrawal
+from vipwire.ipam.core.records import ServiceRecord
+from vipwire.ipam.core.sandbox import Sandbox
 from vipwire.replay.rerun.history import Event, History, following
+from vipwire.replay.rerun.next_fit import (
+    Inflight,
+    NextFitChecks,
+    canonical,
+    family_of,
+    service_subject_of,
+)
 from vipwire.replay.rerun.report import Sink, describe
 
 Ref = tuple[str, str, str]
-#: Addresses a next-fit walk may look at before it gives up (a near-full huge pool).
-WALK_LIMIT = 1 << 16
 
 
-@dataclass
-class _Held:
-    """What ipam's record of one Service says, as history tells it."""
-
-    uid: str
-    vips: tuple[str, ...]
-    pool: str
-    group: str
-    #: active, releasing (withdrawal asked) or removed (LbRemoved: claims freed).
-    state: str
-    since: int
-
-
-def _canonical(address: str) -> str | None:
-    try:
-        return str(ipaddress.ip_address(address))
-    except ValueError:
-        return None
-
-
-def _family(address: str) -> str:
-    return "IPv6" if ":" in address else "IPv4"
-
-
-class _Inflight(NamedTuple):
-    vips: frozenset[str]
-    undone: bool
-
-
-class IpamCheck:
+class IpamCheck(NextFitChecks):
     def __init__(
         self,
         history: History,
@@ -110,16 +86,29 @@ class IpamCheck:
         self.history = history
         self.sink = sink
         self.pools = {p.name: p for p in pools}
-        self.allocator = Allocator(pools)
+        #: ipam's records and claims as history implies them.
+        self.ipam = Sandbox(pools)
         self.exact = exact
         self.settle_ns = settle_ns
         self.known = history.complete
-        self.holders: dict[Ref, _Held] = {}
+        #: Seq of the decision each record dates from (for the report).
+        self.since: dict[Ref, int] = {}
+        #: Records released on LbRemoved whose VipReleased is still to come.
+        self.cleaned: dict[Ref, ServiceRecord] = {}
         self.live: dict[str, ServiceSnapshot] = {}
         self.echoes: dict[str, set[bytes]] = {}
         self.cursor: dict[tuple[str, str], int] = {}
         #: Service subject → a fresh request not yet answered.
-        self.inflight: dict[str, _Inflight] = {}
+        self.inflight: dict[str, Inflight] = {}
+
+    @property
+    def allocator(self) -> Allocator:
+        return self.ipam.allocator
+
+    def _record(self, ref: Ref, uid: str) -> ServiceRecord | None:
+        """The record of this very incarnation, if history says ipam has one."""
+        record = self.ipam.records.get(ServiceRef(*ref))
+        return record if record is not None and record.uid == uid else None
 
     # --- the sweep ---------------------------------------------------------------------
 
@@ -152,11 +141,11 @@ class IpamCheck:
 
     def _on_service(self, event: Event, message: ServiceSnapshot | ServiceGone) -> None:
         ref = (message.cluster, message.namespace, message.name)
+        self.ipam.last_service[ServiceRef(*ref)] = message
         if isinstance(message, ServiceSnapshot) and not message.deleting:
             self.live[message.uid] = message
             self.echoes.setdefault(message.uid, set()).add(_echo_of(message))
-            held = self.holders.get(ref)
-            holds = held is not None and held.uid == message.uid and held.state != "removed"
+            holds = self._record(ref, message.uid) is not None
             if not holds and event.subject.raw not in self.inflight:
                 self.inflight[event.subject.raw] = self._inflight(event, ref)
         self._check_answer(event, ref)
@@ -189,10 +178,14 @@ class IpamCheck:
 
     def _on_lb_removed(self, message: LbRemoved) -> None:
         ref = (message.cluster, message.namespace, message.name)
-        held = self.holders.get(ref)
-        if held is not None and held.uid == message.uid and held.state == "releasing":
-            self._leave_all(Owner(*ref, held.uid))
-            held.state = "removed"
+        record = self._record(ref, message.uid)
+        if record is None:
+            return
+        plan = decide(message, record, self.allocator)
+        if plan.action in ("release", "reassign"):
+            # The appliance is clean: ipam deletes the record and leaves its claims.
+            self.ipam.drop(ServiceRef(*ref))
+            self.cleaned[ref] = record
 
     # --- decisions ----------------------------------------------------------------------
 
@@ -214,8 +207,7 @@ class IpamCheck:
         ref = (v.cluster, v.namespace, v.name)
         owner = Owner(*ref, v.uid)
         snap = self._request(event, v.uid, describe(v))
-        held = self.holders.get(ref)
-        holds = held is not None and held.uid == v.uid and held.state != "removed"
+        held = self._record(ref, v.uid)
         if snap is not None and _echo_of(v) not in self.echoes.get(v.uid, set()):
             self._diverge(
                 event,
@@ -226,52 +218,53 @@ class IpamCheck:
                 "its ports, externalTrafficPolicy or healthCheckNodePort match no snapshot",
             )
             snap = None  # judged; do not judge it twice
-        if holds:
-            assert held is not None
+        if held is not None:
             self._on_kept(event, v, held, snap)
             return
-        if held is not None and held.state != "removed":
-            # A new incarnation of the name: ipam drops the old one's record.
-            self._leave_all(Owner(*ref, held.uid))
+        self.cleaned.pop(ref, None)
+        other = self.ipam.records.get(ServiceRef(*ref))
+        if other is not None and (
+            snap is None or decide(snap, other, self.allocator).action == "replace"
+        ):
+            # A new incarnation of the name: ipam drops the old one's record first.
+            self.ipam.drop(ServiceRef(*ref))
         if snap is not None:
             self._judge_fresh(event, v, snap)
         self._commit(v, snap, owner)
-        self.holders[ref] = _Held(
-            uid=v.uid,
-            vips=v.vips,
-            pool=v.pool,
-            group=v.appliance_group,
-            state="active",
-            since=event.seq,
+        self.ipam.records[ServiceRef(*ref)] = ServiceRecord(
+            uid=v.uid, vips=v.vips, pool=v.pool, appliance_group=v.appliance_group
         )
+        self.since[ref] = event.seq
 
     def _on_kept(
-        self, event: Event, v: VipAssigned, held: _Held, snap: ServiceSnapshot | None
+        self, event: Event, v: VipAssigned, held: ServiceRecord, snap: ServiceSnapshot | None
     ) -> None:
+        ref = (v.cluster, v.namespace, v.name)
         if set(v.vips) != set(held.vips) or (v.pool, v.appliance_group) != (
             held.pool,
-            held.group,
+            held.appliance_group,
         ):
+            since = self.since.get(ref, 0)
             self._diverge(
                 event,
                 "ipam.stable",
                 v,
-                f"VipAssigned {vips_text(held.vips)} (pool {held.pool} → {held.group}), "
-                f"held since seq {held.since}",
+                f"VipAssigned {vips_text(held.vips)} (pool {held.pool} → "
+                f"{held.appliance_group}), held since seq {since}",
                 "a Service keeps its VIPs until they are released",
             )
-        held.state = "active"  # back before the appliance was cleaned
+        # Back before the appliance was cleaned, if it was going: active again.
+        kept = msgspec.structs.replace(held, state="active", reassign=False)
+        self.ipam.records[ServiceRef(*ref)] = kept
         if snap is not None:
-            refreshed = self.allocator.refresh(request_of(snap))
-            if not isinstance(refreshed, AllocationFailure):
-                for update in refreshed:
-                    self.allocator.claim(update.address, update.after)
+            # The claims follow the Service's change, as ipam's keep plan says.
+            plan = decide(snap, kept, self.allocator)
+            for update in plan.updates:
+                self.allocator.claim(update.address, update.after)
 
     def _judge_fresh(self, event: Event, v: VipAssigned, snap: ServiceSnapshot) -> None:
         request = request_of(snap)
-        probe = self.allocator.allocate(
-            msgspec.structs.replace(request, requested_ips=v.vips), reserve=False
-        )
+        probe = self.allocator.choose(msgspec.structs.replace(request, requested_ips=v.vips))
         if isinstance(probe, AllocationFailure):
             self._diverge(
                 event,
@@ -293,8 +286,8 @@ class IpamCheck:
             )
             return
         if snap.requested_ips:
-            asked = {_canonical(a) for a in snap.requested_ips}
-            if asked != {_canonical(a) for a in v.vips}:
+            asked = {canonical(a) for a in snap.requested_ips}
+            if asked != {canonical(a) for a in v.vips}:
                 self._diverge(
                     event,
                     "ipam.requested",
@@ -317,151 +310,6 @@ class IpamCheck:
         if self.exact:
             self._judge_next_fit(event, v, request)
 
-    def _what_instead(self, event: Event, v: VipAssigned, snap: ServiceSnapshot) -> str:
-        """What the allocator would have answered this snapshot with (for the report)."""
-        request = request_of(snap)
-        expected = self.allocator.allocate(request, reserve=False)
-        if isinstance(expected, AllocationFailure):
-            return f"VipFailed {expected.code}: {expected.message}"
-        if snap.requested_ips:
-            return f"VipAssigned {vips_text(expected.addresses)} (as requested)"
-        if not self.exact:
-            example = vips_text(expected.addresses)
-            return f"VipAssigned free addresses of pool {expected.pool} (such as {example})"
-        skip, budget = self._concurrent(event)
-        chosen = []
-        for address in expected.addresses:
-            fit = None
-            if address in expected.new:
-                fit = self._next_fit(expected.pool, _family(address), skip, budget)
-            chosen.append(fit[0] if fit else address)
-        return f"VipAssigned {vips_text(chosen)} (pool {expected.pool})"
-
-    def _judge_next_fit(self, event: Event, v: VipAssigned, request: Request) -> None:
-        expected = self.allocator.allocate(request, reserve=False)
-        if isinstance(expected, AllocationFailure):
-            self._diverge(
-                event,
-                "ipam.next-fit",
-                v,
-                f"VipFailed {expected.code}: {expected.message}",
-                "the allocator finds no room for this Service",
-            )
-            return
-        if expected.pool != v.pool or len(expected.addresses) != len(v.vips):
-            self._diverge(
-                event,
-                "ipam.next-fit",
-                v,
-                f"VipAssigned from pool {expected.pool} ({len(expected.addresses)} VIPs)",
-                "the allocator picks another pool or another number of families",
-            )
-            return
-        skip, budget = self._concurrent(event)
-        # Were another allocation recorded with one of these very VIPs, that is a
-        # conflict found there, not a reason to pass over them here.
-        skip -= {a for a in map(_canonical, v.vips) if a is not None}
-        for want, got in zip(expected.addresses, v.vips, strict=True):
-            if want in expected.joined:
-                if _canonical(got) != want:
-                    self._diverge(
-                        event,
-                        "ipam.next-fit",
-                        v,
-                        f"VipAssigned sharing {want}",
-                        "the allocator shares the lowest VIP of the sharing key that fits",
-                    )
-                    return
-                continue
-            if want not in expected.new:
-                continue
-            family = _family(want)
-            acceptable = self._next_fit(v.pool, family, skip, budget)
-            if acceptable is None or _canonical(got) in acceptable:
-                continue
-            # After an ipam restart its cursor starts at the pool's start again.
-            restarted = self._next_fit(v.pool, family, skip, budget, from_start=True)
-            if restarted is None or _canonical(got) in restarted:
-                continue
-            if acceptable:
-                others = f" (or {', '.join(acceptable[1:])})" if len(acceptable) > 1 else ""
-                self._diverge(
-                    event,
-                    "ipam.next-fit",
-                    v,
-                    f"VipAssigned {acceptable[0]}{others}",
-                    f"next fit in pool {v.pool} from where its last allocation left off"
-                    + (f", passing over {', '.join(sorted(skip))}" if skip else "")
-                    + (f" (after an ipam restart: {restarted[0]})" if restarted else ""),
-                )
-                return
-
-    def _inflight(self, event: Event, ref: Ref) -> _Inflight:
-        """What history says became of a request: the VIPs its answer names, or that it
-        got none (an allocation undone because the Service went away meanwhile)."""
-        history = self.history
-        answer = following(history.positions(service_subject("vip", *ref)), event.pos)
-        message = history.events[answer].message if answer is not None else None
-        if isinstance(message, VipAssigned):
-            vips = frozenset(a for a in map(_canonical, message.vips) if a is not None)
-            return _Inflight(vips, undone=False)
-        return _Inflight(frozenset(), undone=not isinstance(message, VipFailed))
-
-    def _concurrent(self, event: Event) -> tuple[set[str], int]:
-        """Requests in flight at ``event`` (but its own): the addresses they will be
-        recorded with, and how many may have taken an address and given it back."""
-        own = _service_subject_of(event)
-        skip: set[str] = set()
-        budget = 0
-        for subject, request in self.inflight.items():
-            if subject != own:
-                skip |= request.vips
-                budget += request.undone
-        return skip, budget
-
-    def _next_fit(
-        self, pool: str, family: str, skip: set[str], budget: int, *, from_start: bool = False
-    ) -> list[str] | None:
-        """Addresses next fit may give now, from the cursor (or the pool's start); None:
-        unknown (no such pool, or too far to walk)."""
-        settings = self.pools.get(pool)
-        if settings is None:
-            return None
-        blocks = sorted((b.first, b.last) for b in settings.blocks() if b.family == family)
-        if not blocks:
-            return None
-        start = blocks[0][0] if from_start else self.cursor.get((pool, family), blocks[0][0])
-        return self._walk(blocks, family, start, skip, budget + 1)
-
-    def _walk(
-        self,
-        blocks: list[tuple[int, int]],
-        family: str,
-        start: int,
-        skip: set[str],
-        wanted: int,
-    ) -> list[str] | None:
-        make = ipaddress.IPv4Address if family == "IPv4" else ipaddress.IPv6Address
-        # Circular order, as the allocator's cursor goes: from start up, then around.
-        segments = [(max(first, start), last) for first, last in blocks if last >= start]
-        segments += [(first, min(last, start - 1)) for first, last in blocks if first < start]
-        found: list[str] = []
-        steps = 0
-        for lo, hi in segments:
-            for value in range(lo, hi + 1):
-                steps += 1
-                if steps > WALK_LIMIT:
-                    return None
-                text = str(make(value))
-                if text in skip or self.allocator.claim_of(text) is not None:
-                    continue
-                if not self.allocator.usable(text):
-                    continue
-                found.append(text)
-                if len(found) >= wanted:
-                    return found
-        return found
-
     def _commit(self, v: VipAssigned, snap: ServiceSnapshot | None, owner: Owner) -> None:
         """Take the recorded allocation as what happened."""
         request = (
@@ -470,7 +318,7 @@ class IpamCheck:
             else Request(cluster=v.cluster, namespace=v.namespace, name=v.name, uid=v.uid)
         )
         for raw in v.vips:
-            address = _canonical(raw)
+            address = canonical(raw)
             if address is None:
                 continue
             claim = self.allocator.claim_of(address)
@@ -478,14 +326,11 @@ class IpamCheck:
                 self.allocator.claim(address, request.claim(v.pool, v.appliance_group))
                 asked = snap is not None and bool(snap.requested_ips)
                 if not asked:
-                    family = _family(address)
-                    self.cursor[(v.pool, family)] = int(ipaddress.ip_address(address)) + 1
+                    self.cursor[(v.pool, family_of(address))] = (
+                        int(ipaddress.ip_address(address)) + 1
+                    )
             elif not claim.holds(owner):
                 self.allocator.claim(address, claim.with_sharer(request.sharer()))
-
-    def _leave_all(self, owner: Owner) -> None:
-        for address in self.allocator.held_by(owner):
-            self.allocator.leave(address, owner)
 
     def _on_failed(self, event: Event, v: VipFailed) -> None:
         self.sink.decision("ipam", event)
@@ -493,11 +338,11 @@ class IpamCheck:
         if snap is None or not self.known:
             return
         ref = (v.cluster, v.namespace, v.name)
-        held = self.holders.get(ref)
+        held = self._record(ref, v.uid)
         request = request_of(snap)
-        if held is not None and held.uid == v.uid and held.state != "removed":
-            refreshed = self.allocator.refresh(request)
-            if not isinstance(refreshed, AllocationFailure):
+        if held is not None:
+            plan = decide(snap, held, self.allocator)
+            if plan.failure is None:
                 self._diverge(
                     event,
                     "ipam.failed",
@@ -506,10 +351,10 @@ class IpamCheck:
                     "only a change that no longer fits the other sharers is refused",
                 )
             return
-        probe = self.allocator.allocate(request, reserve=False)
+        probe = self.allocator.choose(request)
         if isinstance(probe, AllocationFailure):
             return
-        own = _service_subject_of(event)
+        own = service_subject_of(event)
         if any(s != own for s in self.inflight):
             return  # they may have taken the room first
         self._diverge(
@@ -523,8 +368,8 @@ class IpamCheck:
     def _on_releasing(self, event: Event, v: VipReleasing) -> None:
         self.sink.decision("ipam", event)
         ref = (v.cluster, v.namespace, v.name)
-        held = self.holders.get(ref)
-        if held is None or held.uid != v.uid or held.state == "removed":
+        held = self._record(ref, v.uid)
+        if held is None:
             if self.known:
                 self._diverge(
                     event,
@@ -533,48 +378,55 @@ class IpamCheck:
                     "VipReleased (this incarnation holds no VIPs)",
                     "only VIPs a Service holds are withdrawn",
                 )
-            self.holders[ref] = _Held(
+            self.cleaned.pop(ref, None)
+            self.ipam.records[ServiceRef(*ref)] = ServiceRecord(
                 uid=v.uid,
                 vips=v.vips,
                 pool="",
-                group=v.appliance_group,
+                appliance_group=v.appliance_group,
                 state="releasing",
-                since=event.seq,
             )
+            self.since[ref] = event.seq
             return
-        if set(v.vips) != set(held.vips):
+        plan = withdrawal(ServiceRef(*ref), held)
+        (expected,) = plan.publish
+        assert isinstance(expected.message, VipReleasing)
+        if set(v.vips) != set(expected.message.vips):
+            since = self.since.get(ref, 0)
             self._diverge(
                 event,
                 "ipam.releasing",
                 v,
-                f"VipReleasing {vips_text(held.vips)} (held since seq {held.since})",
+                f"VipReleasing {vips_text(held.vips)} (held since seq {since})",
                 "a withdrawal names exactly the VIPs held",
             )
-        held.state = "releasing"
+        self.ipam.records[ServiceRef(*ref)] = plan.record or held
 
     def _on_released(self, event: Event, v: VipReleased) -> None:
         self.sink.decision("ipam", event)
         ref = (v.cluster, v.namespace, v.name)
-        held = self.holders.get(ref)
-        if held is not None and held.uid == v.uid:
-            if held.state != "removed":
-                self._diverge(
-                    event,
-                    "ipam.release-order",
-                    v,
-                    f"VipReleasing {vips_text(held.vips)}, and VipReleased only after LbRemoved",
-                    "claims are held until the appliance reports the Service gone",
-                )
-                self._leave_all(Owner(*ref, held.uid))
-            elif v.vips and set(v.vips) != set(held.vips):
+        cleaned = self.cleaned.get(ref)
+        if cleaned is not None and cleaned.uid == v.uid:
+            if v.vips and set(v.vips) != set(cleaned.vips):
                 self._diverge(
                     event,
                     "ipam.released",
                     v,
-                    f"VipReleased {vips_text(held.vips)}",
+                    f"VipReleased {vips_text(cleaned.vips)}",
                     "a release names the VIPs that were held",
                 )
-            del self.holders[ref]
+            del self.cleaned[ref]
+            return
+        held = self._record(ref, v.uid)
+        if held is not None:
+            self._diverge(
+                event,
+                "ipam.release-order",
+                v,
+                f"VipReleasing {vips_text(held.vips)}, and VipReleased only after LbRemoved",
+                "claims are held until the appliance reports the Service gone",
+            )
+            self.ipam.drop(ServiceRef(*ref))
             return
         if v.vips and self.known:
             self._diverge(
@@ -596,12 +448,6 @@ class IpamCheck:
         self.sink.diverge(
             "ipam", event, check, recorded=describe(recorded), recomputed=recomputed, detail=detail
         )
-
-
-def _service_subject_of(event: Event) -> str:
-    s = event.subject
-    assert s.namespace is not None and s.name is not None
-    return service_subject("service", s.cluster, s.namespace, s.name)
 
 
 _echo_encoder = msgspec.json.Encoder()

@@ -4,8 +4,12 @@ A replica never trusts its memory for correctness: every claim it learns of
 (the start-up load, its own writes, other replicas' writes seen by a KV
 watch) goes into its allocator, and every decision is then made durable with
 a compare-and-set, a lost one meaning "re-read that address and decide
-again". :class:`ClaimCache` is that loop's state, shared by the ipam service
-and by the ipam benchmark (which drives it without the bus).
+again". The allocator reserves nothing when it chooses; the addresses this
+replica is creating claims for right now (:attr:`ClaimCache.claiming`) are
+passed over by its next choices, so that concurrent Services of one replica
+do not race each other for one address. :class:`ClaimCache` is that loop's
+state, shared by the ipam service and by the ipam benchmark (which drives it
+without the bus).
 """
 
 from __future__ import annotations
@@ -16,8 +20,9 @@ import random
 from collections.abc import Callable
 
 from vipwire.aio import cancel_and_wait
-from vipwire.ipam.allocator import Allocator, Claim
-from vipwire.ipam.store import ClaimEvent, ClaimWatch, IpamStore, StoreError
+from vipwire.ipam.core.allocator import Allocator
+from vipwire.ipam.core.claims import Claim
+from vipwire.ipam.io.bucket import ClaimEvent, ClaimWatch, IpamStore, StoreError
 
 log = logging.getLogger("vipwire.ipam.cache")
 
@@ -50,6 +55,8 @@ class ClaimCache:
         self._watch: ClaimWatch | None = None
         self._task: asyncio.Task[None] | None = None
         self._threshold: int | None = None
+        #: Addresses whose claims this replica is creating now (never chosen again meanwhile).
+        self.claiming: set[str] = set()
 
     async def start(self, timeout: float) -> None:
         """Load every claim (a restart must never hand out a held address), then follow."""

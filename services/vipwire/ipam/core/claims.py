@@ -1,0 +1,196 @@
+"""Who holds an address: Service incarnations, their entries, claims and requests.
+
+Plain values, no state: the allocator indexes them, the ledger stores them.
+A claim (one address) has one or more *sharers*: Services of one cluster and
+namespace with one sharing key, whose ports (port and protocol) are disjoint
+and whose externalTrafficPolicy agrees.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Literal, NamedTuple
+
+import msgspec
+
+from vipwire.contracts import ServicePort, ServiceSnapshot, port_text
+from vipwire.ipam.core.addresses import Family, parse_address
+
+FamilyPolicy = Literal["SingleStack", "PreferDualStack", "RequireDualStack"]
+TrafficPolicy = Literal["Cluster", "Local"]
+
+
+class Owner(NamedTuple):
+    """One incarnation of a Service: a re-created Service has a new uid."""
+
+    cluster: str
+    namespace: str
+    name: str
+    uid: str
+
+    @property
+    def service(self) -> str:
+        return f"{self.cluster}/{self.namespace}/{self.name}"
+
+
+class Sharer(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """One Service holding an address (alone, or sharing it)."""
+
+    name: str
+    uid: str
+    #: ``port/protocol`` of its ports; kept only for a claim with a sharing key
+    #: (the ports of an address nobody else may use are nobody's concern).
+    ports: tuple[str, ...] = ()
+    external_traffic_policy: TrafficPolicy = "Cluster"
+    #: The Service's labels when it last changed: a pool's selector is judged on them.
+    labels: dict[str, str] = {}
+
+
+class Claim(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """Who holds one address: the JSON value of its ``addr.<ip>`` KV key."""
+
+    cluster: str
+    namespace: str
+    #: The pool it was given from, and that pool's appliance group at the time.
+    pool: str
+    appliance_group: str = ""
+    #: None: the address is not shared, whatever the Service's ports.
+    sharing_key: str | None = None
+    #: Sorted by name; at least one.
+    sharers: tuple[Sharer, ...]
+
+    @property
+    def owners(self) -> tuple[Owner, ...]:
+        return tuple(Owner(self.cluster, self.namespace, s.name, s.uid) for s in self.sharers)
+
+    @property
+    def services(self) -> str:
+        """``east/shop/web`` or ``east/shop/web, east/shop/dns`` (for messages)."""
+        return ", ".join(o.service for o in self.owners)
+
+    def sharer(self, owner: Owner) -> Sharer | None:
+        if (owner.cluster, owner.namespace) != (self.cluster, self.namespace):
+            return None
+        for sharer in self.sharers:
+            if sharer.name == owner.name and sharer.uid == owner.uid:
+                return sharer
+        return None
+
+    def holds(self, owner: Owner) -> bool:
+        return self.sharer(owner) is not None
+
+    def others(self, owner: Owner) -> tuple[Sharer, ...]:
+        """The sharers other than ``owner`` (any incarnation of its name counts as it)."""
+        return tuple(s for s in self.sharers if s.name != owner.name)
+
+    def with_sharer(self, sharer: Sharer) -> Claim:
+        """The claim with ``sharer`` added (or its entry replaced)."""
+        rest = [s for s in self.sharers if (s.name, s.uid) != (sharer.name, sharer.uid)]
+        rest.append(sharer)
+        return msgspec.structs.replace(self, sharers=tuple(sorted(rest, key=_sharer_order)))
+
+    def without(self, owner: Owner) -> Claim | None:
+        """The claim once ``owner`` leaves; None when nobody is left (delete it)."""
+        rest = tuple(s for s in self.sharers if (s.name, s.uid) != (owner.name, owner.uid))
+        if not rest:
+            return None
+        return msgspec.structs.replace(self, sharers=rest)
+
+
+def _sharer_order(sharer: Sharer) -> tuple[str, str]:
+    return (sharer.name, sharer.uid)
+
+
+class Request(msgspec.Struct, frozen=True, kw_only=True):
+    """What a Service asks for (the allocation-relevant part of its snapshot)."""
+
+    cluster: str
+    namespace: str
+    name: str
+    uid: str
+    #: Pool named by the Service's annotation; None: any auto-assign pool.
+    pool: str | None = None
+    #: Exact addresses asked for; when set they are the VIPs (one per family).
+    requested_ips: tuple[str, ...] = ()
+    ip_families: tuple[Family, ...] = ("IPv4",)
+    ip_family_policy: FamilyPolicy = "SingleStack"
+    #: Services of one cluster and namespace with one key may share a VIP.
+    sharing_key: str | None = None
+    #: ``port/protocol`` of each Service port (``80/TCP``).
+    ports: tuple[str, ...] = ()
+    external_traffic_policy: TrafficPolicy = "Cluster"
+    labels: dict[str, str] = {}
+
+    @property
+    def owner(self) -> Owner:
+        return Owner(self.cluster, self.namespace, self.name, self.uid)
+
+    @property
+    def service(self) -> str:
+        return f"{self.cluster}/{self.namespace}/{self.name}"
+
+    def sharer(self) -> Sharer:
+        """This Service's entry in a claim."""
+        if self.sharing_key is None:
+            return Sharer(name=self.name, uid=self.uid, labels=dict(self.labels))
+        return Sharer(
+            name=self.name,
+            uid=self.uid,
+            ports=tuple(sorted(set(self.ports))),
+            external_traffic_policy=self.external_traffic_policy,
+            labels=dict(self.labels),
+        )
+
+    def claim(self, pool: str, appliance_group: str = "") -> Claim:
+        """A new claim held by this Service alone."""
+        return Claim(
+            cluster=self.cluster,
+            namespace=self.namespace,
+            pool=pool,
+            appliance_group=appliance_group,
+            sharing_key=self.sharing_key,
+            sharers=(self.sharer(),),
+        )
+
+    def families(self) -> tuple[Family, ...]:
+        """The families wanted, primary first, as the policy asks."""
+        primary: Family = self.ip_families[0] if self.ip_families else "IPv4"
+        if self.ip_family_policy == "SingleStack":
+            return (primary,)
+        other: Family = "IPv6" if primary == "IPv4" else "IPv4"
+        return (primary, other)
+
+
+class ClaimUpdate(NamedTuple):
+    """A claim of a Service's that must change because the Service did."""
+
+    address: str
+    before: Claim
+    after: Claim
+
+
+def address_order(address: str) -> tuple[str, int]:
+    return parse_address(address)
+
+
+def port_keys(ports: Iterable[ServicePort]) -> tuple[str, ...]:
+    """``80/TCP``, …: what two Services sharing a VIP must not both use."""
+    return tuple(sorted({port_text(p.port, p.protocol) for p in ports}))
+
+
+def request_of(snapshot: ServiceSnapshot) -> Request:
+    """The allocation-relevant part of a snapshot."""
+    return Request(
+        cluster=snapshot.cluster,
+        namespace=snapshot.namespace,
+        name=snapshot.name,
+        uid=snapshot.uid,
+        pool=snapshot.pool or None,
+        requested_ips=snapshot.requested_ips,
+        ip_families=snapshot.ip_families,
+        ip_family_policy=snapshot.ip_family_policy,
+        sharing_key=snapshot.sharing_key or None,
+        ports=port_keys(snapshot.ports),
+        external_traffic_policy=snapshot.external_traffic_policy,
+        labels=dict(snapshot.labels),
+    )

@@ -1,0 +1,113 @@
+"""The ``vip`` messages ipam publishes, built from what it decided."""
+
+from __future__ import annotations
+
+from typing import Final
+
+import msgspec
+
+from vipwire.contracts import (
+    LbRemoved,
+    Message,
+    ServiceGone,
+    ServicePort,
+    ServiceRef,
+    ServiceSnapshot,
+    VipAssigned,
+    VipFailed,
+    VipReleased,
+    VipReleasing,
+)
+from vipwire.ipam.core.allocator import Allocator
+from vipwire.ipam.core.claims import request_of
+from vipwire.ipam.core.records import ServiceRecord
+
+FAILED_REASON: Final = "AllocationFailed"
+
+
+def assigned(snap: ServiceSnapshot, record: ServiceRecord) -> VipAssigned:
+    return VipAssigned(
+        cluster=snap.cluster,
+        namespace=snap.namespace,
+        name=snap.name,
+        uid=snap.uid,
+        vips=record.vips,
+        pool=record.pool,
+        appliance_group=record.appliance_group,
+        ports=snap.ports,
+        external_traffic_policy=snap.external_traffic_policy,
+        health_check_node_port=snap.health_check_node_port,
+    )
+
+
+def failed(snap: ServiceSnapshot, message: str) -> VipFailed:
+    return VipFailed(
+        cluster=snap.cluster,
+        namespace=snap.namespace,
+        name=snap.name,
+        uid=snap.uid,
+        reason=FAILED_REASON,
+        message=message,
+    )
+
+
+def released(
+    about: ServiceSnapshot | ServiceGone | LbRemoved, vips: tuple[str, ...]
+) -> VipReleased:
+    return VipReleased(
+        cluster=about.cluster,
+        namespace=about.namespace,
+        name=about.name,
+        uid=about.uid,
+        vips=vips,
+    )
+
+
+def releasing(ref: ServiceRef, record: ServiceRecord) -> VipReleasing:
+    cluster, namespace, name = ref
+    return VipReleasing(
+        cluster=cluster,
+        namespace=namespace,
+        name=name,
+        uid=record.uid,
+        vips=record.vips,
+        appliance_group=record.appliance_group,
+    )
+
+
+def kept_assignment(
+    snap: ServiceSnapshot, record: ServiceRecord, last: Message | None, allocator: Allocator
+) -> VipAssigned:
+    """What the lbdriver was last told about this Service (``last``: the newest ``vip``
+    message on the stream), rebuilt from the claims when the stream no longer says.
+
+    Said again after a refused change, so that the last word on the subject still
+    describes the Service's VIPs as the appliance keeps them.
+    """
+    if isinstance(last, VipAssigned) and last.uid == snap.uid and last.vips == record.vips:
+        return last
+    ports: dict[str, ServicePort] = {}
+    owner = request_of(snap).owner
+    for vip in record.vips:
+        claim = allocator.claim_of(vip)
+        entry = claim.sharer(owner) if claim is not None else None
+        for text in entry.ports if entry is not None else ():
+            port, _, protocol = text.partition("/")
+            ports[text] = msgspec.convert({"port": int(port), "protocol": protocol}, ServicePort)
+    previous = last if isinstance(last, VipAssigned) and last.uid == snap.uid else None
+    return VipAssigned(
+        cluster=snap.cluster,
+        namespace=snap.namespace,
+        name=snap.name,
+        uid=snap.uid,
+        vips=record.vips,
+        pool=record.pool,
+        appliance_group=record.appliance_group,
+        ports=tuple(ports.values()) or (previous.ports if previous else snap.ports),
+        external_traffic_policy=(
+            previous.external_traffic_policy if previous else snap.external_traffic_policy
+        ),
+        health_check_node_port=(
+            previous.health_check_node_port if previous else snap.health_check_node_port
+        ),
+    )

@@ -1,0 +1,194 @@
+"""ipam without a KV bucket: the core's plans carried out on plain dictionaries.
+
+One replica, no races: every compare-and-set holds, so a plan lands whole.
+What it publishes is what ipam would publish for the same messages in the
+same order. Used where the decisions matter and the bucket does not: the
+lifecycle's story test, and ``replay --rerun`` (which runs these rules
+against a recorded history instead of restating them).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from vipwire.contracts import (
+    LbRemoved,
+    Message,
+    ServiceGone,
+    ServiceRef,
+    ServiceSnapshot,
+    VipMessage,
+    VipReleased,
+)
+from vipwire.ipam.core.allocator import Allocator
+from vipwire.ipam.core.claims import Owner, Request, request_of
+from vipwire.ipam.core.decide import Outgoing, Plan, decide, withdrawal, would_succeed
+from vipwire.ipam.core.messages import kept_assignment, released
+from vipwire.ipam.core.records import ServiceRecord
+
+if TYPE_CHECKING:
+    from vipwire.ipam.settings import PoolSettings
+
+
+class Sandbox:
+    """Claims (in the allocator), Service records and the waiting queue, in memory."""
+
+    def __init__(self, pools: Sequence[PoolSettings]) -> None:
+        self.allocator = Allocator(pools)
+        self.records: dict[ServiceRef, ServiceRecord] = {}
+        #: Waiting Services, oldest first: the request and the refusal it was told.
+        self.waiting: dict[ServiceRef, tuple[Request, str]] = {}
+        #: The newest ``service`` message and ``vip`` message of each Service.
+        self.last_service: dict[ServiceRef, ServiceSnapshot | ServiceGone] = {}
+        self.last_vip: dict[ServiceRef, Message] = {}
+
+    def reconfigure(self, pools: Sequence[PoolSettings]) -> None:
+        """New pools; no claim moves (those the pools would not give turn stale)."""
+        self.allocator = self.allocator.reconfigured(pools)
+
+    # --- messages in, messages out -------------------------------------------------------
+
+    def handle(self, message: Message, *, quiet: bool = False) -> list[Message]:
+        """What ipam publishes for ``message``; ``quiet``: a retry (no VipFailed)."""
+        if isinstance(message, ServiceSnapshot | ServiceGone):
+            self.last_service[_ref(message)] = message
+        if isinstance(message, ServiceSnapshot) and not message.deleting:
+            return self._live(message, quiet=quiet)
+        if not isinstance(message, ServiceSnapshot | ServiceGone | LbRemoved):
+            return []
+        ref = _ref(message)
+        plan = decide(message, self.records.get(ref), self.allocator)
+        if plan.action == "ignore":
+            return []
+        if plan.action in ("release", "reassign"):
+            record = self.records[ref]
+            self._release(ref, record)
+            if plan.action == "reassign":
+                return self._reassign(ref, record)
+            return self._publish(plan.publish)
+        if plan.action == "forget":
+            left = self._leave(Owner(*ref, message.uid), plan.leave)
+            if plan.announce_left:
+                return self._publish([released(message, left)])
+        if plan.record is not None:
+            self.records[ref] = plan.record
+        self._wait(ref, plan, None)
+        return self._publish(plan.publish)
+
+    def release(self, ref: ServiceRef) -> list[Message]:
+        """An operator's ``vipwire ipam release``: withdraw now, new VIPs once clean."""
+        record = self.records.get(ref)
+        if record is None or record.state == "releasing":
+            return []
+        plan = withdrawal(ref, record, reassign=True)
+        if plan.record is not None:
+            self.records[ref] = plan.record
+        return self._publish(plan.publish)
+
+    def retry_waiting(self) -> list[Message]:
+        """Waiting Services that would get (or keep) their VIPs now, from their newest
+        snapshot, quietly: what ipam does when a claim is freed."""
+        out: list[Message] = []
+        for ref, (request, _) in list(self.waiting.items()):
+            if ref not in self.waiting or not would_succeed(request, self.allocator):
+                continue
+            snap = self.last_service.get(ref)
+            if not isinstance(snap, ServiceSnapshot) or snap.deleting:
+                del self.waiting[ref]
+                continue
+            out.extend(self._live(snap, quiet=True, tag="-retried"))
+        return out
+
+    # --- carrying plans out ------------------------------------------------------------
+
+    def _live(self, snap: ServiceSnapshot, *, quiet: bool, tag: str = "") -> list[Message]:
+        ref = _ref(snap)
+        record = self.records.get(ref)
+        plan = decide(snap, record, self.allocator)
+        if plan.action == "replace" and record is not None:
+            self._release(ref, record)
+            plan = decide(snap, None, self.allocator)
+        if plan.action == "ignore":
+            return []
+        if plan.action == "assign":
+            assert plan.choice is not None and plan.record is not None
+            self.allocator.take(plan.choice)
+            self.records[ref] = plan.record
+            self.waiting.pop(ref, None)
+            return self._publish(plan.publish)
+        if plan.action == "refuse":
+            self._wait(ref, plan, request_of(snap))
+            return [] if quiet else self._publish(plan.publish)
+        # keep
+        for update in plan.updates:
+            self.allocator.claim(update.address, update.after)
+        kept = plan.record or plan.reactivate or record
+        assert kept is not None
+        self.records[ref] = kept
+        self._wait(ref, plan, request_of(snap))
+        if plan.failure is None:
+            return self._publish(plan.publish)
+        if quiet:
+            return []
+        again = kept_assignment(snap, kept, self.last_vip.get(ref), self.allocator)
+        return self._publish([*plan.publish, again])
+
+    def _reassign(self, ref: ServiceRef, record: ServiceRecord) -> list[Message]:
+        snap = self.last_service.get(ref)
+        if isinstance(snap, ServiceSnapshot) and not snap.deleting and snap.uid == record.uid:
+            return self._live(snap, quiet=False)
+        cluster, namespace, name = ref
+        return self._publish(
+            [
+                VipReleased(
+                    cluster=cluster,
+                    namespace=namespace,
+                    name=name,
+                    uid=record.uid,
+                    vips=record.vips,
+                )
+            ]
+        )
+
+    def drop(self, ref: ServiceRef) -> ServiceRecord | None:
+        """Delete a Service's record and leave its claims (as a release does)."""
+        record = self.records.get(ref)
+        if record is not None:
+            self._release(ref, record)
+        return record
+
+    def _release(self, ref: ServiceRef, record: ServiceRecord) -> None:
+        del self.records[ref]
+        self._leave(Owner(*ref, record.uid), record.vips)
+
+    def _leave(self, owner: Owner, addresses: Sequence[str]) -> tuple[str, ...]:
+        left = []
+        for address in addresses:
+            claim = self.allocator.claim_of(address)
+            if claim is not None and claim.holds(owner):
+                self.allocator.leave(address, owner)
+                left.append(address)
+        return tuple(left)
+
+    def _wait(self, ref: ServiceRef, plan: Plan, request: Request | None) -> None:
+        if plan.wait is None:
+            return
+        self.waiting.pop(ref, None)
+        if plan.wait and request is not None and plan.failure is not None:
+            self.waiting[ref] = (request, plan.failure.message)
+
+    def _publish(self, outgoing: Sequence[Outgoing | VipMessage]) -> list[Message]:
+        out: list[Message] = []
+        for item in outgoing:
+            message = item.message if isinstance(item, Outgoing) else item
+            self.last_vip[_ref(message)] = message
+            out.append(message)
+        return out
+
+
+def _ref(message: ServiceSnapshot | ServiceGone | LbRemoved | Message) -> ServiceRef:
+    cluster: str = getattr(message, "cluster", "")
+    namespace: str = getattr(message, "namespace", "")
+    name: str = getattr(message, "name", "")
+    return ServiceRef(cluster, namespace, name)

@@ -1,0 +1,1 @@
+"""ipam's adapters: the KV ledger, the stream, the waiting queue, reload, control, metrics."""

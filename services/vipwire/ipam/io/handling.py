@@ -1,0 +1,433 @@
+"""The lifecycle shell: read, :func:`~vipwire.ipam.core.decide.decide`, carry out.
+
+For each message of a Service's life: read its record (and, in the same
+wait, whether a newer message is on its subject), ask the pure core what to
+do, and have the ledger carry the plan out. A lost compare-and-set changes
+nothing in memory: the record is read again and the core decides again.
+One Service's messages are handled one at a time within a replica (its
+``service`` and ``lb`` subjects share a lock); across replicas the Service
+record's revision is the arbiter.
+
+A new Service costs three round trips: the claim's ``create``, the record's
+``create``, the VipAssigned publish. Its record is not read when no claim
+names the Service (the record's create checks that belief), and "no newer
+message on this Service's subject" is checked by the server as it stores the
+VipAssigned (an expected last sequence of another subject) instead of by a
+read before and after. Every other message reads the record and, in the same
+wait, the newest message of its subject.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Hashable
+
+from vipwire.bus import DONE, BusError, Delivery, Retry, Verdict
+from vipwire.contracts import (
+    LbRemoved,
+    ServiceGone,
+    ServiceRef,
+    ServiceSnapshot,
+    VipAssigned,
+    VipReleased,
+    VipReleasing,
+    service_subject,
+)
+from vipwire.ipam.core.claims import Owner, Request, request_of
+from vipwire.ipam.core.decide import Plan, decide
+from vipwire.ipam.core.messages import kept_assignment, released
+from vipwire.ipam.core.records import ServiceRecord, service_key
+from vipwire.ipam.io.bucket import Conflict, StoreError
+from vipwire.ipam.io.claim_cache import ClaimCache
+from vipwire.ipam.io.ledger import Ledger
+from vipwire.ipam.io.metrics import IpamMetrics
+from vipwire.ipam.io.publishing import Newest, Publisher
+from vipwire.ipam.io.waiting import Waiting, WaitingQueue
+
+log = logging.getLogger("vipwire.ipam")
+
+Read = tuple[ServiceRecord, int] | None
+
+
+class Locks:
+    """One asyncio lock per key, dropped when nobody holds or waits for it."""
+
+    def __init__(self) -> None:
+        self._locks: dict[Hashable, tuple[asyncio.Lock, int]] = {}
+
+    @contextlib.asynccontextmanager
+    async def hold(self, key: Hashable) -> AsyncIterator[None]:
+        lock, users = self._locks.get(key, (asyncio.Lock(), 0))
+        self._locks[key] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._locks[key]
+            if users == 1:
+                del self._locks[key]
+            else:
+                self._locks[key] = (lock, users - 1)
+
+
+class Lifecycle:
+    """Handles the ``service`` and ``lb`` messages of every Service."""
+
+    def __init__(
+        self,
+        cache: ClaimCache,
+        ledger: Ledger,
+        publisher: Publisher,
+        waiting: WaitingQueue,
+        metrics: IpamMetrics,
+        *,
+        conflict_retries: int,
+        retry_delay_s: float,
+    ) -> None:
+        self.cache = cache
+        self.ledger = ledger
+        self.publisher = publisher
+        self.waiting = waiting
+        self.metrics = metrics
+        self.locks = Locks()
+        self.conflict_retries = conflict_retries
+        self.retry_delay_s = retry_delay_s
+
+    async def handle(self, d: Delivery) -> Verdict:
+        message = d.message
+        if not isinstance(message, ServiceSnapshot | ServiceGone | LbRemoved):
+            return DONE  # LbProgrammed / LbFailed: nothing for ipam to do
+        ref = ServiceRef(message.cluster, message.namespace, message.name)
+        try:
+            async with self.locks.hold(ref):
+                if isinstance(message, ServiceSnapshot) and not message.deleting:
+                    return await self.on_live(message, d)
+                if isinstance(message, LbRemoved):
+                    return await self._on_lb_removed(message, d)
+                return await self._on_going(message, d)
+        except (StoreError, BusError) as exc:
+            return Retry(delay=self.retry_delay_s, reason=str(exc))
+
+    # --- reading ------------------------------------------------------------------------
+
+    async def _read_record(self, key: str, d: Delivery | None) -> tuple[Read, bool]:
+        """The Service's record and, with ``d``, whether ``d`` is superseded: two reads
+        that do not depend on each other, so they share one round trip's wait."""
+        if d is None:
+            return await self.cache.store.get_record(key), False
+        current, superseded = await asyncio.gather(
+            self.cache.store.get_record(key), self.publisher.superseded(d)
+        )
+        return current, superseded
+
+    def _unrecorded(self, ref: ServiceRef) -> bool:
+        """Whether this replica may skip reading the Service's record: it knows of no
+        claim naming the Service (any incarnation) and the server checks a publish
+        against the newest message of another subject.
+
+        Claims are written before the record that names them and left only after
+        the record is gone, so no claim means no record, unless the claim watch
+        lags another replica. What is done on that belief is safe either way: the
+        record is then *created*, a compare-and-set that fails if one exists (a
+        :class:`Conflict`: the claims written are given back and the KV is read).
+        """
+        return self.publisher.expect_subject and not self.cache.allocator.names(*ref)
+
+    # --- a live Service -----------------------------------------------------------------
+
+    async def on_live(
+        self,
+        snap: ServiceSnapshot,
+        d: Delivery,
+        *,
+        quiet: bool = False,
+        tag: str = "",
+        check_newer: bool = True,
+    ) -> Verdict:
+        """Keep (or give) the Service its VIPs and say so. ``quiet``: no VipFailed.
+        ``tag`` tells apart VipAssigned messages published for one delivery.
+        ``check_newer``: skip ``d`` if a newer message is on its subject (False where
+        ``d`` was just read as the newest)."""
+        ref = ServiceRef(snap.cluster, snap.namespace, snap.name)
+        key = service_key(*ref)
+        request = request_of(snap)
+        check: Delivery | None = d if check_newer else None
+        # Without a read, nothing says whether a newer message exists: each publish
+        # then asks the server to refuse it if one does (see publish_if_newest).
+        guard = self._unrecorded(ref)
+        for attempt in range(self.conflict_retries):
+            current: Read = None
+            if not (attempt == 0 and guard):
+                guard = False
+                current, superseded = await self._read_record(key, check)
+                check = None
+                if superseded:
+                    return DONE  # a newer message on this subject decides
+            try:
+                if current is not None:
+                    plan = decide(snap, current[0], self.cache.allocator)
+                    if plan.action != "replace":
+                        return await self._keep(snap, d, plan, key, current, quiet=quiet, tag=tag)
+                    await self.ledger.release_record(key, *current)
+                async with self._group_lock(request):
+                    group = await self.ledger.read_group(request)
+                    # Nothing awaited between choosing and the commit's first step, which
+                    # marks the new addresses as being claimed.
+                    plan = decide(snap, None, self.cache.allocator, skip=self.cache.claiming)
+                    if plan.choice is None:
+                        return await self._refuse(snap, d, plan, quiet=quiet, guard=guard)
+                    record = await self.ledger.commit(request, plan.choice, key, group)
+            except Conflict:
+                self.metrics.conflicts.inc()
+                continue
+            return await self._announce(snap, d, plan, record, tag)
+        return Retry(
+            delay=self.retry_delay_s,
+            reason=f"{self.conflict_retries} compare-and-set conflicts in a row",
+        )
+
+    async def _announce(
+        self, snap: ServiceSnapshot, d: Delivery, plan: Plan, record: ServiceRecord, tag: str
+    ) -> Verdict:
+        """Publish a committed allocation, unless a newer message ended the incarnation."""
+        ref = ServiceRef(snap.cluster, snap.namespace, snap.name)
+        (outgoing,) = plan.publish
+        msg_id = d.derive_id(outgoing.tag + tag)
+        if self.publisher.expect_subject:
+            # The check that nothing newer ended this incarnation, made by the
+            # server as it stores the VipAssigned (no round trip of its own).
+            published = await self.publisher.publish_if_newest(outgoing.message, d, msg_id)
+        else:
+            published = False
+        if not published and await self._overtaken(snap, d):
+            await self.ledger.undo(service_key(*ref), record, request_of(snap).owner)
+            return DONE
+        self.waiting.drop(ref)
+        self.metrics.allocations.inc(pool=record.pool)
+        self.metrics.changed()
+        choice = plan.choice
+        how = f" (sharing key {snap.sharing_key!r})" if choice and choice.joined else ""
+        log.info("assigned %s to %s%s", ", ".join(record.vips), "/".join(ref), how)
+        if not published:
+            await self.publisher.publish(outgoing.message, msg_id)
+        return DONE
+
+    async def _keep(
+        self,
+        snap: ServiceSnapshot,
+        d: Delivery,
+        plan: Plan,
+        key: str,
+        current: tuple[ServiceRecord, int],
+        *,
+        quiet: bool,
+        tag: str,
+    ) -> Verdict:
+        """The Service holds VIPs: they never move; its claims follow its changes."""
+        if plan.action == "ignore":
+            return DONE
+        record, revision = current
+        ref = ServiceRef(snap.cluster, snap.namespace, snap.name)
+        if plan.reactivate is not None:
+            revision = await self.ledger.write_record(key, plan.reactivate, revision)
+        for update in plan.updates:
+            await self.ledger.rewrite(update)
+        record = plan.record or plan.reactivate or record
+        if plan.record is not None:
+            revision = await self.ledger.write_record(key, plan.record, revision)
+            if plan.record.stale is None:
+                log.info("%s: its VIPs %s are no longer stale", "/".join(ref), plan.record.vips)
+        for warning in plan.warnings:
+            log.warning("%s", warning)
+        if plan.failure is None:
+            self.waiting.drop(ref)
+            (outgoing,) = plan.publish
+            await self.publisher.publish(outgoing.message, d.derive_id(outgoing.tag + tag))
+            return DONE
+        self.waiting.put(ref, d.subject.raw, request_of(snap), plan.failure.message)
+        if quiet:
+            return DONE
+        # The appliance keeps what the last VipAssigned said: read it before
+        # VipFailed is published, and say it again after, so that the last
+        # word on the subject still describes the Service's VIPs.
+        kept = await self._last_assigned(snap, record)
+        self.metrics.failures.inc(reason=plan.failure.code)
+        log.warning("change of %s refused: %s", "/".join(ref), plan.failure.message)
+        for outgoing in plan.publish:
+            await self.publisher.publish(outgoing.message, d.derive_id(outgoing.tag + tag))
+        await self.publisher.publish(kept, d.derive_id("vip-assigned-kept" + tag))
+        return DONE
+
+    async def _last_assigned(self, snap: ServiceSnapshot, record: ServiceRecord) -> VipAssigned:
+        subject = service_subject("vip", snap.cluster, snap.namespace, snap.name)
+        try:
+            last = await self.publisher.last(subject)
+        except BusError:
+            last = None
+        return kept_assignment(
+            snap, record, last.message if last is not None else None, self.cache.allocator
+        )
+
+    async def _overtaken(self, snap: ServiceSnapshot, d: Delivery) -> bool:
+        """After committing, whether a newer message ends this incarnation's life.
+
+        If so, a replica handling that message may already have found no record
+        and released everything; what was just committed would then outlive the
+        Service. Nothing has been published for it yet, so it is undone instead.
+        """
+        newest = await self.publisher.newest(d.subject.raw, d.seq)
+        if newest is None:
+            return False
+        same_life = (
+            isinstance(newest, ServiceSnapshot) and not newest.deleting and newest.uid == snap.uid
+        )
+        return not same_life
+
+    async def _refuse(
+        self, snap: ServiceSnapshot, d: Delivery, plan: Plan, *, quiet: bool, guard: bool
+    ) -> Verdict:
+        """``guard``: whether ``d`` is superseded was not asked; the publish asks it."""
+        ref = ServiceRef(snap.cluster, snap.namespace, snap.name)
+        failure = plan.failure
+        assert failure is not None
+        self.waiting.drop(ref)  # re-queue at the back
+        if plan.wait:
+            self.waiting.put(ref, d.subject.raw, request_of(snap), failure.message)
+        if quiet:
+            return DONE
+        (outgoing,) = plan.publish
+        msg_id = d.derive_id(outgoing.tag)
+        if guard:
+            if not await self.publisher.publish_if_newest(outgoing.message, d, msg_id):
+                return DONE  # superseded: the newer message decides
+        else:
+            await self.publisher.publish(outgoing.message, msg_id)
+        self.metrics.failures.inc(reason=failure.code)
+        log.warning("no address for %s: %s", "/".join(ref), failure.message)
+        return DONE
+
+    @contextlib.asynccontextmanager
+    async def _group_lock(self, request: Request) -> AsyncIterator[None]:
+        """Within a replica, Services of one sharing key choose one at a time (across
+        replicas the group key's revision decides)."""
+        if request.sharing_key is None:
+            yield
+            return
+        async with self.locks.hold(
+            ("group", request.cluster, request.namespace, request.sharing_key)
+        ):
+            yield
+
+    # --- a Service going away -----------------------------------------------------------
+
+    async def _on_going(self, message: ServiceSnapshot | ServiceGone, d: Delivery) -> Verdict:
+        """The Service is going away: withdraw first, release on LbRemoved."""
+        ref = ServiceRef(message.cluster, message.namespace, message.name)
+        key = service_key(*ref)
+        owner = Owner(*ref, message.uid)
+        current, superseded = await self._read_record(key, d)
+        if superseded:
+            return DONE  # a newer message on this subject decides
+        self.waiting.drop(ref)
+        for attempt in range(self.conflict_retries):
+            if attempt:
+                current = await self.cache.store.get_record(key)
+            record, revision = current if current is not None else (None, 0)
+            plan = decide(message, record, self.cache.allocator)
+            if plan.action == "forget":
+                await self.ledger.leave_all(owner, plan.leave, key)
+            try:
+                await self.withdraw(key, plan, revision, d)
+            except Conflict:
+                self.metrics.conflicts.inc()
+                continue
+            return DONE
+        return Retry(delay=self.retry_delay_s, reason="compare-and-set conflicts")
+
+    async def withdraw(
+        self, key: str, plan: Plan, revision: int, d: Delivery | None, msg_id: str = ""
+    ) -> None:
+        """Write the plan's record (releasing) and publish its messages (VipReleasing,
+        VipReleased). ``d`` names the messages; without it, ``msg_id`` does."""
+        if plan.record is not None:
+            await self.ledger.write_record(key, plan.record, revision)
+        for outgoing in plan.publish:
+            message = outgoing.message
+            if isinstance(message, VipReleasing):
+                log.info(
+                    "releasing %s of %s/%s/%s",
+                    ", ".join(message.vips),
+                    message.cluster,
+                    message.namespace,
+                    message.name,
+                )
+            await self.publisher.publish(
+                message, d.derive_id(outgoing.tag) if d is not None else msg_id
+            )
+
+    async def _on_lb_removed(self, message: LbRemoved, d: Delivery) -> Verdict:
+        """The appliance is clean of this Service: now it can leave its claims."""
+        ref = ServiceRef(message.cluster, message.namespace, message.name)
+        key = service_key(*ref)
+        owner = Owner(*ref, message.uid)
+        for _ in range(self.conflict_retries):
+            current = await self.cache.store.get_record(key)
+            plan = decide(message, current[0] if current else None, self.cache.allocator)
+            if plan.action == "ignore":
+                return DONE
+            if plan.action == "forget":
+                freed = await self.ledger.leave_all(owner, plan.leave, key)
+                if plan.announce_left:
+                    await self.publisher.publish(
+                        released(message, freed), d.derive_id("vip-released")
+                    )
+                return DONE
+            assert current is not None
+            record, revision = current
+            try:
+                await self.ledger.release_record(key, record, revision)
+            except Conflict:
+                self.metrics.conflicts.inc()
+                continue
+            log.info("released %s of %s", ", ".join(record.vips), "/".join(ref))
+            if plan.action == "reassign":
+                return await self._reallocate(ref, record, d)
+            for outgoing in plan.publish:
+                await self.publisher.publish(outgoing.message, d.derive_id(outgoing.tag))
+            return DONE
+        return Retry(delay=self.retry_delay_s, reason="compare-and-set conflicts")
+
+    async def _reallocate(self, ref: ServiceRef, record: ServiceRecord, d: Delivery) -> Verdict:
+        """After an operator release: new VIPs from the pools as they are now."""
+        subject = service_subject("service", *ref)
+        last = await self.publisher.last(subject)
+        message = last.message if last is not None else None
+        if (
+            last is not None
+            and isinstance(message, ServiceSnapshot)
+            and not message.deleting
+            and message.uid == record.uid
+        ):
+            delivery = last.delivery(subject)
+            assert delivery is not None
+            return await self.on_live(
+                message, delivery, tag=f"-after-release-{d.seq}", check_newer=False
+            )
+        cluster, namespace, name = ref
+        gone = VipReleased(
+            cluster=cluster, namespace=namespace, name=name, uid=record.uid, vips=record.vips
+        )
+        await self.publisher.publish(gone, d.derive_id("vip-released"))
+        return DONE
+
+    async def retry_waiting(
+        self, ref: ServiceRef, waiting: Waiting, message: ServiceSnapshot, last: Newest
+    ) -> None:
+        """A waiting Service, from its newest snapshot, quietly (no VipFailed again)."""
+        delivery = last.delivery(waiting.subject)
+        assert delivery is not None
+        async with self.locks.hold(ref):
+            if self.waiting.get(ref) is waiting:
+                await self.on_live(message, delivery, quiet=True, tag="-retried", check_newer=False)

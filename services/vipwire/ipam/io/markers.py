@@ -1,0 +1,31 @@
+"""The delete-marker sweep: every released Service and address leaves a marker in
+the bucket, and every start reads them all; old ones are dropped now and then."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from vipwire.ipam.io.bucket import StoreError
+from vipwire.ipam.io.claim_cache import ClaimCache
+from vipwire.ipam.io.metrics import IpamMetrics
+
+log = logging.getLogger("vipwire.ipam")
+
+
+async def sweep_markers(
+    cache: ClaimCache, metrics: IpamMetrics, *, interval_s: float, max_age_s: float
+) -> None:
+    """Now and then, drop the bucket's old delete markers (see IpamSettings)."""
+    while True:
+        await asyncio.sleep(interval_s)
+        try:
+            count = await cache.store.purge_markers(max_age_s)
+        except StoreError as exc:
+            log.warning(
+                "could not drop old delete markers (%s); next try in %.0fs", exc, interval_s
+            )
+            continue
+        if count:
+            metrics.markers.inc(count)
+            log.info("dropped %d delete markers older than %.0fs", count, max_age_s)

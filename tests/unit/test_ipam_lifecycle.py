@@ -1,0 +1,425 @@
+"""ipam's lifecycle without NATS: the core's decisions carried out in memory.
+
+First a story of one pool set's life (keep, withdraw, release, reassign,
+sharing, waiting), with invariants checked after each step; then the focused
+cases that once needed a server (moved from tests/integration/test_ipam_service.py).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Any, TypeVar
+
+import msgspec
+
+from vipwire.contracts import (
+    LbRemoved,
+    Message,
+    ServiceGone,
+    ServicePort,
+    ServiceRef,
+    ServiceSnapshot,
+    VipAssigned,
+    VipFailed,
+    VipReleased,
+    VipReleasing,
+)
+from vipwire.ipam import PoolSettings
+from vipwire.ipam.core.claims import Owner
+from vipwire.ipam.core.decide import decide
+from vipwire.ipam.core.records import ServiceRecord
+from vipwire.ipam.core.sandbox import Sandbox
+
+M = TypeVar("M", bound=Message)
+
+POOL = PoolSettings(name="lab", addresses=("192.0.2.0/24", "2001:db8::/120"), appliance_group="g1")
+TINY = PoolSettings(name="tiny", addresses=("198.51.100.10-198.51.100.11",))
+
+
+def snapshot(
+    name: str, uid: str | None = None, cluster: str = "east", **kw: object
+) -> ServiceSnapshot:
+    fields: dict[str, object] = {
+        "cluster": cluster,
+        "namespace": "shop",
+        "name": name,
+        "uid": uid or f"uid-{name}",
+        "resource_version": "1",
+        "ports": (ServicePort(port=80),),
+    }
+    fields.update(kw)
+    return msgspec.convert(fields, ServiceSnapshot, from_attributes=True)
+
+
+def lb_removed(name: str, uid: str | None = None) -> LbRemoved:
+    return LbRemoved(
+        cluster="east", namespace="shop", name=name, uid=uid or f"uid-{name}", appliance="sim-1"
+    )
+
+
+def gone(name: str, uid: str | None = None) -> ServiceGone:
+    return ServiceGone(cluster="east", namespace="shop", name=name, uid=uid or f"uid-{name}")
+
+
+def ports(*specs: str) -> tuple[ServicePort, ...]:
+    """``ports("53/TCP", "53/UDP")``."""
+    out = []
+    for spec in specs:
+        number, _, protocol = spec.partition("/")
+        out.append(msgspec.convert({"port": int(number), "protocol": protocol}, ServicePort))
+    return tuple(out)
+
+
+def ref(name: str) -> ServiceRef:
+    return ServiceRef("east", "shop", name)
+
+
+class Story:
+    """One sandboxed ipam, every message it published, checked after each step."""
+
+    def __init__(self, *pools: PoolSettings) -> None:
+        self.ipam = Sandbox(pools or (POOL,))
+        self.published: list[Message] = []
+        self.title = "start"
+
+    def step(self, title: str, *messages: Message) -> list[Message]:
+        """Handle ``messages`` in order, then retry the waiting (as a freed claim does)."""
+        self.title = title
+        out: list[Message] = []
+        for message in messages:
+            out.extend(self.ipam.handle(message))
+            out.extend(self.ipam.retry_waiting())
+        self.published.extend(out)
+        self.check()
+        return out
+
+    def operator_release(self, title: str, name: str) -> list[Message]:
+        self.title = title
+        out = self.ipam.release(ref(name))
+        self.published.extend(out)
+        self.check()
+        return out
+
+    def last(self, kind: type[M], name: str) -> M:
+        found = [m for m in self.published if isinstance(m, kind) and _name(m) == name]
+        assert found, f"{self.title}: no {kind.__name__} for {name}"
+        return found[-1]
+
+    def count(self, kind: type[Message], name: str) -> int:
+        return sum(1 for m in self.published if isinstance(m, kind) and _name(m) == name)
+
+    def check(self) -> None:
+        """What must hold after any step: no address held twice, every record's VIPs
+        claimed by it, every claim named by a record, and the last word about each
+        live Service describes what its record holds."""
+        where = f"after {self.title!r}"
+        allocator = self.ipam.allocator
+        claims = allocator.claims()
+        records = self.ipam.records
+        named: dict[str, set[ServiceRef]] = {}
+        for service, record in records.items():
+            assert len(set(record.vips)) == len(record.vips), f"{where}: {record}"
+            families = [ipaddress.ip_address(v).version for v in record.vips]
+            assert len(families) == len(set(families)), f"{where}: {service} {record.vips}"
+            for vip in record.vips:
+                claim = claims.get(vip)
+                assert claim is not None, f"{where}: {service} names {vip}, nobody claims it"
+                sharer = claim.sharer(_owner(service, record))
+                assert sharer is not None, f"{where}: {vip} is not {service}'s ({claim})"
+                named.setdefault(vip, set()).add(service)
+        for vip, claim in claims.items():
+            holders = {ServiceRef(o.cluster, o.namespace, o.name) for o in claim.owners}
+            assert holders == named.get(vip, set()), f"{where}: {vip} {claim} vs records"
+            if len(claim.sharers) > 1:
+                assert claim.sharing_key is not None, f"{where}: {vip} shared without a key"
+                used = [p for s in claim.sharers for p in s.ports]
+                assert len(used) == len(set(used)), f"{where}: {vip} port twice: {used}"
+        for service, record in records.items():
+            last = self.ipam.last_vip.get(service)
+            if record.state == "active" and isinstance(last, VipAssigned):
+                assert last.vips == record.vips, f"{where}: {service} told {last.vips}"
+        for service in self.ipam.waiting:
+            assert service not in records or records[service].state == "active", where
+
+
+def _name(message: Message) -> str:
+    return str(getattr(message, "name", ""))
+
+
+def _owner(service: ServiceRef, record: ServiceRecord) -> Owner:
+    return Owner(*service, record.uid)
+
+
+def test_the_life_of_a_pool_set() -> None:
+    """keep, withdraw, release, reassign, sharing and waiting, one step after another."""
+    s = Story(TINY)
+
+    (web,) = s.step("web is live: it gets the pool's first address", snapshot("web"))
+    assert isinstance(web, VipAssigned)
+    assert (web.vips, web.pool) == (("198.51.100.10",), "tiny")
+
+    (kept,) = s.step("web changes its ports: keep", snapshot("web", ports=ports("443/TCP")))
+    assert isinstance(kept, VipAssigned)
+    assert kept.vips == web.vips and kept.ports == ports("443/TCP")
+
+    s.step(
+        "dns-tcp and dns-udp share one key: one VIP",
+        snapshot("dns-tcp", sharing_key="dns", ports=ports("53/TCP")),
+        snapshot("dns-udp", sharing_key="dns", ports=ports("53/UDP")),
+    )
+    assert s.last(VipAssigned, "dns-tcp").vips == s.last(VipAssigned, "dns-udp").vips
+    (shared,) = s.last(VipAssigned, "dns-tcp").vips
+
+    (refused,) = s.step("api finds the pool full: refused, waiting", snapshot("api"))
+    assert isinstance(refused, VipFailed)
+    assert "'tiny' (2/2 in use)" in refused.message
+    assert ref("api") in s.ipam.waiting
+
+    (refused_port, again) = s.step(
+        "dns-udp moves onto dns-tcp's port: refused, VIP kept as it was",
+        snapshot("dns-udp", sharing_key="dns", ports=ports("53/TCP")),
+    )
+    assert isinstance(refused_port, VipFailed) and "53/TCP" in refused_port.message
+    assert isinstance(again, VipAssigned) and again.ports == ports("53/UDP")
+    assert ref("dns-udp") in s.ipam.waiting
+
+    (releasing,) = s.step("web is deleted: withdraw, claims held", snapshot("web", deleting=True))
+    assert isinstance(releasing, VipReleasing) and releasing.vips == web.vips
+    assert s.ipam.records[ref("web")].state == "releasing"
+    assert s.ipam.allocator.claim_of(web.vips[0]) is not None
+    assert s.count(VipAssigned, "api") == 0, "the address is held until the appliance is clean"
+
+    out = s.step("the appliance is clean of web: release; api gets its address", lb_removed("web"))
+    assert [type(m) for m in out] == [VipReleased, VipAssigned]
+    assert s.last(VipReleased, "web").vips == web.vips
+    assert s.last(VipAssigned, "api").vips == web.vips
+    assert ref("api") not in s.ipam.waiting
+
+    (tcp_leaving,) = s.step("dns-tcp leaves: only itself", snapshot("dns-tcp", deleting=True))
+    assert isinstance(tcp_leaving, VipReleasing) and tcp_leaving.vips == (shared,)
+    out = s.step("dns-tcp is clean: dns-udp's waiting change goes through", lb_removed("dns-tcp"))
+    assert [type(m) for m in out] == [VipReleased, VipAssigned]
+    assert s.last(VipAssigned, "dns-udp").ports == ports("53/TCP")
+    claim = s.ipam.allocator.claim_of(shared)
+    assert claim is not None and [x.name for x in claim.sharers] == ["dns-udp"]
+
+    (withdrawn,) = s.operator_release("an operator releases api", "api")
+    assert isinstance(withdrawn, VipReleasing)
+    assert s.step("api's snapshot again: nothing until clean", snapshot("api")) == []
+    out = s.step("api is clean: reassigned from the pools as they are", lb_removed("api"))
+    assert [type(m) for m in out] == [VipAssigned]
+    assert s.ipam.records[ref("api")].state == "active"
+
+    s.step("everyone goes", gone("api"), gone("dns-udp"))
+    s.step("the appliance is clean", lb_removed("api"), lb_removed("dns-udp"))
+    assert s.ipam.records == {} and s.ipam.allocator.claims() == {}
+
+
+def test_a_changed_snapshot_keeps_its_vip_and_carries_new_ports() -> None:
+    """VipAssigned is repeated with the new ports; the VIP never changes."""
+    s = Story()
+    (first,) = s.step("live", snapshot("web"))
+    (second,) = s.step("new ports", snapshot("web", ports=(ServicePort(port=443),)))
+    assert isinstance(first, VipAssigned) and isinstance(second, VipAssigned)
+    assert second.vips == first.vips and second.ports == (ServicePort(port=443),)
+
+
+def test_dual_stack_and_requested_ips() -> None:
+    """RequireDualStack gets one VIP per family; a requested address is given as asked."""
+    s = Story()
+    s.step(
+        "dual and pinned",
+        snapshot("dual", ip_families=("IPv6", "IPv4"), ip_family_policy="RequireDualStack"),
+        snapshot("pinned", requested_ips=("192.0.2.77",)),
+    )
+    dual = s.last(VipAssigned, "dual")
+    assert [ipaddress.ip_address(v).version for v in dual.vips] == [6, 4]
+    assert s.last(VipAssigned, "pinned").vips == ("192.0.2.77",)
+    s.step("a thief asks for pinned's address", snapshot("thief", requested_ips=("192.0.2.77",)))
+    assert "east/shop/pinned" in s.last(VipFailed, "thief").message
+
+
+def test_a_replaced_service_releases_the_old_claims_first() -> None:
+    """Same name, new uid: the old incarnation's claims go, the new one gets its own."""
+    s = Story()
+    s.step("first", snapshot("web", requested_ips=("192.0.2.9",)))
+    (again,) = s.step("second", snapshot("web", uid="second", requested_ips=("192.0.2.9",)))
+    assert isinstance(again, VipAssigned) and (again.uid, again.vips) == ("second", ("192.0.2.9",))
+    claims = s.ipam.allocator.claims()
+    assert [x.uid for c in claims.values() for x in c.sharers] == ["second"]
+    assert s.ipam.records[ref("web")].uid == "second"
+
+
+def test_deletion_withdraws_then_releases_on_lb_removed() -> None:
+    """deleting → VipReleasing (claims held); LbRemoved → claims gone, VipReleased."""
+    s = Story()
+    (assigned,) = s.step("live", snapshot("web"))
+    assert isinstance(assigned, VipAssigned)
+    (releasing,) = s.step("deleting", snapshot("web", deleting=True))
+    assert isinstance(releasing, VipReleasing)
+    assert (releasing.vips, releasing.appliance_group) == (assigned.vips, "g1")
+    assert set(s.ipam.allocator.claims()) == set(assigned.vips)
+    assert s.ipam.records[ref("web")].state == "releasing"
+    (released,) = s.step("clean", lb_removed("web"))
+    assert isinstance(released, VipReleased) and released.vips == assigned.vips
+    assert s.ipam.allocator.claims() == {} and s.ipam.records == {}
+
+
+def test_gone_without_claims_is_released_at_once() -> None:
+    """A Service that never held an address is released without an appliance round trip."""
+    s = Story()
+    out = s.step("gone", ServiceGone(cluster="east", namespace="shop", name="ghost", uid="u"))
+    assert len(out) == 1 and isinstance(out[0], VipReleased) and out[0].vips == ()
+
+
+def test_deleting_a_new_incarnation_also_withdraws_an_outlived_old_one() -> None:
+    """Old uid recorded, new uid deleted before it was ever live: the new one is released
+    at once, the old one goes through withdrawal."""
+    s = Story()
+    (first,) = s.step("old is live", snapshot("web", uid="old"))
+    releasing, released = s.step("new is deleted", snapshot("web", uid="new", deleting=True))
+    assert isinstance(first, VipAssigned)
+    assert isinstance(releasing, VipReleasing) and isinstance(released, VipReleased)
+    assert (releasing.uid, releasing.vips) == ("old", first.vips)
+    assert (released.uid, released.vips) == ("new", ())
+    (old,) = s.step("old is clean", lb_removed("web", uid="old"))
+    assert isinstance(old, VipReleased) and (old.uid, old.vips) == ("old", first.vips)
+    assert s.ipam.allocator.claims() == {} and s.ipam.records == {}
+
+
+def test_a_service_that_comes_back_before_removal_keeps_its_vip() -> None:
+    """deleting then live again (class changed back): same VIP, a late LbRemoved is ignored."""
+    s = Story()
+    (first,) = s.step("live", snapshot("web"))
+    s.step("deleting", snapshot("web", deleting=True))
+    (back,) = s.step("live again", snapshot("web"))
+    assert isinstance(first, VipAssigned) and isinstance(back, VipAssigned)
+    assert back.vips == first.vips
+    assert s.step("a late LbRemoved", lb_removed("web")) == []
+    assert s.ipam.records[ref("web")].state == "active"
+    assert first.vips[0] in s.ipam.allocator.claims()
+
+
+def test_one_key_shares_one_vip_until_the_last_sharer_leaves() -> None:
+    """Two Services of one key share a VIP; one leaving withdraws only itself, the claim
+    stays for the other; the last frees it."""
+    s = Story()
+    s.step(
+        "two sharers",
+        snapshot("dns-tcp", sharing_key="dns", ports=ports("53/TCP")),
+        snapshot("dns-udp", sharing_key="dns", ports=ports("53/UDP")),
+    )
+    (vip,) = s.last(VipAssigned, "dns-tcp").vips
+    assert s.last(VipAssigned, "dns-udp").vips == (vip,)
+    claim = s.ipam.allocator.claim_of(vip)
+    assert claim is not None and [x.name for x in claim.sharers] == ["dns-tcp", "dns-udp"]
+    assert claim.sharers[1].ports == ("53/UDP",)
+    (releasing,) = s.step("tcp leaves", snapshot("dns-tcp", deleting=True))
+    assert isinstance(releasing, VipReleasing) and releasing.vips == (vip,)
+    (released,) = s.step("tcp is clean", lb_removed("dns-tcp"))
+    assert isinstance(released, VipReleased) and released.vips == (vip,)
+    claim = s.ipam.allocator.claim_of(vip)
+    assert claim is not None and [x.name for x in claim.sharers] == ["dns-udp"]
+    assert s.count(VipReleasing, "dns-udp") == 0
+    s.step("udp leaves and is clean", snapshot("dns-udp", deleting=True), lb_removed("dns-udp"))
+    assert s.ipam.allocator.claims() == {} and s.ipam.records == {}
+
+
+def test_a_refused_port_change_keeps_the_vip_and_the_appliance_as_it_was() -> None:
+    """A sharer moving onto another's port: VipFailed says why, then VipAssigned repeats
+    the VIP with the old ports; once the port is free the change goes through."""
+    s = Story()
+    (first,) = s.step("a", snapshot("a", sharing_key="k", ports=ports("80/TCP")))
+    s.step("b", snapshot("b", sharing_key="k", ports=ports("81/TCP")))
+    failed, kept = s.step(
+        "b onto a's port", snapshot("b", sharing_key="k", ports=ports("80/TCP", "81/TCP"))
+    )
+    assert isinstance(first, VipAssigned)
+    assert isinstance(failed, VipFailed) and failed.reason == "AllocationFailed"
+    assert "80/TCP" in failed.message and "keeps its VIP" in failed.message
+    assert isinstance(kept, VipAssigned)
+    assert kept.vips == first.vips and kept.ports == ports("81/TCP")
+    assert s.ipam.last_vip[ref("b")] == kept
+    s.step("a moves away", snapshot("a", sharing_key="k", ports=ports("8080/TCP")))
+    through = s.last(VipAssigned, "b")
+    assert through.ports == ports("80/TCP", "81/TCP")
+    (claim,) = s.ipam.allocator.claims().values()
+    assert [x.ports for x in claim.sharers] == [("8080/TCP",), ("80/TCP", "81/TCP")]
+
+
+FAILURE_POOLS = (
+    PoolSettings(
+        name="lab",
+        addresses=("192.0.2.0/29",),
+        avoid=("192.0.2.3",),
+        clusters=("east", "west"),
+    ),
+    PoolSettings(name="east-only", addresses=("198.51.100.8/30",), clusters=("east",)),
+    PoolSettings(name="pay-only", addresses=("198.51.100.16/30",), namespaces=("pay",)),
+    PoolSettings(name="gold", addresses=("198.51.100.24/30",), service_selector={"tier": "gold"}),
+    PoolSettings(name="manual", addresses=("203.0.113.0/30",), auto_assign=False),
+)
+
+
+def test_every_refusal_reaches_the_service_with_its_reason() -> None:
+    """Each rule that can refuse an allocation is named in a VipFailed (AllocationFailed),
+    the message the watcher puts in the Service's Warning Event."""
+    s = Story(*FAILURE_POOLS)
+    s.step(
+        "owner and dns",
+        snapshot("owner", requested_ips=("192.0.2.1",)),
+        snapshot("dns", requested_ips=("192.0.2.2",), sharing_key="k", ports=ports("53/UDP")),
+    )
+    cases: dict[str, tuple[dict[str, Any], str]] = {
+        "unknown-pool": ({"pool": "nope"}, "pool 'nope' does not exist"),
+        "other-cluster": ({"pool": "east-only", "cluster": "west"}, "only for clusters east"),
+        "other-ns": ({"pool": "pay-only"}, "only for namespaces pay"),
+        "no-label": ({"pool": "gold"}, "only serves Services labelled tier=gold"),
+        "no-pool": ({"cluster": "north"}, "no auto-assign pool serves north/shop/no-pool"),
+        "family": (
+            {"pool": "east-only", "ip_family_policy": "RequireDualStack"},
+            "pool 'east-only' has no IPv6 addresses",
+        ),
+        "outside": ({"requested_ips": ("10.0.0.1",)}, "10.0.0.1 is in no pool"),
+        "avoided": ({"requested_ips": ("192.0.2.3",)}, "192.0.2.3 is on pool 'lab''s avoid"),
+        "taken": ({"requested_ips": ("192.0.2.1",)}, "in use by east/shop/owner"),
+        "port-clash": (
+            {"requested_ips": ("192.0.2.2",), "sharing_key": "k", "ports": ports("53/UDP")},
+            "dns, which uses port 53/UDP",
+        ),
+        "policy": (
+            {
+                "requested_ips": ("192.0.2.2",),
+                "sharing_key": "k",
+                "ports": ports("53/TCP"),
+                "external_traffic_policy": "Local",
+            },
+            "externalTrafficPolicy is Cluster",
+        ),
+        "other-key": ({"requested_ips": ("192.0.2.2",), "sharing_key": "j"}, "sharing key 'k'"),
+        "cross-cluster": (
+            {"requested_ips": ("192.0.2.2",), "sharing_key": "k", "cluster": "west"},
+            "never shared across clusters",
+        ),
+        "bad-family": ({"requested_ips": ("2001:db8::1",)}, "SingleStack IPv4"),
+    }
+    for name, (fields, text) in cases.items():
+        (failed,) = s.step(name, snapshot(name, **fields))
+        assert isinstance(failed, VipFailed) and failed.reason == "AllocationFailed", name
+        assert text in failed.message, (name, failed.message)
+    s.step("fill the pool", *(snapshot(f"fill{i}", pool="lab") for i in range(6)))
+    assert s.last(VipFailed, "fill5").message == "no free IPv4 address in pool 'lab' (7/7 in use)"
+
+
+def test_decide_is_a_plan_not_an_action() -> None:
+    """decide() only describes: the allocator and the record are left as they were."""
+    s = Story(TINY)
+    s.step("a holds one address", snapshot("a"))
+    before = s.ipam.allocator.claims()
+    plan = decide(snapshot("b"), None, s.ipam.allocator)
+    assert plan.action == "assign" and plan.choice is not None
+    assert plan.choice.new == ("198.51.100.11",)
+    assert s.ipam.allocator.claims() == before
+    busy = decide(snapshot("b"), None, s.ipam.allocator, skip=plan.choice.new)
+    assert busy.action == "refuse" and busy.failure is not None
+    assert "(2/2 in use)" in busy.failure.message
