@@ -89,7 +89,6 @@ async def watcher_settled(
     emu: KubeEmulator,
     spans: InMemorySpanExporter,
     *,
-    service: str = "vipwire-watcher",
     since_ns: int = 0,
 ) -> None:
     """Fence: the watcher has handled every message and every Kubernetes change so far.
@@ -102,6 +101,7 @@ async def watcher_settled(
     term handles the newest message on each subject again).
     """
     families = watcher_families(watcher)
+    service = f"vipwire-{watcher.runtime.name}"
     while True:
         published = last_published(spans, families)
         await eventually(
