@@ -98,11 +98,6 @@ class KvBucket:
         self._js = js
         self.bucket = bucket
 
-    @property
-    def raw(self) -> KeyValue:
-        """nats-py's bucket, for code not yet moved onto this surface (goes with it)."""
-        return self._kv
-
     async def get(self, key: str) -> KvEntry | None:
         """The key's value now; None: never written, deleted or purged."""
         try:
