@@ -6,11 +6,10 @@ which rule stands in the way; nothing else is tried.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from vipwire.ipam.core.addresses import Family, canonical, parse_address, to_text
 from vipwire.ipam.core.choices import Pick
 from vipwire.ipam.core.claims import Request
+from vipwire.ipam.core.holdings import Holdings
 from vipwire.ipam.core.pools import Pool
 from vipwire.ipam.core.refusals import (
     ADDRESS_AVOIDED,
@@ -22,12 +21,9 @@ from vipwire.ipam.core.refusals import (
 )
 from vipwire.ipam.core.sharing import share_refusal
 
-if TYPE_CHECKING:
-    from vipwire.ipam.core.allocator import Allocator
-
 
 def requested_picks(
-    allocator: Allocator, request: Request
+    holdings: Holdings, request: Request
 ) -> tuple[Pool, list[Pick]] | AllocationFailure:
     """The pool and picks for a request that names its addresses."""
     parsed: list[tuple[Family, int, str]] = []
@@ -65,14 +61,14 @@ def requested_picks(
     picks: list[Pick] = []
     pools: set[str] = set()
     for family, value, address in parsed:
-        name = allocator.pool_at(family, value)
-        if name is None or allocator.pool_named(name) is None:
+        name = holdings.pool_at(family, value)
+        if name is None or holdings.pool_named(name) is None:
             return AllocationFailure(
                 code=ADDRESS_NOT_IN_POOL,
                 message=f"requested address {address} is in no pool",
                 retryable=False,
             )
-        pool = allocator.pool_named(name)
+        pool = holdings.pool_named(name)
         assert pool is not None
         if request.pool is not None and name != request.pool:
             return AllocationFailure(
@@ -95,15 +91,15 @@ def requested_picks(
                 message=f"requested address {address} is on pool {name!r}'s avoid list",
                 retryable=False,
             )
-        claim = allocator.claim_of(address)
+        claim = holdings.claim_of(address)
         if claim is None:
             picks.append(Pick(family, address, value, "new"))
         elif claim.holds(owner):
             picks.append(Pick(family, address, value, "held"))
         else:
             refusal = share_refusal(claim, request)
-            if refusal is None and allocator.is_stale(address):
-                stale = "; ".join(allocator.address_stale_reasons(address))
+            if refusal is None and holdings.is_stale(address):
+                stale = "; ".join(holdings.address_stale_reasons(address))
                 refusal = f"{claim.services} (stale, not shared any more: {stale})"
             if refusal is not None:
                 earlier = any(o.service == request.service for o in claim.owners)
@@ -118,16 +114,16 @@ def requested_picks(
             f"({', '.join(sorted(pools))}); a Service's VIPs come from one pool",
             retryable=False,
         )
-    pool = allocator.pool_named(pools.pop())
+    pool = holdings.pool_named(pools.pop())
     assert pool is not None
     return pool, picks
 
 
-def unlike(allocator: Allocator, request: Request) -> tuple[str, ...]:
+def unlike(holdings: Holdings, request: Request) -> tuple[str, ...]:
     """How what a Service holds differs from what it asks for now (it changed its
     requested addresses, its pool or its families after it got its VIPs). Nothing
     moves for that; an operator release gives it what it asks for."""
-    held = allocator.held_by(request.owner)
+    held = holdings.held_by(request.owner)
     if not held:
         return ()
     out: list[str] = []
@@ -138,7 +134,7 @@ def unlike(allocator: Allocator, request: Request) -> tuple[str, ...]:
             wanted = set(request.requested_ips)
         if wanted != set(held):
             out.append(f"asks for {', '.join(sorted(wanted))}, holds {', '.join(held)}")
-    pools = {c.pool for a in held if (c := allocator.claim_of(a)) is not None}
+    pools = {c.pool for a in held if (c := holdings.claim_of(a)) is not None}
     if request.pool is not None and pools != {request.pool}:
         out.append(f"asks for pool {request.pool!r}, holds VIPs of {', '.join(sorted(pools))}")
     families = {parse_address(a)[0] for a in held}

@@ -9,16 +9,13 @@ Service may not share (for its Event), or None when it may.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 import msgspec
 
 from vipwire.ipam.core.addresses import Family, parse_address
 from vipwire.ipam.core.claims import Claim, ClaimUpdate, Request, Sharer, address_order
+from vipwire.ipam.core.holdings import Holdings
 from vipwire.ipam.core.refusals import AllocationFailure, sharing_conflict
-
-if TYPE_CHECKING:
-    from vipwire.ipam.core.allocator import Allocator
 
 
 def share_refusal(claim: Claim, request: Request) -> str | None:
@@ -54,17 +51,17 @@ def fit(others: Sequence[Sharer], sharer: Sharer) -> str | None:
 
 
 def shareable(
-    allocator: Allocator, pool: str, family: Family, request: Request
+    holdings: Holdings, pool: str, family: Family, request: Request
 ) -> tuple[str, int] | None:
     """An address of ``pool`` that ``request`` may share (its key's group), lowest first."""
     if request.sharing_key is None:
         return None
-    group = allocator.group(request.cluster, request.namespace, request.sharing_key)
+    group = holdings.group(request.cluster, request.namespace, request.sharing_key)
     if not group:
         return None
     for address in sorted(group, key=address_order):
-        claim = allocator.claim_of_held(address)
-        if claim.pool != pool or allocator.is_stale(address) or claim.holds(request.owner):
+        claim = holdings.claim_of_held(address)
+        if claim.pool != pool or holdings.is_stale(address) or claim.holds(request.owner):
             continue
         fam, value = parse_address(address)
         if fam == family and share_refusal(claim, request) is None:
@@ -72,7 +69,7 @@ def shareable(
     return None
 
 
-def claim_updates(allocator: Allocator, request: Request) -> list[ClaimUpdate] | AllocationFailure:
+def claim_updates(holdings: Holdings, request: Request) -> list[ClaimUpdate] | AllocationFailure:
     """How the claims a Service holds must change now that the Service changed.
 
     Its entry (ports, policy, labels) is rewritten; a claim held alone also
@@ -82,8 +79,8 @@ def claim_updates(allocator: Allocator, request: Request) -> list[ClaimUpdate] |
     owner = request.owner
     want = request.sharer()
     updates: list[ClaimUpdate] = []
-    for address in sorted(allocator.held_by(owner), key=address_order):
-        claim = allocator.claim_of_held(address)
+    for address in sorted(holdings.held_by(owner), key=address_order):
+        claim = holdings.claim_of_held(address)
         if claim.sharer(owner) == want and claim.sharing_key == request.sharing_key:
             continue
         others = claim.others(owner)
@@ -106,17 +103,17 @@ def claim_updates(allocator: Allocator, request: Request) -> list[ClaimUpdate] |
     return updates
 
 
-def sharing_hint(allocator: Allocator, request: Request) -> str:
+def sharing_hint(holdings: Holdings, request: Request) -> str:
     """Why the VIPs of the request's sharing key could not be shared, if it has one."""
     if request.sharing_key is None:
         return ""
-    group = allocator.group(request.cluster, request.namespace, request.sharing_key)
+    group = holdings.group(request.cluster, request.namespace, request.sharing_key)
     why = []
     for address in sorted(group or (), key=address_order):
-        claim = allocator.claim_of_held(address)
+        claim = holdings.claim_of_held(address)
         if claim.holds(request.owner):
             continue
-        if allocator.is_stale(address):
+        if holdings.is_stale(address):
             why.append(f"{address} is stale")
             continue
         refusal = share_refusal(claim, request)
