@@ -18,8 +18,12 @@ from nats.js.api import DeliverPolicy
 from vipwire.bus._errors import NATS_ERRORS, NotFound, translate
 
 
-class StoredMessage(msgspec.Struct, frozen=True, kw_only=True):
-    """A message as the stream stores it."""
+class StoredMessage(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    """A message as the stream stores it.
+
+    Not tracked by the garbage collector (its headers are a dict of strings,
+    never a cycle): start-up reads make one per subject.
+    """
 
     subject: str
     #: Its stream sequence.
@@ -69,7 +73,7 @@ async def last_messages(
             subject=msg.subject,
             seq=meta.sequence.stream,
             data=msg.data,
-            headers=dict(msg.headers or {}),
+            headers=msg.headers or {},
             time_ns=int(meta.timestamp.timestamp() * 1e9),
         )
         if not meta.num_pending:
