@@ -359,10 +359,13 @@ class TestPoison:
             handled.append((d.message.uid, d.seq))
             return DONE
 
+        async def on_unreadable(u: Unreadable) -> None:
+            reported.append(u)
+
         consumer = rt.bus.consumer(
             ConsumerSpec(filters=SERVICES, deliver="last_per_subject"),
             handler,
-            on_unreadable=reported.append,
+            on_unreadable=on_unreadable,
         )
         await consumer.start()
         await consumer.caught_up(5)

@@ -162,7 +162,7 @@ class Unreadable(msgspec.Struct, frozen=True, kw_only=True):
     in_force: int
 
 
-OnUnreadable = Callable[[Unreadable], None]
+OnUnreadable = Callable[[Unreadable], Awaitable[None]]
 
 
 def _backoff(num_delivered: int) -> float:
@@ -638,7 +638,7 @@ class PullConsumer:
         self._m_poison.inc(consumer=self._label, subject_family=parsed.family)
         if self._on_unreadable is not None:
             try:
-                self._on_unreadable(
+                await self._on_unreadable(
                     Unreadable(subject=parsed, seq=seq, reason=reason, in_force=in_force)
                 )
             except Exception:

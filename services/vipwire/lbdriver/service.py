@@ -282,7 +282,7 @@ class LbdriverService:
                 return Reject(f"unexpected {type(message).__name__} on {d.subject.raw}")
         return DONE
 
-    def _on_unreadable_vip(self, u: Unreadable) -> None:
+    async def _on_unreadable_vip(self, u: Unreadable) -> None:
         # The consumer logged and counted it, and handed us the last valid message
         # (which stays in force) if there is one; with none, the Service is unknown.
         subject = u.subject

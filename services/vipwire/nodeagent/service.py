@@ -204,7 +204,7 @@ class NodeagentService:
 
     # --- handling ----------------------------------------------------------------
 
-    def _on_unreadable(self, u: Unreadable) -> None:
+    async def _on_unreadable(self, u: Unreadable) -> None:
         # Logged and counted by the consumer, which handed us the last valid message
         # (it stays in force) if there is one. With none, what the Service needs is
         # unknown: full plans remove nothing until a valid message arrives.
