@@ -40,7 +40,7 @@ from vipwire.contracts import (
     family_filter,
 )
 from vipwire.telemetry import trace_id_of_current_span
-from vipwire.watcher.core.events import event_for, unreadable_event
+from vipwire.watcher.core.events import EventSpec, event_for, unreadable_event
 from vipwire.watcher.core.term_memory import DeferredEvent, message_fingerprint
 from vipwire.watcher.core.translate import uid
 from vipwire.watcher.io.event_recorder import EventRecorder
@@ -63,6 +63,9 @@ class BusReader:
         self._term = term
         self._writer = writer
         self._recorder = recorder
+        # By subject: the Event of a message that cannot be read, until the valid one
+        # before it (handed over next) tells which Service (uid) it is about.
+        self._unreadable: dict[str, tuple[EventSpec, str]] = {}
 
     @property
     def gating(self) -> bool:
@@ -83,12 +86,17 @@ class BusReader:
         subject = u.subject
         if subject.namespace is None or subject.name is None:
             return  # about a node: no Service to tell
+        spec = unreadable_event(subject.raw, u.seq, u.reason, in_force=u.in_force)
+        cause = f"{subject.raw}#{u.seq}"
         service = self._term.service_store().get(sys.intern(subject.key))
         if service is None:
+            if u.in_force:
+                # Not listed yet (a term's replay): told once it is, for the Service the
+                # message in force names.
+                self._unreadable[subject.raw] = (spec, cause)
             return
-        spec = unreadable_event(subject.raw, u.seq, u.reason, in_force=u.in_force)
         try:
-            await self._recorder.emit(spec, service, f"{subject.raw}#{u.seq}")
+            await self._recorder.emit(spec, service, cause)
         except NotLeader:
             pass  # the next leader's replay meets the same message
         except Exception as exc:
@@ -127,6 +135,19 @@ class BusReader:
                 | LbFailed()
                 | LbRemoved()
             ):
+                if self._unreadable:
+                    held = self._unreadable.pop(d.subject.raw, None)
+                    if held is not None:
+                        memory.defer(
+                            key,
+                            f"{d.subject.family}!",
+                            DeferredEvent(
+                                spec=held[0],
+                                uid=message.uid,
+                                cause=held[1],
+                                trace_id=None,
+                            ),
+                        )
                 observed = memory.observe(key, message, d.seq)
                 if not observed.fresh:
                     return  # a redelivery overtaken by a newer message on its subject
