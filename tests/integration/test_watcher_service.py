@@ -294,6 +294,56 @@ class TestServices:
         await eventually(lambda: harness.events("ApplianceFailed"), what="an ApplianceFailed Event")
         assert "no answer" in harness.events("ApplianceFailed")[0]["note"]
 
+    async def test_an_unreadable_message_is_a_warning_event_and_changes_no_status(
+        self, harness: Harness
+    ) -> None:
+        """Garbage last on a Service's ``lb`` subject: a Warning Event names the subject and
+        sequence, and the status keeps what the last valid message said."""
+        await harness.start_watcher()
+        snap = await harness.created()
+        await harness.publish(programmed(snap.uid))
+        await eventually(
+            lambda: harness.events("LoadBalancerProgrammed"), what="a LoadBalancerProgrammed Event"
+        )
+        bad = await harness.peer.bus.js.publish("vipwire.east.lb.default.web", b"\x00not json")
+        await eventually(
+            lambda: harness.events("UnreadableMessage"), what="an UnreadableMessage Event"
+        )
+        (event,) = harness.events("UnreadableMessage")
+        assert event["type"] == "Warning"
+        assert event["regarding"]["uid"] == snap.uid
+        assert f"vipwire.east.lb.default.web (stream seq {bad.seq})" in event["note"]
+        assert "stays in force" in event["note"]
+        await harness.settled()
+        svc = harness.service()
+        assert svc is not None
+        assert svc["status"]["loadBalancer"]["ingress"] == [{"ip": "198.51.100.7", "ipMode": "VIP"}]
+
+    async def test_an_unreadable_message_found_at_a_restart_is_a_warning_event(
+        self, harness: Harness
+    ) -> None:
+        """Garbage left last on a Service's ``lb`` subject while no watcher ran: the next
+        one tells it in a Warning Event once the Service is listed, and keeps its status."""
+        await harness.start_watcher()
+        snap = await harness.created()
+        await harness.publish(programmed(snap.uid))
+        await eventually(
+            lambda: harness.events("LoadBalancerProgrammed"), what="a LoadBalancerProgrammed Event"
+        )
+        await harness.stop_watcher()
+        bad = await harness.peer.bus.js.publish("vipwire.east.lb.default.web", b"\x00not json")
+        await harness.start_watcher()
+        await eventually(
+            lambda: harness.events("UnreadableMessage"), what="an UnreadableMessage Event"
+        )
+        (event,) = harness.events("UnreadableMessage")
+        assert event["regarding"]["uid"] == snap.uid
+        assert f"(stream seq {bad.seq})" in event["note"]
+        await harness.settled()
+        svc = harness.service()
+        assert svc is not None
+        assert svc["status"]["loadBalancer"]["ingress"] == [{"ip": "198.51.100.7", "ipMode": "VIP"}]
+
     async def test_delete_then_released_removes_finalizer(self, harness: Harness) -> None:
         """Deleting publishes a deleting snapshot; VipReleased lets the Service go, and the
         watcher forgets it (no view, lock or tombstone left behind)."""

@@ -197,6 +197,23 @@ def series_patch(existing: Obj, *, cause: str, now: str) -> dict[str, Any] | Non
     }
 
 
+def unreadable_event(subject: str, seq: int, reason: str, *, in_force: int) -> EventSpec:
+    """The Warning Event for a message about the Service that cannot be read: nothing
+    is removed because of it, and the note says what stays in force."""
+    kept = (
+        f"its last valid message (seq {in_force}) stays in force"
+        if in_force
+        else "no valid message precedes it, so vipwire removes nothing of this Service "
+        "until a valid one arrives"
+    )
+    return EventSpec(
+        type="Warning",
+        reason="UnreadableMessage",
+        action="ReadBus",
+        note=f"the message on {subject} (stream seq {seq}) cannot be read ({reason}); {kept}",
+    )
+
+
 def refused_event(reason_text: str) -> EventSpec:
     """The Warning Event for a status write the API server refused as invalid."""
     return EventSpec(

@@ -46,7 +46,9 @@ M = TypeVar("M", bound=Message)
 Family = Literal["service", "node"]
 
 #: The families whose messages may call for an Event, in the order they are emitted.
-EVENT_FAMILIES: tuple[str, ...] = ("vip", "lb")
+#: Per family, one Event held back: that of the family's last message, and (``!``)
+#: that of a message of the family that could not be read.
+EVENT_FAMILIES: tuple[str, ...] = ("vip", "lb", "vip!", "lb!")
 
 
 def message_fingerprint(message: Message) -> bytes:
