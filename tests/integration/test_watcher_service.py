@@ -323,6 +323,7 @@ class TestServices:
             what="the watcher forgot web's record",
         )
         await eventually(lambda: len(watcher._term.locks) == 0, what="no lock left")
+        assert "default/web" not in watcher._term.memory.departed
 
     async def test_type_change_away_releases_and_clears_status(self, harness: Harness) -> None:
         """A Service that stops being a LoadBalancer is released, then let go, status cleared."""
