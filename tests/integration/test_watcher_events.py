@@ -16,6 +16,7 @@ import pytest
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from support.fences import now_ns, watcher_settled
+from support.orders import WRITE_ORDERS
 from support.recorders import BusRecorder
 from vipwire.contracts import (
     LbProgrammed,
@@ -34,9 +35,6 @@ RuntimeFactory = Callable[[str], Awaitable[Runtime]]
 CLASS = "vipwire.io/dsr"
 N1 = Member(node="n1", address="192.0.2.11")
 N2 = Member(node="n2", address="192.0.2.12")
-
-#: The emulator's ``watch_first``: the reply first (its default), the watch events first.
-ORDERS = {"reply-first": 0.0, "watch-first": 1.0}
 
 
 def lb_service(name: str) -> dict[str, Any]:
@@ -117,14 +115,16 @@ class Stack:
         ]
 
 
-@pytest.fixture(params=list(ORDERS))
+@pytest.fixture(params=list(WRITE_ORDERS))
 async def stack(
     request: pytest.FixtureRequest,
     make_runtime: RuntimeFactory,
     tmp_path: Path,
     span_exporter: InMemorySpanExporter,
 ) -> AsyncIterator[Stack]:
-    emu = KubeEmulator("east", bookmark_interval=0.5, watch_first=ORDERS[request.param], seed=14)
+    emu = KubeEmulator(
+        "east", bookmark_interval=0.5, watch_first=WRITE_ORDERS[request.param], seed=14
+    )
     await emu.start()
     kubeconfig = emu.write_kubeconfig(tmp_path / "kubeconfig", context_name="east")
     peer = await make_runtime("peer")
