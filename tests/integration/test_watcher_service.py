@@ -14,6 +14,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind
 
 from support.fences import now_ns, watcher_settled
+from support.orders import WRITE_ORDERS
 from support.recorders import BusRecorder as Seen
 from vipwire.contracts import (
     EndpointsSnapshot,
@@ -157,11 +158,14 @@ class Harness:
         return snap
 
 
-@pytest.fixture
+@pytest.fixture(params=list(WRITE_ORDERS))
 async def harness(
-    make_runtime: RuntimeFactory, tmp_path: Path, span_exporter: InMemorySpanExporter
+    request: pytest.FixtureRequest,
+    make_runtime: RuntimeFactory,
+    tmp_path: Path,
+    span_exporter: InMemorySpanExporter,
 ) -> AsyncIterator[Harness]:
-    emu = KubeEmulator("east", bookmark_interval=0.5)
+    emu = KubeEmulator("east", bookmark_interval=0.5, watch_first=WRITE_ORDERS[request.param])
     await emu.start()
     kubeconfig = emu.write_kubeconfig(tmp_path / "kubeconfig", context_name="east")
     peer = await make_runtime("peer")
@@ -373,6 +377,7 @@ class TestServices:
             what="the watcher forgot web's record",
         )
         await eventually(lambda: len(watcher._term.locks) == 0, what="no lock left")
+        assert "default/web" not in watcher._term.memory.departed
 
     async def test_type_change_away_releases_and_clears_status(self, harness: Harness) -> None:
         """A Service that stops being a LoadBalancer is released, then let go, status cleared."""

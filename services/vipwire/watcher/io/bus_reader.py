@@ -40,9 +40,14 @@ from vipwire.contracts import (
     family_filter,
 )
 from vipwire.telemetry import trace_id_of_current_span
-from vipwire.watcher.core.events import EventSpec, event_for, unreadable_event
+from vipwire.watcher.core.events import (
+    EventSpec,
+    event_for,
+    event_subject,
+    released_ref,
+    unreadable_event,
+)
 from vipwire.watcher.core.term_memory import DeferredEvent, message_fingerprint
-from vipwire.watcher.core.translate import uid
 from vipwire.watcher.io.event_recorder import EventRecorder
 from vipwire.watcher.io.kube_writes import NotLeader
 from vipwire.watcher.io.status_writes import StatusWriter
@@ -160,7 +165,19 @@ class BusReader:
                     # A replay cannot tell news from a repeat (what came before is not
                     # replayed): see EventRecorder.emit.
                     replayed = not term.caught_up
-                    if service is None:
+                    # The Service may be gone already: a release lets the API server
+                    # delete it, and the DELETED event may come before the reply.
+                    about, later = event_subject(
+                        service,
+                        message.uid,
+                        departed=memory.departed_ref(key),
+                        gone=released_ref(message, live=not replayed),
+                    )
+                    if about is not None:
+                        await self._recorder.emit(spec, about, cause, replayed=replayed)
+                        if service is None:
+                            memory.forget_departed(key, message.uid)
+                    elif later:
                         # Replayed before the Services are listed, or ahead of the watch
                         # event that brings the Service: emitted when it is handled.
                         memory.defer(
@@ -174,8 +191,6 @@ class BusReader:
                                 replayed=replayed,
                             ),
                         )
-                    elif uid(service) == message.uid:
-                        await self._recorder.emit(spec, service, cause, replayed=replayed)
                 memory.forget_service(key, absent=term.absent("service", key))
 
 
