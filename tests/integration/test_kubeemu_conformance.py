@@ -1031,3 +1031,50 @@ async def test_service_status_conditions_are_validated_and_guarded(
     with pytest.raises(ApiException) as info:
         await v1.patch_namespaced_service_status("cond", "default", stale, _content_type=MERGE)
     assert info.value.status == 409
+
+
+# --- the order of a write's reply and its watch events ---------------------------
+
+
+async def test_watch_first_sends_each_writes_watch_event_before_its_reply(
+    v1: client.CoreV1Api, emu: KubeEmulator
+) -> None:
+    """With ``watch_first=1`` every write answers only once an open watch has its event:
+    a client removing the last finalizer has seen the DELETED before the reply, as a
+    real API server may do."""
+    emu.watch_first = 1.0
+    listed = await v1.list_namespaced_service("default")
+    seen: list[tuple[str, int]] = []
+
+    async def read() -> None:
+        async with watch.Watch() as w:
+            stream = w.stream(
+                v1.list_namespaced_service,
+                "default",
+                resource_version=listed.metadata.resource_version,
+                timeout_seconds=30,
+            )
+            async for event in stream:
+                seen.append((event["type"], _rv(event["raw_object"])))
+
+    reader = asyncio.create_task(read())
+    try:
+        await eventually(lambda: emu.open_watches == 1, what="the watch is open")
+        created = await v1.create_namespaced_service("default", _service("order"))
+        assert seen[-1] == ("ADDED", _rv(created))
+        held = await v1.patch_namespaced_service(
+            "order", "default", {"metadata": {"finalizers": [FINALIZER]}}
+        )
+        assert seen[-1] == ("MODIFIED", _rv(held))
+        marked = await v1.delete_namespaced_service("order", "default")
+        assert seen[-1] == ("MODIFIED", _rv(marked))
+        await v1.patch_namespaced_service(
+            "order",
+            "default",
+            [{"op": "remove", "path": "/metadata/finalizers/0"}],
+            _content_type=JSON_PATCH,
+        )
+        assert seen[-1] == ("DELETED", int(emu.resource_version))
+    finally:
+        reader.cancel()
+        await asyncio.gather(reader, return_exceptions=True)

@@ -11,6 +11,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from support.lbdriver import LbHarness as Harness
 from vipwire.contracts import (
+    STREAM,
     Endpoint,
     EndpointsSnapshot,
     LbFailed,
@@ -25,6 +26,8 @@ from vipwire.contracts import (
     VipReleased,
     VipReleasing,
     encode,
+    node_subject,
+    service_subject,
 )
 from vipwire.lbdriver import (
     ApplianceRejected,
@@ -34,6 +37,7 @@ from vipwire.lbdriver import (
     SimAppliance,
     VirtualServer,
 )
+from vipwire.lbdriver.core.desired import owner_of
 from vipwire.lbdriver.io import last_reports as _reports
 from vipwire.runtime import Runtime
 from vipwire.testing import eventually
@@ -506,3 +510,84 @@ async def test_a_coalesced_write_links_to_every_trace_it_served(
     ]
     assert coalesced, "no reconcile absorbed more than one change"
     assert all(int(s.attributes["vipwire.coalesced_events"]) >= 2 for s in coalesced)
+
+
+# --- messages that cannot be read ----------------------------------------------------
+
+
+def orphan_of(name: str) -> VirtualServer:
+    """An object of ours for a Service the stream knows nothing of: the start-up sweep
+    removes it, which fences that sweep."""
+    return VirtualServer(
+        name=f"vipwire-{CLUSTER}-shop-{name}-192.0.2.99-80-tcp",
+        owner=owner_of(CLUSTER, "shop", name),
+        address="192.0.2.99",
+        port=80,
+        protocol="TCP",
+        members=(),
+        monitor=Monitor(port=80),
+    )
+
+
+async def restart_after(h: Harness, garbage_on: str, *, purge: bool = False) -> None:
+    """Stop the running lbdriver, leave garbage last on ``garbage_on`` (its only message
+    with ``purge``) and an orphan on the appliance, start another and wait for its
+    start-up sweep (the orphan removed)."""
+    for service in list(h.services):
+        await h.stop(service)
+    js = h.publisher.bus.js
+    if purge:
+        await js.purge_stream(STREAM, subject=garbage_on)
+    await js.publish(garbage_on, b"\x00not json")
+    orphan = orphan_of("gone")
+    h.sim.put(CLUSTER, orphan)
+    h.log.clear()
+    second = await h.start()
+    await eventually(lambda: second.readiness() is None, what="the second lbdriver is ready")
+    await eventually(
+        lambda: orphan.name not in h.servers(), what="the start-up sweep removed the orphan"
+    )
+
+
+async def test_garbage_last_on_a_vip_subject_keeps_the_virtual_server_after_a_restart(
+    h: Harness,
+) -> None:
+    """Garbage after a Service's assignment: the restarted lbdriver keeps its objects (the
+    last valid assignment stays in force) and counts the subject."""
+    await h.start()
+    await h.publish(*FLEET, assigned("web"), assigned("api", vips=("192.0.2.11",)))
+    await h.programmed("web", "api")
+    before = h.servers()
+
+    await restart_after(h, service_subject("vip", CLUSTER, "shop", "web"))
+    assert h.servers() == before
+    assert h.reports(LbRemoved) == []
+    metrics = h.services[0].runtime.metrics.expose()
+    assert 'vipwire_bus_unreadable_total{family="vip"} 1' in metrics
+
+
+async def test_garbage_alone_on_a_vip_subject_deletes_nothing(h: Harness) -> None:
+    """Garbage as the only message on a Service's VIP subject (its history expired): what
+    the Service needs is unknown, so its objects are no orphans."""
+    await h.start()
+    await h.publish(*FLEET, assigned("web"), assigned("api", vips=("192.0.2.11",)))
+    await h.programmed("web", "api")
+    before = h.servers()
+
+    await restart_after(h, service_subject("vip", CLUSTER, "shop", "web"), purge=True)
+    assert h.servers() == before
+
+
+async def test_garbage_last_on_a_node_subject_keeps_the_node_a_member(h: Harness) -> None:
+    """Garbage after a Node's snapshot: after a restart the node is still a member of every
+    Service of its cluster, and nothing is written or reported."""
+    await h.start()
+    await h.publish(*FLEET, assigned("web"), assigned("api", vips=("192.0.2.11",)))
+    await h.programmed("web", "api")
+    before = h.servers()
+    writes = h.sim.writes
+
+    await restart_after(h, node_subject("node", CLUSTER, "n2"))
+    assert h.servers() == before
+    assert h.sim.writes == writes + 1  # the orphan's removal, nothing else
+    assert h.reports(LbProgrammed) == []

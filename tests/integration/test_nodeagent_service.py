@@ -478,3 +478,66 @@ class TestHealth:
         assert 'vipwire_nodeagent_actions_total{action="set-sysctl"} 2' in text
         assert "vipwire_nodeagent_vips 2" in text
         assert "vipwire_nodeagent_generation 2" in text
+
+
+def on_lo(applier: DryRunApplier) -> list[str]:
+    return sorted(a.address for a in applier.state.addresses if a.interface == "lo")
+
+
+class TestUnreadable:
+    """A message that cannot be read means "unknown", never "absent"."""
+
+    WEB = "vipwire.east.lb.default.web"
+
+    async def test_garbage_last_on_an_lb_subject_keeps_the_vip_after_a_restart(
+        self, make_runtime: RuntimeFactory, agents: Agents, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """Garbage after a Service's LbProgrammed: a restarted agent keeps its VIP (the last
+        valid message stays in force), writes nothing, and logs and counts the subject."""
+        rt = await make_runtime("nodeagent")
+        reports = Reports()
+        await reports.attach(rt)
+        applier = DryRunApplier()
+        first = await agents(rt, applier)
+        await rt.bus.publish(programmed("web", "192.0.2.10"))
+        await rt.bus.publish(programmed("api", "192.0.2.11"))
+        before = await reports.wait_for(vips=("192.0.2.10", "192.0.2.11"))
+        await first.stop()
+        bad = await rt.bus.js.publish(self.WEB, b"\x00not json")
+        writes, seen = applier.writes, len(reports.seen)
+
+        await agents(rt, applier)
+        again = await reports.wait_for(after=seen)
+        assert again.vips == before.vips
+        assert applier.writes == writes
+        assert on_lo(applier) == ["192.0.2.10", "192.0.2.11"]
+        assert 'vipwire_bus_unreadable_total{family="lb"} 1' in rt.metrics.expose()
+        logged = [r.getMessage() for r in caplog.records if self.WEB in r.getMessage()]
+        assert any(f"seq {bad.seq}" in line for line in logged), logged
+
+    async def test_garbage_with_no_valid_message_before_it_takes_no_vip_away(
+        self, make_runtime: RuntimeFactory, agents: Agents
+    ) -> None:
+        """Garbage as the only message of a Service's subject (its history expired): the
+        restarted agent keeps every VIP until a valid message says what the Service needs."""
+        rt = await make_runtime("nodeagent")
+        reports = Reports()
+        await reports.attach(rt)
+        applier = DryRunApplier()
+        first = await agents(rt, applier)
+        await rt.bus.publish(programmed("web", "192.0.2.10"))
+        await rt.bus.publish(programmed("api", "192.0.2.11"))
+        await reports.wait_for(vips=("192.0.2.10", "192.0.2.11"))
+        await first.stop()
+        await rt.bus.js.purge_stream(STREAM, subject=self.WEB)
+        await rt.bus.js.publish(self.WEB, b"{}")
+        seen = len(reports.seen)
+
+        await agents(rt, applier)
+        await reports.wait_for(after=seen)
+        assert on_lo(applier) == ["192.0.2.10", "192.0.2.11"]
+
+        await rt.bus.publish(removed("web"))
+        await eventually(
+            lambda: on_lo(applier) == ["192.0.2.11"], what="web's VIP gone once it is known"
+        )

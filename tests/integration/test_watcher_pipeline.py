@@ -16,6 +16,7 @@ import pytest
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from support.fences import now_ns, watcher_settled
+from support.orders import WRITE_ORDERS
 from support.recorders import BusRecorder
 from vipwire.contracts import ServiceSnapshot, decode
 from vipwire.ipam import IpamService, IpamSettings, PoolSettings
@@ -195,11 +196,14 @@ def endpoint_slice(
     }
 
 
-@pytest.fixture
+@pytest.fixture(params=list(WRITE_ORDERS))
 async def pipeline(
-    make_runtime: RuntimeFactory, tmp_path: Path, span_exporter: InMemorySpanExporter
+    request: pytest.FixtureRequest,
+    make_runtime: RuntimeFactory,
+    tmp_path: Path,
+    span_exporter: InMemorySpanExporter,
 ) -> AsyncIterator[Pipeline]:
-    emu = KubeEmulator("east", bookmark_interval=0.5)
+    emu = KubeEmulator("east", bookmark_interval=0.5, watch_first=WRITE_ORDERS[request.param])
     await emu.start()
     for node, address in NODES.items():
         await emu.add_node(node, address)

@@ -14,6 +14,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind
 
 from support.fences import now_ns, watcher_settled
+from support.orders import WRITE_ORDERS
 from support.recorders import BusRecorder as Seen
 from vipwire.contracts import (
     EndpointsSnapshot,
@@ -157,11 +158,14 @@ class Harness:
         return snap
 
 
-@pytest.fixture
+@pytest.fixture(params=list(WRITE_ORDERS))
 async def harness(
-    make_runtime: RuntimeFactory, tmp_path: Path, span_exporter: InMemorySpanExporter
+    request: pytest.FixtureRequest,
+    make_runtime: RuntimeFactory,
+    tmp_path: Path,
+    span_exporter: InMemorySpanExporter,
 ) -> AsyncIterator[Harness]:
-    emu = KubeEmulator("east", bookmark_interval=0.5)
+    emu = KubeEmulator("east", bookmark_interval=0.5, watch_first=WRITE_ORDERS[request.param])
     await emu.start()
     kubeconfig = emu.write_kubeconfig(tmp_path / "kubeconfig", context_name="east")
     peer = await make_runtime("peer")
@@ -294,6 +298,56 @@ class TestServices:
         await eventually(lambda: harness.events("ApplianceFailed"), what="an ApplianceFailed Event")
         assert "no answer" in harness.events("ApplianceFailed")[0]["note"]
 
+    async def test_an_unreadable_message_is_a_warning_event_and_changes_no_status(
+        self, harness: Harness
+    ) -> None:
+        """Garbage last on a Service's ``lb`` subject: a Warning Event names the subject and
+        sequence, and the status keeps what the last valid message said."""
+        await harness.start_watcher()
+        snap = await harness.created()
+        await harness.publish(programmed(snap.uid))
+        await eventually(
+            lambda: harness.events("LoadBalancerProgrammed"), what="a LoadBalancerProgrammed Event"
+        )
+        bad = await harness.peer.bus.js.publish("vipwire.east.lb.default.web", b"\x00not json")
+        await eventually(
+            lambda: harness.events("UnreadableMessage"), what="an UnreadableMessage Event"
+        )
+        (event,) = harness.events("UnreadableMessage")
+        assert event["type"] == "Warning"
+        assert event["regarding"]["uid"] == snap.uid
+        assert f"vipwire.east.lb.default.web (stream seq {bad.seq})" in event["note"]
+        assert "stays in force" in event["note"]
+        await harness.settled()
+        svc = harness.service()
+        assert svc is not None
+        assert svc["status"]["loadBalancer"]["ingress"] == [{"ip": "198.51.100.7", "ipMode": "VIP"}]
+
+    async def test_an_unreadable_message_found_at_a_restart_is_a_warning_event(
+        self, harness: Harness
+    ) -> None:
+        """Garbage left last on a Service's ``lb`` subject while no watcher ran: the next
+        one tells it in a Warning Event once the Service is listed, and keeps its status."""
+        await harness.start_watcher()
+        snap = await harness.created()
+        await harness.publish(programmed(snap.uid))
+        await eventually(
+            lambda: harness.events("LoadBalancerProgrammed"), what="a LoadBalancerProgrammed Event"
+        )
+        await harness.stop_watcher()
+        bad = await harness.peer.bus.js.publish("vipwire.east.lb.default.web", b"\x00not json")
+        await harness.start_watcher()
+        await eventually(
+            lambda: harness.events("UnreadableMessage"), what="an UnreadableMessage Event"
+        )
+        (event,) = harness.events("UnreadableMessage")
+        assert event["regarding"]["uid"] == snap.uid
+        assert f"(stream seq {bad.seq})" in event["note"]
+        await harness.settled()
+        svc = harness.service()
+        assert svc is not None
+        assert svc["status"]["loadBalancer"]["ingress"] == [{"ip": "198.51.100.7", "ipMode": "VIP"}]
+
     async def test_delete_then_released_removes_finalizer(self, harness: Harness) -> None:
         """Deleting publishes a deleting snapshot; VipReleased lets the Service go, and the
         watcher forgets it (no view, lock or tombstone left behind)."""
@@ -323,6 +377,7 @@ class TestServices:
             what="the watcher forgot web's record",
         )
         await eventually(lambda: len(watcher._term.locks) == 0, what="no lock left")
+        assert "default/web" not in watcher._term.memory.departed
 
     async def test_type_change_away_releases_and_clears_status(self, harness: Harness) -> None:
         """A Service that stops being a LoadBalancer is released, then let go, status cleared."""

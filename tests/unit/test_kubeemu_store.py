@@ -11,7 +11,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from vipwire.kubeemu import ApiError
+from vipwire.kubeemu import ApiError, KubeEmulator
+from vipwire.kubeemu._http import Settings
 from vipwire.kubeemu._patch import (
     JSON_PATCH,
     MERGE_PATCH,
@@ -444,3 +445,21 @@ def test_json_patch_add_then_remove_restores(doc: dict[str, Any], key: Any, valu
         return
     added = json_patch(doc, [{"op": "add", "path": pointer, "value": value}])
     assert json_patch(added, [{"op": "remove", "path": pointer}]) == doc
+
+
+def test_write_order_is_drawn_per_write_from_the_seed_and_not_at_all_by_default() -> None:
+    """The same seed draws the same orders; at ``watch_first=0`` (the default) nothing is
+    drawn, so the old order and every other use of randomness stay as they were."""
+    first = Settings(watch_first=0.5, order_rng=random.Random(14))
+    second = Settings(watch_first=0.5, order_rng=random.Random(14))
+    drawn = [first.watch_goes_first() for _ in range(64)]
+    assert drawn == [second.watch_goes_first() for _ in range(64)]
+    assert True in drawn and False in drawn
+    rng = random.Random(14)
+    state = rng.getstate()
+    default = Settings(order_rng=rng)
+    assert not any(default.watch_goes_first() for _ in range(16))
+    assert rng.getstate() == state
+    assert all(Settings(watch_first=1.0).watch_goes_first() for _ in range(16))
+    with pytest.raises(ValueError, match="watch_first"):
+        KubeEmulator(watch_first=1.5)

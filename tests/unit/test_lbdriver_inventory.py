@@ -121,6 +121,22 @@ def test_objects_stay_where_a_service_is_placed_or_was_last_written() -> None:
     assert inventory.staying("lb-b", "default", CLUSTER, active=False) == {"prod/shop/api"}
 
 
+def test_an_unknown_service_keeps_its_objects_until_a_valid_message_says_otherwise() -> None:
+    """A Service whose VIP message cannot be read is no orphan on any appliance of its
+    partition; a valid assignment or release ends that."""
+    inventory = Inventory(PREFIX)
+    inventory.note_unknown(key("web"))
+    assert inventory.partitions() == {CLUSTER}
+    assert inventory.staying("lb-a", "default", CLUSTER, active=True) == {"prod/shop/web"}
+    assert inventory.staying("lb-b", "default", CLUSTER, active=False) == {"prod/shop/web"}
+    assert inventory.staying("lb-a", "default", "other", active=True) == set()
+    inventory.forget(key("web"))
+    assert inventory.staying("lb-a", "default", CLUSTER, active=True) == set()
+    inventory.note_unknown(key("web"))
+    inventory.note_assignment(assigned("web"), 3)
+    assert inventory.unknown == set()
+
+
 def test_a_drift_pass_compares_only_settled_services_whose_objects_changed() -> None:
     """A Service whose objects are what it last wrote needs no comparison; one whose
     objects changed does; one reconciled since the pass began is left to that reconcile."""

@@ -392,6 +392,14 @@ class TestPlan:
             RemoveAddress(interface="lo", address="192.0.2.10", prefix=32),
         )
 
+    def test_keep_adds_what_is_wanted_and_removes_nothing(self) -> None:
+        """While some Service is unknown, an address of ours nothing wants stays."""
+        current = applied(owned("192.0.2.10"), sysctls=arp_sysctls())
+        desired = vips_only(lb("web", "192.0.2.11"))
+        assert plan(current, desired, keep=True) == (
+            AddAddress(interface="lo", address="192.0.2.11", prefix=32),
+        )
+
     def test_a_wanted_address_already_there_but_foreign_is_left_alone(self) -> None:
         """A VIP someone else put on lo is neither added again nor ever removed by us."""
         current = applied(foreign("192.0.2.10"), sysctls=arp_sysctls())

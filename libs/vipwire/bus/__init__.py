@@ -6,7 +6,14 @@ pull consumers that keep per-subject order with bounded concurrency.
 """
 
 from vipwire.bus._bus import Bus, connect
-from vipwire.bus._consumer import ConsumerSpec, Delivery, Handler, PullConsumer
+from vipwire.bus._consumer import (
+    ConsumerSpec,
+    Delivery,
+    Handler,
+    OnUnreadable,
+    PullConsumer,
+    Unreadable,
+)
 from vipwire.bus._errors import BusConflict, BusError, NoResponders, NotFound, WrongLastSequence
 from vipwire.bus._history import kv_keys, kv_purge_markers, last_per_subject
 from vipwire.bus._kv import KvBucket, KvEntry, KvWatch
@@ -32,12 +39,14 @@ __all__ = [
     "KvWatch",
     "NoResponders",
     "NotFound",
+    "OnUnreadable",
     "PullConsumer",
     "Reject",
     "Responder",
     "Retry",
     "Serving",
     "StoredMessage",
+    "Unreadable",
     "Verdict",
     "WrongLastSequence",
     "connect",

@@ -16,7 +16,7 @@ from nats.js.kv import KeyValue
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Tracer
 
-from vipwire.bus._consumer import ConsumerSpec, Handler, PullConsumer
+from vipwire.bus._consumer import ConsumerSpec, Handler, OnUnreadable, PullConsumer
 from vipwire.bus._errors import (
     NATS_ERRORS,
     BusError,
@@ -26,10 +26,18 @@ from vipwire.bus._errors import (
 )
 from vipwire.bus._kv import KvBucket
 from vipwire.bus._link import AttemptFailed, Backoff, Link
-from vipwire.bus._reading import StoredMessage, last_message, last_messages
+from vipwire.bus._reading import StoredMessage, last_message, last_messages, newest_before
 from vipwire.bus._requests import Responder, Serving, request, serve
 from vipwire.bus._settings import BusSettings
-from vipwire.contracts import STREAM, Message, encode, family_of, subject_for
+from vipwire.contracts import (
+    STREAM,
+    MalformedMessage,
+    Message,
+    decode,
+    encode,
+    family_of,
+    subject_for,
+)
 from vipwire.metrics import Registry
 from vipwire.telemetry import inject_context
 
@@ -145,6 +153,36 @@ class Bus:
         """The last message on ``subject`` in the VIPWIRE stream; None: none there."""
         return await last_message(self.js, STREAM, subject)
 
+    async def last_valid_message(
+        self, subject: str, *, before_seq: int | None = None, max_reads: int = 256
+    ) -> tuple[StoredMessage, Message] | None:
+        """The newest message on ``subject`` that decodes (stored before ``before_seq``
+        if given), with what it says; None: there is none (or none within ``max_reads``
+        reads of the stream).
+
+        What stays in force when the last message of a subject cannot be read.
+        """
+        decoded: dict[int, Message] = {}
+
+        def readable(msg: StoredMessage) -> bool:
+            try:
+                decoded[msg.seq] = decode(msg.subject, msg.data)
+            except MalformedMessage:
+                return False
+            return True
+
+        if before_seq is None:
+            last = await self.last_message(subject)
+            if last is None:
+                return None
+            if readable(last):
+                return last, decoded[last.seq]
+            before_seq = last.seq
+        found = await newest_before(
+            self.js, STREAM, subject, before_seq, readable, max_reads=max_reads
+        )
+        return None if found is None else (found, decoded[found.seq])
+
     async def last_messages(self, subjects: str, *, timeout_s: float = 30.0) -> list[StoredMessage]:
         """The last message of every subject matching ``subjects``, in stream order."""
         return await last_messages(self.js, STREAM, subjects, timeout_s=timeout_s)
@@ -227,8 +265,16 @@ class Bus:
 
     # --- consuming ---------------------------------------------------------------
 
-    def consumer(self, spec: ConsumerSpec, handler: Handler) -> PullConsumer:
-        consumer = PullConsumer(self, spec, handler)
+    def consumer(
+        self, spec: ConsumerSpec, handler: Handler, *, on_unreadable: OnUnreadable | None = None
+    ) -> PullConsumer:
+        """A consumer of ``spec`` handing messages to ``handler``.
+
+        ``on_unreadable`` hears of every message that does not decode (its
+        subject's state is unknown until a valid one arrives; the newest valid
+        one before it is handed to ``handler`` and stays in force).
+        """
+        consumer = PullConsumer(self, spec, handler, on_unreadable)
         self._consumers.append(consumer)
         return consumer
 

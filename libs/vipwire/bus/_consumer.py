@@ -39,6 +39,8 @@ from opentelemetry import trace
 from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, TraceFlags
 
 from vipwire.aio import cancel_and_wait
+from vipwire.bus._errors import BusError
+from vipwire.bus._reading import StoredMessage
 from vipwire.bus._verdict import Done, Reject, Retry, Verdict
 from vipwire.contracts import (
     STREAM,
@@ -142,6 +144,27 @@ class Delivery(msgspec.Struct, frozen=True, kw_only=True):
 Handler = Callable[[Delivery], Awaitable[Verdict]]
 
 
+class Unreadable(msgspec.Struct, frozen=True, kw_only=True):
+    """A message on a known subject that does not decode (garbage, an unknown kind, a
+    newer schema): what the subject says now is unknown, never "absent".
+
+    The newest valid message before it stays in force: the consumer hands it to
+    the handler (again, or for the first time when the unreadable one is the
+    last of its subject at start-up) unless it was handled already.
+    """
+
+    subject: Subject
+    #: Its stream sequence.
+    seq: int
+    reason: str
+    #: The stream sequence of the newest valid message before it, which stays in
+    #: force; 0: there is none (or it could not be read): nothing is known.
+    in_force: int
+
+
+OnUnreadable = Callable[[Unreadable], Awaitable[None]]
+
+
 def _backoff(num_delivered: int) -> float:
     return float(min(0.1 * 2 ** (num_delivered - 1), 10.0))
 
@@ -239,10 +262,20 @@ class PullConsumer:
     #: Seconds a stop waits for the messages already sent to us to arrive.
     _STOP_DRAIN_S = 5.0
 
-    def __init__(self, bus: Bus, spec: ConsumerSpec, handler: Handler) -> None:
+    def __init__(
+        self,
+        bus: Bus,
+        spec: ConsumerSpec,
+        handler: Handler,
+        on_unreadable: OnUnreadable | None = None,
+    ) -> None:
         self._bus = bus
         self.spec = spec
         self._handler = handler
+        self._on_unreadable = on_unreadable
+        #: Subjects whose newest message could not be read (subject: its sequence),
+        #: until a valid newer one is handled: their state is unknown, not absent.
+        self.unreadable: dict[str, int] = {}
         self._lanes: list[asyncio.Queue[Msg | None]] = [
             asyncio.Queue() for _ in range(max(1, spec.concurrency))
         ]
@@ -279,6 +312,11 @@ class PullConsumer:
             "bus_poison_total",
             "Messages terminated because they can never be handled",
             ["consumer", "subject_family"],
+        )
+        self._m_unreadable = m.counter(
+            "bus_unreadable_total",
+            "Messages on a known subject that do not decode (the subject's state is unknown)",
+            ["family"],
         )
         self._m_latency = m.histogram(
             "bus_handle_seconds", "Time a handler took per message", ["consumer"]
@@ -499,19 +537,36 @@ class PullConsumer:
             await self._poison(msg, subject, seq, str(exc))
             return
         except MalformedMessage as exc:
-            await self._poison(msg, subject, seq, exc.reason)
+            await self._unreadable_message(msg, parsed, seq, num_delivered, exc.reason)
             return
         if self._supersede:
             self._last_seq.note(subject, seq)
-        headers = dict(msg.headers or {})
+        if self.unreadable and self.unreadable.get(subject, seq) < seq:
+            del self.unreadable[subject]
+            log.info("consumer %s: %s is readable again (seq %d)", self._label, subject, seq)
         delivery = Delivery(
             subject=parsed,
             message=message,
             seq=seq,
             num_delivered=num_delivered,
-            headers=headers,
+            headers=dict(msg.headers or {}),
             timestamp=stored_at,
         )
+        verdict = await self._invoke(delivery)
+        if isinstance(verdict, Retry) and num_delivered >= self.spec.max_deliveries:
+            await self._poison(
+                msg,
+                subject,
+                seq,
+                f"still failing after {num_delivered} deliveries: {verdict.reason}",
+            )
+            return
+        await self._settle(msg, verdict, subject, seq)
+
+    async def _invoke(self, delivery: Delivery) -> Verdict:
+        """Run the handler on one delivery (in its CONSUMER span, where traced)."""
+        parsed, headers, seq = delivery.subject, delivery.headers, delivery.seq
+        subject, num_delivered = parsed.raw, delivery.num_delivered
         started = time.perf_counter()
         # An observer (the dashboard) must not add a span to every change's trace.
         span_cm = (
@@ -542,15 +597,76 @@ class PullConsumer:
                 verdict = Retry(delay=_backoff(num_delivered), reason=repr(exc))
             span.set_attribute("vipwire.verdict", type(verdict).__name__.lower())
         self._m_latency.observe(time.perf_counter() - started, consumer=self._label)
-        if isinstance(verdict, Retry) and num_delivered >= self.spec.max_deliveries:
-            await self._poison(
-                msg,
-                subject,
-                seq,
-                f"still failing after {num_delivered} deliveries: {verdict.reason}",
+        return verdict
+
+    async def _unreadable_message(
+        self, msg: Msg, parsed: Subject, seq: int, num_delivered: int, reason: str
+    ) -> None:
+        """A message that does not decode: its subject's state is unknown, never absent.
+
+        Reported (log with subject and sequence, ``bus_unreadable_total``, the
+        ``on_unreadable`` callback), and the newest valid message before it stays
+        in force: handed to the handler unless it was already handled here.
+        """
+        subject = parsed.raw
+        self._m_unreadable.inc(family=parsed.family)
+        if self.unreadable.get(subject, 0) < seq:
+            self.unreadable[subject] = seq
+        previous: tuple[StoredMessage, Message] | None = None
+        handled_before = self._last_seq.get(subject) if self._supersede else 0
+        failure: str | None = None
+        if not handled_before:
+            try:
+                previous = await self._bus.last_valid_message(subject, before_seq=seq)
+            except BusError as exc:
+                failure = str(exc)
+        in_force = handled_before or (previous[0].seq if previous is not None else 0)
+        if in_force:
+            kept = f"its last valid message (seq {in_force}) stays in force"
+        elif failure is not None:
+            kept = f"its last valid message could not be read ({failure}); its state is unknown"
+        else:
+            kept = "no valid message precedes it: its state is unknown"
+        log.error(
+            "consumer %s: unreadable (poison) message on %s (stream seq %d): %s; %s",
+            self._label,
+            subject,
+            seq,
+            reason,
+            kept,
+        )
+        self._m_poison.inc(consumer=self._label, subject_family=parsed.family)
+        if self._on_unreadable is not None:
+            try:
+                await self._on_unreadable(
+                    Unreadable(subject=parsed, seq=seq, reason=reason, in_force=in_force)
+                )
+            except Exception:
+                log.exception("consumer %s: on_unreadable failed for %s", self._label, subject)
+        verdict: Verdict = Reject(reason=reason)
+        if previous is not None:
+            stored, message = previous
+            replayed = await self._invoke(
+                Delivery(
+                    subject=parsed,
+                    message=message,
+                    seq=stored.seq,
+                    num_delivered=num_delivered,
+                    headers=stored.headers,
+                    timestamp=stored.time_ns / 1e9,
+                )
             )
+            if isinstance(replayed, Retry):
+                verdict = replayed
+            elif self._supersede:
+                self._last_seq.note(subject, stored.seq)
+        elif failure is not None:
+            verdict = Retry(delay=_backoff(num_delivered), reason=failure)
+        if isinstance(verdict, Retry) and num_delivered < self.spec.max_deliveries:
+            # Asked again later: the message in force is looked up and handled anew.
+            await self._settle(msg, verdict, subject, seq)
             return
-        await self._settle(msg, verdict, subject, seq)
+        await self._settle(msg, Reject(reason=reason), subject, seq, counted=True)
 
     async def _poison(self, msg: Msg, subject: str, seq: int, reason: str) -> None:
         family = subject.split(".")[2] if subject.count(".") >= 2 else "?"

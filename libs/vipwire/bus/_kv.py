@@ -30,8 +30,13 @@ log = logging.getLogger("vipwire.bus.kv")
 Operation = Literal["PUT", "DEL", "PURGE"]
 
 
-class KvEntry(msgspec.Struct, frozen=True, kw_only=True):
-    """One revision of a key: a value, or a delete or purge marker (``value`` None)."""
+class KvEntry(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    """One revision of a key: a value, or a delete or purge marker (``value`` None).
+
+    Not tracked by the garbage collector (it holds no containers): a start-up
+    load makes one per key, and in a process with a large heap each tracked
+    allocation brings the next full collection nearer.
+    """
 
     key: str
     value: bytes | None

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
+from typing import Any
 
 import msgspec
 from nats.aio.msg import Msg
@@ -18,8 +20,12 @@ from nats.js.api import DeliverPolicy
 from vipwire.bus._errors import NATS_ERRORS, NotFound, translate
 
 
-class StoredMessage(msgspec.Struct, frozen=True, kw_only=True):
-    """A message as the stream stores it."""
+class StoredMessage(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    """A message as the stream stores it.
+
+    Not tracked by the garbage collector (its headers are a dict of strings,
+    never a cycle): start-up reads make one per subject.
+    """
 
     subject: str
     #: Its stream sequence.
@@ -39,6 +45,10 @@ async def last_message(js: JetStreamContext, stream: str, subject: str) -> Store
         if isinstance(error, NotFound):
             return None
         raise error from exc
+    return _stored(raw, subject)
+
+
+def _stored(raw: Any, subject: str) -> StoredMessage:
     stamp = raw.time
     return StoredMessage(
         subject=raw.subject or subject,
@@ -47,6 +57,67 @@ async def last_message(js: JetStreamContext, stream: str, subject: str) -> Store
         headers=dict(raw.headers or {}),
         time_ns=int(stamp.timestamp() * 1e9) if stamp is not None else 0,
     )
+
+
+async def _next_on(
+    js: JetStreamContext, stream: str, subject: str, seq: int
+) -> StoredMessage | None:
+    """The first message on ``subject`` at or after stream sequence ``seq``; None: none."""
+    try:
+        raw = await js.get_msg(stream, seq=seq, subject=subject, next=True)
+    except NATS_ERRORS as exc:
+        error = translate(exc, f"reading {subject} from sequence {seq}")
+        if isinstance(error, NotFound):
+            return None
+        raise error from exc
+    return _stored(raw, subject)
+
+
+#: Stream sequences the first window of :func:`newest_before` covers (each next one is
+#: four times as wide).
+_FIRST_WINDOW = 64
+
+
+async def newest_before(
+    js: JetStreamContext,
+    stream: str,
+    subject: str,
+    before_seq: int,
+    accept: Callable[[StoredMessage], bool],
+    *,
+    max_reads: int = 256,
+) -> StoredMessage | None:
+    """The newest message on ``subject`` stored before ``before_seq`` that ``accept`` takes;
+    None: there is none, or it was not found within ``max_reads`` reads.
+
+    JetStream reads a subject forwards only (next message on a subject from a
+    sequence), so this walks back in windows of stream sequences, each four
+    times as wide as the one after it, and reads forward inside each: one read
+    per message of the subject in the window, one for a window without any.
+    """
+    hi = before_seq
+    window = _FIRST_WINDOW
+    reads = 0
+    while hi > 1:
+        lo = max(1, hi - window)
+        found: StoredMessage | None = None
+        seq = lo
+        while True:
+            if reads >= max_reads:
+                # What was found so far may not be the newest: better none than an older one.
+                return None
+            msg = await _next_on(js, stream, subject, seq)
+            reads += 1
+            if msg is None or msg.seq >= hi:
+                break
+            if accept(msg):
+                found = msg
+            seq = msg.seq + 1
+        if found is not None:
+            return found
+        hi = lo
+        window *= 4
+    return None
 
 
 async def last_messages(
@@ -69,7 +140,7 @@ async def last_messages(
             subject=msg.subject,
             seq=meta.sequence.stream,
             data=msg.data,
-            headers=dict(msg.headers or {}),
+            headers=msg.headers or {},
             time_ns=int(meta.timestamp.timestamp() * 1e9),
         )
         if not meta.num_pending:

@@ -102,8 +102,8 @@ class IpamStatus(msgspec.Struct, frozen=True, kw_only=True):
 
 # --- ipam: show ----------------------------------------------------------------------
 # ClaimView, SharerView and RecordView are ipam's KV values as a show answer
-# carries them: the same JSON (field names, order and omitted defaults) as
-# ipam's Claim, Sharer and ServiceRecord, which the contract cannot import.
+# carries them. ipam's Claim, Sharer and ServiceRecord subclass them (adding
+# only behaviour), so the stored JSON and the answer cannot drift apart.
 
 
 class SharerView(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):

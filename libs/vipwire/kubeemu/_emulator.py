@@ -6,6 +6,7 @@ import asyncio
 import builtins
 import copy
 import os
+import random
 from collections.abc import Callable, Mapping
 from datetime import datetime
 from pathlib import Path
@@ -47,6 +48,9 @@ class KubeEmulator:
         latency: float = 0.0,
         namespaces: tuple[str, ...] = ("default", "kube-system"),
         clock: Callable[[], datetime] | None = None,
+        watch_first: float = 0.0,
+        seed: int | None = None,
+        watch_lead_s: float = 0.02,
     ) -> None:
         """``history_limit``: changes kept per resource type for watches from a resourceVersion
         (the API server's watch cache is per resource too).
@@ -55,7 +59,21 @@ class KubeEmulator:
         ``watch_timeout``: seconds after which a watch without ``timeoutSeconds`` ends
         (None: never). ``token``: require this bearer token. ``latency``: seconds added
         before each HTTP request is served. ``clock``: returns an aware ``datetime``.
+
+        ``watch_first``: the chance, drawn per HTTP write from a ``random.Random(seed)``,
+        that the write's watch events reach the open watches before its reply is sent
+        (held until they are on the wire, then ``watch_lead_s`` more for the client
+        to read them). The real API server promises no order between the two: the
+        reply leaves once etcd has committed the write, while watches are served from
+        the watch cache, which etcd's own watch feeds. Kubernetes "API Concepts"
+        orders the events within one watch and nothing against another request, and
+        against kube-apiserver v1.36 a controller that removed a Service's last
+        finalizer saw the DELETED event before the reply (vipwire issue 14). The
+        default 0 keeps the emulator's old, deterministic order:
+        the reply first, then the watch events.
         """
+        if not 0.0 <= watch_first <= 1.0:
+            raise ValueError(f"watch_first must be a probability in [0, 1], not {watch_first}")
         self.name = name
         self._store = Store(history_limit=history_limit, namespaces=namespaces, clock=clock)
         self._hub = WatchHub(self._store)
@@ -64,6 +82,9 @@ class KubeEmulator:
             token=token,
             bookmark_interval=bookmark_interval,
             watch_timeout=watch_timeout,
+            watch_first=watch_first,
+            order_rng=random.Random(seed),
+            watch_lead_s=watch_lead_s,
         )
         self._server: HttpServer | None = None
         self._url: str | None = None
@@ -306,6 +327,17 @@ class KubeEmulator:
     @property
     def open_watches(self) -> int:
         return self._hub.open_count
+
+    @property
+    def watch_first(self) -> float:
+        """The chance that a write's watch events go out before its reply (see ``__init__``)."""
+        return self._settings.watch_first
+
+    @watch_first.setter
+    def watch_first(self, chance: float) -> None:
+        if not 0.0 <= chance <= 1.0:
+            raise ValueError(f"watch_first must be a probability in [0, 1], not {chance}")
+        self._settings.watch_first = chance
 
     @property
     def latency(self) -> float:

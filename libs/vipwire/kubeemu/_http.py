@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -87,6 +88,18 @@ class Settings:
     faults: list[Fault] = field(default_factory=list)
     # Every resource request as RBAC sees it, when recording (None: not recording).
     audit: list[AuditEntry] | None = None
+    # The order of a write's reply and its watch events (see KubeEmulator): the chance
+    # that the watch events go first, drawn per write from ``order_rng``.
+    watch_first: float = 0.0
+    order_rng: random.Random = field(default_factory=random.Random)
+    # With the watch events first: how long the reply waits after they are on the wire
+    # (for the client to read them), and at most for a watch that does not read.
+    watch_lead_s: float = 0.02
+    watch_wait_s: float = 1.0
+
+    def watch_goes_first(self) -> bool:
+        """Drawn per write; no draw at all while ``watch_first`` is 0 (the default order)."""
+        return self.watch_first > 0 and self.order_rng.random() < self.watch_first
 
     def take_fault(self, method: str, target: Target | None) -> Fault | None:
         for fault in self.faults:
@@ -262,9 +275,29 @@ class KubeApp:
             raise ApiError(404, "NotFound", "the server could not find the requested resource")
         if request.query.get("dryRun"):
             raise ApiError.bad_request("dryRun is not supported by kubeemu")
+        written_after = self.store.resource_version
         if target.name is None:
-            return await self._collection(request, target)
-        return await self._object(request, target, target.name)
+            response = await self._collection(request, target)
+        else:
+            response = await self._object(request, target, target.name)
+        if request.method != "GET" and self.store.resource_version > written_after:
+            await self._watch_events_first()
+        return response
+
+    async def _watch_events_first(self) -> None:
+        """Hold a write's reply until its watch events are sent, when the draw says so.
+
+        The real API server gives no order between the two: the reply leaves once etcd
+        has the write, the watch event once the watch cache has it from etcd's watch, so
+        a client may see either first (see :class:`~vipwire.kubeemu.KubeEmulator`).
+        """
+        settings = self.settings
+        rv = self.store.resource_version
+        if not settings.watch_goes_first() or not self.hub.owing(rv):
+            return  # (no watch is sent this write: nothing to hold the reply for)
+        await self.hub.sent(rv, timeout=settings.watch_wait_s)
+        if settings.watch_lead_s > 0:
+            await asyncio.sleep(settings.watch_lead_s)
 
     async def _collection(self, request: web.Request, target: Target) -> web.StreamResponse:
         rt = target.resource
@@ -386,6 +419,7 @@ class KubeApp:
             await resp.prepare(request)
             while (event := await session.next()) is not None:
                 await resp.write(_line(event))
+                session.sent(event)
             await resp.write_eof()
         except (WatchBrokenError, ConnectionError):
             # The connection is gone (cut by break_watches, or by the client);

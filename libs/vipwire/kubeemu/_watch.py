@@ -68,6 +68,10 @@ class WatchSession:
         self._deadline = loop.time() + timeout if timeout is not None else None
         self._broken = False
         self._ended = False
+        # The newest change queued for the consumer, and the newest it has sent on: what
+        # a write that answers only after its watch events waits for (see WatchHub.sent).
+        self._offered_rv = 0
+        self._sent_rv = 0
         # Set by a transport that must be cut when the watch breaks (the HTTP handler).
         self.on_break: Callable[[], None] | None = None
 
@@ -85,6 +89,19 @@ class WatchSession:
             self.end()
             return
         self._queue.put_nowait({"type": event[0], "object": event[1]})
+        self._offered_rv = change.resource_version
+
+    def sent(self, event: Obj) -> None:
+        """The consumer has passed ``event`` on (written it to its connection)."""
+        raw = str(event.get("object", {}).get("metadata", {}).get("resourceVersion") or "")
+        rv = int(raw) if raw.isdigit() else 0
+        if rv > self._sent_rv:
+            self._sent_rv = rv
+            self._hub.progressed()
+
+    def owes(self, resource_version: int) -> bool:
+        """Whether a change up to ``resource_version`` is queued here and not sent yet."""
+        return not self._ended and self._sent_rv < min(resource_version, self._offered_rv)
 
     def end(self, *, broken: bool = False) -> None:
         """Stop the stream: gracefully after what is queued, or at once if ``broken``."""
@@ -146,6 +163,7 @@ class WatchSession:
         if event is None:
             self.close()
             raise StopAsyncIteration
+        self.sent(event)
         return copy.deepcopy(event)
 
     async def __aenter__(self) -> WatchSession:
@@ -162,6 +180,7 @@ class WatchHub:
         self.max_pending = max_pending
         self._store = store
         self._sessions: set[WatchSession] = set()
+        self._progress: asyncio.Event | None = None
         self._unsubscribe = store.subscribe(self._dispatch)
 
     @property
@@ -228,6 +247,33 @@ class WatchHub:
 
     def forget(self, session: WatchSession) -> None:
         self._sessions.discard(session)
+        self.progressed()
+
+    def progressed(self) -> None:
+        if self._progress is not None:
+            self._progress.set()
+
+    def owing(self, resource_version: int) -> bool:
+        """Whether some open watch has changes up to ``resource_version`` still to send."""
+        return any(s.owes(resource_version) for s in self._sessions)
+
+    async def sent(self, resource_version: int, *, timeout: float) -> bool:
+        """Wait until every open watch has sent its events up to ``resource_version``
+        (False: some watch had not after ``timeout`` seconds, a consumer that stalls)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while self.owing(resource_version):
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return False
+            progress = self._progress = self._progress or asyncio.Event()
+            progress.clear()
+            try:
+                async with asyncio.timeout(remaining):
+                    await progress.wait()
+            except TimeoutError:
+                return False
+        return True
 
     def close_all(self) -> None:
         for session in list(self._sessions):

@@ -26,6 +26,15 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argpar
         metavar="URL",
         help="server URL written into the kubeconfig (default: the listening address)",
     )
+    parser.add_argument(
+        "--watch-first",
+        type=float,
+        default=0.0,
+        metavar="P",
+        help="chance (0..1), per write, that its watch events go out before its reply, as a "
+        "real API server may do (default 0: the reply first)",
+    )
+    parser.add_argument("--seed", type=int, help="seed of the --watch-first draws")
     return parser
 
 
@@ -36,7 +45,9 @@ def execute(args: argparse.Namespace) -> int:
 async def _serve(args: argparse.Namespace) -> int:
     from vipwire.kubeemu import KubeEmulator
 
-    emulator = KubeEmulator(args.cluster, bookmark_interval=30.0)
+    emulator = KubeEmulator(
+        args.cluster, bookmark_interval=30.0, watch_first=args.watch_first, seed=args.seed
+    )
     url = await emulator.start(args.host, args.port)
     for i in range(args.nodes):
         # 192.0.2.0/24 is a documentation range: nothing is ever sent there.

@@ -28,7 +28,7 @@ from collections.abc import Coroutine, Mapping
 from typing import Any, Final
 
 from vipwire.aio import cancel_and_wait
-from vipwire.bus import DONE, ConsumerSpec, Delivery, PullConsumer, Reject, Verdict
+from vipwire.bus import DONE, ConsumerSpec, Delivery, PullConsumer, Reject, Unreadable, Verdict
 from vipwire.contracts import (
     EndpointsSnapshot,
     LbdriverStatus,
@@ -180,6 +180,7 @@ class LbdriverService:
                 max_deliveries=_MAX_DELIVERIES,
             ),
             self._on_vip,
+            on_unreadable=self._on_unreadable_vip,
         )
         await self._vip_consumer.start()
         self._status_server = StatusServer(bus, self.status)
@@ -280,6 +281,15 @@ class LbdriverService:
             case _:
                 return Reject(f"unexpected {type(message).__name__} on {d.subject.raw}")
         return DONE
+
+    async def _on_unreadable_vip(self, u: Unreadable) -> None:
+        # The consumer logged and counted it, and handed us the last valid message
+        # (which stays in force) if there is one; with none, the Service is unknown.
+        subject = u.subject
+        if not u.in_force and subject.namespace is not None and subject.name is not None:
+            self._inventory.note_unknown(
+                ServiceRef(subject.cluster, subject.namespace, subject.name)
+            )
 
     def _on_breaker(self, appliance: str, before: BreakerState, after: BreakerState) -> None:
         group = self.settings.appliance(appliance).group

@@ -26,7 +26,7 @@ import math
 from opentelemetry.trace import SpanContext
 
 from vipwire.aio import cancel_and_wait
-from vipwire.bus import DONE, BusError, ConsumerSpec, Delivery, PullConsumer, Verdict
+from vipwire.bus import DONE, BusError, ConsumerSpec, Delivery, PullConsumer, Unreadable, Verdict
 from vipwire.contracts import family_filter
 from vipwire.nodeagent.core.changes import Changes
 from vipwire.nodeagent.core.desired import node_state, ruleset, vip_strings
@@ -68,6 +68,9 @@ class NodeagentService:
         self._unreported = True
         self._reporter = Reporter(self.settings, runtime, dry_run=self._applier.dry_run)
         self._warned: set[str] = set()
+        #: Subjects whose last message cannot be read, with no valid one before it:
+        #: while any is, no address is taken off the node (it may be theirs).
+        self._unknown: set[str] = set()
         self._consumer: PullConsumer | None = None
         self._task: asyncio.Task[None] | None = None
 
@@ -91,7 +94,7 @@ class NodeagentService:
         spec = ConsumerSpec(
             filters=tuple(filters), deliver="last_per_subject", ack="none", traced=False
         )
-        consumer = self._runtime.bus.consumer(spec, self._handle)
+        consumer = self._runtime.bus.consumer(spec, self._handle, on_unreadable=self._on_unreadable)
         self._consumer = consumer
         await consumer.start()
         self._task = asyncio.create_task(self._run(consumer), name=f"nodeagent-{s.node}")
@@ -201,9 +204,22 @@ class NodeagentService:
 
     # --- handling ----------------------------------------------------------------
 
+    async def _on_unreadable(self, u: Unreadable) -> None:
+        # Logged and counted by the consumer, which handed us the last valid message
+        # (it stays in force) if there is one. With none, what the Service needs is
+        # unknown: full plans remove nothing until a valid message arrives.
+        subject = u.subject
+        if subject.family == "lb" and subject.cluster == self.settings.cluster and not u.in_force:
+            self._unknown.add(subject.raw)
+
     async def _handle(self, d: Delivery) -> Verdict:
         if d.subject.cluster != self.settings.cluster:
             return DONE
+        if self._unknown and d.subject.raw in self._unknown:
+            self._unknown.discard(d.subject.raw)
+            self._changes.full = True  # what was kept for it may go now
+            if self._live:
+                self._wake.set()
         recorded = self._changes.record(d.message)
         if recorded is not None:
             if recorded.vips:
@@ -237,7 +253,15 @@ class NodeagentService:
                 )
                 self._warn(desired.ignored)
                 current = await self._applier.current()
-                actions = plan(current, desired)
+                keep = bool(self._unknown)
+                actions = plan(current, desired, keep=keep)
+                if keep:
+                    log.warning(
+                        "taking no address off %s while %d subject(s) cannot be read: %s",
+                        s.loopback_interface,
+                        len(self._unknown),
+                        ", ".join(sorted(self._unknown)[:5]),
+                    )
                 after = simulate(current, actions)
                 vips = desired.vips
                 if vips != self._reporter.reported:

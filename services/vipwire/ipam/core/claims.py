@@ -13,7 +13,7 @@ from typing import Literal, NamedTuple
 
 import msgspec
 
-from vipwire.contracts import ServicePort, ServiceSnapshot, port_text
+from vipwire.contracts import ClaimView, ServicePort, ServiceSnapshot, SharerView, port_text
 from vipwire.ipam.core.addresses import Family, parse_address
 
 FamilyPolicy = Literal["SingleStack", "PreferDualStack", "RequireDualStack"]
@@ -33,30 +33,21 @@ class Owner(NamedTuple):
         return f"{self.cluster}/{self.namespace}/{self.name}"
 
 
-class Sharer(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
-    """One Service holding an address (alone, or sharing it)."""
+class Sharer(SharerView, frozen=True, kw_only=True, omit_defaults=True):
+    """One Service holding an address (alone, or sharing it).
 
-    name: str
-    uid: str
-    #: ``port/protocol`` of its ports; kept only for a claim with a sharing key
-    #: (the ports of an address nobody else may use are nobody's concern).
-    ports: tuple[str, ...] = ()
-    external_traffic_policy: TrafficPolicy = "Cluster"
-    #: The Service's labels when it last changed: a pool's selector is judged on them.
-    labels: dict[str, str] = {}
+    Its fields are the contract's (:class:`~vipwire.contracts.SharerView`): what
+    ipam stores is what ``vipwire ipam show`` carries.
+    """
 
 
-class Claim(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
-    """Who holds one address: the JSON value of its ``addr.<ip>`` KV key."""
+class Claim(ClaimView, frozen=True, kw_only=True, omit_defaults=True):
+    """Who holds one address: the JSON value of its ``addr.<ip>`` KV key.
 
-    cluster: str
-    namespace: str
-    #: The pool it was given from, and that pool's appliance group at the time.
-    pool: str
-    appliance_group: str = ""
-    #: None: the address is not shared, whatever the Service's ports.
-    sharing_key: str | None = None
-    #: Sorted by name; at least one.
+    Its fields are the contract's (:class:`~vipwire.contracts.ClaimView`); ipam
+    adds the questions it asks of a claim.
+    """
+
     sharers: tuple[Sharer, ...]
 
     @property

@@ -41,11 +41,10 @@ from __future__ import annotations
 
 import hashlib
 import re
-from typing import Literal
 
 import msgspec
 
-from vipwire.contracts import ServiceRef
+from vipwire.contracts import RecordView, ServiceRef
 from vipwire.ipam.core.addresses import kv_token
 from vipwire.ipam.core.claims import Claim, Sharer
 
@@ -54,22 +53,13 @@ SERVICE_PREFIX = "svc."
 GROUP_PREFIX = "grp."
 
 
-class ServiceRecord(msgspec.Struct, frozen=True, kw_only=True):
-    """The JSON value of ``svc.<cluster>.<ns>.<name>``: what one Service holds."""
+class ServiceRecord(RecordView, frozen=True, kw_only=True):
+    """The JSON value of ``svc.<cluster>.<ns>.<name>``: what one Service holds.
 
-    uid: str
-    vips: tuple[str, ...]
-    pool: str
-    appliance_group: str
-    #: ``releasing``: the Service is going away; its claims are held until the
-    #: appliance reports it clean (LbRemoved).
-    state: Literal["active", "releasing"] = "active"
-    #: Why the pools as configured now would not give these VIPs (kept anyway:
-    #: a live VIP never moves); None: they would.
-    stale: str | None = None
-    #: Releasing because an operator asked (``vipwire ipam release``): once the
-    #: appliance is clean the Service gets new VIPs from the pools as they are.
-    reassign: bool = False
+    Its fields (uid, vips, pool, appliance group, state, stale, reassign) are
+    the contract's (:class:`~vipwire.contracts.RecordView`): what ipam stores is
+    what ``vipwire ipam show`` carries.
+    """
 
 
 class GroupRecord(msgspec.Struct, frozen=True, kw_only=True):

@@ -113,6 +113,9 @@ class Inventory:
         #: Until the start-up is over: per Service, the fingerprint and stream sequence
         #: of the last report the stream holds (read before the replay).
         self.reports: dict[ServiceRef, tuple[bytes, int]] = {}
+        #: Services whose last VIP message cannot be read, with no valid one before it:
+        #: what they need is unknown, never "nothing", so their objects are no orphans.
+        self.unknown: set[ServiceRef] = set()
 
     def __len__(self) -> int:
         return len(self.services)
@@ -153,6 +156,7 @@ class Inventory:
         message = compact(message)
         key = ServiceRef(message.cluster, message.namespace, message.name)
         self.clusters.add(message.cluster)
+        self.unknown.discard(key)
         state = self.services.get(key)
         if state is None:
             state = self.services[key] = ServiceState(message, seq)
@@ -168,8 +172,15 @@ class Inventory:
         """A VIP message of ``cluster`` arrived: its partition is ours."""
         self.clusters.add(cluster)
 
+    def note_unknown(self, key: ServiceRef) -> None:
+        """The Service's last VIP message cannot be read and none before it can: its
+        objects stay (whatever it had) until a valid message says what it needs."""
+        self.unknown.add(key)
+        self.clusters.add(key.cluster)
+
     def forget(self, key: ServiceRef) -> None:
         """The Service's VIP is released: nothing of it is kept."""
+        self.unknown.discard(key)
         if self.services.pop(key, None) is not None:
             keys = self.by_cluster[key.cluster]
             del keys[key]
@@ -214,10 +225,12 @@ class Inventory:
     def staying(self, appliance: str, group: str, partition: str, *, active: bool) -> set[str]:
         """Owner tags whose objects on this appliance are no orphans: the Services placed
         here (when it is its group's ``active`` one: a standby holds nothing of ours),
-        and (make before break) those whose last write went here, until they have been
-        programmed where they are going (failover, new group)."""
+        those whose VIP message cannot be read (:attr:`unknown`), and (make before
+        break) those whose last write went here, until they have been programmed where
+        they are going (failover, new group)."""
         placed = self.in_partition(partition, group) if active else []
         owners = {owner_of(*k) for k in placed}
+        owners.update(owner_of(*k) for k in self.unknown if k.cluster == partition)
         owners.update(
             owner_of(*k)
             for k in self.by_cluster.get(partition, ())

@@ -82,8 +82,11 @@ class DeleteNftTable(msgspec.Struct, frozen=True, kw_only=True, tag="delete-nft-
 Action = AddAddress | RemoveAddress | SetSysctl | ReplaceNftTable | DeleteNftTable
 
 
-def plan(current: AppliedState, desired: NodeState) -> tuple[Action, ...]:
+def plan(current: AppliedState, desired: NodeState, *, keep: bool = False) -> tuple[Action, ...]:
     """The actions that take ``current`` to ``desired``, in the order they must run.
+
+    ``keep``: remove no address (what some Service needs is unknown: a message
+    that cannot be read may be the only one naming an address found here).
 
     ARP sysctls come first so that no VIP is ever on the node while the node
     would still answer ARP for it; the rules come before the addresses so that
@@ -111,7 +114,7 @@ def plan(current: AppliedState, desired: NodeState) -> tuple[Action, ...]:
     actions.extend(
         RemoveAddress(interface=a.interface, address=a.address, prefix=a.prefix)
         for a in sorted(current.addresses, key=address_order)
-        if a.owned and (a.interface, a.address, a.prefix) not in want
+        if a.owned and not keep and (a.interface, a.address, a.prefix) not in want
     )
     return tuple(actions)
 

@@ -8,7 +8,7 @@ series instead of making one more.
 from __future__ import annotations
 
 import hashlib
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, NamedTuple
 
 import msgspec
 
@@ -39,6 +39,86 @@ class EventSpec(msgspec.Struct, frozen=True, kw_only=True):
     reason: str
     action: str
     note: str
+    #: The VIPs a Normal Event announces. Such an Event is named for them instead of
+    #: its note: a repeat whose note changed since (the member count of a
+    #: programming) is the same news, and lands on the same Event.
+    announces: tuple[str, ...] = ()
+
+
+class ObjectRef(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    """Who a Service was: all an Event about it needs once the API server deleted it."""
+
+    namespace: str
+    name: str
+    uid: str
+    #: As last known ("" when unknown).
+    resource_version: str = ""
+
+
+def object_ref(service: Obj) -> ObjectRef:
+    meta = metadata(service)
+    return ObjectRef(
+        namespace=str(meta.get("namespace") or ""),
+        name=str(meta.get("name") or ""),
+        uid=uid(service),
+        resource_version=resource_version(service),
+    )
+
+
+def ref_object(ref: ObjectRef) -> Obj:
+    """A stand-in for a deleted Service, with what :func:`event_object` reads of it."""
+    meta: dict[str, Any] = {"namespace": ref.namespace, "name": ref.name, "uid": ref.uid}
+    if ref.resource_version:
+        meta["resourceVersion"] = ref.resource_version
+    return {"metadata": meta}
+
+
+def released_ref(message: VipMessage | LbMessage, *, live: bool) -> ObjectRef | None:
+    """Who a release seen live is about, when nothing else is known of its Service.
+
+    The release of a Service's VIPs is its last word: once its finalizer is off,
+    the API server deletes it at once, and its watch DELETED event may come before
+    anything else (the reply to the finalizer write included). A live release whose
+    Service the term does not hold is about a Service that is gone, told by its
+    uid and name alone. A replayed one (a new term) is not: the Event was the
+    previous term's to write, and telling it again would repeat old news.
+    """
+    if not live or not isinstance(message, VipReleased):
+        return None
+    return ObjectRef(namespace=message.namespace, name=message.name, uid=message.uid)
+
+
+class EventSubject(NamedTuple):
+    """Where an Event called for by a bus message goes."""
+
+    #: The Service (or the stand-in of a deleted one) to write it about; None: not now.
+    about: Obj | None
+    #: Hold it back until the Service is known (see TermMemory.defer).
+    later: bool
+
+
+def event_subject(
+    service: Obj | None,
+    message_uid: str,
+    *,
+    departed: ObjectRef | None = None,
+    gone: ObjectRef | None = None,
+) -> EventSubject:
+    """The object an Event about the Service ``message_uid`` is written about.
+
+    ``service``: the Service as the term holds it now. ``departed``: the last
+    reference the term held of a Service deleted under that key. ``gone``: a
+    reference told by the message itself (:func:`released_ref`). A Service that
+    is not known yet (a replay ahead of the list, a message ahead of the watch
+    event that brings it) gets the Event later; another Service of the same
+    name never gets it.
+    """
+    if service is not None:
+        return EventSubject(service if uid(service) == message_uid else None, later=False)
+    for ref in (departed, gone):
+        if ref is not None and ref.uid == message_uid:
+            return EventSubject(ref_object(ref), later=False)
+    return EventSubject(None, later=True)
 
 
 def event_for(
@@ -73,6 +153,7 @@ def event_for(
                 f"{', '.join(message.vips)} allocated from pool {message.pool} "
                 f"(appliance group {message.appliance_group})"
             ),
+            announces=message.vips,
         )
     if isinstance(message, VipReleased):
         if not message.vips:
@@ -108,6 +189,7 @@ def event_for(
                 f"{', '.join(message.vips)} ({ports}) programmed on appliance "
                 f"{message.appliance} with {len(message.members)} member node(s)"
             ),
+            announces=message.vips,
         )
     return None
 
@@ -117,8 +199,14 @@ def invalid_event(note: str) -> EventSpec:
 
 
 def event_name(service_name: str, service_uid: str, spec: EventSpec) -> str:
-    """Fixed by what the Event says, so repeats of it land on one Event as a series."""
-    what = "\x00".join((service_uid, spec.type, spec.reason, spec.action, spec.note))
+    """Fixed by what the Event says, so repeats of it land on one Event as a series.
+
+    What a Normal Event announces says it, when set: a new term replaying the last
+    programming of a Service whose members changed since its Event finds that Event
+    (and takes it as told) instead of announcing the same VIPs anew.
+    """
+    said = ",".join(spec.announces) if spec.announces else spec.note
+    what = "\x00".join((service_uid, spec.type, spec.reason, spec.action, said))
     return f"{service_name}.{hashlib.sha256(what.encode()).hexdigest()[:16]}"
 
 
@@ -195,6 +283,23 @@ def series_patch(existing: Obj, *, cause: str, now: str) -> dict[str, Any] | Non
         },
         "series": {"count": next_count, "lastObservedTime": now},
     }
+
+
+def unreadable_event(subject: str, seq: int, reason: str, *, in_force: int) -> EventSpec:
+    """The Warning Event for a message about the Service that cannot be read: nothing
+    is removed because of it, and the note says what stays in force."""
+    kept = (
+        f"its last valid message (seq {in_force}) stays in force"
+        if in_force
+        else "no valid message precedes it, so vipwire removes nothing of this Service "
+        "until a valid one arrives"
+    )
+    return EventSpec(
+        type="Warning",
+        reason="UnreadableMessage",
+        action="ReadBus",
+        note=f"the message on {subject} (stream seq {seq}) cannot be read ({reason}); {kept}",
+    )
 
 
 def refused_event(reason_text: str) -> EventSpec:

@@ -36,7 +36,7 @@ from vipwire.contracts import (
     VipMessage,
 )
 from vipwire.watcher.core.bus_view import BusView, before, observe, superseded
-from vipwire.watcher.core.events import EventSpec
+from vipwire.watcher.core.events import EventSpec, ObjectRef
 from vipwire.watcher.core.packed import PackedDict
 from vipwire.watcher.core.translate import SliceEndpoints, service_fingerprint
 
@@ -46,7 +46,13 @@ M = TypeVar("M", bound=Message)
 Family = Literal["service", "node"]
 
 #: The families whose messages may call for an Event, in the order they are emitted.
-EVENT_FAMILIES: tuple[str, ...] = ("vip", "lb")
+#: Per family, one Event held back: that of the family's last message, and (``!``)
+#: that of a message of the family that could not be read.
+EVENT_FAMILIES: tuple[str, ...] = ("vip", "lb", "vip!", "lb!")
+
+#: Deleted Services whose last reference is kept for the Event of their release. Each
+#: goes once it is told or its end is (``forget_service``); this bounds the rest.
+DEPARTED_LIMIT = 1024
 
 
 def message_fingerprint(message: Message) -> bytes:
@@ -140,6 +146,9 @@ class TermMemory:
         # Services found invalid: key -> (uid, problems) last reported.
         self.invalid: dict[str, tuple[str, tuple[str, ...]]] = {}
         self.deferred: dict[str, DeferredEvent] = {}
+        # Services of ours the API server deleted: who they were, for the Event that
+        # tells their release (it may come after the watch DELETED event).
+        self.departed: dict[str, ObjectRef] = {}
         # (family, key) -> sequence of the end message after which an entry was dropped.
         self._ended: dict[tuple[Family, str], int] = {}
 
@@ -257,6 +266,7 @@ class TermMemory:
         self.views.pop(key, None)
         self.gated.pop(key, None)
         self.invalid.pop(key, None)
+        self.departed.pop(key, None)
         for family in EVENT_FAMILIES:
             self.deferred.pop(f"{key}|{family}", None)
 
@@ -336,6 +346,26 @@ class TermMemory:
     def take_deferred(self, key: str, family: str) -> DeferredEvent | None:
         """The Event held back for ``key`` by a message of ``family``; forgotten here."""
         return self.deferred.pop(f"{key}|{family}", None)
+
+    # --- Services deleted by the API server ------------------------------------------
+
+    def depart(self, key: str, ref: ObjectRef) -> None:
+        """The Service ``key`` was deleted; ``ref`` is the last we knew of it."""
+        departed = self.departed
+        departed.pop(key, None)
+        departed[key] = ref
+        while len(departed) > DEPARTED_LIMIT:
+            del departed[next(iter(departed))]
+
+    def departed_ref(self, key: str) -> ObjectRef | None:
+        return self.departed.get(key)
+
+    def forget_departed(self, key: str, service_uid: str) -> None:
+        """The release of the deleted Service ``service_uid`` was told: nothing is left
+        to tell about it."""
+        ref = self.departed.get(key)
+        if ref is not None and ref.uid == service_uid:
+            del self.departed[key]
 
     # --- EndpointSlices ---------------------------------------------------------------
 

@@ -9,10 +9,20 @@ the lbdriver and the node agents said is then written back to the Service
 
 from __future__ import annotations
 
+import logging
 import sys
 import time
 
-from vipwire.bus import DONE, Bus, ConsumerSpec, Delivery, PullConsumer, Retry, Verdict
+from vipwire.bus import (
+    DONE,
+    Bus,
+    ConsumerSpec,
+    Delivery,
+    PullConsumer,
+    Retry,
+    Unreadable,
+    Verdict,
+)
 from vipwire.contracts import (
     EndpointsSnapshot,
     LbFailed,
@@ -30,13 +40,20 @@ from vipwire.contracts import (
     family_filter,
 )
 from vipwire.telemetry import trace_id_of_current_span
-from vipwire.watcher.core.events import event_for
+from vipwire.watcher.core.events import (
+    EventSpec,
+    event_for,
+    event_subject,
+    released_ref,
+    unreadable_event,
+)
 from vipwire.watcher.core.term_memory import DeferredEvent, message_fingerprint
-from vipwire.watcher.core.translate import uid
 from vipwire.watcher.io.event_recorder import EventRecorder
 from vipwire.watcher.io.kube_writes import NotLeader
 from vipwire.watcher.io.status_writes import StatusWriter
 from vipwire.watcher.io.term import Term
+
+log = logging.getLogger("vipwire.watcher")
 
 #: Events of bus messages older than this are not emitted when replayed: the API
 #: server has expired the Events they made (default TTL one hour), and emitting
@@ -51,6 +68,9 @@ class BusReader:
         self._term = term
         self._writer = writer
         self._recorder = recorder
+        # By subject: the Event of a message that cannot be read, until the valid one
+        # before it (handed over next) tells which Service (uid) it is about.
+        self._unreadable: dict[str, tuple[EventSpec, str]] = {}
 
     @property
     def gating(self) -> bool:
@@ -64,6 +84,28 @@ class BusReader:
             # The term is ending; the next leader replays this subject.
             return Retry(delay=1.0, reason="not the leader")
         return DONE
+
+    async def on_unreadable(self, u: Unreadable) -> None:
+        """A message about a Service that cannot be read (logged and counted by the
+        consumer): a Warning Event on the Service, where it is known."""
+        subject = u.subject
+        if subject.namespace is None or subject.name is None:
+            return  # about a node: no Service to tell
+        spec = unreadable_event(subject.raw, u.seq, u.reason, in_force=u.in_force)
+        cause = f"{subject.raw}#{u.seq}"
+        service = self._term.service_store().get(sys.intern(subject.key))
+        if service is None:
+            if u.in_force:
+                # Not listed yet (a term's replay): told once it is, for the Service the
+                # message in force names.
+                self._unreadable[subject.raw] = (spec, cause)
+            return
+        try:
+            await self._recorder.emit(spec, service, cause)
+        except NotLeader:
+            pass  # the next leader's replay meets the same message
+        except Exception as exc:
+            log.warning("cannot record the Event for %s (seq %d): %r", subject.raw, u.seq, exc)
 
     async def _handle(self, d: Delivery) -> None:
         term = self._term
@@ -98,6 +140,19 @@ class BusReader:
                 | LbFailed()
                 | LbRemoved()
             ):
+                if self._unreadable:
+                    held = self._unreadable.pop(d.subject.raw, None)
+                    if held is not None:
+                        memory.defer(
+                            key,
+                            f"{d.subject.family}!",
+                            DeferredEvent(
+                                spec=held[0],
+                                uid=message.uid,
+                                cause=held[1],
+                                trace_id=None,
+                            ),
+                        )
                 observed = memory.observe(key, message, d.seq)
                 if not observed.fresh:
                     return  # a redelivery overtaken by a newer message on its subject
@@ -110,7 +165,19 @@ class BusReader:
                     # A replay cannot tell news from a repeat (what came before is not
                     # replayed): see EventRecorder.emit.
                     replayed = not term.caught_up
-                    if service is None:
+                    # The Service may be gone already: a release lets the API server
+                    # delete it, and the DELETED event may come before the reply.
+                    about, later = event_subject(
+                        service,
+                        message.uid,
+                        departed=memory.departed_ref(key),
+                        gone=released_ref(message, live=not replayed),
+                    )
+                    if about is not None:
+                        await self._recorder.emit(spec, about, cause, replayed=replayed)
+                        if service is None:
+                            memory.forget_departed(key, message.uid)
+                    elif later:
                         # Replayed before the Services are listed, or ahead of the watch
                         # event that brings the Service: emitted when it is handled.
                         memory.defer(
@@ -124,8 +191,6 @@ class BusReader:
                                 replayed=replayed,
                             ),
                         )
-                    elif uid(service) == message.uid:
-                        await self._recorder.emit(spec, service, cause, replayed=replayed)
                 memory.forget_service(key, absent=term.absent("service", key))
 
 
@@ -151,9 +216,11 @@ def open_consumers(bus: Bus, reader: BusReader, cluster: str) -> tuple[PullConsu
     consumer = bus.consumer(
         ConsumerSpec(filters=theirs, deliver="last_per_subject", supersede=False),
         reader.on_delivery,
+        on_unreadable=reader.on_unreadable,
     )
     replay = bus.consumer(
         ConsumerSpec(filters=ours, deliver="last_per_subject", supersede=False, traced=False),
         reader.on_delivery,
+        on_unreadable=reader.on_unreadable,
     )
     return consumer, replay

@@ -6,7 +6,13 @@ import logging
 
 from vipwire.kube import MERGE_PATCH, KubeApiError, micro_time
 from vipwire.telemetry import trace_id_of_current_span
-from vipwire.watcher.core.events import EventSpec, event_name, event_object, series_patch
+from vipwire.watcher.core.events import (
+    EventSpec,
+    event_name,
+    event_object,
+    event_subject,
+    series_patch,
+)
 from vipwire.watcher.core.term_memory import EVENT_FAMILIES, TermMemory
 from vipwire.watcher.core.translate import Obj, metadata, object_key, uid
 from vipwire.watcher.io.kube_writes import KubeWrites
@@ -37,7 +43,13 @@ class EventRecorder:
         cannot tell news from a repeat (what came before is not replayed), so one
         already recorded is taken as told. Otherwise every new term would count a
         confirmation the lbdriver repeated (after its restart, say) as one more
-        occurrence: a write per Service for nothing new.
+        occurrence: a write per Service for nothing new. (An Event that announces
+        VIPs is named for them, so the one recorded is found though its note, a
+        member count, changed since: see
+        :func:`~vipwire.watcher.core.events.event_name`.)
+
+        ``service`` may be the stand-in of a deleted Service
+        (:func:`~vipwire.watcher.core.events.ref_object`).
         """
         events_api = self._kube.events
         meta = metadata(service)
@@ -86,15 +98,19 @@ class EventRecorder:
             log.warning("cannot record %s Event for %s: %s", spec.reason, object_key(service), exc)
 
     async def emit_deferred(self, memory: TermMemory, key: str, service: Obj | None) -> None:
-        """Emit the Events held back until the Service was known (dropped if it is not,
-        or is another Service of the same name)."""
+        """Emit the Events held back until the Service was known (to the last reference
+        of a Service deleted meanwhile; dropped if neither, or for another Service of
+        the same name)."""
         for family in EVENT_FAMILIES:
             deferred = memory.take_deferred(key, family)
-            if deferred is None or service is None or uid(service) != deferred.uid:
+            if deferred is None:
+                continue
+            about, _ = event_subject(service, deferred.uid, departed=memory.departed_ref(key))
+            if about is None:
                 continue
             await self.emit(
                 deferred.spec,
-                service,
+                about,
                 deferred.cause,
                 trace_id=deferred.trace_id,
                 replayed=deferred.replayed,

@@ -21,7 +21,7 @@ from vipwire.kube import KubeApiError
 from vipwire.metrics import Counter
 from vipwire.telemetry import trace_id_of_current_span
 from vipwire.watcher.core.condition import current_condition
-from vipwire.watcher.core.events import invalid_event
+from vipwire.watcher.core.events import invalid_event, object_ref
 from vipwire.watcher.core.packed import PackedDict
 from vipwire.watcher.core.term_memory import ServiceRecord, message_fingerprint
 from vipwire.watcher.core.translate import (
@@ -75,8 +75,12 @@ class Publisher:
 
     # --- Services -> bus -------------------------------------------------------------
 
-    def service_changed(self, key: str, obj: Obj | None, rv: str) -> None:
+    def service_changed(self, key: str, obj: Obj | None, rv: str, old: Obj | None = None) -> None:
         known = key in self._memory.services
+        if obj is None and old is not None and known:
+            # Deleted: who it was stays known for the Event that tells its release, which
+            # may be written after this (see TermMemory.depart).
+            self._memory.depart(key, object_ref(old))
         if obj is not None and not (
             known
             or self._term.is_ours(obj)
@@ -323,7 +327,7 @@ class ServiceListener:
         self._p.services_listed(objects, rv)
 
     def changed(self, key: str, obj: Obj | None, old: Obj | None, rv: str) -> None:
-        self._p.service_changed(key, obj, rv)
+        self._p.service_changed(key, obj, rv, old)
 
 
 class SliceListener:
