@@ -278,6 +278,14 @@ class Bus:
         self._consumers.append(consumer)
         return consumer
 
+    def consumer_problem(self) -> str | None:
+        """Which consumer gets no messages now and why (lost, stalled); None: all get them.
+
+        ``/readyz`` reports it: a service whose consumer is lost is not doing its work.
+        """
+        problems = [p for c in self._consumers if (p := c.problem) is not None]
+        return "; ".join(problems) if problems else None
+
     async def close(self) -> None:
         """Stop consumers (finishing in-flight messages), then drain the connection."""
         if self.link is not None:
