@@ -9,7 +9,7 @@ import pytest
 
 from support.appliances import CLUSTER, PREFIX, by_name, converge, server
 from support.lbdriver import LbHarness
-from vipwire.applianceemu import F5Emulator
+from vipwire.applianceemu import F5Emulator, fetch_writes, overlapping_writes
 from vipwire.contracts import (
     LbProgrammed,
     LbRemoved,
@@ -454,3 +454,37 @@ async def test_lbdriver_service_programs_an_f5_from_configuration(
     finally:
         await h.close()
     assert emu.live_tokens == 0  # the service closed the driver it built
+
+
+# --- the emulator's write log ------------------------------------------------------------
+
+
+async def test_the_write_log_names_each_writer_and_skips_sessions(
+    driver: F5Driver, emu: F5Emulator
+) -> None:
+    """Every configuration write is logged with the user (no header) or the writer header."""
+    await converge(driver, by_name(server()))
+    records = emu.write_log.since(0)
+    assert records, "a create writes"
+    assert {r.writer for r in records} == {"admin"}
+    assert all(r.lease is None for r in records)
+    assert not any("authn/login" in r.path or "authz/tokens" in r.path for r in records)
+    assert [r.index for r in records] == list(range(len(records)))
+    mark = emu.write_log.next_index
+    transport = driver._http
+    token = await driver._login()
+    answer = await transport.send(
+        "DELETE",
+        f"/mgmt/tm/ltm/virtual/~{CLUSTER}~absent",
+        headers={
+            "X-F5-Auth-Token": token,
+            "X-Vipwire-Writer": "replica-b",
+            "X-Vipwire-Lease": "17",
+        },
+    )
+    served = await fetch_writes(emu.url, since=mark)
+    assert [(r.writer, r.lease, r.method, r.status) for r in served] == [
+        ("replica-b", 17, "DELETE", answer.status)
+    ]
+    assert served == emu.write_log.since(mark)
+    assert not overlapping_writes(emu.write_log.since(0))
