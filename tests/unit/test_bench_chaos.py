@@ -153,16 +153,35 @@ def test_a_vip_that_changes_for_one_uid_is_a_violation_but_a_new_uid_is_not() ->
     assert invariants(obs) == {(VIP_CHANGED, A)}
 
 
+def _w(at: float, writer: str, lease: int | None = None, end: float | None = None) -> Write:
+    return Write(at=at, end=at + 0.01 if end is None else end, writer=writer, lease=lease)
+
+
 def test_writes_by_a_superseded_writer_soon_after_the_other_are_concurrent() -> None:
-    """A, B, A within the gap is two replicas writing at once; a clean handover is not."""
-    handover = [Write(at=1.0, writer="a"), Write(at=5.0, writer="b"), Write(at=5.2, writer="b")]
+    """Without lease revisions: A, B, A within the gap is two replicas writing at once;
+    a clean handover, or a handover back later, is not."""
+    handover = [_w(1.0, "a"), _w(5.0, "b"), _w(5.2, "b")]
     assert concurrent_writes(handover, gap_s=1.0) == []
-    back_later = [*handover, Write(at=20.0, writer="a")]
-    assert concurrent_writes(back_later, gap_s=1.0) == []
-    overlap = [Write(at=1.0, writer="a"), Write(at=5.0, writer="b"), Write(at=5.3, writer="a")]
-    found = concurrent_writes(overlap, gap_s=1.0)
+    assert concurrent_writes([*handover, _w(20.0, "a")], gap_s=1.0) == []
+    found = concurrent_writes([_w(1.0, "a"), _w(5.0, "b"), _w(5.3, "a")], gap_s=1.0)
     assert [v.invariant for v in found] == [CONCURRENT_WRITERS]
     assert "a wrote" in found[0].detail
+
+
+def test_overlapping_writes_of_two_writers_are_concurrent() -> None:
+    """Two writers' requests in flight at the same time is a violation; one writer's not."""
+    assert concurrent_writes([_w(1.0, "a", end=2.0), _w(1.5, "a")], gap_s=0.1) == []
+    (found,) = concurrent_writes([_w(1.0, "a", 3, end=2.0), _w(1.5, "b", 4)], gap_s=0.1)
+    assert "overlaps a" in found.detail
+
+
+def test_a_write_under_an_older_lease_after_a_newer_one_is_concurrent() -> None:
+    """A deposed leader writing after its successor shows as an older lease revision;
+    a leader that gets the lease back later writes under a newer one and is fine."""
+    ok = [_w(1.0, "a", 3), _w(5.0, "b", 4), _w(30.0, "a", 5)]
+    assert concurrent_writes(ok, gap_s=1.0) == []
+    (found,) = concurrent_writes([_w(1.0, "a", 3), _w(5.0, "b", 4), _w(30.0, "a", 3)], 1.0)
+    assert "lease 3 after b wrote under 4" in found.detail
 
 
 def test_eligible_members_follow_the_traffic_policy() -> None:

@@ -50,6 +50,7 @@ import nats
 from nats.js.errors import NoKeysError, NotFoundError
 
 from vipwire.allinone.stack import cluster_name, node_address
+from vipwire.applianceemu import fetch_writes
 from vipwire.bench._common import load_average, pool_for
 from vipwire.bench._fleet import KEEP_ENV, LB_CLASS, POD_NET, free_port
 from vipwire.bench._result import BenchResult, convert_params
@@ -495,6 +496,7 @@ class _Run:
     takeovers: dict[str, list[float]] = field(default_factory=dict)
     not_ready: dict[str, list[str]] = field(default_factory=dict)
     load_errors: int = 0
+    _writes_seen: int = 0
 
     def __post_init__(self) -> None:
         self.rng = random.Random(self.options.seed * 7919 + 1)
@@ -718,6 +720,7 @@ class _Run:
                 appliance = fleet.named("appliance")
                 await self._collect_writes(session)
                 await appliance.stop()
+                self._writes_seen = 0
                 await asyncio.sleep(fault.hold_s)
                 await appliance.start(fleet.env)
                 await fleet.wait_ready(30.0, [appliance])
@@ -727,8 +730,6 @@ class _Run:
                 if fault.target in (LBDRIVER_LEADER, WATCHER_LEADER):
                     entry["leader"] = True
                 watch = asyncio.create_task(self._takeover(target, fault, session, begun))
-                if target.kind == "appliance":
-                    await self._collect_writes(session)
                 if fault.kind == "kill":
                     await target.kill()
                     await asyncio.sleep(fault.hold_s)
@@ -799,18 +800,25 @@ class _Run:
 
     async def _collect_writes(self, session: aiohttp.ClientSession) -> None:
         """Add the appliance's write log (it starts empty again when it restarts)."""
-        url = f"http://127.0.0.1:{self.fleet.appliance_port}/_emulator/writes"
+        del session
+        url = f"http://127.0.0.1:{self.fleet.appliance_port}"
         try:
-            async with session.get(url, timeout=aiohttp.ClientTimeout(total=10)) as resp:
-                if resp.status != 200:
-                    return
-                entries = await resp.json(content_type=None)
-        except (aiohttp.ClientError, TimeoutError, ValueError):
+            records = await fetch_writes(url, self._writes_seen)
+        except (aiohttp.ClientError, TimeoutError, msgspec.DecodeError) as exc:
+            log.warning("chaos: cannot read the appliance's write log: %r", exc)
             return
-        for raw in entries if isinstance(entries, list) else entries.get("writes", []):
-            write = _write_of(raw)
-            if write is not None:
-                self.writes.append(write)
+        self._writes_seen = records[-1].index + 1 if records else self._writes_seen
+        self.writes += [
+            Write(
+                at=r.started_ns / 1e9,
+                end=r.ended_ns / 1e9,
+                writer=r.writer,
+                lease=r.lease,
+                method=r.method,
+                path=r.path,
+            )
+            for r in records
+        ]
 
     async def _observe(self, *, with_history: bool = True) -> Observation:
         fleet = self.fleet
@@ -979,19 +987,3 @@ class _Run:
 
 def _ports(ports: list[int]) -> list[dict[str, Any]]:
     return [{"name": f"p{p}-tcp", "port": p, "protocol": "TCP"} for p in ports]
-
-
-def _write_of(raw: Any) -> Write | None:
-    """One write log entry, whatever its exact field names (time, writer, method, path)."""
-    if not isinstance(raw, dict):
-        return None
-    at = next((raw[k] for k in ("at", "wall", "time", "monotonic", "t") if k in raw), None)
-    writer = next((raw[k] for k in ("writer", "identity", "who", "user") if k in raw), None)
-    if not isinstance(at, (int, float)) or writer is None:
-        return None
-    return Write(
-        at=float(at),
-        writer=str(writer),
-        method=str(raw.get("method", "")),
-        path=str(raw.get("path", "")),
-    )

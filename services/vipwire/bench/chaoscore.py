@@ -133,10 +133,13 @@ class ApplianceObject(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class Write(msgspec.Struct, frozen=True, kw_only=True):
-    """One mutating request the appliance served (its write log)."""
+    """One mutating request the appliance served (its write log), times in seconds."""
 
     at: float
+    end: float
     writer: str
+    #: The writer's lease revision, when it sent one.
+    lease: int | None = None
     method: str = ""
     path: str = ""
 
@@ -294,27 +297,45 @@ def _changed(obs: Observation) -> list[Violation]:
 def concurrent_writes(writes: Sequence[Write], gap_s: float) -> list[Violation]:
     """Writes that show two lbdriver replicas writing in the same moment.
 
-    In write order, a writer that writes again less than ``gap_s`` after another
-    writer wrote (A, B, A) was still writing when it had been superseded: a
-    legitimate handover back (B's lease lost) takes at least a lease's time.
+    Three signs, each a violation: two writers' requests overlapping in time; a
+    write under a lease revision older than one another writer already wrote
+    under (a deposed leader wrote after its successor); and, where no revisions
+    are sent, a writer writing again less than ``gap_s`` after another one took
+    over (A, B, A: a legitimate handover back takes at least a lease's time).
     """
     found = []
-    ordered = sorted(writes, key=lambda w: w.at)
+    ordered = sorted(writes, key=lambda w: (w.at, w.end))
     last_by: dict[str, float] = {}
+    newest: tuple[int, str] | None = None  # (lease, writer) of the newest revision seen
+    open_: list[Write] = []
     for w in ordered:
-        for other, at in last_by.items():
-            mine = last_by.get(w.writer)
-            if other != w.writer and mine is not None and mine <= at and w.at - at < gap_s:
+        open_ = [o for o in open_ if o.end > w.at]
+        for o in open_:
+            if o.writer != w.writer:
+                found.append(_concurrent(w, f"overlaps {o.writer}'s {o.method} {o.path}"))
+        open_.append(w)
+        if w.lease is not None:
+            if newest is not None and w.lease < newest[0] and newest[1] != w.writer:
                 found.append(
-                    Violation(
-                        invariant=CONCURRENT_WRITERS,
-                        service=w.path or "-",
-                        detail=f"{w.writer} wrote {w.method} {w.path} at {w.at:.3f}, "
-                        f"{w.at - at:.3f} s after {other} took over",
-                    )
+                    _concurrent(w, f"lease {w.lease} after {newest[1]} wrote under {newest[0]}")
                 )
+            if newest is None or w.lease >= newest[0]:
+                newest = (w.lease, w.writer)
+        else:
+            mine = last_by.get(w.writer)
+            for other, at in last_by.items():
+                if other != w.writer and mine is not None and mine <= at and w.at - at < gap_s:
+                    found.append(_concurrent(w, f"{w.at - at:.3f} s after {other} took over"))
         last_by[w.writer] = w.at
     return found
+
+
+def _concurrent(w: Write, why: str) -> Violation:
+    return Violation(
+        invariant=CONCURRENT_WRITERS,
+        service=w.path or "-",
+        detail=f"{w.writer} wrote {w.method} {w.path} at {w.at:.3f}: {why}",
+    )
 
 
 def record_vips(
