@@ -157,6 +157,10 @@ class Component:
     proc: asyncio.subprocess.Process | None = None
     stopped: bool = False
     starts: int = 0
+    #: A fault is being applied to it (the supervisor leaves it alone meanwhile).
+    faulted: bool = False
+    #: Times it exited on its own (restarted by the supervisor, as Kubernetes would).
+    crashes: int = 0
 
     async def start(self, env: dict[str, str]) -> None:
         with self.log.open("ab") as out:
@@ -393,6 +397,21 @@ class ChaosFleet:
                     self._run(name, "watcher", "watcher", section, cluster=cluster)
                 )
 
+    async def supervise(self, stop: asyncio.Event) -> None:
+        """Restart a component that exited on its own (one second later), as a
+        Deployment's pod would be; its log says why it exited."""
+        while not stop.is_set():
+            for c in self.components:
+                if c.faulted or c.proc is None or c.proc.returncode is None:
+                    continue
+                c.crashes += 1
+                log.warning("chaos: %s exited with %s; restarting it", c.name, c.proc.returncode)
+                await asyncio.sleep(1.0)
+                if not c.faulted:
+                    await c.start(self.env)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 0.5)
+
     def named(self, name: str) -> Component:
         return next(c for c in self.components if c.name == name)
 
@@ -520,6 +539,8 @@ class _Run:
         started = time.monotonic()
         stop_load = asyncio.Event()
         load = asyncio.create_task(self._load(stop_load, started))
+        stop_supervising = asyncio.Event()
+        supervisor = asyncio.create_task(self.fleet.supervise(stop_supervising))
         last_fault_end = started
         try:
             for i, fault in enumerate(plan):
@@ -537,6 +558,8 @@ class _Run:
             violations = check_invariants(observation, writers_gap_s=o.writers_gap_s)
         finally:
             stop_load.set()
+            stop_supervising.set()
+            await asyncio.gather(supervisor, return_exceptions=True)
             if not load.done():
                 load.cancel()
             await asyncio.gather(load, return_exceptions=True)
@@ -719,25 +742,35 @@ class _Run:
                 entry["target"] = "appliance"
                 appliance = fleet.named("appliance")
                 await self._collect_writes(session)
-                await appliance.stop()
-                self._writes_seen = 0
-                await asyncio.sleep(fault.hold_s)
-                await appliance.start(fleet.env)
-                await fleet.wait_ready(30.0, [appliance])
+                appliance.faulted = True
+                try:
+                    await appliance.stop()
+                    self._writes_seen = 0
+                    await asyncio.sleep(fault.hold_s)
+                    await appliance.start(fleet.env)
+                    await fleet.wait_ready(30.0, [appliance])
+                finally:
+                    appliance.faulted = False
             else:
                 target = await self._target(fault, session)
                 entry["target"] = target.name
-                if fault.target in (LBDRIVER_LEADER, WATCHER_LEADER):
+                if await self._leads(target, session):
                     entry["leader"] = True
-                watch = asyncio.create_task(self._takeover(target, fault, session, begun))
-                if fault.kind == "kill":
-                    await target.kill()
-                    await asyncio.sleep(fault.hold_s)
-                    await target.start(fleet.env)
-                else:
-                    target.signal(signal.SIGSTOP)
-                    await asyncio.sleep(fault.hold_s)
-                    target.signal(signal.SIGCONT)
+                    watch = asyncio.create_task(
+                        self._takeover(target, fault, session, begun, entry)
+                    )
+                target.faulted = True
+                try:
+                    if fault.kind == "kill":
+                        await target.kill()
+                        await asyncio.sleep(fault.hold_s)
+                        await target.start(fleet.env)
+                    else:
+                        target.signal(signal.SIGSTOP)
+                        await asyncio.sleep(fault.hold_s)
+                        target.signal(signal.SIGCONT)
+                finally:
+                    target.faulted = False
         except Exception as exc:
             entry["error"] = repr(exc)
             log.warning("chaos: fault %s failed: %r", fault, exc)
@@ -749,13 +782,23 @@ class _Run:
             # The takeover is measured in the background: the next fault does not wait.
             watch.add_done_callback(lambda _: None)
 
+    async def _leads(self, target: Component, session: aiohttp.ClientSession) -> bool:
+        if target.kind == "watcher":
+            return self.fleet.watcher_leader(target.cluster) is target
+        if target.kind == "lbdriver":
+            return await self.fleet.lbdriver_leader(session) is target
+        return False
+
     async def _takeover(
-        self, target: Component, fault: Fault, session: aiohttp.ClientSession, begun: float
+        self,
+        target: Component,
+        fault: Fault,
+        session: aiohttp.ClientSession,
+        begun: float,
+        entry: dict[str, Any],
     ) -> None:
         """How long until another replica leads (or the target leads again, restarted or
         continued): the time without a leader. Only for leader kinds."""
-        if target.kind not in ("lbdriver", "watcher"):
-            return
         starts = target.starts
         holder = self.fleet.watcher_holder(target.cluster) if target.kind == "watcher" else ""
         deadline = begun + 120.0
@@ -779,8 +822,11 @@ class _Run:
         else:
             log.warning("chaos: no leader after %s of %s for 120 s", fault.kind, target.name)
             self.takeovers.setdefault(target.kind, []).append(120.0)
+            entry["takeover_s"] = None
             return
-        self.takeovers.setdefault(target.kind, []).append(round(time.monotonic() - begun, 2))
+        took = round(time.monotonic() - begun, 2)
+        self.takeovers.setdefault(target.kind, []).append(took)
+        entry["takeover_s"] = took
 
     # --- convergence and observation -----------------------------------------------------
 
@@ -788,7 +834,14 @@ class _Run:
         """Seconds from the end of the last fault until every state invariant holds."""
         deadline = time.monotonic() + self.options.converge_timeout_s
         while True:
-            observation = await self._observe(with_history=False)
+            try:
+                observation = await self._observe(with_history=False)
+            except Exception as exc:  # a NATS server or the appliance still coming back
+                log.info("chaos: cannot observe yet: %r", exc)
+                if time.monotonic() > deadline:
+                    return None
+                await asyncio.sleep(2.0)
+                continue
             problems = check_invariants(observation)
             if not problems:
                 return round(time.monotonic() - since, 2)
@@ -954,6 +1007,7 @@ class _Run:
             "max_takeover_s": max(lbdriver_takeovers, default=None),
             "takeover_s": {k: sorted(v) for k, v in sorted(self.takeovers.items())},
             "appliance_writes_logged": len(self.writes),
+            "crashes": {c.name: c.crashes for c in self.fleet.components if c.crashes},
             "took_s": round(took_s, 1),
             "load_average": load_average(),
             "fault_log": self.fault_log,
@@ -977,6 +1031,10 @@ class _Run:
             ("max takeover (lbdriver)", f"{data['max_takeover_s']} s"),
             ("takeovers", "; ".join(f"{k} {v}" for k, v in data["takeover_s"].items()) or "-"),
             ("appliance writes logged", str(len(self.writes))),
+            (
+                "crashes (restarted)",
+                ", ".join(f"{k} {v}" for k, v in data["crashes"].items()) or "none",
+            ),
             ("violations", str(len(violations))),
         ]
         rows += [(f"  {v.invariant}", f"{v.service}: {v.detail}") for v in shown]
