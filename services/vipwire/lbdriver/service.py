@@ -16,6 +16,9 @@ VIP assignments. This module only wires the parts:
   then is anything written, and the lbdriver ready.
 - ``io.maintenance`` runs the drift passes and probes of every appliance.
 - ``io.status_server`` answers ``vipwire lb status``.
+- ``io.election`` elects the one replica that writes (a KV lease); the others
+  consume and keep the same state, write nothing, and take over at once when
+  elected. Every write passes its fence (``io.fencing``).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import socket
 import time
 from collections.abc import Coroutine, Mapping
 from typing import Any, Final
@@ -46,7 +50,9 @@ from vipwire.lbdriver.core.resilience import BreakerState, CircuitBreaker
 from vipwire.lbdriver.io.adoption import StartUp, adopt
 from vipwire.lbdriver.io.appliance_client import ApplianceClient
 from vipwire.lbdriver.io.drivers import ApplianceDriver, build_driver
+from vipwire.lbdriver.io.election import Election
 from vipwire.lbdriver.io.failover import Failover
+from vipwire.lbdriver.io.fencing import NotLeader
 from vipwire.lbdriver.io.last_reports import last_reports
 from vipwire.lbdriver.io.maintenance import Maintenance
 from vipwire.lbdriver.io.reconciler import Reconciler
@@ -99,6 +105,7 @@ class LbdriverService:
                 metrics=runtime.metrics,
                 tracer=runtime.tracer,
                 on_breaker=self._on_breaker,
+                fence=self._fence,
             )
             for a in settings.appliances
         }
@@ -131,6 +138,13 @@ class LbdriverService:
         self._status_server: StatusServer | None = None
         self._loops: list[asyncio.Task[None]] = []
         self._started_at = time.monotonic()
+        # --- leader election: one replica writes, the others stand by warm -----------
+        self._me = f"{socket.gethostname()}-{self._incarnation}"
+        self._election: Election | None = None
+        self._term_tasks: list[asyncio.Task[None]] = []
+        self._terms = 0
+        self._replayed_at = 0.0
+        runtime.set_role(lambda: self.role)
         m.gauge(
             "lbdriver_services",
             "Services with assigned or releasing VIPs",
@@ -185,16 +199,66 @@ class LbdriverService:
         await self._vip_consumer.start()
         self._status_server = StatusServer(bus, self.status)
         await self._status_server.start()
+        self._election = Election(
+            bus,
+            self.settings,
+            me=self._me,
+            metrics=self.runtime.metrics,
+            on_elected=self._lead,
+            on_deposed=self._stand_by,
+        )
         self._spawn(self._start(self._vip_consumer), "lbdriver-startup")
 
     def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
         self._loops.append(asyncio.create_task(coro, name=name))
 
     async def _start(self, consumer: PullConsumer) -> None:
-        start_up, inventory = self._start_up, self._inventory
         await consumer.caught_up()
-        start_up.replayed = True
+        self._start_up.replayed = True
+        self._replayed_at = time.monotonic()
+        # Warm before it competes: a replica that is still replaying never takes the lease.
+        assert self._election is not None
+        await self._election.start()
+
+    # --- leadership (io.election) ------------------------------------------------------
+
+    def _fence(self) -> Mapping[str, str]:
+        if self._election is None:
+            raise NotLeader("the lbdriver election has not started")
+        return self._election.fence()
+
+    async def _lead(self, reason: str) -> None:
+        task = asyncio.create_task(self._take_over(), name="lbdriver-takeover")
+        self._term_tasks.append(task)
+
+    async def _stand_by(self, reason: str) -> None:
+        # The fence already refuses every write; this stops asking for them.
+        await cancel_and_wait(self._term_tasks)
+        self._term_tasks.clear()
+        await self._reconciler.drain(0.0)
+
+    def _spawn_term(self, coro: Coroutine[Any, Any, None], name: str) -> None:
+        self._term_tasks.append(asyncio.create_task(coro, name=name))
+
+    async def _take_over(self) -> None:
+        """A term: compare the appliances with the desired view, write what differs, then
+        run the reconciles and the maintenance until the term ends (cancelled)."""
+        start_up, inventory = self._start_up, self._inventory
         replayed = time.monotonic()
+        self._terms += 1
+        if self._terms > 1 or replayed - self._replayed_at > self.settings.lease_ttl_s:
+            # Stood by meanwhile: what the stream reports now is what the last leader
+            # said, and every Service is compared again (one cut short by the last
+            # step-down included).
+            reports = await last_reports(self.runtime.bus)
+            for key, (stamp, _) in reports.items():
+                state = inventory.services.get(key)
+                if state is not None:
+                    state.published = stamp
+            inventory.reports = reports
+            start_up.begin_term()
+            for key in list(inventory.services):
+                self._schedule.mark_again(key, "takeover")
         await self._failover.choose_actives()
         start_up.waiting = {k for k in inventory.services if self._schedule.busy(k)}
         adopted = await adopt(
@@ -208,23 +272,36 @@ class LbdriverService:
         compared = time.monotonic()
         if not start_up.waiting:
             start_up.done.set()
-        self._spawn(self._reconciler.run(), "lbdriver-flush")
+        self._spawn_term(self._reconciler.run(), "lbdriver-flush")
         await start_up.done.wait()
         inventory.reports.clear()
         start_up.ready = True
         log.info(
-            "lbdriver ready in %.2fs (replay %.2fs, comparison %.2fs): %d services, %d of "
-            "them already programmed and reported",
+            "lbdriver ready as leader in %.2fs (replay %.2fs, comparison %.2fs): %d services, "
+            "%d of them already programmed and reported",
             time.monotonic() - self._started_at,
-            replayed - self._started_at,
+            self._replayed_at - self._started_at,
             compared - replayed,
             len(inventory),
             adopted,
         )
         for name, client in self._clients.items():
-            self._spawn(self._maintenance.maintain(client), f"lbdriver-maintain-{name}")
+            self._spawn_term(self._maintenance.maintain(client), f"lbdriver-maintain-{name}")
+
+    @property
+    def elected_or_standing_by(self) -> bool:
+        """Replayed, and the first election decision made: a fence for tests."""
+        return self._election is not None and self._election.decided.is_set()
+
+    @property
+    def role(self) -> str:
+        """``leader`` (holds the lease, may write) or ``standby``."""
+        return "leader" if self._election is not None and self._election.leader else "standby"
 
     def readiness(self) -> str | None:
+        # A standby is ready once replayed: it is what takes over.
+        if self.role == "standby" and self._start_up.replayed:
+            return None
         return self._start_up.readiness()
 
     async def stop(self) -> None:
@@ -236,7 +313,11 @@ class LbdriverService:
             self._status_server = None
         await cancel_and_wait(self._loops)
         self._loops.clear()
+        await cancel_and_wait(self._term_tasks)
+        # Still the leader (renewing) while the reconciles in flight finish.
         await self._reconciler.drain(_STOP_GRACE_S)
+        if self._election is not None:
+            await self._election.stop()  # released: a standby takes over at once
         for name in sorted(self._built):
             try:
                 await self._clients[name].close()
@@ -316,4 +397,6 @@ class LbdriverService:
             appliances=appliance_statuses(
                 self.settings, self._clients, self._inventory, self._failover
             ),
+            role=self.role,
+            leader=self._election.holder if self._election is not None else "",
         )
