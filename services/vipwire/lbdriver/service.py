@@ -47,7 +47,7 @@ from vipwire.contracts import (
 )
 from vipwire.lbdriver.core.inventory import Inventory
 from vipwire.lbdriver.core.resilience import BreakerState, CircuitBreaker
-from vipwire.lbdriver.io.adoption import StartUp, adopt
+from vipwire.lbdriver.io.adoption import StartUp
 from vipwire.lbdriver.io.appliance_client import ApplianceClient
 from vipwire.lbdriver.io.drivers import ApplianceDriver, build_driver
 from vipwire.lbdriver.io.election import Election
@@ -58,6 +58,7 @@ from vipwire.lbdriver.io.maintenance import Maintenance
 from vipwire.lbdriver.io.reconciler import Reconciler
 from vipwire.lbdriver.io.schedule import Schedule, cause_of
 from vipwire.lbdriver.io.status_server import StatusServer, appliance_statuses
+from vipwire.lbdriver.io.terms import Terms
 from vipwire.lbdriver.settings import LbdriverSettings
 from vipwire.runtime import Runtime
 
@@ -137,13 +138,20 @@ class LbdriverService:
         self._vip_consumer: PullConsumer | None = None
         self._status_server: StatusServer | None = None
         self._loops: list[asyncio.Task[None]] = []
-        self._started_at = time.monotonic()
         # --- leader election: one replica writes, the others stand by warm -----------
         self._me = f"{socket.gethostname()}-{self._incarnation}"
-        self._election: Election | None = None
-        self._term_tasks: list[asyncio.Task[None]] = []
-        self._terms = 0
-        self._replayed_at = 0.0
+        self._election: Election | None = None  # made in start(), with the bus
+        self._terms = Terms(
+            settings,
+            runtime,
+            inventory=self._inventory,
+            schedule=self._schedule,
+            start_up=self._start_up,
+            clients=self._clients,
+            failover=self._failover,
+            reconciler=self._reconciler,
+            maintenance=self._maintenance,
+        )
         runtime.set_role(lambda: self.role)
         m.gauge(
             "lbdriver_services",
@@ -170,7 +178,7 @@ class LbdriverService:
     # --- lifecycle ---------------------------------------------------------------
 
     async def start(self) -> None:
-        self._started_at = time.monotonic()
+        self._terms.started_at = time.monotonic()
         bus = self.runtime.bus
         self._state_consumer = bus.consumer(
             ConsumerSpec(
@@ -204,8 +212,8 @@ class LbdriverService:
             self.settings,
             me=self._me,
             metrics=self.runtime.metrics,
-            on_elected=self._lead,
-            on_deposed=self._stand_by,
+            on_elected=self._terms.begin,
+            on_deposed=self._terms.end,
         )
         self._spawn(self._start(self._vip_consumer), "lbdriver-startup")
 
@@ -215,78 +223,15 @@ class LbdriverService:
     async def _start(self, consumer: PullConsumer) -> None:
         await consumer.caught_up()
         self._start_up.replayed = True
-        self._replayed_at = time.monotonic()
+        self._terms.replayed_at = time.monotonic()
         # Warm before it competes: a replica that is still replaying never takes the lease.
         assert self._election is not None
         await self._election.start()
-
-    # --- leadership (io.election) ------------------------------------------------------
 
     def _fence(self) -> Mapping[str, str]:
         if self._election is None:
             raise NotLeader("the lbdriver election has not started")
         return self._election.fence()
-
-    async def _lead(self, reason: str) -> None:
-        task = asyncio.create_task(self._take_over(), name="lbdriver-takeover")
-        self._term_tasks.append(task)
-
-    async def _stand_by(self, reason: str) -> None:
-        # The fence already refuses every write; this stops asking for them.
-        await cancel_and_wait(self._term_tasks)
-        self._term_tasks.clear()
-        await self._reconciler.drain(0.0)
-
-    def _spawn_term(self, coro: Coroutine[Any, Any, None], name: str) -> None:
-        self._term_tasks.append(asyncio.create_task(coro, name=name))
-
-    async def _take_over(self) -> None:
-        """A term: compare the appliances with the desired view, write what differs, then
-        run the reconciles and the maintenance until the term ends (cancelled)."""
-        start_up, inventory = self._start_up, self._inventory
-        replayed = time.monotonic()
-        self._terms += 1
-        if self._terms > 1 or replayed - self._replayed_at > self.settings.lease_ttl_s:
-            # Stood by meanwhile: what the stream reports now is what the last leader
-            # said, and every Service is compared again (one cut short by the last
-            # step-down included).
-            reports = await last_reports(self.runtime.bus)
-            for key, (stamp, _) in reports.items():
-                state = inventory.services.get(key)
-                if state is not None:
-                    state.published = stamp
-            inventory.reports = reports
-            start_up.begin_term()
-            for key in list(inventory.services):
-                self._schedule.mark_again(key, "takeover")
-        await self._failover.choose_actives()
-        start_up.waiting = {k for k in inventory.services if self._schedule.busy(k)}
-        adopted = await adopt(
-            start_up,
-            inventory=inventory,
-            schedule=self._schedule,
-            clients=self._clients,
-            failover=self._failover,
-            metrics=self.runtime.metrics,
-        )
-        compared = time.monotonic()
-        if not start_up.waiting:
-            start_up.done.set()
-        self._spawn_term(self._reconciler.run(), "lbdriver-flush")
-        await start_up.done.wait()
-        inventory.reports.clear()
-        start_up.ready = True
-        log.info(
-            "lbdriver ready as leader in %.2fs (replay %.2fs, comparison %.2fs): %d services, "
-            "%d of them already programmed and reported",
-            time.monotonic() - self._started_at,
-            self._replayed_at - self._started_at,
-            compared - replayed,
-            len(inventory),
-            adopted,
-        )
-        for name, client in self._clients.items():
-            self._spawn_term(self._maintenance.maintain(client), f"lbdriver-maintain-{name}")
 
     @property
     def elected_or_standing_by(self) -> bool:
@@ -313,7 +258,7 @@ class LbdriverService:
             self._status_server = None
         await cancel_and_wait(self._loops)
         self._loops.clear()
-        await cancel_and_wait(self._term_tasks)
+        await self._terms.cancel()
         # Still the leader (renewing) while the reconciles in flight finish.
         await self._reconciler.drain(_STOP_GRACE_S)
         if self._election is not None:
