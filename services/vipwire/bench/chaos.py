@@ -459,27 +459,22 @@ class ChaosFleet:
         return str(((lease or {}).get("spec") or {}).get("holderIdentity") or "")
 
     async def lbdriver_leader(self, session: aiohttp.ClientSession) -> Component | None:
-        """The lbdriver replica that says it leads (its ``*leader*`` gauge is 1); with
-        one replica and no election, that replica while it is ready."""
+        """The lbdriver replica that says it leads (``vipwire_lbdriver_leader`` 1)."""
         replicas = [c for c in self.of_kind("lbdriver") if c.alive and not c.stopped]
         for c in replicas:
             with contextlib.suppress(aiohttp.ClientError, TimeoutError):
                 if _says_leader(await c.metrics(session)):
                     return c
-        if len(self.of_kind("lbdriver")) == 1 and replicas:
-            with contextlib.suppress(aiohttp.ClientError, TimeoutError):
-                if await replicas[0].ready(session):
-                    return replicas[0]
         return None
 
 
 def _says_leader(metrics: str) -> bool:
+    """Whether an lbdriver's metrics say it holds the lease (``vipwire_lbdriver_leader 1``)."""
     for line in metrics.splitlines():
-        if line.startswith("#") or "leader" not in line.split("{")[0].split(" ")[0]:
-            continue
-        with contextlib.suppress(ValueError, IndexError):
-            if float(line.rsplit(" ", 1)[1]) == 1.0:
-                return True
+        name, _, value = line.partition(" ")
+        if name in ("vipwire_lbdriver_leader", "lbdriver_leader"):
+            with contextlib.suppress(ValueError):
+                return float(value) == 1.0
     return False
 
 
