@@ -11,6 +11,7 @@ from vipwire.bench.chaoscore import (
     NOT_ON_NODE,
     STUCK_FINALIZER,
     VIP_CHANGED,
+    VIP_LEAKED,
     VIP_OWNED_TWICE,
     WATCHER_LEADER,
     WRONG_MEMBERS,
@@ -106,6 +107,15 @@ def test_an_appliance_object_of_a_service_not_live_is_an_orphan() -> None:
     obs = _healthy()
     obs.appliance.append(ApplianceObject(owner=B, address="10.0.0.2", port="80/TCP", members=()))
     assert invariants(obs) == {(APPLIANCE_ORPHAN, B)}
+
+
+def test_a_kv_record_or_claim_of_a_service_not_live_is_a_leak() -> None:
+    """An address still held in the KV for a Service that is gone is never given back."""
+    obs = _healthy()
+    obs.kv_records[B] = ("10.0.0.2",)
+    obs.kv_claims["10.0.0.2"] = (B,)
+    assert invariants(obs) == {(VIP_LEAKED, B)}
+    assert len(check_invariants(obs)) == 2
 
 
 def test_a_deleted_service_still_present_is_stuck() -> None:

@@ -27,6 +27,7 @@ NOT_ON_APPLIANCE = "live-service-not-on-appliance"
 WRONG_MEMBERS = "live-service-wrong-members"
 NOT_ON_NODE = "live-service-vip-missing-on-node"
 VIP_CHANGED = "vip-changed"
+VIP_LEAKED = "vip-held-for-deleted-service"
 CONCURRENT_WRITERS = "two-lbdriver-replicas-writing"
 
 #: Placeholders of :func:`plan_faults` that the harness resolves when the fault fires.
@@ -187,6 +188,7 @@ def check_invariants(obs: Observation, *, writers_gap_s: float = 1.0) -> list[Vi
         )
         for key, finalizers in obs.deleted_present.items()
     ]
+    found += _leaks(obs)
     found += _live(obs)
     found += _changed(obs)
     found += concurrent_writes(obs.writes, writers_gap_s)
@@ -215,6 +217,21 @@ def _owned_twice(obs: Observation) -> list[Violation]:
         if len(keys) > 1:
             for key in sorted(keys):
                 found.append(_twice(key, f"status: {vip} in the status of {sorted(keys)}"))
+    return found
+
+
+def _leaks(obs: Observation) -> list[Violation]:
+    """KV records and claims of Services that are gone: addresses never given back."""
+    found = [
+        Violation(invariant=VIP_LEAKED, service=key, detail=f"KV record still holds {list(vips)}")
+        for key, vips in obs.kv_records.items()
+        if key not in obs.live
+    ]
+    for vip, holders in obs.kv_claims.items():
+        for key in sorted(set(holders) - set(obs.live)):
+            found.append(
+                Violation(invariant=VIP_LEAKED, service=key, detail=f"KV claim addr.{vip} held")
+            )
     return found
 
 
