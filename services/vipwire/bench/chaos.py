@@ -105,7 +105,7 @@ class ChaosOptions(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     seed: int = 1
     #: Emulated clusters.
     clusters: Annotated[int, msgspec.Meta(ge=1, le=10)] = 2
-    #: Services created over the run (all clusters; about a fifth are deleted again).
+    #: Services created over the run (all clusters; about a quarter are deleted again).
     services: Annotated[int, msgspec.Meta(ge=1, le=20000)] = 200
     #: Nodes (dry-run node agents) per cluster.
     nodes: Annotated[int, msgspec.Meta(ge=1, le=20)] = 3
@@ -540,6 +540,8 @@ class _Run:
         try:
             for i, fault in enumerate(plan):
                 at = started + (i + 0.5) * o.fault_interval_s
+                if max(at, time.monotonic()) > started + o.duration_s:
+                    break  # the faults fell behind (each waits for the one before): done
                 await asyncio.sleep(max(0.0, at - time.monotonic()))
                 await self._inject(fault, session, started)
                 last_fault_end = time.monotonic()
@@ -591,7 +593,7 @@ class _Run:
             try:
                 if roll < 0.5 and self.created < o.services:
                     await self._create()
-                elif roll < 0.62 and self.live:
+                elif 0.5 <= roll < 0.62 and self.live:
                     await self._delete()
                 elif self.live:
                     await self._update()
