@@ -286,6 +286,8 @@ class ChaosFleet:
         self.env = dict(os.environ)
         self.env.pop("OTEL_EXPORTER_OTLP_ENDPOINT", None)
         self.env[PASSWORD_ENV] = PASSWORD
+        self._stop_supervising = asyncio.Event()
+        self._supervisor: asyncio.Task[None] | None = None
 
     def node_names(self, cluster: str) -> list[str]:
         return [f"{cluster}-node-{i + 1}" for i in range(self.options.nodes)]
@@ -327,6 +329,7 @@ class ChaosFleet:
         self._define()
         for component in self.components:
             await component.start(self.env)
+        self._supervisor = asyncio.create_task(self.supervise(self._stop_supervising))
 
     def _common(self, port: int) -> dict[str, Any]:
         return {
@@ -419,19 +422,26 @@ class ChaosFleet:
         return [c for c in self.components if c.kind == kind]
 
     async def wait_ready(self, timeout: float, components: list[Component] | None = None) -> None:
-        async with aiohttp.ClientSession() as session, asyncio.timeout(timeout):
-            pending = list(components if components is not None else self.components)
-            while pending:
-                for c in pending:
-                    if c.proc is not None and c.proc.returncode is not None:
-                        tail = c.log.read_text(errors="replace")[-2000:]
-                        raise RuntimeError(f"{c.name} exited: {tail}")
-                states = await asyncio.gather(*(c.ready(session) for c in pending))
-                pending = [c for c, ok in zip(pending, states, strict=True) if not ok]
-                if pending:
-                    await asyncio.sleep(0.2)
+        pending = list(components if components is not None else self.components)
+        try:
+            async with aiohttp.ClientSession() as session, asyncio.timeout(timeout):
+                await self._until_ready(session, pending)
+        except TimeoutError:
+            names = ", ".join(f"{c.name} (exits: {c.crashes})" for c in pending)
+            raise RuntimeError(f"not ready after {timeout:.0f} s: {names}") from None
+
+    async def _until_ready(self, session: aiohttp.ClientSession, pending: list[Component]) -> None:
+        """Until every one of ``pending`` is ready (removing them from it as they are)."""
+        while pending:
+            states = await asyncio.gather(*(c.ready(session) for c in pending))
+            pending[:] = [c for c, ok in zip(pending, states, strict=True) if not ok]
+            if pending:
+                await asyncio.sleep(0.2)
 
     async def stop(self) -> None:
+        self._stop_supervising.set()
+        if self._supervisor is not None:
+            await asyncio.gather(self._supervisor, return_exceptions=True)
         await asyncio.gather(*(c.stop() for c in self.components), return_exceptions=True)
         for emulator in self.emulators.values():
             with contextlib.suppress(Exception):
@@ -534,8 +544,6 @@ class _Run:
         started = time.monotonic()
         stop_load = asyncio.Event()
         load = asyncio.create_task(self._load(stop_load, started))
-        stop_supervising = asyncio.Event()
-        supervisor = asyncio.create_task(self.fleet.supervise(stop_supervising))
         last_fault_end = started
         try:
             for i, fault in enumerate(plan):
@@ -555,8 +563,6 @@ class _Run:
             violations = check_invariants(observation, writers_gap_s=o.writers_gap_s)
         finally:
             stop_load.set()
-            stop_supervising.set()
-            await asyncio.gather(supervisor, return_exceptions=True)
             if not load.done():
                 load.cancel()
             await asyncio.gather(load, return_exceptions=True)
