@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Coroutine, Iterable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
     from aiohttp import web
@@ -26,6 +26,28 @@ async def cancel_and_wait(tasks: Iterable[asyncio.Future[Any]], every: float = 0
             task.cancel()
         _, pending = await asyncio.wait(pending, timeout=every)
     await asyncio.gather(*tasks, return_exceptions=True)
+
+
+T = TypeVar("T")
+
+
+async def unless_set(stop: asyncio.Event, work: Coroutine[Any, Any, T]) -> tuple[bool, T | None]:
+    """Run ``work`` unless ``stop`` is set first, which cancels it (and waits until it ended).
+
+    ``(True, result)`` when ``work`` finished; ``(False, None)`` when stopped. What
+    ``work`` raised is raised here.
+    """
+    task = asyncio.create_task(work)
+    stopped = asyncio.create_task(stop.wait())
+    try:
+        await asyncio.wait({task, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        if not task.done():
+            await cancel_and_wait([task])
+        await cancel_and_wait([stopped])
+    if task.cancelled():
+        return False, None
+    return True, task.result()
 
 
 class HttpServer:

@@ -127,8 +127,17 @@ class Story:
                 sharer = claim.sharer(_owner(service, record))
                 assert sharer is not None, f"{where}: {vip} is not {service}'s ({claim})"
                 named.setdefault(vip, set()).add(service)
+        # A withdrawn incarnation replaced by a new one keeps its claims, with no record,
+        # until its LbRemoved: its virtual server may still be on the appliance.
+        withdrawn = {m.uid for m in self.published if isinstance(m, VipReleasing)}
         for vip, claim in claims.items():
-            holders = {ServiceRef(o.cluster, o.namespace, o.name) for o in claim.owners}
+            holders = {
+                ServiceRef(o.cluster, o.namespace, o.name)
+                for o in claim.owners
+                if o.uid not in withdrawn
+                or getattr(records.get(ServiceRef(o.cluster, o.namespace, o.name)), "uid", None)
+                == o.uid
+            }
             assert holders == named.get(vip, set()), f"{where}: {vip} {claim} vs records"
             if len(claim.sharers) > 1:
                 assert claim.sharing_key is not None, f"{where}: {vip} shared without a key"
@@ -423,3 +432,22 @@ def test_decide_is_a_plan_not_an_action() -> None:
     busy = decide(snapshot("b"), None, s.ipam.allocator, skip=plan.choice.new)
     assert busy.action == "refuse" and busy.failure is not None
     assert "(2/2 in use)" in busy.failure.message
+
+
+def test_a_new_incarnation_leaves_a_withdrawn_one_its_claims_until_lb_removed() -> None:
+    """Old uid withdrawn (its virtual server still on the appliance), new uid live before
+    LbRemoved: the new one gets other VIPs and nobody gets the old ones until LbRemoved.
+    (Two `vipwire up --smoke` on one state dir: a recreated Service's old VIP went to
+    another Service while the appliance still had it, and the lbdriver's write failed.)"""
+    s = Story()
+    (first,) = s.step("old is live", snapshot("web", uid="old"))
+    s.step("old is deleted", gone("web", uid="old"))
+    (second,) = s.step("new is live", snapshot("web", uid="new"))
+    (other,) = s.step("another Service", snapshot("api"))
+    assert isinstance(first, VipAssigned) and isinstance(second, VipAssigned)
+    assert isinstance(other, VipAssigned)
+    assert first.vips[0] not in second.vips + other.vips
+    assert first.vips[0] in s.ipam.allocator.claims()
+    s.step("old is clean", lb_removed("web", uid="old"))
+    assert first.vips[0] not in s.ipam.allocator.claims()
+    assert s.ipam.records[ref("web")].uid == "new"

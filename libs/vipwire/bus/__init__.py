@@ -1,6 +1,6 @@
 """The event backbone: NATS JetStream with verdict-driven consumers.
 
-``Bus`` connects (reconnecting forever), declares the stream and KV buckets,
+``Bus`` connects (reconnecting forever, with backoff), declares the stream and KV buckets,
 publishes contract messages with de-duplication ids and trace context, and runs
 pull consumers that keep per-subject order with bounded concurrency.
 """
@@ -17,13 +17,15 @@ from vipwire.bus._consumer import (
 from vipwire.bus._errors import BusConflict, BusError, NoResponders, NotFound, WrongLastSequence
 from vipwire.bus._history import kv_keys, kv_purge_markers, last_per_subject
 from vipwire.bus._kv import KvBucket, KvEntry, KvWatch
+from vipwire.bus._link import Backoff, connected_gauge
 from vipwire.bus._reading import StoredMessage
-from vipwire.bus._requests import Responder, Serving
+from vipwire.bus._requests import Responder, Serving, fence
 from vipwire.bus._settings import BusSettings
 from vipwire.bus._verdict import DONE, Done, Reject, Retry, Verdict
 
 __all__ = [
     "DONE",
+    "Backoff",
     "Bus",
     "BusConflict",
     "BusError",
@@ -48,6 +50,8 @@ __all__ = [
     "Verdict",
     "WrongLastSequence",
     "connect",
+    "connected_gauge",
+    "fence",
     "kv_keys",
     "kv_purge_markers",
     "last_per_subject",

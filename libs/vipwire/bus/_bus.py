@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import uuid
 from collections.abc import Mapping
@@ -24,8 +25,9 @@ from vipwire.bus._errors import (
     translate,
 )
 from vipwire.bus._kv import KvBucket
+from vipwire.bus._link import AttemptFailed, Backoff, Link
 from vipwire.bus._reading import StoredMessage, last_message, last_messages, newest_before
-from vipwire.bus._requests import Responder, Serving, request, serve
+from vipwire.bus._requests import Responder, Serving, fence, request, serve
 from vipwire.bus._settings import BusSettings
 from vipwire.contracts import (
     STREAM,
@@ -71,8 +73,11 @@ class Bus:
         *,
         tracer: Tracer,
         metrics: Registry,
+        link: Link | None = None,
     ) -> None:
         self.nc = nc
+        #: The connection's state (None: a client made elsewhere, as some tests do).
+        self.link = link
         self.settings = settings
         self.js: JetStreamContext = nc.jetstream(timeout=settings.request_timeout_s)
         self.tracer = tracer
@@ -81,6 +86,12 @@ class Bus:
             "bus_published_total", "Messages published, by subject family", ["family"]
         )
         self._consumers: list[PullConsumer] = []
+        if link is not None:
+            link.on_back.append(self._resume_consumers)
+
+    def _resume_consumers(self) -> None:
+        for consumer in self._consumers:
+            consumer.on_reconnect()
 
     # --- declarations ------------------------------------------------------------
 
@@ -194,6 +205,13 @@ class Bus:
         """Answer requests on ``subject``; ``queue``: one replica of the group answers each."""
         return await serve(self.nc, subject, responder, queue=queue)
 
+    async def fence(self) -> None:
+        """Return once the server has everything this connection sent (see :func:`fence`)."""
+        try:
+            await fence(self.nc)
+        except NATS_ERRORS as exc:
+            raise translate(exc, "flushing the connection") from exc
+
     # --- publishing --------------------------------------------------------------
 
     async def publish(
@@ -269,6 +287,8 @@ class Bus:
 
     async def close(self) -> None:
         """Stop consumers (finishing in-flight messages), then drain the connection."""
+        if self.link is not None:
+            self.link.closing()
         await asyncio.gather(*(c.stop() for c in self._consumers), return_exceptions=True)
         self._consumers.clear()
         if not self.nc.is_closed:
@@ -289,61 +309,64 @@ async def connect(
 ) -> Bus:
     """Connect to NATS, retrying until it answers (``attempts`` bounds that, for CLIs).
 
-    Once connected, the client reconnects forever: a NATS restart must never
-    take a service down with it.
+    Attempts back off exponentially with jitter up to ``reconnect_max_wait_s``
+    and log once when NATS is unreachable, not once per attempt. The wait is
+    cancellable at any moment (a SIGTERM while connecting stops the service).
+    Once connected, the client reconnects forever, with the same backoff: a NATS
+    restart must never take a service down with it.
     """
-    state = {"disconnected": False}
-
-    async def on_error(exc: Exception) -> None:
-        log.error("NATS connection error (%s): %r", name, exc)
-
-    async def on_disconnect() -> None:
-        if not state["disconnected"] and not nc_closing():
-            log.warning("NATS disconnected (%s); reconnecting", name)
-        state["disconnected"] = True
-
-    async def on_reconnect() -> None:
-        state["disconnected"] = False
-        log.info("NATS reconnected (%s)", name)
-        if bus is not None:
-            for consumer in bus._consumers:
-                consumer.on_reconnect()
-
-    def nc_closing() -> bool:
-        return bus is not None and (bus.nc.is_draining or bus.nc.is_closed)
-
-    bus: Bus | None = None
+    backoff = Backoff(settings.reconnect_wait_s, settings.reconnect_max_wait_s)
+    link = Link(name, settings.servers, metrics, backoff)
     tried = 0
-    delay = settings.reconnect_wait_s
     while True:
         tried += 1
+        nc = NatsClient()
+
+        async def on_reconnect(nc: NatsClient = nc) -> None:
+            await link.on_reconnect(_url(nc))
+
+        link.attempt()
         try:
-            nc = await nats.connect(
+            await nc.connect(
                 servers=list(settings.servers),
                 name=name,
-                connect_timeout=settings.connect_timeout_s,
-                reconnect_time_wait=settings.reconnect_wait_s,
+                # nats-py annotates these two as int; it takes (and means) float seconds.
+                connect_timeout=settings.connect_timeout_s,  # type: ignore[arg-type]
+                reconnect_time_wait=settings.reconnect_wait_s,  # type: ignore[arg-type]
                 max_reconnect_attempts=-1,
                 allow_reconnect=True,
-                error_cb=on_error,
-                disconnected_cb=on_disconnect,
+                reconnect_to_server_handler=link.choose_server,
+                error_cb=link.on_error,
+                disconnected_cb=link.on_disconnect,
                 reconnected_cb=on_reconnect,
+                closed_cb=link.on_closed,
                 user_credentials=settings.credentials,
             )
             break
-        except (TimeoutError, nats.errors.Error, OSError) as exc:
+        except (AttemptFailed, TimeoutError, nats.errors.Error, OSError) as exc:
+            await _discard(nc)
             if attempts is not None and tried >= attempts:
+                cause = exc.cause if isinstance(exc, AttemptFailed) else exc
                 raise BusError(
                     f"cannot reach NATS at {', '.join(settings.servers)} after {tried} "
-                    f"attempts: {exc!r}. Is nats-server running and the URL right?"
+                    f"attempts: {cause!r}. Is nats-server running and the URL right?"
                 ) from exc
-            log.warning(
-                "NATS at %s not reachable (%r); retrying in %.1fs",
-                ", ".join(settings.servers),
-                exc,
-                delay,
-            )
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 5.0)
-    bus = Bus(nc, settings, tracer=tracer, metrics=metrics)
+            await asyncio.sleep(link.attempt_failed(exc))
+        except BaseException:
+            # Cancelled (a signal while connecting): leave nothing running behind.
+            await _discard(nc)
+            raise
+    link.up(_url(nc))
+    bus = Bus(nc, settings, tracer=tracer, metrics=metrics, link=link)
     return bus
+
+
+def _url(nc: NatsClient) -> str:
+    url = nc.connected_url
+    return f"{url.scheme}://{url.netloc}" if url is not None else ""
+
+
+async def _discard(nc: NatsClient) -> None:
+    """Close a client whose first connection failed or was cancelled."""
+    with contextlib.suppress(Exception):
+        await nc.close()

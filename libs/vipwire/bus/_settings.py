@@ -22,8 +22,12 @@ class BusSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     servers: tuple[str, ...] = ("nats://127.0.0.1:4222",)
     #: Seconds to wait for each connection attempt.
     connect_timeout_s: float = 2.0
-    #: Seconds between reconnect attempts (the client retries forever).
+    #: Seconds before the first retry of a lost or refused connection; each failed
+    #: attempt doubles it (with random jitter) up to ``reconnect_max_wait_s``. The
+    #: client retries forever.
     reconnect_wait_s: float = 0.5
+    #: The longest wait between two connection attempts (seconds).
+    reconnect_max_wait_s: float = 5.0
     #: Seconds a request to the JetStream API (publish ack, KV op) may take.
     request_timeout_s: float = 5.0
     #: How long the VIPWIRE stream keeps history, for replay (seconds).

@@ -47,7 +47,11 @@ class NatsServer:
         host: str = "127.0.0.1",
         port: int = 0,
         binary: str | None = None,
+        own_process_group: bool = False,
     ) -> None:
+        """``own_process_group``: start nats-server in a process group of its own, so that
+        a Ctrl-C in the terminal reaches only us and we stop it last, after our clients."""
+        self._own_process_group = own_process_group
         self._own_dir = store_dir is None
         self.store_dir = Path(store_dir or tempfile.mkdtemp(prefix="vipwire-nats-"))
         self.host = host
@@ -77,6 +81,7 @@ class NatsServer:
             "--http_port", "0",
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.PIPE,
+            process_group=0 if self._own_process_group else None,
         )  # fmt: skip
         assert self._proc.stderr is not None
         try:

@@ -13,8 +13,8 @@ from aiohttp import web
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.trace import Tracer
 
-from vipwire.aio import HttpServer, serve_http
-from vipwire.bus import Bus, connect
+from vipwire.aio import HttpServer, serve_http, unless_set
+from vipwire.bus import Bus, connect, connected_gauge
 from vipwire.metrics import Registry
 from vipwire.runtime._settings import CommonSettings
 from vipwire.telemetry import make_tracer_provider
@@ -62,6 +62,7 @@ class Runtime:
         self._http: HttpServer | None = None
         self.http_port: int | None = None
         self._readiness: Callable[[], str | None] = lambda: "starting"
+        connected_gauge(self.metrics)  # 0 until the bus is up: scraped before NATS answers
 
     @property
     def bus(self) -> Bus:
@@ -70,6 +71,20 @@ class Runtime:
         return self._bus
 
     async def start(self) -> None:
+        """Serve health and metrics, then connect to NATS (waiting for it as long as it takes,
+        unless ``connect_attempts`` bounds that), then declare the stream.
+
+        Health first: a service waiting for NATS is alive, says why it is not ready,
+        and shows ``vipwire_bus_connected 0``.
+        """
+        await self._start_http()
+        log.info(
+            "%s: health on %s:%s; connecting to NATS at %s",
+            self.name,
+            self.settings.http.host,
+            self.http_port,
+            ", ".join(self.settings.bus.servers),
+        )
         self._bus = await connect(
             self.settings.bus,
             name=f"vipwire-{self.name}",
@@ -78,7 +93,6 @@ class Runtime:
             attempts=self._connect_attempts,
         )
         await self._bus.ensure_stream()
-        await self._start_http()
 
     def set_readiness(self, probe: Callable[[], str | None]) -> None:
         self._readiness = probe
@@ -88,9 +102,9 @@ class Runtime:
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/readyz", self._readyz)
         app.router.add_get("/metrics", self._metrics)
-        # Probes and scrapes in flight at stop may finish (aiohttp's default wait).
+        # Probes and scrapes in flight at stop may finish, briefly: a service stops within 2 s.
         self._http = await serve_http(
-            app, host=self.settings.http.host, port=self.settings.http.port, shutdown_timeout_s=60.0
+            app, host=self.settings.http.host, port=self.settings.http.port, shutdown_timeout_s=1.0
         )
         self.http_port = self._http.port
 
@@ -101,8 +115,11 @@ class Runtime:
         return web.Response(text="ok\n")
 
     async def _readyz(self, _: web.Request) -> web.Response:
+        if self._bus is None:
+            servers = ", ".join(self.settings.bus.servers)
+            return web.Response(status=503, text=f"not ready: connecting to NATS at {servers}\n")
         reason = self._readiness()
-        if self._bus is None or not self._bus.nc.is_connected:
+        if not self._bus.nc.is_connected:
             reason = reason or "not connected to NATS"
         if reason:
             return web.Response(status=503, text=f"not ready: {reason}\n")
@@ -125,21 +142,39 @@ class Runtime:
 
 
 async def run_until_signalled(runtime: Runtime, service: Service) -> None:
-    """Start, serve until SIGTERM or SIGINT, then stop gracefully (finishing in-flight work)."""
+    """Start, serve until SIGTERM or SIGINT, then stop gracefully (finishing in-flight work).
+
+    A signal is honoured at any moment: one that arrives while starting (waiting
+    for NATS, loading state) abandons the start and stops at once.
+    """
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
+
+    def on_signal(sig: signal.Signals) -> None:
+        if not stop.is_set():
+            log.info("%s: %s received; stopping", runtime.name, sig.name)
+        stop.set()
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    try:
+        loop.add_signal_handler(sig, on_signal, sig)
+    began: list[bool] = []
+
+    async def start() -> None:
         await runtime.start()
         runtime.set_readiness(service.readiness)
+        began.append(True)
         await service.start()
-        log.info("%s started; health on :%s", runtime.name, runtime.http_port)
-        await stop.wait()
+
+    try:
+        finished, _ = await unless_set(stop, start())
+        if finished:
+            log.info("%s started; health on :%s", runtime.name, runtime.http_port)
+            await stop.wait()
         log.info("%s stopping", runtime.name)
     finally:
+        if began:
+            with contextlib.suppress(Exception):
+                await service.stop()
+        await runtime.stop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
-        with contextlib.suppress(Exception):
-            await service.stop()
-        await runtime.stop()

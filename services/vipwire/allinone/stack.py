@@ -146,7 +146,8 @@ class Stack:
             self.state_dir = Path(self._tmp.name)
         else:
             self.state_dir = Path(self.settings.state_dir)
-        self.nats = NatsServer(self.state_dir / "jetstream")
+        # Its own process group: a Ctrl-C in the terminal stops the services first, then it.
+        self.nats = NatsServer(self.state_dir / "jetstream", own_process_group=True)
         real = self.settings.kubeconfigs
         self.clusters = list(real) or [cluster_name(i) for i in range(self.settings.clusters)]
         self.emulators = {

@@ -13,6 +13,7 @@ import sys
 import time
 from typing import TYPE_CHECKING, Any, Literal
 
+from vipwire.aio import unless_set
 from vipwire.contracts import ServiceRef
 from vipwire.metrics import percentile
 from vipwire.telemetry import configure_logging
@@ -105,6 +106,26 @@ async def create_demo(stack: Stack, clock: StatusClock, per_cluster: int) -> Non
 
 
 async def up(args: argparse.Namespace) -> int:
+    """Run the stack until Ctrl-C (or SIGTERM), at any moment: then stop the services,
+    then NATS (in a process group of its own, so the terminal's Ctrl-C spares it), and exit 0."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def on_signal(sig: signal.Signals) -> None:
+        if not stop.is_set():
+            print(f"vipwire up: {sig.name}: stopping the services, then NATS", file=sys.stderr)
+        stop.set()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, on_signal, sig)
+    try:
+        return await _up(args, stop)
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+
+
+async def _up(args: argparse.Namespace, stop: asyncio.Event) -> int:
     smoke: bool = args.smoke
     configure_logging("WARNING" if not smoke else "ERROR", stream=sys.stderr)
     dashboard_port: int | None = args.dashboard_port
@@ -124,20 +145,22 @@ async def up(args: argparse.Namespace) -> int:
     demo = not real or args.demo
     stack = Stack(settings)
     print(f"vipwire up: JetStream store in {stack.state_dir / 'jetstream'}", file=sys.stderr)
-    try:
-        await stack.start()
-    except Exception as exc:
-        await stack.stop()
-        print(f"vipwire up: the stack did not start: {exc}", file=sys.stderr)
-        return 1
-    if stack.dashboard_url is not None:
-        print(f"vipwire up: dashboard on {stack.dashboard_url}", file=sys.stderr)
-    clock = StatusClock(
-        stack.emulators,
-        polled=[c for c in stack.clusters if c not in stack.emulators],
-        has_status=lambda ref: bool(stack.ingress_ips(ref.cluster, ref.name, ref.namespace)),
-    )
-    try:
+    clocks: list[StatusClock] = []
+
+    async def run() -> int:
+        try:
+            await stack.start()
+        except Exception as exc:
+            print(f"vipwire up: the stack did not start: {exc}", file=sys.stderr)
+            return 1
+        if stack.dashboard_url is not None:
+            print(f"vipwire up: dashboard on {stack.dashboard_url}", file=sys.stderr)
+        clock = StatusClock(
+            stack.emulators,
+            polled=[c for c in stack.clusters if c not in stack.emulators],
+            has_status=lambda ref: bool(stack.ingress_ips(ref.cluster, ref.name, ref.namespace)),
+        )
+        clocks.append(clock)
         try:
             await stack.wait_ready(timeout=30)
         except TimeoutError:
@@ -148,14 +171,24 @@ async def up(args: argparse.Namespace) -> int:
             await create_demo(stack, clock, args.services)
         if smoke:
             return await _smoke(clock, args.timeout)
-        return await _live(stack)
+        return await _live(stack, stop)
+
+    try:
+        finished, code = await unless_set(stop, run())
+        if not finished or code is None:
+            # Stopped by a signal before the end: a smoke run has no verdict to give.
+            code = 1 if smoke else 0
+        return code
     finally:
-        await clock.stop()
-        if real and demo:
-            await _remove_demo(stack, list(clock.created))
+        for clock in clocks:
+            await clock.stop()
+        if real and demo and clocks:
+            await _remove_demo(stack, list(clocks[0].created))
         await stack.stop()
         if args.state_dir:
             print(f"vipwire up: state kept in {args.state_dir}", file=sys.stderr)
+        if stop.is_set():
+            print("vipwire up: stopped", file=sys.stderr)
 
 
 async def _remove_demo(stack: Stack, keys: list[ServiceRef]) -> None:
@@ -199,19 +232,15 @@ async def _smoke(clock: StatusClock, timeout: float) -> int:
     return 0 if ok else 1
 
 
-async def _live(stack: Stack) -> int:
+async def _live(stack: Stack, stop: asyncio.Event) -> int:
     import nats
 
     from vipwire.allinone.view import BusView
 
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
     nc = await nats.connect(stack.nats.url, name="vipwire-up-view")
     view = BusView()
-    await view.start(nc)
     try:
+        await view.start(nc)
         while not stop.is_set():
             statuses = {
                 r: stack.ingress_ips(r.cluster, r.name, r.namespace) for r in list(view.rows)
@@ -230,8 +259,6 @@ async def _live(stack: Stack) -> int:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), 1.0)
     finally:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(sig)
         await view.stop()
         await nc.close()
     return 0

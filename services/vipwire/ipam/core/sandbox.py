@@ -107,7 +107,12 @@ class Sandbox:
         record = self.records.get(ref)
         plan = decide(snap, record, self.allocator)
         if plan.action == "replace" and record is not None:
-            self._release(ref, record)
+            if record.state == "releasing":
+                # Its virtual server may still be on the appliance: the claims stay
+                # until its LbRemoved, which forgets them by owner.
+                del self.records[ref]
+            else:
+                self._release(ref, record)
             plan = decide(snap, None, self.allocator)
         if plan.action == "ignore":
             return []
@@ -157,6 +162,10 @@ class Sandbox:
         if record is not None:
             self._release(ref, record)
         return record
+
+    def forget(self, owner: Owner) -> tuple[str, ...]:
+        """Leave every claim ``owner`` holds (an incarnation without a record)."""
+        return self._leave(owner, self.allocator.held_by(owner))
 
     def _release(self, ref: ServiceRef, record: ServiceRecord) -> None:
         del self.records[ref]

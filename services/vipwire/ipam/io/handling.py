@@ -170,7 +170,12 @@ class Lifecycle:
                     plan = decide(snap, current[0], self.cache.allocator)
                     if plan.action != "replace":
                         return await self._keep(snap, d, plan, key, current, quiet=quiet, tag=tag)
-                    await self.ledger.release_record(key, *current)
+                    if current[0].state == "releasing":
+                        # Its virtual server may still be on the appliance: keep the
+                        # claims until its LbRemoved (which forgets them by owner).
+                        await self.ledger.drop_record(key, current[1])
+                    else:
+                        await self.ledger.release_record(key, *current)
                 async with self._group_lock(request):
                     group = await self.ledger.read_group(request)
                     # Nothing awaited between choosing and the commit's first step, which

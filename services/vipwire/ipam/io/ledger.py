@@ -78,6 +78,10 @@ class Ledger:
         self.metrics.changed()
         self._on_freed()
 
+    async def drop_record(self, key: str, revision: int) -> None:
+        """Delete a record and keep its claims (their owner leaves them on LbRemoved)."""
+        await self.store.delete_record(key, revision)
+
     async def undo(self, key: str, record: ServiceRecord, owner: Owner) -> None:
         """Take back an allocation whose Service went away before it was published."""
         for _ in range(self.conflict_retries):

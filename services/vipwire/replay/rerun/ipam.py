@@ -180,6 +180,8 @@ class IpamCheck(NextFitChecks):
         ref = (message.cluster, message.namespace, message.name)
         record = self._record(ref, message.uid)
         if record is None:
+            # An incarnation replaced while withdrawn: its claims go now.
+            self.ipam.forget(Owner(*ref, message.uid))
             return
         plan = decide(message, record, self.allocator)
         if plan.action in ("release", "reassign"):
@@ -226,8 +228,12 @@ class IpamCheck(NextFitChecks):
         if other is not None and (
             snap is None or decide(snap, other, self.allocator).action == "replace"
         ):
-            # A new incarnation of the name: ipam drops the old one's record first.
-            self.ipam.drop(ServiceRef(*ref))
+            # A new incarnation of the name: ipam drops the old one's record first,
+            # and its claims too unless it is being withdrawn (they wait for LbRemoved).
+            if other.state == "releasing":
+                del self.ipam.records[ServiceRef(*ref)]
+            else:
+                self.ipam.drop(ServiceRef(*ref))
         if snap is not None:
             self._judge_fresh(event, v, snap)
         self._commit(v, snap, owner)
