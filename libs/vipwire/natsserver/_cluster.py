@@ -125,6 +125,11 @@ class NatsCluster:
         """Every server's client URL (for ``BusSettings.servers``)."""
         return tuple(s.url for s in self.servers)
 
+    @property
+    def url(self) -> str:
+        """Every server's URL, comma-separated (for display; a client takes ``urls``)."""
+        return ",".join(self.urls)
+
     # --- lifecycle -------------------------------------------------------------------
 
     async def start(self, timeout: float = 30.0) -> None:
