@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import aiohttp
+import msgspec
 import pytest
 
 from support.lbdriver import LbHarness
@@ -254,3 +255,49 @@ async def test_a_stalled_consumer_makes_readyz_false_until_it_delivers_again(
     await eventually(lambda: got == ["held"], what="the held message handled")
     await eventually(lambda: rt.bus.consumer_problem() is None, what="the stall cleared")
     assert (await readyz(rt))[0] == 200
+
+
+# --- the cluster itself -----------------------------------------------------------------
+
+
+async def test_stream_and_kv_get_the_replicas_of_the_bus_settings(
+    make_runtime: RuntimeFactory,
+) -> None:
+    """With replicas 3, the VIPWIRE stream and a KV bucket are R3 (any one server may go)."""
+    rt = await make_runtime("declarer")
+    await rt.bus.kv("replicated")
+    assert (await rt.bus.js.stream_info(STREAM)).config.num_replicas == 3
+    assert (await rt.bus.js.stream_info("KV_replicated")).config.num_replicas == 3
+
+
+async def test_a_killed_server_rejoins_on_its_ports_and_catches_up(
+    cluster: NatsCluster, bus_settings: BusSettings, make_runtime: RuntimeFactory
+) -> None:
+    """kill(i) then restart(i): the server rejoins on the same URL, and a client of that
+    server alone reads what was published while it was down (the R3 stream caught up)."""
+    rt = await make_runtime("writer")
+    url = cluster.servers[2].url
+    cluster.kill(2)
+    await publish_until_accepted(rt.bus, NodeGone(cluster="east", node="while-down"), "down")
+    await cluster.restart(2)
+    assert cluster.servers[2].url == url and cluster.servers[2].alive
+    only = await make_runtime_on(bus_settings, (url,))
+    try:
+        await eventually(
+            lambda: only.bus.last_message("vipwire.east.node.while-down"),
+            what="the message published while it was down, read through it",
+        )
+    finally:
+        await only.stop()
+
+
+async def make_runtime_on(settings: BusSettings, servers: tuple[str, ...]) -> Runtime:
+    from vipwire.runtime import CommonSettings
+
+    runtime = Runtime(
+        "one-server",
+        CommonSettings(bus=msgspec.structs.replace(settings, servers=servers)),
+        connect_attempts=20,
+    )
+    await runtime.start()
+    return runtime
