@@ -451,7 +451,15 @@ class PullConsumer:
             max_ack_pending=max(spec.batch * 4, 1024) if acked else None,
             inactive_threshold=None if spec.durable else spec.inactive_threshold,
         )
-        info = await self._bus.js.add_consumer(STREAM, config, timeout=timeout)
+        try:
+            info = await self._bus.js.add_consumer(STREAM, config, timeout=timeout)
+        except nats.js.errors.APIError as exc:
+            # "deliver policy can not be updated": it exists with another start, as a
+            # replica re-created it (after the server lost it) from where that replica
+            # had got to. Shared, so bind to it as it is.
+            if spec.durable is None or exc.err_code != 10012:
+                raise
+            info = await self._bus.js.consumer_info(STREAM, spec.durable, timeout=timeout)
         if info.name != self._name and not self._caught_up.is_set():
             self._handled = 0
         self._name = info.name
