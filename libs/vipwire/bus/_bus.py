@@ -285,6 +285,11 @@ class Bus:
         self._consumers.append(consumer)
         return consumer
 
+    @property
+    def consumers(self) -> tuple[PullConsumer, ...]:
+        """Every consumer made on this bus and not closed."""
+        return tuple(self._consumers)
+
     def consumer_problem(self) -> str | None:
         """Which consumer gets no messages now and why (lost, stalled); None: all get them.
 

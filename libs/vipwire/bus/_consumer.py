@@ -401,6 +401,17 @@ class PullConsumer:
                 await self._bus.js.delete_consumer(STREAM, self._name)
 
     @property
+    def name(self) -> str | None:
+        """The consumer's name on the server now (None before start; an ephemeral
+        consumer gets a new one each time it is created anew)."""
+        return self._name
+
+    @property
+    def label(self) -> str:
+        """How logs and metrics name it: the durable name, else its filters."""
+        return self._label
+
+    @property
     def problem(self) -> str | None:
         """Why this consumer gets no messages now (lost, stalled); None: it does."""
         return None if self._stopping else self.health.problem
@@ -440,7 +451,15 @@ class PullConsumer:
             max_ack_pending=max(spec.batch * 4, 1024) if acked else None,
             inactive_threshold=None if spec.durable else spec.inactive_threshold,
         )
-        info = await self._bus.js.add_consumer(STREAM, config, timeout=timeout)
+        try:
+            info = await self._bus.js.add_consumer(STREAM, config, timeout=timeout)
+        except nats.js.errors.APIError as exc:
+            # "deliver policy can not be updated": it exists with another start, as a
+            # replica re-created it (after the server lost it) from where that replica
+            # had got to. Shared, so bind to it as it is.
+            if spec.durable is None or exc.err_code != 10012:
+                raise
+            info = await self._bus.js.consumer_info(STREAM, spec.durable, timeout=timeout)
         if info.name != self._name and not self._caught_up.is_set():
             self._handled = 0
         self._name = info.name
@@ -470,13 +489,25 @@ class PullConsumer:
                 await self._request(free)
             self._wake.clear()
             with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), spec.heartbeat)
-            if not self._stopping:
+                # Twice per heartbeat: a silence is noticed within half a heartbeat.
+                await asyncio.wait_for(self._wake.wait(), spec.heartbeat / 2)
+            if self._halting():
+                break
+            try:
                 await self._check()
+            except Exception:
+                # The loop that keeps the consumer fed must outlive any surprise.
+                log.exception("consumer %s: health check failed; trying again", self._label)
+
+    def _halting(self) -> bool:
+        # A method, not the attribute: a stop may begin while we await.
+        return self._stopping
 
     @property
     def _probe_timeout(self) -> float:
-        return max(1.0, 2 * self.spec.heartbeat)
+        # Short: a consumer whose server is gone never answers, and a healthy one
+        # answers in milliseconds; a slow answer costs at most a needless re-creation.
+        return max(1.0, self.spec.heartbeat)
 
     async def _check(self) -> None:
         """One look at the consumer's health, when something calls for it."""
@@ -548,20 +579,36 @@ class PullConsumer:
             return  # unanswered: the heartbeats tell whether its server is gone
         pending = int(info.num_pending or 0)
         self.health.pending(pending)
-        if stalled(num_pending=pending, delivered_since_check=delivered or self._delivered_since_check):
-            idle = time.monotonic() - self._last_delivery
-            self.health.change(
-                "stalled",
-                f"the stream holds {pending} message(s) for it and none came for {idle:.0f}s",
-            )
-            # A durable consumer is shared: only bound again, never moved.
-            await self._recreate_now("stalled", resume=self.spec.durable is None)
-        elif self.health.state == "stalled" and pending == 0:
-            self.health.change("connected", "nothing pending any more")
+        if not stalled(
+            num_pending=pending, delivered_since_check=delivered or self._delivered_since_check
+        ):
+            if self.health.state == "stalled" and pending == 0:
+                self.health.change("connected", "nothing pending any more")
+            return
+        idle = time.monotonic() - self._last_delivery
+        held = f"the stream holds {pending} message(s) for it and none came for {idle:.0f}s"
+        if info.paused:
+            # Someone paused it on purpose: reported, never undone behind their back.
+            until = info.config.pause_until
+            self.health.change("stalled", f"{held}: paused on the server until {until}")
+        elif self.spec.durable is None:
+            self.health.change("stalled", held)
+            await self._recreate_now("stalled", resume=True)
+        else:
+            # Shared with other replicas, so never replaced: its leader is asked to step
+            # down, and the new one (with the replicated state) delivers.
+            self.health.change("stalled", f"{held}; asking its leader to step down")
+            subject = f"$JS.API.CONSUMER.LEADER.STEPDOWN.{STREAM}.{self._name}"
+            with contextlib.suppress(TimeoutError, nats.errors.Error):
+                await self._bus.nc.request(subject, b"", timeout=self._probe_timeout)
+            self._outstanding = 0  # the old leader's requests die with its leadership
 
     async def _info(self) -> ConsumerInfo:
         assert self._name is not None
-        return await self._bus.js.consumer_info(STREAM, self._name, timeout=self._probe_timeout)
+        info: ConsumerInfo = await self._bus.js.consumer_info(
+            STREAM, self._name, timeout=self._probe_timeout
+        )
+        return info
 
     async def _recreate_now(self, why: str, *, resume: bool) -> None:
         """Create the consumer anew (``resume``: from the first sequence not finished here).

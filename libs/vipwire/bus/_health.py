@@ -189,8 +189,7 @@ class ConsumerHealth:
             )
         else:
             log.warning(
-                "consumer %s: %s: %s; re-creating it on a surviving server, "
-                "/readyz is false until it delivers again",
+                "consumer %s: %s: %s; /readyz is false until it delivers again",
                 self.label,
                 state,
                 detail,

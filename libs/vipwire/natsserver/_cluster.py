@@ -62,9 +62,7 @@ async def _http_get(host: str, port: int, path: str, timeout: float = 2.0) -> tu
 class ClusterServer:
     """One server of a :class:`NatsCluster`: its name, ports, store and process."""
 
-    def __init__(
-        self, index: int, name: str, host: str, ports: Sequence[int], home: Path
-    ) -> None:
+    def __init__(self, index: int, name: str, host: str, ports: Sequence[int], home: Path) -> None:
         self.index = index
         self.name = name
         self.host = host
@@ -126,6 +124,11 @@ class NatsCluster:
     def urls(self) -> tuple[str, ...]:
         """Every server's client URL (for ``BusSettings.servers``)."""
         return tuple(s.url for s in self.servers)
+
+    @property
+    def url(self) -> str:
+        """Every server's URL, comma-separated (for display; a client takes ``urls``)."""
+        return ",".join(self.urls)
 
     # --- lifecycle -------------------------------------------------------------------
 
@@ -217,15 +220,13 @@ class NatsCluster:
     async def wait_ready(self, timeout: float = 30.0) -> None:
         """Until every live server is healthy (JetStream current) and agrees on a meta leader."""
         deadline = time.monotonic() + timeout
-        problem = "not checked yet"
+        problem: str | None = "not checked yet"
         while time.monotonic() < deadline:
             problem = await self.problem()
             if problem is None:
                 return
             await asyncio.sleep(0.1)  # polling the servers' monitoring endpoint
-        tails = "\n".join(
-            f"--- {s.name}:\n" + "\n".join(s.log_tail[-10:]) for s in self.servers
-        )
+        tails = "\n".join(f"--- {s.name}:\n" + "\n".join(s.log_tail[-10:]) for s in self.servers)
         raise NatsServerError(f"NATS cluster not ready after {timeout:.0f}s: {problem}\n{tails}")
 
     async def problem(self) -> str | None:
@@ -302,9 +303,7 @@ class NatsCluster:
             stderr=asyncio.subprocess.PIPE,
             process_group=0,
         )
-        server._drain = asyncio.create_task(
-            self._drain_log(server), name=f"nats-{server.name}-log"
-        )
+        server._drain = asyncio.create_task(self._drain_log(server), name=f"nats-{server.name}-log")
 
     @staticmethod
     async def _drain_log(server: ClusterServer) -> None:
