@@ -128,3 +128,11 @@ def test_settings_that_cannot_hold_a_lease_are_refused() -> None:
         LeaseTimes(ttl_s=3.0, renew_s=2.5, safety_margin_s=0.5, clock_skew_s=0.0)
     with pytest.raises(ValueError, match="negative"):
         LeaseTimes(ttl_s=3.0, renew_s=1.0, safety_margin_s=0.5, clock_skew_s=-1.0)
+
+
+def test_the_emulators_read_the_headers_the_lbdriver_sends() -> None:
+    """The write log's writer and lease headers are the ones the fence stamps."""
+    from vipwire.applianceemu import LEASE_HEADER, WRITER_HEADER
+    from vipwire.lbdriver.io import fencing
+
+    assert (fencing.WRITER_HEADER, fencing.LEASE_HEADER) == (WRITER_HEADER, LEASE_HEADER)
