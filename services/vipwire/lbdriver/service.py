@@ -161,7 +161,8 @@ class LbdriverService:
         m.gauge(
             "lbdriver_pending_services",
             "Services waiting for a reconcile (coalescing or backing off)",
-            fn=lambda: float(self._schedule.pending_count()),
+            # A standby's Services all wait, for whoever leads: not a backlog to alert on.
+            fn=lambda: float(self._schedule.pending_count()) if self.role == "leader" else 0.0,
         )
 
     @property
@@ -336,7 +337,7 @@ class LbdriverService:
             now=time.time(),
             ready=self._start_up.ready,
             services=len(self._inventory),
-            pending=self._schedule.pending_count(),
+            pending=self._schedule.pending_count() if self.role == "leader" else 0,
             failing=self._inventory.failing(),
             drift_repairs=self._maintenance.drift_repairs,
             appliances=appliance_statuses(

@@ -210,7 +210,7 @@ class Election:
         return Seen(holder, entry.revision, entry.created_ns), True
 
     async def _write(self, decision: Decision) -> bool:
-        """Create or update the lease as decided; False: lost the race (read again now)."""
+        """Create or update the lease as decided; False: not written (read it again now)."""
         assert self._kv is not None
         value = msgspec.json.encode(
             LbdriverLease(holder=self.me, renewed_at=time.time(), ttl_s=self.times.ttl_s)
@@ -226,9 +226,11 @@ class Election:
                 await self._step_down("another replica took the lease")
             return False
         except BusError as exc:
-            # Unknown whether it was written; the term (if any) ends at its deadline.
+            # Unknown whether it was written: read it again shortly (a term, if any,
+            # still ends at its deadline, renewed or not).
             log.warning("writing the lbdriver lease %s failed: %s", self.key, exc)
-            return True
+            await self._sleep(time.monotonic() + _RETRY_S)
+            return False
         elected = self._term is None
         self._term = term_after_write(revision, sent_at, self.times)
         self._note_holder(self.me)
