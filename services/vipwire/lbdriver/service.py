@@ -245,10 +245,10 @@ class LbdriverService:
         return "leader" if self._election is not None and self._election.leader else "standby"
 
     def readiness(self) -> str | None:
-        # A standby is ready once replayed: it is what takes over.
-        if self.role == "standby" and self._start_up.replayed:
-            return None
-        return self._start_up.readiness()
+        # A standby is ready once replayed and told who leads: it is what takes over.
+        if self._start_up.replayed and not self.elected_or_standing_by:
+            return "electing the lbdriver leader"
+        return None if self.role == "standby" else self._start_up.readiness()
 
     async def stop(self) -> None:
         for consumer in (self._vip_consumer, self._state_consumer):
