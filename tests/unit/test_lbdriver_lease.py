@@ -85,7 +85,7 @@ def test_a_lease_still_naming_me_after_a_step_down_is_taken_back_by_revision() -
 
 def test_a_standby_watches_a_new_revision_from_its_own_clock() -> None:
     """A revision first seen now is watched from now; the wake is the next poll."""
-    d = run(50.0, Seen(OTHER, 4, created_ns=WALL), wall_ns=WALL)
+    d = run(50.0, Seen(OTHER, 4, written_ns=WALL), wall_ns=WALL)
     assert d.action == "stand_by"
     assert d.watched == Watched(4, 50.0)
     assert d.wake_at == 51.0
@@ -116,10 +116,10 @@ def test_the_standby_wakes_at_expiry_when_it_comes_before_the_next_poll() -> Non
 def test_a_long_dead_lease_is_taken_at_once_by_its_age() -> None:
     """An entry older than ttl + clock skew by the server's write time needs no wait."""
     old = WALL - int(4.1 * 1e9)
-    d = run(50.0, Seen(OTHER, 4, created_ns=old))
+    d = run(50.0, Seen(OTHER, 4, written_ns=old))
     assert (d.action, d.last) == ("acquire", 4)
     recent = WALL - int(3.9 * 1e9)
-    assert run(50.0, Seen(OTHER, 4, created_ns=recent)).action == "stand_by"
+    assert run(50.0, Seen(OTHER, 4, written_ns=recent)).action == "stand_by"
 
 
 def test_settings_that_cannot_hold_a_lease_are_refused() -> None:

@@ -202,12 +202,16 @@ class Election:
         if entry is None or entry.value is None:
             self._note_holder("")
             return None, True
+        written_ns = entry.created_ns  # the server's clock, where the read tells it
         try:
-            holder = msgspec.json.decode(entry.value, type=LbdriverLease).holder
+            lease = msgspec.json.decode(entry.value, type=LbdriverLease)
         except msgspec.DecodeError:
             holder = UNREADABLE
+        else:
+            holder = lease.holder
+            written_ns = written_ns or int(lease.renewed_at * 1e9)
         self._note_holder(holder)
-        return Seen(holder, entry.revision, entry.created_ns), True
+        return Seen(holder, entry.revision, written_ns), True
 
     async def _write(self, decision: Decision) -> bool:
         """Create or update the lease as decided; False: not written (read it again now)."""
