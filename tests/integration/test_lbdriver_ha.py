@@ -175,13 +175,23 @@ async def pair(
         await emu.stop()
 
 
-async def readyz(replica: Replica) -> str:
+async def get(replica: Replica, path: str) -> str:
     port = int((await replica.wait_for(_HEALTH)).group(1))
     async with (
         aiohttp.ClientSession() as session,
-        session.get(f"http://127.0.0.1:{port}/readyz") as resp,
+        session.get(f"http://127.0.0.1:{port}{path}") as resp,
     ):
         return f"{resp.status} {(await resp.text()).strip()}"
+
+
+async def readyz(replica: Replica) -> str:
+    return await get(replica, "/readyz")
+
+
+async def leader_gauge(replica: Replica) -> str:
+    found = re.search(r"^vipwire_lbdriver_leader (\S+)$", await get(replica, "/metrics"), re.M)
+    assert found, "no vipwire_lbdriver_leader gauge"
+    return found.group(1)
 
 
 async def test_only_the_leader_writes_and_the_standby_is_ready(pair: Pair) -> None:
@@ -194,6 +204,7 @@ async def test_only_the_leader_writes_and_the_standby_is_ready(pair: Pair) -> No
         await eventually(pair.programmed(f"web{i}"), READ_LIMIT_S, what=f"web{i} on the F5")
     assert await readyz(second) == "200 ready (standby)"
     assert await readyz(first) == "200 ready (leader)"
+    assert (await leader_gauge(first), await leader_gauge(second)) == ("1", "0")
     writes = pair.writes()
     assert writes, "the leader wrote"
     assert {r.writer for r in writes} == {leader}, writes
