@@ -133,6 +133,11 @@ class Pair:
     def programmed(self, name: str) -> Callable[[], bool]:
         return lambda: any(name in v for v in self.emu.names("virtual", CLUSTER))
 
+    def set_ttl(self, ttl_s: float) -> None:
+        """The lease ttl of the replicas spawned from now on."""
+        text = self.config.read_text()
+        self.config.write_text(re.sub(r"lease_ttl_s: \S+", f"lease_ttl_s: {ttl_s}", text))
+
     def writes(self, writer: str | None = None) -> list[WriteRecord]:
         records = self.emu.write_log.since(0)
         return [r for r in records if writer is None or r.writer == writer]
@@ -170,13 +175,23 @@ async def pair(
         await emu.stop()
 
 
-async def readyz(replica: Replica) -> str:
+async def get(replica: Replica, path: str) -> str:
     port = int((await replica.wait_for(_HEALTH)).group(1))
     async with (
         aiohttp.ClientSession() as session,
-        session.get(f"http://127.0.0.1:{port}/readyz") as resp,
+        session.get(f"http://127.0.0.1:{port}{path}") as resp,
     ):
         return f"{resp.status} {(await resp.text()).strip()}"
+
+
+async def readyz(replica: Replica) -> str:
+    return await get(replica, "/readyz")
+
+
+async def leader_gauge(replica: Replica) -> str:
+    found = re.search(r"^vipwire_lbdriver_leader (\S+)$", await get(replica, "/metrics"), re.M)
+    assert found, "no vipwire_lbdriver_leader gauge"
+    return found.group(1)
 
 
 async def test_only_the_leader_writes_and_the_standby_is_ready(pair: Pair) -> None:
@@ -189,6 +204,7 @@ async def test_only_the_leader_writes_and_the_standby_is_ready(pair: Pair) -> No
         await eventually(pair.programmed(f"web{i}"), READ_LIMIT_S, what=f"web{i} on the F5")
     assert await readyz(second) == "200 ready (standby)"
     assert await readyz(first) == "200 ready (leader)"
+    assert (await leader_gauge(first), await leader_gauge(second)) == ("1", "0")
     writes = pair.writes()
     assert writes, "the leader wrote"
     assert {r.writer for r in writes} == {leader}, writes
@@ -241,3 +257,20 @@ async def test_a_leader_paused_past_its_lease_writes_nothing_after_it_resumes(
     late = [r for r in pair.writes(leader) if r.started_ns >= resumed_ns]
     assert late == [], late
     assert not overlapping_writes(pair.writes())
+
+
+async def test_a_graceful_stop_hands_the_lease_over_at_once(pair: Pair) -> None:
+    """SIGTERM of the leader: it exits 0 and releases the lease; the standby leads and
+    writes long before the 10 s lease would have run out."""
+    pair.set_ttl(10)
+    first, _, second, standby = await pair.leader_and_standby()
+    stopped = time.monotonic()
+    first.signal(signal.SIGTERM)
+    await second.wait_for(_LEADER)
+    took_s = time.monotonic() - stopped
+    assert await asyncio.wait_for(first.proc.wait(), READ_LIMIT_S) == 0
+    assert any("lease lbdriver.leader released" in line for line in first.lines), first.tail()
+    assert took_s < 3.0, f"took over {took_s:.1f}s after SIGTERM (lease ttl 10 s)"
+    await pair.create("web", "192.0.2.10")
+    await eventually(pair.programmed("web"), READ_LIMIT_S, what="web on the F5")
+    assert {r.writer for r in pair.writes()} == {standby}

@@ -85,7 +85,7 @@ def test_a_lease_still_naming_me_after_a_step_down_is_taken_back_by_revision() -
 
 def test_a_standby_watches_a_new_revision_from_its_own_clock() -> None:
     """A revision first seen now is watched from now; the wake is the next poll."""
-    d = run(50.0, Seen(OTHER, 4, created_ns=WALL), wall_ns=WALL)
+    d = run(50.0, Seen(OTHER, 4, written_ns=WALL), wall_ns=WALL)
     assert d.action == "stand_by"
     assert d.watched == Watched(4, 50.0)
     assert d.wake_at == 51.0
@@ -116,10 +116,10 @@ def test_the_standby_wakes_at_expiry_when_it_comes_before_the_next_poll() -> Non
 def test_a_long_dead_lease_is_taken_at_once_by_its_age() -> None:
     """An entry older than ttl + clock skew by the server's write time needs no wait."""
     old = WALL - int(4.1 * 1e9)
-    d = run(50.0, Seen(OTHER, 4, created_ns=old))
+    d = run(50.0, Seen(OTHER, 4, written_ns=old))
     assert (d.action, d.last) == ("acquire", 4)
     recent = WALL - int(3.9 * 1e9)
-    assert run(50.0, Seen(OTHER, 4, created_ns=recent)).action == "stand_by"
+    assert run(50.0, Seen(OTHER, 4, written_ns=recent)).action == "stand_by"
 
 
 def test_settings_that_cannot_hold_a_lease_are_refused() -> None:
@@ -128,3 +128,11 @@ def test_settings_that_cannot_hold_a_lease_are_refused() -> None:
         LeaseTimes(ttl_s=3.0, renew_s=2.5, safety_margin_s=0.5, clock_skew_s=0.0)
     with pytest.raises(ValueError, match="negative"):
         LeaseTimes(ttl_s=3.0, renew_s=1.0, safety_margin_s=0.5, clock_skew_s=-1.0)
+
+
+def test_the_emulators_read_the_headers_the_lbdriver_sends() -> None:
+    """The write log's writer and lease headers are the ones the fence stamps."""
+    from vipwire.applianceemu import LEASE_HEADER, WRITER_HEADER
+    from vipwire.lbdriver.io import fencing
+
+    assert (fencing.WRITER_HEADER, fencing.LEASE_HEADER) == (WRITER_HEADER, LEASE_HEADER)

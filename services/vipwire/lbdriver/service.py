@@ -161,7 +161,8 @@ class LbdriverService:
         m.gauge(
             "lbdriver_pending_services",
             "Services waiting for a reconcile (coalescing or backing off)",
-            fn=lambda: float(self._schedule.pending_count()),
+            # A standby's Services all wait, for whoever leads: not a backlog to alert on.
+            fn=lambda: float(self._schedule.pending_count()) if self.role == "leader" else 0.0,
         )
 
     @property
@@ -244,10 +245,10 @@ class LbdriverService:
         return "leader" if self._election is not None and self._election.leader else "standby"
 
     def readiness(self) -> str | None:
-        # A standby is ready once replayed: it is what takes over.
-        if self.role == "standby" and self._start_up.replayed:
-            return None
-        return self._start_up.readiness()
+        # A standby is ready once replayed and told who leads: it is what takes over.
+        if self._start_up.replayed and not self.elected_or_standing_by:
+            return "electing the lbdriver leader"
+        return None if self.role == "standby" else self._start_up.readiness()
 
     async def stop(self) -> None:
         for consumer in (self._vip_consumer, self._state_consumer):
@@ -336,7 +337,7 @@ class LbdriverService:
             now=time.time(),
             ready=self._start_up.ready,
             services=len(self._inventory),
-            pending=self._schedule.pending_count(),
+            pending=self._schedule.pending_count() if self.role == "leader" else 0,
             failing=self._inventory.failing(),
             drift_repairs=self._maintenance.drift_repairs,
             appliances=appliance_statuses(

@@ -15,7 +15,7 @@ Times:
   ``ttl_s`` from *after* they saw that renewal, so the holder stops first.
 - A standby takes over when it has seen the same revision for ``ttl_s`` by its own
   clock (a standby just started therefore waits a full ``ttl_s``), or earlier when
-  the entry's own age (the server's write time against ``wall``) is beyond
+  the entry's own age (its write time against ``wall``) is beyond
   ``ttl_s + clock_skew_s``: a lease left by a replica long dead.
 """
 
@@ -53,8 +53,9 @@ class Seen:
 
     holder: str
     revision: int
-    #: Server write time of this revision, ns since the epoch (0: unknown).
-    created_ns: int = 0
+    #: When this revision was written, ns since the epoch: the server's time where the
+    #: read tells it, else the renewal time the holder recorded in it (0: unknown).
+    written_ns: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,7 +142,7 @@ def decide(
     if watched is None or watched.revision != seen.revision:
         watched = Watched(seen.revision, now)
     expires = watched.since + times.ttl_s
-    age_s = (wall_ns - seen.created_ns) / 1e9 if seen.created_ns else 0.0
+    age_s = (wall_ns - seen.written_ns) / 1e9 if seen.written_ns else 0.0
     if now >= expires:
         reason = f"{seen.holder} did not renew for {times.ttl_s:g}s"
         return Decision("acquire", seen.revision, poll, None, reason)

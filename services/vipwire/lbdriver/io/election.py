@@ -202,15 +202,19 @@ class Election:
         if entry is None or entry.value is None:
             self._note_holder("")
             return None, True
+        written_ns = entry.created_ns  # the server's clock, where the read tells it
         try:
-            holder = msgspec.json.decode(entry.value, type=LbdriverLease).holder
+            lease = msgspec.json.decode(entry.value, type=LbdriverLease)
         except msgspec.DecodeError:
             holder = UNREADABLE
+        else:
+            holder = lease.holder
+            written_ns = written_ns or int(lease.renewed_at * 1e9)
         self._note_holder(holder)
-        return Seen(holder, entry.revision, entry.created_ns), True
+        return Seen(holder, entry.revision, written_ns), True
 
     async def _write(self, decision: Decision) -> bool:
-        """Create or update the lease as decided; False: lost the race (read again now)."""
+        """Create or update the lease as decided; False: not written (read it again now)."""
         assert self._kv is not None
         value = msgspec.json.encode(
             LbdriverLease(holder=self.me, renewed_at=time.time(), ttl_s=self.times.ttl_s)
@@ -226,9 +230,11 @@ class Election:
                 await self._step_down("another replica took the lease")
             return False
         except BusError as exc:
-            # Unknown whether it was written; the term (if any) ends at its deadline.
+            # Unknown whether it was written: read it again shortly (a term, if any,
+            # still ends at its deadline, renewed or not).
             log.warning("writing the lbdriver lease %s failed: %s", self.key, exc)
-            return True
+            await self._sleep(time.monotonic() + _RETRY_S)
+            return False
         elected = self._term is None
         self._term = term_after_write(revision, sent_at, self.times)
         self._note_holder(self.me)
