@@ -120,6 +120,9 @@ class ChaosOptions(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     watcher_lease_s: Annotated[int, msgspec.Meta(ge=3)] = 6
     #: Seconds to wait for convergence after the last fault.
     converge_timeout_s: Annotated[float, msgspec.Meta(gt=0)] = 180.0
+    #: Chance (0..1), per API write, that its watch events go out before its reply (as a
+    #: real API server may order them).
+    watch_first: Annotated[float, msgspec.Meta(ge=0, le=1)] = 0.5
     #: Seconds within which writes by two lbdriver replicas count as "at once".
     writers_gap_s: Annotated[float, msgspec.Meta(gt=0)] = 1.0
 
@@ -280,7 +283,12 @@ class ChaosFleet:
         self.state_dir = Path(tempfile.mkdtemp(prefix="vipwire-chaos-"))
         self.nats = _nats(options.nats_servers, self.state_dir / "nats")
         self.clusters = [cluster_name(i) for i in range(options.clusters)]
-        self.emulators = {c: KubeEmulator(c, bookmark_interval=5.0) for c in self.clusters}
+        self.emulators = {
+            c: KubeEmulator(
+                c, bookmark_interval=5.0, watch_first=options.watch_first, seed=options.seed + i
+            )
+            for i, c in enumerate(self.clusters)
+        }
         self.components: list[Component] = []
         self.appliance_port = free_port()
         self.env = dict(os.environ)
