@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import signal
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -36,7 +38,7 @@ from vipwire.contracts import (
     family_filter,
 )
 from vipwire.lbdriver import ApplianceSettings
-from vipwire.natsserver import NatsCluster
+from vipwire.natsserver import NatsCluster, NatsServerError
 from vipwire.runtime import Runtime
 from vipwire.testing import eventually
 
@@ -289,6 +291,17 @@ async def test_a_killed_server_rejoins_on_its_ports_and_catches_up(
         )
     finally:
         await only.stop()
+
+
+async def test_a_server_that_dies_by_itself_fails_the_wait_at_once(cluster: NatsCluster) -> None:
+    """A server that exits without kill() (a port taken, a bad store) is an error with its
+    log lines, not a wait until the timeout."""
+    proc = cluster.servers[1].proc
+    assert proc is not None
+    os.kill(proc.pid, signal.SIGKILL)
+    await proc.wait()
+    with pytest.raises(NatsServerError, match="n1 exited"):
+        await cluster.wait_ready(timeout=30)
 
 
 async def make_runtime_on(settings: BusSettings, servers: tuple[str, ...]) -> Runtime:
