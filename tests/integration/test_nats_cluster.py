@@ -212,6 +212,42 @@ async def test_a_consumer_resumes_on_a_surviving_server_without_gap_or_duplicate
     )
 
 
+# A hung server accepts TCP connections (the kernel does) but never greets: nats-py drops
+# such a reconnect attempt after its timeout without closing that socket.
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+async def test_a_consumer_whose_server_hangs_moves_to_a_surviving_one(
+    cluster: NatsCluster, make_runtime: RuntimeFactory
+) -> None:
+    """SIGSTOP the server a consumer's connection is on: its TCP connection stays open, yet
+    the client takes it for dead (unanswered pings) and the consumer resumes elsewhere,
+    instead of waiting minutes for nats-py's default ping timeout."""
+    rt = await make_runtime("hung")
+    publisher = await make_runtime("publisher")
+    got: list[str] = []
+
+    async def handler(d: Delivery) -> Verdict:
+        assert isinstance(d.message, NodeGone)
+        got.append(d.message.node)
+        return DONE
+
+    consumer = rt.bus.consumer(KINDS["ephemeral"], handler)
+    await consumer.start()
+    await publish_until_accepted(publisher.bus, NodeGone(cluster="east", node="before"), "b")
+    await eventually(lambda: got == ["before"], what="'before' handled")
+    url = rt.bus.nc.connected_url
+    assert url is not None
+    (hung,) = (s.index for s in cluster.servers if s.url.endswith(f":{url.port}"))
+    paused = time.monotonic()
+    cluster.pause(hung)
+    try:
+        await publish_until_accepted(publisher.bus, NodeGone(cluster="east", node="after"), "a")
+        await eventually(lambda: "after" in got, timeout=20, what="'after' handled elsewhere")
+        log.warning("hung server: handled %.1fs after the SIGSTOP", time.monotonic() - paused)
+    finally:
+        cluster.resume(hung)
+    assert got == ["before", "after"]
+
+
 # --- a stalled consumer is reported, then clears ---------------------------------------
 
 
