@@ -391,8 +391,9 @@ class PullConsumer:
         for lane in self._lanes:
             lane.put_nowait(None)
         self._wake.set()
-        _, pending = await asyncio.wait(self._tasks, timeout=10.0)
-        await cancel_and_wait(pending)
+        if self._tasks:  # none when start() failed
+            _, pending = await asyncio.wait(self._tasks, timeout=10.0)
+            await cancel_and_wait(pending)
         self._tasks.clear()
         if self.spec.durable is None and self._name is not None:
             # An ephemeral consumer would otherwise linger on the server until

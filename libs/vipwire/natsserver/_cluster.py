@@ -22,6 +22,10 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+import nats.errors
+import nats.js.errors
+from nats.aio.client import Client as NatsClient
+
 from vipwire.natsserver._server import NatsServerError, find_binary
 
 
@@ -262,6 +266,33 @@ class NatsCluster:
             leaders.add(leader)
         if len(leaders) > 1:
             return f"servers disagree on the meta leader: {sorted(leaders)}"
+        return await self._streams_problem(live)
+
+    async def _streams_problem(self, live: Sequence[ClusterServer]) -> str | None:
+        """Whether every stream (KV buckets included) and durable consumer answers a
+        client, through each live server: after a restart of the whole cluster, they
+        elect their leaders after the servers call themselves healthy."""
+        for server in live:
+            nc = NatsClient()
+            try:
+                await nc.connect(
+                    servers=[server.url],
+                    connect_timeout=1,
+                    allow_reconnect=False,
+                    max_reconnect_attempts=0,
+                )
+                js = nc.jetstream(timeout=1.0)
+                for stream in await js.streams_info():
+                    name = stream.config.name or ""
+                    await js.stream_info(name)
+                    for consumer in await js.consumers_info(name):
+                        if consumer.config.durable_name:  # ephemeral ones of a past run expire
+                            await js.consumer_info(name, consumer.name)
+            except (OSError, TimeoutError, nats.errors.Error, nats.js.errors.Error) as exc:
+                return f"{server.name}: a stream or consumer does not answer yet ({exc!r})"
+            finally:
+                with contextlib.suppress(Exception):
+                    await nc.close()
         return None
 
     async def jsz(self, index: int, query: str = "") -> dict[str, Any]:
