@@ -461,6 +461,9 @@ class PullConsumer:
             if spec.durable is None or exc.err_code != 10012:
                 raise
             info = await self._bus.js.consumer_info(STREAM, spec.durable, timeout=timeout)
+        floor = info.ack_floor if spec.durable is not None else info.delivered
+        if floor is not None and floor.stream_seq:
+            self._progress.start_after(int(floor.stream_seq))
         if info.name != self._name and not self._caught_up.is_set():
             self._handled = 0
         self._name = info.name
