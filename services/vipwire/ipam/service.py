@@ -49,6 +49,7 @@ from vipwire.ipam.io.markers import sweep_markers
 from vipwire.ipam.io.metrics import IpamMetrics
 from vipwire.ipam.io.publishing import Publisher
 from vipwire.ipam.io.reload import Reloader
+from vipwire.ipam.io.status_index import StatusIndex
 from vipwire.ipam.io.waiting import WaitingQueue, WaitingRetrier
 from vipwire.ipam.settings import IpamSettings
 from vipwire.runtime import Runtime
@@ -88,6 +89,7 @@ class IpamService:
             runtime.metrics, lambda: self.allocator, lambda: len(self.waiting)
         )
         self.lifecycle: Lifecycle | None = None
+        self.status_index: StatusIndex | None = None
         self.consumer: _Consumer | None = None
         self._control: OperatorControl | None = None
         self._reloader: Reloader | None = None
@@ -132,6 +134,7 @@ class IpamService:
             raise StoreError(f"cannot open KV bucket {IPAM_BUCKET}: {exc}") from exc
         cache = self._cache = ClaimCache(store, self._initial, on_change=self._on_claim_change)
         publisher = Publisher(bus)
+        status_index = self.status_index = StatusIndex(bus)
         ledger = Ledger(
             cache,
             self.metrics,
@@ -146,6 +149,8 @@ class IpamService:
             self.metrics,
             conflict_retries=s.conflict_retries,
             retry_delay_s=s.retry_delay_s,
+            status=status_index,
+            status_wait_s=s.status_wait_s,
         )
         retrier = WaitingRetrier(
             self.waiting,
@@ -189,6 +194,9 @@ class IpamService:
             concurrency=s.concurrency,
             batch=s.prefetch,
         )
+        # Every Service's status VIPs, reserved for it: read before new addresses are
+        # chosen (see vipwire.ipam.core.status_vips).
+        await status_index.start()
         self.consumer = bus.consumer(spec, self.handle)
         await self.consumer.start()
         await self._control.start(bus)
@@ -218,6 +226,8 @@ class IpamService:
         if self.consumer is not None:
             await self.consumer.stop()
             self.consumer = None
+        if self.status_index is not None:
+            await self.status_index.stop()
         if self._cache is not None:
             await self._cache.stop()
         await cancel_and_wait(self._tasks)

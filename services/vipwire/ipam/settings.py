@@ -162,6 +162,12 @@ class IpamSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     #: off from the bus for longer would miss the deletes and keep believing the
     #: addresses taken (never given twice, but not given again until it restarts).
     marker_max_age_s: Annotated[float, msgspec.Meta(ge=0)] = 24 * 3600.0
+    #: Seconds a Service that needs new addresses waits for this replica's index of
+    #: status VIPs (the addresses every Service's status already holds, reserved for
+    #: it) to read the stream up to the Service's own snapshot; then it is retried.
+    #: New addresses pass over reserved ones, so after a lost store no Service takes
+    #: an address another one still holds in its status.
+    status_wait_s: Annotated[float, msgspec.Meta(gt=0)] = 10.0
 
     def __post_init__(self) -> None:
         names = [p.name for p in self.pools]

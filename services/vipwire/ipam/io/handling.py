@@ -44,6 +44,7 @@ from vipwire.ipam.io.claim_cache import ClaimCache
 from vipwire.ipam.io.ledger import Ledger
 from vipwire.ipam.io.metrics import IpamMetrics
 from vipwire.ipam.io.publishing import Newest, Publisher
+from vipwire.ipam.io.status_index import StatusIndex
 from vipwire.ipam.io.waiting import Waiting, WaitingQueue
 
 log = logging.getLogger("vipwire.ipam")
@@ -85,6 +86,8 @@ class Lifecycle:
         *,
         conflict_retries: int,
         retry_delay_s: float,
+        status: StatusIndex | None = None,
+        status_wait_s: float = 10.0,
     ) -> None:
         self.cache = cache
         self.ledger = ledger
@@ -94,6 +97,9 @@ class Lifecycle:
         self.locks = Locks()
         self.conflict_retries = conflict_retries
         self.retry_delay_s = retry_delay_s
+        #: Every Service's status VIPs, reserved for it (None: nothing reserved).
+        self.status = status
+        self.status_wait_s = status_wait_s
 
     async def handle(self, d: Delivery) -> Verdict:
         message = d.message
@@ -145,11 +151,13 @@ class Lifecycle:
         quiet: bool = False,
         tag: str = "",
         check_newer: bool = True,
+        honour_status: bool = True,
     ) -> Verdict:
         """Keep (or give) the Service its VIPs and say so. ``quiet``: no VipFailed.
         ``tag`` tells apart VipAssigned messages published for one delivery.
         ``check_newer``: skip ``d`` if a newer message is on its subject (False where
-        ``d`` was just read as the newest)."""
+        ``d`` was just read as the newest). ``honour_status``: False when the Service
+        must get new VIPs (an operator released its own), not those in its status."""
         ref = ServiceRef(snap.cluster, snap.namespace, snap.name)
         key = service_key(*ref)
         request = request_of(snap)
@@ -176,11 +184,23 @@ class Lifecycle:
                         await self.ledger.drop_record(key, current[1])
                     else:
                         await self.ledger.release_record(key, *current)
+                if not await self._status_read(snap, d):
+                    return Retry(
+                        delay=self.retry_delay_s,
+                        reason=f"the status VIP index has not read seq {d.seq} yet",
+                    )
                 async with self._group_lock(request):
                     group = await self.ledger.read_group(request)
                     # Nothing awaited between choosing and the commit's first step, which
                     # marks the new addresses as being claimed.
-                    plan = decide(snap, None, self.cache.allocator, skip=self.cache.claiming)
+                    plan = decide(
+                        snap,
+                        None,
+                        self.cache.allocator,
+                        skip=self.cache.claiming,
+                        status=self.status.vips if self.status is not None else None,
+                        honour_status=honour_status,
+                    )
                     if plan.choice is None:
                         return await self._refuse(snap, d, plan, quiet=quiet, guard=guard)
                     record = await self.ledger.commit(request, plan.choice, key, group)
@@ -192,6 +212,15 @@ class Lifecycle:
             delay=self.retry_delay_s,
             reason=f"{self.conflict_retries} compare-and-set conflicts in a row",
         )
+
+    async def _status_read(self, snap: ServiceSnapshot, d: Delivery) -> bool:
+        """Before choosing new addresses: wait until every snapshot published before
+        this one is in the status VIP index, so that no address another Service
+        holds in its status is taken (whichever is handled first). A Service naming
+        its addresses does not wait: reservations do not stand in a user's way."""
+        if self.status is None or snap.requested_ips:
+            return True
+        return await self.status.caught_up(d.seq, self.status_wait_s)
 
     async def _announce(
         self, snap: ServiceSnapshot, d: Delivery, plan: Plan, record: ServiceRecord, tag: str
@@ -215,6 +244,8 @@ class Lifecycle:
         choice = plan.choice
         how = f" (sharing key {snap.sharing_key!r})" if choice and choice.joined else ""
         log.info("assigned %s to %s%s", ", ".join(record.vips), "/".join(ref), how)
+        for note in plan.warnings:
+            log.warning("%s: %s; assigned %s", "/".join(ref), note, ", ".join(record.vips))
         if not published:
             await self.publisher.publish(outgoing.message, msg_id)
         return DONE
@@ -418,7 +449,11 @@ class Lifecycle:
             delivery = last.delivery(subject)
             assert delivery is not None
             return await self.on_live(
-                message, delivery, tag=f"-after-release-{d.seq}", check_newer=False
+                message,
+                delivery,
+                tag=f"-after-release-{d.seq}",
+                check_newer=False,
+                honour_status=False,
             )
         cluster, namespace, name = ref
         gone = VipReleased(
