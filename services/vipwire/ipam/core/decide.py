@@ -149,9 +149,7 @@ def _live(
         choice=choice,
         record=created,
         wait=False,
-        publish=(
-            Outgoing(assigned(snap, created, notes=choice.notes), "vip-assigned"),
-        ),
+        publish=(Outgoing(assigned(snap, created, notes=choice.notes), "vip-assigned"),),
         warnings=choice.notes,
     )
 
