@@ -185,6 +185,9 @@ class IpamService:
         )
         await cache.start(LOAD_TIMEOUT)
         log.info("loaded %d address claims", len(self.allocator.claims()))
+        if not self.allocator.claims() and s.restore_grace_s > 0:
+            # No claim at all: a first start, or a lost store (see Lifecycle.restoring).
+            lifecycle.restore_until = asyncio.get_running_loop().time() + s.restore_grace_s
         self.metrics.changed()
         await retrier.resume()
         spec = ConsumerSpec(

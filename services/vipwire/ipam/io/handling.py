@@ -100,6 +100,10 @@ class Lifecycle:
         #: Every Service's status VIPs, reserved for it (None: nothing reserved).
         self.status = status
         self.status_wait_s = status_wait_s
+        #: Loop time until which new Services wait after a start on an empty store
+        #: (None: not restoring; see :meth:`restoring`).
+        self.restore_until: float | None = None
+        self._told_restoring = False
 
     async def handle(self, d: Delivery) -> Verdict:
         message = d.message
@@ -184,11 +188,10 @@ class Lifecycle:
                         await self.ledger.drop_record(key, current[1])
                     else:
                         await self.ledger.release_record(key, *current)
-                if not await self._status_read(snap, d):
-                    return Retry(
-                        delay=self.retry_delay_s,
-                        reason=f"the status VIP index has not read seq {d.seq} yet",
-                    )
+                hold = self.restoring(snap)
+                if hold > 0:
+                    return Retry(delay=hold, reason="waiting for Services to restore their VIPs")
+                await self._status_read(snap, d)
                 async with self._group_lock(request):
                     group = await self.ledger.read_group(request)
                     # Nothing awaited between choosing and the commit's first step, which
@@ -213,14 +216,48 @@ class Lifecycle:
             reason=f"{self.conflict_retries} compare-and-set conflicts in a row",
         )
 
-    async def _status_read(self, snap: ServiceSnapshot, d: Delivery) -> bool:
+    def restoring(self, snap: ServiceSnapshot) -> float:
+        """Seconds a Service with nothing in its status waits before it gets new VIPs,
+        after ipam started on a lost store (0: none).
+
+        The status VIP index reserves the addresses of every snapshot on the stream,
+        but a cluster whose watcher starts later has published nothing yet: its
+        Services' addresses are unknown. While other Services show VIPs in their
+        status (the store was lost, not new), new ones wait until
+        ``restore_grace_s`` after the start, so that every watcher has published.
+        """
+        if self.restore_until is None or snap.status_vips or snap.requested_ips:
+            return 0.0
+        left = self.restore_until - asyncio.get_running_loop().time()
+        if left <= 0:
+            self.restore_until = None
+            log.info("restore window over: new Services get new VIPs")
+            return 0.0
+        if self.status is None or not len(self.status.vips):
+            return 0.0  # nobody holds VIPs in status: a first start, not a lost store
+        if not self._told_restoring:
+            self._told_restoring = True
+            log.warning(
+                "ipam started on an empty store while Services hold VIPs in their status "
+                "(the store was lost): new Services wait %.1f s for every cluster's "
+                "watcher to publish its Services, so that no live VIP is given away",
+                left,
+            )
+        return left
+
+    async def _status_read(self, snap: ServiceSnapshot, d: Delivery) -> None:
         """Before choosing new addresses: wait until every snapshot published before
         this one is in the status VIP index, so that no address another Service
         holds in its status is taken (whichever is handled first). A Service naming
-        its addresses does not wait: reservations do not stand in a user's way."""
-        if self.status is None or snap.requested_ips:
-            return True
-        return await self.status.caught_up(d.seq, self.status_wait_s)
+        its addresses does not wait: reservations do not stand in a user's way.
+
+        Bounded: a stalled index (its consumer lost with a NATS server) must not stall
+        every new Service. Past ``status_wait_s`` the choice is made with what the
+        index knows; reservations matter only after a lost store, when every
+        Service's claim is gone, and claims alone keep an address from being owned
+        twice."""
+        if self.status is not None and not snap.requested_ips:
+            await self.status.caught_up(d.seq, self.status_wait_s)
 
     async def _announce(
         self, snap: ServiceSnapshot, d: Delivery, plan: Plan, record: ServiceRecord, tag: str

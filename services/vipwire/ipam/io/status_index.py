@@ -30,6 +30,7 @@ class StatusIndex:
         self.vips = StatusVips()
         self._bus = bus
         self._seq = 0
+        self._behind = False
         self._progress = asyncio.Event()
         self._consumer: PullConsumer | None = None
 
@@ -77,21 +78,28 @@ class StatusIndex:
 
     async def caught_up(self, seq: int, timeout_s: float) -> bool:
         """Wait until every ``service`` message up to ``seq`` is read (False: not
-        within ``timeout_s``)."""
+        within ``timeout_s``; logged once until the index reads that far again)."""
         if self._seq >= seq:
+            if self._behind:
+                self._behind = False
+                log.info("the status VIP index reads the stream again (seq %d)", self._seq)
             return True
         try:
             async with asyncio.timeout(timeout_s):
                 while self._seq < seq:
                     await self._progress.wait()
         except TimeoutError:
-            log.warning(
-                "the status VIP index has read the stream to seq %d, not yet to %d, "
-                "after %.1f s: the Service is retried (is the ipam replica's "
-                "consumer of vipwire.*.service.> stalled?)",
-                self._seq,
-                seq,
-                timeout_s,
-            )
+            if not self._behind:
+                self._behind = True
+                log.warning(
+                    "the status VIP index has read vipwire.*.service.> to seq %d, not to %d, "
+                    "after %.1f s: new VIPs are chosen without waiting for it, so an address "
+                    "in the status of a Service whose snapshot it has not read may be given "
+                    "to another one (only matters after a lost store); check this ipam "
+                    "replica's connection to NATS",
+                    self._seq,
+                    seq,
+                    timeout_s,
+                )
             return False
         return True
