@@ -125,4 +125,6 @@ async def test_wiping_the_jetstream_store_and_restarting_everything_moves_no_vip
     for (_, name), ips in before.items():
         for ip in ips:
             assert ip in claims and {o.name for o in claims[ip].owners} == {name}
+    given_back = ipam.metrics.status_vips  # type: ignore[attr-defined]
+    assert (given_back.value(outcome="kept"), given_back.value(outcome="not_kept")) == (N, 0)
     assert time.monotonic() - started < 90

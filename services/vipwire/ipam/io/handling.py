@@ -281,7 +281,11 @@ class Lifecycle:
         choice = plan.choice
         how = f" (sharing key {snap.sharing_key!r})" if choice and choice.joined else ""
         log.info("assigned %s to %s%s", ", ".join(record.vips), "/".join(ref), how)
+        kept = len(set(snap.status_vips) & set(record.vips))
+        if kept:
+            self.metrics.status_vips.inc(kept, outcome="kept")
         for note in plan.warnings:
+            self.metrics.status_vips.inc(outcome="not_kept")
             log.warning("%s: %s; assigned %s", "/".join(ref), note, ", ".join(record.vips))
         if not published:
             await self.publisher.publish(outgoing.message, msg_id)
