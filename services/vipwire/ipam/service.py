@@ -134,7 +134,6 @@ class IpamService:
             raise StoreError(f"cannot open KV bucket {IPAM_BUCKET}: {exc}") from exc
         cache = self._cache = ClaimCache(store, self._initial, on_change=self._on_claim_change)
         publisher = Publisher(bus)
-        status_index = self.status_index = StatusIndex(bus)
         ledger = Ledger(
             cache,
             self.metrics,
@@ -149,7 +148,6 @@ class IpamService:
             self.metrics,
             conflict_retries=s.conflict_retries,
             retry_delay_s=s.retry_delay_s,
-            status=status_index,
             status_wait_s=s.status_wait_s,
         )
         retrier = WaitingRetrier(
@@ -185,9 +183,14 @@ class IpamService:
         )
         await cache.start(LOAD_TIMEOUT)
         log.info("loaded %d address claims", len(self.allocator.claims()))
-        if not self.allocator.claims() and s.restore_grace_s > 0:
-            # No claim at all: a first start, or a lost store (see Lifecycle.restoring).
-            lifecycle.restore_until = asyncio.get_running_loop().time() + s.restore_grace_s
+        if not self.allocator.claims():
+            # No claim at all: a first start, or a lost store. Every Service's status VIPs
+            # are then reserved for it (a store that was not lost holds claims for all of
+            # them, and this index is not needed), and Services with none wait a while
+            # for every watcher to publish (see Lifecycle.restoring).
+            lifecycle.status = self.status_index = StatusIndex(bus)
+            if s.restore_grace_s > 0:
+                lifecycle.restore_until = asyncio.get_running_loop().time() + s.restore_grace_s
         self.metrics.changed()
         await retrier.resume()
         spec = ConsumerSpec(
@@ -199,7 +202,8 @@ class IpamService:
         )
         # Every Service's status VIPs, reserved for it: read before new addresses are
         # chosen (see vipwire.ipam.core.status_vips).
-        await status_index.start()
+        if self.status_index is not None:
+            await self.status_index.start()
         self.consumer = bus.consumer(spec, self.handle)
         await self.consumer.start()
         await self._control.start(bus)

@@ -165,9 +165,10 @@ class IpamSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     #: Seconds a Service that needs new addresses waits, at most, for this replica's
     #: index of status VIPs (the addresses every Service's status already holds,
     #: reserved for it) to read the stream up to the Service's own snapshot; then its
-    #: addresses are chosen with what the index knows (logged). New addresses pass over
-    #: reserved ones, so after a lost store no Service takes an address another one
-    #: still holds in its status.
+    #: addresses are chosen with what the index knows (logged). Only on a replica that
+    #: started on an empty store (a first start or a lost store): new addresses pass
+    #: over reserved ones, so no Service takes an address another one still holds in
+    #: its status.
     status_wait_s: Annotated[float, msgspec.Meta(gt=0)] = 5.0
     #: Seconds after a start on an empty store (no claim at all: the store was lost)
     #: during which a Service with nothing in its status waits for new VIPs while other

@@ -6,11 +6,14 @@ message of each at start, then every new one, one at a time and in stream
 order) and remembers the highest stream sequence it has read.
 
 Replicas share the durable consumer, so no replica sees every snapshot through
-it; this consumer is each replica's own. Before a Service gets new addresses,
-:meth:`StatusIndex.caught_up` waits until the index has read the stream as far
-as that Service's own snapshot: every snapshot published before it, with the
-addresses its status holds, is then reserved (the order the snapshots are
-handled in, by this replica or another, does not matter).
+it; this consumer is each replica's own. A replica keeps one only when it started
+on an empty store (no claim at all: a first start, or a lost store): with the
+store intact, every address in a live Service's status is claimed already.
+Before a Service gets new addresses, :meth:`StatusIndex.caught_up` waits until
+the index has read the stream as far as that Service's own snapshot: every
+snapshot published before it, with the addresses its status holds, is then
+reserved (the order the snapshots are handled in, by this replica or another,
+does not matter).
 """
 
 from __future__ import annotations
