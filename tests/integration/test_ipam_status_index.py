@@ -57,3 +57,29 @@ async def test_the_fence_gives_up_after_its_timeout(make_runtime: RuntimeFactory
         assert not await index.caught_up(10_000, timeout_s=0.2)
     finally:
         await index.stop()
+
+
+async def test_the_index_retires_on_a_first_start_and_stays_after_a_lost_store(
+    make_runtime: RuntimeFactory,
+) -> None:
+    """Nobody with VIPs in status after the wait: a first start, the index stops for good
+    (and fences nothing); a Service with one: a lost store, the index keeps reading."""
+    peer = await make_runtime("peer")
+    first = StatusIndex(peer.bus)
+    await first.start()
+    seq = await peer.bus.publish(snapshot("web"))
+    assert await first.caught_up(seq, timeout_s=10.0)
+    await first.retire_when_unused(0.0)
+    assert first.retired and await first.caught_up(10_000, timeout_s=0.0)
+
+    lost = StatusIndex(peer.bus)
+    await lost.start()
+    try:
+        seq = await peer.bus.publish(snapshot("db", "198.51.100.7"))
+        assert await lost.caught_up(seq, timeout_s=10.0)
+        await lost.retire_when_unused(0.0)
+        assert not lost.retired
+        seq = await peer.bus.publish(snapshot("api", "198.51.100.9"))
+        assert await lost.caught_up(seq, timeout_s=10.0)
+    finally:
+        await lost.stop()

@@ -204,6 +204,8 @@ class IpamService:
         # chosen (see vipwire.ipam.core.status_vips).
         if self.status_index is not None:
             await self.status_index.start()
+            after = max(s.restore_grace_s, s.status_wait_s)
+            self._spawn(self.status_index.retire_when_unused(after), "ipam-status-index")
         self.consumer = bus.consumer(spec, self.handle)
         await self.consumer.start()
         await self._control.start(bus)

@@ -39,6 +39,7 @@ from vipwire.ipam.core.claims import Owner, Request, request_of
 from vipwire.ipam.core.decide import Plan, decide
 from vipwire.ipam.core.messages import kept_assignment, released
 from vipwire.ipam.core.records import ServiceRecord, service_key
+from vipwire.ipam.core.status_vips import StatusVips
 from vipwire.ipam.io.bucket import Conflict, StoreError
 from vipwire.ipam.io.claim_cache import ClaimCache
 from vipwire.ipam.io.ledger import Ledger
@@ -201,7 +202,7 @@ class Lifecycle:
                         None,
                         self.cache.allocator,
                         skip=self.cache.claiming,
-                        status=self.status.vips if self.status is not None else None,
+                        status=self._reserved(),
                         honour_status=honour_status,
                     )
                     if plan.choice is None:
@@ -233,7 +234,7 @@ class Lifecycle:
             self.restore_until = None
             log.info("restore window over: new Services get new VIPs")
             return 0.0
-        if self.status is None or not len(self.status.vips):
+        if not self._reserving or self.status is None or not len(self.status.vips):
             return 0.0  # nobody holds VIPs in status: a first start, not a lost store
         if not self._told_restoring:
             self._told_restoring = True
@@ -256,8 +257,16 @@ class Lifecycle:
         index knows; reservations matter only after a lost store, when every
         Service's claim is gone, and claims alone keep an address from being owned
         twice."""
-        if self.status is not None and not snap.requested_ips:
+        if self._reserving and self.status is not None and not snap.requested_ips:
             await self.status.caught_up(d.seq, self.status_wait_s)
+
+    def _reserved(self) -> StatusVips | None:
+        return self.status.vips if self.status is not None and self._reserving else None
+
+    @property
+    def _reserving(self) -> bool:
+        """Whether status VIPs are reserved (an index runs: see StatusIndex)."""
+        return self.status is not None and not self.status.retired
 
     async def _announce(
         self, snap: ServiceSnapshot, d: Delivery, plan: Plan, record: ServiceRecord, tag: str

@@ -34,6 +34,8 @@ class StatusIndex:
         self._bus = bus
         self._seq = 0
         self._behind = False
+        #: Stopped for good: nothing to reserve (see :meth:`retire_when_unused`).
+        self.retired = False
         self._progress = asyncio.Event()
         self._consumer: PullConsumer | None = None
 
@@ -61,6 +63,21 @@ class StatusIndex:
             await self._consumer.stop()
             self._consumer = None
 
+    async def retire_when_unused(self, after_s: float) -> None:
+        """After ``after_s``, stop for good if no Service showed VIPs in its status: the
+        empty store was a first start, not a lost one, and nothing needs reserving."""
+        await asyncio.sleep(after_s)
+        if len(self.vips):
+            log.info(
+                "%d Services hold VIPs in their status on an empty store (a lost store): "
+                "their addresses stay reserved for them until they hold them",
+                len(self.vips),
+            )
+            return
+        self.retired = True
+        await self.stop()
+        log.info("no Service holds VIPs in its status: a first start; status VIP index stopped")
+
     async def _on_delivery(self, d: Delivery) -> Verdict:
         message = d.message
         if isinstance(message, ServiceSnapshot | ServiceGone):
@@ -82,7 +99,7 @@ class StatusIndex:
     async def caught_up(self, seq: int, timeout_s: float) -> bool:
         """Wait until every ``service`` message up to ``seq`` is read (False: not
         within ``timeout_s``; logged once until the index reads that far again)."""
-        if self._seq >= seq:
+        if self.retired or self._seq >= seq:
             if self._behind:
                 self._behind = False
                 log.info("the status VIP index reads the stream again (seq %d)", self._seq)
