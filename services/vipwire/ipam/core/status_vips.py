@@ -22,6 +22,14 @@ the Service keeps its VIPs:
   for a Service, waits until the index has read the stream up to that
   Service's own snapshot, so every snapshot published before it is known.
 
+* **wait** (the shell's, with a clock): a snapshot not published yet cannot be
+  known, e.g. that of a cluster whose watcher starts later. After a start on an
+  empty store, while some Services show VIPs in their status, Services with
+  none wait ``restore_grace_s`` before they get new addresses
+  (``Lifecycle.restoring``), so that every watcher has published first.
+
+Together: wipe the store, restart everything, and no live VIP moves.
+
 An owner's reservation lapses as soon as it holds a claim (its status is then
 moot), when its snapshot says it is going away, or when a newer snapshot of
 the name says otherwise.
@@ -29,7 +37,7 @@ the name says otherwise.
 
 from __future__ import annotations
 
-from collections.abc import Container, Iterator, Mapping
+from collections.abc import Container, Mapping
 
 from vipwire.contracts import ServiceGone, ServiceSnapshot
 from vipwire.ipam.core.addresses import Family, parse_address, to_text
@@ -90,10 +98,6 @@ class StatusVips:
     def reserved_for_others(self, holdings: Holdings, request: Request) -> Reserved:
         """The addresses new choices for ``request`` must pass over (see :class:`Reserved`)."""
         return Reserved(self, holdings, request)
-
-    def items(self) -> Iterator[tuple[str, frozenset[Owner]]]:
-        for address, holders in self._by_address.items():
-            yield address, frozenset(holders)
 
 
 class Reserved:
