@@ -122,6 +122,13 @@ def decide(
     VIP once served keeps being served until the Service goes away. Our
     condition follows the latest outcome; ``problems`` (what is wrong with
     the Service, as a message) overrides it.
+    With no member node (a Local Service whose endpoints all went away) the
+    Service is not Ready (condition False, NoMembers) but its VIP is written
+    and stays: the address is allocated and programmed, and the appliance
+    serves it again the moment a node qualifies, with no write to wait for;
+    taking it out of status would make DNS (external-dns) and clients drop
+    and re-learn it at every scale-to-zero or rollout of a one-replica Service.
+    A status gate (any/all) still holds a new VIP back until nodes apply it.
     Going away: once ipam says everything is released, clear what we wrote
     and drop the finalizer; while the appliance refuses to let go, the
     condition says so. A release older than our last live snapshot
