@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import msgspec
 
-from vipwire.contracts import Member
+from vipwire.contracts import APPLIANCE_DRIFT, Member
 from vipwire.lbdriver import (
+    CreateVirtualServer,
     DeleteVirtualServer,
     Monitor,
     UpdateMembers,
+    UpdateVirtualServer,
     VirtualServer,
     choose_active,
     find_drift,
 )
-from vipwire.contracts import APPLIANCE_DRIFT
-from vipwire.lbdriver import CreateVirtualServer, UpdateVirtualServer
 from vipwire.lbdriver.core.drift import describe_drift, drift_found, drift_unrepaired, held_by
 from vipwire.lbdriver.core.outcomes import Explanation
 from vipwire.lbdriver.io.status_server import redact_address

@@ -64,12 +64,14 @@ def compact(message: VipMessage | LbMessage, *, gating: bool) -> VipMessage | Lb
     """The message as kept in a view: without what no decision reads of it.
 
     Ports are for Events, which are made of the message as delivered; members
-    (an LbProgrammed of a 50-node cluster lists 50) only a status gate reads.
+    (an LbProgrammed of a 50-node cluster lists 50) only a status gate reads:
+    without one, only whether there is any (NoMembers) is kept, as the first.
     """
     if isinstance(message, VipAssigned):
         return msgspec.structs.replace(message, ports=())
     if isinstance(message, LbProgrammed):
-        return msgspec.structs.replace(message, ports=(), members=message.members if gating else ())
+        members = message.members if gating else message.members[:1]
+        return msgspec.structs.replace(message, ports=(), members=members)
     return message
 
 
