@@ -18,7 +18,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from support.fences import now_ns, watcher_settled
 from support.orders import WRITE_ORDERS
 from support.recorders import BusRecorder
-from vipwire.contracts import ServiceSnapshot, decode
+from vipwire.contracts import NodeApplied, ServiceSnapshot, decode
 from vipwire.ipam import IpamService, IpamSettings, PoolSettings
 from vipwire.kubeemu import KubeEmulator
 from vipwire.lbdriver import ApplianceSettings, LbdriverService, LbdriverSettings, SimAppliance
@@ -526,4 +526,58 @@ class TestStatusStaysTrue:
                 and ready_condition(p, "web")["lastTransitionTime"] != since
             ),
             what="web's condition went False and back to True",
+        )
+
+    async def test_member_nodes_whose_agents_withdrew_the_vip_are_told(
+        self, verifying: Pipeline
+    ) -> None:
+        """A member node whose agent reports it without the VIP past the grace period: the
+        condition turns False (NodesMissingVip, naming it) with a Warning Event; once it
+        reports the VIP again, True with a Normal NodesHoldVip. A node that never reported
+        is not judged."""
+        p = verifying
+        await p.start_watcher(node_vip_grace_s=0.5)
+        agents = await p.make_runtime("nodeagents")
+        await p.create("web", endpoints_on=("n1",))
+        await eventually(lambda: p.vips("web"), timeout=10, what="web has a VIP")
+        [vip] = p.vips("web")
+
+        async def report(node: str, generation: int, *vips: str) -> None:
+            await agents.bus.publish(
+                NodeApplied(cluster="east", node=node, generation=generation, vips=vips)
+            )
+
+        for node in ("n1", "n2"):
+            await report(node, 1, vip)
+        await eventually(
+            lambda: ready_condition(p, "web").get("status") == "True",
+            timeout=10,
+            what="web is Ready",
+        )
+        loop = asyncio.get_running_loop()
+        withdrawn = loop.time()
+        await report("n2", 2)
+        await eventually(
+            lambda: ready_condition(p, "web").get("reason") == "NodesMissingVip",
+            timeout=0.5 + SLACK_S,
+            what="web's condition says NodesMissingVip",
+        )
+        assert loop.time() - withdrawn >= 0.5  # not before the grace period ends
+        condition = ready_condition(p, "web")
+        assert condition["status"] == "False" and "node agents of n2 " in condition["message"]
+        assert "n3" not in condition["message"]  # never reported: not judged
+        await eventually(
+            lambda: [e["type"] for e in p.events("NodesMissingVip", "web")] == ["Warning"],
+            what="a Warning NodesMissingVip Event",
+        )
+
+        await report("n2", 3, vip)
+        await eventually(
+            lambda: ready_condition(p, "web").get("status") == "True",
+            timeout=SLACK_S,
+            what="web is Ready again",
+        )
+        await eventually(
+            lambda: [e["type"] for e in p.events("NodesHoldVip", "web")] == ["Normal"],
+            what="a Normal NodesHoldVip Event",
         )

@@ -1,5 +1,5 @@
-"""Status that stays true (watcher core): ApplianceDrift and NoMembers turn the condition
-False with a Warning Event, and clear (condition True, a Normal Event) when repaired."""
+"""Status that stays true (watcher core): ApplianceDrift, NoMembers and NodesMissingVip turn
+the condition False with a Warning Event, and clear (condition True, a Normal Event)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,10 @@ import msgspec
 
 from vipwire.contracts import APPLIANCE_DRIFT, LbFailed, LbProgrammed, Member, ServicePort
 from vipwire.watcher.core.bus_view import BusView, observe
-from vipwire.watcher.core.condition import readiness
+from vipwire.watcher.core.condition import READY, readiness
 from vipwire.watcher.core.events import event_for, event_name
+from vipwire.watcher.core.node_vips import MissingVips, Verdict, node_event, nodes_without
+from vipwire.watcher.core.term_memory import TermMemory
 from vipwire.watcher.core.translate import FINALIZER, service_snapshot
 from vipwire.watcher.core.writeback import decide
 
@@ -161,3 +163,81 @@ class TestApplianceDrift:
         assert said == ("False", "ApplianceFailed", "appliance bigip-a: ApplianceRejected: no")
         back = event_for(programmed(N1), before=other)
         assert back is not None and back.reason == "LoadBalancerProgrammed"
+
+
+N2 = Member(node="n2", address="192.0.2.12")
+
+
+class TestNodesMissingVip:
+    def test_only_member_nodes_that_reported_without_the_vip_are_missing(self) -> None:
+        """A member whose agent reports it without a VIP is missing; one that never
+        reported is not judged; a non-member is not asked."""
+        lb = programmed(N1, N2)
+        applied = {"n1": frozenset({"198.51.100.9"}), "n3": frozenset()}
+        assert nodes_without(lb, applied) == {"n1"}
+        assert nodes_without(lb, {"n1": frozenset({VIP}), "n2": frozenset({VIP})}) == set()
+
+    def test_grace_runs_from_first_found_and_survives_later_judgements(self) -> None:
+        """A node is overdue only once it has been missing for the whole grace period,
+        counted from when it was first found; the verdict says when to look again."""
+        tracker = MissingVips(grace_s=30.0)
+        first = tracker.judge("shop/web", frozenset({"n1"}), now=100.0)
+        assert first == Verdict(frozenset(), 130.0)
+        later = tracker.judge("shop/web", frozenset({"n1", "n2"}), now=120.0)
+        assert later == Verdict(frozenset(), 130.0)
+        due = tracker.judge("shop/web", frozenset({"n1", "n2"}), now=130.0)
+        assert due == Verdict(frozenset({"n1"}), 150.0)
+        assert tracker.judge("shop/web", frozenset({"n2"}), now=151.0).overdue == {"n2"}
+
+    def test_holding_it_again_clears_and_restarts_the_grace(self) -> None:
+        """Once every member holds the VIP the Service is forgotten: a later withdrawal
+        gets a full grace period again."""
+        tracker = MissingVips(grace_s=30.0)
+        tracker.judge("shop/web", frozenset({"n1"}), now=100.0)
+        assert tracker.judge("shop/web", frozenset(), now=110.0) == Verdict(frozenset(), None)
+        assert len(tracker) == 0
+        assert tracker.judge("shop/web", frozenset({"n1"}), now=200.0).overdue == set()
+
+    def test_overdue_nodes_turn_the_condition_false_naming_them(self) -> None:
+        """NodesMissingVip: condition False, naming the nodes; it beats the gate, which
+        would otherwise say nothing (and leave True standing)."""
+        view = BusView(lb=programmed(N1, N2), lb_seq=5)
+        said = readiness(view, "u-1", applied={}, gate="all", missing={"n2"})
+        assert said is not None and (said.status, said.reason) == ("False", "NodesMissingVip")
+        assert "node agents of n2 report their node without it" in said.message
+        many = readiness(view, "u-1", applied={}, gate="none", missing={f"n{i}" for i in range(8)})
+        assert many is not None and "and 3 more" in many.message
+
+    def test_events_on_the_transitions_only(self) -> None:
+        """A write turning the condition to NodesMissingVip is a Warning; one turning it
+        back to True a Normal NodesHoldVip; anything else is no Event of ours."""
+        true = {
+            "type": READY,
+            "status": "True",
+            "reason": "LoadBalancerProgrammed",
+            "message": "ok",
+        }
+        missing = {**true, "status": "False", "reason": "NodesMissingVip", "message": "n2 lacks"}
+        svc: dict[str, Any] = {"metadata": {}, "status": {"conditions": [true]}}
+        to_missing = {"status": {"conditions": [missing]}}
+        spec = node_event(svc, to_missing)
+        assert spec is not None and (spec.type, spec.reason) == ("Warning", "NodesMissingVip")
+        assert spec.note == "n2 lacks"
+        held = {"metadata": {}, "status": {"conditions": [missing]}}
+        back = node_event(held, {"status": {"conditions": [true]}})
+        assert back is not None and (back.type, back.reason) == ("Normal", "NodesHoldVip")
+        assert node_event(held, to_missing) is None  # the same verdict again
+        assert node_event(svc, {"status": {"loadBalancer": {}}}) is None  # no condition written
+        drift = {**missing, "reason": "ApplianceDrift"}
+        assert node_event(svc, {"status": {"conditions": [drift]}}) is None
+
+    def test_a_node_report_concerns_only_services_whose_vip_came_or_went(self) -> None:
+        """A node's first report concerns every Service it is a member of; later ones only
+        those with a VIP that came or went (not every Service of the cluster each time)."""
+        memory = TermMemory(gating=True)
+        memory.observe("shop/web", programmed(N1), 4)
+        assert memory.observe_applied("n1", (VIP,), 5) == ["shop/web"]
+        assert memory.observe_applied("n1", (VIP, "198.51.100.99"), 6) == []
+        assert memory.observe_applied("n1", ("198.51.100.99",), 7) == ["shop/web"]
+        assert memory.observe_applied("n2", (), 8) == []  # not a member
+        assert memory.observe_applied("n1", (VIP,), 6) == []  # overtaken redelivery

@@ -6,7 +6,7 @@ Pure: no I/O, no clock (the time of a transition is passed in).
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any, Final, Literal
 
 import msgspec
@@ -32,6 +32,10 @@ INVALID: Final = "InvalidService"
 #: what was programmed (the lbdriver's verification), and no node can take its traffic.
 DRIFT: Final = APPLIANCE_DRIFT
 NO_MEMBERS: Final = "NoMembers"
+#: Member nodes whose agents report them without the VIP (past a grace period).
+NODES_MISSING: Final = "NodesMissingVip"
+#: Nodes named in a message; the rest are counted.
+_NAMED: Final = 5
 _MESSAGE_LIMIT: Final = 32768  # metav1.Condition.message
 
 
@@ -105,13 +109,31 @@ def no_members_message(lb: LbProgrammed) -> str:
     )
 
 
+def missing_message(lb: LbProgrammed, nodes: Collection[str]) -> str:
+    """Why a programmed Service some of whose member nodes lack its VIP is not Ready."""
+    names = sorted(nodes)
+    shown = ", ".join(names[:_NAMED])
+    more = f" and {len(names) - _NAMED} more" if len(names) > _NAMED else ""
+    return (
+        f"{', '.join(lb.vips)} programmed on appliance {lb.appliance}, but the node agents "
+        f"of {shown}{more} report their node without it: the traffic the appliance sends "
+        "there is dropped (check those node agents)"
+    )
+
+
 def _serving(
-    lb: LbProgrammed, applied: Mapping[str, frozenset[str]], gate: Gate
+    lb: LbProgrammed,
+    applied: Mapping[str, frozenset[str]],
+    gate: Gate,
+    missing: Collection[str] = (),
 ) -> Condition | None:
-    """The condition of a programming that stands: True once the gate is satisfied,
-    False (NoMembers) while no node can take the traffic."""
+    """The condition of a programming that stands: True once the gate is satisfied;
+    False while no node can take the traffic (NoMembers) or while member nodes report
+    themselves without the VIP past their grace period (``missing``: NodesMissingVip)."""
     if not lb.members:
         return Condition(status="False", reason=NO_MEMBERS, message=no_members_message(lb))
+    if missing:
+        return Condition(status="False", reason=NODES_MISSING, message=missing_message(lb, missing))
     if gate_satisfied(lb, applied, gate):
         return Condition(
             status="True", reason="LoadBalancerProgrammed", message=_programmed_message(lb)
@@ -125,6 +147,7 @@ def readiness(
     *,
     applied: Mapping[str, frozenset[str]],
     gate: Gate,
+    missing: Collection[str] = (),
 ) -> Condition | None:
     """The condition the latest outcome calls for; None: it says nothing new.
 
@@ -133,7 +156,9 @@ def readiness(
     repeats the VipAssigned it keeps serving: that failure still stands.
     A programming with no member node is not Ready (NoMembers), whatever the
     gate; an appliance that no longer holds what was programmed (the
-    lbdriver's verification) is ApplianceDrift until the repair is reported.
+    lbdriver's verification) is ApplianceDrift until the repair is reported;
+    ``missing``: the member nodes found without the VIP past their grace period
+    (:mod:`.node_vips`), NodesMissingVip.
     """
     vip = view.vip if view.vip is not None and view.vip.uid == service_uid else None
     lb = view.lb if view.lb is not None and view.lb.uid == service_uid else None
@@ -142,7 +167,7 @@ def readiness(
         latest = vip or lb
     match latest:
         case LbProgrammed():
-            return _serving(latest, applied, gate)
+            return _serving(latest, applied, gate, missing)
         case LbFailed():
             return Condition(
                 status="False", reason=failed_reason(latest), message=appliance_message(latest)
@@ -162,7 +187,7 @@ def readiness(
                     message=kept.message,
                 )
             if isinstance(lb, LbProgrammed) and set(lb.vips) == set(latest.vips):
-                return _serving(lb, applied, gate)
+                return _serving(lb, applied, gate, missing)
             return None
         case _:
             return None
