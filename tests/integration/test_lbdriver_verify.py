@@ -127,9 +127,12 @@ async def test_a_drift_the_appliance_refuses_to_repair_is_reported_as_such(
     assert f"virtual server {name} is missing" in failed.message
     assert "ApplianceRejected" in failed.message
     assert emu.get("virtual", CLUSTER, name) is None
+    [service] = h.services
+    assert "\nvipwire_lbdriver_drifted_services 1\n" in service.runtime.metrics.expose()
 
     refused = emu.requests
     emu.faults.clear()
     await h.expect(LbProgrammed)
     assert emu.requests > refused and emu.get("virtual", CLUSTER, name) is not None
     assert len([m for m in h.reports(LbFailed) if "re-programming failed" in m.message]) == 1
+    assert "\nvipwire_lbdriver_drifted_services 0\n" in service.runtime.metrics.expose()

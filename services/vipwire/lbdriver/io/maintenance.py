@@ -60,6 +60,12 @@ class Maintenance:
             "Objects found changed out of band (repair) or left over (orphan) and fixed",
             ["appliance", "kind"],
         )
+        metrics.gauge(
+            "lbdriver_drifted_services",
+            "Services whose objects a verification found changed and that are not yet "
+            "written again (reported ApplianceDrift); stuck above 0: the appliance refuses",
+            fn=lambda: float(sum(1 for s in inventory.services.values() if s.drift is not None)),
+        )
 
     def request_pass(self, appliance: str) -> None:
         """Ask for a drift pass of ``appliance`` soon."""
