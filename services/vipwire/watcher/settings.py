@@ -42,8 +42,9 @@ class WatcherSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
     #: Seconds a member node's agent may report the node without a Service's VIP
     #: before the Service's condition turns False (NodesMissingVip, with a Warning
     #: Event); it turns True again once every member reports it. Only nodes whose agent
-    #: has reported at all are judged. 0: the node agents' reports are not read for
-    #: this (a status gate still reads them). Default 30.
+    #: has reported at all are judged; keep it above the agents' ``report_interval_s``.
+    #: 0: the node agents' reports are not read for this (a status gate still reads
+    #: them). Default 30.
     node_vip_grace_s: float = 30.0
     #: Seconds one API request (not a watch) may take. Default 10.
     request_timeout_s: float = 10.0
