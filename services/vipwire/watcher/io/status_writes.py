@@ -62,6 +62,8 @@ class StatusWriter:
             service = term.service_store().get(key)
             if service is not None:
                 await self.reconcile_locked(key, service)
+            else:
+                self._missing.forget(key)
 
     async def reconcile_locked(self, key: str, service: Obj) -> None:
         """Write what the decision asks for; on a stale resourceVersion decide again."""
