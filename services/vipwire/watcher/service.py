@@ -223,7 +223,7 @@ class WatcherService:
         finally:
             # Shielded: stop() cancels us, and the cleanup must run to its end anyway
             # (stop() waits for it before it gives the Lease up).
-            self._ending = asyncio.ensure_future(self._end_term(tasks, consumer))
+            self._ending = asyncio.ensure_future(self._end_term(tasks, consumer, reader))
             await asyncio.shield(self._ending)
 
     async def _catch_up(self) -> None:
@@ -243,7 +243,9 @@ class WatcherService:
         self._replay = None
         term.replaying = False
 
-    async def _end_term(self, tasks: list[asyncio.Task[None]], consumer: _Consumer) -> None:
+    async def _end_term(
+        self, tasks: list[asyncio.Task[None]], consumer: _Consumer, reader: BusReader
+    ) -> None:
         await cancel_and_wait(tasks)
         replay, self._replay = self._replay, None
         self._term.replaying = False
@@ -251,6 +253,7 @@ class WatcherService:
             await replay.stop()
         await consumer.stop()
         self._consumer = None
+        await reader.stop()
 
     def _start_reflectors(
         self, writer: StatusWriter, recorder: EventRecorder

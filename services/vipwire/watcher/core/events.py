@@ -215,6 +215,20 @@ def _note(spec: EventSpec, trace_id: str | None) -> str:
     return clip(spec.note, _NOTE_LIMIT - len(suffix.encode())) + suffix
 
 
+#: What an Event can be about.
+Regarding = Literal["Service", "Node"]
+
+#: Where Events about cluster-scoped objects live (``kubectl describe node`` looks there).
+NODE_EVENT_NAMESPACE = "default"
+
+
+def event_namespace(about: Obj, kind: Regarding) -> str:
+    """The namespace an Event about ``about`` is created in."""
+    if kind == "Node":
+        return NODE_EVENT_NAMESPACE
+    return str(metadata(about).get("namespace") or "")
+
+
 def event_object(
     spec: EventSpec,
     service: Obj,
@@ -224,21 +238,24 @@ def event_object(
     instance: str,
     cause: str,
     trace_id: str | None = None,
+    kind: Regarding = "Service",
 ) -> dict[str, Any]:
-    """An events.k8s.io/v1 Event about ``service``, with every field the API requires.
+    """An events.k8s.io/v1 Event about ``service`` (or a Node), with every field the
+    API requires.
 
     ``event_time`` is a MicroTime (RFC 3339 with microseconds). The note
     ends with the trace id of the change, so the Event leads to its trace.
     """
     meta = metadata(service)
-    namespace = str(meta.get("namespace") or "")
+    namespace = event_namespace(service, kind)
     regarding = {
         "apiVersion": "v1",
-        "kind": "Service",
-        "namespace": namespace,
+        "kind": kind,
         "name": str(meta.get("name") or ""),
         "uid": uid(service),
     }
+    if kind == "Service":
+        regarding["namespace"] = namespace
     rv = resource_version(service)
     if rv:
         regarding["resourceVersion"] = rv
@@ -285,13 +302,15 @@ def series_patch(existing: Obj, *, cause: str, now: str) -> dict[str, Any] | Non
     }
 
 
-def unreadable_event(subject: str, seq: int, reason: str, *, in_force: int) -> EventSpec:
-    """The Warning Event for a message about the Service that cannot be read: nothing
-    is removed because of it, and the note says what stays in force."""
+def unreadable_event(
+    subject: str, seq: int, reason: str, *, in_force: int, kind: Regarding = "Service"
+) -> EventSpec:
+    """The Warning Event for a message about the Service (or Node) that cannot be read:
+    nothing is removed because of it, and the note says what stays in force."""
     kept = (
         f"its last valid message (seq {in_force}) stays in force"
         if in_force
-        else "no valid message precedes it, so vipwire removes nothing of this Service "
+        else f"no valid message precedes it, so vipwire removes nothing of this {kind} "
         "until a valid one arrives"
     )
     return EventSpec(

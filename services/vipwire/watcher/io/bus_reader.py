@@ -9,10 +9,12 @@ the lbdriver and the node agents said is then written back to the Service
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sys
 import time
 
+from vipwire.aio import cancel_and_wait
 from vipwire.bus import (
     DONE,
     Bus,
@@ -60,6 +62,9 @@ log = logging.getLogger("vipwire.watcher")
 #: them again would present old news as new.
 EVENT_HORIZON_S = 3600.0
 
+#: How long an Event about a Node waits for the Nodes to be listed (a term's start).
+NODE_LIST_WAIT_S = 60.0
+
 
 class BusReader:
     """The handler of both consumers of a term."""
@@ -71,11 +76,17 @@ class BusReader:
         # By subject: the Event of a message that cannot be read, until the valid one
         # before it (handed over next) tells which Service (uid) it is about.
         self._unreadable: dict[str, tuple[EventSpec, str]] = {}
+        self._node_tasks: set[asyncio.Task[None]] = set()
 
     @property
     def gating(self) -> bool:
         """A status gate is configured: the node agents' reports are read too."""
         return self._term.memory.gating
+
+    async def stop(self) -> None:
+        """The term is over: Events still waiting for the Nodes to be listed are dropped
+        (the next term's replay meets the same messages)."""
+        await cancel_and_wait(self._node_tasks)
 
     async def on_delivery(self, d: Delivery) -> Verdict:
         try:
@@ -89,10 +100,11 @@ class BusReader:
         """A message about a Service that cannot be read (logged and counted by the
         consumer): a Warning Event on the Service, where it is known."""
         subject = u.subject
-        if subject.namespace is None or subject.name is None:
-            return  # about a node: no Service to tell
-        spec = unreadable_event(subject.raw, u.seq, u.reason, in_force=u.in_force)
         cause = f"{subject.raw}#{u.seq}"
+        if subject.namespace is None or subject.name is None:
+            await self._on_unreadable_node(u, cause)
+            return
+        spec = unreadable_event(subject.raw, u.seq, u.reason, in_force=u.in_force)
         service = self._term.service_store().get(sys.intern(subject.key))
         if service is None:
             if u.in_force:
@@ -106,6 +118,42 @@ class BusReader:
             pass  # the next leader's replay meets the same message
         except Exception as exc:
             log.warning("cannot record the Event for %s (seq %d): %r", subject.raw, u.seq, exc)
+
+    async def _on_unreadable_node(self, u: Unreadable, cause: str) -> None:
+        """About a node: the Warning Event goes on the Node, which every Service of the
+        cluster depends on (``kubectl describe node`` shows it)."""
+        nodes = self._term.nodes
+        if nodes is None or not nodes.synced.is_set():
+            # A term's replay comes before the Nodes are listed: tell it once they are,
+            # without holding up the replay (the reflectors start after it).
+            task = asyncio.create_task(self._tell_node_once_listed(u, cause))
+            self._node_tasks.add(task)
+            task.add_done_callback(self._node_tasks.discard)
+            return
+        await self._tell_node(u, cause)
+
+    async def _tell_node_once_listed(self, u: Unreadable, cause: str) -> None:
+        try:
+            async with asyncio.timeout(NODE_LIST_WAIT_S):
+                await self._term.reflectors_made.wait()
+                nodes = self._term.nodes
+                assert nodes is not None
+                await nodes.synced.wait()
+        except TimeoutError:
+            return  # the term ended first; the next one meets the same message
+        await self._tell_node(u, cause)
+
+    async def _tell_node(self, u: Unreadable, cause: str) -> None:
+        node = self._term.node_store().get(sys.intern(u.subject.key))
+        if node is None:
+            return  # not a Node of the cluster (any more): the log line and metric tell it
+        spec = unreadable_event(u.subject.raw, u.seq, u.reason, in_force=u.in_force, kind="Node")
+        try:
+            await self._recorder.emit(spec, node, cause, kind="Node")
+        except NotLeader:
+            pass
+        except Exception as exc:
+            log.warning("cannot record the Event for %s (seq %d): %r", u.subject.raw, u.seq, exc)
 
     async def _handle(self, d: Delivery) -> None:
         term = self._term

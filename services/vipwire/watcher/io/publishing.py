@@ -317,6 +317,7 @@ def watch_cluster(term: Term, kube: KubeWrites, publisher: Publisher, *, restart
         keep=slim_node,
         store=lambda: PackedDict[Obj](Obj),
     )
+    term.reflectors_made.set()
 
 
 class ServiceListener:

@@ -7,6 +7,7 @@ from the replay of the bus, and only then lists and watches Kubernetes.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager
 from typing import Any
@@ -49,6 +50,8 @@ class Term:
         self.services: Reflector[Obj] | None = None
         self.slices: Reflector[SliceEndpoints] | None = None
         self.nodes: Reflector[Obj] | None = None
+        #: The reflectors exist (they are made once the replay is over).
+        self.reflectors_made = asyncio.Event()
         #: The work queues the reflectors feed (set when they start).
         self.queues: tuple[WorkQueue, ...] = ()
 
