@@ -523,12 +523,15 @@ async def test_status_is_served_over_nats_and_rendered_by_the_cli(
 
     status = await fetch_status(url)
     assert status.ready and status.services == 1
+    assert (status.role, status.leader) == ("leader", h.services[0].status().leader)
+    assert status.leader.endswith(status.instance)
     (appliance,) = status.appliances
     assert (appliance.name, appliance.health, appliance.active) == ("sim-a", "closed", True)
     assert (appliance.virtual_servers, appliance.services, appliance.writes) == (2, 1, 1)
     assert appliance.last_write_at is not None and appliance.last_error is None
     table = render(status)
     assert "sim-a" in table and "closed" in table and "active" in table
+    assert table.startswith(f"lbdriver {status.instance} leader: ready")
 
     assert await status_command(url, as_json=True, timeout=2.0) == 0
     printed = json.loads(capsys.readouterr().out)

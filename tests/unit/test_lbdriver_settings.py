@@ -32,6 +32,8 @@ def test_section_decodes_appliances_and_defaults() -> None:
         ({"appliances": [{"name": "a"}], "prefix": "vip-wire"}, "prefix"),
         ({"appliances": [{"name": "a"}], "coalesce_window_ms": -1}, "coalesce_window_ms"),
         ({"appliances": [{"name": "a"}], "surprise": 1}, "surprise"),
+        ({"appliances": [{"name": "a"}], "lease_renew_s": 2.6}, "lease_renew_s"),
+        ({"appliances": [{"name": "a"}], "lease_name": "a.b"}, "lease_name"),
     ],
 )
 def test_unusable_sections_are_refused_with_the_reason(data: dict[str, object], error: str) -> None:

@@ -175,8 +175,29 @@ class LbdriverSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown
     #: answers again (independent appliances). Turn off for HA pairs whose standby
     #: holds the active's configuration by config-sync.
     release_standby: bool = True
+    #: Name of the leader lease (key ``<name>.leader`` in the KV bucket
+    #: ``vipwire-lbdriver-lease``): the replicas sharing it elect one writer. Give two
+    #: lbdriver deployments that program different appliances different names.
+    lease_name: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_-]{1,64}$")] = "lbdriver"
+    #: Seconds the leader's lease lasts without a renewal: a standby takes over this
+    #: long after the last renewal it saw (by its own clock).
+    lease_ttl_s: Positive = 3.0
+    #: Seconds between the leader's renewals.
+    lease_renew_s: Positive = 1.0
+    #: Seconds before its lease could expire at which the leader stops starting writes
+    #: (counted from when its last successful renewal was sent).
+    lease_safety_margin_s: NonNegative = 0.5
+    #: Seconds of wall-clock difference allowed between replicas and NATS: a lease older
+    #: than ``lease_ttl_s`` plus this, by its write time, is taken without waiting.
+    lease_clock_skew_s: NonNegative = 2.0
 
     def __post_init__(self) -> None:
+        if not 0 < self.lease_renew_s < self.lease_ttl_s - self.lease_safety_margin_s:
+            raise ValueError(
+                "lease_renew_s must be shorter than lease_ttl_s minus lease_safety_margin_s "
+                f"(renew {self.lease_renew_s}s, ttl {self.lease_ttl_s}s, margin "
+                f"{self.lease_safety_margin_s}s): the lease would run out between renewals"
+            )
         if not self.appliances:
             raise ValueError("at least one appliance must be configured")
         names = [a.name for a in self.appliances]

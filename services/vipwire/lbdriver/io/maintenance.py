@@ -27,6 +27,7 @@ from vipwire.lbdriver.io.adoption import CHUNK
 from vipwire.lbdriver.io.appliance_client import ApplianceClient, CircuitOpen
 from vipwire.lbdriver.io.drivers import ApplianceError
 from vipwire.lbdriver.io.failover import Failover
+from vipwire.lbdriver.io.fencing import NotLeader
 from vipwire.lbdriver.io.schedule import Schedule
 from vipwire.lbdriver.settings import LbdriverSettings
 from vipwire.metrics import Registry
@@ -115,8 +116,8 @@ class Maintenance:
     async def _guarded(self, client: ApplianceClient, work: Coroutine[Any, Any, None]) -> None:
         try:
             await work
-        except CircuitOpen:
-            pass
+        except (CircuitOpen, NotLeader):
+            pass  # fails fast (breaker), or no longer ours to write (lease)
         except ApplianceError as exc:
             client.note_error(f"{exc.reason}: {exc}")
             log.info("maintenance of %s failed: %s", client.name, exc)

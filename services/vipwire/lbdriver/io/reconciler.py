@@ -46,6 +46,7 @@ from vipwire.lbdriver.io.adoption import StartUp
 from vipwire.lbdriver.io.appliance_client import ApplianceClient, CircuitOpen
 from vipwire.lbdriver.io.drivers import ApplianceAuthError, ApplianceError
 from vipwire.lbdriver.io.failover import Failover
+from vipwire.lbdriver.io.fencing import NotLeader
 from vipwire.lbdriver.io.schedule import Cause, Schedule
 from vipwire.lbdriver.settings import LbdriverSettings
 from vipwire.runtime import Runtime
@@ -149,6 +150,10 @@ class Reconciler:
                 },
             ):
                 result = await self.reconcile(key, cause, force=flush.force)
+        except NotLeader as exc:
+            # Our lease ran out: the write was not sent; a new term compares it again.
+            log.debug("reconcile of %s/%s/%s stopped: %s", *key, exc)
+            result = exc
         except Exception as exc:
             log.exception("reconcile of %s/%s/%s failed", *key)
             result = exc
