@@ -8,7 +8,7 @@ subject knows everything it needs.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Final, Literal
 
 import msgspec
 
@@ -225,8 +225,19 @@ class LbProgrammed(_Message, frozen=True, tag="lb-programmed"):
     external_traffic_policy: Literal["Cluster", "Local"] = "Cluster"
 
 
+#: ``LbFailed.reason`` when the lbdriver's verification found the appliance holding
+#: something else than the Service's last report said (a virtual server deleted or
+#: edited behind vipwire's back): reported before the repair, and kept while the
+#: repair fails (the message then says why).
+APPLIANCE_DRIFT: Final = "ApplianceDrift"
+
+
 class LbFailed(_Message, frozen=True, tag="lb-failed"):
-    """The appliance refused or could not be reached; ``removing`` on withdrawal."""
+    """The appliance refused or could not be reached; ``removing`` on withdrawal.
+
+    ``reason`` is the appliance's (``Unavailable``, ``Rejected``...) or
+    :data:`APPLIANCE_DRIFT`.
+    """
 
     cluster: str
     namespace: str

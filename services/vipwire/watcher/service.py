@@ -215,6 +215,8 @@ class WatcherService:
                 )
                 tasks.append(asyncio.create_task(self._catch_up(), name="watcher-catchup"))
             tasks += self._start_reflectors(writer, recorder)
+            # Member nodes without the VIP are judged again when their grace ends.
+            tasks.append(asyncio.create_task(writer.run_rechecks(), name="watcher-node-vips"))
             if self._elector is not None:
                 await self._elector.wait_not_leading()
                 log.warning("cluster %s: no longer the leader; standing by", c)

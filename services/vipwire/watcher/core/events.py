@@ -22,7 +22,15 @@ from vipwire.contracts import (
     VipReleased,
     port_text,
 )
-from vipwire.watcher.core.condition import INVALID, appliance_message, clip
+from vipwire.watcher.core.condition import (
+    DRIFT,
+    INVALID,
+    NO_MEMBERS,
+    appliance_message,
+    clip,
+    failed_reason,
+    no_members_message,
+)
 from vipwire.watcher.core.translate import Obj, metadata, resource_version, uid
 
 REPORTING_CONTROLLER: Final = "vipwire.io/watcher"
@@ -166,32 +174,79 @@ def event_for(
         )
     if isinstance(message, LbFailed):
         removing = message.removing
+        reason = failed_reason(message)
+        if removing:
+            action = "RemoveVirtualServers"
+        else:
+            action = "VerifyVirtualServers" if reason == DRIFT else "ProgramVirtualServers"
         return EventSpec(
             type="Warning",
-            reason="CleanupBlocked" if removing else "ApplianceFailed",
-            action="RemoveVirtualServers" if removing else "ProgramVirtualServers",
+            reason=reason,
+            action=action,
             note=appliance_message(message)
             + ("; the finalizer stays until the appliance lets go" if removing else ""),
         )
     if isinstance(message, LbProgrammed):
-        if (
-            isinstance(before, LbProgrammed)
-            and before.uid == message.uid
-            and before.vips == message.vips
-        ):
+        return _programmed_event(message, before)
+    return None
+
+
+def _programmed_event(
+    message: LbProgrammed, before: VipMessage | LbMessage | None
+) -> EventSpec | None:
+    """A programming: announced when new or its VIPs change; a Warning while no node can
+    take its traffic (NoMembers); a Normal Event when a NoMembers or an ApplianceDrift
+    clears."""
+    was = before if isinstance(before, LbProgrammed) else None
+    same = was is not None and was.uid == message.uid and was.vips == message.vips
+    if not message.members:
+        if same and was is not None and not was.members:
+            return None  # still none: told already
+        return EventSpec(
+            type="Warning",
+            reason=NO_MEMBERS,
+            action="ProgramVirtualServers",
+            note=no_members_message(message),
+        )
+    if same and was is not None:
+        if was.members:
             return None
-        ports = ", ".join(port_text(p.port, p.protocol) for p in message.ports) or "no ports"
         return EventSpec(
             type="Normal",
-            reason="LoadBalancerProgrammed",
+            reason="MembersAvailable",
             action="ProgramVirtualServers",
             note=(
-                f"{', '.join(message.vips)} ({ports}) programmed on appliance "
-                f"{message.appliance} with {len(message.members)} member node(s)"
+                f"{', '.join(message.vips)} on appliance {message.appliance} has member "
+                "nodes again: traffic is served"
             ),
             announces=message.vips,
         )
-    return None
+    if (
+        isinstance(before, LbFailed)
+        and before.uid == message.uid
+        and failed_reason(before) == DRIFT
+    ):
+        return EventSpec(
+            type="Normal",
+            reason="DriftRepaired",
+            action="VerifyVirtualServers",
+            note=(
+                f"{', '.join(message.vips)} programmed again on appliance {message.appliance}: "
+                "what was changed behind vipwire's back is repaired"
+            ),
+            announces=message.vips,
+        )
+    ports = ", ".join(port_text(p.port, p.protocol) for p in message.ports) or "no ports"
+    return EventSpec(
+        type="Normal",
+        reason="LoadBalancerProgrammed",
+        action="ProgramVirtualServers",
+        note=(
+            f"{', '.join(message.vips)} ({ports}) programmed on appliance "
+            f"{message.appliance} with {len(message.members)} member node(s)"
+        ),
+        announces=message.vips,
+    )
 
 
 #: The reason of the Warning Event telling why an address in a Service's status was

@@ -83,7 +83,7 @@ class BusReader:
 
     @property
     def gating(self) -> bool:
-        """A status gate is configured: the node agents' reports are read too."""
+        """The node agents' reports are read too (a status gate, or node checks)."""
         return self._term.memory.gating
 
     async def stop(self) -> None:
@@ -268,9 +268,9 @@ def open_consumers(bus: Bus, reader: BusReader, cluster: str) -> tuple[PullConsu
     # What the rest of the system says, for the whole term.
     theirs: tuple[str, ...] = (family_filter("vip", cluster), family_filter("lb", cluster))
     if reader.gating:
-        # Only a gate reads what the node agents applied: without one, their reports
-        # (one per node and change, each listing every VIP of the node) are not worth
-        # a delivery.
+        # What the node agents applied is read for a status gate and to tell member nodes
+        # without the VIP (node_vip_grace_s); with neither, their reports (one per node
+        # and change, each listing every VIP of the node) are not worth a delivery.
         theirs += (family_filter("applied", cluster),)
     # What we (or a predecessor) published: read to start from, then no more. Our
     # own messages coming back would be half of every Service's deliveries.

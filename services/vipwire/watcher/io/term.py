@@ -41,7 +41,11 @@ class Term:
         self.cluster = settings.cluster
         self.runtime = runtime
         self.check_leading = check_leading
-        self.memory = TermMemory(gating=settings.status_gate != "none")
+        # The node agents' reports (and every member) are read for a status gate, and to
+        # tell member nodes that do not hold the VIP (core.node_vips).
+        self.memory = TermMemory(
+            gating=settings.status_gate != "none" or settings.node_vip_grace_s > 0
+        )
         self.locks = KeyedLocks()
         #: Both replays that start the term are over.
         self.caught_up = False
