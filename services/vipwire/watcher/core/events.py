@@ -249,6 +249,33 @@ def _programmed_event(
     )
 
 
+#: The reason of the Warning Event telling why an address in a Service's status was
+#: not given back to it (ipam's store was lost, and the address could not be kept).
+STATUS_VIP_NOT_KEPT: Final = "StatusVIPNotKept"
+
+
+def status_vip_event(
+    message: VipMessage | LbMessage, *, before: VipMessage | LbMessage | None
+) -> EventSpec | None:
+    """The Warning Event for an assignment that could not keep what the Service's
+    status held (``VipAssigned.notes``: why, per address), saying what it got instead."""
+    if not isinstance(message, VipAssigned) or not message.notes:
+        return None
+    if isinstance(before, VipAssigned) and (before.uid, before.vips, before.notes) == (
+        message.uid,
+        message.vips,
+        message.notes,
+    ):
+        return None
+    got = ", ".join(message.vips) or "nothing"
+    return EventSpec(
+        type="Warning",
+        reason=STATUS_VIP_NOT_KEPT,
+        action="AllocateVIP",
+        note=f"{'; '.join(message.notes)}; assigned {got}",
+    )
+
+
 def invalid_event(note: str) -> EventSpec:
     return EventSpec(type="Warning", reason=INVALID, action="ValidateService", note=note)
 

@@ -28,6 +28,7 @@ from vipwire.bus import (
 from vipwire.contracts import (
     EndpointsSnapshot,
     LbFailed,
+    LbMessage,
     LbProgrammed,
     LbRemoved,
     NodeApplied,
@@ -37,6 +38,7 @@ from vipwire.contracts import (
     ServiceSnapshot,
     VipAssigned,
     VipFailed,
+    VipMessage,
     VipReleased,
     VipReleasing,
     family_filter,
@@ -47,6 +49,7 @@ from vipwire.watcher.core.events import (
     event_for,
     event_subject,
     released_ref,
+    status_vip_event,
     unreadable_event,
 )
 from vipwire.watcher.core.term_memory import DeferredEvent, message_fingerprint
@@ -205,41 +208,58 @@ class BusReader:
                 if not observed.fresh:
                     return  # a redelivery overtaken by a newer message on its subject
                 await self._writer.reconcile(key)
-                spec = event_for(message, before=observed.before)
                 fresh = not d.timestamp or time.time() - d.timestamp < EVENT_HORIZON_S
-                if spec is not None and fresh:
-                    cause = f"{d.subject.raw}#{d.seq}"
-                    service = term.service_store().get(key)
-                    # A replay cannot tell news from a repeat (what came before is not
-                    # replayed): see EventRecorder.emit.
-                    replayed = not term.caught_up
-                    # The Service may be gone already: a release lets the API server
-                    # delete it, and the DELETED event may come before the reply.
-                    about, later = event_subject(
-                        service,
-                        message.uid,
-                        departed=memory.departed_ref(key),
-                        gone=released_ref(message, live=not replayed),
-                    )
-                    if about is not None:
-                        await self._recorder.emit(spec, about, cause, replayed=replayed)
-                        if service is None:
-                            memory.forget_departed(key, message.uid)
-                    elif later:
-                        # Replayed before the Services are listed, or ahead of the watch
-                        # event that brings the Service: emitted when it is handled.
-                        memory.defer(
-                            key,
-                            d.subject.family,
-                            DeferredEvent(
-                                spec=spec,
-                                uid=message.uid,
-                                cause=cause,
-                                trace_id=trace_id_of_current_span(),
-                                replayed=replayed,
-                            ),
-                        )
+                called = (
+                    (d.subject.family, event_for(message, before=observed.before)),
+                    (f"{d.subject.family}~", status_vip_event(message, before=observed.before)),
+                )
+                for family, spec in called:
+                    if spec is not None and fresh:
+                        await self._emit(d, key, message, spec, family)
                 memory.forget_service(key, absent=term.absent("service", key))
+
+    async def _emit(
+        self,
+        d: Delivery,
+        key: str,
+        message: VipMessage | LbMessage,
+        spec: EventSpec,
+        family: str,
+    ) -> None:
+        """Write the Event ``message`` calls for (or hold it back under ``family``)."""
+        term = self._term
+        memory = term.memory
+        cause = f"{d.subject.raw}#{d.seq}"
+        service = term.service_store().get(key)
+        # A replay cannot tell news from a repeat (what came before is not
+        # replayed): see EventRecorder.emit.
+        replayed = not term.caught_up
+        # The Service may be gone already: a release lets the API server
+        # delete it, and the DELETED event may come before the reply.
+        about, later = event_subject(
+            service,
+            message.uid,
+            departed=memory.departed_ref(key),
+            gone=released_ref(message, live=not replayed),
+        )
+        if about is not None:
+            await self._recorder.emit(spec, about, cause, replayed=replayed)
+            if service is None:
+                memory.forget_departed(key, message.uid)
+        elif later:
+            # Replayed before the Services are listed, or ahead of the watch
+            # event that brings the Service: emitted when it is handled.
+            memory.defer(
+                key,
+                family,
+                DeferredEvent(
+                    spec=spec,
+                    uid=message.uid,
+                    cause=cause,
+                    trace_id=trace_id_of_current_span(),
+                    replayed=replayed,
+                ),
+            )
 
 
 def open_consumers(bus: Bus, reader: BusReader, cluster: str) -> tuple[PullConsumer, PullConsumer]:
