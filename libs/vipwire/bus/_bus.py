@@ -285,6 +285,19 @@ class Bus:
         self._consumers.append(consumer)
         return consumer
 
+    @property
+    def consumers(self) -> tuple[PullConsumer, ...]:
+        """Every consumer made on this bus and not closed."""
+        return tuple(self._consumers)
+
+    def consumer_problem(self) -> str | None:
+        """Which consumer gets no messages now and why (lost, stalled); None: all get them.
+
+        ``/readyz`` reports it: a service whose consumer is lost is not doing its work.
+        """
+        problems = [p for c in self._consumers if (p := c.problem) is not None]
+        return "; ".join(problems) if problems else None
+
     async def close(self) -> None:
         """Stop consumers (finishing in-flight messages), then drain the connection."""
         if self.link is not None:
@@ -334,6 +347,9 @@ async def connect(
                 connect_timeout=settings.connect_timeout_s,  # type: ignore[arg-type]
                 reconnect_time_wait=settings.reconnect_wait_s,  # type: ignore[arg-type]
                 max_reconnect_attempts=-1,
+                # nats-py annotates it int; it sleeps that many (float) seconds.
+                ping_interval=settings.ping_interval_s,  # type: ignore[arg-type]
+                max_outstanding_pings=2,
                 allow_reconnect=True,
                 reconnect_to_server_handler=link.choose_server,
                 error_cb=link.on_error,

@@ -14,7 +14,9 @@ acknowledged without being handled (this is what makes a redelivery after a
 
 One module over 500 lines on purpose: one state machine (credit, open pull
 requests, lanes, heartbeats, recovery) whose every method reads the same
-state; split, the pull protocol's invariants would be read across files.
+state; split, the pull protocol's invariants would be read across files. What
+recovery decides (where to resume, when a consumer is lost or stalled) and what
+it reports live in ``_health``.
 """
 
 from __future__ import annotations
@@ -33,13 +35,14 @@ import nats.errors
 import nats.js.errors
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.api import AckPolicy, ConsumerConfig, ConsumerInfo, DeliverPolicy
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, TraceFlags
 
 from vipwire.aio import cancel_and_wait
 from vipwire.bus._errors import BusError
+from vipwire.bus._health import ConsumerHealth, Progress, silent, stall_check_due, stalled
 from vipwire.bus._reading import StoredMessage
 from vipwire.bus._verdict import Done, Reject, Retry, Verdict
 from vipwire.contracts import (
@@ -86,8 +89,14 @@ class ConsumerSpec(msgspec.Struct, frozen=True, kw_only=True):
     inactive_threshold: float = 60.0
     #: Seconds each pull request stays open.
     pull_expires: float = 30.0
-    #: Seconds between server heartbeats on an idle pull request.
-    heartbeat: float = 5.0
+    #: Seconds between server heartbeats on an idle pull request. Two and a half
+    #: missed heartbeats mean the server holding our requests (the consumer's
+    #: leader) is gone: the consumer is looked up, and resumed on a surviving one.
+    heartbeat: float = 1.0
+    #: Seconds without a delivery, while our requests are open, after which the
+    #: server is asked whether it holds messages for us; if it does, the consumer
+    #: is stalled: reported (``/readyz``) and created anew. 0: never asked.
+    stall_after_s: float = 10.0
     #: Skip messages older than one already handled on the same subject.
     supersede: bool = True
     #: Seconds a subject's last handled sequence is kept after its last message (at
@@ -198,6 +207,14 @@ class _LastSequences:
         return len(self._current.keys() | self._previous.keys())
 
 
+def _pending_of(msg: Msg) -> int | None:
+    """The consumer's pending count the server put in a message's ack subject."""
+    tokens = (msg.reply or "").split(".")
+    if len(tokens) == 9 and tokens[8].isdigit():
+        return int(tokens[8])
+    return None
+
+
 def _ack_fields(msg: Msg) -> tuple[int, int, float]:
     """(stream sequence, deliveries, stored at in Unix seconds) from the ack subject.
 
@@ -301,8 +318,16 @@ class PullConsumer:
         self._caught_up = asyncio.Event()
         self._pending_at_start: int | None = None
         self._handled = 0
-        label = spec.durable or "ephemeral"
+        label = spec.durable or ",".join(spec.filters)
         m = bus.metrics
+        # Where a re-created consumer resumes; its state (lost, stalled) and metrics.
+        self._progress = Progress(shared=spec.durable is not None)
+        self.health = ConsumerHealth(label, m)
+        self._last_delivery = time.monotonic()
+        self._last_check = time.monotonic()
+        self._delivered_since_check = False
+        self._suspect = False  # told the consumer's server is gone (503): look now
+        self._last_look = 0.0
         self._m_handled = m.counter(
             "bus_handled_total",
             "Messages handled, by consumer and verdict",
@@ -328,9 +353,7 @@ class PullConsumer:
     async def start(self) -> None:
         """Create (or bind) the consumer and start receiving."""
         await self._create()
-        inbox = self._bus.nc.new_inbox()
-        self._sub = await self._bus.nc.subscribe(inbox, cb=self._on_msg)
-        self._inbox = inbox
+        await self._new_inbox()
         for i, lane in enumerate(self._lanes):
             self._tasks.append(asyncio.create_task(self._run_lane(lane), name=f"lane-{i}"))
         self._tasks.append(asyncio.create_task(self._run_credit(), name="credit"))
@@ -368,8 +391,9 @@ class PullConsumer:
         for lane in self._lanes:
             lane.put_nowait(None)
         self._wake.set()
-        _, pending = await asyncio.wait(self._tasks, timeout=10.0)
-        await cancel_and_wait(pending)
+        if self._tasks:  # none when start() failed
+            _, pending = await asyncio.wait(self._tasks, timeout=10.0)
+            await cancel_and_wait(pending)
         self._tasks.clear()
         if self.spec.durable is None and self._name is not None:
             # An ephemeral consumer would otherwise linger on the server until
@@ -377,29 +401,69 @@ class PullConsumer:
             with contextlib.suppress(nats.errors.Error, nats.js.errors.Error, asyncio.TimeoutError):
                 await self._bus.js.delete_consumer(STREAM, self._name)
 
+    @property
+    def name(self) -> str | None:
+        """The consumer's name on the server now (None before start; an ephemeral
+        consumer gets a new one each time it is created anew)."""
+        return self._name
+
+    @property
+    def label(self) -> str:
+        """How logs and metrics name it: the durable name, else its filters."""
+        return self._label
+
+    @property
+    def problem(self) -> str | None:
+        """Why this consumer gets no messages now (lost, stalled); None: it does."""
+        return None if self._stopping else self.health.problem
+
     def on_reconnect(self) -> None:
         # Pull requests die with the old connection; ask anew.
         self._outstanding = 0
-        if self.spec.ack == "none" and self.spec.durable is None:
-            # What the server sent while we were gone counts as delivered, and
-            # nothing unacknowledged comes back: start a fresh consumer instead,
-            # which (``last_per_subject``) replays the current state.
+        if self.spec.durable is None:
+            # What the server sent while we were gone counts as delivered: without acks
+            # it never comes back, with acks only after ack_wait. Start a fresh consumer
+            # from the first sequence not finished here instead (no gap, no replay).
             self._recreate = True
         self._wake.set()
 
-    async def _create(self) -> None:
+    async def _new_inbox(self) -> None:
+        """Receive on a fresh inbox: what a replaced consumer still sends goes nowhere."""
+        old = self._sub
+        inbox = self._bus.nc.new_inbox()
+        self._sub = await self._bus.nc.subscribe(inbox, cb=self._on_msg)
+        self._inbox = inbox
+        if old is not None:
+            with contextlib.suppress(nats.errors.Error):
+                await old.unsubscribe()
+
+    async def _create(self, *, resume: bool = False, timeout: float | None = None) -> None:
+        """Create (or bind) the consumer; ``resume``: from the first sequence not finished."""
         spec = self.spec
         acked = spec.ack == "explicit"
+        start_seq = self._progress.resume_seq if resume else 0
         config = ConsumerConfig(
             durable_name=spec.durable,
-            deliver_policy=_DELIVER[spec.deliver],
+            deliver_policy=DeliverPolicy.BY_START_SEQUENCE if start_seq else _DELIVER[spec.deliver],
+            opt_start_seq=start_seq or None,
             ack_policy=AckPolicy.EXPLICIT if acked else AckPolicy.NONE,
             ack_wait=spec.ack_wait if acked else None,
             filter_subjects=list(spec.filters),
             max_ack_pending=max(spec.batch * 4, 1024) if acked else None,
             inactive_threshold=None if spec.durable else spec.inactive_threshold,
         )
-        info = await self._bus.js.add_consumer(STREAM, config)
+        try:
+            info = await self._bus.js.add_consumer(STREAM, config, timeout=timeout)
+        except nats.js.errors.APIError as exc:
+            # "deliver policy can not be updated": it exists with another start, as a
+            # replica re-created it (after the server lost it) from where that replica
+            # had got to. Shared, so bind to it as it is.
+            if spec.durable is None or exc.err_code != 10012:
+                raise
+            info = await self._bus.js.consumer_info(STREAM, spec.durable, timeout=timeout)
+        floor = info.ack_floor if spec.durable is not None else info.delivered
+        if floor is not None and floor.stream_seq:
+            self._progress.start_after(int(floor.stream_seq))
         if info.name != self._name and not self._caught_up.is_set():
             self._handled = 0
         self._name = info.name
@@ -421,7 +485,7 @@ class PullConsumer:
     # --- receiving ---------------------------------------------------------------
 
     async def _run_credit(self) -> None:
-        """Keep enough pull requests open; notice a dead one by missing heartbeats."""
+        """Keep enough pull requests open; notice a lost or stalled consumer."""
         spec = self.spec
         while not self._stopping:
             free = spec.batch - self._outstanding - self._inflight
@@ -429,36 +493,159 @@ class PullConsumer:
                 await self._request(free)
             self._wake.clear()
             with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), spec.heartbeat)
-            # Silence only means something while a request is open: with every credit
-            # in a slow handler the server has nothing to say to us.
-            silent = time.monotonic() - self._last_heard > 3 * spec.heartbeat
-            if self._recreate or (silent and self._outstanding > 0):
-                await self._recover()
+                # Twice per heartbeat: a silence is noticed within half a heartbeat.
+                await asyncio.wait_for(self._wake.wait(), spec.heartbeat / 2)
+            if self._halting():
+                break
+            try:
+                await self._check()
+            except Exception:
+                # The loop that keeps the consumer fed must outlive any surprise.
+                log.exception("consumer %s: health check failed; trying again", self._label)
 
-    async def _recover(self) -> None:
-        """Our open requests went silent, or the consumer must be created anew.
+    def _halting(self) -> bool:
+        # A method, not the attribute: a stop may begin while we await.
+        return self._stopping
 
-        Silence has three causes: the server lost our requests (it restarted, our
-        connection was replaced), it lost the consumer itself (deleted, expired),
-        or we were too busy to hear it. Asking again covers all but a lost
-        consumer; re-creating one that still exists would, for an ephemeral
-        consumer, start a second one that replays its subjects from the start.
+    @property
+    def _probe_timeout(self) -> float:
+        # Short: a consumer whose server is gone never answers, and a healthy one
+        # answers in milliseconds; a slow answer costs at most a needless re-creation.
+        return max(1.0, self.spec.heartbeat)
+
+    async def _check(self) -> None:
+        """One look at the consumer's health, when something calls for it."""
+        spec, now = self.spec, time.monotonic()
+        if self._recreate:
+            await self._recreate_now("the consumer must be created anew", resume=True)
+        elif self._suspect or silent(
+            now=now,
+            last_heard=self._last_heard,
+            outstanding=self._outstanding,
+            heartbeat_s=spec.heartbeat,
+        ):
+            if now - self._last_look < spec.heartbeat:
+                return  # at most one look per heartbeat, however often it is called for
+            why = (
+                "nobody serves its pull requests"
+                if self._suspect
+                else f"no heartbeat for {now - self._last_heard:.1f}s"
+            )
+            await self._look(why)
+        elif stall_check_due(
+            now=now,
+            last_delivery=self._last_delivery,
+            last_check=self._last_check,
+            outstanding=self._outstanding,
+            stall_after_s=spec.stall_after_s,
+        ):
+            await self._stall_check()
+
+    async def _look(self, why: str) -> None:
+        """Our requests went unanswered: ask the cluster about the consumer.
+
+        Silence has four causes: the server lost our requests (it restarted, our
+        connection was replaced), the consumer moved to a new leader (a durable
+        one, its old server gone), the consumer is gone (deleted, expired, or an
+        ephemeral one on a server that died), or we were too busy to hear it. A
+        consumer the cluster still serves is only asked again (re-creating an
+        ephemeral one that still exists would start a second one); one it does
+        not serve is created anew, from the first sequence not finished here.
         """
-        self._last_heard = time.monotonic()
+        self._suspect = False
+        self._last_heard = self._last_look = time.monotonic()
         self._outstanding = 0  # the loop asks again
-        recreate, self._recreate = self._recreate, False
         try:
-            if not recreate and self._name is not None:
-                try:
-                    await self._bus.js.consumer_info(STREAM, self._name)
-                    return
-                except nats.js.errors.NotFoundError:
-                    pass
-            await self._create()
+            info = await self._info()
+        except nats.js.errors.NotFoundError:
+            self.health.change("lost", f"{why}; the server no longer knows it")
+            await self._recreate_now(why, resume=True)
+            return
         except (TimeoutError, nats.errors.Error, nats.js.errors.Error) as exc:
-            log.debug("consumer %s: cannot recover yet (%r); will retry", self._label, exc)
-            self._recreate = self._recreate or recreate
+            self.health.change("lost", f"{why}; its server does not answer ({exc!r})")
+            if self.spec.durable is None:
+                # An ephemeral consumer lives on one server: unanswered, it is gone with it.
+                await self._recreate_now(why, resume=True)
+            return
+        self.health.pending(int(info.num_pending or 0))
+
+    async def _stall_check(self) -> None:
+        """Nothing arrived for a while: does the server hold messages it does not hand us?"""
+        self._last_check = time.monotonic()
+        delivered, self._delivered_since_check = self._delivered_since_check, False
+        try:
+            info = await self._info()
+        except nats.js.errors.NotFoundError:
+            self.health.change("lost", "the server no longer knows it")
+            await self._recreate_now("the server no longer knows it", resume=True)
+            return
+        except (TimeoutError, nats.errors.Error, nats.js.errors.Error):
+            return  # unanswered: the heartbeats tell whether its server is gone
+        pending = int(info.num_pending or 0)
+        self.health.pending(pending)
+        if not stalled(
+            num_pending=pending, delivered_since_check=delivered or self._delivered_since_check
+        ):
+            if self.health.state == "stalled" and pending == 0:
+                self.health.change("connected", "nothing pending any more")
+            return
+        idle = time.monotonic() - self._last_delivery
+        held = f"the stream holds {pending} message(s) for it and none came for {idle:.0f}s"
+        if info.paused:
+            # Someone paused it on purpose: reported, never undone behind their back.
+            until = info.config.pause_until
+            self.health.change("stalled", f"{held}: paused on the server until {until}")
+        elif self.spec.durable is None:
+            self.health.change("stalled", held)
+            await self._recreate_now("stalled", resume=True)
+        else:
+            # Shared with other replicas, so never replaced: its leader is asked to step
+            # down, and the new one (with the replicated state) delivers.
+            self.health.change("stalled", f"{held}; asking its leader to step down")
+            subject = f"$JS.API.CONSUMER.LEADER.STEPDOWN.{STREAM}.{self._name}"
+            with contextlib.suppress(TimeoutError, nats.errors.Error):
+                await self._bus.nc.request(subject, b"", timeout=self._probe_timeout)
+            self._outstanding = 0  # the old leader's requests die with its leadership
+
+    async def _info(self) -> ConsumerInfo:
+        assert self._name is not None
+        info: ConsumerInfo = await self._bus.js.consumer_info(
+            STREAM, self._name, timeout=self._probe_timeout
+        )
+        return info
+
+    async def _recreate_now(self, why: str, *, resume: bool) -> None:
+        """Create the consumer anew (``resume``: from the first sequence not finished here).
+
+        A durable consumer is re-created under its name only when the server lost
+        it (another replica may share it); an ephemeral one is replaced by a new
+        one, wherever the cluster places it.
+        """
+        self._recreate = False
+        self._outstanding = 0
+        self._last_heard = self._last_check = time.monotonic()
+        old = self._name
+        start = self._progress.resume_seq if resume else 0
+        try:
+            await self._create(resume=resume, timeout=self._probe_timeout)
+            await self._new_inbox()
+        except (TimeoutError, nats.errors.Error, nats.js.errors.Error) as exc:
+            if self.health.state == "connected":
+                self.health.change("lost", f"{why}; cannot re-create it ({exc!r})")
+            log.debug("consumer %s: cannot re-create it yet (%r); will retry", self._label, exc)
+            self._recreate = True
+            return
+        log.info(
+            "consumer %s: created anew as %s%s (%s)",
+            self._label,
+            self._name,
+            f" from stream seq {start}" if start else "",
+            why,
+        )
+        if old is not None and old != self._name and self.health.state != "lost":
+            # Its server answers: leave nothing there holding messages for nobody.
+            with contextlib.suppress(TimeoutError, nats.errors.Error, nats.js.errors.Error):
+                await self._bus.js.delete_consumer(STREAM, old)
 
     async def _request(self, count: int) -> None:
         spec = self.spec
@@ -476,11 +663,20 @@ class PullConsumer:
         self._outstanding += count
 
     async def _on_msg(self, msg: Msg) -> None:
-        self._last_heard = time.monotonic()
+        self._last_heard = now = time.monotonic()
         status = (msg.headers or {}).get("Status")
         if status is not None and not msg.reply:
             self._on_status(status, msg)
             return
+        seq = _ack_fields(msg)[0]
+        self._progress.received(seq)
+        self._last_delivery = now
+        self._delivered_since_check = True
+        pending = _pending_of(msg)
+        if pending is not None:
+            self.health.pending(pending)
+        if self.health.state != "connected":
+            self.health.change("connected", f"delivered stream seq {seq}")
         self._outstanding = max(0, self._outstanding - 1)
         self._inflight += 1
         lane = zlib.crc32(msg.subject.encode()) % len(self._lanes)
@@ -489,6 +685,14 @@ class PullConsumer:
     def _on_status(self, status: str, msg: Msg) -> None:
         headers = msg.headers or {}
         if status == "100":  # idle heartbeat (or flow control)
+            if self.health.state == "lost" and not self._recreate:
+                self.health.change("connected", "its server answers again")
+            return
+        if status == "503":
+            # No responders: nobody serves our pull requests (the consumer's server is gone).
+            self._outstanding = 0
+            self._suspect = True
+            self._wake.set()
             return
         if status in ("404", "408", "409"):
             # The request ended; what it did not deliver is no longer owed.
@@ -527,6 +731,11 @@ class PullConsumer:
     async def _handle(self, msg: Msg) -> None:
         seq, num_delivered, stored_at = _ack_fields(msg)
         subject = msg.subject
+        if self._progress.done(seq):
+            # Finished here already; a copy from the consumer's new incarnation or
+            # leader (whose ack was lost with the old one): acknowledged, not handled.
+            await self._settle(msg, Done(), subject, seq, duplicate=True)
+            return
         if self._supersede and seq < self._last_seq.get(subject):
             await self._settle(msg, Done(), subject, seq)
             return
@@ -681,9 +890,27 @@ class PullConsumer:
         await self._settle(msg, Reject(reason=reason), subject, seq, counted=True)
 
     async def _settle(
-        self, msg: Msg, verdict: Verdict, subject: str, seq: int, *, counted: bool = False
+        self,
+        msg: Msg,
+        verdict: Verdict,
+        subject: str,
+        seq: int,
+        *,
+        counted: bool = False,
+        duplicate: bool = False,
     ) -> None:
         """The one place a verdict becomes an acknowledgement."""
+        if isinstance(verdict, Retry) and self.spec.ack == "explicit":
+            self._progress.retrying(seq)
+        else:
+            self._progress.finished(seq)
+            self.health.progressed()
+        if duplicate:
+            with contextlib.suppress(nats.errors.Error):
+                if self.spec.ack == "explicit":
+                    await msg.ack()
+            self._m_handled.inc(consumer=self._label, verdict="duplicate")
+            return
         if self.spec.ack == "none":
             if not isinstance(verdict, Done) and not counted:
                 log.warning(

@@ -4,6 +4,7 @@ Used by ``vipwire up``, the benchmarks and the tests; production points the
 services at an existing NATS cluster instead.
 """
 
+from vipwire.natsserver._cluster import ClusterServer, NatsCluster
 from vipwire.natsserver._server import NatsServer, NatsServerError, find_binary
 
-__all__ = ["NatsServer", "NatsServerError", "find_binary"]
+__all__ = ["ClusterServer", "NatsCluster", "NatsServer", "NatsServerError", "find_binary"]

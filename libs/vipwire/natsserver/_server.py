@@ -68,6 +68,11 @@ class NatsServer:
             raise NatsServerError("nats-server is not running")
         return f"nats://{self.host}:{self.port}"
 
+    @property
+    def urls(self) -> tuple[str, ...]:
+        """Its URL, as the one server of a :class:`NatsCluster` of one."""
+        return (self.url,)
+
     async def start(self, timeout: float = 10.0) -> None:
         self.store_dir.mkdir(parents=True, exist_ok=True)
         # -1 asks for a random port; the log line tells us which one we got.

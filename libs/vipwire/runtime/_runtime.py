@@ -124,7 +124,7 @@ class Runtime:
         if self._bus is None:
             servers = ", ".join(self.settings.bus.servers)
             return web.Response(status=503, text=f"not ready: connecting to NATS at {servers}\n")
-        reason = self._readiness()
+        reason = self._readiness() or self._bus.consumer_problem()
         if not self._bus.nc.is_connected:
             reason = reason or "not connected to NATS"
         if reason:

@@ -31,7 +31,7 @@ from vipwire.ipam import IpamService, IpamSettings, PoolSettings
 from vipwire.kube import KubeApiError, new_api_client, request_json
 from vipwire.kubeemu import KubeEmulator
 from vipwire.lbdriver import ApplianceSettings, LbdriverService, LbdriverSettings, SimAppliance
-from vipwire.natsserver import NatsServer
+from vipwire.natsserver import NatsCluster, NatsServer
 from vipwire.nodeagent import Applier, DryRunApplier, NodeagentService, NodeagentSettings
 from vipwire.runtime import CommonSettings, Runtime, Service
 from vipwire.watcher import WatcherService, WatcherSettings
@@ -68,6 +68,10 @@ class StackSettings(msgspec.Struct, frozen=True, kw_only=True):
     status_gate: Literal["none", "any", "all"] = "none"
     #: Where JetStream keeps its store; None: a temporary directory removed on stop.
     state_dir: str | None = None
+    #: NATS servers: 1, or a local JetStream cluster of that many, each with its own
+    #: store under ``state_dir``; the stream and KV buckets then get up to 3 replicas
+    #: (3 servers: R3, and any one server may be lost).
+    nats_servers: int = 1
     #: ipam replicas (they share one KV bucket).
     ipam_replicas: int = 1
     #: The appliance the lbdriver programs (in the pools' appliance group); None: the
@@ -147,7 +151,11 @@ class Stack:
         else:
             self.state_dir = Path(self.settings.state_dir)
         # Its own process group: a Ctrl-C in the terminal stops the services first, then it.
-        self.nats = NatsServer(self.state_dir / "jetstream", own_process_group=True)
+        self.nats: NatsServer | NatsCluster = (
+            NatsCluster(self.settings.nats_servers, self.state_dir / "jetstream")
+            if self.settings.nats_servers > 1
+            else NatsServer(self.state_dir / "jetstream", own_process_group=True)
+        )
         real = self.settings.kubeconfigs
         self.clusters = list(real) or [cluster_name(i) for i in range(self.settings.clusters)]
         self.emulators = {
@@ -166,7 +174,11 @@ class Stack:
     # --- lifecycle -----------------------------------------------------------------
 
     def _runtime(self, name: str) -> Runtime:
-        bus = BusSettings(servers=(self.nats.url,), reconnect_wait_s=0.2)
+        bus = BusSettings(
+            servers=self.nats.urls,
+            reconnect_wait_s=0.2,
+            replicas=min(3, max(1, self.settings.nats_servers)),
+        )
         service_name, _, instance = name.partition(":")
         return Runtime(
             service_name,
@@ -440,7 +452,7 @@ class Stack:
     async def _follow_statuses(self) -> None:
         """Keep what the watchers write into real clusters' status (from the bus), so
         ``ingress_ips`` answers without asking those API servers every time."""
-        self._status_nc = await nats.connect(self.nats.url, name="vipwire-up-status")
+        self._status_nc = await nats.connect(servers=list(self.nats.urls), name="vipwire-up-status")
 
         async def on_msg(msg: Msg) -> None:
             try:

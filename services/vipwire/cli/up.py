@@ -48,6 +48,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argpar
         metavar="DIR",
         help="keep the JetStream store here (default: a temporary directory, named on start)",
     )
+    up.add_argument(
+        "--nats-cluster",
+        type=int,
+        default=1,
+        metavar="N",
+        help="run a local JetStream cluster of N nats-servers (3: R3 stream and KV, any one "
+        "server may be killed) instead of one server (default 1)",
+    )
     up.add_argument("--clusters", type=int, default=2, help="emulated clusters (default 2)")
     up.add_argument("--nodes", type=int, default=3, help="nodes per cluster (default 3)")
     up.add_argument("--services", type=int, default=5, help="demo Services per cluster (default 5)")
@@ -139,6 +147,7 @@ async def _up(args: argparse.Namespace, stop: asyncio.Event) -> int:
         clusters=args.clusters,
         nodes=args.nodes,
         state_dir=args.state_dir,
+        nats_servers=args.nats_cluster,
         dashboard_port=None if args.no_dashboard else dashboard_port,
         kubeconfigs={args.cluster: (real, args.context)} if real else {},
     )
@@ -237,7 +246,7 @@ async def _live(stack: Stack, stop: asyncio.Event) -> int:
 
     from vipwire.allinone.view import BusView
 
-    nc = await nats.connect(stack.nats.url, name="vipwire-up-view")
+    nc = await nats.connect(servers=list(stack.nats.urls), name="vipwire-up-view")
     view = BusView()
     try:
         await view.start(nc)
