@@ -71,3 +71,26 @@ async def test_a_consumer_deleted_on_the_server_resumes_where_it_was(
     assert got == ["before", "after"]
     assert consumer.name != first
     await eventually(lambda: rt.bus.consumer_problem() is None, what="delivering again")
+
+
+async def test_a_new_only_consumer_lost_before_its_first_message_misses_nothing(
+    make_runtime: RuntimeFactory,
+) -> None:
+    """deliver="new", deleted before anything came: re-created from where it started, so
+    what was published meanwhile is handed over (a fresh "new" consumer would skip it)."""
+    rt = await make_runtime("new-only")
+    await rt.bus.publish(NodeGone(cluster="east", node="old"))
+    got: list[str] = []
+    consumer = rt.bus.consumer(
+        ConsumerSpec(filters=("vipwire.*.node.>",), deliver="new", heartbeat=0.2),
+        recording(got),
+    )
+    await consumer.start()
+    first = consumer.name
+    assert first is not None
+    await rt.bus.js.delete_consumer(STREAM, first)
+    await rt.bus.publish(NodeGone(cluster="east", node="meanwhile"))
+    await eventually(lambda: consumer.name != first, what="the consumer created anew")
+    await rt.bus.publish(NodeGone(cluster="east", node="later"))
+    await eventually(lambda: "later" in got, what="'later' handled")
+    assert got == ["meanwhile", "later"]

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import signal
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -36,7 +38,7 @@ from vipwire.contracts import (
     family_filter,
 )
 from vipwire.lbdriver import ApplianceSettings
-from vipwire.natsserver import NatsCluster
+from vipwire.natsserver import NatsCluster, NatsServerError
 from vipwire.runtime import Runtime
 from vipwire.testing import eventually
 
@@ -210,6 +212,42 @@ async def test_a_consumer_resumes_on_a_surviving_server_without_gap_or_duplicate
     )
 
 
+# A hung server accepts TCP connections (the kernel does) but never greets: nats-py drops
+# such a reconnect attempt after its timeout without closing that socket.
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+async def test_a_consumer_whose_server_hangs_moves_to_a_surviving_one(
+    cluster: NatsCluster, make_runtime: RuntimeFactory
+) -> None:
+    """SIGSTOP the server a consumer's connection is on: its TCP connection stays open, yet
+    the client takes it for dead (unanswered pings) and the consumer resumes elsewhere,
+    instead of waiting minutes for nats-py's default ping timeout."""
+    rt = await make_runtime("hung")
+    publisher = await make_runtime("publisher")
+    got: list[str] = []
+
+    async def handler(d: Delivery) -> Verdict:
+        assert isinstance(d.message, NodeGone)
+        got.append(d.message.node)
+        return DONE
+
+    consumer = rt.bus.consumer(KINDS["ephemeral"], handler)
+    await consumer.start()
+    await publish_until_accepted(publisher.bus, NodeGone(cluster="east", node="before"), "b")
+    await eventually(lambda: got == ["before"], what="'before' handled")
+    url = rt.bus.nc.connected_url
+    assert url is not None
+    (hung,) = (s.index for s in cluster.servers if s.url.endswith(f":{url.port}"))
+    paused = time.monotonic()
+    cluster.pause(hung)
+    try:
+        await publish_until_accepted(publisher.bus, NodeGone(cluster="east", node="after"), "a")
+        await eventually(lambda: "after" in got, timeout=20, what="'after' handled elsewhere")
+        log.warning("hung server: handled %.1fs after the SIGSTOP", time.monotonic() - paused)
+    finally:
+        cluster.resume(hung)
+    assert got == ["before", "after"]
+
+
 # --- a stalled consumer is reported, then clears ---------------------------------------
 
 
@@ -289,6 +327,17 @@ async def test_a_killed_server_rejoins_on_its_ports_and_catches_up(
         )
     finally:
         await only.stop()
+
+
+async def test_a_server_that_dies_by_itself_fails_the_wait_at_once(cluster: NatsCluster) -> None:
+    """A server that exits without kill() (a port taken, a bad store) is an error with its
+    log lines, not a wait until the timeout."""
+    proc = cluster.servers[1].proc
+    assert proc is not None
+    os.kill(proc.pid, signal.SIGKILL)
+    await proc.wait()
+    with pytest.raises(NatsServerError, match="n1 exited"):
+        await cluster.wait_ready(timeout=30)
 
 
 async def make_runtime_on(settings: BusSettings, servers: tuple[str, ...]) -> Runtime:

@@ -57,6 +57,19 @@ class TestProgress:
         assert p.done(7)
         assert p.resume_seq == 7  # the second copy is still in a lane
 
+    def test_a_consumer_lost_before_its_first_delivery_resumes_after_its_start(
+        self,
+    ) -> None:
+        """Created at stream seq 41 ("new"), lost before anything came: resume at 42, not
+        by the policy (which would skip what was published meanwhile)."""
+        p = Progress()
+        p.start_after(41)
+        assert p.resume_seq == 42
+        p.received(42)
+        p.finished(42)
+        p.start_after(99)  # a later incarnation's start changes nothing once seen
+        assert p.resume_seq == 43
+
     def test_a_shared_durable_counts_only_what_it_finished_itself(self) -> None:
         """Another replica's message redelivered to us (it died) is below our floor but
         was never handled here: it is not a duplicate."""

@@ -113,6 +113,15 @@ def test_the_standby_wakes_at_expiry_when_it_comes_before_the_next_poll() -> Non
     assert (d.action, d.wake_at) == ("stand_by", 53.0)
 
 
+def test_a_holder_with_a_longer_ttl_is_waited_out_for_its_own() -> None:
+    """The ttl the holder recorded counts when longer than mine (a rollout changing it)."""
+    watched = Watched(4, 50.0)
+    assert run(53.0, Seen(OTHER, 4, ttl_s=10.0), watched=watched).action == "stand_by"
+    d = run(60.0, Seen(OTHER, 4, ttl_s=10.0), watched=watched)
+    assert (d.action, d.last) == ("acquire", 4)
+    assert run(53.0, Seen(OTHER, 4, ttl_s=1.0), watched=watched).action == "acquire"
+
+
 def test_a_long_dead_lease_is_taken_at_once_by_its_age() -> None:
     """An entry older than ttl + clock skew by the server's write time needs no wait."""
     old = WALL - int(4.1 * 1e9)

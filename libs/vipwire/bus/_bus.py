@@ -347,6 +347,9 @@ async def connect(
                 connect_timeout=settings.connect_timeout_s,  # type: ignore[arg-type]
                 reconnect_time_wait=settings.reconnect_wait_s,  # type: ignore[arg-type]
                 max_reconnect_attempts=-1,
+                # nats-py annotates it int; it sleeps that many (float) seconds.
+                ping_interval=settings.ping_interval_s,  # type: ignore[arg-type]
+                max_outstanding_pings=2,
                 allow_reconnect=True,
                 reconnect_to_server_handler=link.choose_server,
                 error_cb=link.on_error,

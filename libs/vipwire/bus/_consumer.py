@@ -391,8 +391,9 @@ class PullConsumer:
         for lane in self._lanes:
             lane.put_nowait(None)
         self._wake.set()
-        _, pending = await asyncio.wait(self._tasks, timeout=10.0)
-        await cancel_and_wait(pending)
+        if self._tasks:  # none when start() failed
+            _, pending = await asyncio.wait(self._tasks, timeout=10.0)
+            await cancel_and_wait(pending)
         self._tasks.clear()
         if self.spec.durable is None and self._name is not None:
             # An ephemeral consumer would otherwise linger on the server until
@@ -460,6 +461,9 @@ class PullConsumer:
             if spec.durable is None or exc.err_code != 10012:
                 raise
             info = await self._bus.js.consumer_info(STREAM, spec.durable, timeout=timeout)
+        floor = info.ack_floor if spec.durable is not None else info.delivered
+        if floor is not None and floor.stream_seq:
+            self._progress.start_after(int(floor.stream_seq))
         if info.name != self._name and not self._caught_up.is_set():
             self._handled = 0
         self._name = info.name

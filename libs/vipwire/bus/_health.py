@@ -56,6 +56,13 @@ class Progress:
         self._floor = 0  # every sequence up to it is finished (or not ours)
         self._max_seen = 0
 
+    def start_after(self, seq: int) -> None:
+        """The consumer starts after stream sequence ``seq`` (its creation's delivered
+        or ack floor): a new incarnation created before anything arrived resumes
+        there, not by its policy (``new`` would skip what came meanwhile)."""
+        if self._max_seen == 0 and seq > 0:
+            self._max_seen = self._floor = seq
+
     def received(self, seq: int) -> None:
         self._held[seq] += 1
         self._max_seen = max(self._max_seen, seq)

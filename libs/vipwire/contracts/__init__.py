@@ -40,6 +40,7 @@ from vipwire.contracts._control import (
     StaleAllocation,
 )
 from vipwire.contracts._messages import (
+    APPLIANCE_DRIFT,
     SCHEMA_VERSION,
     AppliedMessage,
     Endpoint,
@@ -97,6 +98,7 @@ STREAM = "VIPWIRE"
 IPAM_BUCKET = "vipwire-ipam"
 
 __all__ = [
+    "APPLIANCE_DRIFT",
     "IPAM_BUCKET",
     "IPAM_QUEUE",
     "IPAM_RELEASE_SUBJECT",

@@ -22,6 +22,10 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+import nats.errors
+import nats.js.errors
+from nats.aio.client import Client as NatsClient
+
 from vipwire.natsserver._server import NatsServerError, find_binary
 
 
@@ -119,6 +123,7 @@ class NatsCluster:
         self.base_dir = Path(base_dir or tempfile.mkdtemp(prefix="vipwire-natscluster-"))
         self._binary = binary or find_binary()
         self.servers: list[ClusterServer] = []
+        self._killed: set[int] = set()  # down on purpose (kill), not by a failure
 
     @property
     def urls(self) -> tuple[str, ...]:
@@ -156,6 +161,7 @@ class NatsCluster:
     def kill(self, index: int) -> None:
         """SIGKILL server ``index`` (as a crash would); its ports and store are kept."""
         server = self.servers[index]
+        self._killed.add(index)
         if server.proc is not None and server.proc.returncode is None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(server.proc.pid, signal.SIGKILL)
@@ -180,12 +186,14 @@ class NatsCluster:
         if server.alive:
             self.kill(index)
         await self._reap(server)
+        self._killed.discard(index)
         await self._spawn(server)
         if wait:
             await self.wait_ready(timeout)
 
     async def stop(self) -> None:
         """Stop every server (SIGTERM, then SIGKILL after 10 s) and remove a temporary dir."""
+        self._killed.update(s.index for s in self.servers)
         for server in self.servers:
             if server.alive and server.proc is not None:
                 with contextlib.suppress(ProcessLookupError):
@@ -230,8 +238,18 @@ class NatsCluster:
         raise NatsServerError(f"NATS cluster not ready after {timeout:.0f}s: {problem}\n{tails}")
 
     async def problem(self) -> str | None:
-        """Why the cluster is not ready now; None: ready."""
+        """Why the cluster is not ready now; None: ready.
+
+        Raises NatsServerError (with its last log lines) if a server that was not
+        killed on purpose has exited: waiting would not bring it back.
+        """
         leaders: set[str] = set()
+        for server in self.servers:
+            if server.index not in self._killed and server.proc is not None and not server.alive:
+                tail = "\n".join(server.log_tail[-10:])
+                raise NatsServerError(
+                    f"nats-server {server.name} exited with code {server.proc.returncode}:\n{tail}"
+                )
         live = [s for s in self.servers if s.alive]
         if not live:
             return "no server is running"
@@ -248,6 +266,33 @@ class NatsCluster:
             leaders.add(leader)
         if len(leaders) > 1:
             return f"servers disagree on the meta leader: {sorted(leaders)}"
+        return await self._streams_problem(live)
+
+    async def _streams_problem(self, live: Sequence[ClusterServer]) -> str | None:
+        """Whether every stream (KV buckets included) and durable consumer answers a
+        client, through each live server: after a restart of the whole cluster, they
+        elect their leaders after the servers call themselves healthy."""
+        for server in live:
+            nc = NatsClient()
+            try:
+                await nc.connect(
+                    servers=[server.url],
+                    connect_timeout=1,
+                    allow_reconnect=False,
+                    max_reconnect_attempts=0,
+                )
+                js = nc.jetstream(timeout=1.0)
+                for stream in await js.streams_info():
+                    name = stream.config.name or ""
+                    await js.stream_info(name)
+                    for consumer in await js.consumers_info(name):
+                        if consumer.config.durable_name:  # ephemeral ones of a past run expire
+                            await js.consumer_info(name, consumer.name)
+            except (OSError, TimeoutError, nats.errors.Error, nats.js.errors.Error) as exc:
+                return f"{server.name}: a stream or consumer does not answer yet ({exc!r})"
+            finally:
+                with contextlib.suppress(Exception):
+                    await nc.close()
         return None
 
     async def jsz(self, index: int, query: str = "") -> dict[str, Any]:

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import re
-from typing import Annotated, Literal
+from collections.abc import Mapping
+from typing import Annotated, ClassVar, Literal
 
 import msgspec
 
@@ -129,6 +130,9 @@ class LbdriverSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown
     """How the lbdriver programs appliances. No default appliance: a config that
     forgets them must fail, not quietly program a simulator."""
 
+    #: Old names of settings, still accepted (with a warning) for one release.
+    __renamed__: ClassVar[Mapping[str, str]] = {"drift_interval_s": "verify_interval_s"}
+
     #: The appliances, at least one; order matters within a group (first healthy wins).
     appliances: tuple[ApplianceSettings, ...]
     #: Start of every object name we create; objects without it are never touched.
@@ -157,9 +161,12 @@ class LbdriverSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown
     unhealthy_cooldown_s: NonNegative = 5.0
     #: Upper bound of that wait in seconds.
     unhealthy_max_cooldown_s: NonNegative = 120.0
-    #: Seconds between drift passes: each lists every partition of an appliance and
-    #: undoes out-of-band edits of our objects (0: only the pass at start-up).
-    drift_interval_s: NonNegative = 60.0
+    #: Seconds between verifications (drift passes): each lists every partition of an
+    #: appliance, checks that what each Service was reported programmed with is still
+    #: there (virtual servers, members) and re-programs what was changed or deleted
+    #: out of band, reporting ApplianceDrift until it is repaired (0: only the pass at
+    #: start-up).
+    verify_interval_s: NonNegative = 30.0
     #: Seconds an appliance may go without a successful call before it is probed (a
     #: listing of one partition), so a failed active is noticed, and its group
     #: failed over, even when nothing changes; every second while calls fail (0: off).

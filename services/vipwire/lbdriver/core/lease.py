@@ -56,6 +56,8 @@ class Seen:
     #: When this revision was written, ns since the epoch: the server's time where the
     #: read tells it, else the renewal time the holder recorded in it (0: unknown).
     written_ns: int = 0
+    #: The ttl the holder recorded (its deadline counts with it; 0: unknown).
+    ttl_s: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,12 +143,15 @@ def decide(
         return Decision("step_down", None, now, None, f"{seen.holder} holds the lease now")
     if watched is None or watched.revision != seen.revision:
         watched = Watched(seen.revision, now)
-    expires = watched.since + times.ttl_s
+    # The holder stops by its own ttl: with replicas configured differently (a rollout
+    # changing it), the longer one counts.
+    ttl_s = max(times.ttl_s, seen.ttl_s)
+    expires = watched.since + ttl_s
     age_s = (wall_ns - seen.written_ns) / 1e9 if seen.written_ns else 0.0
     if now >= expires:
-        reason = f"{seen.holder} did not renew for {times.ttl_s:g}s"
+        reason = f"{seen.holder} did not renew for {ttl_s:g}s"
         return Decision("acquire", seen.revision, poll, None, reason)
-    if age_s > times.ttl_s + times.clock_skew_s:
+    if age_s > ttl_s + times.clock_skew_s:
         reason = f"the lease of {seen.holder} is {age_s:.1f}s old"
         return Decision("acquire", seen.revision, poll, None, reason)
     return Decision("stand_by", None, min(expires, poll), watched, f"{seen.holder} holds the lease")

@@ -203,15 +203,16 @@ class Election:
             self._note_holder("")
             return None, True
         written_ns = entry.created_ns  # the server's clock, where the read tells it
+        ttl_s = 0.0
         try:
             lease = msgspec.json.decode(entry.value, type=LbdriverLease)
         except msgspec.DecodeError:
             holder = UNREADABLE
         else:
-            holder = lease.holder
+            holder, ttl_s = lease.holder, lease.ttl_s
             written_ns = written_ns or int(lease.renewed_at * 1e9)
         self._note_holder(holder)
-        return Seen(holder, entry.revision, written_ns), True
+        return Seen(holder, entry.revision, written_ns, ttl_s), True
 
     async def _write(self, decision: Decision) -> bool:
         """Create or update the lease as decided; False: not written (read it again now)."""

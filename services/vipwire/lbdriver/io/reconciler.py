@@ -26,7 +26,7 @@ from vipwire.contracts import LbMessage, ServiceRef, encode
 from vipwire.lbdriver.core.coalesce import Flush
 from vipwire.lbdriver.core.desired import InvalidAssignment, owner_of
 from vipwire.lbdriver.core.diff import diff
-from vipwire.lbdriver.core.drift import owned_scope
+from vipwire.lbdriver.core.drift import drift_found, drift_unrepaired, owned_scope
 from vipwire.lbdriver.core.inventory import Inventory
 from vipwire.lbdriver.core.outcomes import (
     Assignment,
@@ -211,6 +211,14 @@ class Reconciler:
             )
             return None
         partition = key.cluster
+        drift = state.drift
+        if drift is not None and state.attempts == 0:
+            # A verification found the objects changed: the last report is no longer
+            # true, and is corrected before the repair (which reports success again).
+            why = drift_found(drift)
+            await self._report_failure(
+                key, assignment, cause, force=force, appliance=target, why=why
+            )
         try:
             # The listing is not held across the write: every write makes a new one,
             # and in a burst hundreds of writes wait, each holding its own copy.
@@ -224,6 +232,8 @@ class Reconciler:
             client.note_error(f"{why.reason}: {why.message}")
             level = logging.DEBUG if isinstance(exc, CircuitOpen) else logging.WARNING
             log.log(level, "programming %s on %s failed: %s", owner, target, exc)
+            if state.drift is not None:
+                why = drift_unrepaired(state.drift, why)
             await self._report_failure(
                 key, assignment, cause, force=force, appliance=target, why=why
             )
@@ -231,6 +241,9 @@ class Reconciler:
         state = self._inventory.note_written(key, target, desired)
         if state is None:
             return None  # released meanwhile: nothing left to report about it
+        if state.drift is not None:
+            log.info("%s on %s/%s: drift repaired", owner, target, partition)
+            state.drift = None
         self._m_reconciles.inc(result="written" if ops else "unchanged")
         if ops:
             log.info("%s on %s/%s: %d operation(s)", owner, target, partition, len(ops))
