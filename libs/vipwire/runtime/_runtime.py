@@ -121,6 +121,8 @@ class Runtime:
         reason = self._readiness()
         if not self._bus.nc.is_connected:
             reason = reason or "not connected to NATS"
+        # A full store: nothing anyone publishes is kept, whoever is refused (limits).
+        reason = reason or self._bus.store_problem()
         if reason:
             return web.Response(status=503, text=f"not ready: {reason}\n")
         return web.Response(text="ready\n")
