@@ -27,6 +27,8 @@ Gate = Literal["none", "any", "all"]
 #: The type of our condition in ``status.conditions``.
 READY: Final = "vipwire.io/Ready"
 INVALID: Final = "InvalidService"
+#: The bus refused the Service's snapshot as larger than it stores.
+TOO_LARGE: Final = "TooLarge"
 _MESSAGE_LIMIT: Final = 32768  # metav1.Condition.message
 
 

@@ -22,7 +22,7 @@ from vipwire.contracts import (
     VipReleased,
     port_text,
 )
-from vipwire.watcher.core.condition import INVALID, appliance_message, clip
+from vipwire.watcher.core.condition import INVALID, TOO_LARGE, appliance_message, clip
 from vipwire.watcher.core.translate import Obj, metadata, resource_version, uid
 
 REPORTING_CONTROLLER: Final = "vipwire.io/watcher"
@@ -196,6 +196,22 @@ def event_for(
 
 def invalid_event(note: str) -> EventSpec:
     return EventSpec(type="Warning", reason=INVALID, action="ValidateService", note=note)
+
+
+def too_large_note(size: int, limit: int | None, labels: int, label_bytes: int) -> str:
+    """What to tell about a Service whose snapshot the bus refused as too large."""
+    over = f"over the bus limit of {limit} bytes" if limit else "over the bus limit"
+    return (
+        f"this Service is {size} bytes as vipwire sends it, {over}: its changes are not "
+        f"applied (a VIP it already has keeps serving). Its {labels} label(s) take "
+        f"{label_bytes} bytes: use fewer or smaller labels (annotations other than "
+        f"vipwire's are not sent), or raise bus.stream_max_msg_size together with the "
+        f"NATS server's max_payload. Deleting it works as usual."
+    )
+
+
+def too_large_event(note: str) -> EventSpec:
+    return EventSpec(type="Warning", reason=TOO_LARGE, action="PublishService", note=note)
 
 
 def event_name(service_name: str, service_uid: str, spec: EventSpec) -> str:

@@ -74,6 +74,7 @@ class StatusWriter:
                 now=micro_time(),
                 problems=term.problems_note(key, service, snapshot),
                 live_seq=term.memory.live_seq(key),
+                too_large=term.too_large_note(key, service, snapshot),
             )
             if decision.nothing:
                 return
