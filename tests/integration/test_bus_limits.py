@@ -221,6 +221,8 @@ async def test_full_stream_makes_every_component_not_ready_until_room_returns(
                     return False
                 if metric(runtime, "vipwire_bus_store_full") != 1:
                     return False
+                if metric(runtime, "vipwire_bus_store_used_ratio", stream=STREAM) < 0.99:
+                    return False
             return True
 
         await eventually(all_full, what="every component is not ready: the stream is full")

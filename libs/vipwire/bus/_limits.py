@@ -119,6 +119,12 @@ class StoreHealth:
             "1 while a stream or KV bucket refuses writes for want of room, else 0",
         )
         self._full.set(0)
+        self._used: Gauge = metrics.gauge(
+            "bus_store_used_ratio",
+            "Share of its byte limit a stream holds, as last read (0 without a limit): "
+            "alert well before 1, which refuses every publish",
+            ["stream"],
+        )
 
     def problem(self) -> str | None:
         """Why the bus cannot store what it is given (None: it can)."""
@@ -165,6 +171,8 @@ class StoreHealth:
                     log.debug("reading the state of %s: %r", stream, exc)
                     continue
                 problem = self._problems.get(stream)
+                limit = info.config.max_bytes or 0
+                self._used.set(info.state.bytes / limit if limit > 0 else 0.0, stream=stream)
                 if has_room(info):
                     if problem is not None and problem[1]:
                         self._clear(stream, f"it holds {info.state.bytes} bytes")

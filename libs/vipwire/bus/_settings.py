@@ -38,6 +38,8 @@ class BusSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     #: unchanged that long would read as absent after the next restart (its virtual
     #: server deleted as an orphan). History is bounded by
     #: ``stream_max_msgs_per_subject`` instead, and the whole by ``stream_max_bytes``.
+    #: The subjects of deleted Services stay (a few KB each) until purged: alert on
+    #: ``vipwire_bus_store_used_ratio``.
     stream_max_age_s: Annotated[float, msgspec.Meta(ge=0)] = 0.0
     # --- limits: bounded resources -------------------------------------------------
     #: Bytes the VIPWIRE stream may hold (0: no limit). When it is full, a publish is
@@ -58,7 +60,8 @@ class BusSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     #: Messages kept per subject (0: no limit); a subject's oldest go first, so its last
     #: message, the one in force, always stays. Bounds what a busy subject (a node's
     #: applied VIPs, a flapping Service) costs; replay sees this many versions of each.
-    #: A full stream still takes a message that replaces one of a subject at this limit.
+    #: A full stream still takes a message that replaces one no smaller of a subject at
+    #: this limit.
     stream_max_msgs_per_subject: Annotated[int, msgspec.Meta(ge=0)] = 16
     #: Bytes each KV bucket may hold (0: no limit). KV buckets refuse writes when full
     #: (never drop a key). 256 MiB holds the ipam claims of hundreds of thousands of
