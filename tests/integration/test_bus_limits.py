@@ -10,8 +10,10 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import nats
 import nats.js.errors
 import pytest
+from nats.js.api import DiscardPolicy, KeyValueConfig, StorageType, StreamConfig
 
 from support.recorders import BusRecorder
 from vipwire.bus import BusSettings, StoreFull
@@ -239,3 +241,47 @@ async def test_full_stream_makes_every_component_not_ready_until_room_returns(
 
         await eventually(all_ready, what="every component is ready again once there is room")
         await nodeagent.bus.publish(NodeApplied(cluster="east", node="n1", generation=2, vips=()))
+
+
+async def test_an_older_stream_and_bucket_get_the_limits_and_keep_their_messages(
+    nats_server: NatsServer, bus_settings: BusSettings, make_runtime: RuntimeFactory
+) -> None:
+    """A stream and a KV bucket declared without limits (an older version) get them at
+    start-up; a stream already holding more than the byte limit keeps every message (and
+    a limit it can live with) instead of being trimmed."""
+    nc = await nats.connect(nats_server.url)
+    try:
+        js = nc.jetstream()
+        await js.add_stream(
+            StreamConfig(
+                name=STREAM,
+                subjects=["vipwire.>"],
+                storage=StorageType.MEMORY,
+                max_age=7 * 24 * 3600.0,
+            )
+        )
+        kv = await js.create_key_value(
+            KeyValueConfig(bucket="vipwire-test", storage=StorageType.MEMORY)
+        )
+        await kv.put("k", b"v")
+        held = MAX_BYTES + 64 * 1024
+        for i in range(held // 4096):
+            await js.publish(f"vipwire.old.x.{i}", b"x" * 4096)
+
+        runtime = await make_runtime("ipam")
+        bucket = await runtime.bus.kv("vipwire-test")
+        info = await js.stream_info(STREAM)
+        assert info.config.discard == DiscardPolicy.NEW
+        assert (info.config.max_msg_size, info.config.max_msgs_per_subject) == (MAX_MSG, 16)
+        assert not info.config.max_age  # no age limit: nothing in force expires
+        assert info.config.max_bytes in (None, -1)  # not lowered below what it holds
+        assert info.state.messages == held // 4096
+        kv_info = await js.stream_info("KV_vipwire-test")
+        assert (kv_info.config.max_bytes, kv_info.config.max_msg_size) == (
+            MAX_BYTES,
+            bus_settings.kv_max_value_size,
+        )
+        entry = await bucket.get("k")
+        assert entry is not None and entry.value == b"v"
+    finally:
+        await nc.close()
