@@ -10,7 +10,14 @@ from nats.js.api import DiscardPolicy, StreamConfig, StreamInfo, StreamState
 
 from vipwire.bus import BusError, BusSettings, StoreFull, TooLarge
 from vipwire.bus._errors import too_large_or_full, translate
-from vipwire.bus._limits import differs, has_room, kept_bytes_limit, with_stream_limits
+from vipwire.bus._limits import (
+    StoreHealth,
+    differs,
+    has_room,
+    kept_bytes_limit,
+    with_stream_limits,
+)
+from vipwire.metrics import Registry
 
 
 def _api_error(cls: type[nats.js.errors.APIError], code: int, text: str) -> BaseException:
@@ -118,3 +125,19 @@ def test_differs_sees_limit_changes_only() -> None:
     old = StreamConfig(name="S", max_age=7 * 24 * 3600.0)
     assert differs(old, ours)
     assert not differs(ours, ours)
+
+
+def test_a_write_taken_ends_a_server_refusal_but_not_a_full_stream() -> None:
+    """A full stream still takes replacements, so only its state ends the problem; the
+    server's store is told by the next write it takes. The gauge follows."""
+    metrics = Registry()
+    stores = StoreHealth(None, metrics, 1.0)  # type: ignore[arg-type]  # no I/O here
+    assert stores.problem() is None
+    stores.refused("VIPWIRE", "stream VIPWIRE is full", own_limits=True)
+    stores.refused("KV_ipam", "the server's store is full", own_limits=False)
+    assert "stream VIPWIRE is full" in (stores.problem() or "")
+    assert "vipwire_bus_store_full 1" in metrics.expose()
+    stores.stored("VIPWIRE")
+    stores.stored("KV_ipam")
+    assert stores.problem() == "stream VIPWIRE is full"
+    assert "vipwire_bus_store_full 1" in metrics.expose()

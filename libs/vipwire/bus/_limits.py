@@ -6,8 +6,8 @@ alone: nothing else can be stored either, so every component says it is not read
 with the reason, and ``vipwire_bus_store_full`` is 1 for an alert. A component that
 publishes nothing meanwhile learns it too: every ``store_check_interval_s`` it reads
 the stream's state, and a stream with less room than one message of the largest size
-is full. The problem ends with the next write the store takes, or when its state
-shows room again.
+is full. The problem ends when the store's state shows room again (or, for the
+server's store, which no stream's state tells, with the next write it takes).
 """
 
 from __future__ import annotations
@@ -29,6 +29,10 @@ log = logging.getLogger("vipwire.bus")
 #: What a refused write was refused for, as the counter's ``reason`` label says it.
 TOO_LARGE = "too_large"
 STORE_FULL = "store_full"
+
+
+#: The longest wait between two reads of a full store's state.
+_FULL_CHECK_S = 5.0
 
 
 def _limit(value: int) -> int:
@@ -148,8 +152,11 @@ class StoreHealth:
         self._full.set(1)
 
     def stored(self, stream: str) -> None:
-        """``stream`` took a write: whatever it refused before, it has room now."""
-        if stream in self._problems:
+        """``stream`` took a write. That ends a refusal by the server's store; a stream at
+        its own byte limit still takes a message that replaces one of a subject at its
+        per-subject limit, so there its state decides (no flapping readiness)."""
+        problem = self._problems.get(stream)
+        if problem is not None and not problem[1]:
             self._clear(stream, "it stores again")
 
     def _clear(self, stream: str, how: str) -> None:
@@ -160,7 +167,10 @@ class StoreHealth:
 
     async def _check(self) -> None:
         while True:
-            await asyncio.sleep(self._interval_s)
+            # Sooner while full: readiness should come back soon after room does.
+            await asyncio.sleep(
+                min(self._interval_s, _FULL_CHECK_S) if self._problems else self._interval_s
+            )
             streams = {self._watched} if self._watched else set()
             streams |= {s for s, (_, own) in self._problems.items() if own}
             # The server's store (not own limits): only a write it takes tells.

@@ -71,9 +71,9 @@ class BusSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     kv_max_value_size: Annotated[int, msgspec.Meta(ge=0)] = 1 * _MIB
     #: How often every component reads the stream's state (seconds), to report a full
     #: stream (not ready, ``vipwire_bus_store_full`` 1) even when it publishes nothing
-    #: itself, and to see room come back after a refusal (the next publish the stream
-    #: takes ends it at once). Each read is one JetStream API request per component:
-    #: 30 s keeps a fleet of thousands of node agents below a few hundred a second.
+    #: itself, and to see room come back (every 5 s at most while it is full). Each
+    #: read is one JetStream API request per component: 30 s keeps a fleet of thousands
+    #: of node agents below a few hundred a second.
     store_check_interval_s: Annotated[float, msgspec.Meta(gt=0)] = 30.0
     #: Window in which JetStream drops a repeated ``Nats-Msg-Id`` (seconds).
     duplicate_window_s: float = 120.0
