@@ -383,6 +383,26 @@ class TestExhaustion:
         late = await seen.wait(VipAssigned, "c")
         assert late.uid == "uid-c"
 
+    async def test_garbage_last_on_a_waiting_services_vip_subject_does_not_strand_it(
+        self, bus: Runtime, seen: Seen, make_ipam: IpamFactory, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """An unreadable last ``vip`` message hides no waiting Service from the next ipam."""
+        first = await make_ipam(TINY, name="ipam-1")
+        await bus.bus.publish(snapshot("a"))
+        await bus.bus.publish(snapshot("b"))
+        await seen.wait(VipAssigned, "b")
+        await bus.bus.publish(snapshot("c"))
+        await seen.wait(VipFailed, "c")
+        await first.stop()
+        bad = await bus.bus.js.publish("vipwire.east.vip.shop.c", b"\x00not json")
+        second = await make_ipam(TINY, name="ipam-2")
+        assert second.runtime.metrics.expose().count("vipwire_ipam_waiting_services 1") == 1
+        assert f"vipwire.east.vip.shop.c (seq {bad.seq}) is unreadable" in caplog.text
+        await bus.bus.publish(snapshot("b", deleting=True))
+        await seen.wait(VipReleasing, "b")
+        await bus.bus.publish(lb_removed("b"))
+        assert (await seen.wait(VipAssigned, "c")).uid == "uid-c"
+
 
 async def stored(rt: Runtime, subject: str) -> int:
     """How many messages the stream holds on one subject (duplicates are dropped)."""

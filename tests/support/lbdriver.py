@@ -58,7 +58,7 @@ class LbHarness:
             self.log.append(message)
 
         self.sub = await self.publisher.bus.nc.subscribe("vipwire.*.lb.>", cb=on_msg)
-        await self.publisher.bus.nc.flush()
+        await self.publisher.bus.fence()
 
     async def close(self) -> None:
         """Stop every lbdriver still running, then the observer."""

@@ -31,7 +31,7 @@ class BusRecorder:
     async def attach(self, runtime: Runtime, subjects: str = "vipwire.>") -> Subscription:
         """Listen on ``subjects`` through ``runtime``'s connection; the caller unsubscribes."""
         sub = await runtime.bus.nc.subscribe(subjects, cb=self.on_msg)
-        await runtime.bus.nc.flush()  # the server knows of us before anything is published
+        await runtime.bus.fence()  # the server knows of us before anything is published
         return sub
 
     async def on_msg(self, msg: Msg) -> None:

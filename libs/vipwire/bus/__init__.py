@@ -27,7 +27,7 @@ from vipwire.bus._history import kv_keys, kv_purge_markers, last_per_subject
 from vipwire.bus._kv import KvBucket, KvEntry, KvWatch
 from vipwire.bus._link import Backoff, connected_gauge
 from vipwire.bus._reading import StoredMessage
-from vipwire.bus._requests import Responder, Serving
+from vipwire.bus._requests import Responder, Serving, fence
 from vipwire.bus._settings import BusSettings
 from vipwire.bus._verdict import DONE, Done, Reject, Retry, Verdict
 
@@ -61,6 +61,7 @@ __all__ = [
     "WrongLastSequence",
     "connect",
     "connected_gauge",
+    "fence",
     "kv_keys",
     "kv_purge_markers",
     "last_per_subject",

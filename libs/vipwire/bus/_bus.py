@@ -40,7 +40,7 @@ from vipwire.bus._limits import (
 )
 from vipwire.bus._link import AttemptFailed, Backoff, Link
 from vipwire.bus._reading import StoredMessage, last_message, last_messages, newest_before
-from vipwire.bus._requests import Responder, Serving, request, serve
+from vipwire.bus._requests import Responder, Serving, fence, request, serve
 from vipwire.bus._settings import BusSettings
 from vipwire.contracts import (
     STREAM,
@@ -256,6 +256,13 @@ class Bus:
     ) -> Serving:
         """Answer requests on ``subject``; ``queue``: one replica of the group answers each."""
         return await serve(self.nc, subject, responder, queue=queue)
+
+    async def fence(self) -> None:
+        """Return once the server has everything this connection sent (see :func:`fence`)."""
+        try:
+            await fence(self.nc)
+        except NATS_ERRORS as exc:
+            raise translate(exc, "flushing the connection") from exc
 
     # --- publishing --------------------------------------------------------------
 

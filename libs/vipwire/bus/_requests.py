@@ -54,10 +54,23 @@ async def serve(
 
     try:
         sub = await nc.subscribe(subject, queue=queue or "", cb=on_request)
-        await nc.flush()
+        await fence(nc)
     except NATS_ERRORS as exc:
         raise translate(exc, f"subscribing to {subject}") from exc
     return Serving(sub, subject)
+
+
+async def fence(nc: NatsClient) -> None:
+    """Return once the server has every command ``nc`` sent so far, subscriptions included.
+
+    One ``flush()`` is not enough: nats-py writes its PING straight to the socket
+    while a SUB may still wait in the client's buffer for the flusher task, so
+    the PONG can come back before the server knows of the subscription (a
+    request from another connection then meets "no responders"). By the time
+    the first PONG is read the flusher has run, so the second PING follows the SUB.
+    """
+    await nc.flush()
+    await nc.flush()
 
 
 async def request(nc: NatsClient, subject: str, data: bytes, *, timeout_s: float) -> bytes:

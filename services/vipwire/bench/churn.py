@@ -37,6 +37,7 @@ import nats
 
 from vipwire.allinone import Stack, StackSettings
 from vipwire.bench._result import BenchResult, convert_params
+from vipwire.bus import fence
 from vipwire.lbdriver import LbdriverService, Operation, SimAppliance
 from vipwire.lbdriver.core.virtual_servers import (
     CreateVirtualServer,
@@ -187,7 +188,7 @@ async def _run(stack: Stack, sim: RecordingSim, options: ChurnOptions) -> BenchR
     nc = await nats.connect(stack.nats.url, name="vipwire-bench")
     try:
         await nc.subscribe(f"vipwire.{cluster}.endpoints.{NAMESPACE}.>", cb=count)
-        await nc.flush()
+        await fence(nc)
         calls, ops, mark = sim.apply_calls, sim.writes, len(sim.log)
         started = time.perf_counter()
         await asyncio.gather(*(roll(name) for name in names))

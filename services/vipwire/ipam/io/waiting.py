@@ -175,8 +175,20 @@ class WaitingRetrier:
         for msg in stored:
             try:
                 message = decode(msg.subject, msg.data)
-            except MalformedMessage:
-                continue
+            except MalformedMessage as exc:
+                # Unreadable is "unknown", not "not waiting": the newest valid message
+                # stays in force, or a waiting Service would be stranded until it changes.
+                log.warning(
+                    "the last message on %s (seq %d) is unreadable (%s); using the newest "
+                    "valid one before it",
+                    msg.subject,
+                    msg.seq,
+                    exc,
+                )
+                found = await self.publisher.bus.last_valid_message(msg.subject)
+                if found is None:
+                    continue
+                message = found[1]
             if isinstance(message, VipFailed):
                 failed[msg.subject] = message
         return failed
