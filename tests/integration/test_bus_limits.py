@@ -285,3 +285,35 @@ async def test_an_older_stream_and_bucket_get_the_limits_and_keep_their_messages
         assert entry is not None and entry.value == b"v"
     finally:
         await nc.close()
+
+
+async def test_a_lost_stream_makes_every_component_not_ready_until_it_is_back(
+    make_runtime: RuntimeFactory,
+) -> None:
+    """The stream deleted behind vipwire's back (connected, but nothing can be stored):
+    every component says so and vipwire_bus_store_failing is 1, until it is declared again."""
+    runtimes = {name: await make_runtime(name) for name in COMPONENTS}
+    for runtime in runtimes.values():
+        runtime.set_readiness(lambda: None)
+    operator = await make_runtime("operator")
+    async with aiohttp.ClientSession() as http:
+
+        async def all_say(status: int, text: str, failing: float) -> bool:
+            for runtime in runtimes.values():
+                got_status, got_text = await readyz(http, runtime)
+                if got_status != status or text not in got_text:
+                    return False
+                if metric(runtime, "vipwire_bus_store_failing") != failing:
+                    return False
+            return True
+
+        assert await all_say(200, "ready", 0)
+        await operator.bus.js.delete_stream(STREAM)
+        await eventually(
+            lambda: all_say(503, f"stream {STREAM} cannot be read", 1),
+            what="every component is not ready: the stream is gone",
+        )
+        await operator.bus.ensure_stream()
+        await eventually(
+            lambda: all_say(200, "ready", 0), what="every component is ready once it is back"
+        )

@@ -100,7 +100,12 @@ class Bus:
         )
         self._consumers: list[PullConsumer] = []
         #: Stores that refused writes for want of room (see :meth:`store_problem`).
-        self.stores = StoreHealth(self.js, metrics, settings.store_check_interval_s)
+        self.stores = StoreHealth(
+            self.js,
+            metrics,
+            settings.store_check_interval_s,
+            connected=lambda: self.nc.is_connected,
+        )
         if link is not None:
             link.on_back.append(self._resume_consumers)
 

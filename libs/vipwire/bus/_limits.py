@@ -15,12 +15,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from dataclasses import replace
 
 from nats.js import JetStreamContext
 from nats.js.api import DiscardPolicy, StreamConfig, StreamInfo
 
-from vipwire.bus._errors import NATS_ERRORS
+from vipwire.bus._errors import NATS_ERRORS, server_says
 from vipwire.bus._settings import BusSettings
 from vipwire.metrics import Counter, Gauge, Registry
 
@@ -103,11 +104,22 @@ def has_room(info: StreamInfo) -> bool:
 
 
 class StoreHealth:
-    """Which stores refused a write for want of room, and the metrics an alert reads."""
+    """Which stores refused a write for want of room, whether the stream answers, and
+    the metrics an alert reads."""
 
-    def __init__(self, js: JetStreamContext, metrics: Registry, interval_s: float) -> None:
+    def __init__(
+        self,
+        js: JetStreamContext,
+        metrics: Registry,
+        interval_s: float,
+        connected: Callable[[], bool] = lambda: True,
+    ) -> None:
         self._js = js
         self._interval_s = interval_s
+        self._connected = connected
+        #: Why the watched stream cannot be read, once that happened twice in a row.
+        self._failing: str | None = None
+        self._failures = 0
         #: Stream name -> (why, whether its own state can tell when room is back).
         self._problems: dict[str, tuple[str, bool]] = {}
         self._checker: asyncio.Task[None] | None = None
@@ -129,12 +141,19 @@ class StoreHealth:
             "alert well before 1, which refuses every publish",
             ["stream"],
         )
+        self._failing_gauge: Gauge = metrics.gauge(
+            "bus_store_failing",
+            "1 while the stream cannot be read although NATS is connected (lost, "
+            "unavailable), else 0",
+        )
+        self._failing_gauge.set(0)
 
     def problem(self) -> str | None:
         """Why the bus cannot store what it is given (None: it can)."""
-        if not self._problems:
-            return None
-        return "; ".join(why for why, _ in self._problems.values())
+        said = [why for why, _ in self._problems.values()]
+        if self._failing is not None:
+            said.append(self._failing)
+        return "; ".join(said) or None
 
     def watch(self, stream: str) -> None:
         """Read the state of ``stream`` every interval, as long as the bus lives."""
@@ -179,7 +198,11 @@ class StoreHealth:
                     info = await self._js.stream_info(stream)
                 except NATS_ERRORS as exc:
                     log.debug("reading the state of %s: %r", stream, exc)
+                    if stream == self._watched:
+                        self._unreadable(stream, exc)
                     continue
+                if stream == self._watched:
+                    self._readable(stream)
                 problem = self._problems.get(stream)
                 limit = info.config.max_bytes or 0
                 self._used.set(info.state.bytes / limit if limit > 0 else 0.0, stream=stream)
@@ -195,6 +218,28 @@ class StoreHealth:
                         f"JetStream store) or find what filled it",
                         own_limits=True,
                     )
+
+    def _unreadable(self, stream: str, exc: BaseException) -> None:
+        """The watched stream did not answer: twice in a row while connected, it fails.
+        (Disconnected, the runtime already says so; one timeout may be a hiccup.)"""
+        if not self._connected():
+            self._failures = 0
+            return
+        self._failures += 1
+        if self._failures >= 2 and self._failing is None:
+            self._failing = (
+                f"stream {stream} cannot be read: {server_says(exc)}; nothing can be "
+                f"published (is JetStream up, and does the stream exist?)"
+            )
+            log.error("%s; every component reports not ready until it answers", self._failing)
+            self._failing_gauge.set(1)
+
+    def _readable(self, stream: str) -> None:
+        self._failures = 0
+        if self._failing is not None:
+            self._failing = None
+            self._failing_gauge.set(0)
+            log.warning("stream %s answers again", stream)
 
     async def close(self) -> None:
         if self._checker is not None:
