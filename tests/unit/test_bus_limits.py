@@ -9,6 +9,7 @@ import pytest
 from nats.js.api import DiscardPolicy, StreamConfig, StreamInfo, StreamState
 
 from vipwire.bus import BusError, BusSettings, StoreFull, TooLarge
+from vipwire.bus._bus import _declare_hint
 from vipwire.bus._errors import too_large_or_full, translate
 from vipwire.bus._limits import (
     StoreHealth,
@@ -141,3 +142,14 @@ def test_a_write_taken_ends_a_server_refusal_but_not_a_full_stream() -> None:
     stores.stored("KV_ipam")
     assert stores.problem() == "stream VIPWIRE is full"
     assert "vipwire_bus_store_full 1" in metrics.expose()
+
+
+def test_a_declaration_the_server_cannot_reserve_says_what_to_change() -> None:
+    """Stream and KV limits are reserved on the server: a refusal names both knobs."""
+    hint = _declare_hint(
+        _api_error(nats.js.errors.ServerError, 10047, "insufficient storage resources available")
+    )
+    assert "insufficient storage resources available" in hint
+    assert "bus.stream_max_bytes" in hint and "max_file_store" in hint
+    other = _declare_hint(_api_error(nats.js.errors.BadRequestError, 10052, "bad config"))
+    assert other == "bad config"
