@@ -543,7 +543,8 @@ class TestSharing:
 
         def delivery(message: ServiceSnapshot) -> Delivery:
             subject = parse_subject(subject_for(message))
-            return Delivery(subject=subject, message=message, seq=1, num_delivered=1, headers={})
+            # seq 0: not on the stream (nothing for the status VIP index to wait for).
+            return Delivery(subject=subject, message=message, seq=0, num_delivered=1, headers={})
 
         async def handle(replica: IpamService, i: int, proto: str) -> Verdict:
             """Like the consumer: a Retry verdict (a KV timeout under load) is redelivered."""

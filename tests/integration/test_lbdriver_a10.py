@@ -384,3 +384,20 @@ async def test_driver_is_built_from_settings_with_a_password_variable(
         assert await d.list_virtual_servers(CLUSTER) == {}
     finally:
         await d.close()
+
+
+# --- the emulator's write log ------------------------------------------------------------
+
+
+async def test_the_write_log_names_the_session_user_and_skips_auth(emu: A10Emulator) -> None:
+    """Writes are logged with the session's user; auth and logoff are not writes."""
+    d = make_driver(emu)
+    try:
+        await converge(d, by_name(server()))
+    finally:
+        await d.close()
+    records = emu.write_log.since(0)
+    assert records, "a create writes"
+    assert {r.writer for r in records} == {"admin"}
+    assert not any(r.path.endswith(("/auth", "/logoff")) for r in records)
+    assert all(r.started_ns <= r.ended_ns for r in records)

@@ -6,10 +6,11 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
+from opentelemetry import trace
 
 from support.appliances import CLUSTER, PREFIX, by_name, converge, server
 from support.lbdriver import LbHarness
-from vipwire.applianceemu import F5Emulator
+from vipwire.applianceemu import F5Emulator, fetch_writes, overlapping_writes
 from vipwire.contracts import (
     LbProgrammed,
     LbRemoved,
@@ -32,9 +33,13 @@ from vipwire.lbdriver import (
     build_driver,
     owns,
 )
+from vipwire.lbdriver.core.resilience import CircuitBreaker
+from vipwire.lbdriver.io.appliance_client import ApplianceClient
 from vipwire.lbdriver.io.drivers._rest import VendorError
 from vipwire.lbdriver.io.drivers.credentials import CredentialSource
 from vipwire.lbdriver.io.drivers.f5 import FASTL4_PROFILE, F5Driver
+from vipwire.lbdriver.io.fencing import CURRENT_FENCE, NotLeader
+from vipwire.metrics import Registry
 from vipwire.runtime import Runtime
 
 PASSWORD = "s3cret-pw"
@@ -454,3 +459,102 @@ async def test_lbdriver_service_programs_an_f5_from_configuration(
     finally:
         await h.close()
     assert emu.live_tokens == 0  # the service closed the driver it built
+
+
+# --- the emulator's write log ------------------------------------------------------------
+
+
+async def test_the_write_log_names_each_writer_and_skips_sessions(
+    driver: F5Driver, emu: F5Emulator
+) -> None:
+    """Every configuration write is logged with the user (no header) or the writer header."""
+    await converge(driver, by_name(server()))
+    records = emu.write_log.since(0)
+    assert records, "a create writes"
+    assert {r.writer for r in records} == {"admin"}
+    assert all(r.lease is None for r in records)
+    assert not any("authn/login" in r.path or "authz/tokens" in r.path for r in records)
+    assert [r.index for r in records] == list(range(len(records)))
+    mark = emu.write_log.next_index
+    transport = driver._http
+    token = await driver._login()
+    answer = await transport.send(
+        "DELETE",
+        f"/mgmt/tm/ltm/virtual/~{CLUSTER}~absent",
+        headers={
+            "X-F5-Auth-Token": token,
+            "X-Vipwire-Writer": "replica-b",
+            "X-Vipwire-Lease": "17",
+        },
+    )
+    served = await fetch_writes(emu.url, since=mark)
+    assert [(r.writer, r.lease, r.method, r.status) for r in served] == [
+        ("replica-b", 17, "DELETE", answer.status)
+    ]
+    assert served == emu.write_log.since(mark)
+    assert not overlapping_writes(emu.write_log.since(0))
+
+
+# --- the write fence (lbdriver HA) ---------------------------------------------------------
+
+
+class CountingFence:
+    """Allows ``allowed`` mutating requests, then refuses like a lease that ran out."""
+
+    def __init__(self, allowed: int) -> None:
+        self.allowed = allowed
+        self.asked = 0
+
+    def __call__(self) -> dict[str, str]:
+        self.asked += 1
+        if self.asked > self.allowed:
+            raise NotLeader("the lease ran out")
+        return {"X-Vipwire-Writer": "replica-a", "X-Vipwire-Lease": "5"}
+
+
+async def test_a_fence_closing_mid_transaction_stops_before_the_commit(
+    driver: F5Driver, emu: F5Emulator
+) -> None:
+    """The fence is asked before every mutating request: refused once the transaction is
+    open, nothing is committed, and every request sent carried the writer's stamp."""
+
+    def opened() -> bool:
+        return any(r.path == "/mgmt/tm/transaction" for r in emu.write_log.since(0))
+
+    def fence() -> dict[str, str]:
+        if opened():
+            raise NotLeader("the lease ran out")
+        return {"X-Vipwire-Writer": "replica-a", "X-Vipwire-Lease": "5"}
+
+    token = CURRENT_FENCE.set(fence)
+    try:
+        with pytest.raises(NotLeader):
+            await converge(driver, by_name(server(), server(443)))
+    finally:
+        CURRENT_FENCE.reset(token)
+    assert opened()
+    assert emu.names("virtual", CLUSTER) == []
+    assert emu.commits == 0
+    assert {(r.writer, r.lease) for r in emu.write_log.since(0)} == {("replica-a", 5)}
+
+
+async def test_a_refused_write_sends_nothing_and_leaves_the_breaker_closed(
+    driver: F5Driver, emu: F5Emulator
+) -> None:
+    """The appliance client asks the fence before anything: NotLeader, nothing sent, and
+    the appliance is not counted as failing."""
+    settings = ApplianceSettings(name="bigip-a")
+    client = ApplianceClient(
+        settings,
+        driver,
+        prefix=PREFIX,
+        breaker=CircuitBreaker(threshold=1, open_s=5.0, max_open_s=5.0),
+        metrics=Registry(),
+        tracer=trace.get_tracer("test"),
+        fence=CountingFence(allowed=0),
+    )
+    for _ in range(3):
+        with pytest.raises(NotLeader):
+            await client.apply(CLUSTER, [CreateVirtualServer(server=server())])
+    assert emu.write_log.since(0) == []
+    assert client.state(0.0) == "closed"

@@ -141,7 +141,7 @@ async def h(
             "retry_initial_s": 0.05,
             "retry_max_s": 0.2,
             "unhealthy_cooldown_s": 0.2,
-            "drift_interval_s": 0.0,
+            "verify_interval_s": 0.0,
         },
         sim=RecordingSim("sim-a"),
         spans=span_exporter,
@@ -255,9 +255,10 @@ FOREIGN = VirtualServer(
 
 async def test_drift_pass_undoes_out_of_band_edits_and_counts_them(h: Harness) -> None:
     """A deleted and an edited object are repaired by the next pass; a foreign object in the
-    same partition stays exactly as it was; the repairs are counted in the metric."""
+    same partition stays exactly as it was; the repairs are counted in the metric; each
+    Service reports the drift (ApplianceDrift, naming what was found), then the repair."""
     h.sim.put(CLUSTER, FOREIGN)
-    service = await h.start(drift_interval_s=0.2)
+    service = await h.start(verify_interval_s=0.2)
     await h.publish(*(node(i) for i in range(3)), assigned("web", 1), assigned("api", 2))
     await h.programmed("web", "api")
     programmed = h.sim.virtual_servers(CLUSTER)
@@ -276,7 +277,16 @@ async def test_drift_pass_undoes_out_of_band_edits_and_counts_them(h: Harness) -
     assert drift.value(appliance="sim-a", kind="repair") == 2
     assert "vipwire_lbdriver_drift_repairs_total" in service.runtime.metrics.expose()
     assert h.sim.virtual_servers(CLUSTER)["legacy-app"] == FOREIGN
-    assert len(h.log) == reports  # same outcome as before: nothing new to report
+    await eventually(
+        lambda: len(h.log) == reports + 4, what="a drift report and a repair report each"
+    )
+    told = h.log[reports:]
+    for name, found in (("web", f"virtual server {web} is missing"), ("api", "other members")):
+        mine = [m for m in told if m.name == name]
+        assert [type(m).__name__ for m in mine] == ["LbFailed", "LbProgrammed"]
+        failed = mine[0]
+        assert isinstance(failed, LbFailed) and failed.reason == "ApplianceDrift"
+        assert found in failed.message and "re-programming it" in failed.message
 
 
 async def test_start_up_sweep_removes_only_our_orphans_in_our_partitions(h: Harness) -> None:
@@ -513,12 +523,15 @@ async def test_status_is_served_over_nats_and_rendered_by_the_cli(
 
     status = await fetch_status(url)
     assert status.ready and status.services == 1
+    assert (status.role, status.leader) == ("leader", h.services[0].status().leader)
+    assert status.leader.endswith(status.instance)
     (appliance,) = status.appliances
     assert (appliance.name, appliance.health, appliance.active) == ("sim-a", "closed", True)
     assert (appliance.virtual_servers, appliance.services, appliance.writes) == (2, 1, 1)
     assert appliance.last_write_at is not None and appliance.last_error is None
     table = render(status)
     assert "sim-a" in table and "closed" in table and "active" in table
+    assert table.startswith(f"lbdriver {status.instance} leader: ready")
 
     assert await status_command(url, as_json=True, timeout=2.0) == 0
     printed = json.loads(capsys.readouterr().out)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Literal
 
@@ -11,9 +13,11 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from support.lbdriver import LbHarness as Harness
 from vipwire.contracts import (
+    LBDRIVER_LEASE_BUCKET,
     STREAM,
     Endpoint,
     EndpointsSnapshot,
+    LbdriverLease,
     LbFailed,
     LbProgrammed,
     LbRemoved,
@@ -591,3 +595,31 @@ async def test_garbage_last_on_a_node_subject_keeps_the_node_a_member(h: Harness
     assert h.servers() == before
     assert h.sim.writes == writes + 1  # the orphan's removal, nothing else
     assert h.reports(LbProgrammed) == []
+
+
+# --- leader election ------------------------------------------------------------------------
+
+
+async def test_a_lease_left_long_ago_is_taken_at_once_and_a_fresh_one_waited_out(
+    h: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A lease whose recorded renewal is far older than ttl + skew is taken at once; one
+    renewed just now by a replica that is gone is waited out for the ttl."""
+    caplog.set_level(logging.INFO, logger="vipwire.lbdriver.election")
+    kv = await h.publisher.bus.kv(LBDRIVER_LEASE_BUCKET)
+
+    def lease(age_s: float) -> bytes:
+        renewed = time.time() - age_s
+        return msgspec.json.encode(LbdriverLease(holder="gone", renewed_at=renewed, ttl_s=1.5))
+
+    await kv.put("lbdriver.leader", lease(60.0))
+    first = await h.start(lease_ttl_s=1.5, lease_renew_s=0.5, lease_clock_skew_s=1.0)
+    assert first.role == "leader"
+    assert "the lease of gone is 60" in caplog.text
+    await h.stop(first)
+
+    await kv.put("lbdriver.leader", lease(0.0))
+    second = await h.start(lease_ttl_s=1.5, lease_renew_s=0.5, lease_clock_skew_s=1.0)
+    assert second.role == "standby"
+    await eventually(lambda: second.role == "leader", what="the second lbdriver leads")
+    assert "gone did not renew for 1.5s" in caplog.text

@@ -218,3 +218,29 @@ async def test_a_restart_emits_no_normal_event_for_an_unchanged_service(stack: S
     await stack.start_watcher()
     await stack.settled()
     assert {e["metadata"]["name"]: e.get("series") for e in stack.events(kind="Normal")} == told
+
+
+async def test_a_status_vip_not_kept_gets_a_warning_event_that_says_why(stack: Stack) -> None:
+    """ipam could not give the Service back the VIP its status held (VipAssigned.notes):
+    a Warning StatusVIPNotKept says why and what it got instead, next to IPAllocated."""
+    await stack.start_watcher()
+    web = await stack.created("web")
+    note = "status VIP 198.51.100.7 not kept: held by another Service (east/default/db)"
+    await stack.peer.bus.publish(
+        VipAssigned(
+            **ref("web"),
+            uid=web.uid,
+            vips=("198.51.100.9",),
+            pool="default",
+            appliance_group="sim",
+            ports=(ServicePort(port=80),),
+            notes=(note,),
+        )
+    )
+    await eventually(lambda: stack.events(reason="StatusVIPNotKept"), what="StatusVIPNotKept")
+    await stack.settled()
+    (warning,) = stack.events(reason="StatusVIPNotKept")
+    assert warning["type"] == "Warning"
+    assert warning["regarding"]["uid"] == web.uid
+    assert warning["note"].startswith(f"{note}; assigned 198.51.100.9")
+    assert [e["type"] for e in stack.events(reason="IPAllocated")] == ["Normal"]

@@ -18,7 +18,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from support.fences import now_ns, watcher_settled
 from support.orders import WRITE_ORDERS
 from support.recorders import BusRecorder
-from vipwire.contracts import ServiceSnapshot, decode
+from vipwire.contracts import NodeApplied, ServiceSnapshot, decode
 from vipwire.ipam import IpamService, IpamSettings, PoolSettings
 from vipwire.kubeemu import KubeEmulator
 from vipwire.lbdriver import ApplianceSettings, LbdriverService, LbdriverSettings, SimAppliance
@@ -48,6 +48,8 @@ class Pipeline:
         self.watchers: list[WatcherService] = []
         self.others: list[Any] = []
         self.recorder = BusRecorder()
+        #: LbdriverSettings fields that override the pipeline's own.
+        self.lbdriver_options: dict[str, Any] = {}
 
     async def start(self) -> None:
         ipam = IpamService(
@@ -73,6 +75,7 @@ class Pipeline:
                 retry_max_s=0.3,
                 unhealthy_cooldown_s=0.3,
                 unhealthy_max_cooldown_s=0.5,
+                **self.lbdriver_options,
             ),
             await self.make_runtime("lbdriver"),
             drivers={"sim-1": self.appliance},
@@ -397,3 +400,184 @@ class TestLocalTraffic:
             lambda: pipeline.members("local") == set(), timeout=5, what="no member left"
         )
         assert pipeline.servers_of("local")  # the VIP stays programmed, with no member
+
+
+# --- status that stays true ------------------------------------------------------------
+
+#: The lbdriver's verification interval in these tests, and what the acceptance allows on
+#: top of it on a loaded 2-core machine.
+VERIFY_S = 0.5
+SLACK_S = 5.0
+
+
+@pytest.fixture
+async def verifying(
+    make_runtime: RuntimeFactory, tmp_path: Path, span_exporter: InMemorySpanExporter
+) -> AsyncIterator[Pipeline]:
+    """The pipeline with a short lbdriver verification interval (one write order)."""
+    emu = KubeEmulator("east", bookmark_interval=0.5)
+    await emu.start()
+    for node, address in NODES.items():
+        await emu.add_node(node, address)
+    kubeconfig = emu.write_kubeconfig(tmp_path / "kubeconfig", context_name="east")
+    p = Pipeline(emu, make_runtime, kubeconfig, span_exporter)
+    p.lbdriver_options = {"verify_interval_s": VERIFY_S}
+    try:
+        await p.start()
+        yield p
+    finally:
+        await p.stop()
+        await emu.stop()
+
+
+def ready_condition(pipeline: Pipeline, name: str) -> dict[str, Any]:
+    conds = ((pipeline.service(name) or {}).get("status") or {}).get("conditions") or []
+    found: dict[str, Any] = next((c for c in conds if c["type"] == "vipwire.io/Ready"), {})
+    return found
+
+
+class TestStatusStaysTrue:
+    async def test_a_local_service_whose_endpoints_all_go_away_is_not_ready(
+        self, verifying: Pipeline
+    ) -> None:
+        """Local, every endpoint gone: within the interval the condition turns False
+        (NoMembers) with a Warning Event, the VIP stays in status; an endpoint back: True
+        again with a Normal MembersAvailable Event."""
+        p = verifying
+        await p.start_watcher()
+        await p.create("local", etp="Local", endpoints_on=("n1",))
+        await eventually(
+            lambda: ready_condition(p, "local").get("status") == "True",
+            timeout=10,
+            what="local is Ready",
+        )
+        vips = p.vips("local")
+        loop = asyncio.get_running_loop()
+        gone = loop.time()
+        await p.emu.patch("endpointslices", "default", "local-abc", {"endpoints": []})
+        await eventually(
+            lambda: ready_condition(p, "local").get("reason") == "NoMembers",
+            timeout=VERIFY_S + SLACK_S,
+            what="local's condition says NoMembers",
+        )
+        assert loop.time() - gone < VERIFY_S + SLACK_S
+        condition = ready_condition(p, "local")
+        assert condition["status"] == "False"
+        assert "no node holds a ready endpoint" in condition["message"]
+        assert p.vips("local") == vips  # the address stays: see writeback.decide
+        await eventually(
+            lambda: [e["type"] for e in p.events("NoMembers", "local")] == ["Warning"],
+            what="a Warning NoMembers Event",
+        )
+
+        await p.emu.patch(
+            "endpointslices",
+            "default",
+            "local-abc",
+            {"endpoints": endpoint_slice("local", ("n2",))["endpoints"]},
+        )
+        await eventually(
+            lambda: ready_condition(p, "local").get("status") == "True",
+            timeout=10,
+            what="local is Ready again",
+        )
+        await eventually(
+            lambda: [e["type"] for e in p.events("MembersAvailable", "local")] == ["Normal"],
+            what="a Normal MembersAvailable Event",
+        )
+
+    async def test_a_virtual_server_deleted_behind_our_back_is_told_and_repaired(
+        self, verifying: Pipeline
+    ) -> None:
+        """Deleted on the appliance: within the interval the condition turns False
+        (ApplianceDrift, a Warning Event) and the virtual server is re-created; then the
+        condition is True again (its transition time moved) with a Normal DriftRepaired."""
+        p = verifying
+        await p.start_watcher()
+        await p.create("web", endpoints_on=("n1",))
+        await eventually(
+            lambda: ready_condition(p, "web").get("status") == "True",
+            timeout=10,
+            what="web is Ready",
+        )
+        since = ready_condition(p, "web")["lastTransitionTime"]
+        [server] = p.servers_of("web")
+        loop = asyncio.get_running_loop()
+        deleted = loop.time()
+        p.appliance.remove("east", server.name)
+        await eventually(
+            lambda: [e["type"] for e in p.events("ApplianceDrift", "web")] == ["Warning"],
+            timeout=VERIFY_S + SLACK_S,
+            what="a Warning ApplianceDrift Event",
+        )
+        assert loop.time() - deleted < VERIFY_S + SLACK_S
+        [event] = p.events("ApplianceDrift", "web")
+        assert f"virtual server {server.name} is missing" in event["note"]
+        await eventually(
+            lambda: p.servers_of("web") == [server], timeout=SLACK_S, what="the server is back"
+        )
+        await eventually(
+            lambda: [e["type"] for e in p.events("DriftRepaired", "web")] == ["Normal"],
+            what="a Normal DriftRepaired Event",
+        )
+        await eventually(
+            lambda: (
+                ready_condition(p, "web").get("status") == "True"
+                and ready_condition(p, "web")["lastTransitionTime"] != since
+            ),
+            what="web's condition went False and back to True",
+        )
+
+    async def test_member_nodes_whose_agents_withdrew_the_vip_are_told(
+        self, verifying: Pipeline
+    ) -> None:
+        """A member node whose agent reports it without the VIP past the grace period: the
+        condition turns False (NodesMissingVip, naming it) with a Warning Event; once it
+        reports the VIP again, True with a Normal NodesHoldVip. A node that never reported
+        is not judged."""
+        p = verifying
+        await p.start_watcher(node_vip_grace_s=0.5)
+        agents = await p.make_runtime("nodeagents")
+        await p.create("web", endpoints_on=("n1",))
+        await eventually(lambda: p.vips("web"), timeout=10, what="web has a VIP")
+        [vip] = p.vips("web")
+
+        async def report(node: str, generation: int, *vips: str) -> None:
+            await agents.bus.publish(
+                NodeApplied(cluster="east", node=node, generation=generation, vips=vips)
+            )
+
+        for node in ("n1", "n2"):
+            await report(node, 1, vip)
+        await eventually(
+            lambda: ready_condition(p, "web").get("status") == "True",
+            timeout=10,
+            what="web is Ready",
+        )
+        loop = asyncio.get_running_loop()
+        withdrawn = loop.time()
+        await report("n2", 2)
+        await eventually(
+            lambda: ready_condition(p, "web").get("reason") == "NodesMissingVip",
+            timeout=0.5 + SLACK_S,
+            what="web's condition says NodesMissingVip",
+        )
+        assert loop.time() - withdrawn >= 0.5  # not before the grace period ends
+        condition = ready_condition(p, "web")
+        assert condition["status"] == "False" and "node agents of n2 " in condition["message"]
+        assert "n3" not in condition["message"]  # never reported: not judged
+        await eventually(
+            lambda: [e["type"] for e in p.events("NodesMissingVip", "web")] == ["Warning"],
+            what="a Warning NodesMissingVip Event",
+        )
+
+        await report("n2", 3, vip)
+        await eventually(
+            lambda: ready_condition(p, "web").get("status") == "True",
+            timeout=SLACK_S,
+            what="web is Ready again",
+        )
+        await eventually(
+            lambda: [e["type"] for e in p.events("NodesHoldVip", "web")] == ["Normal"],
+            what="a Normal NodesHoldVip Event",
+        )

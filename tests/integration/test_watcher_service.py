@@ -348,6 +348,31 @@ class TestServices:
         assert svc is not None
         assert svc["status"]["loadBalancer"]["ingress"] == [{"ip": "198.51.100.7", "ipMode": "VIP"}]
 
+    async def test_an_unreadable_node_message_is_a_warning_event_on_the_node(
+        self, harness: Harness
+    ) -> None:
+        """Garbage left last on ``node.<node>`` while no watcher ran: the next one puts a
+        Warning Event on the Node naming the subject and sequence, and does not take the
+        node for gone."""
+        await harness.emu.add_node("n1", "192.0.2.11")
+        await harness.start_watcher()
+        await eventually(
+            lambda: harness.seen.of(NodeSnapshot, node="n1"), what="a NodeSnapshot of n1"
+        )
+        await harness.stop_watcher()
+        bad = await harness.peer.bus.js.publish("vipwire.east.node.n1", b"\x00not json")
+        await harness.start_watcher()
+        await eventually(
+            lambda: harness.events("UnreadableMessage"), what="an UnreadableMessage Event"
+        )
+        (event,) = harness.events("UnreadableMessage")
+        assert event["type"] == "Warning"
+        assert event["regarding"]["kind"] == "Node" and event["regarding"]["name"] == "n1"
+        assert "namespace" not in event["regarding"]
+        assert f"vipwire.east.node.n1 (stream seq {bad.seq})" in event["note"]
+        await harness.settled()
+        assert not harness.seen.of(NodeGone, node="n1")
+
     async def test_delete_then_released_removes_finalizer(self, harness: Harness) -> None:
         """Deleting publishes a deleting snapshot; VipReleased lets the Service go, and the
         watcher forgets it (no view, lock or tombstone left behind)."""

@@ -82,6 +82,10 @@ class LbHarness:
         )
         await service.start()
         self.services.append(service)
+        # Leader or standby (the election's first decision): what it does next is decided.
+        await eventually(
+            lambda: service.elected_or_standing_by, TIMEOUT_S, what="the lbdriver's election"
+        )
         return service
 
     async def stop(self, service: LbdriverService) -> None:

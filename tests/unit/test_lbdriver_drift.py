@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import msgspec
 
-from vipwire.contracts import Member
+from vipwire.contracts import APPLIANCE_DRIFT, Member
 from vipwire.lbdriver import (
+    CreateVirtualServer,
     DeleteVirtualServer,
     Monitor,
     UpdateMembers,
+    UpdateVirtualServer,
     VirtualServer,
     choose_active,
     find_drift,
 )
-from vipwire.lbdriver.core.drift import held_by
+from vipwire.lbdriver.core.drift import describe_drift, drift_found, drift_unrepaired, held_by
+from vipwire.lbdriver.core.outcomes import Explanation
 from vipwire.lbdriver.io.status_server import redact_address
 
 PREFIX = "vipwire"
@@ -105,6 +108,43 @@ class TestFindDrift:
         actual = by_name(vs(A, WEB), vs(B, WEB, port=443), vs(X, API), vs("legacy", WEB))
         assert held_by(actual, {WEB}, PREFIX) == 2
         assert held_by(actual, set(), PREFIX) == 0
+
+
+class TestDriftReports:
+    def test_description_names_what_the_appliance_holds_instead(self) -> None:
+        """Each repair is told as what was found: missing, other members, changed, extra."""
+        ops = [
+            CreateVirtualServer(server=vs(A, WEB, "n1")),
+            UpdateMembers(name=B, members=()),
+        ]
+        text = describe_drift(ops)
+        assert f"virtual server {A} is missing" in text
+        assert f"virtual server {B} has other members" in text
+        assert "behind vipwire's back" in text
+        text = describe_drift([UpdateVirtualServer(server=vs(A)), DeleteVirtualServer(name=X)])
+        assert f"{A} was changed" in text and f"{X} should not be there" in text
+
+    def test_description_names_a_few_and_counts_the_rest(self) -> None:
+        """A Service with many ports drifted names three objects and counts the others."""
+        ops = [CreateVirtualServer(server=vs(f"{A}-{i}", port=80 + i)) for i in range(5)]
+        text = describe_drift(ops)
+        assert text.count("is missing") == 3 and "(and 2 more)" in text
+
+    def test_found_and_unrepaired_are_appliance_drift_the_latter_with_why(self) -> None:
+        """Both reports carry reason ApplianceDrift; the failed repair keeps the drift and
+        adds the appliance's own reason and message."""
+        found = drift_found("virtual server x is missing")
+        assert found.reason == APPLIANCE_DRIFT
+        assert found.message.startswith("virtual server x is missing") and "re-programming" in (
+            found.message
+        )
+        failed = drift_unrepaired(
+            "virtual server x is missing", Explanation("ApplianceRejected", "01070734:3: no")
+        )
+        assert failed.reason == APPLIANCE_DRIFT
+        assert "virtual server x is missing" in failed.message
+        assert "re-programming failed (ApplianceRejected: 01070734:3: no)" in failed.message
+        assert failed != found  # a failed repair is news after the notice
 
 
 class TestChooseActive:

@@ -32,6 +32,8 @@ def test_section_decodes_appliances_and_defaults() -> None:
         ({"appliances": [{"name": "a"}], "prefix": "vip-wire"}, "prefix"),
         ({"appliances": [{"name": "a"}], "coalesce_window_ms": -1}, "coalesce_window_ms"),
         ({"appliances": [{"name": "a"}], "surprise": 1}, "surprise"),
+        ({"appliances": [{"name": "a"}], "lease_renew_s": 2.6}, "lease_renew_s"),
+        ({"appliances": [{"name": "a"}], "lease_name": "a.b"}, "lease_name"),
     ],
 )
 def test_unusable_sections_are_refused_with_the_reason(data: dict[str, object], error: str) -> None:
@@ -71,13 +73,13 @@ def test_reconciler_defaults_and_their_bounds() -> None:
     assert 0 < s.coalesce_quiet_ms <= s.coalesce_window_ms
     assert s.breaker_failures >= 1 and 0 <= s.retry_jitter <= 1
     assert s.unhealthy_cooldown_s <= s.unhealthy_max_cooldown_s
-    assert s.drift_interval_s > 0 and s.release_standby
+    assert s.verify_interval_s > 0 and s.release_standby
     assert s.appliances[0].max_requests_per_s > 0 and s.appliances[0].request_burst >= 1
     for data, error in (
         ({"breaker_failures": 0}, "breaker_failures"),
         ({"retry_jitter": 1.5}, "retry_jitter"),
         ({"unhealthy_cooldown_s": 10, "unhealthy_max_cooldown_s": 5}, "unhealthy_max_cooldown_s"),
-        ({"drift_interval_s": -1}, "drift_interval_s"),
+        ({"verify_interval_s": -1}, "verify_interval_s"),
         ({"appliances": [{"name": "a", "request_burst": 0}]}, "request_burst"),
     ):
         with pytest.raises(ConfigError, match=error):

@@ -70,6 +70,7 @@ def svc(
     policy: Policy = "Cluster",
     deleting: bool = False,
     requested: tuple[str, ...] = (),
+    status: tuple[str, ...] = (),
 ) -> ServiceSnapshot:
     return ServiceSnapshot(
         cluster=cluster,
@@ -81,6 +82,7 @@ def svc(
         external_traffic_policy=policy,
         deleting=deleting,
         requested_ips=requested,
+        status_vips=status,
     )
 
 
@@ -279,6 +281,16 @@ class TestIpam:
         assert first is not None and first.recomputed.startswith("VipAssigned 198.51.100.1")
         relaxed = log.rerun(ipam_replicas=2)
         assert relaxed.divergences == [] and not relaxed.exact_addresses
+
+    def test_a_vip_given_back_from_status_is_not_next_fit_and_moves_no_cursor(self) -> None:
+        """After a lost store a Service gets the VIP its status holds (.5, not .0), and the
+        next fresh allocation still starts where next fit left off."""
+        log = with_nodes()
+        log.add(svc("web", status=("198.51.100.5",)))
+        log.add(assigned("web", "198.51.100.5"))
+        log.add(programmed("web", "198.51.100.5"))
+        served(log, "api", "198.51.100.0")
+        assert log.rerun().divergences == []
 
     def test_concurrent_allocations_may_be_published_in_either_order(self) -> None:
         """Two requests in flight: the later one published first with the later address is fine."""

@@ -16,6 +16,7 @@ from vipwire.watcher.core.events import (
     object_ref,
     ref_object,
     released_ref,
+    status_vip_event,
 )
 from vipwire.watcher.core.term_memory import DEPARTED_LIMIT, TermMemory
 
@@ -116,3 +117,27 @@ def test_departed_services_are_kept_bounded_and_forgotten_once_told() -> None:
     assert len(memory.departed) == DEPARTED_LIMIT
     assert memory.departed_ref("shop/s4") is None
     assert memory.departed_ref(f"shop/s{DEPARTED_LIMIT + 4}") is not None
+
+
+def test_a_status_vip_not_kept_gets_a_warning_that_says_why_and_what_instead() -> None:
+    """VipAssigned.notes: a Warning Event with the reason and the VIPs assigned, next
+    to the Normal IPAllocated; a repeat of the same assignment, or none, warns nothing."""
+    note = "status VIP 198.51.100.7 not kept: held by another Service (east/shop/db)"
+    message = VipAssigned(
+        **SVC,
+        uid="u-1",
+        vips=("198.51.100.9",),
+        pool="lab",
+        appliance_group="g",
+        ports=(),
+        notes=(note,),
+    )
+    warning = status_vip_event(message, before=None)
+    assert warning is not None and warning.type == "Warning"
+    assert warning.reason == "StatusVIPNotKept"
+    assert warning.note == f"{note}; assigned 198.51.100.9"
+    normal = event_for(message, before=None)
+    assert normal is not None and normal.reason == "IPAllocated"
+    assert status_vip_event(message, before=message) is None
+    plain = msgspec.structs.replace(message, notes=())
+    assert status_vip_event(plain, before=None) is None

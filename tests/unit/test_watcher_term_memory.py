@@ -24,6 +24,7 @@ from vipwire.watcher.core.translate import SliceEndpoints
 KEY = "shop/web"
 PORT = ServicePort(port=80, protocol="TCP")
 N1 = Member(node="n1", address="192.0.2.11")
+N2 = Member(node="n2", address="192.0.2.12")
 
 
 def snapshot(uid: str = "u-1", *, rv: str = "1", deleting: bool = False) -> ServiceSnapshot:
@@ -189,11 +190,12 @@ class TestWhatTheRestSaid:
         assert isinstance(once.before, VipAssigned) and once.before.vips == ("198.51.100.7",)
 
     def test_the_view_keeps_no_ports_nor_members_without_a_gate(self) -> None:
-        """Without a gate the view keeps neither ports nor members; with one, members."""
+        """Without a gate the view keeps no ports and only its first member (whether there
+        is one: NoMembers); with one, every member."""
         plain = TermMemory(gating=False)
-        plain.observe(KEY, programmed(), 4)
+        plain.observe(KEY, programmed(members=(N1, N2)), 4)
         lb = plain.view(KEY).lb
-        assert isinstance(lb, LbProgrammed) and lb.ports == () and lb.members == ()
+        assert isinstance(lb, LbProgrammed) and lb.ports == () and lb.members == (N1,)
         assert plain.gated == {}
         gated = TermMemory(gating=True)
         gated.observe(KEY, programmed(), 4)

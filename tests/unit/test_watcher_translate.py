@@ -29,6 +29,7 @@ from vipwire.watcher.core.translate import (
     slice_service,
     slim_node,
     slim_service,
+    status_vips,
 )
 from vipwire.watcher.core.validate import service_problems
 from vipwire.watcher.core.writeback import finalizer_patch
@@ -578,3 +579,41 @@ class TestWhatIsKept:
         """Any spec content: the slim Service translates exactly as the whole one."""
         whole = service(spec=spec)
         assert snap(slim_service(whole), was_ours=True) == snap(whole, was_ours=True)
+
+
+def test_the_snapshot_carries_the_addresses_in_status_only_valid_and_canonical() -> None:
+    """status_vips: ingress[].ip of the Service, canonical, once each, in order; hostnames
+    and garbage are left out; a Service going away carries none."""
+    obj = service(
+        status={
+            "loadBalancer": {
+                "ingress": [
+                    {"ip": "2001:DB8::0:7", "ipMode": "VIP"},
+                    {"hostname": "lb.example.com"},
+                    {"ip": "192.0.2.7"},
+                    {"ip": "not-an-ip"},
+                    {"ip": 17},
+                    "junk",
+                    {"ip": "192.0.2.7"},
+                ]
+            }
+        }
+    )
+    got = snap(obj)
+    assert got is not None and got.status_vips == ("2001:db8::7", "192.0.2.7")
+    assert status_vips(service()) == ()
+    gone = snap(
+        service(metadata={"deletionTimestamp": "2026-01-01T00:00:00Z"}, status=obj["status"])
+    )
+    assert gone is not None and gone.deleting and gone.status_vips == ()
+
+
+def test_a_status_write_alone_leaves_the_fingerprint_as_it_was() -> None:
+    """Our own status write changes status_vips (and the resourceVersion): not a change
+    worth publishing again; anything else the Service says is."""
+    before = snap(service())
+    after = snap(service(status={"loadBalancer": {"ingress": [{"ip": "192.0.2.7"}]}}))
+    assert before is not None and after is not None and after.status_vips == ("192.0.2.7",)
+    assert service_fingerprint(before) == service_fingerprint(after)
+    moved = msgspec.structs.replace(after, pool="other")
+    assert service_fingerprint(moved) != service_fingerprint(after)

@@ -11,10 +11,34 @@ drivers under test take their production code path against them.
     await emu.start()            # loopback, a free port; emu.url
     ...
     await emu.stop()
+
+Every mutating request is kept in ``emu.write_log`` (who sent it, when, under
+which lease) and served at ``GET <url>/_emulator/writes?since=<index>``; see
+:class:`WriteRecord`, :func:`fetch_writes`, :func:`overlapping_writes`.
 """
 
-from vipwire.applianceemu._server import Fault
+from vipwire.applianceemu._server import (
+    LEASE_HEADER,
+    WRITER_HEADER,
+    Fault,
+    WriteLog,
+    WriteRecord,
+    fetch_writes,
+    overlapping_writes,
+)
 from vipwire.applianceemu.a10 import A10Emulator, A10Error
 from vipwire.applianceemu.f5 import F5Emulator, F5Error
 
-__all__ = ["A10Emulator", "A10Error", "F5Emulator", "F5Error", "Fault"]
+__all__ = [
+    "LEASE_HEADER",
+    "WRITER_HEADER",
+    "A10Emulator",
+    "A10Error",
+    "F5Emulator",
+    "F5Error",
+    "Fault",
+    "WriteLog",
+    "WriteRecord",
+    "fetch_writes",
+    "overlapping_writes",
+]

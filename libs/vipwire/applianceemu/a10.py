@@ -183,6 +183,13 @@ class A10Emulator(EmulatorServer):
         msg = "System is busy, please try again later (injected)" if status == 503 else "injected"
         return {"response": {"status": "fail", "err": {"code": status, "from": "HTTP", "msg": msg}}}
 
+    def _is_session(self, request: web.Request) -> bool:
+        return request.path.rstrip("/") in ("/axapi/v3/auth", "/axapi/v3/logoff")
+
+    def _user_of(self, request: web.Request) -> str | None:
+        session = self._sessions.get(_signature(request) or "")
+        return session.user if session is not None else None
+
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         path = "/" + "/".join(unquote(p) for p in request.path.strip("/").split("/")[2:])
         method = request.method

@@ -203,6 +203,14 @@ class F5Emulator(EmulatorServer):
             ).body()
         return F5Error(status, f"injected fault {status}").body()
 
+    def _is_session(self, request: web.Request) -> bool:
+        path = request.path.rstrip("/")
+        return path == "/mgmt/shared/authn/login" or path.startswith("/mgmt/shared/authz/tokens/")
+
+    def _user_of(self, request: web.Request) -> str | None:
+        expires = self._tokens.get(request.headers.get("X-F5-Auth-Token", ""))
+        return self._username if expires is not None and expires > time.monotonic() else None
+
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         path = request.path.rstrip("/")
         try:

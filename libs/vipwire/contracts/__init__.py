@@ -18,6 +18,7 @@ from vipwire.contracts._control import (
     IPAM_RELOAD_SUBJECT,
     IPAM_SHOW_SUBJECT,
     IPAM_STATUS_SUBJECT,
+    LBDRIVER_LEASE_BUCKET,
     LBDRIVER_STATUS_SUBJECT,
     AddressView,
     ApplianceStatus,
@@ -25,6 +26,7 @@ from vipwire.contracts._control import (
     ClaimView,
     ClusterStatus,
     IpamStatus,
+    LbdriverLease,
     LbdriverStatus,
     PoolStatus,
     RecordView,
@@ -38,6 +40,7 @@ from vipwire.contracts._control import (
     StaleAllocation,
 )
 from vipwire.contracts._messages import (
+    APPLIANCE_DRIFT,
     SCHEMA_VERSION,
     AppliedMessage,
     Endpoint,
@@ -95,12 +98,14 @@ STREAM = "VIPWIRE"
 IPAM_BUCKET = "vipwire-ipam"
 
 __all__ = [
+    "APPLIANCE_DRIFT",
     "IPAM_BUCKET",
     "IPAM_QUEUE",
     "IPAM_RELEASE_SUBJECT",
     "IPAM_RELOAD_SUBJECT",
     "IPAM_SHOW_SUBJECT",
     "IPAM_STATUS_SUBJECT",
+    "LBDRIVER_LEASE_BUCKET",
     "LBDRIVER_STATUS_SUBJECT",
     "ROOT",
     "SCHEMA_VERSION",
@@ -120,6 +125,7 @@ __all__ = [
     "LbMessage",
     "LbProgrammed",
     "LbRemoved",
+    "LbdriverLease",
     "LbdriverStatus",
     "MalformedMessage",
     "Member",

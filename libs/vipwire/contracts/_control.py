@@ -263,3 +263,30 @@ class LbdriverStatus(msgspec.Struct, frozen=True, kw_only=True):
     #: Objects repaired or removed by drift passes since start.
     drift_repairs: int
     appliances: tuple[ApplianceStatus, ...]
+    #: "leader" (the one replica that writes to appliances), "standby" (consumes and
+    #: keeps its state, writes nothing) or "" (an older lbdriver).
+    role: str = ""
+    #: Who holds the lease, as this replica last read it ("" : nobody).
+    leader: str = ""
+
+
+#: The KV bucket of the lbdriver's leader lease, and its key.
+LBDRIVER_LEASE_BUCKET: Final = "vipwire-lbdriver-lease"
+
+
+class LbdriverLease(msgspec.Struct, frozen=True, kw_only=True):
+    """The value of the lbdriver's leader lease (one key per lbdriver deployment).
+
+    Written only by compare-and-set on the key's revision: created by a replica
+    that finds no lease, renewed by its holder, taken over by a standby that saw
+    the same revision unchanged for ``ttl_s`` by its own clock, deleted by its
+    holder on a graceful stop.
+    """
+
+    #: The replica holding it (also sent with every appliance write).
+    holder: str
+    #: Unix time of the holder's last renewal (for people and the age check;
+    #: standbys time the lease by their own clock).
+    renewed_at: float
+    #: Seconds the lease lasts without a renewal.
+    ttl_s: float

@@ -8,7 +8,7 @@ subject knows everything it needs.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Final, Literal
 
 import msgspec
 
@@ -66,6 +66,11 @@ class ServiceSnapshot(_Message, frozen=True, tag="service"):
     ``deleting`` is set while the Service is going away (deletionTimestamp, or
     its type or class changed away from us): its VIP must be withdrawn and
     released, after which the watcher removes the finalizer.
+
+    ``status_vips``: the addresses ``status.loadBalancer.ingress`` holds now. The
+    cluster is the source of truth when the bus store is lost: ipam gives a
+    Service that holds no claim these addresses first (when they are free and
+    in a pool it may use) and passes over them for every other Service.
     """
 
     cluster: str
@@ -83,6 +88,7 @@ class ServiceSnapshot(_Message, frozen=True, tag="service"):
     sharing_key: str | None = None
     labels: dict[str, str] = {}
     deleting: bool = False
+    status_vips: tuple[str, ...] = ()
 
 
 class ServiceGone(_Message, frozen=True, tag="service-gone"):
@@ -144,7 +150,9 @@ class VipAssigned(_Message, frozen=True, tag="vip-assigned"):
     """The Service owns these VIPs; the appliance should serve them on these ports.
 
     ipam republishes it whenever the Service snapshot changes, so it carries
-    everything the lbdriver needs from the Service itself.
+    everything the lbdriver needs from the Service itself. ``notes``: on the
+    assignment that gave the VIPs, why an address in the Service's status was
+    not kept (a Warning Event each).
     """
 
     cluster: str
@@ -157,6 +165,7 @@ class VipAssigned(_Message, frozen=True, tag="vip-assigned"):
     ports: tuple[ServicePort, ...]
     external_traffic_policy: Literal["Cluster", "Local"] = "Cluster"
     health_check_node_port: int | None = None
+    notes: tuple[str, ...] = ()
 
 
 class VipReleasing(_Message, frozen=True, tag="vip-releasing"):
@@ -216,8 +225,19 @@ class LbProgrammed(_Message, frozen=True, tag="lb-programmed"):
     external_traffic_policy: Literal["Cluster", "Local"] = "Cluster"
 
 
+#: ``LbFailed.reason`` when the lbdriver's verification found the appliance holding
+#: something else than the Service's last report said (a virtual server deleted or
+#: edited behind vipwire's back): reported before the repair, and kept while the
+#: repair fails (the message then says why).
+APPLIANCE_DRIFT: Final = "ApplianceDrift"
+
+
 class LbFailed(_Message, frozen=True, tag="lb-failed"):
-    """The appliance refused or could not be reached; ``removing`` on withdrawal."""
+    """The appliance refused or could not be reached; ``removing`` on withdrawal.
+
+    ``reason`` is the appliance's (``Unavailable``, ``Rejected``...) or
+    :data:`APPLIANCE_DRIFT`.
+    """
 
     cluster: str
     namespace: str

@@ -62,6 +62,8 @@ class Runtime:
         self._http: HttpServer | None = None
         self.http_port: int | None = None
         self._readiness: Callable[[], str | None] = lambda: "starting"
+        #: Shown on /readyz when set (the lbdriver's "leader" or "standby").
+        self._role: Callable[[], str] | None = None
         connected_gauge(self.metrics)  # 0 until the bus is up: scraped before NATS answers
 
     @property
@@ -97,6 +99,10 @@ class Runtime:
     def set_readiness(self, probe: Callable[[], str | None]) -> None:
         self._readiness = probe
 
+    def set_role(self, role: Callable[[], str]) -> None:
+        """Name the replica's role on /readyz (``ready (standby)``)."""
+        self._role = role
+
     async def _start_http(self) -> None:
         app = web.Application()
         app.router.add_get("/healthz", self._healthz)
@@ -125,7 +131,7 @@ class Runtime:
         reason = reason or self._bus.store_problem()
         if reason:
             return web.Response(status=503, text=f"not ready: {reason}\n")
-        return web.Response(text="ready\n")
+        return web.Response(text=f"ready ({self._role()})\n" if self._role else "ready\n")
 
     async def _metrics(self, _: web.Request) -> web.Response:
         return web.Response(

@@ -112,8 +112,10 @@ def _health(health: str, failures: int, retry_in_s: float | None) -> str:
 
 def render(status: LbdriverStatus) -> str:
     """The status as a text table, one appliance per row."""
+    role = f" {status.role}" if status.role else ""
+    leader = f" (leader: {status.leader})" if status.role == "standby" and status.leader else ""
     head = (
-        f"lbdriver {status.instance}: {'ready' if status.ready else 'starting'}, "
+        f"lbdriver {status.instance}{role}{leader}: {'ready' if status.ready else 'starting'}, "
         f"{status.services} service(s), {status.pending} pending, {status.failing} failing, "
         f"{status.drift_repairs} drift repair(s)\n"
     )

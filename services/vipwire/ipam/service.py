@@ -49,6 +49,7 @@ from vipwire.ipam.io.markers import sweep_markers
 from vipwire.ipam.io.metrics import IpamMetrics
 from vipwire.ipam.io.publishing import Publisher
 from vipwire.ipam.io.reload import Reloader
+from vipwire.ipam.io.status_index import StatusIndex
 from vipwire.ipam.io.waiting import WaitingQueue, WaitingRetrier
 from vipwire.ipam.settings import IpamSettings
 from vipwire.runtime import Runtime
@@ -88,6 +89,7 @@ class IpamService:
             runtime.metrics, lambda: self.allocator, lambda: len(self.waiting)
         )
         self.lifecycle: Lifecycle | None = None
+        self.status_index: StatusIndex | None = None
         self.consumer: _Consumer | None = None
         self._control: OperatorControl | None = None
         self._reloader: Reloader | None = None
@@ -146,6 +148,7 @@ class IpamService:
             self.metrics,
             conflict_retries=s.conflict_retries,
             retry_delay_s=s.retry_delay_s,
+            status_wait_s=s.status_wait_s,
         )
         retrier = WaitingRetrier(
             self.waiting,
@@ -180,6 +183,14 @@ class IpamService:
         )
         await cache.start(LOAD_TIMEOUT)
         log.info("loaded %d address claims", len(self.allocator.claims()))
+        if not self.allocator.claims():
+            # No claim at all: a first start, or a lost store. Every Service's status VIPs
+            # are then reserved for it (a store that was not lost holds claims for all of
+            # them, and this index is not needed), and Services with none wait a while
+            # for every watcher to publish (see Lifecycle.restoring).
+            lifecycle.status = self.status_index = StatusIndex(bus)
+            if s.restore_grace_s > 0:
+                lifecycle.restore_until = asyncio.get_running_loop().time() + s.restore_grace_s
         self.metrics.changed()
         await retrier.resume()
         spec = ConsumerSpec(
@@ -189,6 +200,12 @@ class IpamService:
             concurrency=s.concurrency,
             batch=s.prefetch,
         )
+        # Every Service's status VIPs, reserved for it: read before new addresses are
+        # chosen (see vipwire.ipam.core.status_vips).
+        if self.status_index is not None:
+            await self.status_index.start()
+            after = max(s.restore_grace_s, s.status_wait_s)
+            self._spawn(self.status_index.retire_when_unused(after), "ipam-status-index")
         self.consumer = bus.consumer(spec, self.handle)
         await self.consumer.start()
         await self._control.start(bus)
@@ -218,6 +235,8 @@ class IpamService:
         if self.consumer is not None:
             await self.consumer.stop()
             self.consumer = None
+        if self.status_index is not None:
+            await self.status_index.stop()
         if self._cache is not None:
             await self._cache.stop()
         await cancel_and_wait(self._tasks)

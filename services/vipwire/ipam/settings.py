@@ -162,6 +162,20 @@ class IpamSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     #: off from the bus for longer would miss the deletes and keep believing the
     #: addresses taken (never given twice, but not given again until it restarts).
     marker_max_age_s: Annotated[float, msgspec.Meta(ge=0)] = 24 * 3600.0
+    #: Seconds a Service that needs new addresses waits, at most, for this replica's
+    #: index of status VIPs (the addresses every Service's status already holds,
+    #: reserved for it) to read the stream up to the Service's own snapshot; then its
+    #: addresses are chosen with what the index knows (logged). Only on a replica that
+    #: started on an empty store (a first start or a lost store): new addresses pass
+    #: over reserved ones, so no Service takes an address another one still holds in
+    #: its status.
+    status_wait_s: Annotated[float, msgspec.Meta(gt=0)] = 5.0
+    #: Seconds after a start on an empty store (no claim at all: the store was lost)
+    #: during which a Service with nothing in its status waits for new VIPs while other
+    #: Services hold VIPs in theirs: time for every cluster's watcher to publish its
+    #: Services, so that no new Service takes an address a Service of a watcher that
+    #: started later still holds. 0: no wait.
+    restore_grace_s: Annotated[float, msgspec.Meta(ge=0)] = 10.0
 
     def __post_init__(self) -> None:
         names = [p.name for p in self.pools]

@@ -16,6 +16,9 @@ VIP assignments. This module only wires the parts:
   then is anything written, and the lbdriver ready.
 - ``io.maintenance`` runs the drift passes and probes of every appliance.
 - ``io.status_server`` answers ``vipwire lb status``.
+- ``io.election`` elects the one replica that writes (a KV lease); the others
+  consume and keep the same state, write nothing, and take over at once when
+  elected. Every write passes its fence (``io.fencing``).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import socket
 import time
 from collections.abc import Coroutine, Mapping
 from typing import Any, Final
@@ -43,15 +47,18 @@ from vipwire.contracts import (
 )
 from vipwire.lbdriver.core.inventory import Inventory
 from vipwire.lbdriver.core.resilience import BreakerState, CircuitBreaker
-from vipwire.lbdriver.io.adoption import StartUp, adopt
+from vipwire.lbdriver.io.adoption import StartUp
 from vipwire.lbdriver.io.appliance_client import ApplianceClient
 from vipwire.lbdriver.io.drivers import ApplianceDriver, build_driver
+from vipwire.lbdriver.io.election import Election
 from vipwire.lbdriver.io.failover import Failover
+from vipwire.lbdriver.io.fencing import NotLeader
 from vipwire.lbdriver.io.last_reports import last_reports
 from vipwire.lbdriver.io.maintenance import Maintenance
 from vipwire.lbdriver.io.reconciler import Reconciler
 from vipwire.lbdriver.io.schedule import Schedule, cause_of
 from vipwire.lbdriver.io.status_server import StatusServer, appliance_statuses
+from vipwire.lbdriver.io.terms import Terms
 from vipwire.lbdriver.settings import LbdriverSettings
 from vipwire.runtime import Runtime
 
@@ -99,6 +106,7 @@ class LbdriverService:
                 metrics=runtime.metrics,
                 tracer=runtime.tracer,
                 on_breaker=self._on_breaker,
+                fence=self._fence,
             )
             for a in settings.appliances
         }
@@ -130,7 +138,21 @@ class LbdriverService:
         self._vip_consumer: PullConsumer | None = None
         self._status_server: StatusServer | None = None
         self._loops: list[asyncio.Task[None]] = []
-        self._started_at = time.monotonic()
+        # --- leader election: one replica writes, the others stand by warm -----------
+        self._me = f"{socket.gethostname()}-{self._incarnation}"
+        self._election: Election | None = None  # made in start(), with the bus
+        self._terms = Terms(
+            settings,
+            runtime,
+            inventory=self._inventory,
+            schedule=self._schedule,
+            start_up=self._start_up,
+            clients=self._clients,
+            failover=self._failover,
+            reconciler=self._reconciler,
+            maintenance=self._maintenance,
+        )
+        runtime.set_role(lambda: self.role)
         m.gauge(
             "lbdriver_services",
             "Services with assigned or releasing VIPs",
@@ -139,7 +161,8 @@ class LbdriverService:
         m.gauge(
             "lbdriver_pending_services",
             "Services waiting for a reconcile (coalescing or backing off)",
-            fn=lambda: float(self._schedule.pending_count()),
+            # A standby's Services all wait, for whoever leads: not a backlog to alert on.
+            fn=lambda: float(self._schedule.pending_count()) if self.role == "leader" else 0.0,
         )
 
     @property
@@ -156,7 +179,7 @@ class LbdriverService:
     # --- lifecycle ---------------------------------------------------------------
 
     async def start(self) -> None:
-        self._started_at = time.monotonic()
+        self._terms.started_at = time.monotonic()
         bus = self.runtime.bus
         self._state_consumer = bus.consumer(
             ConsumerSpec(
@@ -185,47 +208,47 @@ class LbdriverService:
         await self._vip_consumer.start()
         self._status_server = StatusServer(bus, self.status)
         await self._status_server.start()
+        self._election = Election(
+            bus,
+            self.settings,
+            me=self._me,
+            metrics=self.runtime.metrics,
+            on_elected=self._terms.begin,
+            on_deposed=self._terms.end,
+        )
         self._spawn(self._start(self._vip_consumer), "lbdriver-startup")
 
     def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
         self._loops.append(asyncio.create_task(coro, name=name))
 
     async def _start(self, consumer: PullConsumer) -> None:
-        start_up, inventory = self._start_up, self._inventory
         await consumer.caught_up()
-        start_up.replayed = True
-        replayed = time.monotonic()
-        await self._failover.choose_actives()
-        start_up.waiting = {k for k in inventory.services if self._schedule.busy(k)}
-        adopted = await adopt(
-            start_up,
-            inventory=inventory,
-            schedule=self._schedule,
-            clients=self._clients,
-            failover=self._failover,
-            metrics=self.runtime.metrics,
-        )
-        compared = time.monotonic()
-        if not start_up.waiting:
-            start_up.done.set()
-        self._spawn(self._reconciler.run(), "lbdriver-flush")
-        await start_up.done.wait()
-        inventory.reports.clear()
-        start_up.ready = True
-        log.info(
-            "lbdriver ready in %.2fs (replay %.2fs, comparison %.2fs): %d services, %d of "
-            "them already programmed and reported",
-            time.monotonic() - self._started_at,
-            replayed - self._started_at,
-            compared - replayed,
-            len(inventory),
-            adopted,
-        )
-        for name, client in self._clients.items():
-            self._spawn(self._maintenance.maintain(client), f"lbdriver-maintain-{name}")
+        self._start_up.replayed = True
+        self._terms.replayed_at = time.monotonic()
+        # Warm before it competes: a replica that is still replaying never takes the lease.
+        assert self._election is not None
+        await self._election.start()
+
+    def _fence(self) -> Mapping[str, str]:
+        if self._election is None:
+            raise NotLeader("the lbdriver election has not started")
+        return self._election.fence()
+
+    @property
+    def elected_or_standing_by(self) -> bool:
+        """Replayed, and the first election decision made: a fence for tests."""
+        return self._election is not None and self._election.decided.is_set()
+
+    @property
+    def role(self) -> str:
+        """``leader`` (holds the lease, may write) or ``standby``."""
+        return "leader" if self._election is not None and self._election.leader else "standby"
 
     def readiness(self) -> str | None:
-        return self._start_up.readiness()
+        # A standby is ready once replayed and told who leads: it is what takes over.
+        if self._start_up.replayed and not self.elected_or_standing_by:
+            return "electing the lbdriver leader"
+        return None if self.role == "standby" else self._start_up.readiness()
 
     async def stop(self) -> None:
         for consumer in (self._vip_consumer, self._state_consumer):
@@ -236,7 +259,11 @@ class LbdriverService:
             self._status_server = None
         await cancel_and_wait(self._loops)
         self._loops.clear()
+        await self._terms.cancel()
+        # Still the leader (renewing) while the reconciles in flight finish.
         await self._reconciler.drain(_STOP_GRACE_S)
+        if self._election is not None:
+            await self._election.stop()  # released: a standby takes over at once
         for name in sorted(self._built):
             try:
                 await self._clients[name].close()
@@ -310,10 +337,12 @@ class LbdriverService:
             now=time.time(),
             ready=self._start_up.ready,
             services=len(self._inventory),
-            pending=self._schedule.pending_count(),
+            pending=self._schedule.pending_count() if self.role == "leader" else 0,
             failing=self._inventory.failing(),
             drift_repairs=self._maintenance.drift_repairs,
             appliances=appliance_statuses(
                 self.settings, self._clients, self._inventory, self._failover
             ),
+            role=self.role,
+            leader=self._election.holder if self._election is not None else "",
         )

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import re
-from typing import Annotated, Literal
+from collections.abc import Mapping
+from typing import Annotated, ClassVar, Literal
 
 import msgspec
 
@@ -129,6 +130,9 @@ class LbdriverSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown
     """How the lbdriver programs appliances. No default appliance: a config that
     forgets them must fail, not quietly program a simulator."""
 
+    #: Old names of settings, still accepted (with a warning) for one release.
+    __renamed__: ClassVar[Mapping[str, str]] = {"drift_interval_s": "verify_interval_s"}
+
     #: The appliances, at least one; order matters within a group (first healthy wins).
     appliances: tuple[ApplianceSettings, ...]
     #: Start of every object name we create; objects without it are never touched.
@@ -157,9 +161,12 @@ class LbdriverSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown
     unhealthy_cooldown_s: NonNegative = 5.0
     #: Upper bound of that wait in seconds.
     unhealthy_max_cooldown_s: NonNegative = 120.0
-    #: Seconds between drift passes: each lists every partition of an appliance and
-    #: undoes out-of-band edits of our objects (0: only the pass at start-up).
-    drift_interval_s: NonNegative = 60.0
+    #: Seconds between verifications (drift passes): each lists every partition of an
+    #: appliance, checks that what each Service was reported programmed with is still
+    #: there (virtual servers, members) and re-programs what was changed or deleted
+    #: out of band, reporting ApplianceDrift until it is repaired (0: only the pass at
+    #: start-up).
+    verify_interval_s: NonNegative = 30.0
     #: Seconds an appliance may go without a successful call before it is probed (a
     #: listing of one partition), so a failed active is noticed, and its group
     #: failed over, even when nothing changes; every second while calls fail (0: off).
@@ -168,8 +175,29 @@ class LbdriverSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown
     #: answers again (independent appliances). Turn off for HA pairs whose standby
     #: holds the active's configuration by config-sync.
     release_standby: bool = True
+    #: Name of the leader lease (key ``<name>.leader`` in the KV bucket
+    #: ``vipwire-lbdriver-lease``): the replicas sharing it elect one writer. Give two
+    #: lbdriver deployments that program different appliances different names.
+    lease_name: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_-]{1,64}$")] = "lbdriver"
+    #: Seconds the leader's lease lasts without a renewal: a standby takes over this
+    #: long after the last renewal it saw (by its own clock).
+    lease_ttl_s: Positive = 3.0
+    #: Seconds between the leader's renewals.
+    lease_renew_s: Positive = 1.0
+    #: Seconds before its lease could expire at which the leader stops starting writes
+    #: (counted from when its last successful renewal was sent).
+    lease_safety_margin_s: NonNegative = 0.5
+    #: Seconds of wall-clock difference allowed between replicas and NATS: a lease older
+    #: than ``lease_ttl_s`` plus this, by its write time, is taken without waiting.
+    lease_clock_skew_s: NonNegative = 2.0
 
     def __post_init__(self) -> None:
+        if not 0 < self.lease_renew_s < self.lease_ttl_s - self.lease_safety_margin_s:
+            raise ValueError(
+                "lease_renew_s must be shorter than lease_ttl_s minus lease_safety_margin_s "
+                f"(renew {self.lease_renew_s}s, ttl {self.lease_ttl_s}s, margin "
+                f"{self.lease_safety_margin_s}s): the lease would run out between renewals"
+            )
         if not self.appliances:
             raise ValueError("at least one appliance must be configured")
         names = [a.name for a in self.appliances]

@@ -215,6 +215,8 @@ class WatcherService:
                 )
                 tasks.append(asyncio.create_task(self._catch_up(), name="watcher-catchup"))
             tasks += self._start_reflectors(writer, recorder)
+            # Member nodes without the VIP are judged again when their grace ends.
+            tasks.append(asyncio.create_task(writer.run_rechecks(), name="watcher-node-vips"))
             if self._elector is not None:
                 await self._elector.wait_not_leading()
                 log.warning("cluster %s: no longer the leader; standing by", c)
@@ -223,7 +225,7 @@ class WatcherService:
         finally:
             # Shielded: stop() cancels us, and the cleanup must run to its end anyway
             # (stop() waits for it before it gives the Lease up).
-            self._ending = asyncio.ensure_future(self._end_term(tasks, consumer))
+            self._ending = asyncio.ensure_future(self._end_term(tasks, consumer, reader))
             await asyncio.shield(self._ending)
 
     async def _catch_up(self) -> None:
@@ -243,7 +245,9 @@ class WatcherService:
         self._replay = None
         term.replaying = False
 
-    async def _end_term(self, tasks: list[asyncio.Task[None]], consumer: _Consumer) -> None:
+    async def _end_term(
+        self, tasks: list[asyncio.Task[None]], consumer: _Consumer, reader: BusReader
+    ) -> None:
         await cancel_and_wait(tasks)
         replay, self._replay = self._replay, None
         self._term.replaying = False
@@ -251,6 +255,7 @@ class WatcherService:
             await replay.stop()
         await consumer.stop()
         self._consumer = None
+        await reader.stop()
 
     def _start_reflectors(
         self, writer: StatusWriter, recorder: EventRecorder

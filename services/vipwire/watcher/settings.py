@@ -39,6 +39,13 @@ class WatcherSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
     #: When to write the VIP into status: once programmed (``none``, default), or also
     #: once ``any`` / ``all`` of the member nodes' agents report it applied.
     status_gate: Literal["none", "any", "all"] = "none"
+    #: Seconds a member node's agent may report the node without a Service's VIP
+    #: before the Service's condition turns False (NodesMissingVip, with a Warning
+    #: Event); it turns True again once every member reports it. Only nodes whose agent
+    #: has reported at all are judged; keep it above the agents' ``report_interval_s``.
+    #: 0: the node agents' reports are not read for this (a status gate still reads
+    #: them). Default 30.
+    node_vip_grace_s: float = 30.0
     #: Seconds one API request (not a watch) may take. Default 10.
     request_timeout_s: float = 10.0
     #: Seconds the API server keeps one watch open (``timeoutSeconds``) before we renew it.
@@ -96,6 +103,8 @@ class WatcherSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
             raise ValueError("conflict_retries must be at least 1")
         if self.workers < 1:
             raise ValueError("workers must be at least 1")
+        if self.node_vip_grace_s < 0:
+            raise ValueError("node_vip_grace_s must not be negative (0: off)")
         if not self.protocols:
             raise ValueError("protocols must name at least one protocol")
         if not self.lease_duration_s > self.renew_deadline_s > self.retry_period_s * 1.2 > 0:

@@ -21,8 +21,10 @@ from __future__ import annotations
 
 from bisect import bisect_right
 from collections import Counter
-from collections.abc import Collection, Hashable, Mapping, Sequence
+from collections.abc import Collection, Container, Hashable, Mapping, Sequence
 from typing import TYPE_CHECKING, TypeVar
+
+import msgspec
 
 from vipwire.ipam.core.addresses import FAMILIES, Family, canonical, parse_address, to_text
 from vipwire.ipam.core.choices import Allocation, Pick
@@ -39,6 +41,7 @@ from vipwire.ipam.core.refusals import (
 from vipwire.ipam.core.requested import requested_picks
 from vipwire.ipam.core.sharing import claim_updates, shareable, sharing_hint
 from vipwire.ipam.core.staleness import Reason, judge
+from vipwire.ipam.core.status_vips import Reserved, StatusVips, honour
 
 if TYPE_CHECKING:  # settings are handed in; the core never reads a config file
     from vipwire.ipam.settings import PoolSettings
@@ -321,7 +324,12 @@ class Allocator:
     # --- allocation ---------------------------------------------------------------
 
     def choose(
-        self, request: Request, *, skip: Collection[str] = ()
+        self,
+        request: Request,
+        *,
+        skip: Collection[str] = (),
+        status: StatusVips | None = None,
+        honour_status: bool = True,
     ) -> Allocation | AllocationFailure:
         """Choose addresses for ``request``, claiming nothing: the ledger's
         compare-and-set is the reservation, and :meth:`take` records it once it holds.
@@ -330,6 +338,12 @@ class Allocator:
         never offered as new ones. Addresses the same Service incarnation already
         holds are reused first, so a retry after a crash between claiming and
         recording adopts its claims instead of leaking them.
+
+        A Service that holds nothing and names no addresses gets the addresses in
+        its status back where it may (``honour_status``: False after an operator's
+        release, which asks for new ones); ``status``: every live Service's status
+        VIPs, which new addresses pass over while their Service holds no claim
+        (see :mod:`~vipwire.ipam.core.status_vips`).
         """
         invalid = invalid_families(request)
         if invalid is not None:
@@ -341,6 +355,60 @@ class Allocator:
             return self._build(request, *picked, requested=True)
         families = request.families()
         held = self._held.get(request.owner, set())
+        reserved = status.reserved_for_others(self, request) if status is not None else None
+        busy = _values(skip)
+        avoid = {f: _Avoid(busy.get(f, set()), reserved, f) for f in FAMILIES}
+        notes: list[str] = []
+        if request.status_vips and honour_status and not held:
+            kept = honour(self, request)
+            notes = kept.notes
+            if kept.pool is not None:
+                done = self._complete(request, kept.pool, kept.picks, avoid)
+                if done is not None:
+                    return msgspec.structs.replace(done, notes=tuple(notes))
+                notes.extend(
+                    f"status VIP {p.address} not kept: pool {kept.pool.name!r} has no free "
+                    f"{' or '.join(f for f in families if f != p.family)} address to go with it"
+                    for p in kept.picks
+                )
+        chosen = self._fresh(request, families, held, avoid, busy)
+        if notes:
+            if isinstance(chosen, AllocationFailure):
+                told = "; ".join(notes)
+                return msgspec.structs.replace(chosen, message=f"{told}; {chosen.message}")
+            return msgspec.structs.replace(chosen, notes=tuple(notes))
+        return chosen
+
+    def _complete(
+        self,
+        request: Request,
+        pool: Pool,
+        kept: Sequence[Pick],
+        avoid: Mapping[Family, Container[int]],
+    ) -> Allocation | None:
+        """The status VIPs kept, and addresses of the same pool for the families the
+        Service still needs (PreferDualStack settles for its primary family)."""
+        families = request.families()
+        have = {p.family: p for p in kept}
+        missing = [f for f in families if f not in have]
+        extra = self._picks(pool, missing, request, set(), avoid) if missing else []
+        if extra is None:
+            if request.ip_family_policy != "PreferDualStack" or families[0] not in have:
+                return None
+            extra = []
+        picked = {**have, **{p.family: p for p in extra}}
+        return self._build(
+            request, pool, [picked[f] for f in families if f in picked], requested=True
+        )
+
+    def _fresh(
+        self,
+        request: Request,
+        families: tuple[Family, ...],
+        held: set[str],
+        avoid: Mapping[Family, Container[int]],
+        busy: Mapping[Family, set[int]],
+    ) -> Allocation | AllocationFailure:
         if request.pool is not None:
             named = self._pools.get(request.pool)
             if named is None:
@@ -366,7 +434,6 @@ class Allocator:
 
             candidates.sort(key=preference)  # stable: priority order within each rank
 
-        busy = _values(skip)
         chosen: tuple[Pool, list[Pick]] | None = None
         # PreferDualStack settles for its primary family where no pool has room for both.
         attempts = [families]
@@ -377,7 +444,7 @@ class Allocator:
                 (
                     (pool, picks)
                     for pool in candidates
-                    if (picks := self._picks(pool, wanted, request, held, busy)) is not None
+                    if (picks := self._picks(pool, wanted, request, held, avoid)) is not None
                 ),
                 None,
             )
@@ -416,7 +483,7 @@ class Allocator:
         families: Sequence[Family],
         request: Request,
         held: set[str],
-        busy: Mapping[Family, set[int]],
+        busy: Mapping[Family, Container[int]],
     ) -> list[Pick] | None:
         picks: list[Pick] = []
         for family in families:
@@ -434,7 +501,7 @@ class Allocator:
             if shared is not None:
                 picks.append(Pick(family, shared[0], shared[1], "joined"))
                 continue
-            value = space.next_free(busy.get(family, set()))
+            value = space.next_free(busy.get(family, ()))
             if value is None:
                 return None
             picks.append(Pick(family, to_text(family, value), value, "new"))
@@ -464,6 +531,23 @@ class Allocator:
             bases=bases,
             requested=requested,
         )
+
+
+class _Avoid(Container[int]):
+    """What a new address of one family must not be: being claimed by this replica
+    for another Service (``skip``), or reserved by another Service's status."""
+
+    __slots__ = ("_family", "_reserved", "_skip")
+
+    def __init__(self, skip: set[int], reserved: Reserved | None, family: Family) -> None:
+        self._skip = skip
+        self._reserved = reserved.family(family) if reserved is not None else None
+        self._family = family
+
+    def __contains__(self, value: object) -> bool:
+        if value in self._skip:
+            return True
+        return self._reserved is not None and value in self._reserved
 
 
 def _values(addresses: Collection[str]) -> dict[Family, set[int]]:

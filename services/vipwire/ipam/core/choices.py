@@ -33,5 +33,8 @@ class Allocation(msgspec.Struct, frozen=True, kw_only=True):
     claims: dict[str, Claim] = {}
     #: For a joined address, the claim it was joined from (what the KV must still hold).
     bases: dict[str, Claim] = {}
-    #: Chosen because the Service asked for these addresses (next fit left alone).
+    #: Chosen because the Service asked for these addresses, or its status held
+    #: them (next fit left alone).
     requested: bool = False
+    #: Why addresses in the Service's status were not kept (a Warning Event each).
+    notes: tuple[str, ...] = ()

@@ -111,6 +111,9 @@ class Request(msgspec.Struct, frozen=True, kw_only=True):
     ports: tuple[str, ...] = ()
     external_traffic_policy: TrafficPolicy = "Cluster"
     labels: dict[str, str] = {}
+    #: The addresses the Service's status holds: given back first to a Service that
+    #: holds nothing (see :mod:`~vipwire.ipam.core.status_vips`).
+    status_vips: tuple[str, ...] = ()
 
     @property
     def owner(self) -> Owner:
@@ -184,4 +187,5 @@ def request_of(snapshot: ServiceSnapshot) -> Request:
         ports=port_keys(snapshot.ports),
         external_traffic_policy=snapshot.external_traffic_policy,
         labels=dict(snapshot.labels),
+        status_vips=snapshot.status_vips,
     )

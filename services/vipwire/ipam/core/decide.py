@@ -37,6 +37,7 @@ from vipwire.ipam.core.messages import assigned, failed, released, releasing
 from vipwire.ipam.core.records import ServiceRecord
 from vipwire.ipam.core.refusals import AllocationFailure
 from vipwire.ipam.core.requested import unlike
+from vipwire.ipam.core.status_vips import StatusVips
 
 Action = Literal[
     "ignore",  # nothing to do (not ipam's message, or another step is under way)
@@ -97,12 +98,16 @@ def decide(
     allocator: Allocator,
     *,
     skip: Collection[str] = (),
+    status: StatusVips | None = None,
+    honour_status: bool = True,
 ) -> Plan:
     """What to do about ``message``, given the Service's ``record`` (as read from the
     KV, None: none) and the claims the ``allocator`` knows; ``skip``: addresses this
-    replica is claiming right now for others (never chosen as new)."""
+    replica is claiming right now for others (never chosen as new); ``status``:
+    every live Service's status VIPs, reserved for them (``honour_status``: False
+    when the Service asked for new VIPs; see :meth:`Allocator.choose`)."""
     if isinstance(message, ServiceSnapshot) and not message.deleting:
-        return _live(message, record, allocator, skip)
+        return _live(message, record, allocator, skip, status=status, honour_status=honour_status)
     if isinstance(message, LbRemoved):
         return _lb_removed(message, record, allocator)
     if isinstance(message, ServiceSnapshot | ServiceGone):
@@ -115,6 +120,9 @@ def _live(
     record: ServiceRecord | None,
     allocator: Allocator,
     skip: Collection[str],
+    *,
+    status: StatusVips | None = None,
+    honour_status: bool = True,
 ) -> Plan:
     if record is not None and record.uid == snap.uid:
         return _keep(snap, record, allocator)
@@ -122,7 +130,7 @@ def _live(
         # The name now belongs to a new incarnation: free the old one's claims first.
         return Plan(action="replace", record=record)
     request = request_of(snap)
-    choice = allocator.choose(request, skip=skip)
+    choice = allocator.choose(request, skip=skip, status=status, honour_status=honour_status)
     if isinstance(choice, AllocationFailure):
         return Plan(
             action="refuse",
@@ -141,7 +149,8 @@ def _live(
         choice=choice,
         record=created,
         wait=False,
-        publish=(Outgoing(assigned(snap, created), "vip-assigned"),),
+        publish=(Outgoing(assigned(snap, created, notes=choice.notes), "vip-assigned"),),
+        warnings=choice.notes,
     )
 
 

@@ -25,7 +25,9 @@ from vipwire.ipam.core.records import ServiceRecord
 FAILED_REASON: Final = "AllocationFailed"
 
 
-def assigned(snap: ServiceSnapshot, record: ServiceRecord) -> VipAssigned:
+def assigned(
+    snap: ServiceSnapshot, record: ServiceRecord, *, notes: tuple[str, ...] = ()
+) -> VipAssigned:
     return VipAssigned(
         cluster=snap.cluster,
         namespace=snap.namespace,
@@ -37,6 +39,7 @@ def assigned(snap: ServiceSnapshot, record: ServiceRecord) -> VipAssigned:
         ports=snap.ports,
         external_traffic_policy=snap.external_traffic_policy,
         health_check_node_port=snap.health_check_node_port,
+        notes=notes,
     )
 
 
@@ -85,7 +88,7 @@ def kept_assignment(
     describes the Service's VIPs as the appliance keeps them.
     """
     if isinstance(last, VipAssigned) and last.uid == snap.uid and last.vips == record.vips:
-        return last
+        return msgspec.structs.replace(last, notes=()) if last.notes else last
     ports: dict[str, ServicePort] = {}
     owner = request_of(snap).owner
     for vip in record.vips:

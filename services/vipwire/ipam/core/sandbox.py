@@ -26,6 +26,7 @@ from vipwire.ipam.core.claims import Owner, Request, request_of
 from vipwire.ipam.core.decide import Outgoing, Plan, decide, withdrawal, would_succeed
 from vipwire.ipam.core.messages import kept_assignment, released
 from vipwire.ipam.core.records import ServiceRecord
+from vipwire.ipam.core.status_vips import StatusVips
 
 if TYPE_CHECKING:
     from vipwire.ipam.settings import PoolSettings
@@ -42,6 +43,13 @@ class Sandbox:
         #: The newest ``service`` message and ``vip`` message of each Service.
         self.last_service: dict[ServiceRef, ServiceSnapshot | ServiceGone] = {}
         self.last_vip: dict[ServiceRef, Message] = {}
+        #: Every Service snapshot's status VIPs, as ipam's index reads them off the
+        #: stream (in stream order, ahead of handling: see :meth:`see`).
+        self.status = StatusVips()
+
+    def see(self, message: ServiceSnapshot | ServiceGone) -> None:
+        """A snapshot is on the stream, not handled yet: its status VIPs are reserved."""
+        self.status.see(message)
 
     def reconfigure(self, pools: Sequence[PoolSettings]) -> None:
         """New pools; no claim moves (those the pools would not give turn stale)."""
@@ -53,6 +61,7 @@ class Sandbox:
         """What ipam publishes for ``message``; ``quiet``: a retry (no VipFailed)."""
         if isinstance(message, ServiceSnapshot | ServiceGone):
             self.last_service[_ref(message)] = message
+            self.status.see(message)
         if isinstance(message, ServiceSnapshot) and not message.deleting:
             return self._live(message, quiet=quiet)
         if not isinstance(message, ServiceSnapshot | ServiceGone | LbRemoved):
@@ -102,10 +111,13 @@ class Sandbox:
 
     # --- carrying plans out ------------------------------------------------------------
 
-    def _live(self, snap: ServiceSnapshot, *, quiet: bool, tag: str = "") -> list[Message]:
+    def _live(
+        self, snap: ServiceSnapshot, *, quiet: bool, tag: str = "", honour_status: bool = True
+    ) -> list[Message]:
         ref = _ref(snap)
         record = self.records.get(ref)
-        plan = decide(snap, record, self.allocator)
+        status, honour = self.status, honour_status
+        plan = decide(snap, record, self.allocator, status=status, honour_status=honour)
         if plan.action == "replace" and record is not None:
             if record.state == "releasing":
                 # Its virtual server may still be on the appliance: the claims stay
@@ -113,7 +125,7 @@ class Sandbox:
                 del self.records[ref]
             else:
                 self._release(ref, record)
-            plan = decide(snap, None, self.allocator)
+            plan = decide(snap, None, self.allocator, status=status, honour_status=honour)
         if plan.action == "ignore":
             return []
         if plan.action == "assign":
@@ -142,7 +154,7 @@ class Sandbox:
     def _reassign(self, ref: ServiceRef, record: ServiceRecord) -> list[Message]:
         snap = self.last_service.get(ref)
         if isinstance(snap, ServiceSnapshot) and not snap.deleting and snap.uid == record.uid:
-            return self._live(snap, quiet=False)
+            return self._live(snap, quiet=False, honour_status=False)
         cluster, namespace, name = ref
         return self._publish(
             [

@@ -39,11 +39,13 @@ from vipwire.ipam.core.claims import Owner, Request, request_of
 from vipwire.ipam.core.decide import Plan, decide
 from vipwire.ipam.core.messages import kept_assignment, released
 from vipwire.ipam.core.records import ServiceRecord, service_key
+from vipwire.ipam.core.status_vips import StatusVips
 from vipwire.ipam.io.bucket import Conflict, StoreError
 from vipwire.ipam.io.claim_cache import ClaimCache
 from vipwire.ipam.io.ledger import Ledger
 from vipwire.ipam.io.metrics import IpamMetrics
 from vipwire.ipam.io.publishing import Newest, Publisher
+from vipwire.ipam.io.status_index import StatusIndex
 from vipwire.ipam.io.waiting import Waiting, WaitingQueue
 
 log = logging.getLogger("vipwire.ipam")
@@ -85,6 +87,8 @@ class Lifecycle:
         *,
         conflict_retries: int,
         retry_delay_s: float,
+        status: StatusIndex | None = None,
+        status_wait_s: float = 10.0,
     ) -> None:
         self.cache = cache
         self.ledger = ledger
@@ -94,6 +98,13 @@ class Lifecycle:
         self.locks = Locks()
         self.conflict_retries = conflict_retries
         self.retry_delay_s = retry_delay_s
+        #: Every Service's status VIPs, reserved for it (None: nothing reserved).
+        self.status = status
+        self.status_wait_s = status_wait_s
+        #: Loop time until which new Services wait after a start on an empty store
+        #: (None: not restoring; see :meth:`restoring`).
+        self.restore_until: float | None = None
+        self._told_restoring = False
 
     async def handle(self, d: Delivery) -> Verdict:
         message = d.message
@@ -145,11 +156,13 @@ class Lifecycle:
         quiet: bool = False,
         tag: str = "",
         check_newer: bool = True,
+        honour_status: bool = True,
     ) -> Verdict:
         """Keep (or give) the Service its VIPs and say so. ``quiet``: no VipFailed.
         ``tag`` tells apart VipAssigned messages published for one delivery.
         ``check_newer``: skip ``d`` if a newer message is on its subject (False where
-        ``d`` was just read as the newest)."""
+        ``d`` was just read as the newest). ``honour_status``: False when the Service
+        must get new VIPs (an operator released its own), not those in its status."""
         ref = ServiceRef(snap.cluster, snap.namespace, snap.name)
         key = service_key(*ref)
         request = request_of(snap)
@@ -176,11 +189,22 @@ class Lifecycle:
                         await self.ledger.drop_record(key, current[1])
                     else:
                         await self.ledger.release_record(key, *current)
+                hold = self.restoring(snap)
+                if hold > 0:
+                    return Retry(delay=hold, reason="waiting for Services to restore their VIPs")
+                await self._status_read(snap, d)
                 async with self._group_lock(request):
                     group = await self.ledger.read_group(request)
                     # Nothing awaited between choosing and the commit's first step, which
                     # marks the new addresses as being claimed.
-                    plan = decide(snap, None, self.cache.allocator, skip=self.cache.claiming)
+                    plan = decide(
+                        snap,
+                        None,
+                        self.cache.allocator,
+                        skip=self.cache.claiming,
+                        status=self._reserved(),
+                        honour_status=honour_status,
+                    )
                     if plan.choice is None:
                         return await self._refuse(snap, d, plan, quiet=quiet, guard=guard)
                     record = await self.ledger.commit(request, plan.choice, key, group)
@@ -192,6 +216,57 @@ class Lifecycle:
             delay=self.retry_delay_s,
             reason=f"{self.conflict_retries} compare-and-set conflicts in a row",
         )
+
+    def restoring(self, snap: ServiceSnapshot) -> float:
+        """Seconds a Service with nothing in its status waits before it gets new VIPs,
+        after ipam started on a lost store (0: none).
+
+        The status VIP index reserves the addresses of every snapshot on the stream,
+        but a cluster whose watcher starts later has published nothing yet: its
+        Services' addresses are unknown. While other Services show VIPs in their
+        status (the store was lost, not new), new ones wait until
+        ``restore_grace_s`` after the start, so that every watcher has published.
+        """
+        if self.restore_until is None or snap.status_vips or snap.requested_ips:
+            return 0.0
+        left = self.restore_until - asyncio.get_running_loop().time()
+        if left <= 0:
+            self.restore_until = None
+            log.info("restore window over: new Services get new VIPs")
+            return 0.0
+        if not self._reserving or self.status is None or not len(self.status.vips):
+            return 0.0  # nobody holds VIPs in status: a first start, not a lost store
+        if not self._told_restoring:
+            self._told_restoring = True
+            log.warning(
+                "ipam started on an empty store while Services hold VIPs in their status "
+                "(the store was lost): new Services wait %.1f s for every cluster's "
+                "watcher to publish its Services, so that no live VIP is given away",
+                left,
+            )
+        return left
+
+    async def _status_read(self, snap: ServiceSnapshot, d: Delivery) -> None:
+        """Before choosing new addresses: wait until every snapshot published before
+        this one is in the status VIP index, so that no address another Service
+        holds in its status is taken (whichever is handled first). A Service naming
+        its addresses does not wait: reservations do not stand in a user's way.
+
+        Bounded: a stalled index (its consumer lost with a NATS server) must not stall
+        every new Service. Past ``status_wait_s`` the choice is made with what the
+        index knows; reservations matter only after a lost store, when every
+        Service's claim is gone, and claims alone keep an address from being owned
+        twice."""
+        if self._reserving and self.status is not None and not snap.requested_ips:
+            await self.status.caught_up(d.seq, self.status_wait_s)
+
+    def _reserved(self) -> StatusVips | None:
+        return self.status.vips if self.status is not None and self._reserving else None
+
+    @property
+    def _reserving(self) -> bool:
+        """Whether status VIPs are reserved (an index runs: see StatusIndex)."""
+        return self.status is not None and not self.status.retired
 
     async def _announce(
         self, snap: ServiceSnapshot, d: Delivery, plan: Plan, record: ServiceRecord, tag: str
@@ -215,6 +290,12 @@ class Lifecycle:
         choice = plan.choice
         how = f" (sharing key {snap.sharing_key!r})" if choice and choice.joined else ""
         log.info("assigned %s to %s%s", ", ".join(record.vips), "/".join(ref), how)
+        kept = len(set(snap.status_vips) & set(record.vips))
+        if kept:
+            self.metrics.status_vips.inc(kept, outcome="kept")
+        for note in plan.warnings:
+            self.metrics.status_vips.inc(outcome="not_kept")
+            log.warning("%s: %s; assigned %s", "/".join(ref), note, ", ".join(record.vips))
         if not published:
             await self.publisher.publish(outgoing.message, msg_id)
         return DONE
@@ -418,7 +499,11 @@ class Lifecycle:
             delivery = last.delivery(subject)
             assert delivery is not None
             return await self.on_live(
-                message, delivery, tag=f"-after-release-{d.seq}", check_newer=False
+                message,
+                delivery,
+                tag=f"-after-release-{d.seq}",
+                check_newer=False,
+                honour_status=False,
             )
         cluster, namespace, name = ref
         gone = VipReleased(

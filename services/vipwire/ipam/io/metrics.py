@@ -48,6 +48,12 @@ class IpamMetrics:
         self.markers = m.counter(
             "ipam_kv_markers_dropped_total", "Old delete markers dropped from the bucket"
         )
+        self.status_vips = m.counter(
+            "ipam_status_vips_total",
+            "Addresses in the status of a Service ipam held nothing for (its store was "
+            "lost): given back (kept) or not (not_kept: a StatusVIPNotKept Warning Event)",
+            ["outcome"],
+        )
         self._stale_gauges = True
         m.on_collect(self._collect)
         m.gauge(

@@ -10,16 +10,31 @@ on that appliance should have there. Two kinds of findings:
   on this appliance (released while we were away, or left behind by a
   failover). They are deleted. Objects without our prefix are never
   considered, whoever's they are.
+
+A pass runs every ``verify_interval_s``: it is the verification that a
+Service's last report (programmed) is still true. A repair is told before it is
+written (reason ``ApplianceDrift``, :func:`drift_found`), so that the status
+stops claiming what is not there, and told again if it fails
+(:func:`drift_unrepaired`); the report of the repair clears it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
-from typing import NamedTuple
+from collections.abc import Collection, Mapping, Sequence
+from typing import Final, NamedTuple
 
+from vipwire.contracts import APPLIANCE_DRIFT
 from vipwire.lbdriver.core.diff import diff, owns
 from vipwire.lbdriver.core.listing import Listing
-from vipwire.lbdriver.core.virtual_servers import DeleteVirtualServer, Operation, VirtualServer
+from vipwire.lbdriver.core.outcomes import Explanation
+from vipwire.lbdriver.core.virtual_servers import (
+    CreateVirtualServer,
+    DeleteVirtualServer,
+    Operation,
+    UpdateMembers,
+    UpdateVirtualServer,
+    VirtualServer,
+)
 
 
 class Drift(NamedTuple):
@@ -84,3 +99,41 @@ def held_by(actual: Mapping[str, VirtualServer], owners: Collection[str], prefix
     if isinstance(actual, Listing):
         return sum(1 for o in owners for name in actual.of(o) if owns(name, prefix))
     return sum(1 for n, s in actual.items() if owns(n, prefix) and s.owner in owners)
+
+
+#: Objects named in a drift report; the rest are counted.
+_NAMED: Final = 3
+
+
+def describe_drift(ops: Sequence[Operation]) -> str:
+    """What a verification found wrong with one Service's objects, for its status:
+    the repairs it needs, told as what the appliance holds instead."""
+    told: list[str] = []
+    for op in ops[:_NAMED]:
+        match op:
+            case CreateVirtualServer(server=server):
+                told.append(f"virtual server {server.name} is missing")
+            case UpdateMembers(name=name):
+                told.append(f"virtual server {name} has other members")
+            case UpdateVirtualServer(server=server):
+                told.append(f"virtual server {server.name} was changed")
+            case DeleteVirtualServer(name=name):
+                told.append(f"virtual server {name} should not be there")
+    more = f" (and {len(ops) - _NAMED} more)" if len(ops) > _NAMED else ""
+    return (
+        f"{'; '.join(told)}{more}: the appliance no longer holds what was reported "
+        "programmed (changed behind vipwire's back)"
+    )
+
+
+def drift_found(drift: str) -> Explanation:
+    """The report of a Service whose objects a verification found changed, published
+    before they are written again: its status no longer claims what is not there."""
+    return Explanation(APPLIANCE_DRIFT, f"{drift}; re-programming it")
+
+
+def drift_unrepaired(drift: str, why: Explanation) -> Explanation:
+    """The report of a drift the lbdriver could not repair: the drift, then why."""
+    return Explanation(
+        APPLIANCE_DRIFT, f"{drift}; re-programming failed ({why.reason}: {why.message})"
+    )

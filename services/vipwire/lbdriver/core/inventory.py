@@ -46,6 +46,7 @@ class ServiceState:
         "assigned_seq",
         "assignment",
         "attempts",
+        "drift",
         "generation",
         "healthy",
         "placed",
@@ -68,6 +69,9 @@ class ServiceState:
         self.written: int | None = None
         self.attempts = 0  # failed reconciles in a row
         self.generation = 0  # reconciles started
+        #: What a verification found changed on the appliance, until a reconcile has
+        #: written it again (None: nothing found). See ``core.drift``.
+        self.drift: str | None = None
 
 
 # Services with the same nodes ready share one set (and its node names).

@@ -37,6 +37,12 @@ class StartUp:
         self.waiting: set[ServiceRef] = set()
         self.done = asyncio.Event()
 
+    def begin_term(self) -> None:
+        """Elected again after standing by: the comparison and first reconciles are redone."""
+        self.ready = False
+        self.waiting = set()
+        self.done = asyncio.Event()
+
     def finished(self, key: ServiceRef) -> None:
         """A Service's first reconcile ended (or it is gone)."""
         if self.waiting:

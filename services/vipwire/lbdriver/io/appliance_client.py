@@ -28,6 +28,7 @@ from vipwire.lbdriver.io.drivers.base import (
     ApplianceRejected,
     ApplianceUnavailable,
 )
+from vipwire.lbdriver.io.fencing import CURRENT_FENCE, Fence, NotLeader
 from vipwire.lbdriver.settings import ApplianceSettings
 from vipwire.metrics import Registry
 
@@ -83,8 +84,11 @@ class ApplianceClient:
         metrics: Registry,
         tracer: Tracer,
         on_breaker: BreakerListener | None = None,
+        fence: Fence | None = None,
     ) -> None:
         self.settings = settings
+        #: Asked before every write (None: unfenced, a single replica without election).
+        self.fence = fence
         self.name = settings.name
         self.driver = driver
         self.breaker = breaker
@@ -200,12 +204,17 @@ class ApplianceClient:
     async def apply(self, partition: str, ops: Sequence[Operation]) -> None:
         part = self._partition(partition)
         epoch = part.epoch
+        if self.fence is not None:
+            self.fence()  # NotLeader: nothing sent, nothing to forget
+        token = CURRENT_FENCE.set(self.fence)
         try:
             await self._call("apply", partition, lambda: self.driver.apply(partition, ops))
         except BaseException:
             # A failed (or abandoned) request may have been applied in part.
             self.invalidate(partition)
             raise
+        finally:
+            CURRENT_FENCE.reset(token)
         self.writes += 1
         self.last_write_at = time.time()
         self._m_writes.inc(appliance=self.name)
@@ -249,6 +258,10 @@ class ApplianceClient:
                 self._m_throttled.inc(wait, appliance=self.name)
                 await asyncio.sleep(wait)
             result = await self._timed(call, partition, request)
+        except NotLeader:
+            # Refused by our own fence (the lease ran out): says nothing of the appliance.
+            self.breaker.abandoned(admission)
+            raise
         except ApplianceRejected:
             # The appliance answered; the request was wrong, not the appliance.
             self._settle(admission, None)

@@ -20,13 +20,14 @@ from typing import Any
 
 from vipwire.contracts import ServiceRef
 from vipwire.lbdriver.core.desired import owner_of
-from vipwire.lbdriver.core.drift import find_drift
+from vipwire.lbdriver.core.drift import describe_drift, find_drift
 from vipwire.lbdriver.core.inventory import Inventory
 from vipwire.lbdriver.core.virtual_servers import VirtualServer
 from vipwire.lbdriver.io.adoption import CHUNK
 from vipwire.lbdriver.io.appliance_client import ApplianceClient, CircuitOpen
 from vipwire.lbdriver.io.drivers import ApplianceError
 from vipwire.lbdriver.io.failover import Failover
+from vipwire.lbdriver.io.fencing import NotLeader
 from vipwire.lbdriver.io.schedule import Schedule
 from vipwire.lbdriver.settings import LbdriverSettings
 from vipwire.metrics import Registry
@@ -60,18 +61,24 @@ class Maintenance:
             "Objects found changed out of band (repair) or left over (orphan) and fixed",
             ["appliance", "kind"],
         )
+        metrics.gauge(
+            "lbdriver_drifted_services",
+            "Services whose objects a verification found changed and that are not yet "
+            "written again (reported ApplianceDrift); stuck above 0: the appliance refuses",
+            fn=lambda: float(sum(1 for s in inventory.services.values() if s.drift is not None)),
+        )
 
     def request_pass(self, appliance: str) -> None:
         """Ask for a drift pass of ``appliance`` soon."""
         self._sweep[appliance].set()
 
     async def maintain(self, client: ApplianceClient) -> None:
-        """Per appliance: drift passes every ``drift_interval_s`` (the first at once: the
+        """Per appliance: drift passes every ``verify_interval_s`` (the first at once: the
         start-up sweep) and when asked; a pass whenever an open breaker allows a probe;
         and a health probe when the appliance has not answered for ``health_interval_s``
         (every second while its calls fail), so a dead active is noticed while idle."""
         requested = self._sweep[client.name]
-        interval = self.settings.drift_interval_s
+        interval = self.settings.verify_interval_s
         health = self.settings.health_interval_s
         next_pass = time.monotonic()
         probed: float | None = None
@@ -109,8 +116,8 @@ class Maintenance:
     async def _guarded(self, client: ApplianceClient, work: Coroutine[Any, Any, None]) -> None:
         try:
             await work
-        except CircuitOpen:
-            pass
+        except (CircuitOpen, NotLeader):
+            pass  # fails fast (breaker), or no longer ours to write (lease)
         except ApplianceError as exc:
             client.note_error(f"{exc.reason}: {exc}")
             log.info("maintenance of %s failed: %s", client.name, exc)
@@ -183,6 +190,11 @@ class Maintenance:
                 owner,
             )
             self._count_drift(name, "repair", len(ops))
+            state = inventory.services.get(keys[owner])
+            if state is not None:
+                # The reconcile tells it before it writes (ApplianceDrift), and again
+                # if the repair fails: the status no longer claims what is not there.
+                state.drift = describe_drift(ops)
             self._schedule.mark_again(keys[owner], "drift")
         if found.orphans:
             log.warning(

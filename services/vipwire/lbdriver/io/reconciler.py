@@ -26,7 +26,7 @@ from vipwire.contracts import LbMessage, ServiceRef, encode
 from vipwire.lbdriver.core.coalesce import Flush
 from vipwire.lbdriver.core.desired import InvalidAssignment, owner_of
 from vipwire.lbdriver.core.diff import diff
-from vipwire.lbdriver.core.drift import owned_scope
+from vipwire.lbdriver.core.drift import drift_found, drift_unrepaired, owned_scope
 from vipwire.lbdriver.core.inventory import Inventory
 from vipwire.lbdriver.core.outcomes import (
     Assignment,
@@ -46,6 +46,7 @@ from vipwire.lbdriver.io.adoption import StartUp
 from vipwire.lbdriver.io.appliance_client import ApplianceClient, CircuitOpen
 from vipwire.lbdriver.io.drivers import ApplianceAuthError, ApplianceError
 from vipwire.lbdriver.io.failover import Failover
+from vipwire.lbdriver.io.fencing import NotLeader
 from vipwire.lbdriver.io.schedule import Cause, Schedule
 from vipwire.lbdriver.settings import LbdriverSettings
 from vipwire.runtime import Runtime
@@ -149,6 +150,10 @@ class Reconciler:
                 },
             ):
                 result = await self.reconcile(key, cause, force=flush.force)
+        except NotLeader as exc:
+            # Our lease ran out: the write was not sent; a new term compares it again.
+            log.debug("reconcile of %s/%s/%s stopped: %s", *key, exc)
+            result = exc
         except Exception as exc:
             log.exception("reconcile of %s/%s/%s failed", *key)
             result = exc
@@ -206,6 +211,14 @@ class Reconciler:
             )
             return None
         partition = key.cluster
+        drift = state.drift
+        if drift is not None and state.attempts == 0:
+            # A verification found the objects changed: the last report is no longer
+            # true, and is corrected before the repair (which reports success again).
+            why = drift_found(drift)
+            await self._report_failure(
+                key, assignment, cause, force=force, appliance=target, why=why
+            )
         try:
             # The listing is not held across the write: every write makes a new one,
             # and in a burst hundreds of writes wait, each holding its own copy.
@@ -219,6 +232,8 @@ class Reconciler:
             client.note_error(f"{why.reason}: {why.message}")
             level = logging.DEBUG if isinstance(exc, CircuitOpen) else logging.WARNING
             log.log(level, "programming %s on %s failed: %s", owner, target, exc)
+            if state.drift is not None:
+                why = drift_unrepaired(state.drift, why)
             await self._report_failure(
                 key, assignment, cause, force=force, appliance=target, why=why
             )
@@ -226,6 +241,9 @@ class Reconciler:
         state = self._inventory.note_written(key, target, desired)
         if state is None:
             return None  # released meanwhile: nothing left to report about it
+        if state.drift is not None:
+            log.info("%s on %s/%s: drift repaired", owner, target, partition)
+            state.drift = None
         self._m_reconciles.inc(result="written" if ops else "unchanged")
         if ops:
             log.info("%s on %s/%s: %d operation(s)", owner, target, partition, len(ops))

@@ -313,8 +313,10 @@ class IpamCheck(NextFitChecks):
                     f"pool {v.pool} assigns only on request, and the Service named no pool",
                 )
                 return
+        if _from_status(snap, v.vips):
+            return  # given back from the Service's status (a lost store): not next fit
         if self.exact:
-            self._judge_next_fit(event, v, request)
+            self._judge_next_fit(event, v, msgspec.structs.replace(request, status_vips=()))
 
     def _commit(self, v: VipAssigned, snap: ServiceSnapshot | None, owner: Owner) -> None:
         """Take the recorded allocation as what happened."""
@@ -330,7 +332,9 @@ class IpamCheck(NextFitChecks):
             claim = self.allocator.claim_of(address)
             if claim is None:
                 self.allocator.claim(address, request.claim(v.pool, v.appliance_group))
-                asked = snap is not None and bool(snap.requested_ips)
+                asked = snap is not None and (
+                    bool(snap.requested_ips) or _from_status(snap, (address,))
+                )
                 if not asked:
                     self.cursor[(v.pool, family_of(address))] = (
                         int(ipaddress.ip_address(address)) + 1
@@ -457,6 +461,12 @@ class IpamCheck(NextFitChecks):
 
 
 _echo_encoder = msgspec.json.Encoder()
+
+
+def _from_status(snap: ServiceSnapshot, vips: Sequence[str]) -> bool:
+    """Whether any of ``vips`` is in the Service's status (ipam gives those back)."""
+    held = {c for a in snap.status_vips if (c := canonical(a)) is not None}
+    return any(canonical(a) in held for a in vips)
 
 
 def _echo_of(message: ServiceSnapshot | VipAssigned) -> bytes:

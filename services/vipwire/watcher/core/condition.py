@@ -6,12 +6,13 @@ Pure: no I/O, no clock (the time of a transition is passed in).
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any, Final, Literal
 
 import msgspec
 
 from vipwire.contracts import (
+    APPLIANCE_DRIFT,
     LbFailed,
     LbMessage,
     LbProgrammed,
@@ -29,6 +30,14 @@ READY: Final = "vipwire.io/Ready"
 INVALID: Final = "InvalidService"
 #: The bus refused the Service's snapshot as larger than it stores.
 TOO_LARGE: Final = "TooLarge"
+#: Reasons of a programmed Service that is not serving: the appliance no longer holds
+#: what was programmed (the lbdriver's verification), and no node can take its traffic.
+DRIFT: Final = APPLIANCE_DRIFT
+NO_MEMBERS: Final = "NoMembers"
+#: Member nodes whose agents report them without the VIP (past a grace period).
+NODES_MISSING: Final = "NodesMissingVip"
+#: Nodes named in a message; the rest are counted.
+_NAMED: Final = 5
 _MESSAGE_LIMIT: Final = 32768  # metav1.Condition.message
 
 
@@ -77,7 +86,61 @@ def _programmed_message(lb: LbProgrammed) -> str:
 
 def appliance_message(lb: LbFailed) -> str:
     where = f"appliance {lb.appliance}: " if lb.appliance else ""
+    if lb.reason == APPLIANCE_DRIFT:
+        return f"{where}{lb.message}"  # the reason is the condition's and the Event's
     return f"{where}{lb.reason}: {lb.message}"
+
+
+def failed_reason(lb: LbFailed) -> str:
+    """The condition (and Event) reason of an LbFailed."""
+    if lb.removing:
+        return "CleanupBlocked"
+    return DRIFT if lb.reason == APPLIANCE_DRIFT else "ApplianceFailed"
+
+
+def no_members_message(lb: LbProgrammed) -> str:
+    """Why a programmed Service with no member node serves nothing."""
+    why = (
+        "no node holds a ready endpoint of the Service (externalTrafficPolicy: Local)"
+        if lb.external_traffic_policy == "Local"
+        else "no node of the cluster is eligible (ready, and not excluded from load balancers)"
+    )
+    return (
+        f"{', '.join(lb.vips)} programmed on appliance {lb.appliance} with no member node, "
+        f"so no traffic can be served: {why}"
+    )
+
+
+def missing_message(lb: LbProgrammed, nodes: Collection[str]) -> str:
+    """Why a programmed Service some of whose member nodes lack its VIP is not Ready."""
+    names = sorted(nodes)
+    shown = ", ".join(names[:_NAMED])
+    more = f" and {len(names) - _NAMED} more" if len(names) > _NAMED else ""
+    return (
+        f"{', '.join(lb.vips)} programmed on appliance {lb.appliance}, but the node agents "
+        f"of {shown}{more} report their node without it: the traffic the appliance sends "
+        "there is dropped (check those node agents)"
+    )
+
+
+def _serving(
+    lb: LbProgrammed,
+    applied: Mapping[str, frozenset[str]],
+    gate: Gate,
+    missing: Collection[str] = (),
+) -> Condition | None:
+    """The condition of a programming that stands: True once the gate is satisfied;
+    False while no node can take the traffic (NoMembers) or while member nodes report
+    themselves without the VIP past their grace period (``missing``: NodesMissingVip)."""
+    if not lb.members:
+        return Condition(status="False", reason=NO_MEMBERS, message=no_members_message(lb))
+    if missing:
+        return Condition(status="False", reason=NODES_MISSING, message=missing_message(lb, missing))
+    if gate_satisfied(lb, applied, gate):
+        return Condition(
+            status="True", reason="LoadBalancerProgrammed", message=_programmed_message(lb)
+        )
+    return None
 
 
 def readiness(
@@ -86,12 +149,18 @@ def readiness(
     *,
     applied: Mapping[str, frozenset[str]],
     gate: Gate,
+    missing: Collection[str] = (),
 ) -> Condition | None:
     """The condition the latest outcome calls for; None: it says nothing new.
 
     The later (by stream sequence) of the Service's ``vip`` and ``lb``
     messages decides. ipam answers a refused change with VipFailed and then
     repeats the VipAssigned it keeps serving: that failure still stands.
+    A programming with no member node is not Ready (NoMembers), whatever the
+    gate; an appliance that no longer holds what was programmed (the
+    lbdriver's verification) is ApplianceDrift until the repair is reported;
+    ``missing``: the member nodes found without the VIP past their grace period
+    (:mod:`.node_vips`), NodesMissingVip.
     """
     vip = view.vip if view.vip is not None and view.vip.uid == service_uid else None
     lb = view.lb if view.lb is not None and view.lb.uid == service_uid else None
@@ -100,20 +169,10 @@ def readiness(
         latest = vip or lb
     match latest:
         case LbProgrammed():
-            if gate_satisfied(latest, applied, gate):
-                return Condition(
-                    status="True",
-                    reason="LoadBalancerProgrammed",
-                    message=_programmed_message(latest),
-                )
-            return None
-        case LbFailed(removing=False):
+            return _serving(latest, applied, gate, missing)
+        case LbFailed():
             return Condition(
-                status="False", reason="ApplianceFailed", message=appliance_message(latest)
-            )
-        case LbFailed(removing=True):
-            return Condition(
-                status="False", reason="CleanupBlocked", message=appliance_message(latest)
+                status="False", reason=failed_reason(latest), message=appliance_message(latest)
             )
         case VipFailed():
             return Condition(
@@ -129,14 +188,8 @@ def readiness(
                     reason=_reason(kept.reason, "AllocationFailed"),
                     message=kept.message,
                 )
-            if (
-                isinstance(lb, LbProgrammed)
-                and set(lb.vips) == set(latest.vips)
-                and gate_satisfied(lb, applied, gate)
-            ):
-                return Condition(
-                    status="True", reason="LoadBalancerProgrammed", message=_programmed_message(lb)
-                )
+            if isinstance(lb, LbProgrammed) and set(lb.vips) == set(latest.vips):
+                return _serving(lb, applied, gate, missing)
             return None
         case _:
             return None

@@ -22,7 +22,16 @@ from vipwire.contracts import (
     VipReleased,
     port_text,
 )
-from vipwire.watcher.core.condition import INVALID, TOO_LARGE, appliance_message, clip
+from vipwire.watcher.core.condition import (
+    DRIFT,
+    INVALID,
+    NO_MEMBERS,
+    TOO_LARGE,
+    appliance_message,
+    clip,
+    failed_reason,
+    no_members_message,
+)
 from vipwire.watcher.core.translate import Obj, metadata, resource_version, uid
 
 REPORTING_CONTROLLER: Final = "vipwire.io/watcher"
@@ -166,32 +175,106 @@ def event_for(
         )
     if isinstance(message, LbFailed):
         removing = message.removing
+        reason = failed_reason(message)
+        if removing:
+            action = "RemoveVirtualServers"
+        else:
+            action = "VerifyVirtualServers" if reason == DRIFT else "ProgramVirtualServers"
         return EventSpec(
             type="Warning",
-            reason="CleanupBlocked" if removing else "ApplianceFailed",
-            action="RemoveVirtualServers" if removing else "ProgramVirtualServers",
+            reason=reason,
+            action=action,
             note=appliance_message(message)
             + ("; the finalizer stays until the appliance lets go" if removing else ""),
         )
     if isinstance(message, LbProgrammed):
-        if (
-            isinstance(before, LbProgrammed)
-            and before.uid == message.uid
-            and before.vips == message.vips
-        ):
+        return _programmed_event(message, before)
+    return None
+
+
+def _programmed_event(
+    message: LbProgrammed, before: VipMessage | LbMessage | None
+) -> EventSpec | None:
+    """A programming: announced when new or its VIPs change; a Warning while no node can
+    take its traffic (NoMembers); a Normal Event when a NoMembers or an ApplianceDrift
+    clears."""
+    was = before if isinstance(before, LbProgrammed) else None
+    same = was is not None and was.uid == message.uid and was.vips == message.vips
+    if not message.members:
+        if same and was is not None and not was.members:
+            return None  # still none: told already
+        return EventSpec(
+            type="Warning",
+            reason=NO_MEMBERS,
+            action="ProgramVirtualServers",
+            note=no_members_message(message),
+        )
+    if same and was is not None:
+        if was.members:
             return None
-        ports = ", ".join(port_text(p.port, p.protocol) for p in message.ports) or "no ports"
         return EventSpec(
             type="Normal",
-            reason="LoadBalancerProgrammed",
+            reason="MembersAvailable",
             action="ProgramVirtualServers",
             note=(
-                f"{', '.join(message.vips)} ({ports}) programmed on appliance "
-                f"{message.appliance} with {len(message.members)} member node(s)"
+                f"{', '.join(message.vips)} on appliance {message.appliance} has member "
+                "nodes again: traffic is served"
             ),
             announces=message.vips,
         )
-    return None
+    if (
+        isinstance(before, LbFailed)
+        and before.uid == message.uid
+        and failed_reason(before) == DRIFT
+    ):
+        return EventSpec(
+            type="Normal",
+            reason="DriftRepaired",
+            action="VerifyVirtualServers",
+            note=(
+                f"{', '.join(message.vips)} programmed again on appliance {message.appliance}: "
+                "what was changed behind vipwire's back is repaired"
+            ),
+            announces=message.vips,
+        )
+    ports = ", ".join(port_text(p.port, p.protocol) for p in message.ports) or "no ports"
+    return EventSpec(
+        type="Normal",
+        reason="LoadBalancerProgrammed",
+        action="ProgramVirtualServers",
+        note=(
+            f"{', '.join(message.vips)} ({ports}) programmed on appliance "
+            f"{message.appliance} with {len(message.members)} member node(s)"
+        ),
+        announces=message.vips,
+    )
+
+
+#: The reason of the Warning Event telling why an address in a Service's status was
+#: not given back to it (ipam's store was lost, and the address could not be kept).
+STATUS_VIP_NOT_KEPT: Final = "StatusVIPNotKept"
+
+
+def status_vip_event(
+    message: VipMessage | LbMessage, *, before: VipMessage | LbMessage | None
+) -> EventSpec | None:
+    """The Warning Event for an assignment that could not keep what the Service's
+    status held (``VipAssigned.notes``: why, per address), saying what it got instead."""
+    if not isinstance(message, VipAssigned) or not message.notes:
+        return None
+    if isinstance(before, VipAssigned) and (before.uid, before.vips, before.notes) == (
+        message.uid,
+        message.vips,
+        message.notes,
+    ):
+        return None
+    got = ", ".join(message.vips) or "nothing"
+    return EventSpec(
+        type="Warning",
+        reason=STATUS_VIP_NOT_KEPT,
+        action="AllocateVIP",
+        note=f"{'; '.join(message.notes)}; assigned {got}",
+    )
 
 
 def invalid_event(note: str) -> EventSpec:
@@ -231,6 +314,20 @@ def _note(spec: EventSpec, trace_id: str | None) -> str:
     return clip(spec.note, _NOTE_LIMIT - len(suffix.encode())) + suffix
 
 
+#: What an Event can be about.
+Regarding = Literal["Service", "Node"]
+
+#: Where Events about cluster-scoped objects live (``kubectl describe node`` looks there).
+NODE_EVENT_NAMESPACE = "default"
+
+
+def event_namespace(about: Obj, kind: Regarding) -> str:
+    """The namespace an Event about ``about`` is created in."""
+    if kind == "Node":
+        return NODE_EVENT_NAMESPACE
+    return str(metadata(about).get("namespace") or "")
+
+
 def event_object(
     spec: EventSpec,
     service: Obj,
@@ -240,21 +337,24 @@ def event_object(
     instance: str,
     cause: str,
     trace_id: str | None = None,
+    kind: Regarding = "Service",
 ) -> dict[str, Any]:
-    """An events.k8s.io/v1 Event about ``service``, with every field the API requires.
+    """An events.k8s.io/v1 Event about ``service`` (or a Node), with every field the
+    API requires.
 
     ``event_time`` is a MicroTime (RFC 3339 with microseconds). The note
     ends with the trace id of the change, so the Event leads to its trace.
     """
     meta = metadata(service)
-    namespace = str(meta.get("namespace") or "")
+    namespace = event_namespace(service, kind)
     regarding = {
         "apiVersion": "v1",
-        "kind": "Service",
-        "namespace": namespace,
+        "kind": kind,
         "name": str(meta.get("name") or ""),
         "uid": uid(service),
     }
+    if kind == "Service":
+        regarding["namespace"] = namespace
     rv = resource_version(service)
     if rv:
         regarding["resourceVersion"] = rv
@@ -301,13 +401,15 @@ def series_patch(existing: Obj, *, cause: str, now: str) -> dict[str, Any] | Non
     }
 
 
-def unreadable_event(subject: str, seq: int, reason: str, *, in_force: int) -> EventSpec:
-    """The Warning Event for a message about the Service that cannot be read: nothing
-    is removed because of it, and the note says what stays in force."""
+def unreadable_event(
+    subject: str, seq: int, reason: str, *, in_force: int, kind: Regarding = "Service"
+) -> EventSpec:
+    """The Warning Event for a message about the Service (or Node) that cannot be read:
+    nothing is removed because of it, and the note says what stays in force."""
     kept = (
         f"its last valid message (seq {in_force}) stays in force"
         if in_force
-        else "no valid message precedes it, so vipwire removes nothing of this Service "
+        else f"no valid message precedes it, so vipwire removes nothing of this {kind} "
         "until a valid one arrives"
     )
     return EventSpec(

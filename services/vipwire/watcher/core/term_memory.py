@@ -47,8 +47,9 @@ Family = Literal["service", "node"]
 
 #: The families whose messages may call for an Event, in the order they are emitted.
 #: Per family, one Event held back: that of the family's last message, and (``!``)
-#: that of a message of the family that could not be read.
-EVENT_FAMILIES: tuple[str, ...] = ("vip", "lb", "vip!", "lb!")
+#: that of a message of the family that could not be read, and (``~``) the Warning
+#: of a VipAssigned that could not keep the Service's status VIPs.
+EVENT_FAMILIES: tuple[str, ...] = ("vip", "lb", "vip!", "lb!", "vip~")
 
 #: Deleted Services whose last reference is kept for the Event of their release. Each
 #: goes once it is told or its end is (``forget_service``); this bounds the rest.
@@ -64,12 +65,14 @@ def compact(message: VipMessage | LbMessage, *, gating: bool) -> VipMessage | Lb
     """The message as kept in a view: without what no decision reads of it.
 
     Ports are for Events, which are made of the message as delivered; members
-    (an LbProgrammed of a 50-node cluster lists 50) only a status gate reads.
+    (an LbProgrammed of a 50-node cluster lists 50) only a status gate reads:
+    without one, only whether there is any (NoMembers) is kept, as the first.
     """
     if isinstance(message, VipAssigned):
         return msgspec.structs.replace(message, ports=())
     if isinstance(message, LbProgrammed):
-        return msgspec.structs.replace(message, ports=(), members=message.members if gating else ())
+        members = message.members if gating else message.members[:1]
+        return msgspec.structs.replace(message, ports=(), members=members)
     return message
 
 
@@ -123,8 +126,9 @@ class Observation(NamedTuple):
 class TermMemory:
     """Everything one term knows, keyed by subject key (``namespace/name`` or node).
 
-    ``gating``: a status gate is configured, so the node agents' reports and
-    the members of each LbProgrammed matter.
+    ``gating``: the node agents' reports and the members of each LbProgrammed
+    matter (a status gate is configured, or member nodes are checked for the
+    VIP: ``node_vip_grace_s``).
     """
 
     def __init__(self, *, gating: bool) -> None:
@@ -331,16 +335,29 @@ class TermMemory:
         return self.views.get(key, BusView())
 
     def observe_applied(self, node: str, vips: Iterable[str], seq: int) -> list[str]:
-        """Take in a node agent's report; returns the Services it may open (gated ones
-        with the node among their members). Without a gate reports are not kept."""
+        """Take in a node agent's report; returns the Services it may concern: those with
+        the node among their members and, once the node has reported before, a VIP that
+        came or went with this report. Without ``gating`` reports are not kept."""
         if not self.gating:
             return []
         if seq < self.applied_seq.get(node, 0):
             return []  # a redelivery overtaken by a newer report
         self.applied_seq[node] = seq
+        old = self.applied.get(node)
         # Interned: every node reports the same VIPs, held once instead of per node.
-        self.applied[node] = frozenset(map(sys.intern, vips))
-        return [key for key, nodes in self.gated.items() if node in nodes]
+        new = self.applied[node] = frozenset(map(sys.intern, vips))
+        members = [key for key, nodes in self.gated.items() if node in nodes]
+        if old is None:
+            return members  # its first report: judged from now on
+        changed = old ^ new
+        if not changed:
+            return []
+        concerned = []
+        for key in members:
+            lb = self.views.get(key, BusView()).lb
+            if isinstance(lb, LbProgrammed) and not changed.isdisjoint(lb.vips):
+                concerned.append(key)
+        return concerned
 
     def forget_applied(self, node: str) -> None:
         self.applied.pop(node, None)

@@ -208,6 +208,25 @@ def requested_ips(service: Obj) -> tuple[str, ...]:
     return tuple(seen)
 
 
+def status_vips(service: Obj) -> tuple[str, ...]:
+    """The addresses ``status.loadBalancer.ingress[].ip`` holds now, canonical, in order,
+    each once; a hostname or anything that is not an IP address is left out.
+
+    What the cluster says the Service's VIPs are: when the bus store is lost, ipam
+    gives them back to it (see ``ServiceSnapshot.status_vips``).
+    """
+    seen: dict[str, None] = {}
+    for entry in ingress(service):
+        ip = _map(entry).get("ip")
+        if not isinstance(ip, str):
+            continue
+        try:
+            seen.setdefault(str(ipaddress.ip_address(ip.strip())), None)
+        except ValueError:
+            continue
+    return tuple(seen)
+
+
 def _service_ports(spec: Mapping[str, Any]) -> tuple[ServicePort, ...]:
     ports: list[ServicePort] = []
     for raw in _list(spec.get("ports")):
@@ -278,6 +297,7 @@ def service_snapshot(
         # never come off): a deleting snapshot carries none.
         labels={} if deleting else _str_map(meta.get("labels")),
         deleting=deleting,
+        status_vips=() if deleting else status_vips(service),
     )
 
 
@@ -287,9 +307,14 @@ _canonical = msgspec.json.Encoder(order="sorted").encode
 
 def service_fingerprint(snapshot: ServiceSnapshot) -> bytes:
     """16 bytes, equal for two snapshots equal in everything but ``resource_version``
-    (which our own status writes bump), short of a hash collision: what the
-    watcher keeps of each snapshot it published, instead of the snapshot."""
-    blank = msgspec.structs.replace(snapshot, resource_version="")
+    and ``status_vips`` (both changed by our own status writes), short of a hash
+    collision: what the watcher keeps of each snapshot it published, instead of
+    the snapshot.
+
+    A status write alone publishes nothing: ``status_vips`` matters only to a
+    Service ipam holds no claim for (its store was lost), and then the watcher
+    starts from an empty bus and publishes every Service, status and all."""
+    blank = msgspec.structs.replace(snapshot, resource_version="", status_vips=())
     return hashlib.blake2b(_canonical(blank), digest_size=16).digest()
 
 

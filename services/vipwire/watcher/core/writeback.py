@@ -10,7 +10,7 @@ finalizer, the trace annotation and leftovers. Events: :mod:`.events`.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any, Final
 
 import msgspec
@@ -116,6 +116,7 @@ def decide(
     problems: str | None = None,
     live_seq: int = 0,
     too_large: str | None = None,
+    missing: Collection[str] = (),
 ) -> Decision:
     """What to write to a Service now.
 
@@ -124,6 +125,15 @@ def decide(
     VIP once served keeps being served until the Service goes away. Our
     condition follows the latest outcome; ``problems`` (what is wrong with
     the Service, as a message) overrides it.
+    With no member node (a Local Service whose endpoints all went away) the
+    Service is not Ready (condition False, NoMembers) but its VIP is written
+    and stays: the address is allocated and programmed, and the appliance
+    serves it again the moment a node qualifies, with no write to wait for;
+    taking it out of status would make DNS (external-dns) and clients drop
+    and re-learn it at every scale-to-zero or rollout of a one-replica Service.
+    A status gate (any/all) still holds a new VIP back until nodes apply it.
+    ``missing``: member nodes whose agents report them without the VIP past
+    their grace period (:mod:`.node_vips`); the condition says NodesMissingVip.
     Going away: once ipam says everything is released, clear what we wrote
     and drop the finalizer; while the appliance refuses to let go, the
     condition says so. A release older than our last live snapshot
@@ -149,7 +159,7 @@ def decide(
         elif too_large is not None:
             condition = Condition(status="False", reason=TOO_LARGE, message=too_large)
         else:
-            said = readiness(view, snapshot.uid, applied=applied, gate=gate)
+            said = readiness(view, snapshot.uid, applied=applied, gate=gate, missing=missing)
             current = current_condition(service)
             if said is not None:
                 condition = said

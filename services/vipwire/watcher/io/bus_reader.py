@@ -9,10 +9,12 @@ the lbdriver and the node agents said is then written back to the Service
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sys
 import time
 
+from vipwire.aio import cancel_and_wait
 from vipwire.bus import (
     DONE,
     Bus,
@@ -26,6 +28,7 @@ from vipwire.bus import (
 from vipwire.contracts import (
     EndpointsSnapshot,
     LbFailed,
+    LbMessage,
     LbProgrammed,
     LbRemoved,
     NodeApplied,
@@ -35,6 +38,7 @@ from vipwire.contracts import (
     ServiceSnapshot,
     VipAssigned,
     VipFailed,
+    VipMessage,
     VipReleased,
     VipReleasing,
     family_filter,
@@ -45,6 +49,7 @@ from vipwire.watcher.core.events import (
     event_for,
     event_subject,
     released_ref,
+    status_vip_event,
     unreadable_event,
 )
 from vipwire.watcher.core.term_memory import DeferredEvent, message_fingerprint
@@ -60,6 +65,9 @@ log = logging.getLogger("vipwire.watcher")
 #: them again would present old news as new.
 EVENT_HORIZON_S = 3600.0
 
+#: How long an Event about a Node waits for the Nodes to be listed (a term's start).
+NODE_LIST_WAIT_S = 60.0
+
 
 class BusReader:
     """The handler of both consumers of a term."""
@@ -71,11 +79,17 @@ class BusReader:
         # By subject: the Event of a message that cannot be read, until the valid one
         # before it (handed over next) tells which Service (uid) it is about.
         self._unreadable: dict[str, tuple[EventSpec, str]] = {}
+        self._node_tasks: set[asyncio.Task[None]] = set()
 
     @property
     def gating(self) -> bool:
-        """A status gate is configured: the node agents' reports are read too."""
+        """The node agents' reports are read too (a status gate, or node checks)."""
         return self._term.memory.gating
+
+    async def stop(self) -> None:
+        """The term is over: Events still waiting for the Nodes to be listed are dropped
+        (the next term's replay meets the same messages)."""
+        await cancel_and_wait(self._node_tasks)
 
     async def on_delivery(self, d: Delivery) -> Verdict:
         try:
@@ -89,10 +103,11 @@ class BusReader:
         """A message about a Service that cannot be read (logged and counted by the
         consumer): a Warning Event on the Service, where it is known."""
         subject = u.subject
-        if subject.namespace is None or subject.name is None:
-            return  # about a node: no Service to tell
-        spec = unreadable_event(subject.raw, u.seq, u.reason, in_force=u.in_force)
         cause = f"{subject.raw}#{u.seq}"
+        if subject.namespace is None or subject.name is None:
+            await self._on_unreadable_node(u, cause)
+            return
+        spec = unreadable_event(subject.raw, u.seq, u.reason, in_force=u.in_force)
         service = self._term.service_store().get(sys.intern(subject.key))
         if service is None:
             if u.in_force:
@@ -106,6 +121,42 @@ class BusReader:
             pass  # the next leader's replay meets the same message
         except Exception as exc:
             log.warning("cannot record the Event for %s (seq %d): %r", subject.raw, u.seq, exc)
+
+    async def _on_unreadable_node(self, u: Unreadable, cause: str) -> None:
+        """About a node: the Warning Event goes on the Node, which every Service of the
+        cluster depends on (``kubectl describe node`` shows it)."""
+        nodes = self._term.nodes
+        if nodes is None or not nodes.synced.is_set():
+            # A term's replay comes before the Nodes are listed: tell it once they are,
+            # without holding up the replay (the reflectors start after it).
+            task = asyncio.create_task(self._tell_node_once_listed(u, cause))
+            self._node_tasks.add(task)
+            task.add_done_callback(self._node_tasks.discard)
+            return
+        await self._tell_node(u, cause)
+
+    async def _tell_node_once_listed(self, u: Unreadable, cause: str) -> None:
+        try:
+            async with asyncio.timeout(NODE_LIST_WAIT_S):
+                await self._term.reflectors_made.wait()
+                nodes = self._term.nodes
+                assert nodes is not None
+                await nodes.synced.wait()
+        except TimeoutError:
+            return  # the term ended first; the next one meets the same message
+        await self._tell_node(u, cause)
+
+    async def _tell_node(self, u: Unreadable, cause: str) -> None:
+        node = self._term.node_store().get(sys.intern(u.subject.key))
+        if node is None:
+            return  # not a Node of the cluster (any more): the log line and metric tell it
+        spec = unreadable_event(u.subject.raw, u.seq, u.reason, in_force=u.in_force, kind="Node")
+        try:
+            await self._recorder.emit(spec, node, cause, kind="Node")
+        except NotLeader:
+            pass
+        except Exception as exc:
+            log.warning("cannot record the Event for %s (seq %d): %r", u.subject.raw, u.seq, exc)
 
     async def _handle(self, d: Delivery) -> None:
         term = self._term
@@ -157,41 +208,58 @@ class BusReader:
                 if not observed.fresh:
                     return  # a redelivery overtaken by a newer message on its subject
                 await self._writer.reconcile(key)
-                spec = event_for(message, before=observed.before)
                 fresh = not d.timestamp or time.time() - d.timestamp < EVENT_HORIZON_S
-                if spec is not None and fresh:
-                    cause = f"{d.subject.raw}#{d.seq}"
-                    service = term.service_store().get(key)
-                    # A replay cannot tell news from a repeat (what came before is not
-                    # replayed): see EventRecorder.emit.
-                    replayed = not term.caught_up
-                    # The Service may be gone already: a release lets the API server
-                    # delete it, and the DELETED event may come before the reply.
-                    about, later = event_subject(
-                        service,
-                        message.uid,
-                        departed=memory.departed_ref(key),
-                        gone=released_ref(message, live=not replayed),
-                    )
-                    if about is not None:
-                        await self._recorder.emit(spec, about, cause, replayed=replayed)
-                        if service is None:
-                            memory.forget_departed(key, message.uid)
-                    elif later:
-                        # Replayed before the Services are listed, or ahead of the watch
-                        # event that brings the Service: emitted when it is handled.
-                        memory.defer(
-                            key,
-                            d.subject.family,
-                            DeferredEvent(
-                                spec=spec,
-                                uid=message.uid,
-                                cause=cause,
-                                trace_id=trace_id_of_current_span(),
-                                replayed=replayed,
-                            ),
-                        )
+                called = (
+                    (d.subject.family, event_for(message, before=observed.before)),
+                    (f"{d.subject.family}~", status_vip_event(message, before=observed.before)),
+                )
+                for family, spec in called:
+                    if spec is not None and fresh:
+                        await self._emit(d, key, message, spec, family)
                 memory.forget_service(key, absent=term.absent("service", key))
+
+    async def _emit(
+        self,
+        d: Delivery,
+        key: str,
+        message: VipMessage | LbMessage,
+        spec: EventSpec,
+        family: str,
+    ) -> None:
+        """Write the Event ``message`` calls for (or hold it back under ``family``)."""
+        term = self._term
+        memory = term.memory
+        cause = f"{d.subject.raw}#{d.seq}"
+        service = term.service_store().get(key)
+        # A replay cannot tell news from a repeat (what came before is not
+        # replayed): see EventRecorder.emit.
+        replayed = not term.caught_up
+        # The Service may be gone already: a release lets the API server
+        # delete it, and the DELETED event may come before the reply.
+        about, later = event_subject(
+            service,
+            message.uid,
+            departed=memory.departed_ref(key),
+            gone=released_ref(message, live=not replayed),
+        )
+        if about is not None:
+            await self._recorder.emit(spec, about, cause, replayed=replayed)
+            if service is None:
+                memory.forget_departed(key, message.uid)
+        elif later:
+            # Replayed before the Services are listed, or ahead of the watch
+            # event that brings the Service: emitted when it is handled.
+            memory.defer(
+                key,
+                family,
+                DeferredEvent(
+                    spec=spec,
+                    uid=message.uid,
+                    cause=cause,
+                    trace_id=trace_id_of_current_span(),
+                    replayed=replayed,
+                ),
+            )
 
 
 def open_consumers(bus: Bus, reader: BusReader, cluster: str) -> tuple[PullConsumer, PullConsumer]:
@@ -200,9 +268,9 @@ def open_consumers(bus: Bus, reader: BusReader, cluster: str) -> tuple[PullConsu
     # What the rest of the system says, for the whole term.
     theirs: tuple[str, ...] = (family_filter("vip", cluster), family_filter("lb", cluster))
     if reader.gating:
-        # Only a gate reads what the node agents applied: without one, their reports
-        # (one per node and change, each listing every VIP of the node) are not worth
-        # a delivery.
+        # What the node agents applied is read for a status gate and to tell member nodes
+        # without the VIP (node_vip_grace_s); with neither, their reports (one per node
+        # and change, each listing every VIP of the node) are not worth a delivery.
         theirs += (family_filter("applied", cluster),)
     # What we (or a predecessor) published: read to start from, then no more. Our
     # own messages coming back would be half of every Service's deliveries.

@@ -8,7 +8,9 @@ from vipwire.kube import MERGE_PATCH, KubeApiError, micro_time
 from vipwire.telemetry import trace_id_of_current_span
 from vipwire.watcher.core.events import (
     EventSpec,
+    Regarding,
     event_name,
+    event_namespace,
     event_object,
     event_subject,
     series_patch,
@@ -36,6 +38,7 @@ class EventRecorder:
         *,
         trace_id: str | None = None,
         replayed: bool = False,
+        kind: Regarding = "Service",
     ) -> None:
         """Record an Event; a repeat of one already recorded counts in its series.
 
@@ -53,7 +56,7 @@ class EventRecorder:
         """
         events_api = self._kube.events
         meta = metadata(service)
-        namespace = str(meta.get("namespace"))
+        namespace = event_namespace(service, kind)
         name = event_name(str(meta.get("name")), uid(service), spec)
         now = micro_time()
         body = event_object(
@@ -64,6 +67,7 @@ class EventRecorder:
             instance=self._instance,
             cause=cause,
             trace_id=trace_id or trace_id_of_current_span(),
+            kind=kind,
         )
         try:
             try:

@@ -44,6 +44,7 @@ from vipwire.watcher.core.translate import (
     slice_endpoints,
     slim_node,
     slim_service,
+    status_vips,
     uid,
 )
 from vipwire.watcher.core.validate import invalid_note
@@ -101,7 +102,10 @@ class Publisher:
 
     def services_listed(self, objects: Mapping[str, Obj], rv: str) -> None:
         memory = self._memory
-        for key in set(objects) | set(memory.services):
+        keys = set(objects) | set(memory.services)
+        # Services whose status holds VIPs first: after a lost bus store, ipam reserves
+        # those addresses for them as their snapshots arrive, before new Services ask.
+        for key in sorted(keys, key=lambda k: (not status_vips(objects.get(k) or {}), k)):
             self.service_changed(key, objects.get(key), f"list-{rv}")
         for key in list(memory.views):
             memory.forget_service(key, absent=self._term.absent("service", key))
@@ -357,6 +361,7 @@ def watch_cluster(term: Term, kube: KubeWrites, publisher: Publisher, *, restart
         keep=slim_node,
         store=lambda: PackedDict[Obj](Obj),
     )
+    term.reflectors_made.set()
 
 
 class ServiceListener:

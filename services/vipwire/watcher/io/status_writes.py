@@ -7,13 +7,17 @@ Service again and decides anew.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
+import time
 
 from vipwire.bus import BusError
-from vipwire.contracts import StatusWritten
+from vipwire.contracts import LbProgrammed, StatusWritten
 from vipwire.kube import MERGE_PATCH, KubeApiError, KubeError, micro_time
 from vipwire.telemetry import trace_id_of_current_span
 from vipwire.watcher.core.events import refused_event
+from vipwire.watcher.core.node_vips import MissingVips, node_event, nodes_without
 from vipwire.watcher.core.translate import (
     Obj,
     being_deleted,
@@ -31,7 +35,7 @@ from vipwire.watcher.core.writeback import (
     trace_patch,
 )
 from vipwire.watcher.io.event_recorder import EventRecorder
-from vipwire.watcher.io.kube_writes import KubeWrites, refused
+from vipwire.watcher.io.kube_writes import KubeWrites, NotLeader, refused
 from vipwire.watcher.io.term import Term
 
 log = logging.getLogger("vipwire.watcher")
@@ -45,6 +49,11 @@ class StatusWriter:
         self._kube = kube
         self._recorder = recorder
         self._retries = term.settings.conflict_retries
+        # --- member nodes without the VIP (core.node_vips) ---
+        self._missing = MissingVips(term.settings.node_vip_grace_s)
+        #: Services to judge again when a node's grace period ends (monotonic time).
+        self._rechecks: dict[str, float] = {}
+        self._recheck = asyncio.Event()
 
     async def reconcile(self, key: str) -> None:
         """Write what the bus calls for to the Service ``key``, if it is known."""
@@ -53,6 +62,8 @@ class StatusWriter:
             service = term.service_store().get(key)
             if service is not None:
                 await self.reconcile_locked(key, service)
+            else:
+                self._missing.forget(key)
 
     async def reconcile_locked(self, key: str, service: Obj) -> None:
         """Write what the decision asks for; on a stale resourceVersion decide again."""
@@ -63,6 +74,7 @@ class StatusWriter:
             str(meta.get("namespace")),
             uid(service),
         )
+        missing = self._nodes_missing(key, service_uid)
         for _ in range(self._retries):
             snapshot = term.snapshot(key, service)
             decision = decide(
@@ -75,11 +87,13 @@ class StatusWriter:
                 problems=term.problems_note(key, service, snapshot),
                 live_seq=term.memory.live_seq(key),
                 too_large=term.too_large_note(key, service, snapshot),
+                missing=missing,
             )
             if decision.nothing:
                 return
             try:
                 await self._apply(service, decision)
+                await self._tell_nodes(service, decision)
                 return
             except KubeApiError as exc:
                 if exc.not_found:
@@ -94,6 +108,60 @@ class StatusWriter:
                 return
             service = fresh
         raise KubeApiError(409, "Conflict", f"service {namespace}/{name}: kept conflicting")
+
+    # --- member nodes without the VIP ---------------------------------------------------
+
+    def _nodes_missing(self, key: str, service_uid: str) -> frozenset[str]:
+        """The Service's member nodes reported without its VIP past their grace period;
+        a node still within it has the Service judged again when it ends."""
+        if self._missing.grace_s <= 0:
+            return frozenset()
+        memory = self._term.memory
+        lb = memory.view(key).lb
+        if not isinstance(lb, LbProgrammed) or lb.uid != service_uid:
+            self._missing.forget(key)
+            return frozenset()
+        verdict = self._missing.judge(key, nodes_without(lb, memory.applied), time.monotonic())
+        if verdict.recheck_at is not None:
+            self._rechecks[key] = verdict.recheck_at
+            self._recheck.set()
+        return verdict.overdue
+
+    async def _tell_nodes(self, service: Obj, decision: Decision) -> None:
+        """The Event of a condition turned to or from NodesMissingVip by this write."""
+        spec = node_event(service, decision.status)
+        if spec is None:
+            return
+        cause = f"nodes/{uid(service)}/{resource_version(service)}"
+        try:
+            await self._recorder.emit(spec, service, cause)
+        except NotLeader:
+            raise
+        except Exception as exc:
+            log.warning(
+                "cannot record the %s Event of %s: %r", spec.reason, object_key(service), exc
+            )
+
+    async def run_rechecks(self) -> None:
+        """For the whole term: judge a Service again when the grace period of one of its
+        member nodes without the VIP ends."""
+        while True:
+            self._recheck.clear()
+            now = time.monotonic()
+            for key in [k for k, at in self._rechecks.items() if at <= now]:
+                del self._rechecks[key]  # judging it may set the next one
+                try:
+                    await self.reconcile(key)
+                except NotLeader:
+                    return
+                except Exception as exc:
+                    log.warning("service %s: judging its nodes failed: %r; retrying", key, exc)
+                    self._rechecks.setdefault(key, time.monotonic() + 1.0)
+            due = min(self._rechecks.values(), default=None)
+            timeout = None if due is None else max(0.0, due - time.monotonic())
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout):
+                    await self._recheck.wait()
 
     async def _apply(self, service: Obj, decision: Decision) -> None:
         meta = metadata(service)

@@ -7,6 +7,7 @@ from the replay of the bus, and only then lists and watches Kubernetes.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager
 from typing import Any
@@ -40,7 +41,11 @@ class Term:
         self.cluster = settings.cluster
         self.runtime = runtime
         self.check_leading = check_leading
-        self.memory = TermMemory(gating=settings.status_gate != "none")
+        # The node agents' reports (and every member) are read for a status gate, and to
+        # tell member nodes that do not hold the VIP (core.node_vips).
+        self.memory = TermMemory(
+            gating=settings.status_gate != "none" or settings.node_vip_grace_s > 0
+        )
         self.locks = KeyedLocks()
         #: Both replays that start the term are over.
         self.caught_up = False
@@ -49,6 +54,8 @@ class Term:
         self.services: Reflector[Obj] | None = None
         self.slices: Reflector[SliceEndpoints] | None = None
         self.nodes: Reflector[Obj] | None = None
+        #: The reflectors exist (they are made once the replay is over).
+        self.reflectors_made = asyncio.Event()
         #: The work queues the reflectors feed (set when they start).
         self.queues: tuple[WorkQueue, ...] = ()
 

@@ -17,6 +17,7 @@ from yarl import URL
 
 from vipwire.lbdriver.io.drivers.base import ApplianceError, ApplianceUnavailable
 from vipwire.lbdriver.io.drivers.credentials import CredentialSource
+from vipwire.lbdriver.io.fencing import stamp
 from vipwire.lbdriver.settings import ApplianceSettings
 
 T = TypeVar("T")
@@ -100,6 +101,10 @@ class RestTransport:
 
         ``query`` is sent as written (vendors want ``$filter`` and ``+`` unescaped).
         """
+        # Checked here, per request: a write of several requests stops at the deadline.
+        fenced = stamp(method)
+        if fenced:
+            headers = {**(headers or {}), **fenced}
         raw = self.base_url + path + (f"?{query}" if query else "")
         url = URL(raw, encoded=True)
         data = msgspec.json.encode(json) if json is not None else None
