@@ -29,6 +29,7 @@ from vipwire.bus._errors import (
     too_large_or_full,
     translate,
 )
+from vipwire.bus._history import purge_ended
 from vipwire.bus._kv import KvBucket
 from vipwire.bus._limits import (
     STORE_FULL,
@@ -43,6 +44,7 @@ from vipwire.bus._reading import StoredMessage, last_message, last_messages, new
 from vipwire.bus._requests import Responder, Serving, fence, request, serve
 from vipwire.bus._settings import BusSettings
 from vipwire.contracts import (
+    ROOT,
     STREAM,
     MalformedMessage,
     Message,
@@ -239,6 +241,18 @@ class Bus:
             self.js, STREAM, subject, before_seq, readable, max_reads=max_reads
         )
         return None if found is None else (found, decoded[found.seq])
+
+    async def purge_ended(self, *, max_age_s: float) -> list[str]:
+        """Purge the subjects of Services and Nodes that ended over ``max_age_s`` ago
+        and whose end every durable consumer has acknowledged; returns them.
+
+        The stream has no age limit (it would drop live state); this is its
+        bound on what deleted objects leave behind.
+        """
+        try:
+            return await purge_ended(self.js, STREAM, f"{ROOT}.>", max_age_s)
+        except NATS_ERRORS as exc:
+            raise translate(exc, "purging ended subjects") from exc
 
     async def last_messages(self, subjects: str, *, timeout_s: float = 30.0) -> list[StoredMessage]:
         """The last message of every subject matching ``subjects``, in stream order."""

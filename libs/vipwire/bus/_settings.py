@@ -43,8 +43,8 @@ class BusSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     #: unchanged that long would read as absent after the next restart (its virtual
     #: server deleted as an orphan). History is bounded by
     #: ``stream_max_msgs_per_subject`` instead, and the whole by ``stream_max_bytes``.
-    #: The subjects of deleted Services stay (a few KB each) until purged: alert on
-    #: ``vipwire_bus_store_used_ratio``.
+    #: The subjects of deleted Services and Nodes are purged instead, a while after
+    #: their end (ipam's ``ended_sweep_interval_s`` and ``ended_max_age_s``).
     stream_max_age_s: Annotated[float, msgspec.Meta(ge=0)] = 0.0
     # --- limits: bounded resources -------------------------------------------------
     #: Bytes the VIPWIRE stream may hold (0: no limit). When it is full, a publish is
