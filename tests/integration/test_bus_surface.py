@@ -7,6 +7,7 @@ import asyncio
 from collections.abc import Awaitable, Callable
 
 import pytest
+from nats.js.api import ConsumerConfig
 
 from vipwire.bus import (
     BusConflict,
@@ -14,7 +15,14 @@ from vipwire.bus import (
     NoResponders,
     WrongLastSequence,
 )
-from vipwire.contracts import NodeGone, ServiceGone, subject_for
+from vipwire.contracts import (
+    STREAM,
+    NodeGone,
+    ServiceGone,
+    ServiceSnapshot,
+    VipReleased,
+    subject_for,
+)
 from vipwire.runtime import Runtime
 
 RuntimeFactory = Callable[[str], Awaitable[Runtime]]
@@ -179,3 +187,35 @@ class TestRequests:
         rt = await make_runtime("a")
         major, minor, _ = rt.bus.server_version
         assert (major, minor) >= (2, 10)
+
+
+class TestEndedSubjects:
+    async def test_purge_ended_drops_a_deleted_services_subjects_and_keeps_the_living(
+        self, make_runtime: RuntimeFactory
+    ) -> None:
+        """purge_ended empties every subject of a Service whose last message is its
+        ServiceGone, keeps a live one, and holds back while a durable consumer has not
+        acknowledged the end."""
+        rt = await make_runtime("a")
+        await rt.bus.ensure_stream()
+        ref = {"cluster": "east", "namespace": "default", "name": "old", "uid": "u1"}
+        live = ServiceSnapshot(
+            cluster="east", namespace="default", name="live", uid="u2", resource_version="1"
+        )
+        await rt.bus.publish(VipReleased(**ref))
+        await rt.bus.publish(ServiceGone(**ref))
+        await rt.bus.publish(live)
+        # A durable consumer that has acknowledged nothing: the end must wait for it.
+        await rt.bus.js.add_consumer(STREAM, ConsumerConfig(durable_name="slow"))
+        assert await rt.bus.purge_ended(max_age_s=0) == []
+        await rt.bus.js.delete_consumer(STREAM, "slow")
+
+        purged = await rt.bus.purge_ended(max_age_s=0)
+        assert sorted(purged) == [
+            "vipwire.east.service.default.old",
+            "vipwire.east.vip.default.old",
+        ]
+        assert await rt.bus.last_message("vipwire.east.service.default.old") is None
+        assert await rt.bus.last_message("vipwire.east.vip.default.old") is None
+        assert await rt.bus.last_message(subject_for(live)) is not None
+        assert await rt.bus.purge_ended(max_age_s=0) == []

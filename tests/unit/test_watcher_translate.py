@@ -101,6 +101,13 @@ class TestServiceOwnership:
         s = snap(service(metadata={"deletionTimestamp": "2025-01-01T00:00:00Z"}))
         assert s is not None and s.deleting
 
+    def test_deleting_snapshot_carries_no_labels(self) -> None:
+        """Labels choose a pool for a new VIP only: a deletion never needs (or waits on) them."""
+        live = snap(service())
+        assert live is not None and live.labels == {"app": "web"}
+        going = snap(service(metadata={"deletionTimestamp": "2025-01-01T00:00:00Z"}))
+        assert going is not None and going.deleting and going.labels == {}
+
     def test_type_changed_away_with_finalizer_is_deleting_if_it_was_ours(self) -> None:
         """Not a LoadBalancer any more but still holding our finalizer: deleting, if ours before."""
         obj = service(spec={"type": "ClusterIP", "loadBalancerClass": None})

@@ -113,6 +113,7 @@ def decide(
     live_seq: int = 0,
     was_ours: bool = True,
     problems: str | None = None,
+    too_large: str | None = None,
 ) -> Decision:
     snapshot = service_snapshot(svc, cluster="east", load_balancer_class=CLASS, was_ours=was_ours)
     return decide_(
@@ -124,6 +125,7 @@ def decide(
         now=NOW,
         problems=problems,
         live_seq=live_seq,
+        too_large=too_large,
     )
 
 
@@ -234,6 +236,26 @@ class TestStatus:
         """Problems override everything: Ready False InvalidService, no VIP written."""
         d = decide(service(), BusView(lb=programmed(), lb_seq=5), problems="bad ips")
         assert d.status == patch(conditions=[ready("False", "InvalidService", "bad ips")])
+
+    def test_too_large_service_says_so_and_keeps_serving(self) -> None:
+        """Refused as too large: Ready False TooLarge; the VIP it was programmed with stays."""
+        d = decide(service(), BusView(lb=programmed(), lb_seq=5), too_large="too big")
+        assert d.status is not None
+        (cond,) = d.status["status"]["conditions"]
+        assert (cond["status"], cond["reason"], cond["message"]) == ("False", "TooLarge", "too big")
+        assert d.ingress == [{"ip": VIP, "ipMode": "VIP"}]
+
+    def test_invalid_outranks_too_large(self) -> None:
+        """Both: what is invalid is told first (fixing it may be all that is needed)."""
+        d = decide(service(), BusView(), problems="bad ips", too_large="too big")
+        assert d.status == patch(conditions=[ready("False", "InvalidService", "bad ips")])
+
+    def test_smaller_service_leaves_too_large_behind(self) -> None:
+        """Published at last, with no outcome yet: TooLarge gives way to Pending."""
+        svc = service(conditions=[ready("False", "TooLarge", "too big", EARLIER)])
+        d = decide(svc, BusView())
+        cond = d.status["status"]["conditions"][0] if d.status else {}
+        assert cond["reason"] == "Pending"
 
     def test_fixed_service_leaves_invalid_behind(self) -> None:
         """Fixed, with no outcome yet: the InvalidService condition gives way to Pending."""

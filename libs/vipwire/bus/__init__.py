@@ -14,7 +14,15 @@ from vipwire.bus._consumer import (
     PullConsumer,
     Unreadable,
 )
-from vipwire.bus._errors import BusConflict, BusError, NoResponders, NotFound, WrongLastSequence
+from vipwire.bus._errors import (
+    BusConflict,
+    BusError,
+    NoResponders,
+    NotFound,
+    StoreFull,
+    TooLarge,
+    WrongLastSequence,
+)
 from vipwire.bus._history import kv_keys, kv_purge_markers, last_per_subject
 from vipwire.bus._kv import KvBucket, KvEntry, KvWatch
 from vipwire.bus._link import Backoff, connected_gauge
@@ -45,7 +53,9 @@ __all__ = [
     "Responder",
     "Retry",
     "Serving",
+    "StoreFull",
     "StoredMessage",
+    "TooLarge",
     "Unreadable",
     "Verdict",
     "WrongLastSequence",

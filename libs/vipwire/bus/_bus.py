@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import uuid
 from collections.abc import Mapping
@@ -20,16 +21,30 @@ from vipwire.bus._consumer import ConsumerSpec, Handler, OnUnreadable, PullConsu
 from vipwire.bus._errors import (
     NATS_ERRORS,
     BusError,
+    StoreFull,
+    TooLarge,
     WrongLastSequence,
     is_wrong_last_sequence,
+    server_says,
+    too_large_or_full,
     translate,
 )
+from vipwire.bus._history import purge_ended
 from vipwire.bus._kv import KvBucket
+from vipwire.bus._limits import (
+    STORE_FULL,
+    TOO_LARGE,
+    StoreHealth,
+    differs,
+    kept_bytes_limit,
+    with_stream_limits,
+)
 from vipwire.bus._link import AttemptFailed, Backoff, Link
 from vipwire.bus._reading import StoredMessage, last_message, last_messages, newest_before
 from vipwire.bus._requests import Responder, Serving, fence, request, serve
 from vipwire.bus._settings import BusSettings
 from vipwire.contracts import (
+    ROOT,
     STREAM,
     MalformedMessage,
     Message,
@@ -86,6 +101,13 @@ class Bus:
             "bus_published_total", "Messages published, by subject family", ["family"]
         )
         self._consumers: list[PullConsumer] = []
+        #: Stores that refused writes for want of room (see :meth:`store_problem`).
+        self.stores = StoreHealth(
+            self.js,
+            metrics,
+            settings.store_check_interval_s,
+            connected=lambda: self.nc.is_connected,
+        )
         if link is not None:
             link.on_back.append(self._resume_consumers)
 
@@ -95,8 +117,14 @@ class Bus:
 
     # --- declarations ------------------------------------------------------------
 
+    def store_problem(self) -> str | None:
+        """Why nothing can be stored now (a stream or KV bucket refused a write for want
+        of room, and has not shown room since); None: the stores take writes."""
+        return self.stores.problem()
+
     async def ensure_stream(self) -> None:
-        """Declare the VIPWIRE stream, or bring an existing one to our settings."""
+        """Declare the VIPWIRE stream, or bring an existing one to our settings (its
+        limits too: a stream declared by an older version gets them)."""
         storage = StorageType.FILE if self.settings.storage == "file" else StorageType.MEMORY
         config = StreamConfig(
             name=STREAM,
@@ -106,31 +134,40 @@ class Bus:
             storage=storage,
             num_replicas=self.settings.replicas,
         )
+        config = with_stream_limits(config, self.settings)
+        self.stores.watch(STREAM)
         try:
-            await self.js.stream_info(STREAM)
+            info = await self.js.stream_info(STREAM)
         except nats.js.errors.NotFoundError:
             try:
                 await self.js.add_stream(config)
                 return
-            except nats.js.errors.BadRequestError as exc:
+            except nats.js.errors.APIError as exc:
                 # Another service declared it between our look and our add.
                 if exc.err_code != 10058:  # stream name already in use
-                    raise BusError(f"cannot create stream {STREAM}: {exc}") from exc
+                    raise BusError(f"cannot create stream {STREAM}: {_declare_hint(exc)}") from exc
+            info = await self.js.stream_info(STREAM)
+        config = kept_bytes_limit(config, info)
         try:
             await self.js.update_stream(config)
         except nats.js.errors.Error as exc:
-            raise BusError(f"stream {STREAM} exists with settings we cannot apply: {exc}") from exc
+            raise BusError(
+                f"stream {STREAM} exists with settings we cannot apply: {_declare_hint(exc)}"
+            ) from exc
 
     async def kv(self, bucket: str, *, history: int = 1) -> KvBucket:
         """A KV bucket, created on first use with the bus's storage and replicas."""
-        return KvBucket(await self._key_value(bucket, history), self.js, bucket)
+        return KvBucket(await self._key_value(bucket, history), self.js, bucket, stores=self.stores)
 
     async def _key_value(self, bucket: str, history: int) -> KeyValue:
         try:
             try:
-                return await self.js.key_value(bucket)
+                found = await self.js.key_value(bucket)
             except nats.js.errors.BucketNotFoundError:
                 pass
+            else:
+                await self._bucket_limits(bucket)
+                return found
             storage = StorageType.FILE if self.settings.storage == "file" else StorageType.MEMORY
             try:
                 return await self.js.create_key_value(
@@ -139,13 +176,35 @@ class Bus:
                         history=history,
                         storage=storage,
                         replicas=self.settings.replicas,
+                        max_bytes=self.settings.kv_max_bytes or None,
+                        max_value_size=self.settings.kv_max_value_size or None,
                     )
                 )
             except nats.js.errors.BadRequestError:
                 # Created concurrently by a replica: use theirs.
                 return await self.js.key_value(bucket)
         except NATS_ERRORS as exc:
+            if too_large_or_full(exc) is not None:
+                raise BusError(f"cannot create KV bucket {bucket}: {_declare_hint(exc)}") from exc
             raise translate(exc, f"opening KV bucket {bucket}") from exc
+
+    async def _bucket_limits(self, bucket: str) -> None:
+        """Give an existing bucket (declared by an older version) our KV limits."""
+        stream = f"KV_{bucket}"
+        try:
+            info = await self.js.stream_info(stream)
+            wanted = dataclasses.replace(
+                info.config,
+                max_bytes=self.settings.kv_max_bytes or -1,
+                max_msg_size=self.settings.kv_max_value_size or -1,
+            )
+            wanted = kept_bytes_limit(wanted, info)
+            if differs(info.config, wanted):
+                await self.js.update_stream(wanted)
+        except NATS_ERRORS as exc:
+            raise BusError(
+                f"KV bucket {bucket} exists with limits we cannot apply: {_declare_hint(exc)}"
+            ) from exc
 
     # --- reading -------------------------------------------------------------------
 
@@ -182,6 +241,18 @@ class Bus:
             self.js, STREAM, subject, before_seq, readable, max_reads=max_reads
         )
         return None if found is None else (found, decoded[found.seq])
+
+    async def purge_ended(self, *, max_age_s: float) -> list[str]:
+        """Purge the subjects of Services and Nodes that ended over ``max_age_s`` ago
+        and whose end every durable consumer has acknowledged; returns them.
+
+        The stream has no age limit (it would drop live state); this is its
+        bound on what deleted objects leave behind.
+        """
+        try:
+            return await purge_ended(self.js, STREAM, f"{ROOT}.>", max_age_s)
+        except NATS_ERRORS as exc:
+            raise translate(exc, "purging ended subjects") from exc
 
     async def last_messages(self, subjects: str, *, timeout_s: float = 30.0) -> list[StoredMessage]:
         """The last message of every subject matching ``subjects``, in stream order."""
@@ -257,18 +328,60 @@ class Bus:
                         expected_last_subject
                     )
             inject_context(all_headers)
+            data = encode(message)
             try:
-                ack = await self.js.publish(subject, encode(message), headers=all_headers)
+                ack = await self.js.publish(subject, data, headers=all_headers)
             except NATS_ERRORS as exc:
                 span.set_status(trace.Status(trace.StatusCode.ERROR, str(exc)))
                 if is_wrong_last_sequence(exc):
                     raise WrongLastSequence(
                         f"publish to {subject}: a newer message exists"
                     ) from exc
+                refused = self._refused(exc, subject, family, len(data))
+                if refused is not None:
+                    raise refused from exc
                 raise BusError(f"publish to {subject} failed: {exc!r}") from exc
             span.set_attribute("messaging.nats.stream.sequence", ack.seq)
         self._published.inc(family=family)
+        self.stores.stored(STREAM)
         return ack.seq
+
+    def _refused(
+        self, exc: BaseException, subject: str, family: str, size: int
+    ) -> TooLarge | StoreFull | None:
+        """The bus error for a publish JetStream refused to store (counted), if it was
+        refused for its size or for want of room."""
+        reason = too_large_or_full(exc)
+        if reason is None:
+            return None
+        self.stores.rejected.inc(family=family, reason=reason)
+        if reason == TOO_LARGE:
+            limit = self._size_limit(exc)
+            return TooLarge(
+                f"publish to {subject}: the message is {size} bytes, over the limit of "
+                f"{limit} bytes ({server_says(exc)})",
+                size=size,
+                limit=limit,
+            )
+        assert reason == STORE_FULL
+        own_limits = getattr(exc, "err_code", None) == 10077  # the stream's own limits
+        where = (
+            f"stream {STREAM} is full"
+            if own_limits
+            else f"the JetStream store of the server holding stream {STREAM} is full"
+        )
+        self.stores.refused(
+            STREAM,
+            f"{where}: publish to {subject} refused ({server_says(exc)}); raise "
+            f"bus.stream_max_bytes (and the server's JetStream store) or find what filled it",
+            own_limits=own_limits,
+        )
+        return StoreFull(f"publish to {subject}: {where} ({server_says(exc)})")
+
+    def _size_limit(self, exc: BaseException) -> int:
+        if isinstance(exc, nats.errors.MaxPayloadError):
+            return int(self.nc.max_payload)
+        return self.settings.stream_max_msg_size
 
     # --- consuming ---------------------------------------------------------------
 
@@ -304,6 +417,7 @@ class Bus:
             self.link.closing()
         await asyncio.gather(*(c.stop() for c in self._consumers), return_exceptions=True)
         self._consumers.clear()
+        await self.stores.close()
         if not self.nc.is_closed:
             try:
                 await self.nc.drain()
@@ -375,6 +489,18 @@ async def connect(
     link.up(_url(nc))
     bus = Bus(nc, settings, tracer=tracer, metrics=metrics, link=link)
     return bus
+
+
+def _declare_hint(exc: BaseException) -> str:
+    """What the server said about a declaration, with what to do when it lacks room."""
+    said = server_says(exc)
+    if too_large_or_full(exc) == STORE_FULL:
+        return (
+            f"{said}: the server's JetStream store cannot reserve bus.stream_max_bytes "
+            f"plus bus.kv_max_bytes per bucket; lower them or raise the server's "
+            f"max_file_store (max_memory_store for storage: memory)"
+        )
+    return said
 
 
 def _url(nc: NatsClient) -> str:

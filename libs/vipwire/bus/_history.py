@@ -1,5 +1,5 @@
 """Reading the last message of every subject a filter matches, once (and, built on
-it, dropping a KV bucket's old delete markers).
+it, dropping a KV bucket's old delete markers and the stream's ended subjects).
 
 For start-up reads of what the stream (or a KV bucket's stream) already says,
 outside any consumer's deliveries: no span, no ack per message. The end is
@@ -23,6 +23,8 @@ from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from vipwire.bus._errors import BusError
+from vipwire.bus._sweeping import LastOnSubject, ended_subjects
+from vipwire.contracts import MalformedMessage, Message, decode
 
 _GONE = frozenset({"DEL", "PURGE"})
 
@@ -114,3 +116,46 @@ async def kv_purge_markers(
         except (TimeoutError, nats.errors.Error, nats.js.errors.Error) as exc:
             raise BusError(f"cannot purge {subject} from stream {stream}: {exc!r}") from exc
     return len(old)
+
+
+async def purge_ended(
+    js: JetStreamContext, stream: str, subjects: str, max_age_s: float, *, timeout: float = 60.0
+) -> list[str]:
+    """Purge every subject of the Services and Nodes that ended over ``max_age_s`` ago
+    (see :mod:`vipwire.bus._sweeping`); returns the subjects purged.
+
+    Each subject is purged below the sequence after the last message read, so a
+    message published since (a new Service of the same name) stays.
+    """
+    last: list[LastOnSubject] = []
+    messages = last_per_subject(js, stream, subjects, headers_only=False, timeout=timeout)
+    async with contextlib.aclosing(messages):
+        async for msg in messages:
+            try:
+                message: Message | None = decode(msg.subject, msg.data)
+            except MalformedMessage:
+                message = None
+            meta = msg.metadata
+            stamp = int(meta.timestamp.timestamp() * 1e9)
+            last.append(LastOnSubject(msg.subject, meta.sequence.stream, stamp, message))
+    try:
+        acked = await _durables_acked_through(js, stream)
+    except (TimeoutError, nats.errors.Error, nats.js.errors.Error) as exc:
+        raise BusError(f"cannot read the consumers of stream {stream}: {exc!r}") from exc
+    purges = ended_subjects(last, now_ns=time.time_ns(), max_age_s=max_age_s, acked_through=acked)
+    for purge in purges:
+        try:
+            await js.purge_stream(stream, seq=purge.below_seq, subject=purge.subject)
+        except (TimeoutError, nats.errors.Error, nats.js.errors.Error) as exc:
+            raise BusError(f"cannot purge {purge.subject} from stream {stream}: {exc!r}") from exc
+    return [p.subject for p in purges]
+
+
+async def _durables_acked_through(js: JetStreamContext, stream: str) -> int | None:
+    """The lowest stream sequence every durable consumer has acknowledged (None: none)."""
+    floors = [
+        int(info.ack_floor.stream_seq if info.ack_floor is not None else 0)
+        for info in await js.consumers_info(stream)
+        if info.config.durable_name
+    ]
+    return min(floors) if floors else None

@@ -18,11 +18,15 @@ from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
 from vipwire.bus._errors import (
     NATS_ERRORS,
     BusConflict,
+    BusError,
     NotFound,
+    StoreFull,
+    TooLarge,
     is_wrong_last_sequence,
     translate,
 )
 from vipwire.bus._history import kv_keys, kv_purge_markers
+from vipwire.bus._limits import STORE_FULL, TOO_LARGE, StoreHealth
 from vipwire.bus._reading import last_message
 
 log = logging.getLogger("vipwire.bus.kv")
@@ -98,10 +102,34 @@ class KvWatch:
 class KvBucket:
     """One KV bucket."""
 
-    def __init__(self, kv: KeyValue, js: JetStreamContext, bucket: str) -> None:
+    def __init__(
+        self, kv: KeyValue, js: JetStreamContext, bucket: str, *, stores: StoreHealth | None = None
+    ) -> None:
         self._kv = kv
         self._js = js
         self.bucket = bucket
+        self._stores = stores
+
+    def _write_failed(self, exc: BaseException, what: str) -> BusError:
+        """The bus error for a failed write; a refusal for size or room is counted, and a
+        full bucket reported (every component is not ready until it has room)."""
+        error = translate(exc, f"{what} in KV bucket {self.bucket}")
+        if self._stores is not None and isinstance(error, TooLarge | StoreFull):
+            reason = TOO_LARGE if isinstance(error, TooLarge) else STORE_FULL
+            self._stores.rejected.inc(family=f"kv:{self.bucket}", reason=reason)
+            if isinstance(error, StoreFull):
+                own_limits = getattr(exc, "err_code", None) == 10077
+                self._stores.refused(
+                    f"KV_{self.bucket}",
+                    f"KV bucket {self.bucket} is full: {error}; raise bus.kv_max_bytes "
+                    f"(and the server's JetStream store) or find what filled it",
+                    own_limits=own_limits,
+                )
+        return error
+
+    def _written(self) -> None:
+        if self._stores is not None:
+            self._stores.stored(f"KV_{self.bucket}")
 
     async def get(self, key: str) -> KvEntry | None:
         """The key's value now; None: never written, deleted or purged."""
@@ -117,9 +145,11 @@ class KvBucket:
     async def put(self, key: str, value: bytes) -> int:
         """Write ``key`` whatever it holds; returns the revision."""
         try:
-            return await self._kv.put(key, value)
+            revision = await self._kv.put(key, value)
         except NATS_ERRORS as exc:
-            raise translate(exc, f"put {key}") from exc
+            raise self._write_failed(exc, f"put {key}") from exc
+        self._written()
+        return revision
 
     async def create(self, key: str, value: bytes) -> int:
         """Write ``key`` only if it holds no value; returns the revision.
@@ -127,11 +157,13 @@ class KvBucket:
         :class:`BusConflict` if it holds one.
         """
         try:
-            return await self._kv.create(key, value)
+            revision = await self._kv.create(key, value)
         except NATS_ERRORS as exc:
             if is_wrong_last_sequence(exc):
                 raise BusConflict(f"create {key}: it exists") from exc
-            raise translate(exc, f"create {key}") from exc
+            raise self._write_failed(exc, f"create {key}") from exc
+        self._written()
+        return revision
 
     async def update(self, key: str, value: bytes, *, last: int) -> int:
         """Write ``key`` only if its last revision (value or marker) is ``last``.
@@ -139,23 +171,27 @@ class KvBucket:
         :class:`~vipwire.bus.WrongLastSequence` if it changed since.
         """
         try:
-            return await self._kv.update(key, value, last=last)
+            revision = await self._kv.update(key, value, last=last)
         except NATS_ERRORS as exc:
-            raise translate(exc, f"update {key}") from exc
+            raise self._write_failed(exc, f"update {key}") from exc
+        self._written()
+        return revision
 
     async def delete(self, key: str, *, last: int | None = None) -> None:
         """Leave a delete marker on ``key`` (only if its last revision is ``last``)."""
         try:
             await self._kv.delete(key, last=last)
         except NATS_ERRORS as exc:
-            raise translate(exc, f"delete {key}") from exc
+            raise self._write_failed(exc, f"delete {key}") from exc
+        self._written()
 
     async def purge(self, key: str) -> None:
         """Drop every revision of ``key``, leaving one purge marker."""
         try:
             await self._kv.purge(key)
         except NATS_ERRORS as exc:
-            raise translate(exc, f"purge {key}") from exc
+            raise self._write_failed(exc, f"purge {key}") from exc
+        self._written()
 
     async def watch(self, prefix: str) -> KvWatch:
         """Watch every key under ``prefix`` (``"addr."``)."""

@@ -1,9 +1,11 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import ClassVar
+from typing import Annotated, ClassVar
 
 import msgspec
+
+_MIB = 1024 * 1024
 
 
 class BusSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -35,8 +37,49 @@ class BusSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     ping_interval_s: float = 2.0
     #: Seconds a request to the JetStream API (publish ack, KV op) may take.
     request_timeout_s: float = 5.0
-    #: How long the VIPWIRE stream keeps history, for replay (seconds).
-    stream_max_age_s: float = 7 * 24 * 3600.0
+    #: How long the VIPWIRE stream keeps a message (seconds); 0: no age limit.
+    #: Off by default: the stream holds the *state* of the fleet as the last message of
+    #: each subject, and an age limit drops that last message too, so a Service left
+    #: unchanged that long would read as absent after the next restart (its virtual
+    #: server deleted as an orphan). History is bounded by
+    #: ``stream_max_msgs_per_subject`` instead, and the whole by ``stream_max_bytes``.
+    #: The subjects of deleted Services and Nodes are purged instead, a while after
+    #: their end (ipam's ``ended_sweep_interval_s`` and ``ended_max_age_s``).
+    stream_max_age_s: Annotated[float, msgspec.Meta(ge=0)] = 0.0
+    # --- limits: bounded resources -------------------------------------------------
+    #: Bytes the VIPWIRE stream may hold (0: no limit). When it is full, a publish is
+    #: refused (JetStream's DiscardNew), never an old message dropped (DiscardOld could
+    #: drop the last, still valid, message of a live subject); every component then
+    #: reports not ready and ``vipwire_bus_store_full`` is 1. The server reserves it on
+    #: creation, so its JetStream store (``max_file_store``, or ``max_memory_store`` with
+    #: ``storage: memory``) must hold it plus ``kv_max_bytes`` per bucket. 1 GiB holds
+    #: the full history (16 versions of its five subjects, about 1 KB each) of over ten
+    #: thousand Services, and their last messages alone for over a hundred thousand;
+    #: raise it for a larger fleet.
+    stream_max_bytes: Annotated[int, msgspec.Meta(ge=0)] = 1024 * _MIB
+    #: Largest message the stream stores (bytes; 0: only the server's ``max_payload``,
+    #: 1 MiB by default, bounds it). A larger one is refused for good: its Service gets a
+    #: ``TooLarge`` Warning Event. 1 MiB: the NATS default ``max_payload``, so the two
+    #: limits agree.
+    stream_max_msg_size: Annotated[int, msgspec.Meta(ge=0)] = 1 * _MIB
+    #: Messages kept per subject (0: no limit); a subject's oldest go first, so its last
+    #: message, the one in force, always stays. Bounds what a busy subject (a node's
+    #: applied VIPs, a flapping Service) costs; replay sees this many versions of each.
+    #: A full stream still takes a message that replaces one no smaller of a subject at
+    #: this limit.
+    stream_max_msgs_per_subject: Annotated[int, msgspec.Meta(ge=0)] = 16
+    #: Bytes each KV bucket may hold (0: no limit). KV buckets refuse writes when full
+    #: (never drop a key). 256 MiB holds the ipam claims of hundreds of thousands of
+    #: Services.
+    kv_max_bytes: Annotated[int, msgspec.Meta(ge=0)] = 256 * _MIB
+    #: Largest value a KV bucket stores (bytes; 0: only ``max_payload`` bounds it).
+    kv_max_value_size: Annotated[int, msgspec.Meta(ge=0)] = 1 * _MIB
+    #: How often every component reads the stream's state (seconds), to report a full
+    #: stream (not ready, ``vipwire_bus_store_full`` 1) even when it publishes nothing
+    #: itself, and to see room come back (every 5 s at most while it is full). Each
+    #: read is one JetStream API request per component: 30 s keeps a fleet of thousands
+    #: of node agents below a few hundred a second.
+    store_check_interval_s: Annotated[float, msgspec.Meta(gt=0)] = 30.0
     #: Window in which JetStream drops a repeated ``Nats-Msg-Id`` (seconds).
     duplicate_window_s: float = 120.0
     #: Store the stream on disk (``file``) or in memory (``memory``).

@@ -71,7 +71,9 @@ from vipwire.contracts._messages import (
     VipReleasing,
 )
 from vipwire.contracts._subjects import (
+    NODE_FAMILIES,
     ROOT,
+    SERVICE_FAMILIES,
     Subject,
     SubjectError,
     family_filter,
@@ -107,8 +109,10 @@ __all__ = [
     "IPAM_STATUS_SUBJECT",
     "LBDRIVER_LEASE_BUCKET",
     "LBDRIVER_STATUS_SUBJECT",
+    "NODE_FAMILIES",
     "ROOT",
     "SCHEMA_VERSION",
+    "SERVICE_FAMILIES",
     "STREAM",
     "AddressView",
     "ApplianceStatus",

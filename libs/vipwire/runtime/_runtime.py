@@ -127,6 +127,8 @@ class Runtime:
         reason = self._readiness() or self._bus.consumer_problem()
         if not self._bus.nc.is_connected:
             reason = reason or "not connected to NATS"
+        # A full store: nothing anyone publishes is kept, whoever is refused (limits).
+        reason = reason or self._bus.store_problem()
         if reason:
             return web.Response(status=503, text=f"not ready: {reason}\n")
         return web.Response(text=f"ready ({self._role()})\n" if self._role else "ready\n")

@@ -45,7 +45,7 @@ from vipwire.ipam.io.claim_cache import ClaimCache
 from vipwire.ipam.io.control import OperatorControl
 from vipwire.ipam.io.handling import Lifecycle
 from vipwire.ipam.io.ledger import Ledger
-from vipwire.ipam.io.markers import sweep_markers
+from vipwire.ipam.io.markers import sweep_ended, sweep_markers
 from vipwire.ipam.io.metrics import IpamMetrics
 from vipwire.ipam.io.publishing import Publisher
 from vipwire.ipam.io.reload import Reloader
@@ -222,6 +222,14 @@ class IpamService:
                 max_age_s=s.marker_max_age_s,
             )
             self._spawn(sweep, "ipam-markers")
+        if s.ended_sweep_interval_s > 0:
+            ended = sweep_ended(
+                bus,
+                self.metrics,
+                interval_s=s.ended_sweep_interval_s,
+                max_age_s=s.ended_max_age_s,
+            )
+            self._spawn(ended, "ipam-ended")
         if self.waiting:
             self.waiting.freed.set()  # addresses may have been released while nobody watched
         self._started = True

@@ -162,6 +162,16 @@ class IpamSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     #: off from the bus for longer would miss the deletes and keep believing the
     #: addresses taken (never given twice, but not given again until it restarts).
     marker_max_age_s: Annotated[float, msgspec.Meta(ge=0)] = 24 * 3600.0
+    #: Seconds between sweeps of the stream's ended subjects: every subject of a
+    #: Service whose last ``service`` message is ServiceGone (of a Node: NodeGone),
+    #: which the stream would keep for good, since it has no age limit (an age limit
+    #: would drop live Services' state too). 0: never (then only ``bus.stream_max_bytes``
+    #: bounds them: alert on ``vipwire_bus_store_used_ratio``).
+    ended_sweep_interval_s: Annotated[float, msgspec.Meta(ge=0)] = 3600.0
+    #: Age in seconds past which a sweep purges an ended Service's or Node's subjects,
+    #: once every durable consumer has acknowledged its end. Replay (``vipwire
+    #: replay``) sees a deleted Service's history for this long.
+    ended_max_age_s: Annotated[float, msgspec.Meta(ge=0)] = 7 * 24 * 3600.0
     #: Seconds a Service that needs new addresses waits, at most, for this replica's
     #: index of status VIPs (the addresses every Service's status already holds,
     #: reserved for it) to read the stream up to the Service's own snapshot; then its

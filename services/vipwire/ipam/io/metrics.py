@@ -48,6 +48,10 @@ class IpamMetrics:
         self.markers = m.counter(
             "ipam_kv_markers_dropped_total", "Old delete markers dropped from the bucket"
         )
+        self.ended = m.counter(
+            "ipam_stream_ended_subjects_purged_total",
+            "Subjects of long-ended Services and Nodes purged from the stream",
+        )
         self.status_vips = m.counter(
             "ipam_status_vips_total",
             "Addresses in the status of a Service ipam held nothing for (its store was "

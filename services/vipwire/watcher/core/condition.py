@@ -28,6 +28,8 @@ Gate = Literal["none", "any", "all"]
 #: The type of our condition in ``status.conditions``.
 READY: Final = "vipwire.io/Ready"
 INVALID: Final = "InvalidService"
+#: The bus refused the Service's snapshot as larger than it stores.
+TOO_LARGE: Final = "TooLarge"
 #: Reasons of a programmed Service that is not serving: the appliance no longer holds
 #: what was programmed (the lbdriver's verification), and no node can take its traffic.
 DRIFT: Final = APPLIANCE_DRIFT

@@ -26,6 +26,7 @@ from vipwire.watcher.core.condition import (
     DRIFT,
     INVALID,
     NO_MEMBERS,
+    TOO_LARGE,
     appliance_message,
     clip,
     failed_reason,
@@ -278,6 +279,22 @@ def status_vip_event(
 
 def invalid_event(note: str) -> EventSpec:
     return EventSpec(type="Warning", reason=INVALID, action="ValidateService", note=note)
+
+
+def too_large_note(size: int, limit: int | None, labels: int, label_bytes: int) -> str:
+    """What to tell about a Service whose snapshot the bus refused as too large."""
+    over = f"over the bus limit of {limit} bytes" if limit else "over the bus limit"
+    return (
+        f"this Service is {size} bytes as vipwire sends it, {over}: its changes are not "
+        f"applied (a VIP it already has keeps serving). Its {labels} label(s) take "
+        f"{label_bytes} bytes: use fewer or smaller labels (annotations other than "
+        f"vipwire's are not sent), or raise bus.stream_max_msg_size together with the "
+        f"NATS server's max_payload. Deleting it works as usual."
+    )
+
+
+def too_large_event(note: str) -> EventSpec:
+    return EventSpec(type="Warning", reason=TOO_LARGE, action="PublishService", note=note)
 
 
 def event_name(service_name: str, service_uid: str, spec: EventSpec) -> str:

@@ -149,6 +149,9 @@ class TermMemory:
         self.slice_index: dict[str, tuple[str, ...]] = {}
         # Services found invalid: key -> (uid, problems) last reported.
         self.invalid: dict[str, tuple[str, tuple[str, ...]]] = {}
+        # Services whose snapshot the bus refused as too large: key -> (uid, the refused
+        # snapshot's fingerprint, the note told). Not retried until the Service changes.
+        self.too_large: dict[str, tuple[str, bytes, str]] = {}
         self.deferred: dict[str, DeferredEvent] = {}
         # Services of ours the API server deleted: who they were, for the Event that
         # tells their release (it may come after the watch DELETED event).
@@ -270,6 +273,7 @@ class TermMemory:
         self.views.pop(key, None)
         self.gated.pop(key, None)
         self.invalid.pop(key, None)
+        self.too_large.pop(key, None)
         self.departed.pop(key, None)
         for family in EVENT_FAMILIES:
             self.deferred.pop(f"{key}|{family}", None)
@@ -293,6 +297,11 @@ class TermMemory:
         """Whether the last snapshot of ``key`` said what ``snapshot`` says."""
         record = self.snapshot_of(key)
         return record is not None and record.fingerprint == service_fingerprint(snapshot)
+
+    def refused_alike(self, key: str, snapshot: ServiceSnapshot) -> bool:
+        """Whether the bus refused this very snapshot of ``key`` as too large."""
+        refused = self.too_large.get(key)
+        return refused is not None and refused[1] == service_fingerprint(snapshot)
 
     def live_seq(self, key: str) -> int:
         """Sequence of the last snapshot of ``key`` that was not ``deleting`` (0: none)."""

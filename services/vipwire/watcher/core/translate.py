@@ -292,7 +292,10 @@ def service_snapshot(
         pool=annotations.get(POOL_ANNOTATION, "").strip() or None,
         requested_ips=requested_ips(service),
         sharing_key=annotations.get(SHARING_KEY_ANNOTATION, "").strip() or None,
-        labels=_str_map(meta.get("labels")),
+        # Labels only choose a pool for a new VIP; a Service going away needs none, and
+        # its deletion must not hang on labels too large for the bus (the finalizer could
+        # never come off): a deleting snapshot carries none.
+        labels={} if deleting else _str_map(meta.get("labels")),
         deleting=deleting,
         status_vips=() if deleting else status_vips(service),
     )

@@ -19,6 +19,7 @@ from vipwire.contracts import LbFailed, LbProgrammed, ServiceSnapshot, VipReleas
 from vipwire.watcher.core.bus_view import BusView
 from vipwire.watcher.core.condition import (
     INVALID,
+    TOO_LARGE,
     Condition,
     Gate,
     appliance_message,
@@ -114,6 +115,7 @@ def decide(
     now: str,
     problems: str | None = None,
     live_seq: int = 0,
+    too_large: str | None = None,
     missing: Collection[str] = (),
 ) -> Decision:
     """What to write to a Service now.
@@ -136,6 +138,8 @@ def decide(
     and drop the finalizer; while the appliance refuses to let go, the
     condition says so. A release older than our last live snapshot
     (``live_seq``) belongs to an earlier life of the Service and is ignored.
+    ``too_large``: why the bus refused the Service's snapshot; its changes are not
+    applied, which the condition says (after ``problems``).
     """
     if snapshot is None:
         return Decision()  # not ours: never touch it
@@ -152,12 +156,14 @@ def decide(
         condition: Any = _KEEP
         if problems is not None:
             condition = Condition(status="False", reason=INVALID, message=problems)
+        elif too_large is not None:
+            condition = Condition(status="False", reason=TOO_LARGE, message=too_large)
         else:
             said = readiness(view, snapshot.uid, applied=applied, gate=gate, missing=missing)
             current = current_condition(service)
             if said is not None:
                 condition = said
-            elif current is not None and current.reason == INVALID:
+            elif current is not None and current.reason in (INVALID, TOO_LARGE):
                 condition = Condition(
                     status="False", reason="Pending", message="waiting for a VIP and the appliance"
                 )

@@ -16,12 +16,18 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-from vipwire.contracts import NodeGone, NodeSnapshot, ServiceGone
+from vipwire.bus import TooLarge
+from vipwire.contracts import NodeGone, NodeSnapshot, ServiceGone, ServiceSnapshot, encode
 from vipwire.kube import KubeApiError
 from vipwire.metrics import Counter
 from vipwire.telemetry import trace_id_of_current_span
 from vipwire.watcher.core.condition import current_condition
-from vipwire.watcher.core.events import invalid_event, object_ref
+from vipwire.watcher.core.events import (
+    invalid_event,
+    object_ref,
+    too_large_event,
+    too_large_note,
+)
 from vipwire.watcher.core.packed import PackedDict
 from vipwire.watcher.core.term_memory import ServiceRecord, message_fingerprint
 from vipwire.watcher.core.translate import (
@@ -34,6 +40,7 @@ from vipwire.watcher.core.translate import (
     metadata,
     node_snapshot,
     resource_version,
+    service_fingerprint,
     slice_endpoints,
     slim_node,
     slim_service,
@@ -160,12 +167,35 @@ class Publisher:
                     if refreshed is None:
                         return
                     snapshot = refreshed
-                if not memory.published_alike(key, snapshot):
+                if memory.refused_alike(key, snapshot):
+                    pass  # refused as too large already: told, not retried until it changes
+                elif not memory.published_alike(key, snapshot):
                     msg_id = f"{self._cluster}/{snapshot.uid}/{snapshot.resource_version}/service"
-                    seq = await term.publish(snapshot, msg_id)
-                    memory.remember_service(key, snapshot, seq)
+                    try:
+                        seq = await term.publish(snapshot, msg_id)
+                    except TooLarge as exc:
+                        await self._report_too_large(key, service, snapshot, exc)
+                    else:
+                        memory.too_large.pop(key, None)
+                        memory.remember_service(key, snapshot, seq)
                 await self._publish_endpoints(key, f"service-{snapshot.resource_version}")
         await self._writer.reconcile_locked(key, service)
+
+    async def _report_too_large(
+        self, key: str, service: Obj, snapshot: ServiceSnapshot, exc: TooLarge
+    ) -> None:
+        """The bus will never take this snapshot: tell the user once, on the Service (a
+        Warning Event, and the condition the status write that follows sets), and do not
+        retry it until the Service changes. Other Services go on."""
+        labels = snapshot.labels
+        label_bytes = sum(len(k.encode()) + len(v.encode()) for k, v in labels.items())
+        size = exc.size or len(encode(snapshot))
+        note = too_large_note(size, exc.limit, len(labels), label_bytes)
+        fingerprint = service_fingerprint(snapshot)
+        self._memory.too_large[key] = (snapshot.uid, fingerprint, note)
+        log.error("service %s: the bus refused its snapshot: %s (%s)", key, note, exc)
+        cause = f"too-large/{snapshot.uid}/{fingerprint.hex()}"
+        await self._recorder.emit(too_large_event(note), service, cause)
 
     async def _not_ours(self, key: str, service: Obj, previous: ServiceRecord | None) -> None:
         """A Service that is not (or no longer) ours: let go of whatever we left on it."""
@@ -238,7 +268,17 @@ class Publisher:
             if memory.endpoints_unchanged(key, fingerprint):
                 return
             msg_id = f"{self._cluster}/{namespace}/{name}/{trigger}/endpoints"
-            seq = await term.publish(snapshot, msg_id)
+            try:
+                seq = await term.publish(snapshot, msg_id)
+            except TooLarge as exc:
+                # Retrying cannot help; the next change of its endpoints tries again.
+                log.error(
+                    "service %s: the bus refused its endpoints (%d node(s)): %s",
+                    key,
+                    len(snapshot.nodes),
+                    exc,
+                )
+                return
             memory.remember_endpoints(key, fingerprint, seq)
 
     def slices_listed(self, objects: Mapping[str, SliceEndpoints], rv: str) -> None:

@@ -86,6 +86,7 @@ class StatusWriter:
                 now=micro_time(),
                 problems=term.problems_note(key, service, snapshot),
                 live_seq=term.memory.live_seq(key),
+                too_large=term.too_large_note(key, service, snapshot),
                 missing=missing,
             )
             if decision.nothing:

@@ -138,6 +138,15 @@ class Term:
             return None
         return invalid_note(problems, served=self.memory.serves(key, uid(service)))
 
+    def too_large_note(
+        self, key: str, service: Obj, snapshot: ServiceSnapshot | None
+    ) -> str | None:
+        """Why the bus refused this Service's snapshot as too large (None: it did not)."""
+        refused = self.memory.too_large.get(key)
+        if snapshot is None or snapshot.deleting or refused is None:
+            return None
+        return refused[2] if refused[0] == uid(service) else None
+
     # --- tracing ----------------------------------------------------------------------
 
     def span_attributes(self, service: Obj) -> dict[str, str]:
