@@ -60,9 +60,13 @@ async def serve(emulator: F5Emulator, port: int, state: Path) -> int:
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), 1.0)
-            _save(emulator, state)
+            if not stop.is_set():
+                _save(emulator, state)
     finally:
+        # Stop answering first, then save: a write answered after the last save would
+        # be lost on restart (an appliance forgetting a change it acknowledged).
         await emulator.stop()
+        _save(emulator, state)
     return 0
 
 
