@@ -1,3 +1,10 @@
+"""The :class:`Bus` every service holds, and :func:`connect`, which makes one.
+
+One module over 500 lines on purpose: :class:`Bus` is the one surface services
+see, so its methods stay together; each delegates what it can to a module of
+its own (reading, requests, KV, consumers, limits, declarations, sweeping).
+"""
+
 from __future__ import annotations
 
 import asyncio
@@ -18,6 +25,7 @@ from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Tracer
 
 from vipwire.bus._consumer import ConsumerSpec, Handler, OnUnreadable, PullConsumer
+from vipwire.bus._declaring import waiting_out_elections
 from vipwire.bus._errors import (
     NATS_ERRORS,
     BusError,
@@ -93,6 +101,9 @@ class Bus:
         self.nc = nc
         #: The connection's state (None: a client made elsewhere, as some tests do).
         self.link = link
+        #: Tries of a declaration while JetStream answers like an election (None:
+        #: until it works or the caller is cancelled; command-line tools bound it).
+        self.declare_attempts: int | None = None
         self.settings = settings
         self.js: JetStreamContext = nc.jetstream(timeout=settings.request_timeout_s)
         self.tracer = tracer
@@ -124,7 +135,21 @@ class Bus:
 
     async def ensure_stream(self) -> None:
         """Declare the VIPWIRE stream, or bring an existing one to our settings (its
-        limits too: a stream declared by an older version gets them)."""
+        limits too: a stream declared by an older version gets them); waits out a
+        stream leader election (see :mod:`vipwire.bus._declaring`)."""
+        await waiting_out_elections(
+            f"declaring stream {STREAM}",
+            self._ensure_stream,
+            self._declare_backoff(),
+            attempts=self.declare_attempts,
+        )
+
+    def _declare_backoff(self) -> Backoff:
+        if self.link is not None:
+            return self.link.backoff
+        return Backoff(self.settings.reconnect_wait_s, self.settings.reconnect_max_wait_s)
+
+    async def _ensure_stream(self) -> None:
         storage = StorageType.FILE if self.settings.storage == "file" else StorageType.MEMORY
         config = StreamConfig(
             name=STREAM,
@@ -156,8 +181,15 @@ class Bus:
             ) from exc
 
     async def kv(self, bucket: str, *, history: int = 1) -> KvBucket:
-        """A KV bucket, created on first use with the bus's storage and replicas."""
-        return KvBucket(await self._key_value(bucket, history), self.js, bucket, stores=self.stores)
+        """A KV bucket, created on first use with the bus's storage and replicas (waits
+        out a bucket leader election, like :meth:`ensure_stream`)."""
+        found = await waiting_out_elections(
+            f"opening KV bucket {bucket}",
+            lambda: self._key_value(bucket, history),
+            self._declare_backoff(),
+            attempts=self.declare_attempts,
+        )
+        return KvBucket(found, self.js, bucket, stores=self.stores)
 
     async def _key_value(self, bucket: str, history: int) -> KeyValue:
         try:
@@ -488,6 +520,7 @@ async def connect(
             raise
     link.up(_url(nc))
     bus = Bus(nc, settings, tracer=tracer, metrics=metrics, link=link)
+    bus.declare_attempts = attempts
     return bus
 
 
