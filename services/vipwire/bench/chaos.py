@@ -737,12 +737,21 @@ class _Run:
 
     async def _target(self, fault: Fault, session: aiohttp.ClientSession) -> Component:
         fleet = self.fleet
+        # A fault meant for a leader waits (up to 15 s) for there to be one: right after
+        # another fault an election may still be under way.
+        deadline = time.monotonic() + 15.0
         if fault.target == LBDRIVER_LEADER:
             leader = await fleet.lbdriver_leader(session)
+            while leader is None and time.monotonic() < deadline:
+                await asyncio.sleep(0.2)
+                leader = await fleet.lbdriver_leader(session)
             return leader or self.rng.choice(fleet.of_kind("lbdriver"))
         if fault.target == WATCHER_LEADER:
             cluster = self.rng.choice(fleet.clusters)
             leader = await fleet.watcher_leader(cluster, session)
+            while leader is None and time.monotonic() < deadline:
+                await asyncio.sleep(0.2)
+                leader = await fleet.watcher_leader(cluster, session)
             watchers = [c for c in fleet.of_kind("watcher") if c.cluster == cluster]
             return leader or self.rng.choice(watchers)
         return fleet.named(fault.target)
