@@ -10,6 +10,7 @@ so it measures the services as they run, not a model of them.
 from vipwire.bench._result import BenchResult, Scenario, parse_params
 from vipwire.bench.apply import run_apply
 from vipwire.bench.burst import run_burst
+from vipwire.bench.chaos import run_chaos
 from vipwire.bench.churn import ChurnOptions, churn, run_churn
 from vipwire.bench.floor import run_floor
 from vipwire.bench.ipam import run_ipam
@@ -25,6 +26,7 @@ SCENARIOS: dict[str, Scenario] = {
     "burst": run_burst,
     "restart": run_restart,
     "ipam": run_ipam,
+    "chaos": run_chaos,
 }
 
 __all__ = [

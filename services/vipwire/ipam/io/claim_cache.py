@@ -17,7 +17,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 from vipwire.aio import cancel_and_wait
 from vipwire.ipam.core.allocator import Allocator
@@ -25,6 +26,8 @@ from vipwire.ipam.core.claims import Claim
 from vipwire.ipam.io.bucket import ClaimEvent, ClaimWatch, IpamStore, StoreError
 
 log = logging.getLogger("vipwire.ipam.cache")
+
+T = TypeVar("T")
 
 #: ``(address, claim before, claim after)``; None: no claim.
 ChangeHook = Callable[[str, Claim | None, Claim | None], None]
@@ -60,11 +63,13 @@ class ClaimCache:
 
     async def start(self, timeout: float) -> None:
         """Load every claim (a restart must never hand out a held address), then follow."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
         # Read first: every claim that exists now has a revision up to this one.
-        self._threshold = await self.store.last_revision("addr.")
+        self._threshold = await self._retrying(deadline, lambda: self.store.last_revision("addr."))
         if self._threshold == 0:
             self.loaded.set()
-        self._watch = await self.store.watch_claims()
+        self._watch = await self._retrying(deadline, self.store.watch_claims)
         self._task = asyncio.create_task(self._follow(self._watch), name="ipam-claims")
         loaded = asyncio.create_task(self.loaded.wait())
         await asyncio.wait(
@@ -76,6 +81,23 @@ class ClaimCache:
             if self._task.done() and self._task.exception() is not None:
                 raise StoreError("the claim watch failed") from self._task.exception()
             raise StoreError(f"the claims did not load within {timeout:.0f}s")
+
+    async def _retrying(self, deadline: float, call: Callable[[], Awaitable[T]]) -> T:
+        """``call()``, tried again on a StoreError until ``deadline`` (loop time): a bucket
+        just created, or one whose NATS server was lost, has no leader for a moment."""
+        loop = asyncio.get_running_loop()
+        delay = 0.2
+        while True:
+            try:
+                return await call()
+            except StoreError as exc:
+                if loop.time() + delay > deadline:
+                    raise
+                log.warning(
+                    "%s; trying again in %.1f s (the KV bucket may have no leader yet)", exc, delay
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
 
     async def stop(self) -> None:
         if self._watch is not None:

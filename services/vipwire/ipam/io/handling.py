@@ -39,6 +39,7 @@ from vipwire.ipam.core.claims import Owner, Request, request_of
 from vipwire.ipam.core.decide import Plan, decide
 from vipwire.ipam.core.messages import kept_assignment, released
 from vipwire.ipam.core.records import ServiceRecord, service_key
+from vipwire.ipam.core.retry import store_retry_delay_s
 from vipwire.ipam.core.status_vips import StatusVips
 from vipwire.ipam.io.bucket import Conflict, StoreError
 from vipwire.ipam.io.claim_cache import ClaimCache
@@ -119,7 +120,10 @@ class Lifecycle:
                     return await self._on_lb_removed(message, d)
                 return await self._on_going(message, d)
         except (StoreError, BusError) as exc:
-            return Retry(delay=self.retry_delay_s, reason=str(exc))
+            # The store, not the message, is at fault: wait longer each time, so that a
+            # failover does not use up the deliveries and get the message terminated.
+            delay = store_retry_delay_s(self.retry_delay_s, d.num_delivered)
+            return Retry(delay=delay, reason=str(exc))
 
     # --- reading ------------------------------------------------------------------------
 
