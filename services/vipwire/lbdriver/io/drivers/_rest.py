@@ -56,6 +56,10 @@ def tls_setting(verify_tls: bool, ca_file: str | None) -> ssl.SSLContext | bool:
     return True
 
 
+#: Requests in flight to one appliance at most.
+CONNECTIONS = 16
+
+
 class RestTransport:
     """One appliance management endpoint. The session is made on first use, inside the loop."""
 
@@ -73,6 +77,10 @@ class RestTransport:
         self._ssl = tls_setting(verify_tls, ca_file)
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
         self._session: aiohttp.ClientSession | None = None
+        # Requests wait for a connection here, not in aiohttp's pool: the fence is
+        # checked once the slot is ours, so the wait is outside the fencing window
+        # (a leader paused or slowed while its writes queued sends none of them late).
+        self._slots = asyncio.Semaphore(CONNECTIONS)
         self.requests = 0
 
     def __repr__(self) -> str:
@@ -82,7 +90,7 @@ class RestTransport:
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession(
                 timeout=self._timeout,
-                connector=aiohttp.TCPConnector(ssl=self._ssl, limit=16),
+                connector=aiohttp.TCPConnector(ssl=self._ssl, limit=CONNECTIONS),
                 # Appliance APIs answer JSON whatever they are asked; we always send JSON.
                 headers={"Content-Type": "application/json", "Accept": "application/json"},
             )
@@ -101,22 +109,24 @@ class RestTransport:
 
         ``query`` is sent as written (vendors want ``$filter`` and ``+`` unescaped).
         """
-        # Checked here, per request: a write of several requests stops at the deadline.
-        fenced = stamp(method)
-        if fenced:
-            headers = {**(headers or {}), **fenced}
         raw = self.base_url + path + (f"?{query}" if query else "")
         url = URL(raw, encoded=True)
         data = msgspec.json.encode(json) if json is not None else None
-        self.requests += 1
-        try:
-            async with self._client().request(method, url, data=data, headers=headers) as resp:
-                text = await resp.text()
-                status = resp.status
-        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            raise ApplianceUnavailable(
-                self.appliance, f"{method} {path}: {type(exc).__name__}: {exc}"
-            ) from exc
+        async with self._slots:
+            # Checked per request, as late as we can: a write of several requests stops
+            # at the deadline, and no queueing lies between the check and the send.
+            fenced = stamp(method)
+            if fenced:
+                headers = {**(headers or {}), **fenced}
+            self.requests += 1
+            try:
+                async with self._client().request(method, url, data=data, headers=headers) as resp:
+                    text = await resp.text()
+                    status = resp.status
+            except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+                raise ApplianceUnavailable(
+                    self.appliance, f"{method} {path}: {type(exc).__name__}: {exc}"
+                ) from exc
         body: Any = text
         if text:
             try:
