@@ -44,9 +44,14 @@ class _Metric:
         self.labelnames = tuple(labelnames)
 
     def _key(self, labels: dict[str, str]) -> LabelValues:
-        if set(labels) != set(self.labelnames):
-            raise ValueError(f"{self.name}: labels {sorted(labels)} != {sorted(self.labelnames)}")
-        return tuple(str(labels[n]) for n in self.labelnames)
+        # Called for every update (several per bus message): no sets built here.
+        names = self.labelnames
+        try:
+            if len(labels) == len(names):
+                return tuple([str(labels[n]) for n in names])
+        except KeyError:
+            pass
+        raise ValueError(f"{self.name}: labels {sorted(labels)} != {sorted(names)}")
 
     def samples(self) -> Iterable[str]:
         raise NotImplementedError

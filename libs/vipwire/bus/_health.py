@@ -16,6 +16,7 @@ the state, the per-consumer metrics and the one log line per state change.
 
 from __future__ import annotations
 
+import heapq
 import logging
 import time
 from collections import Counter
@@ -39,7 +40,16 @@ class Progress:
     by the consumer's new incarnation is recognised and only acknowledged.
     """
 
-    __slots__ = ("_done_above", "_floor", "_held", "_max_seen", "_recent", "_retrying", "_shared")
+    __slots__ = (
+        "_done_above",
+        "_floor",
+        "_held",
+        "_held_order",
+        "_max_seen",
+        "_recent",
+        "_retrying",
+        "_shared",
+    )
 
     #: Finished sequences remembered one by one (a durable consumer's copies).
     RECENT = 16384
@@ -51,6 +61,10 @@ class Progress:
         self._shared = shared
         self._recent: dict[int, None] = {}  # finished here, oldest first (bounded)
         self._held: Counter[int] = Counter()  # received, verdict not final yet
+        # The held sequences as a min-heap (entries no longer held are dropped when
+        # they reach the top): the floor is read per message, and a prefetched batch
+        # holds hundreds, so not a min() over all of them each time.
+        self._held_order: list[int] = []
         self._retrying: set[int] = set()  # handed back for a redelivery
         self._done_above: set[int] = set()  # finished, above the floor
         self._floor = 0  # every sequence up to it is finished (or not ours)
@@ -64,6 +78,8 @@ class Progress:
             self._max_seen = self._floor = seq
 
     def received(self, seq: int) -> None:
+        if seq not in self._held:
+            heapq.heappush(self._held_order, seq)
         self._held[seq] += 1
         self._max_seen = max(self._max_seen, seq)
 
@@ -104,11 +120,18 @@ class Progress:
             self._held[seq] = count - 1
 
     def _advance(self) -> None:
-        open_seqs = self._held.keys() | self._retrying
-        floor = min(open_seqs) - 1 if open_seqs else self._max_seen
+        order = self._held_order
+        while order and order[0] not in self._held:
+            heapq.heappop(order)
+        lowest = order[0] if order else None
+        if self._retrying:
+            retry = min(self._retrying)
+            lowest = retry if lowest is None or retry < lowest else lowest
+        floor = lowest - 1 if lowest is not None else self._max_seen
         if floor > self._floor:
             self._floor = floor
-            self._done_above = {s for s in self._done_above if s > floor}
+            if self._done_above:
+                self._done_above = {s for s in self._done_above if s > floor}
 
 
 def silent(*, now: float, last_heard: float, outstanding: int, heartbeat_s: float) -> bool:
