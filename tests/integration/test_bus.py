@@ -16,6 +16,7 @@ from nats.js.api import AckPolicy
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanContext, SpanKind
 
+from support.publishing import publish_until_accepted
 from vipwire.bus import (
     DONE,
     ConsumerSpec,
@@ -492,13 +493,9 @@ class TestResilience:
         await eventually(lambda: owes_nothing(rt, "r"), what="the server has the ack of 'before'")
         server = await restarted(server, store)
         try:
-            async with asyncio.timeout(10):
-                while True:
-                    try:
-                        await rt.bus.publish(NodeGone(cluster="east", node="after"))
-                        break
-                    except Exception:
-                        await asyncio.sleep(0.1)  # pacing retries while the server comes back
+            await publish_until_accepted(
+                rt.bus, NodeGone(cluster="east", node="after"), timeout_s=10
+            )
             await eventually(
                 lambda: "after" in got, timeout=10, what="'after' handled once the server is back"
             )
@@ -534,13 +531,9 @@ class TestResilience:
         await eventually(lambda: got == ["before"], what="'before' handled")
         server = await restarted(server, store)
         try:
-            async with asyncio.timeout(10):
-                while True:
-                    try:
-                        await rt.bus.publish(NodeGone(cluster="east", node="after"))
-                        break
-                    except Exception:
-                        await asyncio.sleep(0.1)  # pacing retries while the server comes back
+            await publish_until_accepted(
+                rt.bus, NodeGone(cluster="east", node="after"), timeout_s=10
+            )
             await eventually(
                 lambda: "after" in got, timeout=10, what="'after' handled after the reconnect"
             )

@@ -6,7 +6,6 @@ the consumer under test, found from the consumer's cluster info.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import signal
@@ -19,10 +18,10 @@ import msgspec
 import pytest
 
 from support.lbdriver import LbHarness
+from support.publishing import publish_until_accepted
 from vipwire.bus import (
     DONE,
     Bus,
-    BusError,
     BusSettings,
     ConsumerSpec,
     Delivery,
@@ -79,17 +78,6 @@ async def host_of(bus: Bus, consumer: PullConsumer, cluster: NatsCluster) -> int
     return cluster.index_of(info.cluster.leader)
 
 
-async def publish_until_accepted(bus: Bus, message: NodeGone | VipAssigned, msg_id: str) -> None:
-    """Publish, retrying while the stream elects a new leader (the id drops a repeat)."""
-    async with asyncio.timeout(20):
-        while True:
-            try:
-                await bus.publish(message, msg_id=msg_id)
-                return
-            except BusError:
-                await asyncio.sleep(0.1)  # pacing retries during the stream's election
-
-
 # --- acceptance: the lbdriver -------------------------------------------------------
 
 
@@ -135,7 +123,9 @@ async def test_killing_the_server_of_the_lbdriver_consumer_delays_a_new_service_
 
         killed = time.monotonic()
         cluster.kill(victim)
-        await publish_until_accepted(h.publisher.bus, assigned("after", "192.0.2.11"), "after")
+        await publish_until_accepted(
+            h.publisher.bus, assigned("after", "192.0.2.11"), msg_id="after"
+        )
         created = time.monotonic()
         await eventually(
             lambda: any("-after-" in name for name in h.servers()),
@@ -190,7 +180,9 @@ async def test_a_consumer_resumes_on_a_surviving_server_without_gap_or_duplicate
     published: list[str] = []
 
     async def publish(name: str) -> None:
-        await publish_until_accepted(publisher.bus, NodeGone(cluster="east", node=name), name)
+        await publish_until_accepted(
+            publisher.bus, NodeGone(cluster="east", node=name), msg_id=name
+        )
         published.append(name)
 
     for i in range(20):
@@ -232,7 +224,7 @@ async def test_a_consumer_whose_server_hangs_moves_to_a_surviving_one(
 
     consumer = rt.bus.consumer(KINDS["ephemeral"], handler)
     await consumer.start()
-    await publish_until_accepted(publisher.bus, NodeGone(cluster="east", node="before"), "b")
+    await publish_until_accepted(publisher.bus, NodeGone(cluster="east", node="before"), msg_id="b")
     await eventually(lambda: got == ["before"], what="'before' handled")
     url = rt.bus.nc.connected_url
     assert url is not None
@@ -240,7 +232,9 @@ async def test_a_consumer_whose_server_hangs_moves_to_a_surviving_one(
     paused = time.monotonic()
     cluster.pause(hung)
     try:
-        await publish_until_accepted(publisher.bus, NodeGone(cluster="east", node="after"), "a")
+        await publish_until_accepted(
+            publisher.bus, NodeGone(cluster="east", node="after"), msg_id="a"
+        )
         await eventually(lambda: "after" in got, timeout=20, what="'after' handled elsewhere")
         log.warning("hung server: handled %.1fs after the SIGSTOP", time.monotonic() - paused)
     finally:
@@ -316,7 +310,7 @@ async def test_a_killed_server_rejoins_on_its_ports_and_catches_up(
     rt = await make_runtime("writer")
     url = cluster.servers[2].url
     cluster.kill(2)
-    await publish_until_accepted(rt.bus, NodeGone(cluster="east", node="while-down"), "down")
+    await publish_until_accepted(rt.bus, NodeGone(cluster="east", node="while-down"), msg_id="down")
     await cluster.restart(2)
     assert cluster.servers[2].url == url and cluster.servers[2].alive
     only = await make_runtime_on(bus_settings, (url,))

@@ -15,6 +15,11 @@ addresses of that key, never at a pool (the rules: :mod:`~vipwire.ipam.core.shar
 Configuration never moves a claim: an allocator built for new pools
 (:meth:`Allocator.reconfigured`) takes every claim as it is; those the new
 pools would not give are stale (:mod:`~vipwire.ipam.core.staleness`).
+
+One module over 500 lines on purpose: :class:`Allocator` owns the claim index
+every choice reads (pools, sharing keys, status VIP reservations); the rules
+each choice applies already live in their own modules (``requested``,
+``sharing``, ``status_vips``), and what is left here is the index and its upkeep.
 """
 
 from __future__ import annotations

@@ -15,6 +15,11 @@ message on this Service's subject" is checked by the server as it stores the
 VipAssigned (an expected last sequence of another subject) instead of by a
 read before and after. Every other message reads the record and, in the same
 wait, the newest message of its subject.
+
+One module over 500 lines on purpose: :class:`Lifecycle` is the one place a
+message meets the store (read, decide, carry out, retry a lost compare-and-set),
+and its waits (the status VIP index, a restore window, a store outage) are
+steps of that one sequence; the decisions themselves are in ``core``.
 """
 
 from __future__ import annotations
