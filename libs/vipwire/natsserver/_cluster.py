@@ -113,7 +113,10 @@ class NatsCluster:
         host: str = "127.0.0.1",
         name: str = "vipwire",
         binary: str | None = None,
+        extra_config: str = "",
     ) -> None:
+        """``extra_config``: nats-server configuration text (authorization, TLS) appended
+        to each server's own configuration."""
         if size < 1:
             raise ValueError("a NATS cluster needs at least one server")
         self.size = size
@@ -122,6 +125,7 @@ class NatsCluster:
         self._own_dir = base_dir is None
         self.base_dir = Path(base_dir or tempfile.mkdtemp(prefix="vipwire-natscluster-"))
         self._binary = binary or find_binary()
+        self.extra_config = extra_config
         self.servers: list[ClusterServer] = []
         self._killed: set[int] = set()  # down on purpose (kill), not by a failure
 
@@ -336,7 +340,7 @@ class NatsCluster:
             f'  name: "{self.cluster_name}"\n'
             f'  listen: "{server.host}:{server.cluster_port}"\n'
             f"  routes: [{routes}]\n"
-            f"}}\n"
+            f"}}\n" + self.extra_config
         )
 
     async def _spawn(self, server: ClusterServer) -> None:

@@ -48,10 +48,14 @@ class NatsServer:
         port: int = 0,
         binary: str | None = None,
         own_process_group: bool = False,
+        extra_config: str = "",
     ) -> None:
         """``own_process_group``: start nats-server in a process group of its own, so that
-        a Ctrl-C in the terminal reaches only us and we stop it last, after our clients."""
+        a Ctrl-C in the terminal reaches only us and we stop it last, after our clients.
+        ``extra_config``: nats-server configuration text (authorization, TLS) the server
+        reads from a file beside its store; the flags (listen, store) win over it."""
         self._own_process_group = own_process_group
+        self.extra_config = extra_config
         self._own_dir = store_dir is None
         self.store_dir = Path(store_dir or tempfile.mkdtemp(prefix="vipwire-nats-"))
         self.host = host
@@ -77,8 +81,14 @@ class NatsServer:
         self.store_dir.mkdir(parents=True, exist_ok=True)
         # -1 asks for a random port; the log line tells us which one we got.
         port = self._port_wanted if self._port_wanted else -1
+        config: list[str] = []
+        if self.extra_config:
+            path = self.store_dir / "nats-server.conf"
+            path.write_text(self.extra_config)
+            config = ["-c", str(path)]
         self._proc = await asyncio.create_subprocess_exec(
             self._binary,
+            *config,
             "-js",
             "-a", self.host,
             "-p", str(port),
@@ -95,7 +105,7 @@ class NatsServer:
             await self.stop()
             tail = "\n".join(self.log_tail[-20:])
             raise NatsServerError(f"nats-server did not start: {exc}\n{tail}") from exc
-        self._drain = asyncio.create_task(self._drain_log())
+        self._drain = asyncio.create_task(self._drain_log(self._proc))
 
     def kill(self) -> None:
         """Die abruptly (SIGKILL), as a crashed server would; the store is kept."""
@@ -113,10 +123,10 @@ class NatsServer:
             if match:
                 return int(match.group(1))
 
-    async def _drain_log(self) -> None:
-        # Keep reading so a chatty server never blocks on a full pipe.
-        proc = self._proc
-        assert proc is not None and proc.stderr is not None
+    async def _drain_log(self, proc: asyncio.subprocess.Process) -> None:
+        # Keep reading so a chatty server never blocks on a full pipe. The process is
+        # passed in: a stop right after the start clears ``_proc`` before this first runs.
+        assert proc.stderr is not None
         while line := await proc.stderr.readline():
             self.log_tail.append(line.decode(errors="replace").rstrip())
             del self.log_tail[:-200]
