@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import msgspec
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -22,6 +23,7 @@ from vipwire.contracts import (
     ServiceSnapshot,
     StatusWritten,
     SubjectError,
+    SubjectMismatch,
     VipAssigned,
     VipFailed,
     VipReleased,
@@ -33,6 +35,7 @@ from vipwire.contracts import (
     node_token,
     parse_subject,
     service_subject,
+    subject_disagreements,
     subject_for,
 )
 
@@ -170,3 +173,31 @@ def test_every_message_has_a_one_line_summary() -> None:
     for message in EXAMPLES:
         line = summary(message)
         assert line and "\n" not in line
+
+
+class TestSubjectAgreement:
+    @pytest.mark.parametrize("message", EXAMPLES, ids=lambda m: type(m).__name__)
+    def test_a_payload_on_its_own_subject_agrees(self, message: Message) -> None:
+        """Every message type agrees with the subject built from its own fields."""
+        assert subject_disagreements(message, parse_subject(subject_for(message))) == ()
+
+    @pytest.mark.parametrize("message", EXAMPLES, ids=lambda m: type(m).__name__)
+    def test_each_disagreeing_field_is_named(self, message: Message) -> None:
+        """Another cluster, namespace, name or node in the payload than in the subject
+        is found, named with both values, and refused by the decoder as a mismatch."""
+        fields = (
+            ("cluster", "node") if hasattr(message, "node") else ("cluster", "namespace", "name")
+        )
+        for field in fields:
+            forged = msgspec.structs.replace(message, **{field: "forged"})
+            subject = parse_subject(subject_for(message))
+            found = subject_disagreements(forged, subject)
+            assert len(found) == 1 and found[0].startswith(f"{field} 'forged'"), found
+            with pytest.raises(SubjectMismatch, match=f"{field} 'forged'"):
+                decode(subject.raw, encode(forged))
+
+    def test_another_family_on_the_subject_is_named(self) -> None:
+        """A message of one family on another family's subject names the family."""
+        gone = ServiceGone(**SVC)
+        found = subject_disagreements(gone, parse_subject("vipwire.east.vip.shop.web"))
+        assert found == ("family 'service' (subject says 'vip')",)

@@ -6,10 +6,12 @@ messages and subjects, and the operator control requests and answers.
 
 from vipwire.contracts._codec import (
     MalformedMessage,
+    SubjectMismatch,
     decode,
     decode_parsed,
     encode,
     family_of,
+    subject_disagreements,
     subject_for,
 )
 from vipwire.contracts._control import (
@@ -158,6 +160,7 @@ __all__ = [
     "StatusWritten",
     "Subject",
     "SubjectError",
+    "SubjectMismatch",
     "VipAssigned",
     "VipFailed",
     "VipMessage",
@@ -176,6 +179,7 @@ __all__ = [
     "port_text",
     "ports_text",
     "service_subject",
+    "subject_disagreements",
     "subject_for",
     "summary",
     "validate_cluster",

@@ -42,6 +42,24 @@ class MalformedMessage(ValueError):
         self.reason = reason
 
 
+class SubjectMismatch(MalformedMessage):
+    """A well-formed payload whose own fields disagree with the subject it came on.
+
+    Not poison in the usual sense: the subject's state is still its last message that
+    agrees with it. ``disagreements`` names each field (``cluster 'west' (subject
+    says 'east')``), for the log line an operator reads.
+    """
+
+    def __init__(
+        self, subject: str, disagreements: tuple[str, ...], belongs_on: str | None
+    ) -> None:
+        where = f"; it belongs on {belongs_on!r}" if belongs_on is not None else ""
+        super().__init__(
+            subject, "payload disagrees with its subject: " + "; ".join(disagreements) + where
+        )
+        self.disagreements = disagreements
+
+
 _encoder: Final = msgspec.json.Encoder()
 _decoders: Final[dict[str, msgspec.json.Decoder[Any]]] = {
     "service": msgspec.json.Decoder(ServiceMessage),
@@ -116,20 +134,35 @@ def decode_parsed(subject: Subject, data: bytes) -> Message:
             subject.raw,
             f"schema version {message.v} is not {SCHEMA_VERSION} (upgrade this consumer)",
         )
-    if not _belongs_on(message, subject):
+    disagreements = subject_disagreements(message, subject)
+    if disagreements:
         try:
-            expected = subject_for(message)
-        except SubjectError as exc:
-            raise MalformedMessage(subject.raw, str(exc)) from exc
-        raise MalformedMessage(subject.raw, f"payload belongs on {expected!r}")
+            expected: str | None = subject_for(message)
+        except SubjectError:
+            expected = None  # its own fields build no valid subject
+        raise SubjectMismatch(subject.raw, disagreements, expected)
     return message
 
 
-def _belongs_on(message: Message, subject: Subject) -> bool:
-    """Whether ``subject_for(message) == subject.raw``, without building it: the parsed
-    subject's parts are valid, so equal fields build the same subject."""
-    if message.cluster != subject.cluster or family_of(message) != subject.family:
-        return False
+def subject_disagreements(message: Message, subject: Subject) -> tuple[str, ...]:
+    """What a payload says that its subject does not: empty when they agree.
+
+    The parsed subject's parts are valid, so a payload agreeing on family, cluster
+    and object (namespace and name, or node) belongs on exactly that subject. Each
+    entry names a field, the payload's value and the subject's.
+    """
+    found: list[str] = []
+    family = family_of(message)
+    if family != subject.family:
+        found.append(f"family {family!r} (subject says {subject.family!r})")
+    if message.cluster != subject.cluster:
+        found.append(f"cluster {message.cluster!r} (subject says {subject.cluster!r})")
     if isinstance(message, NodeSnapshot | NodeGone | NodeApplied):
-        return message.node == subject.node
-    return message.namespace == subject.namespace and message.name == subject.name
+        if message.node != subject.node:
+            found.append(f"node {message.node!r} (subject says {subject.node!r})")
+        return tuple(found)
+    if message.namespace != subject.namespace:
+        found.append(f"namespace {message.namespace!r} (subject says {subject.namespace!r})")
+    if message.name != subject.name:
+        found.append(f"name {message.name!r} (subject says {subject.name!r})")
+    return tuple(found)
