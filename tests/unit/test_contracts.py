@@ -18,12 +18,14 @@ from vipwire.contracts import (
     NodeApplied,
     NodeGone,
     NodeSnapshot,
+    PoolsServed,
     ServiceGone,
     ServicePort,
     ServiceSnapshot,
     StatusWritten,
     SubjectError,
     SubjectMismatch,
+    cluster_subject,
     VipAssigned,
     VipFailed,
     VipReleased,
@@ -67,6 +69,7 @@ EXAMPLES: list[Message] = [
     LbRemoved(**SVC, appliance="f5-a"),
     NodeApplied(cluster="east", node="n1", generation=3, vips=("198.51.100.7",)),
     StatusWritten(**SVC, vips=("198.51.100.7",), trace_id="0af7651916cd43dd8448eb211c80319c"),
+    PoolsServed(cluster="east", ranges=("198.51.100.0/24", "2001:db8::/120"), pools=("lab",)),
 ]
 
 
@@ -107,6 +110,17 @@ class TestSubjects:
         """Subjects outside the contract's shapes raise SubjectError."""
         with pytest.raises(SubjectError):
             parse_subject(subject)
+
+    def test_pools_is_one_subject_per_cluster(self) -> None:
+        """The pools family has one subject per cluster, built and parsed back."""
+        subject = cluster_subject("pools", "east")
+        assert subject == "vipwire.east.pools.all"
+        parsed = parse_subject(subject)
+        assert (parsed.cluster, parsed.family, parsed.key) == ("east", "pools", "east")
+        assert family_filter("pools", "east") == "vipwire.east.pools.>"
+        for bad in ("vipwire.east.pools.other", "vipwire.east.pools.all.x"):
+            with pytest.raises(SubjectError):
+                parse_subject(bad)
 
     def test_family_filter_spans_one_or_all_clusters(self) -> None:
         """Filters scope a family to one cluster or to every cluster."""
@@ -185,9 +199,11 @@ class TestSubjectAgreement:
     def test_each_disagreeing_field_is_named(self, message: Message) -> None:
         """Another cluster, namespace, name or node in the payload than in the subject
         is found, named with both values, and refused by the decoder as a mismatch."""
-        fields = (
-            ("cluster", "node") if hasattr(message, "node") else ("cluster", "namespace", "name")
-        )
+        fields: tuple[str, ...] = ("cluster", "namespace", "name")
+        if hasattr(message, "node"):
+            fields = ("cluster", "node")
+        elif isinstance(message, PoolsServed):
+            fields = ("cluster",)
         for field in fields:
             forged = msgspec.structs.replace(message, **{field: "forged"})
             subject = parse_subject(subject_for(message))

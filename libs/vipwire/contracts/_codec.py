@@ -16,6 +16,8 @@ from vipwire.contracts._messages import (
     NodeGone,
     NodeMessage,
     NodeSnapshot,
+    PoolsMessage,
+    PoolsServed,
     ServiceMessage,
     StatusMessage,
     VipMessage,
@@ -24,6 +26,7 @@ from vipwire.contracts._subjects import (
     Family,
     Subject,
     SubjectError,
+    cluster_subject,
     node_subject,
     parse_subject,
     service_subject,
@@ -69,6 +72,7 @@ _decoders: Final[dict[str, msgspec.json.Decoder[Any]]] = {
     "lb": msgspec.json.Decoder(LbMessage),
     "applied": msgspec.json.Decoder(AppliedMessage),
     "status": msgspec.json.Decoder(StatusMessage),
+    "pools": msgspec.json.Decoder(PoolsMessage),
 }
 _FAMILY_OF: Final[dict[str, str]] = {
     "service": "service",
@@ -85,6 +89,7 @@ _FAMILY_OF: Final[dict[str, str]] = {
     "lb-removed": "lb",
     "node-applied": "applied",
     "status-written": "status",
+    "pools-served": "pools",
 }
 
 
@@ -102,6 +107,8 @@ def subject_for(message: Message) -> str:
     family = family_of(message)
     if isinstance(message, NodeSnapshot | NodeGone | NodeApplied):
         return node_subject(family, message.cluster, message.node)  # type: ignore[arg-type]
+    if isinstance(message, PoolsServed):
+        return cluster_subject("pools", message.cluster)
     return service_subject(
         family,  # type: ignore[arg-type]
         message.cluster,
@@ -160,6 +167,8 @@ def subject_disagreements(message: Message, subject: Subject) -> tuple[str, ...]
     if isinstance(message, NodeSnapshot | NodeGone | NodeApplied):
         if message.node != subject.node:
             found.append(f"node {message.node!r} (subject says {subject.node!r})")
+        return tuple(found)
+    if isinstance(message, PoolsServed):
         return tuple(found)
     if message.namespace != subject.namespace:
         found.append(f"namespace {message.namespace!r} (subject says {subject.namespace!r})")

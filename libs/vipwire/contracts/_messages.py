@@ -301,6 +301,25 @@ class StatusWritten(_Message, frozen=True, tag="status-written"):
 
 StatusMessage = StatusWritten
 
+
+# --- vipwire.<cluster>.pools.all ----------------------------------------------
+
+
+class PoolsServed(_Message, frozen=True, tag="pools-served"):
+    """The addresses ipam may give this cluster's Services: every pool that allows
+    the cluster, as CIDRs (IPv4 and IPv6). Published by ipam at start and on every
+    pool reload; the last message of the subject is in force. A node agent puts on
+    ``lo`` only VIPs inside these (and inside its own ``vip_ranges`` when set).
+    ``pools``: the names of those pools, for operators.
+    """
+
+    cluster: str
+    ranges: tuple[str, ...]
+    pools: tuple[str, ...] = ()
+
+
+PoolsMessage = PoolsServed
+
 Message = (
     ServiceSnapshot
     | ServiceGone
@@ -316,4 +335,5 @@ Message = (
     | LbRemoved
     | NodeApplied
     | StatusWritten
+    | PoolsServed
 )

@@ -18,6 +18,7 @@ from vipwire.contracts._messages import (
     NodeApplied,
     NodeGone,
     NodeSnapshot,
+    PoolsServed,
     ServiceGone,
     ServicePort,
     ServiceSnapshot,
@@ -124,3 +125,5 @@ def summary(message: Message) -> str:
             return f"gen {message.generation} · {count} VIPs{dry}: {vips_text(message.vips)}"
         case StatusWritten():
             return f"ingress {vips_text(message.vips)}" if message.vips else "status cleared"
+        case PoolsServed():
+            return f"pools {', '.join(message.ranges) or 'none'}"
