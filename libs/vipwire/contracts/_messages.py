@@ -267,7 +267,12 @@ LbMessage = LbProgrammed | LbFailed | LbRemoved
 
 
 class NodeApplied(_Message, frozen=True, tag="node-applied"):
-    """The VIP set a node serves now; ``generation`` grows with every apply."""
+    """The VIP set a node serves now; ``generation`` grows with every apply.
+
+    ``refused``: VIPs of programmed Services the node will not serve, as
+    ``<ns>/<name> <vip>``: outside the pools ipam serves the cluster (its
+    ``PoolsServed``) or the agent's ``vip_ranges``.
+    """
 
     cluster: str
     node: str
@@ -275,6 +280,7 @@ class NodeApplied(_Message, frozen=True, tag="node-applied"):
     vips: tuple[str, ...]
     mode: Literal["kube-proxy", "standalone"] = "kube-proxy"
     dry_run: bool = False
+    refused: tuple[str, ...] = ()
 
 
 AppliedMessage = NodeApplied

@@ -27,12 +27,13 @@ from opentelemetry.trace import SpanContext
 
 from vipwire.aio import cancel_and_wait
 from vipwire.bus import DONE, BusError, ConsumerSpec, Delivery, PullConsumer, Unreadable, Verdict
-from vipwire.contracts import family_filter
-from vipwire.nodeagent.core.changes import Changes
-from vipwire.nodeagent.core.desired import node_state, ruleset, vip_strings
+from vipwire.contracts import PoolsServed, family_filter
+from vipwire.nodeagent.core.changes import Changes, Recorded
+from vipwire.nodeagent.core.desired import VipRanges, node_state, parse_ranges, ruleset, vip_strings
 from vipwire.nodeagent.core.plan import Known, known, note_applied, plan, plan_delta, simulate
 from vipwire.nodeagent.core.retry import backoff_s
 from vipwire.nodeagent.io.apply import Applier, make_applier
+from vipwire.nodeagent.io.refusals import Refusals
 from vipwire.nodeagent.io.reporting import MAX_LINKS, Reporter, last_generation
 from vipwire.nodeagent.io.writing import Writer
 from vipwire.nodeagent.settings import NodeagentSettings
@@ -57,7 +58,11 @@ class NodeagentService:
         self._runtime = runtime
         self._applier = applier if applier is not None else make_applier(self.settings)
         self._writer = Writer(self.settings, runtime, self._applier)
-        self._changes = Changes(standalone=self.settings.mode == "standalone")
+        configured = parse_ranges(self.settings.vip_ranges)[0] if self.settings.vip_ranges else None
+        self._changes = Changes(
+            standalone=self.settings.mode == "standalone", ranges=VipRanges(config=configured)
+        )
+        self._refusals = Refusals(runtime, self.settings.cluster)
         self._known = Known()
         self._causes: list[SpanContext] = []
         self._wake = asyncio.Event()
@@ -72,6 +77,7 @@ class NodeagentService:
         #: while any is, no address is taken off the node (it may be theirs).
         self._unknown: set[str] = set()
         self._consumer: PullConsumer | None = None
+        self._pools: PullConsumer | None = None
         self._task: asyncio.Task[None] | None = None
 
     # --- lifecycle ---------------------------------------------------------------
@@ -94,6 +100,16 @@ class NodeagentService:
         spec = ConsumerSpec(
             filters=tuple(filters), deliver="last_per_subject", ack="none", traced=False
         )
+        # The pools ipam serves the cluster: read before anything is applied, so that
+        # no VIP waits for them on a restart (a consumer of its own: one filter each).
+        pools_spec = ConsumerSpec(
+            filters=(family_filter("pools", s.cluster),),
+            deliver="last_per_subject",
+            ack="none",
+            traced=False,
+        )
+        self._pools = self._runtime.bus.consumer(pools_spec, self._handle_pools)
+        await self._pools.start()
         consumer = self._runtime.bus.consumer(spec, self._handle, on_unreadable=self._on_unreadable)
         self._consumer = consumer
         await consumer.start()
@@ -112,6 +128,8 @@ class NodeagentService:
             self._task = None
         if self._consumer is not None:
             await self._consumer.stop()
+        if self._pools is not None:
+            await self._pools.stop()
 
     def readiness(self) -> str | None:
         if self._consumer is None:
@@ -126,6 +144,16 @@ class NodeagentService:
 
     async def _run(self, consumer: PullConsumer) -> None:
         await consumer.caught_up()
+        if self._pools is not None:
+            await self._pools.caught_up()
+        if not self._changes.ranges.known:
+            log.warning(
+                "no pools published for cluster %s yet (vipwire.%s.pools.all) and no "
+                "nodeagent.vip_ranges: no VIP is added to this node, and none taken off, "
+                "until ipam publishes them",
+                self.settings.cluster,
+                self.settings.cluster,
+            )
         self._live = True
         attempt = 0
         while True:
@@ -138,7 +166,9 @@ class NodeagentService:
                     # messages arrive while it runs.
                     vips = vip_strings(self._changes.desired.refs)
                     await self._apply()
-                    await self._reporter.report(vips, self._writer.generation)
+                    await self._reporter.report(
+                        vips, self._writer.generation, self._changes.refused_vips()
+                    )
                     self._unreported = vips != vip_strings(self._changes.desired.refs)
                 break
             except Exception as exc:
@@ -222,6 +252,7 @@ class NodeagentService:
                 self._wake.set()
         recorded = self._changes.record(d.message)
         if recorded is not None:
+            self._noted(recorded, d.subject.raw)
             if recorded.vips:
                 self._unreported = True
             for reason in recorded.ignored:
@@ -235,6 +266,30 @@ class NodeagentService:
             if self._live:
                 self._wake.set()
         return DONE
+
+    async def _handle_pools(self, d: Delivery) -> Verdict:
+        message = d.message
+        if not isinstance(message, PoolsServed) or message.cluster != self.settings.cluster:
+            return DONE
+        networks, bad = parse_ranges(message.ranges)
+        if bad:
+            log.warning("%s: ignoring entries that are not CIDRs: %s", d.subject.raw, bad)
+        ranges = self._changes.ranges._replace(pools=networks)
+        recorded = self._changes.set_ranges(ranges)
+        if recorded is None:
+            return DONE
+        log.info("pools of cluster %s: %s", message.cluster, ", ".join(message.ranges) or "none")
+        self._noted(recorded, d.subject.raw)
+        self._unreported = True
+        if self._live:
+            self._wake.set()
+        return DONE
+
+    def _noted(self, recorded: Recorded, subject: str) -> None:
+        if recorded.refused:
+            self._refusals.refused(recorded.refused, self._changes.ranges, subject)
+        if self._changes.refused_vips() != self._reporter.refused:
+            self._unreported = True
 
     async def _apply(self) -> None:
         """Bring the node to the desired state: in full (read, plan) or only what changed."""
@@ -253,9 +308,11 @@ class NodeagentService:
                 )
                 self._warn(desired.ignored)
                 current = await self._applier.current()
-                keep = bool(self._unknown)
+                # Ranges not known yet: keep what the node serves (it was checked when
+                # added) rather than take VIPs off on a restart before ipam's pools.
+                keep = bool(self._unknown) or not self._changes.ranges.known
                 actions = plan(current, desired, keep=keep)
-                if keep:
+                if self._unknown:
                     log.warning(
                         "taking no address off %s while %d subject(s) cannot be read: %s",
                         s.loopback_interface,
@@ -300,7 +357,7 @@ class NodeagentService:
 
     async def _try_report(self, vips: tuple[str, ...]) -> None:
         try:
-            await self._reporter.report(vips, self._writer.generation)
+            await self._reporter.report(vips, self._writer.generation, self._changes.refused_vips())
         except BusError:
             self._unreported = True
             self._reporter.next_at = asyncio.get_running_loop().time() + backoff_s(1)
