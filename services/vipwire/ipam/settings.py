@@ -144,8 +144,8 @@ class IpamSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     #: Names of the clusters this ipam serves. Empty: every cluster that publishes on
     #: the bus. Set (``vipwire up`` sets it to its clusters), a message from any other
     #: cluster is refused before any decision: never allocated, nothing published into
-    #: that cluster's subjects, counted in ``vipwire_ipam_refused_total{reason=
-    #: "unknown-cluster"}`` and logged once per cluster. Add a cluster here before its
+    #: that cluster's subjects, counted in ``vipwire_ipam_refused_total`` (reason
+    #: ``unknown-cluster``) and logged once per cluster. Add a cluster here before its
     #: watcher starts; remove one only after its Services are gone (its releases are
     #: refused too). Also the clusters whose pools ipam publishes (``PoolsServed``).
     clusters: tuple[str, ...] = ()
