@@ -27,13 +27,20 @@ from opentelemetry.trace import SpanContext
 
 from vipwire.aio import cancel_and_wait
 from vipwire.bus import DONE, BusError, ConsumerSpec, Delivery, PullConsumer, Unreadable, Verdict
-from vipwire.contracts import PoolsServed, family_filter
+from vipwire.contracts import family_filter
 from vipwire.nodeagent.core.changes import Changes, Recorded
-from vipwire.nodeagent.core.desired import VipRanges, node_state, parse_ranges, ruleset, vip_strings
+from vipwire.nodeagent.core.desired import (
+    Network,
+    VipRanges,
+    node_state,
+    parse_ranges,
+    ruleset,
+    vip_strings,
+)
 from vipwire.nodeagent.core.plan import Known, known, note_applied, plan, plan_delta, simulate
 from vipwire.nodeagent.core.retry import backoff_s
 from vipwire.nodeagent.io.apply import Applier, make_applier
-from vipwire.nodeagent.io.refusals import Refusals
+from vipwire.nodeagent.io.ranges import PoolsReader, Refusals
 from vipwire.nodeagent.io.reporting import MAX_LINKS, Reporter, last_generation
 from vipwire.nodeagent.io.writing import Writer
 from vipwire.nodeagent.settings import NodeagentSettings
@@ -63,6 +70,7 @@ class NodeagentService:
             standalone=self.settings.mode == "standalone", ranges=VipRanges(config=configured)
         )
         self._refusals = Refusals(runtime, self.settings.cluster)
+        self._pools = PoolsReader(runtime, self.settings.cluster, self._on_pools)
         self._known = Known()
         self._causes: list[SpanContext] = []
         self._wake = asyncio.Event()
@@ -77,7 +85,6 @@ class NodeagentService:
         #: while any is, no address is taken off the node (it may be theirs).
         self._unknown: set[str] = set()
         self._consumer: PullConsumer | None = None
-        self._pools: PullConsumer | None = None
         self._task: asyncio.Task[None] | None = None
 
     # --- lifecycle ---------------------------------------------------------------
@@ -100,16 +107,7 @@ class NodeagentService:
         spec = ConsumerSpec(
             filters=tuple(filters), deliver="last_per_subject", ack="none", traced=False
         )
-        # The pools ipam serves the cluster: read before anything is applied, so that
-        # no VIP waits for them on a restart (a consumer of its own: one filter each).
-        pools_spec = ConsumerSpec(
-            filters=(family_filter("pools", s.cluster),),
-            deliver="last_per_subject",
-            ack="none",
-            traced=False,
-        )
-        self._pools = self._runtime.bus.consumer(pools_spec, self._handle_pools)
-        await self._pools.start()
+        await self._pools.start()  # read before the first apply
         consumer = self._runtime.bus.consumer(spec, self._handle, on_unreadable=self._on_unreadable)
         self._consumer = consumer
         await consumer.start()
@@ -128,8 +126,7 @@ class NodeagentService:
             self._task = None
         if self._consumer is not None:
             await self._consumer.stop()
-        if self._pools is not None:
-            await self._pools.stop()
+        await self._pools.stop()
 
     def readiness(self) -> str | None:
         if self._consumer is None:
@@ -144,16 +141,9 @@ class NodeagentService:
 
     async def _run(self, consumer: PullConsumer) -> None:
         await consumer.caught_up()
-        if self._pools is not None:
-            await self._pools.caught_up()
+        await self._pools.caught_up()
         if not self._changes.ranges.known:
-            log.warning(
-                "no pools published for cluster %s yet (vipwire.%s.pools.all) and no "
-                "nodeagent.vip_ranges: no VIP is added to this node, and none taken off, "
-                "until ipam publishes them",
-                self.settings.cluster,
-                self.settings.cluster,
-            )
+            self._refusals.unknown()
         self._live = True
         attempt = 0
         while True:
@@ -267,23 +257,14 @@ class NodeagentService:
                 self._wake.set()
         return DONE
 
-    async def _handle_pools(self, d: Delivery) -> Verdict:
-        message = d.message
-        if not isinstance(message, PoolsServed) or message.cluster != self.settings.cluster:
-            return DONE
-        networks, bad = parse_ranges(message.ranges)
-        if bad:
-            log.warning("%s: ignoring entries that are not CIDRs: %s", d.subject.raw, bad)
-        ranges = self._changes.ranges._replace(pools=networks)
-        recorded = self._changes.set_ranges(ranges)
+    def _on_pools(self, networks: tuple[Network, ...], subject: str) -> None:
+        recorded = self._changes.set_ranges(self._changes.ranges._replace(pools=networks))
         if recorded is None:
-            return DONE
-        log.info("pools of cluster %s: %s", message.cluster, ", ".join(message.ranges) or "none")
-        self._noted(recorded, d.subject.raw)
+            return
+        self._noted(recorded, subject)
         self._unreported = True
         if self._live:
             self._wake.set()
-        return DONE
 
     def _noted(self, recorded: Recorded, subject: str) -> None:
         if recorded.refused:
