@@ -196,7 +196,7 @@ class IpamService:
             # are then reserved for it (a store that was not lost holds claims for all of
             # them, and this index is not needed), and Services with none wait a while
             # for every watcher to publish (see Lifecycle.restoring).
-            lifecycle.status = self.status_index = StatusIndex(bus)
+            lifecycle.status = self.status_index = StatusIndex(bus, s.serves)
             if s.restore_grace_s > 0:
                 lifecycle.restore_until = asyncio.get_running_loop().time() + s.restore_grace_s
         self.metrics.changed()
