@@ -11,15 +11,16 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import Any, NamedTuple, TypeVar
 
 import msgspec
 import pytest
 from nats.aio.msg import Msg
+from nats.js.api import DeliverPolicy
 
-from support.lbdriver import LbHarness
 from vipwire.contracts import (
     IPAM_BUCKET,
+    STREAM,
     LbProgrammed,
     LbRemoved,
     Member,
@@ -41,15 +42,17 @@ from vipwire.contracts import (
 )
 from vipwire.ipam import IpamService, IpamSettings, PoolSettings
 from vipwire.ipam.io.bucket import IpamStore
-from vipwire.lbdriver import ApplianceSettings
+from vipwire.lbdriver import ApplianceSettings, LbdriverService, LbdriverSettings, SimAppliance
 from vipwire.nodeagent import DryRunApplier, NodeagentService, NodeagentSettings
 from vipwire.runtime import Runtime
 from vipwire.testing import eventually
 
 RuntimeFactory = Callable[[str], Awaitable[Runtime]]
+M = TypeVar("M", bound=Message)
 #: Which identity may publish a family (decision 6 of the plan): each forger below
 #: publishes only where its identity is allowed.
 FORGER = {"lb": "lbdriver", "vip": "ipam", "pools": "ipam"}
+OPERATOR = "operator-admin"
 POOL = PoolSettings(name="lab", addresses=("198.51.100.0/24",))
 
 
@@ -84,7 +87,9 @@ async def rejected(rt: Runtime, family: str, count: int = 1) -> None:
 
 
 class Observer:
-    """Every contract message on core NATS subjects matching a filter, decoded."""
+    """Every contract message stored on the stream under a filter from now on (read
+    through an ordered consumer, as an operator may: core subscriptions on the
+    stream's subjects are nobody's right)."""
 
     def __init__(self) -> None:
         self.messages: list[Message] = []
@@ -93,19 +98,28 @@ class Observer:
         async def on_msg(msg: Msg) -> None:
             self.messages.append(decode(msg.subject, msg.data))
 
-        await rt.bus.nc.subscribe(subjects, cb=on_msg)
-        await rt.bus.fence()
+        self._sub = await rt.bus.js.subscribe(
+            subjects,
+            stream=STREAM,
+            cb=on_msg,
+            ordered_consumer=True,
+            deliver_policy=DeliverPolicy.NEW,
+        )
 
-    def of(self, kind: type[Any]) -> list[Any]:
+    async def detach(self) -> None:
+        await self._sub.unsubscribe()
+
+    def of(self, kind: type[M]) -> list[M]:
         return [m for m in self.messages if isinstance(m, kind)]
 
 
-Forgers = Callable[[str], Awaitable[Runtime]]
+Identities = Callable[[str], Awaitable[Runtime]]
 
 
 @pytest.fixture
-async def forger(make_runtime: RuntimeFactory) -> Forgers:
-    """A connection as one identity (``lbdriver``, ``ipam``, ``watcher-<cluster>``)."""
+async def bus_as(make_runtime: RuntimeFactory) -> Identities:
+    """A runtime connected as one identity (``ipam``, ``lbdriver``, ``watcher-east``,
+    ``nodeagent-east-n1``, ``operator-admin``); one per identity."""
     made: dict[str, Runtime] = {}
 
     async def make(identity: str) -> Runtime:
@@ -116,12 +130,37 @@ async def forger(make_runtime: RuntimeFactory) -> Forgers:
     return make
 
 
+@pytest.fixture
+async def forger(bus_as: Identities) -> Identities:
+    """The forger: a connection as an identity allowed on the subject it forges on."""
+    return bus_as
+
+
+Observe = Callable[[str], Awaitable[Observer]]
+
+
+@pytest.fixture
+async def observe(bus_as: Identities) -> AsyncIterator[Observe]:
+    """Observers of the stream as the operator; unsubscribed at teardown."""
+    made: list[Observer] = []
+
+    async def make(subjects: str) -> Observer:
+        seen = Observer()
+        await seen.attach(await bus_as(OPERATOR), subjects)
+        made.append(seen)
+        return seen
+
+    yield make
+    for seen in made:
+        await seen.detach()
+
+
 # --- the node agent: forged LbProgrammed ----------------------------------------------
 
 
 @pytest.fixture
 async def agent(
-    make_runtime: RuntimeFactory, forger: Forgers, monkeypatch: pytest.MonkeyPatch
+    bus_as: Identities, forger: Identities, observe: Observe, monkeypatch: pytest.MonkeyPatch
 ) -> AsyncIterator[tuple[NodeagentService, DryRunApplier, Observer, Runtime]]:
     """A node agent of east serving ``default/web`` on 198.51.100.10, pools published."""
     monkeypatch.delenv("VIPWIRE_NODE", raising=False)
@@ -129,9 +168,8 @@ async def agent(
     lbdriver = await forger(FORGER["lb"])
     await ipam.bus.publish(PoolsServed(cluster="east", ranges=("198.51.100.0/24",)))
     await lbdriver.bus.publish(programmed("web", "198.51.100.10"))
-    rt = await make_runtime("nodeagent")
-    reports = Observer()
-    await reports.attach(rt, "vipwire.east.applied.>")
+    rt = await bus_as("nodeagent-east-n1")
+    reports = await observe("vipwire.east.applied.>")
     applier = DryRunApplier()
     settings = NodeagentSettings(cluster="east", node="n1", coalesce_ms=5, resync_interval_s=0)
     service = NodeagentService(settings, rt, applier)
@@ -163,7 +201,7 @@ def on_lo(applier: DryRunApplier) -> list[str]:
 
 class TestForgedLbProgrammed:
     async def test_vips_outside_the_pools_never_reach_the_node(
-        self, agent: tuple[NodeagentService, DryRunApplier, Observer, Runtime], forger: Forgers
+        self, agent: tuple[NodeagentService, DryRunApplier, Observer, Runtime], forger: Identities
     ) -> None:
         """LbProgrammed naming the gateway and 8.8.8.8, on the Service's own subject by
         the lbdriver: refused as a whole (counted, reported in NodeApplied.refused), and
@@ -182,7 +220,7 @@ class TestForgedLbProgrammed:
         assert on_lo(applier) == ["198.51.100.10"]
 
     async def test_a_payload_for_another_service_or_cluster_is_refused(
-        self, agent: tuple[NodeagentService, DryRunApplier, Observer, Runtime], forger: Forgers
+        self, agent: tuple[NodeagentService, DryRunApplier, Observer, Runtime], forger: Identities
     ) -> None:
         """West's LbProgrammed (VIP 8.8.8.8), and web's with a VIP inside the pools, both on
         east's subject of another Service: refused before the agent, nothing changes."""
@@ -198,7 +236,7 @@ class TestForgedLbProgrammed:
 
 # --- the lbdriver: forged NodeSnapshot, VipAssigned, VipReleasing ---------------------
 
-CLUSTER = "prod"
+CLUSTER = "east"
 
 
 def node(name: str, *addresses: str, cluster: str = CLUSTER) -> NodeSnapshot:
@@ -218,32 +256,42 @@ def assigned(name: str = "web", cluster: str = CLUSTER) -> VipAssigned:
     )
 
 
+class Lb(NamedTuple):
+    service: LbdriverService
+    sim: SimAppliance
+    reports: Observer
+    watcher: Runtime
+
+    def members(self) -> set[tuple[str, str]]:
+        return {
+            (m.node, m.address)
+            for vs in self.sim.virtual_servers(CLUSTER).values()
+            for m in vs.members
+        }
+
+
 @pytest.fixture
-async def lb(make_runtime: RuntimeFactory, forger: Forgers) -> AsyncIterator[LbHarness]:
-    """An lbdriver (node networks 192.0.2.0/24) programming ``shop/web`` on n1 and n2."""
-    harness = LbHarness(
-        make_runtime,
-        await forger(watcher(CLUSTER)),
-        defaults={
-            "appliances": (ApplianceSettings(name="sim-a"),),
-            "coalesce_window_ms": 1.0,
-            "node_networks": ("192.0.2.0/24",),
-        },
+async def lb(bus_as: Identities, observe: Observe) -> AsyncIterator[Lb]:
+    """An lbdriver (node networks 192.0.2.0/24) programming east's ``shop/web`` on n1, n2."""
+    east, ipam = await bus_as(watcher(CLUSTER)), await bus_as(FORGER["vip"])
+    reports = await observe("vipwire.*.lb.>")
+    await east.bus.publish(node("n1", "192.0.2.11"))
+    await east.bus.publish(node("n2", "192.0.2.12"))
+    sim = SimAppliance("sim-a")
+    settings = LbdriverSettings(
+        appliances=(ApplianceSettings(name="sim-a"),),
+        coalesce_window_ms=1.0,
+        node_networks=("192.0.2.0/24",),
     )
-    await harness.observe()
-    ipam = await forger(FORGER["vip"])
-    await harness.publish(node("n1", "192.0.2.11"), node("n2", "192.0.2.12"))
-    await harness.start()
-    await ipam.bus.publish(assigned())
-    await harness.programmed("web")
+    service = LbdriverService(settings, await bus_as("lbdriver"), {"sim-a": sim})
+    await service.start()
     try:
+        await ipam.bus.publish(assigned())
+        harness = Lb(service, sim, reports, east)
+        await eventually(lambda: harness.members() == HEALTHY, what="web programmed on n1, n2")
         yield harness
     finally:
-        await harness.close()
-
-
-def members(h: LbHarness) -> set[tuple[str, str]]:
-    return {(m.node, m.address) for vs in h.servers().values() for m in vs.members}
+        await service.stop()
 
 
 HEALTHY = {("n1", "192.0.2.11"), ("n2", "192.0.2.12")}
@@ -251,62 +299,56 @@ HEALTHY = {("n1", "192.0.2.11"), ("n2", "192.0.2.12")}
 
 class TestForgedNodeSnapshot:
     async def test_an_address_outside_the_node_networks_never_becomes_a_member(
-        self, lb: LbHarness
+        self, lb: Lb
     ) -> None:
         """The watcher's identity points n1 at 203.0.113.66 on n1's own subject: the
         address is refused (counted), n1 keeps 192.0.2.11, the appliance is unchanged."""
-        (service,) = lb.services
-        await forge(lb.publisher, node_subject("node", CLUSTER, "n1"), node("n1", "203.0.113.66"))
+        rt = lb.service.runtime
+        await forge(lb.watcher, node_subject("node", CLUSTER, "n1"), node("n1", "203.0.113.66"))
         await eventually(
             lambda: (
-                counted(
-                    service.runtime,
-                    "lbdriver_refused_node_addresses_total",
-                    ("cluster",),
-                    cluster=CLUSTER,
-                )
+                counted(rt, "lbdriver_refused_node_addresses_total", ("cluster",), cluster=CLUSTER)
                 == 1
             ),
             what="the address refused",
         )
-        await lb.publish(node("n3", "192.0.2.13"))  # a fence: a change that is applied
-        await eventually(lambda: ("n3", "192.0.2.13") in members(lb), what="n3 a member")
-        assert members(lb) == HEALTHY | {("n3", "192.0.2.13")}
-        assert all(m.address != "203.0.113.66" for r in lb.reports(LbProgrammed) for m in r.members)
+        await lb.watcher.bus.publish(node("n3", "192.0.2.13"))  # a fence: a change applied
+        await eventually(lambda: ("n3", "192.0.2.13") in lb.members(), what="n3 a member")
+        assert lb.members() == HEALTHY | {("n3", "192.0.2.13")}
+        assert all(
+            m.address != "203.0.113.66" for r in lb.reports.of(LbProgrammed) for m in r.members
+        )
 
-    async def test_a_snapshot_of_another_node_or_cluster_is_refused(self, lb: LbHarness) -> None:
+    async def test_a_snapshot_of_another_node_or_cluster_is_refused(self, lb: Lb) -> None:
         """n1 pointed at 192.0.2.66 (inside the networks) on n2's subject, and a west
-        node on prod's: refused before the lbdriver, the members unchanged."""
-        (service,) = lb.services
+        node on east's: refused before the lbdriver, the members unchanged."""
         n2 = node_subject("node", CLUSTER, "n2")
-        await forge(lb.publisher, n2, node("n1", "192.0.2.66"))
-        await forge(lb.publisher, n2, node("n2", "192.0.2.66", cluster="west"))
-        await rejected(service.runtime, "node", 2)
-        assert members(lb) == HEALTHY
+        await forge(lb.watcher, n2, node("n1", "192.0.2.66"))
+        await forge(lb.watcher, n2, node("n2", "192.0.2.66", cluster="west"))
+        await rejected(lb.service.runtime, "node", 2)
+        assert lb.members() == HEALTHY
 
 
 class TestForgedVipMessages:
     async def test_a_vip_assigned_for_another_cluster_programs_nothing(
-        self, lb: LbHarness, forger: Forgers
+        self, lb: Lb, forger: Identities
     ) -> None:
-        """ipam's identity puts prod's VIP into a VipAssigned of west, on prod's subject:
+        """ipam's identity puts east's VIP into a VipAssigned of west, on east's subject:
         refused, no west partition, no west LbProgrammed."""
-        (service,) = lb.services
         ipam = await forger(FORGER["vip"])
         await forge(ipam, service_subject("vip", CLUSTER, "shop", "web"), assigned(cluster="west"))
-        await rejected(service.runtime, "vip")
+        await rejected(lb.service.runtime, "vip")
         assert lb.sim.virtual_servers("west") == {}
-        assert not [m for m in lb.log if m.cluster == "west"]
-        assert members(lb) == HEALTHY
+        assert not [m for m in lb.reports.messages if getattr(m, "cluster", "") == "west"]
+        assert lb.members() == HEALTHY
 
     async def test_a_vip_releasing_for_another_service_takes_nothing_off(
-        self, lb: LbHarness, forger: Forgers
+        self, lb: Lb, forger: Identities
     ) -> None:
         """VipReleasing of shop/web sent on shop/api's subject: refused, web stays
         programmed, no LbRemoved."""
-        (service,) = lb.services
         ipam = await forger(FORGER["vip"])
-        before = dict(lb.servers())
+        before = lb.sim.virtual_servers(CLUSTER)
         going = VipReleasing(
             cluster=CLUSTER,
             namespace="shop",
@@ -316,9 +358,9 @@ class TestForgedVipMessages:
             appliance_group="default",
         )
         await forge(ipam, service_subject("vip", CLUSTER, "shop", "api"), going)
-        await rejected(service.runtime, "vip")
-        assert lb.servers() == before
-        assert lb.reports(LbRemoved) == []
+        await rejected(lb.service.runtime, "vip")
+        assert lb.sim.virtual_servers(CLUSTER) == before
+        assert lb.reports.of(LbRemoved) == []
 
 
 # --- ipam: forged ServiceGone, snapshots of "ghost", LbRemoved ------------------------
@@ -338,10 +380,15 @@ def snapshot(name: str, cluster: str = "east", **kw: Any) -> ServiceSnapshot:
 
 
 @pytest.fixture
-async def ipam(make_runtime: RuntimeFactory) -> AsyncIterator[IpamService]:
-    """ipam serving east and west (``ipam.clusters``) from one pool."""
-    rt = await make_runtime("ipam")
-    service = IpamService(IpamSettings(pools=(POOL,), clusters=("east", "west")), rt)
+def served() -> tuple[str, ...]:
+    """The clusters ipam serves (``ipam.clusters``)."""
+    return ("east", "west")
+
+
+@pytest.fixture
+async def ipam(bus_as: Identities, served: tuple[str, ...]) -> AsyncIterator[IpamService]:
+    """ipam serving ``served`` from one pool."""
+    service = IpamService(IpamSettings(pools=(POOL,), clusters=served), await bus_as("ipam"))
     await service.start()
     try:
         yield service
@@ -350,10 +397,8 @@ async def ipam(make_runtime: RuntimeFactory) -> AsyncIterator[IpamService]:
 
 
 @pytest.fixture
-async def vips(ipam: IpamService) -> Observer:
-    seen = Observer()
-    await seen.attach(ipam.runtime, "vipwire.*.vip.>")
-    return seen
+async def vips(ipam: IpamService, observe: Observe) -> Observer:
+    return await observe("vipwire.*.vip.>")
 
 
 async def claims(rt: Runtime) -> dict[str, bytes | None]:
@@ -371,7 +416,7 @@ async def assigned_to(seen: Observer, name: str, cluster: str = "east") -> VipAs
 
 class TestForgedIpamInput:
     async def test_a_service_gone_for_another_clusters_service_frees_nothing(
-        self, ipam: IpamService, vips: Observer, forger: Forgers
+        self, ipam: IpamService, vips: Observer, forger: Identities
     ) -> None:
         """East's watcher sends west/shop/web's ServiceGone on east's subject: refused;
         west keeps its VIP, and a Service asking for that address does not get it."""
@@ -384,24 +429,35 @@ class TestForgedIpamInput:
         await rejected(ipam.runtime, "service")
         await east.bus.publish(snapshot("thief", requested_ips=(live,)))
         await eventually(
-            lambda: any(m.name == "thief" for m in vips.messages), what="an answer to the thief"
+            lambda: any(getattr(m, "name", "") == "thief" for m in vips.messages),
+            what="an answer to the thief",
         )
-        assert all(live not in getattr(m, "vips", ()) for m in vips.messages if m.name == "thief")
+        assert all(
+            live not in getattr(m, "vips", ())
+            for m in vips.messages
+            if getattr(m, "name", "") == "thief"
+        )
         assert not vips.of(VipReleased)
         after = await claims(ipam.runtime)
         assert {k: v for k, v in after.items() if k in before} == before
 
+    @pytest.mark.parametrize("served", [("east",)])
     async def test_snapshots_of_an_unknown_cluster_allocate_nothing(
-        self, ipam: IpamService, vips: Observer, forger: Forgers, caplog: pytest.LogCaptureFixture
+        self,
+        ipam: IpamService,
+        vips: Observer,
+        forger: Identities,
+        observe: Observe,
+        caplog: pytest.LogCaptureFixture,
     ) -> None:
-        """Five Services of cluster "ghost" (a watcher identity of its own): refused
-        (counted 5, logged once), no claim, nothing published into ghost's subjects."""
-        ghost = await forger(watcher("ghost"))
-        everything = Observer()
-        await everything.attach(ipam.runtime, "vipwire.ghost.>")
+        """Five Services of a cluster ipam does not serve (the issue's "ghost": here west,
+        whose watcher may publish on west's subjects): refused (counted 5, logged once),
+        no claim, nothing published into that cluster's subjects."""
+        ghost = await forger(watcher("west"))
+        everything = await observe("vipwire.west.>")
         with caplog.at_level(logging.WARNING, logger="vipwire.ipam"):
             for i in range(5):
-                await ghost.bus.publish(snapshot(f"s{i}", cluster="ghost"))
+                await ghost.bus.publish(snapshot(f"s{i}", cluster="west"))
             await eventually(
                 lambda: (
                     counted(
@@ -413,11 +469,11 @@ class TestForgedIpamInput:
             )
         assert await claims(ipam.runtime) == {}
         assert [m for m in everything.messages if not isinstance(m, ServiceSnapshot)] == []
-        lines = [r.getMessage() for r in caplog.records if "'ghost'" in r.getMessage()]
+        lines = [r.getMessage() for r in caplog.records if "'west'" in r.getMessage()]
         assert len(lines) == 1 and "ipam.clusters" in lines[0], lines
 
     async def test_an_lb_removed_for_another_service_releases_nothing_while_blocked(
-        self, ipam: IpamService, vips: Observer, forger: Forgers
+        self, ipam: IpamService, vips: Observer, forger: Identities
     ) -> None:
         """web is going away and its cleanup waits for the lbdriver; the lbdriver's
         identity sends web's LbRemoved on api's subject: refused, the claim is held, no
