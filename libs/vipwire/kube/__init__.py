@@ -10,6 +10,7 @@ from vipwire.kube._api import MERGE_PATCH, ApiCall, list_all, request_json, watc
 from vipwire.kube._client import in_cluster_namespace, new_api_client
 from vipwire.kube._errors import KubeApiError, KubeConfigError, KubeError, KubeUnavailable
 from vipwire.kube._leader import LeaderElector, LeaseRecord, lease_spec, may_acquire, micro_time
+from vipwire.kube._metrics import instrument, request_histogram, request_labels
 
 __all__ = [
     "MERGE_PATCH",
@@ -21,11 +22,14 @@ __all__ = [
     "LeaderElector",
     "LeaseRecord",
     "in_cluster_namespace",
+    "instrument",
     "lease_spec",
     "list_all",
     "may_acquire",
     "micro_time",
     "new_api_client",
+    "request_histogram",
     "request_json",
+    "request_labels",
     "watch_events",
 ]

@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Protocol
@@ -31,7 +32,13 @@ from typing import Protocol
 from kubernetes_asyncio.client import ApiClient
 
 from vipwire.aio import cancel_and_wait
-from vipwire.kube import LeaderElector, in_cluster_namespace, new_api_client
+from vipwire.kube import (
+    LeaderElector,
+    in_cluster_namespace,
+    instrument,
+    new_api_client,
+    request_histogram,
+)
 from vipwire.runtime import Runtime
 from vipwire.watcher.io.bus_reader import BusReader, open_consumers
 from vipwire.watcher.io.event_recorder import EventRecorder
@@ -96,6 +103,23 @@ class WatcherService:
         )
         self._m_leader = m.gauge("watcher_leader", "1 while this replica is the leader")
         self._m_terms = m.counter("watcher_leader_terms_total", "Terms this replica led")
+        self._m_requests = request_histogram(m)
+        self._m_waiting = m.gauge(
+            "watcher_unconverged_services",
+            "Services of ours without a VIP in status yet (the leader's count; 0 on a standby)",
+        )
+        self._m_oldest = m.gauge(
+            "watcher_oldest_unconverged_seconds",
+            "Seconds the longest-waiting Service of ours has been without a VIP in status "
+            "(0: none waits; the leader's view)",
+        )
+        m.on_collect(self._collect)
+
+    def _collect(self) -> None:
+        convergence = self._term.convergence
+        leading = self.leading
+        self._m_waiting.set(float(convergence.waiting) if leading else 0.0)
+        self._m_oldest.set(convergence.oldest_s(time.monotonic()) if leading else 0.0)
 
     def _reset(self) -> None:
         """Forget everything a term learnt: the next one rebuilds it from the bus."""
@@ -108,6 +132,7 @@ class WatcherService:
 
     async def start(self) -> None:
         self._api = await self._factory()
+        instrument(self._api, self._m_requests)
         self._kube = KubeWrites(
             self._api,
             request_timeout_s=self.settings.request_timeout_s,

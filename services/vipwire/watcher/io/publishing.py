@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -34,6 +35,7 @@ from vipwire.watcher.core.translate import (
     SERVICE_NAME_LABEL,
     Obj,
     SliceEndpoints,
+    being_deleted,
     has_finalizer,
     marked_by,
     merge_endpoints,
@@ -84,6 +86,13 @@ class Publisher:
     # --- Services -> bus -------------------------------------------------------------
 
     def service_changed(self, key: str, obj: Obj | None, rv: str, old: Obj | None = None) -> None:
+        if obj is None or being_deleted(obj):
+            self._term.convergence.forget(key)
+        else:
+            self._term.convergence.seen(
+                key, ours=self._term.is_ours(obj), has_vip=bool(status_vips(obj)),
+                now=time.monotonic(),
+            )  # fmt: skip
         known = key in self._memory.services
         if obj is None and old is not None and known:
             # Deleted: who it was stays known for the Event that tells its release, which

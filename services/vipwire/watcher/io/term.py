@@ -16,6 +16,7 @@ from opentelemetry.context import Context
 
 from vipwire.contracts import Message, ServiceSnapshot
 from vipwire.runtime import Runtime
+from vipwire.watcher.core.convergence import Convergence
 from vipwire.watcher.core.term_memory import Family, TermMemory
 from vipwire.watcher.core.translate import (
     Obj,
@@ -29,6 +30,9 @@ from vipwire.watcher.core.validate import invalid_note, service_problems
 from vipwire.watcher.io.reflector import Reflector
 from vipwire.watcher.io.work_queue import KeyedLocks, WorkQueue
 from vipwire.watcher.settings import WatcherSettings
+
+#: Create -> status: well under a second when all is well; minutes when something is stuck.
+CONVERGENCE_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
 
 
 class Term:
@@ -47,6 +51,14 @@ class Term:
             gating=settings.status_gate != "none" or settings.node_vip_grace_s > 0
         )
         self.locks = KeyedLocks()
+        #: Our Services waiting for a VIP in status, and since when.
+        self.convergence = Convergence()
+        self.convergence_seconds = runtime.metrics.histogram(
+            "watcher_convergence_seconds",
+            "Seconds from a Service of ours seen without a VIP (created, or its status lost) "
+            "to the status write that gives it one",
+            buckets=CONVERGENCE_BUCKETS,
+        )
         #: Both replays that start the term are over.
         self.caught_up = False
         #: The replay of our own families still reads (our messages still come back).
