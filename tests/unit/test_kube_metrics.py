@@ -23,8 +23,6 @@ HOST = "https://10.0.0.1:6443"
         ("GET", "/version/", None, ("get", "-")),
     ],
 )
-def test_request_labels(
-    method: str, path: str, query: object, expected: tuple[str, str]
-) -> None:
+def test_request_labels(method: str, path: str, query: object, expected: tuple[str, str]) -> None:
     """Every request the watcher sends is labelled with its RBAC verb and resource."""
     assert request_labels(method, HOST + path, query) == expected  # type: ignore[arg-type]
