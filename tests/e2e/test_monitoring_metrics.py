@@ -8,6 +8,7 @@ PrometheusRule and the dashboard use against what was offered.
 from __future__ import annotations
 
 import aiohttp
+
 from support.promql import (
     SYNTHETIC,
     dashboard_expressions,
@@ -15,7 +16,6 @@ from support.promql import (
     metric_names,
     rule_expressions,
 )
-
 from vipwire.allinone import Stack, StackSettings
 from vipwire.testing import eventually
 
