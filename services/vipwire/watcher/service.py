@@ -34,9 +34,9 @@ from kubernetes_asyncio.client import ApiClient
 from vipwire.aio import cancel_and_wait
 from vipwire.kube import (
     LeaderElector,
-    in_cluster_namespace,
     instrument,
     new_api_client,
+    own_namespace,
     request_histogram,
 )
 from vipwire.runtime import Runtime
@@ -142,10 +142,11 @@ class WatcherService:
         s = self.settings
         if s.leader_election:
             identity = f"{self._instance}_{uuid.uuid4().hex[:8]}"
+            namespace = self.lease_namespace()
             self._elector = LeaderElector(
                 self._api,
                 name=s.lease,
-                namespace=s.lease_namespace or in_cluster_namespace(),
+                namespace=namespace,
                 identity=identity,
                 lease_duration_s=s.lease_duration_s,
                 renew_deadline_s=s.renew_deadline_s,
@@ -158,6 +159,33 @@ class WatcherService:
         self._started = True
         self._stopping = False
         self._main = asyncio.create_task(self._run(), name="watcher-main")
+
+    def lease_namespace(self) -> str:
+        """Where the Lease lives: ``lease_namespace``, else the kubeconfig context's
+        namespace, else the pod's own, else ``default`` (with a warning: the RBAC of a
+        real install grants Leases in its own namespace only)."""
+        s = self.settings
+        namespace, source = own_namespace(s.lease_namespace, s.kubeconfig, s.context)
+        if namespace == "default" and not s.lease_namespace:
+            log.warning(
+                "cluster %s: Lease %s in namespace default: %s; set watcher.lease_namespace "
+                "to the namespace whose Role grants Leases",
+                self._cluster,
+                s.lease,
+                source,
+            )
+        else:
+            log.info("cluster %s: Lease %s/%s (from %s)", self._cluster, namespace, s.lease, source)
+        return namespace
+
+    def permission_problem(self) -> str | None:
+        """A permission the API server refuses the watcher (a 403), in RBAC's terms, or
+        None. Nothing is served while it lasts: ``vipwire up`` gives up on it."""
+        elector = self._elector
+        missing = elector.forbidden if elector is not None else None
+        if missing is None and self._started:
+            missing = self._kube.refusals.first()
+        return f"forbidden: cannot {missing}" if missing is not None else None
 
     def _on_leadership(self, leading: bool) -> None:
         self._m_leader.set(1.0 if leading else 0.0)
@@ -312,6 +340,9 @@ class WatcherService:
     def readiness(self) -> str | None:
         if not self._started:
             return "not started"
+        forbidden = self.permission_problem()
+        if forbidden is not None:
+            return forbidden
         elector = self._elector
         if elector is not None and not elector.is_leader:
             # A standby is ready: ready to take over.

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -10,6 +12,46 @@ from kubernetes_asyncio.client import ApiClient, CoreV1Api, DiscoveryV1Api, Even
 from vipwire.kube import KubeApiError, request_json
 from vipwire.metrics import Counter
 from vipwire.watcher.core.translate import Obj
+
+log = logging.getLogger("vipwire.watcher")
+
+#: Seconds before a refusal that lasts is logged again.
+RETELL_S = 300.0
+
+
+class Refusals:
+    """The calls the API server refuses for want of a permission (403), by caller.
+
+    Each refusal is logged as an ERROR naming the permission (verb, resource,
+    namespace), at once and then at most every :data:`RETELL_S` while it lasts; it
+    stays the watcher's readiness problem until that caller's call goes through:
+    retrying cannot help until somebody grants it.
+    """
+
+    def __init__(self) -> None:
+        self._missing: dict[str, str] = {}
+        self._told: dict[str, float] = {}  # permission -> when last logged (monotonic)
+
+    def refused(self, caller: str, exc: KubeApiError, tried: str) -> None:
+        missing = exc.missing_permission(tried)
+        now = time.monotonic()
+        if now - self._told.get(missing, -RETELL_S) >= RETELL_S:
+            self._told[missing] = now
+            log.error(
+                "forbidden: cannot %s (%s): grant it to the watcher's service account (the "
+                "cluster overlay's RBAC grants exactly what the watcher calls); retrying "
+                "meanwhile",
+                missing,
+                caller,
+            )
+        self._missing[caller] = missing
+
+    def allowed(self, caller: str) -> None:
+        self._missing.pop(caller, None)
+
+    def first(self) -> str | None:
+        """One missing permission (the first refused), or None."""
+        return next(iter(self._missing.values()), None)
 
 
 class NotLeader(Exception):
@@ -38,6 +80,7 @@ class KubeWrites:
         self._timeout_s = request_timeout_s
         self._check_leading = check_leading
         self._writes = writes
+        self.refusals = Refusals()
 
     async def write(self, kind: str, call: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
         """One write to the API, fenced on leadership and counted."""
@@ -47,8 +90,11 @@ class KubeWrites:
         except KubeApiError as exc:
             outcome = "conflict" if exc.conflict else "error"
             self._writes.inc(kind=kind, outcome=outcome)
+            if exc.forbidden:
+                self.refusals.refused(f"{kind} write", exc, f"{_verb(call)} ({kind} write)")
             raise
         self._writes.inc(kind=kind, outcome="ok")
+        self.refusals.allowed(f"{kind} write")
         return result
 
     async def read(self, call: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
@@ -63,3 +109,8 @@ class KubeWrites:
             if exc.not_found:
                 return None
             raise
+
+
+def _verb(call: Any) -> str:
+    """``patch_namespaced_service_status`` -> ``patch namespaced service status``."""
+    return str(getattr(call, "__name__", "call")).replace("_", " ")

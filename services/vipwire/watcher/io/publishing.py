@@ -348,6 +348,7 @@ def watch_cluster(term: Term, kube: KubeWrites, publisher: Publisher, *, restart
         ServiceListener(publisher),
         settings,
         restarts=restarts,
+        refusals=kube.refusals,
         keep=slim_service,
         store=lambda: PackedDict[Obj](Obj),
     )
@@ -357,6 +358,7 @@ def watch_cluster(term: Term, kube: KubeWrites, publisher: Publisher, *, restart
         SliceListener(publisher),
         settings,
         restarts=restarts,
+        refusals=kube.refusals,
         list_kwargs={"label_selector": SERVICE_NAME_LABEL},
         keep=slice_endpoints,
         store=lambda: PackedDict[SliceEndpoints](SliceEndpoints),
@@ -367,6 +369,7 @@ def watch_cluster(term: Term, kube: KubeWrites, publisher: Publisher, *, restart
         NodeListener(publisher),
         settings,
         restarts=restarts,
+        refusals=kube.refusals,
         keep=slim_node,
         store=lambda: PackedDict[Obj](Obj),
     )
