@@ -24,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-import time
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Protocol
@@ -36,16 +35,15 @@ from vipwire.kube import (
     LeaderElector,
     instrument,
     new_api_client,
-    own_namespace,
     request_histogram,
 )
 from vipwire.runtime import Runtime
 from vipwire.watcher.io.bus_reader import BusReader, open_consumers
 from vipwire.watcher.io.event_recorder import EventRecorder
-from vipwire.watcher.io.kube_writes import KubeWrites, NotLeader
+from vipwire.watcher.io.kube_writes import KubeWrites, NotLeader, lease_namespace
 from vipwire.watcher.io.publishing import Publisher, watch_cluster
 from vipwire.watcher.io.status_writes import StatusWriter
-from vipwire.watcher.io.term import Term
+from vipwire.watcher.io.term import Term, convergence_gauges
 from vipwire.watcher.settings import WatcherSettings
 
 log = logging.getLogger("vipwire.watcher")
@@ -104,22 +102,7 @@ class WatcherService:
         self._m_leader = m.gauge("watcher_leader", "1 while this replica is the leader")
         self._m_terms = m.counter("watcher_leader_terms_total", "Terms this replica led")
         self._m_requests = request_histogram(m)
-        self._m_waiting = m.gauge(
-            "watcher_unconverged_services",
-            "Services of ours without a VIP in status yet (the leader's count; 0 on a standby)",
-        )
-        self._m_oldest = m.gauge(
-            "watcher_oldest_unconverged_seconds",
-            "Seconds the longest-waiting Service of ours has been without a VIP in status "
-            "(0: none waits; the leader's view)",
-        )
-        m.on_collect(self._collect)
-
-    def _collect(self) -> None:
-        convergence = self._term.convergence
-        leading = self.leading
-        self._m_waiting.set(float(convergence.waiting) if leading else 0.0)
-        self._m_oldest.set(convergence.oldest_s(time.monotonic()) if leading else 0.0)
+        convergence_gauges(m, lambda: self._term.convergence if self.leading else None)
 
     def _reset(self) -> None:
         """Forget everything a term learnt: the next one rebuilds it from the bus."""
@@ -142,7 +125,7 @@ class WatcherService:
         s = self.settings
         if s.leader_election:
             identity = f"{self._instance}_{uuid.uuid4().hex[:8]}"
-            namespace = self.lease_namespace()
+            namespace = lease_namespace(s)
             self._elector = LeaderElector(
                 self._api,
                 name=s.lease,
@@ -159,24 +142,6 @@ class WatcherService:
         self._started = True
         self._stopping = False
         self._main = asyncio.create_task(self._run(), name="watcher-main")
-
-    def lease_namespace(self) -> str:
-        """Where the Lease lives: ``lease_namespace``, else the kubeconfig context's
-        namespace, else the pod's own, else ``default`` (with a warning: the RBAC of a
-        real install grants Leases in its own namespace only)."""
-        s = self.settings
-        namespace, source = own_namespace(s.lease_namespace, s.kubeconfig, s.context)
-        if namespace == "default" and not s.lease_namespace:
-            log.warning(
-                "cluster %s: Lease %s in namespace default: %s; set watcher.lease_namespace "
-                "to the namespace whose Role grants Leases",
-                self._cluster,
-                s.lease,
-                source,
-            )
-        else:
-            log.info("cluster %s: Lease %s/%s (from %s)", self._cluster, namespace, s.lease, source)
-        return namespace
 
     def permission_problem(self) -> str | None:
         """A permission the API server refuses the watcher (a 403), in RBAC's terms, or

@@ -9,9 +9,10 @@ from typing import Any
 
 from kubernetes_asyncio.client import ApiClient, CoreV1Api, DiscoveryV1Api, EventsV1Api
 
-from vipwire.kube import KubeApiError, request_json
+from vipwire.kube import KubeApiError, own_namespace, request_json
 from vipwire.metrics import Counter
 from vipwire.watcher.core.translate import Obj
+from vipwire.watcher.settings import WatcherSettings
 
 log = logging.getLogger("vipwire.watcher")
 
@@ -114,3 +115,22 @@ class KubeWrites:
 def _verb(call: Any) -> str:
     """``patch_namespaced_service_status`` -> ``patch namespaced service status``."""
     return str(getattr(call, "__name__", "call")).replace("_", " ")
+
+
+def lease_namespace(settings: WatcherSettings) -> str:
+    """Where the Lease lives: ``lease_namespace``, else the kubeconfig context's
+    namespace, else the pod's own, else ``default`` (with a warning: the RBAC of a real
+    install grants Leases in its own namespace only)."""
+    s = settings
+    namespace, source = own_namespace(s.lease_namespace, s.kubeconfig, s.context)
+    if namespace == "default" and not s.lease_namespace:
+        log.warning(
+            "cluster %s: Lease %s in namespace default: %s; set watcher.lease_namespace to "
+            "the namespace whose Role grants Leases",
+            s.cluster,
+            s.lease,
+            source,
+        )
+    else:
+        log.info("cluster %s: Lease %s/%s (from %s)", s.cluster, namespace, s.lease, source)
+    return namespace

@@ -8,6 +8,7 @@ from the replay of the bus, and only then lists and watches Kubernetes.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager
 from typing import Any
@@ -15,7 +16,7 @@ from typing import Any
 from opentelemetry.context import Context
 
 from vipwire.contracts import Message, ServiceSnapshot
-from vipwire.runtime import Runtime
+from vipwire.runtime import Registry, Runtime
 from vipwire.watcher.core.convergence import Convergence
 from vipwire.watcher.core.term_memory import Family, TermMemory
 from vipwire.watcher.core.translate import (
@@ -177,3 +178,24 @@ class Term:
         return self.runtime.tracer.start_as_current_span(
             "reconcile service", context=Context(), attributes=attributes
         )
+
+
+def convergence_gauges(metrics: Registry, current: Callable[[], Convergence | None]) -> None:
+    """How many of our Services wait for a VIP, and the longest wait, read at each scrape
+    from ``current()`` (None on a standby: it waits for nothing)."""
+    waiting = metrics.gauge(
+        "watcher_unconverged_services",
+        "Services of ours without a VIP in status yet (the leader's count; 0 on a standby)",
+    )
+    oldest = metrics.gauge(
+        "watcher_oldest_unconverged_seconds",
+        "Seconds the longest-waiting Service of ours has been without a VIP in status "
+        "(0: none waits; the leader's view)",
+    )
+
+    def collect() -> None:
+        convergence = current()
+        waiting.set(float(convergence.waiting) if convergence is not None else 0.0)
+        oldest.set(convergence.oldest_s(time.monotonic()) if convergence is not None else 0.0)
+
+    metrics.on_collect(collect)
