@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
+import subprocess
 from pathlib import Path
 
+import pytest
 import yaml
 
 from support.promql import (
@@ -19,6 +22,7 @@ from support.promql import (
 )
 
 RUNBOOK = Path(__file__).parents[2] / "docs" / "RUNBOOK.md"
+COMPONENTS = ("ipam", "lbdriver", "dashboard", "watcher", "nodeagent")
 DURATION = re.compile(r"^(\d+(ms|s|m|h|d|w|y))+$")
 
 
@@ -104,3 +108,32 @@ def test_the_dashboard_is_grafana_json_with_queries() -> None:
     queries = list(dashboard_expressions(doc))
     assert len(queries) > 20
     assert all(metric_names(expr) for _, expr in queries)
+
+
+def test_the_kustomization_renders_what_prometheus_and_grafana_pick_up() -> None:
+    """`kubectl kustomize` renders a metrics Service per component selecting the pods'
+    name and part-of labels, a ServiceMonitor selecting them, the rule and the dashboard
+    ConfigMap (labelled for Grafana's sidecar), all in vipwire-system."""
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        pytest.skip("kubectl is not installed")
+    rendered = subprocess.run(
+        [kubectl, "kustomize", str(RULES.parent)], check=True, capture_output=True, text=True
+    ).stdout
+    docs = list(yaml.safe_load_all(rendered))
+    assert {d["metadata"]["namespace"] for d in docs} == {"vipwire-system"}
+    services = [d for d in docs if d["kind"] == "Service"]
+    components = {s["spec"]["selector"]["app.kubernetes.io/name"] for s in services}
+    assert components == {f"vipwire-{c}" for c in COMPONENTS}
+    monitor = next(d for d in docs if d["kind"] == "ServiceMonitor")
+    wanted = monitor["spec"]["selector"]["matchLabels"]
+    ports = {e["port"] for e in monitor["spec"]["endpoints"]}
+    for service in services:
+        assert service["spec"]["selector"]["app.kubernetes.io/part-of"] == "vipwire"
+        assert wanted.items() <= service["metadata"]["labels"].items()
+        assert ports <= {p["name"] for p in service["spec"]["ports"]}
+        assert {p["targetPort"] for p in service["spec"]["ports"]} == {"http"}
+    assert any(d["kind"] == "PrometheusRule" for d in docs)
+    board = next(d for d in docs if d["kind"] == "ConfigMap")
+    assert board["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert json.loads(board["data"]["vipwire-dashboard.json"]) == json.loads(DASHBOARD.read_text())
