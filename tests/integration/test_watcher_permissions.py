@@ -133,3 +133,37 @@ async def test_a_list_it_may_not_make_is_reported(
     await eventually(lambda: watcher.readiness() == expected, what="readiness names the 403")
     emu.allow(denial)
     await eventually(lambda: watcher.readiness() is None, timeout=10, what="ready once granted")
+
+
+async def test_a_write_it_may_not_make_is_reported(
+    emu: KubeEmulator,
+    make_runtime: RuntimeFactory,
+    watchers: list[WatcherService],
+    tmp_path: Path,
+) -> None:
+    """A 403 on a write (our finalizer on a new Service) is named on /readyz until granted."""
+    denial = emu.deny("patch", "services")
+    path = kubeconfig_in(emu, tmp_path / "kubeconfig", "vipwire-system")
+    watcher = await start(make_runtime, watchers, path)
+    await eventually(lambda: watcher.readiness() is None, what="the watcher is ready")
+    await emu.create(
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": "web", "namespace": "default"},
+            "spec": {
+                "type": "LoadBalancer",
+                "loadBalancerClass": "vipwire.io/dsr",
+                "ports": [{"port": 80, "protocol": "TCP"}],
+            },
+        }
+    )
+    expected = 'forbidden: cannot patch services in namespace "default"'
+    await eventually(lambda: watcher.readiness() == expected, what="readiness names the 403")
+    emu.allow(denial)
+    await eventually(
+        lambda: "finalizers" in emu.get("services", "default", "web")["metadata"],
+        timeout=10,
+        what="the finalizer is written once granted",
+    )
+    await eventually(lambda: watcher.readiness() is None, what="ready once granted")

@@ -100,7 +100,14 @@ class KubeWrites:
 
     async def read(self, call: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
         """One read (not fenced: reading does no harm)."""
-        return await request_json(call, *args, timeout=self._timeout_s, **kwargs)
+        try:
+            result = await request_json(call, *args, timeout=self._timeout_s, **kwargs)
+        except KubeApiError as exc:
+            if exc.forbidden:
+                self.refusals.refused("read", exc, _verb(call))
+            raise
+        self.refusals.allowed("read")
+        return result
 
     async def read_service(self, name: str, namespace: str) -> Obj | None:
         """The Service as the API has it now; None when it is gone."""
