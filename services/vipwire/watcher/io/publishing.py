@@ -86,23 +86,19 @@ class Publisher:
     # --- Services -> bus -------------------------------------------------------------
 
     def service_changed(self, key: str, obj: Obj | None, rv: str, old: Obj | None = None) -> None:
-        if obj is None or being_deleted(obj):
+        ours = obj is not None and self._term.is_ours(obj)
+        if obj is None or not ours or being_deleted(obj):
             self._term.convergence.forget(key)
         else:
-            self._term.convergence.seen(
-                key, ours=self._term.is_ours(obj), has_vip=bool(status_vips(obj)),
-                now=time.monotonic(),
-            )  # fmt: skip
+            has_vip = bool(status_vips(obj))
+            self._term.convergence.seen(key, ours=True, has_vip=has_vip, now=time.monotonic())
         known = key in self._memory.services
         if obj is None and old is not None and known:
             # Deleted: who it was stays known for the Event that tells its release, which
             # may be written after this (see TermMemory.depart).
             self._memory.depart(key, object_ref(old))
         if obj is not None and not (
-            known
-            or self._term.is_ours(obj)
-            or marked_by(obj, self._cluster)
-            or current_condition(obj) is not None
+            known or ours or marked_by(obj, self._cluster) or current_condition(obj) is not None
         ):
             return  # the common case: somebody else's Service
         if obj is None and not known:
