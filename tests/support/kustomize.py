@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import shutil
 import subprocess
 from pathlib import Path
@@ -25,6 +26,12 @@ def kubectl() -> str:
 
 def render(directory: Path) -> list[dict[str, Any]]:
     """The objects ``kubectl kustomize DIR`` renders, in its order (the order it applies)."""
+    return [doc for doc in yaml.safe_load_all(_rendered(directory)) if doc]
+
+
+@functools.cache
+def _rendered(directory: Path) -> str:
+    # Once per directory and test session: the files do not change under a test run.
     done = subprocess.run(
         [kubectl(), "kustomize", str(directory)],
         capture_output=True,
@@ -33,7 +40,7 @@ def render(directory: Path) -> list[dict[str, Any]]:
         check=False,
     )
     assert done.returncode == 0, f"kubectl kustomize {directory} failed:\n{done.stderr}"
-    return [doc for doc in yaml.safe_load_all(done.stdout) if doc]
+    return done.stdout
 
 
 def find(objects: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
