@@ -24,6 +24,7 @@ from vipwire.bus._errors import (
     WrongLastSequence,
 )
 from vipwire.bus._history import kv_keys, kv_purge_markers, last_per_subject
+from vipwire.bus._identity import caller_token, identity_of_file
 from vipwire.bus._kv import KvBucket, KvEntry, KvWatch
 from vipwire.bus._link import Backoff, connected_gauge
 from vipwire.bus._reading import StoredMessage
@@ -59,9 +60,11 @@ __all__ = [
     "Unreadable",
     "Verdict",
     "WrongLastSequence",
+    "caller_token",
     "connect",
     "connected_gauge",
     "fence",
+    "identity_of_file",
     "kv_keys",
     "kv_purge_markers",
     "last_per_subject",
