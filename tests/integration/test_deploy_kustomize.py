@@ -123,6 +123,22 @@ def test_a_second_cluster_has_its_name_everywhere_and_east_nowhere() -> None:
     assert config["nodeagent"]["cluster"] == "west"
 
 
+def test_a_new_cluster_is_a_copy_of_east_with_its_name_replaced(tmp_path: Path) -> None:
+    """The README's recipe: copy overlays/east, replace `east` in its two files; the
+    result renders with the new name where the cluster's name goes and `east` nowhere."""
+    north = tmp_path / "north"
+    north.mkdir()
+    for name in ("kustomization.yaml", "vipwire.yaml"):
+        text = re.sub(r"\beast\b", "north", (OVERLAYS / "east" / name).read_text())
+        # The copy lives outside the repository here: its base, relative to where it is.
+        text = text.replace("../../cluster", os.path.relpath(KUSTOMIZE / "cluster", north))
+        (north / name).write_text(text)
+    objects = render(north)
+    assert re.findall(r".{0,40}\beast\b.{0,40}", yaml.safe_dump_all(objects)) == []
+    config = config_of(objects, "vipwire-cluster-config")
+    assert (config["watcher"]["cluster"], config["nodeagent"]["cluster"]) == ("north", "north")
+
+
 def test_nodeagent_daemonset_has_what_the_agent_needs() -> None:
     """dry_run off; host network with its DNS policy; uid 0 with NET_ADMIN; a privileged
     init container that sets exactly the agent's ARP sysctls; the rest as the issue asks."""
