@@ -1,7 +1,8 @@
 """ipam publishes each cluster's ``PoolsServed`` (``vipwire.<cluster>.pools.all``).
 
-At start (once the claims are loaded), after every pool reload, and for a
-cluster first heard from (when ``ipam.clusters`` is not set). Only when the
+At start (once the claims are loaded), after every pool reload, for a cluster
+first heard from (when ``ipam.clusters`` is not set), and once a minute (a
+stream that lost the subject, a claim kept outside the pools). Only when the
 subject's last message says something else: replicas and restarts do not grow
 the stream. A publish that fails is tried again until it succeeds.
 """
@@ -9,11 +10,12 @@ the stream. A publish that fails is tried again until it succeeds.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable
 
 from vipwire.bus import Bus, BusError
-from vipwire.contracts import MalformedMessage, PoolsServed, cluster_subject, decode
+from vipwire.contracts import MalformedMessage, cluster_subject, decode
 from vipwire.ipam.core.allocator import Allocator
 from vipwire.ipam.core.served import clusters_to_tell, pools_served
 from vipwire.ipam.settings import IpamSettings
@@ -22,6 +24,8 @@ log = logging.getLogger("vipwire.ipam")
 
 #: Seconds between attempts while publishing fails.
 _RETRY_S = 2.0
+#: Seconds between looks at every cluster's subject, with nothing else to prompt one.
+_CHECK_S = 60.0
 
 
 class PoolsPublisher:
@@ -34,7 +38,6 @@ class PoolsPublisher:
         self._settings = settings
         self._allocator = allocator
         self._seen: set[str] = set()
-        self._told: dict[str, PoolsServed] = {}
         self._due = asyncio.Event()
 
     def heard_from(self, cluster: str) -> None:
@@ -53,8 +56,6 @@ class PoolsPublisher:
         claims = self._allocator().claims()
         for cluster in clusters_to_tell(settings.clusters, settings.pools, self._seen):
             wanted = pools_served(settings.pools, cluster, claims)
-            if self._told.get(cluster) == wanted:
-                continue
             subject = cluster_subject("pools", cluster)
             last = await self._bus.last_message(subject)
             current = None
@@ -72,13 +73,13 @@ class PoolsPublisher:
                     ", ".join(wanted.ranges) or "none",
                     ", ".join(wanted.pools) or "none",
                 )
-            self._told[cluster] = wanted
 
     async def run(self) -> None:
         """Publish at once, then whenever due; retried while the bus refuses."""
         self._due.set()
         while True:
-            await self._due.wait()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._due.wait(), _CHECK_S)
             self._due.clear()
             try:
                 await self.publish_now()
