@@ -46,8 +46,8 @@ class HealthMonitorSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_un
     path: str = "/healthz"
     #: Seconds between two probes of one member (1-180; A10 allows at most 180).
     interval_s: Annotated[int, msgspec.Meta(ge=1, le=180)] = 5
-    #: Seconds without a successful probe after which a member is marked down; at
-    #: least interval_s.
+    #: Seconds without a successful probe after which a member is marked down; more
+    #: than interval_s (BIG-IP refuses less).
     timeout_s: Annotated[int, msgspec.Meta(ge=1, le=900)] = 16
 
     def __post_init__(self) -> None:
@@ -56,10 +56,11 @@ class HealthMonitorSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_un
                 f"monitor path {self.path!r} must start with '/' and hold no spaces "
                 "(at most 255 characters)"
             )
-        if self.timeout_s < self.interval_s:
+        if self.timeout_s <= self.interval_s:
             raise ValueError(
-                f"monitor timeout_s ({self.timeout_s}) must be at least interval_s "
-                f"({self.interval_s}): a member would be marked down between two probes"
+                f"monitor timeout_s ({self.timeout_s}) must be more than interval_s "
+                f"({self.interval_s}): a member would be marked down between two probes "
+                "(F5 suggests 3 * interval_s + 1)"
             )
 
 
