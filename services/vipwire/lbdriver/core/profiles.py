@@ -72,8 +72,8 @@ class ProfileSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
     #: Seconds a connection may stay idle before the appliance forgets it (1-604800);
     #: None: the appliance's default (F5 fastL4: 300, A10: 120).
     idle_timeout_s: Annotated[int, msgspec.Meta(ge=1, le=604800)] | None = None
-    #: Concurrent connections one virtual server accepts (1-64000000); None: no limit.
-    connection_limit: Annotated[int, msgspec.Meta(ge=1, le=64_000_000)] | None = None
+    #: Concurrent connections one virtual server accepts (1-10000000); None: no limit.
+    connection_limit: Annotated[int, msgspec.Meta(ge=1, le=10_000_000)] | None = None
     #: ``round-robin`` or ``least-connections`` (to the member with the fewest).
     lb_method: LbMethod = "round-robin"
     #: When every member is down: ``none`` (the appliance's default), ``reset`` or
