@@ -14,6 +14,8 @@ import re
 from collections.abc import Iterable, Mapping, Set
 from typing import Final
 
+import msgspec
+
 from vipwire.contracts import EndpointsSnapshot, Member, NodeSnapshot, VipAssigned
 from vipwire.lbdriver.core.profiles import ProfileSettings, UnknownProfile, resolve_profile
 from vipwire.lbdriver.core.virtual_servers import L4Protocol, Monitor, VirtualServer
@@ -206,6 +208,20 @@ def desired_virtual_servers(
                 all_members_down=profile.all_members_down,
             )
     return servers
+
+
+def with_profile(server: VirtualServer, profile: ProfileSettings) -> VirtualServer:
+    """``server`` as ``profile`` shapes it: its monitor (on the same health port)
+    and its options; what :func:`desired_virtual_servers` gives a Service."""
+    m = profile.monitor
+    return msgspec.structs.replace(
+        server,
+        monitor=_monitor(server.monitor.port, m.kind, m.path, m.interval_s, m.timeout_s),
+        idle_timeout_s=profile.idle_timeout_s,
+        connection_limit=profile.connection_limit,
+        lb_method=profile.lb_method,
+        all_members_down=profile.all_members_down,
+    )
 
 
 def _members(candidates: Iterable[NodeSnapshot], version: int) -> tuple[Member, ...]:
