@@ -62,7 +62,7 @@ def desired(profile: str | None = None, nodes: dict[str, NodeSnapshot] = NODES) 
 
 
 def test_the_builtin_profile_is_the_monitor_that_was_fixed_in_code() -> None:
-    """No profile: HTTP GET /healthz on kube-proxy's port every 5 s, down after 16 s, nothing else."""
+    """No profile: HTTP GET /healthz on kube-proxy's port every 5 s, down after 16 s, no options."""
     for server in desired(None).values():
         assert server.monitor == Monitor(port=10256)
         assert server.monitor.kind == "http"
@@ -73,7 +73,7 @@ def test_the_builtin_profile_is_the_monitor_that_was_fixed_in_code() -> None:
         )
         assert server.idle_timeout_s is None and server.connection_limit is None
         assert (server.lb_method, server.all_members_down) == ("round-robin", "none")
-    assert BUILTIN_PROFILE == ProfileSettings()
+    assert ProfileSettings() == BUILTIN_PROFILE
 
 
 def test_a_timeout_not_above_the_interval_is_refused() -> None:
@@ -168,10 +168,10 @@ def test_f5_monitor_kinds() -> None:
 
 
 def test_f5_pool_and_virtual_fields() -> None:
-    """Method, all-down action, connection limit and the fastL4 profile carrying the idle timeout."""
+    """Method, all-down action, connection limit, and the fastL4 profile with the idle timeout."""
     s = one(FAST)
     assert f5.profile_pool_fields("prod", s) == {
-        "monitor": f"/prod/{s.name}",
+        "monitor": f"/prod/{s.name}-mon-tcp",
         "loadBalancingMode": "least-connections-member",
         "serviceDownAction": "reset",
     }
@@ -229,9 +229,7 @@ def test_a10_service_group_and_virtual_port_fields() -> None:
         "def-selection-if-pref-failed": "def-selection-if-pref-failed",
         "template-tcp": "vipwire-idle30",
     }
-    none = one(
-        ProfileSettings(monitor=HealthMonitorSettings(kind="none"), all_members_down="drop")
-    )
+    none = one(ProfileSettings(monitor=HealthMonitorSettings(kind="none"), all_members_down="drop"))
     assert a10.service_group_fields("mon", none) == {
         "health-check-disable": 1,
         "lb-method": "round-robin",

@@ -590,7 +590,9 @@ def _create(state: _State, kind: _Kind, body: Obj) -> Obj:
     if partition not in state.partitions:
         raise F5Error(400, f"01020036:3: The requested folder (/{partition}) was not found.")
     full = f"/{partition}/{name}"
-    if full in state.objects[kind.key] or full in _BUILTIN.get(kind.key, set()):
+    # Monitor names are unique across monitor types: a pool names a monitor by path only.
+    same = _MONITOR_KINDS if kind.key in _MONITOR_KINDS else (kind.key,)
+    if any(full in state.objects[k] for k in same) or full in _BUILTIN.get(kind.key, set()):
         raise F5Error(
             409,
             f"01020066:3: The requested {kind.label} ({full}) already exists in partition "

@@ -78,6 +78,7 @@ _LB_METHODS: Final = {v: k for k, v in LB_MODES.items()}
 #: When every member is down: the pool's ``serviceDownAction`` (same words).
 _DOWN_ACTIONS: Final = ("none", "reset", "drop")
 _IDLE: Final = re.compile(re.escape(FASTL4_PROFILE) + r"-idle(\d+)$")
+_MONITOR_SUFFIX: Final = "-mon-"
 #: A pool without a health check.
 _NO_MONITOR: Final = Monitor(port=0, path="", kind="none", interval_s=0, timeout_s=0)
 _PROFILE: Final = "/mgmt/tm/ltm/profile/fastl4"
@@ -291,7 +292,7 @@ class F5Driver(RestDriver):
                         _upsert(
                             _MONITORS[kind],
                             part,
-                            s.name,
+                            monitor_name(s.name, kind),
                             monitor_body(s),
                             has(s.name, f"monitor:{kind}", assume),
                         )
@@ -309,7 +310,7 @@ class F5Driver(RestDriver):
                 # A monitor of another kind (the profile changed) goes once the pool
                 # no longer uses it, in the same transaction.
                 commands += [
-                    ("DELETE", _item(path, part, s.name), {})
+                    ("DELETE", _item(path, part, monitor_name(s.name, other)), {})
                     for other, path in _MONITORS.items()
                     if other != kind and has(s.name, f"monitor:{other}", False)
                 ]
@@ -320,13 +321,16 @@ class F5Driver(RestDriver):
                 return [("PATCH", _item(_POOL, part, name), body)]
             case DeleteVirtualServer(name=name):
                 return [
-                    ("DELETE", _item(kind, part, name), {})
-                    for kind, what in (
-                        (_VIRTUAL, "virtual"),
-                        (_POOL, "pool"),
-                        *((path, f"monitor:{k}") for k, path in _MONITORS.items()),
+                    ("DELETE", _item(kind, part, item), {})
+                    for kind, item, what in (
+                        (_VIRTUAL, name, "virtual"),
+                        (_POOL, name, "pool"),
+                        *(
+                            (path, monitor_name(name, k), f"monitor:{k}")
+                            for k, path in _MONITORS.items()
+                        ),
                     )
-                    if has(name, what, what not in {"monitor:https", "monitor:tcp"})
+                    if has(name, what, what == "monitor:http")
                 ]
 
     async def _ensure_idle_profiles(self, part: str, ops: Sequence[Operation]) -> None:
@@ -591,7 +595,9 @@ def monitor_body(s: VirtualServer) -> dict[str, Any]:
 def profile_pool_fields(part: str, s: VirtualServer) -> dict[str, Any]:
     """The pool's monitor, ``loadBalancingMode`` and ``serviceDownAction``."""
     return {
-        "monitor": f"/{part}/{s.name}" if s.monitor.kind != "none" else "",
+        "monitor": (
+            f"/{part}/{monitor_name(s.name, s.monitor.kind)}" if s.monitor.kind != "none" else ""
+        ),
         "loadBalancingMode": LB_MODES[s.lb_method],
         "serviceDownAction": s.all_members_down,
     }
@@ -604,6 +610,12 @@ def profile_virtual_fields(part: str, s: VirtualServer) -> dict[str, Any]:
         # 0: no limit.
         "connectionLimit": s.connection_limit or 0,
     }
+
+
+def monitor_name(name: str, kind: str) -> str:
+    """A virtual server's monitor: its own name for http (as before profiles), else
+    ``<name>-mon-<kind>``, since BIG-IP monitor names are unique across monitor types."""
+    return name if kind == "http" else f"{name}{_MONITOR_SUFFIX}{kind}"
 
 
 def fastl4_profile_name(idle_timeout_s: int | None) -> str:
@@ -642,8 +654,14 @@ def _translate(
     kinds: list[tuple[str, list[dict[str, Any]]]] = [("virtual", virtuals), ("pool", pools)]
     kinds += [(f"monitor:{k}", objects) for k, objects in monitors.items()]
     for kind, objects in kinds:
+        suffix = "" if kind in ("virtual", "pool", "monitor:http") else _MONITOR_SUFFIX + kind[8:]
         for obj in objects:
-            present.setdefault(str(obj.get("name", "")), _Seen(set(), None)).kinds.add(kind)
+            name = str(obj.get("name", ""))
+            if suffix:
+                if not name.endswith(suffix):
+                    continue  # not a monitor of ours
+                name = name.removesuffix(suffix)
+            present.setdefault(name, _Seen(set(), None)).kinds.add(kind)
     pools_by_path = {str(p.get("fullPath")): p for p in pools}
     monitors_by_path = {
         str(m.get("fullPath")): (k, m) for k, objects in monitors.items() for m in objects
