@@ -21,7 +21,7 @@ from vipwire.lbdriver.core.profiles import (
     ProfileSettings,
 )
 from vipwire.lbdriver.io.drivers import a10, f5
-from vipwire.lbdriver.settings import load_profiles
+from vipwire.lbdriver.io.profiles import load_profiles
 from vipwire.runtime import ConfigError
 
 FAST = ProfileSettings(

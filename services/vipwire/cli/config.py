@@ -118,7 +118,7 @@ def check(path: str) -> int:
 def _check_profiles(data: dict[str, Any], path: str) -> None:
     """The profiles section, and every pool's default profile against it."""
     from vipwire.ipam.settings import IpamSettings, check_pool_profiles, profile_names
-    from vipwire.lbdriver.settings import load_profiles
+    from vipwire.lbdriver.io.profiles import load_profiles
     from vipwire.runtime import section
 
     load_profiles(data, source=path)

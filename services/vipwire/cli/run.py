@@ -47,7 +47,7 @@ def build_service(name: str, data: dict[str, Any], runtime: Runtime, source: str
         )
     if name == "lbdriver":
         from vipwire.lbdriver import LbdriverService, LbdriverSettings
-        from vipwire.lbdriver.settings import load_profiles
+        from vipwire.lbdriver.io.profiles import load_profiles
 
         return LbdriverService(
             section(data, name, LbdriverSettings, source=source),

@@ -4,12 +4,9 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, ClassVar, Literal
 
 import msgspec
-
-from vipwire.lbdriver.core.profiles import PROFILE_NAME, ProfileSettings
-from vipwire.runtime import ConfigError, decode_settings
 
 NonNegative = Annotated[float, msgspec.Meta(ge=0)]
 Positive = Annotated[float, msgspec.Meta(gt=0)]
@@ -226,26 +223,3 @@ class LbdriverSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown
     def group(self, group: str) -> tuple[ApplianceSettings, ...]:
         """The appliances of one group, in configured (preference) order."""
         return tuple(a for a in self.appliances if a.group == group)
-
-
-def load_profiles(data: Mapping[str, Any], *, source: str = "config") -> dict[str, ProfileSettings]:
-    """The top-level ``profiles`` section: appliance profiles by name.
-
-    Shared by ipam (which refuses a Service naming one that is not here, and
-    checks each pool's default) and the lbdriver (which programs them), so that
-    the two cannot disagree when they read one file.
-    """
-    raw = data.get("profiles") or {}
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{source}: 'profiles' must map profile names to profiles")
-    profiles: dict[str, ProfileSettings] = {}
-    for name, body in raw.items():
-        if not isinstance(name, str) or not PROFILE_NAME.match(name):
-            raise ConfigError(
-                f"{source}: profiles: {name!r} must be a DNS label (lower-case letters, "
-                "digits and '-')"
-            )
-        profiles[name] = decode_settings(
-            body or {}, ProfileSettings, where=f"profiles.{name}", source=source
-        )
-    return profiles
