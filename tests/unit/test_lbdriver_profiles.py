@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import msgspec
 import pytest
 
+from vipwire.cli.main import main
 from vipwire.contracts import NodeSnapshot, ServicePort, VipAssigned
 from vipwire.lbdriver import (
     InvalidAssignment,
@@ -241,3 +244,26 @@ def test_a10_service_group_and_virtual_port_fields() -> None:
         "def-selection-if-pref-failed": "def-selection-if-pref-failed-disable",
         "template-udp": "default",
     }
+
+
+# --- vipwire config check ----------------------------------------------------------------------
+
+
+def test_config_check_reads_profiles_and_each_pools_default(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A profiles section and pools naming its profiles pass; a pool naming a missing
+    profile, or a bad profile field, exits 2 naming it."""
+    pools = "ipam:\n  pools:\n    - {name: lab, addresses: [192.0.2.0/28], profile: %s}\n"
+    good = tmp_path / "good.yaml"
+    good.write_text("profiles:\n  fast: {lb_method: least-connections}\n" + pools % "fast")
+    assert main(["config", "check", str(good)]) == 0
+    assert "profiles" in capsys.readouterr().out
+    missing = tmp_path / "missing.yaml"
+    missing.write_text("profiles:\n  fast: {}\n" + pools % "gold")
+    assert main(["config", "check", str(missing)]) == 2
+    assert "profile 'gold' is not in the top-level profiles section" in capsys.readouterr().err
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("profiles:\n  fast: {monitor: {kind: icmp}}\n")
+    assert main(["config", "check", str(bad)]) == 2
+    assert "profiles.fast" in capsys.readouterr().err
