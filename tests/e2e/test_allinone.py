@@ -174,7 +174,7 @@ class TestPoison:
                 what="a Service created after the junk has a VIP",
             )
         assert any("vipwire.east.service.default.junk" in r.getMessage() for r in caplog.records)
-        assert 'vipwire_bus_poison_total{consumer="ipam",subject_family="service"} 1' in (
+        assert 'vipwire_bus_poison_total{consumer="ipam-service",subject_family="service"} 1' in (
             ipam.metrics.expose()
         )
 

@@ -188,7 +188,7 @@ async def handled(ipam: IpamService, count: int) -> None:
     """Wait until the ipam consumer has finished ``count`` messages."""
     done = ipam.runtime.metrics.counter("bus_handled_total", "", ["consumer", "verdict"])
     await eventually(
-        lambda: done.value(consumer="ipam", verdict="done") >= count,
+        lambda: done.value(consumer="ipam-service", verdict="done") >= count,
         what=f"ipam handled {count} messages",
     )
 
@@ -333,7 +333,8 @@ class TestDurability:
                 published.setdefault(f"{m.cluster}/{m.name}", set()).add(m.vips)
         assert all(len(v) == 1 for v in published.values()), "a Service saw two different VIPs"
         handled = [
-            s.runtime.metrics.expose().count('consumer="ipam",verdict="done"') for s in (a, b)
+            s.runtime.metrics.expose().count('consumer="ipam-service",verdict="done"')
+            for s in (a, b)
         ]
         assert all(handled), "both replicas took part"
 

@@ -23,6 +23,7 @@ from vipwire.bus._errors import (
     TooLarge,
     WrongLastSequence,
 )
+from vipwire.bus._group import ConsumerGroup
 from vipwire.bus._history import kv_keys, kv_purge_markers, last_per_subject
 from vipwire.bus._kv import KvBucket, KvEntry, KvWatch
 from vipwire.bus._link import Backoff, connected_gauge
@@ -38,6 +39,7 @@ __all__ = [
     "BusConflict",
     "BusError",
     "BusSettings",
+    "ConsumerGroup",
     "ConsumerSpec",
     "Delivery",
     "Done",

@@ -13,6 +13,8 @@ import dataclasses
 import logging
 import uuid
 from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
 
 import nats
 import nats.errors
@@ -25,7 +27,7 @@ from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Tracer
 
 from vipwire.bus._consumer import ConsumerSpec, Handler, OnUnreadable, PullConsumer
-from vipwire.bus._declaring import waiting_out_elections
+from vipwire.bus._declaring import NotDeclaredYet, waiting_out_elections
 from vipwire.bus._errors import (
     NATS_ERRORS,
     BusError,
@@ -37,6 +39,7 @@ from vipwire.bus._errors import (
     too_large_or_full,
     translate,
 )
+from vipwire.bus._group import ConsumerGroup
 from vipwire.bus._history import purge_ended
 from vipwire.bus._kv import KvBucket
 from vipwire.bus._limits import (
@@ -62,6 +65,7 @@ from vipwire.contracts import (
     subject_for,
 )
 from vipwire.metrics import Registry
+from vipwire.natsauth import identity_in, may_declare_stream, seed_in
 from vipwire.telemetry import inject_context
 
 log = logging.getLogger("vipwire.bus")
@@ -105,6 +109,9 @@ class Bus:
         #: until it works or the caller is cancelled; command-line tools bound it).
         self.declare_attempts: int | None = None
         self.settings = settings
+        #: The identity this connection logs in as (our credentials file names it);
+        #: None: no credentials, or a file that names none (a NATS .creds file).
+        self.identity: str | None = None
         self.js: JetStreamContext = nc.jetstream(timeout=settings.request_timeout_s)
         self.tracer = tracer
         self.metrics = metrics
@@ -161,6 +168,9 @@ class Bus:
         )
         config = with_stream_limits(config, self.settings)
         self.stores.watch(STREAM)
+        if not may_declare_stream(self.identity):
+            await self._stream_exists(config)
+            return
         try:
             info = await self.js.stream_info(STREAM)
         except nats.js.errors.NotFoundError:
@@ -179,6 +189,24 @@ class Bus:
             raise BusError(
                 f"stream {STREAM} exists with settings we cannot apply: {_declare_hint(exc)}"
             ) from exc
+
+    async def _stream_exists(self, config: StreamConfig) -> None:
+        """Only look (an identity that may not create or update the stream: the server
+        would refuse, and a refused request costs a timeout): it must exist; a config
+        differing from ours is logged, left to ipam to bring to its settings."""
+        try:
+            info = await self.js.stream_info(STREAM)
+        except nats.js.errors.NotFoundError as exc:
+            raise NotDeclaredYet(
+                f"stream {STREAM} does not exist yet and identity {self.identity} may not "
+                f"create it: ipam does (is ipam running on this bus?)"
+            ) from exc
+        if differs(info.config, kept_bytes_limit(config, info)):
+            log.info(
+                "stream %s exists with settings other than this component's bus settings; "
+                "left as it is (ipam, its steward, declares them)",
+                STREAM,
+            )
 
     async def kv(self, bucket: str, *, history: int = 1) -> KvBucket:
         """A KV bucket, created on first use with the bus's storage and replicas (waits
@@ -430,6 +458,27 @@ class Bus:
         self._consumers.append(consumer)
         return consumer
 
+    async def forget_durable(self, name: str) -> bool:
+        """Delete the durable consumer ``name`` if the stream has it (one a former
+        version used); returns whether there was one. A durable nobody reads any more
+        would hold back the purge of ended subjects (see :meth:`purge_ended`)."""
+        try:
+            await self.js.delete_consumer(STREAM, name)
+        except nats.js.errors.NotFoundError:
+            return False
+        except NATS_ERRORS as exc:
+            raise translate(exc, f"deleting the durable consumer {name}") from exc
+        log.info("deleted the durable consumer %s of a former version", name)
+        return True
+
+    def consumer_group(
+        self, spec: ConsumerSpec, handler: Handler, *, on_unreadable: OnUnreadable | None = None
+    ) -> ConsumerGroup:
+        """One consumer per filter of ``spec`` (see :mod:`vipwire.bus._group`): the server
+        checks a consumer's filter against the identity's permissions only when it has
+        one. A durable ``spec`` gives ``<durable>-<family>`` names."""
+        return ConsumerGroup(self, spec, handler, on_unreadable)
+
     @property
     def consumers(self) -> tuple[PullConsumer, ...]:
         """Every consumer made on this bus and not closed."""
@@ -474,6 +523,7 @@ async def connect(
     Once connected, the client reconnects forever, with the same backoff: a NATS
     restart must never take a service down with it.
     """
+    login = credentials_options(settings.credentials)
     backoff = Backoff(settings.reconnect_wait_s, settings.reconnect_max_wait_s)
     link = Link(name, settings.servers, metrics, backoff)
     tried = 0
@@ -502,7 +552,7 @@ async def connect(
                 disconnected_cb=link.on_disconnect,
                 reconnected_cb=on_reconnect,
                 closed_cb=link.on_closed,
-                user_credentials=settings.credentials,
+                **login.options,
             )
             break
         except (AttemptFailed, TimeoutError, nats.errors.Error, OSError) as exc:
@@ -521,7 +571,48 @@ async def connect(
     link.up(_url(nc))
     bus = Bus(nc, settings, tracer=tracer, metrics=metrics, link=link)
     bus.declare_attempts = attempts
+    bus.identity = login.identity
     return bus
+
+
+_JWT_MARK = "-----BEGIN NATS USER JWT-----"
+
+
+@dataclasses.dataclass(frozen=True)
+class Login:
+    """How a connection authenticates: nats-py's options, and the identity's name."""
+
+    options: dict[str, Any]
+    #: The identity named by our credentials file's first line; None: none named.
+    identity: str | None = None
+
+
+def credentials_options(path: str | None) -> Login:
+    """nats-py's connect options for ``bus.credentials``: a NATS ``.creds`` file (JWT and
+    seed) is handed over as is; our own file (``vipwire nats config``) gives its NKey
+    seed, and the identity on its first line gives the inbox prefix
+    ``_INBOX.<identity>`` (the only inboxes that identity may subscribe to)."""
+    if path is None:
+        return Login(options={})
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise BusError(
+            f"cannot read the NATS credentials file {path} (bus.credentials): {exc.strerror or exc}"
+        ) from exc
+    if _JWT_MARK in text:
+        return Login(options={"user_credentials": path})
+    seed = seed_in(text)
+    if seed is None:
+        raise BusError(
+            f"{path} (bus.credentials) holds neither a NATS .creds (JWT) nor an NKey user "
+            f"seed (a line starting SU): generate one with `vipwire nats config`"
+        )
+    identity = identity_in(text)
+    options: dict[str, Any] = {"nkeys_seed_str": seed}
+    if identity is not None:
+        options["inbox_prefix"] = f"_INBOX.{identity}"
+    return Login(options=options, identity=identity)
 
 
 def _declare_hint(exc: BaseException) -> str:

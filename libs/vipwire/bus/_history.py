@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+import uuid
 from collections.abc import AsyncGenerator
 
 import nats.errors
@@ -27,6 +28,11 @@ from vipwire.bus._sweeping import LastOnSubject, ended_subjects
 from vipwire.contracts import MalformedMessage, Message, decode
 
 _GONE = frozenset({"DEL", "PURGE"})
+
+
+def reader_name() -> str:
+    """A fresh name for the short-lived consumer of one read."""
+    return f"read-{uuid.uuid4().hex[:16]}"
 
 
 async def last_per_subject(
@@ -48,7 +54,11 @@ async def last_per_subject(
             stream=stream,
             ordered_consumer=True,
             config=ConsumerConfig(
-                deliver_policy=DeliverPolicy.LAST_PER_SUBJECT, headers_only=headers_only or None
+                # Named, with its one filter: created on the API subject that carries the
+                # filter, which the server checks against the identity's permissions.
+                name=reader_name(),
+                deliver_policy=DeliverPolicy.LAST_PER_SUBJECT,
+                headers_only=headers_only or None,
             ),
         )
     except (TimeoutError, nats.errors.Error, nats.js.errors.Error) as exc:

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import uuid
 from collections.abc import Callable
 from typing import Any
 
 import msgspec
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js.api import DeliverPolicy
+from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from vipwire.bus._errors import NATS_ERRORS, NotFound, translate
 
@@ -154,6 +155,8 @@ async def last_messages(
             cb=on_msg,
             ordered_consumer=True,
             deliver_policy=DeliverPolicy.LAST_PER_SUBJECT,
+            # Named, with its one filter: see vipwire.bus._history.last_per_subject.
+            config=ConsumerConfig(name=f"read-{uuid.uuid4().hex[:16]}"),
         )
     except NATS_ERRORS as exc:
         raise translate(exc, what) from exc
