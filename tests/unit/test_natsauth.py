@@ -105,7 +105,11 @@ def test_control_subjects_carry_the_callers_own_token() -> None:
     """An operator sends any verb with its token; a reader and the dashboard read verbs only."""
     assert "vipwire-ctl.*.*.operator-alice" in permissions_for(operator("alice")).publish_allow
     reading = [s for s in permissions_for(reader("bob")).publish_allow if "ctl" in s]
-    assert reading == ["vipwire-ctl.*.status.reader-bob", "vipwire-ctl.*.show.reader-bob"]
+    assert reading == [
+        "vipwire-ctl.ipam.status.reader-bob",
+        "vipwire-ctl.ipam.show.reader-bob",
+        "vipwire-ctl.lbdriver.status.reader-bob",
+    ]
     ipam = next(i for i in identities_for([]) if i.name == "ipam")
     p = permissions_for(ipam)
     assert "vipwire-ctl.ipam.>" in p.subscribe_allow and p.allow_responses

@@ -25,6 +25,7 @@ from vipwire.bus._errors import (
 )
 from vipwire.bus._group import ConsumerGroup
 from vipwire.bus._history import kv_keys, kv_purge_markers, last_per_subject
+from vipwire.bus._identity import caller_token, identity_of_file
 from vipwire.bus._kv import KvBucket, KvEntry, KvWatch
 from vipwire.bus._link import Backoff, connected_gauge
 from vipwire.bus._reading import StoredMessage
@@ -61,9 +62,11 @@ __all__ = [
     "Unreadable",
     "Verdict",
     "WrongLastSequence",
+    "caller_token",
     "connect",
     "connected_gauge",
     "fence",
+    "identity_of_file",
     "kv_keys",
     "kv_purge_markers",
     "last_per_subject",

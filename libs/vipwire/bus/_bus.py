@@ -41,6 +41,7 @@ from vipwire.bus._errors import (
 )
 from vipwire.bus._group import ConsumerGroup
 from vipwire.bus._history import purge_ended
+from vipwire.bus._identity import caller_token
 from vipwire.bus._kv import KvBucket
 from vipwire.bus._limits import (
     STORE_FULL,
@@ -112,6 +113,7 @@ class Bus:
         #: The identity this connection logs in as (our credentials file names it);
         #: None: no credentials, or a file that names none (a NATS .creds file).
         self.identity: str | None = None
+        self._caller: str | None = None
         self.js: JetStreamContext = nc.jetstream(timeout=settings.request_timeout_s)
         self.tracer = tracer
         self.metrics = metrics
@@ -325,6 +327,14 @@ class Bus:
         return (version.major, version.minor, version.patch)
 
     # --- requests ------------------------------------------------------------------
+
+    @property
+    def caller(self) -> str:
+        """This connection's caller token for control requests: the identity its
+        credentials file names (read once), ``anonymous`` without one."""
+        if self._caller is None:
+            self._caller = caller_token(self.settings.credentials)
+        return self._caller
 
     async def request(self, subject: str, data: bytes, *, timeout_s: float) -> bytes:
         """A core NATS request; :class:`NoResponders` if nobody answers the subject."""

@@ -19,16 +19,16 @@ from typing import Final, Literal
 
 import msgspec
 
-from vipwire.contracts import IPAM_BUCKET, ROOT, STREAM
-from vipwire.contracts._control import LBDRIVER_LEASE_BUCKET
+from vipwire.contracts import CONTROL_VERBS, IPAM_BUCKET, ROOT, STREAM, identity_of_credentials
+from vipwire.contracts._control import CONTROL_PREFIX, LBDRIVER_LEASE_BUCKET
 from vipwire.contracts._subjects import SubjectError, node_token, validate_cluster
 
 Role = Literal["ipam", "lbdriver", "dashboard", "watcher", "nodeagent", "operator", "reader"]
 
 #: The control subjects' root (``vipwire-ctl.<service>.<verb>.<caller>``).
-CONTROL_ROOT: Final = "vipwire-ctl"
-#: Control verbs that only read (a reader and the dashboard may send these).
-READ_VERBS: Final = ("status", "show")
+CONTROL_ROOT: Final = CONTROL_PREFIX
+#: Control requests that only read (a reader and the dashboard may send these).
+READ_ONLY: Final = tuple(v for v in CONTROL_VERBS if v.read_only)
 #: ipam's durable consumers (one per filter); nobody else may touch them. ``ipam``
 #: is the name of the one durable with two filters before identities existed.
 IPAM_DURABLES: Final = ("ipam-service", "ipam-lb", "ipam")
@@ -285,7 +285,7 @@ def permissions_for(identity: Identity) -> Permissions:
         )
     if role == "dashboard":
         publish = [
-            *(f"{CONTROL_ROOT}.*.{verb}.{identity.name}" for verb in READ_VERBS),
+            *(verb.subject(identity.name) for verb in READ_ONLY),
             *common,
             *_consume(f"{ROOT}.>"),
         ]
@@ -295,7 +295,7 @@ def permissions_for(identity: Identity) -> Permissions:
         control = (
             [f"{CONTROL_ROOT}.*.*.{identity.name}"]
             if role == "operator"
-            else [f"{CONTROL_ROOT}.*.{verb}.{identity.name}" for verb in READ_VERBS]
+            else [verb.subject(identity.name) for verb in READ_ONLY]
         )
         publish = [
             *control,
@@ -371,14 +371,9 @@ def credentials_text(identity: Identity, seed: str) -> str:
     )
 
 
-_HEADER = re.compile(r"^#\s*vipwire NATS identity:\s*(\S+)")
-
-
 def identity_in(text: str) -> str | None:
     """The identity name a credentials file's first line gives (None: not ours)."""
-    first = text.split("\n", 1)[0]
-    match = _HEADER.match(first)
-    return match.group(1) if match else None
+    return identity_of_credentials(text)
 
 
 def seed_in(text: str) -> str | None:

@@ -1,7 +1,9 @@
 """``vipwire lb status``: the appliances as the running lbdriver sees them.
 
-The lbdriver answers a request on ``vipwire-ctl.lbdriver.status`` (core NATS,
-outside the stream); this command asks and prints a table, or the JSON.
+The lbdriver answers a request on ``vipwire-ctl.lbdriver.status.<caller>`` (core
+NATS, outside the stream; the caller is the identity of ``--creds`` /
+``VIPWIRE_NATS_CREDS``, ``anonymous`` without one); this command asks and
+prints a table, or the JSON.
 """
 
 from __future__ import annotations
@@ -35,20 +37,30 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argpar
 
 
 def execute(args: argparse.Namespace) -> int:
-    return asyncio.run(status_command(args.nats, as_json=args.json, timeout=args.timeout))
+    from vipwire.cli.ipam import caller_of_args
+
+    return asyncio.run(
+        status_command(
+            args.nats, as_json=args.json, timeout=args.timeout, caller=caller_of_args(args)
+        )
+    )
 
 
 class StatusUnavailable(Exception):
     """No lbdriver answered (or the answer was unreadable)."""
 
 
-async def fetch_status(url: str, *, timeout: float = 3.0) -> LbdriverStatus:
+async def fetch_status(
+    url: str, *, timeout: float = 3.0, caller: str = "anonymous"
+) -> LbdriverStatus:
     """Ask the lbdriver behind ``url`` for its status. Raises :class:`StatusUnavailable`."""
     import msgspec
     import nats
     import nats.errors
 
-    from vipwire.contracts import LBDRIVER_STATUS_SUBJECT, LbdriverStatus
+    from vipwire.contracts import LBDRIVER_STATUS, LbdriverStatus
+
+    subject = LBDRIVER_STATUS.subject(caller)
 
     async def quiet(_: Exception) -> None:
         """nats-py logs every failed attempt with a traceback; one line below says it all."""
@@ -67,7 +79,7 @@ async def fetch_status(url: str, *, timeout: float = 3.0) -> LbdriverStatus:
     except (OSError, nats.errors.Error, TimeoutError) as exc:
         raise StatusUnavailable(f"cannot connect to NATS at {url}: {exc!r}") from exc
     try:
-        reply = await nc.request(LBDRIVER_STATUS_SUBJECT, b"", timeout=timeout)
+        reply = await nc.request(subject, b"", timeout=timeout)
     except nats.errors.NoRespondersError as exc:
         raise StatusUnavailable(f"no lbdriver is running behind {url}") from exc
     except (nats.errors.Error, TimeoutError) as exc:
@@ -77,12 +89,14 @@ async def fetch_status(url: str, *, timeout: float = 3.0) -> LbdriverStatus:
     try:
         return msgspec.json.decode(reply.data, type=LbdriverStatus)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-        raise StatusUnavailable(f"unreadable answer on {LBDRIVER_STATUS_SUBJECT}: {exc}") from exc
+        raise StatusUnavailable(f"unreadable answer on {subject}: {exc}") from exc
 
 
-async def status_command(url: str, *, as_json: bool, timeout: float) -> int:
+async def status_command(
+    url: str, *, as_json: bool, timeout: float, caller: str = "anonymous"
+) -> int:
     try:
-        status = await fetch_status(url, timeout=timeout)
+        status = await fetch_status(url, timeout=timeout, caller=caller)
     except StatusUnavailable as exc:
         print(f"vipwire lb status: {exc}", file=sys.stderr)
         return 1
