@@ -24,6 +24,7 @@ from vipwire.bus import kv_keys
 from vipwire.contracts import IPAM_BUCKET
 from vipwire.ipam import addr_key
 from vipwire.ipam.core.records import decode_claim
+from vipwire.natsserver import NatsServer
 from vipwire.testing import eventually
 
 POOL = ipaddress.ip_network("198.51.100.0/24")
@@ -35,11 +36,15 @@ async def stack(span_exporter: InMemorySpanExporter) -> AsyncIterator[Stack]:
     async with Stack(span_processors=[SimpleSpanProcessor(span_exporter)]) as s:
         await s.wait_ready()
         yield s
+        # Permissions are on: every component did its work within its own.
+        assert isinstance(s.nats, NatsServer)
+        refused = [line for line in s.nats.log_tail if "Violation" in line]
+        assert not refused, "\n".join(refused)
 
 
 async def kv_claims(stack: Stack) -> dict[str, set[tuple[str, str]]]:
     """Every address claim in the ipam bucket: address key → (cluster, name) of its holders."""
-    runtime = stack.components["lbdriver"].runtime
+    runtime = stack.components["ipam"].runtime  # the one identity that may read it all
     assert runtime is not None
     kv = await runtime.bus.kv(IPAM_BUCKET)
     claims: dict[str, set[tuple[str, str]]] = {}
@@ -164,9 +169,10 @@ class TestPoison:
     ) -> None:
         """Garbage on a service subject is termed, logged, counted; the next Service converges."""
         ipam = stack.components["ipam"].runtime
-        assert ipam is not None
+        watcher = stack.components["watcher:east"].runtime  # the one that may publish there
+        assert ipam is not None and watcher is not None
         with caplog.at_level(logging.ERROR, logger="vipwire.bus.consumer"):
-            await ipam.bus.js.publish("vipwire.east.service.default.junk", b"\x00not json")
+            await watcher.bus.js.publish("vipwire.east.service.default.junk", b"\x00not json")
             await stack.create_service("east", "after-junk")
             await eventually(
                 lambda: vip_of(stack, "east", "after-junk"),

@@ -119,7 +119,7 @@ def test_nobody_but_ipam_reaches_ipams_durables() -> None:
     """Pulling from (or acking for, deleting) ipam's durables is denied to the others."""
     for identity in identities_for(["east"], operators=["a"]):
         denied = permissions_for(identity).publish_deny
-        carved = "$JS.API.CONSUMER.*.*.VIPWIRE.ipam-service" in denied
+        carved = "$JS.API.CONSUMER.MSG.NEXT.VIPWIRE.ipam-service" in denied
         assert carved == (identity.name != "ipam"), identity.name
 
 

@@ -5,7 +5,7 @@ publishes contract messages with de-duplication ids and trace context, and runs
 pull consumers that keep per-subject order with bounded concurrency.
 """
 
-from vipwire.bus._bus import Bus, connect
+from vipwire.bus._bus import Bus, Login, connect, credentials_options
 from vipwire.bus._consumer import (
     ConsumerSpec,
     Delivery,
@@ -48,6 +48,7 @@ __all__ = [
     "KvBucket",
     "KvEntry",
     "KvWatch",
+    "Login",
     "NoResponders",
     "NotFound",
     "OnUnreadable",
@@ -65,6 +66,7 @@ __all__ = [
     "caller_token",
     "connect",
     "connected_gauge",
+    "credentials_options",
     "fence",
     "identity_of_file",
     "kv_keys",

@@ -192,14 +192,18 @@ def _bucket(stream: str, *, write: bool, declare: bool) -> list[str]:
 
 
 def _ipam_durables_denied() -> list[str]:
-    """ipam's durable consumers, out of reach of everyone else: info, delete, create,
-    pulling from them (which would take ipam's messages) and acknowledging for them."""
+    """ipam's durable consumers, out of reach of everyone else (their info stays
+    readable): creating or deleting them, pulling from them (which would take ipam's
+    messages), asking their leader to step down, acknowledging for them."""
     denied: list[str] = []
     for name in IPAM_DURABLES:
         denied += [
-            f"{_API}.CONSUMER.*.{STREAM}.{name}",
-            f"{_API}.CONSUMER.*.*.{STREAM}.{name}",
+            f"{_API}.CONSUMER.CREATE.{STREAM}.{name}",
             f"{_API}.CONSUMER.CREATE.{STREAM}.{name}.>",
+            f"{_API}.CONSUMER.DURABLE.CREATE.{STREAM}.{name}",
+            f"{_API}.CONSUMER.DELETE.{STREAM}.{name}",
+            f"{_API}.CONSUMER.MSG.NEXT.{STREAM}.{name}",
+            f"{_API}.CONSUMER.LEADER.STEPDOWN.{STREAM}.{name}",
             f"$JS.ACK.{STREAM}.{name}.>",
         ]
     return denied
@@ -303,8 +307,10 @@ def permissions_for(identity: Identity) -> Permissions:
             *_consume(f"{ROOT}.>"),
             *_bucket(_KV_STREAM_IPAM, write=False, declare=False),
         ]
+        # Core subscriptions to the stream's subjects too: a live view of the bus.
         return Permissions(publish_allow=tuple(dict.fromkeys(publish)),
-                           publish_deny=tuple(deny), subscribe_allow=(inbox,))  # fmt: skip
+                           publish_deny=tuple(deny),
+                           subscribe_allow=(inbox, f"{ROOT}.>"))  # fmt: skip
     raise IdentityError(f"unknown role {role!r}")
 
 
