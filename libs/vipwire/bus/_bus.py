@@ -464,6 +464,11 @@ class Bus:
         subject's state is unknown until a valid one arrives; the newest valid
         one before it is handed to ``handler`` and stays in force).
         """
+        if len(spec.filters) != 1:
+            raise ValueError(
+                f"a consumer has exactly one filter, not {spec.filters!r}: the server checks "
+                f"it against the identity's permissions; use Bus.consumer_group for several"
+            )
         consumer = PullConsumer(self, spec, handler, on_unreadable)
         self._consumers.append(consumer)
         return consumer
