@@ -45,11 +45,11 @@ def test_a_bare_seed_logs_in_without_an_identity(tmp_path: Path) -> None:
 
 def test_a_missing_or_foreign_file_is_named_in_the_error(tmp_path: Path) -> None:
     """No such file, or a file with no seed: a BusError naming the file."""
-    with pytest.raises(BusError, match="nope.creds"):
+    with pytest.raises(BusError, match=r"nope\.creds"):
         credentials_options(str(tmp_path / "nope.creds"))
     other = tmp_path / "other.txt"
     other.write_text("hello\n")
-    with pytest.raises(BusError, match="other.txt.*vipwire nats config"):
+    with pytest.raises(BusError, match=r"other\.txt.*vipwire nats config"):
         credentials_options(str(other))
     assert credentials_options(None).options == {}
 
