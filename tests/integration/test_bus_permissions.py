@@ -4,7 +4,9 @@ the stream, the consumers and the ipam bucket are unchanged afterwards."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -222,3 +224,24 @@ async def test_without_credentials_nothing_connects(secured_nats: SecuredNats) -
             )
     finally:
         await nc.close()
+
+
+async def test_an_identity_that_may_not_declare_the_stream_waits_for_ipam(
+    secured_nats: SecuredNats, caplog: pytest.LogCaptureFixture
+) -> None:
+    """watcher-east only looks the stream up (no refused create or update): it waits,
+    then is through once ipam has declared it; nothing was refused meanwhile."""
+    bus = await secured_nats.connect("watcher-east")
+    try:
+        with caplog.at_level(logging.WARNING, logger="vipwire.bus"):
+            waiting = asyncio.create_task(bus.ensure_stream())
+            await eventually(
+                lambda: "does not exist yet" in caplog.text, what="the watcher waiting for ipam"
+            )
+            assert not waiting.done()
+            await secured_nats.declare()
+            await asyncio.wait_for(waiting, 10)
+        assert "bus_permission_denied_total{" not in bus.metrics.expose()
+        assert not [line for line in secured_nats.server.log_tail if "Violation" in line]
+    finally:
+        await bus.close()

@@ -55,6 +55,8 @@ async def waiting_out_elections(
             result = await attempt()
         except Exception as exc:
             cause = exc.__cause__ if exc.__cause__ is not None else exc
+            if isinstance(exc, NotDeclaredYet):
+                cause = exc
             if not transient(cause) or (attempts is not None and tried >= attempts):
                 raise
             if tried == 1 and isinstance(cause, NotDeclaredYet):
