@@ -30,9 +30,15 @@ from vipwire.contracts import MalformedMessage, Message, decode
 _GONE = frozenset({"DEL", "PURGE"})
 
 
-def reader_name() -> str:
-    """A fresh name for the short-lived consumer of one read."""
-    return f"read-{uuid.uuid4().hex[:16]}"
+def reader_name(js: JetStreamContext) -> str | None:
+    """A fresh name for the short-lived (ordered) consumer of one read, when the
+    connection has an identity (its inboxes are ``_INBOX.<identity>``): named, the
+    consumer is created on the API subject that carries its filter, which the server
+    checks against the identity's permissions. Without one, None: unnamed, as before
+    identities, since nats-py re-creates an ordered consumer under the same name
+    after a gap (a failover mid-read), which the server refuses for a name in use."""
+    prefix = bytes(getattr(getattr(js, "_nc", None), "_inbox_prefix", b"_INBOX"))
+    return f"read-{uuid.uuid4().hex[:16]}" if prefix != b"_INBOX" else None
 
 
 async def last_per_subject(
@@ -56,7 +62,7 @@ async def last_per_subject(
             config=ConsumerConfig(
                 # Named, with its one filter: created on the API subject that carries the
                 # filter, which the server checks against the identity's permissions.
-                name=reader_name(),
+                name=reader_name(js),
                 deliver_policy=DeliverPolicy.LAST_PER_SUBJECT,
                 headers_only=headers_only or None,
             ),

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -19,6 +18,7 @@ from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from vipwire.bus._errors import NATS_ERRORS, NotFound, translate
+from vipwire.bus._history import reader_name
 
 
 class StoredMessage(msgspec.Struct, frozen=True, kw_only=True, gc=False):
@@ -155,8 +155,8 @@ async def last_messages(
             cb=on_msg,
             ordered_consumer=True,
             deliver_policy=DeliverPolicy.LAST_PER_SUBJECT,
-            # Named, with its one filter: see vipwire.bus._history.last_per_subject.
-            config=ConsumerConfig(name=f"read-{uuid.uuid4().hex[:16]}"),
+            # Named, with its one filter: see vipwire.bus._history.reader_name.
+            config=ConsumerConfig(name=reader_name(js)),
         )
     except NATS_ERRORS as exc:
         raise translate(exc, what) from exc
