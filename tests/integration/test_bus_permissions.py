@@ -16,7 +16,7 @@ import pytest
 from nats.aio.client import Client as NatsClient
 
 from support.secure_nats import SecuredNats
-from vipwire.bus import Bus
+from vipwire.bus import Bus, BusError
 from vipwire.contracts import IPAM_BUCKET, STREAM
 from vipwire.natsauth import seed_in
 from vipwire.testing import eventually
@@ -245,3 +245,14 @@ async def test_an_identity_that_may_not_declare_the_stream_waits_for_ipam(
         assert not [line for line in secured_nats.server.log_tail if "Violation" in line]
     finally:
         await bus.close()
+
+
+async def test_a_component_without_a_login_is_told_what_to_do(
+    secured_nats: SecuredNats, caplog: pytest.LogCaptureFixture
+) -> None:
+    """No bus.credentials against a secured server: the connection fails, and the log
+    says the server wants a login and where the credentials come from."""
+    with caplog.at_level(logging.ERROR, logger="vipwire.bus"), pytest.raises(BusError):
+        await secured_nats.connect(None, reconnect_wait_s=0.05)
+    assert "authorization violation" in caplog.text
+    assert "no bus.credentials set" in caplog.text and "vipwire nats config" in caplog.text

@@ -542,6 +542,7 @@ async def connect(
     backoff = Backoff(settings.reconnect_wait_s, settings.reconnect_max_wait_s)
     link = Link(name, settings.servers, metrics, backoff)
     tried = 0
+    hinted = False
     while True:
         tried += 1
         nc = NatsClient()
@@ -572,8 +573,20 @@ async def connect(
             break
         except (AttemptFailed, TimeoutError, nats.errors.Error, OSError) as exc:
             await _discard(nc)
+            cause = exc.cause if isinstance(exc, AttemptFailed) else exc
+            if not hinted and "authorization violation" in str(cause).lower():
+                hinted = True
+                log.error(
+                    "NATS refused the login of %s (authorization violation): %s; give it the "
+                    "credentials `vipwire nats config` wrote for its identity (bus.credentials) "
+                    "and make sure the server runs with that configuration (re-run the "
+                    "generator, then nats-server --signal reload)",
+                    name,
+                    f"credentials {settings.credentials}"
+                    if settings.credentials
+                    else "no bus.credentials set, and the server requires a login",
+                )
             if attempts is not None and tried >= attempts:
-                cause = exc.cause if isinstance(exc, AttemptFailed) else exc
                 raise BusError(
                     f"cannot reach NATS at {', '.join(settings.servers)} after {tried} "
                     f"attempts: {cause!r}. Is nats-server running and the URL right?"
