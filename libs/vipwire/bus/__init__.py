@@ -5,7 +5,7 @@ publishes contract messages with de-duplication ids and trace context, and runs
 pull consumers that keep per-subject order with bounded concurrency.
 """
 
-from vipwire.bus._bus import Bus, Login, connect, credentials_options
+from vipwire.bus._bus import Bus, connect
 from vipwire.bus._consumer import (
     ConsumerSpec,
     Delivery,
@@ -28,6 +28,7 @@ from vipwire.bus._history import kv_keys, kv_purge_markers, last_per_subject
 from vipwire.bus._identity import caller_token, identity_of_file
 from vipwire.bus._kv import KvBucket, KvEntry, KvWatch
 from vipwire.bus._link import Backoff, connected_gauge
+from vipwire.bus._login import Login, credentials_options
 from vipwire.bus._reading import StoredMessage
 from vipwire.bus._requests import Responder, Serving, fence
 from vipwire.bus._settings import BusSettings

@@ -13,8 +13,6 @@ import dataclasses
 import logging
 import uuid
 from collections.abc import Mapping
-from pathlib import Path
-from typing import Any
 
 import nats
 import nats.errors
@@ -52,6 +50,7 @@ from vipwire.bus._limits import (
     with_stream_limits,
 )
 from vipwire.bus._link import AttemptFailed, Backoff, Link
+from vipwire.bus._login import credentials_options
 from vipwire.bus._reading import StoredMessage, last_message, last_messages, newest_before
 from vipwire.bus._requests import Responder, Serving, fence, request, serve
 from vipwire.bus._settings import BusSettings
@@ -66,7 +65,7 @@ from vipwire.contracts import (
     subject_for,
 )
 from vipwire.metrics import Registry
-from vipwire.natsauth import identity_in, may_declare_stream, seed_in
+from vipwire.natsauth import may_declare_stream
 from vipwire.telemetry import inject_context
 
 log = logging.getLogger("vipwire.bus")
@@ -601,46 +600,6 @@ async def connect(
     bus.declare_attempts = attempts
     bus.identity = login.identity
     return bus
-
-
-_JWT_MARK = "-----BEGIN NATS USER JWT-----"
-
-
-@dataclasses.dataclass(frozen=True)
-class Login:
-    """How a connection authenticates: nats-py's options, and the identity's name."""
-
-    options: dict[str, Any]
-    #: The identity named by our credentials file's first line; None: none named.
-    identity: str | None = None
-
-
-def credentials_options(path: str | None) -> Login:
-    """nats-py's connect options for ``bus.credentials``: a NATS ``.creds`` file (JWT and
-    seed) is handed over as is; our own file (``vipwire nats config``) gives its NKey
-    seed, and the identity on its first line gives the inbox prefix
-    ``_INBOX.<identity>`` (the only inboxes that identity may subscribe to)."""
-    if path is None:
-        return Login(options={})
-    try:
-        text = Path(path).read_text()
-    except OSError as exc:
-        raise BusError(
-            f"cannot read the NATS credentials file {path} (bus.credentials): {exc.strerror or exc}"
-        ) from exc
-    if _JWT_MARK in text:
-        return Login(options={"user_credentials": path})
-    seed = seed_in(text)
-    if seed is None:
-        raise BusError(
-            f"{path} (bus.credentials) holds neither a NATS .creds (JWT) nor an NKey user "
-            f"seed (a line starting SU): generate one with `vipwire nats config`"
-        )
-    identity = identity_in(text)
-    options: dict[str, Any] = {"nkeys_seed_str": seed}
-    if identity is not None:
-        options["inbox_prefix"] = f"_INBOX.{identity}"
-    return Login(options=options, identity=identity)
 
 
 def _declare_hint(exc: BaseException) -> str:
