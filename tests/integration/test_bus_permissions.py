@@ -256,3 +256,29 @@ async def test_a_component_without_a_login_is_told_what_to_do(
         await secured_nats.connect(None, reconnect_wait_s=0.05)
     assert "authorization violation" in caplog.text
     assert "no bus.credentials set" in caplog.text and "vipwire nats config" in caplog.text
+
+
+async def test_nobody_but_ipam_touches_ipams_durables(
+    secured_nats: SecuredNats, steward: Bus
+) -> None:
+    """Others may not create (squat), pull from, ack for, step down or delete ipam's
+    durable, nor create a consumer with its name in the request body; it stays as it is."""
+    await steward.js.add_consumer(
+        STREAM,
+        durable_name="ipam-service",
+        name="ipam-service",
+        filter_subject="vipwire.*.service.>",
+    )
+    body = json.dumps(
+        {"stream_name": STREAM, "config": {"name": "ipam-service", "filter_subject": "vipwire.>"}}
+    ).encode()
+    for identity in ("reader-viewer", "watcher-east", "lbdriver", "dashboard"):
+        async with probe(secured_nats, identity) as p:
+            await p.refused(f"$JS.API.CONSUMER.CREATE.{STREAM}", body)
+            await p.refused(f"$JS.API.CONSUMER.CREATE.{STREAM}.ipam-service.vipwire.east.>", body)
+            await p.refused(f"$JS.API.CONSUMER.MSG.NEXT.{STREAM}.ipam-service", b'{"batch":1}')
+            await p.refused(f"$JS.API.CONSUMER.DELETE.{STREAM}.ipam-service")
+            await p.refused(f"$JS.API.CONSUMER.LEADER.STEPDOWN.{STREAM}.ipam-service")
+            await p.refused(f"$JS.ACK.{STREAM}.ipam-service.1.1.1.1.1")
+    info = await steward.js.consumer_info(STREAM, "ipam-service")
+    assert info.config.filter_subject == "vipwire.*.service.>"

@@ -24,7 +24,7 @@ from vipwire.bus._errors import (
     WrongLastSequence,
 )
 from vipwire.bus._group import ConsumerGroup
-from vipwire.bus._history import kv_keys, kv_purge_markers, last_per_subject
+from vipwire.bus._history import kv_keys, kv_purge_markers, last_per_subject, reader_name
 from vipwire.bus._identity import caller_token, identity_of_file
 from vipwire.bus._kv import KvBucket, KvEntry, KvWatch
 from vipwire.bus._link import Backoff, connected_gauge
@@ -73,4 +73,5 @@ __all__ = [
     "kv_keys",
     "kv_purge_markers",
     "last_per_subject",
+    "reader_name",
 ]

@@ -210,8 +210,10 @@ def _ipam_durables_denied() -> list[str]:
 
 
 def _reads_stream() -> list[str]:
-    """Whole-stream reads of an operator: replay's ordered consumers (no filter in the
-    subject), a message by sequence, the stream and its consumers listed."""
+    """Whole-stream reads of an operator: a message by sequence, the streams and their
+    consumers listed (replay's ordered consumers are named: see ``_consume``). No
+    unnamed consumer create: its name, in the request body, could squat the name of
+    ipam's durable before ipam made it."""
     return [
         f"{_API}.INFO",
         f"{_API}.STREAM.NAMES",
@@ -220,7 +222,6 @@ def _reads_stream() -> list[str]:
         f"{_API}.CONSUMER.NAMES.*",
         f"{_API}.CONSUMER.LIST.*",
         f"{_API}.CONSUMER.INFO.*.*",
-        f"{_API}.CONSUMER.CREATE.{STREAM}",
         f"{_API}.STREAM.MSG.GET.{STREAM}",
     ]
 
