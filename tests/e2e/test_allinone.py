@@ -253,3 +253,20 @@ class TestSmoke:
         result = json.loads(lines[0])
         assert result["services"] == result["converged"] == 10
         assert 0 < result["p50_ms"] <= result["p99_ms"]
+        # Permissions on by default: the operator's credentials are named, no warning.
+        assert "operator creds: " in proc.stderr and "operator-admin.creds" in proc.stderr
+        assert "WARNING" not in proc.stderr
+
+    def test_vipwire_up_insecure_bus_warns_and_still_converges(self) -> None:
+        """`vipwire up --smoke --insecure-bus`: a WARNING line, no credentials, converged."""
+        proc = subprocess.run(
+            [sys.executable, "-m", "vipwire.cli", "up", "--smoke", "--insecure-bus",
+             "--services", "1", "--clusters", "1", "--nodes", "1", "--timeout", "30"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert "WARNING: --insecure-bus" in proc.stderr
+        assert "operator creds" not in proc.stderr
