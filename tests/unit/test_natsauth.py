@@ -89,6 +89,16 @@ def test_a_node_agent_publishes_only_its_own_applied() -> None:
     ]
 
 
+def test_a_cluster_may_share_one_agent_identity() -> None:
+    """--nodes east=*: nodeagent-east, publishing any east node's applied, nothing else."""
+    shared = identities_for(["east"], nodes={"east": ["*"]})
+    agent = next(i for i in shared if i.role == "nodeagent")
+    assert agent.name == "nodeagent-east" and agent.node is None
+    assert "every node" in agent.describe()
+    p = permissions_for(agent)
+    assert [s for s in p.publish_allow if s.startswith("vipwire.")] == ["vipwire.east.applied.*"]
+
+
 def test_only_ipam_writes_its_bucket_and_declares_the_stream() -> None:
     """$KV.vipwire-ipam and the stream's create/update/purge are ipam's alone."""
     everyone = identities_for(["east"], nodes={"east": ["n1"]}, operators=["a"], readers=["b"])

@@ -60,6 +60,8 @@ class Identity(msgspec.Struct, frozen=True, kw_only=True, order=True):
             parts.append(f"cluster {self.cluster}")
         if self.node is not None:
             parts.append(f"node {self.node}")
+        elif self.role == "nodeagent":
+            parts.append("every node")
         return ", ".join(parts)
 
 
@@ -94,7 +96,18 @@ def watcher(cluster: str) -> Identity:
     return Identity(name=f"watcher-{_checked_cluster(cluster)}", role="watcher", cluster=cluster)
 
 
+#: ``--nodes east=*``: one identity for every agent of the cluster (see :func:`nodeagent`).
+EVERY_NODE: Final = "*"
+
+
 def nodeagent(cluster: str, node: str) -> Identity:
+    """The agent of ``node``; with :data:`EVERY_NODE`, the one identity of every agent
+    of the cluster (``nodeagent-<cluster>``, publishing any node's ``applied``), for
+    fleets that cannot hand each node a seed of its own."""
+    if node == EVERY_NODE:
+        return Identity(
+            name=f"nodeagent-{_checked_cluster(cluster)}", role="nodeagent", cluster=cluster
+        )
     try:
         token = node_token(node)
     except SubjectError as exc:
@@ -246,9 +259,10 @@ def permissions_for(identity: Identity) -> Permissions:
         return Permissions(publish_allow=tuple(publish), publish_deny=tuple(deny),
                            subscribe_allow=(inbox,))  # fmt: skip
     if role == "nodeagent":
-        assert c is not None and identity.node is not None
+        assert c is not None
+        node = "*" if identity.node is None else node_token(identity.node)
         publish = [
-            f"{ROOT}.{c}.applied.{node_token(identity.node)}",
+            f"{ROOT}.{c}.applied.{node}",
             *common,
             *_consume(*(f"{ROOT}.{c}.{family}.>" for family in ("lb", "endpoints", "pools"))),
         ]

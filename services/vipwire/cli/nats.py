@@ -34,7 +34,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argpar
         action="append",
         default=[],
         metavar="CLUSTER=N1,N2",
-        help="the nodes of a cluster: one node agent identity each (repeat per cluster)",
+        help="the nodes of a cluster: one node agent identity each (repeat per cluster); "
+        "CLUSTER='*': one identity nodeagent-CLUSTER shared by every agent of the cluster",
     )
     config.add_argument(
         "--operator",
