@@ -245,6 +245,9 @@ def permissions_for(identity: Identity) -> Permissions:
     common = [
         f"{_API}.INFO",
         f"{_API}.STREAM.INFO.{STREAM}",
+        # A stored message by sequence, or the last of a subject: every consumer reads
+        # the newest valid message before one that does not decode. The request names
+        # no subject the server could check (a read, never a write).
         f"{_API}.STREAM.MSG.GET.{STREAM}",
     ]
     deny = _ipam_durables_denied()
