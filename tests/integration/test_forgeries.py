@@ -1,6 +1,8 @@
-"""The forgeries of issue 15, replayed against the receivers over a real nats-server.
+"""The forgeries of issue 15, replayed against the receivers over a real nats-server
+started with the permissions ``vipwire nats config`` generates.
 
-Each forger publishes on a subject its identity may use (the lbdriver on ``lb``,
+Every service and forger logs in as its own identity. Each forger publishes on a
+subject its identity may use (the lbdriver on ``lb``,
 a watcher on its own cluster's ``node`` and ``service``, ipam on ``vip``), but
 with a payload that disagrees with the subject, an address outside the pools, or
 a member outside the node networks: the receiver refuses it, counts it, and the
@@ -15,12 +17,11 @@ from typing import Any, NamedTuple, TypeVar
 
 import msgspec
 import pytest
-from nats.aio.msg import Msg
-from nats.js.api import DeliverPolicy
 
+from support.secure_nats import SecuredNats
+from vipwire.bus import DONE, ConsumerSpec, Delivery, Verdict
 from vipwire.contracts import (
     IPAM_BUCKET,
-    STREAM,
     LbProgrammed,
     LbRemoved,
     Member,
@@ -34,7 +35,6 @@ from vipwire.contracts import (
     VipAssigned,
     VipReleased,
     VipReleasing,
-    decode,
     encode,
     node_subject,
     service_subject,
@@ -44,7 +44,7 @@ from vipwire.ipam import IpamService, IpamSettings, PoolSettings
 from vipwire.ipam.io.bucket import IpamStore
 from vipwire.lbdriver import ApplianceSettings, LbdriverService, LbdriverSettings, SimAppliance
 from vipwire.nodeagent import DryRunApplier, NodeagentService, NodeagentSettings
-from vipwire.runtime import Runtime
+from vipwire.runtime import CommonSettings, Runtime
 from vipwire.testing import eventually
 
 RuntimeFactory = Callable[[str], Awaitable[Runtime]]
@@ -87,27 +87,24 @@ async def rejected(rt: Runtime, family: str, count: int = 1) -> None:
 
 
 class Observer:
-    """Every contract message stored on the stream under a filter from now on (read
-    through an ordered consumer, as an operator may: core subscriptions on the
-    stream's subjects are nobody's right)."""
+    """Every contract message stored on the stream under one filter from now on, read
+    as an operator may (a named consumer with that one filter; core subscriptions on
+    the stream's subjects are nobody's right). Refused payloads are not handed over."""
 
     def __init__(self) -> None:
         self.messages: list[Message] = []
 
     async def attach(self, rt: Runtime, subjects: str) -> None:
-        async def on_msg(msg: Msg) -> None:
-            self.messages.append(decode(msg.subject, msg.data))
+        async def on_delivery(d: Delivery) -> Verdict:
+            self.messages.append(d.message)
+            return DONE
 
-        self._sub = await rt.bus.js.subscribe(
-            subjects,
-            stream=STREAM,
-            cb=on_msg,
-            ordered_consumer=True,
-            deliver_policy=DeliverPolicy.NEW,
-        )
+        spec = ConsumerSpec(filters=(subjects,), deliver="new", ack="none", traced=False)
+        self._consumer = rt.bus.consumer(spec, on_delivery)
+        await self._consumer.start()
 
     async def detach(self) -> None:
-        await self._sub.unsubscribe()
+        await self._consumer.stop()
 
     def of(self, kind: type[M]) -> list[M]:
         return [m for m in self.messages if isinstance(m, kind)]
@@ -117,17 +114,25 @@ Identities = Callable[[str], Awaitable[Runtime]]
 
 
 @pytest.fixture
-async def bus_as(make_runtime: RuntimeFactory) -> Identities:
+async def bus_as(secured_nats: SecuredNats) -> AsyncIterator[Identities]:
     """A runtime connected as one identity (``ipam``, ``lbdriver``, ``watcher-east``,
-    ``nodeagent-east-n1``, ``operator-admin``); one per identity."""
+    ``nodeagent-east-n1``, ``operator-admin``) to a nats-server started with the
+    permissions ``vipwire nats config`` generates; one per identity. The stream is
+    declared first, as its steward (ipam) does."""
+    await secured_nats.declare()
     made: dict[str, Runtime] = {}
 
     async def make(identity: str) -> Runtime:
         if identity not in made:
-            made[identity] = await make_runtime(identity)
+            settings = CommonSettings(bus=secured_nats.settings(identity))
+            runtime = Runtime(identity, settings, connect_attempts=20)
+            await runtime.start()
+            made[identity] = runtime
         return made[identity]
 
-    return make
+    yield make
+    for runtime in reversed(made.values()):
+        await runtime.stop()
 
 
 @pytest.fixture
