@@ -934,9 +934,9 @@ class PullConsumer:
         """A payload that disagrees with its subject: refused before any handler.
 
         Never handled, never the subject's state: that stays its last message that
-        agrees (already handled here, or looked up and handed over now, as for an
-        unreadable one, so that a consumer starting on the forged message still
-        learns the real state). Counted per family; logged at most once a minute per
+        agrees (already handled here, or, while replaying, looked up and handed over
+        now, as for an unreadable one, so that a consumer starting on the forged
+        message still learns the real state). Counted per family; logged at most once a minute per
         subject (a forger repeating itself fills no disk).
         """
         subject = parsed.raw
@@ -954,7 +954,11 @@ class PullConsumer:
                 f" ({repeats} more refused since the last line)" if repeats else "",
             )
         verdict: Verdict = Reject(reason=exc.reason)
-        if not (self._supersede and self._last_seq.get(subject)):
+        # Live, every message before it was delivered here already: only a replay (a
+        # forged message last on its subject) needs the one in force looked up. A
+        # flood of forgeries then costs no stream reads.
+        handled_here = self._supersede and self._last_seq.get(subject)
+        if not (handled_here or self._caught_up.is_set()):
             try:
                 previous = await self._bus.last_valid_message(subject, before_seq=seq)
             except BusError as err:
