@@ -28,7 +28,9 @@ from vipwire.bus._kv import KvBucket, KvEntry, KvWatch
 from vipwire.bus._link import Backoff, connected_gauge
 from vipwire.bus._reading import StoredMessage
 from vipwire.bus._requests import Responder, Serving, fence
-from vipwire.bus._settings import BusSettings
+from vipwire.bus._settings import BusSettings, TlsSettings
+from vipwire.bus._tls import TlsError, certificate_problem, tls_options
+from vipwire.bus._urls import redacted, redacted_all, scrubbed
 from vipwire.bus._verdict import DONE, Done, Reject, Retry, Verdict
 
 __all__ = [
@@ -55,14 +57,21 @@ __all__ = [
     "Serving",
     "StoreFull",
     "StoredMessage",
+    "TlsError",
+    "TlsSettings",
     "TooLarge",
     "Unreadable",
     "Verdict",
     "WrongLastSequence",
+    "certificate_problem",
     "connect",
     "connected_gauge",
     "fence",
     "kv_keys",
     "kv_purge_markers",
     "last_per_subject",
+    "redacted",
+    "redacted_all",
+    "scrubbed",
+    "tls_options",
 ]

@@ -19,6 +19,7 @@ from typing import Any, Literal
 import nats.errors
 from nats.aio.client import Server
 
+from vipwire.bus._urls import redacted, redacted_all
 from vipwire.metrics import Gauge, Registry
 
 log = logging.getLogger("vipwire.bus")
@@ -81,7 +82,8 @@ class Link:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.name = name
-        self.where = ", ".join(servers)
+        #: The servers, as they may be shown (passwords redacted).
+        self.where = redacted_all(servers)
         self._servers = max(len(servers), 1)
         self.backoff = backoff
         self.state: State = "connecting"
@@ -128,7 +130,7 @@ class Link:
     def up(self, url: str) -> None:
         """The first connection is made."""
         self._in_attempt = False
-        self._url = url
+        self._url = url = redacted(url)
         if self.failures:
             log.info(
                 "NATS at %s answered (%s) after %d failed attempt(s) in %.1f s",
@@ -177,7 +179,7 @@ class Link:
         )
 
     async def on_reconnect(self, url: str = "") -> None:
-        self._url = url or self._url
+        self._url = redacted(url) if url else self._url
         log.info(
             "NATS reconnected to %s (%s) after %.1f s and %d attempt(s)",
             self._url or self.where,
