@@ -6,6 +6,7 @@ pull consumers that keep per-subject order with bounded concurrency.
 """
 
 from vipwire.bus._bus import Bus, connect
+from vipwire.bus._client import connect_client
 from vipwire.bus._consumer import (
     ConsumerSpec,
     Delivery,
@@ -65,6 +66,7 @@ __all__ = [
     "WrongLastSequence",
     "certificate_problem",
     "connect",
+    "connect_client",
     "connected_gauge",
     "fence",
     "kv_keys",

@@ -15,12 +15,13 @@ import datetime
 import sys
 from typing import TYPE_CHECKING, Any
 
+from vipwire.cli import connection
+
 if TYPE_CHECKING:
     from nats.aio.client import Client
 
     from vipwire.contracts import IpamStatus, ReleaseReply, ReloadReply, ShowReply
 
-DEFAULT_NATS = "nats://127.0.0.1:4222"
 #: Seconds ``reload`` keeps listening for more replicas after the last answer.
 RELOAD_GRACE_S = 0.5
 
@@ -30,12 +31,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argpar
     verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
 
     def common(verb: argparse.ArgumentParser, timeout: float) -> None:
-        verb.add_argument(
-            "--nats",
-            default=DEFAULT_NATS,
-            metavar="URL",
-            help=f"NATS server (default {DEFAULT_NATS})",
-        )
+        connection.add_arguments(verb)
+        verb.epilog = connection.PRECEDENCE
         verb.add_argument("--json", action="store_true", help="print the answer as JSON")
         verb.add_argument(
             "--timeout",
@@ -78,8 +75,8 @@ async def run(args: argparse.Namespace) -> int:
 
     verb: str = args.verb
     try:
-        nc = await _connect(args.nats, args.timeout)
-    except IpamUnavailable as exc:
+        nc = await connection.connect(connection.settings_from(args), timeout=args.timeout)
+    except connection.ConnectionProblem as exc:
         print(f"vipwire ipam {verb}: {exc}", file=sys.stderr)
         return 1
     try:
@@ -113,28 +110,6 @@ async def run(args: argparse.Namespace) -> int:
 
 
 # --- asking ---------------------------------------------------------------------------
-
-
-async def _connect(url: str, timeout: float) -> Client:
-    import nats
-    import nats.errors
-
-    async def quiet(exc: Exception) -> None:
-        """The failure is reported once, below, not as a traceback per attempt."""
-
-    try:
-        # One attempt: nats-py retries forever with max_reconnect_attempts=0.
-        return await nats.connect(
-            url,
-            connect_timeout=timeout,
-            max_reconnect_attempts=1,
-            reconnect_time_wait=0.1,
-            allow_reconnect=False,
-            error_cb=quiet,
-            name="vipwire-cli",
-        )
-    except (OSError, nats.errors.Error, TimeoutError) as exc:
-        raise IpamUnavailable(f"cannot connect to NATS at {url}: {exc!r}") from exc
 
 
 async def _request(nc: Client, subject: str, payload: bytes, timeout: float) -> bytes:
