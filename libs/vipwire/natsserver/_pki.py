@@ -86,6 +86,10 @@ class Pki:
             self.client_key_file,
         )
 
+    def client_files(self) -> tuple[Path, Path, Path]:
+        """(CA, client certificate, client key): what a client of the server needs."""
+        return (self.ca_file, self.client_cert_file, self.client_key_file)
+
     def server_config(self, *, verify: bool = True) -> str:
         """nats-server configuration text: TLS for clients with this CA's server
         certificate; ``verify``: every client must show a certificate the CA signed."""

@@ -19,19 +19,18 @@ from pathlib import Path
 from typing import Any, Literal
 
 import msgspec
-import nats
 from kubernetes_asyncio.client import CoreV1Api
 from nats.aio.msg import Msg
 from opentelemetry.sdk.trace import SpanProcessor
 
-from vipwire.bus import BusSettings
+from vipwire.bus import BusSettings, TlsSettings, connect_client
 from vipwire.contracts import MalformedMessage, ServiceRef, StatusWritten, decode
 from vipwire.dashboard import DashboardService, DashboardSettings
 from vipwire.ipam import IpamService, IpamSettings, PoolSettings
 from vipwire.kube import KubeApiError, new_api_client, request_json
 from vipwire.kubeemu import KubeEmulator
 from vipwire.lbdriver import ApplianceSettings, LbdriverService, LbdriverSettings, SimAppliance
-from vipwire.natsserver import NatsCluster, NatsServer
+from vipwire.natsserver import NatsCluster, NatsServer, Pki, make_pki
 from vipwire.nodeagent import Applier, DryRunApplier, NodeagentService, NodeagentSettings
 from vipwire.runtime import CommonSettings, Runtime, Service
 from vipwire.watcher import WatcherService, WatcherSettings
@@ -83,6 +82,10 @@ class StackSettings(msgspec.Struct, frozen=True, kw_only=True):
     uplink_interface: str | None = None
     #: Port of the dashboard on 127.0.0.1 (0: any free port); None: no dashboard.
     dashboard_port: int | None = 0
+    #: NATS over TLS with client certificates (mTLS, ``verify: true``), from a throwaway
+    #: CA made with openssl in ``<state_dir>/pki``; every component and the stack's own
+    #: clients connect with the CA's client certificate.
+    tls: bool = False
 
 
 def cluster_name(index: int) -> str:
@@ -150,11 +153,21 @@ class Stack:
             self.state_dir = Path(self._tmp.name)
         else:
             self.state_dir = Path(self.settings.state_dir)
+        # TLS: the CA's files are made on start, before the server reads them.
+        self.pki: Pki | None = Pki(self.state_dir / "pki") if self.settings.tls else None
+        nats_config = self.pki.server_config(verify=True) if self.pki is not None else ""
         # Its own process group: a Ctrl-C in the terminal stops the services first, then it.
         self.nats: NatsServer | NatsCluster = (
-            NatsCluster(self.settings.nats_servers, self.state_dir / "jetstream")
+            NatsCluster(
+                self.settings.nats_servers,
+                self.state_dir / "jetstream",
+                extra_config=nats_config,
+                client_tls=self.pki.client_files() if self.pki is not None else None,
+            )
             if self.settings.nats_servers > 1
-            else NatsServer(self.state_dir / "jetstream", own_process_group=True)
+            else NatsServer(
+                self.state_dir / "jetstream", own_process_group=True, extra_config=nats_config
+            )
         )
         real = self.settings.kubeconfigs
         self.clusters = list(real) or [cluster_name(i) for i in range(self.settings.clusters)]
@@ -173,11 +186,26 @@ class Stack:
 
     # --- lifecycle -----------------------------------------------------------------
 
+    def client_tls(self) -> TlsSettings:
+        """``bus.tls`` of every client of the stack (empty without ``tls``)."""
+        if self.pki is None:
+            return TlsSettings()
+        return TlsSettings(
+            ca_file=str(self.pki.ca_file),
+            cert_file=str(self.pki.client_cert_file),
+            key_file=str(self.pki.client_key_file),
+        )
+
+    def client_settings(self) -> BusSettings:
+        """How the stack's own clients (status follower, ``vipwire up``'s view) connect."""
+        return BusSettings(servers=self.nats.urls, tls=self.client_tls())
+
     def _runtime(self, name: str) -> Runtime:
         bus = BusSettings(
             servers=self.nats.urls,
             reconnect_wait_s=0.2,
             replicas=min(3, max(1, self.settings.nats_servers)),
+            tls=self.client_tls(),
         )
         service_name, _, instance = name.partition(":")
         return Runtime(
@@ -195,6 +223,8 @@ class Stack:
 
     async def start(self) -> None:
         self.state_dir.mkdir(parents=True, exist_ok=True)
+        if self.pki is not None:
+            await asyncio.to_thread(make_pki, self.pki.directory)
         await self.nats.start()
         for cluster, (path, context) in self.settings.kubeconfigs.items():
             self.kube[cluster] = await new_api_client(path, context)
@@ -452,7 +482,9 @@ class Stack:
     async def _follow_statuses(self) -> None:
         """Keep what the watchers write into real clusters' status (from the bus), so
         ``ingress_ips`` answers without asking those API servers every time."""
-        self._status_nc = await nats.connect(servers=list(self.nats.urls), name="vipwire-up-status")
+        self._status_nc = await connect_client(
+            self.client_settings(), name="vipwire-up-status", timeout=5.0
+        )
 
         async def on_msg(msg: Msg) -> None:
             try:
