@@ -51,7 +51,12 @@ from vipwire.bus._link import AttemptFailed, Backoff, Link
 from vipwire.bus._reading import StoredMessage, last_message, last_messages, newest_before
 from vipwire.bus._requests import Responder, Serving, fence, request, serve
 from vipwire.bus._settings import BusSettings
-from vipwire.bus._tls import TlsError, certificate_problem, tls_options
+from vipwire.bus._tls import (
+    TlsError,
+    certificate_problem,
+    server_verifies_clients,
+    tls_options,
+)
 from vipwire.bus._urls import redacted, redacted_all
 from vipwire.contracts import (
     ROOT,
@@ -516,7 +521,9 @@ async def connect(
         except (AttemptFailed, TimeoutError, nats.errors.Error, OSError) as exc:
             await _discard(nc)
             cause = exc.cause if isinstance(exc, AttemptFailed) else exc
-            problem = certificate_problem(cause, settings.tls)
+            problem = certificate_problem(
+                cause, settings.tls, server_verifies=server_verifies_clients(nc)
+            )
             if problem is not None:
                 raise TlsError(
                     f"cannot connect to NATS at {redacted_all(settings.servers)}: {problem}"
@@ -556,7 +563,7 @@ def _url(nc: NatsClient) -> str:
 
 
 #: Seconds a client whose first connection failed may take to close.
-_DISCARD_TIMEOUT_S = 2.0
+_DISCARD_TIMEOUT_S = 0.5
 
 
 async def _discard(nc: NatsClient) -> None:

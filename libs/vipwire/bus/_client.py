@@ -16,7 +16,12 @@ from nats.aio.client import Client as NatsClient
 
 from vipwire.bus._errors import BusError
 from vipwire.bus._settings import BusSettings
-from vipwire.bus._tls import TlsError, certificate_problem, tls_options
+from vipwire.bus._tls import (
+    TlsError,
+    certificate_problem,
+    server_verifies_clients,
+    tls_options,
+)
 from vipwire.bus._urls import redacted_all, scrubbed
 
 
@@ -47,11 +52,12 @@ async def connect_client(settings: BusSettings, *, name: str, timeout: float) ->
                 **tls,
             )
     except (OSError, TimeoutError, nats.errors.Error) as exc:
+        verifies = server_verifies_clients(nc)
         with contextlib.suppress(Exception):
             # Bounded: after a failed TLS handshake the transport never says it closed.
             await asyncio.wait_for(nc.close(), 1.0)
         for cause in (exc, *failures):
-            problem = certificate_problem(cause, settings.tls)
+            problem = certificate_problem(cause, settings.tls, server_verifies=verifies)
             if problem is not None:
                 raise TlsError(f"cannot connect to NATS at {where}: {problem}") from None
         said = scrubbed(repr(failures[-1] if failures else exc), settings.servers)

@@ -12,6 +12,8 @@ from __future__ import annotations
 import ssl
 from typing import Any
 
+import nats.errors
+
 from vipwire.bus._errors import BusError
 from vipwire.bus._settings import TlsSettings
 
@@ -88,9 +90,24 @@ def tls_options(tls: TlsSettings) -> dict[str, Any]:
     return options
 
 
-def certificate_problem(exc: BaseException, tls: TlsSettings) -> str | None:
+def server_verifies_clients(nc: Any) -> bool:
+    """Whether the server the client last reached said (in its INFO) that it verifies
+    client certificates. nats-py keeps that INFO on the client, unpublished; without it
+    this says False, and a refusal is only recognised by its TLS alert."""
+    info = getattr(nc, "_server_info", None)
+    return isinstance(info, dict) and bool(info.get("tls_verify"))
+
+
+def certificate_problem(
+    exc: BaseException, tls: TlsSettings, *, server_verifies: bool = False
+) -> str | None:
     """What to tell the user when ``exc`` is a refused certificate (ours or the
-    server's); None when it is anything else (a network error worth retrying)."""
+    server's); None when it is anything else (a network error worth retrying).
+
+    ``server_verifies``: the server said it verifies clients. Under TLS 1.3 it refuses
+    a client without a certificate after the handshake, and the client sees its alert or,
+    as often, only the connection reset: with no certificate configured, that reset
+    means the same."""
     if isinstance(exc, ssl.SSLCertVerificationError):
         said = exc.verify_message or str(exc)
         name = (
@@ -123,4 +140,11 @@ def certificate_problem(exc: BaseException, tls: TlsSettings) -> str | None:
                     "to a certificate signed by the CA the server trusts"
                 )
             return f"the NATS server refused our TLS client certificate ({exc.reason}): {check}"
+    closed = isinstance(exc, (ssl.SSLError, ConnectionError, nats.errors.UnexpectedEOF))
+    if closed and server_verifies and not (tls.cert_file and tls.key_file):
+        return (
+            "the NATS server verifies clients (mTLS) and closed the connection: set "
+            "bus.tls.cert_file and bus.tls.key_file to a certificate signed by the CA "
+            "the server trusts"
+        )
     return None
