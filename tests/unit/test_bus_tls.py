@@ -36,7 +36,7 @@ def test_an_unreadable_key_file_names_the_file_and_the_setting(tmp_path: Path) -
 
 def test_a_certificate_without_its_key_is_refused() -> None:
     """cert_file without key_file is a configuration error naming both settings."""
-    with pytest.raises(TlsError, match="bus.tls.cert_file is set but bus.tls.key_file"):
+    with pytest.raises(TlsError, match=r"bus\.tls\.cert_file is set but bus\.tls\.key_file"):
         tls_options(TlsSettings(cert_file="/etc/hostname"))
 
 
