@@ -21,6 +21,7 @@ from vipwire.contracts import (
     ServiceGone,
     ServiceSnapshot,
     VipReleased,
+    caller_of,
     subject_for,
 )
 from vipwire.runtime import Runtime
@@ -148,26 +149,35 @@ class TestRequests:
     async def test_a_request_is_answered_by_one_member_of_a_queue(
         self, make_runtime: RuntimeFactory
     ) -> None:
-        """serve answers requests; with a queue group one replica answers each; a responder
-        returning None sends nothing."""
+        """serve answers requests on a pattern; with a queue group one replica answers each;
+        the responder is told the subject the request arrived on (its caller token)."""
         a, b = await make_runtime("a"), await make_runtime("b")
         answered: list[str] = []
+        subjects: list[str] = []
 
-        def responder(name: str) -> Callable[[bytes], Awaitable[bytes | None]]:
-            async def answer(data: bytes) -> bytes | None:
+        def responder(name: str) -> Callable[[bytes, str], Awaitable[bytes | None]]:
+            async def answer(data: bytes, subject: str) -> bytes | None:
                 answered.append(name)
+                subjects.append(subject)
                 return data.upper()
 
             return answer
 
         serving = [
-            await a.bus.serve("vipwire-ctl.test", responder("a"), queue="q"),
-            await b.bus.serve("vipwire-ctl.test", responder("b"), queue="q"),
+            await a.bus.serve("vipwire-ctl.test.verb.*", responder("a"), queue="q"),
+            await b.bus.serve("vipwire-ctl.test.verb.*", responder("b"), queue="q"),
         ]
         try:
-            for _ in range(4):
-                assert await a.bus.request("vipwire-ctl.test", b"hi", timeout_s=5) == b"HI"
+            for caller in ("operator-alice", "reader-bob", "anonymous", "operator-alice"):
+                subject = f"vipwire-ctl.test.verb.{caller}"
+                assert await a.bus.request(subject, b"hi", timeout_s=5) == b"HI"
             assert len(answered) == 4
+            assert [caller_of(s) for s in subjects] == [
+                "operator-alice",
+                "reader-bob",
+                "anonymous",
+                "operator-alice",
+            ]
         finally:
             for s in serving:
                 await s.stop()

@@ -13,7 +13,7 @@ import msgspec
 import pytest
 
 from vipwire.contracts import (
-    IPAM_STATUS_SUBJECT,
+    IPAM_STATUS,
     IpamStatus,
     LbProgrammed,
     Member,
@@ -25,6 +25,7 @@ from vipwire.contracts import (
     ServiceSnapshot,
     StatusWritten,
     VipAssigned,
+    caller_of,
 )
 from vipwire.dashboard import DashboardService, DashboardSettings, Event
 from vipwire.dashboard.core import queries
@@ -345,7 +346,8 @@ class TestPoolsAndAppliances:
     async def test_silent_services_are_unknown_and_answers_are_shown(
         self, publisher: Runtime, start_dashboard: Callable[..., Awaitable[Dashboard]]
     ) -> None:
-        """No responders: pools unknown with the reason; once ipam answers, pools appear."""
+        """No responders: pools unknown with the reason; once ipam answers (asked on the
+        dashboard's caller subject, ``anonymous`` without credentials), pools appear."""
         dash = await start_dashboard(status_poll_s=3600)
         await dash.service.poll_control()
         _, overview = await dash.get("/api/overview")
@@ -373,10 +375,13 @@ class TestPoolsAndAppliances:
             ),
         )
 
-        async def answer(_: bytes) -> bytes:
+        callers: list[str] = []
+
+        async def answer(_: bytes, subject: str) -> bytes:
+            callers.append(caller_of(subject))
             return msgspec.json.encode(ipam_status)
 
-        serving = await publisher.bus.serve(IPAM_STATUS_SUBJECT, answer)
+        serving = await publisher.bus.serve(IPAM_STATUS.pattern, answer)
         try:
             # Asked until it answers: on a loaded machine one answer can miss the 1 s
             # window (seen once in a full run): that is the "did not answer" case, not this one.
@@ -397,5 +402,6 @@ class TestPoolsAndAppliances:
             }
         ], overview["control"]["ipam_error"]
         assert overview["control"]["ipam_error"] is None
+        assert callers and set(callers) == {"anonymous"}
         _, appliances = await dash.get("/api/appliances")
         assert appliances["control"] is None and appliances["error"]

@@ -593,14 +593,14 @@ class TestReload:
         narrow = msgspec.structs.replace(wide, addresses=("192.0.2.0/29",))
         write_config(config, narrow, reload_interval_s=0)
 
-        answer = await ask(bus, "vipwire-ctl.ipam.reload")
+        answer = await ask(bus, "vipwire-ctl.ipam.reload.operator-test")
         assert (answer["error"], answer["stale"], answer["flagged"]) == (None, 12, 12)
         claims, records = await kv_state(bus)
         assert claims == before_claims, "a reload changed a claim"
         stale = {k for k, r in records.items() if r.stale}
         assert len(stale) == 12
         assert all("no longer in pool 'lab'" in (records[k].stale or "") for k in stale)
-        status = await ask(bus, "vipwire-ctl.ipam.status")
+        status = await ask(bus, "vipwire-ctl.ipam.status.operator-test")
         (lab,) = status["pools"]
         assert (lab["size"], lab["used"], lab["free"], lab["stale"]) == (8, 8, 0, 12)
         assert lab["clusters"] == [{"cluster": "east", "used": 8, "stale": 12}]
@@ -620,7 +620,9 @@ class TestReload:
         assert "'lab' (8/8 in use)" in failed.message
 
         victim = next(n for n, v in vips.items() if int(v[0].split(".")[-1]) >= 8)
-        answer = await ask(bus, "vipwire-ctl.ipam.release", {"service": f"east/shop/{victim}"})
+        answer = await ask(
+            bus, "vipwire-ctl.ipam.release.operator-test", {"service": f"east/shop/{victim}"}
+        )
         assert answer["error"] is None and tuple(answer["vips"]) == vips[victim]
         releasing = await seen.wait(VipReleasing, victim)
         assert releasing.vips == vips[victim]
@@ -663,9 +665,9 @@ class TestReload:
         write_config(config, POOL, reload_interval_s=0)
         await make_ipam(settings=IpamSettings(pools=(POOL,)), config_path=str(config))
         config.write_text("ipam:\n  pools: [{name: Bad, addresses: []}]\n")
-        answer = await ask(bus, "vipwire-ctl.ipam.reload")
+        answer = await ask(bus, "vipwire-ctl.ipam.reload.operator-test")
         assert "DNS label" in answer["error"] and "ipam.pools[0]" in answer["error"]
-        status = await ask(bus, "vipwire-ctl.ipam.status")
+        status = await ask(bus, "vipwire-ctl.ipam.status.operator-test")
         assert {p["name"] for p in status["pools"]} == {"lab"}
 
 

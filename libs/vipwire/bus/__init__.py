@@ -25,6 +25,7 @@ from vipwire.bus._errors import (
     WrongLastSequence,
 )
 from vipwire.bus._history import kv_keys, kv_purge_markers, last_per_subject
+from vipwire.bus._identity import caller_token, identity_of_file
 from vipwire.bus._kv import KvBucket, KvEntry, KvWatch
 from vipwire.bus._link import Backoff, connected_gauge
 from vipwire.bus._reading import StoredMessage
@@ -64,11 +65,13 @@ __all__ = [
     "Unreadable",
     "Verdict",
     "WrongLastSequence",
+    "caller_token",
     "certificate_problem",
     "connect",
     "connect_client",
     "connected_gauge",
     "fence",
+    "identity_of_file",
     "kv_keys",
     "kv_purge_markers",
     "last_per_subject",

@@ -38,6 +38,7 @@ from vipwire.bus._errors import (
     translate,
 )
 from vipwire.bus._history import purge_ended
+from vipwire.bus._identity import caller_token
 from vipwire.bus._kv import KvBucket
 from vipwire.bus._limits import (
     STORE_FULL,
@@ -112,6 +113,7 @@ class Bus:
         #: until it works or the caller is cancelled; command-line tools bound it).
         self.declare_attempts: int | None = None
         self.settings = settings
+        self._caller: str | None = None
         self.js: JetStreamContext = nc.jetstream(timeout=settings.request_timeout_s)
         self.tracer = tracer
         self.metrics = metrics
@@ -304,6 +306,14 @@ class Bus:
         return (version.major, version.minor, version.patch)
 
     # --- requests ------------------------------------------------------------------
+
+    @property
+    def caller(self) -> str:
+        """This connection's caller token for control requests: the identity its
+        credentials file names (read once), ``anonymous`` without one."""
+        if self._caller is None:
+            self._caller = caller_token(self.settings.credentials)
+        return self._caller
 
     async def request(self, subject: str, data: bytes, *, timeout_s: float) -> bytes:
         """A core NATS request; :class:`NoResponders` if nobody answers the subject."""

@@ -17,8 +17,10 @@ from vipwire.bus._errors import NATS_ERRORS, translate
 
 log = logging.getLogger("vipwire.bus.requests")
 
-#: Answers a request's payload; None: send no answer (another replica will).
-Responder = Callable[[bytes], Awaitable[bytes | None]]
+#: Answers a request: its payload and the subject it arrived on (a control subject's
+#: last token is the caller, see :func:`vipwire.contracts.caller_of`); None: send no
+#: answer (another replica will).
+Responder = Callable[[bytes, str], Awaitable[bytes | None]]
 
 
 class Serving:
@@ -38,19 +40,20 @@ class Serving:
 async def serve(
     nc: NatsClient, subject: str, responder: Responder, *, queue: str | None = None
 ) -> Serving:
-    """Answer every request on ``subject`` (one member of ``queue`` answers each)."""
+    """Answer every request on ``subject`` (a pattern: ``*`` matches a token) (one
+    member of ``queue`` answers each)."""
 
     async def on_request(msg: Msg) -> None:
         try:
-            answer = await responder(msg.data)
+            answer = await responder(msg.data, msg.subject)
         except Exception:  # a bad request must not end the subscription
-            log.exception("answering a request on %s failed", subject)
+            log.exception("answering a request on %s failed", msg.subject)
             return
         if answer is not None and msg.reply:
             try:
                 await msg.respond(answer)
             except NATS_ERRORS as exc:
-                log.warning("the answer on %s was not sent: %r", subject, exc)
+                log.warning("the answer on %s was not sent: %r", msg.subject, exc)
 
     try:
         sub = await nc.subscribe(subject, queue=queue or "", cb=on_request)

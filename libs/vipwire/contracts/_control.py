@@ -6,31 +6,111 @@ history to replay. Requests and answers are JSON. Readers other than the CLI
 (the dashboard) decode these same structs, so a payload only ever gains
 fields; names and meanings of existing ones stay.
 
-===============================  =======================  ===================================
-subject                          request                  answer
-===============================  =======================  ===================================
-``vipwire-ctl.ipam.status``      empty                    :class:`IpamStatus` (one replica)
-``vipwire-ctl.ipam.show``        :class:`ShowRequest`     :class:`ShowReply` (one replica)
-``vipwire-ctl.ipam.release``     :class:`ReleaseRequest`  :class:`ReleaseReply` (one replica)
-``vipwire-ctl.ipam.reload``      empty                    :class:`ReloadReply` (every replica)
-``vipwire-ctl.lbdriver.status``  empty                    :class:`LbdriverStatus`
-===============================  =======================  ===================================
+Every subject is ``vipwire-ctl.<service>.<verb>.<caller>``:
+
+=============================  =======================  ====================================
+``<service>.<verb>``           request                  answer
+=============================  =======================  ====================================
+``ipam.status``                empty                    :class:`IpamStatus` (one replica)
+``ipam.show``                  :class:`ShowRequest`     :class:`ShowReply` (one replica)
+``ipam.release``               :class:`ReleaseRequest`  :class:`ReleaseReply` (one replica)
+``ipam.reload``                empty                    :class:`ReloadReply` (every replica)
+``lbdriver.status``            empty                    :class:`LbdriverStatus`
+=============================  =======================  ====================================
+
+**Who asks.** ``<caller>`` is the identity name of the requester's NATS
+credentials (the first line of a vipwire credentials file,
+``# vipwire NATS identity: operator-alice ...``: :func:`identity_of_credentials`),
+or :data:`ANONYMOUS` without one. It is not a field the caller fills in
+freely: with permissions on, the NATS server lets an identity publish control
+requests only on subjects ending in its own name (``operator-alice`` may
+publish ``vipwire-ctl.*.*.operator-alice``, readers and the dashboard only the
+read verbs with their own name), so the last token of the subject a request
+arrived on is the identity the server authenticated for that connection.
+Responders subscribe to :meth:`ControlVerb.pattern` (``...<verb>.*``) and read
+the caller with :func:`caller_of`. Without permissions on the server (an
+insecure bus) the token is only what the requester claims.
 """
 
 from __future__ import annotations
 
-from typing import Final, Literal
+import re
+from typing import Final, Literal, NamedTuple
 
 import msgspec
 
-IPAM_STATUS_SUBJECT: Final = "vipwire-ctl.ipam.status"
-IPAM_SHOW_SUBJECT: Final = "vipwire-ctl.ipam.show"
-IPAM_RELEASE_SUBJECT: Final = "vipwire-ctl.ipam.release"
-IPAM_RELOAD_SUBJECT: Final = "vipwire-ctl.ipam.reload"
+#: The first token of every control subject (outside the stream's ``vipwire.>``).
+CONTROL_PREFIX: Final = "vipwire-ctl"
+#: The caller token of a requester without an identity (no credentials file).
+ANONYMOUS: Final = "anonymous"
+#: What an identity name (and so a caller token) may be: a single subject token.
+_IDENTITY = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
+#: The first line of a vipwire credentials file names its identity.
+_IDENTITY_LINE = re.compile(r"^# vipwire NATS identity: (\S+)(?:\s.*)?$")
+
+
+def valid_caller(token: str) -> bool:
+    """Whether ``token`` is a name an identity (and a subject's last token) may have:
+    letters, digits, ``-`` and ``_`` (no ``.``, ``*``, ``>`` or space)."""
+    return bool(_IDENTITY.match(token))
+
+
+class ControlVerb(NamedTuple):
+    """One request a service answers; its subjects end with the caller's identity."""
+
+    service: str
+    verb: str
+    #: Only reads (a reader identity and the dashboard may ask it).
+    read_only: bool
+
+    @property
+    def base(self) -> str:
+        """``vipwire-ctl.<service>.<verb>``: the subject without its caller token."""
+        return f"{CONTROL_PREFIX}.{self.service}.{self.verb}"
+
+    @property
+    def pattern(self) -> str:
+        """What responders subscribe to: the verb from any caller."""
+        return f"{self.base}.*"
+
+    def subject(self, caller: str) -> str:
+        """The subject ``caller`` sends this request on; ValueError for a name that is
+        not a single subject token."""
+        if not valid_caller(caller):
+            raise ValueError(
+                f"caller {caller!r} is not an identity name (letters, digits, '-' and '_')"
+            )
+        return f"{self.base}.{caller}"
+
+
+def caller_of(subject: str) -> str:
+    """Who sent a request, told by the last token of the subject it arrived on
+    (:data:`ANONYMOUS` if that is not an identity name)."""
+    token = subject.rsplit(".", 1)[-1]
+    return token if valid_caller(token) and subject.count(".") >= 3 else ANONYMOUS
+
+
+def identity_of_credentials(text: str) -> str | None:
+    """The identity named on the first line of a vipwire credentials file
+    (``# vipwire NATS identity: watcher-east (role watcher, cluster east)``);
+    None for any other file (a NATS ``.creds`` file, no such line, a bad name)."""
+    first = text.split("\n", 1)[0].strip()
+    found = _IDENTITY_LINE.match(first)
+    if found is None or not valid_caller(found.group(1)):
+        return None
+    return found.group(1)
+
+
+IPAM_STATUS: Final = ControlVerb("ipam", "status", read_only=True)
+IPAM_SHOW: Final = ControlVerb("ipam", "show", read_only=True)
+IPAM_RELEASE: Final = ControlVerb("ipam", "release", read_only=False)
+IPAM_RELOAD: Final = ControlVerb("ipam", "reload", read_only=False)
+#: Where an lbdriver answers status requests (empty request body).
+LBDRIVER_STATUS: Final = ControlVerb("lbdriver", "status", read_only=True)
+#: Every control request (the permissions generator grants them by ``read_only``).
+CONTROL_VERBS: Final = (IPAM_STATUS, IPAM_SHOW, IPAM_RELEASE, IPAM_RELOAD, LBDRIVER_STATUS)
 #: Queue group of the requests one replica answers (every replica sees the same KV).
 IPAM_QUEUE: Final = "ipam"
-#: Where an lbdriver answers status requests (empty request body).
-LBDRIVER_STATUS_SUBJECT: Final = "vipwire-ctl.lbdriver.status"
 
 BreakerState = Literal["closed", "open", "half-open"]
 
@@ -78,7 +158,7 @@ class StaleAllocation(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class IpamStatus(msgspec.Struct, frozen=True, kw_only=True):
-    """The answer on :data:`IPAM_STATUS_SUBJECT`."""
+    """The answer on :data:`IPAM_STATUS`."""
 
     #: Which ipam process answered (name and a random id per start).
     instance: str
@@ -146,6 +226,8 @@ class RecordView(msgspec.Struct, frozen=True, kw_only=True):
     stale: str | None = None
     #: Releasing because an operator asked (``vipwire ipam release``).
     reassign: bool = False
+    #: The identity that asked for that release (the caller of its control request).
+    released_by: str | None = None
 
 
 class ShowRequest(msgspec.Struct, frozen=True, kw_only=True):
@@ -247,7 +329,7 @@ class ApplianceStatus(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class LbdriverStatus(msgspec.Struct, frozen=True, kw_only=True):
-    """The answer on :data:`LBDRIVER_STATUS_SUBJECT`."""
+    """The answer on :data:`LBDRIVER_STATUS`."""
 
     #: Which lbdriver process answered (random per start).
     instance: str

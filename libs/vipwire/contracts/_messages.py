@@ -166,6 +166,12 @@ class VipAssigned(_Message, frozen=True, tag="vip-assigned"):
     external_traffic_policy: Literal["Cluster", "Local"] = "Cluster"
     health_check_node_port: int | None = None
     notes: tuple[str, ...] = ()
+    #: On the assignment that follows an operator's release (``vipwire ipam release``)
+    #: only: the identity that asked (the caller token of its control request) and
+    #: the VIPs it released. The watcher tells it once, in a Normal Event
+    #: (``IPReleasedByOperator``). None on every other VipAssigned, republishes included.
+    released_by: str | None = None
+    released_vips: tuple[str, ...] = ()
 
 
 class VipReleasing(_Message, frozen=True, tag="vip-releasing"):

@@ -135,3 +135,11 @@ def where(settings: BusSettings) -> str:
     from vipwire.bus import redacted_all
 
     return redacted_all(settings.servers)
+
+
+def caller_of(settings: BusSettings) -> str:
+    """The caller token of control requests made with these settings: the identity
+    named by their credentials file, ``anonymous`` without one."""
+    from vipwire.bus import caller_token
+
+    return caller_token(settings.credentials)

@@ -1,9 +1,11 @@
 """``vipwire ipam status|show|reload|release``: the address space as ipam sees it.
 
-Every verb is a request on ``vipwire-ctl.ipam.<verb>`` (core NATS, outside
-the stream; see :mod:`vipwire.contracts`). ``show`` reads the KV bucket
-directly when no ipam answers (or with ``--kv``); ``reload`` collects the
-answer of every replica.
+Every verb is a request on ``vipwire-ctl.ipam.<verb>.<caller>`` (core NATS,
+outside the stream; see :mod:`vipwire.contracts`), where the caller is the
+identity named by the credentials file the connection uses (``--creds``,
+``VIPWIRE_NATS_CREDS`` or ``--config``'s ``bus.credentials``), ``anonymous``
+without one. ``show`` reads the KV bucket directly when no ipam
+answers (or with ``--kv``); ``reload`` collects the answer of every replica.
 """
 
 from __future__ import annotations
@@ -74,8 +76,10 @@ async def run(args: argparse.Namespace) -> int:
     import msgspec
 
     verb: str = args.verb
+    settings = connection.settings_from(args)
+    caller = connection.caller_of(settings)
     try:
-        nc = await connection.connect(connection.settings_from(args), timeout=args.timeout)
+        nc = await connection.connect(settings, timeout=args.timeout)
     except connection.ConnectionProblem as exc:
         print(f"vipwire ipam {verb}: {exc}", file=sys.stderr)
         return 1
@@ -84,18 +88,20 @@ async def run(args: argparse.Namespace) -> int:
         text: str
         failed = False
         if verb == "status":
-            answer = await fetch_status(nc, timeout=args.timeout)
+            answer = await fetch_status(nc, timeout=args.timeout, caller=caller)
             text = render_status(answer)
         elif verb == "show":
-            answer = await fetch_show(nc, args.target, timeout=args.timeout, kv=args.kv)
+            answer = await fetch_show(
+                nc, args.target, timeout=args.timeout, kv=args.kv, caller=caller
+            )
             text = render_show(answer)
             failed = answer.error is not None
         elif verb == "reload":
-            answer = await fetch_reload(nc, timeout=args.timeout)
+            answer = await fetch_reload(nc, timeout=args.timeout, caller=caller)
             text = render_reload(answer)
             failed = any(r.error is not None for r in answer)
         else:
-            answer = await fetch_release(nc, args.service, timeout=args.timeout)
+            answer = await fetch_release(nc, args.service, timeout=args.timeout, caller=caller)
             text = render_release(answer)
             failed = answer.error is not None
     except IpamUnavailable as exc:
@@ -110,6 +116,14 @@ async def run(args: argparse.Namespace) -> int:
 
 
 # --- asking ---------------------------------------------------------------------------
+
+
+def caller_of_args(args: argparse.Namespace) -> str:
+    """Who the requests say they come from: the identity of the credentials file the
+    connection uses (``--creds``, ``VIPWIRE_NATS_CREDS`` or ``--config``'s
+    ``bus.credentials``), ``anonymous`` without one. With permissions on, the NATS
+    server refuses any other name for the connection."""
+    return connection.caller_of(connection.settings_from(args))
 
 
 async def _request(nc: Client, subject: str, payload: bytes, timeout: float) -> bytes:
@@ -133,31 +147,35 @@ def _decode(data: bytes, kind: type[Any], subject: str) -> Any:
         raise IpamUnavailable(f"unreadable answer on {subject}: {exc}") from exc
 
 
-async def fetch_status(nc: Client, *, timeout: float = 3.0) -> IpamStatus:
-    from vipwire.contracts import IPAM_STATUS_SUBJECT, IpamStatus
+async def fetch_status(
+    nc: Client, *, timeout: float = 3.0, caller: str = "anonymous"
+) -> IpamStatus:
+    from vipwire.contracts import IPAM_STATUS, IpamStatus
 
-    data = await _request(nc, IPAM_STATUS_SUBJECT, b"", timeout)
-    result: IpamStatus = _decode(data, IpamStatus, IPAM_STATUS_SUBJECT)
+    subject = IPAM_STATUS.subject(caller)
+    data = await _request(nc, subject, b"", timeout)
+    result: IpamStatus = _decode(data, IpamStatus, subject)
     return result
 
 
 async def fetch_show(
-    nc: Client, target: str, *, timeout: float = 3.0, kv: bool = False
+    nc: Client, target: str, *, timeout: float = 3.0, kv: bool = False, caller: str = "anonymous"
 ) -> ShowReply:
     import msgspec
 
-    from vipwire.contracts import IPAM_SHOW_SUBJECT, ShowReply, ShowRequest
+    from vipwire.contracts import IPAM_SHOW, ShowReply, ShowRequest
 
+    subject = IPAM_SHOW.subject(caller)
     if not kv:
         try:
             data = await _request(
-                nc, IPAM_SHOW_SUBJECT, msgspec.json.encode(ShowRequest(target=target)), timeout
+                nc, subject, msgspec.json.encode(ShowRequest(target=target)), timeout
             )
         except IpamUnavailable as exc:
             if "no ipam is running" not in str(exc):
                 raise
         else:
-            result: ShowReply = _decode(data, ShowReply, IPAM_SHOW_SUBJECT)
+            result: ShowReply = _decode(data, ShowReply, subject)
             return result
     return await show_from_kv(nc, target, timeout=timeout)
 
@@ -221,12 +239,16 @@ async def show_from_kv(nc: Client, target: str, *, timeout: float = 3.0) -> Show
         raise IpamUnavailable(str(exc)) from exc
 
 
-async def fetch_reload(nc: Client, *, timeout: float = 10.0) -> list[ReloadReply]:
+async def fetch_reload(
+    nc: Client, *, timeout: float = 10.0, caller: str = "anonymous"
+) -> list[ReloadReply]:
     """Ask every replica to reload; their answers, once they stop coming."""
     import nats.errors
     from nats.aio.msg import Msg
 
-    from vipwire.contracts import IPAM_RELOAD_SUBJECT, ReloadReply
+    from vipwire.contracts import IPAM_RELOAD, ReloadReply
+
+    subject = IPAM_RELOAD.subject(caller)
 
     answers: list[ReloadReply] = []
     errors: list[str] = []
@@ -237,7 +259,7 @@ async def fetch_reload(nc: Client, *, timeout: float = 10.0) -> list[ReloadReply
             errors.append("no ipam is running behind this NATS server")
         else:
             try:
-                answers.append(_decode(msg.data, ReloadReply, IPAM_RELOAD_SUBJECT))
+                answers.append(_decode(msg.data, ReloadReply, subject))
             except IpamUnavailable as exc:
                 errors.append(str(exc))
         arrived.set()
@@ -245,7 +267,7 @@ async def fetch_reload(nc: Client, *, timeout: float = 10.0) -> list[ReloadReply
     inbox = nc.new_inbox()
     sub = await nc.subscribe(inbox, cb=on_reply)
     try:
-        await nc.publish(IPAM_RELOAD_SUBJECT, b"", reply=inbox)
+        await nc.publish(subject, b"", reply=inbox)
         await nc.flush()
         wait = timeout
         while True:
@@ -264,15 +286,18 @@ async def fetch_reload(nc: Client, *, timeout: float = 10.0) -> list[ReloadReply
     return sorted(answers, key=lambda a: a.instance)
 
 
-async def fetch_release(nc: Client, service: str, *, timeout: float = 5.0) -> ReleaseReply:
+async def fetch_release(
+    nc: Client, service: str, *, timeout: float = 5.0, caller: str = "anonymous"
+) -> ReleaseReply:
     import msgspec
 
-    from vipwire.contracts import IPAM_RELEASE_SUBJECT, ReleaseReply, ReleaseRequest
+    from vipwire.contracts import IPAM_RELEASE, ReleaseReply, ReleaseRequest
 
+    subject = IPAM_RELEASE.subject(caller)
     data = await _request(
-        nc, IPAM_RELEASE_SUBJECT, msgspec.json.encode(ReleaseRequest(service=service)), timeout
+        nc, subject, msgspec.json.encode(ReleaseRequest(service=service)), timeout
     )
-    result: ReleaseReply = _decode(data, ReleaseReply, IPAM_RELEASE_SUBJECT)
+    result: ReleaseReply = _decode(data, ReleaseReply, subject)
     return result
 
 

@@ -1,7 +1,9 @@
 """``vipwire lb status``: the appliances as the running lbdriver sees them.
 
-The lbdriver answers a request on ``vipwire-ctl.lbdriver.status`` (core NATS,
-outside the stream); this command asks and prints a table, or the JSON.
+The lbdriver answers a request on ``vipwire-ctl.lbdriver.status.<caller>`` (core
+NATS, outside the stream; the caller is the identity of the credentials file the
+connection uses, ``anonymous`` without one); this command asks and
+prints a table, or the JSON.
 """
 
 from __future__ import annotations
@@ -37,21 +39,29 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argpar
 
 def execute(args: argparse.Namespace) -> int:
     settings = connection.settings_from(args)
-    return asyncio.run(status_command(settings, as_json=args.json, timeout=args.timeout))
+    return asyncio.run(
+        status_command(
+            settings, as_json=args.json, timeout=args.timeout, caller=connection.caller_of(settings)
+        )
+    )
 
 
 class StatusUnavailable(Exception):
     """No lbdriver answered (or the answer was unreadable)."""
 
 
-async def fetch_status(where: str | BusSettings, *, timeout: float = 3.0) -> LbdriverStatus:
+async def fetch_status(
+    where: str | BusSettings, *, timeout: float = 3.0, caller: str = "anonymous"
+) -> LbdriverStatus:
     """Ask the lbdriver behind ``where`` (a URL, or bus settings) for its status. Raises
     :class:`StatusUnavailable`."""
     import msgspec
     import nats.errors
 
     from vipwire.bus import BusSettings
-    from vipwire.contracts import LBDRIVER_STATUS_SUBJECT, LbdriverStatus
+    from vipwire.contracts import LBDRIVER_STATUS, LbdriverStatus
+
+    subject = LBDRIVER_STATUS.subject(caller)
 
     settings = BusSettings(servers=(where,)) if isinstance(where, str) else where
     shown = connection.where(settings)
@@ -60,7 +70,7 @@ async def fetch_status(where: str | BusSettings, *, timeout: float = 3.0) -> Lbd
     except connection.ConnectionProblem as exc:
         raise StatusUnavailable(str(exc)) from None
     try:
-        reply = await nc.request(LBDRIVER_STATUS_SUBJECT, b"", timeout=timeout)
+        reply = await nc.request(subject, b"", timeout=timeout)
     except nats.errors.NoRespondersError as exc:
         raise StatusUnavailable(f"no lbdriver is running behind {shown}") from exc
     except (nats.errors.Error, TimeoutError) as exc:
@@ -70,12 +80,14 @@ async def fetch_status(where: str | BusSettings, *, timeout: float = 3.0) -> Lbd
     try:
         return msgspec.json.decode(reply.data, type=LbdriverStatus)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-        raise StatusUnavailable(f"unreadable answer on {LBDRIVER_STATUS_SUBJECT}: {exc}") from exc
+        raise StatusUnavailable(f"unreadable answer on {subject}: {exc}") from exc
 
 
-async def status_command(where: str | BusSettings, *, as_json: bool, timeout: float) -> int:
+async def status_command(
+    where: str | BusSettings, *, as_json: bool, timeout: float, caller: str = "anonymous"
+) -> int:
     try:
-        status = await fetch_status(where, timeout=timeout)
+        status = await fetch_status(where, timeout=timeout, caller=caller)
     except StatusUnavailable as exc:
         print(f"vipwire lb status: {exc}", file=sys.stderr)
         return 1

@@ -4,7 +4,7 @@ One shared service for every cluster; its state is the ``vipwire-ipam`` KV
 bucket (see :mod:`vipwire.ipam.core.records` for the layout) and every change
 to it is a compare-and-set, so replicas never hand out an address twice.
 Decisions are the pure core's (:mod:`vipwire.ipam.core`); the adapters are in
-:mod:`vipwire.ipam.io`. Operators ask it questions on ``vipwire-ctl.ipam.*``
+:mod:`vipwire.ipam.io`. Operators ask it questions on ``vipwire-ctl.ipam.<verb>.<caller>``
 (subjects and payloads: :mod:`vipwire.contracts`; answered by
 :mod:`vipwire.ipam.io.control`).
 """

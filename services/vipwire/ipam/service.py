@@ -30,6 +30,7 @@ from typing import Any, Final, Protocol
 from vipwire.aio import cancel_and_wait
 from vipwire.bus import BusError, ConsumerSpec, Delivery, Verdict
 from vipwire.contracts import (
+    ANONYMOUS,
     IPAM_BUCKET,
     IpamStatus,
     ReleaseReply,
@@ -293,9 +294,9 @@ class IpamService:
         assert self._control is not None
         return await self._control.show(target)
 
-    async def release(self, target: str) -> ReleaseReply:
+    async def release(self, target: str, *, caller: str = ANONYMOUS) -> ReleaseReply:
         assert self._control is not None
-        return await self._control.release(target)
+        return await self._control.release(target, caller=caller)
 
 
 __all__ = ["DURABLE", "FILTERS", "IpamService", "port_keys", "request_of"]

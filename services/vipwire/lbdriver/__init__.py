@@ -11,7 +11,7 @@ knows of its clusters (``core.inventory``) and what it reports
 implement :class:`ApplianceDriver` (:class:`SimAppliance` is the in-process
 one), and the loops that reconcile, maintain and fail over. Shell:
 :class:`LbdriverService`, which also answers status requests on
-:data:`vipwire.contracts.LBDRIVER_STATUS_SUBJECT`.
+:data:`vipwire.contracts.LBDRIVER_STATUS`.
 """
 
 from vipwire.lbdriver.core.coalesce import Coalescer, Flush

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from vipwire.bus import Bus, BusError, NoResponders
-from vipwire.contracts import IPAM_STATUS_SUBJECT, LBDRIVER_STATUS_SUBJECT
+from vipwire.contracts import IPAM_STATUS, LBDRIVER_STATUS, ControlVerb
 from vipwire.dashboard.core.control_answers import parse_ipam, parse_lbdriver
 from vipwire.dashboard.core.views import ControlStatus
 
@@ -46,8 +46,8 @@ class ControlPoller:
     async def poll(self) -> None:
         """Ask ipam and the lbdriver for their status once."""
         (pools, ipam_error), (appliances, lb_error) = await asyncio.gather(
-            self._ask(IPAM_STATUS_SUBJECT, parse_ipam),
-            self._ask(LBDRIVER_STATUS_SUBJECT, parse_lbdriver),
+            self._ask(IPAM_STATUS, parse_ipam),
+            self._ask(LBDRIVER_STATUS, parse_lbdriver),
         )
         before = self.status
         self.status = ControlStatus(
@@ -65,8 +65,12 @@ class ControlPoller:
         ):
             self._on_change()
 
-    async def _ask(self, subject: str, parse: Callable[[bytes], T]) -> tuple[T | None, str | None]:
-        service = subject.split(".")[1]
+    async def _ask(
+        self, verb: ControlVerb, parse: Callable[[bytes], T]
+    ) -> tuple[T | None, str | None]:
+        """``verb`` asked as the dashboard's own identity (its credentials' name)."""
+        service = verb.service
+        subject = verb.subject(self._bus.caller)
         try:
             reply = await self._bus.request(subject, b"", timeout_s=self._timeout_s)
         except NoResponders:

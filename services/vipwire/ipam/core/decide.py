@@ -100,14 +100,25 @@ def decide(
     skip: Collection[str] = (),
     status: StatusVips | None = None,
     honour_status: bool = True,
+    released: ServiceRecord | None = None,
 ) -> Plan:
     """What to do about ``message``, given the Service's ``record`` (as read from the
     KV, None: none) and the claims the ``allocator`` knows; ``skip``: addresses this
     replica is claiming right now for others (never chosen as new); ``status``:
     every live Service's status VIPs, reserved for them (``honour_status``: False
-    when the Service asked for new VIPs; see :meth:`Allocator.choose`)."""
+    when the Service asked for new VIPs; see :meth:`Allocator.choose`);
+    ``released``: the record an operator's release just ended (its new VipAssigned
+    says who asked and what was released)."""
     if isinstance(message, ServiceSnapshot) and not message.deleting:
-        return _live(message, record, allocator, skip, status=status, honour_status=honour_status)
+        return _live(
+            message,
+            record,
+            allocator,
+            skip,
+            status=status,
+            honour_status=honour_status,
+            released=released,
+        )
     if isinstance(message, LbRemoved):
         return _lb_removed(message, record, allocator)
     if isinstance(message, ServiceSnapshot | ServiceGone):
@@ -123,6 +134,7 @@ def _live(
     *,
     status: StatusVips | None = None,
     honour_status: bool = True,
+    released: ServiceRecord | None = None,
 ) -> Plan:
     if record is not None and record.uid == snap.uid:
         return _keep(snap, record, allocator)
@@ -149,7 +161,11 @@ def _live(
         choice=choice,
         record=created,
         wait=False,
-        publish=(Outgoing(assigned(snap, created, notes=choice.notes), "vip-assigned"),),
+        publish=(
+            Outgoing(
+                assigned(snap, created, notes=choice.notes, released=released), "vip-assigned"
+            ),
+        ),
         warnings=choice.notes,
     )
 
@@ -234,19 +250,36 @@ def _going(
     )
 
 
-def withdrawal(ref: ServiceRef, record: ServiceRecord, *, reassign: bool = False) -> Plan:
+def withdrawal(
+    ref: ServiceRef,
+    record: ServiceRecord,
+    *,
+    reassign: bool = False,
+    released_by: str | None = None,
+) -> Plan:
     """Mark a record releasing (its claims stay) and ask for its VIPs' withdrawal.
 
     The lbdriver removes this Service's own virtual servers only, so a VIP it
-    shares keeps serving the others. ``reassign``: an operator's release.
+    shares keeps serving the others. ``reassign``: an operator's release, asked
+    by ``released_by`` (kept in the record until the new VIPs are announced).
     """
-    return _withdraw(ref, record, "vip-releasing", reassign=reassign)
+    return _withdraw(ref, record, "vip-releasing", reassign=reassign, released_by=released_by)
 
 
-def _withdraw(ref: ServiceRef, record: ServiceRecord, tag: str, *, reassign: bool = False) -> Plan:
+def _withdraw(
+    ref: ServiceRef,
+    record: ServiceRecord,
+    tag: str,
+    *,
+    reassign: bool = False,
+    released_by: str | None = None,
+) -> Plan:
     write = None
-    if record.state == "active" or record.reassign != reassign:
-        write = record = msgspec.structs.replace(record, state="releasing", reassign=reassign)
+    by = released_by if reassign else None
+    if record.state == "active" or record.reassign != reassign or record.released_by != by:
+        write = record = msgspec.structs.replace(
+            record, state="releasing", reassign=reassign, released_by=by
+        )
     return Plan(action="withdraw", record=write, publish=(Outgoing(releasing(ref, record), tag),))
 
 

@@ -7,6 +7,7 @@ from typing import Final
 import msgspec
 
 from vipwire.contracts import (
+    ANONYMOUS,
     LbRemoved,
     Message,
     ServiceGone,
@@ -26,8 +27,14 @@ FAILED_REASON: Final = "AllocationFailed"
 
 
 def assigned(
-    snap: ServiceSnapshot, record: ServiceRecord, *, notes: tuple[str, ...] = ()
+    snap: ServiceSnapshot,
+    record: ServiceRecord,
+    *,
+    notes: tuple[str, ...] = (),
+    released: ServiceRecord | None = None,
 ) -> VipAssigned:
+    """``released``: the record an operator's release ended (the new VIPs say who
+    asked and what was released, once)."""
     return VipAssigned(
         cluster=snap.cluster,
         namespace=snap.namespace,
@@ -40,6 +47,8 @@ def assigned(
         external_traffic_policy=snap.external_traffic_policy,
         health_check_node_port=snap.health_check_node_port,
         notes=notes,
+        released_by=(released.released_by or ANONYMOUS) if released is not None else None,
+        released_vips=released.vips if released is not None else (),
     )
 
 
@@ -88,7 +97,9 @@ def kept_assignment(
     describes the Service's VIPs as the appliance keeps them.
     """
     if isinstance(last, VipAssigned) and last.uid == snap.uid and last.vips == record.vips:
-        return msgspec.structs.replace(last, notes=()) if last.notes else last
+        if last.notes or last.released_by is not None:
+            return msgspec.structs.replace(last, notes=(), released_by=None, released_vips=())
+        return last
     ports: dict[str, ServicePort] = {}
     owner = request_of(snap).owner
     for vip in record.vips:

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from vipwire.contracts import (
+    ANONYMOUS,
     LbRemoved,
     Message,
     ServiceGone,
@@ -85,12 +86,12 @@ class Sandbox:
         self._wait(ref, plan, None)
         return self._publish(plan.publish)
 
-    def release(self, ref: ServiceRef) -> list[Message]:
-        """An operator's ``vipwire ipam release``: withdraw now, new VIPs once clean."""
+    def release(self, ref: ServiceRef, *, caller: str = ANONYMOUS) -> list[Message]:
+        """``caller``'s ``vipwire ipam release``: withdraw now, new VIPs once clean."""
         record = self.records.get(ref)
         if record is None or record.state == "releasing":
             return []
-        plan = withdrawal(ref, record, reassign=True)
+        plan = withdrawal(ref, record, reassign=True, released_by=caller)
         if plan.record is not None:
             self.records[ref] = plan.record
         return self._publish(plan.publish)
@@ -112,7 +113,13 @@ class Sandbox:
     # --- carrying plans out ------------------------------------------------------------
 
     def _live(
-        self, snap: ServiceSnapshot, *, quiet: bool, tag: str = "", honour_status: bool = True
+        self,
+        snap: ServiceSnapshot,
+        *,
+        quiet: bool,
+        tag: str = "",
+        honour_status: bool = True,
+        released: ServiceRecord | None = None,
     ) -> list[Message]:
         ref = _ref(snap)
         record = self.records.get(ref)
@@ -125,7 +132,14 @@ class Sandbox:
                 del self.records[ref]
             else:
                 self._release(ref, record)
-            plan = decide(snap, None, self.allocator, status=status, honour_status=honour)
+            plan = decide(
+                snap,
+                None,
+                self.allocator,
+                status=status,
+                honour_status=honour,
+                released=released,
+            )
         if plan.action == "ignore":
             return []
         if plan.action == "assign":
@@ -154,7 +168,7 @@ class Sandbox:
     def _reassign(self, ref: ServiceRef, record: ServiceRecord) -> list[Message]:
         snap = self.last_service.get(ref)
         if isinstance(snap, ServiceSnapshot) and not snap.deleting and snap.uid == record.uid:
-            return self._live(snap, quiet=False, honour_status=False)
+            return self._live(snap, quiet=False, honour_status=False, released=record)
         cluster, namespace, name = ref
         return self._publish(
             [

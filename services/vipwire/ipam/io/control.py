@@ -1,9 +1,12 @@
-"""The operator control server: ``vipwire-ctl.ipam.*`` requests and their answers.
+"""The operator control server: ``vipwire-ctl.ipam.<verb>.<caller>`` requests and their answers.
 
 Requests and answers are JSON on core NATS (subjects and payloads:
 :mod:`vipwire.contracts`). ``status``, ``show`` and ``release`` are
 answered by one replica (a queue group: every replica sees the same KV);
-``reload`` by every replica.
+``reload`` by every replica. The caller is the subject's last token (the
+NATS server binds it to the requester's identity): every release and reload
+is logged with it, and a release carries it to the Service's next
+VipAssigned (the watcher's ``IPReleasedByOperator`` Event).
 """
 
 from __future__ import annotations
@@ -17,11 +20,12 @@ import msgspec
 
 from vipwire.bus import Bus, BusError, Serving
 from vipwire.contracts import (
+    ANONYMOUS,
     IPAM_QUEUE,
-    IPAM_RELEASE_SUBJECT,
-    IPAM_RELOAD_SUBJECT,
-    IPAM_SHOW_SUBJECT,
-    IPAM_STATUS_SUBJECT,
+    IPAM_RELEASE,
+    IPAM_RELOAD,
+    IPAM_SHOW,
+    IPAM_STATUS,
     AddressView,
     IpamStatus,
     ReleaseReply,
@@ -31,6 +35,7 @@ from vipwire.contracts import (
     ServiceView,
     ShowReply,
     ShowRequest,
+    caller_of,
 )
 from vipwire.ipam.core.addresses import canonical
 from vipwire.ipam.core.claims import Owner
@@ -72,10 +77,10 @@ class OperatorControl:
     async def start(self, bus: Bus) -> None:
         """Answer from the moment this returns."""
         self._serving = [
-            await bus.serve(IPAM_STATUS_SUBJECT, self._on_status_request, queue=IPAM_QUEUE),
-            await bus.serve(IPAM_SHOW_SUBJECT, self._on_show_request, queue=IPAM_QUEUE),
-            await bus.serve(IPAM_RELEASE_SUBJECT, self._on_release_request, queue=IPAM_QUEUE),
-            await bus.serve(IPAM_RELOAD_SUBJECT, self._on_reload_request),
+            await bus.serve(IPAM_STATUS.pattern, self._on_status_request, queue=IPAM_QUEUE),
+            await bus.serve(IPAM_SHOW.pattern, self._on_show_request, queue=IPAM_QUEUE),
+            await bus.serve(IPAM_RELEASE.pattern, self._on_release_request, queue=IPAM_QUEUE),
+            await bus.serve(IPAM_RELOAD.pattern, self._on_reload_request),
         ]
 
     async def stop(self) -> None:
@@ -140,21 +145,30 @@ class OperatorControl:
             ),
         )
 
-    async def release(self, target: str) -> ReleaseReply:
-        """Withdraw a Service's VIPs on an operator's word; once the appliance is clean
+    async def release(self, target: str, *, caller: str = ANONYMOUS) -> ReleaseReply:
+        """Withdraw a Service's VIPs on ``caller``'s word; once the appliance is clean
         it gets new ones from the pools as they are now."""
         try:
             ref = ServiceRef.parse(target)
         except ValueError as exc:
+            log.info("release of %r asked by %s refused: %s", target, caller, exc)
             return ReleaseReply(instance=self.instance, service=target, error=str(exc))
         service = "/".join(ref)
         key = service_key(*ref)
         lifecycle = self.lifecycle
-        with self._span("operator release", attributes={"vipwire.service": service}):
+        with self._span(
+            "operator release", attributes={"vipwire.service": service, "vipwire.caller": caller}
+        ):
             async with lifecycle.locks.hold(ref):
                 for _ in range(lifecycle.conflict_retries):
                     current = await self.cache.store.get_record(key)
                     if current is None:
+                        log.info(
+                            "release of %s (key %s) asked by %s: it holds no addresses",
+                            service,
+                            key,
+                            caller,
+                        )
                         return ReleaseReply(
                             instance=self.instance,
                             service=service,
@@ -162,6 +176,13 @@ class OperatorControl:
                         )
                     record, revision = current
                     if record.state == "releasing":
+                        log.info(
+                            "release of %s (key %s) asked by %s: already releasing %s",
+                            service,
+                            key,
+                            caller,
+                            ", ".join(record.vips),
+                        )
                         return ReleaseReply(
                             instance=self.instance,
                             service=service,
@@ -169,27 +190,30 @@ class OperatorControl:
                             error=f"{service} is already releasing {', '.join(record.vips)}",
                         )
                     msg_id = f"ipam-release:{service}:{record.uid}:{revision}"
-                    plan = withdrawal(ref, record, reassign=True)
+                    plan = withdrawal(ref, record, reassign=True, released_by=caller)
                     try:
                         await lifecycle.withdraw(key, plan, revision, None, msg_id)
                     except Conflict:
                         lifecycle.metrics.conflicts.inc()
                         continue
                     lifecycle.metrics.operator_releases.inc()
-                    log.warning(
-                        "operator released %s of %s: new VIPs follow once the appliance is clean",
-                        ", ".join(record.vips),
+                    log.info(
+                        "operator release by %s: %s (key %s) gives up %s; new VIPs follow "
+                        "once the appliance is clean",
+                        caller,
                         service,
+                        key,
+                        ", ".join(record.vips),
                     )
                     return ReleaseReply(instance=self.instance, service=service, vips=record.vips)
         return ReleaseReply(
             instance=self.instance, service=service, error="compare-and-set conflicts; try again"
         )
 
-    async def _on_status_request(self, data: bytes) -> bytes:
+    async def _on_status_request(self, data: bytes, subject: str) -> bytes:
         return msgspec.json.encode(self.status())
 
-    async def _on_show_request(self, data: bytes) -> bytes:
+    async def _on_show_request(self, data: bytes, subject: str) -> bytes:
         try:
             request = msgspec.json.decode(data, type=ShowRequest)
             reply = await self.show(request.target)
@@ -199,19 +223,21 @@ class OperatorControl:
             reply = ShowReply(instance=self.instance, error=str(exc))
         return msgspec.json.encode(reply)
 
-    async def _on_release_request(self, data: bytes) -> bytes:
+    async def _on_release_request(self, data: bytes, subject: str) -> bytes:
+        caller = caller_of(subject)
         try:
             request = msgspec.json.decode(data, type=ReleaseRequest)
-            reply = await self.release(request.service)
+            reply = await self.release(request.service, caller=caller)
         except msgspec.DecodeError as exc:
             reply = ReleaseReply(instance=self.instance, service="", error=f"bad request: {exc}")
         except (StoreError, BusError) as exc:
             reply = ReleaseReply(instance=self.instance, service="", error=str(exc))
         return msgspec.json.encode(reply)
 
-    async def _on_reload_request(self, data: bytes) -> bytes:
+    async def _on_reload_request(self, data: bytes, subject: str) -> bytes:
+        caller = caller_of(subject)
         try:
-            reply = await self.reloader.reload()
+            reply = await self.reloader.reload(caller=caller)
         except (StoreError, BusError) as exc:
             reply = ReloadReply(
                 instance=self.instance, config_path=self.reloader.config_path, error=str(exc)

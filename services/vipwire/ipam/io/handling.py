@@ -166,12 +166,14 @@ class Lifecycle:
         tag: str = "",
         check_newer: bool = True,
         honour_status: bool = True,
+        released: ServiceRecord | None = None,
     ) -> Verdict:
         """Keep (or give) the Service its VIPs and say so. ``quiet``: no VipFailed.
         ``tag`` tells apart VipAssigned messages published for one delivery.
         ``check_newer``: skip ``d`` if a newer message is on its subject (False where
         ``d`` was just read as the newest). ``honour_status``: False when the Service
-        must get new VIPs (an operator released its own), not those in its status."""
+        must get new VIPs (an operator released its own), not those in its status;
+        ``released``: that operator-released record (its VipAssigned names who asked)."""
         ref = ServiceRef(snap.cluster, snap.namespace, snap.name)
         key = service_key(*ref)
         request = request_of(snap)
@@ -213,6 +215,7 @@ class Lifecycle:
                         skip=self.cache.claiming,
                         status=self._reserved(),
                         honour_status=honour_status,
+                        released=released,
                     )
                     if plan.choice is None:
                         return await self._refuse(snap, d, plan, quiet=quiet, guard=guard)
@@ -513,6 +516,7 @@ class Lifecycle:
                 tag=f"-after-release-{d.seq}",
                 check_newer=False,
                 honour_status=False,
+                released=record,
             )
         cluster, namespace, name = ref
         gone = VipReleased(

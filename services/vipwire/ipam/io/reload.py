@@ -79,16 +79,21 @@ class Reloader:
             if reply.error is not None:
                 log.error("reload of %s refused: %s", self.config_path, reply.error)
 
-    async def reload(self, settings: IpamSettings | None = None) -> ReloadReply:
+    async def reload(
+        self, settings: IpamSettings | None = None, *, caller: str | None = None
+    ) -> ReloadReply:
         """Apply new pools (given, or read from the config file). Never moves a VIP.
 
         Only the pools change; other ipam settings take effect at the next start.
+        ``caller``: the identity that asked (``vipwire ipam reload``), for the log.
         """
+        asked = f" (asked by {caller})" if caller is not None else ""
         async with self._lock:
             try:
                 if settings is None:
                     settings = self._read_settings()
             except ConfigError as exc:
+                log.info("reload of %s%s refused: %s", self.config_path, asked, exc)
                 self.metrics.reloads.inc(result="refused")
                 return ReloadReply(
                     instance=self.instance, config_path=self.config_path, error=str(exc)
@@ -109,7 +114,8 @@ class Reloader:
                     self.metrics.stale.set(usage.stale, pool=usage.pool, family=usage.family)
             stale_total = sum(u.stale for u in stale)
             log.info(
-                "pools reloaded: %s; %d stale allocation(s) kept",
+                "pools reloaded%s: %s; %d stale allocation(s) kept",
+                asked,
                 ", ".join(p.name for p in settings.pools) or "none",
                 stale_total,
             )

@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping
 import msgspec
 
 from vipwire.bus import Bus, Serving
-from vipwire.contracts import LBDRIVER_STATUS_SUBJECT, ApplianceStatus, LbdriverStatus
+from vipwire.contracts import LBDRIVER_STATUS, ApplianceStatus, LbdriverStatus
 from vipwire.lbdriver.core.inventory import Inventory
 from vipwire.lbdriver.io.appliance_client import ApplianceClient
 from vipwire.lbdriver.io.failover import Failover
@@ -71,12 +71,12 @@ class StatusServer:
         self._serving: Serving | None = None
 
     async def start(self) -> None:
-        self._serving = await self._bus.serve(LBDRIVER_STATUS_SUBJECT, self._answer)
+        self._serving = await self._bus.serve(LBDRIVER_STATUS.pattern, self._answer)
 
     async def stop(self) -> None:
         if self._serving is not None:
             await self._serving.stop()
             self._serving = None
 
-    async def _answer(self, request: bytes) -> bytes:
+    async def _answer(self, request: bytes, subject: str) -> bytes:
         return msgspec.json.encode(self._status())
