@@ -60,6 +60,13 @@ async def connect_client(settings: BusSettings, *, name: str, timeout: float) ->
             problem = certificate_problem(cause, settings.tls, server_verifies=verifies)
             if problem is not None:
                 raise TlsError(f"cannot connect to NATS at {where}: {problem}") from None
+        refused = [f for f in (*failures, exc) if "authorization violation" in str(f).lower()]
+        if refused:
+            raise BusError(
+                f"cannot connect to NATS at {where}: the server refused our identity "
+                "(Authorization Violation): check the user and password in the URL, or the "
+                "credentials file (--creds, bus.credentials)"
+            ) from None
         said = scrubbed(repr(failures[-1] if failures else exc), settings.servers)
         raise BusError(f"cannot connect to NATS at {where}: {said}") from None
     return nc

@@ -9,6 +9,7 @@ stops (with :class:`TlsError`) rather than retrying forever.
 
 from __future__ import annotations
 
+import logging
 import ssl
 from typing import Any
 
@@ -79,8 +80,22 @@ def tls_context(tls: TlsSettings) -> ssl.SSLContext | None:
     return context
 
 
+class _QuietSslEof(logging.Filter):
+    """Drops asyncio's warning on every TLS connection the server closes ("returning true
+    from eof_received() has no effect when using ssl"): nats-py's protocol says so on any
+    transport, and under TLS asyncio logs it each time. Nothing is wrong; the line would
+    only puzzle the person reading the log."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("returning true from eof_received()")
+
+
+_QUIET_SSL_EOF = _QuietSslEof()
+
+
 def tls_options(tls: TlsSettings) -> dict[str, Any]:
     """nats-py ``connect()`` keyword arguments for ``bus.tls``. Raises :class:`TlsError`."""
+    logging.getLogger("asyncio").addFilter(_QUIET_SSL_EOF)  # once: a filter is added once
     options: dict[str, Any] = {}
     context = tls_context(tls)
     if context is not None:
