@@ -14,6 +14,7 @@ import subprocess
 import sys
 from collections import Counter
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -247,3 +248,25 @@ class TestSmoke:
         result = json.loads(lines[0])
         assert result["services"] == result["converged"] == 10
         assert 0 < result["p50_ms"] <= result["p99_ms"]
+
+    def test_vipwire_up_tls_smoke_converges_over_mtls(self, tmp_path: Path) -> None:
+        """`vipwire up --tls --smoke`: a CA in STATE_DIR/pki, nats-server verifying clients,
+        every Service converged, and a --config file for the operator commands with the
+        client certificate."""
+        proc = subprocess.run(
+            [
+                sys.executable, "-m", "vipwire.cli", "up", "--tls", "--smoke",
+                "--clusters", "1", "--nodes", "1", "--services", "2",
+                "--timeout", "30", "--state-dir", str(tmp_path),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert json.loads(proc.stdout.strip().splitlines()[-1])["converged"] == 2
+        assert "verify: true" in (tmp_path / "jetstream" / "nats-server.conf").read_text()
+        cli = json.loads((tmp_path / "vipwire-cli.yaml").read_text())["bus"]
+        assert cli["tls"]["cert_file"] == str(tmp_path / "pki" / "client-cert.pem")
+        assert f"--config {tmp_path / 'vipwire-cli.yaml'}" in proc.stderr
