@@ -58,7 +58,7 @@ from vipwire.bus._tls import (
     server_verifies_clients,
     tls_options,
 )
-from vipwire.bus._urls import redacted, redacted_all
+from vipwire.bus._urls import redacted, redacted_all, scrubbed
 from vipwire.contracts import (
     ROOT,
     STREAM,
@@ -497,7 +497,13 @@ async def connect(
     """
     tls = tls_options(settings.tls)
     backoff = Backoff(settings.reconnect_wait_s, settings.reconnect_max_wait_s)
-    link = Link(name, settings.servers, metrics, backoff)
+    link = Link(
+        name,
+        settings.servers,
+        metrics,
+        backoff,
+        explain=lambda exc: certificate_problem(exc, settings.tls),
+    )
     tried = 0
     while True:
         tried += 1
@@ -539,9 +545,10 @@ async def connect(
                     f"cannot connect to NATS at {redacted_all(settings.servers)}: {problem}"
                 ) from exc
             if attempts is not None and tried >= attempts:
+                said = scrubbed(repr(cause), settings.servers)
                 raise BusError(
                     f"cannot reach NATS at {redacted_all(settings.servers)} after {tried} "
-                    f"attempts: {cause!r}. Is nats-server running and the URL right?"
+                    f"attempts: {said}. Is nats-server running and the URL right?"
                 ) from exc
             await asyncio.sleep(link.attempt_failed(exc))
         except BaseException:

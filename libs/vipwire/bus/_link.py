@@ -80,8 +80,13 @@ class Link:
         backoff: Backoff,
         *,
         clock: Callable[[], float] = time.monotonic,
+        explain: Callable[[BaseException], str | None] = lambda _: None,
     ) -> None:
+        """``explain``: what a connection error means when it is no network trouble (a
+        refused certificate), else None."""
         self.name = name
+        self._explain = explain
+        self._explained: str | None = None
         #: The servers, as they may be shown (passwords redacted).
         self.where = redacted_all(servers)
         self._servers = max(len(servers), 1)
@@ -157,6 +162,16 @@ class Link:
             return
         if self.state in ("reconnecting", "closed") or isinstance(exc, _CONNECTION_ERRORS):
             self._last_error = exc
+            problem = self._explain(exc) if self.state == "reconnecting" else None
+            if problem is not None and problem != self._explained:
+                # Waiting will not fix it (a certificate changed): say so once, loudly.
+                self._explained = problem
+                log.error(
+                    "NATS connection (%s) cannot be re-established: %s; still retrying",
+                    self.name,
+                    problem,
+                )
+                return
             log.debug("NATS connection error (%s): %r", self.name, exc)
             return
         log.error("NATS error (%s): %r", self.name, exc)
@@ -223,6 +238,7 @@ class Link:
         self.gauge.set(0)
 
     def _set_connected(self) -> None:
+        self._explained = None
         self.state = "connected"
         self.gauge.set(1)
         self.failures = 0
