@@ -15,6 +15,7 @@ import nats.errors
 from nats.aio.client import Client as NatsClient
 
 from vipwire.bus._errors import BusError
+from vipwire.bus._login import credentials_options
 from vipwire.bus._settings import BusSettings
 from vipwire.bus._tls import (
     TlsError,
@@ -28,6 +29,7 @@ from vipwire.bus._urls import redacted_all, scrubbed
 async def connect_client(settings: BusSettings, *, name: str, timeout: float) -> NatsClient:
     """A connected client, or :class:`BusError`/:class:`TlsError` (one attempt per server,
     ``timeout`` seconds in all)."""
+    login = credentials_options(settings.credentials)
     tls = tls_options(settings.tls)
     where = redacted_all(settings.servers)
     failures: list[BaseException] = []
@@ -48,7 +50,7 @@ async def connect_client(settings: BusSettings, *, name: str, timeout: float) ->
                 max_reconnect_attempts=1,
                 reconnect_time_wait=0.1,  # type: ignore[arg-type]
                 error_cb=quiet,
-                user_credentials=settings.credentials,
+                **login.options,
                 **tls,
             )
     except (OSError, TimeoutError, nats.errors.Error) as exc:

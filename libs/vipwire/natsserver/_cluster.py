@@ -18,7 +18,7 @@ import socket
 import ssl
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -116,10 +116,14 @@ class NatsCluster:
         binary: str | None = None,
         extra_config: str = "",
         client_tls: tuple[Path, Path, Path] | None = None,
+        client_options: Mapping[str, Any] | None = None,
     ) -> None:
         """``extra_config``: nats-server configuration text (authorization, TLS) appended
         to each server's own configuration. ``client_tls``: (CA, certificate, key) files
-        its own readiness client shows a server that verifies clients (mTLS)."""
+        its own readiness client shows a server that verifies clients (mTLS).
+        ``client_options``: nats-py connect options of that client (its login, when the
+        configuration requires one)."""
+        self.client_options = dict(client_options or {})
         if size < 1:
             raise ValueError("a NATS cluster needs at least one server")
         self.size = size
@@ -289,6 +293,7 @@ class NatsCluster:
                     allow_reconnect=False,
                     max_reconnect_attempts=0,
                     tls=self._client_context(),
+                    **self.client_options,
                 )
                 js = nc.jetstream(timeout=1.0)
                 for stream in await js.streams_info():

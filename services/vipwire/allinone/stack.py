@@ -23,13 +23,15 @@ from kubernetes_asyncio.client import CoreV1Api
 from nats.aio.msg import Msg
 from opentelemetry.sdk.trace import SpanProcessor
 
-from vipwire.bus import BusSettings, TlsSettings, connect_client
+from vipwire import natsauth
+from vipwire.bus import BusSettings, TlsSettings, connect_client, credentials_options
 from vipwire.contracts import MalformedMessage, ServiceRef, StatusWritten, decode
 from vipwire.dashboard import DashboardService, DashboardSettings
 from vipwire.ipam import IpamService, IpamSettings, PoolSettings
 from vipwire.kube import KubeApiError, new_api_client, request_json
 from vipwire.kubeemu import KubeEmulator
 from vipwire.lbdriver import ApplianceSettings, LbdriverService, LbdriverSettings, SimAppliance
+from vipwire.natsauth import Generated, generate
 from vipwire.natsserver import NatsCluster, NatsServer, Pki, make_pki
 from vipwire.nodeagent import Applier, DryRunApplier, NodeagentService, NodeagentSettings
 from vipwire.runtime import CommonSettings, Runtime, Service
@@ -86,8 +88,28 @@ class StackSettings(msgspec.Struct, frozen=True, kw_only=True):
     #: CA made with openssl in ``<state_dir>/pki``; every component and the stack's own
     #: clients connect with the CA's client certificate.
     tls: bool = False
+    #: Identities and permissions on the bus (``vipwire nats config`` into
+    #: ``<state_dir>/nats``): each component logs in as itself and the server holds it
+    #: to its role. False: no authentication at all (``vipwire up --insecure-bus``).
+    secure_bus: bool = True
     #: Namespace of the watchers' Leases; None: the kubeconfig context's namespace.
     lease_namespace: str | None = None
+
+
+#: The operator and reader identities the stack generates (besides the components').
+OPERATOR = "admin"
+READER = "stack"
+
+
+def component_identity(name: str) -> str:
+    """The bus identity of a stack component (``watcher:east`` -> ``watcher-east``)."""
+    kind, _, rest = name.partition(":")
+    if kind == "watcher":
+        return natsauth.watcher(rest).name
+    if kind == "nodeagent":
+        cluster, _, node = rest.partition("/")
+        return natsauth.nodeagent(cluster, node).name
+    return kind  # ipam (every replica), lbdriver, dashboard
 
 
 def cluster_name(index: int) -> str:
@@ -155,27 +177,40 @@ class Stack:
             self.state_dir = Path(self._tmp.name)
         else:
             self.state_dir = Path(self.settings.state_dir)
-        # TLS: the CA's files are made on start, before the server reads them.
-        self.pki: Pki | None = Pki(self.state_dir / "pki") if self.settings.tls else None
-        nats_config = self.pki.server_config(verify=True) if self.pki is not None else ""
-        # Its own process group: a Ctrl-C in the terminal stops the services first, then it.
-        self.nats: NatsServer | NatsCluster = (
-            NatsCluster(
-                self.settings.nats_servers,
-                self.state_dir / "jetstream",
-                extra_config=nats_config,
-                client_tls=self.pki.client_files() if self.pki is not None else None,
-            )
-            if self.settings.nats_servers > 1
-            else NatsServer(
-                self.state_dir / "jetstream", own_process_group=True, extra_config=nats_config
-            )
-        )
         real = self.settings.kubeconfigs
         self.clusters = list(real) or [cluster_name(i) for i in range(self.settings.clusters)]
         self.emulators = {
             c: KubeEmulator(c, bookmark_interval=5.0) for c in self.clusters if c not in real
         }
+        #: The identities on the bus (None: ``secure_bus`` off).
+        self.auth: Generated | None = None
+        if self.settings.secure_bus:
+            self.auth = generate(
+                self.state_dir / "nats",
+                self.clusters,
+                nodes={c: self.node_names(c) for c in self.emulators},
+                operators=[OPERATOR],
+                readers=[READER],
+            )
+        # TLS: the CA's files are made on start, before the server reads them.
+        self.pki: Pki | None = Pki(self.state_dir / "pki") if self.settings.tls else None
+        extra = self.auth.config_text if self.auth is not None else ""
+        if self.pki is not None:
+            extra += self.pki.server_config(verify=True)
+        # Its own process group: a Ctrl-C in the terminal stops the services first, then it.
+        self.nats: NatsServer | NatsCluster = (
+            NatsCluster(
+                self.settings.nats_servers,
+                self.state_dir / "jetstream",
+                extra_config=extra,
+                client_options=self.nats_login(),
+                client_tls=self.pki.client_files() if self.pki is not None else None,
+            )
+            if self.settings.nats_servers > 1
+            else NatsServer(
+                self.state_dir / "jetstream", own_process_group=True, extra_config=extra
+            )
+        )
         # API clients of the real clusters, and what the watchers last wrote into status there.
         self.kube: dict[str, Any] = {}
         self._statuses: dict[ServiceRef, list[str]] = {}
@@ -198,15 +233,38 @@ class Stack:
             key_file=str(self.pki.client_key_file),
         )
 
-    def client_settings(self) -> BusSettings:
-        """How the stack's own clients (status follower, ``vipwire up``'s view) connect."""
-        return BusSettings(servers=self.nats.urls, tls=self.client_tls())
+    def client_settings(self, identity: str = f"reader-{READER}") -> BusSettings:
+        """How a client of ours connects as ``identity`` (by default the stack's reader:
+        its status follower, the ``up`` view): servers, credentials and TLS."""
+        creds = self.creds(identity)
+        return BusSettings(
+            servers=self.nats.urls,
+            credentials=None if creds is None else str(creds),
+            tls=self.client_tls(),
+        )
+
+    def creds(self, identity: str) -> Path | None:
+        """The credentials file of ``identity`` (None: the bus is insecure)."""
+        return None if self.auth is None else self.auth.creds(identity)
+
+    @property
+    def operator_creds(self) -> Path | None:
+        """The operator's credentials (for ``vipwire ipam ... --creds``)."""
+        return self.creds(f"operator-{OPERATOR}")
+
+    def nats_login(self, identity: str = f"reader-{READER}") -> dict[str, Any]:
+        """nats-py connect options logging a client of ours in as ``identity`` (by
+        default the stack's reader: its status follower, the ``up`` view)."""
+        path = self.creds(identity)
+        return credentials_options(None if path is None else str(path)).options
 
     def _runtime(self, name: str) -> Runtime:
+        creds = self.creds(component_identity(name))
         bus = BusSettings(
             servers=self.nats.urls,
             reconnect_wait_s=0.2,
             replicas=min(3, max(1, self.settings.nats_servers)),
+            credentials=None if creds is None else str(creds),
             tls=self.client_tls(),
         )
         service_name, _, instance = name.partition(":")

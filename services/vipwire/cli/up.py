@@ -77,6 +77,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argpar
         "commands (--config)",
     )
     up.add_argument(
+        "--insecure-bus",
+        action="store_true",
+        help="no identities on the bus: anyone reaching NATS may publish anything (a warning)",
+    )
+    up.add_argument(
         "--kubeconfig",
         metavar="FILE",
         help="serve this real cluster instead of emulated ones (its Services of class "
@@ -164,11 +169,20 @@ async def _up(args: argparse.Namespace, stop: asyncio.Event) -> int:
         dashboard_port=None if args.no_dashboard else dashboard_port,
         kubeconfigs={args.cluster: (real, args.context)} if real else {},
         tls=bool(getattr(args, "tls", False)),
+        secure_bus=not getattr(args, "insecure_bus", False),
         lease_namespace=getattr(args, "lease_namespace", None),
     )
     demo = not real or args.demo
     stack = Stack(settings)
     print(f"vipwire up: JetStream store in {stack.state_dir / 'jetstream'}", file=sys.stderr)
+    if stack.operator_creds is None:
+        print(
+            "vipwire up: WARNING: --insecure-bus: NATS runs without authentication or "
+            "permissions; anyone who reaches it can forge any message",
+            file=sys.stderr,
+        )
+    else:
+        print(f"vipwire up: operator creds: {stack.operator_creds}", file=sys.stderr)
     clocks: list[StatusClock] = []
 
     async def run() -> int:
@@ -268,12 +282,17 @@ async def _smoke(clock: StatusClock, timeout: float) -> int:
 
 
 def _write_cli_config(stack: Stack) -> str:
-    """A config file with the stack's ``bus`` section (servers, TLS), for the operator
-    commands' ``--config``."""
+    """A config file with the stack's ``bus`` section (servers, TLS, the operator's
+    credentials), for the operator commands' ``--config``."""
     import msgspec
 
     settings = stack.client_settings()
-    bus = {"servers": list(settings.servers), "tls": msgspec.to_builtins(settings.tls)}
+    bus: dict[str, object] = {
+        "servers": list(settings.servers),
+        "tls": msgspec.to_builtins(settings.tls),
+    }
+    if stack.operator_creds is not None:
+        bus["credentials"] = str(stack.operator_creds)
     path = stack.state_dir / "vipwire-cli.yaml"
     path.write_text(json.dumps({"bus": bus}, indent=2) + "\n")  # JSON is YAML
     return str(path)
