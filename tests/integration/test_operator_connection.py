@@ -3,7 +3,8 @@ services do (--config, flags, environment), and never show the password.
 
 The server: ``tls {}`` with ``verify: true`` and ``authorization { user, password }``;
 an ipam runs against it in-process (its log lines are checked too); every command is
-the real ``vipwire`` CLI in a subprocess, and all it prints is checked.
+the real ``vipwire`` CLI in a subprocess, and all it prints is checked. Then the same
+commands log in with credentials files on a server with the generated permissions.
 """
 
 from __future__ import annotations
@@ -19,10 +20,11 @@ from pathlib import Path
 import msgspec
 import pytest
 
+from support.secure_nats import SecuredNats
 from vipwire.bus import BusSettings, TlsSettings
 from vipwire.ipam import IpamService, IpamSettings, PoolSettings
 from vipwire.natsserver import NatsServer, Pki, make_pki
-from vipwire.runtime import Runtime
+from vipwire.runtime import CommonSettings, Runtime
 
 RuntimeFactory = Callable[[str], Awaitable[Runtime]]
 
@@ -226,3 +228,45 @@ async def test_vipwire_run_logs_the_url_without_its_password(
     assert f"connecting to NATS at nats://{SHOWN}" in text, text
     assert f"connected to NATS at nats://{SHOWN}" in text, text
     never_the_password(text)
+
+
+@pytest.fixture
+async def secured_ipam(secured_nats: SecuredNats) -> AsyncIterator[SecuredNats]:
+    """An ipam logged in as itself on a server with the generated permissions."""
+    runtime = Runtime("ipam", CommonSettings(bus=secured_nats.settings("ipam")))
+    await runtime.start()
+    service = IpamService(IpamSettings(pools=(POOL,)), runtime)
+    try:
+        await service.start()
+        yield secured_nats
+    finally:
+        await service.stop()
+        await runtime.stop()
+
+
+async def test_commands_log_in_with_creds_env_or_config(
+    secured_ipam: SecuredNats, tmp_path: Path
+) -> None:
+    """With permissions on: --creds (the operator), VIPWIRE_NATS_CREDS (the reader) and
+    --config's bus.credentials each log in and get ipam's status; no credentials at all
+    is refused, saying to check them."""
+    s = secured_ipam
+    operator, reader = str(s.creds("operator-admin")), str(s.creds("reader-viewer"))
+    config = tmp_path / "ops.yaml"
+    config.write_text(
+        msgspec.json.encode({"bus": {"servers": [s.url], "credentials": operator}}).decode()
+    )
+    results = await asyncio.gather(
+        vipwire("ipam", "status", "--nats", s.url, "--creds", operator),
+        vipwire(
+            "ipam", "status",
+            env={"VIPWIRE_NATS_URL": s.url, "VIPWIRE_NATS_CREDS": reader},
+        ),
+        vipwire("ipam", "status", "--config", str(config)),
+        vipwire("ipam", "status", "--nats", s.url),
+    )  # fmt: skip
+    (creds_code, creds), (env_code, env), (config_code, configured), (none_code, none) = results
+    assert creds_code == 0 and "lab" in creds, creds
+    assert env_code == 0 and "lab" in env, env
+    assert config_code == 0 and "lab" in configured, configured
+    assert none_code == 1 and "refused our identity" in none, none
