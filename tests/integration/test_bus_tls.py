@@ -5,6 +5,7 @@ stops a client at once with a message naming what to fix."""
 from __future__ import annotations
 
 import asyncio
+import subprocess
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -133,3 +134,19 @@ async def test_vipwire_run_exits_with_one_line_on_a_wrong_ca(
     last = text.strip().splitlines()[-1]
     assert last.startswith("vipwire run nodeagent: cannot connect to NATS at "), text
     assert f"bus.tls.ca_file ({other_pki.ca_file})" in last
+
+
+def test_the_throwaway_ca_is_kept_and_its_keys_are_private(pki: Pki) -> None:
+    """make_pki again on the same directory keeps every file byte for byte (a kept
+    --state-dir keeps its CA); private keys are mode 0600; the server certificate
+    names 127.0.0.1 and localhost."""
+    before = {path: path.read_bytes() for path in pki.files()}
+    again = make_pki(pki.directory)
+    assert {path: path.read_bytes() for path in again.files()} == before
+    for key in (pki.ca_key_file, pki.server_key_file, pki.client_key_file):
+        assert key.stat().st_mode & 0o777 == 0o600, key
+    names = subprocess.run(
+        ["openssl", "x509", "-noout", "-ext", "subjectAltName", "-in", pki.server_cert_file],
+        capture_output=True, text=True, check=True, timeout=30,
+    ).stdout  # fmt: skip
+    assert "IP Address:127.0.0.1" in names and "DNS:localhost" in names, names
