@@ -39,6 +39,11 @@ class VirtualServer(msgspec.Struct, frozen=True, kw_only=True):
     protocol: L4Protocol
     members: tuple[Member, ...]
     monitor: Monitor
+    #: Sources allowed to connect, CIDRs of the VIP's family; empty: every source.
+    #: See :func:`vipwire.lbdriver.core.desired.family_ranges` for a family left out.
+    source_ranges: tuple[str, ...] = ()
+    #: Source-address persistence (a client sticks to one member) for this long; None: off.
+    affinity_timeout_s: int | None = None
 
 
 class CreateVirtualServer(msgspec.Struct, frozen=True, kw_only=True, tag="create"):
@@ -53,7 +58,8 @@ class UpdateMembers(msgspec.Struct, frozen=True, kw_only=True, tag="update-membe
 
 
 class UpdateVirtualServer(msgspec.Struct, frozen=True, kw_only=True, tag="update"):
-    """Replace everything but the name and destination (monitor, owner, members)."""
+    """Replace everything but the name and destination (monitor, owner, members, source
+    ranges, affinity): one write however many of them changed."""
 
     server: VirtualServer
 
