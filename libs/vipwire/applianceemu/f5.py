@@ -801,9 +801,9 @@ def _access_virtual(state: _State, obj: Obj) -> bool:
     obj["trafficMatchingCriteria"] = ref
     for key in ("destination", "mask", "source"):
         obj.pop(key, None)
-    key = _virtual_key(state, obj)
+    identity = _virtual_key(state, obj)
     for other in state.objects["virtual"].values():
-        if other["fullPath"] != obj["fullPath"] and _virtual_key(state, other) == key:
+        if other["fullPath"] != obj["fullPath"] and _virtual_key(state, other) == identity:
             raise F5Error(
                 409,
                 f"01070333:3: Virtual Server {obj['fullPath']} illegally shares destination "

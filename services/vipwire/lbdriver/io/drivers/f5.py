@@ -295,8 +295,9 @@ class F5Driver(RestDriver):
                 body = {"members": [_member(m.address, m.node, port) for m in members]}
                 return [("PATCH", _item(_POOL, part, name), body)]
             case DeleteVirtualServer(name=name):
+                empty: dict[str, Any] = {}
                 return [
-                    ("DELETE", _item(kind, part, name), {})
+                    ("DELETE", _item(kind, part, name), empty)
                     for kind, what in (
                         (_VIRTUAL, "virtual"),
                         (_POOL, "pool"),
@@ -304,7 +305,7 @@ class F5Driver(RestDriver):
                     )
                     if has(name, what, True)
                 ] + [
-                    ("DELETE", _item(kind, part, name), {})
+                    ("DELETE", _item(kind, part, name), empty)
                     for kind, what in _ACCESS_KINDS
                     if has(name, what, False)
                 ]
@@ -716,8 +717,9 @@ def _access_before(part: str, s: VirtualServer, has: HasObject) -> list[Command]
 def _access_after(part: str, s: VirtualServer, has: HasObject) -> list[Command]:
     """The objects the virtual no longer references, deleted once it stopped."""
     wanted = _access_kinds(s)
+    empty: dict[str, Any] = {}
     return [
-        ("DELETE", _item(kind, part, s.name), {})
+        ("DELETE", _item(kind, part, s.name), empty)
         for kind, what in _ACCESS_KINDS
         if what not in wanted and has(s.name, what, False)
     ]
