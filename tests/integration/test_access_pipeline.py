@@ -61,14 +61,17 @@ async def test_ranges_and_affinity_reach_the_appliance_and_a_change_is_one_write
         )
 
     await eventually(programmed, timeout=10, what="acl programmed with its range and affinity")
-    reports = [
-        decode(subject, data)
-        for subject, data, _ in pipeline.recorder.family("lb")
-        if subject.endswith(".acl")
-    ]
-    assert any(
-        isinstance(r, LbProgrammed) and r.source_ranges == ("203.0.113.0/24",) for r in reports
-    )
+
+    def reported() -> bool:
+        return any(
+            isinstance(r := decode(subject, data), LbProgrammed)
+            and r.source_ranges == ("203.0.113.0/24",)
+            and r.affinity_timeout_s == 600
+            for subject, data, _ in pipeline.recorder.family("lb")
+            if subject.endswith(".acl")
+        )
+
+    await eventually(reported, timeout=10, what="LbProgrammed tells the nodes acl's range")
 
     writes = pipeline.appliance.writes
     await pipeline.emu.patch(
@@ -100,3 +103,38 @@ async def test_ranges_and_affinity_reach_the_appliance_and_a_change_is_one_write
     assert [s.source_ranges for s in pipeline.servers_of("acl")] == [
         ("198.51.100.0/25", "203.0.113.0/24")
     ]
+
+
+async def test_client_ip_affinity_reaches_the_appliance_and_a_change_is_one_write(
+    pipeline: Pipeline,
+) -> None:
+    """sessionAffinity ClientIP without a timeout is programmed with 10800 s; a new timeout
+    is one write of the virtual server; back to None, the appliance persists nothing."""
+    await pipeline.start_watcher()
+    await pipeline.create("sticky", endpoints_on=("n1",))
+    await pipeline.emu.patch(
+        "services", "default", "sticky", {"spec": {"sessionAffinity": "ClientIP"}}
+    )
+
+    def affinity(expected: int | None) -> bool:
+        servers = pipeline.servers_of("sticky")
+        return bool(servers) and all(s.affinity_timeout_s == expected for s in servers)
+
+    await eventually(lambda: affinity(10800), timeout=10, what="sticky persists 10800 s")
+    writes = pipeline.appliance.writes
+    await pipeline.emu.patch(
+        "services",
+        "default",
+        "sticky",
+        {"spec": {"sessionAffinityConfig": {"clientIP": {"timeoutSeconds": 30}}}},
+    )
+    await eventually(lambda: affinity(30), timeout=10, what="sticky persists 30 s")
+    assert pipeline.appliance.writes - writes == 1
+    await pipeline.emu.patch(
+        "services",
+        "default",
+        "sticky",
+        {"spec": {"sessionAffinity": "None", "sessionAffinityConfig": None}},
+    )
+    await eventually(lambda: affinity(None), timeout=10, what="sticky persists nothing")
+    assert all(s.source_ranges == () for s in pipeline.servers_of("sticky"))
