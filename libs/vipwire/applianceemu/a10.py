@@ -6,7 +6,8 @@ A10 <signature>``, session expiry, ``/axapi/v3/logoff``), partitions
 per-session ``active-partition``, ``slb server`` (with ``port-list`` and the
 ``port`` sub-resource), ``slb service-group`` (``member-list``, ``member``
 sub-resource), ``health monitor`` (method http), ``slb virtual-server``
-(``port-list`` and the ``port`` sub-resource) and ``write memory``. Objects
+(``port-list`` and the ``port`` sub-resource), ``ip access-list`` and ``ipv6
+access-list``, ``slb template persist source-ip`` and ``write memory``. Objects
 live in the session's active partition. POST to a collection creates, POST to
 an object updates (fields merged, lists merged by key), PUT replaces, DELETE
 removes. Failures have ACOS's shape ``{"response": {"status": "fail", "err":
@@ -19,7 +20,8 @@ It enforces what a client can get wrong: names unique per kind and
 partition, one server per address, one virtual server per VIP, references
 that must resolve (member → server and server port, service group → health
 monitor, virtual port → service group), objects in use that cannot be
-deleted. It is not ACOS: no templates, no L7, no HA, no traffic.
+deleted. It is not ACOS: no templates but persist source-ip, no L7, no HA, no
+traffic.
 
 One module over 500 lines on purpose: one vendor's API, so that every
 modelled behaviour sits beside the others it interacts with (the session's

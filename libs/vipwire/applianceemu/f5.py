@@ -2,7 +2,8 @@
 
 Served: token login (``/mgmt/shared/authn/login``, ``X-F5-Auth-Token``, token
 expiry, token deletion), partitions (``/mgmt/tm/auth/partition``), LTM
-virtual servers, pools with members, HTTP monitors and fastL4 profiles (create,
+virtual servers, pools with members, HTTP monitors, fastL4 profiles, source-address
+persistence profiles, address lists and traffic-matching criteria (create,
 read, patch, put, delete; collections with ``$filter=partition eq <p>`` and
 ``expandSubcollections``), transactions (``/mgmt/tm/transaction``: commands
 sent with ``X-F5-REST-Coordination-Id`` are queued and applied all or nothing

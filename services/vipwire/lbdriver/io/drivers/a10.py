@@ -13,7 +13,8 @@ session between partitions would race). In a partition:
 - ``slb virtual-server <prefix>-vip-<VIP>`` per VIP (ACOS allows one per
   address), its ``user-tag`` the owner, with one virtual port per virtual
   server of ours: ``no-dest-nat`` (DSR), bound to the service group and named
-  like it.
+  like it; with source ranges or affinity, an access list and a persist
+  template bound to it (see the section at the end).
 
 aXAPI has no transactions: a batch is applied request by request, serialised
 per partition, creates treat "already exists" and deletes "does not exist"

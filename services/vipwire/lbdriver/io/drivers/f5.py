@@ -6,7 +6,8 @@ the health port), a pool whose members are ``<node address>:<service port>``,
 and a virtual server on ``<VIP>:<port>`` with address and port translation
 disabled, no SNAT and a fastL4 profile with loose initiation and loose close
 (the appliance only ever sees the inbound half of a connection). The owner tag
-is the virtual's description; a member's node name is its description.
+is the virtual's description; a member's node name is its description. Source
+ranges and affinity add objects of the same name (see the section at the end).
 
 Every batch of operations is one iControl REST transaction, so a batch that
 BIG-IP refuses changes nothing. With ``sync_group`` set, each committed batch
