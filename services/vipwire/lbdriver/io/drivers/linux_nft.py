@@ -1,12 +1,13 @@
 """The Linux appliance's nftables table: rendered from, and read back into, virtual servers.
 
 Pure: no I/O. One ``netdev`` table per partition, hooked on the ingress of
-the interface facing the nodes. For a packet to a VIP:port it picks a member
-by a hash of the client's address and port (so one connection always lands
-on one node), rewrites only the Ethernet header (destination: the member's
-MAC; source: the appliance's own, or the switch would learn the client's MAC
-on the appliance's port and send the replies here) and sends the frame back
-out of the same interface. The IP header is never touched: L2 DSR.
+the interface facing the nodes. For a packet to a VIP:port from an allowed
+source (see "source ranges and affinity" below) it picks a member by a hash of
+the client's address and port (so one connection always lands on one node; of
+the address alone under ClientIP affinity), rewrites only the Ethernet header
+(destination: the member's MAC; source: the appliance's own, or the switch
+would learn the client's MAC on the appliance's port and send the replies
+here) and sends the frame back out of the same interface. The IP header is never touched: L2 DSR.
 
 The table also holds the virtual servers themselves (owner, members, monitor,
 which the data path does not need), compressed, in the comments of a chain
