@@ -190,10 +190,16 @@ class TestMoreThanHttp:
         vip = lab.call(
             lab.lab.create_service("guarded", pods=["web-1", "web-2"], source_ranges=[allowed])
         )
+        denied_before = lab.call(lab.lab.appliance_counters())["denied-source"]
         assert lab.call(lab.lab.source_ranges_check(vip)) == {
             "allowed_ok": True,
             "denied_blocked": True,
         }
+        # Dropped at the appliance (counted), and each node filters it too.
+        assert lab.call(lab.lab.appliance_counters())["denied-source"] > denied_before
+        for node in (NODE_1, NODE_2, NODE_3):
+            chain = lab.call(lab.lab.node_source_filter(node))
+            assert f"ip daddr {vip} tcp dport 80 ip saddr != " in chain
         open_vip = lab.call(lab.lab.create_service("unguarded", pods=["web-1", "web-2"]))
         assert lab.call(lab.lab.source_ranges_check(open_vip))["denied_blocked"] is False
 

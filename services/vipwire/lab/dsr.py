@@ -39,7 +39,7 @@ from vipwire.lab.topology import (
 from vipwire.lab.traffic import Client, PodServer, sctp_problem, summarize
 from vipwire.lbdriver import ApplianceSettings, VirtualServer
 from vipwire.lbdriver.io.drivers.linux import LinuxAppliance
-from vipwire.lbdriver.io.drivers.linux_nft import FROM_VIP, object_name
+from vipwire.lbdriver.io.drivers.linux_nft import DENIED, FROM_VIP, object_name
 from vipwire.netns import CommandFailed, run
 from vipwire.nodeagent import LinuxApplier
 
@@ -334,11 +334,13 @@ class DsrLab:
         return (await self.appliance.read(self.plan.cluster)).servers
 
     async def appliance_counters(self) -> dict[str, int]:
-        """Packets the appliance forwarded, by VIP, and ``from-vip`` (replies it saw)."""
+        """Packets the appliance forwarded, by VIP; ``from-vip`` (replies it saw) and
+        ``denied-source`` (packets from outside a server's source ranges, dropped)."""
         listing = await self.appliance.read(self.plan.cluster)
-        counts = {FROM_VIP: 0}
-        if FROM_VIP in listing.counters:
-            counts[FROM_VIP] = listing.counters[FROM_VIP].packets
+        counts = {FROM_VIP: 0, DENIED: 0}
+        for name in (FROM_VIP, DENIED):
+            if name in listing.counters:
+                counts[name] = listing.counters[name].packets
         for server in listing.servers.values():
             counter = listing.counters.get(object_name(server.name))
             key = f"{server.address}:{server.port}"
@@ -392,6 +394,16 @@ class DsrLab:
                 )
                 steering[match.group(1)] = {a or b for a, b in targets}
         return steering
+
+    async def node_source_filter(self, node: str) -> str:
+        """The node agent's ``sources`` chain as ``nft`` lists it (empty when there is none)."""
+        try:
+            return await run(
+                ["nft", "list", "chain", "inet", "vipwire", "sources"],
+                netns=self.plan.node(node).netns,
+            )
+        except CommandFailed:
+            return ""
 
     async def nft_handles(self, node: str) -> list[int]:
         """Handles of every rule of the node's vipwire table: a rewrite changes them all."""
