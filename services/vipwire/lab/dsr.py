@@ -108,6 +108,10 @@ class DsrLab:
             await run(["ip", "-n", client.netns, "addr", "add", second, "dev", client.interface])
             for server in self.pods.values():
                 await server.start()
+                if server.sctp_error is not None and self.sctp_skip_reason is None:
+                    self.sctp_skip_reason = (
+                        f"pod {server.pod.name} cannot listen on SCTP: {server.sctp_error}"
+                    )
             plan = self.plan
             settings = StackSettings(
                 clusters=1,
