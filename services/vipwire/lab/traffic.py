@@ -81,7 +81,7 @@ class PodServer:
         if self._sctp:
             try:
                 await self._start_sctp()
-            except OSError as exc:
+            except (OSError, ValueError) as exc:
                 # The kernel offers SCTP sockets but not in this namespace or not this way:
                 # the lab reports SCTP skipped with this reason rather than fail to start.
                 self.sctp_error = f"{type(exc).__name__}: {exc}"
