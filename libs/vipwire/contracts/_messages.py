@@ -94,6 +94,9 @@ class ServiceSnapshot(_Message, frozen=True, tag="service"):
     source_ranges: tuple[str, ...] = ()
     #: ``sessionAffinity: ClientIP``: how long a client sticks to one node; None: no affinity.
     affinity_timeout_s: int | None = None
+    #: The appliance profile the Service picks (annotation ``vipwire.io/profile``);
+    #: None: its pool's default. ipam refuses a name that is not configured.
+    profile: str | None = None
 
 
 class ServiceGone(_Message, frozen=True, tag="service-gone"):
@@ -181,6 +184,9 @@ class VipAssigned(_Message, frozen=True, tag="vip-assigned"):
     source_ranges: tuple[str, ...] = ()
     #: Source-address persistence for this long; None: no affinity.
     affinity_timeout_s: int | None = None
+    #: The appliance profile to program, resolved by ipam (the Service's own, else
+    #: its pool's default); None: the built-in profile.
+    profile: str | None = None
 
 
 class VipReleasing(_Message, frozen=True, tag="vip-releasing"):

@@ -36,6 +36,8 @@ SOURCE_RANGES_ANNOTATION: Final = "service.beta.kubernetes.io/load-balancer-sour
 #: ``sessionAffinityConfig.clientIP.timeoutSeconds`` when unset, and its bounds (as Kubernetes).
 DEFAULT_AFFINITY_TIMEOUT_S: Final = 10800
 MAX_AFFINITY_TIMEOUT_S: Final = 86400
+#: The appliance profile (monitor, timeouts, method) the Service picks; ipam knows them.
+PROFILE_ANNOTATION: Final = "vipwire.io/profile"
 #: Written by us: the trace of the last change we wrote back (``kubectl describe`` shows it).
 TRACE_ANNOTATION: Final = "vipwire.io/last-trace-id"
 #: Written by us together with the finalizer: which vipwire cluster put it there. The
@@ -359,6 +361,7 @@ def service_snapshot(
         status_vips=() if deleting else status_vips(service),
         source_ranges=source_ranges(service),
         affinity_timeout_s=affinity_timeout_s(service),
+        profile=annotations.get(PROFILE_ANNOTATION, "").strip() or None,
     )
 
 
