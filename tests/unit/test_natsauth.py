@@ -202,3 +202,13 @@ def test_nodes_are_given_per_cluster() -> None:
     assert parse_nodes(["east=n1,n2", "west=w1"]) == {"east": ["n1", "n2"], "west": ["w1"]}
     with pytest.raises(ValueError):
         parse_nodes(["east"])
+
+
+def test_each_stack_component_logs_in_as_its_own_identity() -> None:
+    """vipwire up: every ipam replica as ipam, a watcher and an agent as theirs."""
+    from vipwire.allinone.stack import component_identity
+
+    assert component_identity("ipam:2") == "ipam"
+    assert component_identity("lbdriver") == "lbdriver"
+    assert component_identity("watcher:east") == "watcher-east"
+    assert component_identity("nodeagent:east/east-node-1") == "nodeagent-east-east-node-1"
