@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from vipwire.contracts import LbFailed, LbRemoved, ServiceRef, VipReleasing
 from vipwire.lbdriver.core.desired import InvalidAssignment
-from vipwire.lbdriver.io.drivers.credentials import CredentialSource, scrub
 from vipwire.lbdriver.core.outcomes import (
     appliance_failure,
     failure,
@@ -15,6 +14,7 @@ from vipwire.lbdriver.core.outcomes import (
     success_is_news,
     unknown_group,
 )
+from vipwire.lbdriver.io.drivers.credentials import CredentialSource, scrub
 
 KEY = ServiceRef("prod", "shop", "web")
 RELEASING = VipReleasing(
