@@ -408,7 +408,11 @@ def test_every_refusal_reaches_the_service_with_its_reason() -> None:
         "other-key": ({"requested_ips": ("192.0.2.2",), "sharing_key": "j"}, "sharing key 'k'"),
         "cross-cluster": (
             {"requested_ips": ("192.0.2.2",), "sharing_key": "k", "cluster": "west"},
-            "never shared across clusters",
+            "requested address 192.0.2.2 is in use by another Service",
+        ),
+        "cross-namespace": (
+            {"requested_ips": ("192.0.2.1",), "namespace": "pay"},
+            "requested address 192.0.2.1 is in use by another Service",
         ),
         "bad-family": ({"requested_ips": ("2001:db8::1",)}, "SingleStack IPv4"),
     }
@@ -416,6 +420,9 @@ def test_every_refusal_reaches_the_service_with_its_reason() -> None:
         (failed,) = s.step(name, snapshot(name, **fields))
         assert isinstance(failed, VipFailed) and failed.reason == "AllocationFailed", name
         assert text in failed.message, (name, failed.message)
+    for name in ("cross-cluster", "cross-namespace"):
+        told = s.last(VipFailed, name).message
+        assert "owner" not in told and "dns" not in told and "east/" not in told, told
     s.step("fill the pool", *(snapshot(f"fill{i}", pool="lab") for i in range(6)))
     assert s.last(VipFailed, "fill5").message == "no free IPv4 address in pool 'lab' (7/7 in use)"
 
