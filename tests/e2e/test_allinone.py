@@ -14,6 +14,7 @@ import subprocess
 import sys
 from collections import Counter
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -247,3 +248,40 @@ class TestSmoke:
         result = json.loads(lines[0])
         assert result["services"] == result["converged"] == 10
         assert 0 < result["p50_ms"] <= result["p99_ms"]
+
+
+class TestOperatorRelease:
+    async def test_ipam_release_from_the_cli_writes_an_event_naming_the_operator(
+        self, stack: Stack
+    ) -> None:
+        """`vipwire ipam release` (the real CLI, a subprocess) moves the Service to a new
+        VIP, and the Service gets a Normal IPReleasedByOperator naming the caller and
+        both addresses, once."""
+        await stack.create_service("east", "web")
+        await eventually(lambda: vip_of(stack, "east", "web"), what="east/web has a VIP")
+        old = vip_of(stack, "east", "web")
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "vipwire.cli", "ipam", "release", "east/default/web",
+            "--nats", stack.nats.urls[0],
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        out, err = await proc.communicate()
+        assert proc.returncode == 0, (out.decode(), err.decode())
+        assert f"withdrawing {old}" in out.decode()
+
+        def released() -> list[dict[str, Any]]:
+            events = stack.emulators["east"].list("events.events.k8s.io", "default")
+            return [e for e in events if e.get("reason") == "IPReleasedByOperator"]
+
+        await eventually(
+            lambda: released() and vip_of(stack, "east", "web") not in (None, old),
+            what="an IPReleasedByOperator Event and the new VIP in status",
+        )
+        new = vip_of(stack, "east", "web")
+        (event,) = released()
+        assert event["type"] == "Normal"
+        assert event["regarding"]["name"] == "web"
+        assert event["note"].startswith(
+            f"operator anonymous released {old} (vipwire ipam release); {new} allocated"
+        ), event["note"]
