@@ -18,6 +18,7 @@ from vipwire.lbdriver.io.drivers.base import (
     ApplianceError,
     ApplianceRejected,
     ApplianceUnavailable,
+    DestinationClash,
 )
 
 
@@ -98,7 +99,7 @@ class SimAppliance:
         clash = self._destination_clash(partition, current, after, written)
         if clash is not None:
             self.failures += 1
-            raise ApplianceRejected(self.name, f"partition {partition}: {clash}")
+            raise clash.rejected(self.name, partition)
         # All or nothing, like a transaction: a refused batch changes nothing.
         self._partitions[partition] = after
         for name in written:
@@ -146,8 +147,8 @@ class SimAppliance:
         before: dict[str, VirtualServer],
         after: dict[str, VirtualServer],
         written: set[str],
-    ) -> str | None:
-        """A written server whose destination another server already serves, described."""
+    ) -> DestinationClash | None:
+        """A written server whose destination another server already serves."""
         # Only the written servers' destinations can clash anew, and only with servers
         # on the same addresses: the index names those (scanning the partition made
         # every write cost as much as the partition).
@@ -162,6 +163,7 @@ class SimAppliance:
                 by_destination.setdefault(key, []).append(name)
         for (address, port, protocol), names in sorted(by_destination.items()):
             if len(names) > 1 and written.intersection(names):
-                where = f"{address}:{port_text(port, protocol)}"
-                return f"destination {where} is served by {sorted(names)}"
+                return DestinationClash(
+                    f"{address}:{port_text(port, protocol)}", tuple(sorted(names))
+                )
         return None
