@@ -1,9 +1,11 @@
-"""The watcher's RBAC (deploy/kubernetes/watcher-rbac.yaml) is exactly what its code calls.
+"""The watcher's RBAC, as an overlay renders it, is exactly what its code calls.
 
-The emulator records every request in RBAC's terms while a watcher goes through
-a Service's whole life, an aggregated failure, a conflict and a leader term;
-every request must be allowed by the manifests, and every permission they
-grant must have been used (least privilege, kept honest both ways).
+``kubectl kustomize deploy/kustomize/overlays/east`` gives the roles and the
+watcher's config (cluster, Lease name); the emulator records every request in
+RBAC's terms while a watcher with that config goes through a Service's whole
+life, an aggregated failure, a conflict and a leader term. Every request must
+be allowed by the rendered roles, and every permission they grant must have
+been used (least privilege, kept honest both ways).
 """
 
 from __future__ import annotations
@@ -12,8 +14,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from support.kustomize import OVERLAYS, config_of, render
 from vipwire.contracts import LbProgrammed, Member, ServicePort, VipFailed, VipReleased
 from vipwire.kubeemu import KubeEmulator
 from vipwire.runtime import Runtime
@@ -21,16 +22,16 @@ from vipwire.testing import eventually
 from vipwire.watcher import WatcherService, WatcherSettings
 
 RuntimeFactory = Callable[[str], Awaitable[Runtime]]
-RBAC = Path(__file__).parents[2] / "deploy" / "kubernetes" / "watcher-rbac.yaml"
+OVERLAY = OVERLAYS / "east"
 FINALIZER = "service.kubernetes.io/load-balancer-cleanup"
 
 Grant = tuple[str, str, str, str | None, str | None]  # scope, group, resource, verb, name
 
 
-def grants() -> set[Grant]:
+def grants(rendered: list[dict[str, Any]]) -> set[Grant]:
     """(ClusterRole|Role namespace, group, resource[/sub], verb, resourceName or None)."""
     out: set[Grant] = set()
-    for doc in yaml.safe_load_all(RBAC.read_text()):
+    for doc in rendered:
         if doc["kind"] not in ("ClusterRole", "Role"):
             continue
         scope = "*" if doc["kind"] == "ClusterRole" else doc["metadata"]["namespace"]
@@ -60,18 +61,24 @@ async def test_every_call_is_granted_and_every_grant_is_used(
     make_runtime: RuntimeFactory, tmp_path: Path
 ) -> None:
     """A Service's life, an aggregated failure, a 409, a leader term: nothing denied, and
-    no permission in the manifests left unused."""
-    async with KubeEmulator("east", bookmark_interval=0.5) as emu:
-        await emu.create(
-            {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "vipwire-system"}}
-        )
+    no permission in the rendered overlay left unused."""
+    rendered = render(OVERLAY)
+    deployed = config_of(rendered, "vipwire-cluster-config")["watcher"]
+    # In its pod the watcher keeps its Lease in the pod's namespace: the Deployment's.
+    (namespace,) = {
+        o["metadata"]["namespace"]
+        for o in rendered
+        if o["kind"] == "Deployment" and o["metadata"]["name"] == "vipwire-watcher"
+    }
+    async with KubeEmulator(deployed["cluster"], bookmark_interval=0.5) as emu:
+        await emu.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}})
         await emu.add_node("n1", "192.0.2.11")
         audit = emu.record_requests()
         settings = WatcherSettings(
-            cluster="east",
+            **deployed,
             kubeconfig=str(emu.write_kubeconfig(tmp_path / "kubeconfig", context_name="east")),
             context="east",
-            lease_namespace="vipwire-system",
+            lease_namespace=namespace,
             backoff_initial_s=0.05,
             backoff_max_s=0.2,
         )
@@ -100,7 +107,7 @@ async def test_every_call_is_granted_and_every_grant_is_used(
                 what="web has our finalizer",
             )
             uid = emu.get("services", "default", "web")["metadata"]["uid"]
-            svc = {"cluster": "east", "namespace": "default", "name": "web", "uid": uid}
+            svc = {"cluster": settings.cluster, "namespace": "default", "name": "web", "uid": uid}
             for _ in range(2):  # the second is counted in the first's series: get + patch
                 await peer.bus.publish(VipFailed(**svc, reason="AllocationFailed", message="full"))
             await eventually(
@@ -140,7 +147,7 @@ async def test_every_call_is_granted_and_every_grant_is_used(
         finally:
             await watcher.stop()  # gives the Lease up: get + update
 
-    granted = grants()
+    granted = grants(rendered)
     denied = sorted({str(e) for e in audit if allowed_by(e, granted) is None})
     assert denied == [], "requests the manifests do not allow"
     used = {allowed_by(e, granted) for e in audit}

@@ -128,11 +128,69 @@ def _skip_env_lookups(client: ApiClient, config: Configuration) -> None:
             session._trust_env = False
 
 
+#: Where a pod finds its own namespace (its service account's projected volume).
+SERVICE_ACCOUNT_NAMESPACE: Final = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
+
+
 def in_cluster_namespace(default: str = "default") -> str:
     """The namespace of the pod we run in (from its service account), else ``default``."""
-    path = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
+    return pod_namespace() or default
+
+
+def pod_namespace(path: str | os.PathLike[str] = SERVICE_ACCOUNT_NAMESPACE) -> str | None:
+    """The namespace of the pod we run in (its service account's), None outside a pod."""
     try:
         with open(path, encoding="utf-8") as f:
-            return f.read().strip() or default
+            return f.read().strip() or None
     except OSError:
-        return default
+        return None
+
+
+def kubeconfig_namespace(
+    kubeconfig: str | os.PathLike[str], context: str | None = None
+) -> str | None:
+    """The namespace a kubeconfig's context names (``context``, else its current-context);
+    None when it names none (kubectl would then use ``default``) or cannot be read."""
+    try:
+        with open(kubeconfig, encoding="utf-8") as f:
+            config = yaml.safe_load(f)
+    except (OSError, yaml.YAMLError):
+        return None
+    return context_namespace(config, context)
+
+
+def context_namespace(config: Any, context: str | None = None) -> str | None:
+    """The namespace of ``context`` (else the current-context) in a parsed kubeconfig."""
+    if not isinstance(config, dict):
+        return None
+    wanted = context or config.get("current-context")
+    for entry in config.get("contexts") or ():
+        if isinstance(entry, dict) and entry.get("name") == wanted:
+            namespace = (entry.get("context") or {}).get("namespace")
+            return str(namespace) if namespace else None
+    return None
+
+
+def own_namespace(
+    explicit: str | None,
+    kubeconfig: str | os.PathLike[str] | None,
+    context: str | None = None,
+    *,
+    service_account_file: str | os.PathLike[str] = SERVICE_ACCOUNT_NAMESPACE,
+) -> tuple[str, str]:
+    """The namespace a component keeps its own objects in (a Lease), and where it came from.
+
+    ``explicit`` (a setting) wins; then, with a kubeconfig, its context's namespace; then
+    the pod's own (service account); else ``default``, which the caller should log: it is
+    rarely where the RBAC grants anything.
+    """
+    if explicit:
+        return explicit, "the setting"
+    if kubeconfig is not None:
+        found = kubeconfig_namespace(kubeconfig, context)
+        if found:
+            return found, f"the context of kubeconfig {kubeconfig}"
+    found = pod_namespace(service_account_file)
+    if found:
+        return found, "the pod's service account"
+    return "default", "nothing else said (no setting, no kubeconfig namespace, not in a pod)"

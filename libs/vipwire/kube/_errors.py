@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any
+import re
+from typing import Any, Final
+
+#: How kube-apiserver's RBAC authorizer words a refusal (the tail of a 403's message).
+_RBAC_REFUSAL: Final = re.compile(
+    r'cannot (?P<verb>[a-z]+) resource "(?P<resource>[^"]+)"'
+    r'(?: in API group "(?P<group>[^"]*)")?'
+    r'(?: in the namespace "(?P<namespace>[^"]+)"| at the cluster scope)?'
+)
 
 
 class KubeError(Exception):
@@ -62,6 +70,24 @@ class KubeApiError(KubeError):
     def gone(self) -> bool:
         """The resourceVersion asked for is too old (410 Expired/Gone): list again."""
         return self.status == 410
+
+    @property
+    def forbidden(self) -> bool:
+        """403: the credentials may not do this (RBAC); retrying changes nothing until the
+        permission is granted."""
+        return self.status == 403
+
+    def missing_permission(self, fallback: str = "") -> str:
+        """What a 403 refused, in RBAC's terms: ``get leases (coordination.k8s.io) in
+        namespace "default"``, from the API server's message; ``fallback`` (what the caller
+        tried) when the message says nothing that can be read."""
+        found = _RBAC_REFUSAL.search(self.message)
+        if found is None:
+            return fallback or self.message
+        group = found["group"]
+        what = f"{found['verb']} {found['resource']}" + (f" ({group})" if group else "")
+        namespace = found["namespace"]
+        return what + (f' in namespace "{namespace}"' if namespace else " cluster-wide")
 
     @property
     def transient(self) -> bool:

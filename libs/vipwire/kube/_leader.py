@@ -154,6 +154,11 @@ class LeaderElector:
         self._attempted = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._held = False  # held the Lease when stopped: release() may give it up
+        #: What the API server last refused us for want of a permission (a 403), in RBAC's
+        #: terms; None once an attempt went through. Retrying cannot help until it is
+        #: granted: a service reports it (``/readyz``) instead of campaigning silently.
+        self.forbidden: str | None = None
+        self._told: set[str] = set()  # refusals logged already (each once, until we lead)
 
     # --- state -------------------------------------------------------------------------
 
@@ -223,6 +228,8 @@ class LeaderElector:
             acquired = await self._attempt()
             self._attempted.set()
             if acquired:
+                self.forbidden = None
+                self._told.clear()
                 log.info(
                     "%s: became leader of lease %s/%s", self.identity, self.namespace, self.name
                 )
@@ -312,11 +319,13 @@ class LeaderElector:
         except KubeError as exc:
             if isinstance(exc, KubeApiError) and exc.conflict:
                 return await self._attempt()
-            log.warning("%s: cannot renew lease %s: %s", self.identity, self.name, exc)
+            if not self._refused(exc, "update"):
+                log.warning("%s: cannot renew lease %s: %s", self.identity, self.name, exc)
             return False
         self._observe(LeaseRecord.of(renewed))
         self._written = renewed
         self._renewed_at = started
+        self.forbidden = None
         return True
 
     async def _attempt(self) -> bool:
@@ -328,7 +337,8 @@ class LeaderElector:
             )
         except KubeApiError as exc:
             if not exc.not_found:
-                log.warning("%s: cannot read lease %s: %s", self.identity, self.name, exc)
+                if not self._refused(exc, "get"):
+                    log.warning("%s: cannot read lease %s: %s", self.identity, self.name, exc)
                 return False
             return await self._create(started)
         except KubeError as exc:
@@ -337,6 +347,7 @@ class LeaderElector:
         record = LeaseRecord.of(current)
         self._observe(record)
         if not may_acquire(self.identity, record, self._observed_at, self._clock()):
+            self.forbidden = None  # a standby that can read: nothing more to ask of it now
             return False
         current["spec"] = lease_spec(
             self.identity, record, duration_s=self.lease_duration_s, now=micro_time()
@@ -350,7 +361,9 @@ class LeaderElector:
                 timeout=self._timeout,
             )
         except KubeError as exc:
-            if not (isinstance(exc, KubeApiError) and exc.conflict):
+            if not (isinstance(exc, KubeApiError) and exc.conflict) and not self._refused(
+                exc, "update"
+            ):
                 log.warning("%s: cannot write lease %s: %s", self.identity, self.name, exc)
             return False
         self._observe(LeaseRecord.of(written))
@@ -372,12 +385,38 @@ class LeaderElector:
                 self._api.create_namespaced_lease, self.namespace, body, timeout=self._timeout
             )
         except KubeError as exc:
-            if not (isinstance(exc, KubeApiError) and exc.already_exists):
+            if not (isinstance(exc, KubeApiError) and exc.already_exists) and not self._refused(
+                exc, "create"
+            ):
                 log.warning("%s: cannot create lease %s: %s", self.identity, self.name, exc)
             return False
         self._observe(LeaseRecord.of(written))
         self._written = written
         self._renewed_at = started
+        return True
+
+    def _refused(self, exc: KubeError, verb: str) -> bool:
+        """A 403 on the Lease: remember what is missing and log it, once, as an ERROR
+        naming the permission. False for any other failure."""
+        if not (isinstance(exc, KubeApiError) and exc.forbidden):
+            return False
+        missing = exc.missing_permission(
+            f'{verb} leases (coordination.k8s.io) in namespace "{self.namespace}"'
+        )
+        self.forbidden = missing
+        if missing not in self._told:
+            self._told.add(missing)
+            log.error(
+                "%s: forbidden: cannot %s (lease %s/%s): grant it to this identity (a Role "
+                "and RoleBinding in namespace %s), or elect on a Lease in a namespace where "
+                "it is granted; retrying every %gs meanwhile",
+                self.identity,
+                missing,
+                self.namespace,
+                self.name,
+                self.namespace,
+                self.retry_period_s,
+            )
         return True
 
     @property

@@ -19,7 +19,7 @@ garbage collector for ownerReferences).
 
 from vipwire.kubeemu._emulator import KubeEmulator, write_kubeconfig
 from vipwire.kubeemu._errors import ApiError
-from vipwire.kubeemu._http import AuditEntry
+from vipwire.kubeemu._http import AuditEntry, Denial
 from vipwire.kubeemu._store import Change
 from vipwire.kubeemu._watch import WatchBrokenError, WatchSession
 
@@ -27,6 +27,7 @@ __all__ = [
     "ApiError",
     "AuditEntry",
     "Change",
+    "Denial",
     "KubeEmulator",
     "WatchBrokenError",
     "WatchSession",

@@ -17,7 +17,7 @@ import yaml
 from vipwire.aio import HttpServer, serve_http
 from vipwire.kubeemu import _resources as res
 from vipwire.kubeemu._errors import ApiError
-from vipwire.kubeemu._http import AuditEntry, Fault, KubeApp, Settings
+from vipwire.kubeemu._http import AuditEntry, Denial, Fault, KubeApp, Settings
 from vipwire.kubeemu._patch import JSON_PATCH, MERGE_PATCH, PATCH_TYPES, STRATEGIC_MERGE_PATCH
 from vipwire.kubeemu._resources import ResourceType
 from vipwire.kubeemu._selectors import Filter
@@ -354,6 +354,22 @@ class KubeEmulator:
         if self._settings.audit is None:
             self._settings.audit = []
         return self._settings.audit
+
+    def deny(self, verb: str, resource: str, namespace: str | None = None) -> Denial:
+        """Refuse ``verb`` (``*``: every verb) on ``resource`` (a plural, or
+        ``services/status``), in ``namespace`` or every one, with the 403 a real API
+        server's RBAC answers, until :meth:`allow` removes it."""
+        denial = Denial(verb, resource, namespace)
+        self._settings.denials.append(denial)
+        return denial
+
+    def allow(self, denial: Denial | None = None) -> None:
+        """Lift one denial (None: every one)."""
+        denials = self._settings.denials
+        if denial is None:
+            denials.clear()
+        elif denial in denials:
+            denials.remove(denial)
 
     def inject_failure(
         self,

@@ -77,6 +77,46 @@ def audit_entry(request: web.Request, target: Target) -> AuditEntry:
     return AuditEntry(verb, rt.group, rt.plural, target.subresource, target.namespace, target.name)
 
 
+@dataclass(frozen=True, slots=True)
+class Denial:
+    """A request RBAC refuses: a verb on a resource (``services/status`` for a
+    subresource), in one namespace or every one (None)."""
+
+    verb: str
+    resource: str
+    namespace: str | None = None
+    user: str = "system:serviceaccount:vipwire-system:vipwire-watcher"
+
+    def refuses(self, entry: AuditEntry) -> bool:
+        resource = entry.resource + (f"/{entry.subresource}" if entry.subresource else "")
+        return (
+            self.verb in ("*", entry.verb)
+            and self.resource == resource
+            and self.namespace in (None, entry.namespace)
+        )
+
+    def error(self, entry: AuditEntry) -> ApiError:
+        """The 403 kube-apiserver's RBAC authorizer answers, worded as it words it."""
+        resource = entry.resource + (f"/{entry.subresource}" if entry.subresource else "")
+        group_resource = f"{entry.resource}.{entry.group}" if entry.group else entry.resource
+        what = f'{group_resource} "{entry.name}"' if entry.name else group_resource
+        where = (
+            f'in the namespace "{entry.namespace}"' if entry.namespace else "at the cluster scope"
+        )
+        details: dict[str, Any] = {"kind": entry.resource}
+        if entry.name:
+            details["name"] = entry.name
+        if entry.group:
+            details["group"] = entry.group
+        return ApiError(
+            403,
+            "Forbidden",
+            f'{what} is forbidden: User "{self.user}" cannot {entry.verb} resource '
+            f'"{resource}" in API group "{entry.group}" {where}',
+            details,
+        )
+
+
 @dataclass(slots=True)
 class Settings:
     """Knobs a test may turn while the server runs."""
@@ -86,6 +126,8 @@ class Settings:
     bookmark_interval: float = 60.0
     watch_timeout: float | None = None  # cap on watches that ask for no timeoutSeconds
     faults: list[Fault] = field(default_factory=list)
+    # Requests refused as RBAC would refuse them (403), until removed.
+    denials: list[Denial] = field(default_factory=list)
     # Every resource request as RBAC sees it, when recording (None: not recording).
     audit: list[AuditEntry] | None = None
     # The order of a write's reply and its watch events (see KubeEmulator): the chance
@@ -183,6 +225,11 @@ class KubeApp:
         target = parse_path(request.path)
         if self.settings.audit is not None and target is not None:
             self.settings.audit.append(audit_entry(request, target))
+        if self.settings.denials and target is not None:
+            entry = audit_entry(request, target)
+            for denial in self.settings.denials:
+                if denial.refuses(entry):
+                    return _error(denial.error(entry))
         fault = self.settings.take_fault(request.method, target)
         if fault is not None:
             return _error(ApiError(fault.status, fault.reason, "injected failure (kubeemu)"))

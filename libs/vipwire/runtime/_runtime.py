@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.metadata
 import logging
+import platform
 import signal
 from collections.abc import Callable, Sequence
 from typing import Protocol
@@ -20,6 +22,24 @@ from vipwire.runtime._settings import CommonSettings
 from vipwire.telemetry import make_tracer_provider
 
 log = logging.getLogger("vipwire.runtime")
+
+
+def version() -> str:
+    """The installed vipwire's version ("unknown" when run from a tree never installed)."""
+    try:
+        return importlib.metadata.version("vipwire")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def build_info(metrics: Registry, component: str) -> None:
+    """``vipwire_build_info{component, version, python} 1``: which build answers a scrape
+    (an alert or a dashboard joins on it to tell versions apart during an upgrade)."""
+    metrics.gauge(
+        "build_info",
+        "Always 1; the labels say which component and which build of vipwire this is",
+        ["component", "version", "python"],
+    ).set(1.0, component=component, version=version(), python=platform.python_version())
 
 
 class Service(Protocol):
@@ -64,6 +84,7 @@ class Runtime:
         self._readiness: Callable[[], str | None] = lambda: "starting"
         #: Shown on /readyz when set (the lbdriver's "leader" or "standby").
         self._role: Callable[[], str] | None = None
+        build_info(self.metrics, name)
         connected_gauge(self.metrics)  # 0 until the bus is up: scraped before NATS answers
 
     @property

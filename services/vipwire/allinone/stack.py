@@ -83,6 +83,8 @@ class StackSettings(msgspec.Struct, frozen=True, kw_only=True):
     uplink_interface: str | None = None
     #: Port of the dashboard on 127.0.0.1 (0: any free port); None: no dashboard.
     dashboard_port: int | None = 0
+    #: Namespace of the watchers' Leases; None: the kubeconfig context's namespace.
+    lease_namespace: str | None = None
 
 
 def cluster_name(index: int) -> str:
@@ -250,7 +252,11 @@ class Stack:
                 cluster, (str(self.state_dir / f"kubeconfig-{cluster}"), cluster)
             )
             w_settings = WatcherSettings(
-                cluster=cluster, kubeconfig=path, context=context, status_gate=s.status_gate
+                cluster=cluster,
+                kubeconfig=path,
+                context=context,
+                status_gate=s.status_gate,
+                lease_namespace=s.lease_namespace,
             )
             self._add(f"watcher:{cluster}", lambda rt, st=w_settings: WatcherService(st, rt))
         if s.dashboard_port is not None:
@@ -312,9 +318,27 @@ class Stack:
             if (reason := c.readiness()) is not None
         }
 
+    def refused(self) -> dict[str, str]:
+        """Components the Kubernetes API refuses a permission they need (a 403), with it:
+        nothing waits them out, the RBAC has to change."""
+        found: dict[str, str] = {}
+        for name, c in self.components.items():
+            problem = getattr(c.service, "permission_problem", None)
+            reason = problem() if callable(problem) else None
+            if isinstance(reason, str):
+                found[name] = reason
+        return found
+
     async def wait_ready(self, timeout: float = 30.0) -> None:
+        """Until every component is ready; raises :class:`PermissionError` at once when a
+        component is refused a permission (waiting would not help)."""
         async with asyncio.timeout(timeout):
-            while self.readiness():  # noqa: ASYNC110 - readiness has no event to await
+            # Polled: readiness has no event to await.
+            while self.readiness():
+                if refused := self.refused():
+                    raise PermissionError(
+                        "; ".join(f"{name}: {reason}" for name, reason in refused.items())
+                    )
                 await asyncio.sleep(0.05)
 
     # --- the user's side: Services in clusters ------------------------------------

@@ -83,6 +83,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argpar
         help="--kubeconfig: the cluster's name in vipwire (a DNS label; default k8s)",
     )
     up.add_argument(
+        "--lease-namespace",
+        metavar="NS",
+        help="--kubeconfig: the namespace of the watcher's Lease (default: the kubeconfig "
+        "context's namespace, else default); its RBAC must grant Leases there",
+    )
+    up.add_argument(
         "--demo",
         action="store_true",
         help="--kubeconfig: create the demo Services in that cluster (deleted again on exit)",
@@ -150,6 +156,7 @@ async def _up(args: argparse.Namespace, stop: asyncio.Event) -> int:
         nats_servers=args.nats_cluster,
         dashboard_port=None if args.no_dashboard else dashboard_port,
         kubeconfigs={args.cluster: (real, args.context)} if real else {},
+        lease_namespace=getattr(args, "lease_namespace", None),
     )
     demo = not real or args.demo
     stack = Stack(settings)
@@ -172,6 +179,10 @@ async def _up(args: argparse.Namespace, stop: asyncio.Event) -> int:
         clocks.append(clock)
         try:
             await stack.wait_ready(timeout=30)
+        except PermissionError as exc:
+            hint = "; grant it, or put the Lease elsewhere: --lease-namespace NS"
+            print(f"vipwire up: {exc}{hint if 'leases' in str(exc) else ''}", file=sys.stderr)
+            return 1
         except TimeoutError:
             print(f"vipwire up: not ready after 30 s: {stack.readiness()}", file=sys.stderr)
             return 1
@@ -251,6 +262,11 @@ async def _live(stack: Stack, stop: asyncio.Event) -> int:
     try:
         await view.start(nc)
         while not stop.is_set():
+            if refused := stack.refused():
+                # A permission taken away while running: say so and stop, not spin.
+                for name, reason in refused.items():
+                    print(f"vipwire up: {name}: {reason}", file=sys.stderr)
+                return 1
             statuses = {
                 r: stack.ingress_ips(r.cluster, r.name, r.namespace) for r in list(view.rows)
             }

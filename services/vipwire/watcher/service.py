@@ -31,14 +31,19 @@ from typing import Protocol
 from kubernetes_asyncio.client import ApiClient
 
 from vipwire.aio import cancel_and_wait
-from vipwire.kube import LeaderElector, in_cluster_namespace, new_api_client
+from vipwire.kube import (
+    LeaderElector,
+    instrument,
+    new_api_client,
+    request_histogram,
+)
 from vipwire.runtime import Runtime
 from vipwire.watcher.io.bus_reader import BusReader, open_consumers
 from vipwire.watcher.io.event_recorder import EventRecorder
-from vipwire.watcher.io.kube_writes import KubeWrites, NotLeader
+from vipwire.watcher.io.kube_writes import KubeWrites, NotLeader, lease_namespace
 from vipwire.watcher.io.publishing import Publisher, watch_cluster
 from vipwire.watcher.io.status_writes import StatusWriter
-from vipwire.watcher.io.term import Term
+from vipwire.watcher.io.term import Term, convergence_gauges
 from vipwire.watcher.settings import WatcherSettings
 
 log = logging.getLogger("vipwire.watcher")
@@ -96,6 +101,8 @@ class WatcherService:
         )
         self._m_leader = m.gauge("watcher_leader", "1 while this replica is the leader")
         self._m_terms = m.counter("watcher_leader_terms_total", "Terms this replica led")
+        self._m_requests = request_histogram(m)
+        convergence_gauges(m, lambda: self._term.convergence if self.leading else None)
 
     def _reset(self) -> None:
         """Forget everything a term learnt: the next one rebuilds it from the bus."""
@@ -108,6 +115,7 @@ class WatcherService:
 
     async def start(self) -> None:
         self._api = await self._factory()
+        instrument(self._api, self._m_requests)
         self._kube = KubeWrites(
             self._api,
             request_timeout_s=self.settings.request_timeout_s,
@@ -117,10 +125,11 @@ class WatcherService:
         s = self.settings
         if s.leader_election:
             identity = f"{self._instance}_{uuid.uuid4().hex[:8]}"
+            namespace = lease_namespace(s)
             self._elector = LeaderElector(
                 self._api,
                 name=s.lease,
-                namespace=s.lease_namespace or in_cluster_namespace(),
+                namespace=namespace,
                 identity=identity,
                 lease_duration_s=s.lease_duration_s,
                 renew_deadline_s=s.renew_deadline_s,
@@ -133,6 +142,15 @@ class WatcherService:
         self._started = True
         self._stopping = False
         self._main = asyncio.create_task(self._run(), name="watcher-main")
+
+    def permission_problem(self) -> str | None:
+        """A permission the API server refuses the watcher (a 403), in RBAC's terms, or
+        None. Nothing is served while it lasts: ``vipwire up`` gives up on it."""
+        elector = self._elector
+        missing = elector.forbidden if elector is not None else None
+        if missing is None and self._started:
+            missing = self._kube.refusals.first()
+        return f"forbidden: cannot {missing}" if missing is not None else None
 
     def _on_leadership(self, leading: bool) -> None:
         self._m_leader.set(1.0 if leading else 0.0)
@@ -287,6 +305,9 @@ class WatcherService:
     def readiness(self) -> str | None:
         if not self._started:
             return "not started"
+        forbidden = self.permission_problem()
+        if forbidden is not None:
+            return forbidden
         elector = self._elector
         if elector is not None and not elector.is_leader:
             # A standby is ready: ready to take over.

@@ -79,7 +79,8 @@ class WatcherSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
     leader_election: bool = True
     #: Name of the Lease; default: ``vipwire-watcher-<cluster>``.
     lease_name: str | None = None
-    #: Namespace of the Lease; default: the pod's own namespace (``default`` outside a pod).
+    #: Namespace of the Lease; default: the kubeconfig context's namespace (with a
+    #: kubeconfig), else the pod's own (its service account's), else ``default`` (logged).
     lease_namespace: str | None = None
     #: Seconds a standby waits after the leader's last renewal before taking over.
     #: Default 15.

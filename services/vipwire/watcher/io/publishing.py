@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -34,6 +35,7 @@ from vipwire.watcher.core.translate import (
     SERVICE_NAME_LABEL,
     Obj,
     SliceEndpoints,
+    being_deleted,
     has_finalizer,
     marked_by,
     merge_endpoints,
@@ -84,16 +86,19 @@ class Publisher:
     # --- Services -> bus -------------------------------------------------------------
 
     def service_changed(self, key: str, obj: Obj | None, rv: str, old: Obj | None = None) -> None:
+        ours = obj is not None and self._term.is_ours(obj)
+        if obj is None or not ours or being_deleted(obj):
+            self._term.convergence.forget(key)
+        else:
+            has_vip = bool(status_vips(obj))
+            self._term.convergence.seen(key, ours=True, has_vip=has_vip, now=time.monotonic())
         known = key in self._memory.services
         if obj is None and old is not None and known:
             # Deleted: who it was stays known for the Event that tells its release, which
             # may be written after this (see TermMemory.depart).
             self._memory.depart(key, object_ref(old))
         if obj is not None and not (
-            known
-            or self._term.is_ours(obj)
-            or marked_by(obj, self._cluster)
-            or current_condition(obj) is not None
+            known or ours or marked_by(obj, self._cluster) or current_condition(obj) is not None
         ):
             return  # the common case: somebody else's Service
         if obj is None and not known:
@@ -339,6 +344,7 @@ def watch_cluster(term: Term, kube: KubeWrites, publisher: Publisher, *, restart
         ServiceListener(publisher),
         settings,
         restarts=restarts,
+        refusals=kube.refusals,
         keep=slim_service,
         store=lambda: PackedDict[Obj](Obj),
     )
@@ -348,6 +354,7 @@ def watch_cluster(term: Term, kube: KubeWrites, publisher: Publisher, *, restart
         SliceListener(publisher),
         settings,
         restarts=restarts,
+        refusals=kube.refusals,
         list_kwargs={"label_selector": SERVICE_NAME_LABEL},
         keep=slice_endpoints,
         store=lambda: PackedDict[SliceEndpoints](SliceEndpoints),
@@ -358,6 +365,7 @@ def watch_cluster(term: Term, kube: KubeWrites, publisher: Publisher, *, restart
         NodeListener(publisher),
         settings,
         restarts=restarts,
+        refusals=kube.refusals,
         keep=slim_node,
         store=lambda: PackedDict[Obj](Obj),
     )

@@ -22,6 +22,7 @@ from typing import Any, Generic, Protocol, TypeVar
 from vipwire.kube import ApiCall, KubeApiError, KubeUnavailable, list_all, watch_events
 from vipwire.metrics import Counter
 from vipwire.watcher.core.translate import Obj, object_key, resource_version
+from vipwire.watcher.io.kube_writes import Refusals
 from vipwire.watcher.settings import WatcherSettings
 
 log = logging.getLogger("vipwire.watcher")
@@ -52,6 +53,7 @@ class Reflector(Generic[T]):
         restarts: Counter,
         list_kwargs: Mapping[str, Any] | None = None,
         store: Callable[[], MutableMapping[str, T]] = dict,
+        refusals: Refusals | None = None,
     ) -> None:
         self.name = name
         self._new_store = store
@@ -65,6 +67,7 @@ class Reflector(Generic[T]):
         self._rv: str | None = None
         # What the store keeps of each object: what the watcher reads of it, no more.
         self._keep = keep
+        self._refusals = refusals
 
     @property
     def resource_version(self) -> int:
@@ -95,6 +98,9 @@ class Reflector(Generic[T]):
                     if failures == 0:
                         failures = 1
                         continue  # at once, the first time
+                elif exc.forbidden and self._refusals is not None:
+                    self._restart("forbidden", relist=False)
+                    self._refusals.refused(self.name, exc, f"list and watch {self.name}")
                 else:
                     self._restart("error", relist=False)
                     log.warning("%s: API error (%s); retrying in %.1fs", self.name, exc, delay)
@@ -122,6 +128,8 @@ class Reflector(Generic[T]):
         self._listener.listed(self.store, rv)
         self._rv = rv
         self.synced.set()
+        if self._refusals is not None:
+            self._refusals.allowed(self.name)
         log.debug("%s: listed %d at resourceVersion %s", self.name, len(items), rv)
 
     async def _watch(self, rv: str) -> bool:

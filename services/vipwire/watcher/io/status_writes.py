@@ -181,6 +181,10 @@ class StatusWriter:
                     _content_type=MERGE_PATCH,
                 )
                 trace_id = trace_id_of_current_span()
+                if decision.ingress:
+                    waited = term.convergence.written(object_key(service), time.monotonic())
+                    if waited is not None:
+                        term.convergence_seconds.observe(waited)
                 if "loadBalancer" in decision.status["status"]:
                     # Only the VIPs are news on the bus; a condition alone is not.
                     await self._announce_status(service, trace_id)

@@ -8,6 +8,7 @@ from the replay of the bus, and only then lists and watches Kubernetes.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager
 from typing import Any
@@ -15,7 +16,8 @@ from typing import Any
 from opentelemetry.context import Context
 
 from vipwire.contracts import Message, ServiceSnapshot
-from vipwire.runtime import Runtime
+from vipwire.runtime import Registry, Runtime
+from vipwire.watcher.core.convergence import Convergence
 from vipwire.watcher.core.term_memory import Family, TermMemory
 from vipwire.watcher.core.translate import (
     Obj,
@@ -29,6 +31,9 @@ from vipwire.watcher.core.validate import invalid_note, service_problems
 from vipwire.watcher.io.reflector import Reflector
 from vipwire.watcher.io.work_queue import KeyedLocks, WorkQueue
 from vipwire.watcher.settings import WatcherSettings
+
+#: Create -> status: well under a second when all is well; minutes when something is stuck.
+CONVERGENCE_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
 
 
 class Term:
@@ -47,6 +52,14 @@ class Term:
             gating=settings.status_gate != "none" or settings.node_vip_grace_s > 0
         )
         self.locks = KeyedLocks()
+        #: Our Services waiting for a VIP in status, and since when.
+        self.convergence = Convergence()
+        self.convergence_seconds = runtime.metrics.histogram(
+            "watcher_convergence_seconds",
+            "Seconds from a Service of ours seen without a VIP (created, or its status lost) "
+            "to the status write that gives it one",
+            buckets=CONVERGENCE_BUCKETS,
+        )
         #: Both replays that start the term are over.
         self.caught_up = False
         #: The replay of our own families still reads (our messages still come back).
@@ -165,3 +178,24 @@ class Term:
         return self.runtime.tracer.start_as_current_span(
             "reconcile service", context=Context(), attributes=attributes
         )
+
+
+def convergence_gauges(metrics: Registry, current: Callable[[], Convergence | None]) -> None:
+    """How many of our Services wait for a VIP, and the longest wait, read at each scrape
+    from ``current()`` (None on a standby: it waits for nothing)."""
+    waiting = metrics.gauge(
+        "watcher_unconverged_services",
+        "Services of ours without a VIP in status yet (the leader's count; 0 on a standby)",
+    )
+    oldest = metrics.gauge(
+        "watcher_oldest_unconverged_seconds",
+        "Seconds the longest-waiting Service of ours has been without a VIP in status "
+        "(0: none waits; the leader's view)",
+    )
+
+    def collect() -> None:
+        convergence = current()
+        waiting.set(float(convergence.waiting) if convergence is not None else 0.0)
+        oldest.set(convergence.oldest_s(time.monotonic()) if convergence is not None else 0.0)
+
+    metrics.on_collect(collect)
