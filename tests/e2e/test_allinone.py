@@ -25,6 +25,7 @@ from vipwire.bus import kv_keys
 from vipwire.contracts import IPAM_BUCKET
 from vipwire.ipam import addr_key
 from vipwire.ipam.core.records import decode_claim
+from vipwire.natsserver import NatsServer
 from vipwire.testing import eventually
 
 POOL = ipaddress.ip_network("198.51.100.0/24")
@@ -36,11 +37,15 @@ async def stack(span_exporter: InMemorySpanExporter) -> AsyncIterator[Stack]:
     async with Stack(span_processors=[SimpleSpanProcessor(span_exporter)]) as s:
         await s.wait_ready()
         yield s
+        # Permissions are on: every component did its work within its own.
+        assert isinstance(s.nats, NatsServer)
+        refused = [line for line in s.nats.log_tail if "Violation" in line]
+        assert not refused, "\n".join(refused)
 
 
 async def kv_claims(stack: Stack) -> dict[str, set[tuple[str, str]]]:
     """Every address claim in the ipam bucket: address key → (cluster, name) of its holders."""
-    runtime = stack.components["lbdriver"].runtime
+    runtime = stack.components["ipam"].runtime  # the one identity that may read it all
     assert runtime is not None
     kv = await runtime.bus.kv(IPAM_BUCKET)
     claims: dict[str, set[tuple[str, str]]] = {}
@@ -165,9 +170,10 @@ class TestPoison:
     ) -> None:
         """Garbage on a service subject is termed, logged, counted; the next Service converges."""
         ipam = stack.components["ipam"].runtime
-        assert ipam is not None
+        watcher = stack.components["watcher:east"].runtime  # the one that may publish there
+        assert ipam is not None and watcher is not None
         with caplog.at_level(logging.ERROR, logger="vipwire.bus.consumer"):
-            await ipam.bus.js.publish("vipwire.east.service.default.junk", b"\x00not json")
+            await watcher.bus.js.publish("vipwire.east.service.default.junk", b"\x00not json")
             await stack.create_service("east", "after-junk")
             await eventually(
                 lambda: vip_of(stack, "east", "after-junk"),
@@ -175,7 +181,7 @@ class TestPoison:
                 what="a Service created after the junk has a VIP",
             )
         assert any("vipwire.east.service.default.junk" in r.getMessage() for r in caplog.records)
-        assert 'vipwire_bus_poison_total{consumer="ipam",subject_family="service"} 1' in (
+        assert 'vipwire_bus_poison_total{consumer="ipam-service",subject_family="service"} 1' in (
             ipam.metrics.expose()
         )
 
@@ -248,15 +254,41 @@ class TestSmoke:
         result = json.loads(lines[0])
         assert result["services"] == result["converged"] == 10
         assert 0 < result["p50_ms"] <= result["p99_ms"]
+        # Permissions on by default: the operator's credentials are named, no warning.
+        assert "operator creds: " in proc.stderr and "operator-admin.creds" in proc.stderr
+        assert "WARNING" not in proc.stderr
+
+    def test_vipwire_up_insecure_bus_warns_and_still_converges(self) -> None:
+        """`vipwire up --smoke --insecure-bus`: a WARNING line, no credentials, converged."""
+        proc = subprocess.run(
+            [sys.executable, "-m", "vipwire.cli", "up", "--smoke", "--insecure-bus",
+             "--services", "1", "--clusters", "1", "--nodes", "1", "--timeout", "30"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert "WARNING: --insecure-bus" in proc.stderr
+        assert "operator creds" not in proc.stderr
+
+
+@pytest.fixture
+async def open_stack(span_exporter: InMemorySpanExporter) -> AsyncIterator[Stack]:
+    """The stack without permissions (``--insecure-bus``): for a CLI without credentials."""
+    async with Stack(span_processors=[SimpleSpanProcessor(span_exporter)], secure_bus=False) as s:
+        await s.wait_ready()
+        yield s
 
 
 class TestOperatorRelease:
     async def test_ipam_release_from_the_cli_writes_an_event_naming_the_operator(
-        self, stack: Stack
+        self, open_stack: Stack
     ) -> None:
         """`vipwire ipam release` (the real CLI, a subprocess) moves the Service to a new
-        VIP, and the Service gets a Normal IPReleasedByOperator naming the caller and
-        both addresses, once."""
+        VIP, and the Service gets a Normal IPReleasedByOperator naming the caller
+        (anonymous: no credentials on an open bus) and both addresses, once."""
+        stack = open_stack
         await stack.create_service("east", "web")
         await eventually(lambda: vip_of(stack, "east", "web"), what="east/web has a VIP")
         old = vip_of(stack, "east", "web")

@@ -23,10 +23,12 @@ from vipwire.bus._errors import (
     TooLarge,
     WrongLastSequence,
 )
-from vipwire.bus._history import kv_keys, kv_purge_markers, last_per_subject
+from vipwire.bus._group import ConsumerGroup
+from vipwire.bus._history import kv_keys, kv_purge_markers, last_per_subject, reader_name
 from vipwire.bus._identity import caller_token, identity_of_file
 from vipwire.bus._kv import KvBucket, KvEntry, KvWatch
 from vipwire.bus._link import Backoff, connected_gauge
+from vipwire.bus._login import Login, credentials_options
 from vipwire.bus._reading import StoredMessage
 from vipwire.bus._requests import Responder, Serving, fence
 from vipwire.bus._settings import BusSettings
@@ -39,6 +41,7 @@ __all__ = [
     "BusConflict",
     "BusError",
     "BusSettings",
+    "ConsumerGroup",
     "ConsumerSpec",
     "Delivery",
     "Done",
@@ -46,6 +49,7 @@ __all__ = [
     "KvBucket",
     "KvEntry",
     "KvWatch",
+    "Login",
     "NoResponders",
     "NotFound",
     "OnUnreadable",
@@ -63,9 +67,11 @@ __all__ = [
     "caller_token",
     "connect",
     "connected_gauge",
+    "credentials_options",
     "fence",
     "identity_of_file",
     "kv_keys",
     "kv_purge_markers",
     "last_per_subject",
+    "reader_name",
 ]

@@ -86,6 +86,11 @@ class Link:
         self.backoff = backoff
         self.state: State = "connecting"
         self.gauge = connected_gauge(metrics)
+        self._denied = metrics.counter(
+            "bus_permission_denied_total",
+            "Publishes and subscriptions the NATS server refused this identity",
+            ["operation"],
+        )
         self.gauge.set(0)
         self._clock = clock
         self._since = clock()
@@ -156,6 +161,18 @@ class Link:
         if self.state in ("reconnecting", "closed") or isinstance(exc, _CONNECTION_ERRORS):
             self._last_error = exc
             log.debug("NATS connection error (%s): %r", self.name, exc)
+            return
+        said = str(exc)
+        if "permissions violation" in said.lower():
+            operation = "subscribe" if "subscription" in said.lower() else "publish"
+            self._denied.inc(operation=operation)
+            log.error(
+                "NATS refused %s: %s. This identity's permissions (vipwire nats config) do not "
+                "allow it: a wrong bus.credentials file for this component, or a "
+                "configuration generated before this component's needs changed",
+                self.name,
+                said.strip().strip("'\""),
+            )
             return
         log.error("NATS error (%s): %r", self.name, exc)
 

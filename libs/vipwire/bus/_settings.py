@@ -86,5 +86,8 @@ class BusSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     storage: str = "file"
     #: Stream and KV replicas (1 for a single server, 3 for a cluster).
     replicas: int = 1
-    #: Optional file holding a user credentials (.creds) for the connection.
+    #: This component's NATS credentials: the file ``vipwire nats config`` wrote for its
+    #: identity (an NKey seed; its first line names the identity, which also gives the
+    #: connection's inbox prefix ``_INBOX.<identity>``), or a NATS ``.creds`` file (JWT
+    #: and seed). None: no authentication.
     credentials: str | None = None

@@ -17,7 +17,7 @@ import signal
 import socket
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -114,9 +114,12 @@ class NatsCluster:
         name: str = "vipwire",
         binary: str | None = None,
         extra_config: str = "",
+        client_options: Mapping[str, Any] | None = None,
     ) -> None:
         """``extra_config``: nats-server configuration text (authorization, TLS) appended
-        to each server's own configuration."""
+        to each server's own configuration. ``client_options``: nats-py connect options
+        of our own readiness client (its login, when the configuration requires one)."""
+        self.client_options = dict(client_options or {})
         if size < 1:
             raise ValueError("a NATS cluster needs at least one server")
         self.size = size
@@ -284,6 +287,7 @@ class NatsCluster:
                     connect_timeout=1,
                     allow_reconnect=False,
                     max_reconnect_attempts=0,
+                    **self.client_options,
                 )
                 js = nc.jetstream(timeout=1.0)
                 for stream in await js.streams_info():

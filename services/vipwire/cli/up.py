@@ -70,6 +70,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argpar
     )
     up.add_argument("--no-dashboard", action="store_true", help="do not start the dashboard")
     up.add_argument(
+        "--insecure-bus",
+        action="store_true",
+        help="no identities on the bus: anyone reaching NATS may publish anything (a warning)",
+    )
+    up.add_argument(
         "--kubeconfig",
         metavar="FILE",
         help="serve this real cluster instead of emulated ones (its Services of class "
@@ -156,11 +161,20 @@ async def _up(args: argparse.Namespace, stop: asyncio.Event) -> int:
         nats_servers=args.nats_cluster,
         dashboard_port=None if args.no_dashboard else dashboard_port,
         kubeconfigs={args.cluster: (real, args.context)} if real else {},
+        secure_bus=not getattr(args, "insecure_bus", False),
         lease_namespace=getattr(args, "lease_namespace", None),
     )
     demo = not real or args.demo
     stack = Stack(settings)
     print(f"vipwire up: JetStream store in {stack.state_dir / 'jetstream'}", file=sys.stderr)
+    if stack.operator_creds is None:
+        print(
+            "vipwire up: WARNING: --insecure-bus: NATS runs without authentication or "
+            "permissions; anyone who reaches it can forge any message",
+            file=sys.stderr,
+        )
+    else:
+        print(f"vipwire up: operator creds: {stack.operator_creds}", file=sys.stderr)
     clocks: list[StatusClock] = []
 
     async def run() -> int:
@@ -257,7 +271,9 @@ async def _live(stack: Stack, stop: asyncio.Event) -> int:
 
     from vipwire.allinone.view import BusView
 
-    nc = await nats.connect(servers=list(stack.nats.urls), name="vipwire-up-view")
+    nc = await nats.connect(
+        servers=list(stack.nats.urls), name="vipwire-up-view", **stack.nats_login()
+    )
     view = BusView()
     try:
         await view.start(nc)

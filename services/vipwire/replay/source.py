@@ -27,7 +27,7 @@ from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig, DeliverPolicy, PubAck, StorageType, StreamConfig
 
-from vipwire.bus import BusSettings
+from vipwire.bus import BusSettings, reader_name
 from vipwire.contracts import STREAM
 from vipwire.natsserver import NatsServer, NatsServerError
 from vipwire.replay.record import RECORDED_SEQ, Record, import_headers, stored_record
@@ -228,6 +228,8 @@ async def read_records(
             config = ConsumerConfig(
                 deliver_policy=DeliverPolicy.BY_START_TIME, opt_start_time=start
             )
+    # Named on a connection with an identity: the server checks its filter then.
+    config.name = reader_name(js)
     try:
         sub = await js.subscribe(
             subject_filter, stream=STREAM, ordered_consumer=True, config=config
