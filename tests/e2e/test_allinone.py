@@ -20,7 +20,7 @@ import pytest
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from vipwire.allinone import Stack
+from vipwire.allinone import Stack, StackSettings
 from vipwire.bus import kv_keys
 from vipwire.contracts import IPAM_BUCKET
 from vipwire.ipam import addr_key
@@ -276,7 +276,9 @@ class TestSmoke:
 @pytest.fixture
 async def open_stack(span_exporter: InMemorySpanExporter) -> AsyncIterator[Stack]:
     """The stack without permissions (``--insecure-bus``): for a CLI without credentials."""
-    async with Stack(span_processors=[SimpleSpanProcessor(span_exporter)], secure_bus=False) as s:
+    async with Stack(
+        StackSettings(secure_bus=False), span_processors=[SimpleSpanProcessor(span_exporter)]
+    ) as s:
         await s.wait_ready()
         yield s
 
