@@ -2,7 +2,9 @@
 
 Served: token login (``/mgmt/shared/authn/login``, ``X-F5-Auth-Token``, token
 expiry, token deletion), partitions (``/mgmt/tm/auth/partition``), LTM
-virtual servers, pools with members, HTTP monitors and fastL4 profiles (create,
+virtual servers, pools with members, HTTP, HTTPS and TCP monitors, fastL4
+profiles, source-address persistence profiles, address lists and
+traffic-matching criteria (create,
 read, patch, put, delete; collections with ``$filter=partition eq <p>`` and
 ``expandSubcollections``), transactions (``/mgmt/tm/transaction``: commands
 sent with ``X-F5-REST-Coordination-Id`` are queued and applied all or nothing
@@ -15,7 +17,10 @@ follow BIG-IP's where known and are the emulator's own otherwise.
 It enforces what a client can get wrong: names unique per kind and partition,
 references that must resolve (pool → monitor, virtual → pool and profiles),
 objects in use that cannot be deleted, one virtual per destination and
-protocol. It is not BIG-IP: no route domains, no other object kinds, no
+protocol, and the fields an appliance profile sets (see :func:`_check_profile_fields`:
+pool ``loadBalancingMode`` and ``serviceDownAction``, virtual
+``connectionLimit``, fastL4 ``idleTimeout``, monitor ``interval`` below
+``timeout``). It is not BIG-IP: no route domains, no other object kinds, no
 traffic, no iRules, no field validation beyond what is listed here.
 
 One module over 500 lines on purpose: one vendor's API, so that every
@@ -58,10 +63,32 @@ _KINDS: Final = (
     _Kind("pool", "/mgmt/tm/ltm/pool", "tm:ltm:pool:poolstate", "Pool"),
     _Kind("monitor", "/mgmt/tm/ltm/monitor/http", "tm:ltm:monitor:http:httpstate", "Monitor"),
     _Kind(
+        "monitor_https", "/mgmt/tm/ltm/monitor/https", "tm:ltm:monitor:https:httpsstate", "Monitor"
+    ),
+    _Kind("monitor_tcp", "/mgmt/tm/ltm/monitor/tcp", "tm:ltm:monitor:tcp:tcpstate", "Monitor"),
+    _Kind(
         "fastl4",
         "/mgmt/tm/ltm/profile/fastl4",
         "tm:ltm:profile:fastl4:fastl4state",
         "Profile",
+    ),
+    _Kind(
+        "persist",
+        "/mgmt/tm/ltm/persistence/source-addr",
+        "tm:ltm:persistence:source-addr:source-addrstate",
+        "Persistence Profile",
+    ),
+    _Kind(
+        "addresslist",
+        "/mgmt/tm/net/address-list",
+        "tm:net:address-list:address-liststate",
+        "Address List",
+    ),
+    _Kind(
+        "tmc",
+        "/mgmt/tm/ltm/traffic-matching-criteria",
+        "tm:ltm:traffic-matching-criteria:traffic-matching-criteriastate",
+        "Traffic Matching Criteria",
     ),
 )
 _BY_COLLECTION: Final = {k.collection: k for k in _KINDS}
@@ -69,8 +96,37 @@ _BY_KEY: Final = {k.key: k for k in _KINDS}
 # Profiles and monitors every BIG-IP has in /Common.
 _BUILTIN: Final = {
     "fastl4": {"/Common/fastL4"},
-    "monitor": {"/Common/http", "/Common/tcp", "/Common/gateway_icmp"},
+    "monitor": {"/Common/http", "/Common/https", "/Common/tcp", "/Common/gateway_icmp"},
+    "persist": {"/Common/source_addr"},
 }
+_MONITOR_KINDS: Final = ("monitor", "monitor_https", "monitor_tcp")
+# Pool loadBalancingMode values (the ``lb_method`` choices of F5's bigip_pool module:
+# https://docs.ansible.com/ansible/latest/modules/bigip_pool_module.html).
+_LB_MODES: Final = frozenset(
+    [
+        "dynamic-ratio-member",
+        "dynamic-ratio-node",
+        "fastest-app-response",
+        "fastest-node",
+        "least-connections-member",
+        "least-connections-node",
+        "least-sessions",
+        "observed-member",
+        "observed-node",
+        "predictive-member",
+        "predictive-node",
+        "ratio-least-connections-member",
+        "ratio-least-connections-node",
+        "ratio-member",
+        "ratio-node",
+        "ratio-session",
+        "round-robin",
+        "weighted-least-connections-member",
+        "weighted-least-connections-node",
+    ]
+)
+# Pool serviceDownAction (bigip_pool ``service_down_action``: none, reset, drop, reselect).
+_DOWN_ACTIONS: Final = frozenset(("none", "reset", "drop", "reselect"))
 
 
 class F5Error(Exception):
@@ -555,7 +611,9 @@ def _create(state: _State, kind: _Kind, body: Obj) -> Obj:
     if partition not in state.partitions:
         raise F5Error(400, f"01020036:3: The requested folder (/{partition}) was not found.")
     full = f"/{partition}/{name}"
-    if full in state.objects[kind.key] or full in _BUILTIN.get(kind.key, set()):
+    # Monitor names are unique across monitor types: a pool names a monitor by path only.
+    same = _MONITOR_KINDS if kind.key in _MONITOR_KINDS else (kind.key,)
+    if any(full in state.objects[k] for k in same) or full in _BUILTIN.get(kind.key, set()):
         raise F5Error(
             409,
             f"01020066:3: The requested {kind.label} ({full}) already exists in partition "
@@ -586,21 +644,54 @@ def _defaults(kind: _Kind, name: str, partition: str) -> Obj:
                 translatePort="enabled",
                 sourceAddressTranslation={"type": "none"},
                 profiles=["/Common/fastL4"],
+                connectionLimit=0,
             )
         case "pool":
-            obj.update(loadBalancingMode="round-robin", monitor="", members=[])
-        case "monitor":
             obj.update(
-                defaultsFrom="/Common/http",
+                loadBalancingMode="round-robin",
+                serviceDownAction="none",
+                minActiveMembers=0,
+                monitor="",
+                members=[],
+            )
+        case "monitor" | "monitor_https":
+            obj.update(
+                defaultsFrom="/Common/https" if kind.key == "monitor_https" else "/Common/http",
                 destination="*:*",
                 interval=5,
                 timeout=16,
                 send="GET /\\r\\n",
                 recv="",
             )
+        case "monitor_tcp":
+            # BIG-IP's tcp monitor: 5 s / 16 s like http; empty send and receive strings
+            # only check that the port accepts a connection (bigip_monitor_tcp).
+            obj.update(
+                defaultsFrom="/Common/tcp",
+                destination="*:*",
+                interval=5,
+                timeout=16,
+                send="",
+                recv="",
+            )
         case "fastl4":
             obj.update(
-                defaultsFrom="/Common/fastL4", looseInitialization="disabled", looseClose="disabled"
+                defaultsFrom="/Common/fastL4",
+                looseInitialization="disabled",
+                looseClose="disabled",
+                idleTimeout=300,
+            )
+        case "persist":
+            # /Common/source_addr's default entry timeout is 180 s.
+            obj.update(defaultsFrom="/Common/source_addr", timeout="180", mask="none")
+        case "addresslist":
+            obj.update(addresses=[])
+        case "tmc":
+            obj.update(
+                protocol="tcp",
+                sourceAddressInline="0.0.0.0",
+                sourcePortInline=0,
+                routeDomain="any",
             )
     return obj
 
@@ -608,16 +699,20 @@ def _defaults(kind: _Kind, name: str, partition: str) -> Obj:
 def _normalise(state: _State, kind: _Kind, obj: Obj, *, replacing: str | None) -> Obj:
     """Resolve references and fill derived fields, or refuse as BIG-IP would."""
     partition = obj["partition"]
+    _check_profile_fields(kind, obj)
     if kind.key == "virtual":
-        dest = str(obj.get("destination") or "")
-        if not dest:
-            raise F5Error(400, "01070018:3: A virtual server requires a destination.")
-        if not dest.startswith("/"):
-            dest = f"/{partition}/{dest}"
-        endpoint = _endpoint(dest)
-        if endpoint is None:
-            raise F5Error(400, f"01070018:3: Invalid destination {dest}.")
-        obj["destination"] = dest
+        matched = _access_virtual(state, obj)  # by criteria: no destination of its own
+        endpoint = None
+        if not matched:
+            dest = str(obj.get("destination") or "")
+            if not dest:
+                raise F5Error(400, "01070018:3: A virtual server requires a destination.")
+            if not dest.startswith("/"):
+                dest = f"/{partition}/{dest}"
+            endpoint = _endpoint(dest)
+            if endpoint is None:
+                raise F5Error(400, f"01070018:3: Invalid destination {dest}.")
+            obj["destination"] = dest
         pool = str(obj.get("pool") or "")
         if pool:
             pool = _absolute(pool, partition)
@@ -631,28 +726,77 @@ def _normalise(state: _State, kind: _Kind, obj: Obj, *, replacing: str | None) -
                 raise F5Error(400, f"01020036:3: The requested profile ({ref}) was not found.")
             profiles.append(ref)
         obj["profiles"] = profiles
-        for other in state.objects["virtual"].values():
-            if other["fullPath"] in (replacing, obj["fullPath"]):
-                continue
-            if _endpoint(other["destination"]) == endpoint and other.get("ipProtocol") == obj.get(
-                "ipProtocol"
-            ):
-                raise F5Error(
-                    409,
-                    f"01070333:3: Virtual Server {obj['fullPath']} illegally shares destination "
-                    "address, source address, service port, ip-protocol, and route domain with "
-                    "Virtual Server "
-                    f"{other['fullPath']}.",
-                )
+        if endpoint is not None:
+            _check_source(obj, endpoint[0])
+            for other in state.objects["virtual"].values():
+                if other["fullPath"] in (replacing, obj["fullPath"]):
+                    continue
+                if _virtual_key(state, other) == _virtual_key(state, obj):
+                    raise F5Error(
+                        409,
+                        f"01070333:3: Virtual Server {obj['fullPath']} illegally shares "
+                        "destination address, source address, service port, ip-protocol, and "
+                        f"route domain with Virtual Server {other['fullPath']}.",
+                    )
     elif kind.key == "pool":
         monitor = str(obj.get("monitor") or "").strip()
         refs = [_absolute(m, partition) for m in _PATHS.findall(monitor)] if monitor else []
         for ref in refs:
-            if ref not in state.objects["monitor"] and ref not in _BUILTIN["monitor"]:
+            if ref not in _BUILTIN["monitor"] and not any(
+                ref in state.objects[k] for k in _MONITOR_KINDS
+            ):
                 raise F5Error(400, f"01020036:3: The requested monitor ({ref}) was not found.")
         obj["monitor"] = " and ".join(refs) + (" " if refs else "")
         obj["members"] = [_member(m, partition) for m in obj.get("members") or []]
+    elif kind.key in ("persist", "addresslist", "tmc"):
+        _normalise_access(state, kind, obj)
+    if kind.key == "virtual":
+        _resolve_persist(state, obj)
     return obj
+
+
+def _check_profile_fields(kind: _Kind, obj: Obj) -> None:
+    """The fields an appliance profile sets, refused as BIG-IP refuses them.
+
+    Sources: F5's bigip_pool module (``lb_method``, ``service_down_action``),
+    bigip_virtual_server (``connection_limit``, 0: none), bigip_profile_fastl4
+    (``idle_timeout``: seconds, ``indefinite`` or ``immediate``) and
+    bigip_monitor_http/https/tcp ("interval ... must be less than the timeout
+    value"), all at https://docs.ansible.com/ansible/latest/modules/; the pool's
+    REST field names as in the iControl REST ``ltm pool`` schema.
+    """
+    if kind.key == "pool":
+        mode = obj.get("loadBalancingMode")
+        if mode not in _LB_MODES:
+            raise F5Error(
+                400, f"01070734:3: Configuration error: invalid load balancing mode {mode!r}"
+            )
+        action = obj.get("serviceDownAction")
+        if action not in _DOWN_ACTIONS:
+            raise F5Error(
+                400, f"Invalid serviceDownAction {action!r}; none, reset, drop or reselect"
+            )
+    elif kind.key == "virtual":
+        limit = obj.get("connectionLimit")
+        if not isinstance(limit, int) or isinstance(limit, bool) or limit < 0:
+            raise F5Error(
+                400, f"Invalid connectionLimit {limit!r}: a number of connections, 0 for none"
+            )
+    elif kind.key == "fastl4":
+        idle = obj.get("idleTimeout")
+        if not (
+            (isinstance(idle, int) and not isinstance(idle, bool) and idle >= 0)
+            or idle in ("indefinite", "immediate")
+        ):
+            raise F5Error(400, f"Invalid idleTimeout {idle!r}: seconds, indefinite or immediate")
+    elif kind.key in _MONITOR_KINDS:
+        interval, timeout = obj.get("interval"), obj.get("timeout")
+        if not isinstance(interval, int) or not isinstance(timeout, int) or interval >= timeout:
+            raise F5Error(
+                400,
+                f"01071b19:3: Monitor {obj['fullPath']}: the interval ({interval}) must be less "
+                f"than the timeout ({timeout}).",
+            )
 
 
 def _member(given: Any, partition: str) -> Obj:
@@ -679,6 +823,7 @@ def _member(given: Any, partition: str) -> Obj:
 
 
 def _check_unused(state: _State, kind: _Kind, full: str) -> None:
+    _check_access_unused(state, kind, full)
     if kind.key == "pool":
         for v in state.objects["virtual"].values():
             if v.get("pool") == full:
@@ -687,7 +832,7 @@ def _check_unused(state: _State, kind: _Kind, full: str) -> None:
                     f"01070265:3: The Pool ({full}) cannot be deleted because it is in use by a "
                     f"Virtual Server ({v['fullPath']}).",
                 )
-    if kind.key == "monitor":
+    if kind.key in _MONITOR_KINDS:
         for p in state.objects["pool"].values():
             if full in _PATHS.findall(str(p.get("monitor", ""))):
                 raise F5Error(400, f"01070083:3: Monitor {full} is in use.")
@@ -711,3 +856,144 @@ def _endpoint(text: str) -> tuple[str, int] | None:
         return ipaddress.ip_address(host.split("%", 1)[0]).compressed, int(port)
     except ValueError:
         return None
+
+
+# --- source restriction and persistence ----------------------------------------------
+#
+# As iControl REST documents them (ltm virtual ``source``, ``persist`` and
+# ``trafficMatchingCriteria``; ltm persistence source-addr; net address-list; ltm
+# traffic-matching-criteria, BIG-IP 14.1+). What is modelled: a virtual's ``source`` is
+# a CIDR of the destination's family (BIG-IP refuses a mixed pair); ``source`` is part
+# of a virtual's identity (two virtuals may share destination, port and protocol when
+# their sources differ: "illegally shares destination address, source address, ...");
+# a virtual that names criteria takes its destination, port, protocol and sources from
+# them and keeps none of its own; ``persist`` names a persistence profile that exists;
+# an address list holds CIDRs or addresses; criteria reference an address list that
+# exists; nothing referenced can be deleted. Not modelled: route domains, port lists,
+# persistence across virtuals, the persistence table itself (no traffic).
+
+
+def _network(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network | None:
+    try:
+        return ipaddress.ip_network(text.split("%", 1)[0], strict=False)
+    except ValueError:
+        return None
+
+
+def _check_source(obj: Obj, address: str) -> None:
+    source = str(obj.get("source") or ("::/0" if ":" in address else "0.0.0.0/0"))
+    network = _network(source)
+    if network is None:
+        raise F5Error(400, f"01070018:3: Invalid source address {source}.")
+    if network.version != ipaddress.ip_address(address).version:
+        raise F5Error(
+            400,
+            f"01070018:3: The source ({source}) and destination ({address}) addresses of "
+            f"virtual server {obj['fullPath']} must be of the same IP family.",
+        )
+    obj["source"] = str(network)
+
+
+def _access_virtual(state: _State, obj: Obj) -> bool:
+    """Resolve a virtual's criteria; True when it matches by them (no own destination)."""
+    ref = str(obj.get("trafficMatchingCriteria") or "none").strip()
+    if ref == "none":
+        obj.pop("trafficMatchingCriteria", None)
+        return False
+    ref = _absolute(ref, obj["partition"])
+    if ref not in state.objects["tmc"]:
+        raise F5Error(
+            400, f"01020036:3: The requested Traffic Matching Criteria ({ref}) was not found."
+        )
+    obj["trafficMatchingCriteria"] = ref
+    for key in ("destination", "mask", "source"):
+        obj.pop(key, None)
+    identity = _virtual_key(state, obj)
+    for other in state.objects["virtual"].values():
+        if other["fullPath"] != obj["fullPath"] and _virtual_key(state, other) == identity:
+            raise F5Error(
+                409,
+                f"01070333:3: Virtual Server {obj['fullPath']} illegally shares destination "
+                f"address, source address, service port, ip-protocol, and route domain with "
+                f"Virtual Server {other['fullPath']}.",
+            )
+    return True
+
+
+def _virtual_key(state: _State, obj: Obj) -> tuple[Any, ...]:
+    """What no two virtuals may share: destination, port, protocol and sources."""
+    ref = obj.get("trafficMatchingCriteria")
+    if ref:
+        tmc = state.objects["tmc"].get(str(ref), {})
+        return (
+            str(tmc.get("destinationAddressInline")),
+            int(tmc.get("destinationPortInline") or 0),
+            str(tmc.get("protocol")),
+            ("list", str(tmc.get("sourceAddressList"))),
+        )
+    endpoint = _endpoint(str(obj.get("destination") or ""))
+    return (*(endpoint or ("", 0)), str(obj.get("ipProtocol")), str(obj.get("source")))
+
+
+def _resolve_persist(state: _State, obj: Obj) -> None:
+    refs = []
+    for given in obj.get("persist") or []:
+        name = str(given.get("name") if isinstance(given, dict) else given)
+        ref = _absolute(name, obj["partition"])
+        if ref not in state.objects["persist"] and ref not in _BUILTIN["persist"]:
+            raise F5Error(400, f"01020036:3: The requested profile ({ref}) was not found.")
+        refs.append({"name": ref, "partition": ref.split("/")[1], "tmDefault": "yes"})
+    obj["persist"] = refs
+
+
+def _normalise_access(state: _State, kind: _Kind, obj: Obj) -> None:
+    partition = obj["partition"]
+    if kind.key == "persist":
+        timeout = str(obj.get("timeout", ""))
+        if not (timeout.isdigit() and 0 < int(timeout) <= 4294967295) and timeout != "indefinite":
+            raise F5Error(400, f"01070734:3: Invalid persistence timeout {timeout!r}.")
+    elif kind.key == "addresslist":
+        entries = []
+        for given in obj.get("addresses") or []:
+            name = str(given.get("name") if isinstance(given, dict) else given)
+            if _network(name) is None:
+                raise F5Error(400, f"01070734:3: Invalid address {name!r} in address list.")
+            entries.append({"name": name})
+        if not entries:
+            raise F5Error(400, "01070734:3: An address list needs at least one address.")
+        obj["addresses"] = entries
+    elif kind.key == "tmc":
+        ref = _absolute(str(obj.get("sourceAddressList") or ""), partition)
+        if ref not in state.objects["addresslist"]:
+            raise F5Error(400, f"01020036:3: The requested Address List ({ref}) was not found.")
+        obj["sourceAddressList"] = ref
+        try:
+            address = ipaddress.ip_address(str(obj.get("destinationAddressInline")))
+        except ValueError as exc:
+            raise F5Error(400, "01070734:3: Invalid destination address inline.") from exc
+        obj["destinationAddressInline"] = address.compressed
+        obj["protocol"] = str(obj.get("protocol") or "tcp")
+
+
+def _check_access_unused(state: _State, kind: _Kind, full: str) -> None:
+    users: list[str] = []
+    if kind.key == "persist":
+        users = [
+            v["fullPath"]
+            for v in state.objects["virtual"].values()
+            if any(p.get("name") == full for p in v.get("persist", []))
+        ]
+    elif kind.key == "tmc":
+        users = [
+            v["fullPath"]
+            for v in state.objects["virtual"].values()
+            if v.get("trafficMatchingCriteria") == full
+        ]
+    elif kind.key == "addresslist":
+        users = [
+            t["fullPath"]
+            for t in state.objects["tmc"].values()
+            if t.get("sourceAddressList") == full
+        ]
+    if users:
+        raise F5Error(400, f"01070083:3: {kind.label} {full} is in use by {users[0]}.")

@@ -7,13 +7,17 @@ session between partitions would race). In a partition:
 - ``slb server <prefix>-node-<address>`` per node address, its ``user-tag``
   the node name, with a port entry for each service port used;
 - per virtual server of ours (same name): an ``slb service-group`` whose
-  members are those servers on the service port, and an HTTP ``health
-  monitor`` (``override-port``: the health port) named from a hash of it, as
-  monitor names are limited to 31 characters;
+  members are those servers on the service port, and a ``health monitor``
+  (http, https or tcp from the Service's appliance profile; ``override-port``:
+  the health port; none when the profile has no health check) named from a
+  hash of it, as monitor names are limited to 31 characters;
+- per idle timeout a profile sets: ``slb template tcp`` and ``udp``
+  ``<prefix>-idle<seconds>``, bound to the virtual ports that use it;
 - ``slb virtual-server <prefix>-vip-<VIP>`` per VIP (ACOS allows one per
   address), its ``user-tag`` the owner, with one virtual port per virtual
   server of ours: ``no-dest-nat`` (DSR), bound to the service group and named
-  like it.
+  like it; with source ranges or affinity, an access list and a persist
+  template bound to it (see the section at the end).
 
 aXAPI has no transactions: a batch is applied request by request, serialised
 per partition, creates treat "already exists" and deletes "does not exist"
@@ -32,12 +36,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import ipaddress
 import logging
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, NoReturn
 
+import msgspec
+
 from vipwire.contracts import Member
+from vipwire.lbdriver.core.profiles import MonitorKind
 from vipwire.lbdriver.core.virtual_servers import (
     CreateVirtualServer,
     DeleteVirtualServer,
@@ -81,6 +90,17 @@ _PROTOCOLS: Final[dict[str, tuple[str, str]]] = {
     "SCTP": ("others", "tcp"),
 }
 _FROM_VPORT: Final[dict[str, L4Protocol]] = {"tcp": "TCP", "udp": "UDP", "others": "SCTP"}
+#: ACOS's largest (and default) virtual port ``conn-limit``: no limit of ours.
+CONN_LIMIT_NONE: Final = 64_000_000
+#: ACOS allows 1-10 retries and a per-probe timeout of 1-12 s.
+_MAX_RETRY: Final = 10
+_MAX_PROBE_TIMEOUT: Final = 12
+_IDLE: Final = re.compile(r"-idle(\d+)$")
+_TIMEOUT_TAG: Final = re.compile(r"^vipwire timeout_s=(\d+)$")
+_DEF_SELECTION: Final = "def-selection-if-pref-failed"
+_NO_DEF_SELECTION: Final = "def-selection-if-pref-failed-disable"
+#: A service group without a health check.
+_NO_MONITOR: Final = Monitor(port=0, path="", kind="none", interval_s=0, timeout_s=0)
 
 
 class _NoPartition(Exception):
@@ -179,6 +199,13 @@ class _View:
     a10_servers: dict[str, _Server] = field(default_factory=dict)
     groups: dict[str, set[tuple[str, int]]] = field(default_factory=dict)  # members by group
     monitors: set[str] = field(default_factory=set)
+    #: Access lists of each family (their source ranges) and persist templates (their
+    #: requested timeout in seconds), by name.
+    acls: dict[str, tuple[str, ...] | None] = field(default_factory=dict)
+    acls6: dict[str, tuple[str, ...] | None] = field(default_factory=dict)
+    persists: dict[str, int | None] = field(default_factory=dict)
+    #: ``tcp/<name>`` and ``udp/<name>`` templates known to exist (created by us).
+    templates: set[str] = field(default_factory=set)
 
 
 @dataclass(slots=True)
@@ -283,13 +310,16 @@ class A10Driver(RestDriver):
         except _NoPartition:
             view = self._views[part] = _View()
             return view
-        vss, sgs, srvs, mons = await all_or_first_error(
+        vss, sgs, srvs, mons, acls, acls6, persists = await all_or_first_error(
             self._collection(part, "/slb/virtual-server", "virtual-server-list"),
             self._collection(part, "/slb/service-group", "service-group-list"),
             self._collection(part, "/slb/server", "server-list"),
             self._collection(part, "/health/monitor", "monitor-list"),
+            self._collection(part, _ACL, "access-list-list"),
+            self._collection(part, _ACL6, "access-list-list"),
+            self._collection(part, _PERSIST, "source-ip-list"),
         )
-        view = _translate(vss, sgs, srvs, mons)
+        view = _translate(vss, sgs, srvs, mons, _access_view(acls, acls6, persists))
         self._views[part] = view
         return view
 
@@ -335,25 +365,31 @@ class A10Driver(RestDriver):
         for member in s.members:
             await self._ensure_server(part, view, prefix, member, port=s.port, proto=proto)
         monitor = monitor_name(prefix, s.name)
-        await self._upsert(
-            part,
-            "/health/monitor",
-            monitor,
-            {"monitor": _monitor_body(monitor, s.monitor)},
-            exists=monitor in view.monitors,
-        )
-        view.monitors.add(monitor)
+        if s.monitor.kind != "none":
+            await self._upsert(
+                part,
+                "/health/monitor",
+                monitor,
+                {"monitor": monitor_body(monitor, s.monitor)},
+                exists=monitor in view.monitors,
+            )
+            view.monitors.add(monitor)
+        await self._ensure_idle_template(part, view, prefix, s)
         members = {(server_name(prefix, m.address), s.port) for m in s.members}
         group = {
             "service-group": {
                 "name": s.name,
                 "protocol": proto,
-                "health-check": monitor,
+                **service_group_fields(monitor, s),
                 "member-list": [{"name": n, "port": p} for n, p in sorted(members)],
             }
         }
         await self._upsert(part, "/slb/service-group", s.name, group, exists=s.name in view.groups)
         view.groups[s.name] = members
+        if s.monitor.kind == "none" and monitor in view.monitors:
+            # The profile dropped its health check: the group no longer uses the monitor.
+            await self._delete(part, f"/health/monitor/{monitor}")
+            view.monitors.discard(monitor)
         vport = {
             "port-number": s.port,
             "protocol": vproto,
@@ -361,6 +397,8 @@ class A10Driver(RestDriver):
             "service-group": s.name,
             # DSR: the packet reaches the node addressed to the VIP and port it was sent to.
             "no-dest-nat": 1,
+            **await _put_access(self, part, view, s),
+            **virtual_port_fields(prefix, s),
         }
         if vip is None:
             vs_name = vip_name(prefix, s.address)
@@ -382,12 +420,13 @@ class A10Driver(RestDriver):
                 view.vips[s.address] = _Vip(vs_name, s.owner, {(s.port, vproto)})
         if vip is not None:
             base = f"/slb/virtual-server/{vip.name}/port"
+            # PUT replaces the port: an access list or template it no longer names goes.
             if (s.port, vproto) in vip.ports:
-                await self._check(part, "POST", f"{base}/{s.port}+{vproto}", {"port": vport})
+                await self._check(part, "PUT", f"{base}/{s.port}+{vproto}", {"port": vport})
             else:
                 resp = await self._call(part, "POST", base, {"port": vport})
                 if _failed(resp) and _exists(resp):
-                    await self._check(part, "POST", f"{base}/{s.port}+{vproto}", {"port": vport})
+                    await self._check(part, "PUT", f"{base}/{s.port}+{vproto}", {"port": vport})
                 elif _failed(resp):
                     self._raise(resp, f"add port {s.port}/{vproto} to {vip.name}")
             if vip.owner != s.owner:
@@ -402,6 +441,7 @@ class A10Driver(RestDriver):
             view.vips[s.address] = vip
         view.vports[s.name] = (view.vips[s.address].name, s.port, vproto)
         view.servers[s.name] = s
+        await _drop_access(self, part, view, s.name, keep=s)
 
     async def _put_members(
         self, part: str, view: _View, name: str, members: tuple[Member, ...]
@@ -427,15 +467,7 @@ class A10Driver(RestDriver):
             if _failed(resp) and not _missing(resp):
                 self._raise(resp, f"remove member {server}:{p} from {name}")
         view.groups[name] = want
-        view.servers[name] = VirtualServer(
-            name=name,
-            owner=current.owner,
-            address=current.address,
-            port=current.port,
-            protocol=current.protocol,
-            members=tuple(sorted(set(members))),
-            monitor=current.monitor,
-        )
+        view.servers[name] = msgspec.structs.replace(current, members=tuple(sorted(set(members))))
 
     async def _delete_virtual_server(self, part: str, view: _View, name: str) -> None:
         where = view.vports.pop(name, None)
@@ -454,6 +486,23 @@ class A10Driver(RestDriver):
         await self._delete(part, f"/health/monitor/{monitor}")
         view.monitors.discard(monitor)
         view.servers.pop(name, None)
+        await _drop_access(self, part, view, name, keep=None)
+
+    async def _ensure_idle_template(
+        self, part: str, view: _View, prefix: str, s: VirtualServer
+    ) -> None:
+        """Create the TCP or UDP template carrying the profile's idle timeout, once."""
+        if s.idle_timeout_s is None:
+            return
+        kind = _template_kind(s.protocol)
+        name = idle_template_name(prefix, s.idle_timeout_s)
+        if f"{kind}/{name}" in view.templates:
+            return
+        body = {kind: {"name": name, "idle-timeout": s.idle_timeout_s}}
+        resp = await self._call(part, "POST", f"/slb/template/{kind}", body)
+        if _failed(resp) and not _exists(resp):
+            self._raise(resp, f"create template {kind} {name}")
+        view.templates.add(f"{kind}/{name}")
 
     async def _ensure_server(
         self, part: str, view: _View, prefix: str, member: Member, *, port: int, proto: str
@@ -676,26 +725,97 @@ def _name(op: Operation) -> str:
             return name
 
 
-def _monitor_body(name: str, monitor: Monitor) -> dict[str, Any]:
+# --- the appliance profile, in ACOS objects (pure; see the README's table) ----------
+
+
+def monitor_body(name: str, monitor: Monitor) -> dict[str, Any]:
+    """The ``health monitor`` of a profile's http, https or tcp health check.
+
+    ACOS marks a server down after ``retry`` failed probes, one per
+    ``interval``, each waiting at most ``timeout`` (1-12 s): the profile's
+    ``timeout_s`` becomes ``(timeout_s - 1) // interval_s`` retries (1-10; the
+    built-in 5 s / 16 s gives ACOS's own 3), and is kept exact in the
+    ``user-tag`` so that it reads back as written.
+    """
+    method: dict[str, Any]
+    match monitor.kind:
+        case "https":
+            method = {
+                "https": {
+                    "https": 1,
+                    "web-port": monitor.port,
+                    "https-expect": 1,
+                    "https-response-code": "200",
+                    "https-url": 1,
+                    "url-type": monitor.method,
+                    "url-path": monitor.path,
+                }
+            }
+        case "tcp":
+            method = {"tcp": {"method-tcp": 1, "tcp-port": monitor.port}}
+        case _:
+            method = {
+                "http": {
+                    "http": 1,
+                    "http-port": monitor.port,
+                    "http-expect": 1,
+                    "http-response-code": "200",
+                    "http-url": 1,
+                    "url-type": monitor.method,
+                    "url-path": monitor.path,
+                }
+            }
     return {
         "name": name,
-        "retry": 3,
-        "interval": 5,
-        "timeout": 5,
+        "retry": max(1, min(_MAX_RETRY, (monitor.timeout_s - 1) // monitor.interval_s)),
+        "interval": monitor.interval_s,
+        "timeout": min(monitor.interval_s, _MAX_PROBE_TIMEOUT),
         # Probe the node's health port, not the member (service) port.
         "override-port": monitor.port,
-        "method": {
-            "http": {
-                "http": 1,
-                "http-port": monitor.port,
-                "http-expect": 1,
-                "http-response-code": "200",
-                "http-url": 1,
-                "url-type": monitor.method,
-                "url-path": monitor.path,
-            }
-        },
+        "method": method,
+        "user-tag": f"vipwire timeout_s={monitor.timeout_s}",
     }
+
+
+def service_group_fields(monitor: str, s: VirtualServer) -> dict[str, Any]:
+    """The service group's health check and method (``lb-method``, or ``lc-method``
+    for least connections, as ACOS keeps them apart)."""
+    fields: dict[str, Any] = (
+        {"health-check-disable": 1} if s.monitor.kind == "none" else {"health-check": monitor}
+    )
+    if s.lb_method == "least-connections":
+        fields["lc-method"] = "least-connection"
+    else:
+        fields["lb-method"] = "round-robin"
+    return fields
+
+
+def virtual_port_fields(prefix: str, s: VirtualServer) -> dict[str, Any]:
+    """The virtual port's connection limit, all-down action and idle-timeout template.
+
+    Every field is always sent (ACOS's default where the profile sets nothing),
+    since an update of a port merges into what it holds.
+    """
+    kind = _template_kind(s.protocol)
+    return {
+        "conn-limit": s.connection_limit or CONN_LIMIT_NONE,
+        "reset-on-server-selection-fail": 1 if s.all_members_down == "reset" else 0,
+        "def-selection-if-pref-failed": (
+            _NO_DEF_SELECTION if s.all_members_down == "drop" else _DEF_SELECTION
+        ),
+        f"template-{kind}": (
+            "default" if s.idle_timeout_s is None else idle_template_name(prefix, s.idle_timeout_s)
+        ),
+    }
+
+
+def idle_template_name(prefix: str, idle_timeout_s: int) -> str:
+    return f"{prefix}-idle{idle_timeout_s}"
+
+
+def _template_kind(protocol: str) -> str:
+    """UDP ports take a UDP template; TCP and SCTP (ACOS ``others``) a TCP one."""
+    return "udp" if protocol == "UDP" else "tcp"
 
 
 # --- reading back --------------------------------------------------------------------
@@ -706,8 +826,11 @@ def _translate(
     sgs: list[dict[str, Any]],
     srvs: list[dict[str, Any]],
     mons: list[dict[str, Any]],
+    access: _View | None = None,
 ) -> _View:
     view = _View()
+    if access is not None:
+        view.acls, view.acls6, view.persists = access.acls, access.acls6, access.persists
     for srv in srvs:
         address = srv.get("host") or srv.get("server-ipv6-addr")
         name = str(srv.get("name", ""))
@@ -756,7 +879,7 @@ def _translate(
                 view=view,
                 monitors=monitors,
             )
-            view.servers[name] = server
+            view.servers[name] = _read_access(server, vport, view)
             view.vports[name] = (vs_name, port, vproto)
     return view
 
@@ -776,14 +899,30 @@ def _virtual_server(
     drifted = vport.get("no-dest-nat") != 1 or group is None
     members = []
     monitor = _DRIFTED
+    lb_method: Any = "round-robin"
     if group is not None:
+        if group.get("lc-method") == "least-connection":
+            lb_method = "least-connections"
+        elif group.get("lc-method") or group.get("lb-method", "round-robin") != "round-robin":
+            drifted = True  # a method we never set: set ours again
         for server_ref, member_port in view.groups.get(str(group.get("name")), set()):
             server = view.a10_servers.get(server_ref)
             if server is None or member_port != port:
                 drifted = True
                 continue
             members.append(Member(node=server.node, address=server.address))
-        monitor = _monitor(monitors.get(str(group.get("health-check"))))
+        if group.get("health-check-disable") == 1 and not group.get("health-check"):
+            monitor = _NO_MONITOR
+        else:
+            monitor = _monitor(monitors.get(str(group.get("health-check"))))
+    limit = vport.get("conn-limit")
+    down: Any = "none"
+    if vport.get("reset-on-server-selection-fail") == 1:
+        down = "reset"
+    elif vport.get("def-selection-if-pref-failed") == _NO_DEF_SELECTION:
+        down = "drop"
+    template = vport.get(f"template-{_template_kind(protocol)}")
+    idle = _IDLE.search(str(template)) if template else None
     return VirtualServer(
         name=name,
         owner=owner,
@@ -792,6 +931,12 @@ def _virtual_server(
         protocol=protocol,
         members=tuple(sorted(set(members))),
         monitor=_DRIFTED if drifted else monitor,
+        idle_timeout_s=int(idle.group(1)) if idle else None,
+        connection_limit=(
+            limit if isinstance(limit, int) and 0 < limit < CONN_LIMIT_NONE else None
+        ),
+        lb_method=lb_method,
+        all_members_down=down,
     )
 
 
@@ -799,11 +944,190 @@ def _monitor(m: dict[str, Any] | None) -> Monitor:
     if m is None:
         return _DRIFTED
     method = m.get("method")
-    http = method.get("http") if isinstance(method, dict) else None
-    if not isinstance(http, dict) or http.get("url-type", "GET") != "GET":
+    if not isinstance(method, dict):
         return _DRIFTED
-    port = m.get("override-port") or http.get("http-port")
-    path = http.get("url-path")
+    interval, retry = m.get("interval", 5), m.get("retry", 3)
+    if not isinstance(interval, int) or not isinstance(retry, int):
+        return _DRIFTED
+    tag = _TIMEOUT_TAG.match(str(m.get("user-tag") or ""))
+    # Without our tag (written before profiles existed): what the retries come to.
+    timeout = int(tag.group(1)) if tag else retry * interval + 1
+    if isinstance(method.get("tcp"), dict):
+        port = m.get("override-port") or method["tcp"].get("tcp-port")
+        if not isinstance(port, int):
+            return _DRIFTED
+        return Monitor(port=port, path="", kind="tcp", interval_s=interval, timeout_s=timeout)
+    kind: MonitorKind = "https" if isinstance(method.get("https"), dict) else "http"
+    probe = method.get(kind)
+    if not isinstance(probe, dict) or probe.get("url-type", "GET") != "GET":
+        return _DRIFTED
+    port = m.get("override-port") or probe.get("http-port" if kind == "http" else "web-port")
+    path = probe.get("url-path")
     if not isinstance(port, int) or not isinstance(path, str):
         return _DRIFTED
-    return Monitor(port=port, path=path)
+    return Monitor(port=port, path=path, kind=kind, interval_s=interval, timeout_s=timeout)
+
+
+# --- source ranges and affinity ------------------------------------------------------
+#
+# aXAPI v3: a virtual port's sources are restricted by an access list bound to it
+# (IPv4: ``ip access-list``, the port's ``acl-list`` [``acl-name``]; IPv6: ``ipv6
+# access-list``, the port's ``ipv6-acl-list`` [``ipv6-acl-name``]) with one ``permit``
+# rule per range and the implicit deny after them. Affinity is an ``slb template
+# persist source-ip`` (``timeout`` in minutes, so seconds are rounded up to whole
+# minutes; its ``user-tag`` keeps the seconds asked for) named by the port's
+# ``template-persist-source-ip``. One list and one template per virtual port, named
+# from a hash of its name like the health monitors.
+
+_ACL: Final = "/ip/access-list"
+_ACL6: Final = "/ipv6/access-list"
+_PERSIST: Final = "/slb/template/persist/source-ip"
+#: ACOS's longest persist timeout, in minutes.
+_MAX_PERSIST_MINUTES: Final = 4321
+
+
+def acl_name(prefix: str, name: str) -> str:
+    return f"{prefix[:14]}-acl-{hashlib.sha256(name.encode()).hexdigest()[:12]}"
+
+
+def persist_name(prefix: str, name: str) -> str:
+    return f"{prefix[:14]}-ps-{hashlib.sha256(name.encode()).hexdigest()[:12]}"
+
+
+def _minutes(seconds: int) -> int:
+    return min(max(1, -(-seconds // 60)), _MAX_PERSIST_MINUTES)
+
+
+def _acl_rules(ranges: tuple[str, ...], v6: bool) -> list[dict[str, Any]]:
+    rules = []
+    for seq, text in enumerate(ranges, start=1):
+        network = ipaddress.ip_network(text, strict=False)
+        rule: dict[str, Any] = {"seq-num": seq * 10, "action": "permit", "dst-any": 1}
+        if v6:
+            rule.update({"ipv6": 1, "src-subnet": str(network)})
+        else:
+            rule.update(
+                {
+                    "ip": 1,
+                    "src-subnet": str(network.network_address),
+                    "src-mask": str(network.hostmask),  # a wildcard mask
+                }
+            )
+        rules.append(rule)
+    return rules
+
+
+async def _put_access(
+    driver: A10Driver, part: str, view: _View, s: VirtualServer
+) -> dict[str, Any]:
+    """Write the port's access list and template; the port fields that bind them."""
+    prefix = _prefix_of(s.name)
+    fields: dict[str, Any] = {}
+    if s.source_ranges:
+        v6 = ":" in s.address
+        acl = acl_name(prefix, s.name)
+        known = view.acls6 if v6 else view.acls
+        rules = {"access-list": {"name": acl, "rules": _acl_rules(s.source_ranges, v6)}}
+        await driver._upsert(part, _ACL6 if v6 else _ACL, acl, rules, exists=acl in known)
+        known[acl] = tuple(sorted(s.source_ranges))
+        if v6:
+            fields["ipv6-acl-list"] = [{"ipv6-acl-name": acl}]
+        else:
+            fields["acl-list"] = [{"acl-name": acl}]
+    if s.affinity_timeout_s is not None:
+        template = persist_name(prefix, s.name)
+        body: dict[str, Any] = {
+            "source-ip": {
+                "name": template,
+                "timeout": _minutes(s.affinity_timeout_s),
+                "user-tag": str(s.affinity_timeout_s),
+            }
+        }
+        exists = template in view.persists
+        await driver._upsert(part, _PERSIST, template, body, exists=exists)
+        view.persists[template] = s.affinity_timeout_s
+        fields["template-persist-source-ip"] = template
+    return fields
+
+
+async def _drop_access(
+    driver: A10Driver, part: str, view: _View, name: str, *, keep: VirtualServer | None
+) -> None:
+    """Delete the port's access list or template once no port names it any more."""
+    prefix = _prefix_of(name)
+    acl, template = acl_name(prefix, name), persist_name(prefix, name)
+    v6 = keep is not None and ":" in keep.address
+    for known, path, wanted in (
+        (view.acls, _ACL, keep is not None and keep.source_ranges and not v6),
+        (view.acls6, _ACL6, keep is not None and keep.source_ranges and v6),
+    ):
+        if acl in known and not wanted:
+            await driver._delete(part, f"{path}/{acl}")
+            known.pop(acl, None)
+    if template in view.persists and (keep is None or keep.affinity_timeout_s is None):
+        await driver._delete(part, f"{_PERSIST}/{template}")
+        view.persists.pop(template, None)
+
+
+def _acl_ranges(acl: dict[str, Any]) -> tuple[str, ...] | None:
+    """The ranges an access list of ours permits; None when it is not one we write."""
+    ranges = []
+    for rule in acl.get("rules", []):
+        if not isinstance(rule, dict) or rule.get("action") != "permit":
+            return None
+        try:
+            if "src-host" in rule:
+                ranges.append(str(ipaddress.ip_network(str(rule["src-host"]))))
+            elif rule.get("ipv6") == 1:
+                ranges.append(str(ipaddress.IPv6Network(str(rule.get("src-subnet")))))
+            else:
+                wildcard = int(ipaddress.IPv4Address(str(rule.get("src-mask"))))
+                prefix = 32 - wildcard.bit_length()
+                network = f"{rule.get('src-subnet')}/{prefix}"
+                ranges.append(str(ipaddress.IPv4Network(network, strict=False)))
+        except ValueError:
+            return None
+    return tuple(sorted(ranges))
+
+
+def _access_view(
+    acls: list[dict[str, Any]], acls6: list[dict[str, Any]], persists: list[dict[str, Any]]
+) -> _View:
+    view = _View()
+    view.acls = {str(a.get("name")): _acl_ranges(a) for a in acls}
+    view.acls6 = {str(a.get("name")): _acl_ranges(a) for a in acls6}
+    for t in persists:
+        minutes, tag = t.get("timeout", 5), str(t.get("user-tag") or "")
+        seconds = int(tag) if tag.isdigit() and _minutes(int(tag)) == minutes else None
+        if seconds is None and isinstance(minutes, int):
+            seconds = minutes * 60
+        view.persists[str(t.get("name"))] = seconds
+    return view
+
+
+def _read_access(server: VirtualServer, vport: dict[str, Any], view: _View) -> VirtualServer:
+    """The server with the source ranges and affinity its virtual port has on ACOS."""
+    drifted = False
+    ranges: tuple[str, ...] = ()
+    bound = [(view.acls, a.get("acl-name")) for a in vport.get("acl-list", [])] + [
+        (view.acls6, a.get("ipv6-acl-name")) for a in vport.get("ipv6-acl-list", [])
+    ]
+    if len(bound) > 1:
+        drifted = True
+    for known, acl in bound[:1]:
+        listed = known.get(str(acl))
+        if listed is None:
+            drifted = True
+        else:
+            ranges = listed
+    timeout = None
+    template = vport.get("template-persist-source-ip")
+    if template:
+        timeout = view.persists.get(str(template))
+        drifted = drifted or timeout is None
+    return msgspec.structs.replace(
+        server,
+        source_ranges=ranges,
+        affinity_timeout_s=timeout,
+        monitor=_DRIFTED if drifted else server.monitor,
+    )
