@@ -97,9 +97,11 @@ class SimAppliance:
             self.failures += 1
             raise ApplianceRejected(self.name, f"partition {partition}: {exc}") from exc
         written = {op_name(op) for op in ops}
-        clash = _access_problem(after, written) or self._destination_clash(
-            partition, current, after, written
-        )
+        problem = _access_problem(after, written)
+        if problem is not None:
+            self.failures += 1
+            raise ApplianceRejected(self.name, f"partition {partition}: {problem}")
+        clash = self._destination_clash(partition, current, after, written)
         if clash is not None:
             self.failures += 1
             raise clash.rejected(self.name, partition)
