@@ -14,13 +14,14 @@ import subprocess
 import sys
 from collections import Counter
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from vipwire.allinone import Stack, StackSettings
+from vipwire.allinone import Stack
 from vipwire.bus import kv_keys
 from vipwire.contracts import IPAM_BUCKET
 from vipwire.ipam import addr_key
@@ -272,31 +273,45 @@ class TestSmoke:
         assert "WARNING: --insecure-bus" in proc.stderr
         assert "operator creds" not in proc.stderr
 
-
-@pytest.fixture
-async def open_stack(span_exporter: InMemorySpanExporter) -> AsyncIterator[Stack]:
-    """The stack without permissions (``--insecure-bus``): for a CLI without credentials."""
-    async with Stack(
-        StackSettings(secure_bus=False), span_processors=[SimpleSpanProcessor(span_exporter)]
-    ) as s:
-        await s.wait_ready()
-        yield s
+    def test_vipwire_up_tls_smoke_converges_over_mtls(self, tmp_path: Path) -> None:
+        """`vipwire up --tls --smoke`: a CA in STATE_DIR/pki, nats-server verifying clients,
+        every Service converged, and a --config file for the operator commands with the
+        client certificate."""
+        proc = subprocess.run(
+            [
+                sys.executable, "-m", "vipwire.cli", "up", "--tls", "--smoke",
+                "--clusters", "1", "--nodes", "1", "--services", "2",
+                "--timeout", "30", "--state-dir", str(tmp_path),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert json.loads(proc.stdout.strip().splitlines()[-1])["converged"] == 2
+        assert "verify: true" in (tmp_path / "jetstream" / "nats-server.conf").read_text()
+        cli = json.loads((tmp_path / "vipwire-cli.yaml").read_text())["bus"]
+        assert cli["tls"]["cert_file"] == str(tmp_path / "pki" / "client-cert.pem")
+        assert cli["credentials"].endswith("operator-admin.creds")  # permissions on too
+        assert f"--config {tmp_path / 'vipwire-cli.yaml'}" in proc.stderr
 
 
 class TestOperatorRelease:
     async def test_ipam_release_from_the_cli_writes_an_event_naming_the_operator(
-        self, open_stack: Stack
+        self, stack: Stack
     ) -> None:
-        """`vipwire ipam release` (the real CLI, a subprocess) moves the Service to a new
-        VIP, and the Service gets a Normal IPReleasedByOperator naming the caller
-        (anonymous: no credentials on an open bus) and both addresses, once."""
-        stack = open_stack
+        """`vipwire ipam release --creds <operator-admin's>` (the real CLI, a subprocess,
+        permissions on) moves the Service to a new VIP, and the Service gets a Normal
+        IPReleasedByOperator naming that operator and both addresses, once."""
+        creds = stack.operator_creds
+        assert creds is not None
         await stack.create_service("east", "web")
         await eventually(lambda: vip_of(stack, "east", "web"), what="east/web has a VIP")
         old = vip_of(stack, "east", "web")
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "vipwire.cli", "ipam", "release", "east/default/web",
-            "--nats", stack.nats.urls[0],
+            "--nats", stack.nats.urls[0], "--creds", str(creds),
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
         )  # fmt: skip
@@ -317,5 +332,5 @@ class TestOperatorRelease:
         assert event["type"] == "Normal"
         assert event["regarding"]["name"] == "web"
         assert event["note"].startswith(
-            f"operator anonymous released {old} (vipwire ipam release); {new} allocated"
+            f"operator operator-admin released {old} (vipwire ipam release); {new} allocated"
         ), event["note"]
