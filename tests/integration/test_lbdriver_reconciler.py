@@ -378,7 +378,7 @@ async def test_wrong_credentials_fail_clearly_back_off_and_spare_other_appliance
     for name in failing:
         (failed,) = h.reports(LbFailed, name)  # one report each, not one per retry
         assert (failed.reason, failed.appliance) == ("ApplianceAuthError", "sim-a")
-        assert "check the credentials configured for appliance sim-a" in failed.message
+        assert "check the credentials of appliance sim-a" in failed.message
     assert not h.reports(LbProgrammed, "bad0")
     status = {a.name: a for a in service.status().appliances}
     assert status["sim-a"].health in ("open", "half-open")

@@ -136,7 +136,11 @@ class TestRender:
         b = server("vipwire-b", "192.0.2.2")
         assert destination_clash({a.name: a}) is None
         clash = destination_clash({a.name: a, b.name: b})
-        assert clash is not None and "vipwire-a" in clash and "vipwire-b" in clash
+        assert clash is not None and clash.names == ("vipwire-a", "vipwire-b")
+        assert "vipwire-a" in str(clash) and "vipwire-b" in str(clash)
+        refused = str(clash.rejected("lab", "east"))
+        assert "already served by another virtual server" in refused
+        assert "vipwire-a" not in refused and "vipwire-b" not in refused
 
 
 names = st.from_regex(r"vipwire-[a-z0-9.-]{1,40}", fullmatch=True)

@@ -127,7 +127,9 @@ class Sandbox:
         ref = _ref(snap)
         record = self.records.get(ref)
         status, honour = self.status, honour_status
-        plan = decide(snap, record, self.allocator, status=status, honour_status=honour)
+        plan = decide(
+            snap, record, self.allocator, status=status, honour_status=honour, released=released
+        )
         if plan.action == "replace" and record is not None:
             if record.state == "releasing":
                 # Its virtual server may still be on the appliance: the claims stay

@@ -100,7 +100,11 @@ def appliance_failure(
     """A failed appliance call, as reported; ``credentials_of`` names the appliance
     whose credentials were refused (the operator's next step is to check them)."""
     if credentials_of is not None:
-        message += f" (check the credentials configured for appliance {credentials_of})"
+        message += (
+            f": check the credentials of appliance {credentials_of} "
+            f"(lbdriver.appliances[{credentials_of}].username and its password_file or "
+            "password_env)"
+        )
     return Explanation(reason, message)
 
 

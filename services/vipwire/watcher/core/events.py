@@ -154,6 +154,8 @@ def event_for(
             return None
         if isinstance(before, VipFailed) and before.uid == message.uid:
             return None  # ipam repeating what it keeps after refusing a change
+        if message.released_by is not None:
+            return released_by_operator(message)
         return EventSpec(
             type="Normal",
             reason="IPAllocated",
@@ -190,6 +192,32 @@ def event_for(
     if isinstance(message, LbProgrammed):
         return _programmed_event(message, before)
     return None
+
+
+#: The reason of the Normal Event telling who released a Service's VIPs
+#: (``vipwire ipam release``) and what it got instead.
+RELEASED_BY_OPERATOR: Final = "IPReleasedByOperator"
+
+
+def released_by_operator(message: VipAssigned) -> EventSpec:
+    """The new VIPs after an operator's release, naming the operator (the identity the
+    NATS server authenticated for the request) and the old and new addresses.
+
+    ipam carries the release on the one VipAssigned that gives the new VIPs (never on
+    a republish), so the Event is told once per release; it is named for what it
+    says, so a replay lands on the same Event.
+    """
+    old = ", ".join(message.released_vips) or "its VIPs"
+    return EventSpec(
+        type="Normal",
+        reason=RELEASED_BY_OPERATOR,
+        action="ReleaseVIP",
+        note=(
+            f"operator {message.released_by} released {old} (vipwire ipam release); "
+            f"{', '.join(message.vips)} allocated from pool {message.pool} "
+            f"(appliance group {message.appliance_group})"
+        ),
+    )
 
 
 def _programmed_event(

@@ -69,7 +69,7 @@ from vipwire.lbdriver.io.drivers.base import (
     ApplianceRejected,
     ApplianceUnavailable,
 )
-from vipwire.lbdriver.io.drivers.credentials import CredentialSource
+from vipwire.lbdriver.io.drivers.credentials import CredentialSource, scrub
 from vipwire.lbdriver.settings import ApplianceSettings
 
 log = logging.getLogger("vipwire.lbdriver.a10")
@@ -348,8 +348,19 @@ class A10Driver(RestDriver):
         vproto, proto = _PROTOCOLS[s.protocol]
         vip = view.vips.get(s.address)
         if vip is not None and vip.name != vip_name(prefix, s.address):
+            # Its name may be another tenant's: the log has it, the Event does not.
+            log.warning(
+                "%s/%s: VIP %s of %s is held by virtual-server %r",
+                self.name,
+                part,
+                s.address,
+                s.name,
+                vip.name,
+            )
             raise ApplianceRejected(
-                self.name, f"{part}: VIP {s.address} is held by virtual-server {vip.name!r}"
+                self.name,
+                f"{part}: VIP {s.address} is held by another virtual-server on the appliance "
+                "(its name is in the lbdriver log)",
             )
         for member in s.members:
             await self._ensure_server(part, view, prefix, member, port=s.port, proto=proto)
@@ -662,8 +673,16 @@ class A10Driver(RestDriver):
                 raise ApplianceUnavailable(
                     self.name, f"login: HTTP {resp.status}: {msg}"
                 ) from cause
+            log.warning(
+                "%s: login as %r refused: HTTP %d: %s (code %s)",
+                self.name,
+                creds.username,
+                resp.status,
+                msg,
+                code,
+            )
             raise ApplianceAuthError(
-                self.name, f"login as {creds.username!r} refused: {msg} (code {code})"
+                self.name, self._credentials.refused(f"HTTP {resp.status}: {msg} (code {code})")
             ) from cause
         return str(resp.body["authresponse"]["signature"])
 
@@ -689,7 +708,8 @@ class A10Driver(RestDriver):
     def _raise(self, resp: HttpResponse, what: str) -> NoReturn:
         code, msg = _err(resp.body)
         cause = VendorError(resp.status, msg, resp.body)
-        text = f"{what}: HTTP {resp.status}: {msg}" + (f" (code {code})" if code else "")
+        said = scrub(msg, self._credentials.username)
+        text = f"{what}: HTTP {resp.status}: {said}" + (f" (code {code})" if code else "")
         if _auth_failure(resp):
             raise ApplianceAuthError(self.name, text) from cause
         if resp.status == 429 or resp.status >= 500:

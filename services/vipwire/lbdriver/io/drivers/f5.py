@@ -58,7 +58,7 @@ from vipwire.lbdriver.io.drivers.base import (
     ApplianceRejected,
     ApplianceUnavailable,
 )
-from vipwire.lbdriver.io.drivers.credentials import CredentialSource
+from vipwire.lbdriver.io.drivers.credentials import CredentialSource, scrub
 from vipwire.lbdriver.settings import ApplianceSettings
 
 log = logging.getLogger("vipwire.lbdriver.f5")
@@ -523,8 +523,15 @@ class F5Driver(RestDriver):
                 raise ApplianceUnavailable(
                     self.name, f"login: HTTP {resp.status}: {cause.message}"
                 ) from cause
+            log.warning(
+                "%s: login as %r refused: HTTP %d: %s",
+                self.name,
+                creds.username,
+                resp.status,
+                cause.message,
+            )
             raise ApplianceAuthError(
-                self.name, f"login as {creds.username!r} refused: {cause.message}"
+                self.name, self._credentials.refused(f"HTTP {resp.status}: {cause.message}")
             ) from cause
         try:
             token_info = resp.body["token"]
@@ -538,7 +545,8 @@ class F5Driver(RestDriver):
 
     def _raise(self, resp: HttpResponse, what: str) -> NoReturn:
         cause = VendorError(resp.status, _message(resp.body), resp.body)
-        text = f"{what}: HTTP {resp.status}: {cause.message}"
+        said = scrub(cause.message, self._credentials.username)
+        text = f"{what}: HTTP {resp.status}: {said}"
         if resp.status in (401, 403):
             raise ApplianceAuthError(self.name, text) from cause
         if resp.status == 429 or resp.status >= 500:

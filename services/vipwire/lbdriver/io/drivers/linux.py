@@ -96,7 +96,7 @@ class LinuxAppliance:
                 raise ApplianceRejected(self.name, f"partition {partition}: {exc}") from exc
             clash = destination_clash(after)
             if clash is not None:
-                raise ApplianceRejected(self.name, f"partition {partition}: {clash}")
+                raise clash.rejected(self.name, partition)
             if not after:
                 await self._nft(["delete", "table", "netdev", table], missing_ok=True)
                 return

@@ -31,6 +31,7 @@ import msgspec
 
 from vipwire.contracts import port_text
 from vipwire.lbdriver.core.virtual_servers import VirtualServer
+from vipwire.lbdriver.io.drivers.base import DestinationClash
 
 TABLE_PREFIX: Final = "vipwire-"
 STATE_CHAIN: Final = "state"
@@ -80,15 +81,16 @@ def object_name(server: str) -> str:
     return f"vs-{hashlib.sha256(server.encode()).hexdigest()[:16]}"
 
 
-def destination_clash(servers: Mapping[str, VirtualServer]) -> str | None:
-    """Two virtual servers on one destination (address, port, protocol), described; else None."""
+def destination_clash(servers: Mapping[str, VirtualServer]) -> DestinationClash | None:
+    """Two virtual servers on one destination (address, port, protocol); else None."""
     seen: dict[tuple[str, int, str], str] = {}
     for name in sorted(servers):
         s = servers[name]
         key = (ipaddress.ip_address(s.address).compressed, s.port, s.protocol)
         if key in seen:
-            where = f"{s.address}:{port_text(s.port, s.protocol)}"
-            return f"destination {where} is served by {seen[key]!r} and {name!r}"
+            return DestinationClash(
+                f"{s.address}:{port_text(s.port, s.protocol)}", (seen[key], name)
+            )
         seen[key] = name
     return None
 
