@@ -112,7 +112,7 @@ class LbdriverService:
         }
         self._incarnation = random.getrandbits(32).to_bytes(4, "big").hex()
         m = runtime.metrics
-        self._inventory = Inventory(settings.prefix)
+        self._inventory = Inventory(settings.prefix, drain_on_cordon=settings.drain_on_cordon)
         self._start_up = StartUp()
         self._schedule = Schedule(settings, self._inventory, m)
         self._failover = Failover(settings, self._clients, self._inventory, self._schedule, m)

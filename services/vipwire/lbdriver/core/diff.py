@@ -33,9 +33,11 @@ def canonical(server: VirtualServer) -> VirtualServer:
     """The same virtual server with members deduplicated and sorted (appliances
     list pools in their own order, which is no difference)."""
     members = tuple(sorted(set(server.members)))
-    if members == server.members:
+    # A member both enabled and draining is enabled (it came back).
+    draining = tuple(sorted(set(server.draining) - set(members)))
+    if members == server.members and draining == server.draining:
         return server
-    return msgspec.structs.replace(server, members=members)
+    return msgspec.structs.replace(server, members=members, draining=draining)
 
 
 def diff(
@@ -70,8 +72,8 @@ def diff(
         have = canonical(have)
         if have == want:
             continue
-        if msgspec.structs.replace(have, members=want.members) == want:
-            updates.append(UpdateMembers(name=name, members=want.members))
+        if msgspec.structs.replace(have, members=want.members, draining=want.draining) == want:
+            updates.append(UpdateMembers(name=name, members=want.members, draining=want.draining))
         else:
             updates.append(UpdateVirtualServer(server=want))
     return deletes + updates + creates
@@ -96,11 +98,13 @@ def apply_operations(
                 if server.name not in result:
                     raise OperationConflict(f"virtual server {server.name!r} does not exist")
                 result[server.name] = canonical(server)
-            case UpdateMembers(name=name, members=members):
+            case UpdateMembers(name=name, members=members, draining=draining):
                 current = result.get(name)
                 if current is None:
                     raise OperationConflict(f"virtual server {name!r} does not exist")
-                result[name] = canonical(msgspec.structs.replace(current, members=members))
+                result[name] = canonical(
+                    msgspec.structs.replace(current, members=members, draining=draining)
+                )
             case DeleteVirtualServer(name=name):
                 if result.pop(name, None) is None:
                     raise OperationConflict(f"virtual server {name!r} does not exist")

@@ -22,6 +22,7 @@ from vipwire.contracts import (
     VipReleasing,
 )
 from vipwire.lbdriver.core.desired import InvalidAssignment, members_of
+from vipwire.lbdriver.core.drain import draining_members
 from vipwire.lbdriver.core.virtual_servers import VirtualServer
 
 Assignment = VipAssigned | VipReleasing
@@ -65,6 +66,7 @@ def outcome(
         ports=assignment.ports,
         members=members_of(desired.values()),
         external_traffic_policy=assignment.external_traffic_policy,
+        draining=draining_members(desired),
     )
 
 

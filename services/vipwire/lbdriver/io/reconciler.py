@@ -26,8 +26,9 @@ from vipwire.contracts import LbMessage, ServiceRef, encode
 from vipwire.lbdriver.core.coalesce import Flush
 from vipwire.lbdriver.core.desired import InvalidAssignment, owner_of
 from vipwire.lbdriver.core.diff import diff
+from vipwire.lbdriver.core.drain import DrainPlan, plan_drain
 from vipwire.lbdriver.core.drift import drift_found, drift_unrepaired, owned_scope
-from vipwire.lbdriver.core.inventory import Inventory
+from vipwire.lbdriver.core.inventory import Inventory, ServiceState
 from vipwire.lbdriver.core.outcomes import (
     Assignment,
     Explanation,
@@ -42,6 +43,7 @@ from vipwire.lbdriver.core.outcomes import (
     unknown_group,
 )
 from vipwire.lbdriver.core.resilience import backoff_delay
+from vipwire.lbdriver.core.virtual_servers import VirtualServer
 from vipwire.lbdriver.io.adoption import StartUp
 from vipwire.lbdriver.io.appliance_client import ApplianceClient, CircuitOpen
 from vipwire.lbdriver.io.drivers import ApplianceAuthError, ApplianceError
@@ -166,6 +168,9 @@ class Reconciler:
             pass
         elif result is None:
             state.attempts = 0
+            if state.requeue_after_s is not None:
+                # A drain ends then: the member is removed by that reconcile.
+                self._schedule.requeue(key, state.requeue_after_s, "drain")
         else:
             state.healthy = False
             state.attempts += 1
@@ -223,6 +228,8 @@ class Reconciler:
             # The listing is not held across the write: every write makes a new one,
             # and in a burst hundreds of writes wait, each holding its own copy.
             scope = owned_scope(await client.actual(partition), owner, desired)
+            drain = self._plan_drain(key, state, desired, scope)
+            desired = drain.servers
             ops = diff(desired, scope, self.settings.prefix)
             if ops:
                 await client.apply(partition, ops)
@@ -241,6 +248,8 @@ class Reconciler:
         state = self._inventory.note_written(key, target, desired)
         if state is None:
             return None  # released meanwhile: nothing left to report about it
+        state.drain_since = drain.since
+        state.requeue_after_s = drain.requeue_after_s
         if state.drift is not None:
             log.info("%s on %s/%s: drift repaired", owner, target, partition)
             state.drift = None
@@ -253,6 +262,33 @@ class Reconciler:
         if success_is_news(state.published, stamp, force=force, answered=answered):
             await self._publish(key, result, stamp, cause)
         return None
+
+    def _plan_drain(
+        self,
+        key: ServiceRef,
+        state: ServiceState,
+        desired: Mapping[str, VirtualServer],
+        scope: Mapping[str, VirtualServer],
+    ) -> DrainPlan:
+        """Which leaving members stay disabled a while (graceful drain, ``core.drain``)."""
+        plan = plan_drain(
+            desired,
+            scope,
+            since=state.drain_since,
+            now=time.monotonic(),
+            timeout_s=self.settings.drain_timeout_s,
+            present=self._inventory.present_nodes(key.cluster),
+        )
+        started = plan.since.keys() - state.drain_since.keys()
+        if started:
+            nodes = sorted({member.node for _, member in started})
+            log.info(
+                "%s/%s/%s: draining %s for %gs (disabled: established connections continue)",
+                *key,
+                ", ".join(nodes),
+                self.settings.drain_timeout_s,
+            )
+        return plan
 
     async def _report_failure(
         self,
