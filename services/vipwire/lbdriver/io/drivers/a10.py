@@ -178,6 +178,8 @@ class _View:
     )  # ours → (vs, port, proto)
     a10_servers: dict[str, _Server] = field(default_factory=dict)
     groups: dict[str, set[tuple[str, int]]] = field(default_factory=dict)  # members by group
+    # Members disabled (member-state not enable) by group: draining, see _member_entry.
+    disabled: dict[str, set[tuple[str, int]]] = field(default_factory=dict)
     monitors: set[str] = field(default_factory=set)
 
 
@@ -308,8 +310,8 @@ class A10Driver(RestDriver):
         match op:
             case CreateVirtualServer(server=s) | UpdateVirtualServer(server=s):
                 await self._put_virtual_server(part, view, s)
-            case UpdateMembers(name=name, members=members):
-                await self._put_members(part, view, name, members)
+            case UpdateMembers(name=name, members=members, draining=draining):
+                await self._put_members(part, view, name, members, draining)
             case DeleteVirtualServer(name=name):
                 await self._delete_virtual_server(part, view, name)
 
@@ -321,7 +323,7 @@ class A10Driver(RestDriver):
             raise ApplianceRejected(
                 self.name, f"{part}: VIP {s.address} is held by virtual-server {vip.name!r}"
             )
-        for member in s.members:
+        for member in (*s.members, *s.draining):
             await self._ensure_server(part, view, prefix, member, port=s.port, proto=proto)
         monitor = monitor_name(prefix, s.name)
         await self._upsert(
@@ -333,16 +335,21 @@ class A10Driver(RestDriver):
         )
         view.monitors.add(monitor)
         members = {(server_name(prefix, m.address), s.port) for m in s.members}
+        disabled = {(server_name(prefix, m.address), s.port) for m in s.draining} - members
         group = {
             "service-group": {
                 "name": s.name,
                 "protocol": proto,
                 "health-check": monitor,
-                "member-list": [{"name": n, "port": p} for n, p in sorted(members)],
+                "member-list": [
+                    _member_entry(n, p, disabled=(n, p) in disabled)
+                    for n, p in sorted(members | disabled)
+                ],
             }
         }
         await self._upsert(part, "/slb/service-group", s.name, group, exists=s.name in view.groups)
-        view.groups[s.name] = members
+        view.groups[s.name] = members | disabled
+        view.disabled[s.name] = disabled
         vport = {
             "port-number": s.port,
             "protocol": vproto,
@@ -393,7 +400,12 @@ class A10Driver(RestDriver):
         view.servers[s.name] = s
 
     async def _put_members(
-        self, part: str, view: _View, name: str, members: tuple[Member, ...]
+        self,
+        part: str,
+        view: _View,
+        name: str,
+        members: tuple[Member, ...],
+        draining: tuple[Member, ...] = (),
     ) -> None:
         where = view.vports.get(name)
         current = view.servers.get(name)
@@ -402,20 +414,26 @@ class A10Driver(RestDriver):
         prefix = _prefix_of(name)
         _, port, vproto = where
         proto = "udp" if vproto == "udp" else "tcp"
-        for member in members:
+        for member in (*members, *draining):
             await self._ensure_server(part, view, prefix, member, port=port, proto=proto)
-        want = {(server_name(prefix, m.address), port) for m in members}
+        enabled = {(server_name(prefix, m.address), port) for m in members}
+        disabled = {(server_name(prefix, m.address), port) for m in draining} - enabled
+        want = enabled | disabled
         have = view.groups.get(name, set())
+        was_disabled = view.disabled.get(name, set())
         base = f"/slb/service-group/{name}/member"
         for server, p in sorted(want - have):
-            resp = await self._call(part, "POST", base, {"member": {"name": server, "port": p}})
+            entry = _member_entry(server, p, disabled=(server, p) in disabled)
+            resp = await self._call(part, "POST", base, {"member": entry})
             if _failed(resp) and not _exists(resp):
                 self._raise(resp, f"add member {server}:{p} to {name}")
+        await self._set_member_states(part, name, (want & have), disabled, was_disabled)
         for server, p in sorted(have - want):
             resp = await self._call(part, "DELETE", f"{base}/{server}+{p}")
             if _failed(resp) and not _missing(resp):
                 self._raise(resp, f"remove member {server}:{p} from {name}")
         view.groups[name] = want
+        view.disabled[name] = disabled
         view.servers[name] = VirtualServer(
             name=name,
             owner=current.owner,
@@ -424,7 +442,28 @@ class A10Driver(RestDriver):
             protocol=current.protocol,
             members=tuple(sorted(set(members))),
             monitor=current.monitor,
+            draining=tuple(sorted(set(draining) - set(members))),
         )
+
+    async def _set_member_states(
+        self,
+        part: str,
+        name: str,
+        kept: set[tuple[str, int]],
+        disabled: set[tuple[str, int]],
+        was_disabled: set[tuple[str, int]],
+    ) -> None:
+        """Graceful drain: disable the members that start draining, enable those that
+        came back (one member update each; the others are left alone)."""
+        base = f"/slb/service-group/{name}/member"
+        for server, p in sorted(kept):
+            now_disabled = (server, p) in disabled
+            if now_disabled == ((server, p) in was_disabled):
+                continue
+            entry = _member_entry(server, p, disabled=now_disabled)
+            resp = await self._call(part, "POST", f"{base}/{server}+{p}", {"member": entry})
+            if _failed(resp):
+                self._raise(resp, f"set member {server}:{p} of {name} {entry['member-state']}")
 
     async def _delete_virtual_server(self, part: str, view: _View, name: str) -> None:
         where = view.vports.pop(name, None)
@@ -439,6 +478,7 @@ class A10Driver(RestDriver):
                     view.vips = {a: v for a, v in view.vips.items() if v is not vip}
         await self._delete(part, f"/slb/service-group/{name}")
         view.groups.pop(name, None)
+        view.disabled.pop(name, None)
         monitor = monitor_name(_prefix_of(name), name)
         await self._delete(part, f"/health/monitor/{monitor}")
         view.monitors.discard(monitor)
@@ -701,10 +741,12 @@ def _translate(
         view.a10_servers[name] = _Server(str(address), str(srv.get("user-tag") or name), ports)
     groups = {str(g.get("name")): g for g in sgs}
     for name, g in groups.items():
-        view.groups[name] = {
+        entries = [m for m in g.get("member-list", []) if isinstance(m, dict)]
+        view.groups[name] = {(str(m.get("name")), int(m.get("port", 0))) for m in entries}
+        view.disabled[name] = {
             (str(m.get("name")), int(m.get("port", 0)))
-            for m in g.get("member-list", [])
-            if isinstance(m, dict)
+            for m in entries
+            if m.get("member-state", "enable") != "enable"
         }
     monitors = {str(m.get("name")): m for m in mons}
     view.monitors = set(monitors)
@@ -754,15 +796,18 @@ def _virtual_server(
     monitors: dict[str, dict[str, Any]],
 ) -> VirtualServer:
     drifted = vport.get("no-dest-nat") != 1 or group is None
-    members = []
+    members: list[Member] = []
+    draining: list[Member] = []
     monitor = _DRIFTED
     if group is not None:
+        disabled = view.disabled.get(str(group.get("name")), set())
         for server_ref, member_port in view.groups.get(str(group.get("name")), set()):
             server = view.a10_servers.get(server_ref)
             if server is None or member_port != port:
                 drifted = True
                 continue
-            members.append(Member(node=server.node, address=server.address))
+            member = Member(node=server.node, address=server.address)
+            (draining if (server_ref, member_port) in disabled else members).append(member)
         monitor = _monitor(monitors.get(str(group.get("health-check"))))
     return VirtualServer(
         name=name,
@@ -772,7 +817,14 @@ def _virtual_server(
         protocol=protocol,
         members=tuple(sorted(set(members))),
         monitor=_DRIFTED if drifted else monitor,
+        draining=tuple(sorted(set(draining) - set(members))),
     )
+
+
+def _member_entry(server: str, port: int, *, disabled: bool) -> dict[str, Any]:
+    """A service-group member; a draining one ``member-state: disable`` (no new
+    connections, established ones continue; aXAPI v3 ``slb service-group member``)."""
+    return {"name": server, "port": port, "member-state": "disable" if disabled else "enable"}
 
 
 def _monitor(m: dict[str, Any] | None) -> Monitor:

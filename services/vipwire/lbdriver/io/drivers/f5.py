@@ -277,9 +277,8 @@ class F5Driver(RestDriver):
                         has(s.name, "virtual", assume),
                     ),
                 ]
-            case UpdateMembers(name=name, members=members):
-                port = ports[name]
-                body = {"members": [_member(m.address, m.node, port) for m in members]}
+            case UpdateMembers(name=name, members=members, draining=draining):
+                body = {"members": _pool_members(members, draining, ports[name])}
                 return [("PATCH", _item(_POOL, part, name), body)]
             case DeleteVirtualServer(name=name):
                 return [
@@ -510,11 +509,32 @@ def _member(address: str, node: str, port: int) -> dict[str, Any]:
     return {"name": member_name(address, port), "address": address, "description": node}
 
 
+def _pool_members(
+    members: Sequence[Member], draining: Sequence[Member], port: int
+) -> list[dict[str, Any]]:
+    """A pool's member list: enabled members, then draining ones disabled (graceful
+    drain): ``session: user-disabled`` takes no new connections while established
+    ones continue; ``state`` stays ``user-up`` (``user-down`` would be "forced
+    offline", which also refuses persisted clients). Every member says its
+    ``session``, so one that comes back is enabled again by the same PATCH."""
+    enabled = [{**_member(m.address, m.node, port), "session": "user-enabled"} for m in members]
+    disabled = [
+        {**_member(m.address, m.node, port), "session": "user-disabled", "state": "user-up"}
+        for m in draining
+    ]
+    return enabled + disabled
+
+
+def _is_disabled(item: dict[str, Any]) -> bool:
+    """A listed pool member that takes no new connections (disabled or forced offline)."""
+    return item.get("session") == "user-disabled" or item.get("state") == "user-down"
+
+
 def _pool_body(part: str, s: VirtualServer) -> dict[str, Any]:
     return {
         "monitor": f"/{part}/{s.name}",
         "loadBalancingMode": "round-robin",
-        "members": [_member(m.address, m.node, s.port) for m in s.members],
+        "members": _pool_members(s.members, s.draining, s.port),
         "description": s.owner,
     }
 
@@ -579,7 +599,8 @@ def _virtual_server(
         or sat.get("type", "none") != "none"
     )
     pool = pools.get(str(v.get("pool", "")).strip())
-    members = []
+    members: list[Member] = []
+    draining: list[Member] = []
     monitor = _DRIFTED
     if pool is None:
         drifted = True
@@ -593,7 +614,8 @@ def _virtual_server(
                 continue
             if at[1] != port:
                 drifted = True  # DSR delivers to the service port; anything else is broken
-            members.append(Member(node=str(item.get("description") or at[0]), address=at[0]))
+            member = Member(node=str(item.get("description") or at[0]), address=at[0])
+            (draining if _is_disabled(item) else members).append(member)
         monitor = _monitor(str(pool.get("monitor", "")), monitors)
     return VirtualServer(
         name=name,
@@ -603,6 +625,7 @@ def _virtual_server(
         protocol=l4,
         members=tuple(sorted(set(members))),
         monitor=_DRIFTED if drifted else monitor,
+        draining=tuple(sorted(set(draining) - set(members))),
     )
 
 
