@@ -60,7 +60,7 @@ class NodeEndpoints(msgspec.Struct, frozen=True, kw_only=True):
     def has_serving(self) -> bool:
         """A ready endpoint, or one terminating that still serves (EndpointSlice
         ``serving``): its node keeps taking the Service's traffic until it stops."""
-        return any(ep.ready or ep.serving for ep in self.endpoints)
+        return any(ep.ready or (ep.terminating and ep.serving) for ep in self.endpoints)
 
 
 # --- vipwire.<cluster>.service.<ns>.<name> ------------------------------------
