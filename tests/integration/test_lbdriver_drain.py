@@ -4,6 +4,7 @@ once on NodeGone), cordon, terminating-but-serving endpoints, one write per wind
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Literal
@@ -238,7 +239,7 @@ async def test_the_drain_keeps_one_write_per_window(make_runtime: RuntimeFactory
         await h.expect(LbProgrammed, where=lambda m: nodes_of(m) == (["n1"], ["n2", "n3"]))
         await h.expect(LbProgrammed, where=lambda m: nodes_of(m) == (["n1"], []))
         await eventually(lambda: len(writes) == 3, 5.0, what="create, disable, remove")
-        gaps = [b - a for a, b in zip(writes, writes[1:], strict=False)]
+        gaps = [b - a for a, b in itertools.pairwise(writes)]
         assert min(gaps) >= window_s * 0.95, gaps
     finally:
         await h.close()

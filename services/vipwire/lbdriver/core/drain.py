@@ -82,8 +82,11 @@ def plan_drain(
                 requeue = remaining if requeue is None else min(requeue, remaining)
         members = tuple(sorted(enabled))
         if tuple(draining) != want.draining or members != want.members:
-            want = msgspec.structs.replace(want, members=members, draining=tuple(draining))
-        servers[name] = want
+            servers[name] = msgspec.structs.replace(
+                want, members=members, draining=tuple(draining)
+            )
+        else:
+            servers[name] = want
     return DrainPlan(servers=servers, since=kept, requeue_after_s=requeue)
 
 

@@ -30,6 +30,7 @@ from vipwire.watcher.core.condition import (
     appliance_message,
     clip,
     failed_reason,
+    lacks_members,
     no_members_message,
 )
 from vipwire.watcher.core.translate import Obj, metadata, resource_version, uid
@@ -200,8 +201,8 @@ def _programmed_event(
     clears."""
     was = before if isinstance(before, LbProgrammed) else None
     same = was is not None and was.uid == message.uid and was.vips == message.vips
-    if not message.members:
-        if same and was is not None and not was.members:
+    if lacks_members(message):
+        if same and was is not None and lacks_members(was):
             return None  # still none: told already
         return EventSpec(
             type="Warning",
@@ -210,7 +211,7 @@ def _programmed_event(
             note=no_members_message(message),
         )
     if same and was is not None:
-        if was.members:
+        if not lacks_members(was):
             return None
         return EventSpec(
             type="Normal",
