@@ -1,6 +1,7 @@
 """Graceful drain through the lbdriver, on the sim appliance and the F5 and A10 emulators:
 the objects each vendor gets (member disabled first, removed after drain_timeout_s, at
-once on NodeGone), cordon, terminating-but-serving endpoints, one write per window."""
+once on NodeGone), cordon, terminating-but-serving endpoints, one write per window; and
+a port the appliance refuses, reported per port while the others are served."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Literal
 
+import msgspec
 import pytest
 
 from support.lbdriver import LbHarness
@@ -16,6 +18,7 @@ from vipwire.applianceemu import A10Emulator, F5Emulator
 from vipwire.contracts import (
     Endpoint,
     EndpointsSnapshot,
+    LbFailed,
     LbProgrammed,
     NodeEndpoints,
     NodeGone,
@@ -23,7 +26,7 @@ from vipwire.contracts import (
     ServicePort,
     VipAssigned,
 )
-from vipwire.lbdriver import ApplianceSettings, SimAppliance
+from vipwire.lbdriver import ApplianceSettings, Monitor, SimAppliance, VirtualServer
 from vipwire.runtime import Runtime
 from vipwire.testing import eventually
 
@@ -241,5 +244,44 @@ async def test_the_drain_keeps_one_write_per_window(make_runtime: RuntimeFactory
         await eventually(lambda: len(writes) == 3, 5.0, what="create, disable, remove")
         gaps = [b - a for a, b in itertools.pairwise(writes)]
         assert min(gaps) >= window_s * 0.95, gaps
+    finally:
+        await h.close()
+
+
+async def test_a_port_the_appliance_refuses_is_reported_and_the_others_served(
+    make_runtime: RuntimeFactory,
+) -> None:
+    """Another tool's object holds VIP:443: port 80 is programmed anyway and LbProgrammed
+    says 443 was refused (port_errors); once the clash is gone, the retry serves it."""
+    appliance = Appliance("sim")
+    h = await harness(make_runtime, appliance, ApplianceSettings(name="sim-a"))
+    foreign = VirtualServer(
+        name="other-tool-443",
+        owner="",
+        address="192.0.2.10",
+        port=443,
+        protocol="TCP",
+        members=(),
+        monitor=Monitor(port=1),
+    )
+    appliance.sim.put(CLUSTER, foreign)
+    web = msgspec.structs.replace(assigned(), ports=(ServicePort(port=80), ServicePort(port=443)))
+    try:
+        await h.start()
+        await h.publish(node("n1"), web)
+        partial = await h.expect(LbProgrammed, where=lambda m: bool(m.port_errors))
+        [error] = partial.port_errors
+        assert (error.vip, error.port, error.protocol) == ("192.0.2.10", 443, "TCP")
+        assert error.reason == "ApplianceRejected" and "other-tool-443" in error.error
+        ours = [s for s in appliance.sim.virtual_servers(CLUSTER).values() if s.owner]
+        assert [(s.port, [m.node for m in s.members]) for s in ours] == [(80, ["n1"])]
+        assert not h.reports(LbFailed)  # port 80 is served: no failure of the Service
+
+        appliance.sim.remove(CLUSTER, "other-tool-443")
+        await h.expect(LbProgrammed, where=lambda m: not m.port_errors)
+        assert sorted(s.port for s in appliance.sim.virtual_servers(CLUSTER).values()) == [
+            80,
+            443,
+        ]
     finally:
         await h.close()

@@ -232,11 +232,16 @@ class Member(msgspec.Struct, frozen=True, kw_only=True, order=True):
 
 
 class PortError(msgspec.Struct, frozen=True, kw_only=True):
-    """A Service port the appliance refused: ``status.loadBalancer.ingress[].ports[].error``."""
+    """A Service port the appliance refused on one VIP (its other ports are served):
+    ``status.loadBalancer.ingress[].ports[].error`` says ``vipwire.io/<reason>``."""
 
+    vip: str
     port: int
     protocol: Literal["TCP", "UDP", "SCTP"] = "TCP"
-    error: str
+    #: CamelCase, as in LbFailed (``ApplianceRejected``).
+    reason: str = "ApplianceRejected"
+    #: The appliance's answer, for the condition and the Event.
+    error: str = ""
 
 
 class LbProgrammed(_Message, frozen=True, tag="lb-programmed"):

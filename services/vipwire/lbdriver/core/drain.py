@@ -82,9 +82,7 @@ def plan_drain(
                 requeue = remaining if requeue is None else min(requeue, remaining)
         members = tuple(sorted(enabled))
         if tuple(draining) != want.draining or members != want.members:
-            servers[name] = msgspec.structs.replace(
-                want, members=members, draining=tuple(draining)
-            )
+            servers[name] = msgspec.structs.replace(want, members=members, draining=tuple(draining))
         else:
             servers[name] = want
     return DrainPlan(servers=servers, since=kept, requeue_after_s=requeue)

@@ -17,6 +17,7 @@ from vipwire.contracts import (
     LbFailed,
     LbProgrammed,
     LbRemoved,
+    PortError,
     ServiceRef,
     VipAssigned,
     VipReleasing,
@@ -45,8 +46,9 @@ def outcome(
     assignment: Assignment,
     appliance: str,
     desired: Mapping[str, VirtualServer],
+    port_errors: tuple[PortError, ...] = (),
 ) -> LbProgrammed | LbRemoved:
-    """The report of a reconcile that succeeded."""
+    """The report of a reconcile that succeeded (``port_errors``: in part)."""
     if isinstance(assignment, VipReleasing):
         return LbRemoved(
             cluster=key.cluster,
@@ -67,6 +69,7 @@ def outcome(
         members=members_of(desired.values()),
         external_traffic_policy=assignment.external_traffic_policy,
         draining=draining_members(desired),
+        port_errors=port_errors,
     )
 
 

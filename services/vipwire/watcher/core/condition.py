@@ -82,7 +82,21 @@ class Condition(msgspec.Struct, frozen=True, kw_only=True):
 def _programmed_message(lb: LbProgrammed) -> str:
     # No member count: it changes with every endpoint move, and each change
     # would cost a status write.
-    return f"{', '.join(lb.vips)} programmed on appliance {lb.appliance}"
+    said = f"{', '.join(lb.vips)} programmed on appliance {lb.appliance}"
+    if lb.port_errors:
+        said += f"; {refused_ports_message(lb)}"
+    return said
+
+
+def refused_ports_message(lb: LbProgrammed) -> str:
+    """Which ports the appliance refused (the others are served), and its answers."""
+    refused = "; ".join(
+        f"{e.vip} port {e.port}/{e.protocol}: {e.reason}: {e.error}" for e in lb.port_errors
+    )
+    return (
+        f"appliance {lb.appliance} refused {len(lb.port_errors)} port(s), not served "
+        f"(status.loadBalancer.ingress[].ports says which): {refused}"
+    )
 
 
 def appliance_message(lb: LbFailed) -> str:
