@@ -78,13 +78,16 @@ async def _verb(args: argparse.Namespace) -> int:
 
 
 def dsr_passed(report: dict[str, Any]) -> bool:
-    """Every request answered, by more than one pod, and no reply seen via the appliance."""
+    """Every request answered, by more than one pod, and no reply seen via the appliance;
+    a drained node kept its established connection and took no new one."""
     return (
         report["ok"] == report["requests"] > 0
         and len(report["pods_seen"]) > 1
         and report["replies_via_appliance"] == 0
         and report["client_frames_from_appliance_mac"] == 0
         and report["forwarded_packets"] > 0
+        and report.get("drain_kept_connection") is not False
+        and report.get("drain_new_connections_elsewhere") is not False
     )
 
 

@@ -25,6 +25,7 @@ from opentelemetry.sdk.trace import SpanProcessor
 from vipwire.allinone import Stack, StackSettings
 from vipwire.allinone.stack import LB_CLASS
 from vipwire.ipam import PoolSettings
+from vipwire.lab.drain import drain_report
 from vipwire.lab.netbuild import LabError, build, destroy, sweep_stale
 from vipwire.lab.topology import (
     SERVICE_PORT,
@@ -456,6 +457,7 @@ async def run_dsr(
         report = await lab.measure(vip, requests=requests, concurrency=concurrency)
         servers = [s for s in (await lab.appliance_servers()).values() if s.address == vip]
         report["appliance_members"] = sorted({m.node for s in servers for m in s.members})
+        report.update(await drain_report(lab))
         report["topology"] = {
             "client": lab.plan.client.address,
             "appliance": lab.plan.appliance.address,
