@@ -95,6 +95,9 @@ class ServiceSnapshot(_Message, frozen=True, tag="service"):
     labels: dict[str, str] = {}
     deleting: bool = False
     status_vips: tuple[str, ...] = ()
+    #: The appliance profile the Service picks (annotation ``vipwire.io/profile``);
+    #: None: its pool's default. ipam refuses a name that is not configured.
+    profile: str | None = None
 
 
 class ServiceGone(_Message, frozen=True, tag="service-gone"):
@@ -186,6 +189,9 @@ class VipAssigned(_Message, frozen=True, tag="vip-assigned"):
     #: (``IPReleasedByOperator``). None on every other VipAssigned, republishes included.
     released_by: str | None = None
     released_vips: tuple[str, ...] = ()
+    #: The appliance profile to program, resolved by ipam (the Service's own, else
+    #: its pool's default); None: the built-in profile.
+    profile: str | None = None
 
 
 class VipReleasing(_Message, frozen=True, tag="vip-releasing"):

@@ -34,6 +34,7 @@ from vipwire.lbdriver.core.drain import DrainKey, draining_of, with_draining
 from vipwire.lbdriver.core.drift import owned_scope
 from vipwire.lbdriver.core.listing import Listing, digest
 from vipwire.lbdriver.core.outcomes import Assignment, fingerprint, outcome
+from vipwire.lbdriver.core.profiles import ProfileSettings
 from vipwire.lbdriver.core.virtual_servers import VirtualServer
 
 
@@ -114,9 +115,17 @@ def compact(message: Assignment) -> Assignment:
 class Inventory:
     """Nodes, endpoints and Services of every cluster, as the stream told them."""
 
-    def __init__(self, prefix: str, *, drain_on_cordon: bool = False) -> None:
+    def __init__(
+        self,
+        prefix: str,
+        *,
+        profiles: Mapping[str, ProfileSettings] | None = None,
+        drain_on_cordon: bool = False,
+    ) -> None:
         #: The owned-object prefix (starts every virtual server name we write).
         self.prefix = prefix
+        #: The configured appliance profiles by name (a name not in it is invalid).
+        self.profiles: Mapping[str, ProfileSettings] = dict(profiles or {})
         #: A cordoned node is no member (``LbdriverSettings.drain_on_cordon``).
         self.drain_on_cordon = drain_on_cordon
         self.nodes: dict[str, dict[str, NodeSnapshot]] = {}
@@ -220,6 +229,7 @@ class Inventory:
             self.nodes.get(key.cluster, {}),
             self.ready_nodes.get(key),
             prefix=self.prefix,
+            profiles=self.profiles,
             drain_on_cordon=self.drain_on_cordon,
         )
         state = self.services.get(key)

@@ -31,6 +31,8 @@ FINALIZER: Final = "service.kubernetes.io/load-balancer-cleanup"
 POOL_ANNOTATION: Final = "vipwire.io/pool"
 IPS_ANNOTATION: Final = "vipwire.io/ips"
 SHARING_KEY_ANNOTATION: Final = "vipwire.io/sharing-key"
+#: The appliance profile (monitor, timeouts, method) the Service picks; ipam knows them.
+PROFILE_ANNOTATION: Final = "vipwire.io/profile"
 #: Written by us: the trace of the last change we wrote back (``kubectl describe`` shows it).
 TRACE_ANNOTATION: Final = "vipwire.io/last-trace-id"
 #: Written by us together with the finalizer: which vipwire cluster put it there. The
@@ -298,6 +300,7 @@ def service_snapshot(
         labels={} if deleting else _str_map(meta.get("labels")),
         deleting=deleting,
         status_vips=() if deleting else status_vips(service),
+        profile=annotations.get(PROFILE_ANNOTATION, "").strip() or None,
     )
 
 
