@@ -174,13 +174,18 @@ class Pipeline:
 
 
 def endpoint_slice(
-    name: str, ready_on: tuple[str, ...], *, terminating_on: tuple[str, ...] = ()
+    name: str,
+    ready_on: tuple[str, ...],
+    *,
+    terminating_on: tuple[str, ...] = (),
+    serving: bool = True,
 ) -> dict[str, Any]:
+    """``terminating_on``: endpoints shutting down, still serving or not (``serving``)."""
     endpoints = [
         {
             "addresses": [f"10.0.{i}.{j}"],
             "nodeName": node,
-            "conditions": {"ready": ready, "serving": True, "terminating": not ready},
+            "conditions": {"ready": ready, "serving": ready or serving, "terminating": not ready},
         }
         for i, (nodes, ready) in enumerate(((ready_on, True), (terminating_on, False)))
         for j, node in enumerate(nodes, start=1)
@@ -373,18 +378,27 @@ class TestLocalTraffic:
     async def test_only_nodes_with_a_ready_local_endpoint_are_members(
         self, pipeline: Pipeline
     ) -> None:
-        """externalTrafficPolicy Local: members are the nodes with a ready endpoint (not the
-        terminating ones); scaled to zero on a node, that node leaves; at zero, none is left."""
+        """externalTrafficPolicy Local: members are the nodes with a serving endpoint: ready,
+        or terminating but still serving (graceful shutdown); once a terminating endpoint
+        stops serving its node leaves; at zero, none is left."""
         await pipeline.start_watcher()
         await pipeline.create("local", etp="Local", endpoints_on=("n1", "n2"))
         await eventually(
             lambda: pipeline.members("local") == {"n1", "n2"}, timeout=5, what="members n1 and n2"
         )
+        # n2's pod terminates, still serving; n3 gets one (its arrival fences the change).
+        slice_ = endpoint_slice("local", ("n1", "n3"), terminating_on=("n2",))
         await pipeline.emu.patch(
-            "endpointslices",
-            "default",
-            "local-abc",
-            {"endpoints": endpoint_slice("local", ("n1",), terminating_on=("n2",))["endpoints"]},
+            "endpointslices", "default", "local-abc", {"endpoints": slice_["endpoints"]}
+        )
+        await eventually(
+            lambda: pipeline.members("local") == {"n1", "n2", "n3"},
+            timeout=5,
+            what="n2 still a member while its terminating pod serves, n3 joined",
+        )
+        slice_ = endpoint_slice("local", ("n1",), terminating_on=("n2",), serving=False)
+        await pipeline.emu.patch(
+            "endpointslices", "default", "local-abc", {"endpoints": slice_["endpoints"]}
         )
         await eventually(
             lambda: pipeline.members("local") == {"n1"}, timeout=5, what="member n1 only"
