@@ -21,7 +21,14 @@ from support.recorders import BusRecorder
 from vipwire.contracts import NodeApplied, ServiceSnapshot, decode
 from vipwire.ipam import IpamService, IpamSettings, PoolSettings
 from vipwire.kubeemu import KubeEmulator
-from vipwire.lbdriver import ApplianceSettings, LbdriverService, LbdriverSettings, SimAppliance
+from vipwire.lbdriver import (
+    ApplianceSettings,
+    LbdriverService,
+    LbdriverSettings,
+    Monitor,
+    SimAppliance,
+    VirtualServer,
+)
 from vipwire.runtime import Runtime
 from vipwire.testing import eventually
 from vipwire.watcher import WatcherService, WatcherSettings
@@ -595,3 +602,69 @@ class TestStatusStaysTrue:
             lambda: [e["type"] for e in p.events("NodesHoldVip", "web")] == ["Normal"],
             what="a Normal NodesHoldVip Event",
         )
+
+
+class TestPartialStatus:
+    async def test_a_refused_port_is_in_the_status_while_the_other_is_served(
+        self, pipeline: Pipeline
+    ) -> None:
+        """Another tool holds VIP:443 on the appliance: port 80 is served, the status lists
+        443 with ``error: vipwire.io/ApplianceRejected`` and a Warning PortRefused tells
+        it; once the clash is gone the ports (and their errors) leave the status."""
+        vip = "198.51.100.77"
+        pipeline.appliance.put(
+            "east",
+            VirtualServer(
+                name="other-tool-443",
+                owner="",
+                address=vip,
+                port=443,
+                protocol="TCP",
+                members=(),
+                monitor=Monitor(port=1),
+            ),
+        )
+        await pipeline.start_watcher()
+        await pipeline.emu.create(
+            {
+                "apiVersion": "v1",
+                "kind": "Service",
+                "metadata": {
+                    "name": "two",
+                    "namespace": "default",
+                    "annotations": {"vipwire.io/ips": vip},
+                },
+                "spec": {
+                    "type": "LoadBalancer",
+                    "loadBalancerClass": CLASS,
+                    "selector": {"app": "two"},
+                    "ports": [
+                        {"name": "http", "port": 80, "targetPort": 8080},
+                        {"name": "https", "port": 443, "targetPort": 8443},
+                    ],
+                },
+            }
+        )
+
+        def ingress() -> list[dict[str, Any]]:
+            svc = pipeline.service("two") or {}
+            found = ((svc.get("status") or {}).get("loadBalancer") or {}).get("ingress")
+            return found or []
+
+        refused = [
+            {"port": 80, "protocol": "TCP"},
+            {"port": 443, "protocol": "TCP", "error": "vipwire.io/ApplianceRejected"},
+        ]
+        await eventually(
+            lambda: [e.get("ports") for e in ingress()] == [refused],
+            what="status lists port 443 refused",
+        )
+        await eventually(lambda: pipeline.events("PortRefused", "two"), what="a PortRefused Event")
+        assert {s.port for s in pipeline.servers_of("two")} == {80}
+
+        pipeline.appliance.remove("east", "other-tool-443")
+        await eventually(
+            lambda: [e.get("ports") for e in ingress()] == [None],
+            what="the ports leave the status once 443 is served",
+        )
+        assert {s.port for s in pipeline.servers_of("two")} == {80, 443}
