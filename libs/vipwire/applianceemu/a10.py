@@ -5,7 +5,8 @@ A10 <signature>``, session expiry, ``/axapi/v3/logoff``), partitions
 (``/axapi/v3/partition``, ``/axapi/v3/partition-available-id/oper``) and the
 per-session ``active-partition``, ``slb server`` (with ``port-list`` and the
 ``port`` sub-resource), ``slb service-group`` (``member-list``, ``member``
-sub-resource), ``health monitor`` (methods http, https, tcp), ``slb template
+sub-resource; a member's ``member-state``: ``disable`` takes no new connections,
+see :func:`member_takes_new_connections`), ``health monitor`` (methods http, https, tcp), ``slb template
 tcp`` and ``udp`` (``idle-timeout``), ``slb virtual-server`` (``port-list`` and
 the ``port`` sub-resource) and ``write memory``. Objects
 live in the session's active partition. POST to a collection creates, POST to

@@ -2,7 +2,9 @@
 
 Served: token login (``/mgmt/shared/authn/login``, ``X-F5-Auth-Token``, token
 expiry, token deletion), partitions (``/mgmt/tm/auth/partition``), LTM
-virtual servers, pools with members, HTTP, HTTPS and TCP monitors and fastL4 profiles (create,
+virtual servers, pools with members (a member's ``session``/``state``: one
+``user-disabled`` takes no new connections, see :func:`member_takes_new_connections`),
+HTTP, HTTPS and TCP monitors and fastL4 profiles (create,
 read, patch, put, delete; collections with ``$filter=partition eq <p>`` and
 ``expandSubcollections``), transactions (``/mgmt/tm/transaction``: commands
 sent with ``X-F5-REST-Coordination-Id`` are queued and applied all or nothing
