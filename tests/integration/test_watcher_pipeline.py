@@ -57,16 +57,14 @@ class Pipeline:
         self.recorder = BusRecorder()
         #: LbdriverSettings fields that override the pipeline's own.
         self.lbdriver_options: dict[str, Any] = {}
+        #: ipam's pools (set before start).
+        self.pools: tuple[PoolSettings, ...] = (
+            PoolSettings(name="default", addresses=("198.51.100.0/24",), appliance_group="dc1"),
+        )
 
     async def start(self) -> None:
         ipam = IpamService(
-            IpamSettings(
-                pools=(
-                    PoolSettings(
-                        name="default", addresses=("198.51.100.0/24",), appliance_group="dc1"
-                    ),
-                )
-            ),
+            IpamSettings(pools=self.pools),
             await self.make_runtime("ipam"),
         )
         lbdriver = LbdriverService(
@@ -668,3 +666,56 @@ class TestPartialStatus:
             what="the ports leave the status once 443 is served",
         )
         assert {s.port for s in pipeline.servers_of("two")} == {80, 443}
+
+
+async def test_a_dual_stack_service_on_ipv4_only_nodes_is_no_members(
+    make_runtime: RuntimeFactory, tmp_path: Path, span_exporter: InMemorySpanExporter
+) -> None:
+    """Dual-stack Service, IPv4-only nodes: the IPv6 virtual server has no member, so the
+    condition is False (NoMembers, naming the IPv6 VIP) with a Warning Event, although the
+    IPv4 VIP is served (sim appliance)."""
+    emu = KubeEmulator("east", bookmark_interval=0.5)
+    await emu.start()
+    for node, address in NODES.items():
+        await emu.add_node(node, address)
+    kubeconfig = emu.write_kubeconfig(tmp_path / "kc", context_name="east")
+    p = Pipeline(emu, make_runtime, kubeconfig, span_exporter)
+    p.pools = (
+        PoolSettings(
+            name="dual", addresses=("198.51.100.0/24", "2001:db8:1::/120"), appliance_group="dc1"
+        ),
+    )
+    try:
+        await p.start()
+        await p.start_watcher()
+        await emu.create(
+            {
+                "apiVersion": "v1",
+                "kind": "Service",
+                "metadata": {"name": "dual", "namespace": "default"},
+                "spec": {
+                    "type": "LoadBalancer",
+                    "loadBalancerClass": CLASS,
+                    "selector": {"app": "dual"},
+                    "ipFamilies": ["IPv4", "IPv6"],
+                    "ipFamilyPolicy": "RequireDualStack",
+                    "ports": [{"name": "http", "port": 80, "targetPort": 8080}],
+                },
+            }
+        )
+
+        def condition() -> dict[str, Any]:
+            conds = ((p.service("dual") or {}).get("status") or {}).get("conditions") or []
+            return next((c for c in conds if c["type"] == "vipwire.io/Ready"), {})
+
+        await eventually(lambda: condition().get("reason") == "NoMembers", what="NoMembers")
+        v6 = [ip for ip in p.vips("dual") if ":" in ip]
+        assert len(p.vips("dual")) == 2 and len(v6) == 1
+        assert condition()["status"] == "False"
+        assert v6[0] in condition()["message"] and "no IPv6 member node" in condition()["message"]
+        await eventually(lambda: p.events("NoMembers", "dual"), what="a Warning NoMembers")
+        by_family = {":" in s.address: len(s.members) for s in p.servers_of("dual")}
+        assert by_family == {False: 3, True: 0}
+    finally:
+        await p.stop()
+        await emu.stop()
