@@ -30,14 +30,16 @@ def owns(name: str, owned_prefix: str) -> bool:
 
 
 def canonical(server: VirtualServer) -> VirtualServer:
-    """The same virtual server with members deduplicated and sorted (appliances
-    list pools in their own order, which is no difference)."""
+    """The same virtual server with members and source ranges deduplicated and sorted
+    (appliances list pools and address lists in their own order, which is no difference)."""
     members = tuple(sorted(set(server.members)))
+    ranges = tuple(sorted(set(server.source_ranges)))
     # A member both enabled and draining is enabled (it came back).
     draining = tuple(sorted(set(server.draining) - set(members)))
-    if members == server.members and draining == server.draining:
-        return server
-    return msgspec.structs.replace(server, members=members, draining=draining)
+    if members == server.members and ranges == server.source_ranges:
+        if draining == server.draining:
+            return server
+    return msgspec.structs.replace(server, members=members, source_ranges=ranges, draining=draining)
 
 
 def diff(
