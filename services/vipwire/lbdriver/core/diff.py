@@ -36,9 +36,9 @@ def canonical(server: VirtualServer) -> VirtualServer:
     ranges = tuple(sorted(set(server.source_ranges)))
     # A member both enabled and draining is enabled (it came back).
     draining = tuple(sorted(set(server.draining) - set(members)))
-    if members == server.members and ranges == server.source_ranges:
-        if draining == server.draining:
-            return server
+    same = (members, ranges, draining)
+    if same == (server.members, server.source_ranges, server.draining):
+        return server
     return msgspec.structs.replace(server, members=members, source_ranges=ranges, draining=draining)
 
 
