@@ -197,6 +197,7 @@ class Reconciler:
         state = self._inventory.services.get(key)
         if state is None:
             return None
+        state.requeue_after_s = None  # set again below by a write that leaves a drain going
         assignment = state.assignment
         target = self._failover.target(assignment.appliance_group)
         if target is None:
