@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from vipwire.contracts import LbProgrammed, Member, PortError, ServicePort
+from vipwire.contracts import LbProgrammed, Member, PortError, ServicePort, VipAssigned
 from vipwire.watcher.core.bus_view import BusView
 from vipwire.watcher.core.condition import families_without_members, readiness
 from vipwire.watcher.core.events import event_for
@@ -109,6 +109,16 @@ def _service(ingress: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     }
 
 
+# The watcher writes only VIPs ipam assigned (a forged LbProgrammed reaches no status).
+ASSIGNED = VipAssigned(
+    **SVC,
+    vips=("198.51.100.7", "2001:db8:1::7"),
+    pool="p",
+    appliance_group="g",
+    ports=(ServicePort(port=80), ServicePort(port=443)),
+)
+
+
 def test_the_status_is_written_with_ports_and_rewritten_when_the_refusal_clears() -> None:
     """decide() writes the ports with their error, and writes again (without ports) once
     the appliance takes the port; the condition message names the refused port."""
@@ -116,7 +126,7 @@ def test_the_status_is_written_with_ports_and_rewritten_when_the_refusal_clears(
         _service(), cluster="east", load_balancer_class="vipwire.io/dsr", was_ours=True
     )
     now = "2025-01-01T00:00:09.000000Z"
-    partial = BusView(lb=two_ports(REFUSED), lb_seq=5)
+    partial = BusView(vip=ASSIGNED, vip_seq=4, lb=two_ports(REFUSED), lb_seq=5)
     d = decide(_service(), snapshot, partial, applied={}, gate="none", now=now)
     assert d.status is not None
     written = d.status["status"]["loadBalancer"]["ingress"]
@@ -125,7 +135,7 @@ def test_the_status_is_written_with_ports_and_rewritten_when_the_refusal_clears(
     assert condition["status"] == "True" and "2001:db8:1::7 port 443/TCP" in condition["message"]
     again = decide(_service(written), snapshot, partial, applied={}, gate="none", now=now)
     assert again.status is None or "loadBalancer" not in again.status["status"]
-    fixed = BusView(lb=two_ports(), lb_seq=6)
+    fixed = BusView(vip=ASSIGNED, vip_seq=4, lb=two_ports(), lb_seq=6)
     cleared = decide(_service(written), snapshot, fixed, applied={}, gate="none", now=now)
     assert cleared.status is not None
     assert "ports" not in cleared.status["status"]["loadBalancer"]["ingress"][1]
