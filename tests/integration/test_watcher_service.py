@@ -27,6 +27,7 @@ from vipwire.contracts import (
     NodeSnapshot,
     ServiceGone,
     ServicePort,
+    ServiceRejected,
     ServiceSnapshot,
     StatusWritten,
     VipAssigned,
@@ -834,6 +835,49 @@ class TestValidation:
         await harness.settled()
         assert ingress_of(harness.service()) == [{"ip": "198.51.100.7", "ipMode": "VIP"}]
         assert len(harness.seen.of(ServiceSnapshot, name="web")) == 1
+        # The rejection is on the bus, with the snapshot still in force (not an end).
+        (rejected,) = harness.seen.of(ServiceRejected, name="web")
+        assert rejected.in_force == snap and rejected.reason == "InvalidService"
+
+    async def test_a_rejection_is_published_in_the_trace_of_its_event_and_annotation(
+        self, harness: Harness
+    ) -> None:
+        """vipwire.io/ips " , ,": InvalidService; a ServiceRejected on the bus (never valid:
+        nothing in force) whose trace is the Event's and vipwire.io/last-trace-id's; fixed,
+        a snapshot follows; deleted while rejected, its subject ends with ServiceGone."""
+        await harness.start_watcher()
+        await harness.emu.create(lb_service(annotations={"vipwire.io/ips": " , ,"}))
+        rejected = await harness.seen.wait(ServiceRejected, name="web")
+        assert rejected.in_force is None and rejected.reason == "InvalidService"
+        assert 'vipwire.io/ips: " , ," names no address' in rejected.message
+        assert rejected.trace_id
+        await eventually(lambda: harness.events("InvalidService"), what="an InvalidService Event")
+        assert f"(trace {rejected.trace_id})" in harness.events("InvalidService")[0]["note"]
+
+        def annotated() -> str | None:
+            meta = (harness.service() or {}).get("metadata") or {}
+            trace: str | None = (meta.get("annotations") or {}).get("vipwire.io/last-trace-id")
+            return trace
+
+        await eventually(
+            lambda: annotated() == rejected.trace_id,
+            what="the annotation names the trace of the rejected change",
+        )
+        svc = harness.service()
+        assert svc is not None and not svc["metadata"].get("finalizers")
+        assert not harness.seen.of(ServiceSnapshot, name="web")
+
+        await harness.emu.patch(
+            "services", "default", "web", {"metadata": {"annotations": {"vipwire.io/ips": "x"}}}
+        )
+        second = await harness.seen.wait(ServiceRejected, count=2, name="web")
+        assert second.trace_id != rejected.trace_id
+        await eventually(
+            lambda: annotated() == second.trace_id, what="the annotation follows the new change"
+        )
+        await harness.emu.delete("services", "default", "web")
+        gone = await harness.seen.wait(ServiceGone, name="web")
+        assert gone.uid == rejected.uid
 
 
 class TestConditionsTraceAndEvents:

@@ -89,6 +89,32 @@ class ServiceSnapshot(_Message, frozen=True, tag="service"):
     labels: dict[str, str] = {}
     deleting: bool = False
     status_vips: tuple[str, ...] = ()
+    #: ``vipwire.io/share-with-namespaces``: the other namespaces of the cluster whose
+    #: Services may share this one's VIP (``("*",)``: any); sharing across namespaces
+    #: needs both Services to name each other's namespace.
+    share_namespaces: tuple[str, ...] = ()
+
+
+class ServiceRejected(_Message, frozen=True, tag="service-rejected"):
+    """A Service of ours the watcher refuses as it is (InvalidService): the reason, for
+    the dashboard, the live table and replay.
+
+    Not an end: the Service still exists. ``in_force`` is the last snapshot the
+    watcher published for this incarnation (it keeps its VIPs and configuration
+    as that snapshot asked), so a reader of the last message per subject still
+    knows what is served; None: it was never valid, nothing was ever asked.
+    ``trace_id``: the trace of the change that was rejected (its Event's).
+    """
+
+    cluster: str
+    namespace: str
+    name: str
+    uid: str
+    resource_version: str
+    reason: str
+    message: str
+    trace_id: str | None = None
+    in_force: ServiceSnapshot | None = None
 
 
 class ServiceGone(_Message, frozen=True, tag="service-gone"):
@@ -100,7 +126,7 @@ class ServiceGone(_Message, frozen=True, tag="service-gone"):
     uid: str
 
 
-ServiceMessage = ServiceSnapshot | ServiceGone
+ServiceMessage = ServiceSnapshot | ServiceGone | ServiceRejected
 
 
 # --- vipwire.<cluster>.endpoints.<ns>.<name> ----------------------------------
@@ -310,6 +336,7 @@ StatusMessage = StatusWritten
 Message = (
     ServiceSnapshot
     | ServiceGone
+    | ServiceRejected
     | EndpointsSnapshot
     | NodeSnapshot
     | NodeGone

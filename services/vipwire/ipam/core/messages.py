@@ -13,6 +13,7 @@ from vipwire.contracts import (
     ServiceGone,
     ServicePort,
     ServiceRef,
+    ServiceRejected,
     ServiceSnapshot,
     VipAssigned,
     VipFailed,
@@ -24,6 +25,20 @@ from vipwire.ipam.core.claims import request_of
 from vipwire.ipam.core.records import ServiceRecord
 
 FAILED_REASON: Final = "AllocationFailed"
+
+
+def in_force(message: Message) -> Message | None:
+    """What ipam reads a message as: a ServiceRejected as the snapshot still in force.
+
+    A rejection (the watcher refuses the Service as it is now) is not a deletion:
+    the Service still exists, and whatever it holds stays as its last valid snapshot
+    asked (carried as ``in_force``), so it is read as that snapshot (deciding it
+    again changes nothing). One never valid asked for nothing and holds nothing:
+    None, nothing to do. Only a deleting snapshot or ServiceGone releases VIPs.
+    """
+    if isinstance(message, ServiceRejected):
+        return message.in_force
+    return message
 
 
 def assigned(

@@ -25,7 +25,7 @@ from vipwire.contracts import (
 from vipwire.ipam.core.allocator import Allocator
 from vipwire.ipam.core.claims import Owner, Request, request_of
 from vipwire.ipam.core.decide import Outgoing, Plan, decide, withdrawal, would_succeed
-from vipwire.ipam.core.messages import kept_assignment, released
+from vipwire.ipam.core.messages import in_force, kept_assignment, released
 from vipwire.ipam.core.records import ServiceRecord
 from vipwire.ipam.core.status_vips import StatusVips
 
@@ -60,6 +60,10 @@ class Sandbox:
 
     def handle(self, message: Message, *, quiet: bool = False) -> list[Message]:
         """What ipam publishes for ``message``; ``quiet``: a retry (no VipFailed)."""
+        read = in_force(message)
+        if read is None:
+            return []
+        message = read
         if isinstance(message, ServiceSnapshot | ServiceGone):
             self.last_service[_ref(message)] = message
             self.status.see(message)

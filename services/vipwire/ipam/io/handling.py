@@ -42,7 +42,7 @@ from vipwire.contracts import (
 )
 from vipwire.ipam.core.claims import Owner, Request, request_of
 from vipwire.ipam.core.decide import Plan, decide
-from vipwire.ipam.core.messages import kept_assignment, released
+from vipwire.ipam.core.messages import in_force, kept_assignment, released
 from vipwire.ipam.core.records import ServiceRecord, service_key
 from vipwire.ipam.core.retry import store_retry_delay_s
 from vipwire.ipam.core.status_vips import StatusVips
@@ -113,7 +113,7 @@ class Lifecycle:
         self._told_restoring = False
 
     async def handle(self, d: Delivery) -> Verdict:
-        message = d.message
+        message = in_force(d.message)
         if not isinstance(message, ServiceSnapshot | ServiceGone | LbRemoved):
             return DONE  # LbProgrammed / LbFailed: nothing for ipam to do
         ref = ServiceRef(message.cluster, message.namespace, message.name)

@@ -31,6 +31,8 @@ FINALIZER: Final = "service.kubernetes.io/load-balancer-cleanup"
 POOL_ANNOTATION: Final = "vipwire.io/pool"
 IPS_ANNOTATION: Final = "vipwire.io/ips"
 SHARING_KEY_ANNOTATION: Final = "vipwire.io/sharing-key"
+#: The other namespaces (or ``*``) whose Services may share this one's VIP (both sides say so).
+SHARE_NAMESPACES_ANNOTATION: Final = "vipwire.io/share-with-namespaces"
 #: Written by us: the trace of the last change we wrote back (``kubectl describe`` shows it).
 TRACE_ANNOTATION: Final = "vipwire.io/last-trace-id"
 #: Written by us together with the finalizer: which vipwire cluster put it there. The
@@ -208,6 +210,14 @@ def requested_ips(service: Obj) -> tuple[str, ...]:
     return tuple(seen)
 
 
+def share_namespaces(annotations: Mapping[str, str]) -> tuple[str, ...]:
+    """The namespaces ``vipwire.io/share-with-namespaces`` names (sorted, each once; ``*``:
+    any namespace of the cluster)."""
+    names = {n.strip() for n in annotations.get(SHARE_NAMESPACES_ANNOTATION, "").split(",")}
+    names.discard("")
+    return ("*",) if "*" in names else tuple(sorted(names))
+
+
 def status_vips(service: Obj) -> tuple[str, ...]:
     """The addresses ``status.loadBalancer.ingress[].ip`` holds now, canonical, in order,
     each once; a hostname or anything that is not an IP address is left out.
@@ -292,6 +302,7 @@ def service_snapshot(
         pool=annotations.get(POOL_ANNOTATION, "").strip() or None,
         requested_ips=requested_ips(service),
         sharing_key=annotations.get(SHARING_KEY_ANNOTATION, "").strip() or None,
+        share_namespaces=share_namespaces(annotations),
         # Labels only choose a pool for a new VIP; a Service going away needs none, and
         # its deletion must not hang on labels too large for the bus (the finalizer could
         # never come off): a deleting snapshot carries none.

@@ -35,6 +35,7 @@ from vipwire.contracts import (
     NodeGone,
     NodeSnapshot,
     ServiceGone,
+    ServiceRejected,
     ServiceSnapshot,
     VipAssigned,
     VipFailed,
@@ -165,7 +166,7 @@ class BusReader:
         # Interned: the same string as the reflectors' keys, not one more per table.
         key = sys.intern(d.subject.key)
         match message:
-            case ServiceSnapshot() | ServiceGone():
+            case ServiceSnapshot() | ServiceGone() | ServiceRejected():
                 memory.own_message(
                     key,
                     message,
