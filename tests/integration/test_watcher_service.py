@@ -34,7 +34,9 @@ from vipwire.contracts import (
     VipFailed,
     VipReleased,
 )
+from vipwire.cli.main import main
 from vipwire.kubeemu import KubeEmulator
+from vipwire.natsserver import NatsServer
 from vipwire.runtime import Runtime
 from vipwire.testing import eventually
 from vipwire.watcher import WatcherService, WatcherSettings
@@ -840,7 +842,7 @@ class TestValidation:
         assert rejected.in_force == snap and rejected.reason == "InvalidService"
 
     async def test_a_rejection_is_published_in_the_trace_of_its_event_and_annotation(
-        self, harness: Harness
+        self, harness: Harness, nats_server: NatsServer, capsys: pytest.CaptureFixture[str]
     ) -> None:
         """vipwire.io/ips " , ,": InvalidService; a ServiceRejected on the bus (never valid:
         nothing in force) whose trace is the Event's and vipwire.io/last-trace-id's; fixed,
@@ -866,6 +868,12 @@ class TestValidation:
         svc = harness.service()
         assert svc is not None and not svc["metadata"].get("finalizers")
         assert not harness.seen.of(ServiceSnapshot, name="web")
+        # vipwire replay --service shows it with its reason.
+        capsys.readouterr()
+        args = ["replay", "--nats", nats_server.url, "--service", "east/default/web"]
+        assert await asyncio.to_thread(main, args) == 0
+        out = capsys.readouterr().out
+        assert "service-rejected" in out and "rejected: InvalidService" in out, out
 
         await harness.emu.patch(
             "services", "default", "web", {"metadata": {"annotations": {"vipwire.io/ips": "x"}}}
