@@ -180,7 +180,6 @@ class TestReadModelFromTheBus:
         assert [r["key"] for r in page["rows"]] == ["west/default/api"]
         assert page["facets"]["clusters"] == ["east", "west"]
 
-
     async def test_a_rejected_service_is_in_the_failed_list_with_its_reason(
         self, publisher: Runtime, start_dashboard: Callable[..., Awaitable[Dashboard]]
     ) -> None:
@@ -204,8 +203,10 @@ class TestReadModelFromTheBus:
 
         await publish_all(publisher, [ServiceSnapshot(**ref, resource_version="4", ports=PORTS)])
         await eventually(
-            lambda: queries.row(dash.service.model, ("east", "default", "typo")).state  # type: ignore[union-attr]
-            == "pending",
+            lambda: (
+                queries.row(dash.service.model, ("east", "default", "typo")).state  # type: ignore[union-attr]
+                == "pending"
+            ),
             timeout=5.0,
             what="the fixed Service is pending",
         )

@@ -16,6 +16,7 @@ from opentelemetry.trace import SpanKind
 from support.fences import now_ns, watcher_settled
 from support.orders import WRITE_ORDERS
 from support.recorders import BusRecorder as Seen
+from vipwire.cli.main import main
 from vipwire.contracts import (
     EndpointsSnapshot,
     LbFailed,
@@ -34,7 +35,6 @@ from vipwire.contracts import (
     VipFailed,
     VipReleased,
 )
-from vipwire.cli.main import main
 from vipwire.kubeemu import KubeEmulator
 from vipwire.natsserver import NatsServer
 from vipwire.runtime import Runtime
