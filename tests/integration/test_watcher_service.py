@@ -888,6 +888,55 @@ class TestValidation:
         assert gone.uid == rejected.uid
 
 
+class TestRefusedForGood:
+    async def test_a_service_refused_for_good_that_never_held_a_vip_keeps_no_finalizer(
+        self, harness: Harness
+    ) -> None:
+        """ipam refuses a new Service for good (unknown pool): the finalizer and our mark come
+        off, the annotation names the refusal's trace (its Event's too); a change puts them
+        back with a new snapshot; a refusal that waits (pool full) keeps the finalizer."""
+        await harness.start_watcher()
+        snap = await harness.created(annotations={"vipwire.io/pool": "gold"})
+        refusal = VipFailed(
+            **SVC,
+            uid=snap.uid,
+            reason="AllocationFailed",
+            message="pool 'gold' does not exist (pools: 'default')",
+            retryable=False,
+        )
+        await harness.publish(refusal)
+
+        def meta() -> dict[str, Any]:
+            found: dict[str, Any] = (harness.service() or {}).get("metadata") or {}
+            return found
+
+        await eventually(
+            lambda: not meta().get("finalizers"), what="the finalizer is off the refused web"
+        )
+        assert "vipwire.io/cluster" not in (meta().get("annotations") or {})
+        await eventually(
+            lambda: harness.events("AllocationFailed"), what="an AllocationFailed Event"
+        )
+        trace = (meta().get("annotations") or {}).get("vipwire.io/last-trace-id")
+        assert trace and f"(trace {trace})" in harness.events("AllocationFailed")[0]["note"]
+        await harness.settled()
+        assert not meta().get("finalizers")  # not put back for the same snapshot
+
+        await harness.emu.patch(
+            "services", "default", "web", {"metadata": {"annotations": {"vipwire.io/pool": "x"}}}
+        )
+        changed = await harness.seen.wait(ServiceSnapshot, count=2, name="web")
+        assert changed.pool == "x" and FINALIZER in meta()["finalizers"]
+        await harness.publish(
+            VipFailed(**SVC, uid=snap.uid, reason="AllocationFailed", message="pool 'x' is full")
+        )
+        await eventually(
+            lambda: len(harness.seen.of(VipFailed, name="web")) == 2, what="the second refusal"
+        )
+        await harness.settled()
+        assert FINALIZER in meta()["finalizers"]
+
+
 class TestConditionsTraceAndEvents:
     async def test_ready_condition_and_trace_annotation_follow_each_outcome(
         self, harness: Harness, span_exporter: InMemorySpanExporter

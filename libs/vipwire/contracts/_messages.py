@@ -222,7 +222,13 @@ class VipReleased(_Message, frozen=True, tag="vip-released"):
 
 
 class VipFailed(_Message, frozen=True, tag="vip-failed"):
-    """No VIP could be assigned; ``reason`` is a CamelCase Event reason."""
+    """No VIP could be assigned; ``reason`` is a CamelCase Event reason.
+
+    ``retryable``: the Service waits (a release or a reload may help, and ipam
+    tries again by itself); False: only a change of the Service can help (an
+    unknown pool, a family no pool has). A Service refused for good that never
+    held a VIP carries no finalizer (the watcher takes it off).
+    """
 
     cluster: str
     namespace: str
@@ -230,6 +236,7 @@ class VipFailed(_Message, frozen=True, tag="vip-failed"):
     uid: str
     reason: str
     message: str
+    retryable: bool = True
 
 
 VipMessage = VipAssigned | VipReleasing | VipReleased | VipFailed

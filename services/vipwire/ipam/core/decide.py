@@ -148,7 +148,9 @@ def _live(
             action="refuse",
             failure=choice,
             wait=choice.retryable,
-            publish=(Outgoing(failed(snap, choice.message), "vip-failed"),),
+            publish=(
+                Outgoing(failed(snap, choice.message, retryable=choice.retryable), "vip-failed"),
+            ),
         )
     created = ServiceRecord(
         uid=request.uid,

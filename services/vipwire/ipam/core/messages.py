@@ -67,7 +67,7 @@ def assigned(
     )
 
 
-def failed(snap: ServiceSnapshot, message: str) -> VipFailed:
+def failed(snap: ServiceSnapshot, message: str, *, retryable: bool = True) -> VipFailed:
     return VipFailed(
         cluster=snap.cluster,
         namespace=snap.namespace,
@@ -75,6 +75,7 @@ def failed(snap: ServiceSnapshot, message: str) -> VipFailed:
         uid=snap.uid,
         reason=FAILED_REASON,
         message=message,
+        retryable=retryable,
     )
 
 

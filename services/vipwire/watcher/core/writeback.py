@@ -15,7 +15,7 @@ from typing import Any, Final
 
 import msgspec
 
-from vipwire.contracts import LbFailed, LbProgrammed, ServiceSnapshot, VipReleased
+from vipwire.contracts import LbFailed, LbProgrammed, ServiceSnapshot, VipFailed, VipReleased
 from vipwire.watcher.core.bus_view import BusView
 from vipwire.watcher.core.condition import (
     INVALID,
@@ -168,7 +168,12 @@ def decide(
                     status="False", reason="Pending", message="waiting for a VIP and the appliance"
                 )
         return Decision(
-            status=_status_patch(service, ingress_to=wanted_ingress, condition=condition, now=now)
+            status=_status_patch(service, ingress_to=wanted_ingress, condition=condition, now=now),
+            # Never valid: a Service ipam refuses for good, that never held a VIP, keeps
+            # no finalizer (there is nothing to clean up; a change of it asks again).
+            remove_finalizer=problems is None
+            and FINALIZER in finalizers(service)
+            and refused_for_good(service, snapshot.uid, view, live_seq),
         )
     vip = view.vip
     released = isinstance(vip, VipReleased) and vip.uid == snapshot.uid and view.vip_seq > live_seq
@@ -186,6 +191,21 @@ def decide(
     return Decision(
         status=_status_patch(service, ingress_to=None, condition=None, now=now),
         remove_finalizer=FINALIZER in finalizers(service),
+    )
+
+
+def refused_for_good(service: Obj, service_uid: str, view: BusView, live_seq: int) -> bool:
+    """Whether ipam refused this incarnation's last snapshot (published at ``live_seq``)
+    for good (only a change of the Service can help: not waiting) and it never held a
+    VIP (none programmed, none in status)."""
+    vip, lb = view.vip, view.lb
+    return (
+        isinstance(vip, VipFailed)
+        and view.vip_seq > live_seq
+        and vip.uid == service_uid
+        and not vip.retryable
+        and not (lb is not None and lb.uid == service_uid)
+        and not ingress(service)
     )
 
 

@@ -58,6 +58,7 @@ from vipwire.watcher.core.translate import (
     uid,
 )
 from vipwire.watcher.core.validate import invalid_note
+from vipwire.watcher.core.writeback import refused_for_good
 from vipwire.watcher.io.event_recorder import EventRecorder
 from vipwire.watcher.io.kube_writes import KubeWrites, NotLeader, refused
 from vipwire.watcher.io.reflector import Reflector
@@ -176,8 +177,17 @@ class Publisher:
             memory.invalid.pop(key, None)
         elif previous is None and not has_finalizer(service):
             return  # going away before we ever served it: nothing to clean up
-        needs_mark = not snapshot.deleting and not marked_by(service, self._cluster)
         unchanged = memory.published_alike(key, snapshot)
+        # A Service refused for good keeps no finalizer until it changes (writeback.decide
+        # takes it off): marking it again for the same snapshot would undo that.
+        needs_mark = (
+            not snapshot.deleting
+            and not marked_by(service, self._cluster)
+            and not (
+                unchanged
+                and refused_for_good(service, snapshot.uid, memory.view(key), memory.live_seq(key))
+            )
+        )
         if not (unchanged and not needs_mark):
             with term.root_span(term.span_attributes(service)):
                 if needs_mark:
