@@ -936,6 +936,48 @@ class TestRefusedForGood:
         await harness.settled()
         assert FINALIZER in meta()["finalizers"]
 
+    async def test_a_refused_move_is_a_warning_and_a_condition_saying_what_it_keeps(
+        self, harness: Harness
+    ) -> None:
+        """ipam refuses to move a served Service (VipFailed MoveRefused, then the VipAssigned
+        it keeps): a MoveRefused Warning Event and a False condition saying what it keeps and
+        why; the VIP stays in status and the finalizer on."""
+        await harness.start_watcher()
+        snap = await harness.created()
+        vip = "198.51.100.7"
+        assigned = VipAssigned(
+            **SVC,
+            uid=snap.uid,
+            vips=(vip,),
+            pool="default",
+            appliance_group="sim",
+            ports=(ServicePort(port=80),),
+        )
+        await harness.publish(assigned)
+        await harness.publish(programmed(snap.uid, (vip,)))
+        await eventually(lambda: ingress_of(harness.service()), what="web's VIP in status")
+        why = (
+            f"east/default/web keeps {vip} although it asks for 198.51.100.77: the VIPs of a "
+            "served Service do not move by themselves"
+        )
+        await harness.publish(
+            VipFailed(**SVC, uid=snap.uid, reason="MoveRefused", message=why, retryable=False)
+        )
+        await harness.publish(assigned)
+        await eventually(lambda: harness.events("MoveRefused"), what="a MoveRefused Event")
+        (event,) = harness.events("MoveRefused")
+        assert event["type"] == "Warning" and why in event["note"]
+        await eventually(
+            lambda: (ready_condition(harness.service()) or {}).get("reason") == "MoveRefused",
+            what="web's condition says MoveRefused",
+        )
+        cond = ready_condition(harness.service())
+        assert cond is not None and cond["status"] == "False" and cond["message"] == why
+        await harness.settled()
+        svc = harness.service()
+        assert svc is not None and FINALIZER in svc["metadata"]["finalizers"]
+        assert ingress_of(svc) == [{"ip": vip, "ipMode": "VIP"}]
+
 
 class TestConditionsTraceAndEvents:
     async def test_ready_condition_and_trace_annotation_follow_each_outcome(

@@ -451,3 +451,21 @@ def test_a_new_incarnation_leaves_a_withdrawn_one_its_claims_until_lb_removed() 
     s.step("old is clean", lb_removed("web", uid="old"))
     assert first.vips[0] not in s.ipam.allocator.claims()
     assert s.ipam.records[ref("web")].uid == "new"
+
+
+def test_a_served_service_asking_for_other_vips_is_told_what_it_keeps_and_why() -> None:
+    """vipwire.io/ips changed on a served Service: VipFailed MoveRefused (not waiting)
+    names what it keeps, what it asks for and how to move it; then VipAssigned repeats
+    what it keeps. Asking for what it holds again: VipAssigned alone."""
+    s = Story()
+    (first,) = s.step("pinned", snapshot("web", requested_ips=("192.0.2.9",)))
+    refused, kept = s.step("asks for another", snapshot("web", requested_ips=("192.0.2.77",)))
+    assert isinstance(first, VipAssigned) and isinstance(kept, VipAssigned)
+    assert isinstance(refused, VipFailed) and refused.reason == "MoveRefused"
+    assert not refused.retryable
+    assert "keeps 192.0.2.9 although it asks for 192.0.2.77" in refused.message
+    assert "vipwire ipam release east/shop/web" in refused.message
+    assert kept.vips == first.vips == ("192.0.2.9",)
+    assert s.step("back", snapshot("web", requested_ips=("192.0.2.9",))) == [
+        msgspec.structs.replace(kept)
+    ]

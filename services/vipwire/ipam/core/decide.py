@@ -33,7 +33,7 @@ from vipwire.contracts import LbRemoved, Message, ServiceGone, ServiceRef, Servi
 from vipwire.ipam.core.allocator import Allocator
 from vipwire.ipam.core.choices import Allocation
 from vipwire.ipam.core.claims import ClaimUpdate, Owner, Request, request_of
-from vipwire.ipam.core.messages import assigned, failed, released, releasing
+from vipwire.ipam.core.messages import MOVE_REFUSED, assigned, failed, released, releasing
 from vipwire.ipam.core.records import ServiceRecord
 from vipwire.ipam.core.refusals import AllocationFailure
 from vipwire.ipam.core.requested import unlike
@@ -197,11 +197,18 @@ def _keep(snap: ServiceSnapshot, record: ServiceRecord, allocator: Allocator) ->
             f"(release it with: vipwire ipam release {service})"
         )
     differs = unlike(allocator, request)
+    refused_move: tuple[Outgoing, ...] = ()
     if differs:
-        warnings.append(
-            f"{service} keeps {', '.join(record.vips)} although it {'; '.join(differs)} "
-            f"(live VIPs never move; release it with: vipwire ipam release {service})"
+        kept = (
+            f"{service} keeps {', '.join(record.vips)} although it {'; '.join(differs)}: "
+            "the VIPs of a served Service do not move by themselves; to move it, release "
+            f"them (vipwire ipam release {service}): it then gets what it asks for"
         )
+        warnings.append(kept)
+        # Explained, not ignored: a Warning Event and the condition say what it keeps and
+        # why (the VipAssigned that follows repeats what it keeps, as for a refused change).
+        failure = failed(snap, kept, retryable=False, reason=MOVE_REFUSED)
+        refused_move = (Outgoing(failure, "vip-move-refused"),)
     if isinstance(refreshed, AllocationFailure):
         return Plan(
             action="keep",
@@ -219,7 +226,7 @@ def _keep(snap: ServiceSnapshot, record: ServiceRecord, allocator: Allocator) ->
         updates=updates,
         record=write,
         wait=False,
-        publish=(Outgoing(assigned(snap, record), "vip-assigned"),),
+        publish=(*refused_move, Outgoing(assigned(snap, record), "vip-assigned")),
         warnings=tuple(warnings),
     )
 

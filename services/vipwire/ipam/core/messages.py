@@ -25,6 +25,9 @@ from vipwire.ipam.core.claims import request_of
 from vipwire.ipam.core.records import ServiceRecord
 
 FAILED_REASON: Final = "AllocationFailed"
+#: A served Service asks for other VIPs (addresses, pool, families) than it holds, and
+#: keeps what it holds: the Event's and the condition's reason.
+MOVE_REFUSED: Final = "MoveRefused"
 
 
 def in_force(message: Message) -> Message | None:
@@ -67,13 +70,15 @@ def assigned(
     )
 
 
-def failed(snap: ServiceSnapshot, message: str, *, retryable: bool = True) -> VipFailed:
+def failed(
+    snap: ServiceSnapshot, message: str, *, retryable: bool = True, reason: str = FAILED_REASON
+) -> VipFailed:
     return VipFailed(
         cluster=snap.cluster,
         namespace=snap.namespace,
         name=snap.name,
         uid=snap.uid,
-        reason=FAILED_REASON,
+        reason=reason,
         message=message,
         retryable=retryable,
     )
