@@ -978,6 +978,30 @@ class TestRefusedForGood:
         assert svc is not None and FINALIZER in svc["metadata"]["finalizers"]
         assert ingress_of(svc) == [{"ip": vip, "ipMode": "VIP"}]
 
+    async def test_a_sharing_key_that_could_not_share_is_a_warning(self, harness: Harness) -> None:
+        """A VipAssigned that says its sharing key's VIP could not be shared: one
+        SharingRefused Warning Event saying why (not repeated by the republishes)."""
+        await harness.start_watcher()
+        snap = await harness.created()
+        why = (
+            "east/default/web could not share a VIP (sharing key 'k': 198.51.100.1 is held by "
+            "east/default/a, which uses port 80/TCP on it), so it got one of its own"
+        )
+        fields: dict[str, Any] = {
+            "uid": snap.uid,
+            "vips": ("198.51.100.2",),
+            "pool": "default",
+            "appliance_group": "sim",
+            "ports": (ServicePort(port=80),),
+        }
+        await harness.publish(VipAssigned(**SVC, **fields, sharing_refused=why))
+        await harness.publish(VipAssigned(**SVC, **fields))
+        await eventually(lambda: harness.events("SharingRefused"), what="a SharingRefused Event")
+        await harness.settled()
+        (event,) = harness.events("SharingRefused")
+        assert event["type"] == "Warning" and why in event["note"]
+        assert "198.51.100.2" in event["note"] and "series" not in event
+
 
 class TestConditionsTraceAndEvents:
     async def test_ready_condition_and_trace_annotation_follow_each_outcome(

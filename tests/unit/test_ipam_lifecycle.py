@@ -469,3 +469,19 @@ def test_a_served_service_asking_for_other_vips_is_told_what_it_keeps_and_why() 
     assert s.step("back", snapshot("web", requested_ips=("192.0.2.9",))) == [
         msgspec.structs.replace(kept)
     ]
+
+
+def test_a_sharing_key_that_cannot_share_says_so_and_why() -> None:
+    """Two Services with one sharing key whose ports clash: the second gets a VIP of its own
+    and its VipAssigned says why it could not share (a SharingRefused Event); one that can
+    share carries nothing of the sort."""
+    s = Story()
+    (a,) = s.step("a", snapshot("a", sharing_key="k", ports=ports("80/TCP")))
+    (b,) = s.step("b on a's port", snapshot("b", sharing_key="k", ports=ports("80/TCP")))
+    assert isinstance(a, VipAssigned) and isinstance(b, VipAssigned)
+    assert b.vips != a.vips and a.sharing_refused is None
+    assert b.sharing_refused is not None
+    assert "east/shop/b could not share a VIP (sharing key 'k'" in b.sharing_refused
+    assert "uses port 80/TCP" in b.sharing_refused
+    (c,) = s.step("c shares", snapshot("c", sharing_key="k", ports=ports("81/TCP")))
+    assert isinstance(c, VipAssigned) and c.vips == a.vips and c.sharing_refused is None

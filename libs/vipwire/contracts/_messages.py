@@ -198,6 +198,10 @@ class VipAssigned(_Message, frozen=True, tag="vip-assigned"):
     #: (``IPReleasedByOperator``). None on every other VipAssigned, republishes included.
     released_by: str | None = None
     released_vips: tuple[str, ...] = ()
+    #: On the assignment that gave the VIPs only: the Service names a sharing key whose
+    #: VIPs it could not share (and why), so it got a VIP of its own (a Warning Event,
+    #: ``SharingRefused``).
+    sharing_refused: str | None = None
 
 
 class VipReleasing(_Message, frozen=True, tag="vip-releasing"):

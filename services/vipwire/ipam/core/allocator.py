@@ -44,7 +44,7 @@ from vipwire.ipam.core.refusals import (
     unknown_pool,
 )
 from vipwire.ipam.core.requested import requested_picks
-from vipwire.ipam.core.sharing import claim_updates, shareable, sharing_hint
+from vipwire.ipam.core.sharing import claim_updates, shareable, sharing_hint, unshared
 from vipwire.ipam.core.staleness import Reason, judge
 from vipwire.ipam.core.status_vips import Reserved, StatusVips, honour
 
@@ -459,7 +459,12 @@ class Allocator:
             needed = families if request.ip_family_policy == "RequireDualStack" else families[:1]
             return no_room(request, candidates, needed, sharing_hint(self, request), busy)
         pool, picks = chosen
-        return self._build(request, pool, picks, requested=False)
+        built = self._build(request, pool, picks, requested=False)
+        if request.sharing_key is not None and not built.joined and not built.held:
+            why = unshared(self, request)
+            if why is not None:
+                built = msgspec.structs.replace(built, sharing_refused=why)
+        return built
 
     def take(self, allocation: Allocation) -> None:
         """An allocation's claims are in the KV: hold them here too, and move the

@@ -165,10 +165,17 @@ def _live(
         wait=False,
         publish=(
             Outgoing(
-                assigned(snap, created, notes=choice.notes, released=released), "vip-assigned"
+                assigned(
+                    snap,
+                    created,
+                    notes=choice.notes,
+                    released=released,
+                    sharing_refused=choice.sharing_refused,
+                ),
+                "vip-assigned",
             ),
         ),
-        warnings=choice.notes,
+        warnings=(*choice.notes, *filter(None, (choice.sharing_refused,))),
     )
 
 

@@ -50,6 +50,7 @@ def assigned(
     *,
     notes: tuple[str, ...] = (),
     released: ServiceRecord | None = None,
+    sharing_refused: str | None = None,
 ) -> VipAssigned:
     """``released``: the record an operator's release ended (the new VIPs say who
     asked and what was released, once)."""
@@ -67,6 +68,7 @@ def assigned(
         notes=notes,
         released_by=(released.released_by or ANONYMOUS) if released is not None else None,
         released_vips=released.vips if released is not None else (),
+        sharing_refused=sharing_refused,
     )
 
 

@@ -103,6 +103,18 @@ def claim_updates(holdings: Holdings, request: Request) -> list[ClaimUpdate] | A
     return updates
 
 
+def unshared(holdings: Holdings, request: Request) -> str | None:
+    """Why a Service with a sharing key got VIPs of its own although its key's group
+    holds some (None: there were none to share, or it has no key)."""
+    hint = sharing_hint(holdings, request)
+    if not hint:
+        return None
+    return (
+        f"{request.service} could not share a VIP{hint}, so it got one of its own; "
+        "to share, make the ports disjoint and the externalTrafficPolicy the same"
+    )
+
+
 def sharing_hint(holdings: Holdings, request: Request) -> str:
     """Why the VIPs of the request's sharing key could not be shared, if it has one."""
     if request.sharing_key is None:

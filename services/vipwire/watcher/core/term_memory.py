@@ -49,8 +49,9 @@ Family = Literal["service", "node"]
 #: The families whose messages may call for an Event, in the order they are emitted.
 #: Per family, one Event held back: that of the family's last message, and (``!``)
 #: that of a message of the family that could not be read, and (``~``) the Warning
-#: of a VipAssigned that could not keep the Service's status VIPs.
-EVENT_FAMILIES: tuple[str, ...] = ("vip", "lb", "vip!", "lb!", "vip~")
+#: of a VipAssigned that could not keep the Service's status VIPs, and (``^``) the Warning
+#: of a VipAssigned that could not share its sharing key's VIP.
+EVENT_FAMILIES: tuple[str, ...] = ("vip", "lb", "vip!", "lb!", "vip~", "vip^")
 
 #: Deleted Services whose last reference is kept for the Event of their release. Each
 #: goes once it is told or its end is (``forget_service``); this bounds the rest.

@@ -50,6 +50,7 @@ from vipwire.watcher.core.events import (
     event_for,
     event_subject,
     released_ref,
+    sharing_event,
     status_vip_event,
     unreadable_event,
 )
@@ -213,6 +214,7 @@ class BusReader:
                 called = (
                     (d.subject.family, event_for(message, before=observed.before)),
                     (f"{d.subject.family}~", status_vip_event(message, before=observed.before)),
+                    (f"{d.subject.family}^", sharing_event(message, before=observed.before)),
                 )
                 for family, spec in called:
                     if spec is not None and fresh:
