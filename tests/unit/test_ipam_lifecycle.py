@@ -485,3 +485,68 @@ def test_a_sharing_key_that_cannot_share_says_so_and_why() -> None:
     assert "uses port 80/TCP" in b.sharing_refused
     (c,) = s.step("c shares", snapshot("c", sharing_key="k", ports=ports("81/TCP")))
     assert isinstance(c, VipAssigned) and c.vips == a.vips and c.sharing_refused is None
+
+
+def test_sharing_across_namespaces_needs_both_sides_to_opt_in() -> None:
+    """One sharing key in two namespaces: a VIP is shared only when each Service names the
+    other's namespace (or *), and its claim then names each sharer's namespace; one that
+    names nobody is never offered it; once shared, one side withdrawing its consent is
+    refused (it keeps its VIP as it was)."""
+    s = Story()
+    (web,) = s.step(
+        "shop/web",
+        snapshot("web", sharing_key="k", ports=ports("80/TCP"), share_namespaces=("blog",)),
+    )
+    (solo,) = s.step(
+        "blog/solo names nobody",
+        snapshot("solo", namespace="blog", sharing_key="k", ports=ports("443/TCP")),
+    )
+    assert isinstance(web, VipAssigned) and isinstance(solo, VipAssigned)
+    assert solo.vips != web.vips and solo.sharing_refused is None
+    (api,) = s.step(
+        "blog/api names *",
+        snapshot(
+            "api",
+            namespace="blog",
+            sharing_key="k",
+            ports=ports("8080/TCP"),
+            share_namespaces=("*",),
+        ),
+    )
+    assert isinstance(api, VipAssigned) and api.vips == web.vips
+    claim = s.ipam.allocator.claims()[web.vips[0]]
+    assert {(claim.namespace_of(x), x.name) for x in claim.sharers} == {
+        ("shop", "web"),
+        ("blog", "api"),
+    }
+    (nosy,) = s.step(
+        "shop/nosy names nobody", snapshot("nosy", sharing_key="k", ports=ports("9090/TCP"))
+    )
+    assert isinstance(nosy, VipAssigned) and nosy.vips != web.vips
+    assert nosy.sharing_refused is not None and "share-with-namespaces" in nosy.sharing_refused
+    failed, kept = s.step(
+        "shop/web withdraws its consent", snapshot("web", sharing_key="k", ports=ports("80/TCP"))
+    )
+    assert isinstance(failed, VipFailed) and "does not name 'blog'" in failed.message
+    assert isinstance(kept, VipAssigned) and kept.vips == web.vips
+
+
+def test_sharing_across_namespaces_one_side_only_gets_its_own_vip_and_says_why() -> None:
+    """blog/api names shop, but shop/web names nobody: api gets a VIP of its own, and its
+    SharingRefused note says web does not accept blog."""
+    s = Story()
+    (web,) = s.step("shop/web", snapshot("web", sharing_key="k", ports=ports("80/TCP")))
+    (api,) = s.step(
+        "blog/api names shop",
+        snapshot(
+            "api",
+            namespace="blog",
+            sharing_key="k",
+            ports=ports("8080/TCP"),
+            share_namespaces=("shop",),
+        ),
+    )
+    assert isinstance(web, VipAssigned) and isinstance(api, VipAssigned)
+    assert api.vips != web.vips
+    assert api.sharing_refused is not None
+    assert "east/shop/web (another namespace: it does not name 'blog'" in api.sharing_refused

@@ -196,6 +196,10 @@ class SharerView(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     external_traffic_policy: Literal["Cluster", "Local"] = "Cluster"
     #: The Service's labels when it last changed: a pool's selector is judged on them.
     labels: dict[str, str] = {}
+    #: Its namespace when it is not the claim's (sharing across namespaces); "": the claim's.
+    namespace: str = ""
+    #: The other namespaces it accepts to share with (``vipwire.io/share-with-namespaces``).
+    share_namespaces: tuple[str, ...] = ()
 
 
 class ClaimView(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):

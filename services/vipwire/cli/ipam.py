@@ -420,10 +420,8 @@ def render_show(reply: ShowReply) -> str:
             )
             for sharer in claim.sharers:
                 ports = f"  ports {', '.join(sharer.ports)}" if sharer.ports else ""
-                lines.append(
-                    f"  held by {claim.cluster}/{claim.namespace}/{sharer.name} "
-                    f"(uid {sharer.uid}){ports}"
-                )
+                where = f"{claim.cluster}/{sharer.namespace or claim.namespace}"
+                lines.append(f"  held by {where}/{sharer.name} (uid {sharer.uid}){ports}")
         for reason in view.stale:
             lines.append(f"  stale: {reason}")
     if reply.service is not None:

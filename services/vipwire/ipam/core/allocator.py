@@ -314,6 +314,10 @@ class Allocator:
         """The addresses claimed under one sharing key (do not change the set)."""
         return self._groups.get((cluster, namespace, sharing_key), set())
 
+    def key_namespaces(self, cluster: str, sharing_key: str) -> set[str]:
+        """The namespaces whose claims carry ``sharing_key`` (for sharing across them)."""
+        return {ns for (c, ns, key) in self._groups if c == cluster and key == sharing_key}
+
     def claim_of_held(self, address: str) -> Claim:
         """The claim on an address known to be held (by an index of this allocator)."""
         return self._claims[address]
@@ -529,7 +533,7 @@ class Allocator:
             elif pick.kind == "joined":
                 base = self._claims[pick.address]
                 bases[pick.address] = base
-                claims[pick.address] = base.with_sharer(request.sharer())
+                claims[pick.address] = base.with_sharer(base.entry(request))
         return Allocation(
             pool=pool.name,
             appliance_group=group,

@@ -340,7 +340,7 @@ class IpamCheck(NextFitChecks):
                         int(ipaddress.ip_address(address)) + 1
                     )
             elif not claim.holds(owner):
-                self.allocator.claim(address, claim.with_sharer(request.sharer()))
+                self.allocator.claim(address, claim.with_sharer(claim.entry(request)))
 
     def _on_failed(self, event: Event, v: VipFailed) -> None:
         self.sink.decision("ipam", event)
