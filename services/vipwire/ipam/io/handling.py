@@ -36,6 +36,7 @@ from vipwire.contracts import (
     ServiceRef,
     ServiceSnapshot,
     VipAssigned,
+    VipFailed,
     VipReleased,
     VipReleasing,
     service_subject,
@@ -341,8 +342,11 @@ class Lifecycle:
             log.warning("%s", warning)
         if plan.failure is None:
             self.waiting.drop(ref)
-            (outgoing,) = plan.publish
-            await self.publisher.publish(outgoing.message, d.derive_id(outgoing.tag + tag))
+            # A refused move is told first (VipFailed MoveRefused), then what it keeps.
+            for outgoing in plan.publish:
+                if isinstance(outgoing.message, VipFailed) and not quiet:
+                    self.metrics.failures.inc(reason=outgoing.message.reason)
+                await self.publisher.publish(outgoing.message, d.derive_id(outgoing.tag + tag))
             return DONE
         self.waiting.put(ref, d.subject.raw, request_of(snap), plan.failure.message)
         if quiet:

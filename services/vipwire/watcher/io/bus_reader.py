@@ -209,6 +209,7 @@ class BusReader:
                 observed = memory.observe(key, message, d.seq)
                 if not observed.fresh:
                     return  # a redelivery overtaken by a newer message on its subject
+                self._writer.note_trace(key)
                 await self._writer.reconcile(key)
                 fresh = not d.timestamp or time.time() - d.timestamp < EVENT_HORIZON_S
                 called = (

@@ -1,0 +1,168 @@
+"""Changes applied or explained, sharing across namespaces, visible rejections: the
+whole pipeline (watcher → ipam → lbdriver on the sim appliance → node agents → status)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from vipwire.allinone import Stack
+from vipwire.testing import eventually
+
+FINALIZER = "service.kubernetes.io/load-balancer-cleanup"
+
+
+@pytest.fixture
+async def stack() -> AsyncIterator[Stack]:
+    async with Stack() as s:
+        await s.wait_ready()
+        for namespace in ("shop", "blog"):
+            await s.emulators["east"].create(
+                {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}}
+            )
+        yield s
+
+
+def events(stack: Stack, namespace: str, name: str, reason: str) -> list[dict[str, Any]]:
+    return [
+        e
+        for e in stack.emulators["east"].list("events.events.k8s.io", namespace)
+        if e["reason"] == reason and e["regarding"]["name"] == name
+    ]
+
+
+def condition(stack: Stack, name: str, namespace: str = "default") -> dict[str, Any]:
+    svc = stack.service("east", name, namespace) or {}
+    for cond in (svc.get("status") or {}).get("conditions") or []:
+        if cond.get("type") == "vipwire.io/Ready":
+            found: dict[str, Any] = cond
+            return found
+    return {}
+
+
+async def test_two_namespaces_that_both_opt_in_share_one_vip_on_the_appliance(
+    stack: Stack,
+) -> None:
+    """shop/web and blog/api with one sharing key, each naming the other's namespace: one
+    VIP in both statuses, both ports on it on the sim appliance; blog/solo, naming nobody,
+    gets its own VIP."""
+    key = {"vipwire.io/sharing-key": "front"}
+    await stack.create_service(
+        "east",
+        "web",
+        namespace="shop",
+        annotations={**key, "vipwire.io/share-with-namespaces": "blog"},
+    )
+    await eventually(
+        lambda: stack.ingress_ips("east", "web", "shop"), timeout=5.0, what="shop/web's VIP"
+    )
+    await stack.create_service(
+        "east",
+        "api",
+        namespace="blog",
+        ports=((8080, "TCP"),),
+        annotations={**key, "vipwire.io/share-with-namespaces": "*"},
+    )
+    await stack.create_service(
+        "east", "solo", namespace="blog", ports=((9090, "TCP"),), annotations=key
+    )
+    for namespace, name in (("shop", "web"), ("blog", "api"), ("blog", "solo")):
+        await eventually(
+            lambda n=name, ns=namespace: stack.ingress_ips("east", n, ns),
+            timeout=5.0,
+            what=f"east/{namespace}/{name} has a VIP in status",
+        )
+    (vip,) = stack.ingress_ips("east", "web", "shop")
+    assert stack.ingress_ips("east", "api", "blog") == [vip]
+    (solo,) = stack.ingress_ips("east", "solo", "blog")
+    assert solo != vip
+    served = {(vs.address, vs.port) for vs in stack.appliance.virtual_servers("east").values()}
+    assert {(vip, 80), (vip, 8080), (solo, 9090)} <= served
+
+
+async def test_one_side_only_gets_its_own_vip_and_a_sharing_refused_event(stack: Stack) -> None:
+    """blog/api names shop, but shop/web names nobody: api gets its own VIP and a
+    SharingRefused Warning Event saying web does not accept blog."""
+    key = {"vipwire.io/sharing-key": "front"}
+    await stack.create_service("east", "web", namespace="shop", annotations=key)
+    await eventually(
+        lambda: stack.ingress_ips("east", "web", "shop"), timeout=5.0, what="shop/web's VIP"
+    )
+    await stack.create_service(
+        "east",
+        "api",
+        namespace="blog",
+        ports=((8080, "TCP"),),
+        annotations={**key, "vipwire.io/share-with-namespaces": "shop"},
+    )
+    await eventually(
+        lambda: events(stack, "blog", "api", "SharingRefused"),
+        timeout=5.0,
+        what="a SharingRefused Event on blog/api",
+    )
+    (event,) = events(stack, "blog", "api", "SharingRefused")
+    assert "east/shop/web (another namespace: it does not name 'blog'" in event["note"]
+    await eventually(
+        lambda: stack.ingress_ips("east", "api", "blog"), timeout=5.0, what="blog/api's VIP"
+    )
+    assert stack.ingress_ips("east", "api", "blog") != stack.ingress_ips("east", "web", "shop")
+
+
+async def test_changing_the_ips_of_a_served_service_is_explained(stack: Stack) -> None:
+    """vipwire.io/ips changed on a served Service (the move is off): a MoveRefused Warning
+    Event and condition say what it keeps and why; its VIP stays on the appliance."""
+    await stack.create_service("east", "web", annotations={"vipwire.io/ips": "198.51.100.50"})
+    await eventually(
+        lambda: stack.ingress_ips("east", "web") == ["198.51.100.50"],
+        timeout=5.0,
+        what="web serves 198.51.100.50",
+    )
+    await stack.emulators["east"].patch(
+        "services",
+        "default",
+        "web",
+        {"metadata": {"annotations": {"vipwire.io/ips": "198.51.100.77"}}},
+    )
+    await eventually(
+        lambda: condition(stack, "web").get("reason") == "MoveRefused",
+        timeout=5.0,
+        what="web's condition says MoveRefused",
+    )
+    cond = condition(stack, "web")
+    assert cond["status"] == "False"
+    assert "keeps 198.51.100.50 although it asks for 198.51.100.77" in cond["message"]
+    await eventually(
+        lambda: events(stack, "default", "web", "MoveRefused"),
+        timeout=5.0,
+        what="a MoveRefused Event on web",
+    )
+    (event,) = events(stack, "default", "web", "MoveRefused")
+    assert event["type"] == "Warning" and cond["message"] in event["note"]
+    assert stack.ingress_ips("east", "web") == ["198.51.100.50"]
+    served = {vs.address for vs in stack.appliance.virtual_servers("east").values()}
+    assert served == {"198.51.100.50"}
+
+
+async def test_a_service_ipam_refuses_for_good_keeps_no_finalizer(stack: Stack) -> None:
+    """Unknown pool: AllocationFailed (Event, condition) and no finalizer, as the README
+    says of a Service never valid; the annotation names the refusal's trace."""
+    await stack.create_service("east", "gold", annotations={"vipwire.io/pool": "gold"})
+    await eventually(
+        lambda: events(stack, "default", "gold", "AllocationFailed"),
+        timeout=5.0,
+        what="an AllocationFailed Event on gold",
+    )
+    await eventually(
+        lambda: not ((stack.service("east", "gold") or {}).get("metadata") or {}).get(
+            "finalizers"
+        ),
+        timeout=5.0,
+        what="gold keeps no finalizer",
+    )
+    meta = (stack.service("east", "gold") or {})["metadata"]
+    trace = meta["annotations"]["vipwire.io/last-trace-id"]
+    (event,) = events(stack, "default", "gold", "AllocationFailed")
+    assert "pool 'gold'" in event["note"] and f"(trace {trace})" in event["note"]
+    assert condition(stack, "gold")["reason"] == "AllocationFailed"
