@@ -155,9 +155,7 @@ async def test_a_service_ipam_refuses_for_good_keeps_no_finalizer(stack: Stack) 
         what="an AllocationFailed Event on gold",
     )
     await eventually(
-        lambda: not ((stack.service("east", "gold") or {}).get("metadata") or {}).get(
-            "finalizers"
-        ),
+        lambda: not ((stack.service("east", "gold") or {}).get("metadata") or {}).get("finalizers"),
         timeout=5.0,
         what="gold keeps no finalizer",
     )
