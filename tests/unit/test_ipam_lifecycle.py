@@ -18,6 +18,7 @@ from vipwire.contracts import (
     ServiceGone,
     ServicePort,
     ServiceRef,
+    ServiceRejected,
     ServiceSnapshot,
     VipAssigned,
     VipFailed,
@@ -550,3 +551,27 @@ def test_sharing_across_namespaces_one_side_only_gets_its_own_vip_and_says_why()
     assert api.vips != web.vips
     assert api.sharing_refused is not None
     assert "east/shop/web (another namespace: it does not name 'blog'" in api.sharing_refused
+
+
+def test_a_rejection_is_not_a_deletion() -> None:
+    """ServiceRejected of a served Service (its snapshot in force) keeps its VIP: what ipam
+    says is that VipAssigned again, nothing is withdrawn; one never valid asks for nothing."""
+    s = Story()
+    live = snapshot("web")
+    (first,) = s.step("live", live)
+    assert isinstance(first, VipAssigned)
+    rejected = ServiceRejected(
+        cluster="east",
+        namespace="shop",
+        name="web",
+        uid=live.uid,
+        resource_version="2",
+        reason="InvalidService",
+        message="annotation vipwire.io/poool is not one vipwire knows",
+        in_force=live,
+    )
+    assert s.step("made invalid", rejected) == [first]
+    assert s.ipam.records[ref("web")].state == "active"
+    never = msgspec.structs.replace(rejected, name="typo", uid="uid-typo", in_force=None)
+    assert s.step("never valid", never) == []
+    assert s.count(VipReleasing, "web") == 0
