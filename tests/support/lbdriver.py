@@ -72,6 +72,7 @@ class LbHarness:
         """A new lbdriver; the sim serves appliance ``sim-a`` when that one is configured."""
         self._count += 1
         options = {**self.defaults, **overrides}
+        profiles = options.pop("profiles", None)  # the config file's top-level section
         runtime = await self.make_runtime(f"lbdriver-{self._count}")
         given = {self.sim.name: self.sim, **(drivers or {})}
         configured = {a.name for a in options["appliances"]}
@@ -79,6 +80,7 @@ class LbHarness:
             LbdriverSettings(**options),
             runtime,
             {k: v for k, v in given.items() if k in configured},
+            profiles=profiles,
         )
         await service.start()
         self.services.append(service)

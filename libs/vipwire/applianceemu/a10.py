@@ -5,8 +5,9 @@ A10 <signature>``, session expiry, ``/axapi/v3/logoff``), partitions
 (``/axapi/v3/partition``, ``/axapi/v3/partition-available-id/oper``) and the
 per-session ``active-partition``, ``slb server`` (with ``port-list`` and the
 ``port`` sub-resource), ``slb service-group`` (``member-list``, ``member``
-sub-resource), ``health monitor`` (method http), ``slb virtual-server``
-(``port-list`` and the ``port`` sub-resource) and ``write memory``. Objects
+sub-resource), ``health monitor`` (methods http, https, tcp), ``slb template
+tcp`` and ``udp`` (``idle-timeout``), ``slb virtual-server`` (``port-list`` and
+the ``port`` sub-resource) and ``write memory``. Objects
 live in the session's active partition. POST to a collection creates, POST to
 an object updates (fields merged, lists merged by key), PUT replaces, DELETE
 removes. Failures have ACOS's shape ``{"response": {"status": "fail", "err":
@@ -19,7 +20,9 @@ It enforces what a client can get wrong: names unique per kind and
 partition, one server per address, one virtual server per VIP, references
 that must resolve (member → server and server port, service group → health
 monitor, virtual port → service group), objects in use that cannot be
-deleted. It is not ACOS: no templates, no L7, no HA, no traffic.
+deleted, and the fields an appliance profile sets, in ACOS's ranges (see
+:func:`_check_profile_fields`). It is not ACOS: no other templates, no L7, no
+HA, no traffic.
 
 One module over 500 lines on purpose: one vendor's API, so that every
 modelled behaviour sits beside the others it interacts with (the session's
@@ -87,6 +90,8 @@ class _Partition:
     service_groups: dict[str, Obj] = field(default_factory=dict)
     monitors: dict[str, Obj] = field(default_factory=dict)
     virtual_servers: dict[str, Obj] = field(default_factory=dict)
+    tcp_templates: dict[str, Obj] = field(default_factory=dict)
+    udp_templates: dict[str, Obj] = field(default_factory=dict)
 
     def body(self) -> Obj:
         return {"partition-name": self.name, "id": self.ident, "application-type": "adc"}
@@ -278,6 +283,10 @@ class A10Emulator(EmulatorServer):
             return _Monitors(part).handle(method, parts[2:], body)
         if parts[:2] == ["slb", "virtual-server"]:
             return _VirtualServers(part).handle(method, parts[2:], body)
+        if parts[:3] == ["slb", "template", "tcp"]:
+            return _TcpTemplates(part).handle(method, parts[3:], body)
+        if parts[:3] == ["slb", "template", "udp"]:
+            return _UdpTemplates(part).handle(method, parts[3:], body)
         raise A10Error(404, NOT_FOUND, f"URI not supported by the emulator: {method} {path}")
 
     def _partition_request(
@@ -340,6 +349,8 @@ def _store(part: _Partition, kind: str) -> dict[str, Obj]:
         "service-group": part.service_groups,
         "monitor": part.monitors,
         "virtual-server": part.virtual_servers,
+        "tcp": part.tcp_templates,
+        "udp": part.udp_templates,
     }
     if kind not in stores:
         raise KeyError(kind)
@@ -558,6 +569,7 @@ class _ServiceGroups(_Kind):
     list_key = "service-group-list"
 
     def validate(self, obj: Obj, current: Obj | None) -> Obj:
+        _check_service_group_profile(obj)
         protocol = obj.setdefault("protocol", "tcp")
         if protocol not in ("tcp", "udp"):
             raise _invalid(f"Invalid service-group protocol {protocol!r}")
@@ -639,6 +651,7 @@ class _Monitors(_Kind):
         obj.setdefault("retry", 3)
         obj.setdefault("interval", 5)
         obj.setdefault("timeout", 5)
+        _check_monitor_profile(obj)
         return obj
 
     def check_unused(self, name: str) -> None:
@@ -665,6 +678,126 @@ class _VirtualServers(_Ported):
                 raise _invalid(
                     f"service-group {group} protocol does not match virtual port protocol"
                 )
+        _check_port_profile(self.part, port)
+
+
+class _Templates(_Kind):
+    """``slb template tcp|udp``: here only their ``idle-timeout`` (acos-client's
+    v30 ``slb/template/l4.py``: default 120 seconds)."""
+
+    def validate(self, obj: Obj, current: Obj | None) -> Obj:
+        if len(obj["name"]) > 127:
+            raise _invalid("template name is longer than 127 characters")
+        idle = obj.setdefault("idle-timeout", 120)
+        if not _int_in(idle, 1, 2097151):
+            raise _invalid(f"Invalid idle-timeout {idle!r} (1-2097151 seconds)")
+        return obj
+
+    def check_unused(self, name: str) -> None:
+        for vs in self.part.virtual_servers.values():
+            for port in vs.get("port-list", []):
+                if port.get(f"template-{self.kind}") == name:
+                    raise A10Error(
+                        400, IN_USE, f"Object is in use (template {name} by {vs['name']})"
+                    )
+
+
+class _TcpTemplates(_Templates):
+    kind = "tcp"
+    list_key = "tcp-list"
+
+
+class _UdpTemplates(_Templates):
+    kind = "udp"
+    list_key = "udp-list"
+
+
+# What an appliance profile sets, in the ranges ACOS documents. Sources: acos-client
+# (github.com/a10networks/acos-client) v30 ``slb/hm.py`` (monitor methods http,
+# https, tcp and their fields), ``slb/service_group.py`` (``lb-method`` values, and
+# ``lc-method`` for the least-connection family; ``health-check-disable`` never
+# together with ``health-check``); A10's TemplateVirtualPort CRD (``conn-limit``
+# 1-64000000, default 64000000); the aXAPI service-group and virtual-port schemas
+# (``reset-on-server-selection-fail``: send a reset to the client when no server
+# can be selected; ``def-selection-if-pref-failed``).
+_LB_METHODS: Final = frozenset(
+    [
+        "round-robin",
+        "weighted-rr",
+        "fastest-response",
+        "least-request",
+        "round-robin-strict",
+        "src-ip-only-hash",
+        "src-ip-hash",
+        "dst-ip-only-hash",
+        "dst-ip-hash",
+    ]
+)
+_LC_METHODS: Final = frozenset(
+    [
+        "least-connection",
+        "weighted-least-connection",
+        "service-least-connection",
+        "service-weighted-least-connection",
+    ]
+)
+_DEF_SELECTION: Final = frozenset(
+    ("def-selection-if-pref-failed", "def-selection-if-pref-failed-disable")
+)
+
+
+def _int_in(value: Any, low: int, high: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
+
+
+def _check_monitor_profile(obj: Obj) -> None:
+    for name, low, high in (("retry", 1, 10), ("interval", 1, 180), ("timeout", 1, 12)):
+        if not _int_in(obj.get(name), low, high):
+            raise _invalid(f"Invalid {name} {obj.get(name)!r} ({low}-{high})")
+    method = obj.get("method")
+    if isinstance(method, dict):
+        kinds = [k for k in method if k in ("http", "https", "tcp", "udp", "icmp")]
+        if len(kinds) != 1 or len(method) != 1:
+            raise _invalid("a health monitor has exactly one method")
+    tag = obj.get("user-tag")
+    if tag is not None and (not isinstance(tag, str) or len(tag) > 127):
+        raise _invalid("user-tag must be a string of at most 127 characters")
+
+
+def _check_service_group_profile(obj: Obj) -> None:
+    if "lb-method" in obj and obj["lb-method"] not in _LB_METHODS:
+        raise _invalid(f"Invalid lb-method {obj['lb-method']!r}")
+    if "lc-method" in obj and obj["lc-method"] not in _LC_METHODS:
+        raise _invalid(f"Invalid lc-method {obj['lc-method']!r}")
+    if "lb-method" in obj and "lc-method" in obj:
+        raise _invalid("lb-method and lc-method are mutually exclusive")
+    disable = obj.get("health-check-disable", 0)
+    if disable not in (0, 1):
+        raise _invalid(f"Invalid health-check-disable {disable!r}")
+    if disable == 1 and obj.get("health-check"):
+        raise _invalid("health-check and health-check-disable are mutually exclusive")
+
+
+def _check_port_profile(part: _Partition, port: Obj) -> None:
+    if "conn-limit" in port and not _int_in(port["conn-limit"], 1, 64_000_000):
+        raise _invalid(f"Invalid conn-limit {port['conn-limit']!r} (1-64000000)")
+    if port.get("reset-on-server-selection-fail", 0) not in (0, 1):
+        raise _invalid("reset-on-server-selection-fail is 0 or 1")
+    if port.get("def-selection-if-pref-failed", _DEF_SELECTION_DEFAULT) not in _DEF_SELECTION:
+        raise _invalid(
+            f"Invalid def-selection-if-pref-failed {port['def-selection-if-pref-failed']!r}"
+        )
+    for kind, templates in (("tcp", part.tcp_templates), ("udp", part.udp_templates)):
+        name = port.get(f"template-{kind}")
+        if name is None:
+            continue
+        if (kind == "udp") != (port["protocol"] == "udp"):
+            raise _invalid(f"template-{kind} does not apply to a {port['protocol']} port")
+        if name != "default" and name not in templates:
+            raise _missing(f"template {kind}")
+
+
+_DEF_SELECTION_DEFAULT: Final = "def-selection-if-pref-failed"
 
 
 def _check_port(port: Any, protocols: set[str]) -> None:

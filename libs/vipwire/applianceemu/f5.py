@@ -2,7 +2,7 @@
 
 Served: token login (``/mgmt/shared/authn/login``, ``X-F5-Auth-Token``, token
 expiry, token deletion), partitions (``/mgmt/tm/auth/partition``), LTM
-virtual servers, pools with members, HTTP monitors and fastL4 profiles (create,
+virtual servers, pools with members, HTTP, HTTPS and TCP monitors and fastL4 profiles (create,
 read, patch, put, delete; collections with ``$filter=partition eq <p>`` and
 ``expandSubcollections``), transactions (``/mgmt/tm/transaction``: commands
 sent with ``X-F5-REST-Coordination-Id`` are queued and applied all or nothing
@@ -15,7 +15,10 @@ follow BIG-IP's where known and are the emulator's own otherwise.
 It enforces what a client can get wrong: names unique per kind and partition,
 references that must resolve (pool → monitor, virtual → pool and profiles),
 objects in use that cannot be deleted, one virtual per destination and
-protocol. It is not BIG-IP: no route domains, no other object kinds, no
+protocol, and the fields an appliance profile sets (see :func:`_check_profile_fields`:
+pool ``loadBalancingMode`` and ``serviceDownAction``, virtual
+``connectionLimit``, fastL4 ``idleTimeout``, monitor ``interval`` below
+``timeout``). It is not BIG-IP: no route domains, no other object kinds, no
 traffic, no iRules, no field validation beyond what is listed here.
 
 One module over 500 lines on purpose: one vendor's API, so that every
@@ -58,6 +61,10 @@ _KINDS: Final = (
     _Kind("pool", "/mgmt/tm/ltm/pool", "tm:ltm:pool:poolstate", "Pool"),
     _Kind("monitor", "/mgmt/tm/ltm/monitor/http", "tm:ltm:monitor:http:httpstate", "Monitor"),
     _Kind(
+        "monitor_https", "/mgmt/tm/ltm/monitor/https", "tm:ltm:monitor:https:httpsstate", "Monitor"
+    ),
+    _Kind("monitor_tcp", "/mgmt/tm/ltm/monitor/tcp", "tm:ltm:monitor:tcp:tcpstate", "Monitor"),
+    _Kind(
         "fastl4",
         "/mgmt/tm/ltm/profile/fastl4",
         "tm:ltm:profile:fastl4:fastl4state",
@@ -69,8 +76,36 @@ _BY_KEY: Final = {k.key: k for k in _KINDS}
 # Profiles and monitors every BIG-IP has in /Common.
 _BUILTIN: Final = {
     "fastl4": {"/Common/fastL4"},
-    "monitor": {"/Common/http", "/Common/tcp", "/Common/gateway_icmp"},
+    "monitor": {"/Common/http", "/Common/https", "/Common/tcp", "/Common/gateway_icmp"},
 }
+_MONITOR_KINDS: Final = ("monitor", "monitor_https", "monitor_tcp")
+# Pool loadBalancingMode values (the ``lb_method`` choices of F5's bigip_pool module:
+# https://docs.ansible.com/ansible/latest/modules/bigip_pool_module.html).
+_LB_MODES: Final = frozenset(
+    [
+        "dynamic-ratio-member",
+        "dynamic-ratio-node",
+        "fastest-app-response",
+        "fastest-node",
+        "least-connections-member",
+        "least-connections-node",
+        "least-sessions",
+        "observed-member",
+        "observed-node",
+        "predictive-member",
+        "predictive-node",
+        "ratio-least-connections-member",
+        "ratio-least-connections-node",
+        "ratio-member",
+        "ratio-node",
+        "ratio-session",
+        "round-robin",
+        "weighted-least-connections-member",
+        "weighted-least-connections-node",
+    ]
+)
+# Pool serviceDownAction (bigip_pool ``service_down_action``: none, reset, drop, reselect).
+_DOWN_ACTIONS: Final = frozenset(("none", "reset", "drop", "reselect"))
 
 
 class F5Error(Exception):
@@ -555,7 +590,9 @@ def _create(state: _State, kind: _Kind, body: Obj) -> Obj:
     if partition not in state.partitions:
         raise F5Error(400, f"01020036:3: The requested folder (/{partition}) was not found.")
     full = f"/{partition}/{name}"
-    if full in state.objects[kind.key] or full in _BUILTIN.get(kind.key, set()):
+    # Monitor names are unique across monitor types: a pool names a monitor by path only.
+    same = _MONITOR_KINDS if kind.key in _MONITOR_KINDS else (kind.key,)
+    if any(full in state.objects[k] for k in same) or full in _BUILTIN.get(kind.key, set()):
         raise F5Error(
             409,
             f"01020066:3: The requested {kind.label} ({full}) already exists in partition "
@@ -586,21 +623,42 @@ def _defaults(kind: _Kind, name: str, partition: str) -> Obj:
                 translatePort="enabled",
                 sourceAddressTranslation={"type": "none"},
                 profiles=["/Common/fastL4"],
+                connectionLimit=0,
             )
         case "pool":
-            obj.update(loadBalancingMode="round-robin", monitor="", members=[])
-        case "monitor":
             obj.update(
-                defaultsFrom="/Common/http",
+                loadBalancingMode="round-robin",
+                serviceDownAction="none",
+                minActiveMembers=0,
+                monitor="",
+                members=[],
+            )
+        case "monitor" | "monitor_https":
+            obj.update(
+                defaultsFrom="/Common/https" if kind.key == "monitor_https" else "/Common/http",
                 destination="*:*",
                 interval=5,
                 timeout=16,
                 send="GET /\\r\\n",
                 recv="",
             )
+        case "monitor_tcp":
+            # BIG-IP's tcp monitor: 5 s / 16 s like http; empty send and receive strings
+            # only check that the port accepts a connection (bigip_monitor_tcp).
+            obj.update(
+                defaultsFrom="/Common/tcp",
+                destination="*:*",
+                interval=5,
+                timeout=16,
+                send="",
+                recv="",
+            )
         case "fastl4":
             obj.update(
-                defaultsFrom="/Common/fastL4", looseInitialization="disabled", looseClose="disabled"
+                defaultsFrom="/Common/fastL4",
+                looseInitialization="disabled",
+                looseClose="disabled",
+                idleTimeout=300,
             )
     return obj
 
@@ -608,6 +666,7 @@ def _defaults(kind: _Kind, name: str, partition: str) -> Obj:
 def _normalise(state: _State, kind: _Kind, obj: Obj, *, replacing: str | None) -> Obj:
     """Resolve references and fill derived fields, or refuse as BIG-IP would."""
     partition = obj["partition"]
+    _check_profile_fields(kind, obj)
     if kind.key == "virtual":
         dest = str(obj.get("destination") or "")
         if not dest:
@@ -648,11 +707,57 @@ def _normalise(state: _State, kind: _Kind, obj: Obj, *, replacing: str | None) -
         monitor = str(obj.get("monitor") or "").strip()
         refs = [_absolute(m, partition) for m in _PATHS.findall(monitor)] if monitor else []
         for ref in refs:
-            if ref not in state.objects["monitor"] and ref not in _BUILTIN["monitor"]:
+            if ref not in _BUILTIN["monitor"] and not any(
+                ref in state.objects[k] for k in _MONITOR_KINDS
+            ):
                 raise F5Error(400, f"01020036:3: The requested monitor ({ref}) was not found.")
         obj["monitor"] = " and ".join(refs) + (" " if refs else "")
         obj["members"] = [_member(m, partition) for m in obj.get("members") or []]
     return obj
+
+
+def _check_profile_fields(kind: _Kind, obj: Obj) -> None:
+    """The fields an appliance profile sets, refused as BIG-IP refuses them.
+
+    Sources: F5's bigip_pool module (``lb_method``, ``service_down_action``),
+    bigip_virtual_server (``connection_limit``, 0: none), bigip_profile_fastl4
+    (``idle_timeout``: seconds, ``indefinite`` or ``immediate``) and
+    bigip_monitor_http/https/tcp ("interval ... must be less than the timeout
+    value"), all at https://docs.ansible.com/ansible/latest/modules/; the pool's
+    REST field names as in the iControl REST ``ltm pool`` schema.
+    """
+    if kind.key == "pool":
+        mode = obj.get("loadBalancingMode")
+        if mode not in _LB_MODES:
+            raise F5Error(
+                400, f"01070734:3: Configuration error: invalid load balancing mode {mode!r}"
+            )
+        action = obj.get("serviceDownAction")
+        if action not in _DOWN_ACTIONS:
+            raise F5Error(
+                400, f"Invalid serviceDownAction {action!r}; none, reset, drop or reselect"
+            )
+    elif kind.key == "virtual":
+        limit = obj.get("connectionLimit")
+        if not isinstance(limit, int) or isinstance(limit, bool) or limit < 0:
+            raise F5Error(
+                400, f"Invalid connectionLimit {limit!r}: a number of connections, 0 for none"
+            )
+    elif kind.key == "fastl4":
+        idle = obj.get("idleTimeout")
+        if not (
+            (isinstance(idle, int) and not isinstance(idle, bool) and idle >= 0)
+            or idle in ("indefinite", "immediate")
+        ):
+            raise F5Error(400, f"Invalid idleTimeout {idle!r}: seconds, indefinite or immediate")
+    elif kind.key in _MONITOR_KINDS:
+        interval, timeout = obj.get("interval"), obj.get("timeout")
+        if not isinstance(interval, int) or not isinstance(timeout, int) or interval >= timeout:
+            raise F5Error(
+                400,
+                f"01071b19:3: Monitor {obj['fullPath']}: the interval ({interval}) must be less "
+                f"than the timeout ({timeout}).",
+            )
 
 
 def _member(given: Any, partition: str) -> Obj:
@@ -687,7 +792,7 @@ def _check_unused(state: _State, kind: _Kind, full: str) -> None:
                     f"01070265:3: The Pool ({full}) cannot be deleted because it is in use by a "
                     f"Virtual Server ({v['fullPath']}).",
                 )
-    if kind.key == "monitor":
+    if kind.key in _MONITOR_KINDS:
         for p in state.objects["pool"].values():
             if full in _PATHS.findall(str(p.get("monitor", ""))):
                 raise F5Error(400, f"01070083:3: Monitor {full} is in use.")

@@ -89,6 +89,9 @@ class ServiceSnapshot(_Message, frozen=True, tag="service"):
     labels: dict[str, str] = {}
     deleting: bool = False
     status_vips: tuple[str, ...] = ()
+    #: The appliance profile the Service picks (annotation ``vipwire.io/profile``);
+    #: None: its pool's default. ipam refuses a name that is not configured.
+    profile: str | None = None
     #: ``vipwire.io/share-with-namespaces``: the other namespaces of the cluster whose
     #: Services may share this one's VIP (``("*",)``: any); sharing across namespaces
     #: needs both Services to name each other's namespace.
@@ -198,6 +201,9 @@ class VipAssigned(_Message, frozen=True, tag="vip-assigned"):
     #: (``IPReleasedByOperator``). None on every other VipAssigned, republishes included.
     released_by: str | None = None
     released_vips: tuple[str, ...] = ()
+    #: The appliance profile to program, resolved by ipam (the Service's own, else
+    #: its pool's default); None: the built-in profile.
+    profile: str | None = None
     #: On the assignment that gave the VIPs only: the Service names a sharing key whose
     #: VIPs it could not share (and why), so it got a VIP of its own (a Warning Event,
     #: ``SharingRefused``).

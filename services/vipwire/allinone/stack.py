@@ -31,6 +31,7 @@ from vipwire.ipam import IpamService, IpamSettings, PoolSettings
 from vipwire.kube import KubeApiError, new_api_client, request_json
 from vipwire.kubeemu import KubeEmulator
 from vipwire.lbdriver import ApplianceSettings, LbdriverService, LbdriverSettings, SimAppliance
+from vipwire.lbdriver.core.profiles import ProfileSettings
 from vipwire.natsserver import NatsCluster, NatsServer
 from vipwire.nodeagent import Applier, DryRunApplier, NodeagentService, NodeagentSettings
 from vipwire.runtime import CommonSettings, Runtime, Service
@@ -77,6 +78,9 @@ class StackSettings(msgspec.Struct, frozen=True, kw_only=True):
     #: The appliance the lbdriver programs (in the pools' appliance group); None: the
     #: in-process simulator ``sim-1`` (``Stack.appliance``).
     appliance: ApplianceSettings | None = None
+    #: Appliance profiles by name (the config file's top-level ``profiles``), for
+    #: ipam (names, pools' defaults) and the lbdriver (what they program).
+    profiles: dict[str, ProfileSettings] = {}
     #: Node agents' mode: ``kube-proxy`` (VIPs only) or ``standalone`` (+ nftables DNAT).
     nodeagent_mode: Literal["kube-proxy", "standalone"] = "kube-proxy"
     #: Node agents' uplink interface (it gets the ARP sysctls too); None: ``all`` only.
@@ -222,14 +226,17 @@ class Stack:
         ipam_settings = IpamSettings(pools=s.pools)
         for i in range(s.ipam_replicas):
             name = "ipam" if s.ipam_replicas == 1 else f"ipam:{i + 1}"
-            self._add(name, lambda rt: IpamService(ipam_settings, rt))
+            self._add(name, lambda rt: IpamService(ipam_settings, rt, profiles=list(s.profiles)))
         # The simulator has no management plane to protect: no rate limit.
         appliance = s.appliance or ApplianceSettings(
             name="sim-1", driver="sim", group="dc1", max_requests_per_s=0
         )
         lb_settings = LbdriverSettings(appliances=(appliance,))
         drivers = {"sim-1": self.appliance} if s.appliance is None else None
-        self._add("lbdriver", lambda rt: LbdriverService(lb_settings, rt, drivers=drivers))
+        self._add(
+            "lbdriver",
+            lambda rt: LbdriverService(lb_settings, rt, drivers=drivers, profiles=s.profiles),
+        )
         for cluster in self.clusters:
             for node in self.node_names(cluster):
                 applier = self.appliers.get((cluster, node))

@@ -28,6 +28,7 @@ SECTION_NAMES = (
     "lbdriver",
     "nodeagent",
     "dashboard",
+    "profiles",
 )
 
 
@@ -73,6 +74,7 @@ def sections() -> dict[str, type[msgspec.Struct]]:
     from vipwire.dashboard import DashboardSettings
     from vipwire.ipam import IpamSettings
     from vipwire.lbdriver import LbdriverSettings
+    from vipwire.lbdriver.core.profiles import ProfileSettings
     from vipwire.nodeagent import NodeagentSettings
     from vipwire.runtime import HttpSettings, TelemetrySettings
     from vipwire.watcher import WatcherSettings
@@ -86,6 +88,8 @@ def sections() -> dict[str, type[msgspec.Struct]]:
         "lbdriver": LbdriverSettings,
         "nodeagent": NodeagentSettings,
         "dashboard": DashboardSettings,
+        # Top level, shared by ipam and the lbdriver: appliance profiles by name.
+        "profiles.<name>": ProfileSettings,
     }
 
 
@@ -98,15 +102,29 @@ def check(path: str) -> int:
     data = read_config(path)  # ConfigError → exit 2 in main
     load_common(data, source=path, warn=warn)
     known = sections()
-    unknown = sorted(set(data) - set(known))
+    unknown = sorted(set(data) - {n.split(".", 1)[0] for n in known})
     if unknown:
         print(f"{path}: unknown section(s): {', '.join(unknown)}", file=sys.stderr)
         return 2
     for name in ("watcher", "ipam", "lbdriver", "nodeagent", "dashboard"):
         if name in data:
             section(data, name, known[name], source=path, warn=warn)
-    print(f"{path}: ok ({', '.join(n for n in known if n in data) or 'defaults only'})")
+    _check_profiles(data, path)
+    present = [n for n in (k.split(".", 1)[0] for k in known) if n in data]
+    print(f"{path}: ok ({', '.join(present) or 'defaults only'})")
     return 0
+
+
+def _check_profiles(data: dict[str, Any], path: str) -> None:
+    """The profiles section, and every pool's default profile against it."""
+    from vipwire.ipam.settings import IpamSettings, check_pool_profiles, profile_names
+    from vipwire.lbdriver.io.profiles import load_profiles
+    from vipwire.runtime import section
+
+    load_profiles(data, source=path)
+    if "ipam" in data:
+        pools = section(data, "ipam", IpamSettings, source=path).pools
+        check_pool_profiles(pools, profile_names(data, source=path))
 
 
 _FIELD = re.compile(r"^\s+(\w+)\s*:")

@@ -39,13 +39,21 @@ def build_service(name: str, data: dict[str, Any], runtime: Runtime, source: str
         return WatcherService(section(data, name, WatcherSettings, source=source), runtime)
     if name == "ipam":
         from vipwire.ipam import IpamService, IpamSettings
+        from vipwire.ipam.settings import profile_names
 
         settings = section(data, name, IpamSettings, source=source)
-        return IpamService(settings, runtime, config_path=source)
+        return IpamService(
+            settings, runtime, config_path=source, profiles=profile_names(data, source=source)
+        )
     if name == "lbdriver":
         from vipwire.lbdriver import LbdriverService, LbdriverSettings
+        from vipwire.lbdriver.io.profiles import load_profiles
 
-        return LbdriverService(section(data, name, LbdriverSettings, source=source), runtime)
+        return LbdriverService(
+            section(data, name, LbdriverSettings, source=source),
+            runtime,
+            profiles=load_profiles(data, source=source),
+        )
     if name == "nodeagent":
         from vipwire.nodeagent import NodeagentService, NodeagentSettings
 

@@ -24,7 +24,7 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Coroutine
+from collections.abc import Collection, Coroutine
 from typing import Any, Final, Protocol
 
 from vipwire.aio import cancel_and_wait
@@ -52,7 +52,7 @@ from vipwire.ipam.io.publishing import Publisher
 from vipwire.ipam.io.reload import Reloader
 from vipwire.ipam.io.status_index import StatusIndex
 from vipwire.ipam.io.waiting import WaitingQueue, WaitingRetrier
-from vipwire.ipam.settings import IpamSettings
+from vipwire.ipam.settings import IpamSettings, check_pool_profiles
 from vipwire.runtime import Runtime
 
 log = logging.getLogger("vipwire.ipam")
@@ -77,13 +77,21 @@ class IpamService:
     """
 
     def __init__(
-        self, settings: IpamSettings, runtime: Runtime, *, config_path: str | None = None
+        self,
+        settings: IpamSettings,
+        runtime: Runtime,
+        *,
+        config_path: str | None = None,
+        profiles: Collection[str] = (),
     ) -> None:
+        check_pool_profiles(settings.pools, profiles)
         self._settings = settings
         self.runtime = runtime
         self.config_path = config_path
         self.instance = f"{runtime.name}-{uuid.uuid4().hex[:8]}"
-        self._initial = Allocator(settings.pools)
+        #: The appliance profiles configured (names only: the lbdriver programs them).
+        self.profiles = tuple(sorted(profiles))
+        self._initial = Allocator(settings.pools, profiles=self.profiles)
         self._cache: ClaimCache | None = None
         self.waiting = WaitingQueue()
         self.metrics = IpamMetrics(

@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import itertools
 import re
-from collections.abc import Mapping
-from typing import Annotated
+from collections.abc import Collection, Iterable, Mapping
+from typing import Annotated, Any
 
 import msgspec
 
@@ -75,10 +75,17 @@ class PoolSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     #: Addresses, ranges or CIDRs inside the pool that are never handed out
     #: (gateways, addresses in use elsewhere).
     avoid: tuple[str, ...] = ()
+    #: The appliance profile (top-level ``profiles`` section) of this pool's Services
+    #: that name none with ``vipwire.io/profile``; None: the built-in profile.
+    profile: str | None = None
 
     def __post_init__(self) -> None:
         if not _POOL_NAME.match(self.name):
             raise IpamConfigError(f"pool name {self.name!r} must be a DNS label (RFC 1123)")
+        if self.profile is not None and not _POOL_NAME.match(self.profile):
+            raise IpamConfigError(
+                f"pool {self.name!r}: profile {self.profile!r} must be a DNS label (RFC 1123)"
+            )
         if not self.addresses:
             raise IpamConfigError(f"pool {self.name!r}: addresses must not be empty")
         if not self.appliance_group:
@@ -205,6 +212,32 @@ class IpamSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
             if pool.name == name:
                 return pool
         return None
+
+
+def profile_names(data: Mapping[str, Any], *, source: str = "config") -> tuple[str, ...]:
+    """The names of the appliance profiles in a config file's top-level ``profiles``
+    section (the lbdriver reads their definitions from the same section)."""
+    raw = data.get("profiles") or {}
+    if not isinstance(raw, dict):
+        raise IpamConfigError(f"{source}: 'profiles' must map profile names to profiles")
+    bad = sorted(str(n) for n in raw if not isinstance(n, str) or not _POOL_NAME.match(n))
+    if bad:
+        raise IpamConfigError(
+            f"{source}: profiles: names {bad} must be DNS labels (lower-case letters, "
+            "digits and '-')"
+        )
+    return tuple(sorted(raw))
+
+
+def check_pool_profiles(pools: Iterable[PoolSettings], profiles: Collection[str]) -> None:
+    """Every pool's default profile must be configured (raises IpamConfigError)."""
+    for pool in pools:
+        if pool.profile is not None and pool.profile not in profiles:
+            listed = ", ".join(sorted(profiles)) or "none configured"
+            raise IpamConfigError(
+                f"pool {pool.name!r}: profile {pool.profile!r} is not in the top-level "
+                f"profiles section (profiles: {listed})"
+            )
 
 
 def _label_key_ok(key: str) -> bool:

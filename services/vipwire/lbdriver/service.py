@@ -46,6 +46,7 @@ from vipwire.contracts import (
     family_filter,
 )
 from vipwire.lbdriver.core.inventory import Inventory
+from vipwire.lbdriver.core.profiles import ProfileSettings
 from vipwire.lbdriver.core.resilience import BreakerState, CircuitBreaker
 from vipwire.lbdriver.io.adoption import StartUp
 from vipwire.lbdriver.io.appliance_client import ApplianceClient
@@ -84,6 +85,8 @@ class LbdriverService:
         settings: LbdriverSettings,
         runtime: Runtime,
         drivers: Mapping[str, ApplianceDriver] | None = None,
+        *,
+        profiles: Mapping[str, ProfileSettings] | None = None,
     ) -> None:
         given = dict(drivers or {})
         configured = {a.name for a in settings.appliances}
@@ -112,7 +115,8 @@ class LbdriverService:
         }
         self._incarnation = random.getrandbits(32).to_bytes(4, "big").hex()
         m = runtime.metrics
-        self._inventory = Inventory(settings.prefix)
+        # The top-level profiles section (ipam reads the names from the same file).
+        self._inventory = Inventory(settings.prefix, profiles=dict(profiles or {}))
         self._start_up = StartUp()
         self._schedule = Schedule(settings, self._inventory, m)
         self._failover = Failover(settings, self._clients, self._inventory, self._schedule, m)

@@ -42,6 +42,7 @@ from vipwire.ipam.core.refusals import (
     no_room,
     pool_not_allowed,
     unknown_pool,
+    unknown_profile,
 )
 from vipwire.ipam.core.requested import requested_picks
 from vipwire.ipam.core.sharing import claim_updates, shareable, sharing_hint, unshared
@@ -58,8 +59,15 @@ class Allocator:
     """All pools and all claims known to one ipam replica."""
 
     def __init__(
-        self, pools: Sequence[PoolSettings], claims: Mapping[str, Claim] | None = None
+        self,
+        pools: Sequence[PoolSettings],
+        claims: Mapping[str, Claim] | None = None,
+        *,
+        profiles: Collection[str] | None = None,
     ) -> None:
+        #: The appliance profiles configured (names); None: not known here (replay,
+        #: benchmarks), so no name is refused.
+        self.profiles = None if profiles is None else tuple(sorted(profiles))
         self._settings = tuple(pools)
         self._pools: dict[str, Pool] = {p.name: Pool(p, i) for i, p in enumerate(pools)}
         self._order = sorted(self._pools.values(), key=lambda p: (p.settings.priority, p.index))
@@ -85,7 +93,22 @@ class Allocator:
 
     def reconfigured(self, pools: Sequence[PoolSettings]) -> Allocator:
         """An allocator for new pools holding every claim of this one, unmoved."""
-        return Allocator(pools, self._claims)
+        return Allocator(pools, self._claims, profiles=self.profiles)
+
+    def profile_for(self, asked: str | None, pool: str) -> str | None:
+        """The appliance profile a Service gets: its own, else its pool's default
+        (None: the built-in profile)."""
+        if asked is not None:
+            return asked
+        settings = self._pools.get(pool)
+        return settings.settings.profile if settings is not None else None
+
+    def unknown_profile(self, asked: str | None) -> AllocationFailure | None:
+        """The refusal of a profile that is not configured; None when it is (or
+        when the profiles are not known here)."""
+        if asked is None or self.profiles is None or asked in self.profiles:
+            return None
+        return unknown_profile(asked, self.profiles)
 
     @property
     def pools(self) -> tuple[PoolSettings, ...]:

@@ -33,9 +33,16 @@ from vipwire.contracts import LbRemoved, Message, ServiceGone, ServiceRef, Servi
 from vipwire.ipam.core.allocator import Allocator
 from vipwire.ipam.core.choices import Allocation
 from vipwire.ipam.core.claims import ClaimUpdate, Owner, Request, request_of
-from vipwire.ipam.core.messages import MOVE_REFUSED, assigned, failed, released, releasing
+from vipwire.ipam.core.messages import (
+    INVALID_REASON,
+    MOVE_REFUSED,
+    assigned,
+    failed,
+    released,
+    releasing,
+)
 from vipwire.ipam.core.records import ServiceRecord
-from vipwire.ipam.core.refusals import AllocationFailure
+from vipwire.ipam.core.refusals import UNKNOWN_PROFILE, AllocationFailure
 from vipwire.ipam.core.requested import unlike
 from vipwire.ipam.core.status_vips import StatusVips
 
@@ -142,15 +149,15 @@ def _live(
         # The name now belongs to a new incarnation: free the old one's claims first.
         return Plan(action="replace", record=record)
     request = request_of(snap)
-    choice = allocator.choose(request, skip=skip, status=status, honour_status=honour_status)
+    choice = allocator.unknown_profile(snap.profile) or allocator.choose(
+        request, skip=skip, status=status, honour_status=honour_status
+    )
     if isinstance(choice, AllocationFailure):
         return Plan(
             action="refuse",
             failure=choice,
             wait=choice.retryable,
-            publish=(
-                Outgoing(failed(snap, choice.message, retryable=choice.retryable), "vip-failed"),
-            ),
+            publish=(Outgoing(_failed(snap, choice), "vip-failed"),),
         )
     created = ServiceRecord(
         uid=request.uid,
@@ -171,6 +178,7 @@ def _live(
                     notes=choice.notes,
                     released=released,
                     sharing_refused=choice.sharing_refused,
+                    profile=allocator.profile_for(snap.profile, created.pool),
                 ),
                 "vip-assigned",
             ),
@@ -189,7 +197,9 @@ def _keep(snap: ServiceSnapshot, record: ServiceRecord, allocator: Allocator) ->
         # are still held, so the Service keeps its VIPs.
         reactivate = record = msgspec.structs.replace(record, state="active")
     request = request_of(snap)
-    refreshed = allocator.refresh(request)
+    # A profile that does not exist is refused like a change that does not fit: the
+    # Service keeps its VIPs and the appliance keeps what it was last told.
+    refreshed = allocator.unknown_profile(snap.profile) or allocator.refresh(request)
     updates = () if isinstance(refreshed, AllocationFailure) else tuple(refreshed)
     changed = {u.address: u.after for u in updates}
     stale = "; ".join(allocator.stale_reasons(request.owner, changed)) or None
@@ -224,7 +234,7 @@ def _keep(snap: ServiceSnapshot, record: ServiceRecord, allocator: Allocator) ->
             failure=refreshed,
             wait=True,
             say_again=True,
-            publish=(Outgoing(failed(snap, refreshed.message), "vip-failed"),),
+            publish=(Outgoing(_failed(snap, refreshed), "vip-failed"),),
             warnings=tuple(warnings),
         )
     return Plan(
@@ -233,9 +243,22 @@ def _keep(snap: ServiceSnapshot, record: ServiceRecord, allocator: Allocator) ->
         updates=updates,
         record=write,
         wait=False,
-        publish=(*refused_move, Outgoing(assigned(snap, record), "vip-assigned")),
+        publish=(
+            *refused_move,
+            Outgoing(
+                assigned(snap, record, profile=allocator.profile_for(snap.profile, record.pool)),
+                "vip-assigned",
+            ),
+        ),
         warnings=tuple(warnings),
     )
+
+
+def _failed(snap: ServiceSnapshot, failure: AllocationFailure) -> Message:
+    """VipFailed; an unknown profile is the Service's own mistake: InvalidService."""
+    if failure.code == UNKNOWN_PROFILE:
+        return failed(snap, failure.message, INVALID_REASON, retryable=failure.retryable)
+    return failed(snap, failure.message, retryable=failure.retryable)
 
 
 def _going(

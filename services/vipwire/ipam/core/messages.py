@@ -25,6 +25,10 @@ from vipwire.ipam.core.claims import request_of
 from vipwire.ipam.core.records import ServiceRecord
 
 FAILED_REASON: Final = "AllocationFailed"
+#: The reason of a VipFailed for a Service that asks for something that cannot
+#: exist (an appliance profile that is not configured): the watcher's own reason
+#: for an invalid Service, so the condition and Event read the same.
+INVALID_REASON: Final = "InvalidService"
 #: A served Service asks for other VIPs (addresses, pool, families) than it holds, and
 #: keeps what it holds: the Event's and the condition's reason.
 MOVE_REFUSED: Final = "MoveRefused"
@@ -50,10 +54,12 @@ def assigned(
     *,
     notes: tuple[str, ...] = (),
     released: ServiceRecord | None = None,
+    profile: str | None = None,
     sharing_refused: str | None = None,
 ) -> VipAssigned:
     """``released``: the record an operator's release ended (the new VIPs say who
-    asked and what was released, once)."""
+    asked and what was released, once); ``profile``: the appliance profile, resolved
+    (see :meth:`Allocator.profile_for`)."""
     return VipAssigned(
         cluster=snap.cluster,
         namespace=snap.namespace,
@@ -68,12 +74,13 @@ def assigned(
         notes=notes,
         released_by=(released.released_by or ANONYMOUS) if released is not None else None,
         released_vips=released.vips if released is not None else (),
+        profile=profile,
         sharing_refused=sharing_refused,
     )
 
 
 def failed(
-    snap: ServiceSnapshot, message: str, *, retryable: bool = True, reason: str = FAILED_REASON
+    snap: ServiceSnapshot, message: str, reason: str = FAILED_REASON, *, retryable: bool = True
 ) -> VipFailed:
     return VipFailed(
         cluster=snap.cluster,
@@ -146,5 +153,12 @@ def kept_assignment(
         ),
         health_check_node_port=(
             previous.health_check_node_port if previous else snap.health_check_node_port
+        ),
+        profile=(
+            previous.profile
+            if previous
+            else allocator.profile_for(
+                None if allocator.unknown_profile(snap.profile) else snap.profile, record.pool
+            )
         ),
     )

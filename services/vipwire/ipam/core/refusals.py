@@ -24,6 +24,8 @@ FAMILY_NOT_IN_POOL = "FamilyNotInPool"
 ADDRESS_NOT_IN_POOL = "AddressNotInPool"
 ADDRESS_AVOIDED = "AddressAvoided"
 INVALID_REQUEST = "InvalidRequest"
+#: The Service names an appliance profile that is not configured.
+UNKNOWN_PROFILE = "UnknownProfile"
 #: A Service sharing a VIP changed so that it no longer fits with the others
 #: (its ports, its traffic policy or its key): it keeps the VIP as it was.
 SHARING_CONFLICT = "SharingConflict"
@@ -54,6 +56,18 @@ def unknown_pool(request: Request, known: Sequence[str]) -> AllocationFailure:
     return AllocationFailure(
         code=UNKNOWN_POOL,
         message=f"pool {request.pool!r} does not exist (pools: {listed})",
+        retryable=False,
+    )
+
+
+def unknown_profile(asked: str, known: Sequence[str]) -> AllocationFailure:
+    listed = ", ".join(known) or "none configured"
+    return AllocationFailure(
+        code=UNKNOWN_PROFILE,
+        message=(
+            f"vipwire.io/profile: profile {asked!r} is not configured (profiles: {listed}); "
+            "name one of them, or remove the annotation for the pool's default"
+        ),
         retryable=False,
     )
 

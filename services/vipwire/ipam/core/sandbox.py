@@ -9,7 +9,7 @@ against a recorded history instead of restating them).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import TYPE_CHECKING
 
 from vipwire.contracts import (
@@ -36,8 +36,11 @@ if TYPE_CHECKING:
 class Sandbox:
     """Claims (in the allocator), Service records and the waiting queue, in memory."""
 
-    def __init__(self, pools: Sequence[PoolSettings]) -> None:
-        self.allocator = Allocator(pools)
+    def __init__(
+        self, pools: Sequence[PoolSettings], *, profiles: Collection[str] | None = None
+    ) -> None:
+        """``profiles``: the appliance profiles configured (None: any name is taken)."""
+        self.allocator = Allocator(pools, profiles=profiles)
         self.records: dict[ServiceRef, ServiceRecord] = {}
         #: Waiting Services, oldest first: the request and the refusal it was told.
         self.waiting: dict[ServiceRef, tuple[Request, str]] = {}

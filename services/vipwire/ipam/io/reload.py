@@ -24,7 +24,7 @@ from vipwire.ipam.io.bucket import Conflict, StoreError
 from vipwire.ipam.io.claim_cache import ClaimCache
 from vipwire.ipam.io.handling import Locks
 from vipwire.ipam.io.metrics import IpamMetrics
-from vipwire.ipam.settings import IpamConfigError, IpamSettings
+from vipwire.ipam.settings import IpamConfigError, IpamSettings, check_pool_profiles
 from vipwire.runtime import ConfigError, read_config, section
 
 log = logging.getLogger("vipwire.ipam")
@@ -92,6 +92,10 @@ class Reloader:
             try:
                 if settings is None:
                     settings = self._read_settings()
+                known = self.cache.allocator.profiles
+                if known is not None:
+                    # Profiles themselves are read at start (with the lbdriver's).
+                    check_pool_profiles(settings.pools, known)
             except ConfigError as exc:
                 log.info("reload of %s%s refused: %s", self.config_path, asked, exc)
                 self.metrics.reloads.inc(result="refused")

@@ -14,7 +14,10 @@ import re
 from collections.abc import Iterable, Mapping, Set
 from typing import Final
 
+import msgspec
+
 from vipwire.contracts import EndpointsSnapshot, Member, NodeSnapshot, VipAssigned
+from vipwire.lbdriver.core.profiles import ProfileSettings, UnknownProfile, resolve_profile
 from vipwire.lbdriver.core.virtual_servers import L4Protocol, Monitor, VirtualServer
 
 #: kube-proxy's health endpoint; with externalTrafficPolicy Cluster any node with
@@ -119,17 +122,32 @@ def ready_nodes(endpoints: EndpointsSnapshot | Set[str] | None) -> Set[str]:
     return endpoints
 
 
-def health_monitor(assignment: VipAssigned) -> Monitor:
+def health_monitor(assignment: VipAssigned, profile: ProfileSettings | None = None) -> Monitor:
+    """The members' health check: the profile's kind and timing, on kube-proxy's port."""
+    settings = (profile or _BUILTIN).monitor
+    port = KUBE_PROXY_HEALTH_PORT
     if assignment.external_traffic_policy == "Local" and assignment.health_check_node_port:
         # kube-proxy answers 200 on this port only where the Service has a local endpoint.
-        return _monitor(assignment.health_check_node_port)
-    return _monitor(KUBE_PROXY_HEALTH_PORT)
+        port = assignment.health_check_node_port
+    return _monitor(port, settings.kind, settings.path, settings.interval_s, settings.timeout_s)
 
 
-# One (immutable) Monitor per port, shared by every virtual server that uses it.
+_BUILTIN: Final = resolve_profile(None, None)
+
+
+# One (immutable) Monitor per port and profile, shared by every virtual server that uses it.
 @functools.lru_cache(maxsize=1 << 12)
-def _monitor(port: int) -> Monitor:
-    return Monitor(port=port)
+def _monitor(port: int, kind: str, path: str, interval_s: int, timeout_s: int) -> Monitor:
+    if kind == "none":
+        # Nothing is probed: port and path mean nothing, so they differ in nothing.
+        return Monitor(port=0, path="", kind="none", interval_s=0, timeout_s=0)
+    return Monitor(
+        port=port,
+        path=path if kind != "tcp" else "",
+        kind=kind,  # type: ignore[arg-type]
+        interval_s=interval_s,
+        timeout_s=timeout_s,
+    )
 
 
 def desired_virtual_servers(
@@ -138,16 +156,23 @@ def desired_virtual_servers(
     endpoints: EndpointsSnapshot | Set[str] | None,
     *,
     prefix: str,
+    profiles: Mapping[str, ProfileSettings] | None = None,
 ) -> dict[str, VirtualServer]:
     """The virtual servers a Service needs, by name.
 
     ``nodes`` are the cluster's nodes by name; ``endpoints`` the Service's
     endpoints or the names of the nodes with a ready one (only used for
     externalTrafficPolicy Local; None when unknown, which for Local means no
-    member). Raises :class:`InvalidAssignment`.
+    member); ``profiles``: the configured appliance profiles (None: every
+    Service gets the built-in one). Raises :class:`InvalidAssignment`, also
+    for a profile that is not configured.
     """
     owner = owner_of(assignment.cluster, assignment.namespace, assignment.name)
-    monitor = health_monitor(assignment)
+    try:
+        profile = resolve_profile(assignment.profile, profiles)
+    except UnknownProfile as exc:
+        raise InvalidAssignment(str(exc)) from exc
+    monitor = health_monitor(assignment, profile)
     candidates = member_nodes(assignment, nodes, endpoints)
     servers: dict[str, VirtualServer] = {}
     for raw_vip in assignment.vips:
@@ -177,8 +202,26 @@ def desired_virtual_servers(
                 protocol=protocol,
                 members=members,
                 monitor=monitor,
+                idle_timeout_s=profile.idle_timeout_s,
+                connection_limit=profile.connection_limit,
+                lb_method=profile.lb_method,
+                all_members_down=profile.all_members_down,
             )
     return servers
+
+
+def with_profile(server: VirtualServer, profile: ProfileSettings) -> VirtualServer:
+    """``server`` as ``profile`` shapes it: its monitor (on the same health port)
+    and its options; what :func:`desired_virtual_servers` gives a Service."""
+    m = profile.monitor
+    return msgspec.structs.replace(
+        server,
+        monitor=_monitor(server.monitor.port, m.kind, m.path, m.interval_s, m.timeout_s),
+        idle_timeout_s=profile.idle_timeout_s,
+        connection_limit=profile.connection_limit,
+        lb_method=profile.lb_method,
+        all_members_down=profile.all_members_down,
+    )
 
 
 def _members(candidates: Iterable[NodeSnapshot], version: int) -> tuple[Member, ...]:

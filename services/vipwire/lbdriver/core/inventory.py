@@ -32,6 +32,7 @@ from vipwire.lbdriver.core.diff import diff
 from vipwire.lbdriver.core.drift import owned_scope
 from vipwire.lbdriver.core.listing import Listing, digest
 from vipwire.lbdriver.core.outcomes import Assignment, fingerprint, outcome
+from vipwire.lbdriver.core.profiles import ProfileSettings
 from vipwire.lbdriver.core.virtual_servers import VirtualServer
 
 
@@ -103,9 +104,13 @@ def compact(message: Assignment) -> Assignment:
 class Inventory:
     """Nodes, endpoints and Services of every cluster, as the stream told them."""
 
-    def __init__(self, prefix: str) -> None:
+    def __init__(
+        self, prefix: str, *, profiles: Mapping[str, ProfileSettings] | None = None
+    ) -> None:
         #: The owned-object prefix (starts every virtual server name we write).
         self.prefix = prefix
+        #: The configured appliance profiles by name (a name not in it is invalid).
+        self.profiles: Mapping[str, ProfileSettings] = dict(profiles or {})
         self.nodes: dict[str, dict[str, NodeSnapshot]] = {}
         # Of endpoints only the nodes holding a ready one matter here.
         self.ready_nodes: dict[ServiceRef, frozenset[str]] = {}
@@ -206,6 +211,7 @@ class Inventory:
             self.nodes.get(key.cluster, {}),
             self.ready_nodes.get(key),
             prefix=self.prefix,
+            profiles=self.profiles,
         )
 
     def in_group(self, group: str) -> Iterator[tuple[ServiceRef, ServiceState]]:

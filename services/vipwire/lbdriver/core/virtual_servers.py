@@ -11,17 +11,24 @@ from typing import Literal
 import msgspec
 
 from vipwire.contracts import Member
+from vipwire.lbdriver.core.profiles import AllDownAction, LbMethod, MonitorKind
 
 L4Protocol = Literal["TCP", "UDP", "SCTP"]
 
 
 class Monitor(msgspec.Struct, frozen=True, kw_only=True):
-    """An HTTP health check sent to each member's node address (never to the VIP)."""
+    """A health check sent to each member's node address (never to the VIP).
+
+    The defaults are the built-in profile's (HTTP GET /healthz every 5 s, down
+    after 16 s). ``kind`` ``none``: no health check (port and path unused).
+    """
 
     port: int
     path: str = "/healthz"
     method: Literal["GET"] = "GET"
-    kind: Literal["http"] = "http"
+    kind: MonitorKind = "http"
+    interval_s: int = 5
+    timeout_s: int = 16
 
 
 class VirtualServer(msgspec.Struct, frozen=True, kw_only=True):
@@ -39,6 +46,13 @@ class VirtualServer(msgspec.Struct, frozen=True, kw_only=True):
     protocol: L4Protocol
     members: tuple[Member, ...]
     monitor: Monitor
+    # --- from the Service's appliance profile (see core.profiles); defaults: built-in
+    #: Seconds an idle connection is kept; None: the appliance's default.
+    idle_timeout_s: int | None = None
+    #: Concurrent connections accepted; None: no limit.
+    connection_limit: int | None = None
+    lb_method: LbMethod = "round-robin"
+    all_members_down: AllDownAction = "none"
 
 
 class CreateVirtualServer(msgspec.Struct, frozen=True, kw_only=True, tag="create"):
@@ -53,7 +67,8 @@ class UpdateMembers(msgspec.Struct, frozen=True, kw_only=True, tag="update-membe
 
 
 class UpdateVirtualServer(msgspec.Struct, frozen=True, kw_only=True, tag="update"):
-    """Replace everything but the name and destination (monitor, owner, members)."""
+    """Replace everything but the name and destination (monitor, profile options,
+    owner, members)."""
 
     server: VirtualServer
 

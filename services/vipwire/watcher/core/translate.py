@@ -31,6 +31,8 @@ FINALIZER: Final = "service.kubernetes.io/load-balancer-cleanup"
 POOL_ANNOTATION: Final = "vipwire.io/pool"
 IPS_ANNOTATION: Final = "vipwire.io/ips"
 SHARING_KEY_ANNOTATION: Final = "vipwire.io/sharing-key"
+#: The appliance profile (monitor, timeouts, method) the Service picks; ipam knows them.
+PROFILE_ANNOTATION: Final = "vipwire.io/profile"
 #: The other namespaces (or ``*``) whose Services may share this one's VIP (both sides say so).
 SHARE_NAMESPACES_ANNOTATION: Final = "vipwire.io/share-with-namespaces"
 #: Written by us: the trace of the last change we wrote back (``kubectl describe`` shows it).
@@ -309,6 +311,7 @@ def service_snapshot(
         labels={} if deleting else _str_map(meta.get("labels")),
         deleting=deleting,
         status_vips=() if deleting else status_vips(service),
+        profile=annotations.get(PROFILE_ANNOTATION, "").strip() or None,
     )
 
 

@@ -22,6 +22,7 @@ from vipwire.watcher.core.translate import (
     CLUSTER_ANNOTATION,
     IPS_ANNOTATION,
     POOL_ANNOTATION,
+    PROFILE_ANNOTATION,
     SHARE_NAMESPACES_ANNOTATION,
     SHARING_KEY_ANNOTATION,
     TRACE_ANNOTATION,
@@ -35,6 +36,7 @@ USER_ANNOTATIONS: Final = (
     POOL_ANNOTATION,
     IPS_ANNOTATION,
     SHARING_KEY_ANNOTATION,
+    PROFILE_ANNOTATION,
     SHARE_NAMESPACES_ANNOTATION,
 )
 #: Ours, written by the watcher itself.
@@ -99,6 +101,14 @@ def service_problems(service: Obj, *, protocols: Iterable[str]) -> tuple[str, ..
         problems.append(
             f"{POOL_ANNOTATION}: {_quote(pool)} cannot name a pool; a pool name is a DNS "
             "label (lower-case letters, digits and '-', at most 63 characters)"
+        )
+
+    profile = str(annotations.get(PROFILE_ANNOTATION) or "").strip()
+    if profile and not _DNS_LABEL.fullmatch(profile):
+        # Whether the profile exists is ipam's to judge (it reads the profiles section).
+        problems.append(
+            f"{PROFILE_ANNOTATION}: {_quote(profile)} cannot name a profile; a profile name "
+            "is a DNS label (lower-case letters, digits and '-', at most 63 characters)"
         )
 
     raw_ips = annotations.get(IPS_ANNOTATION)

@@ -7,9 +7,12 @@ session between partitions would race). In a partition:
 - ``slb server <prefix>-node-<address>`` per node address, its ``user-tag``
   the node name, with a port entry for each service port used;
 - per virtual server of ours (same name): an ``slb service-group`` whose
-  members are those servers on the service port, and an HTTP ``health
-  monitor`` (``override-port``: the health port) named from a hash of it, as
-  monitor names are limited to 31 characters;
+  members are those servers on the service port, and a ``health monitor``
+  (http, https or tcp from the Service's appliance profile; ``override-port``:
+  the health port; none when the profile has no health check) named from a
+  hash of it, as monitor names are limited to 31 characters;
+- per idle timeout a profile sets: ``slb template tcp`` and ``udp``
+  ``<prefix>-idle<seconds>``, bound to the virtual ports that use it;
 - ``slb virtual-server <prefix>-vip-<VIP>`` per VIP (ACOS allows one per
   address), its ``user-tag`` the owner, with one virtual port per virtual
   server of ours: ``no-dest-nat`` (DSR), bound to the service group and named
@@ -33,11 +36,15 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, NoReturn
 
+import msgspec
+
 from vipwire.contracts import Member
+from vipwire.lbdriver.core.profiles import MonitorKind
 from vipwire.lbdriver.core.virtual_servers import (
     CreateVirtualServer,
     DeleteVirtualServer,
@@ -81,6 +88,17 @@ _PROTOCOLS: Final[dict[str, tuple[str, str]]] = {
     "SCTP": ("others", "tcp"),
 }
 _FROM_VPORT: Final[dict[str, L4Protocol]] = {"tcp": "TCP", "udp": "UDP", "others": "SCTP"}
+#: ACOS's largest (and default) virtual port ``conn-limit``: no limit of ours.
+CONN_LIMIT_NONE: Final = 64_000_000
+#: ACOS allows 1-10 retries and a per-probe timeout of 1-12 s.
+_MAX_RETRY: Final = 10
+_MAX_PROBE_TIMEOUT: Final = 12
+_IDLE: Final = re.compile(r"-idle(\d+)$")
+_TIMEOUT_TAG: Final = re.compile(r"^vipwire timeout_s=(\d+)$")
+_DEF_SELECTION: Final = "def-selection-if-pref-failed"
+_NO_DEF_SELECTION: Final = "def-selection-if-pref-failed-disable"
+#: A service group without a health check.
+_NO_MONITOR: Final = Monitor(port=0, path="", kind="none", interval_s=0, timeout_s=0)
 
 
 class _NoPartition(Exception):
@@ -179,6 +197,8 @@ class _View:
     a10_servers: dict[str, _Server] = field(default_factory=dict)
     groups: dict[str, set[tuple[str, int]]] = field(default_factory=dict)  # members by group
     monitors: set[str] = field(default_factory=set)
+    #: ``tcp/<name>`` and ``udp/<name>`` templates known to exist (created by us).
+    templates: set[str] = field(default_factory=set)
 
 
 @dataclass(slots=True)
@@ -324,25 +344,31 @@ class A10Driver(RestDriver):
         for member in s.members:
             await self._ensure_server(part, view, prefix, member, port=s.port, proto=proto)
         monitor = monitor_name(prefix, s.name)
-        await self._upsert(
-            part,
-            "/health/monitor",
-            monitor,
-            {"monitor": _monitor_body(monitor, s.monitor)},
-            exists=monitor in view.monitors,
-        )
-        view.monitors.add(monitor)
+        if s.monitor.kind != "none":
+            await self._upsert(
+                part,
+                "/health/monitor",
+                monitor,
+                {"monitor": monitor_body(monitor, s.monitor)},
+                exists=monitor in view.monitors,
+            )
+            view.monitors.add(monitor)
+        await self._ensure_idle_template(part, view, prefix, s)
         members = {(server_name(prefix, m.address), s.port) for m in s.members}
         group = {
             "service-group": {
                 "name": s.name,
                 "protocol": proto,
-                "health-check": monitor,
+                **service_group_fields(monitor, s),
                 "member-list": [{"name": n, "port": p} for n, p in sorted(members)],
             }
         }
         await self._upsert(part, "/slb/service-group", s.name, group, exists=s.name in view.groups)
         view.groups[s.name] = members
+        if s.monitor.kind == "none" and monitor in view.monitors:
+            # The profile dropped its health check: the group no longer uses the monitor.
+            await self._delete(part, f"/health/monitor/{monitor}")
+            view.monitors.discard(monitor)
         vport = {
             "port-number": s.port,
             "protocol": vproto,
@@ -350,6 +376,7 @@ class A10Driver(RestDriver):
             "service-group": s.name,
             # DSR: the packet reaches the node addressed to the VIP and port it was sent to.
             "no-dest-nat": 1,
+            **virtual_port_fields(prefix, s),
         }
         if vip is None:
             vs_name = vip_name(prefix, s.address)
@@ -416,15 +443,7 @@ class A10Driver(RestDriver):
             if _failed(resp) and not _missing(resp):
                 self._raise(resp, f"remove member {server}:{p} from {name}")
         view.groups[name] = want
-        view.servers[name] = VirtualServer(
-            name=name,
-            owner=current.owner,
-            address=current.address,
-            port=current.port,
-            protocol=current.protocol,
-            members=tuple(sorted(set(members))),
-            monitor=current.monitor,
-        )
+        view.servers[name] = msgspec.structs.replace(current, members=tuple(sorted(set(members))))
 
     async def _delete_virtual_server(self, part: str, view: _View, name: str) -> None:
         where = view.vports.pop(name, None)
@@ -443,6 +462,22 @@ class A10Driver(RestDriver):
         await self._delete(part, f"/health/monitor/{monitor}")
         view.monitors.discard(monitor)
         view.servers.pop(name, None)
+
+    async def _ensure_idle_template(
+        self, part: str, view: _View, prefix: str, s: VirtualServer
+    ) -> None:
+        """Create the TCP or UDP template carrying the profile's idle timeout, once."""
+        if s.idle_timeout_s is None:
+            return
+        kind = _template_kind(s.protocol)
+        name = idle_template_name(prefix, s.idle_timeout_s)
+        if f"{kind}/{name}" in view.templates:
+            return
+        body = {kind: {"name": name, "idle-timeout": s.idle_timeout_s}}
+        resp = await self._call(part, "POST", f"/slb/template/{kind}", body)
+        if _failed(resp) and not _exists(resp):
+            self._raise(resp, f"create template {kind} {name}")
+        view.templates.add(f"{kind}/{name}")
 
     async def _ensure_server(
         self, part: str, view: _View, prefix: str, member: Member, *, port: int, proto: str
@@ -656,26 +691,97 @@ def _name(op: Operation) -> str:
             return name
 
 
-def _monitor_body(name: str, monitor: Monitor) -> dict[str, Any]:
+# --- the appliance profile, in ACOS objects (pure; see the README's table) ----------
+
+
+def monitor_body(name: str, monitor: Monitor) -> dict[str, Any]:
+    """The ``health monitor`` of a profile's http, https or tcp health check.
+
+    ACOS marks a server down after ``retry`` failed probes, one per
+    ``interval``, each waiting at most ``timeout`` (1-12 s): the profile's
+    ``timeout_s`` becomes ``(timeout_s - 1) // interval_s`` retries (1-10; the
+    built-in 5 s / 16 s gives ACOS's own 3), and is kept exact in the
+    ``user-tag`` so that it reads back as written.
+    """
+    method: dict[str, Any]
+    match monitor.kind:
+        case "https":
+            method = {
+                "https": {
+                    "https": 1,
+                    "web-port": monitor.port,
+                    "https-expect": 1,
+                    "https-response-code": "200",
+                    "https-url": 1,
+                    "url-type": monitor.method,
+                    "url-path": monitor.path,
+                }
+            }
+        case "tcp":
+            method = {"tcp": {"method-tcp": 1, "tcp-port": monitor.port}}
+        case _:
+            method = {
+                "http": {
+                    "http": 1,
+                    "http-port": monitor.port,
+                    "http-expect": 1,
+                    "http-response-code": "200",
+                    "http-url": 1,
+                    "url-type": monitor.method,
+                    "url-path": monitor.path,
+                }
+            }
     return {
         "name": name,
-        "retry": 3,
-        "interval": 5,
-        "timeout": 5,
+        "retry": max(1, min(_MAX_RETRY, (monitor.timeout_s - 1) // monitor.interval_s)),
+        "interval": monitor.interval_s,
+        "timeout": min(monitor.interval_s, _MAX_PROBE_TIMEOUT),
         # Probe the node's health port, not the member (service) port.
         "override-port": monitor.port,
-        "method": {
-            "http": {
-                "http": 1,
-                "http-port": monitor.port,
-                "http-expect": 1,
-                "http-response-code": "200",
-                "http-url": 1,
-                "url-type": monitor.method,
-                "url-path": monitor.path,
-            }
-        },
+        "method": method,
+        "user-tag": f"vipwire timeout_s={monitor.timeout_s}",
     }
+
+
+def service_group_fields(monitor: str, s: VirtualServer) -> dict[str, Any]:
+    """The service group's health check and method (``lb-method``, or ``lc-method``
+    for least connections, as ACOS keeps them apart)."""
+    fields: dict[str, Any] = (
+        {"health-check-disable": 1} if s.monitor.kind == "none" else {"health-check": monitor}
+    )
+    if s.lb_method == "least-connections":
+        fields["lc-method"] = "least-connection"
+    else:
+        fields["lb-method"] = "round-robin"
+    return fields
+
+
+def virtual_port_fields(prefix: str, s: VirtualServer) -> dict[str, Any]:
+    """The virtual port's connection limit, all-down action and idle-timeout template.
+
+    Every field is always sent (ACOS's default where the profile sets nothing),
+    since an update of a port merges into what it holds.
+    """
+    kind = _template_kind(s.protocol)
+    return {
+        "conn-limit": s.connection_limit or CONN_LIMIT_NONE,
+        "reset-on-server-selection-fail": 1 if s.all_members_down == "reset" else 0,
+        "def-selection-if-pref-failed": (
+            _NO_DEF_SELECTION if s.all_members_down == "drop" else _DEF_SELECTION
+        ),
+        f"template-{kind}": (
+            "default" if s.idle_timeout_s is None else idle_template_name(prefix, s.idle_timeout_s)
+        ),
+    }
+
+
+def idle_template_name(prefix: str, idle_timeout_s: int) -> str:
+    return f"{prefix}-idle{idle_timeout_s}"
+
+
+def _template_kind(protocol: str) -> str:
+    """UDP ports take a UDP template; TCP and SCTP (ACOS ``others``) a TCP one."""
+    return "udp" if protocol == "UDP" else "tcp"
 
 
 # --- reading back --------------------------------------------------------------------
@@ -756,14 +862,30 @@ def _virtual_server(
     drifted = vport.get("no-dest-nat") != 1 or group is None
     members = []
     monitor = _DRIFTED
+    lb_method: Any = "round-robin"
     if group is not None:
+        if group.get("lc-method") == "least-connection":
+            lb_method = "least-connections"
+        elif group.get("lc-method") or group.get("lb-method", "round-robin") != "round-robin":
+            drifted = True  # a method we never set: set ours again
         for server_ref, member_port in view.groups.get(str(group.get("name")), set()):
             server = view.a10_servers.get(server_ref)
             if server is None or member_port != port:
                 drifted = True
                 continue
             members.append(Member(node=server.node, address=server.address))
-        monitor = _monitor(monitors.get(str(group.get("health-check"))))
+        if group.get("health-check-disable") == 1 and not group.get("health-check"):
+            monitor = _NO_MONITOR
+        else:
+            monitor = _monitor(monitors.get(str(group.get("health-check"))))
+    limit = vport.get("conn-limit")
+    down: Any = "none"
+    if vport.get("reset-on-server-selection-fail") == 1:
+        down = "reset"
+    elif vport.get("def-selection-if-pref-failed") == _NO_DEF_SELECTION:
+        down = "drop"
+    template = vport.get(f"template-{_template_kind(protocol)}")
+    idle = _IDLE.search(str(template)) if template else None
     return VirtualServer(
         name=name,
         owner=owner,
@@ -772,6 +894,12 @@ def _virtual_server(
         protocol=protocol,
         members=tuple(sorted(set(members))),
         monitor=_DRIFTED if drifted else monitor,
+        idle_timeout_s=int(idle.group(1)) if idle else None,
+        connection_limit=(
+            limit if isinstance(limit, int) and 0 < limit < CONN_LIMIT_NONE else None
+        ),
+        lb_method=lb_method,
+        all_members_down=down,
     )
 
 
@@ -779,11 +907,25 @@ def _monitor(m: dict[str, Any] | None) -> Monitor:
     if m is None:
         return _DRIFTED
     method = m.get("method")
-    http = method.get("http") if isinstance(method, dict) else None
-    if not isinstance(http, dict) or http.get("url-type", "GET") != "GET":
+    if not isinstance(method, dict):
         return _DRIFTED
-    port = m.get("override-port") or http.get("http-port")
-    path = http.get("url-path")
+    interval, retry = m.get("interval", 5), m.get("retry", 3)
+    if not isinstance(interval, int) or not isinstance(retry, int):
+        return _DRIFTED
+    tag = _TIMEOUT_TAG.match(str(m.get("user-tag") or ""))
+    # Without our tag (written before profiles existed): what the retries come to.
+    timeout = int(tag.group(1)) if tag else retry * interval + 1
+    if isinstance(method.get("tcp"), dict):
+        port = m.get("override-port") or method["tcp"].get("tcp-port")
+        if not isinstance(port, int):
+            return _DRIFTED
+        return Monitor(port=port, path="", kind="tcp", interval_s=interval, timeout_s=timeout)
+    kind: MonitorKind = "https" if isinstance(method.get("https"), dict) else "http"
+    probe = method.get(kind)
+    if not isinstance(probe, dict) or probe.get("url-type", "GET") != "GET":
+        return _DRIFTED
+    port = m.get("override-port") or probe.get("http-port" if kind == "http" else "web-port")
+    path = probe.get("url-path")
     if not isinstance(port, int) or not isinstance(path, str):
         return _DRIFTED
-    return Monitor(port=port, path=path)
+    return Monitor(port=port, path=path, kind=kind, interval_s=interval, timeout_s=timeout)

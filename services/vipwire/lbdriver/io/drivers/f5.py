@@ -1,12 +1,15 @@
 """F5 BIG-IP as an L2 DSR (nPath) appliance, over iControl REST.
 
 One virtual server of ours is three BIG-IP objects of the same name in the
-cluster's partition: an HTTP monitor (sent to each member's node address on
-the health port), a pool whose members are ``<node address>:<service port>``,
-and a virtual server on ``<VIP>:<port>`` with address and port translation
-disabled, no SNAT and a fastL4 profile with loose initiation and loose close
-(the appliance only ever sees the inbound half of a connection). The owner tag
-is the virtual's description; a member's node name is its description.
+cluster's partition: a monitor (http, https or tcp, from the Service's
+appliance profile, sent to each member's node address on the health port; none
+for a profile without health check), a pool whose members are
+``<node address>:<service port>``, and a virtual server on ``<VIP>:<port>``
+with address and port translation disabled, no SNAT and a fastL4 profile with
+loose initiation and loose close (the appliance only ever sees the inbound
+half of a connection). The owner tag is the virtual's description; a member's
+node name is its description. The profile's other fields map as the README's
+profile table says (:func:`profile_pool_fields`, :func:`profile_virtual_fields`).
 
 Every batch of operations is one iControl REST transaction, so a batch that
 BIG-IP refuses changes nothing. With ``sync_group`` set, each committed batch
@@ -56,12 +59,28 @@ from vipwire.lbdriver.settings import ApplianceSettings
 
 log = logging.getLogger("vipwire.lbdriver.f5")
 
-#: The fastL4 profile every virtual of ours uses, created in each partition.
+#: The fastL4 profile every virtual of ours uses, created in each partition; a
+#: profile with an idle timeout uses ``<this>-idle<seconds>`` instead.
 FASTL4_PROFILE: Final = "vipwire-fastl4-dsr"
 
 _VIRTUAL: Final = "/mgmt/tm/ltm/virtual"
 _POOL: Final = "/mgmt/tm/ltm/pool"
 _MONITOR: Final = "/mgmt/tm/ltm/monitor/http"
+#: One monitor collection per kind of health check (ltm monitor http/https/tcp).
+_MONITORS: Final = {
+    "http": _MONITOR,
+    "https": "/mgmt/tm/ltm/monitor/https",
+    "tcp": "/mgmt/tm/ltm/monitor/tcp",
+}
+#: Our load-balancing methods as BIG-IP's pool ``loadBalancingMode``.
+LB_MODES: Final = {"round-robin": "round-robin", "least-connections": "least-connections-member"}
+_LB_METHODS: Final = {v: k for k, v in LB_MODES.items()}
+#: When every member is down: the pool's ``serviceDownAction`` (same words).
+_DOWN_ACTIONS: Final = ("none", "reset", "drop")
+_IDLE: Final = re.compile(re.escape(FASTL4_PROFILE) + r"-idle(\d+)$")
+_MONITOR_SUFFIX: Final = "-mon-"
+#: A pool without a health check.
+_NO_MONITOR: Final = Monitor(port=0, path="", kind="none", interval_s=0, timeout_s=0)
 _PROFILE: Final = "/mgmt/tm/ltm/profile/fastl4"
 _PARTITION: Final = "/mgmt/tm/auth/partition"
 _TRANSACTION: Final = "/mgmt/tm/transaction"
@@ -135,8 +154,6 @@ class F5Driver(RestDriver):
         partition_template: str = "{cluster}",
         partitions: Mapping[str, str] | None = None,
         sync_group: str | None = None,
-        monitor_interval_s: int = 5,
-        monitor_timeout_s: int = 16,
     ) -> None:
         super().__init__(
             name,
@@ -149,8 +166,8 @@ class F5Driver(RestDriver):
             partitions=partitions,
         )
         self.sync_group = sync_group
-        self._interval = monitor_interval_s
-        self._timeout = monitor_timeout_s
+        # Per partition, the idle-timeout fastL4 profiles known to exist.
+        self._idle_profiles: dict[str, set[str]] = {}
         self._token: str | None = None
         self._token_renew_at = 0.0
         # Partitions known to exist with our fastL4 profile in them.
@@ -172,11 +189,14 @@ class F5Driver(RestDriver):
         await self._sync_if_pending()
         scope = f"$filter=partition+eq+{part}"
         await self._login()  # once, before the reads race to do it
-        virtuals, pools, monitors = await all_or_first_error(
+        virtuals, pools, http, https, tcp = await all_or_first_error(
             self._collection(_VIRTUAL, f"{scope}&expandSubcollections=true"),
             self._collection(_POOL, f"{scope}&expandSubcollections=true"),
-            self._collection(_MONITOR, scope),
+            self._collection(_MONITORS["http"], scope),
+            self._collection(_MONITORS["https"], scope),
+            self._collection(_MONITORS["tcp"], scope),
         )
+        monitors = {"http": http, "https": https, "tcp": tcp}
         servers, present = _translate(virtuals, pools, monitors)
         self._present[part] = present
         return servers
@@ -187,6 +207,7 @@ class F5Driver(RestDriver):
         part = self.partition_of(partition)
         await self._sync_if_pending()
         await self._ensure_partition(part)
+        await self._ensure_idle_profiles(part, ops)
         known = self._present.get(part)
         ports = await self._member_ports(part, ops, known)
         commands = [c for op in ops for c in self._commands(part, op, known, ports)]
@@ -199,12 +220,16 @@ class F5Driver(RestDriver):
             # Whatever failed, our picture of the partition may be wrong now.
             self._present.pop(part, None)
             self._ready.discard(part)
+            self._idle_profiles.pop(part, None)
             raise
         if known is not None:
             for op in ops:
                 match op:
                     case CreateVirtualServer(server=s) | UpdateVirtualServer(server=s):
-                        known[s.name] = _Seen({"virtual", "pool", "monitor"}, s.port)
+                        kinds = {"virtual", "pool"}
+                        if s.monitor.kind != "none":
+                            kinds.add(f"monitor:{s.monitor.kind}")
+                        known[s.name] = _Seen(kinds, s.port)
                     case DeleteVirtualServer(name=name):
                         known.pop(name, None)
         await self._sync()
@@ -260,14 +285,19 @@ class F5Driver(RestDriver):
         match op:
             case CreateVirtualServer(server=s) | UpdateVirtualServer(server=s):
                 assume = isinstance(op, UpdateVirtualServer)
-                return [
-                    _upsert(
-                        _MONITOR,
-                        part,
-                        s.name,
-                        self._monitor_body(s),
-                        has(s.name, "monitor", assume),
-                    ),
+                kind = s.monitor.kind
+                commands = []
+                if kind != "none":
+                    commands.append(
+                        _upsert(
+                            _MONITORS[kind],
+                            part,
+                            monitor_name(s.name, kind),
+                            monitor_body(s),
+                            has(s.name, f"monitor:{kind}", assume),
+                        )
+                    )
+                commands += [
                     _upsert(_POOL, part, s.name, _pool_body(part, s), has(s.name, "pool", assume)),
                     _upsert(
                         _VIRTUAL,
@@ -277,32 +307,51 @@ class F5Driver(RestDriver):
                         has(s.name, "virtual", assume),
                     ),
                 ]
+                # A monitor of another kind (the profile changed) goes once the pool
+                # no longer uses it, in the same transaction.
+                commands += [
+                    ("DELETE", _item(path, part, monitor_name(s.name, other)), {})
+                    for other, path in _MONITORS.items()
+                    if other != kind and has(s.name, f"monitor:{other}", False)
+                ]
+                return commands
             case UpdateMembers(name=name, members=members):
                 port = ports[name]
                 body = {"members": [_member(m.address, m.node, port) for m in members]}
                 return [("PATCH", _item(_POOL, part, name), body)]
             case DeleteVirtualServer(name=name):
                 return [
-                    ("DELETE", _item(kind, part, name), {})
-                    for kind, what in (
-                        (_VIRTUAL, "virtual"),
-                        (_POOL, "pool"),
-                        (_MONITOR, "monitor"),
+                    ("DELETE", _item(kind, part, item), {})
+                    for kind, item, what in (
+                        (_VIRTUAL, name, "virtual"),
+                        (_POOL, name, "pool"),
+                        *(
+                            (path, monitor_name(name, k), f"monitor:{k}")
+                            for k, path in _MONITORS.items()
+                        ),
                     )
-                    if has(name, what, True)
+                    if has(name, what, what == "monitor:http")
                 ]
 
-    def _monitor_body(self, s: VirtualServer) -> dict[str, Any]:
-        return {
-            "defaultsFrom": "/Common/http",
-            # Without a destination BIG-IP would probe the member's own (service) port.
-            "destination": f"*:{s.monitor.port}",
-            "send": f"{s.monitor.method} {s.monitor.path} HTTP/1.0\\r\\n\\r\\n",
-            "recv": r"^HTTP/1\.[01] 200",
-            "interval": self._interval,
-            "timeout": self._timeout,
-            "description": s.owner,
-        }
+    async def _ensure_idle_profiles(self, part: str, ops: Sequence[Operation]) -> None:
+        """Create the fastL4 profiles (one per idle timeout) the operations refer to."""
+        known = self._idle_profiles.setdefault(part, set())
+        for op in ops:
+            if not isinstance(op, CreateVirtualServer | UpdateVirtualServer):
+                continue
+            idle = op.server.idle_timeout_s
+            name = fastl4_profile_name(idle)
+            if idle is None or name in known:
+                continue
+            path = _item(_PROFILE, part, name)
+            resp = await self._call("GET", path)
+            if resp.status == 404:
+                resp = await self._call("POST", _PROFILE, json=fastl4_body(part, idle))
+                if not _ok(resp) and resp.status != 409:
+                    self._raise(resp, f"create fastL4 profile {name} in {part}")
+            elif not _ok(resp):
+                self._raise(resp, f"GET {path}")
+            known.add(name)
 
     # --- requests ------------------------------------------------------------------
 
@@ -364,19 +413,7 @@ class F5Driver(RestDriver):
         profile = _item(_PROFILE, part, FASTL4_PROFILE)
         resp = await self._call("GET", profile)
         if resp.status == 404:
-            resp = await self._call(
-                "POST",
-                _PROFILE,
-                json={
-                    "name": FASTL4_PROFILE,
-                    "partition": part,
-                    "defaultsFrom": "/Common/fastL4",
-                    # nPath: the appliance sees neither the SYN-ACK nor the server's FIN.
-                    "looseInitialization": "enabled",
-                    "looseClose": "enabled",
-                    "description": "vipwire: L2 DSR (nPath)",
-                },
-            )
+            resp = await self._call("POST", _PROFILE, json=fastl4_body(part, None))
             if not _ok(resp) and resp.status != 409:
                 self._raise(resp, f"create fastL4 profile in {part}")
         elif not _ok(resp):
@@ -512,8 +549,7 @@ def _member(address: str, node: str, port: int) -> dict[str, Any]:
 
 def _pool_body(part: str, s: VirtualServer) -> dict[str, Any]:
     return {
-        "monitor": f"/{part}/{s.name}",
-        "loadBalancingMode": "round-robin",
+        **profile_pool_fields(part, s),
         "members": [_member(m.address, m.node, s.port) for m in s.members],
         "description": s.owner,
     }
@@ -526,13 +562,80 @@ def _virtual_body(part: str, s: VirtualServer) -> dict[str, Any]:
         "mask": "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff" if v6 else "255.255.255.255",
         "ipProtocol": s.protocol.lower(),
         "pool": f"/{part}/{s.name}",
-        "profiles": [{"name": f"/{part}/{FASTL4_PROFILE}"}],
         # L2 DSR: the packet must reach the node with the VIP and port it was sent to.
         "translateAddress": "disabled",
         "translatePort": "disabled",
         "sourceAddressTranslation": {"type": "none"},
         "description": s.owner,
+        **profile_virtual_fields(part, s),
     }
+
+
+# --- the appliance profile, in BIG-IP's objects (pure; see the README's table) -------
+
+
+def monitor_body(s: VirtualServer) -> dict[str, Any]:
+    """The ``ltm monitor http|https|tcp`` of a virtual server (kind none has none)."""
+    m = s.monitor
+    body: dict[str, Any] = {
+        "defaultsFrom": f"/Common/{m.kind}",
+        # Without a destination BIG-IP would probe the member's own (service) port.
+        "destination": f"*:{m.port}",
+        "interval": m.interval_s,
+        # BIG-IP marks a member down after this long without a successful probe.
+        "timeout": m.timeout_s,
+        "description": s.owner,
+    }
+    if m.kind in ("http", "https"):
+        body["send"] = f"{m.method} {m.path} HTTP/1.0\\r\\n\\r\\n"
+        body["recv"] = r"^HTTP/1\.[01] 200"
+    return body
+
+
+def profile_pool_fields(part: str, s: VirtualServer) -> dict[str, Any]:
+    """The pool's monitor, ``loadBalancingMode`` and ``serviceDownAction``."""
+    return {
+        "monitor": (
+            f"/{part}/{monitor_name(s.name, s.monitor.kind)}" if s.monitor.kind != "none" else ""
+        ),
+        "loadBalancingMode": LB_MODES[s.lb_method],
+        "serviceDownAction": s.all_members_down,
+    }
+
+
+def profile_virtual_fields(part: str, s: VirtualServer) -> dict[str, Any]:
+    """The virtual's fastL4 profile (carrying the idle timeout) and ``connectionLimit``."""
+    return {
+        "profiles": [{"name": f"/{part}/{fastl4_profile_name(s.idle_timeout_s)}"}],
+        # 0: no limit.
+        "connectionLimit": s.connection_limit or 0,
+    }
+
+
+def monitor_name(name: str, kind: str) -> str:
+    """A virtual server's monitor: its own name for http (as before profiles), else
+    ``<name>-mon-<kind>``, since BIG-IP monitor names are unique across monitor types."""
+    return name if kind == "http" else f"{name}{_MONITOR_SUFFIX}{kind}"
+
+
+def fastl4_profile_name(idle_timeout_s: int | None) -> str:
+    return FASTL4_PROFILE if idle_timeout_s is None else f"{FASTL4_PROFILE}-idle{idle_timeout_s}"
+
+
+def fastl4_body(part: str, idle_timeout_s: int | None) -> dict[str, Any]:
+    """A fastL4 profile for L2 DSR; with ``idleTimeout`` when the profile sets one."""
+    body: dict[str, Any] = {
+        "name": fastl4_profile_name(idle_timeout_s),
+        "partition": part,
+        "defaultsFrom": "/Common/fastL4",
+        # nPath: the appliance sees neither the SYN-ACK nor the server's FIN.
+        "looseInitialization": "enabled",
+        "looseClose": "enabled",
+        "description": "vipwire: L2 DSR (nPath)",
+    }
+    if idle_timeout_s is not None:
+        body["idleTimeout"] = idle_timeout_s
+    return body
 
 
 # --- reading back --------------------------------------------------------------------
@@ -541,15 +644,28 @@ def _virtual_body(part: str, s: VirtualServer) -> dict[str, Any]:
 def _translate(
     virtuals: list[dict[str, Any]],
     pools: list[dict[str, Any]],
-    monitors: list[dict[str, Any]],
+    monitors: Mapping[str, list[dict[str, Any]]],
 ) -> tuple[dict[str, VirtualServer], dict[str, _Seen]]:
-    """BIG-IP objects of one partition → our virtual servers, and what exists by name."""
+    """BIG-IP objects of one partition → our virtual servers, and what exists by name.
+
+    ``monitors``: the monitors of each kind (http, https, tcp).
+    """
     present: dict[str, _Seen] = {}
-    for kind, objects in (("virtual", virtuals), ("pool", pools), ("monitor", monitors)):
+    kinds: list[tuple[str, list[dict[str, Any]]]] = [("virtual", virtuals), ("pool", pools)]
+    kinds += [(f"monitor:{k}", objects) for k, objects in monitors.items()]
+    for kind, objects in kinds:
+        suffix = "" if kind in ("virtual", "pool", "monitor:http") else _MONITOR_SUFFIX + kind[8:]
         for obj in objects:
-            present.setdefault(str(obj.get("name", "")), _Seen(set(), None)).kinds.add(kind)
+            name = str(obj.get("name", ""))
+            if suffix:
+                if not name.endswith(suffix):
+                    continue  # not a monitor of ours
+                name = name.removesuffix(suffix)
+            present.setdefault(name, _Seen(set(), None)).kinds.add(kind)
     pools_by_path = {str(p.get("fullPath")): p for p in pools}
-    monitors_by_path = {str(m.get("fullPath")): m for m in monitors}
+    monitors_by_path = {
+        str(m.get("fullPath")): (k, m) for k, objects in monitors.items() for m in objects
+    }
     servers: dict[str, VirtualServer] = {}
     for v in virtuals:
         server = _virtual_server(v, pools_by_path, monitors_by_path)
@@ -562,7 +678,7 @@ def _translate(
 def _virtual_server(
     v: dict[str, Any],
     pools: dict[str, dict[str, Any]],
-    monitors: dict[str, dict[str, Any]],
+    monitors: dict[str, tuple[str, dict[str, Any]]],
 ) -> VirtualServer | None:
     name = str(v.get("name", ""))
     endpoint = parse_endpoint(str(v.get("destination", "")))
@@ -581,9 +697,16 @@ def _virtual_server(
     pool = pools.get(str(v.get("pool", "")).strip())
     members = []
     monitor = _DRIFTED
+    lb_method: Any = "round-robin"
+    down: Any = "none"
     if pool is None:
         drifted = True
     else:
+        lb_method = _LB_METHODS.get(str(pool.get("loadBalancingMode", "round-robin")))
+        down = str(pool.get("serviceDownAction", "none"))
+        if lb_method is None or down not in _DOWN_ACTIONS:
+            drifted = True  # a method or action we never set: set ours again
+            lb_method, down = "round-robin", "none"
         reference = pool.get("membersReference")
         items = reference.get("items", []) if isinstance(reference, dict) else []
         for item in items:
@@ -595,6 +718,7 @@ def _virtual_server(
                 drifted = True  # DSR delivers to the service port; anything else is broken
             members.append(Member(node=str(item.get("description") or at[0]), address=at[0]))
         monitor = _monitor(str(pool.get("monitor", "")), monitors)
+    limit = v.get("connectionLimit", 0)
     return VirtualServer(
         name=name,
         owner=str(v.get("description") or ""),
@@ -603,16 +727,45 @@ def _virtual_server(
         protocol=l4,
         members=tuple(sorted(set(members))),
         monitor=_DRIFTED if drifted else monitor,
+        idle_timeout_s=_idle_timeout(v),
+        connection_limit=limit if isinstance(limit, int) and limit > 0 else None,
+        lb_method=lb_method,
+        all_members_down=down,
     )
 
 
-def _monitor(reference: str, monitors: dict[str, dict[str, Any]]) -> Monitor:
+def _idle_timeout(v: dict[str, Any]) -> int | None:
+    """The idle timeout our fastL4 profile on the virtual carries (None: the plain one)."""
+    reference = v.get("profilesReference")
+    items = reference.get("items", []) if isinstance(reference, dict) else []
+    for item in items:
+        found = _IDLE.search(str(item.get("fullPath") or item.get("name") or ""))
+        if found:
+            return int(found.group(1))
+    return None
+
+
+def _monitor(reference: str, monitors: dict[str, tuple[str, dict[str, Any]]]) -> Monitor:
+    if not reference.strip():
+        return _NO_MONITOR
     paths = _PATHS.findall(reference)
     if len(paths) != 1 or paths[0] not in monitors:
         return _DRIFTED
-    m = monitors[paths[0]]
+    kind, m = monitors[paths[0]]
     _, _, port = str(m.get("destination", "")).rpartition(":")
-    words = str(m.get("send", "")).split()
-    if not port.isdigit() or len(words) < 2 or words[0] != "GET":
+    interval, timeout = m.get("interval"), m.get("timeout")
+    if not port.isdigit() or not isinstance(interval, int) or not isinstance(timeout, int):
         return _DRIFTED
-    return Monitor(port=int(port), path=words[1])
+    path = ""
+    if kind in ("http", "https"):
+        words = str(m.get("send", "")).split()
+        if len(words) < 2 or words[0] != "GET":
+            return _DRIFTED
+        path = words[1]
+    return Monitor(
+        port=int(port),
+        path=path,
+        kind=kind,  # type: ignore[arg-type]
+        interval_s=interval,
+        timeout_s=timeout,
+    )
