@@ -3,12 +3,14 @@ whole pipeline (watcher → ipam → lbdriver on the sim appliance → node agen
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 
 from vipwire.allinone import Stack
+from vipwire.cli.main import main
 from vipwire.testing import eventually
 
 FINALIZER = "service.kubernetes.io/load-balancer-cleanup"
@@ -110,7 +112,9 @@ async def test_one_side_only_gets_its_own_vip_and_a_sharing_refused_event(stack:
     assert stack.ingress_ips("east", "api", "blog") != stack.ingress_ips("east", "web", "shop")
 
 
-async def test_changing_the_ips_of_a_served_service_is_explained(stack: Stack) -> None:
+async def test_changing_the_ips_of_a_served_service_is_explained(
+    stack: Stack, capsys: pytest.CaptureFixture[str]
+) -> None:
     """vipwire.io/ips changed on a served Service (the move is off): a MoveRefused Warning
     Event and condition say what it keeps and why; its VIP stays on the appliance."""
     await stack.create_service("east", "web", annotations={"vipwire.io/ips": "198.51.100.50"})
@@ -143,6 +147,11 @@ async def test_changing_the_ips_of_a_served_service_is_explained(stack: Stack) -
     assert stack.ingress_ips("east", "web") == ["198.51.100.50"]
     served = {vs.address for vs in stack.appliance.virtual_servers("east").values()}
     assert served == {"198.51.100.50"}
+    # Replaying ipam's decisions over this history finds the refusal right.
+    capsys.readouterr()
+    args = ["replay", "--nats", stack.nats.urls[0], "--rerun", "--cluster", "east"]
+    code = await asyncio.to_thread(main, args)
+    assert code == 0, capsys.readouterr().out
 
 
 async def test_a_service_ipam_refuses_for_good_keeps_no_finalizer(stack: Stack) -> None:
@@ -164,3 +173,39 @@ async def test_a_service_ipam_refuses_for_good_keeps_no_finalizer(stack: Stack) 
     (event,) = events(stack, "default", "gold", "AllocationFailed")
     assert "pool 'gold'" in event["note"] and f"(trace {trace})" in event["note"]
     assert condition(stack, "gold")["reason"] == "AllocationFailed"
+
+
+async def test_a_served_service_made_invalid_keeps_serving_and_the_history_reruns_clean(
+    stack: Stack, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A typo on a served Service: InvalidService, its VIP stays on the appliance and in
+    status (ipam reads the rejection as the snapshot in force, never as a deletion), and
+    replay --rerun of the history finds no divergence."""
+    await stack.create_service("east", "web")
+    await eventually(lambda: stack.ingress_ips("east", "web"), timeout=5.0, what="web's VIP")
+    (vip,) = stack.ingress_ips("east", "web")
+    await stack.emulators["east"].patch(
+        "services", "default", "web", {"metadata": {"annotations": {"vipwire.io/poool": "x"}}}
+    )
+    await eventually(
+        lambda: condition(stack, "web").get("reason") == "InvalidService",
+        timeout=5.0,
+        what="web's condition says InvalidService",
+    )
+    await stack.emulators["east"].patch(
+        "services", "default", "web", {"metadata": {"annotations": {"vipwire.io/poool": None}}}
+    )
+    await eventually(
+        lambda: condition(stack, "web").get("status") == "True",
+        timeout=5.0,
+        what="web is Ready again",
+    )
+    assert stack.ingress_ips("east", "web") == [vip]
+    assert {vs.address for vs in stack.appliance.virtual_servers("east").values()} == {vip}
+    capsys.readouterr()
+    args = ["replay", "--nats", stack.nats.urls[0], "--rerun", "--cluster", "east"]
+    assert await asyncio.to_thread(main, args) == 0, capsys.readouterr().out
+    capsys.readouterr()
+    args = ["replay", "--nats", stack.nats.urls[0], "--service", "east/default/web"]
+    assert await asyncio.to_thread(main, args) == 0
+    assert "rejected: InvalidService" in capsys.readouterr().out

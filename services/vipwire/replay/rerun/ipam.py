@@ -352,13 +352,16 @@ class IpamCheck(NextFitChecks):
         request = request_of(snap)
         if held is not None:
             plan = decide(snap, held, self.allocator)
-            if plan.failure is None:
+            # A refused move is a VipFailed too (the Service keeps what it holds).
+            refused = any(isinstance(o.message, VipFailed) for o in plan.publish)
+            if plan.failure is None and not refused:
                 self._diverge(
                     event,
                     "ipam.failed",
                     v,
                     f"VipAssigned {vips_text(held.vips)} (the change fits its shared VIPs)",
-                    "only a change that no longer fits the other sharers is refused",
+                    "only a change that no longer fits the other sharers, or asks for other "
+                    "VIPs, is refused",
                 )
             return
         probe = self.allocator.choose(request)
