@@ -7,7 +7,9 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
+import nats
 import pytest
+from nats.aio.msg import Msg
 
 from vipwire.allinone import Stack
 from vipwire.cli.main import main
@@ -115,8 +117,9 @@ async def test_one_side_only_gets_its_own_vip_and_a_sharing_refused_event(stack:
 async def test_changing_the_ips_of_a_served_service_is_explained(
     stack: Stack, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """vipwire.io/ips changed on a served Service (the move is off): a MoveRefused Warning
-    Event and condition say what it keeps and why; its VIP stays on the appliance."""
+    """vipwire.io/ips changed on a served Service to an address it cannot move to (in no
+    pool): a MoveRefused Warning Event and condition say what it keeps and why; its VIP
+    stays on the appliance, and a replay of ipam's decisions finds the refusal right."""
     await stack.create_service("east", "web", annotations={"vipwire.io/ips": "198.51.100.50"})
     await eventually(
         lambda: stack.ingress_ips("east", "web") == ["198.51.100.50"],
@@ -127,7 +130,7 @@ async def test_changing_the_ips_of_a_served_service_is_explained(
         "services",
         "default",
         "web",
-        {"metadata": {"annotations": {"vipwire.io/ips": "198.51.100.77"}}},
+        {"metadata": {"annotations": {"vipwire.io/ips": "203.0.113.77"}}},
     )
     await eventually(
         lambda: condition(stack, "web").get("reason") == "MoveRefused",
@@ -136,7 +139,8 @@ async def test_changing_the_ips_of_a_served_service_is_explained(
     )
     cond = condition(stack, "web")
     assert cond["status"] == "False"
-    assert "keeps 198.51.100.50 although it asks for 198.51.100.77" in cond["message"]
+    assert "keeps 198.51.100.50 although it asks for 203.0.113.77" in cond["message"]
+    assert "it cannot move: requested address 203.0.113.77 is in no pool" in cond["message"]
     await eventually(
         lambda: events(stack, "default", "web", "MoveRefused"),
         timeout=5.0,
@@ -209,3 +213,101 @@ async def test_a_served_service_made_invalid_keeps_serving_and_the_history_rerun
     args = ["replay", "--nats", stack.nats.urls[0], "--service", "east/default/web"]
     assert await asyncio.to_thread(main, args) == 0
     assert "rejected: InvalidService" in capsys.readouterr().out
+
+
+class Sampler:
+    """Where the old and the new VIP are, sampled at every message on the bus (every step
+    of every service), from the status, the sim appliance and the nodes' appliers."""
+
+    def __init__(self, stack: Stack, old: str, new: str) -> None:
+        self.stack, self.old, self.new = stack, old, new
+        self.samples: list[dict[str, Any]] = []
+
+    def sample(self, subject: str) -> None:
+        stack = self.stack
+        status = set(stack.ingress_ips("east", "web"))
+        appliance = {vs.address for vs in stack.appliance.virtual_servers("east").values()}
+        nodes = [
+            {a.address for a in applier.state.addresses}  # type: ignore[attr-defined]
+            for (cluster, _), applier in stack.appliers.items()
+            if cluster == "east"
+        ]
+        self.samples.append(
+            {
+                "after": subject,
+                "status": status,
+                "appliance": appliance,
+                "old_everywhere": self.old in status
+                and self.old in appliance
+                and all(self.old in n for n in nodes),
+                "new_everywhere": self.new in status
+                and self.new in appliance
+                and all(self.new in n for n in nodes),
+                "old_anywhere": self.old in status
+                or self.old in appliance
+                or any(self.old in n for n in nodes),
+                "new_anywhere": self.new in appliance or any(self.new in n for n in nodes),
+            }
+        )
+
+
+async def test_changing_the_ips_moves_make_before_break_at_every_step(
+    stack: Stack, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """vipwire.io/ips changed on a served Service: it moves to the new VIP, and at every
+    step (sampled at each bus message) the old VIP is withdrawn from nowhere (status,
+    appliance, any node) before the new one is in status, on the appliance and on every
+    node (one node lags behind); at the end only the new VIP is anywhere, and the old
+    address is free again."""
+    old, new = "198.51.100.50", "198.51.100.77"
+    await stack.create_service("east", "web", annotations={"vipwire.io/ips": old})
+    await eventually(
+        lambda: stack.ingress_ips("east", "web") == [old], timeout=5.0, what="web serves old"
+    )
+    sampler = Sampler(stack, old, new)
+
+    def settled_on_old() -> bool:
+        sampler.sample("start")
+        return bool(sampler.samples[-1]["old_everywhere"])
+
+    await eventually(settled_on_old, timeout=5.0, what="old in status, appliance, every node")
+    sampler.samples.clear()
+    nc = await nats.connect(stack.nats.urls[0])
+    try:
+
+        async def on_msg(msg: Msg) -> None:
+            sampler.sample(msg.subject)
+
+        await nc.subscribe("vipwire.>", cb=on_msg)
+        # One node lags (its next applies fail and are retried): the old VIP must wait.
+        lagging = stack.appliers[("east", stack.node_names("east")[0])]
+        lagging.failures = 3  # type: ignore[attr-defined]
+        await stack.emulators["east"].patch(
+            "services", "default", "web", {"metadata": {"annotations": {"vipwire.io/ips": new}}}
+        )
+
+        def moved() -> bool:
+            sampler.sample("check")
+            last = sampler.samples[-1]
+            return bool(last["new_everywhere"] and not last["old_anywhere"])
+
+        await eventually(moved, timeout=10.0, what="web moved to the new VIP everywhere")
+    finally:
+        await nc.close()
+    samples = sampler.samples
+    assert any(s["old_everywhere"] and s["new_anywhere"] for s in samples), (
+        "never served both at once: no make-before-break"
+    )
+    first_gone = next(i for i, s in enumerate(samples) if not s["old_everywhere"])
+    assert all(s["new_everywhere"] for s in samples[first_gone:]), [
+        (s["after"], s["status"], s["appliance"]) for s in samples[first_gone - 2 : first_gone + 3]
+    ]
+    assert stack.ingress_ips("east", "web") == [new]
+    # The old address is free: another Service may ask for it.
+    await stack.create_service("east", "next", annotations={"vipwire.io/ips": old})
+    await eventually(
+        lambda: stack.ingress_ips("east", "next") == [old], timeout=5.0, what="next gets old"
+    )
+    capsys.readouterr()
+    args = ["replay", "--nats", stack.nats.urls[0], "--rerun", "--cluster", "east"]
+    assert await asyncio.to_thread(main, args) == 0, capsys.readouterr().out

@@ -13,13 +13,16 @@ from typing import Any, TypeVar
 import msgspec
 
 from vipwire.contracts import (
+    LbProgrammed,
     LbRemoved,
+    Member,
     Message,
     ServiceGone,
     ServicePort,
     ServiceRef,
     ServiceRejected,
     ServiceSnapshot,
+    StatusWritten,
     VipAssigned,
     VipFailed,
     VipReleased,
@@ -28,6 +31,7 @@ from vipwire.contracts import (
 from vipwire.ipam import PoolSettings
 from vipwire.ipam.core.claims import Owner
 from vipwire.ipam.core.decide import decide
+from vipwire.ipam.core.moves import announced, broken
 from vipwire.ipam.core.records import ServiceRecord
 from vipwire.ipam.core.sandbox import Sandbox
 
@@ -120,7 +124,10 @@ class Story:
         named: dict[str, set[ServiceRef]] = {}
         for service, record in records.items():
             assert len(set(record.vips)) == len(record.vips), f"{where}: {record}"
-            families = [ipaddress.ip_address(v).version for v in record.vips]
+            assert not broken(record, allocator, _owner(service, record)), f"{where}: {record}"
+            # One VIP per family, but for the old ones while a move serves both.
+            staying = [v for v in record.vips if v not in record.moving_from]
+            families = [ipaddress.ip_address(v).version for v in staying]
             assert len(families) == len(set(families)), f"{where}: {service} {record.vips}"
             for vip in record.vips:
                 claim = claims.get(vip)
@@ -147,7 +154,7 @@ class Story:
         for service, record in records.items():
             last = self.ipam.last_vip.get(service)
             if record.state == "active" and isinstance(last, VipAssigned):
-                assert last.vips == record.vips, f"{where}: {service} told {last.vips}"
+                assert last.vips == announced(record), f"{where}: {service} told {last.vips}"
         for service in self.ipam.waiting:
             assert service not in records or records[service].state == "active", where
 
@@ -459,6 +466,7 @@ def test_a_served_service_asking_for_other_vips_is_told_what_it_keeps_and_why() 
     names what it keeps, what it asks for and how to move it; then VipAssigned repeats
     what it keeps. Asking for what it holds again: VipAssigned alone."""
     s = Story()
+    s.ipam.move_on_change = False
     (first,) = s.step("pinned", snapshot("web", requested_ips=("192.0.2.9",)))
     refused, kept = s.step("asks for another", snapshot("web", requested_ips=("192.0.2.77",)))
     assert isinstance(first, VipAssigned) and isinstance(kept, VipAssigned)
@@ -575,3 +583,75 @@ def test_a_rejection_is_not_a_deletion() -> None:
     never = msgspec.structs.replace(rejected, name="typo", uid="uid-typo", in_force=None)
     assert s.step("never valid", never) == []
     assert s.count(VipReleasing, "web") == 0
+
+
+def _status(name: str, vips: tuple[str, ...], uid: str | None = None) -> StatusWritten:
+    return StatusWritten(
+        cluster="east", namespace="shop", name=name, uid=uid or f"uid-{name}", vips=vips
+    )
+
+
+def _programmed(name: str, vips: tuple[str, ...]) -> LbProgrammed:
+    return LbProgrammed(
+        cluster="east",
+        namespace="shop",
+        name=name,
+        uid=f"uid-{name}",
+        appliance="sim-1",
+        vips=vips,
+        ports=(ServicePort(port=80),),
+        members=(Member(node="n1", address="192.0.2.201"),),
+    )
+
+
+def test_a_changed_address_moves_make_before_break() -> None:
+    """vipwire.io/ips changed on a served Service: the new VIP is claimed and announced
+    with the old (adding); nothing is withdrawn until a status shows both (withdrawing:
+    only the new announced, the old still claimed); the old claim goes once the appliance
+    no longer serves it. The invariants hold after every step."""
+    s = Story()
+    (first,) = s.step("pinned", snapshot("web", requested_ips=("192.0.2.9",)))
+    assert isinstance(first, VipAssigned) and first.vips == ("192.0.2.9",)
+    (adding,) = s.step("asks for another", snapshot("web", requested_ips=("192.0.2.77",)))
+    assert isinstance(adding, VipAssigned)
+    assert adding.vips == ("192.0.2.9", "192.0.2.77") and adding.moving_from == ("192.0.2.9",)
+    assert s.ipam.records[ref("web")].move == "adding"
+    # Programmed, status not yet showing the new one: nothing moves on.
+    assert s.step("programmed both", _programmed("web", adding.vips)) == []
+    assert s.step("status shows the old only", _status("web", ("192.0.2.9",))) == []
+    assert s.step("another incarnation's status", _status("web", adding.vips, "x")) == []
+    (withdrawing,) = s.step("status shows both", _status("web", adding.vips))
+    assert isinstance(withdrawing, VipAssigned)
+    assert withdrawing.vips == ("192.0.2.77",) and withdrawing.moving_from == ("192.0.2.9",)
+    record = s.ipam.records[ref("web")]
+    assert record.move == "withdrawing" and "192.0.2.9" in s.ipam.allocator.claims()
+    assert s.step("appliance still serves both", _programmed("web", adding.vips)) == []
+    assert "192.0.2.9" in s.ipam.allocator.claims()
+    (done,) = s.step("appliance serves the new only", _programmed("web", ("192.0.2.77",)))
+    assert isinstance(done, VipAssigned)
+    assert done.vips == ("192.0.2.77",) and done.moving_from == ()
+    assert s.ipam.records[ref("web")].vips == ("192.0.2.77",)
+    assert set(s.ipam.allocator.claims()) == {"192.0.2.77"}
+    # The address left is free for another Service.
+    (other,) = s.step("other takes it", snapshot("other", requested_ips=("192.0.2.9",)))
+    assert isinstance(other, VipAssigned) and other.vips == ("192.0.2.9",)
+
+
+def test_a_pool_change_moves_and_a_move_that_cannot_serve_both_is_refused() -> None:
+    """vipwire.io/pool changed: a VIP of the new pool, make-before-break; a pool on another
+    appliance group cannot serve both at once: MoveRefused, it keeps its VIP."""
+    other = PoolSettings(name="other", addresses=("198.51.100.0/30",), appliance_group="g1")
+    elsewhere = PoolSettings(name="elsewhere", addresses=("203.0.113.0/30",), appliance_group="dc2")
+    s = Story(POOL, other, elsewhere)
+    (first,) = s.step("lab", snapshot("web", pool=POOL.name))
+    (adding,) = s.step("to other", snapshot("web", pool="other"))
+    assert isinstance(first, VipAssigned) and isinstance(adding, VipAssigned)
+    (new,) = (v for v in adding.vips if v not in first.vips)
+    assert new.startswith("198.51.100.") and adding.moving_from == first.vips
+    s.step("status", _status("web", adding.vips))
+    s.step("appliance", _programmed("web", (new,)))
+    assert s.ipam.records[ref("web")].vips == (new,)
+    refused, kept = s.step("to elsewhere", snapshot("web", pool="elsewhere"))
+    assert isinstance(refused, VipFailed) and refused.reason == "MoveRefused"
+    assert "appliance group 'dc2'" in refused.message
+    assert isinstance(kept, VipAssigned) and kept.vips == (new,)

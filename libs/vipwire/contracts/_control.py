@@ -232,6 +232,13 @@ class RecordView(msgspec.Struct, frozen=True, kw_only=True):
     reassign: bool = False
     #: The identity that asked for that release (the caller of its control request).
     released_by: str | None = None
+    #: A move to other VIPs under way (make-before-break, see ipam's ``core.moves``):
+    #: ``adding``: ``vips`` holds the old and the new ones, all served; ``withdrawing``:
+    #: the new ones are in status, on the appliance and on the nodes, the old ones
+    #: (``moving_from``) are being withdrawn; their claims go once the appliance
+    #: no longer serves them.
+    move: Literal["", "adding", "withdrawing"] = ""
+    moving_from: tuple[str, ...] = ()
 
 
 class ShowRequest(msgspec.Struct, frozen=True, kw_only=True):

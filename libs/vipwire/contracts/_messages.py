@@ -208,6 +208,11 @@ class VipAssigned(_Message, frozen=True, tag="vip-assigned"):
     #: VIPs it could not share (and why), so it got a VIP of its own (a Warning Event,
     #: ``SharingRefused``).
     sharing_refused: str | None = None
+    #: During a move to other VIPs (make-before-break): the old VIPs, which ``vips``
+    #: still lists until the new ones are in status, on the appliance and on the nodes
+    #: (the watcher writes the new ones into status only once every member node has
+    #: them), and which then leave ``vips`` and the appliance. Empty: no move.
+    moving_from: tuple[str, ...] = ()
 
 
 class VipReleasing(_Message, frozen=True, tag="vip-releasing"):

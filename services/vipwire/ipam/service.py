@@ -58,7 +58,8 @@ from vipwire.runtime import Runtime
 log = logging.getLogger("vipwire.ipam")
 
 DURABLE: Final = "ipam"
-FILTERS: Final = (family_filter("service"), family_filter("lb"))
+#: ``status``: StatusWritten, which moves a move on (the new VIPs are in status).
+FILTERS: Final = (family_filter("service"), family_filter("lb"), family_filter("status"))
 #: Seconds loading every claim at start may take before start fails.
 LOAD_TIMEOUT: Final = 60.0
 
@@ -158,6 +159,7 @@ class IpamService:
             conflict_retries=s.conflict_retries,
             retry_delay_s=s.retry_delay_s,
             status_wait_s=s.status_wait_s,
+            move_on_change=s.move_on_change,
         )
         retrier = WaitingRetrier(
             self.waiting,

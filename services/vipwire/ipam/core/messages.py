@@ -22,6 +22,7 @@ from vipwire.contracts import (
 )
 from vipwire.ipam.core.allocator import Allocator
 from vipwire.ipam.core.claims import request_of
+from vipwire.ipam.core.moves import announced
 from vipwire.ipam.core.records import ServiceRecord
 
 FAILED_REASON: Final = "AllocationFailed"
@@ -65,9 +66,10 @@ def assigned(
         namespace=snap.namespace,
         name=snap.name,
         uid=snap.uid,
-        vips=record.vips,
+        vips=announced(record),
         pool=record.pool,
         appliance_group=record.appliance_group,
+        moving_from=record.moving_from,
         ports=snap.ports,
         external_traffic_policy=snap.external_traffic_policy,
         health_check_node_port=snap.health_check_node_port,
@@ -76,6 +78,20 @@ def assigned(
         released_vips=released.vips if released is not None else (),
         profile=profile,
         sharing_refused=sharing_refused,
+    )
+
+
+def moved(last: VipAssigned, record: ServiceRecord) -> VipAssigned:
+    """The last VipAssigned said again as a move's step leaves the record."""
+    return msgspec.structs.replace(
+        last,
+        vips=announced(record),
+        moving_from=record.moving_from,
+        pool=record.pool,
+        notes=(),
+        released_by=None,
+        released_vips=(),
+        sharing_refused=None,
     )
 
 
@@ -126,13 +142,17 @@ def kept_assignment(
     Said again after a refused change, so that the last word on the subject still
     describes the Service's VIPs as the appliance keeps them.
     """
-    if isinstance(last, VipAssigned) and last.uid == snap.uid and last.vips == record.vips:
+    if (
+        isinstance(last, VipAssigned)
+        and last.uid == snap.uid
+        and (last.vips, last.moving_from) == (announced(record), record.moving_from)
+    ):
         if last.notes or last.released_by is not None:
             return msgspec.structs.replace(last, notes=(), released_by=None, released_vips=())
         return last
     ports: dict[str, ServicePort] = {}
     owner = request_of(snap).owner
-    for vip in record.vips:
+    for vip in announced(record):
         claim = allocator.claim_of(vip)
         entry = claim.sharer(owner) if claim is not None else None
         for text in entry.ports if entry is not None else ():
@@ -144,7 +164,8 @@ def kept_assignment(
         namespace=snap.namespace,
         name=snap.name,
         uid=snap.uid,
-        vips=record.vips,
+        vips=announced(record),
+        moving_from=record.moving_from,
         pool=record.pool,
         appliance_group=record.appliance_group,
         ports=tuple(ports.values()) or (previous.ports if previous else snap.ports),

@@ -14,18 +14,21 @@ from typing import TYPE_CHECKING
 
 from vipwire.contracts import (
     ANONYMOUS,
+    LbProgrammed,
     LbRemoved,
     Message,
     ServiceGone,
     ServiceRef,
     ServiceSnapshot,
+    StatusWritten,
+    VipAssigned,
     VipMessage,
     VipReleased,
 )
 from vipwire.ipam.core.allocator import Allocator
 from vipwire.ipam.core.claims import Owner, Request, request_of
 from vipwire.ipam.core.decide import Outgoing, Plan, decide, withdrawal, would_succeed
-from vipwire.ipam.core.messages import in_force, kept_assignment, released
+from vipwire.ipam.core.messages import in_force, kept_assignment, moved, released
 from vipwire.ipam.core.records import ServiceRecord
 from vipwire.ipam.core.status_vips import StatusVips
 
@@ -35,6 +38,9 @@ if TYPE_CHECKING:
 
 class Sandbox:
     """Claims (in the allocator), Service records and the waiting queue, in memory."""
+
+    #: A served Service that asks for other VIPs moves to them (ipam.move_on_change).
+    move_on_change = True
 
     def __init__(
         self, pools: Sequence[PoolSettings], *, profiles: Collection[str] | None = None
@@ -72,6 +78,8 @@ class Sandbox:
             self.status.see(message)
         if isinstance(message, ServiceSnapshot) and not message.deleting:
             return self._live(message, quiet=quiet)
+        if isinstance(message, StatusWritten | LbProgrammed):
+            return self._step(message)
         if not isinstance(message, ServiceSnapshot | ServiceGone | LbRemoved):
             return []
         ref = _ref(message)
@@ -131,7 +139,14 @@ class Sandbox:
         ref = _ref(snap)
         record = self.records.get(ref)
         status, honour = self.status, honour_status
-        plan = decide(snap, record, self.allocator, status=status, honour_status=honour)
+        plan = decide(
+            snap,
+            record,
+            self.allocator,
+            status=status,
+            honour_status=honour,
+            move_on_change=self.move_on_change,
+        )
         if plan.action == "replace" and record is not None:
             if record.state == "releasing":
                 # Its virtual server may still be on the appliance: the claims stay
@@ -158,9 +173,12 @@ class Sandbox:
         if plan.action == "refuse":
             self._wait(ref, plan, request_of(snap))
             return [] if quiet else self._publish(plan.publish)
-        # keep
+        # keep, or move (claims first, then the record)
         for update in plan.updates:
             self.allocator.claim(update.address, update.after)
+        if plan.action == "move":
+            assert plan.choice is not None
+            self.allocator.take(plan.choice)
         kept = plan.record or plan.reactivate or record
         assert kept is not None
         self.records[ref] = kept
@@ -171,6 +189,22 @@ class Sandbox:
             return []
         again = kept_assignment(snap, kept, self.last_vip.get(ref), self.allocator)
         return self._publish([*plan.publish, again])
+
+    def _step(self, message: StatusWritten | LbProgrammed) -> list[Message]:
+        """A move goes on (see :mod:`~vipwire.ipam.core.moves`): the record first, then
+        the old claims left, then VipAssigned says what the appliance serves now."""
+        ref = _ref(message)
+        record = self.records.get(ref)
+        plan = decide(message, record, self.allocator)
+        if plan.action != "step" or record is None:
+            return []
+        after = plan.record or record
+        self.records[ref] = after
+        self._leave(Owner(*ref, record.uid), plan.leave)
+        last = self.last_vip.get(ref)
+        if not plan.say_again or not isinstance(last, VipAssigned) or last.uid != after.uid:
+            return []
+        return self._publish([moved(last, after)])
 
     def _reassign(self, ref: ServiceRef, record: ServiceRecord) -> list[Message]:
         snap = self.last_service.get(ref)

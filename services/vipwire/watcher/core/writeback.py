@@ -15,7 +15,14 @@ from typing import Any, Final
 
 import msgspec
 
-from vipwire.contracts import LbFailed, LbProgrammed, ServiceSnapshot, VipFailed, VipReleased
+from vipwire.contracts import (
+    LbFailed,
+    LbProgrammed,
+    ServiceSnapshot,
+    VipAssigned,
+    VipFailed,
+    VipReleased,
+)
 from vipwire.watcher.core.bus_view import BusView
 from vipwire.watcher.core.condition import (
     INVALID,
@@ -117,6 +124,7 @@ def decide(
     live_seq: int = 0,
     too_large: str | None = None,
     missing: Collection[str] = (),
+    nodes_known: bool = True,
 ) -> Decision:
     """What to write to a Service now.
 
@@ -134,6 +142,10 @@ def decide(
     A status gate (any/all) still holds a new VIP back until nodes apply it.
     ``missing``: member nodes whose agents report them without the VIP past
     their grace period (:mod:`.node_vips`); the condition says NodesMissingVip.
+    During a move to other VIPs (``VipAssigned.moving_from``), status takes what the
+    appliance serves only once every member node holds all of it (``nodes_known``:
+    the node agents' reports are read), whatever the gate: ipam withdraws the old
+    VIPs when status shows the new ones, so they must serve everywhere by then.
     Going away: once ipam says everything is released, clear what we wrote
     and drop the finalizer; while the appliance refuses to let go, the
     condition says so. A release older than our last live snapshot
@@ -146,11 +158,13 @@ def decide(
     if not snapshot.deleting:
         wanted_ingress: Any = _KEEP
         lb = view.lb
+        vip = view.vip
+        moving = isinstance(vip, VipAssigned) and vip.uid == snapshot.uid and vip.moving_from
         if (
             problems is None
             and isinstance(lb, LbProgrammed)
             and lb.uid == snapshot.uid
-            and gate_satisfied(lb, applied, gate)
+            and gate_satisfied(lb, applied, "all" if moving and nodes_known else gate)
         ):
             wanted_ingress = ingress_for(lb.vips)
         condition: Any = _KEEP

@@ -111,6 +111,7 @@ class StatusWriter:
                 live_seq=term.memory.live_seq(key),
                 too_large=term.too_large_note(key, service, snapshot),
                 missing=missing,
+                nodes_known=term.memory.gating,
             )
             if decision.nothing:
                 return
