@@ -159,8 +159,9 @@ async def test_changing_the_ips_of_a_served_service_is_explained(
 
 
 async def test_a_service_ipam_refuses_for_good_keeps_no_finalizer(stack: Stack) -> None:
-    """Unknown pool: AllocationFailed (Event, condition) and no finalizer, as the README
-    says of a Service never valid; the annotation names the refusal's trace."""
+    """Unknown pool, or dual-stack with no IPv6 pool: AllocationFailed (Event, condition)
+    and no finalizer, as the README says of a Service never valid; the annotation names
+    the refusal's trace (the Event's)."""
     await stack.create_service("east", "gold", annotations={"vipwire.io/pool": "gold"})
     await eventually(
         lambda: events(stack, "default", "gold", "AllocationFailed"),
@@ -177,6 +178,32 @@ async def test_a_service_ipam_refuses_for_good_keeps_no_finalizer(stack: Stack) 
     (event,) = events(stack, "default", "gold", "AllocationFailed")
     assert "pool 'gold'" in event["note"] and f"(trace {trace})" in event["note"]
     assert condition(stack, "gold")["reason"] == "AllocationFailed"
+    # Dual-stack with no IPv6 pool: refused for good too.
+    await stack.emulators["east"].create(
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": "dual", "namespace": "default"},
+            "spec": {
+                "type": "LoadBalancer",
+                "loadBalancerClass": "vipwire.io/dsr",
+                "ipFamilies": ["IPv4", "IPv6"],
+                "ipFamilyPolicy": "RequireDualStack",
+                "ports": [{"name": "http", "port": 80, "protocol": "TCP"}],
+            },
+        }
+    )
+    await eventually(
+        lambda: events(stack, "default", "dual", "AllocationFailed"),
+        timeout=5.0,
+        what="an AllocationFailed Event on dual",
+    )
+    await eventually(
+        lambda: not ((stack.service("east", "dual") or {}).get("metadata") or {}).get("finalizers"),
+        timeout=5.0,
+        what="dual keeps no finalizer",
+    )
+    assert "IPv6" in events(stack, "default", "dual", "AllocationFailed")[0]["note"]
 
 
 async def test_a_served_service_made_invalid_keeps_serving_and_the_history_reruns_clean(

@@ -449,6 +449,11 @@ def render_show(reply: ShowReply) -> str:
                 lines.append(f"  {vip}  {shared}")
             if record.stale:
                 lines.append(f"  stale (recorded): {record.stale}")
+            if record.move:
+                lines.append(
+                    f"  moving ({record.move}): from {', '.join(record.moving_from)} to "
+                    f"{', '.join(v for v in record.vips if v not in record.moving_from)}"
+                )
         for reason in service.stale:
             if record is None or reason not in (record.stale or ""):
                 lines.append(f"  stale: {reason}")
