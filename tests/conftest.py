@@ -9,6 +9,7 @@ import pytest
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+from support.secure_nats import secured_nats  # noqa: F401  (a fixture for every test)
 from vipwire.bus import BusSettings
 from vipwire.natsserver import NatsServer
 from vipwire.runtime import CommonSettings, Runtime

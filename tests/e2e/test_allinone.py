@@ -14,6 +14,7 @@ import subprocess
 import sys
 from collections import Counter
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -24,6 +25,7 @@ from vipwire.bus import kv_keys
 from vipwire.contracts import IPAM_BUCKET
 from vipwire.ipam import addr_key
 from vipwire.ipam.core.records import decode_claim
+from vipwire.natsserver import NatsServer
 from vipwire.testing import eventually
 
 POOL = ipaddress.ip_network("198.51.100.0/24")
@@ -35,11 +37,15 @@ async def stack(span_exporter: InMemorySpanExporter) -> AsyncIterator[Stack]:
     async with Stack(span_processors=[SimpleSpanProcessor(span_exporter)]) as s:
         await s.wait_ready()
         yield s
+        # Permissions are on: every component did its work within its own.
+        assert isinstance(s.nats, NatsServer)
+        refused = [line for line in s.nats.log_tail if "Violation" in line]
+        assert not refused, "\n".join(refused)
 
 
 async def kv_claims(stack: Stack) -> dict[str, set[tuple[str, str]]]:
     """Every address claim in the ipam bucket: address key → (cluster, name) of its holders."""
-    runtime = stack.components["lbdriver"].runtime
+    runtime = stack.components["ipam"].runtime  # the one identity that may read it all
     assert runtime is not None
     kv = await runtime.bus.kv(IPAM_BUCKET)
     claims: dict[str, set[tuple[str, str]]] = {}
@@ -164,9 +170,10 @@ class TestPoison:
     ) -> None:
         """Garbage on a service subject is termed, logged, counted; the next Service converges."""
         ipam = stack.components["ipam"].runtime
-        assert ipam is not None
+        watcher = stack.components["watcher:east"].runtime  # the one that may publish there
+        assert ipam is not None and watcher is not None
         with caplog.at_level(logging.ERROR, logger="vipwire.bus.consumer"):
-            await ipam.bus.js.publish("vipwire.east.service.default.junk", b"\x00not json")
+            await watcher.bus.js.publish("vipwire.east.service.default.junk", b"\x00not json")
             await stack.create_service("east", "after-junk")
             await eventually(
                 lambda: vip_of(stack, "east", "after-junk"),
@@ -174,7 +181,7 @@ class TestPoison:
                 what="a Service created after the junk has a VIP",
             )
         assert any("vipwire.east.service.default.junk" in r.getMessage() for r in caplog.records)
-        assert 'vipwire_bus_poison_total{consumer="ipam",subject_family="service"} 1' in (
+        assert 'vipwire_bus_poison_total{consumer="ipam-service",subject_family="service"} 1' in (
             ipam.metrics.expose()
         )
 
@@ -247,3 +254,43 @@ class TestSmoke:
         result = json.loads(lines[0])
         assert result["services"] == result["converged"] == 10
         assert 0 < result["p50_ms"] <= result["p99_ms"]
+        # Permissions on by default: the operator's credentials are named, no warning.
+        assert "operator creds: " in proc.stderr and "operator-admin.creds" in proc.stderr
+        assert "WARNING" not in proc.stderr
+
+    def test_vipwire_up_insecure_bus_warns_and_still_converges(self) -> None:
+        """`vipwire up --smoke --insecure-bus`: a WARNING line, no credentials, converged."""
+        proc = subprocess.run(
+            [sys.executable, "-m", "vipwire.cli", "up", "--smoke", "--insecure-bus",
+             "--services", "1", "--clusters", "1", "--nodes", "1", "--timeout", "30"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert "WARNING: --insecure-bus" in proc.stderr
+        assert "operator creds" not in proc.stderr
+
+    def test_vipwire_up_tls_smoke_converges_over_mtls(self, tmp_path: Path) -> None:
+        """`vipwire up --tls --smoke`: a CA in STATE_DIR/pki, nats-server verifying clients,
+        every Service converged, and a --config file for the operator commands with the
+        client certificate."""
+        proc = subprocess.run(
+            [
+                sys.executable, "-m", "vipwire.cli", "up", "--tls", "--smoke",
+                "--clusters", "1", "--nodes", "1", "--services", "2",
+                "--timeout", "30", "--state-dir", str(tmp_path),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert json.loads(proc.stdout.strip().splitlines()[-1])["converged"] == 2
+        assert "verify: true" in (tmp_path / "jetstream" / "nats-server.conf").read_text()
+        cli = json.loads((tmp_path / "vipwire-cli.yaml").read_text())["bus"]
+        assert cli["tls"]["cert_file"] == str(tmp_path / "pki" / "client-cert.pem")
+        assert cli["credentials"].endswith("operator-admin.creds")  # permissions on too
+        assert f"--config {tmp_path / 'vipwire-cli.yaml'}" in proc.stderr

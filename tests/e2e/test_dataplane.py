@@ -160,3 +160,54 @@ class TestLifecycle:
         assert lab.call(lab.lab.nft_handles(NODE_1)) == handles
         assert lab.call(lab.lab.node_addresses(NODE_1)) == addresses
         assert lab.call(lab.lab.measure(vip, requests=10))["ok"] == 10
+
+
+class TestMoreThanHttp:
+    def test_udp_is_carried_to_the_pods_and_answered(self, lab: Lab) -> None:
+        """A Service with a TCP and a UDP port on 80: datagrams reach the pods through the
+        appliance and the node's DNAT, and every one is answered."""
+        vip = lab.call(
+            lab.lab.create_service("dgram", pods=["web-1", "web-2"], protocols=("TCP", "UDP"))
+        )
+        assert lab.call(lab.lab.udp_ok(vip, requests=20))
+        reply = lab.call(lab.lab.client.udp(vip, SERVICE_PORT))
+        assert reply.ok and reply.pod in {"web-1", "web-2"}
+
+    def test_sctp_is_carried_where_the_kernel_has_it(self, lab: Lab) -> None:
+        """HTTP over SCTP to VIP:80/sctp succeeds; skipped, with the reason, on a kernel
+        without SCTP."""
+        if lab.lab.sctp_skip_reason is not None:
+            pytest.skip(lab.lab.sctp_skip_reason)
+        vip = lab.call(
+            lab.lab.create_service("assoc", pods=["web-1", "web-2"], protocols=("TCP", "SCTP"))
+        )
+        assert lab.call(lab.lab.sctp_ok(vip, requests=10))
+
+    def test_source_ranges_let_the_allowed_client_in_and_keep_the_other_out(self, lab: Lab) -> None:
+        """loadBalancerSourceRanges [client/32]: the client's own address connects, its other
+        address (outside the range) does not; an open Service answers both."""
+        allowed = f"{CLIENT_ADDRESS}/32"
+        vip = lab.call(
+            lab.lab.create_service("guarded", pods=["web-1", "web-2"], source_ranges=[allowed])
+        )
+        denied_before = lab.call(lab.lab.appliance_counters())["denied-source"]
+        assert lab.call(lab.lab.source_ranges_check(vip)) == {
+            "allowed_ok": True,
+            "denied_blocked": True,
+        }
+        # Dropped at the appliance (counted), and each node filters it too.
+        assert lab.call(lab.lab.appliance_counters())["denied-source"] > denied_before
+        for node in (NODE_1, NODE_2, NODE_3):
+            chain = lab.call(lab.lab.node_source_filter(node))
+            assert f"ip daddr {vip} tcp dport 80 ip saddr != " in chain
+        open_vip = lab.call(lab.lab.create_service("unguarded", pods=["web-1", "web-2"]))
+        assert lab.call(lab.lab.source_ranges_check(open_vip))["denied_blocked"] is False
+
+    def test_client_ip_affinity_keeps_one_client_on_one_node(self, lab: Lab) -> None:
+        """sessionAffinity ClientIP: every connection of the client lands on one node (and
+        one pod); without affinity the same client is spread over several."""
+        pods = ["web-1", "web-2", "web-3"]
+        sticky = lab.call(lab.lab.create_service("sticky", pods=pods, affinity_timeout_s=600))
+        assert lab.call(lab.lab.same_node_ratio(sticky, requests=30)) == 1.0
+        spread = lab.call(lab.lab.create_service("spread", pods=pods))
+        assert lab.call(lab.lab.same_node_ratio(spread, requests=30)) < 1.0

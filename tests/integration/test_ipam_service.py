@@ -188,7 +188,7 @@ async def handled(ipam: IpamService, count: int) -> None:
     """Wait until the ipam consumer has finished ``count`` messages."""
     done = ipam.runtime.metrics.counter("bus_handled_total", "", ["consumer", "verdict"])
     await eventually(
-        lambda: done.value(consumer="ipam", verdict="done") >= count,
+        lambda: done.value(consumer="ipam-service", verdict="done") >= count,
         what=f"ipam handled {count} messages",
     )
 
@@ -279,6 +279,25 @@ class TestRelease:
 
 
 class TestDurability:
+    async def test_a_former_versions_durable_is_deleted_at_start(
+        self, bus: Runtime, make_ipam: IpamFactory
+    ) -> None:
+        """The one durable "ipam" of both families (before identities) goes at start: left,
+        it would hold back the purge of ended subjects; ipam-service and ipam-lb read."""
+        from nats.js.api import ConsumerConfig
+
+        await bus.bus.ensure_stream()
+        await bus.bus.js.add_consumer(
+            STREAM,
+            ConsumerConfig(
+                durable_name="ipam", filter_subjects=["vipwire.*.service.>", "vipwire.*.lb.>"]
+            ),
+        )
+        await make_ipam()
+        names = {info.name for info in await bus.bus.js.consumers_info(STREAM)}
+        assert "ipam" not in names
+        assert {"ipam-service", "ipam-lb"} <= names
+
     async def test_restart_keeps_allocations(
         self, bus: Runtime, seen: Seen, make_ipam: IpamFactory
     ) -> None:
@@ -333,7 +352,8 @@ class TestDurability:
                 published.setdefault(f"{m.cluster}/{m.name}", set()).add(m.vips)
         assert all(len(v) == 1 for v in published.values()), "a Service saw two different VIPs"
         handled = [
-            s.runtime.metrics.expose().count('consumer="ipam",verdict="done"') for s in (a, b)
+            s.runtime.metrics.expose().count('consumer="ipam-service",verdict="done"')
+            for s in (a, b)
         ]
         assert all(handled), "both replicas took part"
 

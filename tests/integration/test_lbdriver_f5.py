@@ -120,8 +120,9 @@ async def test_the_same_desired_state_twice_writes_nothing(
     writes, requests = emu.writes, emu.requests
     assert await converge(driver, desired) == []
     assert emu.writes == writes
-    # Only the collection reads of the listing: virtuals, pools, http/https/tcp monitors.
-    assert emu.requests == requests + 5
+    # Only the collection reads of the listing: virtuals, pools, http/https/tcp monitors,
+    # source-address persistence profiles, address lists, traffic-matching criteria.
+    assert emu.requests == requests + 8
 
 
 async def test_member_change_is_one_pool_write(driver: F5Driver, emu: F5Emulator) -> None:

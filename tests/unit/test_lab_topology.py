@@ -144,8 +144,36 @@ class TestReport:
             "replies_via_appliance": 0,
             "client_frames_from_appliance_mac": 0,
             "forwarded_packets": 50,
+            "udp_ok": True,
+            "sctp_ok": None,
+            "sctp_skip_reason": "this kernel has no SCTP",
+            "source_ranges": {"allowed_ok": True, "denied_blocked": True},
+            "affinity_same_node_ratio": 1.0,
         }
         assert dsr_passed(report)
         assert not dsr_passed({**report, "replies_via_appliance": 1})
         assert not dsr_passed({**report, "pods_seen": {"web-1": 10}})
         assert not dsr_passed({**report, "ok": 9})
+
+    def test_the_lab_passes_only_with_udp_sctp_ranges_and_affinity_right(self) -> None:
+        """UDP unanswered, SCTP failed (not skipped), a denied client let in, or one client
+        spread over nodes: the lab fails."""
+        report = {
+            "requests": 10,
+            "ok": 10,
+            "pods_seen": {"web-1": 5, "web-2": 5},
+            "replies_via_appliance": 0,
+            "client_frames_from_appliance_mac": 0,
+            "forwarded_packets": 50,
+            "udp_ok": True,
+            "sctp_ok": True,
+            "source_ranges": {"allowed_ok": True, "denied_blocked": True},
+            "affinity_same_node_ratio": 1.0,
+        }
+        assert dsr_passed(report)
+        assert not dsr_passed({**report, "udp_ok": False})
+        assert not dsr_passed({**report, "sctp_ok": False})
+        assert not dsr_passed(
+            {**report, "source_ranges": {"allowed_ok": True, "denied_blocked": False}}
+        )
+        assert not dsr_passed({**report, "affinity_same_node_ratio": 0.5})

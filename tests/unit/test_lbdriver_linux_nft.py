@@ -211,3 +211,58 @@ class TestSettings:
             ApplianceSettings(name="lnx", driver="linux")
         with pytest.raises(ValueError, match="netns"):
             ApplianceSettings(name="s", driver="sim", netns="x")
+
+
+class TestAccess:
+    def test_source_ranges_are_an_interval_set_the_server_chain_checks_first(self) -> None:
+        """A restricted server: a named interval set of its ranges, and a drop (counted) of
+        any other source before the forward; an open server has neither."""
+        restricted = msgspec.structs.replace(
+            server("vipwire-a", "192.0.2.1", "192.0.2.2"),
+            source_ranges=("203.0.113.0/24", "198.51.100.7/32"),
+        )
+        script = render(restricted, server("vipwire-b", "192.0.2.1", port=81))
+        name = f"src-{object_name('vipwire-a')}"
+        assert f"\tset {name} {{" in script
+        assert "elements = { 203.0.113.0/24, 198.51.100.7/32 }" in script
+        assert rule_of(script, restricted) == (
+            f'ip saddr != @{name} counter name "denied-source" drop'
+        )
+        open_rule = rule_of(script, server("vipwire-b", "192.0.2.1", port=81))
+        assert open_rule.startswith("ether saddr set")
+
+    def test_affinity_hashes_the_client_address_alone(self) -> None:
+        """ClientIP affinity: the member is chosen by the source address only, so every
+        connection of one client goes to one node; without it, address and port."""
+        sticky = msgspec.structs.replace(
+            server("vipwire-a", "192.0.2.1", "192.0.2.2"), affinity_timeout_s=60
+        )
+        assert "jhash ip saddr mod 2" in rule_of(render(sticky), sticky)
+        plain = server("vipwire-a", "192.0.2.1", "192.0.2.2")
+        assert "jhash ip saddr . tcp sport mod 2" in rule_of(render(plain), plain)
+
+    def test_the_rendered_table_is_accepted_by_nft(self) -> None:
+        """``nft -c`` (check only) accepts a table with sets, filters and affinity."""
+        import shutil
+        import subprocess
+
+        if shutil.which("nft") is None:
+            pytest.skip("nft is not installed")
+        restricted = msgspec.structs.replace(
+            server("vipwire-a", "192.0.2.1", "192.0.2.2"),
+            source_ranges=("10.0.0.0/8", "10.1.0.0/16"),
+            affinity_timeout_s=60,
+        )
+        v6 = msgspec.structs.replace(
+            server("vipwire-c", "2001:db8::1", address="2001:db8::10"),
+            source_ranges=("2001:db8:1::/48",),
+        )
+        script = render(restricted, v6).replace('device "eth0"', 'device "lo"')
+        # Checking only: the first two lines (declare, delete) need the table to exist.
+        checked = "\n".join(script.splitlines()[2:])
+        done = subprocess.run(
+            ["nft", "-c", "-f", "-"], input=checked, text=True, capture_output=True, check=False
+        )
+        if done.returncode != 0 and "Operation not permitted" in done.stderr:
+            pytest.skip("nft -c needs CAP_NET_ADMIN here")
+        assert done.returncode == 0, done.stderr

@@ -7,7 +7,8 @@ per-session ``active-partition``, ``slb server`` (with ``port-list`` and the
 ``port`` sub-resource), ``slb service-group`` (``member-list``, ``member``
 sub-resource), ``health monitor`` (methods http, https, tcp), ``slb template
 tcp`` and ``udp`` (``idle-timeout``), ``slb virtual-server`` (``port-list`` and
-the ``port`` sub-resource) and ``write memory``. Objects
+the ``port`` sub-resource), ``ip access-list`` and ``ipv6 access-list``, ``slb
+template persist source-ip`` and ``write memory``. Objects
 live in the session's active partition. POST to a collection creates, POST to
 an object updates (fields merged, lists merged by key), PUT replaces, DELETE
 removes. Failures have ACOS's shape ``{"response": {"status": "fail", "err":
@@ -21,8 +22,8 @@ partition, one server per address, one virtual server per VIP, references
 that must resolve (member → server and server port, service group → health
 monitor, virtual port → service group), objects in use that cannot be
 deleted, and the fields an appliance profile sets, in ACOS's ranges (see
-:func:`_check_profile_fields`). It is not ACOS: no other templates, no L7, no
-HA, no traffic.
+:func:`_check_profile_fields`). It is not ACOS: no other templates (but
+persist source-ip), no L7, no HA, no traffic.
 
 One module over 500 lines on purpose: one vendor's API, so that every
 modelled behaviour sits beside the others it interacts with (the session's
@@ -90,6 +91,9 @@ class _Partition:
     service_groups: dict[str, Obj] = field(default_factory=dict)
     monitors: dict[str, Obj] = field(default_factory=dict)
     virtual_servers: dict[str, Obj] = field(default_factory=dict)
+    acls: dict[str, Obj] = field(default_factory=dict)  # ip access-list
+    acls6: dict[str, Obj] = field(default_factory=dict)  # ipv6 access-list
+    persist_templates: dict[str, Obj] = field(default_factory=dict)  # persist source-ip
     tcp_templates: dict[str, Obj] = field(default_factory=dict)
     udp_templates: dict[str, Obj] = field(default_factory=dict)
 
@@ -283,6 +287,12 @@ class A10Emulator(EmulatorServer):
             return _Monitors(part).handle(method, parts[2:], body)
         if parts[:2] == ["slb", "virtual-server"]:
             return _VirtualServers(part).handle(method, parts[2:], body)
+        if parts[:2] == ["ip", "access-list"]:
+            return _Acls(part).handle(method, parts[2:], body)
+        if parts[:2] == ["ipv6", "access-list"]:
+            return _Acls6(part).handle(method, parts[2:], body)
+        if parts[:4] == ["slb", "template", "persist", "source-ip"]:
+            return _PersistSourceIp(part).handle(method, parts[4:], body)
         if parts[:3] == ["slb", "template", "tcp"]:
             return _TcpTemplates(part).handle(method, parts[3:], body)
         if parts[:3] == ["slb", "template", "udp"]:
@@ -349,6 +359,9 @@ def _store(part: _Partition, kind: str) -> dict[str, Obj]:
         "service-group": part.service_groups,
         "monitor": part.monitors,
         "virtual-server": part.virtual_servers,
+        "access-list": part.acls,
+        "ipv6-access-list": part.acls6,
+        "source-ip": part.persist_templates,
         "tcp": part.tcp_templates,
         "udp": part.udp_templates,
     }
@@ -378,10 +391,12 @@ class _Kind:
 
     kind = ""
     list_key = ""
+    #: Where its objects are kept, when not under ``kind`` (two kinds share a body key).
+    store = ""
 
     def __init__(self, part: _Partition) -> None:
         self.part = part
-        self.objects = _store(part, self.kind)
+        self.objects = _store(part, self.store or self.kind)
 
     def handle(self, method: str, rest: list[str], body: Any) -> tuple[Obj, bool]:
         if not rest:
@@ -678,6 +693,7 @@ class _VirtualServers(_Ported):
                 raise _invalid(
                     f"service-group {group} protocol does not match virtual port protocol"
                 )
+        _check_port_access(self.part, port)
         _check_port_profile(self.part, port)
 
 
@@ -808,3 +824,120 @@ def _check_port(port: Any, protocols: set[str]) -> None:
         raise _invalid(f"Invalid port-number {number!r}")
     if port.get("protocol") not in protocols:
         raise _invalid(f"Invalid protocol {port.get('protocol')!r}")
+
+
+# --- access lists and source-IP persistence ------------------------------------------
+#
+# As aXAPI v3 names them: ``ip access-list`` (``/axapi/v3/ip/access-list``, body key
+# ``access-list``, rules with ``seq-num``, ``action`` permit/deny, ``ip``, a source as
+# ``src-any``, ``src-host`` or ``src-subnet`` + ``src-mask`` (a wildcard mask, as in
+# ACOS's CLI ``permit ip 10.10.0.0 0.0.0.7 any``), ``dst-any``); ``ipv6 access-list``
+# (``/axapi/v3/ipv6/access-list``, ``ipv6`` and ``src-subnet`` as a prefix); both bound
+# to a virtual port (``acl-list``: ``acl-name``; ``ipv6-acl-list``: ``ipv6-acl-name``),
+# where a packet no rule permits is dropped; ``slb template persist source-ip``
+# (``timeout`` in minutes, 1 to 4321, default 5) named by a virtual port's
+# ``template-persist-source-ip``. Modelled: rules must parse, a mask must be a wildcard
+# mask, names at most 63 characters for lists and templates, every reference resolves,
+# nothing referenced can be deleted. Not modelled: matching traffic, other rule fields,
+# numbered ACLs, the persistence table.
+
+
+def _wildcard_ok(mask: str) -> bool:
+    try:
+        inverted = int(ipaddress.IPv4Address(mask)) ^ 0xFFFFFFFF
+    except ValueError:
+        return False
+    # A wildcard mask's inverse is a netmask: ones then zeros.
+    return (inverted | (inverted - 1)) & 0xFFFFFFFF == 0xFFFFFFFF if inverted else True
+
+
+class _Acls(_Kind):
+    kind = "access-list"
+    list_key = "access-list-list"
+
+    def validate(self, obj: Obj, current: Obj | None) -> Obj:
+        if len(obj["name"]) > 63:
+            raise _invalid("access-list name is longer than 63 characters")
+        seen = set()
+        for rule in obj.setdefault("rules", []):
+            if not isinstance(rule, dict) or not isinstance(rule.get("seq-num"), int):
+                raise _invalid("access-list rule needs a seq-num")
+            if rule["seq-num"] in seen:
+                raise _exists("rule")
+            seen.add(rule["seq-num"])
+            if rule.get("action") not in ("permit", "deny"):
+                raise _invalid(f"Invalid access-list action {rule.get('action')!r}")
+            self.check_source(rule)
+        return obj
+
+    def check_source(self, rule: Obj) -> None:
+        if rule.get("src-any") == 1:
+            return
+        if "src-host" in rule:
+            rule["src-host"] = _address(rule["src-host"], "src-host")
+            return
+        subnet, mask = rule.get("src-subnet"), str(rule.get("src-mask", ""))
+        rule["src-subnet"] = _address(subnet, "src-subnet")
+        if not _wildcard_ok(mask):
+            raise _invalid(f"Invalid wildcard mask {mask!r}")
+
+    def check_unused(self, name: str) -> None:
+        key, field_ = ("ipv6-acl-list", "ipv6-acl-name") if self.store else ("acl-list", "acl-name")
+        for vs in self.part.virtual_servers.values():
+            for port in vs.get("port-list", []):
+                if any(a.get(field_) == name for a in port.get(key, [])):
+                    raise A10Error(
+                        400, IN_USE, f"Object is in use (access-list {name} by {vs['name']})"
+                    )
+
+
+class _Acls6(_Acls):
+    store = "ipv6-access-list"
+
+    def check_source(self, rule: Obj) -> None:
+        if rule.get("src-any") == 1:
+            return
+        if "src-host" in rule:
+            rule["src-host"] = _address(rule["src-host"], "src-host")
+            return
+        try:
+            network = ipaddress.IPv6Network(str(rule.get("src-subnet")), strict=False)
+        except ValueError as exc:
+            raise _invalid(f"Invalid IPv6 src-subnet {rule.get('src-subnet')!r}") from exc
+        rule["src-subnet"] = str(network)
+
+
+class _PersistSourceIp(_Kind):
+    kind = "source-ip"
+    list_key = "source-ip-list"
+
+    def validate(self, obj: Obj, current: Obj | None) -> Obj:
+        if len(obj["name"]) > 63:
+            raise _invalid("template name is longer than 63 characters")
+        timeout = obj.setdefault("timeout", 5)
+        if not isinstance(timeout, int) or not 1 <= timeout <= 4321:
+            raise _invalid(f"Invalid persist timeout {timeout!r} (1-4321 minutes)")
+        obj.setdefault("netmask", "255.255.255.255")
+        obj.setdefault("netmask6", 128)
+        return obj
+
+    def check_unused(self, name: str) -> None:
+        for vs in self.part.virtual_servers.values():
+            for port in vs.get("port-list", []):
+                if port.get("template-persist-source-ip") == name:
+                    raise A10Error(
+                        400, IN_USE, f"Object is in use (template {name} by {vs['name']})"
+                    )
+
+
+def _check_port_access(part: _Partition, port: Obj) -> None:
+    """The access lists and persistence template a virtual port names must exist."""
+    for entry in port.get("acl-list", []):
+        if entry.get("acl-name") not in part.acls:
+            raise _missing("access-list")
+    for entry in port.get("ipv6-acl-list", []):
+        if entry.get("ipv6-acl-name") not in part.acls6:
+            raise _missing("ipv6 access-list")
+    template = port.get("template-persist-source-ip")
+    if template and template not in part.persist_templates:
+        raise _missing("template persist source-ip")

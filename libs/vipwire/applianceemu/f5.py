@@ -2,7 +2,9 @@
 
 Served: token login (``/mgmt/shared/authn/login``, ``X-F5-Auth-Token``, token
 expiry, token deletion), partitions (``/mgmt/tm/auth/partition``), LTM
-virtual servers, pools with members, HTTP, HTTPS and TCP monitors and fastL4 profiles (create,
+virtual servers, pools with members, HTTP, HTTPS and TCP monitors, fastL4
+profiles, source-address persistence profiles, address lists and
+traffic-matching criteria (create,
 read, patch, put, delete; collections with ``$filter=partition eq <p>`` and
 ``expandSubcollections``), transactions (``/mgmt/tm/transaction``: commands
 sent with ``X-F5-REST-Coordination-Id`` are queued and applied all or nothing
@@ -70,6 +72,24 @@ _KINDS: Final = (
         "tm:ltm:profile:fastl4:fastl4state",
         "Profile",
     ),
+    _Kind(
+        "persist",
+        "/mgmt/tm/ltm/persistence/source-addr",
+        "tm:ltm:persistence:source-addr:source-addrstate",
+        "Persistence Profile",
+    ),
+    _Kind(
+        "addresslist",
+        "/mgmt/tm/net/address-list",
+        "tm:net:address-list:address-liststate",
+        "Address List",
+    ),
+    _Kind(
+        "tmc",
+        "/mgmt/tm/ltm/traffic-matching-criteria",
+        "tm:ltm:traffic-matching-criteria:traffic-matching-criteriastate",
+        "Traffic Matching Criteria",
+    ),
 )
 _BY_COLLECTION: Final = {k.collection: k for k in _KINDS}
 _BY_KEY: Final = {k.key: k for k in _KINDS}
@@ -77,6 +97,7 @@ _BY_KEY: Final = {k.key: k for k in _KINDS}
 _BUILTIN: Final = {
     "fastl4": {"/Common/fastL4"},
     "monitor": {"/Common/http", "/Common/https", "/Common/tcp", "/Common/gateway_icmp"},
+    "persist": {"/Common/source_addr"},
 }
 _MONITOR_KINDS: Final = ("monitor", "monitor_https", "monitor_tcp")
 # Pool loadBalancingMode values (the ``lb_method`` choices of F5's bigip_pool module:
@@ -660,6 +681,18 @@ def _defaults(kind: _Kind, name: str, partition: str) -> Obj:
                 looseClose="disabled",
                 idleTimeout=300,
             )
+        case "persist":
+            # /Common/source_addr's default entry timeout is 180 s.
+            obj.update(defaultsFrom="/Common/source_addr", timeout="180", mask="none")
+        case "addresslist":
+            obj.update(addresses=[])
+        case "tmc":
+            obj.update(
+                protocol="tcp",
+                sourceAddressInline="0.0.0.0",
+                sourcePortInline=0,
+                routeDomain="any",
+            )
     return obj
 
 
@@ -668,15 +701,18 @@ def _normalise(state: _State, kind: _Kind, obj: Obj, *, replacing: str | None) -
     partition = obj["partition"]
     _check_profile_fields(kind, obj)
     if kind.key == "virtual":
-        dest = str(obj.get("destination") or "")
-        if not dest:
-            raise F5Error(400, "01070018:3: A virtual server requires a destination.")
-        if not dest.startswith("/"):
-            dest = f"/{partition}/{dest}"
-        endpoint = _endpoint(dest)
-        if endpoint is None:
-            raise F5Error(400, f"01070018:3: Invalid destination {dest}.")
-        obj["destination"] = dest
+        matched = _access_virtual(state, obj)  # by criteria: no destination of its own
+        endpoint = None
+        if not matched:
+            dest = str(obj.get("destination") or "")
+            if not dest:
+                raise F5Error(400, "01070018:3: A virtual server requires a destination.")
+            if not dest.startswith("/"):
+                dest = f"/{partition}/{dest}"
+            endpoint = _endpoint(dest)
+            if endpoint is None:
+                raise F5Error(400, f"01070018:3: Invalid destination {dest}.")
+            obj["destination"] = dest
         pool = str(obj.get("pool") or "")
         if pool:
             pool = _absolute(pool, partition)
@@ -690,19 +726,18 @@ def _normalise(state: _State, kind: _Kind, obj: Obj, *, replacing: str | None) -
                 raise F5Error(400, f"01020036:3: The requested profile ({ref}) was not found.")
             profiles.append(ref)
         obj["profiles"] = profiles
-        for other in state.objects["virtual"].values():
-            if other["fullPath"] in (replacing, obj["fullPath"]):
-                continue
-            if _endpoint(other["destination"]) == endpoint and other.get("ipProtocol") == obj.get(
-                "ipProtocol"
-            ):
-                raise F5Error(
-                    409,
-                    f"01070333:3: Virtual Server {obj['fullPath']} illegally shares destination "
-                    "address, source address, service port, ip-protocol, and route domain with "
-                    "Virtual Server "
-                    f"{other['fullPath']}.",
-                )
+        if endpoint is not None:
+            _check_source(obj, endpoint[0])
+            for other in state.objects["virtual"].values():
+                if other["fullPath"] in (replacing, obj["fullPath"]):
+                    continue
+                if _virtual_key(state, other) == _virtual_key(state, obj):
+                    raise F5Error(
+                        409,
+                        f"01070333:3: Virtual Server {obj['fullPath']} illegally shares "
+                        "destination address, source address, service port, ip-protocol, and "
+                        f"route domain with Virtual Server {other['fullPath']}.",
+                    )
     elif kind.key == "pool":
         monitor = str(obj.get("monitor") or "").strip()
         refs = [_absolute(m, partition) for m in _PATHS.findall(monitor)] if monitor else []
@@ -713,6 +748,10 @@ def _normalise(state: _State, kind: _Kind, obj: Obj, *, replacing: str | None) -
                 raise F5Error(400, f"01020036:3: The requested monitor ({ref}) was not found.")
         obj["monitor"] = " and ".join(refs) + (" " if refs else "")
         obj["members"] = [_member(m, partition) for m in obj.get("members") or []]
+    elif kind.key in ("persist", "addresslist", "tmc"):
+        _normalise_access(state, kind, obj)
+    if kind.key == "virtual":
+        _resolve_persist(state, obj)
     return obj
 
 
@@ -784,6 +823,7 @@ def _member(given: Any, partition: str) -> Obj:
 
 
 def _check_unused(state: _State, kind: _Kind, full: str) -> None:
+    _check_access_unused(state, kind, full)
     if kind.key == "pool":
         for v in state.objects["virtual"].values():
             if v.get("pool") == full:
@@ -816,3 +856,144 @@ def _endpoint(text: str) -> tuple[str, int] | None:
         return ipaddress.ip_address(host.split("%", 1)[0]).compressed, int(port)
     except ValueError:
         return None
+
+
+# --- source restriction and persistence ----------------------------------------------
+#
+# As iControl REST documents them (ltm virtual ``source``, ``persist`` and
+# ``trafficMatchingCriteria``; ltm persistence source-addr; net address-list; ltm
+# traffic-matching-criteria, BIG-IP 14.1+). What is modelled: a virtual's ``source`` is
+# a CIDR of the destination's family (BIG-IP refuses a mixed pair); ``source`` is part
+# of a virtual's identity (two virtuals may share destination, port and protocol when
+# their sources differ: "illegally shares destination address, source address, ...");
+# a virtual that names criteria takes its destination, port, protocol and sources from
+# them and keeps none of its own; ``persist`` names a persistence profile that exists;
+# an address list holds CIDRs or addresses; criteria reference an address list that
+# exists; nothing referenced can be deleted. Not modelled: route domains, port lists,
+# persistence across virtuals, the persistence table itself (no traffic).
+
+
+def _network(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network | None:
+    try:
+        return ipaddress.ip_network(text.split("%", 1)[0], strict=False)
+    except ValueError:
+        return None
+
+
+def _check_source(obj: Obj, address: str) -> None:
+    source = str(obj.get("source") or ("::/0" if ":" in address else "0.0.0.0/0"))
+    network = _network(source)
+    if network is None:
+        raise F5Error(400, f"01070018:3: Invalid source address {source}.")
+    if network.version != ipaddress.ip_address(address).version:
+        raise F5Error(
+            400,
+            f"01070018:3: The source ({source}) and destination ({address}) addresses of "
+            f"virtual server {obj['fullPath']} must be of the same IP family.",
+        )
+    obj["source"] = str(network)
+
+
+def _access_virtual(state: _State, obj: Obj) -> bool:
+    """Resolve a virtual's criteria; True when it matches by them (no own destination)."""
+    ref = str(obj.get("trafficMatchingCriteria") or "none").strip()
+    if ref == "none":
+        obj.pop("trafficMatchingCriteria", None)
+        return False
+    ref = _absolute(ref, obj["partition"])
+    if ref not in state.objects["tmc"]:
+        raise F5Error(
+            400, f"01020036:3: The requested Traffic Matching Criteria ({ref}) was not found."
+        )
+    obj["trafficMatchingCriteria"] = ref
+    for key in ("destination", "mask", "source"):
+        obj.pop(key, None)
+    identity = _virtual_key(state, obj)
+    for other in state.objects["virtual"].values():
+        if other["fullPath"] != obj["fullPath"] and _virtual_key(state, other) == identity:
+            raise F5Error(
+                409,
+                f"01070333:3: Virtual Server {obj['fullPath']} illegally shares destination "
+                f"address, source address, service port, ip-protocol, and route domain with "
+                f"Virtual Server {other['fullPath']}.",
+            )
+    return True
+
+
+def _virtual_key(state: _State, obj: Obj) -> tuple[Any, ...]:
+    """What no two virtuals may share: destination, port, protocol and sources."""
+    ref = obj.get("trafficMatchingCriteria")
+    if ref:
+        tmc = state.objects["tmc"].get(str(ref), {})
+        return (
+            str(tmc.get("destinationAddressInline")),
+            int(tmc.get("destinationPortInline") or 0),
+            str(tmc.get("protocol")),
+            ("list", str(tmc.get("sourceAddressList"))),
+        )
+    endpoint = _endpoint(str(obj.get("destination") or ""))
+    return (*(endpoint or ("", 0)), str(obj.get("ipProtocol")), str(obj.get("source")))
+
+
+def _resolve_persist(state: _State, obj: Obj) -> None:
+    refs = []
+    for given in obj.get("persist") or []:
+        name = str(given.get("name") if isinstance(given, dict) else given)
+        ref = _absolute(name, obj["partition"])
+        if ref not in state.objects["persist"] and ref not in _BUILTIN["persist"]:
+            raise F5Error(400, f"01020036:3: The requested profile ({ref}) was not found.")
+        refs.append({"name": ref, "partition": ref.split("/")[1], "tmDefault": "yes"})
+    obj["persist"] = refs
+
+
+def _normalise_access(state: _State, kind: _Kind, obj: Obj) -> None:
+    partition = obj["partition"]
+    if kind.key == "persist":
+        timeout = str(obj.get("timeout", ""))
+        if not (timeout.isdigit() and 0 < int(timeout) <= 4294967295) and timeout != "indefinite":
+            raise F5Error(400, f"01070734:3: Invalid persistence timeout {timeout!r}.")
+    elif kind.key == "addresslist":
+        entries = []
+        for given in obj.get("addresses") or []:
+            name = str(given.get("name") if isinstance(given, dict) else given)
+            if _network(name) is None:
+                raise F5Error(400, f"01070734:3: Invalid address {name!r} in address list.")
+            entries.append({"name": name})
+        if not entries:
+            raise F5Error(400, "01070734:3: An address list needs at least one address.")
+        obj["addresses"] = entries
+    elif kind.key == "tmc":
+        ref = _absolute(str(obj.get("sourceAddressList") or ""), partition)
+        if ref not in state.objects["addresslist"]:
+            raise F5Error(400, f"01020036:3: The requested Address List ({ref}) was not found.")
+        obj["sourceAddressList"] = ref
+        try:
+            address = ipaddress.ip_address(str(obj.get("destinationAddressInline")))
+        except ValueError as exc:
+            raise F5Error(400, "01070734:3: Invalid destination address inline.") from exc
+        obj["destinationAddressInline"] = address.compressed
+        obj["protocol"] = str(obj.get("protocol") or "tcp")
+
+
+def _check_access_unused(state: _State, kind: _Kind, full: str) -> None:
+    users: list[str] = []
+    if kind.key == "persist":
+        users = [
+            v["fullPath"]
+            for v in state.objects["virtual"].values()
+            if any(p.get("name") == full for p in v.get("persist", []))
+        ]
+    elif kind.key == "tmc":
+        users = [
+            v["fullPath"]
+            for v in state.objects["virtual"].values()
+            if v.get("trafficMatchingCriteria") == full
+        ]
+    elif kind.key == "addresslist":
+        users = [
+            t["fullPath"]
+            for t in state.objects["tmc"].values()
+            if t.get("sourceAddressList") == full
+        ]
+    if users:
+        raise F5Error(400, f"01070083:3: {kind.label} {full} is in use by {users[0]}.")

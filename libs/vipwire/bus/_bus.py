@@ -25,7 +25,7 @@ from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Tracer
 
 from vipwire.bus._consumer import ConsumerSpec, Handler, OnUnreadable, PullConsumer
-from vipwire.bus._declaring import waiting_out_elections
+from vipwire.bus._declaring import NotDeclaredYet, waiting_out_elections
 from vipwire.bus._errors import (
     NATS_ERRORS,
     BusError,
@@ -37,6 +37,7 @@ from vipwire.bus._errors import (
     too_large_or_full,
     translate,
 )
+from vipwire.bus._group import ConsumerGroup
 from vipwire.bus._history import purge_ended
 from vipwire.bus._identity import caller_token
 from vipwire.bus._kv import KvBucket
@@ -49,9 +50,17 @@ from vipwire.bus._limits import (
     with_stream_limits,
 )
 from vipwire.bus._link import AttemptFailed, Backoff, Link
+from vipwire.bus._login import credentials_options
 from vipwire.bus._reading import StoredMessage, last_message, last_messages, newest_before
 from vipwire.bus._requests import Responder, Serving, fence, request, serve
 from vipwire.bus._settings import BusSettings
+from vipwire.bus._tls import (
+    TlsError,
+    certificate_problem,
+    server_verifies_clients,
+    tls_options,
+)
+from vipwire.bus._urls import redacted, redacted_all, scrubbed
 from vipwire.contracts import (
     ROOT,
     STREAM,
@@ -63,6 +72,7 @@ from vipwire.contracts import (
     subject_for,
 )
 from vipwire.metrics import Registry
+from vipwire.natsauth import may_declare_stream
 from vipwire.telemetry import inject_context
 
 log = logging.getLogger("vipwire.bus")
@@ -106,6 +116,9 @@ class Bus:
         #: until it works or the caller is cancelled; command-line tools bound it).
         self.declare_attempts: int | None = None
         self.settings = settings
+        #: The identity this connection logs in as (our credentials file names it);
+        #: None: no credentials, or a file that names none (a NATS .creds file).
+        self.identity: str | None = None
         self._caller: str | None = None
         self.js: JetStreamContext = nc.jetstream(timeout=settings.request_timeout_s)
         self.tracer = tracer
@@ -163,6 +176,9 @@ class Bus:
         )
         config = with_stream_limits(config, self.settings)
         self.stores.watch(STREAM)
+        if not may_declare_stream(self.identity):
+            await self._stream_exists(config)
+            return
         try:
             info = await self.js.stream_info(STREAM)
         except nats.js.errors.NotFoundError:
@@ -181,6 +197,24 @@ class Bus:
             raise BusError(
                 f"stream {STREAM} exists with settings we cannot apply: {_declare_hint(exc)}"
             ) from exc
+
+    async def _stream_exists(self, config: StreamConfig) -> None:
+        """Only look (an identity that may not create or update the stream: the server
+        would refuse, and a refused request costs a timeout): it must exist; a config
+        differing from ours is logged, left to ipam to bring to its settings."""
+        try:
+            info = await self.js.stream_info(STREAM)
+        except nats.js.errors.NotFoundError as exc:
+            raise NotDeclaredYet(
+                f"stream {STREAM} does not exist yet and identity {self.identity} may not "
+                f"create it: ipam does (is ipam running on this bus?)"
+            ) from exc
+        if differs(info.config, kept_bytes_limit(config, info)):
+            log.info(
+                "stream %s exists with settings other than this component's bus settings; "
+                "left as it is (ipam, its steward, declares them)",
+                STREAM,
+            )
 
     async def kv(self, bucket: str, *, history: int = 1) -> KvBucket:
         """A KV bucket, created on first use with the bus's storage and replicas (waits
@@ -436,9 +470,35 @@ class Bus:
         subject's state is unknown until a valid one arrives; the newest valid
         one before it is handed to ``handler`` and stays in force).
         """
+        if len(spec.filters) != 1:
+            raise ValueError(
+                f"a consumer has exactly one filter, not {spec.filters!r}: the server checks "
+                f"it against the identity's permissions; use Bus.consumer_group for several"
+            )
         consumer = PullConsumer(self, spec, handler, on_unreadable)
         self._consumers.append(consumer)
         return consumer
+
+    async def forget_durable(self, name: str) -> bool:
+        """Delete the durable consumer ``name`` if the stream has it (one a former
+        version used); returns whether there was one. A durable nobody reads any more
+        would hold back the purge of ended subjects (see :meth:`purge_ended`)."""
+        try:
+            await self.js.delete_consumer(STREAM, name)
+        except nats.js.errors.NotFoundError:
+            return False
+        except NATS_ERRORS as exc:
+            raise translate(exc, f"deleting the durable consumer {name}") from exc
+        log.info("deleted the durable consumer %s of a former version", name)
+        return True
+
+    def consumer_group(
+        self, spec: ConsumerSpec, handler: Handler, *, on_unreadable: OnUnreadable | None = None
+    ) -> ConsumerGroup:
+        """One consumer per filter of ``spec`` (see :mod:`vipwire.bus._group`): the server
+        checks a consumer's filter against the identity's permissions only when it has
+        one. A durable ``spec`` gives ``<durable>-<family>`` names."""
+        return ConsumerGroup(self, spec, handler, on_unreadable)
 
     @property
     def consumers(self) -> tuple[PullConsumer, ...]:
@@ -483,10 +543,23 @@ async def connect(
     cancellable at any moment (a SIGTERM while connecting stops the service).
     Once connected, the client reconnects forever, with the same backoff: a NATS
     restart must never take a service down with it.
+
+    TLS (``bus.tls``) that cannot work is not retried: an unreadable file, or a
+    certificate the server or we refuse, raises :class:`TlsError` at once, naming the
+    file and the setting to check.
     """
+    login = credentials_options(settings.credentials)
+    tls = tls_options(settings.tls)
     backoff = Backoff(settings.reconnect_wait_s, settings.reconnect_max_wait_s)
-    link = Link(name, settings.servers, metrics, backoff)
+    link = Link(
+        name,
+        settings.servers,
+        metrics,
+        backoff,
+        explain=lambda exc: certificate_problem(exc, settings.tls),
+    )
     tried = 0
+    hinted = False
     while True:
         tried += 1
         nc = NatsClient()
@@ -512,16 +585,37 @@ async def connect(
                 disconnected_cb=link.on_disconnect,
                 reconnected_cb=on_reconnect,
                 closed_cb=link.on_closed,
-                user_credentials=settings.credentials,
+                **login.options,
+                **tls,
             )
             break
         except (AttemptFailed, TimeoutError, nats.errors.Error, OSError) as exc:
             await _discard(nc)
+            cause = exc.cause if isinstance(exc, AttemptFailed) else exc
+            problem = certificate_problem(
+                cause, settings.tls, server_verifies=server_verifies_clients(nc)
+            )
+            if problem is not None:
+                raise TlsError(
+                    f"cannot connect to NATS at {redacted_all(settings.servers)}: {problem}"
+                ) from exc
+            if not hinted and "authorization violation" in str(cause).lower():
+                hinted = True
+                log.error(
+                    "NATS refused the login of %s (authorization violation): %s; give it the "
+                    "credentials `vipwire nats config` wrote for its identity (bus.credentials) "
+                    "and make sure the server runs with that configuration (re-run the "
+                    "generator, then nats-server --signal reload)",
+                    name,
+                    f"credentials {settings.credentials}"
+                    if settings.credentials
+                    else "no bus.credentials set, and the server requires a login",
+                )
             if attempts is not None and tried >= attempts:
-                cause = exc.cause if isinstance(exc, AttemptFailed) else exc
+                said = scrubbed(repr(cause), settings.servers)
                 raise BusError(
-                    f"cannot reach NATS at {', '.join(settings.servers)} after {tried} "
-                    f"attempts: {cause!r}. Is nats-server running and the URL right?"
+                    f"cannot reach NATS at {redacted_all(settings.servers)} after {tried} "
+                    f"attempts: {said}. Is nats-server running and the URL right?"
                 ) from exc
             await asyncio.sleep(link.attempt_failed(exc))
         except BaseException:
@@ -531,6 +625,7 @@ async def connect(
     link.up(_url(nc))
     bus = Bus(nc, settings, tracer=tracer, metrics=metrics, link=link)
     bus.declare_attempts = attempts
+    bus.identity = login.identity
     return bus
 
 
@@ -547,11 +642,18 @@ def _declare_hint(exc: BaseException) -> str:
 
 
 def _url(nc: NatsClient) -> str:
+    """The server the client is connected to, as it may be shown (no password)."""
     url = nc.connected_url
-    return f"{url.scheme}://{url.netloc}" if url is not None else ""
+    return redacted(f"{url.scheme}://{url.netloc}") if url is not None else ""
+
+
+#: Seconds a client whose first connection failed may take to close.
+_DISCARD_TIMEOUT_S = 0.5
 
 
 async def _discard(nc: NatsClient) -> None:
-    """Close a client whose first connection failed or was cancelled."""
+    """Close a client whose first connection failed or was cancelled. Bounded: after a
+    failed TLS handshake, asyncio's SSL transport never reports itself closed, and
+    nats-py's close waits for that."""
     with contextlib.suppress(Exception):
-        await nc.close()
+        await asyncio.wait_for(nc.close(), _DISCARD_TIMEOUT_S)

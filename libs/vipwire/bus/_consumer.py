@@ -26,6 +26,7 @@ import contextlib
 import json
 import logging
 import time
+import uuid
 import zlib
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Literal
@@ -442,13 +443,22 @@ class PullConsumer:
         spec = self.spec
         acked = spec.ack == "explicit"
         start_seq = self._progress.resume_seq if resume else 0
+        if len(spec.filters) != 1:
+            raise ValueError(
+                f"a consumer has exactly one filter, not {spec.filters!r}: the server checks "
+                f"it against the identity's permissions (Bus.consumer_group makes one per filter)"
+            )
         config = ConsumerConfig(
+            # Named, with its one filter: nats-py then asks on
+            # $JS.API.CONSUMER.CREATE.<stream>.<name>.<filter>, where the server checks
+            # the filter against what this identity may read.
+            name=spec.durable or self._ephemeral_name(),
             durable_name=spec.durable,
             deliver_policy=DeliverPolicy.BY_START_SEQUENCE if start_seq else _DELIVER[spec.deliver],
             opt_start_seq=start_seq or None,
             ack_policy=AckPolicy.EXPLICIT if acked else AckPolicy.NONE,
             ack_wait=spec.ack_wait if acked else None,
-            filter_subjects=list(spec.filters),
+            filter_subject=spec.filters[0],
             max_ack_pending=max(spec.batch * 4, 1024) if acked else None,
             inactive_threshold=None if spec.durable else spec.inactive_threshold,
         )
@@ -471,6 +481,11 @@ class PullConsumer:
         self._pending_at_start = pending
         if pending == 0:
             self._caught_up.set()
+
+    def _ephemeral_name(self) -> str:
+        """A new name for an ephemeral consumer: the identity's, and a random part."""
+        who = self._bus.identity or "vipwire"
+        return f"{who}-{uuid.uuid4().hex[:16]}"
 
     def _from_current(self, msg: Msg) -> bool:
         """Whether the current consumer delivered this (not one it replaced)."""

@@ -24,8 +24,15 @@ log = logging.getLogger("vipwire.bus")
 T = TypeVar("T")
 
 
+class NotDeclaredYet(Exception):
+    """What we may only look at (the stream, for an identity without the right to
+    declare it) does not exist yet: whoever may declare it (ipam) has not yet."""
+
+
 def transient(exc: BaseException) -> bool:
     """Whether a JetStream API failure is the kind an election causes (retry it)."""
+    if isinstance(exc, NotDeclaredYet):
+        return True
     if isinstance(exc, TimeoutError | nats.errors.TimeoutError | nats.errors.NoRespondersError):
         return True
     if isinstance(exc, nats.js.errors.ServiceUnavailableError):
@@ -48,9 +55,13 @@ async def waiting_out_elections(
             result = await attempt()
         except Exception as exc:
             cause = exc.__cause__ if exc.__cause__ is not None else exc
+            if isinstance(exc, NotDeclaredYet):
+                cause = exc
             if not transient(cause) or (attempts is not None and tried >= attempts):
                 raise
-            if tried == 1:
+            if tried == 1 and isinstance(cause, NotDeclaredYet):
+                log.warning("%s: %s; waiting for it, not ready meanwhile", what, cause)
+            elif tried == 1:
                 log.warning(
                     "%s: JetStream does not answer yet (%r), as while a stream leader is "
                     "elected; retrying with backoff, not ready meanwhile",

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+import uuid
 from collections.abc import AsyncGenerator
 
 import nats.errors
@@ -27,6 +28,17 @@ from vipwire.bus._sweeping import LastOnSubject, ended_subjects
 from vipwire.contracts import MalformedMessage, Message, decode
 
 _GONE = frozenset({"DEL", "PURGE"})
+
+
+def reader_name(js: JetStreamContext) -> str | None:
+    """A fresh name for the short-lived (ordered) consumer of one read, when the
+    connection has an identity (its inboxes are ``_INBOX.<identity>``): named, the
+    consumer is created on the API subject that carries its filter, which the server
+    checks against the identity's permissions. Without one, None: unnamed, as before
+    identities, since nats-py re-creates an ordered consumer under the same name
+    after a gap (a failover mid-read), which the server refuses for a name in use."""
+    prefix = bytes(getattr(getattr(js, "_nc", None), "_inbox_prefix", b"_INBOX"))
+    return f"read-{uuid.uuid4().hex[:16]}" if prefix != b"_INBOX" else None
 
 
 async def last_per_subject(
@@ -48,7 +60,11 @@ async def last_per_subject(
             stream=stream,
             ordered_consumer=True,
             config=ConsumerConfig(
-                deliver_policy=DeliverPolicy.LAST_PER_SUBJECT, headers_only=headers_only or None
+                # Named, with its one filter: created on the API subject that carries the
+                # filter, which the server checks against the identity's permissions.
+                name=reader_name(js),
+                deliver_policy=DeliverPolicy.LAST_PER_SUBJECT,
+                headers_only=headers_only or None,
             ),
         )
     except (TimeoutError, nats.errors.Error, nats.js.errors.Error) as exc:

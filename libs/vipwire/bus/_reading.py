@@ -15,9 +15,10 @@ from typing import Any
 import msgspec
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js.api import DeliverPolicy
+from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from vipwire.bus._errors import NATS_ERRORS, NotFound, translate
+from vipwire.bus._history import reader_name
 
 
 class StoredMessage(msgspec.Struct, frozen=True, kw_only=True, gc=False):
@@ -154,6 +155,8 @@ async def last_messages(
             cb=on_msg,
             ordered_consumer=True,
             deliver_policy=DeliverPolicy.LAST_PER_SUBJECT,
+            # Named, with its one filter: see vipwire.bus._history.reader_name.
+            config=ConsumerConfig(name=reader_name(js)),
         )
     except NATS_ERRORS as exc:
         raise translate(exc, what) from exc

@@ -89,6 +89,11 @@ class ServiceSnapshot(_Message, frozen=True, tag="service"):
     labels: dict[str, str] = {}
     deleting: bool = False
     status_vips: tuple[str, ...] = ()
+    #: ``spec.loadBalancerSourceRanges`` (or the beta annotation), normalised CIDRs in a
+    #: stable order; empty: every source may connect.
+    source_ranges: tuple[str, ...] = ()
+    #: ``sessionAffinity: ClientIP``: how long a client sticks to one node; None: no affinity.
+    affinity_timeout_s: int | None = None
     #: The appliance profile the Service picks (annotation ``vipwire.io/profile``);
     #: None: its pool's default. ipam refuses a name that is not configured.
     profile: str | None = None
@@ -201,6 +206,10 @@ class VipAssigned(_Message, frozen=True, tag="vip-assigned"):
     #: (``IPReleasedByOperator``). None on every other VipAssigned, republishes included.
     released_by: str | None = None
     released_vips: tuple[str, ...] = ()
+    #: The Service's source ranges (normalised CIDRs); empty: open to every source.
+    source_ranges: tuple[str, ...] = ()
+    #: Source-address persistence for this long; None: no affinity.
+    affinity_timeout_s: int | None = None
     #: The appliance profile to program, resolved by ipam (the Service's own, else
     #: its pool's default); None: the built-in profile.
     profile: str | None = None
@@ -277,6 +286,9 @@ class LbProgrammed(_Message, frozen=True, tag="lb-programmed"):
     ports: tuple[ServicePort, ...]
     members: tuple[Member, ...]
     external_traffic_policy: Literal["Cluster", "Local"] = "Cluster"
+    #: For standalone node agents: the sources allowed (empty: all) and the affinity.
+    source_ranges: tuple[str, ...] = ()
+    affinity_timeout_s: int | None = None
 
 
 #: ``LbFailed.reason`` when the lbdriver's verification found the appliance holding

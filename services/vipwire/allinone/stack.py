@@ -19,12 +19,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 import msgspec
-import nats
 from kubernetes_asyncio.client import CoreV1Api
 from nats.aio.msg import Msg
 from opentelemetry.sdk.trace import SpanProcessor
 
-from vipwire.bus import BusSettings
+from vipwire import natsauth
+from vipwire.bus import BusSettings, TlsSettings, connect_client, credentials_options
 from vipwire.contracts import MalformedMessage, ServiceRef, StatusWritten, decode
 from vipwire.dashboard import DashboardService, DashboardSettings
 from vipwire.ipam import IpamService, IpamSettings, PoolSettings
@@ -32,7 +32,8 @@ from vipwire.kube import KubeApiError, new_api_client, request_json
 from vipwire.kubeemu import KubeEmulator
 from vipwire.lbdriver import ApplianceSettings, LbdriverService, LbdriverSettings, SimAppliance
 from vipwire.lbdriver.core.profiles import ProfileSettings
-from vipwire.natsserver import NatsCluster, NatsServer
+from vipwire.natsauth import Generated, generate
+from vipwire.natsserver import NatsCluster, NatsServer, Pki, make_pki
 from vipwire.nodeagent import Applier, DryRunApplier, NodeagentService, NodeagentSettings
 from vipwire.runtime import CommonSettings, Runtime, Service
 from vipwire.watcher import WatcherService, WatcherSettings
@@ -87,8 +88,32 @@ class StackSettings(msgspec.Struct, frozen=True, kw_only=True):
     uplink_interface: str | None = None
     #: Port of the dashboard on 127.0.0.1 (0: any free port); None: no dashboard.
     dashboard_port: int | None = 0
+    #: NATS over TLS with client certificates (mTLS, ``verify: true``), from a throwaway
+    #: CA made with openssl in ``<state_dir>/pki``; every component and the stack's own
+    #: clients connect with the CA's client certificate.
+    tls: bool = False
+    #: Identities and permissions on the bus (``vipwire nats config`` into
+    #: ``<state_dir>/nats``): each component logs in as itself and the server holds it
+    #: to its role. False: no authentication at all (``vipwire up --insecure-bus``).
+    secure_bus: bool = True
     #: Namespace of the watchers' Leases; None: the kubeconfig context's namespace.
     lease_namespace: str | None = None
+
+
+#: The operator and reader identities the stack generates (besides the components').
+OPERATOR = "admin"
+READER = "stack"
+
+
+def component_identity(name: str) -> str:
+    """The bus identity of a stack component (``watcher:east`` -> ``watcher-east``)."""
+    kind, _, rest = name.partition(":")
+    if kind == "watcher":
+        return natsauth.watcher(rest).name
+    if kind == "nodeagent":
+        cluster, _, node = rest.partition("/")
+        return natsauth.nodeagent(cluster, node).name
+    return kind  # ipam (every replica), lbdriver, dashboard
 
 
 def cluster_name(index: int) -> str:
@@ -156,17 +181,40 @@ class Stack:
             self.state_dir = Path(self._tmp.name)
         else:
             self.state_dir = Path(self.settings.state_dir)
-        # Its own process group: a Ctrl-C in the terminal stops the services first, then it.
-        self.nats: NatsServer | NatsCluster = (
-            NatsCluster(self.settings.nats_servers, self.state_dir / "jetstream")
-            if self.settings.nats_servers > 1
-            else NatsServer(self.state_dir / "jetstream", own_process_group=True)
-        )
         real = self.settings.kubeconfigs
         self.clusters = list(real) or [cluster_name(i) for i in range(self.settings.clusters)]
         self.emulators = {
             c: KubeEmulator(c, bookmark_interval=5.0) for c in self.clusters if c not in real
         }
+        #: The identities on the bus (None: ``secure_bus`` off).
+        self.auth: Generated | None = None
+        if self.settings.secure_bus:
+            self.auth = generate(
+                self.state_dir / "nats",
+                self.clusters,
+                nodes={c: self.node_names(c) for c in self.emulators},
+                operators=[OPERATOR],
+                readers=[READER],
+            )
+        # TLS: the CA's files are made on start, before the server reads them.
+        self.pki: Pki | None = Pki(self.state_dir / "pki") if self.settings.tls else None
+        extra = self.auth.config_text if self.auth is not None else ""
+        if self.pki is not None:
+            extra += self.pki.server_config(verify=True)
+        # Its own process group: a Ctrl-C in the terminal stops the services first, then it.
+        self.nats: NatsServer | NatsCluster = (
+            NatsCluster(
+                self.settings.nats_servers,
+                self.state_dir / "jetstream",
+                extra_config=extra,
+                client_options=self.nats_login(),
+                client_tls=self.pki.client_files() if self.pki is not None else None,
+            )
+            if self.settings.nats_servers > 1
+            else NatsServer(
+                self.state_dir / "jetstream", own_process_group=True, extra_config=extra
+            )
+        )
         # API clients of the real clusters, and what the watchers last wrote into status there.
         self.kube: dict[str, Any] = {}
         self._statuses: dict[ServiceRef, list[str]] = {}
@@ -179,11 +227,49 @@ class Stack:
 
     # --- lifecycle -----------------------------------------------------------------
 
+    def client_tls(self) -> TlsSettings:
+        """``bus.tls`` of every client of the stack (empty without ``tls``)."""
+        if self.pki is None:
+            return TlsSettings()
+        return TlsSettings(
+            ca_file=str(self.pki.ca_file),
+            cert_file=str(self.pki.client_cert_file),
+            key_file=str(self.pki.client_key_file),
+        )
+
+    def client_settings(self, identity: str = f"reader-{READER}") -> BusSettings:
+        """How a client of ours connects as ``identity`` (by default the stack's reader:
+        its status follower, the ``up`` view): servers, credentials and TLS."""
+        creds = self.creds(identity)
+        return BusSettings(
+            servers=self.nats.urls,
+            credentials=None if creds is None else str(creds),
+            tls=self.client_tls(),
+        )
+
+    def creds(self, identity: str) -> Path | None:
+        """The credentials file of ``identity`` (None: the bus is insecure)."""
+        return None if self.auth is None else self.auth.creds(identity)
+
+    @property
+    def operator_creds(self) -> Path | None:
+        """The operator's credentials (for ``vipwire ipam ... --creds``)."""
+        return self.creds(f"operator-{OPERATOR}")
+
+    def nats_login(self, identity: str = f"reader-{READER}") -> dict[str, Any]:
+        """nats-py connect options logging a client of ours in as ``identity`` (by
+        default the stack's reader: its status follower, the ``up`` view)."""
+        path = self.creds(identity)
+        return credentials_options(None if path is None else str(path)).options
+
     def _runtime(self, name: str) -> Runtime:
+        creds = self.creds(component_identity(name))
         bus = BusSettings(
             servers=self.nats.urls,
             reconnect_wait_s=0.2,
             replicas=min(3, max(1, self.settings.nats_servers)),
+            credentials=None if creds is None else str(creds),
+            tls=self.client_tls(),
         )
         service_name, _, instance = name.partition(":")
         return Runtime(
@@ -201,6 +287,8 @@ class Stack:
 
     async def start(self) -> None:
         self.state_dir.mkdir(parents=True, exist_ok=True)
+        if self.pki is not None:
+            await asyncio.to_thread(make_pki, self.pki.directory)
         await self.nats.start()
         for cluster, (path, context) in self.settings.kubeconfigs.items():
             self.kube[cluster] = await new_api_client(path, context)
@@ -483,7 +571,9 @@ class Stack:
     async def _follow_statuses(self) -> None:
         """Keep what the watchers write into real clusters' status (from the bus), so
         ``ingress_ips`` answers without asking those API servers every time."""
-        self._status_nc = await nats.connect(servers=list(self.nats.urls), name="vipwire-up-status")
+        self._status_nc = await connect_client(
+            self.client_settings(), name="vipwire-up-status", timeout=5.0
+        )
 
         async def on_msg(msg: Msg) -> None:
             try:

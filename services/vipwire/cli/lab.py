@@ -78,13 +78,27 @@ async def _verb(args: argparse.Namespace) -> int:
 
 
 def dsr_passed(report: dict[str, Any]) -> bool:
-    """Every request answered, by more than one pod, and no reply seen via the appliance."""
+    """Every request answered, by more than one pod, and no reply seen via the appliance;
+    UDP answered, SCTP too unless skipped, the allowed client in and the other one out,
+    and one client on one node under ClientIP affinity."""
     return (
         report["ok"] == report["requests"] > 0
         and len(report["pods_seen"]) > 1
         and report["replies_via_appliance"] == 0
         and report["client_frames_from_appliance_mac"] == 0
         and report["forwarded_packets"] > 0
+        and _access_passed(report)
+    )
+
+
+def _access_passed(report: dict[str, Any]) -> bool:
+    ranges = report.get("source_ranges", {})
+    return (
+        report.get("udp_ok") is True
+        and report.get("sctp_ok") is not False
+        and ranges.get("allowed_ok") is True
+        and ranges.get("denied_blocked") is True
+        and report.get("affinity_same_node_ratio") == 1.0
     )
 
 

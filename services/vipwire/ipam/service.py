@@ -58,6 +58,8 @@ from vipwire.runtime import Runtime
 log = logging.getLogger("vipwire.ipam")
 
 DURABLE: Final = "ipam"
+#: The one durable with both filters of versions before per-identity permissions.
+LEGACY_DURABLE: Final = "ipam"
 #: ``status``: StatusWritten, which moves a move on (the new VIPs are in status).
 FILTERS: Final = (family_filter("service"), family_filter("lb"), family_filter("status"))
 #: Seconds loading every claim at start may take before start fails.
@@ -217,7 +219,10 @@ class IpamService:
             await self.status_index.start()
             after = max(s.restore_grace_s, s.status_wait_s)
             self._spawn(self.status_index.retire_when_unused(after), "ipam-status-index")
-        self.consumer = bus.consumer(spec, self.handle)
+        # One durable per family (ipam-service, ipam-lb): the server checks a consumer's
+        # filter only when it has one. The durable of both, from before, goes.
+        await bus.forget_durable(LEGACY_DURABLE)
+        self.consumer = bus.consumer_group(spec, self.handle)
         await self.consumer.start()
         await self._control.start(bus)
         self._spawn(retrier.run(), "ipam-waiting")

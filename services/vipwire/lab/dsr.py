@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import re
+from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Final, Literal
 
@@ -27,6 +28,7 @@ from vipwire.allinone.stack import LB_CLASS
 from vipwire.ipam import PoolSettings
 from vipwire.lab.netbuild import LabError, build, destroy, sweep_stale
 from vipwire.lab.topology import (
+    CLIENT_ADDRESS,
     SERVICE_PORT,
     VIP_NET,
     VIP_RANGE,
@@ -34,10 +36,10 @@ from vipwire.lab.topology import (
     Pod,
     plan_lab,
 )
-from vipwire.lab.traffic import Client, PodServer, summarize
+from vipwire.lab.traffic import Client, PodServer, sctp_problem, summarize
 from vipwire.lbdriver import ApplianceSettings, VirtualServer
 from vipwire.lbdriver.io.drivers.linux import LinuxAppliance
-from vipwire.lbdriver.io.drivers.linux_nft import FROM_VIP, object_name
+from vipwire.lbdriver.io.drivers.linux_nft import DENIED, FROM_VIP, object_name
 from vipwire.netns import CommandFailed, run
 from vipwire.nodeagent import LinuxApplier
 
@@ -50,8 +52,13 @@ PLANTED_ADDRESS: Final = "203.0.113.250"
 PLANTED_TABLE: Final = "operator"
 #: Counters in the client namespace: frames from a VIP, by who sent them.
 CLIENT_TABLE: Final = "vwlab"
+#: A second address of the client's, outside the source ranges the lab allows.
+OTHER_CLIENT_ADDRESS: Final = "192.0.2.101"
+#: Each protocol's Service port name (also the EndpointSlice's, and the pods' target).
+PORT_NAMES: Final = {"TCP": "http", "UDP": "udp", "SCTP": "sctp"}
 
 Policy = Literal["Cluster", "Local"]
+Protocol = Literal["TCP", "UDP", "SCTP"]
 
 
 class DsrLab:
@@ -67,7 +74,10 @@ class DsrLab:
     ) -> None:
         self.plan: LabPlan = plan_lab(tag or str(os.getpid()), nodes=nodes, pods=pods)
         self._span_processors = tuple(span_processors)
-        self.pods: dict[str, PodServer] = {p.name: PodServer(p) for p in self.plan.pods}
+        #: Why SCTP cannot be carried here (the namespaces share the host's kernel), or None.
+        self.sctp_skip_reason = sctp_problem()
+        sctp = self.sctp_skip_reason is None
+        self.pods: dict[str, PodServer] = {p.name: PodServer(p, sctp=sctp) for p in self.plan.pods}
         self.client = Client(self.plan.client.netns)
         # Reads the same kernel state the lbdriver's driver writes (the driver keeps none).
         self.appliance = LinuxAppliance(
@@ -93,8 +103,15 @@ class DsrLab:
             self._built = True
             await self._plant()
             await self._client_counters()
+            client = self.plan.client
+            second = f"{OTHER_CLIENT_ADDRESS}/24"
+            await run(["ip", "-n", client.netns, "addr", "add", second, "dev", client.interface])
             for server in self.pods.values():
                 await server.start()
+                if server.sctp_error is not None and self.sctp_skip_reason is None:
+                    self.sctp_skip_reason = (
+                        f"pod {server.pod.name} cannot listen on SCTP: {server.sctp_error}"
+                    )
             plan = self.plan
             settings = StackSettings(
                 clusters=1,
@@ -190,38 +207,69 @@ class DsrLab:
         pods: Sequence[str],
         policy: Policy = "Cluster",
         timeout: float = 20.0,
+        protocols: Sequence[Protocol] = ("TCP",),
+        source_ranges: Sequence[str] = (),
+        affinity_timeout_s: int | None = None,
     ) -> str:
-        """A LoadBalancer Service over these pods; returns its VIP once packets can flow."""
+        """A LoadBalancer Service over these pods; returns its VIP once packets can flow.
+
+        ``protocols``: one Service port (80) per protocol; ``source_ranges``: its
+        ``spec.loadBalancerSourceRanges``; ``affinity_timeout_s``: ``sessionAffinity:
+        ClientIP`` with this timeout.
+        """
         emulator = self.stack.emulators[self.plan.cluster]
+        spec: dict[str, Any] = {
+            "type": "LoadBalancer",
+            "loadBalancerClass": LB_CLASS,
+            "selector": {"app": name},
+            "externalTrafficPolicy": policy,
+            "ports": [
+                {
+                    "name": PORT_NAMES[protocol],
+                    "port": SERVICE_PORT,
+                    "targetPort": PORT_NAMES[protocol],
+                    "protocol": protocol,
+                }
+                for protocol in protocols
+            ],
+        }
+        if source_ranges:
+            spec["loadBalancerSourceRanges"] = list(source_ranges)
+        if affinity_timeout_s is not None:
+            spec["sessionAffinity"] = "ClientIP"
+            spec["sessionAffinityConfig"] = {"clientIP": {"timeoutSeconds": affinity_timeout_s}}
         await emulator.create(
             {
                 "apiVersion": "v1",
                 "kind": "Service",
                 "metadata": {"name": name, "namespace": "default"},
-                "spec": {
-                    "type": "LoadBalancer",
-                    "loadBalancerClass": LB_CLASS,
-                    "selector": {"app": name},
-                    "externalTrafficPolicy": policy,
-                    "ports": [
-                        {
-                            "name": "http",
-                            "port": SERVICE_PORT,
-                            "targetPort": "http",
-                            "protocol": "TCP",
-                        }
-                    ],
-                },
+                "spec": spec,
             }
         )
-        await emulator.create(self._endpoint_slice(name, [self.plan.pod(p) for p in pods]))
+        slice_ = self._endpoint_slice(name, [self.plan.pod(p) for p in pods], protocols)
+        await emulator.create(slice_)
         vip = await self._until(
             lambda: _first(self.stack.ingress_ips(self.plan.cluster, name)),
             timeout,
             f"Service {name} got no VIP in status",
         )
         await self.wait_dataplane(vip, pods=pods, policy=policy, timeout=timeout)
+        await self._wait_access(vip, source_ranges, affinity_timeout_s, timeout)
         return vip
+
+    async def _wait_access(
+        self, vip: str, ranges: Sequence[str], affinity: int | None, timeout: float
+    ) -> None:
+        """Until the appliance's virtual servers for ``vip`` carry these ranges and affinity."""
+        wanted = {str(ipaddress.ip_network(r, strict=False)) for r in ranges}
+
+        async def ready() -> bool:
+            servers = [s for s in (await self.appliance_servers()).values() if s.address == vip]
+            return bool(servers) and all(
+                set(s.source_ranges) == wanted and s.affinity_timeout_s == affinity for s in servers
+            )
+
+        await self._until_async(ready, timeout, f"{vip}: source ranges or affinity not programmed")
 
     async def set_endpoints(
         self,
@@ -250,7 +298,9 @@ class DsrLab:
             lambda: self._gone(vip), timeout, f"VIP {vip} is still programmed somewhere"
         )
 
-    def _endpoint_slice(self, name: str, pods: Sequence[Pod]) -> dict[str, Any]:
+    def _endpoint_slice(
+        self, name: str, pods: Sequence[Pod], protocols: Sequence[Protocol] = ("TCP",)
+    ) -> dict[str, Any]:
         return {
             "apiVersion": "discovery.k8s.io/v1",
             "kind": "EndpointSlice",
@@ -272,7 +322,14 @@ class DsrLab:
                 }
                 for pod in pods
             ],
-            "ports": [{"name": "http", "port": pods[0].port if pods else 8080, "protocol": "TCP"}],
+            "ports": [
+                {
+                    "name": PORT_NAMES[protocol],
+                    "port": pods[0].port if pods else 8080,
+                    "protocol": protocol,
+                }
+                for protocol in protocols
+            ],
         }
 
     # --- what the kernel says ----------------------------------------------------------
@@ -281,11 +338,13 @@ class DsrLab:
         return (await self.appliance.read(self.plan.cluster)).servers
 
     async def appliance_counters(self) -> dict[str, int]:
-        """Packets the appliance forwarded, by VIP, and ``from-vip`` (replies it saw)."""
+        """Packets the appliance forwarded, by VIP; ``from-vip`` (replies it saw) and
+        ``denied-source`` (packets from outside a server's source ranges, dropped)."""
         listing = await self.appliance.read(self.plan.cluster)
-        counts = {FROM_VIP: 0}
-        if FROM_VIP in listing.counters:
-            counts[FROM_VIP] = listing.counters[FROM_VIP].packets
+        counts = {FROM_VIP: 0, DENIED: 0}
+        for name in (FROM_VIP, DENIED):
+            if name in listing.counters:
+                counts[name] = listing.counters[name].packets
         for server in listing.servers.values():
             counter = listing.counters.get(object_name(server.name))
             key = f"{server.address}:{server.port}"
@@ -339,6 +398,16 @@ class DsrLab:
                 )
                 steering[match.group(1)] = {a or b for a, b in targets}
         return steering
+
+    async def node_source_filter(self, node: str) -> str:
+        """The node agent's ``sources`` chain as ``nft`` lists it (empty when there is none)."""
+        try:
+            return await run(
+                ["nft", "list", "chain", "inet", "vipwire", "sources"],
+                netns=self.plan.node(node).netns,
+            )
+        except CommandFailed:
+            return ""
 
     async def nft_handles(self, node: str) -> list[int]:
         """Handles of every rule of the node's vipwire table: a rewrite changes them all."""
@@ -422,6 +491,46 @@ class DsrLab:
         )
         return report
 
+    # --- more than HTTP: UDP, SCTP, source ranges, affinity -----------------------------
+
+    async def udp_ok(self, vip: str, *, requests: int = 20) -> bool:
+        """Every one of ``requests`` datagrams to ``vip``:80/udp was answered by a pod."""
+        replies = [await self.client.udp(vip, SERVICE_PORT) for _ in range(requests)]
+        return all(r.ok for r in replies)
+
+    async def sctp_ok(self, vip: str, *, requests: int = 10) -> bool | None:
+        """Every HTTP request over SCTP succeeded; None when the kernel has no SCTP."""
+        if self.sctp_skip_reason is not None:
+            return None
+        replies = [
+            await self.client.get(vip, SERVICE_PORT, protocol="SCTP") for _ in range(requests)
+        ]
+        return all(r.ok for r in replies)
+
+    async def source_ranges_check(self, vip: str, *, requests: int = 5) -> dict[str, bool]:
+        """From the client's address (allowed) every request succeeds; from its other
+        address (outside the ranges) none does."""
+        allowed = [
+            await self.client.get(vip, SERVICE_PORT, source=CLIENT_ADDRESS) for _ in range(requests)
+        ]
+        denied = [
+            await self.client.get(vip, SERVICE_PORT, source=OTHER_CLIENT_ADDRESS, timeout=0.5)
+            for _ in range(requests)
+        ]
+        return {
+            "allowed_ok": all(r.ok for r in allowed),
+            "denied_blocked": not any(r.ok for r in denied),
+        }
+
+    async def same_node_ratio(self, vip: str, *, requests: int = 30) -> float:
+        """The share of one client's connections that landed on its most frequent node
+        (the node of the pod that answered): 1.0 when every one did."""
+        replies = [await self.client.get(vip, SERVICE_PORT) for _ in range(requests)]
+        nodes = Counter(self.plan.pod(r.pod).node for r in replies if r.ok and r.pod)
+        if not nodes:
+            return 0.0
+        return round(max(nodes.values()) / requests, 3)
+
     async def _until(self, check: Callable[[], str | None], timeout: float, what: str) -> str:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
@@ -452,8 +561,21 @@ async def run_dsr(
     """The whole lab run behind ``vipwire lab dsr``: build, serve, measure, tear down."""
     async with DsrLab(tag=tag) as lab:
         pods = [p.name for p in lab.plan.pods[:3]]
-        vip = await lab.create_service("web", pods=pods)
+        protocols: list[Protocol] = ["TCP", "UDP"]
+        if lab.sctp_skip_reason is None:
+            protocols.append("SCTP")
+        vip = await lab.create_service("web", pods=pods, protocols=protocols)
         report = await lab.measure(vip, requests=requests, concurrency=concurrency)
+        report["udp_ok"] = await lab.udp_ok(vip)
+        report["sctp_ok"] = await lab.sctp_ok(vip)
+        if lab.sctp_skip_reason is not None:
+            report["sctp_skip_reason"] = lab.sctp_skip_reason
+        restricted = await lab.create_service(
+            "restricted", pods=pods, source_ranges=[f"{CLIENT_ADDRESS}/32"]
+        )
+        report["source_ranges"] = await lab.source_ranges_check(restricted)
+        sticky = await lab.create_service("sticky", pods=pods, affinity_timeout_s=600)
+        report["affinity_same_node_ratio"] = await lab.same_node_ratio(sticky)
         servers = [s for s in (await lab.appliance_servers()).values() if s.address == vip]
         report["appliance_members"] = sorted({m.node for s in servers for m in s.members})
         report["topology"] = {

@@ -28,15 +28,37 @@ from vipwire.netns import call_in_netns
 _HEAD_LIMIT = 16 * 1024
 
 
-class PodServer:
-    """A pod's HTTP server: ``GET`` anything, get ``{"pod": name, "client": address}``."""
+def sctp_problem() -> str | None:
+    """Why this kernel cannot carry SCTP (no module, not built), or None when it can."""
+    try:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_SCTP)
+    except (OSError, AttributeError) as exc:
+        return (
+            f"this kernel has no SCTP ({exc}); load it with 'modprobe sctp' "
+            "(package linux-modules-extra on some distributions)"
+        )
+    sock.close()
+    return None
 
-    def __init__(self, pod: Pod) -> None:
+
+class PodServer:
+    """A pod's HTTP server: ``GET`` anything, get ``{"pod": name, "client": address}``.
+
+    The same answer to any UDP datagram on the same port, and over SCTP (HTTP on a
+    one-to-one SCTP socket) when the kernel has it.
+    """
+
+    def __init__(self, pod: Pod, *, sctp: bool = False) -> None:
         self.pod = pod
         #: Requests served, by the client address the pod saw.
         self.peers: Counter[str] = Counter()
         self._server: asyncio.Server | None = None
+        self._sctp_server: asyncio.Server | None = None
+        self._sctp = sctp
+        self._udp: asyncio.DatagramTransport | None = None
         self._handlers: set[asyncio.Task[None]] = set()
+        #: Why the SCTP listener could not start (None: it did, or was not asked for).
+        self.sctp_error: str | None = None
 
     @property
     def served(self) -> int:
@@ -55,12 +77,64 @@ class PodServer:
 
         sock = call_in_netns(pod.netns, listen)
         self._server = await asyncio.start_server(self._accept, sock=sock)
+        await self._start_udp()
+        if self._sctp:
+            try:
+                await self._start_sctp()
+            except (OSError, ValueError) as exc:
+                # The kernel offers SCTP sockets but not in this namespace or not this way:
+                # the lab reports SCTP skipped with this reason rather than fail to start.
+                self.sctp_error = f"{type(exc).__name__}: {exc}"
+
+    async def _start_udp(self) -> None:
+        pod = self.pod
+
+        def bind() -> socket.socket:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            sock.bind((pod.address, pod.port))
+            sock.setblocking(False)
+            return sock
+
+        server = self
+
+        class Echo(asyncio.DatagramProtocol):
+            def connection_made(self, transport: asyncio.BaseTransport) -> None:
+                self.transport = transport
+
+            def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
+                peer = str(addr[0])
+                server.peers[peer] += 1
+                answer = json.dumps({"pod": pod.name, "client": peer}).encode()
+                self.transport.sendto(answer, addr)  # type: ignore[attr-defined]
+
+        loop = asyncio.get_running_loop()
+        sock = call_in_netns(pod.netns, bind)
+        transport, _ = await loop.create_datagram_endpoint(Echo, sock=sock)
+        self._udp = transport
+
+    async def _start_sctp(self) -> None:
+        pod = self.pod
+
+        def listen() -> socket.socket:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_SCTP)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((pod.address, pod.port))
+            sock.listen(128)
+            sock.setblocking(False)
+            return sock
+
+        sock = call_in_netns(pod.netns, listen)
+        self._sctp_server = await asyncio.start_server(self._accept, sock=sock)
 
     async def stop(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
-            self._server = None
+        for server in (self._server, self._sctp_server):
+            if server is not None:
+                server.close()
+                await server.wait_closed()
+        self._server = self._sctp_server = None
+        if self._udp is not None:
+            self._udp.close()
+            self._udp = None
         await cancel_and_wait(list(self._handlers))
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -99,15 +173,38 @@ class Reply(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class Client:
-    """Opens each connection from the client namespace, one request per connection."""
+    """Opens each connection from the client namespace, one request per connection.
+
+    ``source``: the client address to send from (one of the namespace's own; None:
+    the kernel's choice); ``protocol``: ``TCP`` or ``SCTP`` (HTTP over either).
+    """
 
     def __init__(self, netns: str) -> None:
         self.netns = netns
 
-    async def get(self, address: str, port: int, *, timeout: float = 2.0) -> Reply:
-        loop = asyncio.get_running_loop()
-        sock = call_in_netns(self.netns, lambda: socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+    def _socket(self, kind: int, proto: int, source: str | None) -> socket.socket:
+        def make() -> socket.socket:
+            sock = socket.socket(socket.AF_INET, kind, proto)
+            if source is not None:
+                sock.bind((source, 0))
+            return sock
+
+        sock = call_in_netns(self.netns, make)
         sock.setblocking(False)
+        return sock
+
+    async def get(
+        self,
+        address: str,
+        port: int,
+        *,
+        timeout: float = 2.0,
+        source: str | None = None,
+        protocol: str = "TCP",
+    ) -> Reply:
+        loop = asyncio.get_running_loop()
+        proto = socket.IPPROTO_SCTP if protocol == "SCTP" else 0
+        sock = self._socket(socket.SOCK_STREAM, proto, source)
         writer: asyncio.StreamWriter | None = None
         started = time.perf_counter()
         try:
@@ -130,6 +227,29 @@ class Client:
                 sock.close()
         ms = (time.perf_counter() - started) * 1000
         return parse_reply(data, ms)
+
+    async def udp(
+        self, address: str, port: int, *, timeout: float = 2.0, source: str | None = None
+    ) -> Reply:
+        """One datagram to ``address``:``port``; the pod's answer (or why none came)."""
+        loop = asyncio.get_running_loop()
+        sock = self._socket(socket.SOCK_DGRAM, 0, source)
+        started = time.perf_counter()
+        try:
+            async with asyncio.timeout(timeout):
+                await loop.sock_sendto(sock, b"ping", (address, port))
+                data = await loop.sock_recv(sock, _HEAD_LIMIT)
+        except (OSError, TimeoutError) as exc:
+            ms = (time.perf_counter() - started) * 1000
+            return Reply(ok=False, ms=ms, error=f"{type(exc).__name__}: {exc}")
+        finally:
+            sock.close()
+        ms = (time.perf_counter() - started) * 1000
+        try:
+            doc = json.loads(data)
+            return Reply(ok=True, ms=ms, pod=str(doc["pod"]), seen_as=str(doc["client"]))
+        except (ValueError, KeyError, TypeError):
+            return Reply(ok=False, ms=ms, error=f"bad datagram: {data[:80]!r}")
 
     async def many(
         self,

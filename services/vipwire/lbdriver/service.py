@@ -32,7 +32,16 @@ from collections.abc import Coroutine, Mapping
 from typing import Any, Final
 
 from vipwire.aio import cancel_and_wait
-from vipwire.bus import DONE, ConsumerSpec, Delivery, PullConsumer, Reject, Unreadable, Verdict
+from vipwire.bus import (
+    DONE,
+    ConsumerGroup,
+    ConsumerSpec,
+    Delivery,
+    PullConsumer,
+    Reject,
+    Unreadable,
+    Verdict,
+)
 from vipwire.contracts import (
     EndpointsSnapshot,
     LbdriverStatus,
@@ -138,7 +147,7 @@ class LbdriverService:
             failover=self._failover,
             metrics=m,
         )
-        self._state_consumer: PullConsumer | None = None
+        self._state_consumer: ConsumerGroup | None = None
         self._vip_consumer: PullConsumer | None = None
         self._status_server: StatusServer | None = None
         self._loops: list[asyncio.Task[None]] = []
@@ -185,7 +194,7 @@ class LbdriverService:
     async def start(self) -> None:
         self._terms.started_at = time.monotonic()
         bus = self.runtime.bus
-        self._state_consumer = bus.consumer(
+        self._state_consumer = bus.consumer_group(
             ConsumerSpec(
                 filters=(family_filter("node"), family_filter("endpoints")),
                 deliver="last_per_subject",
@@ -225,7 +234,7 @@ class LbdriverService:
     def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
         self._loops.append(asyncio.create_task(coro, name=name))
 
-    async def _start(self, consumer: PullConsumer) -> None:
+    async def _start(self, consumer: PullConsumer | ConsumerGroup) -> None:
         await consumer.caught_up()
         self._start_up.replayed = True
         self._terms.replayed_at = time.monotonic()

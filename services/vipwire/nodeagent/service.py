@@ -26,7 +26,7 @@ import math
 from opentelemetry.trace import SpanContext
 
 from vipwire.aio import cancel_and_wait
-from vipwire.bus import DONE, BusError, ConsumerSpec, Delivery, PullConsumer, Unreadable, Verdict
+from vipwire.bus import DONE, BusError, ConsumerGroup, ConsumerSpec, Delivery, Unreadable, Verdict
 from vipwire.contracts import family_filter
 from vipwire.nodeagent.core.changes import Changes
 from vipwire.nodeagent.core.desired import node_state, ruleset, vip_strings
@@ -71,7 +71,7 @@ class NodeagentService:
         #: Subjects whose last message cannot be read, with no valid one before it:
         #: while any is, no address is taken off the node (it may be theirs).
         self._unknown: set[str] = set()
-        self._consumer: PullConsumer | None = None
+        self._consumer: ConsumerGroup | None = None
         self._task: asyncio.Task[None] | None = None
 
     # --- lifecycle ---------------------------------------------------------------
@@ -94,7 +94,10 @@ class NodeagentService:
         spec = ConsumerSpec(
             filters=tuple(filters), deliver="last_per_subject", ack="none", traced=False
         )
-        consumer = self._runtime.bus.consumer(spec, self._handle, on_unreadable=self._on_unreadable)
+        # One consumer per family (the server checks a consumer's one filter).
+        consumer = self._runtime.bus.consumer_group(
+            spec, self._handle, on_unreadable=self._on_unreadable
+        )
         self._consumer = consumer
         await consumer.start()
         self._task = asyncio.create_task(self._run(consumer), name=f"nodeagent-{s.node}")
@@ -124,7 +127,7 @@ class NodeagentService:
         """Wait until the first apply after catching up is done."""
         await asyncio.wait_for(self._ready.wait(), timeout)
 
-    async def _run(self, consumer: PullConsumer) -> None:
+    async def _run(self, consumer: ConsumerGroup) -> None:
         await consumer.caught_up()
         self._live = True
         attempt = 0

@@ -73,6 +73,8 @@ def assigned(
         ports=snap.ports,
         external_traffic_policy=snap.external_traffic_policy,
         health_check_node_port=snap.health_check_node_port,
+        source_ranges=snap.source_ranges,
+        affinity_timeout_s=snap.affinity_timeout_s,
         notes=notes,
         released_by=(released.released_by or ANONYMOUS) if released is not None else None,
         released_vips=released.vips if released is not None else (),
@@ -175,6 +177,8 @@ def kept_assignment(
         health_check_node_port=(
             previous.health_check_node_port if previous else snap.health_check_node_port
         ),
+        source_ranges=previous.source_ranges if previous else snap.source_ranges,
+        affinity_timeout_s=previous.affinity_timeout_s if previous else snap.affinity_timeout_s,
         profile=(
             previous.profile
             if previous

@@ -150,6 +150,26 @@ def _monitor(port: int, kind: str, path: str, interval_s: int, timeout_s: int) -
     )
 
 
+#: What a VIP's family gets when the Service restricts sources but names none of its
+#: family: a range no real client can send from (the unspecified address), so the
+#: family is closed rather than open (fail closed), by the same mechanism as the others.
+NO_SOURCE: Final = {4: "0.0.0.0/32", 6: "::/128"}
+
+
+def family_ranges(source_ranges: tuple[str, ...], version: int) -> tuple[str, ...]:
+    """The Service's source ranges of one IP version; empty (open) only when the Service
+    restricts nothing, :data:`NO_SOURCE` of that version when it restricts the other
+    family only."""
+    if not source_ranges:
+        return ()
+    mine = tuple(r for r in source_ranges if _range_version(r) == version)
+    return mine or (NO_SOURCE[version],)
+
+
+def _range_version(text: str) -> int:
+    return 6 if ":" in text else 4
+
+
 def desired_virtual_servers(
     assignment: VipAssigned,
     nodes: Mapping[str, NodeSnapshot],
@@ -181,6 +201,7 @@ def desired_virtual_servers(
         except ValueError as exc:
             raise InvalidAssignment(f"VIP {raw_vip!r} is not an IP address") from exc
         members = _members(candidates, vip.version)
+        ranges = family_ranges(assignment.source_ranges, vip.version)
         for service_port in assignment.ports:
             if not 0 < service_port.port < 65536:
                 raise InvalidAssignment(f"port {service_port.port} is out of range")
@@ -202,6 +223,8 @@ def desired_virtual_servers(
                 protocol=protocol,
                 members=members,
                 monitor=monitor,
+                source_ranges=ranges,
+                affinity_timeout_s=assignment.affinity_timeout_s,
                 idle_timeout_s=profile.idle_timeout_s,
                 connection_limit=profile.connection_limit,
                 lb_method=profile.lb_method,

@@ -30,12 +30,13 @@ def owns(name: str, owned_prefix: str) -> bool:
 
 
 def canonical(server: VirtualServer) -> VirtualServer:
-    """The same virtual server with members deduplicated and sorted (appliances
-    list pools in their own order, which is no difference)."""
+    """The same virtual server with members and source ranges deduplicated and sorted
+    (appliances list pools and address lists in their own order, which is no difference)."""
     members = tuple(sorted(set(server.members)))
-    if members == server.members:
+    ranges = tuple(sorted(set(server.source_ranges)))
+    if members == server.members and ranges == server.source_ranges:
         return server
-    return msgspec.structs.replace(server, members=members)
+    return msgspec.structs.replace(server, members=members, source_ranges=ranges)
 
 
 def diff(

@@ -65,6 +65,8 @@ def outcome(
         ports=assignment.ports,
         members=members_of(desired.values()),
         external_traffic_policy=assignment.external_traffic_policy,
+        source_ranges=assignment.source_ranges,
+        affinity_timeout_s=assignment.affinity_timeout_s,
     )
 
 

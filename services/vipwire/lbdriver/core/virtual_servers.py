@@ -46,6 +46,11 @@ class VirtualServer(msgspec.Struct, frozen=True, kw_only=True):
     protocol: L4Protocol
     members: tuple[Member, ...]
     monitor: Monitor
+    #: Sources allowed to connect, CIDRs of the VIP's family; empty: every source.
+    #: See :func:`vipwire.lbdriver.core.desired.family_ranges` for a family left out.
+    source_ranges: tuple[str, ...] = ()
+    #: Source-address persistence (a client sticks to one member) for this long; None: off.
+    affinity_timeout_s: int | None = None
     # --- from the Service's appliance profile (see core.profiles); defaults: built-in
     #: Seconds an idle connection is kept; None: the appliance's default.
     idle_timeout_s: int | None = None
@@ -68,7 +73,7 @@ class UpdateMembers(msgspec.Struct, frozen=True, kw_only=True, tag="update-membe
 
 class UpdateVirtualServer(msgspec.Struct, frozen=True, kw_only=True, tag="update"):
     """Replace everything but the name and destination (monitor, profile options,
-    owner, members)."""
+    owner, members, source ranges, affinity): one write however many of them changed."""
 
     server: VirtualServer
 

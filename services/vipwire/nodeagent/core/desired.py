@@ -78,6 +78,10 @@ class NftRule(msgspec.Struct, frozen=True, kw_only=True):
     protocol: L4Proto
     port: int
     backends: tuple[NftBackend, ...]
+    #: Sources allowed (CIDRs of the rule's family, overlaps merged); empty: all.
+    source_ranges: tuple[str, ...] = ()
+    #: ClientIP affinity: the backend is picked by the client's address alone.
+    affinity_timeout_s: int | None = None
 
 
 class NftRuleset(msgspec.Struct, frozen=True, kw_only=True):
@@ -132,6 +136,8 @@ class ServiceVips(msgspec.Struct, frozen=True, kw_only=True):
     policy: Literal["Cluster", "Local"] = "Cluster"
     #: Why some of its VIPs are not used.
     ignored: tuple[str, ...] = ()
+    source_ranges: tuple[str, ...] = ()
+    affinity_timeout_s: int | None = None
 
 
 class Desired(msgspec.Struct, kw_only=True):
@@ -163,6 +169,8 @@ def service_vips(key: str, lb: LbProgrammed) -> ServiceVips:
         ports=_intern_ports(lb.ports),
         policy=lb.external_traffic_policy,
         ignored=tuple(ignored),
+        source_ranges=lb.source_ranges,
+        affinity_timeout_s=lb.affinity_timeout_s,
     )
 
 
@@ -331,12 +339,39 @@ def ruleset(
                     protocol=protocol,
                     port=port.port,
                     backends=_backends(port, chosen, vip.version),
+                    source_ranges=allowed_sources(entry.source_ranges, vip.version),
+                    affinity_timeout_s=entry.affinity_timeout_s,
                 )
     return NftRuleset(
         table=table,
         rules=tuple(rules[k] for k in sorted(rules)),
         local_endpoints=tuple(str(ip) for ip in sorted(local, key=_ip_key)),
     )
+
+
+#: A family the Service's ranges leave out is closed (as on the appliance): the
+#: unspecified address, from which no client connects.
+_NO_SOURCE: Final = {4: "0.0.0.0/32", 6: "::/128"}
+
+
+@functools.lru_cache(maxsize=1 << 12)
+def allowed_sources(ranges: tuple[str, ...], version: int) -> tuple[str, ...]:
+    """The ranges of one IP version, overlaps merged (nft refuses overlapping intervals in
+    one set); empty when the Service restricts nothing; closed when it names only the
+    other family."""
+    if not ranges:
+        return ()
+    networks = []
+    for text in ranges:
+        try:
+            network = ipaddress.ip_network(text, strict=False)
+        except ValueError:
+            continue
+        if network.version == version:
+            networks.append(network)
+    if not networks:
+        return (_NO_SOURCE[version],)
+    return tuple(str(n) for n in ipaddress.collapse_addresses(networks))  # type: ignore[type-var]
 
 
 def _backends(port: ServicePort, endpoints: list[Endpoint], version: int) -> tuple[NftBackend, ...]:
@@ -443,6 +478,7 @@ def render_nft(ruleset: NftRuleset) -> str:
         "\tchain services {",
         *(f"\t\t{_rule(r)}" for r in ruleset.rules if r.backends),
         "\t}",
+        *_source_filter(ruleset.rules),
         "\tchain prerouting {",
         "\t\ttype nat hook prerouting priority dstnat; policy accept;",
         # The digest rides on a rule: rule comments read back everywhere (also
@@ -481,7 +517,36 @@ def _rule(rule: NftRule) -> str:
     # stable per-connection balance, with no state of our own.
     pairs = ", ".join(f"{i} : {b.address} . {b.port}" for i, b in enumerate(rule.backends))
     n = len(rule.backends)
-    return (
-        f"{match} dnat {rule.family} addr . port to numgen random mod {n} map {{ {pairs} }} "
-        f"{comment}"
-    )
+    pick = f"numgen random mod {n}"
+    if rule.affinity_timeout_s is not None:
+        pick = _sticky_pick(rule, n)
+    return f"{match} dnat {rule.family} addr . port to {pick} map {{ {pairs} }} {comment}"
+
+
+# --- source ranges and affinity ------------------------------------------------------
+#
+# Source ranges: a filter chain at prerouting, before DNAT (priority mangle), drops a
+# packet to a restricted VIP:port whose source is not in its ranges, so the node
+# enforces them too (a packet that reached it by another path). Affinity: the backend
+# is chosen by a hash of the client's address rather than at random, so every
+# connection of one client goes to one endpoint while the endpoints stay the same (no
+# expiry is kept: it sticks at least for the timeout).
+
+
+def _sticky_pick(rule: NftRule, n: int) -> str:
+    return f"jhash {rule.family} saddr mod {n}"
+
+
+def _source_filter(rules: tuple[NftRule, ...]) -> list[str]:
+    lines = [
+        "\tchain sources {",
+        "\t\ttype filter hook prerouting priority mangle; policy accept;",
+    ]
+    for rule in rules:
+        if rule.source_ranges:
+            match = f"{rule.family} daddr {rule.vip} {rule.protocol} dport {rule.port}"
+            allowed = ", ".join(rule.source_ranges)
+            lines.append(
+                f'\t\t{match} {rule.family} saddr != {{ {allowed} }} drop comment "{rule.service}"'
+            )
+    return [*lines, "\t}"]

@@ -31,6 +31,11 @@ FINALIZER: Final = "service.kubernetes.io/load-balancer-cleanup"
 POOL_ANNOTATION: Final = "vipwire.io/pool"
 IPS_ANNOTATION: Final = "vipwire.io/ips"
 SHARING_KEY_ANNOTATION: Final = "vipwire.io/sharing-key"
+#: Kubernetes' beta annotation for source ranges; ``spec.loadBalancerSourceRanges`` wins.
+SOURCE_RANGES_ANNOTATION: Final = "service.beta.kubernetes.io/load-balancer-source-ranges"
+#: ``sessionAffinityConfig.clientIP.timeoutSeconds`` when unset, and its bounds (as Kubernetes).
+DEFAULT_AFFINITY_TIMEOUT_S: Final = 10800
+MAX_AFFINITY_TIMEOUT_S: Final = 86400
 #: The appliance profile (monitor, timeouts, method) the Service picks; ipam knows them.
 PROFILE_ANNOTATION: Final = "vipwire.io/profile"
 #: The other namespaces (or ``*``) whose Services may share this one's VIP (both sides say so).
@@ -130,6 +135,9 @@ _SERVICE_SPEC: Final = (
     "externalTrafficPolicy",
     "healthCheckNodePort",
     "loadBalancerIP",
+    "loadBalancerSourceRanges",
+    "sessionAffinity",
+    "sessionAffinityConfig",
 )
 
 
@@ -218,6 +226,57 @@ def share_namespaces(annotations: Mapping[str, str]) -> tuple[str, ...]:
     names = {n.strip() for n in annotations.get(SHARE_NAMESPACES_ANNOTATION, "").split(",")}
     names.discard("")
     return ("*",) if "*" in names else tuple(sorted(names))
+
+
+def raw_source_ranges(service: Obj) -> tuple[str, ...]:
+    """Where the source ranges come from and each range as written (trimmed, blanks left out).
+
+    ``spec.loadBalancerSourceRanges`` when it lists any, else the annotation
+    ``service.beta.kubernetes.io/load-balancer-source-ranges`` (comma-separated):
+    the order Kubernetes documents."""
+    spec_ranges = [
+        str(r).strip() for r in _list(_map(service.get("spec")).get("loadBalancerSourceRanges"))
+    ]
+    spec_ranges = [r for r in spec_ranges if r]
+    if spec_ranges:
+        return ("spec.loadBalancerSourceRanges", *spec_ranges)
+    annotations = _str_map(metadata(service).get("annotations"))
+    written = [r.strip() for r in annotations.get(SOURCE_RANGES_ANNOTATION, "").split(",")]
+    return (SOURCE_RANGES_ANNOTATION, *(r for r in written if r))
+
+
+def parse_cidr(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network | None:
+    """A CIDR as Kubernetes reads one (Go's ``net.ParseCIDR``): an address, ``/``, a
+    prefix length; host bits may be set (they are cleared). None when it is not one."""
+    if "/" not in text or "%" in text:
+        return None
+    try:
+        return ipaddress.ip_network(text, strict=False)
+    except ValueError:
+        return None
+
+
+def source_ranges(service: Obj) -> tuple[str, ...]:
+    """The Service's source ranges, normalised (host bits cleared), each once, IPv4
+    first then by address and prefix; an invalid one is left out (the watcher refuses
+    the Service, see :func:`vipwire.watcher.core.validate.service_problems`).
+    Empty: every source may connect."""
+    networks = {n for n in map(parse_cidr, raw_source_ranges(service)[1:]) if n is not None}
+    ordered = sorted(networks, key=lambda n: (n.version, int(n.network_address), n.prefixlen))
+    return tuple(str(n) for n in ordered)
+
+
+def affinity_timeout_s(service: Obj) -> int | None:
+    """``sessionAffinity: ClientIP``: its ``timeoutSeconds`` (10800 when unset or out of
+    Kubernetes' bounds 1..86400, which the watcher also reports); None without affinity."""
+    spec = _map(service.get("spec"))
+    if spec.get("sessionAffinity") != "ClientIP":
+        return None
+    config = _map(_map(spec.get("sessionAffinityConfig")).get("clientIP"))
+    timeout = _int(config.get("timeoutSeconds"))
+    if timeout is None or not 0 < timeout <= MAX_AFFINITY_TIMEOUT_S:
+        return DEFAULT_AFFINITY_TIMEOUT_S
+    return timeout
 
 
 def status_vips(service: Obj) -> tuple[str, ...]:
@@ -311,6 +370,8 @@ def service_snapshot(
         labels={} if deleting else _str_map(meta.get("labels")),
         deleting=deleting,
         status_vips=() if deleting else status_vips(service),
+        source_ranges=source_ranges(service),
+        affinity_timeout_s=affinity_timeout_s(service),
         profile=annotations.get(PROFILE_ANNOTATION, "").strip() or None,
     )
 

@@ -21,6 +21,7 @@ from typing import Any, Final
 from vipwire.watcher.core.translate import (
     CLUSTER_ANNOTATION,
     IPS_ANNOTATION,
+    MAX_AFFINITY_TIMEOUT_S,
     POOL_ANNOTATION,
     PROFILE_ANNOTATION,
     SHARE_NAMESPACES_ANNOTATION,
@@ -28,6 +29,8 @@ from vipwire.watcher.core.translate import (
     TRACE_ANNOTATION,
     Obj,
     metadata,
+    parse_cidr,
+    raw_source_ranges,
 )
 
 PREFIX: Final = "vipwire.io/"
@@ -71,6 +74,40 @@ def _address_problems(field: str, values: Iterable[str]) -> list[str]:
         f"{field}: {listed} {what}; write IPv4 or IPv6 addresses, e.g. 198.51.100.20 "
         "or 2001:db8::20" + (", separated by commas" if field == IPS_ANNOTATION else "")
     ]
+
+
+def _source_range_problems(service: Obj) -> list[str]:
+    field, *ranges = raw_source_ranges(service)
+    bad = [r for r in ranges if parse_cidr(r) is None]
+    if not bad:
+        return []
+    listed = ", ".join(_quote(r) for r in bad)
+    what = "is not a CIDR" if len(bad) == 1 else "are not CIDRs"
+    return [
+        f"{field}: {listed} {what}; write each range as address/prefix, e.g. "
+        "203.0.113.0/24 or 2001:db8::/64"
+    ]
+
+
+def _affinity_problems(spec: dict[str, Any]) -> list[str]:
+    if spec.get("sessionAffinity") != "ClientIP":
+        return []
+    config = spec.get("sessionAffinityConfig")
+    client = config.get("clientIP") if isinstance(config, dict) else None
+    timeout = client.get("timeoutSeconds") if isinstance(client, dict) else None
+    if timeout is None:
+        return []
+    if (
+        isinstance(timeout, bool)
+        or not isinstance(timeout, int)
+        or not 0 < timeout <= MAX_AFFINITY_TIMEOUT_S
+    ):
+        return [
+            f"spec.sessionAffinityConfig.clientIP.timeoutSeconds: {_quote(str(timeout))} is "
+            f"not a number of seconds from 1 to {MAX_AFFINITY_TIMEOUT_S}; correct it or remove "
+            "it (the default is 10800)"
+        ]
+    return []
 
 
 def service_problems(service: Obj, *, protocols: Iterable[str]) -> tuple[str, ...]:
@@ -141,6 +178,9 @@ def service_problems(service: Obj, *, protocols: Iterable[str]) -> tuple[str, ..
                 f"{SHARE_NAMESPACES_ANNOTATION}: {listed} is not a namespace; list the "
                 "namespaces this Service may share its VIP with, separated by commas, or '*'"
             )
+
+    problems += _source_range_problems(service)
+    problems += _affinity_problems(spec)
 
     allowed = tuple(protocols)
     ports = spec.get("ports")

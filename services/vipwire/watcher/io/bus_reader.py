@@ -18,9 +18,9 @@ from vipwire.aio import cancel_and_wait
 from vipwire.bus import (
     DONE,
     Bus,
+    ConsumerGroup,
     ConsumerSpec,
     Delivery,
-    PullConsumer,
     Retry,
     Unreadable,
     Verdict,
@@ -266,7 +266,9 @@ class BusReader:
             )
 
 
-def open_consumers(bus: Bus, reader: BusReader, cluster: str) -> tuple[PullConsumer, PullConsumer]:
+def open_consumers(
+    bus: Bus, reader: BusReader, cluster: str
+) -> tuple[ConsumerGroup, ConsumerGroup]:
     """A term's two consumers, not started: theirs (for the whole term) and the replay
     of ours (to start from)."""
     # What the rest of the system says, for the whole term.
@@ -285,12 +287,14 @@ def open_consumers(bus: Bus, reader: BusReader, cluster: str) -> tuple[PullConsu
     )
     # Every table of the term memory keeps the sequence of what it holds and ignores
     # anything older: the bus need not keep a sequence per subject as well.
-    consumer = bus.consumer(
+    # One consumer per family: the server checks a consumer's filter against the
+    # watcher's permissions (its own cluster only) when it has one.
+    consumer = bus.consumer_group(
         ConsumerSpec(filters=theirs, deliver="last_per_subject", supersede=False),
         reader.on_delivery,
         on_unreadable=reader.on_unreadable,
     )
-    replay = bus.consumer(
+    replay = bus.consumer_group(
         ConsumerSpec(filters=ours, deliver="last_per_subject", supersede=False, traced=False),
         reader.on_delivery,
         on_unreadable=reader.on_unreadable,

@@ -16,7 +16,8 @@ session between partitions would race). In a partition:
 - ``slb virtual-server <prefix>-vip-<VIP>`` per VIP (ACOS allows one per
   address), its ``user-tag`` the owner, with one virtual port per virtual
   server of ours: ``no-dest-nat`` (DSR), bound to the service group and named
-  like it.
+  like it; with source ranges or affinity, an access list and a persist
+  template bound to it (see the section at the end).
 
 aXAPI has no transactions: a batch is applied request by request, serialised
 per partition, creates treat "already exists" and deletes "does not exist"
@@ -35,6 +36,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import ipaddress
 import logging
 import re
 from collections.abc import Mapping, Sequence
@@ -197,6 +199,11 @@ class _View:
     a10_servers: dict[str, _Server] = field(default_factory=dict)
     groups: dict[str, set[tuple[str, int]]] = field(default_factory=dict)  # members by group
     monitors: set[str] = field(default_factory=set)
+    #: Access lists of each family (their source ranges) and persist templates (their
+    #: requested timeout in seconds), by name.
+    acls: dict[str, tuple[str, ...] | None] = field(default_factory=dict)
+    acls6: dict[str, tuple[str, ...] | None] = field(default_factory=dict)
+    persists: dict[str, int | None] = field(default_factory=dict)
     #: ``tcp/<name>`` and ``udp/<name>`` templates known to exist (created by us).
     templates: set[str] = field(default_factory=set)
 
@@ -303,13 +310,16 @@ class A10Driver(RestDriver):
         except _NoPartition:
             view = self._views[part] = _View()
             return view
-        vss, sgs, srvs, mons = await all_or_first_error(
+        vss, sgs, srvs, mons, acls, acls6, persists = await all_or_first_error(
             self._collection(part, "/slb/virtual-server", "virtual-server-list"),
             self._collection(part, "/slb/service-group", "service-group-list"),
             self._collection(part, "/slb/server", "server-list"),
             self._collection(part, "/health/monitor", "monitor-list"),
+            self._collection(part, _ACL, "access-list-list"),
+            self._collection(part, _ACL6, "access-list-list"),
+            self._collection(part, _PERSIST, "source-ip-list"),
         )
-        view = _translate(vss, sgs, srvs, mons)
+        view = _translate(vss, sgs, srvs, mons, _access_view(acls, acls6, persists))
         self._views[part] = view
         return view
 
@@ -376,6 +386,7 @@ class A10Driver(RestDriver):
             "service-group": s.name,
             # DSR: the packet reaches the node addressed to the VIP and port it was sent to.
             "no-dest-nat": 1,
+            **await _put_access(self, part, view, s),
             **virtual_port_fields(prefix, s),
         }
         if vip is None:
@@ -398,12 +409,13 @@ class A10Driver(RestDriver):
                 view.vips[s.address] = _Vip(vs_name, s.owner, {(s.port, vproto)})
         if vip is not None:
             base = f"/slb/virtual-server/{vip.name}/port"
+            # PUT replaces the port: an access list or template it no longer names goes.
             if (s.port, vproto) in vip.ports:
-                await self._check(part, "POST", f"{base}/{s.port}+{vproto}", {"port": vport})
+                await self._check(part, "PUT", f"{base}/{s.port}+{vproto}", {"port": vport})
             else:
                 resp = await self._call(part, "POST", base, {"port": vport})
                 if _failed(resp) and _exists(resp):
-                    await self._check(part, "POST", f"{base}/{s.port}+{vproto}", {"port": vport})
+                    await self._check(part, "PUT", f"{base}/{s.port}+{vproto}", {"port": vport})
                 elif _failed(resp):
                     self._raise(resp, f"add port {s.port}/{vproto} to {vip.name}")
             if vip.owner != s.owner:
@@ -418,6 +430,7 @@ class A10Driver(RestDriver):
             view.vips[s.address] = vip
         view.vports[s.name] = (view.vips[s.address].name, s.port, vproto)
         view.servers[s.name] = s
+        await _drop_access(self, part, view, s.name, keep=s)
 
     async def _put_members(
         self, part: str, view: _View, name: str, members: tuple[Member, ...]
@@ -462,6 +475,7 @@ class A10Driver(RestDriver):
         await self._delete(part, f"/health/monitor/{monitor}")
         view.monitors.discard(monitor)
         view.servers.pop(name, None)
+        await _drop_access(self, part, view, name, keep=None)
 
     async def _ensure_idle_template(
         self, part: str, view: _View, prefix: str, s: VirtualServer
@@ -792,8 +806,11 @@ def _translate(
     sgs: list[dict[str, Any]],
     srvs: list[dict[str, Any]],
     mons: list[dict[str, Any]],
+    access: _View | None = None,
 ) -> _View:
     view = _View()
+    if access is not None:
+        view.acls, view.acls6, view.persists = access.acls, access.acls6, access.persists
     for srv in srvs:
         address = srv.get("host") or srv.get("server-ipv6-addr")
         name = str(srv.get("name", ""))
@@ -842,7 +859,7 @@ def _translate(
                 view=view,
                 monitors=monitors,
             )
-            view.servers[name] = server
+            view.servers[name] = _read_access(server, vport, view)
             view.vports[name] = (vs_name, port, vproto)
     return view
 
@@ -929,3 +946,168 @@ def _monitor(m: dict[str, Any] | None) -> Monitor:
     if not isinstance(port, int) or not isinstance(path, str):
         return _DRIFTED
     return Monitor(port=port, path=path, kind=kind, interval_s=interval, timeout_s=timeout)
+
+
+# --- source ranges and affinity ------------------------------------------------------
+#
+# aXAPI v3: a virtual port's sources are restricted by an access list bound to it
+# (IPv4: ``ip access-list``, the port's ``acl-list`` [``acl-name``]; IPv6: ``ipv6
+# access-list``, the port's ``ipv6-acl-list`` [``ipv6-acl-name``]) with one ``permit``
+# rule per range and the implicit deny after them. Affinity is an ``slb template
+# persist source-ip`` (``timeout`` in minutes, so seconds are rounded up to whole
+# minutes; its ``user-tag`` keeps the seconds asked for) named by the port's
+# ``template-persist-source-ip``. One list and one template per virtual port, named
+# from a hash of its name like the health monitors.
+
+_ACL: Final = "/ip/access-list"
+_ACL6: Final = "/ipv6/access-list"
+_PERSIST: Final = "/slb/template/persist/source-ip"
+#: ACOS's longest persist timeout, in minutes.
+_MAX_PERSIST_MINUTES: Final = 4321
+
+
+def acl_name(prefix: str, name: str) -> str:
+    return f"{prefix[:14]}-acl-{hashlib.sha256(name.encode()).hexdigest()[:12]}"
+
+
+def persist_name(prefix: str, name: str) -> str:
+    return f"{prefix[:14]}-ps-{hashlib.sha256(name.encode()).hexdigest()[:12]}"
+
+
+def _minutes(seconds: int) -> int:
+    return min(max(1, -(-seconds // 60)), _MAX_PERSIST_MINUTES)
+
+
+def _acl_rules(ranges: tuple[str, ...], v6: bool) -> list[dict[str, Any]]:
+    rules = []
+    for seq, text in enumerate(ranges, start=1):
+        network = ipaddress.ip_network(text, strict=False)
+        rule: dict[str, Any] = {"seq-num": seq * 10, "action": "permit", "dst-any": 1}
+        if v6:
+            rule.update({"ipv6": 1, "src-subnet": str(network)})
+        else:
+            rule.update(
+                {
+                    "ip": 1,
+                    "src-subnet": str(network.network_address),
+                    "src-mask": str(network.hostmask),  # a wildcard mask
+                }
+            )
+        rules.append(rule)
+    return rules
+
+
+async def _put_access(
+    driver: A10Driver, part: str, view: _View, s: VirtualServer
+) -> dict[str, Any]:
+    """Write the port's access list and template; the port fields that bind them."""
+    prefix = _prefix_of(s.name)
+    fields: dict[str, Any] = {}
+    if s.source_ranges:
+        v6 = ":" in s.address
+        acl = acl_name(prefix, s.name)
+        known = view.acls6 if v6 else view.acls
+        rules = {"access-list": {"name": acl, "rules": _acl_rules(s.source_ranges, v6)}}
+        await driver._upsert(part, _ACL6 if v6 else _ACL, acl, rules, exists=acl in known)
+        known[acl] = tuple(sorted(s.source_ranges))
+        if v6:
+            fields["ipv6-acl-list"] = [{"ipv6-acl-name": acl}]
+        else:
+            fields["acl-list"] = [{"acl-name": acl}]
+    if s.affinity_timeout_s is not None:
+        template = persist_name(prefix, s.name)
+        body: dict[str, Any] = {
+            "source-ip": {
+                "name": template,
+                "timeout": _minutes(s.affinity_timeout_s),
+                "user-tag": str(s.affinity_timeout_s),
+            }
+        }
+        exists = template in view.persists
+        await driver._upsert(part, _PERSIST, template, body, exists=exists)
+        view.persists[template] = s.affinity_timeout_s
+        fields["template-persist-source-ip"] = template
+    return fields
+
+
+async def _drop_access(
+    driver: A10Driver, part: str, view: _View, name: str, *, keep: VirtualServer | None
+) -> None:
+    """Delete the port's access list or template once no port names it any more."""
+    prefix = _prefix_of(name)
+    acl, template = acl_name(prefix, name), persist_name(prefix, name)
+    v6 = keep is not None and ":" in keep.address
+    for known, path, wanted in (
+        (view.acls, _ACL, keep is not None and keep.source_ranges and not v6),
+        (view.acls6, _ACL6, keep is not None and keep.source_ranges and v6),
+    ):
+        if acl in known and not wanted:
+            await driver._delete(part, f"{path}/{acl}")
+            known.pop(acl, None)
+    if template in view.persists and (keep is None or keep.affinity_timeout_s is None):
+        await driver._delete(part, f"{_PERSIST}/{template}")
+        view.persists.pop(template, None)
+
+
+def _acl_ranges(acl: dict[str, Any]) -> tuple[str, ...] | None:
+    """The ranges an access list of ours permits; None when it is not one we write."""
+    ranges = []
+    for rule in acl.get("rules", []):
+        if not isinstance(rule, dict) or rule.get("action") != "permit":
+            return None
+        try:
+            if "src-host" in rule:
+                ranges.append(str(ipaddress.ip_network(str(rule["src-host"]))))
+            elif rule.get("ipv6") == 1:
+                ranges.append(str(ipaddress.IPv6Network(str(rule.get("src-subnet")))))
+            else:
+                wildcard = int(ipaddress.IPv4Address(str(rule.get("src-mask"))))
+                prefix = 32 - wildcard.bit_length()
+                network = f"{rule.get('src-subnet')}/{prefix}"
+                ranges.append(str(ipaddress.IPv4Network(network, strict=False)))
+        except ValueError:
+            return None
+    return tuple(sorted(ranges))
+
+
+def _access_view(
+    acls: list[dict[str, Any]], acls6: list[dict[str, Any]], persists: list[dict[str, Any]]
+) -> _View:
+    view = _View()
+    view.acls = {str(a.get("name")): _acl_ranges(a) for a in acls}
+    view.acls6 = {str(a.get("name")): _acl_ranges(a) for a in acls6}
+    for t in persists:
+        minutes, tag = t.get("timeout", 5), str(t.get("user-tag") or "")
+        seconds = int(tag) if tag.isdigit() and _minutes(int(tag)) == minutes else None
+        if seconds is None and isinstance(minutes, int):
+            seconds = minutes * 60
+        view.persists[str(t.get("name"))] = seconds
+    return view
+
+
+def _read_access(server: VirtualServer, vport: dict[str, Any], view: _View) -> VirtualServer:
+    """The server with the source ranges and affinity its virtual port has on ACOS."""
+    drifted = False
+    ranges: tuple[str, ...] = ()
+    bound = [(view.acls, a.get("acl-name")) for a in vport.get("acl-list", [])] + [
+        (view.acls6, a.get("ipv6-acl-name")) for a in vport.get("ipv6-acl-list", [])
+    ]
+    if len(bound) > 1:
+        drifted = True
+    for known, acl in bound[:1]:
+        listed = known.get(str(acl))
+        if listed is None:
+            drifted = True
+        else:
+            ranges = listed
+    timeout = None
+    template = vport.get("template-persist-source-ip")
+    if template:
+        timeout = view.persists.get(str(template))
+        drifted = drifted or timeout is None
+    return msgspec.structs.replace(
+        server,
+        source_ranges=ranges,
+        affinity_timeout_s=timeout,
+        monitor=_DRIFTED if drifted else server.monitor,
+    )

@@ -10,6 +10,8 @@ loose initiation and loose close (the appliance only ever sees the inbound
 half of a connection). The owner tag is the virtual's description; a member's
 node name is its description. The profile's other fields map as the README's
 profile table says (:func:`profile_pool_fields`, :func:`profile_virtual_fields`).
+Source ranges and affinity add objects of the same name (see the section at
+the end).
 
 Every batch of operations is one iControl REST transaction, so a batch that
 BIG-IP refuses changes nothing. With ``sync_group`` set, each committed batch
@@ -27,9 +29,11 @@ import ipaddress
 import logging
 import re
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, NoReturn
+
+import msgspec
 
 from vipwire.contracts import Member
 from vipwire.lbdriver.core.virtual_servers import (
@@ -82,6 +86,9 @@ _MONITOR_SUFFIX: Final = "-mon-"
 #: A pool without a health check.
 _NO_MONITOR: Final = Monitor(port=0, path="", kind="none", interval_s=0, timeout_s=0)
 _PROFILE: Final = "/mgmt/tm/ltm/profile/fastl4"
+_PERSIST: Final = "/mgmt/tm/ltm/persistence/source-addr"
+_ADDRESS_LIST: Final = "/mgmt/tm/net/address-list"
+_TMC: Final = "/mgmt/tm/ltm/traffic-matching-criteria"
 _PARTITION: Final = "/mgmt/tm/auth/partition"
 _TRANSACTION: Final = "/mgmt/tm/transaction"
 _LOGIN: Final = "/mgmt/shared/authn/login"
@@ -189,15 +196,19 @@ class F5Driver(RestDriver):
         await self._sync_if_pending()
         scope = f"$filter=partition+eq+{part}"
         await self._login()  # once, before the reads race to do it
-        virtuals, pools, http, https, tcp = await all_or_first_error(
+        virtuals, pools, http, https, tcp, persists, lists, criteria = await all_or_first_error(
             self._collection(_VIRTUAL, f"{scope}&expandSubcollections=true"),
             self._collection(_POOL, f"{scope}&expandSubcollections=true"),
             self._collection(_MONITORS["http"], scope),
             self._collection(_MONITORS["https"], scope),
             self._collection(_MONITORS["tcp"], scope),
+            self._collection(_PERSIST, scope),
+            self._collection(_ADDRESS_LIST, scope),
+            self._collection(_TMC, scope),
         )
         monitors = {"http": http, "https": https, "tcp": tcp}
-        servers, present = _translate(virtuals, pools, monitors)
+        access = _Access.of(persists, lists, criteria)
+        servers, present = _translate(virtuals, pools, monitors, access)
         self._present[part] = present
         return servers
 
@@ -229,7 +240,7 @@ class F5Driver(RestDriver):
                         kinds = {"virtual", "pool"}
                         if s.monitor.kind != "none":
                             kinds.add(f"monitor:{s.monitor.kind}")
-                        known[s.name] = _Seen(kinds, s.port)
+                        known[s.name] = _Seen(kinds | _access_kinds(s), s.port)
                     case DeleteVirtualServer(name=name):
                         known.pop(name, None)
         await self._sync()
@@ -299,13 +310,15 @@ class F5Driver(RestDriver):
                     )
                 commands += [
                     _upsert(_POOL, part, s.name, _pool_body(part, s), has(s.name, "pool", assume)),
+                    *_access_before(part, s, has),
                     _upsert(
                         _VIRTUAL,
                         part,
                         s.name,
-                        _virtual_body(part, s),
+                        _access_body(part, s, _virtual_body(part, s)),
                         has(s.name, "virtual", assume),
                     ),
+                    *_access_after(part, s, has),
                 ]
                 # A monitor of another kind (the profile changed) goes once the pool
                 # no longer uses it, in the same transaction.
@@ -320,8 +333,9 @@ class F5Driver(RestDriver):
                 body = {"members": [_member(m.address, m.node, port) for m in members]}
                 return [("PATCH", _item(_POOL, part, name), body)]
             case DeleteVirtualServer(name=name):
+                empty: dict[str, Any] = {}
                 return [
-                    ("DELETE", _item(kind, part, item), {})
+                    ("DELETE", _item(kind, part, item), empty)
                     for kind, item, what in (
                         (_VIRTUAL, name, "virtual"),
                         (_POOL, name, "pool"),
@@ -331,6 +345,10 @@ class F5Driver(RestDriver):
                         ),
                     )
                     if has(name, what, what == "monitor:http")
+                ] + [
+                    ("DELETE", _item(kind, part, name), empty)
+                    for kind, what in _ACCESS_KINDS
+                    if has(name, what, False)
                 ]
 
     async def _ensure_idle_profiles(self, part: str, ops: Sequence[Operation]) -> None:
@@ -645,16 +663,20 @@ def _translate(
     virtuals: list[dict[str, Any]],
     pools: list[dict[str, Any]],
     monitors: Mapping[str, list[dict[str, Any]]],
+    access: _Access | None = None,
 ) -> tuple[dict[str, VirtualServer], dict[str, _Seen]]:
     """BIG-IP objects of one partition → our virtual servers, and what exists by name.
 
     ``monitors``: the monitors of each kind (http, https, tcp).
     """
+    access = access or _Access.of([], [], [])
     present: dict[str, _Seen] = {}
     kinds: list[tuple[str, list[dict[str, Any]]]] = [("virtual", virtuals), ("pool", pools)]
     kinds += [(f"monitor:{k}", objects) for k, objects in monitors.items()]
+    kinds += access.kinds()
     for kind, objects in kinds:
-        suffix = "" if kind in ("virtual", "pool", "monitor:http") else _MONITOR_SUFFIX + kind[8:]
+        other_monitor = kind.startswith("monitor:") and kind != "monitor:http"
+        suffix = _MONITOR_SUFFIX + kind[8:] if other_monitor else ""
         for obj in objects:
             name = str(obj.get("name", ""))
             if suffix:
@@ -668,8 +690,9 @@ def _translate(
     }
     servers: dict[str, VirtualServer] = {}
     for v in virtuals:
-        server = _virtual_server(v, pools_by_path, monitors_by_path)
+        server = _virtual_server(access.destined(v), pools_by_path, monitors_by_path)
         if server is not None:
+            server = access.read(v, server)
             servers[server.name] = server
             present[server.name].port = server.port
     return servers, present
@@ -769,3 +792,167 @@ def _monitor(reference: str, monitors: dict[str, tuple[str, dict[str, Any]]]) ->
         interval_s=interval,
         timeout_s=timeout,
     )
+
+
+# --- source ranges and affinity ------------------------------------------------------
+#
+# Source ranges (iControl REST, ``ltm virtual``): one range is the virtual's own
+# ``source`` (the client addresses it accepts; ``0.0.0.0/0`` or ``::/0`` accept all).
+# Several are a ``net address-list`` named like the virtual server, referenced as the
+# ``sourceAddressList`` of an ``ltm traffic-matching-criteria`` (BIG-IP 14.1+) that also
+# carries the destination address, port and protocol; the virtual then names the
+# criteria (``trafficMatchingCriteria``) instead of a destination of its own.
+# Affinity: an ``ltm persistence source-addr`` profile (parent ``/Common/source_addr``,
+# ``timeout`` in seconds) named like the virtual server, the virtual's default
+# ``persist`` profile. Every object is written in the same transaction as the virtual.
+
+# Deleted after the virtual that references them, criteria before its address list.
+_ACCESS_KINDS: Final = ((_TMC, "tmc"), (_ADDRESS_LIST, "addresslist"), (_PERSIST, "persist"))
+_OPEN_SOURCE: Final = {False: "0.0.0.0/0", True: "::/0"}
+
+HasObject = Callable[[str, str, bool], bool]
+Command = tuple[str, str, dict[str, Any]]
+
+
+def _uses_list(s: VirtualServer) -> bool:
+    return len(s.source_ranges) > 1
+
+
+def _access_kinds(s: VirtualServer) -> set[str]:
+    kinds = {"addresslist", "tmc"} if _uses_list(s) else set()
+    return kinds | ({"persist"} if s.affinity_timeout_s is not None else set())
+
+
+def _access_body(part: str, s: VirtualServer, body: dict[str, Any]) -> dict[str, Any]:
+    """The virtual's body with its source restriction and persistence profile."""
+    out = dict(body)
+    if _uses_list(s):
+        for key in ("destination", "mask", "source"):
+            out.pop(key, None)
+        out["trafficMatchingCriteria"] = f"/{part}/{s.name}"
+    else:
+        out["source"] = s.source_ranges[0] if s.source_ranges else _OPEN_SOURCE[":" in s.address]
+        out["trafficMatchingCriteria"] = "none"
+    timeout = s.affinity_timeout_s
+    out["persist"] = [] if timeout is None else [{"name": f"/{part}/{s.name}", "tmDefault": "yes"}]
+    return out
+
+
+def _access_before(part: str, s: VirtualServer, has: HasObject) -> list[Command]:
+    """Persistence profile, address list and criteria the virtual is about to reference."""
+    commands = []
+    if s.affinity_timeout_s is not None:
+        persist = {
+            "defaultsFrom": "/Common/source_addr",
+            "timeout": str(s.affinity_timeout_s),
+            "description": s.owner,
+        }
+        commands.append(_upsert(_PERSIST, part, s.name, persist, has(s.name, "persist", False)))
+    if _uses_list(s):
+        addresses = {"addresses": [{"name": r} for r in s.source_ranges], "description": s.owner}
+        commands.append(
+            _upsert(_ADDRESS_LIST, part, s.name, addresses, has(s.name, "addresslist", False))
+        )
+        criteria = {
+            "destinationAddressInline": s.address,
+            "destinationPortInline": str(s.port),
+            "protocol": s.protocol.lower(),
+            "sourceAddressList": f"/{part}/{s.name}",
+            "description": s.owner,
+        }
+        commands.append(_upsert(_TMC, part, s.name, criteria, has(s.name, "tmc", False)))
+    return commands
+
+
+def _access_after(part: str, s: VirtualServer, has: HasObject) -> list[Command]:
+    """The objects the virtual no longer references, deleted once it stopped."""
+    wanted = _access_kinds(s)
+    empty: dict[str, Any] = {}
+    return [
+        ("DELETE", _item(kind, part, s.name), empty)
+        for kind, what in _ACCESS_KINDS
+        if what not in wanted and has(s.name, what, False)
+    ]
+
+
+@dataclass(slots=True)
+class _Access:
+    """A partition's persistence profiles, address lists and criteria, by full path."""
+
+    persists: dict[str, dict[str, Any]]
+    lists: dict[str, dict[str, Any]]
+    criteria: dict[str, dict[str, Any]]
+
+    @classmethod
+    def of(
+        cls,
+        persists: list[dict[str, Any]],
+        lists: list[dict[str, Any]],
+        criteria: list[dict[str, Any]],
+    ) -> _Access:
+        def by_path(items: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+            return {str(i.get("fullPath")): i for i in items}
+
+        return cls(by_path(persists), by_path(lists), by_path(criteria))
+
+    def kinds(self) -> tuple[tuple[str, list[dict[str, Any]]], ...]:
+        return (
+            ("persist", list(self.persists.values())),
+            ("addresslist", list(self.lists.values())),
+            ("tmc", list(self.criteria.values())),
+        )
+
+    def _criteria_of(self, v: dict[str, Any]) -> dict[str, Any] | None:
+        ref = str(v.get("trafficMatchingCriteria") or "none").strip()
+        return None if ref == "none" else self.criteria.get(ref, {})
+
+    def destined(self, v: dict[str, Any]) -> dict[str, Any]:
+        """A virtual that matches by criteria, with the criteria's destination as its own."""
+        tmc = self._criteria_of(v)
+        if tmc is None:
+            return v
+        address = str(tmc.get("destinationAddressInline", "")).split("%", 1)[0]
+        port = str(tmc.get("destinationPortInline", ""))
+        if not address or not port.isdigit():
+            return v
+        part = str(v.get("partition") or "Common")
+        return {**v, "destination": destination(part, address, int(port))}
+
+    def read(self, v: dict[str, Any], server: VirtualServer) -> VirtualServer:
+        """The server with the source ranges and affinity the virtual has on BIG-IP."""
+        drifted = False
+        tmc = self._criteria_of(v)
+        ranges: list[str] = []
+        if tmc is not None:
+            listed = self.lists.get(str(tmc.get("sourceAddressList", "")).strip())
+            if listed is None:
+                drifted = True
+            for entry in (listed or {}).get("addresses", []):
+                ranges.append(str(entry.get("name", "")) if isinstance(entry, dict) else "")
+        else:
+            ranges.append(str(v.get("source") or "0.0.0.0/0"))
+        networks = []
+        for text in ranges:
+            try:
+                network = ipaddress.ip_network(text.split("%", 1)[0], strict=False)
+            except ValueError:
+                drifted = True
+                continue
+            if network.prefixlen or tmc is not None:
+                networks.append(str(network))
+        timeout: int | None = None
+        persist = v.get("persist") or []
+        refs = [str(p.get("name", "")) for p in persist if isinstance(p, dict)]
+        if refs:
+            profile = self.persists.get(refs[0]) if len(refs) == 1 else None
+            seconds = str((profile or {}).get("timeout", ""))
+            if profile is None or not seconds.isdigit():
+                drifted = True
+            else:
+                timeout = int(seconds)
+        return msgspec.structs.replace(
+            server,
+            source_ranges=tuple(sorted(set(networks))),
+            affinity_timeout_s=timeout,
+            monitor=_DRIFTED if drifted else server.monitor,
+        )

@@ -1,12 +1,13 @@
 """The Linux appliance's nftables table: rendered from, and read back into, virtual servers.
 
 Pure: no I/O. One ``netdev`` table per partition, hooked on the ingress of
-the interface facing the nodes. For a packet to a VIP:port it picks a member
-by a hash of the client's address and port (so one connection always lands
-on one node), rewrites only the Ethernet header (destination: the member's
-MAC; source: the appliance's own, or the switch would learn the client's MAC
-on the appliance's port and send the replies here) and sends the frame back
-out of the same interface. The IP header is never touched: L2 DSR.
+the interface facing the nodes. For a packet to a VIP:port from an allowed
+source (see "source ranges and affinity" below) it picks a member by a hash of
+the client's address and port (so one connection always lands on one node; of
+the address alone under ClientIP affinity), rewrites only the Ethernet header
+(destination: the member's MAC; source: the appliance's own, or the switch
+would learn the client's MAC on the appliance's port and send the replies
+here) and sends the frame back out of the same interface. The IP header is never touched: L2 DSR.
 
 The table also holds the virtual servers themselves (owner, members, monitor,
 which the data path does not need), compressed, in the comments of a chain
@@ -37,6 +38,8 @@ FROM_VIP: Final = "from-vip"
 """Counter of packets whose source is one of the partition's VIPs (should stay 0)."""
 NO_MEMBER: Final = "no-member"
 """Counter of packets to a virtual server without a reachable member (dropped)."""
+DENIED: Final = "denied-source"
+"""Counter of packets from a source outside a virtual server's source ranges (dropped)."""
 _CHUNK: Final = 96
 _STATE_VERSION: Final = 1
 _MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
@@ -119,11 +122,13 @@ def render_partition(
         f"table netdev {table} {{",
         *_counter(FROM_VIP, counters),
         *_counter(NO_MEMBER, counters),
+        *_counter(DENIED, counters),
         *(line for s in ordered for line in _counter(object_name(s.name), counters)),
         *_set("vips4", "ipv4_addr", _unique(s.address for s in by_family[4])),
         *_set("vips6", "ipv6_addr", _unique(s.address for s in by_family[6])),
         *_dispatch("dispatch4", "ipv4_addr", by_family[4]),
         *_dispatch("dispatch6", "ipv6_addr", by_family[6]),
+        *(line for s in ordered for line in _source_set(s)),
         "\tchain ingress {",
         f'\t\ttype filter hook ingress device "{device}" priority filter; policy accept;',
         f'\t\tip saddr @vips4 counter name "{FROM_VIP}"',
@@ -135,6 +140,7 @@ def render_partition(
     for server in ordered:
         lines += [
             f"\tchain {object_name(server.name)} {{",
+            *_source_filter(server),
             f"\t\t{_forward(server, device=device, mac=mac, macs=macs)}",
             "\t}",
         ]
@@ -162,11 +168,55 @@ def _forward(server: VirtualServer, *, device: str, mac: str, macs: Mapping[str,
         l4 = _L4[server.protocol]
         pairs = ", ".join(f"{i} : {t}" for i, t in enumerate(targets))
         # Client address and port: every packet of a connection goes to one node.
-        choose = f"jhash {l3} saddr . {l4} sport mod {len(targets)} map {{ {pairs} }}"
+        key = f"{l3} saddr . {l4} sport"
+        if server.affinity_timeout_s is not None:
+            key = _affinity_key(l3)
+        choose = f"jhash {key} mod {len(targets)} map {{ {pairs} }}"
     return (
         f"ether saddr set {mac} ether daddr set {choose} "
         f'counter name "{object_name(server.name)}" fwd to "{device}" {comment}'
     )
+
+
+# --- source ranges and affinity ----------------------------------------------------
+#
+# Source ranges: a named interval set per virtual server (``src-<object name>``) of the
+# VIP's family; the server's chain drops (and counts in ``denied-source``) a packet
+# whose source is not in it before forwarding. Affinity: the member is chosen by a hash
+# of the client's address alone, so every connection of a client lands on one node.
+# The ingress hook keeps no state, so this holds for as long as the members stay the
+# same rather than for exactly ``timeoutSeconds``: at least the timeout, never less
+# while the member list is unchanged.
+
+
+def source_set_name(server: str) -> str:
+    return f"src-{object_name(server)}"
+
+
+def _affinity_key(l3: str) -> str:
+    return f"{l3} saddr"
+
+
+def _source_set(server: VirtualServer) -> list[str]:
+    if not server.source_ranges:
+        return []
+    kind = "ipv4_addr" if ipaddress.ip_address(server.address).version == 4 else "ipv6_addr"
+    elements = [str(ipaddress.ip_network(r, strict=False)) for r in server.source_ranges]
+    return [
+        f"\tset {source_set_name(server.name)} {{",
+        f"\t\ttype {kind}",
+        "\t\tflags interval",
+        "\t\tauto-merge",
+        f"\t\telements = {{ {', '.join(elements)} }}",
+        "\t}",
+    ]
+
+
+def _source_filter(server: VirtualServer) -> list[str]:
+    if not server.source_ranges:
+        return []
+    l3 = "ip" if ipaddress.ip_address(server.address).version == 4 else "ip6"
+    return [f'\t\t{l3} saddr != @{source_set_name(server.name)} counter name "{DENIED}" drop']
 
 
 def _counter(name: str, counters: Mapping[str, Counter]) -> list[str]:

@@ -8,6 +8,7 @@ object on a destination (address, port, protocol) already served.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import random
 from collections.abc import Sequence
 
@@ -95,7 +96,9 @@ class SimAppliance:
             self.failures += 1
             raise ApplianceRejected(self.name, f"partition {partition}: {exc}") from exc
         written = {op_name(op) for op in ops}
-        clash = self._destination_clash(partition, current, after, written)
+        clash = _access_problem(after, written) or self._destination_clash(
+            partition, current, after, written
+        )
         if clash is not None:
             self.failures += 1
             raise ApplianceRejected(self.name, f"partition {partition}: {clash}")
@@ -165,3 +168,20 @@ class SimAppliance:
                 where = f"{address}:{port_text(port, protocol)}"
                 return f"destination {where} is served by {sorted(names)}"
         return None
+
+
+def _access_problem(after: dict[str, VirtualServer], written: set[str]) -> str | None:
+    """A written server whose source ranges or affinity an appliance would refuse."""
+    for name in sorted(written & after.keys()):
+        server = after[name]
+        version = ipaddress.ip_address(server.address).version
+        for text in server.source_ranges:
+            try:
+                network = ipaddress.ip_network(text)
+            except ValueError:
+                return f"{name}: source range {text!r} is not a CIDR"
+            if network.version != version:
+                return f"{name}: source range {text} is not of the VIP's family"
+        if server.affinity_timeout_s is not None and server.affinity_timeout_s <= 0:
+            return f"{name}: persistence timeout {server.affinity_timeout_s} is not positive"
+    return None
