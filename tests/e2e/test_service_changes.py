@@ -11,7 +11,7 @@ import nats
 import pytest
 from nats.aio.msg import Msg
 
-from vipwire.allinone import Stack
+from vipwire.allinone import Stack, StackSettings
 from vipwire.cli.main import main
 from vipwire.testing import eventually
 
@@ -20,7 +20,8 @@ FINALIZER = "service.kubernetes.io/load-balancer-cleanup"
 
 @pytest.fixture
 async def stack() -> AsyncIterator[Stack]:
-    async with Stack() as s:
+    # An insecure bus: replay (and the sampler) connect without credentials.
+    async with Stack(StackSettings(secure_bus=False)) as s:
         await s.wait_ready()
         for namespace in ("shop", "blog"):
             await s.emulators["east"].create(
@@ -155,7 +156,7 @@ async def test_changing_the_ips_of_a_served_service_is_explained(
     capsys.readouterr()
     args = ["replay", "--nats", stack.nats.urls[0], "--rerun", "--cluster", "east"]
     code = await asyncio.to_thread(main, args)
-    assert code == 0, capsys.readouterr().out
+    assert code == 0, capsys.readouterr()
 
 
 async def test_a_service_ipam_refuses_for_good_keeps_no_finalizer(stack: Stack) -> None:
@@ -235,7 +236,7 @@ async def test_a_served_service_made_invalid_keeps_serving_and_the_history_rerun
     assert {vs.address for vs in stack.appliance.virtual_servers("east").values()} == {vip}
     capsys.readouterr()
     args = ["replay", "--nats", stack.nats.urls[0], "--rerun", "--cluster", "east"]
-    assert await asyncio.to_thread(main, args) == 0, capsys.readouterr().out
+    assert await asyncio.to_thread(main, args) == 0, capsys.readouterr()
     capsys.readouterr()
     args = ["replay", "--nats", stack.nats.urls[0], "--service", "east/default/web"]
     assert await asyncio.to_thread(main, args) == 0
@@ -337,4 +338,4 @@ async def test_changing_the_ips_moves_make_before_break_at_every_step(
     )
     capsys.readouterr()
     args = ["replay", "--nats", stack.nats.urls[0], "--rerun", "--cluster", "east"]
-    assert await asyncio.to_thread(main, args) == 0, capsys.readouterr().out
+    assert await asyncio.to_thread(main, args) == 0, capsys.readouterr()
