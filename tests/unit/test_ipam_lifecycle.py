@@ -655,3 +655,19 @@ def test_a_pool_change_moves_and_a_move_that_cannot_serve_both_is_refused() -> N
     assert isinstance(refused, VipFailed) and refused.reason == "MoveRefused"
     assert "appliance group 'dc2'" in refused.message
     assert isinstance(kept, VipAssigned) and kept.vips == (new,)
+
+
+def test_a_change_made_during_a_move_is_followed_once_it_is_over() -> None:
+    """The Service asks for a third address while moving to a second: the move finishes
+    first, then it moves on to the third (not silently left on the second)."""
+    s = Story()
+    s.step("pinned", snapshot("web", requested_ips=("192.0.2.9",)))
+    (adding,) = s.step("to .77", snapshot("web", requested_ips=("192.0.2.77",)))
+    assert isinstance(adding, VipAssigned)
+    (during,) = s.step("to .88 meanwhile", snapshot("web", requested_ips=("192.0.2.88",)))
+    assert isinstance(during, VipAssigned) and during.vips == adding.vips  # finishing first
+    s.step("status", _status("web", adding.vips))
+    done, again = s.step("appliance", _programmed("web", ("192.0.2.77",)))
+    assert isinstance(done, VipAssigned) and done.vips == ("192.0.2.77",)
+    assert isinstance(again, VipAssigned)
+    assert again.vips == ("192.0.2.77", "192.0.2.88") and again.moving_from == ("192.0.2.77",)

@@ -30,6 +30,7 @@ from vipwire.ipam.core.claims import Owner, Request, request_of
 from vipwire.ipam.core.decide import Outgoing, Plan, decide, withdrawal, would_succeed
 from vipwire.ipam.core.messages import in_force, kept_assignment, moved, released
 from vipwire.ipam.core.records import ServiceRecord
+from vipwire.ipam.core.requested import unlike
 from vipwire.ipam.core.status_vips import StatusVips
 
 if TYPE_CHECKING:
@@ -202,9 +203,21 @@ class Sandbox:
         self.records[ref] = after
         self._leave(Owner(*ref, record.uid), plan.leave)
         last = self.last_vip.get(ref)
-        if not plan.say_again or not isinstance(last, VipAssigned) or last.uid != after.uid:
-            return []
-        return self._publish([moved(last, after)])
+        out: list[Message] = []
+        if plan.say_again and isinstance(last, VipAssigned) and last.uid == after.uid:
+            out = self._publish([moved(last, after)])
+        snap = self.last_service.get(ref)
+        if (
+            plan.leave
+            and after.move == ""
+            and isinstance(snap, ServiceSnapshot)
+            and not snap.deleting
+            and snap.uid == after.uid
+            and unlike(self.allocator, request_of(snap))
+        ):
+            # Moved: a change made during the move (not followed then) is decided now.
+            out += self._live(snap, quiet=False, tag="-moved")
+        return out
 
     def _reassign(self, ref: ServiceRef, record: ServiceRecord) -> list[Message]:
         snap = self.last_service.get(ref)

@@ -48,6 +48,7 @@ from vipwire.ipam.core.decide import Plan, decide
 from vipwire.ipam.core.messages import in_force, kept_assignment, moved, released
 from vipwire.ipam.core.moves import announced
 from vipwire.ipam.core.records import ServiceRecord, service_key
+from vipwire.ipam.core.requested import unlike
 from vipwire.ipam.core.retry import store_retry_delay_s
 from vipwire.ipam.core.status_vips import StatusVips
 from vipwire.ipam.io.bucket import Conflict, StoreError
@@ -422,6 +423,18 @@ class Lifecycle:
                 if isinstance(said, VipAssigned) and said.uid == after.uid:
                     again = moved(said, after)
                     await self.publisher.publish(again, d.derive_id(f"vip-move-{after.move}"))
+            if plan.leave and after.move == "":
+                # Moved: a change made during the move (not followed then) is decided now.
+                newest = await self.publisher.last(service_subject("service", *ref))
+                said = newest.message if newest is not None else None
+                snap = in_force(said) if said is not None else None
+                if (
+                    isinstance(snap, ServiceSnapshot)
+                    and not snap.deleting
+                    and snap.uid == after.uid
+                    and unlike(self.cache.allocator, request_of(snap))
+                ):
+                    return await self.on_live(snap, d, check_newer=False, tag="-moved")
             return DONE
         return Retry(delay=self.retry_delay_s, reason="compare-and-set conflicts on a move")
 
