@@ -10,6 +10,7 @@ finalizer, the trace annotation and leftovers. Events: :mod:`.events`.
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Collection, Mapping
 from typing import Any, Final
 
@@ -22,6 +23,7 @@ from vipwire.contracts import (
     VipAssigned,
     VipFailed,
     VipReleased,
+    VipReleasing,
 )
 from vipwire.watcher.core.bus_view import BusView
 from vipwire.watcher.core.condition import (
@@ -75,6 +77,9 @@ class Decision(msgspec.Struct, frozen=True, kw_only=True):
 
     status: dict[str, Any] | None = None
     remove_finalizer: bool = False
+    #: VIPs the appliance was reported programmed with that ipam did not assign to
+    #: the Service: never written to its status (the shell logs and counts them).
+    unassigned: tuple[str, ...] = ()
 
     @property
     def nothing(self) -> bool:
@@ -110,6 +115,36 @@ def _status_patch(
     if not body:
         return None
     return {"metadata": {"resourceVersion": resource_version(service)}, "status": body}
+
+
+def not_assigned(lb: LbProgrammed, view: BusView) -> tuple[str, ...] | None:
+    """The VIPs of a programming that ipam's last assignment to the same Service
+    (its ``vip`` subject's last VipAssigned, or the one a VipFailed followed) does
+    not name; None when no assignment of that incarnation is known (nothing can
+    be checked: nothing is written either).
+
+    Only ipam gives addresses: a programming naming others (a forged or broken
+    ``lb`` message) never reaches the Service's status. The old VIPs of a move
+    (``VipAssigned.moving_from``) count as assigned while they are withdrawn.
+    """
+    assigned: set[str] | None = None
+    for message in (view.vip, view.vip_before):
+        if isinstance(message, VipAssigned | VipReleasing) and message.uid == lb.uid:
+            assigned = {_canonical(v) for v in message.vips}
+            if isinstance(message, VipAssigned):
+                # A move's old VIPs stay assigned until the appliance has withdrawn them.
+                assigned |= {_canonical(v) for v in message.moving_from}
+            break
+    if assigned is None:
+        return None
+    return tuple(v for v in lb.vips if _canonical(v) not in assigned)
+
+
+def _canonical(address: str) -> str:
+    try:
+        return str(ipaddress.ip_address(address))
+    except ValueError:
+        return address
 
 
 def decide(
@@ -160,10 +195,14 @@ def decide(
         lb = view.lb
         vip = view.vip
         moving = isinstance(vip, VipAssigned) and vip.uid == snapshot.uid and vip.moving_from
+        unassigned: tuple[str, ...] | None = None
+        if isinstance(lb, LbProgrammed) and lb.uid == snapshot.uid:
+            unassigned = not_assigned(lb, view)
         if (
             problems is None
             and isinstance(lb, LbProgrammed)
             and lb.uid == snapshot.uid
+            and unassigned == ()
             and gate_satisfied(lb, applied, "all" if moving and nodes_known else gate)
         ):
             wanted_ingress = ingress_for(lb.vips)
@@ -188,6 +227,7 @@ def decide(
             remove_finalizer=problems is None
             and FINALIZER in finalizers(service)
             and refused_for_good(service, snapshot.uid, view, live_seq),
+            unassigned=unassigned or (),
         )
     vip = view.vip
     released = isinstance(vip, VipReleased) and vip.uid == snapshot.uid and view.vip_seq > live_seq
