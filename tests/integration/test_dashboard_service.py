@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import statistics
+import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -311,6 +314,39 @@ class TestAuth:
             assert cookie["httponly"] and cookie.value != TOKEN
         status, page = await dash.get("/services")  # the session keeps the cookie
         assert status == 200 and "<table" in page
+
+    async def test_no_token_outside_loopback_refuses_to_start_unless_allowed(
+        self,
+        start_dashboard: Callable[..., Awaitable[Dashboard]],
+        tmp_path: Path,
+        caplog: pytest.LogCaptureFixture,
+    ) -> None:
+        """`vipwire run dashboard` on 0.0.0.0 without a token exits non-zero naming what to
+        set; with allow_anonymous it starts and warns."""
+        config = tmp_path / "vipwire.yaml"
+        config.write_text(
+            "bus:\n  servers: ['nats://127.0.0.1:1']\nhttp:\n  port: 0\n"
+            "dashboard:\n  host: 0.0.0.0\n  port: 0\n"
+        )
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "vipwire.cli", "run", "dashboard", "--config", str(config),
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        _, err = await proc.communicate()
+        assert proc.returncode == 2, err.decode()
+        said = err.decode()
+        assert "dashboard.host '0.0.0.0' is not a loopback address" in said, said
+        assert "dashboard.token_file" in said and "dashboard.allow_anonymous: true" in said
+
+        with caplog.at_level(logging.WARNING, logger="vipwire.dashboard"):
+            dash = await start_dashboard(host="0.0.0.0", allow_anonymous=True)
+        assert any(
+            "without a token (dashboard.allow_anonymous: true)" in r.getMessage()
+            for r in caplog.records
+        )
+        status, _ = await dash.get("/api/services")
+        assert status == 200
 
 
 class TestServing:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import logging
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -696,13 +697,16 @@ class TestReload:
 class TestOperatorCommands:
     async def test_status_show_reload_release_from_the_command_line(
         self,
+        *,
         bus: Runtime,
         seen: Seen,
         make_ipam: IpamFactory,
         nats_server: NatsServer,
         capsys: pytest.CaptureFixture[str],
+        caplog: pytest.LogCaptureFixture,
     ) -> None:
-        """`vipwire ipam` verbs print what ipam (or the KV) says and exit 0."""
+        """`vipwire ipam` verbs print what ipam (or the KV) says and exit 0; a release is
+        logged with its caller, and the next VipAssigned says who released what."""
         from vipwire.cli import ipam as cli
         from vipwire.cli.main import build_parser
 
@@ -731,9 +735,19 @@ class TestOperatorCommands:
         assert code == 1 and "reload refused" in out  # started without a config file
         code, out = await run("release", "east/shop/nope")
         assert code == 1 and "holds no addresses" in out
-        code, out = await run("release", "east/shop/web")
+        with caplog.at_level(logging.INFO, logger="vipwire.ipam"):
+            code, out = await run("release", "east/shop/web")
         assert code == 0 and f"withdrawing {vip}" in out
         await seen.wait(VipReleasing, "web")
+        # Logged with the caller (no credentials: anonymous), the Service key and the VIPs.
+        assert any(
+            "operator release by anonymous: east/shop/web (key svc.east.shop.web) gives up " + vip
+            in r.getMessage()
+            for r in caplog.records
+        ), [r.getMessage() for r in caplog.records]
+        await bus.bus.publish(lb_removed("web"))
+        again = await seen.wait(VipAssigned, "web", count=2)
+        assert (again.released_by, again.released_vips) == ("anonymous", (vip,))
 
 
 class TestRaces:

@@ -239,6 +239,8 @@ async def test_wrong_credentials_raise_an_auth_error_without_the_password(
     assert isinstance(caught.value.__cause__, VendorError)
     assert caught.value.__cause__.status == 403
     assert "Incorrect user name or password" in str(caught.value)
+    assert "the appliance refused vipwire's login" in str(caught.value)
+    assert "admin" not in str(caught.value), "the user name reaches Events"
     assert PASSWORD not in str(caught.value) and PASSWORD not in repr(driver)
     assert emu.failed_logins == 1
 
@@ -349,11 +351,13 @@ async def test_foreign_objects_are_listed_as_not_ours_and_never_touched(
 async def test_a_vip_held_by_a_foreign_virtual_server_is_refused(
     driver: A10Driver, emu: A10Emulator
 ) -> None:
-    """We never add ports to someone else's virtual-server."""
+    """We never add ports to someone else's virtual-server; its name (maybe another
+    tenant's) is not in the error, which becomes the Service's Event."""
     emu.plant(CLUSTER, "virtual-server", {"name": "legacy-vs", "ip-address": "192.0.2.10"})
     await driver.list_virtual_servers(CLUSTER)
-    with pytest.raises(ApplianceRejected, match="held by"):
+    with pytest.raises(ApplianceRejected, match="held by another virtual-server") as caught:
         await driver.apply(CLUSTER, [CreateVirtualServer(server=server())])
+    assert "legacy-vs" not in str(caught.value)
     assert emu.objects(CLUSTER, "virtual-server")["legacy-vs"].get("port-list") is None
 
 

@@ -244,6 +244,8 @@ async def test_wrong_credentials_raise_an_auth_error_without_the_password(
     assert isinstance(caught.value.__cause__, VendorError)
     assert caught.value.__cause__.status == 401
     assert "Authentication failed" in str(caught.value)
+    assert "the appliance refused vipwire's login" in str(caught.value)
+    assert "admin" not in str(caught.value), "the user name reaches Events"
     assert PASSWORD not in str(caught.value)
     assert PASSWORD not in repr(driver)
     # The listing's concurrent reads shared one refused login rather than trying three.

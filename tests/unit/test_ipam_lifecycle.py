@@ -98,9 +98,11 @@ class Story:
         self.check()
         return out
 
-    def operator_release(self, title: str, name: str) -> list[Message]:
+    def operator_release(
+        self, title: str, name: str, caller: str = "operator-test"
+    ) -> list[Message]:
         self.title = title
-        out = self.ipam.release(ref(name))
+        out = self.ipam.release(ref(name), caller=caller)
         self.published.extend(out)
         self.check()
         return out
@@ -230,6 +232,24 @@ def test_the_life_of_a_pool_set() -> None:
     s.step("everyone goes", gone("api"), gone("dns-udp"))
     s.step("the appliance is clean", lb_removed("api"), lb_removed("dns-udp"))
     assert s.ipam.records == {} and s.ipam.allocator.claims() == {}
+
+
+def test_the_assignment_after_an_operator_release_says_who_once() -> None:
+    """The releasing record keeps the caller; the VipAssigned giving the new VIPs names it
+    and the released VIPs; the next republish (a changed snapshot) carries neither."""
+    s = Story()
+    (first,) = s.step("live", snapshot("web"))
+    assert isinstance(first, VipAssigned) and first.released_by is None
+    s.operator_release("alice releases web", "web", caller="operator-alice")
+    assert s.ipam.records[ref("web")].released_by == "operator-alice"
+    (after,) = s.step("clean", lb_removed("web"))
+    assert isinstance(after, VipAssigned)
+    assert (after.released_by, after.released_vips) == ("operator-alice", first.vips)
+    assert after.vips != first.vips
+    assert s.ipam.records[ref("web")].released_by is None
+    (again,) = s.step("new ports", snapshot("web", ports=(ServicePort(port=443),)))
+    assert isinstance(again, VipAssigned) and again.vips == after.vips
+    assert (again.released_by, again.released_vips) == (None, ())
 
 
 def test_a_changed_snapshot_keeps_its_vip_and_carries_new_ports() -> None:
@@ -416,7 +436,11 @@ def test_every_refusal_reaches_the_service_with_its_reason() -> None:
         "other-key": ({"requested_ips": ("192.0.2.2",), "sharing_key": "j"}, "sharing key 'k'"),
         "cross-cluster": (
             {"requested_ips": ("192.0.2.2",), "sharing_key": "k", "cluster": "west"},
-            "never shared across clusters",
+            "requested address 192.0.2.2 is in use by another Service",
+        ),
+        "cross-namespace": (
+            {"requested_ips": ("192.0.2.1",), "namespace": "pay"},
+            "requested address 192.0.2.1 is in use by another Service",
         ),
         "bad-family": ({"requested_ips": ("2001:db8::1",)}, "SingleStack IPv4"),
     }
@@ -424,6 +448,9 @@ def test_every_refusal_reaches_the_service_with_its_reason() -> None:
         (failed,) = s.step(name, snapshot(name, **fields))
         assert isinstance(failed, VipFailed) and failed.reason == "AllocationFailed", name
         assert text in failed.message, (name, failed.message)
+    for name in ("cross-cluster", "cross-namespace"):
+        told = s.last(VipFailed, name).message
+        assert "owner" not in told and "dns" not in told and "east/" not in told, told
     s.step("fill the pool", *(snapshot(f"fill{i}", pool="lab") for i in range(6)))
     assert s.last(VipFailed, "fill5").message == "no free IPv4 address in pool 'lab' (7/7 in use)"
 

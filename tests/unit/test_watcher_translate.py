@@ -369,6 +369,14 @@ class TestNodes:
             },
         }
 
+    def test_a_cordoned_node_says_so_and_the_slim_copy_keeps_it(self) -> None:
+        """spec.unschedulable (kubectl cordon) becomes ``cordoned``; slim_node keeps it."""
+        whole = self.node()
+        assert node_snapshot(whole, cluster="east").cordoned is False
+        whole["spec"]["unschedulable"] = True
+        assert node_snapshot(whole, cluster="east").cordoned is True
+        assert node_snapshot(slim_node(whole), cluster="east").cordoned is True
+
     def test_internal_ips_of_both_families(self) -> None:
         """Only InternalIP addresses, IPv4 and IPv6, in the order the kubelet gave them."""
         n = node_snapshot(self.node(), cluster="east")

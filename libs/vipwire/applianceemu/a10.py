@@ -5,11 +5,12 @@ A10 <signature>``, session expiry, ``/axapi/v3/logoff``), partitions
 (``/axapi/v3/partition``, ``/axapi/v3/partition-available-id/oper``) and the
 per-session ``active-partition``, ``slb server`` (with ``port-list`` and the
 ``port`` sub-resource), ``slb service-group`` (``member-list``, ``member``
-sub-resource), ``health monitor`` (methods http, https, tcp), ``slb template
-tcp`` and ``udp`` (``idle-timeout``), ``slb virtual-server`` (``port-list`` and
-the ``port`` sub-resource), ``ip access-list`` and ``ipv6 access-list``, ``slb
-template persist source-ip`` and ``write memory``. Objects
-live in the session's active partition. POST to a collection creates, POST to
+sub-resource; a member's ``member-state``: ``disable`` takes no new connections,
+see :func:`member_takes_new_connections`), ``health monitor`` (methods http,
+https, tcp), ``slb template tcp`` and ``udp`` (``idle-timeout``), ``slb
+virtual-server`` (``port-list`` and the ``port`` sub-resource), ``ip access-list``
+and ``ipv6 access-list``, ``slb template persist source-ip`` and ``write memory``.
+Objects live in the session's active partition. POST to a collection creates, POST to
 an object updates (fields merged, lists merged by key), PUT replaces, DELETE
 removes. Failures have ACOS's shape ``{"response": {"status": "fail", "err":
 {"code", "from", "msg"}}}``; authentication failures
@@ -370,6 +371,18 @@ def _store(part: _Partition, kind: str) -> dict[str, Obj]:
     return stores[kind]
 
 
+#: ``slb service-group <g> member <server> <port>``'s ``member-state`` (aXAPI v3, as
+#: A10's Thunder Terraform provider and aXAPI SDK document it): ``enable``; ``disable``
+#: (the member takes no new connections; established ones continue until they end);
+#: ``disable-with-health-check`` (the same, still health-checked).
+MEMBER_STATES: Final = ("enable", "disable", "disable-with-health-check")
+
+
+def member_takes_new_connections(member: Obj) -> bool:
+    """Whether ACOS would pick this service-group member for a new connection."""
+    return bool(member.get("member-state", "enable") == "enable")
+
+
 def _merge_list(old: list[Obj], new: list[Obj], key: tuple[str, ...]) -> list[Obj]:
     """aXAPI update semantics for a list: entries with a known key are updated, others added."""
     out = {tuple(e.get(k) for k in key): copy.deepcopy(e) for e in old}
@@ -615,6 +628,11 @@ class _ServiceGroups(_Kind):
         ):
             raise _missing("port")
         member.setdefault("member-state", "enable")
+        if member["member-state"] not in MEMBER_STATES:
+            raise _invalid(
+                f"Invalid member-state {member['member-state']!r} "
+                f"(one of {', '.join(MEMBER_STATES)})"
+            )
 
     def check_unused(self, name: str) -> None:
         for vs in self.part.virtual_servers.values():
@@ -650,6 +668,16 @@ class _ServiceGroups(_Kind):
             if method == "DELETE":
                 members.remove(match[0])
                 return _OK, True
+            if method in ("POST", "PUT"):
+                # Update one member in place (its member-state: graceful disable).
+                given = body.get("member") if isinstance(body, dict) else None
+                if not isinstance(given, dict):
+                    raise _invalid('"member" object expected')
+                keep = {"name": match[0]["name"], "port": match[0]["port"]}
+                member = {**(match[0] if method == "POST" else {}), **given, **keep}
+                self._check_member(member, obj["protocol"])
+                members[members.index(match[0])] = member
+                return {"member": copy.deepcopy(member)}, True
         return super().sub(method, name, obj, rest, body)
 
 

@@ -2,9 +2,10 @@
 
 Served: token login (``/mgmt/shared/authn/login``, ``X-F5-Auth-Token``, token
 expiry, token deletion), partitions (``/mgmt/tm/auth/partition``), LTM
-virtual servers, pools with members, HTTP, HTTPS and TCP monitors, fastL4
-profiles, source-address persistence profiles, address lists and
-traffic-matching criteria (create,
+virtual servers, pools with members (a member's ``session``/``state``: one
+``user-disabled`` takes no new connections, see :func:`member_takes_new_connections`),
+HTTP, HTTPS and TCP monitors, fastL4 profiles, source-address persistence
+profiles, address lists and traffic-matching criteria (create,
 read, patch, put, delete; collections with ``$filter=partition eq <p>`` and
 ``expandSubcollections``), transactions (``/mgmt/tm/transaction``: commands
 sent with ``X-F5-REST-Coordination-Id`` are queued and applied all or nothing
@@ -817,9 +818,42 @@ def _member(given: Any, partition: str) -> Obj:
         "state": "unchecked",
         "session": "user-enabled",
     }
+    member.update(_member_admin(given, name))
     if given.get("description"):
         member["description"] = str(given["description"])
     return member
+
+
+#: A pool member's administrative fields, as iControl REST takes them (``ltm pool
+#: members``): ``session`` ``user-enabled`` or ``user-disabled`` (disabled: no new
+#: connections, except those matching a persistence record; established ones
+#: continue), ``state`` ``user-up`` or ``user-down`` (forced offline: not even
+#: persisted ones). BIG-IP answers with ``monitor-enabled`` and ``unchecked``/``up``
+#: once a monitor has its say; the emulator keeps what was set, or those defaults.
+#: Sources: F5's "Manual Chapter: Managing pool members" (enabled / disabled /
+#: forced offline), the iControl REST reference for ``tm:ltm:pool:members:membersstate``
+#: and vendor clients (F5-LTM PowerShell ``Disable-PoolMember``:
+#: ``{"state": "user-up", "session": "user-disabled"}``).
+_SESSIONS: Final = ("user-enabled", "user-disabled", "monitor-enabled")
+_STATES: Final = ("user-up", "user-down", "unchecked", "up", "down")
+
+
+def _member_admin(given: Obj, name: str) -> Obj:
+    admin: Obj = {}
+    for key, allowed in (("session", _SESSIONS), ("state", _STATES)):
+        value = given.get(key)
+        if value is None:
+            continue
+        if value not in allowed:
+            raise F5Error(400, f'invalid property value "{key}":"{value}" for pool member {name}')
+        admin[key] = "user-enabled" if value == "monitor-enabled" else value
+    return admin
+
+
+def member_takes_new_connections(member: Obj) -> bool:
+    """Whether BIG-IP would pick this pool member for a new (non-persisted) connection:
+    not session-disabled and not forced offline."""
+    return member.get("session") != "user-disabled" and member.get("state") != "user-down"
 
 
 def _check_unused(state: _State, kind: _Kind, full: str) -> None:

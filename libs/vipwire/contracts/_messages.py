@@ -56,6 +56,12 @@ class NodeEndpoints(msgspec.Struct, frozen=True, kw_only=True):
     def has_ready(self) -> bool:
         return any(ep.ready for ep in self.endpoints)
 
+    @property
+    def has_serving(self) -> bool:
+        """A ready endpoint, or one terminating that still serves (EndpointSlice
+        ``serving``): its node keeps taking the Service's traffic until it stops."""
+        return any(ep.ready or (ep.terminating and ep.serving) for ep in self.endpoints)
+
 
 # --- vipwire.<cluster>.service.<ns>.<name> ------------------------------------
 
@@ -152,6 +158,11 @@ class EndpointsSnapshot(_Message, frozen=True, tag="endpoints"):
     def ready_nodes(self) -> frozenset[str]:
         return frozenset(n.node for n in self.nodes if n.has_ready)
 
+    @property
+    def serving_nodes(self) -> frozenset[str]:
+        """Nodes with a ready endpoint or a terminating one still serving."""
+        return frozenset(n.node for n in self.nodes if n.has_serving)
+
 
 EndpointsMessage = EndpointsSnapshot
 
@@ -167,6 +178,9 @@ class NodeSnapshot(_Message, frozen=True, tag="node"):
     addresses: tuple[str, ...]
     eligible: bool = True
     ready: bool = True
+    #: ``spec.unschedulable`` (``kubectl cordon``): drained from load balancers where
+    #: the lbdriver's ``drain_on_cordon`` is on.
+    cordoned: bool = False
 
 
 class NodeGone(_Message, frozen=True, tag="node-gone"):
@@ -274,6 +288,19 @@ class Member(msgspec.Struct, frozen=True, kw_only=True, order=True):
     address: str
 
 
+class PortError(msgspec.Struct, frozen=True, kw_only=True):
+    """A Service port the appliance refused on one VIP (its other ports are served):
+    ``status.loadBalancer.ingress[].ports[].error`` says ``vipwire.io/<reason>``."""
+
+    vip: str
+    port: int
+    protocol: Literal["TCP", "UDP", "SCTP"] = "TCP"
+    #: CamelCase, as in LbFailed (``ApplianceRejected``).
+    reason: str = "ApplianceRejected"
+    #: The appliance's answer, for the condition and the Event.
+    error: str = ""
+
+
 class LbProgrammed(_Message, frozen=True, tag="lb-programmed"):
     """The appliance serves these VIPs on these ports, to these member nodes."""
 
@@ -289,6 +316,11 @@ class LbProgrammed(_Message, frozen=True, tag="lb-programmed"):
     #: For standalone node agents: the sources allowed (empty: all) and the affinity.
     source_ranges: tuple[str, ...] = ()
     affinity_timeout_s: int | None = None
+    #: Ports the appliance refused (the others are served), each with the appliance's text.
+    port_errors: tuple[PortError, ...] = ()
+    #: Members being drained: disabled on the appliance (no new connections, established
+    #: ones continue) until ``drain_timeout_s`` has passed; not in ``members``.
+    draining: tuple[Member, ...] = ()
 
 
 #: ``LbFailed.reason`` when the lbdriver's verification found the appliance holding

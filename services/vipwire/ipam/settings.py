@@ -70,7 +70,9 @@ class PoolSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     #: for this pool (annotation) or for one of its addresses.
     auto_assign: bool = True
     #: Never hand out IPv4 addresses ending in .0 or .255 (some clients and routers
-    #: mistake them for network or broadcast addresses).
+    #: mistake them for network or broadcast addresses), nor IPv6 subnet-router anycast
+    #: addresses (RFC 4291 2.6.1: the all-zeros host of each /64 and of the pool's own
+    #: prefix, such as 2001:db8::, which routers answer themselves).
     avoid_buggy_ips: bool = False
     #: Addresses, ranges or CIDRs inside the pool that are never handed out
     #: (gateways, addresses in use elsewhere).

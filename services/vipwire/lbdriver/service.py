@@ -126,7 +126,11 @@ class LbdriverService:
         self._incarnation = random.getrandbits(32).to_bytes(4, "big").hex()
         m = runtime.metrics
         # The top-level profiles section (ipam reads the names from the same file).
-        self._inventory = Inventory(settings.prefix, profiles=dict(profiles or {}))
+        self._inventory = Inventory(
+            settings.prefix,
+            profiles=dict(profiles or {}),
+            drain_on_cordon=settings.drain_on_cordon,
+        )
         self._node_gate = NodeGate(settings, m)
         self._start_up = StartUp()
         self._schedule = Schedule(settings, self._inventory, m)

@@ -145,6 +145,14 @@ class LbdriverSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown
     #: Milliseconds without a further event after which a burst is written without
     #: waiting for the rest of the window (capped at coalesce_window_ms).
     coalesce_quiet_ms: NonNegative = 100.0
+    #: Seconds a member that leaves a virtual server (its node NotReady, excluded,
+    #: cordoned, or without serving endpoints under Local) stays on the appliance
+    #: disabled: no new connections, established ones continue; then it is removed.
+    #: A member whose node is deleted is removed at once (0: no drain, removed at once).
+    drain_timeout_s: NonNegative = 30.0
+    #: A cordoned node (``kubectl cordon``, ``spec.unschedulable``) is drained from
+    #: every virtual server like a NotReady one (off: it stays a member).
+    drain_on_cordon: bool = True
     #: Messages handled concurrently per consumer (one subject is always sequential).
     concurrency: Annotated[int, msgspec.Meta(ge=1)] = 16
     #: Seconds before the first retry of a failed appliance write; doubles per attempt.

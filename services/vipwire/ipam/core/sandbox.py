@@ -146,6 +146,7 @@ class Sandbox:
             self.allocator,
             status=status,
             honour_status=honour,
+            released=released,
             move_on_change=self.move_on_change,
         )
         if plan.action == "replace" and record is not None:

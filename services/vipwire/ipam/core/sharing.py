@@ -20,6 +20,24 @@ from vipwire.ipam.core.claims import Claim, ClaimUpdate, Request, Sharer, addres
 from vipwire.ipam.core.holdings import Holdings
 from vipwire.ipam.core.refusals import AllocationFailure, sharing_conflict
 
+#: Who holds an address, as an Event of a Service of another tenant says it.
+ANOTHER_SERVICE = "another Service"
+
+
+def same_tenant(claim: Claim, request: Request) -> bool:
+    """Whether the holders of ``claim`` may be named in ``request``'s Events: only
+    Services of the same cluster and namespace (Events never disclose other tenants;
+    the log and ``vipwire ipam show`` have the full detail)."""
+    return (claim.cluster, claim.namespace) == (request.cluster, request.namespace)
+
+
+def public_share_refusal(claim: Claim, request: Request) -> str | None:
+    """:func:`share_refusal` as ``request``'s Event may say it (no other tenant named)."""
+    refusal = share_refusal(claim, request)
+    if refusal is None or same_tenant(claim, request):
+        return refusal
+    return ANOTHER_SERVICE
+
 
 def accepts(share_namespaces: Sequence[str], namespace: str) -> bool:
     """Whether a Service that names ``share_namespaces`` accepts to share with ``namespace``."""
@@ -48,7 +66,8 @@ def namespace_refusal(claim: Claim, request: Request) -> str | None:
 
 
 def share_refusal(claim: Claim, request: Request) -> str | None:
-    """Why ``request`` may not share ``claim``'s address (None: it may)."""
+    """Why ``request`` may not share ``claim``'s address (None: it may). Names the
+    holders wherever they are: for logs (see :func:`public_share_refusal`)."""
     owner = claim.services
     if claim.cluster != request.cluster:
         return f"{owner} (another cluster: VIPs are never shared across clusters)"

@@ -374,7 +374,7 @@ class Lifecycle:
                     self.metrics.failures.inc(reason=outgoing.message.reason)
                 await self.publisher.publish(outgoing.message, d.derive_id(outgoing.tag + tag))
             return DONE
-        self.waiting.put(ref, d.subject.raw, request_of(snap), plan.failure.message)
+        self.waiting.put(ref, d.subject.raw, request_of(snap), plan.failure.full)
         if quiet:
             return DONE
         # The appliance keeps what the last VipAssigned said: read it before
@@ -382,7 +382,7 @@ class Lifecycle:
         # word on the subject still describes the Service's VIPs.
         kept = await self._last_assigned(snap, record)
         self.metrics.failures.inc(reason=plan.failure.code)
-        log.warning("change of %s refused: %s", "/".join(ref), plan.failure.message)
+        log.warning("change of %s refused: %s", "/".join(ref), plan.failure.full)
         for outgoing in plan.publish:
             await self.publisher.publish(outgoing.message, d.derive_id(outgoing.tag + tag))
         await self.publisher.publish(kept, d.derive_id("vip-assigned-kept" + tag))
@@ -472,7 +472,7 @@ class Lifecycle:
         assert failure is not None
         self.waiting.drop(ref)  # re-queue at the back
         if plan.wait:
-            self.waiting.put(ref, d.subject.raw, request_of(snap), failure.message)
+            self.waiting.put(ref, d.subject.raw, request_of(snap), failure.full)
         if quiet:
             return DONE
         (outgoing,) = plan.publish
@@ -483,7 +483,7 @@ class Lifecycle:
         else:
             await self.publisher.publish(outgoing.message, msg_id)
         self.metrics.failures.inc(reason=failure.code)
-        log.warning("no address for %s: %s", "/".join(ref), failure.message)
+        log.warning("no address for %s: %s", "/".join(ref), failure.full)
         return DONE
 
     @contextlib.asynccontextmanager

@@ -5,7 +5,8 @@ the loopback interface as a host route (/32 or /128): the appliance sends
 VIP-addressed frames to the node's MAC (L2 DSR), and the node must accept them
 as local without ever answering ARP for them, hence the ARP sysctls. In
 ``standalone`` mode nothing else steers VIP:port to the pods, so an nftables
-table does (DNAT to ready endpoints).
+table does (DNAT to ready endpoints; with none, to those terminating but still
+serving).
 
 Equal inputs give equal outputs, down to the order of every tuple, so the
 shell can tell "nothing changed" by comparing.
@@ -375,6 +376,15 @@ def arp_sysctls(uplink: str | None = None) -> tuple[Sysctl, ...]:
     )
 
 
+def serving_endpoints(candidates: list[Endpoint]) -> list[Endpoint]:
+    """The endpoints that take new connections: the ready ones; with none, those
+    terminating but still serving (EndpointSlice ``serving``), as kube-proxy does, so a
+    node the appliance keeps as a member while its pods shut down still has somewhere
+    to send the traffic."""
+    ready = [ep for ep in candidates if ep.ready]
+    return ready or [ep for ep in candidates if ep.terminating and ep.serving]
+
+
 def ruleset(
     state: Desired, *, node: str, table: str, ignored: list[str] | None = None
 ) -> NftRuleset:
@@ -396,13 +406,14 @@ def ruleset(
         # Local policy keeps the client address and skips the second hop: only
         # this node's pods may serve, exactly as the appliance only sends to
         # nodes that have one.
-        chosen = [
-            ep
-            for ne in per_node
-            if entry.policy == "Cluster" or ne.node == node
-            for ep in ne.endpoints
-            if ep.ready
-        ]
+        chosen = serving_endpoints(
+            [
+                ep
+                for ne in per_node
+                if entry.policy == "Cluster" or ne.node == node
+                for ep in ne.endpoints
+            ]
+        )
         for vip in map(_ip_of, entry.vips):
             for port in entry.ports:
                 protocol = _L4[port.protocol]

@@ -27,6 +27,7 @@ import msgspec
 from vipwire.contracts import (
     LbMessage,
     LbProgrammed,
+    Member,
     Message,
     NodeGone,
     NodeSnapshot,
@@ -66,16 +67,26 @@ def message_fingerprint(message: Message) -> bytes:
 def compact(message: VipMessage | LbMessage, *, gating: bool) -> VipMessage | LbMessage:
     """The message as kept in a view: without what no decision reads of it.
 
-    Ports are for Events, which are made of the message as delivered; members
-    (an LbProgrammed of a 50-node cluster lists 50) only a status gate reads:
-    without one, only whether there is any (NoMembers) is kept, as the first.
+    Ports are for Events, which are made of the message as delivered (and for the
+    status's per-port errors: kept while the appliance refuses one); members (an
+    LbProgrammed of a 50-node cluster lists 50) only a status gate reads: without
+    one, only whether each IP family has any (NoMembers) is kept, as its first.
     """
     if isinstance(message, VipAssigned):
         return msgspec.structs.replace(message, ports=())
     if isinstance(message, LbProgrammed):
-        members = message.members if gating else message.members[:1]
-        return msgspec.structs.replace(message, ports=(), members=members)
+        members = message.members if gating else _first_per_family(message.members)
+        ports = message.ports if message.port_errors else ()
+        return msgspec.structs.replace(message, ports=ports, members=members)
     return message
+
+
+def _first_per_family(members: tuple[Member, ...]) -> tuple[Member, ...]:
+    """The first member of each IP family (what NoMembers per family needs)."""
+    seen: dict[bool, Member] = {}
+    for member in members:
+        seen.setdefault(":" in member.address, member)
+    return tuple(sorted(seen.values()))
 
 
 class Published(msgspec.Struct, Generic[M], kw_only=True):

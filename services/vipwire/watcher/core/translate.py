@@ -171,7 +171,7 @@ def slim_node(node: Obj) -> dict[str, Any]:
     status = _map(node.get("status"))
     slim = {
         "metadata": meta,
-        "spec": _pick(node.get("spec"), ("taints",)),
+        "spec": _pick(node.get("spec"), ("taints", "unschedulable")),
         "status": {
             "addresses": _list(status.get("addresses")),
             "conditions": [_pick(c, ("type", "status")) for c in _list(status.get("conditions"))],
@@ -520,7 +520,7 @@ def _label_true(value: str) -> bool:
 
 
 def node_snapshot(node: Obj, *, cluster: str) -> NodeSnapshot:
-    """A Node's InternalIP addresses (both families), eligibility and readiness.
+    """A Node's InternalIP addresses (both families), eligibility, readiness and cordon.
 
     Not eligible while being deleted, while labelled
     ``node.kubernetes.io/exclude-from-external-load-balancers`` (unless the
@@ -547,4 +547,6 @@ def node_snapshot(node: Obj, *, cluster: str) -> NodeSnapshot:
         addresses=tuple(addresses),
         eligible=not (being_deleted(node) or excluded or draining),
         ready=ready,
+        # ``kubectl cordon``: the lbdriver drains it where drain_on_cordon is on.
+        cordoned=spec.get("unschedulable") is True,
     )

@@ -49,13 +49,44 @@ from vipwire.watcher.core.translate import (
     resource_version,
 )
 
+#: ``status.loadBalancer.ingress[].ports[].error`` is a CamelCase name, built-in or
+#: qualified by the controller's domain (Kubernetes API: PortStatus).
+PORT_ERROR_DOMAIN: Final = "vipwire.io"
 
-def ingress_for(vips: tuple[str, ...]) -> list[dict[str, str]]:
+
+def ingress_for(vips: tuple[str, ...], lb: LbProgrammed | None = None) -> list[dict[str, Any]]:
+    """The ingress entries for ``vips``; with ports the appliance refused (``lb``'s
+    ``port_errors``), each entry lists its ports, a refused one with its ``error``.
+    Without any refusal no ``ports`` are written (there is nothing they would say)."""
     # ipMode VIP: kube-proxy accepts VIP:port on every node itself, which DSR needs.
-    return [{"ip": vip, "ipMode": "VIP"} for vip in vips]
+    if lb is None or not lb.port_errors:
+        return [{"ip": vip, "ipMode": "VIP"} for vip in vips]
+    refused = {(e.vip, e.port, e.protocol): e.reason for e in lb.port_errors}
+    entries: list[dict[str, Any]] = []
+    for vip in vips:
+        ports: list[dict[str, Any]] = []
+        for p in lb.ports:
+            status: dict[str, Any] = {"port": p.port, "protocol": p.protocol}
+            reason = refused.get((vip, p.port, p.protocol))
+            if reason is not None:
+                status["error"] = f"{PORT_ERROR_DOMAIN}/{reason}"
+            ports.append(status)
+        entries.append({"ip": vip, "ipMode": "VIP", "ports": ports})
+    return entries
 
 
-def same_ingress(current: list[Any], wanted: list[dict[str, str]]) -> bool:
+def _ports_of(entry: Mapping[str, Any]) -> list[tuple[Any, Any, Any]]:
+    raw = entry.get("ports")
+    if not isinstance(raw, list):
+        return []
+    return [
+        (p.get("port"), p.get("protocol", "TCP"), p.get("error"))
+        for p in raw
+        if isinstance(p, Mapping)
+    ]
+
+
+def same_ingress(current: list[Any], wanted: list[dict[str, Any]]) -> bool:
     """Whether status already says ``wanted``.
 
     An API server without the LoadBalancerIPMode feature (1.29 unless enabled)
@@ -68,6 +99,8 @@ def same_ingress(current: list[Any], wanted: list[dict[str, str]]) -> bool:
         if not isinstance(have, Mapping) or have.get("ip") != want["ip"]:
             return False
         if have.get("ipMode") not in (None, want["ipMode"]):
+            return False
+        if _ports_of(have) != _ports_of(want):
             return False
     return True
 
@@ -205,7 +238,7 @@ def decide(
             and unassigned == ()
             and gate_satisfied(lb, applied, "all" if moving and nodes_known else gate)
         ):
-            wanted_ingress = ingress_for(lb.vips)
+            wanted_ingress = ingress_for(lb.vips, lb)
         condition: Any = _KEEP
         if problems is not None:
             condition = Condition(status="False", reason=INVALID, message=problems)

@@ -69,7 +69,7 @@ from vipwire.lbdriver.io.drivers.base import (
     ApplianceRejected,
     ApplianceUnavailable,
 )
-from vipwire.lbdriver.io.drivers.credentials import CredentialSource
+from vipwire.lbdriver.io.drivers.credentials import CredentialSource, scrub
 from vipwire.lbdriver.settings import ApplianceSettings
 
 log = logging.getLogger("vipwire.lbdriver.a10")
@@ -198,6 +198,8 @@ class _View:
     )  # ours → (vs, port, proto)
     a10_servers: dict[str, _Server] = field(default_factory=dict)
     groups: dict[str, set[tuple[str, int]]] = field(default_factory=dict)  # members by group
+    # Members disabled (member-state not enable) by group: draining, see _member_entry.
+    disabled: dict[str, set[tuple[str, int]]] = field(default_factory=dict)
     monitors: set[str] = field(default_factory=set)
     #: Access lists of each family (their source ranges) and persist templates (their
     #: requested timeout in seconds), by name.
@@ -338,8 +340,8 @@ class A10Driver(RestDriver):
         match op:
             case CreateVirtualServer(server=s) | UpdateVirtualServer(server=s):
                 await self._put_virtual_server(part, view, s)
-            case UpdateMembers(name=name, members=members):
-                await self._put_members(part, view, name, members)
+            case UpdateMembers(name=name, members=members, draining=draining):
+                await self._put_members(part, view, name, members, draining)
             case DeleteVirtualServer(name=name):
                 await self._delete_virtual_server(part, view, name)
 
@@ -348,10 +350,21 @@ class A10Driver(RestDriver):
         vproto, proto = _PROTOCOLS[s.protocol]
         vip = view.vips.get(s.address)
         if vip is not None and vip.name != vip_name(prefix, s.address):
-            raise ApplianceRejected(
-                self.name, f"{part}: VIP {s.address} is held by virtual-server {vip.name!r}"
+            # Its name may be another tenant's: the log has it, the Event does not.
+            log.warning(
+                "%s/%s: VIP %s of %s is held by virtual-server %r",
+                self.name,
+                part,
+                s.address,
+                s.name,
+                vip.name,
             )
-        for member in s.members:
+            raise ApplianceRejected(
+                self.name,
+                f"{part}: VIP {s.address} is held by another virtual-server on the appliance "
+                "(its name is in the lbdriver log)",
+            )
+        for member in (*s.members, *s.draining):
             await self._ensure_server(part, view, prefix, member, port=s.port, proto=proto)
         monitor = monitor_name(prefix, s.name)
         if s.monitor.kind != "none":
@@ -365,16 +378,21 @@ class A10Driver(RestDriver):
             view.monitors.add(monitor)
         await self._ensure_idle_template(part, view, prefix, s)
         members = {(server_name(prefix, m.address), s.port) for m in s.members}
+        disabled = {(server_name(prefix, m.address), s.port) for m in s.draining} - members
         group = {
             "service-group": {
                 "name": s.name,
                 "protocol": proto,
                 **service_group_fields(monitor, s),
-                "member-list": [{"name": n, "port": p} for n, p in sorted(members)],
+                "member-list": [
+                    _member_entry(n, p, disabled=(n, p) in disabled)
+                    for n, p in sorted(members | disabled)
+                ],
             }
         }
         await self._upsert(part, "/slb/service-group", s.name, group, exists=s.name in view.groups)
-        view.groups[s.name] = members
+        view.groups[s.name] = members | disabled
+        view.disabled[s.name] = disabled
         if s.monitor.kind == "none" and monitor in view.monitors:
             # The profile dropped its health check: the group no longer uses the monitor.
             await self._delete(part, f"/health/monitor/{monitor}")
@@ -433,7 +451,12 @@ class A10Driver(RestDriver):
         await _drop_access(self, part, view, s.name, keep=s)
 
     async def _put_members(
-        self, part: str, view: _View, name: str, members: tuple[Member, ...]
+        self,
+        part: str,
+        view: _View,
+        name: str,
+        members: tuple[Member, ...],
+        draining: tuple[Member, ...] = (),
     ) -> None:
         where = view.vports.get(name)
         current = view.servers.get(name)
@@ -442,21 +465,51 @@ class A10Driver(RestDriver):
         prefix = _prefix_of(name)
         _, port, vproto = where
         proto = "udp" if vproto == "udp" else "tcp"
-        for member in members:
+        for member in (*members, *draining):
             await self._ensure_server(part, view, prefix, member, port=port, proto=proto)
-        want = {(server_name(prefix, m.address), port) for m in members}
+        enabled = {(server_name(prefix, m.address), port) for m in members}
+        disabled = {(server_name(prefix, m.address), port) for m in draining} - enabled
+        want = enabled | disabled
         have = view.groups.get(name, set())
+        was_disabled = view.disabled.get(name, set())
         base = f"/slb/service-group/{name}/member"
         for server, p in sorted(want - have):
-            resp = await self._call(part, "POST", base, {"member": {"name": server, "port": p}})
+            entry = _member_entry(server, p, disabled=(server, p) in disabled)
+            resp = await self._call(part, "POST", base, {"member": entry})
             if _failed(resp) and not _exists(resp):
                 self._raise(resp, f"add member {server}:{p} to {name}")
+        await self._set_member_states(part, name, (want & have), disabled, was_disabled)
         for server, p in sorted(have - want):
             resp = await self._call(part, "DELETE", f"{base}/{server}+{p}")
             if _failed(resp) and not _missing(resp):
                 self._raise(resp, f"remove member {server}:{p} from {name}")
         view.groups[name] = want
-        view.servers[name] = msgspec.structs.replace(current, members=tuple(sorted(set(members))))
+        view.disabled[name] = disabled
+        view.servers[name] = msgspec.structs.replace(
+            current,
+            members=tuple(sorted(set(members))),
+            draining=tuple(sorted(set(draining) - set(members))),
+        )
+
+    async def _set_member_states(
+        self,
+        part: str,
+        name: str,
+        kept: set[tuple[str, int]],
+        disabled: set[tuple[str, int]],
+        was_disabled: set[tuple[str, int]],
+    ) -> None:
+        """Graceful drain: disable the members that start draining, enable those that
+        came back (one member update each; the others are left alone)."""
+        base = f"/slb/service-group/{name}/member"
+        for server, p in sorted(kept):
+            now_disabled = (server, p) in disabled
+            if now_disabled == ((server, p) in was_disabled):
+                continue
+            entry = _member_entry(server, p, disabled=now_disabled)
+            resp = await self._call(part, "POST", f"{base}/{server}+{p}", {"member": entry})
+            if _failed(resp):
+                self._raise(resp, f"set member {server}:{p} of {name} {entry['member-state']}")
 
     async def _delete_virtual_server(self, part: str, view: _View, name: str) -> None:
         where = view.vports.pop(name, None)
@@ -471,6 +524,7 @@ class A10Driver(RestDriver):
                     view.vips = {a: v for a, v in view.vips.items() if v is not vip}
         await self._delete(part, f"/slb/service-group/{name}")
         view.groups.pop(name, None)
+        view.disabled.pop(name, None)
         monitor = monitor_name(_prefix_of(name), name)
         await self._delete(part, f"/health/monitor/{monitor}")
         view.monitors.discard(monitor)
@@ -662,8 +716,16 @@ class A10Driver(RestDriver):
                 raise ApplianceUnavailable(
                     self.name, f"login: HTTP {resp.status}: {msg}"
                 ) from cause
+            log.warning(
+                "%s: login as %r refused: HTTP %d: %s (code %s)",
+                self.name,
+                creds.username,
+                resp.status,
+                msg,
+                code,
+            )
             raise ApplianceAuthError(
-                self.name, f"login as {creds.username!r} refused: {msg} (code {code})"
+                self.name, self._credentials.refused(f"HTTP {resp.status}: {msg} (code {code})")
             ) from cause
         return str(resp.body["authresponse"]["signature"])
 
@@ -689,7 +751,8 @@ class A10Driver(RestDriver):
     def _raise(self, resp: HttpResponse, what: str) -> NoReturn:
         code, msg = _err(resp.body)
         cause = VendorError(resp.status, msg, resp.body)
-        text = f"{what}: HTTP {resp.status}: {msg}" + (f" (code {code})" if code else "")
+        said = scrub(msg, self._credentials.username)
+        text = f"{what}: HTTP {resp.status}: {said}" + (f" (code {code})" if code else "")
         if _auth_failure(resp):
             raise ApplianceAuthError(self.name, text) from cause
         if resp.status == 429 or resp.status >= 500:
@@ -824,10 +887,12 @@ def _translate(
         view.a10_servers[name] = _Server(str(address), str(srv.get("user-tag") or name), ports)
     groups = {str(g.get("name")): g for g in sgs}
     for name, g in groups.items():
-        view.groups[name] = {
+        entries = [m for m in g.get("member-list", []) if isinstance(m, dict)]
+        view.groups[name] = {(str(m.get("name")), int(m.get("port", 0))) for m in entries}
+        view.disabled[name] = {
             (str(m.get("name")), int(m.get("port", 0)))
-            for m in g.get("member-list", [])
-            if isinstance(m, dict)
+            for m in entries
+            if m.get("member-state", "enable") != "enable"
         }
     monitors = {str(m.get("name")): m for m in mons}
     view.monitors = set(monitors)
@@ -877,10 +942,12 @@ def _virtual_server(
     monitors: dict[str, dict[str, Any]],
 ) -> VirtualServer:
     drifted = vport.get("no-dest-nat") != 1 or group is None
-    members = []
+    members: list[Member] = []
+    draining: list[Member] = []
     monitor = _DRIFTED
     lb_method: Any = "round-robin"
     if group is not None:
+        disabled = view.disabled.get(str(group.get("name")), set())
         if group.get("lc-method") == "least-connection":
             lb_method = "least-connections"
         elif group.get("lc-method") or group.get("lb-method", "round-robin") != "round-robin":
@@ -890,7 +957,8 @@ def _virtual_server(
             if server is None or member_port != port:
                 drifted = True
                 continue
-            members.append(Member(node=server.node, address=server.address))
+            member = Member(node=server.node, address=server.address)
+            (draining if (server_ref, member_port) in disabled else members).append(member)
         if group.get("health-check-disable") == 1 and not group.get("health-check"):
             monitor = _NO_MONITOR
         else:
@@ -917,7 +985,14 @@ def _virtual_server(
         ),
         lb_method=lb_method,
         all_members_down=down,
+        draining=tuple(sorted(set(draining) - set(members))),
     )
+
+
+def _member_entry(server: str, port: int, *, disabled: bool) -> dict[str, Any]:
+    """A service-group member; a draining one ``member-state: disable`` (no new
+    connections, established ones continue; aXAPI v3 ``slb service-group member``)."""
+    return {"name": server, "port": port, "member-state": "disable" if disabled else "enable"}
 
 
 def _monitor(m: dict[str, Any] | None) -> Monitor:

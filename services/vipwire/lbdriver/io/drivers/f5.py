@@ -58,7 +58,7 @@ from vipwire.lbdriver.io.drivers.base import (
     ApplianceRejected,
     ApplianceUnavailable,
 )
-from vipwire.lbdriver.io.drivers.credentials import CredentialSource
+from vipwire.lbdriver.io.drivers.credentials import CredentialSource, scrub
 from vipwire.lbdriver.settings import ApplianceSettings
 
 log = logging.getLogger("vipwire.lbdriver.f5")
@@ -328,9 +328,8 @@ class F5Driver(RestDriver):
                     if other != kind and has(s.name, f"monitor:{other}", False)
                 ]
                 return commands
-            case UpdateMembers(name=name, members=members):
-                port = ports[name]
-                body = {"members": [_member(m.address, m.node, port) for m in members]}
+            case UpdateMembers(name=name, members=members, draining=draining):
+                body = {"members": _pool_members(members, draining, ports[name])}
                 return [("PATCH", _item(_POOL, part, name), body)]
             case DeleteVirtualServer(name=name):
                 empty: dict[str, Any] = {}
@@ -523,8 +522,15 @@ class F5Driver(RestDriver):
                 raise ApplianceUnavailable(
                     self.name, f"login: HTTP {resp.status}: {cause.message}"
                 ) from cause
+            log.warning(
+                "%s: login as %r refused: HTTP %d: %s",
+                self.name,
+                creds.username,
+                resp.status,
+                cause.message,
+            )
             raise ApplianceAuthError(
-                self.name, f"login as {creds.username!r} refused: {cause.message}"
+                self.name, self._credentials.refused(f"HTTP {resp.status}: {cause.message}")
             ) from cause
         try:
             token_info = resp.body["token"]
@@ -538,7 +544,8 @@ class F5Driver(RestDriver):
 
     def _raise(self, resp: HttpResponse, what: str) -> NoReturn:
         cause = VendorError(resp.status, _message(resp.body), resp.body)
-        text = f"{what}: HTTP {resp.status}: {cause.message}"
+        said = scrub(cause.message, self._credentials.username)
+        text = f"{what}: HTTP {resp.status}: {said}"
         if resp.status in (401, 403):
             raise ApplianceAuthError(self.name, text) from cause
         if resp.status == 429 or resp.status >= 500:
@@ -565,10 +572,31 @@ def _member(address: str, node: str, port: int) -> dict[str, Any]:
     return {"name": member_name(address, port), "address": address, "description": node}
 
 
+def _pool_members(
+    members: Sequence[Member], draining: Sequence[Member], port: int
+) -> list[dict[str, Any]]:
+    """A pool's member list: enabled members, then draining ones disabled (graceful
+    drain): ``session: user-disabled`` takes no new connections while established
+    ones continue; ``state`` stays ``user-up`` (``user-down`` would be "forced
+    offline", which also refuses persisted clients). Every member says its
+    ``session``, so one that comes back is enabled again by the same PATCH."""
+    enabled = [{**_member(m.address, m.node, port), "session": "user-enabled"} for m in members]
+    disabled = [
+        {**_member(m.address, m.node, port), "session": "user-disabled", "state": "user-up"}
+        for m in draining
+    ]
+    return enabled + disabled
+
+
+def _is_disabled(item: dict[str, Any]) -> bool:
+    """A listed pool member that takes no new connections (disabled or forced offline)."""
+    return item.get("session") == "user-disabled" or item.get("state") == "user-down"
+
+
 def _pool_body(part: str, s: VirtualServer) -> dict[str, Any]:
     return {
         **profile_pool_fields(part, s),
-        "members": [_member(m.address, m.node, s.port) for m in s.members],
+        "members": _pool_members(s.members, s.draining, s.port),
         "description": s.owner,
     }
 
@@ -718,7 +746,8 @@ def _virtual_server(
         or sat.get("type", "none") != "none"
     )
     pool = pools.get(str(v.get("pool", "")).strip())
-    members = []
+    members: list[Member] = []
+    draining: list[Member] = []
     monitor = _DRIFTED
     lb_method: Any = "round-robin"
     down: Any = "none"
@@ -739,7 +768,8 @@ def _virtual_server(
                 continue
             if at[1] != port:
                 drifted = True  # DSR delivers to the service port; anything else is broken
-            members.append(Member(node=str(item.get("description") or at[0]), address=at[0]))
+            member = Member(node=str(item.get("description") or at[0]), address=at[0])
+            (draining if _is_disabled(item) else members).append(member)
         monitor = _monitor(str(pool.get("monitor", "")), monitors)
     limit = v.get("connectionLimit", 0)
     return VirtualServer(
@@ -754,6 +784,7 @@ def _virtual_server(
         connection_limit=limit if isinstance(limit, int) and limit > 0 else None,
         lb_method=lb_method,
         all_members_down=down,
+        draining=tuple(sorted(set(draining) - set(members))),
     )
 
 
