@@ -25,6 +25,7 @@ from vipwire.contracts import (
     NodeSnapshot,
     PoolStatus,
     ServicePort,
+    ServiceRejected,
     ServiceSnapshot,
     StatusWritten,
     VipAssigned,
@@ -181,6 +182,39 @@ class TestReadModelFromTheBus:
         _, page = await dash.get("/api/services?q=198.51.100.2")
         assert [r["key"] for r in page["rows"]] == ["west/default/api"]
         assert page["facets"]["clusters"] == ["east", "west"]
+
+    async def test_a_rejected_service_is_in_the_failed_list_with_its_reason(
+        self, publisher: Runtime, start_dashboard: Callable[..., Awaitable[Dashboard]]
+    ) -> None:
+        """A ServiceRejected (the watcher's InvalidService) lists the Service as failed with
+        the reason, live and after a rebuild; its fixed snapshot clears it."""
+        ref = {"cluster": "east", "namespace": "default", "name": "typo", "uid": "uid-typo"}
+        rejected = ServiceRejected(
+            **ref,
+            resource_version="3",
+            reason="InvalidService",
+            message="annotation vipwire.io/poool is not one vipwire knows",
+        )
+        await publish_all(publisher, [*pipeline("web", "198.51.100.1"), rejected])
+        dash = await start_dashboard()
+        _, page = await dash.get("/api/services?state=failed")
+        assert [(r["key"], r["error"]) for r in page["rows"]] == [
+            ("east/default/typo", "InvalidService: " + rejected.message)
+        ]
+        _, detail = await dash.get("/api/services/east/default/typo")
+        assert [e["kind"] for e in detail["service"]["timeline"]] == ["service-rejected"]
+
+        await publish_all(publisher, [ServiceSnapshot(**ref, resource_version="4", ports=PORTS)])
+        await eventually(
+            lambda: (
+                queries.row(dash.service.model, ("east", "default", "typo")).state  # type: ignore[union-attr]
+                == "pending"
+            ),
+            timeout=5.0,
+            what="the fixed Service is pending",
+        )
+        _, page = await dash.get("/api/services?state=failed")
+        assert page["rows"] == []
 
 
 class TestLiveEvents:

@@ -155,6 +155,7 @@ class TestServiceFields:
                     "vipwire.io/pool": " gold ",
                     "vipwire.io/ips": "198.51.100.7, 2001:DB8::7,,",
                     "vipwire.io/sharing-key": "team-a",
+                    "vipwire.io/share-with-namespaces": " web, blog,web ",
                 }
             },
             spec={
@@ -174,6 +175,7 @@ class TestServiceFields:
         assert s.pool == "gold"
         assert s.requested_ips == ("198.51.100.7", "2001:db8::7", "198.51.100.8")
         assert s.sharing_key == "team-a"
+        assert s.share_namespaces == ("blog", "web")
         assert s.ip_families == ("IPv4", "IPv6")
         assert s.ip_family_policy == "RequireDualStack"
         assert s.external_traffic_policy == "Local"
@@ -204,6 +206,7 @@ class TestServiceFields:
         assert s.ip_family_policy == "SingleStack"
         assert s.external_traffic_policy == "Cluster"
         assert s.pool is None and s.sharing_key is None and s.requested_ips == ()
+        assert s.share_namespaces == ()
         assert decode(subject_for(s), encode(s)) == s
 
     def test_requested_ips_keep_order_and_drop_duplicates(self) -> None:

@@ -77,6 +77,7 @@ _decoders: Final[dict[str, msgspec.json.Decoder[Any]]] = {
 _FAMILY_OF: Final[dict[str, str]] = {
     "service": "service",
     "service-gone": "service",
+    "service-rejected": "service",
     "endpoints": "endpoints",
     "node": "node",
     "node-gone": "node",

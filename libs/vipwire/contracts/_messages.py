@@ -103,6 +103,32 @@ class ServiceSnapshot(_Message, frozen=True, tag="service"):
     #: The appliance profile the Service picks (annotation ``vipwire.io/profile``);
     #: None: its pool's default. ipam refuses a name that is not configured.
     profile: str | None = None
+    #: ``vipwire.io/share-with-namespaces``: the other namespaces of the cluster whose
+    #: Services may share this one's VIP (``("*",)``: any); sharing across namespaces
+    #: needs both Services to name each other's namespace.
+    share_namespaces: tuple[str, ...] = ()
+
+
+class ServiceRejected(_Message, frozen=True, tag="service-rejected"):
+    """A Service of ours the watcher refuses as it is (InvalidService): the reason, for
+    the dashboard, the live table and replay.
+
+    Not an end: the Service still exists. ``in_force`` is the last snapshot the
+    watcher published for this incarnation (it keeps its VIPs and configuration
+    as that snapshot asked), so a reader of the last message per subject still
+    knows what is served; None: it was never valid, nothing was ever asked.
+    ``trace_id``: the trace of the change that was rejected (its Event's).
+    """
+
+    cluster: str
+    namespace: str
+    name: str
+    uid: str
+    resource_version: str
+    reason: str
+    message: str
+    trace_id: str | None = None
+    in_force: ServiceSnapshot | None = None
 
 
 class ServiceGone(_Message, frozen=True, tag="service-gone"):
@@ -114,7 +140,7 @@ class ServiceGone(_Message, frozen=True, tag="service-gone"):
     uid: str
 
 
-ServiceMessage = ServiceSnapshot | ServiceGone
+ServiceMessage = ServiceSnapshot | ServiceGone | ServiceRejected
 
 
 # --- vipwire.<cluster>.endpoints.<ns>.<name> ----------------------------------
@@ -201,6 +227,15 @@ class VipAssigned(_Message, frozen=True, tag="vip-assigned"):
     #: The appliance profile to program, resolved by ipam (the Service's own, else
     #: its pool's default); None: the built-in profile.
     profile: str | None = None
+    #: On the assignment that gave the VIPs only: the Service names a sharing key whose
+    #: VIPs it could not share (and why), so it got a VIP of its own (a Warning Event,
+    #: ``SharingRefused``).
+    sharing_refused: str | None = None
+    #: During a move to other VIPs (make-before-break): the old VIPs, which ``vips``
+    #: still lists until the new ones are in status, on the appliance and on the nodes
+    #: (the watcher writes the new ones into status only once every member node has
+    #: them), and which then leave ``vips`` and the appliance. Empty: no move.
+    moving_from: tuple[str, ...] = ()
 
 
 class VipReleasing(_Message, frozen=True, tag="vip-releasing"):
@@ -225,7 +260,13 @@ class VipReleased(_Message, frozen=True, tag="vip-released"):
 
 
 class VipFailed(_Message, frozen=True, tag="vip-failed"):
-    """No VIP could be assigned; ``reason`` is a CamelCase Event reason."""
+    """No VIP could be assigned; ``reason`` is a CamelCase Event reason.
+
+    ``retryable``: the Service waits (a release or a reload may help, and ipam
+    tries again by itself); False: only a change of the Service can help (an
+    unknown pool, a family no pool has). A Service refused for good that never
+    held a VIP carries no finalizer (the watcher takes it off).
+    """
 
     cluster: str
     namespace: str
@@ -233,6 +274,7 @@ class VipFailed(_Message, frozen=True, tag="vip-failed"):
     uid: str
     reason: str
     message: str
+    retryable: bool = True
 
 
 VipMessage = VipAssigned | VipReleasing | VipReleased | VipFailed
@@ -385,6 +427,7 @@ PoolsMessage = PoolsServed
 Message = (
     ServiceSnapshot
     | ServiceGone
+    | ServiceRejected
     | EndpointsSnapshot
     | NodeSnapshot
     | NodeGone

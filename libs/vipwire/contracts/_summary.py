@@ -21,6 +21,7 @@ from vipwire.contracts._messages import (
     PoolsServed,
     ServiceGone,
     ServicePort,
+    ServiceRejected,
     ServiceSnapshot,
     StatusWritten,
     VipAssigned,
@@ -82,11 +83,16 @@ def summary(message: Message) -> str:
                 parts.append(f"asks {vips_text(message.requested_ips)}")
             if message.sharing_key:
                 parts.append(f"sharing {message.sharing_key}")
+            if message.share_namespaces:
+                parts.append(f"shares with {', '.join(message.share_namespaces)}")
             if message.deleting:
                 parts.append("deleting")
             return " · ".join(parts)
         case ServiceGone():
             return "gone"
+        case ServiceRejected():
+            kept = " · keeps what it had" if message.in_force is not None else ""
+            return f"rejected: {message.reason}: {message.message}{kept}"
         case EndpointsSnapshot():
             ready = sorted(message.ready_nodes)
             return f"ready on {', '.join(ready)}" if ready else "no ready endpoints"

@@ -62,7 +62,8 @@ log = logging.getLogger("vipwire.ipam")
 DURABLE: Final = "ipam"
 #: The one durable with both filters of versions before per-identity permissions.
 LEGACY_DURABLE: Final = "ipam"
-FILTERS: Final = (family_filter("service"), family_filter("lb"))
+#: ``status``: StatusWritten, which moves a move on (the new VIPs are in status).
+FILTERS: Final = (family_filter("service"), family_filter("lb"), family_filter("status"))
 #: Seconds loading every claim at start may take before start fails.
 LOAD_TIMEOUT: Final = 60.0
 
@@ -164,6 +165,7 @@ class IpamService:
             conflict_retries=s.conflict_retries,
             retry_delay_s=s.retry_delay_s,
             status_wait_s=s.status_wait_s,
+            move_on_change=s.move_on_change,
         )
         retrier = WaitingRetrier(
             self.waiting,

@@ -203,6 +203,13 @@ class IpamSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     #: Services, so that no new Service takes an address a Service of a watcher that
     #: started later still holds. 0: no wait.
     restore_grace_s: Annotated[float, msgspec.Meta(ge=0)] = 10.0
+    #: A served Service whose ``vipwire.io/ips``, ``spec.loadBalancerIP`` or
+    #: ``vipwire.io/pool`` changes moves to what it asks for, make-before-break: the
+    #: new VIPs are claimed and programmed next to the old ones, and the old ones are
+    #: withdrawn only once the new ones are in status, on the appliance and on every
+    #: member node. false: it keeps its VIPs, and a MoveRefused Warning Event and
+    #: condition say so (``vipwire ipam release`` then moves it, with an interruption).
+    move_on_change: bool = True
 
     def __post_init__(self) -> None:
         for cluster in self.clusters:

@@ -24,6 +24,7 @@ from collections.abc import Callable
 
 from vipwire.bus import DONE, Bus, ConsumerSpec, Delivery, PullConsumer, Unreadable, Verdict
 from vipwire.contracts import ServiceGone, ServiceSnapshot, family_filter
+from vipwire.ipam.core.messages import in_force
 from vipwire.ipam.core.status_vips import StatusVips
 
 log = logging.getLogger("vipwire.ipam")
@@ -82,7 +83,7 @@ class StatusIndex:
         log.info("no Service holds VIPs in its status: a first start; status VIP index stopped")
 
     async def _on_delivery(self, d: Delivery) -> Verdict:
-        message = d.message
+        message = in_force(d.message)
         if isinstance(message, ServiceSnapshot | ServiceGone) and self._serves(message.cluster):
             self.vips.see(message)
         self._advance(d.seq)

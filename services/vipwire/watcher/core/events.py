@@ -339,6 +339,30 @@ def status_vip_event(
     )
 
 
+SHARING_REFUSED: Final = "SharingRefused"
+
+
+def sharing_event(
+    message: VipMessage | LbMessage, *, before: VipMessage | LbMessage | None
+) -> EventSpec | None:
+    """The Warning Event for an assignment that could not share its sharing key's VIP
+    (``VipAssigned.sharing_refused``: why), so the Service got a VIP of its own."""
+    if not isinstance(message, VipAssigned) or not message.sharing_refused:
+        return None
+    if isinstance(before, VipAssigned) and (before.uid, before.sharing_refused) == (
+        message.uid,
+        message.sharing_refused,
+    ):
+        return None
+    got = ", ".join(message.vips) or "nothing"
+    return EventSpec(
+        type="Warning",
+        reason=SHARING_REFUSED,
+        action="AllocateVIP",
+        note=f"{message.sharing_refused}: {got}",
+    )
+
+
 def invalid_event(note: str) -> EventSpec:
     return EventSpec(type="Warning", reason=INVALID, action="ValidateService", note=note)
 

@@ -21,6 +21,7 @@ from vipwire.contracts import (
     LbProgrammed,
     ServiceSnapshot,
     VipAssigned,
+    VipFailed,
     VipReleased,
     VipReleasing,
 )
@@ -156,12 +157,16 @@ def not_assigned(lb: LbProgrammed, view: BusView) -> tuple[str, ...] | None:
     be checked: nothing is written either).
 
     Only ipam gives addresses: a programming naming others (a forged or broken
-    ``lb`` message) never reaches the Service's status.
+    ``lb`` message) never reaches the Service's status. The old VIPs of a move
+    (``VipAssigned.moving_from``) count as assigned while they are withdrawn.
     """
     assigned: set[str] | None = None
     for message in (view.vip, view.vip_before):
         if isinstance(message, VipAssigned | VipReleasing) and message.uid == lb.uid:
             assigned = {_canonical(v) for v in message.vips}
+            if isinstance(message, VipAssigned):
+                # A move's old VIPs stay assigned until the appliance has withdrawn them.
+                assigned |= {_canonical(v) for v in message.moving_from}
             break
     if assigned is None:
         return None
@@ -187,6 +192,7 @@ def decide(
     live_seq: int = 0,
     too_large: str | None = None,
     missing: Collection[str] = (),
+    nodes_known: bool = True,
 ) -> Decision:
     """What to write to a Service now.
 
@@ -204,6 +210,10 @@ def decide(
     A status gate (any/all) still holds a new VIP back until nodes apply it.
     ``missing``: member nodes whose agents report them without the VIP past
     their grace period (:mod:`.node_vips`); the condition says NodesMissingVip.
+    During a move to other VIPs (``VipAssigned.moving_from``), status takes what the
+    appliance serves only once every member node holds all of it (``nodes_known``:
+    the node agents' reports are read), whatever the gate: ipam withdraws the old
+    VIPs when status shows the new ones, so they must serve everywhere by then.
     Going away: once ipam says everything is released, clear what we wrote
     and drop the finalizer; while the appliance refuses to let go, the
     condition says so. A release older than our last live snapshot
@@ -216,6 +226,8 @@ def decide(
     if not snapshot.deleting:
         wanted_ingress: Any = _KEEP
         lb = view.lb
+        vip = view.vip
+        moving = isinstance(vip, VipAssigned) and vip.uid == snapshot.uid and vip.moving_from
         unassigned: tuple[str, ...] | None = None
         if isinstance(lb, LbProgrammed) and lb.uid == snapshot.uid:
             unassigned = not_assigned(lb, view)
@@ -224,7 +236,7 @@ def decide(
             and isinstance(lb, LbProgrammed)
             and lb.uid == snapshot.uid
             and unassigned == ()
-            and gate_satisfied(lb, applied, gate)
+            and gate_satisfied(lb, applied, "all" if moving and nodes_known else gate)
         ):
             wanted_ingress = ingress_for(lb.vips, lb)
         condition: Any = _KEEP
@@ -243,6 +255,11 @@ def decide(
                 )
         return Decision(
             status=_status_patch(service, ingress_to=wanted_ingress, condition=condition, now=now),
+            # Never valid: a Service ipam refuses for good, that never held a VIP, keeps
+            # no finalizer (there is nothing to clean up; a change of it asks again).
+            remove_finalizer=problems is None
+            and FINALIZER in finalizers(service)
+            and refused_for_good(service, snapshot.uid, view, live_seq),
             unassigned=unassigned or (),
         )
     vip = view.vip
@@ -261,6 +278,21 @@ def decide(
     return Decision(
         status=_status_patch(service, ingress_to=None, condition=None, now=now),
         remove_finalizer=FINALIZER in finalizers(service),
+    )
+
+
+def refused_for_good(service: Obj, service_uid: str, view: BusView, live_seq: int) -> bool:
+    """Whether ipam refused this incarnation's last snapshot (published at ``live_seq``)
+    for good (only a change of the Service can help: not waiting) and it never held a
+    VIP (none programmed, none in status)."""
+    vip, lb = view.vip, view.lb
+    return (
+        isinstance(vip, VipFailed)
+        and view.vip_seq > live_seq
+        and vip.uid == service_uid
+        and not vip.retryable
+        and not (lb is not None and lb.uid == service_uid)
+        and not ingress(service)
     )
 
 
