@@ -215,3 +215,29 @@ async def test_item9_a_slow_commit_gets_the_commit_timeout(emu: F5Emulator) -> N
     finally:
         await d.close()
     assert emu.commits == 1
+
+
+async def test_item8_members_of_an_earlier_release_keep_their_common_nodes(
+    driver: F5Driver, emu: F5Emulator
+) -> None:
+    """Item 8, upgrading: members an earlier release made (nodes in /Common) keep their
+    node; a new member's node goes to the partition, and no write clashes with /Common."""
+    s = server()
+    await converge(driver, by_name(s))
+    pool = emu.get("pool", CLUSTER, s.name)
+    assert pool is not None
+    emu.remove("pool", CLUSTER, s.name)
+    for full in list(emu.nodes()):
+        emu.remove("node", CLUSTER, full.rsplit("/", 1)[-1])
+    legacy = [{"name": m["name"], "description": m["description"]} for m in pool["members"]]
+    emu.plant("pool", CLUSTER, {**pool, "members": legacy})  # as the old driver sent them
+    assert sorted(emu.nodes()) == ["/Common/198.51.100.1", "/Common/198.51.100.2"]
+    fresh = make_driver(emu)
+    try:
+        changed = server(nodes=("198.51.100.1", "198.51.100.3"))
+        assert await converge(fresh, by_name(changed)) == ["UpdateMembers"]
+        assert await fresh.list_virtual_servers(CLUSTER) == by_name(changed)
+    finally:
+        await fresh.close()
+    assert f"/{CLUSTER}/198.51.100.3" in emu.nodes()
+    assert "/Common/198.51.100.1" in emu.nodes()

@@ -180,6 +180,10 @@ class F5Driver(RestDriver):
         # Per partition, the route domain of its members and nodes (the setting, else
         # the partition's default), known once the partition is.
         self._route_domains: dict[str, int] = {}
+        # Per partition, the members of ours whose node is elsewhere (made by a release
+        # before route domains, in /Common): address -> (node partition, address as
+        # BIG-IP shows it). They keep that node; a new node there would clash with it.
+        self._homes: dict[str, dict[str, tuple[str, str]]] = {}
         # Per partition, the idle-timeout fastL4 profiles known to exist.
         self._idle_profiles: dict[str, set[str]] = {}
         self._token: str | None = None
@@ -221,6 +225,7 @@ class F5Driver(RestDriver):
         access = _Access.of(persists, lists, criteria)
         servers, present = _translate(virtuals, pools, monitors, access)
         self._present[part] = present
+        self._homes[part] = _member_homes(part, pools)
         return servers
 
     async def apply(self, partition: str, ops: Sequence[Operation]) -> None:
@@ -232,8 +237,8 @@ class F5Driver(RestDriver):
         await self._ensure_idle_profiles(part, ops)
         known = self._present.get(part)
         ports = await self._member_ports(part, ops, known)
-        rd = self._route_domains[part]
-        commands = [c for op in ops for c in self._commands(part, rd, op, known, ports)]
+        at = _Placement(part, self._route_domains[part], self._homes.get(part, {}))
+        commands = [c for op in ops for c in self._commands(at, op, known, ports)]
         try:
             if len(commands) == 1:
                 await self._write(*commands[0])
@@ -242,6 +247,7 @@ class F5Driver(RestDriver):
         except BaseException:
             # Whatever failed, our picture of the partition may be wrong now.
             self._present.pop(part, None)
+            self._homes.pop(part, None)
             self._ready.discard(part)
             self._idle_profiles.pop(part, None)
             raise
@@ -296,12 +302,13 @@ class F5Driver(RestDriver):
 
     def _commands(
         self,
-        part: str,
-        rd: int,
+        at: _Placement,
         op: Operation,
         known: dict[str, _Seen] | None,
         ports: dict[str, int],
     ) -> list[tuple[str, str, dict[str, Any]]]:
+        part = at.partition
+
         def has(name: str, kind: str, assume: bool) -> bool:
             if known is None:
                 return assume
@@ -324,9 +331,7 @@ class F5Driver(RestDriver):
                         )
                     )
                 commands += [
-                    _upsert(
-                        _POOL, part, s.name, _pool_body(part, rd, s), has(s.name, "pool", assume)
-                    ),
+                    _upsert(_POOL, part, s.name, _pool_body(at, s), has(s.name, "pool", assume)),
                     *_access_before(part, s, has),
                     _upsert(
                         _VIRTUAL,
@@ -347,7 +352,7 @@ class F5Driver(RestDriver):
                 return commands
             case UpdateMembers(name=name, members=members):
                 port = ports[name]
-                body = {"members": [_member(part, rd, m.address, m.node, port) for m in members]}
+                body = {"members": [_member(at, m.address, m.node, port) for m in members]}
                 return [("PATCH", _item(_POOL, part, name), body)]
             case DeleteVirtualServer(name=name):
                 empty: dict[str, Any] = {}
@@ -632,23 +637,48 @@ def _upsert(
     return ("POST", collection, {"name": name, "partition": part, **body})
 
 
-def _member(part: str, rd: int, address: str, node: str, port: int) -> dict[str, Any]:
+@dataclass(frozen=True, slots=True)
+class _Placement:
+    """Where a partition's members and their nodes go."""
+
+    partition: str
+    route_domain: int
+    #: Members whose node lives elsewhere already: address -> (partition, address text).
+    homes: Mapping[str, tuple[str, str]]
+
+
+def _member(at: _Placement, address: str, node: str, port: int) -> dict[str, Any]:
     """A pool member in the cluster's partition and route domain, as F5's clients send
     one (f5-cccl, f5-ansible's bigip_pool_member: ``partition`` and ``<address>%<rd>``):
-    its node is ``/<part>/<address>%<rd>``, never one BIG-IP puts in ``/Common``."""
-    at = f"{address}%{rd}"
+    its node is ``/<part>/<address>%<rd>``, never one BIG-IP puts in ``/Common``. A
+    member already on a node elsewhere (made by an earlier release) keeps that node."""
+    part, text = at.homes.get(address, (at.partition, f"{address}%{at.route_domain}"))
     return {
-        "name": member_name(at, port),
+        "name": member_name(text, port),
         "partition": part,
-        "address": at,
+        "address": text,
         "description": node,
     }
 
 
-def _pool_body(part: str, rd: int, s: VirtualServer) -> dict[str, Any]:
+def _member_homes(part: str, pools: list[dict[str, Any]]) -> dict[str, tuple[str, str]]:
+    """The members of the partition's pools whose node is in another partition."""
+    homes: dict[str, tuple[str, str]] = {}
+    for pool in pools:
+        reference = pool.get("membersReference")
+        items = reference.get("items", []) if isinstance(reference, dict) else []
+        for item in items:
+            home = str(item.get("partition") or part)
+            at = parse_endpoint(str(item.get("name", "")))
+            if home != part and at is not None and item.get("address"):
+                homes[at[0]] = (home, str(item["address"]))
+    return homes
+
+
+def _pool_body(at: _Placement, s: VirtualServer) -> dict[str, Any]:
     return {
-        **profile_pool_fields(part, s),
-        "members": [_member(part, rd, m.address, m.node, s.port) for m in s.members],
+        **profile_pool_fields(at.partition, s),
+        "members": [_member(at, m.address, m.node, s.port) for m in s.members],
         "description": s.owner,
     }
 
