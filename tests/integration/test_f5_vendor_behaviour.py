@@ -241,3 +241,16 @@ async def test_item8_members_of_an_earlier_release_keep_their_common_nodes(
         await fresh.close()
     assert f"/{CLUSTER}/198.51.100.3" in emu.nodes()
     assert "/Common/198.51.100.1" in emu.nodes()
+
+
+async def test_item9_fastl4_close_timeout_follows_the_idle_timeout(
+    driver: F5Driver, emu: F5Emulator
+) -> None:
+    """Item 9 (nPath): the fastL4 profiles' TCP close timeout is their idle timeout (300 s
+    for the plain one), not BIG-IP's 5 s, so a half-closed flow is not re-balanced."""
+    idle = msgspec.structs.replace(server(443), idle_timeout_s=30)
+    await converge(driver, by_name(server(), idle))
+    plain = emu.get("fastl4", CLUSTER, "vipwire-fastl4-dsr")
+    short = emu.get("fastl4", CLUSTER, "vipwire-fastl4-dsr-idle30")
+    assert plain is not None and short is not None
+    assert (plain["tcpCloseTimeout"], short["tcpCloseTimeout"]) == (300, 30)

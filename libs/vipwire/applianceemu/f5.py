@@ -732,6 +732,10 @@ def _defaults(kind: _Kind, name: str, partition: str) -> Obj:
                 looseInitialization="disabled",
                 looseClose="disabled",
                 idleTimeout=300,
+                # BIG-IP's default TCP close timeout (seconds); F5's nPath chapter
+                # ("Configuring nPath Routing", BIG-IP LTM Implementations) advises the
+                # idle timeout's value instead when half-closes are expected.
+                tcpCloseTimeout=5,
             )
         case "persist":
             # /Common/source_addr's default entry timeout is 180 s.

@@ -68,6 +68,8 @@ log = logging.getLogger("vipwire.lbdriver.f5")
 #: profile with an idle timeout uses ``<this>-idle<seconds>`` instead.
 FASTL4_PROFILE: Final = "vipwire-fastl4-dsr"
 
+#: BIG-IP's fastL4 ``idleTimeout`` default, seconds (the plain profile keeps it).
+FASTL4_IDLE_S: Final = 300
 _VIRTUAL: Final = "/mgmt/tm/ltm/virtual"
 _POOL: Final = "/mgmt/tm/ltm/pool"
 _MONITOR: Final = "/mgmt/tm/ltm/monitor/http"
@@ -763,6 +765,11 @@ def fastl4_body(part: str, idle_timeout_s: int | None) -> dict[str, Any]:
     }
     if idle_timeout_s is not None:
         body["idleTimeout"] = idle_timeout_s
+    # F5's nPath chapter ("Configuring nPath Routing", BIG-IP LTM Implementations):
+    # with loose close, set the TCP close timeout to the idle timeout when half-closes
+    # are expected (a client that sent its FIN while the server still sends); with
+    # BIG-IP's 5 s the flow goes, and the client's next ACK is load-balanced afresh.
+    body["tcpCloseTimeout"] = idle_timeout_s if idle_timeout_s is not None else FASTL4_IDLE_S
     return body
 
 
