@@ -254,3 +254,21 @@ async def test_item9_fastl4_close_timeout_follows_the_idle_timeout(
     short = emu.get("fastl4", CLUSTER, "vipwire-fastl4-dsr-idle30")
     assert plain is not None and short is not None
     assert (plain["tcpCloseTimeout"], short["tcpCloseTimeout"]) == (300, 30)
+
+
+async def test_item9_an_earlier_profile_gets_the_close_timeout(emu: F5Emulator) -> None:
+    """Item 9 (nPath): the fastL4 profile an earlier release made (BIG-IP's 5 s close
+    timeout) is corrected the next time the partition is prepared."""
+    emu.plant_partition(CLUSTER)
+    emu.plant(
+        "fastl4",
+        CLUSTER,
+        {"name": "vipwire-fastl4-dsr", "looseInitialization": "enabled", "looseClose": "enabled"},
+    )
+    d = make_driver(emu)
+    try:
+        await converge(d, by_name(server()))
+    finally:
+        await d.close()
+    profile = emu.get("fastl4", CLUSTER, "vipwire-fastl4-dsr")
+    assert profile is not None and profile["tcpCloseTimeout"] == 300

@@ -393,6 +393,8 @@ class F5Driver(RestDriver):
                     self._raise(resp, f"create fastL4 profile {name} in {part}")
             elif not _ok(resp):
                 self._raise(resp, f"GET {path}")
+            else:
+                await self._close_timeout(path, resp.body, idle)
             known.add(name)
 
     # --- requests ------------------------------------------------------------------
@@ -467,7 +469,16 @@ class F5Driver(RestDriver):
                 self._raise(resp, f"create fastL4 profile in {part}")
         elif not _ok(resp):
             self._raise(resp, f"GET {profile}")
+        else:
+            await self._close_timeout(profile, resp.body, FASTL4_IDLE_S)
         self._ready.add(part)
+
+    async def _close_timeout(self, path: str, profile: Any, seconds: int) -> None:
+        """Set the close timeout on a profile of ours an earlier release made without it."""
+        if not isinstance(profile, dict) or profile.get("tcpCloseTimeout") in (None, seconds):
+            return
+        await self._write("PATCH", path, {"tcpCloseTimeout": seconds})
+        log.info("%s: %s: tcpCloseTimeout set to %ds (nPath)", self.name, path, seconds)
 
     async def _delete_unused_nodes(self, part: str) -> None:
         """Delete the nodes of the partition that no pool member uses any more.
