@@ -272,3 +272,13 @@ async def test_item9_an_earlier_profile_gets_the_close_timeout(emu: F5Emulator) 
         await d.close()
     profile = emu.get("fastl4", CLUSTER, "vipwire-fastl4-dsr")
     assert profile is not None and profile["tcpCloseTimeout"] == 300
+
+
+async def test_emulator_lists_the_route_domains_that_exist(
+    driver: F5Driver, emu: F5Emulator
+) -> None:
+    """The emulator answers route-domain reads (a preflight's check): 0 and 2 exist, 7 not."""
+    listed = await driver._call("GET", "/mgmt/tm/net/route-domain")
+    assert [i["id"] for i in listed.body["items"]] == [0, 2]
+    assert (await driver._call("GET", "/mgmt/tm/net/route-domain/~Common~2")).status == 200
+    assert (await driver._call("GET", "/mgmt/tm/net/route-domain/~Common~7")).status == 404

@@ -54,6 +54,7 @@ from vipwire.applianceemu._server import EmulatorServer, json_response, read_jso
 Obj = dict[str, Any]
 
 _VERSION: Final = "17.1.0"
+_ROUTE_DOMAINS: Final = "/mgmt/tm/net/route-domain"
 _PATHS = re.compile(r"/[^\s{}]+")
 
 
@@ -501,6 +502,8 @@ def _execute(
         return _config_sync(body, emu)
     if path == "/mgmt/tm/auth/partition" or path.startswith("/mgmt/tm/auth/partition/"):
         return _partition_request(state, method, path, body)
+    if path == _ROUTE_DOMAINS or path.startswith(_ROUTE_DOMAINS + "/"):
+        return _route_domain_request(state, method, path)
     for kind in _KINDS:
         if path == kind.collection:
             if method == "GET":
@@ -529,6 +532,38 @@ def _config_sync(body: Any, emu: F5Emulator) -> Obj:
         raise F5Error(400, f"01071038:5: Device group ({group}) was not found.")
     emu.syncs.append(group)
     return {"kind": "tm:cm:runstate", "command": "run", "utilCmdArgs": args}
+
+
+def _route_domain_request(state: _State, method: str, path: str) -> Obj:
+    """``net route-domain``, read only: the ids that exist, each named by its id in
+    /Common as BIG-IP names its default one (``/Common/0``; iControl REST
+    ``/mgmt/tm/net/route-domain``, f5-ansible
+    ansible_collections/f5networks/f5_modules/plugins/modules/bigip_routedomain.py)."""
+
+    def render(rd: int) -> Obj:
+        return {
+            "kind": "tm:net:route-domain:route-domainstate",
+            "name": str(rd),
+            "partition": "Common",
+            "fullPath": f"/Common/{rd}",
+            "id": rd,
+            "strict": "enabled",
+        }
+
+    if method != "GET":
+        raise F5Error(405, f"{method} is not emulated on {_ROUTE_DOMAINS}.")
+    token = path.removeprefix(_ROUTE_DOMAINS).strip("/")
+    if not token:
+        return {
+            "kind": "tm:net:route-domain:route-domaincollectionstate",
+            "items": [render(rd) for rd in sorted(state.route_domains)],
+        }
+    name = _full_path(token).rsplit("/", 1)[-1]
+    if not name.isdigit() or int(name) not in state.route_domains:
+        raise F5Error(
+            404, f"01020036:3: The requested route domain (/Common/{name}) was not found."
+        )
+    return render(int(name))
 
 
 def _partition_request(state: _State, method: str, path: str, body: Any) -> Obj:

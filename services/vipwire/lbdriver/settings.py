@@ -102,7 +102,7 @@ class ApplianceSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknow
     #: f5: the route domain (id) of the pool members and their nodes, sent as
     #: ``<address>%<id>`` with the cluster's partition, as F5's own clients send them
     #: (None: the partition's default route domain, read from the partition). The
-    #: route domain must exist (``net route-domain``); ``vipwire lb check`` checks it.
+    #: route domain must exist on the BIG-IP (``tmsh list net route-domain``).
     route_domain: Annotated[int, msgspec.Meta(ge=0, le=65534)] | None = None
     #: a10: save the running config (``write memory``) after every batch of changes.
     write_memory: bool = True
