@@ -3,13 +3,14 @@
 Served: token login (``/mgmt/shared/authn/login``, ``X-F5-Auth-Token``, token
 expiry, token deletion), partitions (``/mgmt/tm/auth/partition``), LTM
 virtual servers, pools with members, HTTP, HTTPS and TCP monitors, fastL4
-profiles, source-address persistence profiles, address lists and
-traffic-matching criteria (create,
+profiles, source-address persistence profiles, address lists,
+traffic-matching criteria and nodes (create,
 read, patch, put, delete; collections with ``$filter=partition eq <p>`` and
 ``expandSubcollections``), transactions (``/mgmt/tm/transaction``: commands
 sent with ``X-F5-REST-Coordination-Id`` are queued and applied all or nothing
 on ``PATCH {"state": "VALIDATING"}``), and ``config-sync to-group`` via
-``/mgmt/tm/cm``. Error bodies have BIG-IP's shape
+``/mgmt/tm/cm``, and route domains (``/mgmt/tm/net/route-domain``, read only).
+Error bodies have BIG-IP's shape
 (``{"code", "message", "errorStack", "apiError"}``; authentication errors
 ``{"code", "message", "referer", "restOperationId", "kind"}``); message texts
 follow BIG-IP's where known and are the emulator's own otherwise.

@@ -13,6 +13,12 @@ profile table says (:func:`profile_pool_fields`, :func:`profile_virtual_fields`)
 Source ranges and affinity add objects of the same name (see the section at
 the end).
 
+Pool members are sent with the cluster's partition and an explicit route
+domain (``<address>%<id>``: the ``route_domain`` setting, else the partition's
+default), so BIG-IP makes each member's node object in that partition; the
+nodes no member uses any more are deleted after each batch that can drop one
+(BIG-IP keeps them). ``defaultsFrom`` is sent on create only.
+
 Every batch of operations is one iControl REST transaction, so a batch that
 BIG-IP refuses changes nothing. With ``sync_group`` set, each committed batch
 is followed by a config-sync to that device group.
