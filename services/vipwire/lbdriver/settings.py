@@ -24,6 +24,30 @@ _PARTITION_TEMPLATE = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)?\{cluster\}[A-Z
 _PREFIX = re.compile(r"^[a-z0-9]([a-z0-9_]{0,30}[a-z0-9])?$")
 
 
+class ApplianceTimeouts(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """f5, a10: seconds one management request of each class may take before the
+    appliance counts as unavailable. The defaults follow the vendors' own clients:
+    terraform-provider-bigip's go-bigip allows 60 s per API call, acos-client 300 s
+    for ``write memory``; BIG-IP transaction commits and config-syncs of large
+    configurations take as long as a save."""
+
+    #: Logging in (BIG-IP token, ACOS signature); remote authentication (LDAP,
+    #: RADIUS, TACACS+) behind the appliance makes it slower than a read.
+    login_s: Positive = 30.0
+    #: A read (GET): listings of a partition's objects.
+    read_s: Positive = 60.0
+    #: A write (POST, PUT, PATCH, DELETE), and a request queued in a transaction.
+    write_s: Positive = 60.0
+    #: Committing or saving: F5 transaction commit and config-sync, A10 ``write memory``.
+    commit_s: Positive = 300.0
+
+    def call_s(self) -> float:
+        """The longest one driver call (a listing, or a batch with its commit) may take:
+        a login, a read, a write and two commits (a commit, then a sync or save), each
+        at its longest. Each request is bounded by its own class; this only backstops."""
+        return self.login_s + self.read_s + self.write_s + 2 * self.commit_s
+
+
 class ApplianceSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """One load-balancer appliance (or HA pair presenting one management endpoint)."""
 
@@ -37,8 +61,12 @@ class ApplianceSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknow
     #: written to and stays active until its circuit breaker opens; then the next
     #: healthy one takes every Service of the group (see release_standby).
     group: str = "default"
-    #: Seconds one appliance API call may take before it counts as unavailable.
+    #: sim, linux: seconds one appliance call may take before it counts as unavailable
+    #: (f5 and a10 take ``timeouts`` instead: one per class of request).
     request_timeout_s: Positive = 10.0
+    #: f5, a10: seconds each class of management request may take (login, read,
+    #: write, commit or save); see ApplianceTimeouts.
+    timeouts: ApplianceTimeouts = msgspec.field(default_factory=ApplianceTimeouts)
     #: Appliance API calls in flight at once (appliances throttle management APIs).
     max_concurrent_requests: Annotated[int, msgspec.Meta(ge=1)] = 8
     #: Appliance API calls started per second, on average (token bucket; 0: no limit).
@@ -71,6 +99,11 @@ class ApplianceSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknow
     partitions: dict[str, str] = msgspec.field(default_factory=dict)
     #: f5: device group to config-sync to after every change (None: no sync).
     sync_group: str | None = None
+    #: f5: the route domain (id) of the pool members and their nodes, sent as
+    #: ``<address>%<id>`` with the cluster's partition, as F5's own clients send them
+    #: (None: the partition's default route domain, read from the partition). The
+    #: route domain must exist on the BIG-IP (``tmsh list net route-domain``).
+    route_domain: Annotated[int, msgspec.Meta(ge=0, le=65534)] | None = None
     #: a10: save the running config (``write memory``) after every batch of changes.
     write_memory: bool = True
     #: linux: the interface on the nodes' L2 segment, where VIP traffic comes in and
@@ -123,6 +156,8 @@ class ApplianceSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknow
             self.driver != "linux" or not re.fullmatch(r"[^/\s]{1,255}", self.netns)
         ):
             raise ValueError(f"{where}: netns must be a namespace name, for driver linux only")
+        if self.route_domain is not None and self.driver != "f5":
+            raise ValueError(f"{where}: route_domain is an f5 setting (driver is {self.driver})")
         if self.sync_group is not None and self.driver != "f5":
             raise ValueError(f"{where}: sync_group is an f5 setting (driver is {self.driver})")
 
