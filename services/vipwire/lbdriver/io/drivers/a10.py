@@ -59,6 +59,7 @@ from vipwire.lbdriver.core.virtual_servers import (
 )
 from vipwire.lbdriver.io.drivers._rest import (
     HttpResponse,
+    RequestClass,
     RestDriver,
     VendorError,
     all_or_first_error,
@@ -70,7 +71,7 @@ from vipwire.lbdriver.io.drivers.base import (
     ApplianceUnavailable,
 )
 from vipwire.lbdriver.io.drivers.credentials import CredentialSource
-from vipwire.lbdriver.settings import ApplianceSettings
+from vipwire.lbdriver.settings import ApplianceSettings, ApplianceTimeouts
 
 log = logging.getLogger("vipwire.lbdriver.a10")
 
@@ -226,7 +227,7 @@ class A10Driver(RestDriver):
         *,
         verify_tls: bool = True,
         ca_file: str | None = None,
-        request_timeout_s: float = 10.0,
+        timeouts: ApplianceTimeouts | None = None,
         partition_template: str = "{cluster}",
         partitions: Mapping[str, str] | None = None,
         write_memory: bool = True,
@@ -237,7 +238,7 @@ class A10Driver(RestDriver):
             credentials,
             verify_tls=verify_tls,
             ca_file=ca_file,
-            request_timeout_s=request_timeout_s,
+            timeouts=timeouts,
             partition_template=partition_template,
             partitions=partitions,
         )
@@ -575,6 +576,7 @@ class A10Driver(RestDriver):
             "POST",
             "/write/memory",
             {"memory": {"partition": "specified", "specified-partition": part}},
+            kind="commit",
         )
         if _failed(resp):
             # Running, not saved: a reboot would lose it. Saved before the next call.
@@ -654,6 +656,7 @@ class A10Driver(RestDriver):
             "POST",
             f"{_API}/auth",
             json={"credentials": {"username": creds.username, "password": creds.password}},
+            kind="login",
         )
         if _failed(resp) or not isinstance(resp.body, dict) or "authresponse" not in resp.body:
             code, msg = _err(resp.body)
@@ -667,12 +670,20 @@ class A10Driver(RestDriver):
             ) from cause
         return str(resp.body["authresponse"]["signature"])
 
-    async def _call(self, part: str, method: str, path: str, body: Any = None) -> HttpResponse:
+    async def _call(
+        self,
+        part: str,
+        method: str,
+        path: str,
+        body: Any = None,
+        *,
+        kind: RequestClass | None = None,
+    ) -> HttpResponse:
         """One request in the partition's session; after a 401, log in again once."""
         resp: HttpResponse | None = None
         for _attempt in range(2):
             signature = await self._session(part, create=True)
-            resp = await self._send(signature, method, path, body)
+            resp = await self._send(signature, method, path, body, kind=kind)
             if not (resp.status == 401 and _auth_failure(resp)):
                 return resp
             session = self._sessions[part]
@@ -681,9 +692,17 @@ class A10Driver(RestDriver):
         assert resp is not None
         return resp
 
-    async def _send(self, signature: str, method: str, path: str, body: Any = None) -> HttpResponse:
+    async def _send(
+        self,
+        signature: str,
+        method: str,
+        path: str,
+        body: Any = None,
+        *,
+        kind: RequestClass | None = None,
+    ) -> HttpResponse:
         return await self._http.send(
-            method, _API + path, json=body, headers={"Authorization": f"A10 {signature}"}
+            method, _API + path, json=body, headers={"Authorization": f"A10 {signature}"}, kind=kind
         )
 
     def _raise(self, resp: HttpResponse, what: str) -> NoReturn:
