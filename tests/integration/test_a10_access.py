@@ -17,7 +17,7 @@ PASSWORD = "a10-s3cret"
 
 @pytest.fixture
 async def emu() -> AsyncIterator[A10Emulator]:
-    emulator = A10Emulator(username="admin", password=PASSWORD)
+    emulator = A10Emulator(username="admin", password=PASSWORD, partitions=(CLUSTER,))
     await emulator.start()
     yield emulator
     await emulator.stop()
