@@ -193,6 +193,11 @@ class A10Emulator(EmulatorServer):
         """Create a partition as an operator would (with its network: not modelled)."""
         self._partition(name, create=True)
 
+    def remove_partition(self, name: str) -> None:
+        """Delete a partition and everything in it, as an operator would."""
+        if name != "shared":
+            self._partitions.pop(name, None)
+
     def race_partition_create(self, racer: str = "racer") -> None:
         """The next partition create finds its id just taken by ``racer`` (754974733)."""
         self._racer = racer
