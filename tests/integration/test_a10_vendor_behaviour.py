@@ -185,7 +185,8 @@ async def test_a10_item4_servers_made_with_default_checks_are_repaired(
     s = server()
     await converge(driver, by_name(s))
     name = f"{PREFIX}-node-198.51.100.1"
-    emu.plant(CLUSTER, "server", {**emu.objects(CLUSTER, "server")[name], "health-check-disable": 0})
+    planted = {**emu.objects(CLUSTER, "server")[name], "health-check-disable": 0}
+    emu.plant(CLUSTER, "server", planted)
     fresh = make_driver(emu)
     try:
         assert await converge(fresh, by_name(s)) == ["UpdateVirtualServer"]

@@ -60,9 +60,7 @@ async def test_create_builds_a_dsr_virtual_port_on_servers_and_a_service_group(
     node = servers["vipwire-node-198.51.100.1"]
     assert node["host"] == "198.51.100.1"
     assert node["user-tag"] == "node-198.51.100.1"
-    assert node["port-list"] == [
-        {"port-number": 80, "protocol": "tcp", "health-check-disable": 1}
-    ]
+    assert node["port-list"] == [{"port-number": 80, "protocol": "tcp", "health-check-disable": 1}]
     group = emu.objects(CLUSTER, "service-group")[s.name]
     assert group["protocol"] == "tcp"
     assert sorted((m["name"], m["port"]) for m in group["member-list"]) == [

@@ -121,8 +121,8 @@ class RestTransport:
             if fenced:
                 headers = {**(headers or {}), **fenced}
             self.requests += 1
+            timeout = self._timeout if timeout_s is None else aiohttp.ClientTimeout(total=timeout_s)
             try:
-                timeout = self._timeout if timeout_s is None else aiohttp.ClientTimeout(total=timeout_s)
                 async with self._client().request(
                     method, url, data=data, headers=headers, timeout=timeout
                 ) as resp:
