@@ -72,8 +72,6 @@ class ApplianceSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknow
     sync_group: str | None = None
     #: a10: save the running config (``write memory``) after every batch of changes.
     write_memory: bool = True
-    #: a10: seconds a ``write memory`` may take (a large configuration takes minutes).
-    save_timeout_s: Positive = 300.0
     #: a10: where a cluster's objects live. ``existing``: its partition (from
     #: partition_template / partitions), which the operator creates and gives a
     #: network (VLAN, interface, address); vipwire checks it exists and refuses to

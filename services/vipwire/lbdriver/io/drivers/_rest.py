@@ -104,12 +104,10 @@ class RestTransport:
         json: Any = None,
         headers: dict[str, str] | None = None,
         query: str | None = None,
-        timeout_s: float | None = None,
     ) -> HttpResponse:
         """One request; ApplianceUnavailable if it did not complete (refused, reset, timed out).
 
-        ``query`` is sent as written (vendors want ``$filter`` and ``+`` unescaped);
-        ``timeout_s`` replaces the transport's timeout for this request.
+        ``query`` is sent as written (vendors want ``$filter`` and ``+`` unescaped).
         """
         raw = self.base_url + path + (f"?{query}" if query else "")
         url = URL(raw, encoded=True)
@@ -121,11 +119,8 @@ class RestTransport:
             if fenced:
                 headers = {**(headers or {}), **fenced}
             self.requests += 1
-            timeout = self._timeout if timeout_s is None else aiohttp.ClientTimeout(total=timeout_s)
             try:
-                async with self._client().request(
-                    method, url, data=data, headers=headers, timeout=timeout
-                ) as resp:
+                async with self._client().request(method, url, data=data, headers=headers) as resp:
                     text = await resp.text()
                     status = resp.status
             except (aiohttp.ClientError, TimeoutError, OSError) as exc:

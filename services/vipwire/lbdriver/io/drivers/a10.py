@@ -275,7 +275,6 @@ class A10Driver(RestDriver):
         partitions: Mapping[str, str] | None = None,
         write_memory: bool = True,
         partition_mode: PartitionMode = "existing",
-        save_timeout_s: float = 300.0,
     ) -> None:
         super().__init__(
             name,
@@ -289,7 +288,6 @@ class A10Driver(RestDriver):
         )
         self.write_memory = write_memory
         self.partition_mode: PartitionMode = partition_mode
-        self.save_timeout_s = save_timeout_s
         self._version_checked = False
         self._sessions: dict[str, _Session] = {}
         self._locks: dict[str, asyncio.Lock] = {}
@@ -302,7 +300,6 @@ class A10Driver(RestDriver):
             **cls.common_arguments(settings),
             write_memory=settings.write_memory,
             partition_mode=settings.partition_mode,
-            save_timeout_s=settings.save_timeout_s,
         )
 
     def partition_of(self, cluster: str) -> str:
