@@ -215,3 +215,21 @@ async def test_the_simulator_answers_too(
     code, checks = await check(tmp_path, capsys, {"name": "sim-a", "driver": "sim"})
     assert code == 0
     assert sorted(check for _, check in checks) == ["login", "objects", "rights"]
+
+
+def test_the_command_line_runs_it(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``vipwire lb check --config F --appliance A`` is wired to the check; an unknown
+    appliance is a usage error (2) naming the configured ones."""
+    from vipwire.cli.main import main
+
+    config = tmp_path / "vipwire.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {"lbdriver": {"appliances": [{"name": "sim-a"}, {"name": "sim-b", "group": "b"}]}}
+        )
+    )
+    assert main(["lb", "check", "--config", str(config), "--appliance", "sim-b"]) == 0
+    out = capsys.readouterr().out
+    assert "sim-b" in out and "sim-a" not in out
+    assert main(["lb", "check", "--config", str(config), "--appliance", "nope"]) == 2
+    assert "configured: sim-a, sim-b" in capsys.readouterr().err
