@@ -233,3 +233,26 @@ def test_the_command_line_runs_it(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert "sim-b" in out and "sim-a" not in out
     assert main(["lb", "check", "--config", str(config), "--appliance", "nope"]) == 2
     assert "configured: sim-a, sim-b" in capsys.readouterr().err
+
+
+async def test_a_missing_f5_route_domain_fails(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], f5: F5Emulator
+) -> None:
+    """route_domain 7 on a box without it fails; the partition's default one is checked
+    when route_domain is unset."""
+    f5.plant_partition(CLUSTER, default_route_domain=3)
+    code, checks = await check(tmp_path, capsys, appliance(tmp_path, "f5", f5.url, route_domain=7))
+    assert code == 1
+    assert checks["f5-1", "route-domain"]["verdict"] == "failed"
+    assert "route domain 7 does not exist" in checks["f5-1", "route-domain"]["detail"]
+    code, checks = await check(tmp_path, capsys, appliance(tmp_path, "f5", f5.url))
+    assert "route domain 3 does not exist" in checks["f5-1", "route-domain"]["detail"]
+    emu = F5Emulator(username="vip", password=PASSWORD, route_domains=(7,))
+    await emu.start()
+    try:
+        code, checks = await check(
+            tmp_path, capsys, appliance(tmp_path, "f5", emu.url, route_domain=7)
+        )
+    finally:
+        await emu.stop()
+    assert checks["f5-1", "route-domain"]["verdict"] == "passed"

@@ -403,6 +403,7 @@ class F5Emulator(EmulatorServer):
         }
 
     # --- what `vipwire lb check` reads: release, the user's rights, route domains -------
+    # (the route domains are the emulator's own, ``route_domains=`` at construction)
 
     def _init_preflight_knobs(self) -> None:
         #: The release ``GET /mgmt/tm/sys/version`` reports (an old one for tests).
@@ -411,8 +412,6 @@ class F5Emulator(EmulatorServer):
         #: Roles as F5 names them (admin, resource-admin, manager, operator, guest, ...).
         #: Only reported: the emulator does not refuse writes by role.
         self.user_roles: dict[str, str] = {"all-partitions": "admin"}
-        #: Route domain ids in /Common (0 always exists on BIG-IP).
-        self.route_domains: set[int] = {0}
 
     def _preflight_routes(self, app: web.Application) -> None:
         # Shapes as in F5's iControl REST reference and f5-ansible's modules:
@@ -497,11 +496,11 @@ class F5Emulator(EmulatorServer):
             return json_response(
                 {
                     "kind": "tm:net:route-domain:route-domaincollectionstate",
-                    "items": [body(i) for i in sorted(self.route_domains)],
+                    "items": [body(i) for i in sorted(self._state.route_domains)],
                 }
             )
         wanted = name.replace("~", "/").rsplit("/", 1)[-1]
-        if not wanted.isdigit() or int(wanted) not in self.route_domains:
+        if not wanted.isdigit() or int(wanted) not in self._state.route_domains:
             return json_response(
                 F5Error(
                     404, f"01020036:3: The requested route domain ({name}) was not found."
