@@ -14,6 +14,7 @@ import subprocess
 import sys
 from collections import Counter
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -270,3 +271,26 @@ class TestSmoke:
         assert proc.returncode == 0, proc.stderr[-2000:]
         assert "WARNING: --insecure-bus" in proc.stderr
         assert "operator creds" not in proc.stderr
+
+    def test_vipwire_up_tls_smoke_converges_over_mtls(self, tmp_path: Path) -> None:
+        """`vipwire up --tls --smoke`: a CA in STATE_DIR/pki, nats-server verifying clients,
+        every Service converged, and a --config file for the operator commands with the
+        client certificate."""
+        proc = subprocess.run(
+            [
+                sys.executable, "-m", "vipwire.cli", "up", "--tls", "--smoke",
+                "--clusters", "1", "--nodes", "1", "--services", "2",
+                "--timeout", "30", "--state-dir", str(tmp_path),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert json.loads(proc.stdout.strip().splitlines()[-1])["converged"] == 2
+        assert "verify: true" in (tmp_path / "jetstream" / "nats-server.conf").read_text()
+        cli = json.loads((tmp_path / "vipwire-cli.yaml").read_text())["bus"]
+        assert cli["tls"]["cert_file"] == str(tmp_path / "pki" / "client-cert.pem")
+        assert cli["credentials"].endswith("operator-admin.creds")  # permissions on too
+        assert f"--config {tmp_path / 'vipwire-cli.yaml'}" in proc.stderr

@@ -13,6 +13,7 @@ from vipwire.lbdriver import (
     ApplianceAuthError,
     ApplianceRejected,
     ApplianceSettings,
+    ApplianceTimeouts,
     ApplianceUnavailable,
     CreateVirtualServer,
     build_driver,
@@ -23,6 +24,8 @@ from vipwire.lbdriver.io.drivers.a10 import A10Driver, monitor_name
 from vipwire.lbdriver.io.drivers.credentials import CredentialSource
 
 PASSWORD = "a10-s3cret"
+#: Short timeouts: an emulator on this host answers at once or not at all.
+QUICK = ApplianceTimeouts(login_s=5, read_s=5, write_s=5, commit_s=5)
 
 
 @pytest.fixture
@@ -35,7 +38,7 @@ async def emu() -> AsyncIterator[A10Emulator]:
 
 def make_driver(emu: A10Emulator, **options: object) -> A10Driver:
     credentials = CredentialSource("thunder-a", "admin", password=PASSWORD)
-    return A10Driver("thunder-a", emu.url, credentials, request_timeout_s=5, **options)  # type: ignore[arg-type]
+    return A10Driver("thunder-a", emu.url, credentials, timeouts=QUICK, **options)  # type: ignore[arg-type]
 
 
 @pytest.fixture

@@ -24,6 +24,7 @@ from vipwire.lbdriver import (
     ApplianceAuthError,
     ApplianceRejected,
     ApplianceSettings,
+    ApplianceTimeouts,
     ApplianceUnavailable,
     CreateVirtualServer,
     DeleteVirtualServer,
@@ -43,6 +44,8 @@ from vipwire.metrics import Registry
 from vipwire.runtime import Runtime
 
 PASSWORD = "s3cret-pw"
+#: Short timeouts: an emulator on this host answers at once or not at all.
+QUICK = ApplianceTimeouts(login_s=5, read_s=5, write_s=5, commit_s=5)
 
 
 @pytest.fixture
@@ -55,7 +58,7 @@ async def emu() -> AsyncIterator[F5Emulator]:
 
 def make_driver(emu: F5Emulator, **options: object) -> F5Driver:
     credentials = CredentialSource("bigip-a", "admin", password=PASSWORD)
-    return F5Driver("bigip-a", emu.url, credentials, request_timeout_s=5, **options)  # type: ignore[arg-type]
+    return F5Driver("bigip-a", emu.url, credentials, timeouts=QUICK, **options)  # type: ignore[arg-type]
 
 
 @pytest.fixture

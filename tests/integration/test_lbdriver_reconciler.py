@@ -37,6 +37,7 @@ from vipwire.contracts import (
 from vipwire.lbdriver import (
     ApplianceAuthError,
     ApplianceSettings,
+    ApplianceTimeouts,
     LbdriverService,
     Monitor,
     Operation,
@@ -400,7 +401,7 @@ async def test_wrong_password_on_the_f5_emulator_is_not_a_login_storm(
         "bigip",
         emu.url,
         CredentialSource("bigip", "admin", password="wrong-password"),
-        request_timeout_s=2,
+        timeouts=ApplianceTimeouts(login_s=2, read_s=2, write_s=2, commit_s=2),
     )
     try:
         await h.start(

@@ -95,3 +95,30 @@ async def test_errors_on_a_live_connection_are_still_logged_as_errors(
     link.up("nats://a:4222")
     await link.on_error(nats.errors.Error("nats: permissions violation"))
     assert [r.levelname for r in caplog.records if r.name == "vipwire.bus"] == ["ERROR"]
+
+
+async def test_a_refused_certificate_while_reconnecting_is_an_error_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A reconnect refused for a certificate (no network trouble) logs one ERROR saying
+    what to check, however often it is retried; plain refusals stay quiet."""
+    metrics = Registry()
+    link = Link(
+        "vipwire-test",
+        ("nats://opsuser:Top-Secret-Pw@a:4222",),
+        metrics,
+        Backoff(0.1, 1.0, rand=lambda: 1.0),
+        explain=lambda exc: "check bus.tls.ca_file" if isinstance(exc, ValueError) else None,
+    )
+    link.up("nats://opsuser:Top-Secret-Pw@a:4222")
+    caplog.set_level(logging.DEBUG, logger="vipwire.bus")
+    await link.on_disconnect()
+    for _ in range(5):
+        await link.on_error(ConnectionRefusedError("refused"))
+        await link.on_error(ValueError("certificate verify failed"))
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert errors == [
+        "NATS connection (vipwire-test) cannot be re-established: check bus.tls.ca_file; "
+        "still retrying"
+    ]
+    assert "Top-Secret-Pw" not in caplog.text and "opsuser:***@a:4222" in caplog.text

@@ -6,6 +6,7 @@ pull consumers that keep per-subject order with bounded concurrency.
 """
 
 from vipwire.bus._bus import Bus, connect
+from vipwire.bus._client import connect_client
 from vipwire.bus._consumer import (
     ConsumerSpec,
     Delivery,
@@ -31,7 +32,9 @@ from vipwire.bus._link import Backoff, connected_gauge
 from vipwire.bus._login import Login, credentials_options
 from vipwire.bus._reading import StoredMessage
 from vipwire.bus._requests import Responder, Serving, fence
-from vipwire.bus._settings import BusSettings
+from vipwire.bus._settings import BusSettings, TlsSettings
+from vipwire.bus._tls import TlsError, certificate_problem, tls_options
+from vipwire.bus._urls import redacted, redacted_all, scrubbed
 from vipwire.bus._verdict import DONE, Done, Reject, Retry, Verdict
 
 __all__ = [
@@ -60,12 +63,16 @@ __all__ = [
     "Serving",
     "StoreFull",
     "StoredMessage",
+    "TlsError",
+    "TlsSettings",
     "TooLarge",
     "Unreadable",
     "Verdict",
     "WrongLastSequence",
     "caller_token",
+    "certificate_problem",
     "connect",
+    "connect_client",
     "connected_gauge",
     "credentials_options",
     "fence",
@@ -74,4 +81,8 @@ __all__ = [
     "kv_purge_markers",
     "last_per_subject",
     "reader_name",
+    "redacted",
+    "redacted_all",
+    "scrubbed",
+    "tls_options",
 ]

@@ -54,6 +54,13 @@ from vipwire.bus._login import credentials_options
 from vipwire.bus._reading import StoredMessage, last_message, last_messages, newest_before
 from vipwire.bus._requests import Responder, Serving, fence, request, serve
 from vipwire.bus._settings import BusSettings
+from vipwire.bus._tls import (
+    TlsError,
+    certificate_problem,
+    server_verifies_clients,
+    tls_options,
+)
+from vipwire.bus._urls import redacted, redacted_all, scrubbed
 from vipwire.contracts import (
     ROOT,
     STREAM,
@@ -536,10 +543,21 @@ async def connect(
     cancellable at any moment (a SIGTERM while connecting stops the service).
     Once connected, the client reconnects forever, with the same backoff: a NATS
     restart must never take a service down with it.
+
+    TLS (``bus.tls``) that cannot work is not retried: an unreadable file, or a
+    certificate the server or we refuse, raises :class:`TlsError` at once, naming the
+    file and the setting to check.
     """
     login = credentials_options(settings.credentials)
+    tls = tls_options(settings.tls)
     backoff = Backoff(settings.reconnect_wait_s, settings.reconnect_max_wait_s)
-    link = Link(name, settings.servers, metrics, backoff)
+    link = Link(
+        name,
+        settings.servers,
+        metrics,
+        backoff,
+        explain=lambda exc: certificate_problem(exc, settings.tls),
+    )
     tried = 0
     hinted = False
     while True:
@@ -568,11 +586,19 @@ async def connect(
                 reconnected_cb=on_reconnect,
                 closed_cb=link.on_closed,
                 **login.options,
+                **tls,
             )
             break
         except (AttemptFailed, TimeoutError, nats.errors.Error, OSError) as exc:
             await _discard(nc)
             cause = exc.cause if isinstance(exc, AttemptFailed) else exc
+            problem = certificate_problem(
+                cause, settings.tls, server_verifies=server_verifies_clients(nc)
+            )
+            if problem is not None:
+                raise TlsError(
+                    f"cannot connect to NATS at {redacted_all(settings.servers)}: {problem}"
+                ) from exc
             if not hinted and "authorization violation" in str(cause).lower():
                 hinted = True
                 log.error(
@@ -586,9 +612,10 @@ async def connect(
                     else "no bus.credentials set, and the server requires a login",
                 )
             if attempts is not None and tried >= attempts:
+                said = scrubbed(repr(cause), settings.servers)
                 raise BusError(
-                    f"cannot reach NATS at {', '.join(settings.servers)} after {tried} "
-                    f"attempts: {cause!r}. Is nats-server running and the URL right?"
+                    f"cannot reach NATS at {redacted_all(settings.servers)} after {tried} "
+                    f"attempts: {said}. Is nats-server running and the URL right?"
                 ) from exc
             await asyncio.sleep(link.attempt_failed(exc))
         except BaseException:
@@ -615,11 +642,18 @@ def _declare_hint(exc: BaseException) -> str:
 
 
 def _url(nc: NatsClient) -> str:
+    """The server the client is connected to, as it may be shown (no password)."""
     url = nc.connected_url
-    return f"{url.scheme}://{url.netloc}" if url is not None else ""
+    return redacted(f"{url.scheme}://{url.netloc}") if url is not None else ""
+
+
+#: Seconds a client whose first connection failed may take to close.
+_DISCARD_TIMEOUT_S = 0.5
 
 
 async def _discard(nc: NatsClient) -> None:
-    """Close a client whose first connection failed or was cancelled."""
+    """Close a client whose first connection failed or was cancelled. Bounded: after a
+    failed TLS handshake, asyncio's SSL transport never reports itself closed, and
+    nats-py's close waits for that."""
     with contextlib.suppress(Exception):
-        await nc.close()
+        await asyncio.wait_for(nc.close(), _DISCARD_TIMEOUT_S)

@@ -19,6 +19,7 @@ from typing import Any, Literal
 import nats.errors
 from nats.aio.client import Server
 
+from vipwire.bus._urls import redacted, redacted_all
 from vipwire.metrics import Gauge, Registry
 
 log = logging.getLogger("vipwire.bus")
@@ -79,9 +80,15 @@ class Link:
         backoff: Backoff,
         *,
         clock: Callable[[], float] = time.monotonic,
+        explain: Callable[[BaseException], str | None] = lambda _: None,
     ) -> None:
+        """``explain``: what a connection error means when it is no network trouble (a
+        refused certificate), else None."""
         self.name = name
-        self.where = ", ".join(servers)
+        self._explain = explain
+        self._explained: str | None = None
+        #: The servers, as they may be shown (passwords redacted).
+        self.where = redacted_all(servers)
         self._servers = max(len(servers), 1)
         self.backoff = backoff
         self.state: State = "connecting"
@@ -133,7 +140,7 @@ class Link:
     def up(self, url: str) -> None:
         """The first connection is made."""
         self._in_attempt = False
-        self._url = url
+        self._url = url = redacted(url)
         if self.failures:
             log.info(
                 "NATS at %s answered (%s) after %d failed attempt(s) in %.1f s",
@@ -160,6 +167,16 @@ class Link:
             return
         if self.state in ("reconnecting", "closed") or isinstance(exc, _CONNECTION_ERRORS):
             self._last_error = exc
+            problem = self._explain(exc) if self.state == "reconnecting" else None
+            if problem is not None and problem != self._explained:
+                # Waiting will not fix it (a certificate changed): say so once, loudly.
+                self._explained = problem
+                log.error(
+                    "NATS connection (%s) cannot be re-established: %s; still retrying",
+                    self.name,
+                    problem,
+                )
+                return
             log.debug("NATS connection error (%s): %r", self.name, exc)
             return
         said = str(exc)
@@ -194,7 +211,7 @@ class Link:
         )
 
     async def on_reconnect(self, url: str = "") -> None:
-        self._url = url or self._url
+        self._url = redacted(url) if url else self._url
         log.info(
             "NATS reconnected to %s (%s) after %.1f s and %d attempt(s)",
             self._url or self.where,
@@ -238,6 +255,7 @@ class Link:
         self.gauge.set(0)
 
     def _set_connected(self) -> None:
+        self._explained = None
         self.state = "connected"
         self.gauge.set(1)
         self.failures = 0

@@ -8,6 +8,30 @@ import msgspec
 _MIB = 1024 * 1024
 
 
+class TlsSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """TLS to the NATS servers (``bus.tls``). The client speaks TLS when the server asks for
+    it (its configuration has a ``tls {}`` block); nothing set here: the server's
+    certificate is checked against the system's CAs. A server with ``verify: true`` also
+    wants a client certificate (mTLS): set ``cert_file`` and ``key_file``."""
+
+    #: PEM file of the CA (or CAs) that signed the servers' certificates; None: the
+    #: system's CAs. A server certificate it does not vouch for stops the service at
+    #: start (exit 1, one line naming this file), it is never retried.
+    ca_file: str | None = None
+    #: PEM file of this client's certificate, for a server that verifies clients
+    #: (mTLS); give ``key_file`` with it.
+    cert_file: str | None = None
+    #: PEM file of the private key of ``cert_file`` (keep it mode 0600).
+    key_file: str | None = None
+    #: The name the server certificate must carry (SAN); None: the host of the URL
+    #: being connected to (an IP address is checked against the certificate's IP SANs).
+    server_name: str | None = None
+
+    def enabled(self) -> bool:
+        """Whether any TLS setting is given."""
+        return any((self.ca_file, self.cert_file, self.key_file, self.server_name))
+
+
 class BusSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """How a service reaches NATS JetStream."""
 
@@ -91,3 +115,5 @@ class BusSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     #: connection's inbox prefix ``_INBOX.<identity>``), or a NATS ``.creds`` file (JWT
     #: and seed). None: no authentication.
     credentials: str | None = None
+    #: TLS to the servers: CA, client certificate and key (mTLS), server name.
+    tls: TlsSettings = TlsSettings()

@@ -5,6 +5,16 @@ services at an existing NATS cluster instead.
 """
 
 from vipwire.natsserver._cluster import ClusterServer, NatsCluster
+from vipwire.natsserver._pki import Pki, PkiError, make_pki
 from vipwire.natsserver._server import NatsServer, NatsServerError, find_binary
 
-__all__ = ["ClusterServer", "NatsCluster", "NatsServer", "NatsServerError", "find_binary"]
+__all__ = [
+    "ClusterServer",
+    "NatsCluster",
+    "NatsServer",
+    "NatsServerError",
+    "Pki",
+    "PkiError",
+    "find_binary",
+    "make_pki",
+]

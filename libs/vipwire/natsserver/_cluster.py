@@ -15,6 +15,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
@@ -114,11 +115,14 @@ class NatsCluster:
         name: str = "vipwire",
         binary: str | None = None,
         extra_config: str = "",
+        client_tls: tuple[Path, Path, Path] | None = None,
         client_options: Mapping[str, Any] | None = None,
     ) -> None:
         """``extra_config``: nats-server configuration text (authorization, TLS) appended
-        to each server's own configuration. ``client_options``: nats-py connect options
-        of our own readiness client (its login, when the configuration requires one)."""
+        to each server's own configuration. ``client_tls``: (CA, certificate, key) files
+        its own readiness client shows a server that verifies clients (mTLS).
+        ``client_options``: nats-py connect options of that client (its login, when the
+        configuration requires one)."""
         self.client_options = dict(client_options or {})
         if size < 1:
             raise ValueError("a NATS cluster needs at least one server")
@@ -129,6 +133,7 @@ class NatsCluster:
         self.base_dir = Path(base_dir or tempfile.mkdtemp(prefix="vipwire-natscluster-"))
         self._binary = binary or find_binary()
         self.extra_config = extra_config
+        self.client_tls = client_tls
         self.servers: list[ClusterServer] = []
         self._killed: set[int] = set()  # down on purpose (kill), not by a failure
 
@@ -287,6 +292,7 @@ class NatsCluster:
                     connect_timeout=1,
                     allow_reconnect=False,
                     max_reconnect_attempts=0,
+                    tls=self._client_context(),
                     **self.client_options,
                 )
                 js = nc.jetstream(timeout=1.0)
@@ -302,6 +308,14 @@ class NatsCluster:
                 with contextlib.suppress(Exception):
                     await nc.close()
         return None
+
+    def _client_context(self) -> ssl.SSLContext | None:
+        if self.client_tls is None:
+            return None
+        ca, cert, key = self.client_tls
+        context = ssl.create_default_context(cafile=str(ca))
+        context.load_cert_chain(str(cert), str(key))
+        return context
 
     async def jsz(self, index: int, query: str = "") -> dict[str, Any]:
         """Server ``index``'s ``/jsz`` monitoring document."""

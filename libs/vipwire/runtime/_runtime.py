@@ -16,7 +16,7 @@ from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.trace import Tracer
 
 from vipwire.aio import HttpServer, serve_http, unless_set
-from vipwire.bus import Bus, connect, connected_gauge
+from vipwire.bus import Bus, connect, connected_gauge, redacted_all
 from vipwire.metrics import Registry
 from vipwire.runtime._settings import CommonSettings
 from vipwire.telemetry import make_tracer_provider
@@ -106,7 +106,7 @@ class Runtime:
             self.name,
             self.settings.http.host,
             self.http_port,
-            ", ".join(self.settings.bus.servers),
+            redacted_all(self.settings.bus.servers),
         )
         self._bus = await connect(
             self.settings.bus,
@@ -143,7 +143,7 @@ class Runtime:
 
     async def _readyz(self, _: web.Request) -> web.Response:
         if self._bus is None:
-            servers = ", ".join(self.settings.bus.servers)
+            servers = redacted_all(self.settings.bus.servers)
             return web.Response(status=503, text=f"not ready: connecting to NATS at {servers}\n")
         reason = self._readiness() or self._bus.consumer_problem()
         if not self._bus.nc.is_connected:

@@ -19,13 +19,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 import msgspec
-import nats
 from kubernetes_asyncio.client import CoreV1Api
 from nats.aio.msg import Msg
 from opentelemetry.sdk.trace import SpanProcessor
 
 from vipwire import natsauth
-from vipwire.bus import BusSettings, credentials_options
+from vipwire.bus import BusSettings, TlsSettings, connect_client, credentials_options
 from vipwire.contracts import MalformedMessage, ServiceRef, StatusWritten, decode
 from vipwire.dashboard import DashboardService, DashboardSettings
 from vipwire.ipam import IpamService, IpamSettings, PoolSettings
@@ -34,7 +33,7 @@ from vipwire.kubeemu import KubeEmulator
 from vipwire.lbdriver import ApplianceSettings, LbdriverService, LbdriverSettings, SimAppliance
 from vipwire.lbdriver.core.profiles import ProfileSettings
 from vipwire.natsauth import Generated, generate
-from vipwire.natsserver import NatsCluster, NatsServer
+from vipwire.natsserver import NatsCluster, NatsServer, Pki, make_pki
 from vipwire.nodeagent import Applier, DryRunApplier, NodeagentService, NodeagentSettings
 from vipwire.runtime import CommonSettings, Runtime, Service
 from vipwire.watcher import WatcherService, WatcherSettings
@@ -89,6 +88,10 @@ class StackSettings(msgspec.Struct, frozen=True, kw_only=True):
     uplink_interface: str | None = None
     #: Port of the dashboard on 127.0.0.1 (0: any free port); None: no dashboard.
     dashboard_port: int | None = 0
+    #: NATS over TLS with client certificates (mTLS, ``verify: true``), from a throwaway
+    #: CA made with openssl in ``<state_dir>/pki``; every component and the stack's own
+    #: clients connect with the CA's client certificate.
+    tls: bool = False
     #: Identities and permissions on the bus (``vipwire nats config`` into
     #: ``<state_dir>/nats``): each component logs in as itself and the server holds it
     #: to its role. False: no authentication at all (``vipwire up --insecure-bus``).
@@ -193,7 +196,11 @@ class Stack:
                 operators=[OPERATOR],
                 readers=[READER],
             )
+        # TLS: the CA's files are made on start, before the server reads them.
+        self.pki: Pki | None = Pki(self.state_dir / "pki") if self.settings.tls else None
         extra = self.auth.config_text if self.auth is not None else ""
+        if self.pki is not None:
+            extra += self.pki.server_config(verify=True)
         # Its own process group: a Ctrl-C in the terminal stops the services first, then it.
         self.nats: NatsServer | NatsCluster = (
             NatsCluster(
@@ -201,6 +208,7 @@ class Stack:
                 self.state_dir / "jetstream",
                 extra_config=extra,
                 client_options=self.nats_login(),
+                client_tls=self.pki.client_files() if self.pki is not None else None,
             )
             if self.settings.nats_servers > 1
             else NatsServer(
@@ -218,6 +226,26 @@ class Stack:
         self._started = False
 
     # --- lifecycle -----------------------------------------------------------------
+
+    def client_tls(self) -> TlsSettings:
+        """``bus.tls`` of every client of the stack (empty without ``tls``)."""
+        if self.pki is None:
+            return TlsSettings()
+        return TlsSettings(
+            ca_file=str(self.pki.ca_file),
+            cert_file=str(self.pki.client_cert_file),
+            key_file=str(self.pki.client_key_file),
+        )
+
+    def client_settings(self, identity: str = f"reader-{READER}") -> BusSettings:
+        """How a client of ours connects as ``identity`` (by default the stack's reader:
+        its status follower, the ``up`` view): servers, credentials and TLS."""
+        creds = self.creds(identity)
+        return BusSettings(
+            servers=self.nats.urls,
+            credentials=None if creds is None else str(creds),
+            tls=self.client_tls(),
+        )
 
     def creds(self, identity: str) -> Path | None:
         """The credentials file of ``identity`` (None: the bus is insecure)."""
@@ -241,6 +269,7 @@ class Stack:
             reconnect_wait_s=0.2,
             replicas=min(3, max(1, self.settings.nats_servers)),
             credentials=None if creds is None else str(creds),
+            tls=self.client_tls(),
         )
         service_name, _, instance = name.partition(":")
         return Runtime(
@@ -258,6 +287,8 @@ class Stack:
 
     async def start(self) -> None:
         self.state_dir.mkdir(parents=True, exist_ok=True)
+        if self.pki is not None:
+            await asyncio.to_thread(make_pki, self.pki.directory)
         await self.nats.start()
         for cluster, (path, context) in self.settings.kubeconfigs.items():
             self.kube[cluster] = await new_api_client(path, context)
@@ -540,8 +571,8 @@ class Stack:
     async def _follow_statuses(self) -> None:
         """Keep what the watchers write into real clusters' status (from the bus), so
         ``ingress_ips`` answers without asking those API servers every time."""
-        self._status_nc = await nats.connect(
-            servers=list(self.nats.urls), name="vipwire-up-status", **self.nats_login()
+        self._status_nc = await connect_client(
+            self.client_settings(), name="vipwire-up-status", timeout=5.0
         )
 
         async def on_msg(msg: Msg) -> None:

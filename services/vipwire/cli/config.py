@@ -188,7 +188,10 @@ def _table(title: str, cls: type[msgspec.Struct], seen: set[type]) -> list[str]:
         meaning = _cell(docs.get(field.name, ""))
         kind = _cell(_type_name(field.type))
         out.append(f"| `{field.encode_name}` | `{kind}` | {_default(field)} | {meaning} |")
-        nested += [(f"{title}.{field.encode_name}[]", t) for t in _struct_types(field.type)]
+        # A struct field is a group of settings (bus.tls); anything else holding one is a list.
+        single = isinstance(field.type, type) and issubclass(field.type, msgspec.Struct)
+        sub_title = f"{title}.{field.encode_name}" + ("" if single else "[]")
+        nested += [(sub_title, t) for t in _struct_types(field.type)]
     out.append("")
     for sub_title, sub in nested:
         if sub not in seen:

@@ -2,8 +2,9 @@
 
 Every verb is a request on ``vipwire-ctl.ipam.<verb>.<caller>`` (core NATS,
 outside the stream; see :mod:`vipwire.contracts`), where the caller is the
-identity named by the credentials file (``--creds`` or ``VIPWIRE_NATS_CREDS``),
-``anonymous`` without one. ``show`` reads the KV bucket directly when no ipam
+identity named by the credentials file the connection uses (``--creds``,
+``VIPWIRE_NATS_CREDS`` or ``--config``'s ``bus.credentials``), ``anonymous``
+without one. ``show`` reads the KV bucket directly when no ipam
 answers (or with ``--kv``); ``reload`` collects the answer of every replica.
 """
 
@@ -13,16 +14,16 @@ import argparse
 import asyncio
 import contextlib
 import datetime
-import os
 import sys
 from typing import TYPE_CHECKING, Any
+
+from vipwire.cli import connection
 
 if TYPE_CHECKING:
     from nats.aio.client import Client
 
     from vipwire.contracts import IpamStatus, ReleaseReply, ReloadReply, ShowReply
 
-DEFAULT_NATS = "nats://127.0.0.1:4222"
 #: Seconds ``reload`` keeps listening for more replicas after the last answer.
 RELOAD_GRACE_S = 0.5
 
@@ -32,12 +33,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argpar
     verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
 
     def common(verb: argparse.ArgumentParser, timeout: float) -> None:
-        verb.add_argument(
-            "--nats",
-            default=DEFAULT_NATS,
-            metavar="URL",
-            help=f"NATS server (default {DEFAULT_NATS})",
-        )
+        connection.add_arguments(verb)
+        verb.epilog = connection.PRECEDENCE
         verb.add_argument("--json", action="store_true", help="print the answer as JSON")
         verb.add_argument(
             "--timeout",
@@ -79,10 +76,11 @@ async def run(args: argparse.Namespace) -> int:
     import msgspec
 
     verb: str = args.verb
-    caller = caller_of_args(args)
+    settings = connection.settings_from(args)
+    caller = connection.caller_of(settings)
     try:
-        nc = await _connect(args.nats, args.timeout)
-    except IpamUnavailable as exc:
+        nc = await connection.connect(settings, timeout=args.timeout)
+    except connection.ConnectionProblem as exc:
         print(f"vipwire ipam {verb}: {exc}", file=sys.stderr)
         return 1
     try:
@@ -121,35 +119,11 @@ async def run(args: argparse.Namespace) -> int:
 
 
 def caller_of_args(args: argparse.Namespace) -> str:
-    """Who the requests say they come from: the identity of the credentials file
-    (``--creds``, else ``VIPWIRE_NATS_CREDS``), ``anonymous`` without one. With
-    permissions on, the NATS server refuses any other name for the connection."""
-    from vipwire.bus import caller_token
-
-    path = getattr(args, "creds", None) or os.environ.get("VIPWIRE_NATS_CREDS") or None
-    return caller_token(path)
-
-
-async def _connect(url: str, timeout: float) -> Client:
-    import nats
-    import nats.errors
-
-    async def quiet(exc: Exception) -> None:
-        """The failure is reported once, below, not as a traceback per attempt."""
-
-    try:
-        # One attempt: nats-py retries forever with max_reconnect_attempts=0.
-        return await nats.connect(
-            url,
-            connect_timeout=timeout,
-            max_reconnect_attempts=1,
-            reconnect_time_wait=0.1,
-            allow_reconnect=False,
-            error_cb=quiet,
-            name="vipwire-cli",
-        )
-    except (OSError, nats.errors.Error, TimeoutError) as exc:
-        raise IpamUnavailable(f"cannot connect to NATS at {url}: {exc!r}") from exc
+    """Who the requests say they come from: the identity of the credentials file the
+    connection uses (``--creds``, ``VIPWIRE_NATS_CREDS`` or ``--config``'s
+    ``bus.credentials``), ``anonymous`` without one. With permissions on, the NATS
+    server refuses any other name for the connection."""
+    return connection.caller_of(connection.settings_from(args))
 
 
 async def _request(nc: Client, subject: str, payload: bytes, timeout: float) -> bytes:

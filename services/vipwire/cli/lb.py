@@ -1,8 +1,8 @@
 """``vipwire lb status``: the appliances as the running lbdriver sees them.
 
 The lbdriver answers a request on ``vipwire-ctl.lbdriver.status.<caller>`` (core
-NATS, outside the stream; the caller is the identity of ``--creds`` /
-``VIPWIRE_NATS_CREDS``, ``anonymous`` without one); this command asks and
+NATS, outside the stream; the caller is the identity of the credentials file the
+connection uses, ``anonymous`` without one); this command asks and
 prints a table, or the JSON.
 """
 
@@ -14,21 +14,22 @@ import datetime
 import sys
 from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from vipwire.contracts import LbdriverStatus
+from vipwire.cli import connection
 
-DEFAULT_NATS = "nats://127.0.0.1:4222"
+if TYPE_CHECKING:
+    from vipwire.bus import BusSettings
+    from vipwire.contracts import LbdriverStatus
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argparse.ArgumentParser:
     parser = sub.add_parser("lb", help="inspect the running lbdriver and its appliances")
     verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
     status = verbs.add_parser(
-        "status", help="appliances: health (breaker), virtual servers, last write, last error"
+        "status",
+        help="appliances: health (breaker), virtual servers, last write, last error",
+        epilog=connection.PRECEDENCE,
     )
-    status.add_argument(
-        "--nats", default=DEFAULT_NATS, metavar="URL", help=f"NATS server (default {DEFAULT_NATS})"
-    )
+    connection.add_arguments(status)
     status.add_argument("--json", action="store_true", help="print the lbdriver's answer as JSON")
     status.add_argument(
         "--timeout", type=float, default=3.0, help="seconds to wait for an answer (default 3)"
@@ -37,11 +38,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argpar
 
 
 def execute(args: argparse.Namespace) -> int:
-    from vipwire.cli.ipam import caller_of_args
-
+    settings = connection.settings_from(args)
     return asyncio.run(
         status_command(
-            args.nats, as_json=args.json, timeout=args.timeout, caller=caller_of_args(args)
+            settings, as_json=args.json, timeout=args.timeout, caller=connection.caller_of(settings)
         )
     )
 
@@ -51,39 +51,30 @@ class StatusUnavailable(Exception):
 
 
 async def fetch_status(
-    url: str, *, timeout: float = 3.0, caller: str = "anonymous"
+    where: str | BusSettings, *, timeout: float = 3.0, caller: str = "anonymous"
 ) -> LbdriverStatus:
-    """Ask the lbdriver behind ``url`` for its status. Raises :class:`StatusUnavailable`."""
+    """Ask the lbdriver behind ``where`` (a URL, or bus settings) for its status. Raises
+    :class:`StatusUnavailable`."""
     import msgspec
-    import nats
     import nats.errors
 
+    from vipwire.bus import BusSettings
     from vipwire.contracts import LBDRIVER_STATUS, LbdriverStatus
 
     subject = LBDRIVER_STATUS.subject(caller)
 
-    async def quiet(_: Exception) -> None:
-        """nats-py logs every failed attempt with a traceback; one line below says it all."""
-
+    settings = BusSettings(servers=(where,)) if isinstance(where, str) else where
+    shown = connection.where(settings)
     try:
-        async with asyncio.timeout(timeout):
-            nc = await nats.connect(
-                url,
-                connect_timeout=timeout,
-                allow_reconnect=False,
-                max_reconnect_attempts=1,
-                reconnect_time_wait=0.1,
-                error_cb=quiet,
-                name="vipwire-cli",
-            )
-    except (OSError, nats.errors.Error, TimeoutError) as exc:
-        raise StatusUnavailable(f"cannot connect to NATS at {url}: {exc!r}") from exc
+        nc = await connection.connect(settings, timeout=timeout)
+    except connection.ConnectionProblem as exc:
+        raise StatusUnavailable(str(exc)) from None
     try:
         reply = await nc.request(subject, b"", timeout=timeout)
     except nats.errors.NoRespondersError as exc:
-        raise StatusUnavailable(f"no lbdriver is running behind {url}") from exc
+        raise StatusUnavailable(f"no lbdriver is running behind {shown}") from exc
     except (nats.errors.Error, TimeoutError) as exc:
-        raise StatusUnavailable(f"no answer from an lbdriver behind {url}: {exc!r}") from exc
+        raise StatusUnavailable(f"no answer from an lbdriver behind {shown}: {exc!r}") from exc
     finally:
         await nc.close()
     try:
@@ -93,10 +84,10 @@ async def fetch_status(
 
 
 async def status_command(
-    url: str, *, as_json: bool, timeout: float, caller: str = "anonymous"
+    where: str | BusSettings, *, as_json: bool, timeout: float, caller: str = "anonymous"
 ) -> int:
     try:
-        status = await fetch_status(url, timeout=timeout, caller=caller)
+        status = await fetch_status(where, timeout=timeout, caller=caller)
     except StatusUnavailable as exc:
         print(f"vipwire lb status: {exc}", file=sys.stderr)
         return 1

@@ -23,11 +23,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
+from vipwire.cli import connection
+
 if TYPE_CHECKING:
     from vipwire.ipam import PoolSettings
     from vipwire.replay import Bound, Record, RerunResult, Scope
 
-DEFAULT_NATS = "nats://127.0.0.1:4222"
 #: Ranges at least this long (in sequence numbers) get a progress bar on a terminal.
 PROGRESS_FROM = 2000
 
@@ -39,10 +40,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argpar
         description="Read the VIPWIRE stream back. Times are ISO 8601 (no zone: UTC); "
         "seq:N names a stream sequence number. Exit codes: 0 fine, 1 divergence (--rerun), "
         "2 could not run.",
+        epilog=connection.PRECEDENCE,
     )
     where = parser.add_mutually_exclusive_group()
     where.add_argument(
-        "--nats", metavar="URL", help=f"read from a live NATS server (default {DEFAULT_NATS})"
+        "--nats",
+        metavar="URL",
+        help=f"read from a live NATS server (env {connection.ENV_URL}; default "
+        f"{connection.DEFAULT_NATS})",
     )
     where.add_argument(
         "--store",
@@ -72,11 +77,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argpar
         help="publish an export into an empty stream (--into URL or --store DIR)",
     )
     parser.add_argument("--into", metavar="URL", help="--import: the NATS server to import into")
-    parser.add_argument(
-        "--config",
-        metavar="FILE",
-        help="--rerun: the config file whose ipam pools were in force "
-        "(default: the all-in-one stack's pools, as in vipwire up)",
+    connection.add_arguments(
+        parser,
+        nats_flag=False,
+        config_help="the services' config file: its bus section says how to reach NATS "
+        "(servers, credentials, tls); with --rerun, its ipam pools were in force (default: "
+        "the all-in-one stack's pools, as in vipwire up)",
     )
     parser.add_argument(
         "--lag",
@@ -132,8 +138,8 @@ async def _main(args: argparse.Namespace) -> int:
         scope = parse_service(args.service)
     since = parse_bound(args.since) if args.since else None
     until = parse_bound(args.until) if args.until else None
-    if not args.rerun and (args.config or args.lag is not None or args.settle is not None):
-        raise _usage("--config, --lag and --settle go with --rerun")
+    if not args.rerun and (args.lag is not None or args.settle is not None):
+        raise _usage("--lag and --settle go with --rerun")
     pools = _pools(args.config) if args.rerun else ()
     return await _read(args, scope, since, until, pools)
 
@@ -178,7 +184,7 @@ async def _read(
         table_row,
     )
 
-    source = {"store": args.store} if args.store else {"nats_url": args.nats or DEFAULT_NATS}
+    source = {"store": args.store} if args.store else {"bus": connection.settings_from(args)}
     async with open_source(**source) as js:
         state = await stream_state(js)
         if state is None:
@@ -283,10 +289,17 @@ async def _import(args: argparse.Namespace) -> int:
     if args.nats or args.rerun or args.cluster or args.service or args.since or args.until:
         raise _usage("--import takes the whole file: no --nats, scope or range")
     records = _records_of(args.import_file)
-    target = {"store": args.store} if args.store else {"nats_url": args.into}
-    async with open_target(**target) as js:
+    if args.store:
+        target: dict[str, object] = {"store": args.store}
+        where = str(args.store)
+    else:
+        import msgspec
+
+        bus = msgspec.structs.replace(connection.settings_from(args), servers=(args.into,))
+        target = {"bus": bus}
+        where = connection.where(bus)
+    async with open_target(**target) as js:  # type: ignore[arg-type]
         count = await import_records(js, records)
-    where = args.store or args.into
     print(f"vipwire replay: imported {count} messages into {where}", file=sys.stderr)
     return 0
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import sys
 from typing import Any
 
 from vipwire.runtime import (
@@ -28,7 +29,15 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argpar
 
 
 def execute(args: argparse.Namespace) -> int:
-    return asyncio.run(run_service(args.service, args.config))
+    from vipwire.bus import TlsError
+
+    try:
+        return asyncio.run(run_service(args.service, args.config))
+    except TlsError as exc:
+        # Not transient: retrying cannot help, the configuration must change. One
+        # line that says what to check, not a traceback; exit 1 (2 is a bad file).
+        print(f"vipwire run {args.service}: {exc}", file=sys.stderr)
+        return 1
 
 
 def build_service(name: str, data: dict[str, Any], runtime: Runtime, source: str) -> Any:

@@ -70,6 +70,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argpar
     )
     up.add_argument("--no-dashboard", action="store_true", help="do not start the dashboard")
     up.add_argument(
+        "--tls",
+        action="store_true",
+        help="NATS over TLS with client certificates (mTLS), from a throwaway CA made with "
+        "openssl in STATE_DIR/pki; writes STATE_DIR/vipwire-cli.yaml for the operator "
+        "commands (--config)",
+    )
+    up.add_argument(
         "--insecure-bus",
         action="store_true",
         help="no identities on the bus: anyone reaching NATS may publish anything (a warning)",
@@ -161,6 +168,7 @@ async def _up(args: argparse.Namespace, stop: asyncio.Event) -> int:
         nats_servers=args.nats_cluster,
         dashboard_port=None if args.no_dashboard else dashboard_port,
         kubeconfigs={args.cluster: (real, args.context)} if real else {},
+        tls=bool(getattr(args, "tls", False)),
         secure_bus=not getattr(args, "insecure_bus", False),
         lease_namespace=getattr(args, "lease_namespace", None),
     )
@@ -183,6 +191,13 @@ async def _up(args: argparse.Namespace, stop: asyncio.Event) -> int:
         except Exception as exc:
             print(f"vipwire up: the stack did not start: {exc}", file=sys.stderr)
             return 1
+        if stack.pki is not None:
+            cli_config = _write_cli_config(stack)
+            print(
+                f"vipwire up: NATS over TLS with client certificates (throwaway CA in "
+                f"{stack.pki.directory}); operator commands: --config {cli_config}",
+                file=sys.stderr,
+            )
         if stack.dashboard_url is not None:
             print(f"vipwire up: dashboard on {stack.dashboard_url}", file=sys.stderr)
         clock = StatusClock(
@@ -266,14 +281,28 @@ async def _smoke(clock: StatusClock, timeout: float) -> int:
     return 0 if ok else 1
 
 
+def _write_cli_config(stack: Stack) -> str:
+    """A config file with the stack's ``bus`` section (servers, TLS, the operator's
+    credentials), for the operator commands' ``--config``."""
+    import msgspec
+
+    settings = stack.client_settings()
+    bus: dict[str, object] = {
+        "servers": list(settings.servers),
+        "tls": msgspec.to_builtins(settings.tls),
+    }
+    if stack.operator_creds is not None:
+        bus["credentials"] = str(stack.operator_creds)
+    path = stack.state_dir / "vipwire-cli.yaml"
+    path.write_text(json.dumps({"bus": bus}, indent=2) + "\n")  # JSON is YAML
+    return str(path)
+
+
 async def _live(stack: Stack, stop: asyncio.Event) -> int:
-    import nats
-
     from vipwire.allinone.view import BusView
+    from vipwire.bus import connect_client, redacted
 
-    nc = await nats.connect(
-        servers=list(stack.nats.urls), name="vipwire-up-view", **stack.nats_login()
-    )
+    nc = await connect_client(stack.client_settings(), name="vipwire-up-view", timeout=5.0)
     view = BusView()
     try:
         await view.start(nc)
@@ -290,8 +319,9 @@ async def _live(stack: Stack, stop: asyncio.Event) -> int:
             if sys.stdout.isatty():
                 sys.stdout.write("\x1b[H\x1b[2J")
             dashboard = f"dashboard {stack.dashboard_url}; " if stack.dashboard_url else ""
+            where = redacted(stack.nats.url)
             sys.stdout.write(
-                f"vipwire up — NATS {stack.nats.url}, clusters {', '.join(stack.clusters)}; "
+                f"vipwire up — NATS {where}, clusters {', '.join(stack.clusters)}; "
                 f"{dashboard}Ctrl-C stops\n\n{screen}\n"
             )
             if not sys.stdout.isatty():

@@ -23,6 +23,30 @@ _PARTITION_TEMPLATE = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)?\{cluster\}[A-Z
 _PREFIX = re.compile(r"^[a-z0-9]([a-z0-9_]{0,30}[a-z0-9])?$")
 
 
+class ApplianceTimeouts(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """f5, a10: seconds one management request of each class may take before the
+    appliance counts as unavailable. The defaults follow the vendors' own clients:
+    terraform-provider-bigip's go-bigip allows 60 s per API call, acos-client 300 s
+    for ``write memory``; BIG-IP transaction commits and config-syncs of large
+    configurations take as long as a save."""
+
+    #: Logging in (BIG-IP token, ACOS signature); remote authentication (LDAP,
+    #: RADIUS, TACACS+) behind the appliance makes it slower than a read.
+    login_s: Positive = 30.0
+    #: A read (GET): listings of a partition's objects.
+    read_s: Positive = 60.0
+    #: A write (POST, PUT, PATCH, DELETE), and a request queued in a transaction.
+    write_s: Positive = 60.0
+    #: Committing or saving: F5 transaction commit and config-sync, A10 ``write memory``.
+    commit_s: Positive = 300.0
+
+    def call_s(self) -> float:
+        """The longest one driver call (a listing, or a batch with its commit) may take:
+        a login, a read, a write and two commits (a commit, then a sync or save), each
+        at its longest. Each request is bounded by its own class; this only backstops."""
+        return self.login_s + self.read_s + self.write_s + 2 * self.commit_s
+
+
 class ApplianceSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """One load-balancer appliance (or HA pair presenting one management endpoint)."""
 
@@ -36,8 +60,12 @@ class ApplianceSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknow
     #: written to and stays active until its circuit breaker opens; then the next
     #: healthy one takes every Service of the group (see release_standby).
     group: str = "default"
-    #: Seconds one appliance API call may take before it counts as unavailable.
+    #: sim, linux: seconds one appliance call may take before it counts as unavailable
+    #: (f5 and a10 take ``timeouts`` instead: one per class of request).
     request_timeout_s: Positive = 10.0
+    #: f5, a10: seconds each class of management request may take (login, read,
+    #: write, commit or save); see ApplianceTimeouts.
+    timeouts: ApplianceTimeouts = msgspec.field(default_factory=ApplianceTimeouts)
     #: Appliance API calls in flight at once (appliances throttle management APIs).
     max_concurrent_requests: Annotated[int, msgspec.Meta(ge=1)] = 8
     #: Appliance API calls started per second, on average (token bucket; 0: no limit).

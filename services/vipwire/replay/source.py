@@ -27,7 +27,7 @@ from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig, DeliverPolicy, PubAck, StorageType, StreamConfig
 
-from vipwire.bus import BusSettings, reader_name
+from vipwire.bus import BusError, BusSettings, connect_client, reader_name
 from vipwire.contracts import STREAM
 from vipwire.natsserver import NatsServer, NatsServerError
 from vipwire.replay.record import RECORDED_SEQ, Record, import_headers, stored_record
@@ -89,22 +89,11 @@ def server_dir_for(store: Path) -> Path:
     return store
 
 
-async def _connect(url: str) -> NatsClient:
-    async def quiet(exc: Exception) -> None:
-        return None
-
+async def _connect(bus: BusSettings) -> NatsClient:
     try:
-        return await nats.connect(
-            url,
-            connect_timeout=3.0,
-            allow_reconnect=False,
-            max_reconnect_attempts=1,
-            reconnect_time_wait=0.1,
-            error_cb=quiet,
-            name="vipwire-replay",
-        )
-    except (OSError, nats.errors.Error, TimeoutError) as exc:
-        raise ReplayError(f"cannot connect to NATS at {url}: {exc!r}") from exc
+        return await connect_client(bus, name="vipwire-replay", timeout=3.0)
+    except BusError as exc:
+        raise ReplayError(str(exc)) from None
 
 
 @contextlib.asynccontextmanager
@@ -122,13 +111,16 @@ async def _server(store_dir: Path) -> AsyncIterator[str]:
 
 @contextlib.asynccontextmanager
 async def open_source(
-    *, nats_url: str | None = None, store: Path | None = None
+    *, nats_url: str | None = None, bus: BusSettings | None = None, store: Path | None = None
 ) -> AsyncIterator[JetStreamContext]:
-    """JetStream of a live server, or of a copy of a store's stream (removed afterwards)."""
-    if (nats_url is None) == (store is None):
-        raise ValueError("give exactly one of nats_url and store")
+    """JetStream of a live server (``nats_url``, or ``bus``: servers, credentials, TLS),
+    or of a copy of a store's stream (removed afterwards)."""
     if nats_url is not None:
-        nc = await _connect(nats_url)
+        bus = BusSettings(servers=(nats_url,))
+    if (bus is None) == (store is None):
+        raise ValueError("give exactly one of nats_url, bus and store")
+    if bus is not None:
+        nc = await _connect(bus)
         try:
             yield nc.jetstream()
         finally:
@@ -144,7 +136,7 @@ async def open_source(
         except OSError as exc:
             raise ReplayError(f"cannot copy {stream_dir}: {exc}") from exc
         async with _server(Path(tmp)) as url:
-            nc = await _connect(url)
+            nc = await _connect(BusSettings(servers=(url,)))
             try:
                 yield nc.jetstream()
             finally:
@@ -153,13 +145,16 @@ async def open_source(
 
 @contextlib.asynccontextmanager
 async def open_target(
-    *, nats_url: str | None = None, store: Path | None = None
+    *, nats_url: str | None = None, bus: BusSettings | None = None, store: Path | None = None
 ) -> AsyncIterator[JetStreamContext]:
-    """JetStream to import into: a live server, or a store opened in place (created if new)."""
-    if (nats_url is None) == (store is None):
-        raise ValueError("give exactly one of nats_url and store")
+    """JetStream to import into: a live server (``nats_url`` or ``bus``), or a store
+    opened in place (created if new)."""
     if nats_url is not None:
-        async with open_source(nats_url=nats_url) as js:
+        bus = BusSettings(servers=(nats_url,))
+    if (bus is None) == (store is None):
+        raise ValueError("give exactly one of nats_url, bus and store")
+    if bus is not None:
+        async with open_source(bus=bus) as js:
             yield js
         return
     assert store is not None
@@ -169,7 +164,7 @@ async def open_target(
     except OSError as exc:
         raise ReplayError(f"cannot create {server_dir}: {exc}") from exc
     async with _server(server_dir) as url:
-        nc = await _connect(url)
+        nc = await _connect(BusSettings(servers=(url,)))
         try:
             yield nc.jetstream()
         finally:

@@ -59,6 +59,7 @@ from vipwire.lbdriver.core.virtual_servers import (
 )
 from vipwire.lbdriver.io.drivers._rest import (
     HttpResponse,
+    RequestClass,
     RestDriver,
     VendorError,
     all_or_first_error,
@@ -70,7 +71,7 @@ from vipwire.lbdriver.io.drivers.base import (
     ApplianceUnavailable,
 )
 from vipwire.lbdriver.io.drivers.credentials import CredentialSource
-from vipwire.lbdriver.settings import ApplianceSettings
+from vipwire.lbdriver.settings import ApplianceSettings, ApplianceTimeouts
 
 log = logging.getLogger("vipwire.lbdriver.a10")
 
@@ -270,7 +271,7 @@ class A10Driver(RestDriver):
         *,
         verify_tls: bool = True,
         ca_file: str | None = None,
-        request_timeout_s: float = 10.0,
+        timeouts: ApplianceTimeouts | None = None,
         partition_template: str = "{cluster}",
         partitions: Mapping[str, str] | None = None,
         write_memory: bool = True,
@@ -282,7 +283,7 @@ class A10Driver(RestDriver):
             credentials,
             verify_tls=verify_tls,
             ca_file=ca_file,
-            request_timeout_s=request_timeout_s,
+            timeouts=timeouts,
             partition_template=partition_template,
             partitions=partitions,
         )
@@ -641,16 +642,17 @@ class A10Driver(RestDriver):
             self._unsaved.discard(part)
             return
         body: dict[str, Any] = (
+            # a10-octavia saves shared after creating a partition: write memory shared.
             {"memory": {"partition": "shared"}}
             if part == _SHARED
             else {"memory": {"partition": "specified", "specified-partition": part}}
         )
-        # A large configuration takes minutes to save (acos-client allows 300 s).
-        resp = await self._call(part, "POST", "/write/memory", body, timeout_s=self.save_timeout_s)
+        # A large configuration takes minutes to save: a commit (timeouts.commit_s).
+        resp = await self._call(part, "POST", "/write/memory", body, kind="commit")
         if _failed(resp) and _err(resp.body)[0] in _JSON_FORMAT_CODES:
             # ACOS 4.1.0 refuses the body it documents (acos-client's "regression in
             # 4.1.0" workaround): without a body it saves the session's partition.
-            resp = await self._call(part, "POST", "/write/memory", timeout_s=self.save_timeout_s)
+            resp = await self._call(part, "POST", "/write/memory", kind="commit")
         if _failed(resp):
             # Running, not saved: a reboot would lose it. Saved before the next call.
             self._raise(resp, f"write memory in {part}")
@@ -788,6 +790,7 @@ class A10Driver(RestDriver):
             "POST",
             f"{_API}/auth",
             json={"credentials": {"username": creds.username, "password": creds.password}},
+            kind="login",
         )
         if _failed(resp) or not isinstance(resp.body, dict) or "authresponse" not in resp.body:
             code, msg = _err(resp.body)
@@ -808,14 +811,14 @@ class A10Driver(RestDriver):
         path: str,
         body: Any = None,
         *,
-        timeout_s: float | None = None,
+        kind: RequestClass | None = None,
     ) -> HttpResponse:
         """One request in the partition's session; if the session is found invalid
         (401, a session code, an authorizationschema body), log in again once."""
         resp: HttpResponse | None = None
         for _attempt in range(2):
             signature = await self._session(part, create=True)
-            resp = await self._send(signature, method, path, body, timeout_s=timeout_s)
+            resp = await self._send(signature, method, path, body, kind=kind)
             if not _session_invalid(resp):
                 return resp
             session = self._sessions[part]
@@ -831,14 +834,10 @@ class A10Driver(RestDriver):
         path: str,
         body: Any = None,
         *,
-        timeout_s: float | None = None,
+        kind: RequestClass | None = None,
     ) -> HttpResponse:
         return await self._http.send(
-            method,
-            _API + path,
-            json=body,
-            headers={"Authorization": f"A10 {signature}"},
-            timeout_s=timeout_s,
+            method, _API + path, json=body, headers={"Authorization": f"A10 {signature}"}, kind=kind
         )
 
     def _raise(self, resp: HttpResponse, what: str) -> NoReturn:

@@ -48,6 +48,7 @@ from vipwire.lbdriver.core.virtual_servers import (
 )
 from vipwire.lbdriver.io.drivers._rest import (
     HttpResponse,
+    RequestClass,
     RestDriver,
     VendorError,
     all_or_first_error,
@@ -59,7 +60,7 @@ from vipwire.lbdriver.io.drivers.base import (
     ApplianceUnavailable,
 )
 from vipwire.lbdriver.io.drivers.credentials import CredentialSource
-from vipwire.lbdriver.settings import ApplianceSettings
+from vipwire.lbdriver.settings import ApplianceSettings, ApplianceTimeouts
 
 log = logging.getLogger("vipwire.lbdriver.f5")
 
@@ -157,7 +158,7 @@ class F5Driver(RestDriver):
         *,
         verify_tls: bool = True,
         ca_file: str | None = None,
-        request_timeout_s: float = 10.0,
+        timeouts: ApplianceTimeouts | None = None,
         partition_template: str = "{cluster}",
         partitions: Mapping[str, str] | None = None,
         sync_group: str | None = None,
@@ -168,7 +169,7 @@ class F5Driver(RestDriver):
             credentials,
             verify_tls=verify_tls,
             ca_file=ca_file,
-            request_timeout_s=request_timeout_s,
+            timeouts=timeouts,
             partition_template=partition_template,
             partitions=partitions,
         )
@@ -387,7 +388,7 @@ class F5Driver(RestDriver):
             # The coordination header would queue the commit itself; it must not be sent.
             committed = True
             resp = await self._call(
-                "PATCH", f"{_TRANSACTION}/{trans_id}", json={"state": "VALIDATING"}
+                "PATCH", f"{_TRANSACTION}/{trans_id}", json={"state": "VALIDATING"}, kind="commit"
             )
             if not _ok(resp):
                 self._raise(resp, f"commit transaction {trans_id}")
@@ -446,6 +447,7 @@ class F5Driver(RestDriver):
             "POST",
             "/mgmt/tm/cm",
             json={"command": "run", "utilCmdArgs": f"config-sync to-group {self.sync_group}"},
+            kind="commit",
         )
         if not _ok(resp):
             # The change is live here but not on the peers: try again before the next call.
@@ -467,6 +469,7 @@ class F5Driver(RestDriver):
         json: Any = None,
         query: str | None = None,
         trans_id: str | None = None,
+        kind: RequestClass | None = None,
     ) -> HttpResponse:
         """One authenticated request; on 401 log in again once and repeat it."""
         resp: HttpResponse | None = None
@@ -475,7 +478,9 @@ class F5Driver(RestDriver):
             headers = {"X-F5-Auth-Token": token}
             if trans_id is not None:
                 headers["X-F5-REST-Coordination-Id"] = trans_id
-            resp = await self._http.send(method, path, json=json, headers=headers, query=query)
+            resp = await self._http.send(
+                method, path, json=json, headers=headers, query=query, kind=kind
+            )
             if resp.status != 401:
                 return resp
             if self._token == token:
@@ -516,6 +521,7 @@ class F5Driver(RestDriver):
                 "password": creds.password,
                 "loginProviderName": "tmos",
             },
+            kind="login",
         )
         if not _ok(resp):
             cause = VendorError(resp.status, _message(resp.body))
