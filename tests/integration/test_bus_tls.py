@@ -104,6 +104,15 @@ async def test_a_client_without_a_certificate_is_refused_clearly(
     assert "bus.tls.cert_file and bus.tls.key_file" in str(err.value)
 
 
+async def test_a_server_without_tls_is_refused_when_tls_is_set(pki: Pki, tmp_path: Path) -> None:
+    """bus.tls set, and a server that does not ask for TLS (nats-py would go on in clear):
+    TlsError saying so, not a connection that skipped the certificate check."""
+    async with NatsServer(tmp_path / "plain") as plain:
+        with pytest.raises(TlsError) as err:
+            await _connect(plain, mtls(pki))
+    assert "did not offer TLS" in str(err.value)
+
+
 async def test_vipwire_run_exits_with_one_line_on_a_wrong_ca(
     tls_server: NatsServer, pki: Pki, other_pki: Pki, tmp_path: Path
 ) -> None:

@@ -58,6 +58,7 @@ from vipwire.bus._tls import (
     TlsError,
     certificate_problem,
     server_verifies_clients,
+    spoke_tls,
     tls_options,
 )
 from vipwire.bus._urls import redacted, redacted_all, scrubbed
@@ -565,6 +566,15 @@ async def connect(
         nc = NatsClient()
 
         async def on_reconnect(nc: NatsClient = nc) -> None:
+            if settings.tls.enabled() and not spoke_tls(nc):
+                log.error(
+                    "NATS at %s did not offer TLS after a reconnect although bus.tls is set: "
+                    "closing the connection rather than talking in clear; restart the "
+                    "service once every server has its tls {} block",
+                    _url(nc),
+                )
+                await nc.close()
+                return
             await link.on_reconnect(_url(nc))
 
         link.attempt()
@@ -622,6 +632,15 @@ async def connect(
             # Cancelled (a signal while connecting): leave nothing running behind.
             await _discard(nc)
             raise
+    if settings.tls.enabled() and not spoke_tls(nc):
+        # nats-py goes on in clear with a server that does not ask for TLS: refuse, or a
+        # server (or whatever answers in its place) could skip the certificate check.
+        await _discard(nc)
+        raise TlsError(
+            f"NATS at {_url(nc) or redacted_all(settings.servers)} did not offer TLS although "
+            f"bus.tls is set: not talking in clear. Give that server its tls {{}} block, or "
+            f"check what answers on that address"
+        )
     link.up(_url(nc))
     bus = Bus(nc, settings, tracer=tracer, metrics=metrics, link=link)
     bus.declare_attempts = attempts

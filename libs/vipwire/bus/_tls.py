@@ -113,6 +113,13 @@ def server_verifies_clients(nc: Any) -> bool:
     return isinstance(info, dict) and bool(info.get("tls_verify"))
 
 
+def spoke_tls(nc: Any) -> bool:
+    """Whether the server the client reached asked for TLS in its INFO, which is when
+    nats-py upgrades the connection; otherwise it goes on in clear, CA or not."""
+    info = getattr(nc, "_server_info", None)
+    return isinstance(info, dict) and bool(info.get("tls_required"))
+
+
 def certificate_problem(
     exc: BaseException, tls: TlsSettings, *, server_verifies: bool = False
 ) -> str | None:
