@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator
+from typing import Any
 
+import aiohttp
 import pytest
 
 from support.appliances import CLUSTER, PREFIX, by_name, converge, server
@@ -46,6 +48,21 @@ async def bare() -> AsyncIterator[A10Emulator]:
 def make_driver(emu: A10Emulator, **options: object) -> A10Driver:
     credentials = CredentialSource("thunder-a", "admin", password=PASSWORD)
     return A10Driver("thunder-a", emu.url, credentials, timeouts=QUICK, **options)  # type: ignore[arg-type]
+
+
+async def group_oper(emu: A10Emulator, group: str) -> dict[str, Any]:
+    """``GET /axapi/v3/slb/service-group/<group>/oper`` in the cluster's partition."""
+    async with aiohttp.ClientSession(base_url=emu.url) as http:
+        creds = {"credentials": {"username": "admin", "password": PASSWORD}}
+        async with http.post("/axapi/v3/auth", json=creds) as resp:
+            signature = (await resp.json())["authresponse"]["signature"]
+        headers = {"Authorization": f"A10 {signature}"}
+        async with http.post(f"/axapi/v3/active-partition/{CLUSTER}", headers=headers):
+            pass
+        path = f"/axapi/v3/slb/service-group/{group}/oper"
+        async with http.get(path, headers=headers) as resp:
+            body: dict[str, Any] = (await resp.json())["service-group"]
+    return body
 
 
 @pytest.fixture
@@ -176,6 +193,10 @@ async def test_a10_item4_members_stay_up_with_acos_default_checks_off(
     states = emu.member_states(CLUSTER, s.name)
     assert len(states) == 2
     assert set(states.values()) == {"UP"}
+    # As the appliance shows it: the service group's oper state.
+    group = await group_oper(emu, s.name)
+    assert group["oper"]["state"] == "All Up"
+    assert {m["oper"]["state"] for m in group["member-list"]} == {"UP"}
 
 
 async def test_a10_item4_servers_made_with_default_checks_are_repaired(

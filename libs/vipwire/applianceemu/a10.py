@@ -794,6 +794,21 @@ class _ServiceGroups(_Kind):
                 )
 
     def sub(self, method: str, name: str, obj: Obj, rest: list[str], body: Any) -> tuple[Obj, bool]:
+        if rest == ["oper"] and method == "GET":
+            # aXAPI v3 ``slb service-group <name> oper``: each member's state after
+            # ACOS's health checks (see _member_state).
+            members = [
+                {"name": m.get("name"), "port": m.get("port"), "oper": {"state": state}}
+                for m in obj.get("member-list", [])
+                for state in [_member_state(self.part, m)]
+            ]
+            up = sum(1 for m in members if m["oper"]["state"] == "UP")
+            summary = "All Up" if members and up == len(members) else "All Down"
+            if 0 < up < len(members):
+                summary = "Functional Partially Up"
+            return {
+                "service-group": {"name": name, "oper": {"state": summary}, "member-list": members}
+            }, False
         if rest[0] != "member":
             return super().sub(method, name, obj, rest, body)
         members = obj.setdefault("member-list", [])
