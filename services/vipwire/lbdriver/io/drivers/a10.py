@@ -221,8 +221,6 @@ class _Server:
     address: str
     node: str
     ports: set[tuple[int, str]]
-    #: ACOS's default health checks are off on the server and on every port.
-    checks_off: bool = True
 
 
 @dataclass(slots=True)
@@ -251,6 +249,8 @@ class _View:
     persists: dict[str, int | None] = field(default_factory=dict)
     #: ``tcp/<name>`` and ``udp/<name>`` templates known to exist (created by us).
     templates: set[str] = field(default_factory=set)
+    #: Servers with ACOS's default health checks on (on the server or a port).
+    checks_on: set[str] = field(default_factory=set)
 
 
 @dataclass(slots=True)
@@ -582,7 +582,7 @@ class A10Driver(RestDriver):
             if _failed(resp) and not _exists(resp):
                 self._raise(resp, f"add port {port}/{proto} to server {name}")
             known.ports.add((port, proto))
-        if not known.checks_off:
+        if name in view.checks_on:
             # Made before health checks were switched off (or by hand): switch them off.
             ports = [{"port-number": n, "protocol": p, _HC_OFF: 1} for n, p in sorted(known.ports)]
             await self._check(
@@ -591,7 +591,7 @@ class A10Driver(RestDriver):
                 f"/slb/server/{name}",
                 {"server": {"name": name, _HC_OFF: 1, "port-list": ports}},
             )
-            known.checks_off = True
+            view.checks_on.discard(name)
         if known.node != member.node:
             await self._check(
                 part,
@@ -970,17 +970,16 @@ def _translate(
         name = str(srv.get("name", ""))
         if not name or not address:
             continue
+        if srv.get(_HC_OFF) != 1 or any(
+            p.get(_HC_OFF) != 1 for p in srv.get("port-list", []) if isinstance(p, dict)
+        ):
+            view.checks_on.add(name)
         ports = {
             (int(p["port-number"]), str(p.get("protocol")))
             for p in srv.get("port-list", [])
             if isinstance(p, dict) and isinstance(p.get("port-number"), int)
         }
-        checks_off = srv.get(_HC_OFF) == 1 and all(
-            p.get(_HC_OFF) == 1 for p in srv.get("port-list", []) if isinstance(p, dict)
-        )
-        view.a10_servers[name] = _Server(
-            str(address), str(srv.get("user-tag") or name), ports, checks_off
-        )
+        view.a10_servers[name] = _Server(str(address), str(srv.get("user-tag") or name), ports)
     groups = {str(g.get("name")): g for g in sgs}
     for name, g in groups.items():
         view.groups[name] = {
@@ -1049,7 +1048,7 @@ def _virtual_server(
             if server is None or member_port != port:
                 drifted = True
                 continue
-            if not server.checks_off:
+            if server_ref in view.checks_on:
                 drifted = True  # ACOS's default checks would take the member down
             members.append(Member(node=server.node, address=server.address))
         if group.get("health-check-disable") == 1 and not group.get("health-check"):
