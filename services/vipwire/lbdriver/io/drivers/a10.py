@@ -1045,11 +1045,11 @@ def _virtual_server(
             drifted = True  # a method we never set: set ours again
         for server_ref, member_port in view.groups.get(str(group.get("name")), set()):
             server = view.a10_servers.get(server_ref)
+            # ACOS's default checks on (a server of an older vipwire) take members down.
+            drifted = drifted or server_ref in view.checks_on
             if server is None or member_port != port:
                 drifted = True
                 continue
-            if server_ref in view.checks_on:
-                drifted = True  # ACOS's default checks would take the member down
             members.append(Member(node=server.node, address=server.address))
         if group.get("health-check-disable") == 1 and not group.get("health-check"):
             monitor = _NO_MONITOR
