@@ -186,6 +186,7 @@ class A10Emulator(EmulatorServer):
         self.failed_logins = 0
         #: Sessions ended by logoff.
         self.logoffs = 0
+        self._init_preflight_knobs()
 
     # --- test controls -------------------------------------------------------------
 
@@ -261,9 +262,78 @@ class A10Emulator(EmulatorServer):
             part = self._partitions[name] = _Partition(name, ident)
         return part
 
+    # --- what `vipwire lb check` reads: release, the admin's privilege, VLANs -------
+
+    def _init_preflight_knobs(self) -> None:
+        #: The release ``GET /axapi/v3/version/oper`` reports as ``sw-version``.
+        self.version = "4.1.4-GR1-P5 build 81"
+        #: The admin's ``privilege-global`` (``write`` or ``read``; only reported: the
+        #: emulator does not refuse writes by privilege).
+        self.privilege = "write"
+        #: The admin's ``privilege-list``: partition → ``partition-write`` etc.
+        self.partition_privileges: dict[str, str] = {}
+        #: VLAN ids per partition (``network vlan`` inside it): an L3V partition has
+        #: none until an operator adds them, so the emulator starts with none.
+        self.vlans: dict[str, list[int]] = {}
+
+    def add_partition(self, name: str, *, vlans: tuple[int, ...] = ()) -> None:
+        """Create a partition (with VLANs) as an operator would, before vipwire runs."""
+        self._partition(name, create=True)
+        if vlans:
+            self.vlans[name] = list(vlans)
+
+    def _preflight_routes(self, app: web.Application) -> None:
+        # Shapes as A10 documents them and its clients read them: GET
+        # /axapi/v3/version/oper answers {"version": {"oper": {"sw-version", ...}}}
+        # (a10networks/a10sdk-python, a10sdk/core/version/version_oper.py); an admin
+        # carries privilege-global read|write and a privilege-list of
+        # {partition-name, privilege-partition} (a10networks/a10-acos-axapi, the
+        # a10_admin module); VLANs are /axapi/v3/network/vlan in the active partition
+        # with vlan-num and ve (a10networks/acos-client, acos_client/v30/vlan.py).
+        app.router.add_get("/axapi/v3/version/oper", self._version_oper)
+        app.router.add_get("/axapi/v3/admin/{user}", self._admin)
+        app.router.add_get("/axapi/v3/network/vlan", self._vlans)
+
+    def _preflight_session(self, request: web.Request) -> _Session | web.Response:
+        session = self._session(request)
+        if session is None:
+            return json_response(_auth_schema(401, "Invalid admin session."), 401)
+        return session
+
+    async def _version_oper(self, request: web.Request) -> web.Response:
+        session = self._preflight_session(request)
+        if isinstance(session, web.Response):
+            return session
+        oper = {"hw-platform": "vThunder", "sw-version": self.version, "serial-number": "emu"}
+        return json_response({"version": {"oper": oper, "a10-url": "/axapi/v3/version/oper"}})
+
+    async def _admin(self, request: web.Request) -> web.Response:
+        session = self._preflight_session(request)
+        if isinstance(session, web.Response):
+            return session
+        user = request.match_info["user"]
+        if user != session.user:
+            return json_response(_missing("admin").body(), 404)
+        privileges = [
+            {"partition-name": p, "privilege-partition": v}
+            for p, v in sorted(self.partition_privileges.items())
+        ]
+        admin: Obj = {"user": user, "privilege-global": self.privilege, "action": "enable"}
+        if privileges:
+            admin["privilege-list"] = privileges
+        return json_response({"admin": admin})
+
+    async def _vlans(self, request: web.Request) -> web.Response:
+        session = self._preflight_session(request)
+        if isinstance(session, web.Response):
+            return session
+        vlans = self.vlans.get(session.partition, [])
+        return json_response({"vlan-list": [{"vlan-num": v, "ve": v} for v in vlans]})
+
     # --- HTTP ----------------------------------------------------------------------
 
     def _routes(self, app: web.Application) -> None:
+        self._preflight_routes(app)  # before the catch-all: aiohttp matches in order
         app.router.add_route("*", "/axapi/v3/{tail:.*}", self._handle)
 
     def _fault_body(self, status: int) -> Any:
