@@ -147,7 +147,7 @@ class A10Emulator(EmulatorServer):
         password: str = "a10",
         session_timeout: float = 600.0,
         partitions: tuple[str, ...] = (),
-        version: str = "5.2.1-P8",
+        version: str = "4.1.4-GR1-P5 build 81",
     ) -> None:
         super().__init__("a10emu")
         self._username = username
@@ -162,7 +162,7 @@ class A10Emulator(EmulatorServer):
         #: ``user-tag`` is refused; 4.1.0 refuses ``write memory``'s JSON body.
         self.version = version
         #: Seconds ``write memory`` takes (a large configuration takes minutes:
-        #: acos-client gives it 300 s, see ``save_timeout_s``).
+        #: acos-client gives it 300 s: the driver sends it as a commit, timeouts.commit_s).
         self.save_delay = 0.0
         #: How a request on an expired session is answered: ``"401"`` (HTTP 401 and
         #: an authorizationschema body), ``"err"`` (HTTP 400, ``response.err`` code
@@ -189,10 +189,6 @@ class A10Emulator(EmulatorServer):
         self._init_preflight_knobs()
 
     # --- test controls -------------------------------------------------------------
-
-    def add_partition(self, name: str) -> None:
-        """Create a partition as an operator would (with its network: not modelled)."""
-        self._partition(name, create=True)
 
     def remove_partition(self, name: str) -> None:
         """Delete a partition and everything in it, as an operator would."""
@@ -265,8 +261,6 @@ class A10Emulator(EmulatorServer):
     # --- what `vipwire lb check` reads: release, the admin's privilege, VLANs -------
 
     def _init_preflight_knobs(self) -> None:
-        #: The release ``GET /axapi/v3/version/oper`` reports as ``sw-version``.
-        self.version = "4.1.4-GR1-P5 build 81"
         #: The admin's ``privilege-global`` (``write`` or ``read``; only reported: the
         #: emulator does not refuse writes by privilege).
         self.privilege = "write"
@@ -449,10 +443,6 @@ class A10Emulator(EmulatorServer):
 
     def _dispatch(self, session: _Session, method: str, path: str, body: Any) -> tuple[Obj, bool]:
         parts = [p for p in path.split("/") if p]
-        if parts == ["version", "oper"] and method == "GET":
-            # acos-client v30/system.py reads the device's release; aXAPI v3
-            # ``/version/oper`` carries it as ``sw-version``.
-            return {"version": {"oper": {"sw-version": f"{self.version}, build 1"}}}, False
         if parts[:1] == ["active-partition"]:
             if method == "POST" and len(parts) == 2:
                 if parts[1] != "shared" and parts[1] not in self._partitions:

@@ -199,11 +199,7 @@ def _session_invalid(resp: HttpResponse) -> bool:
     """The session has expired or was ended: log in again (not a refused login)."""
     code, _ = _err(resp.body)
     schema = isinstance(resp.body, dict) and "authorizationschema" in resp.body
-    return (
-        (resp.status == 401 and (schema or code is None))
-        or (schema and code == 401)
-        or code in _SESSION_INVALID_CODES
-    )
+    return resp.status == 401 or (schema and code == 401) or code in _SESSION_INVALID_CODES
 
 
 def _busy(resp: HttpResponse) -> bool:
