@@ -11,18 +11,35 @@ from __future__ import annotations
 
 import itertools
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from aiohttp import web
+
 from support.appliances import CLUSTER
-from vipwire.applianceemu import A10Emulator, F5Emulator
+from vipwire.applianceemu import A10Emulator, F5Emulator, Fault
 from vipwire.lbdriver import ApplianceDriver, ApplianceSettings, SimAppliance, build_driver
 
 KINDS = ("sim", "linux", "f5", "a10")
 PASSWORD = "first-s3cret"
 _labs = itertools.count()
+
+
+@dataclass(slots=True)
+class ExpireSessionsAt(Fault):
+    """When the first matching request arrives, every session expires (the request
+    then meets the appliance's own invalid-session answer). Never answers itself."""
+
+    expire: Callable[[], None] = lambda: None
+
+    def matches(self, request: web.Request) -> bool:
+        if self.count > 0 and Fault.matches(self, request):
+            self.count = 0
+            self.expire()
+        return False
 
 
 class NotSupported(Exception):
@@ -159,7 +176,10 @@ class _RestBackend(Backend):
         return self.emu.writes
 
     def injected_left(self) -> int:
-        return len(self.emu.faults)
+        return sum(1 for f in self.emu.faults if f.count > 0)
+
+    def _expire_at(self, method: str, path_contains: str) -> None:
+        self.emu.faults.append(ExpireSessionsAt(0, 1, method, path_contains, expire=self._expire))
 
 
 class F5Backend(_RestBackend):
@@ -174,7 +194,7 @@ class F5Backend(_RestBackend):
 
     def expire_mid_write(self) -> None:
         # The token dies between the transaction's commands and its commit.
-        self.emu.fail_next(401, method="PATCH", path_contains="/mgmt/tm/transaction/")
+        self._expire_at("PATCH", "/mgmt/tm/transaction/")
 
 
 class A10Backend(_RestBackend):
@@ -200,7 +220,7 @@ class A10Backend(_RestBackend):
 
     def expire_mid_write(self) -> None:
         # The session is invalid when the virtual server is written, after the servers.
-        self.emu.fail_next(401, method="POST", path_contains="/slb/virtual-server")
+        self._expire_at("POST", "/slb/virtual-server")
 
 
 @asynccontextmanager

@@ -190,6 +190,13 @@ class A10Emulator(EmulatorServer):
 
     # --- test controls -------------------------------------------------------------
 
+    def add_partition(self, name: str, *, vlans: tuple[int, ...] = ()) -> None:
+        """Create a partition as an operator would, with these VLANs (its network: only
+        listed, for ``vipwire lb check``; an L3V partition has none until added)."""
+        self._partition(name, create=True)
+        if vlans:
+            self.vlans[name] = list(vlans)
+
     def remove_partition(self, name: str) -> None:
         """Delete a partition and everything in it, as an operator would."""
         if name != "shared":
@@ -270,21 +277,13 @@ class A10Emulator(EmulatorServer):
         #: none until an operator adds them, so the emulator starts with none.
         self.vlans: dict[str, list[int]] = {}
 
-    def add_partition(self, name: str, *, vlans: tuple[int, ...] = ()) -> None:
-        """Create a partition (with VLANs) as an operator would, before vipwire runs."""
-        self._partition(name, create=True)
-        if vlans:
-            self.vlans[name] = list(vlans)
-
     def _preflight_routes(self, app: web.Application) -> None:
-        # Shapes as A10 documents them and its clients read them: GET
-        # /axapi/v3/version/oper answers {"version": {"oper": {"sw-version", ...}}}
-        # (a10networks/a10sdk-python, a10sdk/core/version/version_oper.py); an admin
+        # Shapes as A10 documents them and its clients read them (the release,
+        # /axapi/v3/version/oper, is served by _dispatch): an admin
         # carries privilege-global read|write and a privilege-list of
         # {partition-name, privilege-partition} (a10networks/a10-acos-axapi, the
         # a10_admin module); VLANs are /axapi/v3/network/vlan in the active partition
         # with vlan-num and ve (a10networks/acos-client, acos_client/v30/vlan.py).
-        app.router.add_get("/axapi/v3/version/oper", self._version_oper)
         app.router.add_get("/axapi/v3/admin/{user}", self._admin)
         app.router.add_get("/axapi/v3/network/vlan", self._vlans)
 
@@ -293,13 +292,6 @@ class A10Emulator(EmulatorServer):
         if session is None:
             return json_response(_auth_schema(401, "Invalid admin session."), 401)
         return session
-
-    async def _version_oper(self, request: web.Request) -> web.Response:
-        session = self._preflight_session(request)
-        if isinstance(session, web.Response):
-            return session
-        oper = {"hw-platform": "vThunder", "sw-version": self.version, "serial-number": "emu"}
-        return json_response({"version": {"oper": oper, "a10-url": "/axapi/v3/version/oper"}})
 
     async def _admin(self, request: web.Request) -> web.Response:
         session = self._preflight_session(request)
@@ -443,6 +435,12 @@ class A10Emulator(EmulatorServer):
 
     def _dispatch(self, session: _Session, method: str, path: str, body: Any) -> tuple[Obj, bool]:
         parts = [p for p in path.split("/") if p]
+        if parts == ["version", "oper"] and method == "GET":
+            # acos-client v30/system.py reads the device's release; aXAPI v3
+            # ``/version/oper`` carries it as ``sw-version`` (a10sdk-python,
+            # a10sdk/core/version/version_oper.py).
+            oper = {"hw-platform": "vThunder", "sw-version": self.version, "serial-number": "emu"}
+            return {"version": {"oper": oper}}, False
         if parts[:1] == ["active-partition"]:
             if method == "POST" and len(parts) == 2:
                 if parts[1] != "shared" and parts[1] not in self._partitions:

@@ -54,7 +54,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argpar
     )
     check.add_argument("--json", action="store_true", help="print the checks as JSON")
     check.add_argument(
-        "--timeout", type=float, default=10.0, help="seconds per appliance request (default 10)"
+        "--timeout",
+        type=float,
+        default=None,
+        help="seconds per login or read (default: the appliance's timeouts setting)",
     )
     return parser
 
@@ -200,7 +203,7 @@ async def check_command(
     appliance: str | None = None,
     clusters: list[str] | None = None,
     as_json: bool = False,
-    timeout: float = 10.0,
+    timeout: float | None = None,
 ) -> int:
     """Read every (or one) configured appliance, print the checks; 1 if any failed."""
     import msgspec

@@ -27,9 +27,11 @@ A10 ACOS, aXAPI v3: ``POST /axapi/v3/auth``; ``GET /axapi/v3/version/oper``
 from __future__ import annotations
 
 import contextlib
-from typing import Any, cast
+from typing import Any
 
-from vipwire.lbdriver.core.preflight import PartitionMode, Reading
+import msgspec
+
+from vipwire.lbdriver.core.preflight import Reading
 from vipwire.lbdriver.io.drivers import ApplianceError, build_driver
 from vipwire.lbdriver.io.drivers._rest import HttpResponse, RestTransport, partition_for
 from vipwire.lbdriver.io.drivers.credentials import CredentialSource
@@ -54,9 +56,10 @@ async def read(
     partitions: list[str | None],
     *,
     prefix: str,
-    timeout_s: float = 10.0,
+    timeout_s: float | None = None,
 ) -> list[Reading]:
-    """One reading per partition of one appliance."""
+    """One reading per partition of one appliance; ``timeout_s`` overrides the
+    appliance's login and read timeouts."""
     if settings.driver == "f5":
         return await _Vendor(settings, prefix, timeout_s).f5(partitions)
     if settings.driver == "a10":
@@ -82,8 +85,6 @@ async def _local(settings: ApplianceSettings, partition: str | None, prefix: str
 
 
 def _replace(r: Reading, **changes: Any) -> Reading:
-    import msgspec
-
     return msgspec.structs.replace(r, **changes)
 
 
@@ -101,16 +102,19 @@ def _text(body: Any) -> str:
 
 
 class _Vendor:
-    def __init__(self, settings: ApplianceSettings, prefix: str, timeout_s: float) -> None:
+    def __init__(self, settings: ApplianceSettings, prefix: str, timeout_s: float | None) -> None:
         assert settings.address is not None and settings.username is not None
         self.settings = settings
         self.prefix = prefix
+        timeouts = settings.timeouts
+        if timeout_s is not None:
+            timeouts = msgspec.structs.replace(timeouts, login_s=timeout_s, read_s=timeout_s)
         self.http = RestTransport(
             settings.name,
             settings.address,
             verify_tls=settings.verify_tls,
             ca_file=settings.ca_file,
-            timeout_s=timeout_s,
+            timeouts=timeouts,
         )
         self.credentials = CredentialSource(
             settings.name,
@@ -127,10 +131,7 @@ class _Vendor:
             partition=partition,
             prefix=self.prefix,
             sync_group=self.settings.sync_group,
-            # Settings helpers T and U add; absent on older builds.
-            partition_mode=cast(
-                PartitionMode, getattr(self.settings, "partition_mode", "existing")
-            ),
+            partition_mode=self.settings.partition_mode,
         )
 
     async def _get(self, path: str) -> HttpResponse:
@@ -195,6 +196,7 @@ class _Vendor:
             }
         else:
             found["rights_error"] = f"GET auth user: HTTP {resp.status}: {_text(resp.body)}"
+        # The F5 route_domain setting, once the F5 driver has it; 0 (/Common/0) until then.
         route_domain = int(getattr(self.settings, "route_domain", None) or 0)
         resp = await self._get("/mgmt/tm/net/route-domain")
         if resp.status == 200 and isinstance(resp.body, dict):
