@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator
+from typing import Any
 
+import aiohttp
 import pytest
 
 from support.appliances import CLUSTER, PREFIX, by_name, converge, server
@@ -14,6 +16,7 @@ from vipwire.applianceemu.a10 import BUSY_CODES, SESSION_INVALID_CODES
 from vipwire.lbdriver import (
     ApplianceRejected,
     ApplianceSettings,
+    ApplianceTimeouts,
     ApplianceUnavailable,
     CreateVirtualServer,
     build_driver,
@@ -22,6 +25,7 @@ from vipwire.lbdriver.io.drivers.a10 import A10Driver, monitor_name
 from vipwire.lbdriver.io.drivers.credentials import CredentialSource
 
 PASSWORD = "a10-s3cret"
+QUICK = ApplianceTimeouts(login_s=5, read_s=5, write_s=5, commit_s=5)
 
 
 @pytest.fixture
@@ -43,7 +47,22 @@ async def bare() -> AsyncIterator[A10Emulator]:
 
 def make_driver(emu: A10Emulator, **options: object) -> A10Driver:
     credentials = CredentialSource("thunder-a", "admin", password=PASSWORD)
-    return A10Driver("thunder-a", emu.url, credentials, request_timeout_s=5, **options)  # type: ignore[arg-type]
+    return A10Driver("thunder-a", emu.url, credentials, timeouts=QUICK, **options)  # type: ignore[arg-type]
+
+
+async def group_oper(emu: A10Emulator, group: str) -> dict[str, Any]:
+    """``GET /axapi/v3/slb/service-group/<group>/oper`` in the cluster's partition."""
+    async with aiohttp.ClientSession(base_url=emu.url) as http:
+        creds = {"credentials": {"username": "admin", "password": PASSWORD}}
+        async with http.post("/axapi/v3/auth", json=creds) as resp:
+            signature = (await resp.json())["authresponse"]["signature"]
+        headers = {"Authorization": f"A10 {signature}"}
+        async with http.post(f"/axapi/v3/active-partition/{CLUSTER}", headers=headers):
+            pass
+        path = f"/axapi/v3/slb/service-group/{group}/oper"
+        async with http.get(path, headers=headers) as resp:
+            body: dict[str, Any] = (await resp.json())["service-group"]
+    return body
 
 
 @pytest.fixture
@@ -145,7 +164,7 @@ async def test_a10_shared_mode_writes_into_the_shared_partition(bare: A10Emulato
 
 
 def test_partition_mode_comes_from_the_settings() -> None:
-    """The appliance settings carry partition_mode and save_timeout_s to the driver."""
+    """The appliance settings carry partition_mode to the driver (existing by default)."""
     settings = ApplianceSettings(
         name="t",
         driver="a10",
@@ -153,11 +172,10 @@ def test_partition_mode_comes_from_the_settings() -> None:
         username="u",
         password_env="P",
         partition_mode="shared",
-        save_timeout_s=120,
     )
     d = build_driver(settings)
     assert isinstance(d, A10Driver)
-    assert (d.partition_mode, d.save_timeout_s) == ("shared", 120)
+    assert d.partition_mode == "shared"
     assert d.partition_of("east") == "shared"
     assert ApplianceSettings(name="t").partition_mode == "existing"
 
@@ -175,6 +193,10 @@ async def test_a10_item4_members_stay_up_with_acos_default_checks_off(
     states = emu.member_states(CLUSTER, s.name)
     assert len(states) == 2
     assert set(states.values()) == {"UP"}
+    # As the appliance shows it: the service group's oper state.
+    group = await group_oper(emu, s.name)
+    assert group["oper"]["state"] == "All Up"
+    assert {m["oper"]["state"] for m in group["member-list"]} == {"UP"}
 
 
 async def test_a10_item4_servers_made_with_default_checks_are_repaired(
@@ -278,10 +300,11 @@ async def test_a10_item5_acos_410_write_memory_is_sent_again_without_a_body(
 
 
 async def test_a10_item5_a_long_write_memory_gets_the_save_timeout(emu: A10Emulator) -> None:
-    """Item 5: write memory may outlast the request timeout; it gets save_timeout_s."""
+    """Item 5: write memory may outlast a write's timeout; it is a commit (commit_s)."""
     emu.save_delay = 0.6
     credentials = CredentialSource("thunder-a", "admin", password=PASSWORD)
-    d = A10Driver("thunder-a", emu.url, credentials, request_timeout_s=0.3, save_timeout_s=5)
+    timeouts = ApplianceTimeouts(login_s=5, read_s=5, write_s=0.3, commit_s=5)
+    d = A10Driver("thunder-a", emu.url, credentials, timeouts=timeouts)
     try:
         await d.apply(CLUSTER, [CreateVirtualServer(server=server())])
     finally:

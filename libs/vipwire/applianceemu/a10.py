@@ -147,7 +147,7 @@ class A10Emulator(EmulatorServer):
         password: str = "a10",
         session_timeout: float = 600.0,
         partitions: tuple[str, ...] = (),
-        version: str = "5.2.1-P8",
+        version: str = "4.1.4-GR1-P5 build 81",
     ) -> None:
         super().__init__("a10emu")
         self._username = username
@@ -162,7 +162,7 @@ class A10Emulator(EmulatorServer):
         #: ``user-tag`` is refused; 4.1.0 refuses ``write memory``'s JSON body.
         self.version = version
         #: Seconds ``write memory`` takes (a large configuration takes minutes:
-        #: acos-client gives it 300 s, see ``save_timeout_s``).
+        #: acos-client gives it 300 s: the driver sends it as a commit, timeouts.commit_s).
         self.save_delay = 0.0
         #: How a request on an expired session is answered: ``"401"`` (HTTP 401 and
         #: an authorizationschema body), ``"err"`` (HTTP 400, ``response.err`` code
@@ -437,8 +437,10 @@ class A10Emulator(EmulatorServer):
         parts = [p for p in path.split("/") if p]
         if parts == ["version", "oper"] and method == "GET":
             # acos-client v30/system.py reads the device's release; aXAPI v3
-            # ``/version/oper`` carries it as ``sw-version``.
-            return {"version": {"oper": {"sw-version": f"{self.version}, build 1"}}}, False
+            # ``/version/oper`` carries it as ``sw-version`` (a10sdk-python,
+            # a10sdk/core/version/version_oper.py).
+            oper = {"hw-platform": "vThunder", "sw-version": self.version, "serial-number": "emu"}
+            return {"version": {"oper": oper}}, False
         if parts[:1] == ["active-partition"]:
             if method == "POST" and len(parts) == 2:
                 if parts[1] != "shared" and parts[1] not in self._partitions:
@@ -850,6 +852,21 @@ class _ServiceGroups(_Kind):
                 )
 
     def sub(self, method: str, name: str, obj: Obj, rest: list[str], body: Any) -> tuple[Obj, bool]:
+        if rest == ["oper"] and method == "GET":
+            # aXAPI v3 ``slb service-group <name> oper``: each member's state after
+            # ACOS's health checks (see _member_state).
+            members = [
+                {"name": m.get("name"), "port": m.get("port"), "oper": {"state": state}}
+                for m in obj.get("member-list", [])
+                for state in [_member_state(self.part, m)]
+            ]
+            up = sum(1 for m in members if m["oper"]["state"] == "UP")
+            summary = "All Up" if members and up == len(members) else "All Down"
+            if 0 < up < len(members):
+                summary = "Functional Partially Up"
+            return {
+                "service-group": {"name": name, "oper": {"state": summary}, "member-list": members}
+            }, False
         if rest[0] != "member":
             return super().sub(method, name, obj, rest, body)
         members = obj.setdefault("member-list", [])

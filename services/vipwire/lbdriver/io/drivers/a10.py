@@ -199,11 +199,7 @@ def _session_invalid(resp: HttpResponse) -> bool:
     """The session has expired or was ended: log in again (not a refused login)."""
     code, _ = _err(resp.body)
     schema = isinstance(resp.body, dict) and "authorizationschema" in resp.body
-    return (
-        (resp.status == 401 and (schema or code is None))
-        or (schema and code == 401)
-        or code in _SESSION_INVALID_CODES
-    )
+    return resp.status == 401 or (schema and code == 401) or code in _SESSION_INVALID_CODES
 
 
 def _busy(resp: HttpResponse) -> bool:
@@ -221,8 +217,6 @@ class _Server:
     address: str
     node: str
     ports: set[tuple[int, str]]
-    #: ACOS's default health checks are off on the server and on every port.
-    checks_off: bool = True
 
 
 @dataclass(slots=True)
@@ -251,6 +245,8 @@ class _View:
     persists: dict[str, int | None] = field(default_factory=dict)
     #: ``tcp/<name>`` and ``udp/<name>`` templates known to exist (created by us).
     templates: set[str] = field(default_factory=set)
+    #: Servers with ACOS's default health checks on (on the server or a port).
+    checks_on: set[str] = field(default_factory=set)
 
 
 @dataclass(slots=True)
@@ -582,7 +578,7 @@ class A10Driver(RestDriver):
             if _failed(resp) and not _exists(resp):
                 self._raise(resp, f"add port {port}/{proto} to server {name}")
             known.ports.add((port, proto))
-        if not known.checks_off:
+        if name in view.checks_on:
             # Made before health checks were switched off (or by hand): switch them off.
             ports = [{"port-number": n, "protocol": p, _HC_OFF: 1} for n, p in sorted(known.ports)]
             await self._check(
@@ -591,7 +587,7 @@ class A10Driver(RestDriver):
                 f"/slb/server/{name}",
                 {"server": {"name": name, _HC_OFF: 1, "port-list": ports}},
             )
-            known.checks_off = True
+            view.checks_on.discard(name)
         if known.node != member.node:
             await self._check(
                 part,
@@ -642,11 +638,12 @@ class A10Driver(RestDriver):
             self._unsaved.discard(part)
             return
         body: dict[str, Any] = (
+            # a10-octavia saves shared after creating a partition: write memory shared.
             {"memory": {"partition": "shared"}}
             if part == _SHARED
             else {"memory": {"partition": "specified", "specified-partition": part}}
         )
-        # A large configuration takes minutes to save (acos-client allows 300 s).
+        # A large configuration takes minutes to save: a commit (timeouts.commit_s).
         resp = await self._call(part, "POST", "/write/memory", body, kind="commit")
         if _failed(resp) and _err(resp.body)[0] in _JSON_FORMAT_CODES:
             # ACOS 4.1.0 refuses the body it documents (acos-client's "regression in
@@ -969,17 +966,16 @@ def _translate(
         name = str(srv.get("name", ""))
         if not name or not address:
             continue
+        if srv.get(_HC_OFF) != 1 or any(
+            p.get(_HC_OFF) != 1 for p in srv.get("port-list", []) if isinstance(p, dict)
+        ):
+            view.checks_on.add(name)
         ports = {
             (int(p["port-number"]), str(p.get("protocol")))
             for p in srv.get("port-list", [])
             if isinstance(p, dict) and isinstance(p.get("port-number"), int)
         }
-        checks_off = srv.get(_HC_OFF) == 1 and all(
-            p.get(_HC_OFF) == 1 for p in srv.get("port-list", []) if isinstance(p, dict)
-        )
-        view.a10_servers[name] = _Server(
-            str(address), str(srv.get("user-tag") or name), ports, checks_off
-        )
+        view.a10_servers[name] = _Server(str(address), str(srv.get("user-tag") or name), ports)
     groups = {str(g.get("name")): g for g in sgs}
     for name, g in groups.items():
         view.groups[name] = {
@@ -1045,11 +1041,11 @@ def _virtual_server(
             drifted = True  # a method we never set: set ours again
         for server_ref, member_port in view.groups.get(str(group.get("name")), set()):
             server = view.a10_servers.get(server_ref)
+            # ACOS's default checks on (a server of an older vipwire) take members down.
+            drifted = drifted or server_ref in view.checks_on
             if server is None or member_port != port:
                 drifted = True
                 continue
-            if not server.checks_off:
-                drifted = True  # ACOS's default checks would take the member down
             members.append(Member(node=server.node, address=server.address))
         if group.get("health-check-disable") == 1 and not group.get("health-check"):
             monitor = _NO_MONITOR
