@@ -20,7 +20,7 @@ QUICK = ApplianceTimeouts(login_s=5, read_s=5, write_s=5, commit_s=5)
 
 @pytest.fixture
 async def emu() -> AsyncIterator[A10Emulator]:
-    emulator = A10Emulator(username="admin", password=PASSWORD)
+    emulator = A10Emulator(username="admin", password=PASSWORD, partitions=(CLUSTER,))
     await emulator.start()
     yield emulator
     await emulator.stop()

@@ -30,7 +30,7 @@ QUICK = ApplianceTimeouts(login_s=5, read_s=5, write_s=5, commit_s=5)
 
 @pytest.fixture
 async def emu() -> AsyncIterator[A10Emulator]:
-    emulator = A10Emulator(username="admin", password=PASSWORD)
+    emulator = A10Emulator(username="admin", password=PASSWORD, partitions=(CLUSTER,))
     await emulator.start()
     yield emulator
     await emulator.stop()
@@ -54,7 +54,7 @@ async def driver(emu: A10Emulator) -> AsyncIterator[A10Driver]:
 async def test_create_builds_a_dsr_virtual_port_on_servers_and_a_service_group(
     driver: A10Driver, emu: A10Emulator
 ) -> None:
-    """The partition is made, nodes become servers, the port has no-dest-nat, memory is written."""
+    """Nodes become servers, the port has no-dest-nat, memory is written."""
     s = server()
     assert await converge(driver, by_name(s)) == ["CreateVirtualServer"]
     assert CLUSTER in emu.partitions
@@ -63,7 +63,7 @@ async def test_create_builds_a_dsr_virtual_port_on_servers_and_a_service_group(
     node = servers["vipwire-node-198.51.100.1"]
     assert node["host"] == "198.51.100.1"
     assert node["user-tag"] == "node-198.51.100.1"
-    assert node["port-list"] == [{"port-number": 80, "protocol": "tcp"}]
+    assert node["port-list"] == [{"port-number": 80, "protocol": "tcp", "health-check-disable": 1}]
     group = emu.objects(CLUSTER, "service-group")[s.name]
     assert group["protocol"] == "tcp"
     assert sorted((m["name"], m["port"]) for m in group["member-list"]) == [
@@ -169,7 +169,7 @@ async def test_concurrent_batches_sharing_nodes_both_land(
 
 async def test_long_cluster_names_need_a_partition_mapping(emu: A10Emulator) -> None:
     """ACOS partition names have at most 14 characters: unmapped long names are refused clearly."""
-    d = make_driver(emu, partitions={"averyverylongclustername": "avl"})
+    d = make_driver(emu, partitions={"averyverylongclustername": "avl"}, partition_mode="create")
     try:
         with pytest.raises(ApplianceRejected, match="14 characters"):
             await d.apply("anotherverylongcluster", [CreateVirtualServer(server=server())])

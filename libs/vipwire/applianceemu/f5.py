@@ -230,6 +230,7 @@ class F5Emulator(EmulatorServer):
         self.failed_logins = 0
         #: Device groups synced to, in order.
         self.syncs: list[str] = []
+        self._init_preflight_knobs()
 
     # --- test controls -------------------------------------------------------------
 
@@ -283,6 +284,7 @@ class F5Emulator(EmulatorServer):
     # --- HTTP ----------------------------------------------------------------------
 
     def _routes(self, app: web.Application) -> None:
+        self._preflight_routes(app)  # before the catch-all: aiohttp matches in order
         app.router.add_route("*", "/mgmt/{tail:.*}", self._handle)
 
     def _fault_body(self, status: int) -> Any:
@@ -402,6 +404,113 @@ class F5Emulator(EmulatorServer):
             "restOperationId": next(self._op_ids),
             "kind": ":resterrorresponse",
         }
+
+    # --- what `vipwire lb check` reads: release, the user's rights, route domains -------
+    # (the route domains are the emulator's own, ``route_domains=`` at construction)
+
+    def _init_preflight_knobs(self) -> None:
+        #: The release ``GET /mgmt/tm/sys/version`` reports (an old one for tests).
+        self.version = _VERSION
+        #: The login user's ``partitionAccess``: partition (or ``all-partitions``) → role.
+        #: Roles as F5 names them (admin, resource-admin, manager, operator, guest, ...).
+        #: Only reported: the emulator does not refuse writes by role.
+        self.user_roles: dict[str, str] = {"all-partitions": "admin"}
+
+    def _preflight_routes(self, app: web.Application) -> None:
+        # Shapes as in F5's iControl REST reference and f5-ansible's modules:
+        # bigip_device_info.py (GET /mgmt/tm/sys/version, nestedStats entries),
+        # bigip_user.py (GET /mgmt/tm/auth/user/<name>, partitionAccess list of
+        # {name, role}) and bigip_routing_domain.py (GET /mgmt/tm/net/route-domain,
+        # items with name, partition, id).
+        app.router.add_get("/mgmt/tm/sys/version", self._sys_version)
+        app.router.add_get("/mgmt/tm/auth/user/{name}", self._auth_user)
+        app.router.add_get("/mgmt/tm/net/route-domain", self._route_domain)
+        app.router.add_get("/mgmt/tm/net/route-domain/{name}", self._route_domain)
+        # The built-in parents every BIG-IP has in /Common, readable like any object.
+        app.router.add_get("/mgmt/tm/ltm/profile/fastl4/~Common~fastL4", self._builtin)
+        for kind in ("http", "https", "tcp"):
+            app.router.add_get(f"/mgmt/tm/ltm/monitor/{kind}/~Common~{kind}", self._builtin)
+
+    async def _builtin(self, request: web.Request) -> web.Response:
+        denied = self._check_token(request)
+        if denied is not None:
+            return denied
+        name = request.path.rsplit("~", 1)[-1]
+        return json_response({"name": name, "partition": "Common", "fullPath": f"/Common/{name}"})
+
+    async def _sys_version(self, request: web.Request) -> web.Response:
+        denied = self._check_token(request)
+        if denied is not None:
+            return denied
+        entries = {
+            "Build": {"description": "0.0.6"},
+            "Edition": {"description": "Final"},
+            "Product": {"description": "BIG-IP"},
+            "Title": {"description": "Main Package"},
+            "Version": {"description": self.version},
+        }
+        return json_response(
+            {
+                "kind": "tm:sys:version:versionstats",
+                "selfLink": f"https://localhost/mgmt/tm/sys/version?ver={self.version}",
+                "entries": {
+                    "https://localhost/mgmt/tm/sys/version/0": {"nestedStats": {"entries": entries}}
+                },
+            }
+        )
+
+    async def _auth_user(self, request: web.Request) -> web.Response:
+        denied = self._check_token(request)
+        if denied is not None:
+            return denied
+        name = request.match_info["name"]
+        if name != self._username:
+            return json_response(
+                F5Error(404, f"01020036:3: The requested user ({name}) was not found.").body(), 404
+            )
+        access = [{"name": p, "role": r} for p, r in sorted(self.user_roles.items())]
+        return json_response(
+            {
+                "kind": "tm:auth:user:userstate",
+                "name": name,
+                "fullPath": name,
+                "partitionAccess": access,
+                "shell": "none",
+            }
+        )
+
+    async def _route_domain(self, request: web.Request) -> web.Response:
+        denied = self._check_token(request)
+        if denied is not None:
+            return denied
+
+        def body(ident: int) -> Obj:
+            return {
+                "kind": "tm:net:route-domain:route-domainstate",
+                "name": str(ident),
+                "partition": "Common",
+                "fullPath": f"/Common/{ident}",
+                "id": ident,
+                "strict": "enabled",
+            }
+
+        name = request.match_info.get("name")
+        if name is None:
+            return json_response(
+                {
+                    "kind": "tm:net:route-domain:route-domaincollectionstate",
+                    "items": [body(i) for i in sorted(self._state.route_domains)],
+                }
+            )
+        wanted = name.replace("~", "/").rsplit("/", 1)[-1]
+        if not wanted.isdigit() or int(wanted) not in self._state.route_domains:
+            return json_response(
+                F5Error(
+                    404, f"01020036:3: The requested route domain ({name}) was not found."
+                ).body(),
+                404,
+            )
+        return json_response(body(int(wanted)))
 
     # --- transactions ----------------------------------------------------------------
 

@@ -106,6 +106,14 @@ class ApplianceSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknow
     route_domain: Annotated[int, msgspec.Meta(ge=0, le=65534)] | None = None
     #: a10: save the running config (``write memory``) after every batch of changes.
     write_memory: bool = True
+    #: a10: where a cluster's objects live. ``existing``: its partition (from
+    #: partition_template / partitions), which the operator creates and gives a
+    #: network (VLAN, interface, address); vipwire checks it exists and refuses to
+    #: write otherwise. ``create``: vipwire creates a missing partition (and saves the
+    #: shared partition), with a warning: a new partition is an L3V partition with no
+    #: network, so its VIPs reach nothing until an operator adds one. ``shared``: the
+    #: shared partition, for every cluster (the object prefix keeps them apart).
+    partition_mode: Literal["existing", "create", "shared"] = "existing"
     #: linux: the interface on the nodes' L2 segment, where VIP traffic comes in and
     #: goes back out to the chosen node. Required for linux.
     interface: str | None = None
