@@ -163,12 +163,13 @@ async def test_insufficient_rights_fail_on_both_vendors(
 async def test_an_old_release_warns_or_fails(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], f5: F5Emulator, a10: A10Emulator
 ) -> None:
-    """ACOS 4.0 lacks user-tag (warned, exit 0); BIG-IP 11.6 is too old to drive (failed)."""
+    """ACOS 4.0 lacks user-tag, which the driver needs (failed, exit 1); BIG-IP 11.6 is
+    too old to drive (failed)."""
     a10.version = "4.0.3-P2 build 12"
     code, checks = await check(tmp_path, capsys, appliance(tmp_path, "a10", a10.url))
-    assert code == 0
-    assert checks["a10-1", "version"]["verdict"] == "warned"
-    assert "user-tag" in checks["a10-1", "version"]["detail"]
+    assert code == 1
+    assert checks["a10-1", "version"]["verdict"] == "failed"
+    assert "older than 4.1" in checks["a10-1", "version"]["detail"]
     f5.version = "11.6.1"
     code, checks = await check(tmp_path, capsys, appliance(tmp_path, "f5", f5.url))
     assert code == 1

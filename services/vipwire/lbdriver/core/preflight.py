@@ -18,13 +18,13 @@ Verdict = Literal["passed", "warned", "failed"]
 PartitionMode = Literal["existing", "create", "shared"]
 
 #: Releases below which vipwire cannot work, and the features that need newer ones.
-#: A10: aXAPI v3 first shipped with ACOS 4.0; ``user-tag`` (the owner mark on every
-#: object) needs 4.1 (issue 18, item 6).
+#: A10: aXAPI v3 first shipped with ACOS 4.0, but ``user-tag`` (the owner mark on
+#: every object) needs 4.1 (issue 18, item 6), and the driver refuses older releases.
 #: F5: token authentication and transactions as the driver uses them need 12.1;
 #: traffic-matching-criteria and address lists (source ranges) need 14.1.
-MINIMUM: Final[dict[str, tuple[int, ...]]] = {"a10": (4, 0), "f5": (12, 1)}
+MINIMUM: Final[dict[str, tuple[int, ...]]] = {"a10": (4, 1), "f5": (12, 1)}
 FEATURES: Final[dict[str, tuple[tuple[tuple[int, ...], str], ...]]] = {
-    "a10": (((4, 1), "user-tag (the owner mark vipwire puts on every object)"),),
+    "a10": (),
     "f5": (((14, 1), "source ranges (traffic-matching-criteria and address lists)"),),
 }
 #: F5 roles that may create what vipwire creates (virtuals, pools, nodes, monitors,
