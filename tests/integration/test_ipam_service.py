@@ -21,6 +21,7 @@ from vipwire.contracts import (
     STREAM,
     LbRemoved,
     Message,
+    PoolsServed,
     ServiceGone,
     ServicePort,
     ServiceSnapshot,
@@ -28,6 +29,7 @@ from vipwire.contracts import (
     VipFailed,
     VipReleased,
     VipReleasing,
+    cluster_subject,
     decode,
     parse_subject,
     subject_for,
@@ -945,3 +947,36 @@ class TestScale:
         assert {(m.cluster, m.name): m.vips for m in seen.of_all(VipAssigned)} == before
         await handled(second, 1000)
         assert (await bus.bus.js.stream_info(kv_stream)).state.last_seq == writes
+
+
+class TestPoolsServed:
+    async def test_each_served_cluster_is_told_its_pools_at_start_and_after_a_reload(
+        self, bus: Runtime, make_ipam: IpamFactory, tmp_path: Path
+    ) -> None:
+        """ipam.clusters east and west: each gets PoolsServed on vipwire.<c>.pools.all (a
+        pool for west only is west's alone); a reload publishes the new ranges."""
+        west_only = PoolSettings(name="west", addresses=("203.0.113.0/28",), clusters=("west",))
+        config = tmp_path / "vipwire.yaml"
+        write_config(config, TINY, west_only, clusters=["east", "west"], reload_interval_s=0.05)
+        settings = IpamSettings(
+            pools=(TINY, west_only), clusters=("east", "west"), reload_interval_s=0.05
+        )
+        await make_ipam(settings=settings, config_path=str(config))
+
+        async def told(cluster: str) -> PoolsServed | None:
+            stored = await bus.bus.last_message(cluster_subject("pools", cluster))
+            message = None if stored is None else decode(stored.subject, stored.data)
+            return message if isinstance(message, PoolsServed) else None
+
+        async def says(cluster: str, ranges: tuple[str, ...]) -> bool:
+            found = await told(cluster)
+            return found is not None and found.ranges == ranges
+
+        await eventually(lambda: says("east", ("198.51.100.10/31",)), what="east's pools")
+        await eventually(
+            lambda: says("west", ("198.51.100.10/31", "203.0.113.0/28")), what="west's pools"
+        )
+        write_config(config, POOL, west_only, clusters=["east", "west"], reload_interval_s=0.05)
+        await eventually(
+            lambda: says("east", ("192.0.2.0/24", "2001:db8::/120")), what="east's new pools"
+        )

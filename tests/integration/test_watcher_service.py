@@ -101,6 +101,8 @@ class Harness:
         self.started_ns = 0
         self._make_runtime = make_runtime
         self.kubeconfig = kubeconfig
+        #: (uid, VIPs) ipam has assigned, as far as this harness published.
+        self._assigned: set[tuple[str, tuple[str, ...]]] = set()
         self.watcher: WatcherService | None = None
         self.runtime: Runtime | None = None
 
@@ -141,6 +143,25 @@ class Harness:
         return self.emu.find("services", "default", name)
 
     async def publish(self, message: Message) -> None:
+        """Publish as the pipeline would: a programming comes after ipam's assignment of
+        its VIPs (the watcher writes only assigned VIPs), published here if not yet."""
+        if isinstance(message, LbProgrammed) and (message.uid, message.vips) not in self._assigned:
+            await self.peer.bus.publish(
+                VipAssigned(
+                    cluster=message.cluster,
+                    namespace=message.namespace,
+                    name=message.name,
+                    uid=message.uid,
+                    vips=message.vips,
+                    pool="default",
+                    appliance_group="sim",
+                    ports=message.ports,
+                )
+            )
+        if isinstance(message, VipAssigned):
+            self._assigned.add((message.uid, message.vips))
+        if isinstance(message, LbProgrammed):
+            self._assigned.add((message.uid, message.vips))
         await self.peer.bus.publish(message)
 
     def events(self, reason: str) -> list[dict[str, Any]]:
@@ -227,6 +248,23 @@ class TestServices:
             assert svc is not None
             assert FINALIZER not in (svc["metadata"].get("finalizers") or [])
             assert not harness.seen.of(ServiceSnapshot, name=name)
+
+    async def test_programmed_vips_ipam_did_not_assign_never_reach_the_status(
+        self, harness: Harness
+    ) -> None:
+        """A forged LbProgrammed (the lbdriver's subject) naming the gateway and 8.8.8.8
+        besides the assigned VIP: nothing is written (counted, logged); the true
+        programming then writes only the assigned VIP."""
+        await harness.start_watcher()
+        snap = await harness.created()
+        await harness.publish(programmed(snap.uid))
+        await eventually(lambda: ingress_of(harness.service()), what="web's ingress")
+        forged = programmed(snap.uid, ("198.51.100.7", "192.0.2.1", "8.8.8.8"))
+        await harness.peer.bus.publish(forged)  # no assignment of these: as a forger does
+        assert harness.runtime is not None
+        refused = harness.runtime.metrics.counter("watcher_refused_vips_total", "")
+        await eventually(lambda: refused.value() == 2, what="the two foreign VIPs refused")
+        assert ingress_of(harness.service()) == [{"ip": "198.51.100.7", "ipMode": "VIP"}]
 
     async def test_programmed_writes_status_and_event(
         self, harness: Harness, span_exporter: InMemorySpanExporter

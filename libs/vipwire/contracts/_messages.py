@@ -291,7 +291,12 @@ LbMessage = LbProgrammed | LbFailed | LbRemoved
 
 
 class NodeApplied(_Message, frozen=True, tag="node-applied"):
-    """The VIP set a node serves now; ``generation`` grows with every apply."""
+    """The VIP set a node serves now; ``generation`` grows with every apply.
+
+    ``refused``: VIPs of programmed Services the node will not serve, as
+    ``<ns>/<name> <vip>``: outside the pools ipam serves the cluster (its
+    ``PoolsServed``) or the agent's ``vip_ranges``.
+    """
 
     cluster: str
     node: str
@@ -299,6 +304,7 @@ class NodeApplied(_Message, frozen=True, tag="node-applied"):
     vips: tuple[str, ...]
     mode: Literal["kube-proxy", "standalone"] = "kube-proxy"
     dry_run: bool = False
+    refused: tuple[str, ...] = ()
 
 
 AppliedMessage = NodeApplied
@@ -325,6 +331,25 @@ class StatusWritten(_Message, frozen=True, tag="status-written"):
 
 StatusMessage = StatusWritten
 
+
+# --- vipwire.<cluster>.pools.all ----------------------------------------------
+
+
+class PoolsServed(_Message, frozen=True, tag="pools-served"):
+    """The addresses ipam may give this cluster's Services: every pool that allows
+    the cluster, as CIDRs (IPv4 and IPv6). Published by ipam at start and on every
+    pool reload; the last message of the subject is in force. A node agent puts on
+    ``lo`` only VIPs inside these (and inside its own ``vip_ranges`` when set).
+    ``pools``: the names of those pools, for operators.
+    """
+
+    cluster: str
+    ranges: tuple[str, ...]
+    pools: tuple[str, ...] = ()
+
+
+PoolsMessage = PoolsServed
+
 Message = (
     ServiceSnapshot
     | ServiceGone
@@ -340,4 +365,5 @@ Message = (
     | LbRemoved
     | NodeApplied
     | StatusWritten
+    | PoolsServed
 )

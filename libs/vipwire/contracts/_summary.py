@@ -18,6 +18,7 @@ from vipwire.contracts._messages import (
     NodeApplied,
     NodeGone,
     NodeSnapshot,
+    PoolsServed,
     ServiceGone,
     ServicePort,
     ServiceSnapshot,
@@ -121,6 +122,10 @@ def summary(message: Message) -> str:
         case NodeApplied():
             dry = ", dry run" if message.dry_run else ""
             count = len(message.vips)
-            return f"gen {message.generation} · {count} VIPs{dry}: {vips_text(message.vips)}"
+            refused = f" · refused {len(message.refused)}" if message.refused else ""
+            line = f"gen {message.generation} · {count} VIPs{dry}: {vips_text(message.vips)}"
+            return line + refused
         case StatusWritten():
             return f"ingress {vips_text(message.vips)}" if message.vips else "status cleared"
+        case PoolsServed():
+            return f"pools {', '.join(message.ranges) or 'none'}"

@@ -148,6 +148,14 @@ class IpamSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     #: auto_assign pool of lowest priority (then first configured) that allows it
     #: (cluster, namespace, labels) and has room.
     pools: tuple[PoolSettings, ...] = ()
+    #: Names of the clusters this ipam serves. Empty: every cluster that publishes on
+    #: the bus. Set (``vipwire up`` sets it to its clusters), a message from any other
+    #: cluster is refused before any decision: never allocated, nothing published into
+    #: that cluster's subjects, counted in ``vipwire_ipam_refused_total`` (reason
+    #: ``unknown-cluster``) and logged once per cluster. Add a cluster here before its
+    #: watcher starts; remove one only after its Services are gone (its releases are
+    #: refused too). Also the clusters whose pools ipam publishes (``PoolsServed``).
+    clusters: tuple[str, ...] = ()
     #: Messages handled concurrently (one Service's messages are always sequential).
     concurrency: Annotated[int, msgspec.Meta(ge=1)] = 16
     #: Messages each replica pulls ahead of handling. Small, so that replicas share a
@@ -195,6 +203,11 @@ class IpamSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     restore_grace_s: Annotated[float, msgspec.Meta(ge=0)] = 10.0
 
     def __post_init__(self) -> None:
+        for cluster in self.clusters:
+            try:
+                validate_cluster(cluster)
+            except SubjectError as exc:
+                raise IpamConfigError(f"clusters: {exc}") from None
         names = [p.name for p in self.pools]
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
@@ -206,6 +219,10 @@ class IpamSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
                 for block, text in zip(pool.blocks(), pool.addresses, strict=True)
             ]
         )
+
+    def serves(self, cluster: str) -> bool:
+        """Whether ipam serves this cluster (``clusters`` empty: every cluster)."""
+        return not self.clusters or cluster in self.clusters
 
     def pool(self, name: str) -> PoolSettings | None:
         for pool in self.pools:

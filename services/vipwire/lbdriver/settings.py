@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections.abc import Mapping
 from typing import Annotated, ClassVar, Literal
@@ -226,8 +227,28 @@ class LbdriverSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown
     #: Seconds of wall-clock difference allowed between replicas and NATS: a lease older
     #: than ``lease_ttl_s`` plus this, by its write time, is taken without waiting.
     lease_clock_skew_s: NonNegative = 2.0
+    #: Networks (CIDRs) the node addresses of the appliance's members must be in:
+    #: a list for every cluster, or a map of cluster name to list (``"*"``: every
+    #: cluster the map does not name; a cluster it does not name, with no ``*``, is
+    #: not restricted). Empty: any address the cluster's watcher publishes. A node
+    #: address outside is refused (never a member; logged, counted in
+    #: ``vipwire_lbdriver_refused_node_addresses_total``); a Node left with no
+    #: address keeps the one it had.
+    node_networks: tuple[str, ...] | dict[str, tuple[str, ...]] = ()
 
     def __post_init__(self) -> None:
+        lists = (
+            self.node_networks.items()
+            if isinstance(self.node_networks, dict)
+            else [("", self.node_networks)]
+        )
+        for cluster, texts in lists:
+            where = f"node_networks.{cluster}" if cluster else "node_networks"
+            for text in texts:
+                try:
+                    ipaddress.ip_network(text)
+                except ValueError as exc:
+                    raise ValueError(f"{where}: {text!r} is not a CIDR ({exc})") from None
         if not 0 < self.lease_renew_s < self.lease_ttl_s - self.lease_safety_margin_s:
             raise ValueError(
                 "lease_renew_s must be shorter than lease_ttl_s minus lease_safety_margin_s "

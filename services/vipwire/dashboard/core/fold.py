@@ -29,6 +29,7 @@ from vipwire.contracts import (
     NodeApplied,
     NodeGone,
     NodeSnapshot,
+    PoolsServed,
     ServiceGone,
     ServicePort,
     ServiceRef,
@@ -241,8 +242,10 @@ class ReadModel:
         )
         if isinstance(m, NodeSnapshot | NodeGone | NodeApplied):
             return self._apply_node(event, m)
-        if isinstance(m, EndpointsSnapshot):
-            return []  # not subscribed to: members already say where traffic goes
+        if isinstance(m, EndpointsSnapshot | PoolsServed):
+            # Not subscribed to: members already say where traffic goes; pools are
+            # no Service's (replay hands every family).
+            return []
         key = ServiceRef(m.cluster, m.namespace, m.name)
         uid: str = m.uid
         if uid in self._gone:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 
 from vipwire.bus import DONE, Bus, ConsumerSpec, Delivery, PullConsumer, Unreadable, Verdict
 from vipwire.contracts import ServiceGone, ServiceSnapshot, family_filter
@@ -29,9 +30,11 @@ log = logging.getLogger("vipwire.ipam")
 
 
 class StatusIndex:
-    def __init__(self, bus: Bus) -> None:
+    def __init__(self, bus: Bus, serves: Callable[[str], bool] = lambda _: True) -> None:
         self.vips = StatusVips()
         self._bus = bus
+        #: Whether ipam serves a cluster (``ipam.clusters``): no other reserves anything.
+        self._serves = serves
         self._seq = 0
         self._behind = False
         #: Stopped for good: nothing to reserve (see :meth:`retire_when_unused`).
@@ -80,7 +83,7 @@ class StatusIndex:
 
     async def _on_delivery(self, d: Delivery) -> Verdict:
         message = d.message
-        if isinstance(message, ServiceSnapshot | ServiceGone):
+        if isinstance(message, ServiceSnapshot | ServiceGone) and self._serves(message.cluster):
             self.vips.see(message)
         self._advance(d.seq)
         return DONE

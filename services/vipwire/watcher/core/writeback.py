@@ -10,12 +10,20 @@ finalizer, the trace annotation and leftovers. Events: :mod:`.events`.
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Collection, Mapping
 from typing import Any, Final
 
 import msgspec
 
-from vipwire.contracts import LbFailed, LbProgrammed, ServiceSnapshot, VipReleased
+from vipwire.contracts import (
+    LbFailed,
+    LbProgrammed,
+    ServiceSnapshot,
+    VipAssigned,
+    VipReleased,
+    VipReleasing,
+)
 from vipwire.watcher.core.bus_view import BusView
 from vipwire.watcher.core.condition import (
     INVALID,
@@ -68,6 +76,9 @@ class Decision(msgspec.Struct, frozen=True, kw_only=True):
 
     status: dict[str, Any] | None = None
     remove_finalizer: bool = False
+    #: VIPs the appliance was reported programmed with that ipam did not assign to
+    #: the Service: never written to its status (the shell logs and counts them).
+    unassigned: tuple[str, ...] = ()
 
     @property
     def nothing(self) -> bool:
@@ -103,6 +114,32 @@ def _status_patch(
     if not body:
         return None
     return {"metadata": {"resourceVersion": resource_version(service)}, "status": body}
+
+
+def not_assigned(lb: LbProgrammed, view: BusView) -> tuple[str, ...] | None:
+    """The VIPs of a programming that ipam's last assignment to the same Service
+    (its ``vip`` subject's last VipAssigned, or the one a VipFailed followed) does
+    not name; None when no assignment of that incarnation is known (nothing can
+    be checked: nothing is written either).
+
+    Only ipam gives addresses: a programming naming others (a forged or broken
+    ``lb`` message) never reaches the Service's status.
+    """
+    assigned: set[str] | None = None
+    for message in (view.vip, view.vip_before):
+        if isinstance(message, VipAssigned | VipReleasing) and message.uid == lb.uid:
+            assigned = {_canonical(v) for v in message.vips}
+            break
+    if assigned is None:
+        return None
+    return tuple(v for v in lb.vips if _canonical(v) not in assigned)
+
+
+def _canonical(address: str) -> str:
+    try:
+        return str(ipaddress.ip_address(address))
+    except ValueError:
+        return address
 
 
 def decide(
@@ -146,10 +183,14 @@ def decide(
     if not snapshot.deleting:
         wanted_ingress: Any = _KEEP
         lb = view.lb
+        unassigned: tuple[str, ...] | None = None
+        if isinstance(lb, LbProgrammed) and lb.uid == snapshot.uid:
+            unassigned = not_assigned(lb, view)
         if (
             problems is None
             and isinstance(lb, LbProgrammed)
             and lb.uid == snapshot.uid
+            and unassigned == ()
             and gate_satisfied(lb, applied, gate)
         ):
             wanted_ingress = ingress_for(lb.vips)
@@ -168,7 +209,8 @@ def decide(
                     status="False", reason="Pending", message="waiting for a VIP and the appliance"
                 )
         return Decision(
-            status=_status_patch(service, ingress_to=wanted_ingress, condition=condition, now=now)
+            status=_status_patch(service, ingress_to=wanted_ingress, condition=condition, now=now),
+            unassigned=unassigned or (),
         )
     vip = view.vip
     released = isinstance(vip, VipReleased) and vip.uid == snapshot.uid and view.vip_seq > live_seq

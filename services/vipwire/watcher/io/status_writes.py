@@ -54,6 +54,13 @@ class StatusWriter:
         #: Services to judge again when a node's grace period ends (monotonic time).
         self._rechecks: dict[str, float] = {}
         self._recheck = asyncio.Event()
+        # --- programmed VIPs ipam did not assign (never written) ---
+        self._m_unassigned = term.runtime.metrics.counter(
+            "watcher_refused_vips_total",
+            "Programmed VIPs not written to a Service's status: ipam did not assign them",
+        )
+        #: Per Service, the refused VIPs last told (told again only when they change).
+        self._unassigned: dict[str, tuple[str, ...]] = {}
 
     async def reconcile(self, key: str) -> None:
         """Write what the bus calls for to the Service ``key``, if it is known."""
@@ -89,6 +96,7 @@ class StatusWriter:
                 too_large=term.too_large_note(key, service, snapshot),
                 missing=missing,
             )
+            self._note_unassigned(key, decision.unassigned)
             if decision.nothing:
                 return
             try:
@@ -108,6 +116,24 @@ class StatusWriter:
                 return
             service = fresh
         raise KubeApiError(409, "Conflict", f"service {namespace}/{name}: kept conflicting")
+
+    def _note_unassigned(self, key: str, vips: tuple[str, ...]) -> None:
+        if self._unassigned.get(key, ()) == vips:
+            return
+        if not vips:
+            del self._unassigned[key]
+            return
+        self._unassigned[key] = vips
+        self._m_unassigned.inc(len(vips))
+        log.warning(
+            "not writing VIPs %s to the status of %s/%s: the lbdriver reported them "
+            "programmed, but ipam did not assign them to this Service (check who "
+            "publishes vipwire.%s.lb.*)",
+            ", ".join(vips),
+            self._term.cluster,
+            key,
+            self._term.cluster,
+        )
 
     # --- member nodes without the VIP ---------------------------------------------------
 
