@@ -13,11 +13,11 @@ import contextlib
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from support.appliances import CLUSTER, PREFIX, by_name, converge, server
 from support.driver_backends import KINDS, Backend, NotSupported, backend
-from vipwire.contracts import Member
 from vipwire.lab import missing_requirements
 from vipwire.lbdriver import (
     ApplianceDriver,
@@ -102,10 +102,26 @@ async def test_member_churn_converges_each_time(appliance: Backend) -> None:
 
 
 async def test_drain(appliance: Backend) -> None:
-    """A draining member keeps its connections but takes no new ones (issue 17)."""
-    if "draining" not in Member.__struct_fields__:
-        pytest.skip("issue 17's drain has not landed on main: Member has no draining state")
-    raise AssertionError("drain landed: write this test against it")  # pragma: no cover
+    """A draining member stays on the appliance, disabled (issue 17), lists back as
+    draining, and goes when it is no longer desired."""
+    if "draining" not in VirtualServer.__struct_fields__:
+        pytest.skip("issue 17's drain has not landed on main: VirtualServer has no draining")
+    d = appliance.driver()
+    a, b = appliance.nodes[:2]
+    [(name, both)] = web(appliance, 80, nodes=(a, b)).items()
+    await converge(d, {name: both})
+    leaving = [m for m in both.members if m.address == b]
+    draining = msgspec.structs.replace(
+        both, members=tuple(m for m in both.members if m.address == a), draining=tuple(leaving)
+    )
+    await converge(d, {name: draining})
+    await assert_converged(d, {name: draining})
+    field = "draining"  # not a field before issue 17's drain lands
+    listed = (await ours(d))[name]
+    assert [m.address for m in getattr(listed, field)] == [b]
+    gone = msgspec.structs.replace(draining, draining=())
+    await converge(d, {name: gone})
+    await assert_converged(d, {name: gone})
 
 
 async def test_a_restarted_driver_adopts_what_is_there(appliance: Backend) -> None:

@@ -163,13 +163,18 @@ async def test_insufficient_rights_fail_on_both_vendors(
 async def test_an_old_release_warns_or_fails(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], f5: F5Emulator, a10: A10Emulator
 ) -> None:
-    """ACOS 4.0 lacks user-tag, which the driver needs (failed, exit 1); BIG-IP 11.6 is
-    too old to drive (failed)."""
-    a10.version = "4.0.3-P2 build 12"
+    """ACOS 4.0 lacks user-tag (failed: the driver refuses it); BIG-IP 13.1 lacks
+    traffic-matching-criteria (warned, exit 0); BIG-IP 11.6 is too old (failed)."""
+    a10.version = "4.0.3-P2"
     code, checks = await check(tmp_path, capsys, appliance(tmp_path, "a10", a10.url))
     assert code == 1
     assert checks["a10-1", "version"]["verdict"] == "failed"
     assert "older than 4.1" in checks["a10-1", "version"]["detail"]
+    f5.version = "13.1.3"
+    code, checks = await check(tmp_path, capsys, appliance(tmp_path, "f5", f5.url))
+    assert code == 0
+    assert checks["f5-1", "version"]["verdict"] == "warned"
+    assert "source ranges" in checks["f5-1", "version"]["detail"]
     f5.version = "11.6.1"
     code, checks = await check(tmp_path, capsys, appliance(tmp_path, "f5", f5.url))
     assert code == 1
@@ -210,3 +215,44 @@ async def test_the_simulator_answers_too(
     code, checks = await check(tmp_path, capsys, {"name": "sim-a", "driver": "sim"})
     assert code == 0
     assert sorted(check for _, check in checks) == ["login", "objects", "rights"]
+
+
+def test_the_command_line_runs_it(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``vipwire lb check --config F --appliance A`` is wired to the check; an unknown
+    appliance is a usage error (2) naming the configured ones."""
+    from vipwire.cli.main import main
+
+    config = tmp_path / "vipwire.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {"lbdriver": {"appliances": [{"name": "sim-a"}, {"name": "sim-b", "group": "b"}]}}
+        )
+    )
+    assert main(["lb", "check", "--config", str(config), "--appliance", "sim-b"]) == 0
+    out = capsys.readouterr().out
+    assert "sim-b" in out and "sim-a" not in out
+    assert main(["lb", "check", "--config", str(config), "--appliance", "nope"]) == 2
+    assert "configured: sim-a, sim-b" in capsys.readouterr().err
+
+
+async def test_a_missing_f5_route_domain_fails(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], f5: F5Emulator
+) -> None:
+    """route_domain 7 on a box without it fails; the partition's default one is checked
+    when route_domain is unset."""
+    f5.plant_partition(CLUSTER, default_route_domain=3)
+    code, checks = await check(tmp_path, capsys, appliance(tmp_path, "f5", f5.url, route_domain=7))
+    assert code == 1
+    assert checks["f5-1", "route-domain"]["verdict"] == "failed"
+    assert "route domain 7 does not exist" in checks["f5-1", "route-domain"]["detail"]
+    code, checks = await check(tmp_path, capsys, appliance(tmp_path, "f5", f5.url))
+    assert "route domain 3 does not exist" in checks["f5-1", "route-domain"]["detail"]
+    emu = F5Emulator(username="vip", password=PASSWORD, route_domains=(7,))
+    await emu.start()
+    try:
+        code, checks = await check(
+            tmp_path, capsys, appliance(tmp_path, "f5", emu.url, route_domain=7)
+        )
+    finally:
+        await emu.stop()
+    assert checks["f5-1", "route-domain"]["verdict"] == "passed"

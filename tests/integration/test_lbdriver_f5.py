@@ -129,12 +129,13 @@ async def test_the_same_desired_state_twice_writes_nothing(
 
 
 async def test_member_change_is_one_pool_write(driver: F5Driver, emu: F5Emulator) -> None:
-    """New members replace the pool's list in one PATCH, without a transaction."""
+    """New members replace the pool's list in one PATCH, without a transaction (then the
+    node of the member that went is deleted)."""
     await converge(driver, by_name(server()))
     writes, commits = emu.writes, emu.commits
     changed = server(nodes=("198.51.100.2", "198.51.100.3"))
     assert await converge(driver, by_name(changed)) == ["UpdateMembers"]
-    assert (emu.writes, emu.commits) == (writes + 1, commits)
+    assert (emu.writes, emu.commits) == (writes + 2, commits)
     assert await driver.list_virtual_servers(CLUSTER) == by_name(changed)
 
 
@@ -188,7 +189,9 @@ async def test_partition_template_and_map_choose_the_partition(emu: F5Emulator) 
     d = make_driver(emu, partition_template="k8s_{cluster}", partitions={"east": "legacy"})
     try:
         await d.apply("prod", [CreateVirtualServer(server=server())])
-        await d.apply("east", [CreateVirtualServer(server=server(address="192.0.2.20"))])
+        # Another cluster has other nodes: a node address lives in one partition only.
+        east = server(address="192.0.2.20", nodes=("198.51.100.21",))
+        await d.apply("east", [CreateVirtualServer(server=east)])
     finally:
         await d.close()
     assert emu.names("virtual", "k8s_prod") == [server().name]

@@ -218,6 +218,13 @@ class A10Backend(_RestBackend):
     def _expire(self) -> None:
         self.emu.expire_sessions()
 
+    def busy(self) -> None:
+        # ACOS's "configuration manager busy" code (HTTP 400: only the code says busy).
+        self.emu.busy_next()
+
+    def injected_left(self) -> int:
+        return super().injected_left() + len(self.emu._busy)
+
     def expire_mid_write(self) -> None:
         # The session is invalid when the virtual server is written, after the servers.
         self._expire_at("POST", "/slb/virtual-server")

@@ -47,13 +47,13 @@ def test_a_refused_login_fails_and_stops_there() -> None:
 
 
 def test_versions_below_the_minimum_fail_and_below_a_feature_warn() -> None:
-    """ACOS 3.2 and 4.0 (no user-tag, which the driver needs) cannot be driven; BIG-IP
-    13.1 lacks traffic-matching-criteria."""
-    assert verdict(decide(reading("a10", version="3.2.1 build 175")), "version").verdict == (
-        "failed"
-    )
+    """ACOS 4.0 lacks user-tag, which the driver needs (failed); BIG-IP 13.1 works but
+    lacks traffic-matching-criteria (warned)."""
     old = verdict(decide(reading("a10", version="4.0.3-P2 build 12")), "version")
-    assert old.verdict == "failed" and "older than 4.1" in old.detail
+    assert old.verdict == "failed" and "4.1" in old.detail and "4.1" in old.action
+    assert verdict(decide(reading("a10", version="4.1.0-P1 build 3")), "version").verdict == (
+        "passed"
+    )
     f5 = verdict(decide(reading("f5", version="13.1.3")), "version")
     assert f5.verdict == "warned" and "14.1" in f5.detail
     assert parse_version("BIG-IP 17.1.0.3") == (17, 1, 0, 3)

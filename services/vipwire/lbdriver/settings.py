@@ -99,6 +99,11 @@ class ApplianceSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknow
     partitions: dict[str, str] = msgspec.field(default_factory=dict)
     #: f5: device group to config-sync to after every change (None: no sync).
     sync_group: str | None = None
+    #: f5: the route domain (id) of the pool members and their nodes, sent as
+    #: ``<address>%<id>`` with the cluster's partition, as F5's own clients send them
+    #: (None: the partition's default route domain, read from the partition). The
+    #: route domain must exist (``net route-domain``); ``vipwire lb check`` checks it.
+    route_domain: Annotated[int, msgspec.Meta(ge=0, le=65534)] | None = None
     #: a10: save the running config (``write memory``) after every batch of changes.
     write_memory: bool = True
     #: a10: where a cluster's objects live. ``existing``: its partition (from
@@ -159,6 +164,8 @@ class ApplianceSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknow
             self.driver != "linux" or not re.fullmatch(r"[^/\s]{1,255}", self.netns)
         ):
             raise ValueError(f"{where}: netns must be a namespace name, for driver linux only")
+        if self.route_domain is not None and self.driver != "f5":
+            raise ValueError(f"{where}: route_domain is an f5 setting (driver is {self.driver})")
         if self.sync_group is not None and self.driver != "f5":
             raise ValueError(f"{where}: sync_group is an f5 setting (driver is {self.driver})")
 

@@ -18,8 +18,8 @@ Verdict = Literal["passed", "warned", "failed"]
 PartitionMode = Literal["existing", "create", "shared"]
 
 #: Releases below which vipwire cannot work, and the features that need newer ones.
-#: A10: aXAPI v3 first shipped with ACOS 4.0, but ``user-tag`` (the owner mark on
-#: every object) needs 4.1 (issue 18, item 6), and the driver refuses older releases.
+#: A10: ``user-tag`` (the owner mark on every object) needs ACOS 4.1, and the A10
+#: driver refuses older releases at login (issue 18, item 6).
 #: F5: token authentication and transactions as the driver uses them need 12.1;
 #: traffic-matching-criteria and address lists (source ranges) need 14.1.
 MINIMUM: Final[dict[str, tuple[int, ...]]] = {"a10": (4, 1), "f5": (12, 1)}

@@ -123,6 +123,8 @@ class _Vendor:
             password_env=settings.password_env,
         )
         self.headers: dict[str, str] = {}
+        #: F5: the route domain ids on the box (None: not read).
+        self.route_domains: set[Any] | None = None
 
     def _base(self, partition: str | None) -> Reading:
         return Reading(
@@ -196,13 +198,11 @@ class _Vendor:
             }
         else:
             found["rights_error"] = f"GET auth user: HTTP {resp.status}: {_text(resp.body)}"
-        # The F5 route_domain setting, once the F5 driver has it; 0 (/Common/0) until then.
-        route_domain = int(getattr(self.settings, "route_domain", None) or 0)
         resp = await self._get("/mgmt/tm/net/route-domain")
         if resp.status == 200 and isinstance(resp.body, dict):
-            ids = {i.get("id") for i in resp.body.get("items", []) if isinstance(i, dict)}
-            found["route_domain"] = route_domain
-            found["route_domain_exists"] = route_domain in ids
+            self.route_domains = {
+                i.get("id") for i in resp.body.get("items", []) if isinstance(i, dict)
+            }
         missing = []
         for parent in (
             "/mgmt/tm/ltm/profile/fastl4/~Common~fastL4",
@@ -221,6 +221,17 @@ class _Vendor:
             return reading
         resp = await self._get(f"/mgmt/tm/auth/partition/{partition}")
         exists = resp.status == 200
+        # route_domain, else the partition's default one (/Common/0 for a partition
+        # vipwire will create).
+        route_domain = self.settings.route_domain
+        if route_domain is None and exists and isinstance(resp.body, dict):
+            route_domain = int(resp.body.get("defaultRouteDomain") or 0)
+        if self.route_domains is not None:
+            reading = _replace(
+                reading,
+                route_domain=route_domain or 0,
+                route_domain_exists=(route_domain or 0) in self.route_domains,
+            )
         own: tuple[str, ...] = ()
         listing = None
         if exists:

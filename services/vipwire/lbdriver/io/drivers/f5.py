@@ -68,6 +68,8 @@ log = logging.getLogger("vipwire.lbdriver.f5")
 #: profile with an idle timeout uses ``<this>-idle<seconds>`` instead.
 FASTL4_PROFILE: Final = "vipwire-fastl4-dsr"
 
+#: BIG-IP's fastL4 ``idleTimeout`` default, seconds (the plain profile keeps it).
+FASTL4_IDLE_S: Final = 300
 _VIRTUAL: Final = "/mgmt/tm/ltm/virtual"
 _POOL: Final = "/mgmt/tm/ltm/pool"
 _MONITOR: Final = "/mgmt/tm/ltm/monitor/http"
@@ -87,6 +89,7 @@ _MONITOR_SUFFIX: Final = "-mon-"
 #: A pool without a health check.
 _NO_MONITOR: Final = Monitor(port=0, path="", kind="none", interval_s=0, timeout_s=0)
 _PROFILE: Final = "/mgmt/tm/ltm/profile/fastl4"
+_NODE: Final = "/mgmt/tm/ltm/node"
 _PERSIST: Final = "/mgmt/tm/ltm/persistence/source-addr"
 _ADDRESS_LIST: Final = "/mgmt/tm/net/address-list"
 _TMC: Final = "/mgmt/tm/ltm/traffic-matching-criteria"
@@ -162,6 +165,7 @@ class F5Driver(RestDriver):
         partition_template: str = "{cluster}",
         partitions: Mapping[str, str] | None = None,
         sync_group: str | None = None,
+        route_domain: int | None = None,
     ) -> None:
         super().__init__(
             name,
@@ -174,6 +178,14 @@ class F5Driver(RestDriver):
             partitions=partitions,
         )
         self.sync_group = sync_group
+        self.route_domain = route_domain
+        # Per partition, the route domain of its members and nodes (the setting, else
+        # the partition's default), known once the partition is.
+        self._route_domains: dict[str, int] = {}
+        # Per partition, the members of ours whose node is elsewhere (made by a release
+        # before route domains, in /Common): address -> (node partition, address as
+        # BIG-IP shows it). They keep that node; a new node there would clash with it.
+        self._homes: dict[str, dict[str, tuple[str, str]]] = {}
         # Per partition, the idle-timeout fastL4 profiles known to exist.
         self._idle_profiles: dict[str, set[str]] = {}
         self._token: str | None = None
@@ -188,7 +200,11 @@ class F5Driver(RestDriver):
 
     @classmethod
     def from_settings(cls, settings: ApplianceSettings) -> F5Driver:
-        return cls(**cls.common_arguments(settings), sync_group=settings.sync_group)
+        return cls(
+            **cls.common_arguments(settings),
+            sync_group=settings.sync_group,
+            route_domain=settings.route_domain,
+        )
 
     # --- the driver interface ----------------------------------------------------
 
@@ -211,6 +227,7 @@ class F5Driver(RestDriver):
         access = _Access.of(persists, lists, criteria)
         servers, present = _translate(virtuals, pools, monitors, access)
         self._present[part] = present
+        self._homes[part] = _member_homes(part, pools)
         return servers
 
     async def apply(self, partition: str, ops: Sequence[Operation]) -> None:
@@ -222,7 +239,8 @@ class F5Driver(RestDriver):
         await self._ensure_idle_profiles(part, ops)
         known = self._present.get(part)
         ports = await self._member_ports(part, ops, known)
-        commands = [c for op in ops for c in self._commands(part, op, known, ports)]
+        at = _Placement(part, self._route_domains[part], self._homes.get(part, {}))
+        commands = [c for op in ops for c in self._commands(at, op, known, ports)]
         try:
             if len(commands) == 1:
                 await self._write(*commands[0])
@@ -231,6 +249,7 @@ class F5Driver(RestDriver):
         except BaseException:
             # Whatever failed, our picture of the partition may be wrong now.
             self._present.pop(part, None)
+            self._homes.pop(part, None)
             self._ready.discard(part)
             self._idle_profiles.pop(part, None)
             raise
@@ -244,6 +263,8 @@ class F5Driver(RestDriver):
                         known[s.name] = _Seen(kinds | _access_kinds(s), s.port)
                     case DeleteVirtualServer(name=name):
                         known.pop(name, None)
+        if any(not isinstance(op, CreateVirtualServer) for op in ops):
+            await self._delete_unused_nodes(part)
         await self._sync()
 
     async def close(self) -> None:
@@ -283,11 +304,13 @@ class F5Driver(RestDriver):
 
     def _commands(
         self,
-        part: str,
+        at: _Placement,
         op: Operation,
         known: dict[str, _Seen] | None,
         ports: dict[str, int],
     ) -> list[tuple[str, str, dict[str, Any]]]:
+        part = at.partition
+
         def has(name: str, kind: str, assume: bool) -> bool:
             if known is None:
                 return assume
@@ -310,7 +333,7 @@ class F5Driver(RestDriver):
                         )
                     )
                 commands += [
-                    _upsert(_POOL, part, s.name, _pool_body(part, s), has(s.name, "pool", assume)),
+                    _upsert(_POOL, part, s.name, _pool_body(at, s), has(s.name, "pool", assume)),
                     *_access_before(part, s, has),
                     _upsert(
                         _VIRTUAL,
@@ -331,7 +354,7 @@ class F5Driver(RestDriver):
                 return commands
             case UpdateMembers(name=name, members=members):
                 port = ports[name]
-                body = {"members": [_member(m.address, m.node, port) for m in members]}
+                body = {"members": [_member(at, m.address, m.node, port) for m in members]}
                 return [("PATCH", _item(_POOL, part, name), body)]
             case DeleteVirtualServer(name=name):
                 empty: dict[str, Any] = {}
@@ -425,10 +448,17 @@ class F5Driver(RestDriver):
             resp = await self._call(
                 "POST", _PARTITION, json={"name": part, "description": "vipwire: one cluster"}
             )
-            if not _ok(resp) and resp.status != 409:  # 409: created meanwhile
+            if resp.status == 409:  # created meanwhile
+                resp = await self._call("GET", f"{_PARTITION}/{part}")
+            if not _ok(resp):
                 self._raise(resp, f"create partition {part}")
         elif not _ok(resp):
             self._raise(resp, f"GET partition {part}")
+        if self.route_domain is not None:
+            self._route_domains[part] = self.route_domain
+        else:
+            default = resp.body.get("defaultRouteDomain", 0) if isinstance(resp.body, dict) else 0
+            self._route_domains[part] = int(default) if str(default).isdigit() else 0
         profile = _item(_PROFILE, part, FASTL4_PROFILE)
         resp = await self._call("GET", profile)
         if resp.status == 404:
@@ -438,6 +468,45 @@ class F5Driver(RestDriver):
         elif not _ok(resp):
             self._raise(resp, f"GET {profile}")
         self._ready.add(part)
+
+    async def _delete_unused_nodes(self, part: str) -> None:
+        """Delete the nodes of the partition that no pool member uses any more.
+
+        BIG-IP makes a node for every new member address and keeps it after the member
+        goes; F5's own clients delete it (f5-cccl; f5-ansible's bigip_pool_member).
+        A node another pool still uses is refused with a 400 ("is referenced by a member
+        of pool") and stays; a failure here leaves nodes for the next sweep, and never
+        fails the batch, which is committed already.
+        """
+        scope = f"$filter=partition+eq+{part}"
+        try:
+            nodes, pools = await all_or_first_error(
+                self._collection(_NODE, scope),
+                self._collection(_POOL, f"{scope}&expandSubcollections=true"),
+            )
+            used = set()
+            for pool in pools:
+                reference = pool.get("membersReference")
+                items = reference.get("items", []) if isinstance(reference, dict) else []
+                used |= {(str(m.get("partition")), str(m.get("address"))) for m in items}
+            for node in nodes:
+                if (str(node.get("partition")), str(node.get("address"))) in used:
+                    continue
+                # A route domain's "%" must reach BIG-IP as "%25" in the path.
+                path = _item(_NODE, part, str(node.get("name"))).replace("%", "%25")
+                resp = await self._call("DELETE", path)
+                if _ok(resp) or resp.status == 404:
+                    log.info("%s: deleted unused node %s", self.name, node.get("fullPath"))
+                elif resp.status != 400:
+                    self._raise(resp, f"DELETE {path}")
+        except ApplianceError as exc:
+            log.warning(
+                "%s: unused nodes in partition %s not deleted (tried again after the next "
+                "change): %s",
+                self.name,
+                part,
+                exc,
+            )
 
     async def _sync(self) -> None:
         if self.sync_group is None:
@@ -563,18 +632,55 @@ def _upsert(
     collection: str, part: str, name: str, body: dict[str, Any], exists: bool
 ) -> tuple[str, str, dict[str, Any]]:
     if exists:
-        return ("PATCH", _item(collection, part, name), body)
+        # ``defaultsFrom`` (the parent) is fixed when an object is created; BIG-IP
+        # refuses to change it, so a PATCH never carries it.
+        patch = {k: v for k, v in body.items() if k != "defaultsFrom"}
+        return ("PATCH", _item(collection, part, name), patch)
     return ("POST", collection, {"name": name, "partition": part, **body})
 
 
-def _member(address: str, node: str, port: int) -> dict[str, Any]:
-    return {"name": member_name(address, port), "address": address, "description": node}
+@dataclass(frozen=True, slots=True)
+class _Placement:
+    """Where a partition's members and their nodes go."""
+
+    partition: str
+    route_domain: int
+    #: Members whose node lives elsewhere already: address -> (partition, address text).
+    homes: Mapping[str, tuple[str, str]]
 
 
-def _pool_body(part: str, s: VirtualServer) -> dict[str, Any]:
+def _member(at: _Placement, address: str, node: str, port: int) -> dict[str, Any]:
+    """A pool member in the cluster's partition and route domain, as F5's clients send
+    one (f5-cccl, f5-ansible's bigip_pool_member: ``partition`` and ``<address>%<rd>``):
+    its node is ``/<part>/<address>%<rd>``, never one BIG-IP puts in ``/Common``. A
+    member already on a node elsewhere (made by an earlier release) keeps that node."""
+    part, text = at.homes.get(address, (at.partition, f"{address}%{at.route_domain}"))
     return {
-        **profile_pool_fields(part, s),
-        "members": [_member(m.address, m.node, s.port) for m in s.members],
+        "name": member_name(text, port),
+        "partition": part,
+        "address": text,
+        "description": node,
+    }
+
+
+def _member_homes(part: str, pools: list[dict[str, Any]]) -> dict[str, tuple[str, str]]:
+    """The members of the partition's pools whose node is in another partition."""
+    homes: dict[str, tuple[str, str]] = {}
+    for pool in pools:
+        reference = pool.get("membersReference")
+        items = reference.get("items", []) if isinstance(reference, dict) else []
+        for item in items:
+            home = str(item.get("partition") or part)
+            at = parse_endpoint(str(item.get("name", "")))
+            if home != part and at is not None and item.get("address"):
+                homes[at[0]] = (home, str(item["address"]))
+    return homes
+
+
+def _pool_body(at: _Placement, s: VirtualServer) -> dict[str, Any]:
+    return {
+        **profile_pool_fields(at.partition, s),
+        "members": [_member(at, m.address, m.node, s.port) for m in s.members],
         "description": s.owner,
     }
 
@@ -659,6 +765,11 @@ def fastl4_body(part: str, idle_timeout_s: int | None) -> dict[str, Any]:
     }
     if idle_timeout_s is not None:
         body["idleTimeout"] = idle_timeout_s
+    # F5's nPath chapter ("Configuring nPath Routing", BIG-IP LTM Implementations):
+    # with loose close, set the TCP close timeout to the idle timeout when half-closes
+    # are expected (a client that sent its FIN while the server still sends); with
+    # BIG-IP's 5 s the flow goes, and the client's next ACK is load-balanced afresh.
+    body["tcpCloseTimeout"] = idle_timeout_s if idle_timeout_s is not None else FASTL4_IDLE_S
     return body
 
 
