@@ -336,6 +336,7 @@ async def test_a10_item6_acos_before_41_is_refused_with_the_reason(emu: A10Emula
     finally:
         await d.close()
     assert emu.writes == 0
+    assert emu.live_sessions == 0  # the refused session was logged off
 
 
 async def test_a10_item6_a_14_character_prefix_gives_a_29_character_monitor(

@@ -778,6 +778,9 @@ class A10Driver(RestDriver):
         if version is None:
             log.warning("%s: could not read the ACOS version (%s)", self.name, _err(resp.body)[1])
         elif version < _MIN_VERSION:
+            # Not left open: ACOS limits sessions, and every retry logs in again.
+            with contextlib.suppress(ApplianceError):
+                await self._send(signature, "POST", "/logoff")
             raise ApplianceRejected(
                 self.name,
                 f"ACOS {text.split(',')[0]} is too old: vipwire needs ACOS 4.1 or later "
