@@ -116,6 +116,16 @@ async def test_a10_item1_a_session_left_in_another_partition_is_refused(
     assert emu.objects("shared", "virtual-server") == {}
 
 
+async def test_a10_item1_a_partition_admin_who_cannot_read_partitions_gets_in(
+    driver: A10Driver, emu: A10Emulator
+) -> None:
+    """Item 1: a user refused the partition lookup (a partition admin) is not locked
+    out: the read-back of the active partition is what proves the switch."""
+    emu.fail_next(403, method="GET", path_contains=f"/partition/{CLUSTER}")
+    assert await converge(driver, by_name(server())) == ["CreateVirtualServer"]
+    assert server().name in emu.objects(CLUSTER, "service-group")
+
+
 # --- items 2 and 3: creating partitions ------------------------------------------------
 
 
@@ -326,6 +336,7 @@ async def test_a10_item6_acos_before_41_is_refused_with_the_reason(emu: A10Emula
     finally:
         await d.close()
     assert emu.writes == 0
+    assert emu.live_sessions == 0  # the refused session was logged off
 
 
 async def test_a10_item6_a_14_character_prefix_gives_a_29_character_monitor(
