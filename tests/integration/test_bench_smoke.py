@@ -16,6 +16,7 @@ from vipwire.bench.burst import BurstOptions, burst
 from vipwire.bench.floor import measure_floor
 from vipwire.bench.latency import LatencyOptions, latency
 from vipwire.bench.restart import RestartOptions, restart
+from vipwire.bench.scale import options_from, scale
 from vipwire.cli.bench import bench
 from vipwire.natsserver import NatsServer
 
@@ -87,3 +88,40 @@ async def test_the_command_writes_the_scenarios_json(
     document = json.loads(out.read_text())
     assert document["hop"]["p50_ms"] > 0
     assert await bench("latency", ["services=0"], None) == 2
+
+
+async def test_scale_sweeps_services_and_nodes_and_every_node_converges() -> None:
+    """A tiny sweep (20 Services x 3 and 6 nodes, two agent processes for 6): every point
+    converges on every node and reports deliveries, bytes, consumers, CPU and exponents."""
+    result = await scale(
+        options_from({"services": "20", "nodes": "3,6", "clusters": "1", "agents_per_process": "4"})
+    )
+    data = result.data
+    assert data["sweep"] == {
+        "services": [20],
+        "nodes": [3, 6],
+        "clusters": [1],
+        "feed": ["default"],
+    }
+    assert [p["nodes_per_cluster"] for p in data["points"]] == [3, 6]
+    for point in data["points"]:
+        assert point["all_converged"] and point["every_node_applied"], point
+        assert point["nodes_applied"] == point["nodes"]
+        assert point["applied_s"] > 0
+        assert point["deliveries"] > point["services"] and point["bytes_out"] > 0
+        assert point["consumers_total"] == sum(point["consumers"]["by_filter"].values()) > 0
+        assert point["consumers"]["by_filter"].get("vipwire.<cluster>.lb.>", 0) >= 1
+        assert set(point["cpu_s"]) == {"ipam", "lbdriver", "watcher", "nodeagents"}
+        assert point["nats_cpu_s"] >= 0 and point["total_cpu_s"] > 0
+    assert [p["name"] for p in data["points"][1]["processes"] if p["kind"] == "nodeagents"] == [
+        "nodeagents:east:1",
+        "nodeagents:east:2",
+    ]
+    (fit,) = data["exponents"]
+    assert set(fit["fits"]) == {
+        "applied_s", "nats_cpu_s", "control_plane_cpu_s", "nodeagents_cpu_s", "total_cpu_s",
+        "deliveries", "consumers_total",
+    }  # fmt: skip
+    assert fit["fits"]["applied_s"]["nodes"] is not None
+    assert fit["fits"]["applied_s"]["services"] is None  # one Services value: no fit
+    assert "exponent default 1c applied_s" in result.table()
