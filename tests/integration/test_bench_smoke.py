@@ -109,6 +109,7 @@ async def test_scale_sweeps_services_and_nodes_and_every_node_converges() -> Non
         assert point["nodes_applied"] == point["nodes"]
         assert point["applied_s"] > 0
         assert point["deliveries"] > point["services"] and point["bytes_out"] > 0
+        assert point["jetstream_deliveries"] >= point["node_agent_deliveries"] > 0
         assert point["consumers_total"] == sum(point["consumers"]["by_filter"].values()) > 0
         assert point["consumers"]["by_filter"].get("vipwire.<cluster>.lb.>", 0) >= 1
         assert set(point["cpu_s"]) == {"ipam", "lbdriver", "watcher", "nodeagents"}
