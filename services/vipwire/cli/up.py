@@ -105,6 +105,19 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argpar
         action="store_true",
         help="--kubeconfig: create the demo Services in that cluster (deleted again on exit)",
     )
+    up.add_argument(
+        "--trace-exporter",
+        choices=("file", "console", "otlp"),
+        default="file",
+        help="where spans go: file (default: OTLP-JSON lines in STATE_DIR/traces, read with "
+        "`vipwire trace ID --store STATE_DIR`), console (stderr) or otlp "
+        "($OTEL_EXPORTER_OTLP_ENDPOINT)",
+    )
+    up.add_argument(
+        "--jaeger-url",
+        metavar="URL",
+        help="the dashboard links trace ids to URL/trace/<id> (e.g. http://127.0.0.1:16686)",
+    )
     return up
 
 
@@ -171,10 +184,17 @@ async def _up(args: argparse.Namespace, stop: asyncio.Event) -> int:
         tls=bool(getattr(args, "tls", False)),
         secure_bus=not getattr(args, "insecure_bus", False),
         lease_namespace=getattr(args, "lease_namespace", None),
+        trace_exporter=getattr(args, "trace_exporter", "file"),
+        jaeger_url=getattr(args, "jaeger_url", None),
     )
     demo = not real or args.demo
     stack = Stack(settings)
     print(f"vipwire up: JetStream store in {stack.state_dir / 'jetstream'}", file=sys.stderr)
+    if stack.trace_dir is not None:
+        print(
+            f"vipwire up: spans in {stack.trace_dir} (vipwire trace ID --store DIR)",
+            file=sys.stderr,
+        )
     if stack.operator_creds is None:
         print(
             "vipwire up: WARNING: --insecure-bus: NATS runs without authentication or "
