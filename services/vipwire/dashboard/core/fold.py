@@ -43,6 +43,7 @@ from vipwire.contracts import (
     summary,
     vips_text,
 )
+from vipwire.dashboard.core.sorting import NaturalKey, natural_key
 from vipwire.dashboard.core.views import Hop, State, TimelineEntry
 
 # A uid seen removed is remembered so that a late message of that Service
@@ -84,6 +85,10 @@ class Change(NamedTuple):
     kind: Literal["added", "changed", "removed", "cluster"]
     #: ``cluster/ns/name`` for Services; the cluster's name for ``cluster``.
     key: str
+
+
+def _ref_key(ref: ServiceRef) -> tuple[NaturalKey, NaturalKey, NaturalKey]:
+    return natural_key(ref[0]), natural_key(ref[1]), natural_key(ref[2])
 
 
 # --- mutable state --------------------------------------------------------------------
@@ -128,6 +133,7 @@ class ServiceEntry:
         "first_seen",
         "haystack",
         "lb_error",
+        "lb_time",
         "lb_vips",
         "members",
         "name",
@@ -172,6 +178,8 @@ class ServiceEntry:
         self.convergence_ms: float | None = None
         self.first_seen = time
         self.updated = time
+        #: When the appliance last served its VIPs (LbProgrammed), for the lagging-agent alert.
+        self.lb_time: float | None = None
         self.timeline: deque[TimelineEntry] = deque(maxlen=timeline)
         # Last stream sequence applied per subject family: a consumer re-created
         # after a reconnect delivers the last message of each subject again.
@@ -359,6 +367,7 @@ class ReadModel:
                 return True
             case LbProgrammed():
                 view.lb_vips = m.vips
+                view.lb_time = event.time
                 view.appliance = m.appliance
                 view.members = m.members
                 view.lb_error = None
@@ -448,8 +457,12 @@ class ReadModel:
     def ordered(self) -> list[ServiceRef]:
         """Every Service's key, sorted (cached until a Service comes or goes)."""
         if self._order is None:
-            self._order = sorted(self.services)
+            self._order = sorted(self.services, key=_ref_key)
         return self._order
+
+    def owner(self, cluster: str, vip: str) -> ServiceRef | None:
+        """The Service that holds ``vip`` in ``cluster``, as far as the bus says."""
+        return self._vip_owner.get((cluster, vip))
 
     def keys(self) -> Iterator[ServiceRef]:
         return iter(self.ordered())
