@@ -8,18 +8,24 @@ import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import aiohttp
 import pytest
 
 from vipwire.allinone import Stack, StackSettings
 from vipwire.testing import eventually
 
 TRACE_ANNOTATION = "vipwire.io/last-trace-id"
+JAEGER = "http://jaeger.example.internal:16686"
 
 
 @pytest.fixture
 async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
     settings = StackSettings(
-        clusters=1, nodes=2, state_dir=str(tmp_path / "state"), trace_exporter="file"
+        clusters=1,
+        nodes=2,
+        state_dir=str(tmp_path / "state"),
+        trace_exporter="file",
+        jaeger_url=JAEGER,
     )
     async with Stack(settings) as s:
         await s.wait_ready()
@@ -86,3 +92,12 @@ def test_vipwire_trace_names_what_is_missing(tmp_path: Path) -> None:
     unknown = trace_cli("0" * 31 + "1", "--store", str(tmp_path))
     assert unknown.returncode == 1 and str(tmp_path) in unknown.stderr
     assert "Traceback" not in bad.stderr + missing.stderr + unknown.stderr
+
+
+async def test_the_stack_hands_its_jaeger_url_to_the_dashboard(stack: Stack) -> None:
+    """`vipwire up --jaeger-url` reaches the dashboard, which then links trace ids."""
+    url = stack.dashboard_url
+    assert url is not None
+    async with aiohttp.ClientSession() as session, session.get(url + "api/overview") as resp:
+        body = await resp.json()
+    assert body["jaeger_url"] == JAEGER
