@@ -12,10 +12,10 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
+from vipwire.kubeemu import _openapi, _tables, _views
 from vipwire.kubeemu import _resources as res
-from vipwire.kubeemu import _tables, _views
 from vipwire.kubeemu._errors import ApiError
-from vipwire.kubeemu._patch import PATCH_TYPES
+from vipwire.kubeemu._patch import JSON_PATCH, PATCH_TYPES
 from vipwire.kubeemu._resources import ResourceType, Target, parse_path
 from vipwire.kubeemu._selectors import Filter
 from vipwire.kubeemu._store import ListResult, Store
@@ -200,6 +200,46 @@ async def _body(request: web.Request) -> Any:
         raise ApiError.bad_request(f"the body of the request is not valid JSON: {exc}") from None
 
 
+@dataclass(frozen=True, slots=True)
+class _Body:
+    value: Any
+    warnings: tuple[str, ...] = ()
+
+
+_FIELD_VALIDATION = ("Ignore", "Warn", "Strict")
+
+
+async def _validated_body(request: web.Request, rt: ResourceType, *, check: bool = True) -> _Body:
+    """The request's JSON body, its fields checked as ``fieldValidation`` asks: Strict
+    refuses an unknown field (400), Warn (the default) answers a warning, Ignore
+    neither ("Field validation",
+    https://kubernetes.io/docs/reference/using-api/api-concepts/#field-validation)."""
+    directive = request.query.get("fieldValidation") or "Warn"
+    if directive not in _FIELD_VALIDATION:
+        raise ApiError.bad_request(
+            f'fieldValidation: Unsupported value: "{directive}": supported values: '
+            + ", ".join(f'"{d}"' for d in _FIELD_VALIDATION)
+        )
+    value = await _body(request)
+    if not check or directive == "Ignore":
+        return _Body(value)
+    unknown = [f'unknown field "{path}"' for path in _openapi.unknown_fields(rt, value)]
+    if unknown and directive == "Strict":
+        raise ApiError.bad_request(
+            f'{rt.kind} in version "{rt.version}" cannot be handled as a {rt.kind}: '
+            f"strict decoding error: {', '.join(unknown)}"
+        )
+    return _Body(value, tuple(unknown))
+
+
+def _warned(response: web.Response, body: _Body) -> web.Response:
+    """Add the ``Warning: 299`` headers of a body's unknown fields (fieldValidation=Warn)."""
+    for text in body.warnings:
+        escaped = text.replace("\\", "\\\\").replace('"', '\\"')
+        response.headers.add("Warning", f'299 - "{escaped}"')
+    return response
+
+
 class KubeApp:
     """Request handling; one per emulated cluster."""
 
@@ -220,6 +260,8 @@ class KubeApp:
             app.router.add_get(f"/apis/{{group}}{suffix}", self._api_group)
             app.router.add_get(f"/api/{{version}}{suffix}", self._resource_list)
             app.router.add_get(f"/apis/{{group}}/{{version}}{suffix}", self._resource_list)
+        app.router.add_get("/openapi/v3", self._openapi_root)
+        app.router.add_get("/openapi/v3/{path:.+}", self._openapi_document)
         app.router.add_route("*", "/{tail:.*}", self._resource)
         return app
 
@@ -322,6 +364,15 @@ class KubeApp:
             }
         )
 
+    async def _openapi_root(self, request: web.Request) -> web.Response:
+        return _json(_openapi.root())
+
+    async def _openapi_document(self, request: web.Request) -> web.Response:
+        doc = _openapi.document(request.match_info["path"])
+        if doc is None:
+            raise ApiError(404, "NotFound", "the server could not find the requested resource")
+        return web.Response(body=doc, content_type="application/json")
+
     # --- resources -------------------------------------------------------------
 
     async def _resource(self, request: web.Request) -> web.StreamResponse:
@@ -377,7 +428,8 @@ class KubeApp:
         if request.method == "POST":
             if rt.namespaced and target.namespace is None:
                 raise ApiError(405, "MethodNotAllowed", "the server does not allow this method")
-            return _json(self.store.create(rt, target.namespace, await _body(request)), 201)
+            body = await _validated_body(request, rt)
+            return _warned(_json(self.store.create(rt, target.namespace, body.value), 201), body)
         if request.method == "DELETE":
             flt = Filter.parse(
                 target.namespace, query.get("labelSelector"), query.get("fieldSelector"), rt
@@ -401,7 +453,10 @@ class KubeApp:
                 return self._list_response(request, rt, [self._get(rt, ns, name)], None)
             return _json(self._get(rt, ns, name))
         if method == "PUT":
-            return _json(self.store.update(rt, ns, name, await _body(request), subresource=sub))
+            body = await _validated_body(request, rt)
+            return _warned(
+                _json(self.store.update(rt, ns, name, body.value, subresource=sub)), body
+            )
         if method == "PATCH":
             content_type = request.content_type
             if content_type not in PATCH_TYPES:
@@ -411,8 +466,12 @@ class KubeApp:
                     f"the body of the request was in an unknown format - accepted media types "
                     f"include: {', '.join(PATCH_TYPES)}",
                 )
-            patch = await _body(request)
-            return _json(self.store.patch(rt, ns, name, content_type, patch, subresource=sub))
+            # (A JSON patch is a list of operations: its values are not checked here.)
+            patch = await _validated_body(request, rt, check=content_type != JSON_PATCH)
+            return _warned(
+                _json(self.store.patch(rt, ns, name, content_type, patch.value, subresource=sub)),
+                patch,
+            )
         if method == "DELETE" and sub is None:
             options = await _body(request) or {}
             preconditions = options.get("preconditions") if isinstance(options, dict) else None
