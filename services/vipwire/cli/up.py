@@ -200,6 +200,13 @@ async def _up(args: argparse.Namespace, stop: asyncio.Event) -> int:
             )
         if stack.dashboard_url is not None:
             print(f"vipwire up: dashboard on {stack.dashboard_url}", file=sys.stderr)
+        for cluster in stack.emulators:
+            # The emulated clusters answer kubectl as an API server does.
+            kubeconfig = stack.state_dir / f"kubeconfig-{cluster}"
+            print(
+                f"vipwire up: cluster {cluster}: kubectl --kubeconfig {kubeconfig} get svc",
+                file=sys.stderr,
+            )
         clock = StatusClock(
             stack.emulators,
             polled=[c for c in stack.clusters if c not in stack.emulators],
