@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 
-from vipwire.kubeemu import _openapi, _tables, _views
+from vipwire.kubeemu import KubeEmulator, _openapi, _tables, _views
 from vipwire.kubeemu import _resources as res
 from vipwire.kubeemu._errors import ApiError
 from vipwire.kubeemu._selectors import parse_field_selector
@@ -145,3 +146,39 @@ def test_openapi_root_names_a_document_per_group_version_with_field_validation()
     patch = doc["paths"]["/api/v1/namespaces/{namespace}/services/{name}"]["patch"]
     assert patch["x-kubernetes-group-version-kind"]["kind"] == "Service"
     assert "fieldValidation" in {p["name"] for p in patch["parameters"]}
+
+
+async def test_a_core_events_watch_sees_events_k8s_io_events() -> None:
+    """kubectl events -w watches core/v1 Events: an events.k8s.io/v1 Event, existing or
+    new, reaches it in the core view (message, involvedObject)."""
+    emu = KubeEmulator("east")
+
+    def event(name: str) -> dict[str, Any]:
+        return {
+            "apiVersion": "events.k8s.io/v1",
+            "kind": "Event",
+            "metadata": {"name": name, "namespace": "default"},
+            "eventTime": "2026-01-01T00:00:00.000000Z",
+            "reportingController": "vipwire.io/watcher",
+            "reportingInstance": "w-0",
+            "action": "Allocate",
+            "reason": "IPAllocated",
+            "type": "Normal",
+            "regarding": {"kind": "Service", "namespace": "default", "name": "web"},
+            "note": f"note of {name}",
+        }
+
+    await emu.create(event("before"))
+    session = emu.watch("events", "default", field_selector="involvedObject.name=web")
+    await emu.create(event("after"))
+    seen = []
+    async with asyncio.timeout(5):  # a bound on a hang, not on speed: both are queued
+        while len(seen) < 2:
+            item = await session.next()
+            assert item is not None
+            seen.append(item)
+    session.close()
+    assert [(e["type"], e["object"]["apiVersion"], e["object"]["message"]) for e in seen] == [
+        ("ADDED", "v1", "note of before"),
+        ("ADDED", "v1", "note of after"),
+    ]

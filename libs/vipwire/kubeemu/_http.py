@@ -61,11 +61,7 @@ class AuditEntry:
     name: str | None
 
 
-# core/v1 and events.k8s.io/v1 Events are views of one another (see :mod:`._views`).
-_OTHER_VIEW: dict[ResourceType, tuple[ResourceType, Callable[[Obj], Obj]]] = {
-    res.CORE_EVENTS: (res.EVENTS, _views.core_event),
-    res.EVENTS: (res.CORE_EVENTS, _views.events_event),
-}
+_OTHER_VIEW = _views.OTHER_VIEW  # core/v1 and events.k8s.io/v1 Events: one another's views
 
 _VERB_OF_METHOD = {"POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}
 

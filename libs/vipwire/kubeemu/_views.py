@@ -8,13 +8,17 @@ the deprecated* fields are the core ones). vipwire's watcher writes events.k8s.i
 while ``kubectl describe`` and ``kubectl events`` read core/v1 with selectors on
 ``involvedObject.*``.
 
-The emulator stores each Event in the group it was written in and serves the other
-group's reads (get and list, not watch) through these conversions.
+The emulator stores each Event in the group it was written in and serves it to the
+other group's reads (get, list and watch) through these conversions.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
+
+from vipwire.kubeemu import _resources as res
+from vipwire.kubeemu._resources import ResourceType
 
 Obj = dict[str, Any]
 
@@ -65,3 +69,10 @@ def events_event(obj: Obj) -> Obj:
         if isinstance(source, dict) and source.get("component"):
             out["reportingController"] = source["component"]
     return out
+
+
+# A resource -> the other resource whose objects it also shows, and how it shows them.
+OTHER_VIEW: dict[ResourceType, tuple[ResourceType, Callable[[Obj], Obj]]] = {
+    res.CORE_EVENTS: (res.EVENTS, core_event),
+    res.EVENTS: (res.CORE_EVENTS, events_event),
+}
