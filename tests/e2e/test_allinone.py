@@ -15,6 +15,7 @@ import sys
 from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -294,3 +295,42 @@ class TestSmoke:
         assert cli["tls"]["cert_file"] == str(tmp_path / "pki" / "client-cert.pem")
         assert cli["credentials"].endswith("operator-admin.creds")  # permissions on too
         assert f"--config {tmp_path / 'vipwire-cli.yaml'}" in proc.stderr
+
+
+class TestOperatorRelease:
+    async def test_ipam_release_from_the_cli_writes_an_event_naming_the_operator(
+        self, stack: Stack
+    ) -> None:
+        """`vipwire ipam release --creds <operator-admin's>` (the real CLI, a subprocess,
+        permissions on) moves the Service to a new VIP, and the Service gets a Normal
+        IPReleasedByOperator naming that operator and both addresses, once."""
+        creds = stack.operator_creds
+        assert creds is not None
+        await stack.create_service("east", "web")
+        await eventually(lambda: vip_of(stack, "east", "web"), what="east/web has a VIP")
+        old = vip_of(stack, "east", "web")
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "vipwire.cli", "ipam", "release", "east/default/web",
+            "--nats", stack.nats.urls[0], "--creds", str(creds),
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        out, err = await proc.communicate()
+        assert proc.returncode == 0, (out.decode(), err.decode())
+        assert f"withdrawing {old}" in out.decode()
+
+        def released() -> list[dict[str, Any]]:
+            events = stack.emulators["east"].list("events.events.k8s.io", "default")
+            return [e for e in events if e.get("reason") == "IPReleasedByOperator"]
+
+        await eventually(
+            lambda: released() and vip_of(stack, "east", "web") not in (None, old),
+            what="an IPReleasedByOperator Event and the new VIP in status",
+        )
+        new = vip_of(stack, "east", "web")
+        (event,) = released()
+        assert event["type"] == "Normal"
+        assert event["regarding"]["name"] == "web"
+        assert event["note"].startswith(
+            f"operator operator-admin released {old} (vipwire ipam release); {new} allocated"
+        ), event["note"]

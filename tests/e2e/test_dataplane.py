@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 import pytest
 
 from vipwire.lab import DsrLab, missing_requirements
+from vipwire.lab.drain import NEW_CONNECTIONS, drain_report
 from vipwire.lab.dsr import PLANTED_ADDRESS, PLANTED_TABLE
 from vipwire.lab.topology import CLIENT_ADDRESS, SERVICE_PORT
 
@@ -160,6 +161,19 @@ class TestLifecycle:
         assert lab.call(lab.lab.nft_handles(NODE_1)) == handles
         assert lab.call(lab.lab.node_addresses(NODE_1)) == addresses
         assert lab.call(lab.lab.measure(vip, requests=10))["ok"] == 10
+
+
+class TestDrain:
+    def test_a_long_lived_connection_survives_a_drain_while_new_ones_go_elsewhere(
+        self, lab: Lab
+    ) -> None:
+        """Cordoning the node of an open connection drains it: the appliance's kernel lists
+        it draining, the connection keeps answering from the same pod, and every new
+        connection lands on the other node (the JSON of ``vipwire lab dsr``)."""
+        report = lab.call(drain_report(lab.lab))
+        assert report["drain_kept_connection"] is True, report
+        assert report["drain_new_connections_elsewhere"] is True, report
+        assert sum(report["drain_new_connections"].values()) == NEW_CONNECTIONS
 
 
 class TestMoreThanHttp:

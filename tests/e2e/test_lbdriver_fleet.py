@@ -36,7 +36,7 @@ async def test_wrong_credentials_become_one_warning_event_and_no_status(stack: S
     )
     (event,) = warnings(stack, "ApplianceFailed")
     assert "ApplianceAuthError" in event["note"]
-    assert "check the credentials configured for appliance sim-1" in event["note"]
+    assert "check the credentials of appliance sim-1" in event["note"]
     # Fences: the retries opened the breaker (nothing more reaches the appliance until its
     # 5 s cooldown), and the lbdriver said the failure once: the watcher has no news.
     lbdriver = stack.components["lbdriver"]

@@ -11,13 +11,16 @@ from support.appliances import CLUSTER, PREFIX, by_name, converge, server
 from vipwire.applianceemu import A10Emulator
 from vipwire.lbdriver.io.drivers.a10 import A10Driver, acl_name, persist_name
 from vipwire.lbdriver.io.drivers.credentials import CredentialSource
+from vipwire.lbdriver.settings import ApplianceTimeouts
 
 PASSWORD = "a10-s3cret"
+#: Short timeouts: an emulator on this host answers at once or not at all.
+QUICK = ApplianceTimeouts(login_s=5, read_s=5, write_s=5, commit_s=5)
 
 
 @pytest.fixture
 async def emu() -> AsyncIterator[A10Emulator]:
-    emulator = A10Emulator(username="admin", password=PASSWORD)
+    emulator = A10Emulator(username="admin", password=PASSWORD, partitions=(CLUSTER,))
     await emulator.start()
     yield emulator
     await emulator.stop()
@@ -26,7 +29,7 @@ async def emu() -> AsyncIterator[A10Emulator]:
 @pytest.fixture
 async def driver(emu: A10Emulator) -> AsyncIterator[A10Driver]:
     credentials = CredentialSource("thunder-a", "admin", password=PASSWORD)
-    d = A10Driver("thunder-a", emu.url, credentials, request_timeout_s=5)
+    d = A10Driver("thunder-a", emu.url, credentials, timeouts=QUICK)
     yield d
     await d.close()
 

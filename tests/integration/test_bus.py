@@ -28,7 +28,7 @@ from vipwire.bus import (
     kv_keys,
     kv_purge_markers,
 )
-from vipwire.contracts import STREAM, NodeGone, ServiceGone, subject_for
+from vipwire.contracts import STREAM, NodeGone, ServiceGone, encode, subject_for
 from vipwire.natsserver import NatsServer
 from vipwire.runtime import Runtime
 from vipwire.testing import eventually
@@ -380,6 +380,67 @@ class TestPoison:
         newer = await rt.bus.publish(gone("web", uid="newer"))
         await eventually(lambda: handled[-1] == ("newer", newer), what="the newer one handled")
         assert consumer.unreadable == {}
+        await consumer.stop()
+
+    async def test_a_payload_disagreeing_with_its_subject_is_refused_before_any_handler(
+        self, make_runtime: RuntimeFactory, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """A payload naming another cluster/name than its subject: never handled (the
+        last agreeing message before it is handed over instead), no on_unreadable call,
+        counted as subject-mismatch, logged once per subject with what disagreed."""
+        rt = await make_runtime("mismatch")
+        subject = subject_for(gone("web"))
+        valid = await rt.bus.publish(gone("web", uid="kept"))
+        forged = ServiceGone(cluster="west", namespace="default", name="api", uid="forged")
+        for _ in range(3):
+            await rt.bus.js.publish(subject, encode(forged))
+        handled: list[tuple[str, int]] = []
+        reported: list[Unreadable] = []
+
+        async def handler(d: Delivery) -> Verdict:
+            assert isinstance(d.message, ServiceGone)
+            handled.append((d.message.uid, d.seq))
+            return DONE
+
+        async def on_unreadable(u: Unreadable) -> None:
+            reported.append(u)
+
+        consumer = rt.bus.consumer(
+            ConsumerSpec(filters=SERVICES, deliver="last_per_subject", ack="none"),
+            handler,
+            on_unreadable=on_unreadable,
+        )
+        await consumer.start()
+        await consumer.caught_up(5)
+        assert handled == [("kept", valid)]
+        assert reported == [] and consumer.unreadable == {}
+        live = ConsumerSpec(filters=SERVICES, durable="mismatch-live")
+        live_handled: list[str] = []
+
+        async def live_handler(d: Delivery) -> Verdict:
+            assert isinstance(d.message, ServiceGone)
+            live_handled.append(d.message.uid)
+            return DONE
+
+        second = rt.bus.consumer(live, live_handler)
+        await second.start()
+        await eventually(lambda: owes_nothing(rt, "mismatch-live"), what="all settled")
+        assert live_handled == ["kept"]
+        exposed = rt.metrics.expose()
+        assert (
+            'vipwire_bus_rejected_total{family="service",reason="subject-mismatch"} 4' in exposed
+        ), exposed
+        lines = [r.getMessage() for r in caplog.records if "refused " + subject in r.getMessage()]
+        assert len(lines) == 2, lines  # one per consumer, the repeats held back
+        # Live, a forgery is only refused: the message in force was handled already and
+        # is not looked up (a flood costs no stream reads) nor handed over again.
+        await rt.bus.js.publish(subject, encode(forged))
+        newer = await rt.bus.publish(gone("web", uid="newer"))  # a fence: same subject, after
+        await eventually(lambda: handled[-1] == ("newer", newer), what="the newer one handled")
+        assert handled == [("kept", valid), ("newer", newer)]
+        assert "cluster 'west' (subject says 'east')" in lines[0]
+        assert "name 'api' (subject says 'web')" in lines[0]
+        await second.stop()
         await consumer.stop()
 
     async def test_a_handler_that_keeps_failing_is_poisoned_after_max_deliveries(

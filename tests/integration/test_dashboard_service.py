@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import statistics
+import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -22,6 +25,7 @@ from vipwire.contracts import (
     NodeSnapshot,
     PoolStatus,
     ServicePort,
+    ServiceRejected,
     ServiceSnapshot,
     StatusWritten,
     VipAssigned,
@@ -179,6 +183,39 @@ class TestReadModelFromTheBus:
         assert [r["key"] for r in page["rows"]] == ["west/default/api"]
         assert page["facets"]["clusters"] == ["east", "west"]
 
+    async def test_a_rejected_service_is_in_the_failed_list_with_its_reason(
+        self, publisher: Runtime, start_dashboard: Callable[..., Awaitable[Dashboard]]
+    ) -> None:
+        """A ServiceRejected (the watcher's InvalidService) lists the Service as failed with
+        the reason, live and after a rebuild; its fixed snapshot clears it."""
+        ref = {"cluster": "east", "namespace": "default", "name": "typo", "uid": "uid-typo"}
+        rejected = ServiceRejected(
+            **ref,
+            resource_version="3",
+            reason="InvalidService",
+            message="annotation vipwire.io/poool is not one vipwire knows",
+        )
+        await publish_all(publisher, [*pipeline("web", "198.51.100.1"), rejected])
+        dash = await start_dashboard()
+        _, page = await dash.get("/api/services?state=failed")
+        assert [(r["key"], r["error"]) for r in page["rows"]] == [
+            ("east/default/typo", "InvalidService: " + rejected.message)
+        ]
+        _, detail = await dash.get("/api/services/east/default/typo")
+        assert [e["kind"] for e in detail["service"]["timeline"]] == ["service-rejected"]
+
+        await publish_all(publisher, [ServiceSnapshot(**ref, resource_version="4", ports=PORTS)])
+        await eventually(
+            lambda: (
+                queries.row(dash.service.model, ("east", "default", "typo")).state  # type: ignore[union-attr]
+                == "pending"
+            ),
+            timeout=5.0,
+            what="the fixed Service is pending",
+        )
+        _, page = await dash.get("/api/services?state=failed")
+        assert page["rows"] == []
+
 
 class TestLiveEvents:
     async def test_a_new_service_arrives_over_server_sent_events(
@@ -277,6 +314,39 @@ class TestAuth:
             assert cookie["httponly"] and cookie.value != TOKEN
         status, page = await dash.get("/services")  # the session keeps the cookie
         assert status == 200 and "<table" in page
+
+    async def test_no_token_outside_loopback_refuses_to_start_unless_allowed(
+        self,
+        start_dashboard: Callable[..., Awaitable[Dashboard]],
+        tmp_path: Path,
+        caplog: pytest.LogCaptureFixture,
+    ) -> None:
+        """`vipwire run dashboard` on 0.0.0.0 without a token exits non-zero naming what to
+        set; with allow_anonymous it starts and warns."""
+        config = tmp_path / "vipwire.yaml"
+        config.write_text(
+            "bus:\n  servers: ['nats://127.0.0.1:1']\nhttp:\n  port: 0\n"
+            "dashboard:\n  host: 0.0.0.0\n  port: 0\n"
+        )
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "vipwire.cli", "run", "dashboard", "--config", str(config),
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        _, err = await proc.communicate()
+        assert proc.returncode == 2, err.decode()
+        said = err.decode()
+        assert "dashboard.host '0.0.0.0' is not a loopback address" in said, said
+        assert "dashboard.token_file" in said and "dashboard.allow_anonymous: true" in said
+
+        with caplog.at_level(logging.WARNING, logger="vipwire.dashboard"):
+            dash = await start_dashboard(host="0.0.0.0", allow_anonymous=True)
+        assert any(
+            "without a token (dashboard.allow_anonymous: true)" in r.getMessage()
+            for r in caplog.records
+        )
+        status, _ = await dash.get("/api/services")
+        assert status == 200
 
 
 class TestServing:

@@ -11,8 +11,11 @@ from support.appliances import CLUSTER, by_name, converge, server
 from vipwire.applianceemu import F5Emulator
 from vipwire.lbdriver.io.drivers.credentials import CredentialSource
 from vipwire.lbdriver.io.drivers.f5 import F5Driver
+from vipwire.lbdriver.settings import ApplianceTimeouts
 
 PASSWORD = "s3cret-pw"
+#: Short timeouts: an emulator on this host answers at once or not at all.
+QUICK = ApplianceTimeouts(login_s=5, read_s=5, write_s=5, commit_s=5)
 
 
 @pytest.fixture
@@ -26,7 +29,7 @@ async def emu() -> AsyncIterator[F5Emulator]:
 @pytest.fixture
 async def driver(emu: F5Emulator) -> AsyncIterator[F5Driver]:
     credentials = CredentialSource("bigip-a", "admin", password=PASSWORD)
-    d = F5Driver("bigip-a", emu.url, credentials, request_timeout_s=5)
+    d = F5Driver("bigip-a", emu.url, credentials, timeouts=QUICK)
     yield d
     await d.close()
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import logging
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -21,6 +22,7 @@ from vipwire.contracts import (
     STREAM,
     LbRemoved,
     Message,
+    PoolsServed,
     ServiceGone,
     ServicePort,
     ServiceSnapshot,
@@ -28,6 +30,7 @@ from vipwire.contracts import (
     VipFailed,
     VipReleased,
     VipReleasing,
+    cluster_subject,
     decode,
     parse_subject,
     subject_for,
@@ -694,13 +697,16 @@ class TestReload:
 class TestOperatorCommands:
     async def test_status_show_reload_release_from_the_command_line(
         self,
+        *,
         bus: Runtime,
         seen: Seen,
         make_ipam: IpamFactory,
         nats_server: NatsServer,
         capsys: pytest.CaptureFixture[str],
+        caplog: pytest.LogCaptureFixture,
     ) -> None:
-        """`vipwire ipam` verbs print what ipam (or the KV) says and exit 0."""
+        """`vipwire ipam` verbs print what ipam (or the KV) says and exit 0; a release is
+        logged with its caller, and the next VipAssigned says who released what."""
         from vipwire.cli import ipam as cli
         from vipwire.cli.main import build_parser
 
@@ -729,9 +735,19 @@ class TestOperatorCommands:
         assert code == 1 and "reload refused" in out  # started without a config file
         code, out = await run("release", "east/shop/nope")
         assert code == 1 and "holds no addresses" in out
-        code, out = await run("release", "east/shop/web")
+        with caplog.at_level(logging.INFO, logger="vipwire.ipam"):
+            code, out = await run("release", "east/shop/web")
         assert code == 0 and f"withdrawing {vip}" in out
         await seen.wait(VipReleasing, "web")
+        # Logged with the caller (no credentials: anonymous), the Service key and the VIPs.
+        assert any(
+            "operator release by anonymous: east/shop/web (key svc.east.shop.web) gives up " + vip
+            in r.getMessage()
+            for r in caplog.records
+        ), [r.getMessage() for r in caplog.records]
+        await bus.bus.publish(lb_removed("web"))
+        again = await seen.wait(VipAssigned, "web", count=2)
+        assert (again.released_by, again.released_vips) == ("anonymous", (vip,))
 
 
 class TestRaces:
@@ -945,3 +961,36 @@ class TestScale:
         assert {(m.cluster, m.name): m.vips for m in seen.of_all(VipAssigned)} == before
         await handled(second, 1000)
         assert (await bus.bus.js.stream_info(kv_stream)).state.last_seq == writes
+
+
+class TestPoolsServed:
+    async def test_each_served_cluster_is_told_its_pools_at_start_and_after_a_reload(
+        self, bus: Runtime, make_ipam: IpamFactory, tmp_path: Path
+    ) -> None:
+        """ipam.clusters east and west: each gets PoolsServed on vipwire.<c>.pools.all (a
+        pool for west only is west's alone); a reload publishes the new ranges."""
+        west_only = PoolSettings(name="west", addresses=("203.0.113.0/28",), clusters=("west",))
+        config = tmp_path / "vipwire.yaml"
+        write_config(config, TINY, west_only, clusters=["east", "west"], reload_interval_s=0.05)
+        settings = IpamSettings(
+            pools=(TINY, west_only), clusters=("east", "west"), reload_interval_s=0.05
+        )
+        await make_ipam(settings=settings, config_path=str(config))
+
+        async def told(cluster: str) -> PoolsServed | None:
+            stored = await bus.bus.last_message(cluster_subject("pools", cluster))
+            message = None if stored is None else decode(stored.subject, stored.data)
+            return message if isinstance(message, PoolsServed) else None
+
+        async def says(cluster: str, ranges: tuple[str, ...]) -> bool:
+            found = await told(cluster)
+            return found is not None and found.ranges == ranges
+
+        await eventually(lambda: says("east", ("198.51.100.10/31",)), what="east's pools")
+        await eventually(
+            lambda: says("west", ("198.51.100.10/31", "203.0.113.0/28")), what="west's pools"
+        )
+        write_config(config, POOL, west_only, clusters=["east", "west"], reload_interval_s=0.05)
+        await eventually(
+            lambda: says("east", ("192.0.2.0/24", "2001:db8::/120")), what="east's new pools"
+        )

@@ -13,6 +13,7 @@ from vipwire.lbdriver import (
     ApplianceAuthError,
     ApplianceRejected,
     ApplianceSettings,
+    ApplianceTimeouts,
     ApplianceUnavailable,
     CreateVirtualServer,
     build_driver,
@@ -23,11 +24,13 @@ from vipwire.lbdriver.io.drivers.a10 import A10Driver, monitor_name
 from vipwire.lbdriver.io.drivers.credentials import CredentialSource
 
 PASSWORD = "a10-s3cret"
+#: Short timeouts: an emulator on this host answers at once or not at all.
+QUICK = ApplianceTimeouts(login_s=5, read_s=5, write_s=5, commit_s=5)
 
 
 @pytest.fixture
 async def emu() -> AsyncIterator[A10Emulator]:
-    emulator = A10Emulator(username="admin", password=PASSWORD)
+    emulator = A10Emulator(username="admin", password=PASSWORD, partitions=(CLUSTER,))
     await emulator.start()
     yield emulator
     await emulator.stop()
@@ -35,7 +38,7 @@ async def emu() -> AsyncIterator[A10Emulator]:
 
 def make_driver(emu: A10Emulator, **options: object) -> A10Driver:
     credentials = CredentialSource("thunder-a", "admin", password=PASSWORD)
-    return A10Driver("thunder-a", emu.url, credentials, request_timeout_s=5, **options)  # type: ignore[arg-type]
+    return A10Driver("thunder-a", emu.url, credentials, timeouts=QUICK, **options)  # type: ignore[arg-type]
 
 
 @pytest.fixture
@@ -51,7 +54,7 @@ async def driver(emu: A10Emulator) -> AsyncIterator[A10Driver]:
 async def test_create_builds_a_dsr_virtual_port_on_servers_and_a_service_group(
     driver: A10Driver, emu: A10Emulator
 ) -> None:
-    """The partition is made, nodes become servers, the port has no-dest-nat, memory is written."""
+    """Nodes become servers, the port has no-dest-nat, memory is written."""
     s = server()
     assert await converge(driver, by_name(s)) == ["CreateVirtualServer"]
     assert CLUSTER in emu.partitions
@@ -60,7 +63,7 @@ async def test_create_builds_a_dsr_virtual_port_on_servers_and_a_service_group(
     node = servers["vipwire-node-198.51.100.1"]
     assert node["host"] == "198.51.100.1"
     assert node["user-tag"] == "node-198.51.100.1"
-    assert node["port-list"] == [{"port-number": 80, "protocol": "tcp"}]
+    assert node["port-list"] == [{"port-number": 80, "protocol": "tcp", "health-check-disable": 1}]
     group = emu.objects(CLUSTER, "service-group")[s.name]
     assert group["protocol"] == "tcp"
     assert sorted((m["name"], m["port"]) for m in group["member-list"]) == [
@@ -166,7 +169,7 @@ async def test_concurrent_batches_sharing_nodes_both_land(
 
 async def test_long_cluster_names_need_a_partition_mapping(emu: A10Emulator) -> None:
     """ACOS partition names have at most 14 characters: unmapped long names are refused clearly."""
-    d = make_driver(emu, partitions={"averyverylongclustername": "avl"})
+    d = make_driver(emu, partitions={"averyverylongclustername": "avl"}, partition_mode="create")
     try:
         with pytest.raises(ApplianceRejected, match="14 characters"):
             await d.apply("anotherverylongcluster", [CreateVirtualServer(server=server())])
@@ -239,6 +242,8 @@ async def test_wrong_credentials_raise_an_auth_error_without_the_password(
     assert isinstance(caught.value.__cause__, VendorError)
     assert caught.value.__cause__.status == 403
     assert "Incorrect user name or password" in str(caught.value)
+    assert "the appliance refused vipwire's login" in str(caught.value)
+    assert "admin" not in str(caught.value), "the user name reaches Events"
     assert PASSWORD not in str(caught.value) and PASSWORD not in repr(driver)
     assert emu.failed_logins == 1
 
@@ -349,11 +354,13 @@ async def test_foreign_objects_are_listed_as_not_ours_and_never_touched(
 async def test_a_vip_held_by_a_foreign_virtual_server_is_refused(
     driver: A10Driver, emu: A10Emulator
 ) -> None:
-    """We never add ports to someone else's virtual-server."""
+    """We never add ports to someone else's virtual-server; its name (maybe another
+    tenant's) is not in the error, which becomes the Service's Event."""
     emu.plant(CLUSTER, "virtual-server", {"name": "legacy-vs", "ip-address": "192.0.2.10"})
     await driver.list_virtual_servers(CLUSTER)
-    with pytest.raises(ApplianceRejected, match="held by"):
+    with pytest.raises(ApplianceRejected, match="held by another virtual-server") as caught:
         await driver.apply(CLUSTER, [CreateVirtualServer(server=server())])
+    assert "legacy-vs" not in str(caught.value)
     assert emu.objects(CLUSTER, "virtual-server")["legacy-vs"].get("port-list") is None
 
 

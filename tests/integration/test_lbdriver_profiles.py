@@ -109,7 +109,7 @@ async def test_f5_profile_change_is_one_write_replacing_the_monitor(
 
 @pytest.fixture
 async def a10() -> AsyncIterator[tuple[A10Emulator, A10Driver]]:
-    emu = A10Emulator(username="admin", password=PASSWORD)
+    emu = A10Emulator(username="admin", password=PASSWORD, partitions=(CLUSTER,))
     await emu.start()
     driver = A10Driver("thunder", emu.url, CredentialSource("thunder", "admin", password=PASSWORD))
     try:

@@ -37,6 +37,7 @@ from vipwire.contracts import (
 from vipwire.lbdriver import (
     ApplianceAuthError,
     ApplianceSettings,
+    ApplianceTimeouts,
     LbdriverService,
     Monitor,
     Operation,
@@ -167,7 +168,8 @@ async def test_rolling_update_writes_each_service_at_most_once_per_window(h: Har
     """10 Services x 10 endpoint events (a rollout each, interleaved) cost at most one write
     per Service per coalescing window, and the appliance ends with the last members."""
     window = 0.3
-    await h.start(coalesce_window_ms=window * 1000, coalesce_quiet_ms=100.0)
+    # No drain here: members leave at once (the drain's own writes: test_lbdriver_drain).
+    await h.start(coalesce_window_ms=window * 1000, coalesce_quiet_ms=100.0, drain_timeout_s=0.0)
     names = [f"svc{i}" for i in range(10)]
     await h.publish(*(node(i) for i in range(11)))
     await h.publish(*(ready_on(n, range(10)) for n in names))
@@ -378,7 +380,7 @@ async def test_wrong_credentials_fail_clearly_back_off_and_spare_other_appliance
     for name in failing:
         (failed,) = h.reports(LbFailed, name)  # one report each, not one per retry
         assert (failed.reason, failed.appliance) == ("ApplianceAuthError", "sim-a")
-        assert "check the credentials configured for appliance sim-a" in failed.message
+        assert "check the credentials of appliance sim-a" in failed.message
     assert not h.reports(LbProgrammed, "bad0")
     status = {a.name: a for a in service.status().appliances}
     assert status["sim-a"].health in ("open", "half-open")
@@ -400,7 +402,7 @@ async def test_wrong_password_on_the_f5_emulator_is_not_a_login_storm(
         "bigip",
         emu.url,
         CredentialSource("bigip", "admin", password="wrong-password"),
-        request_timeout_s=2,
+        timeouts=ApplianceTimeouts(login_s=2, read_s=2, write_s=2, commit_s=2),
     )
     try:
         await h.start(

@@ -20,6 +20,7 @@ from vipwire.contracts import (
     Member,
     NodeApplied,
     NodeEndpoints,
+    PoolsServed,
     ServicePort,
     decode,
     node_subject,
@@ -40,6 +41,7 @@ from vipwire.testing import eventually
 RuntimeFactory = Callable[[str], Awaitable[Runtime]]
 CLUSTER = "east"
 NODE = "node-a.dc1"
+POOLS = ("192.0.2.0/24", "2001:db8::/64")
 
 
 def programmed(
@@ -123,6 +125,8 @@ async def agents(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Agents]:
         runtime: Runtime, applier: DryRunApplier, node: str = NODE, **overrides: object
     ) -> NodeagentService:
         options: dict[str, object] = {"coalesce_ms": 5, "resync_interval_s": 0.0, **overrides}
+        # What ipam would publish: the pools every VIP of these tests is in.
+        await runtime.bus.publish(PoolsServed(cluster=CLUSTER, ranges=POOLS))
         settings = NodeagentSettings(cluster=CLUSTER, node=node, **options)  # type: ignore[arg-type]
         service = NodeagentService(settings, runtime, applier)
         started.append(service)
@@ -322,6 +326,39 @@ class TestClusters:
         assert all(
             getattr(a, "address", None) != "192.0.2.99" for batch in applier.history for a in batch
         )
+
+
+class TestPools:
+    async def test_without_known_pools_nothing_is_added_nor_taken_off_until_they_come(
+        self, make_runtime: RuntimeFactory, agents: Agents, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A restart before ipam has published pools (none on the bus, no vip_ranges):
+        the VIP already on lo stays, a new one is not added; once the pools come, the one
+        inside goes on lo and the one outside is refused, counted and reported."""
+        rt = await make_runtime("nodeagent")
+        reports = Reports()
+        await reports.attach(rt)
+        await rt.bus.publish(programmed("web", "192.0.2.10"))
+        await rt.bus.publish(programmed("evil", "203.0.113.66"))
+        served = InterfaceAddress(interface="lo", address="192.0.2.10", prefix=32)
+        applier = DryRunApplier(AppliedState(addresses=(served,)))
+        monkeypatch.delenv("VIPWIRE_NODE", raising=False)
+        service = NodeagentService(
+            NodeagentSettings(cluster=CLUSTER, node=NODE, coalesce_ms=5, resync_interval_s=0.0),
+            rt,
+            applier,
+        )
+        await service.start()
+        try:
+            await service.wait_ready(5)
+            assert on_lo(applier) == ["192.0.2.10"]
+            await rt.bus.publish(PoolsServed(cluster=CLUSTER, ranges=POOLS))
+            report = await reports.wait_for(vips=("192.0.2.10",))
+            assert report.refused == ("default/evil 203.0.113.66",)
+            assert on_lo(applier) == ["192.0.2.10"]
+            assert "vipwire_nodeagent_rejected_vips_total 1" in rt.metrics.expose()
+        finally:
+            await service.stop()
 
 
 class TestRestart:

@@ -21,7 +21,14 @@ from support.recorders import BusRecorder
 from vipwire.contracts import NodeApplied, ServiceSnapshot, decode
 from vipwire.ipam import IpamService, IpamSettings, PoolSettings
 from vipwire.kubeemu import KubeEmulator
-from vipwire.lbdriver import ApplianceSettings, LbdriverService, LbdriverSettings, SimAppliance
+from vipwire.lbdriver import (
+    ApplianceSettings,
+    LbdriverService,
+    LbdriverSettings,
+    Monitor,
+    SimAppliance,
+    VirtualServer,
+)
 from vipwire.runtime import Runtime
 from vipwire.testing import eventually
 from vipwire.watcher import WatcherService, WatcherSettings
@@ -50,16 +57,14 @@ class Pipeline:
         self.recorder = BusRecorder()
         #: LbdriverSettings fields that override the pipeline's own.
         self.lbdriver_options: dict[str, Any] = {}
+        #: ipam's pools (set before start).
+        self.pools: tuple[PoolSettings, ...] = (
+            PoolSettings(name="default", addresses=("198.51.100.0/24",), appliance_group="dc1"),
+        )
 
     async def start(self) -> None:
         ipam = IpamService(
-            IpamSettings(
-                pools=(
-                    PoolSettings(
-                        name="default", addresses=("198.51.100.0/24",), appliance_group="dc1"
-                    ),
-                )
-            ),
+            IpamSettings(pools=self.pools),
             await self.make_runtime("ipam"),
         )
         lbdriver = LbdriverService(
@@ -174,13 +179,18 @@ class Pipeline:
 
 
 def endpoint_slice(
-    name: str, ready_on: tuple[str, ...], *, terminating_on: tuple[str, ...] = ()
+    name: str,
+    ready_on: tuple[str, ...],
+    *,
+    terminating_on: tuple[str, ...] = (),
+    serving: bool = True,
 ) -> dict[str, Any]:
+    """``terminating_on``: endpoints shutting down, still serving or not (``serving``)."""
     endpoints = [
         {
             "addresses": [f"10.0.{i}.{j}"],
             "nodeName": node,
-            "conditions": {"ready": ready, "serving": True, "terminating": not ready},
+            "conditions": {"ready": ready, "serving": ready or serving, "terminating": not ready},
         }
         for i, (nodes, ready) in enumerate(((ready_on, True), (terminating_on, False)))
         for j, node in enumerate(nodes, start=1)
@@ -373,18 +383,27 @@ class TestLocalTraffic:
     async def test_only_nodes_with_a_ready_local_endpoint_are_members(
         self, pipeline: Pipeline
     ) -> None:
-        """externalTrafficPolicy Local: members are the nodes with a ready endpoint (not the
-        terminating ones); scaled to zero on a node, that node leaves; at zero, none is left."""
+        """externalTrafficPolicy Local: members are the nodes with a serving endpoint: ready,
+        or terminating but still serving (graceful shutdown); once a terminating endpoint
+        stops serving its node leaves; at zero, none is left."""
         await pipeline.start_watcher()
         await pipeline.create("local", etp="Local", endpoints_on=("n1", "n2"))
         await eventually(
             lambda: pipeline.members("local") == {"n1", "n2"}, timeout=5, what="members n1 and n2"
         )
+        # n2's pod terminates, still serving; n3 gets one (its arrival fences the change).
+        slice_ = endpoint_slice("local", ("n1", "n3"), terminating_on=("n2",))
         await pipeline.emu.patch(
-            "endpointslices",
-            "default",
-            "local-abc",
-            {"endpoints": endpoint_slice("local", ("n1",), terminating_on=("n2",))["endpoints"]},
+            "endpointslices", "default", "local-abc", {"endpoints": slice_["endpoints"]}
+        )
+        await eventually(
+            lambda: pipeline.members("local") == {"n1", "n2", "n3"},
+            timeout=5,
+            what="n2 still a member while its terminating pod serves, n3 joined",
+        )
+        slice_ = endpoint_slice("local", ("n1",), terminating_on=("n2",), serving=False)
+        await pipeline.emu.patch(
+            "endpointslices", "default", "local-abc", {"endpoints": slice_["endpoints"]}
         )
         await eventually(
             lambda: pipeline.members("local") == {"n1"}, timeout=5, what="member n1 only"
@@ -581,3 +600,122 @@ class TestStatusStaysTrue:
             lambda: [e["type"] for e in p.events("NodesHoldVip", "web")] == ["Normal"],
             what="a Normal NodesHoldVip Event",
         )
+
+
+class TestPartialStatus:
+    async def test_a_refused_port_is_in_the_status_while_the_other_is_served(
+        self, pipeline: Pipeline
+    ) -> None:
+        """Another tool holds VIP:443 on the appliance: port 80 is served, the status lists
+        443 with ``error: vipwire.io/ApplianceRejected`` and a Warning PortRefused tells
+        it; once the clash is gone the ports (and their errors) leave the status."""
+        vip = "198.51.100.77"
+        pipeline.appliance.put(
+            "east",
+            VirtualServer(
+                name="other-tool-443",
+                owner="",
+                address=vip,
+                port=443,
+                protocol="TCP",
+                members=(),
+                monitor=Monitor(port=1),
+            ),
+        )
+        await pipeline.start_watcher()
+        await pipeline.emu.create(
+            {
+                "apiVersion": "v1",
+                "kind": "Service",
+                "metadata": {
+                    "name": "two",
+                    "namespace": "default",
+                    "annotations": {"vipwire.io/ips": vip},
+                },
+                "spec": {
+                    "type": "LoadBalancer",
+                    "loadBalancerClass": CLASS,
+                    "selector": {"app": "two"},
+                    "ports": [
+                        {"name": "http", "port": 80, "targetPort": 8080},
+                        {"name": "https", "port": 443, "targetPort": 8443},
+                    ],
+                },
+            }
+        )
+
+        def ingress() -> list[dict[str, Any]]:
+            svc = pipeline.service("two") or {}
+            found = ((svc.get("status") or {}).get("loadBalancer") or {}).get("ingress")
+            return found or []
+
+        refused = [
+            {"port": 80, "protocol": "TCP"},
+            {"port": 443, "protocol": "TCP", "error": "vipwire.io/ApplianceRejected"},
+        ]
+        await eventually(
+            lambda: [e.get("ports") for e in ingress()] == [refused],
+            what="status lists port 443 refused",
+        )
+        await eventually(lambda: pipeline.events("PortRefused", "two"), what="a PortRefused Event")
+        assert {s.port for s in pipeline.servers_of("two")} == {80}
+
+        pipeline.appliance.remove("east", "other-tool-443")
+        await eventually(
+            lambda: [e.get("ports") for e in ingress()] == [None],
+            what="the ports leave the status once 443 is served",
+        )
+        assert {s.port for s in pipeline.servers_of("two")} == {80, 443}
+
+
+async def test_a_dual_stack_service_on_ipv4_only_nodes_is_no_members(
+    make_runtime: RuntimeFactory, tmp_path: Path, span_exporter: InMemorySpanExporter
+) -> None:
+    """Dual-stack Service, IPv4-only nodes: the IPv6 virtual server has no member, so the
+    condition is False (NoMembers, naming the IPv6 VIP) with a Warning Event, although the
+    IPv4 VIP is served (sim appliance)."""
+    emu = KubeEmulator("east", bookmark_interval=0.5)
+    await emu.start()
+    for node, address in NODES.items():
+        await emu.add_node(node, address)
+    kubeconfig = emu.write_kubeconfig(tmp_path / "kc", context_name="east")
+    p = Pipeline(emu, make_runtime, kubeconfig, span_exporter)
+    p.pools = (
+        PoolSettings(
+            name="dual", addresses=("198.51.100.0/24", "2001:db8:1::/120"), appliance_group="dc1"
+        ),
+    )
+    try:
+        await p.start()
+        await p.start_watcher()
+        await emu.create(
+            {
+                "apiVersion": "v1",
+                "kind": "Service",
+                "metadata": {"name": "dual", "namespace": "default"},
+                "spec": {
+                    "type": "LoadBalancer",
+                    "loadBalancerClass": CLASS,
+                    "selector": {"app": "dual"},
+                    "ipFamilies": ["IPv4", "IPv6"],
+                    "ipFamilyPolicy": "RequireDualStack",
+                    "ports": [{"name": "http", "port": 80, "targetPort": 8080}],
+                },
+            }
+        )
+
+        def condition() -> dict[str, Any]:
+            conds = ((p.service("dual") or {}).get("status") or {}).get("conditions") or []
+            return next((c for c in conds if c["type"] == "vipwire.io/Ready"), {})
+
+        await eventually(lambda: condition().get("reason") == "NoMembers", what="NoMembers")
+        v6 = [ip for ip in p.vips("dual") if ":" in ip]
+        assert len(p.vips("dual")) == 2 and len(v6) == 1
+        assert condition()["status"] == "False"
+        assert v6[0] in condition()["message"] and "no IPv6 member node" in condition()["message"]
+        await eventually(lambda: p.events("NoMembers", "dual"), what="a Warning NoMembers")
+        by_family = {":" in s.address: len(s.members) for s in p.servers_of("dual")}
+        assert by_family == {False: 3, True: 0}
+    finally:
+        await p.stop()
+        await emu.stop()

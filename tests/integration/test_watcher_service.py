@@ -16,6 +16,7 @@ from opentelemetry.trace import SpanKind
 from support.fences import now_ns, watcher_settled
 from support.orders import WRITE_ORDERS
 from support.recorders import BusRecorder as Seen
+from vipwire.cli.main import main
 from vipwire.contracts import (
     EndpointsSnapshot,
     LbFailed,
@@ -27,6 +28,7 @@ from vipwire.contracts import (
     NodeSnapshot,
     ServiceGone,
     ServicePort,
+    ServiceRejected,
     ServiceSnapshot,
     StatusWritten,
     VipAssigned,
@@ -34,6 +36,7 @@ from vipwire.contracts import (
     VipReleased,
 )
 from vipwire.kubeemu import KubeEmulator
+from vipwire.natsserver import NatsServer
 from vipwire.runtime import Runtime
 from vipwire.testing import eventually
 from vipwire.watcher import WatcherService, WatcherSettings
@@ -101,6 +104,8 @@ class Harness:
         self.started_ns = 0
         self._make_runtime = make_runtime
         self.kubeconfig = kubeconfig
+        #: (uid, VIPs) ipam has assigned, as far as this harness published.
+        self._assigned: set[tuple[str, tuple[str, ...]]] = set()
         self.watcher: WatcherService | None = None
         self.runtime: Runtime | None = None
 
@@ -141,6 +146,25 @@ class Harness:
         return self.emu.find("services", "default", name)
 
     async def publish(self, message: Message) -> None:
+        """Publish as the pipeline would: a programming comes after ipam's assignment of
+        its VIPs (the watcher writes only assigned VIPs), published here if not yet."""
+        if isinstance(message, LbProgrammed) and (message.uid, message.vips) not in self._assigned:
+            await self.peer.bus.publish(
+                VipAssigned(
+                    cluster=message.cluster,
+                    namespace=message.namespace,
+                    name=message.name,
+                    uid=message.uid,
+                    vips=message.vips,
+                    pool="default",
+                    appliance_group="sim",
+                    ports=message.ports,
+                )
+            )
+        if isinstance(message, VipAssigned):
+            self._assigned.add((message.uid, message.vips))
+        if isinstance(message, LbProgrammed):
+            self._assigned.add((message.uid, message.vips))
         await self.peer.bus.publish(message)
 
     def events(self, reason: str) -> list[dict[str, Any]]:
@@ -227,6 +251,23 @@ class TestServices:
             assert svc is not None
             assert FINALIZER not in (svc["metadata"].get("finalizers") or [])
             assert not harness.seen.of(ServiceSnapshot, name=name)
+
+    async def test_programmed_vips_ipam_did_not_assign_never_reach_the_status(
+        self, harness: Harness
+    ) -> None:
+        """A forged LbProgrammed (the lbdriver's subject) naming the gateway and 8.8.8.8
+        besides the assigned VIP: nothing is written (counted, logged); the true
+        programming then writes only the assigned VIP."""
+        await harness.start_watcher()
+        snap = await harness.created()
+        await harness.publish(programmed(snap.uid))
+        await eventually(lambda: ingress_of(harness.service()), what="web's ingress")
+        forged = programmed(snap.uid, ("198.51.100.7", "192.0.2.1", "8.8.8.8"))
+        await harness.peer.bus.publish(forged)  # no assignment of these: as a forger does
+        assert harness.runtime is not None
+        refused = harness.runtime.metrics.counter("watcher_refused_vips_total", "")
+        await eventually(lambda: refused.value() == 2, what="the two foreign VIPs refused")
+        assert ingress_of(harness.service()) == [{"ip": "198.51.100.7", "ipMode": "VIP"}]
 
     async def test_programmed_writes_status_and_event(
         self, harness: Harness, span_exporter: InMemorySpanExporter
@@ -834,6 +875,170 @@ class TestValidation:
         await harness.settled()
         assert ingress_of(harness.service()) == [{"ip": "198.51.100.7", "ipMode": "VIP"}]
         assert len(harness.seen.of(ServiceSnapshot, name="web")) == 1
+        # The rejection is on the bus, with the snapshot still in force (not an end).
+        (rejected,) = harness.seen.of(ServiceRejected, name="web")
+        assert rejected.in_force == snap and rejected.reason == "InvalidService"
+
+    async def test_a_rejection_is_published_in_the_trace_of_its_event_and_annotation(
+        self, harness: Harness, nats_server: NatsServer, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """vipwire.io/ips " , ,": InvalidService; a ServiceRejected on the bus (never valid:
+        nothing in force) whose trace is the Event's and vipwire.io/last-trace-id's; fixed,
+        a snapshot follows; deleted while rejected, its subject ends with ServiceGone."""
+        await harness.start_watcher()
+        await harness.emu.create(lb_service(annotations={"vipwire.io/ips": " , ,"}))
+        rejected = await harness.seen.wait(ServiceRejected, name="web")
+        assert rejected.in_force is None and rejected.reason == "InvalidService"
+        assert 'vipwire.io/ips: " , ," names no address' in rejected.message
+        assert rejected.trace_id
+        await eventually(lambda: harness.events("InvalidService"), what="an InvalidService Event")
+        assert f"(trace {rejected.trace_id})" in harness.events("InvalidService")[0]["note"]
+
+        def annotated() -> str | None:
+            meta = (harness.service() or {}).get("metadata") or {}
+            trace: str | None = (meta.get("annotations") or {}).get("vipwire.io/last-trace-id")
+            return trace
+
+        await eventually(
+            lambda: annotated() == rejected.trace_id,
+            what="the annotation names the trace of the rejected change",
+        )
+        svc = harness.service()
+        assert svc is not None and not svc["metadata"].get("finalizers")
+        assert not harness.seen.of(ServiceSnapshot, name="web")
+        # vipwire replay --service shows it with its reason.
+        capsys.readouterr()
+        args = ["replay", "--nats", nats_server.url, "--service", "east/default/web"]
+        assert await asyncio.to_thread(main, args) == 0
+        out = capsys.readouterr().out
+        assert "service-rejected" in out and "rejected: InvalidService" in out, out
+
+        await harness.emu.patch(
+            "services", "default", "web", {"metadata": {"annotations": {"vipwire.io/ips": "x"}}}
+        )
+        second = await harness.seen.wait(ServiceRejected, count=2, name="web")
+        assert second.trace_id != rejected.trace_id
+        await eventually(
+            lambda: annotated() == second.trace_id, what="the annotation follows the new change"
+        )
+        await harness.emu.delete("services", "default", "web")
+        gone = await harness.seen.wait(ServiceGone, name="web")
+        assert gone.uid == rejected.uid
+
+
+class TestRefusedForGood:
+    async def test_a_service_refused_for_good_that_never_held_a_vip_keeps_no_finalizer(
+        self, harness: Harness
+    ) -> None:
+        """ipam refuses a new Service for good (unknown pool): the finalizer and our mark come
+        off, the annotation names the refusal's trace (its Event's too); a change puts them
+        back with a new snapshot; a refusal that waits (pool full) keeps the finalizer."""
+        await harness.start_watcher()
+        snap = await harness.created(annotations={"vipwire.io/pool": "gold"})
+        refusal = VipFailed(
+            **SVC,
+            uid=snap.uid,
+            reason="AllocationFailed",
+            message="pool 'gold' does not exist (pools: 'default')",
+            retryable=False,
+        )
+        await harness.publish(refusal)
+
+        def meta() -> dict[str, Any]:
+            found: dict[str, Any] = (harness.service() or {}).get("metadata") or {}
+            return found
+
+        await eventually(
+            lambda: not meta().get("finalizers"), what="the finalizer is off the refused web"
+        )
+        assert "vipwire.io/cluster" not in (meta().get("annotations") or {})
+        await eventually(
+            lambda: harness.events("AllocationFailed"), what="an AllocationFailed Event"
+        )
+        trace = (meta().get("annotations") or {}).get("vipwire.io/last-trace-id")
+        assert trace and f"(trace {trace})" in harness.events("AllocationFailed")[0]["note"]
+        await harness.settled()
+        assert not meta().get("finalizers")  # not put back for the same snapshot
+
+        await harness.emu.patch(
+            "services", "default", "web", {"metadata": {"annotations": {"vipwire.io/pool": "x"}}}
+        )
+        changed = await harness.seen.wait(ServiceSnapshot, count=2, name="web")
+        assert changed.pool == "x" and FINALIZER in meta()["finalizers"]
+        await harness.publish(
+            VipFailed(**SVC, uid=snap.uid, reason="AllocationFailed", message="pool 'x' is full")
+        )
+        await eventually(
+            lambda: len(harness.seen.of(VipFailed, name="web")) == 2, what="the second refusal"
+        )
+        await harness.settled()
+        assert FINALIZER in meta()["finalizers"]
+
+    async def test_a_refused_move_is_a_warning_and_a_condition_saying_what_it_keeps(
+        self, harness: Harness
+    ) -> None:
+        """ipam refuses to move a served Service (VipFailed MoveRefused, then the VipAssigned
+        it keeps): a MoveRefused Warning Event and a False condition saying what it keeps and
+        why; the VIP stays in status and the finalizer on."""
+        await harness.start_watcher()
+        snap = await harness.created()
+        vip = "198.51.100.7"
+        assigned = VipAssigned(
+            **SVC,
+            uid=snap.uid,
+            vips=(vip,),
+            pool="default",
+            appliance_group="sim",
+            ports=(ServicePort(port=80),),
+        )
+        await harness.publish(assigned)
+        await harness.publish(programmed(snap.uid, (vip,)))
+        await eventually(lambda: ingress_of(harness.service()), what="web's VIP in status")
+        why = (
+            f"east/default/web keeps {vip} although it asks for 198.51.100.77: the VIPs of a "
+            "served Service do not move by themselves"
+        )
+        await harness.publish(
+            VipFailed(**SVC, uid=snap.uid, reason="MoveRefused", message=why, retryable=False)
+        )
+        await harness.publish(assigned)
+        await eventually(lambda: harness.events("MoveRefused"), what="a MoveRefused Event")
+        (event,) = harness.events("MoveRefused")
+        assert event["type"] == "Warning" and why in event["note"]
+        await eventually(
+            lambda: (ready_condition(harness.service()) or {}).get("reason") == "MoveRefused",
+            what="web's condition says MoveRefused",
+        )
+        cond = ready_condition(harness.service())
+        assert cond is not None and cond["status"] == "False" and cond["message"] == why
+        await harness.settled()
+        svc = harness.service()
+        assert svc is not None and FINALIZER in svc["metadata"]["finalizers"]
+        assert ingress_of(svc) == [{"ip": vip, "ipMode": "VIP"}]
+
+    async def test_a_sharing_key_that_could_not_share_is_a_warning(self, harness: Harness) -> None:
+        """A VipAssigned that says its sharing key's VIP could not be shared: one
+        SharingRefused Warning Event saying why (not repeated by the republishes)."""
+        await harness.start_watcher()
+        snap = await harness.created()
+        why = (
+            "east/default/web could not share a VIP (sharing key 'k': 198.51.100.1 is held by "
+            "east/default/a, which uses port 80/TCP on it), so it got one of its own"
+        )
+        fields: dict[str, Any] = {
+            "uid": snap.uid,
+            "vips": ("198.51.100.2",),
+            "pool": "default",
+            "appliance_group": "sim",
+            "ports": (ServicePort(port=80),),
+        }
+        await harness.publish(VipAssigned(**SVC, **fields, sharing_refused=why))
+        await harness.publish(VipAssigned(**SVC, **fields))
+        await eventually(lambda: harness.events("SharingRefused"), what="a SharingRefused Event")
+        await harness.settled()
+        (event,) = harness.events("SharingRefused")
+        assert event["type"] == "Warning" and why in event["note"]
+        assert "198.51.100.2" in event["note"] and "series" not in event
 
 
 class TestConditionsTraceAndEvents:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import msgspec
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -17,15 +18,18 @@ from vipwire.contracts import (
     NodeApplied,
     NodeGone,
     NodeSnapshot,
+    PoolsServed,
     ServiceGone,
     ServicePort,
     ServiceSnapshot,
     StatusWritten,
     SubjectError,
+    SubjectMismatch,
     VipAssigned,
     VipFailed,
     VipReleased,
     VipReleasing,
+    cluster_subject,
     decode,
     encode,
     family_filter,
@@ -33,6 +37,7 @@ from vipwire.contracts import (
     node_token,
     parse_subject,
     service_subject,
+    subject_disagreements,
     subject_for,
 )
 
@@ -64,6 +69,7 @@ EXAMPLES: list[Message] = [
     LbRemoved(**SVC, appliance="f5-a"),
     NodeApplied(cluster="east", node="n1", generation=3, vips=("198.51.100.7",)),
     StatusWritten(**SVC, vips=("198.51.100.7",), trace_id="0af7651916cd43dd8448eb211c80319c"),
+    PoolsServed(cluster="east", ranges=("198.51.100.0/24", "2001:db8::/120"), pools=("lab",)),
 ]
 
 
@@ -104,6 +110,17 @@ class TestSubjects:
         """Subjects outside the contract's shapes raise SubjectError."""
         with pytest.raises(SubjectError):
             parse_subject(subject)
+
+    def test_pools_is_one_subject_per_cluster(self) -> None:
+        """The pools family has one subject per cluster, built and parsed back."""
+        subject = cluster_subject("pools", "east")
+        assert subject == "vipwire.east.pools.all"
+        parsed = parse_subject(subject)
+        assert (parsed.cluster, parsed.family, parsed.key) == ("east", "pools", "east")
+        assert family_filter("pools", "east") == "vipwire.east.pools.>"
+        for bad in ("vipwire.east.pools.other", "vipwire.east.pools.all.x"):
+            with pytest.raises(SubjectError):
+                parse_subject(bad)
 
     def test_family_filter_spans_one_or_all_clusters(self) -> None:
         """Filters scope a family to one cluster or to every cluster."""
@@ -170,3 +187,33 @@ def test_every_message_has_a_one_line_summary() -> None:
     for message in EXAMPLES:
         line = summary(message)
         assert line and "\n" not in line
+
+
+class TestSubjectAgreement:
+    @pytest.mark.parametrize("message", EXAMPLES, ids=lambda m: type(m).__name__)
+    def test_a_payload_on_its_own_subject_agrees(self, message: Message) -> None:
+        """Every message type agrees with the subject built from its own fields."""
+        assert subject_disagreements(message, parse_subject(subject_for(message))) == ()
+
+    @pytest.mark.parametrize("message", EXAMPLES, ids=lambda m: type(m).__name__)
+    def test_each_disagreeing_field_is_named(self, message: Message) -> None:
+        """Another cluster, namespace, name or node in the payload than in the subject
+        is found, named with both values, and refused by the decoder as a mismatch."""
+        fields: tuple[str, ...] = ("cluster", "namespace", "name")
+        if hasattr(message, "node"):
+            fields = ("cluster", "node")
+        elif isinstance(message, PoolsServed):
+            fields = ("cluster",)
+        for field in fields:
+            forged = msgspec.structs.replace(message, **{field: "forged"})
+            subject = parse_subject(subject_for(message))
+            found = subject_disagreements(forged, subject)
+            assert len(found) == 1 and found[0].startswith(f"{field} 'forged'"), found
+            with pytest.raises(SubjectMismatch, match=f"{field} 'forged'"):
+                decode(subject.raw, encode(forged))
+
+    def test_another_family_on_the_subject_is_named(self) -> None:
+        """A message of one family on another family's subject names the family."""
+        gone = ServiceGone(**SVC)
+        found = subject_disagreements(gone, parse_subject("vipwire.east.vip.shop.web"))
+        assert found == ("family 'service' (subject says 'vip')",)

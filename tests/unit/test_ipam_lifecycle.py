@@ -13,12 +13,16 @@ from typing import Any, TypeVar
 import msgspec
 
 from vipwire.contracts import (
+    LbProgrammed,
     LbRemoved,
+    Member,
     Message,
     ServiceGone,
     ServicePort,
     ServiceRef,
+    ServiceRejected,
     ServiceSnapshot,
+    StatusWritten,
     VipAssigned,
     VipFailed,
     VipReleased,
@@ -27,6 +31,7 @@ from vipwire.contracts import (
 from vipwire.ipam import PoolSettings
 from vipwire.ipam.core.claims import Owner
 from vipwire.ipam.core.decide import decide
+from vipwire.ipam.core.moves import announced, broken
 from vipwire.ipam.core.records import ServiceRecord
 from vipwire.ipam.core.sandbox import Sandbox
 
@@ -93,9 +98,11 @@ class Story:
         self.check()
         return out
 
-    def operator_release(self, title: str, name: str) -> list[Message]:
+    def operator_release(
+        self, title: str, name: str, caller: str = "operator-test"
+    ) -> list[Message]:
         self.title = title
-        out = self.ipam.release(ref(name))
+        out = self.ipam.release(ref(name), caller=caller)
         self.published.extend(out)
         self.check()
         return out
@@ -119,7 +126,10 @@ class Story:
         named: dict[str, set[ServiceRef]] = {}
         for service, record in records.items():
             assert len(set(record.vips)) == len(record.vips), f"{where}: {record}"
-            families = [ipaddress.ip_address(v).version for v in record.vips]
+            assert not broken(record, allocator, _owner(service, record)), f"{where}: {record}"
+            # One VIP per family, but for the old ones while a move serves both.
+            staying = [v for v in record.vips if v not in record.moving_from]
+            families = [ipaddress.ip_address(v).version for v in staying]
             assert len(families) == len(set(families)), f"{where}: {service} {record.vips}"
             for vip in record.vips:
                 claim = claims.get(vip)
@@ -146,7 +156,7 @@ class Story:
         for service, record in records.items():
             last = self.ipam.last_vip.get(service)
             if record.state == "active" and isinstance(last, VipAssigned):
-                assert last.vips == record.vips, f"{where}: {service} told {last.vips}"
+                assert last.vips == announced(record), f"{where}: {service} told {last.vips}"
         for service in self.ipam.waiting:
             assert service not in records or records[service].state == "active", where
 
@@ -222,6 +232,24 @@ def test_the_life_of_a_pool_set() -> None:
     s.step("everyone goes", gone("api"), gone("dns-udp"))
     s.step("the appliance is clean", lb_removed("api"), lb_removed("dns-udp"))
     assert s.ipam.records == {} and s.ipam.allocator.claims() == {}
+
+
+def test_the_assignment_after_an_operator_release_says_who_once() -> None:
+    """The releasing record keeps the caller; the VipAssigned giving the new VIPs names it
+    and the released VIPs; the next republish (a changed snapshot) carries neither."""
+    s = Story()
+    (first,) = s.step("live", snapshot("web"))
+    assert isinstance(first, VipAssigned) and first.released_by is None
+    s.operator_release("alice releases web", "web", caller="operator-alice")
+    assert s.ipam.records[ref("web")].released_by == "operator-alice"
+    (after,) = s.step("clean", lb_removed("web"))
+    assert isinstance(after, VipAssigned)
+    assert (after.released_by, after.released_vips) == ("operator-alice", first.vips)
+    assert after.vips != first.vips
+    assert s.ipam.records[ref("web")].released_by is None
+    (again,) = s.step("new ports", snapshot("web", ports=(ServicePort(port=443),)))
+    assert isinstance(again, VipAssigned) and again.vips == after.vips
+    assert (again.released_by, again.released_vips) == (None, ())
 
 
 def test_a_changed_snapshot_keeps_its_vip_and_carries_new_ports() -> None:
@@ -408,7 +436,11 @@ def test_every_refusal_reaches_the_service_with_its_reason() -> None:
         "other-key": ({"requested_ips": ("192.0.2.2",), "sharing_key": "j"}, "sharing key 'k'"),
         "cross-cluster": (
             {"requested_ips": ("192.0.2.2",), "sharing_key": "k", "cluster": "west"},
-            "never shared across clusters",
+            "requested address 192.0.2.2 is in use by another Service",
+        ),
+        "cross-namespace": (
+            {"requested_ips": ("192.0.2.1",), "namespace": "pay"},
+            "requested address 192.0.2.1 is in use by another Service",
         ),
         "bad-family": ({"requested_ips": ("2001:db8::1",)}, "SingleStack IPv4"),
     }
@@ -416,6 +448,9 @@ def test_every_refusal_reaches_the_service_with_its_reason() -> None:
         (failed,) = s.step(name, snapshot(name, **fields))
         assert isinstance(failed, VipFailed) and failed.reason == "AllocationFailed", name
         assert text in failed.message, (name, failed.message)
+    for name in ("cross-cluster", "cross-namespace"):
+        told = s.last(VipFailed, name).message
+        assert "owner" not in told and "dns" not in told and "east/" not in told, told
     s.step("fill the pool", *(snapshot(f"fill{i}", pool="lab") for i in range(6)))
     assert s.last(VipFailed, "fill5").message == "no free IPv4 address in pool 'lab' (7/7 in use)"
 
@@ -451,3 +486,215 @@ def test_a_new_incarnation_leaves_a_withdrawn_one_its_claims_until_lb_removed() 
     s.step("old is clean", lb_removed("web", uid="old"))
     assert first.vips[0] not in s.ipam.allocator.claims()
     assert s.ipam.records[ref("web")].uid == "new"
+
+
+def test_a_served_service_asking_for_other_vips_is_told_what_it_keeps_and_why() -> None:
+    """vipwire.io/ips changed on a served Service: VipFailed MoveRefused (not waiting)
+    names what it keeps, what it asks for and how to move it; then VipAssigned repeats
+    what it keeps. Asking for what it holds again: VipAssigned alone."""
+    s = Story()
+    s.ipam.move_on_change = False
+    (first,) = s.step("pinned", snapshot("web", requested_ips=("192.0.2.9",)))
+    refused, kept = s.step("asks for another", snapshot("web", requested_ips=("192.0.2.77",)))
+    assert isinstance(first, VipAssigned) and isinstance(kept, VipAssigned)
+    assert isinstance(refused, VipFailed) and refused.reason == "MoveRefused"
+    assert not refused.retryable
+    assert "keeps 192.0.2.9 although it asks for 192.0.2.77" in refused.message
+    assert "vipwire ipam release east/shop/web" in refused.message
+    assert kept.vips == first.vips == ("192.0.2.9",)
+    assert s.step("back", snapshot("web", requested_ips=("192.0.2.9",))) == [
+        msgspec.structs.replace(kept)
+    ]
+
+
+def test_a_sharing_key_that_cannot_share_says_so_and_why() -> None:
+    """Two Services with one sharing key whose ports clash: the second gets a VIP of its own
+    and its VipAssigned says why it could not share (a SharingRefused Event); one that can
+    share carries nothing of the sort."""
+    s = Story()
+    (a,) = s.step("a", snapshot("a", sharing_key="k", ports=ports("80/TCP")))
+    (b,) = s.step("b on a's port", snapshot("b", sharing_key="k", ports=ports("80/TCP")))
+    assert isinstance(a, VipAssigned) and isinstance(b, VipAssigned)
+    assert b.vips != a.vips and a.sharing_refused is None
+    assert b.sharing_refused is not None
+    assert "east/shop/b could not share a VIP (sharing key 'k'" in b.sharing_refused
+    assert "uses port 80/TCP" in b.sharing_refused
+    (c,) = s.step("c shares", snapshot("c", sharing_key="k", ports=ports("81/TCP")))
+    assert isinstance(c, VipAssigned) and c.vips == a.vips and c.sharing_refused is None
+
+
+def test_sharing_across_namespaces_needs_both_sides_to_opt_in() -> None:
+    """One sharing key in two namespaces: a VIP is shared only when each Service names the
+    other's namespace (or *), and its claim then names each sharer's namespace; one that
+    names nobody is never offered it; once shared, one side withdrawing its consent is
+    refused (it keeps its VIP as it was)."""
+    s = Story()
+    (web,) = s.step(
+        "shop/web",
+        snapshot("web", sharing_key="k", ports=ports("80/TCP"), share_namespaces=("blog",)),
+    )
+    (solo,) = s.step(
+        "blog/solo names nobody",
+        snapshot("solo", namespace="blog", sharing_key="k", ports=ports("443/TCP")),
+    )
+    assert isinstance(web, VipAssigned) and isinstance(solo, VipAssigned)
+    assert solo.vips != web.vips and solo.sharing_refused is None
+    (api,) = s.step(
+        "blog/api names *",
+        snapshot(
+            "api",
+            namespace="blog",
+            sharing_key="k",
+            ports=ports("8080/TCP"),
+            share_namespaces=("*",),
+        ),
+    )
+    assert isinstance(api, VipAssigned) and api.vips == web.vips
+    claim = s.ipam.allocator.claims()[web.vips[0]]
+    assert {(claim.namespace_of(x), x.name) for x in claim.sharers} == {
+        ("shop", "web"),
+        ("blog", "api"),
+    }
+    (nosy,) = s.step(
+        "shop/nosy names nobody", snapshot("nosy", sharing_key="k", ports=ports("9090/TCP"))
+    )
+    assert isinstance(nosy, VipAssigned) and nosy.vips != web.vips
+    assert nosy.sharing_refused is not None and "share-with-namespaces" in nosy.sharing_refused
+    failed, kept = s.step(
+        "shop/web withdraws its consent", snapshot("web", sharing_key="k", ports=ports("80/TCP"))
+    )
+    assert isinstance(failed, VipFailed) and "does not name 'blog'" in failed.message
+    assert isinstance(kept, VipAssigned) and kept.vips == web.vips
+
+
+def test_sharing_across_namespaces_one_side_only_gets_its_own_vip_and_says_why() -> None:
+    """blog/api names shop, but shop/web names nobody: api gets a VIP of its own, and its
+    SharingRefused note says web does not accept blog."""
+    s = Story()
+    (web,) = s.step("shop/web", snapshot("web", sharing_key="k", ports=ports("80/TCP")))
+    (api,) = s.step(
+        "blog/api names shop",
+        snapshot(
+            "api",
+            namespace="blog",
+            sharing_key="k",
+            ports=ports("8080/TCP"),
+            share_namespaces=("shop",),
+        ),
+    )
+    assert isinstance(web, VipAssigned) and isinstance(api, VipAssigned)
+    assert api.vips != web.vips
+    assert api.sharing_refused is not None
+    assert "east/shop/web (another namespace: it does not name 'blog'" in api.sharing_refused
+
+
+def test_a_rejection_is_not_a_deletion() -> None:
+    """ServiceRejected of a served Service (its snapshot in force) keeps its VIP: what ipam
+    says is that VipAssigned again, nothing is withdrawn; one never valid asks for nothing."""
+    s = Story()
+    live = snapshot("web")
+    (first,) = s.step("live", live)
+    assert isinstance(first, VipAssigned)
+    rejected = ServiceRejected(
+        cluster="east",
+        namespace="shop",
+        name="web",
+        uid=live.uid,
+        resource_version="2",
+        reason="InvalidService",
+        message="annotation vipwire.io/poool is not one vipwire knows",
+        in_force=live,
+    )
+    assert s.step("made invalid", rejected) == [first]
+    assert s.ipam.records[ref("web")].state == "active"
+    never = msgspec.structs.replace(rejected, name="typo", uid="uid-typo", in_force=None)
+    assert s.step("never valid", never) == []
+    assert s.count(VipReleasing, "web") == 0
+
+
+def _status(name: str, vips: tuple[str, ...], uid: str | None = None) -> StatusWritten:
+    return StatusWritten(
+        cluster="east", namespace="shop", name=name, uid=uid or f"uid-{name}", vips=vips
+    )
+
+
+def _programmed(name: str, vips: tuple[str, ...]) -> LbProgrammed:
+    return LbProgrammed(
+        cluster="east",
+        namespace="shop",
+        name=name,
+        uid=f"uid-{name}",
+        appliance="sim-1",
+        vips=vips,
+        ports=(ServicePort(port=80),),
+        members=(Member(node="n1", address="192.0.2.201"),),
+    )
+
+
+def test_a_changed_address_moves_make_before_break() -> None:
+    """vipwire.io/ips changed on a served Service: the new VIP is claimed and announced
+    with the old (adding); nothing is withdrawn until a status shows both (withdrawing:
+    only the new announced, the old still claimed); the old claim goes once the appliance
+    no longer serves it. The invariants hold after every step."""
+    s = Story()
+    (first,) = s.step("pinned", snapshot("web", requested_ips=("192.0.2.9",)))
+    assert isinstance(first, VipAssigned) and first.vips == ("192.0.2.9",)
+    (adding,) = s.step("asks for another", snapshot("web", requested_ips=("192.0.2.77",)))
+    assert isinstance(adding, VipAssigned)
+    assert adding.vips == ("192.0.2.9", "192.0.2.77") and adding.moving_from == ("192.0.2.9",)
+    assert s.ipam.records[ref("web")].move == "adding"
+    # Programmed, status not yet showing the new one: nothing moves on.
+    assert s.step("programmed both", _programmed("web", adding.vips)) == []
+    assert s.step("status shows the old only", _status("web", ("192.0.2.9",))) == []
+    assert s.step("another incarnation's status", _status("web", adding.vips, "x")) == []
+    (withdrawing,) = s.step("status shows both", _status("web", adding.vips))
+    assert isinstance(withdrawing, VipAssigned)
+    assert withdrawing.vips == ("192.0.2.77",) and withdrawing.moving_from == ("192.0.2.9",)
+    record = s.ipam.records[ref("web")]
+    assert record.move == "withdrawing" and "192.0.2.9" in s.ipam.allocator.claims()
+    assert s.step("appliance still serves both", _programmed("web", adding.vips)) == []
+    assert "192.0.2.9" in s.ipam.allocator.claims()
+    (done,) = s.step("appliance serves the new only", _programmed("web", ("192.0.2.77",)))
+    assert isinstance(done, VipAssigned)
+    assert done.vips == ("192.0.2.77",) and done.moving_from == ()
+    assert s.ipam.records[ref("web")].vips == ("192.0.2.77",)
+    assert set(s.ipam.allocator.claims()) == {"192.0.2.77"}
+    # The address left is free for another Service.
+    (other,) = s.step("other takes it", snapshot("other", requested_ips=("192.0.2.9",)))
+    assert isinstance(other, VipAssigned) and other.vips == ("192.0.2.9",)
+
+
+def test_a_pool_change_moves_and_a_move_that_cannot_serve_both_is_refused() -> None:
+    """vipwire.io/pool changed: a VIP of the new pool, make-before-break; a pool on another
+    appliance group cannot serve both at once: MoveRefused, it keeps its VIP."""
+    other = PoolSettings(name="other", addresses=("198.51.100.0/30",), appliance_group="g1")
+    elsewhere = PoolSettings(name="elsewhere", addresses=("203.0.113.0/30",), appliance_group="dc2")
+    s = Story(POOL, other, elsewhere)
+    (first,) = s.step("lab", snapshot("web", pool=POOL.name))
+    (adding,) = s.step("to other", snapshot("web", pool="other"))
+    assert isinstance(first, VipAssigned) and isinstance(adding, VipAssigned)
+    (new,) = (v for v in adding.vips if v not in first.vips)
+    assert new.startswith("198.51.100.") and adding.moving_from == first.vips
+    s.step("status", _status("web", adding.vips))
+    s.step("appliance", _programmed("web", (new,)))
+    assert s.ipam.records[ref("web")].vips == (new,)
+    refused, kept = s.step("to elsewhere", snapshot("web", pool="elsewhere"))
+    assert isinstance(refused, VipFailed) and refused.reason == "MoveRefused"
+    assert "appliance group 'dc2'" in refused.message
+    assert isinstance(kept, VipAssigned) and kept.vips == (new,)
+
+
+def test_a_change_made_during_a_move_is_followed_once_it_is_over() -> None:
+    """The Service asks for a third address while moving to a second: the move finishes
+    first, then it moves on to the third (not silently left on the second)."""
+    s = Story()
+    s.step("pinned", snapshot("web", requested_ips=("192.0.2.9",)))
+    (adding,) = s.step("to .77", snapshot("web", requested_ips=("192.0.2.77",)))
+    assert isinstance(adding, VipAssigned)
+    (during,) = s.step("to .88 meanwhile", snapshot("web", requested_ips=("192.0.2.88",)))
+    assert isinstance(during, VipAssigned) and during.vips == adding.vips  # finishing first
+    s.step("status", _status("web", adding.vips))
+    done, again = s.step("appliance", _programmed("web", ("192.0.2.77",)))
+    assert isinstance(done, VipAssigned) and done.vips == ("192.0.2.77",)
+    assert isinstance(again, VipAssigned)
+    assert again.vips == ("192.0.2.77", "192.0.2.88") and again.moving_from == ("192.0.2.77",)

@@ -101,6 +101,10 @@ def test_a_status_vip_that_cannot_be_kept_is_noted_with_the_reason() -> None:
         assert isinstance(chosen, Allocation), address
         assert chosen.addresses == ("192.0.2.0",), address
         assert chosen.notes == (f"status VIP {address} not kept: {why}",)
+    # Held by a Service of another namespace: its name stays out of the Event.
+    other = allocator.choose(req("web", "192.0.2.5", namespace="pay"))
+    assert isinstance(other, Allocation)
+    assert other.notes == ("status VIP 192.0.2.5 not kept: held by another Service",)
     named = allocator.choose(req("web", "192.0.2.9", pool="tiny"))
     assert isinstance(named, Allocation) and named.addresses == ("203.0.113.1",)
     assert named.notes == (

@@ -20,6 +20,8 @@ from vipwire.lbdriver.io.drivers.linux_nft import (
     decode_state,
     destination_clash,
     encode_state,
+    flow_set,
+    hash_seed,
     object_name,
     parse_listing,
     render_partition,
@@ -83,9 +85,18 @@ class TestRender:
         rule = rule_of(render(vs), vs)
         assert rule.startswith(f"ether saddr set {OWN} ether daddr set jhash ip saddr . tcp sport")
         # Members in sorted order: index 0 is 192.0.2.1.
-        assert "mod 2 map { 0 : 02:00:00:00:00:0a, 1 : 02:00:00:00:00:0b }" in rule
+        seed = f"{hash_seed(vs.name):#010x}"
+        assert f"mod 2 seed {seed} map {{ 0 : 02:00:00:00:00:0a, 1 : 02:00:00:00:00:0b }}" in rule
         assert f'counter name "{object_name(vs.name)}" fwd to "eth0"' in rule
         assert "ip daddr set" not in rule and "dnat" not in rule
+
+    def test_the_hash_seed_is_fixed_so_a_rewrite_keeps_connections_in_place(self) -> None:
+        """The kernel draws a random jhash seed for a rule without one: every table rewrite
+        would move established connections. The seed is fixed per virtual server."""
+        vs = server("vipwire-a", "192.0.2.1", "192.0.2.2")
+        rule = rule_of(render(vs), vs)
+        assert f"seed {hash_seed(vs.name):#010x} " in rule
+        assert rule == rule_of(render(vs, server("vipwire-b", "192.0.2.1", port=81)), vs)
 
     def test_one_member_needs_no_hash_and_none_drops(self) -> None:
         """A single member is a plain rewrite; no member counts and drops."""
@@ -136,7 +147,11 @@ class TestRender:
         b = server("vipwire-b", "192.0.2.2")
         assert destination_clash({a.name: a}) is None
         clash = destination_clash({a.name: a, b.name: b})
-        assert clash is not None and "vipwire-a" in clash and "vipwire-b" in clash
+        assert clash is not None and clash.names == ("vipwire-a", "vipwire-b")
+        assert "vipwire-a" in str(clash) and "vipwire-b" in str(clash)
+        refused = str(clash.rejected("lab", "east"))
+        assert "already served by another virtual server" in refused
+        assert "vipwire-a" not in refused and "vipwire-b" not in refused
 
 
 names = st.from_regex(r"vipwire-[a-z0-9.-]{1,40}", fullmatch=True)
@@ -213,6 +228,71 @@ class TestSettings:
             ApplianceSettings(name="s", driver="sim", netns="x")
 
 
+class TestDrain:
+    def draining(self, protocol: str = "TCP") -> VirtualServer:
+        base = server("vipwire-d", "192.0.2.1", protocol=protocol)
+        return msgspec.structs.replace(
+            base, draining=(Member(node="node-192.0.2.2", address="192.0.2.2"),)
+        )
+
+    def test_new_flows_go_to_enabled_members_and_old_ones_keep_their_hash(self) -> None:
+        """A draining TCP member: SYNs go to the enabled member (and are remembered), a
+        remembered flow follows them, any other packet is hashed over every member as
+        before the drain (so an established connection keeps its node)."""
+        vs = self.draining()
+        script = render(vs)
+        lines = script.splitlines()
+        start = lines.index(f"\tchain {object_name(vs.name)} {{")
+        syn, remembered, established = (line.strip() for line in lines[start + 1 : start + 4])
+        flows = flow_set(vs.name)
+        assert syn.startswith(
+            f"tcp flags & (syn | ack) == syn add @{flows} {{ ip saddr . tcp sport }}"
+        )
+        assert "ether daddr set 02:00:00:00:00:0a " in syn  # the enabled member only
+        assert remembered.startswith(f"ip saddr . tcp sport @{flows} ")
+        assert "ether daddr set 02:00:00:00:00:0a " in remembered
+        before = rule_of(render(server("vipwire-d", "192.0.2.1", "192.0.2.2")), vs)
+        assert established == before  # the same hash over the same members, in order
+        assert f"\tset {flows} {{" in lines and "\t\tflags dynamic,timeout" in lines
+
+    def test_udp_has_no_syn_and_drops_the_member_from_the_hash(self) -> None:
+        """UDP: no flow set; the draining member takes no part in the hash."""
+        vs = self.draining("UDP")
+        script = render(vs)
+        assert "flows-" not in script
+        assert "02:00:00:00:00:0b" not in rule_of(script, vs)
+
+    def test_remembered_flows_are_read_back_and_carried_over(self) -> None:
+        """The flow set's elements, as nft lists them, are kept across a rewrite."""
+        vs = self.draining()
+        flows = flow_set(vs.name)
+        document = {
+            "nftables": [
+                {
+                    "set": {
+                        "family": "netdev",
+                        "name": flows,
+                        "table": "vipwire-east",
+                        "elem": [
+                            {"elem": {"val": {"concat": ["203.0.113.9", 40000]}, "expires": 30}}
+                        ],
+                    }
+                }
+            ]
+        }
+        listing = parse_listing(document, "vipwire-east")
+        assert listing.flows == {flows: (("203.0.113.9", 40000, 30),)}
+        script = render_partition(
+            table="vipwire-east",
+            device="eth0",
+            mac=OWN,
+            servers={vs.name: vs},
+            macs=MACS,
+            flows=listing.flows,
+        )
+        assert "elements = { 203.0.113.9 . 40000 timeout 30s }" in script
+
+
 class TestAccess:
     def test_source_ranges_are_an_interval_set_the_server_chain_checks_first(self) -> None:
         """A restricted server: a named interval set of its ranges, and a drop (counted) of
@@ -259,6 +339,42 @@ class TestAccess:
         )
         script = render(restricted, v6).replace('device "eth0"', 'device "lo"')
         # Checking only: the first two lines (declare, delete) need the table to exist.
+        checked = "\n".join(script.splitlines()[2:])
+        done = subprocess.run(
+            ["nft", "-c", "-f", "-"], input=checked, text=True, capture_output=True, check=False
+        )
+        if done.returncode != 0 and "Operation not permitted" in done.stderr:
+            pytest.skip("nft -c needs CAP_NET_ADMIN here")
+        assert done.returncode == 0, done.stderr
+
+    def test_a_draining_table_is_accepted_by_nft(self) -> None:
+        """``nft -c`` accepts a drain's flow set (with carried-over flows), its three rules,
+        beside source ranges and affinity."""
+        import shutil
+        import subprocess
+
+        if shutil.which("nft") is None:
+            pytest.skip("nft is not installed")
+        drained = msgspec.structs.replace(
+            server("vipwire-a", "192.0.2.1"),
+            draining=(Member(node="node-192.0.2.2", address="192.0.2.2"),),
+            source_ranges=("10.0.0.0/8",),
+            affinity_timeout_s=60,
+        )
+        v6 = msgspec.structs.replace(
+            server("vipwire-c", "2001:db8::1", address="2001:db8::10"),
+            members=(),
+            draining=(Member(node="node-v6", address="2001:db8::1"),),
+        )
+        flows = {flow_set("vipwire-a"): (("203.0.113.9", 40000, 30),)}
+        script = render_partition(
+            table="vipwire-east",
+            device="lo",
+            mac=OWN,
+            servers={s.name: s for s in (drained, v6)},
+            macs=MACS,
+            flows=flows,
+        )
         checked = "\n".join(script.splitlines()[2:])
         done = subprocess.run(
             ["nft", "-c", "-f", "-"], input=checked, text=True, capture_output=True, check=False

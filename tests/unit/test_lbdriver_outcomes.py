@@ -14,6 +14,7 @@ from vipwire.lbdriver.core.outcomes import (
     success_is_news,
     unknown_group,
 )
+from vipwire.lbdriver.io.drivers.credentials import CredentialSource, scrub
 
 KEY = ServiceRef("prod", "shop", "web")
 RELEASING = VipReleasing(
@@ -47,7 +48,10 @@ def test_failure_texts_name_their_reason_and_what_to_check() -> None:
     keeps the core's own message."""
     why = appliance_failure("ApplianceAuthError", "appliance f5: 401", credentials_of="f5")
     assert why.reason == "ApplianceAuthError"
-    assert why.message.endswith("(check the credentials configured for appliance f5)")
+    assert why.message.endswith(
+        ": check the credentials of appliance f5 "
+        "(lbdriver.appliances[f5].username and its password_file or password_env)"
+    )
     bad = invalid_assignment(InvalidAssignment("port 0 is out of range"))
     assert bad == ("InvalidAssignment", "port 0 is out of range")
 
@@ -85,3 +89,19 @@ def test_message_ids_name_cause_incarnation_count_and_content() -> None:
         message_id(KEY, cause_subject=node, cause_seq=4, cause_family="node", **common)
         == f"{node}#4->lb:shop.web:beef.3:0001020304050607"
     )
+
+
+def test_a_refused_login_names_where_the_password_is_never_the_user() -> None:
+    """The Event text of a refused login says where the secret comes from and never the
+    appliance user name, even when the appliance's own answer quotes it."""
+    source = CredentialSource("f5", "admin", password_file="/etc/vipwire/f5-password")
+    text = source.refused("HTTP 401: user admin is locked out; admin-group unchanged")
+    assert "admin " not in text and "'admin'" not in text
+    assert text == (
+        "the appliance refused vipwire's login (HTTP 401: user <user> is locked out; "
+        "admin-group unchanged); its password is read from the password file "
+        "/etc/vipwire/f5-password"
+    )
+    env = CredentialSource("a10", "ops", password_env="A10_PASSWORD")
+    assert env.refused("HTTP 403").endswith("the environment variable A10_PASSWORD")
+    assert scrub("no user named here", "") == "no user named here"

@@ -34,6 +34,11 @@ def test_section_decodes_appliances_and_defaults() -> None:
         ({"appliances": [{"name": "a"}], "surprise": 1}, "surprise"),
         ({"appliances": [{"name": "a"}], "lease_renew_s": 2.6}, "lease_renew_s"),
         ({"appliances": [{"name": "a"}], "lease_name": "a.b"}, "lease_name"),
+        ({"appliances": [{"name": "a"}], "node_networks": ["10.0.0.1/8"]}, "node_networks"),
+        (
+            {"appliances": [{"name": "a"}], "node_networks": {"east": ["nope"]}},
+            "node_networks.east",
+        ),
     ],
 )
 def test_unusable_sections_are_refused_with_the_reason(data: dict[str, object], error: str) -> None:

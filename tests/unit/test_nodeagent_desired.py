@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 
+import msgspec
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -204,6 +205,30 @@ class TestStandaloneRules:
         assert state.nft is not None
         (rule,) = state.nft.rules
         assert rule.backends == (NftBackend(address="10.0.0.5", port=8080),)
+
+    def test_terminating_endpoints_still_serving_take_over_when_none_is_ready(self) -> None:
+        """Local: this node's only pod is terminating but still serving (the appliance keeps
+        the node a member): it stays the backend; beside a ready one it takes nothing, and
+        once it stops serving there is none."""
+
+        def term(address: str, *, serving: bool = True) -> Endpoint:
+            return msgspec.structs.replace(
+                pod(address), ready=False, serving=serving, terminating=True
+            )
+
+        def backends(*local: Endpoint) -> tuple[NftBackend, ...]:
+            state = standalone(
+                programmed(lb("web", "192.0.2.10", policy="Local")),
+                endpoints(eps("web", {NODE: local, "node-b": (pod("10.0.1.5"),)})),
+            )
+            assert state.nft is not None
+            return state.nft.rules[0].backends
+
+        assert backends(term("10.0.0.5")) == (NftBackend(address="10.0.0.5", port=8080),)
+        assert backends(term("10.0.0.5"), pod("10.0.0.6")) == (
+            NftBackend(address="10.0.0.6", port=8080),
+        )
+        assert backends(term("10.0.0.5", serving=False)) == ()
 
     def test_local_policy_without_a_local_endpoint_has_no_backends_and_no_dnat(self) -> None:
         """No local endpoint: the rule has no backends and renders no DNAT line."""

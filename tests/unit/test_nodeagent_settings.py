@@ -139,3 +139,10 @@ class TestDryRunApplier:
                 "nodeagent",
                 NodeagentSettings,
             )
+
+
+def test_vip_ranges_must_be_cidrs() -> None:
+    """nodeagent.vip_ranges takes CIDRs; a typo is an error naming the entry."""
+    assert NodeagentSettings(cluster="east", vip_ranges=("192.0.2.0/24", "2001:db8::/64"))
+    with pytest.raises(ValueError, match=r"vip_ranges: '192\.0\.2\.1/24'"):
+        NodeagentSettings(cluster="east", vip_ranges=("192.0.2.1/24",))

@@ -384,6 +384,19 @@ class TestLbdriver:
         assert first is not None
         assert "n2=192.0.2.99" in first.recorded and "n2=192.0.2.2" in first.recomputed
 
+    def test_a_cordoned_node_may_be_a_member_or_not(self) -> None:
+        """The record does not say the lbdriver's drain_on_cordon: a cordoned node left out
+        (the default) or kept (off) are both right, long after the cordon too."""
+        log = with_nodes()
+        log.add(svc("web"))
+        log.add(assigned("web", "198.51.100.0"))
+        log.add(programmed("web", "198.51.100.0"))
+        cordoned = NodeSnapshot(cluster="east", node="n2", addresses=("192.0.2.2",), cordoned=True)
+        log.add(cordoned, after_ms=1000)
+        log.add(programmed("web", "198.51.100.0", (N1,)), after_ms=5000)
+        log.add(programmed("web", "198.51.100.0", (N1, N2)), after_ms=5000)
+        assert log.rerun(lag=0.05).divergences == []
+
     def test_a_node_change_just_before_may_not_have_been_seen(self) -> None:
         """Within --lag, the old node list is an acceptable input; long after, it is not."""
         log = with_nodes()

@@ -6,7 +6,14 @@ from typing import Any
 
 import msgspec
 
-from vipwire.contracts import LbProgrammed, Member, ServicePort, VipAssigned, VipReleased
+from vipwire.contracts import (
+    LbProgrammed,
+    Member,
+    ServicePort,
+    VipAssigned,
+    VipReleased,
+    VipReleasing,
+)
 from vipwire.watcher.core.events import (
     EventSpec,
     ObjectRef,
@@ -141,3 +148,56 @@ def test_a_status_vip_not_kept_gets_a_warning_that_says_why_and_what_instead() -
     assert status_vip_event(message, before=message) is None
     plain = msgspec.structs.replace(message, notes=())
     assert status_vip_event(plain, before=None) is None
+
+
+def test_an_operator_release_is_told_once_naming_the_operator_and_both_addresses() -> None:
+    """The VipAssigned that follows `vipwire ipam release` gives a Normal
+    IPReleasedByOperator naming the operator, the old and the new VIPs; its republish
+    (same VIPs) tells nothing; a plain assignment stays IPAllocated."""
+    releasing = VipReleasing(**SVC, uid="u-1", vips=(VIP,), appliance_group="g")
+    after = VipAssigned(
+        **SVC,
+        uid="u-1",
+        vips=("198.51.100.9",),
+        pool="lab",
+        appliance_group="g",
+        ports=(),
+        released_by="operator-alice",
+        released_vips=(VIP,),
+    )
+    told = event_for(after, before=releasing)
+    assert told == EventSpec(
+        type="Normal",
+        reason="IPReleasedByOperator",
+        action="ReleaseVIP",
+        note=(
+            "operator operator-alice released 198.51.100.7 (vipwire ipam release); "
+            "198.51.100.9 allocated from pool lab (appliance group g)"
+        ),
+    )
+    republished = msgspec.structs.replace(after, released_by=None, released_vips=())
+    assert event_for(republished, before=after) is None
+    assert event_for(after, before=after) is None
+    plain = event_for(republished, before=releasing)
+    assert plain is not None and plain.reason == "IPAllocated"
+    # A replay tells the same Event again: it is named for what it says.
+    replayed = event_for(after, before=None)
+    assert replayed is not None and told is not None
+    assert event_name("web", "u-1", replayed) == event_name("web", "u-1", told)
+
+
+def test_vip_assigned_without_the_release_fields_still_decodes() -> None:
+    """An older ipam's VipAssigned (no released_by) decodes, with none."""
+    old = msgspec.json.encode(
+        {
+            "kind": "vip-assigned",
+            **SVC,
+            "uid": "u",
+            "vips": [VIP],
+            "pool": "p",
+            "appliance_group": "g",
+            "ports": [],
+        }
+    )
+    message = msgspec.json.decode(old, type=VipAssigned)
+    assert (message.released_by, message.released_vips) == (None, ())

@@ -7,7 +7,14 @@ from typing import Any
 
 import msgspec
 
-from vipwire.contracts import APPLIANCE_DRIFT, LbFailed, LbProgrammed, Member, ServicePort
+from vipwire.contracts import (
+    APPLIANCE_DRIFT,
+    LbFailed,
+    LbProgrammed,
+    Member,
+    ServicePort,
+    VipAssigned,
+)
 from vipwire.watcher.core.bus_view import BusView, observe
 from vipwire.watcher.core.condition import READY, readiness
 from vipwire.watcher.core.events import event_for, event_name
@@ -43,6 +50,13 @@ DRIFTED = LbFailed(
 )
 
 
+def assigned() -> VipAssigned:
+    """What ipam assigned the Service (the VIP its programmings name)."""
+    return VipAssigned(
+        **SVC, vips=(VIP,), pool="p", appliance_group="g", ports=(ServicePort(port=80),)
+    )
+
+
 def service(ingress: list[dict[str, str]] | None = None) -> dict[str, Any]:
     return {
         "metadata": {
@@ -65,20 +79,26 @@ def condition_of(view: BusView, gate: Any = "none") -> tuple[str, str, str] | No
 class TestNoMembers:
     def test_a_programming_with_no_member_is_not_ready(self) -> None:
         """Local with 0 endpoints: condition False, reason NoMembers, saying why."""
-        said = condition_of(BusView(lb=programmed(etp="Local"), lb_seq=5))
+        said = condition_of(
+            BusView(vip=assigned(), vip_seq=1, lb=programmed(etp="Local"), lb_seq=5)
+        )
         assert said is not None and said[:2] == ("False", "NoMembers")
         assert "no node holds a ready endpoint" in said[2] and VIP in said[2]
-        cluster = condition_of(BusView(lb=programmed(), lb_seq=5))
+        cluster = condition_of(BusView(vip=assigned(), vip_seq=1, lb=programmed(), lb_seq=5))
         assert cluster is not None and "no node of the cluster is eligible" in cluster[2]
 
     def test_no_members_is_told_whatever_the_gate(self) -> None:
         """A gate cannot be satisfied without members; the condition says why, not nothing."""
-        said = condition_of(BusView(lb=programmed(etp="Local"), lb_seq=5), gate="all")
+        said = condition_of(
+            BusView(vip=assigned(), vip_seq=1, lb=programmed(etp="Local"), lb_seq=5), gate="all"
+        )
         assert said is not None and said[1] == "NoMembers"
 
     def test_members_back_make_it_ready_again(self) -> None:
         """Once a node qualifies again, the condition turns True."""
-        view = observe(BusView(lb=programmed(), lb_seq=5), programmed(N1), 6)
+        view = observe(
+            BusView(vip=assigned(), vip_seq=1, lb=programmed(), lb_seq=5), programmed(N1), 6
+        )
         said = condition_of(view)
         assert said is not None and said[:2] == ("True", "LoadBalancerProgrammed")
 
@@ -87,7 +107,7 @@ class TestNoMembers:
         snapshot = service_snapshot(
             service(), cluster="east", load_balancer_class=CLASS, was_ours=True
         )
-        view = BusView(lb=programmed(etp="Local"), lb_seq=5)
+        view = BusView(vip=assigned(), vip_seq=1, lb=programmed(etp="Local"), lb_seq=5)
         d = decide(service(), snapshot, view, applied={}, gate="none", now=NOW)
         assert d.status is not None
         assert d.status["status"]["loadBalancer"]["ingress"] == INGRESS
@@ -118,7 +138,7 @@ class TestApplianceDrift:
     def test_drift_turns_the_condition_false_with_the_lbdrivers_message(self) -> None:
         """LbFailed ApplianceDrift: condition False, reason ApplianceDrift, message names the
         appliance and what was found (not the reason twice)."""
-        view = observe(BusView(lb=programmed(N1), lb_seq=5), DRIFTED, 8)
+        view = observe(BusView(vip=assigned(), vip_seq=1, lb=programmed(N1), lb_seq=5), DRIFTED, 8)
         said = condition_of(view)
         assert said == (
             "False",
@@ -131,7 +151,7 @@ class TestApplianceDrift:
         snapshot = service_snapshot(
             service(INGRESS), cluster="east", load_balancer_class=CLASS, was_ours=True
         )
-        view = observe(BusView(lb=programmed(N1), lb_seq=5), DRIFTED, 8)
+        view = observe(BusView(vip=assigned(), vip_seq=1, lb=programmed(N1), lb_seq=5), DRIFTED, 8)
         d = decide(service(INGRESS), snapshot, view, applied={}, gate="none", now=NOW)
         assert d.status is not None and "loadBalancer" not in d.status["status"]
 
@@ -152,7 +172,11 @@ class TestApplianceDrift:
             "Normal",
             "DriftRepaired",
         )
-        view = observe(observe(BusView(lb=programmed(N1), lb_seq=5), DRIFTED, 8), programmed(N1), 9)
+        view = observe(
+            observe(BusView(vip=assigned(), vip_seq=1, lb=programmed(N1), lb_seq=5), DRIFTED, 8),
+            programmed(N1),
+            9,
+        )
         said = condition_of(view)
         assert said is not None and said[:2] == ("True", "LoadBalancerProgrammed")
 
@@ -201,7 +225,7 @@ class TestNodesMissingVip:
     def test_overdue_nodes_turn_the_condition_false_naming_them(self) -> None:
         """NodesMissingVip: condition False, naming the nodes; it beats the gate, which
         would otherwise say nothing (and leave True standing)."""
-        view = BusView(lb=programmed(N1, N2), lb_seq=5)
+        view = BusView(vip=assigned(), vip_seq=1, lb=programmed(N1, N2), lb_seq=5)
         said = readiness(view, "u-1", applied={}, gate="all", missing={"n2"})
         assert said is not None and (said.status, said.reason) == ("False", "NodesMissingVip")
         assert "node agents of n2 report their node without it" in said.message

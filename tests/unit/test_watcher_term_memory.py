@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import msgspec
+
 from vipwire.contracts import (
     LbProgrammed,
     Member,
     NodeGone,
     NodeSnapshot,
+    PortError,
     ServiceGone,
     ServicePort,
     ServiceSnapshot,
@@ -209,6 +212,18 @@ class TestWhatTheRestSaid:
         assert isinstance(kept, VipAssigned) and kept.ports == ()
         gated = compact(programmed(), gating=True)
         assert isinstance(gated, LbProgrammed) and gated.members == (N1,)
+
+    def test_compact_keeps_one_member_per_family_and_the_ports_of_a_refusal(self) -> None:
+        """Without a gate, one member of each IP family is kept (NoMembers per family
+        reads it), and the ports while the appliance refused one (the status lists them)."""
+        v6 = Member(node="n1", address="2001:db8::11")
+        dual = msgspec.structs.replace(programmed(), members=(N1, N2, v6))
+        kept = compact(dual, gating=False)
+        assert isinstance(kept, LbProgrammed) and kept.members == (N1, v6)
+        assert kept.ports == ()
+        error = PortError(vip="198.51.100.7", port=80, error="in use")
+        refused = compact(msgspec.structs.replace(dual, port_errors=(error,)), gating=False)
+        assert isinstance(refused, LbProgrammed) and refused.ports == dual.ports
 
     def test_a_report_opens_the_services_of_its_node(self) -> None:
         """A node's report names the gated Services it is a member of; older ones none."""

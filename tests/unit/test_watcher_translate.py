@@ -155,6 +155,7 @@ class TestServiceFields:
                     "vipwire.io/pool": " gold ",
                     "vipwire.io/ips": "198.51.100.7, 2001:DB8::7,,",
                     "vipwire.io/sharing-key": "team-a",
+                    "vipwire.io/share-with-namespaces": " web, blog,web ",
                 }
             },
             spec={
@@ -174,6 +175,7 @@ class TestServiceFields:
         assert s.pool == "gold"
         assert s.requested_ips == ("198.51.100.7", "2001:db8::7", "198.51.100.8")
         assert s.sharing_key == "team-a"
+        assert s.share_namespaces == ("blog", "web")
         assert s.ip_families == ("IPv4", "IPv6")
         assert s.ip_family_policy == "RequireDualStack"
         assert s.external_traffic_policy == "Local"
@@ -204,6 +206,7 @@ class TestServiceFields:
         assert s.ip_family_policy == "SingleStack"
         assert s.external_traffic_policy == "Cluster"
         assert s.pool is None and s.sharing_key is None and s.requested_ips == ()
+        assert s.share_namespaces == ()
         assert decode(subject_for(s), encode(s)) == s
 
     def test_requested_ips_keep_order_and_drop_duplicates(self) -> None:
@@ -365,6 +368,14 @@ class TestNodes:
                 "conditions": kw.get("conditions", [{"type": "Ready", "status": "True"}]),
             },
         }
+
+    def test_a_cordoned_node_says_so_and_the_slim_copy_keeps_it(self) -> None:
+        """spec.unschedulable (kubectl cordon) becomes ``cordoned``; slim_node keeps it."""
+        whole = self.node()
+        assert node_snapshot(whole, cluster="east").cordoned is False
+        whole["spec"]["unschedulable"] = True
+        assert node_snapshot(whole, cluster="east").cordoned is True
+        assert node_snapshot(slim_node(whole), cluster="east").cordoned is True
 
     def test_internal_ips_of_both_families(self) -> None:
         """Only InternalIP addresses, IPv4 and IPv6, in the order the kubelet gave them."""

@@ -36,6 +36,8 @@ class TestValid:
             {"vipwire.io/ips": "198.51.100.20, 2001:db8::20"},
             {"vipwire.io/ips": "198.51.100.20,"},  # a trailing comma is harmless
             {"vipwire.io/sharing-key": "web-front_1.a"},
+            {"vipwire.io/share-with-namespaces": "shop, web-2"},
+            {"vipwire.io/share-with-namespaces": "*"},
             {"vipwire.io/last-trace-id": "ab", "vipwire.io/cluster": "east"},
             {"example.com/whatever": "!!"},  # not ours to judge
         ],
@@ -61,12 +63,17 @@ class TestInvalid:
             ({"vipwire.io/pool": "Gold Pool"}, {}, "a pool name is a DNS label"),
             ({"vipwire.io/sharing-key": "-bad-"}, {}, "is not a sharing key"),
             ({"vipwire.io/pools": "gold"}, {}, "annotation vipwire.io/pools is not one"),
+            ({"vipwire.io/ips": " , ,"}, {}, 'vipwire.io/ips: " , ," names no address'),
+            ({"vipwire.io/ips": ""}, {}, "or remove the annotation for an automatic VIP"),
+            ({"vipwire.io/share-with-namespaces": "Shop"}, {}, '"Shop" is not a namespace'),
+            ({"vipwire.io/share-with-namespaces": " ,"}, {}, "is not a namespace"),
         ],
     )
     def test_each_problem_names_the_field_and_the_fix(
         self, annotations: dict[str, str], spec: dict[str, Any], expected: str
     ) -> None:
-        """Malformed addresses, pool names, sharing keys and typos of our annotations."""
+        """Malformed (or blank) addresses, pool names, sharing keys, namespaces to share
+        with, and typos of our annotations."""
         found = problems(service(annotations, **spec))
         assert len(found) == 1
         assert expected in found[0]

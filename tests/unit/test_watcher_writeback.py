@@ -40,6 +40,7 @@ from vipwire.watcher.core.writeback import (
     Decision,
     finalizer_patch,
     leftover_patch,
+    not_assigned,
     trace_patch,
 )
 from vipwire.watcher.core.writeback import decide as decide_
@@ -155,20 +156,23 @@ def patch(ingress: Any = ..., conditions: Any = ...) -> dict[str, Any]:
 class TestStatus:
     def test_programmed_writes_ingress_and_ready_condition(self) -> None:
         """Once programmed: the VIPs with ipMode VIP, and vipwire.io/Ready True, guarded by rv."""
-        d = decide(service(), BusView(lb=programmed(), lb_seq=5))
+        d = decide(service(), BusView(vip=assigned(), vip_seq=1, lb=programmed(), lb_seq=5))
         assert d == Decision(status=patch(INGRESS, [PROGRAMMED]))
 
     def test_equal_status_is_not_written_again(self) -> None:
         """Status already saying the same: nothing to write (no loop on our own writes)."""
         svc = service(ingress=INGRESS, conditions=[PROGRAMMED])
-        assert decide(svc, BusView(lb=programmed(), lb_seq=5)).nothing
+        assert decide(svc, BusView(vip=assigned(), vip_seq=1, lb=programmed(), lb_seq=5)).nothing
 
     def test_a_server_that_drops_ip_mode_is_not_written_again_and_again(self) -> None:
         """Kubernetes 1.29 without LoadBalancerIPMode drops ipMode: that counts as written."""
         svc = service(ingress=[{"ip": VIP}], conditions=[PROGRAMMED])
-        assert decide(svc, BusView(lb=programmed(), lb_seq=5)).nothing
+        assert decide(svc, BusView(vip=assigned(), vip_seq=1, lb=programmed(), lb_seq=5)).nothing
         proxy = service(ingress=[{"ip": VIP, "ipMode": "Proxy"}], conditions=[PROGRAMMED])
-        assert decide(proxy, BusView(lb=programmed(), lb_seq=5)).ingress == INGRESS
+        assert (
+            decide(proxy, BusView(vip=assigned(), vip_seq=1, lb=programmed(), lb_seq=5)).ingress
+            == INGRESS
+        )
 
     def test_a_reason_the_api_would_refuse_is_replaced(self) -> None:
         """A failure reason that is no CamelCase word still makes a valid condition."""
@@ -179,11 +183,21 @@ class TestStatus:
     def test_member_changes_cost_no_write(self) -> None:
         """The condition names VIPs and appliance, not members: a new member changes nothing."""
         svc = service(ingress=INGRESS, conditions=[PROGRAMMED])
-        assert decide(svc, BusView(lb=programmed(members=(N1, N2)), lb_seq=6)).nothing
+        assert decide(
+            svc, BusView(vip=assigned(), vip_seq=1, lb=programmed(members=(N1, N2)), lb_seq=6)
+        ).nothing
 
     def test_dual_stack_vips_in_order(self) -> None:
         """Every VIP of the Service is an ingress entry, in the order programmed."""
-        d = decide(service(), BusView(lb=programmed(vips=(VIP, "2001:db8::7")), lb_seq=5))
+        d = decide(
+            service(),
+            BusView(
+                vip=assigned(vips=(VIP, "2001:db8::7")),
+                vip_seq=1,
+                lb=programmed(vips=(VIP, "2001:db8::7")),
+                lb_seq=5,
+            ),
+        )
         assert d.ingress == [
             {"ip": VIP, "ipMode": "VIP"},
             {"ip": "2001:db8::7", "ipMode": "VIP"},
@@ -225,21 +239,33 @@ class TestStatus:
 
     def test_messages_about_an_earlier_service_of_the_name_are_ignored(self) -> None:
         """A programmed message for another uid (a deleted namesake) writes nothing."""
-        assert decide(service(uid="u-2"), BusView(lb=programmed(), lb_seq=5)).nothing
+        assert decide(
+            service(uid="u-2"), BusView(vip=assigned(), vip_seq=1, lb=programmed(), lb_seq=5)
+        ).nothing
 
     def test_services_not_ours_are_never_touched(self) -> None:
         """A Service of another class: no writes, whatever the bus says."""
         svc = service(lb=False, finalizers=())
-        assert decide(svc, BusView(lb=programmed(), lb_seq=5), was_ours=False).nothing
+        assert decide(
+            svc, BusView(vip=assigned(), vip_seq=1, lb=programmed(), lb_seq=5), was_ours=False
+        ).nothing
 
     def test_invalid_service_gets_the_condition_and_no_ingress(self) -> None:
         """Problems override everything: Ready False InvalidService, no VIP written."""
-        d = decide(service(), BusView(lb=programmed(), lb_seq=5), problems="bad ips")
+        d = decide(
+            service(),
+            BusView(vip=assigned(), vip_seq=1, lb=programmed(), lb_seq=5),
+            problems="bad ips",
+        )
         assert d.status == patch(conditions=[ready("False", "InvalidService", "bad ips")])
 
     def test_too_large_service_says_so_and_keeps_serving(self) -> None:
         """Refused as too large: Ready False TooLarge; the VIP it was programmed with stays."""
-        d = decide(service(), BusView(lb=programmed(), lb_seq=5), too_large="too big")
+        d = decide(
+            service(),
+            BusView(vip=assigned(), vip_seq=1, lb=programmed(), lb_seq=5),
+            too_large="too big",
+        )
         assert d.status is not None
         (cond,) = d.status["status"]["conditions"]
         assert (cond["status"], cond["reason"], cond["message"]) == ("False", "TooLarge", "too big")
@@ -282,7 +308,11 @@ class TestReadiness:
     def test_refused_change_still_stands_after_ipam_repeats_the_kept_vips(self) -> None:
         """ipam: VipFailed then the VipAssigned it keeps; the failure is what the user must see."""
         failed = VipFailed(**SVC, reason="AllocationFailed", message="in use")
-        view = observe(observe(BusView(lb=programmed(), lb_seq=2), failed, 5), assigned(), 6)
+        view = observe(
+            observe(BusView(vip=assigned(), vip_seq=1, lb=programmed(), lb_seq=2), failed, 5),
+            assigned(),
+            6,
+        )
         said = readiness(view, "u-1", applied={}, gate="none")
         assert said is not None and (said.status, said.message) == ("False", "in use")
         fixed = observe(view, assigned(), 9)
@@ -291,7 +321,7 @@ class TestReadiness:
 
     def test_gate_not_satisfied_says_nothing(self) -> None:
         """Programmed but the node agents have not applied it: no verdict yet."""
-        view = BusView(lb=programmed(), lb_seq=5)
+        view = BusView(vip=assigned(), vip_seq=1, lb=programmed(), lb_seq=5)
         assert readiness(view, "u-1", applied={}, gate="all") is None
 
 
@@ -323,7 +353,7 @@ class TestGate:
 
     def test_decide_waits_for_the_gate(self) -> None:
         """With gate all, status waits until every member applied the VIP."""
-        view = BusView(lb=programmed(members=(N1, N2)), lb_seq=5)
+        view = BusView(vip=assigned(), vip_seq=1, lb=programmed(members=(N1, N2)), lb_seq=5)
         assert decide(service(), view, gate="all", applied={"n1": frozenset({VIP})}).nothing
         applied = {"n1": frozenset({VIP}), "n2": frozenset({VIP})}
         assert decide(service(), view, gate="all", applied=applied).ingress == INGRESS
@@ -588,3 +618,22 @@ class TestEvents:
         again = {**created, "series": {"count": 2, "lastObservedTime": EARLIER}}
         nxt = series_patch(again, cause="s#3", now=NOW)
         assert nxt is not None and nxt["series"]["count"] == 3
+
+
+class TestOnlyAssignedVips:
+    def test_a_programming_naming_vips_ipam_did_not_assign_is_not_written(self) -> None:
+        """An LbProgrammed with the gateway and 8.8.8.8 besides the assigned VIP: no
+        ingress is written, and the foreign VIPs are named for the shell to count."""
+        view = BusView(
+            vip=assigned(), vip_seq=1, lb=programmed(vips=(VIP, "192.0.2.1", "8.8.8.8")), lb_seq=5
+        )
+        d = decide(service(), view)
+        assert d.ingress is None
+        assert d.unassigned == ("192.0.2.1", "8.8.8.8")
+        assert not_assigned(programmed(), view) == ()
+
+    def test_with_no_assignment_known_nothing_is_written_nor_blamed(self) -> None:
+        """No VipAssigned of the Service's incarnation: nothing can be checked, so no
+        ingress is written and nothing is reported as unassigned."""
+        d = decide(service(), BusView(lb=programmed(), lb_seq=5))
+        assert d.ingress is None and d.unassigned == ()

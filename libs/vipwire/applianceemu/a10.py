@@ -5,17 +5,31 @@ A10 <signature>``, session expiry, ``/axapi/v3/logoff``), partitions
 (``/axapi/v3/partition``, ``/axapi/v3/partition-available-id/oper``) and the
 per-session ``active-partition``, ``slb server`` (with ``port-list`` and the
 ``port`` sub-resource), ``slb service-group`` (``member-list``, ``member``
-sub-resource), ``health monitor`` (methods http, https, tcp), ``slb template
-tcp`` and ``udp`` (``idle-timeout``), ``slb virtual-server`` (``port-list`` and
-the ``port`` sub-resource), ``ip access-list`` and ``ipv6 access-list``, ``slb
-template persist source-ip`` and ``write memory``. Objects
-live in the session's active partition. POST to a collection creates, POST to
+sub-resource; a member's ``member-state``: ``disable`` takes no new connections,
+see :func:`member_takes_new_connections`), ``health monitor`` (methods http,
+https, tcp), ``slb template tcp`` and ``udp`` (``idle-timeout``), ``slb
+virtual-server`` (``port-list`` and the ``port`` sub-resource), ``ip access-list``
+and ``ipv6 access-list``, ``slb template persist source-ip`` and ``write memory``.
+Objects live in the session's active partition. POST to a collection creates, POST to
 an object updates (fields merged, lists merged by key), PUT replaces, DELETE
 removes. Failures have ACOS's shape ``{"response": {"status": "fail", "err":
 {"code", "from", "msg"}}}``; authentication failures
 ``{"authorizationschema": {"code", "error", ...}}``. Error codes are those
-public ACOS clients map (not found 1023460352, exists 67371011, in use
-67240011); the emulator's own codes and texts are marked as such.
+public ACOS clients map (acos-client ``acos_client/v30/responses.py``: not
+found 1023460352, exists 67240011 and 67371011, in use 33619969, partition id
+taken 754974733, session invalid 419495936 / 1207960052 / 1208025092, config
+manager not ready 1023463424 / 1208025095, JSON format error 1023508480); the
+emulator's own codes and texts are marked as such.
+
+Modelled because they broke a driver written from the documentation alone
+(issue 18; each has its source beside it): ``active-partition`` to a missing
+partition answers 204 and switches nowhere; ACOS's default health checks
+(ping on the server, an L4 handshake on each server port) mark a member down
+unless ``health-check-disable`` is set on the server and on its port; expired
+sessions answered three ways (401, a ``response.err`` code, or a 2xx with an
+``authorizationschema`` body); busy answers; ACOS 4.1.0's ``write memory``
+that refuses its JSON body; a slow ``write memory``; ``user-tag`` refused
+before ACOS 4.1; health monitor names of at most 29 characters.
 
 It enforces what a client can get wrong: names unique per kind and
 partition, one server per address, one virtual server per VIP, references
@@ -32,6 +46,7 @@ active partition over every object kind, references between kinds).
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import ipaddress
 import secrets
@@ -47,9 +62,23 @@ from vipwire.applianceemu._server import EmulatorServer, json_response, read_jso
 Obj = dict[str, Any]
 
 NOT_FOUND: Final = 1023460352
-EXISTS: Final = 67371011
-IN_USE: Final = 67240011
+# acos-client acos_client/v30/responses.py maps 67240011 and 67371011 to Exists and
+# 33619969 to InUse (an earlier emulator had 67240011 as "in use": wrong).
+EXISTS: Final = 67240011
+IN_USE: Final = 33619969
+#: acos-client v30/responses.py: PartitionIdExists (the id was taken meanwhile); its
+#: v30/partition.py ``create`` retries with the next available id.
+PARTITION_ID_TAKEN: Final = 754974733
+#: acos-client v30/responses.py: InvalidSessionID, as ``response.err`` codes.
+SESSION_INVALID_CODES: Final = (419495936, 1207960052, 1208025092)
+#: acos-client v30/responses.py: ConfigManagerNotReady (1023463424, 1208025095);
+#: 1023464192 "System is not ready yet." (from CM) is seen while ACOS boots.
+BUSY_CODES: Final = (1023463424, 1208025095, 1023464192, 1023464193)
+#: acos-client v30/responses.py: AxapiJsonFormatError.
+JSON_FORMAT_ERROR: Final = 1023508480
 INVALID: Final = 1023410180  # the emulator's own code for a refused value
+#: Longest health monitor name ACOS takes (issue 18: a 30-character name is refused).
+MONITOR_NAME_MAX: Final = 29
 
 _OK: Final = {"response": {"status": "OK"}}
 _VPORT_PROTOCOLS: Final = {"tcp", "udp", "others"}
@@ -76,7 +105,8 @@ def _missing(what: str) -> A10Error:
 
 
 def _exists(what: str) -> A10Error:
-    return A10Error(400, EXISTS, f"Object already exists (object: {what})")
+    # The emulator's own wording: a client must go by the code, not the text.
+    return A10Error(400, EXISTS, f"Duplicate object name (object: {what})")
 
 
 def _invalid(msg: str) -> A10Error:
@@ -117,6 +147,8 @@ class A10Emulator(EmulatorServer):
         username: str = "admin",
         password: str = "a10",
         session_timeout: float = 600.0,
+        partitions: tuple[str, ...] = (),
+        version: str = "4.1.4-GR1-P5 build 81",
     ) -> None:
         super().__init__("a10emu")
         self._username = username
@@ -125,6 +157,26 @@ class A10Emulator(EmulatorServer):
         self.session_timeout = session_timeout
         self._sessions: dict[str, _Session] = {}
         self._partitions: dict[str, _Partition] = {"shared": _Partition("shared", 0)}
+        for name in partitions:
+            self.add_partition(name)
+        #: ACOS release (``GET /axapi/v3/version/oper``'s ``sw-version``): below 4.1
+        #: ``user-tag`` is refused; 4.1.0 refuses ``write memory``'s JSON body.
+        self.version = version
+        #: Seconds ``write memory`` takes (a large configuration takes minutes:
+        #: acos-client gives it 300 s: the driver sends it as a commit, timeouts.commit_s).
+        self.save_delay = 0.0
+        #: How a request on an expired session is answered: ``"401"`` (HTTP 401 and
+        #: an authorizationschema body), ``"err"`` (HTTP 400, ``response.err`` code
+        #: ``session_invalid_code``) or ``"schema-200"`` (HTTP 200 carrying the
+        #: authorizationschema body). All three are what acos-client
+        #: v30/axapi_http.py and v30/responses.py turn into InvalidSessionID.
+        self.invalid_session_answer = "401"
+        self.session_invalid_code = SESSION_INVALID_CODES[0]
+        #: Pending busy answers: (remaining, code, path part or None).
+        self._busy: list[list[Any]] = []
+        #: A partition created by another client between our id lookup and our
+        #: create (set by :meth:`race_partition_create`).
+        self._racer: str | None = None
         #: Configuration changes applied.
         self.writes = 0
         #: ``write memory`` requests, with the partition they were made in.
@@ -135,8 +187,40 @@ class A10Emulator(EmulatorServer):
         self.failed_logins = 0
         #: Sessions ended by logoff.
         self.logoffs = 0
+        self._init_preflight_knobs()
 
     # --- test controls -------------------------------------------------------------
+
+    def add_partition(self, name: str, *, vlans: tuple[int, ...] = ()) -> None:
+        """Create a partition as an operator would, with these VLANs (its network: only
+        listed, for ``vipwire lb check``; an L3V partition has none until added)."""
+        self._partition(name, create=True)
+        if vlans:
+            self.vlans[name] = list(vlans)
+
+    def remove_partition(self, name: str) -> None:
+        """Delete a partition and everything in it, as an operator would."""
+        if name != "shared":
+            self._partitions.pop(name, None)
+
+    def race_partition_create(self, racer: str = "racer") -> None:
+        """The next partition create finds its id just taken by ``racer`` (754974733)."""
+        self._racer = racer
+
+    def busy_next(self, count: int = 1, code: int = BUSY_CODES[0], path: str | None = None) -> None:
+        """The next ``count`` requests (whose path holds ``path``) answer busy ``code``."""
+        self._busy.append([count, code, path])
+
+    def member_states(self, partition: str, group: str) -> dict[tuple[str, int], str]:
+        """Each member's oper state, ``UP`` or ``DOWN`` (see :func:`_member_state`)."""
+        part = self._partitions.get(partition)
+        sg = part.service_groups.get(group) if part is not None else None
+        if part is None or sg is None:
+            return {}
+        return {
+            (str(m.get("name")), int(m.get("port", 0))): _member_state(part, m)
+            for m in sg.get("member-list", [])
+        }
 
     def set_credentials(self, username: str, password: str) -> None:
         self._username, self._password = username, password
@@ -182,9 +266,61 @@ class A10Emulator(EmulatorServer):
             part = self._partitions[name] = _Partition(name, ident)
         return part
 
+    # --- what `vipwire lb check` reads: release, the admin's privilege, VLANs -------
+
+    def _init_preflight_knobs(self) -> None:
+        #: The admin's ``privilege-global`` (``write`` or ``read``; only reported: the
+        #: emulator does not refuse writes by privilege).
+        self.privilege = "write"
+        #: The admin's ``privilege-list``: partition → ``partition-write`` etc.
+        self.partition_privileges: dict[str, str] = {}
+        #: VLAN ids per partition (``network vlan`` inside it): an L3V partition has
+        #: none until an operator adds them, so the emulator starts with none.
+        self.vlans: dict[str, list[int]] = {}
+
+    def _preflight_routes(self, app: web.Application) -> None:
+        # Shapes as A10 documents them and its clients read them (the release,
+        # /axapi/v3/version/oper, is served by _dispatch): an admin
+        # carries privilege-global read|write and a privilege-list of
+        # {partition-name, privilege-partition} (a10networks/a10-acos-axapi, the
+        # a10_admin module); VLANs are /axapi/v3/network/vlan in the active partition
+        # with vlan-num and ve (a10networks/acos-client, acos_client/v30/vlan.py).
+        app.router.add_get("/axapi/v3/admin/{user}", self._admin)
+        app.router.add_get("/axapi/v3/network/vlan", self._vlans)
+
+    def _preflight_session(self, request: web.Request) -> _Session | web.Response:
+        session = self._session(request)
+        if session is None:
+            return json_response(_auth_schema(401, "Invalid admin session."), 401)
+        return session
+
+    async def _admin(self, request: web.Request) -> web.Response:
+        session = self._preflight_session(request)
+        if isinstance(session, web.Response):
+            return session
+        user = request.match_info["user"]
+        if user != session.user:
+            return json_response(_missing("admin").body(), 404)
+        privileges = [
+            {"partition-name": p, "privilege-partition": v}
+            for p, v in sorted(self.partition_privileges.items())
+        ]
+        admin: Obj = {"user": user, "privilege-global": self.privilege, "action": "enable"}
+        if privileges:
+            admin["privilege-list"] = privileges
+        return json_response({"admin": admin})
+
+    async def _vlans(self, request: web.Request) -> web.Response:
+        session = self._preflight_session(request)
+        if isinstance(session, web.Response):
+            return session
+        vlans = self.vlans.get(session.partition, [])
+        return json_response({"vlan-list": [{"vlan-num": v, "ve": v} for v in vlans]})
+
     # --- HTTP ----------------------------------------------------------------------
 
     def _routes(self, app: web.Application) -> None:
+        self._preflight_routes(app)  # before the catch-all: aiohttp matches in order
         app.router.add_route("*", "/axapi/v3/{tail:.*}", self._handle)
 
     def _fault_body(self, status: int) -> Any:
@@ -210,18 +346,59 @@ class A10Emulator(EmulatorServer):
             return self._auth(body)
         session = self._session(request)
         if session is None:
-            return json_response(_auth_schema(401, "Invalid admin session."), 401)
+            return self._invalid_session()
+        for busy in self._busy:
+            if busy[2] is None or busy[2] in path:
+                busy[0] -= 1
+                if busy[0] <= 0:
+                    self._busy.remove(busy)
+                # acos-client maps these by code whatever the HTTP status; the
+                # emulator answers 400 so that only the code says "busy".
+                return json_response(
+                    A10Error(400, busy[1], "System is not ready yet. (emulated)").body(), 400
+                )
         try:
             if path == "/logoff" and method == "POST":
                 self._sessions.pop(_signature(request) or "", None)
                 self.logoffs += 1
                 return json_response(_OK)
+            if path.rstrip("/") == "/write/memory" and method == "POST":
+                return await self._write_memory(session, body)
+            if _version(self.version) < (4, 1) and _has_user_tag(body):
+                # aXAPI v3 on ACOS 4.0: user-tag is not in the schema (added in 4.1).
+                raise _invalid("Unrecognized field: user-tag (emulated ACOS < 4.1)")
             result, write = self._dispatch(session, method, path, body)
         except A10Error as err:
             return json_response(err.body(), err.http)
+        if result is _NO_CONTENT:
+            return web.Response(status=204)
         if write:
             self.writes += 1
         return json_response(result)
+
+    def _invalid_session(self) -> web.Response:
+        match self.invalid_session_answer:
+            case "err":
+                code = self.session_invalid_code
+                return json_response(A10Error(400, code, "Invalid session ID").body(), 400)
+            case "schema-200":
+                # acos-client v30/axapi_http.py checks for an authorizationschema body
+                # whatever the HTTP status: ACOS sends it with 2xx too.
+                return json_response(_auth_schema(401, "Invalid admin session."), 200)
+            case _:
+                return json_response(_auth_schema(401, "Invalid admin session."), 401)
+
+    async def _write_memory(self, session: _Session, body: Any) -> web.Response:
+        # acos-client v30/action.py ``write_memory``: ACOS 4.1.0 answers a JSON body
+        # with AxapiJsonFormatError ("Workaround regression in 4.1.0"); an empty body
+        # saves.
+        if self.version.startswith("4.1.0") and body is not None:
+            err = A10Error(400, JSON_FORMAT_ERROR, "JSON format error (emulated 4.1.0)")
+            return json_response(err.body(), 400)
+        if self.save_delay > 0:
+            await asyncio.sleep(self.save_delay)
+        self.memory_writes.append(session.partition)
+        return json_response(_OK)
 
     def _auth(self, body: Any) -> web.Response:
         creds = body.get("credentials") if isinstance(body, dict) else None
@@ -259,10 +436,20 @@ class A10Emulator(EmulatorServer):
 
     def _dispatch(self, session: _Session, method: str, path: str, body: Any) -> tuple[Obj, bool]:
         parts = [p for p in path.split("/") if p]
+        if parts == ["version", "oper"] and method == "GET":
+            # acos-client v30/system.py reads the device's release; aXAPI v3
+            # ``/version/oper`` carries it as ``sw-version`` (a10sdk-python,
+            # a10sdk/core/version/version_oper.py).
+            oper = {"hw-platform": "vThunder", "sw-version": self.version, "serial-number": "emu"}
+            return {"version": {"oper": oper}}, False
         if parts[:1] == ["active-partition"]:
             if method == "POST" and len(parts) == 2:
-                if parts[1] != "shared":
-                    self._partition(parts[1])
+                if parts[1] != "shared" and parts[1] not in self._partitions:
+                    # Issue 18: ACOS answers 204 and stays where it was, so neither
+                    # acos-client v30/partition.py (exists() reads partition-all)
+                    # nor terraform-provider-thunder (re-reads active-partition)
+                    # trust this answer.
+                    return _NO_CONTENT, False
                 session.partition = parts[1]
                 return _OK, False
             if method == "GET" and len(parts) == 1:
@@ -275,9 +462,6 @@ class A10Emulator(EmulatorServer):
             }, False
         if parts[:1] == ["partition"]:
             return self._partition_request(session, method, parts, body)
-        if parts == ["write", "memory"] and method == "POST":
-            self.memory_writes.append(session.partition)
-            return _OK, False
         part = self._partition(session.partition)
         if parts[:2] == ["slb", "server"]:
             return _Servers(part).handle(method, parts[2:], body)
@@ -323,15 +507,60 @@ class A10Emulator(EmulatorServer):
                     raise _exists("partition")
                 if not isinstance(ident, int) or not 1 <= ident <= 1023:
                     raise _invalid("partition id must be 1-1023")
+                if self._racer is not None:
+                    racer, self._racer = self._racer, None
+                    self._partitions[racer] = _Partition(racer, ident)
                 if any(p.ident == ident for p in self._partitions.values()):
-                    raise _invalid(f"Partition id {ident} is in use")
+                    # acos-client v30/responses.py: PartitionIdExists.
+                    raise A10Error(400, PARTITION_ID_TAKEN, f"Partition id {ident} exists")
                 self._partitions[name] = _Partition(name, ident)
                 return {"partition": self._partitions[name].body()}, True
         elif len(parts) == 2 and parts[1] != "shared":
+            # What the Ansible collection and a10-octavia check before using one.
             part = self._partition(parts[1])
             if method == "GET":
                 return {"partition": part.body()}, False
         raise _invalid(f"{method} on partition is not supported by the emulator")
+
+
+_NO_CONTENT: Final[Obj] = {}
+
+
+def _version(text: str) -> tuple[int, int]:
+    major, _, rest = text.partition(".")
+    minor = "".join(c for c in rest.partition(".")[0] if c.isdigit())
+    try:
+        return int(major), int(minor or 0)
+    except ValueError:
+        return (0, 0)
+
+
+def _has_user_tag(body: Any) -> bool:
+    if not isinstance(body, dict):
+        return False
+    return any(isinstance(v, dict) and "user-tag" in v for v in body.values())
+
+
+def _member_state(part: _Partition, member: Obj) -> str:
+    """ACOS's default health checks: a ping to the server and an L4 handshake to
+    node-address:port on each server port, unless ``health-check-disable`` is set on
+    the server and on the port (A10's DSR examples set both; a Kubernetes node in
+    DSR answers neither for the VIP's port). The emulator has no traffic, so a
+    default check never passes; a service group's own ``health-check`` monitor is
+    taken as passing. A disabled member (``member-state``) or server is DOWN.
+    """
+    server = part.servers.get(str(member.get("name")))
+    if server is None or member.get("member-state", "enable") != "enable":
+        return "DOWN"
+    if server.get("action", "enable") != "enable" or server.get("health-check-disable") != 1:
+        return "DOWN"
+    port = next(
+        (p for p in server.get("port-list", []) if p.get("port-number") == member.get("port")),
+        None,
+    )
+    if port is None or port.get("health-check-disable") != 1:
+        return "DOWN"
+    return "UP"
 
 
 def _signature(request: web.Request) -> str | None:
@@ -368,6 +597,18 @@ def _store(part: _Partition, kind: str) -> dict[str, Obj]:
     if kind not in stores:
         raise KeyError(kind)
     return stores[kind]
+
+
+#: ``slb service-group <g> member <server> <port>``'s ``member-state`` (aXAPI v3, as
+#: A10's Thunder Terraform provider and aXAPI SDK document it): ``enable``; ``disable``
+#: (the member takes no new connections; established ones continue until they end);
+#: ``disable-with-health-check`` (the same, still health-checked).
+MEMBER_STATES: Final = ("enable", "disable", "disable-with-health-check")
+
+
+def member_takes_new_connections(member: Obj) -> bool:
+    """Whether ACOS would pick this service-group member for a new connection."""
+    return bool(member.get("member-state", "enable") == "enable")
 
 
 def _merge_list(old: list[Obj], new: list[Obj], key: tuple[str, ...]) -> list[Obj]:
@@ -615,6 +856,11 @@ class _ServiceGroups(_Kind):
         ):
             raise _missing("port")
         member.setdefault("member-state", "enable")
+        if member["member-state"] not in MEMBER_STATES:
+            raise _invalid(
+                f"Invalid member-state {member['member-state']!r} "
+                f"(one of {', '.join(MEMBER_STATES)})"
+            )
 
     def check_unused(self, name: str) -> None:
         for vs in self.part.virtual_servers.values():
@@ -624,6 +870,21 @@ class _ServiceGroups(_Kind):
                 )
 
     def sub(self, method: str, name: str, obj: Obj, rest: list[str], body: Any) -> tuple[Obj, bool]:
+        if rest == ["oper"] and method == "GET":
+            # aXAPI v3 ``slb service-group <name> oper``: each member's state after
+            # ACOS's health checks (see _member_state).
+            members = [
+                {"name": m.get("name"), "port": m.get("port"), "oper": {"state": state}}
+                for m in obj.get("member-list", [])
+                for state in [_member_state(self.part, m)]
+            ]
+            up = sum(1 for m in members if m["oper"]["state"] == "UP")
+            summary = "All Up" if members and up == len(members) else "All Down"
+            if 0 < up < len(members):
+                summary = "Functional Partially Up"
+            return {
+                "service-group": {"name": name, "oper": {"state": summary}, "member-list": members}
+            }, False
         if rest[0] != "member":
             return super().sub(method, name, obj, rest, body)
         members = obj.setdefault("member-list", [])
@@ -650,6 +911,16 @@ class _ServiceGroups(_Kind):
             if method == "DELETE":
                 members.remove(match[0])
                 return _OK, True
+            if method in ("POST", "PUT"):
+                # Update one member in place (its member-state: graceful disable).
+                given = body.get("member") if isinstance(body, dict) else None
+                if not isinstance(given, dict):
+                    raise _invalid('"member" object expected')
+                keep = {"name": match[0]["name"], "port": match[0]["port"]}
+                member = {**(match[0] if method == "POST" else {}), **given, **keep}
+                self._check_member(member, obj["protocol"])
+                members[members.index(match[0])] = member
+                return {"member": copy.deepcopy(member)}, True
         return super().sub(method, name, obj, rest, body)
 
 
@@ -658,8 +929,8 @@ class _Monitors(_Kind):
     list_key = "monitor-list"
 
     def validate(self, obj: Obj, current: Obj | None) -> Obj:
-        if len(obj["name"]) > 63:
-            raise _invalid("monitor name is longer than 63 characters")
+        if len(obj["name"]) > MONITOR_NAME_MAX:
+            raise _invalid(f"monitor name is longer than {MONITOR_NAME_MAX} characters")
         method = obj.get("method")
         if method is not None and not isinstance(method, dict):
             raise _invalid("method must be an object")

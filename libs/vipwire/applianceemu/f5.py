@@ -2,14 +2,16 @@
 
 Served: token login (``/mgmt/shared/authn/login``, ``X-F5-Auth-Token``, token
 expiry, token deletion), partitions (``/mgmt/tm/auth/partition``), LTM
-virtual servers, pools with members, HTTP, HTTPS and TCP monitors, fastL4
-profiles, source-address persistence profiles, address lists and
-traffic-matching criteria (create,
+virtual servers, pools with members (a member's ``session``/``state``: one
+``user-disabled`` takes no new connections, see :func:`member_takes_new_connections`),
+HTTP, HTTPS and TCP monitors, fastL4 profiles, source-address persistence
+profiles, address lists, traffic-matching criteria and nodes (create,
 read, patch, put, delete; collections with ``$filter=partition eq <p>`` and
 ``expandSubcollections``), transactions (``/mgmt/tm/transaction``: commands
 sent with ``X-F5-REST-Coordination-Id`` are queued and applied all or nothing
 on ``PATCH {"state": "VALIDATING"}``), and ``config-sync to-group`` via
-``/mgmt/tm/cm``. Error bodies have BIG-IP's shape
+``/mgmt/tm/cm``, and route domains (``/mgmt/tm/net/route-domain``, read only).
+Error bodies have BIG-IP's shape
 (``{"code", "message", "errorStack", "apiError"}``; authentication errors
 ``{"code", "message", "referer", "restOperationId", "kind"}``); message texts
 follow BIG-IP's where known and are the emulator's own otherwise.
@@ -20,8 +22,14 @@ objects in use that cannot be deleted, one virtual per destination and
 protocol, and the fields an appliance profile sets (see :func:`_check_profile_fields`:
 pool ``loadBalancingMode`` and ``serviceDownAction``, virtual
 ``connectionLimit``, fastL4 ``idleTimeout``, monitor ``interval`` below
-``timeout``). It is not BIG-IP: no route domains, no other object kinds, no
-traffic, no iRules, no field validation beyond what is listed here.
+``timeout``). It also models what broke clients on real BIG-IPs (issue 18),
+each with its source beside the code: node objects that pool members create
+and that stay until deleted (:func:`_member_node`), route domains
+(``<address>%<id>``; :func:`_route_domain`), nodes unique per address and
+route domain across partitions, ``defaultsFrom`` refused in a monitor PATCH
+(:func:`_item`) and slow transaction commits (``commit_delay_s``). It is not
+BIG-IP: no other object kinds, no traffic, no iRules, no field validation
+beyond what is listed here.
 
 One module over 500 lines on purpose: one vendor's API, so that every
 modelled behaviour sits beside the others it interacts with (transactions
@@ -30,6 +38,7 @@ over every object kind, references between kinds).
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import ipaddress
 import itertools
@@ -47,6 +56,7 @@ from vipwire.applianceemu._server import EmulatorServer, json_response, read_jso
 Obj = dict[str, Any]
 
 _VERSION: Final = "17.1.0"
+_ROUTE_DOMAINS: Final = "/mgmt/tm/net/route-domain"
 _PATHS = re.compile(r"/[^\s{}]+")
 
 
@@ -66,6 +76,7 @@ _KINDS: Final = (
         "monitor_https", "/mgmt/tm/ltm/monitor/https", "tm:ltm:monitor:https:httpsstate", "Monitor"
     ),
     _Kind("monitor_tcp", "/mgmt/tm/ltm/monitor/tcp", "tm:ltm:monitor:tcp:tcpstate", "Monitor"),
+    _Kind("node", "/mgmt/tm/ltm/node", "tm:ltm:node:nodestate", "Node"),
     _Kind(
         "fastl4",
         "/mgmt/tm/ltm/profile/fastl4",
@@ -151,6 +162,8 @@ class F5Error(Exception):
 class _State:
     partitions: dict[str, Obj] = field(default_factory=dict)
     objects: dict[str, dict[str, Obj]] = field(default_factory=lambda: {k.key: {} for k in _KINDS})
+    #: Route domain ids that exist (``net route-domain``); 0 always does.
+    route_domains: set[int] = field(default_factory=lambda: {0})
 
 
 @dataclass
@@ -186,6 +199,7 @@ class F5Emulator(EmulatorServer):
         password: str = "admin",
         token_timeout: int = 1200,
         device_groups: tuple[str, ...] = ("vipwire-failover",),
+        route_domains: tuple[int, ...] = (0,),
     ) -> None:
         super().__init__("f5emu")
         self._username = username
@@ -194,7 +208,15 @@ class F5Emulator(EmulatorServer):
         self.token_timeout = token_timeout
         self.device_groups = set(device_groups)
         self._tokens: dict[str, float] = {}
-        self._state = _State(partitions={"Common": _partition("Common")})
+        self._state = _State(
+            partitions={"Common": _partition("Common")}, route_domains={0, *route_domains}
+        )
+        #: Seconds a transaction commit and a config-sync take: BIG-IP validates and
+        #: applies the whole configuration on commit, which on a large one takes far
+        #: longer than a single write (the transaction's own ``executionTimeout`` is
+        #: 300 s: iControl REST User Guide, "Transactions"; terraform-provider-bigip's
+        #: go-bigip allows 60 s per call).
+        self.commit_delay_s = 0.0
         self._transactions: dict[int, _Transaction] = {}
         self._ids = itertools.count(int(time.time() * 1_000_000))
         self._op_ids = itertools.count(1000)
@@ -208,6 +230,7 @@ class F5Emulator(EmulatorServer):
         self.failed_logins = 0
         #: Device groups synced to, in order.
         self.syncs: list[str] = []
+        self._init_preflight_knobs()
 
     # --- test controls -------------------------------------------------------------
 
@@ -230,6 +253,17 @@ class F5Emulator(EmulatorServer):
             self._state.partitions[partition] = _partition(partition)
         _create(self._state, _BY_KEY[kind], {**body, "partition": partition})
 
+    def plant_partition(self, name: str, default_route_domain: int = 0) -> None:
+        """A partition an operator made, with its default route domain."""
+        self._state.partitions[name] = {
+            **_partition(name),
+            "defaultRouteDomain": default_route_domain,
+        }
+
+    def nodes(self) -> dict[str, str]:
+        """Every node object: full path -> address (``<ip>`` or ``<ip>%<route domain>``)."""
+        return {full: str(o["address"]) for full, o in self._state.objects["node"].items()}
+
     def remove(self, kind: str, partition: str, name: str) -> None:
         """Delete an object directly, as an operator would (no reference checks)."""
         self._state.objects[kind].pop(f"/{partition}/{name}", None)
@@ -250,6 +284,7 @@ class F5Emulator(EmulatorServer):
     # --- HTTP ----------------------------------------------------------------------
 
     def _routes(self, app: web.Application) -> None:
+        self._preflight_routes(app)  # before the catch-all: aiohttp matches in order
         app.router.add_route("*", "/mgmt/{tail:.*}", self._handle)
 
     def _fault_body(self, status: int) -> Any:
@@ -291,12 +326,16 @@ class F5Emulator(EmulatorServer):
                         f"Transaction {request.headers['X-F5-REST-Coordination-Id']} operation "
                         f"{request.method} {path} is not allowed to be added to transaction.",
                     )
+                if request.method == "PATCH" and self.commit_delay_s:
+                    await asyncio.sleep(self.commit_delay_s)
                 return json_response(self._transaction(request.method, path, body))
             trans = request.headers.get("X-F5-REST-Coordination-Id")
             if trans is not None:
                 return json_response(
                     self._queue(trans, request.method, path, request.query_string, body)
                 )
+            if path == "/mgmt/tm/cm" and self.commit_delay_s:
+                await asyncio.sleep(self.commit_delay_s)  # a config-sync: as slow as a commit
             result = _execute(
                 self._state, request.method, path, request.query_string, body, emu=self
             )
@@ -365,6 +404,113 @@ class F5Emulator(EmulatorServer):
             "restOperationId": next(self._op_ids),
             "kind": ":resterrorresponse",
         }
+
+    # --- what `vipwire lb check` reads: release, the user's rights, route domains -------
+    # (the route domains are the emulator's own, ``route_domains=`` at construction)
+
+    def _init_preflight_knobs(self) -> None:
+        #: The release ``GET /mgmt/tm/sys/version`` reports (an old one for tests).
+        self.version = _VERSION
+        #: The login user's ``partitionAccess``: partition (or ``all-partitions``) → role.
+        #: Roles as F5 names them (admin, resource-admin, manager, operator, guest, ...).
+        #: Only reported: the emulator does not refuse writes by role.
+        self.user_roles: dict[str, str] = {"all-partitions": "admin"}
+
+    def _preflight_routes(self, app: web.Application) -> None:
+        # Shapes as in F5's iControl REST reference and f5-ansible's modules:
+        # bigip_device_info.py (GET /mgmt/tm/sys/version, nestedStats entries),
+        # bigip_user.py (GET /mgmt/tm/auth/user/<name>, partitionAccess list of
+        # {name, role}) and bigip_routing_domain.py (GET /mgmt/tm/net/route-domain,
+        # items with name, partition, id).
+        app.router.add_get("/mgmt/tm/sys/version", self._sys_version)
+        app.router.add_get("/mgmt/tm/auth/user/{name}", self._auth_user)
+        app.router.add_get("/mgmt/tm/net/route-domain", self._route_domain)
+        app.router.add_get("/mgmt/tm/net/route-domain/{name}", self._route_domain)
+        # The built-in parents every BIG-IP has in /Common, readable like any object.
+        app.router.add_get("/mgmt/tm/ltm/profile/fastl4/~Common~fastL4", self._builtin)
+        for kind in ("http", "https", "tcp"):
+            app.router.add_get(f"/mgmt/tm/ltm/monitor/{kind}/~Common~{kind}", self._builtin)
+
+    async def _builtin(self, request: web.Request) -> web.Response:
+        denied = self._check_token(request)
+        if denied is not None:
+            return denied
+        name = request.path.rsplit("~", 1)[-1]
+        return json_response({"name": name, "partition": "Common", "fullPath": f"/Common/{name}"})
+
+    async def _sys_version(self, request: web.Request) -> web.Response:
+        denied = self._check_token(request)
+        if denied is not None:
+            return denied
+        entries = {
+            "Build": {"description": "0.0.6"},
+            "Edition": {"description": "Final"},
+            "Product": {"description": "BIG-IP"},
+            "Title": {"description": "Main Package"},
+            "Version": {"description": self.version},
+        }
+        return json_response(
+            {
+                "kind": "tm:sys:version:versionstats",
+                "selfLink": f"https://localhost/mgmt/tm/sys/version?ver={self.version}",
+                "entries": {
+                    "https://localhost/mgmt/tm/sys/version/0": {"nestedStats": {"entries": entries}}
+                },
+            }
+        )
+
+    async def _auth_user(self, request: web.Request) -> web.Response:
+        denied = self._check_token(request)
+        if denied is not None:
+            return denied
+        name = request.match_info["name"]
+        if name != self._username:
+            return json_response(
+                F5Error(404, f"01020036:3: The requested user ({name}) was not found.").body(), 404
+            )
+        access = [{"name": p, "role": r} for p, r in sorted(self.user_roles.items())]
+        return json_response(
+            {
+                "kind": "tm:auth:user:userstate",
+                "name": name,
+                "fullPath": name,
+                "partitionAccess": access,
+                "shell": "none",
+            }
+        )
+
+    async def _route_domain(self, request: web.Request) -> web.Response:
+        denied = self._check_token(request)
+        if denied is not None:
+            return denied
+
+        def body(ident: int) -> Obj:
+            return {
+                "kind": "tm:net:route-domain:route-domainstate",
+                "name": str(ident),
+                "partition": "Common",
+                "fullPath": f"/Common/{ident}",
+                "id": ident,
+                "strict": "enabled",
+            }
+
+        name = request.match_info.get("name")
+        if name is None:
+            return json_response(
+                {
+                    "kind": "tm:net:route-domain:route-domaincollectionstate",
+                    "items": [body(i) for i in sorted(self._state.route_domains)],
+                }
+            )
+        wanted = name.replace("~", "/").rsplit("/", 1)[-1]
+        if not wanted.isdigit() or int(wanted) not in self._state.route_domains:
+            return json_response(
+                F5Error(
+                    404, f"01020036:3: The requested route domain ({name}) was not found."
+                ).body(),
+                404,
+            )
+        return json_response(body(int(wanted)))
 
     # --- transactions ----------------------------------------------------------------
 
@@ -467,6 +613,8 @@ def _execute(
         return _config_sync(body, emu)
     if path == "/mgmt/tm/auth/partition" or path.startswith("/mgmt/tm/auth/partition/"):
         return _partition_request(state, method, path, body)
+    if path == _ROUTE_DOMAINS or path.startswith(_ROUTE_DOMAINS + "/"):
+        return _route_domain_request(state, method, path)
     for kind in _KINDS:
         if path == kind.collection:
             if method == "GET":
@@ -497,6 +645,38 @@ def _config_sync(body: Any, emu: F5Emulator) -> Obj:
     return {"kind": "tm:cm:runstate", "command": "run", "utilCmdArgs": args}
 
 
+def _route_domain_request(state: _State, method: str, path: str) -> Obj:
+    """``net route-domain``, read only: the ids that exist, each named by its id in
+    /Common as BIG-IP names its default one (``/Common/0``; iControl REST
+    ``/mgmt/tm/net/route-domain``, f5-ansible
+    ansible_collections/f5networks/f5_modules/plugins/modules/bigip_routedomain.py)."""
+
+    def render(rd: int) -> Obj:
+        return {
+            "kind": "tm:net:route-domain:route-domainstate",
+            "name": str(rd),
+            "partition": "Common",
+            "fullPath": f"/Common/{rd}",
+            "id": rd,
+            "strict": "enabled",
+        }
+
+    if method != "GET":
+        raise F5Error(405, f"{method} is not emulated on {_ROUTE_DOMAINS}.")
+    token = path.removeprefix(_ROUTE_DOMAINS).strip("/")
+    if not token:
+        return {
+            "kind": "tm:net:route-domain:route-domaincollectionstate",
+            "items": [render(rd) for rd in sorted(state.route_domains)],
+        }
+    name = _full_path(token).rsplit("/", 1)[-1]
+    if not name.isdigit() or int(name) not in state.route_domains:
+        raise F5Error(
+            404, f"01020036:3: The requested route domain (/Common/{name}) was not found."
+        )
+    return render(int(name))
+
+
 def _partition_request(state: _State, method: str, path: str, body: Any) -> Obj:
     name = path.removeprefix("/mgmt/tm/auth/partition").strip("/")
     if not name:
@@ -525,8 +705,11 @@ def _partition_request(state: _State, method: str, path: str, body: Any) -> Obj:
 
 
 def _full_path(token: str) -> str:
-    """``~p~name`` → ``/p/name``; a bare name is in /Common."""
-    token = unquote_plus(token)
+    """``~p~name`` → ``/p/name``; a bare name is in /Common.
+
+    The request path is decoded once already (aiohttp): decoding again would turn a
+    route domain's ``%20`` (node ``10.0.0.1%20``) into a space.
+    """
     if token.startswith("~"):
         return token.replace("~", "/")
     return f"/Common/{token}"
@@ -557,7 +740,11 @@ def _render(kind: _Kind, obj: Obj, expand: bool) -> Obj:
     if kind.key == "pool":
         ref: Obj = {"link": f"{link}/members?ver={_VERSION}", "isSubcollection": True}
         if expand:
-            ref["items"] = copy.deepcopy(obj.get("members", []))
+            # "node" is the emulator's own link from member to node object.
+            ref["items"] = [
+                {k: copy.deepcopy(v) for k, v in m.items() if k != "node"}
+                for m in obj.get("members", [])
+            ]
         out["membersReference"] = ref
     if kind.key == "virtual":
         ref = {"link": f"{link}/profiles?ver={_VERSION}", "isSubcollection": True}
@@ -589,6 +776,17 @@ def _item(state: _State, kind: _Kind, method: str, full: str, body: Any, *, quer
     if method in ("PATCH", "PUT"):
         if not isinstance(body, dict):
             raise F5Error(400, "A JSON object body is required.")
+        if method == "PATCH" and kind.key in _MONITOR_KINDS and "defaultsFrom" in body:
+            # A monitor's parent is fixed at creation: F5's own Ansible modules refuse to
+            # change it ("The parent monitor cannot be changed": f5-ansible,
+            # ansible_collections/f5networks/f5_modules/plugins/modules/bigip_monitor_http.py
+            # and bigip_monitor_tcp.py) and send ``defaultsFrom`` on create only. The
+            # emulator refuses it in any PATCH, so a client that sends it is caught here.
+            raise F5Error(
+                400,
+                f"01070340:3: Monitor {full}: defaults-from (the parent monitor) cannot be "
+                "modified; it is set when the monitor is created.",
+            )
         base = obj if method == "PATCH" else _defaults(kind, obj["name"], obj["partition"])
         changes = {
             k: v for k, v in body.items() if k not in ("name", "partition", "fullPath", "kind")
@@ -680,12 +878,18 @@ def _defaults(kind: _Kind, name: str, partition: str) -> Obj:
                 looseInitialization="disabled",
                 looseClose="disabled",
                 idleTimeout=300,
+                # BIG-IP's default TCP close timeout (seconds); F5's nPath chapter
+                # ("Configuring nPath Routing", BIG-IP LTM Implementations) advises the
+                # idle timeout's value instead when half-closes are expected.
+                tcpCloseTimeout=5,
             )
         case "persist":
             # /Common/source_addr's default entry timeout is 180 s.
             obj.update(defaultsFrom="/Common/source_addr", timeout="180", mask="none")
         case "addresslist":
             obj.update(addresses=[])
+        case "node":
+            obj.update(address="", monitor="default", session="user-enabled", state="unchecked")
         case "tmc":
             obj.update(
                 protocol="tcp",
@@ -747,7 +951,11 @@ def _normalise(state: _State, kind: _Kind, obj: Obj, *, replacing: str | None) -
             ):
                 raise F5Error(400, f"01020036:3: The requested monitor ({ref}) was not found.")
         obj["monitor"] = " and ".join(refs) + (" " if refs else "")
-        obj["members"] = [_member(m, partition) for m in obj.get("members") or []]
+        obj["members"] = [_member(state, m, obj["fullPath"]) for m in obj.get("members") or []]
+    elif kind.key == "node":
+        ip, rd = _route_domain(state, str(obj.get("address") or ""), partition)
+        obj["address"] = _rd_text(state, ip, rd, partition)
+        _check_node_address(state, obj["fullPath"], ip, rd)
     elif kind.key in ("persist", "addresslist", "tmc"):
         _normalise_access(state, kind, obj)
     if kind.key == "virtual":
@@ -799,31 +1007,173 @@ def _check_profile_fields(kind: _Kind, obj: Obj) -> None:
             )
 
 
-def _member(given: Any, partition: str) -> Obj:
+def _member(state: _State, given: Any, pool: str) -> Obj:
+    """A pool member, and the node object it names (created when missing, kept after).
+
+    The member's partition is the one it names (``/p/`` before its name, or its
+    ``partition`` field), else ``Common``: a member sent without one gets a node in
+    ``/Common`` whatever the pool's partition (f5-ansible's bigip_pool_member sends
+    ``partition`` with every member, defaulting to Common:
+    ansible_collections/f5networks/f5_modules/plugins/modules/bigip_pool_member.py
+    ``create_on_device``; the cross-partition failures of F5Networks/f5-ansible
+    #1800 and #1291 come from nodes in another partition than the pool).
+    """
     if not isinstance(given, dict) or not given.get("name"):
         raise F5Error(400, "A pool member needs a name <address>:<port>.")
-    name = str(given["name"]).rsplit("/", 1)[-1]
-    endpoint = _endpoint(name)
+    text = str(given["name"])
+    partition = str(given.get("partition") or "Common")
+    if text.startswith("/"):
+        partition = text.strip("/").split("/", 1)[0]
+    tail = text.rsplit("/", 1)[-1]
+    endpoint = _endpoint(tail)
     if endpoint is None:
         raise F5Error(
-            400, f"01070587:3: The requested pool member ({name}) is not a valid address:port."
+            400, f"01070587:3: The requested pool member ({tail}) is not a valid address:port."
         )
+    if partition not in state.partitions:
+        raise F5Error(400, f"01020036:3: The requested folder (/{partition}) was not found.")
+    host = tail.rsplit(":" if tail.count(":") == 1 else ".", 1)[0]
+    ip, rd = _route_domain(state, host, partition)
+    address = _rd_text(state, ip, rd, partition)
+    separator = "." if ":" in ip else ":"
+    name = f"{address}{separator}{endpoint[1]}"
+    node = _member_node(state, partition, address, ip, rd)
     member: Obj = {
         "kind": "tm:ltm:pool:members:membersstate",
         "name": name,
         "partition": partition,
         "fullPath": f"/{partition}/{name}",
-        "address": str(given.get("address") or endpoint[0]),
+        "address": address,
         "state": "unchecked",
         "session": "user-enabled",
+        "node": node,
     }
+    member.update(_member_admin(given, name))
     if given.get("description"):
         member["description"] = str(given["description"])
     return member
 
 
+#: A pool member's administrative fields, as iControl REST takes them (``ltm pool
+#: members``): ``session`` ``user-enabled`` or ``user-disabled`` (disabled: no new
+#: connections, except those matching a persistence record; established ones
+#: continue), ``state`` ``user-up`` or ``user-down`` (forced offline: not even
+#: persisted ones). BIG-IP answers with ``monitor-enabled`` and ``unchecked``/``up``
+#: once a monitor has its say; the emulator keeps what was set, or those defaults.
+#: Sources: F5's "Manual Chapter: Managing pool members" (enabled / disabled /
+#: forced offline), the iControl REST reference for ``tm:ltm:pool:members:membersstate``
+#: and vendor clients (F5-LTM PowerShell ``Disable-PoolMember``:
+#: ``{"state": "user-up", "session": "user-disabled"}``).
+_SESSIONS: Final = ("user-enabled", "user-disabled", "monitor-enabled")
+_STATES: Final = ("user-up", "user-down", "unchecked", "up", "down")
+
+
+def _member_admin(given: Obj, name: str) -> Obj:
+    admin: Obj = {}
+    for key, allowed in (("session", _SESSIONS), ("state", _STATES)):
+        value = given.get(key)
+        if value is None:
+            continue
+        if value not in allowed:
+            raise F5Error(400, f'invalid property value "{key}":"{value}" for pool member {name}')
+        admin[key] = "user-enabled" if value == "monitor-enabled" else value
+    return admin
+
+
+def member_takes_new_connections(member: Obj) -> bool:
+    """Whether BIG-IP would pick this pool member for a new (non-persisted) connection:
+    not session-disabled and not forced offline."""
+    return member.get("session") != "user-disabled" and member.get("state") != "user-down"
+
+
+def _route_domain(state: _State, host: str, partition: str) -> tuple[str, int]:
+    """``<ip>[%<id>]`` → (the canonical ip, the route domain), or BIG-IP's refusal.
+
+    Without ``%<id>`` an address is in its partition's default route domain
+    (``auth partition`` ``defaultRouteDomain``); a route domain that does not exist
+    is refused. Sources: iControl REST ``ltm node`` / ``ltm pool members`` address
+    syntax ``<ip>%<route domain id>`` (F5Networks/f5-ansible
+    ansible_collections/f5networks/f5_modules/plugins/modules/bigip_node.py and
+    bigip_pool_member.py take addresses with ``%<id>``; F5Networks/f5-ansible #887
+    and F5Networks/terraform-provider-bigip #661: members in a route domain).
+    """
+    ip_text, _, rd_text = host.partition("%")
+    try:
+        ip = ipaddress.ip_address(ip_text).compressed
+    except ValueError:
+        raise F5Error(400, f"01070587:3: The requested node address ({host}) is invalid.") from None
+    if rd_text:
+        if not rd_text.isdigit():
+            raise F5Error(400, f"01070587:3: The requested node address ({host}) is invalid.")
+        rd = int(rd_text)
+    else:
+        rd = int(state.partitions.get(partition, {}).get("defaultRouteDomain", 0))
+    if rd not in state.route_domains:
+        raise F5Error(400, f"01020036:3: The requested route domain (/Common/{rd}) was not found.")
+    return ip, rd
+
+
+def _rd_text(state: _State, ip: str, rd: int, partition: str) -> str:
+    """As BIG-IP shows an address: with ``%<id>`` unless it is the partition's default."""
+    default = int(state.partitions.get(partition, {}).get("defaultRouteDomain", 0))
+    return ip if rd == default else f"{ip}%{rd}"
+
+
+def _check_node_address(state: _State, full: str, ip: str, rd: int) -> None:
+    """One node per address and route domain, across every partition.
+
+    BIG-IP refuses a second node with an address another node (of another name, or
+    in another partition) already has: "0107003a:3: Pool member node (/Common/...)
+    and existing node (/Common/nd_...) cannot use the same IP Address (...)"
+    (F5Networks/f5-ansible #823; the same refusal across partitions: #2293, #1800).
+    """
+    for other, node in state.objects["node"].items():
+        if other == full:
+            continue
+        o_ip, _, o_rd = str(node["address"]).partition("%")
+        o_rd_id = (
+            int(o_rd)
+            if o_rd
+            else int(state.partitions.get(node["partition"], {}).get("defaultRouteDomain", 0))
+        )
+        if o_ip == ip and o_rd_id == rd:
+            raise F5Error(
+                400,
+                f"0107003a:3: Pool member node ({full}) and existing node ({other}) cannot "
+                f"use the same IP Address ({node['address']}).",
+            )
+
+
+def _member_node(state: _State, partition: str, address: str, ip: str, rd: int) -> str:
+    """The node a member names: ``/<partition>/<address>``, made on first use and kept.
+
+    BIG-IP creates a node object for every new pool member address and never deletes
+    it when the member goes: clients delete unused nodes themselves (f5-ansible's
+    bigip_pool_member ``remove_node_from_device``, plugins/modules/bigip_pool_member.py;
+    "Deleting a pool leaves nodes created": F5Networks/f5-ansible #1925).
+    """
+    full = f"/{partition}/{address}"
+    if full not in state.objects["node"]:
+        _check_node_address(state, full, ip, rd)
+        node = _defaults(_BY_KEY["node"], address, partition)
+        node["address"] = address
+        state.objects["node"][full] = node
+    return full
+
+
 def _check_unused(state: _State, kind: _Kind, full: str) -> None:
     _check_access_unused(state, kind, full)
+    if kind.key == "node":
+        # "01070110:3: Node address '/Common/x' is referenced by a member of pool
+        # '/Common/p'." (F5Networks/f5-ansible #2125, F5Networks/terraform-provider-bigip
+        # #568; f5-openstack-agent #473 ignores this 400 for nodes shared by members.)
+        for p in state.objects["pool"].values():
+            if any(m.get("node") == full for m in p.get("members", [])):
+                raise F5Error(
+                    400,
+                    f"01070110:3: Node address '{full}' is referenced by a member of pool "
+                    f"'{p['fullPath']}'.",
+                )
     if kind.key == "pool":
         for v in state.objects["virtual"].values():
             if v.get("pool") == full:

@@ -337,8 +337,10 @@ class Bus:
 
     @property
     def caller(self) -> str:
-        """This connection's caller token for control requests: the identity its
-        credentials file names (read once), ``anonymous`` without one."""
+        """This connection's caller token for control requests: the identity it logged
+        in as (its credentials file names it), ``anonymous`` without one."""
+        if self.identity is not None:
+            return self.identity
         if self._caller is None:
             self._caller = caller_token(self.settings.credentials)
         return self._caller

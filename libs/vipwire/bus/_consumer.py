@@ -52,6 +52,7 @@ from vipwire.contracts import (
     Message,
     Subject,
     SubjectError,
+    SubjectMismatch,
     decode_parsed,
     parse_subject,
 )
@@ -208,6 +209,31 @@ class _LastSequences:
         return len(self._current.keys() | self._previous.keys())
 
 
+#: Seconds between two log lines about refused messages on one subject.
+_MISMATCH_LOG_EVERY_S = 60.0
+
+
+class _RateLimitedLog:
+    """Whether a line about a key is due: at most one per ``every`` seconds per key,
+    with how many were held back since the last one. Keys quiet for longer are
+    forgotten (the map stays as small as the set of subjects being refused)."""
+
+    def __init__(self, every: float) -> None:
+        self._every = every
+        self._last: dict[str, tuple[float, int]] = {}
+
+    def due(self, key: str, now: float) -> int | None:
+        """None: hold this line back; else the number of lines held back before it."""
+        last = self._last.get(key)
+        if last is not None and now - last[0] < self._every:
+            self._last[key] = (last[0], last[1] + 1)
+            return None
+        if len(self._last) > 1024:
+            self._last = {k: v for k, v in self._last.items() if now - v[0] < self._every}
+        self._last[key] = (now, 0)
+        return 0 if last is None else last[1]
+
+
 def _pending_of(msg: Msg) -> int | None:
     """The consumer's pending count the server put in a message's ack subject."""
     tokens = (msg.reply or "").split(".")
@@ -344,6 +370,13 @@ class PullConsumer:
             "Messages on a known subject that do not decode (the subject's state is unknown)",
             ["family"],
         )
+        self._m_rejected = m.counter(
+            "bus_rejected_total",
+            "Messages refused before any handler (reason subject-mismatch: the payload "
+            "names another cluster, namespace, name or node than its subject)",
+            ["family", "reason"],
+        )
+        self._mismatch_logged = _RateLimitedLog(_MISMATCH_LOG_EVERY_S)
         self._m_latency = m.histogram(
             "bus_handle_seconds", "Time a handler took per message", ["consumer"]
         )
@@ -760,6 +793,9 @@ class PullConsumer:
         except SubjectError as exc:
             await self._poison(msg, subject, seq, str(exc))
             return
+        except SubjectMismatch as exc:
+            await self._mismatched(msg, parsed, seq, num_delivered, exc)
+            return
         except MalformedMessage as exc:
             await self._unreadable_message(msg, parsed, seq, num_delivered, exc.reason)
             return
@@ -891,6 +927,63 @@ class PullConsumer:
             await self._settle(msg, verdict, subject, seq)
             return
         await self._settle(msg, Reject(reason=reason), subject, seq, counted=True)
+
+    async def _mismatched(
+        self, msg: Msg, parsed: Subject, seq: int, num_delivered: int, exc: SubjectMismatch
+    ) -> None:
+        """A payload that disagrees with its subject: refused before any handler.
+
+        Never handled, never the subject's state: that stays its last message that
+        agrees (already handled here, or, while replaying, looked up and handed over
+        now, as for an unreadable one, so that a consumer starting on the forged
+        message still learns the real state). Counted per family; logged at most once a minute per
+        subject (a forger repeating itself fills no disk).
+        """
+        subject = parsed.raw
+        self._m_rejected.inc(family=parsed.family, reason="subject-mismatch")
+        repeats = self._mismatch_logged.due(subject, time.monotonic())
+        if repeats is not None:
+            log.warning(
+                "consumer %s: refused %s (stream seq %d): %s; not handled, the subject's "
+                "last agreeing message stays in force%s (a publisher with rights on this "
+                "subject sent it: check which identity)",
+                self._label,
+                subject,
+                seq,
+                "; ".join(exc.disagreements),
+                f" ({repeats} more refused since the last line)" if repeats else "",
+            )
+        verdict: Verdict = Reject(reason=exc.reason)
+        # Live, every message before it was delivered here already: only a replay (a
+        # forged message last on its subject) needs the one in force looked up. A
+        # flood of forgeries then costs no stream reads.
+        handled_here = self._supersede and self._last_seq.get(subject)
+        if not (handled_here or self._caught_up.is_set()):
+            try:
+                previous = await self._bus.last_valid_message(subject, before_seq=seq)
+            except BusError as err:
+                previous = None
+                verdict = Retry(delay=_backoff(num_delivered), reason=str(err))
+            if previous is not None:
+                stored, message = previous
+                replayed = await self._invoke(
+                    Delivery(
+                        subject=parsed,
+                        message=message,
+                        seq=stored.seq,
+                        num_delivered=num_delivered,
+                        headers=stored.headers,
+                        timestamp=stored.time_ns / 1e9,
+                    )
+                )
+                if isinstance(replayed, Retry):
+                    verdict = replayed
+                elif self._supersede:
+                    self._last_seq.note(subject, stored.seq)
+        if isinstance(verdict, Retry) and num_delivered < self.spec.max_deliveries:
+            await self._settle(msg, verdict, subject, seq)
+            return
+        await self._settle(msg, Reject(reason=exc.reason), subject, seq, counted=True)
 
     async def _poison(self, msg: Msg, subject: str, seq: int, reason: str) -> None:
         family = subject.split(".")[2] if subject.count(".") >= 2 else "?"

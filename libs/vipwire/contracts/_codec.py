@@ -16,6 +16,8 @@ from vipwire.contracts._messages import (
     NodeGone,
     NodeMessage,
     NodeSnapshot,
+    PoolsMessage,
+    PoolsServed,
     ServiceMessage,
     StatusMessage,
     VipMessage,
@@ -24,6 +26,7 @@ from vipwire.contracts._subjects import (
     Family,
     Subject,
     SubjectError,
+    cluster_subject,
     node_subject,
     parse_subject,
     service_subject,
@@ -42,6 +45,24 @@ class MalformedMessage(ValueError):
         self.reason = reason
 
 
+class SubjectMismatch(MalformedMessage):
+    """A well-formed payload whose own fields disagree with the subject it came on.
+
+    Not poison in the usual sense: the subject's state is still its last message that
+    agrees with it. ``disagreements`` names each field (``cluster 'west' (subject
+    says 'east')``), for the log line an operator reads.
+    """
+
+    def __init__(
+        self, subject: str, disagreements: tuple[str, ...], belongs_on: str | None
+    ) -> None:
+        where = f"; it belongs on {belongs_on!r}" if belongs_on is not None else ""
+        super().__init__(
+            subject, "payload disagrees with its subject: " + "; ".join(disagreements) + where
+        )
+        self.disagreements = disagreements
+
+
 _encoder: Final = msgspec.json.Encoder()
 _decoders: Final[dict[str, msgspec.json.Decoder[Any]]] = {
     "service": msgspec.json.Decoder(ServiceMessage),
@@ -51,10 +72,12 @@ _decoders: Final[dict[str, msgspec.json.Decoder[Any]]] = {
     "lb": msgspec.json.Decoder(LbMessage),
     "applied": msgspec.json.Decoder(AppliedMessage),
     "status": msgspec.json.Decoder(StatusMessage),
+    "pools": msgspec.json.Decoder(PoolsMessage),
 }
 _FAMILY_OF: Final[dict[str, str]] = {
     "service": "service",
     "service-gone": "service",
+    "service-rejected": "service",
     "endpoints": "endpoints",
     "node": "node",
     "node-gone": "node",
@@ -67,6 +90,7 @@ _FAMILY_OF: Final[dict[str, str]] = {
     "lb-removed": "lb",
     "node-applied": "applied",
     "status-written": "status",
+    "pools-served": "pools",
 }
 
 
@@ -84,6 +108,8 @@ def subject_for(message: Message) -> str:
     family = family_of(message)
     if isinstance(message, NodeSnapshot | NodeGone | NodeApplied):
         return node_subject(family, message.cluster, message.node)  # type: ignore[arg-type]
+    if isinstance(message, PoolsServed):
+        return cluster_subject("pools", message.cluster)
     return service_subject(
         family,  # type: ignore[arg-type]
         message.cluster,
@@ -116,20 +142,37 @@ def decode_parsed(subject: Subject, data: bytes) -> Message:
             subject.raw,
             f"schema version {message.v} is not {SCHEMA_VERSION} (upgrade this consumer)",
         )
-    if not _belongs_on(message, subject):
+    disagreements = subject_disagreements(message, subject)
+    if disagreements:
         try:
-            expected = subject_for(message)
-        except SubjectError as exc:
-            raise MalformedMessage(subject.raw, str(exc)) from exc
-        raise MalformedMessage(subject.raw, f"payload belongs on {expected!r}")
+            expected: str | None = subject_for(message)
+        except SubjectError:
+            expected = None  # its own fields build no valid subject
+        raise SubjectMismatch(subject.raw, disagreements, expected)
     return message
 
 
-def _belongs_on(message: Message, subject: Subject) -> bool:
-    """Whether ``subject_for(message) == subject.raw``, without building it: the parsed
-    subject's parts are valid, so equal fields build the same subject."""
-    if message.cluster != subject.cluster or family_of(message) != subject.family:
-        return False
+def subject_disagreements(message: Message, subject: Subject) -> tuple[str, ...]:
+    """What a payload says that its subject does not: empty when they agree.
+
+    The parsed subject's parts are valid, so a payload agreeing on family, cluster
+    and object (namespace and name, or node) belongs on exactly that subject. Each
+    entry names a field, the payload's value and the subject's.
+    """
+    found: list[str] = []
+    family = family_of(message)
+    if family != subject.family:
+        found.append(f"family {family!r} (subject says {subject.family!r})")
+    if message.cluster != subject.cluster:
+        found.append(f"cluster {message.cluster!r} (subject says {subject.cluster!r})")
     if isinstance(message, NodeSnapshot | NodeGone | NodeApplied):
-        return message.node == subject.node
-    return message.namespace == subject.namespace and message.name == subject.name
+        if message.node != subject.node:
+            found.append(f"node {message.node!r} (subject says {subject.node!r})")
+        return tuple(found)
+    if isinstance(message, PoolsServed):
+        return tuple(found)
+    if message.namespace != subject.namespace:
+        found.append(f"namespace {message.namespace!r} (subject says {subject.namespace!r})")
+    if message.name != subject.name:
+        found.append(f"name {message.name!r} (subject says {subject.name!r})")
+    return tuple(found)

@@ -196,6 +196,10 @@ class SharerView(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     external_traffic_policy: Literal["Cluster", "Local"] = "Cluster"
     #: The Service's labels when it last changed: a pool's selector is judged on them.
     labels: dict[str, str] = {}
+    #: Its namespace when it is not the claim's (sharing across namespaces); "": the claim's.
+    namespace: str = ""
+    #: The other namespaces it accepts to share with (``vipwire.io/share-with-namespaces``).
+    share_namespaces: tuple[str, ...] = ()
 
 
 class ClaimView(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
@@ -228,6 +232,13 @@ class RecordView(msgspec.Struct, frozen=True, kw_only=True):
     reassign: bool = False
     #: The identity that asked for that release (the caller of its control request).
     released_by: str | None = None
+    #: A move to other VIPs under way (make-before-break, see ipam's ``core.moves``):
+    #: ``adding``: ``vips`` holds the old and the new ones, all served; ``withdrawing``:
+    #: the new ones are in status, on the appliance and on the nodes, the old ones
+    #: (``moving_from``) are being withdrawn; their claims go once the appliance
+    #: no longer serves them.
+    move: Literal["", "adding", "withdrawing"] = ""
+    moving_from: tuple[str, ...] = ()
 
 
 class ShowRequest(msgspec.Struct, frozen=True, kw_only=True):

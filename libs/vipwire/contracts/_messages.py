@@ -56,6 +56,12 @@ class NodeEndpoints(msgspec.Struct, frozen=True, kw_only=True):
     def has_ready(self) -> bool:
         return any(ep.ready for ep in self.endpoints)
 
+    @property
+    def has_serving(self) -> bool:
+        """A ready endpoint, or one terminating that still serves (EndpointSlice
+        ``serving``): its node keeps taking the Service's traffic until it stops."""
+        return any(ep.ready or (ep.terminating and ep.serving) for ep in self.endpoints)
+
 
 # --- vipwire.<cluster>.service.<ns>.<name> ------------------------------------
 
@@ -97,6 +103,32 @@ class ServiceSnapshot(_Message, frozen=True, tag="service"):
     #: The appliance profile the Service picks (annotation ``vipwire.io/profile``);
     #: None: its pool's default. ipam refuses a name that is not configured.
     profile: str | None = None
+    #: ``vipwire.io/share-with-namespaces``: the other namespaces of the cluster whose
+    #: Services may share this one's VIP (``("*",)``: any); sharing across namespaces
+    #: needs both Services to name each other's namespace.
+    share_namespaces: tuple[str, ...] = ()
+
+
+class ServiceRejected(_Message, frozen=True, tag="service-rejected"):
+    """A Service of ours the watcher refuses as it is (InvalidService): the reason, for
+    the dashboard, the live table and replay.
+
+    Not an end: the Service still exists. ``in_force`` is the last snapshot the
+    watcher published for this incarnation (it keeps its VIPs and configuration
+    as that snapshot asked), so a reader of the last message per subject still
+    knows what is served; None: it was never valid, nothing was ever asked.
+    ``trace_id``: the trace of the change that was rejected (its Event's).
+    """
+
+    cluster: str
+    namespace: str
+    name: str
+    uid: str
+    resource_version: str
+    reason: str
+    message: str
+    trace_id: str | None = None
+    in_force: ServiceSnapshot | None = None
 
 
 class ServiceGone(_Message, frozen=True, tag="service-gone"):
@@ -108,7 +140,7 @@ class ServiceGone(_Message, frozen=True, tag="service-gone"):
     uid: str
 
 
-ServiceMessage = ServiceSnapshot | ServiceGone
+ServiceMessage = ServiceSnapshot | ServiceGone | ServiceRejected
 
 
 # --- vipwire.<cluster>.endpoints.<ns>.<name> ----------------------------------
@@ -126,6 +158,11 @@ class EndpointsSnapshot(_Message, frozen=True, tag="endpoints"):
     def ready_nodes(self) -> frozenset[str]:
         return frozenset(n.node for n in self.nodes if n.has_ready)
 
+    @property
+    def serving_nodes(self) -> frozenset[str]:
+        """Nodes with a ready endpoint or a terminating one still serving."""
+        return frozenset(n.node for n in self.nodes if n.has_serving)
+
 
 EndpointsMessage = EndpointsSnapshot
 
@@ -141,6 +178,9 @@ class NodeSnapshot(_Message, frozen=True, tag="node"):
     addresses: tuple[str, ...]
     eligible: bool = True
     ready: bool = True
+    #: ``spec.unschedulable`` (``kubectl cordon``): drained from load balancers where
+    #: the lbdriver's ``drain_on_cordon`` is on.
+    cordoned: bool = False
 
 
 class NodeGone(_Message, frozen=True, tag="node-gone"):
@@ -187,6 +227,15 @@ class VipAssigned(_Message, frozen=True, tag="vip-assigned"):
     #: The appliance profile to program, resolved by ipam (the Service's own, else
     #: its pool's default); None: the built-in profile.
     profile: str | None = None
+    #: On the assignment that gave the VIPs only: the Service names a sharing key whose
+    #: VIPs it could not share (and why), so it got a VIP of its own (a Warning Event,
+    #: ``SharingRefused``).
+    sharing_refused: str | None = None
+    #: During a move to other VIPs (make-before-break): the old VIPs, which ``vips``
+    #: still lists until the new ones are in status, on the appliance and on the nodes
+    #: (the watcher writes the new ones into status only once every member node has
+    #: them), and which then leave ``vips`` and the appliance. Empty: no move.
+    moving_from: tuple[str, ...] = ()
 
 
 class VipReleasing(_Message, frozen=True, tag="vip-releasing"):
@@ -211,7 +260,13 @@ class VipReleased(_Message, frozen=True, tag="vip-released"):
 
 
 class VipFailed(_Message, frozen=True, tag="vip-failed"):
-    """No VIP could be assigned; ``reason`` is a CamelCase Event reason."""
+    """No VIP could be assigned; ``reason`` is a CamelCase Event reason.
+
+    ``retryable``: the Service waits (a release or a reload may help, and ipam
+    tries again by itself); False: only a change of the Service can help (an
+    unknown pool, a family no pool has). A Service refused for good that never
+    held a VIP carries no finalizer (the watcher takes it off).
+    """
 
     cluster: str
     namespace: str
@@ -219,6 +274,7 @@ class VipFailed(_Message, frozen=True, tag="vip-failed"):
     uid: str
     reason: str
     message: str
+    retryable: bool = True
 
 
 VipMessage = VipAssigned | VipReleasing | VipReleased | VipFailed
@@ -230,6 +286,19 @@ VipMessage = VipAssigned | VipReleasing | VipReleased | VipFailed
 class Member(msgspec.Struct, frozen=True, kw_only=True, order=True):
     node: str
     address: str
+
+
+class PortError(msgspec.Struct, frozen=True, kw_only=True):
+    """A Service port the appliance refused on one VIP (its other ports are served):
+    ``status.loadBalancer.ingress[].ports[].error`` says ``vipwire.io/<reason>``."""
+
+    vip: str
+    port: int
+    protocol: Literal["TCP", "UDP", "SCTP"] = "TCP"
+    #: CamelCase, as in LbFailed (``ApplianceRejected``).
+    reason: str = "ApplianceRejected"
+    #: The appliance's answer, for the condition and the Event.
+    error: str = ""
 
 
 class LbProgrammed(_Message, frozen=True, tag="lb-programmed"):
@@ -247,6 +316,11 @@ class LbProgrammed(_Message, frozen=True, tag="lb-programmed"):
     #: For standalone node agents: the sources allowed (empty: all) and the affinity.
     source_ranges: tuple[str, ...] = ()
     affinity_timeout_s: int | None = None
+    #: Ports the appliance refused (the others are served), each with the appliance's text.
+    port_errors: tuple[PortError, ...] = ()
+    #: Members being drained: disabled on the appliance (no new connections, established
+    #: ones continue) until ``drain_timeout_s`` has passed; not in ``members``.
+    draining: tuple[Member, ...] = ()
 
 
 #: ``LbFailed.reason`` when the lbdriver's verification found the appliance holding
@@ -291,7 +365,12 @@ LbMessage = LbProgrammed | LbFailed | LbRemoved
 
 
 class NodeApplied(_Message, frozen=True, tag="node-applied"):
-    """The VIP set a node serves now; ``generation`` grows with every apply."""
+    """The VIP set a node serves now; ``generation`` grows with every apply.
+
+    ``refused``: VIPs of programmed Services the node will not serve, as
+    ``<ns>/<name> <vip>``: outside the pools ipam serves the cluster (its
+    ``PoolsServed``) or the agent's ``vip_ranges``.
+    """
 
     cluster: str
     node: str
@@ -299,6 +378,7 @@ class NodeApplied(_Message, frozen=True, tag="node-applied"):
     vips: tuple[str, ...]
     mode: Literal["kube-proxy", "standalone"] = "kube-proxy"
     dry_run: bool = False
+    refused: tuple[str, ...] = ()
 
 
 AppliedMessage = NodeApplied
@@ -325,9 +405,29 @@ class StatusWritten(_Message, frozen=True, tag="status-written"):
 
 StatusMessage = StatusWritten
 
+
+# --- vipwire.<cluster>.pools.all ----------------------------------------------
+
+
+class PoolsServed(_Message, frozen=True, tag="pools-served"):
+    """The addresses ipam may give this cluster's Services: every pool that allows
+    the cluster, as CIDRs (IPv4 and IPv6). Published by ipam at start and on every
+    pool reload; the last message of the subject is in force. A node agent puts on
+    ``lo`` only VIPs inside these (and inside its own ``vip_ranges`` when set).
+    ``pools``: the names of those pools, for operators.
+    """
+
+    cluster: str
+    ranges: tuple[str, ...]
+    pools: tuple[str, ...] = ()
+
+
+PoolsMessage = PoolsServed
+
 Message = (
     ServiceSnapshot
     | ServiceGone
+    | ServiceRejected
     | EndpointsSnapshot
     | NodeSnapshot
     | NodeGone
@@ -340,4 +440,5 @@ Message = (
     | LbRemoved
     | NodeApplied
     | StatusWritten
+    | PoolsServed
 )

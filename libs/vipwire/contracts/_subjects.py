@@ -1,7 +1,9 @@
 """Subject names: built from validated parts, parsed back into them.
 
 ``vipwire.<cluster>.<family>.<ns>.<name>`` for per-Service families,
-``vipwire.<cluster>.<family>.<node>`` for per-node ones. A node name is a DNS
+``vipwire.<cluster>.<family>.<node>`` for per-node ones and
+``vipwire.<cluster>.<family>.all`` for per-cluster ones (one subject per cluster:
+``pools``). A node name is a DNS
 subdomain and may hold dots, which NATS reads as token separators, so its
 token carries each ``.`` as ``_`` (no DNS name holds ``_``).
 """
@@ -17,10 +19,14 @@ ROOT: Final = "vipwire"
 
 ServiceFamily = Literal["service", "endpoints", "vip", "lb", "status"]
 NodeFamily = Literal["node", "applied"]
-Family = ServiceFamily | NodeFamily
+ClusterFamily = Literal["pools"]
+Family = ServiceFamily | NodeFamily | ClusterFamily
 
 SERVICE_FAMILIES: Final[frozenset[str]] = frozenset({"service", "endpoints", "vip", "lb", "status"})
 NODE_FAMILIES: Final[frozenset[str]] = frozenset({"node", "applied"})
+CLUSTER_FAMILIES: Final[frozenset[str]] = frozenset({"pools"})
+#: The last token of a per-cluster subject.
+CLUSTER_TOKEN: Final = "all"
 
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 _DNS_SUBDOMAIN_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
@@ -78,16 +84,24 @@ def node_subject(family: NodeFamily, cluster: str, node: str) -> str:
     return f"{ROOT}.{cluster}.{family}.{node_token(node)}"
 
 
+def cluster_subject(family: ClusterFamily, cluster: str) -> str:
+    if family not in CLUSTER_FAMILIES:
+        raise SubjectError(f"{family!r} is not a per-cluster subject family")
+    validate_cluster(cluster)
+    return f"{ROOT}.{cluster}.{family}.{CLUSTER_TOKEN}"
+
+
 def family_filter(family: Family, cluster: str | None = None) -> str:
     """A subscription filter for one family, in one cluster or in all of them."""
-    if family not in SERVICE_FAMILIES | NODE_FAMILIES:
+    if family not in SERVICE_FAMILIES | NODE_FAMILIES | CLUSTER_FAMILIES:
         raise SubjectError(f"unknown subject family {family!r}")
     scope = "*" if cluster is None else validate_cluster(cluster)
     return f"{ROOT}.{scope}.{family}.>"
 
 
 class Subject(msgspec.Struct, frozen=True, kw_only=True):
-    """A parsed subject. ``key`` is ``ns/name`` for Services and the node name for nodes."""
+    """A parsed subject. ``key`` is ``ns/name`` for Services, the node name for nodes
+    and the cluster name for per-cluster subjects."""
 
     raw: str
     cluster: str
@@ -100,6 +114,8 @@ class Subject(msgspec.Struct, frozen=True, kw_only=True):
     def key(self) -> str:
         if self.node is not None:
             return self.node
+        if self.namespace is None:
+            return self.cluster
         return f"{self.namespace}/{self.name}"
 
 
@@ -130,4 +146,10 @@ def parse_subject(subject: str) -> Subject:
             family=family,  # type: ignore[arg-type]
             node=node_from_token(parts[3]),
         )
+    if family in CLUSTER_FAMILIES:
+        if len(parts) != 4 or parts[3] != CLUSTER_TOKEN:
+            raise SubjectError(
+                f"subject {subject!r}: expected {ROOT}.<cluster>.{family}.{CLUSTER_TOKEN}"
+            )
+        return Subject(raw=subject, cluster=cluster, family=family)  # type: ignore[arg-type]
     raise SubjectError(f"subject {subject!r}: unknown family {family!r}")

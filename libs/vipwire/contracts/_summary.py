@@ -18,8 +18,10 @@ from vipwire.contracts._messages import (
     NodeApplied,
     NodeGone,
     NodeSnapshot,
+    PoolsServed,
     ServiceGone,
     ServicePort,
+    ServiceRejected,
     ServiceSnapshot,
     StatusWritten,
     VipAssigned,
@@ -81,11 +83,16 @@ def summary(message: Message) -> str:
                 parts.append(f"asks {vips_text(message.requested_ips)}")
             if message.sharing_key:
                 parts.append(f"sharing {message.sharing_key}")
+            if message.share_namespaces:
+                parts.append(f"shares with {', '.join(message.share_namespaces)}")
             if message.deleting:
                 parts.append("deleting")
             return " · ".join(parts)
         case ServiceGone():
             return "gone"
+        case ServiceRejected():
+            kept = " · keeps what it had" if message.in_force is not None else ""
+            return f"rejected: {message.reason}: {message.message}{kept}"
         case EndpointsSnapshot():
             ready = sorted(message.ready_nodes)
             return f"ready on {', '.join(ready)}" if ready else "no ready endpoints"
@@ -121,6 +128,10 @@ def summary(message: Message) -> str:
         case NodeApplied():
             dry = ", dry run" if message.dry_run else ""
             count = len(message.vips)
-            return f"gen {message.generation} · {count} VIPs{dry}: {vips_text(message.vips)}"
+            refused = f" · refused {len(message.refused)}" if message.refused else ""
+            line = f"gen {message.generation} · {count} VIPs{dry}: {vips_text(message.vips)}"
+            return line + refused
         case StatusWritten():
             return f"ingress {vips_text(message.vips)}" if message.vips else "status cleared"
+        case PoolsServed():
+            return f"pools {', '.join(message.ranges) or 'none'}"

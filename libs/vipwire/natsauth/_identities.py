@@ -31,7 +31,7 @@ CONTROL_ROOT: Final = CONTROL_PREFIX
 READ_ONLY: Final = tuple(v for v in CONTROL_VERBS if v.read_only)
 #: ipam's durable consumers (one per filter); nobody else may touch them. ``ipam``
 #: is the name of the one durable with two filters before identities existed.
-IPAM_DURABLES: Final = ("ipam-service", "ipam-lb", "ipam")
+IPAM_DURABLES: Final = ("ipam-service", "ipam-lb", "ipam-status", "ipam")
 
 _NAME = re.compile(r"^[a-z0-9]([-a-z0-9_]{0,61}[a-z0-9])?$")
 

@@ -311,7 +311,8 @@ class Stack:
 
     def _define_components(self) -> None:
         s = self.settings
-        ipam_settings = IpamSettings(pools=s.pools)
+        # ipam serves only the stack's clusters (and tells each its pools).
+        ipam_settings = IpamSettings(pools=s.pools, clusters=tuple(self.clusters))
         for i in range(s.ipam_replicas):
             name = "ipam" if s.ipam_replicas == 1 else f"ipam:{i + 1}"
             self._add(name, lambda rt: IpamService(ipam_settings, rt, profiles=list(s.profiles)))

@@ -24,6 +24,7 @@ from vipwire.contracts import (
     NodeApplied,
     ServiceGone,
     ServiceRef,
+    ServiceRejected,
     ServiceSnapshot,
     VipAssigned,
     VipFailed,
@@ -82,6 +83,11 @@ class BusView:
                 row = self._row(m.cluster, m.namespace, m.name)
                 if m.deleting:
                     row.state = "deleting"
+                elif row.state == "rejected":
+                    row.state, row.detail = "pending", ""  # fixed: asks again
+            case ServiceRejected():
+                row = self._row(m.cluster, m.namespace, m.name)
+                row.state, row.detail = "rejected", f"{m.reason}: {m.message}"
             case ServiceGone():
                 self.rows.pop(ServiceRef(m.cluster, m.namespace, m.name), None)
             case VipAssigned():

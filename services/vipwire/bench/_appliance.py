@@ -31,7 +31,8 @@ def _dump(emulator: F5Emulator) -> bytes:
 def _load(emulator: F5Emulator, raw: bytes) -> None:
     data: dict[str, Any] = msgspec.json.decode(raw)
     emulator._state.partitions = data["partitions"]
-    emulator._state.objects = data["objects"]
+    # A state saved before a kind existed (ltm node) keeps that kind empty.
+    emulator._state.objects = {**emulator._state.objects, **data["objects"]}
 
 
 def _save(emulator: F5Emulator, path: Path) -> None:

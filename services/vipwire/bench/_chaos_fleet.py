@@ -28,7 +28,7 @@ from vipwire.allinone.stack import cluster_name, node_address
 from vipwire.bench._common import pool_for
 from vipwire.bench._fleet import KEEP_ENV, free_port
 from vipwire.kubeemu import KubeEmulator
-from vipwire.lbdriver.settings import ApplianceSettings
+from vipwire.lbdriver.settings import ApplianceSettings, ApplianceTimeouts
 
 log = logging.getLogger("vipwire.bench.chaos")
 
@@ -257,7 +257,7 @@ class ChaosFleet:
             password_file=str(self.state_dir / "appliance-password"),
             verify_tls=False,
             max_requests_per_s=0,
-            request_timeout_s=5.0,
+            timeouts=ApplianceTimeouts(login_s=5, read_s=5, write_s=5, commit_s=5),
         )
 
     async def start(self) -> None:

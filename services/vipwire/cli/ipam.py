@@ -394,10 +394,8 @@ def render_show(reply: ShowReply) -> str:
             )
             for sharer in claim.sharers:
                 ports = f"  ports {', '.join(sharer.ports)}" if sharer.ports else ""
-                lines.append(
-                    f"  held by {claim.cluster}/{claim.namespace}/{sharer.name} "
-                    f"(uid {sharer.uid}){ports}"
-                )
+                where = f"{claim.cluster}/{sharer.namespace or claim.namespace}"
+                lines.append(f"  held by {where}/{sharer.name} (uid {sharer.uid}){ports}")
         for reason in view.stale:
             lines.append(f"  stale: {reason}")
     if reply.service is not None:
@@ -425,6 +423,11 @@ def render_show(reply: ShowReply) -> str:
                 lines.append(f"  {vip}  {shared}")
             if record.stale:
                 lines.append(f"  stale (recorded): {record.stale}")
+            if record.move:
+                lines.append(
+                    f"  moving ({record.move}): from {', '.join(record.moving_from)} to "
+                    f"{', '.join(v for v in record.vips if v not in record.moving_from)}"
+                )
         for reason in service.stale:
             if record is None or reason not in (record.stale or ""):
                 lines.append(f"  stale: {reason}")

@@ -80,7 +80,8 @@ async def _verb(args: argparse.Namespace) -> int:
 def dsr_passed(report: dict[str, Any]) -> bool:
     """Every request answered, by more than one pod, and no reply seen via the appliance;
     UDP answered, SCTP too unless skipped, the allowed client in and the other one out,
-    and one client on one node under ClientIP affinity."""
+    one client on one node under ClientIP affinity, and a drained node kept its
+    established connection and took no new one."""
     return (
         report["ok"] == report["requests"] > 0
         and len(report["pods_seen"]) > 1
@@ -88,6 +89,8 @@ def dsr_passed(report: dict[str, Any]) -> bool:
         and report["client_frames_from_appliance_mac"] == 0
         and report["forwarded_packets"] > 0
         and _access_passed(report)
+        and report.get("drain_kept_connection") is not False
+        and report.get("drain_new_connections_elsewhere") is not False
     )
 
 

@@ -1,4 +1,5 @@
-"""``vipwire lb status``: the appliances as the running lbdriver sees them.
+"""``vipwire lb status``: the appliances as the running lbdriver sees them;
+``vipwire lb check``: a read-only preflight of the configured appliances.
 
 The lbdriver answers a request on ``vipwire-ctl.lbdriver.status.<caller>`` (core
 NATS, outside the stream; the caller is the identity of the credentials file the
@@ -19,6 +20,7 @@ from vipwire.cli import connection
 if TYPE_CHECKING:
     from vipwire.bus import BusSettings
     from vipwire.contracts import LbdriverStatus
+    from vipwire.lbdriver.core.preflight import Check
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argparse.ArgumentParser:
@@ -34,10 +36,43 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argpar
     status.add_argument(
         "--timeout", type=float, default=3.0, help="seconds to wait for an answer (default 3)"
     )
+    check = verbs.add_parser(
+        "check",
+        help="preflight (read-only): login, release, rights, partition, profiles, objects",
+    )
+    check.add_argument("--config", required=True, metavar="FILE", help="YAML configuration file")
+    check.add_argument(
+        "--appliance", metavar="NAME", help="check this appliance only (default: every one)"
+    )
+    check.add_argument(
+        "--cluster",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="cluster whose partition to check (repeatable; default: the partitions mapped "
+        "in the appliance's partitions setting)",
+    )
+    check.add_argument("--json", action="store_true", help="print the checks as JSON")
+    check.add_argument(
+        "--timeout",
+        type=float,
+        default=None,
+        help="seconds per login or read (default: the appliance's timeouts setting)",
+    )
     return parser
 
 
 def execute(args: argparse.Namespace) -> int:
+    if args.verb == "check":
+        return asyncio.run(
+            check_command(
+                args.config,
+                appliance=args.appliance,
+                clusters=args.cluster,
+                as_json=args.json,
+                timeout=args.timeout,
+            )
+        )
     settings = connection.settings_from(args)
     return asyncio.run(
         status_command(
@@ -160,3 +195,63 @@ def render(status: LbdriverStatus) -> str:
         for row in rows
     ]
     return head + "\n".join(line.rstrip() for line in lines) + "\n"
+
+
+async def check_command(
+    config: str,
+    *,
+    appliance: str | None = None,
+    clusters: list[str] | None = None,
+    as_json: bool = False,
+    timeout: float | None = None,
+) -> int:
+    """Read every (or one) configured appliance, print the checks; 1 if any failed."""
+    import msgspec
+
+    from vipwire.lbdriver import LbdriverSettings
+    from vipwire.lbdriver.core.preflight import decide, failed
+    from vipwire.lbdriver.io.preflight import partitions_to_check, read
+    from vipwire.runtime import read_config, section
+
+    data = read_config(config)  # ConfigError: exit 2 in main
+    if "lbdriver" not in data:
+        print(f"vipwire lb check: {config} has no lbdriver section", file=sys.stderr)
+        return 2
+    settings = section(data, "lbdriver", LbdriverSettings, source=config)
+    chosen = [a for a in settings.appliances if appliance in (None, a.name)]
+    if not chosen:
+        names = ", ".join(a.name for a in settings.appliances)
+        print(
+            f"vipwire lb check: no appliance {appliance!r} in {config} (configured: {names})",
+            file=sys.stderr,
+        )
+        return 2
+    checks = []
+    for a in chosen:
+        readings = await read(
+            a, partitions_to_check(a, clusters or []), prefix=settings.prefix, timeout_s=timeout
+        )
+        for reading in readings:
+            checks.extend(decide(reading))
+    if as_json:
+        sys.stdout.write(msgspec.json.format(msgspec.json.encode(checks), indent=2).decode() + "\n")
+    else:
+        sys.stdout.write(render_checks(checks))
+    return 1 if failed(checks) else 0
+
+
+def render_checks(checks: list[Check]) -> str:
+    """The checks as a table; what to do follows each check that did not pass."""
+    rows = [("APPLIANCE", "CHECK", "RESULT", "DETAIL")]
+    rows += [(c.appliance, c.check, c.verdict.upper(), c.detail) for c in checks]
+    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+    lines = []
+    for row, check in zip(rows, [None, *checks], strict=True):
+        lines.append(
+            "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=False)) + "  " + row[3]
+        )
+        if check is not None and check.action:
+            lines.append(" " * (sum(widths) + 6) + f"-> {check.action}")
+    counts = {v: sum(1 for c in checks if c.verdict == v) for v in ("passed", "warned", "failed")}
+    summary = ", ".join(f"{n} {v}" for v, n in counts.items())
+    return "\n".join(line.rstrip() for line in lines) + f"\n{summary}\n"

@@ -96,6 +96,13 @@ class DashboardService:
             asyncio.create_task(self.poller.run(), name="dashboard-control"),
         ]
         log.info("dashboard on %s", self.url)
+        if self.settings.anonymous_outside:
+            log.warning(
+                "dashboard on %s:%d without a token (dashboard.allow_anonymous: true): anyone "
+                "who reaches it reads every cluster's Services; set dashboard.token_file",
+                self.settings.host,
+                self.port,
+            )
 
     async def stop(self) -> None:
         await cancel_and_wait(self._tasks)

@@ -11,6 +11,7 @@ Example::
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 from typing import Annotated
 
@@ -23,10 +24,23 @@ class DashboardConfigError(ConfigError, ValueError):
     """A ``dashboard`` section that cannot be used (ValueError so msgspec names the field)."""
 
 
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` is reachable from this machine only (``localhost``, 127/8, ::1);
+    every other name or address (``0.0.0.0``, ``""``, a host name) is not."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
 class DashboardSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """The read-only operators' dashboard: where it listens and what it shows."""
 
-    #: Address the web UI listens on. Keep it on loopback unless a token is set.
+    #: Address the web UI listens on. Any other than loopback needs ``token`` or
+    #: ``token_file`` (the dashboard shows every cluster's Services), or
+    #: ``allow_anonymous: true``.
     host: str = "127.0.0.1"
     #: Port of the web UI (0: any free port, logged on start). /healthz, /readyz and
     #: /metrics stay on the ``http`` section's port, as for every service.
@@ -37,6 +51,9 @@ class DashboardSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknow
     #: File holding the token (a mounted Secret; surrounding whitespace ignored).
     #: Takes the place of ``token``; set at most one of the two.
     token_file: str | None = None
+    #: Serve a non-loopback ``host`` without a token (a warning at every start). Only
+    #: behind something else that authenticates (an authenticating proxy).
+    allow_anonymous: bool = False
     #: Base URL of the Jaeger UI (``http://localhost:16686``); a Service's page then links
     #: each change to ``{jaeger_url}/trace/{trace_id}``. None: no trace links.
     jaeger_url: str | None = None
@@ -58,6 +75,18 @@ class DashboardSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknow
             raise DashboardConfigError("token must not be empty")
         if self.jaeger_url is not None and not self.jaeger_url.startswith(("http://", "https://")):
             raise DashboardConfigError("jaeger_url must start with http:// or https://")
+        if self.anonymous_outside and not self.allow_anonymous:
+            raise DashboardConfigError(
+                f"dashboard.host {self.host!r} is not a loopback address and no token is set: "
+                "anyone who reaches it would read every cluster's Services. Set "
+                "dashboard.token_file (or dashboard.token), or dashboard.allow_anonymous: true "
+                "to serve it without one, or bind dashboard.host: 127.0.0.1"
+            )
+
+    @property
+    def anonymous_outside(self) -> bool:
+        """Whether the dashboard would serve beyond this machine without a token."""
+        return self.token is None and self.token_file is None and not is_loopback(self.host)
 
     def load_token(self) -> str | None:
         """The token to require, read from ``token_file`` when that is set."""

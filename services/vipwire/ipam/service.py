@@ -28,7 +28,7 @@ from collections.abc import Collection, Coroutine
 from typing import Any, Final, Protocol
 
 from vipwire.aio import cancel_and_wait
-from vipwire.bus import BusError, ConsumerSpec, Delivery, Verdict
+from vipwire.bus import DONE, BusError, ConsumerSpec, Delivery, Verdict
 from vipwire.contracts import (
     ANONYMOUS,
     IPAM_BUCKET,
@@ -44,10 +44,12 @@ from vipwire.ipam.core.views import ipam_status
 from vipwire.ipam.io.bucket import IpamStore, StoreError
 from vipwire.ipam.io.claim_cache import ClaimCache
 from vipwire.ipam.io.control import OperatorControl
+from vipwire.ipam.io.gate import ClusterGate
 from vipwire.ipam.io.handling import Lifecycle
 from vipwire.ipam.io.ledger import Ledger
 from vipwire.ipam.io.markers import sweep_ended, sweep_markers
 from vipwire.ipam.io.metrics import IpamMetrics
+from vipwire.ipam.io.pools import PoolsPublisher
 from vipwire.ipam.io.publishing import Publisher
 from vipwire.ipam.io.reload import Reloader
 from vipwire.ipam.io.status_index import StatusIndex
@@ -60,7 +62,8 @@ log = logging.getLogger("vipwire.ipam")
 DURABLE: Final = "ipam"
 #: The one durable with both filters of versions before per-identity permissions.
 LEGACY_DURABLE: Final = "ipam"
-FILTERS: Final = (family_filter("service"), family_filter("lb"))
+#: ``status``: StatusWritten, which moves a move on (the new VIPs are in status).
+FILTERS: Final = (family_filter("service"), family_filter("lb"), family_filter("status"))
 #: Seconds loading every claim at start may take before start fails.
 LOAD_TIMEOUT: Final = 60.0
 
@@ -99,11 +102,13 @@ class IpamService:
         self.metrics = IpamMetrics(
             runtime.metrics, lambda: self.allocator, lambda: len(self.waiting)
         )
+        self.gate = ClusterGate(lambda: self.settings, self.metrics)
         self.lifecycle: Lifecycle | None = None
         self.status_index: StatusIndex | None = None
         self.consumer: _Consumer | None = None
         self._control: OperatorControl | None = None
         self._reloader: Reloader | None = None
+        self.pools: PoolsPublisher | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._started = False
 
@@ -160,6 +165,7 @@ class IpamService:
             conflict_retries=s.conflict_retries,
             retry_delay_s=s.retry_delay_s,
             status_wait_s=s.status_wait_s,
+            move_on_change=s.move_on_change,
         )
         retrier = WaitingRetrier(
             self.waiting,
@@ -170,9 +176,12 @@ class IpamService:
             retry_delay_s=s.retry_delay_s,
         )
 
+        pools = self.pools = PoolsPublisher(bus, lambda: self.settings, lambda: self.allocator)
+
         async def after_reload() -> None:
             await retrier.resume()
             self.waiting.freed.set()
+            pools.changed()
 
         reloader = self._reloader = Reloader(
             s,
@@ -199,7 +208,7 @@ class IpamService:
             # are then reserved for it (a store that was not lost holds claims for all of
             # them, and this index is not needed), and Services with none wait a while
             # for every watcher to publish (see Lifecycle.restoring).
-            lifecycle.status = self.status_index = StatusIndex(bus)
+            lifecycle.status = self.status_index = StatusIndex(bus, s.serves)
             if s.restore_grace_s > 0:
                 lifecycle.restore_until = asyncio.get_running_loop().time() + s.restore_grace_s
         self.metrics.changed()
@@ -224,6 +233,7 @@ class IpamService:
         await self.consumer.start()
         await self._control.start(bus)
         self._spawn(retrier.run(), "ipam-waiting")
+        self._spawn(pools.run(), "ipam-pools")
         # Pools may have changed while nobody ran: flag (or unflag) stale records.
         self._spawn(reloader.reflag_quietly(), "ipam-reflag")
         if self.config_path is not None and s.reload_interval_s > 0:
@@ -283,6 +293,10 @@ class IpamService:
 
     async def handle(self, d: Delivery) -> Verdict:
         assert self.lifecycle is not None
+        if not self.gate.admits(d.subject):
+            return DONE
+        if self.pools is not None:
+            self.pools.heard_from(d.subject.cluster)
         return await self.lifecycle.handle(d)
 
     async def reload(self, settings: IpamSettings | None = None) -> ReloadReply:

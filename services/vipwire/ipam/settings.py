@@ -70,7 +70,9 @@ class PoolSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     #: for this pool (annotation) or for one of its addresses.
     auto_assign: bool = True
     #: Never hand out IPv4 addresses ending in .0 or .255 (some clients and routers
-    #: mistake them for network or broadcast addresses).
+    #: mistake them for network or broadcast addresses), nor IPv6 subnet-router anycast
+    #: addresses (RFC 4291 2.6.1: the all-zeros host of each /64 and of the pool's own
+    #: prefix, such as 2001:db8::, which routers answer themselves).
     avoid_buggy_ips: bool = False
     #: Addresses, ranges or CIDRs inside the pool that are never handed out
     #: (gateways, addresses in use elsewhere).
@@ -148,6 +150,14 @@ class IpamSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     #: auto_assign pool of lowest priority (then first configured) that allows it
     #: (cluster, namespace, labels) and has room.
     pools: tuple[PoolSettings, ...] = ()
+    #: Names of the clusters this ipam serves. Empty: every cluster that publishes on
+    #: the bus. Set (``vipwire up`` sets it to its clusters), a message from any other
+    #: cluster is refused before any decision: never allocated, nothing published into
+    #: that cluster's subjects, counted in ``vipwire_ipam_refused_total`` (reason
+    #: ``unknown-cluster``) and logged once per cluster. Add a cluster here before its
+    #: watcher starts; remove one only after its Services are gone (its releases are
+    #: refused too). Also the clusters whose pools ipam publishes (``PoolsServed``).
+    clusters: tuple[str, ...] = ()
     #: Messages handled concurrently (one Service's messages are always sequential).
     concurrency: Annotated[int, msgspec.Meta(ge=1)] = 16
     #: Messages each replica pulls ahead of handling. Small, so that replicas share a
@@ -193,8 +203,20 @@ class IpamSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     #: Services, so that no new Service takes an address a Service of a watcher that
     #: started later still holds. 0: no wait.
     restore_grace_s: Annotated[float, msgspec.Meta(ge=0)] = 10.0
+    #: A served Service whose ``vipwire.io/ips``, ``spec.loadBalancerIP`` or
+    #: ``vipwire.io/pool`` changes moves to what it asks for, make-before-break: the
+    #: new VIPs are claimed and programmed next to the old ones, and the old ones are
+    #: withdrawn only once the new ones are in status, on the appliance and on every
+    #: member node. false: it keeps its VIPs, and a MoveRefused Warning Event and
+    #: condition say so (``vipwire ipam release`` then moves it, with an interruption).
+    move_on_change: bool = True
 
     def __post_init__(self) -> None:
+        for cluster in self.clusters:
+            try:
+                validate_cluster(cluster)
+            except SubjectError as exc:
+                raise IpamConfigError(f"clusters: {exc}") from None
         names = [p.name for p in self.pools]
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
@@ -206,6 +228,10 @@ class IpamSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
                 for block, text in zip(pool.blocks(), pool.addresses, strict=True)
             ]
         )
+
+    def serves(self, cluster: str) -> bool:
+        """Whether ipam serves this cluster (``clusters`` empty: every cluster)."""
+        return not self.clusters or cluster in self.clusters
 
     def pool(self, name: str) -> PoolSettings | None:
         for pool in self.pools:

@@ -26,6 +26,7 @@ from opentelemetry.sdk.trace import SpanProcessor
 from vipwire.allinone import Stack, StackSettings
 from vipwire.allinone.stack import LB_CLASS
 from vipwire.ipam import PoolSettings
+from vipwire.lab.drain import drain_report
 from vipwire.lab.netbuild import LabError, build, destroy, sweep_stale
 from vipwire.lab.topology import (
     CLIENT_ADDRESS,
@@ -578,6 +579,7 @@ async def run_dsr(
         report["affinity_same_node_ratio"] = await lab.same_node_ratio(sticky)
         servers = [s for s in (await lab.appliance_servers()).values() if s.address == vip]
         report["appliance_members"] = sorted({m.node for s in servers for m in s.members})
+        report.update(await drain_report(lab))
         report["topology"] = {
             "client": lab.plan.client.address,
             "appliance": lab.plan.appliance.address,

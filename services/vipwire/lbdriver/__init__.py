@@ -54,7 +54,7 @@ from vipwire.lbdriver.io.drivers import (
     build_driver,
 )
 from vipwire.lbdriver.service import LbdriverService
-from vipwire.lbdriver.settings import ApplianceSettings, LbdriverSettings
+from vipwire.lbdriver.settings import ApplianceSettings, ApplianceTimeouts, LbdriverSettings
 
 __all__ = [
     "KUBE_PROXY_HEALTH_PORT",
@@ -64,6 +64,7 @@ __all__ = [
     "ApplianceError",
     "ApplianceRejected",
     "ApplianceSettings",
+    "ApplianceTimeouts",
     "ApplianceUnavailable",
     "BreakerState",
     "CircuitBreaker",

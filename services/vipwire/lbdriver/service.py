@@ -65,6 +65,7 @@ from vipwire.lbdriver.io.failover import Failover
 from vipwire.lbdriver.io.fencing import NotLeader
 from vipwire.lbdriver.io.last_reports import last_reports
 from vipwire.lbdriver.io.maintenance import Maintenance
+from vipwire.lbdriver.io.node_gate import NodeGate
 from vipwire.lbdriver.io.reconciler import Reconciler
 from vipwire.lbdriver.io.schedule import Schedule, cause_of
 from vipwire.lbdriver.io.status_server import StatusServer, appliance_statuses
@@ -125,7 +126,12 @@ class LbdriverService:
         self._incarnation = random.getrandbits(32).to_bytes(4, "big").hex()
         m = runtime.metrics
         # The top-level profiles section (ipam reads the names from the same file).
-        self._inventory = Inventory(settings.prefix, profiles=dict(profiles or {}))
+        self._inventory = Inventory(
+            settings.prefix,
+            profiles=dict(profiles or {}),
+            drain_on_cordon=settings.drain_on_cordon,
+        )
+        self._node_gate = NodeGate(settings, m)
         self._start_up = StartUp()
         self._schedule = Schedule(settings, self._inventory, m)
         self._failover = Failover(settings, self._clients, self._inventory, self._schedule, m)
@@ -288,7 +294,12 @@ class LbdriverService:
     async def _on_state(self, d: Delivery) -> Verdict:
         message = d.message
         match message:
-            case NodeSnapshot() | NodeGone():
+            case NodeSnapshot():
+                admitted = self._node_gate.admit(message)
+                if admitted is None:
+                    return DONE  # every address refused: the node stays as it was
+                affected = self._inventory.note_node(admitted)
+            case NodeGone():
                 affected = self._inventory.note_node(message)
             case EndpointsSnapshot():
                 affected = self._inventory.note_endpoints(message)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections.abc import Mapping
 from typing import Annotated, ClassVar, Literal
@@ -23,6 +24,30 @@ _PARTITION_TEMPLATE = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)?\{cluster\}[A-Z
 _PREFIX = re.compile(r"^[a-z0-9]([a-z0-9_]{0,30}[a-z0-9])?$")
 
 
+class ApplianceTimeouts(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """f5, a10: seconds one management request of each class may take before the
+    appliance counts as unavailable. The defaults follow the vendors' own clients:
+    terraform-provider-bigip's go-bigip allows 60 s per API call, acos-client 300 s
+    for ``write memory``; BIG-IP transaction commits and config-syncs of large
+    configurations take as long as a save."""
+
+    #: Logging in (BIG-IP token, ACOS signature); remote authentication (LDAP,
+    #: RADIUS, TACACS+) behind the appliance makes it slower than a read.
+    login_s: Positive = 30.0
+    #: A read (GET): listings of a partition's objects.
+    read_s: Positive = 60.0
+    #: A write (POST, PUT, PATCH, DELETE), and a request queued in a transaction.
+    write_s: Positive = 60.0
+    #: Committing or saving: F5 transaction commit and config-sync, A10 ``write memory``.
+    commit_s: Positive = 300.0
+
+    def call_s(self) -> float:
+        """The longest one driver call (a listing, or a batch with its commit) may take:
+        a login, a read, a write and two commits (a commit, then a sync or save), each
+        at its longest. Each request is bounded by its own class; this only backstops."""
+        return self.login_s + self.read_s + self.write_s + 2 * self.commit_s
+
+
 class ApplianceSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """One load-balancer appliance (or HA pair presenting one management endpoint)."""
 
@@ -36,8 +61,12 @@ class ApplianceSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknow
     #: written to and stays active until its circuit breaker opens; then the next
     #: healthy one takes every Service of the group (see release_standby).
     group: str = "default"
-    #: Seconds one appliance API call may take before it counts as unavailable.
+    #: sim, linux: seconds one appliance call may take before it counts as unavailable
+    #: (f5 and a10 take ``timeouts`` instead: one per class of request).
     request_timeout_s: Positive = 10.0
+    #: f5, a10: seconds each class of management request may take (login, read,
+    #: write, commit or save); see ApplianceTimeouts.
+    timeouts: ApplianceTimeouts = msgspec.field(default_factory=ApplianceTimeouts)
     #: Appliance API calls in flight at once (appliances throttle management APIs).
     max_concurrent_requests: Annotated[int, msgspec.Meta(ge=1)] = 8
     #: Appliance API calls started per second, on average (token bucket; 0: no limit).
@@ -70,8 +99,21 @@ class ApplianceSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknow
     partitions: dict[str, str] = msgspec.field(default_factory=dict)
     #: f5: device group to config-sync to after every change (None: no sync).
     sync_group: str | None = None
+    #: f5: the route domain (id) of the pool members and their nodes, sent as
+    #: ``<address>%<id>`` with the cluster's partition, as F5's own clients send them
+    #: (None: the partition's default route domain, read from the partition). The
+    #: route domain must exist on the BIG-IP (``tmsh list net route-domain``).
+    route_domain: Annotated[int, msgspec.Meta(ge=0, le=65534)] | None = None
     #: a10: save the running config (``write memory``) after every batch of changes.
     write_memory: bool = True
+    #: a10: where a cluster's objects live. ``existing``: its partition (from
+    #: partition_template / partitions), which the operator creates and gives a
+    #: network (VLAN, interface, address); vipwire checks it exists and refuses to
+    #: write otherwise. ``create``: vipwire creates a missing partition (and saves the
+    #: shared partition), with a warning: a new partition is an L3V partition with no
+    #: network, so its VIPs reach nothing until an operator adds one. ``shared``: the
+    #: shared partition, for every cluster (the object prefix keeps them apart).
+    partition_mode: Literal["existing", "create", "shared"] = "existing"
     #: linux: the interface on the nodes' L2 segment, where VIP traffic comes in and
     #: goes back out to the chosen node. Required for linux.
     interface: str | None = None
@@ -122,6 +164,8 @@ class ApplianceSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknow
             self.driver != "linux" or not re.fullmatch(r"[^/\s]{1,255}", self.netns)
         ):
             raise ValueError(f"{where}: netns must be a namespace name, for driver linux only")
+        if self.route_domain is not None and self.driver != "f5":
+            raise ValueError(f"{where}: route_domain is an f5 setting (driver is {self.driver})")
         if self.sync_group is not None and self.driver != "f5":
             raise ValueError(f"{where}: sync_group is an f5 setting (driver is {self.driver})")
 
@@ -144,6 +188,14 @@ class LbdriverSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown
     #: Milliseconds without a further event after which a burst is written without
     #: waiting for the rest of the window (capped at coalesce_window_ms).
     coalesce_quiet_ms: NonNegative = 100.0
+    #: Seconds a member that leaves a virtual server (its node NotReady, excluded,
+    #: cordoned, or without serving endpoints under Local) stays on the appliance
+    #: disabled: no new connections, established ones continue; then it is removed.
+    #: A member whose node is deleted is removed at once (0: no drain, removed at once).
+    drain_timeout_s: NonNegative = 30.0
+    #: A cordoned node (``kubectl cordon``, ``spec.unschedulable``) is drained from
+    #: every virtual server like a NotReady one (off: it stays a member).
+    drain_on_cordon: bool = True
     #: Messages handled concurrently per consumer (one subject is always sequential).
     concurrency: Annotated[int, msgspec.Meta(ge=1)] = 16
     #: Seconds before the first retry of a failed appliance write; doubles per attempt.
@@ -190,8 +242,28 @@ class LbdriverSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown
     #: Seconds of wall-clock difference allowed between replicas and NATS: a lease older
     #: than ``lease_ttl_s`` plus this, by its write time, is taken without waiting.
     lease_clock_skew_s: NonNegative = 2.0
+    #: Networks (CIDRs) the node addresses of the appliance's members must be in:
+    #: a list for every cluster, or a map of cluster name to list (``"*"``: every
+    #: cluster the map does not name; a cluster it does not name, with no ``*``, is
+    #: not restricted). Empty: any address the cluster's watcher publishes. A node
+    #: address outside is refused (never a member; logged, counted in
+    #: ``vipwire_lbdriver_refused_node_addresses_total``); a Node left with no
+    #: address keeps the one it had.
+    node_networks: tuple[str, ...] | dict[str, tuple[str, ...]] = ()
 
     def __post_init__(self) -> None:
+        lists = (
+            self.node_networks.items()
+            if isinstance(self.node_networks, dict)
+            else [("", self.node_networks)]
+        )
+        for cluster, texts in lists:
+            where = f"node_networks.{cluster}" if cluster else "node_networks"
+            for text in texts:
+                try:
+                    ipaddress.ip_network(text)
+                except ValueError as exc:
+                    raise ValueError(f"{where}: {text!r} is not a CIDR ({exc})") from None
         if not 0 < self.lease_renew_s < self.lease_ttl_s - self.lease_safety_margin_s:
             raise ValueError(
                 "lease_renew_s must be shorter than lease_ttl_s minus lease_safety_margin_s "

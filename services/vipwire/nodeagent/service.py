@@ -28,11 +28,19 @@ from opentelemetry.trace import SpanContext
 from vipwire.aio import cancel_and_wait
 from vipwire.bus import DONE, BusError, ConsumerGroup, ConsumerSpec, Delivery, Unreadable, Verdict
 from vipwire.contracts import family_filter
-from vipwire.nodeagent.core.changes import Changes
-from vipwire.nodeagent.core.desired import node_state, ruleset, vip_strings
+from vipwire.nodeagent.core.changes import Changes, Recorded
+from vipwire.nodeagent.core.desired import (
+    Network,
+    VipRanges,
+    node_state,
+    parse_ranges,
+    ruleset,
+    vip_strings,
+)
 from vipwire.nodeagent.core.plan import Known, known, note_applied, plan, plan_delta, simulate
 from vipwire.nodeagent.core.retry import backoff_s
 from vipwire.nodeagent.io.apply import Applier, make_applier
+from vipwire.nodeagent.io.ranges import PoolsReader, Refusals
 from vipwire.nodeagent.io.reporting import MAX_LINKS, Reporter, last_generation
 from vipwire.nodeagent.io.writing import Writer
 from vipwire.nodeagent.settings import NodeagentSettings
@@ -57,7 +65,12 @@ class NodeagentService:
         self._runtime = runtime
         self._applier = applier if applier is not None else make_applier(self.settings)
         self._writer = Writer(self.settings, runtime, self._applier)
-        self._changes = Changes(standalone=self.settings.mode == "standalone")
+        configured = parse_ranges(self.settings.vip_ranges)[0] if self.settings.vip_ranges else None
+        self._changes = Changes(
+            standalone=self.settings.mode == "standalone", ranges=VipRanges(config=configured)
+        )
+        self._refusals = Refusals(runtime, self.settings.cluster)
+        self._pools = PoolsReader(runtime, self.settings.cluster, self._on_pools)
         self._known = Known()
         self._causes: list[SpanContext] = []
         self._wake = asyncio.Event()
@@ -94,6 +107,7 @@ class NodeagentService:
         spec = ConsumerSpec(
             filters=tuple(filters), deliver="last_per_subject", ack="none", traced=False
         )
+        await self._pools.start()  # read before the first apply
         # One consumer per family (the server checks a consumer's one filter).
         consumer = self._runtime.bus.consumer_group(
             spec, self._handle, on_unreadable=self._on_unreadable
@@ -115,6 +129,7 @@ class NodeagentService:
             self._task = None
         if self._consumer is not None:
             await self._consumer.stop()
+        await self._pools.stop()
 
     def readiness(self) -> str | None:
         if self._consumer is None:
@@ -129,6 +144,9 @@ class NodeagentService:
 
     async def _run(self, consumer: ConsumerGroup) -> None:
         await consumer.caught_up()
+        await self._pools.caught_up()
+        if not self._changes.ranges.known:
+            self._refusals.unknown()
         self._live = True
         attempt = 0
         while True:
@@ -141,7 +159,9 @@ class NodeagentService:
                     # messages arrive while it runs.
                     vips = vip_strings(self._changes.desired.refs)
                     await self._apply()
-                    await self._reporter.report(vips, self._writer.generation)
+                    await self._reporter.report(
+                        vips, self._writer.generation, self._changes.refused_vips()
+                    )
                     self._unreported = vips != vip_strings(self._changes.desired.refs)
                 break
             except Exception as exc:
@@ -225,6 +245,7 @@ class NodeagentService:
                 self._wake.set()
         recorded = self._changes.record(d.message)
         if recorded is not None:
+            self._noted(recorded, d.subject.raw)
             if recorded.vips:
                 self._unreported = True
             for reason in recorded.ignored:
@@ -238,6 +259,21 @@ class NodeagentService:
             if self._live:
                 self._wake.set()
         return DONE
+
+    def _on_pools(self, networks: tuple[Network, ...], subject: str) -> None:
+        recorded = self._changes.set_ranges(self._changes.ranges._replace(pools=networks))
+        if recorded is None:
+            return
+        self._noted(recorded, subject)
+        self._unreported = True
+        if self._live:
+            self._wake.set()
+
+    def _noted(self, recorded: Recorded, subject: str) -> None:
+        if recorded.refused:
+            self._refusals.refused(recorded.refused, self._changes.ranges, subject)
+        if self._changes.refused_vips() != self._reporter.refused:
+            self._unreported = True
 
     async def _apply(self) -> None:
         """Bring the node to the desired state: in full (read, plan) or only what changed."""
@@ -256,9 +292,11 @@ class NodeagentService:
                 )
                 self._warn(desired.ignored)
                 current = await self._applier.current()
-                keep = bool(self._unknown)
+                # Ranges not known yet: keep what the node serves (it was checked when
+                # added) rather than take VIPs off on a restart before ipam's pools.
+                keep = bool(self._unknown) or not self._changes.ranges.known
                 actions = plan(current, desired, keep=keep)
-                if keep:
+                if self._unknown:
                     log.warning(
                         "taking no address off %s while %d subject(s) cannot be read: %s",
                         s.loopback_interface,
@@ -303,7 +341,7 @@ class NodeagentService:
 
     async def _try_report(self, vips: tuple[str, ...]) -> None:
         try:
-            await self._reporter.report(vips, self._writer.generation)
+            await self._reporter.report(vips, self._writer.generation, self._changes.refused_vips())
         except BusError:
             self._unreported = True
             self._reporter.next_at = asyncio.get_running_loop().time() + backoff_s(1)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from collections.abc import Mapping
@@ -66,6 +67,15 @@ class NodeagentSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknow
     #: is reported once per interval, and its last state always (at the interval's end).
     #: Each report carries every VIP of the node; 0 reports after every apply.
     report_interval_s: float = 0.5
+    #: CIDRs the node may serve VIPs from, besides the pools ipam publishes for the
+    #: cluster (``vipwire.<cluster>.pools.all``): a VIP must be inside both when both
+    #: are known. Empty: only ipam's pools. Set it to have the node serve before ipam
+    #: has published (a VIP is put on the node only once it can be checked against
+    #: one of the two), and to bound what a compromised ipam could make nodes serve.
+    #: A programmed Service with any VIP outside is refused (logged with the Service,
+    #: counted in ``vipwire_nodeagent_rejected_vips_total``, carried in the node's
+    #: ``NodeApplied.refused``); what the node served for it before stays.
+    vip_ranges: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         validate_cluster(self.cluster)
@@ -82,6 +92,11 @@ class NodeagentSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknow
             raise ValueError(f"coalesce_ms: {self.coalesce_ms} is not within 0..10000")
         if self.resync_interval_s < 0:
             raise ValueError(f"resync_interval_s: {self.resync_interval_s} is negative")
+        for text in self.vip_ranges:
+            try:
+                ipaddress.ip_network(text)
+            except ValueError as exc:
+                raise ValueError(f"vip_ranges: {text!r} is not a CIDR ({exc})") from None
         if not 0 <= self.report_interval_s <= 60:
             raise ValueError(f"report_interval_s: {self.report_interval_s} is not within 0..60")
 

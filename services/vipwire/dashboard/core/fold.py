@@ -29,9 +29,11 @@ from vipwire.contracts import (
     NodeApplied,
     NodeGone,
     NodeSnapshot,
+    PoolsServed,
     ServiceGone,
     ServicePort,
     ServiceRef,
+    ServiceRejected,
     ServiceSnapshot,
     StatusWritten,
     VipAssigned,
@@ -50,6 +52,7 @@ _SAMPLES: Final = 100_000
 _FAMILY: Final[dict[type, str]] = {
     ServiceSnapshot: "service",
     ServiceGone: "service",
+    ServiceRejected: "service",
     VipAssigned: "vip",
     VipReleasing: "vip",
     VipReleased: "vip",
@@ -132,6 +135,7 @@ class ServiceEntry:
         "pool",
         "ports",
         "ref",
+        "rejected",
         "seqs",
         "state",
         "status_vips",
@@ -157,6 +161,8 @@ class ServiceEntry:
         self.status_vips: tuple[str, ...] = ()
         self.deleting = False
         self.vip_error: str | None = None
+        #: Why the watcher rejects the Service as it is now (InvalidService), if it does.
+        self.rejected: str | None = None
         self.lb_error: str | None = None
         self.error: str | None = None
         self.error_time: float | None = None
@@ -188,7 +194,7 @@ class ServiceEntry:
     def _state(self) -> State:
         if self.deleting:
             return "deleting"
-        if self.vip_error is not None or self.lb_error is not None:
+        if self.rejected is not None or self.vip_error is not None or self.lb_error is not None:
             return "failed"
         if self.vips and set(self.lb_vips) == set(self.vips):
             if set(self.status_vips) == set(self.vips):
@@ -241,8 +247,10 @@ class ReadModel:
         )
         if isinstance(m, NodeSnapshot | NodeGone | NodeApplied):
             return self._apply_node(event, m)
-        if isinstance(m, EndpointsSnapshot):
-            return []  # not subscribed to: members already say where traffic goes
+        if isinstance(m, EndpointsSnapshot | PoolsServed):
+            # Not subscribed to: members already say where traffic goes; pools are
+            # no Service's (replay hands every family).
+            return []
         key = ServiceRef(m.cluster, m.namespace, m.name)
         uid: str = m.uid
         if uid in self._gone:
@@ -323,12 +331,18 @@ class ReadModel:
                 view.etp = m.external_traffic_policy
                 view.pool = m.pool or view.pool
                 view.deleting = m.deleting
+                view.rejected = None
                 if not m.deleting:
                     view.change_started = event.time
                     view.change_trace = event.trace_id
                     view.change_seq = event.seq
             case ServiceGone():
                 view.deleting = True
+            case ServiceRejected():
+                # Not an end: it keeps what its last valid snapshot asked, if any.
+                view.rejected = f"{m.reason}: {m.message}"
+                view.fail(view.rejected, event.time)
+                view.change_trace = event.trace_id or m.trace_id
             case VipAssigned():
                 view.vips = m.vips
                 view.pool = m.pool

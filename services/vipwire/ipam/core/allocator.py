@@ -45,7 +45,7 @@ from vipwire.ipam.core.refusals import (
     unknown_profile,
 )
 from vipwire.ipam.core.requested import requested_picks
-from vipwire.ipam.core.sharing import claim_updates, shareable, sharing_hint
+from vipwire.ipam.core.sharing import claim_updates, shareable, sharing_hint, unshared
 from vipwire.ipam.core.staleness import Reason, judge
 from vipwire.ipam.core.status_vips import Reserved, StatusVips, honour
 
@@ -337,6 +337,10 @@ class Allocator:
         """The addresses claimed under one sharing key (do not change the set)."""
         return self._groups.get((cluster, namespace, sharing_key), set())
 
+    def key_namespaces(self, cluster: str, sharing_key: str) -> set[str]:
+        """The namespaces whose claims carry ``sharing_key`` (for sharing across them)."""
+        return {ns for (c, ns, key) in self._groups if c == cluster and key == sharing_key}
+
     def claim_of_held(self, address: str) -> Claim:
         """The claim on an address known to be held (by an index of this allocator)."""
         return self._claims[address]
@@ -482,7 +486,12 @@ class Allocator:
             needed = families if request.ip_family_policy == "RequireDualStack" else families[:1]
             return no_room(request, candidates, needed, sharing_hint(self, request), busy)
         pool, picks = chosen
-        return self._build(request, pool, picks, requested=False)
+        built = self._build(request, pool, picks, requested=False)
+        if request.sharing_key is not None and not built.joined and not built.held:
+            why = unshared(self, request)
+            if why is not None:
+                built = msgspec.structs.replace(built, sharing_refused=why)
+        return built
 
     def take(self, allocation: Allocation) -> None:
         """An allocation's claims are in the KV: hold them here too, and move the
@@ -547,7 +556,7 @@ class Allocator:
             elif pick.kind == "joined":
                 base = self._claims[pick.address]
                 bases[pick.address] = base
-                claims[pick.address] = base.with_sharer(request.sharer())
+                claims[pick.address] = base.with_sharer(base.entry(request))
         return Allocation(
             pool=pool.name,
             appliance_group=group,

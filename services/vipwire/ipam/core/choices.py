@@ -38,3 +38,6 @@ class Allocation(msgspec.Struct, frozen=True, kw_only=True):
     requested: bool = False
     #: Why addresses in the Service's status were not kept (a Warning Event each).
     notes: tuple[str, ...] = ()
+    #: The Service names a sharing key whose VIPs it could not share: why (it got
+    #: addresses of its own; a Warning Event).
+    sharing_refused: str | None = None

@@ -1,9 +1,10 @@
 """Who holds an address: Service incarnations, their entries, claims and requests.
 
 Plain values, no state: the allocator indexes them, the ledger stores them.
-A claim (one address) has one or more *sharers*: Services of one cluster and
-namespace with one sharing key, whose ports (port and protocol) are disjoint
-and whose externalTrafficPolicy agrees.
+A claim (one address) has one or more *sharers*: Services of one cluster with
+one sharing key, whose ports (port and protocol) are disjoint and whose
+externalTrafficPolicy agrees; of one namespace, or of several when each names
+the others' namespaces (``vipwire.io/share-with-namespaces``).
 """
 
 from __future__ import annotations
@@ -50,9 +51,12 @@ class Claim(ClaimView, frozen=True, kw_only=True, omit_defaults=True):
 
     sharers: tuple[Sharer, ...]
 
+    def namespace_of(self, sharer: Sharer) -> str:
+        return sharer.namespace or self.namespace
+
     @property
     def owners(self) -> tuple[Owner, ...]:
-        return tuple(Owner(self.cluster, self.namespace, s.name, s.uid) for s in self.sharers)
+        return tuple(Owner(self.cluster, self.namespace_of(s), s.name, s.uid) for s in self.sharers)
 
     @property
     def services(self) -> str:
@@ -60,10 +64,10 @@ class Claim(ClaimView, frozen=True, kw_only=True, omit_defaults=True):
         return ", ".join(o.service for o in self.owners)
 
     def sharer(self, owner: Owner) -> Sharer | None:
-        if (owner.cluster, owner.namespace) != (self.cluster, self.namespace):
+        if owner.cluster != self.cluster:
             return None
         for sharer in self.sharers:
-            if sharer.name == owner.name and sharer.uid == owner.uid:
+            if (self.namespace_of(sharer), sharer.name, sharer.uid) == owner[1:]:
                 return sharer
         return None
 
@@ -72,24 +76,32 @@ class Claim(ClaimView, frozen=True, kw_only=True, omit_defaults=True):
 
     def others(self, owner: Owner) -> tuple[Sharer, ...]:
         """The sharers other than ``owner`` (any incarnation of its name counts as it)."""
-        return tuple(s for s in self.sharers if s.name != owner.name)
+        return tuple(s for s in self.sharers if (self.namespace_of(s), s.name) != owner[1:3])
+
+    def entry(self, request: Request) -> Sharer:
+        """The request's entry in this claim (its namespace named when not the claim's)."""
+        sharer = request.sharer()
+        if request.namespace == self.namespace:
+            return sharer
+        return msgspec.structs.replace(sharer, namespace=request.namespace)
 
     def with_sharer(self, sharer: Sharer) -> Claim:
         """The claim with ``sharer`` added (or its entry replaced)."""
-        rest = [s for s in self.sharers if (s.name, s.uid) != (sharer.name, sharer.uid)]
+        key = (self.namespace_of(sharer), sharer.name, sharer.uid)
+        rest = [s for s in self.sharers if (self.namespace_of(s), s.name, s.uid) != key]
         rest.append(sharer)
         return msgspec.structs.replace(self, sharers=tuple(sorted(rest, key=_sharer_order)))
 
     def without(self, owner: Owner) -> Claim | None:
         """The claim once ``owner`` leaves; None when nobody is left (delete it)."""
-        rest = tuple(s for s in self.sharers if (s.name, s.uid) != (owner.name, owner.uid))
+        rest = tuple(s for s in self.sharers if (self.namespace_of(s), s.name, s.uid) != owner[1:])
         if not rest:
             return None
         return msgspec.structs.replace(self, sharers=rest)
 
 
-def _sharer_order(sharer: Sharer) -> tuple[str, str]:
-    return (sharer.name, sharer.uid)
+def _sharer_order(sharer: Sharer) -> tuple[str, str, str]:
+    return (sharer.namespace, sharer.name, sharer.uid)
 
 
 class Request(msgspec.Struct, frozen=True, kw_only=True):
@@ -107,6 +119,8 @@ class Request(msgspec.Struct, frozen=True, kw_only=True):
     ip_family_policy: FamilyPolicy = "SingleStack"
     #: Services of one cluster and namespace with one key may share a VIP.
     sharing_key: str | None = None
+    #: The other namespaces (``*``: any) whose Services with its key it may share with.
+    share_namespaces: tuple[str, ...] = ()
     #: ``port/protocol`` of each Service port (``80/TCP``).
     ports: tuple[str, ...] = ()
     external_traffic_policy: TrafficPolicy = "Cluster"
@@ -133,6 +147,7 @@ class Request(msgspec.Struct, frozen=True, kw_only=True):
             ports=tuple(sorted(set(self.ports))),
             external_traffic_policy=self.external_traffic_policy,
             labels=dict(self.labels),
+            share_namespaces=self.share_namespaces,
         )
 
     def claim(self, pool: str, appliance_group: str = "") -> Claim:
@@ -184,6 +199,7 @@ def request_of(snapshot: ServiceSnapshot) -> Request:
         ip_families=snapshot.ip_families,
         ip_family_policy=snapshot.ip_family_policy,
         sharing_key=snapshot.sharing_key or None,
+        share_namespaces=snapshot.share_namespaces,
         ports=port_keys(snapshot.ports),
         external_traffic_policy=snapshot.external_traffic_policy,
         labels=dict(snapshot.labels),

@@ -29,11 +29,27 @@ from typing import Literal, NamedTuple
 
 import msgspec
 
-from vipwire.contracts import LbRemoved, Message, ServiceGone, ServiceRef, ServiceSnapshot
+from vipwire.contracts import (
+    LbProgrammed,
+    LbRemoved,
+    Message,
+    ServiceGone,
+    ServiceRef,
+    ServiceSnapshot,
+    StatusWritten,
+)
 from vipwire.ipam.core.allocator import Allocator
 from vipwire.ipam.core.choices import Allocation
 from vipwire.ipam.core.claims import ClaimUpdate, Owner, Request, request_of
-from vipwire.ipam.core.messages import INVALID_REASON, assigned, failed, released, releasing
+from vipwire.ipam.core.messages import (
+    INVALID_REASON,
+    MOVE_REFUSED,
+    assigned,
+    failed,
+    released,
+    releasing,
+)
+from vipwire.ipam.core.moves import MoveStart, advance, begin
 from vipwire.ipam.core.records import ServiceRecord
 from vipwire.ipam.core.refusals import UNKNOWN_PROFILE, AllocationFailure
 from vipwire.ipam.core.requested import unlike
@@ -42,6 +58,8 @@ from vipwire.ipam.core.status_vips import StatusVips
 Action = Literal[
     "ignore",  # nothing to do (not ipam's message, or another step is under way)
     "keep",  # the incarnation holds VIPs: keep them, follow its changes
+    "move",  # it asks for other VIPs: claim them, serve both (see core.moves)
+    "step",  # a move goes on: status shows the new VIPs, or the old ones are withdrawn
     "assign",  # new VIPs: claims, then the record, then VipAssigned
     "refuse",  # no VIPs: VipFailed (and wait, when a release may help)
     "replace",  # an older incarnation's record is in the way: release it, decide again
@@ -71,7 +89,7 @@ class Plan(msgspec.Struct, frozen=True, kw_only=True):
     #: The record to write (a compare-and-set at the revision read): keep (stale
     #: flag), withdraw (releasing), assign (created), replace/release (deleted).
     record: ServiceRecord | None = None
-    #: assign: what the allocator chose (nothing reserved: the claims' creates are).
+    #: assign, move: what the allocator chose (nothing reserved: the claims' creates are).
     choice: Allocation | None = None
     #: refuse, or keep with a change refused.
     failure: AllocationFailure | None = None
@@ -101,6 +119,7 @@ def decide(
     status: StatusVips | None = None,
     honour_status: bool = True,
     released: ServiceRecord | None = None,
+    move_on_change: bool = True,
 ) -> Plan:
     """What to do about ``message``, given the Service's ``record`` (as read from the
     KV, None: none) and the claims the ``allocator`` knows; ``skip``: addresses this
@@ -108,7 +127,8 @@ def decide(
     every live Service's status VIPs, reserved for them (``honour_status``: False
     when the Service asked for new VIPs; see :meth:`Allocator.choose`);
     ``released``: the record an operator's release just ended (its new VipAssigned
-    says who asked and what was released)."""
+    says who asked and what was released); ``move_on_change``: a served Service that
+    asks for other VIPs moves to them (else it keeps them, and is told why)."""
     if isinstance(message, ServiceSnapshot) and not message.deleting:
         return _live(
             message,
@@ -118,7 +138,10 @@ def decide(
             status=status,
             honour_status=honour_status,
             released=released,
+            move_on_change=move_on_change,
         )
+    if isinstance(message, StatusWritten | LbProgrammed):
+        return _step(message, record, allocator)
     if isinstance(message, LbRemoved):
         return _lb_removed(message, record, allocator)
     if isinstance(message, ServiceSnapshot | ServiceGone):
@@ -135,9 +158,10 @@ def _live(
     status: StatusVips | None = None,
     honour_status: bool = True,
     released: ServiceRecord | None = None,
+    move_on_change: bool = True,
 ) -> Plan:
     if record is not None and record.uid == snap.uid:
-        return _keep(snap, record, allocator)
+        return _keep(snap, record, allocator, skip=skip, move_on_change=move_on_change)
     if record is not None:
         # The name now belongs to a new incarnation: free the old one's claims first.
         return Plan(action="replace", record=record)
@@ -170,17 +194,27 @@ def _live(
                     created,
                     notes=choice.notes,
                     released=released,
+                    sharing_refused=choice.sharing_refused,
                     profile=allocator.profile_for(snap.profile, created.pool),
                 ),
                 "vip-assigned",
             ),
         ),
-        warnings=choice.notes,
+        warnings=(*choice.notes, *filter(None, (choice.sharing_refused,))),
     )
 
 
-def _keep(snap: ServiceSnapshot, record: ServiceRecord, allocator: Allocator) -> Plan:
-    """The Service holds VIPs: they never move; its claims follow its changes."""
+def _keep(
+    snap: ServiceSnapshot,
+    record: ServiceRecord,
+    allocator: Allocator,
+    *,
+    skip: Collection[str] = (),
+    move_on_change: bool = True,
+) -> Plan:
+    """The Service holds VIPs: it keeps them, or moves to those it asks for now
+    (make-before-break, see :mod:`~vipwire.ipam.core.moves`); its claims follow its
+    changes."""
     if record.state == "releasing" and record.reassign:
         return IGNORE  # an operator release is under way: LbRemoved re-allocates
     reactivate = None
@@ -205,12 +239,38 @@ def _keep(snap: ServiceSnapshot, record: ServiceRecord, allocator: Allocator) ->
             f"{service} keeps {', '.join(record.vips)} although stale: {stale} "
             f"(release it with: vipwire ipam release {service})"
         )
-    differs = unlike(allocator, request)
-    if differs:
-        warnings.append(
-            f"{service} keeps {', '.join(record.vips)} although it {'; '.join(differs)} "
-            f"(live VIPs never move; release it with: vipwire ipam release {service})"
+    # A move under way finishes first (its record names old and new VIPs).
+    differs = unlike(allocator, request) if record.move == "" else ()
+    refused_move: tuple[Outgoing, ...] = ()
+    moving: MoveStart | None = None
+    if differs and not isinstance(refreshed, AllocationFailure):
+        started = (
+            begin(request, record, allocator, skip=skip) if move_on_change and not stale else None
         )
+        if isinstance(started, MoveStart):
+            moving = started
+            write = record = started.record
+            warnings.append(
+                f"{service} moves to {', '.join(started.choice.addresses)} as it "
+                f"{'; '.join(differs)} (make-before-break)"
+            )
+        else:
+            if isinstance(started, AllocationFailure):
+                why = f"it cannot move: {started.message}"
+            elif stale:
+                why = "stale VIPs do not move"
+            else:
+                why = "the VIPs of a served Service do not move (ipam.move_on_change is off)"
+            kept = (
+                f"{service} keeps {', '.join(record.vips)} although it {'; '.join(differs)}: "
+                f"{why}; to move it, release them (vipwire ipam release {service}): it then "
+                "gets what it asks for"
+            )
+            warnings.append(kept)
+            # Explained, not ignored: a Warning Event and the condition say what it keeps
+            # and why (the VipAssigned that follows repeats what it keeps).
+            failure = failed(snap, kept, retryable=False, reason=MOVE_REFUSED)
+            refused_move = (Outgoing(failure, "vip-move-refused"),)
     if isinstance(refreshed, AllocationFailure):
         return Plan(
             action="keep",
@@ -223,12 +283,14 @@ def _keep(snap: ServiceSnapshot, record: ServiceRecord, allocator: Allocator) ->
             warnings=tuple(warnings),
         )
     return Plan(
-        action="keep",
+        action="move" if moving is not None else "keep",
         reactivate=reactivate,
         updates=updates,
         record=write,
+        choice=moving.choice if moving is not None else None,
         wait=False,
         publish=(
+            *refused_move,
             Outgoing(
                 assigned(snap, record, profile=allocator.profile_for(snap.profile, record.pool)),
                 "vip-assigned",
@@ -238,11 +300,30 @@ def _keep(snap: ServiceSnapshot, record: ServiceRecord, allocator: Allocator) ->
     )
 
 
+def _step(
+    message: StatusWritten | LbProgrammed, record: ServiceRecord | None, allocator: Allocator
+) -> Plan:
+    """A move goes on when status shows the new VIPs (the old ones are then withdrawn),
+    and ends when the appliance no longer serves the old ones (their claims are left)."""
+    if record is None:
+        return IGNORE
+    owner = Owner(message.cluster, message.namespace, message.name, message.uid)
+    step = advance(message, record, allocator.held_by(owner))
+    if step is None:
+        return IGNORE
+    return Plan(
+        action="step",
+        record=step.record if step.record != record else None,
+        leave=step.leave,
+        say_again=step.announce,
+    )
+
+
 def _failed(snap: ServiceSnapshot, failure: AllocationFailure) -> Message:
     """VipFailed; an unknown profile is the Service's own mistake: InvalidService."""
     if failure.code == UNKNOWN_PROFILE:
-        return failed(snap, failure.message, INVALID_REASON)
-    return failed(snap, failure.message)
+        return failed(snap, failure.message, INVALID_REASON, retryable=failure.retryable)
+    return failed(snap, failure.message, retryable=failure.retryable)
 
 
 def _going(

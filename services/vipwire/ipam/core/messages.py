@@ -13,6 +13,7 @@ from vipwire.contracts import (
     ServiceGone,
     ServicePort,
     ServiceRef,
+    ServiceRejected,
     ServiceSnapshot,
     VipAssigned,
     VipFailed,
@@ -21,6 +22,7 @@ from vipwire.contracts import (
 )
 from vipwire.ipam.core.allocator import Allocator
 from vipwire.ipam.core.claims import request_of
+from vipwire.ipam.core.moves import announced
 from vipwire.ipam.core.records import ServiceRecord
 
 FAILED_REASON: Final = "AllocationFailed"
@@ -28,6 +30,23 @@ FAILED_REASON: Final = "AllocationFailed"
 #: exist (an appliance profile that is not configured): the watcher's own reason
 #: for an invalid Service, so the condition and Event read the same.
 INVALID_REASON: Final = "InvalidService"
+#: A served Service asks for other VIPs (addresses, pool, families) than it holds, and
+#: keeps what it holds: the Event's and the condition's reason.
+MOVE_REFUSED: Final = "MoveRefused"
+
+
+def in_force(message: Message) -> Message | None:
+    """What ipam reads a message as: a ServiceRejected as the snapshot still in force.
+
+    A rejection (the watcher refuses the Service as it is now) is not a deletion:
+    the Service still exists, and whatever it holds stays as its last valid snapshot
+    asked (carried as ``in_force``), so it is read as that snapshot (deciding it
+    again changes nothing). One never valid asked for nothing and holds nothing:
+    None, nothing to do. Only a deleting snapshot or ServiceGone releases VIPs.
+    """
+    if isinstance(message, ServiceRejected):
+        return message.in_force
+    return message
 
 
 def assigned(
@@ -37,6 +56,7 @@ def assigned(
     notes: tuple[str, ...] = (),
     released: ServiceRecord | None = None,
     profile: str | None = None,
+    sharing_refused: str | None = None,
 ) -> VipAssigned:
     """``released``: the record an operator's release ended (the new VIPs say who
     asked and what was released, once); ``profile``: the appliance profile, resolved
@@ -46,9 +66,10 @@ def assigned(
         namespace=snap.namespace,
         name=snap.name,
         uid=snap.uid,
-        vips=record.vips,
+        vips=announced(record),
         pool=record.pool,
         appliance_group=record.appliance_group,
+        moving_from=record.moving_from,
         ports=snap.ports,
         external_traffic_policy=snap.external_traffic_policy,
         health_check_node_port=snap.health_check_node_port,
@@ -58,10 +79,27 @@ def assigned(
         released_by=(released.released_by or ANONYMOUS) if released is not None else None,
         released_vips=released.vips if released is not None else (),
         profile=profile,
+        sharing_refused=sharing_refused,
     )
 
 
-def failed(snap: ServiceSnapshot, message: str, reason: str = FAILED_REASON) -> VipFailed:
+def moved(last: VipAssigned, record: ServiceRecord) -> VipAssigned:
+    """The last VipAssigned said again as a move's step leaves the record."""
+    return msgspec.structs.replace(
+        last,
+        vips=announced(record),
+        moving_from=record.moving_from,
+        pool=record.pool,
+        notes=(),
+        released_by=None,
+        released_vips=(),
+        sharing_refused=None,
+    )
+
+
+def failed(
+    snap: ServiceSnapshot, message: str, reason: str = FAILED_REASON, *, retryable: bool = True
+) -> VipFailed:
     return VipFailed(
         cluster=snap.cluster,
         namespace=snap.namespace,
@@ -69,6 +107,7 @@ def failed(snap: ServiceSnapshot, message: str, reason: str = FAILED_REASON) -> 
         uid=snap.uid,
         reason=reason,
         message=message,
+        retryable=retryable,
     )
 
 
@@ -105,13 +144,17 @@ def kept_assignment(
     Said again after a refused change, so that the last word on the subject still
     describes the Service's VIPs as the appliance keeps them.
     """
-    if isinstance(last, VipAssigned) and last.uid == snap.uid and last.vips == record.vips:
+    if (
+        isinstance(last, VipAssigned)
+        and last.uid == snap.uid
+        and (last.vips, last.moving_from) == (announced(record), record.moving_from)
+    ):
         if last.notes or last.released_by is not None:
             return msgspec.structs.replace(last, notes=(), released_by=None, released_vips=())
         return last
     ports: dict[str, ServicePort] = {}
     owner = request_of(snap).owner
-    for vip in record.vips:
+    for vip in announced(record):
         claim = allocator.claim_of(vip)
         entry = claim.sharer(owner) if claim is not None else None
         for text in entry.ports if entry is not None else ():
@@ -123,7 +166,8 @@ def kept_assignment(
         namespace=snap.namespace,
         name=snap.name,
         uid=snap.uid,
-        vips=record.vips,
+        vips=announced(record),
+        moving_from=record.moving_from,
         pool=record.pool,
         appliance_group=record.appliance_group,
         ports=tuple(ports.values()) or (previous.ports if previous else snap.ports),

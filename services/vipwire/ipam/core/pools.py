@@ -9,7 +9,7 @@ is not handed out again until the pool has gone round once.
 from __future__ import annotations
 
 from collections.abc import Collection, Container, Iterable
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, Final, NamedTuple
 
 from vipwire.ipam.core.addresses import FAMILIES, Family
 from vipwire.ipam.core.claims import Request
@@ -89,6 +89,13 @@ class Pool:
             cut = [(h.first, h.last) for h in holes if h.family == family]
             if family == "IPv4" and settings.avoid_buggy_ips:
                 cut.extend(_buggy(runs))
+            if family == "IPv6" and settings.avoid_buggy_ips:
+                prefixes = [
+                    b.first
+                    for text, b in zip(settings.addresses, blocks, strict=True)
+                    if b.family == family and "/" in text
+                ]
+                cut.extend(_subnet_router_anycast(runs, prefixes))
             self.spaces[family] = Space(settings.name, subtract(runs, cut))
 
     @property
@@ -105,6 +112,31 @@ class Pool:
             return f"{self.name!r} (no {family} addresses)"
         in_use = space.in_use + sum(1 for value in busy if value in space.free)
         return f"{self.name!r} ({in_use}/{space.size} in use)"
+
+
+#: An IPv6 subnet prefix is 64 bits (RFC 4291 2.5.1): its all-zeros interface identifier.
+_V6_SUBNET: Final = 1 << 64
+#: Subnet prefixes looked at per pool at most (a pool wider than that many /64s has its
+#: anycast addresses avoided in the first ones only: the allocator starts there).
+_V6_SUBNETS_MAX: Final = 1 << 16
+
+
+def _subnet_router_anycast(
+    runs: Iterable[tuple[int, int]], prefixes: Iterable[int]
+) -> list[tuple[int, int]]:
+    """The IPv6 subnet-router anycast addresses inside ``runs`` (RFC 4291 2.6.1: the
+    subnet prefix with an all-zeros interface identifier, which routers answer as
+    anycast): the all-zeros host of every /64, and of each configured CIDR
+    (``prefixes``: their first addresses; ``2001:db8::/120`` → ``2001:db8::``)."""
+    out = [(first, first) for first in prefixes]
+    for lo, hi in merge(runs):
+        boundary = -(-lo // _V6_SUBNET) * _V6_SUBNET
+        for _ in range(_V6_SUBNETS_MAX):
+            if boundary > hi:
+                break
+            out.append((boundary, boundary))
+            boundary += _V6_SUBNET
+    return out
 
 
 def _buggy(runs: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:

@@ -38,6 +38,14 @@ class AllocationFailure(msgspec.Struct, frozen=True, kw_only=True):
     message: str
     #: True when releasing an address may let it succeed (wait for one).
     retryable: bool
+    #: The full text for the log and ``vipwire ipam show``, when ``message`` (which
+    #: Events carry, read by the Service's tenant) leaves out who else is involved.
+    detail: str | None = None
+
+    @property
+    def full(self) -> str:
+        """What operators are told: the detail, else the message."""
+        return self.detail if self.detail is not None else self.message
 
 
 def invalid_families(request: Request) -> AllocationFailure | None:
@@ -140,11 +148,17 @@ def no_room(
     )
 
 
-def taken(address: str, whom: str) -> AllocationFailure:
+def taken(address: str, whom: str, *, detail: str | None = None) -> AllocationFailure:
+    """``whom`` as the Service's Event may say it; ``detail``: who, for operators."""
     return AllocationFailure(
         code=ADDRESS_TAKEN,
         message=f"requested address {address} is in use by {whom}",
         retryable=True,
+        detail=(
+            f"requested address {address} is in use by {detail}"
+            if detail is not None and detail != whom
+            else None
+        ),
     )
 
 

@@ -19,7 +19,7 @@ from vipwire.ipam.core.refusals import (
     AllocationFailure,
     taken,
 )
-from vipwire.ipam.core.sharing import share_refusal
+from vipwire.ipam.core.sharing import ANOTHER_SERVICE, same_tenant, share_refusal
 
 
 def requested_picks(
@@ -104,7 +104,8 @@ def requested_picks(
             if refusal is not None:
                 earlier = any(o.service == request.service for o in claim.owners)
                 whom = "an earlier incarnation of this Service" if earlier else refusal
-                return taken(address, whom)
+                public = whom if earlier or same_tenant(claim, request) else ANOTHER_SERVICE
+                return taken(address, public, detail=whom)
             picks.append(Pick(family, address, value, "joined"))
         pools.add(name)
     if len(pools) > 1:

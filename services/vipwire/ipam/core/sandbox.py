@@ -14,19 +14,23 @@ from typing import TYPE_CHECKING
 
 from vipwire.contracts import (
     ANONYMOUS,
+    LbProgrammed,
     LbRemoved,
     Message,
     ServiceGone,
     ServiceRef,
     ServiceSnapshot,
+    StatusWritten,
+    VipAssigned,
     VipMessage,
     VipReleased,
 )
 from vipwire.ipam.core.allocator import Allocator
 from vipwire.ipam.core.claims import Owner, Request, request_of
 from vipwire.ipam.core.decide import Outgoing, Plan, decide, withdrawal, would_succeed
-from vipwire.ipam.core.messages import kept_assignment, released
+from vipwire.ipam.core.messages import in_force, kept_assignment, moved, released
 from vipwire.ipam.core.records import ServiceRecord
+from vipwire.ipam.core.requested import unlike
 from vipwire.ipam.core.status_vips import StatusVips
 
 if TYPE_CHECKING:
@@ -35,6 +39,9 @@ if TYPE_CHECKING:
 
 class Sandbox:
     """Claims (in the allocator), Service records and the waiting queue, in memory."""
+
+    #: A served Service that asks for other VIPs moves to them (ipam.move_on_change).
+    move_on_change = True
 
     def __init__(
         self, pools: Sequence[PoolSettings], *, profiles: Collection[str] | None = None
@@ -63,11 +70,17 @@ class Sandbox:
 
     def handle(self, message: Message, *, quiet: bool = False) -> list[Message]:
         """What ipam publishes for ``message``; ``quiet``: a retry (no VipFailed)."""
+        read = in_force(message)
+        if read is None:
+            return []
+        message = read
         if isinstance(message, ServiceSnapshot | ServiceGone):
             self.last_service[_ref(message)] = message
             self.status.see(message)
         if isinstance(message, ServiceSnapshot) and not message.deleting:
             return self._live(message, quiet=quiet)
+        if isinstance(message, StatusWritten | LbProgrammed):
+            return self._step(message)
         if not isinstance(message, ServiceSnapshot | ServiceGone | LbRemoved):
             return []
         ref = _ref(message)
@@ -127,7 +140,15 @@ class Sandbox:
         ref = _ref(snap)
         record = self.records.get(ref)
         status, honour = self.status, honour_status
-        plan = decide(snap, record, self.allocator, status=status, honour_status=honour)
+        plan = decide(
+            snap,
+            record,
+            self.allocator,
+            status=status,
+            honour_status=honour,
+            released=released,
+            move_on_change=self.move_on_change,
+        )
         if plan.action == "replace" and record is not None:
             if record.state == "releasing":
                 # Its virtual server may still be on the appliance: the claims stay
@@ -154,9 +175,12 @@ class Sandbox:
         if plan.action == "refuse":
             self._wait(ref, plan, request_of(snap))
             return [] if quiet else self._publish(plan.publish)
-        # keep
+        # keep, or move (claims first, then the record)
         for update in plan.updates:
             self.allocator.claim(update.address, update.after)
+        if plan.action == "move":
+            assert plan.choice is not None
+            self.allocator.take(plan.choice)
         kept = plan.record or plan.reactivate or record
         assert kept is not None
         self.records[ref] = kept
@@ -167,6 +191,34 @@ class Sandbox:
             return []
         again = kept_assignment(snap, kept, self.last_vip.get(ref), self.allocator)
         return self._publish([*plan.publish, again])
+
+    def _step(self, message: StatusWritten | LbProgrammed) -> list[Message]:
+        """A move goes on (see :mod:`~vipwire.ipam.core.moves`): the record first, then
+        the old claims left, then VipAssigned says what the appliance serves now."""
+        ref = _ref(message)
+        record = self.records.get(ref)
+        plan = decide(message, record, self.allocator)
+        if plan.action != "step" or record is None:
+            return []
+        after = plan.record or record
+        self.records[ref] = after
+        self._leave(Owner(*ref, record.uid), plan.leave)
+        last = self.last_vip.get(ref)
+        out: list[Message] = []
+        if plan.say_again and isinstance(last, VipAssigned) and last.uid == after.uid:
+            out = self._publish([moved(last, after)])
+        snap = self.last_service.get(ref)
+        if (
+            plan.leave
+            and after.move == ""
+            and isinstance(snap, ServiceSnapshot)
+            and not snap.deleting
+            and snap.uid == after.uid
+            and unlike(self.allocator, request_of(snap))
+        ):
+            # Moved: a change made during the move (not followed then) is decided now.
+            out += self._live(snap, quiet=False, tag="-moved")
+        return out
 
     def _reassign(self, ref: ServiceRef, record: ServiceRecord) -> list[Message]:
         snap = self.last_service.get(ref)

@@ -50,8 +50,8 @@ def judge(
             )
         )
     for sharer in claim.sharers:
-        why = pool.settings.refusal(claim.cluster, claim.namespace, sharer.labels)
+        why = pool.settings.refusal(claim.cluster, claim.namespace_of(sharer), sharer.labels)
         if why is not None:
-            who = f"{claim.cluster}/{claim.namespace}/{sharer.name}"
+            who = f"{claim.cluster}/{claim.namespace_of(sharer)}/{sharer.name}"
             reasons.append((sharer.name, f"{why}, which {who} is not"))
     return tuple(reasons)

@@ -45,7 +45,7 @@ from vipwire.ipam.core.choices import Pick
 from vipwire.ipam.core.claims import Owner, Request
 from vipwire.ipam.core.holdings import Holdings
 from vipwire.ipam.core.pools import Pool
-from vipwire.ipam.core.sharing import share_refusal
+from vipwire.ipam.core.sharing import same_tenant, share_refusal
 
 Name = tuple[str, str, str]
 
@@ -226,5 +226,7 @@ def _refusal(
         if refusal is None and holdings.is_stale(address):
             refusal = f"{claim.services} (stale, not shared any more)"
         if refusal is not None:
+            if not same_tenant(claim, request):
+                return "held by another Service"  # of another tenant: not named in Events
             return f"held by another Service ({refusal})"
     return None

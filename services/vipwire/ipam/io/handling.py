@@ -31,19 +31,24 @@ from collections.abc import AsyncIterator, Hashable
 
 from vipwire.bus import DONE, BusError, Delivery, Retry, Verdict
 from vipwire.contracts import (
+    LbProgrammed,
     LbRemoved,
     ServiceGone,
     ServiceRef,
     ServiceSnapshot,
+    StatusWritten,
     VipAssigned,
+    VipFailed,
     VipReleased,
     VipReleasing,
     service_subject,
 )
 from vipwire.ipam.core.claims import Owner, Request, request_of
 from vipwire.ipam.core.decide import Plan, decide
-from vipwire.ipam.core.messages import kept_assignment, released
+from vipwire.ipam.core.messages import in_force, kept_assignment, moved, released
+from vipwire.ipam.core.moves import announced
 from vipwire.ipam.core.records import ServiceRecord, service_key
+from vipwire.ipam.core.requested import unlike
 from vipwire.ipam.core.retry import store_retry_delay_s
 from vipwire.ipam.core.status_vips import StatusVips
 from vipwire.ipam.io.bucket import Conflict, StoreError
@@ -95,8 +100,11 @@ class Lifecycle:
         retry_delay_s: float,
         status: StatusIndex | None = None,
         status_wait_s: float = 10.0,
+        move_on_change: bool = True,
     ) -> None:
         self.cache = cache
+        #: A served Service that asks for other VIPs moves to them (ipam.move_on_change).
+        self.move_on_change = move_on_change
         self.ledger = ledger
         self.publisher = publisher
         self.waiting = waiting
@@ -113,9 +121,19 @@ class Lifecycle:
         self._told_restoring = False
 
     async def handle(self, d: Delivery) -> Verdict:
-        message = d.message
+        message = in_force(d.message)
+        if isinstance(message, StatusWritten | LbProgrammed):
+            if not self.move_on_change:
+                return DONE
+            ref = ServiceRef(message.cluster, message.namespace, message.name)
+            try:
+                async with self.locks.hold(ref):
+                    return await self._on_step(message, d)
+            except (StoreError, BusError) as exc:
+                delay = store_retry_delay_s(self.retry_delay_s, d.num_delivered)
+                return Retry(delay=delay, reason=str(exc))
         if not isinstance(message, ServiceSnapshot | ServiceGone | LbRemoved):
-            return DONE  # LbProgrammed / LbFailed: nothing for ipam to do
+            return DONE  # LbFailed: nothing for ipam to do
         ref = ServiceRef(message.cluster, message.namespace, message.name)
         try:
             async with self.locks.hold(ref):
@@ -191,7 +209,13 @@ class Lifecycle:
                     return DONE  # a newer message on this subject decides
             try:
                 if current is not None:
-                    plan = decide(snap, current[0], self.cache.allocator)
+                    plan = decide(
+                        snap,
+                        current[0],
+                        self.cache.allocator,
+                        skip=self.cache.claiming,
+                        move_on_change=self.move_on_change,
+                    )
                     if plan.action != "replace":
                         return await self._keep(snap, d, plan, key, current, quiet=quiet, tag=tag)
                     if current[0].state == "releasing":
@@ -332,6 +356,9 @@ class Lifecycle:
             revision = await self.ledger.write_record(key, plan.reactivate, revision)
         for update in plan.updates:
             await self.ledger.rewrite(update)
+        if plan.choice is not None:
+            # A move: the new claims first, then the record naming them.
+            await self.ledger.take(request_of(snap), plan.choice)
         record = plan.record or plan.reactivate or record
         if plan.record is not None:
             revision = await self.ledger.write_record(key, plan.record, revision)
@@ -341,10 +368,13 @@ class Lifecycle:
             log.warning("%s", warning)
         if plan.failure is None:
             self.waiting.drop(ref)
-            (outgoing,) = plan.publish
-            await self.publisher.publish(outgoing.message, d.derive_id(outgoing.tag + tag))
+            # A refused move is told first (VipFailed MoveRefused), then what it keeps.
+            for outgoing in plan.publish:
+                if isinstance(outgoing.message, VipFailed) and not quiet:
+                    self.metrics.failures.inc(reason=outgoing.message.reason)
+                await self.publisher.publish(outgoing.message, d.derive_id(outgoing.tag + tag))
             return DONE
-        self.waiting.put(ref, d.subject.raw, request_of(snap), plan.failure.message)
+        self.waiting.put(ref, d.subject.raw, request_of(snap), plan.failure.full)
         if quiet:
             return DONE
         # The appliance keeps what the last VipAssigned said: read it before
@@ -352,11 +382,61 @@ class Lifecycle:
         # word on the subject still describes the Service's VIPs.
         kept = await self._last_assigned(snap, record)
         self.metrics.failures.inc(reason=plan.failure.code)
-        log.warning("change of %s refused: %s", "/".join(ref), plan.failure.message)
+        log.warning("change of %s refused: %s", "/".join(ref), plan.failure.full)
         for outgoing in plan.publish:
             await self.publisher.publish(outgoing.message, d.derive_id(outgoing.tag + tag))
         await self.publisher.publish(kept, d.derive_id("vip-assigned-kept" + tag))
         return DONE
+
+    async def _on_step(self, message: StatusWritten | LbProgrammed, d: Delivery) -> Verdict:
+        """A move goes on (see :mod:`vipwire.ipam.core.moves`): the record first, then the
+        old claims left, then the last VipAssigned said again as the record is now."""
+        ref = ServiceRef(message.cluster, message.namespace, message.name)
+        key = service_key(*ref)
+        for _ in range(self.conflict_retries):
+            current = await self.cache.store.get_record(key)
+            record = current[0] if current is not None else None
+            plan = decide(message, record, self.cache.allocator)
+            if plan.action != "step" or current is None:
+                return DONE
+            try:
+                if plan.record is not None:
+                    await self.ledger.write_record(key, plan.record, current[1])
+            except Conflict:
+                self.metrics.conflicts.inc()
+                continue
+            after = plan.record or current[0]
+            owner = Owner(*ref, after.uid)
+            if plan.leave:
+                await self.ledger.leave_all(owner, plan.leave, None)
+            log.info(
+                "%s: move %s (serving %s%s)",
+                "/".join(ref),
+                after.move or "done",
+                ", ".join(announced(after)),
+                f"; withdrawing {', '.join(after.moving_from)}" if after.moving_from else "",
+            )
+            if plan.say_again:
+                subject = service_subject("vip", *ref)
+                last = await self.publisher.last(subject)
+                said = last.message if last is not None else None
+                if isinstance(said, VipAssigned) and said.uid == after.uid:
+                    again = moved(said, after)
+                    await self.publisher.publish(again, d.derive_id(f"vip-move-{after.move}"))
+            if plan.leave and after.move == "":
+                # Moved: a change made during the move (not followed then) is decided now.
+                newest = await self.publisher.last(service_subject("service", *ref))
+                said = newest.message if newest is not None else None
+                snap = in_force(said) if said is not None else None
+                if (
+                    isinstance(snap, ServiceSnapshot)
+                    and not snap.deleting
+                    and snap.uid == after.uid
+                    and unlike(self.cache.allocator, request_of(snap))
+                ):
+                    return await self.on_live(snap, d, check_newer=False, tag="-moved")
+            return DONE
+        return Retry(delay=self.retry_delay_s, reason="compare-and-set conflicts on a move")
 
     async def _last_assigned(self, snap: ServiceSnapshot, record: ServiceRecord) -> VipAssigned:
         subject = service_subject("vip", snap.cluster, snap.namespace, snap.name)
@@ -392,7 +472,7 @@ class Lifecycle:
         assert failure is not None
         self.waiting.drop(ref)  # re-queue at the back
         if plan.wait:
-            self.waiting.put(ref, d.subject.raw, request_of(snap), failure.message)
+            self.waiting.put(ref, d.subject.raw, request_of(snap), failure.full)
         if quiet:
             return DONE
         (outgoing,) = plan.publish
@@ -403,7 +483,7 @@ class Lifecycle:
         else:
             await self.publisher.publish(outgoing.message, msg_id)
         self.metrics.failures.inc(reason=failure.code)
-        log.warning("no address for %s: %s", "/".join(ref), failure.message)
+        log.warning("no address for %s: %s", "/".join(ref), failure.full)
         return DONE
 
     @contextlib.asynccontextmanager

@@ -191,6 +191,48 @@ class Ledger:
                 await self.leave_all(owner, sorted(leftovers), None)
         return record
 
+    async def take(self, request: Request, allocation: Allocation) -> None:
+        """Claim a move's new addresses (and join shared ones) before the record names
+        them (see :mod:`vipwire.ipam.core.moves`). On :class:`Conflict` the claims this
+        attempt wrote are given back; a retry adopts whatever else it wrote (its uid)."""
+        owner = request.owner
+        written: dict[str, tuple[Claim, int]] = {}
+        claiming = self.cache.claiming
+        new = [a for a in allocation.new if a not in claiming]
+        claiming.update(new)
+        self.cache.allocator.advance(allocation)
+        try:
+            for address in allocation.new:
+                claim = allocation.claims[address]
+                try:
+                    revision = await self.store.create_claim(
+                        address, claim, deleted_at=self.cache.deleted_at(address)
+                    )
+                except Conflict:
+                    await self.cache.lost(address)
+                    raise
+                written[address] = (claim, revision)
+                self.cache.learn(address, claim, revision)
+            for address in allocation.joined:
+                claim = allocation.claims[address]
+                revision = await self.rewrite(
+                    ClaimUpdate(address, allocation.bases[address], claim)
+                )
+                written[address] = (claim, revision)
+        except Conflict:
+            for address, (claim, revision) in written.items():
+                rest = claim.without(owner)
+                with contextlib.suppress(StoreError):
+                    if rest is None:
+                        await self.store.delete_claim(address, revision)
+                        self.cache.forget(address)
+                    else:
+                        rewritten = await self.store.update_claim(address, rest, revision)
+                        self.cache.learn(address, rest, rewritten)
+            raise
+        finally:
+            claiming.difference_update(new)
+
     async def leave_all(
         self, owner: Owner, addresses: Iterable[str], key: str | None
     ) -> tuple[str, ...]:

@@ -58,6 +58,12 @@ class IpamMetrics:
             "lost): given back (kept) or not (not_kept: a StatusVIPNotKept Warning Event)",
             ["outcome"],
         )
+        self.refused = m.counter(
+            "ipam_refused_total",
+            "Messages refused before any decision, by reason (unknown-cluster: from a "
+            "cluster not named in ipam.clusters)",
+            ["reason"],
+        )
         self._stale_gauges = True
         m.on_collect(self._collect)
         m.gauge(

@@ -20,18 +20,22 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 
 from vipwire.bus import DONE, Bus, ConsumerSpec, Delivery, PullConsumer, Unreadable, Verdict
 from vipwire.contracts import ServiceGone, ServiceSnapshot, family_filter
+from vipwire.ipam.core.messages import in_force
 from vipwire.ipam.core.status_vips import StatusVips
 
 log = logging.getLogger("vipwire.ipam")
 
 
 class StatusIndex:
-    def __init__(self, bus: Bus) -> None:
+    def __init__(self, bus: Bus, serves: Callable[[str], bool] = lambda _: True) -> None:
         self.vips = StatusVips()
         self._bus = bus
+        #: Whether ipam serves a cluster (``ipam.clusters``): no other reserves anything.
+        self._serves = serves
         self._seq = 0
         self._behind = False
         #: Stopped for good: nothing to reserve (see :meth:`retire_when_unused`).
@@ -79,8 +83,8 @@ class StatusIndex:
         log.info("no Service holds VIPs in its status: a first start; status VIP index stopped")
 
     async def _on_delivery(self, d: Delivery) -> Verdict:
-        message = d.message
-        if isinstance(message, ServiceSnapshot | ServiceGone):
+        message = in_force(d.message)
+        if isinstance(message, ServiceSnapshot | ServiceGone) and self._serves(message.cluster):
             self.vips.see(message)
         self._advance(d.seq)
         return DONE

@@ -188,6 +188,25 @@ class Coalescer(Generic[K, C]):
             entry.cause = flush.cause
         return entry.due
 
+    def requeue(self, key: K, now: float, delay: float, cause: C) -> float:
+        """After a flush that asked to be looked at again (and :meth:`done`): flush
+        ``delay`` seconds from now, sooner if marked in the meantime, and never
+        sooner than the window allows. Returns when it is due."""
+        earliest = self._earliest(key, now + delay)
+        entry = self._pending.get(key)
+        if entry is None:
+            entry = self._pending[key] = _Entry(
+                due=earliest, first=now, fixed=True, cause=cause, force=False
+            )
+            entry.add(cause, force=False)
+            self._schedule(key, entry)
+            return entry.due
+        if earliest < entry.due:
+            entry.due = earliest
+            entry.fixed = True
+            self._schedule(key, entry)
+        return entry.due
+
     def forget(self, key: K) -> None:
         """Drop everything about ``key`` (the Service is gone)."""
         self._pending.pop(key, None)

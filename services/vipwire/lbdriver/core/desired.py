@@ -85,40 +85,45 @@ def _parse_address(raw: str) -> tuple[int, str] | None:
     return address.version, address.compressed
 
 
-def is_eligible(node: NodeSnapshot) -> bool:
-    """May carry traffic: not excluded from load balancers, and Ready.
+def is_eligible(node: NodeSnapshot, *, drain_on_cordon: bool = False) -> bool:
+    """May carry traffic: not excluded from load balancers, Ready, and (with
+    ``drain_on_cordon``) not cordoned.
 
     A NotReady node is left out rather than left to the health monitor: it is
     usually on its way to being drained, and the monitor only notices after
     its own timeout.
     """
-    return node.eligible and node.ready
+    return node.eligible and node.ready and not (drain_on_cordon and node.cordoned)
 
 
 def member_nodes(
     assignment: VipAssigned,
     nodes: Mapping[str, NodeSnapshot],
     endpoints: EndpointsSnapshot | Set[str] | None,
+    *,
+    drain_on_cordon: bool = False,
 ) -> list[NodeSnapshot]:
     """Nodes that should receive the Service's traffic, sorted by name.
 
     ``endpoints``: the Service's endpoints, or just the names of the nodes
-    that hold a ready one (what the lbdriver keeps of them).
+    that hold a serving one (what the lbdriver keeps of them).
     """
-    eligible = [n for n in nodes.values() if is_eligible(n)]
+    eligible = [n for n in nodes.values() if is_eligible(n, drain_on_cordon=drain_on_cordon)]
     if assignment.external_traffic_policy == "Local":
-        # Only nodes with a ready local endpoint: the packet must not leave the node.
+        # Only nodes with a serving local endpoint: the packet must not leave the node.
         ready = ready_nodes(endpoints)
         eligible = [n for n in eligible if n.node in ready]
     return sorted(eligible, key=lambda n: n.node)
 
 
 def ready_nodes(endpoints: EndpointsSnapshot | Set[str] | None) -> Set[str]:
-    """The nodes holding a ready endpoint of the Service (none when unknown)."""
+    """The nodes holding a serving endpoint of the Service: ready, or terminating but
+    still serving (EndpointSlice ``serving``), so that a pod shutting down gracefully
+    keeps its node a member until it stops serving (none when unknown)."""
     if endpoints is None:
         return frozenset()
     if isinstance(endpoints, EndpointsSnapshot):
-        return endpoints.ready_nodes
+        return endpoints.serving_nodes
     return endpoints
 
 
@@ -177,6 +182,7 @@ def desired_virtual_servers(
     *,
     prefix: str,
     profiles: Mapping[str, ProfileSettings] | None = None,
+    drain_on_cordon: bool = False,
 ) -> dict[str, VirtualServer]:
     """The virtual servers a Service needs, by name.
 
@@ -193,7 +199,7 @@ def desired_virtual_servers(
     except UnknownProfile as exc:
         raise InvalidAssignment(str(exc)) from exc
     monitor = health_monitor(assignment, profile)
-    candidates = member_nodes(assignment, nodes, endpoints)
+    candidates = member_nodes(assignment, nodes, endpoints, drain_on_cordon=drain_on_cordon)
     servers: dict[str, VirtualServer] = {}
     for raw_vip in assignment.vips:
         try:

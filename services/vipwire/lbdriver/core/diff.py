@@ -34,9 +34,12 @@ def canonical(server: VirtualServer) -> VirtualServer:
     (appliances list pools and address lists in their own order, which is no difference)."""
     members = tuple(sorted(set(server.members)))
     ranges = tuple(sorted(set(server.source_ranges)))
-    if members == server.members and ranges == server.source_ranges:
+    # A member both enabled and draining is enabled (it came back).
+    draining = tuple(sorted(set(server.draining) - set(members)))
+    same = (members, ranges, draining)
+    if same == (server.members, server.source_ranges, server.draining):
         return server
-    return msgspec.structs.replace(server, members=members, source_ranges=ranges)
+    return msgspec.structs.replace(server, members=members, source_ranges=ranges, draining=draining)
 
 
 def diff(
@@ -71,8 +74,8 @@ def diff(
         have = canonical(have)
         if have == want:
             continue
-        if msgspec.structs.replace(have, members=want.members) == want:
-            updates.append(UpdateMembers(name=name, members=want.members))
+        if msgspec.structs.replace(have, members=want.members, draining=want.draining) == want:
+            updates.append(UpdateMembers(name=name, members=want.members, draining=want.draining))
         else:
             updates.append(UpdateVirtualServer(server=want))
     return deletes + updates + creates
@@ -97,11 +100,13 @@ def apply_operations(
                 if server.name not in result:
                     raise OperationConflict(f"virtual server {server.name!r} does not exist")
                 result[server.name] = canonical(server)
-            case UpdateMembers(name=name, members=members):
+            case UpdateMembers(name=name, members=members, draining=draining):
                 current = result.get(name)
                 if current is None:
                     raise OperationConflict(f"virtual server {name!r} does not exist")
-                result[name] = canonical(msgspec.structs.replace(current, members=members))
+                result[name] = canonical(
+                    msgspec.structs.replace(current, members=members, draining=draining)
+                )
             case DeleteVirtualServer(name=name):
                 if result.pop(name, None) is None:
                     raise OperationConflict(f"virtual server {name!r} does not exist")

@@ -13,12 +13,13 @@ from __future__ import annotations
 import functools
 import sys
 from collections import Counter
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Set
 
 import msgspec
 
 from vipwire.contracts import (
     EndpointsSnapshot,
+    Member,
     NodeGone,
     NodeSnapshot,
     ServicePort,
@@ -29,6 +30,7 @@ from vipwire.contracts import (
 )
 from vipwire.lbdriver.core.desired import InvalidAssignment, desired_virtual_servers, owner_of
 from vipwire.lbdriver.core.diff import diff
+from vipwire.lbdriver.core.drain import DrainKey, draining_of, with_draining
 from vipwire.lbdriver.core.drift import owned_scope
 from vipwire.lbdriver.core.listing import Listing, digest
 from vipwire.lbdriver.core.outcomes import Assignment, fingerprint, outcome
@@ -47,12 +49,15 @@ class ServiceState:
         "assigned_seq",
         "assignment",
         "attempts",
+        "drain_since",
+        "draining",
         "drift",
         "generation",
         "healthy",
         "placed",
         "published",
         "publishes",
+        "requeue_after_s",
         "written",
     )
 
@@ -73,6 +78,12 @@ class ServiceState:
         #: What a verification found changed on the appliance, until a reconcile has
         #: written it again (None: nothing found). See ``core.drift``.
         self.drift: str | None = None
+        #: Graceful drain (``core.drain``): per virtual server, the members the last
+        #: successful reconcile left disabled, when each started draining, and in how
+        #: many seconds the first drain ends (None: none is draining).
+        self.draining: dict[str, tuple[Member, ...]] = {}
+        self.drain_since: dict[DrainKey, float] = {}
+        self.requeue_after_s: float | None = None
 
 
 # Services with the same nodes ready share one set (and its node names).
@@ -105,14 +116,21 @@ class Inventory:
     """Nodes, endpoints and Services of every cluster, as the stream told them."""
 
     def __init__(
-        self, prefix: str, *, profiles: Mapping[str, ProfileSettings] | None = None
+        self,
+        prefix: str,
+        *,
+        profiles: Mapping[str, ProfileSettings] | None = None,
+        drain_on_cordon: bool = False,
     ) -> None:
         #: The owned-object prefix (starts every virtual server name we write).
         self.prefix = prefix
         #: The configured appliance profiles by name (a name not in it is invalid).
         self.profiles: Mapping[str, ProfileSettings] = dict(profiles or {})
+        #: A cordoned node is no member (``LbdriverSettings.drain_on_cordon``).
+        self.drain_on_cordon = drain_on_cordon
         self.nodes: dict[str, dict[str, NodeSnapshot]] = {}
-        # Of endpoints only the nodes holding a ready one matter here.
+        # Of endpoints only the nodes holding a serving one matter here (ready, or
+        # terminating but still serving).
         self.ready_nodes: dict[ServiceRef, frozenset[str]] = {}
         self.services: dict[ServiceRef, ServiceState] = {}
         # Services with a state, by cluster, in order of arrival (a dict as ordered set).
@@ -150,7 +168,7 @@ class Inventory:
         """Note a Service's endpoints; returns it if its members may change."""
         key = ServiceRef(message.cluster, message.namespace, message.name)
         before = self.ready_nodes.get(key)
-        ready = self.ready_nodes[key] = _shared_nodes(message.ready_nodes)
+        ready = self.ready_nodes[key] = _shared_nodes(message.serving_nodes)
         state = self.services.get(key)
         if state is None or not isinstance(state.assignment, VipAssigned):
             return []
@@ -206,13 +224,22 @@ class Inventory:
         """What the Service needs on its appliance now (raises InvalidAssignment)."""
         if isinstance(assignment, VipReleasing):
             return {}  # nothing may remain
-        return desired_virtual_servers(
+        servers = desired_virtual_servers(
             assignment,
             self.nodes.get(key.cluster, {}),
             self.ready_nodes.get(key),
             prefix=self.prefix,
             profiles=self.profiles,
+            drain_on_cordon=self.drain_on_cordon,
         )
+        state = self.services.get(key)
+        if state is not None and state.draining:
+            servers = with_draining(servers, state.draining)
+        return servers
+
+    def present_nodes(self, cluster: str) -> Set[str]:
+        """The names of the cluster's nodes that exist (a NodeGone removes one)."""
+        return self.nodes.get(cluster, {}).keys()
 
     def in_group(self, group: str) -> Iterator[tuple[ServiceRef, ServiceState]]:
         """The Services whose assignment points at appliance group ``group``."""
@@ -345,4 +372,5 @@ class Inventory:
         state.placed = appliance
         state.healthy = True
         state.written = digest(desired.values())
+        state.draining = draining_of(desired)
         return state

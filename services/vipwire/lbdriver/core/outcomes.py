@@ -17,11 +17,13 @@ from vipwire.contracts import (
     LbFailed,
     LbProgrammed,
     LbRemoved,
+    PortError,
     ServiceRef,
     VipAssigned,
     VipReleasing,
 )
 from vipwire.lbdriver.core.desired import InvalidAssignment, members_of
+from vipwire.lbdriver.core.drain import draining_members
 from vipwire.lbdriver.core.virtual_servers import VirtualServer
 
 Assignment = VipAssigned | VipReleasing
@@ -44,8 +46,9 @@ def outcome(
     assignment: Assignment,
     appliance: str,
     desired: Mapping[str, VirtualServer],
+    port_errors: tuple[PortError, ...] = (),
 ) -> LbProgrammed | LbRemoved:
-    """The report of a reconcile that succeeded."""
+    """The report of a reconcile that succeeded (``port_errors``: in part)."""
     if isinstance(assignment, VipReleasing):
         return LbRemoved(
             cluster=key.cluster,
@@ -67,6 +70,8 @@ def outcome(
         external_traffic_policy=assignment.external_traffic_policy,
         source_ranges=assignment.source_ranges,
         affinity_timeout_s=assignment.affinity_timeout_s,
+        draining=draining_members(desired),
+        port_errors=port_errors,
     )
 
 
@@ -100,7 +105,11 @@ def appliance_failure(
     """A failed appliance call, as reported; ``credentials_of`` names the appliance
     whose credentials were refused (the operator's next step is to check them)."""
     if credentials_of is not None:
-        message += f" (check the credentials configured for appliance {credentials_of})"
+        message += (
+            f": check the credentials of appliance {credentials_of} "
+            f"(lbdriver.appliances[{credentials_of}].username and its password_file or "
+            "password_env)"
+        )
     return Explanation(reason, message)
 
 

@@ -58,6 +58,9 @@ class VirtualServer(msgspec.Struct, frozen=True, kw_only=True):
     connection_limit: int | None = None
     lb_method: LbMethod = "round-robin"
     all_members_down: AllDownAction = "none"
+    #: Members being drained: on the appliance but disabled (no new connections,
+    #: established ones continue), never also in ``members``. See ``core.drain``.
+    draining: tuple[Member, ...] = ()
 
 
 class CreateVirtualServer(msgspec.Struct, frozen=True, kw_only=True, tag="create"):
@@ -65,10 +68,12 @@ class CreateVirtualServer(msgspec.Struct, frozen=True, kw_only=True, tag="create
 
 
 class UpdateMembers(msgspec.Struct, frozen=True, kw_only=True, tag="update-members"):
-    """Only the pool changed: the cheapest write most appliances offer."""
+    """Only the pool changed (members, or which are draining): the cheapest write most
+    appliances offer."""
 
     name: str
     members: tuple[Member, ...]
+    draining: tuple[Member, ...] = ()
 
 
 class UpdateVirtualServer(msgspec.Struct, frozen=True, kw_only=True, tag="update"):

@@ -280,7 +280,10 @@ class ApplianceClient:
         return result
 
     async def _timed(self, call: str, partition: str, request: Callable[[], Awaitable[T]]) -> T:
-        timeout = self.settings.request_timeout_s
+        s = self.settings
+        # REST drivers bound each request by its class (settings.timeouts); the call's
+        # bound only backstops them, and must leave room for a long commit or save.
+        timeout = s.timeouts.call_s() if s.driver in ("f5", "a10") else s.request_timeout_s
         attributes = {"vipwire.appliance": self.name, "vipwire.partition": partition}
         async with self._semaphore:
             started = time.perf_counter()

@@ -15,19 +15,20 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.trace import Link
 
 from vipwire.aio import cancel_and_wait
-from vipwire.contracts import LbMessage, ServiceRef, encode
+from vipwire.contracts import LbMessage, PortError, ServiceRef, encode
 from vipwire.lbdriver.core.coalesce import Flush
 from vipwire.lbdriver.core.desired import InvalidAssignment, owner_of
 from vipwire.lbdriver.core.diff import diff
+from vipwire.lbdriver.core.drain import DrainPlan, plan_drain
 from vipwire.lbdriver.core.drift import drift_found, drift_unrepaired, owned_scope
-from vipwire.lbdriver.core.inventory import Inventory
+from vipwire.lbdriver.core.inventory import Inventory, ServiceState
 from vipwire.lbdriver.core.outcomes import (
     Assignment,
     Explanation,
@@ -41,10 +42,12 @@ from vipwire.lbdriver.core.outcomes import (
     success_is_news,
     unknown_group,
 )
+from vipwire.lbdriver.core.partial import by_server, held, port_errors
 from vipwire.lbdriver.core.resilience import backoff_delay
+from vipwire.lbdriver.core.virtual_servers import Operation, VirtualServer, op_name
 from vipwire.lbdriver.io.adoption import StartUp
 from vipwire.lbdriver.io.appliance_client import ApplianceClient, CircuitOpen
-from vipwire.lbdriver.io.drivers import ApplianceAuthError, ApplianceError
+from vipwire.lbdriver.io.drivers import ApplianceAuthError, ApplianceError, ApplianceRejected
 from vipwire.lbdriver.io.failover import Failover
 from vipwire.lbdriver.io.fencing import NotLeader
 from vipwire.lbdriver.io.schedule import Cause, Schedule
@@ -166,6 +169,9 @@ class Reconciler:
             pass
         elif result is None:
             state.attempts = 0
+            if state.requeue_after_s is not None:
+                # A drain ends then: the member is removed by that reconcile.
+                self._schedule.requeue(key, state.requeue_after_s, "drain")
         else:
             state.healthy = False
             state.attempts += 1
@@ -191,6 +197,7 @@ class Reconciler:
         state = self._inventory.services.get(key)
         if state is None:
             return None
+        state.requeue_after_s = None  # set again below by a write that leaves a drain going
         assignment = state.assignment
         target = self._failover.target(assignment.appliance_group)
         if target is None:
@@ -223,9 +230,17 @@ class Reconciler:
             # The listing is not held across the write: every write makes a new one,
             # and in a burst hundreds of writes wait, each holding its own copy.
             scope = owned_scope(await client.actual(partition), owner, desired)
+            drain = self._plan_drain(key, state, desired, scope)
+            desired = drain.servers
             ops = diff(desired, scope, self.settings.prefix)
+            refused: dict[str, str] = {}
             if ops:
-                await client.apply(partition, ops)
+                try:
+                    await client.apply(partition, ops)
+                except ApplianceRejected as exc:
+                    if len(desired) < 2:
+                        raise  # one port: nothing is served, LbFailed says why
+                    refused = await self._apply_by_server(client, partition, ops, desired, exc)
         except ApplianceError as exc:
             self._m_reconciles.inc(result="failed")
             why = explain(exc)
@@ -238,21 +253,94 @@ class Reconciler:
                 key, assignment, cause, force=force, appliance=target, why=why
             )
             return exc
+        errors: tuple[PortError, ...] = ()
+        if refused:
+            errors = port_errors(desired, refused, reason=ApplianceRejected.reason)
+            desired = held(desired, scope, refused)
+            log.warning(
+                "%s on %s/%s: %d of %d virtual server(s) refused: %s",
+                owner,
+                target,
+                partition,
+                len(refused),
+                len(desired) + len(refused),
+                "; ".join(f"{name}: {text}" for name, text in sorted(refused.items())),
+            )
         state = self._inventory.note_written(key, target, desired)
         if state is None:
             return None  # released meanwhile: nothing left to report about it
+        state.drain_since = drain.since
+        state.requeue_after_s = drain.requeue_after_s
         if state.drift is not None:
             log.info("%s on %s/%s: drift repaired", owner, target, partition)
             state.drift = None
         self._m_reconciles.inc(result="written" if ops else "unchanged")
         if ops:
             log.info("%s on %s/%s: %d operation(s)", owner, target, partition, len(ops))
-        result = outcome(key, assignment, target, desired)
+        result = outcome(key, assignment, target, desired, errors)
         stamp = fingerprint(encode(result))
         answered = force and self._inventory.answered_after(key, cause.seq)
         if success_is_news(state.published, stamp, force=force, answered=answered):
             await self._publish(key, result, stamp, cause)
+        if refused:
+            # Served in part: retried with backoff (a refusal may be lifted).
+            state.healthy = False
+            return ApplianceRejected(target, f"{len(refused)} virtual server(s) refused")
         return None
+
+    async def _apply_by_server(
+        self,
+        client: ApplianceClient,
+        partition: str,
+        ops: Sequence[Operation],
+        desired: Mapping[str, VirtualServer],
+        first: ApplianceRejected,
+    ) -> dict[str, str]:
+        """After a refused batch: write one virtual server at a time, so the ports the
+        appliance accepts are served. Returns the refused ones (name → the appliance's
+        answer); raises ``first`` when none of the Service's ports would be served or a
+        delete is refused (a leftover must not hide behind a success), or any other
+        failure."""
+        groups = by_server(ops)
+        refused: dict[str, str] = {}
+        if len(groups) == 1:
+            refused[op_name(groups[0][0])] = first.message  # the same write: not again
+        else:
+            for group in groups:
+                try:
+                    await client.apply(partition, group)
+                except ApplianceRejected as exc:
+                    refused[op_name(group[0])] = exc.message
+        if not refused.keys() <= desired.keys() or refused.keys() >= desired.keys():
+            raise first
+        return refused
+
+    def _plan_drain(
+        self,
+        key: ServiceRef,
+        state: ServiceState,
+        desired: Mapping[str, VirtualServer],
+        scope: Mapping[str, VirtualServer],
+    ) -> DrainPlan:
+        """Which leaving members stay disabled a while (graceful drain, ``core.drain``)."""
+        plan = plan_drain(
+            desired,
+            scope,
+            since=state.drain_since,
+            now=time.monotonic(),
+            timeout_s=self.settings.drain_timeout_s,
+            present=self._inventory.present_nodes(key.cluster),
+        )
+        started = plan.since.keys() - state.drain_since.keys()
+        if started:
+            nodes = sorted({member.node for _, member in started})
+            log.info(
+                "%s/%s/%s: draining %s for %gs (disabled: established connections continue)",
+                *key,
+                ", ".join(nodes),
+                self.settings.drain_timeout_s,
+            )
+        return plan
 
     async def _report_failure(
         self,

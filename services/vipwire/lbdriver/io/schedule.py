@@ -76,6 +76,18 @@ class Schedule:
             subject = service_subject("vip", *key)
             self.mark(key, Cause(subject, state.assigned_seq, "vip", None, trigger), urgent=True)
 
+    def requeue(self, key: ServiceRef, delay: float, trigger: str) -> None:
+        """Reconcile a known Service again in ``delay`` seconds (sooner if marked
+        meanwhile, never sooner than its window allows): controller-runtime's
+        "requeue after", as decided by the core (a drain that ends)."""
+        state = self._inventory.services.get(key)
+        if state is not None:
+            subject = service_subject("vip", *key)
+            cause = Cause(subject, state.assigned_seq, "vip", None, trigger)
+            self.coalescer.requeue(key, time.monotonic(), delay, cause)
+            self._m_triggers.inc(trigger=trigger)
+            self.wake.set()
+
     def busy(self, key: ServiceRef) -> bool:
         """Pending or running."""
         return self.coalescer.busy(key)

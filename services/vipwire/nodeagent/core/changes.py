@@ -5,6 +5,11 @@ A message only updates the :class:`~vipwire.nodeagent.core.desired.Desired`
 (``standalone``), or everything (a full read and plan is owed: at start, after
 a failed apply, at each resync). The shell applies what is marked and takes
 it with :meth:`Changes.take`.
+
+Every programmed Service is judged against the ranges its VIPs may be in
+(:func:`~vipwire.nodeagent.core.desired.judge`): refused messages are never
+applied, and while no range is known nothing is applied at all (the latest
+message of each Service is kept, and judged once ranges are known).
 """
 
 from __future__ import annotations
@@ -12,7 +17,16 @@ from __future__ import annotations
 from typing import NamedTuple
 
 from vipwire.contracts import EndpointsSnapshot, LbProgrammed, LbRemoved, Message
-from vipwire.nodeagent.core.desired import Desired, put_endpoints, put_service, service_vips
+from vipwire.nodeagent.core.desired import (
+    Desired,
+    ServiceVips,
+    VipRanges,
+    judge,
+    outside,
+    put_endpoints,
+    put_service,
+    service_vips,
+)
 
 
 class Recorded(NamedTuple):
@@ -22,14 +36,21 @@ class Recorded(NamedTuple):
     vips: bool
     #: Why some of the Service's VIPs are not used, for the shell to warn about.
     ignored: tuple[str, ...] = ()
+    #: VIPs newly refused (outside the ranges), as ``ns/name vip``: counted, warned.
+    refused: tuple[str, ...] = ()
 
 
 class Changes:
     """The node's desired state, and what changed in it since the last apply."""
 
-    def __init__(self, *, standalone: bool) -> None:
+    def __init__(self, *, standalone: bool, ranges: VipRanges) -> None:
         self.standalone = standalone
+        self.ranges = ranges
         self.desired = Desired()
+        #: The last programmed VIPs of every Service, applied or not.
+        self.latest: dict[str, ServiceVips] = {}
+        #: Services whose last message is refused: their VIPs outside the ranges.
+        self.refused: dict[str, tuple[str, ...]] = {}
         #: Addresses (canonical text) that became wanted or unwanted.
         self.addresses: set[str] = set()
         #: The nftables table may differ (``standalone`` only).
@@ -47,12 +68,14 @@ class Changes:
             case LbProgrammed():
                 key = f"{message.namespace}/{message.name}"
                 entry = service_vips(key, message)
-                if self.desired.services.get(key) == entry:
+                if self.latest.get(key) == entry:
                     return None
-                added, removed = put_service(self.desired, key, entry)
-                ignored = entry.ignored
+                self.latest[key] = entry
+                return self._judge(key)
             case LbRemoved():
                 key = f"{message.namespace}/{message.name}"
+                self.latest.pop(key, None)
+                self.refused.pop(key, None)
                 if key not in self.desired.services:
                     return None
                 added, removed = put_service(self.desired, key, None)
@@ -72,6 +95,53 @@ class Changes:
         # Ports, policy or a skipped VIP may have changed without any address.
         self.nft = self.nft or self.standalone
         return Recorded(vips=bool(added or removed), ignored=ignored)
+
+    def _judge(self, key: str) -> Recorded | None:
+        """Apply, refuse or hold the latest message of one Service (see ``judge``)."""
+        entry = self.latest[key]
+        judged = judge(entry, self.ranges)
+        if judged is None:
+            return Recorded(vips=False, ignored=entry.ignored)
+        if judged.apply:
+            self.refused.pop(key, None)
+            chosen: ServiceVips | None = entry
+        else:
+            before = self.refused.get(key, ())
+            self.refused[key] = judged.refused
+            newly = tuple(f"{key} {vip}" for vip in judged.refused if vip not in before)
+            current = self.desired.services.get(key)
+            # What was served for it before stays, while still inside the ranges.
+            if current is None or not outside(current.vips, self.ranges):
+                return Recorded(vips=False, ignored=entry.ignored, refused=newly)
+            chosen = None
+        if self.desired.services.get(key) == chosen:
+            return None
+        added, removed = put_service(self.desired, key, chosen)
+        self.addresses.update(added)
+        self.addresses.update(removed)
+        self.nft = self.nft or self.standalone
+        refused = () if judged.apply else tuple(f"{key} {v}" for v in judged.refused)
+        return Recorded(vips=bool(added or removed), ignored=entry.ignored, refused=refused)
+
+    def set_ranges(self, ranges: VipRanges) -> Recorded | None:
+        """New ranges (a ``PoolsServed``): every Service is judged again; a full plan
+        is owed. The newly refused VIPs are in the answer; None: nothing changed."""
+        if ranges == self.ranges:
+            return None
+        self.ranges = ranges
+        self.full = True
+        changed = False
+        refused: list[str] = []
+        for key in sorted(self.latest):
+            recorded = self._judge(key)
+            if recorded is not None:
+                changed = changed or recorded.vips
+                refused.extend(recorded.refused)
+        return Recorded(vips=changed, refused=tuple(refused))
+
+    def refused_vips(self) -> tuple[str, ...]:
+        """Every VIP refused now, as ``ns/name vip`` (sorted): what the report carries."""
+        return tuple(f"{key} {vip}" for key in sorted(self.refused) for vip in self.refused[key])
 
     def take(self) -> tuple[bool, set[str]]:
         """What to apply now, forgotten here: whether in full, and the changed addresses.

@@ -5,7 +5,8 @@ the loopback interface as a host route (/32 or /128): the appliance sends
 VIP-addressed frames to the node's MAC (L2 DSR), and the node must accept them
 as local without ever answering ARP for them, hence the ARP sysctls. In
 ``standalone`` mode nothing else steers VIP:port to the pods, so an nftables
-table does (DNAT to ready endpoints).
+table does (DNAT to ready endpoints; with none, to those terminating but still
+serving).
 
 Equal inputs give equal outputs, down to the order of every tuple, so the
 shell can tell "nothing changed" by comparing.
@@ -17,13 +18,14 @@ import functools
 import hashlib
 import ipaddress
 from collections.abc import Iterable, Mapping
-from typing import Final, Literal
+from typing import Final, Literal, NamedTuple
 
 import msgspec
 
 from vipwire.contracts import Endpoint, EndpointsSnapshot, LbProgrammed, ServicePort
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 Mode = Literal["kube-proxy", "standalone"]
 NftFamily = Literal["ip", "ip6"]
 L4Proto = Literal["tcp", "udp", "sctp"]
@@ -37,6 +39,86 @@ ARP_IGNORE: Final = "1"
 """Answer ARP only for addresses configured on the interface the request came in on."""
 ARP_ANNOUNCE: Final = "2"
 """Never use a VIP on ``lo`` as the source of our own ARP requests."""
+
+
+# --- where VIPs may be ------------------------------------------------------------
+
+
+class VipRanges(NamedTuple):
+    """Where this node may put VIPs: inside every range set that is known.
+
+    ``pools``: the CIDRs ipam serves the cluster from (its last ``PoolsServed``);
+    ``config``: ``nodeagent.vip_ranges``. None: not known (no message yet, not
+    set). Neither known: no VIP can be verified (:attr:`known` is False).
+    """
+
+    pools: tuple[Network, ...] | None = None
+    config: tuple[Network, ...] | None = None
+
+    @property
+    def known(self) -> bool:
+        return self.pools is not None or self.config is not None
+
+    def describe(self) -> str:
+        """Which range sets a VIP was judged against, for log lines and reports."""
+        parts = []
+        if self.pools is not None:
+            parts.append("the pools ipam serves this cluster")
+        if self.config is not None:
+            parts.append("nodeagent.vip_ranges")
+        return " and ".join(parts) or "no known ranges"
+
+
+def parse_ranges(texts: Iterable[str]) -> tuple[tuple[Network, ...], tuple[str, ...]]:
+    """CIDRs as networks (host bits ignored), and the entries that are not CIDRs."""
+    networks: list[Network] = []
+    bad: list[str] = []
+    for text in texts:
+        try:
+            networks.append(ipaddress.ip_network(text, strict=False))
+        except ValueError:
+            bad.append(text)
+    return tuple(networks), tuple(bad)
+
+
+def outside(vips: Iterable[str], ranges: VipRanges) -> tuple[str, ...]:
+    """The VIPs (canonical text) not inside every known range set; all of them when
+    none is known (nothing can be verified)."""
+    found: list[str] = []
+    for vip in vips:
+        ip = _ip_of(vip)
+        for networks in (ranges.pools, ranges.config):
+            if networks is not None and not any(ip in n for n in networks):
+                found.append(vip)
+                break
+        else:
+            if not ranges.known:
+                found.append(vip)
+    return tuple(found)
+
+
+class Judged(NamedTuple):
+    """What the node does with a programmed Service's VIPs (see :func:`judge`)."""
+
+    #: Put the Service's VIPs on the node (all inside the ranges).
+    apply: bool
+    #: VIPs outside the ranges: the message is refused, never applied.
+    refused: tuple[str, ...] = ()
+
+
+def judge(entry: ServiceVips, ranges: VipRanges) -> Judged | None:
+    """Whether a programmed Service's VIPs may go on the node; None: not known yet.
+
+    A message naming any VIP outside the ranges is refused as a whole (a forged
+    or broken message names no address this node should trust), and what the node
+    served for the Service before stays. Ranges not known yet (no ``PoolsServed``
+    read, no ``vip_ranges`` set): nothing is decided; the shell adds nothing and
+    takes nothing off the node until they are.
+    """
+    if not ranges.known:
+        return None
+    refused = outside(entry.vips, ranges)
+    return Judged(apply=not refused, refused=refused)
 
 
 # --- value types --------------------------------------------------------------
@@ -294,6 +376,15 @@ def arp_sysctls(uplink: str | None = None) -> tuple[Sysctl, ...]:
     )
 
 
+def serving_endpoints(candidates: list[Endpoint]) -> list[Endpoint]:
+    """The endpoints that take new connections: the ready ones; with none, those
+    terminating but still serving (EndpointSlice ``serving``), as kube-proxy does, so a
+    node the appliance keeps as a member while its pods shut down still has somewhere
+    to send the traffic."""
+    ready = [ep for ep in candidates if ep.ready]
+    return ready or [ep for ep in candidates if ep.terminating and ep.serving]
+
+
 def ruleset(
     state: Desired, *, node: str, table: str, ignored: list[str] | None = None
 ) -> NftRuleset:
@@ -315,13 +406,14 @@ def ruleset(
         # Local policy keeps the client address and skips the second hop: only
         # this node's pods may serve, exactly as the appliance only sends to
         # nodes that have one.
-        chosen = [
-            ep
-            for ne in per_node
-            if entry.policy == "Cluster" or ne.node == node
-            for ep in ne.endpoints
-            if ep.ready
-        ]
+        chosen = serving_endpoints(
+            [
+                ep
+                for ne in per_node
+                if entry.policy == "Cluster" or ne.node == node
+                for ep in ne.endpoints
+            ]
+        )
         for vip in map(_ip_of, entry.vips):
             for port in entry.ports:
                 protocol = _L4[port.protocol]

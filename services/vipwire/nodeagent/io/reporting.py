@@ -59,6 +59,8 @@ class Reporter:
         self._dry_run = dry_run
         #: The VIP set last published (None: none yet).
         self.reported: tuple[str, ...] | None = None
+        #: The refused VIPs last published.
+        self.refused: tuple[str, ...] = ()
         #: Loop time before which the next report may not go out.
         self.next_at = 0.0
         self._causes: list[SpanContext] = []
@@ -67,10 +69,13 @@ class Reporter:
         """Applies that changed the node for these messages: the next report serves them."""
         self._causes.extend(causes[: MAX_LINKS - len(self._causes)])
 
-    async def report(self, vips: tuple[str, ...], generation: int) -> None:
-        """Publish the VIP set the node serves now (nothing if already published)."""
+    async def report(
+        self, vips: tuple[str, ...], generation: int, refused: tuple[str, ...] = ()
+    ) -> None:
+        """Publish the VIP set the node serves now, and the VIPs it refuses (nothing if
+        already published)."""
         s = self._settings
-        if vips == self.reported:
+        if vips == self.reported and refused == self.refused:
             return
         causes, self._causes = self._causes, []
         message = NodeApplied(
@@ -80,6 +85,7 @@ class Reporter:
             vips=vips,
             mode=s.mode,
             dry_run=self._dry_run,
+            refused=refused,
         )
         parent, links = span_parent(causes)
         try:
@@ -95,4 +101,5 @@ class Reporter:
             self._causes = causes + self._causes
             raise
         self.reported = vips
+        self.refused = refused
         self.next_at = asyncio.get_running_loop().time() + s.report_interval_s

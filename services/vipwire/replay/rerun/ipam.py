@@ -246,6 +246,8 @@ class IpamCheck(NextFitChecks):
         self, event: Event, v: VipAssigned, held: ServiceRecord, snap: ServiceSnapshot | None
     ) -> None:
         ref = (v.cluster, v.namespace, v.name)
+        if self._moving(v, held, snap):
+            return
         if set(v.vips) != set(held.vips) or (v.pool, v.appliance_group) != (
             held.pool,
             held.appliance_group,
@@ -267,6 +269,31 @@ class IpamCheck(NextFitChecks):
             plan = decide(snap, kept, self.allocator)
             for update in plan.updates:
                 self.allocator.claim(update.address, update.after)
+
+    def _moving(self, v: VipAssigned, held: ServiceRecord, snap: ServiceSnapshot | None) -> bool:
+        """A step of a move (see vipwire.ipam.core.moves), taken as it happened: adding
+        (the new VIPs claimed next to the old), withdrawing (the old ones no longer
+        announced), done (their claims left). False: not a move's step."""
+        ref = (v.cluster, v.namespace, v.name)
+        owner = Owner(*ref, v.uid)
+        have, said, old = set(held.vips), set(v.vips), set(v.moving_from)
+        if v.moving_from and old <= have and said >= have:  # adding
+            self._commit(v, snap, owner)
+            after = msgspec.structs.replace(
+                held, vips=v.vips, pool=v.pool, move="adding", moving_from=v.moving_from
+            )
+        elif v.moving_from and old <= have and not said & old:  # withdrawing
+            after = msgspec.structs.replace(
+                held, pool=v.pool, move="withdrawing", moving_from=v.moving_from
+            )
+        elif held.moving_from and said == have - set(held.moving_from):  # done
+            for address in held.moving_from:
+                self.allocator.leave(address, owner)
+            after = msgspec.structs.replace(held, vips=v.vips, move="", moving_from=())
+        else:
+            return False
+        self.ipam.records[ServiceRef(*ref)] = after
+        return True
 
     def _judge_fresh(self, event: Event, v: VipAssigned, snap: ServiceSnapshot) -> None:
         request = request_of(snap)
@@ -340,7 +367,7 @@ class IpamCheck(NextFitChecks):
                         int(ipaddress.ip_address(address)) + 1
                     )
             elif not claim.holds(owner):
-                self.allocator.claim(address, claim.with_sharer(request.sharer()))
+                self.allocator.claim(address, claim.with_sharer(claim.entry(request)))
 
     def _on_failed(self, event: Event, v: VipFailed) -> None:
         self.sink.decision("ipam", event)
@@ -352,13 +379,16 @@ class IpamCheck(NextFitChecks):
         request = request_of(snap)
         if held is not None:
             plan = decide(snap, held, self.allocator)
-            if plan.failure is None:
+            # A refused move is a VipFailed too (the Service keeps what it holds).
+            refused = any(isinstance(o.message, VipFailed) for o in plan.publish)
+            if plan.failure is None and not refused:
                 self._diverge(
                     event,
                     "ipam.failed",
                     v,
                     f"VipAssigned {vips_text(held.vips)} (the change fits its shared VIPs)",
-                    "only a change that no longer fits the other sharers is refused",
+                    "only a change that no longer fits the other sharers, or asks for other "
+                    "VIPs, is refused",
                 )
             return
         probe = self.allocator.choose(request)

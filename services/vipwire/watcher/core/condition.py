@@ -5,6 +5,7 @@ Pure: no I/O, no clock (the time of a transition is passed in).
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections.abc import Collection, Mapping
 from typing import Any, Final, Literal
@@ -81,7 +82,21 @@ class Condition(msgspec.Struct, frozen=True, kw_only=True):
 def _programmed_message(lb: LbProgrammed) -> str:
     # No member count: it changes with every endpoint move, and each change
     # would cost a status write.
-    return f"{', '.join(lb.vips)} programmed on appliance {lb.appliance}"
+    said = f"{', '.join(lb.vips)} programmed on appliance {lb.appliance}"
+    if lb.port_errors:
+        said += f"; {refused_ports_message(lb)}"
+    return said
+
+
+def refused_ports_message(lb: LbProgrammed) -> str:
+    """Which ports the appliance refused (the others are served), and its answers."""
+    refused = "; ".join(
+        f"{e.vip} port {e.port}/{e.protocol}: {e.reason}: {e.error}" for e in lb.port_errors
+    )
+    return (
+        f"appliance {lb.appliance} refused {len(lb.port_errors)} port(s), not served "
+        f"(status.loadBalancer.ingress[].ports says which): {refused}"
+    )
 
 
 def appliance_message(lb: LbFailed) -> str:
@@ -98,13 +113,44 @@ def failed_reason(lb: LbFailed) -> str:
     return DRIFT if lb.reason == APPLIANCE_DRIFT else "ApplianceFailed"
 
 
+def _family(address: str) -> str | None:
+    try:
+        return f"IPv{ipaddress.ip_address(address).version}"
+    except ValueError:
+        return None
+
+
+def families_without_members(lb: LbProgrammed) -> list[str]:
+    """The IP families (``IPv4``, ``IPv6``) of the Service's VIPs that no member node can
+    serve: a dual-stack Service on IPv4-only nodes has an IPv6 virtual server with no
+    member (members are node addresses of the VIP's family)."""
+    served = {_family(m.address) for m in lb.members}
+    wanted = {f for f in (_family(v) for v in lb.vips) if f is not None}
+    return sorted(wanted - served)
+
+
+def lacks_members(lb: LbProgrammed) -> bool:
+    """No member at all, or a VIP family without one: NoMembers."""
+    return not lb.members or bool(families_without_members(lb))
+
+
 def no_members_message(lb: LbProgrammed) -> str:
-    """Why a programmed Service with no member node serves nothing."""
+    """Why a programmed Service with no member node (for a VIP family) serves nothing."""
     why = (
         "no node holds a ready endpoint of the Service (externalTrafficPolicy: Local)"
         if lb.external_traffic_policy == "Local"
         else "no node of the cluster is eligible (ready, and not excluded from load balancers)"
     )
+    missing = families_without_members(lb)
+    if lb.members and missing:
+        family = " and ".join(missing)
+        vips = [v for v in lb.vips if _family(v) in missing]
+        return (
+            f"{', '.join(vips)} programmed on appliance {lb.appliance} with no {family} member "
+            f"node, so no traffic to {'them' if len(vips) > 1 else 'it'} can be served: no "
+            f"member node has an {family} InternalIP (the Service's other VIPs are served); "
+            f"give the nodes {family} addresses, or make the Service single-stack"
+        )
     return (
         f"{', '.join(lb.vips)} programmed on appliance {lb.appliance} with no member node, "
         f"so no traffic can be served: {why}"
@@ -132,7 +178,7 @@ def _serving(
     """The condition of a programming that stands: True once the gate is satisfied;
     False while no node can take the traffic (NoMembers) or while member nodes report
     themselves without the VIP past their grace period (``missing``: NodesMissingVip)."""
-    if not lb.members:
+    if lacks_members(lb):
         return Condition(status="False", reason=NO_MEMBERS, message=no_members_message(lb))
     if missing:
         return Condition(status="False", reason=NODES_MISSING, message=missing_message(lb, missing))

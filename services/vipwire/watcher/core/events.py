@@ -30,7 +30,9 @@ from vipwire.watcher.core.condition import (
     appliance_message,
     clip,
     failed_reason,
+    lacks_members,
     no_members_message,
+    refused_ports_message,
 )
 from vipwire.watcher.core.translate import Obj, metadata, resource_version, uid
 
@@ -154,6 +156,8 @@ def event_for(
             return None
         if isinstance(before, VipFailed) and before.uid == message.uid:
             return None  # ipam repeating what it keeps after refusing a change
+        if message.released_by is not None:
+            return released_by_operator(message)
         return EventSpec(
             type="Normal",
             reason="IPAllocated",
@@ -192,6 +196,32 @@ def event_for(
     return None
 
 
+#: The reason of the Normal Event telling who released a Service's VIPs
+#: (``vipwire ipam release``) and what it got instead.
+RELEASED_BY_OPERATOR: Final = "IPReleasedByOperator"
+
+
+def released_by_operator(message: VipAssigned) -> EventSpec:
+    """The new VIPs after an operator's release, naming the operator (the identity the
+    NATS server authenticated for the request) and the old and new addresses.
+
+    ipam carries the release on the one VipAssigned that gives the new VIPs (never on
+    a republish), so the Event is told once per release; it is named for what it
+    says, so a replay lands on the same Event.
+    """
+    old = ", ".join(message.released_vips) or "its VIPs"
+    return EventSpec(
+        type="Normal",
+        reason=RELEASED_BY_OPERATOR,
+        action="ReleaseVIP",
+        note=(
+            f"operator {message.released_by} released {old} (vipwire ipam release); "
+            f"{', '.join(message.vips)} allocated from pool {message.pool} "
+            f"(appliance group {message.appliance_group})"
+        ),
+    )
+
+
 def _programmed_event(
     message: LbProgrammed, before: VipMessage | LbMessage | None
 ) -> EventSpec | None:
@@ -200,8 +230,8 @@ def _programmed_event(
     clears."""
     was = before if isinstance(before, LbProgrammed) else None
     same = was is not None and was.uid == message.uid and was.vips == message.vips
-    if not message.members:
-        if same and was is not None and not was.members:
+    if lacks_members(message):
+        if same and was is not None and lacks_members(was):
             return None  # still none: told already
         return EventSpec(
             type="Warning",
@@ -209,8 +239,21 @@ def _programmed_event(
             action="ProgramVirtualServers",
             note=no_members_message(message),
         )
+    refused = _refused_event(message, was if same else None)
+    if refused is not None:
+        return refused
     if same and was is not None:
-        if was.members:
+        if not lacks_members(was):
+            if was.port_errors and not message.port_errors:
+                return EventSpec(
+                    type="Normal",
+                    reason="PortsProgrammed",
+                    action="ProgramVirtualServers",
+                    note=(
+                        f"{', '.join(message.vips)}: appliance {message.appliance} now "
+                        "serves every port of the Service"
+                    ),
+                )
             return None
         return EventSpec(
             type="Normal",
@@ -250,6 +293,25 @@ def _programmed_event(
     )
 
 
+#: The Warning Event of a programming whose ports the appliance refused in part.
+PORT_REFUSED: Final = "PortRefused"
+
+
+def _refused_event(message: LbProgrammed, was: LbProgrammed | None) -> EventSpec | None:
+    """A Warning when the appliance refuses some of the Service's ports (once per set of
+    refusals; the condition message and status ports keep saying it)."""
+    if not message.port_errors:
+        return None
+    if was is not None and was.port_errors == message.port_errors:
+        return None
+    return EventSpec(
+        type="Warning",
+        reason=PORT_REFUSED,
+        action="ProgramVirtualServers",
+        note=f"{', '.join(message.vips)} programmed, but {refused_ports_message(message)}",
+    )
+
+
 #: The reason of the Warning Event telling why an address in a Service's status was
 #: not given back to it (ipam's store was lost, and the address could not be kept).
 STATUS_VIP_NOT_KEPT: Final = "StatusVIPNotKept"
@@ -274,6 +336,30 @@ def status_vip_event(
         reason=STATUS_VIP_NOT_KEPT,
         action="AllocateVIP",
         note=f"{'; '.join(message.notes)}; assigned {got}",
+    )
+
+
+SHARING_REFUSED: Final = "SharingRefused"
+
+
+def sharing_event(
+    message: VipMessage | LbMessage, *, before: VipMessage | LbMessage | None
+) -> EventSpec | None:
+    """The Warning Event for an assignment that could not share its sharing key's VIP
+    (``VipAssigned.sharing_refused``: why), so the Service got a VIP of its own."""
+    if not isinstance(message, VipAssigned) or not message.sharing_refused:
+        return None
+    if isinstance(before, VipAssigned) and (before.uid, before.sharing_refused) == (
+        message.uid,
+        message.sharing_refused,
+    ):
+        return None
+    got = ", ".join(message.vips) or "nothing"
+    return EventSpec(
+        type="Warning",
+        reason=SHARING_REFUSED,
+        action="AllocateVIP",
+        note=f"{message.sharing_refused}: {got}",
     )
 
 

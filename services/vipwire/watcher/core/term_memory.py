@@ -27,10 +27,12 @@ import msgspec
 from vipwire.contracts import (
     LbMessage,
     LbProgrammed,
+    Member,
     Message,
     NodeGone,
     NodeSnapshot,
     ServiceGone,
+    ServiceRejected,
     ServiceSnapshot,
     VipAssigned,
     VipMessage,
@@ -48,8 +50,9 @@ Family = Literal["service", "node"]
 #: The families whose messages may call for an Event, in the order they are emitted.
 #: Per family, one Event held back: that of the family's last message, and (``!``)
 #: that of a message of the family that could not be read, and (``~``) the Warning
-#: of a VipAssigned that could not keep the Service's status VIPs.
-EVENT_FAMILIES: tuple[str, ...] = ("vip", "lb", "vip!", "lb!", "vip~")
+#: of a VipAssigned that could not keep the Service's status VIPs, and (``^``) the Warning
+#: of a VipAssigned that could not share its sharing key's VIP.
+EVENT_FAMILIES: tuple[str, ...] = ("vip", "lb", "vip!", "lb!", "vip~", "vip^")
 
 #: Deleted Services whose last reference is kept for the Event of their release. Each
 #: goes once it is told or its end is (``forget_service``); this bounds the rest.
@@ -64,16 +67,26 @@ def message_fingerprint(message: Message) -> bytes:
 def compact(message: VipMessage | LbMessage, *, gating: bool) -> VipMessage | LbMessage:
     """The message as kept in a view: without what no decision reads of it.
 
-    Ports are for Events, which are made of the message as delivered; members
-    (an LbProgrammed of a 50-node cluster lists 50) only a status gate reads:
-    without one, only whether there is any (NoMembers) is kept, as the first.
+    Ports are for Events, which are made of the message as delivered (and for the
+    status's per-port errors: kept while the appliance refuses one); members (an
+    LbProgrammed of a 50-node cluster lists 50) only a status gate reads: without
+    one, only whether each IP family has any (NoMembers) is kept, as its first.
     """
     if isinstance(message, VipAssigned):
         return msgspec.structs.replace(message, ports=())
     if isinstance(message, LbProgrammed):
-        members = message.members if gating else message.members[:1]
-        return msgspec.structs.replace(message, ports=(), members=members)
+        members = message.members if gating else _first_per_family(message.members)
+        ports = message.ports if message.port_errors else ()
+        return msgspec.structs.replace(message, ports=ports, members=members)
     return message
+
+
+def _first_per_family(members: tuple[Member, ...]) -> tuple[Member, ...]:
+    """The first member of each IP family (what NoMembers per family needs)."""
+    seen: dict[bool, Member] = {}
+    for member in members:
+        seen.setdefault(":" in member.address, member)
+    return tuple(sorted(seen.values()))
 
 
 class Published(msgspec.Struct, Generic[M], kw_only=True):
@@ -91,11 +104,15 @@ class ServiceRecord(msgspec.Struct, kw_only=True, gc=False):
     seq: int
     uid: str
     #: :func:`~vipwire.watcher.core.translate.service_fingerprint` of a
-    #: ServiceSnapshot; None: the subject ended with a ServiceGone.
+    #: ServiceSnapshot (of a ServiceRejected: of the snapshot still in force); None:
+    #: the subject ended with a ServiceGone, or a Service never valid was rejected.
     fingerprint: bytes | None
     deleting: bool = False
     #: Sequence of the last snapshot that was not ``deleting``.
     live_seq: int = 0
+    #: The last message is a ServiceRejected: the subject needs a snapshot once the
+    #: Service is fixed (even one alike the snapshot in force), or an end once it goes.
+    rejected: bool = False
 
     @property
     def live(self) -> bool:
@@ -178,13 +195,25 @@ class TermMemory:
         current = self._current(family, key)
         return current is not None and current.seq >= seq
 
-    def remember_service(self, key: str, message: ServiceSnapshot | ServiceGone, seq: int) -> None:
+    def remember_service(
+        self, key: str, message: ServiceSnapshot | ServiceGone | ServiceRejected, seq: int
+    ) -> None:
         """Record a message on a Service's subject unless we know a newer one."""
         if not self.newer("service", key, seq):
             return
         current = self.services.get(key)
         live_seq = current.live_seq if current is not None else 0
-        if isinstance(message, ServiceGone):
+        if isinstance(message, ServiceRejected):
+            kept = message.in_force
+            record = ServiceRecord(
+                seq=seq,
+                uid=message.uid,
+                fingerprint=service_fingerprint(kept) if kept is not None else None,
+                deleting=kept.deleting if kept is not None else False,
+                live_seq=live_seq,
+                rejected=True,
+            )
+        elif isinstance(message, ServiceGone):
             record = ServiceRecord(seq=seq, uid=message.uid, fingerprint=None, live_seq=live_seq)
         else:
             record = ServiceRecord(
@@ -242,14 +271,14 @@ class TermMemory:
     def own_message(
         self,
         key: str,
-        message: ServiceSnapshot | ServiceGone | NodeSnapshot | NodeGone,
+        message: ServiceSnapshot | ServiceGone | ServiceRejected | NodeSnapshot | NodeGone,
         seq: int,
         *,
         absent: bool,
         caught_up: bool,
     ) -> None:
         """One of our own Service or Node messages came back to us (replayed or live)."""
-        if isinstance(message, ServiceSnapshot | ServiceGone):
+        if isinstance(message, ServiceSnapshot | ServiceGone | ServiceRejected):
             recorded = self.recorded("service", key, seq)
             self.remember_service(key, message, seq)
             if isinstance(message, ServiceGone):
@@ -268,7 +297,7 @@ class TermMemory:
     def forget_service(self, key: str, *, absent: bool) -> None:
         """Drop what we keep about a Service that no longer exists anywhere: absent from
         the cluster and its last snapshot ended."""
-        if not absent or self.snapshot_of(key) is not None:
+        if not absent or self.snapshot_of(key) is not None or self.rejected(key):
             return
         self.views.pop(key, None)
         self.gated.pop(key, None)
@@ -283,6 +312,12 @@ class TermMemory:
         record = self.services.get(key)
         return record is not None and record.live and record.uid == service_uid
 
+    def rejected(self, key: str) -> bool:
+        """Whether the last message on ``key``'s subject is a ServiceRejected (it needs a
+        snapshot when fixed, an end when the Service goes)."""
+        record = self.services.get(key)
+        return record is not None and record.rejected
+
     def snapshot_of(self, key: str) -> ServiceRecord | None:
         """What we know of the last ServiceSnapshot of ``key`` (None: gone or never)."""
         record = self.services.get(key)
@@ -296,7 +331,11 @@ class TermMemory:
     def published_alike(self, key: str, snapshot: ServiceSnapshot) -> bool:
         """Whether the last snapshot of ``key`` said what ``snapshot`` says."""
         record = self.snapshot_of(key)
-        return record is not None and record.fingerprint == service_fingerprint(snapshot)
+        return (
+            record is not None
+            and not record.rejected
+            and record.fingerprint == service_fingerprint(snapshot)
+        )
 
     def refused_alike(self, key: str, snapshot: ServiceSnapshot) -> bool:
         """Whether the bus refused this very snapshot of ``key`` as too large."""

@@ -38,6 +38,8 @@ DEFAULT_AFFINITY_TIMEOUT_S: Final = 10800
 MAX_AFFINITY_TIMEOUT_S: Final = 86400
 #: The appliance profile (monitor, timeouts, method) the Service picks; ipam knows them.
 PROFILE_ANNOTATION: Final = "vipwire.io/profile"
+#: The other namespaces (or ``*``) whose Services may share this one's VIP (both sides say so).
+SHARE_NAMESPACES_ANNOTATION: Final = "vipwire.io/share-with-namespaces"
 #: Written by us: the trace of the last change we wrote back (``kubectl describe`` shows it).
 TRACE_ANNOTATION: Final = "vipwire.io/last-trace-id"
 #: Written by us together with the finalizer: which vipwire cluster put it there. The
@@ -169,7 +171,7 @@ def slim_node(node: Obj) -> dict[str, Any]:
     status = _map(node.get("status"))
     slim = {
         "metadata": meta,
-        "spec": _pick(node.get("spec"), ("taints",)),
+        "spec": _pick(node.get("spec"), ("taints", "unschedulable")),
         "status": {
             "addresses": _list(status.get("addresses")),
             "conditions": [_pick(c, ("type", "status")) for c in _list(status.get("conditions"))],
@@ -216,6 +218,14 @@ def requested_ips(service: Obj) -> tuple[str, ...]:
         if ip:
             seen.setdefault(_canonical_ip(ip), None)
     return tuple(seen)
+
+
+def share_namespaces(annotations: Mapping[str, str]) -> tuple[str, ...]:
+    """The namespaces ``vipwire.io/share-with-namespaces`` names (sorted, each once; ``*``:
+    any namespace of the cluster)."""
+    names = {n.strip() for n in annotations.get(SHARE_NAMESPACES_ANNOTATION, "").split(",")}
+    names.discard("")
+    return ("*",) if "*" in names else tuple(sorted(names))
 
 
 def raw_source_ranges(service: Obj) -> tuple[str, ...]:
@@ -353,6 +363,7 @@ def service_snapshot(
         pool=annotations.get(POOL_ANNOTATION, "").strip() or None,
         requested_ips=requested_ips(service),
         sharing_key=annotations.get(SHARING_KEY_ANNOTATION, "").strip() or None,
+        share_namespaces=share_namespaces(annotations),
         # Labels only choose a pool for a new VIP; a Service going away needs none, and
         # its deletion must not hang on labels too large for the bus (the finalizer could
         # never come off): a deleting snapshot carries none.
@@ -509,7 +520,7 @@ def _label_true(value: str) -> bool:
 
 
 def node_snapshot(node: Obj, *, cluster: str) -> NodeSnapshot:
-    """A Node's InternalIP addresses (both families), eligibility and readiness.
+    """A Node's InternalIP addresses (both families), eligibility, readiness and cordon.
 
     Not eligible while being deleted, while labelled
     ``node.kubernetes.io/exclude-from-external-load-balancers`` (unless the
@@ -536,4 +547,6 @@ def node_snapshot(node: Obj, *, cluster: str) -> NodeSnapshot:
         addresses=tuple(addresses),
         eligible=not (being_deleted(node) or excluded or draining),
         ready=ready,
+        # ``kubectl cordon``: the lbdriver drains it where drain_on_cordon is on.
+        cordoned=spec.get("unschedulable") is True,
     )

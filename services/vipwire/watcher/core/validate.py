@@ -24,6 +24,7 @@ from vipwire.watcher.core.translate import (
     MAX_AFFINITY_TIMEOUT_S,
     POOL_ANNOTATION,
     PROFILE_ANNOTATION,
+    SHARE_NAMESPACES_ANNOTATION,
     SHARING_KEY_ANNOTATION,
     TRACE_ANNOTATION,
     Obj,
@@ -39,6 +40,7 @@ USER_ANNOTATIONS: Final = (
     IPS_ANNOTATION,
     SHARING_KEY_ANNOTATION,
     PROFILE_ANNOTATION,
+    SHARE_NAMESPACES_ANNOTATION,
 )
 #: Ours, written by the watcher itself.
 OWN_ANNOTATIONS: Final = (TRACE_ANNOTATION, CLUSTER_ANNOTATION)
@@ -146,7 +148,14 @@ def service_problems(service: Obj, *, protocols: Iterable[str]) -> tuple[str, ..
             "is a DNS label (lower-case letters, digits and '-', at most 63 characters)"
         )
 
-    ips = [p.strip() for p in str(annotations.get(IPS_ANNOTATION) or "").split(",")]
+    raw_ips = annotations.get(IPS_ANNOTATION)
+    ips = [p.strip() for p in str(raw_ips or "").split(",")]
+    if raw_ips is not None and not any(ips):
+        # Present but naming nothing (" , ,"): an automatic VIP would hide the mistake.
+        problems.append(
+            f"{IPS_ANNOTATION}: {_quote(str(raw_ips))} names no address; write IPv4 or IPv6 "
+            "addresses separated by commas, or remove the annotation for an automatic VIP"
+        )
     problems += _address_problems(IPS_ANNOTATION, [p for p in ips if p])
     legacy = spec.get("loadBalancerIP")
     if isinstance(legacy, str) and legacy.strip():
@@ -158,6 +167,17 @@ def service_problems(service: Obj, *, protocols: Iterable[str]) -> tuple[str, ..
             f"{SHARING_KEY_ANNOTATION}: {_quote(key)} is not a sharing key; use at most 63 "
             "letters, digits, '-', '_' or '.', starting and ending with a letter or digit"
         )
+
+    raw_share = annotations.get(SHARE_NAMESPACES_ANNOTATION)
+    if raw_share is not None:
+        names = [n.strip() for n in str(raw_share).split(",")]
+        bad = [n for n in names if n and n != "*" and not _DNS_LABEL.fullmatch(n)]
+        if bad or not any(names):
+            listed = ", ".join(_quote(n) for n in bad) if bad else _quote(str(raw_share))
+            problems.append(
+                f"{SHARE_NAMESPACES_ANNOTATION}: {listed} is not a namespace; list the "
+                "namespaces this Service may share its VIP with, separated by commas, or '*'"
+            )
 
     problems += _source_range_problems(service)
     problems += _affinity_problems(spec)

@@ -10,12 +10,21 @@ finalizer, the trace annotation and leftovers. Events: :mod:`.events`.
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Collection, Mapping
 from typing import Any, Final
 
 import msgspec
 
-from vipwire.contracts import LbFailed, LbProgrammed, ServiceSnapshot, VipReleased
+from vipwire.contracts import (
+    LbFailed,
+    LbProgrammed,
+    ServiceSnapshot,
+    VipAssigned,
+    VipFailed,
+    VipReleased,
+    VipReleasing,
+)
 from vipwire.watcher.core.bus_view import BusView
 from vipwire.watcher.core.condition import (
     INVALID,
@@ -40,13 +49,44 @@ from vipwire.watcher.core.translate import (
     resource_version,
 )
 
+#: ``status.loadBalancer.ingress[].ports[].error`` is a CamelCase name, built-in or
+#: qualified by the controller's domain (Kubernetes API: PortStatus).
+PORT_ERROR_DOMAIN: Final = "vipwire.io"
 
-def ingress_for(vips: tuple[str, ...]) -> list[dict[str, str]]:
+
+def ingress_for(vips: tuple[str, ...], lb: LbProgrammed | None = None) -> list[dict[str, Any]]:
+    """The ingress entries for ``vips``; with ports the appliance refused (``lb``'s
+    ``port_errors``), each entry lists its ports, a refused one with its ``error``.
+    Without any refusal no ``ports`` are written (there is nothing they would say)."""
     # ipMode VIP: kube-proxy accepts VIP:port on every node itself, which DSR needs.
-    return [{"ip": vip, "ipMode": "VIP"} for vip in vips]
+    if lb is None or not lb.port_errors:
+        return [{"ip": vip, "ipMode": "VIP"} for vip in vips]
+    refused = {(e.vip, e.port, e.protocol): e.reason for e in lb.port_errors}
+    entries: list[dict[str, Any]] = []
+    for vip in vips:
+        ports: list[dict[str, Any]] = []
+        for p in lb.ports:
+            status: dict[str, Any] = {"port": p.port, "protocol": p.protocol}
+            reason = refused.get((vip, p.port, p.protocol))
+            if reason is not None:
+                status["error"] = f"{PORT_ERROR_DOMAIN}/{reason}"
+            ports.append(status)
+        entries.append({"ip": vip, "ipMode": "VIP", "ports": ports})
+    return entries
 
 
-def same_ingress(current: list[Any], wanted: list[dict[str, str]]) -> bool:
+def _ports_of(entry: Mapping[str, Any]) -> list[tuple[Any, Any, Any]]:
+    raw = entry.get("ports")
+    if not isinstance(raw, list):
+        return []
+    return [
+        (p.get("port"), p.get("protocol", "TCP"), p.get("error"))
+        for p in raw
+        if isinstance(p, Mapping)
+    ]
+
+
+def same_ingress(current: list[Any], wanted: list[dict[str, Any]]) -> bool:
     """Whether status already says ``wanted``.
 
     An API server without the LoadBalancerIPMode feature (1.29 unless enabled)
@@ -60,6 +100,8 @@ def same_ingress(current: list[Any], wanted: list[dict[str, str]]) -> bool:
             return False
         if have.get("ipMode") not in (None, want["ipMode"]):
             return False
+        if _ports_of(have) != _ports_of(want):
+            return False
     return True
 
 
@@ -68,6 +110,9 @@ class Decision(msgspec.Struct, frozen=True, kw_only=True):
 
     status: dict[str, Any] | None = None
     remove_finalizer: bool = False
+    #: VIPs the appliance was reported programmed with that ipam did not assign to
+    #: the Service: never written to its status (the shell logs and counts them).
+    unassigned: tuple[str, ...] = ()
 
     @property
     def nothing(self) -> bool:
@@ -105,6 +150,36 @@ def _status_patch(
     return {"metadata": {"resourceVersion": resource_version(service)}, "status": body}
 
 
+def not_assigned(lb: LbProgrammed, view: BusView) -> tuple[str, ...] | None:
+    """The VIPs of a programming that ipam's last assignment to the same Service
+    (its ``vip`` subject's last VipAssigned, or the one a VipFailed followed) does
+    not name; None when no assignment of that incarnation is known (nothing can
+    be checked: nothing is written either).
+
+    Only ipam gives addresses: a programming naming others (a forged or broken
+    ``lb`` message) never reaches the Service's status. The old VIPs of a move
+    (``VipAssigned.moving_from``) count as assigned while they are withdrawn.
+    """
+    assigned: set[str] | None = None
+    for message in (view.vip, view.vip_before):
+        if isinstance(message, VipAssigned | VipReleasing) and message.uid == lb.uid:
+            assigned = {_canonical(v) for v in message.vips}
+            if isinstance(message, VipAssigned):
+                # A move's old VIPs stay assigned until the appliance has withdrawn them.
+                assigned |= {_canonical(v) for v in message.moving_from}
+            break
+    if assigned is None:
+        return None
+    return tuple(v for v in lb.vips if _canonical(v) not in assigned)
+
+
+def _canonical(address: str) -> str:
+    try:
+        return str(ipaddress.ip_address(address))
+    except ValueError:
+        return address
+
+
 def decide(
     service: Obj,
     snapshot: ServiceSnapshot | None,
@@ -117,6 +192,7 @@ def decide(
     live_seq: int = 0,
     too_large: str | None = None,
     missing: Collection[str] = (),
+    nodes_known: bool = True,
 ) -> Decision:
     """What to write to a Service now.
 
@@ -134,6 +210,10 @@ def decide(
     A status gate (any/all) still holds a new VIP back until nodes apply it.
     ``missing``: member nodes whose agents report them without the VIP past
     their grace period (:mod:`.node_vips`); the condition says NodesMissingVip.
+    During a move to other VIPs (``VipAssigned.moving_from``), status takes what the
+    appliance serves only once every member node holds all of it (``nodes_known``:
+    the node agents' reports are read), whatever the gate: ipam withdraws the old
+    VIPs when status shows the new ones, so they must serve everywhere by then.
     Going away: once ipam says everything is released, clear what we wrote
     and drop the finalizer; while the appliance refuses to let go, the
     condition says so. A release older than our last live snapshot
@@ -146,13 +226,19 @@ def decide(
     if not snapshot.deleting:
         wanted_ingress: Any = _KEEP
         lb = view.lb
+        vip = view.vip
+        moving = isinstance(vip, VipAssigned) and vip.uid == snapshot.uid and vip.moving_from
+        unassigned: tuple[str, ...] | None = None
+        if isinstance(lb, LbProgrammed) and lb.uid == snapshot.uid:
+            unassigned = not_assigned(lb, view)
         if (
             problems is None
             and isinstance(lb, LbProgrammed)
             and lb.uid == snapshot.uid
-            and gate_satisfied(lb, applied, gate)
+            and unassigned == ()
+            and gate_satisfied(lb, applied, "all" if moving and nodes_known else gate)
         ):
-            wanted_ingress = ingress_for(lb.vips)
+            wanted_ingress = ingress_for(lb.vips, lb)
         condition: Any = _KEEP
         if problems is not None:
             condition = Condition(status="False", reason=INVALID, message=problems)
@@ -168,7 +254,13 @@ def decide(
                     status="False", reason="Pending", message="waiting for a VIP and the appliance"
                 )
         return Decision(
-            status=_status_patch(service, ingress_to=wanted_ingress, condition=condition, now=now)
+            status=_status_patch(service, ingress_to=wanted_ingress, condition=condition, now=now),
+            # Never valid: a Service ipam refuses for good, that never held a VIP, keeps
+            # no finalizer (there is nothing to clean up; a change of it asks again).
+            remove_finalizer=problems is None
+            and FINALIZER in finalizers(service)
+            and refused_for_good(service, snapshot.uid, view, live_seq),
+            unassigned=unassigned or (),
         )
     vip = view.vip
     released = isinstance(vip, VipReleased) and vip.uid == snapshot.uid and view.vip_seq > live_seq
@@ -186,6 +278,21 @@ def decide(
     return Decision(
         status=_status_patch(service, ingress_to=None, condition=None, now=now),
         remove_finalizer=FINALIZER in finalizers(service),
+    )
+
+
+def refused_for_good(service: Obj, service_uid: str, view: BusView, live_seq: int) -> bool:
+    """Whether ipam refused this incarnation's last snapshot (published at ``live_seq``)
+    for good (only a change of the Service can help: not waiting) and it never held a
+    VIP (none programmed, none in status)."""
+    vip, lb = view.vip, view.lb
+    return (
+        isinstance(vip, VipFailed)
+        and view.vip_seq > live_seq
+        and vip.uid == service_uid
+        and not vip.retryable
+        and not (lb is not None and lb.uid == service_uid)
+        and not ingress(service)
     )
 
 

@@ -35,6 +35,7 @@ from vipwire.contracts import (
     NodeGone,
     NodeSnapshot,
     ServiceGone,
+    ServiceRejected,
     ServiceSnapshot,
     VipAssigned,
     VipFailed,
@@ -49,6 +50,7 @@ from vipwire.watcher.core.events import (
     event_for,
     event_subject,
     released_ref,
+    sharing_event,
     status_vip_event,
     unreadable_event,
 )
@@ -165,7 +167,7 @@ class BusReader:
         # Interned: the same string as the reflectors' keys, not one more per table.
         key = sys.intern(d.subject.key)
         match message:
-            case ServiceSnapshot() | ServiceGone():
+            case ServiceSnapshot() | ServiceGone() | ServiceRejected():
                 memory.own_message(
                     key,
                     message,
@@ -207,11 +209,13 @@ class BusReader:
                 observed = memory.observe(key, message, d.seq)
                 if not observed.fresh:
                     return  # a redelivery overtaken by a newer message on its subject
+                self._writer.note_trace(key)
                 await self._writer.reconcile(key)
                 fresh = not d.timestamp or time.time() - d.timestamp < EVENT_HORIZON_S
                 called = (
                     (d.subject.family, event_for(message, before=observed.before)),
                     (f"{d.subject.family}~", status_vip_event(message, before=observed.before)),
+                    (f"{d.subject.family}^", sharing_event(message, before=observed.before)),
                 )
                 for family, spec in called:
                     if spec is not None and fresh:

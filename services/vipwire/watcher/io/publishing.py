@@ -17,12 +17,20 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from vipwire.bus import TooLarge
-from vipwire.contracts import NodeGone, NodeSnapshot, ServiceGone, ServiceSnapshot, encode
+from vipwire.bus import BusError, TooLarge
+from vipwire.contracts import (
+    NodeGone,
+    NodeSnapshot,
+    ServiceGone,
+    ServiceRejected,
+    ServiceSnapshot,
+    encode,
+    service_subject,
+)
 from vipwire.kube import KubeApiError
 from vipwire.metrics import Counter
 from vipwire.telemetry import trace_id_of_current_span
-from vipwire.watcher.core.condition import current_condition
+from vipwire.watcher.core.condition import INVALID, current_condition
 from vipwire.watcher.core.events import (
     invalid_event,
     object_ref,
@@ -50,6 +58,7 @@ from vipwire.watcher.core.translate import (
     uid,
 )
 from vipwire.watcher.core.validate import invalid_note
+from vipwire.watcher.core.writeback import refused_for_good
 from vipwire.watcher.io.event_recorder import EventRecorder
 from vipwire.watcher.io.kube_writes import KubeWrites, NotLeader, refused
 from vipwire.watcher.io.reflector import Reflector
@@ -132,16 +141,23 @@ class Publisher:
         service = term.service_store().get(key)
         previous = memory.snapshot_of(key)
         await self._recorder.emit_deferred(memory, key, service)
+        rejected = memory.services.get(key) if memory.rejected(key) else None
         if service is None:
             memory.invalid.pop(key, None)
             if previous is not None:
                 await self._publish_gone(key, previous.uid)
+            elif rejected is not None:
+                # Never valid: its rejection is all there is on its subject; end it.
+                await self._publish_gone(key, rejected.uid)
             return
         if previous is not None and previous.uid != uid(service):
             # Deleted and recreated under the same name while we were not looking.
             with term.root_span(term.span_attributes(service)):
                 await self._publish_gone(key, previous.uid, new_trace=False)
             previous = None
+        elif previous is None and rejected is not None and rejected.uid != uid(service):
+            with term.root_span(term.span_attributes(service)):
+                await self._publish_gone(key, rejected.uid, new_trace=False)
         snapshot = term.snapshot(key, service)
         if snapshot is None:
             await self._not_ours(key, service, previous)
@@ -149,14 +165,29 @@ class Publisher:
         if not snapshot.deleting:
             problems = term.problems(service)
             if problems:
-                await self._report_invalid(key, service, problems)
-                await self._writer.reconcile_locked(key, service)
+                if memory.invalid.get(key) == (uid(service), problems):
+                    await self._writer.reconcile_locked(key, service)  # told already
+                    return
+                # One trace for the change: its Event, its rejection on the bus, and the
+                # status write (whose trace vipwire.io/last-trace-id names).
+                with term.root_span(term.span_attributes(service)):
+                    await self._report_invalid(key, service, problems)
+                    await self._writer.reconcile_locked(key, service)
                 return
             memory.invalid.pop(key, None)
         elif previous is None and not has_finalizer(service):
             return  # going away before we ever served it: nothing to clean up
-        needs_mark = not snapshot.deleting and not marked_by(service, self._cluster)
         unchanged = memory.published_alike(key, snapshot)
+        # A Service refused for good keeps no finalizer until it changes (writeback.decide
+        # takes it off): marking it again for the same snapshot would undo that.
+        needs_mark = (
+            not snapshot.deleting
+            and not marked_by(service, self._cluster)
+            and not (
+                unchanged
+                and refused_for_good(service, snapshot.uid, memory.view(key), memory.live_seq(key))
+            )
+        )
         if not (unchanged and not needs_mark):
             with term.root_span(term.span_attributes(service)):
                 if needs_mark:
@@ -206,6 +237,11 @@ class Publisher:
         """A Service that is not (or no longer) ours: let go of whatever we left on it."""
         term = self._term
         term.memory.invalid.pop(key, None)
+        if previous is None and term.memory.rejected(key):
+            # Rejected, never valid, and now not ours at all: its subject ends.
+            gone_uid = term.memory.services[key].uid
+            with term.root_span(term.span_attributes(service)):
+                await self._publish_gone(key, gone_uid, new_trace=False)
         if previous is not None:
             # It was ours and our finalizer is already off: it is gone for us.
             with term.root_span(term.span_attributes(service)):
@@ -223,18 +259,57 @@ class Publisher:
         await self._writer.remove_leftovers(service)
 
     async def _report_invalid(self, key: str, service: Obj, problems: tuple[str, ...]) -> None:
-        """Tell the user, once per set of problems, what is wrong and how to fix it."""
-        term, memory = self._term, self._memory
+        """Tell the user, once per set of problems, what is wrong and how to fix it: a
+        Warning Event on the Service, and a ServiceRejected on the bus (the dashboard,
+        the live table of ``vipwire up`` and replay show it). Runs in the change's trace."""
+        memory = self._memory
         service_uid = uid(service)
-        if memory.invalid.get(key) == (service_uid, problems):
-            return
-        note = invalid_note(problems, served=memory.serves(key, service_uid))
+        served = memory.serves(key, service_uid)
+        note = invalid_note(problems, served=served)
         generation = str(metadata(service).get("generation") or "")
         cause = f"invalid/{service_uid}/{generation}/{_digest(*problems)}"
-        with term.root_span(term.span_attributes(service)):
-            log.warning("service %s is invalid: %s", key, note)
-            await self._recorder.emit(invalid_event(note), service, cause)
+        log.warning("service %s is invalid: %s", key, note)
+        await self._recorder.emit(invalid_event(note), service, cause)
+        await self._publish_rejected(key, service, note, served=served)
         memory.invalid[key] = (service_uid, problems)
+
+    async def _publish_rejected(self, key: str, service: Obj, note: str, *, served: bool) -> None:
+        """Say on the Service's subject that it is rejected as it is, with the snapshot
+        still in force when it is served (ipam reads that, not an end: see
+        :func:`vipwire.ipam.core.messages.in_force`)."""
+        term = self._term
+        service_uid = uid(service)
+        namespace, name = key.split("/", 1)
+        kept: ServiceSnapshot | None = None
+        if served:
+            subject = service_subject("service", self._cluster, namespace, name)
+            last = await term.runtime.bus.last_valid_message(subject)
+            said = last[1] if last is not None else None
+            if isinstance(said, ServiceRejected):
+                said = said.in_force
+            if isinstance(said, ServiceSnapshot) and said.uid == service_uid:
+                kept = said
+            if kept is None:
+                # Cannot tell what is in force: say nothing rather than hide the snapshot.
+                log.warning("service %s: its snapshot in force was not found on the bus", key)
+                return
+        rejected = ServiceRejected(
+            cluster=self._cluster,
+            namespace=namespace,
+            name=name,
+            uid=service_uid,
+            resource_version=resource_version(service),
+            reason=INVALID,
+            message=note,
+            trace_id=trace_id_of_current_span(),
+            in_force=kept,
+        )
+        msg_id = f"{self._cluster}/{service_uid}/{resource_version(service)}/service-rejected"
+        try:
+            seq = await term.publish(rejected, msg_id)
+        except BusError as exc:
+            raise RuntimeError(f"service {key}: cannot publish its rejection: {exc}") from exc
+        self._memory.remember_service(key, rejected, seq)
 
     async def _publish_gone(self, key: str, service_uid: str, *, new_trace: bool = True) -> None:
         term = self._term

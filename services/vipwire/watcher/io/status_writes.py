@@ -11,6 +11,9 @@ import asyncio
 import contextlib
 import logging
 import time
+from typing import Any
+
+from opentelemetry import trace
 
 from vipwire.bus import BusError
 from vipwire.contracts import LbProgrammed, StatusWritten
@@ -54,6 +57,32 @@ class StatusWriter:
         #: Services to judge again when a node's grace period ends (monotonic time).
         self._rechecks: dict[str, float] = {}
         self._recheck = asyncio.Event()
+        # --- programmed VIPs ipam did not assign (never written) ---
+        self._m_unassigned = term.runtime.metrics.counter(
+            "watcher_refused_vips_total",
+            "Programmed VIPs not written to a Service's status: ipam did not assign them",
+        )
+        #: Per Service, the refused VIPs last told (told again only when they change).
+        self._unassigned: dict[str, tuple[str, ...]] = {}
+        #: Per Service, the trace of the last bus message that called for a write.
+        self._traces: dict[str, trace.SpanContext] = {}
+
+    def note_trace(self, key: str) -> None:
+        """The bus message being handled (in its span) calls for writes to ``key``: they go
+        in its trace even when the Service's own sync gets there first (outside any span),
+        so that vipwire.io/last-trace-id names the trace of the change's Events."""
+        context = trace.get_current_span().get_span_context()
+        if context.is_valid:
+            self._traces[key] = context
+
+    def _in_trace(self, key: str) -> contextlib.AbstractContextManager[Any]:
+        """Outside any span: the trace of the last bus message about ``key``."""
+        if trace.get_current_span().get_span_context().is_valid:
+            return contextlib.nullcontext()
+        context = self._traces.get(key)
+        if context is None:
+            return contextlib.nullcontext()
+        return trace.use_span(trace.NonRecordingSpan(context), end_on_exit=False)
 
     async def reconcile(self, key: str) -> None:
         """Write what the bus calls for to the Service ``key``, if it is known."""
@@ -64,6 +93,7 @@ class StatusWriter:
                 await self.reconcile_locked(key, service)
             else:
                 self._missing.forget(key)
+                self._traces.pop(key, None)
 
     async def reconcile_locked(self, key: str, service: Obj) -> None:
         """Write what the decision asks for; on a stale resourceVersion decide again."""
@@ -88,12 +118,15 @@ class StatusWriter:
                 live_seq=term.memory.live_seq(key),
                 too_large=term.too_large_note(key, service, snapshot),
                 missing=missing,
+                nodes_known=term.memory.gating,
             )
+            self._note_unassigned(key, decision.unassigned)
             if decision.nothing:
                 return
             try:
-                await self._apply(service, decision)
-                await self._tell_nodes(service, decision)
+                with self._in_trace(key):
+                    await self._apply(service, decision)
+                    await self._tell_nodes(service, decision)
                 return
             except KubeApiError as exc:
                 if exc.not_found:
@@ -108,6 +141,24 @@ class StatusWriter:
                 return
             service = fresh
         raise KubeApiError(409, "Conflict", f"service {namespace}/{name}: kept conflicting")
+
+    def _note_unassigned(self, key: str, vips: tuple[str, ...]) -> None:
+        if self._unassigned.get(key, ()) == vips:
+            return
+        if not vips:
+            del self._unassigned[key]
+            return
+        self._unassigned[key] = vips
+        self._m_unassigned.inc(len(vips))
+        log.warning(
+            "not writing VIPs %s to the status of %s/%s: the lbdriver reported them "
+            "programmed, but ipam did not assign them to this Service (check who "
+            "publishes vipwire.%s.lb.*)",
+            ", ".join(vips),
+            self._term.cluster,
+            key,
+            self._term.cluster,
+        )
 
     # --- member nodes without the VIP ---------------------------------------------------
 

@@ -2,6 +2,10 @@
 
 Vendor semantics (authentication, error bodies) stay in each driver; this
 module only turns "the request did not complete" into ApplianceUnavailable.
+Each request belongs to a class (login, read, write, commit) and may take as
+long as the appliance's ``timeouts`` allow for that class: a BIG-IP
+transaction commit or an ACOS ``write memory`` takes minutes on a large
+configuration where a read takes a second.
 """
 
 from __future__ import annotations
@@ -9,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 from collections.abc import Coroutine, Mapping
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, Literal, NamedTuple, TypeVar
 
 import aiohttp
 import msgspec
@@ -18,9 +22,12 @@ from yarl import URL
 from vipwire.lbdriver.io.drivers.base import ApplianceError, ApplianceUnavailable
 from vipwire.lbdriver.io.drivers.credentials import CredentialSource
 from vipwire.lbdriver.io.fencing import stamp
-from vipwire.lbdriver.settings import ApplianceSettings
+from vipwire.lbdriver.settings import ApplianceSettings, ApplianceTimeouts
 
 T = TypeVar("T")
+
+#: The class of a management request, which picks its timeout (``timeouts.<class>_s``).
+RequestClass = Literal["login", "read", "write", "commit"]
 
 
 class HttpResponse(NamedTuple):
@@ -70,12 +77,12 @@ class RestTransport:
         *,
         verify_tls: bool = True,
         ca_file: str | None = None,
-        timeout_s: float = 10.0,
+        timeouts: ApplianceTimeouts | None = None,
     ) -> None:
         self.appliance = appliance
         self.base_url = normalise_base_url(base_url)
         self._ssl = tls_setting(verify_tls, ca_file)
-        self._timeout = aiohttp.ClientTimeout(total=timeout_s)
+        self.timeouts = timeouts or ApplianceTimeouts()
         self._session: aiohttp.ClientSession | None = None
         # Requests wait for a connection here, not in aiohttp's pool: the fence is
         # checked once the slot is ours, so the wait is outside the fencing window
@@ -89,7 +96,7 @@ class RestTransport:
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession(
-                timeout=self._timeout,
+                timeout=aiohttp.ClientTimeout(total=self.timeouts.read_s),
                 connector=aiohttp.TCPConnector(ssl=self._ssl, limit=CONNECTIONS),
                 # Appliance APIs answer JSON whatever they are asked; we always send JSON.
                 headers={"Content-Type": "application/json", "Accept": "application/json"},
@@ -104,11 +111,15 @@ class RestTransport:
         json: Any = None,
         headers: dict[str, str] | None = None,
         query: str | None = None,
+        kind: RequestClass | None = None,
     ) -> HttpResponse:
         """One request; ApplianceUnavailable if it did not complete (refused, reset, timed out).
 
         ``query`` is sent as written (vendors want ``$filter`` and ``+`` unescaped).
+        ``kind`` picks the timeout; by default a GET is a read and the rest writes.
         """
+        kind = kind or ("read" if method == "GET" else "write")
+        limit_s: float = getattr(self.timeouts, f"{kind}_s")
         raw = self.base_url + path + (f"?{query}" if query else "")
         url = URL(raw, encoded=True)
         data = msgspec.json.encode(json) if json is not None else None
@@ -119,11 +130,21 @@ class RestTransport:
             if fenced:
                 headers = {**(headers or {}), **fenced}
             self.requests += 1
+            timeout = aiohttp.ClientTimeout(total=limit_s)
             try:
-                async with self._client().request(method, url, data=data, headers=headers) as resp:
+                async with self._client().request(
+                    method, url, data=data, headers=headers, timeout=timeout
+                ) as resp:
                     text = await resp.text()
                     status = resp.status
-            except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            except TimeoutError as exc:
+                raise ApplianceUnavailable(
+                    self.appliance,
+                    f"{method} {path}: no answer within {limit_s:g}s (a {kind}; raise "
+                    f"timeouts.{kind}_s of appliance {self.appliance!r} if the appliance "
+                    "is slow rather than down)",
+                ) from exc
+            except (aiohttp.ClientError, OSError) as exc:
                 raise ApplianceUnavailable(
                     self.appliance, f"{method} {path}: {type(exc).__name__}: {exc}"
                 ) from exc
@@ -179,13 +200,13 @@ class RestDriver:
         *,
         verify_tls: bool = True,
         ca_file: str | None = None,
-        request_timeout_s: float = 10.0,
+        timeouts: ApplianceTimeouts | None = None,
         partition_template: str = "{cluster}",
         partitions: Mapping[str, str] | None = None,
     ) -> None:
         self.name = name
         self._http = RestTransport(
-            name, address, verify_tls=verify_tls, ca_file=ca_file, timeout_s=request_timeout_s
+            name, address, verify_tls=verify_tls, ca_file=ca_file, timeouts=timeouts
         )
         self._credentials = credentials
         self._template = partition_template
@@ -209,7 +230,7 @@ class RestDriver:
             ),
             "verify_tls": settings.verify_tls,
             "ca_file": settings.ca_file,
-            "request_timeout_s": settings.request_timeout_s,
+            "timeouts": settings.timeouts,
             "partition_template": settings.partition_template,
             "partitions": settings.partitions,
         }

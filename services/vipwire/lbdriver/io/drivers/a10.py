@@ -41,7 +41,7 @@ import logging
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final, NoReturn
+from typing import Any, Final, Literal, NoReturn
 
 import msgspec
 
@@ -59,6 +59,7 @@ from vipwire.lbdriver.core.virtual_servers import (
 )
 from vipwire.lbdriver.io.drivers._rest import (
     HttpResponse,
+    RequestClass,
     RestDriver,
     VendorError,
     all_or_first_error,
@@ -69,16 +70,33 @@ from vipwire.lbdriver.io.drivers.base import (
     ApplianceRejected,
     ApplianceUnavailable,
 )
-from vipwire.lbdriver.io.drivers.credentials import CredentialSource
-from vipwire.lbdriver.settings import ApplianceSettings
+from vipwire.lbdriver.io.drivers.credentials import CredentialSource, scrub
+from vipwire.lbdriver.settings import ApplianceSettings, ApplianceTimeouts
 
 log = logging.getLogger("vipwire.lbdriver.a10")
 
 _API: Final = "/axapi/v3"
 _SHARED: Final = "shared"
-# Codes public ACOS clients map; messages are checked too, as codes vary by release.
+# Codes public ACOS clients map (acos-client acos_client/v30/responses.py); messages
+# are checked too, as codes vary by release.
 _NOT_FOUND_CODES: Final = frozenset({1023460352, 1023410176, 1023410181, 1023475722, 1207959957})
-_EXISTS_CODES: Final = frozenset({67371011, 1405})
+_EXISTS_CODES: Final = frozenset(
+    {67240011, 67371011, 654311495, 754974732, 1023410183, 1023451144, 1023451145}
+    | {1023459337, 1023459339, 1023459340, 1405}
+)
+#: The session is no longer valid (answered as ``response.err``, often not with 401).
+_SESSION_INVALID_CODES: Final = frozenset({419495936, 1207960052, 1208025092})
+#: The configuration manager is busy or not ready (booting, saving): try again later.
+_BUSY_CODES: Final = frozenset({1023463424, 1208025095, 1023464192, 1023464193, 4294967295})
+#: The partition id asked for was taken meanwhile (another creator): take the next one.
+_PARTITION_ID_TAKEN: Final = 754974733
+#: ``write memory`` refusing its JSON body (ACOS 4.1.0): send it again without one.
+_JSON_FORMAT_CODES: Final = frozenset({1023508480, 1023524874})
+#: ``user-tag`` (our owner and node names) is in aXAPI v3 from ACOS 4.1.
+_MIN_VERSION: Final = (4, 1)
+#: Where a cluster's objects live: a partition the operator made (``existing``), one
+#: vipwire makes (``create``), or the shared partition (``shared``).
+PartitionMode = Literal["existing", "create", "shared"]
 # The listed form of a virtual port of ours that is not what we program (DSR off,
 # service group or monitor gone): a monitor nothing desires, so the diff rewrites it.
 _DRIFTED: Final = Monitor(port=0, path="")
@@ -120,8 +138,8 @@ def vip_name(prefix: str, address: str) -> str:
 
 
 def monitor_name(prefix: str, name: str) -> str:
-    """At most 31 characters: ACOS refuses longer health-check references."""
-    return f"{prefix[:14]}-hm-{hashlib.sha256(name.encode()).hexdigest()[:12]}"
+    """At most 29 characters: ACOS refuses longer health monitor names."""
+    return f"{prefix[:13]}-hm-{hashlib.sha256(name.encode()).hexdigest()[:12]}"
 
 
 def _prefix_of(name: str) -> str:
@@ -153,6 +171,8 @@ def _failed(resp: HttpResponse) -> bool:
     if not 200 <= resp.status < 300:
         return True
     body = resp.body
+    if isinstance(body, dict) and "authorizationschema" in body:
+        return True  # ACOS answers an invalid session with this body, at times with 2xx
     response = body.get("response") if isinstance(body, dict) else None
     return isinstance(response, dict) and str(response.get("status", "")).lower() == "fail"
 
@@ -168,9 +188,28 @@ def _exists(resp: HttpResponse) -> bool:
 
 
 def _auth_failure(resp: HttpResponse) -> bool:
-    return resp.status in (401, 403) or (
-        isinstance(resp.body, dict) and "authorizationschema" in resp.body
+    return (
+        resp.status in (401, 403)
+        or (isinstance(resp.body, dict) and "authorizationschema" in resp.body)
+        or _err(resp.body)[0] in _SESSION_INVALID_CODES
     )
+
+
+def _session_invalid(resp: HttpResponse) -> bool:
+    """The session has expired or was ended: log in again (not a refused login)."""
+    code, _ = _err(resp.body)
+    schema = isinstance(resp.body, dict) and "authorizationschema" in resp.body
+    return resp.status == 401 or (schema and code == 401) or code in _SESSION_INVALID_CODES
+
+
+def _busy(resp: HttpResponse) -> bool:
+    return _err(resp.body)[0] in _BUSY_CODES
+
+
+def parse_version(text: str) -> tuple[int, int] | None:
+    """``4.1.4-GR1-P5, build 81`` -> (4, 1); None when it is not a release number."""
+    match = re.match(r"\s*(\d+)\.(\d+)", text)
+    return (int(match.group(1)), int(match.group(2))) if match else None
 
 
 @dataclass(slots=True)
@@ -198,6 +237,8 @@ class _View:
     )  # ours → (vs, port, proto)
     a10_servers: dict[str, _Server] = field(default_factory=dict)
     groups: dict[str, set[tuple[str, int]]] = field(default_factory=dict)  # members by group
+    # Members disabled (member-state not enable) by group: draining, see _member_entry.
+    disabled: dict[str, set[tuple[str, int]]] = field(default_factory=dict)
     monitors: set[str] = field(default_factory=set)
     #: Access lists of each family (their source ranges) and persist templates (their
     #: requested timeout in seconds), by name.
@@ -206,6 +247,8 @@ class _View:
     persists: dict[str, int | None] = field(default_factory=dict)
     #: ``tcp/<name>`` and ``udp/<name>`` templates known to exist (created by us).
     templates: set[str] = field(default_factory=set)
+    #: Servers with ACOS's default health checks on (on the server or a port).
+    checks_on: set[str] = field(default_factory=set)
 
 
 @dataclass(slots=True)
@@ -226,10 +269,11 @@ class A10Driver(RestDriver):
         *,
         verify_tls: bool = True,
         ca_file: str | None = None,
-        request_timeout_s: float = 10.0,
+        timeouts: ApplianceTimeouts | None = None,
         partition_template: str = "{cluster}",
         partitions: Mapping[str, str] | None = None,
         write_memory: bool = True,
+        partition_mode: PartitionMode = "existing",
     ) -> None:
         super().__init__(
             name,
@@ -237,11 +281,13 @@ class A10Driver(RestDriver):
             credentials,
             verify_tls=verify_tls,
             ca_file=ca_file,
-            request_timeout_s=request_timeout_s,
+            timeouts=timeouts,
             partition_template=partition_template,
             partitions=partitions,
         )
         self.write_memory = write_memory
+        self.partition_mode: PartitionMode = partition_mode
+        self._version_checked = False
         self._sessions: dict[str, _Session] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._views: dict[str, _View] = {}
@@ -249,7 +295,16 @@ class A10Driver(RestDriver):
 
     @classmethod
     def from_settings(cls, settings: ApplianceSettings) -> A10Driver:
-        return cls(**cls.common_arguments(settings), write_memory=settings.write_memory)
+        return cls(
+            **cls.common_arguments(settings),
+            write_memory=settings.write_memory,
+            partition_mode=settings.partition_mode,
+        )
+
+    def partition_of(self, cluster: str) -> str:
+        if self.partition_mode == "shared":
+            return _SHARED
+        return super().partition_of(cluster)
 
     # --- the driver interface ----------------------------------------------------
 
@@ -338,8 +393,8 @@ class A10Driver(RestDriver):
         match op:
             case CreateVirtualServer(server=s) | UpdateVirtualServer(server=s):
                 await self._put_virtual_server(part, view, s)
-            case UpdateMembers(name=name, members=members):
-                await self._put_members(part, view, name, members)
+            case UpdateMembers(name=name, members=members, draining=draining):
+                await self._put_members(part, view, name, members, draining)
             case DeleteVirtualServer(name=name):
                 await self._delete_virtual_server(part, view, name)
 
@@ -348,10 +403,21 @@ class A10Driver(RestDriver):
         vproto, proto = _PROTOCOLS[s.protocol]
         vip = view.vips.get(s.address)
         if vip is not None and vip.name != vip_name(prefix, s.address):
-            raise ApplianceRejected(
-                self.name, f"{part}: VIP {s.address} is held by virtual-server {vip.name!r}"
+            # Its name may be another tenant's: the log has it, the Event does not.
+            log.warning(
+                "%s/%s: VIP %s of %s is held by virtual-server %r",
+                self.name,
+                part,
+                s.address,
+                s.name,
+                vip.name,
             )
-        for member in s.members:
+            raise ApplianceRejected(
+                self.name,
+                f"{part}: VIP {s.address} is held by another virtual-server on the appliance "
+                "(its name is in the lbdriver log)",
+            )
+        for member in (*s.members, *s.draining):
             await self._ensure_server(part, view, prefix, member, port=s.port, proto=proto)
         monitor = monitor_name(prefix, s.name)
         if s.monitor.kind != "none":
@@ -365,16 +431,21 @@ class A10Driver(RestDriver):
             view.monitors.add(monitor)
         await self._ensure_idle_template(part, view, prefix, s)
         members = {(server_name(prefix, m.address), s.port) for m in s.members}
+        disabled = {(server_name(prefix, m.address), s.port) for m in s.draining} - members
         group = {
             "service-group": {
                 "name": s.name,
                 "protocol": proto,
                 **service_group_fields(monitor, s),
-                "member-list": [{"name": n, "port": p} for n, p in sorted(members)],
+                "member-list": [
+                    _member_entry(n, p, disabled=(n, p) in disabled)
+                    for n, p in sorted(members | disabled)
+                ],
             }
         }
         await self._upsert(part, "/slb/service-group", s.name, group, exists=s.name in view.groups)
-        view.groups[s.name] = members
+        view.groups[s.name] = members | disabled
+        view.disabled[s.name] = disabled
         if s.monitor.kind == "none" and monitor in view.monitors:
             # The profile dropped its health check: the group no longer uses the monitor.
             await self._delete(part, f"/health/monitor/{monitor}")
@@ -433,7 +504,12 @@ class A10Driver(RestDriver):
         await _drop_access(self, part, view, s.name, keep=s)
 
     async def _put_members(
-        self, part: str, view: _View, name: str, members: tuple[Member, ...]
+        self,
+        part: str,
+        view: _View,
+        name: str,
+        members: tuple[Member, ...],
+        draining: tuple[Member, ...] = (),
     ) -> None:
         where = view.vports.get(name)
         current = view.servers.get(name)
@@ -442,21 +518,51 @@ class A10Driver(RestDriver):
         prefix = _prefix_of(name)
         _, port, vproto = where
         proto = "udp" if vproto == "udp" else "tcp"
-        for member in members:
+        for member in (*members, *draining):
             await self._ensure_server(part, view, prefix, member, port=port, proto=proto)
-        want = {(server_name(prefix, m.address), port) for m in members}
+        enabled = {(server_name(prefix, m.address), port) for m in members}
+        disabled = {(server_name(prefix, m.address), port) for m in draining} - enabled
+        want = enabled | disabled
         have = view.groups.get(name, set())
+        was_disabled = view.disabled.get(name, set())
         base = f"/slb/service-group/{name}/member"
         for server, p in sorted(want - have):
-            resp = await self._call(part, "POST", base, {"member": {"name": server, "port": p}})
+            entry = _member_entry(server, p, disabled=(server, p) in disabled)
+            resp = await self._call(part, "POST", base, {"member": entry})
             if _failed(resp) and not _exists(resp):
                 self._raise(resp, f"add member {server}:{p} to {name}")
+        await self._set_member_states(part, name, (want & have), disabled, was_disabled)
         for server, p in sorted(have - want):
             resp = await self._call(part, "DELETE", f"{base}/{server}+{p}")
             if _failed(resp) and not _missing(resp):
                 self._raise(resp, f"remove member {server}:{p} from {name}")
         view.groups[name] = want
-        view.servers[name] = msgspec.structs.replace(current, members=tuple(sorted(set(members))))
+        view.disabled[name] = disabled
+        view.servers[name] = msgspec.structs.replace(
+            current,
+            members=tuple(sorted(set(members))),
+            draining=tuple(sorted(set(draining) - set(members))),
+        )
+
+    async def _set_member_states(
+        self,
+        part: str,
+        name: str,
+        kept: set[tuple[str, int]],
+        disabled: set[tuple[str, int]],
+        was_disabled: set[tuple[str, int]],
+    ) -> None:
+        """Graceful drain: disable the members that start draining, enable those that
+        came back (one member update each; the others are left alone)."""
+        base = f"/slb/service-group/{name}/member"
+        for server, p in sorted(kept):
+            now_disabled = (server, p) in disabled
+            if now_disabled == ((server, p) in was_disabled):
+                continue
+            entry = _member_entry(server, p, disabled=now_disabled)
+            resp = await self._call(part, "POST", f"{base}/{server}+{p}", {"member": entry})
+            if _failed(resp):
+                self._raise(resp, f"set member {server}:{p} of {name} {entry['member-state']}")
 
     async def _delete_virtual_server(self, part: str, view: _View, name: str) -> None:
         where = view.vports.pop(name, None)
@@ -471,6 +577,7 @@ class A10Driver(RestDriver):
                     view.vips = {a: v for a, v in view.vips.items() if v is not vip}
         await self._delete(part, f"/slb/service-group/{name}")
         view.groups.pop(name, None)
+        view.disabled.pop(name, None)
         monitor = monitor_name(_prefix_of(name), name)
         await self._delete(part, f"/health/monitor/{monitor}")
         view.monitors.discard(monitor)
@@ -498,7 +605,10 @@ class A10Driver(RestDriver):
     ) -> None:
         name = server_name(prefix, member.address)
         known = view.a10_servers.get(name)
-        entry = {"port-number": port, "protocol": proto}
+        # ACOS pings every server and opens an L4 connection to node:port on every
+        # server port by default; a node in DSR answers the latter for nothing, so
+        # the member would go down. The service group's monitor is the check.
+        entry = {"port-number": port, "protocol": proto, _HC_OFF: 1}
         if known is None:
             family = "server-ipv6-addr" if ":" in member.address else "host"
             body = {
@@ -506,6 +616,7 @@ class A10Driver(RestDriver):
                     "name": name,
                     family: member.address,
                     "user-tag": member.node,
+                    _HC_OFF: 1,
                     "port-list": [entry],
                 }
             }
@@ -521,6 +632,16 @@ class A10Driver(RestDriver):
             if _failed(resp) and not _exists(resp):
                 self._raise(resp, f"add port {port}/{proto} to server {name}")
             known.ports.add((port, proto))
+        if name in view.checks_on:
+            # Made before health checks were switched off (or by hand): switch them off.
+            ports = [{"port-number": n, "protocol": p, _HC_OFF: 1} for n, p in sorted(known.ports)]
+            await self._check(
+                part,
+                "POST",
+                f"/slb/server/{name}",
+                {"server": {"name": name, _HC_OFF: 1, "port-list": ports}},
+            )
+            view.checks_on.discard(name)
         if known.node != member.node:
             await self._check(
                 part,
@@ -570,12 +691,18 @@ class A10Driver(RestDriver):
         if not self.write_memory:
             self._unsaved.discard(part)
             return
-        resp = await self._call(
-            part,
-            "POST",
-            "/write/memory",
-            {"memory": {"partition": "specified", "specified-partition": part}},
+        body: dict[str, Any] = (
+            # a10-octavia saves shared after creating a partition: write memory shared.
+            {"memory": {"partition": "shared"}}
+            if part == _SHARED
+            else {"memory": {"partition": "specified", "specified-partition": part}}
         )
+        # A large configuration takes minutes to save: a commit (timeouts.commit_s).
+        resp = await self._call(part, "POST", "/write/memory", body, kind="commit")
+        if _failed(resp) and _err(resp.body)[0] in _JSON_FORMAT_CODES:
+            # ACOS 4.1.0 refuses the body it documents (acos-client's "regression in
+            # 4.1.0" workaround): without a body it saves the session's partition.
+            resp = await self._call(part, "POST", "/write/memory", kind="commit")
         if _failed(resp):
             # Running, not saved: a reboot would lose it. Saved before the next call.
             self._raise(resp, f"write memory in {part}")
@@ -592,44 +719,88 @@ class A10Driver(RestDriver):
                 session.signature = await self._login()
                 session.active = False
             if part != _SHARED and not session.active:
-                resp = await self._send(session.signature, "POST", f"/active-partition/{part}")
+                # ACOS answers active-partition to a missing partition with 204 and
+                # stays in the one it was in: look the partition up first, and read
+                # back where the session is after switching.
+                signature = session.signature
+                # A new session starts in the shared partition, where partitions are read.
+                resp = await self._send(signature, "GET", f"/partition/{part}")
                 if _failed(resp) and _missing(resp) and not _auth_failure(resp):
-                    if not create:
-                        raise _NoPartition(part)
-                    await self._create_partition(part)
-                    resp = await self._send(session.signature, "POST", f"/active-partition/{part}")
+                    await self._partition_missing(part, create=create)
+                    resp = await self._send(signature, "GET", f"/partition/{part}")
+                if _failed(resp) and not _missing(resp) and not _session_invalid(resp):
+                    # A partition admin may not read partitions in shared: the read-back
+                    # below still tells whether the switch happened.
+                    log.debug("%s: cannot read partition %s: %s", self.name, part, _err(resp.body))
+                    resp = HttpResponse(200, None)
+                if not _failed(resp):
+                    resp = await self._send(signature, "POST", f"/active-partition/{part}")
+                if not _failed(resp):
+                    resp = await self._send(signature, "GET", "/active-partition")
                 if _failed(resp):
                     if _auth_failure(resp):
                         session.signature = None
                     self._raise(resp, f"activate partition {part}")
+                active = resp.body.get("active-partition") if isinstance(resp.body, dict) else None
+                now = active.get("partition-name") if isinstance(active, dict) else None
+                if now != part:
+                    raise ApplianceRejected(
+                        self.name,
+                        f"activate partition {part}: the session is in partition {now!r} "
+                        "after switching; check the partition and the user's access to it",
+                    )
                 session.active = True
             return session.signature
 
+    async def _partition_missing(self, part: str, *, create: bool) -> None:
+        """Make the missing partition when partition_mode is ``create``; else
+        _NoPartition (reading: nothing is there) or a rejection saying what to do."""
+        if not create:
+            raise _NoPartition(part)
+        if self.partition_mode != "create":
+            raise ApplianceRejected(
+                self.name,
+                f"partition {part!r} does not exist: create it on the appliance with its "
+                "network (VLAN, interface and address for the VIPs to reach the nodes), or "
+                "set partition_mode: create (or shared) for this appliance",
+            )
+        await self._create_partition(part)
+
     async def _create_partition(self, part: str) -> None:
-        resp = await self._call(_SHARED, "GET", f"/partition/{part}")
-        if not _failed(resp):
-            return
-        if not _missing(resp):
-            self._raise(resp, f"GET partition {part}")
         if not 1 <= len(part) <= 14:
             raise ApplianceRejected(
                 self.name,
                 f"partition name {part!r} has more than 14 characters; map the cluster to a "
                 "shorter one with partitions: or partition_template:",
             )
-        resp = await self._call(_SHARED, "GET", "/partition-available-id/oper")
-        if _failed(resp):
-            self._raise(resp, "GET partition-available-id")
-        try:
-            ranges = resp.body["partition-available-id"]["oper"]["range-list"]
-            ident = int(ranges[0]["start"])
-        except (KeyError, IndexError, TypeError, ValueError) as exc:
-            raise ApplianceRejected(self.name, "no free partition id") from exc
-        body = {"partition": {"partition-name": part, "id": ident}}
-        resp = await self._call(_SHARED, "POST", "/partition", body)
+        for _attempt in range(5):
+            resp = await self._call(_SHARED, "GET", "/partition-available-id/oper")
+            if _failed(resp):
+                self._raise(resp, "GET partition-available-id")
+            try:
+                ranges = resp.body["partition-available-id"]["oper"]["range-list"]
+                ident = int(ranges[0]["start"])
+            except (KeyError, IndexError, TypeError, ValueError) as exc:
+                raise ApplianceRejected(self.name, "no free partition id") from exc
+            body = {"partition": {"partition-name": part, "id": ident}}
+            resp = await self._call(_SHARED, "POST", "/partition", body)
+            if not (_failed(resp) and _err(resp.body)[0] == _PARTITION_ID_TAKEN):
+                break
+            # Another client took the id between our lookup and our create.
+            log.info("%s: partition id %d was just taken; taking the next", self.name, ident)
         if _failed(resp) and not _exists(resp):
             self._raise(resp, f"create partition {part}")
-        log.info("%s: created partition %s (id %d)", self.name, part, ident)
+        log.warning(
+            "%s: created partition %s (id %d); it is an L3V partition with no network of "
+            "its own: add its VLAN, interface and address on the appliance, or the VIPs "
+            "cannot reach the nodes",
+            self.name,
+            part,
+            ident,
+        )
+        # The partition's definition lives in the shared partition: save that too.
+        self._unsaved.add(_SHARED)
+        await self._save(_SHARED)
 
     async def _login(self) -> str:
         attempts = self._login_attempts
@@ -646,7 +817,30 @@ class A10Driver(RestDriver):
                 self._login_error = exc
                 raise
             self._login_error = None
+            if not self._version_checked:
+                await self._check_version(signature)
             return signature
+
+    async def _check_version(self, signature: str) -> None:
+        """Refuse an ACOS release without ``user-tag`` with a clear message, once."""
+        resp = await self._send(signature, "GET", "/version/oper")
+        text = ""
+        if not _failed(resp) and isinstance(resp.body, dict):
+            oper = resp.body.get("version", {}).get("oper", {})
+            text = str(oper.get("sw-version", "")) if isinstance(oper, dict) else ""
+        version = parse_version(text)
+        if version is None:
+            log.warning("%s: could not read the ACOS version (%s)", self.name, _err(resp.body)[1])
+        elif version < _MIN_VERSION:
+            # Not left open: ACOS limits sessions, and every retry logs in again.
+            with contextlib.suppress(ApplianceError):
+                await self._send(signature, "POST", "/logoff")
+            raise ApplianceRejected(
+                self.name,
+                f"ACOS {text.split(',')[0]} is too old: vipwire needs ACOS 4.1 or later "
+                "(it keeps owners and node names in user-tag); upgrade the appliance",
+            )
+        self._version_checked = True
 
     async def _new_signature(self) -> str:
         creds = self._credentials.load()
@@ -654,6 +848,7 @@ class A10Driver(RestDriver):
             "POST",
             f"{_API}/auth",
             json={"credentials": {"username": creds.username, "password": creds.password}},
+            kind="login",
         )
         if _failed(resp) or not isinstance(resp.body, dict) or "authresponse" not in resp.body:
             code, msg = _err(resp.body)
@@ -662,18 +857,35 @@ class A10Driver(RestDriver):
                 raise ApplianceUnavailable(
                     self.name, f"login: HTTP {resp.status}: {msg}"
                 ) from cause
+            log.warning(
+                "%s: login as %r refused: HTTP %d: %s (code %s)",
+                self.name,
+                creds.username,
+                resp.status,
+                msg,
+                code,
+            )
             raise ApplianceAuthError(
-                self.name, f"login as {creds.username!r} refused: {msg} (code {code})"
+                self.name, self._credentials.refused(f"HTTP {resp.status}: {msg} (code {code})")
             ) from cause
         return str(resp.body["authresponse"]["signature"])
 
-    async def _call(self, part: str, method: str, path: str, body: Any = None) -> HttpResponse:
-        """One request in the partition's session; after a 401, log in again once."""
+    async def _call(
+        self,
+        part: str,
+        method: str,
+        path: str,
+        body: Any = None,
+        *,
+        kind: RequestClass | None = None,
+    ) -> HttpResponse:
+        """One request in the partition's session; if the session is found invalid
+        (401, a session code, an authorizationschema body), log in again once."""
         resp: HttpResponse | None = None
         for _attempt in range(2):
             signature = await self._session(part, create=True)
-            resp = await self._send(signature, method, path, body)
-            if not (resp.status == 401 and _auth_failure(resp)):
+            resp = await self._send(signature, method, path, body, kind=kind)
+            if not _session_invalid(resp):
                 return resp
             session = self._sessions[part]
             if session.signature == signature:
@@ -681,18 +893,27 @@ class A10Driver(RestDriver):
         assert resp is not None
         return resp
 
-    async def _send(self, signature: str, method: str, path: str, body: Any = None) -> HttpResponse:
+    async def _send(
+        self,
+        signature: str,
+        method: str,
+        path: str,
+        body: Any = None,
+        *,
+        kind: RequestClass | None = None,
+    ) -> HttpResponse:
         return await self._http.send(
-            method, _API + path, json=body, headers={"Authorization": f"A10 {signature}"}
+            method, _API + path, json=body, headers={"Authorization": f"A10 {signature}"}, kind=kind
         )
 
     def _raise(self, resp: HttpResponse, what: str) -> NoReturn:
         code, msg = _err(resp.body)
         cause = VendorError(resp.status, msg, resp.body)
-        text = f"{what}: HTTP {resp.status}: {msg}" + (f" (code {code})" if code else "")
+        said = scrub(msg, self._credentials.username)
+        text = f"{what}: HTTP {resp.status}: {said}" + (f" (code {code})" if code else "")
         if _auth_failure(resp):
             raise ApplianceAuthError(self.name, text) from cause
-        if resp.status == 429 or resp.status >= 500:
+        if resp.status == 429 or resp.status >= 500 or _busy(resp):
             raise ApplianceUnavailable(self.name, text) from cause
         raise ApplianceRejected(self.name, text) from cause
 
@@ -816,6 +1037,10 @@ def _translate(
         name = str(srv.get("name", ""))
         if not name or not address:
             continue
+        if srv.get(_HC_OFF) != 1 or any(
+            p.get(_HC_OFF) != 1 for p in srv.get("port-list", []) if isinstance(p, dict)
+        ):
+            view.checks_on.add(name)
         ports = {
             (int(p["port-number"]), str(p.get("protocol")))
             for p in srv.get("port-list", [])
@@ -824,10 +1049,12 @@ def _translate(
         view.a10_servers[name] = _Server(str(address), str(srv.get("user-tag") or name), ports)
     groups = {str(g.get("name")): g for g in sgs}
     for name, g in groups.items():
-        view.groups[name] = {
+        entries = [m for m in g.get("member-list", []) if isinstance(m, dict)]
+        view.groups[name] = {(str(m.get("name")), int(m.get("port", 0))) for m in entries}
+        view.disabled[name] = {
             (str(m.get("name")), int(m.get("port", 0)))
-            for m in g.get("member-list", [])
-            if isinstance(m, dict)
+            for m in entries
+            if m.get("member-state", "enable") != "enable"
         }
     monitors = {str(m.get("name")): m for m in mons}
     view.monitors = set(monitors)
@@ -877,20 +1104,25 @@ def _virtual_server(
     monitors: dict[str, dict[str, Any]],
 ) -> VirtualServer:
     drifted = vport.get("no-dest-nat") != 1 or group is None
-    members = []
+    members: list[Member] = []
+    draining: list[Member] = []
     monitor = _DRIFTED
     lb_method: Any = "round-robin"
     if group is not None:
+        disabled = view.disabled.get(str(group.get("name")), set())
         if group.get("lc-method") == "least-connection":
             lb_method = "least-connections"
         elif group.get("lc-method") or group.get("lb-method", "round-robin") != "round-robin":
             drifted = True  # a method we never set: set ours again
         for server_ref, member_port in view.groups.get(str(group.get("name")), set()):
             server = view.a10_servers.get(server_ref)
+            # ACOS's default checks on (a server of an older vipwire) take members down.
+            drifted = drifted or server_ref in view.checks_on
             if server is None or member_port != port:
                 drifted = True
                 continue
-            members.append(Member(node=server.node, address=server.address))
+            member = Member(node=server.node, address=server.address)
+            (draining if (server_ref, member_port) in disabled else members).append(member)
         if group.get("health-check-disable") == 1 and not group.get("health-check"):
             monitor = _NO_MONITOR
         else:
@@ -917,7 +1149,14 @@ def _virtual_server(
         ),
         lb_method=lb_method,
         all_members_down=down,
+        draining=tuple(sorted(set(draining) - set(members))),
     )
+
+
+def _member_entry(server: str, port: int, *, disabled: bool) -> dict[str, Any]:
+    """A service-group member; a draining one ``member-state: disable`` (no new
+    connections, established ones continue; aXAPI v3 ``slb service-group member``)."""
+    return {"name": server, "port": port, "member-state": "disable" if disabled else "enable"}
 
 
 def _monitor(m: dict[str, Any] | None) -> Monitor:
@@ -959,6 +1198,7 @@ def _monitor(m: dict[str, Any] | None) -> Monitor:
 # ``template-persist-source-ip``. One list and one template per virtual port, named
 # from a hash of its name like the health monitors.
 
+_HC_OFF: Final = "health-check-disable"
 _ACL: Final = "/ip/access-list"
 _ACL6: Final = "/ipv6/access-list"
 _PERSIST: Final = "/slb/template/persist/source-ip"

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
-from typing import ClassVar, Protocol
+from typing import ClassVar, NamedTuple, Protocol
 
 from vipwire.lbdriver.core.virtual_servers import Operation, VirtualServer
 
@@ -35,6 +36,31 @@ class ApplianceAuthError(ApplianceError):
     """Credentials refused or lacking permission on the partition."""
 
     reason = "ApplianceAuthError"
+
+
+log = logging.getLogger("vipwire.lbdriver")
+
+
+class DestinationClash(NamedTuple):
+    """Two virtual servers on one destination (address, port, protocol)."""
+
+    #: ``192.0.2.1:80/TCP``.
+    where: str
+    #: The virtual servers serving it (their names carry their Services' names).
+    names: tuple[str, ...]
+
+    def __str__(self) -> str:
+        return f"destination {self.where} is served by {', '.join(map(repr, self.names))}"
+
+    def rejected(self, appliance: str, partition: str) -> ApplianceRejected:
+        """The error to raise: it becomes the Service's Event, so it names no other
+        virtual server (their names are other Services'); the log line does."""
+        log.warning("%s: partition %s: %s", appliance, partition, self)
+        return ApplianceRejected(
+            appliance,
+            f"partition {partition}: destination {self.where} is already served by another "
+            "virtual server (named in the lbdriver log)",
+        )
 
 
 class ApplianceDriver(Protocol):

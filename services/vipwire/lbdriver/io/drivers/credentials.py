@@ -8,6 +8,7 @@ reported as an authentication failure of the appliance that needs it.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +26,14 @@ class Credentials:
         return f"Credentials(username={self.username!r}, password=<redacted>)"
 
     __str__ = __repr__
+
+
+def scrub(text: str, username: str) -> str:
+    """``text`` with the user name replaced by ``<user>`` (an appliance's error may
+    quote it; Events must not)."""
+    if not username:
+        return text
+    return re.sub(rf"(?<![\w.-]){re.escape(username)}(?![\w.-])", "<user>", text)
 
 
 class CredentialSource:
@@ -60,6 +69,23 @@ class CredentialSource:
         else:
             where = "given"
         return f"CredentialSource({self.username!r}, password from {where})"
+
+    def where(self) -> str:
+        """Where the password comes from (a file, an environment variable)."""
+        if self._file is not None:
+            return f"the password file {self._file}"
+        if self._env is not None:
+            return f"the environment variable {self._env}"
+        return "the password given"
+
+    def refused(self, vendor_says: str) -> str:
+        """What an Event says of a refused login: never the user name (Events are read
+        by every tenant of the cluster; the log line has it)."""
+        said = scrub(vendor_says, self.username)
+        return (
+            f"the appliance refused vipwire's login ({said}); "
+            f"its password is read from {self.where()}"
+        )
 
     def load(self) -> Credentials:
         if self._password is not None:

@@ -13,6 +13,12 @@ profile table says (:func:`profile_pool_fields`, :func:`profile_virtual_fields`)
 Source ranges and affinity add objects of the same name (see the section at
 the end).
 
+Pool members are sent with the cluster's partition and an explicit route
+domain (``<address>%<id>``: the ``route_domain`` setting, else the partition's
+default), so BIG-IP makes each member's node object in that partition; the
+nodes no member uses any more are deleted after each batch that can drop one
+(BIG-IP keeps them). ``defaultsFrom`` is sent on create only.
+
 Every batch of operations is one iControl REST transaction, so a batch that
 BIG-IP refuses changes nothing. With ``sync_group`` set, each committed batch
 is followed by a config-sync to that device group.
@@ -48,6 +54,7 @@ from vipwire.lbdriver.core.virtual_servers import (
 )
 from vipwire.lbdriver.io.drivers._rest import (
     HttpResponse,
+    RequestClass,
     RestDriver,
     VendorError,
     all_or_first_error,
@@ -58,8 +65,8 @@ from vipwire.lbdriver.io.drivers.base import (
     ApplianceRejected,
     ApplianceUnavailable,
 )
-from vipwire.lbdriver.io.drivers.credentials import CredentialSource
-from vipwire.lbdriver.settings import ApplianceSettings
+from vipwire.lbdriver.io.drivers.credentials import CredentialSource, scrub
+from vipwire.lbdriver.settings import ApplianceSettings, ApplianceTimeouts
 
 log = logging.getLogger("vipwire.lbdriver.f5")
 
@@ -67,6 +74,8 @@ log = logging.getLogger("vipwire.lbdriver.f5")
 #: profile with an idle timeout uses ``<this>-idle<seconds>`` instead.
 FASTL4_PROFILE: Final = "vipwire-fastl4-dsr"
 
+#: BIG-IP's fastL4 ``idleTimeout`` default, seconds (the plain profile keeps it).
+FASTL4_IDLE_S: Final = 300
 _VIRTUAL: Final = "/mgmt/tm/ltm/virtual"
 _POOL: Final = "/mgmt/tm/ltm/pool"
 _MONITOR: Final = "/mgmt/tm/ltm/monitor/http"
@@ -86,6 +95,7 @@ _MONITOR_SUFFIX: Final = "-mon-"
 #: A pool without a health check.
 _NO_MONITOR: Final = Monitor(port=0, path="", kind="none", interval_s=0, timeout_s=0)
 _PROFILE: Final = "/mgmt/tm/ltm/profile/fastl4"
+_NODE: Final = "/mgmt/tm/ltm/node"
 _PERSIST: Final = "/mgmt/tm/ltm/persistence/source-addr"
 _ADDRESS_LIST: Final = "/mgmt/tm/net/address-list"
 _TMC: Final = "/mgmt/tm/ltm/traffic-matching-criteria"
@@ -157,10 +167,11 @@ class F5Driver(RestDriver):
         *,
         verify_tls: bool = True,
         ca_file: str | None = None,
-        request_timeout_s: float = 10.0,
+        timeouts: ApplianceTimeouts | None = None,
         partition_template: str = "{cluster}",
         partitions: Mapping[str, str] | None = None,
         sync_group: str | None = None,
+        route_domain: int | None = None,
     ) -> None:
         super().__init__(
             name,
@@ -168,11 +179,19 @@ class F5Driver(RestDriver):
             credentials,
             verify_tls=verify_tls,
             ca_file=ca_file,
-            request_timeout_s=request_timeout_s,
+            timeouts=timeouts,
             partition_template=partition_template,
             partitions=partitions,
         )
         self.sync_group = sync_group
+        self.route_domain = route_domain
+        # Per partition, the route domain of its members and nodes (the setting, else
+        # the partition's default), known once the partition is.
+        self._route_domains: dict[str, int] = {}
+        # Per partition, the members of ours whose node is elsewhere (made by a release
+        # before route domains, in /Common): address -> (node partition, address as
+        # BIG-IP shows it). They keep that node; a new node there would clash with it.
+        self._homes: dict[str, dict[str, tuple[str, str]]] = {}
         # Per partition, the idle-timeout fastL4 profiles known to exist.
         self._idle_profiles: dict[str, set[str]] = {}
         self._token: str | None = None
@@ -187,7 +206,11 @@ class F5Driver(RestDriver):
 
     @classmethod
     def from_settings(cls, settings: ApplianceSettings) -> F5Driver:
-        return cls(**cls.common_arguments(settings), sync_group=settings.sync_group)
+        return cls(
+            **cls.common_arguments(settings),
+            sync_group=settings.sync_group,
+            route_domain=settings.route_domain,
+        )
 
     # --- the driver interface ----------------------------------------------------
 
@@ -210,6 +233,7 @@ class F5Driver(RestDriver):
         access = _Access.of(persists, lists, criteria)
         servers, present = _translate(virtuals, pools, monitors, access)
         self._present[part] = present
+        self._homes[part] = _member_homes(part, pools)
         return servers
 
     async def apply(self, partition: str, ops: Sequence[Operation]) -> None:
@@ -221,7 +245,8 @@ class F5Driver(RestDriver):
         await self._ensure_idle_profiles(part, ops)
         known = self._present.get(part)
         ports = await self._member_ports(part, ops, known)
-        commands = [c for op in ops for c in self._commands(part, op, known, ports)]
+        at = _Placement(part, self._route_domains[part], self._homes.get(part, {}))
+        commands = [c for op in ops for c in self._commands(at, op, known, ports)]
         try:
             if len(commands) == 1:
                 await self._write(*commands[0])
@@ -230,6 +255,7 @@ class F5Driver(RestDriver):
         except BaseException:
             # Whatever failed, our picture of the partition may be wrong now.
             self._present.pop(part, None)
+            self._homes.pop(part, None)
             self._ready.discard(part)
             self._idle_profiles.pop(part, None)
             raise
@@ -243,6 +269,8 @@ class F5Driver(RestDriver):
                         known[s.name] = _Seen(kinds | _access_kinds(s), s.port)
                     case DeleteVirtualServer(name=name):
                         known.pop(name, None)
+        if any(not isinstance(op, CreateVirtualServer) for op in ops):
+            await self._delete_unused_nodes(part)
         await self._sync()
 
     async def close(self) -> None:
@@ -282,11 +310,13 @@ class F5Driver(RestDriver):
 
     def _commands(
         self,
-        part: str,
+        at: _Placement,
         op: Operation,
         known: dict[str, _Seen] | None,
         ports: dict[str, int],
     ) -> list[tuple[str, str, dict[str, Any]]]:
+        part = at.partition
+
         def has(name: str, kind: str, assume: bool) -> bool:
             if known is None:
                 return assume
@@ -309,7 +339,7 @@ class F5Driver(RestDriver):
                         )
                     )
                 commands += [
-                    _upsert(_POOL, part, s.name, _pool_body(part, s), has(s.name, "pool", assume)),
+                    _upsert(_POOL, part, s.name, _pool_body(at, s), has(s.name, "pool", assume)),
                     *_access_before(part, s, has),
                     _upsert(
                         _VIRTUAL,
@@ -328,9 +358,8 @@ class F5Driver(RestDriver):
                     if other != kind and has(s.name, f"monitor:{other}", False)
                 ]
                 return commands
-            case UpdateMembers(name=name, members=members):
-                port = ports[name]
-                body = {"members": [_member(m.address, m.node, port) for m in members]}
+            case UpdateMembers(name=name, members=members, draining=draining):
+                body = {"members": _pool_members(at, members, draining, ports[name])}
                 return [("PATCH", _item(_POOL, part, name), body)]
             case DeleteVirtualServer(name=name):
                 empty: dict[str, Any] = {}
@@ -369,6 +398,8 @@ class F5Driver(RestDriver):
                     self._raise(resp, f"create fastL4 profile {name} in {part}")
             elif not _ok(resp):
                 self._raise(resp, f"GET {path}")
+            else:
+                await self._close_timeout(path, resp.body, idle)
             known.add(name)
 
     # --- requests ------------------------------------------------------------------
@@ -387,7 +418,7 @@ class F5Driver(RestDriver):
             # The coordination header would queue the commit itself; it must not be sent.
             committed = True
             resp = await self._call(
-                "PATCH", f"{_TRANSACTION}/{trans_id}", json={"state": "VALIDATING"}
+                "PATCH", f"{_TRANSACTION}/{trans_id}", json={"state": "VALIDATING"}, kind="commit"
             )
             if not _ok(resp):
                 self._raise(resp, f"commit transaction {trans_id}")
@@ -424,10 +455,17 @@ class F5Driver(RestDriver):
             resp = await self._call(
                 "POST", _PARTITION, json={"name": part, "description": "vipwire: one cluster"}
             )
-            if not _ok(resp) and resp.status != 409:  # 409: created meanwhile
+            if resp.status == 409:  # created meanwhile
+                resp = await self._call("GET", f"{_PARTITION}/{part}")
+            if not _ok(resp):
                 self._raise(resp, f"create partition {part}")
         elif not _ok(resp):
             self._raise(resp, f"GET partition {part}")
+        if self.route_domain is not None:
+            self._route_domains[part] = self.route_domain
+        else:
+            default = resp.body.get("defaultRouteDomain", 0) if isinstance(resp.body, dict) else 0
+            self._route_domains[part] = int(default) if str(default).isdigit() else 0
         profile = _item(_PROFILE, part, FASTL4_PROFILE)
         resp = await self._call("GET", profile)
         if resp.status == 404:
@@ -436,7 +474,55 @@ class F5Driver(RestDriver):
                 self._raise(resp, f"create fastL4 profile in {part}")
         elif not _ok(resp):
             self._raise(resp, f"GET {profile}")
+        else:
+            await self._close_timeout(profile, resp.body, FASTL4_IDLE_S)
         self._ready.add(part)
+
+    async def _close_timeout(self, path: str, profile: Any, seconds: int) -> None:
+        """Set the close timeout on a profile of ours an earlier release made without it."""
+        if not isinstance(profile, dict) or profile.get("tcpCloseTimeout") in (None, seconds):
+            return
+        await self._write("PATCH", path, {"tcpCloseTimeout": seconds})
+        log.info("%s: %s: tcpCloseTimeout set to %ds (nPath)", self.name, path, seconds)
+
+    async def _delete_unused_nodes(self, part: str) -> None:
+        """Delete the nodes of the partition that no pool member uses any more.
+
+        BIG-IP makes a node for every new member address and keeps it after the member
+        goes; F5's own clients delete it (f5-cccl; f5-ansible's bigip_pool_member).
+        A node another pool still uses is refused with a 400 ("is referenced by a member
+        of pool") and stays; a failure here leaves nodes for the next sweep, and never
+        fails the batch, which is committed already.
+        """
+        scope = f"$filter=partition+eq+{part}"
+        try:
+            nodes, pools = await all_or_first_error(
+                self._collection(_NODE, scope),
+                self._collection(_POOL, f"{scope}&expandSubcollections=true"),
+            )
+            used = set()
+            for pool in pools:
+                reference = pool.get("membersReference")
+                items = reference.get("items", []) if isinstance(reference, dict) else []
+                used |= {(str(m.get("partition")), str(m.get("address"))) for m in items}
+            for node in nodes:
+                if (str(node.get("partition")), str(node.get("address"))) in used:
+                    continue
+                # A route domain's "%" must reach BIG-IP as "%25" in the path.
+                path = _item(_NODE, part, str(node.get("name"))).replace("%", "%25")
+                resp = await self._call("DELETE", path)
+                if _ok(resp) or resp.status == 404:
+                    log.info("%s: deleted unused node %s", self.name, node.get("fullPath"))
+                elif resp.status != 400:
+                    self._raise(resp, f"DELETE {path}")
+        except ApplianceError as exc:
+            log.warning(
+                "%s: unused nodes in partition %s not deleted (tried again after the next "
+                "change): %s",
+                self.name,
+                part,
+                exc,
+            )
 
     async def _sync(self) -> None:
         if self.sync_group is None:
@@ -446,6 +532,7 @@ class F5Driver(RestDriver):
             "POST",
             "/mgmt/tm/cm",
             json={"command": "run", "utilCmdArgs": f"config-sync to-group {self.sync_group}"},
+            kind="commit",
         )
         if not _ok(resp):
             # The change is live here but not on the peers: try again before the next call.
@@ -467,6 +554,7 @@ class F5Driver(RestDriver):
         json: Any = None,
         query: str | None = None,
         trans_id: str | None = None,
+        kind: RequestClass | None = None,
     ) -> HttpResponse:
         """One authenticated request; on 401 log in again once and repeat it."""
         resp: HttpResponse | None = None
@@ -475,7 +563,9 @@ class F5Driver(RestDriver):
             headers = {"X-F5-Auth-Token": token}
             if trans_id is not None:
                 headers["X-F5-REST-Coordination-Id"] = trans_id
-            resp = await self._http.send(method, path, json=json, headers=headers, query=query)
+            resp = await self._http.send(
+                method, path, json=json, headers=headers, query=query, kind=kind
+            )
             if resp.status != 401:
                 return resp
             if self._token == token:
@@ -516,6 +606,7 @@ class F5Driver(RestDriver):
                 "password": creds.password,
                 "loginProviderName": "tmos",
             },
+            kind="login",
         )
         if not _ok(resp):
             cause = VendorError(resp.status, _message(resp.body))
@@ -523,8 +614,15 @@ class F5Driver(RestDriver):
                 raise ApplianceUnavailable(
                     self.name, f"login: HTTP {resp.status}: {cause.message}"
                 ) from cause
+            log.warning(
+                "%s: login as %r refused: HTTP %d: %s",
+                self.name,
+                creds.username,
+                resp.status,
+                cause.message,
+            )
             raise ApplianceAuthError(
-                self.name, f"login as {creds.username!r} refused: {cause.message}"
+                self.name, self._credentials.refused(f"HTTP {resp.status}: {cause.message}")
             ) from cause
         try:
             token_info = resp.body["token"]
@@ -538,7 +636,8 @@ class F5Driver(RestDriver):
 
     def _raise(self, resp: HttpResponse, what: str) -> NoReturn:
         cause = VendorError(resp.status, _message(resp.body), resp.body)
-        text = f"{what}: HTTP {resp.status}: {cause.message}"
+        said = scrub(cause.message, self._credentials.username)
+        text = f"{what}: HTTP {resp.status}: {said}"
         if resp.status in (401, 403):
             raise ApplianceAuthError(self.name, text) from cause
         if resp.status == 429 or resp.status >= 500:
@@ -557,18 +656,76 @@ def _upsert(
     collection: str, part: str, name: str, body: dict[str, Any], exists: bool
 ) -> tuple[str, str, dict[str, Any]]:
     if exists:
-        return ("PATCH", _item(collection, part, name), body)
+        # ``defaultsFrom`` (the parent) is fixed when an object is created; BIG-IP
+        # refuses to change it, so a PATCH never carries it.
+        patch = {k: v for k, v in body.items() if k != "defaultsFrom"}
+        return ("PATCH", _item(collection, part, name), patch)
     return ("POST", collection, {"name": name, "partition": part, **body})
 
 
-def _member(address: str, node: str, port: int) -> dict[str, Any]:
-    return {"name": member_name(address, port), "address": address, "description": node}
+@dataclass(frozen=True, slots=True)
+class _Placement:
+    """Where a partition's members and their nodes go."""
+
+    partition: str
+    route_domain: int
+    #: Members whose node lives elsewhere already: address -> (partition, address text).
+    homes: Mapping[str, tuple[str, str]]
 
 
-def _pool_body(part: str, s: VirtualServer) -> dict[str, Any]:
+def _member(at: _Placement, address: str, node: str, port: int) -> dict[str, Any]:
+    """A pool member in the cluster's partition and route domain, as F5's clients send
+    one (f5-cccl, f5-ansible's bigip_pool_member: ``partition`` and ``<address>%<rd>``):
+    its node is ``/<part>/<address>%<rd>``, never one BIG-IP puts in ``/Common``. A
+    member already on a node elsewhere (made by an earlier release) keeps that node."""
+    part, text = at.homes.get(address, (at.partition, f"{address}%{at.route_domain}"))
     return {
-        **profile_pool_fields(part, s),
-        "members": [_member(m.address, m.node, s.port) for m in s.members],
+        "name": member_name(text, port),
+        "partition": part,
+        "address": text,
+        "description": node,
+    }
+
+
+def _member_homes(part: str, pools: list[dict[str, Any]]) -> dict[str, tuple[str, str]]:
+    """The members of the partition's pools whose node is in another partition."""
+    homes: dict[str, tuple[str, str]] = {}
+    for pool in pools:
+        reference = pool.get("membersReference")
+        items = reference.get("items", []) if isinstance(reference, dict) else []
+        for item in items:
+            home = str(item.get("partition") or part)
+            at = parse_endpoint(str(item.get("name", "")))
+            if home != part and at is not None and item.get("address"):
+                homes[at[0]] = (home, str(item["address"]))
+    return homes
+
+
+def _pool_members(
+    at: _Placement, members: Sequence[Member], draining: Sequence[Member], port: int
+) -> list[dict[str, Any]]:
+    """A pool's member list: enabled members, then draining ones disabled (graceful
+    drain): ``session: user-disabled`` takes no new connections while established
+    ones continue; ``state`` stays ``user-up`` (``user-down`` would be "forced
+    offline", which also refuses persisted clients). Every member says its
+    ``session``, so one that comes back is enabled again by the same PATCH."""
+    enabled = [{**_member(at, m.address, m.node, port), "session": "user-enabled"} for m in members]
+    disabled = [
+        {**_member(at, m.address, m.node, port), "session": "user-disabled", "state": "user-up"}
+        for m in draining
+    ]
+    return enabled + disabled
+
+
+def _is_disabled(item: dict[str, Any]) -> bool:
+    """A listed pool member that takes no new connections (disabled or forced offline)."""
+    return item.get("session") == "user-disabled" or item.get("state") == "user-down"
+
+
+def _pool_body(at: _Placement, s: VirtualServer) -> dict[str, Any]:
+    return {
+        **profile_pool_fields(at.partition, s),
+        "members": _pool_members(at, s.members, s.draining, s.port),
         "description": s.owner,
     }
 
@@ -653,6 +810,11 @@ def fastl4_body(part: str, idle_timeout_s: int | None) -> dict[str, Any]:
     }
     if idle_timeout_s is not None:
         body["idleTimeout"] = idle_timeout_s
+    # F5's nPath chapter ("Configuring nPath Routing", BIG-IP LTM Implementations):
+    # with loose close, set the TCP close timeout to the idle timeout when half-closes
+    # are expected (a client that sent its FIN while the server still sends); with
+    # BIG-IP's 5 s the flow goes, and the client's next ACK is load-balanced afresh.
+    body["tcpCloseTimeout"] = idle_timeout_s if idle_timeout_s is not None else FASTL4_IDLE_S
     return body
 
 
@@ -718,7 +880,8 @@ def _virtual_server(
         or sat.get("type", "none") != "none"
     )
     pool = pools.get(str(v.get("pool", "")).strip())
-    members = []
+    members: list[Member] = []
+    draining: list[Member] = []
     monitor = _DRIFTED
     lb_method: Any = "round-robin"
     down: Any = "none"
@@ -739,7 +902,8 @@ def _virtual_server(
                 continue
             if at[1] != port:
                 drifted = True  # DSR delivers to the service port; anything else is broken
-            members.append(Member(node=str(item.get("description") or at[0]), address=at[0]))
+            member = Member(node=str(item.get("description") or at[0]), address=at[0])
+            (draining if _is_disabled(item) else members).append(member)
         monitor = _monitor(str(pool.get("monitor", "")), monitors)
     limit = v.get("connectionLimit", 0)
     return VirtualServer(
@@ -754,6 +918,7 @@ def _virtual_server(
         connection_limit=limit if isinstance(limit, int) and limit > 0 else None,
         lb_method=lb_method,
         all_members_down=down,
+        draining=tuple(sorted(set(draining) - set(members))),
     )
 
 

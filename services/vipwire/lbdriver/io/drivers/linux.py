@@ -96,11 +96,13 @@ class LinuxAppliance:
                 raise ApplianceRejected(self.name, f"partition {partition}: {exc}") from exc
             clash = destination_clash(after)
             if clash is not None:
-                raise ApplianceRejected(self.name, f"partition {partition}: {clash}")
+                raise clash.rejected(self.name, partition)
             if not after:
                 await self._nft(["delete", "table", "netdev", table], missing_ok=True)
                 return
-            macs = await self._resolve(m.address for s in after.values() for m in s.members)
+            macs = await self._resolve(
+                m.address for s in after.values() for m in (*s.members, *s.draining)
+            )
             programmed = {
                 name: _reachable(server, macs, self.name) for name, server in after.items()
             }
@@ -112,6 +114,7 @@ class LinuxAppliance:
                     servers=programmed,
                     macs=macs,
                     counters=listing.counters,
+                    flows=listing.flows,
                 )
             except ValueError as exc:
                 raise ApplianceRejected(self.name, f"partition {partition}: {exc}") from exc
@@ -232,6 +235,11 @@ _ZERO: Final = Counter()
 
 def _reachable(server: VirtualServer, macs: dict[str, str], appliance: str) -> VirtualServer:
     """The server as it can be programmed: only members whose MAC is known."""
+    draining = tuple(
+        m for m in server.draining if ipaddress.ip_address(m.address).compressed in macs
+    )
+    if draining != server.draining:
+        server = msgspec.structs.replace(server, draining=draining)  # gone: nothing to drain
     kept = tuple(m for m in server.members if ipaddress.ip_address(m.address).compressed in macs)
     if len(kept) != len(server.members):
         lost = sorted(m.address for m in server.members if m not in kept)

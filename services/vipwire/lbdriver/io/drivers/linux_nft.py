@@ -9,6 +9,17 @@ the address alone under ClientIP affinity), rewrites only the Ethernet header
 would learn the client's MAC on the appliance's port and send the replies
 here) and sends the frame back out of the same interface. The IP header is never touched: L2 DSR.
 
+A draining member (graceful drain, ``VirtualServer.draining``) of a TCP virtual
+server takes no new connection while the established ones continue, without
+conntrack (an ingress hook sees no connection state): a SYN is sent to the
+enabled members only, and its flow (client address and port) is remembered in
+a dynamic set; a later packet of a remembered flow goes the same way; any other
+packet belongs to a connection made before the drain and is hashed over every
+member as before it (enabled and draining, in the same order), so it reaches the
+node it always did. The set is carried over when the table is rewritten. UDP and
+SCTP have no SYN to tell new flows by: their draining members are only dropped
+from the hash when removed.
+
 The table also holds the virtual servers themselves (owner, members, monitor,
 which the data path does not need), compressed, in the comments of a chain
 that is never jumped to: the kernel is the only store, so a restarted driver
@@ -31,6 +42,7 @@ import msgspec
 
 from vipwire.contracts import port_text
 from vipwire.lbdriver.core.virtual_servers import VirtualServer
+from vipwire.lbdriver.io.drivers.base import DestinationClash
 
 TABLE_PREFIX: Final = "vipwire-"
 STATE_CHAIN: Final = "state"
@@ -61,6 +73,13 @@ class Listing(msgspec.Struct, frozen=True, kw_only=True):
     #: Virtual servers whose data path is not what their record says (a chain or
     #: dispatch entry missing): listed without members, so the next diff rewrites them.
     damaged: tuple[str, ...] = ()
+    #: Per drain flow set (see :func:`flow_set`): the flows it remembers, as
+    #: (client address, client port, seconds left).
+    flows: dict[str, tuple[tuple[str, int, int], ...]] = {}
+
+
+#: How long a drain remembers a new flow (the set goes with the drain anyway).
+FLOW_TIMEOUT_S: Final = 3600
 
 
 class _State(msgspec.Struct, frozen=True):
@@ -80,15 +99,26 @@ def object_name(server: str) -> str:
     return f"vs-{hashlib.sha256(server.encode()).hexdigest()[:16]}"
 
 
-def destination_clash(servers: Mapping[str, VirtualServer]) -> str | None:
-    """Two virtual servers on one destination (address, port, protocol), described; else None."""
+def hash_seed(server: str) -> int:
+    """The jhash seed of a virtual server's member choice: stable across table rewrites."""
+    return int.from_bytes(hashlib.sha256(server.encode()).digest()[:4], "big")
+
+
+def flow_set(server: str) -> str:
+    """The dynamic set of the flows started while a virtual server drains."""
+    return f"flows-{object_name(server)[3:]}"
+
+
+def destination_clash(servers: Mapping[str, VirtualServer]) -> DestinationClash | None:
+    """Two virtual servers on one destination (address, port, protocol); else None."""
     seen: dict[tuple[str, int, str], str] = {}
     for name in sorted(servers):
         s = servers[name]
         key = (ipaddress.ip_address(s.address).compressed, s.port, s.protocol)
         if key in seen:
-            where = f"{s.address}:{port_text(s.port, s.protocol)}"
-            return f"destination {where} is served by {seen[key]!r} and {name!r}"
+            return DestinationClash(
+                f"{s.address}:{port_text(s.port, s.protocol)}", (seen[key], name)
+            )
         seen[key] = name
     return None
 
@@ -104,13 +134,16 @@ def render_partition(
     servers: Mapping[str, VirtualServer],
     macs: Mapping[str, str],
     counters: Mapping[str, Counter] | None = None,
+    flows: Mapping[str, Iterable[tuple[str, int, int]]] | None = None,
 ) -> str:
     """One ``nft -f`` transaction replacing the partition's table atomically.
 
-    ``servers`` are as programmed: every member must have a MAC in ``macs``
-    (by member address). ``counters`` carry the previous values over.
+    ``servers`` are as programmed: every member (draining ones too) must have a
+    MAC in ``macs`` (by member address). ``counters`` and the drains' ``flows``
+    carry the previous values over.
     """
     counters = counters or {}
+    flows = flows or {}
     _check_mac(mac)
     ordered = [servers[name] for name in sorted(servers)]
     by_family: dict[int, list[VirtualServer]] = {4: [], 6: []}
@@ -129,6 +162,7 @@ def render_partition(
         *_dispatch("dispatch4", "ipv4_addr", by_family[4]),
         *_dispatch("dispatch6", "ipv6_addr", by_family[6]),
         *(line for s in ordered for line in _source_set(s)),
+        *(line for s in ordered if _drains(s) for line in _flow_set(s, flows)),
         "\tchain ingress {",
         f'\t\ttype filter hook ingress device "{device}" priority filter; policy accept;',
         f'\t\tip saddr @vips4 counter name "{FROM_VIP}"',
@@ -138,16 +172,65 @@ def render_partition(
         "\t}",
     ]
     for server in ordered:
+        rules = (
+            _draining_forward(server, device=device, mac=mac, macs=macs)
+            if _drains(server)
+            else [_forward(server, device=device, mac=mac, macs=macs)]
+        )
         lines += [
             f"\tchain {object_name(server.name)} {{",
             *_source_filter(server),
-            f"\t\t{_forward(server, device=device, mac=mac, macs=macs)}",
+            *(f"\t\t{rule}" for rule in rules),
             "\t}",
         ]
     lines += [f"\tchain {STATE_CHAIN} {{"]
     lines += [f'\t\taccept comment "{chunk}"' for chunk in encode_state(ordered)]
     lines += ["\t}", "}"]
     return "\n".join(lines) + "\n"
+
+
+def _drains(server: VirtualServer) -> bool:
+    """Drained gracefully in the data path: TCP (a SYN tells a new flow) with draining members."""
+    return bool(server.draining) and server.protocol == "TCP"
+
+
+def _flow_set(
+    server: VirtualServer, flows: Mapping[str, Iterable[tuple[str, int, int]]]
+) -> list[str]:
+    kind = "ipv4_addr" if ipaddress.ip_address(server.address).version == 4 else "ipv6_addr"
+    name = flow_set(server.name)
+    kept = [
+        f"{ipaddress.ip_address(a).compressed} . {int(p)} timeout {max(int(t), 1)}s"
+        for a, p, t in flows.get(name, ())
+    ]
+    body = [f"\t\telements = {{ {', '.join(kept)} }}"] if kept else []
+    return [
+        f"\tset {name} {{",
+        f"\t\ttype {kind} . inet_service",
+        "\t\tflags dynamic,timeout",
+        f"\t\ttimeout {FLOW_TIMEOUT_S}s",
+        *body,
+        "\t}",
+    ]
+
+
+def _draining_forward(
+    server: VirtualServer, *, device: str, mac: str, macs: Mapping[str, str]
+) -> list[str]:
+    """A draining TCP virtual server: new flows to the enabled members (and remembered),
+    every other packet hashed over all members as before the drain."""
+    l3 = "ip" if ipaddress.ip_address(server.address).version == 4 else "ip6"
+    flow = f"{l3} saddr . tcp sport"
+    name = flow_set(server.name)
+    enabled = _forward(server, device=device, mac=mac, macs=macs)
+    everyone = msgspec.structs.replace(
+        server, members=tuple(sorted({*server.members, *server.draining})), draining=()
+    )
+    return [
+        f"tcp flags & (syn | ack) == syn add @{name} {{ {flow} }} {enabled}",
+        f"{flow} @{name} {enabled}",
+        _forward(everyone, device=device, mac=mac, macs=macs),
+    ]
 
 
 def _forward(server: VirtualServer, *, device: str, mac: str, macs: Mapping[str, str]) -> str:
@@ -167,11 +250,15 @@ def _forward(server: VirtualServer, *, device: str, mac: str, macs: Mapping[str,
         l3 = "ip" if ipaddress.ip_address(server.address).version == 4 else "ip6"
         l4 = _L4[server.protocol]
         pairs = ", ".join(f"{i} : {t}" for i, t in enumerate(targets))
-        # Client address and port: every packet of a connection goes to one node.
+        # Client address and port: every packet of a connection goes to one node. The seed
+        # is fixed per virtual server: without one the kernel draws a random seed each time
+        # the table is loaded, and every rewrite (of any Service of the partition) would
+        # send established connections to other nodes.
         key = f"{l3} saddr . {l4} sport"
         if server.affinity_timeout_s is not None:
             key = _affinity_key(l3)
-        choose = f"jhash {key} mod {len(targets)} map {{ {pairs} }}"
+        seed = hash_seed(server.name)
+        choose = f"jhash {key} mod {len(targets)} seed {seed:#010x} map {{ {pairs} }}"
     return (
         f"ether saddr set {mac} ether daddr set {choose} "
         f'counter name "{object_name(server.name)}" fwd to "{device}" {comment}'
@@ -300,8 +387,14 @@ def parse_listing(document: Any, table: str) -> Listing:
     counters: dict[str, Counter] = {}
     chains: set[str] = set()
     dispatch: dict[tuple[str, str, int], str] = {}
+    flows: dict[str, tuple[tuple[str, int, int], ...]] = {}
     for item in items:
         if not isinstance(item, dict):
+            continue
+        if "set" in item:
+            found = _flow_elements(item["set"], table)
+            if found is not None:
+                flows[found[0]] = found[1]
             continue
         if "counter" in item:
             c = item["counter"]
@@ -329,7 +422,26 @@ def parse_listing(document: Any, table: str) -> Listing:
         if object_name(name) not in chains or dispatch.get(key) != object_name(name):
             damaged.append(name)
             servers[name] = msgspec.structs.replace(server, members=())
-    return Listing(servers=servers, counters=counters, damaged=tuple(sorted(damaged)))
+    return Listing(servers=servers, counters=counters, damaged=tuple(sorted(damaged)), flows=flows)
+
+
+def _flow_elements(data: Any, table: str) -> tuple[str, tuple[tuple[str, int, int], ...]] | None:
+    """A drain's flow set: its name and (address, port, seconds left) per flow."""
+    if not isinstance(data, dict) or data.get("table") != table:
+        return None
+    name = str(data.get("name", ""))
+    if not name.startswith("flows-"):
+        return None
+    kept: list[tuple[str, int, int]] = []
+    for element in data.get("elem") or []:
+        try:
+            entry = element["elem"] if isinstance(element, dict) and "elem" in element else element
+            address, port = entry["val"]["concat"]
+            left = int(entry.get("expires", entry.get("timeout", FLOW_TIMEOUT_S)))
+            kept.append((ipaddress.ip_address(address).compressed, int(port), left))
+        except (KeyError, TypeError, ValueError):
+            continue
+    return name, tuple(kept)
 
 
 def _dispatch_elements(elements: list[Any]) -> dict[tuple[str, str, int], str]:

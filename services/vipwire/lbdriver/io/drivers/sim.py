@@ -19,6 +19,7 @@ from vipwire.lbdriver.io.drivers.base import (
     ApplianceError,
     ApplianceRejected,
     ApplianceUnavailable,
+    DestinationClash,
 )
 
 
@@ -96,12 +97,14 @@ class SimAppliance:
             self.failures += 1
             raise ApplianceRejected(self.name, f"partition {partition}: {exc}") from exc
         written = {op_name(op) for op in ops}
-        clash = _access_problem(after, written) or self._destination_clash(
-            partition, current, after, written
-        )
+        problem = _access_problem(after, written)
+        if problem is not None:
+            self.failures += 1
+            raise ApplianceRejected(self.name, f"partition {partition}: {problem}")
+        clash = self._destination_clash(partition, current, after, written)
         if clash is not None:
             self.failures += 1
-            raise ApplianceRejected(self.name, f"partition {partition}: {clash}")
+            raise clash.rejected(self.name, partition)
         # All or nothing, like a transaction: a refused batch changes nothing.
         self._partitions[partition] = after
         for name in written:
@@ -149,8 +152,8 @@ class SimAppliance:
         before: dict[str, VirtualServer],
         after: dict[str, VirtualServer],
         written: set[str],
-    ) -> str | None:
-        """A written server whose destination another server already serves, described."""
+    ) -> DestinationClash | None:
+        """A written server whose destination another server already serves."""
         # Only the written servers' destinations can clash anew, and only with servers
         # on the same addresses: the index names those (scanning the partition made
         # every write cost as much as the partition).
@@ -165,8 +168,9 @@ class SimAppliance:
                 by_destination.setdefault(key, []).append(name)
         for (address, port, protocol), names in sorted(by_destination.items()):
             if len(names) > 1 and written.intersection(names):
-                where = f"{address}:{port_text(port, protocol)}"
-                return f"destination {where} is served by {sorted(names)}"
+                return DestinationClash(
+                    f"{address}:{port_text(port, protocol)}", tuple(sorted(names))
+                )
         return None
 
 
