@@ -207,11 +207,8 @@ async def _up(args: argparse.Namespace, stop: asyncio.Event) -> int:
                 f"vipwire up: cluster {cluster}: kubectl --kubeconfig {kubeconfig} get svc",
                 file=sys.stderr,
             )
-        clock = StatusClock(
-            stack.emulators,
-            polled=[c for c in stack.clusters if c not in stack.emulators],
-            has_status=lambda ref: bool(stack.ingress_ips(ref.cluster, ref.name, ref.namespace)),
-        )
+        # Both modes time create → status to the Service object in the API server.
+        clock = StatusClock(stack.emulators, watched=stack.kube)
         clocks.append(clock)
         try:
             await stack.wait_ready(timeout=30)
