@@ -8,7 +8,9 @@ validation to the server and sends ``fieldValidation=Strict``
 "OpenAPI V3", https://kubernetes.io/docs/concepts/overview/kubernetes-api/#openapi-v3).
 The server then refuses an object with an unknown or duplicated field (400 BadRequest,
 "strict decoding error: unknown field ..."), with ``Warn`` it answers a ``Warning``
-header instead, with ``Ignore`` neither; ``Warn`` is the default.
+header instead, with ``Ignore`` neither; ``Warn`` is the default. (kube-apiserver also
+drops the unknown fields it let through; the emulator keeps them, since its schemas
+describe only what vipwire uses. Duplicated fields are not detected.)
 
 The schemas are written by hand for the fields vipwire and its users write, not
 generated: small, but with the list and map markers (``x-kubernetes-patch-merge-key``
