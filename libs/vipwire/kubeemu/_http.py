@@ -338,6 +338,8 @@ class KubeApp:
                     "kind": rt.kind,
                     "verbs": _VERBS,
                     **({"shortNames": list(rt.short_names)} if rt.short_names else {}),
+                    # (`kubectl get all` lists the resources of the category "all".)
+                    **({"categories": ["all"]} if rt is res.SERVICES else {}),
                 }
             )
             for sub in rt.subresources:
