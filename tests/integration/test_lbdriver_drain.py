@@ -69,7 +69,11 @@ class Appliance:
         self.kind = kind
         self.sim = SimAppliance("sim-a")
         self.f5 = F5Emulator(username="admin", password=PASSWORD) if kind == "f5" else None
-        self.a10 = A10Emulator(username="admin", password=PASSWORD) if kind == "a10" else None
+        self.a10 = (
+            A10Emulator(username="admin", password=PASSWORD, partitions=(CLUSTER,))
+            if kind == "a10"
+            else None
+        )
 
     async def start(self, monkeypatch: pytest.MonkeyPatch) -> ApplianceSettings:
         monkeypatch.setenv("VIPWIRE_TEST_DRAIN_PASSWORD", PASSWORD)
