@@ -120,3 +120,19 @@ def test_the_console_exporter_writes_one_readable_line_per_span() -> None:
     line = out.getvalue().strip()
     assert line.startswith("span trace=")
     assert 'vipwire-watcher "status write"' in line and " ms ok" in line
+
+
+def test_the_file_exporter_without_a_directory_is_a_config_error() -> None:
+    """`telemetry.exporter: file` without `file_dir` is refused, naming what to set."""
+    from vipwire.runtime import ConfigError, TelemetrySettings, decode_settings
+
+    try:
+        decode_settings({"exporter": "file"}, TelemetrySettings, where="telemetry")
+    except ConfigError as exc:
+        assert "file_dir" in str(exc)
+    else:
+        raise AssertionError("exporter: file without file_dir was accepted")
+    settings = decode_settings(
+        {"exporter": "file", "file_dir": "/tmp/x"}, TelemetrySettings, where="telemetry"
+    )
+    assert settings.exporter == "file"
