@@ -52,7 +52,7 @@ class TelemetrySettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknow
     exporter: Literal["otlp", "console", "file"] = "otlp"
     #: OTLP/HTTP collector base URL; default: $OTEL_EXPORTER_OTLP_ENDPOINT, else no export.
     otlp_endpoint: str | None = None
-    #: ``exporter: file``: the directory of the span files (``spans-<pid>.jsonl``, one
+    #: ``exporter: file``: the directory of the span files (``spans-<host>-<pid>.jsonl``, one
     #: per process, appended to, never rotated: remove old ones). Required for ``file``
     #: (``vipwire up`` uses ``<state dir>/traces``).
     file_dir: str | None = None

@@ -4,7 +4,7 @@ The file exporter writes **one export batch per line**: each line is an OTLP-JSO
 ``TracesData`` object (``{"resourceSpans": [...]}``, ids as lowercase hex, times as
 decimal strings of Unix nanoseconds), the shape the OpenTelemetry Collector's own
 file exporter writes, so the files can be fed to a collector later. Every provider of
-one process appends to the same ``spans-<pid>.jsonl`` in the directory (a lock keeps
+one process appends to the same ``spans-<host>-<pid>.jsonl`` in the directory (a lock keeps
 lines whole); ``vipwire trace`` reads every ``*.jsonl`` there.
 """
 
@@ -52,12 +52,14 @@ class _SharedFile:
 
 
 def span_file(directory: str | os.PathLike[str]) -> Path:
-    """The file this process's spans go to in ``directory``."""
-    return Path(directory) / f"spans-{os.getpid()}.jsonl"
+    """The file this process's spans go to in ``directory`` (host and pid: a directory
+    shared by several machines or restarts never mixes two writers in one file)."""
+    host = "".join(c if c.isalnum() or c in "-_." else "_" for c in os.uname().nodename)
+    return Path(directory) / f"spans-{host or 'host'}-{os.getpid()}.jsonl"
 
 
 class OtlpJsonFileExporter(SpanExporter):
-    """Appends each export batch as one OTLP-JSON line to ``<directory>/spans-<pid>.jsonl``."""
+    """Appends each export batch as one OTLP-JSON line to ``spans-<host>-<pid>.jsonl``."""
 
     def __init__(self, directory: str | os.PathLike[str]) -> None:
         path = span_file(directory)

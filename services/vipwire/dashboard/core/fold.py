@@ -241,6 +241,8 @@ class ReadModel:
         self._vip_owner: dict[tuple[str, str], ServiceRef] = {}
         self._gone: OrderedDict[str, None] = OrderedDict()
         self._order: list[ServiceRef] | None = None
+        #: Each Service's natural sort key, made once when it comes.
+        self.sort_keys: dict[ServiceRef, tuple[NaturalKey, NaturalKey, NaturalKey]] = {}
 
     def __len__(self) -> int:
         return len(self.services)
@@ -294,12 +296,14 @@ class ReadModel:
     def _add(self, key: ServiceRef, time: float) -> ServiceEntry:
         view = ServiceEntry(key, time, self.timeline_events)
         self.services[key] = view
+        self.sort_keys[key] = _ref_key(key)
         self.namespaces[key[1]] += 1
         self._order = None
         return view
 
     def _remove(self, key: ServiceRef, view: ServiceEntry, *, tombstone: bool) -> None:
         self.services.pop(key, None)
+        self.sort_keys.pop(key, None)
         self.namespaces[key[1]] -= 1
         if self.namespaces[key[1]] <= 0:
             del self.namespaces[key[1]]
@@ -457,7 +461,7 @@ class ReadModel:
     def ordered(self) -> list[ServiceRef]:
         """Every Service's key, sorted (cached until a Service comes or goes)."""
         if self._order is None:
-            self._order = sorted(self.services, key=_ref_key)
+            self._order = sorted(self.services, key=self.sort_keys.__getitem__)
         return self._order
 
     def owner(self, cluster: str, vip: str) -> ServiceRef | None:

@@ -121,9 +121,9 @@ _STATE_ORDER: Final = {
 def _sort_value(model: ReadModel, view: ServiceEntry, sort: str) -> Any:
     """The value ``sort`` orders by; None sorts last either way."""
     if sort == "name":
-        return natural_key(view.name)
+        return model.sort_keys[view.ref][2]
     if sort == "cluster":
-        return natural_key(view.cluster)
+        return model.sort_keys[view.ref][0]
     if sort == "state":
         return _STATE_ORDER.get(view.state, 99)
     if sort == "vip":
