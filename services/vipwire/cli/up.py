@@ -192,7 +192,8 @@ async def _up(args: argparse.Namespace, stop: asyncio.Event) -> int:
     print(f"vipwire up: JetStream store in {stack.state_dir / 'jetstream'}", file=sys.stderr)
     if stack.trace_dir is not None:
         print(
-            f"vipwire up: spans in {stack.trace_dir} (vipwire trace ID --store DIR)",
+            f"vipwire up: spans in {stack.trace_dir}: "
+            f"vipwire trace TRACE_ID --store {stack.state_dir}",
             file=sys.stderr,
         )
     if stack.operator_creds is None:
