@@ -24,8 +24,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argpar
     parser = sub.add_parser(
         "trace",
         help="print a trace's spans as a waterfall, from the file exporter's store",
-        description="Print one trace's spans as an indented waterfall (parent above child; "
-        "offset from the trace's start and duration in ms; the service of each span), "
+        description="Print one trace's spans as an indented waterfall (parent above child;\n"
+        "offset from the trace's start and duration in ms; the service of each span),\n"
         "read from the OTLP-JSON files of `telemetry.exporter: file`.",
         epilog=EXAMPLE,
         formatter_class=argparse.RawDescriptionHelpFormatter,
