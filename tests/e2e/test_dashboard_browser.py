@@ -138,7 +138,8 @@ async def test_services_appear_live_and_a_service_page_shows_its_change(
 
 async def test_sorting_a_banner_and_the_node_view(stack: Stack, browser: Any) -> None:
     """The Services table sorts naturally by a clicked column (and back); a node without an
-    agent raises a banner; the node view lists each node's applied VIPs and when."""
+    agent raises a banner; the node view lists each node's applied VIPs and when; a
+    Service's page draws each of its changes with its own trace."""
     for name in ("svc-10", "svc-2", "svc-1"):
         await stack.create_service("east", name)
     await eventually(
@@ -187,6 +188,22 @@ async def test_sorting_a_banner_and_the_node_view(stack: Stack, browser: Any) ->
     node9 = q('#nodes tbody tr[data-node="east/east-node-9"]')
     assert await browser.evaluate(f"{node9}.querySelector('.reported').textContent") == "never"
     nodes_png = await browser.screenshot(ARTIFACTS / "dashboard-nodes.png")
+
+    # A second change of svc-1 (a port added): its page draws both, each with its trace.
+    await stack.emulators["east"].patch(
+        "services",
+        "default",
+        "svc-1",
+        {"spec": {"ports": [{"name": "p80", "port": 80, "protocol": "TCP"},
+                            {"name": "p8080", "port": 8080, "protocol": "TCP"}]}},
+    )  # fmt: skip
+    await browser.navigate(url + "services/east/default/svc-1")
+    earlier = q("#history .change")
+    await browser.wait_for(f"!!{earlier} && !!{earlier}.querySelector('.bar[data-hop=ipam]')", 10.0)
+    traces = await browser.evaluate(
+        f"[...{qa('#waterfall .wf-meta .mono, #history .wf-meta .mono')}].map(e => e.textContent)"
+    )
+    assert len(traces) == 2 and traces[0] != traces[1], traces
 
     assert browser.errors == []
     for path in (banner_png, nodes_png):
