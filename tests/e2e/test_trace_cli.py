@@ -101,3 +101,16 @@ async def test_the_stack_hands_its_jaeger_url_to_the_dashboard(stack: Stack) -> 
     async with aiohttp.ClientSession() as session, session.get(url + "api/overview") as resp:
         body = await resp.json()
     assert body["jaeger_url"] == JAEGER
+
+
+def test_vipwire_up_refuses_a_jaeger_url_that_is_not_one() -> None:
+    """`vipwire up --jaeger-url foo` is a usage error (2) naming the flag, before anything starts."""
+    result = subprocess.run(
+        [sys.executable, "-m", "vipwire.cli", "up", "--jaeger-url", "foo"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert "--jaeger-url" in result.stderr and "Traceback" not in result.stderr

@@ -116,9 +116,16 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argpar
     up.add_argument(
         "--jaeger-url",
         metavar="URL",
+        type=_jaeger_url,
         help="the dashboard links trace ids to URL/trace/<id> (e.g. http://127.0.0.1:16686)",
     )
     return up
+
+
+def _jaeger_url(text: str) -> str:
+    if not text.startswith(("http://", "https://")):
+        raise argparse.ArgumentTypeError(f"{text!r}: give an http:// or https:// URL")
+    return text.rstrip("/")
 
 
 def execute(args: argparse.Namespace) -> int:
