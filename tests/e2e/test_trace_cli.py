@@ -104,7 +104,7 @@ async def test_the_stack_hands_its_jaeger_url_to_the_dashboard(stack: Stack) -> 
 
 
 def test_vipwire_up_refuses_a_jaeger_url_that_is_not_one() -> None:
-    """`vipwire up --jaeger-url foo` is a usage error (2) naming the flag, before anything starts."""
+    """`vipwire up --jaeger-url foo` is a usage error (2) naming the flag; nothing starts."""
     result = subprocess.run(
         [sys.executable, "-m", "vipwire.cli", "up", "--jaeger-url", "foo"],
         capture_output=True,
