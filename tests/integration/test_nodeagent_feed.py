@@ -1,0 +1,124 @@
+"""Node agents over the node feed: gaps, chunked tables, a start mid-burst, and what the
+server holds per agent (see test_nodeagent_feed_consumers.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import AsyncIterator
+
+import pytest
+
+from support.feed import CLUSTER, Feed, RuntimeFactory, programmed, removed, reported
+from vipwire.bus import BusSettings
+from vipwire.contracts import (
+    FEED_BUCKET,
+    FeedHead,
+    decode_feed,
+    feed_head_key,
+)
+from vipwire.natsserver import NatsServer
+from vipwire.nodeagent import NodeagentService
+from vipwire.testing import eventually
+
+
+@pytest.fixture
+def bus_settings(nats_server: NatsServer) -> BusSettings:
+    """KV values of at most 4 KiB: a table of a few dozen Services takes several chunks."""
+    return BusSettings(
+        servers=(nats_server.url,),
+        storage="memory",
+        reconnect_wait_s=0.1,
+        kv_max_value_size=4096,
+    )
+
+
+@pytest.fixture
+async def feed(
+    make_runtime: RuntimeFactory, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[Feed]:
+    """A feed publisher and node agents over its feed; all stopped at teardown."""
+    monkeypatch.delenv("VIPWIRE_NODE", raising=False)
+    harness = Feed(make_runtime)
+    try:
+        yield harness
+    finally:
+        await harness.stop()
+
+
+def table_reads(agent: NodeagentService, reason: str) -> int:
+    text = agent._runtime.metrics.expose()
+    found = re.search(rf'vipwire_nodeagent_feed_table_reads_total{{reason="{reason}"}} (\d+)', text)
+    return int(found.group(1)) if found else 0
+
+
+async def test_a_gap_in_the_feed_makes_the_agent_read_the_table_and_end_exact(
+    feed: Feed, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A delta lost on the way (a sequence jump) makes the agent re-read the table; it
+    ends with exactly the cluster's VIPs (not another cluster's, not a removed one)."""
+    rt = await feed.start()
+    await rt.bus.publish(programmed("a", "10.0.0.1"))
+    await rt.bus.publish(programmed("gone", "10.0.0.9"))
+    await feed.fed()
+    agent = await feed.agent("n1")
+    await reported(rt, "n1", ("10.0.0.1", "10.0.0.9"))
+    assert feed.publisher is not None
+    bus = feed.publisher._runtime.bus
+    real = bus.broadcast
+    dropped: list[str] = []
+
+    async def lossy(subject: str, data: bytes, headers: object = None) -> None:
+        if not dropped:
+            dropped.append(subject)  # this delta never reaches the agents
+            return
+        await real(subject, data, headers)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(bus, "broadcast", lossy)
+    await rt.bus.publish(programmed("b", "10.0.0.2"))
+    await rt.bus.publish(removed("gone"))
+    await feed.fed()
+    assert dropped
+    await rt.bus.publish(programmed("c", "10.0.0.3"))
+    await rt.bus.publish(programmed("west-only", "10.0.0.7", cluster="west"))
+    await reported(rt, "n1", ("10.0.0.1", "10.0.0.2", "10.0.0.3"))
+    assert table_reads(agent, "gap") == 1
+
+
+async def test_a_table_over_the_size_limit_round_trips_in_chunks(feed: Feed) -> None:
+    """With KV values of at most 4 KiB, 120 Services take several chunks; an agent that
+    starts reads them all back."""
+    rt = await feed.start()
+    for i in range(120):
+        await rt.bus.publish(programmed(f"svc-{i:03d}", f"10.1.{i // 200}.{i % 200 + 1}"))
+    await feed.fed()
+    stored = await rt.bus.direct_last(
+        f"KV_{FEED_BUCKET}", f"$KV.{FEED_BUCKET}.{feed_head_key(CLUSTER)}"
+    )
+    assert stored is not None
+    head = decode_feed("head", stored.data, cluster=CLUSTER)
+    assert isinstance(head, FeedHead) and head.chunks > 1 and head.services == 120
+    await feed.agent("n1")
+    await reported(rt, "n1", tuple(sorted(f"10.1.0.{i + 1}" for i in range(120))))
+
+
+async def test_an_agent_started_in_the_middle_of_a_burst_converges(feed: Feed) -> None:
+    """Services programmed while the agent starts: it ends with every one of them."""
+    rt = await feed.start()
+    await feed.fed()
+
+    async def burst() -> None:
+        for i in range(150):
+            await rt.bus.publish(programmed(f"svc-{i:03d}", f"10.2.0.{i + 1}"))
+
+    task = asyncio.create_task(burst())
+    try:
+        await eventually(
+            lambda: feed.publisher is not None and feed.publisher.published_seq > 0,
+            what="the burst has begun",
+        )
+        await feed.agent("n1", ready=False)
+        await task
+    finally:
+        await task
+    await reported(rt, "n1", tuple(sorted(f"10.2.0.{i + 1}" for i in range(150))))
