@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 
 import pytest
 
@@ -68,11 +68,11 @@ async def test_a_gap_in_the_feed_makes_the_agent_read_the_table_and_end_exact(
     real = bus.broadcast
     dropped: list[str] = []
 
-    async def lossy(subject: str, data: bytes, headers: object = None) -> None:
+    async def lossy(subject: str, data: bytes, headers: Mapping[str, str] | None = None) -> None:
         if not dropped:
             dropped.append(subject)  # this delta never reaches the agents
             return
-        await real(subject, data, headers)  # type: ignore[arg-type]
+        await real(subject, data, headers)
 
     monkeypatch.setattr(bus, "broadcast", lossy)
     await rt.bus.publish(programmed("b", "10.0.0.2"))
