@@ -16,7 +16,19 @@ from collections.abc import Sequence
 from vipwire.runtime import ConfigError
 
 #: Command modules, in the order ``--help`` lists them.
-COMMANDS = ("run", "up", "config", "emulator", "lb", "bench", "lab", "ipam", "replay", "nats")
+COMMANDS = (
+    "run",
+    "up",
+    "config",
+    "emulator",
+    "lb",
+    "bench",
+    "lab",
+    "ipam",
+    "replay",
+    "nats",
+    "trace",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
