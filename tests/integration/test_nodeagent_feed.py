@@ -85,6 +85,27 @@ async def test_a_gap_in_the_feed_makes_the_agent_read_the_table_and_end_exact(
     assert table_reads(agent, "gap") == 1
 
 
+async def test_a_lost_last_delta_is_noticed_by_reading_the_head(
+    feed: Feed, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The last delta of a quiet spell is lost (no later one shows the gap): the agent
+    reads the head within its resync interval, and the table."""
+    rt = await feed.start()
+    await feed.fed()
+    agent = await feed.agent("n1", resync_interval_s=0.2)
+    assert feed.publisher is not None
+    bus = feed.publisher._runtime.bus
+
+    async def lost(subject: str, data: bytes, headers: Mapping[str, str] | None = None) -> None:
+        return None
+
+    monkeypatch.setattr(bus, "broadcast", lost)
+    await rt.bus.publish(programmed("a", "10.0.0.1"))
+    await feed.fed()
+    await reported(rt, "n1", ("10.0.0.1",))
+    assert table_reads(agent, "stale") == 1
+
+
 async def test_a_table_over_the_size_limit_round_trips_in_chunks(feed: Feed) -> None:
     """With KV values of at most 4 KiB, 120 Services take several chunks; an agent that
     starts reads them all back."""

@@ -73,9 +73,15 @@ class Feed:
         last = await self.rt.bus.last_message("vipwire.*.lb.>")
         await asyncio.wait_for(self.publisher.published(last.seq if last else 0), 10)
 
-    async def agent(self, node: str, *, ready: bool = True) -> NodeagentService:
+    async def agent(
+        self, node: str, *, ready: bool = True, resync_interval_s: float = 0.0
+    ) -> NodeagentService:
         settings = NodeagentSettings(
-            cluster=CLUSTER, node=node, coalesce_ms=5, resync_interval_s=0.0, feed="table"
+            cluster=CLUSTER,
+            node=node,
+            coalesce_ms=5,
+            resync_interval_s=resync_interval_s,
+            feed="table",
         )
         agent = NodeagentService(
             settings, await self.make_runtime(f"agent-{node}"), DryRunApplier()
