@@ -55,8 +55,10 @@ def table_reads(agent: NodeagentService, reason: str) -> int:
 async def test_a_gap_in_the_feed_makes_the_agent_read_the_table_and_end_exact(
     feed: Feed, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A delta lost on the way (a sequence jump) makes the agent re-read the table; it
-    ends with exactly the cluster's VIPs (not another cluster's, not a removed one)."""
+    """A delta lost on the way (a sequence jump) makes the agent re-read the table (written
+    at most every 0.3 s); it ends with exactly the cluster's VIPs (not another cluster's,
+    not a removed one)."""
+    feed.table_interval_s = 0.3
     rt = await feed.start()
     await rt.bus.publish(programmed("a", "10.0.0.1"))
     await rt.bus.publish(programmed("gone", "10.0.0.9"))
@@ -124,7 +126,9 @@ async def test_a_table_over_the_size_limit_round_trips_in_chunks(feed: Feed) -> 
 
 
 async def test_an_agent_started_in_the_middle_of_a_burst_converges(feed: Feed) -> None:
-    """Services programmed while the agent starts: it ends with every one of them."""
+    """Services programmed while the agent starts (the table written at most every
+    0.3 s, so behind the deltas): it ends with every one of them."""
+    feed.table_interval_s = 0.3
     rt = await feed.start()
     await feed.fed()
 
@@ -143,3 +147,9 @@ async def test_an_agent_started_in_the_middle_of_a_burst_converges(feed: Feed) -
     finally:
         await task
     await reported(rt, "n1", tuple(sorted(f"10.2.0.{i + 1}" for i in range(150))))
+    assert feed.publisher is not None
+    text = feed.publisher._runtime.metrics.expose()
+    deltas = re.search(r'lbdriver_feed_deltas_total{cluster="east"} (\d+)', text)
+    tables = re.search(r'lbdriver_feed_table_writes_total{cluster="east"} (\d+)', text)
+    assert deltas is not None and tables is not None
+    assert int(tables.group(1)) < int(deltas.group(1))  # the table lags, the deltas carry it

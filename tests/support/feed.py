@@ -48,8 +48,9 @@ def removed(name: str) -> LbRemoved:
 class Feed:
     """A feed publisher (the lbdriver's, as leader) and node agents over its feed."""
 
-    def __init__(self, make_runtime: RuntimeFactory) -> None:
+    def __init__(self, make_runtime: RuntimeFactory, *, table_interval_s: float = 0.0) -> None:
         self.make_runtime = make_runtime
+        self.table_interval_s = table_interval_s
         self.publisher: FeedPublisher | None = None
         self.agents: list[NodeagentService] = []
         self.rt: Runtime | None = None
@@ -61,7 +62,10 @@ class Feed:
             self.rt.bus, PoolsServed(cluster=CLUSTER, ranges=POOLS), msg_id="pools"
         )
         self.publisher = FeedPublisher(
-            await self.make_runtime("lbdriver"), window_ms=5, is_leader=lambda: True
+            await self.make_runtime("lbdriver"),
+            window_ms=5,
+            is_leader=lambda: True,
+            table_interval_s=self.table_interval_s,
         )
         await self.publisher.start()
         self.publisher.serve(CLUSTER)

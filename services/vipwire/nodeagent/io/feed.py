@@ -168,9 +168,10 @@ class FeedReader:
                     )
                 await asyncio.sleep(backoff_s(min(attempt, 4)))
                 continue
-            if head.seq < at_least and attempt < 5:
-                # The leader writes the table before each delta: a newer one is coming.
-                await asyncio.sleep(backoff_s(attempt))
+            if head.seq < at_least and attempt < 8:
+                # Behind a delta seen: the leader writes a newer table within its
+                # feed_table_interval_s (1 s by default).
+                await asyncio.sleep(min(0.1 * 2 ** (attempt - 1), 1.0))
                 continue
             self.seq = head.seq
             cause = self._covered(head.seq) or cause
