@@ -14,9 +14,11 @@ from vipwire.bus import BusSettings
 from vipwire.contracts import (
     FEED_BUCKET,
     FeedHead,
+    LbFailed,
     decode_feed,
     feed_head_key,
 )
+from vipwire.lbdriver.io.feed import FeedPublisher
 from vipwire.natsserver import NatsServer
 from vipwire.nodeagent import NodeagentService
 from vipwire.testing import eventually
@@ -153,3 +155,29 @@ async def test_an_agent_started_in_the_middle_of_a_burst_converges(feed: Feed) -
     tables = re.search(r'lbdriver_feed_table_writes_total{cluster="east"} (\d+)', text)
     assert deltas is not None and tables is not None
     assert int(tables.group(1)) < int(deltas.group(1))  # the table lags, the deltas carry it
+
+
+async def test_a_new_leader_carries_on_the_sequence_and_resets_the_agents(
+    feed: Feed, make_runtime: RuntimeFactory
+) -> None:
+    """The publisher's leader changes: the new one continues from the head's sequence,
+    keeps a Service whose last word is a failure, and agents follow it."""
+    rt = await feed.start()
+    await rt.bus.publish(programmed("a", "10.0.0.1"))
+    await feed.fed()
+    agent = await feed.agent("n1")
+    await reported(rt, "n1", ("10.0.0.1",))
+    assert feed.publisher is not None
+    old_seq = feed.publisher.feeds[CLUSTER].seq
+    await feed.publisher.stop()
+    failed = LbFailed(cluster=CLUSTER, namespace="default", name="a", uid="uid-a",
+                      appliance="sim-1", reason="Unavailable", message="down")  # fmt: skip
+    await rt.bus.publish(failed)
+    feed.publisher = FeedPublisher(await make_runtime("lbdriver-2"), window_ms=5,
+                                   is_leader=lambda: True)  # fmt: skip
+    await feed.publisher.start()
+    await feed.fed()
+    assert feed.publisher.feeds[CLUSTER].seq > old_seq
+    await rt.bus.publish(programmed("b", "10.0.0.2"))
+    await reported(rt, "n1", ("10.0.0.1", "10.0.0.2"))
+    assert table_reads(agent, "reset") == 1
