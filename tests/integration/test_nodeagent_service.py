@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Literal
 
 import pytest
 from nats.aio.subscription import Subscription
@@ -41,6 +42,7 @@ from vipwire.runtime import Runtime
 from vipwire.testing import eventually
 
 RuntimeFactory = Callable[[str], Awaitable[Runtime]]
+Feed = Literal["lb", "table"]
 CLUSTER = "east"
 NODE = "node-a.dc1"
 POOLS = ("192.0.2.0/24", "2001:db8::/64")
@@ -148,7 +150,7 @@ async def feed(request: pytest.FixtureRequest, make_runtime: RuntimeFactory) -> 
 
 
 @pytest.fixture
-async def agents(monkeypatch: pytest.MonkeyPatch, feed: str) -> AsyncIterator[Agents]:
+async def agents(monkeypatch: pytest.MonkeyPatch, feed: Feed) -> AsyncIterator[Agents]:
     """Start node agents (ready when returned); all are stopped at teardown."""
     monkeypatch.delenv("VIPWIRE_NODE", raising=False)
     started: list[NodeagentService] = []
@@ -368,7 +370,7 @@ class TestClusters:
 
 class TestPools:
     async def test_without_known_pools_nothing_is_added_nor_taken_off_until_they_come(
-        self, make_runtime: RuntimeFactory, feed: str, monkeypatch: pytest.MonkeyPatch
+        self, make_runtime: RuntimeFactory, feed: Feed, monkeypatch: pytest.MonkeyPatch
     ) -> None:
         """A restart before ipam has published pools (none on the bus, no vip_ranges):
         the VIP already on lo stays, a new one is not added; once the pools come, the one
@@ -488,7 +490,7 @@ class TestStandalone:
 
 class TestHealth:
     async def test_readiness_waits_for_the_first_apply_which_is_retried(
-        self, make_runtime: RuntimeFactory, feed: str
+        self, make_runtime: RuntimeFactory, feed: Feed
     ) -> None:
         """Not ready before start nor while the first apply fails; ready once it succeeded."""
         rt = await make_runtime("nodeagent")

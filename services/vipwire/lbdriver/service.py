@@ -155,7 +155,10 @@ class LbdriverService:
             metrics=m,
         )
         self._feed = FeedPublisher(
-            runtime, window_ms=settings.feed_window_ms, is_leader=lambda: self.role == "leader"
+            runtime,
+            window_ms=settings.feed_window_ms,
+            table_interval_s=settings.feed_table_interval_s,
+            is_leader=lambda: self.role == "leader",
         )
         self._state_consumer: ConsumerGroup | None = None
         self._vip_consumer: PullConsumer | None = None

@@ -78,7 +78,13 @@ class NodeagentService:
         table = self.settings.feed == "table"
         self._pools = PoolsReader(runtime, self.settings.cluster, self._on_pools, live=table)
         self._feed = (
-            FeedReader(runtime, self.settings.cluster, self._on_feed, self._on_table_missing)
+            FeedReader(
+                runtime,
+                self.settings.cluster,
+                self._on_feed,
+                self._on_table_missing,
+                check_s=self.settings.resync_interval_s or 30.0,
+            )
             if table
             else None
         )

@@ -2,9 +2,11 @@
 
 Every replica reads the ``lb`` subjects back (one consumer, whatever the number of
 nodes), so a standby is warm; only the leader publishes. Once per
-``feed_window_ms``, for each cluster whose table changed: the table is written to
-KV ``vipwire-feed`` (chunks, then the head naming them), then the window's one
-delta goes out on core NATS. A new leader carries on from the sequence in the head
+``feed_window_ms``, for each cluster whose table changed, the window's one delta
+goes out on core NATS; the table is written to KV ``vipwire-feed`` (chunks, then
+the head naming them) before it, or, while changes flow, at most once per
+``feed_table_interval_s`` (an agent that reads an older table than a delta it saw
+reads it again shortly). A new leader carries on from the sequence in the head
 it finds, writes every table in full and publishes a ``reset`` delta.
 """
 
@@ -13,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 from collections.abc import Callable
 
 from opentelemetry import trace
@@ -52,8 +55,20 @@ _CHUNK_MARGIN = 1024
 class FeedPublisher:
     """Keeps every cluster's :class:`ClusterFeed` and, while leader, publishes it."""
 
-    def __init__(self, runtime: Runtime, *, window_ms: int, is_leader: Callable[[], bool]) -> None:
+    def __init__(
+        self,
+        runtime: Runtime,
+        *,
+        window_ms: int,
+        is_leader: Callable[[], bool],
+        table_interval_s: float = 0.0,
+    ) -> None:
         self._runtime = runtime
+        #: Least seconds between two writes of a cluster's table while deltas flow.
+        self._table_interval_s = table_interval_s
+        #: Clusters whose table is behind their last delta, and when each was written.
+        self._dirty: set[str] = set()
+        self._table_at: dict[str, float] = {}
         self._window_s = window_ms / 1000
         self._is_leader = is_leader
         self.feeds: dict[str, ClusterFeed] = {}
@@ -73,6 +88,11 @@ class FeedPublisher:
         m = runtime.metrics
         self._m_deltas = m.counter(
             "lbdriver_feed_deltas_total", "Node feed deltas published, by cluster", ["cluster"]
+        )
+        self._m_tables = m.counter(
+            "lbdriver_feed_table_writes_total",
+            "Node feed tables written to KV vipwire-feed, by cluster",
+            ["cluster"],
         )
         self._m_failed = m.counter(
             "lbdriver_feed_failures_total",
@@ -127,9 +147,10 @@ class FeedPublisher:
         self._wake.set()  # a leader publishes at once
         failures = 0
         while True:
-            # Woken by a change; once a second anyway, to notice an election.
+            # Woken by a change, or when a table held back falls due; once a second
+            # anyway, to notice an election.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), 1.0)
+                await asyncio.wait_for(self._wake.wait(), self._next_wait())
             # Coalesce: everything that arrives within the window goes in one delta.
             await asyncio.sleep(self._window_s)
             self._wake.clear()
@@ -155,6 +176,13 @@ class FeedPublisher:
                     ", then in full" if not self._leading else "",
                 )
 
+    def _next_wait(self) -> float:
+        if not self._dirty:
+            return 1.0
+        now = asyncio.get_running_loop().time()
+        due = min(self._table_at.get(c, -math.inf) for c in self._dirty) + self._table_interval_s
+        return min(1.0, max(0.0, due - now))
+
     async def _bucket(self) -> KvBucket:
         if self._kv is None:
             self._kv = await self._runtime.bus.kv(FEED_BUCKET, direct=True)
@@ -171,7 +199,7 @@ class FeedPublisher:
                 head, services = old
                 feed.seq = max(feed.seq, head.seq)
                 feed.adopt({s.key: s for s in services})
-            await self._publish(kv, feed, feed.take(reset=True))
+            await self._publish(kv, feed, feed.take(reset=True), table=True)
         self.published_seq = read
         self._progress.set()
         log.info("node feed: publishing for %d cluster(s)", len(self.feeds))
@@ -180,33 +208,53 @@ class FeedPublisher:
         """Write and publish every cluster's pending changes (one delta each)."""
         read = self.read_seq
         kv = await self._bucket()
+        now = asyncio.get_running_loop().time()
         for cluster in sorted(self.feeds):
             feed = self.feeds[cluster]
+            due = now - self._table_at.get(cluster, -math.inf) >= self._table_interval_s
             if feed.pending:
-                await self._publish(kv, feed, feed.take())
-        self.published_seq = read
-        self._progress.set()
+                await self._publish(kv, feed, feed.take(reset=feed.fresh), table=due)
+            elif cluster in self._dirty and due:
+                await self._write_table(kv, feed)
+        if not self._dirty:
+            self.published_seq = read
+            self._progress.set()
 
-    async def _publish(self, kv: KvBucket, feed: ClusterFeed, delta: FeedDelta) -> None:
+    async def _publish(
+        self, kv: KvBucket, feed: ClusterFeed, delta: FeedDelta, *, table: bool
+    ) -> None:
+        """Write the table first if ``table`` (always for a reset: the agents read it),
+        then send the delta."""
         bus = self._runtime.bus
-        settings = bus.settings
-        limit = min(x for x in (settings.kv_max_value_size, 1 << 20) if x) - _CHUNK_MARGIN
-        head, chunks = chunk_table(feed.cluster, delta.seq, feed.table(), limit=limit)
-        for chunk in chunks:
-            await kv.put(feed_chunk_key(feed.cluster, chunk.index), encode_feed(chunk))
-        await kv.put(feed_head_key(feed.cluster), encode_feed(head))
         data = encode_feed(delta)
         max_payload = int(bus.nc.max_payload or 1 << 20) - _CHUNK_MARGIN
         if len(data) > max_payload:
             # Too many changes for one message: the agents read the table instead.
-            data = encode_feed(FeedDelta(cluster=feed.cluster, seq=delta.seq, reset=True))
+            delta = FeedDelta(cluster=feed.cluster, seq=delta.seq, reset=True)
+            data = encode_feed(delta)
+        if table or delta.reset:
+            await self._write_table(kv, feed)
+        else:
+            self._dirty.add(feed.cluster)
         headers: dict[str, str] = {}
         cause = self._causes.pop(feed.cluster, None)
         if cause is not None and cause.is_valid:
             inject_context(headers, trace.set_span_in_context(NonRecordingSpan(cause)))
-        # The table is written: an agent that misses this delta sees the gap.
+        # An agent that misses this delta sees the gap, and reads the table (which is
+        # at this delta's sequence within feed_table_interval_s).
         await bus.broadcast(feed_delta_subject(feed.cluster), data, headers)
         self._m_deltas.inc(cluster=feed.cluster)
+
+    async def _write_table(self, kv: KvBucket, feed: ClusterFeed) -> None:
+        settings = self._runtime.bus.settings
+        limit = min(x for x in (settings.kv_max_value_size, 1 << 20) if x) - _CHUNK_MARGIN
+        head, chunks = chunk_table(feed.cluster, feed.seq, feed.table(), limit=limit)
+        for chunk in chunks:
+            await kv.put(feed_chunk_key(feed.cluster, chunk.index), encode_feed(chunk))
+        await kv.put(feed_head_key(feed.cluster), encode_feed(head))
+        self._m_tables.inc(cluster=feed.cluster)
+        self._dirty.discard(feed.cluster)
+        self._table_at[feed.cluster] = asyncio.get_running_loop().time()
 
 
 async def read_table(kv: KvBucket, cluster: str) -> tuple[FeedHead, list[FeedService]] | None:

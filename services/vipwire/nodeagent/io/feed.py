@@ -59,8 +59,13 @@ class FeedReader:
         cluster: str,
         on_feed: OnFeed,
         on_missing: Callable[[str | None], None],
+        *,
+        check_s: float = 30.0,
     ) -> None:
         self._runtime = runtime
+        #: Seconds without a delta after which the head is read: a lost last delta
+        #: (no later one to show the gap) is noticed within this.
+        self._check_s = check_s
         self._cluster = cluster
         self._on_feed = on_feed
         #: Told why no table is held (None: one is now).
@@ -74,7 +79,7 @@ class FeedReader:
         m = runtime.metrics
         self._m_reads = m.counter(
             "nodeagent_feed_table_reads_total",
-            "Reads of the node feed table, by reason (start, gap, reset, retry)",
+            "Reads of the node feed table, by reason (start, gap, reset, stale, retry)",
             ["reason"],
         )
         self._m_deltas = m.counter("nodeagent_feed_deltas_total", "Node feed deltas applied")
@@ -116,7 +121,11 @@ class FeedReader:
     async def _run(self) -> None:
         await self._read_until_held("start")
         while True:
-            item = await self._queue.get()
+            try:
+                item = await asyncio.wait_for(self._queue.get(), self._check_s)
+            except TimeoutError:
+                await self._check()
+                continue
             if item is None:
                 await self._read_until_held("gap")
                 continue
@@ -159,9 +168,10 @@ class FeedReader:
                     )
                 await asyncio.sleep(backoff_s(min(attempt, 4)))
                 continue
-            if head.seq < at_least and attempt < 5:
-                # The leader writes the table before each delta: a newer one is coming.
-                await asyncio.sleep(backoff_s(attempt))
+            if head.seq < at_least and attempt < 8:
+                # Behind a delta seen: the leader writes a newer table within its
+                # feed_table_interval_s (1 s by default).
+                await asyncio.sleep(min(0.1 * 2 ** (attempt - 1), 1.0))
                 continue
             self.seq = head.seq
             cause = self._covered(head.seq) or cause
@@ -170,6 +180,22 @@ class FeedReader:
             self._on_feed(services, (), True, where, cause)
             self._caught_up.set()
             return
+
+    async def _check(self) -> None:
+        """Read the head alone: a newer table than what is held means a delta was lost."""
+        try:
+            head = await self._read(feed_head_key(self._cluster))
+        except (TableMissing, BusError) as exc:
+            log.debug("node feed head of %s not read: %s", self._cluster, exc)
+            return
+        if isinstance(head, FeedHead) and (self.seq is None or head.seq > self.seq):
+            log.info(
+                "node feed of %s: the table is at %d, past %s: a delta was lost; reading it",
+                self._cluster,
+                head.seq,
+                self.seq,
+            )
+            await self._read_until_held("stale", at_least=head.seq)
 
     def _covered(self, seq: int) -> SpanContext | None:
         """Drop the waiting deltas the table at ``seq`` holds; the first one's trace."""
