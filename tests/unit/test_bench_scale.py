@@ -51,3 +51,5 @@ def test_parameters_are_lists_and_quick_fills_what_is_not_given() -> None:
         options_from({"nodes": "ten"})
     with pytest.raises(ValueError):
         options_from({"nodes": "2", "endpoints": "3"})
+    with pytest.raises(ValueError, match="feed"):
+        options_from({"feed": "lb,bogus"})

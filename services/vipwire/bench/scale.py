@@ -78,7 +78,7 @@ class ScaleOptions(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     clusters: tuple[Annotated[int, msgspec.Meta(ge=1, le=20)], ...] = (1, 5)
     #: The node agents' feed (``nodeagent.feed``), each a sweep of its own; empty:
     #: the agents' default, the setting left out.
-    feed: tuple[str, ...] = ()
+    feed: tuple[Literal["lb", "table"], ...] = ()
     #: The quick preset: services, nodes, clusters not given take :data:`QUICK`.
     quick: bool = False
     #: Node agents per process (each with its own connection and subscription).
