@@ -162,6 +162,11 @@ class TermMemory:
         # With a status gate: the member nodes of each Service's LbProgrammed, so that a
         # node's report finds the Services it may open without decoding every view.
         self.gated: dict[str, frozenset[str]] = {}
+        # The same, inverted (node -> Services, VIP -> Services): a report of one node,
+        # for one changed VIP, finds its Services without a scan of every Service.
+        self._gated_by_node: dict[str, set[str]] = {}
+        self._gated_by_vip: dict[str, set[str]] = {}
+        self._gated_vips: dict[str, tuple[str, ...]] = {}
         # Service -> its EndpointSlices (a tuple: nearly always one).
         self.slice_index: dict[str, tuple[str, ...]] = {}
         # Services found invalid: key -> (uid, problems) last reported.
@@ -300,6 +305,7 @@ class TermMemory:
         if not absent or self.snapshot_of(key) is not None or self.rejected(key):
             return
         self.views.pop(key, None)
+        self._set_gated(key, frozenset(), ())
         self.gated.pop(key, None)
         self.invalid.pop(key, None)
         self.too_large.pop(key, None)
@@ -366,7 +372,8 @@ class TermMemory:
             if self.gating:
                 lb = view.lb
                 members = lb.members if isinstance(lb, LbProgrammed) else ()
-                self.gated[key] = frozenset(m.node for m in members)
+                vips = lb.vips if isinstance(lb, LbProgrammed) else ()
+                self._set_gated(key, frozenset(m.node for m in members), vips)
         return Observation(fresh=True, before=prior)
 
     def view(self, key: str) -> BusView:
@@ -385,18 +392,40 @@ class TermMemory:
         old = self.applied.get(node)
         # Interned: every node reports the same VIPs, held once instead of per node.
         new = self.applied[node] = frozenset(map(sys.intern, vips))
-        members = [key for key, nodes in self.gated.items() if node in nodes]
+        members = self._gated_by_node.get(node, set())
         if old is None:
-            return members  # its first report: judged from now on
+            return sorted(members)  # its first report: judged from now on
         changed = old ^ new
         if not changed:
             return []
-        concerned = []
-        for key in members:
-            lb = self.views.get(key, BusView()).lb
-            if isinstance(lb, LbProgrammed) and not changed.isdisjoint(lb.vips):
-                concerned.append(key)
-        return concerned
+        concerned: set[str] = set()
+        for vip in changed:
+            concerned.update(self._gated_by_vip.get(vip, ()))
+        return sorted(concerned & members)
+
+    def _set_gated(self, key: str, nodes: frozenset[str], vips: tuple[str, ...]) -> None:
+        """Record (or, with no nodes, drop) the member nodes and VIPs of ``key``'s last
+        LbProgrammed, in ``gated`` and its two inverted indexes."""
+        for node in self.gated.pop(key, frozenset()):
+            keys = self._gated_by_node.get(node)
+            if keys is not None:
+                keys.discard(key)
+                if not keys:
+                    del self._gated_by_node[node]
+        for vip in self._gated_vips.pop(key, ()):
+            keys = self._gated_by_vip.get(vip)
+            if keys is not None:
+                keys.discard(key)
+                if not keys:
+                    del self._gated_by_vip[vip]
+        self.gated[key] = nodes
+        if not nodes:
+            return
+        self._gated_vips[key] = vips
+        for node in nodes:
+            self._gated_by_node.setdefault(node, set()).add(key)
+        for vip in vips:
+            self._gated_by_vip.setdefault(vip, set()).add(key)
 
     def forget_applied(self, node: str) -> None:
         self.applied.pop(node, None)
