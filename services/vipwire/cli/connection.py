@@ -39,7 +39,12 @@ PRECEDENCE = (
 
 class ConnectionProblem(Exception):
     """The connection settings cannot be used, or NATS refused us; the message says why
-    (and never shows a password)."""
+    (and never shows a password). ``code``: the exit code (2 for settings to fix: TLS,
+    identity; 3 when NATS could not be reached)."""
+
+    def __init__(self, message: str, *, code: int = 3) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 def add_arguments(
@@ -122,12 +127,15 @@ def settings_from(args: argparse.Namespace, env: Mapping[str, str] | None = None
 
 async def connect(settings: BusSettings, *, timeout: float, name: str = "vipwire-cli") -> Client:
     """A client connected with ``settings`` (one attempt), or :class:`ConnectionProblem`."""
-    from vipwire.bus import BusError, connect_client
+    from vipwire.bus import BusError, TlsError, connect_client
+    from vipwire.cli import exits
 
     try:
         return await connect_client(settings, name=name, timeout=timeout)
     except BusError as exc:
-        raise ConnectionProblem(str(exc)) from None
+        settings_fault = isinstance(exc, TlsError) or "refused our identity" in str(exc)
+        code = exits.USAGE if settings_fault else exits.UNREACHABLE
+        raise ConnectionProblem(str(exc), code=code) from None
 
 
 def where(settings: BusSettings) -> str:

@@ -23,7 +23,9 @@ SERVICES = ("watcher", "ipam", "lbdriver", "nodeagent", "dashboard")
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argparse.ArgumentParser:
     parser = sub.add_parser("run", help="run one service until SIGTERM")
-    parser.add_argument("service", choices=SERVICES)
+    parser.add_argument(
+        "service", choices=SERVICES, metavar="SERVICE", help=f"one of {', '.join(SERVICES)}"
+    )
     parser.add_argument("--config", required=True, metavar="FILE", help="YAML configuration file")
     return parser
 

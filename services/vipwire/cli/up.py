@@ -14,6 +14,8 @@ import time
 from typing import TYPE_CHECKING, Any, Literal
 
 from vipwire.aio import unless_set
+from vipwire.cli import exits
+from vipwire.cli.args import integer, seconds
 from vipwire.contracts import ServiceRef
 from vipwire.metrics import percentile
 from vipwire.telemetry import configure_logging
@@ -50,21 +52,35 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argpar
     )
     up.add_argument(
         "--nats-cluster",
-        type=int,
+        type=integer(1),
         default=1,
         metavar="N",
         help="run a local JetStream cluster of N nats-servers (3: R3 stream and KV, any one "
         "server may be killed) instead of one server (default 1)",
     )
-    up.add_argument("--clusters", type=int, default=2, help="emulated clusters (default 2)")
-    up.add_argument("--nodes", type=int, default=3, help="nodes per cluster (default 3)")
-    up.add_argument("--services", type=int, default=5, help="demo Services per cluster (default 5)")
     up.add_argument(
-        "--timeout", type=float, default=60.0, help="--smoke: seconds to wait (default 60)"
+        "--clusters", type=integer(1), default=2, metavar="N", help="emulated clusters (default 2)"
+    )
+    up.add_argument(
+        "--nodes", type=integer(1), default=3, metavar="N", help="nodes per cluster (default 3)"
+    )
+    up.add_argument(
+        "--services",
+        type=integer(0),
+        default=5,
+        metavar="N",
+        help="demo Services per cluster (default 5)",
+    )
+    up.add_argument(
+        "--timeout",
+        type=seconds,
+        default=60.0,
+        metavar="SECONDS",
+        help="--smoke: seconds to wait (default 60)",
     )
     up.add_argument(
         "--dashboard-port",
-        type=int,
+        type=integer(0),
         metavar="PORT",
         help="serve the dashboard on 127.0.0.1:PORT (default: a free port; --smoke: none)",
     )
@@ -109,7 +125,43 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argpar
 
 
 def execute(args: argparse.Namespace) -> int:
+    if args.kubeconfig is not None:
+        check_kubeconfig(args.kubeconfig, args.context)
+    elif args.demo or args.context or args.lease_namespace:
+        raise exits.UsageError("--demo, --context and --lease-namespace go with --kubeconfig FILE")
     return asyncio.run(up(args))
+
+
+def check_kubeconfig(path: str, context: str | None) -> None:
+    """Refuse a kubeconfig that cannot work before anything starts: :class:`UsageError`
+    naming the file, the context, and what to fix."""
+    import yaml
+
+    try:
+        with open(path) as file:
+            data = yaml.safe_load(file)
+    except FileNotFoundError:
+        raise exits.UsageError(f"--kubeconfig {path}: no such file") from None
+    except OSError as exc:
+        raise exits.UsageError(f"--kubeconfig {path}: cannot read it: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise exits.UsageError(f"--kubeconfig {path}: not YAML: {exc}".splitlines()[0]) from None
+    if not isinstance(data, dict):
+        raise exits.UsageError(f"--kubeconfig {path}: not a kubeconfig (no contexts)")
+    names = [
+        c.get("name") for c in data.get("contexts") or [] if isinstance(c, dict) and c.get("name")
+    ]
+    wanted = context or data.get("current-context")
+    if not wanted:
+        raise exits.UsageError(
+            f"--kubeconfig {path}: no current-context; name one with --context "
+            f"(contexts: {', '.join(map(str, names)) or 'none'})"
+        )
+    if wanted not in names:
+        raise exits.UsageError(
+            f"--kubeconfig {path}: no context {wanted!r} "
+            f"(contexts: {', '.join(map(str, names)) or 'none'}); pick one with --context"
+        )
 
 
 def demo_services(count: int) -> list[DemoSpec]:
@@ -159,6 +211,7 @@ async def _up(args: argparse.Namespace, stop: asyncio.Event) -> int:
         dashboard_port = 0
     from vipwire.allinone import Stack, StackSettings
     from vipwire.allinone.clock import StatusClock
+    from vipwire.kube import KubeApiError, KubeConfigError, KubeUnavailable
 
     real = getattr(args, "kubeconfig", None)
     settings = StackSettings(
@@ -188,9 +241,15 @@ async def _up(args: argparse.Namespace, stop: asyncio.Event) -> int:
     async def run() -> int:
         try:
             await stack.start()
+        except KubeConfigError as exc:
+            print(f"vipwire up: --kubeconfig {real}: {exc}", file=sys.stderr)
+            return exits.USAGE
+        except KubeUnavailable as exc:
+            print(f"vipwire up: cannot reach the API server of {real}: {exc}", file=sys.stderr)
+            return exits.UNREACHABLE
         except Exception as exc:
             print(f"vipwire up: the stack did not start: {exc}", file=sys.stderr)
-            return 1
+            return exits.FAILED
         if stack.pki is not None:
             cli_config = _write_cli_config(stack)
             print(
@@ -211,13 +270,24 @@ async def _up(args: argparse.Namespace, stop: asyncio.Event) -> int:
         except PermissionError as exc:
             hint = "; grant it, or put the Lease elsewhere: --lease-namespace NS"
             print(f"vipwire up: {exc}{hint if 'leases' in str(exc) else ''}", file=sys.stderr)
-            return 1
+            return exits.USAGE
         except TimeoutError:
             print(f"vipwire up: not ready after 30 s: {stack.readiness()}", file=sys.stderr)
-            return 1
+            return exits.FAILED
         await clock.start()
         if demo:
-            await create_demo(stack, clock, args.services)
+            try:
+                await create_demo(stack, clock, args.services)
+            except KubeApiError as exc:
+                if exc.status not in (401, 403):
+                    raise
+                print(
+                    f"vipwire up: --demo needs create, get and delete on services (and "
+                    f"create on endpointslices) in namespace default of {args.cluster}: "
+                    f"{exc.message}",
+                    file=sys.stderr,
+                )
+                return exits.USAGE
         if smoke:
             return await _smoke(clock, args.timeout)
         return await _live(stack, stop)
