@@ -67,6 +67,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argpar
     release.add_argument(
         "service", metavar="CLUSTER/NS/NAME", help="the Service whose VIPs to withdraw"
     )
+    release.add_argument(
+        "--yes", "-y", action="store_true", help="do not ask for confirmation on a terminal"
+    )
+    release.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="say which VIPs would be withdrawn, change nothing",
+    )
     common(release, 5.0)
     return parser
 
@@ -145,9 +153,26 @@ async def run(args: argparse.Namespace) -> int:
             text = render_reload(answer)
             failed = any(r.error is not None for r in answer)
         else:
-            answer = await fetch_release(nc, args.service, timeout=args.timeout, caller=caller)
-            text = render_release(answer)
-            failed = answer.error is not None
+            held = await fetch_show(nc, args.service, timeout=args.timeout, caller=caller)
+            record = held.service.record if held.service is not None else None
+            if record is None:
+                answer = held
+                text = f"{args.service}: {held.error or 'holds no addresses (unknown to ipam)'}\n"
+                failed = True
+            elif args.dry_run:
+                answer = held
+                text = (
+                    f"{args.service}: would withdraw {', '.join(record.vips)} (pool "
+                    f"{record.pool}); new VIPs from the current pools would follow "
+                    "(dry run: nothing changed)\n"
+                )
+            elif not args.yes and sys.stdin.isatty() and not _confirm(args.service, record.vips):
+                print("vipwire ipam release: not confirmed; nothing changed", file=sys.stderr)
+                return exits.FAILED
+            else:
+                answer = await fetch_release(nc, args.service, timeout=args.timeout, caller=caller)
+                text = render_release(answer)
+                failed = answer.error is not None
     except IpamUnavailable as exc:
         print(f"vipwire ipam {verb}: {exc}", file=sys.stderr)
         return 1
@@ -157,6 +182,18 @@ async def run(args: argparse.Namespace) -> int:
         text = msgspec.json.format(msgspec.json.encode(answer), indent=2).decode() + "\n"
     sys.stdout.write(text)
     return 1 if failed else 0
+
+
+def _confirm(service: str, vips: tuple[str, ...]) -> bool:
+    """Ask on the terminal; True on y/yes."""
+    try:
+        said = input(
+            f"Withdraw {', '.join(vips)} from {service}? Clients of these VIPs lose them; "
+            "new VIPs follow. [y/N] "
+        )
+    except EOFError:
+        return False
+    return said.strip().lower() in ("y", "yes")
 
 
 # --- asking ---------------------------------------------------------------------------

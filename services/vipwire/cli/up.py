@@ -11,10 +11,11 @@ import signal
 import statistics
 import sys
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from vipwire.aio import unless_set
-from vipwire.cli import exits
+from vipwire.cli import current, exits
 from vipwire.cli.args import integer, seconds
 from vipwire.contracts import ServiceRef
 from vipwire.metrics import percentile
@@ -237,6 +238,7 @@ async def _up(args: argparse.Namespace, stop: asyncio.Event) -> int:
     else:
         print(f"vipwire up: operator creds: {stack.operator_creds}", file=sys.stderr)
     clocks: list[StatusClock] = []
+    written: list[Path] = []
 
     async def run() -> int:
         try:
@@ -250,13 +252,9 @@ async def _up(args: argparse.Namespace, stop: asyncio.Event) -> int:
         except Exception as exc:
             print(f"vipwire up: the stack did not start: {exc}", file=sys.stderr)
             return exits.FAILED
-        if stack.pki is not None:
-            cli_config = _write_cli_config(stack)
-            print(
-                f"vipwire up: NATS over TLS with client certificates (throwaway CA in "
-                f"{stack.pki.directory}); operator commands: --config {cli_config}",
-                file=sys.stderr,
-            )
+        cli_config = _write_cli_config(stack)
+        written.append(stack.state_dir)
+        _print_connection(stack, cli_config)
         if stack.dashboard_url is not None:
             print(f"vipwire up: dashboard on {stack.dashboard_url}", file=sys.stderr)
         clock = StatusClock(
@@ -303,6 +301,8 @@ async def _up(args: argparse.Namespace, stop: asyncio.Event) -> int:
             await clock.stop()
         if real and demo and clocks:
             await _remove_demo(stack, list(clocks[0].created))
+        for state_dir in written:
+            current.remove(state_dir)
         await stack.stop()
         if args.state_dir:
             print(f"vipwire up: state kept in {args.state_dir}", file=sys.stderr)
@@ -352,8 +352,12 @@ async def _smoke(clock: StatusClock, timeout: float) -> int:
 
 
 def _write_cli_config(stack: Stack) -> str:
-    """A config file with the stack's ``bus`` section (servers, TLS, the operator's
-    credentials), for the operator commands' ``--config``."""
+    """``STATE_DIR/vipwire-cli.yaml``: the stack's ``bus`` section (servers, TLS, the
+    operator's credentials) for the operator commands (found without flags through
+    :mod:`vipwire.cli.current`, or given as ``--config``), and an ``up`` section (this
+    process, the dashboard, the emulated clusters' kubeconfigs)."""
+    import os
+
     import msgspec
 
     settings = stack.client_settings()
@@ -363,9 +367,38 @@ def _write_cli_config(stack: Stack) -> str:
     }
     if stack.operator_creds is not None:
         bus["credentials"] = str(stack.operator_creds)
-    path = stack.state_dir / "vipwire-cli.yaml"
-    path.write_text(json.dumps({"bus": bus}, indent=2) + "\n")  # JSON is YAML
-    return str(path)
+    kubeconfigs = {
+        c: str(stack.state_dir / f"kubeconfig-{c}") for c in stack.clusters if c in stack.emulators
+    }
+    up_section: dict[str, object] = {
+        "pid": os.getpid(),
+        "dashboard": stack.dashboard_url,
+        "kubeconfigs": kubeconfigs,
+    }
+    return str(current.write(stack.state_dir, {"bus": bus, "up": up_section}))
+
+
+def _print_connection(stack: Stack, cli_config: str) -> None:
+    """The header lines that say how to reach this stack from another shell."""
+    from vipwire.bus import redacted_all
+
+    settings = stack.client_settings()
+    out = sys.stderr
+    print(f"vipwire up: connection details in {cli_config}", file=out)
+    print(
+        "vipwire up: operator commands (vipwire ipam status, lb status, services) find this "
+        "stack by themselves; elsewhere:",
+        file=out,
+    )
+    print(f"export VIPWIRE_NATS_URL={redacted_all(settings.servers)}", file=out)
+    if stack.operator_creds is not None:
+        print(f"export VIPWIRE_NATS_CREDS={stack.operator_creds}", file=out)
+    if stack.pki is not None:
+        print(
+            f"vipwire up: NATS over TLS with client certificates (throwaway CA in "
+            f"{stack.pki.directory}); elsewhere use --config {cli_config}",
+            file=out,
+        )
 
 
 async def _live(stack: Stack, stop: asyncio.Event) -> int:

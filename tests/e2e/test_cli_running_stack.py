@@ -1,0 +1,162 @@
+"""Operator commands against a running `vipwire up`, found without flags (issue 19).
+
+One `vipwire up --state-dir DIR` runs in an 80x24 pseudo-terminal for the module; the
+operator commands run beside it with no connection flags (the pointer file under
+``XDG_RUNTIME_DIR``), then with ``VIPWIRE_NATS_URL``/``VIPWIRE_NATS_CREDS`` only.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import pty
+import re
+import signal
+import struct
+import subprocess
+import sys
+import termios
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+
+
+@dataclass
+class Running:
+    """A `vipwire up` in a pty: everything it wrote, and how to reach it."""
+
+    proc: subprocess.Popen[bytes]
+    state_dir: Path
+    env: dict[str, str]
+    output: bytearray = field(default_factory=bytearray)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def text(self) -> str:
+        with self.lock:
+            return self.output.decode(errors="replace")
+
+    def size(self) -> int:
+        with self.lock:
+            return len(self.output)
+
+    def wait_for(self, pattern: str, timeout: float = 60.0) -> re.Match[str]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            found = re.search(pattern, ANSI.sub("", self.text()))
+            if found:
+                return found
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.05)
+        raise AssertionError(f"no {pattern!r} in the output:\n{self.text()[-3000:]}")
+
+
+def _pump(fd: int, running: Running) -> None:
+    while True:
+        try:
+            chunk = os.read(fd, 65536)
+        except OSError:
+            return
+        if not chunk:
+            return
+        with running.lock:
+            running.output.extend(chunk)
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
+    """`vipwire up --state-dir DIR` in an 80x24 pty, its pointer under a private
+    XDG_RUNTIME_DIR; stopped with SIGINT at the end."""
+    base = tmp_path_factory.mktemp("up")
+    runtime = base / "run"
+    runtime.mkdir()
+    env = {**os.environ, "XDG_RUNTIME_DIR": str(runtime), "TERM": "xterm"}
+    for name in ("VIPWIRE_NATS_URL", "VIPWIRE_NATS_CREDS"):
+        env.pop(name, None)
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "vipwire.cli", "up", "--state-dir", str(base / "state")],
+        stdin=slave,
+        stdout=slave,
+        stderr=slave,
+        env=env,
+        start_new_session=True,
+    )
+    os.close(slave)
+    running = Running(proc, base / "state", env)
+    reader = threading.Thread(target=_pump, args=(master, running), daemon=True)
+    reader.start()
+    try:
+        running.wait_for(r"CLUSTER +SERVICE")
+        yield running
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        reader.join(timeout=5)
+        os.close(master)
+
+
+def vipwire(env: dict[str, str], *argv: str) -> tuple[int, str, str]:
+    done = subprocess.run(
+        [sys.executable, "-m", "vipwire.cli", *argv],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    return done.returncode, done.stdout, done.stderr
+
+
+@pytest.mark.parametrize("command", ["ipam status", "lb status", "services"])
+def test_commands_find_the_running_stack_without_flags(stack: Running, command: str) -> None:
+    """With no --nats, environment or --config, the command reaches `vipwire up`."""
+    code, out, err = vipwire(stack.env, *command.split())
+    assert code == 0, err
+    assert "Traceback" not in err
+    assert out.strip(), err
+
+
+@pytest.mark.parametrize("command", ["ipam status", "lb status", "services"])
+def test_commands_reach_it_through_the_environment(
+    stack: Running, command: str, tmp_path: Path
+) -> None:
+    """With the export lines `vipwire up` printed (and no pointer file), too."""
+    url = stack.wait_for(r"export VIPWIRE_NATS_URL=(\S+)").group(1)
+    creds = stack.wait_for(r"export VIPWIRE_NATS_CREDS=(\S+)").group(1)
+    env = {
+        **stack.env,
+        "XDG_RUNTIME_DIR": str(tmp_path),
+        "VIPWIRE_NATS_URL": url,
+        "VIPWIRE_NATS_CREDS": creds,
+    }
+    code, out, err = vipwire(env, *command.split())
+    assert code == 0, err
+    assert out.strip(), err
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        "ipam show east/default/nosuch",
+        "ipam release east/default/nosuch --yes",
+        "replay --service east/default/nosuch",
+    ],
+)
+def test_an_unknown_service_exits_1(stack: Running, command: str) -> None:
+    """A Service nobody knows: exit 1 from show, release and replay alike."""
+    code, out, err = vipwire(stack.env, *command.split())
+    assert code == 1, (out, err)
+    assert "Traceback" not in err
