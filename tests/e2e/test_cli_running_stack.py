@@ -160,3 +160,19 @@ def test_an_unknown_service_exits_1(stack: Running, command: str) -> None:
     code, out, err = vipwire(stack.env, *command.split())
     assert code == 1, (out, err)
     assert "Traceback" not in err
+
+
+def test_services_lists_every_service_with_its_vip(stack: Running) -> None:
+    """`vipwire services`: the ten demo Services, each with a VIP; --cluster and --failed
+    filter."""
+    import json
+
+    stack.wait_for(r"10 Services, 10 ready")
+    code, out, err = vipwire(stack.env, "services", "--json")
+    assert code == 0, err
+    rows = json.loads(out)
+    assert len(rows) == 10 and all(r["vips"] and r["state"] == "programmed" for r in rows), rows
+    code, out, err = vipwire(stack.env, "services", "--cluster", "east", "--json")
+    assert {r["cluster"] for r in json.loads(out)} == {"east"} and len(json.loads(out)) == 5
+    code, out, err = vipwire(stack.env, "services", "--failed")
+    assert code == 0 and out.strip().endswith("0 Services, 0 ready, 0 failed"), out

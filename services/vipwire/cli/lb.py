@@ -29,7 +29,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argpar
     verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
     status = verbs.add_parser(
         "status",
-        help="appliances: health (breaker), virtual servers, last write, last error",
+        help="appliances: health (healthy, probing, failing), virtual servers, last write, "
+        "last error",
         epilog=connection.PRECEDENCE,
     )
     connection.add_arguments(status)
@@ -156,12 +157,17 @@ def _ago(when: float | None, now: float) -> str:
     return f"{stamp} ({max(0.0, now - when):.0f}s ago)"
 
 
+#: The circuit breaker's states in the words the dashboard uses too.
+HEALTH_WORDS = {"closed": "healthy", "half-open": "probing", "open": "failing"}
+
+
 def _health(health: str, failures: int, retry_in_s: float | None) -> str:
+    word = HEALTH_WORDS.get(health, health)
     if health == "open" and retry_in_s is not None:
-        return f"open (probe in {retry_in_s:.0f}s)"
+        return f"{word} (probe in {retry_in_s:.0f}s)"
     if health == "closed" and failures:
-        return f"closed ({failures} failed)"
-    return health
+        return f"{word} ({failures} failed)"
+    return word
 
 
 def render(status: LbdriverStatus) -> str:

@@ -21,6 +21,7 @@ from vipwire.runtime import ConfigError
 COMMANDS = (
     "run",
     "up",
+    "services",
     "config",
     "emulator",
     "lb",
