@@ -258,6 +258,9 @@ class TestSmoke:
         # Permissions on by default: the operator's credentials are named, no warning.
         assert "operator creds: " in proc.stderr and "operator-admin.creds" in proc.stderr
         assert "WARNING" not in proc.stderr
+        # Each emulated cluster's kubeconfig is named, for kubectl.
+        for cluster in ("east", "west"):
+            assert f"/kubeconfig-{cluster} get svc" in proc.stderr, proc.stderr
 
     def test_vipwire_up_insecure_bus_warns_and_still_converges(self) -> None:
         """`vipwire up --smoke --insecure-bus`: a WARNING line, no credentials, converged."""

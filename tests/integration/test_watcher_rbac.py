@@ -15,7 +15,14 @@ from pathlib import Path
 from typing import Any
 
 from support.kustomize import OVERLAYS, config_of, render
-from vipwire.contracts import LbProgrammed, Member, ServicePort, VipFailed, VipReleased
+from vipwire.contracts import (
+    LbProgrammed,
+    Member,
+    ServicePort,
+    VipAssigned,
+    VipFailed,
+    VipReleased,
+)
 from vipwire.kubeemu import KubeEmulator
 from vipwire.runtime import Runtime
 from vipwire.testing import eventually
@@ -115,6 +122,16 @@ async def test_every_call_is_granted_and_every_grant_is_used(
                 what="an Event with a series",
             )
             emu.inject_failure(409, reason="Conflict", method="PATCH", resource="services")
+            # The watcher writes only VIPs ipam assigned: the assignment comes first.
+            await peer.bus.publish(
+                VipAssigned(
+                    **svc,
+                    vips=("198.51.100.7",),
+                    pool="default",
+                    appliance_group="dc1",
+                    ports=(ServicePort(port=80),),
+                )
+            )
             await peer.bus.publish(
                 LbProgrammed(
                     **svc,

@@ -9,10 +9,16 @@ optimistic concurrency (409 Conflict), status subresources, finalizers and
 graceful deletion, and Status error bodies. ``kubernetes_asyncio`` talks to
 it unchanged through the kubeconfig from :meth:`KubeEmulator.write_kubeconfig`.
 
-Deliberately left out: authentication beyond one static bearer token, RBAC,
-admission, server-side apply, dry run, protobuf/YAML/table output, field
-selectors beyond ``metadata.name``/``metadata.namespace``, strategic merge
-patch for lists other than a few well-known ones (replaced instead), and any
+So does ``kubectl``: ``get`` receives Tables with kube-apiserver's columns
+(:mod:`._tables`), ``describe`` and ``events`` find Events by ``involvedObject.*``
+in the core/v1 view of the events.k8s.io/v1 Events vipwire writes (:mod:`._views`,
+field selectors per kind in :mod:`._selectors`), and ``apply`` validates against
+hand-written OpenAPI v3 documents with strict field validation (:mod:`._openapi`).
+
+Deliberately left out: authentication beyond one static bearer token, RBAC
+(beyond injected denials), admission, server-side apply, dry run, protobuf/YAML
+output, OpenAPI v2, strategic merge patch for lists other than a few well-known
+ones (replaced instead), and any
 controller behaviour except namespace cleanup (no endpoints controller, no
 garbage collector for ownerReferences).
 """

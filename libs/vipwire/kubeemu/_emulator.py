@@ -178,8 +178,9 @@ class KubeEmulator:
         label_selector: str | None = None,
         field_selector: str | None = None,
     ) -> builtins.list[Obj]:
-        flt = Filter.parse(namespace, label_selector, field_selector)
-        return copy.deepcopy(self._store.list(res.lookup(resource), flt).items)
+        rt = res.lookup(resource)
+        flt = Filter.parse(namespace, label_selector, field_selector, rt)
+        return copy.deepcopy(self._store.list(rt, flt).items)
 
     async def replace(self, obj: Mapping[str, Any], *, subresource: str | None = None) -> Obj:
         """PUT: replace the object ``obj`` names (409 if its resourceVersion is stale)."""
@@ -241,9 +242,10 @@ class KubeEmulator:
 
         Raises :class:`ApiError` 410 at once when ``resource_version`` is too old.
         """
+        rt = res.lookup(resource)
         return self._hub.open(
-            res.lookup(resource),
-            Filter.parse(namespace, label_selector, field_selector),
+            rt,
+            Filter.parse(namespace, label_selector, field_selector, rt),
             resource_version=resource_version,
             allow_bookmarks=allow_bookmarks,
             bookmark_interval=self._settings.bookmark_interval,

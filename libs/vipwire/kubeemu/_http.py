@@ -6,17 +6,19 @@ import asyncio
 import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import msgspec
 from aiohttp import web
 
+from vipwire.kubeemu import _openapi, _tables, _views
 from vipwire.kubeemu import _resources as res
 from vipwire.kubeemu._errors import ApiError
-from vipwire.kubeemu._patch import PATCH_TYPES
+from vipwire.kubeemu._patch import JSON_PATCH, PATCH_TYPES
 from vipwire.kubeemu._resources import ResourceType, Target, parse_path
 from vipwire.kubeemu._selectors import Filter
-from vipwire.kubeemu._store import Store
+from vipwire.kubeemu._store import ListResult, Store
 from vipwire.kubeemu._watch import WatchBrokenError, WatchHub
 
 Obj = dict[str, Any]
@@ -58,6 +60,8 @@ class AuditEntry:
     namespace: str | None
     name: str | None
 
+
+_OTHER_VIEW = _views.OTHER_VIEW  # core/v1 and events.k8s.io/v1 Events: one another's views
 
 _VERB_OF_METHOD = {"POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}
 
@@ -192,6 +196,46 @@ async def _body(request: web.Request) -> Any:
         raise ApiError.bad_request(f"the body of the request is not valid JSON: {exc}") from None
 
 
+@dataclass(frozen=True, slots=True)
+class _Body:
+    value: Any
+    warnings: tuple[str, ...] = ()
+
+
+_FIELD_VALIDATION = ("Ignore", "Warn", "Strict")
+
+
+async def _validated_body(request: web.Request, rt: ResourceType, *, check: bool = True) -> _Body:
+    """The request's JSON body, its fields checked as ``fieldValidation`` asks: Strict
+    refuses an unknown field (400), Warn (the default) answers a warning, Ignore
+    neither ("Field validation",
+    https://kubernetes.io/docs/reference/using-api/api-concepts/#field-validation)."""
+    directive = request.query.get("fieldValidation") or "Warn"
+    if directive not in _FIELD_VALIDATION:
+        raise ApiError.bad_request(
+            f'fieldValidation: Unsupported value: "{directive}": supported values: '
+            + ", ".join(f'"{d}"' for d in _FIELD_VALIDATION)
+        )
+    value = await _body(request)
+    if not check or directive == "Ignore":
+        return _Body(value)
+    unknown = [f'unknown field "{path}"' for path in _openapi.unknown_fields(rt, value)]
+    if unknown and directive == "Strict":
+        raise ApiError.bad_request(
+            f'{rt.kind} in version "{rt.version}" cannot be handled as a {rt.kind}: '
+            f"strict decoding error: {', '.join(unknown)}"
+        )
+    return _Body(value, tuple(unknown))
+
+
+def _warned(response: web.Response, body: _Body) -> web.Response:
+    """Add the ``Warning: 299`` headers of a body's unknown fields (fieldValidation=Warn)."""
+    for text in body.warnings:
+        escaped = text.replace("\\", "\\\\").replace('"', '\\"')
+        response.headers.add("Warning", f'299 - "{escaped}"')
+    return response
+
+
 class KubeApp:
     """Request handling; one per emulated cluster."""
 
@@ -212,6 +256,8 @@ class KubeApp:
             app.router.add_get(f"/apis/{{group}}{suffix}", self._api_group)
             app.router.add_get(f"/api/{{version}}{suffix}", self._resource_list)
             app.router.add_get(f"/apis/{{group}}/{{version}}{suffix}", self._resource_list)
+        app.router.add_get("/openapi/v3", self._openapi_root)
+        app.router.add_get("/openapi/v3/{path:.+}", self._openapi_document)
         app.router.add_route("*", "/{tail:.*}", self._resource)
         return app
 
@@ -292,6 +338,8 @@ class KubeApp:
                     "kind": rt.kind,
                     "verbs": _VERBS,
                     **({"shortNames": list(rt.short_names)} if rt.short_names else {}),
+                    # (`kubectl get all` lists the resources of the category "all".)
+                    **({"categories": ["all"]} if rt is res.SERVICES else {}),
                 }
             )
             for sub in rt.subresources:
@@ -313,6 +361,15 @@ class KubeApp:
                 "resources": resources,
             }
         )
+
+    async def _openapi_root(self, request: web.Request) -> web.Response:
+        return _json(_openapi.root())
+
+    async def _openapi_document(self, request: web.Request) -> web.Response:
+        doc = _openapi.document(request.match_info["path"])
+        if doc is None:
+            raise ApiError(404, "NotFound", "the server could not find the requested resource")
+        return web.Response(body=doc, content_type="application/json")
 
     # --- resources -------------------------------------------------------------
 
@@ -351,10 +408,12 @@ class KubeApp:
         query = request.query
         if request.method == "GET":
             flt = Filter.parse(
-                target.namespace, query.get("labelSelector"), query.get("fieldSelector")
+                target.namespace, query.get("labelSelector"), query.get("fieldSelector"), rt
             )
             if _truthy(query.get("watch")):
                 return await self._watch(request, rt, flt)
+            if rt in _OTHER_VIEW:
+                return self._list_response(request, rt, self._events(rt, flt), None)
             result = self.store.list(
                 rt,
                 flt,
@@ -363,25 +422,15 @@ class KubeApp:
                 resource_version=query.get("resourceVersion"),
                 resource_version_match=query.get("resourceVersionMatch"),
             )
-            meta: Obj = {"resourceVersion": str(result.resource_version)}
-            if result.continue_token is not None:
-                meta["continue"] = result.continue_token
-                meta["remainingItemCount"] = result.remaining
-            return _json(
-                {
-                    "kind": f"{rt.kind}List",
-                    "apiVersion": rt.api_version,
-                    "metadata": meta,
-                    "items": result.items,
-                }
-            )
+            return self._list_response(request, rt, result.items, result)
         if request.method == "POST":
             if rt.namespaced and target.namespace is None:
                 raise ApiError(405, "MethodNotAllowed", "the server does not allow this method")
-            return _json(self.store.create(rt, target.namespace, await _body(request)), 201)
+            body = await _validated_body(request, rt)
+            return _warned(_json(self.store.create(rt, target.namespace, body.value), 201), body)
         if request.method == "DELETE":
             flt = Filter.parse(
-                target.namespace, query.get("labelSelector"), query.get("fieldSelector")
+                target.namespace, query.get("labelSelector"), query.get("fieldSelector"), rt
             )
             deleted = self.store.delete_collection(rt, flt)
             return _json(
@@ -398,9 +447,14 @@ class KubeApp:
         rt, ns, sub = target.resource, target.namespace, target.subresource
         method = request.method
         if method == "GET":
-            return _json(self.store.get(rt, ns, name))
+            if _tables.wants_table(request.headers.get("Accept", "")):
+                return self._list_response(request, rt, [self._get(rt, ns, name)], None)
+            return _json(self._get(rt, ns, name))
         if method == "PUT":
-            return _json(self.store.update(rt, ns, name, await _body(request), subresource=sub))
+            body = await _validated_body(request, rt)
+            return _warned(
+                _json(self.store.update(rt, ns, name, body.value, subresource=sub)), body
+            )
         if method == "PATCH":
             content_type = request.content_type
             if content_type not in PATCH_TYPES:
@@ -410,8 +464,12 @@ class KubeApp:
                     f"the body of the request was in an unknown format - accepted media types "
                     f"include: {', '.join(PATCH_TYPES)}",
                 )
-            patch = await _body(request)
-            return _json(self.store.patch(rt, ns, name, content_type, patch, subresource=sub))
+            # (A JSON patch is a list of operations: its values are not checked here.)
+            patch = await _validated_body(request, rt, check=content_type != JSON_PATCH)
+            return _warned(
+                _json(self.store.patch(rt, ns, name, content_type, patch.value, subresource=sub)),
+                patch,
+            )
         if method == "DELETE" and sub is None:
             options = await _body(request) or {}
             preconditions = options.get("preconditions") if isinstance(options, dict) else None
@@ -429,6 +487,72 @@ class KubeApp:
                 return _json(result.object)
             return _json(_success(rt, result.object))
         raise ApiError(405, "MethodNotAllowed", "the server does not allow this method")
+
+    def _get(self, rt: ResourceType, namespace: str | None, name: str) -> Obj:
+        """The object, or for an Event the other group's Event of that name, converted."""
+        try:
+            return self.store.get(rt, namespace, name)
+        except ApiError as err:
+            other = _OTHER_VIEW.get(rt)
+            if err.code != 404 or other is None:
+                raise
+            try:
+                found = self.store.get(other[0], namespace, name)
+            except ApiError:
+                raise err from None
+            return other[1](found)
+
+    def _events(self, rt: ResourceType, flt: Filter) -> list[Obj]:
+        """Every Event of both groups in ``rt``'s view, as one list (see :mod:`._views`).
+
+        Served whole, without chunks: "API Concepts" lets a server that cannot honour
+        ``limit`` return the complete list (no ``continue``), which clients accept
+        (https://kubernetes.io/docs/reference/using-api/api-concepts/#retrieving-large-results-sets-in-chunks).
+        """
+        other, convert = _OTHER_VIEW[rt]
+        own = self.store.list(rt, flt).items
+        seen = {(o["metadata"].get("namespace"), o["metadata"]["name"]) for o in own}
+        unfiltered = Filter(flt.namespace, flt.labels)
+        converted = [convert(o) for o in self.store.list(other, unfiltered).items]
+        merged = own + [
+            o
+            for o in converted
+            if (o["metadata"].get("namespace"), o["metadata"]["name"]) not in seen
+            and flt.matches(o)
+        ]
+        merged.sort(key=lambda o: (o["metadata"].get("namespace") or "", o["metadata"]["name"]))
+        return merged
+
+    def _list_response(
+        self, request: web.Request, rt: ResourceType, items: list[Obj], result: ListResult | None
+    ) -> web.Response:
+        rv = result.resource_version if result is not None else self.store.resource_version
+        meta: Obj = {"resourceVersion": str(rv)}
+        if result is not None and result.continue_token is not None:
+            meta["continue"] = result.continue_token
+            meta["remainingItemCount"] = result.remaining
+        if _tables.wants_table(request.headers.get("Accept", "")):
+            now = datetime.fromisoformat(self.store.now().replace("Z", "+00:00"))
+            include = request.query.get("includeObject") or "Metadata"
+            return _json(_tables.table(rt, items, now, list_meta=meta, include_object=include))
+        return _json(
+            {
+                "kind": f"{rt.kind}List",
+                "apiVersion": rt.api_version,
+                "metadata": meta,
+                "items": items,
+            }
+        )
+
+    def _table_event(self, rt: ResourceType, event: Obj) -> Obj:
+        """A watch event of ``kubectl get -w``: the object as a Table of one row (a
+        BOOKMARK or ERROR is sent as it is)."""
+        if event.get("type") not in ("ADDED", "MODIFIED", "DELETED"):
+            return event
+        obj = event["object"]
+        now = datetime.fromisoformat(self.store.now().replace("Z", "+00:00"))
+        meta = {"resourceVersion": obj.get("metadata", {}).get("resourceVersion", "")}
+        return {**event, "object": _tables.table(rt, [obj], now, list_meta=meta)}
 
     async def _watch(
         self, request: web.Request, rt: ResourceType, flt: Filter
@@ -464,8 +588,9 @@ class KubeApp:
             session.on_break = transport.abort
         try:
             await resp.prepare(request)
+            as_table = _tables.wants_table(request.headers.get("Accept", ""))
             while (event := await session.next()) is not None:
-                await resp.write(_line(event))
+                await resp.write(_line(self._table_event(rt, event) if as_table else event))
                 session.sent(event)
             await resp.write_eof()
         except (WatchBrokenError, ConnectionError):

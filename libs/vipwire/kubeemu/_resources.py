@@ -44,7 +44,9 @@ SERVICES = ResourceType(
     delete_returns_object=True,
 )
 NODES = ResourceType("", "v1", "nodes", "Node", False, "node", ("status",), ("no",))
-NAMESPACES = ResourceType("", "v1", "namespaces", "Namespace", False, "namespace", ("status",))
+NAMESPACES = ResourceType(
+    "", "v1", "namespaces", "Namespace", False, "namespace", ("status",), ("ns",)
+)
 CORE_EVENTS = ResourceType("", "v1", "events", "Event", True, "event", (), ("ev",))
 ENDPOINT_SLICES = ResourceType(
     "discovery.k8s.io", "v1", "endpointslices", "EndpointSlice", True, "endpointslice"

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from vipwire.kubeemu._errors import ApiError
+from vipwire.kubeemu._resources import ResourceType
 
 Op = Literal["=", "!=", "in", "notin", "exists", "!"]
 
@@ -98,36 +99,80 @@ def _check_values(values: list[str], text: str) -> None:
             )
 
 
-# Field selectors: every resource supports metadata.name and metadata.namespace.
-_FIELDS = ("metadata.name", "metadata.namespace")
+# Field selectors: every resource supports metadata.name and metadata.namespace, and each
+# kind a few fields of its own, the ones kube-apiserver's field label conversion accepts
+# ("Field selectors", https://kubernetes.io/docs/concepts/overview/working-with-objects/field-selectors/:
+# "Supported field selectors vary by Kubernetes resource type"; an unsupported one is a
+# 400 "field label not supported"). A field maps to the path of the value it compares.
+_COMMON: dict[str, tuple[str, ...]] = {
+    "metadata.name": ("metadata", "name"),
+    "metadata.namespace": ("metadata", "namespace"),
+}
+
+
+def _object_reference_fields(prefix: str, path: str) -> dict[str, tuple[str, ...]]:
+    subfields = ("kind", "namespace", "name", "uid", "apiVersion", "resourceVersion", "fieldPath")
+    return {f"{prefix}.{sub}": (path, sub) for sub in subfields}
+
+
+_BY_KIND: dict[tuple[str, str], dict[str, tuple[str, ...]]] = {
+    # core/v1 Events: what `kubectl describe` and `kubectl events --for` select on.
+    ("", "Event"): {
+        **_object_reference_fields("involvedObject", "involvedObject"),
+        "reason": ("reason",),
+        "reportingComponent": ("reportingComponent",),
+        "source": ("source", "component"),
+        "type": ("type",),
+    },
+    # events.k8s.io/v1 Events: the same selectors under the new names.
+    ("events.k8s.io", "Event"): {
+        **_object_reference_fields("regarding", "regarding"),
+        "reason": ("reason",),
+        "reportingController": ("reportingController",),
+        "type": ("type",),
+    },
+    ("", "Service"): {"spec.clusterIP": ("spec", "clusterIP"), "spec.type": ("spec", "type")},
+    ("", "Node"): {"spec.unschedulable": ("spec", "unschedulable")},
+    ("", "Namespace"): {"status.phase": ("status", "phase")},
+}
+
+
+def _field_value(obj: Mapping[str, Any], path: tuple[str, ...]) -> str:
+    value: Any = obj
+    for part in path:
+        value = value.get(part) if isinstance(value, Mapping) else None
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
 
 
 @dataclass(frozen=True, slots=True)
 class FieldSelector:
-    terms: tuple[tuple[str, bool, str], ...] = ()  # (field, equal?, value)
+    terms: tuple[tuple[tuple[str, ...], bool, str], ...] = ()  # (path, equal?, value)
 
     def matches(self, obj: Mapping[str, Any]) -> bool:
-        meta = obj.get("metadata") or {}
-        for field, equal, value in self.terms:
-            actual = meta.get(field.split(".", 1)[1]) or ""
-            if (actual == value) != equal:
-                return False
-        return True
+        return all((_field_value(obj, path) == value) == equal for path, equal, value in self.terms)
 
 
-def parse_field_selector(text: str | None) -> FieldSelector:
+def parse_field_selector(text: str | None, resource: ResourceType | None = None) -> FieldSelector:
+    """``resource`` names the kind whose own fields are accepted (None: only metadata)."""
     if not text or not text.strip():
         return FieldSelector()
-    terms: list[tuple[str, bool, str]] = []
+    fields = dict(_COMMON)
+    if resource is not None:
+        fields.update(_BY_KIND.get((resource.group, resource.kind), {}))
+    terms: list[tuple[tuple[str, ...], bool, str]] = []
     for raw in text.split(","):
         term = raw.strip()
         m = re.fullmatch(r"([A-Za-z0-9.]+)\s*(==|=|!=)\s*(.*)", term)
         if m is None:
             raise ApiError.bad_request(f"invalid selector: {text!r}; can't understand {term!r}")
         field, op, value = m.group(1), m.group(2), m.group(3).strip()
-        if field not in _FIELDS:
+        if field not in fields:
             raise ApiError.bad_request(f'field label not supported: "{field}"')
-        terms.append((field, op != "!=", value))
+        terms.append((fields[field], op != "!=", value))
     return FieldSelector(tuple(terms))
 
 
@@ -151,7 +196,10 @@ class Filter:
         namespace: str | None = None,
         label_selector: str | None = None,
         field_selector: str | None = None,
+        resource: ResourceType | None = None,
     ) -> Filter:
         return cls(
-            namespace, parse_label_selector(label_selector), parse_field_selector(field_selector)
+            namespace,
+            parse_label_selector(label_selector),
+            parse_field_selector(field_selector, resource),
         )

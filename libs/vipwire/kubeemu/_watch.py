@@ -18,6 +18,7 @@ from vipwire.kubeemu._errors import ApiError
 from vipwire.kubeemu._resources import ResourceType
 from vipwire.kubeemu._selectors import Filter
 from vipwire.kubeemu._store import Change, Store, parse_resource_version
+from vipwire.kubeemu._views import OTHER_VIEW
 
 Obj = dict[str, Any]
 
@@ -211,16 +212,25 @@ class WatchHub:
             )
         initial_state = send_initial_events if send_initial_events is not None else not rv
         events: list[Obj] = []
+        other = OTHER_VIEW.get(resource)
         if initial_state:
-            events = [
-                {"type": "ADDED", "object": obj} for obj in self._store.list(resource, flt).items
-            ]
+            objects = self._store.list(resource, flt).items
+            if other is not None:
+                shown = (
+                    other[1](o) for o in self._store.list(other[0], Filter(flt.namespace)).items
+                )
+                objects = objects + [o for o in shown if flt.matches(o)]
+            events = [{"type": "ADDED", "object": obj} for obj in objects]
             if send_initial_events:
                 end = self.bookmark(resource)
                 end["object"]["metadata"]["annotations"] = {INITIAL_EVENTS_END: "true"}
                 events.append(end)
         elif rv is not None:
-            for change in self._store.changes_since(resource, rv):
+            changes = self._store.changes_since(resource, rv)
+            if other is not None:
+                changes += [_shown(c, resource) for c in self._store.changes_since(other[0], rv)]
+                changes.sort(key=lambda c: c.resource_version)
+            for change in changes:
                 event = change.for_filter(flt)
                 if event is not None:
                     events.append({"type": event[0], "object": event[1]})
@@ -290,6 +300,15 @@ class WatchHub:
         for session in list(self._sessions):
             if session.resource is change.resource:
                 session.offer(change)
+            elif (other := OTHER_VIEW.get(session.resource)) and other[0] is change.resource:
+                session.offer(_shown(change, session.resource))
 
     def detach(self) -> None:
         self._unsubscribe()
+
+
+def _shown(change: Change, view: ResourceType) -> Change:
+    """A change of one Event group as the other group's watchers see it (see :mod:`._views`)."""
+    convert = OTHER_VIEW[view][1]
+    previous = convert(change.previous) if change.previous is not None else None
+    return Change(change.type, change.resource_version, view, convert(change.object), previous)

@@ -1,23 +1,34 @@
 """When each Service first showed an ingress IP in its status: create → status times.
 
-``vipwire up --smoke`` and the benchmarks report these. A cluster served by a
-KubeEmulator is timed from the emulator's own watch stream; any other (a real
-cluster under ``vipwire up``) by polling what the stack learnt from the bus.
+``vipwire up --smoke`` and the benchmarks report these. Both kinds of cluster are
+timed the same way, to the Service object in the API server: a cluster served by a
+KubeEmulator from the emulator's own watch stream, any other (a real cluster under
+``vipwire up --kubeconfig``) from a list and watch of its Services over the API, so
+the figures of the two modes compare.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
+
+from kubernetes_asyncio.client import CoreV1Api
 
 from vipwire.aio import cancel_and_wait
 from vipwire.contracts import ServiceRef
+from vipwire.kube import KubeError, list_all, watch_events
 from vipwire.kubeemu import KubeEmulator
 
-#: How often a cluster without an emulator is asked (seconds).
-POLL_INTERVAL_S = 0.05
+log = logging.getLogger("vipwire.up")
+
+#: How long a watch of a real cluster's Services lasts before it is renewed (seconds).
+WATCH_TIMEOUT_S = 300
+#: The pause before listing again after a real cluster's watch failed (seconds).
+RETRY_S = 1.0
 
 
 class StatusClock:
@@ -27,14 +38,12 @@ class StatusClock:
         self,
         emulators: Mapping[str, KubeEmulator],
         *,
-        polled: Iterable[str] = (),
-        has_status: Callable[[ServiceRef], bool] | None = None,
+        watched: Mapping[str, Any] | None = None,
     ) -> None:
-        """``polled``: clusters without an emulator, asked ``has_status`` for each created
-        Service that has not converged yet."""
+        """``watched``: clusters without an emulator, by name, each with the
+        ``kubernetes_asyncio`` ApiClient its Services are listed and watched with."""
         self.emulators = dict(emulators)
-        self.polled = tuple(polled)
-        self._has_status = has_status
+        self.watched = dict(watched or {})
         self.created: dict[ServiceRef, tuple[float, float]] = {}  # (perf, wall)
         self.converged: dict[ServiceRef, float] = {}  # perf
         self._waiting: dict[ServiceRef, asyncio.Future[None]] = {}
@@ -47,29 +56,54 @@ class StatusClock:
             # Opened here, not in the task: no change may slip in before the watch exists.
             session = emulator.watch("services", resource_version=emulator.resource_version)
             self._tasks.append(asyncio.create_task(self._watch(cluster, session)))
-        if self.polled and self._has_status is not None:
-            self._tasks.append(asyncio.create_task(self._poll(self._has_status)))
+        listed: list[asyncio.Event] = []
+        for cluster, api in self.watched.items():
+            listed.append(asyncio.Event())
+            self._tasks.append(asyncio.create_task(self._watch_api(cluster, api, listed[-1])))
+        # Each real cluster's first list, so that a Service created from now on is seen
+        # by its watch (a cluster that does not answer is still retried meanwhile).
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(10.0):
+                for event in listed:
+                    await event.wait()
         await asyncio.sleep(0)
 
     async def _watch(self, cluster: str, session: Any) -> None:
         async with session as w:
             async for event in w:
-                obj: dict[str, Any] = event["object"]
-                status = obj.get("status") or {}
-                if (status.get("loadBalancer") or {}).get("ingress"):
-                    meta = obj.get("metadata", {})
-                    self._converge(
-                        ServiceRef(cluster, meta.get("namespace", ""), meta.get("name", ""))
-                    )
+                self._observe(cluster, event["object"])
 
-    async def _poll(self, has_status: Callable[[ServiceRef], bool]) -> None:
+    def _observe(self, cluster: str, obj: dict[str, Any]) -> None:
+        status = obj.get("status") or {}
+        if (status.get("loadBalancer") or {}).get("ingress"):
+            meta = obj.get("metadata", {})
+            self._converge(ServiceRef(cluster, meta.get("namespace", ""), meta.get("name", "")))
+
+    async def _watch_api(self, cluster: str, api: Any, listed: asyncio.Event) -> None:
+        """List and watch a real cluster's Services, over and over: the time a Service is
+        seen with an ingress IP is the time its status is on the object."""
+        core = CoreV1Api(api)
+        call = core.list_service_for_all_namespaces
         while True:
-            for ref in [
-                r for r in self.created if r.cluster in self.polled and r not in self.converged
-            ]:
-                if has_status(ref):
-                    self._converge(ref)
-            await asyncio.sleep(POLL_INTERVAL_S)
+            try:
+                items, rv = await list_all(call, timeout=10.0)
+                for obj in items:
+                    self._observe(cluster, obj)
+                listed.set()
+                while True:
+                    events = watch_events(
+                        call, resource_version=rv, timeout_seconds=WATCH_TIMEOUT_S
+                    )
+                    async with contextlib.aclosing(events) as stream:
+                        async for event in stream:
+                            obj = event.get("object") or {}
+                            rv = (obj.get("metadata") or {}).get("resourceVersion") or rv
+                            if event.get("type") in ("ADDED", "MODIFIED"):
+                                self._observe(cluster, obj)
+            except KubeError as exc:
+                # (410 Gone included: the list starts over from the current state.)
+                log.warning("timing Services of %s: %s; listing them again", cluster, exc)
+                await asyncio.sleep(RETRY_S)
 
     def _converge(self, ref: ServiceRef) -> None:
         if ref in self.converged:

@@ -257,11 +257,15 @@ async def _up(args: argparse.Namespace, stop: asyncio.Event) -> int:
         _print_connection(stack, cli_config)
         if stack.dashboard_url is not None:
             print(f"vipwire up: dashboard on {stack.dashboard_url}", file=sys.stderr)
-        clock = StatusClock(
-            stack.emulators,
-            polled=[c for c in stack.clusters if c not in stack.emulators],
-            has_status=lambda ref: bool(stack.ingress_ips(ref.cluster, ref.name, ref.namespace)),
-        )
+        for cluster in stack.emulators:
+            # The emulated clusters answer kubectl as an API server does.
+            kubeconfig = stack.state_dir / f"kubeconfig-{cluster}"
+            print(
+                f"vipwire up: cluster {cluster}: kubectl --kubeconfig {kubeconfig} get svc",
+                file=sys.stderr,
+            )
+        # Both modes time create → status to the Service object in the API server.
+        clock = StatusClock(stack.emulators, watched=stack.kube)
         clocks.append(clock)
         try:
             await stack.wait_ready(timeout=30)
