@@ -94,7 +94,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
     reader = threading.Thread(target=_pump, args=(master, running), daemon=True)
     reader.start()
     try:
-        running.wait_for(r"CLUSTER +SERVICE")
+        running.wait_for(r"10 Services, 10 ready, 0 failed")
         yield running
     finally:
         if proc.poll() is None:
@@ -176,3 +176,25 @@ def test_services_lists_every_service_with_its_vip(stack: Running) -> None:
     assert {r["cluster"] for r in json.loads(out)} == {"east"} and len(json.loads(out)) == 5
     code, out, err = vipwire(stack.env, "services", "--failed")
     assert code == 0 and out.strip().endswith("0 Services, 0 ready, 0 failed"), out
+
+
+def screen(output: str) -> list[str]:
+    """The last frame the live table drew (each starts at the home position), as the
+    terminal shows it: colours removed, one string per row."""
+    last = output.rsplit("\x1b[H", 1)[-1]
+    return [ANSI.sub("", line).rstrip("\r") for line in last.split("\n")]
+
+
+def test_the_live_table_fits_80x24_keeps_urls_and_summary_and_is_quiet(stack: Running) -> None:
+    """In an 80x24 terminal: at most 24 rows of at most 80 columns, the NATS and
+    dashboard URLs and the summary on it; once converged, nothing more is written."""
+    stack.wait_for(r"10 Services, 10 ready, 0 failed, p50 \d+ ms")
+    rows = screen(stack.text())
+    assert len(rows) <= 24 and all(len(row) <= 80 for row in rows), rows
+    text = "\n".join(rows)
+    assert "NATS nats://127.0.0.1:" in text and "dashboard http://127.0.0.1:" in text, rows
+    assert re.search(r"10 Services, 10 ready, 0 failed, p50 \d+ ms", text), rows
+    assert sum(1 for row in rows if " ready " in f"{row} ") == 10, rows
+    before = stack.size()
+    time.sleep(2.0)  # ten looks of the table for a change (LOOK_EVERY_S)
+    assert stack.size() == before, stack.text()[before:]

@@ -7,10 +7,12 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import signal
 import statistics
 import sys
 import time
+from collections.abc import Container, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -26,6 +28,8 @@ if TYPE_CHECKING:
     # pulls in every service (tens of MB in each ``vipwire run`` process).
     from vipwire.allinone import Stack
     from vipwire.allinone.clock import StatusClock
+    from vipwire.allinone.view import Row
+    from vipwire.ipam import PoolSettings
 
 log = logging.getLogger("vipwire.up")
 
@@ -130,6 +134,11 @@ def execute(args: argparse.Namespace) -> int:
         check_kubeconfig(args.kubeconfig, args.context)
     elif args.demo or args.context or args.lease_namespace:
         raise exits.UsageError("--demo, --context and --lease-namespace go with --kubeconfig FILE")
+    elif args.clusters * args.services > 130_000:
+        raise exits.UsageError(
+            f"--clusters {args.clusters} x --services {args.services}: more demo Services "
+            "than the demo pool holds (130,000)"
+        )
     return asyncio.run(up(args))
 
 
@@ -163,6 +172,19 @@ def check_kubeconfig(path: str, context: str | None) -> None:
             f"--kubeconfig {path}: no context {wanted!r} "
             f"(contexts: {', '.join(map(str, names)) or 'none'}); pick one with --context"
         )
+
+
+#: The demo's VIPs: a /24 of documentation addresses while it is enough, else the /15
+#: of benchmarking addresses (RFC 2544; 131,072 VIPs).
+SMALL_POOL, LARGE_POOL = "198.51.100.0/24", "198.18.0.0/15"
+
+
+def demo_pools(services: int) -> tuple[PoolSettings, ...]:
+    """A pool with room for every demo Service (one VIP each)."""
+    from vipwire.ipam import PoolSettings
+
+    block = SMALL_POOL if services <= 250 else LARGE_POOL
+    return (PoolSettings(name="default", addresses=(block,), appliance_group="dc1"),)
 
 
 def demo_services(count: int) -> list[DemoSpec]:
@@ -216,6 +238,7 @@ async def _up(args: argparse.Namespace, stop: asyncio.Event) -> int:
 
     real = getattr(args, "kubeconfig", None)
     settings = StackSettings(
+        pools=demo_pools(args.services * (1 if real else args.clusters)),
         clusters=args.clusters,
         nodes=args.nodes,
         state_dir=args.state_dir,
@@ -291,8 +314,8 @@ async def _up(args: argparse.Namespace, stop: asyncio.Event) -> int:
                 )
                 return exits.USAGE
         if smoke:
-            return await _smoke(clock, args.timeout)
-        return await _live(stack, stop)
+            return await _smoke(stack, clock, args.timeout)
+        return await _live(stack, stop, clock)
 
     try:
         finished, code = await unless_set(stop, run())
@@ -337,9 +360,54 @@ async def _remove_demo(stack: Stack, keys: list[ServiceRef]) -> None:
             )
 
 
-async def _smoke(clock: StatusClock, timeout: float) -> int:
+#: Row states of the bus view that a Service does not leave without a change to it:
+#: ``--smoke`` stops at the first one instead of waiting out its timeout.
+PERMANENT = ("failed", "rejected")
+
+
+def permanent_failure(
+    keys: Sequence[ServiceRef], rows: Mapping[ServiceRef, Row], converged: Container[ServiceRef]
+) -> str | None:
+    """The first of ``keys`` not converged and failed for good (naming the Service and
+    the reason, and how many more), or None."""
+    bad = [
+        (k, rows[k])
+        for k in keys
+        if k in rows and k not in converged and rows[k].state in PERMANENT
+    ]
+    if not bad:
+        return None
+    key, row = bad[0]
+    text = f"{'/'.join(key)} {row.state}: {row.detail or 'no reason given'}"
+    return text + (f" (and {len(bad) - 1} more)" if len(bad) > 1 else "")
+
+
+async def _smoke(stack: Stack, clock: StatusClock, timeout: float) -> int:
+    from vipwire.allinone.view import BusView
+    from vipwire.bus import connect_client
+
     keys = list(clock.created)
-    ok = await clock.wait_every(keys, timeout)
+    nc = await connect_client(stack.client_settings(), name="vipwire-up-smoke", timeout=5.0)
+    view = BusView()
+    failure: str | None = None
+    try:
+        await view.start(nc)
+        waiting = asyncio.ensure_future(clock.wait_every(keys, timeout))
+        try:
+            while not waiting.done():
+                await asyncio.wait({waiting}, timeout=0.1)
+                failure = permanent_failure(keys, view.rows, clock.converged)
+                if failure is not None:
+                    break
+        finally:
+            if not waiting.done():
+                waiting.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await waiting
+        ok = failure is None and waiting.result()
+    finally:
+        await view.stop()
+        await nc.close()
     latencies = clock.latencies_ms()
     result: dict[str, Any] = {
         "services": len(keys),
@@ -348,11 +416,13 @@ async def _smoke(clock: StatusClock, timeout: float) -> int:
         "p99_ms": round(percentile(latencies, 99), 2) if latencies else None,
         "mean_ms": round(statistics.fmean(latencies), 2) if latencies else None,
     }
-    if not ok:
+    if failure is not None:
+        result["reason"] = f"failed for good: {failure}"
+    elif not ok:
         missing = sorted("/".join(k) for k in keys if k not in clock.converged)
         result["reason"] = f"not converged within {timeout:g}s: {', '.join(missing)}"
     print(json.dumps(result), flush=True)
-    return 0 if ok else 1
+    return exits.OK if ok else exits.FAILED
 
 
 def _write_cli_config(stack: Stack) -> str:
@@ -405,38 +475,92 @@ def _print_connection(stack: Stack, cli_config: str) -> None:
         )
 
 
-async def _live(stack: Stack, stop: asyncio.Event) -> int:
+#: How often the live table looks for a change (it writes only when there is one).
+LOOK_EVERY_S = 0.2
+
+
+def _terminal_size() -> tuple[int, int]:
+    import shutil
+
+    size = shutil.get_terminal_size((100, 40))
+    return size.columns, size.lines
+
+
+async def _live(stack: Stack, stop: asyncio.Event, clock: StatusClock) -> int:
+    """The live table: on a terminal, one screen that fits it, redrawn only on a change;
+    piped, one line per change."""
     from vipwire.allinone.view import BusView
     from vipwire.bus import connect_client, redacted
+    from vipwire.cli import live
 
     nc = await connect_client(stack.client_settings(), name="vipwire-up-view", timeout=5.0)
     view = BusView()
+    tty = sys.stdout.isatty()
+    colour = tty and not os.environ.get("NO_COLOR")
+    dashboard = f"; dashboard {stack.dashboard_url}" if stack.dashboard_url else ""
+    first = f"vipwire up — NATS {redacted(stack.nats.url)}{dashboard}"
+    clusters = f"clusters {', '.join(stack.clusters)}"
+    shown: dict[ServiceRef, live.Line] = {}
+    last_content: object = None
+    last_size = (0, 0)
+    last_summary = ""
+    updated = time.time()
+    out = sys.stdout
     try:
         await view.start(nc)
+        if tty:
+            out.write("\x1b[2J")
+        else:
+            out.write(f"{first}; {clusters}; Ctrl-C stops\n")
+            out.flush()
         while not stop.is_set():
             if refused := stack.refused():
                 # A permission taken away while running: say so and stop, not spin.
                 for name, reason in refused.items():
                     print(f"vipwire up: {name}: {reason}", file=sys.stderr)
-                return 1
+                return exits.FAILED
             statuses = {
                 r: stack.ingress_ips(r.cluster, r.name, r.namespace) for r in list(view.rows)
             }
-            screen = view.render(statuses)
-            if sys.stdout.isatty():
-                sys.stdout.write("\x1b[H\x1b[2J")
-            dashboard = f"dashboard {stack.dashboard_url}; " if stack.dashboard_url else ""
-            where = redacted(stack.nats.url)
-            sys.stdout.write(
-                f"vipwire up — NATS {where}, clusters {', '.join(stack.clusters)}; "
-                f"{dashboard}Ctrl-C stops\n\n{screen}\n"
-            )
-            if not sys.stdout.isatty():
-                sys.stdout.write("\n")
-            sys.stdout.flush()
+            lines = live.lines_of(view, statuses)
+            summary = live.summary(lines, clock.latencies_ms())
+            content = (tuple(lines), summary)
+            if tty:
+                size = _terminal_size()
+                dirty = size != last_size
+                if content != last_content:
+                    last_content, updated, dirty = content, time.time(), True
+                if dirty:
+                    last_size = size
+                    stamp = time.strftime("%H:%M:%S", time.localtime(updated))
+                    screen = live.frame(
+                        lines,
+                        header=[first, f"{clusters}; updated {stamp}; Ctrl-C stops"],
+                        summary_line=summary,
+                        width=size[0],
+                        height=size[1],
+                        colour=colour,
+                    )
+                    out.write("\x1b[H" + "\x1b[K\r\n".join(screen) + "\x1b[K\x1b[J")
+                    out.flush()
+            else:
+                now = time.time()
+                for line in live.changed(shown, lines):
+                    out.write(live.row_line(line, now) + "\n")
+                    shown[line.key] = line
+                for key_gone in set(shown) - {line.key for line in lines}:
+                    del shown[key_gone]
+                    out.write(f"{live.row_line_gone(key_gone, now)}\n")
+                if summary != last_summary:
+                    last_summary = summary
+                    out.write(f"{time.strftime('%H:%M:%S', time.gmtime(now))} {summary}\n")
+                out.flush()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), 1.0)
+                await asyncio.wait_for(stop.wait(), LOOK_EVERY_S)
     finally:
+        if tty:
+            out.write("\r\n")
+            out.flush()
         await view.stop()
         await nc.close()
-    return 0
+    return exits.OK
