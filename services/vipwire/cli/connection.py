@@ -62,7 +62,8 @@ def add_arguments(
         parser.add_argument(
             "--nats",
             metavar="URL",
-            help=f"NATS server(s), comma-separated (env {ENV_URL}; default {DEFAULT_NATS})",
+            help=f"NATS server(s), comma-separated (env {ENV_URL}; default: the running "
+            f"vipwire up, else {DEFAULT_NATS})",
         )
     parser.add_argument(
         "--config",

@@ -26,7 +26,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argpar
     parser = sub.add_parser(
         "services",
         help="every Service the fleet knows: VIP, state, reason",
-        description=__doc__,
+        description="Every Service the fleet knows, with its VIP, state and reason, read from "
+        "the stream's last messages as the dashboard does (nothing is consumed or changed).",
         epilog=connection.PRECEDENCE,
     )
     connection.add_arguments(parser)
