@@ -61,7 +61,7 @@ def test_piped_output_names_only_the_rows_that_changed() -> None:
     now = lines(3, "assigned")
     now[1] = Line(key=now[1].key, vip=now[1].vip, state="ready", nodes="3/3", detail="")
     assert changed(before, now) == [now[1]]
-    assert row_line(now[1], 0.0) == "00:00:00 east/default/svc-1 198.51.100.1 ready"
+    assert row_line(now[1], 0.0) == "00:00:00 east/default/svc-1 198.51.100.1 ready, nodes 3/3"
 
 
 def test_smoke_stops_at_a_service_failed_for_good() -> None:

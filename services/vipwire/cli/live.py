@@ -154,9 +154,9 @@ def frame(
 def row_line(line: Line, now: float) -> str:
     """One row as a line of piped output, stamped with ``now`` (UTC)."""
     stamp = _time_fmt.strftime("%H:%M:%S", _time_fmt.gmtime(now))
-    text = (
-        f"{stamp} {line.key.cluster}/{line.key.namespace}/{line.key.name} {line.vip} {line.state}"
-    )
+    key = line.key
+    text = f"{stamp} {key.cluster}/{key.namespace}/{key.name} {line.vip} {line.state}"
+    text += f", nodes {line.nodes}"
     return f"{text}: {line.detail}" if line.detail else text
 
 
