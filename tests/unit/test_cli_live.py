@@ -87,3 +87,11 @@ def test_rows_sort_naturally() -> None:
 
     keys = [ServiceRef("east", "default", f"svc-{i}") for i in (10, 2, 1)]
     assert [k.name for k in sorted(keys, key=natural)] == ["svc-1", "svc-2", "svc-10"]
+
+
+def test_failed_rows_come_first_when_not_all_fit() -> None:
+    """A failed row beyond the screen's height is moved onto it."""
+    rows = lines(100)
+    rows[99] = Line(key=rows[99].key, vip="-", state="failed", nodes="0/3", detail="pool full")
+    shown = frame(rows, header=HEADER, summary_line="s", width=80, height=24, colour=False)
+    assert "pool full" in shown[5]

@@ -107,7 +107,8 @@ def frame(
     colour: bool,
 ) -> list[str]:
     """One screen: ``header`` lines, the summary, then the rows that fit in
-    ``width`` x ``height`` (the last line says how many did not)."""
+    ``width`` x ``height`` (failed rows first when not all fit; the last line says how
+    many did not)."""
     width = max(20, width)
     top = [_cut(h, width) for h in header] + [_cut(summary_line, width), ""]
     if colour:
@@ -126,6 +127,10 @@ def frame(
 
     table = [_cut(cells("CLUSTER", "SERVICE", "VIP", "STATE", "NODES", "REASON"), width)]
     room = max(0, height - len(top) - len(table))
+    if len(lines) > room:
+        # What needs a look first: failed, then not yet ready; ready rows last.
+        order = {state: 0 for state in FAILED}
+        lines = sorted(lines, key=lambda ln: order.get(ln.state, 2 if ln.state == "ready" else 1))
     shown = lines if len(lines) <= room else lines[: max(0, room - 1)]
     for ln in shown:
         text = _cut(
