@@ -134,3 +134,77 @@ async def test_services_appear_live_and_a_service_page_shows_its_change(
         assert path.stat().st_size > 10_000
         print(f"screenshot: {path}")
     print(f"browser test took {time.monotonic() - started:.1f} s")
+
+
+async def test_sorting_a_banner_and_the_node_view(stack: Stack, browser: Any) -> None:
+    """The Services table sorts naturally by a clicked column (and back); a node without an
+    agent raises a banner; the node view lists each node's applied VIPs and when; a
+    Service's page draws each of its changes with its own trace."""
+    for name in ("svc-10", "svc-2", "svc-1"):
+        await stack.create_service("east", name)
+    await eventually(
+        lambda: all(stack.ingress_ips("east", n) for n in ("svc-10", "svc-2", "svc-1")),
+        10.0,
+        what="the svc-N Services have VIPs",
+    )
+    url = stack.dashboard_url
+    assert url is not None
+
+    # Sorting: by name descending, then ascending (natural: svc-2 before svc-10).
+    await browser.navigate(url + "services?q=svc-")
+    rows = f"[...{qa('#services-table tbody tr')}].map(r => r.dataset.key.split('/')[2])"
+    await browser.wait_for(f"{rows}.length === 3")
+    header = q('#services-table th[data-sort="name"]')
+    await browser.evaluate(f"{header}.click()")
+    await browser.wait_for(f"{header}.getAttribute('aria-sort') === 'ascending'")
+    await browser.wait_for(f"{rows}.join() === 'svc-1,svc-2,svc-10'")
+    await browser.evaluate(f"{header}.click()")
+    await browser.wait_for(f"{rows}.join() === 'svc-10,svc-2,svc-1'")
+    assert await browser.evaluate(f"{header}.getAttribute('aria-sort')") == "descending"
+    assert "sort=name" in await browser.evaluate("location.search")
+    reason = await browser.evaluate(f"{qa('#services-table thead th')}[7].textContent")
+    assert reason == "Reason"
+
+    # A banner: a node whose agent never reports, while the others do, is "lost".
+    await stack.emulators["east"].add_node("east-node-9", "192.0.2.250")
+    banner = q('#banners .banner[data-kind="consumer"]')
+    await browser.wait_for(f"!!{banner} && {banner}.textContent.includes('east-node-9')", 10.0)
+    assert await browser.evaluate(f"{q('#as-of')}.textContent.startsWith('as of ')")
+    banner_png = await browser.screenshot(ARTIFACTS / "dashboard-banner.png")
+
+    # The node view: east-node-1 applied the svc-N VIPs, a moment ago; node 9 never did.
+    await browser.navigate(url + "nodes")
+    node1 = q('#nodes tbody tr[data-node="east/east-node-1"]')
+    vips = [stack.ingress_ips("east", n)[0] for n in ("svc-1", "svc-2", "svc-10")]
+    await browser.wait_for(
+        f"!!{node1} && {json.dumps(vips)}.every(v => "
+        f"{node1}.querySelector('.vips').textContent.includes(v))",
+        10.0,
+    )
+    reported = await browser.evaluate(f"{node1}.querySelector('.reported').textContent")
+    assert "ago" in reported, reported
+    services = await browser.evaluate(f"{node1}.textContent")
+    assert "east/default/svc-10" in services
+    node9 = q('#nodes tbody tr[data-node="east/east-node-9"]')
+    assert await browser.evaluate(f"{node9}.querySelector('.reported').textContent") == "never"
+    nodes_png = await browser.screenshot(ARTIFACTS / "dashboard-nodes.png")
+
+    # A second change of svc-1 (a port added): its page draws both, each with its trace.
+    await stack.emulators["east"].patch(
+        "services",
+        "default",
+        "svc-1",
+        {"spec": {"ports": [{"name": "p80", "port": 80, "protocol": "TCP"},
+                            {"name": "p8080", "port": 8080, "protocol": "TCP"}]}},
+    )  # fmt: skip
+    await browser.navigate(url + "services/east/default/svc-1")
+    earlier = q("#history .change")
+    await browser.wait_for(f"!!{earlier} && !!{earlier}.querySelector('.bar[data-hop=ipam]')", 10.0)
+    traces = await browser.evaluate(
+        f"[...{qa('#waterfall .wf-meta .mono, #history .wf-meta .mono')}].map(e => e.textContent)"
+    )
+    assert len(traces) == 2 and traces[0] != traces[1], traces
+
+    assert browser.errors == []
+    for path in (banner_png, nodes_png):
+        assert path.stat().st_size > 10_000

@@ -182,6 +182,18 @@ class TestReadModelFromTheBus:
         _, page = await dash.get("/api/services?q=198.51.100.2")
         assert [r["key"] for r in page["rows"]] == ["west/default/api"]
         assert page["facets"]["clusters"] == ["east", "west"]
+        # Sorting runs on the server too; a column that is not one is refused.
+        _, page = await dash.get("/api/services?sort=state")
+        assert [r["key"] for r in page["rows"]] == ["west/default/api", "east/default/web"]
+        _, page = await dash.get("/api/services?sort=state&desc=1")
+        assert [r["key"] for r in page["rows"]] == ["east/default/web", "west/default/api"]
+        status, _ = await dash.get("/api/services?sort=bogus")
+        assert status == 400
+        status, nodes = await dash.get("/api/nodes")
+        assert status == 200 and isinstance(nodes["nodes"], list)
+        status, banners = await dash.get("/api/banners")
+        assert status == 200 and isinstance(banners["banners"], list)
+        assert banners["last_event"] is not None
 
     async def test_a_rejected_service_is_in_the_failed_list_with_its_reason(
         self, publisher: Runtime, start_dashboard: Callable[..., Awaitable[Dashboard]]
@@ -290,7 +302,16 @@ class TestAuth:
     ) -> None:
         """No token, a wrong token: 401 on pages, API, events and static files."""
         dash = await start_dashboard(token=TOKEN)
-        for path in ("/", "/services", "/api/services", "/api/events", "/static/app.js"):
+        for path in (
+            "/",
+            "/services",
+            "/nodes",
+            "/api/services",
+            "/api/nodes",
+            "/api/banners",
+            "/api/events",
+            "/static/app.js",
+        ):
             status, _ = await dash.get(path)
             assert status == 401, path
         status, _ = await dash.get("/api/services", headers={"Authorization": "Bearer nope"})

@@ -905,21 +905,7 @@ class PullConsumer:
                 log.exception("consumer %s: on_unreadable failed for %s", self._label, subject)
         verdict: Verdict = Reject(reason=reason)
         if previous is not None:
-            stored, message = previous
-            replayed = await self._invoke(
-                Delivery(
-                    subject=parsed,
-                    message=message,
-                    seq=stored.seq,
-                    num_delivered=num_delivered,
-                    headers=stored.headers,
-                    timestamp=stored.time_ns / 1e9,
-                )
-            )
-            if isinstance(replayed, Retry):
-                verdict = replayed
-            elif self._supersede:
-                self._last_seq.note(subject, stored.seq)
+            verdict = await self._hand_over(parsed, previous, num_delivered) or verdict
         elif failure is not None:
             verdict = Retry(delay=_backoff(num_delivered), reason=failure)
         if isinstance(verdict, Retry) and num_delivered < self.spec.max_deliveries:
@@ -927,6 +913,28 @@ class PullConsumer:
             await self._settle(msg, verdict, subject, seq)
             return
         await self._settle(msg, Reject(reason=reason), subject, seq, counted=True)
+
+    async def _hand_over(
+        self, parsed: Subject, previous: tuple[StoredMessage, Message], num_delivered: int
+    ) -> Retry | None:
+        """Hand the handler the subject's message in force instead of one it cannot take
+        (unreadable, or disagreeing with its subject); a Retry if the handler asks again."""
+        stored, message = previous
+        replayed = await self._invoke(
+            Delivery(
+                subject=parsed,
+                message=message,
+                seq=stored.seq,
+                num_delivered=num_delivered,
+                headers=stored.headers,
+                timestamp=stored.time_ns / 1e9,
+            )
+        )
+        if isinstance(replayed, Retry):
+            return replayed
+        if self._supersede:
+            self._last_seq.note(parsed.raw, stored.seq)
+        return None
 
     async def _mismatched(
         self, msg: Msg, parsed: Subject, seq: int, num_delivered: int, exc: SubjectMismatch
@@ -965,21 +973,7 @@ class PullConsumer:
                 previous = None
                 verdict = Retry(delay=_backoff(num_delivered), reason=str(err))
             if previous is not None:
-                stored, message = previous
-                replayed = await self._invoke(
-                    Delivery(
-                        subject=parsed,
-                        message=message,
-                        seq=stored.seq,
-                        num_delivered=num_delivered,
-                        headers=stored.headers,
-                        timestamp=stored.time_ns / 1e9,
-                    )
-                )
-                if isinstance(replayed, Retry):
-                    verdict = replayed
-                elif self._supersede:
-                    self._last_seq.note(subject, stored.seq)
+                verdict = await self._hand_over(parsed, previous, num_delivered) or verdict
         if isinstance(verdict, Retry) and num_delivered < self.spec.max_deliveries:
             await self._settle(msg, verdict, subject, seq)
             return

@@ -75,6 +75,8 @@ class Runtime:
             processors=span_processors,
             otlp_endpoint=settings.telemetry.otlp_endpoint,
             attributes=attributes,
+            exporter=settings.telemetry.exporter,
+            file_dir=settings.telemetry.file_dir,
         )
         self.tracer: Tracer = self.tracer_provider.get_tracer("vipwire")
         self._connect_attempts = connect_attempts

@@ -17,7 +17,7 @@ import types
 import typing
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import msgspec
 import msgspec.yaml
@@ -46,10 +46,22 @@ class HttpSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
 
 
 class TelemetrySettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    #: Where spans go: ``otlp`` (to ``otlp_endpoint``; none without one), ``file``
+    #: (OTLP-JSON lines, one export batch per line, in ``file_dir``; read a trace with
+    #: ``vipwire trace ID --store DIR``) or ``console`` (one line per span on stderr).
+    exporter: Literal["otlp", "console", "file"] = "otlp"
     #: OTLP/HTTP collector base URL; default: $OTEL_EXPORTER_OTLP_ENDPOINT, else no export.
     otlp_endpoint: str | None = None
+    #: ``exporter: file``: the directory of the span files (``spans-<host>-<pid>.jsonl``, one
+    #: per process, appended to, never rotated: remove old ones). Required for ``file``
+    #: (``vipwire up`` uses ``<state dir>/traces``).
+    file_dir: str | None = None
     #: Log level name.
     log_level: str = "INFO"
+
+    def __post_init__(self) -> None:
+        if self.exporter == "file" and not self.file_dir:
+            raise ValueError("exporter: file needs file_dir (the directory of the span files)")
 
 
 class CommonSettings(msgspec.Struct, frozen=True, kw_only=True):

@@ -5,6 +5,12 @@ when several services share one process, as in ``vipwire up``); nothing here
 installs a global provider.
 """
 
+from vipwire.telemetry._exporters import (
+    ConsoleSpanLineExporter,
+    OtlpJsonFileExporter,
+    span_file,
+    traces_data,
+)
 from vipwire.telemetry._logging import TraceIdFilter, configure_logging
 from vipwire.telemetry._traceparent import TraceParent, parse_traceparent
 from vipwire.telemetry._tracing import (
@@ -14,9 +20,13 @@ from vipwire.telemetry._tracing import (
     make_tracer_provider,
     trace_id_of_current_span,
 )
+from vipwire.telemetry._waterfall import SpanRecord, spans_of_line, spans_of_trace, waterfall
 
 __all__ = [
     "TRACEPARENT",
+    "ConsoleSpanLineExporter",
+    "OtlpJsonFileExporter",
+    "SpanRecord",
     "TraceIdFilter",
     "TraceParent",
     "configure_logging",
@@ -24,5 +34,10 @@ __all__ = [
     "inject_context",
     "make_tracer_provider",
     "parse_traceparent",
+    "span_file",
+    "spans_of_line",
+    "spans_of_trace",
     "trace_id_of_current_span",
+    "traces_data",
+    "waterfall",
 ]

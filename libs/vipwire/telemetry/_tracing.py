@@ -11,6 +11,8 @@ from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
+from vipwire.telemetry._exporters import ConsoleSpanLineExporter, OtlpJsonFileExporter
+
 TRACEPARENT: Final = "traceparent"
 _propagator: Final = TraceContextTextMapPropagator()
 
@@ -21,16 +23,36 @@ def make_tracer_provider(
     processors: Sequence[SpanProcessor] = (),
     otlp_endpoint: str | None = None,
     attributes: Mapping[str, str] | None = None,
+    exporter: str = "otlp",
+    file_dir: str | None = None,
 ) -> TracerProvider:
-    """A provider for one service; exports over OTLP/HTTP when an endpoint is known.
+    """A provider for one service, exporting as ``exporter`` says:
 
-    ``otlp_endpoint`` defaults to ``OTEL_EXPORTER_OTLP_ENDPOINT``, the standard
-    variable, so a deployment configures every service the same way.
+    - ``otlp``: over OTLP/HTTP when an endpoint is known (``otlp_endpoint``, default
+      ``OTEL_EXPORTER_OTLP_ENDPOINT``, the standard variable, so a deployment
+      configures every service the same way); no export without one;
+    - ``file``: OTLP-JSON lines in ``file_dir`` (read them with ``vipwire trace``);
+    - ``console``: one readable line per span on stderr.
     """
     resource = Resource.create({"service.name": service_name, **(attributes or {})})
     provider = TracerProvider(resource=resource)
     for processor in processors:
         provider.add_span_processor(processor)
+    if exporter == "file":
+        if not file_dir:
+            raise ValueError("telemetry.exporter is file but telemetry.file_dir is not set")
+        # A short delay: `vipwire trace` right after a change should find its spans.
+        provider.add_span_processor(
+            BatchSpanProcessor(OtlpJsonFileExporter(file_dir), schedule_delay_millis=200)
+        )
+        return provider
+    if exporter == "console":
+        provider.add_span_processor(
+            BatchSpanProcessor(ConsoleSpanLineExporter(), schedule_delay_millis=200)
+        )
+        return provider
+    if exporter != "otlp":
+        raise ValueError(f"telemetry.exporter {exporter!r}: use otlp, console or file")
     endpoint = otlp_endpoint or os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
     if endpoint:
         # Imported lazily: the exporter pulls in protobuf, which a run

@@ -35,7 +35,7 @@ from vipwire.lbdriver.core.profiles import ProfileSettings
 from vipwire.natsauth import Generated, generate
 from vipwire.natsserver import NatsCluster, NatsServer, Pki, make_pki
 from vipwire.nodeagent import Applier, DryRunApplier, NodeagentService, NodeagentSettings
-from vipwire.runtime import CommonSettings, Runtime, Service
+from vipwire.runtime import CommonSettings, Runtime, Service, TelemetrySettings
 from vipwire.watcher import WatcherService, WatcherSettings
 
 log = logging.getLogger("vipwire.allinone")
@@ -98,6 +98,12 @@ class StackSettings(msgspec.Struct, frozen=True, kw_only=True):
     secure_bus: bool = True
     #: Namespace of the watchers' Leases; None: the kubeconfig context's namespace.
     lease_namespace: str | None = None
+    #: Where every component's spans go: ``file`` (OTLP-JSON lines in
+    #: ``<state_dir>/traces``, read by ``vipwire trace``), ``console`` (stderr) or
+    #: ``otlp`` (to $OTEL_EXPORTER_OTLP_ENDPOINT when set).
+    trace_exporter: Literal["otlp", "console", "file"] = "otlp"
+    #: The dashboard links each trace id to ``{jaeger_url}/trace/{id}``; None: no links.
+    jaeger_url: str | None = None
 
 
 #: The operator and reader identities the stack generates (besides the components').
@@ -274,10 +280,25 @@ class Stack:
         service_name, _, instance = name.partition(":")
         return Runtime(
             service_name,
-            CommonSettings(bus=bus),
+            CommonSettings(bus=bus, telemetry=self.telemetry()),
             span_processors=self._span_processors,
             connect_attempts=20,
             instance=instance or None,
+        )
+
+    @property
+    def trace_dir(self) -> Path | None:
+        """Where the components' span files go (None: not the file exporter)."""
+        if self.settings.trace_exporter != "file":
+            return None
+        return self.state_dir / "traces"
+
+    def telemetry(self) -> TelemetrySettings:
+        """Every component's ``telemetry`` section."""
+        trace_dir = self.trace_dir
+        return TelemetrySettings(
+            exporter=self.settings.trace_exporter,
+            file_dir=None if trace_dir is None else str(trace_dir),
         )
 
     def node_names(self, cluster: str) -> list[str]:
@@ -356,7 +377,7 @@ class Stack:
             )
             self._add(f"watcher:{cluster}", lambda rt, st=w_settings: WatcherService(st, rt))
         if s.dashboard_port is not None:
-            d_settings = DashboardSettings(port=s.dashboard_port)
+            d_settings = DashboardSettings(port=s.dashboard_port, jaeger_url=s.jaeger_url)
             self._add("dashboard", lambda rt: DashboardService(d_settings, rt))
 
     def _add(self, name: str, build: Any) -> None:

@@ -30,6 +30,7 @@ COMMANDS = (
     "ipam",
     "replay",
     "nats",
+    "trace",
 )
 
 #: One example (or a few) for every command's ``--help``, by its ``prog``.
@@ -142,7 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
         command.set_defaults(_module=module)
     for each in parsers(parser):
         examples = EXAMPLES.get(each.prog)
-        if examples:
+        if examples and "example" not in (each.epilog or "").lower():
             block = "Examples:\n" + "\n".join(f"  {e}" for e in examples)
             each.epilog = f"{each.epilog}\n\n{block}" if each.epilog else block
         each.epilog = f"{each.epilog}\n\n{EXIT_CODES}" if each.epilog else EXIT_CODES

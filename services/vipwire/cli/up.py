@@ -126,7 +126,27 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argpar
         action="store_true",
         help="--kubeconfig: create the demo Services in that cluster (deleted again on exit)",
     )
+    up.add_argument(
+        "--trace-exporter",
+        choices=("file", "console", "otlp"),
+        default="file",
+        help="where spans go: file (default: OTLP-JSON lines in STATE_DIR/traces, read with "
+        "`vipwire trace ID --store STATE_DIR`), console (stderr) or otlp "
+        "($OTEL_EXPORTER_OTLP_ENDPOINT)",
+    )
+    up.add_argument(
+        "--jaeger-url",
+        metavar="URL",
+        type=_jaeger_url,
+        help="the dashboard links trace ids to URL/trace/<id> (e.g. http://127.0.0.1:16686)",
+    )
     return up
+
+
+def _jaeger_url(text: str) -> str:
+    if not text.startswith(("http://", "https://")):
+        raise argparse.ArgumentTypeError(f"{text!r}: give an http:// or https:// URL")
+    return text.rstrip("/")
 
 
 def execute(args: argparse.Namespace) -> int:
@@ -248,10 +268,18 @@ async def _up(args: argparse.Namespace, stop: asyncio.Event) -> int:
         tls=bool(getattr(args, "tls", False)),
         secure_bus=not getattr(args, "insecure_bus", False),
         lease_namespace=getattr(args, "lease_namespace", None),
+        trace_exporter=getattr(args, "trace_exporter", "file"),
+        jaeger_url=getattr(args, "jaeger_url", None),
     )
     demo = not real or args.demo
     stack = Stack(settings)
     print(f"vipwire up: JetStream store in {stack.state_dir / 'jetstream'}", file=sys.stderr)
+    if stack.trace_dir is not None:
+        print(
+            f"vipwire up: spans in {stack.trace_dir}: "
+            f"vipwire trace TRACE_ID --store {stack.state_dir}",
+            file=sys.stderr,
+        )
     if stack.operator_creds is None:
         print(
             "vipwire up: WARNING: --insecure-bus: NATS runs without authentication or "

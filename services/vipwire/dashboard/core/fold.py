@@ -43,6 +43,7 @@ from vipwire.contracts import (
     summary,
     vips_text,
 )
+from vipwire.dashboard.core.sorting import NaturalKey, natural_key
 from vipwire.dashboard.core.views import Hop, State, TimelineEntry
 
 # A uid seen removed is remembered so that a late message of that Service
@@ -84,6 +85,10 @@ class Change(NamedTuple):
     kind: Literal["added", "changed", "removed", "cluster"]
     #: ``cluster/ns/name`` for Services; the cluster's name for ``cluster``.
     key: str
+
+
+def _ref_key(ref: ServiceRef) -> tuple[NaturalKey, NaturalKey, NaturalKey]:
+    return natural_key(ref[0]), natural_key(ref[1]), natural_key(ref[2])
 
 
 # --- mutable state --------------------------------------------------------------------
@@ -128,6 +133,7 @@ class ServiceEntry:
         "first_seen",
         "haystack",
         "lb_error",
+        "lb_time",
         "lb_vips",
         "members",
         "name",
@@ -172,6 +178,8 @@ class ServiceEntry:
         self.convergence_ms: float | None = None
         self.first_seen = time
         self.updated = time
+        #: When the appliance last served its VIPs (LbProgrammed), for the lagging-agent alert.
+        self.lb_time: float | None = None
         self.timeline: deque[TimelineEntry] = deque(maxlen=timeline)
         # Last stream sequence applied per subject family: a consumer re-created
         # after a reconnect delivers the last message of each subject again.
@@ -233,6 +241,8 @@ class ReadModel:
         self._vip_owner: dict[tuple[str, str], ServiceRef] = {}
         self._gone: OrderedDict[str, None] = OrderedDict()
         self._order: list[ServiceRef] | None = None
+        #: Each Service's natural sort key, made once when it comes.
+        self.sort_keys: dict[ServiceRef, tuple[NaturalKey, NaturalKey, NaturalKey]] = {}
 
     def __len__(self) -> int:
         return len(self.services)
@@ -286,12 +296,14 @@ class ReadModel:
     def _add(self, key: ServiceRef, time: float) -> ServiceEntry:
         view = ServiceEntry(key, time, self.timeline_events)
         self.services[key] = view
+        self.sort_keys[key] = _ref_key(key)
         self.namespaces[key[1]] += 1
         self._order = None
         return view
 
     def _remove(self, key: ServiceRef, view: ServiceEntry, *, tombstone: bool) -> None:
         self.services.pop(key, None)
+        self.sort_keys.pop(key, None)
         self.namespaces[key[1]] -= 1
         if self.namespaces[key[1]] <= 0:
             del self.namespaces[key[1]]
@@ -359,6 +371,7 @@ class ReadModel:
                 return True
             case LbProgrammed():
                 view.lb_vips = m.vips
+                view.lb_time = event.time
                 view.appliance = m.appliance
                 view.members = m.members
                 view.lb_error = None
@@ -448,8 +461,12 @@ class ReadModel:
     def ordered(self) -> list[ServiceRef]:
         """Every Service's key, sorted (cached until a Service comes or goes)."""
         if self._order is None:
-            self._order = sorted(self.services)
+            self._order = sorted(self.services, key=self.sort_keys.__getitem__)
         return self._order
+
+    def owner(self, cluster: str, vip: str) -> ServiceRef | None:
+        """The Service that holds ``vip`` in ``cluster``, as far as the bus says."""
+        return self._vip_owner.get((cluster, vip))
 
     def keys(self) -> Iterator[ServiceRef]:
         return iter(self.ordered())

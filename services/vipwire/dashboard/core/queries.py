@@ -9,16 +9,20 @@ from __future__ import annotations
 
 import math
 from collections import Counter
+from typing import Any, Final
 
 from vipwire.contracts import ServiceRef
 from vipwire.dashboard.core.fold import ReadModel, ServiceEntry
+from vipwire.dashboard.core.sorting import natural_key
 from vipwire.dashboard.core.views import (
+    SORTS,
     STATES,
     ApplianceUse,
     ClusterSummary,
     Convergence,
     Detail,
     Facets,
+    NodeRow,
     NodeState,
     Overview,
     Page,
@@ -26,7 +30,7 @@ from vipwire.dashboard.core.views import (
     Query,
     Row,
 )
-from vipwire.dashboard.core.waterfall import waterfall
+from vipwire.dashboard.core.waterfall import waterfall, waterfalls
 from vipwire.metrics import percentile
 
 
@@ -86,6 +90,10 @@ def page(model: ReadModel, query: Query) -> Page:
         if query.state and view.state != query.state:
             continue
         matched.append(key)
+    if query.sort:
+        matched = _sorted(model, matched, query.sort, desc=query.desc)
+    elif query.desc:
+        matched.reverse()
     pages = max(1, math.ceil(len(matched) / per_page))
     number = max(1, min(query.page, pages))
     chosen = matched[(number - 1) * per_page : number * per_page]
@@ -102,6 +110,84 @@ def page(model: ReadModel, query: Query) -> Page:
             states={s: states.get(s, 0) for s in STATES},
         ),
     )
+
+
+#: "state" sorts problems first: failed, then the stages of a change, then ready.
+_STATE_ORDER: Final = {
+    s: i for i, s in enumerate(("failed", "pending", "assigned", "programmed", "deleting", "ready"))
+}
+
+
+def _sort_value(model: ReadModel, view: ServiceEntry, sort: str) -> Any:
+    """The value ``sort`` orders by; None sorts last either way."""
+    if sort == "name":
+        return model.sort_keys[view.ref][2]
+    if sort == "cluster":
+        return model.sort_keys[view.ref][0]
+    if sort == "state":
+        return _STATE_ORDER.get(view.state, 99)
+    if sort == "vip":
+        vips = view.vips or view.lb_vips
+        return natural_key(vips[0]) if vips else None
+    if sort == "appliance":
+        return None if view.appliance is None else natural_key(view.appliance)
+    if sort == "nodes":
+        applied, total = _applied_counts(model, view)
+        return None if not total else (applied / total, applied)
+    if sort == "convergence":
+        return view.convergence_ms
+    if sort == "reason":
+        return natural_key(view.error) if view.state == "failed" and view.error else None
+    if sort == "updated":
+        return view.updated
+    raise ValueError(f"cannot sort by {sort!r}: use one of {', '.join(SORTS)}")
+
+
+def _sorted(model: ReadModel, keys: list[ServiceRef], sort: str, *, desc: bool) -> list[ServiceRef]:
+    """``keys`` by ``sort`` (ties: cluster/namespace/name, naturally), values missing last."""
+    services = model.services
+    valued: list[tuple[Any, ServiceRef]] = []
+    missing: list[ServiceRef] = []
+    for key in keys:  # already in natural key order: a stable sort keeps it for ties
+        value = _sort_value(model, services[key], sort)
+        if value is None:
+            missing.append(key)
+        else:
+            valued.append((value, key))
+    # Stable either way (reverse=True keeps ties in their order): ties stay in key order.
+    valued.sort(key=lambda item: item[0], reverse=desc)
+    return [key for _, key in valued] + missing
+
+
+def nodes(model: ReadModel, now: float, cluster: str = "") -> tuple[NodeRow, ...]:
+    """Every node the bus named: which VIPs its agent applied, for which Services, how long ago."""
+    rows = []
+    for name in sorted(model.nodes, key=natural_key):
+        if cluster and name != cluster:
+            continue
+        for node_name, node in sorted(model.nodes[name].items(), key=lambda i: natural_key(i[0])):
+            vips = tuple(sorted(node.applied, key=natural_key))
+            owners = {model.owner(name, vip) for vip in vips}
+            rows.append(
+                NodeRow(
+                    cluster=name,
+                    node=node_name,
+                    addresses=node.addresses,
+                    ready=node.ready,
+                    eligible=node.eligible,
+                    reporting=node.reporting,
+                    vips=vips,
+                    services=tuple(
+                        sorted((o.text for o in owners if o is not None), key=natural_key)
+                    ),
+                    generation=node.generation,
+                    applied_time=node.applied_time,
+                    applied_ago_s=None
+                    if node.applied_time is None
+                    else max(0.0, now - node.applied_time),
+                )
+            )
+    return tuple(rows)
 
 
 def _clusters(model: ReadModel) -> set[str]:
@@ -122,7 +208,7 @@ def detail(model: ReadModel, key: ServiceRef) -> Detail | None:
             applied=bool(view.lb_vips) and node.applied.issuperset(view.lb_vips),
             generation=node.generation,
         )
-        for name, node in sorted(nodes.items())
+        for name, node in sorted(nodes.items(), key=lambda i: natural_key(i[0]))
     )
     return Detail(
         row=_row(model, view),
@@ -137,6 +223,7 @@ def detail(model: ReadModel, key: ServiceRef) -> Detail | None:
         nodes=node_states,
         timeline=tuple(reversed(view.timeline)),
         waterfall=waterfall(view.timeline),
+        changes=waterfalls(view.timeline),
     )
 
 

@@ -79,6 +79,24 @@ class Query(msgspec.Struct, frozen=True, kw_only=True):
     state: str = ""
     page: int = 1
     per_page: int = 50
+    #: The column to sort by (one of :data:`SORTS`; "": cluster, namespace, name); every
+    #: name sorts naturally (svc-2 before svc-10).
+    sort: str = ""
+    desc: bool = False
+
+
+#: The Services table's sortable columns.
+SORTS: Final[tuple[str, ...]] = (
+    "name",
+    "cluster",
+    "state",
+    "vip",
+    "appliance",
+    "nodes",
+    "convergence",
+    "reason",
+    "updated",
+)
 
 
 class WaterfallBar(msgspec.Struct, frozen=True, kw_only=True):
@@ -124,6 +142,8 @@ class Detail(msgspec.Struct, frozen=True, kw_only=True):
     #: Newest first.
     timeline: tuple[TimelineEntry, ...]
     waterfall: Waterfall | None
+    #: Every change the timeline still holds, newest first, each with its waterfall.
+    changes: tuple[Waterfall, ...] = ()
 
 
 class ClusterSummary(msgspec.Struct, frozen=True, kw_only=True):
@@ -197,3 +217,38 @@ class ControlStatus(msgspec.Struct, frozen=True, kw_only=True):
     lbdriver_error: str | None = None
     #: Unix time of the poll these answers come from.
     polled_at: float | None = None
+
+
+class NodeRow(msgspec.Struct, frozen=True, kw_only=True):
+    """One node as the node view shows it: what its agent last said it applied, and when."""
+
+    cluster: str
+    node: str
+    addresses: tuple[str, ...]
+    ready: bool
+    eligible: bool
+    #: Its agent has reported at least once.
+    reporting: bool
+    #: The VIPs its agent last reported applied (natural order).
+    vips: tuple[str, ...]
+    #: The Services (``cluster/ns/name``) those VIPs belong to, as far as the bus says.
+    services: tuple[str, ...]
+    generation: int | None
+    #: Unix time of that report (None: never).
+    applied_time: float | None
+    #: Seconds between that report and ``now`` (None: never).
+    applied_ago_s: float | None
+
+
+Level = Literal["critical", "warning"]
+
+
+class Banner(msgspec.Struct, frozen=True, kw_only=True):
+    """An alert shown above every page."""
+
+    level: Level
+    #: ``pool``, ``appliance``, ``consumer`` or ``convergence``.
+    kind: str
+    text: str
+    #: A page that shows more (None: none).
+    href: str | None = None

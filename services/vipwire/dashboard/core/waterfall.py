@@ -7,6 +7,19 @@ from collections.abc import Iterable
 from vipwire.dashboard.core.views import Hop, TimelineEntry, Waterfall, WaterfallBar
 
 
+def waterfalls(timeline: Iterable[TimelineEntry]) -> tuple[Waterfall, ...]:
+    """Every change the timeline holds (each from a snapshot to the next), newest first."""
+    entries = list(timeline)
+    starts = [i for i, e in enumerate(entries) if e.hop == "watcher" and e.kind == "service"]
+    result = []
+    for n, start in enumerate(starts):
+        end = starts[n + 1] if n + 1 < len(starts) else len(entries)
+        wf = waterfall(entries[start:end])
+        if wf is not None:
+            result.append(wf)
+    return tuple(reversed(result))
+
+
 def waterfall(timeline: Iterable[TimelineEntry]) -> Waterfall | None:
     """The hops of the last change, from its snapshot to the status write.
 

@@ -56,7 +56,8 @@ class Assets:
 # --- page shells ---------------------------------------------------------------------------
 
 _NAV: Final = (("overview", "/", "Overview"), ("services", "/services", "Services"),
-               ("appliances", "/appliances", "Appliances"))  # fmt: skip
+               ("appliances", "/appliances", "Appliances"),
+               ("nodes", "/nodes", "Nodes"))  # fmt: skip
 
 
 def _shell(page: str, title: str, main: str) -> str:
@@ -79,8 +80,10 @@ def _shell(page: str, title: str, main: str) -> str:
 <header class="top">
   <a class="brand" href="/"><span class="logo" aria-hidden="true"></span>vipwire</a>
   <nav>{nav}</nav>
+  <span class="as-of" id="as-of" title="the time of the last message read from the bus"></span>
   <span class="live" id="live" title="live updates"><span class="dot"></span><span id="live-text">connecting</span></span>
 </header>
+<div class="banners" id="banners" role="alert" aria-live="polite"></div>
 <main id="main">
 {main}
 </main>
@@ -127,8 +130,12 @@ _SERVICES: Final = """
 </form>
 <section class="panel flush">
 <table class="grid" id="services-table"><thead><tr>
-  <th>Service</th><th>Cluster</th><th>State</th><th>VIP</th><th>Appliance</th>
-  <th class="num">Nodes applied</th><th class="num">Convergence</th></tr></thead>
+  <th data-sort="name" tabindex="0">Service</th><th data-sort="cluster" tabindex="0">Cluster</th>
+  <th data-sort="state" tabindex="0">State</th><th data-sort="vip" tabindex="0">VIP</th>
+  <th data-sort="appliance" tabindex="0">Appliance</th>
+  <th class="num" data-sort="nodes" tabindex="0">Nodes applied</th>
+  <th class="num" data-sort="convergence" tabindex="0">Convergence</th>
+  <th data-sort="reason" tabindex="0">Reason</th></tr></thead>
   <tbody></tbody></table>
 <p class="empty" id="empty" hidden>No Service matches.</p>
 </section>
@@ -152,10 +159,25 @@ _SERVICE: Final = """
   <div id="waterfall" class="waterfall"></div>
 </section>
 <section class="panel">
+  <h2>Earlier changes</h2>
+  <div id="history"><p class="muted">None seen since the dashboard started.</p></div>
+</section>
+<section class="panel">
   <h2>Timeline</h2>
   <table class="grid" id="timeline"><thead><tr>
     <th>Time</th><th>Hop</th><th>Event</th><th>Detail</th><th>Trace</th></tr></thead>
     <tbody></tbody></table>
+</section>
+"""
+
+_NODES: Final = """
+<h1>Nodes <span class="count" id="count"></span></h1>
+<p class="note">Which VIPs each node's agent last reported applied, and how long ago.</p>
+<section class="panel flush">
+<table class="grid" id="nodes"><thead><tr>
+  <th>Node</th><th>Cluster</th><th>Ready</th><th class="num">VIPs</th><th>Applied VIPs</th>
+  <th>Services</th><th>Reported</th></tr></thead><tbody></tbody></table>
+<p class="empty" id="empty" hidden>No node has been seen on the bus yet.</p>
 </section>
 """
 
@@ -176,4 +198,5 @@ _PAGES: Final = {
     "services": ("Services", _SERVICES),
     "service": ("Service", _SERVICE),
     "appliances": ("Appliances", _APPLIANCES),
+    "nodes": ("Nodes", _NODES),
 }

@@ -21,9 +21,9 @@ import msgspec
 from aiohttp import web
 
 from vipwire.contracts import ServiceRef
-from vipwire.dashboard.core import queries
+from vipwire.dashboard.core import alerts, queries
 from vipwire.dashboard.core.fold import ReadModel
-from vipwire.dashboard.core.views import STATES, ControlStatus, Query
+from vipwire.dashboard.core.views import SORTS, STATES, ControlStatus, Query
 from vipwire.dashboard.io.pages import STATIC_TYPES, Assets
 from vipwire.dashboard.io.streaming import Hub, sse
 from vipwire.dashboard.settings import DashboardSettings
@@ -95,11 +95,14 @@ class DashboardWeb:
         r.add_get("/services", self._page("services"))
         r.add_get("/services/{cluster}/{namespace}/{name}", self._page("service"))
         r.add_get("/appliances", self._page("appliances"))
+        r.add_get("/nodes", self._page("nodes"))
         r.add_get("/static/{file}", self._static)
         r.add_get("/api/overview", self._overview)
         r.add_get("/api/services", self._services)
         r.add_get("/api/services/{cluster}/{namespace}/{name}", self._service)
         r.add_get("/api/appliances", self._appliances)
+        r.add_get("/api/nodes", self._nodes)
+        r.add_get("/api/banners", self._banners)
         r.add_get("/api/events", self._events)
         return app
 
@@ -201,7 +204,12 @@ class DashboardWeb:
         state = request.query.get("state", "")
         if state and state not in STATES:
             raise web.HTTPBadRequest(text=f"state must be one of {', '.join(STATES)}\n")
+        sort = request.query.get("sort", "")
+        if sort and sort not in SORTS:
+            raise web.HTTPBadRequest(text=f"sort must be one of {', '.join(SORTS)}\n")
         query = Query(
+            sort=sort,
+            desc=request.query.get("desc", "") in ("1", "true"),
             q=request.query.get("q", "")[:200],
             cluster=request.query.get("cluster", ""),
             namespace=request.query.get("namespace", ""),
@@ -228,6 +236,25 @@ class DashboardWeb:
                 "control": control.appliances,
                 "error": control.lbdriver_error,
                 "polled_at": control.polled_at,
+            }
+        )
+
+    async def _nodes(self, request: web.Request) -> web.Response:
+        now = self._clock()
+        cluster = request.query.get("cluster", "")
+        return _json({"now": now, "nodes": queries.nodes(self.model, now, cluster)})
+
+    async def _banners(self, _: web.Request) -> web.Response:
+        """The alert banners, and the times the page says it is "as of"."""
+        now = self._clock()
+        return _json(
+            {
+                "now": now,
+                "last_event": self.model.last_event,
+                "polled_at": self._control().polled_at,
+                "banners": alerts.banners(
+                    self.model, self._control(), now, reader=self._readiness()
+                ),
             }
         )
 

@@ -136,6 +136,26 @@
     }
   }
 
+  // --- banners and "as of", on every page ---------------------------------------------
+
+  function bannersAndTime() {
+    async function load() {
+      const { body } = await api("/api/banners");
+      const items = body.banners.map((b) => h("div", { class: `banner ${b.level}`, data: { kind: b.kind } },
+        b.text, b.href ? h("a", { href: b.href }, "Show") : null));
+      $("#banners").replaceChildren(...items);
+      const asOf = $("#as-of");
+      asOf.textContent = body.last_event ? `as of ${fmt.clock(body.last_event)}` : "no bus message yet";
+      asOf.title = `last bus message ${fmt.ago(body.last_event, body.now)}; page loaded ${fmt.clock(body.now)}`;
+    }
+    const refresh = throttle(() => load().catch(console.error), 1000);
+    on("services", refresh);
+    on("clusters", refresh);
+    on("control", refresh);
+    setInterval(refresh, 10000);
+    load().catch(console.error);
+  }
+
   // --- overview ------------------------------------------------------------------
 
   function overviewPage() {
@@ -232,6 +252,8 @@
       cluster: params.get("cluster") || "",
       namespace: params.get("namespace") || "",
       state: params.get("state") || "",
+      sort: params.get("sort") || "",
+      desc: params.get("desc") || "",
       page: Number(params.get("page")) || 1,
     };
     const tbody = $("#services-table tbody");
@@ -251,8 +273,40 @@
         h("td", {}, row.appliance || "—"),
         h("td", { class: "num" }, applied),
         h("td", { class: "num" }, fmt.ms(row.convergence_ms)),
+        h("td", { class: "reason wrap" }, row.error ? h("span", { title: row.error }, row.error) : ""),
       );
     }
+
+    function showSort() {
+      for (const th of document.querySelectorAll("#services-table th[data-sort]")) {
+        const active = th.dataset.sort === (filters.sort || "");
+        if (active) th.setAttribute("aria-sort", filters.desc ? "descending" : "ascending");
+        else th.removeAttribute("aria-sort");
+      }
+    }
+
+    // A click sorts by the column; a second click on it reverses the order.
+    for (const th of document.querySelectorAll("#services-table th[data-sort]")) {
+      const choose = () => {
+        const column = th.dataset.sort;
+        if (filters.sort === column) filters.desc = filters.desc ? "" : "1";
+        else {
+          filters.sort = column;
+          filters.desc = "";
+        }
+        filters.page = 1;
+        showSort();
+        load().catch(console.error);
+      };
+      th.addEventListener("click", choose);
+      th.addEventListener("keydown", (event) => {
+        if (event.key === "Enter" || event.key === " ") {
+          event.preventDefault();
+          choose();
+        }
+      });
+    }
+    showSort();
 
     function fillSelect(select, values, selected, label, counts) {
       const options = [h("option", { value: "" }, label)];
@@ -384,6 +438,27 @@
       const url = traceUrl(jaeger, wf.trace_id);
       link.hidden = !url;
       if (url) link.href = url;
+      box.replaceChildren(...waterfallNodes(wf, jaeger));
+    }
+
+    function renderHistory(changes, jaeger) {
+      const earlier = changes.slice(1);
+      const box = $("#history");
+      if (!earlier.length) {
+        box.replaceChildren(h("p", { class: "muted" }, "None the timeline still holds."));
+        return;
+      }
+      box.replaceChildren(...earlier.map((wf) => h("div", { class: "change waterfall" }, ...waterfallNodes(wf, jaeger))));
+    }
+
+    function traceRef(id, jaeger, length) {
+      const url = traceUrl(jaeger, id);
+      return url
+        ? h("a", { href: url, target: "_blank", rel: "noopener noreferrer", class: "mono", title: id }, id.slice(0, length))
+        : h("span", { class: "mono", title: id }, id.slice(0, length));
+    }
+
+    function waterfallNodes(wf, jaeger) {
       const total = Math.max(wf.total_ms, 0.001);
       const pct = (ms) => `${Math.min(100, (ms / total) * 100)}%`;
       const failed = wf.bars.find((b) => b.failed);
@@ -392,7 +467,7 @@
       const took = failed ? failed.end_ms : written ? written.end_ms : wf.total_ms;
       const meta = h("p", { class: "wf-meta" }, "Started ", h("strong", {}, fmt.clock(wf.started)), " · ",
         outcome, h("strong", {}, fmt.ms(took)),
-        wf.trace_id ? h("span", {}, " · trace ", h("span", { class: "mono" }, wf.trace_id.slice(0, 16))) : null);
+        wf.trace_id ? h("span", {}, " · trace ", traceRef(wf.trace_id, jaeger, 16)) : null);
       const axis = h("div", { class: "wf-track" });
       for (const f of [0, 0.25, 0.5, 0.75, 1]) {
         const tick = h("span", { class: "tick" }, fmt.ms(total * f));
@@ -432,7 +507,7 @@
         rows.push(h("div", { class: "wf-row", data: { hop: id } },
           h("div", { class: "wf-label" }, label, h("small", {}, bar ? bar.label : "")), track));
       }
-      box.replaceChildren(meta, ...rows);
+      return [meta, ...rows];
     }
 
     function renderTimeline(entries, jaeger) {
@@ -468,6 +543,7 @@
       $("#svc-error").textContent = s.row.error || "";
       renderFacts(s);
       renderWaterfall(s.waterfall, body.jaeger_url);
+      renderHistory(s.changes || [], body.jaeger_url);
       renderTimeline(s.timeline, body.jaeger_url);
     }
 
@@ -517,10 +593,44 @@
     load().catch(console.error);
   }
 
+  // --- nodes --------------------------------------------------------------------------
+
+  function nodesPage() {
+    const cluster = new URLSearchParams(location.search).get("cluster") || "";
+    async function load() {
+      const { body } = await api(`/api/nodes${cluster ? `?cluster=${encodeURIComponent(cluster)}` : ""}`);
+      setRows($("#nodes tbody"), body.nodes.map((n) => {
+        const ready = !n.ready ? ["failed", "not ready"] : !n.eligible ? ["deleting", "not eligible"] : ["ready", "ready"];
+        return h("tr", { data: { node: `${n.cluster}/${n.node}` } },
+          h("td", {}, h("div", { class: "svc-name" }, n.node), n.addresses.length ? h("div", { class: "svc-ns mono" }, n.addresses.join(", ")) : null),
+          h("td", {}, n.cluster),
+          h("td", {}, badge(ready[0], ready[1])),
+          h("td", { class: "num" }, n.reporting ? fmt.int(n.vips.length) : "—"),
+          h("td", { class: "mono wrap vips" }, n.reporting ? fmt.list(n.vips) : h("span", { class: "muted" }, "its agent has not reported")),
+          h("td", { class: "wrap" }, ...(n.services.length
+            ? n.services.map((key) => {
+              const [c, ns, name] = key.split("/");
+              return h("a", { class: "chip", href: serviceHref({ cluster: c, namespace: ns, name }) }, key);
+            })
+            : ["—"])),
+          h("td", { class: "reported", title: n.applied_time ? fmt.clock(n.applied_time) : "" },
+            n.applied_time ? `${fmt.ago(n.applied_time, body.now)} (gen ${n.generation})` : "never"));
+      }));
+      $("#empty").hidden = body.nodes.length > 0;
+      $("#count").textContent = fmt.int(body.nodes.length);
+    }
+    const refresh = throttle(() => load().catch(console.error), 1000);
+    on("clusters", refresh);
+    on("services", refresh);
+    setInterval(refresh, 10000);
+    load().catch(console.error);
+  }
+
   // --- start -----------------------------------------------------------------------
 
-  const pages = { overview: overviewPage, services: servicesPage, service: servicePage, appliances: appliancesPage };
+  const pages = { overview: overviewPage, services: servicesPage, service: servicePage, appliances: appliancesPage, nodes: nodesPage };
   const page = pages[document.body.dataset.page];
   if (page) page();
+  bannersAndTime();
   connect();
 })();

@@ -134,23 +134,7 @@ class Ledger:
         # The choice is being taken: the next one starts after it (next fit).
         self.cache.allocator.advance(allocation)
         try:
-            for address in allocation.new:
-                claim = allocation.claims[address]
-                try:
-                    revision = await self.store.create_claim(
-                        address, claim, deleted_at=self.cache.deleted_at(address)
-                    )
-                except Conflict:
-                    await self.cache.lost(address)
-                    raise
-                written[address] = (claim, revision)
-                self.cache.learn(address, claim, revision)
-            for address in allocation.joined:
-                claim = allocation.claims[address]
-                revision = await self.rewrite(
-                    ClaimUpdate(address, allocation.bases[address], claim)
-                )
-                written[address] = (claim, revision)
+            await self._write_claims(allocation, written)
             for address in allocation.held:
                 got = await self.store.get_claim(address)
                 if got is None or not got[0].holds(owner):
@@ -171,15 +155,7 @@ class Ledger:
             )
             await self.store.create_record(key, record)
         except Conflict:
-            for address, (claim, revision) in written.items():
-                rest = claim.without(owner)
-                with contextlib.suppress(StoreError):
-                    if rest is None:
-                        await self.store.delete_claim(address, revision)
-                        self.cache.forget(address)
-                    else:
-                        rewritten = await self.store.update_claim(address, rest, revision)
-                        self.cache.learn(address, rest, rewritten)
+            await self._give_back(owner, written)
             raise
         finally:
             claiming.difference_update(new)
@@ -190,6 +166,40 @@ class Ledger:
             with contextlib.suppress(StoreError):
                 await self.leave_all(owner, sorted(leftovers), None)
         return record
+
+    async def _write_claims(
+        self, allocation: Allocation, written: dict[str, tuple[Claim, int]]
+    ) -> None:
+        """Create the allocation's new claims and join its shared ones, noting each
+        in ``written`` as it lands (what a Conflict later gives back)."""
+        for address in allocation.new:
+            claim = allocation.claims[address]
+            try:
+                revision = await self.store.create_claim(
+                    address, claim, deleted_at=self.cache.deleted_at(address)
+                )
+            except Conflict:
+                await self.cache.lost(address)
+                raise
+            written[address] = (claim, revision)
+            self.cache.learn(address, claim, revision)
+        for address in allocation.joined:
+            claim = allocation.claims[address]
+            revision = await self.rewrite(ClaimUpdate(address, allocation.bases[address], claim))
+            written[address] = (claim, revision)
+
+    async def _give_back(self, owner: Owner, written: dict[str, tuple[Claim, int]]) -> None:
+        """Undo what an attempt wrote, each at the revision it wrote (a claim a concurrent
+        attempt adopted since stays); best effort: a retry adopts what is left."""
+        for address, (claim, revision) in written.items():
+            rest = claim.without(owner)
+            with contextlib.suppress(StoreError):
+                if rest is None:
+                    await self.store.delete_claim(address, revision)
+                    self.cache.forget(address)
+                else:
+                    rewritten = await self.store.update_claim(address, rest, revision)
+                    self.cache.learn(address, rest, rewritten)
 
     async def take(self, request: Request, allocation: Allocation) -> None:
         """Claim a move's new addresses (and join shared ones) before the record names
@@ -202,33 +212,9 @@ class Ledger:
         claiming.update(new)
         self.cache.allocator.advance(allocation)
         try:
-            for address in allocation.new:
-                claim = allocation.claims[address]
-                try:
-                    revision = await self.store.create_claim(
-                        address, claim, deleted_at=self.cache.deleted_at(address)
-                    )
-                except Conflict:
-                    await self.cache.lost(address)
-                    raise
-                written[address] = (claim, revision)
-                self.cache.learn(address, claim, revision)
-            for address in allocation.joined:
-                claim = allocation.claims[address]
-                revision = await self.rewrite(
-                    ClaimUpdate(address, allocation.bases[address], claim)
-                )
-                written[address] = (claim, revision)
+            await self._write_claims(allocation, written)
         except Conflict:
-            for address, (claim, revision) in written.items():
-                rest = claim.without(owner)
-                with contextlib.suppress(StoreError):
-                    if rest is None:
-                        await self.store.delete_claim(address, revision)
-                        self.cache.forget(address)
-                    else:
-                        rewritten = await self.store.update_claim(address, rest, revision)
-                        self.cache.learn(address, rest, rewritten)
+            await self._give_back(owner, written)
             raise
         finally:
             claiming.difference_update(new)
