@@ -11,6 +11,7 @@ import fcntl
 import os
 import pty
 import re
+import select
 import signal
 import struct
 import subprocess
@@ -198,3 +199,52 @@ def test_the_live_table_fits_80x24_keeps_urls_and_summary_and_is_quiet(stack: Ru
     before = stack.size()
     time.sleep(2.0)  # ten looks of the table for a change (LOOK_EVERY_S)
     assert stack.size() == before, stack.text()[before:]
+
+
+def test_release_asks_on_a_terminal_and_dry_run_changes_nothing(stack: Running) -> None:
+    """On a terminal, release asks first (no: nothing changes, exit 1); --dry-run only
+    says which VIP would go."""
+    import json
+
+    stack.wait_for(r"10 Services, 10 ready")
+    _, out, _ = vipwire(stack.env, "services", "--cluster", "east", "--json")
+    (vip,) = next(r["vips"] for r in json.loads(out) if r["name"] == "web")
+    code, out, err = vipwire(stack.env, "ipam", "release", "east/default/web", "--dry-run")
+    assert code == 0 and f"would withdraw {vip}" in out, (out, err)
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "vipwire.cli", "ipam", "release", "east/default/web"],
+        stdin=slave,
+        stdout=subprocess.PIPE,
+        stderr=slave,
+        env=stack.env,
+        start_new_session=True,
+    )
+    os.close(slave)
+    asked = b""
+    try:
+        deadline = time.monotonic() + 30
+        while b"[y/N]" not in asked and time.monotonic() < deadline:
+            ready, _, _ = select.select([master], [], [], 1.0)
+            if ready:
+                asked += os.read(master, 1024)
+        assert b"[y/N]" in asked, asked
+        os.write(master, b"n\n")
+        proc.communicate(timeout=30)
+        while select.select([master], [], [], 0.5)[0]:
+            try:
+                chunk = os.read(master, 1024)
+            except OSError:
+                break
+            if not chunk:
+                break
+            asked += chunk
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+        os.close(master)
+    assert proc.returncode == 1 and b"not confirmed" in asked, asked
+    assert vip.encode() in asked
+    _, out, _ = vipwire(stack.env, "services", "--cluster", "east", "--json")
+    assert next(r["vips"] for r in json.loads(out) if r["name"] == "web") == [vip]

@@ -186,13 +186,13 @@ async def run(args: argparse.Namespace) -> int:
 
 def _confirm(service: str, vips: tuple[str, ...]) -> bool:
     """Ask on the terminal; True on y/yes."""
-    try:
-        said = input(
-            f"Withdraw {', '.join(vips)} from {service}? Clients of these VIPs lose them; "
-            "new VIPs follow. [y/N] "
-        )
-    except EOFError:
-        return False
+    # The question on stderr: stdout stays what the command answers.
+    sys.stderr.write(
+        f"Withdraw {', '.join(vips)} from {service}? Clients of these VIPs lose them; "
+        "new VIPs follow. [y/N] "
+    )
+    sys.stderr.flush()
+    said = sys.stdin.readline()
     return said.strip().lower() in ("y", "yes")
 
 
