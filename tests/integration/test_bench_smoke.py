@@ -16,6 +16,7 @@ from vipwire.bench.burst import BurstOptions, burst
 from vipwire.bench.floor import measure_floor
 from vipwire.bench.latency import LatencyOptions, latency
 from vipwire.bench.restart import RestartOptions, restart
+from vipwire.bench.scale import options_from, scale
 from vipwire.cli.bench import bench
 from vipwire.natsserver import NatsServer
 
@@ -87,3 +88,54 @@ async def test_the_command_writes_the_scenarios_json(
     document = json.loads(out.read_text())
     assert document["hop"]["p50_ms"] > 0
     assert await bench("latency", ["services=0"], None) == 2
+
+
+async def test_scale_sweeps_services_and_nodes_and_every_node_converges() -> None:
+    """A tiny sweep (20 Services x 3 and 6 nodes, both node feeds, two agent processes for
+    6 nodes): every node converges at every point, each point reports deliveries, bytes,
+    consumers and CPU, exponents are fitted per feed, and only the old feed holds
+    JetStream consumers in proportion to nodes."""
+    result = await scale(
+        options_from(
+            {
+                "services": "20",
+                "nodes": "3,6",
+                "clusters": "1",
+                "feed": "lb,table",
+                "agents_per_process": "4",
+            }
+        )
+    )
+    data = result.data
+    assert data["sweep"] == {
+        "services": [20],
+        "nodes": [3, 6],
+        "clusters": [1],
+        "feed": ["lb", "table"],
+    }
+    points = {(p["feed"], p["nodes_per_cluster"]): p for p in data["points"]}
+    assert set(points) == {("lb", 3), ("lb", 6), ("table", 3), ("table", 6)}
+    for point in points.values():
+        assert point["all_converged"] and point["every_node_applied"], point
+        assert point["nodes_applied"] == point["nodes"]
+        assert point["applied_s"] > 0
+        assert point["deliveries"] > point["services"] and point["bytes_out"] > 0
+        assert point["jetstream_deliveries"] >= point["node_agent_deliveries"] > 0
+        assert point["consumers_total"] == sum(point["consumers"]["by_filter"].values()) > 0
+        assert set(point["cpu_s"]) == {"ipam", "lbdriver", "watcher", "nodeagents"}
+        assert point["nats_cpu_s"] >= 0 and point["total_cpu_s"] > 0
+    assert points["lb", 6]["consumers_total"] >= points["lb", 3]["consumers_total"] + 3
+    assert points["table", 6]["consumers_total"] == points["table", 3]["consumers_total"]
+    assert [r["name"] for r in points["table", 6]["processes"] if r["kind"] == "nodeagents"] == [
+        "nodeagents:east:1",
+        "nodeagents:east:2",
+    ]
+    assert [(f["feed"], f["clusters"]) for f in data["exponents"]] == [("lb", 1), ("table", 1)]
+    for fit in data["exponents"]:
+        assert set(fit["fits"]) == {
+            "applied_s", "nats_cpu_s", "control_plane_cpu_s", "nodeagents_cpu_s",
+            "total_cpu_s", "deliveries", "consumers_total",
+        }  # fmt: skip
+        assert fit["fits"]["applied_s"]["nodes"] is not None
+        assert fit["fits"]["applied_s"]["services"] is None  # one Services value: no fit
+    assert "exponent table 1c applied_s" in result.table()

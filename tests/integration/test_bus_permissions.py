@@ -9,6 +9,7 @@ import json
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import nats
 import nats.errors
@@ -17,7 +18,7 @@ from nats.aio.client import Client as NatsClient
 
 from support.secure_nats import SecuredNats
 from vipwire.bus import Bus, BusError
-from vipwire.contracts import IPAM_BUCKET, STREAM
+from vipwire.contracts import FEED_BUCKET, IPAM_BUCKET, STREAM, feed_delta_subject
 from vipwire.natsauth import seed_in
 from vipwire.testing import eventually
 
@@ -152,6 +153,34 @@ async def test_a_node_agent_publishes_only_its_own_applied(
     for subject in ("vipwire.east.lb.default.web", "vipwire.east.applied.n2"):
         assert await _last_seq(steward, subject) is None
     assert await _last_seq(steward, "vipwire.east.applied.n1") is not None
+
+
+async def test_a_node_agent_reads_only_its_own_clusters_feed(
+    secured_nats: SecuredNats, steward: Bus
+) -> None:
+    """nodeagent-east-n1: west's feed table (direct read) and deltas refused, publishing
+    a delta refused; east's table readable, east's deltas heard; the lbdriver publishes."""
+    async with probe(secured_nats, "nodeagent-east-n1") as p:
+        await p.refused(f"$JS.API.DIRECT.GET.KV_{FEED_BUCKET}.$KV.{FEED_BUCKET}.west.head")
+        await p.refused(feed_delta_subject("east"))
+        before = len(p.errors)
+        await p.nc.subscribe(feed_delta_subject("west"))
+        await p.nc.flush()
+        await eventually(
+            lambda: any("subscription" in str(e).lower() for e in p.errors[before:]),
+            what="the server refusing a subscription to west's feed",
+        )
+        heard: list[bytes] = []
+
+        async def on_delta(msg: Any) -> None:
+            heard.append(msg.data)
+
+        await p.nc.subscribe(feed_delta_subject("east"), cb=on_delta)
+        await p.nc.flush()
+        async with probe(secured_nats, "lbdriver") as lb:
+            await lb.nc.publish(feed_delta_subject("east"), b"delta")
+            await lb.nc.flush()
+        await eventually(lambda: heard == [b"delta"], what="east's delta heard by its agent")
 
 
 async def test_the_dashboard_publishes_nothing(secured_nats: SecuredNats, steward: Bus) -> None:

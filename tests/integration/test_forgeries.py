@@ -11,9 +11,10 @@ state after is what it was before. The rejection counter is each test's fence.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, Literal, NamedTuple, TypeVar
 
 import msgspec
 import pytest
@@ -43,6 +44,7 @@ from vipwire.contracts import (
 from vipwire.ipam import IpamService, IpamSettings, PoolSettings
 from vipwire.ipam.io.bucket import IpamStore
 from vipwire.lbdriver import ApplianceSettings, LbdriverService, LbdriverSettings, SimAppliance
+from vipwire.lbdriver.io.feed import FeedPublisher
 from vipwire.nodeagent import DryRunApplier, NodeagentService, NodeagentSettings
 from vipwire.runtime import CommonSettings, Runtime
 from vipwire.testing import eventually
@@ -163,20 +165,38 @@ async def observe(bus_as: Identities) -> AsyncIterator[Observe]:
 # --- the node agent: forged LbProgrammed ----------------------------------------------
 
 
+@pytest.fixture(params=["table", "lb"])
+def feed(request: pytest.FixtureRequest) -> Literal["lb", "table"]:
+    """The agent's ``feed``: over the node feed (the lbdriver's publisher, as the
+    lbdriver identity, beside it), or the old ``lb`` subjects."""
+    return request.param  # type: ignore[no-any-return]
+
+
 @pytest.fixture
 async def agent(
-    bus_as: Identities, forger: Identities, observe: Observe, monkeypatch: pytest.MonkeyPatch
+    bus_as: Identities,
+    forger: Identities,
+    observe: Observe,
+    monkeypatch: pytest.MonkeyPatch,
+    feed: Literal["lb", "table"],
 ) -> AsyncIterator[tuple[NodeagentService, DryRunApplier, Observer, Runtime]]:
     """A node agent of east serving ``default/web`` on 198.51.100.10, pools published."""
     monkeypatch.delenv("VIPWIRE_NODE", raising=False)
     ipam = await forger(FORGER["pools"])
     lbdriver = await forger(FORGER["lb"])
     await ipam.bus.publish(PoolsServed(cluster="east", ranges=("198.51.100.0/24",)))
-    await lbdriver.bus.publish(programmed("web", "198.51.100.10"))
+    last = await lbdriver.bus.publish(programmed("web", "198.51.100.10"))
+    publisher = None
+    if feed == "table":
+        publisher = FeedPublisher(lbdriver, window_ms=5, is_leader=lambda: True)
+        await publisher.start()
+        await asyncio.wait_for(publisher.published(last), 10)
     rt = await bus_as("nodeagent-east-n1")
     reports = await observe("vipwire.east.applied.>")
     applier = DryRunApplier()
-    settings = NodeagentSettings(cluster="east", node="n1", coalesce_ms=5, resync_interval_s=0)
+    settings = NodeagentSettings(
+        cluster="east", node="n1", coalesce_ms=5, resync_interval_s=0, feed=feed
+    )
     service = NodeagentService(settings, rt, applier)
     await service.start()
     try:
@@ -185,6 +205,8 @@ async def agent(
         yield service, applier, reports, rt
     finally:
         await service.stop()
+        if publisher is not None:
+            await publisher.stop()
 
 
 def programmed(name: str, *vips: str, cluster: str = "east") -> LbProgrammed:
@@ -224,6 +246,8 @@ class TestForgedLbProgrammed:
         assert counted(rt, "nodeagent_rejected_vips_total") == 2
         assert on_lo(applier) == ["198.51.100.10"]
 
+    # Over the feed the lbdriver's publisher refuses them (its consumer), not the agent.
+    @pytest.mark.parametrize("feed", ["lb"], indirect=True)
     async def test_a_payload_for_another_service_or_cluster_is_refused(
         self, agent: tuple[NodeagentService, DryRunApplier, Observer, Runtime], forger: Identities
     ) -> None:

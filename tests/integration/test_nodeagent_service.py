@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Literal
 
 import pytest
 from nats.aio.subscription import Subscription
@@ -25,6 +27,7 @@ from vipwire.contracts import (
     decode,
     node_subject,
 )
+from vipwire.lbdriver.io.feed import FeedPublisher
 from vipwire.nodeagent import (
     AddAddress,
     AppliedState,
@@ -39,6 +42,7 @@ from vipwire.runtime import Runtime
 from vipwire.testing import eventually
 
 RuntimeFactory = Callable[[str], Awaitable[Runtime]]
+Feed = Literal["lb", "table"]
 CLUSTER = "east"
 NODE = "node-a.dc1"
 POOLS = ("192.0.2.0/24", "2001:db8::/64")
@@ -115,8 +119,38 @@ class Reports(BusRecorder):
 Agents = Callable[..., Awaitable[NodeagentService]]
 
 
+#: The feed publisher of the running test (``table``), for fences.
+publishers: list[FeedPublisher] = []
+
+
+async def fed(runtime: Runtime) -> None:
+    """Return once the feed holds every lb message on the bus (no-op without a feed)."""
+    if publishers:
+        publishers[0].serve(CLUSTER)  # as the lbdriver does for every cluster with Nodes
+        last = await runtime.bus.last_message("vipwire.*.lb.>")
+        await asyncio.wait_for(publishers[0].published(last.seq if last else 0), 5)
+
+
+@pytest.fixture(params=["table", "lb"])
+async def feed(request: pytest.FixtureRequest, make_runtime: RuntimeFactory) -> AsyncIterator[str]:
+    """The agents' ``feed`` setting: every test runs over the node feed (``table``, with
+    the lbdriver's feed publisher running) and over the old contract (``lb``: agents of
+    before the feed, during an upgrade)."""
+    if request.param == "lb":
+        yield "lb"
+        return
+    publisher = FeedPublisher(await make_runtime("lbdriver"), window_ms=5, is_leader=lambda: True)
+    await publisher.start()
+    publishers.append(publisher)
+    try:
+        yield "table"
+    finally:
+        publishers.remove(publisher)
+        await publisher.stop()
+
+
 @pytest.fixture
-async def agents(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Agents]:
+async def agents(monkeypatch: pytest.MonkeyPatch, feed: Feed) -> AsyncIterator[Agents]:
     """Start node agents (ready when returned); all are stopped at teardown."""
     monkeypatch.delenv("VIPWIRE_NODE", raising=False)
     started: list[NodeagentService] = []
@@ -124,9 +158,15 @@ async def agents(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Agents]:
     async def start(
         runtime: Runtime, applier: DryRunApplier, node: str = NODE, **overrides: object
     ) -> NodeagentService:
-        options: dict[str, object] = {"coalesce_ms": 5, "resync_interval_s": 0.0, **overrides}
+        options: dict[str, object] = {
+            "coalesce_ms": 5,
+            "resync_interval_s": 0.0,
+            "feed": feed,
+            **overrides,
+        }
         # What ipam would publish: the pools every VIP of these tests is in.
         await runtime.bus.publish(PoolsServed(cluster=CLUSTER, ranges=POOLS))
+        await fed(runtime)  # what is on the bus is in the table the agent reads
         settings = NodeagentSettings(cluster=CLUSTER, node=node, **options)  # type: ignore[arg-type]
         service = NodeagentService(settings, runtime, applier)
         started.append(service)
@@ -330,7 +370,7 @@ class TestClusters:
 
 class TestPools:
     async def test_without_known_pools_nothing_is_added_nor_taken_off_until_they_come(
-        self, make_runtime: RuntimeFactory, agents: Agents, monkeypatch: pytest.MonkeyPatch
+        self, make_runtime: RuntimeFactory, feed: Feed, monkeypatch: pytest.MonkeyPatch
     ) -> None:
         """A restart before ipam has published pools (none on the bus, no vip_ranges):
         the VIP already on lo stays, a new one is not added; once the pools come, the one
@@ -343,8 +383,11 @@ class TestPools:
         served = InterfaceAddress(interface="lo", address="192.0.2.10", prefix=32)
         applier = DryRunApplier(AppliedState(addresses=(served,)))
         monkeypatch.delenv("VIPWIRE_NODE", raising=False)
+        await fed(rt)
         service = NodeagentService(
-            NodeagentSettings(cluster=CLUSTER, node=NODE, coalesce_ms=5, resync_interval_s=0.0),
+            NodeagentSettings(
+                cluster=CLUSTER, node=NODE, coalesce_ms=5, resync_interval_s=0.0, feed=feed
+            ),
             rt,
             applier,
         )
@@ -447,13 +490,16 @@ class TestStandalone:
 
 class TestHealth:
     async def test_readiness_waits_for_the_first_apply_which_is_retried(
-        self, make_runtime: RuntimeFactory, agents: Agents
+        self, make_runtime: RuntimeFactory, feed: Feed
     ) -> None:
         """Not ready before start nor while the first apply fails; ready once it succeeded."""
         rt = await make_runtime("nodeagent")
         applier = DryRunApplier(failures=2)
+        await fed(rt)
         service = NodeagentService(
-            NodeagentSettings(cluster=CLUSTER, node=NODE, resync_interval_s=0.0), rt, applier
+            NodeagentSettings(cluster=CLUSTER, node=NODE, resync_interval_s=0.0, feed=feed),
+            rt,
+            applier,
         )
         assert service.readiness() == "not started"
         await service.start()
@@ -521,6 +567,9 @@ def on_lo(applier: DryRunApplier) -> list[str]:
     return sorted(a.address for a in applier.state.addresses if a.interface == "lo")
 
 
+# Unreadable lb messages reach only agents that read the stream (feed: lb); over the
+# feed, the lbdriver's publisher reads them (its last valid message stays in the table).
+@pytest.mark.parametrize("feed", ["lb"], indirect=True)
 class TestUnreadable:
     """A message that cannot be read means "unknown", never "absent"."""
 

@@ -5,7 +5,7 @@ publishes contract messages with de-duplication ids and trace context, and runs
 pull consumers that keep per-subject order with bounded concurrency.
 """
 
-from vipwire.bus._bus import Bus, connect
+from vipwire.bus._bus import Bus, Listening, connect
 from vipwire.bus._client import connect_client
 from vipwire.bus._consumer import (
     ConsumerSpec,
@@ -52,6 +52,7 @@ __all__ = [
     "KvBucket",
     "KvEntry",
     "KvWatch",
+    "Listening",
     "Login",
     "NoResponders",
     "NotFound",

@@ -12,12 +12,14 @@ import contextlib
 import dataclasses
 import logging
 import uuid
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 
 import nats
 import nats.errors
 import nats.js.errors
 from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
 from nats.js.api import KeyValueConfig, StorageType, StreamConfig
 from nats.js.kv import KeyValue
@@ -29,6 +31,7 @@ from vipwire.bus._declaring import NotDeclaredYet, waiting_out_elections
 from vipwire.bus._errors import (
     NATS_ERRORS,
     BusError,
+    NotFound,
     StoreFull,
     TooLarge,
     WrongLastSequence,
@@ -96,6 +99,17 @@ def message_attributes(message: Message) -> dict[str, str]:
     if appliance:
         attrs["vipwire.appliance"] = appliance
     return attrs
+
+
+class Listening:
+    """A core NATS subscription (see :meth:`Bus.listen`)."""
+
+    def __init__(self, sub: Subscription) -> None:
+        self._sub = sub
+
+    async def stop(self) -> None:
+        with contextlib.suppress(*NATS_ERRORS):
+            await self._sub.unsubscribe()
 
 
 class Bus:
@@ -217,25 +231,27 @@ class Bus:
                 STREAM,
             )
 
-    async def kv(self, bucket: str, *, history: int = 1) -> KvBucket:
+    async def kv(self, bucket: str, *, history: int = 1, direct: bool = False) -> KvBucket:
         """A KV bucket, created on first use with the bus's storage and replicas (waits
-        out a bucket leader election, like :meth:`ensure_stream`)."""
+        out a bucket leader election, like :meth:`ensure_stream`). ``direct``: readers
+        may read a key by its subject (:meth:`direct_last`), which permissions can
+        restrict key by key."""
         found = await waiting_out_elections(
             f"opening KV bucket {bucket}",
-            lambda: self._key_value(bucket, history),
+            lambda: self._key_value(bucket, history, direct),
             self._declare_backoff(),
             attempts=self.declare_attempts,
         )
         return KvBucket(found, self.js, bucket, stores=self.stores)
 
-    async def _key_value(self, bucket: str, history: int) -> KeyValue:
+    async def _key_value(self, bucket: str, history: int, direct: bool = False) -> KeyValue:
         try:
             try:
                 found = await self.js.key_value(bucket)
             except nats.js.errors.BucketNotFoundError:
                 pass
             else:
-                await self._bucket_limits(bucket)
+                await self._bucket_limits(bucket, direct)
                 return found
             storage = StorageType.FILE if self.settings.storage == "file" else StorageType.MEMORY
             try:
@@ -247,6 +263,7 @@ class Bus:
                         replicas=self.settings.replicas,
                         max_bytes=self.settings.kv_max_bytes or None,
                         max_value_size=self.settings.kv_max_value_size or None,
+                        direct=direct or None,
                     )
                 )
             except nats.js.errors.BadRequestError:
@@ -257,7 +274,7 @@ class Bus:
                 raise BusError(f"cannot create KV bucket {bucket}: {_declare_hint(exc)}") from exc
             raise translate(exc, f"opening KV bucket {bucket}") from exc
 
-    async def _bucket_limits(self, bucket: str) -> None:
+    async def _bucket_limits(self, bucket: str, direct: bool = False) -> None:
         """Give an existing bucket (declared by an older version) our KV limits."""
         stream = f"KV_{bucket}"
         try:
@@ -267,6 +284,8 @@ class Bus:
                 max_bytes=self.settings.kv_max_bytes or -1,
                 max_msg_size=self.settings.kv_max_value_size or -1,
             )
+            if direct:
+                wanted = dataclasses.replace(wanted, allow_direct=True)
             wanted = kept_bytes_limit(wanted, info)
             if differs(info.config, wanted):
                 await self.js.update_stream(wanted)
@@ -280,6 +299,51 @@ class Bus:
     async def last_message(self, subject: str) -> StoredMessage | None:
         """The last message on ``subject`` in the VIPWIRE stream; None: none there."""
         return await last_message(self.js, STREAM, subject)
+
+    async def direct_last(self, stream: str, subject: str) -> StoredMessage | None:
+        """The last message on ``subject`` of ``stream`` (one allowing direct reads), read
+        on ``$JS.API.DIRECT.GET.<stream>.<subject>`` (so permissions can name the
+        subject); None: none there."""
+        try:
+            raw = await self.js.get_last_msg(stream, subject, direct=True)
+        except NATS_ERRORS as exc:
+            error = translate(exc, f"reading the last message on {subject} of {stream}")
+            if isinstance(error, NotFound):
+                return None
+            raise error from exc
+        if raw.headers and raw.headers.get("Nats-Status") == "404":
+            return None
+        return StoredMessage(
+            subject=raw.subject or subject,
+            seq=int(raw.seq or 0),
+            data=raw.data or b"",
+            headers=dict(raw.headers or {}),
+        )
+
+    async def broadcast(
+        self, subject: str, data: bytes, headers: Mapping[str, str] | None = None
+    ) -> None:
+        """A core NATS publish (no stream stores it): for live feeds whose state is
+        kept elsewhere."""
+        try:
+            await self.nc.publish(subject, data, headers=dict(headers) if headers else None)
+        except NATS_ERRORS as exc:
+            raise BusError(f"publish to {subject} failed: {exc!r}") from exc
+
+    async def listen(
+        self, subject: str, handler: Callable[[str, bytes, Mapping[str, str]], Awaitable[None]]
+    ) -> Listening:
+        """A core NATS subscription handing each message's subject, payload and headers
+        to ``handler``, one at a time, in order (no consumer on the server)."""
+
+        async def on_message(msg: Msg) -> None:
+            await handler(msg.subject, msg.data, msg.headers or {})
+
+        try:
+            sub = await self.nc.subscribe(subject, cb=on_message, pending_msgs_limit=65536)
+        except NATS_ERRORS as exc:
+            raise translate(exc, f"subscribing to {subject}") from exc
+        return Listening(sub)
 
     async def last_valid_message(
         self, subject: str, *, before_seq: int | None = None, max_reads: int = 256

@@ -19,7 +19,15 @@ from typing import Final, Literal
 
 import msgspec
 
-from vipwire.contracts import CONTROL_VERBS, IPAM_BUCKET, ROOT, STREAM, identity_of_credentials
+from vipwire.contracts import (
+    CONTROL_VERBS,
+    FEED_BUCKET,
+    FEED_ROOT,
+    IPAM_BUCKET,
+    ROOT,
+    STREAM,
+    identity_of_credentials,
+)
 from vipwire.contracts._control import CONTROL_PREFIX, LBDRIVER_LEASE_BUCKET
 from vipwire.contracts._subjects import SubjectError, node_token, validate_cluster
 
@@ -38,6 +46,7 @@ _NAME = re.compile(r"^[a-z0-9]([-a-z0-9_]{0,61}[a-z0-9])?$")
 _API = "$JS.API"
 _KV_STREAM_IPAM = f"KV_{IPAM_BUCKET}"
 _KV_STREAM_LEASE = f"KV_{LBDRIVER_LEASE_BUCKET}"
+_KV_STREAM_FEED = f"KV_{FEED_BUCKET}"
 
 
 class IdentityError(ValueError):
@@ -267,10 +276,15 @@ def permissions_for(identity: Identity) -> Permissions:
         publish = [
             f"{ROOT}.{c}.applied.{node}",
             *common,
+            # feed: lb (agents of before the node feed) reads the stream's lb subjects.
             *_consume(*(f"{ROOT}.{c}.{family}.>" for family in ("lb", "endpoints", "pools"))),
+            # The node feed's table: direct reads of its own cluster's keys only.
+            f"{_API}.DIRECT.GET.{_KV_STREAM_FEED}.$KV.{FEED_BUCKET}.{c}.>",
         ]
+        # The node feed's deltas and the pools, live, without a consumer per node.
+        subscribe = (inbox, f"{FEED_ROOT}.{c}.delta", f"{ROOT}.{c}.pools.all")
         return Permissions(publish_allow=tuple(publish), publish_deny=tuple(deny),
-                           subscribe_allow=(inbox,))  # fmt: skip
+                           subscribe_allow=subscribe)  # fmt: skip
     if role == "ipam":
         publish = [
             f"{ROOT}.*.vip.>",
@@ -295,9 +309,11 @@ def permissions_for(identity: Identity) -> Permissions:
         families = ("vip", "node", "endpoints", "applied", "lb")
         publish = [
             f"{ROOT}.*.lb.>",
+            f"{FEED_ROOT}.*.delta",
             *common,
             *_consume(*(f"{ROOT}.*.{family}.>" for family in families)),
             *_bucket(_KV_STREAM_LEASE, write=True, declare=True),
+            *_bucket(_KV_STREAM_FEED, write=True, declare=True),
         ]
         return Permissions(
             publish_allow=tuple(publish),

@@ -32,6 +32,7 @@ def find_binary() -> str:
 
 
 _LISTEN = re.compile(rb"Listening for client connections on [^\s]*:(\d+)")
+_MONITOR = re.compile(rb"Starting http monitor on [^\s]*:(\d+)")
 
 
 class NatsServer:
@@ -50,11 +51,17 @@ class NatsServer:
         binary: str | None = None,
         own_process_group: bool = False,
         extra_config: str = "",
+        monitor: bool = False,
     ) -> None:
         """``own_process_group``: start nats-server in a process group of its own, so that
         a Ctrl-C in the terminal reaches only us and we stop it last, after our clients.
         ``extra_config``: nats-server configuration text (authorization, TLS) the server
-        reads from a file beside its store; the flags (listen, store) win over it."""
+        reads from a file beside its store; the flags (listen, store) win over it.
+        ``monitor``: serve the monitoring endpoints (``/varz``, ``/jsz``) on a free port
+        (:attr:`monitor_port`, once started)."""
+        self._monitor = monitor
+        #: The monitoring port (``monitor=True``), read from the start-up log.
+        self.monitor_port: int | None = None
         self._own_process_group = own_process_group
         self.extra_config = extra_config
         self._own_dir = store_dir is None
@@ -94,7 +101,7 @@ class NatsServer:
             "-a", self.host,
             "-p", str(port),
             "-sd", str(self.store_dir),
-            "--http_port", "0",
+            "--http_port", "-1" if self._monitor else "0",
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.PIPE,
             process_group=0 if self._own_process_group else None,
@@ -120,6 +127,8 @@ class NatsServer:
             if not line:
                 raise NatsServerError(f"exited with code {await self._proc.wait()}")
             self.log_tail.append(line.decode(errors="replace").rstrip())
+            if monitoring := _MONITOR.search(line):
+                self.monitor_port = int(monitoring.group(1))
             match = _LISTEN.search(line)
             if match:
                 return int(match.group(1))

@@ -16,6 +16,7 @@ from vipwire.bench.floor import run_floor
 from vipwire.bench.ipam import run_ipam
 from vipwire.bench.latency import run_latency
 from vipwire.bench.restart import run_restart
+from vipwire.bench.scale import run_scale
 
 #: Scenario name → entry point.
 SCENARIOS: dict[str, Scenario] = {
@@ -27,6 +28,7 @@ SCENARIOS: dict[str, Scenario] = {
     "restart": run_restart,
     "ipam": run_ipam,
     "chaos": run_chaos,
+    "scale": run_scale,
 }
 
 __all__ = [

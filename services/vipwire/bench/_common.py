@@ -183,7 +183,8 @@ async def bus_traffic(nats_url: str) -> dict[str, Any]:
             if not consumers:
                 break
             for c in consumers:
-                label = _consumer_label(c.config.durable_name, c.config.filter_subjects)
+                one = [c.config.filter_subject] if c.config.filter_subject else []
+                label = _consumer_label(c.config.durable_name, c.config.filter_subjects or one)
                 delivered = (c.delivered.consumer_seq or 0) if c.delivered else 0
                 by_consumer[label] = by_consumer.get(label, 0) + delivered
             offset += len(consumers)

@@ -169,6 +169,12 @@ class FleetSettings(msgspec.Struct, frozen=True, kw_only=True):
     agents_nice: int = 0
     #: Node agent coalescing (``nodeagent.coalesce_ms``); None: the default.
     agents_coalesce_ms: int | None = None
+    #: Node agents per process (0: all of a cluster's in one process).
+    agents_per_process: int = 0
+    #: Extra ``nodeagent`` settings for every agent (e.g. ``{"feed": "table"}``).
+    agents_extra: dict[str, Any] = {}
+    #: nats-server serves its monitoring endpoints (``Fleet.nats.monitor_port``).
+    nats_monitor: bool = False
 
 
 class Fleet:
@@ -177,13 +183,19 @@ class Fleet:
     def __init__(self, settings: FleetSettings) -> None:
         self.settings = settings
         self.state_dir = Path(tempfile.mkdtemp(prefix="vipwire-fleet-"))
-        self.nats = NatsServer(self.state_dir / "jetstream")
+        self.nats = NatsServer(self.state_dir / "jetstream", monitor=settings.nats_monitor)
         self.clusters = [cluster_name(i) for i in range(settings.clusters)]
         self.emulators = {c: KubeEmulator(c, bookmark_interval=5.0) for c in self.clusters}
         self.processes: list[Process] = []
 
     def node_names(self, cluster: str) -> list[str]:
         return [f"{cluster}-node-{i + 1}" for i in range(self.settings.nodes)]
+
+    def node_address(self, cluster_index: int, node_index: int) -> str:
+        """The Stack's addresses (192.0.2.0/24) while they fit; beyond, 10.64.0.0/10."""
+        if self.settings.clusters * self.settings.nodes <= 253:
+            return node_address(cluster_index, node_index, self.settings.nodes)
+        return f"10.{64 + cluster_index}.{node_index // 250}.{node_index % 250 + 1}"
 
     async def __aenter__(self) -> Fleet:
         try:
@@ -203,7 +215,7 @@ class Fleet:
             await emulator.start()
             emulator.write_kubeconfig(self.state_dir / f"kubeconfig-{cluster}", cluster)
             for n, node in enumerate(self.node_names(cluster)):
-                await emulator.add_node(node, node_address(index, n, self.settings.nodes))
+                await emulator.add_node(node, self.node_address(index, n))
         self._define()
         env = dict(os.environ)
         env.pop("OTEL_EXPORTER_OTLP_ENDPOINT", None)  # a collector would change what we measure
@@ -250,25 +262,28 @@ class Fleet:
         for cluster in self.clusters:
             agents = []
             for node in self.node_names(cluster):
-                agent: dict[str, Any] = {"cluster": cluster, "node": node}
+                agent: dict[str, Any] = {"cluster": cluster, "node": node, **s.agents_extra}
                 if s.agents_coalesce_ms is not None:
                     agent["coalesce_ms"] = s.agents_coalesce_ms
                 agents.append(agent)
-            port = free_port()
-            config = self._config(
-                f"nodeagents-{cluster}", {**self._common(port), "nodeagents": agents}
-            )
-            argv = [sys.executable, "-m", "vipwire.bench._agents", "--config", str(config)]
-            self.processes.append(
-                Process(
-                    f"nodeagents:{cluster}",
-                    "nodeagents",
-                    argv,
-                    port,
-                    self.state_dir / f"nodeagents-{cluster}.log",
-                    agents=len(agents),
+            size = s.agents_per_process or len(agents) or 1
+            groups = [agents[i : i + size] for i in range(0, len(agents), size)]
+            for k, group in enumerate(groups):
+                name = f"nodeagents:{cluster}" + (f":{k + 1}" if len(groups) > 1 else "")
+                port = free_port()
+                stem = name.replace(":", "-")
+                config = self._config(stem, {**self._common(port), "nodeagents": group})
+                argv = [sys.executable, "-m", "vipwire.bench._agents", "--config", str(config)]
+                self.processes.append(
+                    Process(
+                        name,
+                        "nodeagents",
+                        argv,
+                        port,
+                        self.state_dir / f"{stem}.log",
+                        agents=len(group),
+                    )
                 )
-            )
         for cluster in self.clusters:
             watcher = {
                 "cluster": cluster,
@@ -310,9 +325,13 @@ class Fleet:
             shutil.rmtree(self.state_dir, ignore_errors=True)
 
 
-def service_body(name: str, namespace: str = "default", port: int = 80) -> dict[str, Any]:
-    """A LoadBalancer Service of our class, as ``Stack.create_service`` makes it."""
-    return {
+def service_body(
+    name: str, namespace: str = "default", port: int = 80, *, node_ports: bool = True
+) -> dict[str, Any]:
+    """A LoadBalancer Service of our class, as ``Stack.create_service`` makes it;
+    ``node_ports=False``: without node ports (``allocateLoadBalancerNodePorts: false``),
+    so a cluster holds more than the emulator's node port range (2,768)."""
+    body: dict[str, Any] = {
         "apiVersion": "v1",
         "kind": "Service",
         "metadata": {"name": name, "namespace": namespace},
@@ -324,6 +343,9 @@ def service_body(name: str, namespace: str = "default", port: int = 80) -> dict[
             "externalTrafficPolicy": "Cluster",
         },
     }
+    if not node_ports:
+        body["spec"]["allocateLoadBalancerNodePorts"] = False
+    return body
 
 
 def endpoint_slice(

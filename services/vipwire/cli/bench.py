@@ -35,6 +35,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argpar
         "timeout_s)",
     )
     parser.add_argument("--json", metavar="FILE", help="also write the result as JSON to FILE")
+    # Sweep axes (scale; services/nodes/clusters are also burst's): short for --set.
+    for axis in ("services", "nodes", "clusters", "feed"):
+        parser.add_argument(
+            f"--{axis}", metavar="N[,N…]", help=f"same as --set {axis}=… (scale: a list)"
+        )
+    parser.add_argument(
+        "--quick", action="store_true", help="scale: the quick preset (same as --set quick=true)"
+    )
     return parser
 
 
@@ -42,7 +50,13 @@ def execute(args: argparse.Namespace) -> int:
     from vipwire.telemetry import configure_logging
 
     configure_logging("WARNING", stream=sys.stderr)
-    return asyncio.run(bench(args.scenario, args.params, args.json))
+    params = list(args.params)
+    for axis in ("services", "nodes", "clusters", "feed"):
+        if getattr(args, axis) is not None:
+            params.append(f"{axis}={getattr(args, axis)}")
+    if args.quick:
+        params.append("quick=true")
+    return asyncio.run(bench(args.scenario, params, args.json))
 
 
 async def bench(name: str, pairs: Sequence[str], json_path: str | None) -> int:

@@ -62,6 +62,7 @@ from vipwire.lbdriver.io.appliance_client import ApplianceClient
 from vipwire.lbdriver.io.drivers import ApplianceDriver, build_driver
 from vipwire.lbdriver.io.election import Election
 from vipwire.lbdriver.io.failover import Failover
+from vipwire.lbdriver.io.feed import FeedPublisher
 from vipwire.lbdriver.io.fencing import NotLeader
 from vipwire.lbdriver.io.last_reports import last_reports
 from vipwire.lbdriver.io.maintenance import Maintenance
@@ -153,6 +154,12 @@ class LbdriverService:
             failover=self._failover,
             metrics=m,
         )
+        self._feed = FeedPublisher(
+            runtime,
+            window_ms=settings.feed_window_ms,
+            table_interval_s=settings.feed_table_interval_s,
+            is_leader=lambda: self.role == "leader",
+        )
         self._state_consumer: ConsumerGroup | None = None
         self._vip_consumer: PullConsumer | None = None
         self._status_server: StatusServer | None = None
@@ -227,6 +234,7 @@ class LbdriverService:
         await self._vip_consumer.start()
         self._status_server = StatusServer(bus, self.status)
         await self._status_server.start()
+        await self._feed.start()
         self._election = Election(
             bus,
             self.settings,
@@ -270,6 +278,7 @@ class LbdriverService:
         return None if self.role == "standby" else self._start_up.readiness()
 
     async def stop(self) -> None:
+        await self._feed.stop()
         for consumer in (self._vip_consumer, self._state_consumer):
             if consumer is not None:
                 await consumer.stop()
@@ -295,6 +304,7 @@ class LbdriverService:
         message = d.message
         match message:
             case NodeSnapshot():
+                self._feed.serve(message.cluster)
                 admitted = self._node_gate.admit(message)
                 if admitted is None:
                     return DONE  # every address refused: the node stays as it was

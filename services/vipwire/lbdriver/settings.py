@@ -196,6 +196,15 @@ class LbdriverSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown
     #: A cordoned node (``kubectl cordon``, ``spec.unschedulable``) is drained from
     #: every virtual server like a NotReady one (off: it stays a member).
     drain_on_cordon: bool = True
+    #: Milliseconds the node feed gathers changes before one delta per cluster goes out
+    #: (``vipwire-feed.<cluster>.delta``, table in KV ``vipwire-feed``); the leader
+    #: publishes it. Longer: fewer messages per node, later VIPs.
+    feed_window_ms: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 250
+    #: Least seconds between two writes of a cluster's node feed table (KV
+    #: ``vipwire-feed``) while changes flow: the deltas carry them meanwhile, and an
+    #: agent that needs the table (a start, a gap) waits at most this for a current
+    #: one. 0: written before every delta (more KV writes in a burst).
+    feed_table_interval_s: NonNegative = 1.0
     #: Messages handled concurrently per consumer (one subject is always sequential).
     concurrency: Annotated[int, msgspec.Meta(ge=1)] = 16
     #: Seconds before the first retry of a failed appliance write; doubles per attempt.

@@ -22,12 +22,13 @@ import asyncio
 import contextlib
 import logging
 import math
+from collections.abc import Sequence
 
 from opentelemetry.trace import SpanContext
 
 from vipwire.aio import cancel_and_wait
 from vipwire.bus import DONE, BusError, ConsumerGroup, ConsumerSpec, Delivery, Unreadable, Verdict
-from vipwire.contracts import family_filter
+from vipwire.contracts import FeedService, family_filter
 from vipwire.nodeagent.core.changes import Changes, Recorded
 from vipwire.nodeagent.core.desired import (
     Network,
@@ -40,6 +41,7 @@ from vipwire.nodeagent.core.desired import (
 from vipwire.nodeagent.core.plan import Known, known, note_applied, plan, plan_delta, simulate
 from vipwire.nodeagent.core.retry import backoff_s
 from vipwire.nodeagent.io.apply import Applier, make_applier
+from vipwire.nodeagent.io.feed import FeedReader
 from vipwire.nodeagent.io.ranges import PoolsReader, Refusals
 from vipwire.nodeagent.io.reporting import MAX_LINKS, Reporter, last_generation
 from vipwire.nodeagent.io.writing import Writer
@@ -47,6 +49,9 @@ from vipwire.nodeagent.settings import NodeagentSettings
 from vipwire.runtime import ConfigError, Runtime
 
 log = logging.getLogger("vipwire.nodeagent")
+
+#: Stands in :attr:`NodeagentService._unknown` for the feed table while none is held.
+_FEED_TABLE = "the node feed table"
 
 
 class NodeagentService:
@@ -70,7 +75,19 @@ class NodeagentService:
             standalone=self.settings.mode == "standalone", ranges=VipRanges(config=configured)
         )
         self._refusals = Refusals(runtime, self.settings.cluster)
-        self._pools = PoolsReader(runtime, self.settings.cluster, self._on_pools)
+        table = self.settings.feed == "table"
+        self._pools = PoolsReader(runtime, self.settings.cluster, self._on_pools, live=table)
+        self._feed = (
+            FeedReader(
+                runtime,
+                self.settings.cluster,
+                self._on_feed,
+                self._on_table_missing,
+                check_s=self.settings.resync_interval_s or 30.0,
+            )
+            if table
+            else None
+        )
         self._known = Known()
         self._causes: list[SpanContext] = []
         self._wake = asyncio.Event()
@@ -85,6 +102,7 @@ class NodeagentService:
         #: while any is, no address is taken off the node (it may be theirs).
         self._unknown: set[str] = set()
         self._consumer: ConsumerGroup | None = None
+        self._started = False
         self._task: asyncio.Task[None] | None = None
 
     # --- lifecycle ---------------------------------------------------------------
@@ -96,7 +114,8 @@ class NodeagentService:
     async def start(self) -> None:
         s = self.settings
         self._writer.resume(await last_generation(s, self._runtime))
-        filters = [family_filter("lb", s.cluster)]
+        # With the feed, no consumer per node (endpoints aside, in standalone mode).
+        filters = [] if self._feed is not None else [family_filter("lb", s.cluster)]
         if s.mode == "standalone":
             filters.append(family_filter("endpoints", s.cluster))
         # No acknowledgements: the handler never fails (it only records), and a
@@ -109,17 +128,21 @@ class NodeagentService:
         )
         await self._pools.start()  # read before the first apply
         # One consumer per family (the server checks a consumer's one filter).
-        consumer = self._runtime.bus.consumer_group(
-            spec, self._handle, on_unreadable=self._on_unreadable
-        )
-        self._consumer = consumer
-        await consumer.start()
-        self._task = asyncio.create_task(self._run(consumer), name=f"nodeagent-{s.node}")
+        if filters:
+            self._consumer = self._runtime.bus.consumer_group(
+                spec, self._handle, on_unreadable=self._on_unreadable
+            )
+            await self._consumer.start()
+        if self._feed is not None:
+            await self._feed.start()
+        self._started = True
+        self._task = asyncio.create_task(self._run(), name=f"nodeagent-{s.node}")
         log.info(
-            "node agent for %s in cluster %s started (%s mode%s)",
+            "node agent for %s in cluster %s started (%s mode, %s feed%s)",
             s.node,
             s.cluster,
             s.mode,
+            s.feed,
             ", dry run" if self._applier.dry_run else "",
         )
 
@@ -127,12 +150,14 @@ class NodeagentService:
         if self._task is not None:
             await cancel_and_wait([self._task])
             self._task = None
+        if self._feed is not None:
+            await self._feed.stop()
         if self._consumer is not None:
             await self._consumer.stop()
         await self._pools.stop()
 
     def readiness(self) -> str | None:
-        if self._consumer is None:
+        if not self._started:
             return "not started"
         if not self._ready.is_set():
             return self._problem or "catching up with the bus"
@@ -142,8 +167,12 @@ class NodeagentService:
         """Wait until the first apply after catching up is done."""
         await asyncio.wait_for(self._ready.wait(), timeout)
 
-    async def _run(self, consumer: ConsumerGroup) -> None:
-        await consumer.caught_up()
+    async def _run(self) -> None:
+        if self._consumer is not None:
+            await self._consumer.caught_up()
+        if self._feed is not None:
+            await self._feed.caught_up()
+            self._problem = None
         await self._pools.caught_up()
         if not self._changes.ranges.known:
             self._refusals.unknown()
@@ -243,22 +272,47 @@ class NodeagentService:
             self._changes.full = True  # what was kept for it may go now
             if self._live:
                 self._wake.set()
-        recorded = self._changes.record(d.message)
+        self._recorded(self._changes.record(d.message), d.subject.raw, d.span_context())
+        return DONE
+
+    def _on_feed(
+        self,
+        put: Sequence[FeedService],
+        gone: Sequence[str],
+        table: bool,
+        where: str,
+        cause: SpanContext | None,
+    ) -> None:
+        self._recorded(self._changes.feed(put, gone, table=table), where, cause)
+
+    def _on_table_missing(self, why: str | None) -> None:
+        """No feed table held (``why``): full plans take nothing off; None: one is."""
+        if why is not None:
+            self._unknown.add(_FEED_TABLE)
+            if not self._ready.is_set():
+                self._problem = (
+                    f"waiting for the node feed table ({why}): is the lbdriver publishing "
+                    "it? Until it does, set nodeagent.feed: lb"
+                )
+        elif _FEED_TABLE in self._unknown:
+            self._unknown.discard(_FEED_TABLE)
+            self._changes.full = True
+            if self._live:
+                self._wake.set()
+
+    def _recorded(self, recorded: Recorded | None, subject: str, cause: SpanContext | None) -> None:
         if recorded is not None:
-            self._noted(recorded, d.subject.raw)
+            self._noted(recorded, subject)
             if recorded.vips:
                 self._unreported = True
             for reason in recorded.ignored:
                 if reason not in self._warned:
                     log.warning("ignored: %s", reason)
                     self._warned.add(reason)
-            if len(self._causes) < MAX_LINKS:
-                cause = d.span_context()
-                if cause.is_valid:
-                    self._causes.append(cause)
+            if cause is not None and cause.is_valid and len(self._causes) < MAX_LINKS:
+                self._causes.append(cause)
             if self._live:
                 self._wake.set()
-        return DONE
 
     def _on_pools(self, networks: tuple[Network, ...], subject: str) -> None:
         recorded = self._changes.set_ranges(self._changes.ranges._replace(pools=networks))

@@ -76,6 +76,12 @@ class NodeagentSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknow
     #: counted in ``vipwire_nodeagent_rejected_vips_total``, carried in the node's
     #: ``NodeApplied.refused``); what the node served for it before stays.
     vip_ranges: tuple[str, ...] = ()
+    #: Where the agent learns its cluster's VIPs. ``table``: the node feed (one delta per
+    #: window on ``vipwire-feed.<cluster>.delta``, the table in KV ``vipwire-feed`` at
+    #: start and on a gap; no JetStream consumer per node; needs an lbdriver that
+    #: publishes it). ``lb``: every ``LbProgrammed`` of the cluster from the stream (one
+    #: consumer per node): for lbdrivers older than the feed, during an upgrade.
+    feed: Literal["lb", "table"] = "table"
 
     def __post_init__(self) -> None:
         validate_cluster(self.cluster)

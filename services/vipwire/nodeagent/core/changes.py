@@ -14,9 +14,10 @@ message of each Service is kept, and judged once ranges are known).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import NamedTuple
 
-from vipwire.contracts import EndpointsSnapshot, LbProgrammed, LbRemoved, Message
+from vipwire.contracts import EndpointsSnapshot, FeedService, LbProgrammed, LbRemoved, Message
 from vipwire.nodeagent.core.desired import (
     Desired,
     ServiceVips,
@@ -66,20 +67,9 @@ class Changes:
         """Remember what the message says; None if that is what was known already."""
         match message:
             case LbProgrammed():
-                key = f"{message.namespace}/{message.name}"
-                entry = service_vips(key, message)
-                if self.latest.get(key) == entry:
-                    return None
-                self.latest[key] = entry
-                return self._judge(key)
+                return self.put(f"{message.namespace}/{message.name}", message)
             case LbRemoved():
-                key = f"{message.namespace}/{message.name}"
-                self.latest.pop(key, None)
-                self.refused.pop(key, None)
-                if key not in self.desired.services:
-                    return None
-                added, removed = put_service(self.desired, key, None)
-                ignored = ()
+                return self.gone(f"{message.namespace}/{message.name}")
             case EndpointsSnapshot() if self.standalone:
                 key = f"{message.namespace}/{message.name}"
                 if not put_endpoints(self.desired, key, message):
@@ -90,11 +80,26 @@ class Changes:
                 # LbFailed: the appliance may still serve the old VIPs, so the
                 # node keeps them until LbProgrammed or LbRemoved says otherwise.
                 return None
+
+    def put(self, key: str, programmed: LbProgrammed | FeedService) -> Recorded | None:
+        """One Service programmed (``ns/name``); None if that was known already."""
+        entry = service_vips(key, programmed)
+        if self.latest.get(key) == entry:
+            return None
+        self.latest[key] = entry
+        return self._judge(key)
+
+    def gone(self, key: str) -> Recorded | None:
+        """One Service no longer programmed; None if it was not known."""
+        self.latest.pop(key, None)
+        self.refused.pop(key, None)
+        if key not in self.desired.services:
+            return None
+        added, removed = put_service(self.desired, key, None)
         self.addresses.update(added)
         self.addresses.update(removed)
-        # Ports, policy or a skipped VIP may have changed without any address.
         self.nft = self.nft or self.standalone
-        return Recorded(vips=bool(added or removed), ignored=ignored)
+        return Recorded(vips=bool(added or removed))
 
     def _judge(self, key: str) -> Recorded | None:
         """Apply, refuse or hold the latest message of one Service (see ``judge``)."""
@@ -122,6 +127,36 @@ class Changes:
         self.nft = self.nft or self.standalone
         refused = () if judged.apply else tuple(f"{key} {v}" for v in judged.refused)
         return Recorded(vips=bool(added or removed), ignored=entry.ignored, refused=refused)
+
+    def feed(
+        self, put: Sequence[FeedService], gone: Sequence[str], *, table: bool
+    ) -> Recorded | None:
+        """A feed delta (``put``, ``gone``), or with ``table`` the whole table: every
+        Service not in it is gone, and a full plan is owed. None: nothing changed."""
+        if table:
+            keys = {service.key for service in put}
+            gone = [key for key in sorted(self.latest.keys() | self.desired.services.keys())
+                    if key not in keys]  # fmt: skip
+            self.full = True
+        vips = False
+        ignored: list[str] = []
+        refused: list[str] = []
+        changed = False
+        for key in gone:
+            recorded = self.gone(key)
+            if recorded is not None:
+                changed = True
+                vips = vips or recorded.vips
+        for service in put:
+            recorded = self.put(service.key, service)
+            if recorded is not None:
+                changed = True
+                vips = vips or recorded.vips
+                ignored.extend(recorded.ignored)
+                refused.extend(recorded.refused)
+        if not changed and not table:
+            return None
+        return Recorded(vips=vips, ignored=tuple(ignored), refused=tuple(refused))
 
     def set_ranges(self, ranges: VipRanges) -> Recorded | None:
         """New ranges (a ``PoolsServed``): every Service is judged again; a full plan

@@ -22,7 +22,7 @@ from typing import Final, Literal, NamedTuple
 
 import msgspec
 
-from vipwire.contracts import Endpoint, EndpointsSnapshot, LbProgrammed, ServicePort
+from vipwire.contracts import Endpoint, EndpointsSnapshot, FeedService, LbProgrammed, ServicePort
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -236,8 +236,8 @@ class Desired(msgspec.Struct, kw_only=True):
     endpoints: dict[str, EndpointsSnapshot] = msgspec.field(default_factory=dict)
 
 
-def service_vips(key: str, lb: LbProgrammed) -> ServiceVips:
-    """The part of an ``LbProgrammed`` (keyed ``ns/name``) a node acts on."""
+def service_vips(key: str, lb: LbProgrammed | FeedService) -> ServiceVips:
+    """The part of an ``LbProgrammed`` or a feed entry (keyed ``ns/name``) a node acts on."""
     parsed: list[str] = []
     ignored: list[str] = []
     for raw in lb.vips:

@@ -1,8 +1,12 @@
 """nodeagent, rerun: every recorded NodeApplied against the node agent's pure core.
 
-A node's VIP set is :func:`~vipwire.nodeagent.desired_state` over the last
-LbProgrammed of every Service of its cluster (LbRemoved takes one away;
-LbFailed changes nothing). Checks:
+A node's VIP set is what the node feed gives it: each LbProgrammed goes through the
+lbdriver's feed core (:class:`~vipwire.lbdriver.core.feed.ClusterFeed`), out as a
+``FeedDelta`` (encoded and decoded, as on the wire), into the agent's
+:class:`~vipwire.nodeagent.core.changes.Changes`: the set over the last LbProgrammed
+of every Service of its cluster (LbRemoved takes one away; LbFailed changes
+nothing). Agents on ``feed: lb`` compute the same set from the messages themselves.
+Checks:
 
 * ``nodeagent.vips``: a NodeApplied reports exactly the recomputed set for
   the ``lb`` messages before it; or else every VIP that all versions of the
@@ -18,26 +22,43 @@ from __future__ import annotations
 
 from collections import Counter
 from functools import lru_cache
+from typing import Final
 
 from vipwire.contracts import (
+    FeedDelta,
     LbProgrammed,
     LbRemoved,
     NodeApplied,
     NodeGone,
+    decode_feed,
+    encode_feed,
     node_subject,
     vips_text,
 )
-from vipwire.nodeagent import desired_state
+from vipwire.lbdriver.core.feed import ClusterFeed
+from vipwire.nodeagent.core.changes import Changes
+from vipwire.nodeagent.core.desired import VipRanges, parse_ranges
 from vipwire.replay.rerun.history import Event, History, between, candidates, latest
 from vipwire.replay.rerun.report import Sink
 
 ServiceKey = str  # ns/name
 
 
+#: Every address: the rerun checks the feed, not the pools (ipam's check does).
+_ANYWHERE: Final = VipRanges(config=parse_ranges(("0.0.0.0/0", "::/0"))[0])
+
+
 @lru_cache(maxsize=1 << 16)
 def vip_set(lb: LbProgrammed) -> frozenset[str]:
-    """The VIPs one programmed Service puts on every node of its cluster."""
-    return frozenset(desired_state({"_": lb}, {}, node="_", mode="kube-proxy").vips)
+    """The VIPs one programmed Service puts on every node of its cluster, through the
+    node feed: publisher core, the delta on the wire, the agent's core."""
+    feed = ClusterFeed(lb.cluster)
+    feed.note(lb)
+    wire = decode_feed("rerun", encode_feed(feed.take()), cluster=lb.cluster)
+    assert isinstance(wire, FeedDelta)
+    changes = Changes(standalone=False, ranges=_ANYWHERE)
+    changes.feed(wire.put, wire.gone, table=False)
+    return frozenset(changes.desired.refs)
 
 
 def _lb_state(event: Event) -> LbProgrammed | None:

@@ -1,0 +1,183 @@
+"""Node agents over the node feed: gaps, chunked tables, a start mid-burst, and what the
+server holds per agent (see test_nodeagent_feed_consumers.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import AsyncIterator, Mapping
+
+import pytest
+
+from support.feed import CLUSTER, Feed, RuntimeFactory, programmed, removed, reported
+from vipwire.bus import BusSettings
+from vipwire.contracts import (
+    FEED_BUCKET,
+    FeedHead,
+    LbFailed,
+    decode_feed,
+    feed_head_key,
+)
+from vipwire.lbdriver.io.feed import FeedPublisher
+from vipwire.natsserver import NatsServer
+from vipwire.nodeagent import NodeagentService
+from vipwire.testing import eventually
+
+
+@pytest.fixture
+def bus_settings(nats_server: NatsServer) -> BusSettings:
+    """KV values of at most 4 KiB: a table of a few dozen Services takes several chunks."""
+    return BusSettings(
+        servers=(nats_server.url,),
+        storage="memory",
+        reconnect_wait_s=0.1,
+        kv_max_value_size=4096,
+    )
+
+
+@pytest.fixture
+async def feed(
+    make_runtime: RuntimeFactory, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[Feed]:
+    """A feed publisher and node agents over its feed; all stopped at teardown."""
+    monkeypatch.delenv("VIPWIRE_NODE", raising=False)
+    harness = Feed(make_runtime)
+    try:
+        yield harness
+    finally:
+        await harness.stop()
+
+
+def table_reads(agent: NodeagentService, reason: str) -> int:
+    text = agent._runtime.metrics.expose()
+    found = re.search(rf'vipwire_nodeagent_feed_table_reads_total{{reason="{reason}"}} (\d+)', text)
+    return int(found.group(1)) if found else 0
+
+
+async def test_a_gap_in_the_feed_makes_the_agent_read_the_table_and_end_exact(
+    feed: Feed, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A delta lost on the way (a sequence jump) makes the agent re-read the table (written
+    at most every 0.3 s); it ends with exactly the cluster's VIPs (not another cluster's,
+    not a removed one)."""
+    feed.table_interval_s = 0.3
+    rt = await feed.start()
+    await rt.bus.publish(programmed("a", "10.0.0.1"))
+    await rt.bus.publish(programmed("gone", "10.0.0.9"))
+    await feed.fed()
+    agent = await feed.agent("n1")
+    await reported(rt, "n1", ("10.0.0.1", "10.0.0.9"))
+    assert feed.publisher is not None
+    bus = feed.publisher._runtime.bus
+    real = bus.broadcast
+    dropped: list[str] = []
+
+    async def lossy(subject: str, data: bytes, headers: Mapping[str, str] | None = None) -> None:
+        if not dropped:
+            dropped.append(subject)  # this delta never reaches the agents
+            return
+        await real(subject, data, headers)
+
+    monkeypatch.setattr(bus, "broadcast", lossy)
+    await rt.bus.publish(programmed("b", "10.0.0.2"))
+    await rt.bus.publish(removed("gone"))
+    await feed.fed()
+    assert dropped
+    await rt.bus.publish(programmed("c", "10.0.0.3"))
+    await rt.bus.publish(programmed("west-only", "10.0.0.7", cluster="west"))
+    await reported(rt, "n1", ("10.0.0.1", "10.0.0.2", "10.0.0.3"))
+    assert table_reads(agent, "gap") == 1
+
+
+async def test_a_lost_last_delta_is_noticed_by_reading_the_head(
+    feed: Feed, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The last delta of a quiet spell is lost (no later one shows the gap): the agent
+    reads the head within its resync interval, and the table."""
+    rt = await feed.start()
+    await feed.fed()
+    agent = await feed.agent("n1", resync_interval_s=0.2)
+    assert feed.publisher is not None
+    bus = feed.publisher._runtime.bus
+
+    async def lost(subject: str, data: bytes, headers: Mapping[str, str] | None = None) -> None:
+        return None
+
+    monkeypatch.setattr(bus, "broadcast", lost)
+    await rt.bus.publish(programmed("a", "10.0.0.1"))
+    await feed.fed()
+    await reported(rt, "n1", ("10.0.0.1",))
+    assert table_reads(agent, "stale") == 1
+
+
+async def test_a_table_over_the_size_limit_round_trips_in_chunks(feed: Feed) -> None:
+    """With KV values of at most 4 KiB, 120 Services take several chunks; an agent that
+    starts reads them all back."""
+    rt = await feed.start()
+    for i in range(120):
+        await rt.bus.publish(programmed(f"svc-{i:03d}", f"10.1.{i // 200}.{i % 200 + 1}"))
+    await feed.fed()
+    stored = await rt.bus.direct_last(
+        f"KV_{FEED_BUCKET}", f"$KV.{FEED_BUCKET}.{feed_head_key(CLUSTER)}"
+    )
+    assert stored is not None
+    head = decode_feed("head", stored.data, cluster=CLUSTER)
+    assert isinstance(head, FeedHead) and head.chunks > 1 and head.services == 120
+    await feed.agent("n1")
+    await reported(rt, "n1", tuple(sorted(f"10.1.0.{i + 1}" for i in range(120))))
+
+
+async def test_an_agent_started_in_the_middle_of_a_burst_converges(feed: Feed) -> None:
+    """Services programmed while the agent starts (the table written at most every
+    0.3 s, so behind the deltas): it ends with every one of them."""
+    feed.table_interval_s = 0.3
+    rt = await feed.start()
+    await feed.fed()
+
+    async def burst() -> None:
+        for i in range(150):
+            await rt.bus.publish(programmed(f"svc-{i:03d}", f"10.2.0.{i + 1}"))
+
+    task = asyncio.create_task(burst())
+    try:
+        await eventually(
+            lambda: feed.publisher is not None and feed.publisher.published_seq > 0,
+            what="the burst has begun",
+        )
+        await feed.agent("n1", ready=False)
+        await task
+    finally:
+        await task
+    await reported(rt, "n1", tuple(sorted(f"10.2.0.{i + 1}" for i in range(150))))
+    assert feed.publisher is not None
+    text = feed.publisher._runtime.metrics.expose()
+    deltas = re.search(r'lbdriver_feed_deltas_total{cluster="east"} (\d+)', text)
+    tables = re.search(r'lbdriver_feed_table_writes_total{cluster="east"} (\d+)', text)
+    assert deltas is not None and tables is not None
+    assert int(tables.group(1)) < int(deltas.group(1))  # the table lags, the deltas carry it
+
+
+async def test_a_new_leader_carries_on_the_sequence_and_resets_the_agents(
+    feed: Feed, make_runtime: RuntimeFactory
+) -> None:
+    """The publisher's leader changes: the new one continues from the head's sequence,
+    keeps a Service whose last word is a failure, and agents follow it."""
+    rt = await feed.start()
+    await rt.bus.publish(programmed("a", "10.0.0.1"))
+    await feed.fed()
+    agent = await feed.agent("n1")
+    await reported(rt, "n1", ("10.0.0.1",))
+    assert feed.publisher is not None
+    old_seq = feed.publisher.feeds[CLUSTER].seq
+    await feed.publisher.stop()
+    failed = LbFailed(cluster=CLUSTER, namespace="default", name="a", uid="uid-a",
+                      appliance="sim-1", reason="Unavailable", message="down")  # fmt: skip
+    await rt.bus.publish(failed)
+    feed.publisher = FeedPublisher(await make_runtime("lbdriver-2"), window_ms=5,
+                                   is_leader=lambda: True)  # fmt: skip
+    await feed.publisher.start()
+    await feed.fed()
+    assert feed.publisher.feeds[CLUSTER].seq > old_seq
+    await rt.bus.publish(programmed("b", "10.0.0.2"))
+    await reported(rt, "n1", ("10.0.0.1", "10.0.0.2"))
+    assert table_reads(agent, "reset") == 1
