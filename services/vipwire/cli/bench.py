@@ -14,7 +14,17 @@ from pathlib import Path
 
 #: The scenarios of :data:`vipwire.bench.SCENARIOS` (named here so that ``--help`` does not
 #: import them all; a unit test keeps the two equal).
-SCENARIO_NAMES = ("apply", "burst", "chaos", "churn", "floor", "ipam", "latency", "restart")
+SCENARIO_NAMES = (
+    "apply",
+    "burst",
+    "chaos",
+    "churn",
+    "floor",
+    "ipam",
+    "latency",
+    "restart",
+    "scale",
+)
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argparse.ArgumentParser:
