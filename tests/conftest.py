@@ -15,6 +15,15 @@ from vipwire.natsserver import NatsServer
 from vipwire.runtime import CommonSettings, Runtime
 
 
+@pytest.fixture(autouse=True, scope="session")
+def private_runtime_dir(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """`vipwire up` in tests points at itself (vipwire.cli.current) in a private
+    XDG_RUNTIME_DIR, and operator commands never find a developer's running stack."""
+    import os
+
+    os.environ["XDG_RUNTIME_DIR"] = str(tmp_path_factory.mktemp("xdg-runtime"))
+
+
 @pytest.fixture(autouse=True)
 async def no_leaked_tasks() -> AsyncIterator[None]:
     """Fail a test that leaves asyncio tasks running behind it."""

@@ -13,7 +13,7 @@ import pytest
 # Guards against a hang only: the test waits on the first screen, then on the exit.
 LIMIT_S = 180.0
 
-_SCREEN = re.compile(rb"vipwire up .* NATS nats://127\.0\.0\.1:(\d+),")
+_SCREEN = re.compile(rb"vipwire up .* NATS nats://127\.0\.0\.1:(\d+)\b")
 
 
 async def test_ctrl_c_stops_a_large_stack_cleanly() -> None:

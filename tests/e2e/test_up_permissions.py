@@ -29,7 +29,7 @@ async def run_up(*args: str) -> tuple[int, str, str, float]:
 
 
 async def test_up_exits_on_a_refused_lease_and_the_flag_moves_it(tmp_path: Path) -> None:
-    """A 403 on the Lease: exit 1 with the permission named, well before the 30 s readiness
+    """A 403 on the Lease: exit 2 with the permission named, well before the 30 s readiness
     wait; with --lease-namespace vipwire-system the stack runs."""
     async with KubeEmulator(
         "prod", bookmark_interval=1.0, namespaces=("default", "vipwire-system")
@@ -40,7 +40,7 @@ async def test_up_exits_on_a_refused_lease_and_the_flag_moves_it(tmp_path: Path)
         base += ["--smoke", "--timeout", "20"]
 
         code, _, err, took = await run_up(*base)
-        assert code == 1, err[-2000:]
+        assert code == 2, err[-2000:]
         assert 'forbidden: cannot get leases (coordination.k8s.io) in namespace "default"' in err
         assert "not ready after 30 s" not in err and took < 25, (took, err[-2000:])
 

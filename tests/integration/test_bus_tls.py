@@ -116,7 +116,7 @@ async def test_a_server_without_tls_is_refused_when_tls_is_set(pki: Pki, tmp_pat
 async def test_vipwire_run_exits_with_one_line_on_a_wrong_ca(
     tls_server: NatsServer, pki: Pki, other_pki: Pki, tmp_path: Path
 ) -> None:
-    """`vipwire run` with a wrong CA exits 1 with one line naming the CA file: no
+    """`vipwire run` with a wrong CA exits 2 with one line naming the CA file: no
     traceback, no retrying forever."""
     config = tmp_path / "vipwire.yaml"
     config.write_text(
@@ -138,7 +138,7 @@ async def test_vipwire_run_exits_with_one_line_on_a_wrong_ca(
             proc.kill()
             await proc.wait()
     text = err.decode()
-    assert proc.returncode == 1, text
+    assert proc.returncode == 2, text
     assert "Traceback" not in text
     last = text.strip().splitlines()[-1]
     assert last.startswith("vipwire run nodeagent: cannot connect to NATS at "), text

@@ -532,7 +532,7 @@ async def test_status_is_served_over_nats_and_rendered_by_the_cli(
     assert (appliance.virtual_servers, appliance.services, appliance.writes) == (2, 1, 1)
     assert appliance.last_write_at is not None and appliance.last_error is None
     table = render(status)
-    assert "sim-a" in table and "closed" in table and "active" in table
+    assert "sim-a" in table and "healthy" in table and "active" in table
     assert table.startswith(f"lbdriver {status.instance} leader: ready")
 
     assert await status_command(url, as_json=True, timeout=2.0) == 0

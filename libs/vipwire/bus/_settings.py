@@ -16,7 +16,7 @@ class TlsSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
 
     #: PEM file of the CA (or CAs) that signed the servers' certificates; None: the
     #: system's CAs. A server certificate it does not vouch for stops the service at
-    #: start (exit 1, one line naming this file), it is never retried.
+    #: start (exit 2, one line naming this file), it is never retried.
     ca_file: str | None = None
     #: PEM file of this client's certificate, for a server that verifies clients
     #: (mTLS); give ``key_file`` with it.

@@ -53,6 +53,8 @@ class BusView:
         self.rows: dict[ServiceRef, Row] = {}
         # cluster -> node -> VIPs that node reports applied
         self.applied: dict[str, dict[str, frozenset[str]]] = {}
+        #: Messages taken in so far: the live table redraws only when this moves.
+        self.changes = 0
         self._sub: Subscription | None = None
 
     async def start(self, nc: NatsClient) -> None:
@@ -72,10 +74,15 @@ class BusView:
         return row
 
     async def _on_msg(self, msg: Msg) -> None:
+        self.apply(msg.subject, msg.data)
+
+    def apply(self, subject: str, data: bytes) -> None:
+        """Take one message of the stream into the rows (unreadable ones are skipped)."""
         try:
-            m = decode(msg.subject, msg.data)
+            m = decode(subject, data)
         except MalformedMessage:
             return
+        self.changes += 1
         match m:
             case NodeApplied():
                 self.applied.setdefault(m.cluster, {})[m.node] = frozenset(m.vips)

@@ -12,10 +12,29 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+#: The scenarios of :data:`vipwire.bench.SCENARIOS` (named here so that ``--help`` does not
+#: import them all; a unit test keeps the two equal).
+SCENARIO_NAMES = (
+    "apply",
+    "burst",
+    "chaos",
+    "churn",
+    "floor",
+    "ipam",
+    "latency",
+    "restart",
+    "scale",
+)
+
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argparse.ArgumentParser:
     parser = sub.add_parser("bench", help="run a benchmark scenario through the real services")
-    parser.add_argument("--scenario", required=True, metavar="NAME", help="e.g. churn")
+    parser.add_argument(
+        "--scenario",
+        required=True,
+        metavar="NAME",
+        help=f"the scenario to run: {', '.join(SCENARIO_NAMES)}",
+    )
     parser.add_argument(
         "--set",
         action="append",

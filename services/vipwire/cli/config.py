@@ -36,7 +36,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argpar
     parser = sub.add_parser("config", help="check a config file or print the settings reference")
     verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
     check = verbs.add_parser("check", help="validate FILE; exit 2 with the offending field if bad")
-    check.add_argument("file")
+    check.add_argument("file", metavar="FILE", help="the YAML configuration file to check")
     ref = verbs.add_parser("reference", help="print every setting with its default, as Markdown")
     ref.add_argument(
         "--update",
@@ -59,7 +59,12 @@ START, END = "<!-- reference:start -->\n", "<!-- reference:end -->"
 
 
 def update_file(path: str) -> int:
-    text = Path(path).read_text()
+    from vipwire.cli.exits import UsageError
+
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise UsageError(f"--update {path}: cannot read it: {exc.strerror}") from None
     if START not in text or END not in text:
         print(f"{path}: no reference markers ({START.strip()} … {END})", file=sys.stderr)
         return 2

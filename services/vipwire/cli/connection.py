@@ -7,7 +7,9 @@ the credentials file and the TLS CA comes from, in order of precedence,
 2. the environment (``VIPWIRE_NATS_URL``, ``VIPWIRE_NATS_CREDS``),
 3. the ``bus`` section of ``--config FILE`` (the file the services use: its
    servers, credentials and ``tls``, client certificate included),
-4. the default (``nats://127.0.0.1:4222``, no credentials, no TLS settings).
+4. without ``--nats``, ``VIPWIRE_NATS_URL`` and ``--config``: the running
+   ``vipwire up``'s ``STATE_DIR/vipwire-cli.yaml`` (see :mod:`vipwire.cli.current`),
+5. the default (``nats://127.0.0.1:4222``, no credentials, no TLS settings).
 
 Nothing here prints a URL with its password: errors go through
 :func:`vipwire.bus.redacted` (see :func:`connect`).
@@ -32,14 +34,20 @@ ENV_CREDS = "VIPWIRE_NATS_CREDS"
 #: Said in every operator command's ``--help``.
 PRECEDENCE = (
     f"Connection settings: a flag wins over the environment ({ENV_URL}, {ENV_CREDS}), "
-    "which wins over the bus section of --config FILE, which wins over the default "
+    "which wins over the bus section of --config FILE; with none of them, the running "
+    "`vipwire up` is found (its STATE_DIR/vipwire-cli.yaml); else the default "
     f"({DEFAULT_NATS}, no credentials)."
 )
 
 
 class ConnectionProblem(Exception):
     """The connection settings cannot be used, or NATS refused us; the message says why
-    (and never shows a password)."""
+    (and never shows a password). ``code``: the exit code (2 for settings to fix: TLS,
+    identity; 3 when NATS could not be reached)."""
+
+    def __init__(self, message: str, *, code: int = 3) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 def add_arguments(
@@ -54,7 +62,8 @@ def add_arguments(
         parser.add_argument(
             "--nats",
             metavar="URL",
-            help=f"NATS server(s), comma-separated (env {ENV_URL}; default {DEFAULT_NATS})",
+            help=f"NATS server(s), comma-separated (env {ENV_URL}; default: the running "
+            f"vipwire up, else {DEFAULT_NATS})",
         )
     parser.add_argument(
         "--config",
@@ -110,24 +119,36 @@ def configured_bus(path: str | None) -> BusSettings | None:
 
 
 def settings_from(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> BusSettings:
-    """The bus settings an operator command's flags, environment and config file give."""
+    """The bus settings an operator command's flags, environment and config file give;
+    with none of them, the running ``vipwire up``'s."""
+    from vipwire.cli import current
+
+    env = os.environ if env is None else env
+    nats = getattr(args, "nats", None)
+    config = getattr(args, "config", None)
+    if config is None and not nats and not env.get(ENV_URL):
+        found = current.running_file(env)
+        config = None if found is None else str(found)
     return resolve(
-        nats=getattr(args, "nats", None),
+        nats=nats,
         creds=getattr(args, "creds", None),
         tls_ca=getattr(args, "tls_ca", None),
-        env=os.environ if env is None else env,
-        configured=configured_bus(getattr(args, "config", None)),
+        env=env,
+        configured=configured_bus(config),
     )
 
 
 async def connect(settings: BusSettings, *, timeout: float, name: str = "vipwire-cli") -> Client:
     """A client connected with ``settings`` (one attempt), or :class:`ConnectionProblem`."""
-    from vipwire.bus import BusError, connect_client
+    from vipwire.bus import BusError, TlsError, connect_client
+    from vipwire.cli import exits
 
     try:
         return await connect_client(settings, name=name, timeout=timeout)
     except BusError as exc:
-        raise ConnectionProblem(str(exc)) from None
+        settings_fault = isinstance(exc, TlsError) or "refused our identity" in str(exc)
+        code = exits.USAGE if settings_fault else exits.UNREACHABLE
+        raise ConnectionProblem(str(exc), code=code) from None
 
 
 def where(settings: BusSettings) -> str:

@@ -15,8 +15,10 @@ import sys
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argparse.ArgumentParser:
     parser = sub.add_parser("emulator", help="serve an emulated Kubernetes API (for compose)")
     parser.add_argument("--cluster", default="east", help="cluster (and context) name")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=6443)
+    parser.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)"
+    )
+    parser.add_argument("--port", type=int, default=6443, help="port to listen on (default 6443)")
     parser.add_argument("--nodes", type=int, default=3, help="nodes to register (default 3)")
     parser.add_argument(
         "--kubeconfig-out", metavar="FILE", help="write a kubeconfig for this API here"

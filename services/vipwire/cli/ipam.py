@@ -17,7 +17,8 @@ import datetime
 import sys
 from typing import TYPE_CHECKING, Any
 
-from vipwire.cli import connection
+from vipwire.cli import connection, exits
+from vipwire.cli.args import seconds
 
 if TYPE_CHECKING:
     from nats.aio.client import Client
@@ -38,14 +39,19 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argpar
         verb.add_argument("--json", action="store_true", help="print the answer as JSON")
         verb.add_argument(
             "--timeout",
-            type=float,
+            type=seconds,
+            metavar="SECONDS",
             default=timeout,
             help=f"seconds to wait for an answer (default {timeout:g})",
         )
 
     common(verbs.add_parser("status", help="pools: size, used, free, stale, per cluster"), 3.0)
     show = verbs.add_parser("show", help="one address or one Service: claims, record, stale")
-    show.add_argument("target", metavar="ADDRESS|CLUSTER/NS/NAME")
+    show.add_argument(
+        "target",
+        metavar="ADDRESS|CLUSTER/NS/NAME",
+        help="an address (198.51.100.7) or a Service (east/default/web)",
+    )
     show.add_argument(
         "--kv", action="store_true", help="read the KV bucket directly instead of asking ipam"
     )
@@ -58,13 +64,55 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argpar
         "release",
         help="withdraw a Service's VIPs; it then gets new ones from the pools as they are",
     )
-    release.add_argument("service", metavar="CLUSTER/NS/NAME")
+    release.add_argument(
+        "service", metavar="CLUSTER/NS/NAME", help="the Service whose VIPs to withdraw"
+    )
+    release.add_argument(
+        "--yes", "-y", action="store_true", help="do not ask for confirmation on a terminal"
+    )
+    release.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="say which VIPs would be withdrawn, change nothing",
+    )
     common(release, 5.0)
     return parser
 
 
 def execute(args: argparse.Namespace) -> int:
+    if args.verb == "show":
+        check_target(args.target)
+    elif args.verb == "release":
+        check_service(args.service)
     return asyncio.run(run(args))
+
+
+def check_service(text: str) -> None:
+    """:class:`UsageError` unless ``text`` is CLUSTER/NS/NAME."""
+    from vipwire.contracts import ServiceRef
+
+    try:
+        ServiceRef.parse(text)
+    except ValueError:
+        raise exits.UsageError(
+            f"{text!r} is not a Service: give it as CLUSTER/NS/NAME (e.g. east/default/web)"
+        ) from None
+
+
+def check_target(text: str) -> None:
+    """:class:`UsageError` unless ``text`` is an address or CLUSTER/NS/NAME."""
+    from vipwire.ipam.core.addresses import canonical
+
+    if "/" in text and text.count("/") != 1:
+        check_service(text)
+        return
+    try:
+        canonical(text)
+    except ValueError:
+        raise exits.UsageError(
+            f"{text!r} is neither an address (e.g. 198.51.100.7) nor a Service as "
+            "CLUSTER/NS/NAME (e.g. east/default/web)"
+        ) from None
 
 
 class IpamUnavailable(Exception):
@@ -82,7 +130,7 @@ async def run(args: argparse.Namespace) -> int:
         nc = await connection.connect(settings, timeout=args.timeout)
     except connection.ConnectionProblem as exc:
         print(f"vipwire ipam {verb}: {exc}", file=sys.stderr)
-        return 1
+        return exc.code
     try:
         answer: Any
         text: str
@@ -94,16 +142,37 @@ async def run(args: argparse.Namespace) -> int:
             answer = await fetch_show(
                 nc, args.target, timeout=args.timeout, kv=args.kv, caller=caller
             )
-            text = render_show(answer)
-            failed = answer.error is not None
+            text = render_show(answer, asked_kv=args.kv)
+            failed = answer.error is not None or (
+                answer.service is not None
+                and answer.service.record is None
+                and not answer.service.waiting
+            )
         elif verb == "reload":
             answer = await fetch_reload(nc, timeout=args.timeout, caller=caller)
             text = render_reload(answer)
             failed = any(r.error is not None for r in answer)
         else:
-            answer = await fetch_release(nc, args.service, timeout=args.timeout, caller=caller)
-            text = render_release(answer)
-            failed = answer.error is not None
+            held = await fetch_show(nc, args.service, timeout=args.timeout, caller=caller)
+            record = held.service.record if held.service is not None else None
+            if record is None:
+                answer = held
+                text = f"{args.service}: {held.error or 'holds no addresses (unknown to ipam)'}\n"
+                failed = True
+            elif args.dry_run:
+                answer = held
+                text = (
+                    f"{args.service}: would withdraw {', '.join(record.vips)} (pool "
+                    f"{record.pool}); new VIPs from the current pools would follow "
+                    "(dry run: nothing changed)\n"
+                )
+            elif not args.yes and sys.stdin.isatty() and not _confirm(args.service, record.vips):
+                print("vipwire ipam release: not confirmed; nothing changed", file=sys.stderr)
+                return exits.FAILED
+            else:
+                answer = await fetch_release(nc, args.service, timeout=args.timeout, caller=caller)
+                text = render_release(answer)
+                failed = answer.error is not None
     except IpamUnavailable as exc:
         print(f"vipwire ipam {verb}: {exc}", file=sys.stderr)
         return 1
@@ -113,6 +182,18 @@ async def run(args: argparse.Namespace) -> int:
         text = msgspec.json.format(msgspec.json.encode(answer), indent=2).decode() + "\n"
     sys.stdout.write(text)
     return 1 if failed else 0
+
+
+def _confirm(service: str, vips: tuple[str, ...]) -> bool:
+    """Ask on the terminal; True on y/yes."""
+    # The question on stderr: stdout stays what the command answers.
+    sys.stderr.write(
+        f"Withdraw {', '.join(vips)} from {service}? Clients of these VIPs lose them; "
+        "new VIPs follow. [y/N] "
+    )
+    sys.stderr.flush()
+    said = sys.stdin.readline()
+    return said.strip().lower() in ("y", "yes")
 
 
 # --- asking ---------------------------------------------------------------------------
@@ -366,12 +447,16 @@ def render_status(status: IpamStatus) -> str:
     return "\n".join(lines) + "\n"
 
 
-def render_show(reply: ShowReply) -> str:
+def render_show(reply: ShowReply, *, asked_kv: bool = False) -> str:
     lines: list[str] = []
     if reply.error is not None:
         return f"error: {reply.error}\n"
     if reply.source == "kv":
-        lines.append("(read from the KV bucket: no ipam answered, so no pool judgement)")
+        lines.append(
+            "(read from the KV bucket, as --kv asks: no pool judgement)"
+            if asked_kv
+            else "(read from the KV bucket: no ipam answered, so no pool judgement)"
+        )
     if reply.address is not None:
         view = reply.address
         if reply.source == "ipam":

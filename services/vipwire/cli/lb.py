@@ -15,7 +15,8 @@ import datetime
 import sys
 from typing import TYPE_CHECKING
 
-from vipwire.cli import connection
+from vipwire.cli import connection, exits
+from vipwire.cli.args import seconds
 
 if TYPE_CHECKING:
     from vipwire.bus import BusSettings
@@ -28,13 +29,18 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argpar
     verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
     status = verbs.add_parser(
         "status",
-        help="appliances: health (breaker), virtual servers, last write, last error",
+        help="appliances: health (healthy, probing, failing), virtual servers, last write, "
+        "last error",
         epilog=connection.PRECEDENCE,
     )
     connection.add_arguments(status)
     status.add_argument("--json", action="store_true", help="print the lbdriver's answer as JSON")
     status.add_argument(
-        "--timeout", type=float, default=3.0, help="seconds to wait for an answer (default 3)"
+        "--timeout",
+        type=seconds,
+        default=3.0,
+        metavar="SECONDS",
+        help="seconds to wait for an answer (default 3)",
     )
     check = verbs.add_parser(
         "check",
@@ -55,7 +61,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argpar
     check.add_argument("--json", action="store_true", help="print the checks as JSON")
     check.add_argument(
         "--timeout",
-        type=float,
+        type=seconds,
+        metavar="SECONDS",
         default=None,
         help="seconds per login or read (default: the appliance's timeouts setting)",
     )
@@ -85,6 +92,14 @@ class StatusUnavailable(Exception):
     """No lbdriver answered (or the answer was unreadable)."""
 
 
+class NatsUnreachable(StatusUnavailable):
+    """NATS itself could not be reached, or refused our settings (``code``)."""
+
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
+
+
 async def fetch_status(
     where: str | BusSettings, *, timeout: float = 3.0, caller: str = "anonymous"
 ) -> LbdriverStatus:
@@ -103,7 +118,7 @@ async def fetch_status(
     try:
         nc = await connection.connect(settings, timeout=timeout)
     except connection.ConnectionProblem as exc:
-        raise StatusUnavailable(str(exc)) from None
+        raise NatsUnreachable(str(exc), exc.code) from None
     try:
         reply = await nc.request(subject, b"", timeout=timeout)
     except nats.errors.NoRespondersError as exc:
@@ -125,7 +140,7 @@ async def status_command(
         status = await fetch_status(where, timeout=timeout, caller=caller)
     except StatusUnavailable as exc:
         print(f"vipwire lb status: {exc}", file=sys.stderr)
-        return 1
+        return exc.code if isinstance(exc, NatsUnreachable) else exits.FAILED
     if as_json:
         import msgspec
 
@@ -142,12 +157,17 @@ def _ago(when: float | None, now: float) -> str:
     return f"{stamp} ({max(0.0, now - when):.0f}s ago)"
 
 
+#: The circuit breaker's states in the words the dashboard uses too.
+HEALTH_WORDS = {"closed": "healthy", "half-open": "probing", "open": "failing"}
+
+
 def _health(health: str, failures: int, retry_in_s: float | None) -> str:
+    word = HEALTH_WORDS.get(health, health)
     if health == "open" and retry_in_s is not None:
-        return f"open (probe in {retry_in_s:.0f}s)"
+        return f"{word} (probe in {retry_in_s:.0f}s)"
     if health == "closed" and failures:
-        return f"closed ({failures} failed)"
-    return health
+        return f"{word} ({failures} failed)"
+    return word
 
 
 def render(status: LbdriverStatus) -> str:

@@ -38,8 +38,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argpar
         "replay",
         help="the event history: a timeline, a rerun through the pure cores, export/import",
         description="Read the VIPWIRE stream back. Times are ISO 8601 (no zone: UTC); "
-        "seq:N names a stream sequence number. Exit codes: 0 fine, 1 divergence (--rerun), "
-        "2 could not run.",
+        "seq:N names a stream sequence number. Exit codes: 0 fine, 1 a divergence (--rerun) "
+        "or no messages for the --service, 2 a usage error, 3 NATS unreachable.",
         epilog=connection.PRECEDENCE,
     )
     where = parser.add_mutually_exclusive_group()
@@ -110,7 +110,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argpar
 
 
 def execute(args: argparse.Namespace) -> int:
-    from vipwire.replay import BoundError, ExportFormatError, ReplayError
+    from vipwire.cli import exits
+    from vipwire.replay import BoundError, ExportFormatError, ReplayError, ReplayUnreachable
 
     try:
         return asyncio.run(_main(args))
@@ -119,9 +120,12 @@ def execute(args: argparse.Namespace) -> int:
         with contextlib.suppress(OSError):
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except ReplayUnreachable as exc:
+        print(f"vipwire replay: {exc}", file=sys.stderr)
+        return exits.UNREACHABLE
     except (ReplayError, BoundError, ExportFormatError, OSError) as exc:
         print(f"vipwire replay: {exc}", file=sys.stderr)
-        return 2
+        return exits.USAGE
 
 
 async def _main(args: argparse.Namespace) -> int:
@@ -248,6 +252,8 @@ async def _read(
         progress.done()
         if not count:
             print(f"vipwire replay: no messages for {scope.describe()} in range", file=sys.stderr)
+            # As kubectl: a named Service not found fails; an empty listing does not.
+            return 1 if args.service else 0
         return 0
 
 

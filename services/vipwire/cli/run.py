@@ -23,7 +23,9 @@ SERVICES = ("watcher", "ipam", "lbdriver", "nodeagent", "dashboard")
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argparse.ArgumentParser:
     parser = sub.add_parser("run", help="run one service until SIGTERM")
-    parser.add_argument("service", choices=SERVICES)
+    parser.add_argument(
+        "service", choices=SERVICES, metavar="SERVICE", help=f"one of {', '.join(SERVICES)}"
+    )
     parser.add_argument("--config", required=True, metavar="FILE", help="YAML configuration file")
     return parser
 
@@ -35,9 +37,9 @@ def execute(args: argparse.Namespace) -> int:
         return asyncio.run(run_service(args.service, args.config))
     except TlsError as exc:
         # Not transient: retrying cannot help, the configuration must change. One
-        # line that says what to check, not a traceback; exit 1 (2 is a bad file).
+        # line that says what to check, not a traceback; exit 2 (a configuration error).
         print(f"vipwire run {args.service}: {exc}", file=sys.stderr)
-        return 1
+        return 2
 
 
 def build_service(name: str, data: dict[str, Any], runtime: Runtime, source: str) -> Any:

@@ -7,13 +7,18 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import signal
 import statistics
 import sys
 import time
+from collections.abc import Container, Mapping, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from vipwire.aio import unless_set
+from vipwire.cli import current, exits
+from vipwire.cli.args import integer, seconds
 from vipwire.contracts import ServiceRef
 from vipwire.metrics import percentile
 from vipwire.telemetry import configure_logging
@@ -23,6 +28,8 @@ if TYPE_CHECKING:
     # pulls in every service (tens of MB in each ``vipwire run`` process).
     from vipwire.allinone import Stack
     from vipwire.allinone.clock import StatusClock
+    from vipwire.allinone.view import Row
+    from vipwire.ipam import PoolSettings
 
 log = logging.getLogger("vipwire.up")
 
@@ -50,21 +57,35 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argpar
     )
     up.add_argument(
         "--nats-cluster",
-        type=int,
+        type=integer(1),
         default=1,
         metavar="N",
         help="run a local JetStream cluster of N nats-servers (3: R3 stream and KV, any one "
         "server may be killed) instead of one server (default 1)",
     )
-    up.add_argument("--clusters", type=int, default=2, help="emulated clusters (default 2)")
-    up.add_argument("--nodes", type=int, default=3, help="nodes per cluster (default 3)")
-    up.add_argument("--services", type=int, default=5, help="demo Services per cluster (default 5)")
     up.add_argument(
-        "--timeout", type=float, default=60.0, help="--smoke: seconds to wait (default 60)"
+        "--clusters", type=integer(1), default=2, metavar="N", help="emulated clusters (default 2)"
+    )
+    up.add_argument(
+        "--nodes", type=integer(1), default=3, metavar="N", help="nodes per cluster (default 3)"
+    )
+    up.add_argument(
+        "--services",
+        type=integer(0),
+        default=5,
+        metavar="N",
+        help="demo Services per cluster (default 5)",
+    )
+    up.add_argument(
+        "--timeout",
+        type=seconds,
+        default=60.0,
+        metavar="SECONDS",
+        help="--smoke: seconds to wait (default 60)",
     )
     up.add_argument(
         "--dashboard-port",
-        type=int,
+        type=integer(0),
         metavar="PORT",
         help="serve the dashboard on 127.0.0.1:PORT (default: a free port; --smoke: none)",
     )
@@ -129,7 +150,61 @@ def _jaeger_url(text: str) -> str:
 
 
 def execute(args: argparse.Namespace) -> int:
+    if args.kubeconfig is not None:
+        check_kubeconfig(args.kubeconfig, args.context)
+    elif args.demo or args.context or args.lease_namespace:
+        raise exits.UsageError("--demo, --context and --lease-namespace go with --kubeconfig FILE")
+    elif args.clusters * args.services > 130_000:
+        raise exits.UsageError(
+            f"--clusters {args.clusters} x --services {args.services}: more demo Services "
+            "than the demo pool holds (130,000)"
+        )
     return asyncio.run(up(args))
+
+
+def check_kubeconfig(path: str, context: str | None) -> None:
+    """Refuse a kubeconfig that cannot work before anything starts: :class:`UsageError`
+    naming the file, the context, and what to fix."""
+    import yaml
+
+    try:
+        with open(path) as file:
+            data = yaml.safe_load(file)
+    except FileNotFoundError:
+        raise exits.UsageError(f"--kubeconfig {path}: no such file") from None
+    except OSError as exc:
+        raise exits.UsageError(f"--kubeconfig {path}: cannot read it: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise exits.UsageError(f"--kubeconfig {path}: not YAML: {exc}".splitlines()[0]) from None
+    if not isinstance(data, dict):
+        raise exits.UsageError(f"--kubeconfig {path}: not a kubeconfig (no contexts)")
+    names = [
+        c.get("name") for c in data.get("contexts") or [] if isinstance(c, dict) and c.get("name")
+    ]
+    wanted = context or data.get("current-context")
+    if not wanted:
+        raise exits.UsageError(
+            f"--kubeconfig {path}: no current-context; name one with --context "
+            f"(contexts: {', '.join(map(str, names)) or 'none'})"
+        )
+    if wanted not in names:
+        raise exits.UsageError(
+            f"--kubeconfig {path}: no context {wanted!r} "
+            f"(contexts: {', '.join(map(str, names)) or 'none'}); pick one with --context"
+        )
+
+
+#: The demo's VIPs: a /24 of documentation addresses while it is enough, else the /15
+#: of benchmarking addresses (RFC 2544; 131,072 VIPs).
+SMALL_POOL, LARGE_POOL = "198.51.100.0/24", "198.18.0.0/15"
+
+
+def demo_pools(services: int) -> tuple[PoolSettings, ...]:
+    """A pool with room for every demo Service (one VIP each)."""
+    from vipwire.ipam import PoolSettings
+
+    block = SMALL_POOL if services <= 250 else LARGE_POOL
+    return (PoolSettings(name="default", addresses=(block,), appliance_group="dc1"),)
 
 
 def demo_services(count: int) -> list[DemoSpec]:
@@ -179,9 +254,11 @@ async def _up(args: argparse.Namespace, stop: asyncio.Event) -> int:
         dashboard_port = 0
     from vipwire.allinone import Stack, StackSettings
     from vipwire.allinone.clock import StatusClock
+    from vipwire.kube import KubeApiError, KubeConfigError, KubeUnavailable
 
     real = getattr(args, "kubeconfig", None)
     settings = StackSettings(
+        pools=demo_pools(args.services * (1 if real else args.clusters)),
         clusters=args.clusters,
         nodes=args.nodes,
         state_dir=args.state_dir,
@@ -212,20 +289,23 @@ async def _up(args: argparse.Namespace, stop: asyncio.Event) -> int:
     else:
         print(f"vipwire up: operator creds: {stack.operator_creds}", file=sys.stderr)
     clocks: list[StatusClock] = []
+    written: list[Path] = []
 
     async def run() -> int:
         try:
             await stack.start()
+        except KubeConfigError as exc:
+            print(f"vipwire up: --kubeconfig {real}: {exc}", file=sys.stderr)
+            return exits.USAGE
+        except KubeUnavailable as exc:
+            print(f"vipwire up: cannot reach the API server of {real}: {exc}", file=sys.stderr)
+            return exits.UNREACHABLE
         except Exception as exc:
             print(f"vipwire up: the stack did not start: {exc}", file=sys.stderr)
-            return 1
-        if stack.pki is not None:
-            cli_config = _write_cli_config(stack)
-            print(
-                f"vipwire up: NATS over TLS with client certificates (throwaway CA in "
-                f"{stack.pki.directory}); operator commands: --config {cli_config}",
-                file=sys.stderr,
-            )
+            return exits.FAILED
+        cli_config = _write_cli_config(stack)
+        written.append(stack.state_dir)
+        _print_connection(stack, cli_config)
         if stack.dashboard_url is not None:
             print(f"vipwire up: dashboard on {stack.dashboard_url}", file=sys.stderr)
         for cluster in stack.emulators:
@@ -243,16 +323,27 @@ async def _up(args: argparse.Namespace, stop: asyncio.Event) -> int:
         except PermissionError as exc:
             hint = "; grant it, or put the Lease elsewhere: --lease-namespace NS"
             print(f"vipwire up: {exc}{hint if 'leases' in str(exc) else ''}", file=sys.stderr)
-            return 1
+            return exits.USAGE
         except TimeoutError:
             print(f"vipwire up: not ready after 30 s: {stack.readiness()}", file=sys.stderr)
-            return 1
+            return exits.FAILED
         await clock.start()
         if demo:
-            await create_demo(stack, clock, args.services)
+            try:
+                await create_demo(stack, clock, args.services)
+            except KubeApiError as exc:
+                if exc.status not in (401, 403):
+                    raise
+                print(
+                    f"vipwire up: --demo needs create, get and delete on services (and "
+                    f"create on endpointslices) in namespace default of {args.cluster}: "
+                    f"{exc.message}",
+                    file=sys.stderr,
+                )
+                return exits.USAGE
         if smoke:
-            return await _smoke(clock, args.timeout)
-        return await _live(stack, stop)
+            return await _smoke(stack, clock, args.timeout)
+        return await _live(stack, stop, clock)
 
     try:
         finished, code = await unless_set(stop, run())
@@ -265,6 +356,8 @@ async def _up(args: argparse.Namespace, stop: asyncio.Event) -> int:
             await clock.stop()
         if real and demo and clocks:
             await _remove_demo(stack, list(clocks[0].created))
+        for state_dir in written:
+            current.remove(state_dir)
         await stack.stop()
         if args.state_dir:
             print(f"vipwire up: state kept in {args.state_dir}", file=sys.stderr)
@@ -295,9 +388,54 @@ async def _remove_demo(stack: Stack, keys: list[ServiceRef]) -> None:
             )
 
 
-async def _smoke(clock: StatusClock, timeout: float) -> int:
+#: Row states of the bus view that a Service does not leave without a change to it:
+#: ``--smoke`` stops at the first one instead of waiting out its timeout.
+PERMANENT = ("failed", "rejected")
+
+
+def permanent_failure(
+    keys: Sequence[ServiceRef], rows: Mapping[ServiceRef, Row], converged: Container[ServiceRef]
+) -> str | None:
+    """The first of ``keys`` not converged and failed for good (naming the Service and
+    the reason, and how many more), or None."""
+    bad = [
+        (k, rows[k])
+        for k in keys
+        if k in rows and k not in converged and rows[k].state in PERMANENT
+    ]
+    if not bad:
+        return None
+    key, row = bad[0]
+    text = f"{'/'.join(key)} {row.state}: {row.detail or 'no reason given'}"
+    return text + (f" (and {len(bad) - 1} more)" if len(bad) > 1 else "")
+
+
+async def _smoke(stack: Stack, clock: StatusClock, timeout: float) -> int:
+    from vipwire.allinone.view import BusView
+    from vipwire.bus import connect_client
+
     keys = list(clock.created)
-    ok = await clock.wait_every(keys, timeout)
+    nc = await connect_client(stack.client_settings(), name="vipwire-up-smoke", timeout=5.0)
+    view = BusView()
+    failure: str | None = None
+    try:
+        await view.start(nc)
+        waiting = asyncio.ensure_future(clock.wait_every(keys, timeout))
+        try:
+            while not waiting.done():
+                await asyncio.wait({waiting}, timeout=0.1)
+                failure = permanent_failure(keys, view.rows, clock.converged)
+                if failure is not None:
+                    break
+        finally:
+            if not waiting.done():
+                waiting.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await waiting
+        ok = failure is None and waiting.result()
+    finally:
+        await view.stop()
+        await nc.close()
     latencies = clock.latencies_ms()
     result: dict[str, Any] = {
         "services": len(keys),
@@ -306,16 +444,22 @@ async def _smoke(clock: StatusClock, timeout: float) -> int:
         "p99_ms": round(percentile(latencies, 99), 2) if latencies else None,
         "mean_ms": round(statistics.fmean(latencies), 2) if latencies else None,
     }
-    if not ok:
+    if failure is not None:
+        result["reason"] = f"failed for good: {failure}"
+    elif not ok:
         missing = sorted("/".join(k) for k in keys if k not in clock.converged)
         result["reason"] = f"not converged within {timeout:g}s: {', '.join(missing)}"
     print(json.dumps(result), flush=True)
-    return 0 if ok else 1
+    return exits.OK if ok else exits.FAILED
 
 
 def _write_cli_config(stack: Stack) -> str:
-    """A config file with the stack's ``bus`` section (servers, TLS, the operator's
-    credentials), for the operator commands' ``--config``."""
+    """``STATE_DIR/vipwire-cli.yaml``: the stack's ``bus`` section (servers, TLS, the
+    operator's credentials) for the operator commands (found without flags through
+    :mod:`vipwire.cli.current`, or given as ``--config``), and an ``up`` section (this
+    process, the dashboard, the emulated clusters' kubeconfigs)."""
+    import os
+
     import msgspec
 
     settings = stack.client_settings()
@@ -325,43 +469,126 @@ def _write_cli_config(stack: Stack) -> str:
     }
     if stack.operator_creds is not None:
         bus["credentials"] = str(stack.operator_creds)
-    path = stack.state_dir / "vipwire-cli.yaml"
-    path.write_text(json.dumps({"bus": bus}, indent=2) + "\n")  # JSON is YAML
-    return str(path)
+    kubeconfigs = {
+        c: str(stack.state_dir / f"kubeconfig-{c}") for c in stack.clusters if c in stack.emulators
+    }
+    up_section: dict[str, object] = {
+        "pid": os.getpid(),
+        "dashboard": stack.dashboard_url,
+        "kubeconfigs": kubeconfigs,
+    }
+    return str(current.write(stack.state_dir, {"bus": bus, "up": up_section}))
 
 
-async def _live(stack: Stack, stop: asyncio.Event) -> int:
+def _print_connection(stack: Stack, cli_config: str) -> None:
+    """The header lines that say how to reach this stack from another shell."""
+    from vipwire.bus import redacted_all
+
+    settings = stack.client_settings()
+    out = sys.stderr
+    print(f"vipwire up: connection details in {cli_config}", file=out)
+    print(
+        "vipwire up: operator commands (vipwire ipam status, lb status, services) find this "
+        "stack by themselves; elsewhere:",
+        file=out,
+    )
+    print(f"export VIPWIRE_NATS_URL={redacted_all(settings.servers)}", file=out)
+    if stack.operator_creds is not None:
+        print(f"export VIPWIRE_NATS_CREDS={stack.operator_creds}", file=out)
+    if stack.pki is not None:
+        print(
+            f"vipwire up: NATS over TLS with client certificates (throwaway CA in "
+            f"{stack.pki.directory}); elsewhere use --config {cli_config}",
+            file=out,
+        )
+
+
+#: How often the live table looks for a change (it writes only when there is one).
+LOOK_EVERY_S = 0.2
+
+
+def _terminal_size() -> tuple[int, int]:
+    import shutil
+
+    size = shutil.get_terminal_size((100, 40))
+    return size.columns, size.lines
+
+
+async def _live(stack: Stack, stop: asyncio.Event, clock: StatusClock) -> int:
+    """The live table: on a terminal, one screen that fits it, redrawn only on a change;
+    piped, one line per change."""
     from vipwire.allinone.view import BusView
     from vipwire.bus import connect_client, redacted
+    from vipwire.cli import live
 
     nc = await connect_client(stack.client_settings(), name="vipwire-up-view", timeout=5.0)
     view = BusView()
+    tty = sys.stdout.isatty()
+    colour = tty and not os.environ.get("NO_COLOR")
+    dashboard = f"; dashboard {stack.dashboard_url}" if stack.dashboard_url else ""
+    first = f"vipwire up — NATS {redacted(stack.nats.url)}{dashboard}"
+    clusters = f"clusters {', '.join(stack.clusters)}"
+    shown: dict[ServiceRef, live.Line] = {}
+    last_content: object = None
+    last_size = (0, 0)
+    last_summary = ""
+    updated = time.time()
+    out = sys.stdout
     try:
         await view.start(nc)
+        if tty:
+            out.write("\x1b[2J")
+        else:
+            out.write(f"{first}; {clusters}; Ctrl-C stops\n")
+            out.flush()
         while not stop.is_set():
             if refused := stack.refused():
                 # A permission taken away while running: say so and stop, not spin.
                 for name, reason in refused.items():
                     print(f"vipwire up: {name}: {reason}", file=sys.stderr)
-                return 1
+                return exits.FAILED
             statuses = {
                 r: stack.ingress_ips(r.cluster, r.name, r.namespace) for r in list(view.rows)
             }
-            screen = view.render(statuses)
-            if sys.stdout.isatty():
-                sys.stdout.write("\x1b[H\x1b[2J")
-            dashboard = f"dashboard {stack.dashboard_url}; " if stack.dashboard_url else ""
-            where = redacted(stack.nats.url)
-            sys.stdout.write(
-                f"vipwire up — NATS {where}, clusters {', '.join(stack.clusters)}; "
-                f"{dashboard}Ctrl-C stops\n\n{screen}\n"
-            )
-            if not sys.stdout.isatty():
-                sys.stdout.write("\n")
-            sys.stdout.flush()
+            lines = live.lines_of(view, statuses)
+            summary = live.summary(lines, clock.latencies_ms())
+            content = (tuple(lines), summary)
+            if tty:
+                size = _terminal_size()
+                dirty = size != last_size
+                if content != last_content:
+                    last_content, updated, dirty = content, time.time(), True
+                if dirty:
+                    last_size = size
+                    stamp = time.strftime("%H:%M:%S", time.localtime(updated))
+                    screen = live.frame(
+                        lines,
+                        header=[first, f"{clusters}; updated {stamp}; Ctrl-C stops"],
+                        summary_line=summary,
+                        width=size[0],
+                        height=size[1],
+                        colour=colour,
+                    )
+                    out.write("\x1b[H" + "\x1b[K\r\n".join(screen) + "\x1b[K\x1b[J")
+                    out.flush()
+            else:
+                now = time.time()
+                for line in live.changed(shown, lines):
+                    out.write(live.row_line(line, now) + "\n")
+                    shown[line.key] = line
+                for key_gone in set(shown) - {line.key for line in lines}:
+                    del shown[key_gone]
+                    out.write(f"{live.row_line_gone(key_gone, now)}\n")
+                if summary != last_summary:
+                    last_summary = summary
+                    out.write(f"{time.strftime('%H:%M:%S', time.gmtime(now))} {summary}\n")
+                out.flush()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), 1.0)
+                await asyncio.wait_for(stop.wait(), LOOK_EVERY_S)
     finally:
+        if tty:
+            out.write("\r\n")
+            out.flush()
         await view.stop()
         await nc.close()
-    return 0
+    return exits.OK

@@ -12,6 +12,7 @@ from vipwire.replay.record import RECORDED_SEQ, RECORDED_TIME, Record, format_ti
 from vipwire.replay.rerun import DEFAULT_LAG, DEFAULT_SETTLE, Divergence, RerunResult, render, rerun
 from vipwire.replay.source import (
     ReplayError,
+    ReplayUnreachable,
     StreamState,
     find_stream_dir,
     import_records,
@@ -45,6 +46,7 @@ __all__ = [
     "ExportFormatError",
     "Record",
     "ReplayError",
+    "ReplayUnreachable",
     "RerunResult",
     "Row",
     "Scope",

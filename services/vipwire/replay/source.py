@@ -45,6 +45,10 @@ class ReplayError(Exception):
     """Replay cannot do what was asked (no server, no stream, a store that is not one)."""
 
 
+class ReplayUnreachable(ReplayError):
+    """The NATS server to read from could not be reached."""
+
+
 class StreamState(NamedTuple):
     first_seq: int
     last_seq: int
@@ -93,7 +97,7 @@ async def _connect(bus: BusSettings) -> NatsClient:
     try:
         return await connect_client(bus, name="vipwire-replay", timeout=3.0)
     except BusError as exc:
-        raise ReplayError(str(exc)) from None
+        raise ReplayUnreachable(str(exc)) from None
 
 
 @contextlib.asynccontextmanager
