@@ -5,6 +5,7 @@ Pure: no I/O, no clock (the time of a transition is passed in).
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from collections.abc import Collection, Mapping
@@ -113,7 +114,11 @@ def failed_reason(lb: LbFailed) -> str:
     return DRIFT if lb.reason == APPLIANCE_DRIFT else "ApplianceFailed"
 
 
+@functools.lru_cache(maxsize=65536)
 def _family(address: str) -> str | None:
+    # Cached: asked for every member of every programmed Service on each status check,
+    # and the addresses are few (the cluster's nodes and VIPs); parsing each was the
+    # watcher's largest cost in the burst.
     try:
         return f"IPv{ipaddress.ip_address(address).version}"
     except ValueError:
@@ -124,9 +129,12 @@ def families_without_members(lb: LbProgrammed) -> list[str]:
     """The IP families (``IPv4``, ``IPv6``) of the Service's VIPs that no member node can
     serve: a dual-stack Service on IPv4-only nodes has an IPv6 virtual server with no
     member (members are node addresses of the VIP's family)."""
-    served = {_family(m.address) for m in lb.members}
-    wanted = {f for f in (_family(v) for v in lb.vips) if f is not None}
-    return sorted(wanted - served)
+    wanted = {f for f in map(_family, lb.vips) if f is not None}
+    for member in lb.members:  # usually the first members already serve every family
+        wanted.discard(_family(member.address))
+        if not wanted:
+            return []
+    return sorted(wanted)
 
 
 def lacks_members(lb: LbProgrammed) -> bool:
