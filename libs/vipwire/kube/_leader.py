@@ -101,8 +101,10 @@ def lease_spec(
 
 def micro_time(moment: datetime | None = None) -> str:
     """A MicroTime: RFC 3339 with microseconds, as Lease and Event times are written."""
-    moment = moment or datetime.now(UTC)
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    moment = (moment or datetime.now(UTC)).astimezone(UTC)
+    # isoformat, not strftime: the same text at a fraction of the cost (once per status
+    # write and Event).
+    return moment.isoformat(timespec="microseconds").removesuffix("+00:00") + "Z"
 
 
 class LeaderElector:
