@@ -10,6 +10,10 @@ serving).
 
 Equal inputs give equal outputs, down to the order of every tuple, so the
 shell can tell "nothing changed" by comparing.
+
+Over 500 lines: the node's desired state is one incremental structure (per Service VIPs,
+ports, policy, source ranges, affinity, refused VIPs) whose methods must keep its counts
+consistent; splitting it would split an invariant.
 """
 
 from __future__ import annotations

@@ -34,6 +34,10 @@ in any order, plus, where the choice is deterministic, the choice itself:
   that incarnation and names what it held (nothing, if it held nothing);
 * ``ipam.answer``: every Service snapshot or deletion gets a ``vip`` answer,
   unless a newer one followed within ``settle`` or the history ends within it.
+
+Over 500 lines: it replays every ipam decision kind (assign, share, move, refuse,
+release) against ipam's own core; each kind is a small function, kept together so one
+reader sees every case the rerun checks.
 """
 
 from __future__ import annotations

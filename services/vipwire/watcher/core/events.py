@@ -3,6 +3,9 @@
 Pure: no I/O, no clock (the event time is passed in). An Event is named for
 what it says, so that a repeat lands on the same Event and counts in its
 series instead of making one more.
+
+Over 500 lines: every Event reason and its text is here, so that the wording (tenant-
+safe, saying what to do) is reviewed in one place.
 """
 
 from __future__ import annotations
