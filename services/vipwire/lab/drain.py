@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Final
 from vipwire.aio import cancel_and_wait
 from vipwire.allinone.stack import LB_CLASS
 from vipwire.lab.netbuild import LabError
-from vipwire.lab.topology import SERVICE_PORT, Pod
+from vipwire.lab.topology import SERVICE_PORT, Pod, endpoint_slice
 from vipwire.netns import call_in_netns
 
 if TYPE_CHECKING:
@@ -147,29 +147,7 @@ def _service(name: str) -> dict[str, Any]:
 
 
 def _slice(name: str, pods: list[Pod]) -> dict[str, Any]:
-    return {
-        "apiVersion": "discovery.k8s.io/v1",
-        "kind": "EndpointSlice",
-        "metadata": {
-            "name": f"{name}-lab",
-            "namespace": "default",
-            "labels": {
-                "kubernetes.io/service-name": name,
-                "endpointslice.kubernetes.io/managed-by": "endpointslice-controller.k8s.io",
-            },
-        },
-        "addressType": "IPv4",
-        "endpoints": [
-            {
-                "addresses": [pod.address],
-                "conditions": {"ready": True, "serving": True, "terminating": False},
-                "nodeName": pod.node,
-                "targetRef": {"kind": "Pod", "namespace": "default", "name": pod.name},
-            }
-            for pod in pods
-        ],
-        "ports": [{"name": "echo", "port": ECHO_PORT, "protocol": "TCP"}],
-    }
+    return endpoint_slice(name, pods, [{"name": "echo", "port": ECHO_PORT, "protocol": "TCP"}])
 
 
 async def drain_report(lab: DsrLab, *, timeout: float = 20.0) -> dict[str, Any]:

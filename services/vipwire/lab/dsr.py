@@ -39,6 +39,7 @@ from vipwire.lab.topology import (
     VIP_RANGE,
     LabPlan,
     Pod,
+    endpoint_slice,
     plan_lab,
 )
 from vipwire.lab.traffic import Client, PodServer, sctp_problem, summarize
@@ -306,36 +307,15 @@ class DsrLab:
     def _endpoint_slice(
         self, name: str, pods: Sequence[Pod], protocols: Sequence[Protocol] = ("TCP",)
     ) -> dict[str, Any]:
-        return {
-            "apiVersion": "discovery.k8s.io/v1",
-            "kind": "EndpointSlice",
-            "metadata": {
-                "name": f"{name}-lab",
-                "namespace": "default",
-                "labels": {
-                    "kubernetes.io/service-name": name,
-                    "endpointslice.kubernetes.io/managed-by": "endpointslice-controller.k8s.io",
-                },
-            },
-            "addressType": "IPv4",
-            "endpoints": [
-                {
-                    "addresses": [pod.address],
-                    "conditions": {"ready": True, "serving": True, "terminating": False},
-                    "nodeName": pod.node,
-                    "targetRef": {"kind": "Pod", "namespace": "default", "name": pod.name},
-                }
-                for pod in pods
-            ],
-            "ports": [
-                {
-                    "name": PORT_NAMES[protocol],
-                    "port": pods[0].port if pods else 8080,
-                    "protocol": protocol,
-                }
-                for protocol in protocols
-            ],
-        }
+        ports = [
+            {
+                "name": PORT_NAMES[protocol],
+                "port": pods[0].port if pods else 8080,
+                "protocol": protocol,
+            }
+            for protocol in protocols
+        ]
+        return endpoint_slice(name, pods, ports)
 
     # --- what the kernel says ----------------------------------------------------------
 

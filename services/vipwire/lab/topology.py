@@ -26,7 +26,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections.abc import Callable, Iterable
-from typing import Final, Literal
+from typing import Any, Final, Literal
 
 import msgspec
 
@@ -108,6 +108,34 @@ class LabPlan(msgspec.Struct, frozen=True, kw_only=True):
 
     def pods_on(self, node: str) -> tuple[Pod, ...]:
         return tuple(p for p in self.pods if p.node == node)
+
+
+def endpoint_slice(name: str, pods: Iterable[Pod], ports: list[dict[str, Any]]) -> dict[str, Any]:
+    """The EndpointSlice a Service's controller would write for ``pods`` (all ready and
+    serving), named ``<name>-lab``, in the lab's namespace ``default``."""
+    return {
+        "apiVersion": "discovery.k8s.io/v1",
+        "kind": "EndpointSlice",
+        "metadata": {
+            "name": f"{name}-lab",
+            "namespace": "default",
+            "labels": {
+                "kubernetes.io/service-name": name,
+                "endpointslice.kubernetes.io/managed-by": "endpointslice-controller.k8s.io",
+            },
+        },
+        "addressType": "IPv4",
+        "endpoints": [
+            {
+                "addresses": [pod.address],
+                "conditions": {"ready": True, "serving": True, "terminating": False},
+                "nodeName": pod.node,
+                "targetRef": {"kind": "Pod", "namespace": "default", "name": pod.name},
+            }
+            for pod in pods
+        ],
+        "ports": ports,
+    }
 
 
 def namespace_prefix(tag: str) -> str:
