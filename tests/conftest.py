@@ -11,7 +11,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from support.secure_nats import secured_nats  # noqa: F401  (a fixture for every test)
 from vipwire.bus import BusSettings
-from vipwire.natsserver import NatsServer
+from vipwire.natsserver import NatsServer, Pki, make_pki
 from vipwire.runtime import CommonSettings, Runtime
 
 
@@ -55,6 +55,18 @@ async def nats_server(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator
         yield server
     finally:
         await server.stop()
+
+
+@pytest.fixture(scope="session")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    """A throwaway CA (openssl), its server and client certificates: made once a run."""
+    return make_pki(tmp_path_factory.mktemp("pki"))
+
+
+@pytest.fixture(scope="session")
+def other_pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    """A second throwaway CA: a server certificate of ``pki`` is not one of its."""
+    return make_pki(tmp_path_factory.mktemp("other-pki"))
 
 
 @pytest.fixture

@@ -23,17 +23,6 @@ from vipwire.testing import eventually
 HANG_GUARD_S = 60.0
 
 
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
-    return make_pki(tmp_path_factory.mktemp("pki"))
-
-
-@pytest.fixture(scope="module")
-def other_pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
-    """A second throwaway CA: the server's certificate is not one of its."""
-    return make_pki(tmp_path_factory.mktemp("other-pki"))
-
-
 @pytest.fixture
 async def tls_server(pki: Pki, tmp_path: Path) -> AsyncIterator[NatsServer]:
     server = NatsServer(tmp_path / "nats", extra_config=pki.server_config(verify=True))

@@ -23,7 +23,7 @@ import pytest
 from support.secure_nats import SecuredNats
 from vipwire.bus import BusSettings, TlsSettings
 from vipwire.ipam import IpamService, IpamSettings, PoolSettings
-from vipwire.natsserver import NatsServer, Pki, make_pki
+from vipwire.natsserver import NatsServer, Pki
 from vipwire.runtime import CommonSettings, Runtime
 
 RuntimeFactory = Callable[[str], Awaitable[Runtime]]
@@ -34,16 +34,6 @@ SHOWN = "opsuser:***@"
 POOL = PoolSettings(name="lab", addresses=("192.0.2.0/28",))
 # Guards against a hang only: each command ends by itself.
 HANG_GUARD_S = 60.0
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
-    return make_pki(tmp_path_factory.mktemp("pki"))
-
-
-@pytest.fixture(scope="module")
-def other_pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
-    return make_pki(tmp_path_factory.mktemp("other-pki"))
 
 
 @pytest.fixture
