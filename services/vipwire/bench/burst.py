@@ -39,7 +39,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Mapping
+from collections import Counter
+from collections.abc import Iterable, Mapping
 from typing import Annotated, Any
 
 import msgspec
@@ -59,6 +60,7 @@ from vipwire.bench._fleet import Fleet, FleetSettings, endpoint_slice, proc_stat
 from vipwire.bench._result import BenchResult, convert_params
 from vipwire.bench.floor import Floor, Stat, floor_data, measure_floor, ratio
 from vipwire.contracts import MalformedMessage, NodeApplied, ServiceRef, decode
+from vipwire.kubeemu import AuditEntry
 
 NAMESPACE = "default"
 
@@ -151,6 +153,10 @@ async def burst(options: BurstOptions) -> BenchResult:
         await asyncio.sleep(1.0)  # let the floor's traffic settle before the baseline
         traffic_before = await bus_traffic(fleet.nats.url)
         fleet.mark_baseline()
+        # Every request the components make to the API servers from here on, in RBAC's
+        # terms (the benchmark's own creates and its status clock go in-process).
+        audits = [fleet.emulators[c].record_requests() for c in fleet.clusters]
+        audits_from = [len(a) for a in audits]
         tracker = _AppliedTracker(dict.fromkeys(fleet.clusters, options.services))
         tracker.nodes = options.clusters * options.nodes
         nc = await nats.connect(fleet.nats.url, name="vipwire-bench-burst")
@@ -172,6 +178,7 @@ async def burst(options: BurstOptions) -> BenchResult:
             await sub.unsubscribe()
             await nc.close()
         usage = _usage(fleet, options)
+        kube = _kube_requests(a[n:] for a, n in zip(audits, audits_from, strict=True))
         nats_after = proc_status(nats_pid) if nats_pid else {}
         traffic = _delta(await bus_traffic(fleet.nats.url), traffic_before)
         hops = await hop_times(fleet.nats.url, clock)
@@ -191,7 +198,18 @@ async def burst(options: BurstOptions) -> BenchResult:
         load=load,
         nats_cpu_s=nats_cpu,
         nats_hwm=nats_after.get("VmHWM", 0),
+        kube=kube,
     )
+
+
+def _kube_requests(audits: Iterable[list[AuditEntry]]) -> dict[str, int]:
+    """Requests to the API servers by verb and resource (``patch services/status``)."""
+    counts: Counter[str] = Counter()
+    for audit in audits:
+        for e in audit:
+            resource = f"{e.resource}/{e.subresource}" if e.subresource else e.resource
+            counts[f"{e.verb} {resource}"] += 1
+    return dict(counts.most_common())
 
 
 def _delta(after: dict[str, Any], before: dict[str, Any]) -> dict[str, Any]:
@@ -330,6 +348,7 @@ def _result(
     load: tuple[float, float],
     nats_cpu_s: float,
     nats_hwm: int,
+    kube: dict[str, int],
 ) -> BenchResult:
     total = options.clusters * options.services
     done = len(clock.converged)
@@ -362,6 +381,7 @@ def _result(
         "load_average": list(load),
         "nats_cpu_s": round(nats_cpu_s, 2),
         "nats_peak_rss_mb": round(nats_hwm / 2**20, 1),
+        "kube_requests": kube,
         "floor": floor_data(floor),
         "bus": traffic,
         "bus_at_floor": _floor_estimate(floor, traffic, total),
@@ -397,6 +417,15 @@ def _result(
                 f"peak RSS {info['peak_rss_mb']} MB, {info['bytes_per_service']} B/Service "
                 f"at the peak, {info['kept_bytes_per_service']} B/Service kept, "
                 f"CPU {info['cpu_s']} s",
+            )
+        )
+    if kube:
+        requests = sum(kube.values())
+        rows.append(
+            (
+                "kube requests (components)",
+                f"{requests} = {requests / total:.1f} per Service: "
+                + ", ".join(f"{k} {n}" for k, n in kube.items()),
             )
         )
     at_floor = data["bus_at_floor"]
