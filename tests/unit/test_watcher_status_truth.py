@@ -18,7 +18,13 @@ from vipwire.contracts import (
 from vipwire.watcher.core.bus_view import BusView, observe
 from vipwire.watcher.core.condition import READY, readiness
 from vipwire.watcher.core.events import event_for, event_name
-from vipwire.watcher.core.node_vips import MissingVips, Verdict, node_event, nodes_without
+from vipwire.watcher.core.node_vips import (
+    MissingVips,
+    Verdict,
+    gain_needs_status,
+    node_event,
+    nodes_without,
+)
 from vipwire.watcher.core.term_memory import TermMemory
 from vipwire.watcher.core.translate import FINALIZER, service_snapshot
 from vipwire.watcher.core.writeback import decide
@@ -260,8 +266,46 @@ class TestNodesMissingVip:
         those with a VIP that came or went (not every Service of the cluster each time)."""
         memory = TermMemory(gating=True)
         memory.observe("shop/web", programmed(N1), 4)
-        assert memory.observe_applied("n1", (VIP,), 5) == ["shop/web"]
-        assert memory.observe_applied("n1", (VIP, "198.51.100.99"), 6) == []
-        assert memory.observe_applied("n1", ("198.51.100.99",), 7) == ["shop/web"]
-        assert memory.observe_applied("n2", (), 8) == []  # not a member
-        assert memory.observe_applied("n1", (VIP,), 6) == []  # overtaken redelivery
+        assert memory.observe_applied("n1", (VIP,), 5).concerned == ["shop/web"]
+        assert memory.observe_applied("n1", (VIP, "198.51.100.99"), 6).concerned == []
+        assert memory.observe_applied("n1", ("198.51.100.99",), 7).concerned == ["shop/web"]
+        assert memory.observe_applied("n2", (), 8).concerned == []  # not a member
+        assert memory.observe_applied("n1", (VIP,), 6).concerned == []  # overtaken redelivery
+
+    def test_a_report_that_only_gains_a_vip_is_told_apart_from_one_that_loses_it(self) -> None:
+        """A node's first report and a lost VIP call for judging the Service; a gained VIP
+        alone is reported apart (it can make no node missing)."""
+        memory = TermMemory(gating=True)
+        memory.observe("shop/web", programmed(N1, N2), 4)
+        assert memory.observe_applied("n1", (), 5).judge == ("shop/web",)
+        gained = memory.observe_applied("n1", (VIP,), 6)
+        assert (gained.judge, gained.gained) == ((), ("shop/web",))
+        lost = memory.observe_applied("n1", (), 7)
+        assert (lost.judge, lost.gained) == (("shop/web",), ())
+
+    def test_a_node_found_with_the_vip_changes_the_verdict_only_when_overdue(self) -> None:
+        """A node that gains the VIP within its grace is forgotten without a new verdict;
+        one past its grace changes the verdict; the last one found ends the waiting."""
+        tracker = MissingVips(grace_s=30.0)
+        tracker.judge("shop/web", frozenset({"n1", "n2", "n3"}), now=100.0)
+        assert tracker.found("shop/web", "n1", now=110.0) == (False, True)
+        assert tracker.found("shop/web", "n1", now=111.0) == (False, True)  # not missing
+        assert tracker.found("shop/web", "n2", now=130.0) == (True, True)
+        assert tracker.found("shop/web", "n3", now=131.0) == (True, False)
+        assert len(tracker) == 0
+        assert tracker.found("shop/other", "n1", now=131.0) == (False, False)
+        # Lost again after it was found: a full grace period from then.
+        tracker.judge("shop/web", frozenset({"n1"}), now=200.0)
+        assert tracker.judge("shop/web", frozenset({"n1"}), now=229.0).overdue == set()
+
+    def test_a_gained_vip_needs_the_status_judged_only_for_a_gate_or_a_move(self) -> None:
+        """Without a gate and outside a move, a gained VIP cannot change the status but
+        through the NodesMissingVip verdict; with a gate, or during a move, it can."""
+        view = BusView(vip=assigned(), vip_seq=1, lb=programmed(N1, N2), lb_seq=5)
+        assert not gain_needs_status(view, "none", nodes_known=True)
+        assert gain_needs_status(view, "any", nodes_known=True)
+        assert gain_needs_status(view, "all", nodes_known=True)
+        move = msgspec.structs.replace(assigned(), moving_from=("198.51.100.1",))
+        moving = msgspec.structs.replace(view, vip=move)
+        assert gain_needs_status(moving, "none", nodes_known=True)
+        assert not gain_needs_status(moving, "none", nodes_known=False)

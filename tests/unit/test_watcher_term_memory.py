@@ -230,15 +230,15 @@ class TestWhatTheRestSaid:
         memory = TermMemory(gating=True)
         memory.observe(KEY, programmed(), 4)
         memory.observe("shop/other", programmed(members=()), 5)
-        assert memory.observe_applied("n1", ["198.51.100.7"], 10) == [KEY]
+        assert memory.observe_applied("n1", ["198.51.100.7"], 10).concerned == [KEY]
         assert memory.applied["n1"] == frozenset({"198.51.100.7"})
-        assert memory.observe_applied("n1", [], 9) == []
+        assert memory.observe_applied("n1", [], 9).concerned == []
         assert memory.applied["n1"] == frozenset({"198.51.100.7"})
 
     def test_without_a_gate_reports_are_not_kept(self) -> None:
         """Without a gate a node's report is not worth keeping."""
         memory = TermMemory(gating=False)
-        assert memory.observe_applied("n1", ["198.51.100.7"], 10) == []
+        assert memory.observe_applied("n1", ["198.51.100.7"], 10).concerned == []
         assert memory.applied == {}
 
     def test_a_service_gone_everywhere_is_forgotten(self) -> None:

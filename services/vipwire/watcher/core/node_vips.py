@@ -16,8 +16,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import NamedTuple
 
-from vipwire.contracts import LbProgrammed
-from vipwire.watcher.core.condition import NODES_MISSING, Condition, current_condition
+from vipwire.contracts import LbProgrammed, VipAssigned
+from vipwire.watcher.core.bus_view import BusView
+from vipwire.watcher.core.condition import NODES_MISSING, Condition, Gate, current_condition
 from vipwire.watcher.core.events import EventSpec
 from vipwire.watcher.core.translate import Obj
 
@@ -28,6 +29,16 @@ def nodes_without(lb: LbProgrammed, applied: Mapping[str, frozenset[str]]) -> fr
     return frozenset(
         m.node for m in lb.members if (held := applied.get(m.node)) is not None and not vips <= held
     )
+
+
+def gain_needs_status(view: BusView, gate: Gate, *, nodes_known: bool) -> bool:
+    """Whether a member node newly holding a Service's VIP can change its status other
+    than through the NodesMissingVip verdict (:meth:`MissingVips.found`): only a status
+    gate (any/all), or a move to other VIPs, which waits for every member node."""
+    if gate != "none":
+        return True
+    vip = view.vip
+    return nodes_known and isinstance(vip, VipAssigned) and bool(vip.moving_from)
 
 
 class Verdict(NamedTuple):
@@ -58,6 +69,19 @@ class MissingVips:
         overdue = frozenset(node for node, at in due.items() if at <= now)
         waiting = [at for at in due.values() if at > now]
         return Verdict(overdue, min(waiting) if waiting else None)
+
+    def found(self, key: str, node: str, now: float) -> tuple[bool, bool]:
+        """The member ``node`` of ``key`` holds its VIP now (its agent's report gained it):
+        forgotten without judging every member again. Returns whether the verdict changes
+        (the node was overdue: the condition names it), and whether the Service still has
+        nodes waiting out their grace or overdue."""
+        since = self._since.get(key)
+        if since is None:
+            return False, False
+        at = since.pop(node, None)
+        if not since:
+            del self._since[key]
+        return at is not None and at + self.grace_s <= now, bool(since)
 
     def forget(self, key: str) -> None:
         self._since.pop(key, None)

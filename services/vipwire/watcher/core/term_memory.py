@@ -140,6 +140,21 @@ class Observation(NamedTuple):
     before: VipMessage | LbMessage | None
 
 
+class AppliedReport(NamedTuple):
+    """The Services a node agent's report concerns. ``judge``: the node is new (its first
+    report), or it lost one of their VIPs: judge them now. ``gained``: it only gained
+    their VIPs, which can make no node missing (:mod:`.node_vips` decides whether the
+    status can change at all)."""
+
+    judge: tuple[str, ...] = ()
+    gained: tuple[str, ...] = ()
+
+    @property
+    def concerned(self) -> list[str]:
+        """Every Service the report concerns, sorted."""
+        return sorted((*self.judge, *self.gained))
+
+
 class TermMemory:
     """Everything one term knows, keyed by subject key (``namespace/name`` or node).
 
@@ -380,28 +395,33 @@ class TermMemory:
         """What the bus last said about the Service ``key``."""
         return self.views.get(key, BusView())
 
-    def observe_applied(self, node: str, vips: Iterable[str], seq: int) -> list[str]:
+    def observe_applied(self, node: str, vips: Iterable[str], seq: int) -> AppliedReport:
         """Take in a node agent's report; returns the Services it may concern: those with
         the node among their members and, once the node has reported before, a VIP that
         came or went with this report. Without ``gating`` reports are not kept."""
         if not self.gating:
-            return []
+            return AppliedReport()
         if seq < self.applied_seq.get(node, 0):
-            return []  # a redelivery overtaken by a newer report
+            return AppliedReport()  # a redelivery overtaken by a newer report
         self.applied_seq[node] = seq
         old = self.applied.get(node)
         # Interned: every node reports the same VIPs, held once instead of per node.
         new = self.applied[node] = frozenset(map(sys.intern, vips))
         members = self._gated_by_node.get(node, set())
         if old is None:
-            return sorted(members)  # its first report: judged from now on
-        changed = old ^ new
-        if not changed:
-            return []
-        concerned: set[str] = set()
-        for vip in changed:
-            concerned.update(self._gated_by_vip.get(vip, ()))
-        return sorted(concerned & members)
+            return AppliedReport(judge=tuple(sorted(members)))  # its first report: judged from now
+        if old == new:
+            return AppliedReport()
+        lost: set[str] = set()
+        for vip in old - new:
+            lost.update(self._gated_by_vip.get(vip, ()))
+        gained: set[str] = set()
+        for vip in new - old:
+            gained.update(self._gated_by_vip.get(vip, ()))
+        lost &= members
+        return AppliedReport(
+            judge=tuple(sorted(lost)), gained=tuple(sorted((gained & members) - lost))
+        )
 
     def _set_gated(self, key: str, nodes: frozenset[str], vips: tuple[str, ...]) -> None:
         """Record (or, with no nodes, drop) the member nodes and VIPs of ``key``'s last

@@ -182,8 +182,11 @@ class BusReader:
                     key, message, d.seq, absent=term.absent("node", key), caught_up=term.caught_up
                 )
             case NodeApplied():
-                for service_key in memory.observe_applied(message.node, message.vips, d.seq):
+                report = memory.observe_applied(message.node, message.vips, d.seq)
+                for service_key in report.judge:
                     await self._writer.reconcile(service_key)
+                for service_key in report.gained:
+                    await self._writer.node_gained(service_key, message.node)
             case (
                 VipAssigned()
                 | VipReleasing()

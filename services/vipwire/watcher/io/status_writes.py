@@ -20,7 +20,12 @@ from vipwire.contracts import LbProgrammed, StatusWritten
 from vipwire.kube import MERGE_PATCH, KubeApiError, KubeError, micro_time
 from vipwire.telemetry import trace_id_of_current_span
 from vipwire.watcher.core.events import refused_event
-from vipwire.watcher.core.node_vips import MissingVips, node_event, nodes_without
+from vipwire.watcher.core.node_vips import (
+    MissingVips,
+    gain_needs_status,
+    node_event,
+    nodes_without,
+)
 from vipwire.watcher.core.translate import (
     Obj,
     being_deleted,
@@ -177,6 +182,19 @@ class StatusWriter:
             self._rechecks[key] = verdict.recheck_at
             self._recheck.set()
         return verdict.overdue
+
+    async def node_gained(self, key: str, node: str) -> None:
+        """The member ``node`` of ``key`` now holds one of its VIPs (and lost none): the
+        Service is judged again only when that can change its status (a node no longer
+        overdue, a gate, a move), not once per member node in a burst."""
+        term = self._term
+        changed, waiting = self._missing.found(key, node, time.monotonic())
+        if not waiting:
+            self._rechecks.pop(key, None)  # nothing is left to wait out
+        if changed or gain_needs_status(
+            term.memory.view(key), term.settings.status_gate, nodes_known=term.memory.gating
+        ):
+            await self.reconcile(key)
 
     async def _tell_nodes(self, service: Obj, decision: Decision) -> None:
         """The Event of a condition turned to or from NodesMissingVip by this write."""
