@@ -175,6 +175,8 @@ class FleetSettings(msgspec.Struct, frozen=True, kw_only=True):
     agents_extra: dict[str, Any] = {}
     #: nats-server serves its monitoring endpoints (``Fleet.nats.monitor_port``).
     nats_monitor: bool = False
+    #: Extra ``watcher`` settings for every watcher (e.g. ``{"node_vip_grace_s": 5}``).
+    watcher_extra: dict[str, Any] = {}
 
 
 class Fleet:
@@ -289,6 +291,7 @@ class Fleet:
                 "cluster": cluster,
                 "kubeconfig": str(self.state_dir / f"kubeconfig-{cluster}"),
                 "context": cluster,
+                **self.settings.watcher_extra,
             }
             self.processes.append(self._run(f"watcher:{cluster}", "watcher", "watcher", watcher))
 

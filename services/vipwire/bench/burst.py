@@ -84,6 +84,9 @@ class BurstOptions(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     agents_nice: Annotated[int, msgspec.Meta(ge=0, le=19)] = 19
     #: The node agents' coalescing window in ms (None: their default).
     agents_coalesce_ms: int | None = None
+    #: The watchers' ``node_vip_grace_s`` (None: their default). Shorter than the node
+    #: agents take in the burst, it shows what member nodes late with a VIP cost.
+    node_vip_grace_s: Annotated[float, msgspec.Meta(ge=0)] | None = None
     #: Seconds to wait for convergence.
     timeout_s: Annotated[float, msgspec.Meta(gt=0)] = 600.0
     #: Seconds to wait after convergence for the node agents to report every VIP.
@@ -135,6 +138,9 @@ async def burst(options: BurstOptions) -> BenchResult:
         appliance_latency_ms=options.appliance_latency_ms,
         agents_nice=options.agents_nice,
         agents_coalesce_ms=options.agents_coalesce_ms,
+        watcher_extra={}
+        if options.node_vip_grace_s is None
+        else {"node_vip_grace_s": options.node_vip_grace_s},
     )
     async with Fleet(settings) as fleet:
         await fleet.wait_ready(timeout=120 + 2 * options.clusters * options.nodes)
