@@ -301,11 +301,18 @@ class TestNodesMissingVip:
     def test_a_gained_vip_needs_the_status_judged_only_for_a_gate_or_a_move(self) -> None:
         """Without a gate and outside a move, a gained VIP cannot change the status but
         through the NodesMissingVip verdict; with a gate, or during a move, it can."""
-        view = BusView(vip=assigned(), vip_seq=1, lb=programmed(N1, N2), lb_seq=5)
-        assert not gain_needs_status(view, "none", nodes_known=True)
-        assert gain_needs_status(view, "any", nodes_known=True)
-        assert gain_needs_status(view, "all", nodes_known=True)
+        assert not gain_needs_status("none", moving=False, nodes_known=True)
+        assert gain_needs_status("any", moving=False, nodes_known=True)
+        assert gain_needs_status("all", moving=False, nodes_known=True)
+        assert gain_needs_status("none", moving=True, nodes_known=True)
+        assert not gain_needs_status("none", moving=True, nodes_known=False)
+
+    def test_the_memory_knows_which_services_are_moving(self) -> None:
+        """A VipAssigned with moving_from marks its Service as moving; the next one without
+        it, or the Service forgotten, clears it."""
+        memory = TermMemory(gating=True)
         move = msgspec.structs.replace(assigned(), moving_from=("198.51.100.1",))
-        moving = msgspec.structs.replace(view, vip=move)
-        assert gain_needs_status(moving, "none", nodes_known=True)
-        assert not gain_needs_status(moving, "none", nodes_known=False)
+        memory.observe("shop/web", move, 3)
+        assert "shop/web" in memory.moving
+        memory.observe("shop/web", assigned(), 4)
+        assert "shop/web" not in memory.moving

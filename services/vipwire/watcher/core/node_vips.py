@@ -16,8 +16,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import NamedTuple
 
-from vipwire.contracts import LbProgrammed, VipAssigned
-from vipwire.watcher.core.bus_view import BusView
+from vipwire.contracts import LbProgrammed
 from vipwire.watcher.core.condition import NODES_MISSING, Condition, Gate, current_condition
 from vipwire.watcher.core.events import EventSpec
 from vipwire.watcher.core.translate import Obj
@@ -31,14 +30,12 @@ def nodes_without(lb: LbProgrammed, applied: Mapping[str, frozenset[str]]) -> fr
     )
 
 
-def gain_needs_status(view: BusView, gate: Gate, *, nodes_known: bool) -> bool:
+def gain_needs_status(gate: Gate, *, moving: bool, nodes_known: bool) -> bool:
     """Whether a member node newly holding a Service's VIP can change its status other
     than through the NodesMissingVip verdict (:meth:`MissingVips.found`): only a status
-    gate (any/all), or a move to other VIPs, which waits for every member node."""
-    if gate != "none":
-        return True
-    vip = view.vip
-    return nodes_known and isinstance(vip, VipAssigned) and bool(vip.moving_from)
+    gate (any/all), or a move to other VIPs (``moving``), which waits for every member
+    node."""
+    return gate != "none" or (moving and nodes_known)
 
 
 class Verdict(NamedTuple):

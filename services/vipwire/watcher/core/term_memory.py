@@ -182,6 +182,9 @@ class TermMemory:
         self._gated_by_node: dict[str, set[str]] = {}
         self._gated_by_vip: dict[str, set[str]] = {}
         self._gated_vips: dict[str, tuple[str, ...]] = {}
+        # Services whose last VipAssigned moves them to other VIPs (a node gaining a VIP
+        # can let the move's status through): known without decoding their view.
+        self.moving: set[str] = set()
         # Service -> its EndpointSlices (a tuple: nearly always one).
         self.slice_index: dict[str, tuple[str, ...]] = {}
         # Services found invalid: key -> (uid, problems) last reported.
@@ -320,6 +323,7 @@ class TermMemory:
         if not absent or self.snapshot_of(key) is not None or self.rejected(key):
             return
         self.views.pop(key, None)
+        self.moving.discard(key)
         self._set_gated(key, frozenset(), ())
         self.gated.pop(key, None)
         self.invalid.pop(key, None)
@@ -384,6 +388,10 @@ class TermMemory:
         view = observe(old, compact(message, gating=self.gating), seq)
         if view is not old:
             self.views[key] = view
+            if isinstance(view.vip, VipAssigned) and view.vip.moving_from:
+                self.moving.add(key)
+            else:
+                self.moving.discard(key)
             if self.gating:
                 lb = view.lb
                 members = lb.members if isinstance(lb, LbProgrammed) else ()

@@ -191,8 +191,9 @@ class StatusWriter:
         changed, waiting = self._missing.found(key, node, time.monotonic())
         if not waiting:
             self._rechecks.pop(key, None)  # nothing is left to wait out
+        memory = term.memory
         if changed or gain_needs_status(
-            term.memory.view(key), term.settings.status_gate, nodes_known=term.memory.gating
+            term.settings.status_gate, moving=key in memory.moving, nodes_known=memory.gating
         ):
             await self.reconcile(key)
 
