@@ -175,6 +175,8 @@ class FleetSettings(msgspec.Struct, frozen=True, kw_only=True):
     agents_extra: dict[str, Any] = {}
     #: nats-server serves its monitoring endpoints (``Fleet.nats.monitor_port``).
     nats_monitor: bool = False
+    #: Extra ``lbdriver`` settings (e.g. ``{"lease_ttl_s": 15}``).
+    lbdriver_extra: dict[str, Any] = {}
     #: Extra ``watcher`` settings for every watcher (e.g. ``{"node_vip_grace_s": 5}``).
     watcher_extra: dict[str, Any] = {}
 
@@ -259,7 +261,12 @@ class Fleet:
             "api_latency_ms": s.appliance_latency_ms,
         }
         self.processes.append(
-            self._run("lbdriver", "lbdriver", "lbdriver", {"appliances": [appliance]})
+            self._run(
+                "lbdriver",
+                "lbdriver",
+                "lbdriver",
+                {"appliances": [appliance], **self.settings.lbdriver_extra},
+            )
         )
         for cluster in self.clusters:
             agents = []

@@ -87,6 +87,9 @@ class BurstOptions(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     #: The watchers' ``node_vip_grace_s`` (None: their default). Shorter than the node
     #: agents take in the burst, it shows what member nodes late with a VIP cost.
     node_vip_grace_s: Annotated[float, msgspec.Meta(ge=0)] | None = None
+    #: The lbdriver's ``lease_ttl_s`` (None: its default). On a loaded machine a longer
+    #: lease keeps the single lbdriver from losing it to its own starved renewals.
+    lease_ttl_s: Annotated[float, msgspec.Meta(gt=0)] | None = None
     #: Seconds to wait for convergence.
     timeout_s: Annotated[float, msgspec.Meta(gt=0)] = 600.0
     #: Seconds to wait after convergence for the node agents to report every VIP.
@@ -138,6 +141,7 @@ async def burst(options: BurstOptions) -> BenchResult:
         appliance_latency_ms=options.appliance_latency_ms,
         agents_nice=options.agents_nice,
         agents_coalesce_ms=options.agents_coalesce_ms,
+        lbdriver_extra={} if options.lease_ttl_s is None else {"lease_ttl_s": options.lease_ttl_s},
         watcher_extra={}
         if options.node_vip_grace_s is None
         else {"node_vip_grace_s": options.node_vip_grace_s},
