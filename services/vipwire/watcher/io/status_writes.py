@@ -48,6 +48,10 @@ from vipwire.watcher.io.term import Term
 
 log = logging.getLogger("vipwire.watcher")
 
+#: Seconds within which a Service is judged again once a node its NodesMissingVip
+#: condition names holds the VIP again (every node found meanwhile in one judgement).
+FOUND_COALESCE_S = 1.0
+
 
 class StatusWriter:
     """Writes back to the Services of one term what the bus said about them."""
@@ -188,14 +192,23 @@ class StatusWriter:
         Service is judged again only when that can change its status (a node no longer
         overdue, a gate, a move), not once per member node in a burst."""
         term = self._term
-        changed, waiting = self._missing.found(key, node, time.monotonic())
+        now = time.monotonic()
+        changed, waiting = self._missing.found(key, node, now)
         if not waiting:
             self._rechecks.pop(key, None)  # nothing is left to wait out
         memory = term.memory
-        if changed or gain_needs_status(
+        if gain_needs_status(
             term.settings.status_gate, moving=key in memory.moving, nodes_known=memory.gating
         ):
             await self.reconcile(key)
+        elif changed:
+            # A node named in the condition holds the VIP again: judged within
+            # FOUND_COALESCE_S, once for every node found meanwhile (the agents of a
+            # burst late past their grace report one after another).
+            at = now + FOUND_COALESCE_S
+            if self._rechecks.get(key, at) >= at:
+                self._rechecks[key] = at
+                self._recheck.set()
 
     async def _tell_nodes(self, service: Obj, decision: Decision) -> None:
         """The Event of a condition turned to or from NodesMissingVip by this write."""
