@@ -5,8 +5,10 @@ nodes), so a standby is warm; only the leader publishes. Once per
 ``feed_window_ms``, for each cluster whose table changed, the window's one delta
 goes out on core NATS; the table is written to KV ``vipwire-feed`` (chunks, then
 the head naming them) before it, or, while changes flow, at most once per
-``feed_table_interval_s`` (an agent that reads an older table than a delta it saw
-reads it again shortly). A new leader carries on from the sequence in the head
+``feed_table_interval_s``. A held-back table's head is rewritten before each delta
+with that delta's sequence as ``latest``: an agent that reads a head behind its own
+``latest`` (or behind a delta it saw) waits for the table instead of applying an older
+state. A new leader carries on from the sequence in the head
 it finds, writes every table in full and publishes a ``reset`` delta.
 """
 
@@ -18,6 +20,7 @@ import logging
 import math
 from collections.abc import Callable
 
+from msgspec.structs import replace
 from opentelemetry import trace
 from opentelemetry.trace import NonRecordingSpan, SpanContext
 
@@ -69,6 +72,8 @@ class FeedPublisher:
         #: Clusters whose table is behind their last delta, and when each was written.
         self._dirty: set[str] = set()
         self._table_at: dict[str, float] = {}
+        #: The head of each cluster's table as last written.
+        self._heads: dict[str, FeedHead] = {}
         self._window_s = window_ms / 1000
         self._is_leader = is_leader
         self.feeds: dict[str, ClusterFeed] = {}
@@ -197,7 +202,7 @@ class FeedPublisher:
             old = await read_table(kv, cluster)
             if old is not None:
                 head, services = old
-                feed.seq = max(feed.seq, head.seq)
+                feed.seq = max(feed.seq, head.newest)
                 feed.adopt({s.key: s for s in services})
             await self._publish(kv, feed, feed.take(reset=True), table=True)
         self.published_seq = read
@@ -232,9 +237,14 @@ class FeedPublisher:
             # Too many changes for one message: the agents read the table instead.
             delta = FeedDelta(cluster=feed.cluster, seq=delta.seq, reset=True)
             data = encode_feed(delta)
-        if table or delta.reset:
+        head = self._heads.get(feed.cluster)
+        if table or delta.reset or head is None:
             await self._write_table(kv, feed)
         else:
+            # Before the delta goes out: an agent starting now must not take the older
+            # table for the cluster's state (the delta may reach it before its subscription
+            # does, and no later one may come to show the gap).
+            await kv.put(feed_head_key(feed.cluster), encode_feed(replace(head, latest=delta.seq)))
             self._dirty.add(feed.cluster)
         headers: dict[str, str] = {}
         cause = self._causes.pop(feed.cluster, None)
@@ -252,6 +262,7 @@ class FeedPublisher:
         for chunk in chunks:
             await kv.put(feed_chunk_key(feed.cluster, chunk.index), encode_feed(chunk))
         await kv.put(feed_head_key(feed.cluster), encode_feed(head))
+        self._heads[feed.cluster] = head
         self._m_tables.inc(cluster=feed.cluster)
         self._dirty.discard(feed.cluster)
         self._table_at[feed.cluster] = asyncio.get_running_loop().time()
