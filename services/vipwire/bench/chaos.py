@@ -389,9 +389,12 @@ class _Run:
                 if await self._leads(target, session):
                     entry["leader"] = True
                     entry["standby_ready"] = await self._standby_ready(target, session)
-                    watch = asyncio.create_task(
-                        self._takeover(target, fault, session, begun, entry)
-                    )
+                    # The takeover counts from the blow: the wait for there to be a
+                    # leader to hit (an election after the fault before) is not one.
+                    hit = time.monotonic()
+                    entry["leader_wait_s"] = round(hit - begun, 2)
+                    entry["hit_at"] = round(time.time(), 3)
+                    watch = asyncio.create_task(self._takeover(target, fault, session, hit, entry))
                 target.faulted = True
                 try:
                     if fault.kind == "kill":
@@ -437,14 +440,15 @@ class _Run:
         target: Component,
         fault: Fault,
         session: aiohttp.ClientSession,
-        begun: float,
+        hit: float,
         entry: dict[str, Any],
     ) -> None:
-        """How long until another replica leads (or the target leads again, restarted or
-        continued): the time without a leader. Only for leader kinds."""
+        """How long from the moment the leader was killed or stopped (``hit``) until
+        another replica leads (or the target leads again, restarted or continued): the
+        time without a leader. Only for leader kinds."""
         starts = target.starts
         holder = self.fleet.watcher_holder(target.cluster) if target.kind == "watcher" else ""
-        deadline = begun + 120.0
+        deadline = hit + 120.0
         await asyncio.sleep(0.05)
         while time.monotonic() < deadline:
             if target.kind == "lbdriver":
@@ -467,7 +471,7 @@ class _Run:
             self.takeovers.setdefault(target.kind, []).append(120.0)
             entry["takeover_s"] = None
             return
-        took = round(time.monotonic() - begun, 2)
+        took = round(time.monotonic() - hit, 2)
         self.takeovers.setdefault(target.kind, []).append(took)
         entry["takeover_s"] = took
 
