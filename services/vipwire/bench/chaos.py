@@ -22,9 +22,11 @@ invariant (:func:`~vipwire.bench.chaoscore.check_invariants`). Result fields:
 ``faults``, ``faults_by_kind``, ``services_created``, ``services_deleted``,
 ``violations`` (each names the invariant and the Service),
 ``converged_after_last_fault_s`` (None: did not converge) and
-``max_takeover_s`` (the longest an lbdriver leader fault left no leader, when a
-standby was ready at that moment; every takeover, per component, in
-``takeover_s``). ``VIPWIRE_BENCH_KEEP=1`` keeps the logs.
+``max_takeover_s`` (the longest an lbdriver leader fault left no leader, from
+the kill or SIGSTOP, when a standby was ready at that moment; every takeover,
+per component, in ``takeover_s``; a leader fault's ``leader_wait_s`` in the
+fault log is how long it first waited for there to be a leader to hit).
+``VIPWIRE_BENCH_KEEP=1`` keeps the logs.
 
 The fleet (options, processes, supervision) is :mod:`vipwire.bench._chaos_fleet`.
 This module is over 500 lines on purpose: :class:`_Run` is one run's state
