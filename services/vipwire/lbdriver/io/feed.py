@@ -7,7 +7,8 @@ goes out on core NATS; the table is written to KV ``vipwire-feed`` (chunks, then
 the head naming them) before it, or, while changes flow, at most once per
 ``feed_table_interval_s`` (an agent that reads an older table than a delta it saw
 reads it again shortly). A new leader carries on from the sequence in the head
-it finds, writes every table in full and publishes a ``reset`` delta.
+it finds (far enough past it to be past every delta the last leader sent after its
+last table), writes every table in full and publishes a ``reset`` delta.
 """
 
 from __future__ import annotations
@@ -70,6 +71,10 @@ class FeedPublisher:
         self._dirty: set[str] = set()
         self._table_at: dict[str, float] = {}
         self._window_s = window_ms / 1000
+        #: How far past the head it finds a new leader's sequence starts: many times
+        #: the deltas one leader sends between two tables (a replica configured
+        #: differently, in a rollout, may send more), and 1,000 at least.
+        self._takeover_gap = max(1000, 10 * (math.ceil(table_interval_s / self._window_s) + 1))
         self._is_leader = is_leader
         self.feeds: dict[str, ClusterFeed] = {}
         self._consumer: PullConsumer | None = None
@@ -197,7 +202,11 @@ class FeedPublisher:
             old = await read_table(kv, cluster)
             if old is not None:
                 head, services = old
-                feed.seq = max(feed.seq, head.seq)
+                # The last leader may have sent deltas past its last table (one a window,
+                # the table at most every table_interval_s): start past any of them, or
+                # the agents, holding a later sequence, take this reset and the deltas
+                # after it for old news and skip them (what changed meanwhile is lost).
+                feed.seq = max(feed.seq, head.seq + self._takeover_gap)
                 feed.adopt({s.key: s for s in services})
             await self._publish(kv, feed, feed.take(reset=True), table=True)
         self.published_seq = read
