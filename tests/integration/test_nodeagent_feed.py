@@ -157,6 +157,32 @@ async def test_an_agent_started_in_the_middle_of_a_burst_converges(feed: Feed) -
     assert int(tables.group(1)) < int(deltas.group(1))  # the table lags, the deltas carry it
 
 
+async def test_an_agent_started_while_the_table_lags_a_delta_waits_for_the_table(
+    feed: Feed,
+) -> None:
+    """An agent (re)started after a delta went out but before the held-back table caught up
+    reads the head's ``latest``, waits for the newer table, and holds the delta's VIP; it
+    does not apply the older table (which would take the VIP off the node until the next
+    delta or the 30 s check)."""
+    feed.table_interval_s = 3.0
+    rt = await feed.start()
+    await feed.fed()
+    await rt.bus.publish(programmed("a", "10.0.0.1"))
+
+    async def lagging() -> bool:
+        stored = await rt.bus.direct_last(
+            f"KV_{FEED_BUCKET}", f"$KV.{FEED_BUCKET}.{feed_head_key(CLUSTER)}"
+        )
+        head = None if stored is None else decode_feed("head", stored.data, cluster=CLUSTER)
+        return isinstance(head, FeedHead) and head.seq < head.latest
+
+    await eventually(lagging, what="the delta is out and the table held back")
+    agent = await feed.agent("n1", ready=False)
+    assert feed.publisher is not None and feed.publisher._dirty  # still behind as it starts
+    await reported(rt, "n1", ("10.0.0.1",))
+    assert table_reads(agent, "start") == 1 and table_reads(agent, "stale") == 0
+
+
 async def test_a_new_leader_carries_on_the_sequence_and_resets_the_agents(
     feed: Feed, make_runtime: RuntimeFactory
 ) -> None:

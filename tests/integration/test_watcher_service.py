@@ -834,10 +834,17 @@ class TestValidation:
         assert ready_condition(web) is None
 
     async def test_fixing_an_invalid_service_serves_it(self, harness: Harness) -> None:
-        """Once the annotation is fixed, the finalizer and the snapshot follow."""
+        """Once the annotation is fixed, the finalizer and the snapshot follow, and the
+        InvalidService condition gives way to Pending."""
         await harness.start_watcher()
         await harness.emu.create(lb_service(annotations={"vipwire.io/ips": "nope"}))
         await eventually(lambda: harness.events("InvalidService"), what="an InvalidService Event")
+        # The Event is recorded before the status write: fixed before that write, the
+        # Service never shows InvalidService, and has nothing to give way to Pending.
+        await eventually(
+            lambda: (ready_condition(harness.service()) or {}).get("reason") == "InvalidService",
+            what="web's condition says InvalidService",
+        )
         await harness.emu.patch(
             "services",
             "default",

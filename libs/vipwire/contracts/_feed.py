@@ -74,12 +74,24 @@ class FeedDelta(_Feed, frozen=True, tag="feed-delta"):
 
 
 class FeedHead(_Feed, frozen=True, tag="feed-head"):
-    """The table of a cluster is at ``seq`` and spans chunks ``0 .. chunks-1``."""
+    """The table of a cluster is at ``seq`` and spans chunks ``0 .. chunks-1``.
+
+    ``latest`` is the sequence of the last delta sent (``seq`` when none came after the
+    table). The head is rewritten with it before each delta goes out, so an agent that
+    starts between a delta and the next table write knows its table is behind, and
+    waits for a newer one instead of applying an older state.
+    """
 
     cluster: str
     seq: int
     chunks: int
     services: int = 0
+    latest: int = 0
+
+    @property
+    def newest(self) -> int:
+        """The sequence an agent must reach to hold the cluster's state."""
+        return max(self.seq, self.latest)
 
 
 class FeedChunk(_Feed, frozen=True, tag="feed-chunk"):

@@ -5,10 +5,11 @@ nodes), so a standby is warm; only the leader publishes. Once per
 ``feed_window_ms``, for each cluster whose table changed, the window's one delta
 goes out on core NATS; the table is written to KV ``vipwire-feed`` (chunks, then
 the head naming them) before it, or, while changes flow, at most once per
-``feed_table_interval_s`` (an agent that reads an older table than a delta it saw
-reads it again shortly). A new leader carries on from the sequence in the head
-it finds (far enough past it to be past every delta the last leader sent after its
-last table), writes every table in full and publishes a ``reset`` delta.
+``feed_table_interval_s``. A held-back table's head is rewritten before each delta
+with that delta's sequence as ``latest``: an agent that reads a head behind its own
+``latest`` (or behind a delta it saw) waits for the table instead of applying an older
+state. A new leader carries on from the sequence in the head
+it finds, writes every table in full and publishes a ``reset`` delta.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import logging
 import math
 from collections.abc import Callable
 
+from msgspec.structs import replace
 from opentelemetry import trace
 from opentelemetry.trace import NonRecordingSpan, SpanContext
 
@@ -70,11 +72,9 @@ class FeedPublisher:
         #: Clusters whose table is behind their last delta, and when each was written.
         self._dirty: set[str] = set()
         self._table_at: dict[str, float] = {}
+        #: The head of each cluster's table as last written.
+        self._heads: dict[str, FeedHead] = {}
         self._window_s = window_ms / 1000
-        #: How far past the head it finds a new leader's sequence starts: many times
-        #: the deltas one leader sends between two tables (a replica configured
-        #: differently, in a rollout, may send more), and 1,000 at least.
-        self._takeover_gap = max(1000, 10 * (math.ceil(table_interval_s / self._window_s) + 1))
         self._is_leader = is_leader
         self.feeds: dict[str, ClusterFeed] = {}
         self._consumer: PullConsumer | None = None
@@ -202,11 +202,7 @@ class FeedPublisher:
             old = await read_table(kv, cluster)
             if old is not None:
                 head, services = old
-                # The last leader may have sent deltas past its last table (one a window,
-                # the table at most every table_interval_s): start past any of them, or
-                # the agents, holding a later sequence, take this reset and the deltas
-                # after it for old news and skip them (what changed meanwhile is lost).
-                feed.seq = max(feed.seq, head.seq + self._takeover_gap)
+                feed.seq = max(feed.seq, head.newest)
                 feed.adopt({s.key: s for s in services})
             await self._publish(kv, feed, feed.take(reset=True), table=True)
         self.published_seq = read
@@ -241,9 +237,14 @@ class FeedPublisher:
             # Too many changes for one message: the agents read the table instead.
             delta = FeedDelta(cluster=feed.cluster, seq=delta.seq, reset=True)
             data = encode_feed(delta)
-        if table or delta.reset:
+        head = self._heads.get(feed.cluster)
+        if table or delta.reset or head is None:
             await self._write_table(kv, feed)
         else:
+            # Before the delta goes out: an agent starting now must not take the older
+            # table for the cluster's state (the delta may reach it before its subscription
+            # does, and no later one may come to show the gap).
+            await kv.put(feed_head_key(feed.cluster), encode_feed(replace(head, latest=delta.seq)))
             self._dirty.add(feed.cluster)
         headers: dict[str, str] = {}
         cause = self._causes.pop(feed.cluster, None)
@@ -261,6 +262,7 @@ class FeedPublisher:
         for chunk in chunks:
             await kv.put(feed_chunk_key(feed.cluster, chunk.index), encode_feed(chunk))
         await kv.put(feed_head_key(feed.cluster), encode_feed(head))
+        self._heads[feed.cluster] = head
         self._m_tables.inc(cluster=feed.cluster)
         self._dirty.discard(feed.cluster)
         self._table_at[feed.cluster] = asyncio.get_running_loop().time()

@@ -168,9 +168,10 @@ class FeedReader:
                     )
                 await asyncio.sleep(backoff_s(min(attempt, 4)))
                 continue
-            if head.seq < at_least and attempt < 8:
-                # Behind a delta seen: the leader writes a newer table within its
-                # feed_table_interval_s (1 s by default).
+            # Behind a delta seen or sent (the head's ``latest``): the leader writes a
+            # newer table within its feed_table_interval_s (1 s by default). Applying the
+            # older one would take a live VIP off this node until the next delta.
+            if head.seq < max(at_least, head.latest) and attempt < 8:
                 await asyncio.sleep(min(0.1 * 2 ** (attempt - 1), 1.0))
                 continue
             self.seq = head.seq
@@ -188,14 +189,14 @@ class FeedReader:
         except (TableMissing, BusError) as exc:
             log.debug("node feed head of %s not read: %s", self._cluster, exc)
             return
-        if isinstance(head, FeedHead) and (self.seq is None or head.seq > self.seq):
+        if isinstance(head, FeedHead) and (self.seq is None or head.newest > self.seq):
             log.info(
-                "node feed of %s: the table is at %d, past %s: a delta was lost; reading it",
+                "node feed of %s: the feed is at %d, past %s: a delta was lost; reading it",
                 self._cluster,
-                head.seq,
+                head.newest,
                 self.seq,
             )
-            await self._read_until_held("stale", at_least=head.seq)
+            await self._read_until_held("stale", at_least=head.newest)
 
     def _covered(self, seq: int) -> SpanContext | None:
         """Drop the waiting deltas the table at ``seq`` holds; the first one's trace."""
