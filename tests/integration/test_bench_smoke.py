@@ -125,7 +125,14 @@ async def test_scale_sweeps_services_and_nodes_and_every_node_converges() -> Non
         assert set(point["cpu_s"]) == {"ipam", "lbdriver", "watcher", "nodeagents"}
         assert point["nats_cpu_s"] >= 0 and point["total_cpu_s"] > 0
     assert points["lb", 6]["consumers_total"] >= points["lb", 3]["consumers_total"] + 3
-    assert points["table", 6]["consumers_total"] == points["table", 3]["consumers_total"]
+    # On the feed, no consumer per node: the lb consumers (watcher, lbdriver, feed) stay
+    # as they are with 3 more nodes. The total is not compared for equality: a consumer
+    # another component stops at the end (the watcher's catch-up of its own families)
+    # may still be on the server when it is counted.
+    lb = "vipwire.<cluster>.lb.>"
+    table_3, table_6 = points["table", 3], points["table", 6]
+    assert table_6["consumers"]["by_filter"][lb] == table_3["consumers"]["by_filter"][lb]
+    assert table_6["consumers_total"] < table_3["consumers_total"] + 3
     assert [r["name"] for r in points["table", 6]["processes"] if r["kind"] == "nodeagents"] == [
         "nodeagents:east:1",
         "nodeagents:east:2",
