@@ -207,3 +207,29 @@ async def test_a_new_leader_carries_on_the_sequence_and_resets_the_agents(
     await rt.bus.publish(programmed("b", "10.0.0.2"))
     await reported(rt, "n1", ("10.0.0.1", "10.0.0.2"))
     assert table_reads(agent, "reset") == 1
+
+
+async def test_a_new_leader_resets_agents_that_hold_deltas_past_the_table(
+    make_runtime: RuntimeFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The last leader sent deltas past its last table, then died: the new leader's reset
+    still reaches the agents (its sequence is past theirs), and a change it alone knows
+    (a removal published meanwhile) reaches the nodes."""
+    monkeypatch.delenv("VIPWIRE_NODE", raising=False)
+    feed = Feed(make_runtime, table_interval_s=60.0)  # the table lags every delta
+    try:
+        rt = await feed.start()
+        await feed.fed()
+        await feed.agent("n1")
+        await rt.bus.publish(programmed("a", "10.0.0.1"))
+        await rt.bus.publish(programmed("b", "10.0.0.2"))
+        await reported(rt, "n1", ("10.0.0.1", "10.0.0.2"))  # by deltas past the table
+        assert feed.publisher is not None
+        await feed.publisher.stop()  # dies before writing its table again
+        await rt.bus.publish(removed("b"))
+        feed.publisher = FeedPublisher(await make_runtime("lbdriver-2"), window_ms=5,
+                                       is_leader=lambda: True, table_interval_s=60.0)  # fmt: skip
+        await feed.publisher.start()
+        await reported(rt, "n1", ("10.0.0.1",))
+    finally:
+        await feed.stop()

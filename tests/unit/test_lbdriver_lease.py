@@ -12,6 +12,7 @@ from vipwire.lbdriver.core.lease import (
     Watched,
     decide,
     may_write,
+    read_timeout_s,
     term_after_write,
 )
 
@@ -60,6 +61,14 @@ def test_the_holder_waits_then_renews_by_revision() -> None:
     assert (held.action, held.wake_at) == ("hold", 101.0)
     due = run(101.0, Seen(ME, 7), term=term)
     assert (due.action, due.last) == ("renew", 7)
+
+
+def test_a_read_may_take_what_a_due_renewal_has_left_of_the_term() -> None:
+    """ttl 3, margin 0.5, renew 1: a read slower than 1.5 s cannot keep the term (it is
+    given up and asked again); never less than renew_s."""
+    assert read_timeout_s(TIMES) == 1.5
+    tight = LeaseTimes(ttl_s=3.0, renew_s=2.0, safety_margin_s=0.5, clock_skew_s=1.0)
+    assert read_timeout_s(tight) == 2.0
 
 
 def test_a_holder_past_its_deadline_steps_down_whatever_the_key_says() -> None:

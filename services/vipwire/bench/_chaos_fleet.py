@@ -417,12 +417,30 @@ class ChaosFleet:
         return str(((lease or {}).get("spec") or {}).get("holderIdentity") or "")
 
     async def lbdriver_leader(self, session: aiohttp.ClientSession) -> Component | None:
-        """The lbdriver replica that says it leads (``vipwire_lbdriver_leader`` 1)."""
-        replicas = [c for c in self.of_kind("lbdriver") if c.alive and not c.stopped]
-        for c in replicas:
+        """The lbdriver replica that says it leads (``vipwire_lbdriver_leader`` 1).
+
+        Every replica is asked at once, and the first to say so is the answer: asked one
+        after the other, a replica still starting (slow to answer, up to the 2 s
+        timeout) delayed the answer of the one that leads, and the takeover measured
+        with it."""
+
+        async def leads(c: Component) -> Component | None:
             with contextlib.suppress(aiohttp.ClientError, TimeoutError):
                 if _says_leader(await c.metrics(session)):
                     return c
+            return None
+
+        replicas = [c for c in self.of_kind("lbdriver") if c.alive and not c.stopped]
+        asked = [asyncio.create_task(leads(c)) for c in replicas]
+        try:
+            for answer in asyncio.as_completed(asked):
+                leader = await answer
+                if leader is not None:
+                    return leader
+        finally:
+            for task in asked:
+                task.cancel()
+            await asyncio.gather(*asked, return_exceptions=True)
         return None
 
 

@@ -22,9 +22,11 @@ invariant (:func:`~vipwire.bench.chaoscore.check_invariants`). Result fields:
 ``faults``, ``faults_by_kind``, ``services_created``, ``services_deleted``,
 ``violations`` (each names the invariant and the Service),
 ``converged_after_last_fault_s`` (None: did not converge) and
-``max_takeover_s`` (the longest an lbdriver leader fault left no leader, when a
-standby was ready at that moment; every takeover, per component, in
-``takeover_s``). ``VIPWIRE_BENCH_KEEP=1`` keeps the logs.
+``max_takeover_s`` (the longest an lbdriver leader fault left no leader, from
+the kill or SIGSTOP, when a standby was ready at that moment; every takeover,
+per component, in ``takeover_s``; a leader fault's ``leader_wait_s`` in the
+fault log is how long it first waited for there to be a leader to hit).
+``VIPWIRE_BENCH_KEEP=1`` keeps the logs.
 
 The fleet (options, processes, supervision) is :mod:`vipwire.bench._chaos_fleet`.
 This module is over 500 lines on purpose: :class:`_Run` is one run's state
@@ -389,9 +391,12 @@ class _Run:
                 if await self._leads(target, session):
                     entry["leader"] = True
                     entry["standby_ready"] = await self._standby_ready(target, session)
-                    watch = asyncio.create_task(
-                        self._takeover(target, fault, session, begun, entry)
-                    )
+                    # The takeover counts from the blow: the wait for there to be a
+                    # leader to hit (an election after the fault before) is not one.
+                    hit = time.monotonic()
+                    entry["leader_wait_s"] = round(hit - begun, 2)
+                    entry["hit_at"] = round(time.time(), 3)
+                    watch = asyncio.create_task(self._takeover(target, fault, session, hit, entry))
                 target.faulted = True
                 try:
                     if fault.kind == "kill":
@@ -437,14 +442,15 @@ class _Run:
         target: Component,
         fault: Fault,
         session: aiohttp.ClientSession,
-        begun: float,
+        hit: float,
         entry: dict[str, Any],
     ) -> None:
-        """How long until another replica leads (or the target leads again, restarted or
-        continued): the time without a leader. Only for leader kinds."""
+        """How long from the moment the leader was killed or stopped (``hit``) until
+        another replica leads (or the target leads again, restarted or continued): the
+        time without a leader. Only for leader kinds."""
         starts = target.starts
         holder = self.fleet.watcher_holder(target.cluster) if target.kind == "watcher" else ""
-        deadline = begun + 120.0
+        deadline = hit + 120.0
         await asyncio.sleep(0.05)
         while time.monotonic() < deadline:
             if target.kind == "lbdriver":
@@ -467,7 +473,7 @@ class _Run:
             self.takeovers.setdefault(target.kind, []).append(120.0)
             entry["takeover_s"] = None
             return
-        took = round(time.monotonic() - begun, 2)
+        took = round(time.monotonic() - hit, 2)
         self.takeovers.setdefault(target.kind, []).append(took)
         entry["takeover_s"] = took
 

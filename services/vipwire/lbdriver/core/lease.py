@@ -101,6 +101,16 @@ def term_after_write(revision: int, sent_at: float, times: LeaseTimes) -> Term:
     )
 
 
+def read_timeout_s(times: LeaseTimes) -> float:
+    """Seconds a read of the lease may take before it counts as failed and is tried
+    again: the time a leader has left, once a renewal falls due, to read the key
+    before its write deadline (a slower answer cannot keep its term), but never less
+    than ``renew_s``. A read unanswered for long (a NATS server gone with the lease
+    stream's leader, until the stream elects another) is thus asked again soon after
+    the stream answers, not after the client's own request timeout (5 s)."""
+    return max(times.renew_s, times.ttl_s - times.safety_margin_s - times.renew_s)
+
+
 def may_write(term: Term | None, now: float) -> bool:
     """The fence: a write may start only inside the term."""
     return term is not None and now < term.deadline

@@ -32,6 +32,7 @@ from vipwire.lbdriver.core.lease import (
     Watched,
     decide,
     may_write,
+    read_timeout_s,
     term_after_write,
 )
 from vipwire.lbdriver.io.fencing import LEASE_HEADER, WRITER_HEADER, NotLeader
@@ -76,6 +77,7 @@ class Election:
         self.me = me
         self.key = f"{settings.lease_name}.leader"
         self.times = lease_times(settings)
+        self._read_timeout_s = read_timeout_s(self.times)
         self._on_elected = on_elected
         self._on_deposed = on_deposed
         self._kv: KvBucket | None = None
@@ -86,6 +88,7 @@ class Election:
         #: Who holds the lease, as last read ("": nobody).
         self.holder = ""
         self._read_failing = False
+        self._failing_since = 0.0
         self._announced: str | None = None  # the holder last logged as such while standing by
         #: Set once the first decision is made (leader or standby): a fence for tests.
         self.decided = asyncio.Event()
@@ -190,14 +193,30 @@ class Election:
     async def _read(self) -> tuple[Seen | None, bool]:
         assert self._kv is not None
         try:
-            entry = await self._kv.get(self.key)
-        except BusError as exc:
+            async with asyncio.timeout(self._read_timeout_s):
+                entry = await self._kv.get(self.key)
+        except (BusError, TimeoutError) as exc:
             if not self._read_failing:
-                log.warning("cannot read the lbdriver lease %s: %s", self.key, exc)
+                why = (
+                    exc if isinstance(exc, BusError) else f"no answer in {self._read_timeout_s:g}s"
+                )
+                log.warning(
+                    "cannot read the lbdriver lease %s: %s; asking again %gs after each "
+                    "failure (is a NATS server down, or the stream KV_%s between leaders?)",
+                    self.key,
+                    why,
+                    _RETRY_S,
+                    LBDRIVER_LEASE_BUCKET,
+                )
+                self._failing_since = time.monotonic()
             self._read_failing = True
             return None, False
         if self._read_failing:
-            log.info("the lbdriver lease %s can be read again", self.key)
+            log.info(
+                "the lbdriver lease %s can be read again (after %.1fs)",
+                self.key,
+                time.monotonic() - self._failing_since,
+            )
             self._read_failing = False
         if entry is None or entry.value is None:
             self._note_holder("")
