@@ -46,8 +46,8 @@ async def test_latency_reports_percentiles_and_every_hop() -> None:
 
 
 async def test_burst_runs_each_component_in_its_own_process() -> None:
-    """All Services converge; every process reports its peak memory and CPU, and the
-    node agents report every VIP."""
+    """All Services converge; every process reports its peak memory and CPU, the node
+    agents report every VIP, and the components' API requests are counted."""
     result = await burst(
         BurstOptions(clusters=1, services=5, nodes=2, endpoints=1, floor_samples=10, timeout_s=30)
     )
@@ -60,6 +60,8 @@ async def test_burst_runs_each_component_in_its_own_process() -> None:
         assert row["cpu_s"] >= 0
     assert data["agents_applied_s"] is not None
     assert data["p50_ms"] <= data["p99_ms"]
+    # The watcher's requests to the API server: a status write per Service at least.
+    assert data["kube_requests"].get("patch services/status", 0) >= 5
 
 
 async def test_restart_of_every_component_writes_nothing() -> None:
