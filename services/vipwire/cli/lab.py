@@ -15,8 +15,6 @@ import logging
 import sys
 from typing import Any
 
-from vipwire.telemetry import configure_logging
-
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argparse.ArgumentParser:
     parser = sub.add_parser("lab", help="packet lab in network namespaces (root)")
@@ -49,6 +47,8 @@ def execute(args: argparse.Namespace) -> int:
     if problems:
         print(f"vipwire lab: {'; '.join(problems)}", file=sys.stderr)
         return 2
+    from vipwire.telemetry import configure_logging
+
     configure_logging("INFO" if getattr(args, "verbose", False) else "WARNING")
     try:
         return asyncio.run(_verb(args))

@@ -26,7 +26,6 @@ from vipwire.cli import current, exits
 from vipwire.cli.args import integer, seconds
 from vipwire.contracts import ServiceRef
 from vipwire.metrics import percentile
-from vipwire.telemetry import configure_logging
 
 if TYPE_CHECKING:
     # Imported where used: ``vipwire`` imports every command module, and the stack
@@ -252,6 +251,8 @@ async def up(args: argparse.Namespace) -> int:
 
 
 async def _up(args: argparse.Namespace, stop: asyncio.Event) -> int:
+    from vipwire.telemetry import configure_logging
+
     smoke: bool = args.smoke
     configure_logging("WARNING" if not smoke else "ERROR", stream=sys.stderr)
     dashboard_port: int | None = args.dashboard_port
