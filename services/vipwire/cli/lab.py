@@ -9,7 +9,6 @@ Linux applier; ``lab clean`` removes what crashed runs left behind.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import logging
 import sys
@@ -41,6 +40,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argpar
 
 
 def execute(args: argparse.Namespace) -> int:
+    import asyncio
+
     from vipwire.lab import LabError, missing_requirements
 
     problems = missing_requirements()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import sys
 from typing import TYPE_CHECKING, Any
@@ -26,6 +25,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argpar
 
 
 def execute(args: argparse.Namespace) -> int:
+    import asyncio
+
     from vipwire.bus import TlsError
 
     try:
