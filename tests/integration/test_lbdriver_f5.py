@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -39,12 +40,15 @@ from vipwire.lbdriver import (
     build_driver,
     owns,
 )
+from vipwire.lbdriver.core.lease import Term
 from vipwire.lbdriver.core.resilience import CircuitBreaker
 from vipwire.lbdriver.io.appliance_client import ApplianceClient
 from vipwire.lbdriver.io.drivers._rest import CONNECTIONS, RestTransport, VendorError
 from vipwire.lbdriver.io.drivers.credentials import CredentialSource
 from vipwire.lbdriver.io.drivers.f5 import FASTL4_PROFILE, F5Driver
+from vipwire.lbdriver.io.election import Election
 from vipwire.lbdriver.io.fencing import CURRENT_FENCE, NotLeader
+from vipwire.lbdriver.settings import LbdriverSettings
 from vipwire.metrics import Registry
 from vipwire.runtime import Runtime
 
@@ -618,7 +622,7 @@ class HeldTransport(RestTransport):
     ("method", "body"), [("POST", {"name": "vs"}), ("DELETE", None)], ids=["body", "no-body"]
 )
 async def test_a_lease_running_out_while_the_connection_opens_sends_nothing(
-    emu: F5Emulator, method: str, body: Any
+    emu: F5Emulator, method: str, body: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
     """The fence is asked again once the connection is open, before a byte is written: a
     write checked in time but held while its connection opened (a leader paused there) is
@@ -642,9 +646,38 @@ async def test_a_lease_running_out_while_the_connection_opens_sends_nothing(
         with pytest.raises(NotLeader, match="while the connection opened"):
             await held
         assert emu.write_log.since(0) == [], "the late write reached the appliance"
+        assert f"{method} {path} not sent: it passed the write fence" in caplog.text
         expired = False
         await transport.send(method, path, json=body)
         assert [(r.writer, r.method) for r in emu.write_log.since(0)] == [("replica-a", method)]
     finally:
         CURRENT_FENCE.reset(token)
         await transport.close()
+
+
+async def test_every_write_the_election_fence_refuses_is_counted() -> None:
+    """The election's fence counts each refusal by reason: a standby, and a leader whose
+    term ran out (a paused leader's late writes show up there)."""
+    metrics = Registry()
+
+    async def transition(reason: str) -> None:
+        pass
+
+    election = Election(
+        None,  # type: ignore[arg-type]  # never started: only the fence is asked
+        LbdriverSettings(appliances=(ApplianceSettings(name="bigip-a"),)),
+        me="replica-a",
+        metrics=metrics,
+        on_elected=transition,
+        on_deposed=transition,
+    )
+    fenced = metrics.counter("lbdriver_writes_fenced_total", "", ["reason"])
+    with pytest.raises(NotLeader, match="not the lbdriver leader"):
+        election.fence()
+    now = time.monotonic()
+    election._term = Term(revision=7, deadline=now + 60, renew_at=now + 1)
+    assert election.fence() == {"X-Vipwire-Writer": "replica-a", "X-Vipwire-Lease": "7"}
+    election._term = Term(revision=7, deadline=now - 1, renew_at=now - 2)
+    with pytest.raises(NotLeader, match=r"revision 7\) ran out"):
+        election.fence()
+    assert (fenced.value(reason="standby"), fenced.value(reason="lease-ran-out")) == (1, 1)

@@ -11,6 +11,7 @@ configuration where a read takes a second.
 from __future__ import annotations
 
 import asyncio
+import logging
 import ssl
 from collections.abc import Coroutine, Mapping
 from typing import Any, Literal, NamedTuple, TypeVar
@@ -25,6 +26,8 @@ from vipwire.lbdriver.io.fencing import Fence, NotLeader, fence_for
 from vipwire.lbdriver.settings import ApplianceSettings, ApplianceTimeouts
 
 T = TypeVar("T")
+
+log = logging.getLogger("vipwire.lbdriver.rest")
 
 #: The class of a management request, which picks its timeout (``timeouts.<class>_s``).
 RequestClass = Literal["login", "read", "write", "commit"]
@@ -206,6 +209,10 @@ class RestTransport:
                 ) as resp:
                     text = await resp.text()
                     status = resp.status
+            except NotLeader as exc:
+                if at_send is not None and at_send.refused is exc:
+                    self._refused_at_send(method, path, exc)
+                raise
             except TimeoutError as exc:
                 raise ApplianceUnavailable(
                     self.appliance,
@@ -215,6 +222,7 @@ class RestTransport:
                 ) from exc
             except (aiohttp.ClientError, OSError) as exc:
                 if at_send is not None and at_send.refused is not None:
+                    self._refused_at_send(method, path, at_send.refused)
                     raise at_send.refused from exc  # refused before a byte was written
                 raise ApplianceUnavailable(
                     self.appliance, f"{method} {path}: {type(exc).__name__}: {exc}"
@@ -226,6 +234,17 @@ class RestTransport:
             except msgspec.DecodeError:
                 body = text
         return HttpResponse(status, body)
+
+    def _refused_at_send(self, method: str, path: str, exc: NotLeader) -> None:
+        log.warning(
+            "appliance %s: %s %s not sent: it passed the write fence, but no longer did "
+            "once its connection was ready (%s; this replica was paused or starved); the "
+            "leader writes it if it is still wanted",
+            self.appliance,
+            method,
+            path,
+            exc,
+        )
 
     async def close(self) -> None:
         session, self._session = self._session, None
