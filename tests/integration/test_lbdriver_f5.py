@@ -655,6 +655,29 @@ async def test_a_lease_running_out_while_the_connection_opens_sends_nothing(
         await transport.close()
 
 
+async def test_a_lease_running_out_before_the_body_is_written_sends_nothing(
+    driver: F5Driver, emu: F5Emulator
+) -> None:
+    """aiohttp holds a request's headers and writes them with the body from another task,
+    a loop turn later: the fence is asked there too, so a lease that runs out after the
+    headers were made (asked twice: before the request, at the headers) sends nothing."""
+    token = await driver._login()
+    fence = CountingFence(allowed=2)
+    fenced = CURRENT_FENCE.set(fence)
+    try:
+        with pytest.raises(NotLeader, match="the lease ran out"):
+            await driver._http.send(
+                "POST",
+                f"/mgmt/tm/ltm/virtual/~{CLUSTER}~vs",
+                json={"name": "vs"},
+                headers={"X-F5-Auth-Token": token},
+            )
+    finally:
+        CURRENT_FENCE.reset(fenced)
+    assert fence.asked == 3
+    assert emu.write_log.since(0) == []
+
+
 async def test_every_write_the_election_fence_refuses_is_counted() -> None:
     """The election's fence counts each refusal by reason: a standby, and a leader whose
     term ran out (a paused leader's late writes show up there)."""
