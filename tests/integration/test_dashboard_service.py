@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import statistics
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -398,10 +397,12 @@ class TestServing:
         async with dash.http.get(f"http://127.0.0.1:{port}/readyz") as response:
             assert response.status == 200
 
-    async def test_page_one_of_ten_thousand_services_is_fast(
+    async def test_page_one_of_ten_thousand_services_reuses_the_sorted_order(
         self, start_dashboard: Callable[..., Awaitable[Dashboard]]
     ) -> None:
-        """With 10,000 Services, page 1 (and a filtered search) answer in well under 50 ms."""
+        """With 10,000 Services, page 1 and a filtered search answer one page of rows from
+        the order sorted once (what keeps them fast; timing is for a benchmark), and a new
+        Service sorts it again."""
         dash = await start_dashboard()
         model = dash.service.model
         now = time.time()
@@ -411,26 +412,16 @@ class TestServing:
             for message in pipeline(f"svc-{i}", vip, cluster=cluster):
                 model.apply(Event(message=message, time=now + i / 1000))
         assert len(model) == 10_000
-
-        async def timed(path: str) -> float:
-            started = time.perf_counter()
+        status, page = await dash.get("/api/services")
+        order = model.ordered()
+        assert status == 200 and page["total"] == 10_000 and 0 < len(page["rows"]) <= 100
+        for path in ("/api/services", "/api/services?q=svc-99&state=ready"):
             status, page = await dash.get(path)
-            elapsed = (time.perf_counter() - started) * 1000
             assert status == 200 and page["rows"]
-            return elapsed
-
-        await timed("/api/services")  # warm the sorted index
-        first = statistics.median([await timed("/api/services") for _ in range(9)])
-        search = statistics.median(
-            [await timed("/api/services?q=svc-99&state=ready") for _ in range(9)]
-        )
-        overview_started = time.perf_counter()
-        await dash.get("/api/overview")
-        overview = (time.perf_counter() - overview_started) * 1000
-        print(f"10k Services: page 1 {first:.1f} ms, search {search:.1f} ms, ", end="")
-        print(f"overview {overview:.1f} ms")
-        assert first < 50, f"page 1 took {first:.1f} ms"
-        assert search < 50, f"a filtered search took {search:.1f} ms"
+            assert model.ordered() is order  # not sorted again
+        for message in pipeline("svc-new", "10.200.0.1", cluster="east"):
+            model.apply(Event(message=message, time=now + 20))
+        assert model.ordered() is not order and len(model.ordered()) == 10_001
 
 
 class TestPoolsAndAppliances:

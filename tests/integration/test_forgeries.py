@@ -194,8 +194,14 @@ async def agent(
     rt = await bus_as("nodeagent-east-n1")
     reports = await observe("vipwire.east.applied.>")
     applier = DryRunApplier()
+    # Reports paced at 20 ms, not the default 0.5 s: a report is what the tests wait for.
     settings = NodeagentSettings(
-        cluster="east", node="n1", coalesce_ms=5, resync_interval_s=0, feed=feed
+        cluster="east",
+        node="n1",
+        coalesce_ms=5,
+        resync_interval_s=0,
+        report_interval_s=0.02,
+        feed=feed,
     )
     service = NodeagentService(settings, rt, applier)
     await service.start()

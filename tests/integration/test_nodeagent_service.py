@@ -131,12 +131,25 @@ async def fed(runtime: Runtime) -> None:
         await asyncio.wait_for(publishers[0].published(last.seq if last else 0), 5)
 
 
-@pytest.fixture(params=["table", "lb"])
+#: Least seconds between two reports of a test's agent: the default (0.5 s) made every
+#: wait for a second report half a second long. Still above 0, so reports are paced as
+#: in production; the test of the pacing sets its own interval.
+REPORT_INTERVAL_S = 0.02
+
+#: The node feed (``table``, the default) and the old contract (``lb``: an agent of
+#: before the feed, which reads ``LbProgrammed`` from the stream during an upgrade).
+#: The whole suite runs over the feed; what the old contract must keep doing during the
+#: upgrade window (apply, remove, ignore other clusters, check pools, restart without
+#: churn, replay a backlog, keep VIPs past unreadable messages) runs over both.
+BOTH_FEEDS = pytest.mark.parametrize("feed", ["table", "lb"], indirect=True)
+
+
+@pytest.fixture
 async def feed(request: pytest.FixtureRequest, make_runtime: RuntimeFactory) -> AsyncIterator[str]:
-    """The agents' ``feed`` setting: every test runs over the node feed (``table``, with
-    the lbdriver's feed publisher running) and over the old contract (``lb``: agents of
-    before the feed, during an upgrade)."""
-    if request.param == "lb":
+    """The agents' ``feed`` setting: ``table`` (with the lbdriver's feed publisher running)
+    unless a test is parametrised with ``lb`` (see BOTH_FEEDS)."""
+    chosen: str = getattr(request, "param", "table")
+    if chosen == "lb":
         yield "lb"
         return
     publisher = FeedPublisher(await make_runtime("lbdriver"), window_ms=5, is_leader=lambda: True)
@@ -161,6 +174,7 @@ async def agents(monkeypatch: pytest.MonkeyPatch, feed: Feed) -> AsyncIterator[A
         options: dict[str, object] = {
             "coalesce_ms": 5,
             "resync_interval_s": 0.0,
+            "report_interval_s": REPORT_INTERVAL_S,
             "feed": feed,
             **overrides,
         }
@@ -181,6 +195,7 @@ async def agents(monkeypatch: pytest.MonkeyPatch, feed: Feed) -> AsyncIterator[A
 
 
 class TestApply:
+    @BOTH_FEEDS
     async def test_programmed_vips_are_applied_and_reported(
         self, make_runtime: RuntimeFactory, agents: Agents
     ) -> None:
@@ -215,6 +230,7 @@ class TestApply:
         }
         assert {"nodeagent apply", "nodeagent report", "publish applied"} <= in_trace
 
+    @BOTH_FEEDS
     async def test_removed_service_takes_its_vip_away_in_a_new_generation(
         self, make_runtime: RuntimeFactory, agents: Agents
     ) -> None:
@@ -350,6 +366,7 @@ class TestClusters:
 
         await eventually(both_stored, what="both nodes' reports of the change in the stream")
 
+    @BOTH_FEEDS
     async def test_messages_of_another_cluster_are_ignored(
         self, make_runtime: RuntimeFactory, agents: Agents
     ) -> None:
@@ -368,7 +385,33 @@ class TestClusters:
         )
 
 
+class TestUpgradeWindow:
+    async def test_an_old_contract_agent_keeps_working_beside_an_upgraded_one(
+        self, make_runtime: RuntimeFactory, agents: Agents, feed: Feed
+    ) -> None:
+        """During an upgrade (the lbdriver publishes the feed): an agent still on the old
+        contract (feed: lb) and an upgraded one (feed: table) on two nodes both add a new
+        VIP, take a removed one off, and report the same VIPs."""
+        assert feed == "table"  # the lbdriver's feed publisher runs
+        rt_old, rt_new = await make_runtime("nodeagent-old"), await make_runtime("nodeagent-new")
+        reports = Reports()
+        await reports.attach(rt_old)
+        old, new = DryRunApplier(), DryRunApplier()
+        await agents(rt_old, old, node=NODE, feed="lb")
+        await agents(rt_new, new, node="node-b.dc1")
+        await rt_old.bus.publish(programmed("web", "192.0.2.10"))
+        await rt_old.bus.publish(programmed("api", "192.0.2.11"))
+        for node in (NODE, "node-b.dc1"):
+            await reports.wait_for(node, vips=("192.0.2.10", "192.0.2.11"))
+        seen = len(reports.seen)
+        await rt_old.bus.publish(removed("web"))
+        for node in (NODE, "node-b.dc1"):
+            await reports.wait_for(node, vips=("192.0.2.11",), after=seen)
+        assert on_lo(old) == on_lo(new) == ["192.0.2.11"]
+
+
 class TestPools:
+    @BOTH_FEEDS
     async def test_without_known_pools_nothing_is_added_nor_taken_off_until_they_come(
         self, make_runtime: RuntimeFactory, feed: Feed, monkeypatch: pytest.MonkeyPatch
     ) -> None:
@@ -386,7 +429,12 @@ class TestPools:
         await fed(rt)
         service = NodeagentService(
             NodeagentSettings(
-                cluster=CLUSTER, node=NODE, coalesce_ms=5, resync_interval_s=0.0, feed=feed
+                cluster=CLUSTER,
+                node=NODE,
+                coalesce_ms=5,
+                resync_interval_s=0.0,
+                report_interval_s=REPORT_INTERVAL_S,
+                feed=feed,
             ),
             rt,
             applier,
@@ -405,6 +453,7 @@ class TestPools:
 
 
 class TestRestart:
+    @BOTH_FEEDS
     async def test_restart_rebuilds_from_the_bus_without_churn(
         self, make_runtime: RuntimeFactory, agents: Agents
     ) -> None:
@@ -424,6 +473,7 @@ class TestRestart:
         assert applier.writes == writes
         assert again.generation == before.generation == second.generation
 
+    @BOTH_FEEDS
     async def test_a_fresh_start_applies_the_whole_backlog_at_once(
         self, make_runtime: RuntimeFactory, agents: Agents
     ) -> None:

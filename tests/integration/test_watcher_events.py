@@ -15,7 +15,7 @@ import msgspec
 import pytest
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from support.fences import now_ns, watcher_settled
+from support.fences import BOOKMARK_INTERVAL_S, now_ns, watcher_settled
 from support.orders import WRITE_ORDERS
 from support.recorders import BusRecorder
 from vipwire.contracts import (
@@ -123,7 +123,10 @@ async def stack(
     span_exporter: InMemorySpanExporter,
 ) -> AsyncIterator[Stack]:
     emu = KubeEmulator(
-        "east", bookmark_interval=0.5, watch_first=WRITE_ORDERS[request.param], seed=14
+        "east",
+        bookmark_interval=BOOKMARK_INTERVAL_S,
+        watch_first=WRITE_ORDERS[request.param],
+        seed=14,
     )
     await emu.start()
     kubeconfig = emu.write_kubeconfig(tmp_path / "kubeconfig", context_name="east")

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from support.fences import now_ns, watcher_settled
+from support.fences import BOOKMARK_INTERVAL_S, now_ns, watcher_settled
 from support.orders import WRITE_ORDERS
 from support.recorders import BusRecorder
 from vipwire.contracts import NodeApplied, ServiceSnapshot, decode
@@ -216,7 +216,9 @@ async def pipeline(
     tmp_path: Path,
     span_exporter: InMemorySpanExporter,
 ) -> AsyncIterator[Pipeline]:
-    emu = KubeEmulator("east", bookmark_interval=0.5, watch_first=WRITE_ORDERS[request.param])
+    emu = KubeEmulator(
+        "east", bookmark_interval=BOOKMARK_INTERVAL_S, watch_first=WRITE_ORDERS[request.param]
+    )
     await emu.start()
     for node, address in NODES.items():
         await emu.add_node(node, address)

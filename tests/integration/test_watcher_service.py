@@ -13,7 +13,7 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 
-from support.fences import now_ns, watcher_settled
+from support.fences import BOOKMARK_INTERVAL_S, now_ns, watcher_settled
 from support.orders import WRITE_ORDERS
 from support.recorders import BusRecorder as Seen
 from vipwire.cli.main import main
@@ -189,7 +189,9 @@ async def harness(
     tmp_path: Path,
     span_exporter: InMemorySpanExporter,
 ) -> AsyncIterator[Harness]:
-    emu = KubeEmulator("east", bookmark_interval=0.5, watch_first=WRITE_ORDERS[request.param])
+    emu = KubeEmulator(
+        "east", bookmark_interval=BOOKMARK_INTERVAL_S, watch_first=WRITE_ORDERS[request.param]
+    )
     await emu.start()
     kubeconfig = emu.write_kubeconfig(tmp_path / "kubeconfig", context_name="east")
     peer = await make_runtime("peer")

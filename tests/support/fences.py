@@ -22,6 +22,11 @@ from vipwire.lbdriver import LbdriverService
 from vipwire.testing import eventually
 from vipwire.watcher import WatcherService
 
+#: The emulator's bookmark interval for tests that use ``watcher_settled``: a watch
+#: with no change of its own learns the newest resourceVersion only from a bookmark,
+#: so the fence waits up to one interval per round (0.5 s made each about that long).
+BOOKMARK_INTERVAL_S = 0.05
+
 SEQ = "messaging.nats.stream.sequence"
 SUBJECT = "messaging.destination.name"
 
