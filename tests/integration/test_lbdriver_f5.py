@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+import socket
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
+import aiohttp
 import pytest
+from aiohttp.abc import AbstractResolver, ResolveResult
 from opentelemetry import trace
 
 from support.appliances import CLUSTER, PREFIX, by_name, converge, server
@@ -34,12 +40,15 @@ from vipwire.lbdriver import (
     build_driver,
     owns,
 )
+from vipwire.lbdriver.core.lease import Term
 from vipwire.lbdriver.core.resilience import CircuitBreaker
 from vipwire.lbdriver.io.appliance_client import ApplianceClient
-from vipwire.lbdriver.io.drivers._rest import VendorError
+from vipwire.lbdriver.io.drivers._rest import CONNECTIONS, RestTransport, VendorError
 from vipwire.lbdriver.io.drivers.credentials import CredentialSource
 from vipwire.lbdriver.io.drivers.f5 import FASTL4_PROFILE, F5Driver
+from vipwire.lbdriver.io.election import Election
 from vipwire.lbdriver.io.fencing import CURRENT_FENCE, NotLeader
+from vipwire.lbdriver.settings import LbdriverSettings
 from vipwire.metrics import Registry
 from vipwire.runtime import Runtime
 
@@ -567,3 +576,131 @@ async def test_a_refused_write_sends_nothing_and_leaves_the_breaker_closed(
             await client.apply(CLUSTER, [CreateVirtualServer(server=server())])
     assert emu.write_log.since(0) == []
     assert client.state(0.0) == "closed"
+
+
+class HeldResolver(AbstractResolver):
+    """Resolves every name to 127.0.0.1 once the test lets it: a connection held while it
+    opens (the step a SIGSTOP can land in, after the transport's first fence check)."""
+
+    def __init__(self) -> None:
+        self.entered = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        self.entered.set()
+        await self.release.wait()
+        return [
+            ResolveResult(
+                hostname=host,
+                host="127.0.0.1",
+                port=port,
+                family=socket.AF_INET,
+                proto=0,
+                flags=socket.AI_NUMERICHOST,
+            )
+        ]
+
+    async def close(self) -> None:
+        pass
+
+
+class HeldTransport(RestTransport):
+    """The REST transport, its connections opened through a :class:`HeldResolver`."""
+
+    def __init__(self, emu: F5Emulator, resolver: HeldResolver) -> None:
+        port = emu.url.rsplit(":", 1)[1]
+        super().__init__("bigip-a", f"http://appliance.test:{port}", timeouts=QUICK)
+        self.resolver = resolver
+
+    def _connector(self) -> aiohttp.BaseConnector:
+        return aiohttp.TCPConnector(resolver=self.resolver, limit=CONNECTIONS)
+
+
+@pytest.mark.parametrize(
+    ("method", "body"), [("POST", {"name": "vs"}), ("DELETE", None)], ids=["body", "no-body"]
+)
+async def test_a_lease_running_out_while_the_connection_opens_sends_nothing(
+    emu: F5Emulator, method: str, body: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The fence is asked again once the connection is open, before a byte is written: a
+    write checked in time but held while its connection opened (a leader paused there) is
+    refused unsent; once the lease is valid again, the same transport writes."""
+    resolver = HeldResolver()
+    transport = HeldTransport(emu, resolver)
+    expired = False
+
+    def fence() -> dict[str, str]:
+        if expired:
+            raise NotLeader("the lease ran out while the connection opened")
+        return {"X-Vipwire-Writer": "replica-a", "X-Vipwire-Lease": "5"}
+
+    token = CURRENT_FENCE.set(fence)
+    try:
+        path = "/mgmt/tm/ltm/virtual/~east~vs"
+        held = asyncio.create_task(transport.send(method, path, json=body))
+        await resolver.entered.wait()
+        expired = True
+        resolver.release.set()
+        with pytest.raises(NotLeader, match="while the connection opened"):
+            await held
+        assert emu.write_log.since(0) == [], "the late write reached the appliance"
+        assert f"{method} {path} not sent: it passed the write fence" in caplog.text
+        expired = False
+        await transport.send(method, path, json=body)
+        assert [(r.writer, r.method) for r in emu.write_log.since(0)] == [("replica-a", method)]
+    finally:
+        CURRENT_FENCE.reset(token)
+        await transport.close()
+
+
+async def test_a_lease_running_out_before_the_body_is_written_sends_nothing(
+    driver: F5Driver, emu: F5Emulator
+) -> None:
+    """aiohttp holds a request's headers and writes them with the body from another task,
+    a loop turn later: the fence is asked there too, so a lease that runs out after the
+    headers were made (asked twice: before the request, at the headers) sends nothing."""
+    token = await driver._login()
+    fence = CountingFence(allowed=2)
+    fenced = CURRENT_FENCE.set(fence)
+    try:
+        with pytest.raises(NotLeader, match="the lease ran out"):
+            await driver._http.send(
+                "POST",
+                f"/mgmt/tm/ltm/virtual/~{CLUSTER}~vs",
+                json={"name": "vs"},
+                headers={"X-F5-Auth-Token": token},
+            )
+    finally:
+        CURRENT_FENCE.reset(fenced)
+    assert fence.asked == 3
+    assert emu.write_log.since(0) == []
+
+
+async def test_every_write_the_election_fence_refuses_is_counted() -> None:
+    """The election's fence counts each refusal by reason: a standby, and a leader whose
+    term ran out (a paused leader's late writes show up there)."""
+    metrics = Registry()
+
+    async def transition(reason: str) -> None:
+        pass
+
+    election = Election(
+        None,  # type: ignore[arg-type]  # never started: only the fence is asked
+        LbdriverSettings(appliances=(ApplianceSettings(name="bigip-a"),)),
+        me="replica-a",
+        metrics=metrics,
+        on_elected=transition,
+        on_deposed=transition,
+    )
+    fenced = metrics.counter("lbdriver_writes_fenced_total", "", ["reason"])
+    with pytest.raises(NotLeader, match="not the lbdriver leader"):
+        election.fence()
+    now = time.monotonic()
+    election._term = Term(revision=7, deadline=now + 60, renew_at=now + 1)
+    assert election.fence() == {"X-Vipwire-Writer": "replica-a", "X-Vipwire-Lease": "7"}
+    election._term = Term(revision=7, deadline=now - 1, renew_at=now - 2)
+    with pytest.raises(NotLeader, match=r"revision 7\) ran out"):
+        election.fence()
+    assert (fenced.value(reason="standby"), fenced.value(reason="lease-ran-out")) == (1, 1)

@@ -23,7 +23,6 @@ import msgspec
 import msgspec.yaml
 
 from vipwire.bus import BusSettings
-from vipwire.telemetry import configure_logging
 
 T = TypeVar("T")
 
@@ -208,6 +207,10 @@ def load_common_and_configure_logging(
     these sections is held back and logged once logging is configured: as a log
     line like any other, not as a bare line on stderr.
     """
+    # Imported here: it brings the OpenTelemetry SDK, which a command that only reads a
+    # config file (``vipwire config check``) does not need.
+    from vipwire.telemetry import configure_logging
+
     notes: list[str] = []
     common = load_common(data, source=source, warn=notes.append)
     configure_logging(common.telemetry.log_level)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Final, NamedTuple
 
+#: The header (and message header) that carries a span's context.
+TRACEPARENT: Final = "traceparent"
 _HEX: Final = frozenset("0123456789abcdef")
 _SAMPLED: Final = 0x01
 

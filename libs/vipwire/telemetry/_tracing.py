@@ -13,7 +13,6 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 
 from vipwire.telemetry._exporters import ConsoleSpanLineExporter, OtlpJsonFileExporter
 
-TRACEPARENT: Final = "traceparent"
 _propagator: Final = TraceContextTextMapPropagator()
 
 

@@ -7,7 +7,6 @@ picks one, passes its parameters, prints its table and writes its JSON.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -57,6 +56,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argpar
 
 
 def execute(args: argparse.Namespace) -> int:
+    import asyncio
+
     from vipwire.telemetry import configure_logging
 
     configure_logging("WARNING", stream=sys.stderr)
@@ -71,6 +72,8 @@ def execute(args: argparse.Namespace) -> int:
 
 async def bench(name: str, pairs: Sequence[str], json_path: str | None) -> int:
     """Run scenario ``name``; print its table, write its JSON. The exit code."""
+    import asyncio
+
     import msgspec
 
     from vipwire.bench import SCENARIOS, parse_params

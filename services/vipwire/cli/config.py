@@ -9,14 +9,14 @@ It lists fields only: a setting's old name (``__renamed__``) is accepted by
 from __future__ import annotations
 
 import argparse
-import inspect
 import re
 import sys
 import typing
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import msgspec
+if TYPE_CHECKING:
+    import msgspec
 
 # Section name → settings class, as the config file spells them.
 SECTION_NAMES = (
@@ -137,6 +137,8 @@ _FIELD = re.compile(r"^\s+(\w+)\s*:")
 
 def field_docs(cls: type) -> dict[str, str]:
     """The ``#:`` comment above each field of a settings class."""
+    import inspect
+
     docs: dict[str, str] = {}
     pending: list[str] = []
     for line in inspect.getsource(cls).splitlines():
@@ -159,6 +161,8 @@ def _type_name(tp: Any) -> str:
 
 
 def _default(field: msgspec.structs.FieldInfo) -> str:
+    import msgspec
+
     if field.required:
         return "required"
     value = field.default
@@ -176,6 +180,8 @@ def _cell(text: str) -> str:
 
 
 def _struct_types(tp: Any) -> list[type[msgspec.Struct]]:
+    import msgspec
+
     found: list[type[msgspec.Struct]] = []
     if isinstance(tp, type) and issubclass(tp, msgspec.Struct):
         return [tp]
@@ -185,6 +191,8 @@ def _struct_types(tp: Any) -> list[type[msgspec.Struct]]:
 
 
 def _table(title: str, cls: type[msgspec.Struct], seen: set[type]) -> list[str]:
+    import msgspec
+
     seen.add(cls)
     docs = field_docs(cls)
     out = [f"#### `{title}`", "", "| setting | type | default | meaning |", "|---|---|---|---|"]

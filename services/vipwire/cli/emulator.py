@@ -7,7 +7,6 @@ kubernetes-asyncio exactly as to a real API server.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import signal
 import sys
 
@@ -41,10 +40,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argpar
 
 
 def execute(args: argparse.Namespace) -> int:
+    import asyncio
+
     return asyncio.run(_serve(args))
 
 
 async def _serve(args: argparse.Namespace) -> int:
+    import asyncio
+
     from vipwire.kubeemu import KubeEmulator
 
     emulator = KubeEmulator(

@@ -15,7 +15,6 @@ is the next step if it grows.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import datetime
 import sys
@@ -84,6 +83,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argpar
 
 
 def execute(args: argparse.Namespace) -> int:
+    import asyncio
+
     if args.verb == "show":
         check_target(args.target)
     elif args.verb == "release":
@@ -328,6 +329,8 @@ async def fetch_reload(
     nc: Client, *, timeout: float = 10.0, caller: str = "anonymous"
 ) -> list[ReloadReply]:
     """Ask every replica to reload; their answers, once they stop coming."""
+    import asyncio
+
     import nats.errors
     from nats.aio.msg import Msg
 

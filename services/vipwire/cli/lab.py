@@ -9,13 +9,10 @@ Linux applier; ``lab clean`` removes what crashed runs left behind.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import logging
 import sys
 from typing import Any
-
-from vipwire.telemetry import configure_logging
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argparse.ArgumentParser:
@@ -43,12 +40,16 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argpar
 
 
 def execute(args: argparse.Namespace) -> int:
+    import asyncio
+
     from vipwire.lab import LabError, missing_requirements
 
     problems = missing_requirements()
     if problems:
         print(f"vipwire lab: {'; '.join(problems)}", file=sys.stderr)
         return 2
+    from vipwire.telemetry import configure_logging
+
     configure_logging("INFO" if getattr(args, "verbose", False) else "WARNING")
     try:
         return asyncio.run(_verb(args))

@@ -10,7 +10,6 @@ prints a table, or the JSON.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import datetime
 import sys
 from typing import TYPE_CHECKING
@@ -70,6 +69,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argpar
 
 
 def execute(args: argparse.Namespace) -> int:
+    import asyncio
+
     if args.verb == "check":
         return asyncio.run(
             check_command(

@@ -12,10 +12,9 @@ import argparse
 import importlib
 import sys
 from collections.abc import Iterator, Sequence
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from vipwire.cli import exits
-from vipwire.runtime import ConfigError
 
 #: Command modules, in the order ``--help`` lists them.
 COMMANDS = (
@@ -89,6 +88,21 @@ def version() -> str:
         return "unknown"
 
 
+class VersionAction(argparse._VersionAction):
+    """``--version``: looks the version up only when asked (``importlib.metadata`` is
+    slow to import, and every other command would pay for it)."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: str | Sequence[Any] | None,
+        option_string: str | None = None,
+    ) -> None:
+        self.version = f"vipwire {version()}"
+        super().__call__(parser, namespace, values, option_string)
+
+
 class HelpFormatter(argparse.HelpFormatter):
     """Wraps paragraphs as argparse does, but keeps indented lines (examples) as they are."""
 
@@ -135,7 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="vipwire",
         description="Kubernetes type: LoadBalancer on premises, on appliances in L2 DSR mode.",
     )
-    parser.add_argument("--version", action="version", version=f"vipwire {version()}")
+    parser.add_argument("--version", action=VersionAction)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMANDS:
         module = importlib.import_module(f"vipwire.cli.{name}")
@@ -157,14 +171,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         code: int = args._module.execute(args)
-    except ConfigError as exc:
-        print(f"{name}: configuration error: {exc}", file=sys.stderr)
-        return exits.USAGE
     except exits.CliError as exc:
         print(f"{name}: {exc}", file=sys.stderr)
         return exc.code
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:
+        # Imported only now: the settings module brings msgspec's YAML, which
+        # ``--version``, ``--help`` and most operator commands never need.
+        from vipwire.runtime import ConfigError
+
+        if not isinstance(exc, ConfigError):
+            raise
+        print(f"{name}: configuration error: {exc}", file=sys.stderr)
+        return exits.USAGE
     return code
 
 

@@ -14,7 +14,6 @@ or one Service, between two times or sequence numbers, and prints:
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import os
 import sys
@@ -110,6 +109,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argpar
 
 
 def execute(args: argparse.Namespace) -> int:
+    import asyncio
+
     from vipwire.cli import exits
     from vipwire.replay import BoundError, ExportFormatError, ReplayError, ReplayUnreachable
 

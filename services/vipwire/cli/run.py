@@ -3,18 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from vipwire.runtime import (
-    Runtime,
-    load_common_and_configure_logging,
-    read_config,
-    run_until_signalled,
-    section,
-)
+if TYPE_CHECKING:
+    from vipwire.runtime import Runtime
 
 log = logging.getLogger("vipwire.cli")
 
@@ -31,6 +25,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argpar
 
 
 def execute(args: argparse.Namespace) -> int:
+    import asyncio
+
     from vipwire.bus import TlsError
 
     try:
@@ -44,6 +40,8 @@ def execute(args: argparse.Namespace) -> int:
 
 def build_service(name: str, data: dict[str, Any], runtime: Runtime, source: str) -> Any:
     """The service object for ``name`` with its section of the config decoded."""
+    from vipwire.runtime import section
+
     if name == "watcher":
         from vipwire.watcher import WatcherService, WatcherSettings
 
@@ -77,6 +75,13 @@ def build_service(name: str, data: dict[str, Any], runtime: Runtime, source: str
 
 
 async def run_service(name: str, config_path: str) -> int:
+    from vipwire.runtime import (
+        Runtime,
+        load_common_and_configure_logging,
+        read_config,
+        run_until_signalled,
+    )
+
     data = read_config(config_path)
     common = load_common_and_configure_logging(data, source=config_path)
     runtime = Runtime(name, common)

@@ -8,7 +8,6 @@ the table's pure layout is in ``vipwire.cli.live``, the state pointer in
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import json
 import logging
@@ -21,19 +20,18 @@ from collections.abc import Container, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from vipwire.aio import unless_set
 from vipwire.cli import current, exits
 from vipwire.cli.args import integer, seconds
-from vipwire.contracts import ServiceRef
-from vipwire.metrics import percentile
-from vipwire.telemetry import configure_logging
 
 if TYPE_CHECKING:
+    import asyncio
+
     # Imported where used: ``vipwire`` imports every command module, and the stack
     # pulls in every service (tens of MB in each ``vipwire run`` process).
     from vipwire.allinone import Stack
     from vipwire.allinone.clock import StatusClock
     from vipwire.allinone.view import Row
+    from vipwire.contracts import ServiceRef
     from vipwire.ipam import PoolSettings
 
 log = logging.getLogger("vipwire.up")
@@ -155,6 +153,8 @@ def _jaeger_url(text: str) -> str:
 
 
 def execute(args: argparse.Namespace) -> int:
+    import asyncio
+
     if args.kubeconfig is not None:
         check_kubeconfig(args.kubeconfig, args.context)
     elif args.demo or args.context or args.lease_namespace:
@@ -219,6 +219,8 @@ def demo_services(count: int) -> list[DemoSpec]:
 
 
 async def create_demo(stack: Stack, clock: StatusClock, per_cluster: int) -> None:
+    from vipwire.contracts import ServiceRef
+
     for cluster in stack.clusters:
         for name, ports, policy in demo_services(per_cluster):
             clock.mark_created(ServiceRef(cluster, "default", name))
@@ -234,6 +236,8 @@ async def create_demo(stack: Stack, clock: StatusClock, per_cluster: int) -> Non
 async def up(args: argparse.Namespace) -> int:
     """Run the stack until Ctrl-C (or SIGTERM), at any moment: then stop the services,
     then NATS (in a process group of its own, so the terminal's Ctrl-C spares it), and exit 0."""
+    import asyncio
+
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
 
@@ -252,6 +256,8 @@ async def up(args: argparse.Namespace) -> int:
 
 
 async def _up(args: argparse.Namespace, stop: asyncio.Event) -> int:
+    from vipwire.telemetry import configure_logging
+
     smoke: bool = args.smoke
     configure_logging("WARNING" if not smoke else "ERROR", stream=sys.stderr)
     dashboard_port: int | None = args.dashboard_port
@@ -350,6 +356,8 @@ async def _up(args: argparse.Namespace, stop: asyncio.Event) -> int:
             return await _smoke(stack, clock, args.timeout)
         return await _live(stack, stop, clock)
 
+    from vipwire.aio import unless_set
+
     try:
         finished, code = await unless_set(stop, run())
         if not finished or code is None:
@@ -373,6 +381,8 @@ async def _up(args: argparse.Namespace, stop: asyncio.Event) -> int:
 async def _remove_demo(stack: Stack, keys: list[ServiceRef]) -> None:
     """Delete the demo Services made in a real cluster, while the stack still runs: our
     finalizer comes off only once their VIPs are released, which needs the stack."""
+    import asyncio
+
     for cluster, namespace, name in keys:
         with contextlib.suppress(Exception):
             await stack.delete_service(cluster, name, namespace)
@@ -416,8 +426,11 @@ def permanent_failure(
 
 
 async def _smoke(stack: Stack, clock: StatusClock, timeout: float) -> int:
+    import asyncio
+
     from vipwire.allinone.view import BusView
     from vipwire.bus import connect_client
+    from vipwire.metrics import percentile
 
     keys = list(clock.created)
     nc = await connect_client(stack.client_settings(), name="vipwire-up-smoke", timeout=5.0)
@@ -522,6 +535,8 @@ def _terminal_size() -> tuple[int, int]:
 async def _live(stack: Stack, stop: asyncio.Event, clock: StatusClock) -> int:
     """The live table: on a terminal, one screen that fits it, redrawn only on a change;
     piped, one line per change."""
+    import asyncio
+
     from vipwire.allinone.view import BusView
     from vipwire.bus import connect_client, redacted
     from vipwire.cli import live

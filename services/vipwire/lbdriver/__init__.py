@@ -12,7 +12,13 @@ implement :class:`ApplianceDriver` (:class:`SimAppliance` is the in-process
 one), and the loops that reconcile, maintain and fail over. Shell:
 :class:`LbdriverService`, which also answers status requests on
 :data:`vipwire.contracts.LBDRIVER_STATUS`.
+
+The pure core and the settings are imported at once; the adapters and the service
+(the bus, the runtime) on first use of one of their names, so that an operator
+command (``vipwire config check``) does not load them.
 """
+
+from typing import TYPE_CHECKING
 
 from vipwire.lbdriver.core.coalesce import Coalescer, Flush
 from vipwire.lbdriver.core.desired import (
@@ -44,17 +50,45 @@ from vipwire.lbdriver.core.virtual_servers import (
     op_kind,
     op_name,
 )
-from vipwire.lbdriver.io.drivers import (
-    ApplianceAuthError,
-    ApplianceDriver,
-    ApplianceError,
-    ApplianceRejected,
-    ApplianceUnavailable,
-    SimAppliance,
-    build_driver,
-)
-from vipwire.lbdriver.service import LbdriverService
 from vipwire.lbdriver.settings import ApplianceSettings, ApplianceTimeouts, LbdriverSettings
+
+if TYPE_CHECKING:
+    from vipwire.lbdriver.io.drivers import (
+        ApplianceAuthError,
+        ApplianceDriver,
+        ApplianceError,
+        ApplianceRejected,
+        ApplianceUnavailable,
+        SimAppliance,
+        build_driver,
+    )
+    from vipwire.lbdriver.service import LbdriverService
+else:
+    #: Where each name imported on first use lives.
+    _LAZY = {
+        "ApplianceAuthError": "io.drivers",
+        "ApplianceDriver": "io.drivers",
+        "ApplianceError": "io.drivers",
+        "ApplianceRejected": "io.drivers",
+        "ApplianceUnavailable": "io.drivers",
+        "SimAppliance": "io.drivers",
+        "build_driver": "io.drivers",
+        "LbdriverService": "service",
+    }
+
+    def __getattr__(name: str) -> object:
+        """Imports the module that defines ``name`` on its first use."""
+        where = _LAZY.get(name)
+        if where == "io.drivers":
+            from vipwire.lbdriver.io import drivers as module
+        elif where == "service":
+            from vipwire.lbdriver import service as module
+        else:
+            raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+        value = getattr(module, name)
+        globals()[name] = value
+        return value
+
 
 __all__ = [
     "KUBE_PROXY_HEALTH_PORT",

@@ -4,7 +4,13 @@
 holds the seam to the node (``apply``, ``linux``, their ``errors``, ``writing``)
 and the reports to the bus (``reporting``), ``service`` is the shell that wires
 them.
+
+The pure core and the settings are imported at once; the adapters and the service
+(the bus, the runtime) on first use of one of their names, so that an operator
+command (``vipwire config check``) does not load them.
 """
+
+from typing import TYPE_CHECKING
 
 from vipwire.nodeagent.core.desired import (
     Desired,
@@ -42,11 +48,43 @@ from vipwire.nodeagent.core.plan import (
     plan_delta,
     simulate,
 )
-from vipwire.nodeagent.io.apply import Applier, DryRunApplier, make_applier
-from vipwire.nodeagent.io.errors import ApplierUnavailable, ApplyError
-from vipwire.nodeagent.io.linux import ADDRESS_PROTO, LinuxApplier
-from vipwire.nodeagent.service import NodeagentService
 from vipwire.nodeagent.settings import NODE_ENV, NodeagentSettings
+
+if TYPE_CHECKING:
+    from vipwire.nodeagent.io.apply import Applier, DryRunApplier, make_applier
+    from vipwire.nodeagent.io.errors import ApplierUnavailable, ApplyError
+    from vipwire.nodeagent.io.linux import ADDRESS_PROTO, LinuxApplier
+    from vipwire.nodeagent.service import NodeagentService
+else:
+    #: Where each name imported on first use lives.
+    _LAZY = {
+        "Applier": "io.apply",
+        "DryRunApplier": "io.apply",
+        "make_applier": "io.apply",
+        "ApplierUnavailable": "io.errors",
+        "ApplyError": "io.errors",
+        "ADDRESS_PROTO": "io.linux",
+        "LinuxApplier": "io.linux",
+        "NodeagentService": "service",
+    }
+
+    def __getattr__(name: str) -> object:
+        """Imports the module that defines ``name`` on its first use."""
+        where = _LAZY.get(name)
+        if where == "io.apply":
+            from vipwire.nodeagent.io import apply as module
+        elif where == "io.errors":
+            from vipwire.nodeagent.io import errors as module
+        elif where == "io.linux":
+            from vipwire.nodeagent.io import linux as module
+        elif where == "service":
+            from vipwire.nodeagent import service as module
+        else:
+            raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+        value = getattr(module, name)
+        globals()[name] = value
+        return value
+
 
 __all__ = [
     "ADDRESS_PROTO",

@@ -102,6 +102,12 @@ class Election:
             "Times this replica took the lease (elected) or lost it (deposed)",
             ["change"],
         )
+        self._m_fenced = metrics.counter(
+            "lbdriver_writes_fenced_total",
+            "Appliance write requests this replica's fence refused unsent: not the leader "
+            "(standby) or its term ran out before a renewal (lease-ran-out)",
+            ["reason"],
+        )
 
     @property
     def leader(self) -> bool:
@@ -113,12 +119,14 @@ class Election:
         term = self._term
         now = time.monotonic()
         if term is None:
+            self._m_fenced.inc(reason="standby")
             raise NotLeader(
                 f"not the lbdriver leader (the lease {self.key} is held by "
                 f"{self.holder or 'nobody'})"
             )
         if not may_write(term, now):
             self._wake.set()  # let the loop step down and read the lease again
+            self._m_fenced.inc(reason="lease-ran-out")
             raise NotLeader(
                 f"the lbdriver lease {self.key} (revision {term.revision}) ran out "
                 f"{now - term.deadline:.2f}s ago without a renewal"

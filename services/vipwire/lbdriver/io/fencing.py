@@ -8,6 +8,11 @@ fence raises :class:`NotLeader` when this replica may not write, else returns
 the headers to send: ``X-Vipwire-Writer`` and ``X-Vipwire-Lease``. Real F5 and
 A10 appliances ignore request headers they do not know; the emulators log
 them (the write log).
+
+The REST transport asks the fence twice per write: before the request (to stamp
+it) and again once its connection is ready, right before the first byte is
+written (:func:`fence_for`), so a pause while a connection opens sends nothing
+late.
 """
 
 from __future__ import annotations
@@ -35,9 +40,16 @@ class NotLeader(Exception):
     """
 
 
+def fence_for(method: str) -> Fence | None:
+    """The fence a request must pass: the current one for a mutating request, else None."""
+    if method.upper() not in MUTATING:
+        return None
+    return CURRENT_FENCE.get()
+
+
 def stamp(method: str) -> Mapping[str, str]:
     """The headers a request needs under the current fence (checked for a mutating one)."""
-    fence = CURRENT_FENCE.get()
-    if fence is None or method.upper() not in MUTATING:
+    fence = fence_for(method)
+    if fence is None:
         return {}
     return fence()

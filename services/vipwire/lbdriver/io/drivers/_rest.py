@@ -11,6 +11,7 @@ configuration where a read takes a second.
 from __future__ import annotations
 
 import asyncio
+import logging
 import ssl
 from collections.abc import Coroutine, Mapping
 from typing import Any, Literal, NamedTuple, TypeVar
@@ -21,10 +22,12 @@ from yarl import URL
 
 from vipwire.lbdriver.io.drivers.base import ApplianceError, ApplianceUnavailable
 from vipwire.lbdriver.io.drivers.credentials import CredentialSource
-from vipwire.lbdriver.io.fencing import stamp
+from vipwire.lbdriver.io.fencing import Fence, NotLeader, fence_for
 from vipwire.lbdriver.settings import ApplianceSettings, ApplianceTimeouts
 
 T = TypeVar("T")
+
+log = logging.getLogger("vipwire.lbdriver.rest")
 
 #: The class of a management request, which picks its timeout (``timeouts.<class>_s``).
 RequestClass = Literal["login", "read", "write", "commit"]
@@ -67,6 +70,64 @@ def tls_setting(verify_tls: bool, ca_file: str | None) -> ssl.SSLContext | bool:
 CONNECTIONS = 16
 
 
+class _FenceAtSend:
+    """A fenced request's second check, run by aiohttp's trace hooks (its ``trace_request_ctx``).
+
+    The first check (before ``session.request``) stamps the request. aiohttp then
+    opens a connection or takes a pooled one, and only then writes: a leader paused
+    while the connection opens would send an already-checked request after SIGCONT.
+    So the fence is asked again once the connection is ready, right before the first
+    byte goes out: when the headers are serialised (aiohttp then writes them at once,
+    or holds them to send with the body) and before the first body chunk (which
+    carries the held headers). No await lies between that check and the socket
+    write. A refusal there is kept in ``refused``: aiohttp wraps an error raised in
+    the body writer in a connection error, which :meth:`RestTransport.send` turns
+    back into the NotLeader it is.
+    """
+
+    __slots__ = ("fence", "refused", "written")
+
+    def __init__(self, fence: Fence) -> None:
+        self.fence = fence
+        self.refused: NotLeader | None = None
+        #: A body chunk was let through: the request is on the wire, not refused halfway.
+        self.written = False
+
+    def check(self) -> None:
+        if self.written:
+            return
+        try:
+            self.fence()
+        except NotLeader as exc:
+            self.refused = exc
+            raise
+
+
+async def _on_headers(
+    session: aiohttp.ClientSession, ctx: Any, params: aiohttp.TraceRequestHeadersSentParams
+) -> None:
+    del session, params
+    if isinstance(fenced := ctx.trace_request_ctx, _FenceAtSend):
+        fenced.check()
+
+
+async def _on_chunk(
+    session: aiohttp.ClientSession, ctx: Any, params: aiohttp.TraceRequestChunkSentParams
+) -> None:
+    del session, params
+    if isinstance(fenced := ctx.trace_request_ctx, _FenceAtSend):
+        fenced.check()
+        fenced.written = True
+
+
+def fence_at_send() -> aiohttp.TraceConfig:
+    """The trace hooks that ask a fenced request's fence right before it is written."""
+    config = aiohttp.TraceConfig()
+    config.on_request_headers_sent.append(_on_headers)
+    config.on_request_chunk_sent.append(_on_chunk)
+    return config
+
+
 class RestTransport:
     """One appliance management endpoint. The session is made on first use, inside the loop."""
 
@@ -97,11 +158,15 @@ class RestTransport:
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession(
                 timeout=aiohttp.ClientTimeout(total=self.timeouts.read_s),
-                connector=aiohttp.TCPConnector(ssl=self._ssl, limit=CONNECTIONS),
+                connector=self._connector(),
                 # Appliance APIs answer JSON whatever they are asked; we always send JSON.
                 headers={"Content-Type": "application/json", "Accept": "application/json"},
+                trace_configs=[fence_at_send()],
             )
         return self._session
+
+    def _connector(self) -> aiohttp.BaseConnector:
+        return aiohttp.TCPConnector(ssl=self._ssl, limit=CONNECTIONS)
 
     async def send(
         self,
@@ -123,20 +188,31 @@ class RestTransport:
         raw = self.base_url + path + (f"?{query}" if query else "")
         url = URL(raw, encoded=True)
         data = msgspec.json.encode(json) if json is not None else None
+        fence = fence_for(method)
+        at_send = _FenceAtSend(fence) if fence is not None else None
         async with self._slots:
-            # Checked per request, as late as we can: a write of several requests stops
-            # at the deadline, and no queueing lies between the check and the send.
-            fenced = stamp(method)
-            if fenced:
-                headers = {**(headers or {}), **fenced}
+            # Checked per request once the slot is ours (a write of several requests
+            # stops at the deadline, and no queueing lies between the check and the
+            # send), then again right before the first byte is written (_FenceAtSend).
+            if fence is not None:
+                headers = {**(headers or {}), **fence()}
             self.requests += 1
             timeout = aiohttp.ClientTimeout(total=limit_s)
             try:
                 async with self._client().request(
-                    method, url, data=data, headers=headers, timeout=timeout
+                    method,
+                    url,
+                    data=data,
+                    headers=headers,
+                    timeout=timeout,
+                    trace_request_ctx=at_send,
                 ) as resp:
                     text = await resp.text()
                     status = resp.status
+            except NotLeader as exc:
+                if at_send is not None and at_send.refused is exc:
+                    self._refused_at_send(method, path, exc)
+                raise
             except TimeoutError as exc:
                 raise ApplianceUnavailable(
                     self.appliance,
@@ -145,6 +221,9 @@ class RestTransport:
                     "is slow rather than down)",
                 ) from exc
             except (aiohttp.ClientError, OSError) as exc:
+                if at_send is not None and at_send.refused is not None:
+                    self._refused_at_send(method, path, at_send.refused)
+                    raise at_send.refused from exc  # refused before a byte was written
                 raise ApplianceUnavailable(
                     self.appliance, f"{method} {path}: {type(exc).__name__}: {exc}"
                 ) from exc
@@ -155,6 +234,17 @@ class RestTransport:
             except msgspec.DecodeError:
                 body = text
         return HttpResponse(status, body)
+
+    def _refused_at_send(self, method: str, path: str, exc: NotLeader) -> None:
+        log.warning(
+            "appliance %s: %s %s not sent: it passed the write fence, but no longer did "
+            "once its connection was ready (%s; this replica was paused or starved); the "
+            "leader writes it if it is still wanted",
+            self.appliance,
+            method,
+            path,
+            exc,
+        )
 
     async def close(self) -> None:
         session, self._session = self._session, None
