@@ -138,6 +138,18 @@ def test_keys_are_independent() -> None:
     assert [k for k, _ in c.take_due(0.0)] == ["b"]
 
 
+def test_take_due_with_a_limit_leaves_the_rest_due() -> None:
+    """A limited take returns the earliest due keys; the others stay due for the next take."""
+    c: Coalescer[str, int] = Coalescer(W)
+    for i, key in enumerate("abcde"):
+        c.mark(key, 0.001 * i, i, urgent=True)
+    assert [k for k, _ in c.take_due(1.0, limit=2)] == ["a", "b"]
+    assert c.next_due() == 0.002
+    assert [k for k, _ in c.take_due(1.0, limit=2)] == ["c", "d"]
+    assert [k for k, _ in c.take_due(1.0, limit=2)] == ["e"]
+    assert c.take_due(1.0, limit=2) == [] and c.next_due() is None
+
+
 def test_forget_drops_pending_work_and_history() -> None:
     """A forgotten key is not flushed, and a flush in progress leaves no spacing behind."""
     c: Coalescer[str, int] = Coalescer(W)

@@ -143,10 +143,11 @@ class Coalescer(Generic[K, C]):
             self._schedule(key, entry)
         return entry.due
 
-    def take_due(self, now: float) -> list[tuple[K, Flush[C]]]:
-        """Every key due by ``now`` and not being flushed; they are now being flushed."""
+    def take_due(self, now: float, limit: int | None = None) -> list[tuple[K, Flush[C]]]:
+        """Every key due by ``now`` and not being flushed (the first ``limit`` of them, in
+        the order they fell due); they are now being flushed. The others stay due."""
         taken: list[tuple[K, Flush[C]]] = []
-        while self._heap and self._heap[0][0] <= now:
+        while self._heap and self._heap[0][0] <= now and (limit is None or len(taken) < limit):
             due, _, key = heapq.heappop(self._heap)
             entry = self._pending.get(key)
             if entry is None or entry.due != due or key in self._running:

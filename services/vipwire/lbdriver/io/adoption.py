@@ -18,10 +18,11 @@ from vipwire.lbdriver.core.inventory import Inventory
 from vipwire.lbdriver.io.appliance_client import ApplianceClient
 from vipwire.lbdriver.io.drivers import ApplianceError
 from vipwire.lbdriver.io.failover import Failover
+from vipwire.lbdriver.io.pacing import Pacer
 from vipwire.lbdriver.io.schedule import Schedule
 from vipwire.metrics import Registry
 
-#: Services a drift pass or the start-up adoption handles before letting others run.
+#: Services a drift pass handles before letting others run.
 CHUNK: Final = 256
 
 
@@ -77,9 +78,9 @@ async def adopt(
     many were adopted.
     """
     adopted = 0
-    for i, key in enumerate(sorted(start_up.waiting)):
-        if i and i % CHUNK == 0:
-            await asyncio.sleep(0)  # handlers of live events run meanwhile
+    pacer = Pacer()
+    for key in sorted(start_up.waiting):
+        await pacer.turn()  # the lease renewal and handlers of live events run meanwhile
         state = inventory.services.get(key)
         if state is None or schedule.running(key):
             continue

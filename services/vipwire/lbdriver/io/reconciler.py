@@ -16,6 +16,7 @@ import logging
 import random
 import time
 from collections.abc import Mapping, Sequence
+from typing import Final
 
 from opentelemetry import trace
 from opentelemetry.context import Context
@@ -55,6 +56,11 @@ from vipwire.lbdriver.settings import LbdriverSettings
 from vipwire.runtime import Runtime
 
 log = logging.getLogger("vipwire.lbdriver")
+
+#: Reconciles started per turn of the event loop. Each runs synchronously up to its
+#: first wait (span, desired state, comparison, write), so thousands started at once
+#: (a new term: every Service) held the loop for seconds and starved the lease renewal.
+START_SLICE: Final = 32
 
 
 def explain(exc: ApplianceError) -> Explanation:
@@ -105,10 +111,16 @@ class Reconciler:
         coalescer, wake = self._schedule.coalescer, self._schedule.wake
         while True:
             wake.clear()
-            for key, flush in coalescer.take_due(time.monotonic()):
+            due_now = coalescer.take_due(time.monotonic(), limit=START_SLICE)
+            for key, flush in due_now:
                 task = asyncio.create_task(self._run(key, flush), name=f"reconcile {key}")
                 self._inflight.add(task)
                 task.add_done_callback(self._inflight.discard)
+            if len(due_now) == START_SLICE:
+                # More are due (a new term marks every Service): let these take their
+                # first steps, and the lease renewal its turn, before starting more.
+                await asyncio.sleep(0)
+                continue
             due = coalescer.next_due()
             timeout = None if due is None else max(0.0, due - time.monotonic())
             with contextlib.suppress(TimeoutError):

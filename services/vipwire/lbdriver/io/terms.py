@@ -25,6 +25,7 @@ from vipwire.lbdriver.io.appliance_client import ApplianceClient
 from vipwire.lbdriver.io.failover import Failover
 from vipwire.lbdriver.io.last_reports import last_reports
 from vipwire.lbdriver.io.maintenance import Maintenance
+from vipwire.lbdriver.io.pacing import Pacer
 from vipwire.lbdriver.io.reconciler import Reconciler
 from vipwire.lbdriver.io.schedule import Schedule
 from vipwire.lbdriver.settings import LbdriverSettings
@@ -87,13 +88,16 @@ class Terms:
         if self.count > 1 or began - self.replayed_at > self.settings.lease_ttl_s:
             # Stood by meanwhile: the stream's reports are the last leader's.
             reports = await last_reports(self.runtime.bus)
-            for key, (stamp, _) in reports.items():
+            pacer = Pacer()  # every Service, in slices: the lease renewal runs meanwhile
+            for key, (stamp, _) in list(reports.items()):
+                await pacer.turn()
                 state = inventory.services.get(key)
                 if state is not None:
                     state.published = stamp
             inventory.reports = reports
             start_up.begin_term()
             for key in list(inventory.services):
+                await pacer.turn()
                 schedule.mark_again(key, "takeover")
         await self._failover.choose_actives()
         start_up.waiting = {k for k in inventory.services if schedule.busy(k)}
