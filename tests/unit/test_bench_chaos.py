@@ -198,3 +198,17 @@ def test_eligible_members_follow_the_traffic_policy() -> None:
     """Cluster: every ready node; Local: the ready nodes with an endpoint."""
     assert eligible_members("Cluster", ["n1", "n2"], ["n3"]) == ("n1", "n2")
     assert eligible_members("Local", ["n1", "n2"], ["n2", "n3"]) == ("n2",)
+
+
+def test_leader_since_reads_the_replicas_own_clock_and_zero_is_none() -> None:
+    """A takeover is timed by the lease-taking replica's gauge; 0 (standing by) or no
+    gauge says nothing."""
+    from vipwire.bench._chaos_fleet import leader_since
+
+    text = (
+        "# HELP x\nvipwire_lbdriver_leader 1.0\n"
+        "vipwire_lbdriver_leader_since_seconds 1796656018.5\n"
+    )
+    assert leader_since(text) == 1796656018.5
+    assert leader_since("vipwire_lbdriver_leader_since_seconds 0.0\n") is None
+    assert leader_since("vipwire_lbdriver_leader 1.0\n") is None

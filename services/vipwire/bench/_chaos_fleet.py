@@ -444,6 +444,17 @@ class ChaosFleet:
         return None
 
 
+def leader_since(metrics: str) -> float | None:
+    """When an lbdriver replica took the lease it holds, by its own clock
+    (``vipwire_lbdriver_leader_since_seconds``); None if it does not say."""
+    for line in metrics.splitlines():
+        name, _, value = line.partition(" ")
+        if name in ("vipwire_lbdriver_leader_since_seconds", "lbdriver_leader_since_seconds"):
+            with contextlib.suppress(ValueError):
+                return float(value) or None
+    return None
+
+
 def _says_leader(metrics: str, kind: str = "lbdriver") -> bool:
     """Whether a replica's metrics say it leads (``vipwire_<kind>_leader 1``)."""
     for line in metrics.splitlines():

@@ -92,10 +92,19 @@ class Election:
         self._announced: str | None = None  # the holder last logged as such while standing by
         #: Set once the first decision is made (leader or standby): a fence for tests.
         self.decided = asyncio.Event()
+        #: Wall-clock time this replica took the lease (0: not leading).
+        self.elected_at = 0.0
         metrics.gauge(
             "lbdriver_leader",
             "1 while this replica holds the lease and may write to appliances, else 0",
             fn=lambda: 1.0 if self.leader else 0.0,
+        )
+        # When, not just whether: a failover measured from outside (chaos, an incident
+        # review) reads the moment the lease was taken, not when someone next scraped.
+        metrics.gauge(
+            "lbdriver_leader_since_seconds",
+            "Unix time at which this replica took the lease it holds (0 while standing by)",
+            fn=lambda: self.elected_at if self.leader else 0.0,
         )
         self._m_changes = metrics.counter(
             "lbdriver_leadership_changes_total",
@@ -267,6 +276,7 @@ class Election:
         self._term = term_after_write(revision, sent_at, self.times)
         self._note_holder(self.me)
         if elected:
+            self.elected_at = time.time()
             self._m_changes.inc(change="elected")
             log.info(
                 "lbdriver %s is now the leader (lease %s revision %d): %s",
@@ -283,6 +293,7 @@ class Election:
         if self._term is None:
             return
         self._term = None
+        self.elected_at = 0.0
         self._m_changes.inc(change="deposed")
         level = logging.INFO if reason == "stopping" else logging.WARNING
         log.log(level, "lbdriver %s is no longer the leader: %s", self.me, reason)
