@@ -13,7 +13,6 @@ server's store, which no stream's state tells, with the next write it takes).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable
 from dataclasses import replace
@@ -21,6 +20,7 @@ from dataclasses import replace
 from nats.js import JetStreamContext
 from nats.js.api import DiscardPolicy, StreamConfig, StreamInfo
 
+from vipwire.aio import cancel_and_wait
 from vipwire.bus._errors import NATS_ERRORS, server_says
 from vipwire.bus._settings import BusSettings
 from vipwire.metrics import Counter, Gauge, Registry
@@ -243,7 +243,8 @@ class StoreHealth:
 
     async def close(self) -> None:
         if self._checker is not None:
-            self._checker.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._checker
+            # Cancelled until it ends: a cancel that lands as stream_info's answer does
+            # is swallowed by nats-py's wait_for on 3.11, and one plain await then waits
+            # forever (a CI run hung here in a fixture's teardown).
+            await cancel_and_wait([self._checker])
             self._checker = None
