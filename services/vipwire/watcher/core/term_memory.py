@@ -13,6 +13,13 @@ publishes and the live messages. Two things make it more than a few dicts:
   hold it). When our own publish has not recorded the end yet (it came back
   first), the sequence of the end is remembered, so that the late record of
   an older message cannot bring the entry back.
+
+It is over 500 lines on purpose: :class:`TermMemory` is one object whose
+indexes (node -> Services, VIP -> Services, the moving set, the missing nodes)
+must change together with the entries they index; split across modules, each
+half would have to keep the other's invariants. The next split, if it grows:
+the applied-report bookkeeping (``observe_applied`` and its indexes) as a
+class of its own that the memory holds.
 """
 
 from __future__ import annotations
