@@ -444,22 +444,23 @@ class ChaosFleet:
         return None
 
 
+def _gauge(metrics: str, name: str) -> float | None:
+    """The value of an unlabelled gauge in a Prometheus exposition (with or without
+    the ``vipwire_`` prefix); None if absent or unreadable."""
+    for line in metrics.splitlines():
+        found, _, value = line.partition(" ")
+        if found in (f"vipwire_{name}", name):
+            with contextlib.suppress(ValueError):
+                return float(value)
+    return None
+
+
 def leader_since(metrics: str) -> float | None:
     """When an lbdriver replica took the lease it holds, by its own clock
     (``vipwire_lbdriver_leader_since_seconds``); None if it does not say."""
-    for line in metrics.splitlines():
-        name, _, value = line.partition(" ")
-        if name in ("vipwire_lbdriver_leader_since_seconds", "lbdriver_leader_since_seconds"):
-            with contextlib.suppress(ValueError):
-                return float(value) or None
-    return None
+    return _gauge(metrics, "lbdriver_leader_since_seconds") or None
 
 
 def _says_leader(metrics: str, kind: str = "lbdriver") -> bool:
     """Whether a replica's metrics say it leads (``vipwire_<kind>_leader 1``)."""
-    for line in metrics.splitlines():
-        name, _, value = line.partition(" ")
-        if name in (f"vipwire_{kind}_leader", f"{kind}_leader"):
-            with contextlib.suppress(ValueError):
-                return float(value) == 1.0
-    return False
+    return _gauge(metrics, f"{kind}_leader") == 1.0
