@@ -222,13 +222,22 @@ class TestApply:
         await agents(rt, DryRunApplier())
         await rt.bus.publish(programmed("web", "192.0.2.10"))
         await reports.wait_for(vips=("192.0.2.10",))
-        spans = span_exporter.get_finished_spans()
-        (cause,) = [s for s in spans if s.name == "publish lb"]
+        (cause,) = [s for s in span_exporter.get_finished_spans() if s.name == "publish lb"]
         assert cause.context is not None
-        in_trace = {
-            s.name for s in spans if s.context and s.context.trace_id == cause.context.trace_id
-        }
-        assert {"nodeagent apply", "nodeagent report", "publish applied"} <= in_trace
+        trace_id = cause.context.trace_id
+
+        def in_trace() -> set[str]:
+            return {
+                s.name
+                for s in span_exporter.get_finished_spans()
+                if s.context and s.context.trace_id == trace_id
+            }
+
+        # The report can reach us before the agent's publish span has ended (at its ack).
+        await eventually(
+            lambda: {"nodeagent apply", "nodeagent report", "publish applied"} <= in_trace(),
+            what="the apply, the report and its publish in the LbProgrammed's trace",
+        )
 
     @BOTH_FEEDS
     async def test_removed_service_takes_its_vip_away_in_a_new_generation(
