@@ -6,6 +6,7 @@ the consumer under test, found from the consumer's cluster info.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import signal
@@ -240,6 +241,47 @@ async def test_a_consumer_whose_server_hangs_moves_to_a_surviving_one(
     finally:
         cluster.resume(hung)
     assert got == ["before", "after"]
+
+
+async def test_a_consumer_started_while_jetstream_has_no_quorum_waits_for_it(
+    cluster: NatsCluster, make_runtime: RuntimeFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A consumer started while two of the three servers hang (its create goes unanswered,
+    as in an election) keeps asking under one name, and starts once they are back,
+    instead of failing its service's start (what CI once saw on a loaded machine)."""
+    rt = await make_runtime("waiting")
+    publisher = await make_runtime("publisher")
+    got: list[str] = []
+
+    async def handler(d: Delivery) -> Verdict:
+        assert isinstance(d.message, NodeGone)
+        got.append(d.message.node)
+        return DONE
+
+    url = rt.bus.nc.connected_url
+    assert url is not None
+    others = [s.index for s in cluster.servers if not s.url.endswith(f":{url.port}")]
+    consumer = rt.bus.consumer(KINDS["ephemeral"], handler)
+    with caplog.at_level(logging.WARNING, logger="vipwire.bus"):
+        for index in others:
+            cluster.pause(index)
+        try:
+            starting = asyncio.create_task(consumer.start())
+            await eventually(
+                lambda: "JetStream does not answer yet" in caplog.text,
+                timeout=20,
+                what="the consumer's create retried",
+            )
+            assert not starting.done()
+        finally:
+            for index in others:
+                cluster.resume(index)
+        await asyncio.wait_for(starting, 30)
+    await publish_until_accepted(publisher.bus, NodeGone(cluster="east", node="n1"), msg_id="n1")
+    await eventually(lambda: got == ["n1"], what="'n1' handled")
+    names = {c.name for c in await rt.bus.js.consumers_info(STREAM)}
+    assert consumer.name in names
+    assert len([n for n in names if n.startswith(rt.bus.identity or "vipwire")]) == 1
 
 
 # --- a stalled consumer is reported, then clears ---------------------------------------

@@ -170,11 +170,13 @@ class Bus:
         await waiting_out_elections(
             f"declaring stream {STREAM}",
             self._ensure_stream,
-            self._declare_backoff(),
+            self.declare_backoff(),
             attempts=self.declare_attempts,
         )
 
-    def _declare_backoff(self) -> Backoff:
+    def declare_backoff(self) -> Backoff:
+        """How declarations (and consumer creation) space their retries while
+        JetStream answers like an election."""
         if self.link is not None:
             return self.link.backoff
         return Backoff(self.settings.reconnect_wait_s, self.settings.reconnect_max_wait_s)
@@ -239,7 +241,7 @@ class Bus:
         found = await waiting_out_elections(
             f"opening KV bucket {bucket}",
             lambda: self._key_value(bucket, history, direct),
-            self._declare_backoff(),
+            self.declare_backoff(),
             attempts=self.declare_attempts,
         )
         return KvBucket(found, self.js, bucket, stores=self.stores)

@@ -42,6 +42,7 @@ from opentelemetry import trace
 from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, TraceFlags
 
 from vipwire.aio import cancel_and_wait
+from vipwire.bus._declaring import waiting_out_elections
 from vipwire.bus._errors import BusError
 from vipwire.bus._health import ConsumerHealth, Progress, silent, stall_check_due, stalled
 from vipwire.bus._reading import StoredMessage
@@ -385,8 +386,18 @@ class PullConsumer:
     # --- lifecycle ---------------------------------------------------------------
 
     async def start(self) -> None:
-        """Create (or bind) the consumer and start receiving."""
-        await self._create()
+        """Create (or bind) the consumer and start receiving; waits out a JetStream
+        election like the stream's declaration (see :mod:`vipwire.bus._declaring`)."""
+        # One name for every try: a create whose answer was lost may still have
+        # happened, and asking again under the same name binds to it instead of
+        # leaving a second consumer holding messages for nobody.
+        name = self.spec.durable or self._ephemeral_name()
+        await waiting_out_elections(
+            f"creating consumer {self._label}",
+            lambda: self._create(name=name),
+            self._bus.declare_backoff(),
+            attempts=self._bus.declare_attempts,
+        )
         await self._new_inbox()
         for i, lane in enumerate(self._lanes):
             self._tasks.append(asyncio.create_task(self._run_lane(lane), name=f"lane-{i}"))
@@ -471,8 +482,11 @@ class PullConsumer:
             with contextlib.suppress(nats.errors.Error):
                 await old.unsubscribe()
 
-    async def _create(self, *, resume: bool = False, timeout: float | None = None) -> None:
-        """Create (or bind) the consumer; ``resume``: from the first sequence not finished."""
+    async def _create(
+        self, *, resume: bool = False, timeout: float | None = None, name: str | None = None
+    ) -> None:
+        """Create (or bind) the consumer; ``resume``: from the first sequence not finished;
+        ``name``: the ephemeral consumer's (None: a new one)."""
         spec = self.spec
         acked = spec.ack == "explicit"
         start_seq = self._progress.resume_seq if resume else 0
@@ -485,7 +499,7 @@ class PullConsumer:
             # Named, with its one filter: nats-py then asks on
             # $JS.API.CONSUMER.CREATE.<stream>.<name>.<filter>, where the server checks
             # the filter against what this identity may read.
-            name=spec.durable or self._ephemeral_name(),
+            name=spec.durable or name or self._ephemeral_name(),
             durable_name=spec.durable,
             deliver_policy=DeliverPolicy.BY_START_SEQUENCE if start_seq else _DELIVER[spec.deliver],
             opt_start_seq=start_seq or None,
