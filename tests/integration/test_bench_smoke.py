@@ -62,6 +62,9 @@ async def test_burst_runs_each_component_in_its_own_process() -> None:
     assert data["p50_ms"] <= data["p99_ms"]
     # The watcher's requests to the API server: a status write per Service at least.
     assert data["kube_requests"].get("patch services/status", 0) >= 5
+    # What the server sent to each node agent's own connection (named by its node).
+    agents = data["bus"]["node_agents"]
+    assert agents["connections"] == 2 and agents["deliveries"] > 0 and agents["bytes"] > 0
 
 
 async def test_restart_of_every_component_writes_nothing() -> None:
@@ -122,7 +125,11 @@ async def test_scale_sweeps_services_and_nodes_and_every_node_converges() -> Non
         assert point["nodes_applied"] == point["nodes"]
         assert point["applied_s"] > 0
         assert point["deliveries"] > point["services"] and point["bytes_out"] > 0
-        assert point["jetstream_deliveries"] >= point["node_agent_deliveries"] > 0
+        assert point["jetstream_deliveries"] >= point["lb_consumer_deliveries"] > 0
+        # Every agent's own connection is counted (named by its node), and each was
+        # sent something on either feed.
+        assert point["node_agent_connections"] == point["nodes"]
+        assert point["node_agent_deliveries"] >= point["nodes"] and point["node_agent_bytes"] > 0
         assert point["consumers_total"] == sum(point["consumers"]["by_filter"].values()) > 0
         assert set(point["cpu_s"]) == {"ipam", "lbdriver", "watcher", "nodeagents"}
         assert point["nats_cpu_s"] >= 0 and point["total_cpu_s"] > 0
@@ -143,7 +150,7 @@ async def test_scale_sweeps_services_and_nodes_and_every_node_converges() -> Non
     for fit in data["exponents"]:
         assert set(fit["fits"]) == {
             "applied_s", "nats_cpu_s", "control_plane_cpu_s", "nodeagents_cpu_s",
-            "total_cpu_s", "deliveries", "consumers_total",
+            "total_cpu_s", "deliveries", "node_agent_deliveries", "consumers_total",
         }  # fmt: skip
         assert fit["fits"]["applied_s"]["nodes"] is not None
         assert fit["fits"]["applied_s"]["services"] is None  # one Services value: no fit

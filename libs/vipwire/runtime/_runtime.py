@@ -67,6 +67,8 @@ class Runtime:
         instance: str | None = None,
     ) -> None:
         self.name = name
+        #: What tells this process apart from others of its kind (a node agent's node).
+        self.instance = instance
         self.settings = settings
         self.metrics = Registry()
         attributes = {"service.instance.id": instance} if instance else None
@@ -112,7 +114,9 @@ class Runtime:
         )
         self._bus = await connect(
             self.settings.bus,
-            name=f"vipwire-{self.name}",
+            # By instance too: a cluster's node agents are otherwise a thousand
+            # connections of one name in the server's connection list (/connz).
+            name=f"vipwire-{self.name}" + (f"/{self.instance}" if self.instance else ""),
             tracer=self.tracer,
             metrics=self.metrics,
             attempts=self._connect_attempts,

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ipaddress
+import json
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
@@ -197,3 +199,47 @@ async def bus_traffic(nats_url: str) -> dict[str, Any]:
         }
     finally:
         await nc.close()
+
+
+async def monitoring(port: int | None, path: str) -> dict[str, Any]:
+    """A monitoring endpoint's JSON document; empty when the server shows none."""
+    if port is None:
+        return {}
+    with contextlib.suppress(OSError, TimeoutError, ValueError):
+        reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), 5)
+        try:
+            writer.write(f"GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n".encode())
+            await writer.drain()
+            raw = await asyncio.wait_for(reader.read(), 30)
+        finally:
+            writer.close()
+        body = raw.partition(b"\r\n\r\n")[2]
+        document = json.loads(body)
+        if isinstance(document, dict):
+            return document
+    return {}
+
+
+#: The name prefix of node agents' NATS connections (``vipwire-nodeagent/<node>``).
+AGENT_CONNECTION = "vipwire-nodeagent"
+_CONNZ_PAGE = 1024
+
+
+async def agent_traffic(port: int | None) -> dict[str, int]:
+    """What nats-server sent to node agents' connections, from ``/connz``: every message
+    (``deliveries``: the node feed on core NATS, JetStream deliveries, replies to their
+    requests) and its bytes, summed over the connections named like an agent's."""
+    totals = {"deliveries": 0, "bytes": 0, "connections": 0}
+    offset = 0
+    while True:
+        page = await monitoring(port, f"/connz?limit={_CONNZ_PAGE}&offset={offset}")
+        connections = page.get("connections") or []
+        for conn in connections:
+            name = str(conn.get("name") or "")
+            if name == AGENT_CONNECTION or name.startswith(f"{AGENT_CONNECTION}/"):
+                totals["deliveries"] += int(conn.get("out_msgs", 0))
+                totals["bytes"] += int(conn.get("out_bytes", 0))
+                totals["connections"] += 1
+        if len(connections) < _CONNZ_PAGE:
+            return totals
+        offset += _CONNZ_PAGE

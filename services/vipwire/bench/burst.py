@@ -26,11 +26,13 @@ emulator takes them, round robin over the clusters. Measured:
   ``none``, the default). The agent processes run at ``agents_nice`` (19 by
   default: in a cluster each agent has its own node's CPU, here 250 of them
   share two cores with the control plane);
-- ``bus``: messages stored per subject family, bytes, and deliveries per
-  consumer (JetStream's own counters); ``bus_at_floor``: what that traffic
-  costs at the CPU prices the floor measured (publishes in flight, one consumer
-  draining), in all and without the node agents' share: a lower bound on the
-  time the burst can take on this machine, whatever the services' own code;
+- ``bus``: messages stored per subject family, bytes, and deliveries per consumer
+  (JetStream's own counters); ``bus.node_agents``: what nats-server sent to the node
+  agents' connections (``/connz``: the node feed on core NATS too);
+  ``bus_at_floor``: what that traffic costs at the CPU prices the floor measured
+  (publishes in flight, one consumer draining), in all and without the node agents'
+  share: a lower bound on the time the burst can take on this machine, whatever the
+  services' own code;
 - the floor (``floor`` scenario) on the same server, before the burst.
 """
 
@@ -50,6 +52,7 @@ from nats.aio.msg import Msg
 from vipwire.allinone.clock import StatusClock
 from vipwire.bench._common import (
     HOPS,
+    agent_traffic,
     bus_traffic,
     hop_times,
     kube_patcher,
@@ -145,6 +148,7 @@ async def burst(options: BurstOptions) -> BenchResult:
         watcher_extra={}
         if options.node_vip_grace_s is None
         else {"node_vip_grace_s": options.node_vip_grace_s},
+        nats_monitor=True,  # /connz: what the node agents' connections received
     )
     async with Fleet(settings) as fleet:
         await fleet.wait_ready(timeout=120 + 2 * options.clusters * options.nodes)
@@ -162,6 +166,7 @@ async def burst(options: BurstOptions) -> BenchResult:
         nats_before = proc_status(nats_pid) if nats_pid else {}
         await asyncio.sleep(1.0)  # let the floor's traffic settle before the baseline
         traffic_before = await bus_traffic(fleet.nats.url)
+        agents_before = await agent_traffic(fleet.nats.monitor_port)
         fleet.mark_baseline()
         # Every request the components make to the API servers from here on, in RBAC's
         # terms (the benchmark's own creates and its status clock go in-process).
@@ -191,6 +196,12 @@ async def burst(options: BurstOptions) -> BenchResult:
         kube = _kube_requests(a[n:] for a, n in zip(audits, audits_from, strict=True))
         nats_after = proc_status(nats_pid) if nats_pid else {}
         traffic = _delta(await bus_traffic(fleet.nats.url), traffic_before)
+        agents_after = await agent_traffic(fleet.nats.monitor_port)
+        traffic["node_agents"] = {
+            "deliveries": agents_after["deliveries"] - agents_before["deliveries"],
+            "bytes": agents_after["bytes"] - agents_before["bytes"],
+            "connections": agents_after["connections"],
+        }
         hops = await hop_times(fleet.nats.url, clock)
     nats_cpu = (nats_after.get("cpu_cs", 0) - nats_before.get("cpu_cs", 0)) / 100
     return _result(
@@ -440,12 +451,18 @@ def _result(
         )
     at_floor = data["bus_at_floor"]
     if at_floor:
+        agents = traffic["node_agents"]
         families = ", ".join(f"{f} {n}" for f, n in traffic["by_family"].items() if n)
         rows += [
             (
                 "bus traffic",
                 f"{traffic['messages']} messages ({families}), "
                 f"{traffic['bytes'] / 2**20:.1f} MB, {traffic['deliveries']} deliveries",
+            ),
+            (
+                "node agents received (/connz)",
+                f"{agents['deliveries']} messages (node feed, JetStream, replies), "
+                f"{agents['bytes'] / 2**20:.1f} MB, over {agents['connections']} connections",
             ),
             (
                 "per Service",

@@ -16,8 +16,12 @@ created at once, round robin over the clusters. Measured per point:
   subtracted), JetStream consumers held at the end, in all and per filter
   (``/jsz?consumers=true``; a node agent reading the ``lb`` stream holds one on
   ``vipwire.<cluster>.lb.>``, as the cluster's watcher does), and the deliveries
-  made by JetStream consumers (``node_agent_deliveries``: those of consumers of the
-  ``lb`` family alone, the node agents' and the watchers');
+  made by JetStream consumers (``lb_consumer_deliveries``: those of consumers of the
+  ``lb`` family alone, the node agents' on the ``lb`` feed and the watchers');
+- what the server sent to the node agents' own connections (``/connz``, connections
+  named ``vipwire-nodeagent/<node>``): ``node_agent_deliveries`` (every message:
+  the node feed, JetStream deliveries, replies), ``node_agent_bytes``, and
+  ``node_agent_connections`` (one per agent: a missing one is an agent not counted);
 - CPU seconds of nats-server (``/proc``) and of every component process, per
   kind (``ipam``, ``lbdriver``, ``watcher``, ``nodeagents``), with
   ``control_plane_cpu_s`` (ipam + lbdriver + watchers).
@@ -34,7 +38,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import math
 import time
 from collections.abc import Mapping, Sequence
@@ -45,7 +48,7 @@ import nats
 from nats.aio.msg import Msg
 
 from vipwire.allinone.clock import StatusClock
-from vipwire.bench._common import bus_traffic, load_average, pool_for
+from vipwire.bench._common import agent_traffic, bus_traffic, load_average, monitoring, pool_for
 from vipwire.bench._fleet import Fleet, FleetSettings, endpoint_slice, proc_status, service_body
 from vipwire.bench._result import BenchResult, convert_params
 from vipwire.bench.burst import _AppliedTracker
@@ -60,6 +63,7 @@ FITTED = (
     "nodeagents_cpu_s",
     "total_cpu_s",
     "deliveries",
+    "node_agent_deliveries",
     "consumers_total",
 )
 #: ``--quick``: what the sweep is when not given (minutes on a 2-core machine).
@@ -149,7 +153,8 @@ async def _point(
         nats_pid = fleet.nats_pid()
         await asyncio.sleep(0.5)  # readiness traffic settles before the baseline
         nats_before = proc_status(nats_pid) if nats_pid else {}
-        varz_before = await _monitoring(monitor, "/varz")
+        varz_before = await monitoring(monitor, "/varz")
+        agents_before = await agent_traffic(monitor)
         js_before = await bus_traffic(fleet.nats.url)
         fleet.mark_baseline()
         tracker = _AppliedTracker(dict.fromkeys(fleet.clusters, services))
@@ -179,8 +184,9 @@ async def _point(
             await nc.close()
         cpu = _cpu(fleet)
         nats_after = proc_status(nats_pid) if nats_pid else {}
-        varz_after = await _monitoring(monitor, "/varz")
-        jsz = await _monitoring(monitor, "/jsz?consumers=true&config=true")
+        varz_after = await monitoring(monitor, "/varz")
+        agents_after = await agent_traffic(monitor)
+        jsz = await monitoring(monitor, "/jsz?consumers=true&config=true")
         js_after = await bus_traffic(fleet.nats.url)
     by_consumer = {
         c: n - js_before["deliveries_by_consumer"].get(c, 0)
@@ -213,7 +219,10 @@ async def _point(
         "bytes_in": _diff(varz_after, varz_before, "in_bytes"),
         "jetstream_messages": js_after["messages"] - js_before["messages"],
         "jetstream_deliveries": sum(by_consumer.values()),
-        "node_agent_deliveries": by_consumer.get("lb", 0),
+        "node_agent_deliveries": agents_after["deliveries"] - agents_before["deliveries"],
+        "node_agent_bytes": agents_after["bytes"] - agents_before["bytes"],
+        "node_agent_connections": agents_after["connections"],
+        "lb_consumer_deliveries": by_consumer.get("lb", 0),
         "consumers": _consumers(jsz, fleet.clusters),
         "consumers_total": int(jsz.get("consumers", 0)),
         "nats_cpu_s": round(nats_cpu_s, 2),
@@ -225,25 +234,6 @@ async def _point(
         "processes": cpu,
         "load_average": list(load),
     }
-
-
-async def _monitoring(port: int | None, path: str) -> dict[str, Any]:
-    """A monitoring endpoint's JSON document; empty when the server shows none."""
-    if port is None:
-        return {}
-    with contextlib.suppress(OSError, TimeoutError, ValueError):
-        reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), 5)
-        try:
-            writer.write(f"GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n".encode())
-            await writer.drain()
-            raw = await asyncio.wait_for(reader.read(), 30)
-        finally:
-            writer.close()
-        body = raw.partition(b"\r\n\r\n")[2]
-        document = json.loads(body)
-        if isinstance(document, dict):
-            return document
-    return {}
 
 
 def _diff(after: Mapping[str, Any], before: Mapping[str, Any], key: str) -> int:
@@ -409,8 +399,8 @@ def _result(options: ScaleOptions, points: list[dict[str, Any]]) -> BenchResult:
     rows: list[tuple[str, str]] = [
         (
             "columns",
-            "feed clusters x Services x nodes: status s, applied s | deliveries, MB out | "
-            "JS consumers | CPU s: nats, control plane, agents | load",
+            "feed clusters x Services x nodes: status s, applied s | deliveries (to agents), "
+            "MB out | JS consumers | CPU s: nats, control plane, agents | load",
         )
     ]
     for p in points:
@@ -419,7 +409,8 @@ def _result(options: ScaleOptions, points: list[dict[str, Any]]) -> BenchResult:
             (
                 f"{p['feed']} {p['clusters']} x {p['services_per_cluster']} x "
                 f"{p['nodes_per_cluster']}",
-                f"{p['converged_s']:.2f}, {applied} | {p['deliveries']}, "
+                f"{p['converged_s']:.2f}, {applied} | {p['deliveries']} "
+                f"({p['node_agent_deliveries']}), "
                 f"{p['bytes_out'] / 2**20:.1f} | {p['consumers_total']} | {p['nats_cpu_s']}, "
                 f"{p['control_plane_cpu_s']}, {p['nodeagents_cpu_s']} | "
                 f"{p['load_average'][0]}/{p['load_average'][1]}",

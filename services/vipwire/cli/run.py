@@ -74,6 +74,20 @@ def build_service(name: str, data: dict[str, Any], runtime: Runtime, source: str
     raise ValueError(f"unknown service {name!r}")
 
 
+def instance_of(name: str, data: dict[str, Any], source: str) -> str | None:
+    """What tells this process apart from others of its kind, for its spans
+    (``service.instance.id``) and its NATS connection's name: a node agent's node."""
+    if name != "nodeagent":
+        return None
+    from vipwire.nodeagent import NodeagentSettings
+    from vipwire.runtime import ConfigError, section
+
+    try:
+        return section(data, name, NodeagentSettings, source=source).for_this_node().node
+    except (ConfigError, ValueError):
+        return None  # build_service reports it, with the field named
+
+
 async def run_service(name: str, config_path: str) -> int:
     from vipwire.runtime import (
         Runtime,
@@ -84,7 +98,7 @@ async def run_service(name: str, config_path: str) -> int:
 
     data = read_config(config_path)
     common = load_common_and_configure_logging(data, source=config_path)
-    runtime = Runtime(name, common)
+    runtime = Runtime(name, common, instance=instance_of(name, data, config_path))
     # Validate the service's section before touching the network: a typo
     # should fail fast with the field named, not after a NATS connect.
     service = build_service(name, data, runtime, config_path)
