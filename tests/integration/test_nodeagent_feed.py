@@ -157,6 +157,34 @@ async def test_an_agent_started_in_the_middle_of_a_burst_converges(feed: Feed) -
     assert int(tables.group(1)) < int(deltas.group(1))  # the table lags, the deltas carry it
 
 
+def deltas_sent(feed: Feed) -> int:
+    assert feed.publisher is not None
+    text = feed.publisher._runtime.metrics.expose()
+    found = re.search(r'lbdriver_feed_deltas_total{cluster="east"} (\d+)', text)
+    return int(found.group(1)) if found else 0
+
+
+async def test_a_burst_widens_the_window_so_each_node_gets_a_few_deltas(feed: Feed) -> None:
+    """Changes that keep coming for a second and a half (one every 10 ms) go out in a
+    handful of deltas, the window doubling from 5 ms to at most 400 ms while they last
+    (a fixed 5 ms window sends one per change or two); the agent ends with all of them."""
+    feed.window_max_ms = 400
+    rt = await feed.start()
+    await feed.agent("n1")
+    await feed.fed()
+    before = deltas_sent(feed)
+    loop = asyncio.get_running_loop()
+    started, count = loop.time(), 0
+    while loop.time() - started < 1.5:
+        await rt.bus.publish(programmed(f"svc-{count:03d}", f"10.3.0.{count + 1}"))
+        count += 1
+        await asyncio.sleep(0.01)  # the burst's pace, not a wait for anything
+    await feed.fed()
+    await reported(rt, "n1", tuple(sorted(f"10.3.0.{i + 1}" for i in range(count))))
+    sent = deltas_sent(feed) - before
+    assert 2 <= sent <= 20, f"{sent} deltas for {count} changes over 1.5 s"
+
+
 async def test_an_agent_started_while_the_table_lags_a_delta_waits_for_the_table(
     feed: Feed,
 ) -> None:

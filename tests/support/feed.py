@@ -51,6 +51,8 @@ class Feed:
     def __init__(self, make_runtime: RuntimeFactory, *, table_interval_s: float = 0.0) -> None:
         self.make_runtime = make_runtime
         self.table_interval_s = table_interval_s
+        #: The publisher's widest window (0: fixed at its 5 ms).
+        self.window_max_ms = 0
         self.publisher: FeedPublisher | None = None
         self.agents: list[NodeagentService] = []
         self.rt: Runtime | None = None
@@ -64,6 +66,7 @@ class Feed:
         self.publisher = FeedPublisher(
             await self.make_runtime("lbdriver"),
             window_ms=5,
+            window_max_ms=self.window_max_ms,
             is_leader=lambda: True,
             table_interval_s=self.table_interval_s,
         )

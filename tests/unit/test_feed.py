@@ -18,7 +18,7 @@ from vipwire.contracts import (
     encode_feed,
     join_chunks,
 )
-from vipwire.lbdriver.core.feed import ClusterFeed
+from vipwire.lbdriver.core.feed import ClusterFeed, next_window_s
 from vipwire.nodeagent.core.changes import Changes
 from vipwire.nodeagent.core.desired import VipRanges, parse_ranges
 from vipwire.nodeagent.core.feed import step
@@ -131,3 +131,28 @@ class TestChangesFromATable:
         assert recorded is not None and recorded.vips
         assert sorted(changes.desired.refs) == sorted(service(i).vips[0] for i in (2, 3))
         assert changes.full
+
+
+class TestWindow:
+    def test_the_window_widens_while_a_burst_lasts_and_narrows_after_a_quiet_spell(
+        self,
+    ) -> None:
+        """A change after quiet goes out after the base window; changes that follow the
+        last delta within its window double it up to the maximum; a quiet spell longer
+        than the window brings back the base."""
+        base, top = 0.25, 2.0
+        window = next_window_s(base, quiet_s=60.0, base_s=base, max_s=top)
+        assert window == base  # one change after a quiet minute
+        seen = []
+        for _ in range(5):  # a burst: each change right after the last delta
+            window = next_window_s(window, quiet_s=0.01, base_s=base, max_s=top)
+            seen.append(window)
+        assert seen == [0.5, 1.0, 2.0, 2.0, 2.0]
+        # Quiet for less than the window is still the burst; longer is not.
+        assert next_window_s(2.0, quiet_s=1.9, base_s=base, max_s=top) == 2.0
+        assert next_window_s(2.0, quiet_s=2.1, base_s=base, max_s=top) == base
+
+    def test_a_maximum_not_above_the_base_keeps_the_window_fixed(self) -> None:
+        """``feed_window_max_ms`` at or below ``feed_window_ms``: the old fixed window."""
+        assert next_window_s(0.25, quiet_s=0.0, base_s=0.25, max_s=0.25) == 0.25
+        assert next_window_s(0.25, quiet_s=0.0, base_s=0.25, max_s=0.0) == 0.25

@@ -157,6 +157,7 @@ class LbdriverService:
         self._feed = FeedPublisher(
             runtime,
             window_ms=settings.feed_window_ms,
+            window_max_ms=settings.feed_window_max_ms,
             table_interval_s=settings.feed_table_interval_s,
             is_leader=lambda: self.role == "leader",
         )

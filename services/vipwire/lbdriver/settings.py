@@ -200,6 +200,11 @@ class LbdriverSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown
     #: (``vipwire-feed.<cluster>.delta``, table in KV ``vipwire-feed``); the leader
     #: publishes it. Longer: fewer messages per node, later VIPs.
     feed_window_ms: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 250
+    #: While changes keep coming (a burst: one within a window of the last delta) the
+    #: window doubles per delta up to this, so a burst costs each node one delivery per
+    #: this many milliseconds; after a quiet window it is ``feed_window_ms`` again.
+    #: At most ``feed_window_ms``: a fixed window.
+    feed_window_max_ms: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 2000
     #: Least seconds between two writes of a cluster's node feed table (KV
     #: ``vipwire-feed``) while changes flow: the deltas carry them meanwhile, and an
     #: agent that needs the table (a start, a gap) waits at most this for a current

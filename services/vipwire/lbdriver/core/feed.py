@@ -89,3 +89,18 @@ class ClusterFeed:
 
     def table(self) -> list[FeedService]:
         return list(self.services.values())
+
+
+def next_window_s(window_s: float, *, quiet_s: float, base_s: float, max_s: float) -> float:
+    """How long the next delta gathers changes, woken ``quiet_s`` after the last delta.
+
+    A change after a quiet spell (longer than the window) goes out after ``base_s``,
+    as a single change should. One that follows the last delta within the window is
+    part of a burst: the window doubles, up to ``max_s``, so a burst costs every node
+    one delivery per ``max_s`` instead of one per ``base_s`` (every agent of the
+    cluster receives every delta; the server sends and each agent applies and reports
+    each one).
+    """
+    if quiet_s > window_s or max_s <= base_s:
+        return base_s
+    return min(window_s * 2, max_s)

@@ -45,7 +45,7 @@ from vipwire.contracts import (
     feed_head_key,
     join_chunks,
 )
-from vipwire.lbdriver.core.feed import ClusterFeed
+from vipwire.lbdriver.core.feed import ClusterFeed, next_window_s
 from vipwire.runtime import Runtime
 from vipwire.telemetry import inject_context
 
@@ -65,6 +65,7 @@ class FeedPublisher:
         window_ms: int,
         is_leader: Callable[[], bool],
         table_interval_s: float = 0.0,
+        window_max_ms: int = 0,
     ) -> None:
         self._runtime = runtime
         #: Least seconds between two writes of a cluster's table while deltas flow.
@@ -74,7 +75,9 @@ class FeedPublisher:
         self._table_at: dict[str, float] = {}
         #: The head of each cluster's table as last written.
         self._heads: dict[str, FeedHead] = {}
-        self._window_s = window_ms / 1000
+        self._base_window_s = self._window_s = window_ms / 1000
+        self._max_window_s = window_max_ms / 1000
+        self._flushed_at = -math.inf
         self._is_leader = is_leader
         self.feeds: dict[str, ClusterFeed] = {}
         self._consumer: PullConsumer | None = None
@@ -156,7 +159,15 @@ class FeedPublisher:
             # anyway, to notice an election.
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self._next_wait())
-            # Coalesce: everything that arrives within the window goes in one delta.
+            # Coalesce: everything that arrives within the window goes in one delta;
+            # the window widens while a burst lasts (see next_window_s).
+            loop = asyncio.get_running_loop()
+            self._window_s = next_window_s(
+                self._window_s,
+                quiet_s=loop.time() - self._flushed_at,
+                base_s=self._base_window_s,
+                max_s=self._max_window_s,
+            )
             await asyncio.sleep(self._window_s)
             self._wake.clear()
             if not self._is_leader():
@@ -166,8 +177,8 @@ class FeedPublisher:
                 if not self._leading:
                     await self._take_over()
                     self._leading = True
-                else:
-                    await self.flush()
+                elif await self.flush():
+                    self._flushed_at = loop.time()
                 failures = 0
             except BusError as exc:
                 failures += 1
@@ -209,21 +220,25 @@ class FeedPublisher:
         self._progress.set()
         log.info("node feed: publishing for %d cluster(s)", len(self.feeds))
 
-    async def flush(self) -> None:
-        """Write and publish every cluster's pending changes (one delta each)."""
+    async def flush(self) -> bool:
+        """Write and publish every cluster's pending changes (one delta each); whether
+        any delta went out."""
         read = self.read_seq
         kv = await self._bucket()
         now = asyncio.get_running_loop().time()
+        sent = False
         for cluster in sorted(self.feeds):
             feed = self.feeds[cluster]
             due = now - self._table_at.get(cluster, -math.inf) >= self._table_interval_s
             if feed.pending:
                 await self._publish(kv, feed, feed.take(reset=feed.fresh), table=due)
+                sent = True
             elif cluster in self._dirty and due:
                 await self._write_table(kv, feed)
         if not self._dirty:
             self.published_seq = read
             self._progress.set()
+        return sent
 
     async def _publish(
         self, kv: KvBucket, feed: ClusterFeed, delta: FeedDelta, *, table: bool
