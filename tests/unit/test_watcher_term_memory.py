@@ -235,6 +235,21 @@ class TestWhatTheRestSaid:
         assert memory.observe_applied("n1", [], 9).concerned == []
         assert memory.applied["n1"] == frozenset({"198.51.100.7"})
 
+    def test_services_with_the_same_members_share_one_set_until_none_holds_it(self) -> None:
+        """Two Services programmed on the same nodes hold one member set (in DSR, most of
+        a cluster's); once neither does, it is not kept for nobody."""
+        memory = TermMemory(gating=True)
+        memory.observe(KEY, programmed(members=(N1, N2)), 4)
+        memory.observe("shop/other", programmed(uid="u-2", members=(N2, N1)), 5)
+        assert memory.gated[KEY] is memory.gated["shop/other"]
+        assert len(memory._member_sets) == 1
+        memory.observe(KEY, programmed(members=(N1,)), 6)
+        assert memory.gated[KEY] == frozenset({"n1"})
+        assert len(memory._member_sets) == 2
+        memory.observe("shop/other", programmed(uid="u-2", members=(N1,)), 7)
+        assert memory.gated[KEY] is memory.gated["shop/other"]
+        assert list(memory._member_sets) == [frozenset({"n1"})]
+
     def test_without_a_gate_reports_are_not_kept(self) -> None:
         """Without a gate a node's report is not worth keeping."""
         memory = TermMemory(gating=False)

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import sys
+from collections import Counter
 from collections.abc import Iterable, Mapping
 from typing import Any, Generic, Literal, NamedTuple, TypeVar
 
@@ -189,6 +190,11 @@ class TermMemory:
         self._gated_by_node: dict[str, set[str]] = {}
         self._gated_by_vip: dict[str, set[str]] = {}
         self._gated_vips: dict[str, tuple[str, ...]] = {}
+        # One copy of each member set, and how many Services hold it: in DSR most
+        # Services of a cluster have the same members (every node), and a set of 50
+        # names takes 2 KB, per Service without this.
+        self._member_sets: dict[frozenset[str], frozenset[str]] = {}
+        self._member_set_uses: Counter[frozenset[str]] = Counter()
         # Services whose last VipAssigned moves them to other VIPs (a node gaining a VIP
         # can let the move's status through): known without decoding their view.
         self.moving: set[str] = set()
@@ -441,21 +447,30 @@ class TermMemory:
     def _set_gated(self, key: str, nodes: frozenset[str], vips: tuple[str, ...]) -> None:
         """Record (or, with no nodes, drop) the member nodes and VIPs of ``key``'s last
         LbProgrammed, in ``gated`` and its two inverted indexes."""
-        for node in self.gated.pop(key, frozenset()):
+        held = self.gated.pop(key, frozenset())
+        for node in held:
             keys = self._gated_by_node.get(node)
             if keys is not None:
                 keys.discard(key)
                 if not keys:
                     del self._gated_by_node[node]
+        if held:
+            self._member_set_uses[held] -= 1
+            if self._member_set_uses[held] <= 0:
+                del self._member_set_uses[held]
+                self._member_sets.pop(held, None)
         for vip in self._gated_vips.pop(key, ()):
             keys = self._gated_by_vip.get(vip)
             if keys is not None:
                 keys.discard(key)
                 if not keys:
                     del self._gated_by_vip[vip]
-        self.gated[key] = nodes
         if not nodes:
+            self.gated[key] = nodes
             return
+        nodes = self._member_sets.setdefault(nodes, nodes)
+        self._member_set_uses[nodes] += 1
+        self.gated[key] = nodes
         self._gated_vips[key] = vips
         for node in nodes:
             self._gated_by_node.setdefault(node, set()).add(key)
