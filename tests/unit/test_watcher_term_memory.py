@@ -6,6 +6,7 @@ import msgspec
 
 from vipwire.contracts import (
     LbProgrammed,
+    LbRemoved,
     Member,
     NodeGone,
     NodeSnapshot,
@@ -249,6 +250,27 @@ class TestWhatTheRestSaid:
         memory.observe("shop/other", programmed(uid="u-2", members=(N1,)), 7)
         assert memory.gated[KEY] is memory.gated["shop/other"]
         assert list(memory._member_sets) == [frozenset({"n1"})]
+
+    def test_a_gated_view_gives_every_member_but_stores_one_per_family(self) -> None:
+        """With a gate a view reads with every member of its LbProgrammed, while what is
+        stored (packed) holds one per family: the full list is kept once per distinct
+        list, and dropped with the last Service that has it."""
+        memory = TermMemory(gating=True)
+        memory.observe(KEY, programmed(members=(N1, N2)), 4)
+        memory.observe("shop/other", programmed(uid="u-2", members=(N1, N2)), 5)
+        lb = memory.view(KEY).lb
+        assert isinstance(lb, LbProgrammed) and lb.members == (N1, N2)
+        stored = memory.views[KEY].lb
+        assert isinstance(stored, LbProgrammed) and stored.members == (N1,)
+        assert len(memory._member_lists) == 1
+        memory.observe(KEY, assigned(), 6)  # a vip message leaves the members as they are
+        lb = memory.view(KEY).lb
+        assert isinstance(lb, LbProgrammed) and lb.members == (N1, N2)
+        for key, uid in ((KEY, "u-1"), ("shop/other", "u-2")):
+            gone = LbRemoved(cluster="east", namespace="shop", name="web", uid=uid, appliance="a")
+            memory.observe(key, gone, 9)
+        assert memory._member_lists == {} and memory._members == {}
+        assert memory.gated == {KEY: frozenset(), "shop/other": frozenset()}
 
     def test_without_a_gate_reports_are_not_kept(self) -> None:
         """Without a gate a node's report is not worth keeping."""

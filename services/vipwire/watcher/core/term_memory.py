@@ -195,6 +195,13 @@ class TermMemory:
         # names takes 2 KB, per Service without this.
         self._member_sets: dict[frozenset[str], frozenset[str]] = {}
         self._member_set_uses: Counter[frozenset[str]] = Counter()
+        # With a gate, the full member list of each Service's LbProgrammed, kept out of
+        # its (packed) view and once per distinct list: each view would otherwise hold
+        # two lists of the cluster's size (``lb`` and the one it replaced), about 4 KB
+        # per Service at 50 nodes. :meth:`view` puts it back.
+        self._members: dict[str, tuple[Member, ...]] = {}
+        self._member_lists: dict[tuple[Member, ...], tuple[Member, ...]] = {}
+        self._member_list_uses: Counter[tuple[Member, ...]] = Counter()
         # Services whose last VipAssigned moves them to other VIPs (a node gaining a VIP
         # can let the move's status through): known without decoding their view.
         self.moving: set[str] = set()
@@ -337,6 +344,7 @@ class TermMemory:
             return
         self.views.pop(key, None)
         self.moving.discard(key)
+        self._set_members(key, ())
         self._set_gated(key, frozenset(), ())
         self.gated.pop(key, None)
         self.invalid.pop(key, None)
@@ -398,23 +406,46 @@ class TermMemory:
         if superseded(old, message, seq):
             return Observation(fresh=False, before=None)
         prior = before(old, message, seq)
-        view = observe(old, compact(message, gating=self.gating), seq)
+        # Stored with one member per family (what NoMembers and the Events of what it
+        # replaced read); with a gate the full list is kept aside (_members).
+        view = observe(old, compact(message, gating=False), seq)
         if view is not old:
             self.views[key] = view
             if isinstance(view.vip, VipAssigned) and view.vip.moving_from:
                 self.moving.add(key)
             else:
                 self.moving.discard(key)
-            if self.gating:
-                lb = view.lb
-                members = lb.members if isinstance(lb, LbProgrammed) else ()
-                vips = lb.vips if isinstance(lb, LbProgrammed) else ()
+            if self.gating and view.lb is not old.lb:
+                members = message.members if isinstance(message, LbProgrammed) else ()
+                vips = message.vips if isinstance(message, LbProgrammed) else ()
+                self._set_members(key, members)
                 self._set_gated(key, frozenset(m.node for m in members), vips)
         return Observation(fresh=True, before=prior)
 
     def view(self, key: str) -> BusView:
-        """What the bus last said about the Service ``key``."""
-        return self.views.get(key, BusView())
+        """What the bus last said about the Service ``key`` (with a gate, its
+        LbProgrammed with every member)."""
+        view = self.views.get(key, BusView())
+        members = self._members.get(key)
+        if members is not None and isinstance(view.lb, LbProgrammed):
+            view = msgspec.structs.replace(
+                view, lb=msgspec.structs.replace(view.lb, members=members)
+            )
+        return view
+
+    def _set_members(self, key: str, members: tuple[Member, ...]) -> None:
+        """Keep ``members`` as the full member list of ``key``'s LbProgrammed (one copy
+        per distinct list); empty: none kept."""
+        held = self._members.pop(key, None)
+        if held is not None:
+            self._member_list_uses[held] -= 1
+            if self._member_list_uses[held] <= 0:
+                del self._member_list_uses[held]
+                self._member_lists.pop(held, None)
+        if members:
+            members = self._member_lists.setdefault(members, members)
+            self._member_list_uses[members] += 1
+            self._members[key] = members
 
     def observe_applied(self, node: str, vips: Iterable[str], seq: int) -> AppliedReport:
         """Take in a node agent's report; returns the Services it may concern: those with
