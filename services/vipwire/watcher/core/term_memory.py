@@ -185,9 +185,10 @@ class TermMemory:
         # With a status gate: the member nodes of each Service's LbProgrammed, so that a
         # node's report finds the Services it may open without decoding every view.
         self.gated: dict[str, frozenset[str]] = {}
-        # The same, inverted (node -> Services, VIP -> Services): a report of one node,
-        # for one changed VIP, finds its Services without a scan of every Service.
-        self._gated_by_node: dict[str, set[str]] = {}
+        # VIP -> Services: a report of one node, for one changed VIP, finds its Services
+        # without a scan of every Service. (Not node -> Services: whether the node is a
+        # member is one lookup in ``gated``, and that index cost a set entry per Service
+        # and node, 3 KB per Service at 50 nodes.)
         self._gated_by_vip: dict[str, set[str]] = {}
         self._gated_vips: dict[str, tuple[str, ...]] = {}
         # One copy of each member set, and how many Services hold it: in DSR most
@@ -459,9 +460,11 @@ class TermMemory:
         old = self.applied.get(node)
         # Interned: every node reports the same VIPs, held once instead of per node.
         new = self.applied[node] = frozenset(map(sys.intern, vips))
-        members = self._gated_by_node.get(node, set())
+        gated = self.gated
         if old is None:
-            return AppliedReport(judge=tuple(sorted(members)))  # its first report: judged from now
+            # Its first report (once per node and term): every Service it is a member
+            # of is judged from now.
+            return AppliedReport(judge=tuple(sorted(k for k, n in gated.items() if node in n)))
         if old == new:
             return AppliedReport()
         lost: set[str] = set()
@@ -470,21 +473,14 @@ class TermMemory:
         gained: set[str] = set()
         for vip in new - old:
             gained.update(self._gated_by_vip.get(vip, ()))
-        lost &= members
-        return AppliedReport(
-            judge=tuple(sorted(lost)), gained=tuple(sorted((gained & members) - lost))
-        )
+        lost = {k for k in lost if node in gated.get(k, ())}
+        gained = {k for k in gained if node in gated.get(k, ())} - lost
+        return AppliedReport(judge=tuple(sorted(lost)), gained=tuple(sorted(gained)))
 
     def _set_gated(self, key: str, nodes: frozenset[str], vips: tuple[str, ...]) -> None:
         """Record (or, with no nodes, drop) the member nodes and VIPs of ``key``'s last
-        LbProgrammed, in ``gated`` and its two inverted indexes."""
+        LbProgrammed, in ``gated`` and the VIP index."""
         held = self.gated.pop(key, frozenset())
-        for node in held:
-            keys = self._gated_by_node.get(node)
-            if keys is not None:
-                keys.discard(key)
-                if not keys:
-                    del self._gated_by_node[node]
         if held:
             self._member_set_uses[held] -= 1
             if self._member_set_uses[held] <= 0:
@@ -503,8 +499,6 @@ class TermMemory:
         self._member_set_uses[nodes] += 1
         self.gated[key] = nodes
         self._gated_vips[key] = vips
-        for node in nodes:
-            self._gated_by_node.setdefault(node, set()).add(key)
         for vip in vips:
             self._gated_by_vip.setdefault(vip, set()).add(key)
 
