@@ -202,8 +202,8 @@ class LbdriverSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown
     feed_window_ms: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 250
     #: While changes keep coming (a burst: one within a window of the last delta) the
     #: window doubles per delta up to this, so a burst costs each node one delivery per
-    #: this many milliseconds; after a quiet window it is ``feed_window_ms`` again.
-    #: At most ``feed_window_ms``: a fixed window.
+    #: this many milliseconds; after a quiet window it is ``feed_window_ms`` again. One
+    #: window for every cluster the lbdriver serves. At most ``feed_window_ms``: fixed.
     feed_window_max_ms: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 2000
     #: Least seconds between two writes of a cluster's node feed table (KV
     #: ``vipwire-feed``) while changes flow: the deltas carry them meanwhile, and an
