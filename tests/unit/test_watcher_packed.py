@@ -8,7 +8,7 @@ import pytest
 
 from vipwire.contracts import LbFailed, LbProgrammed, Member, ServicePort, VipAssigned
 from vipwire.watcher.core.bus_view import BusView
-from vipwire.watcher.core.packed import PackedDict
+from vipwire.watcher.core.packed import Interned, PackedDict
 from vipwire.watcher.core.translate import SliceEndpoints, slice_endpoints, slim_service
 
 SERVICE: dict[str, Any] = {
@@ -126,3 +126,17 @@ class TestLikeADict:
         services["shop/web"] = slim_service(SERVICE)
         encoded = services._data["shop/web"]
         assert isinstance(encoded, bytes) and len(encoded) < 600
+
+
+def test_interned_values_share_one_copy_until_the_last_holder_lets_go() -> None:
+    """Equal values taken twice come back as one object; the copy is dropped only when
+    every holder released it."""
+    shared: Interned[frozenset[str]] = Interned()
+    first = shared.take(frozenset({"n1", "n2"}))
+    second = shared.take(frozenset({"n2", "n1"}))
+    assert second is first and len(shared) == 1
+    shared.release(first)
+    assert list(shared) == [first]
+    shared.release(second)
+    assert len(shared) == 0
+    assert shared.take(frozenset({"n1", "n2"})) is not first  # a new copy after that

@@ -269,7 +269,7 @@ class TestWhatTheRestSaid:
         for key, uid in ((KEY, "u-1"), ("shop/other", "u-2")):
             gone = LbRemoved(cluster="east", namespace="shop", name="web", uid=uid, appliance="a")
             memory.observe(key, gone, 9)
-        assert memory._member_lists == {} and memory._members == {}
+        assert len(memory._member_lists) == 0 and memory._members == {}
         assert memory.gated == {KEY: frozenset(), "shop/other": frozenset()}
 
     def test_without_a_gate_reports_are_not_kept(self) -> None:

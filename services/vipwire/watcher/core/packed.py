@@ -8,17 +8,22 @@ it again takes microseconds. A worker reads an entry a few times per change;
 the mapping holds it for the Service's lifetime. So the trade is one-sided.
 
 Each read returns a new object: mutating it changes nothing stored.
+
+:class:`Interned` is the other half of keeping a cluster's Services small: one copy of
+what many of them hold alike.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, MutableMapping
+from collections import Counter
+from collections.abc import Hashable, Iterator, MutableMapping
 from typing import Any, Generic, TypeVar, overload
 
 import msgspec
 
 T = TypeVar("T")
 D = TypeVar("D")
+H = TypeVar("H", bound=Hashable)
 
 _encode = msgspec.msgpack.Encoder().encode
 
@@ -65,3 +70,36 @@ class PackedDict(MutableMapping[str, T], Generic[T]):
 
     def __len__(self) -> int:
         return len(self._data)
+
+
+class Interned(Generic[H]):
+    """One copy of each equal value held, counted by holder, dropped with the last one.
+
+    For values many entries hold alike (in DSR most Services of a cluster have the same
+    member nodes): each holder keeps the shared copy instead of its own.
+    """
+
+    __slots__ = ("_copies", "_uses")
+
+    def __init__(self) -> None:
+        self._copies: dict[H, H] = {}
+        self._uses: Counter[H] = Counter()
+
+    def take(self, value: H) -> H:
+        """The shared copy of ``value``, now held once more."""
+        value = self._copies.setdefault(value, value)
+        self._uses[value] += 1
+        return value
+
+    def release(self, value: H) -> None:
+        """One holder of ``value`` let it go."""
+        self._uses[value] -= 1
+        if self._uses[value] <= 0:
+            del self._uses[value]
+            self._copies.pop(value, None)
+
+    def __iter__(self) -> Iterator[H]:
+        return iter(self._copies)
+
+    def __len__(self) -> int:
+        return len(self._copies)

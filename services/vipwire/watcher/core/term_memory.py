@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import hashlib
 import sys
-from collections import Counter
 from collections.abc import Iterable, Mapping
 from typing import Any, Generic, Literal, NamedTuple, TypeVar
 
@@ -47,7 +46,7 @@ from vipwire.contracts import (
 )
 from vipwire.watcher.core.bus_view import BusView, before, observe, superseded
 from vipwire.watcher.core.events import EventSpec, ObjectRef
-from vipwire.watcher.core.packed import PackedDict
+from vipwire.watcher.core.packed import Interned, PackedDict
 from vipwire.watcher.core.translate import SliceEndpoints, service_fingerprint
 
 M = TypeVar("M", bound=Message)
@@ -194,15 +193,13 @@ class TermMemory:
         # One copy of each member set, and how many Services hold it: in DSR most
         # Services of a cluster have the same members (every node), and a set of 50
         # names takes 2 KB, per Service without this.
-        self._member_sets: dict[frozenset[str], frozenset[str]] = {}
-        self._member_set_uses: Counter[frozenset[str]] = Counter()
+        self._member_sets: Interned[frozenset[str]] = Interned()
         # With a gate, the full member list of each Service's LbProgrammed, kept out of
         # its (packed) view and once per distinct list: each view would otherwise hold
         # two lists of the cluster's size (``lb`` and the one it replaced), about 4 KB
         # per Service at 50 nodes. :meth:`view` puts it back.
         self._members: dict[str, tuple[Member, ...]] = {}
-        self._member_lists: dict[tuple[Member, ...], tuple[Member, ...]] = {}
-        self._member_list_uses: Counter[tuple[Member, ...]] = Counter()
+        self._member_lists: Interned[tuple[Member, ...]] = Interned()
         # Services whose last VipAssigned moves them to other VIPs (a node gaining a VIP
         # can let the move's status through): known without decoding their view.
         self.moving: set[str] = set()
@@ -439,14 +436,9 @@ class TermMemory:
         per distinct list); empty: none kept."""
         held = self._members.pop(key, None)
         if held is not None:
-            self._member_list_uses[held] -= 1
-            if self._member_list_uses[held] <= 0:
-                del self._member_list_uses[held]
-                self._member_lists.pop(held, None)
+            self._member_lists.release(held)
         if members:
-            members = self._member_lists.setdefault(members, members)
-            self._member_list_uses[members] += 1
-            self._members[key] = members
+            self._members[key] = self._member_lists.take(members)
 
     def observe_applied(self, node: str, vips: Iterable[str], seq: int) -> AppliedReport:
         """Take in a node agent's report; returns the Services it may concern: those with
@@ -482,10 +474,7 @@ class TermMemory:
         LbProgrammed, in ``gated`` and the VIP index."""
         held = self.gated.pop(key, frozenset())
         if held:
-            self._member_set_uses[held] -= 1
-            if self._member_set_uses[held] <= 0:
-                del self._member_set_uses[held]
-                self._member_sets.pop(held, None)
+            self._member_sets.release(held)
         for vip in self._gated_vips.pop(key, ()):
             keys = self._gated_by_vip.get(vip)
             if keys is not None:
@@ -495,8 +484,7 @@ class TermMemory:
         if not nodes:
             self.gated[key] = nodes
             return
-        nodes = self._member_sets.setdefault(nodes, nodes)
-        self._member_set_uses[nodes] += 1
+        nodes = self._member_sets.take(nodes)
         self.gated[key] = nodes
         self._gated_vips[key] = vips
         for vip in vips:
