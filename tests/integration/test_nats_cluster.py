@@ -79,6 +79,18 @@ async def host_of(bus: Bus, consumer: PullConsumer, cluster: NatsCluster) -> int
     return cluster.index_of(info.cluster.leader)
 
 
+class NodesGone:
+    """A consumer's handler that records the node of every NodeGone it handles, in order."""
+
+    def __init__(self) -> None:
+        self.got: list[str] = []
+
+    async def __call__(self, d: Delivery) -> Verdict:
+        assert isinstance(d.message, NodeGone)
+        self.got.append(d.message.node)
+        return DONE
+
+
 # --- acceptance: the lbdriver -------------------------------------------------------
 
 
@@ -169,12 +181,8 @@ async def test_a_consumer_resumes_on_a_surviving_server_without_gap_or_duplicate
     is handed over exactly once."""
     rt = await make_runtime(f"consumer-{kind}")
     publisher = await make_runtime("publisher")
-    got: list[str] = []
-
-    async def handler(d: Delivery) -> Verdict:
-        assert isinstance(d.message, NodeGone)
-        got.append(d.message.node)
-        return DONE
+    handler = NodesGone()
+    got = handler.got
 
     consumer = rt.bus.consumer(KINDS[kind], handler)
     await consumer.start()
@@ -216,12 +224,8 @@ async def test_a_consumer_whose_server_hangs_moves_to_a_surviving_one(
     instead of waiting minutes for nats-py's default ping timeout."""
     rt = await make_runtime("hung")
     publisher = await make_runtime("publisher")
-    got: list[str] = []
-
-    async def handler(d: Delivery) -> Verdict:
-        assert isinstance(d.message, NodeGone)
-        got.append(d.message.node)
-        return DONE
+    handler = NodesGone()
+    got = handler.got
 
     consumer = rt.bus.consumer(KINDS["ephemeral"], handler)
     await consumer.start()
@@ -251,12 +255,8 @@ async def test_a_consumer_started_while_jetstream_has_no_quorum_waits_for_it(
     instead of failing its service's start (what CI once saw on a loaded machine)."""
     rt = await make_runtime("waiting")
     publisher = await make_runtime("publisher")
-    got: list[str] = []
-
-    async def handler(d: Delivery) -> Verdict:
-        assert isinstance(d.message, NodeGone)
-        got.append(d.message.node)
-        return DONE
+    handler = NodesGone()
+    got = handler.got
 
     url = rt.bus.nc.connected_url
     assert url is not None
@@ -302,12 +302,8 @@ async def test_a_stalled_consumer_makes_readyz_false_until_it_delivers_again(
     consumer_problem() and /readyz (naming it) while it lasts, and no longer after."""
     rt = await make_runtime("stalled")
     rt.set_readiness(lambda: None)  # ready but for its consumers
-    got: list[str] = []
-
-    async def handler(d: Delivery) -> Verdict:
-        assert isinstance(d.message, NodeGone)
-        got.append(d.message.node)
-        return DONE
+    handler = NodesGone()
+    got = handler.got
 
     spec = ConsumerSpec(
         filters=("vipwire.*.node.>",), durable="stuck", heartbeat=0.3, stall_after_s=1.0

@@ -208,22 +208,23 @@ class TestWhatTheRestSaid:
         assert gated.gated == {KEY: frozenset({"n1"})}
 
     def test_compact_drops_what_no_decision_reads(self) -> None:
-        """An assignment loses its ports; other messages stay as they are."""
-        kept = compact(assigned(), gating=False)
+        """An assignment loses its ports; a programming with one member keeps it."""
+        kept = compact(assigned())
         assert isinstance(kept, VipAssigned) and kept.ports == ()
-        gated = compact(programmed(), gating=True)
+        gated = compact(programmed())
         assert isinstance(gated, LbProgrammed) and gated.members == (N1,)
 
     def test_compact_keeps_one_member_per_family_and_the_ports_of_a_refusal(self) -> None:
-        """Without a gate, one member of each IP family is kept (NoMembers per family
-        reads it), and the ports while the appliance refused one (the status lists them)."""
+        """One member of each IP family is kept (NoMembers per family reads it; the full
+        list is the memory's), and the ports while the appliance refused one (the status
+        lists them)."""
         v6 = Member(node="n1", address="2001:db8::11")
         dual = msgspec.structs.replace(programmed(), members=(N1, N2, v6))
-        kept = compact(dual, gating=False)
+        kept = compact(dual)
         assert isinstance(kept, LbProgrammed) and kept.members == (N1, v6)
         assert kept.ports == ()
         error = PortError(vip="198.51.100.7", port=80, error="in use")
-        refused = compact(msgspec.structs.replace(dual, port_errors=(error,)), gating=False)
+        refused = compact(msgspec.structs.replace(dual, port_errors=(error,)))
         assert isinstance(refused, LbProgrammed) and refused.ports == dual.ports
 
     def test_a_report_opens_the_services_of_its_node(self) -> None:

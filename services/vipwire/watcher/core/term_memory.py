@@ -15,7 +15,7 @@ publishes and the live messages. Two things make it more than a few dicts:
   an older message cannot bring the entry back.
 
 It is over 500 lines on purpose: :class:`TermMemory` is one object whose
-indexes (node -> Services, VIP -> Services, the moving set, the missing nodes)
+indexes (VIP -> Services, the shared member sets and lists, the moving set)
 must change together with the entries they index; split across modules, each
 half would have to keep the other's invariants. The next split, if it grows:
 the applied-report bookkeeping (``observe_applied`` and its indexes) as a
@@ -71,20 +71,22 @@ def message_fingerprint(message: Message) -> bytes:
     return hashlib.blake2b(msgspec.json.encode(message), digest_size=16).digest()
 
 
-def compact(message: VipMessage | LbMessage, *, gating: bool) -> VipMessage | LbMessage:
+def compact(message: VipMessage | LbMessage) -> VipMessage | LbMessage:
     """The message as kept in a view: without what no decision reads of it.
 
     Ports are for Events, which are made of the message as delivered (and for the
-    status's per-port errors: kept while the appliance refuses one); members (an
-    LbProgrammed of a 50-node cluster lists 50) only a status gate reads: without
-    one, only whether each IP family has any (NoMembers) is kept, as its first.
+    status's per-port errors: kept while the appliance refuses one). Of the members (an
+    LbProgrammed of a 50-node cluster lists 50) only whether each IP family has any
+    (NoMembers) is kept, as its first; a status gate and the member-node check read
+    the full list, which :class:`TermMemory` keeps once per distinct list.
     """
     if isinstance(message, VipAssigned):
         return msgspec.structs.replace(message, ports=())
     if isinstance(message, LbProgrammed):
-        members = message.members if gating else _first_per_family(message.members)
         ports = message.ports if message.port_errors else ()
-        return msgspec.structs.replace(message, ports=ports, members=members)
+        return msgspec.structs.replace(
+            message, ports=ports, members=_first_per_family(message.members)
+        )
     return message
 
 
@@ -406,7 +408,7 @@ class TermMemory:
         prior = before(old, message, seq)
         # Stored with one member per family (what NoMembers and the Events of what it
         # replaced read); with a gate the full list is kept aside (_members).
-        view = observe(old, compact(message, gating=False), seq)
+        view = observe(old, compact(message), seq)
         if view is not old:
             self.views[key] = view
             if isinstance(view.vip, VipAssigned) and view.vip.moving_from:
