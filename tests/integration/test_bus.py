@@ -708,3 +708,59 @@ class TestResilience:
             )
         finally:
             await second.stop()
+
+    async def test_a_consumer_stopped_while_messages_stream_in_leaves_none_to_ack_wait(
+        self, make_runtime: RuntimeFactory
+    ) -> None:
+        """A stop while the server is delivering takes in what the server picked for it:
+        it leaves once its pull requests are used up, so nothing goes to an inbox that
+        is gone and waits out ack_wait (30 s) before anyone else gets it."""
+        rt = await make_runtime("a")
+        publisher = await make_runtime("b")
+
+        async def stop_midstream(cluster: str) -> None:
+            got: list[str] = []
+            stopping = asyncio.Event()
+            after_stop: list[str] = []
+            streaming = asyncio.Event()
+            streaming.set()
+
+            async def handler(d: Delivery) -> Verdict:
+                assert isinstance(d.message, NodeGone)
+                got.append(d.message.node)
+                if stopping.is_set():
+                    after_stop.append(d.message.node)
+                return DONE
+
+            async def stream() -> None:
+                n = 0
+                while streaming.is_set():
+                    batch = [NodeGone(cluster=cluster, node=f"n{n + i}") for i in range(20)]
+                    await asyncio.gather(*(publisher.bus.publish(m) for m in batch))
+                    n += len(batch)
+
+            spec = ConsumerSpec(filters=(f"vipwire.{cluster}.node.>",), durable=cluster, batch=40)
+            consumer = rt.bus.consumer(spec, handler)
+            await consumer.start()
+            task = asyncio.ensure_future(stream())
+            try:
+                await eventually(lambda: len(got) >= 100, timeout=10, what="100 handled")
+                stopping.set()
+                await consumer.stop()
+            finally:
+                streaming.clear()
+                await task
+            # The stream never paused, so the stop waited until the server had sent
+            # everything it was asked for. Which messages nats-server would otherwise
+            # lose is a race inside it, so the requests left open are what is checked.
+            assert after_stop, f"{cluster}: nothing taken in after the stop began"
+            assert consumer._outstanding == 0, f"{cluster}: left with requests open"
+
+            async def settled() -> bool:
+                info = await rt.bus.js.consumer_info(STREAM, cluster)
+                return info.num_ack_pending == 0
+
+            await eventually(settled, timeout=5, what=f"{cluster}: nothing left unacknowledged")
+
+        for cluster in ("c0", "c1", "c2"):
+            await stop_midstream(cluster)

@@ -306,6 +306,10 @@ class PullConsumer:
 
     #: Seconds a stop waits for the messages already sent to us to arrive.
     _STOP_DRAIN_S = 5.0
+    #: A stop leaves once no message came for this long (or its requests are used up)...
+    _STOP_QUIET_S = 0.1
+    #: ...and at the latest after this long, however busy the stream.
+    _STOP_SETTLE_S = 2.0
 
     def __init__(
         self,
@@ -424,6 +428,8 @@ class PullConsumer:
 
     async def _stop(self) -> None:
         self._stopping = True
+        self._wake.set()  # the credit loop asks for nothing more
+        await self._let_deliveries_end()
         if self._sub is not None:
             # Drain, not unsubscribe: what the server sent before it saw us leave
             # (in flight, or queued in the client) would otherwise be dropped
@@ -445,6 +451,24 @@ class PullConsumer:
             # its inactivity threshold, still holding messages for nobody.
             with contextlib.suppress(nats.errors.Error, nats.js.errors.Error, asyncio.TimeoutError):
                 await self._bus.js.delete_consumer(STREAM, self._name)
+
+    async def _let_deliveries_end(self) -> None:
+        """Before leaving, let the server finish what it is sending us.
+
+        nats-server checks our inbox's interest when it picks a pull request and
+        routes the message later, from the stream's send queue: messages picked
+        before our unsubscribe and routed after it go nowhere, yet count as
+        delivered, so they wait out ack_wait (30 s) before another instance gets
+        them. While messages are still arriving and requests are open, we keep
+        receiving (and handling) until the requests are used up or the flow pauses.
+        """
+        deadline = time.monotonic() + self._STOP_SETTLE_S
+        while self._outstanding > 0:
+            now = time.monotonic()
+            quiet_for = now - self._last_delivery
+            if quiet_for >= self._STOP_QUIET_S or now >= deadline:
+                return
+            await asyncio.sleep(min(self._STOP_QUIET_S - quiet_for, deadline - now))
 
     @property
     def name(self) -> str | None:
