@@ -286,6 +286,7 @@ class WatcherService:
             workers=s.workers,
             backoff_initial_s=s.backoff_initial_s,
             backoff_max_s=s.backoff_max_s,
+            bus_backoff_max_s=s.bus_backoff_max_s,
             metrics=self.runtime.metrics,
         )
         term.queues = publisher.queues

@@ -64,6 +64,11 @@ class WatcherSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
     backoff_initial_s: float = 0.5
     #: Longest delay (seconds) between reconnects. Default 30.
     backoff_max_s: float = 30.0
+    #: Longest delay (seconds) before a change the bus did not take (its stream between
+    #: leaders, a NATS server gone) is published again. An election lasts seconds, and
+    #: the retry is what brings the Service on, so it backs off to this, not to
+    #: ``backoff_max_s``. Default 2.
+    bus_backoff_max_s: float = 2.0
     #: Attempts of a write whose resourceVersion precondition keeps failing (409).
     #: Default 5.
     conflict_retries: int = 5
@@ -100,6 +105,8 @@ class WatcherSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
             raise ValueError("watch_timeout_s must be at least 1")
         if self.backoff_initial_s <= 0 or self.backoff_max_s < self.backoff_initial_s:
             raise ValueError("backoff_initial_s must be > 0 and <= backoff_max_s")
+        if self.bus_backoff_max_s < self.backoff_initial_s:
+            raise ValueError("bus_backoff_max_s must be >= backoff_initial_s")
         if self.conflict_retries < 1:
             raise ValueError("conflict_retries must be at least 1")
         if self.workers < 1:

@@ -5,7 +5,8 @@ object's current state from the reflector's store. So a key queued five
 times before a worker gets to it is handled once, with the newest state; a
 key is never handled by two workers at once (a change that arrives while it
 is handled queues it again, for after); and a key whose handling fails is
-retried on its own, with exponential backoff, while every other key goes on.
+retried on its own, with exponential backoff, while every other key goes on
+(to a shorter bound when the bus refused it: see ``bus_backoff_max_s``).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 
+from vipwire.bus import BusError
 from vipwire.metrics import Counter, Registry
 
 log = logging.getLogger("vipwire.watcher")
@@ -36,6 +38,7 @@ class WorkQueue:
         workers: int,
         backoff_initial_s: float,
         backoff_max_s: float,
+        bus_backoff_max_s: float,
         metrics: Registry,
     ) -> None:
         self.name = name
@@ -43,6 +46,7 @@ class WorkQueue:
         self._workers = workers
         self._backoff_initial_s = backoff_initial_s
         self._backoff_max_s = backoff_max_s
+        self._bus_backoff_max_s = bus_backoff_max_s
         self._ready: asyncio.Queue[str] = asyncio.Queue()
         self._triggers: dict[str, str] = {}  # queued or to be re-queued, with its newest trigger
         self._queued: set[str] = set()
@@ -119,7 +123,13 @@ class WorkQueue:
     def _retry_later(self, key: str, trigger: str, exc: Exception) -> None:
         failures = self._failures.get(key, 0) + 1
         self._failures[key] = failures
-        delay = min(self._backoff_initial_s * 2 ** (failures - 1), self._backoff_max_s)
+        # The bus is back within an election's few seconds; an API server may be down
+        # for minutes. Doubling to the long bound would keep a Service waiting up to
+        # twice the bus's outage.
+        longest = self._backoff_max_s
+        if isinstance(exc, BusError):
+            longest = min(longest, self._bus_backoff_max_s)
+        delay = min(self._backoff_initial_s * 2 ** (failures - 1), longest)
         log.warning("%s %s: %s; again in %.2fs", self.name, key, exc, delay)
         self._m_retries.inc(queue=self.name)
         newest = self._triggers.pop(key, trigger)
