@@ -273,6 +273,23 @@ class TestWhatTheRestSaid:
         assert len(memory._member_lists) == 0 and memory._members == {}
         assert memory.gated == {KEY: frozenset(), "shop/other": frozenset()}
 
+    def test_nodes_that_report_the_same_vips_share_one_set_until_none_holds_it(self) -> None:
+        """Nodes whose last reports name the same VIPs (in DSR, every node of a cluster
+        once converged) hold one set; a node that moves on or goes leaves no set behind
+        for nobody."""
+        memory = TermMemory(gating=True)
+        memory.observe_applied("n1", ["198.51.100.7", "198.51.100.8"], 10)
+        memory.observe_applied("n2", ["198.51.100.8", "198.51.100.7"], 11)
+        assert memory.applied["n1"] is memory.applied["n2"]
+        assert len(memory._applied_sets) == 1
+        memory.observe_applied("n1", ["198.51.100.7"], 12)
+        assert memory.applied["n1"] == frozenset({"198.51.100.7"})
+        assert len(memory._applied_sets) == 2
+        memory.forget_applied("n2")
+        assert list(memory._applied_sets) == [frozenset({"198.51.100.7"})]
+        memory.forget_applied("n1")
+        assert len(memory._applied_sets) == 0
+
     def test_without_a_gate_reports_are_not_kept(self) -> None:
         """Without a gate a node's report is not worth keeping."""
         memory = TermMemory(gating=False)

@@ -183,6 +183,9 @@ class TermMemory:
         self.views: PackedDict[BusView] = PackedDict(BusView)
         self.applied: dict[str, frozenset[str]] = {}
         self.applied_seq: dict[str, int] = {}
+        # One copy of each distinct report: in DSR every node of a cluster ends up
+        # with the same VIPs, and a set of 2,000 takes about 100 KB, per node without this.
+        self._applied_sets: Interned[frozenset[str]] = Interned()
         # With a status gate: the member nodes of each Service's LbProgrammed, so that a
         # node's report finds the Services it may open without decoding every view.
         self.gated: dict[str, frozenset[str]] = {}
@@ -308,8 +311,7 @@ class TermMemory:
             self.endpoints.pop(key, None)
         else:
             del self.nodes[key]
-            self.applied.pop(key, None)
-            self.applied_seq.pop(key, None)
+            self.forget_applied(key)
 
     def own_message(
         self,
@@ -452,8 +454,11 @@ class TermMemory:
             return AppliedReport()  # a redelivery overtaken by a newer report
         self.applied_seq[node] = seq
         old = self.applied.get(node)
-        # Interned: every node reports the same VIPs, held once instead of per node.
-        new = self.applied[node] = frozenset(map(sys.intern, vips))
+        # The VIP strings interned, and the set shared with every node that reports
+        # the same: held once instead of per node.
+        new = self.applied[node] = self._applied_sets.take(frozenset(map(sys.intern, vips)))
+        if old is not None:
+            self._applied_sets.release(old)
         gated = self.gated
         if old is None:
             # Its first report (once per node and term): every Service it is a member
@@ -493,7 +498,9 @@ class TermMemory:
             self._gated_by_vip.setdefault(vip, set()).add(key)
 
     def forget_applied(self, node: str) -> None:
-        self.applied.pop(node, None)
+        held = self.applied.pop(node, None)
+        if held is not None:
+            self._applied_sets.release(held)
         self.applied_seq.pop(node, None)
 
     # --- Events held back -------------------------------------------------------------
