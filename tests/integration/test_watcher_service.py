@@ -13,7 +13,7 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 
-from support.fences import BOOKMARK_INTERVAL_S, now_ns, watcher_settled
+from support.fences import BOOKMARK_INTERVAL_S, SUBJECT, now_ns, watcher_settled
 from support.orders import WRITE_ORDERS
 from support.recorders import BusRecorder as Seen
 from vipwire.cli.main import main
@@ -497,6 +497,47 @@ class TestServices:
             lambda: (harness.service() or {}).get("status", {}).get("loadBalancer"),
             what="web's status written once both nodes applied",
         )
+
+
+    async def test_reports_make_no_span_and_the_status_they_open_is_in_the_services_trace(
+        self, harness: Harness
+    ) -> None:
+        """A node agent's report is taken in without a CONSUMER span (at 1,000 nodes they
+        are most of the watcher's deliveries), and the status write it lets through joins
+        the trace of the Service's last change, not the report's."""
+        await harness.start_watcher(status_gate="any")
+        snap = await harness.created()
+        members = (Member(node="n1", address="192.0.2.11"),)
+        await harness.publish(programmed(snap.uid, members=members))
+        await harness.settled()
+        await harness.publish(
+            NodeApplied(cluster="east", node="n1", generation=1, vips=("198.51.100.7",))
+        )
+        await harness.settled()
+        assert ((harness.service() or {}).get("status") or {}).get("loadBalancer")
+        spans = harness.spans.get_finished_spans()
+        consumed = [
+            s
+            for s in spans
+            if s.kind == SpanKind.CONSUMER
+            and s.resource.attributes.get("service.name") == "vipwire-watcher"
+        ]
+        assert consumed, "the watcher's other deliveries are traced"
+        assert not [s for s in consumed if ".applied." in str(s.attributes.get(SUBJECT))]
+
+        def published(family: str) -> str:
+            (span,) = [
+                s
+                for s in spans
+                if s.kind == SpanKind.PRODUCER
+                and f".{family}." in str(s.attributes.get(SUBJECT))
+            ]
+            return format(span.context.trace_id, "032x")
+
+        writes = [s for s in spans if s.name == "status write"]
+        assert writes
+        assert format(writes[-1].context.trace_id, "032x") == published("lb")
+        assert published("applied") != published("lb")
 
 
 class TestNodesAndEndpoints:

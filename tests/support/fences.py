@@ -84,9 +84,18 @@ def caught_up(
 
 
 def watcher_families(watcher: WatcherService) -> frozenset[str]:
-    """The families the watcher consumes for the whole term (what others say)."""
-    gated = watcher.settings.status_gate != "none"
-    return frozenset({"vip", "lb", "applied"} if gated else {"vip", "lb"})
+    """The families the watcher consumes for the whole term with a span per delivery
+    (the node agents' reports have none: see :func:`reports_taken_in`)."""
+    return frozenset({"vip", "lb"})
+
+
+def reports_taken_in(watcher: WatcherService, spans: InMemorySpanExporter) -> bool:
+    """Whether the watcher's term has finished with the newest report of every node agent
+    (waited for with a status gate, where a report can open a Service's status)."""
+    if watcher.settings.status_gate == "none":
+        return True
+    done = watcher.reports_handled()
+    return all(done.get(s, 0) >= seq for s, seq in last_published(spans, {"applied"}).items())
 
 
 async def watcher_settled(
@@ -106,13 +115,19 @@ async def watcher_settled(
     term handles the newest message on each subject again).
     """
     families = watcher_families(watcher)
+    reports = {"applied"} if watcher.settings.status_gate != "none" else set()
     service = f"vipwire-{watcher.runtime.name}"
     while True:
-        published = last_published(spans, families)
+        published = last_published(spans, families | reports)
         await eventually(
             lambda: caught_up(spans, service, families, since_ns),
             every=0.02,
             what=f"{service} handled the newest message on every subject of {sorted(families)}",
+        )
+        await eventually(
+            lambda: reports_taken_in(watcher, spans),
+            every=0.02,
+            what=f"{service} took in the newest report of every node agent",
         )
         rv = int(emu.resource_version)
         await eventually(
@@ -122,7 +137,7 @@ async def watcher_settled(
         )
         # The Lease moves the resourceVersion on and on: only the bus says a round changed
         # nothing (a write of ours that mattered to someone was answered on it).
-        if last_published(spans, families) == published:
+        if last_published(spans, families | reports) == published:
             return
 
 

@@ -12,7 +12,7 @@ import contextlib
 import dataclasses
 import logging
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping
 
 import nats
 import nats.errors
@@ -562,12 +562,18 @@ class Bus:
         return True
 
     def consumer_group(
-        self, spec: ConsumerSpec, handler: Handler, *, on_unreadable: OnUnreadable | None = None
+        self,
+        spec: ConsumerSpec,
+        handler: Handler,
+        *,
+        on_unreadable: OnUnreadable | None = None,
+        untraced: Collection[str] = (),
     ) -> ConsumerGroup:
         """One consumer per filter of ``spec`` (see :mod:`vipwire.bus._group`): the server
         checks a consumer's filter against the identity's permissions only when it has
-        one. A durable ``spec`` gives ``<durable>-<family>`` names."""
-        return ConsumerGroup(self, spec, handler, on_unreadable)
+        one. A durable ``spec`` gives ``<durable>-<family>`` names; the filters in
+        ``untraced`` get consumers that make no span per delivery."""
+        return ConsumerGroup(self, spec, handler, on_unreadable, untraced=untraced)
 
     @property
     def consumers(self) -> tuple[PullConsumer, ...]:

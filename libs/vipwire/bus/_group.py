@@ -10,6 +10,7 @@ subject still is, within its consumer.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Collection
 from typing import TYPE_CHECKING
 
 import msgspec
@@ -50,11 +51,23 @@ class ConsumerGroup:
     """One :class:`PullConsumer` per filter, started, awaited and stopped together."""
 
     def __init__(
-        self, bus: Bus, spec: ConsumerSpec, handler: Handler, on_unreadable: OnUnreadable | None
+        self,
+        bus: Bus,
+        spec: ConsumerSpec,
+        handler: Handler,
+        on_unreadable: OnUnreadable | None,
+        *,
+        untraced: Collection[str] = (),
     ) -> None:
+        """``untraced``: filters whose consumer makes no span per delivery (see
+        :attr:`ConsumerSpec.traced`), though ``spec`` traces the others."""
         self.spec = spec
+        parts = [
+            msgspec.structs.replace(part, traced=False) if part.filters[0] in untraced else part
+            for part in split(spec)
+        ]
         self.parts: tuple[PullConsumer, ...] = tuple(
-            bus.consumer(part, handler, on_unreadable=on_unreadable) for part in split(spec)
+            bus.consumer(part, handler, on_unreadable=on_unreadable) for part in parts
         )
 
     async def start(self) -> None:

@@ -25,7 +25,7 @@ import asyncio
 import logging
 import socket
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Protocol
 
 from kubernetes_asyncio.client import ApiClient
@@ -109,6 +109,7 @@ class WatcherService:
         self._consumer: _Consumer | None = None
         # Our own families, read at the start of a term (None once caught up).
         self._replay: _Consumer | None = None
+        self._reader: BusReader | None = None
         self._term = Term(self.settings, self.runtime, self._check_leading)
 
     # --- lifecycle -------------------------------------------------------------------
@@ -214,7 +215,7 @@ class WatcherService:
             self._kube, instance=self._instance, conflict_retries=self.settings.conflict_retries
         )
         writer = StatusWriter(term, self._kube, recorder)
-        reader = BusReader(term, writer, recorder)
+        reader = self._reader = BusReader(term, writer, recorder)
         c = self._cluster
         consumer, replay = open_consumers(self.runtime.bus, reader, c)
         self._consumer, self._replay = consumer, replay
@@ -297,6 +298,12 @@ class WatcherService:
     def settled_through(self, resource_version: int) -> bool:
         """Every Kubernetes change up to ``resource_version`` handled: a fence for tests."""
         return self._term.settled_through(resource_version)
+
+    def reports_handled(self) -> Mapping[str, int]:
+        """By subject, the newest node agent's report this term finished with (they
+        make no span): a fence for tests. Empty outside a term."""
+        reader = self._reader
+        return {} if reader is None else reader.reports_handled
 
     @property
     def leading(self) -> bool:
