@@ -240,6 +240,59 @@ async def test_a_new_leader_carries_on_the_sequence_and_resets_the_agents(
     assert table_reads(agent, "reset") == 1
 
 
+async def test_a_leader_that_wins_the_lease_back_carries_on_without_a_reset(
+    feed: Feed,
+) -> None:
+    """The lease runs out (a loaded machine) and the same replica wins it back with nobody
+    having published meanwhile: its agents keep the feed (no reset, so no node reads
+    the table again) and a change made while it stood by reaches them as a delta."""
+    rt = await feed.start()
+    await feed.fed()
+    agent = await feed.agent("n1")
+    await rt.bus.publish(programmed("a", "10.0.0.1"))
+    await reported(rt, "n1", ("10.0.0.1",))
+    publisher = feed.publisher
+    assert publisher is not None
+    feed.leading = False
+    await rt.bus.publish(programmed("b", "10.0.0.2"))  # wakes it: it sees the lease gone
+    await eventually(lambda: not publisher._leading, what="the publisher stands by")
+    feed.leading = True
+    await reported(rt, "n1", ("10.0.0.1", "10.0.0.2"))
+    assert table_reads(agent, "reset") == 0
+
+
+async def test_a_leader_back_after_another_one_published_resets(
+    feed: Feed, make_runtime: RuntimeFactory
+) -> None:
+    """The lease goes to another replica, which publishes; when the first wins it back,
+    the feed in KV is no longer its own: it resets, and the agents follow it."""
+    rt = await feed.start()
+    await feed.fed()
+    agent = await feed.agent("n1")
+    await rt.bus.publish(programmed("a", "10.0.0.1"))
+    await reported(rt, "n1", ("10.0.0.1",))
+    first = feed.publisher
+    assert first is not None
+    feed.leading = False
+    await rt.bus.publish(programmed("b", "10.0.0.2"))
+    await eventually(lambda: not first._leading, what="the first publisher stands by")
+    other = {"leading": True}
+    second = FeedPublisher(await make_runtime("lbdriver-2"), window_ms=5,
+                           is_leader=lambda: other["leading"])  # fmt: skip
+    await second.start()
+    try:
+        await reported(rt, "n1", ("10.0.0.1", "10.0.0.2"))
+        assert table_reads(agent, "reset") == 1  # the second one's take-over
+        other["leading"] = False
+        await rt.bus.publish(programmed("c", "10.0.0.3"))
+        await eventually(lambda: not second._leading, what="the second publisher stands by")
+        feed.leading = True
+        await reported(rt, "n1", ("10.0.0.1", "10.0.0.2", "10.0.0.3"))
+        assert table_reads(agent, "reset") == 2
+    finally:
+        await second.stop()
+
+
 async def test_a_new_leader_resets_agents_that_hold_deltas_past_the_table(
     make_runtime: RuntimeFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:

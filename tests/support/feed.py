@@ -53,6 +53,8 @@ class Feed:
         self.table_interval_s = table_interval_s
         #: The publisher's widest window (0: fixed at its 5 ms).
         self.window_max_ms = 0
+        #: Whether the publisher holds the lease (a test may take it away and give it back).
+        self.leading = True
         self.publisher: FeedPublisher | None = None
         self.agents: list[NodeagentService] = []
         self.rt: Runtime | None = None
@@ -67,7 +69,7 @@ class Feed:
             await self.make_runtime("lbdriver"),
             window_ms=5,
             window_max_ms=self.window_max_ms,
-            is_leader=lambda: True,
+            is_leader=lambda: self.leading,
             table_interval_s=self.table_interval_s,
         )
         await self.publisher.start()

@@ -7,6 +7,7 @@ import pytest
 
 from vipwire.contracts import (
     FeedDelta,
+    FeedHead,
     FeedService,
     LbFailed,
     LbProgrammed,
@@ -18,7 +19,7 @@ from vipwire.contracts import (
     encode_feed,
     join_chunks,
 )
-from vipwire.lbdriver.core.feed import ClusterFeed, next_window_s
+from vipwire.lbdriver.core.feed import ClusterFeed, next_window_s, still_ours
 from vipwire.nodeagent.core.changes import Changes
 from vipwire.nodeagent.core.desired import VipRanges, parse_ranges
 from vipwire.nodeagent.core.feed import step
@@ -156,3 +157,24 @@ class TestWindow:
         """``feed_window_max_ms`` at or below ``feed_window_ms``: the old fixed window."""
         assert next_window_s(0.25, quiet_s=0.0, base_s=0.25, max_s=0.25) == 0.25
         assert next_window_s(0.25, quiet_s=0.0, base_s=0.25, max_s=0.0) == 0.25
+
+
+class TestLeadingAgain:
+    """Whether a replica that wins the lease back may carry on its feed without a reset."""
+
+    def test_a_head_still_ours_and_no_newer_than_our_last_delta_carries_on(self) -> None:
+        """Nobody published since we did: the head in KV is our last table's (its
+        ``latest`` at most our last delta), so no reset is needed."""
+        mine = FeedHead(cluster="east", seq=8, chunks=2)
+        assert still_ours(mine, FeedHead(cluster="east", seq=8, chunks=2, latest=10), 10)
+        assert still_ours(mine, mine, 8)
+
+    def test_anything_else_resets(self) -> None:
+        """Never published it, no head, another replica's table (a newer sequence, or
+        other chunks), or a head past what we sent: the full take-over with a reset."""
+        mine = FeedHead(cluster="east", seq=8, chunks=2)
+        assert not still_ours(None, mine, 8)
+        assert not still_ours(mine, None, 8)
+        assert not still_ours(mine, FeedHead(cluster="east", seq=11, chunks=2), 10)
+        assert not still_ours(mine, FeedHead(cluster="east", seq=8, chunks=3), 10)
+        assert not still_ours(mine, FeedHead(cluster="east", seq=8, chunks=2, latest=12), 10)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from vipwire.contracts import (
     FeedDelta,
+    FeedHead,
     FeedService,
     LbFailed,
     LbMessage,
@@ -104,3 +105,18 @@ def next_window_s(window_s: float, *, quiet_s: float, base_s: float, max_s: floa
     if quiet_s > window_s or max_s <= base_s:
         return base_s
     return min(window_s * 2, max_s)
+
+
+def still_ours(mine: FeedHead | None, found: FeedHead | None, sent_seq: int) -> bool:
+    """Whether a replica elected again can carry on its feed without a reset.
+
+    ``mine``: the head of the last table it wrote (None: it never published this
+    cluster's feed); ``found``: the head in KV now; ``sent_seq``: its last delta's
+    sequence. A replica that led meanwhile continued past the head's newest sequence
+    and wrote a table of its own first, so a head that is still ours, and no newer than
+    what we sent, means nobody published since: every agent holds our feed (or sees
+    a gap in it, as at any time) and a reset would only make each read the table again.
+    """
+    if mine is None or found is None:
+        return False
+    return found.seq == mine.seq and found.chunks == mine.chunks and found.newest <= sent_seq

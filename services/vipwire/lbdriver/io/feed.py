@@ -9,7 +9,9 @@ the head naming them) before it, or, while changes flow, at most once per
 with that delta's sequence as ``latest``: an agent that reads a head behind its own
 ``latest`` (or behind a delta it saw) waits for the table instead of applying an older
 state. A new leader carries on from the sequence in the head
-it finds, writes every table in full and publishes a ``reset`` delta.
+it finds, writes every table in full and publishes a ``reset`` delta; a replica that
+leads again with nobody having published since it last did (a lease that ran out under
+load and was won back) carries on instead (see :func:`~vipwire.lbdriver.core.feed.still_ours`).
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ from vipwire.contracts import (
     feed_head_key,
     join_chunks,
 )
-from vipwire.lbdriver.core.feed import ClusterFeed, next_window_s
+from vipwire.lbdriver.core.feed import ClusterFeed, next_window_s, still_ours
 from vipwire.runtime import Runtime
 from vipwire.telemetry import inject_context
 
@@ -205,20 +207,40 @@ class FeedPublisher:
         return self._kv
 
     async def _take_over(self) -> None:
-        """Elected: carry on from the tables in KV, write each in full, reset the agents."""
+        """Elected: carry on from the tables in KV, write each in full, reset the agents;
+        or, for a cluster whose feed nobody published since we did, carry on from where
+        we stopped (a reset would make every node of it read the whole table again)."""
         read = self.read_seq
         kv = await self._bucket()
+        resumed: list[str] = []
         for cluster in sorted(self.feeds):
             feed = self.feeds[cluster]
+            if still_ours(self._heads.get(cluster), await read_head(kv, cluster), feed.seq):
+                resumed.append(cluster)
+                # Its table is written again when due, in case a replica that led
+                # meanwhile wrote chunks but not their head.
+                self._dirty.add(cluster)
+                continue
             old = await read_table(kv, cluster)
             if old is not None:
                 head, services = old
                 feed.seq = max(feed.seq, head.newest)
                 feed.adopt({s.key: s for s in services})
             await self._publish(kv, feed, feed.take(reset=True), table=True)
-        self.published_seq = read
-        self._progress.set()
-        log.info("node feed: publishing for %d cluster(s)", len(self.feeds))
+        if resumed:
+            # What came while we stood by goes out as an ordinary delta.
+            await self.flush()
+        else:
+            self.published_seq = read
+            self._progress.set()
+        log.info(
+            "node feed: publishing for %d cluster(s)%s",
+            len(self.feeds),
+            f"; carrying on without a reset for {', '.join(resumed)} (nobody published "
+            f"since this replica did)"
+            if resumed
+            else "",
+        )
 
     async def flush(self) -> bool:
         """Write and publish every cluster's pending changes (one delta each); whether
@@ -281,6 +303,18 @@ class FeedPublisher:
         self._m_tables.inc(cluster=feed.cluster)
         self._dirty.discard(feed.cluster)
         self._table_at[feed.cluster] = asyncio.get_running_loop().time()
+
+
+async def read_head(kv: KvBucket, cluster: str) -> FeedHead | None:
+    """The head of the table in KV; None: none, or not readable."""
+    entry = await kv.get(feed_head_key(cluster))
+    if entry is None or entry.deleted:
+        return None
+    try:
+        head = decode_feed(feed_head_key(cluster), entry.value or b"", cluster=cluster)
+    except MalformedFeed:
+        return None  # the full take-over reads it again, and says why
+    return head if isinstance(head, FeedHead) else None
 
 
 async def read_table(kv: KvBucket, cluster: str) -> tuple[FeedHead, list[FeedService]] | None:
