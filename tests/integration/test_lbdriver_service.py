@@ -5,13 +5,14 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Literal
+from typing import Any, Literal
 
 import msgspec
 import pytest
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from support.lbdriver import LbHarness as Harness
+from vipwire.bus import BusError
 from vipwire.contracts import (
     LBDRIVER_LEASE_BUCKET,
     STREAM,
@@ -22,6 +23,7 @@ from vipwire.contracts import (
     LbProgrammed,
     LbRemoved,
     Member,
+    Message,
     NodeEndpoints,
     NodeGone,
     NodeSnapshot,
@@ -152,6 +154,33 @@ async def test_assignment_programs_the_appliance_and_reports_members(h: Harness)
         assert server.members == programmed.members
         assert server.monitor == Monitor(port=10256)
         assert server.owner == "prod/shop/web"
+
+
+async def test_a_report_the_bus_refuses_is_retried_with_a_warning_not_a_traceback(
+    h: Harness, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The appliance is programmed but the bus does not take the LbProgrammed (a NATS
+    server gone): one WARNING naming the Service and the retry, no ERROR with a traceback,
+    and the report goes out on the retry."""
+    service = await h.start()
+    bus = service.runtime.bus
+    real_publish = bus.publish
+    refused: list[str] = []
+
+    async def publish(message: Message, **kwargs: Any) -> int:
+        if isinstance(message, LbProgrammed) and not refused:
+            refused.append(message.name)
+            raise BusError("publish to vipwire.prod.lb.shop.web failed: NoStreamResponseError()")
+        return await real_publish(message, **kwargs)
+
+    monkeypatch.setattr(bus, "publish", publish)
+    with caplog.at_level(logging.WARNING, logger="vipwire.lbdriver"):
+        await h.publish(*FLEET, assigned())
+        await h.expect(LbProgrammed)
+    assert refused == ["web"]
+    warned = [r for r in caplog.records if "prod/shop/web: the bus failed it" in r.getMessage()]
+    assert len(warned) == 1 and "again in" in warned[0].getMessage()
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
 
 
 async def test_dual_stack_members_follow_each_vips_family(h: Harness) -> None:

@@ -23,6 +23,7 @@ from opentelemetry.context import Context
 from opentelemetry.trace import Link
 
 from vipwire.aio import cancel_and_wait
+from vipwire.bus import BusError
 from vipwire.contracts import LbMessage, PortError, ServiceRef, encode
 from vipwire.lbdriver.core.coalesce import Flush
 from vipwire.lbdriver.core.desired import InvalidAssignment, owner_of
@@ -169,6 +170,11 @@ class Reconciler:
             # Our lease ran out: the write was not sent; a new term compares it again.
             log.debug("reconcile of %s/%s/%s stopped: %s", *key, exc)
             result = exc
+        except BusError as exc:
+            # The bus did not take the report (a NATS server gone, the stream between
+            # leaders, a loaded server): an outage to wait out, said below with the retry,
+            # not a defect to show a traceback for.
+            result = exc
         except Exception as exc:
             log.exception("reconcile of %s/%s/%s failed", *key)
             result = exc
@@ -195,6 +201,15 @@ class Reconciler:
                 jitter=self.settings.retry_jitter,
                 rand=self._rng.random(),
             )
+            if isinstance(result, BusError):
+                log.warning(
+                    "reconcile of %s/%s/%s: the bus failed it (%s); again in %.1fs "
+                    "(attempt %d)",
+                    *key,
+                    result,
+                    delay,
+                    attempt,
+                )
             self._schedule.coalescer.retry(key, now, delay, flush)
         self._schedule.wake.set()
 
