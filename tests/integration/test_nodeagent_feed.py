@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Mapping
 import pytest
 
 from support.feed import CLUSTER, Feed, RuntimeFactory, programmed, removed, reported
-from vipwire.bus import BusSettings
+from vipwire.bus import BusError, BusSettings
 from vipwire.contracts import (
     FEED_BUCKET,
     FeedHead,
@@ -259,6 +259,42 @@ async def test_a_leader_that_wins_the_lease_back_carries_on_without_a_reset(
     feed.leading = True
     await reported(rt, "n1", ("10.0.0.1", "10.0.0.2"))
     assert table_reads(agent, "reset") == 0
+
+
+async def test_a_leader_back_after_a_delta_that_did_not_go_out_resets(
+    feed: Feed, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A window's delta is taken but its broadcast fails as the lease goes; when the lease
+    comes back the agents never saw that delta (the head in KV is still ours), so the new
+    term resets them: they read the table and end with the change."""
+    rt = await feed.start()
+    await feed.fed()
+    agent = await feed.agent("n1")
+    await rt.bus.publish(programmed("a", "10.0.0.1"))
+    await reported(rt, "n1", ("10.0.0.1",))
+    publisher = feed.publisher
+    assert publisher is not None
+    bus = publisher._runtime.bus
+    real_broadcast = bus.broadcast
+    failed: list[str] = []
+
+    async def broadcast(
+        subject: str, data: bytes, headers: Mapping[str, str] | None = None
+    ) -> None:
+        if not failed:
+            failed.append(subject)
+            feed.leading = False  # the lease goes as the window fails
+            raise BusError(f"broadcast on {subject} failed: TimeoutError()")
+        await real_broadcast(subject, data, headers)
+
+    monkeypatch.setattr(bus, "broadcast", broadcast)
+    await rt.bus.publish(programmed("b", "10.0.0.2"))
+    await eventually(
+        lambda: failed and not publisher._leading, what="the window failed, the lease gone"
+    )
+    feed.leading = True
+    await reported(rt, "n1", ("10.0.0.1", "10.0.0.2"))
+    assert table_reads(agent, "reset") == 1
 
 
 async def test_a_leader_back_after_another_one_published_resets(

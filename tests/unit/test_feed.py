@@ -7,7 +7,6 @@ import pytest
 
 from vipwire.contracts import (
     FeedDelta,
-    FeedHead,
     FeedService,
     LbFailed,
     LbProgrammed,
@@ -162,19 +161,17 @@ class TestWindow:
 class TestLeadingAgain:
     """Whether a replica that wins the lease back may carry on its feed without a reset."""
 
-    def test_a_head_still_ours_and_no_newer_than_our_last_delta_carries_on(self) -> None:
-        """Nobody published since we did: the head in KV is our last table's (its
-        ``latest`` at most our last delta), so no reset is needed."""
-        mine = FeedHead(cluster="east", seq=8, chunks=2)
-        assert still_ours(mine, FeedHead(cluster="east", seq=8, chunks=2, latest=10), 10)
-        assert still_ours(mine, mine, 8)
+    def test_a_head_nobody_rewrote_and_every_taken_delta_sent_carries_on(self) -> None:
+        """The head in KV is at the revision we wrote last, and the last delta we took
+        went out: nobody published since, so no reset is needed."""
+        assert still_ours(written=41, found=41, sent=10, taken=10)
 
     def test_anything_else_resets(self) -> None:
-        """Never published it, no head, another replica's table (a newer sequence, or
-        other chunks), or a head past what we sent: the full take-over with a reset."""
-        mine = FeedHead(cluster="east", seq=8, chunks=2)
-        assert not still_ours(None, mine, 8)
-        assert not still_ours(mine, None, 8)
-        assert not still_ours(mine, FeedHead(cluster="east", seq=11, chunks=2), 10)
-        assert not still_ours(mine, FeedHead(cluster="east", seq=8, chunks=3), 10)
-        assert not still_ours(mine, FeedHead(cluster="east", seq=8, chunks=2, latest=12), 10)
+        """Never published it, the head rewritten by someone else (or gone), or a delta
+        taken that did not go out (a failed window, a reset never sent): the full
+        take-over, with a reset."""
+        assert not still_ours(written=None, found=41, sent=10, taken=10)
+        assert not still_ours(written=41, found=45, sent=10, taken=10)
+        assert not still_ours(written=41, found=0, sent=10, taken=10)
+        assert not still_ours(written=41, found=41, sent=9, taken=10)
+        assert not still_ours(written=41, found=41, sent=None, taken=1)

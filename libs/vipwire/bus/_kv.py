@@ -142,6 +142,18 @@ class KvBucket:
             raise error from exc
         return _entry(raw)
 
+    async def revision(self, key: str) -> int:
+        """The revision of ``key``'s last entry (value or marker); 0: none. Asked of the
+        bucket's leader, not of a replica that may lag behind it (as a direct get may)."""
+        try:
+            msg = await self._js.get_last_msg(f"KV_{self.bucket}", f"$KV.{self.bucket}.{key}")
+        except NATS_ERRORS as exc:
+            error = translate(exc, f"revision of {key}")
+            if isinstance(error, NotFound):
+                return 0
+            raise error from exc
+        return int(msg.seq or 0)
+
     async def put(self, key: str, value: bytes) -> int:
         """Write ``key`` whatever it holds; returns the revision."""
         try:

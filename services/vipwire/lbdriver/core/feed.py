@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from vipwire.contracts import (
     FeedDelta,
-    FeedHead,
     FeedService,
     LbFailed,
     LbMessage,
@@ -107,16 +106,15 @@ def next_window_s(window_s: float, *, quiet_s: float, base_s: float, max_s: floa
     return min(window_s * 2, max_s)
 
 
-def still_ours(mine: FeedHead | None, found: FeedHead | None, sent_seq: int) -> bool:
+def still_ours(*, written: int | None, found: int, sent: int | None, taken: int) -> bool:
     """Whether a replica elected again can carry on its feed without a reset.
 
-    ``mine``: the head of the last table it wrote (None: it never published this
-    cluster's feed); ``found``: the head in KV now; ``sent_seq``: its last delta's
-    sequence. A replica that led meanwhile continued past the head's newest sequence
-    and wrote a table of its own first, so a head that is still ours, and no newer than
-    what we sent, means nobody published since: every agent holds our feed (or sees
-    a gap in it, as at any time) and a reset would only make each read the table again.
+    ``written``: the KV revision of the last head it wrote (None: it never published
+    this cluster's feed); ``found``: the head's revision in KV now, read from the
+    bucket's leader; ``sent``: the sequence of its last delta that went out; ``taken``:
+    the sequence of its last delta taken. Any write of the head by another replica
+    changes its revision, so an unchanged one means nobody published since; a delta
+    taken but not sent (a failed window, a reset that did not go out) still needs the
+    reset that makes every agent read the table.
     """
-    if mine is None or found is None:
-        return False
-    return found.seq == mine.seq and found.chunks == mine.chunks and found.newest <= sent_seq
+    return written is not None and found == written and sent == taken

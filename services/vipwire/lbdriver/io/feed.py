@@ -77,6 +77,10 @@ class FeedPublisher:
         self._table_at: dict[str, float] = {}
         #: The head of each cluster's table as last written.
         self._heads: dict[str, FeedHead] = {}
+        #: Per cluster, the KV revision of the head we last wrote, and the sequence of
+        #: the last delta that went out: whether a new term may skip the reset.
+        self._head_revision: dict[str, int] = {}
+        self._sent: dict[str, int] = {}
         self._base_window_s = self._window_s = window_ms / 1000
         self._max_window_s = window_max_ms / 1000
         self._flushed_at = -math.inf
@@ -187,6 +191,8 @@ class FeedPublisher:
                 self._m_failed.inc()
                 self._wake.set()
                 self._leading = self._leading and failures < 3
+                if not self._leading:
+                    self._sent.clear()  # the take-over after three failures is a full one
                 log.warning(
                     "node feed not published (attempt %d): %s; retried next window%s",
                     failures,
@@ -215,7 +221,12 @@ class FeedPublisher:
         resumed: list[str] = []
         for cluster in sorted(self.feeds):
             feed = self.feeds[cluster]
-            if still_ours(self._heads.get(cluster), await read_head(kv, cluster), feed.seq):
+            if still_ours(
+                written=self._head_revision.get(cluster),
+                found=await kv.revision(feed_head_key(cluster)),
+                sent=self._sent.get(cluster),
+                taken=feed.seq,
+            ):
                 resumed.append(cluster)
                 # Its table is written again when due, in case a replica that led
                 # meanwhile wrote chunks but not their head.
@@ -281,7 +292,9 @@ class FeedPublisher:
             # Before the delta goes out: an agent starting now must not take the older
             # table for the cluster's state (the delta may reach it before its subscription
             # does, and no later one may come to show the gap).
-            await kv.put(feed_head_key(feed.cluster), encode_feed(replace(head, latest=delta.seq)))
+            self._head_revision[feed.cluster] = await kv.put(
+                feed_head_key(feed.cluster), encode_feed(replace(head, latest=delta.seq))
+            )
             self._dirty.add(feed.cluster)
         headers: dict[str, str] = {}
         cause = self._causes.pop(feed.cluster, None)
@@ -290,6 +303,7 @@ class FeedPublisher:
         # An agent that misses this delta sees the gap, and reads the table (which is
         # at this delta's sequence within feed_table_interval_s).
         await bus.broadcast(feed_delta_subject(feed.cluster), data, headers)
+        self._sent[feed.cluster] = delta.seq
         self._m_deltas.inc(cluster=feed.cluster)
 
     async def _write_table(self, kv: KvBucket, feed: ClusterFeed) -> None:
@@ -298,23 +312,13 @@ class FeedPublisher:
         head, chunks = chunk_table(feed.cluster, feed.seq, feed.table(), limit=limit)
         for chunk in chunks:
             await kv.put(feed_chunk_key(feed.cluster, chunk.index), encode_feed(chunk))
-        await kv.put(feed_head_key(feed.cluster), encode_feed(head))
+        self._head_revision[feed.cluster] = await kv.put(
+            feed_head_key(feed.cluster), encode_feed(head)
+        )
         self._heads[feed.cluster] = head
         self._m_tables.inc(cluster=feed.cluster)
         self._dirty.discard(feed.cluster)
         self._table_at[feed.cluster] = asyncio.get_running_loop().time()
-
-
-async def read_head(kv: KvBucket, cluster: str) -> FeedHead | None:
-    """The head of the table in KV; None: none, or not readable."""
-    entry = await kv.get(feed_head_key(cluster))
-    if entry is None or entry.deleted:
-        return None
-    try:
-        head = decode_feed(feed_head_key(cluster), entry.value or b"", cluster=cluster)
-    except MalformedFeed:
-        return None  # the full take-over reads it again, and says why
-    return head if isinstance(head, FeedHead) else None
 
 
 async def read_table(kv: KvBucket, cluster: str) -> tuple[FeedHead, list[FeedService]] | None:
