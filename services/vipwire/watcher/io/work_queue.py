@@ -16,7 +16,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 
-from vipwire.bus import BusError
+from vipwire.bus import BusError, TooLarge
 from vipwire.metrics import Counter, Registry
 
 log = logging.getLogger("vipwire.watcher")
@@ -127,10 +127,19 @@ class WorkQueue:
         # for minutes. Doubling to the long bound would keep a Service waiting up to
         # twice the bus's outage.
         longest = self._backoff_max_s
-        if isinstance(exc, BusError):
+        if isinstance(exc, BusError) and not isinstance(exc, TooLarge):
             longest = min(longest, self._bus_backoff_max_s)
-        delay = min(self._backoff_initial_s * 2 ** (failures - 1), longest)
-        log.warning("%s %s: %s; again in %.2fs", self.name, key, exc, delay)
+        # The exponent capped: 2 ** 1100 does not fit a float, and an outage of the bus
+        # gets there in about half an hour of 2 s retries.
+        delay = min(self._backoff_initial_s * 2 ** min(failures - 1, 30), longest)
+        # Every failure in a row of a key is told at first, then ever more rarely (the
+        # 1st, 2nd, 4th, 8th...): in a long outage thousands of Services retry every
+        # 2 s, and a line for each would bury everything else.
+        level = logging.WARNING if failures & (failures - 1) == 0 else logging.DEBUG
+        log.log(
+            level, "%s %s: %s; again in %.2fs (failure %d in a row)", self.name, key, exc,
+            delay, failures,
+        )  # fmt: skip
         self._m_retries.inc(queue=self.name)
         newest = self._triggers.pop(key, trigger)
 
