@@ -741,6 +741,9 @@ class TestResilience:
 
             spec = ConsumerSpec(filters=(f"vipwire.{cluster}.node.>",), durable=cluster, batch=40)
             consumer = rt.bus.consumer(spec, handler)
+            # The stream never pauses on purpose, but a loaded machine may stall it for
+            # more than the 100 ms quiet: the stop is to leave on its requests alone.
+            consumer._STOP_QUIET_S = consumer._STOP_SETTLE_S = 10.0
             await consumer.start()
             task = asyncio.ensure_future(stream())
             try:

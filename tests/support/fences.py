@@ -83,10 +83,9 @@ def caught_up(
     return all(done.get(s, 0) >= seq for s, seq in last_published(spans, families).items())
 
 
-def watcher_families(watcher: WatcherService) -> frozenset[str]:
-    """The families the watcher consumes for the whole term with a span per delivery
-    (the node agents' reports have none: see :func:`reports_taken_in`)."""
-    return frozenset({"vip", "lb"})
+#: The families the watcher consumes for the whole term with a span per delivery (the
+#: node agents' reports have none: see :func:`reports_taken_in`).
+WATCHER_FAMILIES = frozenset({"vip", "lb"})
 
 
 def reports_taken_in(watcher: WatcherService, spans: InMemorySpanExporter) -> bool:
@@ -114,7 +113,7 @@ async def watcher_settled(
     ``since_ns``: only handling that started after it counts (a restart or a new
     term handles the newest message on each subject again).
     """
-    families = watcher_families(watcher)
+    families = WATCHER_FAMILIES
     reports = {"applied"} if watcher.settings.status_gate != "none" else set()
     service = f"vipwire-{watcher.runtime.name}"
     while True:

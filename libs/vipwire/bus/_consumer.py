@@ -462,6 +462,10 @@ class PullConsumer:
         them. While messages are still arriving and requests are open, we keep
         receiving (and handling) until the requests are used up or the flow pauses.
         """
+        if self.spec.durable is None or self.spec.ack != "explicit":
+            # Nobody else gets what such a consumer lost: an ephemeral one is deleted
+            # next, and without acks nothing is delivered again anyway.
+            return
         deadline = time.monotonic() + self._STOP_SETTLE_S
         while self._outstanding > 0:
             now = time.monotonic()

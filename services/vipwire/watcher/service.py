@@ -274,6 +274,7 @@ class WatcherService:
             await replay.stop()
         await consumer.stop()
         self._consumer = None
+        self._reader = None
         await reader.stop()
 
     def _start_reflectors(
