@@ -21,6 +21,7 @@ from vipwire.contracts import (
 from vipwire.lbdriver.io.feed import FeedPublisher
 from vipwire.natsserver import NatsServer
 from vipwire.nodeagent import NodeagentService
+from vipwire.runtime import Runtime
 from vipwire.testing import eventually
 
 
@@ -240,19 +241,24 @@ async def test_a_new_leader_carries_on_the_sequence_and_resets_the_agents(
     assert table_reads(agent, "reset") == 1
 
 
+async def one_vip_on_n1(feed: Feed) -> tuple[Runtime, NodeagentService, FeedPublisher]:
+    """The feed published by its leader, an agent on n1 holding one VIP from it."""
+    rt = await feed.start()
+    await feed.fed()
+    agent = await feed.agent("n1")
+    await rt.bus.publish(programmed("a", "10.0.0.1"))
+    await reported(rt, "n1", ("10.0.0.1",))
+    assert feed.publisher is not None
+    return rt, agent, feed.publisher
+
+
 async def test_a_leader_that_wins_the_lease_back_carries_on_without_a_reset(
     feed: Feed,
 ) -> None:
     """The lease runs out (a loaded machine) and the same replica wins it back with nobody
     having published meanwhile: its agents keep the feed (no reset, so no node reads
     the table again) and a change made while it stood by reaches them as a delta."""
-    rt = await feed.start()
-    await feed.fed()
-    agent = await feed.agent("n1")
-    await rt.bus.publish(programmed("a", "10.0.0.1"))
-    await reported(rt, "n1", ("10.0.0.1",))
-    publisher = feed.publisher
-    assert publisher is not None
+    rt, agent, publisher = await one_vip_on_n1(feed)
     feed.leading = False
     await rt.bus.publish(programmed("b", "10.0.0.2"))  # wakes it: it sees the lease gone
     await eventually(lambda: not publisher._leading, what="the publisher stands by")
@@ -267,13 +273,7 @@ async def test_a_leader_back_after_a_delta_that_did_not_go_out_resets(
     """A window's delta is taken but its broadcast fails as the lease goes; when the lease
     comes back the agents never saw that delta (the head in KV is still ours), so the new
     term resets them: they read the table and end with the change."""
-    rt = await feed.start()
-    await feed.fed()
-    agent = await feed.agent("n1")
-    await rt.bus.publish(programmed("a", "10.0.0.1"))
-    await reported(rt, "n1", ("10.0.0.1",))
-    publisher = feed.publisher
-    assert publisher is not None
+    rt, agent, publisher = await one_vip_on_n1(feed)
     bus = publisher._runtime.bus
     real_broadcast = bus.broadcast
     failed: list[str] = []
@@ -302,13 +302,7 @@ async def test_a_leader_back_after_another_one_published_resets(
 ) -> None:
     """The lease goes to another replica, which publishes; when the first wins it back,
     the feed in KV is no longer its own: it resets, and the agents follow it."""
-    rt = await feed.start()
-    await feed.fed()
-    agent = await feed.agent("n1")
-    await rt.bus.publish(programmed("a", "10.0.0.1"))
-    await reported(rt, "n1", ("10.0.0.1",))
-    first = feed.publisher
-    assert first is not None
+    rt, agent, first = await one_vip_on_n1(feed)
     feed.leading = False
     await rt.bus.publish(programmed("b", "10.0.0.2"))
     await eventually(lambda: not first._leading, what="the first publisher stands by")

@@ -77,9 +77,13 @@ async def test_failures_in_a_row_are_told_ever_more_rarely(
 async def test_a_key_failing_for_hours_keeps_its_bound() -> None:
     """Thousands of failures in a row (hours of a bus outage at 2 s) still give the
     bounded delay: the doubling's exponent is capped, so it never overflows."""
+
+    async def never_called(key: str, trigger: str) -> None:
+        raise AssertionError("the queue is not run here")
+
     queue = WorkQueue(
         "services",
-        lambda key, trigger: asyncio.sleep(0),
+        never_called,
         workers=1,
         backoff_initial_s=0.5,
         backoff_max_s=30.0,

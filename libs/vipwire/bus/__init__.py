@@ -34,6 +34,7 @@ if TYPE_CHECKING:
         StoreFull,
         TooLarge,
         WrongLastSequence,
+        passes,
     )
     from vipwire.bus._group import ConsumerGroup
     from vipwire.bus._history import kv_keys, kv_purge_markers, last_per_subject, reader_name
@@ -64,6 +65,7 @@ else:
         "StoreFull": "_errors",
         "TooLarge": "_errors",
         "WrongLastSequence": "_errors",
+        "passes": "_errors",
         "ConsumerGroup": "_group",
         "kv_keys": "_history",
         "kv_purge_markers": "_history",
@@ -167,6 +169,7 @@ __all__ = [
     "kv_keys",
     "kv_purge_markers",
     "last_per_subject",
+    "passes",
     "reader_name",
     "redacted",
     "redacted_all",

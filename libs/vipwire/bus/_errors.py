@@ -58,6 +58,13 @@ class TooLarge(BusError):
         self.limit = limit
 
 
+def passes(exc: BaseException) -> bool:
+    """Whether ``exc`` is a bus failure that passes by itself (a server gone, a stream
+    between leaders, a loaded server): worth a short retry, without a traceback. Not
+    :class:`TooLarge`, which no retry cures."""
+    return isinstance(exc, BusError) and not isinstance(exc, TooLarge)
+
+
 class StoreFull(BusError):
     """The stream (its byte or message limits) or the server's JetStream store has no
     room: nothing new is stored until room is made. Retrying later may succeed."""

@@ -145,14 +145,8 @@ class KvBucket:
     async def revision(self, key: str) -> int:
         """The revision of ``key``'s last entry (value or marker); 0: none. Asked of the
         bucket's leader, not of a replica that may lag behind it (as a direct get may)."""
-        try:
-            msg = await self._js.get_last_msg(f"KV_{self.bucket}", f"$KV.{self.bucket}.{key}")
-        except NATS_ERRORS as exc:
-            error = translate(exc, f"revision of {key}")
-            if isinstance(error, NotFound):
-                return 0
-            raise error from exc
-        return int(msg.seq or 0)
+        last = await last_message(self._js, f"KV_{self.bucket}", f"$KV.{self.bucket}.{key}")
+        return 0 if last is None else last.seq
 
     async def put(self, key: str, value: bytes) -> int:
         """Write ``key`` whatever it holds; returns the revision."""

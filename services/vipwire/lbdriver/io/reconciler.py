@@ -23,7 +23,7 @@ from opentelemetry.context import Context
 from opentelemetry.trace import Link
 
 from vipwire.aio import cancel_and_wait
-from vipwire.bus import BusError, TooLarge
+from vipwire.bus import BusError, passes
 from vipwire.contracts import LbMessage, PortError, ServiceRef, encode
 from vipwire.lbdriver.core.coalesce import Flush
 from vipwire.lbdriver.core.desired import InvalidAssignment, owner_of
@@ -174,7 +174,7 @@ class Reconciler:
             # The bus did not take the report (a NATS server gone, the stream between
             # leaders, a loaded server): an outage to wait out, said below with the
             # retry, not a defect to show a traceback for. Too large is one.
-            if isinstance(exc, TooLarge):
+            if not passes(exc):
                 log.exception("reconcile of %s/%s/%s failed", *key)
             result = exc
         except Exception as exc:
@@ -203,7 +203,7 @@ class Reconciler:
                 jitter=self.settings.retry_jitter,
                 rand=self._rng.random(),
             )
-            if isinstance(result, BusError) and not isinstance(result, TooLarge):
+            if passes(result):
                 log.warning(
                     "reconcile of %s/%s/%s: the bus failed it (%s); again in %.1fs (attempt %d)",
                     *key,

@@ -16,7 +16,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 
-from vipwire.bus import BusError, TooLarge
+from vipwire.bus import passes
 from vipwire.metrics import Counter, Registry
 
 log = logging.getLogger("vipwire.watcher")
@@ -127,7 +127,7 @@ class WorkQueue:
         # for minutes. Doubling to the long bound would keep a Service waiting up to
         # twice the bus's outage.
         longest = self._backoff_max_s
-        if isinstance(exc, BusError) and not isinstance(exc, TooLarge):
+        if passes(exc):
             longest = min(longest, self._bus_backoff_max_s)
         # The exponent capped: 2 ** 1100 does not fit a float, and an outage of the bus
         # gets there in about half an hour of 2 s retries.
